@@ -1,0 +1,216 @@
+//! Every limit of the engine, named once and validated once, at `Engine::open`.
+
+use crate::error::{Error, Result};
+use crate::log::format;
+use std::time::Duration;
+
+/// When an acknowledgement may be given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Acknowledge once the batch is synced to stable storage (fdatasync or msync). Survives
+    /// power loss.
+    #[default]
+    Sync,
+    /// Acknowledge once the batch is in the page cache. Survives a process crash, not power
+    /// loss.
+    NoSync,
+}
+
+/// How batch bytes reach the segment file. Reads always go through the memory map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WritePath {
+    /// Encode into a reused buffer, `pwrite` it, then `fdatasync` (LMDB's arrangement).
+    /// The default: measured faster on the project's machines (see README).
+    #[default]
+    Pwrite,
+    /// Encode straight into the shared writable mapping, then `msync` the written range.
+    Mmap,
+}
+
+/// What a producer experiences when the ingest ring is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Backpressure {
+    /// The producer spins briefly, then parks until the flusher frees space.
+    #[default]
+    Block,
+    /// The call fails at once with `Error::Busy`.
+    Reject,
+}
+
+/// When the flusher cuts a window. Every policy also cuts at `window_age_max`,
+/// `batch_bytes_max`, `batch_ops_max` and on `flush()`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowPolicy {
+    /// Cut as soon as waiting longer buys nothing: the log is idle and either as many
+    /// requests have arrived as the previous batch acknowledged (those writers are the ones
+    /// likely to resubmit) or the ring has been quiet for `quiet`.
+    Adaptive {
+        /// How long without a new request counts as quiet.
+        quiet: Duration,
+    },
+    /// Hold every window open for a fixed time after its first request.
+    Linger(Duration),
+    /// Cut as soon as anything is published (group commit with no wait).
+    Immediate,
+}
+
+impl Default for WindowPolicy {
+    fn default() -> Self {
+        WindowPolicy::Adaptive {
+            quiet: Duration::from_micros(20),
+        }
+    }
+}
+
+/// What opening does with damage it finds in the log (names as in RocksDB).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// A torn or corrupt tail of the last segment is cut off (zeroed and synced); damage
+    /// before the last valid frame is an error naming file and offset.
+    #[default]
+    TolerateCorruptedTail,
+    /// Stop at the first bad frame anywhere and drop everything after it.
+    PointInTime,
+    /// Any bad frame is an error.
+    AbsoluteConsistency,
+}
+
+/// Engine configuration. `Config::default()` is a sound production setting.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Bytes of the ingest ring; a power of two, at least 64 KiB. Default 16 MiB.
+    pub ring_bytes: usize,
+    /// Size of each segment file; a multiple of 4096. Default 64 MiB.
+    pub segment_bytes: u64,
+    /// Longest key accepted, at most 65,535. Default 4096. The empty key is a valid key.
+    pub key_len_max: usize,
+    /// Longest value accepted. Default 1 MiB.
+    pub value_len_max: usize,
+    /// A window is cut once its requests reach this many ring bytes. Default 4 MiB.
+    pub batch_bytes_max: usize,
+    /// A window is cut once it holds this many operations. Default 1,048,576.
+    pub batch_ops_max: usize,
+    /// A window is cut this long after its first request, whatever the policy. Default 1 ms.
+    pub window_age_max: Duration,
+    /// When to cut a window.
+    pub window: WindowPolicy,
+    /// Collapse duplicate writes and reads per key and sort the survivors (default true).
+    /// Off gives plain group commit, for comparison.
+    pub coalesce: bool,
+    /// When acknowledgements are given.
+    pub durability: Durability,
+    /// How batch bytes reach the file.
+    pub write_path: WritePath,
+    /// What a producer sees when the ring is full.
+    pub backpressure: Backpressure,
+    /// What opening does with damage.
+    pub recovery: RecoveryMode,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ring_bytes: 16 << 20,
+            segment_bytes: 64 << 20,
+            key_len_max: 4096,
+            value_len_max: 1 << 20,
+            batch_bytes_max: 4 << 20,
+            batch_ops_max: 1 << 20,
+            window_age_max: Duration::from_millis(1),
+            window: WindowPolicy::default(),
+            coalesce: true,
+            durability: Durability::Sync,
+            write_path: WritePath::default(),
+            backpressure: Backpressure::default(),
+            recovery: RecoveryMode::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Checks every limit against the others; the error names the setting and the rule.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |s: String| Err(Error::InvalidConfig(s));
+        if !self.ring_bytes.is_power_of_two() || self.ring_bytes < 64 << 10 {
+            return bad(format!(
+                "ring_bytes = {} must be a power of two and at least 65536",
+                self.ring_bytes
+            ));
+        }
+        if self.ring_bytes > 1 << 31 {
+            return bad(format!("ring_bytes = {} exceeds 2 GiB", self.ring_bytes));
+        }
+        if self.key_len_max > format::KEY_LEN_MAX {
+            return bad(format!(
+                "key_len_max = {} exceeds the format's limit of {}",
+                self.key_len_max,
+                format::KEY_LEN_MAX
+            ));
+        }
+        if self.value_len_max > u32::MAX as usize / 2 {
+            return bad(format!(
+                "value_len_max = {} is too large",
+                self.value_len_max
+            ));
+        }
+        if self.batch_ops_max == 0 || self.batch_ops_max > u32::MAX as usize / 2 {
+            return bad(format!(
+                "batch_ops_max = {} must be between 1 and 2^31",
+                self.batch_ops_max
+            ));
+        }
+        if self.batch_bytes_max < 4096 || self.batch_bytes_max > u32::MAX as usize / 2 {
+            return bad(format!(
+                "batch_bytes_max = {} must be between 4096 and 2^31",
+                self.batch_bytes_max
+            ));
+        }
+        if self.segment_bytes % 4096 != 0 || self.segment_bytes < 64 << 10 {
+            return bad(format!(
+                "segment_bytes = {} must be a multiple of 4096 and at least 65536",
+                self.segment_bytes
+            ));
+        }
+        // A frame never exceeds the ring bytes of its window (a ring record spends more header
+        // than a log record), so a full window must fit in an empty segment.
+        let frame_max = format::SEGMENT_HEADER_LEN + format::frame_len(self.batch_bytes_max);
+        if frame_max as u64 > self.segment_bytes {
+            return bad(format!(
+                "segment_bytes = {} cannot hold one full batch (batch_bytes_max = {} needs {} bytes); raise segment_bytes or lower batch_bytes_max",
+                self.segment_bytes, self.batch_bytes_max, frame_max
+            ));
+        }
+        if self.window_age_max.is_zero() || self.window_age_max > Duration::from_secs(10) {
+            return bad(format!(
+                "window_age_max = {:?} must be between 1 ns and 10 s",
+                self.window_age_max
+            ));
+        }
+        match self.window {
+            WindowPolicy::Adaptive { quiet } if quiet > self.window_age_max => {
+                return bad(format!(
+                    "adaptive quiet time {quiet:?} exceeds window_age_max = {:?}",
+                    self.window_age_max
+                ))
+            }
+            WindowPolicy::Linger(l) if l > self.window_age_max => {
+                return bad(format!(
+                    "linger {l:?} exceeds window_age_max = {:?}",
+                    self.window_age_max
+                ))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The largest request (ring payload) this configuration accepts.
+    pub(crate) fn request_len_max(&self, ring_payload_max: usize) -> (usize, &'static str) {
+        let batch = self.batch_bytes_max - crate::ring::RECORD_HEADER;
+        if ring_payload_max <= batch {
+            (ring_payload_max, "ring record (ring_bytes / 4)")
+        } else {
+            (batch, "batch_bytes_max")
+        }
+    }
+}

@@ -1,0 +1,927 @@
+//! The engine: open, submit, read, flush, close, stats; and the flusher thread, the one place
+//! that cuts windows, writes, syncs and completes tickets.
+
+use crate::coalesce::{Coalescer, Entry, GetAnswer, Op};
+use crate::config::{Backpressure, Config, WindowPolicy};
+use crate::error::{Error, Result};
+use crate::index::{Index, Loc, ValueRef};
+use crate::log::format::{record_len, RecordOp, FLAG_SORTED, FRAME_HEADER_LEN, RECORD_HEADER_LEN};
+use crate::log::recovery::{scan, Access, Damage};
+use crate::log::segment::sync_dir;
+use crate::log::{Log, Segments};
+use crate::reader::{Follower, LogReader};
+use crate::ring::{self, Consumer, PushError, Ring};
+use crate::stats::{record, Counters, Stats};
+use crate::ticket::{Completion, GetSlot, GetTicket, Ticket};
+use parking_lot::{Mutex, RwLock};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+// Request encoding in a ring record's payload (little-endian):
+//   0 op u8 | 1 reserved u8 | 2 key_len u16 | 4 value_len u32 (Batch: op count) | 8 submit_ns u64
+//   Get: | 16 slot pointer u64 | key          Put: | key | value     Delete: | key
+//   Batch: then per op: op u8 | key_len u32 | value_len u32 | key | value
+/// Bytes of the request header inside a ring record.
+pub(crate) const REQ_HEADER: usize = 16;
+const REQ_PUT: u8 = 1;
+const REQ_DELETE: u8 = 2;
+const REQ_GET: u8 = 3;
+const REQ_BATCH: u8 = 4;
+const BATCH_OP_HEADER: usize = 9;
+
+/// Several puts and deletes applied atomically: they enter the order as one request, land
+/// in one frame, and become durable together.
+#[derive(Clone, Debug, Default)]
+pub struct WriteBatch {
+    buf: Vec<u8>,
+    count: u32,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> WriteBatch {
+        WriteBatch::default()
+    }
+
+    fn push(&mut self, op: u8, key: &[u8], value: &[u8]) {
+        self.buf.push(op);
+        self.buf
+            .extend_from_slice(&(key.len() as u32).to_le_bytes());
+        self.buf
+            .extend_from_slice(&(value.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(key);
+        self.buf.extend_from_slice(value);
+        self.count += 1;
+    }
+
+    /// Adds a put. Limits are checked when the batch is submitted.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> &mut Self {
+        self.push(REQ_PUT, key, value);
+        self
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, key: &[u8]) -> &mut Self {
+        self.push(REQ_DELETE, key, &[]);
+        self
+    }
+
+    /// Number of operations.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// True when the batch holds no operation.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Removes every operation, keeping the buffer.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.count = 0;
+    }
+
+    /// Iterates the operations as (is_put, key, value).
+    fn ops(&self) -> BatchOps<'_> {
+        BatchOps {
+            buf: &self.buf,
+            left: self.count,
+        }
+    }
+}
+
+/// Walks the batch encoding (shared by `WriteBatch` and the flusher's ring parser).
+struct BatchOps<'a> {
+    buf: &'a [u8],
+    left: u32,
+}
+
+impl<'a> Iterator for BatchOps<'a> {
+    type Item = (u8, &'a [u8], &'a [u8]);
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let b = self.buf;
+        let op = b[0];
+        let k = u32::from_le_bytes(b[1..5].try_into().unwrap()) as usize;
+        let v = u32::from_le_bytes(b[5..9].try_into().unwrap()) as usize;
+        let key = &b[BATCH_OP_HEADER..BATCH_OP_HEADER + k];
+        let value = &b[BATCH_OP_HEADER + k..BATCH_OP_HEADER + k + v];
+        self.buf = &b[BATCH_OP_HEADER + k + v..];
+        Some((op, key, value))
+    }
+}
+
+/// What `Engine::open` found and did.
+#[derive(Clone, Debug, Default)]
+pub struct OpenReport {
+    /// Segments scanned.
+    pub segments: usize,
+    /// Valid batch frames replayed into the index.
+    pub batches: u64,
+    /// Records replayed.
+    pub records: u64,
+    /// Damage cut off the tail (or, in point-in-time mode, everything after it).
+    pub truncated: Option<Damage>,
+    /// Time spent opening.
+    pub elapsed: Duration,
+}
+
+struct Inner {
+    dir: PathBuf,
+    config: Config,
+    ring: Arc<Ring>,
+    completion: Arc<Completion>,
+    index: Index,
+    segments: Segments,
+    counters: Counters,
+    epoch: Instant,
+    /// Ring position up to which a `flush()` asked for an immediate cut.
+    flush_to: AtomicU64,
+    request_len_max: usize,
+    request_limit_name: &'static str,
+    /// Sequence number of the last durable batch (for in-process followers).
+    durable_seq: Arc<AtomicU64>,
+}
+
+/// The write batching engine over one log directory. `Send + Sync`: share it by reference
+/// or in an `Arc` between producer threads.
+pub struct Engine {
+    inner: Arc<Inner>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+    report: OpenReport,
+    /// The directory lock, held until `close` has drained and joined the flusher.
+    lock: Mutex<Option<File>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("dir", &self.inner.dir)
+            .finish()
+    }
+}
+
+/// Takes the directory's advisory lock (flock on `DIR/LOCK`).
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join("LOCK");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(&path)
+        .map_err(|e| Error::io("open lock file", &path, e))?;
+    // SAFETY: flock on a file descriptor we own and keep open; it has no memory effects.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(Error::Locked(dir.to_owned()));
+        }
+        return Err(Error::io("lock", &path, err));
+    }
+    Ok(file)
+}
+
+impl Engine {
+    /// Opens (creating if needed) the log in `dir`: takes the directory lock, verifies and
+    /// replays the log into the index (repairing a torn tail as `config.recovery` allows),
+    /// prepares the next segment and starts the flusher.
+    pub fn open(dir: impl AsRef<Path>, config: Config) -> Result<Engine> {
+        let started = Instant::now();
+        config.validate()?;
+        let dir = dir.as_ref().to_owned();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+        let lock = lock_dir(&dir)?;
+        remove_prepared(&dir)?;
+
+        let index = Index::default();
+        let mut report = OpenReport::default();
+        let scanned = scan(
+            &dir,
+            config.recovery,
+            Access::Writer,
+            |seg_idx, seg, frame| {
+                let base = seg.image().as_ptr() as usize;
+                index.apply(frame.records().map(|r| {
+                    let loc = match r.op {
+                        RecordOp::Put => Some(Loc {
+                            seg: seg_idx,
+                            off: (r.value.as_ptr() as usize - base) as u64,
+                            len: r.value.len() as u32,
+                        }),
+                        RecordOp::Delete => None,
+                    };
+                    (r.key, loc)
+                }));
+                report.batches += 1;
+                report.records += u64::from(frame.record_count);
+                Ok(())
+            },
+        )?;
+        report.segments = scanned.segments.len();
+        report.truncated = scanned.damage.clone();
+
+        let mut segs = scanned.segments;
+        let mut write_off = scanned.write_off;
+        if segs.is_empty() {
+            segs.push(Arc::new(Log::create_first(
+                &dir,
+                config.segment_bytes,
+                scanned.next_seq,
+            )?));
+            write_off = crate::log::format::SEGMENT_HEADER_LEN as u64;
+        }
+        let segments: Segments = Arc::new(RwLock::new(segs));
+        let log = Log::new(
+            &dir,
+            segments.clone(),
+            write_off,
+            scanned.next_seq,
+            config.segment_bytes,
+            config.write_path,
+            config.durability,
+        );
+
+        let durable_seq = Arc::new(AtomicU64::new(scanned.next_seq - 1));
+        let (ring, consumer) = ring::ring(config.ring_bytes);
+        let (request_len_max, request_limit_name) = config.request_len_max(ring.max_payload());
+        let inner = Arc::new(Inner {
+            dir: dir.clone(),
+            completion: Arc::new(Completion::new(ring.head())),
+            ring,
+            index,
+            segments,
+            counters: Counters::default(),
+            epoch: Instant::now(),
+            flush_to: AtomicU64::new(0),
+            request_len_max,
+            request_limit_name,
+            durable_seq,
+            config,
+        });
+        let flusher = Flusher::new(inner.clone(), log);
+        let handle = std::thread::Builder::new()
+            .name("mergelog-flusher".into())
+            .spawn(move || flusher.run(consumer))
+            .map_err(|e| Error::io("spawn flusher thread", &dir, e))?;
+        report.elapsed = started.elapsed();
+        Ok(Engine {
+            inner,
+            flusher: Mutex::new(Some(handle)),
+            report,
+            lock: Mutex::new(Some(lock)),
+        })
+    }
+
+    /// What opening found: segments, batches replayed, damage cut off, time taken.
+    pub fn open_report(&self) -> &OpenReport {
+        &self.report
+    }
+
+    /// The configuration the engine runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<()> {
+        let max = self.inner.config.key_len_max;
+        if key.len() > max {
+            return Err(Error::KeyTooLong {
+                len: key.len(),
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<()> {
+        let max = self.inner.config.value_len_max;
+        if value.len() > max {
+            return Err(Error::ValueTooLong {
+                len: value.len(),
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.inner.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Claims ring space for a request of `len` payload bytes and fills it. Returns the
+    /// request's end position (its ticket).
+    fn submit(&self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<u64> {
+        let inner = &*self.inner;
+        if let Some(e) = inner.completion.failure() {
+            return Err(failed(e));
+        }
+        if len > inner.request_len_max {
+            return Err(Error::RequestTooLarge {
+                len,
+                max: inner.request_len_max,
+                limit: inner.request_limit_name,
+            });
+        }
+        // `fill` is needed by whichever push runs; keep it in an Option to hand it on.
+        let mut fill = Some(fill);
+        let mut f = |buf: &mut [u8]| (fill.take().expect("fill runs once"))(buf);
+        let pushed = match inner.ring.try_push(len, &mut f) {
+            Err(PushError::Full) if inner.config.backpressure == Backpressure::Block => {
+                let waited = Instant::now();
+                let r = inner.ring.push(len, &mut f);
+                record(
+                    &mut inner.counters.stages.lock().ring_wait,
+                    waited.elapsed().as_nanos() as u64,
+                );
+                r
+            }
+            r => r,
+        };
+        match pushed {
+            Ok(pos) => Ok(pos),
+            Err(PushError::Full) => Err(Error::Busy),
+            Err(PushError::Closed) => Err(Error::Closed),
+            Err(PushError::TooLarge) => Err(Error::RequestTooLarge {
+                len,
+                max: inner.ring.max_payload(),
+                limit: "ring record (ring_bytes / 4)",
+            }),
+        }
+    }
+
+    fn header(buf: &mut [u8], op: u8, key_len: usize, value_len: u32, now_ns: u64) {
+        buf[0] = op;
+        buf[1] = 0;
+        buf[2..4].copy_from_slice(&(key_len as u16).to_le_bytes());
+        buf[4..8].copy_from_slice(&value_len.to_le_bytes());
+        buf[8..16].copy_from_slice(&now_ns.to_le_bytes());
+    }
+
+    fn ticket(&self, pos: u64) -> Ticket {
+        Ticket::new(pos, self.inner.completion.clone())
+    }
+
+    /// Submits a put. Returns at once; the ticket completes when the put is durable.
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<Ticket> {
+        self.check_key(key)?;
+        self.check_value(value)?;
+        let now = self.now_ns();
+        let pos = self.submit(REQ_HEADER + key.len() + value.len(), |buf| {
+            Self::header(buf, REQ_PUT, key.len(), value.len() as u32, now);
+            let (k, v) = buf[REQ_HEADER..].split_at_mut(key.len());
+            k.copy_from_slice(key);
+            v.copy_from_slice(value);
+        })?;
+        Ok(self.ticket(pos))
+    }
+
+    /// Submits a delete. Returns at once; the ticket completes when the delete is durable.
+    pub fn delete(&self, key: &[u8]) -> Result<Ticket> {
+        self.check_key(key)?;
+        let now = self.now_ns();
+        let pos = self.submit(REQ_HEADER + key.len(), |buf| {
+            Self::header(buf, REQ_DELETE, key.len(), 0, now);
+            buf[REQ_HEADER..].copy_from_slice(key);
+        })?;
+        Ok(self.ticket(pos))
+    }
+
+    /// Submits a windowed read, ordered with the writes: it sees every write submitted
+    /// before it (including those of its own window) and completes once its window is
+    /// durable, so it never returns a value a crash could take back.
+    pub fn get(&self, key: &[u8]) -> Result<GetTicket> {
+        self.check_key(key)?;
+        let slot = Arc::new(GetSlot::default());
+        let raw = Arc::into_raw(slot.clone()) as u64;
+        let now = self.now_ns();
+        let pushed = self.submit(REQ_HEADER + 8 + key.len(), |buf| {
+            Self::header(buf, REQ_GET, key.len(), 0, now);
+            buf[REQ_HEADER..REQ_HEADER + 8].copy_from_slice(&raw.to_le_bytes());
+            buf[REQ_HEADER + 8..].copy_from_slice(key);
+        });
+        match pushed {
+            Ok(pos) => Ok(GetTicket::new(self.ticket(pos), slot)),
+            Err(e) => {
+                // SAFETY: `raw` came from `Arc::into_raw` above and the request never reached
+                // the ring, so no one else will turn it back into an Arc.
+                drop(unsafe { Arc::from_raw(raw as *const GetSlot) });
+                Err(e)
+            }
+        }
+    }
+
+    /// Submits a write batch: all its operations enter the order at one place, land in
+    /// one frame and become durable together.
+    pub fn write(&self, batch: &WriteBatch) -> Result<Ticket> {
+        if batch.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        for (_, key, value) in batch.ops() {
+            self.check_key(key)?;
+            self.check_value(value)?;
+        }
+        let now = self.now_ns();
+        let pos = self.submit(REQ_HEADER + batch.buf.len(), |buf| {
+            Self::header(buf, REQ_BATCH, 0, batch.count, now);
+            buf[REQ_HEADER..].copy_from_slice(&batch.buf);
+        })?;
+        Ok(self.ticket(pos))
+    }
+
+    /// Cuts the current window now. The ticket completes when everything submitted before
+    /// this call is durable.
+    pub fn flush(&self) -> Result<Ticket> {
+        if let Some(e) = self.inner.completion.failure() {
+            return Err(failed(e));
+        }
+        if self.inner.ring.is_closed() {
+            return Err(Error::Closed);
+        }
+        let pos = self.inner.ring.tail();
+        self.inner.flush_to.fetch_max(pos, Ordering::SeqCst);
+        self.inner.ring.notify_consumer();
+        Ok(self.ticket(pos))
+    }
+
+    /// Reads the durable value of `key`, zero-copy from the log's mapping, without going
+    /// through the window. A writer whose ticket completed reads its own write.
+    pub fn read(&self, key: &[u8]) -> Result<Option<ValueRef>> {
+        self.check_key(key)?;
+        Ok(self
+            .inner
+            .index
+            .get(key)
+            .and_then(|loc| ValueRef::resolve(&self.inner.segments, loc)))
+    }
+
+    /// As `read`, copying the value out.
+    pub fn read_to_vec(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.read(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Number of live keys in the durable state.
+    pub fn len(&self) -> usize {
+        self.inner.index.len()
+    }
+
+    /// True when the durable state holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Visits every live key and its value (unordered), zero-copy.
+    pub fn for_each(&self, mut f: impl FnMut(&[u8], &[u8])) {
+        let segs = self.inner.segments.read();
+        self.inner.index.for_each(|k, loc| {
+            if let Some(seg) = segs.get(loc.seg as usize) {
+                f(k, seg.bytes(loc.off, loc.len as usize));
+            }
+        });
+    }
+
+    /// A follower that yields every batch from sequence `from` on (1 = the start of the
+    /// log), each once it is durable, waiting for new ones as they land.
+    pub fn follow(&self, from: u64) -> Follower {
+        Follower::new(
+            self.inner.dir.clone(),
+            from.max(1),
+            Some(self.inner.durable_seq.clone()),
+        )
+    }
+
+    /// A read-only view of the log as of now, for replay in log order.
+    pub fn replay(&self) -> Result<LogReader> {
+        LogReader::open(&self.inner.dir)
+    }
+
+    /// A snapshot of counters and per-stage histograms.
+    pub fn stats(&self) -> Stats {
+        let durable = self.inner.completion.durable();
+        let backlog = self.inner.ring.tail().saturating_sub(durable);
+        self.inner.counters.snapshot(backlog, durable)
+    }
+
+    /// The error that failed the engine, if it failed.
+    pub fn failure(&self) -> Option<Error> {
+        self.inner.completion.failure().map(failed)
+    }
+
+    /// Stops accepting requests, drains the ring, writes and syncs what it held, and joins
+    /// the flusher. Every ticket is complete when this returns. Idempotent.
+    pub fn close(&self) -> Result<()> {
+        self.inner.ring.close();
+        if let Some(h) = self.flusher.lock().take() {
+            let joined = h.join();
+            // Nothing writes the directory any more: let the next engine have it.
+            self.lock.lock().take();
+            if joined.is_err() {
+                return Err(Error::Failed(Arc::new(
+                    "the flusher thread panicked".into(),
+                )));
+            }
+        }
+        match self.inner.completion.failure() {
+            Some(e) => Err(failed(e)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+/// The sticky error every call reports after a failure.
+fn failed(e: &Error) -> Error {
+    match e {
+        Error::Failed(_) => e.clone(),
+        other => Error::Failed(Arc::new(other.to_string())),
+    }
+}
+
+/// Removes prepared segment files left by an earlier run (they hold only zeros).
+fn remove_prepared(dir: &Path) -> Result<()> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
+    let mut removed = false;
+    for entry in rd.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("prep-") && name.ends_with(".tmp") {
+            std::fs::remove_file(entry.path())
+                .map_err(|e| Error::io("remove prepared segment", entry.path(), e))?;
+            removed = true;
+        }
+    }
+    if removed {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Reuses the allocation of a window's entry vector for the next window (whose slices
+/// borrow the ring anew): an in-place collect keeps the buffer, so the flusher does not
+/// allocate per window.
+fn recycle<'a, 'b>(mut v: Vec<Entry<'a>>) -> Vec<Entry<'b>> {
+    v.clear();
+    v.into_iter()
+        .map(|_| unreachable!("the vector is empty"))
+        .collect()
+}
+
+/// The flusher's state: everything it reuses from window to window.
+struct Flusher {
+    inner: Arc<Inner>,
+    log: Log,
+    coalescer: Coalescer,
+    entries: Vec<Entry<'static>>,
+    /// Per request: submit time stamp.
+    stamps: Vec<u64>,
+    /// Per get: entry index and its slot.
+    slots: Vec<(u32, Arc<GetSlot>)>,
+    /// Per survivor: value location in the log (`None` for a delete).
+    locs: Vec<Option<Loc>>,
+    /// Answers of shared lookups: (first get index, value).
+    lookups: Vec<(u32, Option<Vec<u8>>)>,
+    /// The plan's get answers, in entry order.
+    answers: Vec<(u32, GetAnswer)>,
+    /// Requests in the previous window: the adaptive policy's guess of how many producers
+    /// are about to resubmit.
+    prev_requests: usize,
+}
+
+/// One cut window's numbers.
+#[derive(Default)]
+struct Window {
+    end: u64,
+    bytes: u64,
+    requests: usize,
+    gets: u64,
+}
+
+impl Flusher {
+    fn new(inner: Arc<Inner>, log: Log) -> Flusher {
+        Flusher {
+            inner,
+            log,
+            coalescer: Coalescer::new(),
+            entries: Vec::new(),
+            stamps: Vec::new(),
+            slots: Vec::new(),
+            locs: Vec::new(),
+            lookups: Vec::new(),
+            answers: Vec::new(),
+            prev_requests: 1,
+        }
+    }
+
+    fn run(mut self, mut consumer: Consumer) {
+        let ring = consumer.ring().clone();
+        let mut pos = ring.head();
+        loop {
+            // A refusing visitor consumes nothing: this only probes for a published record.
+            let mut published = false;
+            consumer.read(pos, |_, _| {
+                published = true;
+                false
+            });
+            if !published {
+                if ring.is_closed() && ring.tail() <= pos {
+                    break;
+                }
+                let deadline = ring
+                    .is_closed()
+                    .then(|| Instant::now() + Duration::from_micros(50));
+                consumer.wait(pos, deadline);
+                continue;
+            }
+            pos = self.window(&mut consumer, pos);
+        }
+        let _ = self.log.sync();
+    }
+
+    /// Cuts, writes, syncs and completes one window starting at `start`; returns its end.
+    fn window(&mut self, consumer_mut: &mut Consumer, start: u64) -> u64 {
+        let inner = self.inner.clone();
+        let cfg = &inner.config;
+        let mut entries: Vec<Entry<'_>> = recycle(std::mem::take(&mut self.entries));
+        self.stamps.clear();
+        self.slots.clear();
+        let first_seen = Instant::now();
+        let mut last_arrival = first_seen;
+        let mut w = Window {
+            end: start,
+            ..Window::default()
+        };
+        let consumer = &*consumer_mut;
+        let stamps = &mut self.stamps;
+        let slots = &mut self.slots;
+        loop {
+            let before = w.end;
+            let bytes_max = cfg.batch_bytes_max as u64;
+            let ops_max = cfg.batch_ops_max;
+            w.end = consumer.read(w.end, |end, payload| {
+                let rec_bytes = end - w.end;
+                if w.requests > 0 && (w.bytes + rec_bytes > bytes_max || entries.len() >= ops_max) {
+                    return false;
+                }
+                parse_request(payload, &mut entries, stamps, slots, &mut w.gets);
+                w.bytes += rec_bytes;
+                w.requests += 1;
+                w.end = end;
+                true
+            });
+            let full = w.bytes >= bytes_max || entries.len() >= ops_max;
+            if full
+                || inner.flush_to.load(Ordering::Acquire) > before
+                || consumer.ring().is_closed()
+            {
+                break;
+            }
+            let now = Instant::now();
+            let age = now - first_seen;
+            if age >= cfg.window_age_max {
+                break;
+            }
+            if w.end > before {
+                last_arrival = now;
+            }
+            match cfg.window {
+                WindowPolicy::Immediate => break,
+                WindowPolicy::Linger(d) => {
+                    if age >= d {
+                        break;
+                    }
+                    consumer.wait(w.end, Some(first_seen + d));
+                }
+                WindowPolicy::Adaptive { quiet } => {
+                    if w.requests >= self.prev_requests || now - last_arrival >= quiet {
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+            }
+        }
+        record(
+            &mut inner.counters.stages.lock().window_age,
+            first_seen.elapsed().as_nanos() as u64,
+        );
+        self.prev_requests = w.requests.max(1);
+        Counters::add(&inner.counters.submitted, entries.len() as u64);
+        Counters::add(&inner.counters.reads, w.gets);
+        Counters::add(&inner.counters.writes, entries.len() as u64 - w.gets);
+
+        if inner.completion.failure().is_none() {
+            if let Err(e) = self.commit(&entries, w.end) {
+                inner.completion.fail(e);
+            }
+        }
+        // On failure the watermark stays put: every ticket of this window and later ones
+        // reports the failure; get slots are dropped with `slots`.
+        self.entries = recycle(entries);
+        self.slots.clear();
+        consumer_mut.release(w.end);
+        w.end
+    }
+
+    /// Coalesces, writes, syncs, updates the index and completes the window's tickets.
+    fn commit(&mut self, entries: &[Entry<'_>], end: u64) -> Result<()> {
+        let inner = self.inner.clone();
+        let counters = &inner.counters;
+        let t0 = Instant::now();
+        let plan = self.coalescer.plan(entries, inner.config.coalesce);
+        let t1 = Instant::now();
+
+        let mut t2 = t1;
+        let mut t3 = t1;
+        self.locs.clear();
+        if !plan.survivors.is_empty() {
+            let body_len: usize = plan
+                .survivors
+                .iter()
+                .map(|&i| {
+                    let e = &entries[i as usize];
+                    match e.op {
+                        Op::Put(v) => record_len(e.key.len(), v.len()),
+                        _ => record_len(e.key.len(), 0),
+                    }
+                })
+                .sum();
+            let flags = if inner.config.coalesce {
+                FLAG_SORTED
+            } else {
+                0
+            };
+            let writes = (entries.len() - self.slots.len()) as u32;
+            let locs = &mut self.locs;
+            let (frame, seq) = self.log.append(body_len, flags, |w, frame_off| {
+                let mut off = frame_off + FRAME_HEADER_LEN as u64;
+                for &i in &plan.survivors {
+                    let e = &entries[i as usize];
+                    let (op, value) = match e.op {
+                        Op::Put(v) => (RecordOp::Put, v),
+                        _ => (RecordOp::Delete, &[][..]),
+                    };
+                    w.push(op, e.key, value);
+                    let value_off = off + (RECORD_HEADER_LEN + e.key.len()) as u64;
+                    locs.push((op == RecordOp::Put).then_some(Loc {
+                        seg: 0,
+                        off: value_off,
+                        len: value.len() as u32,
+                    }));
+                    off += record_len(e.key.len(), value.len()) as u64;
+                }
+                writes
+            })?;
+            for loc in self.locs.iter_mut().flatten() {
+                loc.seg = frame.seg;
+            }
+            t2 = Instant::now();
+            let synced = self.log.sync()?;
+            inner.durable_seq.store(seq, Ordering::Release);
+            t3 = Instant::now();
+            Counters::add(&counters.batches, 1);
+            Counters::add(&counters.syncs, u64::from(synced));
+            Counters::add(&counters.records_written, plan.survivors.len() as u64);
+            Counters::add(
+                &counters.bytes_written,
+                crate::log::format::frame_len(body_len) as u64,
+            );
+        }
+        Counters::add(&counters.coalesced_writes, plan.coalesced_writes);
+        Counters::add(&counters.collapsed_reads, plan.collapsed_reads);
+
+        // Gets read the state before this window's writes: answer them before the index
+        // moves on. Each shared lookup is done once.
+        if !plan.gets.is_empty() {
+            self.lookups.clear();
+            for &(g, ans) in &plan.gets {
+                if let GetAnswer::Lookup(first) = ans {
+                    if first == g {
+                        let v = inner
+                            .index
+                            .get(entries[g as usize].key)
+                            .and_then(|loc| ValueRef::resolve(&inner.segments, loc))
+                            .map(|v| v.to_vec());
+                        self.lookups.push((first, v));
+                    }
+                }
+            }
+            self.lookups.sort_unstable_by_key(|l| l.0);
+            // Slots are in entry order; put the answers in the same order and zip.
+            self.answers.clear();
+            self.answers.extend_from_slice(&plan.gets);
+            self.answers.sort_unstable_by_key(|a| a.0);
+            debug_assert_eq!(self.answers.len(), self.slots.len());
+            for ((g, slot), &(a, answer)) in self.slots.iter().zip(&self.answers) {
+                debug_assert_eq!(*g, a);
+                let value = match answer {
+                    GetAnswer::Write(w) => match entries[w as usize].op {
+                        Op::Put(v) => Some(v.to_vec()),
+                        _ => None,
+                    },
+                    GetAnswer::Lookup(first) => self
+                        .lookups
+                        .binary_search_by_key(&first, |l| l.0)
+                        .ok()
+                        .and_then(|i| self.lookups[i].1.clone()),
+                };
+                slot.fill(value);
+            }
+        }
+        inner.index.apply(
+            plan.survivors
+                .iter()
+                .zip(&self.locs)
+                .map(|(&i, loc)| (entries[i as usize].key, *loc)),
+        );
+        inner.completion.advance(end);
+        let t4 = Instant::now();
+        let now_ns = (t4 - inner.epoch).as_nanos() as u64;
+        let mut h = counters.stages.lock();
+        record(&mut h.coalesce, (t1 - t0).as_nanos() as u64);
+        if t2 > t1 {
+            record(&mut h.encode, (t2 - t1).as_nanos() as u64);
+            record(&mut h.sync, (t3 - t2).as_nanos() as u64);
+        }
+        record(&mut h.wakeup, (t4 - t3).as_nanos() as u64);
+        for &s in &self.stamps {
+            record(&mut h.end_to_end, now_ns.saturating_sub(s));
+        }
+        Ok(())
+    }
+}
+
+/// Decodes one ring record into window entries (a batch gives several).
+fn parse_request<'a>(
+    payload: &'a [u8],
+    entries: &mut Vec<Entry<'a>>,
+    stamps: &mut Vec<u64>,
+    slots: &mut Vec<(u32, Arc<GetSlot>)>,
+    gets: &mut u64,
+) {
+    let op = payload[0];
+    let key_len = u16::from_le_bytes([payload[2], payload[3]]) as usize;
+    let value_len = u32::from_le_bytes(payload[4..8].try_into().unwrap()) as usize;
+    stamps.push(u64::from_le_bytes(payload[8..16].try_into().unwrap()));
+    let body = &payload[REQ_HEADER..];
+    match op {
+        REQ_PUT => entries.push(Entry {
+            key: &body[..key_len],
+            op: Op::Put(&body[key_len..key_len + value_len]),
+        }),
+        REQ_DELETE => entries.push(Entry {
+            key: &body[..key_len],
+            op: Op::Delete,
+        }),
+        REQ_GET => {
+            let raw = u64::from_le_bytes(body[..8].try_into().unwrap());
+            // SAFETY: the producer wrote a pointer from `Arc::into_raw` into this record and
+            // published it; the flusher reads every record exactly once, so this is the one
+            // matching `from_raw`.
+            let slot = unsafe { Arc::from_raw(raw as *const GetSlot) };
+            slots.push((entries.len() as u32, slot));
+            entries.push(Entry {
+                key: &body[8..8 + key_len],
+                op: Op::Get,
+            });
+            *gets += 1;
+        }
+        REQ_BATCH => {
+            let ops = BatchOps {
+                buf: body,
+                left: value_len as u32,
+            };
+            for (op, key, value) in ops {
+                entries.push(Entry {
+                    key,
+                    op: if op == REQ_PUT {
+                        Op::Put(value)
+                    } else {
+                        Op::Delete
+                    },
+                });
+            }
+        }
+        _ => unreachable!("the engine writes only known request kinds"),
+    }
+}

@@ -1,0 +1,143 @@
+//! One error type for the whole crate. Every variant says what happened and, where the
+//! caller can do something about it, what to do.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The result type of every fallible mergelog call.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that can go wrong in mergelog.
+///
+/// `Error` is `Clone` so that one I/O failure can complete every ticket it affects.
+#[non_exhaustive]
+#[derive(Debug, Clone)]
+pub enum Error {
+    /// A key is longer than `Config::key_len_max`.
+    KeyTooLong {
+        /// Length of the offending key in bytes.
+        len: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// A value is longer than `Config::value_len_max`.
+    ValueTooLong {
+        /// Length of the offending value in bytes.
+        len: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// One request (a put, or a whole `WriteBatch`) is larger than the ring or the batch
+    /// limit can carry.
+    RequestTooLarge {
+        /// Encoded size of the request in bytes.
+        len: usize,
+        /// The largest request the configuration accepts.
+        max: usize,
+        /// Which limit it exceeds.
+        limit: &'static str,
+    },
+    /// A `WriteBatch` holds no operations.
+    EmptyBatch,
+    /// The configuration is inconsistent; `what` names the setting and the rule.
+    InvalidConfig(String),
+    /// The ring is full and `Backpressure::Reject` is configured: shed load or retry later.
+    Busy,
+    /// The engine has been closed; no more requests are accepted.
+    Closed,
+    /// An earlier write or sync failed. Nothing at or after the failed batch was
+    /// acknowledged; the engine refuses further writes until it is reopened, which recovers
+    /// from what is on disk.
+    Failed(Arc<String>),
+    /// Another engine (in this or another process) holds the directory's lock file.
+    Locked(PathBuf),
+    /// An I/O error on a named file.
+    Io {
+        /// What mergelog was doing.
+        op: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The operating system's error.
+        source: Arc<io::Error>,
+    },
+    /// The bytes on disk are not a valid log at `offset` of `path`.
+    Corrupt {
+        /// The segment file.
+        path: PathBuf,
+        /// Byte offset in that file.
+        offset: u64,
+        /// What was wrong.
+        reason: String,
+    },
+    /// `Ticket::wait_timeout` ran out before the request was durable.
+    Timeout,
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
+        Error::Io {
+            op,
+            path: path.into(),
+            source: Arc::new(source),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::KeyTooLong { len, max } => write!(
+                f,
+                "key is {len} bytes, over the limit key_len_max = {max}; shorten the key or raise Config::key_len_max"
+            ),
+            Error::ValueTooLong { len, max } => write!(
+                f,
+                "value is {len} bytes, over the limit value_len_max = {max}; split the value or raise Config::value_len_max"
+            ),
+            Error::RequestTooLarge { len, max, limit } => write!(
+                f,
+                "request encodes to {len} bytes, over the {limit} limit of {max} bytes; split it or raise the limit"
+            ),
+            Error::EmptyBatch => write!(f, "write batch holds no operations"),
+            Error::InvalidConfig(what) => write!(f, "invalid configuration: {what}"),
+            Error::Busy => write!(
+                f,
+                "ingest ring is full (Backpressure::Reject); shed load or retry later"
+            ),
+            Error::Closed => write!(f, "engine is closed"),
+            Error::Failed(why) => write!(
+                f,
+                "engine failed earlier and is read-only until reopened: {why}"
+            ),
+            Error::Locked(path) => write!(
+                f,
+                "{} is locked by another engine; close it first",
+                path.display()
+            ),
+            Error::Io { op, path, source } => {
+                write!(f, "{op} {}: {source}", path.display())
+            }
+            Error::Corrupt {
+                path,
+                offset,
+                reason,
+            } => write!(
+                f,
+                "corrupt log: {} at offset {offset}: {reason}",
+                path.display()
+            ),
+            Error::Timeout => write!(f, "timed out waiting for the request to become durable"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(&**source),
+            _ => None,
+        }
+    }
+}

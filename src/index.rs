@@ -1,0 +1,107 @@
+//! Key -> location of the latest durable value, for the read path.
+//!
+//! Updated by the flusher after a batch's sync and before its wake-up (so a writer that
+//! waited reads its own write), rebuilt by replaying the log at open. Deleted keys are
+//! removed, so the index holds exactly the live keys.
+
+use crate::log::segment::Segment;
+use crate::log::Segments;
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Where a live value's bytes are: segment index in the log, offset and length in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Loc {
+    pub seg: u32,
+    pub off: u64,
+    pub len: u32,
+}
+
+#[derive(Default)]
+pub(crate) struct Index {
+    map: RwLock<HashMap<Box<[u8]>, Loc>>,
+}
+
+impl Index {
+    pub fn get(&self, key: &[u8]) -> Option<Loc> {
+        self.map.read().get(key).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.read().len()
+    }
+
+    /// Applies one batch of updates under one write lock: `Some(loc)` sets, `None` deletes.
+    pub fn apply<'a>(&self, updates: impl Iterator<Item = (&'a [u8], Option<Loc>)>) {
+        let mut map = self.map.write();
+        for (key, loc) in updates {
+            match loc {
+                Some(loc) => {
+                    // Only a new key pays for an allocation.
+                    if let Some(slot) = map.get_mut(key) {
+                        *slot = loc;
+                    } else {
+                        map.insert(key.into(), loc);
+                    }
+                }
+                None => {
+                    map.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Visits every live key with its location (unordered).
+    pub fn for_each(&self, mut f: impl FnMut(&[u8], Loc)) {
+        for (k, v) in self.map.read().iter() {
+            f(k, *v);
+        }
+    }
+}
+
+/// A durable value, borrowed zero-copy from the segment's memory map. Holding it keeps the
+/// segment mapped; it never changes (log bytes are written once).
+#[derive(Clone)]
+pub struct ValueRef {
+    seg: Arc<Segment>,
+    off: u64,
+    len: usize,
+}
+
+impl ValueRef {
+    pub(crate) fn resolve(segments: &Segments, loc: Loc) -> Option<ValueRef> {
+        let seg = segments.read().get(loc.seg as usize)?.clone();
+        let v = ValueRef {
+            seg,
+            off: loc.off,
+            len: loc.len as usize,
+        };
+        // The flusher publishes before it updates the index, so this cannot be empty for a
+        // non-empty value; checked rather than trusted.
+        (v.seg.bytes(v.off, v.len).len() == v.len).then_some(v)
+    }
+}
+
+impl std::ops::Deref for ValueRef {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.seg.bytes(self.off, self.len)
+    }
+}
+
+impl AsRef<[u8]> for ValueRef {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl std::fmt::Debug for ValueRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValueRef")
+            .field("segment", &self.seg.path)
+            .field("offset", &self.off)
+            .field("len", &self.len)
+            .finish()
+    }
+}

@@ -1,0 +1,1361 @@
+//! The on-disk format: segment header and batch frames, encoded and decoded.
+//!
+//! `docs/FORMAT.md` is the byte-level spec and the crash argument; this module is its only
+//! implementation. It is pure: no I/O, and no allocation when encoding or decoding frames.
+//!
+//! One decoder, [`decode_frame`], serves open, replay, `verify` and `dump`. It checks everything a
+//! frame says about itself (magic, bounds, CRC, record structure, count, flags, order). What needs
+//! more than one frame — batch-sequence continuity, segment id against file name, what to do with a
+//! damaged tail — belongs to recovery.
+//!
+//! The writer asserts on its side of the disk too: in debug builds [`FrameWriter::finish`] decodes
+//! the frame it has just encoded, so a frame that is marked sorted but is not never reaches a sync.
+
+use std::fmt;
+
+/// First 8 bytes of every segment file.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"MRGLOG\x00S";
+/// The only format version this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Length of the segment header; the first frame starts right after it.
+pub const SEGMENT_HEADER_LEN: usize = 64;
+/// First 4 bytes of every frame.
+pub const FRAME_MAGIC: [u8; 4] = *b"MLFR";
+/// Length of a frame header.
+pub const FRAME_HEADER_LEN: usize = 32;
+/// Length of a record header: `op u8 | key_len u16 | value_len u32`.
+pub const RECORD_HEADER_LEN: usize = 7;
+/// Frame flag: records strictly ascending by key (bytewise), hence no duplicate keys.
+pub const FLAG_SORTED: u32 = 1;
+/// Longest key the format can hold (`key_len` is a `u16`).
+pub const KEY_LEN_MAX: usize = u16::MAX as usize;
+/// Sequence number of the first batch of a log; it is also the id of the first segment.
+pub const FIRST_BATCH_SEQ: u64 = 1;
+/// Smallest valid segment: the header plus room for one frame header.
+pub const SEGMENT_SIZE_MIN: u64 = (SEGMENT_HEADER_LEN + FRAME_HEADER_LEN) as u64;
+
+const FLAGS_KNOWN: u32 = FLAG_SORTED;
+/// The frame CRC covers the frame from this offset (after magic and CRC) to the end of the body.
+const FRAME_CRC_START: usize = 8;
+/// The segment header CRC covers bytes `0..SEGMENT_CRC_AT` and is stored right after them.
+const SEGMENT_CRC_AT: usize = 60;
+
+/// Rounds `n` up to a multiple of 8.
+pub fn align8(n: usize) -> usize {
+    (n + 7) & !7
+}
+
+/// Bytes a frame with a `body_len`-byte body occupies in the segment, padding included.
+pub fn frame_len(body_len: usize) -> usize {
+    align8(FRAME_HEADER_LEN + body_len)
+}
+
+/// Bytes one record occupies in a frame body (records are packed, not padded).
+pub fn record_len(key_len: usize, value_len: usize) -> usize {
+    RECORD_HEADER_LEN + key_len + value_len
+}
+
+/// File name of the segment whose first batch is `segment_id`: 20 decimal digits + `.seg`.
+pub fn segment_file_name(segment_id: u64) -> String {
+    format!("{segment_id:020}.seg")
+}
+
+/// The segment id a segment file name encodes, or `None` if `name` is not exactly
+/// 20 ASCII digits followed by `.seg`.
+pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".seg")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// File name of the `n`th segment prepared ahead of need (all zeros until activated).
+pub fn prep_file_name(n: u64) -> String {
+    format!("prep-{n}.tmp")
+}
+
+/// What a record does to its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordOp {
+    /// Set the key to the value.
+    Put = 1,
+    /// Remove the key; the record's value is empty.
+    Delete = 2,
+}
+
+impl RecordOp {
+    /// The op a record's first byte encodes, or `None` for an unknown op code.
+    pub fn from_byte(byte: u8) -> Option<RecordOp> {
+        match byte {
+            1 => Some(RecordOp::Put),
+            2 => Some(RecordOp::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// The 64-byte header at offset 0 of every segment file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// Sequence number of the first batch in this segment (also in the file name).
+    pub segment_id: u64,
+    /// The segment file's length in bytes.
+    pub segment_size: u64,
+}
+
+impl SegmentHeader {
+    /// The 64 header bytes, CRC included.
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
+        debug_assert!(
+            segment_size_valid(self.segment_size),
+            "segment size {} is not a multiple of 8 or below {SEGMENT_SIZE_MIN}",
+            self.segment_size
+        );
+        let mut b = [0u8; SEGMENT_HEADER_LEN];
+        b[0..8].copy_from_slice(&SEGMENT_MAGIC);
+        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[12..16].copy_from_slice(&(SEGMENT_HEADER_LEN as u32).to_le_bytes());
+        b[16..24].copy_from_slice(&self.segment_id.to_le_bytes());
+        b[24..32].copy_from_slice(&self.segment_size.to_le_bytes());
+        // 32..60 reserved, zero.
+        let crc = crc32c::crc32c(&b[..SEGMENT_CRC_AT]);
+        b[SEGMENT_CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decodes the header from the first 64 bytes of `bytes` (a whole segment image will do).
+    ///
+    /// Checks, in order: length, magic, version, CRC, header length, reserved bytes zero,
+    /// segment size. Whether the size matches the file and the id matches the file name is
+    /// for the caller to check.
+    pub fn decode(bytes: &[u8]) -> Result<SegmentHeader, FormatError> {
+        use FormatErrorKind::*;
+        let err = |kind| Err(FormatError { offset: 0, kind });
+        let Some(b) = bytes.get(..SEGMENT_HEADER_LEN) else {
+            return err(SegmentHeaderTruncated {
+                len: bytes.len() as u64,
+            });
+        };
+        if b[0..8] != SEGMENT_MAGIC {
+            return err(BadSegmentMagic);
+        }
+        let version = le_u32(b, 8);
+        if version != FORMAT_VERSION {
+            return err(UnsupportedVersion(version));
+        }
+        let stored = le_u32(b, SEGMENT_CRC_AT);
+        let computed = crc32c::crc32c(&b[..SEGMENT_CRC_AT]);
+        if stored != computed {
+            return err(BadSegmentHeaderCrc { stored, computed });
+        }
+        let header_len = le_u32(b, 12);
+        if header_len as usize != SEGMENT_HEADER_LEN {
+            return err(BadSegmentHeaderLength(header_len));
+        }
+        if b[32..SEGMENT_CRC_AT].iter().any(|&x| x != 0) {
+            return err(SegmentReservedNotZero);
+        }
+        let segment_size = le_u64(b, 24);
+        if !segment_size_valid(segment_size) {
+            return err(BadSegmentSize(segment_size));
+        }
+        Ok(SegmentHeader {
+            segment_id: le_u64(b, 16),
+            segment_size,
+        })
+    }
+}
+
+fn segment_size_valid(size: u64) -> bool {
+    size >= SEGMENT_SIZE_MIN && size % 8 == 0
+}
+
+/// Encodes one frame in place into `buf` (the memory map or a write buffer), which must be at
+/// least `frame_len(body_len)` long; the caller sizes it from `record_len` sums.
+///
+/// Records go straight to their final place; the header is written by [`FrameWriter::finish`].
+/// A record pushed when the body is `n` bytes long lands at `FRAME_HEADER_LEN + n` in `buf`.
+pub struct FrameWriter<'a> {
+    buf: &'a mut [u8],
+    batch_seq: u64,
+    flags: u32,
+    body_len: usize,
+    record_count: u32,
+}
+
+impl<'a> FrameWriter<'a> {
+    pub fn new(buf: &'a mut [u8], batch_seq: u64, flags: u32) -> Self {
+        debug_assert!(
+            buf.len() >= FRAME_HEADER_LEN,
+            "frame buffer shorter than a frame header"
+        );
+        debug_assert_eq!(flags & !FLAGS_KNOWN, 0, "unknown frame flags {flags:#x}");
+        FrameWriter {
+            buf,
+            batch_seq,
+            flags,
+            body_len: 0,
+            record_count: 0,
+        }
+    }
+
+    /// Appends one record. A `Delete` must have an empty value.
+    pub fn push(&mut self, op: RecordOp, key: &[u8], value: &[u8]) {
+        // Hard asserts: the casts below would otherwise write a frame whose CRC is valid but
+        // which can never be read back. The engine checks these limits at submit.
+        assert!(
+            key.len() <= KEY_LEN_MAX,
+            "key of {} bytes exceeds KEY_LEN_MAX",
+            key.len()
+        );
+        assert!(
+            value.len() <= u32::MAX as usize,
+            "value of {} bytes exceeds u32",
+            value.len()
+        );
+        debug_assert!(
+            op == RecordOp::Put || value.is_empty(),
+            "delete with a value"
+        );
+        let at = FRAME_HEADER_LEN + self.body_len;
+        let len = record_len(key.len(), value.len());
+        debug_assert!(
+            at + len <= self.buf.len(),
+            "frame buffer of {} bytes has no room for a {len}-byte record at {at}",
+            self.buf.len()
+        );
+        let (head, rest) = self.buf[at..at + len].split_at_mut(RECORD_HEADER_LEN);
+        head[0] = op as u8;
+        head[1..3].copy_from_slice(&(key.len() as u16).to_le_bytes());
+        head[3..7].copy_from_slice(&(value.len() as u32).to_le_bytes());
+        let (k, v) = rest.split_at_mut(key.len());
+        k.copy_from_slice(key);
+        v.copy_from_slice(value);
+        self.body_len += len;
+        self.record_count += 1;
+    }
+
+    /// Length of the body pushed so far.
+    pub fn body_len(&self) -> usize {
+        self.body_len
+    }
+
+    /// Writes the header, CRC and zero padding; returns the frame's total aligned length.
+    ///
+    /// `ops_acknowledged` counts the write ops this frame acknowledges, including those
+    /// coalesced away, so it is at least the number of records.
+    pub fn finish(self, ops_acknowledged: u32) -> usize {
+        let body_len = u32::try_from(self.body_len).expect("frame body exceeds u32::MAX bytes");
+        let body_end = FRAME_HEADER_LEN + self.body_len;
+        let len = frame_len(self.body_len);
+        let h = &mut self.buf[..FRAME_HEADER_LEN];
+        h[0..4].copy_from_slice(&FRAME_MAGIC);
+        h[8..12].copy_from_slice(&body_len.to_le_bytes());
+        h[12..16].copy_from_slice(&self.record_count.to_le_bytes());
+        h[16..24].copy_from_slice(&self.batch_seq.to_le_bytes());
+        h[24..28].copy_from_slice(&self.flags.to_le_bytes());
+        h[28..32].copy_from_slice(&ops_acknowledged.to_le_bytes());
+        let crc = crc32c::crc32c(&self.buf[FRAME_CRC_START..body_end]);
+        self.buf[4..8].copy_from_slice(&crc.to_le_bytes());
+        self.buf[body_end..len].fill(0);
+        if cfg!(debug_assertions) {
+            // Assert right before the disk what the reader will check right after it:
+            // sortedness, record structure, counts.
+            match decode_frame(&self.buf[..len], 0) {
+                Ok(Decoded::Frame(f))
+                    if f.len == len
+                        && f.batch_seq == self.batch_seq
+                        && f.record_count == self.record_count => {}
+                other => panic!("FrameWriter encoded a frame that does not decode: {other:?}"),
+            }
+        }
+        len
+    }
+}
+
+/// One record of a decoded frame, borrowed from the segment.
+#[derive(Clone, Copy, Debug)]
+pub struct Record<'a> {
+    pub op: RecordOp,
+    pub key: &'a [u8],
+    /// Empty for a `Delete`.
+    pub value: &'a [u8],
+}
+
+/// A frame that passed every check of [`decode_frame`], borrowed from the segment.
+#[derive(Clone, Copy, Debug)]
+pub struct Frame<'a> {
+    /// Offset of the frame header in the segment.
+    pub offset: u64,
+    /// Total length including padding: the next frame starts at `offset + len`.
+    pub len: usize,
+    pub batch_seq: u64,
+    pub flags: u32,
+    pub record_count: u32,
+    pub ops_acknowledged: u32,
+    pub body: &'a [u8],
+}
+
+impl<'a> Frame<'a> {
+    /// The records in log order, zero-copy.
+    pub fn records(&self) -> Records<'a> {
+        Records {
+            body: self.body,
+            pos: 0,
+            remaining: self.record_count,
+            body_offset: self.offset + FRAME_HEADER_LEN as u64,
+        }
+    }
+
+    /// Whether the frame carries [`FLAG_SORTED`] (and, having decoded, really is sorted).
+    pub fn is_sorted(&self) -> bool {
+        self.flags & FLAG_SORTED != 0
+    }
+
+    /// Offset right after this frame, where the next frame (or the end) is.
+    pub fn end_offset(&self) -> u64 {
+        self.offset + self.len as u64
+    }
+}
+
+/// Iterator over the records of a [`Frame`].
+///
+/// It parses without re-validating, relying on `decode_frame` having checked the body; on a
+/// malformed body (a `Frame` built by hand) it stops early rather than panic.
+#[derive(Clone, Debug)]
+pub struct Records<'a> {
+    body: &'a [u8],
+    pos: usize,
+    remaining: u32,
+    body_offset: u64,
+}
+
+impl<'a> Records<'a> {
+    /// Segment offset of the record the next call to `next` returns (for index entries).
+    pub fn offset(&self) -> u64 {
+        self.body_offset + self.pos as u64
+    }
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Record<'a>;
+
+    fn next(&mut self) -> Option<Record<'a>> {
+        if self.pos >= self.body.len() {
+            return None;
+        }
+        let raw = parse_record(self.body, self.pos).ok()?;
+        let op = RecordOp::from_byte(raw.op)?;
+        self.pos = raw.end;
+        self.remaining = self.remaining.saturating_sub(1);
+        Some(Record {
+            op,
+            key: raw.key,
+            value: raw.value,
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining as usize, Some(self.remaining as usize))
+    }
+}
+
+/// What [`decode_frame`] found at an offset.
+#[derive(Clone, Copy, Debug)]
+pub enum Decoded<'a> {
+    Frame(Frame<'a>),
+    /// The written log ends here: an all-zero frame header, or no room for one.
+    End,
+}
+
+/// Decodes the frame at byte `offset` of a whole segment image `seg`.
+///
+/// Checks, in this order, and reports the first failure: room for a header (else `End`),
+/// all-zero header (`End`), magic, frame within the segment, CRC, every record well-formed and
+/// exactly filling the body, record count, ops valid, unknown flags zero, `SORTED` implies
+/// strictly ascending keys, `ops_acknowledged >= record_count`.
+///
+/// Never panics and never reads out of bounds, whatever the bytes. O(body), allocation-free.
+/// Padding bytes after the body are not covered by the CRC and not read.
+pub fn decode_frame(seg: &[u8], offset: usize) -> Result<Decoded<'_>, FormatError> {
+    use FormatErrorKind::*;
+    let avail = seg.len().saturating_sub(offset);
+    if avail < FRAME_HEADER_LEN {
+        return Ok(Decoded::End);
+    }
+    let err = |kind| {
+        Err(FormatError {
+            offset: offset as u64,
+            kind,
+        })
+    };
+    let h = &seg[offset..offset + FRAME_HEADER_LEN];
+    if h.iter().all(|&b| b == 0) {
+        return Ok(Decoded::End);
+    }
+    let magic = [h[0], h[1], h[2], h[3]];
+    if magic != FRAME_MAGIC {
+        return err(BadFrameMagic(magic));
+    }
+    let stored_crc = le_u32(h, 4);
+    let body_len = le_u32(h, 8);
+    let record_count = le_u32(h, 12);
+    let batch_seq = le_u64(h, 16);
+    let flags = le_u32(h, 24);
+    let ops_acknowledged = le_u32(h, 28);
+
+    // In u64 so that a huge body_len cannot overflow on any target.
+    let len = (FRAME_HEADER_LEN as u64 + u64::from(body_len) + 7) & !7;
+    if len > avail as u64 {
+        return err(FrameOutOfBounds {
+            body_len: u64::from(body_len),
+            room: avail as u64,
+        });
+    }
+    let body_start = offset + FRAME_HEADER_LEN;
+    let body_end = body_start + body_len as usize;
+    let computed = crc32c::crc32c(&seg[offset + FRAME_CRC_START..body_end]);
+    if computed != stored_crc {
+        return err(BadFrameCrc {
+            stored: stored_crc,
+            computed,
+        });
+    }
+
+    // One pass over the records. Structural errors return at once; the others are remembered
+    // and reported afterwards so that the documented order holds.
+    let body = &seg[body_start..body_end];
+    let sorted = flags & FLAG_SORTED != 0;
+    let mut pos = 0;
+    let mut found: u32 = 0;
+    let mut bad_op = None;
+    let mut unsorted = None;
+    let mut prev_key: Option<&[u8]> = None;
+    while pos < body.len() {
+        let raw = match parse_record(body, pos) {
+            Ok(raw) => raw,
+            Err(reason) => {
+                return err(BadRecord {
+                    index: found,
+                    reason,
+                })
+            }
+        };
+        if bad_op.is_none() && RecordOp::from_byte(raw.op).is_none() {
+            bad_op = Some(raw.op);
+        }
+        if sorted && unsorted.is_none() && prev_key.is_some_and(|p| p >= raw.key) {
+            unsorted = Some(found);
+        }
+        prev_key = Some(raw.key);
+        pos = raw.end;
+        found += 1; // A record is at least 7 bytes, so this cannot overflow a u32 body.
+    }
+    if found != record_count {
+        return err(RecordCountMismatch {
+            header: record_count,
+            found,
+        });
+    }
+    if let Some(op) = bad_op {
+        return err(BadOp(op));
+    }
+    if flags & !FLAGS_KNOWN != 0 {
+        return err(UnknownFlags(flags & !FLAGS_KNOWN));
+    }
+    if let Some(index) = unsorted {
+        return err(Unsorted { index });
+    }
+    if ops_acknowledged < record_count {
+        return err(BadOpsAcknowledged {
+            ops_acknowledged,
+            record_count,
+        });
+    }
+    Ok(Decoded::Frame(Frame {
+        offset: offset as u64,
+        len: len as usize,
+        batch_seq,
+        flags,
+        record_count,
+        ops_acknowledged,
+        body,
+    }))
+}
+
+struct RawRecord<'a> {
+    op: u8,
+    key: &'a [u8],
+    value: &'a [u8],
+    /// Body offset right after this record.
+    end: usize,
+}
+
+/// Parses the record at `pos` of `body`: the one place that knows the record layout on read.
+fn parse_record(body: &[u8], pos: usize) -> Result<RawRecord<'_>, &'static str> {
+    let Some(h) = body.get(pos..).and_then(|r| r.get(..RECORD_HEADER_LEN)) else {
+        return Err("record header runs past the end of the frame body");
+    };
+    let op = h[0];
+    let key_len = usize::from(u16::from_le_bytes([h[1], h[2]]));
+    let value_len = le_u32(h, 3) as usize;
+    let key_start = pos + RECORD_HEADER_LEN;
+    let rest = &body[key_start..];
+    if key_len > rest.len() || value_len > rest.len() - key_len {
+        return Err("key and value run past the end of the frame body");
+    }
+    if op == RecordOp::Delete as u8 && value_len != 0 {
+        return Err("delete record carries a value");
+    }
+    let (key, rest) = rest.split_at(key_len);
+    Ok(RawRecord {
+        op,
+        key,
+        value: &rest[..value_len],
+        end: key_start + key_len + value_len,
+    })
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// A segment header or frame that failed to decode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FormatError {
+    /// Offset in the segment of the structure that failed: 0 for the segment header, else the
+    /// frame's first byte (where a point-in-time recovery would cut).
+    pub offset: u64,
+    pub kind: FormatErrorKind,
+}
+
+/// What was wrong. Kinds after `BadFrameCrc` concern frames whose CRC matched, i.e. that a
+/// writer produced as they are: a bug, not disk damage.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FormatErrorKind {
+    /// Fewer than 64 bytes where a segment header should be.
+    SegmentHeaderTruncated {
+        len: u64,
+    },
+    BadSegmentMagic,
+    UnsupportedVersion(u32),
+    BadSegmentHeaderCrc {
+        stored: u32,
+        computed: u32,
+    },
+    BadSegmentHeaderLength(u32),
+    SegmentReservedNotZero,
+    /// Not a multiple of 8, or below [`SEGMENT_SIZE_MIN`].
+    BadSegmentSize(u64),
+    /// Neither the frame magic nor an all-zero end marker.
+    BadFrameMagic([u8; 4]),
+    /// The frame (header, body, padding) does not fit in the `room` bytes from its offset to
+    /// the end of the segment.
+    FrameOutOfBounds {
+        body_len: u64,
+        room: u64,
+    },
+    BadFrameCrc {
+        stored: u32,
+        computed: u32,
+    },
+    /// Record `index` (0-based) is malformed.
+    BadRecord {
+        index: u32,
+        reason: &'static str,
+    },
+    RecordCountMismatch {
+        header: u32,
+        found: u32,
+    },
+    BadOp(u8),
+    /// The unknown bits that were set.
+    UnknownFlags(u32),
+    /// The frame is marked sorted but record `index` is not above the one before it.
+    Unsorted {
+        index: u32,
+    },
+    BadOpsAcknowledged {
+        ops_acknowledged: u32,
+        record_count: u32,
+    },
+}
+
+impl FormatErrorKind {
+    fn in_segment_header(&self) -> bool {
+        use FormatErrorKind::*;
+        matches!(
+            self,
+            SegmentHeaderTruncated { .. }
+                | BadSegmentMagic
+                | UnsupportedVersion(_)
+                | BadSegmentHeaderCrc { .. }
+                | BadSegmentHeaderLength(_)
+                | SegmentReservedNotZero
+                | BadSegmentSize(_)
+        )
+    }
+}
+
+const WRITER_BUG: &str =
+    "the checksum matches, so mergelog wrote it this way: a bug, please report it";
+
+impl fmt::Display for FormatErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use FormatErrorKind::*;
+        match self {
+            SegmentHeaderTruncated { len } => write!(
+                f,
+                "the file is {len} bytes, too short for the {SEGMENT_HEADER_LEN}-byte segment header (truncated?)"
+            ),
+            BadSegmentMagic => f.write_str(
+                "no mergelog segment magic: not a mergelog segment file, or its first bytes are damaged",
+            ),
+            UnsupportedVersion(v) => write!(
+                f,
+                "format version {v}, but this build reads only version {FORMAT_VERSION}: open it with the mergelog that wrote it"
+            ),
+            BadSegmentHeaderCrc { stored, computed } => write!(
+                f,
+                "header checksum mismatch (stored {stored:#010x}, computed {computed:#010x}): the header is damaged"
+            ),
+            BadSegmentHeaderLength(n) => write!(
+                f,
+                "header length field is {n}, format version {FORMAT_VERSION} requires {SEGMENT_HEADER_LEN}"
+            ),
+            SegmentReservedNotZero => f.write_str("reserved header bytes 32..60 are not zero"),
+            BadSegmentSize(n) => write!(
+                f,
+                "segment size {n} is not a multiple of 8 of at least {SEGMENT_SIZE_MIN} bytes"
+            ),
+            BadFrameMagic(m) => write!(
+                f,
+                "expected the frame magic \"MLFR\" or an all-zero end marker, found {m:02x?}: the log is damaged here"
+            ),
+            FrameOutOfBounds { body_len, room } => write!(
+                f,
+                "the header claims a {body_len}-byte body, which with header and padding does not fit in the {room} bytes left in the segment: damaged length or truncated file"
+            ),
+            BadFrameCrc { stored, computed } => write!(
+                f,
+                "frame checksum mismatch (stored {stored:#010x}, computed {computed:#010x}): the frame is torn by an interrupted write, or damaged"
+            ),
+            BadRecord { index, reason } => write!(f, "record {index}: {reason}; {WRITER_BUG}"),
+            RecordCountMismatch { header, found } => write!(
+                f,
+                "the header says {header} records but the body holds {found}; {WRITER_BUG}"
+            ),
+            BadOp(op) => write!(
+                f,
+                "unknown record op code {op} (1 = put, 2 = delete); {WRITER_BUG}"
+            ),
+            UnknownFlags(bits) => write!(
+                f,
+                "unknown frame flag bits {bits:#x} are set: written by a newer mergelog, or a bug"
+            ),
+            Unsorted { index } => write!(
+                f,
+                "the frame is marked sorted but the key of record {index} is not greater than the one before it; {WRITER_BUG}"
+            ),
+            BadOpsAcknowledged {
+                ops_acknowledged,
+                record_count,
+            } => write!(
+                f,
+                "the frame acknowledges {ops_acknowledged} ops, fewer than its {record_count} records; {WRITER_BUG}"
+            ),
+        }
+    }
+}
+
+impl fmt::Display for FormatError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.kind.in_segment_header() {
+            write!(f, "invalid segment header: {}", self.kind)
+        } else {
+            write!(
+                f,
+                "invalid frame at byte offset {}: {}",
+                self.offset, self.kind
+            )
+        }
+    }
+}
+
+impl std::error::Error for FormatError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// An encoder written from the byte tables in FORMAT.md, independent of `FrameWriter`, so
+    /// tests can craft frames that the writer would refuse to produce.
+    fn raw_frame(body: &[u8], count: u32, seq: u64, flags: u32, ops_ack: u32) -> Vec<u8> {
+        let mut f = vec![0u8; frame_len(body.len())];
+        f[0..4].copy_from_slice(b"MLFR");
+        f[8..12].copy_from_slice(&(body.len() as u32).to_le_bytes());
+        f[12..16].copy_from_slice(&count.to_le_bytes());
+        f[16..24].copy_from_slice(&seq.to_le_bytes());
+        f[24..28].copy_from_slice(&flags.to_le_bytes());
+        f[28..32].copy_from_slice(&ops_ack.to_le_bytes());
+        f[32..32 + body.len()].copy_from_slice(body);
+        reseal_frame(&mut f);
+        f
+    }
+
+    /// Recomputes the CRC of the frame at the start of `f` after a test edited it.
+    fn reseal_frame(f: &mut [u8]) {
+        let body_len = le_u32(f, 8) as usize;
+        let crc = crc32c::crc32c(&f[8..32 + body_len]);
+        f[4..8].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    fn raw_record(op: u8, key: &[u8], value: &[u8]) -> Vec<u8> {
+        let mut r = vec![op];
+        r.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        r.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        r.extend_from_slice(key);
+        r.extend_from_slice(value);
+        r
+    }
+
+    fn body_of(records: &[(u8, &[u8], &[u8])]) -> Vec<u8> {
+        records
+            .iter()
+            .flat_map(|&(op, k, v)| raw_record(op, k, v))
+            .collect()
+    }
+
+    /// A segment image: header, then `frame` at offset 64, then `tail` zero bytes.
+    fn segment_with(frame: &[u8], tail: usize) -> Vec<u8> {
+        let size = align8(SEGMENT_HEADER_LEN + frame.len() + tail).max(SEGMENT_SIZE_MIN as usize);
+        let mut seg = vec![0u8; size];
+        let header = SegmentHeader {
+            segment_id: 7,
+            segment_size: size as u64,
+        };
+        seg[..SEGMENT_HEADER_LEN].copy_from_slice(&header.encode());
+        seg[SEGMENT_HEADER_LEN..SEGMENT_HEADER_LEN + frame.len()].copy_from_slice(frame);
+        seg
+    }
+
+    fn decode_err(seg: &[u8], offset: usize) -> FormatErrorKind {
+        match decode_frame(seg, offset) {
+            Err(e) => {
+                assert_eq!(e.offset, offset as u64);
+                e.kind
+            }
+            Ok(d) => panic!("expected an error, decoded {d:?}"),
+        }
+    }
+
+    fn decode_ok(seg: &[u8], offset: usize) -> Frame<'_> {
+        match decode_frame(seg, offset) {
+            Ok(Decoded::Frame(f)) => f,
+            other => panic!("expected a frame at {offset}, got {other:?}"),
+        }
+    }
+
+    /// A small frame whose last body byte is nonzero, so zeroing any suffix changes it.
+    fn sample_frame() -> Vec<u8> {
+        let body = body_of(&[
+            (1, b"apple", b"red"),
+            (2, b"banana", b""),
+            (1, b"cherry", b"dark\x01"),
+        ]);
+        raw_frame(&body, 3, 42, FLAG_SORTED, 5)
+    }
+
+    /// Re-encodes a decoded frame with `FrameWriter`: decoding accepts only canonical bytes, so
+    /// this must reproduce header and body exactly.
+    fn reencode(f: &Frame<'_>) -> Vec<u8> {
+        let mut buf = vec![0u8; frame_len(f.body.len())];
+        let mut w = FrameWriter::new(&mut buf, f.batch_seq, f.flags);
+        for r in f.records() {
+            w.push(r.op, r.key, r.value);
+        }
+        assert_eq!(w.body_len(), f.body.len());
+        assert_eq!(w.finish(f.ops_acknowledged), f.len);
+        buf
+    }
+
+    /// Everything a consumer of a decoded frame relies on; used on arbitrary accepted input.
+    fn check_accepted(seg: &[u8], f: &Frame<'_>) {
+        let start = f.offset as usize;
+        assert_eq!(f.len % 8, 0);
+        assert!(start + f.len <= seg.len());
+        assert_eq!(f.len, frame_len(f.body.len()));
+        let mut recs = f.records();
+        let mut n = 0u32;
+        let mut prev: Option<&[u8]> = None;
+        loop {
+            let at = recs.offset() as usize;
+            let Some(r) = recs.next() else { break };
+            assert_eq!(seg[at], r.op as u8);
+            assert_eq!(&seg[at + RECORD_HEADER_LEN..][..r.key.len()], r.key);
+            if r.op == RecordOp::Delete {
+                assert!(r.value.is_empty());
+            }
+            if f.is_sorted() {
+                assert!(prev < Some(r.key));
+            }
+            prev = Some(r.key);
+            n += 1;
+        }
+        assert_eq!(
+            recs.offset(),
+            f.offset + (FRAME_HEADER_LEN + f.body.len()) as u64
+        );
+        assert_eq!(n, f.record_count);
+        assert!(f.ops_acknowledged >= f.record_count);
+        let again = reencode(f);
+        let written = FRAME_HEADER_LEN + f.body.len();
+        assert_eq!(again[..written], seg[start..start + written]);
+    }
+
+    #[test]
+    fn frame_bytes_follow_the_spec_tables() {
+        let mut buf = [0xAAu8; 64];
+        let mut w = FrameWriter::new(&mut buf, 0x0102_0304_0506_0708, FLAG_SORTED);
+        w.push(RecordOp::Put, b"ab", b"xyz");
+        w.push(RecordOp::Delete, b"b", b"");
+        let len = w.finish(9);
+        let body: &[u8] = &[
+            1, 2, 0, 3, 0, 0, 0, b'a', b'b', b'x', b'y', b'z', // put "ab" = "xyz"
+            2, 1, 0, 0, 0, 0, 0, b'b', // delete "b"
+        ];
+        let mut expected = [0u8; 56];
+        expected[0..4].copy_from_slice(b"MLFR");
+        expected[8..12].copy_from_slice(&[20, 0, 0, 0]);
+        expected[12..16].copy_from_slice(&[2, 0, 0, 0]);
+        expected[16..24].copy_from_slice(&[8, 7, 6, 5, 4, 3, 2, 1]);
+        expected[24..28].copy_from_slice(&[1, 0, 0, 0]);
+        expected[28..32].copy_from_slice(&[9, 0, 0, 0]);
+        expected[32..52].copy_from_slice(body);
+        let crc = crc32c::crc32c(&expected[8..52]);
+        expected[4..8].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(len, 56);
+        assert_eq!(&buf[..56], &expected[..]);
+        assert_eq!(&buf[56..], &[0xAA; 8], "finish wrote past the frame");
+    }
+
+    #[test]
+    fn segment_header_bytes_follow_the_spec_table() {
+        let h = SegmentHeader {
+            segment_id: 0x1122_3344_5566_7788,
+            segment_size: 64 << 20,
+        };
+        let b = h.encode();
+        assert_eq!(&b[0..8], b"MRGLOG\x00S");
+        assert_eq!(&b[8..12], &[1, 0, 0, 0]);
+        assert_eq!(&b[12..16], &[64, 0, 0, 0]);
+        assert_eq!(
+            &b[16..24],
+            &[0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11]
+        );
+        assert_eq!(&b[24..32], &[0, 0, 0, 4, 0, 0, 0, 0]);
+        assert_eq!(&b[32..60], &[0; 28]);
+        assert_eq!(&b[60..64], &crc32c::crc32c(&b[..60]).to_le_bytes());
+    }
+
+    #[test]
+    fn segment_header_errors() {
+        use FormatErrorKind::*;
+        let good = SegmentHeader {
+            segment_id: 1,
+            segment_size: 4096,
+        }
+        .encode();
+        let kind = |b: &[u8]| SegmentHeader::decode(b).unwrap_err().kind;
+        // Edits a field, then reseals the CRC so the check after the CRC is reached.
+        let edited = |at: usize, bytes: &[u8]| {
+            let mut b = good;
+            b[at..at + bytes.len()].copy_from_slice(bytes);
+            let crc = crc32c::crc32c(&b[..60]);
+            b[60..].copy_from_slice(&crc.to_le_bytes());
+            b
+        };
+        assert_eq!(kind(&good[..63]), SegmentHeaderTruncated { len: 63 });
+        assert_eq!(kind(&[]), SegmentHeaderTruncated { len: 0 });
+        assert_eq!(kind(&edited(7, b"s")), BadSegmentMagic);
+        assert_eq!(kind(&[0; 64]), BadSegmentMagic);
+        assert_eq!(kind(&edited(8, &2u32.to_le_bytes())), UnsupportedVersion(2));
+        let mut flipped = good;
+        flipped[20] ^= 0x10;
+        assert!(matches!(kind(&flipped), BadSegmentHeaderCrc { .. }));
+        assert_eq!(
+            kind(&edited(12, &[72, 0, 0, 0])),
+            BadSegmentHeaderLength(72)
+        );
+        assert_eq!(kind(&edited(40, &[1])), SegmentReservedNotZero);
+        assert_eq!(
+            kind(&edited(24, &4100u64.to_le_bytes())),
+            BadSegmentSize(4100)
+        );
+        assert_eq!(kind(&edited(24, &88u64.to_le_bytes())), BadSegmentSize(88));
+        // Decoding from a whole segment image reads only the first 64 bytes.
+        let mut seg = good.to_vec();
+        seg.extend_from_slice(&[0xFF; 100]);
+        assert_eq!(SegmentHeader::decode(&seg).unwrap().segment_size, 4096);
+    }
+
+    #[test]
+    fn every_bit_flip_in_a_segment_header_is_detected() {
+        let good = SegmentHeader {
+            segment_id: 99,
+            segment_size: 1 << 20,
+        }
+        .encode();
+        for bit in 0..SEGMENT_HEADER_LEN * 8 {
+            let mut b = good;
+            b[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                SegmentHeader::decode(&b).is_err(),
+                "flip of bit {bit} not detected"
+            );
+        }
+    }
+
+    #[test]
+    fn zeros_are_the_end_of_the_log() {
+        let seg = vec![0u8; 4096];
+        for offset in (SEGMENT_HEADER_LEN..4096 + 16).step_by(8) {
+            assert!(
+                matches!(decode_frame(&seg, offset), Ok(Decoded::End)),
+                "{offset}"
+            );
+        }
+        // No room for a frame header is the end too, whatever the bytes.
+        let ones = vec![0xFFu8; 100];
+        for offset in 69..120 {
+            assert!(
+                matches!(decode_frame(&ones, offset), Ok(Decoded::End)),
+                "{offset}"
+            );
+        }
+        assert!(matches!(decode_frame(&ones, usize::MAX), Ok(Decoded::End)));
+    }
+
+    #[test]
+    fn a_frame_is_followed_by_the_end() {
+        let seg = segment_with(&sample_frame(), 256);
+        let f = decode_ok(&seg, SEGMENT_HEADER_LEN);
+        check_accepted(&seg, &f);
+        assert!(matches!(
+            decode_frame(&seg, f.end_offset() as usize),
+            Ok(Decoded::End)
+        ));
+    }
+
+    #[test]
+    fn every_bit_flip_in_a_frame_is_detected() {
+        let frame = sample_frame();
+        let covered = FRAME_HEADER_LEN + le_u32(&frame, 8) as usize;
+        let mut seg = segment_with(&frame, 4096);
+        for byte in SEGMENT_HEADER_LEN..SEGMENT_HEADER_LEN + covered {
+            for bit in 0..8 {
+                seg[byte] ^= 1 << bit;
+                let got = decode_frame(&seg, SEGMENT_HEADER_LEN);
+                assert!(
+                    got.is_err(),
+                    "flip of bit {bit} at {byte} not detected: {got:?}"
+                );
+                seg[byte] ^= 1 << bit;
+            }
+        }
+        // The padding is outside the CRC; readers ignore it.
+        for byte in SEGMENT_HEADER_LEN + covered..SEGMENT_HEADER_LEN + frame.len() {
+            seg[byte] ^= 0xFF;
+            decode_ok(&seg, SEGMENT_HEADER_LEN);
+            seg[byte] ^= 0xFF;
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_detected() {
+        let frame = sample_frame();
+        let written = FRAME_HEADER_LEN + le_u32(&frame, 8) as usize;
+        // Torn write into preallocated zeros: the frame's bytes from k on never arrived.
+        for k in 0..written {
+            let mut torn = frame.clone();
+            torn[k..].fill(0);
+            let seg = segment_with(&torn, 64);
+            match decode_frame(&seg, SEGMENT_HEADER_LEN) {
+                Ok(Decoded::End) => assert_eq!(k, 0, "header zero only if nothing arrived"),
+                Ok(Decoded::Frame(_)) => panic!("frame zeroed from {k} decoded"),
+                Err(_) => {}
+            }
+        }
+        // Segment image cut short at k.
+        let seg = segment_with(&frame, 0);
+        let end = SEGMENT_HEADER_LEN + frame.len();
+        for cut in SEGMENT_HEADER_LEN..end {
+            let got = decode_frame(&seg[..cut], SEGMENT_HEADER_LEN);
+            if cut - SEGMENT_HEADER_LEN < FRAME_HEADER_LEN {
+                assert!(matches!(got, Ok(Decoded::End)), "cut at {cut}: {got:?}");
+            } else {
+                let kind = got.unwrap_err().kind;
+                assert!(
+                    matches!(kind, FormatErrorKind::FrameOutOfBounds { .. }),
+                    "{kind:?}"
+                );
+            }
+        }
+        decode_ok(&seg[..end], SEGMENT_HEADER_LEN);
+    }
+
+    #[test]
+    fn each_frame_error_kind_from_a_crafted_frame() {
+        use FormatErrorKind::*;
+        let at = SEGMENT_HEADER_LEN;
+        let put = |k: &'static [u8]| (1u8, k, &b"v"[..]);
+        let kind = |frame: Vec<u8>| decode_err(&segment_with(&frame, 64), at);
+
+        let mut f = sample_frame();
+        f[3] = b'X';
+        assert_eq!(kind(f), BadFrameMagic(*b"MLFX"));
+        let mut f = vec![0u8; 32];
+        f[31] = 1; // torn header: only a late byte arrived
+        assert_eq!(kind(f), BadFrameMagic([0; 4]));
+
+        let mut f = sample_frame();
+        f[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        let seg = segment_with(&f, 64);
+        let room = (seg.len() - at) as u64;
+        let body_len = u64::from(u32::MAX);
+        assert_eq!(decode_err(&seg, at), FrameOutOfBounds { body_len, room });
+
+        let mut f = sample_frame();
+        f[40] ^= 4;
+        assert!(matches!(kind(f), BadFrameCrc { .. }));
+
+        let mut body = body_of(&[put(b"a")]);
+        body.extend_from_slice(&[1, 0, 0]); // 3 bytes of a 7-byte record header
+        let reason = "record header runs past the end of the frame body";
+        assert_eq!(
+            kind(raw_frame(&body, 2, 1, 0, 2)),
+            BadRecord { index: 1, reason }
+        );
+
+        let mut body = body_of(&[put(b"a"), put(b"b")]);
+        body.truncate(body.len() - 1); // value cut short
+        let reason = "key and value run past the end of the frame body";
+        assert_eq!(
+            kind(raw_frame(&body, 2, 1, 0, 2)),
+            BadRecord { index: 1, reason }
+        );
+
+        let mut body = body_of(&[put(b"a")]);
+        body[1..3].copy_from_slice(&u16::MAX.to_le_bytes()); // key runs past the end
+        assert_eq!(
+            kind(raw_frame(&body, 1, 1, 0, 1)),
+            BadRecord { index: 0, reason }
+        );
+
+        let body = body_of(&[put(b"a"), (2, b"b", b"oops")]);
+        let reason = "delete record carries a value";
+        assert_eq!(
+            kind(raw_frame(&body, 2, 1, 0, 2)),
+            BadRecord { index: 1, reason }
+        );
+
+        let body = body_of(&[put(b"a"), put(b"b")]);
+        let want = RecordCountMismatch {
+            header: 3,
+            found: 2,
+        };
+        assert_eq!(kind(raw_frame(&body, 3, 1, 0, 3)), want);
+        let empty = RecordCountMismatch {
+            header: 1,
+            found: 0,
+        };
+        assert_eq!(kind(raw_frame(&[], 1, 1, 0, 1)), empty);
+
+        let body = body_of(&[put(b"a"), (0, b"b", b""), (9, b"c", b"")]);
+        assert_eq!(kind(raw_frame(&body, 3, 1, 0, 3)), BadOp(0));
+
+        let body = body_of(&[put(b"a")]);
+        assert_eq!(
+            kind(raw_frame(&body, 1, 1, 0x8000_0003, 1)),
+            UnknownFlags(0x8000_0002)
+        );
+
+        let body = body_of(&[put(b"a"), put(b"c"), put(b"b")]);
+        assert_eq!(
+            kind(raw_frame(&body, 3, 1, FLAG_SORTED, 3)),
+            Unsorted { index: 2 }
+        );
+
+        let body = body_of(&[put(b"a"), put(b"a")]);
+        assert_eq!(
+            kind(raw_frame(&body, 2, 1, FLAG_SORTED, 2)),
+            Unsorted { index: 1 }
+        );
+
+        let body = body_of(&[put(b"ab"), put(b"a")]);
+        assert_eq!(
+            kind(raw_frame(&body, 2, 1, FLAG_SORTED, 2)),
+            Unsorted { index: 1 }
+        );
+
+        let body = body_of(&[put(b"a"), put(b"b")]);
+        let want = BadOpsAcknowledged {
+            ops_acknowledged: 1,
+            record_count: 2,
+        };
+        assert_eq!(kind(raw_frame(&body, 2, 1, 0, 1)), want);
+    }
+
+    #[test]
+    fn errors_are_reported_in_the_documented_order() {
+        use FormatErrorKind::*;
+        let at = SEGMENT_HEADER_LEN;
+        let kind = |frame: Vec<u8>| decode_err(&segment_with(&frame, 64), at);
+        // Bad op, unknown flag, unsorted and short ops_acknowledged at once: the op wins.
+        let body = body_of(&[(1, b"b", b""), (7, b"a", b"")]);
+        assert_eq!(kind(raw_frame(&body, 2, 1, FLAG_SORTED | 4, 0)), BadOp(7));
+        // A count mismatch is reported before a bad op.
+        assert!(matches!(
+            kind(raw_frame(&body, 5, 1, 0, 9)),
+            RecordCountMismatch { .. }
+        ));
+        // Unknown flags before unsorted, unsorted before ops_acknowledged.
+        let body = body_of(&[(1, b"b", b""), (1, b"a", b"")]);
+        assert_eq!(
+            kind(raw_frame(&body, 2, 1, FLAG_SORTED | 4, 0)),
+            UnknownFlags(4)
+        );
+        assert_eq!(
+            kind(raw_frame(&body, 2, 1, FLAG_SORTED, 0)),
+            Unsorted { index: 1 }
+        );
+        // Unsorted keys are fine in a frame not marked sorted.
+        let f = raw_frame(&body, 2, 1, 0, 2);
+        let seg = segment_with(&f, 64);
+        assert!(!decode_ok(&seg, at).is_sorted());
+    }
+
+    #[test]
+    fn empty_frame_and_empty_key_are_valid() {
+        let f = raw_frame(&[], 0, 3, FLAG_SORTED, 0);
+        let seg = segment_with(&f, 64);
+        let frame = decode_ok(&seg, SEGMENT_HEADER_LEN);
+        assert_eq!(frame.len, FRAME_HEADER_LEN);
+        assert_eq!(frame.records().count(), 0);
+        let body = body_of(&[(2, b"", b""), (1, b"\x00", b"")]);
+        let seg = segment_with(&raw_frame(&body, 2, 3, FLAG_SORTED, 2), 64);
+        check_accepted(&seg, &decode_ok(&seg, SEGMENT_HEADER_LEN));
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "Unsorted")]
+    fn writer_refuses_an_unsorted_frame_marked_sorted() {
+        let mut buf = [0u8; 128];
+        let mut w = FrameWriter::new(&mut buf, 1, FLAG_SORTED);
+        w.push(RecordOp::Put, b"b", b"1");
+        w.push(RecordOp::Put, b"a", b"2");
+        w.finish(2);
+    }
+
+    #[test]
+    fn records_hand_out_their_segment_offsets() {
+        let seg = segment_with(&sample_frame(), 64);
+        let f = decode_ok(&seg, SEGMENT_HEADER_LEN);
+        let mut recs = f.records();
+        assert_eq!(recs.size_hint(), (3, Some(3)));
+        assert_eq!(recs.offset(), 96);
+        assert_eq!(recs.next().unwrap().key, b"apple");
+        assert_eq!(recs.offset(), 96 + 7 + 5 + 3);
+    }
+
+    #[test]
+    fn records_of_a_hand_built_frame_stop_rather_than_panic() {
+        let f = Frame {
+            offset: 0,
+            len: 40,
+            batch_seq: 1,
+            flags: 0,
+            record_count: 2,
+            ops_acknowledged: 2,
+            body: &[1, 9, 0, 0, 0, 0, 0, b'x'],
+        };
+        assert_eq!(f.records().count(), 0);
+        let bad_op = Frame {
+            body: &[5, 0, 0, 0, 0, 0, 0],
+            ..f
+        };
+        assert_eq!(bad_op.records().count(), 0);
+    }
+
+    #[test]
+    fn error_messages_name_the_offset_and_the_problem() {
+        let mut f = sample_frame();
+        f[40] ^= 4;
+        let seg = segment_with(&f, 64);
+        let e = decode_frame(&seg, SEGMENT_HEADER_LEN).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("invalid frame at byte offset 64: frame checksum mismatch"),
+            "{msg}"
+        );
+        let e = SegmentHeader::decode(&[0; 64]).unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with("invalid segment header: no mergelog segment magic"));
+        let _: &dyn std::error::Error = &e;
+    }
+
+    #[test]
+    fn segment_file_names() {
+        assert_eq!(segment_file_name(1), "00000000000000000001.seg");
+        assert_eq!(segment_file_name(u64::MAX), "18446744073709551615.seg");
+        for id in [1, 42, u64::MAX] {
+            assert_eq!(parse_segment_file_name(&segment_file_name(id)), Some(id));
+        }
+        for bad in [
+            "1.seg",
+            "0000000000000000001.seg",
+            "99999999999999999999.seg",
+            "+0000000000000000001.seg",
+            "00000000000000000001.tmp",
+            "00000000000000000001.seg.tmp",
+            "prep-3.tmp",
+        ] {
+            assert_eq!(parse_segment_file_name(bad), None, "{bad}");
+        }
+        assert_eq!(prep_file_name(3), "prep-3.tmp");
+        assert_eq!(parse_segment_file_name(&prep_file_name(3)), None);
+    }
+
+    type Rec = (bool, Vec<u8>, Vec<u8>);
+
+    fn records_strategy() -> impl Strategy<Value = Vec<Rec>> {
+        let key = prop::collection::vec(prop_oneof![Just(0u8), Just(b'k'), any::<u8>()], 0..12);
+        let value = prop::collection::vec(any::<u8>(), 0..40);
+        prop::collection::vec((any::<bool>(), key, value), 0..16)
+    }
+
+    /// Writes frames back to back from offset 64 of a fresh segment, as the flusher does.
+    fn write_segment(frames: &[(Vec<Rec>, bool, u32)], first_seq: u64) -> Vec<u8> {
+        let body: usize = frames
+            .iter()
+            .map(|(recs, _, _)| {
+                frame_len(
+                    recs.iter()
+                        .map(|(_, k, v)| record_len(k.len(), v.len()))
+                        .sum(),
+                )
+            })
+            .sum();
+        let size = align8(SEGMENT_HEADER_LEN + body + 64);
+        let mut seg = vec![0u8; size];
+        let header = SegmentHeader {
+            segment_id: first_seq,
+            segment_size: size as u64,
+        };
+        seg[..SEGMENT_HEADER_LEN].copy_from_slice(&header.encode());
+        let mut at = SEGMENT_HEADER_LEN;
+        for (i, (recs, sorted, extra_ops)) in frames.iter().enumerate() {
+            let flags = if *sorted { FLAG_SORTED } else { 0 };
+            let mut w = FrameWriter::new(&mut seg[at..], first_seq + i as u64, flags);
+            for (put, k, v) in recs {
+                let (op, v) = if *put {
+                    (RecordOp::Put, &v[..])
+                } else {
+                    (RecordOp::Delete, &[][..])
+                };
+                w.push(op, k, v);
+            }
+            at += w.finish(recs.len() as u32 + extra_ops);
+        }
+        seg
+    }
+
+    /// Makes records fit for a sorted frame: ascending, unique keys.
+    fn sorted(mut recs: Vec<Rec>) -> Vec<Rec> {
+        recs.sort_by(|a, b| a.1.cmp(&b.1));
+        recs.dedup_by(|a, b| a.1 == b.1);
+        recs
+    }
+
+    fn frames_strategy() -> impl Strategy<Value = Vec<(Vec<Rec>, bool, u32)>> {
+        let frame = (records_strategy(), any::<bool>(), 0u32..100)
+            .prop_map(|(recs, s, extra)| (if s { sorted(recs) } else { recs }, s, extra));
+        prop::collection::vec(frame, 1..5)
+    }
+
+    proptest! {
+        #[test]
+        fn segment_header_round_trip(id in any::<u64>(), size in (SEGMENT_SIZE_MIN / 8)..(u64::MAX / 8)) {
+            let h = SegmentHeader { segment_id: id, segment_size: size * 8 };
+            prop_assert_eq!(SegmentHeader::decode(&h.encode()), Ok(h));
+        }
+
+        #[test]
+        fn frames_round_trip(frames in frames_strategy(), first_seq in 1u64..u64::MAX / 2) {
+            let seg = write_segment(&frames, first_seq);
+            prop_assert_eq!(SegmentHeader::decode(&seg).unwrap().segment_id, first_seq);
+            let mut at = SEGMENT_HEADER_LEN;
+            for (i, (recs, is_sorted, extra)) in frames.iter().enumerate() {
+                let f = decode_ok(&seg, at);
+                prop_assert_eq!(f.offset, at as u64);
+                prop_assert_eq!(f.batch_seq, first_seq + i as u64);
+                prop_assert_eq!(f.is_sorted(), *is_sorted);
+                prop_assert_eq!(f.record_count as usize, recs.len());
+                prop_assert_eq!(f.ops_acknowledged, recs.len() as u32 + extra);
+                let got: Vec<Rec> = f
+                    .records()
+                    .map(|r| (r.op == RecordOp::Put, r.key.to_vec(), r.value.to_vec()))
+                    .collect();
+                let want: Vec<Rec> = recs
+                    .iter()
+                    .map(|(put, k, v)| (*put, k.clone(), if *put { v.clone() } else { vec![] }))
+                    .collect();
+                prop_assert_eq!(got, want);
+                check_accepted(&seg, &f);
+                at += f.len;
+            }
+            prop_assert!(matches!(decode_frame(&seg, at), Ok(Decoded::End)));
+        }
+
+        #[test]
+        fn decode_never_panics_on_random_bytes(
+            bytes in prop::collection::vec(any::<u8>(), 0..512),
+            offset in 0usize..600,
+        ) {
+            let _ = SegmentHeader::decode(&bytes);
+            if let Ok(Decoded::Frame(f)) = decode_frame(&bytes, offset) {
+                check_accepted(&bytes, &f);
+            }
+        }
+
+        #[test]
+        fn decode_never_panics_on_damaged_segments(
+            frames in frames_strategy(),
+            damage in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut seg = write_segment(&frames, 1);
+            for (at, byte) in damage {
+                let i = at.index(seg.len());
+                seg[i] = byte;
+            }
+            let seg = &seg[..cut.index(seg.len() + 1)];
+            for offset in (0..seg.len() + 8).step_by(8) {
+                if let Ok(Decoded::Frame(f)) = decode_frame(seg, offset) {
+                    check_accepted(seg, &f);
+                }
+            }
+        }
+    }
+}

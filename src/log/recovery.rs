@@ -1,0 +1,206 @@
+//! Opening a log: one scan, with the one frame decoder, serves the engine's open (which also
+//! repairs a torn tail), `LogReader`, `verify` and `dump`.
+
+use crate::config::RecoveryMode;
+use crate::error::{Error, Result};
+use crate::log::format::parse_segment_file_name;
+use crate::log::format::{decode_frame, Decoded, Frame, SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::log::segment::Segment;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Damage the scan found and dealt with (cut off, or stopped at).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// The segment file.
+    pub path: PathBuf,
+    /// Byte offset of the first bad byte (the start of the bad frame or header).
+    pub offset: u64,
+    /// What was wrong.
+    pub reason: String,
+}
+
+/// What a scan found.
+pub(crate) struct Scanned {
+    pub segments: Vec<Arc<Segment>>,
+    /// End of the last valid frame in the last segment.
+    pub write_off: u64,
+    /// Sequence number the next frame would get.
+    pub next_seq: u64,
+    /// Damage cut off (engine) or stopped at (reader); `None` for a clean log.
+    pub damage: Option<Damage>,
+    /// Segment files after a point-in-time stop, to be removed by a writer.
+    pub dropped: Vec<PathBuf>,
+}
+
+/// Lists the segment files of `dir` in log order.
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
+    let mut segs = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
+        let name = entry.file_name();
+        if let Some(id) = name.to_str().and_then(parse_segment_file_name) {
+            segs.push((id, entry.path()));
+        }
+    }
+    segs.sort();
+    Ok(segs)
+}
+
+/// How a scan treats the bytes it finds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// The engine: repairs the tail (zero and sync) as the mode allows.
+    Writer,
+    /// A reader or a tool: changes nothing; damage in the last segment ends the scan (it may
+    /// be a frame another process is writing right now), damage elsewhere follows the mode.
+    Reader,
+}
+
+/// Scans every segment of `dir` in order, calling `visit(segment index, segment, frame)` for
+/// each valid frame in log order.
+pub(crate) fn scan(
+    dir: &Path,
+    mode: RecoveryMode,
+    access: Access,
+    mut visit: impl FnMut(u32, &Arc<Segment>, &Frame<'_>) -> Result<()>,
+) -> Result<Scanned> {
+    let files = list_segments(dir)?;
+    let mut out = Scanned {
+        segments: Vec::with_capacity(files.len()),
+        write_off: SEGMENT_HEADER_LEN as u64,
+        next_seq: files.first().map_or(1, |f| f.0),
+        damage: None,
+        dropped: Vec::new(),
+    };
+    let count = files.len();
+    for (i, (id, path)) in files.iter().enumerate() {
+        let last = i + 1 == count;
+        let seg = Arc::new(Segment::open(path, *id, access == Access::Writer && last)?);
+        let image = seg.image();
+        // The header: magic, version, CRC, and the id that the name and the order promise.
+        let header_problem = match SegmentHeader::decode(image) {
+            Err(e) => Some(e.to_string()),
+            Ok(h) if h.segment_id != *id => Some(format!(
+                "segment header names id {} but the file name says {id}",
+                h.segment_id
+            )),
+            Ok(h) if h.segment_size != seg.size => Some(format!(
+                "segment header says {} bytes but the file has {}",
+                h.segment_size, seg.size
+            )),
+            Ok(_) if *id != out.next_seq => Some(format!(
+                "segment starts at batch {id} but the previous segment ended before batch {}",
+                out.next_seq
+            )),
+            Ok(_) => None,
+        };
+        let mut end = SEGMENT_HEADER_LEN as u64;
+        let mut bad: Option<(u64, String)> = header_problem.map(|r| (0, r));
+        if bad.is_none() {
+            loop {
+                match decode_frame(image, end as usize) {
+                    Ok(Decoded::End) => break,
+                    Ok(Decoded::Frame(f)) if f.batch_seq != out.next_seq => {
+                        bad = Some((
+                            end,
+                            format!(
+                                "frame has batch sequence {} where {} was expected (stale or misplaced bytes)",
+                                f.batch_seq, out.next_seq
+                            ),
+                        ));
+                        break;
+                    }
+                    Ok(Decoded::Frame(f)) => {
+                        visit(i as u32, &seg, &f)?;
+                        out.next_seq += 1;
+                        end += f.len as u64;
+                    }
+                    Err(e) => {
+                        bad = Some((end, e.to_string()));
+                        break;
+                    }
+                }
+            }
+        }
+        // Past the end marker of the tail segment there must be only the preallocated zeros;
+        // anything else is the remains of a frame whose header never reached the disk. (A
+        // reader skips this: the engine may be writing there right now.)
+        if bad.is_none() && last && access == Access::Writer {
+            let rest = &image[(end as usize).min(image.len())..];
+            if let Some(nz) = rest.iter().position(|&b| b != 0) {
+                bad = Some((
+                    end,
+                    format!(
+                        "non-zero byte at offset {} after the last frame (a torn write)",
+                        end + nz as u64
+                    ),
+                ));
+            }
+        }
+        let Some((offset, reason)) = bad else {
+            seg.publish(end);
+            out.write_off = end;
+            out.segments.push(seg);
+            continue;
+        };
+        let damage = Damage {
+            path: path.clone(),
+            offset,
+            reason,
+        };
+        let cut = match mode {
+            RecoveryMode::AbsoluteConsistency => false,
+            RecoveryMode::TolerateCorruptedTail => last,
+            RecoveryMode::PointInTime => true,
+        };
+        if !cut {
+            return Err(Error::Corrupt {
+                path: damage.path,
+                offset: damage.offset,
+                reason: damage.reason,
+            });
+        }
+        out.damage = Some(damage);
+        out.dropped = files[i + 1..].iter().map(|f| f.1.clone()).collect();
+        if offset == 0 {
+            // Nothing of this segment can be trusted: it goes with the ones after it, and the
+            // segment before it (if any) becomes the writable tail.
+            out.dropped.insert(0, path.clone());
+            if access == Access::Writer {
+                if let Some(prev) = out.segments.pop() {
+                    let tail = Arc::new(Segment::open(&prev.path, prev.id, true)?);
+                    tail.publish(out.write_off);
+                    out.segments.push(tail);
+                }
+            }
+            break;
+        }
+        let seg = if access == Access::Writer {
+            // The cut segment becomes the writable tail.
+            let seg = if last {
+                seg.clone()
+            } else {
+                Arc::new(Segment::open(path, *id, true)?)
+            };
+            seg.zero_tail(offset)?;
+            seg
+        } else {
+            seg.clone()
+        };
+        seg.publish(end);
+        out.write_off = end;
+        out.segments.push(seg);
+        break;
+    }
+    // A point-in-time stop leaves later segments behind: a writer removes them, so the cut
+    // segment is the tail.
+    if access == Access::Writer && !out.dropped.is_empty() {
+        for p in &out.dropped {
+            std::fs::remove_file(p).map_err(|e| Error::io("remove dropped segment", p, e))?;
+        }
+        crate::log::segment::sync_dir(dir)?;
+    }
+    Ok(out)
+}

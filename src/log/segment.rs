@@ -1,0 +1,226 @@
+//! One segment file: fully preallocated with written zeros, mapped shared, appended to by the
+//! flusher (pwrite, or copy into the mapping) and read by everyone through the mapping.
+//!
+//! The mapping is a `MmapRaw`: the flusher writes bytes past `published`, readers only read
+//! bytes before it. `published` only grows, and a byte is never written again once it is
+//! below `published`, so a reader's slice can never change under it.
+
+use crate::config::WritePath;
+use crate::error::{Error, Result};
+use crate::log::format::{segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN};
+use memmap2::{MmapOptions, MmapRaw};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+/// Creates `path` and fills it with `size` written zeros, then syncs it and the directory.
+///
+/// Written zeros, not `set_len` (sparse: a store into an unbacked page of a full disk is
+/// SIGBUS) and not `fallocate` (unwritten extents: every later sync pays a metadata write).
+pub(crate) fn create_zeroed(dir: &Path, path: &Path, size: u64) -> Result<()> {
+    let result = (|| -> std::io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(path)?;
+        let chunk = vec![0u8; 1 << 20];
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            f.write_all(&chunk[..n])?;
+            left -= n as u64;
+        }
+        f.sync_all()
+    })();
+    if let Err(e) = result {
+        // Leave no half-made file behind: it would only confuse the next open.
+        let _ = std::fs::remove_file(path);
+        return Err(Error::io("preallocate segment", path, e));
+    }
+    sync_dir(dir)
+}
+
+/// An open, mapped segment file.
+pub(crate) struct Segment {
+    /// Sequence number of the first batch in this segment (also in its name and header).
+    pub id: u64,
+    pub path: PathBuf,
+    pub size: u64,
+    file: File,
+    map: MmapRaw,
+    /// Bytes `[0, published)` are final: readers may look at them.
+    published: AtomicU64,
+}
+
+impl Segment {
+    /// Opens an existing segment. `writable` maps it for writing too (the engine's active
+    /// segment); readers map read-only.
+    pub fn open(path: &Path, id: u64, writable: bool) -> Result<Segment> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)
+            .map_err(|e| Error::io("open segment", path, e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| Error::io("stat segment", path, e))?
+            .len();
+        if size < SEGMENT_HEADER_LEN as u64 {
+            return Err(Error::Corrupt {
+                path: path.to_owned(),
+                offset: 0,
+                reason: format!("segment file is {size} bytes, shorter than its header"),
+            });
+        }
+        let opts = MmapOptions::new();
+        let map = if writable {
+            opts.map_raw(&file)
+        } else {
+            opts.map_raw_read_only(&file)
+        }
+        .map_err(|e| Error::io("map segment", path, e))?;
+        Ok(Segment {
+            id,
+            path: path.to_owned(),
+            size,
+            file,
+            map,
+            published: AtomicU64::new(0),
+        })
+    }
+
+    /// Turns the prepared zero file `prep` into segment `id`: header written and synced,
+    /// then renamed to its final name and the directory synced. So a `.seg` name on disk
+    /// always has a valid header; a bad header is damage, never a crash artifact.
+    pub fn activate(dir: &Path, prep: &Path, id: u64) -> Result<Segment> {
+        let path = dir.join(segment_file_name(id));
+        let file = OpenOptions::new()
+            .write(true)
+            .open(prep)
+            .map_err(|e| Error::io("open prepared segment", prep, e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| Error::io("stat prepared segment", prep, e))?
+            .len();
+        let header = SegmentHeader {
+            segment_id: id,
+            segment_size: size,
+        }
+        .encode();
+        file.write_all_at(&header, 0)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| Error::io("write segment header", prep, e))?;
+        drop(file);
+        std::fs::rename(prep, &path).map_err(|e| Error::io("rename prepared segment", prep, e))?;
+        sync_dir(dir)?;
+        let seg = Segment::open(&path, id, true)?;
+        seg.publish(SEGMENT_HEADER_LEN as u64);
+        Ok(seg)
+    }
+
+    /// Final bytes `[off, off + len)`; empty if the range is not (yet) published.
+    pub fn bytes(&self, off: u64, len: usize) -> &[u8] {
+        let end = off.saturating_add(len as u64);
+        if end > self.published.load(Ordering::Acquire) {
+            return &[];
+        }
+        // SAFETY: the range is inside the mapping (published <= size) and below
+        // `published`, which the Acquire load orders after every write to it; bytes below
+        // `published` are never written again and the mapping lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(off as usize), len) }
+    }
+
+    /// The whole file image, published or not. For scanning at open and by readers: the
+    /// decoder checks every frame's CRC, so bytes still being written by another process
+    /// are caught as a bad frame, never trusted.
+    pub fn image(&self) -> &[u8] {
+        // SAFETY: the mapping is `size` bytes long and lives as long as `self`. Bytes past
+        // `published` may change while the slice is alive (the flusher, or another process,
+        // appends there); the decoder treats them as untrusted input and verifies them with
+        // a CRC before using any of them, so a concurrent change yields a bad frame, never a
+        // wrong answer.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.size as usize) }
+    }
+
+    /// All published bytes of the segment.
+    pub fn published_bytes(&self) -> &[u8] {
+        self.bytes(0, self.published() as usize)
+    }
+
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Acquire)
+    }
+
+    /// Marks `[0, end)` final. Only the flusher calls this, after the bytes are written.
+    pub fn publish(&self, end: u64) {
+        debug_assert!(end <= self.size && end >= self.published());
+        self.published.store(end, Ordering::Release);
+    }
+
+    /// The writable mapping bytes `[off, off + len)`, which must lie past `published`.
+    /// Only the flusher, the single writer, calls this, and it holds the result only while
+    /// it encodes one frame.
+    #[allow(clippy::mut_from_ref)]
+    pub fn unpublished_mut(&self, off: u64, len: usize) -> &mut [u8] {
+        assert!(off >= self.published() && off + len as u64 <= self.size);
+        // SAFETY: the range is inside the mapping (asserted) and at or past `published`, so no
+        // reader looks at it (readers stop at `published`); the flusher is the only writer and
+        // never holds two of these slices at once, so the `&mut` is unique.
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(off as usize), len) }
+    }
+
+    /// Writes `data` at `off` by the configured path (pwrite, or a copy into the mapping).
+    pub fn write(&self, off: u64, data: &[u8], path: WritePath) -> Result<()> {
+        match path {
+            WritePath::Pwrite => self
+                .file
+                .write_all_at(data, off)
+                .map_err(|e| Error::io("write segment", &self.path, e)),
+            WritePath::Mmap => {
+                self.unpublished_mut(off, data.len()).copy_from_slice(data);
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes `[off, off + len)` durable: `fdatasync` for the pwrite path, `msync` of the
+    /// page-aligned range for the mmap path.
+    pub fn sync(&self, off: u64, len: usize, path: WritePath) -> Result<()> {
+        match path {
+            WritePath::Pwrite => self
+                .file
+                .sync_data()
+                .map_err(|e| Error::io("fdatasync segment", &self.path, e)),
+            WritePath::Mmap => {
+                let page = 4096u64;
+                let start = off / page * page;
+                let end = (off + len as u64).min(self.size);
+                self.map
+                    .flush_range(start as usize, (end - start) as usize)
+                    .map_err(|e| Error::io("msync segment", &self.path, e))
+            }
+        }
+    }
+
+    /// Zeroes `[off, size)` where it is not zero already and syncs: cuts a torn tail.
+    pub fn zero_tail(&self, off: u64) -> Result<()> {
+        let len = (self.size - off) as usize;
+        let tail = self.unpublished_mut(off, len);
+        if tail.iter().all(|&b| b == 0) {
+            return Ok(());
+        }
+        tail.fill(0);
+        self.map
+            .flush_range(off as usize, len)
+            .map_err(|e| Error::io("msync truncated tail", &self.path, e))
+    }
+}

@@ -1,0 +1,136 @@
+//! Counters and per-stage latency histograms (HdrHistogram, nanoseconds).
+//!
+//! The flusher is the only writer of almost everything here: it updates plain atomics and
+//! records into the histograms once per batch under an uncontended lock, so `stats()` is a
+//! cheap snapshot that can be taken while the engine runs.
+
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Highest latency the histograms track: one minute, in nanoseconds.
+const LATENCY_NS_MAX: u64 = 60_000_000_000;
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3).expect("static histogram bounds are valid")
+}
+
+/// Per-stage latency histograms, all in nanoseconds.
+#[derive(Clone, Debug)]
+pub struct StageHistograms {
+    /// Time a producer was blocked on a full ring (only producers that blocked record).
+    pub ring_wait: Histogram<u64>,
+    /// Age of a window when it was cut: first request published to cut.
+    pub window_age: Histogram<u64>,
+    /// Coalesce + sort of one window.
+    pub coalesce: Histogram<u64>,
+    /// Encoding the survivors into a frame and handing it to the file (pwrite or copy).
+    pub encode: Histogram<u64>,
+    /// The one sync of a batch (fdatasync or msync).
+    pub sync: Histogram<u64>,
+    /// Index update, get answers, watermark advance and wake-up of one batch.
+    pub wakeup: Histogram<u64>,
+    /// Per request: submit (stamped by the producer) to durable (read once per batch).
+    pub end_to_end: Histogram<u64>,
+}
+
+impl Default for StageHistograms {
+    fn default() -> Self {
+        StageHistograms {
+            ring_wait: histogram(),
+            window_age: histogram(),
+            coalesce: histogram(),
+            encode: histogram(),
+            sync: histogram(),
+            wakeup: histogram(),
+            end_to_end: histogram(),
+        }
+    }
+}
+
+impl StageHistograms {
+    /// The stages in pipeline order, with their names, for printing.
+    pub fn stages(&self) -> [(&'static str, &Histogram<u64>); 7] {
+        [
+            ("ring_wait", &self.ring_wait),
+            ("window_age", &self.window_age),
+            ("coalesce_sort", &self.coalesce),
+            ("encode_write", &self.encode),
+            ("sync", &self.sync),
+            ("wakeup", &self.wakeup),
+            ("end_to_end", &self.end_to_end),
+        ]
+    }
+}
+
+/// A snapshot of the engine's counters and histograms.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Requests taken into a window (a `WriteBatch` counts each of its operations).
+    pub submitted: u64,
+    /// Puts and deletes taken into a window.
+    pub writes: u64,
+    /// Gets taken into a window.
+    pub reads: u64,
+    /// Writes superseded by a later write of the same key in the same window (never logged).
+    pub coalesced_writes: u64,
+    /// Gets answered by another get's lookup of the same window.
+    pub collapsed_reads: u64,
+    /// Records written to the log.
+    pub records_written: u64,
+    /// Batch frames written.
+    pub batches: u64,
+    /// Syncs issued (one per batch in `Durability::Sync`, none in `NoSync`).
+    pub syncs: u64,
+    /// Bytes appended to the log (frames, with headers and padding).
+    pub bytes_written: u64,
+    /// Ring bytes accepted but not yet durable.
+    pub backlog_bytes: u64,
+    /// Durable watermark (end position of the last durable request).
+    pub durable_position: u64,
+    /// Per-stage latencies.
+    pub stages: StageHistograms,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub submitted: AtomicU64,
+    pub writes: AtomicU64,
+    pub reads: AtomicU64,
+    pub coalesced_writes: AtomicU64,
+    pub collapsed_reads: AtomicU64,
+    pub records_written: AtomicU64,
+    pub batches: AtomicU64,
+    pub syncs: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub stages: Mutex<StageHistograms>,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self, backlog_bytes: u64, durable_position: u64) -> Stats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            submitted: get(&self.submitted),
+            writes: get(&self.writes),
+            reads: get(&self.reads),
+            coalesced_writes: get(&self.coalesced_writes),
+            collapsed_reads: get(&self.collapsed_reads),
+            records_written: get(&self.records_written),
+            batches: get(&self.batches),
+            syncs: get(&self.syncs),
+            bytes_written: get(&self.bytes_written),
+            backlog_bytes,
+            durable_position,
+            stages: self.stages.lock().clone(),
+        }
+    }
+}
+
+/// Records `ns` into `h`, saturating at the histogram's range instead of failing.
+pub(crate) fn record(h: &mut Histogram<u64>, ns: u64) {
+    let _ = h.record(ns.clamp(1, LATENCY_NS_MAX));
+}

@@ -1,0 +1,284 @@
+//! Completion by durable watermark. A ticket is a position in the total order, not an
+//! allocation: it is done when the durable watermark reaches it, or failed when the engine
+//! failed before it got there.
+
+use crate::error::{Error, Result};
+use parking_lot::{Condvar, Mutex};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// The state every ticket of one engine looks at.
+pub(crate) struct Completion {
+    /// Every request whose end position is `<=` this is durable and complete.
+    durable: AtomicU64,
+    /// Set once, when a write or sync fails; requests past `durable` then fail with it.
+    failure: OnceLock<Error>,
+    lock: Mutex<()>,
+    cond: Condvar,
+    /// Threads blocked in `wait`; the flusher touches the lock only when this is non-zero.
+    sleepers: AtomicUsize,
+    /// Wakers of pending futures, with the position each waits for.
+    wakers: Mutex<Vec<(u64, Waker)>>,
+    waker_count: AtomicUsize,
+}
+
+impl Completion {
+    pub fn new(durable: u64) -> Completion {
+        Completion {
+            durable: AtomicU64::new(durable),
+            failure: OnceLock::new(),
+            lock: Mutex::new(()),
+            cond: Condvar::new(),
+            sleepers: AtomicUsize::new(0),
+            wakers: Mutex::new(Vec::new()),
+            waker_count: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn durable(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    pub fn failure(&self) -> Option<&Error> {
+        self.failure.get()
+    }
+
+    /// `Some(result)` once the request ending at `pos` is complete.
+    pub fn status(&self, pos: u64) -> Option<Result<()>> {
+        if self.durable.load(Ordering::Acquire) >= pos {
+            return Some(Ok(()));
+        }
+        self.failure.get().map(|e| Err(e.clone()))
+    }
+
+    /// Advances the watermark (flusher only) and wakes whoever waits.
+    pub fn advance(&self, durable: u64) {
+        debug_assert!(durable >= self.durable());
+        // SeqCst pairs with the SeqCst increment of `sleepers` in `wait`: either the sleeper
+        // sees the new watermark, or we see the sleeper and notify under the lock.
+        self.durable.store(durable, Ordering::SeqCst);
+        self.wake();
+    }
+
+    /// Records a failure (first one wins) and wakes everyone: nothing past the watermark
+    /// will ever be acknowledged.
+    pub fn fail(&self, error: Error) {
+        let _ = self.failure.set(error);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            let _guard = self.lock.lock();
+            self.cond.notify_all();
+        }
+        if self.waker_count.load(Ordering::SeqCst) > 0 {
+            let durable = self.durable();
+            let failed = self.failure.get().is_some();
+            let mut wakers = self.wakers.lock();
+            wakers.retain(|(pos, w)| {
+                if failed || *pos <= durable {
+                    w.wake_by_ref();
+                    false
+                } else {
+                    true
+                }
+            });
+            self.waker_count.store(wakers.len(), Ordering::SeqCst);
+        }
+    }
+
+    /// Blocks until the request ending at `pos` completes or `deadline` passes.
+    pub fn wait(&self, pos: u64, deadline: Option<Instant>) -> Result<()> {
+        if let Some(r) = self.status(pos) {
+            return r;
+        }
+        // A short spin catches the common case of a batch that is about to land without
+        // paying for a park and a wake-up.
+        for _ in 0..64 {
+            std::hint::spin_loop();
+            if let Some(r) = self.status(pos) {
+                return r;
+            }
+        }
+        let mut guard = self.lock.lock();
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        let result = loop {
+            if let Some(r) = self.status(pos) {
+                break r;
+            }
+            match deadline {
+                None => self.cond.wait(&mut guard),
+                Some(d) => {
+                    if self.cond.wait_until(&mut guard, d).timed_out() {
+                        break self.status(pos).unwrap_or(Err(Error::Timeout));
+                    }
+                }
+            }
+        };
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    fn register(&self, pos: u64, waker: &Waker) {
+        let mut wakers = self.wakers.lock();
+        if let Some(slot) = wakers
+            .iter_mut()
+            .find(|(p, w)| *p == pos && w.will_wake(waker))
+        {
+            slot.1 = waker.clone();
+        } else {
+            wakers.push((pos, waker.clone()));
+        }
+        self.waker_count.store(wakers.len(), Ordering::SeqCst);
+    }
+}
+
+/// "Accepted, in progress": completes when the request's batch is durable.
+///
+/// A ticket is a position in the engine's total order; waiting means "durable watermark >=
+/// my position". Dropping a ticket unawaited loses nothing: the request still happens.
+#[must_use = "a ticket says when the request is durable; drop it only if you do not care"]
+#[derive(Clone)]
+pub struct Ticket {
+    pos: u64,
+    completion: Arc<Completion>,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket")
+            .field("position", &self.pos)
+            .field("done", &self.is_done())
+            .finish()
+    }
+}
+
+impl Ticket {
+    pub(crate) fn new(pos: u64, completion: Arc<Completion>) -> Ticket {
+        Ticket { pos, completion }
+    }
+
+    /// The request's place in the engine's total order (its end position in the ring).
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// True once the request is durable or has failed.
+    pub fn is_done(&self) -> bool {
+        self.completion.status(self.pos).is_some()
+    }
+
+    /// The outcome if the request is complete, without blocking.
+    pub fn try_result(&self) -> Option<Result<()>> {
+        self.completion.status(self.pos)
+    }
+
+    /// Blocks until the request is durable (`Ok`) or its batch failed (`Err`).
+    pub fn wait(&self) -> Result<()> {
+        self.completion.wait(self.pos, None)
+    }
+
+    /// As `wait`, giving up with `Error::Timeout` after `timeout` (the request goes on).
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<()> {
+        self.completion
+            .wait(self.pos, Some(Instant::now() + timeout))
+    }
+}
+
+impl Future for Ticket {
+    type Output = Result<()>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if let Some(r) = self.completion.status(self.pos) {
+            return Poll::Ready(r);
+        }
+        self.completion.register(self.pos, cx.waker());
+        // Re-check after registering: the flusher may have advanced in between.
+        match self.completion.status(self.pos) {
+            Some(r) => Poll::Ready(r),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// Where the flusher leaves a windowed get's answer.
+#[derive(Default)]
+pub(crate) struct GetSlot {
+    value: Mutex<Option<Option<Vec<u8>>>>,
+}
+
+impl GetSlot {
+    pub fn fill(&self, value: Option<Vec<u8>>) {
+        *self.value.lock() = Some(value);
+    }
+}
+
+/// A windowed read: completes, with the value as of the read's place in the order, once its
+/// window is durable (no reader ever sees a value a crash could take back).
+#[must_use = "a get ticket carries the value read"]
+pub struct GetTicket {
+    ticket: Ticket,
+    slot: Arc<GetSlot>,
+}
+
+impl std::fmt::Debug for GetTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GetTicket")
+            .field("ticket", &self.ticket)
+            .finish()
+    }
+}
+
+impl GetTicket {
+    pub(crate) fn new(ticket: Ticket, slot: Arc<GetSlot>) -> GetTicket {
+        GetTicket { ticket, slot }
+    }
+
+    fn take(&self, done: Result<()>) -> Result<Option<Vec<u8>>> {
+        done?;
+        match self.slot.value.lock().take() {
+            Some(v) => Ok(v),
+            // The watermark passed but the answer was already taken by an earlier wait.
+            None => Err(Error::Failed(Arc::new(
+                "the value of this get was already taken".into(),
+            ))),
+        }
+    }
+
+    /// The request's place in the engine's total order.
+    pub fn position(&self) -> u64 {
+        self.ticket.pos
+    }
+
+    /// True once the value is available or the read failed.
+    pub fn is_done(&self) -> bool {
+        self.ticket.is_done()
+    }
+
+    /// Blocks until the read completes; `Ok(None)` means the key was absent or deleted.
+    /// The value can be taken once; a second successful wait reports an error.
+    pub fn wait(&self) -> Result<Option<Vec<u8>>> {
+        self.take(self.ticket.wait())
+    }
+
+    /// As `wait`, giving up with `Error::Timeout` after `timeout`; the read goes on and the
+    /// ticket can be waited on again.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<Option<Vec<u8>>> {
+        self.take(self.ticket.wait_timeout(timeout))
+    }
+}
+
+impl Future for GetTicket {
+    type Output = Result<Option<Vec<u8>>>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match Pin::new(&mut self.ticket).poll(cx) {
+            Poll::Ready(done) => Poll::Ready(self.take(done)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

@@ -1,0 +1,673 @@
+//! Bad input: every limit checked at its boundary (the largest accepted input, the smallest
+//! rejected one), every rejection answered with the `Error` variant that names the limit and
+//! the size, and nothing of a rejected request ever reaching the log (each check ends by
+//! reopening the directory and comparing its state with what was accepted).
+
+mod common;
+
+use common::{engine_state, read_log, replay, State, WAIT_MAX};
+use mergelog::internals::format::{frame_len, SEGMENT_HEADER_LEN};
+use mergelog::{Backpressure, Config, Durability, Engine, Error, WindowPolicy, WriteBatch};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A small, fast configuration the tests start from.
+fn base() -> Config {
+    Config {
+        ring_bytes: 1 << 20,
+        segment_bytes: 1 << 20,
+        batch_bytes_max: 256 << 10,
+        durability: Durability::NoSync,
+        ..Config::default()
+    }
+}
+
+/// True if `msg` holds `word` as a whole token (so that "10" does not match "100").
+fn names(msg: &str, word: &str) -> bool {
+    msg.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .any(|t| t == word)
+}
+
+fn assert_names(err: &Error, words: &[&str]) {
+    let msg = err.to_string();
+    for w in words {
+        assert!(names(&msg, w), "{err:?} displays {msg:?}, which does not name {w:?}");
+    }
+}
+
+/// An engine plus the state it must hold: what was accepted, nothing else.
+struct Store {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    config: Config,
+    engine: Option<Engine>,
+    model: State,
+    /// Operations accepted by the current engine instance (its `stats().submitted`).
+    accepted: u64,
+}
+
+impl Store {
+    /// Opens a fresh directory and writes two keys, so that "nothing changed" is checked
+    /// against a non-empty state.
+    fn new(config: Config) -> Store {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("db");
+        let engine = Engine::open(&dir, config.clone()).expect("open");
+        let mut s = Store {
+            _tmp: tmp,
+            dir,
+            config,
+            engine: Some(engine),
+            model: State::new(),
+            accepted: 0,
+        };
+        // Cut to the limits, so that even a zero limit has a valid seed.
+        let (k, v) = (s.config.key_len_max, s.config.value_len_max);
+        s.put(&b"seed-1"[..k.min(6)], &b"one"[..v.min(3)]);
+        s.put(&b"seed-2"[..k.min(6)], &b"two"[..v.min(3)]);
+        s
+    }
+
+    fn engine(&self) -> &Engine {
+        self.engine.as_ref().expect("engine is open")
+    }
+
+    /// A put that must be accepted and become durable.
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        let t = self.engine().put(key, value).expect("put accepted");
+        t.wait_timeout(WAIT_MAX).expect("put durable");
+        self.accepted += 1;
+        self.model.insert(key.to_vec(), value.to_vec());
+    }
+
+    /// A batch that must be accepted and become durable.
+    fn write(&mut self, batch: &WriteBatch, ops: &[(&[u8], Option<&[u8]>)]) {
+        let t = self.engine().write(batch).expect("batch accepted");
+        t.wait_timeout(WAIT_MAX).expect("batch durable");
+        self.accepted += ops.len() as u64;
+        for (k, v) in ops {
+            match v {
+                Some(v) => self.model.insert(k.to_vec(), v.to_vec()),
+                None => self.model.remove(*k),
+            };
+        }
+    }
+
+    /// The engine holds exactly the accepted state now, its log replays to it, and so does
+    /// the engine reopened on the directory.
+    fn verify(&mut self) {
+        let engine = self.engine.take().expect("engine is open");
+        let t = engine.flush().expect("flush");
+        t.wait_timeout(WAIT_MAX).expect("flush durable");
+        assert_eq!(engine_state(&engine), self.model, "state before reopen");
+        engine.close().expect("close");
+        assert_eq!(
+            engine.stats().submitted,
+            self.accepted,
+            "stats.submitted counts exactly the accepted operations"
+        );
+        drop(engine);
+        let frames = read_log(&self.dir, Some(self.config.segment_bytes));
+        assert_eq!(replay(&frames), self.model, "log replay");
+        let engine = Engine::open(&self.dir, self.config.clone()).expect("reopen");
+        assert_eq!(engine_state(&engine), self.model, "state after reopen");
+        self.engine = Some(engine);
+        self.accepted = 0;
+    }
+}
+
+/// The ways a key reaches the engine.
+#[derive(Clone, Copy, Debug)]
+enum KeyUse {
+    Put,
+    Delete,
+    Get,
+    BatchPut,
+    BatchDelete,
+    Read,
+}
+
+const KEY_USES: [KeyUse; 6] = [
+    KeyUse::Put,
+    KeyUse::Delete,
+    KeyUse::Get,
+    KeyUse::BatchPut,
+    KeyUse::BatchDelete,
+    KeyUse::Read,
+];
+
+/// Uses `key` as `how`; an accepted request is waited for and recorded.
+fn use_key(s: &mut Store, how: KeyUse, key: &[u8]) -> Result<(), Error> {
+    let value = b"v".as_slice();
+    match how {
+        KeyUse::Put => {
+            s.engine().put(key, value)?.wait_timeout(WAIT_MAX)?;
+            s.model.insert(key.to_vec(), value.to_vec());
+        }
+        KeyUse::Delete => {
+            s.engine().delete(key)?.wait_timeout(WAIT_MAX)?;
+            s.model.remove(key);
+        }
+        KeyUse::Get => {
+            let got = s.engine().get(key)?.wait_timeout(WAIT_MAX)?;
+            assert_eq!(got.as_ref(), s.model.get(key), "windowed get");
+        }
+        KeyUse::BatchPut => {
+            // The valid first op (the empty key fits every limit) must not be applied
+            // when the second is rejected.
+            let mut b = WriteBatch::new();
+            b.put(b"", b"x").put(key, value);
+            s.engine().write(&b)?.wait_timeout(WAIT_MAX)?;
+            s.model.insert(Vec::new(), b"x".to_vec());
+            s.model.insert(key.to_vec(), value.to_vec());
+            s.accepted += 1;
+        }
+        KeyUse::BatchDelete => {
+            let mut b = WriteBatch::new();
+            b.put(b"", b"y").delete(key);
+            s.engine().write(&b)?.wait_timeout(WAIT_MAX)?;
+            s.model.insert(Vec::new(), b"y".to_vec());
+            s.model.remove(key);
+            s.accepted += 1;
+        }
+        KeyUse::Read => {
+            let got = s.engine().read_to_vec(key)?;
+            assert_eq!(got.as_ref(), s.model.get(key), "read");
+            return Ok(());
+        }
+    }
+    s.accepted += 1;
+    Ok(())
+}
+
+#[test]
+fn key_length_limit_is_checked_by_every_call() {
+    // (key_len_max, a configuration that can carry such keys)
+    let limits = [0, 1, 100, 4096, 65_535];
+    for max in limits {
+        let mut s = Store::new(Config {
+            key_len_max: max,
+            ..base()
+        });
+        for how in KEY_USES {
+            let fits = vec![b'k'; max];
+            use_key(&mut s, how, &fits)
+                .unwrap_or_else(|e| panic!("{how:?}: key of {max} bytes (the limit) refused: {e}"));
+            let over = vec![b'k'; max + 1];
+            match use_key(&mut s, how, &over) {
+                Err(e @ Error::KeyTooLong { len, max: m }) => {
+                    assert_eq!((len, m), (max + 1, max), "{how:?}: {e:?}");
+                    assert_names(&e, &["key_len_max", &len.to_string(), &max.to_string()]);
+                }
+                other => panic!("{how:?}: key of {} bytes gave {other:?}", max + 1),
+            }
+        }
+        s.verify();
+    }
+}
+
+#[test]
+fn value_length_limit_is_checked_by_put_and_batch() {
+    let limits = [
+        (0, base()),
+        (1, base()),
+        (1000, base()),
+        // The default limit, with a ring and batch that can carry a 1 MiB value.
+        (
+            Config::default().value_len_max,
+            Config {
+                ring_bytes: 8 << 20,
+                batch_bytes_max: 2 << 20,
+                segment_bytes: 4 << 20,
+                ..base()
+            },
+        ),
+    ];
+    for (max, config) in limits {
+        let mut s = Store::new(Config {
+            value_len_max: max,
+            ..config
+        });
+        // As a put.
+        s.put(b"at-limit", &vec![7; max]);
+        match s.engine().put(b"over-limit", &vec![7; max + 1]) {
+            Err(e @ Error::ValueTooLong { len, max: m }) => {
+                assert_eq!((len, m), (max + 1, max), "{e:?}");
+                assert_names(&e, &["value_len_max", &len.to_string(), &max.to_string()]);
+            }
+            other => panic!("value of {} bytes gave {other:?}", max + 1),
+        }
+        // In a batch, after a valid op.
+        let fits = vec![8; max];
+        let mut b = WriteBatch::new();
+        b.put(b"b1", b"").put(b"b2", &fits);
+        s.write(&b, &[(b"b1", Some(b"")), (b"b2", Some(&fits))]);
+        let mut b = WriteBatch::new();
+        b.put(b"b3", b"").put(b"b4", &vec![8; max + 1]);
+        match s.engine().write(&b) {
+            Err(Error::ValueTooLong { len, max: m }) => assert_eq!((len, m), (max + 1, max)),
+            other => panic!("batch with a value of {} bytes gave {other:?}", max + 1),
+        }
+        assert_eq!(s.engine().read_to_vec(b"at-limit").unwrap(), Some(vec![7; max]));
+        s.verify();
+    }
+}
+
+/// Finds the largest request `config` accepts by provoking `RequestTooLarge` with a value
+/// of `probe` bytes, then checks both sides of it: a put of exactly the limit is accepted and
+/// round-trips, one byte more is refused naming `limit_setting`, and a batch over the limit
+/// is refused whole.
+fn check_request_limit(config: Config, probe: usize, limit_setting: &str) {
+    let mut s = Store::new(config);
+    let key = b"big".as_slice();
+    let (len, max) = match s.engine().put(key, &vec![1; probe]) {
+        Err(e @ Error::RequestTooLarge { len, max, limit }) => {
+            assert!(
+                names(limit, limit_setting),
+                "{e:?}: limit {limit:?} should name {limit_setting}"
+            );
+            assert_names(&e, &[limit_setting, &len.to_string(), &max.to_string()]);
+            (len, max)
+        }
+        other => panic!("a {probe}-byte value gave {other:?}"),
+    };
+    assert!(len > max, "RequestTooLarge {{ len: {len}, max: {max} }}");
+    // The request encoding spends a fixed overhead besides key and value.
+    let overhead = len - key.len() - probe;
+    let fits = max - overhead - key.len();
+    s.put(key, &vec![2; fits]);
+    match s.engine().put(b"bi", &vec![3; fits + 2]) {
+        Err(Error::RequestTooLarge { len: l, max: m, .. }) => {
+            assert_eq!((l, m), (max + 1, max), "one byte over the limit")
+        }
+        other => panic!("a request of limit + 1 bytes gave {other:?}"),
+    }
+    // A batch each of whose ops fits, but not both together.
+    let half = vec![4; fits / 2 + 64];
+    let mut b = WriteBatch::new();
+    b.put(b"half-1", &half).put(b"half-2", &half);
+    match s.engine().write(&b) {
+        Err(Error::RequestTooLarge { max: m, .. }) => assert_eq!(m, max),
+        other => panic!("a batch over the limit gave {other:?}"),
+    }
+    assert_eq!(s.engine().read_to_vec(key).unwrap(), Some(vec![2; fits]));
+    s.verify();
+}
+
+#[test]
+fn request_larger_than_a_ring_record_is_refused() {
+    // A 64 KiB ring carries far less than the batch limit.
+    let config = Config {
+        ring_bytes: 64 << 10,
+        batch_bytes_max: 1 << 20,
+        segment_bytes: 2 << 20,
+        ..base()
+    };
+    check_request_limit(config, 32 << 10, "ring_bytes");
+}
+
+#[test]
+fn request_larger_than_batch_bytes_max_is_refused() {
+    let config = Config {
+        ring_bytes: 1 << 20,
+        batch_bytes_max: 8 << 10,
+        segment_bytes: 64 << 10,
+        ..base()
+    };
+    check_request_limit(config, 10 << 10, "batch_bytes_max");
+}
+
+#[test]
+fn batch_with_one_bad_op_is_refused_whole() {
+    let mut s = Store::new(Config {
+        key_len_max: 16,
+        value_len_max: 64,
+        ..base()
+    });
+    let long_key = [b'k'; 17];
+    let long_value = [b'v'; 65];
+    let cases: [(&str, WriteBatch, fn(&Error) -> bool); 4] = [
+        (
+            "long key last",
+            {
+                let mut b = WriteBatch::new();
+                b.put(b"ok-1", b"1").put(&long_key, b"2");
+                b
+            },
+            |e| matches!(e, Error::KeyTooLong { len: 17, max: 16 }),
+        ),
+        (
+            "long key first",
+            {
+                let mut b = WriteBatch::new();
+                b.delete(&long_key).put(b"ok-2", b"1");
+                b
+            },
+            |e| matches!(e, Error::KeyTooLong { len: 17, max: 16 }),
+        ),
+        (
+            "long value in the middle",
+            {
+                let mut b = WriteBatch::new();
+                b.put(b"ok-3", b"1")
+                    .put(b"ok-4", &long_value)
+                    .delete(b"seed-1");
+                b
+            },
+            |e| matches!(e, Error::ValueTooLong { len: 65, max: 64 }),
+        ),
+        (
+            "long value overwriting a key",
+            {
+                let mut b = WriteBatch::new();
+                b.delete(b"seed-2").put(b"seed-2", &long_value);
+                b
+            },
+            |e| matches!(e, Error::ValueTooLong { len: 65, max: 64 }),
+        ),
+    ];
+    for (name, batch, expected) in &cases {
+        match s.engine().write(batch) {
+            Err(e) => assert!(expected(&e), "{name}: wrong error {e:?}"),
+            Ok(_) => panic!("{name}: batch accepted"),
+        }
+    }
+    s.verify();
+}
+
+#[test]
+fn empty_batch_is_refused() {
+    let mut s = Store::new(base());
+    let mut b = WriteBatch::new();
+    assert!(matches!(s.engine().write(&b), Err(Error::EmptyBatch)));
+    b.put(b"cleared", b"x").delete(b"seed-1");
+    b.clear();
+    assert!(b.is_empty());
+    match s.engine().write(&b) {
+        Err(e @ Error::EmptyBatch) => assert!(!e.to_string().is_empty()),
+        other => panic!("a cleared batch gave {other:?}"),
+    }
+    s.verify();
+}
+
+#[test]
+fn empty_key_is_a_valid_key() {
+    let mut s = Store::new(base());
+    s.put(b"", b"empty-key");
+    let got = s.engine().get(b"").unwrap().wait_timeout(WAIT_MAX).unwrap();
+    assert_eq!(got, Some(b"empty-key".to_vec()));
+    assert_eq!(s.engine().read(b"").unwrap().as_deref(), Some(&b"empty-key"[..]));
+    s.verify();
+    assert_eq!(s.engine().read_to_vec(b"").unwrap(), Some(b"empty-key".to_vec()));
+    // An empty value is a value, not an absence.
+    s.put(b"", b"");
+    assert_eq!(s.engine().read_to_vec(b"").unwrap(), Some(Vec::new()));
+    s.verify();
+    s.engine().delete(b"").unwrap().wait_timeout(WAIT_MAX).unwrap();
+    s.accepted += 1;
+    s.model.remove(&b""[..]);
+    assert_eq!(s.engine().read_to_vec(b"").unwrap(), None);
+    let mut b = WriteBatch::new();
+    b.put(b"", b"from a batch");
+    s.write(&b, &[(b"", Some(b"from a batch"))]);
+    s.verify();
+}
+
+/// One configuration rule: the setting it names and a configuration on each side of it.
+struct Rule {
+    setting: &'static str,
+    valid: Config,
+    invalid: Config,
+}
+
+fn rules() -> Vec<Rule> {
+    let b = base;
+    // The largest batch_bytes_max a 1 MiB segment holds: header + one full frame.
+    let segment = 1u64 << 20;
+    let batch_fit = segment as usize - SEGMENT_HEADER_LEN - frame_len(0);
+    assert_eq!(SEGMENT_HEADER_LEN + frame_len(batch_fit), segment as usize);
+    vec![
+        Rule {
+            setting: "ring_bytes",
+            valid: Config {
+                ring_bytes: 1 << 17,
+                ..b()
+            },
+            invalid: Config {
+                ring_bytes: (1 << 17) + 4096,
+                ..b()
+            },
+        },
+        Rule {
+            setting: "ring_bytes",
+            valid: Config {
+                ring_bytes: 64 << 10,
+                ..b()
+            },
+            invalid: Config {
+                ring_bytes: 32 << 10,
+                ..b()
+            },
+        },
+        Rule {
+            setting: "ring_bytes",
+            valid: b(),
+            invalid: Config {
+                ring_bytes: 0,
+                ..b()
+            },
+        },
+        Rule {
+            setting: "segment_bytes",
+            valid: Config {
+                segment_bytes: segment + 4096,
+                ..b()
+            },
+            invalid: Config {
+                segment_bytes: segment + 2048,
+                ..b()
+            },
+        },
+        Rule {
+            setting: "segment_bytes",
+            valid: Config {
+                segment_bytes: segment,
+                batch_bytes_max: batch_fit,
+                ..b()
+            },
+            invalid: Config {
+                segment_bytes: segment,
+                batch_bytes_max: batch_fit + 1,
+                ..b()
+            },
+        },
+        Rule {
+            setting: "batch_bytes_max",
+            valid: Config {
+                segment_bytes: segment,
+                batch_bytes_max: batch_fit,
+                ..b()
+            },
+            invalid: Config {
+                segment_bytes: segment,
+                batch_bytes_max: batch_fit + 1,
+                ..b()
+            },
+        },
+        Rule {
+            setting: "key_len_max",
+            valid: Config {
+                key_len_max: 65_535,
+                ..b()
+            },
+            invalid: Config {
+                key_len_max: 65_536,
+                ..b()
+            },
+        },
+        Rule {
+            setting: "window_age_max",
+            valid: Config {
+                window_age_max: Duration::from_nanos(1),
+                window: WindowPolicy::Immediate,
+                ..b()
+            },
+            invalid: Config {
+                window_age_max: Duration::ZERO,
+                window: WindowPolicy::Immediate,
+                ..b()
+            },
+        },
+        Rule {
+            setting: "window_age_max",
+            valid: Config {
+                window: WindowPolicy::Linger(Duration::from_millis(1)),
+                window_age_max: Duration::from_millis(1),
+                ..b()
+            },
+            invalid: Config {
+                window: WindowPolicy::Linger(Duration::from_millis(2)),
+                window_age_max: Duration::from_millis(1),
+                ..b()
+            },
+        },
+        Rule {
+            setting: "batch_ops_max",
+            valid: Config {
+                batch_ops_max: 1,
+                ..b()
+            },
+            invalid: Config {
+                batch_ops_max: 0,
+                ..b()
+            },
+        },
+    ]
+}
+
+#[test]
+fn invalid_config_is_refused_naming_the_setting() {
+    for (i, rule) in rules().into_iter().enumerate() {
+        let what = format!("rule {i} ({})", rule.setting);
+        rule.valid
+            .validate()
+            .unwrap_or_else(|e| panic!("{what}: valid side refused: {e}"));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("db");
+        let engine = Engine::open(&dir, rule.valid.clone())
+            .unwrap_or_else(|e| panic!("{what}: valid side does not open: {e}"));
+        engine.put(b"k", b"v").unwrap().wait_timeout(WAIT_MAX).unwrap();
+        engine.close().unwrap();
+        drop(engine);
+
+        for err in [
+            rule.invalid.validate().err(),
+            Engine::open(tmp.path().join("never"), rule.invalid.clone()).err(),
+        ] {
+            match err {
+                Some(Error::InvalidConfig(msg)) => {
+                    assert!(names(&msg, rule.setting), "{what}: message {msg:?}");
+                    assert_names(&Error::InvalidConfig(msg), &[rule.setting]);
+                }
+                other => panic!("{what}: invalid side gave {other:?}"),
+            }
+        }
+        // A refused open touches nothing.
+        assert!(!tmp.path().join("never").exists(), "{what}: refused open made a directory");
+        // And the valid directory still holds exactly what was written.
+        let engine = Engine::open(&dir, rule.valid.clone()).unwrap();
+        assert_eq!(engine_state(&engine), State::from([(b"k".to_vec(), b"v".to_vec())]));
+    }
+}
+
+#[test]
+fn full_ring_with_reject_says_busy_and_keeps_what_it_accepted() {
+    // The flusher holds each window open for 200 ms and no byte or op limit cuts it first,
+    // so a flood of 8 KiB puts fills the 64 KiB ring deterministically.
+    let mut s = Store::new(Config {
+        ring_bytes: 64 << 10,
+        batch_bytes_max: 1 << 20,
+        segment_bytes: 4 << 20,
+        window_age_max: Duration::from_secs(1),
+        window: WindowPolicy::Linger(Duration::from_millis(200)),
+        backpressure: Backpressure::Reject,
+        ..base()
+    });
+    let mut accepted = Vec::new();
+    let mut busy = 0;
+    for i in 0..64u32 {
+        let key = format!("flood-{i:03}").into_bytes();
+        let value = vec![i as u8; 8 << 10];
+        match s.engine().put(&key, &value) {
+            Ok(t) => accepted.push((t, key, value)),
+            Err(e @ Error::Busy) => {
+                assert!(!e.to_string().is_empty());
+                busy += 1;
+            }
+            Err(e) => panic!("put {i}: {e:?}"),
+        }
+    }
+    assert!(busy > 0, "64 puts of 8 KiB into a 64 KiB ring were never refused");
+    assert!(!accepted.is_empty(), "no put was accepted");
+    for (t, key, value) in accepted {
+        t.wait_timeout(WAIT_MAX).expect("accepted put becomes durable");
+        s.accepted += 1;
+        s.model.insert(key, value);
+    }
+    // The ring drained: a put is accepted again.
+    s.put(b"after-the-flood", b"ok");
+    s.verify();
+}
+
+#[test]
+fn calls_after_close_say_closed_and_reads_still_work() {
+    let mut s = Store::new(base());
+    s.put(b"kept", b"value");
+    let engine = s.engine();
+    engine.close().expect("close");
+    let mut batch = WriteBatch::new();
+    batch.put(b"k", b"v");
+    let calls: [(&str, Result<(), Error>); 5] = [
+        ("put", engine.put(b"k", b"v").map(drop)),
+        ("delete", engine.delete(b"kept").map(drop)),
+        ("get", engine.get(b"kept").map(drop)),
+        ("write", engine.write(&batch).map(drop)),
+        ("flush", engine.flush().map(drop)),
+    ];
+    for (name, r) in calls {
+        match r {
+            Err(e @ Error::Closed) => assert!(!e.to_string().is_empty()),
+            other => panic!("{name} after close gave {other:?}"),
+        }
+    }
+    engine.close().expect("close twice");
+    assert_eq!(engine.read_to_vec(b"kept").unwrap(), Some(b"value".to_vec()));
+    assert_eq!(engine.read(b"seed-1").unwrap().as_deref(), Some(&b"one"[..]));
+    assert_eq!(engine_state(engine), s.model);
+    assert_eq!(engine.stats().submitted, s.accepted);
+    // Reopening finds exactly what was accepted before the close.
+    drop(s.engine.take());
+    s.engine = Some(Engine::open(&s.dir, s.config.clone()).unwrap());
+    s.accepted = 0;
+    s.verify();
+}
+
+#[test]
+fn second_open_of_a_directory_is_locked() {
+    let mut s = Store::new(base());
+    match Engine::open(&s.dir, s.config.clone()) {
+        Err(Error::Locked(path)) => {
+            assert_eq!(path, s.dir, "Locked names the directory");
+            let msg = Error::Locked(path).to_string();
+            assert!(msg.contains(&s.dir.display().to_string()), "{msg}");
+        }
+        other => panic!("second open gave {other:?}"),
+    }
+    // The failed open disturbed nothing: the first engine goes on.
+    s.put(b"after-locked", b"ok");
+    s.verify();
+    // Once the first engine is gone the directory opens again.
+    drop(s.engine.take());
+    let engine = Engine::open(&s.dir, s.config.clone()).expect("open after drop");
+    assert_eq!(engine_state(&engine), s.model);
+}

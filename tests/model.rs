@@ -1,0 +1,549 @@
+//! Model-based tests: random sequences of puts, deletes, windowed gets, write batches,
+//! flushes and reopens, under random window limits, against a sequential map.
+//!
+//! The engine's total order is the ticket position order, so even with several producer
+//! threads the model is a plain map: sort every submitted op by position and replay. Every
+//! get must answer what the model holds at its place, and the durable state (through `read`,
+//! `read_to_vec`, `for_each`, after reopen, and by decoding the segment files) must equal the
+//! model. The counters must add up against the frames each engine instance wrote.
+//!
+//! `PROPTEST_CASES` sets the number of cases of each property.
+
+mod common;
+
+use common::{engine_state, next_batch_seq, read_log, replay, State, WAIT_MAX};
+use mergelog::{
+    Config, Durability, Engine, GetTicket, Stats, Ticket, WindowPolicy, WriteBatch, WritePath,
+};
+use proptest::prelude::*;
+use std::path::Path;
+use std::time::Duration;
+
+/// A small key space, so that a window often holds several ops of one key. It includes the
+/// empty key, keys that are prefixes of others, and keys sharing their first 8 bytes (the
+/// coalescer sorts by an 8-byte prefix first).
+const KEYS: &[&[u8]] = &[
+    b"",
+    b"\0",
+    b"a",
+    b"ab",
+    b"abcdefgh",
+    b"abcdefgh\0",
+    b"abcdefghA",
+    b"abcdefghAB",
+    b"abcdefgi",
+    b"abcdefghAB-a-much-longer-key-sharing-the-first-ten-bytes",
+    b"\xff\xff\xff\xff\xff\xff\xff\xff\xff",
+    b"zz",
+];
+
+fn key(k: u8) -> &'static [u8] {
+    KEYS[k as usize % KEYS.len()]
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put(u8, Vec<u8>),
+    Delete(u8),
+    Get(u8),
+    /// `Some(value)` puts, `None` deletes.
+    Batch(Vec<(u8, Option<Vec<u8>>)>),
+    Flush,
+    Reopen,
+}
+
+fn key_index() -> impl Strategy<Value = u8> {
+    0..KEYS.len() as u8
+}
+
+/// Mostly short values (the empty one included), sometimes large ones so that small
+/// segments fill and roll.
+fn value() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        6 => proptest::collection::vec(any::<u8>(), 0..24),
+        1 => (256usize..2048, any::<u8>()).prop_map(|(n, b)| vec![b; n]),
+    ]
+}
+
+fn batch() -> impl Strategy<Value = Vec<(u8, Option<Vec<u8>>)>> {
+    proptest::collection::vec(
+        (key_index(), proptest::option::weighted(0.75, value())),
+        1..=5,
+    )
+}
+
+/// Ops one producer can submit; `Reopen` only in the sequential property.
+fn op(with_reopen: bool) -> impl Strategy<Value = Op> {
+    let reopen_weight = if with_reopen { 1 } else { 0 };
+    prop_oneof![
+        8 => (key_index(), value()).prop_map(|(k, v)| Op::Put(k, v)),
+        3 => key_index().prop_map(Op::Delete),
+        5 => key_index().prop_map(Op::Get),
+        3 => batch().prop_map(Op::Batch),
+        1 => Just(Op::Flush),
+        reopen_weight => Just(Op::Reopen),
+    ]
+}
+
+/// Small, random window limits so that windows are cut by every rule and segments roll.
+fn config() -> impl Strategy<Value = Config> {
+    (
+        prop_oneof![Just(64usize << 10), Just(128 << 10), Just(1 << 20)],
+        prop_oneof![Just(64u64 << 10), Just(128 << 10), Just(256 << 10)],
+        4096usize..=16384,
+        prop_oneof![1usize..=4, 5usize..=64],
+        50u64..=2000,
+        (0u8..3, 0.0f64..=1.0),
+        any::<bool>(),
+        any::<bool>(),
+        // Sync costs milliseconds per batch on a shared disk: a quarter of the cases.
+        proptest::bool::weighted(0.25),
+    )
+        .prop_map(
+            |(ring, segment, bytes, ops, age_us, (policy, frac), coalesce, mmap, sync)| {
+                let age = Duration::from_micros(age_us);
+                let within = age.mul_f64(frac);
+                Config {
+                    ring_bytes: ring,
+                    segment_bytes: segment,
+                    batch_bytes_max: bytes,
+                    batch_ops_max: ops,
+                    window_age_max: age,
+                    window: match policy {
+                        0 => WindowPolicy::Immediate,
+                        1 => WindowPolicy::Linger(within),
+                        _ => WindowPolicy::Adaptive { quiet: within },
+                    },
+                    coalesce,
+                    write_path: if mmap {
+                        WritePath::Mmap
+                    } else {
+                        WritePath::Pwrite
+                    },
+                    durability: if sync {
+                        Durability::Sync
+                    } else {
+                        Durability::NoSync
+                    },
+                    ..Config::default()
+                }
+            },
+        )
+}
+
+fn cases(default: u32) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    ProptestConfig {
+        cases,
+        ..ProptestConfig::default()
+    }
+}
+
+fn apply(model: &mut State, op: &Op) {
+    match op {
+        Op::Put(k, v) => {
+            model.insert(key(*k).to_vec(), v.clone());
+        }
+        Op::Delete(k) => {
+            model.remove(key(*k));
+        }
+        Op::Batch(ops) => {
+            for (k, v) in ops {
+                match v {
+                    Some(v) => model.insert(key(*k).to_vec(), v.clone()),
+                    None => model.remove(key(*k)),
+                };
+            }
+        }
+        Op::Get(_) | Op::Flush | Op::Reopen => {}
+    }
+}
+
+fn write_batch(ops: &[(u8, Option<Vec<u8>>)]) -> WriteBatch {
+    let mut b = WriteBatch::new();
+    for (k, v) in ops {
+        match v {
+            Some(v) => b.put(key(*k), v),
+            None => b.delete(key(*k)),
+        };
+    }
+    b
+}
+
+/// What one submitted op left to check later.
+enum Pending {
+    Write(Ticket),
+    Get(GetTicket, Option<Vec<u8>>, u8),
+}
+
+/// Requests one engine instance took, to hold its counters against.
+#[derive(Default)]
+struct Submitted {
+    writes: u64,
+    reads: u64,
+}
+
+impl Submitted {
+    fn count(&mut self, op: &Op) {
+        match op {
+            Op::Put(..) | Op::Delete(_) => self.writes += 1,
+            Op::Batch(ops) => self.writes += ops.len() as u64,
+            Op::Get(_) => self.reads += 1,
+            Op::Flush | Op::Reopen => {}
+        }
+    }
+}
+
+/// Submits one put, delete, get or batch; returns its position and what to check later.
+fn submit(engine: &Engine, op: &Op, model_before: &State) -> (u64, Pending) {
+    match op {
+        Op::Put(k, v) => {
+            let t = engine.put(key(*k), v).expect("put");
+            (t.position(), Pending::Write(t))
+        }
+        Op::Delete(k) => {
+            let t = engine.delete(key(*k)).expect("delete");
+            (t.position(), Pending::Write(t))
+        }
+        Op::Batch(ops) => {
+            let t = engine.write(&write_batch(ops)).expect("write");
+            (t.position(), Pending::Write(t))
+        }
+        Op::Get(k) => {
+            let t = engine.get(key(*k)).expect("get");
+            let expected = model_before.get(key(*k)).cloned();
+            (t.position(), Pending::Get(t, expected, *k))
+        }
+        Op::Flush | Op::Reopen => unreachable!("not a request"),
+    }
+}
+
+/// Waits every pending ticket: writes complete `Ok`, gets answer what the model expected.
+fn settle(pending: &mut Vec<Pending>) {
+    for p in pending.drain(..) {
+        match p {
+            Pending::Write(t) => {
+                assert_eq!(t.wait_timeout(WAIT_MAX).map_err(|e| e.to_string()), Ok(()));
+                assert!(t.is_done());
+            }
+            Pending::Get(t, expected, k) => {
+                let got = t.wait_timeout(WAIT_MAX).expect("get completes");
+                assert_eq!(got, expected, "get of key {:?}", key(k));
+            }
+        }
+    }
+}
+
+/// The durable state seen through every read path equals the model.
+fn check_state(engine: &Engine, model: &State) {
+    for k in KEYS {
+        let expected = model.get(*k);
+        assert_eq!(
+            engine.read_to_vec(k).expect("read_to_vec").as_ref(),
+            expected,
+            "read_to_vec of {k:?}"
+        );
+        let r = engine.read(k).expect("read");
+        assert_eq!(r.as_deref(), expected.map(|v| &v[..]), "read of {k:?}");
+    }
+    assert_eq!(&engine_state(engine), model, "for_each");
+}
+
+/// After an engine instance closed: the log it leaves replays to the model, its frames
+/// respect the window limits, and its counters add up against the frames it wrote (those
+/// from `first_seq` on).
+fn check_log(dir: &Path, config: &Config, first_seq: u64, stats: &Stats, sub: &Submitted) {
+    let frames = read_log(dir, Some(config.segment_bytes));
+    let ours: Vec<_> = frames.iter().filter(|f| f.batch_seq >= first_seq).collect();
+    let records: u64 = ours.iter().map(|f| f.records.len() as u64).sum();
+    let acknowledged: u64 = ours.iter().map(|f| u64::from(f.ops_acknowledged)).sum();
+    for f in &ours {
+        assert_eq!(
+            f.is_sorted(),
+            config.coalesce,
+            "frame {}: FLAG_SORTED iff coalescing",
+            f.batch_seq
+        );
+        assert!(
+            f.body_len <= config.batch_bytes_max,
+            "frame {} body {} exceeds batch_bytes_max {}",
+            f.batch_seq,
+            f.body_len,
+            config.batch_bytes_max
+        );
+        // A window stops taking requests at batch_ops_max; its last request may be a
+        // batch of up to 5 ops.
+        assert!(
+            f.ops_acknowledged as usize <= config.batch_ops_max + 4,
+            "frame {} acknowledges {} writes, batch_ops_max {}",
+            f.batch_seq,
+            f.ops_acknowledged,
+            config.batch_ops_max
+        );
+        if !config.coalesce {
+            assert_eq!(f.ops_acknowledged as usize, f.records.len());
+        }
+    }
+    assert_eq!(stats.records_written, records, "records_written vs the log");
+    assert_eq!(stats.batches, ours.len() as u64, "batches vs frames");
+    assert_eq!(stats.writes, sub.writes, "writes vs submitted writes");
+    assert_eq!(stats.reads, sub.reads, "reads vs submitted gets");
+    assert_eq!(stats.submitted, stats.writes + stats.reads, "submitted");
+    assert_eq!(acknowledged, stats.writes, "ops_acknowledged vs writes");
+    if config.coalesce {
+        assert_eq!(
+            stats.writes,
+            stats.records_written + stats.coalesced_writes,
+            "writes = records + coalesced"
+        );
+    } else {
+        assert_eq!(
+            stats.coalesced_writes, 0,
+            "coalesced_writes without coalescing"
+        );
+        assert_eq!(
+            stats.collapsed_reads, 0,
+            "collapsed_reads without coalescing"
+        );
+        assert_eq!(stats.writes, stats.records_written);
+    }
+    assert!(stats.collapsed_reads <= stats.reads);
+    match config.durability {
+        Durability::Sync => assert_eq!(stats.syncs, stats.batches, "one sync per batch"),
+        Durability::NoSync => assert_eq!(stats.syncs, 0, "no syncs in NoSync"),
+    }
+    assert_eq!(stats.backlog_bytes, 0, "backlog after close");
+}
+
+/// Closes `engine`, checks its log and counters, reopens and checks the replayed state.
+fn reopen(
+    engine: Engine,
+    dir: &Path,
+    config: &Config,
+    first_seq: &mut u64,
+    sub: &mut Submitted,
+    model: &State,
+) -> Engine {
+    engine.close().expect("close");
+    let stats = engine.stats();
+    drop(engine);
+    check_log(dir, config, *first_seq, &stats, sub);
+    assert_eq!(&replay(&read_log(dir, None)), model, "log replay");
+    *first_seq = next_batch_seq(dir);
+    *sub = Submitted::default();
+    let engine = Engine::open(dir, config.clone()).expect("reopen");
+    check_state(&engine, model);
+    engine
+}
+
+fn run_sequential(config: Config, ops: Vec<Op>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    let mut model = State::new();
+    let mut first_seq = next_batch_seq(&dir);
+    let mut sub = Submitted::default();
+    let mut engine = Engine::open(&dir, config.clone()).expect("open");
+    let mut pending = Vec::new();
+    let mut last_pos = 0;
+    for op in &ops {
+        match op {
+            Op::Flush => {
+                let t = engine.flush().expect("flush");
+                assert!(
+                    t.position() >= last_pos,
+                    "flush ticket before earlier requests"
+                );
+                assert_eq!(t.wait_timeout(WAIT_MAX).map_err(|e| e.to_string()), Ok(()));
+                // Everything submitted before the flush is durable and readable now.
+                for p in &pending {
+                    match p {
+                        Pending::Write(t) => assert!(t.is_done(), "write not done after flush"),
+                        Pending::Get(t, ..) => assert!(t.is_done(), "get not done after flush"),
+                    }
+                }
+                check_state(&engine, &model);
+                settle(&mut pending);
+            }
+            Op::Reopen => {
+                settle(&mut pending);
+                engine = reopen(engine, &dir, &config, &mut first_seq, &mut sub, &model);
+            }
+            _ => {
+                let (pos, p) = submit(&engine, op, &model);
+                assert!(
+                    pos > last_pos,
+                    "positions must increase in submission order"
+                );
+                last_pos = pos;
+                pending.push(p);
+                sub.count(op);
+                apply(&mut model, op);
+            }
+        }
+    }
+    settle(&mut pending);
+    check_state(&engine, &model);
+    let _ = reopen(engine, &dir, &config, &mut first_seq, &mut sub, &model);
+}
+
+/// One op as the engine ordered it.
+struct Placed {
+    pos: u64,
+    op: Op,
+    get: Option<GetTicket>,
+    write: Option<Ticket>,
+}
+
+fn run_concurrent(config: Config, threads: Vec<Vec<Op>>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    let engine = Engine::open(&dir, config.clone()).expect("open");
+    let empty = State::new();
+    let mut placed: Vec<Placed> = std::thread::scope(|s| {
+        let handles: Vec<_> = threads
+            .iter()
+            .map(|ops| {
+                let engine = &engine;
+                let empty = &empty;
+                s.spawn(move || {
+                    let mut mine = Vec::new();
+                    let mut last_pos = 0;
+                    for op in ops {
+                        if let Op::Flush = op {
+                            let t = engine.flush().expect("flush");
+                            assert!(t.position() >= last_pos);
+                            continue;
+                        }
+                        // The expected get answer is filled in by the replay below.
+                        let (pos, p) = submit(engine, op, empty);
+                        assert!(pos > last_pos, "positions increase per producer");
+                        last_pos = pos;
+                        let (get, write) = match p {
+                            Pending::Get(t, ..) => (Some(t), None),
+                            Pending::Write(t) => (None, Some(t)),
+                        };
+                        mine.push(Placed {
+                            pos,
+                            op: op.clone(),
+                            get,
+                            write,
+                        });
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("producer thread"))
+            .collect()
+    });
+    placed.sort_by_key(|p| p.pos);
+    for pair in placed.windows(2) {
+        assert!(
+            pair[0].pos < pair[1].pos,
+            "two requests share position {}",
+            pair[0].pos
+        );
+    }
+    let mut model = State::new();
+    let mut sub = Submitted::default();
+    for p in &placed {
+        if let Some(t) = &p.write {
+            assert_eq!(t.wait_timeout(WAIT_MAX).map_err(|e| e.to_string()), Ok(()));
+        }
+        if let (Some(t), Op::Get(k)) = (&p.get, &p.op) {
+            let got = t.wait_timeout(WAIT_MAX).expect("get completes");
+            assert_eq!(
+                got.as_ref(),
+                model.get(key(*k)),
+                "get of {:?} at position {}",
+                key(*k),
+                p.pos
+            );
+        }
+        sub.count(&p.op);
+        apply(&mut model, &p.op);
+    }
+    check_state(&engine, &model);
+    let mut first_seq = 1;
+    let engine = reopen(engine, &dir, &config, &mut first_seq, &mut sub, &model);
+    drop(engine);
+}
+
+proptest! {
+    #![proptest_config(cases(48))]
+
+    /// One producer: every get answers the model at its place, every write completes, and
+    /// the state equals the model after every flush and reopen.
+    #[test]
+    fn sequential_ops_match_a_map(
+        config in config(),
+        ops in proptest::collection::vec(op(true), 1..160),
+    ) {
+        run_sequential(config, ops);
+    }
+}
+
+proptest! {
+    #![proptest_config(cases(32))]
+
+    /// Several producers: replaying every op in ticket position order through the model
+    /// gives every get's answer and the final state.
+    #[test]
+    fn concurrent_ops_match_a_map_in_position_order(
+        config in config(),
+        threads in proptest::collection::vec(
+            proptest::collection::vec(op(false), 1..100),
+            2..=4,
+        ),
+    ) {
+        run_concurrent(config, threads);
+    }
+}
+
+/// Writes well past several segments' worth of data with reopens in between, so that the
+/// roll to a new segment (and replay across segments) is exercised for certain.
+#[test]
+fn segments_roll_and_replay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    let config = Config {
+        segment_bytes: 64 << 10,
+        batch_bytes_max: 8 << 10,
+        // Every write reaches the log: no window can shrink the volume below 5 segments.
+        coalesce: false,
+        durability: Durability::NoSync,
+        ..Config::default()
+    };
+    let mut model = State::new();
+    let mut first_seq = 1;
+    let mut sub = Submitted::default();
+    let mut engine = Engine::open(&dir, config.clone()).expect("open");
+    for round in 0..3u8 {
+        let mut tickets = Vec::new();
+        for i in 0..300u32 {
+            let k = (i % 40) as u8;
+            let op = if i % 7 == 3 {
+                Op::Delete(k)
+            } else {
+                Op::Put(k, vec![round ^ i as u8; 200 + (i as usize % 300)])
+            };
+            let (_, p) = submit(&engine, &op, &model);
+            tickets.push(p);
+            sub.count(&op);
+            apply(&mut model, &op);
+        }
+        settle(&mut tickets);
+        check_state(&engine, &model);
+        engine = reopen(engine, &dir, &config, &mut first_seq, &mut sub, &model);
+    }
+    let segments = common::segment_files(&dir).len();
+    assert!(
+        segments >= 4,
+        "expected the log to roll, found {segments} segment(s)"
+    );
+}

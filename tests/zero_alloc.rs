@@ -1,0 +1,127 @@
+//! No allocation per put in steady state: a counting global allocator counts the heap
+//! allocations made on the submitting thread while it is inside `Engine::put`.
+//!
+//! Counting is switched on per thread, so the flusher's (amortised, per-window) allocations
+//! and the test's own bookkeeping do not count; a control shows the counter does work.
+
+use mergelog::{Config, Durability, Engine};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+struct Counting;
+
+thread_local! {
+    // `const` initialisers without destructors: touching them never allocates.
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn note_allocation() {
+    // `try_with`: never panic inside the allocator, even during thread teardown.
+    let _ = COUNTING.try_with(|on| {
+        if on.get() {
+            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        }
+    });
+}
+
+// SAFETY: every call is forwarded unchanged to `System`; the bookkeeping touches only
+// thread-local cells and never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note_allocation();
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which we pass on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note_allocation();
+        // SAFETY: as for `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note_allocation();
+        // SAFETY: `ptr` was allocated by `System` through this allocator with `layout`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `System` through this allocator with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Runs `f` with counting on for this thread; returns its result and the allocations made.
+fn counted<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    let before = ALLOCATIONS.with(Cell::get);
+    COUNTING.with(|on| on.set(true));
+    let out = f();
+    COUNTING.with(|on| on.set(false));
+    (out, ALLOCATIONS.with(Cell::get) - before)
+}
+
+const WARMUP_PUTS: u32 = 100_000;
+const MEASURED_PUTS: u32 = 100_000;
+/// Wait for a ticket this often, so the backlog stays far below the ring's capacity.
+const WAIT_EVERY: u32 = 1024;
+
+/// A 16-byte key from a counter, on the stack (zipf-free but with repeats across runs).
+fn key(i: u32) -> [u8; 16] {
+    let mut k = *b"key-000000000000";
+    k[4..8].copy_from_slice(&(i % 50_000).to_be_bytes());
+    k
+}
+
+/// Puts `n` keys starting at `from`, waiting for a ticket every `WAIT_EVERY` puts. Returns
+/// the allocations made inside the `put` calls.
+fn puts(engine: &Engine, from: u32, n: u32, value: &[u8]) -> u64 {
+    let mut allocations = 0;
+    for i in from..from + n {
+        let k = key(i);
+        let (ticket, a) = counted(|| engine.put(&k, value));
+        allocations += a;
+        let ticket = ticket.expect("put");
+        if i % WAIT_EVERY == WAIT_EVERY - 1 {
+            ticket.wait().expect("durable");
+        }
+    }
+    allocations
+}
+
+#[test]
+fn put_allocates_nothing_in_steady_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Engine::open(
+        tmp.path(),
+        Config {
+            durability: Durability::NoSync,
+            ..Config::default()
+        },
+    )
+    .expect("open");
+    let value = [0xa5u8; 100];
+
+    // Warm up: the flusher's buffers grow to size, the index holds every key, and this
+    // thread's lazily created state (thread locals, parking) exists.
+    puts(&engine, 0, WARMUP_PUTS, &value);
+    engine.flush().unwrap().wait().unwrap();
+
+    let allocations = puts(&engine, WARMUP_PUTS, MEASURED_PUTS, &value);
+    engine.flush().unwrap().wait().unwrap();
+    assert_eq!(
+        allocations, 0,
+        "{allocations} allocations in {MEASURED_PUTS} puts on the submitting thread"
+    );
+    assert!(engine.stats().writes >= u64::from(WARMUP_PUTS + MEASURED_PUTS));
+
+    // Control: a windowed get allocates its answer slot, so the counter must see it.
+    let (get, control) = counted(|| engine.get(&key(7)));
+    let got = get.expect("get").wait().expect("get completes");
+    assert_eq!(got.as_deref(), Some(&value[..]));
+    assert!(control > 0, "the counter saw no allocation in Engine::get");
+    engine.close().unwrap();
+}

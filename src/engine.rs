@@ -2,23 +2,24 @@
 //! that cuts windows, writes, syncs and completes tickets.
 
 use crate::coalesce::{Coalescer, Entry, GetAnswer, Op};
-use crate::config::{Backpressure, Config, WindowPolicy};
+use crate::config::{Backpressure, Config, Durability, WindowPolicy};
 use crate::error::{Error, Result};
 use crate::index::{Index, Loc, ValueRef};
 use crate::log::format::{record_len, RecordOp, FLAG_SORTED, FRAME_HEADER_LEN, RECORD_HEADER_LEN};
 use crate::log::recovery::{scan, Access, Damage};
 use crate::log::segment::sync_dir;
-use crate::log::{Log, Segments};
+use crate::log::{Log, Segments, WrittenFrame};
 use crate::reader::{Follower, LogReader};
 use crate::ring::{self, Consumer, PushError, Ring};
 use crate::stats::{record, Counters, Stats};
 use crate::ticket::{Completion, GetSlot, GetTicket, Ticket};
+use crossbeam::channel::{Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -151,6 +152,8 @@ struct Inner {
     request_limit_name: &'static str,
     /// Sequence number of the last durable batch (for in-process followers).
     durable_seq: Arc<AtomicU64>,
+    /// Jobs handed to the syncer and not yet taken by it.
+    queued: AtomicUsize,
 }
 
 /// The write batching engine over one log directory. `Send + Sync`: share it by reference
@@ -251,7 +254,6 @@ impl Engine {
             scanned.next_seq,
             config.segment_bytes,
             config.write_path,
-            config.durability,
         );
 
         let durable_seq = Arc::new(AtomicU64::new(scanned.next_seq - 1));
@@ -269,12 +271,10 @@ impl Engine {
             request_len_max,
             request_limit_name,
             durable_seq,
+            queued: AtomicUsize::new(0),
             config,
         });
-        let flusher = Flusher::new(inner.clone(), log);
-        let handle = std::thread::Builder::new()
-            .name("mergelog-flusher".into())
-            .spawn(move || flusher.run(consumer))
+        let handle = start_pipeline(inner.clone(), log, consumer)
             .map_err(|e| Error::io("spawn flusher thread", &dir, e))?;
         report.elapsed = started.elapsed();
         Ok(Engine {
@@ -588,6 +588,22 @@ fn recycle<'a, 'b>(mut v: Vec<Entry<'a>>) -> Vec<Entry<'b>> {
         .collect()
 }
 
+/// One window on its way from the flusher to the syncer: everything the syncer needs,
+/// copied out of the ring, so the ring space is released as soon as the frame is written.
+#[derive(Default)]
+struct Job {
+    /// Ring position after the window: the durable watermark once this job is complete.
+    end: u64,
+    /// The frame written for the window's surviving writes, if it had any.
+    frame: Option<WrittenFrame>,
+    /// Survivor keys back to back, for the index update.
+    keys: Vec<u8>,
+    /// Per survivor: key length and the value's location (`None` for a delete).
+    updates: Vec<(u32, Option<Loc>)>,
+    /// Per request: submit time stamp (for the end-to-end histogram).
+    stamps: Vec<u64>,
+}
+
 /// The flusher's state: everything it reuses from window to window.
 struct Flusher {
     inner: Arc<Inner>,
@@ -598,8 +614,6 @@ struct Flusher {
     stamps: Vec<u64>,
     /// Per get: entry index and its slot.
     slots: Vec<(u32, Arc<GetSlot>)>,
-    /// Per survivor: value location in the log (`None` for a delete).
-    locs: Vec<Option<Loc>>,
     /// Answers of shared lookups: (first get index, value).
     lookups: Vec<(u32, Option<Vec<u8>>)>,
     /// The plan's get answers, in entry order.
@@ -607,6 +621,11 @@ struct Flusher {
     /// Requests in the previous window: the adaptive policy's guess of how many producers
     /// are about to resubmit.
     prev_requests: usize,
+    /// End of the last window handed to the syncer.
+    in_flight: u64,
+    to_syncer: Sender<Job>,
+    /// Completed jobs come back for reuse, so no window allocates.
+    spare: Receiver<Job>,
 }
 
 /// One cut window's numbers.
@@ -618,33 +637,68 @@ struct Window {
     gets: u64,
 }
 
-impl Flusher {
-    fn new(inner: Arc<Inner>, log: Log) -> Flusher {
-        Flusher {
-            inner,
-            log,
-            coalescer: Coalescer::new(),
-            entries: Vec::new(),
-            stamps: Vec::new(),
-            slots: Vec::new(),
-            locs: Vec::new(),
-            lookups: Vec::new(),
-            answers: Vec::new(),
-            prev_requests: 1,
-        }
-    }
+/// Starts the two pipeline threads; the returned handle is the flusher's, which joins the
+/// syncer before it returns.
+fn start_pipeline(
+    inner: Arc<Inner>,
+    log: Log,
+    consumer: Consumer,
+) -> std::io::Result<JoinHandle<()>> {
+    // One job syncing and one ready: enough to overlap the next window's CPU work with the
+    // sync, few enough that a window is cut no earlier than it is needed.
+    let (to_syncer, jobs) = crossbeam::channel::bounded::<Job>(1);
+    let (give_back, spare) = crossbeam::channel::bounded::<Job>(4);
+    let syncer = Syncer {
+        inner: inner.clone(),
+        jobs,
+        give_back,
+        group: Vec::new(),
+    };
+    let syncer = std::thread::Builder::new()
+        .name("mergelog-syncer".into())
+        .spawn(move || syncer.run())?;
+    let flusher = Flusher {
+        in_flight: inner.ring.head(),
+        inner,
+        log,
+        coalescer: Coalescer::new(),
+        entries: Vec::new(),
+        stamps: Vec::new(),
+        slots: Vec::new(),
+        lookups: Vec::new(),
+        answers: Vec::new(),
+        prev_requests: 1,
+        to_syncer,
+        spare,
+    };
+    std::thread::Builder::new()
+        .name("mergelog-flusher".into())
+        .spawn(move || {
+            flusher.run(consumer);
+            let _ = syncer.join();
+        })
+}
 
+impl Flusher {
     fn run(mut self, mut consumer: Consumer) {
         let ring = consumer.ring().clone();
         let mut pos = ring.head();
         loop {
-            // A refusing visitor consumes nothing: this only probes for a published record.
+            // A refusing visitor consumes no record: this probes for a published one (and
+            // steps over padding, which needs no processing).
             let mut published = false;
-            consumer.read(pos, |_, _| {
+            pos = consumer.read(pos, |_, _| {
                 published = true;
                 false
             });
             if !published {
+                // Padding stepped over completes nothing, but the watermark and the head
+                // move past it, in order, through the syncer.
+                if pos > self.in_flight {
+                    let job = Self::job(&self.spare, pos);
+                    self.send(job);
+                    consumer.release(pos);
+                }
                 if ring.is_closed() && ring.tail() <= pos {
                     break;
                 }
@@ -656,10 +710,35 @@ impl Flusher {
             }
             pos = self.window(&mut consumer, pos);
         }
-        let _ = self.log.sync();
+        // Dropping `self` closes the channel: the syncer completes what it holds and exits.
     }
 
-    /// Cuts, writes, syncs and completes one window starting at `start`; returns its end.
+    /// A reused job, cleared, ending at `end`.
+    fn job(spare: &Receiver<Job>, end: u64) -> Job {
+        let mut job = spare.try_recv().unwrap_or_default();
+        job.end = end;
+        job.frame = None;
+        job.keys.clear();
+        job.updates.clear();
+        job.stamps.clear();
+        job
+    }
+
+    fn send(&mut self, job: Job) {
+        self.in_flight = job.end;
+        self.inner.queued.fetch_add(1, Ordering::SeqCst);
+        // The syncer only stops after this sender is dropped, so this cannot fail.
+        let _ = self.to_syncer.send(job);
+    }
+
+    /// Waits until every job handed to the syncer (up to `in_flight`) is complete; false if
+    /// the engine failed.
+    fn drain_pipeline(inner: &Inner, in_flight: u64) -> bool {
+        inner.completion.wait(in_flight, None).is_ok()
+    }
+
+    /// Cuts one window starting at `start`, plans it, answers its gets, writes its frame and
+    /// hands it to the syncer; returns its end.
     fn window(&mut self, consumer_mut: &mut Consumer, start: u64) -> u64 {
         let inner = self.inner.clone();
         let cfg = &inner.config;
@@ -675,10 +754,10 @@ impl Flusher {
         let consumer = &*consumer_mut;
         let stamps = &mut self.stamps;
         let slots = &mut self.slots;
+        let bytes_max = cfg.batch_bytes_max as u64;
+        let ops_max = cfg.batch_ops_max;
         loop {
             let before = w.end;
-            let bytes_max = cfg.batch_bytes_max as u64;
-            let ops_max = cfg.batch_ops_max;
             w.end = consumer.read(w.end, |end, payload| {
                 let rec_bytes = end - w.end;
                 if w.requests > 0 && (w.bytes + rec_bytes > bytes_max || entries.len() >= ops_max) {
@@ -714,7 +793,13 @@ impl Flusher {
                     consumer.wait(w.end, Some(first_seen + d));
                 }
                 WindowPolicy::Adaptive { quiet } => {
-                    if w.requests >= self.prev_requests || now - last_arrival >= quiet {
+                    // Waiting longer buys nothing once the log has room for this window (no
+                    // job is queued behind the one syncing) and either the producers of the
+                    // last window are back or the ring has gone quiet.
+                    let log_ready = inner.queued.load(Ordering::SeqCst) == 0;
+                    if log_ready
+                        && (w.requests >= self.prev_requests || now - last_arrival >= quiet)
+                    {
                         break;
                     }
                     std::thread::yield_now();
@@ -743,7 +828,7 @@ impl Flusher {
         w.end
     }
 
-    /// Coalesces, writes, syncs, updates the index and completes the window's tickets.
+    /// Plans the window, answers its gets, writes its frame and hands it to the syncer.
     fn commit(&mut self, entries: &[Entry<'_>], end: u64) -> Result<()> {
         let inner = self.inner.clone();
         let counters = &inner.counters;
@@ -751,9 +836,28 @@ impl Flusher {
         let plan = self.coalescer.plan(entries, inner.config.coalesce);
         let t1 = Instant::now();
 
-        let mut t2 = t1;
-        let mut t3 = t1;
-        self.locs.clear();
+        // Gets read the state before this window's writes, which must include every earlier
+        // window: wait for the ones still syncing if a get needs the index.
+        if !plan.gets.is_empty() {
+            let needs_index = plan
+                .gets
+                .iter()
+                .any(|(_, a)| matches!(a, GetAnswer::Lookup(_)));
+            if needs_index && !Self::drain_pipeline(&inner, self.in_flight) {
+                return Ok(()); // failed meanwhile: the window's tickets report it
+            }
+            answer_gets(
+                &inner,
+                entries,
+                &plan.gets,
+                &self.slots,
+                &mut self.lookups,
+                &mut self.answers,
+            );
+        }
+
+        let mut job = Self::job(&self.spare, end);
+        job.stamps.extend_from_slice(&self.stamps);
         if !plan.survivors.is_empty() {
             let body_len: usize = plan
                 .survivors
@@ -766,14 +870,20 @@ impl Flusher {
                     }
                 })
                 .sum();
+            // A frame in a new segment must not become durable before the frames still
+            // syncing in the old one: recovery treats damage before the last segment as
+            // corruption, not as a torn tail.
+            if !self.log.fits(body_len) && !Self::drain_pipeline(&inner, self.in_flight) {
+                return Ok(());
+            }
             let flags = if inner.config.coalesce {
                 FLAG_SORTED
             } else {
                 0
             };
             let writes = (entries.len() - self.slots.len()) as u32;
-            let locs = &mut self.locs;
-            let (frame, seq) = self.log.append(body_len, flags, |w, frame_off| {
+            let (keys, updates) = (&mut job.keys, &mut job.updates);
+            let frame = self.log.append(body_len, flags, |w, frame_off| {
                 let mut off = frame_off + FRAME_HEADER_LEN as u64;
                 for &i in &plan.survivors {
                     let e = &entries[i as usize];
@@ -783,24 +893,24 @@ impl Flusher {
                     };
                     w.push(op, e.key, value);
                     let value_off = off + (RECORD_HEADER_LEN + e.key.len()) as u64;
-                    locs.push((op == RecordOp::Put).then_some(Loc {
-                        seg: 0,
-                        off: value_off,
-                        len: value.len() as u32,
-                    }));
+                    keys.extend_from_slice(e.key);
+                    updates.push((
+                        e.key.len() as u32,
+                        (op == RecordOp::Put).then_some(Loc {
+                            seg: 0,
+                            off: value_off,
+                            len: value.len() as u32,
+                        }),
+                    ));
                     off += record_len(e.key.len(), value.len()) as u64;
                 }
                 writes
             })?;
-            for loc in self.locs.iter_mut().flatten() {
-                loc.seg = frame.seg;
+            for loc in job.updates.iter_mut().filter_map(|u| u.1.as_mut()) {
+                loc.seg = frame.seg_idx;
             }
-            t2 = Instant::now();
-            let synced = self.log.sync()?;
-            inner.durable_seq.store(seq, Ordering::Release);
-            t3 = Instant::now();
+            job.frame = Some(frame);
             Counters::add(&counters.batches, 1);
-            Counters::add(&counters.syncs, u64::from(synced));
             Counters::add(&counters.records_written, plan.survivors.len() as u64);
             Counters::add(
                 &counters.bytes_written,
@@ -809,63 +919,135 @@ impl Flusher {
         }
         Counters::add(&counters.coalesced_writes, plan.coalesced_writes);
         Counters::add(&counters.collapsed_reads, plan.collapsed_reads);
+        let t2 = Instant::now();
+        {
+            let mut h = counters.stages.lock();
+            record(&mut h.coalesce, (t1 - t0).as_nanos() as u64);
+            if job.frame.is_some() {
+                record(&mut h.encode, (t2 - t1).as_nanos() as u64);
+            }
+        }
+        self.send(job);
+        Ok(())
+    }
+}
 
-        // Gets read the state before this window's writes: answer them before the index
-        // moves on. Each shared lookup is done once.
-        if !plan.gets.is_empty() {
-            self.lookups.clear();
-            for &(g, ans) in &plan.gets {
-                if let GetAnswer::Lookup(first) = ans {
-                    if first == g {
-                        let v = inner
-                            .index
-                            .get(entries[g as usize].key)
-                            .and_then(|loc| ValueRef::resolve(&inner.segments, loc))
-                            .map(|v| v.to_vec());
-                        self.lookups.push((first, v));
-                    }
+/// Fills every get's slot: from an earlier write of the window, or from one index lookup
+/// per run of gets that share it.
+fn answer_gets(
+    inner: &Inner,
+    entries: &[Entry<'_>],
+    gets: &[(u32, GetAnswer)],
+    slots: &[(u32, Arc<GetSlot>)],
+    lookups: &mut Vec<(u32, Option<Vec<u8>>)>,
+    answers: &mut Vec<(u32, GetAnswer)>,
+) {
+    lookups.clear();
+    for &(g, ans) in gets {
+        if ans == GetAnswer::Lookup(g) {
+            let v = inner
+                .index
+                .get(entries[g as usize].key)
+                .and_then(|loc| ValueRef::resolve(&inner.segments, loc))
+                .map(|v| v.to_vec());
+            lookups.push((g, v));
+        }
+    }
+    lookups.sort_unstable_by_key(|l| l.0);
+    // Slots are in entry order; put the answers in the same order and zip.
+    answers.clear();
+    answers.extend_from_slice(gets);
+    answers.sort_unstable_by_key(|a| a.0);
+    debug_assert_eq!(answers.len(), slots.len());
+    for ((g, slot), &(a, answer)) in slots.iter().zip(answers.iter()) {
+        debug_assert_eq!(*g, a);
+        let value = match answer {
+            GetAnswer::Write(w) => match entries[w as usize].op {
+                Op::Put(v) => Some(v.to_vec()),
+                _ => None,
+            },
+            GetAnswer::Lookup(first) => lookups
+                .binary_search_by_key(&first, |l| l.0)
+                .ok()
+                .and_then(|i| lookups[i].1.clone()),
+        };
+        // Visible to the get's owner only once the watermark passes it.
+        slot.fill(value);
+    }
+}
+
+/// The second pipeline stage: makes written frames durable (one sync for every job waiting),
+/// updates the index, advances the watermark and wakes waiters.
+struct Syncer {
+    inner: Arc<Inner>,
+    jobs: Receiver<Job>,
+    give_back: Sender<Job>,
+    group: Vec<Job>,
+}
+
+impl Syncer {
+    fn run(mut self) {
+        while let Ok(job) = self.jobs.recv() {
+            self.group.push(job);
+            while let Ok(more) = self.jobs.try_recv() {
+                self.group.push(more);
+            }
+            self.inner
+                .queued
+                .fetch_sub(self.group.len(), Ordering::SeqCst);
+            if self.inner.completion.failure().is_none() {
+                if let Err(e) = self.complete() {
+                    self.inner.completion.fail(e);
                 }
             }
-            self.lookups.sort_unstable_by_key(|l| l.0);
-            // Slots are in entry order; put the answers in the same order and zip.
-            self.answers.clear();
-            self.answers.extend_from_slice(&plan.gets);
-            self.answers.sort_unstable_by_key(|a| a.0);
-            debug_assert_eq!(self.answers.len(), self.slots.len());
-            for ((g, slot), &(a, answer)) in self.slots.iter().zip(&self.answers) {
-                debug_assert_eq!(*g, a);
-                let value = match answer {
-                    GetAnswer::Write(w) => match entries[w as usize].op {
-                        Op::Put(v) => Some(v.to_vec()),
-                        _ => None,
-                    },
-                    GetAnswer::Lookup(first) => self
-                        .lookups
-                        .binary_search_by_key(&first, |l| l.0)
-                        .ok()
-                        .and_then(|i| self.lookups[i].1.clone()),
-                };
-                slot.fill(value);
+            for job in self.group.drain(..) {
+                let _ = self.give_back.try_send(job);
             }
         }
-        inner.index.apply(
-            plan.survivors
-                .iter()
-                .zip(&self.locs)
-                .map(|(&i, loc)| (entries[i as usize].key, *loc)),
-        );
-        inner.completion.advance(end);
-        let t4 = Instant::now();
-        let now_ns = (t4 - inner.epoch).as_nanos() as u64;
-        let mut h = counters.stages.lock();
-        record(&mut h.coalesce, (t1 - t0).as_nanos() as u64);
-        if t2 > t1 {
-            record(&mut h.encode, (t2 - t1).as_nanos() as u64);
-            record(&mut h.sync, (t3 - t2).as_nanos() as u64);
+    }
+
+    fn complete(&mut self) -> Result<()> {
+        let inner = &*self.inner;
+        let t0 = Instant::now();
+        // Every frame of the group is in one segment: the flusher drains the pipeline before
+        // it rolls to a new one.
+        let mut frames = self.group.iter().filter_map(|j| j.frame.as_ref());
+        if let Some(first) = frames.next() {
+            let last = frames.last().unwrap_or(first);
+            debug_assert!(Arc::ptr_eq(&first.seg, &last.seg));
+            if inner.config.durability == Durability::Sync {
+                last.seg.sync(
+                    first.start,
+                    (last.end - first.start) as usize,
+                    inner.config.write_path,
+                )?;
+                Counters::add(&inner.counters.syncs, 1);
+            }
+            last.seg.publish(last.end);
+            inner.durable_seq.store(last.seq, Ordering::Release);
         }
-        record(&mut h.wakeup, (t4 - t3).as_nanos() as u64);
-        for &s in &self.stamps {
-            record(&mut h.end_to_end, now_ns.saturating_sub(s));
+        let t1 = Instant::now();
+        for job in &self.group {
+            let mut key_off = 0usize;
+            inner.index.apply(job.updates.iter().map(|&(len, loc)| {
+                let key = &job.keys[key_off..key_off + len as usize];
+                key_off += len as usize;
+                (key, loc)
+            }));
+        }
+        let end = self.group.last().map_or(0, |j| j.end);
+        inner.completion.advance(end);
+        let t2 = Instant::now();
+        let now_ns = (t2 - inner.epoch).as_nanos() as u64;
+        let mut h = inner.counters.stages.lock();
+        if t1 > t0 && self.group.iter().any(|j| j.frame.is_some()) {
+            record(&mut h.sync, (t1 - t0).as_nanos() as u64);
+        }
+        record(&mut h.wakeup, (t2 - t1).as_nanos() as u64);
+        for job in &self.group {
+            for &s in &job.stamps {
+                record(&mut h.end_to_end, now_ns.saturating_sub(s));
+            }
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ pub mod format;
 pub(crate) mod recovery;
 pub(crate) mod segment;
 
-use crate::config::{Durability, WritePath};
+use crate::config::WritePath;
 use crate::error::Result;
 use format::{frame_len, FrameWriter, SEGMENT_HEADER_LEN};
 use parking_lot::RwLock;
@@ -20,11 +20,16 @@ use std::thread::JoinHandle;
 /// readers (which look up the segment an index entry names).
 pub(crate) type Segments = Arc<RwLock<Vec<Arc<Segment>>>>;
 
-/// Where one frame landed.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct FramePos {
-    /// Index of the segment in `Segments`.
-    pub seg: u32,
+/// A frame written to the log but not yet synced.
+pub(crate) struct WrittenFrame {
+    /// The segment holding it, and its index in `Segments`.
+    pub seg: Arc<Segment>,
+    pub seg_idx: u32,
+    /// Byte range of the frame in the segment.
+    pub start: u64,
+    pub end: u64,
+    /// Its batch sequence number.
+    pub seq: u64,
 }
 
 /// Path of the `n`th prepared-ahead segment file.
@@ -43,12 +48,9 @@ pub(crate) struct Log {
     next_seq: u64,
     segment_bytes: u64,
     write_path: WritePath,
-    durability: Durability,
     /// The next segment file, being zero-filled in the background ahead of need.
     prep: Option<JoinHandle<Result<PathBuf>>>,
     prep_counter: u64,
-    /// Start of the active segment's bytes not yet synced (0 after a roll: the header too).
-    unsynced_from: u64,
     /// Reused encode buffer of the pwrite path.
     buf: Vec<u8>,
 }
@@ -63,8 +65,7 @@ impl Log {
         next_seq: u64,
         segment_bytes: u64,
         write_path: WritePath,
-        durability: Durability,
-    ) -> Log {
+        ) -> Log {
         let active = segments
             .read()
             .last()
@@ -78,10 +79,8 @@ impl Log {
             next_seq,
             segment_bytes,
             write_path,
-            durability,
             prep: None,
             prep_counter: 0,
-            unsynced_from: write_off,
             buf: Vec::new(),
         };
         log.prepare_next();
@@ -123,22 +122,27 @@ impl Log {
         self.segments.write().push(seg.clone());
         self.active = seg;
         self.write_off = SEGMENT_HEADER_LEN as u64;
-        self.unsynced_from = 0;
         self.prepare_next();
         Ok(())
     }
 
+    /// True when a frame with `body_len` bytes of records fits in the active segment (if
+    /// not, `append` rolls to a new segment first).
+    pub fn fits(&self, body_len: usize) -> bool {
+        self.write_off + frame_len(body_len) as u64 <= self.active.size
+    }
+
     /// Appends one frame of `body_len` bytes, encoded by `encode` (which pushes the records
-    /// and returns the finished frame length). Returns where the frame landed and its
-    /// sequence number. The frame is not yet durable: call `sync`.
+    /// and returns the frame's acknowledged-op count). The frame is written (pwrite, or in
+    /// the mapping) but neither synced nor published: the syncer does both.
     pub fn append(
         &mut self,
         body_len: usize,
         flags: u32,
         encode: impl FnOnce(&mut FrameWriter<'_>, u64) -> u32,
-    ) -> Result<(FramePos, u64)> {
+    ) -> Result<WrittenFrame> {
         let len = frame_len(body_len);
-        if self.write_off + len as u64 > self.active.size {
+        if !self.fits(body_len) {
             self.roll()?;
         }
         let seq = self.next_seq;
@@ -163,24 +167,13 @@ impl Log {
         }
         self.write_off += len as u64;
         self.next_seq += 1;
-        let seg = self.segments.read().len() as u32 - 1;
-        Ok((FramePos { seg }, seq))
-    }
-
-    /// Makes every appended frame durable (one sync; none in `NoSync`), then publishes them
-    /// to readers.
-    pub fn sync(&mut self) -> Result<bool> {
-        let start = self.unsynced_from;
-        let synced = if self.durability == Durability::Sync {
-            let len = (self.write_off - start) as usize;
-            self.active.sync(start, len, self.write_path)?;
-            true
-        } else {
-            false
-        };
-        self.unsynced_from = self.write_off;
-        self.active.publish(self.write_off);
-        Ok(synced)
+        Ok(WrittenFrame {
+            seg: self.active.clone(),
+            seg_idx: self.segments.read().len() as u32 - 1,
+            start: off,
+            end: self.write_off,
+            seq,
+        })
     }
 }
 

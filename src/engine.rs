@@ -7,8 +7,7 @@ use crate::error::{Error, Result};
 use crate::index::{Index, Loc, ValueRef};
 use crate::log::format::{record_len, RecordOp, FLAG_SORTED, FRAME_HEADER_LEN, RECORD_HEADER_LEN};
 use crate::log::recovery::{scan, Access, Damage};
-use crate::log::segment::sync_dir;
-use crate::log::{Log, Segments, WrittenFrame};
+use crate::log::{adopt_prepared, Log, Segments, WrittenFrame};
 use crate::reader::{Follower, LogReader};
 use crate::ring::{self, Consumer, PushError, Ring};
 use crate::stats::{record, Counters, Stats};
@@ -207,7 +206,7 @@ impl Engine {
         let dir = dir.as_ref().to_owned();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
         let lock = lock_dir(&dir)?;
-        remove_prepared(&dir)?;
+        let (mut prepared, prep_counter) = adopt_prepared(&dir, config.segment_bytes)?;
 
         let index = Index::default();
         let mut report = OpenReport::default();
@@ -243,6 +242,7 @@ impl Engine {
                 &dir,
                 config.segment_bytes,
                 scanned.next_seq,
+                prepared.take(),
             )?));
             write_off = crate::log::format::SEGMENT_HEADER_LEN as u64;
         }
@@ -252,8 +252,8 @@ impl Engine {
             segments.clone(),
             write_off,
             scanned.next_seq,
-            config.segment_bytes,
-            config.write_path,
+            &config,
+            (prepared, prep_counter),
         );
 
         let durable_seq = Arc::new(AtomicU64::new(scanned.next_seq - 1));
@@ -557,25 +557,6 @@ fn failed(e: &Error) -> Error {
         Error::Failed(_) => e.clone(),
         other => Error::Failed(Arc::new(other.to_string())),
     }
-}
-
-/// Removes prepared segment files left by an earlier run (they hold only zeros).
-fn remove_prepared(dir: &Path) -> Result<()> {
-    let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
-    let mut removed = false;
-    for entry in rd.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with("prep-") && name.ends_with(".tmp") {
-            std::fs::remove_file(entry.path())
-                .map_err(|e| Error::io("remove prepared segment", entry.path(), e))?;
-            removed = true;
-        }
-    }
-    if removed {
-        sync_dir(dir)?;
-    }
-    Ok(())
 }
 
 /// Reuses the allocation of a window's entry vector for the next window (whose slices
@@ -1012,8 +993,9 @@ impl Syncer {
         // Every frame of the group is in one segment: the flusher drains the pipeline before
         // it rolls to a new one.
         let mut frames = self.group.iter().filter_map(|j| j.frame.as_ref());
+        let mut synced = false;
         if let Some(first) = frames.next() {
-            let last = frames.last().unwrap_or(first);
+            let last = frames.next_back().unwrap_or(first);
             debug_assert!(Arc::ptr_eq(&first.seg, &last.seg));
             if inner.config.durability == Durability::Sync {
                 last.seg.sync(
@@ -1022,6 +1004,7 @@ impl Syncer {
                     inner.config.write_path,
                 )?;
                 Counters::add(&inner.counters.syncs, 1);
+                synced = true;
             }
             last.seg.publish(last.end);
             inner.durable_seq.store(last.seq, Ordering::Release);
@@ -1040,7 +1023,7 @@ impl Syncer {
         let t2 = Instant::now();
         let now_ns = (t2 - inner.epoch).as_nanos() as u64;
         let mut h = inner.counters.stages.lock();
-        if t1 > t0 && self.group.iter().any(|j| j.frame.is_some()) {
+        if synced {
             record(&mut h.sync, (t1 - t0).as_nanos() as u64);
         }
         record(&mut h.wakeup, (t2 - t1).as_nanos() as u64);

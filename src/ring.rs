@@ -84,12 +84,13 @@
 //!   pair: the producer's `SeqCst` increment precedes its re-check of `head`, the consumer's
 //!   fence sits between its store of `head` and its read of the count, so at least one side sees
 //!   the other.
-//! * **The consumer waiting for records** ([`Consumer::wait`]) sets `state = WAITING`, issues a
-//!   `SeqCst` fence, then re-reads `tail` and the header it waits for. A producer, after
+//! * **The consumer waiting for records** ([`Consumer::wait`]) sets `state = WAITING` (by a
+//!   swap, see "Loom"), issues a `SeqCst` fence, then re-reads `tail` and the header it waits
+//!   for. A producer, after
 //!   publishing, does one `SeqCst` load of `state` and only wakes the consumer if it is
 //!   `WAITING`: that is all a producer pays while the consumer is busy. The pair is the
 //!   producer's claim CAS (a `SeqCst` read-modify-write) followed by its `state` load, against
-//!   the consumer's store of `state`, fence, load of `tail`. By the C++20 rules for `SeqCst`
+//!   the consumer's write of `state`, fence, load of `tail`. By the C++20 rules for `SeqCst`
 //!   fences (\[atomics.order\] p4), if the consumer's `tail` load misses a claim, that producer's
 //!   later `state` load sees `WAITING`. So the consumer parks without a timeout only when
 //!   nothing at all is claimed beyond its position. When a record is claimed but not yet
@@ -110,8 +111,11 @@
 //! still read (or the reverse). Loom treats `SeqCst` loads, stores and read-modify-writes as
 //! merely `AcqRel` (it does model `SeqCst` fences), so under loom a `fence(SeqCst)` follows each
 //! read-modify-write that the Dekker arguments above rely on; on real builds that fence is
-//! unnecessary and absent. Loom has no clock: a timed park is modelled as an immediate
-//! time-out.
+//! unnecessary and absent. Loom also does not know that a read-modify-write is ordered right
+//! after the write it read, so the consumer announces `WAITING` with a swap (reading the latest
+//! state orders every earlier waker's write before it for loom too); otherwise loom reports a
+//! lost wake-up that the C++ model rules out. Loom has no clock: a timed park is modelled as an
+//! immediate time-out.
 
 use std::fmt;
 use std::mem;
@@ -119,7 +123,7 @@ use std::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering::Relaxed as StdRelax
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_utils::CachePadded;
+use crossbeam::utils::CachePadded;
 
 use self::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use self::sync::{fence_after_sc_rmw, spin_hint, Parker};
@@ -160,7 +164,14 @@ const WAITING: u32 = 1;
 
 /// Spins before a producer parks on a full ring, and before the consumer parks in `wait`.
 /// Under loom every spin is a scheduling point, so none.
-const SPINS: u32 = if cfg!(loom) { 0 } else { 64 };
+#[inline(always)]
+fn spin_limit() -> u32 {
+    if cfg!(loom) {
+        0
+    } else {
+        64
+    }
+}
 /// Timed-park bounds while a claimed record is not yet published (see "Parking").
 const POLL_MIN: Duration = Duration::from_micros(20);
 const POLL_MAX: Duration = Duration::from_millis(1);
@@ -483,6 +494,8 @@ pub fn ring(capacity_bytes: usize) -> (Arc<Ring>, Consumer) {
 }
 
 /// [`ring`] without the lower bound, so tests and loom models can use tiny rings.
+// Loom's `UnsafeCell` (the access trackers) is not `Sync`; loom threads do not need it.
+#[cfg_attr(loom, allow(clippy::arc_with_non_send_sync))]
 fn new_pair(capacity: usize) -> (Arc<Ring>, Consumer) {
     assert!(
         capacity.is_power_of_two() && (64..=1 << 31).contains(&capacity),
@@ -709,7 +722,7 @@ impl Ring {
             self.head.load(Ordering::SeqCst) != seen_head
                 || self.tail.load(Ordering::SeqCst) & CLOSED != 0
         };
-        for _ in 0..SPINS {
+        for _ in 0..spin_limit() {
             if moved() {
                 return self.open();
             }
@@ -981,14 +994,17 @@ impl Consumer {
             if let Ok(published) = self.wait_check(from, deadline) {
                 return published;
             }
-            if spins < SPINS {
+            if spins < spin_limit() {
                 spins += 1;
                 spin_hint();
                 continue;
             }
             // Announce, then look again (see "Parking"): a producer whose claim our `tail`
-            // load below misses will see WAITING after it publishes.
-            ring.signal.state.store(WAITING, Ordering::Relaxed);
+            // load below misses will see WAITING after it publishes. A swap rather than a
+            // store: it reads the latest state, so every earlier write (a waker's swap) is
+            // ordered before it. In the C++ model that is implied anyway (an RMW reads the
+            // value just before it in modification order); loom only knows it this way.
+            ring.signal.state.swap(WAITING, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             let (boundary, tail) = match self.wait_check(from, deadline) {
                 Ok(published) => {
@@ -1051,6 +1067,13 @@ mod tests {
             .iter()
             .flat_map(|w| w.load(StdRelaxed).to_ne_bytes())
             .collect()
+    }
+
+    #[test]
+    fn ring_is_shareable_and_consumer_sendable() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Arc<Ring>>();
+        send_sync::<Consumer>();
     }
 
     #[test]
@@ -1321,6 +1344,7 @@ mod tests {
         assert!(!t.is_finished());
         let pos = c.read(0, |_, _| true);
         c.release(pos);
+        eventually("the producer to be woken", || t.is_finished());
         assert_eq!(t.join().unwrap(), Ok(5 * 1024));
         assert_eq!(r.space_waiters.load(Ordering::SeqCst), 0);
         let (_, recs) = read_all(&c, pos);
@@ -1339,6 +1363,7 @@ mod tests {
             r.space_waiters.load(Ordering::SeqCst) == 1
         });
         r.close();
+        eventually("the producer to be woken", || t.is_finished());
         assert_eq!(t.join().unwrap(), Err(PushError::Closed));
     }
 
@@ -1348,8 +1373,10 @@ mod tests {
         r: &Arc<Ring>,
         c: Consumer,
     ) -> (bool, Consumer, T) {
+        // A deadline only so that a lost wake-up fails the test instead of hanging it.
+        let deadline = Instant::now() + Duration::from_secs(20);
         let t = thread::spawn(move || {
-            let got = c.wait(from, None);
+            let got = c.wait(from, Some(deadline));
             (got, c)
         });
         eventually("the consumer to park", || {
@@ -1357,6 +1384,7 @@ mod tests {
         });
         let out = wake(r);
         let (got, c) = t.join().unwrap();
+        assert!(Instant::now() < deadline, "the consumer was not woken");
         (got, c, out)
     }
 
@@ -1481,7 +1509,7 @@ mod tests {
 }
 
 #[cfg(all(test, loom))]
-mod loom {
+mod loom_tests {
     use super::*;
     use loom::thread;
 
@@ -1490,7 +1518,7 @@ mod loom {
     fn model(f: impl Fn() + Sync + Send + 'static) {
         let mut builder = loom::model::Builder::new();
         if builder.preemption_bound.is_none() {
-            builder.preemption_bound = Some(2);
+            builder.preemption_bound = Some(3);
         }
         builder.check(f);
     }
@@ -1558,6 +1586,41 @@ mod loom {
                 p.join().unwrap();
             }
             assert_eq!(pos, r.tail());
+        });
+    }
+
+    /// Space freed by one release and reused by two producers: the second may see the new head
+    /// only through `head_cache`, which must still order the consumer's zeroing before its
+    /// writes.
+    #[test]
+    fn head_cache_carries_the_release() {
+        model(|| {
+            let (r, mut c) = new_pair(CAP);
+            for i in 0..4 {
+                r.try_push(8, |b| b.copy_from_slice(&payload(9, i)))
+                    .unwrap();
+            }
+            let pos = c.read(0, |_, _| true);
+            let producers: Vec<_> = (0..2u8)
+                .map(|p| {
+                    let r = Arc::clone(&r);
+                    thread::spawn(move || r.push(8, |b| b.copy_from_slice(&payload(p, 0))).unwrap())
+                })
+                .collect();
+            c.release(pos);
+            let mut ends: Vec<u64> = producers.into_iter().map(|p| p.join().unwrap()).collect();
+            ends.sort_unstable();
+            assert_eq!(ends, [80, 96]);
+            let mut got = Vec::new();
+            assert_eq!(
+                c.read(pos, |_, b| {
+                    got.push(b[0]);
+                    true
+                }),
+                96
+            );
+            got.sort_unstable();
+            assert_eq!(got, [0, 1]);
         });
     }
 

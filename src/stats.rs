@@ -26,9 +26,9 @@ pub struct StageHistograms {
     pub coalesce: Histogram<u64>,
     /// Encoding the survivors into a frame and handing it to the file (pwrite or copy).
     pub encode: Histogram<u64>,
-    /// The one sync of a batch (fdatasync or msync).
+    /// One sync (fdatasync or msync), covering every frame waiting for it.
     pub sync: Histogram<u64>,
-    /// Index update, get answers, watermark advance and wake-up of one batch.
+    /// After a sync: index update, watermark advance and wake-up of the waiters.
     pub wakeup: Histogram<u64>,
     /// Per request: submit (stamped by the producer) to durable (read once per batch).
     pub end_to_end: Histogram<u64>,
@@ -80,7 +80,8 @@ pub struct Stats {
     pub records_written: u64,
     /// Batch frames written.
     pub batches: u64,
-    /// Syncs issued (one per batch in `Durability::Sync`, none in `NoSync`).
+    /// Syncs issued: in `Durability::Sync` one covers every batch frame written while the
+    /// previous sync ran (so `syncs <= batches`); none in `NoSync`.
     pub syncs: u64,
     /// Bytes appended to the log (frames, with headers and padding).
     pub bytes_written: u64,

@@ -165,6 +165,8 @@ impl Ticket {
     }
 
     /// The request's place in the engine's total order (its end position in the ring).
+    /// Positions order the requests of one engine instance; they start again from 0 when
+    /// the directory is reopened.
     pub fn position(&self) -> u64 {
         self.pos
     }

@@ -31,7 +31,10 @@ fn names(msg: &str, word: &str) -> bool {
 fn assert_names(err: &Error, words: &[&str]) {
     let msg = err.to_string();
     for w in words {
-        assert!(names(&msg, w), "{err:?} displays {msg:?}, which does not name {w:?}");
+        assert!(
+            names(&msg, w),
+            "{err:?} displays {msg:?}, which does not name {w:?}"
+        );
     }
 }
 
@@ -248,7 +251,10 @@ fn value_length_limit_is_checked_by_put_and_batch() {
             Err(Error::ValueTooLong { len, max: m }) => assert_eq!((len, m), (max + 1, max)),
             other => panic!("batch with a value of {} bytes gave {other:?}", max + 1),
         }
-        assert_eq!(s.engine().read_to_vec(b"at-limit").unwrap(), Some(vec![7; max]));
+        assert_eq!(
+            s.engine().read_to_vec(b"at-limit").unwrap(),
+            Some(vec![7; max])
+        );
         s.verify();
     }
 }
@@ -326,7 +332,8 @@ fn batch_with_one_bad_op_is_refused_whole() {
     });
     let long_key = [b'k'; 17];
     let long_value = [b'v'; 65];
-    let cases: [(&str, WriteBatch, fn(&Error) -> bool); 4] = [
+    type Case = (&'static str, WriteBatch, fn(&Error) -> bool);
+    let cases: [Case; 4] = [
         (
             "long key last",
             {
@@ -395,15 +402,26 @@ fn empty_key_is_a_valid_key() {
     let mut s = Store::new(base());
     s.put(b"", b"empty-key");
     let got = s.engine().get(b"").unwrap().wait_timeout(WAIT_MAX).unwrap();
+    s.accepted += 1;
     assert_eq!(got, Some(b"empty-key".to_vec()));
-    assert_eq!(s.engine().read(b"").unwrap().as_deref(), Some(&b"empty-key"[..]));
+    assert_eq!(
+        s.engine().read(b"").unwrap().as_deref(),
+        Some(&b"empty-key"[..])
+    );
     s.verify();
-    assert_eq!(s.engine().read_to_vec(b"").unwrap(), Some(b"empty-key".to_vec()));
+    assert_eq!(
+        s.engine().read_to_vec(b"").unwrap(),
+        Some(b"empty-key".to_vec())
+    );
     // An empty value is a value, not an absence.
     s.put(b"", b"");
     assert_eq!(s.engine().read_to_vec(b"").unwrap(), Some(Vec::new()));
     s.verify();
-    s.engine().delete(b"").unwrap().wait_timeout(WAIT_MAX).unwrap();
+    s.engine()
+        .delete(b"")
+        .unwrap()
+        .wait_timeout(WAIT_MAX)
+        .unwrap();
     s.accepted += 1;
     s.model.remove(&b""[..]);
     assert_eq!(s.engine().read_to_vec(b"").unwrap(), None);
@@ -556,7 +574,11 @@ fn invalid_config_is_refused_naming_the_setting() {
         let dir = tmp.path().join("db");
         let engine = Engine::open(&dir, rule.valid.clone())
             .unwrap_or_else(|e| panic!("{what}: valid side does not open: {e}"));
-        engine.put(b"k", b"v").unwrap().wait_timeout(WAIT_MAX).unwrap();
+        engine
+            .put(b"k", b"v")
+            .unwrap()
+            .wait_timeout(WAIT_MAX)
+            .unwrap();
         engine.close().unwrap();
         drop(engine);
 
@@ -573,10 +595,16 @@ fn invalid_config_is_refused_naming_the_setting() {
             }
         }
         // A refused open touches nothing.
-        assert!(!tmp.path().join("never").exists(), "{what}: refused open made a directory");
+        assert!(
+            !tmp.path().join("never").exists(),
+            "{what}: refused open made a directory"
+        );
         // And the valid directory still holds exactly what was written.
         let engine = Engine::open(&dir, rule.valid.clone()).unwrap();
-        assert_eq!(engine_state(&engine), State::from([(b"k".to_vec(), b"v".to_vec())]));
+        assert_eq!(
+            engine_state(&engine),
+            State::from([(b"k".to_vec(), b"v".to_vec())])
+        );
     }
 }
 
@@ -607,13 +635,27 @@ fn full_ring_with_reject_says_busy_and_keeps_what_it_accepted() {
             Err(e) => panic!("put {i}: {e:?}"),
         }
     }
-    assert!(busy > 0, "64 puts of 8 KiB into a 64 KiB ring were never refused");
+    assert!(
+        busy > 0,
+        "64 puts of 8 KiB into a 64 KiB ring were never refused"
+    );
     assert!(!accepted.is_empty(), "no put was accepted");
+    // The backlog is observable: while the first accepted put is not durable, it counts.
+    let backlog = s.engine().stats().backlog_bytes;
+    if !accepted[0].0.is_done() {
+        assert!(backlog > 0, "backlog_bytes is 0 with a put in flight");
+    }
     for (t, key, value) in accepted {
-        t.wait_timeout(WAIT_MAX).expect("accepted put becomes durable");
+        t.wait_timeout(WAIT_MAX)
+            .expect("accepted put becomes durable");
         s.accepted += 1;
         s.model.insert(key, value);
     }
+    assert_eq!(
+        s.engine().stats().backlog_bytes,
+        0,
+        "backlog once all is durable"
+    );
     // The ring drained: a put is accepted again.
     s.put(b"after-the-flood", b"ok");
     s.verify();
@@ -641,8 +683,14 @@ fn calls_after_close_say_closed_and_reads_still_work() {
         }
     }
     engine.close().expect("close twice");
-    assert_eq!(engine.read_to_vec(b"kept").unwrap(), Some(b"value".to_vec()));
-    assert_eq!(engine.read(b"seed-1").unwrap().as_deref(), Some(&b"one"[..]));
+    assert_eq!(
+        engine.read_to_vec(b"kept").unwrap(),
+        Some(b"value".to_vec())
+    );
+    assert_eq!(
+        engine.read(b"seed-1").unwrap().as_deref(),
+        Some(&b"one"[..])
+    );
     assert_eq!(engine_state(engine), s.model);
     assert_eq!(engine.stats().submitted, s.accepted);
     // Reopening finds exactly what was accepted before the close.
@@ -666,8 +714,21 @@ fn second_open_of_a_directory_is_locked() {
     // The failed open disturbed nothing: the first engine goes on.
     s.put(b"after-locked", b"ok");
     s.verify();
-    // Once the first engine is gone the directory opens again.
-    drop(s.engine.take());
+    // Once the first engine is closed (not yet dropped) the directory opens again, and the
+    // closed engine still reads.
+    let first = s.engine.take().expect("engine is open");
+    first.close().expect("close");
+    let second = Engine::open(&s.dir, s.config.clone()).expect("open after close");
+    assert_eq!(engine_state(&second), s.model);
+    assert_eq!(engine_state(&first), s.model);
+    second
+        .put(b"second", b"2")
+        .unwrap()
+        .wait_timeout(WAIT_MAX)
+        .unwrap();
+    drop(second);
+    drop(first);
+    s.model.insert(b"second".to_vec(), b"2".to_vec());
     let engine = Engine::open(&s.dir, s.config.clone()).expect("open after drop");
     assert_eq!(engine_state(&engine), s.model);
 }

@@ -56,18 +56,26 @@ fn key_index() -> impl Strategy<Value = u8> {
     0..KEYS.len() as u8
 }
 
-/// Mostly short values (the empty one included), sometimes large ones so that small
-/// segments fill and roll.
-fn value() -> impl Strategy<Value = Vec<u8>> {
+/// Mostly short values (the empty one included), sometimes large ones (up to `large`
+/// bytes) so that small segments fill and roll.
+fn value(large: usize) -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
-        6 => proptest::collection::vec(any::<u8>(), 0..24),
-        1 => (256usize..2048, any::<u8>()).prop_map(|(n, b)| vec![b; n]),
+        2 => proptest::collection::vec(any::<u8>(), 0..24),
+        1 => (large / 4..large, any::<u8>()).prop_map(|(n, b)| vec![b; n]),
     ]
 }
 
+/// A request must fit in the smallest `batch_bytes_max` (4096), whatever its encoding
+/// overhead: a put's value stays below 3 KiB, a batch's five values below 512 bytes each.
+const PUT_VALUE_MAX: usize = 3 << 10;
+const BATCH_VALUE_MAX: usize = 512;
+
 fn batch() -> impl Strategy<Value = Vec<(u8, Option<Vec<u8>>)>> {
     proptest::collection::vec(
-        (key_index(), proptest::option::weighted(0.75, value())),
+        (
+            key_index(),
+            proptest::option::weighted(0.75, value(BATCH_VALUE_MAX)),
+        ),
         1..=5,
     )
 }
@@ -76,7 +84,7 @@ fn batch() -> impl Strategy<Value = Vec<(u8, Option<Vec<u8>>)>> {
 fn op(with_reopen: bool) -> impl Strategy<Value = Op> {
     let reopen_weight = if with_reopen { 1 } else { 0 };
     prop_oneof![
-        8 => (key_index(), value()).prop_map(|(k, v)| Op::Put(k, v)),
+        8 => (key_index(), value(PUT_VALUE_MAX)).prop_map(|(k, v)| Op::Put(k, v)),
         3 => key_index().prop_map(Op::Delete),
         5 => key_index().prop_map(Op::Get),
         3 => batch().prop_map(Op::Batch),
@@ -89,7 +97,7 @@ fn op(with_reopen: bool) -> impl Strategy<Value = Op> {
 fn config() -> impl Strategy<Value = Config> {
     (
         prop_oneof![Just(64usize << 10), Just(128 << 10), Just(1 << 20)],
-        prop_oneof![Just(64u64 << 10), Just(128 << 10), Just(256 << 10)],
+        prop_oneof![3 => Just(64u64 << 10), 1 => Just(128 << 10), 1 => Just(256 << 10)],
         4096usize..=16384,
         prop_oneof![1usize..=4, 5usize..=64],
         50u64..=2000,
@@ -312,7 +320,13 @@ fn check_log(dir: &Path, config: &Config, first_seq: u64, stats: &Stats, sub: &S
     }
     assert!(stats.collapsed_reads <= stats.reads);
     match config.durability {
-        Durability::Sync => assert_eq!(stats.syncs, stats.batches, "one sync per batch"),
+        // The syncer may cover several frames with one sync, never a frame with none.
+        Durability::Sync => assert!(
+            stats.syncs <= stats.batches && (stats.syncs > 0) == (stats.batches > 0),
+            "{} syncs for {} batches",
+            stats.syncs,
+            stats.batches
+        ),
         Durability::NoSync => assert_eq!(stats.syncs, 0, "no syncs in NoSync"),
     }
     assert_eq!(stats.backlog_bytes, 0, "backlog after close");
@@ -370,6 +384,8 @@ fn run_sequential(config: Config, ops: Vec<Op>) {
             Op::Reopen => {
                 settle(&mut pending);
                 engine = reopen(engine, &dir, &config, &mut first_seq, &mut sub, &model);
+                // Positions are places in one engine instance's ring.
+                last_pos = 0;
             }
             _ => {
                 let (pos, p) = submit(&engine, op, &model);
@@ -475,21 +491,21 @@ fn run_concurrent(config: Config, threads: Vec<Vec<Op>>) {
 }
 
 proptest! {
-    #![proptest_config(cases(48))]
+    #![proptest_config(cases(64))]
 
     /// One producer: every get answers the model at its place, every write completes, and
     /// the state equals the model after every flush and reopen.
     #[test]
     fn sequential_ops_match_a_map(
         config in config(),
-        ops in proptest::collection::vec(op(true), 1..160),
+        ops in proptest::collection::vec(op(true), 1..400),
     ) {
         run_sequential(config, ops);
     }
 }
 
 proptest! {
-    #![proptest_config(cases(32))]
+    #![proptest_config(cases(48))]
 
     /// Several producers: replaying every op in ticket position order through the model
     /// gives every get's answer and the final state.
@@ -497,7 +513,7 @@ proptest! {
     fn concurrent_ops_match_a_map_in_position_order(
         config in config(),
         threads in proptest::collection::vec(
-            proptest::collection::vec(op(false), 1..100),
+            proptest::collection::vec(op(false), 1..200),
             2..=4,
         ),
     ) {

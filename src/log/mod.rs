@@ -7,11 +7,11 @@ pub mod format;
 pub(crate) mod recovery;
 pub(crate) mod segment;
 
-use crate::config::WritePath;
-use crate::error::Result;
+use crate::config::{Config, WritePath};
+use crate::error::{Error, Result};
 use format::{frame_len, FrameWriter, SEGMENT_HEADER_LEN};
 use parking_lot::RwLock;
-use segment::{create_zeroed, Segment};
+use segment::{create_zeroed, sync_dir, Segment};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -37,6 +37,49 @@ fn prep_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format::prep_file_name(n))
 }
 
+/// The next segment file: ready (left by an earlier run), being zero-filled in the
+/// background, or (if no thread could be made) to be made at the roll.
+enum Prep {
+    None,
+    Ready(PathBuf),
+    Pending(JoinHandle<Result<PathBuf>>),
+}
+
+/// Finds the prepared segment files of an earlier run: keeps one of the right size (it holds
+/// only zeros, plus possibly a header that activation rewrites) and removes the rest, which
+/// a crash may have left short. Returns the kept one and the highest prep number seen.
+pub(crate) fn adopt_prepared(dir: &Path, segment_bytes: u64) -> Result<(Option<PathBuf>, u64)> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
+    let mut kept = None;
+    let mut highest = 0;
+    let mut removed = false;
+    for entry in rd.flatten() {
+        let name = entry.file_name();
+        let Some(n) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("prep-"))
+            .and_then(|n| n.strip_suffix(".tmp"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        highest = highest.max(n);
+        let path = entry.path();
+        let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+        if kept.is_none() && size == segment_bytes {
+            kept = Some(path);
+        } else {
+            std::fs::remove_file(&path)
+                .map_err(|e| Error::io("remove prepared segment", &path, e))?;
+            removed = true;
+        }
+    }
+    if removed {
+        sync_dir(dir)?;
+    }
+    Ok((kept, highest))
+}
+
 /// The writing end of the log, owned by the flusher thread.
 pub(crate) struct Log {
     dir: PathBuf,
@@ -48,8 +91,8 @@ pub(crate) struct Log {
     next_seq: u64,
     segment_bytes: u64,
     write_path: WritePath,
-    /// The next segment file, being zero-filled in the background ahead of need.
-    prep: Option<JoinHandle<Result<PathBuf>>>,
+    /// The next segment file, zero-filled ahead of need.
+    prep: Prep,
     prep_counter: u64,
     /// Reused encode buffer of the pwrite path.
     buf: Vec<u8>,
@@ -63,9 +106,10 @@ impl Log {
         segments: Segments,
         write_off: u64,
         next_seq: u64,
-        segment_bytes: u64,
-        write_path: WritePath,
-        ) -> Log {
+        config: &Config,
+        (prepared, prep_counter): (Option<PathBuf>, u64),
+    ) -> Log {
+        let (segment_bytes, write_path) = (config.segment_bytes, config.write_path);
         let active = segments
             .read()
             .last()
@@ -79,18 +123,34 @@ impl Log {
             next_seq,
             segment_bytes,
             write_path,
-            prep: None,
-            prep_counter: 0,
+            prep: Prep::None,
+            prep_counter,
             buf: Vec::new(),
         };
-        log.prepare_next();
+        match prepared {
+            Some(path) => log.prep = Prep::Ready(path),
+            None => log.prepare_next(),
+        }
         log
     }
 
-    /// Creates the first segment (id `first_seq`) of a directory without one (synchronously).
-    pub fn create_first(dir: &Path, segment_bytes: u64, first_seq: u64) -> Result<Segment> {
-        let prep = prep_path(dir, 0);
-        create_zeroed(dir, &prep, segment_bytes)?;
+    /// Creates the first segment (id `first_seq`) of a directory without one, from
+    /// `prepared` if an earlier run left one, else synchronously.
+    pub fn create_first(
+        dir: &Path,
+        segment_bytes: u64,
+        first_seq: u64,
+        prepared: Option<PathBuf>,
+    ) -> Result<Segment> {
+        let prep = match prepared {
+            Some(p) => p,
+            None => {
+                let p = prep_path(dir, 0);
+                let _ = std::fs::remove_file(&p);
+                create_zeroed(dir, &p, segment_bytes)?;
+                p
+            }
+        };
         Segment::activate(dir, &prep, first_seq)
     }
 
@@ -103,15 +163,20 @@ impl Log {
             .name("mergelog-prep".into())
             .spawn(move || create_zeroed(&dir, &path, size).map(|()| path));
         // If no thread can be made, the roll creates the file itself.
-        self.prep = spawned.ok();
+        self.prep = spawned.map_or(Prep::None, Prep::Pending);
     }
 
     /// Moves to a fresh segment whose first frame is `next_seq`.
     fn roll(&mut self) -> Result<()> {
-        let prep = match self.prep.take().map(|h| h.join()) {
-            Some(Ok(Ok(path))) => path,
-            Some(Ok(Err(e))) => return Err(e),
-            _ => {
+        let ready = match std::mem::replace(&mut self.prep, Prep::None) {
+            Prep::Ready(path) => Some(Ok(path)),
+            Prep::Pending(h) => h.join().ok(),
+            Prep::None => None,
+        };
+        let prep = match ready {
+            Some(Ok(path)) => path,
+            Some(Err(e)) => return Err(e),
+            None => {
                 let path = prep_path(&self.dir, self.prep_counter);
                 let _ = std::fs::remove_file(&path);
                 create_zeroed(&self.dir, &path, self.segment_bytes)?;
@@ -180,7 +245,7 @@ impl Log {
 impl Drop for Log {
     fn drop(&mut self) {
         // Finish the background preparation so no half-written file is left.
-        if let Some(h) = self.prep.take() {
+        if let Prep::Pending(h) = std::mem::replace(&mut self.prep, Prep::None) {
             let _ = h.join();
         }
     }

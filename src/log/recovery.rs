@@ -150,9 +150,11 @@ pub(crate) fn scan(
             offset,
             reason,
         };
+        // A segment header is synced before the file gets its name, so a bad one is never
+        // a crash artifact: only point-in-time recovery drops a segment for it.
         let cut = match mode {
             RecoveryMode::AbsoluteConsistency => false,
-            RecoveryMode::TolerateCorruptedTail => last,
+            RecoveryMode::TolerateCorruptedTail => last && offset > 0,
             RecoveryMode::PointInTime => true,
         };
         if !cut {

@@ -1,0 +1,560 @@
+//! Crash tests: a child process writes and reports what it submitted and what was
+//! acknowledged; the parent kills it with SIGKILL at a random moment, reopens the directory and
+//! checks that the recovered state is the state after a prefix of the submission order that
+//! holds every acknowledged write.
+//!
+//! The child is this test binary itself, re-executed with `--exact crash_child` and the
+//! directory in `MERGELOG_CRASH_CHILD_DIR`. Several writer threads submit puts, deletes and
+//! write batches over a small zipf-distributed key space (every value unique), with the write
+//! path, coalescing, durability (`Sync`, sometimes `NoSync`, which must survive a process kill
+//! too) and segment size (64 or 256 KiB, so segments roll and differ in size) drawn per child.
+//! It prints, flushing each line (a kill may cut the last line short: an incomplete line is
+//! ignored, which is safe because `INT` precedes the submit and `ACK` follows the wait):
+//!
+//! - `@@INT <id> <op>...` before it submits request `id` (ops: `P:<key hex>:<value hex>` or
+//!   `D:<key hex>`; several ops are one `WriteBatch`);
+//! - `@@SUB <id> <position>` once the submit returned, with the ticket's position;
+//! - `@@ACK <id>` once the ticket completed `Ok`.
+//!
+//! Submitting and printing `INT`/`SUB` happen under one lock, so ids are in position order and
+//! only the very last request can be submitted without its `SUB` line (a kill between the
+//! two): it is then the last in the order, and may or may not be in the log.
+//!
+//! The parent kills the child 5–80 ms after its first `ACK` (one time in ten within 4 ms of
+//! the start, while it may still be opening or repairing the log), then checks by reopening
+//! the engine (`for_each` and `read` of every key) or, one time in four, read-only with
+//! `LogReader`, leaving the repair to the next child. It keeps one directory for several
+//! iterations, so each child continues (and recovers) the log the previous ones left.
+//!
+//! Environment: `MERGELOG_CRASH_ITERS` (default 200) iterations, `MERGELOG_CRASH_SEED` to
+//! repeat a run.
+
+mod recovery_common;
+
+use mergelog::{Config, Durability, Engine, LogReader, WriteBatch, WritePath};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
+use recovery_common::{
+    apply_batch, apply_writes, assert_reads_match, engine_state, hex, state_diff, unhex, State,
+    WriteOp, WAIT_MAX,
+};
+use std::collections::{BTreeSet, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant};
+
+const CHILD_DIR_ENV: &str = "MERGELOG_CRASH_CHILD_DIR";
+const CHILD_SEED_ENV: &str = "MERGELOG_CRASH_CHILD_SEED";
+const ITERS_ENV: &str = "MERGELOG_CRASH_ITERS";
+const SEED_ENV: &str = "MERGELOG_CRASH_SEED";
+
+/// Starts every line of the child's protocol.
+const MARK: &str = "@@";
+const KEYS: usize = 48;
+const WRITERS: usize = 3;
+/// A child that is never killed stops by itself after this long.
+const CHILD_LIFETIME: Duration = Duration::from_secs(30);
+/// A fresh directory every this many iterations.
+const ITERS_PER_DIR: usize = 8;
+
+fn key(i: usize) -> Vec<u8> {
+    // Keys of different lengths, some sharing their first 8 bytes.
+    match i % 4 {
+        0 => format!("k{i}").into_bytes(),
+        1 => format!("key-{i:03}").into_bytes(),
+        2 => format!("shared-prefix-{i}").into_bytes(),
+        _ => vec![b'x', i as u8, 0, 0xff],
+    }
+}
+
+/// The configuration the parent reopens with (segments of one log may differ in size).
+fn base_config() -> Config {
+    Config {
+        segment_bytes: 256 << 10,
+        batch_bytes_max: 16 << 10,
+        ring_bytes: 1 << 20,
+        durability: Durability::Sync,
+        ..Config::default()
+    }
+}
+
+/// Each child picks its write path, coalescing, durability and segment size from its seed.
+fn child_config(seed: u64) -> Config {
+    Config {
+        write_path: if seed & 1 == 0 {
+            WritePath::Pwrite
+        } else {
+            WritePath::Mmap
+        },
+        coalesce: seed & 6 != 6,
+        // NoSync acknowledges from the page cache, which survives a process kill too.
+        durability: if (seed >> 3) & 3 == 0 {
+            Durability::NoSync
+        } else {
+            Durability::Sync
+        },
+        // Small segments now and then: more rolls to crash in.
+        segment_bytes: if (seed >> 5) & 1 == 0 {
+            256 << 10
+        } else {
+            64 << 10
+        },
+        ..base_config()
+    }
+}
+
+/// Writes one whole line to stdout and flushes it (a single `write` for lines this short).
+fn emit(line: &str) {
+    let mut out = std::io::stdout().lock();
+    out.write_all(line.as_bytes())
+        .and_then(|()| out.flush())
+        .unwrap_or_else(|_| std::process::exit(4)); // the parent is gone
+}
+
+/// The child: never returns normally while the parent runs it (it is killed).
+#[test]
+fn crash_child() {
+    let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else {
+        return; // an ordinary test run
+    };
+    let seed: u64 = std::env::var(CHILD_SEED_ENV)
+        .expect("child seed")
+        .parse()
+        .expect("child seed is a number");
+    let engine = match Engine::open(&dir, child_config(seed)) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("child: Engine::open failed: {e}");
+            std::process::exit(3);
+        }
+    };
+    let next_id = Mutex::new(0u64);
+    let deadline = Instant::now() + CHILD_LIFETIME;
+    std::thread::scope(|s| {
+        for w in 0..WRITERS {
+            let engine = &engine;
+            let next_id = &next_id;
+            s.spawn(move || child_writer(engine, next_id, w, seed, deadline));
+        }
+    });
+    engine.close().expect("child close");
+    std::process::exit(0);
+}
+
+fn child_writer(engine: &Engine, next_id: &Mutex<u64>, w: usize, seed: u64, deadline: Instant) {
+    let mut rng = StdRng::seed_from_u64(seed ^ (w as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let zipf = Zipf::new(KEYS as f64, 0.9).expect("zipf");
+    let depth = rng.random_range(1..=8usize);
+    let mut pending: VecDeque<(u64, mergelog::Ticket)> = VecDeque::new();
+    let mut seq = 0u64;
+    let mut batch = WriteBatch::new();
+    while Instant::now() < deadline {
+        let n_ops = if rng.random_bool(0.12) {
+            rng.random_range(2..=4)
+        } else {
+            1
+        };
+        let mut ops: Vec<WriteOp> = Vec::with_capacity(n_ops);
+        for _ in 0..n_ops {
+            let k = key(zipf.sample(&mut rng) as usize - 1);
+            if rng.random_bool(0.2) {
+                ops.push((k, None));
+            } else {
+                seq += 1;
+                // Unique: encodes the writer and its sequence number, padded to vary sizes.
+                let mut v = format!("w{w}s{seq}-").into_bytes();
+                // Now and then a large value, so that segments roll often.
+                let pad = if rng.random_bool(0.05) {
+                    rng.random_range(500..3000)
+                } else {
+                    rng.random_range(0..120)
+                };
+                v.extend((0..pad).map(|i| b'a' + ((seq as usize + i) % 26) as u8));
+                ops.push((k, Some(v)));
+            }
+        }
+        let mut line = String::new();
+        for (k, v) in &ops {
+            match v {
+                Some(v) => line.push_str(&format!(" P:{}:{}", hex(k), hex(v))),
+                None => line.push_str(&format!(" D:{}", hex(k))),
+            }
+        }
+        {
+            let mut id_guard = next_id.lock().unwrap();
+            let id = *id_guard;
+            *id_guard += 1;
+            emit(&format!("{MARK}INT {id}{line}\n"));
+            let ticket = if ops.len() == 1 {
+                match &ops[0] {
+                    (k, Some(v)) => engine.put(k, v),
+                    (k, None) => engine.delete(k),
+                }
+            } else {
+                batch.clear();
+                for (k, v) in &ops {
+                    match v {
+                        Some(v) => batch.put(k, v),
+                        None => batch.delete(k),
+                    };
+                }
+                engine.write(&batch)
+            }
+            .unwrap_or_else(|e| {
+                eprintln!("child: submit failed: {e}");
+                std::process::exit(5);
+            });
+            emit(&format!("{MARK}SUB {id} {}\n", ticket.position()));
+            pending.push_back((id, ticket));
+        }
+        // Tickets of one writer complete in order (positions ascend): ack from the front.
+        while let Some((id, t)) = pending.front() {
+            if pending.len() <= depth && !t.is_done() {
+                break;
+            }
+            if let Err(e) = t.wait_timeout(WAIT_MAX) {
+                eprintln!("child: ticket {id} failed: {e}");
+                std::process::exit(6);
+            }
+            emit(&format!("{MARK}ACK {id}\n"));
+            pending.pop_front();
+        }
+    }
+}
+
+/// One request as the parent saw it.
+#[derive(Debug, Default, Clone)]
+struct Submission {
+    ops: Vec<WriteOp>,
+    position: Option<u64>,
+    acked: bool,
+}
+
+/// Parses the child's complete output lines.
+fn parse_child_output(lines: &[String]) -> Vec<Submission> {
+    let mut subs: Vec<Submission> = Vec::new();
+    for line in lines {
+        // The harness prints "test crash_child ... " before the first line of the child.
+        let Some(at) = line.find(MARK) else {
+            continue; // the test harness's own lines
+        };
+        let line = &line[at + MARK.len()..];
+        let mut it = line.split(' ');
+        let tag = it.next().unwrap_or("");
+        let id: usize = it
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad child line {line:?}"));
+        match tag {
+            "INT" => {
+                assert_eq!(id, subs.len(), "INT ids must be consecutive: {line:?}");
+                let ops = it
+                    .map(|tok| {
+                        let parts: Vec<&str> = tok.split(':').collect();
+                        match parts.as_slice() {
+                            ["P", k, v] => (unhex(k), Some(unhex(v))),
+                            ["D", k] => (unhex(k), None),
+                            _ => panic!("bad op token {tok:?} in {line:?}"),
+                        }
+                    })
+                    .collect::<Vec<_>>();
+                assert!(!ops.is_empty(), "INT without ops: {line:?}");
+                subs.push(Submission {
+                    ops,
+                    ..Submission::default()
+                });
+            }
+            "SUB" => {
+                let pos: u64 = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| panic!("bad SUB line {line:?}"));
+                let s = subs
+                    .get_mut(id)
+                    .unwrap_or_else(|| panic!("SUB before INT: {line:?}"));
+                assert!(s.position.is_none(), "two SUB lines for {id}");
+                s.position = Some(pos);
+            }
+            "ACK" => {
+                let s = subs
+                    .get_mut(id)
+                    .unwrap_or_else(|| panic!("ACK before INT: {line:?}"));
+                assert!(s.position.is_some(), "ACK {id} before its SUB line");
+                s.acked = true;
+            }
+            _ => panic!("unknown child line {line:?}"),
+        }
+    }
+    // Submissions happen under one lock: positions ascend with ids, and only the last
+    // request can lack its SUB line.
+    for (i, s) in subs.iter().enumerate() {
+        if s.position.is_none() {
+            assert_eq!(
+                i + 1,
+                subs.len(),
+                "request {i} has no SUB line but is not the last"
+            );
+        }
+    }
+    for pair in subs.windows(2) {
+        if let (Some(a), Some(b)) = (pair[0].position, pair[1].position) {
+            assert!(
+                a < b,
+                "positions must ascend with submission ids: {a} then {b}"
+            );
+        }
+    }
+    subs
+}
+
+/// Finds the prefix of `subs` (applied to `base`) that equals `recovered` and holds every
+/// acknowledged request. Returns its length.
+fn matching_prefix(base: &State, subs: &[Submission], recovered: &State) -> Option<usize> {
+    let need = subs.iter().rposition(|s| s.acked).map_or(0, |i| i + 1);
+    let mut model = base.clone();
+    for s in &subs[..need] {
+        apply_writes(&mut model, &s.ops);
+    }
+    if &model == recovered {
+        return Some(need);
+    }
+    for (i, s) in subs.iter().enumerate().skip(need) {
+        apply_writes(&mut model, &s.ops);
+        if &model == recovered {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// What the parent collected from one child run.
+struct ChildRun {
+    lines: Vec<String>,
+    stderr: String,
+    exited_by_itself: Option<std::process::ExitStatus>,
+    first_ack_seen: bool,
+}
+
+fn run_child(dir: &Path, child_seed: u64, rng: &mut StdRng) -> ChildRun {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut child = Command::new(exe)
+        .args([
+            "--exact",
+            "crash_child",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(CHILD_DIR_ENV, dir)
+        .env(CHILD_SEED_ENV, child_seed.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn child");
+    let stdout = child.stdout.take().expect("child stdout");
+    let mut stderr = child.stderr.take().expect("child stderr");
+    let (first_ack_tx, first_ack_rx) = mpsc::channel::<()>();
+    let out_reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        let mut r = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        let mut signalled = false;
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            if buf.last() != Some(&b'\n') {
+                break; // a torn last line: never complete, so never acted on
+            }
+            let line = String::from_utf8_lossy(&buf[..buf.len() - 1]).into_owned();
+            if !signalled && line.contains(&format!("{MARK}ACK ")) {
+                let _ = first_ack_tx.send(());
+                signalled = true;
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+
+    // Mostly kill a while after the first acknowledgement; sometimes very early, while the
+    // child is still opening (and maybe repairing) the log.
+    let mut first_ack_seen = false;
+    if rng.random_bool(0.1) {
+        std::thread::sleep(Duration::from_micros(rng.random_range(0..4000)));
+    } else if first_ack_rx.recv_timeout(Duration::from_secs(60)).is_ok() {
+        first_ack_seen = true;
+        std::thread::sleep(Duration::from_millis(rng.random_range(5..=80)));
+    }
+    let exited_by_itself = child.try_wait().expect("try_wait");
+    let _ = child.kill(); // SIGKILL
+    child.wait().expect("wait for child");
+    let lines = out_reader.join().expect("stdout reader");
+    let stderr = err_reader.join().expect("stderr reader");
+    ChildRun {
+        lines,
+        stderr,
+        exited_by_itself,
+        first_ack_seen,
+    }
+}
+
+#[derive(Default)]
+struct Totals {
+    iterations: usize,
+    requests: usize,
+    acked_requests: usize,
+    acked_ops: usize,
+    unacked_recovered: usize,
+    torn_tails: usize,
+    reader_checks: usize,
+    max_segments: usize,
+}
+
+#[test]
+fn crash_recovery_keeps_every_acknowledged_write() {
+    if std::env::var_os(CHILD_DIR_ENV).is_some() {
+        return; // never in the child
+    }
+    let iters: usize = std::env::var(ITERS_ENV)
+        .ok()
+        .map(|s| s.parse().expect("MERGELOG_CRASH_ITERS is a number"))
+        .unwrap_or(200);
+    let seed: u64 = std::env::var(SEED_ENV)
+        .ok()
+        .map(|s| s.parse().expect("MERGELOG_CRASH_SEED is a number"))
+        .unwrap_or_else(|| rand::rng().random());
+    eprintln!("crash test: {iters} iterations, MERGELOG_CRASH_SEED={seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let probe_keys: Vec<Vec<u8>> = (0..KEYS).map(key).collect();
+    let started = Instant::now();
+    let mut totals = Totals::default();
+    let mut dir: Option<tempfile::TempDir> = None;
+    let mut base = State::new();
+
+    for iter in 0..iters {
+        if iter % ITERS_PER_DIR == 0 {
+            dir = Some(tempfile::tempdir().expect("tempdir"));
+            base = State::new();
+        }
+        let path = dir.as_ref().expect("dir").path().to_owned();
+        let child_seed: u64 = rng.random();
+        let run = run_child(&path, child_seed, &mut rng);
+        let ctx = format!(
+            "iteration {iter} (MERGELOG_CRASH_SEED={seed}, child seed {child_seed}, dir {})",
+            path.display()
+        );
+        if let Some(status) = run.exited_by_itself {
+            let _ = dir.take().map(|d| d.keep());
+            panic!(
+                "{ctx}: the child exited by itself ({status}) before the kill; stderr:\n{}",
+                run.stderr
+            );
+        }
+        let subs = parse_child_output(&run.lines);
+        if run.first_ack_seen {
+            assert!(
+                subs.iter().any(|s| s.acked),
+                "{ctx}: saw an ACK but parsed none"
+            );
+        }
+
+        // Check: with a read-only LogReader (leaving the repair to the next child) one time
+        // in four, else by reopening the engine with the default recovery mode.
+        let read_only = rng.random_bool(0.25) && iter + 1 < iters;
+        let (recovered, report) = if read_only {
+            totals.reader_checks += 1;
+            let reader = LogReader::open(&path)
+                .unwrap_or_else(|e| panic!("{ctx}: LogReader::open after a crash failed: {e}"));
+            // The log holds everything since the directory was fresh: replay from empty.
+            let mut state = State::new();
+            let mut expect_seq = None;
+            for b in reader.batches() {
+                if let Some(s) = expect_seq {
+                    assert_eq!(b.seq(), s, "{ctx}: batch sequence gap");
+                }
+                expect_seq = Some(b.seq() + 1);
+                apply_batch(&mut state, &b);
+            }
+            totals.max_segments = totals.max_segments.max(reader.segment_count());
+            if reader.damage().is_some() {
+                totals.torn_tails += 1;
+            }
+            (state, format!("reader damage: {:?}", reader.damage()))
+        } else {
+            let engine = Engine::open(&path, base_config())
+                .unwrap_or_else(|e| panic!("{ctx}: Engine::open after a crash failed: {e}"));
+            let state = engine_state(&engine);
+            assert_reads_match(&engine, &state, probe_keys.iter().map(|k| &k[..]), &ctx);
+            let report = engine.open_report().clone();
+            if report.truncated.is_some() {
+                totals.torn_tails += 1;
+            }
+            totals.max_segments = totals.max_segments.max(report.segments);
+            engine
+                .close()
+                .unwrap_or_else(|e| panic!("{ctx}: close: {e}"));
+            (state, format!("{report:?}"))
+        };
+
+        let Some(prefix) = matching_prefix(&base, &subs, &recovered) else {
+            let acked: Vec<usize> = (0..subs.len()).filter(|&i| subs[i].acked).collect();
+            let mut want = base.clone();
+            for s in &subs[..acked.last().map_or(0, |i| i + 1)] {
+                apply_writes(&mut want, &s.ops);
+            }
+            let kept = dir.take().map(|d| d.keep());
+            panic!(
+                "{ctx}: the recovered state is not the state after any prefix of the {} \
+                 submissions that holds all {} acknowledged ones.\nopen: {report}\n\
+                 difference from the state after the last acknowledged request:\n{}\
+                 directory kept at {kept:?}",
+                subs.len(),
+                acked.len(),
+                state_diff(&recovered, &want)
+            );
+        };
+        totals.iterations += 1;
+        totals.requests += subs.len();
+        totals.acked_requests += subs.iter().filter(|s| s.acked).count();
+        totals.acked_ops += subs
+            .iter()
+            .filter(|s| s.acked)
+            .map(|s| s.ops.len())
+            .sum::<usize>();
+        totals.unacked_recovered +=
+            prefix - subs.iter().rposition(|s| s.acked).map_or(0, |i| i + 1);
+        base = recovered;
+    }
+    let keys: BTreeSet<&Vec<u8>> = base.keys().collect();
+    eprintln!(
+        "crash test: {} iterations in {:.1?}: {} requests submitted, {} acknowledged ({} ops) \
+         and all found after recovery; {} unacknowledged requests survived; {} torn tails found; \
+         {} read-only checks; up to {} segments; {} live keys at the end",
+        totals.iterations,
+        started.elapsed(),
+        totals.requests,
+        totals.acked_requests,
+        totals.acked_ops,
+        totals.unacked_recovered,
+        totals.torn_tails,
+        totals.reader_checks,
+        totals.max_segments,
+        keys.len()
+    );
+    assert_eq!(totals.iterations, iters);
+    assert!(
+        totals.acked_ops > 0,
+        "no child ever acknowledged a write: the test checked nothing"
+    );
+}

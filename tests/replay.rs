@@ -1,0 +1,523 @@
+//! Replay and follow tests: `LogReader::batches` replayed into a map equals the engine's
+//! state; `batches_from` yields exactly the batches from a sequence number on; sorted batches
+//! are strictly ascending; followers (in-process through `Engine::follow`, and from another
+//! handle through `LogReader::follow`) yield every batch once, in order, without gaps, while
+//! writers write; a `LogReader` opened while the engine writes sees a consistent prefix that
+//! holds every acknowledged write.
+
+mod recovery_common;
+
+use mergelog::{
+    Config, Engine, Follower, GetTicket, LogReader, OwnedBatch, RecoveryMode, Ticket, WriteBatch,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
+use recovery_common::{
+    apply_batch, apply_owned, apply_writes, assert_reads_match, assert_sorted_ascending,
+    engine_state, state_diff, wait_ok, State, WriteOp, WAIT_MAX,
+};
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const SEGMENT_BYTES: u64 = 64 << 10;
+const KEYS: usize = 64;
+
+fn config(coalesce: bool) -> Config {
+    Config {
+        segment_bytes: SEGMENT_BYTES,
+        batch_bytes_max: 16 << 10,
+        ring_bytes: 1 << 20,
+        coalesce,
+        ..Config::default()
+    }
+}
+
+fn key(i: usize) -> Vec<u8> {
+    match i % 3 {
+        0 => format!("k{i}").into_bytes(),
+        1 => format!("common-prefix/{i:03}").into_bytes(),
+        _ => vec![0xfe, i as u8, b'/', (i * 7) as u8],
+    }
+}
+
+/// What one writer thread submitted: requests by ticket position, and windowed gets.
+#[derive(Default)]
+struct Submitted {
+    /// (position, ops) of every write request; a `WriteBatch` is one position.
+    writes: Vec<(u64, Vec<WriteOp>)>,
+    /// (position, key, answer) of every windowed get.
+    gets: Vec<(u64, Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Submitted {
+    fn write_ops(&self) -> u64 {
+        self.writes.iter().map(|(_, ops)| ops.len() as u64).sum()
+    }
+}
+
+/// One writer: `ops` requests (puts, deletes, write batches and some windowed gets) over a
+/// zipf-distributed key space, with up to `depth` tickets outstanding. Every value is unique.
+fn writer(engine: &Engine, w: usize, seed: u64, ops: usize, depth: usize) -> Submitted {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let zipf = Zipf::new(KEYS as f64, 0.99).expect("zipf");
+    let mut out = Submitted::default();
+    let mut pending: Vec<Ticket> = Vec::new();
+    let mut gets: Vec<(Vec<u8>, GetTicket)> = Vec::new();
+    let mut batch = WriteBatch::new();
+    for i in 0..ops {
+        let pick = |rng: &mut StdRng| key(zipf.sample(rng) as usize - 1);
+        let roll = rng.random_range(0..100);
+        if roll < 8 {
+            let k = pick(&mut rng);
+            let t = engine.get(&k).expect("get");
+            gets.push((k, t));
+            continue;
+        }
+        let n = if roll < 20 {
+            rng.random_range(2..=5)
+        } else {
+            1
+        };
+        let ops: Vec<WriteOp> = (0..n)
+            .map(|j| {
+                let k = pick(&mut rng);
+                if rng.random_bool(0.2) {
+                    (k, None)
+                } else {
+                    let pad = rng.random_range(0..200);
+                    let mut v = format!("w{w}-{i}-{j}:").into_bytes();
+                    v.resize(v.len() + pad, b'a' + (i % 26) as u8);
+                    (k, Some(v))
+                }
+            })
+            .collect();
+        let ticket = if n == 1 {
+            match &ops[0] {
+                (k, Some(v)) => engine.put(k, v),
+                (k, None) => engine.delete(k),
+            }
+        } else {
+            batch.clear();
+            for (k, v) in &ops {
+                match v {
+                    Some(v) => batch.put(k, v),
+                    None => batch.delete(k),
+                };
+            }
+            engine.write(&batch)
+        }
+        .expect("submit");
+        out.writes.push((ticket.position(), ops));
+        pending.push(ticket);
+        if pending.len() >= depth {
+            for t in pending.drain(..) {
+                wait_ok(&t, "writer");
+            }
+        }
+    }
+    for t in pending.drain(..) {
+        wait_ok(&t, "writer");
+    }
+    for (k, t) in gets {
+        let pos = t.position();
+        let v = t.wait_timeout(WAIT_MAX).expect("get answer");
+        out.gets.push((pos, k, v));
+    }
+    out
+}
+
+/// Runs `writers` writer threads against `engine` and returns what they submitted.
+fn write_concurrently(
+    engine: &Engine,
+    writers: usize,
+    ops: usize,
+    seed: u64,
+    depth: usize,
+) -> Vec<Submitted> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let seed = seed.wrapping_mul(31).wrapping_add(w as u64);
+                s.spawn(move || writer(engine, w, seed, ops, depth))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("writer thread"))
+            .collect()
+    })
+}
+
+/// Applies everything submitted, in the engine's order (ticket positions), to `model`, and
+/// checks every windowed get against the model at its place.
+fn apply_in_order(model: &mut State, subs: &[Submitted]) {
+    enum Req<'a> {
+        Write(&'a [WriteOp]),
+        Get(&'a [u8], &'a Option<Vec<u8>>),
+    }
+    let mut all: Vec<(u64, Req<'_>)> = Vec::new();
+    for s in subs {
+        all.extend(s.writes.iter().map(|(p, ops)| (*p, Req::Write(ops))));
+        all.extend(s.gets.iter().map(|(p, k, v)| (*p, Req::Get(k, v))));
+    }
+    all.sort_by_key(|(p, _)| *p);
+    for pair in all.windows(2) {
+        assert!(
+            pair[0].0 < pair[1].0,
+            "two requests share position {}",
+            pair[0].0
+        );
+    }
+    for (pos, req) in all {
+        match req {
+            Req::Write(ops) => apply_writes(model, ops),
+            Req::Get(k, v) => assert_eq!(
+                v.as_ref(),
+                model.get(k),
+                "windowed get of {k:?} at position {pos} disagrees with the model"
+            ),
+        }
+    }
+}
+
+/// Replays every batch of `reader` from empty, checking sequence numbers (consecutive from
+/// 1) and sortedness. Returns the state and the batches.
+fn replay_all(reader: &LogReader, ctx: &str) -> (State, Vec<OwnedBatch>) {
+    let mut state = State::new();
+    let mut batches = Vec::new();
+    for b in reader.batches() {
+        assert_eq!(
+            b.seq(),
+            batches.len() as u64 + 1,
+            "{ctx}: batch sequence numbers must be consecutive from 1"
+        );
+        apply_batch(&mut state, &b);
+        let owned = b.to_owned();
+        assert_eq!(owned.records.len(), b.len(), "{ctx}: record count");
+        assert_sorted_ascending(&owned);
+        batches.push(owned);
+    }
+    assert_eq!(
+        reader.next_seq(),
+        batches.len() as u64 + 1,
+        "{ctx}: next_seq after the last batch"
+    );
+    (state, batches)
+}
+
+#[test]
+fn replay_equals_engine_state_with_coalescing_on_and_off() {
+    for coalesce in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctx = format!("coalesce {coalesce}");
+        let mut model = State::new();
+        let mut batches_before = 0usize;
+        // Three engine sessions on one directory: replay covers logs written by several.
+        for session in 0..3u64 {
+            let engine = Engine::open(dir.path(), config(coalesce)).expect("open");
+            let subs = write_concurrently(&engine, 3, 1500, 1000 * session + coalesce as u64, 16);
+            wait_ok(&engine.flush().expect("flush"), &ctx);
+            apply_in_order(&mut model, &subs);
+            let state = engine_state(&engine);
+            assert!(
+                state == model,
+                "{ctx} session {session}: engine state vs model:\n{}",
+                state_diff(&state, &model)
+            );
+            let probe: Vec<Vec<u8>> = (0..KEYS).map(key).collect();
+            assert_reads_match(&engine, &state, probe.iter().map(|k| &k[..]), &ctx);
+
+            // Replay while the engine is open, then after close.
+            let reader = engine.replay().expect("replay while open");
+            let (replayed, batches) = replay_all(&reader, &ctx);
+            assert!(
+                replayed == state,
+                "{ctx} session {session}: replay vs engine state:\n{}",
+                state_diff(&replayed, &state)
+            );
+            let new = &batches[batches_before..];
+            assert!(!new.is_empty(), "{ctx}: the session wrote no batch");
+            // Every write op is acknowledged by exactly one frame of this session.
+            let acked: u64 = reader
+                .batches_from(batches_before as u64 + 1)
+                .map(|b| u64::from(b.ops_acknowledged()))
+                .sum();
+            let written: u64 = subs.iter().map(Submitted::write_ops).sum();
+            assert_eq!(acked, written, "{ctx}: sum of ops_acknowledged");
+            for b in new {
+                if coalesce {
+                    assert!(
+                        b.sorted,
+                        "{ctx}: batch {} not sorted with coalescing",
+                        b.seq
+                    );
+                }
+                if !coalesce {
+                    assert!(!b.records.is_empty(), "{ctx}: empty batch {}", b.seq);
+                }
+            }
+            if !coalesce {
+                let records: usize = new.iter().map(|b| b.records.len()).sum();
+                assert_eq!(
+                    records as u64, written,
+                    "{ctx}: no coalescing means no write lost"
+                );
+            }
+            batches_before = batches.len();
+            drop(reader);
+            engine.close().expect("close");
+        }
+        // A closed log is clean: the strictest mode opens it, and replays the same state.
+        let reader =
+            LogReader::open_with(dir.path(), RecoveryMode::AbsoluteConsistency).expect("reader");
+        assert!(reader.segment_count() >= 3, "{ctx}: want several segments");
+        let (replayed, batches) = replay_all(&reader, &ctx);
+        assert!(
+            replayed == model,
+            "{ctx}: replay after close:\n{}",
+            state_diff(&replayed, &model)
+        );
+        assert_eq!(batches.len(), batches_before);
+        check_batches_from(&reader, &batches, &ctx);
+    }
+}
+
+/// `batches_from(from)` yields exactly the batches with `seq >= from`, for every interesting
+/// `from`: the start, segment boundaries and their neighbours, the end and past it.
+fn check_batches_from(reader: &LogReader, all: &[OwnedBatch], ctx: &str) {
+    let last = all.len() as u64;
+    let mut froms = vec![
+        0,
+        1,
+        2,
+        last / 2,
+        last - 1,
+        last,
+        last + 1,
+        last + 100,
+        u64::MAX,
+    ];
+    for (path, _) in reader.segment_files() {
+        let id: u64 = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse().ok())
+            .expect("segment id from the file name");
+        froms.extend([id.saturating_sub(1), id, id + 1]);
+    }
+    for from in froms {
+        let got: Vec<OwnedBatch> = reader.batches_from(from).map(|b| b.to_owned()).collect();
+        let want: Vec<&OwnedBatch> = all.iter().filter(|b| b.seq >= from).collect();
+        assert_eq!(
+            got.iter().map(|b| b.seq).collect::<Vec<_>>(),
+            want.iter().map(|b| b.seq).collect::<Vec<_>>(),
+            "{ctx}: batches_from({from})"
+        );
+        assert!(
+            got.iter().zip(&want).all(|(g, w)| g == *w),
+            "{ctx}: batches_from({from}) contents"
+        );
+    }
+}
+
+/// Collects what a follower yields until `target` (set once the writers are done) is reached.
+fn follow_until(mut follower: Follower, first: u64, target: &AtomicU64) -> Vec<OwnedBatch> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut got: Vec<OwnedBatch> = Vec::new();
+    loop {
+        let next = first + got.len() as u64;
+        if next > target.load(Ordering::Acquire) {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "follower stuck before batch {next}"
+        );
+        match follower.next_timeout(Duration::from_millis(20)) {
+            Ok(Some(b)) => {
+                assert_eq!(b.seq, next, "the follower skipped or repeated a batch");
+                assert_sorted_ascending(&b);
+                got.push(b);
+                assert_eq!(follower.next_seq(), next + 1);
+            }
+            Ok(None) => {}
+            Err(e) => panic!("follower failed at batch {next}: {e}"),
+        }
+    }
+}
+
+/// Runs writers with followers attached (made by `make_follower` once the engine is open),
+/// then checks that each follower yielded every batch from its start, in order, and that
+/// replaying them equals the final state.
+fn followers_see_every_batch(make_follower: fn(&Engine, &Path, u64) -> Follower, what: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::open(dir.path(), config(true)).expect("open");
+    // Something before the followers start, so that one of them starts mid-log.
+    let pre = write_concurrently(&engine, 2, 300, 7, 8);
+    wait_ok(&engine.flush().expect("flush"), what);
+    let mid = engine.replay().expect("replay").next_seq() / 2 + 1;
+    let target = AtomicU64::new(u64::MAX);
+    let (from_start, from_mid, subs) = std::thread::scope(|s| {
+        let f1 = make_follower(&engine, dir.path(), 1);
+        let f2 = make_follower(&engine, dir.path(), mid);
+        let target = &target;
+        let h1 = s.spawn(move || follow_until(f1, 1, target));
+        let h2 = s.spawn(move || follow_until(f2, mid, target));
+        let subs = write_concurrently(&engine, 3, 2500, 8, 12);
+        wait_ok(&engine.flush().expect("flush"), what);
+        let last = engine.replay().expect("replay").next_seq() - 1;
+        target.store(last, Ordering::Release);
+        (
+            h1.join().expect("follower thread"),
+            h2.join().expect("follower thread"),
+            subs,
+        )
+    });
+    let mut model = State::new();
+    apply_in_order(&mut model, &pre);
+    apply_in_order(&mut model, &subs);
+    let state = engine_state(&engine);
+    assert!(
+        state == model,
+        "{what}: engine vs model:\n{}",
+        state_diff(&state, &model)
+    );
+
+    let reader = engine.replay().expect("replay");
+    let (_, all) = replay_all(&reader, what);
+    assert!(
+        reader.segment_count() >= 3,
+        "{what}: want segment rolls while following"
+    );
+    assert_eq!(
+        from_start.len(),
+        all.len(),
+        "{what}: follower from 1 yielded too few"
+    );
+    assert!(
+        from_start == all,
+        "{what}: follower batches differ from the log"
+    );
+    assert!(
+        from_mid[..] == all[mid as usize - 1..],
+        "{what}: follower from {mid} differs from the log"
+    );
+    let mut followed = State::new();
+    for b in &from_start {
+        apply_owned(&mut followed, b);
+    }
+    assert!(
+        followed == state,
+        "{what}: replaying what the follower yielded:\n{}",
+        state_diff(&followed, &state)
+    );
+    engine.close().expect("close");
+}
+
+#[test]
+fn engine_follower_yields_every_batch_in_order() {
+    followers_see_every_batch(|engine, _, from| engine.follow(from), "Engine::follow");
+}
+
+#[test]
+fn log_reader_follower_from_another_handle() {
+    followers_see_every_batch(
+        |_, dir, from| LogReader::open(dir).expect("reader").follow(from),
+        "LogReader::follow",
+    );
+}
+
+fn batch_hash(b: &OwnedBatch) -> u64 {
+    let mut h = DefaultHasher::new();
+    b.seq.hash(&mut h);
+    b.sorted.hash(&mut h);
+    for (op, k, v) in &b.records {
+        (*op as u8).hash(&mut h);
+        k.hash(&mut h);
+        v.hash(&mut h);
+    }
+    h.finish()
+}
+
+/// Readers opened while the engine writes (no lock) each see a prefix of the final log:
+/// consecutive batches from 1, growing from one reader to the next, and every write
+/// acknowledged before the reader was opened.
+#[test]
+fn log_reader_opened_while_writing_sees_a_consistent_prefix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::open(dir.path(), config(true)).expect("open");
+    let done = AtomicBool::new(false);
+    let mut snapshots: Vec<Vec<u64>> = Vec::new();
+    let mut probes = 0u64;
+    let subs = std::thread::scope(|s| {
+        let writers = s.spawn(|| {
+            let subs = write_concurrently(&engine, 3, 3000, 99, 8);
+            done.store(true, Ordering::Release);
+            subs
+        });
+        let mut previous = 0usize;
+        while !done.load(Ordering::Acquire) || snapshots.is_empty() {
+            // An acknowledged probe write must be in any reader opened after it.
+            probes += 1;
+            let probe_value = format!("probe {probes}").into_bytes();
+            wait_ok(&engine.put(b"probe", &probe_value).expect("probe"), "probe");
+            let reader = if probes % 2 == 0 {
+                LogReader::open(dir.path())
+            } else {
+                engine.replay()
+            }
+            .unwrap_or_else(|e| panic!("reader opened during writes failed: {e}"));
+            let (state, batches) = replay_all(&reader, "reader during writes");
+            assert_eq!(
+                state.get(&b"probe"[..]),
+                Some(&probe_value),
+                "a reader opened after an acknowledged write does not see it"
+            );
+            assert!(
+                batches.len() >= previous,
+                "a later reader sees fewer batches ({} < {previous})",
+                batches.len()
+            );
+            previous = batches.len();
+            snapshots.push(batches.iter().map(batch_hash).collect());
+        }
+        writers.join().expect("writers")
+    });
+    wait_ok(&engine.flush().expect("flush"), "final flush");
+    let reader = LogReader::open(dir.path()).expect("reader");
+    let (state, all) = replay_all(&reader, "final");
+    let mut model = State::new();
+    apply_in_order(&mut model, &subs);
+    let engine_now = engine_state(&engine);
+    let mut without_probe = engine_now.clone();
+    without_probe.remove(&b"probe"[..]);
+    assert!(
+        without_probe == model,
+        "engine vs model:\n{}",
+        state_diff(&without_probe, &model)
+    );
+    assert!(state == engine_now, "final replay vs engine");
+    let final_hashes: Vec<u64> = all.iter().map(batch_hash).collect();
+    for (i, snap) in snapshots.iter().enumerate() {
+        assert!(
+            final_hashes.starts_with(snap),
+            "reader {i} saw {} batches that are not a prefix of the final log",
+            snap.len()
+        );
+    }
+    assert!(
+        snapshots.len() >= 2,
+        "want several readers during the writes"
+    );
+    eprintln!(
+        "{} readers during the writes, final log {} batches in {} segments",
+        snapshots.len(),
+        all.len(),
+        reader.segment_count()
+    );
+    engine.close().expect("close");
+}

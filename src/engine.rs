@@ -6,6 +6,7 @@ use crate::config::{Backpressure, Config, Durability, WindowPolicy};
 use crate::error::{Error, Result};
 use crate::index::{Index, Loc, ValueRef};
 use crate::log::format::{record_len, RecordOp, FLAG_SORTED, FRAME_HEADER_LEN, RECORD_HEADER_LEN};
+use crate::log::io::SharedIo;
 use crate::log::recovery::{scan, Access, Damage};
 use crate::log::{adopt_prepared, Log, Segments, WrittenFrame};
 use crate::reader::{Follower, LogReader};
@@ -201,12 +202,19 @@ impl Engine {
     /// replays the log into the index (repairing a torn tail as `config.recovery` allows),
     /// prepares the next segment and starts the flusher.
     pub fn open(dir: impl AsRef<Path>, config: Config) -> Result<Engine> {
+        Engine::open_with_io(dir, config, crate::log::io::real())
+    }
+
+    /// As `open`, with every file change going through `io` (fault injection for tests; see
+    /// `mergelog::internals::io`). Not a stable API.
+    #[doc(hidden)]
+    pub fn open_with_io(dir: impl AsRef<Path>, config: Config, io: SharedIo) -> Result<Engine> {
         let started = Instant::now();
         config.validate()?;
         let dir = dir.as_ref().to_owned();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
         let lock = lock_dir(&dir)?;
-        let (mut prepared, prep_counter) = adopt_prepared(&dir, config.segment_bytes)?;
+        let (mut prepared, prep_counter) = adopt_prepared(&io, &dir, config.segment_bytes)?;
 
         let index = Index::default();
         let mut report = OpenReport::default();
@@ -214,6 +222,7 @@ impl Engine {
             &dir,
             config.recovery,
             Access::Writer,
+            &io,
             |seg_idx, seg, frame| {
                 let base = seg.image().as_ptr() as usize;
                 index.apply(frame.records().map(|r| {
@@ -243,6 +252,7 @@ impl Engine {
                 config.segment_bytes,
                 scanned.next_seq,
                 prepared.take(),
+                &io,
             )?));
             write_off = crate::log::format::SEGMENT_HEADER_LEN as u64;
         }
@@ -254,6 +264,7 @@ impl Engine {
             scanned.next_seq,
             &config,
             (prepared, prep_counter),
+            &io,
         );
 
         let durable_seq = Arc::new(AtomicU64::new(scanned.next_seq - 1));

@@ -78,5 +78,6 @@ pub use ticket::{GetTicket, Ticket};
 pub mod internals {
     pub use crate::coalesce;
     pub use crate::log::format;
+    pub use crate::log::io;
     pub use crate::ring;
 }

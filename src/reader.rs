@@ -10,6 +10,7 @@ use crate::config::RecoveryMode;
 use crate::error::{Error, Result};
 use crate::log::format::segment_file_name;
 use crate::log::format::{decode_frame, Decoded, Frame, Record, RecordOp, SEGMENT_HEADER_LEN};
+use crate::log::io;
 use crate::log::recovery::{scan, Access, Damage};
 use crate::log::segment::Segment;
 use std::path::{Path, PathBuf};
@@ -131,7 +132,7 @@ impl LogReader {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
             ));
         }
-        let scanned = scan(&dir, mode, Access::Reader, |_, _, _| Ok(()))?;
+        let scanned = scan(&dir, mode, Access::Reader, &io::real(), |_, _, _| Ok(()))?;
         if mode == RecoveryMode::AbsoluteConsistency {
             if let Some(d) = scanned.damage {
                 return Err(Error::Corrupt {
@@ -281,7 +282,7 @@ impl Follower {
             return Ok(false);
         };
         let (id, path) = &files[idx];
-        let seg = Arc::new(Segment::open(path, *id, false)?);
+        let seg = Arc::new(Segment::open(path, *id, false, &io::real())?);
         let mut off = SEGMENT_HEADER_LEN as u64;
         // Walk to the frame with `next_seq`.
         loop {

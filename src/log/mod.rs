@@ -4,12 +4,14 @@
 //! read through the mappings.
 
 pub mod format;
+pub mod io;
 pub(crate) mod recovery;
 pub(crate) mod segment;
 
 use crate::config::{Config, WritePath};
 use crate::error::{Error, Result};
 use format::{frame_len, FrameWriter, SEGMENT_HEADER_LEN};
+use io::SharedIo;
 use parking_lot::RwLock;
 use segment::{create_zeroed, sync_dir, Segment};
 use std::path::{Path, PathBuf};
@@ -48,7 +50,11 @@ enum Prep {
 /// Finds the prepared segment files of an earlier run: keeps one of the right size (it holds
 /// only zeros, plus possibly a header that activation rewrites) and removes the rest, which
 /// a crash may have left short. Returns the kept one and the highest prep number seen.
-pub(crate) fn adopt_prepared(dir: &Path, segment_bytes: u64) -> Result<(Option<PathBuf>, u64)> {
+pub(crate) fn adopt_prepared(
+    io: &SharedIo,
+    dir: &Path,
+    segment_bytes: u64,
+) -> Result<(Option<PathBuf>, u64)> {
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
     let mut kept = None;
     let mut highest = 0;
@@ -75,7 +81,7 @@ pub(crate) fn adopt_prepared(dir: &Path, segment_bytes: u64) -> Result<(Option<P
         }
     }
     if removed {
-        sync_dir(dir)?;
+        sync_dir(&**io, dir)?;
     }
     Ok((kept, highest))
 }
@@ -96,6 +102,7 @@ pub(crate) struct Log {
     prep_counter: u64,
     /// Reused encode buffer of the pwrite path.
     buf: Vec<u8>,
+    io: SharedIo,
 }
 
 impl Log {
@@ -108,6 +115,7 @@ impl Log {
         next_seq: u64,
         config: &Config,
         (prepared, prep_counter): (Option<PathBuf>, u64),
+        io: &SharedIo,
     ) -> Log {
         let (segment_bytes, write_path) = (config.segment_bytes, config.write_path);
         let active = segments
@@ -126,6 +134,7 @@ impl Log {
             prep: Prep::None,
             prep_counter,
             buf: Vec::new(),
+            io: io.clone(),
         };
         match prepared {
             Some(path) => log.prep = Prep::Ready(path),
@@ -141,17 +150,18 @@ impl Log {
         segment_bytes: u64,
         first_seq: u64,
         prepared: Option<PathBuf>,
+        io: &SharedIo,
     ) -> Result<Segment> {
         let prep = match prepared {
             Some(p) => p,
             None => {
                 let p = prep_path(dir, 0);
                 let _ = std::fs::remove_file(&p);
-                create_zeroed(dir, &p, segment_bytes)?;
+                create_zeroed(&**io, dir, &p, segment_bytes)?;
                 p
             }
         };
-        Segment::activate(dir, &prep, first_seq)
+        Segment::activate(dir, &prep, first_seq, io)
     }
 
     fn prepare_next(&mut self) {
@@ -159,9 +169,10 @@ impl Log {
         let dir = self.dir.clone();
         let path = prep_path(&dir, self.prep_counter);
         let size = self.segment_bytes;
+        let io = self.io.clone();
         let spawned = std::thread::Builder::new()
             .name("mergelog-prep".into())
-            .spawn(move || create_zeroed(&dir, &path, size).map(|()| path));
+            .spawn(move || create_zeroed(&*io, &dir, &path, size).map(|()| path));
         // If no thread can be made, the roll creates the file itself.
         self.prep = spawned.map_or(Prep::None, Prep::Pending);
     }
@@ -179,11 +190,16 @@ impl Log {
             None => {
                 let path = prep_path(&self.dir, self.prep_counter);
                 let _ = std::fs::remove_file(&path);
-                create_zeroed(&self.dir, &path, self.segment_bytes)?;
+                create_zeroed(&*self.io, &self.dir, &path, self.segment_bytes)?;
                 path
             }
         };
-        let seg = Arc::new(Segment::activate(&self.dir, &prep, self.next_seq)?);
+        let seg = Arc::new(Segment::activate(
+            &self.dir,
+            &prep,
+            self.next_seq,
+            &self.io,
+        )?);
         self.segments.write().push(seg.clone());
         self.active = seg;
         self.write_off = SEGMENT_HEADER_LEN as u64;
@@ -223,6 +239,7 @@ impl Log {
                 self.active.write(off, &self.buf, WritePath::Pwrite)?;
             }
             WritePath::Mmap => {
+                self.active.before_map_write(off)?;
                 let dst = self.active.unpublished_mut(off, len);
                 let mut w = FrameWriter::new(dst, seq, flags);
                 let acked = encode(&mut w, off);

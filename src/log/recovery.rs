@@ -5,6 +5,7 @@ use crate::config::RecoveryMode;
 use crate::error::{Error, Result};
 use crate::log::format::parse_segment_file_name;
 use crate::log::format::{decode_frame, Decoded, Frame, SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::log::io::SharedIo;
 use crate::log::segment::Segment;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -64,6 +65,7 @@ pub(crate) fn scan(
     dir: &Path,
     mode: RecoveryMode,
     access: Access,
+    io: &SharedIo,
     mut visit: impl FnMut(u32, &Arc<Segment>, &Frame<'_>) -> Result<()>,
 ) -> Result<Scanned> {
     let files = list_segments(dir)?;
@@ -77,7 +79,12 @@ pub(crate) fn scan(
     let count = files.len();
     for (i, (id, path)) in files.iter().enumerate() {
         let last = i + 1 == count;
-        let seg = Arc::new(Segment::open(path, *id, access == Access::Writer && last)?);
+        let seg = Arc::new(Segment::open(
+            path,
+            *id,
+            access == Access::Writer && last,
+            io,
+        )?);
         let image = seg.image();
         // The header: magic, version, CRC, and the id that the name and the order promise.
         let header_problem = match SegmentHeader::decode(image) {
@@ -172,7 +179,7 @@ pub(crate) fn scan(
             out.dropped.insert(0, path.clone());
             if access == Access::Writer {
                 if let Some(prev) = out.segments.pop() {
-                    let tail = Arc::new(Segment::open(&prev.path, prev.id, true)?);
+                    let tail = Arc::new(Segment::open(&prev.path, prev.id, true, io)?);
                     tail.publish(out.write_off);
                     out.segments.push(tail);
                 }
@@ -184,7 +191,7 @@ pub(crate) fn scan(
             let seg = if last {
                 seg.clone()
             } else {
-                Arc::new(Segment::open(path, *id, true)?)
+                Arc::new(Segment::open(path, *id, true, io)?)
             };
             seg.zero_tail(offset)?;
             seg
@@ -202,7 +209,7 @@ pub(crate) fn scan(
         for p in &out.dropped {
             std::fs::remove_file(p).map_err(|e| Error::io("remove dropped segment", p, e))?;
         }
-        crate::log::segment::sync_dir(dir)?;
+        crate::log::segment::sync_dir(&**io, dir)?;
     }
     Ok(out)
 }

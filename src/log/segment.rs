@@ -8,6 +8,8 @@
 use crate::config::WritePath;
 use crate::error::{Error, Result};
 use crate::log::format::{segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::log::io::Io;
+use crate::log::io::{guarded, IoOp, SharedIo};
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -15,18 +17,19 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("fsync directory", dir, e))
+pub(crate) fn sync_dir(io: &dyn Io, dir: &Path) -> Result<()> {
+    guarded(io, IoOp::SyncDir, dir, 0, &[], || {
+        File::open(dir).and_then(|d| d.sync_all())
+    })
+    .map_err(|e| Error::io("fsync directory", dir, e))
 }
 
 /// Creates `path` and fills it with `size` written zeros, then syncs it and the directory.
 ///
 /// Written zeros, not `set_len` (sparse: a store into an unbacked page of a full disk is
 /// SIGBUS) and not `fallocate` (unwritten extents: every later sync pays a metadata write).
-pub(crate) fn create_zeroed(dir: &Path, path: &Path, size: u64) -> Result<()> {
-    let result = (|| -> std::io::Result<()> {
+pub(crate) fn create_zeroed(io: &dyn Io, dir: &Path, path: &Path, size: u64) -> Result<()> {
+    let result = guarded(io, IoOp::Create, path, 0, &[], || {
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -40,13 +43,13 @@ pub(crate) fn create_zeroed(dir: &Path, path: &Path, size: u64) -> Result<()> {
             left -= n as u64;
         }
         f.sync_all()
-    })();
+    });
     if let Err(e) = result {
         // Leave no half-made file behind: it would only confuse the next open.
         let _ = std::fs::remove_file(path);
         return Err(Error::io("preallocate segment", path, e));
     }
-    sync_dir(dir)
+    sync_dir(io, dir)
 }
 
 /// An open, mapped segment file.
@@ -59,12 +62,14 @@ pub(crate) struct Segment {
     map: MmapRaw,
     /// Bytes `[0, published)` are final: readers may look at them.
     published: AtomicU64,
+    /// The fault-injection seam every file change goes through.
+    io: SharedIo,
 }
 
 impl Segment {
     /// Opens an existing segment. `writable` maps it for writing too (the engine's active
     /// segment); readers map read-only.
-    pub fn open(path: &Path, id: u64, writable: bool) -> Result<Segment> {
+    pub fn open(path: &Path, id: u64, writable: bool, io: &SharedIo) -> Result<Segment> {
         let file = OpenOptions::new()
             .read(true)
             .write(writable)
@@ -95,13 +100,14 @@ impl Segment {
             file,
             map,
             published: AtomicU64::new(0),
+            io: io.clone(),
         })
     }
 
     /// Turns the prepared zero file `prep` into segment `id`: header written and synced,
     /// then renamed to its final name and the directory synced. So a `.seg` name on disk
     /// always has a valid header; a bad header is damage, never a crash artifact.
-    pub fn activate(dir: &Path, prep: &Path, id: u64) -> Result<Segment> {
+    pub fn activate(dir: &Path, prep: &Path, id: u64, io: &SharedIo) -> Result<Segment> {
         let path = dir.join(segment_file_name(id));
         let file = OpenOptions::new()
             .write(true)
@@ -116,13 +122,18 @@ impl Segment {
             segment_size: size,
         }
         .encode();
-        file.write_all_at(&header, 0)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| Error::io("write segment header", prep, e))?;
+        guarded(&**io, IoOp::Write, prep, 0, &header, || {
+            file.write_all_at(&header, 0)
+        })
+        .and_then(|()| guarded(&**io, IoOp::Sync, prep, 0, &[], || file.sync_data()))
+        .map_err(|e| Error::io("write segment header", prep, e))?;
         drop(file);
-        std::fs::rename(prep, &path).map_err(|e| Error::io("rename prepared segment", prep, e))?;
-        sync_dir(dir)?;
-        let seg = Segment::open(&path, id, true)?;
+        guarded(&**io, IoOp::Rename, prep, 0, &[], || {
+            std::fs::rename(prep, &path)
+        })
+        .map_err(|e| Error::io("rename prepared segment", prep, e))?;
+        sync_dir(&**io, dir)?;
+        let seg = Segment::open(&path, id, true, io)?;
         seg.publish(SEGMENT_HEADER_LEN as u64);
         Ok(seg)
     }
@@ -180,35 +191,41 @@ impl Segment {
 
     /// Writes `data` at `off` by the configured path (pwrite, or a copy into the mapping).
     pub fn write(&self, off: u64, data: &[u8], path: WritePath) -> Result<()> {
+        let io = &*self.io;
         match path {
-            WritePath::Pwrite => self
-                .file
-                .write_all_at(data, off)
-                .map_err(|e| Error::io("write segment", &self.path, e)),
+            WritePath::Pwrite => guarded(io, IoOp::Write, &self.path, off, data, || {
+                self.file.write_all_at(data, off)
+            })
+            .map_err(|e| Error::io("write segment", &self.path, e)),
             WritePath::Mmap => {
+                guarded(io, IoOp::Write, &self.path, off, &[], || Ok(()))
+                    .map_err(|e| Error::io("write segment", &self.path, e))?;
                 self.unpublished_mut(off, data.len()).copy_from_slice(data);
                 Ok(())
             }
         }
     }
 
+    /// Reports a frame encoded straight into the mapping (the mmap write path) to the hooks,
+    /// before the flusher encodes it.
+    pub fn before_map_write(&self, off: u64) -> Result<()> {
+        guarded(&*self.io, IoOp::Write, &self.path, off, &[], || Ok(()))
+            .map_err(|e| Error::io("write segment", &self.path, e))
+    }
+
     /// Makes `[off, off + len)` durable: `fdatasync` for the pwrite path, `msync` of the
     /// page-aligned range for the mmap path.
     pub fn sync(&self, off: u64, len: usize, path: WritePath) -> Result<()> {
-        match path {
-            WritePath::Pwrite => self
-                .file
-                .sync_data()
-                .map_err(|e| Error::io("fdatasync segment", &self.path, e)),
+        guarded(&*self.io, IoOp::Sync, &self.path, off, &[], || match path {
+            WritePath::Pwrite => self.file.sync_data(),
             WritePath::Mmap => {
                 let page = 4096u64;
                 let start = off / page * page;
                 let end = (off + len as u64).min(self.size);
-                self.map
-                    .flush_range(start as usize, (end - start) as usize)
-                    .map_err(|e| Error::io("msync segment", &self.path, e))
+                self.map.flush_range(start as usize, (end - start) as usize)
             }
-        }
+        })
+        .map_err(|e| Error::io("sync segment", &self.path, e))
     }
 
     /// Zeroes `[off, size)` where it is not zero already and syncs: cuts a torn tail.
@@ -218,9 +235,12 @@ impl Segment {
         if tail.iter().all(|&b| b == 0) {
             return Ok(());
         }
+        guarded(&*self.io, IoOp::Write, &self.path, off, &[], || Ok(()))
+            .map_err(|e| Error::io("zero torn tail", &self.path, e))?;
         tail.fill(0);
-        self.map
-            .flush_range(off as usize, len)
-            .map_err(|e| Error::io("msync truncated tail", &self.path, e))
+        guarded(&*self.io, IoOp::Sync, &self.path, off, &[], || {
+            self.map.flush_range(off as usize, len)
+        })
+        .map_err(|e| Error::io("msync truncated tail", &self.path, e))
     }
 }

@@ -142,8 +142,12 @@ struct Inner {
     config: Config,
     ring: Arc<Ring>,
     completion: Arc<Completion>,
+    /// Declared before every segment list: it points into their mappings, so it must be
+    /// dropped first.
     index: Index,
     segments: Segments,
+    /// Mappings replaced during recovery that the index may still point into.
+    _retired: Vec<Arc<crate::log::segment::Segment>>,
     counters: Counters,
     epoch: Instant,
     /// Ring position up to which a `flush()` asked for an immediate cut.
@@ -225,7 +229,7 @@ impl Engine {
             &io,
             |seg_idx, seg, frame| {
                 let base = seg.image().as_ptr() as usize;
-                index.apply(frame.records().map(|r| {
+                let records = frame.records().map(|r| {
                     let loc = match r.op {
                         RecordOp::Put => Some(Loc {
                             seg: seg_idx,
@@ -235,13 +239,17 @@ impl Engine {
                         RecordOp::Delete => None,
                     };
                     (r.key, loc)
-                }));
+                });
+                // SAFETY: the keys lie in this segment's mapping, which the engine keeps for
+                // its lifetime (in `segments`, or in `retired` if recovery replaced it).
+                unsafe { index.apply(records) };
                 report.batches += 1;
                 report.records += u64::from(frame.record_count);
                 Ok(())
             },
         )?;
         report.segments = scanned.segments.len();
+        let retired = scanned.retired;
         report.truncated = scanned.damage.clone();
 
         let mut segs = scanned.segments;
@@ -276,6 +284,7 @@ impl Engine {
             ring,
             index,
             segments,
+            _retired: retired,
             counters: Counters::default(),
             epoch: Instant::now(),
             flush_to: AtomicU64::new(0),
@@ -588,10 +597,9 @@ struct Job {
     end: u64,
     /// The frame written for the window's surviving writes, if it had any.
     frame: Option<WrittenFrame>,
-    /// Survivor keys back to back, for the index update.
-    keys: Vec<u8>,
-    /// Per survivor: key length and the value's location (`None` for a delete).
-    updates: Vec<(u32, Option<Loc>)>,
+    /// Per survivor: where its key is in the frame's segment (offset, length), and the
+    /// value's location (`None` for a delete). The index points at the logged key bytes.
+    updates: Vec<(u64, u32, Option<Loc>)>,
     /// Per request: submit time stamp (for the end-to-end histogram).
     stamps: Vec<u64>,
 }
@@ -710,7 +718,6 @@ impl Flusher {
         let mut job = spare.try_recv().unwrap_or_default();
         job.end = end;
         job.frame = None;
-        job.keys.clear();
         job.updates.clear();
         job.stamps.clear();
         job
@@ -874,7 +881,7 @@ impl Flusher {
                 0
             };
             let writes = (entries.len() - self.slots.len()) as u32;
-            let (keys, updates) = (&mut job.keys, &mut job.updates);
+            let updates = &mut job.updates;
             let frame = self.log.append(body_len, flags, |w, frame_off| {
                 let mut off = frame_off + FRAME_HEADER_LEN as u64;
                 for &i in &plan.survivors {
@@ -884,9 +891,10 @@ impl Flusher {
                         _ => (RecordOp::Delete, &[][..]),
                     };
                     w.push(op, e.key, value);
-                    let value_off = off + (RECORD_HEADER_LEN + e.key.len()) as u64;
-                    keys.extend_from_slice(e.key);
+                    let key_off = off + RECORD_HEADER_LEN as u64;
+                    let value_off = key_off + e.key.len() as u64;
                     updates.push((
+                        key_off,
                         e.key.len() as u32,
                         (op == RecordOp::Put).then_some(Loc {
                             seg: 0,
@@ -898,7 +906,7 @@ impl Flusher {
                 }
                 writes
             })?;
-            for loc in job.updates.iter_mut().filter_map(|u| u.1.as_mut()) {
+            for loc in job.updates.iter_mut().filter_map(|u| u.2.as_mut()) {
                 loc.seg = frame.seg_idx;
             }
             job.frame = Some(frame);
@@ -1022,12 +1030,15 @@ impl Syncer {
         }
         let t1 = Instant::now();
         for job in &self.group {
-            let mut key_off = 0usize;
-            inner.index.apply(job.updates.iter().map(|&(len, loc)| {
-                let key = &job.keys[key_off..key_off + len as usize];
-                key_off += len as usize;
+            let Some(frame) = &job.frame else { continue };
+            let updates = job.updates.iter().map(|&(key_off, len, loc)| {
+                let key = frame.seg.bytes(key_off, len as usize);
+                assert_eq!(key.len(), len as usize, "frames are published before the index");
                 (key, loc)
-            }));
+            });
+            // SAFETY: the keys are published bytes of the frame's segment, which stays in
+            // `inner.segments` (and mapped) for the engine's lifetime.
+            unsafe { inner.index.apply(updates) };
         }
         let end = self.group.last().map_or(0, |j| j.end);
         inner.completion.advance(end);

@@ -18,9 +18,53 @@ pub(crate) struct Loc {
     pub len: u32,
 }
 
+/// A key as stored in the index: a view of the key bytes of a record in a segment's mapping,
+/// not a copy. The index holds one per live key without allocating for it, which makes
+/// rebuilding the index at open and updating it after each sync much cheaper.
+#[derive(Clone, Copy)]
+struct MappedKey {
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: a `MappedKey` is a shared view of immutable bytes (published log bytes are never
+// written again), so sending or sharing it between threads is like sharing a `&[u8]`.
+unsafe impl Send for MappedKey {}
+// SAFETY: as above.
+unsafe impl Sync for MappedKey {}
+
+impl MappedKey {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `Index::apply`'s contract: the bytes lie in the published part of a segment
+        // mapping that stays mapped, unchanged, for as long as the index exists.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for MappedKey {
+    fn borrow(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
+impl PartialEq for MappedKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes() == other.bytes()
+    }
+}
+
+impl Eq for MappedKey {}
+
+impl std::hash::Hash for MappedKey {
+    // Must hash exactly like `[u8]`, since lookups go through `Borrow<[u8]>`.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.bytes().hash(state);
+    }
+}
+
 /// foldhash: several times faster than SipHash on short keys, and seeded per process, so
 /// crafted keys cannot be aimed at one bucket chain in advance.
-type Map = HashMap<Box<[u8]>, Loc, foldhash::fast::RandomState>;
+type Map = HashMap<MappedKey, Loc, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 pub(crate) struct Index {
@@ -37,16 +81,26 @@ impl Index {
     }
 
     /// Applies one batch of updates under one write lock: `Some(loc)` sets, `None` deletes.
-    pub fn apply<'a>(&self, updates: impl Iterator<Item = (&'a [u8], Option<Loc>)>) {
+    ///
+    /// # Safety
+    /// Every key slice must lie in the published bytes of a segment mapping that stays mapped
+    /// for as long as this index exists: the index keeps pointing at them. (The engine keeps
+    /// every segment it ever mapped, and declares the index before them so it drops first.)
+    pub unsafe fn apply<'a>(&self, updates: impl Iterator<Item = (&'a [u8], Option<Loc>)>) {
         let mut map = self.map.write();
         for (key, loc) in updates {
             match loc {
                 Some(loc) => {
-                    // Only a new key pays for an allocation.
                     if let Some(slot) = map.get_mut(key) {
                         *slot = loc;
                     } else {
-                        map.insert(key.into(), loc);
+                        map.insert(
+                            MappedKey {
+                                ptr: key.as_ptr(),
+                                len: key.len(),
+                            },
+                            loc,
+                        );
                     }
                 }
                 None => {
@@ -59,7 +113,7 @@ impl Index {
     /// Visits every live key with its location (unordered).
     pub fn for_each(&self, mut f: impl FnMut(&[u8], Loc)) {
         for (k, v) in self.map.read().iter() {
-            f(k, *v);
+            f(k.bytes(), *v);
         }
     }
 }

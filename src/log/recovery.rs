@@ -32,6 +32,9 @@ pub(crate) struct Scanned {
     pub damage: Option<Damage>,
     /// Segment files after a point-in-time stop, to be removed by a writer.
     pub dropped: Vec<PathBuf>,
+    /// Mappings that frames were visited through but that a writable reopen replaced: the
+    /// engine keeps them, since its index points into them.
+    pub retired: Vec<Arc<Segment>>,
 }
 
 /// Lists the segment files of `dir` in log order.
@@ -75,6 +78,7 @@ pub(crate) fn scan(
         next_seq: files.first().map_or(1, |f| f.0),
         damage: None,
         dropped: Vec::new(),
+        retired: Vec::new(),
     };
     let count = files.len();
     for (i, (id, path)) in files.iter().enumerate() {
@@ -182,6 +186,7 @@ pub(crate) fn scan(
                     let tail = Arc::new(Segment::open(&prev.path, prev.id, true, io)?);
                     tail.publish(out.write_off);
                     out.segments.push(tail);
+                    out.retired.push(prev);
                 }
             }
             break;
@@ -191,6 +196,7 @@ pub(crate) fn scan(
             let seg = if last {
                 seg.clone()
             } else {
+                out.retired.push(seg.clone());
                 Arc::new(Segment::open(path, *id, true, io)?)
             };
             seg.zero_tail(offset)?;

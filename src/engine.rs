@@ -674,6 +674,11 @@ fn start_pipeline(
     std::thread::Builder::new()
         .name("mergelog-flusher".into())
         .spawn(move || {
+            // The adaptive window parks for tens of microseconds; the default 50 µs timer
+            // slack would stretch every such wait several times over.
+            // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack; no memory is
+            // passed to the kernel.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
             flusher.run(consumer);
             let _ = syncer.join();
         })
@@ -801,7 +806,15 @@ impl Flusher {
                     {
                         break;
                     }
-                    std::thread::yield_now();
+                    // Park (no spinning: the producers and the syncer need the cores) until a
+                    // request arrives, the syncer takes the queued job (it notifies us), or
+                    // the ring has been quiet long enough.
+                    let deadline = if log_ready {
+                        last_arrival + quiet
+                    } else {
+                        first_seen + cfg.window_age_max
+                    };
+                    consumer.wait(w.end, Some(deadline));
                 }
             }
         }
@@ -995,6 +1008,8 @@ impl Syncer {
             self.inner
                 .queued
                 .fetch_sub(self.group.len(), Ordering::SeqCst);
+            // The log has room again: an adaptive window waiting for that may be cut now.
+            self.inner.ring.notify_consumer();
             if self.inner.completion.failure().is_none() {
                 if let Err(e) = self.complete() {
                     self.inner.completion.fail(e);
@@ -1033,7 +1048,11 @@ impl Syncer {
             let Some(frame) = &job.frame else { continue };
             let updates = job.updates.iter().map(|&(key_off, len, loc)| {
                 let key = frame.seg.bytes(key_off, len as usize);
-                assert_eq!(key.len(), len as usize, "frames are published before the index");
+                assert_eq!(
+                    key.len(),
+                    len as usize,
+                    "frames are published before the index"
+                );
                 (key, loc)
             });
             // SAFETY: the keys are published bytes of the frame's segment, which stays in

@@ -6,8 +6,9 @@
 
 use crate::log::segment::Segment;
 use crate::log::Segments;
+use hashbrown::HashTable;
 use parking_lot::RwLock;
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 /// Where a live value's bytes are: segment index in the log, offset and length in the file.
@@ -41,30 +42,33 @@ impl MappedKey {
     }
 }
 
-impl std::borrow::Borrow<[u8]> for MappedKey {
-    fn borrow(&self) -> &[u8] {
-        self.bytes()
+/// One index entry. The key's hash is kept with it, so growing the table never reads key
+/// bytes again: they are scattered over the whole log, and re-reading them on every rehash
+/// cost more than a quarter of the time to open a log.
+struct Slot {
+    key: MappedKey,
+    hash: u64,
+    loc: Loc,
+}
+
+/// The map: a hashbrown `HashTable` with explicit hashes (foldhash: fast on short keys, and
+/// seeded per process, so crafted keys cannot be aimed at one bucket chain in advance).
+#[derive(Default)]
+struct Map {
+    table: HashTable<Slot>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl Map {
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
     }
 }
 
-impl PartialEq for MappedKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.bytes() == other.bytes()
-    }
+/// Matches the slot of `key` (hash first, so a probe rarely touches key bytes).
+fn same_key(hash: u64, key: &[u8]) -> impl Fn(&Slot) -> bool + '_ {
+    move |s| s.hash == hash && s.key.bytes() == key
 }
-
-impl Eq for MappedKey {}
-
-impl std::hash::Hash for MappedKey {
-    // Must hash exactly like `[u8]`, since lookups go through `Borrow<[u8]>`.
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.bytes().hash(state);
-    }
-}
-
-/// foldhash: several times faster than SipHash on short keys, and seeded per process, so
-/// crafted keys cannot be aimed at one bucket chain in advance.
-type Map = HashMap<MappedKey, Loc, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 pub(crate) struct Index {
@@ -73,11 +77,13 @@ pub(crate) struct Index {
 
 impl Index {
     pub fn get(&self, key: &[u8]) -> Option<Loc> {
-        self.map.read().get(key).copied()
+        let map = self.map.read();
+        let h = map.hash(key);
+        map.table.find(h, same_key(h, key)).map(|s| s.loc)
     }
 
     pub fn len(&self) -> usize {
-        self.map.read().len()
+        self.map.read().table.len()
     }
 
     /// Applies one batch of updates under one write lock: `Some(loc)` sets, `None` deletes.
@@ -87,24 +93,29 @@ impl Index {
     /// for as long as this index exists: the index keeps pointing at them. (The engine keeps
     /// every segment it ever mapped, and declares the index before them so it drops first.)
     pub unsafe fn apply<'a>(&self, updates: impl Iterator<Item = (&'a [u8], Option<Loc>)>) {
-        let mut map = self.map.write();
+        let mut guard = self.map.write();
+        let map = &mut *guard;
         for (key, loc) in updates {
+            let h = map.hash(key);
             match loc {
-                Some(loc) => {
-                    if let Some(slot) = map.get_mut(key) {
-                        *slot = loc;
-                    } else {
-                        map.insert(
-                            MappedKey {
+                Some(loc) => match map.table.find_mut(h, same_key(h, key)) {
+                    Some(slot) => slot.loc = loc,
+                    None => {
+                        let slot = Slot {
+                            key: MappedKey {
                                 ptr: key.as_ptr(),
                                 len: key.len(),
                             },
+                            hash: h,
                             loc,
-                        );
+                        };
+                        map.table.insert_unique(h, slot, |s| s.hash);
                     }
-                }
+                },
                 None => {
-                    map.remove(key);
+                    if let Ok(entry) = map.table.find_entry(h, same_key(h, key)) {
+                        entry.remove();
+                    }
                 }
             }
         }
@@ -112,8 +123,8 @@ impl Index {
 
     /// Visits every live key with its location (unordered).
     pub fn for_each(&self, mut f: impl FnMut(&[u8], Loc)) {
-        for (k, v) in self.map.read().iter() {
-            f(k.bytes(), *v);
+        for s in self.map.read().table.iter() {
+            f(s.key.bytes(), s.loc);
         }
     }
 }

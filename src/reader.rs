@@ -100,6 +100,7 @@ pub struct LogReader {
     dir: PathBuf,
     segments: Vec<Arc<Segment>>,
     next_seq: u64,
+    end_offset: u64,
     damage: Option<Damage>,
 }
 
@@ -146,6 +147,7 @@ impl LogReader {
             dir,
             segments: scanned.segments,
             next_seq: scanned.next_seq,
+            end_offset: scanned.write_off,
             damage: scanned.damage,
         })
     }
@@ -176,6 +178,12 @@ impl LogReader {
     /// Sequence number of the first batch after the valid log.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
+    }
+
+    /// Offset in the last segment file where its valid frames end (the segment header length
+    /// for an empty segment).
+    pub fn end_offset(&self) -> u64 {
+        self.end_offset
     }
 
     /// Every batch in log order.

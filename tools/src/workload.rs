@@ -1,6 +1,7 @@
 //! What a benchmark writer submits: which key (a distribution over key ids), how a key id
-//! becomes key bytes, and whether the op is a read or a write. Every system draws from the
-//! same seeded generators, so they all see the same sequence of operations.
+//! becomes key bytes, how long keys and values are, and whether the op is a put, a delete or
+//! a get. Every system draws from the same seeded generators, so they all see the same
+//! sequence of operations.
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -18,16 +19,50 @@ pub enum Dist {
     Uniform,
     /// Zipf with exponent theta: id 0 is the most popular, id 1 the next, and so on.
     Zipf(f64),
+    /// Ids in order, wrapping at `keys`; writers interleave (writer w takes w, w + W, ...),
+    /// and keys ascend with their ids (the prefix is the id itself, not a hash of it).
+    Sequential,
+    /// `hot_pct` % of the keys (at least one) receive `traffic_pct` % of the operations,
+    /// uniformly within the hot and within the cold set.
+    HotSet { hot_pct: f64, traffic_pct: f64 },
+}
+
+const DIST_HELP: &str =
+    "expected 'uniform', 'zipf:THETA', 'sequential' or 'hotset:X:Y' (X % of keys get Y % of ops)";
+
+fn percent(s: &str, what: &str) -> Result<f64, String> {
+    let p: f64 = s
+        .parse()
+        .map_err(|_| format!("hotset {what} '{s}' is not a number"))?;
+    if !(0.0..=100.0).contains(&p) {
+        return Err(format!("hotset {what} {p} must be between 0 and 100"));
+    }
+    Ok(p)
 }
 
 impl FromStr for Dist {
     type Err = String;
     fn from_str(s: &str) -> Result<Dist, String> {
-        if s == "uniform" {
-            return Ok(Dist::Uniform);
+        match s {
+            "uniform" => return Ok(Dist::Uniform),
+            "sequential" => return Ok(Dist::Sequential),
+            _ => {}
+        }
+        if let Some(rest) = s.strip_prefix("hotset:") {
+            let Some((x, y)) = rest.split_once(':') else {
+                return Err(format!("hotset '{rest}': {DIST_HELP}"));
+            };
+            let hot_pct = percent(x, "key share")?;
+            if hot_pct == 0.0 {
+                return Err("hotset key share must be more than 0".into());
+            }
+            return Ok(Dist::HotSet {
+                hot_pct,
+                traffic_pct: percent(y, "traffic share")?,
+            });
         }
         let Some(theta) = s.strip_prefix("zipf:") else {
-            return Err("expected 'uniform' or 'zipf:THETA' (e.g. zipf:0.99)".into());
+            return Err(DIST_HELP.into());
         };
         let theta: f64 = theta
             .parse()
@@ -46,6 +81,63 @@ impl fmt::Display for Dist {
         match self {
             Dist::Uniform => write!(f, "uniform"),
             Dist::Zipf(theta) => write!(f, "zipf:{theta}"),
+            Dist::Sequential => write!(f, "sequential"),
+            Dist::HotSet {
+                hot_pct,
+                traffic_pct,
+            } => write!(f, "hotset:{hot_pct}:{traffic_pct}"),
+        }
+    }
+}
+
+/// A length in bytes: fixed (`16`) or drawn uniformly from an inclusive range (`16..64`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size {
+    pub min: usize,
+    pub max: usize,
+}
+
+impl Size {
+    pub fn fixed(n: usize) -> Size {
+        Size { min: n, max: n }
+    }
+}
+
+impl FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Size, String> {
+        let num = |t: &str| {
+            t.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("'{t}' is not a whole number of bytes"))
+        };
+        let size = match s.split_once("..") {
+            None => Size::fixed(num(s)?),
+            Some((a, b)) => {
+                // Both ends are included; `..=` reads the same.
+                let b = b.strip_prefix('=').unwrap_or(b);
+                Size {
+                    min: num(a)?,
+                    max: num(b)?,
+                }
+            }
+        };
+        if size.min > size.max {
+            return Err(format!(
+                "range {s} is empty (min {} > max {})",
+                size.min, size.max
+            ));
+        }
+        Ok(size)
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.min == self.max {
+            write!(f, "{}", self.min)
+        } else {
+            write!(f, "{}..{}", self.min, self.max)
         }
     }
 }
@@ -55,21 +147,47 @@ impl fmt::Display for Dist {
 pub struct Spec {
     pub keys: u64,
     pub dist: Dist,
-    pub key_size: usize,
-    pub value_size: usize,
+    pub key_size: Size,
+    pub value_size: Size,
+    /// Fraction of operations that are gets.
     pub read_ratio: f64,
+    /// Fraction of operations that are deletes; the rest are puts.
+    pub delete_ratio: f64,
+    /// Number of writers (the sequential distribution interleaves them).
+    pub writers: usize,
     pub seed: u64,
 }
 
-/// One operation to submit. `key` borrows the generator's buffer.
+/// One operation to submit. `key` and `value` borrow the generator's buffers.
 pub enum Op<'a> {
     Put { key: &'a [u8], value: &'a [u8] },
+    Delete { key: &'a [u8] },
     Get { key: &'a [u8] },
+}
+
+/// The kind of an [`Op`], for counting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Put,
+    Delete,
+    Get,
+}
+
+impl Op<'_> {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Op::Put { .. } => Kind::Put,
+            Op::Delete { .. } => Kind::Delete,
+            Op::Get { .. } => Kind::Get,
+        }
+    }
 }
 
 enum Sampler {
     Uniform,
     Zipf(Zipf<f64>),
+    Sequential { next: u64, step: u64 },
+    HotSet { hot: u64, traffic: f64 },
 }
 
 /// One writer's stream of operations; owns its key and value buffers, so generating an op
@@ -78,7 +196,11 @@ pub struct Generator {
     rng: SmallRng,
     sampler: Sampler,
     keys: u64,
+    scramble: bool,
+    key_size: Size,
+    value_size: Size,
     read_ratio: f64,
+    delete_ratio: f64,
     key: Vec<u8>,
     value: Vec<u8>,
     seq: u64,
@@ -87,23 +209,38 @@ pub struct Generator {
 impl Generator {
     /// The stream of writer `writer`; the same (spec, writer) gives the same stream.
     pub fn new(spec: &Spec, writer: usize) -> Result<Generator, String> {
-        debug_assert!(spec.key_size >= KEY_SIZE_MIN && spec.keys >= 1);
+        debug_assert!(spec.key_size.min >= KEY_SIZE_MIN && spec.keys >= 1);
         let sampler = match spec.dist {
             Dist::Uniform => Sampler::Uniform,
             Dist::Zipf(theta) => Sampler::Zipf(
                 Zipf::new(spec.keys as f64, theta)
                     .map_err(|e| format!("zipf over {} keys, theta {theta}: {e}", spec.keys))?,
             ),
+            Dist::Sequential => Sampler::Sequential {
+                next: writer as u64 % spec.keys,
+                step: spec.writers.max(1) as u64,
+            },
+            Dist::HotSet {
+                hot_pct,
+                traffic_pct,
+            } => Sampler::HotSet {
+                hot: ((spec.keys as f64 * hot_pct / 100.0).round() as u64).clamp(1, spec.keys),
+                traffic: traffic_pct / 100.0,
+            },
         };
         let mut rng = SmallRng::seed_from_u64(mix64(spec.seed ^ mix64(writer as u64 + 1)));
-        let mut value = vec![0u8; spec.value_size];
+        let mut value = vec![0u8; spec.value_size.max];
         rng.fill(&mut value[..]);
         Ok(Generator {
             rng,
             sampler,
             keys: spec.keys,
+            scramble: spec.dist != Dist::Sequential,
+            key_size: spec.key_size,
+            value_size: spec.value_size,
             read_ratio: spec.read_ratio,
-            key: vec![0u8; spec.key_size],
+            delete_ratio: spec.delete_ratio,
+            key: vec![0u8; spec.key_size.max],
             value,
             seq: 0,
         })
@@ -111,30 +248,64 @@ impl Generator {
 
     /// The next key id in `0..keys`.
     pub fn next_id(&mut self) -> u64 {
-        match &self.sampler {
+        match &mut self.sampler {
             Sampler::Uniform => self.rng.random_range(0..self.keys),
             // Samples are ranks 1..=n as floats; rank 1 is the most popular.
             Sampler::Zipf(z) => (z.sample(&mut self.rng) as u64).clamp(1, self.keys) - 1,
+            Sampler::Sequential { next, step } => {
+                let id = *next;
+                *next = (*next + *step) % self.keys;
+                id
+            }
+            Sampler::HotSet { hot, traffic } => {
+                let (hot, cold) = (*hot, self.keys - *hot);
+                if cold == 0 || self.rng.random_bool(*traffic) {
+                    self.rng.random_range(0..hot)
+                } else {
+                    hot + self.rng.random_range(0..cold)
+                }
+            }
         }
     }
 
     /// The next operation.
     pub fn next_op(&mut self) -> Op<'_> {
         let id = self.next_id();
-        encode_key(id, &mut self.key);
-        let read = self.read_ratio > 0.0 && self.rng.random_bool(self.read_ratio);
-        if read {
-            return Op::Get { key: &self.key };
+        let key_len = key_len(id, self.key_size);
+        encode_key(id, self.scramble, &mut self.key[..key_len]);
+        let key = &self.key[..key_len];
+        let x: f64 = if self.read_ratio + self.delete_ratio > 0.0 {
+            self.rng.random()
+        } else {
+            1.0
+        };
+        if x < self.read_ratio {
+            return Op::Get { key };
         }
+        if x < self.read_ratio + self.delete_ratio {
+            return Op::Delete { key };
+        }
+        let len = if self.value_size.min == self.value_size.max {
+            self.value_size.min
+        } else {
+            self.rng
+                .random_range(self.value_size.min..=self.value_size.max)
+        };
         // Stamp a sequence number so successive values of a key differ.
         self.seq += 1;
-        let n = self.value.len().min(8);
+        let n = len.min(8);
         self.value[..n].copy_from_slice(&self.seq.to_le_bytes()[..n]);
         Op::Put {
-            key: &self.key,
-            value: &self.value,
+            key,
+            value: &self.value[..len],
         }
     }
+}
+
+/// The length of key `id`: fixed by the id, so a key id always names the same bytes.
+pub fn key_len(id: u64, size: Size) -> usize {
+    let span = (size.max - size.min) as u64 + 1;
+    size.min + (mix64(id ^ 0x6b65_795f_6c65_6e00) % span) as usize
 }
 
 /// The splitmix64 finaliser: a bijection on u64, so distinct ids give distinct prefixes.
@@ -145,12 +316,14 @@ pub fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Writes key `id` into `out` (at least 8 bytes): the first 8 bytes are `mix64(id)`
-/// big-endian, so keys differ in the 8-byte prefix the coalescer sorts on and popular ids
-/// are spread over the key space; the rest repeats the id's bytes.
-pub fn encode_key(id: u64, out: &mut [u8]) {
+/// Writes key `id` into `out` (at least 8 bytes). The first 8 bytes, big-endian, are
+/// `mix64(id)` when `scramble` (keys differ in the 8-byte prefix the coalescer sorts on, and
+/// popular ids are spread over the key space) or `id` itself (keys ascend with ids); the
+/// rest repeats the id's bytes.
+pub fn encode_key(id: u64, scramble: bool, out: &mut [u8]) {
     debug_assert!(out.len() >= KEY_SIZE_MIN);
-    out[..8].copy_from_slice(&mix64(id).to_be_bytes());
+    let prefix = if scramble { mix64(id) } else { id };
+    out[..8].copy_from_slice(&prefix.to_be_bytes());
     let id_bytes = id.to_be_bytes();
     for (i, b) in out[8..].iter_mut().enumerate() {
         *b = id_bytes[i % 8];
@@ -160,16 +333,51 @@ pub fn encode_key(id: u64, out: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashSet;
+    use std::collections::{HashMap, HashSet};
 
     #[test]
     fn dist_parses_and_rejects() {
         assert_eq!("uniform".parse::<Dist>(), Ok(Dist::Uniform));
+        assert_eq!("sequential".parse::<Dist>(), Ok(Dist::Sequential));
         assert_eq!("zipf:0.99".parse::<Dist>(), Ok(Dist::Zipf(0.99)));
-        for bad in ["zipf:abc", "zipf:", "zipf:-1", "zipf:nan", "zipf:inf", "normal", ""] {
+        assert_eq!(
+            "hotset:10:90".parse::<Dist>(),
+            Ok(Dist::HotSet {
+                hot_pct: 10.0,
+                traffic_pct: 90.0
+            })
+        );
+        for bad in [
+            "zipf:abc",
+            "zipf:",
+            "zipf:-1",
+            "zipf:nan",
+            "zipf:inf",
+            "normal",
+            "",
+            "hotset:10",
+            "hotset:0:50",
+            "hotset:10:101",
+            "hotset:x:50",
+        ] {
             assert!(bad.parse::<Dist>().is_err(), "{bad} parsed");
         }
         assert_eq!(Dist::Zipf(0.99).to_string(), "zipf:0.99");
+        assert_eq!(
+            "hotset:1.5:99".parse::<Dist>().unwrap().to_string(),
+            "hotset:1.5:99"
+        );
+    }
+
+    #[test]
+    fn sizes_parse_fixed_and_ranges() {
+        assert_eq!("16".parse::<Size>(), Ok(Size::fixed(16)));
+        assert_eq!("16..64".parse::<Size>(), Ok(Size { min: 16, max: 64 }));
+        assert_eq!("16..=64".parse::<Size>(), Ok(Size { min: 16, max: 64 }));
+        for bad in ["", "x", "64..16", "1..", "-1", "..4"] {
+            assert!(bad.parse::<Size>().is_err(), "{bad} parsed");
+        }
+        assert_eq!(Size { min: 16, max: 64 }.to_string(), "16..64");
     }
 
     #[test]
@@ -177,7 +385,7 @@ mod tests {
         let mut prefixes = HashSet::new();
         let mut key = [0u8; 16];
         for id in 0..100_000u64 {
-            encode_key(id, &mut key);
+            encode_key(id, true, &mut key);
             assert!(prefixes.insert(u64::from_be_bytes(key[..8].try_into().unwrap())));
             assert_eq!(&key[8..16], &id.to_be_bytes());
         }
@@ -187,9 +395,11 @@ mod tests {
         Spec {
             keys,
             dist,
-            key_size: 16,
-            value_size: 100,
+            key_size: Size::fixed(16),
+            value_size: Size::fixed(100),
             read_ratio: 0.25,
+            delete_ratio: 0.0,
+            writers: 1,
             seed: 7,
         }
     }
@@ -214,24 +424,77 @@ mod tests {
     }
 
     #[test]
-    fn streams_are_deterministic_and_mix_reads() {
-        let s = spec(Dist::Zipf(0.99), 1000);
+    fn hotset_sends_its_share_to_the_hot_keys() {
+        let dist = "hotset:10:90".parse().unwrap();
+        let mut g = Generator::new(&spec(dist, 1000), 0).unwrap();
+        let hot = (0..100_000).filter(|_| g.next_id() < 100).count();
+        assert!(
+            (88_000..92_000).contains(&hot),
+            "{hot} of 100000 hit the hot 10 %"
+        );
+        // 100 % of the keys hot: everything is uniform over all of them.
+        let dist = "hotset:100:50".parse().unwrap();
+        let mut g = Generator::new(&spec(dist, 10), 0).unwrap();
+        assert!((0..1000).all(|_| g.next_id() < 10));
+    }
+
+    #[test]
+    fn sequential_writers_interleave_and_keys_ascend() {
+        let mut s = spec(Dist::Sequential, 10);
+        s.writers = 3;
+        let mut g1 = Generator::new(&s, 1).unwrap();
+        let ids: Vec<u64> = (0..5).map(|_| g1.next_id()).collect();
+        assert_eq!(ids, [1, 4, 7, 0, 3]);
+        let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
+        encode_key(41, false, &mut a);
+        encode_key(42, false, &mut b);
+        assert!(a < b);
+    }
+
+    #[test]
+    fn key_lengths_are_fixed_per_id_and_in_range() {
+        let size = Size { min: 16, max: 64 };
+        let mut s = spec(Dist::Uniform, 500);
+        s.key_size = size;
+        s.value_size = Size { min: 0, max: 10 };
+        s.read_ratio = 0.0;
+        let mut g = Generator::new(&s, 0).unwrap();
+        let mut seen: HashMap<Vec<u8>, usize> = HashMap::new();
+        let mut lens = HashSet::new();
+        for _ in 0..20_000 {
+            let Op::Put { key, value } = g.next_op() else {
+                panic!("a get or delete without a ratio")
+            };
+            assert!((16..=64).contains(&key.len()) && value.len() <= 10);
+            lens.insert(key.len());
+            let prefix = key[..8].to_vec();
+            assert_eq!(*seen.entry(prefix).or_insert(key.len()), key.len());
+        }
+        assert!(lens.len() > 30, "only {} distinct key lengths", lens.len());
+    }
+
+    #[test]
+    fn streams_are_deterministic_and_mix_ops() {
+        let mut s = spec(Dist::Zipf(0.99), 1000);
+        s.delete_ratio = 0.1;
         let (mut a, mut b) = (
             Generator::new(&s, 3).unwrap(),
             Generator::new(&s, 3).unwrap(),
         );
-        let mut reads = 0;
+        let mut counts = HashMap::new();
         for _ in 0..10_000 {
-            let (ka, ra) = match a.next_op() {
-                Op::Put { key, .. } => (key.to_vec(), false),
-                Op::Get { key } => (key.to_vec(), true),
+            let op = a.next_op();
+            let kind = op.kind();
+            let ka = match op {
+                Op::Put { key, .. } | Op::Delete { key } | Op::Get { key } => key.to_vec(),
             };
             let kb = match b.next_op() {
-                Op::Put { key, .. } | Op::Get { key } => key.to_vec(),
+                Op::Put { key, .. } | Op::Delete { key } | Op::Get { key } => key.to_vec(),
             };
             assert_eq!(ka, kb);
-            reads += u32::from(ra);
+            *counts.entry(kind).or_insert(0) += 1;
         }
-        assert!((2_000..3_000).contains(&reads), "{reads} reads of 10000");
+        assert!((2_000..3_000).contains(&counts[&Kind::Get]), "{counts:?}");
+        assert!((700..1_300).contains(&counts[&Kind::Delete]), "{counts:?}");
     }
 }

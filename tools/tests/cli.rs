@@ -1,33 +1,354 @@
-//! The `mergelog` binary as a user runs it: a short bench end to end (its JSON must be
-//! self-consistent), and bad flags rejected with one line and a non-zero exit.
+//! `mergelog bench` and `mergelog profile` as a user runs them, on short runs: the JSON
+//! report must be self-consistent (completed ops match the engine's counters, coalesced <=
+//! submitted, ratios match the runs), the interval log must parse with the hdrhistogram
+//! crate's reader and add up to the runs, the SVG must be well-formed, and bad flags are
+//! rejected with one line and a non-zero exit.
 
+mod common;
+
+use common::*;
+use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+use hdrhistogram::serialization::Deserializer;
+use hdrhistogram::Histogram;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::time::Duration;
 
-fn mergelog(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mergelog"))
-        .args(args)
-        .output()
-        .expect("run the mergelog binary")
+const STAGES: [&str; 7] = [
+    "ring_wait",
+    "window_age",
+    "coalesce_sort",
+    "encode_write",
+    "sync",
+    "wakeup",
+    "end_to_end",
+];
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("the JSON report parses")
 }
 
-fn num(v: &Value, field: &str) -> f64 {
-    v[field]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{field} is not a number in {v}"))
+/// Latency percentiles in order, and every field of the documented shape present.
+fn check_latency(system: &str, lat: &Value) {
+    let fields = ["p50", "p90", "p99", "p999", "p9999", "max"];
+    let values: Vec<f64> = fields.iter().map(|f| num(lat, f)).collect();
+    assert!(values[0] > 0.0, "{system}: p50 is 0: {lat}");
+    assert!(
+        values.windows(2).all(|w| w[0] <= w[1]),
+        "{system}: latency percentiles out of order: {lat}"
+    );
+    assert!(
+        num(lat, "mean") > 0.0 && num(lat, "mean") <= values[5],
+        "{system}: {lat}"
+    );
 }
 
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+/// The invariants every run of a report must satisfy.
+fn check_runs(report: &Value) {
+    let runs = report["runs"].as_array().expect("runs is an array");
+    let rate_of = |system: &str| {
+        runs.iter()
+            .find(|r| r["system"] == system)
+            .map(|r| num(r, "ops_per_s"))
+    };
+    let p99_of = |system: &str| {
+        runs.iter()
+            .find(|r| r["system"] == system)
+            .map(|r| num(&r["latency_us"], "p99"))
+    };
+    let open = report["workload"]["mode"] == "open";
+    for r in runs {
+        let system = r["system"].as_str().unwrap();
+        let ops = int(r, "ops");
+        let (puts, deletes, gets) = (int(r, "puts"), int(r, "deletes"), int(r, "gets"));
+        let writes = puts + deletes;
+        assert!(ops > 0, "{system}: no ops");
+        assert_eq!(
+            puts + deletes + gets,
+            ops,
+            "{system}: op kinds do not add up"
+        );
+        assert!(
+            close(num(r, "ops_per_s"), ops as f64 / num(r, "elapsed_s")),
+            "{system}: ops_per_s is not ops / elapsed_s"
+        );
+        let coalesced = int(r, "coalesced_writes");
+        assert!(
+            coalesced <= writes,
+            "{system}: more coalesced writes than writes"
+        );
+        assert!(
+            int(r, "collapsed_reads") <= gets,
+            "{system}: more collapsed reads than gets"
+        );
+        if writes > 0 && report["workload"]["durability"] == "sync" {
+            assert!(int(r, "syncs") >= 1, "{system}: durable run without a sync");
+            assert!(
+                close(
+                    num(r, "writes_per_sync"),
+                    writes as f64 / int(r, "syncs") as f64
+                ),
+                "{system}: writes_per_sync"
+            );
+            assert!(
+                close(
+                    num(r, "bytes_per_write"),
+                    int(r, "bytes_written") as f64 / writes as f64
+                ),
+                "{system}: bytes_per_write is not bytes_written / writes"
+            );
+        }
+        assert!(
+            close(
+                num(r, "bytes_per_op"),
+                int(r, "bytes_written") as f64 / ops as f64
+            ),
+            "{system}: bytes_per_op is not bytes_written / ops"
+        );
+        check_latency(system, &r["latency_us"]);
+        check_latency(system, &r["latency_raw_us"]);
+        // Every op's corrected latency is at least its raw one, so every percentile is.
+        for f in ["p50", "p90", "p99", "p999", "max"] {
+            let (c, raw) = (num(&r["latency_us"], f), num(&r["latency_raw_us"], f));
+            if open {
+                assert!(c >= raw, "{system}: corrected {f} {c} < raw {raw}");
+            } else {
+                assert_eq!(c, raw, "{system}: closed loop, yet corrected {f} != raw");
+            }
+        }
+        if !open {
+            assert_eq!(
+                int(r, "missed"),
+                0,
+                "{system}: a closed loop misses nothing"
+            );
+        }
+
+        // Ratios are this run against the baselines' runs.
+        for (field, base) in [
+            ("ratio_vs_naive", rate_of("naive")),
+            ("ratio_vs_no_coalesce", rate_of("no-coalesce")),
+        ] {
+            match base {
+                Some(b) => assert!(
+                    close(num(r, field), num(r, "ops_per_s") / b),
+                    "{system}: {field} is not ops_per_s / the baseline's"
+                ),
+                None => assert!(r[field].is_null(), "{system}: {field} without the baseline"),
+            }
+        }
+        for (field, base) in [
+            ("p99_ratio_vs_naive", p99_of("naive")),
+            ("p99_ratio_vs_no_coalesce", p99_of("no-coalesce")),
+        ] {
+            if let Some(b) = base {
+                assert!(
+                    close(num(r, field), num(&r["latency_us"], "p99") / b),
+                    "{system}: {field}"
+                );
+            }
+        }
+
+        // The timeline covers every completed op.
+        let timeline = r["timeline"].as_array().expect("timeline is an array");
+        assert!(!timeline.is_empty(), "{system}: empty timeline");
+        let sum: u64 = timeline.iter().map(|p| int(p, "ops")).sum();
+        assert_eq!(sum, ops, "{system}: timeline ops do not add up to ops");
+
+        match system {
+            "naive" => {
+                assert!(
+                    r["engine"].is_null() && r["stages"].is_null(),
+                    "naive has no engine"
+                );
+                assert_eq!(coalesced, 0);
+            }
+            _ => {
+                // Completed ops are exactly what the engine counted in.
+                let e = &r["engine"];
+                assert_eq!(
+                    int(e, "submitted"),
+                    ops,
+                    "{system}: engine submitted != ops"
+                );
+                assert_eq!(int(e, "writes"), writes, "{system}: engine writes");
+                assert_eq!(int(e, "reads"), gets, "{system}: engine reads");
+                assert_eq!(int(e, "coalesced_writes"), coalesced, "{system}");
+                assert_eq!(int(e, "batches"), int(r, "batches"), "{system}");
+                assert_eq!(int(e, "syncs"), int(r, "syncs"), "{system}");
+                assert_eq!(int(e, "bytes_written"), int(r, "bytes_written"), "{system}");
+                assert_eq!(int(e, "backlog_bytes"), 0, "{system}: backlog after close");
+                // Each write is either logged or superseded in its window.
+                assert_eq!(
+                    int(e, "records_written") + coalesced,
+                    writes,
+                    "{system}: records_written + coalesced_writes != writes"
+                );
+                if system == "no-coalesce" {
+                    assert_eq!(coalesced, 0, "no-coalesce coalesced");
+                    assert_eq!(int(r, "collapsed_reads"), 0, "no-coalesce collapsed reads");
+                }
+                let stages = r["stages"].as_array().expect("engine runs have stages");
+                let names: Vec<&str> = stages
+                    .iter()
+                    .map(|s| s["stage"].as_str().unwrap())
+                    .collect();
+                assert_eq!(names, STAGES, "{system}: stage names");
+                let e2e = &stages[6];
+                assert_eq!(
+                    int(e2e, "count"),
+                    ops,
+                    "{system}: end_to_end counts every op"
+                );
+                for s in stages {
+                    if int(s, "count") > 0 {
+                        let q: Vec<f64> = ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"]
+                            .iter()
+                            .map(|f| num(s, f))
+                            .collect();
+                        assert!(q.windows(2).all(|w| w[0] <= w[1]), "{system}: {s}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Parses an interval log with the hdrhistogram crate; returns per tag the summed
+/// histogram, checking that timestamps never go back.
+fn read_hlog(path: &Path) -> BTreeMap<String, Histogram<u64>> {
+    let bytes = std::fs::read(path).unwrap();
+    let text = String::from_utf8(bytes.clone()).expect("the interval log is UTF-8");
+    assert!(text.contains("#[StartTime: "), "no StartTime header");
+    let mut deserializer = Deserializer::new();
+    let mut per_tag: BTreeMap<String, Histogram<u64>> = BTreeMap::new();
+    let mut last_start = Duration::ZERO;
+    let mut intervals = 0;
+    for entry in IntervalLogIterator::new(&bytes) {
+        match entry.expect("every line of the interval log parses") {
+            LogEntry::Interval(h) => {
+                intervals += 1;
+                assert!(
+                    h.start_timestamp() >= last_start,
+                    "intervals go back in time"
+                );
+                last_start = h.start_timestamp();
+                let decoded: Histogram<u64> = deserializer
+                    .deserialize(&mut std::io::Cursor::new(base64_decode(
+                        h.encoded_histogram(),
+                    )))
+                    .expect("the interval histogram decodes");
+                assert!(
+                    (h.max() - decoded.max() as f64 / 1e6).abs() <= 1e-3 + h.max() * 1e-3,
+                    "Interval_Max {} ms does not match the histogram's max {} ns",
+                    h.max(),
+                    decoded.max()
+                );
+                let tag = h
+                    .tag()
+                    .expect("every interval is tagged")
+                    .as_str()
+                    .to_owned();
+                per_tag
+                    .entry(tag)
+                    .or_insert_with(|| Histogram::new(3).unwrap())
+                    .add(&decoded)
+                    .unwrap();
+            }
+            LogEntry::StartTime(_) | LogEntry::BaseTime(_) => {}
+        }
+    }
+    assert!(intervals > 0, "no intervals in the log");
+    per_tag
+}
+
+/// Standard base64 (the interval log's encoding), without a dependency.
+fn base64_decode(s: &str) -> Vec<u8> {
+    let value = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        }
+    };
+    let clean: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
+    let mut out = Vec::with_capacity(clean.len() * 3 / 4);
+    for chunk in clean.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &c)| acc | value(c) << (18 - 6 * i));
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..chunk.len() - 1]);
+    }
+    out
+}
+
+/// Checks that `svg` is well-formed XML as plotters writes it: one root `<svg>` element,
+/// every element closed in order, attributes quoted; and returns the text content.
+fn check_svg(svg: &str) -> String {
+    let body = svg.trim();
+    assert!(
+        body.starts_with("<svg") || body.starts_with("<?xml"),
+        "does not start like an SVG: {}",
+        &body[..body.len().min(80)]
+    );
+    assert!(body.ends_with("</svg>"), "does not end with </svg>");
+    let mut stack: Vec<String> = Vec::new();
+    let mut text = String::new();
+    let mut rest = body;
+    let mut roots = 0;
+    while let Some(open) = rest.find('<') {
+        text.push_str(&rest[..open]);
+        let close = rest[open..].find('>').expect("a tag that never closes") + open;
+        let tag = &rest[open + 1..close];
+        rest = &rest[close + 1..];
+        if tag.starts_with('?') || tag.starts_with('!') {
+            continue;
+        }
+        assert_eq!(
+            tag.matches('"').count() % 2,
+            0,
+            "unbalanced quotes in <{tag}>"
+        );
+        if let Some(name) = tag.strip_prefix('/') {
+            let top = stack
+                .pop()
+                .unwrap_or_else(|| panic!("</{name}> closes nothing"));
+            assert_eq!(top, name.trim(), "</{name}> closes <{top}>");
+            continue;
+        }
+        let name = tag
+            .split(|c: char| c.is_whitespace() || c == '/')
+            .next()
+            .unwrap()
+            .to_owned();
+        assert!(!name.is_empty(), "empty tag name");
+        if stack.is_empty() {
+            roots += 1;
+            assert_eq!(name, "svg", "the root element is <{name}>");
+        }
+        if !tag.ends_with('/') {
+            stack.push(name);
+        }
+    }
+    assert!(stack.is_empty(), "unclosed elements: {stack:?}");
+    assert_eq!(roots, 1, "more than one root element");
+    text
 }
 
 #[test]
 fn short_bench_reports_every_system_consistently() {
     let dir = tempfile::tempdir().unwrap();
     let json_path = dir.path().join("out.json");
+    let hlog_path = dir.path().join("out.hlog");
+    let svg_path = dir.path().join("out.svg");
     let runs_dir = dir.path().join("runs");
-    let out = mergelog(&[
+    let stdout = succeeds(&[
         "bench",
         "--duration",
         "0.3",
@@ -35,152 +356,342 @@ fn short_bench_reports_every_system_consistently() {
         "1000",
         "--read-ratio",
         "0.1",
+        "--delete-ratio",
+        "0.05",
         "--dir",
         runs_dir.to_str().unwrap(),
         "--json",
         json_path.to_str().unwrap(),
+        "--hlog",
+        hlog_path.to_str().unwrap(),
+        "--plot",
+        svg_path.to_str().unwrap(),
     ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "bench failed: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    for name in ["mergelog", "no-coalesce", "naive", "ring_wait", "end_to_end"] {
+    for name in [
+        "mergelog",
+        "no-coalesce",
+        "naive",
+        "ring_wait",
+        "end_to_end",
+        "vs naive",
+    ] {
         assert!(stdout.contains(name), "table lacks {name}:\n{stdout}");
     }
     for sub in ["mergelog", "no-coalesce", "naive"] {
-        assert!(Path::new(&runs_dir).join(sub).is_dir(), "no run directory {sub}");
+        assert!(runs_dir.join(sub).is_dir(), "no run directory {sub}");
     }
 
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap())
-        .expect("the JSON report parses");
+    let report = read_json(&json_path);
+    assert_eq!(report["schema_version"], 1);
+    assert_eq!(report["command"], "bench");
     let workload = &report["workload"];
+    assert_eq!(workload["mode"], "closed");
+    assert!(workload["rate_ops_per_s"].is_null());
     assert_eq!(workload["keys"], 1000);
     assert_eq!(workload["writers"], 4);
     assert_eq!(workload["depth"], 256);
     assert_eq!(workload["dist"], "zipf:0.99");
     assert_eq!(workload["durability"], "sync");
+    assert_eq!(workload["key_size"]["min"], 16);
+    assert_eq!(workload["value_size"]["max"], 100);
+    assert_eq!(workload["duration_s"], 0.3);
+    assert!(workload["ops_limit"].is_null());
+    assert!(close(num(workload, "put_ratio"), 0.85));
     assert!(num(&report["machine"], "cpus") >= 1.0);
     assert!(report["machine"]["os"].is_string());
 
     let runs = report["runs"].as_array().expect("runs is an array");
     let systems: Vec<&str> = runs.iter().map(|r| r["system"].as_str().unwrap()).collect();
     assert_eq!(systems, ["mergelog", "no-coalesce", "naive"]);
-    let rate = |system: &str| {
-        num(
-            runs.iter().find(|r| r["system"] == system).unwrap(),
-            "ops_per_s",
-        )
-    };
-    let (naive, no_coalesce) = (rate("naive"), rate("no-coalesce"));
+    check_runs(&report);
+    let naive = runs.iter().find(|r| r["system"] == "naive").unwrap();
+    assert_eq!(num(naive, "ratio_vs_naive"), 1.0);
     for r in runs {
-        let system = r["system"].as_str().unwrap();
-        let ops = num(r, "ops");
-        assert!(ops > 0.0, "{system}: no ops");
-        assert!(num(r, "ops_per_s") > 0.0, "{system}: no throughput");
-        assert!(
-            num(r, "coalesced_writes") <= ops,
-            "{system}: more coalesced writes than ops"
-        );
-        assert!(num(r, "collapsed_reads") <= ops, "{system}");
-        assert!(num(r, "syncs") >= 1.0, "{system}: durable run without a sync");
-        assert!(num(r, "batches") >= 1.0, "{system}");
-        let ratio_naive = num(r, "ratio_vs_naive");
-        let ratio_nc = num(r, "ratio_vs_no_coalesce");
-        assert!(
-            close(ratio_naive, num(r, "ops_per_s") / naive),
-            "{system}: ratio_vs_naive {ratio_naive} is not ops_per_s / naive"
-        );
-        assert!(
-            close(ratio_nc, num(r, "ops_per_s") / no_coalesce),
-            "{system}: ratio_vs_no_coalesce {ratio_nc} is not ops_per_s / no-coalesce"
-        );
-        let bytes = num(r, "bytes_written");
-        assert!(bytes > 0.0, "{system}: nothing written");
-        assert!(
-            close(num(r, "bytes_per_op"), bytes / ops),
-            "{system}: bytes_per_op is not bytes_written / ops"
-        );
-        let lat = &r["latency_us"];
-        let (p50, p99, p999, max) = (
-            num(lat, "p50"),
-            num(lat, "p99"),
-            num(lat, "p999"),
-            num(lat, "max"),
-        );
-        assert!(
-            0.0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max,
-            "{system}: latency percentiles out of order: {lat}"
-        );
-        if system == "no-coalesce" || system == "naive" {
-            assert_eq!(num(r, "coalesced_writes"), 0.0, "{system} coalesced");
-        }
+        assert!(int(r, "deletes") > 0, "no deletes with --delete-ratio 0.05");
+        assert!(int(r, "gets") > 0, "no gets with --read-ratio 0.1");
     }
-    let rows = runs.iter().find(|r| r["system"] == "naive").unwrap();
-    assert_eq!(num(rows, "ratio_vs_naive"), 1.0);
+
+    // The interval log: one tag per system (closed loop: no raw tags), adding up to each
+    // run's ops.
+    let per_tag = read_hlog(&hlog_path);
+    assert_eq!(
+        per_tag.keys().collect::<Vec<_>>(),
+        ["mergelog", "naive", "no-coalesce"]
+    );
+    for r in runs {
+        let h = &per_tag[r["system"].as_str().unwrap()];
+        assert_eq!(h.len(), int(r, "ops"), "{}: hlog counts", r["system"]);
+    }
+
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    let text = check_svg(&svg);
+    for name in ["mergelog", "no-coalesce", "naive", "99.9%", "ops/s"] {
+        assert!(text.contains(name), "the plot does not show {name}");
+    }
 }
 
-/// Runs `args` and checks the failure: a non-zero exit, one line on stderr that mentions
-/// `expect`, nothing on stdout, and no panic.
-fn rejects(args: &[&str], expect: &str) {
-    let out = mergelog(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+#[test]
+fn open_loop_reports_corrected_and_raw_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("open.json");
+    let hlog_path = dir.path().join("open.hlog");
+    let svg_path = dir.path().join("open.svg");
+    let stdout = succeeds(&[
+        "bench",
+        "--systems",
+        "mergelog,naive",
+        "--rate",
+        "3000",
+        "--writers",
+        "2",
+        "--duration",
+        "0.4",
+        "--json",
+        json_path.to_str().unwrap(),
+        "--hlog",
+        hlog_path.to_str().unwrap(),
+        "--plot",
+        svg_path.to_str().unwrap(),
+    ]);
+    assert!(stdout.contains("raw p99"), "no raw column:\n{stdout}");
+    assert!(stdout.contains("scheduled send time"), "{stdout}");
+    let report = read_json(&json_path);
+    assert_eq!(report["workload"]["mode"], "open");
+    assert_eq!(report["workload"]["rate_ops_per_s"], 3000.0);
+    check_runs(&report);
+    let runs = report["runs"].as_array().unwrap();
+    let mergelog = runs.iter().find(|r| r["system"] == "mergelog").unwrap();
+    // 3000/s for 0.4 s: the engine keeps up, so it sends (nearly) all 1200.
+    let sent = int(mergelog, "ops") + int(mergelog, "missed");
     assert!(
-        !out.status.success(),
-        "{args:?} succeeded; stderr: {stderr}"
+        (1150..=1250).contains(&sent),
+        "mergelog sent {sent} of ~1200"
     );
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+
+    let per_tag = read_hlog(&hlog_path);
+    for system in ["mergelog", "naive"] {
+        let r = runs.iter().find(|r| r["system"] == system).unwrap();
+        for tag in [system.to_owned(), format!("{system}.raw")] {
+            assert_eq!(per_tag[&tag].len(), int(r, "ops"), "{tag}: hlog counts");
+        }
+    }
+    let text = check_svg(&std::fs::read_to_string(&svg_path).unwrap());
+    assert!(text.contains("mergelog (raw)"), "no raw curve in the plot");
+}
+
+#[test]
+fn op_limit_and_workload_flags_are_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("ops.json");
+    succeeds(&[
+        "bench",
+        "--systems",
+        "mergelog",
+        "--ops",
+        "3001",
+        "--writers",
+        "3",
+        "--depth",
+        "16",
+        "--dist",
+        "hotset:10:90",
+        "--key-size",
+        "16..32",
+        "--value-size",
+        "0..64",
+        "--read-ratio",
+        "0.2",
+        "--delete-ratio",
+        "0.1",
+        "--window",
+        "linger:200",
+        "--window-age-max",
+        "500",
+        "--batch-ops-max",
+        "64",
+        "--json",
+        json_path.to_str().unwrap(),
+    ]);
+    let report = read_json(&json_path);
+    let w = &report["workload"];
+    assert_eq!(w["ops_limit"], 3001);
+    assert!(w["duration_s"].is_null());
+    assert_eq!(w["dist"], "hotset:10:90");
+    assert_eq!(w["window"], "linger:200");
+    assert_eq!(w["window_age_max_us"], 500);
+    assert_eq!(w["batch_ops_max"], 64);
+    assert_eq!(w["key_size"]["max"], 32);
+    check_runs(&report);
+    let r = &report["runs"][0];
     assert_eq!(
-        stderr.trim_end().lines().count(),
-        1,
-        "{args:?}: expected one line, got:\n{stderr}"
+        int(r, "ops"),
+        3001,
+        "--ops 3001 completed a different count"
     );
+    let gets = int(r, "gets") as f64 / 3001.0;
+    let deletes = int(r, "deletes") as f64 / 3001.0;
+    assert!((0.15..0.25).contains(&gets), "gets {gets}");
+    assert!((0.06..0.14).contains(&deletes), "deletes {deletes}");
+    // No batch holds more than --batch-ops-max operations.
+    let batches = int(r, "batches");
     assert!(
-        stderr.contains(expect),
-        "{args:?}: {stderr:?} does not mention {expect:?}"
+        batches * 64 >= int(r, "ops"),
+        "{batches} batches for {} ops",
+        int(r, "ops")
     );
-    assert!(out.stdout.is_empty(), "{args:?} wrote to stdout");
+}
+
+#[test]
+fn profile_prints_every_stage_and_the_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("profile.json");
+    let hlog_path = dir.path().join("profile.hlog");
+    let svg_path = dir.path().join("profile.svg");
+    let stdout = succeeds(&[
+        "profile",
+        "--duration",
+        "0.3",
+        "--writers",
+        "2",
+        "--depth",
+        "64",
+        "--json",
+        json_path.to_str().unwrap(),
+        "--hlog",
+        hlog_path.to_str().unwrap(),
+        "--plot",
+        svg_path.to_str().unwrap(),
+    ]);
+    for needle in STAGES
+        .iter()
+        .chain(&["p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs", "client"])
+        .chain(&[
+            "submitted",
+            "coalesced_writes",
+            "records_written",
+            "syncs",
+            "batches",
+        ])
+    {
+        assert!(
+            stdout.contains(needle),
+            "profile output lacks {needle}:\n{stdout}"
+        );
+    }
+    let report = read_json(&json_path);
+    assert_eq!(report["command"], "profile");
+    assert_eq!(report["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(report["runs"][0]["system"], "mergelog");
+    check_runs(&report);
+
+    // Per-interval stage histograms add up to the engine's totals.
+    let per_tag = read_hlog(&hlog_path);
+    let stages = report["runs"][0]["stages"].as_array().unwrap();
+    for s in stages {
+        let tag = format!("mergelog.{}", s["stage"].as_str().unwrap());
+        let count = per_tag.get(&tag).map_or(0, Histogram::len);
+        assert_eq!(count, int(s, "count"), "{tag}: interval log vs stage count");
+    }
+    let text = check_svg(&std::fs::read_to_string(&svg_path).unwrap());
+    assert!(
+        text.contains("mergelog sync"),
+        "the profile plot lacks the sync stage"
+    );
 }
 
 #[test]
 fn bad_flags_exit_nonzero_with_one_line() {
-    rejects(&["bench", "--dist", "zipf:abc"], "abc");
+    rejects_with(2, &["bench", "--dist", "zipf:abc"], "abc");
     rejects(&["bench", "--dist", "normal"], "--dist");
+    rejects(&["bench", "--dist", "hotset:0:50"], "--dist");
     rejects(&["bench", "--writers", "0"], "--writers");
     rejects(&["bench", "--depth", "-3"], "--depth");
     rejects(&["bench", "--keys", "0"], "--keys");
     rejects(&["bench", "--key-size", "4"], "--key-size");
+    rejects(&["bench", "--key-size", "64..16"], "--key-size");
+    rejects(&["bench", "--value-size", "1..x"], "--value-size");
     rejects(&["bench", "--read-ratio", "1.5"], "--read-ratio");
+    rejects_with(
+        2,
+        &["bench", "--read-ratio", "0.6", "--delete-ratio", "0.6"],
+        "exceeds 1",
+    );
     rejects(&["bench", "--duration", "0"], "--duration");
+    rejects(&["bench", "--duration", "1", "--ops", "5"], "--ops");
+    rejects(&["bench", "--rate", "0"], "--rate");
+    rejects(&["bench", "--rate", "fast"], "--rate");
     rejects(&["bench", "--durability", "maybe"], "--durability");
     rejects(&["bench", "--systems", "mergelog,postgres"], "postgres");
     rejects(&["bench", "--systems", "naive,naive"], "twice");
     rejects(&["bench", "--window", "linger:soon"], "--window");
+    rejects(&["bench", "--window", "adaptive:x"], "--window");
     rejects(&["bench", "--write-path", "dma"], "--write-path");
+    rejects(&["bench", "--ring-bytes", "12Q"], "--ring-bytes");
+    rejects_with(2, &["bench", "--ring-bytes", "3M"], "ring_bytes");
+    rejects(&["bench", "--interval", "0"], "--interval");
     rejects(&["bench", "--no-such-flag"], "--no-such-flag");
+    rejects(&["profile", "--system", "naive"], "--system");
+    rejects(&["dump"], "DIR");
+    rejects(&["dump", "/tmp", "--from", "x"], "--from");
+    rejects(&["inspect", "/tmp", "--limit", "-1"], "--limit");
 }
 
 #[test]
-fn unusable_dir_is_one_line_error() {
+fn unusable_paths_are_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();
     // A regular file where the directory should be.
     let file = dir.path().join("file");
     std::fs::write(&file, b"not a directory").unwrap();
-    rejects(
-        &["bench", "--duration", "0.1", "--dir", file.to_str().unwrap()],
+    rejects_with(
+        2,
+        &[
+            "bench",
+            "--duration",
+            "0.1",
+            "--dir",
+            file.to_str().unwrap(),
+        ],
         "--dir",
     );
     // A run directory that already holds files is refused rather than replayed.
     let used = dir.path().join("used");
     std::fs::create_dir_all(used.join("mergelog")).unwrap();
     std::fs::write(used.join("mergelog/stale"), b"x").unwrap();
-    rejects(
-        &["bench", "--duration", "0.1", "--dir", used.to_str().unwrap()],
+    rejects_with(
+        2,
+        &[
+            "bench",
+            "--duration",
+            "0.1",
+            "--dir",
+            used.to_str().unwrap(),
+        ],
         "already holds files",
     );
-    // A --json path in a missing directory is refused before anything runs.
-    let missing = dir.path().join("missing/out.json");
-    rejects(
-        &["bench", "--duration", "0.1", "--json", missing.to_str().unwrap()],
-        "does not exist",
+    // Output paths in a missing directory are refused before anything runs.
+    let missing = dir.path().join("missing/out");
+    for flag in ["--json", "--hlog", "--plot"] {
+        rejects_with(
+            2,
+            &[
+                "bench",
+                "--duration",
+                "0.1",
+                flag,
+                missing.to_str().unwrap(),
+            ],
+            "does not exist",
+        );
+    }
+    rejects_with(
+        2,
+        &[
+            "profile",
+            "--duration",
+            "0.1",
+            "--json",
+            dir.path().to_str().unwrap(),
+        ],
+        "is a directory",
     );
 }

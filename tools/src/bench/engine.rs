@@ -1,22 +1,150 @@
-//! The engine systems (`mergelog`, `no-coalesce`): closed-loop writers over one `Engine`.
+//! The engine systems (`mergelog`, `no-coalesce`): writers over one `Engine`, in a closed
+//! or an open loop.
 
-use super::{latency_histogram, record, Plan, RunResult, System};
+use super::recorder::{add_stage_tail, sample, Progress, Recorder, SampleOptions, Sampled, Slot};
+use super::{fine_timer_slack, sleep_until, Plan, RunHooks, RunResult, System};
 use crate::error::{CliError, Context};
-use crate::workload::{Generator, Op};
-use hdrhistogram::Histogram;
-use mergelog::{Config, Engine, GetTicket, Ticket};
+use crate::workload::{Generator, Kind, Op};
+use mergelog::{Config, Engine, Error, GetTicket, StageHistograms, Ticket};
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::hint::black_box;
 use std::path::Path;
+use std::sync::mpsc;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-/// One writer's numbers.
-struct WriterResult {
-    ops: u64,
-    latency: Histogram<u64>,
-    start: Instant,
-    finish: Instant,
+/// When a writer ran, and what it left unsent.
+pub struct Span {
+    pub start: Instant,
+    pub finish: Instant,
+    /// Open loop: requests due before the deadline that were never sent.
+    pub missed: u64,
+}
+
+/// Runs `writer(index, slot, barrier)` on `plan.writers` threads with a sampler beside them;
+/// every writer must reach the barrier once, first thing. Returns what the sampler summed
+/// and the writers' span.
+pub fn drive<F>(
+    plan: &Plan,
+    hooks: &RunHooks,
+    progress: &Progress,
+    stages: Option<&(dyn Fn() -> StageHistograms + Sync)>,
+    writer: F,
+) -> Result<(Sampled, Duration, u64), CliError>
+where
+    F: Fn(usize, &Mutex<Slot>, &Barrier) -> Result<Span, CliError> + Sync,
+{
+    let recorder = Recorder::new(plan.writers);
+    let barrier = Barrier::new(plan.writers + 1);
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let opts = SampleOptions {
+        interval: plan.interval,
+        encode: hooks.encode,
+        encode_raw: plan.rate.is_some(),
+        stages: stages.filter(|_| hooks.stage_intervals),
+        progress,
+    };
+    let (sampled, spans) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| sample(&recorder, &barrier, done_rx, &opts));
+        let handles: Vec<_> = (0..plan.writers)
+            .map(|i| {
+                let (recorder, barrier, writer, done) =
+                    (&recorder, &barrier, &writer, done_tx.clone());
+                s.spawn(move || {
+                    let r = writer(i, recorder.slot(i), barrier);
+                    // The sampler's last harvest waits for every writer to let go.
+                    drop(done);
+                    r
+                })
+            })
+            .collect();
+        drop(done_tx);
+        let spans: Vec<Result<Span, CliError>> = handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(CliError::new("a writer thread panicked")))
+            })
+            .collect();
+        let sampled = sampler
+            .join()
+            .unwrap_or_else(|_| Err(CliError::new("the sampler thread panicked")));
+        (sampled, spans)
+    });
+    let spans = spans.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let missed = spans.iter().map(|s| s.missed).sum();
+    Ok((sampled?, elapsed(&spans), missed))
+}
+
+/// First start to last finish.
+fn elapsed(spans: &[Span]) -> Duration {
+    let first = spans.iter().map(|s| s.start).min();
+    let last = spans.iter().map(|s| s.finish).max();
+    match (first, last) {
+        (Some(f), Some(l)) => l - f,
+        _ => Duration::ZERO,
+    }
+}
+
+/// Runs the workload against an engine opened in `dir` with `config`; the counters are
+/// read after `close`, so they cover every request of the run.
+pub fn run(
+    dir: &Path,
+    config: Config,
+    plan: &Plan,
+    hooks: &RunHooks,
+    progress: &Progress,
+) -> Result<RunResult, CliError> {
+    let system = if config.coalesce {
+        System::Mergelog
+    } else {
+        System::NoCoalesce
+    };
+    let engine =
+        Engine::open(dir, config).context(|| format!("open the engine in {}", dir.display()))?;
+    let stages = || engine.stats().stages;
+    let driven = drive(plan, hooks, progress, Some(&stages), |i, slot, barrier| {
+        writer(
+            &engine,
+            Generator::new(&plan.spec, i),
+            i,
+            plan,
+            slot,
+            barrier,
+        )
+    });
+    // Close before looking at the writers' results: an error there should not leave the
+    // flusher running.
+    let closed = engine.close();
+    let (sampled, elapsed, missed) = driven?;
+    closed.context(|| "close the engine".into())?;
+
+    let stats = engine.stats();
+    let mut timeline = sampled.timeline;
+    if let Some(last) = &sampled.last_stages {
+        add_stage_tail(&mut timeline, last, &stats.stages)?;
+    }
+    Ok(RunResult {
+        system,
+        ops: sampled.latency.len(),
+        missed,
+        puts: sampled.puts,
+        deletes: sampled.deletes,
+        gets: sampled.gets,
+        elapsed,
+        offset: Duration::ZERO,
+        latency: sampled.latency,
+        latency_raw: sampled.latency_raw,
+        timeline,
+        batches: stats.batches,
+        syncs: stats.syncs,
+        coalesced_writes: stats.coalesced_writes,
+        collapsed_reads: stats.collapsed_reads,
+        records_written: stats.records_written,
+        bytes_written: stats.bytes_written,
+        engine: Some(stats),
+    })
 }
 
 /// A request in flight.
@@ -25,122 +153,117 @@ enum Pending {
     Read(GetTicket),
 }
 
-/// Runs the workload against an engine opened in `dir` with `config`; the counters are
-/// read after `close`, so they cover every request of the run.
-pub fn run(dir: &Path, config: Config, plan: &Plan) -> Result<RunResult, CliError> {
-    let system = if config.coalesce {
-        System::Mergelog
-    } else {
-        System::NoCoalesce
-    };
-    let engine = Engine::open(dir, config)
-        .context(|| format!("open the engine in {}", dir.display()))?;
-    let barrier = Barrier::new(plan.writers);
-    let writers: Vec<Result<WriterResult, CliError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..plan.writers)
-            .map(|i| {
-                let (engine, barrier) = (&engine, &barrier);
-                s.spawn(move || writer(engine, Generator::new(&plan.spec, i), plan, barrier))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(CliError("a writer thread panicked".into())))
-            })
-            .collect()
-    });
-    // Close before looking at the writers' results: an error there should not leave the
-    // flusher running.
-    let closed = engine.close();
-    let writers = writers.into_iter().collect::<Result<Vec<_>, _>>()?;
-    closed.context(|| "close the engine".into())?;
-
-    let stats = engine.stats();
-    let mut latency = latency_histogram();
-    for w in &writers {
-        latency
-            .add(&w.latency)
-            .context(|| "merge latency histograms".into())?;
+impl Pending {
+    /// Waits for completion until `deadline` (forever if `None`); true once complete.
+    fn wait(&self, deadline: Option<Instant>) -> Result<bool, CliError> {
+        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let result = match (self, timeout) {
+            (Pending::Write(t), None) => t.wait(),
+            (Pending::Write(t), Some(d)) => t.wait_timeout(d),
+            (Pending::Read(t), None) => t.wait().map(|v| drop(black_box(v))),
+            (Pending::Read(t), Some(d)) => t.wait_timeout(d).map(|v| drop(black_box(v))),
+        };
+        match result {
+            Ok(()) => Ok(true),
+            Err(Error::Timeout) => Ok(false),
+            Err(e) => Err(CliError::new(format!("wait for a request: {e}"))),
+        }
     }
-    Ok(RunResult {
-        system,
-        ops: writers.iter().map(|w| w.ops).sum(),
-        elapsed: elapsed(writers.iter().map(|w| (w.start, w.finish))),
-        latency,
-        batches: stats.batches,
-        syncs: stats.syncs,
-        coalesced_writes: stats.coalesced_writes,
-        collapsed_reads: stats.collapsed_reads,
-        bytes_written: stats.bytes_written,
-        stages: Some(stats.stages),
+}
+
+struct InFlight {
+    pending: Pending,
+    kind: Kind,
+    /// When the request was due: its scheduled time (open loop) or its submission.
+    intended: Instant,
+    sent: Instant,
+}
+
+fn submit(engine: &Engine, op: Op<'_>) -> Result<Pending, CliError> {
+    Ok(match op {
+        Op::Put { key, value } => Pending::Write(engine.put(key, value).context(|| "put".into())?),
+        Op::Delete { key } => Pending::Write(engine.delete(key).context(|| "delete".into())?),
+        Op::Get { key } => Pending::Read(engine.get(key).context(|| "get".into())?),
     })
 }
 
-/// First start to last finish.
-pub fn elapsed(spans: impl Iterator<Item = (Instant, Instant)>) -> Duration {
-    let (mut first, mut last): (Option<Instant>, Option<Instant>) = (None, None);
-    for (start, finish) in spans {
-        first = Some(first.map_or(start, |f| f.min(start)));
-        last = Some(last.map_or(finish, |l| l.max(finish)));
-    }
-    match (first, last) {
-        (Some(f), Some(l)) => l - f,
-        _ => Duration::ZERO,
-    }
-}
-
-/// Keeps `plan.depth` requests in flight until the deadline: waits for the oldest (tickets
-/// complete in submission order), records its latency, submits the next. After the
-/// deadline it only drains, so every submitted request is counted.
+/// One writer. Closed loop: keeps `depth` requests in flight, submitting the next when the
+/// oldest completes (tickets complete in submission order). Open loop: submits each request
+/// at its scheduled time, with up to `depth` in flight; a writer at its depth waits for the
+/// oldest, so its sends fall behind schedule and the corrected latency grows. After the
+/// limit it only drains, so every submitted request is counted.
 fn writer(
     engine: &Engine,
     gen: Result<Generator, String>,
+    index: usize,
     plan: &Plan,
+    slot: &Mutex<Slot>,
     barrier: &Barrier,
-) -> Result<WriterResult, CliError> {
-    let mut latency = latency_histogram();
-    let mut inflight: VecDeque<(Pending, Instant)> = VecDeque::with_capacity(plan.depth);
+) -> Result<Span, CliError> {
+    let mut inflight: VecDeque<InFlight> = VecDeque::with_capacity(plan.depth);
+    if plan.rate.is_some() {
+        fine_timer_slack();
+    }
     // Every writer reaches the barrier, even one whose generator failed, so none hangs.
     barrier.wait();
-    let mut gen = gen.map_err(CliError)?;
+    let mut gen = gen.map_err(CliError::new)?;
     let start = Instant::now();
-    let deadline = start + plan.duration;
-    let mut ops = 0u64;
-    let mut stopping = false;
+    let limit = plan.limit(index, start);
+    let mut schedule = plan.schedule(index, start);
+    let next_time = |schedule: &Option<super::Schedule>| {
+        schedule
+            .as_ref()
+            .map_or_else(Instant::now, super::Schedule::next_at)
+    };
+    let mut issued = 0u64;
+    let mut stopping = limit.reached(0, next_time(&schedule));
     loop {
-        if !stopping {
-            while inflight.len() < plan.depth {
-                let op = gen.next_op();
-                let submitted = Instant::now();
-                let pending = match op {
-                    Op::Put { key, value } => {
-                        Pending::Write(engine.put(key, value).context(|| "put".into())?)
-                    }
-                    Op::Get { key } => Pending::Read(engine.get(key).context(|| "get".into())?),
-                };
-                inflight.push_back((pending, submitted));
+        while !stopping && inflight.len() < plan.depth {
+            let due = match &schedule {
+                Some(s) if s.next_at() > Instant::now() => break,
+                Some(s) => Some(s.next_at()),
+                None => None,
+            };
+            let op = gen.next_op();
+            let kind = op.kind();
+            let sent = Instant::now();
+            let pending = submit(engine, op)?;
+            inflight.push_back(InFlight {
+                pending,
+                kind,
+                intended: due.map_or(sent, |d| d.min(sent)),
+                sent,
+            });
+            issued += 1;
+            if let Some(s) = &mut schedule {
+                s.advance();
             }
+            stopping = limit.reached(issued, next_time(&schedule));
         }
-        let Some((pending, submitted)) = inflight.pop_front() else {
-            break;
-        };
-        match pending {
-            Pending::Write(t) => t.wait().context(|| "wait for a put".into())?,
-            Pending::Read(t) => {
-                black_box(t.wait().context(|| "wait for a get".into())?);
+        let Some(oldest) = inflight.front() else {
+            if stopping {
+                break;
             }
+            // Open loop, nothing in flight: the next request is not due yet.
+            sleep_until(next_time(&schedule));
+            continue;
+        };
+        // With room for another request, wait for the oldest only until the next is due.
+        let until = match &schedule {
+            Some(s) if !stopping && inflight.len() < plan.depth => Some(s.next_at()),
+            _ => None,
+        };
+        if !oldest.pending.wait(until)? {
+            continue;
         }
         let now = Instant::now();
-        record(&mut latency, now - submitted);
-        ops += 1;
-        stopping |= now >= deadline;
+        slot.lock()
+            .record(oldest.kind, now - oldest.intended, now - oldest.sent);
+        inflight.pop_front();
     }
-    Ok(WriterResult {
-        ops,
-        latency,
+    Ok(Span {
         start,
         finish: Instant::now(),
+        missed: limit.missed(schedule.as_ref()),
     })
 }

@@ -1,65 +1,195 @@
 //! `mergelog bench`: one workload, run against each system in turn, in its own directory.
 //!
-//! - `mergelog`: the engine with `Config::default()` plus the flags; each writer keeps
-//!   `--depth` requests in flight (closed loop) and records submit -> completion latency.
+//! - `mergelog`: the engine with `Config::default()` plus the flags.
 //! - `no-coalesce`: the same with `Config::coalesce = false` (plain group commit).
 //! - `naive`: one mutex around a file; every write is lock, pwrite, fdatasync, unlock.
 //!
-//! Every system draws the same seeded operation streams (see `workload`), and the report
-//! puts their numbers side by side, with each system's throughput relative to `naive` and
-//! `no-coalesce`.
+//! Load is either a closed loop (each writer keeps `--depth` requests in flight and submits
+//! the next as soon as the oldest completes) or an open loop (`--rate`: requests are due on
+//! a fixed schedule whatever the system does, and latency runs from when a request was due,
+//! so a stalled system is charged for every request it kept waiting: coordinated omission
+//! corrected). Every system draws the same seeded operation streams (see `workload`), and
+//! the report puts their numbers side by side, each as a ratio against the baselines.
+//!
+//! `mergelog profile` runs the same machinery on one engine system and prints the engine's
+//! per-stage histograms instead of the comparison.
 
 mod engine;
+mod hlog;
 mod naive;
-mod report;
+mod plot;
+mod recorder;
+pub mod report;
 
 use crate::error::{CliError, Context};
-use crate::workload::{Dist, Generator, Spec, KEY_SIZE_MIN};
+use crate::workload::{Dist, Generator, Size, Spec, KEY_SIZE_MIN};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
-use mergelog::{Config, Durability, StageHistograms, WindowPolicy, WritePath};
+use mergelog::{Config, Durability, Stats, WindowPolicy, WritePath};
+use recorder::{Interval, Progress};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
+/// Flags that describe the workload and the engine; shared by `bench` and `profile`.
 #[derive(Args, Debug)]
-pub struct BenchArgs {
+pub struct WorkloadArgs {
     /// Writer threads.
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = positive::<usize>)]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "N",
+        default_value_t = 4,
+        value_parser = writers,
+    )]
     writers: usize,
-    /// Requests each writer keeps outstanding (closed loop). The naive baseline always has
-    /// one per writer.
-    #[arg(long, value_name = "N", default_value_t = 256, value_parser = positive::<usize>)]
+    /// Requests each writer keeps outstanding: the closed loop's depth, or with --rate the
+    /// most a writer lets pile up before it waits (then sends fall behind schedule, and the
+    /// corrected latency shows it). The naive baseline always has one per writer.
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "N",
+        default_value_t = 256,
+        value_parser = depth,
+    )]
     depth: usize,
+    /// Open loop: requests arrive at OPS per second in total, evenly spaced, whatever the
+    /// system does; latency is measured from each request's scheduled send time.
+    #[arg(long, allow_negative_numbers = true, value_name = "OPS", value_parser = rate)]
+    rate: Option<f64>,
     /// Distinct keys.
-    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = positive::<u64>)]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "N",
+        default_value_t = 100_000,
+        value_parser = keys,
+    )]
     keys: u64,
-    /// Key popularity: `uniform` or `zipf:THETA`.
+    /// Key popularity: `uniform`, `zipf:THETA`, `sequential`, or `hotset:X:Y` (X % of the
+    /// keys get Y % of the operations).
     #[arg(long, value_name = "DIST", default_value = "zipf:0.99")]
     dist: Dist,
-    /// Key length in bytes (at least 8: keys differ in their first 8 bytes).
-    #[arg(long, value_name = "N", default_value_t = 16, value_parser = key_size)]
-    key_size: usize,
-    /// Value length in bytes.
-    #[arg(long, value_name = "N", default_value_t = 100, value_parser = value_size)]
-    value_size: usize,
+    /// Key length in bytes, `N` or an inclusive range `MIN..MAX` (each key id keeps one
+    /// length); at least 8: keys differ in their first 8 bytes.
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "SIZE",
+        default_value = "16",
+        value_parser = key_size,
+    )]
+    key_size: Size,
+    /// Value length in bytes, `N` or an inclusive range `MIN..MAX` (drawn per put).
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "SIZE",
+        default_value = "100",
+        value_parser = value_size,
+    )]
+    value_size: Size,
     /// Fraction of operations that are windowed gets (0.0 to 1.0).
-    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = fraction)]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "F",
+        default_value_t = 0.0,
+        value_parser = fraction,
+    )]
     read_ratio: f64,
-    /// Seconds to run each system.
-    #[arg(long, value_name = "SECS", default_value_t = 3.0, value_parser = seconds)]
-    duration: f64,
+    /// Fraction of operations that are deletes (0.0 to 1.0); puts are the rest.
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "F",
+        default_value_t = 0.0,
+        value_parser = fraction,
+    )]
+    delete_ratio: f64,
+    /// Seconds to run each system [default: 3, or none with --ops].
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "SECS",
+        value_parser = seconds,
+        conflicts_with = "ops"
+    )]
+    duration: Option<f64>,
+    /// Run each system for this many operations (split over the writers) instead of a
+    /// duration.
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "N",
+        value_parser = ops,
+    )]
+    ops: Option<u64>,
     /// When writes are acknowledged: after fdatasync/msync, or once in the page cache.
     #[arg(long, value_enum, default_value_t = DurabilityArg::Sync)]
     durability: DurabilityArg,
+    /// How the engine writes batches (default: the engine's default). The naive baseline
+    /// always uses pwrite + fdatasync.
+    #[arg(long, value_enum)]
+    write_path: Option<WritePathArg>,
+    /// When the engine cuts a window: `adaptive`, `adaptive:QUIET_US`, `immediate` or
+    /// `linger:US` (a linger over the window age cap raises the cap to match, unless
+    /// --window-age-max is given).
+    #[arg(long, value_name = "POLICY", default_value = "adaptive")]
+    window: Window,
+    /// Cut every window at this age, microseconds [engine default: 1000].
+    #[arg(long, value_name = "US", value_parser = window_age)]
+    window_age_max: Option<u64>,
+    /// Cut a window once its requests reach this many ring bytes (suffixes K, M, G)
+    /// [engine default: 4M].
+    #[arg(long, value_name = "BYTES", value_parser = bytes)]
+    batch_bytes_max: Option<u64>,
+    /// Cut a window once it holds this many operations [engine default: 1048576].
+    #[arg(long, value_name = "N", value_parser = batch_ops)]
+    batch_ops_max: Option<u64>,
+    /// Bytes of the ingest ring, a power of two (suffixes K, M, G) [engine default: 16M].
+    #[arg(long, value_name = "BYTES", value_parser = bytes)]
+    ring_bytes: Option<u64>,
+    /// Size of each segment file (suffixes K, M, G) [engine default: 64M].
+    #[arg(long, value_name = "BYTES", value_parser = bytes)]
+    segment_bytes: Option<u64>,
     /// Parent directory for the runs (one subdirectory per system, kept afterwards; each
     /// must not exist yet or be empty). Default: a temporary directory, removed afterwards.
     #[arg(long, value_name = "PATH")]
     dir: Option<PathBuf>,
-    /// Also write the results as JSON to PATH.
+    /// Seed of the operation streams (every system gets the same streams).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    seed: u64,
+    /// Sampling interval of the throughput timeline and of --hlog, seconds [default: the
+    /// duration / 30, between 0.05 and 1; 0.1 with --ops].
+    #[arg(long, allow_negative_numbers = true, value_name = "SECS", value_parser = interval)]
+    interval: Option<f64>,
+}
+
+/// Where the results go besides stdout; shared by `bench` and `profile`.
+#[derive(Args, Debug)]
+pub struct OutputArgs {
+    /// Also write the results as JSON to PATH (schema in the README).
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
+    /// Write an HdrHistogram interval log to PATH: per system and interval, the latency
+    /// histogram tagged with the system's name (see the README).
+    #[arg(long, value_name = "PATH")]
+    hlog: Option<PathBuf>,
+    /// Draw the latency percentile spectrum and the throughput over time of each system
+    /// into an SVG file.
+    #[arg(long, value_name = "PATH.svg")]
+    plot: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    workload: WorkloadArgs,
+    #[command(flatten)]
+    output: OutputArgs,
     /// Systems to run, in order, comma-separated.
     #[arg(
         long,
@@ -69,17 +199,6 @@ pub struct BenchArgs {
         default_value = "mergelog,no-coalesce,naive"
     )]
     systems: Vec<System>,
-    /// How the engine writes batches (default: the engine's default). The naive baseline
-    /// always uses pwrite + fdatasync.
-    #[arg(long, value_enum)]
-    write_path: Option<WritePathArg>,
-    /// When the engine cuts a window: `adaptive`, `immediate` or `linger:US` (a linger over
-    /// the 1 ms default window age cap raises the cap to match).
-    #[arg(long, value_name = "POLICY", default_value = "adaptive")]
-    window: Window,
-    /// Seed of the operation streams (every system gets the same streams).
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    seed: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -121,21 +240,26 @@ struct Window(WindowPolicy);
 impl FromStr for Window {
     type Err = String;
     fn from_str(s: &str) -> Result<Window, String> {
+        const HELP: &str = "expected 'adaptive', 'adaptive:QUIET_US', 'immediate' or 'linger:US'";
+        let micros = |what: &str, us: &str| -> Result<Duration, String> {
+            let us: u64 = us
+                .parse()
+                .map_err(|_| format!("{what} '{us}' is not a whole number of microseconds"))?;
+            if us > 10_000_000 {
+                return Err(format!("{what} {us} µs exceeds the 10 s window age limit"));
+            }
+            Ok(Duration::from_micros(us))
+        };
         let policy = match s {
             "adaptive" => WindowPolicy::default(),
             "immediate" => WindowPolicy::Immediate,
-            _ => {
-                let Some(us) = s.strip_prefix("linger:") else {
-                    return Err("expected 'adaptive', 'immediate' or 'linger:US'".into());
-                };
-                let us: u64 = us
-                    .parse()
-                    .map_err(|_| format!("linger '{us}' is not a whole number of microseconds"))?;
-                if us > 10_000_000 {
-                    return Err(format!("linger {us} µs exceeds the 10 s window age limit"));
-                }
-                WindowPolicy::Linger(Duration::from_micros(us))
-            }
+            _ => match s.split_once(':') {
+                Some(("linger", us)) => WindowPolicy::Linger(micros("linger", us)?),
+                Some(("adaptive", us)) => WindowPolicy::Adaptive {
+                    quiet: micros("quiet time", us)?,
+                },
+                _ => return Err(HELP.into()),
+            },
         };
         Ok(Window(policy))
     }
@@ -143,7 +267,7 @@ impl FromStr for Window {
 
 fn window_name(policy: WindowPolicy) -> String {
     match policy {
-        WindowPolicy::Adaptive { quiet } => format!("adaptive (quiet {} µs)", quiet.as_micros()),
+        WindowPolicy::Adaptive { quiet } => format!("adaptive:{}", quiet.as_micros()),
         WindowPolicy::Immediate => "immediate".into(),
         WindowPolicy::Linger(d) => format!("linger:{}", d.as_micros()),
     }
@@ -156,34 +280,83 @@ fn write_path_name(p: WritePath) -> &'static str {
     }
 }
 
-fn positive<T: FromStr + PartialOrd + From<u8>>(s: &str) -> Result<T, String> {
-    let n: T = s
+/// A whole number in `1..=max`.
+fn count(s: &str, max: u64) -> Result<u64, String> {
+    let n: u64 = s
         .parse()
         .map_err(|_| format!("'{s}' is not a whole number"))?;
-    if n < T::from(1) {
-        return Err("must be at least 1".into());
+    if !(1..=max).contains(&n) {
+        return Err(format!("must be between 1 and {max}"));
     }
     Ok(n)
 }
 
-fn key_size(s: &str) -> Result<usize, String> {
-    let n: usize = s.parse().map_err(|_| format!("'{s}' is not a whole number"))?;
+/// Every writer is a thread; the cap keeps thread creation from failing mid-run.
+fn writers(s: &str) -> Result<usize, String> {
+    count(s, 1024).map(|n| n as usize)
+}
+
+fn depth(s: &str) -> Result<usize, String> {
+    count(s, 1 << 20).map(|n| n as usize)
+}
+
+fn keys(s: &str) -> Result<u64, String> {
+    count(s, 1 << 48)
+}
+
+fn ops(s: &str) -> Result<u64, String> {
+    count(s, 1 << 48)
+}
+
+fn batch_ops(s: &str) -> Result<u64, String> {
+    count(s, u64::from(u32::MAX))
+}
+
+fn window_age(s: &str) -> Result<u64, String> {
+    count(s, 10_000_000)
+}
+
+/// `4096`, `64K`, `16M`, `1G` (binary multiples; a trailing `B` or `iB` is allowed).
+fn bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a byte count (e.g. 4096, 64K, 16M, 1G)"))?;
+    n.checked_mul(1 << shift)
+        .filter(|&n| n > 0 && n <= 1 << 40)
+        .ok_or_else(|| format!("{s} must be more than 0 and at most 1T"))
+}
+
+fn key_size(s: &str) -> Result<Size, String> {
+    let size: Size = s.parse()?;
     let max = Config::default().key_len_max;
-    if !(KEY_SIZE_MIN..=max).contains(&n) {
+    if size.min < KEY_SIZE_MIN || size.max > max {
         return Err(format!(
             "must be between {KEY_SIZE_MIN} and {max} (the engine's key_len_max)"
         ));
     }
-    Ok(n)
+    Ok(size)
 }
 
-fn value_size(s: &str) -> Result<usize, String> {
-    let n: usize = s.parse().map_err(|_| format!("'{s}' is not a whole number"))?;
+fn value_size(s: &str) -> Result<Size, String> {
+    let size: Size = s.parse()?;
     let max = Config::default().value_len_max;
-    if n > max {
-        return Err(format!("must be at most {max} (the engine's value_len_max)"));
+    if size.max > max {
+        return Err(format!(
+            "must be at most {max} (the engine's value_len_max)"
+        ));
     }
-    Ok(n)
+    Ok(size)
 }
 
 fn fraction(s: &str) -> Result<f64, String> {
@@ -202,12 +375,34 @@ fn seconds(s: &str) -> Result<f64, String> {
     Ok(f)
 }
 
+fn interval(s: &str) -> Result<f64, String> {
+    let f: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if !(0.01..=3600.0).contains(&f) {
+        return Err("must be between 0.01 and 3600 seconds".into());
+    }
+    Ok(f)
+}
+
+fn rate(s: &str) -> Result<f64, String> {
+    let f: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if !(1.0..=1e9).contains(&f) {
+        return Err("must be between 1 and 1e9 operations per second".into());
+    }
+    Ok(f)
+}
+
 /// Everything a system run needs, resolved from the flags.
 pub struct Plan {
     pub spec: Spec,
     pub writers: usize,
     pub depth: usize,
-    pub duration: Duration,
+    /// Open loop: total arrival rate, ops/s.
+    pub rate: Option<f64>,
+    /// Stop issuing after this long (closed loop: submitted; open loop: scheduled).
+    pub duration: Option<Duration>,
+    /// Stop after this many operations in total.
+    pub ops: Option<u64>,
+    pub interval: Duration,
     pub durability: Durability,
     pub engine: Config,
 }
@@ -219,6 +414,105 @@ impl Plan {
             ..self.engine.clone()
         }
     }
+
+    /// When writer `writer`, started at `start`, stops issuing.
+    pub fn limit(&self, writer: usize, start: Instant) -> Limit {
+        Limit {
+            quota: self.ops.map(|n| {
+                let w = self.writers as u64;
+                n / w + u64::from((writer as u64) < n % w)
+            }),
+            deadline: self.duration.map(|d| start + d),
+        }
+    }
+
+    /// Writer `writer`'s send schedule in an open loop: the writers share the rate and are
+    /// staggered so that together they send evenly.
+    pub fn schedule(&self, writer: usize, start: Instant) -> Option<Schedule> {
+        self.rate.map(|rate| Schedule {
+            start,
+            interval_ns: 1e9 * self.writers as f64 / rate,
+            phase_ns: 1e9 * writer as f64 / rate,
+            sent: 0,
+        })
+    }
+}
+
+/// A writer's stopping rule.
+pub struct Limit {
+    quota: Option<u64>,
+    deadline: Option<Instant>,
+}
+
+impl Limit {
+    /// True once `issued` requests are enough, or the deadline has passed, or the next
+    /// request would be due at or after it (`next`: the next scheduled time in an open loop,
+    /// now in a closed one). An open-loop writer that has fallen behind its schedule stops
+    /// at the deadline too, with requests due that it never sent: see [`Limit::missed`].
+    pub fn reached(&self, issued: u64, next: Instant) -> bool {
+        self.quota.is_some_and(|q| issued >= q)
+            || self
+                .deadline
+                .is_some_and(|d| next >= d || Instant::now() >= d)
+    }
+
+    /// Requests that `schedule` made due before the deadline but that were never sent: the
+    /// writer was still behind when time ran out. Their latency would be at least the time
+    /// from when they were due to the deadline; they are reported as a count, not in the
+    /// percentiles.
+    pub fn missed(&self, schedule: Option<&Schedule>) -> u64 {
+        match (schedule, self.deadline) {
+            (Some(s), Some(d)) if d > s.start => {
+                let span = (d - s.start).as_nanos() as f64 - s.phase_ns;
+                let due = if span > 0.0 {
+                    (span / s.interval_ns).ceil() as u64
+                } else {
+                    0
+                };
+                let due = self.quota.map_or(due, |q| due.min(q));
+                due.saturating_sub(s.sent)
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// An open-loop writer's send times: `start + phase + k * interval`.
+pub struct Schedule {
+    start: Instant,
+    interval_ns: f64,
+    phase_ns: f64,
+    sent: u64,
+}
+
+impl Schedule {
+    pub fn next_at(&self) -> Instant {
+        self.start
+            + Duration::from_nanos((self.phase_ns + self.sent as f64 * self.interval_ns) as u64)
+    }
+
+    pub fn advance(&mut self) {
+        self.sent += 1;
+    }
+}
+
+/// Lets an open-loop writer's sleeps end within microseconds of their deadline instead of
+/// the default 50 µs timer slack, which would otherwise show up as scheduling latency.
+pub fn fine_timer_slack() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_TIMERSLACK takes one integer argument and changes only the calling
+    // thread's timer slack; no memory is passed.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
+    }
+}
+
+/// Sleeps until `t` (returns at once if it has passed).
+pub fn sleep_until(t: Instant) {
+    let now = Instant::now();
+    if t > now {
+        std::thread::sleep(t - now);
+    }
 }
 
 /// What one system run measured. Counters are the engine's (after close) or, for
@@ -227,28 +521,46 @@ pub struct RunResult {
     pub system: System,
     /// Operations completed, including those drained after the deadline.
     pub ops: u64,
+    /// Open loop: requests due before the deadline that were never sent (see
+    /// `Limit::missed`).
+    pub missed: u64,
+    pub puts: u64,
+    pub deletes: u64,
+    pub gets: u64,
     /// First writer start to last writer done (drain included).
     pub elapsed: Duration,
-    /// Per-operation latency in nanoseconds, submit to completion, all writers.
+    /// When the run started, from the start of the whole bench (for the interval log).
+    pub offset: Duration,
+    /// Per-operation latency in nanoseconds, from the intended send time (corrected).
     pub latency: Histogram<u64>,
+    /// Per-operation latency in nanoseconds, from the actual submission (raw).
+    pub latency_raw: Histogram<u64>,
+    /// Per-interval throughput and latency.
+    pub timeline: Vec<Interval>,
     pub batches: u64,
     pub syncs: u64,
     pub coalesced_writes: u64,
     pub collapsed_reads: u64,
+    pub records_written: u64,
     pub bytes_written: u64,
-    /// The engine's per-stage histograms (engine systems only).
-    pub stages: Option<StageHistograms>,
+    /// The engine's final statistics (engine systems only).
+    pub engine: Option<Stats>,
+}
+
+impl RunResult {
+    pub fn ops_per_s(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.ops as f64 / secs
+        } else {
+            0.0
+        }
+    }
 }
 
 /// Nanosecond latency histogram, 1 ns to 1 minute, 3 significant figures.
 pub fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static histogram bounds are valid")
-}
-
-/// Records `d` into `h`, saturating at the histogram's bounds.
-pub fn record(h: &mut Histogram<u64>, d: Duration) {
-    let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-    h.saturating_record(ns.clamp(1, h.high()));
 }
 
 /// Where the runs live: a temporary directory, or the user's `--dir`.
@@ -273,8 +585,9 @@ impl Root {
                 .map(Root::Temp)
                 .context(|| "cannot create a temporary directory (pass --dir)".into()),
             Some(p) => {
-                std::fs::create_dir_all(p)
-                    .context(|| format!("cannot use --dir {}", p.display()))?;
+                std::fs::create_dir_all(p).map_err(|e| {
+                    CliError::usage(format!("cannot use --dir {}: {e}", p.display()))
+                })?;
                 Ok(Root::User(p.to_owned()))
             }
         }
@@ -287,7 +600,7 @@ impl Root {
         match std::fs::read_dir(&path) {
             Ok(mut entries) => {
                 if entries.next().is_some() {
-                    return Err(CliError(format!(
+                    return Err(CliError::usage(format!(
                         "{} already holds files (an earlier run?); pass an empty or new --dir",
                         path.display()
                     )));
@@ -312,7 +625,8 @@ fn fs_type(path: &Path) -> Option<String> {
             let mut f = line.split(' ');
             let (_dev, mount, fs) = (f.next()?, f.next()?, f.next()?);
             let mount = mount.replace("\\040", " ");
-            path.starts_with(&mount).then(|| (mount.len(), fs.to_owned()))
+            path.starts_with(&mount)
+                .then(|| (mount.len(), fs.to_owned()))
         })
         // The longest matching mount point wins; among equals, the last mounted.
         .max_by_key(|(len, _)| *len)
@@ -335,11 +649,11 @@ fn machine() -> Machine {
     }
 }
 
-/// Fails early if `--json PATH` could not be written at the end.
-fn check_json_path(path: &Path) -> Result<(), CliError> {
+/// Fails early if an output file could not be written at the end.
+fn check_output_path(flag: &str, path: &Path) -> Result<(), CliError> {
     if path.is_dir() {
-        return Err(CliError(format!(
-            "--json {} is a directory; name a file",
+        return Err(CliError::usage(format!(
+            "{flag} {} is a directory; name a file",
             path.display()
         )));
     }
@@ -348,8 +662,8 @@ fn check_json_path(path: &Path) -> Result<(), CliError> {
         _ => Path::new("."),
     };
     if !parent.is_dir() {
-        return Err(CliError(format!(
-            "--json {}: directory {} does not exist",
+        return Err(CliError::usage(format!(
+            "{flag} {}: directory {} does not exist",
             path.display(),
             parent.display()
         )));
@@ -357,21 +671,29 @@ fn check_json_path(path: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-pub fn run(args: BenchArgs) -> Result<(), CliError> {
-    let mut seen = Vec::new();
-    for s in &args.systems {
-        if seen.contains(s) {
-            return Err(CliError(format!(
-                "--systems lists {} twice; name each system once",
-                s.name()
-            )));
+impl OutputArgs {
+    fn check(&self) -> Result<(), CliError> {
+        for (flag, path) in [
+            ("--json", &self.json),
+            ("--hlog", &self.hlog),
+            ("--plot", &self.plot),
+        ] {
+            if let Some(p) = path {
+                check_output_path(flag, p)?;
+            }
         }
-        seen.push(*s);
+        Ok(())
     }
-    if let Some(json) = &args.json {
-        check_json_path(json)?;
-    }
+}
 
+/// The plan and the engine configuration the flags describe.
+fn plan(args: &WorkloadArgs) -> Result<Plan, CliError> {
+    if args.read_ratio + args.delete_ratio > 1.0 + 1e-9 {
+        return Err(CliError::usage(format!(
+            "--read-ratio {} plus --delete-ratio {} exceeds 1",
+            args.read_ratio, args.delete_ratio
+        )));
+    }
     let mut engine = Config {
         durability: match args.durability {
             DurabilityArg::Sync => Durability::Sync,
@@ -386,13 +708,42 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             WritePathArg::Mmap => WritePath::Mmap,
         };
     }
-    if let WindowPolicy::Linger(d) = engine.window {
-        engine.window_age_max = engine.window_age_max.max(d);
+    match args.window_age_max {
+        Some(us) => engine.window_age_max = Duration::from_micros(us),
+        None => {
+            if let WindowPolicy::Linger(d) | WindowPolicy::Adaptive { quiet: d } = engine.window {
+                engine.window_age_max = engine.window_age_max.max(d);
+            }
+        }
+    }
+    let size = |flag: &str, n: u64| {
+        usize::try_from(n).map_err(|_| CliError::usage(format!("{flag} {n} is too large")))
+    };
+    if let Some(n) = args.batch_bytes_max {
+        engine.batch_bytes_max = size("--batch-bytes-max", n)?;
+    }
+    if let Some(n) = args.batch_ops_max {
+        engine.batch_ops_max = size("--batch-ops-max", n)?;
+    }
+    if let Some(n) = args.ring_bytes {
+        engine.ring_bytes = size("--ring-bytes", n)?;
+    }
+    if let Some(n) = args.segment_bytes {
+        engine.segment_bytes = n;
     }
     engine
         .validate()
-        .context(|| "engine configuration from the flags".into())?;
+        .map_err(|e| CliError::usage(format!("engine configuration from the flags: {e}")))?;
 
+    let duration = match (args.duration, args.ops) {
+        (Some(d), _) => Some(d),
+        (None, Some(_)) => None,
+        (None, None) => Some(3.0),
+    };
+    let interval = args.interval.unwrap_or(match duration {
+        Some(d) => (d / 30.0).clamp(0.05, 1.0),
+        None => 0.1,
+    });
     let plan = Plan {
         spec: Spec {
             keys: args.keys,
@@ -400,84 +751,192 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             key_size: args.key_size,
             value_size: args.value_size,
             read_ratio: args.read_ratio,
+            delete_ratio: args.delete_ratio,
+            writers: args.writers,
             seed: args.seed,
         },
         writers: args.writers,
         depth: args.depth,
-        duration: Duration::from_secs_f64(args.duration),
+        rate: args.rate,
+        duration: duration.map(Duration::from_secs_f64),
+        ops: args.ops,
+        interval: Duration::from_secs_f64(interval),
         durability: engine.durability,
         engine,
     };
     // Surfaces a bad distribution now rather than inside every writer thread.
-    Generator::new(&plan.spec, 0).map_err(CliError)?;
+    Generator::new(&plan.spec, 0).map_err(CliError::usage)?;
+    Ok(plan)
+}
+
+/// What a run of several systems produced, ready for the report and the files.
+pub struct Session {
+    pub plan: Plan,
+    pub results: Vec<RunResult>,
+    pub workload: report::Workload,
+    /// Wall-clock time the first run started (the interval log's base time).
+    pub started: SystemTime,
+}
+
+/// Runs `systems` one after the other, each in its own directory; `command` names the
+/// subcommand in messages; `stage_intervals` samples the engine's stage histograms per
+/// interval for the interval log (profile).
+fn execute(
+    command: &str,
+    args: &WorkloadArgs,
+    output: &OutputArgs,
+    systems: &[System],
+    stage_intervals: bool,
+) -> Result<Session, CliError> {
+    let mut seen = Vec::new();
+    for s in systems {
+        if seen.contains(s) {
+            return Err(CliError::usage(format!(
+                "--systems lists {} twice; name each system once",
+                s.name()
+            )));
+        }
+        seen.push(*s);
+    }
+    output.check()?;
+    let plan = plan(args)?;
 
     let root = Root::prepare(args.dir.as_deref())?;
-    let dirs = args
-        .systems
+    let dirs = systems
         .iter()
         .map(|&s| Ok((s, root.subdir(s)?)))
         .collect::<Result<Vec<_>, CliError>>()?;
     let fs = fs_type(root.path());
     if fs.as_deref() == Some("tmpfs") && plan.durability == Durability::Sync {
         eprintln!(
-            "mergelog bench: warning: {} is on tmpfs, where a sync costs nothing; pass --dir on a disk",
+            "mergelog {command}: warning: {} is on tmpfs, where a sync costs nothing; pass --dir on a disk",
             root.path().display()
         );
     }
 
+    let how_long = match (plan.duration, plan.ops) {
+        (Some(d), _) => format!("for {:.1} s", d.as_secs_f64()),
+        (None, Some(n)) => format!("for {n} ops"),
+        (None, None) => unreachable!("plan() always sets a duration or an op count"),
+    };
+    let hooks = RunHooks {
+        encode: output.hlog.is_some(),
+        stage_intervals,
+    };
+    let started = SystemTime::now();
+    let bench_start = Instant::now();
     let mut results = Vec::new();
     for (i, (system, dir)) in dirs.iter().enumerate() {
         eprintln!(
-            "mergelog bench: [{}/{}] {} for {:.1} s in {}",
+            "mergelog {command}: [{}/{}] {} {how_long} in {}",
             i + 1,
             dirs.len(),
             system.name(),
-            args.duration,
             dir.display()
         );
+        let progress = match (plan.duration, plan.ops) {
+            (Some(d), _) => Progress::new(system.name(), false, d.as_millis() as u64),
+            (None, n) => Progress::new(system.name(), true, n.unwrap_or(0)),
+        };
+        let offset = bench_start.elapsed();
         let result = match system {
-            System::Naive => naive::run(dir, &plan),
-            _ => engine::run(dir, plan.engine_config(*system), &plan),
-        }
-        .map_err(|e| CliError(format!("{}: {e}", system.name())))?;
+            System::Naive => naive::run(dir, &plan, &hooks, &progress),
+            _ => engine::run(dir, plan.engine_config(*system), &plan, &hooks, &progress),
+        };
+        progress.finish();
+        let mut result = result.map_err(|e| e.prefixed(system.name()))?;
+        result.offset = offset;
         eprintln!(
-            "mergelog bench: {}: {:.0} ops/s",
+            "mergelog {command}: {}: {} ops/s",
             system.name(),
-            result.ops as f64 / result.elapsed.as_secs_f64()
+            report::thousands(result.ops_per_s().round() as u64)
         );
         results.push(result);
     }
+    let workload = report::Workload::new(&plan, args, systems, fs);
+    drop(root);
+    Ok(Session {
+        plan,
+        results,
+        workload,
+        started,
+    })
+}
 
-    let workload = report::Workload {
-        writers: plan.writers,
-        depth: plan.depth,
-        keys: plan.spec.keys,
-        dist: plan.spec.dist.to_string(),
-        key_size: plan.spec.key_size,
-        value_size: plan.spec.value_size,
-        read_ratio: plan.spec.read_ratio,
-        duration_s: args.duration,
-        durability: match plan.durability {
-            Durability::Sync => "sync",
-            Durability::NoSync => "nosync",
-        },
-        write_path: write_path_name(plan.engine.write_path),
-        window: window_name(plan.engine.window),
-        systems: args.systems.iter().map(|s| s.name()).collect(),
-        seed: plan.spec.seed,
-        dir: args.dir.as_ref().map(|d| d.display().to_string()),
-        fs,
-    };
-    let report = report::Report::new(workload, machine(), &results);
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(report.text(&results).as_bytes())
-        .and_then(|()| stdout.flush())
-        .context(|| "write the report to stdout".into())?;
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report).context(|| "encode JSON".into())?;
+/// What a system run records besides its totals.
+pub struct RunHooks {
+    /// Keep encoded interval histograms (for --hlog).
+    pub encode: bool,
+    /// Sample the engine's stage histograms per interval (profile --hlog).
+    pub stage_intervals: bool,
+}
+
+/// Writes --json, --hlog and --plot.
+fn write_outputs(
+    output: &OutputArgs,
+    session: &Session,
+    report: &report::Report,
+    title: &str,
+) -> Result<(), CliError> {
+    if let Some(path) = &output.json {
+        let json = serde_json::to_string_pretty(report).context(|| "encode JSON".into())?;
         std::fs::write(path, json + "\n").context(|| format!("write {}", path.display()))?;
     }
-    drop(root);
+    if let Some(path) = &output.hlog {
+        hlog::write(path, session, title)?;
+    }
+    if let Some(path) = &output.plot {
+        plot::write(path, session, title)?;
+    }
     Ok(())
+}
+
+fn print(text: &str) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .context(|| "write the report to stdout".into())
+}
+
+pub fn run(args: BenchArgs) -> Result<(), CliError> {
+    let session = execute("bench", &args.workload, &args.output, &args.systems, false)?;
+    let report = report::Report::new(&session, machine(), "bench");
+    print(&report.text(&session.results))?;
+    write_outputs(&args.output, &session, &report, "mergelog bench")
+}
+
+/// `mergelog profile`: one engine system, its stages in detail.
+pub mod profile {
+    use super::*;
+
+    #[derive(Args, Debug)]
+    pub struct ProfileArgs {
+        #[command(flatten)]
+        workload: WorkloadArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+        /// The engine system to profile.
+        #[arg(long, value_enum, default_value_t = EngineSystem::Mergelog)]
+        system: EngineSystem,
+    }
+
+    #[derive(Clone, Copy, Debug, ValueEnum)]
+    enum EngineSystem {
+        /// The engine with the given flags.
+        Mergelog,
+        /// The engine with coalescing off: plain group commit.
+        NoCoalesce,
+    }
+
+    pub fn run(args: ProfileArgs) -> Result<(), CliError> {
+        let system = match args.system {
+            EngineSystem::Mergelog => System::Mergelog,
+            EngineSystem::NoCoalesce => System::NoCoalesce,
+        };
+        let session = execute("profile", &args.workload, &args.output, &[system], true)?;
+        let report = report::Report::new(&session, machine(), "profile");
+        print(&report.profile_text(&session.results))?;
+        write_outputs(&args.output, &session, &report, "mergelog profile")
+    }
 }

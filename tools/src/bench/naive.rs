@@ -7,11 +7,11 @@
 //! unwritten extents cost a metadata write each), and written circularly: a benchmark needs
 //! the cost of appending, not the records.
 
-use super::engine::elapsed;
-use super::{latency_histogram, record, Plan, RunResult, System};
+use super::engine::{drive, Span};
+use super::recorder::{Progress, Slot};
+use super::{fine_timer_slack, sleep_until, Plan, RunHooks, RunResult, System};
 use crate::error::{CliError, Context};
 use crate::workload::{Generator, Op};
-use hdrhistogram::Histogram;
 use mergelog::{Config, Durability};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -21,11 +21,12 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Barrier;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Record header, as in the engine's log: op u8 | key_len u16 | value_len u32 (LE).
 const RECORD_HEADER_LEN: usize = 7;
 const OP_PUT: u8 = 1;
+const OP_DELETE: u8 = 2;
 
 struct Log {
     path: PathBuf,
@@ -74,7 +75,8 @@ impl Log {
     }
 
     /// Appends `record` (encoded by the caller, outside the lock) and makes it durable.
-    fn append(&mut self, record: &[u8], key: &[u8], value: &[u8]) -> Result<(), CliError> {
+    /// A delete (`value: None`) removes the key from the map.
+    fn append(&mut self, record: &[u8], key: &[u8], value: Option<&[u8]>) -> Result<(), CliError> {
         let len = record.len() as u64;
         if self.off + len > self.size {
             self.off = 0;
@@ -91,22 +93,25 @@ impl Log {
         self.off += len;
         self.writes += 1;
         self.bytes += len;
-        match self.index.get_mut(key) {
-            Some(v) => {
+        match (self.index.get_mut(key), value) {
+            (Some(v), Some(value)) => {
                 v.clear();
                 v.extend_from_slice(value);
             }
-            None => {
+            (None, Some(value)) => {
                 self.index.insert(key.to_vec(), value.to_vec());
+            }
+            (_, None) => {
+                self.index.remove(key);
             }
         }
         Ok(())
     }
 }
 
-fn encode(buf: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+fn encode(buf: &mut Vec<u8>, op: u8, key: &[u8], value: &[u8]) {
     buf.clear();
-    buf.push(OP_PUT);
+    buf.push(op);
     buf.extend_from_slice(&(key.len() as u16).to_le_bytes());
     buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
     debug_assert_eq!(buf.len(), RECORD_HEADER_LEN);
@@ -114,79 +119,81 @@ fn encode(buf: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     buf.extend_from_slice(value);
 }
 
-struct WriterResult {
-    ops: u64,
-    latency: Histogram<u64>,
-    start: Instant,
-    finish: Instant,
-}
-
-pub fn run(dir: &Path, plan: &Plan) -> Result<RunResult, CliError> {
+pub fn run(
+    dir: &Path,
+    plan: &Plan,
+    hooks: &RunHooks,
+    progress: &Progress,
+) -> Result<RunResult, CliError> {
     let size = Config::default().segment_bytes;
-    let log = Mutex::new(Log::create(
-        dir,
-        size,
-        plan.durability == Durability::Sync,
-    )?);
-    let barrier = Barrier::new(plan.writers);
-    let writers: Vec<Result<WriterResult, CliError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..plan.writers)
-            .map(|i| {
-                let (log, barrier) = (&log, &barrier);
-                s.spawn(move || writer(log, Generator::new(&plan.spec, i), plan, barrier))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(CliError("a writer thread panicked".into())))
-            })
-            .collect()
-    });
-    let writers = writers.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let log = Mutex::new(Log::create(dir, size, plan.durability == Durability::Sync)?);
+    let (sampled, elapsed, missed) = drive(plan, hooks, progress, None, |i, slot, barrier| {
+        writer(&log, Generator::new(&plan.spec, i), i, plan, slot, barrier)
+    })?;
     let log = log.into_inner();
-    let mut latency = latency_histogram();
-    for w in &writers {
-        latency
-            .add(&w.latency)
-            .context(|| "merge latency histograms".into())?;
-    }
     Ok(RunResult {
         system: System::Naive,
-        ops: writers.iter().map(|w| w.ops).sum(),
-        elapsed: elapsed(writers.iter().map(|w| (w.start, w.finish))),
-        latency,
+        ops: sampled.latency.len(),
+        missed,
+        puts: sampled.puts,
+        deletes: sampled.deletes,
+        gets: sampled.gets,
+        elapsed,
+        offset: Duration::ZERO,
+        latency: sampled.latency,
+        latency_raw: sampled.latency_raw,
+        timeline: sampled.timeline,
         // Every write is its own batch.
         batches: log.writes,
         syncs: log.syncs,
         coalesced_writes: 0,
         collapsed_reads: 0,
+        records_written: log.writes,
         bytes_written: log.bytes,
-        stages: None,
+        engine: None,
     })
 }
 
+/// One writer, one request at a time: in a closed loop back to back, in an open loop at
+/// its scheduled times (or at once, when it is behind).
 fn writer(
     log: &Mutex<Log>,
     gen: Result<Generator, String>,
+    index: usize,
     plan: &Plan,
+    slot: &Mutex<Slot>,
     barrier: &Barrier,
-) -> Result<WriterResult, CliError> {
-    let mut latency = latency_histogram();
-    let mut buf = Vec::with_capacity(RECORD_HEADER_LEN + plan.spec.key_size + plan.spec.value_size);
+) -> Result<Span, CliError> {
+    let max_len = RECORD_HEADER_LEN + plan.spec.key_size.max + plan.spec.value_size.max;
+    let mut buf = Vec::with_capacity(max_len);
+    if plan.rate.is_some() {
+        fine_timer_slack();
+    }
     barrier.wait();
-    let mut gen = gen.map_err(CliError)?;
+    let mut gen = gen.map_err(CliError::new)?;
     let start = Instant::now();
-    let deadline = start + plan.duration;
-    let mut ops = 0u64;
+    let limit = plan.limit(index, start);
+    let mut schedule = plan.schedule(index, start);
+    let mut issued = 0u64;
     loop {
+        let due = schedule.as_ref().map(|s| s.next_at());
+        if limit.reached(issued, due.unwrap_or_else(Instant::now)) {
+            break;
+        }
+        if let Some(due) = due {
+            sleep_until(due);
+        }
         let op = gen.next_op();
-        let submitted = Instant::now();
+        let kind = op.kind();
+        let sent = Instant::now();
         match op {
             Op::Put { key, value } => {
-                encode(&mut buf, key, value);
-                log.lock().append(&buf, key, value)?;
+                encode(&mut buf, OP_PUT, key, value);
+                log.lock().append(&buf, key, Some(value))?;
+            }
+            Op::Delete { key } => {
+                encode(&mut buf, OP_DELETE, key, &[]);
+                log.lock().append(&buf, key, None)?;
             }
             Op::Get { key } => {
                 // Copied out, as the engine's get returns an owned value.
@@ -194,16 +201,16 @@ fn writer(
             }
         }
         let now = Instant::now();
-        record(&mut latency, now - submitted);
-        ops += 1;
-        if now >= deadline {
-            break;
+        let intended = due.map_or(sent, |d| d.min(sent));
+        slot.lock().record(kind, now - intended, now - sent);
+        issued += 1;
+        if let Some(s) = &mut schedule {
+            s.advance();
         }
     }
-    Ok(WriterResult {
-        ops,
-        latency,
+    Ok(Span {
         start,
         finish: Instant::now(),
+        missed: limit.missed(schedule.as_ref()),
     })
 }

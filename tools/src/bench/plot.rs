@@ -1,0 +1,327 @@
+//! `--plot PATH.svg`: two charts in one SVG.
+//!
+//! - Top: the latency percentile spectrum of each system, drawn as HdrHistogram's plotter
+//!   draws it: the x axis is `log10(1 / (1 - percentile))`, labelled 0 %, 90 %, 99 %,
+//!   99.9 %, ..., so the tail gets as much room as the median; the y axis (latency) is
+//!   logarithmic too, so systems orders of magnitude apart fit. Solid: latency from when a
+//!   request was due (corrected); dashed (open loop): from its submission (raw). `mergelog
+//!   profile` adds the engine's stage histograms.
+//! - Bottom: throughput over time of each system, one point per sampling interval, seconds
+//!   from the start of that system's run.
+
+use super::{RunResult, Session};
+use crate::error::CliError;
+use hdrhistogram::Histogram;
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
+use plotters::prelude::*;
+use std::path::Path;
+
+const COLORS: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// One line of the spectrum chart.
+struct Curve {
+    label: String,
+    color: RGBColor,
+    dashed: bool,
+    /// (log10(1 / (1 - q)), latency µs)
+    points: Vec<(f64, f64)>,
+}
+
+/// The percentile spectrum of `h`: HdrHistogram's iteration, 5 ticks per half distance,
+/// up to the highest percentile the count can resolve (1 - 1/count), where the max sits.
+fn spectrum(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let x_end = (h.len() as f64).log10().max(1.0);
+    let mut points: Vec<(f64, f64)> = h
+        .iter_quantiles(5)
+        .filter_map(|v| {
+            let q = v.quantile_iterated_to();
+            (q < 1.0).then(|| (-(1.0 - q).log10(), v.value_iterated_to() as f64 / 1000.0))
+        })
+        .filter(|(x, _)| *x < x_end)
+        .collect();
+    points.push((x_end, h.max() as f64 / 1000.0));
+    points
+}
+
+/// `0` -> "0%", `1` -> "90%", `2` -> "99%", `3` -> "99.9%", ...; nothing between.
+fn percentile_label(x: &f64) -> String {
+    if (x - x.round()).abs() > 1e-6 {
+        return String::new();
+    }
+    match x.round() as i32 {
+        0 => "0%".into(),
+        1 => "90%".into(),
+        2 => "99%".into(),
+        n => format!("99.{}%", "9".repeat((n - 2) as usize)),
+    }
+}
+
+fn curves(session: &Session) -> Vec<Curve> {
+    let open = session.plan.rate.is_some();
+    let mut out = Vec::new();
+    let mut color = COLORS.iter().cycle();
+    for r in &session.results {
+        let c = *color.next().expect("cycle never ends");
+        out.push(Curve {
+            label: r.system.name().to_owned(),
+            color: c,
+            dashed: false,
+            points: spectrum(&r.latency),
+        });
+        if open {
+            out.push(Curve {
+                label: format!("{} (raw)", r.system.name()),
+                color: c,
+                dashed: true,
+                points: spectrum(&r.latency_raw),
+            });
+        }
+    }
+    // One system profiled: its stages too.
+    if let [only] = &session.results[..] {
+        if let Some(stats) = &only.engine {
+            for (name, h) in stats.stages.stages() {
+                if !h.is_empty() {
+                    out.push(Curve {
+                        label: format!("{} {name}", only.system.name()),
+                        color: *color.next().expect("cycle never ends"),
+                        dashed: false,
+                        points: spectrum(h),
+                    });
+                }
+            }
+        }
+    }
+    out.retain(|c| !c.points.is_empty());
+    out
+}
+
+/// (seconds from the start of the run, ops/s) per interval.
+fn throughput(r: &RunResult) -> Vec<(f64, f64)> {
+    r.timeline
+        .iter()
+        .map(|i| {
+            let secs = i.duration.as_secs_f64().max(1e-9);
+            ((i.start + i.duration).as_secs_f64(), i.ops as f64 / secs)
+        })
+        .collect()
+}
+
+pub fn write(path: &Path, session: &Session, title: &str) -> Result<(), CliError> {
+    draw(path, session, title).map_err(|e| CliError::new(format!("draw {}: {e}", path.display())))
+}
+
+fn draw(path: &Path, session: &Session, title: &str) -> DrawResult {
+    let root = SVGBackend::new(path, (1000, 1000)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(title, ("sans-serif", 22))?;
+    let (top, bottom) = root.split_vertically(600);
+
+    // The spectrum.
+    let curves = curves(session);
+    let x_max = curves
+        .iter()
+        .flat_map(|c| c.points.iter().map(|p| p.0))
+        .fold(2.0f64, f64::max)
+        .ceil();
+    let (y_min, y_max) = curves
+        .iter()
+        .flat_map(|c| c.points.iter().map(|p| p.1))
+        .fold((f64::MAX, f64::MIN), |(lo, hi), y| (lo.min(y), hi.max(y)));
+    let (y_min, y_max) = if y_min <= y_max {
+        ((y_min / 2.0).max(0.001), y_max * 2.0)
+    } else {
+        (0.001, 1.0)
+    };
+    let mut chart = ChartBuilder::on(&top)
+        .caption("latency by percentile (log scales)", ("sans-serif", 18))
+        .margin(12)
+        .margin_right(40)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x_max, (y_min..y_max).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("percentile")
+        .y_desc("latency (µs)")
+        .x_labels(x_max as usize + 1)
+        .x_label_formatter(&percentile_label)
+        .y_label_formatter(&|y| format!("{y}"))
+        .draw()?;
+    for c in &curves {
+        let color = c.color;
+        let style = color.stroke_width(2);
+        if c.dashed {
+            chart
+                .draw_series(DashedLineSeries::new(c.points.iter().copied(), 6, 4, style))?
+                .label(&c.label)
+                .legend(move |(x, y)| {
+                    EmptyElement::at((x, y))
+                        + PathElement::new(vec![(0, 0), (7, 0)], style)
+                        + PathElement::new(vec![(13, 0), (20, 0)], style)
+                });
+        } else {
+            chart
+                .draw_series(LineSeries::new(c.points.iter().copied(), style))?
+                .label(&c.label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+
+    // Throughput over time: a linear scale unless the systems are orders of magnitude
+    // apart (the naive baseline usually is), then a log scale. Empty intervals are left out
+    // of a log scale (the line joins their neighbours).
+    let series: Vec<Series> = session
+        .results
+        .iter()
+        .zip(COLORS.iter().cycle())
+        .map(|(r, c)| (r.system.name().to_owned(), *c, throughput(r)))
+        .collect();
+    let t_max = series
+        .iter()
+        .flat_map(|s| s.2.iter().map(|p| p.0))
+        .fold(0.1f64, f64::max);
+    let rates = session
+        .results
+        .iter()
+        .map(RunResult::ops_per_s)
+        .filter(|r| *r > 0.0);
+    let (lo, hi) = rates.fold((f64::MAX, 0.0f64), |(lo, hi), r| (lo.min(r), hi.max(r)));
+    let (r_min, r_max) = series
+        .iter()
+        .flat_map(|s| s.2.iter().map(|p| p.1))
+        .filter(|r| *r > 0.0)
+        .fold((f64::MAX, 1.0f64), |(lo, hi), r| (lo.min(r), hi.max(r)));
+    if hi > 20.0 * lo {
+        throughput_chart(
+            &bottom,
+            "throughput over time (log scale)",
+            // The baselines sit at the bottom, the engines at the top.
+            SeriesLabelPosition::MiddleRight,
+            &series,
+            0.0..t_max,
+            (r_min.min(r_max) / 2.0..r_max * 2.0).log_scale(),
+        )?;
+    } else {
+        throughput_chart(
+            &bottom,
+            "throughput over time",
+            SeriesLabelPosition::LowerRight,
+            &series,
+            0.0..t_max,
+            0.0..r_max * 1.1,
+        )?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+type Series = (String, RGBColor, Vec<(f64, f64)>);
+type DrawResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+fn throughput_chart<X, Y>(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    caption: &str,
+    legend: SeriesLabelPosition,
+    series: &[Series],
+    x: X,
+    y: Y,
+) -> DrawResult
+where
+    X: AsRangedCoord<Value = f64>,
+    Y: AsRangedCoord<Value = f64>,
+    X::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    Y::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
+        .margin(12)
+        .margin_right(40)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x, y)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds into the run")
+        .y_desc("ops/s")
+        .y_labels(8)
+        .y_label_formatter(&|y| si(*y))
+        .draw()?;
+    for (label, color, points) in series {
+        let color = *color;
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied().filter(|p| p.1 > 0.0),
+                color.stroke_width(2),
+            ))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .position(legend)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
+/// `1234567.0` -> "1.23M".
+fn si(x: f64) -> String {
+    match x {
+        x if x >= 1e9 => format!("{:.2}G", x / 1e9),
+        x if x >= 1e6 => format!("{:.2}M", x / 1e6),
+        x if x >= 1e3 => format!("{:.1}k", x / 1e3),
+        x => format!("{x:.0}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_labels() {
+        let labels: Vec<String> = [0.0, 1.0, 2.0, 3.0, 5.0]
+            .iter()
+            .map(percentile_label)
+            .collect();
+        assert_eq!(labels, ["0%", "90%", "99%", "99.9%", "99.999%"]);
+        assert_eq!(percentile_label(&2.5), "");
+    }
+
+    #[test]
+    fn spectrum_ends_at_the_max() {
+        let mut h = super::super::latency_histogram();
+        for v in 1..=10_000u64 {
+            h.record(v * 1000).unwrap();
+        }
+        let points = spectrum(&h);
+        assert!(points
+            .windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
+        let last = points.last().unwrap();
+        assert_eq!(last.0, 4.0);
+        assert!((last.1 - 10_000.0).abs() < 10.0, "{last:?}");
+    }
+}

@@ -1,0 +1,321 @@
+//! Latency recording shared by every system: each writer records into its own slot (one
+//! uncontended lock per operation); a sampler thread swaps the slots out once per interval,
+//! which gives the throughput-over-time series, the interval histograms of `--hlog` and the
+//! live progress line, and sums them into the run's totals.
+//!
+//! Two latencies are recorded per operation: *corrected*, from the time the request was
+//! meant to be sent (open loop: its slot in the arrival schedule) to completion, and *raw*,
+//! from the time it was actually submitted. In a closed loop the two are the same.
+
+use super::latency_histogram;
+use crate::error::{CliError, Context};
+use crate::workload::Kind;
+use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mergelog::StageHistograms;
+use parking_lot::Mutex;
+use std::io::IsTerminal;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+/// What one writer measured since the sampler last looked.
+pub struct Slot {
+    corrected: Histogram<u64>,
+    raw: Histogram<u64>,
+    puts: u64,
+    deletes: u64,
+    gets: u64,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            corrected: latency_histogram(),
+            raw: latency_histogram(),
+            puts: 0,
+            deletes: 0,
+            gets: 0,
+        }
+    }
+
+    /// Records one completed operation.
+    pub fn record(&mut self, kind: Kind, corrected: Duration, raw: Duration) {
+        record(&mut self.corrected, corrected);
+        record(&mut self.raw, raw);
+        match kind {
+            Kind::Put => self.puts += 1,
+            Kind::Delete => self.deletes += 1,
+            Kind::Get => self.gets += 1,
+        }
+    }
+}
+
+/// Records `d` into `h` in nanoseconds, saturating at the histogram's bounds.
+fn record(h: &mut Histogram<u64>, d: Duration) {
+    let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    h.saturating_record(ns.clamp(1, h.high()));
+}
+
+/// One slot per writer.
+pub struct Recorder {
+    slots: Vec<Mutex<Slot>>,
+}
+
+impl Recorder {
+    pub fn new(writers: usize) -> Recorder {
+        Recorder {
+            slots: (0..writers).map(|_| Mutex::new(Slot::new())).collect(),
+        }
+    }
+
+    pub fn slot(&self, writer: usize) -> &Mutex<Slot> {
+        &self.slots[writer]
+    }
+}
+
+/// One sampling interval of a run.
+pub struct Interval {
+    /// Start, from the start of the run.
+    pub start: Duration,
+    pub duration: Duration,
+    /// Operations completed in the interval.
+    pub ops: u64,
+    /// Corrected latency percentiles of the interval, ns (0 when no op completed).
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
+    /// The interval's histograms, V2-deflate encoded, when `--hlog` wants them: the
+    /// corrected latency, the raw latency (open loop only) and the engine stages (profile).
+    pub encoded: Vec<(String, Vec<u8>)>,
+}
+
+/// What the sampler hands back when every writer is done.
+pub struct Sampled {
+    pub latency: Histogram<u64>,
+    pub latency_raw: Histogram<u64>,
+    pub puts: u64,
+    pub deletes: u64,
+    pub gets: u64,
+    pub timeline: Vec<Interval>,
+    /// The engine's stage histograms at the last harvest (when sampled per interval).
+    pub last_stages: Option<StageHistograms>,
+}
+
+/// What the sampler does besides summing.
+pub struct SampleOptions<'a> {
+    pub interval: Duration,
+    /// Keep encoded interval histograms for `--hlog`.
+    pub encode: bool,
+    /// Also encode the raw latency (open loop: it differs from the corrected one).
+    pub encode_raw: bool,
+    /// Cumulative engine stage histograms, for per-interval stage deltas (profile).
+    pub stages: Option<&'a (dyn Fn() -> StageHistograms + Sync)>,
+    pub progress: &'a Progress,
+}
+
+/// Runs on its own thread for the length of a run: waits at `barrier` with the writers,
+/// then harvests every `interval` until every writer has dropped its end of `done`.
+pub fn sample(
+    recorder: &Recorder,
+    barrier: &Barrier,
+    done: Receiver<()>,
+    opts: &SampleOptions<'_>,
+) -> Result<Sampled, CliError> {
+    let mut out = Sampled {
+        latency: latency_histogram(),
+        latency_raw: latency_histogram(),
+        puts: 0,
+        deletes: 0,
+        gets: 0,
+        timeline: Vec::new(),
+        last_stages: None,
+    };
+    let mut spare = Slot::new();
+    let mut serializer = V2DeflateSerializer::new();
+    let mut prev_stages = if opts.encode {
+        opts.stages.map(|f| f())
+    } else {
+        None
+    };
+    barrier.wait();
+    let start = Instant::now();
+    let mut last = start;
+    let mut tick = 1u32;
+    loop {
+        let next = start + opts.interval * tick;
+        let finished = match done.recv_timeout(next.saturating_duration_since(Instant::now())) {
+            Ok(()) | Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        if !finished && Instant::now() < next {
+            continue; // a stray message; nothing is sent, but do not cut a short interval
+        }
+        let now = Instant::now();
+        tick = ((now - start).as_nanos() / opts.interval.as_nanos().max(1)) as u32 + 1;
+        // Swap every writer's slot for the cleared spare; merge outside the lock.
+        let mut interval = latency_histogram();
+        let mut interval_raw = latency_histogram();
+        for slot in &recorder.slots {
+            std::mem::swap(&mut *slot.lock(), &mut spare);
+            interval
+                .add(&spare.corrected)
+                .context(|| "merge latency histograms".into())?;
+            interval_raw
+                .add(&spare.raw)
+                .context(|| "merge latency histograms".into())?;
+            out.puts += spare.puts;
+            out.deletes += spare.deletes;
+            out.gets += spare.gets;
+            spare.corrected.reset();
+            spare.raw.reset();
+            (spare.puts, spare.deletes, spare.gets) = (0, 0, 0);
+        }
+        let mut encoded = Vec::new();
+        if opts.encode {
+            let mut enc = |tag: String, h: &Histogram<u64>| -> Result<(), CliError> {
+                let mut buf = Vec::new();
+                serializer
+                    .serialize(h, &mut buf)
+                    .map_err(|e| CliError::new(format!("encode an interval histogram: {e:?}")))?;
+                encoded.push((tag, buf));
+                Ok(())
+            };
+            enc(String::new(), &interval)?;
+            if opts.encode_raw {
+                enc("raw".into(), &interval_raw)?;
+            }
+            if let (Some(f), Some(prev)) = (opts.stages, prev_stages.as_mut()) {
+                let now_stages = f();
+                for ((name, cur), (_, old)) in now_stages.stages().iter().zip(prev.stages()) {
+                    let mut delta = (*cur).clone();
+                    // Cumulative histograms only grow, so the difference is well-defined.
+                    delta
+                        .subtract(old)
+                        .context(|| format!("difference of the {name} histograms"))?;
+                    enc((*name).into(), &delta)?;
+                }
+                *prev = now_stages;
+            }
+        }
+        let ops = interval.len();
+        out.latency
+            .add(&interval)
+            .context(|| "merge latency histograms".into())?;
+        out.latency_raw
+            .add(&interval_raw)
+            .context(|| "merge latency histograms".into())?;
+        let quantile = |q| {
+            if ops == 0 {
+                0
+            } else {
+                interval.value_at_quantile(q)
+            }
+        };
+        out.timeline.push(Interval {
+            start: last - start,
+            duration: now - last,
+            ops,
+            p50_ns: quantile(0.5),
+            p99_ns: quantile(0.99),
+            max_ns: interval.max(),
+            encoded,
+        });
+        opts.progress.update(
+            now - start,
+            out.latency.len(),
+            ops as f64 / (now - last).as_secs_f64().max(1e-9),
+        );
+        last = now;
+        if finished {
+            out.last_stages = prev_stages;
+            return Ok(out);
+        }
+    }
+}
+
+/// Adds what the engine's stages recorded after the last harvest (the last batches' stage
+/// records land after their waiters wake; `close` may write one more) to the last
+/// interval, so the interval log's stage histograms add up to the engine's totals.
+pub fn add_stage_tail(
+    timeline: &mut [Interval],
+    last: &StageHistograms,
+    fin: &StageHistograms,
+) -> Result<(), CliError> {
+    let Some(interval) = timeline.last_mut() else {
+        return Ok(());
+    };
+    let mut serializer = V2DeflateSerializer::new();
+    let mut deserializer = hdrhistogram::serialization::Deserializer::new();
+    for ((name, cur), (_, old)) in fin.stages().iter().zip(last.stages()) {
+        let mut delta = (*cur).clone();
+        delta
+            .subtract(old)
+            .context(|| format!("difference of the {name} histograms"))?;
+        if delta.is_empty() {
+            continue;
+        }
+        let Some((_, bytes)) = interval.encoded.iter_mut().find(|(t, _)| t == name) else {
+            continue;
+        };
+        let mut h: Histogram<u64> = deserializer
+            .deserialize(&mut &bytes[..])
+            .map_err(|e| CliError::new(format!("decode an interval histogram: {e:?}")))?;
+        h.add(&delta)
+            .context(|| "merge latency histograms".into())?;
+        bytes.clear();
+        serializer
+            .serialize(&h, bytes)
+            .map_err(|e| CliError::new(format!("encode an interval histogram: {e:?}")))?;
+    }
+    Ok(())
+}
+
+/// The progress bar of one run: on stderr, only when stderr is a terminal.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    /// Length in ops (`--ops`) or else in milliseconds.
+    by_ops: bool,
+}
+
+impl Progress {
+    /// `total`: the run's operations (`by_ops`) or its duration.
+    pub fn new(label: &str, by_ops: bool, total: u64) -> Progress {
+        if !std::io::stderr().is_terminal() {
+            return Progress { bar: None, by_ops };
+        }
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        let template = if by_ops {
+            "{prefix:>12} [{bar:30}] {pos}/{len} ops  {msg}"
+        } else {
+            "{prefix:>12} [{bar:30}] {elapsed:>4}  {msg}"
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix(label.to_owned());
+        Progress {
+            bar: Some(bar),
+            by_ops,
+        }
+    }
+
+    fn update(&self, elapsed: Duration, ops: u64, rate: f64) {
+        if let Some(bar) = &self.bar {
+            let pos = if self.by_ops {
+                ops
+            } else {
+                elapsed.as_millis() as u64
+            };
+            bar.set_position(pos.min(bar.length().unwrap_or(u64::MAX)));
+            bar.set_message(format!("{} ops/s", super::report::thousands(rate as u64)));
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! `mergelog dump DIR [--from SEQ] [--json]`: every record in log order, one per line.
+//!
+//! Text: `SEQ<TAB>put<TAB>KEY<TAB>VALUE` or `SEQ<TAB>delete<TAB>KEY`, keys and values shown
+//! as text when they are printable UTF-8 and as `0x` + hex otherwise (`--encoding`).
+//! JSON lines: `{"seq":N,"op":"put","key":"..","value":".."}`, a delete's value `null`;
+//! keys and values in hex unless `--encoding utf8` (lossy) or `auto`.
+//!
+//! The log is read as the engine would open it: a torn tail is where it ends (noted on
+//! stderr, exit 0). Other damage (before the tail, or a bad segment header) makes the engine
+//! refuse to open the log: the records before it are dumped, the damage is reported, and
+//! the exit code is 1.
+
+use crate::error::{CliError, EXIT_FAILURE};
+use crate::logdir::{self, Encoding, OpenError};
+use clap::Args;
+use mergelog::{LogReader, RecordOp, RecoveryMode};
+use serde::Serialize;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args, Debug)]
+pub struct DumpArgs {
+    /// The log directory.
+    dir: PathBuf,
+    /// Start at the batch with this sequence number.
+    #[arg(
+        long,
+        value_name = "SEQ",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    from: u64,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+    /// How keys and values are shown [default: auto, hex with --json].
+    #[arg(long, value_enum)]
+    encoding: Option<Encoding>,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    seq: u64,
+    op: &'static str,
+    key: &'a str,
+    value: Option<&'a str>,
+}
+
+pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
+    let (reader, refused) = match logdir::open(&args.dir, RecoveryMode::TolerateCorruptedTail) {
+        Ok(r) => (r, false),
+        Err(OpenError::Corrupt { .. }) => {
+            // The engine would refuse this log; show what comes before the damage.
+            let r = LogReader::open_with(&args.dir, RecoveryMode::PointInTime).map_err(|e| {
+                CliError::new(format!(
+                    "cannot read the log in {}: {e}",
+                    args.dir.display()
+                ))
+            })?;
+            (r, true)
+        }
+        Err(OpenError::Other(e)) => return Err(e),
+    };
+    let encoding = args.encoding.unwrap_or(if args.json {
+        Encoding::Hex
+    } else {
+        Encoding::Auto
+    });
+    let mut out = BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let written = (|| -> std::io::Result<()> {
+        for batch in reader.batches_from(args.from) {
+            let seq = batch.seq();
+            for rec in batch.records() {
+                let key = logdir::show(rec.key, encoding);
+                let (op, value) = match rec.op {
+                    RecordOp::Put => ("put", Some(logdir::show(rec.value, encoding))),
+                    RecordOp::Delete => ("delete", None),
+                };
+                if args.json {
+                    let line = Line {
+                        seq,
+                        op,
+                        key: &key,
+                        value: value.as_deref(),
+                    };
+                    serde_json::to_writer(&mut out, &line)?;
+                    out.write_all(b"\n")?;
+                } else {
+                    match value {
+                        Some(v) => writeln!(out, "{seq}\t{op}\t{key}\t{v}")?,
+                        None => writeln!(out, "{seq}\t{op}\t{key}")?,
+                    }
+                }
+            }
+        }
+        out.flush()
+    })();
+    match written {
+        Err(e) if logdir::broken_pipe(&e) => return Ok(ExitCode::SUCCESS),
+        Err(e) => return Err(CliError::new(format!("write to stdout: {e}"))),
+        Ok(()) => {}
+    }
+    if let Some(d) = reader.damage() {
+        let what = if refused {
+            "is damaged where the engine refuses to open it (only a torn tail is cut \
+             off); records after the damage are not shown"
+        } else {
+            "ends in a torn or corrupt tail, which the engine would cut off"
+        };
+        eprintln!(
+            "mergelog dump: the log {what}: {} at offset {}: {}",
+            d.path.display(),
+            d.offset,
+            d.reason
+        );
+    }
+    Ok(if refused {
+        ExitCode::from(EXIT_FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

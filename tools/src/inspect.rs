@@ -1,0 +1,405 @@
+//! `mergelog inspect DIR`: what a log holds. Segments, batches, records, bytes, key range,
+//! how much each batch coalesced (write operations acknowledged against records logged),
+//! and the damage that ends the log, if any.
+//!
+//! The log is read as a point-in-time recovery would read it: up to the first damage
+//! anywhere, which is reported; nothing is changed.
+
+use crate::bench::report::thousands;
+use crate::error::{CliError, Context};
+use crate::logdir::{self, Encoding, OpenError};
+use clap::Args;
+use mergelog::{RecordOp, RecoveryMode};
+use serde::Serialize;
+use std::fmt::Write;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// The log directory.
+    dir: PathBuf,
+    /// Batches to list one by one (the first N); 0 lists them all [default: 20, or all
+    /// with --json].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    limit: Option<usize>,
+    /// Print the report as one JSON object instead (keys in hex; every batch listed unless
+    /// --limit is given).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct SegmentJson {
+    file: String,
+    size: u64,
+    batches: u64,
+    /// End of the last frame: the bytes of the segment in use.
+    used_bytes: u64,
+    first_seq: Option<u64>,
+    last_seq: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct BatchJson {
+    seq: u64,
+    segment: String,
+    offset: u64,
+    frame_bytes: usize,
+    records: usize,
+    puts: u64,
+    deletes: u64,
+    ops_acknowledged: u32,
+    /// ops_acknowledged - records: writes superseded within the batch.
+    coalesced: u64,
+    sorted: bool,
+    /// First and last key in log order (smallest and largest when sorted), hex.
+    #[serde(serialize_with = "hex_opt")]
+    first_key: Option<Vec<u8>>,
+    #[serde(serialize_with = "hex_opt")]
+    last_key: Option<Vec<u8>>,
+}
+
+fn hex_opt<S: serde::Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(b) => s.serialize_str(&logdir::hex(b)),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Serialize)]
+struct DamageJson {
+    file: String,
+    offset: u64,
+    reason: String,
+}
+
+#[derive(Serialize)]
+struct InspectJson {
+    dir: String,
+    segments: Vec<SegmentJson>,
+    batches: u64,
+    sorted_batches: u64,
+    first_seq: Option<u64>,
+    last_seq: Option<u64>,
+    next_seq: u64,
+    records: u64,
+    puts: u64,
+    deletes: u64,
+    ops_acknowledged: u64,
+    coalesced: u64,
+    frame_bytes: u64,
+    key_bytes: u64,
+    value_bytes: u64,
+    /// Smallest and largest key, hex.
+    key_min: Option<String>,
+    key_max: Option<String>,
+    damage: Option<DamageJson>,
+    /// The first --limit batches (all with --json and no --limit).
+    batch_list: Vec<BatchJson>,
+}
+
+fn percentile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+pub fn run(args: InspectArgs) -> Result<(), CliError> {
+    let reader = match logdir::open(&args.dir, RecoveryMode::PointInTime) {
+        Ok(r) => r,
+        Err(OpenError::Corrupt {
+            path,
+            offset,
+            reason,
+        }) => {
+            // Point-in-time stops at damage rather than failing; this is a header problem
+            // the reader could not step over.
+            return Err(CliError::new(format!(
+                "{} at offset {offset}: {reason}",
+                path.display()
+            )));
+        }
+        Err(OpenError::Other(e)) => return Err(e),
+    };
+    let limit = match args.limit {
+        Some(0) => usize::MAX,
+        Some(n) => n,
+        None if args.json => usize::MAX,
+        None => 20,
+    };
+    let name = |p: &std::path::Path| {
+        p.file_name().map_or_else(
+            || p.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+    };
+
+    let mut segments: Vec<SegmentJson> = reader
+        .segment_files()
+        .into_iter()
+        .map(|(path, size)| SegmentJson {
+            file: name(&path),
+            size,
+            batches: 0,
+            used_bytes: logdir::SEGMENT_HEADER_LEN,
+            first_seq: None,
+            last_seq: None,
+        })
+        .collect();
+    let mut r = InspectJson {
+        dir: args.dir.display().to_string(),
+        segments: Vec::new(),
+        batches: 0,
+        sorted_batches: 0,
+        first_seq: None,
+        last_seq: None,
+        next_seq: reader.next_seq(),
+        records: 0,
+        puts: 0,
+        deletes: 0,
+        ops_acknowledged: 0,
+        coalesced: 0,
+        frame_bytes: 0,
+        key_bytes: 0,
+        value_bytes: 0,
+        key_min: None,
+        key_max: None,
+        damage: reader.damage().map(|d| DamageJson {
+            file: d.path.display().to_string(),
+            offset: d.offset,
+            reason: d.reason.clone(),
+        }),
+        batch_list: Vec::new(),
+    };
+    let (mut key_min, mut key_max): (Option<Vec<u8>>, Option<Vec<u8>>) = (None, None);
+    let (mut per_batch_records, mut per_batch_coalesced) = (Vec::new(), Vec::new());
+    for b in reader.batches() {
+        let seg_name = name(b.segment());
+        let (mut puts, mut deletes) = (0u64, 0u64);
+        let (mut first, mut last): (Option<&[u8]>, Option<&[u8]>) = (None, None);
+        for rec in b.records() {
+            match rec.op {
+                RecordOp::Put => puts += 1,
+                RecordOp::Delete => deletes += 1,
+            }
+            r.key_bytes += rec.key.len() as u64;
+            r.value_bytes += rec.value.len() as u64;
+            first.get_or_insert(rec.key);
+            last = Some(rec.key);
+            if key_min.as_deref().is_none_or(|m| rec.key < m) {
+                key_min = Some(rec.key.to_vec());
+            }
+            if key_max.as_deref().is_none_or(|m| rec.key > m) {
+                key_max = Some(rec.key.to_vec());
+            }
+        }
+        let records = b.len() as u64;
+        let coalesced = u64::from(b.ops_acknowledged()).saturating_sub(records);
+        r.batches += 1;
+        r.sorted_batches += u64::from(b.is_sorted());
+        r.first_seq.get_or_insert(b.seq());
+        r.last_seq = Some(b.seq());
+        r.records += records;
+        r.puts += puts;
+        r.deletes += deletes;
+        r.ops_acknowledged += u64::from(b.ops_acknowledged());
+        r.coalesced += coalesced;
+        r.frame_bytes += b.frame_len() as u64;
+        per_batch_records.push(records);
+        per_batch_coalesced.push(coalesced);
+        if let Some(seg) = segments.iter_mut().find(|s| s.file == seg_name) {
+            seg.batches += 1;
+            seg.used_bytes = b.offset() + b.frame_len() as u64;
+            seg.first_seq.get_or_insert(b.seq());
+            seg.last_seq = Some(b.seq());
+        }
+        if r.batch_list.len() < limit {
+            r.batch_list.push(BatchJson {
+                seq: b.seq(),
+                segment: seg_name,
+                offset: b.offset(),
+                frame_bytes: b.frame_len(),
+                records: b.len(),
+                puts,
+                deletes,
+                ops_acknowledged: b.ops_acknowledged(),
+                coalesced,
+                sorted: b.is_sorted(),
+                first_key: first.map(<[u8]>::to_vec),
+                last_key: last.map(<[u8]>::to_vec),
+            });
+        }
+    }
+    r.segments = segments;
+    if args.json {
+        r.key_min = key_min.as_deref().map(logdir::hex);
+        r.key_max = key_max.as_deref().map(logdir::hex);
+        let json = serde_json::to_string_pretty(&r).context(|| "encode JSON".into())?;
+        return logdir::print(&(json + "\n"));
+    }
+
+    let mut out = String::new();
+    let _ = writeln!(out, "log: {}", args.dir.display());
+    let _ = writeln!(out, "segments: {}", r.segments.len());
+    let rows: Vec<Vec<String>> = r
+        .segments
+        .iter()
+        .map(|s| {
+            vec![
+                s.file.clone(),
+                thousands(s.size),
+                thousands(s.used_bytes),
+                thousands(s.batches),
+                s.first_seq.map_or("-".into(), |x| x.to_string()),
+                s.last_seq.map_or("-".into(), |x| x.to_string()),
+            ]
+        })
+        .collect();
+    out.push_str(&indent(&crate::bench::report::table(
+        &[
+            "file",
+            "size",
+            "used bytes",
+            "batches",
+            "first seq",
+            "last seq",
+        ],
+        &rows,
+    )));
+    let pct = |a: u64, b: u64| {
+        if b == 0 {
+            0.0
+        } else {
+            a as f64 * 100.0 / b as f64
+        }
+    };
+    let seqs = match (r.first_seq, r.last_seq) {
+        (Some(a), Some(b)) => format!(" (seq {a}..{b})"),
+        _ => String::new(),
+    };
+    let _ = writeln!(
+        out,
+        "batches: {}{seqs}, {} sorted; next seq {}",
+        thousands(r.batches),
+        thousands(r.sorted_batches),
+        r.next_seq
+    );
+    let _ = writeln!(
+        out,
+        "records: {} ({} puts, {} deletes)",
+        thousands(r.records),
+        thousands(r.puts),
+        thousands(r.deletes)
+    );
+    let _ = writeln!(
+        out,
+        "coalescing: {} write operations acknowledged, {} records logged, {} coalesced away \
+         ({:.1} %)",
+        thousands(r.ops_acknowledged),
+        thousands(r.records),
+        thousands(r.coalesced),
+        pct(r.coalesced, r.ops_acknowledged)
+    );
+    per_batch_records.sort_unstable();
+    per_batch_coalesced.sort_unstable();
+    let _ = writeln!(
+        out,
+        "per batch: records p50 {} p99 {} max {}; coalesced p50 {} p99 {} max {}",
+        percentile(&per_batch_records, 0.5),
+        percentile(&per_batch_records, 0.99),
+        per_batch_records.last().copied().unwrap_or(0),
+        percentile(&per_batch_coalesced, 0.5),
+        percentile(&per_batch_coalesced, 0.99),
+        per_batch_coalesced.last().copied().unwrap_or(0),
+    );
+    let _ = writeln!(
+        out,
+        "bytes: {} in frames, {} of keys, {} of values",
+        thousands(r.frame_bytes),
+        thousands(r.key_bytes),
+        thousands(r.value_bytes)
+    );
+    match (&key_min, &key_max) {
+        (Some(lo), Some(hi)) => {
+            let _ = writeln!(
+                out,
+                "key range: {} .. {}",
+                logdir::show(lo, Encoding::Auto),
+                logdir::show(hi, Encoding::Auto)
+            );
+        }
+        _ => out.push_str("key range: - (no records)\n"),
+    }
+    match &r.damage {
+        None => out.push_str("damage: none found\n"),
+        Some(d) => {
+            let _ = writeln!(
+                out,
+                "damage: {} at offset {}: {} (the log is read up to there)",
+                d.file, d.offset, d.reason
+            );
+        }
+    }
+    if !r.batch_list.is_empty() {
+        let shown = r.batch_list.len() as u64;
+        let _ = writeln!(
+            out,
+            "\nbatches{}:",
+            if shown < r.batches {
+                format!(" (first {shown} of {}; --limit 0 for all)", r.batches)
+            } else {
+                String::new()
+            }
+        );
+        let rows: Vec<Vec<String>> = r
+            .batch_list
+            .iter()
+            .map(|b| {
+                vec![
+                    b.seq.to_string(),
+                    b.segment.clone(),
+                    b.offset.to_string(),
+                    b.frame_bytes.to_string(),
+                    b.records.to_string(),
+                    b.ops_acknowledged.to_string(),
+                    b.coalesced.to_string(),
+                    if b.sorted { "yes" } else { "no" }.into(),
+                    key_range(&b.first_key, &b.last_key),
+                ]
+            })
+            .collect();
+        out.push_str(&indent(&crate::bench::report::table(
+            &[
+                "seq",
+                "segment",
+                "offset",
+                "bytes",
+                "records",
+                "acked",
+                "coalesced",
+                "sorted",
+                "keys",
+            ],
+            &rows,
+        )));
+    }
+    logdir::print(&out)
+}
+
+fn key_range(first: &Option<Vec<u8>>, last: &Option<Vec<u8>>) -> String {
+    match (first, last) {
+        (Some(a), Some(b)) if a == b => logdir::show(a, Encoding::Auto),
+        (Some(a), Some(b)) => format!(
+            "{} .. {}",
+            logdir::show(a, Encoding::Auto),
+            logdir::show(b, Encoding::Auto)
+        ),
+        _ => "-".into(),
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}

@@ -1,0 +1,411 @@
+//! `mergelog inspect`, `verify` and `dump` on logs written through the library in the test:
+//! verify passes a clean log and names the file and offset of a flipped byte in a copy,
+//! dump prints exactly the records that survived coalescing, inspect's counts match
+//! `LogReader`, and unusable directories exit 2 with one line.
+
+mod common;
+
+use common::*;
+use mergelog::{Config, Engine, LogReader, RecordOp, WindowPolicy, WriteBatch};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Small segments, so that a couple of megabytes of puts span several of them.
+fn small_segments() -> Config {
+    Config {
+        segment_bytes: 1 << 20,
+        batch_bytes_max: 256 << 10,
+        ..Config::default()
+    }
+}
+
+/// A log of `rounds` batches of 100 puts with 1 KiB values over 300 keys.
+fn write_log(dir: &Path, rounds: u32) {
+    let engine = Engine::open(dir, small_segments()).unwrap();
+    let value = vec![0x5au8; 1024];
+    for round in 0..rounds {
+        let tickets: Vec<_> = (0..100u32)
+            .map(|i| {
+                let key = format!("key-{:05}", (round * 37 + i * 7) % 300);
+                engine.put(key.as_bytes(), &value).unwrap()
+            })
+            .collect();
+        for t in tickets {
+            t.wait().unwrap();
+        }
+    }
+    engine.close().unwrap();
+}
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    LogReader::open(dir)
+        .unwrap()
+        .segment_files()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// Copies the segment files of `from` into a new directory `to`.
+fn copy_log(from: &Path, to: &Path) {
+    std::fs::create_dir(to).unwrap();
+    for seg in segment_files(from) {
+        std::fs::copy(&seg, to.join(seg.file_name().unwrap())).unwrap();
+    }
+}
+
+fn flip_byte(path: &Path, offset: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[offset as usize] ^= 0x40;
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn run_code(args: &[&str]) -> (i32, String, String) {
+    let out = mergelog(args);
+    let code = out.status.code().expect("exited normally");
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    (code, stdout(&out), err)
+}
+
+#[test]
+fn verify_passes_a_clean_log_and_names_a_flipped_byte() {
+    let root = tempfile::tempdir().unwrap();
+    let clean = root.path().join("clean");
+    std::fs::create_dir(&clean).unwrap();
+    write_log(&clean, 25);
+    let segments = segment_files(&clean);
+    assert!(
+        segments.len() >= 2,
+        "expected several segments, got {segments:?}"
+    );
+
+    let (code, out, _) = run_code(&["verify", clean.to_str().unwrap()]);
+    assert_eq!(code, 0, "a clean log fails verify: {out}");
+    assert!(out.starts_with("clean:"), "{out}");
+
+    // A byte inside the body of a frame in the middle of the log: the CRC catches it, at
+    // the frame's offset.
+    let reader = LogReader::open(&clean).unwrap();
+    let victim = reader
+        .batches()
+        .find(|b| b.segment() == segments[1].as_path() && b.offset() > 64)
+        .expect("a second frame in the second segment");
+    let (seg_name, frame_offset) = (
+        victim.segment().file_name().unwrap().to_owned(),
+        victim.offset(),
+    );
+    let flip_at = frame_offset + 32 + 17;
+    assert!(flip_at < frame_offset + victim.frame_len() as u64);
+    drop(reader);
+
+    let damaged = root.path().join("damaged");
+    copy_log(&clean, &damaged);
+    flip_byte(&damaged.join(&seg_name), flip_at);
+    let (code, out, err) = run_code(&["verify", damaged.to_str().unwrap()]);
+    assert_eq!(code, 1, "verify missed the flipped byte: {out} {err}");
+    let seg_path = damaged.join(&seg_name);
+    assert!(
+        out.contains(&seg_path.display().to_string()),
+        "the report does not name {}: {out}",
+        seg_path.display()
+    );
+    assert!(
+        out.contains(&format!("offset {frame_offset}")),
+        "the report does not name offset {frame_offset}: {out}"
+    );
+    // The original is untouched and still clean.
+    assert_eq!(run_code(&["verify", clean.to_str().unwrap()]).0, 0);
+
+    // Bytes after the last frame of the last segment: a torn write, which a reader skips
+    // but verify does not.
+    let torn = root.path().join("torn");
+    copy_log(&clean, &torn);
+    let reader = LogReader::open(&torn).unwrap();
+    let last = reader.batches().last().unwrap();
+    let (last_seg, end) = (
+        last.segment().to_owned(),
+        last.offset() + last.frame_len() as u64,
+    );
+    drop(reader);
+    flip_byte(&last_seg, end + 100);
+    let (code, out, _) = run_code(&["verify", torn.to_str().unwrap()]);
+    assert_eq!(code, 1, "verify missed garbage after the last frame: {out}");
+    assert!(out.contains(&format!("offset {end}")), "{out}");
+
+    // A damaged segment header: offset 0 of the first file.
+    let header = root.path().join("header");
+    copy_log(&clean, &header);
+    let first = header.join(segments[0].file_name().unwrap());
+    flip_byte(&first, 20);
+    let (code, out, _) = run_code(&["verify", header.to_str().unwrap()]);
+    assert_eq!(code, 1, "verify missed a damaged header: {out}");
+    assert!(
+        out.contains(&format!("{} at offset 0", first.display())),
+        "{out}"
+    );
+    // inspect reports it rather than calling the directory empty.
+    let out = succeeds(&["inspect", header.to_str().unwrap()]);
+    assert!(
+        out.contains("damage: ") && out.contains("at offset 0"),
+        "{out}"
+    );
+}
+
+#[test]
+fn unusable_directories_exit_2_with_one_line() {
+    let root = tempfile::tempdir().unwrap();
+    let missing = root.path().join("missing");
+    let file = root.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let empty = root.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for cmd in ["verify", "inspect", "dump"] {
+        rejects_with(2, &[cmd, missing.to_str().unwrap()], "does not exist");
+        rejects_with(2, &[cmd, file.to_str().unwrap()], "not a directory");
+        rejects_with(
+            2,
+            &[cmd, empty.to_str().unwrap()],
+            "no mergelog segment files",
+        );
+    }
+}
+
+/// One JSON line of `dump --json`, decoded.
+fn record(line: &Value) -> (u64, String, Vec<u8>, Option<Vec<u8>>) {
+    let hex = |v: &Value| -> Vec<u8> {
+        let s = v.as_str().expect("hex string");
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    };
+    (
+        line["seq"].as_u64().unwrap(),
+        line["op"].as_str().unwrap().to_owned(),
+        hex(&line["key"]),
+        (!line["value"].is_null()).then(|| hex(&line["value"])),
+    )
+}
+
+#[test]
+fn dump_prints_exactly_the_surviving_records() {
+    let dir = tempfile::tempdir().unwrap();
+    // A long linger: a window holds everything submitted until `flush` cuts it.
+    let config = Config {
+        window: WindowPolicy::Linger(Duration::from_secs(5)),
+        window_age_max: Duration::from_secs(5),
+        ..Config::default()
+    };
+    let engine = Engine::open(dir.path(), config).unwrap();
+    let flush = |tickets: Vec<mergelog::Ticket>| {
+        engine.flush().unwrap().wait().unwrap();
+        for t in tickets {
+            t.wait().unwrap();
+        }
+    };
+    // Batch 1: one put.
+    flush(vec![engine.put(b"apple", b"red").unwrap()]);
+    // Batch 2: one window; per key only the last write survives, sorted by key.
+    flush(vec![
+        engine.put(b"kiwi", b"green").unwrap(),
+        engine.put(b"apple", b"green").unwrap(),
+        engine.delete(b"plum").unwrap(),
+        engine.put(b"kiwi", b"brown").unwrap(),
+        engine.put(b"fig", b"\x00\xff").unwrap(),
+    ]);
+    // Batch 3: an atomic batch and a delete.
+    let mut batch = WriteBatch::new();
+    batch.put(b"pear", b"yellow").delete(b"apple");
+    flush(vec![engine.write(&batch).unwrap()]);
+    engine.close().unwrap();
+    drop(engine);
+
+    type Rec = (u64, &'static str, &'static [u8], Option<&'static [u8]>);
+    let expected: Vec<Rec> = vec![
+        (1, "put", b"apple", Some(b"red")),
+        (2, "put", b"apple", Some(b"green")),
+        (2, "put", b"fig", Some(b"\x00\xff")),
+        (2, "put", b"kiwi", Some(b"brown")),
+        (2, "delete", b"plum", None),
+        (3, "delete", b"apple", None),
+        (3, "put", b"pear", Some(b"yellow")),
+    ];
+    // The library agrees on what the log holds (batch 3 in the order the reader gives).
+    let reader = LogReader::open(dir.path()).unwrap();
+    let logged: Vec<(u64, RecordOp, Vec<u8>, Vec<u8>)> = reader
+        .batches()
+        .flat_map(|b| {
+            let seq = b.seq();
+            b.records()
+                .map(move |r| (seq, r.op, r.key.to_vec(), r.value.to_vec()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    drop(reader);
+    let mut expected_in_log_order = expected.clone();
+    // Within batch 3 the records are in whatever order the log holds them (sorted when
+    // coalesced); take that order from the reader.
+    let batch3: Vec<&(u64, RecordOp, Vec<u8>, Vec<u8>)> =
+        logged.iter().filter(|r| r.0 == 3).collect();
+    if batch3.first().map(|r| r.2.as_slice()) == Some(b"pear") {
+        expected_in_log_order.swap(5, 6);
+    }
+    assert_eq!(logged.len(), expected.len(), "the log holds {logged:?}");
+
+    let out = succeeds(&["dump", dir.path().to_str().unwrap(), "--json"]);
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    let got: Vec<_> = lines.iter().map(record).collect();
+    let want: Vec<_> = expected_in_log_order
+        .iter()
+        .map(|(seq, op, key, value)| {
+            (
+                *seq,
+                op.to_string(),
+                key.to_vec(),
+                value.map(<[u8]>::to_vec),
+            )
+        })
+        .collect();
+    assert_eq!(got, want, "dump --json printed:\n{out}");
+
+    // --from skips whole batches.
+    let out = succeeds(&[
+        "dump",
+        dir.path().to_str().unwrap(),
+        "--json",
+        "--from",
+        "2",
+    ]);
+    let got: Vec<_> = out
+        .lines()
+        .map(|l| record(&serde_json::from_str(l).unwrap()))
+        .collect();
+    assert_eq!(got, want[1..], "dump --from 2");
+    let out = succeeds(&["dump", dir.path().to_str().unwrap(), "--from", "4"]);
+    assert!(out.is_empty(), "records past the end: {out}");
+
+    // Text: printable keys as text, others in hex; utf8 encoding in JSON on request.
+    let out = succeeds(&["dump", dir.path().to_str().unwrap()]);
+    assert!(out.starts_with("1\tput\tapple\tred\n"), "{out}");
+    assert!(out.contains("2\tput\tfig\t0x00ff\n"), "{out}");
+    assert!(out.contains("2\tdelete\tplum\n"), "{out}");
+    let out = succeeds(&[
+        "dump",
+        dir.path().to_str().unwrap(),
+        "--json",
+        "--encoding",
+        "utf8",
+    ]);
+    let first: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(first["key"], "apple");
+    assert_eq!(first["value"], "red");
+
+    // inspect sees the coalescing of batch 2: five writes acknowledged, four records.
+    let out = succeeds(&["inspect", dir.path().to_str().unwrap(), "--json"]);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let b2 = &report["batch_list"][1];
+    assert_eq!(b2["seq"], 2);
+    assert_eq!(b2["records"], 4);
+    assert_eq!(b2["ops_acknowledged"], 5);
+    assert_eq!(b2["coalesced"], 1);
+    assert_eq!(report["key_min"], "6170706c65"); // apple
+    assert_eq!(report["key_max"], "706c756d"); // plum
+}
+
+#[test]
+fn inspect_counts_match_the_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 25);
+    let reader = LogReader::open(dir.path()).unwrap();
+    let batches: Vec<_> = reader.batches().collect();
+    let records: usize = batches.iter().map(|b| b.len()).sum();
+    let acked: u64 = batches
+        .iter()
+        .map(|b| u64::from(b.ops_acknowledged()))
+        .sum();
+    let frame_bytes: u64 = batches.iter().map(|b| b.frame_len() as u64).sum();
+    assert_eq!(acked, 2500, "every put acknowledged once");
+
+    let out = succeeds(&["inspect", dir.path().to_str().unwrap(), "--json"]);
+    let report: Value = serde_json::from_str(&out).expect("inspect --json parses");
+    let segments = report["segments"].as_array().unwrap();
+    assert_eq!(segments.len(), reader.segment_count());
+    assert!(segments.len() >= 2);
+    assert_eq!(int(&report, "batches"), batches.len() as u64);
+    assert_eq!(int(&report, "records"), records as u64);
+    assert_eq!(int(&report, "puts"), records as u64);
+    assert_eq!(int(&report, "ops_acknowledged"), acked);
+    assert_eq!(int(&report, "coalesced"), acked - records as u64);
+    assert_eq!(int(&report, "frame_bytes"), frame_bytes);
+    assert_eq!(int(&report, "next_seq"), reader.next_seq());
+    assert!(report["damage"].is_null());
+    let per_segment: u64 = segments.iter().map(|s| int(s, "batches")).sum();
+    assert_eq!(per_segment, batches.len() as u64);
+    assert_eq!(
+        report["batch_list"].as_array().unwrap().len(),
+        batches.len()
+    );
+    for (listed, b) in report["batch_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&batches)
+    {
+        assert_eq!(int(listed, "seq"), b.seq());
+        assert_eq!(int(listed, "offset"), b.offset());
+        assert_eq!(int(listed, "records"), b.len() as u64);
+    }
+    assert_eq!(report["key_min"], "6b65792d3030303030"); // key-00000
+    assert_eq!(report["key_max"], "6b65792d3030323939"); // key-00299
+
+    let text = succeeds(&["inspect", dir.path().to_str().unwrap(), "--limit", "3"]);
+    assert!(
+        text.contains(&format!("segments: {}\n", reader.segment_count())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "batches: {} (seq 1..{})",
+            batches.len(),
+            batches.len()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("key range: key-00000 .. key-00299"), "{text}");
+    assert!(text.contains("damage: none"), "{text}");
+    assert!(
+        text.contains(&format!("first 3 of {}", batches.len())),
+        "{text}"
+    );
+    drop(reader);
+
+    // A damaged copy: inspect reads up to the damage and says where it is; dump prints the
+    // records before it and exits 1.
+    let damaged = dir.path().join("damaged");
+    copy_log(dir.path(), &damaged);
+    let first_seg = segment_files(&damaged)[0].clone();
+    let second = LogReader::open(&damaged)
+        .unwrap()
+        .batches()
+        .nth(1)
+        .unwrap()
+        .offset();
+    flip_byte(&first_seg, second + 40);
+    let out = succeeds(&["inspect", damaged.to_str().unwrap(), "--json"]);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(int(&report, "batches"), 1, "inspect read past the damage");
+    assert_eq!(int(&report["damage"], "offset"), second);
+    let (code, out, err) = run_code(&["dump", damaged.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 1, "dump of a log damaged mid-way: {err}");
+    assert!(
+        out.lines().all(|l| l.contains("\"seq\":1,")),
+        "records past the damage"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains(&format!("offset {second}")), "{err}");
+}

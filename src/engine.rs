@@ -626,6 +626,8 @@ struct Flusher {
     to_syncer: Sender<Job>,
     /// Completed jobs come back for reuse, so no window allocates.
     spare: Receiver<Job>,
+    /// Where a job completed inline goes back to the pool.
+    give_back: Sender<Job>,
 }
 
 /// One cut window's numbers.
@@ -651,7 +653,7 @@ fn start_pipeline(
     let syncer = Syncer {
         inner: inner.clone(),
         jobs,
-        give_back,
+        give_back: give_back.clone(),
         group: Vec::new(),
     };
     let syncer = std::thread::Builder::new()
@@ -670,6 +672,7 @@ fn start_pipeline(
         prev_requests: 1,
         to_syncer,
         spare,
+        give_back,
     };
     std::thread::Builder::new()
         .name("mergelog-flusher".into())
@@ -728,8 +731,23 @@ impl Flusher {
         job
     }
 
+    /// Hands a written job on for completion. When nothing else is in flight (every job sent
+    /// before is complete, so the syncer is idle) and no request waits behind this window
+    /// (so there is no next window to overlap with), the flusher completes it itself: at low
+    /// load that saves a thread hand-off, most of the latency besides the sync.
     fn send(&mut self, job: Job) {
+        let idle = self.inner.completion.durable() >= self.in_flight
+            && self.inner.ring.tail() <= job.end;
         self.in_flight = job.end;
+        if idle {
+            if self.inner.completion.failure().is_none() {
+                if let Err(e) = complete_jobs(&self.inner, std::slice::from_ref(&job)) {
+                    self.inner.completion.fail(e);
+                }
+            }
+            let _ = self.give_back.try_send(job);
+            return;
+        }
         self.inner.queued.fetch_add(1, Ordering::SeqCst);
         // The syncer only stops after this sender is dropped, so this cannot fail.
         let _ = self.to_syncer.send(job);
@@ -1011,7 +1029,7 @@ impl Syncer {
             // The log has room again: an adaptive window waiting for that may be cut now.
             self.inner.ring.notify_consumer();
             if self.inner.completion.failure().is_none() {
-                if let Err(e) = self.complete() {
+                if let Err(e) = complete_jobs(&self.inner, &self.group) {
                     self.inner.completion.fail(e);
                 }
             }
@@ -1020,61 +1038,63 @@ impl Syncer {
             }
         }
     }
+}
 
-    fn complete(&mut self) -> Result<()> {
-        let inner = &*self.inner;
-        let t0 = Instant::now();
-        // Every frame of the group is in one segment: the flusher drains the pipeline before
-        // it rolls to a new one.
-        let mut frames = self.group.iter().filter_map(|j| j.frame.as_ref());
-        let mut synced = false;
-        if let Some(first) = frames.next() {
-            let last = frames.next_back().unwrap_or(first);
-            debug_assert!(Arc::ptr_eq(&first.seg, &last.seg));
-            if inner.config.durability == Durability::Sync {
-                last.seg.sync(
-                    first.start,
-                    (last.end - first.start) as usize,
-                    inner.config.write_path,
-                )?;
-                Counters::add(&inner.counters.syncs, 1);
-                synced = true;
-            }
-            last.seg.publish(last.end);
-            inner.durable_seq.store(last.seq, Ordering::Release);
+/// Makes a group of written jobs durable and completes them, in order: one sync for all their
+/// frames, publish, index update, watermark, wake-up. Run by the syncer, or by the flusher
+/// itself when nothing else is in flight.
+fn complete_jobs(inner: &Inner, group: &[Job]) -> Result<()> {
+    let t0 = Instant::now();
+    // Every frame of the group is in one segment: the flusher drains the pipeline before it
+    // rolls to a new one.
+    let mut frames = group.iter().filter_map(|j| j.frame.as_ref());
+    let mut synced = false;
+    if let Some(first) = frames.next() {
+        let last = frames.next_back().unwrap_or(first);
+        debug_assert!(Arc::ptr_eq(&first.seg, &last.seg));
+        if inner.config.durability == Durability::Sync {
+            last.seg.sync(
+                first.start,
+                (last.end - first.start) as usize,
+                inner.config.write_path,
+            )?;
+            Counters::add(&inner.counters.syncs, 1);
+            synced = true;
         }
-        let t1 = Instant::now();
-        for job in &self.group {
-            let Some(frame) = &job.frame else { continue };
-            let updates = job.updates.iter().map(|&(key_off, len, loc)| {
-                let key = frame.seg.bytes(key_off, len as usize);
-                assert_eq!(
-                    key.len(),
-                    len as usize,
-                    "frames are published before the index"
-                );
-                (key, loc)
-            });
-            // SAFETY: the keys are published bytes of the frame's segment, which stays in
-            // `inner.segments` (and mapped) for the engine's lifetime.
-            unsafe { inner.index.apply(updates) };
-        }
-        let end = self.group.last().map_or(0, |j| j.end);
-        inner.completion.advance(end);
-        let t2 = Instant::now();
-        let now_ns = (t2 - inner.epoch).as_nanos() as u64;
-        let mut h = inner.counters.stages.lock();
-        if synced {
-            record(&mut h.sync, (t1 - t0).as_nanos() as u64);
-        }
-        record(&mut h.wakeup, (t2 - t1).as_nanos() as u64);
-        for job in &self.group {
-            for &s in &job.stamps {
-                record(&mut h.end_to_end, now_ns.saturating_sub(s));
-            }
-        }
-        Ok(())
+        last.seg.publish(last.end);
+        inner.durable_seq.store(last.seq, Ordering::Release);
     }
+    let t1 = Instant::now();
+    for job in group {
+        let Some(frame) = &job.frame else { continue };
+        let updates = job.updates.iter().map(|&(key_off, len, loc)| {
+            let key = frame.seg.bytes(key_off, len as usize);
+            assert_eq!(
+                key.len(),
+                len as usize,
+                "frames are published before the index"
+            );
+            (key, loc)
+        });
+        // SAFETY: the keys are published bytes of the frame's segment, which stays in
+        // `inner.segments` (and mapped) for the engine's lifetime.
+        unsafe { inner.index.apply(updates) };
+    }
+    let end = group.last().map_or(0, |j| j.end);
+    inner.completion.advance(end);
+    let t2 = Instant::now();
+    let now_ns = (t2 - inner.epoch).as_nanos() as u64;
+    let mut h = inner.counters.stages.lock();
+    if synced {
+        record(&mut h.sync, (t1 - t0).as_nanos() as u64);
+    }
+    record(&mut h.wakeup, (t2 - t1).as_nanos() as u64);
+    for job in group {
+        for &s in &job.stamps {
+            record(&mut h.end_to_end, now_ns.saturating_sub(s));
+        }
+    }
+    Ok(())
 }
 
 /// Decodes one ring record into window entries (a batch gives several).

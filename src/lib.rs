@@ -48,32 +48,53 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+// Under `--cfg loom` only the ring is built: its loom model tests replace the atomics and
+// the parking with loom's, which the threads of the rest of the engine cannot use.
+#[cfg(not(loom))]
 #[doc(hidden)]
 pub mod coalesce;
+#[cfg(not(loom))]
 mod config;
+#[cfg(not(loom))]
 mod engine;
+#[cfg(not(loom))]
 mod error;
+#[cfg(not(loom))]
 mod index;
+#[cfg(not(loom))]
 #[doc(hidden)]
 pub mod log;
+#[cfg(not(loom))]
 mod reader;
 #[doc(hidden)]
 pub mod ring;
+#[cfg(not(loom))]
 mod stats;
+#[cfg(not(loom))]
 mod ticket;
 
+#[cfg(not(loom))]
 pub use config::{Backpressure, Config, Durability, RecoveryMode, WindowPolicy, WritePath};
+#[cfg(not(loom))]
 pub use engine::{Engine, OpenReport, WriteBatch};
+#[cfg(not(loom))]
 pub use error::{Error, Result};
+#[cfg(not(loom))]
 pub use index::ValueRef;
+#[cfg(not(loom))]
 pub use log::format::{Record, RecordOp};
+#[cfg(not(loom))]
 pub use log::recovery::Damage;
+#[cfg(not(loom))]
 pub use reader::{Batch, Follower, LogReader, OwnedBatch};
+#[cfg(not(loom))]
 pub use stats::{StageHistograms, Stats};
+#[cfg(not(loom))]
 pub use ticket::{GetTicket, Ticket};
 
 /// Internal stages, exposed for the criterion benches and the fuzz targets only. Not a
 /// stable API.
+#[cfg(not(loom))]
 #[doc(hidden)]
 pub mod internals {
     pub use crate::coalesce;

@@ -11,11 +11,18 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+/// Bit of `Completion::state` set once the engine has failed. Positions never reach it (a
+/// ring position grows by at most a few GiB per second: 2^63 bytes is centuries away).
+const FAILED: u64 = 1 << 63;
+
 /// The state every ticket of one engine looks at.
 pub(crate) struct Completion {
-    /// Every request whose end position is `<=` this is durable and complete.
-    durable: AtomicU64,
-    /// Set once, when a write or sync fails; requests past `durable` then fail with it.
+    /// The durable watermark (every request whose end position is `<=` it is durable and
+    /// complete), with the `FAILED` bit. Once the bit is set the watermark never moves again,
+    /// so a ticket's outcome, once seen, never changes: one atomic holds both so that no
+    /// advance can slip in after a failure.
+    state: AtomicU64,
+    /// Set once, before the `FAILED` bit: the error the first failed operation gave.
     failure: OnceLock<Error>,
     lock: Mutex<()>,
     cond: Condvar,
@@ -29,7 +36,7 @@ pub(crate) struct Completion {
 impl Completion {
     pub fn new(durable: u64) -> Completion {
         Completion {
-            durable: AtomicU64::new(durable),
+            state: AtomicU64::new(durable),
             failure: OnceLock::new(),
             lock: Mutex::new(()),
             cond: Condvar::new(),
@@ -39,8 +46,9 @@ impl Completion {
         }
     }
 
+    /// The durable watermark.
     pub fn durable(&self) -> u64 {
-        self.durable.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire) & !FAILED
     }
 
     pub fn failure(&self) -> Option<&Error> {
@@ -49,26 +57,38 @@ impl Completion {
 
     /// `Some(result)` once the request ending at `pos` is complete.
     pub fn status(&self, pos: u64) -> Option<Result<()>> {
-        if self.durable.load(Ordering::Acquire) >= pos {
-            return Some(Ok(()));
+        let state = self.state.load(Ordering::Acquire);
+        if state & !FAILED >= pos {
+            Some(Ok(()))
+        } else if state & FAILED != 0 {
+            // `failure` was set before the bit, and the Acquire load orders it before us.
+            let e = self.failure.get().cloned();
+            Some(Err(e.unwrap_or_else(|| Error::Failed(Arc::new("engine failed".into())))))
+        } else {
+            None
         }
-        self.failure.get().map(|e| Err(e.clone()))
     }
 
-    /// Advances the watermark (flusher only) and wakes whoever waits.
+    /// Advances the watermark and wakes whoever waits; does nothing once the engine failed.
     pub fn advance(&self, durable: u64) {
-        debug_assert!(durable >= self.durable());
         // SeqCst pairs with the SeqCst increment of `sleepers` in `wait`: either the sleeper
         // sees the new watermark, or we see the sleeper and notify under the lock.
-        self.durable.store(durable, Ordering::SeqCst);
-        self.wake();
+        let moved = self
+            .state
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
+                (s & FAILED == 0).then(|| s.max(durable))
+            })
+            .is_ok();
+        if moved {
+            self.wake();
+        }
     }
 
-    /// Records a failure (first one wins) and wakes everyone: nothing past the watermark
-    /// will ever be acknowledged.
+    /// Records a failure (first one wins) and wakes everyone: the watermark never moves
+    /// again, so nothing past it will ever be acknowledged.
     pub fn fail(&self, error: Error) {
         let _ = self.failure.set(error);
-        std::sync::atomic::fence(Ordering::SeqCst);
+        self.state.fetch_or(FAILED, Ordering::SeqCst);
         self.wake();
     }
 
@@ -78,8 +98,9 @@ impl Completion {
             self.cond.notify_all();
         }
         if self.waker_count.load(Ordering::SeqCst) > 0 {
-            let durable = self.durable();
-            let failed = self.failure.get().is_some();
+            let state = self.state.load(Ordering::SeqCst);
+            let durable = state & !FAILED;
+            let failed = state & FAILED != 0;
             let mut wakers = self.wakers.lock();
             wakers.retain(|(pos, w)| {
                 if failed || *pos <= durable {

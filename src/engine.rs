@@ -736,8 +736,8 @@ impl Flusher {
     /// (so there is no next window to overlap with), the flusher completes it itself: at low
     /// load that saves a thread hand-off, most of the latency besides the sync.
     fn send(&mut self, job: Job) {
-        let idle = self.inner.completion.durable() >= self.in_flight
-            && self.inner.ring.tail() <= job.end;
+        let idle =
+            self.inner.completion.durable() >= self.in_flight && self.inner.ring.tail() <= job.end;
         self.in_flight = job.end;
         if idle {
             if self.inner.completion.failure().is_none() {

@@ -63,7 +63,9 @@ impl Completion {
         } else if state & FAILED != 0 {
             // `failure` was set before the bit, and the Acquire load orders it before us.
             let e = self.failure.get().cloned();
-            Some(Err(e.unwrap_or_else(|| Error::Failed(Arc::new("engine failed".into())))))
+            Some(Err(e.unwrap_or_else(|| {
+                Error::Failed(Arc::new("engine failed".into()))
+            })))
         } else {
             None
         }

@@ -149,22 +149,9 @@ fn build_fixture() -> Fixture {
                 }
             })
             .collect();
-        let ticket = if n == 1 && rng.random_bool(0.5) {
-            match &ops[0] {
-                (k, Some(v)) => engine.put(k, v),
-                (k, None) => engine.delete(k),
-            }
-        } else {
-            batch.clear();
-            for (k, v) in &ops {
-                match v {
-                    Some(v) => batch.put(k, v),
-                    None => batch.delete(k),
-                };
-            }
-            engine.write(&batch)
-        }
-        .expect("submit");
+        let ticket =
+            recovery_common::submit(&engine, &mut batch, &ops, n == 1 && rng.random_bool(0.5))
+                .expect("submit");
         wait_ok(&ticket, "fixture");
         let mut next = models.last().expect("model").clone();
         apply_writes(&mut next, &ops);

@@ -188,25 +188,11 @@ fn child_writer(engine: &Engine, next_id: &Mutex<u64>, w: usize, seed: u64, dead
             let id = *id_guard;
             *id_guard += 1;
             emit(&format!("{MARK}INT {id}{line}\n"));
-            let ticket = if ops.len() == 1 {
-                match &ops[0] {
-                    (k, Some(v)) => engine.put(k, v),
-                    (k, None) => engine.delete(k),
-                }
-            } else {
-                batch.clear();
-                for (k, v) in &ops {
-                    match v {
-                        Some(v) => batch.put(k, v),
-                        None => batch.delete(k),
-                    };
-                }
-                engine.write(&batch)
-            }
-            .unwrap_or_else(|e| {
-                eprintln!("child: submit failed: {e}");
-                std::process::exit(5);
-            });
+            let ticket = recovery_common::submit(engine, &mut batch, &ops, ops.len() == 1)
+                .unwrap_or_else(|e| {
+                    eprintln!("child: submit failed: {e}");
+                    std::process::exit(5);
+                });
             emit(&format!("{MARK}SUB {id} {}\n", ticket.position()));
             pending.push_back((id, ticket));
         }

@@ -95,22 +95,7 @@ fn writer(engine: &Engine, w: usize, seed: u64, ops: usize, depth: usize) -> Sub
                 }
             })
             .collect();
-        let ticket = if n == 1 {
-            match &ops[0] {
-                (k, Some(v)) => engine.put(k, v),
-                (k, None) => engine.delete(k),
-            }
-        } else {
-            batch.clear();
-            for (k, v) in &ops {
-                match v {
-                    Some(v) => batch.put(k, v),
-                    None => batch.delete(k),
-                };
-            }
-            engine.write(&batch)
-        }
-        .expect("submit");
+        let ticket = recovery_common::submit(engine, &mut batch, &ops, n == 1).expect("submit");
         out.writes.push((ticket.position(), ops));
         pending.push(ticket);
         if pending.len() >= depth {

@@ -5,7 +5,7 @@
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 
-use mergelog::{Batch, Engine, OwnedBatch, RecordOp, Ticket};
+use mergelog::{Batch, Engine, OwnedBatch, RecordOp, Ticket, WriteBatch};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -31,6 +31,30 @@ pub fn apply_writes<'a>(state: &mut State, ops: impl IntoIterator<Item = &'a Wri
             }
         }
     }
+}
+
+/// Submits `ops` as one request: a plain put or delete when `single` (and there is one op),
+/// else one atomic `WriteBatch` (built in `batch`, which is reused).
+pub fn submit(
+    engine: &Engine,
+    batch: &mut WriteBatch,
+    ops: &[WriteOp],
+    single: bool,
+) -> mergelog::Result<Ticket> {
+    if single && ops.len() == 1 {
+        return match &ops[0] {
+            (k, Some(v)) => engine.put(k, v),
+            (k, None) => engine.delete(k),
+        };
+    }
+    batch.clear();
+    for (k, v) in ops {
+        match v {
+            Some(v) => batch.put(k, v),
+            None => batch.delete(k),
+        };
+    }
+    engine.write(batch)
 }
 
 /// Applies one replayed record.

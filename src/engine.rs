@@ -16,7 +16,7 @@ use crate::ticket::{Completion, GetSlot, GetTicket, Ticket};
 use crossbeam::channel::{Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -216,7 +216,11 @@ impl Engine {
         let started = Instant::now();
         config.validate()?;
         let dir = dir.as_ref().to_owned();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dir)
+            .map_err(|e| Error::io("create directory", &dir, e))?;
         let lock = lock_dir(&dir)?;
         let (mut prepared, prep_counter) = adopt_prepared(&io, &dir, config.segment_bytes)?;
 
@@ -275,7 +279,7 @@ impl Engine {
             &io,
         );
 
-        let durable_seq = Arc::new(AtomicU64::new(scanned.next_seq - 1));
+        let durable_seq = Arc::new(AtomicU64::new(scanned.next_seq.saturating_sub(1)));
         let (ring, consumer) = ring::ring(config.ring_bytes);
         let (request_len_max, request_limit_name) = config.request_len_max(ring.max_payload());
         let inner = Arc::new(Inner {
@@ -656,9 +660,10 @@ fn start_pipeline(
         give_back: give_back.clone(),
         group: Vec::new(),
     };
+    let syncer_inner = inner.clone();
     let syncer = std::thread::Builder::new()
         .name("mergelog-syncer".into())
-        .spawn(move || syncer.run())?;
+        .spawn(move || guard_thread(&syncer_inner, "syncer", || syncer.run()))?;
     let flusher = Flusher {
         in_flight: inner.ring.head(),
         inner,
@@ -682,9 +687,21 @@ fn start_pipeline(
             // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack; no memory is
             // passed to the kernel.
             unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
-            flusher.run(consumer);
+            let inner = flusher.inner.clone();
+            guard_thread(&inner, "flusher", || flusher.run(consumer));
             let _ = syncer.join();
         })
+}
+
+/// Runs a pipeline thread's body; if it panics (a bug), the engine fails instead of leaving
+/// tickets hanging: waiters get `Error::Failed`, producers stop being accepted.
+fn guard_thread(inner: &Inner, name: &str, body: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_err() {
+        inner.completion.fail(Error::Failed(Arc::new(format!(
+            "the {name} thread panicked"
+        ))));
+        inner.ring.close();
+    }
 }
 
 impl Flusher {

@@ -103,16 +103,23 @@ impl Completion {
             let state = self.state.load(Ordering::SeqCst);
             let durable = state & !FAILED;
             let failed = state & FAILED != 0;
-            let mut wakers = self.wakers.lock();
-            wakers.retain(|(pos, w)| {
-                if failed || *pos <= durable {
-                    w.wake_by_ref();
-                    false
-                } else {
-                    true
-                }
-            });
-            self.waker_count.store(wakers.len(), Ordering::SeqCst);
+            let mut ready = Vec::new();
+            {
+                let mut wakers = self.wakers.lock();
+                wakers.retain(|(pos, w)| {
+                    let done = failed || *pos <= durable;
+                    if done {
+                        ready.push(w.clone());
+                    }
+                    !done
+                });
+                self.waker_count.store(wakers.len(), Ordering::SeqCst);
+            }
+            // Wakers are user code: call them outside the lock, and never let one that panics
+            // take the engine's thread down with it.
+            for w in ready {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake()));
+            }
         }
     }
 

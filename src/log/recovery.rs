@@ -37,6 +37,10 @@ pub(crate) struct Scanned {
     pub retired: Vec<Arc<Segment>>,
 }
 
+/// The largest batch sequence a log may use (2^62: centuries of batches at any rate), so that
+/// counting on never overflows.
+pub(crate) const SEQ_MAX: u64 = 1 << 62;
+
 /// Lists the segment files of `dir` in log order.
 pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
@@ -83,6 +87,17 @@ pub(crate) fn scan(
     let count = files.len();
     for (i, (id, path)) in files.iter().enumerate() {
         let last = i + 1 == count;
+        // Batch sequences start at 1 and grow by one per batch: an id of 0, or one so large
+        // that counting on from it could overflow, is not a name the engine ever gives.
+        if *id == 0 || *id > SEQ_MAX {
+            return Err(Error::Corrupt {
+                path: path.clone(),
+                offset: 0,
+                reason: format!(
+                    "segment file name gives batch sequence {id}, outside 1..={SEQ_MAX}"
+                ),
+            });
+        }
         let seg = Arc::new(Segment::open(
             path,
             *id,
@@ -184,6 +199,8 @@ pub(crate) fn scan(
             if access == Access::Writer {
                 if let Some(prev) = out.segments.pop() {
                     let tail = Arc::new(Segment::open(&prev.path, prev.id, true, io)?);
+                    // Whatever follows its last frame was never checked: make it zeros.
+                    tail.zero_tail(out.write_off)?;
                     tail.publish(out.write_off);
                     out.segments.push(tail);
                     out.retired.push(prev);

@@ -1,0 +1,160 @@
+//! Replays the fuzz corpora through the checks the fuzz targets run.
+//!
+//! `fuzz/src/lib.rs` holds what the cargo-fuzz targets `decode_frame` and `open_dir` check; this
+//! test includes it as a module and runs every file of `fuzz/corpus/<target>/` (the committed
+//! seeds) and `fuzz/regressions/<target>/` (every crash input `tools/fuzz.sh` ever found) through
+//! it. So an input that once crashed a target keeps being checked by an ordinary `cargo test`,
+//! without nightly or cargo-fuzz.
+//!
+//! Each input runs in its own thread so that one failure does not hide the others; the test
+//! then fails listing every input that panicked, with the command that reproduces it under the
+//! fuzzer.
+
+#[path = "../fuzz/src/lib.rs"]
+mod fuzz_checks;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+/// What a fuzz target checks on one input.
+type Check = fn(&[u8]);
+
+const TARGETS: [(&str, Check); 2] = [
+    ("decode_frame", fuzz_checks::decode_frame),
+    ("open_dir", fuzz_checks::open_dir),
+];
+
+fn inputs(dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = rd
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.is_file())
+        .filter(|p| {
+            // README files and the like are not inputs.
+            !p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.') || n.ends_with(".md"))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Replays take turns, so that an engine thread's panic is charged to the right input.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Chains a panic hook that flags panics of the engine's own threads (see
+/// `fuzz_checks::ENGINE_THREAD_PANICKED`).
+fn watch_engine_threads() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with("mergelog-"))
+            {
+                fuzz_checks::ENGINE_THREAD_PANICKED.store(true, Ordering::SeqCst);
+            }
+            previous(info);
+        }));
+    });
+}
+
+fn replay(kind: &str) {
+    watch_engine_threads();
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut ran = 0;
+    let mut failures = Vec::new();
+    for (target, check) in TARGETS {
+        for path in inputs(&root.join(kind).join(target)) {
+            let data = std::fs::read(&path).unwrap_or_else(|e| panic!("read {path:?}: {e}"));
+            ran += 1;
+            fuzz_checks::ENGINE_THREAD_PANICKED.store(false, Ordering::SeqCst);
+            let outcome = std::thread::Builder::new()
+                .name(format!("{target}:{}", path.display()))
+                .spawn(move || check(&data))
+                .expect("spawn")
+                .join();
+            if let Err(panic) = outcome {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("(non-string panic)");
+                failures.push(format!(
+                    "{target} {}: {why}\n    reproduce: cargo +nightly fuzz run {target} {}",
+                    path.display(),
+                    path.display()
+                ));
+            }
+        }
+    }
+    eprintln!("replayed {ran} {kind} inputs");
+    assert!(
+        failures.is_empty(),
+        "{} of {ran} {kind} inputs fail (see the panics above):\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
+    if kind == "corpus" {
+        // The committed seeds are the floor of the fuzzers' coverage: they must be there.
+        assert!(ran >= 10, "the seed corpus is missing: only {ran} inputs");
+    }
+}
+
+/// The committed seed corpus of every target.
+#[test]
+fn seed_corpus_replays() {
+    replay("corpus");
+}
+
+/// Every input a fuzz run found and `tools/fuzz.sh` kept.
+#[test]
+fn fuzz_regressions_replay() {
+    replay("regressions");
+}
+
+/// The checks are not vacuous: a valid segment must decode (with frames walked), and a log
+/// written by the engine must open through `open_dir`'s path with its records seen.
+#[test]
+fn checks_see_real_frames() {
+    use mergelog::internals::format::{FrameWriter, RecordOp, SegmentHeader, FLAG_SORTED};
+    let mut seg = vec![0u8; 256];
+    seg[..64].copy_from_slice(
+        &SegmentHeader {
+            segment_id: 1,
+            segment_size: 256,
+        }
+        .encode(),
+    );
+    let mut w = FrameWriter::new(&mut seg[64..], 1, FLAG_SORTED);
+    w.push(RecordOp::Put, b"a", b"1");
+    w.push(RecordOp::Delete, b"b", b"");
+    let len = w.finish(2);
+    fuzz_checks::decode_frame(&seg);
+
+    // The same image as an `open_dir` input: control 0x80 (one segment, put after open),
+    // first id 1, size selector (256 - 64) / 8.
+    let input = fuzz_checks::OpenDirInput::encode(&[(1, seg.clone())], 0x80).expect("encodable");
+    let parsed = fuzz_checks::OpenDirInput::parse(&input);
+    assert_eq!(
+        parsed.segments,
+        vec![(1, seg.clone())],
+        "encode/parse round trip"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    parsed.materialize(dir.path());
+    let reader = mergelog::LogReader::open(dir.path()).expect("a valid log opens");
+    let batches: Vec<_> = reader.batches().map(|b| b.to_owned()).collect();
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0].records.len(), 2);
+    assert!(len > 32);
+    watch_engine_threads();
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    fuzz_checks::ENGINE_THREAD_PANICKED.store(false, Ordering::SeqCst);
+    fuzz_checks::open_dir(&input);
+}

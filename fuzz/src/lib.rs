@@ -391,7 +391,10 @@ fn wait_ticket(t: &mergelog::Ticket, what: &str) -> mergelog::Result<()> {
                     !ENGINE_THREAD_PANICKED.load(std::sync::atomic::Ordering::SeqCst),
                     "{what}: an engine thread panicked (see above)"
                 );
-                assert!(started.elapsed() < WAIT_MAX, "{what}: never completed");
+                // A hang guard, not a timing check: the engine must answer eventually.
+                if started.elapsed() >= WAIT_MAX {
+                    panic!("{what}: never completed");
+                }
             }
             r => return r,
         }

@@ -117,26 +117,15 @@ pub fn run(
     // Close before looking at the writers' results: an error there should not leave the
     // flusher running.
     let closed = engine.close();
-    let (sampled, elapsed, missed) = driven?;
+    let (mut sampled, elapsed, missed) = driven?;
     closed.context(|| "close the engine".into())?;
 
     let stats = engine.stats();
-    let mut timeline = sampled.timeline;
+    let mut timeline = std::mem::take(&mut sampled.timeline);
     if let Some(last) = &sampled.last_stages {
         add_stage_tail(&mut timeline, last, &stats.stages)?;
     }
     Ok(RunResult {
-        system,
-        ops: sampled.latency.len(),
-        missed,
-        puts: sampled.puts,
-        deletes: sampled.deletes,
-        gets: sampled.gets,
-        elapsed,
-        offset: Duration::ZERO,
-        latency: sampled.latency,
-        latency_raw: sampled.latency_raw,
-        timeline,
         batches: stats.batches,
         syncs: stats.syncs,
         coalesced_writes: stats.coalesced_writes,
@@ -144,6 +133,7 @@ pub fn run(
         records_written: stats.records_written,
         bytes_written: stats.bytes_written,
         engine: Some(stats),
+        ..RunResult::measured(system, sampled, timeline, elapsed, missed)
     })
 }
 

@@ -359,36 +359,45 @@ fn value_size(s: &str) -> Result<Size, String> {
     Ok(size)
 }
 
-fn fraction(s: &str) -> Result<f64, String> {
+/// Parses a number and checks it with `ok`, answering `range` (what it must be) if not.
+fn float_where(s: &str, ok: impl Fn(f64) -> bool, range: &str) -> Result<f64, String> {
     let f: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
-    if !(0.0..=1.0).contains(&f) {
-        return Err("must be between 0.0 and 1.0".into());
+    if !ok(f) {
+        return Err(range.into());
     }
     Ok(f)
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    float_where(
+        s,
+        |f| (0.0..=1.0).contains(&f),
+        "must be between 0.0 and 1.0",
+    )
 }
 
 fn seconds(s: &str) -> Result<f64, String> {
-    let f: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
-    if !(f > 0.0 && f <= 86_400.0) {
-        return Err("must be more than 0 and at most 86400 seconds".into());
-    }
-    Ok(f)
+    float_where(
+        s,
+        |f| f > 0.0 && f <= 86_400.0,
+        "must be more than 0 and at most 86400 seconds",
+    )
 }
 
 fn interval(s: &str) -> Result<f64, String> {
-    let f: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
-    if !(0.01..=3600.0).contains(&f) {
-        return Err("must be between 0.01 and 3600 seconds".into());
-    }
-    Ok(f)
+    float_where(
+        s,
+        |f| (0.01..=3600.0).contains(&f),
+        "must be between 0.01 and 3600 seconds",
+    )
 }
 
 fn rate(s: &str) -> Result<f64, String> {
-    let f: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
-    if !(1.0..=1e9).contains(&f) {
-        return Err("must be between 1 and 1e9 operations per second".into());
-    }
-    Ok(f)
+    float_where(
+        s,
+        |f| (1.0..=1e9).contains(&f),
+        "must be between 1 and 1e9 operations per second",
+    )
 }
 
 /// Everything a system run needs, resolved from the flags.
@@ -548,6 +557,37 @@ pub struct RunResult {
 }
 
 impl RunResult {
+    /// What every system measures the same way (the writers' side); the log counters start
+    /// at zero and there are no engine statistics: callers fill in what their system has.
+    pub fn measured(
+        system: System,
+        sampled: recorder::Sampled,
+        timeline: Vec<Interval>,
+        elapsed: Duration,
+        missed: u64,
+    ) -> RunResult {
+        RunResult {
+            system,
+            ops: sampled.latency.len(),
+            missed,
+            puts: sampled.puts,
+            deletes: sampled.deletes,
+            gets: sampled.gets,
+            elapsed,
+            offset: Duration::ZERO,
+            latency: sampled.latency,
+            latency_raw: sampled.latency_raw,
+            timeline,
+            batches: 0,
+            syncs: 0,
+            coalesced_writes: 0,
+            collapsed_reads: 0,
+            records_written: 0,
+            bytes_written: 0,
+            engine: None,
+        }
+    }
+
     pub fn ops_per_s(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
         if secs > 0.0 {

@@ -21,7 +21,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Barrier;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Record header, as in the engine's log: op u8 | key_len u16 | value_len u32 (LE).
 const RECORD_HEADER_LEN: usize = 7;
@@ -127,30 +127,18 @@ pub fn run(
 ) -> Result<RunResult, CliError> {
     let size = Config::default().segment_bytes;
     let log = Mutex::new(Log::create(dir, size, plan.durability == Durability::Sync)?);
-    let (sampled, elapsed, missed) = drive(plan, hooks, progress, None, |i, slot, barrier| {
+    let (mut sampled, elapsed, missed) = drive(plan, hooks, progress, None, |i, slot, barrier| {
         writer(&log, Generator::new(&plan.spec, i), i, plan, slot, barrier)
     })?;
     let log = log.into_inner();
+    let timeline = std::mem::take(&mut sampled.timeline);
     Ok(RunResult {
-        system: System::Naive,
-        ops: sampled.latency.len(),
-        missed,
-        puts: sampled.puts,
-        deletes: sampled.deletes,
-        gets: sampled.gets,
-        elapsed,
-        offset: Duration::ZERO,
-        latency: sampled.latency,
-        latency_raw: sampled.latency_raw,
-        timeline: sampled.timeline,
         // Every write is its own batch.
         batches: log.writes,
         syncs: log.syncs,
-        coalesced_writes: 0,
-        collapsed_reads: 0,
         records_written: log.writes,
         bytes_written: log.bytes,
-        engine: None,
+        ..RunResult::measured(System::Naive, sampled, timeline, elapsed, missed)
     })
 }
 

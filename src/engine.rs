@@ -902,6 +902,10 @@ impl Flusher {
                 &mut self.answers,
             );
         }
+        // Every get is answered: drop the slots now, not after the window completes (which
+        // may be inline, below), so a dropped ticket's answer is freed before anyone wakes.
+        let gets = self.slots.len();
+        self.slots.clear();
 
         let mut job = Self::job(&self.spare, end);
         job.stamps.extend_from_slice(&self.stamps);
@@ -928,7 +932,7 @@ impl Flusher {
             } else {
                 0
             };
-            let writes = (entries.len() - self.slots.len()) as u32;
+            let writes = (entries.len() - gets) as u32;
             let updates = &mut job.updates;
             let frame = self.log.append(body_len, flags, |w, frame_off| {
                 let mut off = frame_off + FRAME_HEADER_LEN as u64;

@@ -487,13 +487,19 @@ fn dropped_get_tickets_neither_leak_nor_wedge() {
             .wait_timeout(WAIT_MAX)
             .expect("flush after dropped gets");
     };
-    // Warm-up: the flusher's reused buffers reach their steady size.
+    // Warm-up: the flusher's reused buffers approach their steady size.
     round(&engine);
     round(&engine);
-    let growth = heap_growth(|| round(&engine));
+    // They still grow whenever a stall lets a window get bigger than any before, so one
+    // round may show growth without anything leaking. A leak shows in every round: 50,000
+    // leaked answers are over 50 MB, their slots alone about 2 MB, and the answers of only
+    // the gets that read a write of their own window hundreds of KiB. So the round that grew
+    // least must not have grown beyond noise.
+    let growths: Vec<i64> = (0..6).map(|_| heap_growth(|| round(&engine))).collect();
+    let least = *growths.iter().min().unwrap();
     assert!(
-        growth < 512 << 10,
-        "heap grew by {growth} bytes over 50,000 dropped gets (leaked answers?)"
+        least < 64 << 10,
+        "heap grew in every round of 50,000 dropped gets (leaked answers?): {growths:?} bytes"
     );
     // Not wedged: an awaited get still gets its answer, and close completes.
     let g = engine.get(&7u32.to_le_bytes()).unwrap();

@@ -991,7 +991,10 @@ impl Consumer {
         let mut spins = 0;
         let mut poll = POLL_MIN;
         loop {
-            if let Ok(published) = self.wait_check(from, deadline) {
+            // Reading the clock costs more than a spin iteration: look at the deadline on
+            // entry and once spinning is over, not on every spin.
+            let spinning = spins > 0 && spins < spin_limit();
+            if let Ok(published) = self.wait_check(from, deadline.filter(|_| !spinning)) {
                 return published;
             }
             if spins < spin_limit() {

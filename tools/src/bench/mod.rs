@@ -454,15 +454,14 @@ pub struct Limit {
 }
 
 impl Limit {
-    /// True once `issued` requests are enough, or the deadline has passed, or the next
-    /// request would be due at or after it (`next`: the next scheduled time in an open loop,
-    /// now in a closed one). An open-loop writer that has fallen behind its schedule stops
-    /// at the deadline too, with requests due that it never sent: see [`Limit::missed`].
-    pub fn reached(&self, issued: u64, next: Instant) -> bool {
+    /// True once `issued` requests are enough, or the deadline has passed (`now`), or the
+    /// next request would be due at or after it (`next`: the next scheduled time in an open
+    /// loop, now in a closed one). An open-loop writer that has fallen behind its schedule
+    /// stops at the deadline too, with requests due that it never sent: see
+    /// [`Limit::missed`].
+    pub fn reached(&self, issued: u64, next: Instant, now: Instant) -> bool {
         self.quota.is_some_and(|q| issued >= q)
-            || self
-                .deadline
-                .is_some_and(|d| next >= d || Instant::now() >= d)
+            || self.deadline.is_some_and(|d| next >= d || now >= d)
     }
 
     /// Requests that `schedule` made due before the deadline but that were never sent: the

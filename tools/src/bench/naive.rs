@@ -165,7 +165,8 @@ fn writer(
     let mut issued = 0u64;
     loop {
         let due = schedule.as_ref().map(|s| s.next_at());
-        if limit.reached(issued, due.unwrap_or_else(Instant::now)) {
+        let now = Instant::now();
+        if limit.reached(issued, due.unwrap_or(now), now) {
             break;
         }
         if let Some(due) = due {

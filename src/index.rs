@@ -42,14 +42,60 @@ impl MappedKey {
     }
 }
 
+/// Keys up to this long are copied into their index slot instead of pointed at.
+pub(crate) const INLINE_KEY_MAX: usize = 22;
+
+/// A key in the index. A short key is kept inline: confirming a match then reads the slot's
+/// own cache line, not the key's previous record, which for all but the hottest keys is in
+/// a cold part of the log (that miss was most of the cost of updating the index after each
+/// sync). A longer key is a view into the log. Either way a slot is 48 bytes.
+#[derive(Clone, Copy)]
+enum Key {
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_KEY_MAX],
+    },
+    Mapped(MappedKey),
+}
+
+impl Key {
+    /// # Safety
+    /// As [`Index::apply`], for a key longer than [`INLINE_KEY_MAX`].
+    unsafe fn new(key: &[u8]) -> Key {
+        if key.len() <= INLINE_KEY_MAX {
+            let mut bytes = [0u8; INLINE_KEY_MAX];
+            bytes[..key.len()].copy_from_slice(key);
+            Key::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            Key::Mapped(MappedKey {
+                ptr: key.as_ptr(),
+                len: key.len(),
+            })
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Key::Inline { len, bytes } => &bytes[..*len as usize],
+            Key::Mapped(k) => k.bytes(),
+        }
+    }
+}
+
 /// One index entry. The key's hash is kept with it, so growing the table never reads key
 /// bytes again: they are scattered over the whole log, and re-reading them on every rehash
 /// cost more than a quarter of the time to open a log.
 struct Slot {
-    key: MappedKey,
+    key: Key,
     hash: u64,
     loc: Loc,
 }
+
+// A slot stays within 48 bytes: the index holds one per live key.
+const _: () = assert!(std::mem::size_of::<Slot>() <= 48);
 
 /// The map: a hashbrown `HashTable` with explicit hashes (foldhash: fast on short keys, and
 /// seeded per process, so crafted keys cannot be aimed at one bucket chain in advance).
@@ -99,13 +145,18 @@ impl Index {
             let h = map.hash(key);
             match loc {
                 Some(loc) => match map.table.find_mut(h, same_key(h, key)) {
-                    Some(slot) => slot.loc = loc,
+                    Some(slot) => {
+                        if let Key::Mapped(k) = &mut slot.key {
+                            // Point at the newest copy: the next update of a hot key then
+                            // compares against bytes still in cache.
+                            k.ptr = key.as_ptr();
+                        }
+                        slot.loc = loc;
+                    }
                     None => {
                         let slot = Slot {
-                            key: MappedKey {
-                                ptr: key.as_ptr(),
-                                len: key.len(),
-                            },
+                            // SAFETY: this function's contract.
+                            key: unsafe { Key::new(key) },
                             hash: h,
                             loc,
                         };
@@ -172,5 +223,76 @@ impl std::fmt::Debug for ValueRef {
             .field("offset", &self.off)
             .field("len", &self.len)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loc(n: u64) -> Loc {
+        Loc {
+            seg: n as u32,
+            off: n * 100,
+            len: n as u32 + 1,
+        }
+    }
+
+    #[test]
+    fn inline_and_mapped_keys_set_update_and_delete() {
+        // Keys on both sides of the inline limit, sharing prefixes; 'static, so the pointed-at
+        // bytes outlive the index as `apply` requires.
+        let long: &'static [u8] = b"abcdefghijklmnopqrstuvwxyz";
+        let keys: [&'static [u8]; 6] = [
+            b"",
+            &long[..1],
+            &long[..INLINE_KEY_MAX],
+            &long[..INLINE_KEY_MAX + 1],
+            long,
+            b"abcdefghijklmnopqrstuvwxyZ",
+        ];
+        let index = Index::default();
+        // SAFETY: every key is 'static.
+        unsafe {
+            index.apply(
+                keys.iter()
+                    .enumerate()
+                    .map(|(i, k)| (*k, Some(loc(i as u64)))),
+            )
+        };
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(index.get(k), Some(loc(i as u64)), "key {k:?}");
+        }
+        assert_eq!(index.get(&long[..5]), None);
+        // Update through a different copy of the same bytes: found by content, not address.
+        let copies: Vec<&'static [u8]> = keys
+            .iter()
+            .map(|k| &*Box::leak(k.to_vec().into_boxed_slice()))
+            .collect();
+        // SAFETY: leaked, so 'static.
+        unsafe {
+            index.apply(
+                copies
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| (*k, (i % 2 == 0).then(|| loc(10 + i as u64)))),
+            )
+        };
+        assert_eq!(index.len(), 3);
+        for (i, k) in keys.iter().enumerate() {
+            let want = (i % 2 == 0).then(|| loc(10 + i as u64));
+            assert_eq!(index.get(k), want, "key {k:?}");
+        }
+        let mut seen = Vec::new();
+        index.for_each(|k, l| seen.push((k.to_vec(), l)));
+        seen.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut want: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 0)
+            .map(|(i, k)| (k.to_vec(), loc(10 + i as u64)))
+            .collect();
+        want.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(seen, want);
     }
 }

@@ -33,6 +33,9 @@ const KEYS: &[&[u8]] = &[
     b"abcdefghAB",
     b"abcdefgi",
     b"abcdefghAB-a-much-longer-key-sharing-the-first-ten-bytes",
+    // The index keeps keys of up to 22 bytes inline and points at longer ones.
+    b"abcdefghijklmnopqrstuv",
+    b"abcdefghijklmnopqrstuvw",
     b"\xff\xff\xff\xff\xff\xff\xff\xff\xff",
     b"zz",
 ];

@@ -20,7 +20,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -158,6 +158,20 @@ struct Inner {
     durable_seq: Arc<AtomicU64>,
     /// Jobs handed to the syncer and not yet taken by it.
     queued: AtomicUsize,
+    /// The flusher's thread, set when it starts: woken by [`Inner::poke_flusher`].
+    flusher_thread: OnceLock<std::thread::Thread>,
+}
+
+impl Inner {
+    /// Wakes the flusher wherever it waits for something other than the durable watermark:
+    /// for records in the ring, or for the log to have room for a window (after the syncer
+    /// takes the queued job, a flush, or close).
+    fn poke_flusher(&self) {
+        self.ring.notify_consumer();
+        if let Some(t) = self.flusher_thread.get() {
+            t.unpark();
+        }
+    }
 }
 
 /// The write batching engine over one log directory. `Send + Sync`: share it by reference
@@ -296,6 +310,7 @@ impl Engine {
             request_limit_name,
             durable_seq,
             queued: AtomicUsize::new(0),
+            flusher_thread: OnceLock::new(),
             config,
         });
         let handle = start_pipeline(inner.clone(), log, consumer)
@@ -481,7 +496,7 @@ impl Engine {
         }
         let pos = self.inner.ring.tail();
         self.inner.flush_to.fetch_max(pos, Ordering::SeqCst);
-        self.inner.ring.notify_consumer();
+        self.inner.poke_flusher();
         Ok(self.ticket(pos))
     }
 
@@ -552,6 +567,7 @@ impl Engine {
     /// the flusher. Every ticket is complete when this returns. Idempotent.
     pub fn close(&self) -> Result<()> {
         self.inner.ring.close();
+        self.inner.poke_flusher();
         if let Some(h) = self.flusher.lock().take() {
             let joined = h.join();
             // Nothing writes the directory any more: let the next engine have it.
@@ -706,6 +722,7 @@ fn guard_thread(inner: &Inner, name: &str, body: impl FnOnce()) {
 
 impl Flusher {
     fn run(mut self, mut consumer: Consumer) {
+        let _ = self.inner.flusher_thread.set(std::thread::current());
         let ring = consumer.ring().clone();
         let mut pos = ring.head();
         loop {
@@ -836,20 +853,21 @@ impl Flusher {
                     // job is queued behind the one syncing) and either the producers of the
                     // last window are back or the ring has gone quiet.
                     let log_ready = inner.queued.load(Ordering::SeqCst) == 0;
-                    if log_ready
-                        && (w.requests >= self.prev_requests || now - last_arrival >= quiet)
-                    {
+                    if !log_ready {
+                        // Nothing can be cut before the syncer takes the queued job, and it
+                        // unparks us then. Records published meanwhile need not wake us (a
+                        // wake-up costs both sides a context switch): they are read all at
+                        // once after. A stale unpark only makes us look again.
+                        let until = first_seen + cfg.window_age_max;
+                        std::thread::park_timeout(until.saturating_duration_since(now));
+                        continue;
+                    }
+                    if w.requests >= self.prev_requests || now - last_arrival >= quiet {
                         break;
                     }
                     // Park (no spinning: the producers and the syncer need the cores) until a
-                    // request arrives, the syncer takes the queued job (it notifies us), or
-                    // the ring has been quiet long enough.
-                    let deadline = if log_ready {
-                        last_arrival + quiet
-                    } else {
-                        first_seen + cfg.window_age_max
-                    };
-                    consumer.wait(w.end, Some(deadline));
+                    // request arrives or the ring has been quiet long enough.
+                    consumer.wait(w.end, Some(last_arrival + quiet));
                 }
             }
         }
@@ -1048,7 +1066,7 @@ impl Syncer {
                 .queued
                 .fetch_sub(self.group.len(), Ordering::SeqCst);
             // The log has room again: an adaptive window waiting for that may be cut now.
-            self.inner.ring.notify_consumer();
+            self.inner.poke_flusher();
             if self.inner.completion.failure().is_none() {
                 if let Err(e) = complete_jobs(&self.inner, &self.group) {
                     self.inner.completion.fail(e);

@@ -3,12 +3,14 @@
 //! failed before it got there.
 
 use crate::error::{Error, Result};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 /// Bit of `Completion::state` set once the engine has failed. Positions never reach it (a
@@ -24,10 +26,15 @@ pub(crate) struct Completion {
     state: AtomicU64,
     /// Set once, before the `FAILED` bit: the error the first failed operation gave.
     failure: OnceLock<Error>,
-    lock: Mutex<()>,
-    cond: Condvar,
-    /// Threads blocked in `wait`; the flusher touches the lock only when this is non-zero.
-    sleepers: AtomicUsize,
+    /// Threads blocked in `wait`, each with the position it waits for. An advance wakes
+    /// exactly the threads it completes, each with its own unpark: no thread is woken to
+    /// find it must sleep again, and none has to retake a lock before it can run (a condvar's
+    /// `notify_all` did both, and woke the waiters one after another).
+    sleepers: Mutex<Vec<Sleeper>>,
+    /// `sleepers.len()`: advancing touches the lock only when this is non-zero.
+    sleeper_count: AtomicUsize,
+    /// Tells the entries of `sleepers` apart.
+    next_token: AtomicU64,
     /// Wakers of pending futures, with the position each waits for.
     wakers: Mutex<Vec<(u64, Waker)>>,
     waker_count: AtomicUsize,
@@ -38,9 +45,9 @@ impl Completion {
         Completion {
             state: AtomicU64::new(durable),
             failure: OnceLock::new(),
-            lock: Mutex::new(()),
-            cond: Condvar::new(),
-            sleepers: AtomicUsize::new(0),
+            sleepers: Mutex::new(Vec::new()),
+            sleeper_count: AtomicUsize::new(0),
+            next_token: AtomicU64::new(0),
             wakers: Mutex::new(Vec::new()),
             waker_count: AtomicUsize::new(0),
         }
@@ -73,8 +80,8 @@ impl Completion {
 
     /// Advances the watermark and wakes whoever waits; does nothing once the engine failed.
     pub fn advance(&self, durable: u64) {
-        // SeqCst pairs with the SeqCst increment of `sleepers` in `wait`: either the sleeper
-        // sees the new watermark, or we see the sleeper and notify under the lock.
+        // SeqCst pairs with the SeqCst store of `sleeper_count` in `wait`: either the sleeper
+        // sees the new watermark, or we see the sleeper and unpark it.
         let moved = self
             .state
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
@@ -95,9 +102,28 @@ impl Completion {
     }
 
     fn wake(&self) {
-        if self.sleepers.load(Ordering::SeqCst) > 0 {
-            let _guard = self.lock.lock();
-            self.cond.notify_all();
+        if self.sleeper_count.load(Ordering::SeqCst) > 0 {
+            let state = self.state.load(Ordering::SeqCst);
+            let (durable, failed) = (state & !FAILED, state & FAILED != 0);
+            WOKEN.with(|woken| {
+                // A reused, per-thread list: the threads are unparked after the lock is
+                // released, so none wakes only to block on it, and no advance allocates.
+                let mut woken = woken.borrow_mut();
+                {
+                    let mut sleepers = self.sleepers.lock();
+                    sleepers.retain(|s| {
+                        let done = failed || s.pos <= durable;
+                        if done {
+                            woken.push(s.thread.clone());
+                        }
+                        !done
+                    });
+                    self.sleeper_count.store(sleepers.len(), Ordering::SeqCst);
+                }
+                for t in woken.drain(..) {
+                    t.unpark();
+                }
+            });
         }
         if self.waker_count.load(Ordering::SeqCst) > 0 {
             let state = self.state.load(Ordering::SeqCst);
@@ -136,22 +162,44 @@ impl Completion {
                 return r;
             }
         }
-        let mut guard = self.lock.lock();
-        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut sleepers = self.sleepers.lock();
+            sleepers.push(Sleeper {
+                pos,
+                token,
+                thread: std::thread::current(),
+            });
+            self.sleeper_count.store(sleepers.len(), Ordering::SeqCst);
+        }
+        // From here an advance that completes `pos` unparks this thread, or (if it read the
+        // count before our store) happened before our SeqCst fence, so the check below sees
+        // it. Unparks may also be stale (from an earlier wait): every wake-up re-checks.
+        fence(Ordering::SeqCst);
         let result = loop {
             if let Some(r) = self.status(pos) {
                 break r;
             }
             match deadline {
-                None => self.cond.wait(&mut guard),
+                None => std::thread::park(),
                 Some(d) => {
-                    if self.cond.wait_until(&mut guard, d).timed_out() {
+                    let now = Instant::now();
+                    if now >= d {
                         break self.status(pos).unwrap_or(Err(Error::Timeout));
                     }
+                    std::thread::park_timeout(d - now);
                 }
             }
         };
-        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        // Usually the advance that completed us removed our entry; a timeout or a failure
+        // seen first did not.
+        if self.sleeper_count.load(Ordering::SeqCst) > 0 {
+            let mut sleepers = self.sleepers.lock();
+            if let Some(i) = sleepers.iter().position(|s| s.token == token) {
+                sleepers.swap_remove(i);
+                self.sleeper_count.store(sleepers.len(), Ordering::SeqCst);
+            }
+        }
         result
     }
 
@@ -167,6 +215,18 @@ impl Completion {
         }
         self.waker_count.store(wakers.len(), Ordering::SeqCst);
     }
+}
+
+/// A thread blocked in [`Completion::wait`].
+struct Sleeper {
+    pos: u64,
+    token: u64,
+    thread: Thread,
+}
+
+thread_local! {
+    /// The threads one advance unparks (see [`Completion::wake`]).
+    static WOKEN: RefCell<Vec<Thread>> = const { RefCell::new(Vec::new()) };
 }
 
 /// "Accepted, in progress": completes when the request's batch is durable.

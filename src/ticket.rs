@@ -374,3 +374,98 @@ impl Future for GetTicket {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// Each of several threads waits for its own position; the watermark advances one
+    /// position at a time. A thread must not return before its position is durable, every
+    /// thread must return once it is, and no sleeper entry may be left behind.
+    #[test]
+    fn an_advance_wakes_exactly_the_waiters_it_completes() {
+        let c = Arc::new(Completion::new(0));
+        let (tx, rx) = mpsc::channel();
+        let threads: Vec<_> = (1..=8u64)
+            .map(|pos| {
+                let (c, tx) = (c.clone(), tx.clone());
+                std::thread::spawn(move || {
+                    // A stale unpark token must not let the wait return early.
+                    std::thread::current().unpark();
+                    c.wait(pos * 10, None).unwrap();
+                    tx.send((pos, c.durable())).unwrap();
+                })
+            })
+            .collect();
+        drop(tx);
+        // Let every thread go to sleep (not required for correctness: a late sleeper sees the
+        // watermark instead of being woken, which the assertions accept too).
+        while c.sleeper_count.load(Ordering::SeqCst) < 8 {
+            std::thread::yield_now();
+        }
+        let mut done = Vec::new();
+        for step in 1..=8u64 {
+            c.advance(step * 10);
+            let (pos, seen) = rx.recv_timeout(Duration::from_secs(30)).expect("woken");
+            assert_eq!(pos, step, "a waiter returned out of turn");
+            assert!(
+                seen >= pos * 10,
+                "returned at watermark {seen} before {}",
+                pos * 10
+            );
+            done.push(pos);
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(done, (1..=8).collect::<Vec<_>>());
+        assert_eq!(c.sleeper_count.load(Ordering::SeqCst), 0);
+        assert!(c.sleepers.lock().is_empty());
+    }
+
+    #[test]
+    fn a_timed_out_wait_leaves_no_sleeper_and_can_wait_again() {
+        let c = Arc::new(Completion::new(5));
+        let r = c.wait(6, Some(Instant::now() + Duration::from_millis(20)));
+        assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+        assert_eq!(c.sleeper_count.load(Ordering::SeqCst), 0);
+        assert!(c.sleepers.lock().is_empty());
+        let waiter = {
+            let c = c.clone();
+            std::thread::spawn(move || c.wait(6, None))
+        };
+        c.advance(6);
+        assert!(waiter.join().unwrap().is_ok());
+        // Already durable: no sleeping at all.
+        assert!(c.wait(6, Some(Instant::now())).is_ok());
+    }
+
+    #[test]
+    fn a_failure_wakes_every_waiter_with_the_error() {
+        let c = Arc::new(Completion::new(0));
+        let waiters: Vec<_> = (1..=4u64)
+            .map(|pos| {
+                let c = c.clone();
+                std::thread::spawn(move || c.wait(pos, None))
+            })
+            .collect();
+        while c.sleeper_count.load(Ordering::SeqCst) < 4 {
+            std::thread::yield_now();
+        }
+        c.advance(2);
+        c.fail(Error::Failed(Arc::new("disk on fire".into())));
+        let results: Vec<_> = waiters.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(results[0].is_ok() && results[1].is_ok(), "{results:?}");
+        for r in &results[2..] {
+            assert!(
+                matches!(r, Err(Error::Failed(m)) if m.contains("disk on fire")),
+                "{r:?}"
+            );
+        }
+        // Sticky: a later advance moves nothing and a later wait fails at once.
+        c.advance(10);
+        assert_eq!(c.durable(), 2);
+        assert!(c.wait(3, None).is_err());
+    }
+}

@@ -541,6 +541,217 @@ fn op_limit_and_workload_flags_are_honoured() {
     );
 }
 
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+#[test]
+fn rounds_alternate_the_systems_and_report_per_round_ratios() {
+    const SYSTEMS: [&str; 3] = ["mergelog", "no-coalesce", "naive"];
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("rounds.json");
+    let hlog_path = dir.path().join("rounds.hlog");
+    let svg_path = dir.path().join("rounds.svg");
+    let runs_dir = dir.path().join("runs");
+    let stdout = succeeds(&[
+        "bench",
+        "--rounds",
+        "3",
+        "--ops",
+        "2000",
+        "--writers",
+        "2",
+        "--keys",
+        "1000",
+        "--read-ratio",
+        "0.1",
+        "--systems",
+        "mergelog,no-coalesce,naive",
+        "--dir",
+        runs_dir.to_str().unwrap(),
+        "--json",
+        json_path.to_str().unwrap(),
+        "--hlog",
+        hlog_path.to_str().unwrap(),
+        "--plot",
+        svg_path.to_str().unwrap(),
+    ]);
+    for line in [
+        "3 rounds, alternating",
+        "mergelog vs naive, per round: median ",
+        "mergelog vs no-coalesce, per round: median ",
+        "no-coalesce vs naive, per round: median ",
+    ] {
+        assert!(
+            stdout.contains(line),
+            "the report lacks {line:?}:\n{stdout}"
+        );
+    }
+
+    let report = read_json(&json_path);
+    assert_eq!(report["workload"]["rounds"], 3);
+    assert_eq!(report["workload"]["ops_limit"], 2000);
+    // The merged runs satisfy every invariant of a single run (the engine's counters and
+    // stage histograms summed over the rounds match the summed ops).
+    check_runs(&report);
+    let runs = report["runs"].as_array().unwrap();
+    let systems: Vec<&str> = runs.iter().map(|r| r["system"].as_str().unwrap()).collect();
+    assert_eq!(systems, SYSTEMS, "runs are in --systems order");
+    let rounds_of = |system: &str| -> &Vec<Value> {
+        let r = runs.iter().find(|r| r["system"] == system).unwrap();
+        r["rounds"].as_array().expect("rounds is an array")
+    };
+    for r in runs {
+        let system = r["system"].as_str().unwrap();
+        let rounds = rounds_of(system);
+        assert_eq!(rounds.len(), 3, "{system}: rounds entries");
+        for (i, x) in rounds.iter().enumerate() {
+            assert_eq!(int(x, "round"), i as u64 + 1, "{system}: round order");
+            assert_eq!(int(x, "ops"), 2000, "{system}: round {i} ops != --ops");
+            assert!(
+                close(
+                    num(x, "ops_per_s"),
+                    int(x, "ops") as f64 / num(x, "elapsed_s")
+                ),
+                "{system}: round {i} ops_per_s is not ops / elapsed_s"
+            );
+            // Each round's timeline adds up to that round's ops.
+            let timeline: u64 = r["timeline"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| int(p, "round") == i as u64 + 1)
+                .map(|p| int(p, "ops"))
+                .sum();
+            assert_eq!(timeline, int(x, "ops"), "{system}: round {i} timeline ops");
+        }
+        let sum: u64 = rounds.iter().map(|x| int(x, "ops")).sum();
+        assert_eq!(int(r, "ops"), sum, "{system}: ops != the rounds' ops");
+        assert_eq!(
+            int(r, "ops"),
+            3 * 2000,
+            "{system}: ops != 3 rounds of --ops"
+        );
+        let elapsed: f64 = rounds.iter().map(|x| num(x, "elapsed_s")).sum();
+        assert!(
+            (num(r, "elapsed_s") - elapsed).abs() < 1e-6,
+            "{system}: elapsed_s is not the rounds' sum"
+        );
+    }
+
+    // Round r runs every system once, starting with system r mod 3.
+    for round in 0..3 {
+        let mut order: Vec<(f64, &str)> = SYSTEMS
+            .iter()
+            .map(|s| (num(&rounds_of(s)[round], "offset_s"), *s))
+            .collect();
+        order.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let order: Vec<&str> = order.into_iter().map(|(_, s)| s).collect();
+        let expected: Vec<&str> = (0..3).map(|j| SYSTEMS[(round + j) % 3]).collect();
+        assert_eq!(order, expected, "round {round}: run order");
+    }
+    // Rounds follow each other: every run of round r+1 starts after every run of round r.
+    for round in 0..2 {
+        let last = SYSTEMS
+            .iter()
+            .map(|s| num(&rounds_of(s)[round], "offset_s"))
+            .fold(f64::MIN, f64::max);
+        for s in SYSTEMS {
+            assert!(num(&rounds_of(s)[round + 1], "offset_s") > last, "{s}");
+        }
+    }
+
+    // The per-round ratios are each round's two runs' ops/s over each other.
+    let pairs: Vec<(&str, &str)> = report["round_ratios"]
+        .as_array()
+        .expect("round_ratios is an array")
+        .iter()
+        .map(|p| {
+            (
+                p["system"].as_str().unwrap(),
+                p["baseline"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("mergelog", "naive"),
+            ("mergelog", "no-coalesce"),
+            ("no-coalesce", "naive")
+        ]
+    );
+    for p in report["round_ratios"].as_array().unwrap() {
+        let (system, baseline) = (
+            p["system"].as_str().unwrap(),
+            p["baseline"].as_str().unwrap(),
+        );
+        let per_round: Vec<f64> = p["per_round"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().expect("a per-round ratio"))
+            .collect();
+        assert_eq!(per_round.len(), 3, "{system} vs {baseline}: per_round");
+        for (i, ratio) in per_round.iter().enumerate() {
+            let expected =
+                num(&rounds_of(system)[i], "ops_per_s") / num(&rounds_of(baseline)[i], "ops_per_s");
+            assert!(
+                close(*ratio, expected),
+                "{system} vs {baseline}, round {i}: {ratio} != {expected}"
+            );
+        }
+        let (median_, min, max) = (num(p, "median"), num(p, "min"), num(p, "max"));
+        assert!(min <= median_ && median_ <= max, "{p}");
+        assert!(close(median_, median(&per_round)), "{p}: median");
+        assert!(close(
+            min,
+            per_round.iter().copied().fold(f64::MAX, f64::min)
+        ));
+        assert!(close(
+            max,
+            per_round.iter().copied().fold(f64::MIN, f64::max)
+        ));
+    }
+
+    // Every run started on an empty directory: the kept logs hold the last round's run
+    // only (naive's would have refused to create its log over the previous round's).
+    for system in ["mergelog", "no-coalesce"] {
+        let path = runs_dir.join(system);
+        let inspect: Value =
+            serde_json::from_str(&succeeds(&["inspect", path.to_str().unwrap(), "--json"]))
+                .expect("inspect --json parses");
+        // Every round draws the same seeded streams, so each wrote a third of the writes.
+        let r = runs.iter().find(|r| r["system"] == system).unwrap();
+        let writes = int(r, "puts") + int(r, "deletes");
+        assert_eq!(
+            3 * int(&inspect, "ops_acknowledged"),
+            writes,
+            "{system}: the kept log is not one round's"
+        );
+    }
+
+    // The interval log is in time order across the alternating runs and adds up per
+    // system; the plot draws every system.
+    let per_tag = read_hlog(&hlog_path);
+    for r in runs {
+        let h = &per_tag[r["system"].as_str().unwrap()];
+        assert_eq!(h.len(), int(r, "ops"), "{}: hlog counts", r["system"]);
+    }
+    let text = check_svg(&std::fs::read_to_string(&svg_path).unwrap());
+    for name in SYSTEMS.iter().chain(&["seconds into the bench"]) {
+        assert!(text.contains(name), "the plot does not show {name}");
+    }
+}
+
 #[test]
 fn profile_prints_every_stage_and_the_counters() {
     let dir = tempfile::tempdir().unwrap();
@@ -629,6 +840,9 @@ fn bad_flags_exit_nonzero_with_one_line() {
     rejects(&["bench", "--ring-bytes", "12Q"], "--ring-bytes");
     rejects_with(2, &["bench", "--ring-bytes", "3M"], "ring_bytes");
     rejects(&["bench", "--interval", "0"], "--interval");
+    rejects_with(2, &["bench", "--rounds", "0"], "--rounds");
+    rejects_with(2, &["bench", "--rounds", "-1"], "--rounds");
+    rejects_with(2, &["profile", "--rounds", "2"], "--rounds");
     rejects(&["bench", "--no-such-flag"], "--no-such-flag");
     rejects(&["profile", "--system", "naive"], "--system");
     rejects(&["dump"], "DIR");

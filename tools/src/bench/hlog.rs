@@ -14,7 +14,8 @@
 //! Values are nanoseconds; the `Interval_Max` column is in milliseconds (MaxValueDivisor
 //! 1e6). StartTime and BaseTime are the start of the first system's run, so timestamps are
 //! seconds into the session and the systems, which run one after the other, follow each
-//! other in time.
+//! other in time. With `--rounds` a system's runs alternate with the others'; the lines
+//! are written in time order, whatever the system.
 
 use super::Session;
 use crate::error::{CliError, Context};
@@ -48,26 +49,30 @@ pub fn write(path: &Path, session: &Session, title: &str) -> Result<(), CliError
         .begin_log_with(&mut out, &mut serializer)
         .context(what)?;
     let mut deserializer = Deserializer::new();
-    for run in &session.results {
-        let system = run.system.name();
-        for interval in &run.timeline {
-            for (suffix, bytes) in &interval.encoded {
-                let h: Histogram<u64> = deserializer
-                    .deserialize(&mut &bytes[..])
-                    .map_err(|e| CliError::new(format!("decode an interval histogram: {e:?}")))?;
-                let tag = if suffix.is_empty() {
-                    system.to_owned()
-                } else {
-                    format!("{system}.{suffix}")
-                };
-                log.write_histogram(
-                    &h,
-                    run.offset + interval.start,
-                    interval.duration,
-                    Tag::new(&tag),
-                )
+    // Every interval with its start from the start of the bench, in time order (a stable
+    // sort: without --rounds this is the systems' order).
+    let mut intervals: Vec<_> = session
+        .results
+        .iter()
+        .flat_map(|run| {
+            run.timeline
+                .iter()
+                .map(move |i| (run.interval_offset(i), run.system.name(), i))
+        })
+        .collect();
+    intervals.sort_by_key(|(start, _, _)| *start);
+    for (start, system, interval) in intervals {
+        for (suffix, bytes) in &interval.encoded {
+            let h: Histogram<u64> = deserializer
+                .deserialize(&mut &bytes[..])
+                .map_err(|e| CliError::new(format!("decode an interval histogram: {e:?}")))?;
+            let tag = if suffix.is_empty() {
+                system.to_owned()
+            } else {
+                format!("{system}.{suffix}")
+            };
+            log.write_histogram(&h, start, interval.duration, Tag::new(&tag))
                 .map_err(|e| CliError::new(format!("{}: {e}", what())))?;
-            }
         }
     }
     drop(log);

@@ -11,6 +11,12 @@
 //! corrected). Every system draws the same seeded operation streams (see `workload`), and
 //! the report puts their numbers side by side, each as a ratio against the baselines.
 //!
+//! On a noisy machine a ratio between systems that ran minutes apart measures the disk as
+//! much as the systems: `--rounds N` runs them in alternation instead (each round runs
+//! every system once, the order rotating), sums each system's rounds into the one result
+//! the report prints, and reports each pairing's ratio round by round, computed from the
+//! two runs of the same round.
+//!
 //! `mergelog profile` runs the same machinery on one engine system and prints the engine's
 //! per-stage histograms instead of the comparison.
 
@@ -25,7 +31,7 @@ use crate::error::{CliError, Context};
 use crate::workload::{Dist, Generator, Size, Spec, KEY_SIZE_MIN};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
-use mergelog::{Config, Durability, Stats, WindowPolicy, WritePath};
+use mergelog::{Config, Durability, StageHistograms, Stats, WindowPolicy, WritePath};
 use recorder::{Interval, Progress};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -199,6 +205,17 @@ pub struct BenchArgs {
         default_value = "mergelog,no-coalesce,naive"
     )]
     systems: Vec<System>,
+    /// Run every system N times, alternating: round r runs each system once for the full
+    /// length, starting with the r-th (mod the number of systems); the report sums the
+    /// rounds per system and shows each pairing's per-round ratios.
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = rounds,
+    )]
+    rounds: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -306,6 +323,11 @@ fn keys(s: &str) -> Result<u64, String> {
 
 fn ops(s: &str) -> Result<u64, String> {
     count(s, 1 << 48)
+}
+
+/// Each round runs every system once, for the full length.
+fn rounds(s: &str) -> Result<usize, String> {
+    count(s, 1000).map(|n| n as usize)
 }
 
 fn batch_ops(s: &str) -> Result<u64, String> {
@@ -523,8 +545,9 @@ pub fn sleep_until(t: Instant) {
     }
 }
 
-/// What one system run measured. Counters are the engine's (after close) or, for
-/// `naive`, its own.
+/// What one system run measured, or with `--rounds`, every run of the system summed (see
+/// [`RunResult::absorb`]). Counters are the engine's (after close) or, for `naive`, its
+/// own.
 pub struct RunResult {
     pub system: System,
     /// Operations completed, including those drained after the deadline.
@@ -535,15 +558,16 @@ pub struct RunResult {
     pub puts: u64,
     pub deletes: u64,
     pub gets: u64,
-    /// First writer start to last writer done (drain included).
+    /// First writer start to last writer done (drain included); summed over the rounds.
     pub elapsed: Duration,
-    /// When the run started, from the start of the whole bench (for the interval log).
-    pub offset: Duration,
+    /// Each run of the system, in round order (one without `--rounds`).
+    pub rounds: Vec<RoundRun>,
     /// Per-operation latency in nanoseconds, from the intended send time (corrected).
     pub latency: Histogram<u64>,
     /// Per-operation latency in nanoseconds, from the actual submission (raw).
     pub latency_raw: Histogram<u64>,
-    /// Per-interval throughput and latency.
+    /// Per-interval throughput and latency, the rounds' one after the other (each
+    /// interval's `round` says which run it belongs to).
     pub timeline: Vec<Interval>,
     pub batches: u64,
     pub syncs: u64,
@@ -551,8 +575,35 @@ pub struct RunResult {
     pub collapsed_reads: u64,
     pub records_written: u64,
     pub bytes_written: u64,
-    /// The engine's final statistics (engine systems only).
+    /// The engine's final statistics (engine systems only); over the rounds, the counters
+    /// and stage histograms summed.
     pub engine: Option<Stats>,
+}
+
+/// One run of a system: what `--rounds` keeps of each besides the merged totals.
+pub struct RoundRun {
+    /// 0-based round number.
+    pub round: usize,
+    pub ops: u64,
+    pub elapsed: Duration,
+    /// When the run started, from the start of the whole bench (for the interval log).
+    pub offset: Duration,
+}
+
+impl RoundRun {
+    pub fn ops_per_s(&self) -> f64 {
+        per_second(self.ops, self.elapsed)
+    }
+}
+
+/// `ops / elapsed`, 0 for no time.
+fn per_second(ops: u64, elapsed: Duration) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs > 0.0 {
+        ops as f64 / secs
+    } else {
+        0.0
+    }
 }
 
 impl RunResult {
@@ -573,7 +624,7 @@ impl RunResult {
             deletes: sampled.deletes,
             gets: sampled.gets,
             elapsed,
-            offset: Duration::ZERO,
+            rounds: Vec::new(),
             latency: sampled.latency,
             latency_raw: sampled.latency_raw,
             timeline,
@@ -588,13 +639,134 @@ impl RunResult {
     }
 
     pub fn ops_per_s(&self) -> f64 {
-        let secs = self.elapsed.as_secs_f64();
-        if secs > 0.0 {
-            self.ops as f64 / secs
-        } else {
-            0.0
+        per_second(self.ops, self.elapsed)
+    }
+
+    /// When `interval` started, from the start of the whole bench.
+    pub fn interval_offset(&self, interval: &Interval) -> Duration {
+        let run = self
+            .rounds
+            .iter()
+            .find(|r| r.round == interval.round)
+            .map_or(Duration::ZERO, |r| r.offset);
+        run + interval.start
+    }
+
+    /// Marks this result as the run of round `round`, started `offset` into the bench.
+    fn stamp(&mut self, round: usize, offset: Duration) {
+        self.rounds = vec![RoundRun {
+            round,
+            ops: self.ops,
+            elapsed: self.elapsed,
+            offset,
+        }];
+        for interval in &mut self.timeline {
+            interval.round = round;
         }
     }
+
+    /// Adds a later round's run of the same system: counts, elapsed time and log counters
+    /// summed (so `ops_per_s` is all ops over all run time), latency and stage histograms
+    /// added, timelines and rounds appended. The engine's `backlog_bytes` is summed too (0
+    /// after each close); `durable_position`, a position in one run's log, is the later
+    /// run's. The fields are destructured so that a new one cannot be forgotten here.
+    fn absorb(&mut self, other: RunResult) -> Result<(), CliError> {
+        let RunResult {
+            system,
+            ops,
+            missed,
+            puts,
+            deletes,
+            gets,
+            elapsed,
+            rounds,
+            latency,
+            latency_raw,
+            timeline,
+            batches,
+            syncs,
+            coalesced_writes,
+            collapsed_reads,
+            records_written,
+            bytes_written,
+            engine,
+        } = other;
+        debug_assert_eq!(system, self.system);
+        self.ops += ops;
+        self.missed += missed;
+        self.puts += puts;
+        self.deletes += deletes;
+        self.gets += gets;
+        self.elapsed += elapsed;
+        self.rounds.extend(rounds);
+        let merge = || "merge the rounds' latency histograms".to_owned();
+        self.latency.add(&latency).context(merge)?;
+        self.latency_raw.add(&latency_raw).context(merge)?;
+        self.timeline.extend(timeline);
+        self.batches += batches;
+        self.syncs += syncs;
+        self.coalesced_writes += coalesced_writes;
+        self.collapsed_reads += collapsed_reads;
+        self.records_written += records_written;
+        self.bytes_written += bytes_written;
+        match (&mut self.engine, engine) {
+            (Some(mine), Some(theirs)) => add_stats(mine, theirs)?,
+            (mine, theirs) => *mine = theirs.or(mine.take()),
+        }
+        Ok(())
+    }
+}
+
+/// `into += from`, for the runs of one system in different rounds (see `absorb`).
+fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
+    let Stats {
+        submitted,
+        writes,
+        reads,
+        coalesced_writes,
+        collapsed_reads,
+        records_written,
+        batches,
+        syncs,
+        bytes_written,
+        backlog_bytes,
+        durable_position,
+        stages,
+    } = from;
+    into.submitted += submitted;
+    into.writes += writes;
+    into.reads += reads;
+    into.coalesced_writes += coalesced_writes;
+    into.collapsed_reads += collapsed_reads;
+    into.records_written += records_written;
+    into.batches += batches;
+    into.syncs += syncs;
+    into.bytes_written += bytes_written;
+    into.backlog_bytes += backlog_bytes;
+    into.durable_position = durable_position;
+    let StageHistograms {
+        ring_wait,
+        window_age,
+        coalesce,
+        encode,
+        sync,
+        wakeup,
+        end_to_end,
+    } = stages;
+    let s = &mut into.stages;
+    for (name, mine, theirs) in [
+        ("ring_wait", &mut s.ring_wait, ring_wait),
+        ("window_age", &mut s.window_age, window_age),
+        ("coalesce_sort", &mut s.coalesce, coalesce),
+        ("encode_write", &mut s.encode, encode),
+        ("sync", &mut s.sync, sync),
+        ("wakeup", &mut s.wakeup, wakeup),
+        ("end_to_end", &mut s.end_to_end, end_to_end),
+    ] {
+        mine.add(&theirs)
+            .context(|| format!("merge the rounds' {name} histograms"))?;
+    }
+    Ok(())
 }
 
 /// Nanosecond latency histogram, 1 ns to 1 minute, 3 significant figures.
@@ -652,6 +824,20 @@ impl Root {
         }
         Ok(path)
     }
+}
+
+/// Empties a system's run directory for its next round: the previous round's log goes, so
+/// the run starts on an empty directory as the first did (`subdir` found it empty or new,
+/// so everything in it is the bench's own).
+fn renew(dir: &Path) -> Result<(), CliError> {
+    let what = || {
+        format!(
+            "empty the run directory {} for the next round",
+            dir.display()
+        )
+    };
+    std::fs::remove_dir_all(dir).context(what)?;
+    std::fs::create_dir(dir).context(what)
 }
 
 /// The file system type of the mount holding `path`, from /proc/self/mounts.
@@ -811,20 +997,24 @@ fn plan(args: &WorkloadArgs) -> Result<Plan, CliError> {
 /// What a run of several systems produced, ready for the report and the files.
 pub struct Session {
     pub plan: Plan,
+    /// One per system, in `--systems` order, each summing the system's rounds.
     pub results: Vec<RunResult>,
     pub workload: report::Workload,
     /// Wall-clock time the first run started (the interval log's base time).
     pub started: SystemTime,
 }
 
-/// Runs `systems` one after the other, each in its own directory; `command` names the
-/// subcommand in messages; `stage_intervals` samples the engine's stage histograms per
-/// interval for the interval log (profile).
+/// Runs `systems` one after the other, each in its own directory, `rounds` times: round r
+/// runs every system once, starting with system r (mod their number), each on an emptied
+/// directory; a system's runs are summed into one result (`RunResult::absorb`). `command`
+/// names the subcommand in messages; `stage_intervals` samples the engine's stage
+/// histograms per interval for the interval log (profile).
 fn execute(
     command: &str,
     args: &WorkloadArgs,
     output: &OutputArgs,
     systems: &[System],
+    rounds: usize,
     stage_intervals: bool,
 ) -> Result<Session, CliError> {
     let mut seen = Vec::new();
@@ -864,35 +1054,54 @@ fn execute(
     };
     let started = SystemTime::now();
     let bench_start = Instant::now();
-    let mut results = Vec::new();
-    for (i, (system, dir)) in dirs.iter().enumerate() {
-        eprintln!(
-            "mergelog {command}: [{}/{}] {} {how_long} in {}",
-            i + 1,
-            dirs.len(),
-            system.name(),
-            dir.display()
-        );
-        let progress = match (plan.duration, plan.ops) {
-            (Some(d), _) => Progress::new(system.name(), false, d.as_millis() as u64),
-            (None, n) => Progress::new(system.name(), true, n.unwrap_or(0)),
-        };
-        let offset = bench_start.elapsed();
-        let result = match system {
-            System::Naive => naive::run(dir, &plan, &hooks, &progress),
-            _ => engine::run(dir, plan.engine_config(*system), &plan, &hooks, &progress),
-        };
-        progress.finish();
-        let mut result = result.map_err(|e| e.prefixed(system.name()))?;
-        result.offset = offset;
-        eprintln!(
-            "mergelog {command}: {}: {} ops/s",
-            system.name(),
-            report::thousands(result.ops_per_s().round() as u64)
-        );
-        results.push(result);
+    let mut merged: Vec<Option<RunResult>> = dirs.iter().map(|_| None).collect();
+    let total = rounds * dirs.len();
+    for round in 0..rounds {
+        for j in 0..dirs.len() {
+            let k = (round + j) % dirs.len();
+            let (system, dir) = &dirs[k];
+            let done = round * dirs.len() + j;
+            if round > 0 {
+                renew(dir)?;
+            }
+            let which = if rounds > 1 {
+                format!("round {}/{rounds}, {}/{total}", round + 1, done + 1)
+            } else {
+                format!("{}/{total}", done + 1)
+            };
+            eprintln!(
+                "mergelog {command}: [{which}] {} {how_long} in {}",
+                system.name(),
+                dir.display()
+            );
+            let progress = match (plan.duration, plan.ops) {
+                (Some(d), _) => Progress::new(system.name(), false, d.as_millis() as u64),
+                (None, n) => Progress::new(system.name(), true, n.unwrap_or(0)),
+            };
+            let offset = bench_start.elapsed();
+            let result = match system {
+                System::Naive => naive::run(dir, &plan, &hooks, &progress),
+                _ => engine::run(dir, plan.engine_config(*system), &plan, &hooks, &progress),
+            };
+            progress.finish();
+            let mut result = result.map_err(|e| e.prefixed(system.name()))?;
+            result.stamp(round, offset);
+            eprintln!(
+                "mergelog {command}: {}: {} ops/s",
+                system.name(),
+                report::thousands(result.ops_per_s().round() as u64)
+            );
+            match &mut merged[k] {
+                Some(all) => all.absorb(result)?,
+                slot => *slot = Some(result),
+            }
+        }
     }
-    let workload = report::Workload::new(&plan, args, systems, fs);
+    let results = merged
+        .into_iter()
+        .map(|r| r.expect("every system ran in every round"))
+        .collect();
+    let workload = report::Workload::new(&plan, args, systems, rounds, fs);
     drop(root);
     Ok(Session {
         plan,
@@ -939,7 +1148,14 @@ fn print(text: &str) -> Result<(), CliError> {
 }
 
 pub fn run(args: BenchArgs) -> Result<(), CliError> {
-    let session = execute("bench", &args.workload, &args.output, &args.systems, false)?;
+    let session = execute(
+        "bench",
+        &args.workload,
+        &args.output,
+        &args.systems,
+        args.rounds,
+        false,
+    )?;
     let report = report::Report::new(&session, machine(), "bench");
     print(&report.text(&session.results))?;
     write_outputs(&args.output, &session, &report, "mergelog bench")
@@ -973,7 +1189,7 @@ pub mod profile {
             EngineSystem::Mergelog => System::Mergelog,
             EngineSystem::NoCoalesce => System::NoCoalesce,
         };
-        let session = execute("profile", &args.workload, &args.output, &[system], true)?;
+        let session = execute("profile", &args.workload, &args.output, &[system], 1, true)?;
         let report = report::Report::new(&session, machine(), "profile");
         print(&report.profile_text(&session.results))?;
         write_outputs(&args.output, &session, &report, "mergelog profile")

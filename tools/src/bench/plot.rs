@@ -7,7 +7,8 @@
 //!   request was due (corrected); dashed (open loop): from its submission (raw). `mergelog
 //!   profile` adds the engine's stage histograms.
 //! - Bottom: throughput over time of each system, one point per sampling interval, seconds
-//!   from the start of that system's run.
+//!   from the start of that system's run; with `--rounds`, seconds from the start of the
+//!   bench, each run a line of its own where it ran (the systems alternate).
 
 use super::{RunResult, Session};
 use crate::error::CliError;
@@ -110,15 +111,27 @@ fn curves(session: &Session) -> Vec<Curve> {
     out
 }
 
-/// (seconds from the start of the run, ops/s) per interval.
-fn throughput(r: &RunResult) -> Vec<(f64, f64)> {
-    r.timeline
-        .iter()
-        .map(|i| {
-            let secs = i.duration.as_secs_f64().max(1e-9);
-            ((i.start + i.duration).as_secs_f64(), i.ops as f64 / secs)
-        })
-        .collect()
+/// One line per run of `r`, (seconds, ops/s) per interval: from the start of the run, or
+/// with several rounds (`bench_time`) from the start of the bench.
+fn throughput(r: &RunResult, bench_time: bool) -> Vec<Vec<(f64, f64)>> {
+    let mut lines: Vec<Vec<(f64, f64)>> = Vec::new();
+    let mut round = None;
+    for i in &r.timeline {
+        if round != Some(i.round) {
+            round = Some(i.round);
+            lines.push(Vec::new());
+        }
+        let start = if bench_time {
+            r.interval_offset(i)
+        } else {
+            i.start
+        };
+        let secs = i.duration.as_secs_f64().max(1e-9);
+        if let Some(line) = lines.last_mut() {
+            line.push(((start + i.duration).as_secs_f64(), i.ops as f64 / secs));
+        }
+    }
+    lines
 }
 
 pub fn write(path: &Path, session: &Session, title: &str) -> Result<(), CliError> {
@@ -191,25 +204,23 @@ fn draw(path: &Path, session: &Session, title: &str) -> DrawResult {
     // Throughput over time: a linear scale unless the systems are orders of magnitude
     // apart (the naive baseline usually is), then a log scale. Empty intervals are left out
     // of a log scale (the line joins their neighbours).
+    let bench_time = session.results.iter().any(|r| r.rounds.len() > 1);
     let series: Vec<Series> = session
         .results
         .iter()
         .zip(COLORS.iter().cycle())
-        .map(|(r, c)| (r.system.name().to_owned(), *c, throughput(r)))
+        .map(|(r, c)| (r.system.name().to_owned(), *c, throughput(r, bench_time)))
         .collect();
-    let t_max = series
-        .iter()
-        .flat_map(|s| s.2.iter().map(|p| p.0))
-        .fold(0.1f64, f64::max);
+    let points = || series.iter().flat_map(|s| s.2.iter().flatten());
+    let t_max = points().map(|p| p.0).fold(0.1f64, f64::max);
     let rates = session
         .results
         .iter()
         .map(RunResult::ops_per_s)
         .filter(|r| *r > 0.0);
     let (lo, hi) = rates.fold((f64::MAX, 0.0f64), |(lo, hi), r| (lo.min(r), hi.max(r)));
-    let (r_min, r_max) = series
-        .iter()
-        .flat_map(|s| s.2.iter().map(|p| p.1))
+    let (r_min, r_max) = points()
+        .map(|p| p.1)
         .filter(|r| *r > 0.0)
         .fold((f64::MAX, 1.0f64), |(lo, hi), r| (lo.min(r), hi.max(r)));
     if hi > 20.0 * lo {
@@ -219,6 +230,7 @@ fn draw(path: &Path, session: &Session, title: &str) -> DrawResult {
             // The baselines sit at the bottom, the engines at the top.
             SeriesLabelPosition::MiddleRight,
             &series,
+            bench_time,
             0.0..t_max,
             (r_min.min(r_max) / 2.0..r_max * 2.0).log_scale(),
         )?;
@@ -228,6 +240,7 @@ fn draw(path: &Path, session: &Session, title: &str) -> DrawResult {
             "throughput over time",
             SeriesLabelPosition::LowerRight,
             &series,
+            bench_time,
             0.0..t_max,
             0.0..r_max * 1.1,
         )?;
@@ -236,7 +249,8 @@ fn draw(path: &Path, session: &Session, title: &str) -> DrawResult {
     Ok(())
 }
 
-type Series = (String, RGBColor, Vec<(f64, f64)>);
+/// A system's label, colour and lines (one per run).
+type Series = (String, RGBColor, Vec<Vec<(f64, f64)>>);
 type DrawResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 fn throughput_chart<X, Y>(
@@ -244,6 +258,7 @@ fn throughput_chart<X, Y>(
     caption: &str,
     legend: SeriesLabelPosition,
     series: &[Series],
+    bench_time: bool,
     x: X,
     y: Y,
 ) -> DrawResult
@@ -262,20 +277,29 @@ where
         .build_cartesian_2d(x, y)?;
     chart
         .configure_mesh()
-        .x_desc("seconds into the run")
+        .x_desc(if bench_time {
+            "seconds into the bench"
+        } else {
+            "seconds into the run"
+        })
         .y_desc("ops/s")
         .y_labels(8)
         .y_label_formatter(&|y| si(*y))
         .draw()?;
-    for (label, color, points) in series {
+    for (label, color, lines) in series {
         let color = *color;
-        chart
-            .draw_series(LineSeries::new(
+        for (n, points) in lines.iter().enumerate() {
+            let drawn = chart.draw_series(LineSeries::new(
                 points.iter().copied().filter(|p| p.1 > 0.0),
                 color.stroke_width(2),
-            ))?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            ))?;
+            // One legend entry per system, not per run.
+            if n == 0 {
+                drawn
+                    .label(label)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            }
+        }
     }
     chart
         .configure_series_labels()

@@ -77,6 +77,8 @@ impl Recorder {
 
 /// One sampling interval of a run.
 pub struct Interval {
+    /// The run's round (0-based; always 0 without `--rounds`).
+    pub round: usize,
     /// Start, from the start of the run.
     pub start: Duration,
     pub duration: Duration,
@@ -214,6 +216,7 @@ pub fn sample(
             }
         };
         out.timeline.push(Interval {
+            round: 0,
             start: last - start,
             duration: now - last,
             ops,

@@ -36,6 +36,8 @@ pub struct Workload {
     duration_s: Option<f64>,
     /// --ops, or null.
     ops_limit: Option<u64>,
+    /// --rounds: how many times each system ran (duration_s / ops_limit are per run).
+    rounds: usize,
     interval_s: f64,
     durability: &'static str,
     write_path: &'static str,
@@ -54,7 +56,13 @@ pub struct Workload {
 }
 
 impl Workload {
-    pub fn new(plan: &Plan, args: &WorkloadArgs, systems: &[System], fs: Option<String>) -> Self {
+    pub fn new(
+        plan: &Plan,
+        args: &WorkloadArgs,
+        systems: &[System],
+        rounds: usize,
+        fs: Option<String>,
+    ) -> Self {
         let s = &plan.spec;
         let e = &plan.engine;
         Workload {
@@ -81,6 +89,7 @@ impl Workload {
             read_ratio: s.read_ratio,
             duration_s: plan.duration.map(|d| d.as_secs_f64()),
             ops_limit: plan.ops,
+            rounds,
             interval_s: plan.interval.as_secs_f64(),
             durability: match plan.durability {
                 Durability::Sync => "sync",
@@ -122,9 +131,17 @@ impl Workload {
             (None, Some(n)) => format!("{n} ops"),
             (None, None) => "-".into(),
         };
+        let length = if self.rounds > 1 {
+            format!(
+                "{length} per system and round, {} rounds alternating",
+                self.rounds
+            )
+        } else {
+            format!("{length} per system")
+        };
         format!(
             "workload: {load}, {} keys {}, key {} B, value {} B, {:.0}% puts {:.0}% deletes \
-             {:.0}% gets, {length} per system\n\
+             {:.0}% gets, {length}\n\
              engine:   durability {}, write path {}, window {}, window age max {} µs, batch max \
              {} B / {} ops, ring {} B, segment {} B",
             self.keys,
@@ -193,6 +210,32 @@ struct Stage {
     total_ms: f64,
 }
 
+/// One run of a system (one round).
+#[derive(Serialize)]
+struct RoundJson {
+    /// 1-based.
+    round: usize,
+    ops: u64,
+    ops_per_s: f64,
+    elapsed_s: f64,
+    /// When the run started, seconds from the start of the bench.
+    offset_s: f64,
+}
+
+/// A system's throughput over a baseline's, round by round (each ratio from the two runs
+/// of the same round).
+#[derive(Serialize)]
+struct RoundRatio {
+    system: &'static str,
+    baseline: &'static str,
+    /// Median, least and greatest of `per_round` (null if no round had a ratio).
+    median: Option<f64>,
+    min: Option<f64>,
+    max: Option<f64>,
+    /// In round order; null where the baseline's run completed nothing.
+    per_round: Vec<Option<f64>>,
+}
+
 /// The engine's own counters (`Stats`) after close.
 #[derive(Serialize)]
 struct EngineJson {
@@ -211,6 +254,8 @@ struct EngineJson {
 
 #[derive(Serialize)]
 struct Point {
+    /// The run the interval belongs to (1-based round); start_s is from that run's start.
+    round: usize,
     start_s: f64,
     duration_s: f64,
     ops: u64,
@@ -265,6 +310,8 @@ struct Run {
     stages: Option<Vec<Stage>>,
     /// Throughput and latency per sampling interval.
     timeline: Vec<Point>,
+    /// Each run of the system, in round order (one without --rounds).
+    rounds: Vec<RoundJson>,
 }
 
 #[derive(Serialize)]
@@ -275,6 +322,53 @@ pub struct Report {
     workload: Workload,
     machine: MachineJson,
     runs: Vec<Run>,
+    /// Per engine system and baseline that ran (the pairings of the headline).
+    round_ratios: Vec<RoundRatio>,
+}
+
+/// The pairings the headline shows: each system but naive against each baseline that ran
+/// (naive, then no-coalesce), with its throughput ratio in every round.
+fn round_ratios(results: &[RunResult]) -> Vec<RoundRatio> {
+    let mut out = Vec::new();
+    for r in results.iter().filter(|r| r.system != System::Naive) {
+        for baseline in [System::Naive, System::NoCoalesce] {
+            let Some(b) = results
+                .iter()
+                .find(|b| b.system == baseline && b.system != r.system)
+            else {
+                continue;
+            };
+            let per_round: Vec<Option<f64>> = r
+                .rounds
+                .iter()
+                .map(|x| {
+                    let base = b.rounds.iter().find(|y| y.round == x.round);
+                    ratio(x.ops_per_s(), base.map(|y| y.ops_per_s()))
+                })
+                .collect();
+            let mut known: Vec<f64> = per_round.iter().flatten().copied().collect();
+            known.sort_by(f64::total_cmp);
+            out.push(RoundRatio {
+                system: r.system.name(),
+                baseline: baseline.name(),
+                median: median(&known),
+                min: known.first().copied(),
+                max: known.last().copied(),
+                per_round,
+            });
+        }
+    }
+    out
+}
+
+/// The median of sorted values (the mean of the middle two for an even count).
+fn median(sorted: &[f64]) -> Option<f64> {
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
 }
 
 pub fn us(ns: u64) -> f64 {
@@ -370,6 +464,7 @@ impl Report {
                         .timeline
                         .iter()
                         .map(|i| Point {
+                            round: i.round + 1,
                             start_s: i.start.as_secs_f64(),
                             duration_s: i.duration.as_secs_f64(),
                             ops: i.ops,
@@ -377,6 +472,17 @@ impl Report {
                             p50_us: us(i.p50_ns),
                             p99_us: us(i.p99_ns),
                             max_us: us(i.max_ns),
+                        })
+                        .collect(),
+                    rounds: r
+                        .rounds
+                        .iter()
+                        .map(|x| RoundJson {
+                            round: x.round + 1,
+                            ops: x.ops,
+                            ops_per_s: x.ops_per_s(),
+                            elapsed_s: x.elapsed.as_secs_f64(),
+                            offset_s: x.offset.as_secs_f64(),
                         })
                         .collect(),
                 }
@@ -391,6 +497,7 @@ impl Report {
                 os: machine.os,
             },
             runs,
+            round_ratios: round_ratios(results),
         }
     }
 
@@ -489,12 +596,20 @@ impl Report {
              deadline writers drain, and drained ops are counted)\n"
         });
 
+        if w.rounds > 1 {
+            out.push_str(&self.rounds_text());
+        }
+
         if let Some(stats) = results
             .iter()
             .find(|r| r.system == System::Mergelog)
             .and_then(|r| r.engine.as_ref())
         {
-            out.push_str("\nmergelog stages (engine histograms; `mergelog profile` for more):\n");
+            out.push_str(if w.rounds > 1 {
+                "\nmergelog stages (engine histograms of every round; `mergelog profile` for more):\n"
+            } else {
+                "\nmergelog stages (engine histograms; `mergelog profile` for more):\n"
+            });
             let rows: Vec<Vec<String>> = stats
                 .stages
                 .stages()
@@ -509,6 +624,58 @@ impl Report {
                 &["stage", "count", "p50 µs", "p90 µs", "p99 µs"],
                 &rows,
             ));
+        }
+        out
+    }
+
+    /// `--rounds`: each round's ops/s per system and ratios, and per pairing the median and
+    /// range of its per-round ratios.
+    fn rounds_text(&self) -> String {
+        let n = self.workload.rounds;
+        let mut out = format!(
+            "\n{n} rounds, alternating (the order rotates: round r starts with the r-th system); \
+             the table above sums each system's runs (ops/s: all ops over all run time; \
+             histograms merged); ratios per round from that round's two runs\n"
+        );
+        let mut header: Vec<String> = vec!["round".into()];
+        header.extend(self.runs.iter().map(|r| format!("{} ops/s", r.system)));
+        header.extend(
+            self.round_ratios
+                .iter()
+                .map(|p| format!("{}/{}", p.system, p.baseline)),
+        );
+        let rows: Vec<Vec<String>> = (0..n)
+            .map(|i| {
+                let mut row = vec![(i + 1).to_string()];
+                row.extend(self.runs.iter().map(|r| {
+                    r.rounds
+                        .get(i)
+                        .map_or("-".into(), |x| thousands(x.ops_per_s.round() as u64))
+                }));
+                row.extend(self.round_ratios.iter().map(|p| {
+                    p.per_round
+                        .get(i)
+                        .copied()
+                        .flatten()
+                        .map_or("-".into(), times)
+                }));
+                row
+            })
+            .collect();
+        let header: Vec<&str> = header.iter().map(String::as_str).collect();
+        out.push_str(&table(&header, &rows));
+        for p in &self.round_ratios {
+            if let (Some(median), Some(min), Some(max)) = (p.median, p.min, p.max) {
+                let _ = writeln!(
+                    out,
+                    "{} vs {}, per round: median {} ({} – {}) over {n} rounds",
+                    p.system,
+                    p.baseline,
+                    times(median),
+                    times(min),
+                    times(max),
+                );
+            }
         }
         out
     }
@@ -767,6 +934,13 @@ mod tests {
         assert_eq!(times(1.0), "1.00x");
         assert_eq!(times(0.00427), "0.00427x");
         assert_eq!(times(0.0), "0.00x");
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[0.5, 1.0, 4.0]), Some(1.0));
+        assert_eq!(median(&[0.5, 1.0, 2.0, 4.0]), Some(1.5));
     }
 
     #[test]

@@ -28,6 +28,47 @@ pub(crate) fn sync_dir(io: &dyn Io, dir: &Path) -> Result<()> {
 ///
 /// Written zeros, not `set_len` (sparse: a store into an unbacked page of a full disk is
 /// SIGBUS) and not `fallocate` (unwritten extents: every later sync pays a metadata write).
+/// The zero fill writes this much at a time.
+const ZERO_CHUNK: usize = 256 << 10;
+
+/// Keeps the zero fill's writeback to about two chunks in flight: starts writing back the
+/// chunk at `off` and waits for the one before it. Left to the final `fsync` (or to the
+/// kernel's background writeback), the whole segment went to the disk in one burst, and every
+/// `fdatasync` the engine issued meanwhile (its cache flush) waited behind it: the 99.9th
+/// percentile of the end-to-end bench was that wait.
+#[cfg(target_os = "linux")]
+fn pace_writeback(f: &std::fs::File, off: u64, len: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = f.as_raw_fd();
+    let call = |off: u64, len: usize, flags: libc::c_uint| {
+        // SAFETY: sync_file_range only reads its integer arguments; `fd` is open for the
+        // duration of the call (borrowed from `f`).
+        let r =
+            unsafe { libc::sync_file_range(fd, off as libc::off64_t, len as libc::off64_t, flags) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    call(off, len, libc::SYNC_FILE_RANGE_WRITE)?;
+    if off >= ZERO_CHUNK as u64 {
+        call(
+            off - ZERO_CHUNK as u64,
+            ZERO_CHUNK,
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pace_writeback(_f: &std::fs::File, _off: u64, _len: usize) -> std::io::Result<()> {
+    Ok(())
+}
+
 pub(crate) fn create_zeroed(io: &dyn Io, dir: &Path, path: &Path, size: u64) -> Result<()> {
     let result = guarded(io, IoOp::Create, path, 0, &[], || {
         let mut f = OpenOptions::new()
@@ -35,12 +76,13 @@ pub(crate) fn create_zeroed(io: &dyn Io, dir: &Path, path: &Path, size: u64) -> 
             .create_new(true)
             .mode(0o644)
             .open(path)?;
-        let chunk = vec![0u8; 1 << 20];
-        let mut left = size;
-        while left > 0 {
-            let n = left.min(chunk.len() as u64) as usize;
+        let chunk = vec![0u8; ZERO_CHUNK];
+        let mut off = 0u64;
+        while off < size {
+            let n = (size - off).min(ZERO_CHUNK as u64) as usize;
             f.write_all(&chunk[..n])?;
-            left -= n as u64;
+            pace_writeback(&f, off, n)?;
+            off += n as u64;
         }
         f.sync_all()
     });

@@ -697,6 +697,44 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The engine reuses its encode buffer without zeroing it: every byte of a frame must be
+    /// written by `FrameWriter`, whatever the buffer held before.
+    #[test]
+    fn frame_writer_writes_every_byte_of_the_frame() {
+        let records: [(&[u8], &[u8]); 3] = [(b"a", b"1"), (b"bcd", b""), (b"e", b"1234")];
+        let encode = |buf: &mut [u8]| {
+            let mut w = FrameWriter::new(buf, 42, FLAG_SORTED);
+            for (k, v) in records {
+                let op = if v.is_empty() {
+                    RecordOp::Delete
+                } else {
+                    RecordOp::Put
+                };
+                w.push(op, k, v);
+            }
+            w.finish(5)
+        };
+        let body: usize = records
+            .iter()
+            .map(|(k, v)| record_len(k.len(), v.len()))
+            .sum();
+        let len = frame_len(body);
+        assert!(
+            len > FRAME_HEADER_LEN + body,
+            "the example must need padding"
+        );
+        let mut clean = vec![0u8; len];
+        assert_eq!(encode(&mut clean), len);
+        for stale in [0xffu8, 0xa5, 0x01] {
+            let mut dirty = vec![stale; len];
+            assert_eq!(encode(&mut dirty), len);
+            assert_eq!(
+                dirty, clean,
+                "a byte left over from an earlier frame ({stale:#x})"
+            );
+        }
+    }
+
     /// An encoder written from the byte tables in FORMAT.md, independent of `FrameWriter`, so
     /// tests can craft frames that the writer would refuse to produce.
     fn raw_frame(body: &[u8], count: u32, seq: u64, flags: u32, ops_ack: u32) -> Vec<u8> {

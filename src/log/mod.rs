@@ -257,13 +257,20 @@ impl Log {
         let off = self.write_off;
         match self.write_path {
             WritePath::Pwrite => {
-                self.buf.clear();
-                self.buf.resize(len, 0);
-                let mut w = FrameWriter::new(&mut self.buf, seq, flags);
+                // The buffer only grows and is not zeroed first: `FrameWriter` writes every
+                // byte of the frame (header, records, padding), so what an earlier, longer
+                // frame left in it is overwritten (zeroing 64 KiB per frame was 1.4 % of
+                // the CPU at 4 × 256).
+                if self.buf.len() < len {
+                    self.buf.resize(len, 0);
+                }
+                let frame = &mut self.buf[..len];
+                let mut w = FrameWriter::new(frame, seq, flags);
                 let acked = encode(&mut w, off);
                 let n = w.finish(acked);
                 debug_assert_eq!(n, len);
-                self.active.write(off, &self.buf, WritePath::Pwrite)?;
+                self.active
+                    .write(off, &self.buf[..len], WritePath::Pwrite)?;
             }
             WritePath::Mmap => {
                 self.active.before_map_write(off)?;

@@ -5,13 +5,15 @@
 //! - **Countdown I/O errors** (`countdown_*`): `FaultyIo` fails the Nth operation of one kind
 //!   (write, sync, create, rename, directory sync, or any) with EIO, once or forever from then
 //!   on, for N = 1, 2, ... until a run completes without reaching N; both write paths.
-//! - **Simulated power loss** (`power_loss`): `PowerLossIo` keeps every write since its file's
-//!   last sync with the bytes it overwrote, cuts the power after a seeded number of
-//!   operations (every later operation fails), and then tears each unsynced write at 512-byte
-//!   sectors, drops whole writes and undoes directory changes not yet made durable by a
-//!   directory sync; pwrite path only (stores into the mapping bypass the hook). One reopen
-//!   in four first goes through I/O that fails while it repairs the tail. One to three
-//!   power losses per seed, each continuing the log the last one left.
+//! - **Simulated power loss** (`power_loss` for the pwrite path, `power_loss_mmap` for the
+//!   mmap path): `PowerLossIo` keeps every write since its file's last sync with the bytes it
+//!   overwrote, cuts the power after a seeded number of operations (every later operation
+//!   fails), and then tears each unsynced write at 512-byte sectors, drops whole writes and
+//!   undoes directory changes not yet made durable by a directory sync. A store into the
+//!   mapping announces only its offset: it is modelled as a write from there to the end of
+//!   the segment, its bytes read back at the power loss. One reopen in four first goes
+//!   through I/O that fails while it repairs the tail. One to three power losses per seed,
+//!   each continuing the log the last one left.
 //! - **Full disk** (`full_disk`): segment creation fails with ENOSPC (leaving a short file
 //!   behind, as a preallocation that ran out of space would), at open and at each roll; the
 //!   error says ENOSPC, no short prepared file stays, every segment file is fully allocated
@@ -34,7 +36,8 @@
 //! earlier batch is still syncing.
 //!
 //! Figures go to stderr (`--nocapture` shows them). Environment: `MERGELOG_POWERLOSS_SEEDS`
-//! (default 1000) seeds from `MERGELOG_POWERLOSS_FIRST` (default 0); `MERGELOG_POWERLOSS_SEED`
+//! (default 1000) seeds from `MERGELOG_POWERLOSS_FIRST` (default 0), the same with
+//! `MERGELOG_POWERLOSS_MMAP_` for the mmap path; `MERGELOG_POWERLOSS_SEED`
 //! runs one seed (`MERGELOG_POWERLOSS_REPEAT` times, default 1: the seed fixes the workload,
 //! the cut point and every tear, but not how the flusher and syncer threads interleave).
 
@@ -909,11 +912,15 @@ fn outcome_is_final_when_a_later_batch_fails_during_a_sync() {
 // ---------------------------------------------------------------------------------------------
 // 2. Simulated power loss.
 
-/// A write since its file's last sync: where, what, and what it overwrote.
+/// A write since its file's last sync: where, what, and what it overwrote. A store into the
+/// mapping (the mmap write path) announces only its offset: it is modelled as a write of
+/// everything from there to the end of the file, `new` read back at the power loss, `old`
+/// what the file held when it was announced.
 struct Unsynced {
     off: u64,
     new: Vec<u8>,
     old: Vec<u8>,
+    mapped: bool,
     /// The write was performed (`after` ran): a sync that starts later covers it.
     done: bool,
     id: u64,
@@ -990,12 +997,13 @@ impl Io for PowerLossIo {
         }
         match op {
             IoOp::Write => {
-                assert!(
-                    !data.is_empty(),
-                    "PowerLossIo cannot model a write without data (mmap) to {}",
-                    path.display()
-                );
-                let old = read_at(path, offset, data.len())?;
+                let mapped = data.is_empty();
+                let len = if mapped {
+                    (std::fs::metadata(path)?.len() - offset) as usize
+                } else {
+                    data.len()
+                };
+                let old = read_at(path, offset, len)?;
                 let id = st.next_id;
                 st.next_id += 1;
                 st.unsynced
@@ -1005,6 +1013,7 @@ impl Io for PowerLossIo {
                         off: offset,
                         new: data.to_vec(),
                         old,
+                        mapped,
                         done: false,
                         id,
                     });
@@ -1074,6 +1083,8 @@ impl Io for PowerLossIo {
 #[derive(Default, Debug, Clone, Copy)]
 struct Damage {
     unsynced_writes: usize,
+    /// Of those, stores into the mapping (the mmap write path).
+    mapped_writes: usize,
     dropped_writes: usize,
     torn_writes: usize,
     kept_writes: usize,
@@ -1083,6 +1094,7 @@ struct Damage {
 impl std::ops::AddAssign for Damage {
     fn add_assign(&mut self, o: Damage) {
         self.unsynced_writes += o.unsynced_writes;
+        self.mapped_writes += o.mapped_writes;
         self.dropped_writes += o.dropped_writes;
         self.torn_writes += o.torn_writes;
         self.kept_writes += o.kept_writes;
@@ -1109,17 +1121,28 @@ fn lose_power(io: &PowerLossIo, rng: &mut StdRng, p_drop: f64, p_keep: f64) -> D
                 dmg.dropped_writes += 1;
                 continue;
             }
-            let end = w.off + w.new.len() as u64;
+            // A store into the mapping: what it wrote is what the file holds now (newer
+            // writes over it were taken back or kept already, newest first), and a sector
+            // it did not change cannot be torn.
+            let new = if w.mapped {
+                read_at(path, w.off, w.old.len()).expect("read back a mapped write")
+            } else {
+                w.new.clone()
+            };
+            let end = w.off + new.len() as u64;
             let mut at = w.off;
             let mut reverted = 0;
             let mut sectors = 0;
             while at < end {
                 let next = ((at / SECTOR + 1) * SECTOR).min(end);
-                sectors += 1;
-                if !rng.random_bool(p_keep) {
-                    let r = (at - w.off) as usize..(next - w.off) as usize;
-                    file.write_all_at(&w.old[r], at).expect("tear");
-                    reverted += 1;
+                let r = (at - w.off) as usize..(next - w.off) as usize;
+                // A sector the write left as it was has nothing to lose.
+                if w.old[r.clone()] != new[r.clone()] {
+                    sectors += 1;
+                    if !rng.random_bool(p_keep) {
+                        file.write_all_at(&w.old[r], at).expect("tear");
+                        reverted += 1;
+                    }
                 }
                 at = next;
             }
@@ -1127,6 +1150,9 @@ fn lose_power(io: &PowerLossIo, rng: &mut StdRng, p_drop: f64, p_keep: f64) -> D
                 0 => dmg.kept_writes += 1,
                 n if n == sectors => dmg.dropped_writes += 1,
                 _ => dmg.torn_writes += 1,
+            }
+            if w.mapped {
+                dmg.mapped_writes += 1;
             }
         }
     }
@@ -1149,13 +1175,13 @@ fn lose_power(io: &PowerLossIo, rng: &mut StdRng, p_drop: f64, p_keep: f64) -> D
 
 const PL_KEYS: usize = 16;
 
-fn power_loss_config() -> Config {
+fn power_loss_config(write_path: WritePath) -> Config {
     Config {
         segment_bytes: 64 << 10,
         ring_bytes: 256 << 10,
         batch_bytes_max: 16 << 10,
         durability: Durability::Sync,
-        write_path: WritePath::Pwrite,
+        write_path,
         ..Config::default()
     }
 }
@@ -1177,9 +1203,9 @@ struct PowerTotals {
 /// One seed: one to three cycles of open through `PowerLossIo`, a workload cut short by the
 /// power, the damage, and a reopen with the real I/O that must recover every acknowledged
 /// write. Each later cycle continues the log the one before recovered.
-fn power_loss_seed(seed: u64) -> PowerTotals {
+fn power_loss_seed(seed: u64, write_path: WritePath) -> PowerTotals {
     let mut rng = StdRng::seed_from_u64(seed);
-    let config = power_loss_config();
+    let config = power_loss_config(write_path);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut totals = PowerTotals {
         seeds: 1,
@@ -1188,7 +1214,7 @@ fn power_loss_seed(seed: u64) -> PowerTotals {
     let mut base = State::new();
     let cycles = rng.random_range(1..=3);
     for cycle in 0..cycles {
-        let ctx = format!("power loss seed {seed} cycle {cycle}");
+        let ctx = format!("power loss ({write_path:?}) seed {seed} cycle {cycle}");
         // The workload: groups of requests, each followed by a flush, with up to `depth`
         // requests in flight.
         let groups = rng.random_range(3..=40);
@@ -1296,14 +1322,29 @@ fn env_u64(name: &str) -> Option<u64> {
     })
 }
 
+/// The pwrite path (the default): 1,000 seeds by default, `MERGELOG_POWERLOSS_SEEDS` for
+/// more, `MERGELOG_POWERLOSS_SEED` (and `_REPEAT`) to replay one.
 #[test]
 fn power_loss() {
+    run_power_loss(WritePath::Pwrite, "MERGELOG_POWERLOSS", 1000);
+}
+
+/// The mmap path: its stores bypass the I/O hooks, which see only where each frame starts
+/// (see `Unsynced`). 1,000 seeds by default (`MERGELOG_POWERLOSS_MMAP_SEEDS` for more,
+/// `MERGELOG_POWERLOSS_MMAP_SEED` to replay one).
+#[test]
+fn power_loss_mmap() {
+    run_power_loss(WritePath::Mmap, "MERGELOG_POWERLOSS_MMAP", 1000);
+}
+
+fn run_power_loss(write_path: WritePath, env: &str, default_seeds: u64) {
     let started = Instant::now();
-    let seeds: Vec<u64> = match env_u64("MERGELOG_POWERLOSS_SEED") {
-        Some(s) => vec![s; env_u64("MERGELOG_POWERLOSS_REPEAT").unwrap_or(1) as usize],
+    let var = |suffix: &str| env_u64(&format!("{env}_{suffix}"));
+    let seeds: Vec<u64> = match var("SEED") {
+        Some(s) => vec![s; var("REPEAT").unwrap_or(1) as usize],
         None => {
-            let first = env_u64("MERGELOG_POWERLOSS_FIRST").unwrap_or(0);
-            let n = env_u64("MERGELOG_POWERLOSS_SEEDS").unwrap_or(1000);
+            let first = var("FIRST").unwrap_or(0);
+            let n = var("SEEDS").unwrap_or(default_seeds);
             (first..first + n).collect()
         }
     };
@@ -1321,7 +1362,7 @@ fn power_loss() {
                 if failed.lock().unwrap().len() >= 10 {
                     break;
                 }
-                match std::panic::catch_unwind(|| power_loss_seed(seed)) {
+                match std::panic::catch_unwind(|| power_loss_seed(seed, write_path)) {
                     Ok(t) => {
                         let mut all = totals.lock().unwrap();
                         all.seeds += t.seeds;
@@ -1336,8 +1377,8 @@ fn power_loss() {
                     }
                     Err(_) => {
                         eprintln!(
-                            "power loss: seed {seed} FAILED; replay it with \
-                             MERGELOG_POWERLOSS_SEED={seed}"
+                            "power loss ({write_path:?}): seed {seed} FAILED; replay it with \
+                             {env}_SEED={seed}"
                         );
                         failed.lock().unwrap().push(seed);
                     }
@@ -1347,10 +1388,11 @@ fn power_loss() {
     });
     let t = *totals.lock().unwrap();
     eprintln!(
-        "power loss: {} seeds, {} cycles ({} cut at open, {} cut during the workload), {} \
-         requests, {} acked writes checked (0 lost), {} unacked survived, {} gets checked; \
-         {} unsynced writes: {} dropped, {} torn, {} kept; {} directory changes undone; {} \
-         reopens cut a torn tail; {} first reopens through failing I/O ({} failed); {:.1?}",
+        "power loss ({write_path:?}): {} seeds, {} cycles ({} cut at open, {} cut during the \
+         workload), {} requests, {} acked writes checked (0 lost), {} unacked survived, {} \
+         gets checked; {} unsynced writes ({} into the mapping): {} dropped, {} torn, {} \
+         kept; {} directory changes undone; {} reopens cut a torn tail; {} first reopens \
+         through failing I/O ({} failed); {:.1?}",
         t.seeds,
         t.cycles,
         t.cut_at_open,
@@ -1360,6 +1402,7 @@ fn power_loss() {
         t.checked.survived_unacked,
         t.checked.gets_checked,
         t.damage.unsynced_writes,
+        t.damage.mapped_writes,
         t.damage.dropped_writes,
         t.damage.torn_writes,
         t.damage.kept_writes,
@@ -1372,6 +1415,6 @@ fn power_loss() {
     let failed = failed.lock().unwrap();
     assert!(
         failed.is_empty(),
-        "power loss failed for seeds {failed:?} (MERGELOG_POWERLOSS_SEED=<seed> replays one)"
+        "power loss ({write_path:?}) failed for seeds {failed:?} ({env}_SEED=<seed> replays one)"
     );
 }

@@ -110,10 +110,9 @@ impl Completion {
         if self.sleeper_count.load(Ordering::SeqCst) > 0 {
             let state = self.state.load(Ordering::SeqCst);
             let (durable, failed) = (state & !FAILED, state & FAILED != 0);
-            WOKEN.with(|woken| {
-                // A reused, per-thread list: the threads are unparked after the lock is
-                // released, so none wakes only to block on it, and no advance allocates.
-                let mut woken = woken.borrow_mut();
+            // The threads are unparked after the lock is released, so none wakes only to
+            // block on it; the list is a reused, per-thread one, so no advance allocates.
+            let unpark = |woken: &mut Vec<Thread>| {
                 {
                     let mut sleepers = self.sleepers.lock();
                     sleepers.retain(|s| {
@@ -128,7 +127,19 @@ impl Completion {
                 for t in woken.drain(..) {
                     t.unpark();
                 }
+            };
+            let reused = WOKEN.try_with(|w| match w.try_borrow_mut() {
+                Ok(mut w) => {
+                    unpark(&mut w);
+                    true
+                }
+                Err(_) => false,
             });
+            // During thread-local destruction (an engine dropped by a thread-local's
+            // destructor), or if ever re-entered: a list of its own.
+            if reused != Ok(true) {
+                unpark(&mut Vec::new());
+            }
         }
         if self.waker_count.load(Ordering::SeqCst) > 0 {
             let state = self.state.load(Ordering::SeqCst);

@@ -32,8 +32,9 @@
 //! // A durable read goes straight to the index, zero-copy from the log's mapping.
 //! assert_eq!(engine.read(b"kiwi")?.as_deref(), Some(&b"brown"[..]));
 //!
-//! let stats = engine.stats();
+//! let stats = engine.stats(); // counters and per-stage latency histograms
 //! assert!(stats.syncs >= 1);
+//! assert_eq!(engine.counts().syncs, stats.syncs); // counters alone: cheap to poll
 //! engine.close()?; // drains, syncs, joins the flusher (Drop does it too)
 //!
 //! // Reopening replays the log.
@@ -88,7 +89,7 @@ pub use log::recovery::Damage;
 #[cfg(not(loom))]
 pub use reader::{Batch, Follower, LogReader, OwnedBatch};
 #[cfg(not(loom))]
-pub use stats::{StageHistograms, Stats};
+pub use stats::{Counts, StageHistograms, Stats};
 #[cfg(not(loom))]
 pub use ticket::{GetTicket, Ticket};
 

@@ -1,8 +1,9 @@
 //! Counters and per-stage latency histograms (HdrHistogram, nanoseconds).
 //!
-//! The flusher is the only writer of almost everything here: it updates plain atomics and
-//! records into the histograms once per batch under an uncontended lock, so `stats()` is a
-//! cheap snapshot that can be taken while the engine runs.
+//! The pipeline threads are the only writers of almost everything here: they update plain
+//! atomics and record into the histograms once per batch under one lock. `Engine::counts()`
+//! reads the atomics alone (no lock, no allocation: poll it freely); `Engine::stats()` also
+//! copies the histograms (about 2 MB, under that lock), for profiling.
 
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
@@ -63,7 +64,38 @@ impl StageHistograms {
     }
 }
 
-/// A snapshot of the engine's counters and histograms.
+/// A snapshot of the engine's counters alone ([`Engine::counts`](crate::Engine::counts)): a
+/// few atomic loads, no lock and no allocation, so it can be polled as often as wanted while
+/// the engine runs. The same numbers as in [`Stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Requests taken into a window (a `WriteBatch` counts each of its operations).
+    pub submitted: u64,
+    /// Puts and deletes taken into a window.
+    pub writes: u64,
+    /// Gets taken into a window.
+    pub reads: u64,
+    /// Writes superseded by a later write of the same key in the same window.
+    pub coalesced_writes: u64,
+    /// Gets answered by another get's lookup of the same window.
+    pub collapsed_reads: u64,
+    /// Records written to the log.
+    pub records_written: u64,
+    /// Batch frames written.
+    pub batches: u64,
+    /// Syncs issued.
+    pub syncs: u64,
+    /// Bytes appended to the log.
+    pub bytes_written: u64,
+    /// Ring bytes accepted but not yet durable.
+    pub backlog_bytes: u64,
+    /// Durable watermark (end position of the last durable request).
+    pub durable_position: u64,
+}
+
+/// A snapshot of the engine's counters and histograms. Copying the seven histograms takes
+/// about 2 MB and holds the lock the pipeline records under while it copies: to poll the
+/// counters often, use [`Engine::counts`](crate::Engine::counts).
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
     /// Requests taken into a window (a `WriteBatch` counts each of its operations).
@@ -112,9 +144,9 @@ impl Counters {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn snapshot(&self, backlog_bytes: u64, durable_position: u64) -> Stats {
+    pub fn counts(&self, backlog_bytes: u64, durable_position: u64) -> Counts {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        Stats {
+        Counts {
             submitted: get(&self.submitted),
             writes: get(&self.writes),
             reads: get(&self.reads),
@@ -124,6 +156,35 @@ impl Counters {
             batches: get(&self.batches),
             syncs: get(&self.syncs),
             bytes_written: get(&self.bytes_written),
+            backlog_bytes,
+            durable_position,
+        }
+    }
+
+    pub fn snapshot(&self, backlog_bytes: u64, durable_position: u64) -> Stats {
+        let Counts {
+            submitted,
+            writes,
+            reads,
+            coalesced_writes,
+            collapsed_reads,
+            records_written,
+            batches,
+            syncs,
+            bytes_written,
+            backlog_bytes,
+            durable_position,
+        } = self.counts(backlog_bytes, durable_position);
+        Stats {
+            submitted,
+            writes,
+            reads,
+            coalesced_writes,
+            collapsed_reads,
+            records_written,
+            batches,
+            syncs,
+            bytes_written,
             backlog_bytes,
             durable_position,
             stages: self.stages.lock().clone(),

@@ -118,6 +118,31 @@ fn put_allocates_nothing_in_steady_state() {
     );
     assert!(engine.stats().writes >= u64::from(WARMUP_PUTS + MEASURED_PUTS));
 
+    // Polling the counters allocates nothing, and they agree with the full snapshot (which
+    // copies the histograms, and so must allocate: a control for this check).
+    let (counts, counts_allocations) = counted(|| engine.counts());
+    assert_eq!(counts_allocations, 0, "Engine::counts allocated");
+    let (stats, stats_allocations) = counted(|| engine.stats());
+    assert!(
+        stats_allocations > 0,
+        "the counter saw no allocation in Engine::stats"
+    );
+    assert_eq!(
+        (
+            counts.writes,
+            counts.batches,
+            counts.bytes_written,
+            counts.durable_position
+        ),
+        (
+            stats.writes,
+            stats.batches,
+            stats.bytes_written,
+            stats.durable_position
+        )
+    );
+    assert_eq!(counts.backlog_bytes, 0, "flushed, yet a backlog");
+
     // Control: a windowed get allocates its answer slot, so the counter must see it.
     let (get, control) = counted(|| engine.get(&key(7)));
     let got = get.expect("get").wait().expect("get completes");

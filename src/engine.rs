@@ -149,7 +149,10 @@ struct Inner {
     /// Mappings replaced during recovery that the index may still point into.
     _retired: Vec<Arc<crate::log::segment::Segment>>,
     counters: Counters,
-    epoch: Instant,
+    /// Stamps requests for the end-to-end histogram: the CPU's time-stamp counter where it is
+    /// invariant (13 ns a read here, against 37 ns for `Instant::now`, and every request
+    /// pays one), else the OS clock. Stamps are raw counter values, scaled when recorded.
+    clock: quanta::Clock,
     /// Ring position up to which a `flush()` asked for an immediate cut.
     flush_to: AtomicU64,
     request_len_max: usize,
@@ -304,7 +307,7 @@ impl Engine {
             segments,
             _retired: retired,
             counters: Counters::default(),
-            epoch: Instant::now(),
+            clock: quanta::Clock::new(),
             flush_to: AtomicU64::new(0),
             request_len_max,
             request_limit_name,
@@ -361,8 +364,9 @@ impl Engine {
         Ok(())
     }
 
-    fn now_ns(&self) -> u64 {
-        self.inner.epoch.elapsed().as_nanos() as u64
+    /// The submit stamp: a raw reading of the engine's clock.
+    fn stamp(&self) -> u64 {
+        self.inner.clock.raw()
     }
 
     /// Claims ring space for a request of `len` payload bytes and fills it. Returns the
@@ -406,12 +410,12 @@ impl Engine {
         }
     }
 
-    fn header(buf: &mut [u8], op: u8, key_len: usize, value_len: u32, now_ns: u64) {
+    fn header(buf: &mut [u8], op: u8, key_len: usize, value_len: u32, stamp: u64) {
         buf[0] = op;
         buf[1] = 0;
         buf[2..4].copy_from_slice(&(key_len as u16).to_le_bytes());
         buf[4..8].copy_from_slice(&value_len.to_le_bytes());
-        buf[8..16].copy_from_slice(&now_ns.to_le_bytes());
+        buf[8..16].copy_from_slice(&stamp.to_le_bytes());
     }
 
     fn ticket(&self, pos: u64) -> Ticket {
@@ -422,7 +426,7 @@ impl Engine {
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<Ticket> {
         self.check_key(key)?;
         self.check_value(value)?;
-        let now = self.now_ns();
+        let now = self.stamp();
         let pos = self.submit(REQ_HEADER + key.len() + value.len(), |buf| {
             Self::header(buf, REQ_PUT, key.len(), value.len() as u32, now);
             let (k, v) = buf[REQ_HEADER..].split_at_mut(key.len());
@@ -435,7 +439,7 @@ impl Engine {
     /// Submits a delete. Returns at once; the ticket completes when the delete is durable.
     pub fn delete(&self, key: &[u8]) -> Result<Ticket> {
         self.check_key(key)?;
-        let now = self.now_ns();
+        let now = self.stamp();
         let pos = self.submit(REQ_HEADER + key.len(), |buf| {
             Self::header(buf, REQ_DELETE, key.len(), 0, now);
             buf[REQ_HEADER..].copy_from_slice(key);
@@ -450,7 +454,7 @@ impl Engine {
         self.check_key(key)?;
         let slot = Arc::new(GetSlot::default());
         let raw = Arc::into_raw(slot.clone()) as u64;
-        let now = self.now_ns();
+        let now = self.stamp();
         let pushed = self.submit(REQ_HEADER + 8 + key.len(), |buf| {
             Self::header(buf, REQ_GET, key.len(), 0, now);
             buf[REQ_HEADER..REQ_HEADER + 8].copy_from_slice(&raw.to_le_bytes());
@@ -477,7 +481,7 @@ impl Engine {
             self.check_key(key)?;
             self.check_value(value)?;
         }
-        let now = self.now_ns();
+        let now = self.stamp();
         let pos = self.submit(REQ_HEADER + batch.buf.len(), |buf| {
             Self::header(buf, REQ_BATCH, 0, batch.count, now);
             buf[REQ_HEADER..].copy_from_slice(&batch.buf);
@@ -628,7 +632,7 @@ struct Job {
     /// Per survivor: where its key is in the frame's segment (offset, length), and the
     /// value's location (`None` for a delete). The index points at the logged key bytes.
     updates: Vec<(u64, u32, Option<Loc>)>,
-    /// Per request: submit time stamp (for the end-to-end histogram).
+    /// Per request: submit stamp, a raw `Inner::clock` reading (for the end-to-end histogram).
     stamps: Vec<u64>,
 }
 
@@ -1130,7 +1134,7 @@ fn complete_jobs(inner: &Inner, group: &[Job]) -> Result<()> {
     let end = group.last().map_or(0, |j| j.end);
     inner.completion.advance(end);
     let t2 = Instant::now();
-    let now_ns = (t2 - inner.epoch).as_nanos() as u64;
+    let now = inner.clock.raw();
     let mut h = inner.counters.stages.lock();
     if synced {
         record(&mut h.sync, (t1 - t0).as_nanos() as u64);
@@ -1138,7 +1142,7 @@ fn complete_jobs(inner: &Inner, group: &[Job]) -> Result<()> {
     record(&mut h.wakeup, (t2 - t1).as_nanos() as u64);
     for job in group {
         for &s in &job.stamps {
-            record(&mut h.end_to_end, now_ns.saturating_sub(s));
+            record(&mut h.end_to_end, inner.clock.delta_as_nanos(s, now));
         }
     }
     Ok(())

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use format::{frame_len, FrameWriter, SEGMENT_HEADER_LEN};
 use io::SharedIo;
 use parking_lot::RwLock;
-use segment::{create_zeroed, sync_dir, Segment};
+use segment::{create_zeroed, sync_dir, Mapped, Segment};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -45,13 +45,13 @@ fn prep_path(dir: &Path, n: u64) -> PathBuf {
 }
 
 /// The next segment file: not started yet (see [`PREP_AT_DIVISOR`]), ready (left by an earlier run),
-/// being zero-filled in the background, or (if no thread could be made) to be made at the
-/// roll.
+/// being zero-filled and mapped in the background, or (if no thread could be made) to be
+/// made at the roll.
 enum Prep {
     Deferred,
     None,
     Ready(PathBuf),
-    Pending(JoinHandle<Result<PathBuf>>),
+    Pending(JoinHandle<Result<(PathBuf, Mapped)>>),
 }
 
 /// Finds the prepared segment files of an earlier run: keeps one of the right size (it holds
@@ -183,7 +183,7 @@ impl Log {
                 p
             }
         };
-        Segment::activate(dir, &prep, first_seq, io)
+        Segment::activate(dir, &prep, None, first_seq, io)
     }
 
     fn prepare_next(&mut self) {
@@ -194,7 +194,11 @@ impl Log {
         let io = self.io.clone();
         let spawned = std::thread::Builder::new()
             .name("mergelog-prep".into())
-            .spawn(move || create_zeroed(&*io, &dir, &path, size).map(|()| path));
+            .spawn(move || {
+                create_zeroed(&*io, &dir, &path, size)?;
+                let mapped = Mapped::open(&path, true)?;
+                Ok((path, mapped))
+            });
         // If no thread can be made, the roll creates the file itself.
         self.prep = spawned.map_or(Prep::None, Prep::Pending);
     }
@@ -202,8 +206,8 @@ impl Log {
     /// Moves to a fresh segment whose first frame is `next_seq`.
     fn roll(&mut self) -> Result<()> {
         let ready = match std::mem::replace(&mut self.prep, Prep::None) {
-            Prep::Ready(path) => Some(Ok(path)),
-            Prep::Pending(h) => h.join().ok(),
+            Prep::Ready(path) => Some(Ok((path, None))),
+            Prep::Pending(h) => h.join().ok().map(|r| r.map(|(p, m)| (p, Some(m)))),
             Prep::None => None,
             Prep::Deferred => {
                 // Never started (a frame bigger than the rest of the segment): make it now.
@@ -211,19 +215,20 @@ impl Log {
                 None
             }
         };
-        let prep = match ready {
-            Some(Ok(path)) => path,
+        let (prep, mapped) = match ready {
+            Some(Ok(prepared)) => prepared,
             Some(Err(e)) => return Err(e),
             None => {
                 let path = prep_path(&self.dir, self.prep_counter);
                 let _ = std::fs::remove_file(&path);
                 create_zeroed(&*self.io, &self.dir, &path, self.segment_bytes)?;
-                path
+                (path, None)
             }
         };
         let seg = Arc::new(Segment::activate(
             &self.dir,
             &prep,
+            mapped,
             self.next_seq,
             &self.io,
         )?);

@@ -108,10 +108,19 @@ pub(crate) struct Segment {
     io: SharedIo,
 }
 
-impl Segment {
-    /// Opens an existing segment. `writable` maps it for writing too (the engine's active
+/// A segment file opened and mapped, its pages populated: the part of opening a segment that
+/// does not depend on its id. The preparation thread does this for the next segment, so the
+/// roll does not fault in 64 MiB (3.3 ms) on the flusher's critical path.
+pub(crate) struct Mapped {
+    file: File,
+    map: MmapRaw,
+    size: u64,
+}
+
+impl Mapped {
+    /// Opens and maps `path`; `writable` maps it for writing too (the engine's active
     /// segment); readers map read-only.
-    pub fn open(path: &Path, id: u64, writable: bool, io: &SharedIo) -> Result<Segment> {
+    pub fn open(path: &Path, writable: bool) -> Result<Mapped> {
         let file = OpenOptions::new()
             .read(true)
             .write(writable)
@@ -138,7 +147,25 @@ impl Segment {
             opts.map_raw_read_only(&file)
         }
         .map_err(|e| Error::io("map segment", path, e))?;
-        Ok(Segment {
+        Ok(Mapped { file, map, size })
+    }
+}
+
+impl Segment {
+    /// Opens an existing segment. `writable` maps it for writing too (the engine's active
+    /// segment); readers map read-only.
+    pub fn open(path: &Path, id: u64, writable: bool, io: &SharedIo) -> Result<Segment> {
+        Ok(Segment::from_mapped(
+            path,
+            id,
+            Mapped::open(path, writable)?,
+            io,
+        ))
+    }
+
+    fn from_mapped(path: &Path, id: u64, mapped: Mapped, io: &SharedIo) -> Segment {
+        let Mapped { file, map, size } = mapped;
+        Segment {
             id,
             path: path.to_owned(),
             size,
@@ -146,39 +173,43 @@ impl Segment {
             map,
             published: AtomicU64::new(0),
             io: io.clone(),
-        })
+        }
     }
 
     /// Turns the prepared zero file `prep` into segment `id`: header written and synced,
     /// then renamed to its final name and the directory synced. So a `.seg` name on disk
-    /// always has a valid header; a bad header is damage, never a crash artifact.
-    pub fn activate(dir: &Path, prep: &Path, id: u64, io: &SharedIo) -> Result<Segment> {
+    /// always has a valid header; a bad header is damage, never a crash artifact. `mapped` is
+    /// `prep` already opened and mapped by the preparation thread, if it was.
+    pub fn activate(
+        dir: &Path,
+        prep: &Path,
+        mapped: Option<Mapped>,
+        id: u64,
+        io: &SharedIo,
+    ) -> Result<Segment> {
         let path = dir.join(segment_file_name(id));
-        let file = OpenOptions::new()
-            .write(true)
-            .open(prep)
-            .map_err(|e| Error::io("open prepared segment", prep, e))?;
-        let size = file
-            .metadata()
-            .map_err(|e| Error::io("stat prepared segment", prep, e))?
-            .len();
+        let mapped = match mapped {
+            Some(m) => m,
+            None => Mapped::open(prep, true)?,
+        };
         let header = SegmentHeader {
             segment_id: id,
-            segment_size: size,
+            segment_size: mapped.size,
         }
         .encode();
+        let file = &mapped.file;
         guarded(&**io, IoOp::Write, prep, 0, &header, || {
             file.write_all_at(&header, 0)
         })
         .and_then(|()| guarded(&**io, IoOp::Sync, prep, 0, &[], || file.sync_data()))
         .map_err(|e| Error::io("write segment header", prep, e))?;
-        drop(file);
         guarded(&**io, IoOp::Rename, prep, 0, &[], || {
             std::fs::rename(prep, &path)
         })
         .map_err(|e| Error::io("rename prepared segment", prep, e))?;
         sync_dir(&**io, dir)?;
-        let seg = Segment::open(&path, id, true, io)?;
+        // The mapping made before the rename maps the same file.
+        let seg = Segment::from_mapped(&path, id, mapped, io);
         seg.publish(SEGMENT_HEADER_LEN as u64);
         Ok(seg)
     }

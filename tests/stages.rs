@@ -82,3 +82,40 @@ fn every_stage_records_once_per_window_batch_or_request() {
     assert!(h.window_age.len() >= stats.batches);
     assert_eq!(h.ring_wait.len(), 0, "a 16 MiB ring never filled");
 }
+
+/// Many writers with one request each: small windows wait over the sync in flight (to go out
+/// with the writers it completes) and must be woken by its completion. Were that wake-up
+/// lost, such a window would sleep until `window_age_max`; here that is 2 s, and no window
+/// may come near it.
+#[test]
+fn windows_waiting_over_a_sync_are_woken_by_its_completion() {
+    let dir = tempfile::tempdir().unwrap();
+    let age_max = std::time::Duration::from_secs(2);
+    let config = Config {
+        window_age_max: age_max,
+        ..Config::default()
+    };
+    let engine = Engine::open(dir.path(), config).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..16u64 {
+            let engine = &engine;
+            s.spawn(move || {
+                for i in 0..20u64 {
+                    engine
+                        .put(&(t << 32 | i).to_be_bytes(), b"v")
+                        .unwrap()
+                        .wait()
+                        .unwrap();
+                }
+            });
+        }
+    });
+    engine.close().unwrap();
+    let stats = engine.stats();
+    assert_eq!(stats.writes, 16 * 20);
+    let oldest = std::time::Duration::from_nanos(stats.stages.window_age.max());
+    assert!(
+        oldest < age_max / 2,
+        "a window waited {oldest:?}: woken by its age limit, not by the sync it waited for"
+    );
+}

@@ -753,6 +753,73 @@ fn rounds_alternate_the_systems_and_report_per_round_ratios() {
 }
 
 #[test]
+fn sync_probe_is_reported_with_the_depth_one_bound_and_can_be_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("probe.json");
+    let runs_dir = dir.path().join("runs");
+    let bench = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "--duration",
+            "0.2",
+            "--keys",
+            "1000",
+            "--writers",
+            "3",
+            "--depth",
+            "1",
+            "--systems",
+            "mergelog",
+            "--json",
+            json_path.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let stdout = succeeds(&args);
+        (stdout, read_json(&json_path))
+    };
+
+    let (stdout, report) = bench(&["--sync-probe", "7", "--dir", runs_dir.to_str().unwrap()]);
+    let probe = &report["machine"]["sync_probe"];
+    assert_eq!(probe["syncs"], 7);
+    assert_eq!(probe["bytes"], 4096);
+    let (p50, p99, max) = (
+        num(probe, "p50_us"),
+        num(probe, "p99_us"),
+        num(probe, "max_us"),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{probe}");
+    assert!(
+        stdout.contains("disk:     4 KiB pwrite + fdatasync") && stdout.contains("(7 syncs"),
+        "no probe line:\n{stdout}"
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("bound: at depth 1") && l.contains("3 writers /"))
+        .unwrap_or_else(|| panic!("no depth-1 bound line:\n{stdout}"));
+    let printed: u64 = line
+        .rsplit_once("= ")
+        .and_then(|(_, n)| n.strip_suffix(" ops/s at most"))
+        .map(|n| n.replace(',', "").parse().unwrap())
+        .unwrap_or_else(|| panic!("unreadable bound: {line}"));
+    assert_eq!(printed, (3.0 / (p50 / 1e6)).round() as u64, "{line}");
+    // The probe's scratch file is gone; only the systems' run directories remain.
+    let left: Vec<_> = std::fs::read_dir(&runs_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, ["mergelog"]);
+
+    for skipped in [&["--sync-probe", "0"][..], &["--durability", "nosync"][..]] {
+        let (stdout, report) = bench(skipped);
+        assert!(report["machine"]["sync_probe"].is_null(), "{skipped:?}");
+        assert!(
+            !stdout.contains("disk:") && !stdout.contains("bound:"),
+            "{skipped:?}:\n{stdout}"
+        );
+    }
+}
+
+#[test]
 fn profile_prints_every_stage_and_the_counters() {
     let dir = tempfile::tempdir().unwrap();
     let json_path = dir.path().join("profile.json");

@@ -24,6 +24,7 @@ mod engine;
 mod hlog;
 mod naive;
 mod plot;
+mod probe;
 mod recorder;
 pub mod report;
 
@@ -168,6 +169,11 @@ pub struct WorkloadArgs {
     /// Seed of the operation streams (every system gets the same streams).
     #[arg(long, value_name = "N", default_value_t = 1)]
     seed: u64,
+    /// Before the runs, time N syncs of 4 KiB written into a zero-filled file in the run
+    /// directory (the disk's price of one durable batch; 0 skips it; never with
+    /// `--durability nosync`).
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    sync_probe: usize,
     /// Sampling interval of the throughput timeline and of --hlog, seconds [default: the
     /// duration / 30, between 0.05 and 1; 0.1 with --ops].
     #[arg(long, allow_negative_numbers = true, value_name = "SECS", value_parser = interval)]
@@ -1002,6 +1008,8 @@ pub struct Session {
     pub workload: report::Workload,
     /// Wall-clock time the first run started (the interval log's base time).
     pub started: SystemTime,
+    /// The disk's sync time, measured before the runs (`--sync-probe`).
+    pub probe: Option<probe::SyncProbe>,
 }
 
 /// Runs `systems` one after the other, each in its own directory, `rounds` times: round r
@@ -1043,6 +1051,19 @@ fn execute(
         );
     }
 
+    let probe = if args.sync_probe > 0 && plan.durability == Durability::Sync {
+        let p = probe::run(root.path(), args.sync_probe)?;
+        eprintln!(
+            "mergelog {command}: sync probe: {} x {} KiB pwrite + fdatasync: p50 {:.1} µs, p99 {:.1} µs",
+            p.syncs,
+            probe::PROBE_BYTES / 1024,
+            p.p50.as_secs_f64() * 1e6,
+            p.p99.as_secs_f64() * 1e6,
+        );
+        Some(p)
+    } else {
+        None
+    };
     let how_long = match (plan.duration, plan.ops) {
         (Some(d), _) => format!("for {:.1} s", d.as_secs_f64()),
         (None, Some(n)) => format!("for {n} ops"),
@@ -1108,6 +1129,7 @@ fn execute(
         results,
         workload,
         started,
+        probe,
     })
 }
 

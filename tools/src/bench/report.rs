@@ -167,6 +167,18 @@ impl Workload {
 struct MachineJson {
     cpus: usize,
     os: String,
+    /// `--sync-probe`: the disk's time for one 4 KiB write + sync, measured before the runs;
+    /// null when skipped (0, or `--durability nosync`).
+    sync_probe: Option<SyncProbeJson>,
+}
+
+#[derive(Serialize)]
+struct SyncProbeJson {
+    syncs: usize,
+    bytes: usize,
+    p50_us: f64,
+    p99_us: f64,
+    max_us: f64,
 }
 
 /// Latency percentiles in microseconds.
@@ -495,6 +507,13 @@ impl Report {
             machine: MachineJson {
                 cpus: machine.cpus,
                 os: machine.os,
+                sync_probe: session.probe.as_ref().map(|p| SyncProbeJson {
+                    syncs: p.syncs,
+                    bytes: super::probe::PROBE_BYTES,
+                    p50_us: p.p50.as_secs_f64() * 1e6,
+                    p99_us: p.p99.as_secs_f64() * 1e6,
+                    max_us: p.max.as_secs_f64() * 1e6,
+                }),
             },
             runs,
             round_ratios: round_ratios(results),
@@ -502,13 +521,41 @@ impl Report {
     }
 
     fn header(&self) -> String {
-        format!(
+        let mut out = format!(
             "{}\nmachine:  {} cpus, {}, file system {}\n",
             self.workload.describe(),
             self.machine.cpus,
             self.machine.os,
             self.workload.fs.as_deref().unwrap_or("unknown"),
-        )
+        );
+        if let Some(p) = &self.machine.sync_probe {
+            let _ = writeln!(
+                out,
+                "disk:     {} KiB pwrite + fdatasync into a zero-filled file: p50 {:.1} µs, p99 {:.1} µs \
+                 ({} syncs before the runs)",
+                p.bytes / 1024,
+                p.p50_us,
+                p.p99_us,
+                p.syncs
+            );
+        }
+        out
+    }
+
+    /// With one request outstanding per writer, a writer completes at most one request per
+    /// sync: the sync probe bounds every system's throughput.
+    fn depth_one_bound(&self) -> Option<String> {
+        let (w, p) = (&self.workload, self.machine.sync_probe.as_ref()?);
+        if self.open_loop() || w.depth != 1 || p.p50_us <= 0.0 {
+            return None;
+        }
+        Some(format!(
+            "bound: at depth 1 a writer completes at most one request per sync: {} writers / \
+             {:.1} µs (probe p50) = {} ops/s at most\n",
+            w.writers,
+            p.p50_us,
+            thousands((w.writers as f64 / (p.p50_us / 1e6)).round() as u64)
+        ))
     }
 
     fn open_loop(&self) -> bool {
@@ -565,6 +612,9 @@ impl Report {
             .collect();
         out.push_str(&table(&header, &rows));
         out.push_str(&self.headline());
+        if let Some(bound) = self.depth_one_bound() {
+            out.push_str(&bound);
+        }
         if self.runs.iter().any(|r| r.system == "naive") {
             let _ = writeln!(
                 out,

@@ -1,7 +1,8 @@
 //! Key -> location of the latest durable value, for the read path.
 //!
-//! Updated by the flusher after a batch's sync and before its wake-up (so a writer that
-//! waited reads its own write), rebuilt by replaying the log at open. Deleted keys are
+//! Updated after a batch's sync, under a write lock taken before the watermark moves (so a
+//! writer that waited and looks its write up blocks until it is in), rebuilt by replaying the
+//! log at open. Deleted keys are
 //! removed, so the index holds exactly the live keys.
 
 use crate::log::segment::Segment;
@@ -135,12 +136,44 @@ impl Index {
     /// Applies one batch of updates under one write lock: `Some(loc)` sets, `None` deletes.
     ///
     /// # Safety
+    /// As [`IndexUpdate::apply`].
+    pub unsafe fn apply<'a>(&self, updates: impl Iterator<Item = (&'a [u8], Option<Loc>)>) {
+        // SAFETY: this function's contract.
+        unsafe { self.lock_for_update().apply(updates) }
+    }
+
+    /// Takes the write lock for updates: every lookup waits until the guard is dropped. The
+    /// engine takes it before it advances the watermark and applies the batch after, so a
+    /// waiter that saw its write complete and looks it up blocks until it is in, while the
+    /// other woken writers need not wait for the update.
+    pub fn lock_for_update(&self) -> IndexUpdate<'_> {
+        IndexUpdate {
+            map: self.map.write(),
+        }
+    }
+
+    /// Visits every live key with its location (unordered).
+    pub fn for_each(&self, mut f: impl FnMut(&[u8], Loc)) {
+        for s in self.map.read().table.iter() {
+            f(s.key.bytes(), s.loc);
+        }
+    }
+}
+
+/// The index locked for updates ([`Index::lock_for_update`]).
+pub(crate) struct IndexUpdate<'a> {
+    map: parking_lot::RwLockWriteGuard<'a, Map>,
+}
+
+impl IndexUpdate<'_> {
+    /// Applies one batch of updates: `Some(loc)` sets, `None` deletes.
+    ///
+    /// # Safety
     /// Every key slice must lie in the published bytes of a segment mapping that stays mapped
     /// for as long as this index exists: the index keeps pointing at them. (The engine keeps
     /// every segment it ever mapped, and declares the index before them so it drops first.)
-    pub unsafe fn apply<'a>(&self, updates: impl Iterator<Item = (&'a [u8], Option<Loc>)>) {
-        let mut guard = self.map.write();
-        let map = &mut *guard;
+    pub unsafe fn apply<'a>(&mut self, updates: impl Iterator<Item = (&'a [u8], Option<Loc>)>) {
+        let map = &mut *self.map;
         for (key, loc) in updates {
             let h = map.hash(key);
             match loc {
@@ -169,13 +202,6 @@ impl Index {
                     }
                 }
             }
-        }
-    }
-
-    /// Visits every live key with its location (unordered).
-    pub fn for_each(&self, mut f: impl FnMut(&[u8], Loc)) {
-        for s in self.map.read().table.iter() {
-            f(s.key.bytes(), s.loc);
         }
     }
 }

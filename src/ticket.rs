@@ -84,7 +84,17 @@ impl Completion {
     }
 
     /// Advances the watermark and wakes whoever waits; does nothing once the engine failed.
+    #[cfg(test)]
     pub fn advance(&self, durable: u64) {
+        if self.advance_threads(durable) {
+            self.wake_futures();
+        }
+    }
+
+    /// Advances the watermark and unparks the threads it completes, but wakes no future:
+    /// futures' wakers are user code, which the caller runs with [`Completion::wake_futures`]
+    /// once it holds no lock. False (and nothing done) once the engine failed.
+    pub fn advance_threads(&self, durable: u64) -> bool {
         // SeqCst pairs with the SeqCst store of `sleeper_count` in `wait`: either the sleeper
         // sees the new watermark, or we see the sleeper and unpark it.
         let moved = self
@@ -94,8 +104,9 @@ impl Completion {
             })
             .is_ok();
         if moved {
-            self.wake();
+            self.wake_threads();
         }
+        moved
     }
 
     /// Records a failure (first one wins) and wakes everyone: the watermark never moves
@@ -103,10 +114,11 @@ impl Completion {
     pub fn fail(&self, error: Error) {
         let _ = self.failure.set(error);
         self.state.fetch_or(FAILED, Ordering::SeqCst);
-        self.wake();
+        self.wake_threads();
+        self.wake_futures();
     }
 
-    fn wake(&self) {
+    fn wake_threads(&self) {
         if self.sleeper_count.load(Ordering::SeqCst) > 0 {
             let state = self.state.load(Ordering::SeqCst);
             let (durable, failed) = (state & !FAILED, state & FAILED != 0);
@@ -141,6 +153,10 @@ impl Completion {
                 unpark(&mut Vec::new());
             }
         }
+    }
+
+    /// Wakes the futures the watermark (or a failure) completed.
+    pub fn wake_futures(&self) {
         if self.waker_count.load(Ordering::SeqCst) > 0 {
             let state = self.state.load(Ordering::SeqCst);
             let durable = state & !FAILED;

@@ -550,9 +550,10 @@ impl Report {
             return None;
         }
         Some(format!(
-            "bound: at depth 1 a writer completes at most one request per sync: {} writers / \
+            "bound: at depth 1 a writer completes at most one request per sync: {} writer{} / \
              {:.1} µs (probe p50) = {} ops/s at most\n",
             w.writers,
+            if w.writers == 1 { "" } else { "s" },
             p.p50_us,
             thousands((w.writers as f64 / (p.p50_us / 1e6)).round() as u64)
         ))

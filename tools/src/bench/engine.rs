@@ -35,7 +35,7 @@ pub fn drive<F>(
 where
     F: Fn(usize, &Mutex<Slot>, &Barrier) -> Result<Span, CliError> + Sync,
 {
-    let recorder = Recorder::new(plan.writers);
+    let recorder = Recorder::new(plan.writers, plan.rate.is_some());
     let barrier = Barrier::new(plan.writers + 1);
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let opts = SampleOptions {

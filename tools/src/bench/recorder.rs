@@ -23,17 +23,22 @@ use std::time::{Duration, Instant};
 /// What one writer measured since the sampler last looked.
 pub struct Slot {
     corrected: Histogram<u64>,
+    /// Open loop only: in a closed loop raw and corrected latency are the same values, so
+    /// only `corrected` is recorded (the writers share the cores with what they measure) and
+    /// stands for both when the sampler harvests.
     raw: Histogram<u64>,
+    open_loop: bool,
     puts: u64,
     deletes: u64,
     gets: u64,
 }
 
 impl Slot {
-    fn new() -> Slot {
+    fn new(open_loop: bool) -> Slot {
         Slot {
             corrected: latency_histogram(),
             raw: latency_histogram(),
+            open_loop,
             puts: 0,
             deletes: 0,
             gets: 0,
@@ -43,7 +48,11 @@ impl Slot {
     /// Records one completed operation.
     pub fn record(&mut self, kind: Kind, corrected: Duration, raw: Duration) {
         record(&mut self.corrected, corrected);
-        record(&mut self.raw, raw);
+        if self.open_loop {
+            record(&mut self.raw, raw);
+        } else {
+            debug_assert_eq!(corrected, raw, "closed loop: sent when due");
+        }
         match kind {
             Kind::Put => self.puts += 1,
             Kind::Delete => self.deletes += 1,
@@ -61,12 +70,17 @@ fn record(h: &mut Histogram<u64>, d: Duration) {
 /// One slot per writer.
 pub struct Recorder {
     slots: Vec<Mutex<Slot>>,
+    open_loop: bool,
 }
 
 impl Recorder {
-    pub fn new(writers: usize) -> Recorder {
+    /// `open_loop`: requests have a schedule, so raw and corrected latency differ.
+    pub fn new(writers: usize, open_loop: bool) -> Recorder {
         Recorder {
-            slots: (0..writers).map(|_| Mutex::new(Slot::new())).collect(),
+            slots: (0..writers)
+                .map(|_| Mutex::new(Slot::new(open_loop)))
+                .collect(),
+            open_loop,
         }
     }
 
@@ -134,7 +148,7 @@ pub fn sample(
         timeline: Vec::new(),
         last_stages: None,
     };
-    let mut spare = Slot::new();
+    let mut spare = Slot::new(recorder.open_loop);
     let mut serializer = V2DeflateSerializer::new();
     let mut prev_stages = if opts.encode {
         opts.stages.map(|f| f())
@@ -164,8 +178,13 @@ pub fn sample(
             interval
                 .add(&spare.corrected)
                 .context(|| "merge latency histograms".into())?;
+            let raw = if spare.open_loop {
+                &spare.raw
+            } else {
+                &spare.corrected
+            };
             interval_raw
-                .add(&spare.raw)
+                .add(raw)
                 .context(|| "merge latency histograms".into())?;
             out.puts += spare.puts;
             out.deletes += spare.deletes;

@@ -32,6 +32,8 @@ pub struct StageHistograms {
     /// After a sync: index update, watermark advance and wake-up of the waiters.
     pub wakeup: Histogram<u64>,
     /// Per request: submit (stamped by the producer) to durable (read once per batch).
+    /// Recorded just after the batch's tickets complete, so a snapshot taken the moment a
+    /// wait returns may not hold that batch yet (after `close` every batch is in).
     pub end_to_end: Histogram<u64>,
 }
 

@@ -871,9 +871,11 @@ impl Flusher {
                     // job is queued behind the one syncing) and either the producers expected
                     // back are back or the ring has gone quiet.
                     let log_ready = inner.queued.load(Ordering::SeqCst) == 0;
+                    // (Not once the engine failed: the watermark never moves again.)
                     let merge = log_ready
                         && w.requests.max(self.prev_requests) < MERGE_BELOW
-                        && inner.completion.durable() < self.in_flight;
+                        && inner.completion.durable() < self.in_flight
+                        && inner.completion.failure().is_none();
                     if merge {
                         held_over_sync = Some(w.requests);
                         inner.napping_for_sync.store(true, Ordering::SeqCst);
@@ -1039,14 +1041,15 @@ impl Flusher {
 }
 
 /// An adaptive window with fewer requests than this, after a window that had fewer too, is not
-/// cut while a sync is in flight: it waits for that sync to complete, then for the producers it completes to resubmit, and goes
-/// out with them as one batch. Cut at once, it would only wait behind the sync anyway (its
-/// CPU work, a few microseconds, is not worth overlapping), and the two halves of the
-/// producers would take turns with a sync each: with 16 writers of one request each, batches
-/// of 8 alternated, and merged they are about 16 (`mergelog bench --writers 16 --depth 1`:
-/// 1.12x median of 12 alternated pairs). Under a larger load the window is cut and encoded
-/// during the sync, so that the next sync can start as soon as this one ends (the window does
-/// not look at arrivals while it naps, so it judges by the previous window's size).
+/// cut while a sync is in flight: it waits for that sync to complete, then for the producers
+/// it completes to resubmit, and goes out with them as one batch. Cut at once, it would only
+/// wait behind the sync anyway (its CPU work, a few microseconds, is not worth overlapping),
+/// and the two halves of the producers would take turns with a sync each: with 16 writers of
+/// one request each, batches of 8 alternated, and merged they are about 16 (`mergelog bench
+/// --writers 16 --depth 1`: 1.04-1.12x, medians of 8-12 alternated pairs). Under a larger load
+/// the window is cut and encoded during the sync, so that the next sync can start as soon as
+/// this one ends (the window does not look at arrivals while it naps, so it judges by the
+/// previous window's size).
 const MERGE_BELOW: usize = 128;
 
 /// Fills every get's slot: from an earlier write of the window, or from one index lookup

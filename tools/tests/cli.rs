@@ -895,6 +895,8 @@ fn bad_flags_exit_nonzero_with_one_line() {
         "exceeds 1",
     );
     rejects(&["bench", "--duration", "0"], "--duration");
+    rejects(&["bench", "--sync-probe", "-1"], "--sync-probe");
+    rejects(&["bench", "--sync-probe", "100001"], "--sync-probe");
     rejects(&["bench", "--duration", "1", "--ops", "5"], "--ops");
     rejects(&["bench", "--rate", "0"], "--rate");
     rejects(&["bench", "--rate", "fast"], "--rate");

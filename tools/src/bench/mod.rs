@@ -172,7 +172,13 @@ pub struct WorkloadArgs {
     /// Before the runs, time N syncs of 4 KiB written into a zero-filled file in the run
     /// directory (the disk's price of one durable batch; 0 skips it; never with
     /// `--durability nosync`).
-    #[arg(long, value_name = "N", default_value_t = 200)]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "N",
+        default_value_t = 200,
+        value_parser = sync_probe,
+    )]
     sync_probe: usize,
     /// Sampling interval of the throughput timeline and of --hlog, seconds [default: the
     /// duration / 30, between 0.05 and 1; 0.1 with --ops].
@@ -317,6 +323,14 @@ fn count(s: &str, max: u64) -> Result<u64, String> {
 /// Every writer is a thread; the cap keeps thread creation from failing mid-run.
 fn writers(s: &str) -> Result<usize, String> {
     count(s, 1024).map(|n| n as usize)
+}
+
+/// 0 skips the probe; the cap keeps its scratch file (4 KiB a sync) under 400 MB.
+fn sync_probe(s: &str) -> Result<usize, String> {
+    if s == "0" {
+        return Ok(0);
+    }
+    count(s, 100_000).map(|n| n as usize)
 }
 
 fn depth(s: &str) -> Result<usize, String> {

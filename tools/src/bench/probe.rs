@@ -40,7 +40,10 @@ fn measure(path: &Path, syncs: usize) -> std::io::Result<SyncProbe> {
         .open(path)?;
     // Written zeros, synced: the probe's writes then overwrite allocated, initialized blocks,
     // as the engine's do (no extent to convert, no file size to change).
-    file.write_all(&vec![0u8; syncs * PROBE_BYTES])?;
+    let zeros = [0u8; PROBE_BYTES];
+    for _ in 0..syncs {
+        file.write_all(&zeros)?;
+    }
     file.sync_all()?;
     let block = [0x5au8; PROBE_BYTES];
     let mut took = Vec::with_capacity(syncs);

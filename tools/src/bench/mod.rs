@@ -330,7 +330,9 @@ fn sync_probe(s: &str) -> Result<usize, String> {
     if s == "0" {
         return Ok(0);
     }
-    count(s, 100_000).map(|n| n as usize)
+    count(s, 100_000)
+        .map(|n| n as usize)
+        .map_err(|e| e.replace("between 1 and", "0 (no probe) or between 1 and"))
 }
 
 fn depth(s: &str) -> Result<usize, String> {

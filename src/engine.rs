@@ -798,6 +798,15 @@ impl Flusher {
             let _ = self.give_back.try_send(job);
             return;
         }
+        // The frame waits for the sync in flight before its own: start writing it meanwhile,
+        // so that its sync has only the cache flush left (4 x 256: 1.06x, median of 20
+        // alternated pairs). Not when completed inline, right below: there the sync follows
+        // at once, and the extra call only added to the latency (1 x 1 p50 +10-20 %).
+        if self.inner.config.durability == Durability::Sync {
+            if let Some(f) = &job.frame {
+                f.seg.start_writeback(f.start, f.end - f.start);
+            }
+        }
         self.inner.queued.fetch_add(1, Ordering::SeqCst);
         // The syncer only stops after this sender is dropped, so this cannot fail.
         let _ = self.to_syncer.send(job);

@@ -38,19 +38,7 @@ const ZERO_CHUNK: usize = 256 << 10;
 /// percentile of the end-to-end bench was that wait.
 #[cfg(target_os = "linux")]
 fn pace_writeback(f: &std::fs::File, off: u64, len: usize) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let fd = f.as_raw_fd();
-    let call = |off: u64, len: usize, flags: libc::c_uint| {
-        // SAFETY: sync_file_range only reads its integer arguments; `fd` is open for the
-        // duration of the call (borrowed from `f`).
-        let r =
-            unsafe { libc::sync_file_range(fd, off as libc::off64_t, len as libc::off64_t, flags) };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    };
+    let call = |off: u64, len: usize, flags: libc::c_uint| sync_file_range(f, off, len, flags);
     call(off, len, libc::SYNC_FILE_RANGE_WRITE)?;
     if off >= ZERO_CHUNK as u64 {
         call(
@@ -67,6 +55,31 @@ fn pace_writeback(f: &std::fs::File, off: u64, len: usize) -> std::io::Result<()
 #[cfg(not(target_os = "linux"))]
 fn pace_writeback(_f: &std::fs::File, _off: u64, _len: usize) -> std::io::Result<()> {
     Ok(())
+}
+
+#[cfg(target_os = "linux")]
+fn sync_file_range(
+    f: &std::fs::File,
+    off: u64,
+    len: usize,
+    flags: libc::c_uint,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range only reads its integer arguments; the descriptor is open for the
+    // duration of the call (borrowed from `f`).
+    let r = unsafe {
+        libc::sync_file_range(
+            f.as_raw_fd(),
+            off as libc::off64_t,
+            len as libc::off64_t,
+            flags,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 pub(crate) fn create_zeroed(io: &dyn Io, dir: &Path, path: &Path, size: u64) -> Result<()> {
@@ -287,6 +300,17 @@ impl Segment {
     pub fn before_map_write(&self, off: u64) -> Result<()> {
         guarded(&*self.io, IoOp::Write, &self.path, off, &[], || Ok(()))
             .map_err(|e| Error::io("write segment", &self.path, e))
+    }
+
+    /// Starts writing `[off, off + len)` back to the disk without waiting: a hint, not a
+    /// sync (durability still comes from [`Segment::sync`], which also reports any error of
+    /// this writeback). For a frame that waits for the sync in flight before its own, so that
+    /// its bytes are on their way meanwhile and its own sync has less to write.
+    pub fn start_writeback(&self, off: u64, len: u64) {
+        #[cfg(target_os = "linux")]
+        let _ = sync_file_range(&self.file, off, len as usize, libc::SYNC_FILE_RANGE_WRITE);
+        #[cfg(not(target_os = "linux"))]
+        let _ = (off, len);
     }
 
     /// Makes `[off, off + len)` durable: `fdatasync` for the pwrite path, `msync` of the

@@ -166,6 +166,8 @@ struct Inner {
     /// Set while an adaptive window naps until the sync in flight completes (see
     /// [`MERGE_BELOW`]): the completion then pokes the flusher.
     napping_for_sync: AtomicBool,
+    /// When the last sync ended (for `Stats::sync_time`; `None` before the first).
+    last_sync_end: Mutex<Option<Instant>>,
 }
 
 impl Inner {
@@ -318,6 +320,7 @@ impl Engine {
             queued: AtomicUsize::new(0),
             flusher_thread: OnceLock::new(),
             napping_for_sync: AtomicBool::new(false),
+            last_sync_end: Mutex::new(None),
             config,
         });
         let handle = start_pipeline(inner.clone(), log, consumer)
@@ -638,6 +641,8 @@ struct Job {
     updates: Vec<(u64, u32, Option<Loc>)>,
     /// Per request: submit stamp, a raw `Inner::clock` reading (for the end-to-end histogram).
     stamps: Vec<u64>,
+    /// When the flusher handed the job on, written (for `Stats::sync_time`).
+    ready: Option<Instant>,
 }
 
 /// The flusher's state: everything it reuses from window to window.
@@ -778,6 +783,7 @@ impl Flusher {
         job.frame = None;
         job.updates.clear();
         job.stamps.clear();
+        job.ready = None;
         job
     }
 
@@ -786,6 +792,8 @@ impl Flusher {
     /// (so there is no next window to overlap with), the flusher completes it itself: at low
     /// load that saves a thread hand-off, most of the latency besides the sync.
     fn send(&mut self, job: Job) {
+        let mut job = job;
+        job.ready = Some(Instant::now());
         let idle =
             self.inner.completion.durable() >= self.in_flight && self.inner.ring.tail() <= job.end;
         self.in_flight = job.end;
@@ -1156,7 +1164,9 @@ fn complete_jobs(inner: &Inner, group: &[Job]) -> Result<()> {
                 (last.end - first.start) as usize,
                 inner.config.write_path,
             )?;
+            let end = Instant::now();
             Counters::add(&inner.counters.syncs, 1);
+            account_sync_time(inner, group, t0, end);
             synced = true;
         }
         last.seg.publish(last.end);
@@ -1204,6 +1214,31 @@ fn complete_jobs(inner: &Inner, group: &[Job]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Adds one sync, which ran from `start` to `end`, and the gap before it to `Stats::sync_time`.
+/// Runs before the watermark moves, so a completion that follows (inline, by the flusher)
+/// sees this one's end.
+fn account_sync_time(inner: &Inner, group: &[Job], start: Instant, end: Instant) {
+    let c = &inner.counters;
+    Counters::add(&c.sync_busy_ns, (end - start).as_nanos() as u64);
+    let mut last_end = inner.last_sync_end.lock();
+    if let Some(prev) = last_end.replace(end) {
+        // The gap splits where the first frame of this sync was written (if that was before
+        // the last sync ended, a frame waited all along).
+        let ready = group
+            .iter()
+            .filter(|j| j.frame.is_some())
+            .filter_map(|j| j.ready)
+            .min()
+            .unwrap_or(start);
+        let split = ready.clamp(prev, start.max(prev));
+        Counters::add(&c.sync_gap_empty_ns, (split - prev).as_nanos() as u64);
+        Counters::add(
+            &c.sync_gap_ready_ns,
+            start.saturating_duration_since(split).as_nanos() as u64,
+        );
+    }
 }
 
 /// Decodes one ring record into window entries (a batch gives several).

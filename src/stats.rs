@@ -93,6 +93,24 @@ pub struct Counts {
     pub backlog_bytes: u64,
     /// Durable watermark (end position of the last durable request).
     pub durable_position: u64,
+    /// Where the disk's time went, from the first sync on.
+    pub sync_time: SyncTime,
+}
+
+/// How the time from the first sync to the last one divides (nanoseconds; all zero in
+/// `NoSync`): syncing, or between two syncs. A gap is split at the moment the next sync's
+/// first frame was written: before it there was nothing to sync (the producers, or the CPU
+/// work of the window, were the limit), after it a written frame waited for its sync (the
+/// hand-off to the syncer, or the completion of the sync before, was). `busy / (busy + gaps)`
+/// is how busy the pipeline kept the disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncTime {
+    /// Time inside sync calls (the sum of the `sync` histogram, without its rounding).
+    pub busy_ns: u64,
+    /// Gaps between syncs with a written frame waiting for the next sync.
+    pub frame_ready_ns: u64,
+    /// Gaps between syncs with no frame written yet.
+    pub nothing_ready_ns: u64,
 }
 
 /// A snapshot of the engine's counters and histograms. Copying the seven histograms takes
@@ -123,6 +141,8 @@ pub struct Stats {
     pub backlog_bytes: u64,
     /// Durable watermark (end position of the last durable request).
     pub durable_position: u64,
+    /// Where the disk's time went, from the first sync on.
+    pub sync_time: SyncTime,
     /// Per-stage latencies.
     pub stages: StageHistograms,
 }
@@ -138,6 +158,9 @@ pub(crate) struct Counters {
     pub batches: AtomicU64,
     pub syncs: AtomicU64,
     pub bytes_written: AtomicU64,
+    pub sync_busy_ns: AtomicU64,
+    pub sync_gap_ready_ns: AtomicU64,
+    pub sync_gap_empty_ns: AtomicU64,
     pub stages: Mutex<StageHistograms>,
 }
 
@@ -160,6 +183,11 @@ impl Counters {
             bytes_written: get(&self.bytes_written),
             backlog_bytes,
             durable_position,
+            sync_time: SyncTime {
+                busy_ns: get(&self.sync_busy_ns),
+                frame_ready_ns: get(&self.sync_gap_ready_ns),
+                nothing_ready_ns: get(&self.sync_gap_empty_ns),
+            },
         }
     }
 
@@ -176,6 +204,7 @@ impl Counters {
             bytes_written,
             backlog_bytes,
             durable_position,
+            sync_time,
         } = self.counts(backlog_bytes, durable_position);
         Stats {
             submitted,
@@ -189,6 +218,7 @@ impl Counters {
             bytes_written,
             backlog_bytes,
             durable_position,
+            sync_time,
             stages: self.stages.lock().clone(),
         }
     }

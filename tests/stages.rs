@@ -119,3 +119,56 @@ fn windows_waiting_over_a_sync_are_woken_by_its_completion() {
         "a window waited {oldest:?}: woken by its age limit, not by the sync it waited for"
     );
 }
+
+/// `Stats::sync_time` splits the time from the first sync to the last into syncing, and gaps
+/// before and after the next frame was written: a pause between two writes is a gap with
+/// nothing to sync, and the three parts add up to no more than the time they happened in.
+#[test]
+fn sync_time_adds_up_and_a_pause_counts_as_nothing_ready() {
+    use mergelog::Durability;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), Config::default()).unwrap();
+    const PAUSE: Duration = Duration::from_millis(30);
+    let started = Instant::now();
+    engine.put(b"a", b"1").unwrap().wait().unwrap();
+    // The first sync has ended (its ticket completed): the next frame is written only after
+    // the pause, so the gap before its sync has at least PAUSE with nothing to sync.
+    std::thread::sleep(PAUSE);
+    engine.put(b"b", b"2").unwrap().wait().unwrap();
+    engine.put(b"c", b"3").unwrap().wait().unwrap();
+    let wall_ns = started.elapsed().as_nanos() as u64;
+    engine.close().unwrap();
+    let stats = engine.stats();
+    let t = stats.sync_time;
+    assert_eq!(stats.syncs, 3);
+    assert!(
+        t.nothing_ready_ns >= PAUSE.as_nanos() as u64,
+        "{t:?}: the {PAUSE:?} pause is not in the nothing-ready gaps"
+    );
+    assert!(
+        t.busy_ns + t.frame_ready_ns + t.nothing_ready_ns <= wall_ns,
+        "{t:?} adds up to more than the {wall_ns} ns it all happened in"
+    );
+    // The busy time is the sync histogram's sum, to its 3 significant digits.
+    let h = &stats.stages.sync;
+    let hist_ns = h.mean() * h.len() as f64;
+    let busy = t.busy_ns as f64;
+    assert!(
+        (hist_ns - busy).abs() <= busy * 0.01 + 1000.0,
+        "sync histogram sums to {hist_ns:.0} ns, sync_time.busy_ns is {busy:.0}"
+    );
+
+    // Without syncs there is no disk time to account for.
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        durability: Durability::NoSync,
+        ..Config::default()
+    };
+    let engine = Engine::open(dir.path(), config).unwrap();
+    for i in 0..10u64 {
+        engine.put(&i.to_be_bytes(), b"v").unwrap().wait().unwrap();
+    }
+    engine.close().unwrap();
+    assert_eq!(engine.counts().sync_time, mergelog::SyncTime::default());
+}

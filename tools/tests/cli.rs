@@ -179,6 +179,25 @@ fn check_runs(report: &Value) {
                 assert_eq!(int(e, "syncs"), int(r, "syncs"), "{system}");
                 assert_eq!(int(e, "bytes_written"), int(r, "bytes_written"), "{system}");
                 assert_eq!(int(e, "backlog_bytes"), 0, "{system}: backlog after close");
+                // The disk's time: syncing whenever there were syncs, and the parts add up
+                // to no more than the run (plus the drain after it).
+                let t = &e["sync_time"];
+                let parts: Vec<f64> = ["busy_ms", "frame_ready_ms", "nothing_ready_ms"]
+                    .iter()
+                    .map(|f| num(t, f))
+                    .collect();
+                assert!(parts.iter().all(|&x| x >= 0.0), "{system}: {t}");
+                assert_eq!(
+                    parts[0] > 0.0,
+                    int(r, "syncs") > 0,
+                    "{system}: sync_time.busy_ms {t} with {} syncs",
+                    int(r, "syncs")
+                );
+                let total_ms: f64 = parts.iter().sum();
+                assert!(
+                    total_ms <= num(r, "elapsed_s") * 1e3 + 1_000.0,
+                    "{system}: sync_time {t} exceeds the run"
+                );
                 // Each write is either logged or superseded in its window.
                 assert_eq!(
                     int(e, "records_written") + coalesced,

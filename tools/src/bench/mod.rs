@@ -753,6 +753,7 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
         bytes_written,
         backlog_bytes,
         durable_position,
+        sync_time,
         stages,
     } = from;
     into.submitted += submitted;
@@ -766,6 +767,9 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
     into.bytes_written += bytes_written;
     into.backlog_bytes += backlog_bytes;
     into.durable_position = durable_position;
+    into.sync_time.busy_ns += sync_time.busy_ns;
+    into.sync_time.frame_ready_ns += sync_time.frame_ready_ns;
+    into.sync_time.nothing_ready_ns += sync_time.nothing_ready_ns;
     let StageHistograms {
         ring_wait,
         window_age,

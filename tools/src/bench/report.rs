@@ -262,6 +262,16 @@ struct EngineJson {
     bytes_written: u64,
     backlog_bytes: u64,
     durable_position: u64,
+    /// From the first sync to the last: time syncing, and between syncs with a written
+    /// frame waiting or with nothing to sync yet (ms; all zero without syncs).
+    sync_time: SyncTimeJson,
+}
+
+#[derive(Serialize)]
+struct SyncTimeJson {
+    busy_ms: f64,
+    frame_ready_ms: f64,
+    nothing_ready_ms: f64,
 }
 
 #[derive(Serialize)]
@@ -464,6 +474,11 @@ impl Report {
                         bytes_written: s.bytes_written,
                         backlog_bytes: s.backlog_bytes,
                         durable_position: s.durable_position,
+                        sync_time: SyncTimeJson {
+                            busy_ms: s.sync_time.busy_ns as f64 / 1e6,
+                            frame_ready_ms: s.sync_time.frame_ready_ns as f64 / 1e6,
+                            nothing_ready_ms: s.sync_time.nothing_ready_ns as f64 / 1e6,
+                        },
                     }),
                     stages: r.engine.as_ref().map(|s| {
                         s.stages
@@ -675,6 +690,9 @@ impl Report {
                 &["stage", "count", "p50 µs", "p90 µs", "p99 µs"],
                 &rows,
             ));
+            if let Some(line) = sync_time_line(&stats.sync_time) {
+                out.push_str(&line);
+            }
         }
         out
     }
@@ -864,9 +882,29 @@ impl Report {
             ];
             out.push_str("\nengine counters\n");
             out.push_str(&table(&["counter", "value", ""], &rows));
+            if let Some(line) = sync_time_line(&stats.sync_time) {
+                out.push_str(&line);
+            }
         }
         out
     }
+}
+
+/// Where the disk's time went (none without syncs): the share of the time from the first
+/// sync to the last spent syncing, and between syncs with or without a frame waiting.
+fn sync_time_line(t: &mergelog::SyncTime) -> Option<String> {
+    let total = t.busy_ns + t.frame_ready_ns + t.nothing_ready_ns;
+    if total == 0 {
+        return None;
+    }
+    let pct = |x: u64| x as f64 * 100.0 / total as f64;
+    Some(format!(
+        "disk time (first sync to last): syncing {:.1} %, between syncs with a written frame \
+         waiting {:.1} % (hand-off), with nothing written to sync {:.1} % (producers or CPU)\n",
+        pct(t.busy_ns),
+        pct(t.frame_ready_ns),
+        pct(t.nothing_ready_ns),
+    ))
 }
 
 fn counter(name: &str, value: u64, note: Option<String>) -> Vec<String> {

@@ -1,15 +1,18 @@
 //! Key -> location of the latest durable value, for the read path.
 //!
-//! Updated after a batch's sync, under a write lock taken before the watermark moves (so a
-//! writer that waited and looks its write up blocks until it is in), rebuilt by replaying the
-//! log at open. Deleted keys are
-//! removed, so the index holds exactly the live keys.
+//! A batch's updates are queued ([`Index::defer`]) after its sync and before the watermark
+//! moves, and applied later, off the path between one sync and the next: by the flusher
+//! when it has nothing else to do, and by any lookup that finds updates queued (it applies
+//! them first, so a writer that waited and looks its write up finds it). Rebuilt by
+//! replaying the log at open. Deleted keys are removed, so the index holds exactly the live
+//! keys.
 
 use crate::log::segment::Segment;
 use crate::log::Segments;
 use hashbrown::HashTable;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Where a live value's bytes are: segment index in the log, offset and length in the file.
@@ -104,6 +107,8 @@ const _: () = assert!(std::mem::size_of::<Slot>() <= 48);
 struct Map {
     table: HashTable<Slot>,
     hasher: foldhash::fast::RandomState,
+    /// The buffer the queued updates are swapped into to be applied (kept for its capacity).
+    applying: Vec<(MappedKey, Option<Loc>)>,
 }
 
 impl Map {
@@ -120,86 +125,142 @@ fn same_key(hash: u64, key: &[u8]) -> impl Fn(&Slot) -> bool + '_ {
 #[derive(Default)]
 pub(crate) struct Index {
     map: RwLock<Map>,
+    /// Updates of durable batches, in log order, not yet applied to `map`.
+    queued: Mutex<Vec<(MappedKey, Option<Loc>)>>,
+    /// Whether `queued` may hold updates: set after queueing (before the watermark moves),
+    /// cleared by the applier under `map`'s write lock, so a lookup that finds it clear finds
+    /// every queued update applied once it holds the read lock.
+    has_queued: AtomicBool,
 }
+
+/// Queued updates beyond which [`Index::defer`] asks its caller to apply them at once, so the
+/// queue stays small even if nothing else gets round to it.
+pub(crate) const QUEUED_MAX: usize = 1 << 16;
 
 impl Index {
     pub fn get(&self, key: &[u8]) -> Option<Loc> {
-        let map = self.map.read();
+        let map = self.read();
         let h = map.hash(key);
         map.table.find(h, same_key(h, key)).map(|s| s.loc)
     }
 
     pub fn len(&self) -> usize {
-        self.map.read().table.len()
+        self.read().table.len()
     }
 
-    /// Applies one batch of updates under one write lock: `Some(loc)` sets, `None` deletes.
+    /// The map for lookups, with every queued update applied first.
+    fn read(&self) -> parking_lot::RwLockReadGuard<'_, Map> {
+        if self.has_queued.load(Ordering::Acquire) {
+            self.apply_queued(&mut self.map.write());
+        }
+        self.map.read()
+    }
+
+    /// Queues one durable batch's updates (`Some(loc)` sets, `None` deletes), to be applied
+    /// before any later lookup. Call it before the watermark moves past the batch: a waiter
+    /// that sees its write complete then also sees it queued. Returns true when the queue
+    /// has grown past [`QUEUED_MAX`] (the caller should then [`Index::apply_now`]).
     ///
     /// # Safety
-    /// As [`IndexUpdate::apply`].
-    pub unsafe fn apply<'a>(&self, updates: impl Iterator<Item = (&'a [u8], Option<Loc>)>) {
-        // SAFETY: this function's contract.
-        unsafe { self.lock_for_update().apply(updates) }
+    /// As [`apply_updates`]: the keys must stay mapped, unchanged, for the index's life.
+    pub unsafe fn defer<'a>(&self, updates: impl Iterator<Item = (&'a [u8], Option<Loc>)>) -> bool {
+        let mut q = self.queued.lock();
+        q.extend(updates.map(|(key, loc)| {
+            (
+                MappedKey {
+                    ptr: key.as_ptr(),
+                    len: key.len(),
+                },
+                loc,
+            )
+        }));
+        self.has_queued.store(true, Ordering::Release);
+        q.len() > QUEUED_MAX
     }
 
-    /// Takes the write lock for updates: every lookup waits until the guard is dropped. The
-    /// engine takes it before it advances the watermark and applies the batch after, so a
-    /// waiter that saw its write complete and looks it up blocks until it is in, while the
-    /// other woken writers need not wait for the update.
-    pub fn lock_for_update(&self) -> IndexUpdate<'_> {
-        IndexUpdate {
-            map: self.map.write(),
+    /// Applies the queued updates if the index is not locked; for a thread with nothing
+    /// better to do, which should not wait for readers.
+    pub fn try_apply_queued(&self) {
+        if self.has_queued.load(Ordering::Acquire) {
+            if let Some(mut map) = self.map.try_write() {
+                self.apply_queued(&mut map);
+            }
         }
+    }
+
+    /// Applies the queued updates, waiting for the write lock.
+    pub fn apply_now(&self) {
+        if self.has_queued.load(Ordering::Acquire) {
+            self.apply_queued(&mut self.map.write());
+        }
+    }
+
+    fn apply_queued(&self, map: &mut Map) {
+        let mut updates = std::mem::take(&mut map.applying);
+        {
+            let mut q = self.queued.lock();
+            std::mem::swap(&mut *q, &mut updates);
+            // Under the write lock: whoever loads `false` then waits for it to be released.
+            self.has_queued.store(false, Ordering::Release);
+        }
+        // SAFETY: `defer`'s contract, which every queued key was given under.
+        unsafe { apply_updates(map, updates.iter().map(|(k, loc)| (k.bytes(), *loc))) };
+        updates.clear();
+        map.applying = updates;
+    }
+
+    /// Applies one batch of updates at once, after any queued ones: `Some(loc)` sets,
+    /// `None` deletes.
+    ///
+    /// # Safety
+    /// As [`apply_updates`].
+    pub unsafe fn apply<'a>(&self, updates: impl Iterator<Item = (&'a [u8], Option<Loc>)>) {
+        let mut map = self.map.write();
+        self.apply_queued(&mut map);
+        // SAFETY: this function's contract.
+        unsafe { apply_updates(&mut map, updates) }
     }
 
     /// Visits every live key with its location (unordered).
     pub fn for_each(&self, mut f: impl FnMut(&[u8], Loc)) {
-        for s in self.map.read().table.iter() {
+        for s in self.read().table.iter() {
             f(s.key.bytes(), s.loc);
         }
     }
 }
 
-/// The index locked for updates ([`Index::lock_for_update`]).
-pub(crate) struct IndexUpdate<'a> {
-    map: parking_lot::RwLockWriteGuard<'a, Map>,
-}
-
-impl IndexUpdate<'_> {
-    /// Applies one batch of updates: `Some(loc)` sets, `None` deletes.
-    ///
-    /// # Safety
-    /// Every key slice must lie in the published bytes of a segment mapping that stays mapped
-    /// for as long as this index exists: the index keeps pointing at them. (The engine keeps
-    /// every segment it ever mapped, and declares the index before them so it drops first.)
-    pub unsafe fn apply<'a>(&mut self, updates: impl Iterator<Item = (&'a [u8], Option<Loc>)>) {
-        let map = &mut *self.map;
-        for (key, loc) in updates {
-            let h = map.hash(key);
-            match loc {
-                Some(loc) => match map.table.find_mut(h, same_key(h, key)) {
-                    Some(slot) => {
-                        if let Key::Mapped(k) = &mut slot.key {
-                            // Point at the newest copy: the next update of a hot key then
-                            // compares against bytes still in cache.
-                            k.ptr = key.as_ptr();
-                        }
-                        slot.loc = loc;
+/// Applies updates in order: `Some(loc)` sets, `None` deletes.
+///
+/// # Safety
+/// Every key slice must lie in the published bytes of a segment mapping that stays mapped
+/// for as long as the index exists: the index keeps pointing at them. (The engine keeps
+/// every segment it ever mapped, and declares the index before them so it drops first.)
+unsafe fn apply_updates<'a>(map: &mut Map, updates: impl Iterator<Item = (&'a [u8], Option<Loc>)>) {
+    for (key, loc) in updates {
+        let h = map.hash(key);
+        match loc {
+            Some(loc) => match map.table.find_mut(h, same_key(h, key)) {
+                Some(slot) => {
+                    if let Key::Mapped(k) = &mut slot.key {
+                        // Point at the newest copy: the next update of a hot key then
+                        // compares against bytes still in cache.
+                        k.ptr = key.as_ptr();
                     }
-                    None => {
-                        let slot = Slot {
-                            // SAFETY: this function's contract.
-                            key: unsafe { Key::new(key) },
-                            hash: h,
-                            loc,
-                        };
-                        map.table.insert_unique(h, slot, |s| s.hash);
-                    }
-                },
+                    slot.loc = loc;
+                }
                 None => {
-                    if let Ok(entry) = map.table.find_entry(h, same_key(h, key)) {
-                        entry.remove();
-                    }
+                    let slot = Slot {
+                        // SAFETY: this function's contract.
+                        key: unsafe { Key::new(key) },
+                        hash: h,
+                        loc,
+                    };
+                    map.table.insert_unique(h, slot, |s| s.hash);
+                }
+            },
+            None => {
+                if let Ok(entry) = map.table.find_entry(h, same_key(h, key)) {
+                    entry.remove();
                 }
             }
         }
@@ -320,5 +381,67 @@ mod tests {
             .collect();
         want.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(seen, want);
+    }
+
+    /// `Index::defer` for keys that live forever.
+    fn defer(index: &Index, updates: impl Iterator<Item = (&'static [u8], Option<Loc>)>) -> bool {
+        // SAFETY: 'static keys outlive the index.
+        unsafe { index.defer(updates) }
+    }
+
+    /// Deferred updates are applied in order, before any lookup sees the map: a lookup, the
+    /// count and the visit all find them, whoever applies them (a lookup, the opportunistic
+    /// `try_apply_queued`, or `apply_now`).
+    #[test]
+    fn deferred_updates_apply_in_order_before_any_lookup() {
+        let keys: [&'static [u8]; 3] = [b"a", b"bb", b"a-key-longer-than-the-inline-limit"];
+        let index = Index::default();
+        let full = defer(&index, keys.iter().map(|k| (*k, Some(loc(1)))));
+        assert!(!full);
+        // A lookup applies what is queued first.
+        assert_eq!(index.get(keys[2]), Some(loc(1)));
+        // Later batches override earlier ones, in the order they were queued: set, then
+        // delete, then set again, with nobody looking in between.
+        defer(
+            &index,
+            [(keys[0], Some(loc(2))), (keys[1], None)].into_iter(),
+        );
+        defer(
+            &index,
+            [(keys[0], None), (keys[1], Some(loc(3)))].into_iter(),
+        );
+        defer(&index, [(keys[0], Some(loc(4)))].into_iter());
+        assert_eq!(index.len(), 3, "the count sees the queued updates");
+        assert_eq!(index.get(keys[0]), Some(loc(4)));
+        assert_eq!(index.get(keys[1]), Some(loc(3)));
+
+        // The opportunistic apply empties the queue when nobody holds the lock, and leaves it
+        // for the next lookup when somebody does.
+        defer(&index, [(keys[1], None)].into_iter());
+        {
+            let _reader = index.map.read();
+            index.try_apply_queued();
+            assert!(index.has_queued.load(Ordering::Acquire));
+        }
+        index.try_apply_queued();
+        assert!(!index.has_queued.load(Ordering::Acquire));
+        assert_eq!(index.map.read().table.len(), 2, "applied without a lookup");
+        let mut seen = Vec::new();
+        index.for_each(|k, l| seen.push((k.to_vec(), l)));
+        seen.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            seen,
+            vec![(keys[0].to_vec(), loc(4)), (keys[2].to_vec(), loc(1))]
+        );
+
+        // Past QUEUED_MAX the caller is told to apply at once.
+        let many: Vec<&'static [u8]> = (0..=QUEUED_MAX as u32)
+            .map(|i| &*Box::leak(i.to_be_bytes().to_vec().into_boxed_slice()))
+            .collect();
+        let full = defer(&index, many.iter().map(|k| (*k, Some(loc(5)))));
+        assert!(full);
+        index.apply_now();
+        assert!(!index.has_queued.load(Ordering::Acquire));
+        assert_eq!(index.map.read().table.len(), 2 + many.len());
     }
 }

@@ -1241,6 +1241,9 @@ fn complete_jobs(inner: &Inner, group: &[Job]) -> Result<()> {
         inner.durable_seq.store(last.seq, Ordering::Release);
     }
     let t1 = Instant::now();
+    // The end-to-end stage ends here, before the watermark moves: read after it, a woken
+    // writer's next request could start before its previous one ended.
+    let now = inner.clock.raw();
     // The index updates are queued before the watermark moves and applied later, off the
     // path between this sync and the next (they are tens of microseconds of cache misses):
     // a waiter that looks its write up applies them first (read-your-writes).
@@ -1272,7 +1275,6 @@ fn complete_jobs(inner: &Inner, group: &[Job]) -> Result<()> {
         inner.poke_flusher();
     }
     let t2 = Instant::now();
-    let now = inner.clock.raw();
     let mut h = inner.counters.stages.lock();
     if synced {
         record(&mut h.sync, (t1 - t0).as_nanos() as u64);

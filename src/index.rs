@@ -135,7 +135,7 @@ pub(crate) struct Index {
 
 /// Queued updates beyond which [`Index::defer`] asks its caller to apply them at once, so the
 /// queue stays small even if nothing else gets round to it.
-pub(crate) const QUEUED_MAX: usize = 1 << 16;
+pub(crate) const QUEUED_MAX: usize = 1 << 14;
 
 impl Index {
     pub fn get(&self, key: &[u8]) -> Option<Loc> {

@@ -29,9 +29,11 @@ pub struct StageHistograms {
     pub encode: Histogram<u64>,
     /// One sync (fdatasync or msync), covering every frame waiting for it.
     pub sync: Histogram<u64>,
-    /// After a sync: index update, watermark advance and wake-up of the waiters.
+    /// After a sync: queueing its index updates (applied later, off this path), watermark
+    /// advance and wake-up of the waiters.
     pub wakeup: Histogram<u64>,
-    /// Per request: submit (stamped by the producer) to durable (read once per batch).
+    /// Per request: submit (stamped by the producer) to durable (read once per batch, when
+    /// its sync returns).
     /// Recorded just after the batch's tickets complete, so a snapshot taken the moment a
     /// wait returns may not hold that batch yet (after `close` every batch is in).
     pub end_to_end: Histogram<u64>,

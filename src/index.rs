@@ -39,6 +39,14 @@ unsafe impl Send for MappedKey {}
 unsafe impl Sync for MappedKey {}
 
 impl MappedKey {
+    /// A view of `key`'s bytes (valid for as long as they stay mapped: see `bytes`).
+    fn of(key: &[u8]) -> MappedKey {
+        MappedKey {
+            ptr: key.as_ptr(),
+            len: key.len(),
+        }
+    }
+
     fn bytes(&self) -> &[u8] {
         // SAFETY: `Index::apply`'s contract: the bytes lie in the published part of a segment
         // mapping that stays mapped, unchanged, for as long as the index exists.
@@ -74,10 +82,7 @@ impl Key {
                 bytes,
             }
         } else {
-            Key::Mapped(MappedKey {
-                ptr: key.as_ptr(),
-                len: key.len(),
-            })
+            Key::Mapped(MappedKey::of(key))
         }
     }
 
@@ -150,9 +155,7 @@ impl Index {
 
     /// The map for lookups, with every queued update applied first.
     fn read(&self) -> parking_lot::RwLockReadGuard<'_, Map> {
-        if self.has_queued.load(Ordering::Acquire) {
-            self.apply_queued(&mut self.map.write());
-        }
+        self.apply_now();
         self.map.read()
     }
 
@@ -165,15 +168,7 @@ impl Index {
     /// As [`apply_updates`]: the keys must stay mapped, unchanged, for the index's life.
     pub unsafe fn defer<'a>(&self, updates: impl Iterator<Item = (&'a [u8], Option<Loc>)>) -> bool {
         let mut q = self.queued.lock();
-        q.extend(updates.map(|(key, loc)| {
-            (
-                MappedKey {
-                    ptr: key.as_ptr(),
-                    len: key.len(),
-                },
-                loc,
-            )
-        }));
+        q.extend(updates.map(|(key, loc)| (MappedKey::of(key), loc)));
         self.has_queued.store(true, Ordering::Release);
         q.len() > QUEUED_MAX
     }

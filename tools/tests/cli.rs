@@ -128,6 +128,7 @@ fn check_runs(report: &Value) {
         // Ratios are this run against the baselines' runs.
         for (field, base) in [
             ("ratio_vs_naive", rate_of("naive")),
+            ("ratio_vs_wal", rate_of("wal")),
             ("ratio_vs_no_coalesce", rate_of("no-coalesce")),
         ] {
             match base {
@@ -140,6 +141,7 @@ fn check_runs(report: &Value) {
         }
         for (field, base) in [
             ("p99_ratio_vs_naive", p99_of("naive")),
+            ("p99_ratio_vs_wal", p99_of("wal")),
             ("p99_ratio_vs_no_coalesce", p99_of("no-coalesce")),
         ] {
             if let Some(b) = base {
@@ -157,12 +159,26 @@ fn check_runs(report: &Value) {
         assert_eq!(sum, ops, "{system}: timeline ops do not add up to ops");
 
         match system {
-            "naive" => {
+            "naive" | "wal" => {
                 assert!(
                     r["engine"].is_null() && r["stages"].is_null(),
-                    "naive has no engine"
+                    "{system} has no engine"
                 );
                 assert_eq!(coalesced, 0);
+                // Every write is logged as one record, and a batch is a write (naive) or a
+                // group of them (wal).
+                assert_eq!(int(r, "records_written"), writes, "{system}: records");
+                assert!(int(r, "batches") <= writes, "{system}: batches");
+                if system == "naive" {
+                    assert_eq!(int(r, "batches"), writes, "naive: one batch per write");
+                }
+                if report["workload"]["durability"] == "sync" {
+                    assert_eq!(
+                        int(r, "syncs"),
+                        int(r, "batches"),
+                        "{system}: a sync per batch"
+                    );
+                }
             }
             _ => {
                 // Completed ops are exactly what the engine counted in.
@@ -389,14 +405,18 @@ fn short_bench_reports_every_system_consistently() {
     for name in [
         "mergelog",
         "no-coalesce",
+        "wal",
         "naive",
         "ring_wait",
         "end_to_end",
         "vs naive",
+        "vs wal",
+        "mergelog: ",
+        "the throughput of wal",
     ] {
         assert!(stdout.contains(name), "table lacks {name}:\n{stdout}");
     }
-    for sub in ["mergelog", "no-coalesce", "naive"] {
+    for sub in ["mergelog", "no-coalesce", "wal", "naive"] {
         assert!(runs_dir.join(sub).is_dir(), "no run directory {sub}");
     }
 
@@ -421,10 +441,12 @@ fn short_bench_reports_every_system_consistently() {
 
     let runs = report["runs"].as_array().expect("runs is an array");
     let systems: Vec<&str> = runs.iter().map(|r| r["system"].as_str().unwrap()).collect();
-    assert_eq!(systems, ["mergelog", "no-coalesce", "naive"]);
+    assert_eq!(systems, ["mergelog", "no-coalesce", "wal", "naive"]);
     check_runs(&report);
     let naive = runs.iter().find(|r| r["system"] == "naive").unwrap();
     assert_eq!(num(naive, "ratio_vs_naive"), 1.0);
+    let wal = runs.iter().find(|r| r["system"] == "wal").unwrap();
+    assert_eq!(num(wal, "ratio_vs_wal"), 1.0);
     for r in runs {
         assert!(int(r, "deletes") > 0, "no deletes with --delete-ratio 0.05");
         assert!(int(r, "gets") > 0, "no gets with --read-ratio 0.1");
@@ -435,7 +457,7 @@ fn short_bench_reports_every_system_consistently() {
     let per_tag = read_hlog(&hlog_path);
     assert_eq!(
         per_tag.keys().collect::<Vec<_>>(),
-        ["mergelog", "naive", "no-coalesce"]
+        ["mergelog", "naive", "no-coalesce", "wal"]
     );
     for r in runs {
         let h = &per_tag[r["system"].as_str().unwrap()];
@@ -444,7 +466,7 @@ fn short_bench_reports_every_system_consistently() {
 
     let svg = std::fs::read_to_string(&svg_path).unwrap();
     let text = check_svg(&svg);
-    for name in ["mergelog", "no-coalesce", "naive", "99.9%", "ops/s"] {
+    for name in ["mergelog", "no-coalesce", "wal", "naive", "99.9%", "ops/s"] {
         assert!(text.contains(name), "the plot does not show {name}");
     }
 }
@@ -458,7 +480,7 @@ fn open_loop_reports_corrected_and_raw_latency() {
     let stdout = succeeds(&[
         "bench",
         "--systems",
-        "mergelog,naive",
+        "mergelog,wal,naive",
         "--rate",
         "3000",
         "--writers",
@@ -479,16 +501,19 @@ fn open_loop_reports_corrected_and_raw_latency() {
     assert_eq!(report["workload"]["rate_ops_per_s"], 3000.0);
     check_runs(&report);
     let runs = report["runs"].as_array().unwrap();
-    let mergelog = runs.iter().find(|r| r["system"] == "mergelog").unwrap();
-    // 3000/s for 0.4 s: the engine keeps up, so it sends (nearly) all 1200.
-    let sent = int(mergelog, "ops") + int(mergelog, "missed");
-    assert!(
-        (1150..=1250).contains(&sent),
-        "mergelog sent {sent} of ~1200"
-    );
+    // 3000/s for 0.4 s: the engine and the group-committing wal keep up, so they send
+    // (nearly) all 1200.
+    for system in ["mergelog", "wal"] {
+        let r = runs.iter().find(|r| r["system"] == system).unwrap();
+        let sent = int(r, "ops") + int(r, "missed");
+        assert!(
+            (1150..=1250).contains(&sent),
+            "{system} sent {sent} of ~1200"
+        );
+    }
 
     let per_tag = read_hlog(&hlog_path);
-    for system in ["mergelog", "naive"] {
+    for system in ["mergelog", "wal", "naive"] {
         let r = runs.iter().find(|r| r["system"] == system).unwrap();
         for tag in [system.to_owned(), format!("{system}.raw")] {
             assert_eq!(per_tag[&tag].len(), int(r, "ops"), "{tag}: hlog counts");

@@ -1,5 +1,6 @@
 //! The engine systems (`mergelog`, `no-coalesce`): writers over one `Engine`, in a closed
-//! or an open loop.
+//! or an open loop. The writer loop serves every system that keeps requests outstanding
+//! (the engine's and `wal`'s) through [`Target`].
 
 use super::recorder::{add_stage_tail, sample, Progress, Recorder, SampleOptions, Sampled, Slot};
 use super::{fine_timer_slack, sleep_until, Plan, RunHooks, RunResult, System};
@@ -106,7 +107,7 @@ pub fn run(
     let stages = || engine.stats().stages;
     let driven = drive(plan, hooks, progress, Some(&stages), |i, slot, barrier| {
         writer(
-            &engine,
+            &EngineTarget(&engine),
             Generator::new(&plan.spec, i),
             i,
             plan,
@@ -137,14 +138,50 @@ pub fn run(
     })
 }
 
-/// A request in flight.
-enum Pending {
+/// What a writer submits to and waits on: a system whose requests complete in submission
+/// order and can be outstanding several at a time.
+pub trait Target: Sync {
+    /// A request in flight.
+    type Pending;
+    fn submit(&self, op: Op<'_>) -> Result<Self::Pending, CliError>;
+    /// Waits for completion until `deadline` (forever if `None`); true once complete.
+    fn wait(&self, pending: &Self::Pending, deadline: Option<Instant>) -> Result<bool, CliError>;
+    /// True (and the outcome taken) if the request is already complete; never blocks.
+    fn try_finish(&self, pending: &Self::Pending) -> Result<bool, CliError>;
+}
+
+struct EngineTarget<'a>(&'a Engine);
+
+impl Target for EngineTarget<'_> {
+    type Pending = Pending;
+
+    fn submit(&self, op: Op<'_>) -> Result<Pending, CliError> {
+        let engine = self.0;
+        Ok(match op {
+            Op::Put { key, value } => {
+                Pending::Write(engine.put(key, value).context(|| "put".into())?)
+            }
+            Op::Delete { key } => Pending::Write(engine.delete(key).context(|| "delete".into())?),
+            Op::Get { key } => Pending::Read(engine.get(key).context(|| "get".into())?),
+        })
+    }
+
+    fn wait(&self, pending: &Pending, deadline: Option<Instant>) -> Result<bool, CliError> {
+        pending.wait(deadline)
+    }
+
+    fn try_finish(&self, pending: &Pending) -> Result<bool, CliError> {
+        pending.try_finish()
+    }
+}
+
+/// An engine request in flight.
+pub enum Pending {
     Write(Ticket),
     Read(GetTicket),
 }
 
 impl Pending {
-    /// Waits for completion until `deadline` (forever if `None`); true once complete.
     fn wait(&self, deadline: Option<Instant>) -> Result<bool, CliError> {
         let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let result = match (self, timeout) {
@@ -160,7 +197,6 @@ impl Pending {
         }
     }
 
-    /// True (and the outcome taken) if the request is already complete; never blocks.
     fn try_finish(&self) -> Result<bool, CliError> {
         let done = match self {
             Pending::Write(t) => t.is_done(),
@@ -174,20 +210,12 @@ impl Pending {
     }
 }
 
-struct InFlight {
-    pending: Pending,
+struct InFlight<P> {
+    pending: P,
     kind: Kind,
     /// When the request was due: its scheduled time (open loop) or its submission.
     intended: Instant,
     sent: Instant,
-}
-
-fn submit(engine: &Engine, op: Op<'_>) -> Result<Pending, CliError> {
-    Ok(match op {
-        Op::Put { key, value } => Pending::Write(engine.put(key, value).context(|| "put".into())?),
-        Op::Delete { key } => Pending::Write(engine.delete(key).context(|| "delete".into())?),
-        Op::Get { key } => Pending::Read(engine.get(key).context(|| "get".into())?),
-    })
 }
 
 /// `Instant::now` from the CPU's time-stamp counter (quanta): 13 ns a read on the project's
@@ -223,15 +251,15 @@ impl FastClock {
 /// at its scheduled time, with up to `depth` in flight; a writer at its depth waits for the
 /// oldest, so its sends fall behind schedule and the corrected latency grows. After the
 /// limit it only drains, so every submitted request is counted.
-fn writer(
-    engine: &Engine,
+pub fn writer<T: Target>(
+    target: &T,
     gen: Result<Generator, String>,
     index: usize,
     plan: &Plan,
     slot: &Mutex<Slot>,
     barrier: &Barrier,
 ) -> Result<Span, CliError> {
-    let mut inflight: VecDeque<InFlight> = VecDeque::with_capacity(plan.depth);
+    let mut inflight: VecDeque<InFlight<T::Pending>> = VecDeque::with_capacity(plan.depth);
     if plan.rate.is_some() {
         fine_timer_slack();
     }
@@ -263,7 +291,7 @@ fn writer(
             // rule (the writers share two cores with the engine, so the harness keeps its
             // own work per request small).
             let sent = clock.now();
-            let pending = submit(engine, op)?;
+            let pending = target.submit(op)?;
             inflight.push_back(InFlight {
                 pending,
                 kind,
@@ -290,7 +318,7 @@ fn writer(
             Some(s) if !stopping && inflight.len() < plan.depth => Some(s.next_at()),
             _ => None,
         };
-        if !oldest.pending.wait(until)? {
+        if !target.wait(&oldest.pending, until)? {
             continue;
         }
         // Tickets complete in order, usually many at once: record every one already
@@ -300,7 +328,7 @@ fn writer(
         while let Some(f) = inflight.pop_front() {
             slot.record(f.kind, now - f.intended, now - f.sent);
             match inflight.front() {
-                Some(next) if next.pending.try_finish()? => {}
+                Some(next) if target.try_finish(&next.pending)? => {}
                 _ => break,
             }
         }

@@ -4,7 +4,7 @@
 //!
 //! One file for the whole run. Every interval of every system is one line, tagged:
 //!
-//! - `SYSTEM` (`mergelog`, `no-coalesce`, `naive`): latency from when each request was due
+//! - `SYSTEM` (`mergelog`, `no-coalesce`, `wal`, `naive`): latency from when each request was due
 //!   to completion (in a closed loop, from its submission);
 //! - `SYSTEM.raw` (open loop only): latency from the actual submission;
 //! - `SYSTEM.STAGE` (`mergelog profile` only): the engine's stage histogram for the interval

@@ -2,6 +2,7 @@
 //!
 //! - `mergelog`: the engine with `Config::default()` plus the flags.
 //! - `no-coalesce`: the same with `Config::coalesce = false` (plain group commit).
+//! - `wal`: a conventional write-ahead log, leader/follower group commit (see `wal`).
 //! - `naive`: one mutex around a file; every write is lock, pwrite, fdatasync, unlock.
 //!
 //! Load is either a closed loop (each writer keeps `--depth` requests in flight and submits
@@ -27,6 +28,7 @@ mod plot;
 mod probe;
 mod recorder;
 pub mod report;
+mod wal;
 
 use crate::error::{CliError, Context};
 use crate::workload::{Dist, Generator, Size, Spec, KEY_SIZE_MIN};
@@ -214,7 +216,7 @@ pub struct BenchArgs {
         value_enum,
         value_name = "LIST",
         value_delimiter = ',',
-        default_value = "mergelog,no-coalesce,naive"
+        default_value = "mergelog,no-coalesce,wal,naive"
     )]
     systems: Vec<System>,
     /// Run every system N times, alternating: round r runs each system once for the full
@@ -236,6 +238,9 @@ pub enum System {
     Mergelog,
     /// The engine with coalescing off: plain group commit.
     NoCoalesce,
+    /// A conventional write-ahead log: writers append under one mutex, and whichever waits
+    /// first writes and syncs everything appended (leader/follower group commit).
+    Wal,
     /// Lock + pwrite + fdatasync per write, gets from a HashMap under the same lock.
     Naive,
 }
@@ -245,8 +250,17 @@ impl System {
         match self {
             System::Mergelog => "mergelog",
             System::NoCoalesce => "no-coalesce",
+            System::Wal => "wal",
             System::Naive => "naive",
         }
+    }
+
+    /// The system called `name`.
+    pub fn named(name: &str) -> Option<System> {
+        System::value_variants()
+            .iter()
+            .copied()
+            .find(|s| s.name() == name)
     }
 }
 
@@ -1122,6 +1136,7 @@ fn execute(
             let offset = bench_start.elapsed();
             let result = match system {
                 System::Naive => naive::run(dir, &plan, &hooks, &progress),
+                System::Wal => wal::run(dir, &plan, &hooks, &progress),
                 _ => engine::run(dir, plan.engine_config(*system), &plan, &hooks, &progress),
             };
             progress.finish();

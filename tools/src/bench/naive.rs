@@ -24,7 +24,7 @@ use std::sync::Barrier;
 use std::time::Instant;
 
 /// Record header, as in the engine's log: op u8 | key_len u16 | value_len u32 (LE).
-const RECORD_HEADER_LEN: usize = 7;
+pub const RECORD_HEADER_LEN: usize = 7;
 const OP_PUT: u8 = 1;
 const OP_DELETE: u8 = 2;
 
@@ -43,24 +43,7 @@ struct Log {
 impl Log {
     fn create(dir: &Path, size: u64, sync: bool) -> Result<Log, CliError> {
         let path = dir.join("naive.log");
-        let what = || format!("preallocate {}", path.display());
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .context(what)?;
-        let zeros = vec![0u8; 1 << 20];
-        let mut left = size;
-        while left > 0 {
-            let n = left.min(zeros.len() as u64) as usize;
-            file.write_all(&zeros[..n]).context(what)?;
-            left -= n as u64;
-        }
-        file.sync_all().context(what)?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .context(|| format!("sync directory {}", dir.display()))?;
+        let file = preallocate(dir, &path, size)?;
         Ok(Log {
             path,
             file,
@@ -93,28 +76,68 @@ impl Log {
         self.off += len;
         self.writes += 1;
         self.bytes += len;
-        match (self.index.get_mut(key), value) {
-            (Some(v), Some(value)) => {
-                v.clear();
-                v.extend_from_slice(value);
-            }
-            (None, Some(value)) => {
-                self.index.insert(key.to_vec(), value.to_vec());
-            }
-            (_, None) => {
-                self.index.remove(key);
-            }
-        }
+        update(&mut self.index, key, value);
         Ok(())
     }
 }
 
-fn encode(buf: &mut Vec<u8>, op: u8, key: &[u8], value: &[u8]) {
+/// Creates `path` (which must not exist) filled with `size` written zeros, synced, and syncs
+/// `dir`: a log file like an engine segment.
+pub fn preallocate(dir: &Path, path: &Path, size: u64) -> Result<File, CliError> {
+    let what = || format!("preallocate {}", path.display());
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .context(what)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        file.write_all(&zeros[..n]).context(what)?;
+        left -= n as u64;
+    }
+    file.sync_all().context(what)?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .context(|| format!("sync directory {}", dir.display()))?;
+    Ok(file)
+}
+
+/// Applies a write to a baseline's in-memory map: `Some(value)` sets, `None` deletes.
+pub fn update(index: &mut HashMap<Vec<u8>, Vec<u8>>, key: &[u8], value: Option<&[u8]>) {
+    match (index.get_mut(key), value) {
+        (Some(v), Some(value)) => {
+            v.clear();
+            v.extend_from_slice(value);
+        }
+        (None, Some(value)) => {
+            index.insert(key.to_vec(), value.to_vec());
+        }
+        (_, None) => {
+            index.remove(key);
+        }
+    }
+}
+
+/// Encodes a put (`value: Some`) or a delete as one record, replacing `buf`'s contents.
+pub fn encode_op(buf: &mut Vec<u8>, key: &[u8], value: Option<&[u8]>) {
     buf.clear();
+    append_record(buf, key, value);
+}
+
+/// Appends one record to `buf`.
+pub fn append_record(buf: &mut Vec<u8>, key: &[u8], value: Option<&[u8]>) {
+    let (op, value) = match value {
+        Some(v) => (OP_PUT, v),
+        None => (OP_DELETE, &[][..]),
+    };
+    let start = buf.len();
     buf.push(op);
     buf.extend_from_slice(&(key.len() as u16).to_le_bytes());
     buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
-    debug_assert_eq!(buf.len(), RECORD_HEADER_LEN);
+    debug_assert_eq!(buf.len() - start, RECORD_HEADER_LEN);
     buf.extend_from_slice(key);
     buf.extend_from_slice(value);
 }
@@ -177,11 +200,11 @@ fn writer(
         let sent = Instant::now();
         match op {
             Op::Put { key, value } => {
-                encode(&mut buf, OP_PUT, key, value);
+                encode_op(&mut buf, key, Some(value));
                 log.lock().append(&buf, key, Some(value))?;
             }
             Op::Delete { key } => {
-                encode(&mut buf, OP_DELETE, key, &[]);
+                encode_op(&mut buf, key, None);
                 log.lock().append(&buf, key, None)?;
             }
             Op::Get { key } => {

@@ -319,13 +319,17 @@ struct Run {
     bytes_per_write: Option<f64>,
     /// ops_per_s / naive's ops_per_s; null when `naive` was not run.
     ratio_vs_naive: Option<f64>,
+    /// ops_per_s / wal's ops_per_s; null when `wal` was not run.
+    ratio_vs_wal: Option<f64>,
     /// ops_per_s / no-coalesce's ops_per_s; null when `no-coalesce` was not run.
     ratio_vs_no_coalesce: Option<f64>,
     /// latency_us.p99 / naive's; null when `naive` was not run.
     p99_ratio_vs_naive: Option<f64>,
+    /// latency_us.p99 / wal's; null when `wal` was not run.
+    p99_ratio_vs_wal: Option<f64>,
     /// latency_us.p99 / no-coalesce's; null when `no-coalesce` was not run.
     p99_ratio_vs_no_coalesce: Option<f64>,
-    /// The engine's counters (null for `naive`).
+    /// The engine's counters (null for the baselines without an engine: `wal`, `naive`).
     engine: Option<EngineJson>,
     /// The engine's per-stage latencies (engine systems only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -348,16 +352,28 @@ pub struct Report {
     round_ratios: Vec<RoundRatio>,
 }
 
-/// The pairings the headline shows: each system but naive against each baseline that ran
-/// (naive, then no-coalesce), with its throughput ratio in every round.
+/// The baselines, simplest first: each system is compared with the ones before it
+/// (`mergelog` with all three, `no-coalesce` with `wal` and `naive`, `wal` with `naive`).
+const BASELINES: [System; 3] = [System::Naive, System::Wal, System::NoCoalesce];
+
+/// The baselines `system` is compared with.
+fn baselines_of(system: System) -> &'static [System] {
+    let below = match system {
+        System::Naive => 0,
+        System::Wal => 1,
+        System::NoCoalesce => 2,
+        System::Mergelog => 3,
+    };
+    &BASELINES[..below]
+}
+
+/// The pairings the headline shows: each system against each of its baselines that ran,
+/// with its throughput ratio in every round.
 fn round_ratios(results: &[RunResult]) -> Vec<RoundRatio> {
     let mut out = Vec::new();
-    for r in results.iter().filter(|r| r.system != System::Naive) {
-        for baseline in [System::Naive, System::NoCoalesce] {
-            let Some(b) = results
-                .iter()
-                .find(|b| b.system == baseline && b.system != r.system)
-            else {
+    for r in results {
+        for &baseline in baselines_of(r.system) {
+            let Some(b) = results.iter().find(|b| b.system == baseline) else {
                 continue;
             };
             let per_round: Vec<Option<f64>> = r
@@ -427,11 +443,16 @@ impl Report {
             results.iter().find(|r| r.system == system).map(f)
         };
         let p99 = |r: &RunResult| us(r.latency.value_at_quantile(0.99));
-        let (naive, no_coalesce) = (
+        let (naive, wal, no_coalesce) = (
             of(System::Naive, &RunResult::ops_per_s),
+            of(System::Wal, &RunResult::ops_per_s),
             of(System::NoCoalesce, &RunResult::ops_per_s),
         );
-        let (naive_p99, no_coalesce_p99) = (of(System::Naive, &p99), of(System::NoCoalesce, &p99));
+        let (naive_p99, wal_p99, no_coalesce_p99) = (
+            of(System::Naive, &p99),
+            of(System::Wal, &p99),
+            of(System::NoCoalesce, &p99),
+        );
         let runs = results
             .iter()
             .map(|r| {
@@ -459,8 +480,10 @@ impl Report {
                     bytes_per_op: per(r.bytes_written, r.ops).unwrap_or(0.0),
                     bytes_per_write: per(r.bytes_written, writes),
                     ratio_vs_naive: ratio(rate, naive),
+                    ratio_vs_wal: ratio(rate, wal),
                     ratio_vs_no_coalesce: ratio(rate, no_coalesce),
                     p99_ratio_vs_naive: ratio(p99(r), naive_p99),
+                    p99_ratio_vs_wal: ratio(p99(r), wal_p99),
                     p99_ratio_vs_no_coalesce: ratio(p99(r), no_coalesce_p99),
                     engine: r.engine.as_ref().map(|s| EngineJson {
                         submitted: s.submitted,
@@ -597,6 +620,7 @@ impl Report {
             "collapsed",
             "B/write",
             "vs naive",
+            "vs wal",
             "vs no-coal",
         ]);
         let rows: Vec<Vec<String>> = self
@@ -621,6 +645,7 @@ impl Report {
                     thousands(r.collapsed_reads),
                     r.bytes_per_write.map_or("-".into(), |x| format!("{x:.1}")),
                     r.ratio_vs_naive.map_or("-".into(), times),
+                    r.ratio_vs_wal.map_or("-".into(), times),
                     r.ratio_vs_no_coalesce.map_or("-".into(), times),
                 ]);
                 row
@@ -630,6 +655,18 @@ impl Report {
         out.push_str(&self.headline());
         if let Some(bound) = self.depth_one_bound() {
             out.push_str(&bound);
+        }
+        if self.runs.iter().any(|r| r.system == "wal") {
+            let _ = writeln!(
+                out,
+                "wal: leader/follower group commit; writers append under one mutex and the \
+                 first to wait writes and {} everything appended, while the others wait",
+                if w.durability == "sync" {
+                    "fdatasyncs"
+                } else {
+                    "(no sync) writes"
+                }
+            );
         }
         if self.runs.iter().any(|r| r.system == "naive") {
             let _ = writeln!(
@@ -749,20 +786,24 @@ impl Report {
         out
     }
 
-    /// One line per engine system: its throughput and p99 against each baseline that ran.
+    /// One line per system with baselines: its throughput and p99 against each that ran.
     fn headline(&self) -> String {
         let mut out = String::new();
-        for r in self.runs.iter().filter(|r| r.system != "naive") {
+        for r in &self.runs {
+            let Some(system) = System::named(r.system) else {
+                continue;
+            };
             let mut parts = Vec::new();
             for (name, rate, p99) in [
                 ("naive", r.ratio_vs_naive, r.p99_ratio_vs_naive),
+                ("wal", r.ratio_vs_wal, r.p99_ratio_vs_wal),
                 (
                     "no-coalesce",
                     r.ratio_vs_no_coalesce,
                     r.p99_ratio_vs_no_coalesce,
                 ),
             ] {
-                if name == r.system {
+                if !baselines_of(system).iter().any(|b| b.name() == name) {
                     continue;
                 }
                 if let (Some(rate), Some(p99)) = (rate, p99) {

@@ -78,6 +78,40 @@ where
     Ok((sampled?, elapsed(&spans), missed))
 }
 
+/// What a baseline's log counted over a run.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LogCounts {
+    pub writes: u64,
+    pub batches: u64,
+    pub syncs: u64,
+    pub bytes: u64,
+}
+
+/// Runs a baseline (a system without an engine): `writer` on the plan's threads as in
+/// [`drive`], then its result from what its log counted.
+pub fn run_baseline<F>(
+    system: System,
+    plan: &Plan,
+    hooks: &RunHooks,
+    progress: &Progress,
+    writer: F,
+    counts: impl FnOnce() -> LogCounts,
+) -> Result<RunResult, CliError>
+where
+    F: Fn(usize, &Mutex<Slot>, &Barrier) -> Result<Span, CliError> + Sync,
+{
+    let (mut sampled, elapsed, missed) = drive(plan, hooks, progress, None, writer)?;
+    let c = counts();
+    let timeline = std::mem::take(&mut sampled.timeline);
+    Ok(RunResult {
+        batches: c.batches,
+        syncs: c.syncs,
+        records_written: c.writes,
+        bytes_written: c.bytes,
+        ..RunResult::measured(system, sampled, timeline, elapsed, missed)
+    })
+}
+
 /// First start to last finish.
 fn elapsed(spans: &[Span]) -> Duration {
     let first = spans.iter().map(|s| s.start).min();

@@ -7,7 +7,7 @@
 //! unwritten extents cost a metadata write each), and written circularly: a benchmark needs
 //! the cost of appending, not the records.
 
-use super::engine::{drive, Span};
+use super::engine::{run_baseline, LogCounts, Span};
 use super::recorder::{Progress, Slot};
 use super::{fine_timer_slack, sleep_until, Plan, RunHooks, RunResult, System};
 use crate::error::{CliError, Context};
@@ -150,19 +150,23 @@ pub fn run(
 ) -> Result<RunResult, CliError> {
     let size = Config::default().segment_bytes;
     let log = Mutex::new(Log::create(dir, size, plan.durability == Durability::Sync)?);
-    let (mut sampled, elapsed, missed) = drive(plan, hooks, progress, None, |i, slot, barrier| {
-        writer(&log, Generator::new(&plan.spec, i), i, plan, slot, barrier)
-    })?;
-    let log = log.into_inner();
-    let timeline = std::mem::take(&mut sampled.timeline);
-    Ok(RunResult {
-        // Every write is its own batch.
-        batches: log.writes,
-        syncs: log.syncs,
-        records_written: log.writes,
-        bytes_written: log.bytes,
-        ..RunResult::measured(System::Naive, sampled, timeline, elapsed, missed)
-    })
+    run_baseline(
+        System::Naive,
+        plan,
+        hooks,
+        progress,
+        |i, slot, barrier| writer(&log, Generator::new(&plan.spec, i), i, plan, slot, barrier),
+        || {
+            let log = log.lock();
+            LogCounts {
+                writes: log.writes,
+                // Every write is its own batch.
+                batches: log.writes,
+                syncs: log.syncs,
+                bytes: log.bytes,
+            }
+        },
+    )
 }
 
 /// One writer, one request at a time: in a closed loop back to back, in an open loop at

@@ -15,7 +15,7 @@
 //!
 //! The file is preallocated with written zeros and written circularly, like `naive`'s.
 
-use super::engine::{drive, writer, Target};
+use super::engine::{run_baseline, writer, LogCounts, Target};
 use super::naive::{append_record, preallocate, update};
 use super::recorder::Progress;
 use super::{Plan, RunHooks, RunResult, System};
@@ -70,15 +70,6 @@ pub struct Wal {
 pub enum Pending {
     Write(u64),
     Answered,
-}
-
-/// What a run leaves in the counters.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Counts {
-    pub writes: u64,
-    pub batches: u64,
-    pub syncs: u64,
-    pub bytes: u64,
 }
 
 impl Wal {
@@ -180,9 +171,9 @@ impl Wal {
         self.done.notify_all();
     }
 
-    pub fn counts(&self) -> Counts {
+    pub fn counts(&self) -> LogCounts {
         let s = self.state.lock();
-        Counts {
+        LogCounts {
             writes: s.writes,
             batches: s.batches,
             syncs: s.syncs,
@@ -229,18 +220,14 @@ pub fn run(
 ) -> Result<RunResult, CliError> {
     let size = Config::default().segment_bytes;
     let wal = Wal::create(dir, size, plan.durability == Durability::Sync)?;
-    let (mut sampled, elapsed, missed) = drive(plan, hooks, progress, None, |i, slot, barrier| {
-        writer(&wal, Generator::new(&plan.spec, i), i, plan, slot, barrier)
-    })?;
-    let c = wal.counts();
-    let timeline = std::mem::take(&mut sampled.timeline);
-    Ok(RunResult {
-        batches: c.batches,
-        syncs: c.syncs,
-        records_written: c.writes,
-        bytes_written: c.bytes,
-        ..RunResult::measured(System::Wal, sampled, timeline, elapsed, missed)
-    })
+    run_baseline(
+        System::Wal,
+        plan,
+        hooks,
+        progress,
+        |i, slot, barrier| writer(&wal, Generator::new(&plan.spec, i), i, plan, slot, barrier),
+        || wal.counts(),
+    )
 }
 
 #[cfg(test)]

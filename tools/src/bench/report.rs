@@ -660,11 +660,11 @@ impl Report {
             let _ = writeln!(
                 out,
                 "wal: leader/follower group commit; writers append under one mutex and the \
-                 first to wait writes and {} everything appended, while the others wait",
+                 first to wait writes everything appended{}, while the others wait",
                 if w.durability == "sync" {
-                    "fdatasyncs"
+                    " and fdatasyncs it"
                 } else {
-                    "(no sync) writes"
+                    " (no sync)"
                 }
             );
         }

@@ -44,6 +44,12 @@
 //! # }
 //! ```
 //!
+//! Each open engine runs two threads, `mergelog-flusher` (windows, coalescing, log writes)
+//! and `mergelog-syncer` (syncs and completions), plus `mergelog-prep` while it prepares the
+//! next segment file. The names show in `top -H`, `perf` and `/proc` (where the kernel keeps
+//! their first 15 bytes), so their CPU can be told apart from the producers'; `mergelog
+//! bench` reports it that way.
+//!
 //! See `ARCHITECTURE.md` for the map of the code and `docs/FORMAT.md` for the on-disk format.
 
 #![deny(unsafe_op_in_unsafe_fn)]

@@ -152,6 +152,33 @@ fn check_runs(report: &Value) {
             }
         }
 
+        // CPU while the writers ran: the process's, and the engine threads' within it.
+        let cpu = &r["cpu"];
+        if cfg!(target_os = "linux") {
+            // In CPU seconds. A running thread's clock may lag by a scheduler tick (at most
+            // 10 ms), so a sample can carry up to a tick per CPU from before it.
+            let (cpus, wall) = (num(&report["machine"], "cpus"), num(cpu, "wall_s"));
+            let tick = 0.010;
+            let process = num(cpu, "process_cores") * wall;
+            assert!(wall > 0.0, "{system}: cpu {cpu}");
+            assert!(
+                process > 0.0 && process <= cpus * (wall + tick),
+                "{system}: {process} s of CPU in {wall} s on {cpus} cpus"
+            );
+            let engine = system == "mergelog" || system == "no-coalesce";
+            for t in ["flusher_cores", "syncer_cores"] {
+                assert_eq!(cpu[t].is_null(), !engine, "{system}: cpu.{t} {cpu}");
+            }
+            if engine {
+                let flusher = num(cpu, "flusher_cores") * wall;
+                let threads = flusher + num(cpu, "syncer_cores") * wall;
+                assert!(
+                    flusher > 0.0 && threads <= process + cpus * tick,
+                    "{system}: engine threads {threads} s of the process's {process} s"
+                );
+            }
+        }
+
         // The timeline covers every completed op.
         let timeline = r["timeline"].as_array().expect("timeline is an array");
         assert!(!timeline.is_empty(), "{system}: empty timeline");
@@ -413,6 +440,8 @@ fn short_bench_reports_every_system_consistently() {
         "vs wal",
         "mergelog: ",
         "the throughput of wal",
+        "cpu (busy on average while the writers ran, of ",
+        "(flusher ",
     ] {
         assert!(stdout.contains(name), "table lacks {name}:\n{stdout}");
     }
@@ -898,6 +927,13 @@ fn profile_prints_every_stage_and_the_counters() {
         assert!(
             stdout.contains(needle),
             "profile output lacks {needle}:\n{stdout}"
+        );
+    }
+    if cfg!(target_os = "linux") {
+        assert!(
+            stdout.contains("busy on average while the writers ran")
+                && stdout.contains("(flusher "),
+            "profile output lacks the cpu line:\n{stdout}"
         );
     }
     let report = read_json(&json_path);

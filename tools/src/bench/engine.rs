@@ -2,6 +2,7 @@
 //! or an open loop. The writer loop serves every system that keeps requests outstanding
 //! (the engine's and `wal`'s) through [`Target`].
 
+use super::cpu::CpuSample;
 use super::recorder::{add_stage_tail, sample, Progress, Recorder, SampleOptions, Sampled, Slot};
 use super::{fine_timer_slack, sleep_until, Plan, RunHooks, RunResult, System};
 use crate::error::{CliError, Context};
@@ -100,7 +101,9 @@ pub fn run_baseline<F>(
 where
     F: Fn(usize, &Mutex<Slot>, &Barrier) -> Result<Span, CliError> + Sync,
 {
+    let cpu_start = CpuSample::now();
     let (mut sampled, elapsed, missed) = drive(plan, hooks, progress, None, writer)?;
+    let cpu = cpu_start.and_then(|s| Some(s.until(&CpuSample::now()?)));
     let c = counts();
     let timeline = std::mem::take(&mut sampled.timeline);
     Ok(RunResult {
@@ -108,6 +111,7 @@ where
         syncs: c.syncs,
         records_written: c.writes,
         bytes_written: c.bytes,
+        cpu,
         ..RunResult::measured(system, sampled, timeline, elapsed, missed)
     })
 }
@@ -139,6 +143,7 @@ pub fn run(
     let engine =
         Engine::open(dir, config).context(|| format!("open the engine in {}", dir.display()))?;
     let stages = || engine.stats().stages;
+    let cpu_start = CpuSample::now();
     let driven = drive(plan, hooks, progress, Some(&stages), |i, slot, barrier| {
         writer(
             &EngineTarget(&engine),
@@ -149,6 +154,8 @@ pub fn run(
             barrier,
         )
     });
+    // The engine threads' clocks go with them: read before closing.
+    let cpu = cpu_start.and_then(|s| Some(s.until(&CpuSample::now()?)));
     // Close before looking at the writers' results: an error there should not leave the
     // flusher running.
     let closed = engine.close();
@@ -168,6 +175,7 @@ pub fn run(
         records_written: stats.records_written,
         bytes_written: stats.bytes_written,
         engine: Some(stats),
+        cpu,
         ..RunResult::measured(system, sampled, timeline, elapsed, missed)
     })
 }

@@ -21,6 +21,7 @@
 //! `mergelog profile` runs the same machinery on one engine system and prints the engine's
 //! per-stage histograms instead of the comparison.
 
+mod cpu;
 mod engine;
 mod hlog;
 mod naive;
@@ -614,6 +615,8 @@ pub struct RunResult {
     /// The engine's final statistics (engine systems only); over the rounds, the counters
     /// and stage histograms summed.
     pub engine: Option<Stats>,
+    /// CPU used while the writers ran (summed over the rounds); `None` where unreadable.
+    pub cpu: Option<cpu::CpuUse>,
 }
 
 /// One run of a system: what `--rounds` keeps of each besides the merged totals.
@@ -671,6 +674,7 @@ impl RunResult {
             records_written: 0,
             bytes_written: 0,
             engine: None,
+            cpu: None,
         }
     }
 
@@ -726,6 +730,7 @@ impl RunResult {
             records_written,
             bytes_written,
             engine,
+            cpu,
         } = other;
         debug_assert_eq!(system, self.system);
         self.ops += ops;
@@ -747,6 +752,10 @@ impl RunResult {
         self.bytes_written += bytes_written;
         match (&mut self.engine, engine) {
             (Some(mine), Some(theirs)) => add_stats(mine, theirs)?,
+            (mine, theirs) => *mine = theirs.or(mine.take()),
+        }
+        match (&mut self.cpu, cpu) {
+            (Some(mine), Some(theirs)) => *mine += theirs,
             (mine, theirs) => *mine = theirs.or(mine.take()),
         }
         Ok(())

@@ -2,6 +2,7 @@
 //! schema is documented in the README ("JSON report"); bump `SCHEMA_VERSION` when a field
 //! changes meaning or goes away (adding fields does not).
 
+use super::cpu::CpuUse;
 use super::{Machine, Plan, RunResult, Session, System, WorkloadArgs};
 use hdrhistogram::Histogram;
 use mergelog::Durability;
@@ -267,6 +268,37 @@ struct EngineJson {
     sync_time: SyncTimeJson,
 }
 
+/// Cores busy on average while the writers ran (CPU time over wall time).
+#[derive(Serialize)]
+struct CpuJson {
+    wall_s: f64,
+    /// The whole process: the writers, the harness and, for the engine, its threads.
+    process_cores: f64,
+    /// The engine's flusher and syncer threads; null for the baselines.
+    flusher_cores: Option<f64>,
+    syncer_cores: Option<f64>,
+}
+
+impl CpuJson {
+    fn of(c: &CpuUse) -> CpuJson {
+        CpuJson {
+            wall_s: c.wall.as_secs_f64(),
+            process_cores: c.cores(c.process),
+            flusher_cores: c.flusher.map(|d| c.cores(d)),
+            syncer_cores: c.syncer.map(|d| c.cores(d)),
+        }
+    }
+
+    /// `1.12 cores (flusher 0.47, syncer 0.20)`.
+    fn text(&self) -> String {
+        let mut out = format!("{:.2} cores", self.process_cores);
+        if let (Some(f), Some(s)) = (self.flusher_cores, self.syncer_cores) {
+            let _ = write!(out, " (flusher {f:.2}, syncer {s:.2})");
+        }
+        out
+    }
+}
+
 #[derive(Serialize)]
 struct SyncTimeJson {
     busy_ms: f64,
@@ -334,6 +366,8 @@ struct Run {
     /// The engine's per-stage latencies (engine systems only).
     #[serde(skip_serializing_if = "Option::is_none")]
     stages: Option<Vec<Stage>>,
+    /// CPU used while the writers ran; null where it cannot be read (not Linux).
+    cpu: Option<CpuJson>,
     /// Throughput and latency per sampling interval.
     timeline: Vec<Point>,
     /// Each run of the system, in round order (one without --rounds).
@@ -503,6 +537,7 @@ impl Report {
                             nothing_ready_ms: s.sync_time.nothing_ready_ns as f64 / 1e6,
                         },
                     }),
+                    cpu: r.cpu.as_ref().map(CpuJson::of),
                     stages: r.engine.as_ref().map(|s| {
                         s.stages
                             .stages()
@@ -691,6 +726,19 @@ impl Report {
                 thousands(r.missed)
             );
         }
+        let cpu: Vec<String> = self
+            .runs
+            .iter()
+            .filter_map(|r| Some(format!("{} {}", r.system, r.cpu.as_ref()?.text())))
+            .collect();
+        if !cpu.is_empty() {
+            let _ = writeln!(
+                out,
+                "cpu (busy on average while the writers ran, of {}): {}",
+                self.machine.cpus,
+                cpu.join("; ")
+            );
+        }
         out.push_str(if open {
             "latency: from each request's scheduled send time to completion (coordinated \
              omission corrected); raw: from its actual submission\n"
@@ -836,6 +884,13 @@ impl Report {
                 thousands(run.deletes),
                 thousands(run.gets),
             );
+            if let Some(cpu) = &run.cpu {
+                let _ = writeln!(
+                    out,
+                    "cpu: {} busy on average while the writers ran",
+                    cpu.text()
+                );
+            }
             let mut rows = vec![stage_row("client", &result.latency)];
             if self.open_loop() {
                 rows.push(stage_row("client_raw", &result.latency_raw));

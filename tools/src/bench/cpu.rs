@@ -76,6 +76,15 @@ impl CpuSample {
     }
 }
 
+/// Runs `f` and returns what it returned with the CPU used meanwhile (`None` where the
+/// clocks cannot be read).
+pub fn during<T>(f: impl FnOnce() -> T) -> (T, Option<CpuUse>) {
+    let start = CpuSample::now();
+    let out = f();
+    let used = start.and_then(|s| Some(s.until(&CpuSample::now()?)));
+    (out, used)
+}
+
 /// User + system time of the whole process.
 fn process_cpu() -> Option<Duration> {
     // SAFETY: `rusage` is plain data, for which all zeroes is a valid value; `getrusage`

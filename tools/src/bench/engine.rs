@@ -2,7 +2,7 @@
 //! or an open loop. The writer loop serves every system that keeps requests outstanding
 //! (the engine's and `wal`'s) through [`Target`].
 
-use super::cpu::CpuSample;
+use super::cpu;
 use super::recorder::{add_stage_tail, sample, Progress, Recorder, SampleOptions, Sampled, Slot};
 use super::{fine_timer_slack, sleep_until, Plan, RunHooks, RunResult, System};
 use crate::error::{CliError, Context};
@@ -101,9 +101,8 @@ pub fn run_baseline<F>(
 where
     F: Fn(usize, &Mutex<Slot>, &Barrier) -> Result<Span, CliError> + Sync,
 {
-    let cpu_start = CpuSample::now();
-    let (mut sampled, elapsed, missed) = drive(plan, hooks, progress, None, writer)?;
-    let cpu = cpu_start.and_then(|s| Some(s.until(&CpuSample::now()?)));
+    let (driven, cpu) = cpu::during(|| drive(plan, hooks, progress, None, writer));
+    let (mut sampled, elapsed, missed) = driven?;
     let c = counts();
     let timeline = std::mem::take(&mut sampled.timeline);
     Ok(RunResult {
@@ -143,19 +142,19 @@ pub fn run(
     let engine =
         Engine::open(dir, config).context(|| format!("open the engine in {}", dir.display()))?;
     let stages = || engine.stats().stages;
-    let cpu_start = CpuSample::now();
-    let driven = drive(plan, hooks, progress, Some(&stages), |i, slot, barrier| {
-        writer(
-            &EngineTarget(&engine),
-            Generator::new(&plan.spec, i),
-            i,
-            plan,
-            slot,
-            barrier,
-        )
+    // Measured before the engine closes: its threads' clocks go with them.
+    let (driven, cpu) = cpu::during(|| {
+        drive(plan, hooks, progress, Some(&stages), |i, slot, barrier| {
+            writer(
+                &EngineTarget(&engine),
+                Generator::new(&plan.spec, i),
+                i,
+                plan,
+                slot,
+                barrier,
+            )
+        })
     });
-    // The engine threads' clocks go with them: read before closing.
-    let cpu = cpu_start.and_then(|s| Some(s.until(&CpuSample::now()?)));
     // Close before looking at the writers' results: an error there should not leave the
     // flusher running.
     let closed = engine.close();
@@ -218,7 +217,7 @@ impl Target for EngineTarget<'_> {
 }
 
 /// An engine request in flight.
-pub enum Pending {
+enum Pending {
     Write(Ticket),
     Read(GetTicket),
 }

@@ -131,7 +131,7 @@ impl Wal {
     fn lead(&self, s: &mut MutexGuard<'_, Shared>) {
         s.leading = true;
         let spare = std::mem::take(&mut s.spare);
-        let batch = std::mem::replace(&mut s.buf, spare);
+        let mut batch = std::mem::replace(&mut s.buf, spare);
         let upto = s.appended;
         let len = batch.len() as u64;
         let off = if s.off + len > self.size { 0 } else { s.off };
@@ -164,7 +164,6 @@ impl Wal {
             // Never acknowledged, never retried: the records stay undurable.
             Err(e) => s.failed = Some(e),
         }
-        let mut batch = batch;
         batch.clear();
         s.spare = batch;
         s.leading = false;

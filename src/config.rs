@@ -75,6 +75,9 @@ pub enum RecoveryMode {
     AbsoluteConsistency,
 }
 
+/// The most retired segments `Config::recycle_segments` may keep.
+pub const RECYCLE_SEGMENTS_MAX: usize = 64;
+
 /// Engine configuration. `Config::default()` is a sound production setting.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -105,6 +108,13 @@ pub struct Config {
     pub backpressure: Backpressure,
     /// What opening does with damage.
     pub recovery: RecoveryMode,
+    /// How many segments `Engine::retire_before` keeps for reuse instead of deleting them
+    /// (at most 64). A reused segment needs no zeros written before it can take frames: a
+    /// log that retires its history then writes each byte once instead of twice. Default 0:
+    /// a reused file's bytes change, so a reader in another process that still maps a
+    /// retired segment (a `LogReader` opened before the retirement) would see them change;
+    /// in this process the engine reuses a file only once nothing maps it.
+    pub recycle_segments: usize,
 }
 
 impl Default for Config {
@@ -123,6 +133,7 @@ impl Default for Config {
             write_path: WritePath::default(),
             backpressure: Backpressure::default(),
             recovery: RecoveryMode::default(),
+            recycle_segments: 0,
         }
     }
 }
@@ -178,6 +189,12 @@ impl Config {
             return bad(format!(
                 "segment_bytes = {} cannot hold one full batch (batch_bytes_max = {} needs {} bytes); raise segment_bytes or lower batch_bytes_max",
                 self.segment_bytes, self.batch_bytes_max, frame_max
+            ));
+        }
+        if self.recycle_segments > RECYCLE_SEGMENTS_MAX {
+            return bad(format!(
+                "recycle_segments = {} exceeds {RECYCLE_SEGMENTS_MAX}",
+                self.recycle_segments
             ));
         }
         if self.window_age_max.is_zero() || self.window_age_max > Duration::from_secs(10) {

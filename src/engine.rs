@@ -6,9 +6,10 @@ use crate::config::{Backpressure, Config, Durability, WindowPolicy};
 use crate::error::{Error, Result};
 use crate::index::{Index, Loc, ValueRef};
 use crate::log::format::{record_len, RecordOp, FLAG_SORTED, FRAME_HEADER_LEN, RECORD_HEADER_LEN};
-use crate::log::io::SharedIo;
+use crate::log::io::{guarded, IoOp, SharedIo};
 use crate::log::recovery::{scan, Access, Damage};
-use crate::log::{adopt_prepared, Log, Segments, WrittenFrame};
+use crate::log::segment::{rename, sync_dir, Segment};
+use crate::log::{adopt_prepared, Log, Pool, SegmentList, Segments, Spares, WrittenFrame};
 use crate::reader::{Follower, LogReader};
 use crate::ring::{self, Consumer, PushError, Ring};
 use crate::stats::{record, Counters, Counts, Stats};
@@ -137,8 +138,41 @@ pub struct OpenReport {
     pub elapsed: Duration,
 }
 
+/// One segment file of the log ([`Engine::segments`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// Sequence number of its first batch (also its file name).
+    pub first_seq: u64,
+    /// The file.
+    pub path: PathBuf,
+    /// Its size in bytes (preallocated: the whole file, written or not).
+    pub bytes: u64,
+}
+
+/// What [`Engine::retire_before`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Retired {
+    /// Segment files removed.
+    pub segments: usize,
+    /// Their total size in bytes.
+    pub bytes: u64,
+    /// Live keys forgotten: keys whose newest record was in a removed segment.
+    pub keys_forgotten: usize,
+    /// Sequence number of the first batch the log now holds.
+    pub first_seq: u64,
+    /// Of the removed segments, how many were kept for reuse (`Config::recycle_segments`)
+    /// rather than deleted.
+    pub recycled: usize,
+}
+
 struct Inner {
     dir: PathBuf,
+    /// The file hooks (fault injection in tests).
+    io: SharedIo,
+    /// Serializes `retire_before` calls.
+    retire_lock: Mutex<()>,
+    /// Retired segments kept for reuse.
+    pool: Arc<Pool>,
     config: Config,
     ring: Arc<Ring>,
     completion: Arc<Completion>,
@@ -250,6 +284,12 @@ impl Engine {
             .map_err(|e| Error::io("create directory", &dir, e))?;
         let lock = lock_dir(&dir)?;
         let (mut prepared, prep_counter) = adopt_prepared(&io, &dir, config.segment_bytes)?;
+        let pool = Arc::new(Pool::adopt(
+            &io,
+            &dir,
+            config.segment_bytes,
+            config.recycle_segments,
+        )?);
 
         let index = Index::default();
         let mut report = OpenReport::default();
@@ -295,14 +335,18 @@ impl Engine {
             )?));
             write_off = crate::log::format::SEGMENT_HEADER_LEN as u64;
         }
-        let segments: Segments = Arc::new(RwLock::new(segs));
+        let segments: Segments = Arc::new(RwLock::new(SegmentList::new(segs)));
         let log = Log::new(
             &dir,
             segments.clone(),
             write_off,
             scanned.next_seq,
             &config,
-            (prepared, prep_counter),
+            Spares {
+                prepared,
+                prep_counter,
+                pool: pool.clone(),
+            },
             &io,
         );
 
@@ -311,6 +355,9 @@ impl Engine {
         let (request_len_max, request_limit_name) = config.request_len_max(ring.max_payload());
         let inner = Arc::new(Inner {
             dir: dir.clone(),
+            io: io.clone(),
+            retire_lock: Mutex::new(()),
+            pool,
             completion: Arc::new(Completion::new(ring.head())),
             ring,
             index,
@@ -548,7 +595,7 @@ impl Engine {
     pub fn for_each(&self, mut f: impl FnMut(&[u8], &[u8])) {
         let segs = self.inner.segments.read();
         self.inner.index.for_each(|k, loc| {
-            if let Some(seg) = segs.get(loc.seg as usize) {
+            if let Some(seg) = segs.get(loc.seg) {
                 f(k, seg.bytes(loc.off, loc.len as usize));
             }
         });
@@ -557,16 +604,125 @@ impl Engine {
     /// A follower that yields every batch from sequence `from` on (1 = the start of the
     /// log), each once it is durable, waiting for new ones as they land.
     pub fn follow(&self, from: u64) -> Follower {
-        Follower::new(
+        Follower::of_engine(
             self.inner.dir.clone(),
+            self.inner.segments.clone(),
             from.max(1),
-            Some(self.inner.durable_seq.clone()),
+            self.inner.durable_seq.clone(),
         )
     }
 
-    /// A read-only view of the log as of now, for replay in log order.
+    /// A read-only view of the durable log as of now, for replay in log order. It reads
+    /// through the engine's own mappings (no scan of the directory), and while it lives the
+    /// engine does not reuse its segment files.
     pub fn replay(&self) -> Result<LogReader> {
-        LogReader::open(&self.inner.dir)
+        let segs = self.inner.segments.read().iter().cloned().collect();
+        Ok(LogReader::of_engine(&self.inner.dir, segs))
+    }
+
+    /// The log's segment files in order, the last one being written: for a caller that
+    /// decides what to retire (`retire_before(segments[i].first_seq)` removes the ones
+    /// before `i`).
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.inner
+            .segments
+            .read()
+            .iter()
+            .map(|s| SegmentInfo {
+                first_seq: s.id,
+                path: s.path.clone(),
+                bytes: s.size,
+            })
+            .collect()
+    }
+
+    /// Retires the log's history before batch `seq`: removes every segment file all of whose
+    /// batches have a sequence number below `seq` (whole segments only, and never the one
+    /// being written), for a caller that has saved what it needs of them elsewhere (a
+    /// snapshot, a checkpoint of the state built from the log). Without it the log grows
+    /// forever.
+    ///
+    /// The engine then holds what reopening the directory would give: keys whose newest
+    /// record was in a removed segment are forgotten (`get`, `read`, `len` and `for_each` no
+    /// longer see them), and `replay` and followers start at [`Retired::first_seq`] (a
+    /// follower asking for an earlier batch gets [`Error::Retired`]). Values already read
+    /// (a [`ValueRef`]) stay valid. Writes are not paused.
+    ///
+    /// Files are removed oldest first, each followed by a sync of the directory, so after
+    /// a crash the log is always a suffix of itself. On an error some of the segments may
+    /// have been removed (the engine forgets exactly those); calling again retries the rest.
+    pub fn retire_before(&self, seq: u64) -> Result<Retired> {
+        let inner = &*self.inner;
+        if let Some(e) = inner.completion.failure() {
+            return Err(failed(e));
+        }
+        if inner.ring.is_closed() {
+            return Err(Error::Closed);
+        }
+        let _one_at_a_time = inner.retire_lock.lock();
+        // Segment i holds batches [id_i, id_{i+1}): it can go once id_{i+1} <= seq. Every
+        // segment but the last is complete and durable (a roll drains the pipeline first).
+        let candidates: Vec<Arc<Segment>> = {
+            let segs = inner.segments.read();
+            let list: Vec<&Arc<Segment>> = segs.iter().collect();
+            list.windows(2)
+                .take_while(|w| w[1].id <= seq)
+                .map(|w| w[0].clone())
+                .collect()
+        };
+        let mut removed = 0;
+        let mut pooled = Vec::new();
+        let mut result = Ok(());
+        // Only retirement adds to the pool, one call at a time, so its room only grows
+        // meanwhile (the log takes files out).
+        let mut room = inner.pool.room();
+        for seg in &candidates {
+            // Kept for reuse if the pool has room and the file has the size segments are
+            // made with now; removed otherwise. Either way its `.seg` name goes.
+            let to = (room > 0 && seg.size == inner.config.segment_bytes).then(|| {
+                room -= 1;
+                inner.pool.next_path()
+            });
+            let r = match &to {
+                Some(to) => rename(&*inner.io, &seg.path, to)
+                    .map_err(|e| Error::io("move retired segment to the pool", &seg.path, e)),
+                None => guarded(&*inner.io, IoOp::Remove, &seg.path, 0, &[], || {
+                    std::fs::remove_file(&seg.path)
+                })
+                .map_err(|e| Error::io("remove retired segment", &seg.path, e)),
+            }
+            .and_then(|()| {
+                removed += 1;
+                pooled.push(to);
+                sync_dir(&*inner.io, &inner.dir)
+            });
+            if let Err(e) = r {
+                result = Err(e);
+                break;
+            }
+        }
+        // Forget what was removed: first from the list (new lookups miss it), then from the
+        // index. `gone` keeps the mappings alive until the index no longer points into them.
+        let gone = inner.segments.write().retire_front(removed);
+        debug_assert!(gone.iter().zip(&candidates).all(|(a, b)| Arc::ptr_eq(a, b)));
+        let first = inner.segments.read().base();
+        let keys_forgotten = inner.index.forget_below(first);
+        let first_seq = inner.segments.read().iter().next().map_or(1, |s| s.id);
+        // The pooled files go with the engine's mappings of them: a file is reused only
+        // once nothing else holds its mapping (see `Pool::take`).
+        let recycled = pooled.iter().flatten().count();
+        for (seg, to) in gone.into_iter().zip(pooled) {
+            if let Some(path) = to {
+                inner.pool.put(path, seg);
+            }
+        }
+        result.map(|()| Retired {
+            segments: removed,
+            bytes: candidates[..removed].iter().map(|s| s.size).sum(),
+            keys_forgotten,
+            first_seq,
+            recycled,
+        })
     }
 
     /// A snapshot of counters and per-stage histograms (about 2 MB of histograms copied

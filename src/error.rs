@@ -73,6 +73,13 @@ pub enum Error {
     },
     /// `Ticket::wait_timeout` ran out before the request was durable.
     Timeout,
+    /// A follower asked for a batch that `Engine::retire_before` has removed from the log.
+    Retired {
+        /// The batch asked for.
+        seq: u64,
+        /// The first batch the log still holds.
+        first: u64,
+    },
 }
 
 impl Error {
@@ -129,6 +136,10 @@ impl fmt::Display for Error {
                 path.display()
             ),
             Error::Timeout => write!(f, "timed out waiting for the request to become durable"),
+            Error::Retired { seq, first } => write!(
+                f,
+                "batch {seq} was retired: the log now starts at batch {first}; restore from the snapshot the retirement was taken after, then follow from {first}"
+            ),
         }
     }
 }

@@ -216,6 +216,19 @@ impl Index {
         unsafe { apply_updates(&mut map, updates) }
     }
 
+    /// Forgets every key whose newest record lies in a segment numbered below `first` (the
+    /// segments `Engine::retire_before` removed), after applying the queued updates: the
+    /// index is then what replaying the remaining segments would build. Returns how many
+    /// keys it forgot. The removed segments must stay mapped until this returns (a forgotten
+    /// slot's key may point into them).
+    pub fn forget_below(&self, first: u32) -> usize {
+        let mut map = self.map.write();
+        self.apply_queued(&mut map);
+        let before = map.table.len();
+        map.table.retain(|s| s.loc.seg >= first);
+        before - map.table.len()
+    }
+
     /// Visits every live key with its location (unordered).
     pub fn for_each(&self, mut f: impl FnMut(&[u8], Loc)) {
         for s in self.read().table.iter() {
@@ -228,8 +241,10 @@ impl Index {
 ///
 /// # Safety
 /// Every key slice must lie in the published bytes of a segment mapping that stays mapped
-/// for as long as the index exists: the index keeps pointing at them. (The engine keeps
-/// every segment it ever mapped, and declares the index before them so it drops first.)
+/// for as long as the index points at it: the segment its `loc` names (or a mapping of the
+/// same file that recovery replaced, which the engine keeps). The engine keeps every
+/// segment it mapped until [`Index::forget_below`] has removed the keys that point into it,
+/// and declares the index before them so it drops first.
 unsafe fn apply_updates<'a>(map: &mut Map, updates: impl Iterator<Item = (&'a [u8], Option<Loc>)>) {
     for (key, loc) in updates {
         let h = map.hash(key);
@@ -273,7 +288,7 @@ pub struct ValueRef {
 
 impl ValueRef {
     pub(crate) fn resolve(segments: &Segments, loc: Loc) -> Option<ValueRef> {
-        let seg = segments.read().get(loc.seg as usize)?.clone();
+        let seg = segments.read().get(loc.seg)?.clone();
         let v = ValueRef {
             seg,
             off: loc.off,

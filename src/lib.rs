@@ -32,6 +32,12 @@
 //! // A durable read goes straight to the index, zero-copy from the log's mapping.
 //! assert_eq!(engine.read(b"kiwi")?.as_deref(), Some(&b"brown"[..]));
 //!
+//! // Replay the history in order; once a snapshot holds it, retire it (whole segments).
+//! let batches = engine.replay()?.batches().count();
+//! assert!(batches >= 1);
+//! let retired = engine.retire_before(engine.replay()?.next_seq())?;
+//! assert_eq!(retired.segments, 0); // everything is still in the segment being written
+//!
 //! let stats = engine.stats(); // counters and per-stage latency histograms
 //! assert!(stats.syncs >= 1);
 //! assert_eq!(engine.counts().syncs, stats.syncs); // counters alone: cheap to poll
@@ -83,7 +89,7 @@ mod ticket;
 #[cfg(not(loom))]
 pub use config::{Backpressure, Config, Durability, RecoveryMode, WindowPolicy, WritePath};
 #[cfg(not(loom))]
-pub use engine::{Engine, OpenReport, WriteBatch};
+pub use engine::{Engine, OpenReport, Retired, SegmentInfo, WriteBatch};
 #[cfg(not(loom))]
 pub use error::{Error, Result};
 #[cfg(not(loom))]

@@ -11,8 +11,9 @@ use crate::error::{Error, Result};
 use crate::log::format::segment_file_name;
 use crate::log::format::{decode_frame, Decoded, Frame, Record, RecordOp, SEGMENT_HEADER_LEN};
 use crate::log::io;
-use crate::log::recovery::{scan, Access, Damage};
+use crate::log::recovery::{scan_retrying, Damage};
 use crate::log::segment::Segment;
+use crate::log::Segments;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -133,7 +134,7 @@ impl LogReader {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
             ));
         }
-        let scanned = scan(&dir, mode, Access::Reader, &io::real(), |_, _, _| Ok(()))?;
+        let scanned = scan_retrying(&dir, mode, &io::real())?;
         if mode == RecoveryMode::AbsoluteConsistency {
             if let Some(d) = scanned.damage {
                 return Err(Error::Corrupt {
@@ -150,6 +151,28 @@ impl LogReader {
             end_offset: scanned.write_off,
             damage: scanned.damage,
         })
+    }
+
+    /// A view of an open engine's log through the engine's own mappings (its published, so
+    /// durable, frames), without scanning the directory again. Holding the mappings keeps
+    /// the engine from reusing the files while this view lives.
+    pub(crate) fn of_engine(dir: &Path, segments: Vec<Arc<Segment>>) -> LogReader {
+        let last = segments.last();
+        let mut next_seq = last.map_or(1, |s| s.id);
+        let mut end_offset = SEGMENT_HEADER_LEN as u64;
+        if let Some(seg) = last {
+            for b in SegmentFrames::new(seg, seg.published()) {
+                next_seq = b.seq() + 1;
+                end_offset = b.frame.end_offset();
+            }
+        }
+        LogReader {
+            dir: dir.to_owned(),
+            segments,
+            next_seq,
+            end_offset,
+            damage: None,
+        }
     }
 
     /// The directory.
@@ -173,6 +196,12 @@ impl LogReader {
             .iter()
             .map(|s| (s.path.clone(), s.size))
             .collect()
+    }
+
+    /// Sequence number of the first batch the log holds: 1, unless `Engine::retire_before`
+    /// removed the segments before it (then `batches_from` an earlier sequence starts here).
+    pub fn first_seq(&self) -> u64 {
+        self.segments.first().map_or(self.next_seq, |s| s.id)
     }
 
     /// Sequence number of the first batch after the valid log.
@@ -199,9 +228,20 @@ impl LogReader {
             .iter()
             .rposition(|s| s.id <= from)
             .unwrap_or(0);
+        // The last segment may be an engine's active one, still growing: the view ends where
+        // it ended when it was made.
+        let last = self.segments.len().saturating_sub(1);
         self.segments[first..]
             .iter()
-            .flat_map(SegmentFrames::new)
+            .enumerate()
+            .flat_map(move |(i, seg)| {
+                let limit = if first + i == last {
+                    self.end_offset
+                } else {
+                    seg.published()
+                };
+                SegmentFrames::new(seg, limit)
+            })
             .filter(move |b| b.seq() >= from)
     }
 
@@ -212,17 +252,19 @@ impl LogReader {
     }
 }
 
-/// The valid frames of one segment, up to its published end.
+/// The valid frames of one segment, up to `limit` (at most its published end).
 struct SegmentFrames<'a> {
     seg: &'a Segment,
     off: u64,
+    limit: u64,
 }
 
 impl<'a> SegmentFrames<'a> {
-    fn new(seg: &'a Arc<Segment>) -> Self {
+    fn new(seg: &'a Arc<Segment>, limit: u64) -> Self {
         SegmentFrames {
             seg,
             off: SEGMENT_HEADER_LEN as u64,
+            limit,
         }
     }
 }
@@ -231,6 +273,7 @@ impl<'a> Iterator for SegmentFrames<'a> {
     type Item = Batch<'a>;
     fn next(&mut self) -> Option<Batch<'a>> {
         let bytes = self.seg.published_bytes();
+        let bytes = &bytes[..bytes.len().min(self.limit as usize)];
         match decode_frame(bytes, self.off as usize) {
             Ok(Decoded::Frame(frame)) => {
                 self.off = frame.end_offset();
@@ -251,6 +294,9 @@ impl<'a> Iterator for SegmentFrames<'a> {
 /// `Engine::follow` (same process; a batch is yielded only once it is durable).
 pub struct Follower {
     dir: PathBuf,
+    /// In-process: the engine's segment list, read instead of the directory (so the
+    /// follower holds the engine's own mappings, and a segment it reads is never reused).
+    segments: Option<Segments>,
     next_seq: u64,
     current: Option<(Arc<Segment>, u64)>,
     /// In-process gate: the engine's last durable batch sequence.
@@ -271,6 +317,7 @@ impl Follower {
     pub(crate) fn new(dir: PathBuf, from: u64, durable_seq: Option<Arc<AtomicU64>>) -> Follower {
         Follower {
             dir,
+            segments: None,
             next_seq: from,
             current: None,
             durable_seq,
@@ -283,14 +330,41 @@ impl Follower {
         self.next_seq
     }
 
+    /// A follower of an open engine's log: its segments come from the engine's list.
+    pub(crate) fn of_engine(
+        dir: PathBuf,
+        segments: Segments,
+        from: u64,
+        durable_seq: Arc<AtomicU64>,
+    ) -> Follower {
+        Follower {
+            segments: Some(segments),
+            ..Follower::new(dir, from, Some(durable_seq))
+        }
+    }
+
+    /// The segment holding `next_seq`: the one with the greatest id not above it.
+    fn find_segment(&self) -> Result<Option<Arc<Segment>>> {
+        let Some(segments) = &self.segments else {
+            return self.find_in_dir();
+        };
+        let segs = segments.read();
+        let found = segs.iter().rev().find(|s| s.id <= self.next_seq).cloned();
+        match (found, segs.iter().next()) {
+            // The batch was in a segment that `Engine::retire_before` removed.
+            (None, Some(first)) => Err(Error::Retired {
+                seq: self.next_seq,
+                first: first.id,
+            }),
+            (found, _) => Ok(found),
+        }
+    }
+
     /// Finds the segment holding `next_seq` and the frame offset to start from.
     fn locate(&mut self) -> Result<bool> {
-        let files = crate::log::recovery::list_segments(&self.dir)?;
-        let Some(idx) = files.iter().rposition(|(id, _)| *id <= self.next_seq) else {
+        let Some(seg) = self.find_segment()? else {
             return Ok(false);
         };
-        let (id, path) = &files[idx];
-        let seg = Arc::new(Segment::open(path, *id, false, &io::real())?);
         let mut off = SEGMENT_HEADER_LEN as u64;
         // Walk to the frame with `next_seq`.
         loop {
@@ -301,6 +375,30 @@ impl Follower {
         }
         self.current = Some((seg, off));
         Ok(true)
+    }
+
+    /// As `find_segment`, from the directory (a follower in another process).
+    fn find_in_dir(&self) -> Result<Option<Arc<Segment>>> {
+        let files = crate::log::recovery::list_segments(&self.dir)?;
+        let Some(idx) = files.iter().rposition(|(id, _)| *id <= self.next_seq) else {
+            return match files.first() {
+                // The batch was in a segment that `Engine::retire_before` removed.
+                Some(&(first, _)) => Err(Error::Retired {
+                    seq: self.next_seq,
+                    first,
+                }),
+                None => Ok(None),
+            };
+        };
+        let (id, path) = &files[idx];
+        match Segment::open(path, *id, false, &io::real()) {
+            Ok(seg) => Ok(Some(Arc::new(seg))),
+            // Retired between the listing and the open: list again.
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                self.find_in_dir()
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The next batch if it has landed, without waiting.
@@ -328,8 +426,22 @@ impl Follower {
             }
             _ => {
                 // Not here (yet): the batch may be in a newer segment after a roll.
-                let next_name = self.dir.join(segment_file_name(self.next_seq));
-                if next_name.exists() && seg.id != self.next_seq {
+                // Or this segment was retired under the follower, and the next one may have
+                // been too: finding the segment again says which.
+                let (rolled, retired) = match &self.segments {
+                    Some(segs) => {
+                        let segs = segs.read();
+                        (
+                            segs.iter().any(|s| s.id == self.next_seq),
+                            segs.iter().next().is_some_and(|first| first.id > seg.id),
+                        )
+                    }
+                    None => (
+                        self.dir.join(segment_file_name(self.next_seq)).exists(),
+                        !seg.path.exists(),
+                    ),
+                };
+                if (rolled && seg.id != self.next_seq) || retired {
                     self.current = None;
                     return self.try_next();
                 }

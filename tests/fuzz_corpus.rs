@@ -128,6 +128,7 @@ fn checks_see_real_frames() {
         &SegmentHeader {
             segment_id: 1,
             segment_size: 256,
+            recycled: false,
         }
         .encode(),
     );

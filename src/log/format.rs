@@ -15,8 +15,16 @@ use std::fmt;
 
 /// First 8 bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"MRGLOG\x00S";
-/// The only format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this build writes. It also reads version 1, which is version 2 without
+/// segment header flags (bytes 32..36 zero).
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this build reads.
+pub const FORMAT_VERSION_MIN: u32 = 1;
+/// Segment header flag (version 2): the file was a retired segment before, so past the end
+/// of its frames lie old bytes, not zeros. Its writer ends every frame with an end marker.
+pub const SEGMENT_RECYCLED: u32 = 1;
+/// Length of the end marker: one frame header of zeros, which decodes as the end.
+pub const END_MARKER_LEN: usize = FRAME_HEADER_LEN;
 /// Length of the segment header; the first frame starts right after it.
 pub const SEGMENT_HEADER_LEN: usize = 64;
 /// First 4 bytes of every frame.
@@ -70,6 +78,20 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// File name of the `n`th retired segment kept for reuse (old bytes inside).
+pub fn recycle_file_name(n: u64) -> String {
+    format!("recycle-{n}.tmp")
+}
+
+/// The number in a [`recycle_file_name`], or `None` if `name` is not one.
+pub fn parse_recycle_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("recycle-")?.strip_suffix(".tmp")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 /// File name of the `n`th segment prepared ahead of need (all zeros until activated).
 pub fn prep_file_name(n: u64) -> String {
     format!("prep-{n}.tmp")
@@ -102,6 +124,8 @@ pub struct SegmentHeader {
     pub segment_id: u64,
     /// The segment file's length in bytes.
     pub segment_size: u64,
+    /// Whether the file is a recycled segment ([`SEGMENT_RECYCLED`]).
+    pub recycled: bool,
 }
 
 impl SegmentHeader {
@@ -118,7 +142,9 @@ impl SegmentHeader {
         b[12..16].copy_from_slice(&(SEGMENT_HEADER_LEN as u32).to_le_bytes());
         b[16..24].copy_from_slice(&self.segment_id.to_le_bytes());
         b[24..32].copy_from_slice(&self.segment_size.to_le_bytes());
-        // 32..60 reserved, zero.
+        let flags = if self.recycled { SEGMENT_RECYCLED } else { 0 };
+        b[32..36].copy_from_slice(&flags.to_le_bytes());
+        // 36..60 reserved, zero.
         let crc = crc32c::crc32c(&b[..SEGMENT_CRC_AT]);
         b[SEGMENT_CRC_AT..].copy_from_slice(&crc.to_le_bytes());
         b
@@ -141,7 +167,7 @@ impl SegmentHeader {
             return err(BadSegmentMagic);
         }
         let version = le_u32(b, 8);
-        if version != FORMAT_VERSION {
+        if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&version) {
             return err(UnsupportedVersion(version));
         }
         let stored = le_u32(b, SEGMENT_CRC_AT);
@@ -153,8 +179,14 @@ impl SegmentHeader {
         if header_len as usize != SEGMENT_HEADER_LEN {
             return err(BadSegmentHeaderLength(header_len));
         }
-        if b[32..SEGMENT_CRC_AT].iter().any(|&x| x != 0) {
+        // Version 1 reserves bytes 32..60; version 2 gives 32..36 to the header flags.
+        let flags = if version >= 2 { le_u32(b, 32) } else { 0 };
+        let reserved_from = if version >= 2 { 36 } else { 32 };
+        if b[reserved_from..SEGMENT_CRC_AT].iter().any(|&x| x != 0) {
             return err(SegmentReservedNotZero);
+        }
+        if flags & !SEGMENT_RECYCLED != 0 {
+            return err(UnknownSegmentFlags(flags));
         }
         let segment_size = le_u64(b, 24);
         if !segment_size_valid(segment_size) {
@@ -163,6 +195,7 @@ impl SegmentHeader {
         Ok(SegmentHeader {
             segment_id: le_u64(b, 16),
             segment_size,
+            recycled: flags & SEGMENT_RECYCLED != 0,
         })
     }
 }
@@ -553,6 +586,8 @@ pub enum FormatErrorKind {
     },
     BadSegmentHeaderLength(u32),
     SegmentReservedNotZero,
+    /// A version 2 header flag this build does not know.
+    UnknownSegmentFlags(u32),
     /// Not a multiple of 8, or below [`SEGMENT_SIZE_MIN`].
     BadSegmentSize(u64),
     /// Neither the frame magic nor an all-zero end marker.
@@ -600,6 +635,7 @@ impl FormatErrorKind {
                 | BadSegmentHeaderCrc { .. }
                 | BadSegmentHeaderLength(_)
                 | SegmentReservedNotZero
+                | UnknownSegmentFlags(_)
                 | BadSegmentSize(_)
         )
     }
@@ -621,7 +657,7 @@ impl fmt::Display for FormatErrorKind {
             ),
             UnsupportedVersion(v) => write!(
                 f,
-                "format version {v}, but this build reads only version {FORMAT_VERSION}: open it with the mergelog that wrote it"
+                "format version {v}, but this build reads only versions {FORMAT_VERSION_MIN} to {FORMAT_VERSION}: open it with the mergelog that wrote it"
             ),
             BadSegmentHeaderCrc { stored, computed } => write!(
                 f,
@@ -631,7 +667,13 @@ impl fmt::Display for FormatErrorKind {
                 f,
                 "header length field is {n}, format version {FORMAT_VERSION} requires {SEGMENT_HEADER_LEN}"
             ),
-            SegmentReservedNotZero => f.write_str("reserved header bytes 32..60 are not zero"),
+            SegmentReservedNotZero => f.write_str(
+                "reserved header bytes are not zero (32..60 in version 1, 36..60 in version 2)",
+            ),
+            UnknownSegmentFlags(flags) => write!(
+                f,
+                "unknown segment header flags {flags:#x} (version 2 knows only {SEGMENT_RECYCLED:#x}, recycled)"
+            ),
             BadSegmentSize(n) => write!(
                 f,
                 "segment size {n} is not a multiple of 8 of at least {SEGMENT_SIZE_MIN} bytes"
@@ -780,6 +822,7 @@ mod tests {
         let header = SegmentHeader {
             segment_id: 7,
             segment_size: size as u64,
+            recycled: false,
         };
         seg[..SEGMENT_HEADER_LEN].copy_from_slice(&header.encode());
         seg[SEGMENT_HEADER_LEN..SEGMENT_HEADER_LEN + frame.len()].copy_from_slice(frame);
@@ -891,10 +934,11 @@ mod tests {
         let h = SegmentHeader {
             segment_id: 0x1122_3344_5566_7788,
             segment_size: 64 << 20,
+            recycled: false,
         };
         let b = h.encode();
         assert_eq!(&b[0..8], b"MRGLOG\x00S");
-        assert_eq!(&b[8..12], &[1, 0, 0, 0]);
+        assert_eq!(&b[8..12], &[2, 0, 0, 0]);
         assert_eq!(&b[12..16], &[64, 0, 0, 0]);
         assert_eq!(
             &b[16..24],
@@ -903,6 +947,50 @@ mod tests {
         assert_eq!(&b[24..32], &[0, 0, 0, 4, 0, 0, 0, 0]);
         assert_eq!(&b[32..60], &[0; 28]);
         assert_eq!(&b[60..64], &crc32c::crc32c(&b[..60]).to_le_bytes());
+        let r = SegmentHeader {
+            recycled: true,
+            ..h
+        }
+        .encode();
+        assert_eq!(&r[32..36], &[1, 0, 0, 0]);
+        assert_eq!(&r[36..60], &[0; 24]);
+        assert_eq!(
+            SegmentHeader::decode(&r).unwrap(),
+            SegmentHeader {
+                recycled: true,
+                ..h
+            }
+        );
+        assert_eq!(SegmentHeader::decode(&b).unwrap(), h);
+    }
+
+    /// A version 1 header (no flags field: bytes 32..60 reserved) still decodes, as a
+    /// segment that is not recycled; in version 1 the flags bytes must be zero.
+    #[test]
+    fn version_1_headers_still_decode() {
+        let reseal = |mut b: [u8; SEGMENT_HEADER_LEN]| {
+            let crc = crc32c::crc32c(&b[..60]);
+            b[60..].copy_from_slice(&crc.to_le_bytes());
+            b
+        };
+        let h = SegmentHeader {
+            segment_id: 7,
+            segment_size: 1 << 20,
+            recycled: false,
+        };
+        let mut v1 = h.encode();
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(SegmentHeader::decode(&reseal(v1)).unwrap(), h);
+        let mut v1_flagged = SegmentHeader {
+            recycled: true,
+            ..h
+        }
+        .encode();
+        v1_flagged[8..12].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(
+            SegmentHeader::decode(&reseal(v1_flagged)).unwrap_err().kind,
+            FormatErrorKind::SegmentReservedNotZero
+        );
     }
 
     #[test]
@@ -911,6 +999,7 @@ mod tests {
         let good = SegmentHeader {
             segment_id: 1,
             segment_size: 4096,
+            recycled: false,
         }
         .encode();
         let kind = |b: &[u8]| SegmentHeader::decode(b).unwrap_err().kind;
@@ -926,7 +1015,10 @@ mod tests {
         assert_eq!(kind(&[]), SegmentHeaderTruncated { len: 0 });
         assert_eq!(kind(&edited(7, b"s")), BadSegmentMagic);
         assert_eq!(kind(&[0; 64]), BadSegmentMagic);
-        assert_eq!(kind(&edited(8, &2u32.to_le_bytes())), UnsupportedVersion(2));
+        assert_eq!(kind(&edited(8, &3u32.to_le_bytes())), UnsupportedVersion(3));
+        assert_eq!(kind(&edited(8, &0u32.to_le_bytes())), UnsupportedVersion(0));
+        assert_eq!(kind(&edited(32, &[2])), UnknownSegmentFlags(2));
+        assert_eq!(kind(&edited(35, &[0x80])), UnknownSegmentFlags(0x8000_0000));
         let mut flipped = good;
         flipped[20] ^= 0x10;
         assert!(matches!(kind(&flipped), BadSegmentHeaderCrc { .. }));
@@ -951,6 +1043,7 @@ mod tests {
         let good = SegmentHeader {
             segment_id: 99,
             segment_size: 1 << 20,
+            recycled: false,
         }
         .encode();
         for bit in 0..SEGMENT_HEADER_LEN * 8 {
@@ -1300,6 +1393,7 @@ mod tests {
         let header = SegmentHeader {
             segment_id: first_seq,
             segment_size: size as u64,
+            recycled: false,
         };
         seg[..SEGMENT_HEADER_LEN].copy_from_slice(&header.encode());
         let mut at = SEGMENT_HEADER_LEN;
@@ -1335,7 +1429,7 @@ mod tests {
     proptest! {
         #[test]
         fn segment_header_round_trip(id in any::<u64>(), size in (SEGMENT_SIZE_MIN / 8)..(u64::MAX / 8)) {
-            let h = SegmentHeader { segment_id: id, segment_size: size * 8 };
+            let h = SegmentHeader { segment_id: id, segment_size: size * 8, recycled: false };
             prop_assert_eq!(SegmentHeader::decode(&h.encode()), Ok(h));
         }
 

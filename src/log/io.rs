@@ -1,7 +1,7 @@
 //! The seam under the log where tests inject faults.
 //!
 //! Every operation that changes files on disk (a segment write, a sync, creating, renaming,
-//! syncing the directory) first asks the engine's [`Io`] hook. The real hook, [`RealIo`],
+//! syncing the directory, removing a retired segment) first asks the engine's [`Io`] hook. The real hook, [`RealIo`],
 //! allows everything and costs one indirect call per batch; a test's hook can fail the Nth
 //! operation, fail forever after a point, or record writes to tear them later (simulated power
 //! loss). The hooks see the data written by `pwrite` but not stores into the memory map, so
@@ -22,17 +22,21 @@ pub enum IoOp {
     Sync,
     /// Creating and zero-filling a new (prepared) segment file.
     Create,
-    /// Renaming a prepared segment to its final name.
+    /// Renaming a prepared segment to its final name, or a retired one into the pool of
+    /// files kept for reuse.
     Rename,
     /// `fsync` of the log directory.
     SyncDir,
+    /// Removing a retired segment file (`Engine::retire_before`).
+    Remove,
 }
 
 /// Hooks called around every file-changing operation of the log.
 pub trait Io: Send + Sync + 'static {
     /// Called before `op` on `path`. An error is returned to the engine as the operation's
     /// error and the operation is not performed. `data` is the bytes about to be written at
-    /// `offset` for `IoOp::Write` by pwrite, empty otherwise.
+    /// `offset` for `IoOp::Write` by pwrite, the destination path's bytes for `IoOp::Rename`,
+    /// empty otherwise.
     fn before(&self, op: IoOp, path: &Path, offset: u64, data: &[u8]) -> io::Result<()>;
 
     /// Called after `op` on `path` succeeded.

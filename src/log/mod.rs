@@ -10,17 +10,65 @@ pub(crate) mod segment;
 
 use crate::config::{Config, WritePath};
 use crate::error::{Error, Result};
-use format::{frame_len, FrameWriter, SEGMENT_HEADER_LEN};
+use format::{frame_len, FrameWriter, END_MARKER_LEN, SEGMENT_HEADER_LEN};
 use io::SharedIo;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use segment::{create_zeroed, sync_dir, Mapped, Segment};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-/// The segments of a log in order; shared between the flusher (which appends to it) and
-/// readers (which look up the segment an index entry names).
-pub(crate) type Segments = Arc<RwLock<Vec<Arc<Segment>>>>;
+/// The segments of a log in order; shared between the flusher (which appends to it),
+/// readers (which look up the segment an index entry names) and `Engine::retire_before`
+/// (which removes segments from the front).
+pub(crate) type Segments = Arc<RwLock<SegmentList>>;
+
+/// The log's live segments, numbered from 0 at open in log order. A number never changes
+/// while the engine runs, so index entries can name segments by it: retiring segments from
+/// the front only raises `base`, the number of the first segment still listed.
+pub(crate) struct SegmentList {
+    base: u32,
+    list: Vec<Arc<Segment>>,
+}
+
+impl SegmentList {
+    pub fn new(list: Vec<Arc<Segment>>) -> SegmentList {
+        SegmentList { base: 0, list }
+    }
+
+    /// The segment numbered `idx`, unless it was retired.
+    pub fn get(&self, idx: u32) -> Option<&Arc<Segment>> {
+        self.list.get(idx.checked_sub(self.base)? as usize)
+    }
+
+    /// Appends a segment and returns its number.
+    pub fn push(&mut self, seg: Arc<Segment>) -> u32 {
+        self.list.push(seg);
+        self.last_idx()
+    }
+
+    /// The number of the last (active) segment.
+    pub fn last_idx(&self) -> u32 {
+        self.base + self.list.len() as u32 - 1
+    }
+
+    /// The number of the first segment still listed.
+    pub fn base(&self) -> u32 {
+        self.base
+    }
+
+    /// The live segments in log order.
+    pub fn iter(&self) -> std::slice::Iter<'_, Arc<Segment>> {
+        self.list.iter()
+    }
+
+    /// Removes the first `n` segments (never the last one) and returns them.
+    pub fn retire_front(&mut self, n: usize) -> Vec<Arc<Segment>> {
+        let n = n.min(self.list.len().saturating_sub(1));
+        self.base += n as u32;
+        self.list.drain(..n).collect()
+    }
+}
 
 /// A frame written to the log but not yet synced.
 pub(crate) struct WrittenFrame {
@@ -45,13 +93,105 @@ fn prep_path(dir: &Path, n: u64) -> PathBuf {
 }
 
 /// The next segment file: not started yet (see [`PREP_AT_DIVISOR`]), ready (left by an earlier run),
-/// being zero-filled and mapped in the background, or (if no thread could be made) to be
-/// made at the roll.
+/// being zero-filled (or taken from the pool) and mapped in the background, or (if no thread
+/// could be made) to be made at the roll.
 enum Prep {
     Deferred,
     None,
     Ready(PathBuf),
-    Pending(JoinHandle<Result<(PathBuf, Mapped)>>),
+    Pending(JoinHandle<Result<Prepared>>),
+}
+
+/// A file ready to become the next segment: its path, its mapping, and whether it is a
+/// recycled one (old bytes inside, not zeros).
+type Prepared = (PathBuf, Mapped, bool);
+
+/// Path of the `n`th file in the pool of retired segments kept for reuse.
+fn pool_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format::recycle_file_name(n))
+}
+
+/// Retired segment files kept for reuse as later segments (`recycle-<n>.tmp`), so that a
+/// roll need not write a segment's worth of zeros first: `Engine::retire_before` adds them
+/// (up to `Config::recycle_segments`), the log takes them when it prepares the next segment.
+pub(crate) struct Pool {
+    dir: PathBuf,
+    max: usize,
+    inner: Mutex<PoolFiles>,
+}
+
+struct PoolFiles {
+    /// Oldest first. A file retired while the engine ran comes with the engine's mapping of
+    /// it: the file is not reused while anyone else holds that (a `ValueRef`, a replay, a
+    /// follower), since its bytes would change under them.
+    files: std::collections::VecDeque<(PathBuf, Option<Arc<Segment>>)>,
+    counter: u64,
+}
+
+impl Pool {
+    /// Takes over the pool files an earlier run left: keeps up to `max` of the right size,
+    /// removes the others.
+    pub fn adopt(io: &SharedIo, dir: &Path, segment_bytes: u64, max: usize) -> Result<Pool> {
+        let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
+        let mut found = Vec::new();
+        let mut counter = 0;
+        for entry in rd.flatten() {
+            let name = entry.file_name();
+            let Some(n) = name.to_str().and_then(format::parse_recycle_file_name) else {
+                continue;
+            };
+            counter = counter.max(n + 1);
+            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            found.push((n, entry.path(), size));
+        }
+        found.sort();
+        let mut files = std::collections::VecDeque::new();
+        let mut removed = false;
+        for (_, path, size) in found {
+            if files.len() < max && size == segment_bytes {
+                files.push_back((path, None));
+            } else {
+                std::fs::remove_file(&path)
+                    .map_err(|e| Error::io("remove pooled segment", &path, e))?;
+                removed = true;
+            }
+        }
+        if removed {
+            sync_dir(&**io, dir)?;
+        }
+        Ok(Pool {
+            dir: dir.to_owned(),
+            max,
+            inner: Mutex::new(PoolFiles { files, counter }),
+        })
+    }
+
+    /// How many more files the pool may hold.
+    pub fn room(&self) -> usize {
+        self.max.saturating_sub(self.inner.lock().files.len())
+    }
+
+    /// A new path in the pool, for a retired segment to be renamed to.
+    pub fn next_path(&self) -> PathBuf {
+        let mut p = self.inner.lock();
+        p.counter += 1;
+        pool_path(&self.dir, p.counter - 1)
+    }
+
+    /// Adds a retired segment, renamed to a path [`Pool::next_path`] gave.
+    pub fn put(&self, path: PathBuf, seg: Arc<Segment>) {
+        self.inner.lock().files.push_back((path, Some(seg)));
+    }
+
+    /// Takes the oldest file nobody maps any more, if there is one.
+    fn take(&self) -> Option<PathBuf> {
+        let mut p = self.inner.lock();
+        let i = p
+            .files
+            .iter()
+            .position(|(_, seg)| seg.as_ref().is_none_or(|s| Arc::strong_count(s) == 1))?;
+        p.files.remove(i).map(|(path, _)| path)
+    }
 }
 
 /// Finds the prepared segment files of an earlier run: keeps one of the right size (it holds
@@ -93,6 +233,14 @@ pub(crate) fn adopt_prepared(
     Ok((kept, highest))
 }
 
+/// Files for the next segments that open found: a prepared one an earlier run left (with the
+/// highest prep number seen), and the pool of retired segments kept for reuse.
+pub(crate) struct Spares {
+    pub prepared: Option<PathBuf>,
+    pub prep_counter: u64,
+    pub pool: Arc<Pool>,
+}
+
 /// The writing end of the log, owned by the flusher thread.
 pub(crate) struct Log {
     dir: PathBuf,
@@ -104,9 +252,10 @@ pub(crate) struct Log {
     next_seq: u64,
     segment_bytes: u64,
     write_path: WritePath,
-    /// The next segment file, zero-filled ahead of need.
+    /// The next segment file, zero-filled (or taken from the pool) ahead of need.
     prep: Prep,
     prep_counter: u64,
+    pool: Arc<Pool>,
     /// Reused encode buffer of the pwrite path.
     buf: Vec<u8>,
     io: SharedIo,
@@ -121,12 +270,18 @@ impl Log {
         write_off: u64,
         next_seq: u64,
         config: &Config,
-        (prepared, prep_counter): (Option<PathBuf>, u64),
+        spares: Spares,
         io: &SharedIo,
     ) -> Log {
+        let Spares {
+            prepared,
+            prep_counter,
+            pool,
+        } = spares;
         let (segment_bytes, write_path) = (config.segment_bytes, config.write_path);
         let active = segments
             .read()
+            .iter()
             .last()
             .expect("recovery leaves a segment")
             .clone();
@@ -140,6 +295,7 @@ impl Log {
             write_path,
             prep: Prep::None,
             prep_counter,
+            pool,
             buf: Vec::new(),
             io: io.clone(),
         };
@@ -183,10 +339,11 @@ impl Log {
                 p
             }
         };
-        Segment::activate(dir, &prep, None, first_seq, io)
+        Segment::activate(dir, &prep, None, first_seq, false, io)
     }
 
     fn prepare_next(&mut self) {
+        let recycled = self.pool.take();
         self.prep_counter += 1;
         let dir = self.dir.clone();
         let path = prep_path(&dir, self.prep_counter);
@@ -194,10 +351,15 @@ impl Log {
         let io = self.io.clone();
         let spawned = std::thread::Builder::new()
             .name("mergelog-prep".into())
-            .spawn(move || {
-                create_zeroed(&*io, &dir, &path, size)?;
-                let mapped = Mapped::open(&path, true)?;
-                Ok((path, mapped))
+            .spawn(move || match recycled {
+                // A retired segment: no zeros to write, only the mapping to make (which
+                // also reads its pages in, so that writing a frame never waits for a read).
+                Some(path) => Ok((path.clone(), Mapped::open(&path, true)?, true)),
+                None => {
+                    create_zeroed(&*io, &dir, &path, size)?;
+                    let mapped = Mapped::open(&path, true)?;
+                    Ok((path, mapped, false))
+                }
             });
         // If no thread can be made, the roll creates the file itself.
         self.prep = spawned.map_or(Prep::None, Prep::Pending);
@@ -206,8 +368,8 @@ impl Log {
     /// Moves to a fresh segment whose first frame is `next_seq`.
     fn roll(&mut self) -> Result<()> {
         let ready = match std::mem::replace(&mut self.prep, Prep::None) {
-            Prep::Ready(path) => Some(Ok((path, None))),
-            Prep::Pending(h) => h.join().ok().map(|r| r.map(|(p, m)| (p, Some(m)))),
+            Prep::Ready(path) => Some(Ok((path, None, false))),
+            Prep::Pending(h) => h.join().ok().map(|r| r.map(|(p, m, r)| (p, Some(m), r))),
             Prep::None => None,
             Prep::Deferred => {
                 // Never started (a frame bigger than the rest of the segment): make it now.
@@ -215,14 +377,14 @@ impl Log {
                 None
             }
         };
-        let (prep, mapped) = match ready {
+        let (prep, mapped, recycled) = match ready {
             Some(Ok(prepared)) => prepared,
             Some(Err(e)) => return Err(e),
             None => {
                 let path = prep_path(&self.dir, self.prep_counter);
                 let _ = std::fs::remove_file(&path);
                 create_zeroed(&*self.io, &self.dir, &path, self.segment_bytes)?;
-                (path, None)
+                (path, None, false)
             }
         };
         let seg = Arc::new(Segment::activate(
@@ -230,6 +392,7 @@ impl Log {
             &prep,
             mapped,
             self.next_seq,
+            recycled,
             &self.io,
         )?);
         self.segments.write().push(seg.clone());
@@ -260,30 +423,41 @@ impl Log {
         }
         let seq = self.next_seq;
         let off = self.write_off;
+        // In a recycled segment the bytes after the frame are old ones, not zeros: the frame
+        // ends with an end marker (as much of it as fits; with less than a frame header left,
+        // the segment's end is the end anyway). The next frame overwrites it.
+        let marker = if self.active.recycled {
+            (self.active.size - off - len as u64).min(END_MARKER_LEN as u64) as usize
+        } else {
+            0
+        };
         match self.write_path {
             WritePath::Pwrite => {
                 // The buffer only grows and is not zeroed first: `FrameWriter` writes every
                 // byte of the frame (header, records, padding), so what an earlier, longer
                 // frame left in it is overwritten (zeroing 64 KiB per frame was 1.4 % of
                 // the CPU at 4 × 256).
-                if self.buf.len() < len {
-                    self.buf.resize(len, 0);
+                if self.buf.len() < len + marker {
+                    self.buf.resize(len + marker, 0);
                 }
                 let frame = &mut self.buf[..len];
                 let mut w = FrameWriter::new(frame, seq, flags);
                 let acked = encode(&mut w, off);
                 let n = w.finish(acked);
                 debug_assert_eq!(n, len);
+                self.buf[len..len + marker].fill(0);
                 self.active
-                    .write(off, &self.buf[..len], WritePath::Pwrite)?;
+                    .write(off, &self.buf[..len + marker], WritePath::Pwrite)?;
             }
             WritePath::Mmap => {
                 self.active.before_map_write(off)?;
-                let dst = self.active.unpublished_mut(off, len);
-                let mut w = FrameWriter::new(dst, seq, flags);
+                let dst = self.active.unpublished_mut(off, len + marker);
+                let (frame, end) = dst.split_at_mut(len);
+                let mut w = FrameWriter::new(frame, seq, flags);
                 let acked = encode(&mut w, off);
                 let n = w.finish(acked);
                 debug_assert_eq!(n, len);
+                end.fill(0);
             }
         }
         self.write_off += len as u64;
@@ -291,7 +465,7 @@ impl Log {
         self.prepare_when_due();
         Ok(WrittenFrame {
             seg: self.active.clone(),
-            seg_idx: self.segments.read().len() as u32 - 1,
+            seg_idx: self.segments.read().last_idx(),
             start: off,
             end: self.write_off,
             seq,

@@ -66,6 +66,22 @@ pub(crate) enum Access {
     Reader,
 }
 
+/// The operation a reader's scan names when a segment it listed was removed before it got to
+/// it (by `Engine::retire_before`).
+const RETIRED_DURING_SCAN: &str = "open segment (removed during the scan)";
+
+/// As [`scan`] for a reader, scanning again (up to 100 times) when retirement removed a
+/// segment during the scan.
+pub(crate) fn scan_retrying(dir: &Path, mode: RecoveryMode, io: &SharedIo) -> Result<Scanned> {
+    let mut tries = 0;
+    loop {
+        match scan(dir, mode, Access::Reader, io, |_, _, _| Ok(())) {
+            Err(Error::Io { op, .. }) if op == RETIRED_DURING_SCAN && tries < 100 => tries += 1,
+            r => return r,
+        }
+    }
+}
+
 /// Scans every segment of `dir` in order, calling `visit(segment index, segment, frame)` for
 /// each valid frame in log order.
 pub(crate) fn scan(
@@ -98,12 +114,34 @@ pub(crate) fn scan(
                 ),
             });
         }
-        let seg = Arc::new(Segment::open(
-            path,
-            *id,
-            access == Access::Writer && last,
-            io,
-        )?);
+        let seg = match Segment::open(path, *id, access == Access::Writer && last, io) {
+            Ok(seg) => Arc::new(seg),
+            // A reader races the engine's `retire_before`, which removes the oldest
+            // segments: one that vanished before any was read is simply no longer part of
+            // the log, which now starts at the next one.
+            Err(Error::Io { source, .. })
+                if access == Access::Reader
+                    && out.segments.is_empty()
+                    && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                if let Some(&(next, _)) = files.get(i + 1) {
+                    out.next_seq = next;
+                }
+                continue;
+            }
+            // Later ones can vanish too, once the scan has read the segments before them
+            // (which are then gone as well): the caller scans again (`scan_retrying`).
+            Err(Error::Io { source, .. })
+                if access == Access::Reader && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Err(Error::Io {
+                    op: RETIRED_DURING_SCAN,
+                    path: path.clone(),
+                    source,
+                });
+            }
+            Err(e) => return Err(e),
+        };
         let image = seg.image();
         // The header: magic, version, CRC, and the id that the name and the order promise.
         let header_problem = match SegmentHeader::decode(image) {
@@ -122,10 +160,31 @@ pub(crate) fn scan(
             )),
             Ok(_) => None,
         };
+        let recycled = header_problem.is_none() && seg.recycled;
+        // A recycled segment before the last holds exactly the batches up to the next one's
+        // id, and after them old bytes (normally behind an end marker, but an mmap writer's
+        // marker is not always synced). A fresh one ends at its zeros.
+        let stop_at = files.get(i + 1).map(|f| f.0).filter(|_| recycled);
         let mut end = SEGMENT_HEADER_LEN as u64;
         let mut bad: Option<(u64, String)> = header_problem.map(|r| (0, r));
         if bad.is_none() {
             loop {
+                if stop_at.is_some_and(|next| out.next_seq >= next) {
+                    // Old bytes follow, but never the next batch: that would be a log that
+                    // runs on into the next segment (files mixed up, not a crash).
+                    if let Ok(Decoded::Frame(f)) = decode_frame(image, end as usize) {
+                        if f.batch_seq == out.next_seq {
+                            bad = Some((
+                                end,
+                                format!(
+                                    "frame with batch sequence {} follows the segment's last batch, but the next segment starts with it",
+                                    f.batch_seq
+                                ),
+                            ));
+                        }
+                    }
+                    break;
+                }
                 match decode_frame(image, end as usize) {
                     Ok(Decoded::End) => break,
                     Ok(Decoded::Frame(f)) if f.batch_seq != out.next_seq => {
@@ -152,8 +211,13 @@ pub(crate) fn scan(
         }
         // Past the end marker of the tail segment there must be only the preallocated zeros;
         // anything else is the remains of a frame whose header never reached the disk. (A
-        // reader skips this: the engine may be writing there right now.)
-        if bad.is_none() && last && access == Access::Writer {
+        // reader skips this: the engine may be writing there right now.) In a recycled
+        // segment the old bytes there cannot be told from such remains: the writer zeroes
+        // them all instead, so that the frames it appends are followed by zeros, as in a
+        // fresh segment.
+        if bad.is_none() && last && access == Access::Writer && recycled {
+            seg.zero_tail(end)?;
+        } else if bad.is_none() && last && access == Access::Writer {
             let rest = &image[(end as usize).min(image.len())..];
             if let Some(nz) = rest.iter().position(|&b| b != 0) {
                 bad = Some((

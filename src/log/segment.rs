@@ -7,7 +7,7 @@
 
 use crate::config::WritePath;
 use crate::error::{Error, Result};
-use crate::log::format::{segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::log::format::{segment_file_name, SegmentHeader, END_MARKER_LEN, SEGMENT_HEADER_LEN};
 use crate::log::io::Io;
 use crate::log::io::{guarded, IoOp, SharedIo};
 use memmap2::{MmapOptions, MmapRaw};
@@ -22,6 +22,14 @@ pub(crate) fn sync_dir(io: &dyn Io, dir: &Path) -> Result<()> {
         File::open(dir).and_then(|d| d.sync_all())
     })
     .map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+/// Renames `from` to `to` through the hooks, which get the destination path as the data.
+pub(crate) fn rename(io: &dyn Io, from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    guarded(io, IoOp::Rename, from, 0, to.as_os_str().as_bytes(), || {
+        std::fs::rename(from, to)
+    })
 }
 
 /// Creates `path` and fills it with `size` written zeros, then syncs it and the directory.
@@ -119,6 +127,9 @@ pub(crate) struct Segment {
     published: AtomicU64,
     /// The fault-injection seam every file change goes through.
     io: SharedIo,
+    /// A recycled file (header flag `SEGMENT_RECYCLED`): past the frames lie old bytes, so
+    /// the writer ends each frame with an end marker.
+    pub recycled: bool,
 }
 
 /// A segment file opened and mapped, its pages populated: the part of opening a segment that
@@ -178,7 +189,7 @@ impl Segment {
 
     fn from_mapped(path: &Path, id: u64, mapped: Mapped, io: &SharedIo) -> Segment {
         let Mapped { file, map, size } = mapped;
-        Segment {
+        let mut seg = Segment {
             id,
             path: path.to_owned(),
             size,
@@ -186,7 +197,11 @@ impl Segment {
             map,
             published: AtomicU64::new(0),
             io: io.clone(),
-        }
+            recycled: false,
+        };
+        // A file without a valid header (a prepared one) is simply not recycled.
+        seg.recycled = SegmentHeader::decode(seg.image()).is_ok_and(|h| h.recycled);
+        seg
     }
 
     /// Turns the prepared zero file `prep` into segment `id`: header written and synced,
@@ -198,6 +213,7 @@ impl Segment {
         prep: &Path,
         mapped: Option<Mapped>,
         id: u64,
+        recycled: bool,
         io: &SharedIo,
     ) -> Result<Segment> {
         let path = dir.join(segment_file_name(id));
@@ -205,21 +221,29 @@ impl Segment {
             Some(m) => m,
             None => Mapped::open(prep, true)?,
         };
-        let header = SegmentHeader {
-            segment_id: id,
-            segment_size: mapped.size,
-        }
-        .encode();
+        // A recycled file gets an end marker right after its header: past it lie the frames
+        // of the file's earlier life.
+        let mut header = [0u8; SEGMENT_HEADER_LEN + END_MARKER_LEN];
+        header[..SEGMENT_HEADER_LEN].copy_from_slice(
+            &SegmentHeader {
+                segment_id: id,
+                segment_size: mapped.size,
+                recycled,
+            }
+            .encode(),
+        );
+        let header = if recycled {
+            &header[..]
+        } else {
+            &header[..SEGMENT_HEADER_LEN]
+        };
         let file = &mapped.file;
-        guarded(&**io, IoOp::Write, prep, 0, &header, || {
-            file.write_all_at(&header, 0)
+        guarded(&**io, IoOp::Write, prep, 0, header, || {
+            file.write_all_at(header, 0)
         })
         .and_then(|()| guarded(&**io, IoOp::Sync, prep, 0, &[], || file.sync_data()))
         .map_err(|e| Error::io("write segment header", prep, e))?;
-        guarded(&**io, IoOp::Rename, prep, 0, &[], || {
-            std::fs::rename(prep, &path)
-        })
-        .map_err(|e| Error::io("rename prepared segment", prep, e))?;
+        rename(&**io, prep, &path).map_err(|e| Error::io("rename prepared segment", prep, e))?;
         sync_dir(&**io, dir)?;
         // The mapping made before the rename maps the same file.
         let seg = Segment::from_mapped(&path, id, mapped, io);
@@ -321,7 +345,9 @@ impl Segment {
             WritePath::Mmap => {
                 let page = 4096u64;
                 let start = off / page * page;
-                let end = (off + len as u64).min(self.size);
+                // A recycled segment's frames end with an end marker, synced with them.
+                let marker = if self.recycled { END_MARKER_LEN } else { 0 };
+                let end = (off + (len + marker) as u64).min(self.size);
                 self.map.flush_range(start as usize, (end - start) as usize)
             }
         })

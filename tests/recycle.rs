@@ -1,0 +1,321 @@
+//! Recycled segments (`Config::recycle_segments`): a retired segment's file is reused as a
+//! later segment without writing zeros over it first, so it still holds the frames of its
+//! earlier life. These tests pin down why those bytes are never taken for part of the log:
+//!
+//! - the writer ends every frame in a recycled segment with an end marker, so a clean reopen
+//!   finds the end without reporting damage, and `AbsoluteConsistency` opens it;
+//! - a segment before the last ends after exactly the batches up to the next one's id;
+//! - when the last segment is recycled, opening zeroes everything after its last frame, so
+//!   bytes that a crash left there (frames written after one that tore) can never line up
+//!   behind a frame written later (`junk_left_by_a_crash_is_zeroed_at_open`).
+//!
+//! `tests/faults.rs::power_loss_recycling` covers the same under simulated power loss.
+
+mod recovery_common;
+
+use mergelog::internals::format::{
+    frame_len, record_len, FrameWriter, RecordOp, SegmentHeader, FLAG_SORTED, SEGMENT_HEADER_LEN,
+};
+use mergelog::{Config, Engine, LogReader, RecoveryMode, SegmentInfo};
+use recovery_common::engine_state;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+const KEY_LEN: usize = 12;
+const VALUE_LEN: usize = 300;
+
+fn config() -> Config {
+    Config {
+        segment_bytes: 64 << 10,
+        batch_bytes_max: 16 << 10,
+        ring_bytes: 1 << 20,
+        recycle_segments: 2,
+        ..Config::default()
+    }
+}
+
+fn key(i: usize) -> Vec<u8> {
+    format!("key-{i:08}").into_bytes()
+}
+
+fn value(i: usize) -> Vec<u8> {
+    let mut v = format!("value-{i}|").into_bytes();
+    v.resize(VALUE_LEN, b'v');
+    v
+}
+
+/// One put per batch, each waited for: every frame then has the same length.
+fn put_one(engine: &Engine, i: usize) {
+    engine.put(&key(i), &value(i)).unwrap().wait().unwrap();
+}
+
+fn is_recycled(seg: &SegmentInfo) -> bool {
+    let bytes = std::fs::read(&seg.path).unwrap();
+    SegmentHeader::decode(&bytes).unwrap().recycled
+}
+
+/// Writes and retires (keeping the last segment) until the segment being written is a
+/// recycled one with at least one frame in it. Returns the number of puts made.
+fn until_active_is_recycled(engine: &Engine) -> usize {
+    let mut i = 0;
+    loop {
+        put_one(engine, i);
+        i += 1;
+        let segs = engine.segments();
+        if segs.len() > 1 {
+            engine
+                .retire_before(segs[segs.len() - 1].first_seq)
+                .unwrap();
+        }
+        let segs = engine.segments();
+        if is_recycled(segs.last().unwrap()) && engine.replay().unwrap().end_offset() > 64 {
+            return i;
+        }
+        assert!(i < 5000, "no segment was ever reused");
+    }
+}
+
+#[test]
+fn a_clean_reopen_of_a_recycled_segment_reports_nothing_and_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    let n = until_active_is_recycled(&engine);
+    // The recycled file really holds old frames past the new ones: zeros would prove nothing.
+    let active = engine.segments().pop().unwrap();
+    let end = engine.replay().unwrap().end_offset();
+    let bytes = std::fs::read(&active.path).unwrap();
+    assert!(
+        bytes[end as usize + 32..].iter().any(|&b| b != 0),
+        "the recycled segment holds only zeros after its frames"
+    );
+    let mut state = engine_state(&engine);
+    engine.close().unwrap();
+    drop(engine);
+    let mut end = end;
+    for mode in [
+        RecoveryMode::AbsoluteConsistency,
+        RecoveryMode::TolerateCorruptedTail,
+    ] {
+        let reader = LogReader::open_with(dir.path(), mode).unwrap();
+        assert!(reader.damage().is_none(), "{mode:?}: {:?}", reader.damage());
+        assert_eq!(reader.end_offset(), end, "{mode:?}");
+        let engine = Engine::open(
+            dir.path(),
+            Config {
+                recovery: mode,
+                ..config()
+            },
+        )
+        .unwrap();
+        assert!(engine.open_report().truncated.is_none(), "{mode:?}");
+        assert_eq!(engine_state(&engine), state, "{mode:?}");
+        // The newest put is there, and the engine goes on writing into the segment.
+        assert_eq!(
+            engine.read_to_vec(&key(n - 1)).unwrap(),
+            Some(value(n - 1)),
+            "{mode:?}"
+        );
+        put_one(&engine, 100_000);
+        state = engine_state(&engine);
+        end = engine.replay().unwrap().end_offset();
+        engine.close().unwrap();
+    }
+}
+
+/// A crash while the recycled last segment was written: frame n tore (its header never made
+/// it) but frame n + 1, after it, reached the disk. Recovery ends the log at n. If the engine
+/// then wrote a frame n of the same length and the power failed again with that frame on
+/// disk but not the end marker after it, the old frame n + 1 would follow it, with the right
+/// sequence number and a valid checksum: a batch nobody acknowledged, put back into the
+/// history. Opening a recycled last segment zeroes everything after its frames, so the
+/// marker's sector holds zeros even if its write is lost.
+#[test]
+fn junk_left_by_a_crash_is_zeroed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    until_active_is_recycled(&engine);
+    let active = engine.segments().pop().unwrap();
+    let reader = engine.replay().unwrap();
+    let (end, next) = (reader.end_offset(), reader.next_seq());
+    drop(reader);
+    engine.close().unwrap();
+    drop(engine);
+
+    // The crash's leftovers: frame `next + 1` one frame length past the end (frame `next`,
+    // which tore, would have filled the gap).
+    let len = frame_len(record_len(KEY_LEN, VALUE_LEN)) as u64;
+    assert!(end + 3 * len <= 64 << 10, "no room for the scenario");
+    let mut junk = vec![0u8; len as usize];
+    let mut w = FrameWriter::new(&mut junk, next + 1, FLAG_SORTED);
+    w.push(RecordOp::Put, b"junk-0000000", &value(7));
+    assert_eq!(w.finish(1), len as usize);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&active.path)
+        .unwrap();
+    file.write_all_at(&junk, end + len).unwrap();
+
+    // Reopen and write frame `next` (same length); remember what its end marker overwrote.
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    let mut before_marker = vec![0u8; 32];
+    std::fs::File::open(&active.path)
+        .unwrap()
+        .read_exact_at(&mut before_marker, end + len)
+        .unwrap();
+    put_one(&engine, 200_000);
+    engine.close().unwrap();
+    drop(engine);
+    // The power fails with the frame on disk but not its end marker.
+    file.write_all_at(&before_marker, end + len).unwrap();
+    drop(file);
+
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    assert_eq!(engine.read_to_vec(b"junk-0000000").unwrap(), None);
+    assert_eq!(
+        engine.read_to_vec(&key(200_000)).unwrap(),
+        Some(value(200_000))
+    );
+    assert_eq!(engine.replay().unwrap().next_seq(), next + 1);
+}
+
+/// A segment before the last ends after the batches up to the next segment's id, whatever
+/// follows them; but a next batch right after them means files that do not belong together,
+/// which is an error naming the file and offset.
+#[test]
+fn a_recycled_segment_before_the_last_ends_at_the_next_ones_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    until_active_is_recycled(&engine);
+    // Roll past the recycled segment, so it is no longer the last one, leaving room after
+    // its frames: small puts until less than 15.5 KiB is left, then one too big for that.
+    let mut i = 300_000;
+    let first_recycled = engine.segments().pop().unwrap();
+    while (64 << 10) - engine.replay().unwrap().end_offset() >= 15_872 {
+        put_one(&engine, i);
+        i += 1;
+    }
+    engine
+        .put(b"big", &vec![b'b'; 15_900])
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_ne!(
+        engine.segments().last().unwrap().first_seq,
+        first_recycled.first_seq,
+        "the big put did not roll"
+    );
+    let state = engine_state(&engine);
+    let segs = engine.segments();
+    engine.close().unwrap();
+    drop(engine);
+    let idx = segs
+        .iter()
+        .position(|s| s.first_seq == first_recycled.first_seq)
+        .unwrap();
+    let next_id = segs[idx + 1].first_seq;
+    // Where the recycled segment's frames end.
+    let reader = LogReader::open(dir.path()).unwrap();
+    let last_in_it = reader
+        .batches()
+        .filter(|b| b.seq() < next_id)
+        .last()
+        .unwrap();
+    let end = last_in_it.offset() + last_in_it.frame_len() as u64;
+    drop(reader);
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    assert_eq!(engine_state(&engine), state);
+    engine.close().unwrap();
+    drop(engine);
+
+    // A valid frame with the next segment's first batch right after the last frame.
+    let mut frame = vec![0u8; 512];
+    let mut w = FrameWriter::new(&mut frame, next_id, FLAG_SORTED);
+    w.push(RecordOp::Put, b"misplaced", b"x");
+    let n = w.finish(1);
+    let path: &Path = &first_recycled.path;
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(&frame[..n], end).unwrap();
+    let err = Engine::open(dir.path(), config()).unwrap_err().to_string();
+    assert!(
+        err.contains(&path.display().to_string()) && err.contains(&format!("offset {end}")),
+        "{err}"
+    );
+    assert!(end > SEGMENT_HEADER_LEN as u64);
+}
+
+/// Fails every write of a frame at the start of a segment (offset 64) once armed.
+struct FailFirstFrame {
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl mergelog::internals::io::Io for FailFirstFrame {
+    fn before(
+        &self,
+        op: mergelog::internals::io::IoOp,
+        path: &Path,
+        offset: u64,
+        _data: &[u8],
+    ) -> std::io::Result<()> {
+        let frame_write = op == mergelog::internals::io::IoOp::Write
+            && offset == SEGMENT_HEADER_LEN as u64
+            && path.extension().is_some_and(|e| e == "seg");
+        if frame_write && self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(5));
+        }
+        Ok(())
+    }
+}
+
+/// A recycled segment that got its header but no frame (the first write failed, or the
+/// power went) still ends cleanly: activation writes an end marker right after the header,
+/// so even `AbsoluteConsistency` opens it, with nothing reported, and the engine writes on.
+#[test]
+fn a_recycled_segment_without_frames_ends_at_its_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = std::sync::Arc::new(FailFirstFrame {
+        armed: std::sync::atomic::AtomicBool::new(false),
+    });
+    let engine = Engine::open_with_io(dir.path(), config(), io.clone()).unwrap();
+    let mut i = until_active_is_recycled(&engine);
+    let segs = engine.segments();
+    engine
+        .retire_before(segs[segs.len() - 1].first_seq)
+        .unwrap();
+    let state = engine_state(&engine);
+    io.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let before = engine.segments().len();
+    while engine.failure().is_none() {
+        let _ = engine.put(&key(i), &value(i)).map(|t| t.wait());
+        i += 1;
+    }
+    let segs = engine.segments();
+    assert_eq!(segs.len(), before + 1, "the failure was not at a roll");
+    let empty = segs.last().unwrap().clone();
+    assert!(is_recycled(&empty), "the new segment is not a recycled one");
+    let _ = engine.close();
+    drop(engine);
+
+    let engine = Engine::open(
+        dir.path(),
+        Config {
+            recovery: RecoveryMode::AbsoluteConsistency,
+            ..config()
+        },
+    )
+    .unwrap();
+    assert!(engine.open_report().truncated.is_none());
+    let reader = engine.replay().unwrap();
+    assert_eq!(reader.next_seq(), empty.first_seq);
+    assert_eq!(reader.end_offset(), SEGMENT_HEADER_LEN as u64);
+    drop(reader);
+    // Everything acknowledged before is there (the puts after it failed or were never made).
+    let now = engine_state(&engine);
+    for (k, v) in &state {
+        assert_eq!(now.get(k), Some(v));
+    }
+    put_one(&engine, 400_000);
+    assert_eq!(
+        engine.read_to_vec(&key(400_000)).unwrap(),
+        Some(value(400_000))
+    );
+}

@@ -614,6 +614,73 @@ fn op_limit_and_workload_flags_are_honoured() {
     );
 }
 
+/// `--retain 1`: the engine's log keeps about one segment while the run goes, reusing the
+/// retired files; the JSON says so; without it the history stays.
+#[test]
+fn retain_keeps_the_log_short_and_reuses_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = |retain: bool| {
+        let runs = dir.path().join(if retain { "kept" } else { "all" });
+        let json_path = dir.path().join("retain.json");
+        let mut args = vec![
+            "bench",
+            "--systems",
+            "mergelog",
+            "--ops",
+            "30000",
+            "--segment-bytes",
+            "64K",
+            "--batch-bytes-max",
+            "16K",
+            "--sync-probe",
+            "0",
+            "--dir",
+            runs.to_str().unwrap(),
+            "--json",
+            json_path.to_str().unwrap(),
+        ];
+        if retain {
+            args.extend(["--retain", "1"]);
+        }
+        succeeds(&args);
+        let report = read_json(&json_path);
+        check_runs(&report);
+        let w = &report["workload"];
+        if retain {
+            assert_eq!(w["retain_segments"], 1);
+        } else {
+            assert!(w["retain_segments"].is_null());
+        }
+        let log = runs.join("mergelog");
+        let mut segs = 0;
+        let mut recycled = 0;
+        for e in std::fs::read_dir(&log).unwrap().flatten() {
+            let name = e.file_name().into_string().unwrap();
+            if name.ends_with(".seg") {
+                segs += 1;
+                // Header flags (format version 2), bit 0: a reused file.
+                let b = std::fs::read(e.path()).unwrap();
+                recycled += usize::from(b[32] & 1 == 1);
+            } else if name.starts_with("recycle-") {
+                recycled += 1;
+            }
+        }
+        let bytes = int(&report["runs"][0], "bytes_written");
+        (segs, recycled, bytes)
+    };
+    let (all, reused_all, bytes) = count(false);
+    let (kept, reused, _) = count(true);
+    // 30,000 puts of about 120 bytes fill dozens of 64 KiB segments.
+    assert!(bytes > 20 * 65536, "only {bytes} bytes written");
+    assert!(
+        all as u64 * 65536 >= bytes,
+        "{all} segments for {bytes} bytes"
+    );
+    assert_eq!(reused_all, 0, "a segment was reused without --retain");
+    assert!(kept * 4 < all, "--retain 1 left {kept} segments of {all}");
+    assert!(reused > 0, "--retain 1 reused no segment");
+}
+
 /// The median of `values` (the mean of the middle two for an even count).
 fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::hint::black_box;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
@@ -142,18 +143,30 @@ pub fn run(
     let engine =
         Engine::open(dir, config).context(|| format!("open the engine in {}", dir.display()))?;
     let stages = || engine.stats().stages;
+    let done = AtomicBool::new(false);
     // Measured before the engine closes: its threads' clocks go with them.
-    let (driven, cpu) = cpu::during(|| {
-        drive(plan, hooks, progress, Some(&stages), |i, slot, barrier| {
-            writer(
-                &EngineTarget(&engine),
-                Generator::new(&plan.spec, i),
-                i,
-                plan,
-                slot,
-                barrier,
-            )
-        })
+    let (driven, cpu) = std::thread::scope(|scope| {
+        let retirer = plan.retain.map(|keep| {
+            let (engine, done) = (&engine, &done);
+            scope.spawn(move || retire_behind(engine, keep, done))
+        });
+        let r = cpu::during(|| {
+            drive(plan, hooks, progress, Some(&stages), |i, slot, barrier| {
+                writer(
+                    &EngineTarget(&engine),
+                    Generator::new(&plan.spec, i),
+                    i,
+                    plan,
+                    slot,
+                    barrier,
+                )
+            })
+        });
+        done.store(true, Ordering::Release);
+        match retirer.map(|h| h.join().expect("the retiring thread panicked")) {
+            Some(Err(e)) => (Err(e), r.1),
+            _ => r,
+        }
     });
     // Close before looking at the writers' results: an error there should not leave the
     // flusher running.
@@ -177,6 +190,20 @@ pub fn run(
         cpu,
         ..RunResult::measured(system, sampled, timeline, elapsed, missed)
     })
+}
+
+/// `--retain`: until `done`, every 10 ms, retires all but the newest `keep` segments.
+fn retire_behind(engine: &Engine, keep: usize, done: &AtomicBool) -> Result<(), CliError> {
+    while !done.load(Ordering::Acquire) {
+        let segs = engine.segments();
+        if segs.len() > keep {
+            engine
+                .retire_before(segs[segs.len() - keep].first_seq)
+                .context(|| "retire old segments (--retain)".into())?;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 /// What a writer submits to and waits on: a system whose requests complete in submission

@@ -165,6 +165,13 @@ pub struct WorkloadArgs {
     /// Size of each segment file (suffixes K, M, G) [engine default: 64M].
     #[arg(long, value_name = "BYTES", value_parser = bytes)]
     segment_bytes: Option<u64>,
+    /// Keep only the newest N segments of the engine's log (a log that retires its history
+    /// behind a checkpoint, as a write-ahead log does): a thread retires the older ones as
+    /// the run goes (`Engine::retire_before`, every 10 ms), and the engine reuses their files
+    /// (`recycle_segments` = 2) instead of writing new segments full of zeros. Default: keep
+    /// the whole history.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    retain: Option<u64>,
     /// Parent directory for the runs (one subdirectory per system, kept afterwards; each
     /// must not exist yet or be empty). Default: a temporary directory, removed afterwards.
     #[arg(long, value_name = "PATH")]
@@ -473,6 +480,8 @@ pub struct Plan {
     pub interval: Duration,
     pub durability: Durability,
     pub engine: Config,
+    /// `--retain`: segments the engine's log keeps; older ones are retired during the run.
+    pub retain: Option<usize>,
 }
 
 impl Plan {
@@ -1005,6 +1014,10 @@ fn plan(args: &WorkloadArgs) -> Result<Plan, CliError> {
     if let Some(n) = args.segment_bytes {
         engine.segment_bytes = n;
     }
+    let retain = args.retain.map(|n| n as usize);
+    if retain.is_some() {
+        engine.recycle_segments = engine.recycle_segments.max(2);
+    }
     engine
         .validate()
         .map_err(|e| CliError::usage(format!("engine configuration from the flags: {e}")))?;
@@ -1037,6 +1050,7 @@ fn plan(args: &WorkloadArgs) -> Result<Plan, CliError> {
         interval: Duration::from_secs_f64(interval),
         durability: engine.durability,
         engine,
+        retain,
     };
     // Surfaces a bad distribution now rather than inside every writer thread.
     Generator::new(&plan.spec, 0).map_err(CliError::usage)?;

@@ -48,6 +48,9 @@ pub struct Workload {
     batch_ops_max: usize,
     ring_bytes: usize,
     segment_bytes: u64,
+    /// `--retain`: segments the engines' logs keep (older ones retired during the run and
+    /// their files reused); null: the whole history is kept.
+    retain_segments: Option<usize>,
     systems: Vec<&'static str>,
     seed: u64,
     /// `--dir`, or null for a temporary directory.
@@ -103,6 +106,7 @@ impl Workload {
             batch_ops_max: e.batch_ops_max,
             ring_bytes: e.ring_bytes,
             segment_bytes: e.segment_bytes,
+            retain_segments: plan.retain,
             systems: systems.iter().map(|s| s.name()).collect(),
             seed: s.seed,
             dir: args.dir.as_ref().map(|d| d.display().to_string()),
@@ -144,7 +148,7 @@ impl Workload {
             "workload: {load}, {} keys {}, key {} B, value {} B, {:.0}% puts {:.0}% deletes \
              {:.0}% gets, {length}\n\
              engine:   durability {}, write path {}, window {}, window age max {} µs, batch max \
-             {} B / {} ops, ring {} B, segment {} B",
+             {} B / {} ops, ring {} B, segment {} B{}",
             self.keys,
             self.dist,
             size(&self.key_size),
@@ -160,6 +164,10 @@ impl Workload {
             self.batch_ops_max,
             self.ring_bytes,
             self.segment_bytes,
+            match self.retain_segments {
+                Some(n) => format!(", newest {n} segments kept (older retired and reused)"),
+                None => String::new(),
+            },
         )
     }
 }

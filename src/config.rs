@@ -111,9 +111,11 @@ pub struct Config {
     /// How many segments `Engine::retire_before` keeps for reuse instead of deleting them
     /// (at most 64). A reused segment needs no zeros written before it can take frames: a
     /// log that retires its history then writes each byte once instead of twice. Default 0:
-    /// a reused file's bytes change, so a reader in another process that still maps a
-    /// retired segment (a `LogReader` opened before the retirement) would see them change;
-    /// in this process the engine reuses a file only once nothing maps it.
+    /// a reused file's bytes change, so a `LogReader` opened on the directory with
+    /// `LogReader::open` (in this process or another) before the retirement, which maps the
+    /// files itself, would see them change. What the engine hands out (`ValueRef`s,
+    /// `replay()`, `follow()`) shares its own mappings, and a file is reused only once none
+    /// of them holds it.
     pub recycle_segments: usize,
 }
 

@@ -333,6 +333,7 @@ impl Engine {
                 prepared.take(),
                 &io,
             )?));
+            pool.fresh.fetch_add(1, Ordering::Relaxed);
             write_off = crate::log::format::SEGMENT_HEADER_LEN as u64;
         }
         let segments: Segments = Arc::new(RwLock::new(SegmentList::new(segs)));
@@ -711,6 +712,7 @@ impl Engine {
         // The pooled files go with the engine's mappings of them: a file is reused only
         // once nothing else holds its mapping (see `Pool::take`).
         let recycled = pooled.iter().flatten().count();
+        Counters::add(&inner.pool.retired, removed as u64);
         for (seg, to) in gone.into_iter().zip(pooled) {
             if let Some(path) = to {
                 inner.pool.put(path, seg);
@@ -730,14 +732,20 @@ impl Engine {
     pub fn stats(&self) -> Stats {
         let durable = self.inner.completion.durable();
         let backlog = self.inner.ring.tail().saturating_sub(durable);
-        self.inner.counters.snapshot(backlog, durable)
+        Stats {
+            segments: self.inner.pool.counts(),
+            ..self.inner.counters.snapshot(backlog, durable)
+        }
     }
 
     /// The counters alone: atomic loads, no lock, no allocation; cheap enough to poll.
     pub fn counts(&self) -> Counts {
         let durable = self.inner.completion.durable();
         let backlog = self.inner.ring.tail().saturating_sub(durable);
-        self.inner.counters.counts(backlog, durable)
+        Counts {
+            segments: self.inner.pool.counts(),
+            ..self.inner.counters.counts(backlog, durable)
+        }
     }
 
     /// The error that failed the engine, if it failed.

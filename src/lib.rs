@@ -101,7 +101,7 @@ pub use log::recovery::Damage;
 #[cfg(not(loom))]
 pub use reader::{Batch, Follower, LogReader, OwnedBatch};
 #[cfg(not(loom))]
-pub use stats::{Counts, StageHistograms, Stats, SyncTime};
+pub use stats::{Counts, SegmentCounts, StageHistograms, Stats, SyncTime};
 #[cfg(not(loom))]
 pub use ticket::{GetTicket, Ticket};
 

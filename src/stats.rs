@@ -97,6 +97,21 @@ pub struct Counts {
     pub durable_position: u64,
     /// Where the disk's time went, from the first sync on.
     pub sync_time: SyncTime,
+    /// Segment files started, reused and retired since open.
+    pub segments: SegmentCounts,
+}
+
+/// What happened to segment files since the engine opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentCounts {
+    /// Segments started in a file full of written zeros (made ahead of need, at a roll, or
+    /// for a new log's first segment).
+    pub fresh: u64,
+    /// Segments started in a retired segment's file (`Config::recycle_segments`): no zeros
+    /// written for them.
+    pub reused: u64,
+    /// Segments removed by `Engine::retire_before` (deleted or kept for reuse).
+    pub retired: u64,
 }
 
 /// How the time from the first sync to the last one divides (nanoseconds; all zero in
@@ -145,6 +160,8 @@ pub struct Stats {
     pub durable_position: u64,
     /// Where the disk's time went, from the first sync on.
     pub sync_time: SyncTime,
+    /// Segment files started, reused and retired since open.
+    pub segments: SegmentCounts,
     /// Per-stage latencies.
     pub stages: StageHistograms,
 }
@@ -190,6 +207,8 @@ impl Counters {
                 frame_ready_ns: get(&self.sync_gap_ready_ns),
                 nothing_ready_ns: get(&self.sync_gap_empty_ns),
             },
+            // Kept by the log's file pool; the engine fills them in.
+            segments: SegmentCounts::default(),
         }
     }
 
@@ -207,6 +226,7 @@ impl Counters {
             backlog_bytes,
             durable_position,
             sync_time,
+            segments,
         } = self.counts(backlog_bytes, durable_position);
         Stats {
             submitted,
@@ -221,6 +241,7 @@ impl Counters {
             backlog_bytes,
             durable_position,
             sync_time,
+            segments,
             stages: self.stages.lock().clone(),
         }
     }

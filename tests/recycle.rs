@@ -319,3 +319,45 @@ fn a_recycled_segment_without_frames_ends_at_its_header() {
         Some(value(400_000))
     );
 }
+
+/// `Counts::segments`: every segment the engine started is fresh or reused, and it either is
+/// still in the log or was retired; without `recycle_segments` nothing is reused.
+#[test]
+fn segment_counters_add_up() {
+    for recycle in [2, 0] {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(
+            dir.path(),
+            Config {
+                recycle_segments: recycle,
+                ..config()
+            },
+        )
+        .unwrap();
+        let mut retired = 0;
+        for i in 0..2000 {
+            put_one(&engine, i);
+            if i % 50 == 0 {
+                let segs = engine.segments();
+                retired += engine
+                    .retire_before(segs[segs.len() - 1].first_seq)
+                    .unwrap()
+                    .segments as u64;
+            }
+        }
+        let c = engine.counts().segments;
+        assert_eq!(c, engine.stats().segments);
+        assert_eq!(c.retired, retired, "recycle {recycle}");
+        assert!(retired >= 5, "recycle {recycle}: only {retired} retired");
+        assert_eq!(
+            c.fresh + c.reused,
+            engine.segments().len() as u64 + c.retired,
+            "recycle {recycle}: {c:?}"
+        );
+        if recycle > 0 {
+            assert!(c.reused > 0 && c.fresh < c.reused, "{c:?}");
+        } else {
+            assert_eq!(c.reused, 0);
+        }
+    }
+}

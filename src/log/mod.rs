@@ -15,6 +15,7 @@ use io::SharedIo;
 use parking_lot::{Mutex, RwLock};
 use segment::{create_zeroed, sync_dir, Mapped, Segment};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -118,6 +119,10 @@ pub(crate) struct Pool {
     dir: PathBuf,
     max: usize,
     inner: Mutex<PoolFiles>,
+    /// Segments started in fresh (zero-filled) files, in reused ones, and retired.
+    pub fresh: AtomicU64,
+    pub reused: AtomicU64,
+    pub retired: AtomicU64,
 }
 
 struct PoolFiles {
@@ -163,6 +168,9 @@ impl Pool {
             dir: dir.to_owned(),
             max,
             inner: Mutex::new(PoolFiles { files, counter }),
+            fresh: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
+            retired: AtomicU64::new(0),
         })
     }
 
@@ -181,6 +189,16 @@ impl Pool {
     /// Adds a retired segment, renamed to a path [`Pool::next_path`] gave.
     pub fn put(&self, path: PathBuf, seg: Arc<Segment>) {
         self.inner.lock().files.push_back((path, Some(seg)));
+    }
+
+    /// The segment counters.
+    pub fn counts(&self) -> crate::stats::SegmentCounts {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        crate::stats::SegmentCounts {
+            fresh: get(&self.fresh),
+            reused: get(&self.reused),
+            retired: get(&self.retired),
+        }
     }
 
     /// Takes the oldest file nobody maps any more, if there is one.
@@ -396,6 +414,12 @@ impl Log {
             &self.io,
         )?);
         self.segments.write().push(seg.clone());
+        let started = if recycled {
+            &self.pool.reused
+        } else {
+            &self.pool.fresh
+        };
+        started.fetch_add(1, Ordering::Relaxed);
         self.active = seg;
         self.write_off = SEGMENT_HEADER_LEN as u64;
         self.prep = Prep::Deferred;

@@ -37,6 +37,8 @@ struct SegmentJson {
     used_bytes: u64,
     first_seq: Option<u64>,
     last_seq: Option<u64>,
+    /// A reused (recycled) segment file: past its frames lie old bytes, not zeros.
+    recycled: bool,
 }
 
 #[derive(Serialize)]
@@ -146,6 +148,7 @@ pub fn run(args: InspectArgs) -> Result<(), CliError> {
             used_bytes: logdir::SEGMENT_HEADER_LEN,
             first_seq: None,
             last_seq: None,
+            recycled: recycled(&path),
         })
         .collect();
     let mut r = InspectJson {
@@ -254,6 +257,7 @@ pub fn run(args: InspectArgs) -> Result<(), CliError> {
                 thousands(s.batches),
                 s.first_seq.map_or("-".into(), |x| x.to_string()),
                 s.last_seq.map_or("-".into(), |x| x.to_string()),
+                if s.recycled { "yes" } else { "no" }.into(),
             ]
         })
         .collect();
@@ -265,6 +269,7 @@ pub fn run(args: InspectArgs) -> Result<(), CliError> {
             "batches",
             "first seq",
             "last seq",
+            "recycled",
         ],
         &rows,
     )));
@@ -402,4 +407,15 @@ fn key_range(first: &Option<Vec<u8>>, last: &Option<Vec<u8>>) -> String {
 
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+/// Whether the segment file's header carries the recycled flag (false if it cannot be read:
+/// the scan has already vouched for the header).
+fn recycled(path: &std::path::Path) -> bool {
+    use mergelog::internals::format::{SegmentHeader, SEGMENT_HEADER_LEN};
+    use std::io::Read;
+    let mut header = [0u8; SEGMENT_HEADER_LEN];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .is_ok_and(|()| SegmentHeader::decode(&header).is_ok_and(|h| h.recycled))
 }

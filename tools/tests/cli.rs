@@ -241,6 +241,18 @@ fn check_runs(report: &Value) {
                     total_ms <= num(r, "elapsed_s") * 1e3 + 1_000.0,
                     "{system}: sync_time {t} exceeds the run"
                 );
+                // Segments: each run's log starts with at least one (fresh: a new
+                // directory), and only what was started can have been retired.
+                let sg = &e["segments"];
+                let rounds = int(&report["workload"], "rounds");
+                assert!(int(sg, "fresh") >= rounds, "{system}: {sg}");
+                assert!(
+                    int(sg, "retired") <= int(sg, "fresh") + int(sg, "reused"),
+                    "{system}: {sg}"
+                );
+                if report["workload"]["retain_segments"].is_null() {
+                    assert_eq!(int(sg, "retired") + int(sg, "reused"), 0, "{system}: {sg}");
+                }
                 // Each write is either logged or superseded in its window.
                 assert_eq!(
                     int(e, "records_written") + coalesced,
@@ -665,6 +677,27 @@ fn retain_keeps_the_log_short_and_reuses_segments() {
                 recycled += 1;
             }
         }
+        // `inspect` tells the reused segments apart.
+        let inspect: Value =
+            serde_json::from_str(&succeeds(&["inspect", log.to_str().unwrap(), "--json"]))
+                .expect("inspect --json parses");
+        let listed = inspect["segments"].as_array().unwrap();
+        assert_eq!(listed.len(), segs);
+        let flagged = listed.iter().filter(|s| s["recycled"] == true).count();
+        let pooled = std::fs::read_dir(&log)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("recycle-"))
+            .count();
+        assert_eq!(flagged + pooled, recycled, "inspect's recycled flags");
+        let sg = &report["runs"][0]["engine"]["segments"];
+        if retain {
+            assert!(int(sg, "reused") > 0 && int(sg, "retired") > 0, "{sg}");
+            // Every segment started is in the log, in the pool or deleted.
+            assert!(int(sg, "fresh") + int(sg, "reused") >= int(sg, "retired") + segs as u64);
+        } else {
+            assert_eq!(int(sg, "fresh"), segs as u64, "{sg}");
+        }
         let bytes = int(&report["runs"][0], "bytes_written");
         (segs, recycled, bytes)
     };
@@ -996,6 +1029,17 @@ fn profile_prints_every_stage_and_the_counters() {
             "profile output lacks {needle}:\n{stdout}"
         );
     }
+    let sg = &read_json(&json_path)["runs"][0]["engine"]["segments"];
+    let line = format!(
+        "segments: {} started in zero-filled files, {} in reused ones; {} retired",
+        int(sg, "fresh"),
+        int(sg, "reused"),
+        int(sg, "retired")
+    );
+    assert!(
+        stdout.contains(&line),
+        "profile output lacks {line:?}:\n{stdout}"
+    );
     if cfg!(target_os = "linux") {
         assert!(
             stdout.contains("busy on average while the writers ran")

@@ -786,6 +786,7 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
         backlog_bytes,
         durable_position,
         sync_time,
+        segments,
         stages,
     } = from;
     into.submitted += submitted;
@@ -802,6 +803,9 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
     into.sync_time.busy_ns += sync_time.busy_ns;
     into.sync_time.frame_ready_ns += sync_time.frame_ready_ns;
     into.sync_time.nothing_ready_ns += sync_time.nothing_ready_ns;
+    into.segments.fresh += segments.fresh;
+    into.segments.reused += segments.reused;
+    into.segments.retired += segments.retired;
     let StageHistograms {
         ring_wait,
         window_age,

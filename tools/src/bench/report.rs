@@ -274,6 +274,15 @@ struct EngineJson {
     /// From the first sync to the last: time syncing, and between syncs with a written
     /// frame waiting or with nothing to sync yet (ms; all zero without syncs).
     sync_time: SyncTimeJson,
+    /// Segments started in zero-filled files, in reused files, and retired.
+    segments: SegmentsJson,
+}
+
+#[derive(Serialize)]
+struct SegmentsJson {
+    fresh: u64,
+    reused: u64,
+    retired: u64,
 }
 
 /// Cores busy on average while the writers ran (CPU time over wall time).
@@ -544,6 +553,11 @@ impl Report {
                             frame_ready_ms: s.sync_time.frame_ready_ns as f64 / 1e6,
                             nothing_ready_ms: s.sync_time.nothing_ready_ns as f64 / 1e6,
                         },
+                        segments: SegmentsJson {
+                            fresh: s.segments.fresh,
+                            reused: s.segments.reused,
+                            retired: s.segments.retired,
+                        },
                     }),
                     cpu: r.cpu.as_ref().map(CpuJson::of),
                     stages: r.engine.as_ref().map(|s| {
@@ -786,6 +800,7 @@ impl Report {
             if let Some(line) = sync_time_line(&stats.sync_time) {
                 out.push_str(&line);
             }
+            out.push_str(&segments_line(&stats.segments));
         }
         out
     }
@@ -989,6 +1004,7 @@ impl Report {
             if let Some(line) = sync_time_line(&stats.sync_time) {
                 out.push_str(&line);
             }
+            out.push_str(&segments_line(&stats.segments));
         }
         out
     }
@@ -1009,6 +1025,14 @@ fn sync_time_line(t: &mergelog::SyncTime) -> Option<String> {
         pct(t.frame_ready_ns),
         pct(t.nothing_ready_ns),
     ))
+}
+
+/// Segments started (in zero-filled files, or in reused ones) and retired.
+fn segments_line(c: &mergelog::SegmentCounts) -> String {
+    format!(
+        "segments: {} started in zero-filled files, {} in reused ones; {} retired\n",
+        c.fresh, c.reused, c.retired
+    )
 }
 
 fn counter(name: &str, value: u64, note: Option<String>) -> Vec<String> {

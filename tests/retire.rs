@@ -62,6 +62,14 @@ fn value(rng: &mut StdRng, k: usize, n: usize) -> Vec<u8> {
     v
 }
 
+/// A new engine on a temporary directory, with the random source and the write count that
+/// [`fill`] goes on from.
+fn open_new(config: Config, seed: u64) -> (tempfile::TempDir, Engine, StdRng, usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::open(dir.path(), config).expect("open");
+    (dir, engine, StdRng::seed_from_u64(seed), 0)
+}
+
 /// Writes puts (85 %) and deletes over keys `keys`, in groups of 50 requests whose tickets
 /// are all waited for before the next group (so the log gets many batches), until the
 /// directory holds at least `segments` segment files.
@@ -143,10 +151,7 @@ fn assert_state(got: &State, want: &State, ctx: &str) {
 
 #[test]
 fn retiring_a_prefix_forgets_exactly_what_reopening_forgets() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let engine = Engine::open(dir.path(), config()).expect("open");
-    let mut rng = StdRng::seed_from_u64(1);
-    let mut n = 0;
+    let (dir, engine, mut rng, mut n) = open_new(config(), 1);
     // Keys 0..100 first, then 50..200: keys below 50 are written only early on, so most of
     // them have their newest record in the segments that are retired.
     fill(&engine, &mut rng, 0..100, 4, &mut n);
@@ -253,10 +258,7 @@ fn retiring_a_prefix_forgets_exactly_what_reopening_forgets() {
 
 #[test]
 fn retire_never_removes_the_active_segment() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let engine = Engine::open(dir.path(), config()).expect("open");
-    let mut rng = StdRng::seed_from_u64(2);
-    let mut n = 0;
+    let (dir, engine, mut rng, mut n) = open_new(config(), 2);
     fill(&engine, &mut rng, 0..200, 5, &mut n);
     let files = seg_files(dir.path());
     let last = files.last().unwrap().0;
@@ -352,10 +354,7 @@ fn retire_never_removes_the_active_segment() {
 
 #[test]
 fn retire_before_the_first_segment_is_a_no_op() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let engine = Engine::open(dir.path(), config()).expect("open");
-    let mut rng = StdRng::seed_from_u64(3);
-    let mut n = 0;
+    let (dir, engine, mut rng, mut n) = open_new(config(), 3);
     fill(&engine, &mut rng, 0..200, 4, &mut n);
     let files = seg_files(dir.path());
     assert_eq!(files[0].0, 1, "a fresh log starts at batch 1");
@@ -877,10 +876,7 @@ fn one_retirement_pools_at_most_recycle_segments_files() {
         recycle_segments: 2,
         ..config()
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let engine = Engine::open(dir.path(), config).expect("open");
-    let mut rng = StdRng::seed_from_u64(10);
-    let mut n = 0;
+    let (dir, engine, mut rng, mut n) = open_new(config, 10);
     fill(&engine, &mut rng, 0..200, 6, &mut n);
     let files = seg_files(dir.path());
     let r = engine.retire_before(u64::MAX).expect("retire");
@@ -895,10 +891,7 @@ fn one_retirement_pools_at_most_recycle_segments_files() {
 // next (it once returned `Ok(None)` forever: it looked for the next segment by name only).
 #[test]
 fn a_follower_whose_segment_is_retired_under_it_gets_retired_error() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let engine = Engine::open(dir.path(), config()).expect("open");
-    let mut rng = StdRng::seed_from_u64(5);
-    let mut n = 0;
+    let (dir, engine, mut rng, mut n) = open_new(config(), 5);
     fill(&engine, &mut rng, 0..200, 5, &mut n);
     let files = seg_files(dir.path());
     let mut in_process = engine.follow(1);

@@ -85,16 +85,26 @@ pub fn recycle_file_name(n: u64) -> String {
 
 /// The number in a [`recycle_file_name`], or `None` if `name` is not one.
 pub fn parse_recycle_file_name(name: &str) -> Option<u64> {
-    let digits = name.strip_prefix("recycle-")?.strip_suffix(".tmp")?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
+    parse_numbered(name, "recycle-")
 }
 
 /// File name of the `n`th segment prepared ahead of need (all zeros until activated).
 pub fn prep_file_name(n: u64) -> String {
     format!("prep-{n}.tmp")
+}
+
+/// The number in a [`prep_file_name`], or `None` if `name` is not one.
+pub fn parse_prep_file_name(name: &str) -> Option<u64> {
+    parse_numbered(name, "prep-")
+}
+
+/// The number `n` in `<prefix><n>.tmp`, decimal digits only.
+fn parse_numbered(name: &str, prefix: &str) -> Option<u64> {
+    let digits = name.strip_prefix(prefix)?.strip_suffix(".tmp")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// What a record does to its key.
@@ -1344,6 +1354,20 @@ mod tests {
             .to_string()
             .starts_with("invalid segment header: no mergelog segment magic"));
         let _: &dyn std::error::Error = &e;
+    }
+
+    #[test]
+    fn spare_file_names() {
+        for n in [0, 7, u64::MAX] {
+            assert_eq!(parse_prep_file_name(&prep_file_name(n)), Some(n));
+            assert_eq!(parse_recycle_file_name(&recycle_file_name(n)), Some(n));
+            assert_eq!(parse_prep_file_name(&recycle_file_name(n)), None);
+            assert_eq!(parse_recycle_file_name(&prep_file_name(n)), None);
+        }
+        for bad in ["prep-.tmp", "prep-+1.tmp", "prep-1.seg", "recycle-1", "recycle-x.tmp"] {
+            assert_eq!(parse_prep_file_name(bad), None, "{bad}");
+            assert_eq!(parse_recycle_file_name(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -137,33 +137,10 @@ impl Pool {
     /// Takes over the pool files an earlier run left: keeps up to `max` of the right size,
     /// removes the others.
     pub fn adopt(io: &SharedIo, dir: &Path, segment_bytes: u64, max: usize) -> Result<Pool> {
-        let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
-        let mut found = Vec::new();
-        let mut counter = 0;
-        for entry in rd.flatten() {
-            let name = entry.file_name();
-            let Some(n) = name.to_str().and_then(format::parse_recycle_file_name) else {
-                continue;
-            };
-            counter = counter.max(n + 1);
-            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-            found.push((n, entry.path(), size));
-        }
-        found.sort();
-        let mut files = std::collections::VecDeque::new();
-        let mut removed = false;
-        for (_, path, size) in found {
-            if files.len() < max && size == segment_bytes {
-                files.push_back((path, None));
-            } else {
-                std::fs::remove_file(&path)
-                    .map_err(|e| Error::io("remove pooled segment", &path, e))?;
-                removed = true;
-            }
-        }
-        if removed {
-            sync_dir(&**io, dir)?;
-        }
+        let (kept, highest) =
+            adopt_files(io, dir, format::parse_recycle_file_name, segment_bytes, max)?;
+        let files = kept.into_iter().map(|path| (path, None)).collect();
+        let counter = highest + 1;
         Ok(Pool {
             dir: dir.to_owned(),
             max,
@@ -212,36 +189,35 @@ impl Pool {
     }
 }
 
-/// Finds the prepared segment files of an earlier run: keeps one of the right size (it holds
-/// only zeros, plus possibly a header that activation rewrites) and removes the rest, which
-/// a crash may have left short. Returns the kept one and the highest prep number seen.
-pub(crate) fn adopt_prepared(
+/// Takes over the spare segment files an earlier run left in `dir`: those whose name
+/// `number` parses, in number order, keeping up to `keep` of the right size and removing the
+/// rest (a crash may have left them short). Returns the kept ones and the highest number
+/// seen (0 if none).
+fn adopt_files(
     io: &SharedIo,
     dir: &Path,
+    number: fn(&str) -> Option<u64>,
     segment_bytes: u64,
-) -> Result<(Option<PathBuf>, u64)> {
+    keep: usize,
+) -> Result<(Vec<PathBuf>, u64)> {
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
-    let mut kept = None;
-    let mut highest = 0;
+    let mut found: Vec<(u64, PathBuf, u64)> = rd
+        .flatten()
+        .filter_map(|entry| {
+            let n = number(entry.file_name().to_str()?)?;
+            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            Some((n, entry.path(), size))
+        })
+        .collect();
+    found.sort();
+    let highest = found.last().map_or(0, |f| f.0);
+    let mut kept = Vec::new();
     let mut removed = false;
-    for entry in rd.flatten() {
-        let name = entry.file_name();
-        let Some(n) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("prep-"))
-            .and_then(|n| n.strip_suffix(".tmp"))
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        highest = highest.max(n);
-        let path = entry.path();
-        let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-        if kept.is_none() && size == segment_bytes {
-            kept = Some(path);
+    for (_, path, size) in found {
+        if kept.len() < keep && size == segment_bytes {
+            kept.push(path);
         } else {
-            std::fs::remove_file(&path)
-                .map_err(|e| Error::io("remove prepared segment", &path, e))?;
+            std::fs::remove_file(&path).map_err(|e| Error::io("remove spare segment", &path, e))?;
             removed = true;
         }
     }
@@ -249,6 +225,18 @@ pub(crate) fn adopt_prepared(
         sync_dir(&**io, dir)?;
     }
     Ok((kept, highest))
+}
+
+/// Finds the prepared segment files of an earlier run: keeps one of the right size (it holds
+/// only zeros, plus possibly a header that activation rewrites) and removes the rest.
+/// Returns the kept one and the highest prep number seen.
+pub(crate) fn adopt_prepared(
+    io: &SharedIo,
+    dir: &Path,
+    segment_bytes: u64,
+) -> Result<(Option<PathBuf>, u64)> {
+    let (kept, highest) = adopt_files(io, dir, format::parse_prep_file_name, segment_bytes, 1)?;
+    Ok((kept.into_iter().next(), highest))
 }
 
 /// Files for the next segments that open found: a prepared one an earlier run left (with the

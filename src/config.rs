@@ -109,13 +109,13 @@ pub struct Config {
     /// What opening does with damage.
     pub recovery: RecoveryMode,
     /// How many segments `Engine::retire_before` keeps for reuse instead of deleting them
-    /// (at most 64). A reused segment needs no zeros written before it can take frames: a
-    /// log that retires its history then writes each byte once instead of twice. Default 0:
-    /// a reused file's bytes change, so a `LogReader` opened on the directory with
-    /// `LogReader::open` (in this process or another) before the retirement, which maps the
-    /// files itself, would see them change. What the engine hands out (`ValueRef`s,
-    /// `replay()`, `follow()`) shares its own mappings, and a file is reused only once none
-    /// of them holds it.
+    /// (at most 64; the newest ones retired). A reused segment needs no zeros written before
+    /// it can take frames: a log that retires its history then writes each byte once instead
+    /// of twice. A file is reused only once nothing maps it: every mapping of a segment file
+    /// (the engine's, which `ValueRef`s, `replay()` and followers share, and a `LogReader`'s
+    /// in any process) holds a shared `flock` on it. Opening a log whose last segment is a
+    /// reused file zeroes what follows its frames (tens of milliseconds for a 64 MiB
+    /// segment). Default 0, as RocksDB's `recycle_log_file_num`: retired segments are deleted.
     pub recycle_segments: usize,
 }
 

@@ -613,12 +613,16 @@ impl Engine {
         )
     }
 
-    /// A read-only view of the durable log as of now, for replay in log order. It reads
-    /// through the engine's own mappings (no scan of the directory), and while it lives the
-    /// engine does not reuse its segment files.
+    /// A read-only view of the log as of now (its durable batches; with `NoSync`, those
+    /// written), for replay in log order. It reads through the engine's own mappings (no
+    /// scan of the directory), and while it lives the engine does not reuse its segment
+    /// files; a follower made from it (`LogReader::follow`) is one of this engine's.
     pub fn replay(&self) -> Result<LogReader> {
-        let segs = self.inner.segments.read().iter().cloned().collect();
-        Ok(LogReader::of_engine(&self.inner.dir, segs))
+        Ok(LogReader::of_engine(
+            &self.inner.dir,
+            self.inner.segments.clone(),
+            self.inner.durable_seq.clone(),
+        ))
     }
 
     /// The log's segment files in order, the last one being written: for a caller that
@@ -654,13 +658,15 @@ impl Engine {
     /// have been removed (the engine forgets exactly those); calling again retries the rest.
     pub fn retire_before(&self, seq: u64) -> Result<Retired> {
         let inner = &*self.inner;
+        // Checked under the lock, which `close` takes before it gives up the directory: no
+        // retirement runs on once another engine may have the directory.
+        let _one_at_a_time = inner.retire_lock.lock();
         if let Some(e) = inner.completion.failure() {
             return Err(failed(e));
         }
         if inner.ring.is_closed() {
             return Err(Error::Closed);
         }
-        let _one_at_a_time = inner.retire_lock.lock();
         // Segment i holds batches [id_i, id_{i+1}): it can go once id_{i+1} <= seq. Every
         // segment but the last is complete and durable (a roll drains the pipeline first).
         let candidates: Vec<Arc<Segment>> = {
@@ -674,16 +680,16 @@ impl Engine {
         let mut removed = 0;
         let mut pooled = Vec::new();
         let mut result = Ok(());
-        // Only retirement adds to the pool, one call at a time, so its room only grows
-        // meanwhile (the log takes files out).
-        let mut room = inner.pool.room();
-        for seg in &candidates {
-            // Kept for reuse if the pool has room and the file has the size segments are
-            // made with now; removed otherwise. Either way its `.seg` name goes.
-            let to = (room > 0 && seg.size == inner.config.segment_bytes).then(|| {
-                room -= 1;
-                inner.pool.next_path()
-            });
+        // The newest `recycle_segments` of them go to the pool (if they have the size
+        // segments are made with now), the rest are removed; either way the `.seg` name
+        // goes. The pool then gives up its oldest files beyond its size: a file some reader
+        // still maps cannot be reused, and must not keep newer ones out.
+        let pool_from = candidates
+            .len()
+            .saturating_sub(inner.config.recycle_segments);
+        for (i, seg) in candidates.iter().enumerate() {
+            let to = (i >= pool_from && seg.size == inner.config.segment_bytes)
+                .then(|| inner.pool.next_path());
             let r = match &to {
                 Some(to) => rename(&*inner.io, &seg.path, to)
                     .map_err(|e| Error::io("move retired segment to the pool", &seg.path, e)),
@@ -693,9 +699,13 @@ impl Engine {
                 .map_err(|e| Error::io("remove retired segment", &seg.path, e)),
             }
             .and_then(|()| {
+                // The `.seg` name is gone: the engine forgets the segment. The file joins
+                // the pool only once the rename is durable (after a failed directory sync a
+                // crash could bring the old name back, so the file must not be reused).
                 removed += 1;
-                pooled.push(to);
-                sync_dir(&*inner.io, &inner.dir)
+                sync_dir(&*inner.io, &inner.dir)?;
+                pooled.extend(to);
+                Ok(())
             });
             if let Err(e) = r {
                 result = Err(e);
@@ -709,13 +719,24 @@ impl Engine {
         let first = inner.segments.read().base();
         let keys_forgotten = inner.index.forget_below(first);
         let first_seq = inner.segments.read().iter().next().map_or(1, |s| s.id);
-        // The pooled files go with the engine's mappings of them: a file is reused only
-        // once nothing else holds its mapping (see `Pool::take`).
-        let recycled = pooled.iter().flatten().count();
+        // A pooled file is reused only once nothing maps it any more (`Pool::take`).
+        drop(gone);
         Counters::add(&inner.pool.retired, removed as u64);
-        for (seg, to) in gone.into_iter().zip(pooled) {
-            if let Some(path) = to {
-                inner.pool.put(path, seg);
+        let evicted = inner.pool.put(pooled.iter().cloned());
+        let recycled = pooled.iter().filter(|p| !evicted.contains(p)).count();
+        // Spare files are not part of the log: no order to keep, one directory sync.
+        for path in &evicted {
+            let r = guarded(&*inner.io, IoOp::Remove, path, 0, &[], || {
+                std::fs::remove_file(path)
+            })
+            .map_err(|e| Error::io("remove a spare segment from the pool", path, e));
+            if let (Err(e), Ok(())) = (r, &result) {
+                result = Err(e);
+            }
+        }
+        if !evicted.is_empty() {
+            if let (Err(e), Ok(())) = (sync_dir(&*inner.io, &inner.dir), &result) {
+                result = Err(e);
             }
         }
         result.map(|()| Retired {
@@ -760,7 +781,9 @@ impl Engine {
         self.inner.poke_flusher();
         if let Some(h) = self.flusher.lock().take() {
             let joined = h.join();
-            // Nothing writes the directory any more: let the next engine have it.
+            // Nothing writes the directory any more (a retirement in progress finishes
+            // first): let the next engine have it.
+            let _no_retirement = self.inner.retire_lock.lock();
             self.lock.lock().take();
             if joined.is_err() {
                 return Err(Error::Failed(Arc::new(
@@ -779,6 +802,13 @@ impl Drop for Engine {
     fn drop(&mut self) {
         let _ = self.close();
     }
+}
+
+/// A completed job, kept for its buffers' capacity: without its frame, whose segment mapping
+/// it would otherwise hold (keeping a retired segment's file from being reused).
+fn spare(mut job: Job) -> Job {
+    job.frame = None;
+    job
 }
 
 /// The sticky error every call reports after a failure.
@@ -979,7 +1009,7 @@ impl Flusher {
                     self.inner.completion.fail(e);
                 }
             }
-            let _ = self.give_back.try_send(job);
+            let _ = self.give_back.try_send(spare(job));
             return;
         }
         // The frame waits for the sync in flight before its own: start writing it meanwhile,
@@ -1372,7 +1402,7 @@ impl Syncer {
                 }
             }
             for job in self.group.drain(..) {
-                let _ = self.give_back.try_send(job);
+                let _ = self.give_back.try_send(spare(job));
             }
         }
     }

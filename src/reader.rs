@@ -99,6 +99,9 @@ pub struct OwnedBatch {
 /// A read-only, lock-free view of a log directory as of when it was opened.
 pub struct LogReader {
     dir: PathBuf,
+    /// For a view of an open engine's log: its segment list and durable batch sequence, for
+    /// followers made from this view.
+    engine: Option<(Segments, Arc<AtomicU64>)>,
     segments: Vec<Arc<Segment>>,
     next_seq: u64,
     end_offset: u64,
@@ -146,6 +149,7 @@ impl LogReader {
         }
         Ok(LogReader {
             dir,
+            engine: None,
             segments: scanned.segments,
             next_seq: scanned.next_seq,
             end_offset: scanned.write_off,
@@ -153,10 +157,12 @@ impl LogReader {
         })
     }
 
-    /// A view of an open engine's log through the engine's own mappings (its published, so
-    /// durable, frames), without scanning the directory again. Holding the mappings keeps
-    /// the engine from reusing the files while this view lives.
-    pub(crate) fn of_engine(dir: &Path, segments: Vec<Arc<Segment>>) -> LogReader {
+    /// A view of an open engine's log through the engine's own mappings (its published
+    /// frames: durable ones, or with `NoSync` those in the page cache), without scanning the
+    /// directory again. Holding the mappings keeps the engine from reusing the files while
+    /// this view lives.
+    pub(crate) fn of_engine(dir: &Path, list: Segments, durable_seq: Arc<AtomicU64>) -> LogReader {
+        let segments: Vec<Arc<Segment>> = list.read().iter().cloned().collect();
         let last = segments.last();
         let mut next_seq = last.map_or(1, |s| s.id);
         let mut end_offset = SEGMENT_HEADER_LEN as u64;
@@ -168,6 +174,7 @@ impl LogReader {
         }
         LogReader {
             dir: dir.to_owned(),
+            engine: Some((list, durable_seq)),
             segments,
             next_seq,
             end_offset,
@@ -248,7 +255,16 @@ impl LogReader {
     /// A follower starting at batch `from`: yields each batch once it is in the log,
     /// waiting for new ones.
     pub fn follow(&self, from: u64) -> Follower {
-        Follower::new(self.dir.clone(), from.max(1), None)
+        match &self.engine {
+            // A view of an open engine: follow through its mappings, up to its durable end.
+            Some((segments, durable)) => Follower::of_engine(
+                self.dir.clone(),
+                segments.clone(),
+                from.max(1),
+                durable.clone(),
+            ),
+            None => Follower::new(self.dir.clone(), from.max(1), None),
+        }
     }
 }
 
@@ -298,7 +314,11 @@ pub struct Follower {
     /// follower holds the engine's own mappings, and a segment it reads is never reused).
     segments: Option<Segments>,
     next_seq: u64,
-    current: Option<(Arc<Segment>, u64)>,
+    /// The segment being read, the offset of the next frame in it, and the batch sequence
+    /// that frame must have: the follower walks the segment's chain of frames from its
+    /// start, so it never takes an old frame of a reused file (behind the end marker, with
+    /// lower sequences) for part of the log.
+    current: Option<(Arc<Segment>, u64, u64)>,
     /// In-process gate: the engine's last durable batch sequence.
     durable_seq: Option<Arc<AtomicU64>>,
     poll: Duration,
@@ -360,20 +380,13 @@ impl Follower {
         }
     }
 
-    /// Finds the segment holding `next_seq` and the frame offset to start from.
+    /// Finds the segment holding `next_seq`; reading starts at its first frame.
     fn locate(&mut self) -> Result<bool> {
         let Some(seg) = self.find_segment()? else {
             return Ok(false);
         };
-        let mut off = SEGMENT_HEADER_LEN as u64;
-        // Walk to the frame with `next_seq`.
-        loop {
-            match decode_frame(seg.image(), off as usize) {
-                Ok(Decoded::Frame(f)) if f.batch_seq < self.next_seq => off = f.end_offset(),
-                _ => break,
-            }
-        }
-        self.current = Some((seg, off));
+        let id = seg.id;
+        self.current = Some((seg, SEGMENT_HEADER_LEN as u64, id));
         Ok(true)
     }
 
@@ -392,9 +405,16 @@ impl Follower {
         };
         let (id, path) = &files[idx];
         match Segment::open(path, *id, false, &io::real()) {
-            Ok(seg) => Ok(Some(Arc::new(seg))),
-            // Retired between the listing and the open: list again.
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(seg) if seg.still_named() => Ok(Some(Arc::new(seg))),
+            // Retired between the listing and the open (gone, being reused, or renamed and
+            // reused already): list again.
+            Ok(_) => self.find_in_dir(),
+            Err(Error::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::WouldBlock
+                ) =>
+            {
                 self.find_in_dir()
             }
             Err(e) => Err(e),
@@ -411,41 +431,50 @@ impl Follower {
         if self.current.is_none() && !self.locate()? {
             return Ok(None);
         }
-        let (seg, off) = self.current.as_ref().expect("located");
-        match decode_frame(seg.image(), *off as usize) {
-            Ok(Decoded::Frame(f)) if f.batch_seq == self.next_seq => {
-                let batch = Batch {
-                    frame: f,
-                    segment: &seg.path,
+        loop {
+            let (seg, off, chain) = self.current.as_ref().expect("located");
+            match decode_frame(seg.image(), *off as usize) {
+                // The next frame of the segment's chain: skipped up to `next_seq`.
+                Ok(Decoded::Frame(f)) if f.batch_seq == *chain && f.batch_seq < self.next_seq => {
+                    let end = f.end_offset();
+                    let cur = self.current.as_mut().expect("located");
+                    (cur.1, cur.2) = (end, cur.2 + 1);
                 }
-                .to_owned();
-                let end = f.end_offset();
-                self.current.as_mut().expect("located").1 = end;
-                self.next_seq += 1;
-                Ok(Some(batch))
-            }
-            _ => {
-                // Not here (yet): the batch may be in a newer segment after a roll.
-                // Or this segment was retired under the follower, and the next one may have
-                // been too: finding the segment again says which.
-                let (rolled, retired) = match &self.segments {
-                    Some(segs) => {
-                        let segs = segs.read();
-                        (
-                            segs.iter().any(|s| s.id == self.next_seq),
-                            segs.iter().next().is_some_and(|first| first.id > seg.id),
-                        )
+                Ok(Decoded::Frame(f)) if f.batch_seq == *chain => {
+                    let batch = Batch {
+                        frame: f,
+                        segment: &seg.path,
                     }
-                    None => (
-                        self.dir.join(segment_file_name(self.next_seq)).exists(),
-                        !seg.path.exists(),
-                    ),
-                };
-                if (rolled && seg.id != self.next_seq) || retired {
-                    self.current = None;
-                    return self.try_next();
+                    .to_owned();
+                    let end = f.end_offset();
+                    let cur = self.current.as_mut().expect("located");
+                    (cur.1, cur.2) = (end, cur.2 + 1);
+                    self.next_seq += 1;
+                    return Ok(Some(batch));
                 }
-                Ok(None)
+                _ => {
+                    // Not here (yet): the batch may be in a newer segment after a roll.
+                    // Or this segment was retired under the follower, and the next one may
+                    // have been too: finding the segment again says which.
+                    let (rolled, retired) = match &self.segments {
+                        Some(segs) => {
+                            let segs = segs.read();
+                            (
+                                segs.iter().any(|s| s.id == self.next_seq),
+                                segs.iter().next().is_some_and(|first| first.id > seg.id),
+                            )
+                        }
+                        None => (
+                            self.dir.join(segment_file_name(self.next_seq)).exists(),
+                            !seg.still_named(),
+                        ),
+                    };
+                    if (rolled && seg.id != self.next_seq) || retired {
+                        self.current = None;
+                        return self.try_next();
+                    }
+                    return Ok(None);
+                }
             }
         }
     }

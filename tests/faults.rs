@@ -1744,3 +1744,74 @@ fn power_loss_recycling() {
         assert!(reused > 0, "{write_path:?}: no segment was ever reused");
     }
 }
+
+/// With `recycle_segments`, a retired segment renamed into the pool whose directory sync
+/// failed is not reused: after a crash the rename might be undone, and the file would then
+/// be the old segment again, with a new segment's header in it. It stays on disk untouched
+/// (the next open adopts or deletes it) while later retired files are reused.
+#[test]
+fn a_pooled_file_whose_directory_sync_failed_is_not_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = Arc::new(ArmedIo {
+        op: IoOp::SyncDir,
+        nth: 1,
+        armed: AtomicBool::new(false),
+        seen: AtomicU64::new(0),
+    });
+    let config = Config {
+        segment_bytes: 64 << 10,
+        ring_bytes: 256 << 10,
+        batch_bytes_max: 16 << 10,
+        recycle_segments: 2,
+        ..Config::default()
+    };
+    let engine = Engine::open_with_io(dir.path(), config, io.clone()).unwrap();
+    let mut n = 0usize;
+    let mut put_some = |engine: &Engine| {
+        let ts: Vec<Ticket> = (0..20)
+            .map(|j| {
+                n += 1;
+                engine
+                    .put(&key((n * 20 + j) % 300), &value(&format!("{n}.{j}"), 300))
+                    .unwrap()
+            })
+            .collect();
+        for t in ts {
+            t.wait().unwrap();
+        }
+    };
+    while recovery_common_segments(dir.path()).len() < 3 {
+        put_some(&engine);
+    }
+    io.armed.store(true, Ordering::SeqCst);
+    let segs = engine.segments();
+    assert!(engine
+        .retire_before(segs[segs.len() - 1].first_seq)
+        .is_err());
+    io.armed.store(false, Ordering::SeqCst);
+    let pooled = |d: &Path| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().contains("recycle-"))
+            .collect();
+        v.sort();
+        v
+    };
+    let orphans = pooled(dir.path());
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    let before = std::fs::read(&orphans[0]).unwrap();
+    while engine.counts().segments.reused < 3 {
+        put_some(&engine);
+        let segs = engine.segments();
+        engine
+            .retire_before(segs[segs.len() - 1].first_seq)
+            .unwrap();
+    }
+    assert!(
+        std::fs::read(&orphans[0]).is_ok_and(|now| now == before),
+        "the file whose rename was not made durable was reused"
+    );
+    assert!(engine.failure().is_none());
+}

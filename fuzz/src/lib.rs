@@ -23,7 +23,7 @@ use std::time::Duration;
 /// Target `decode_frame`: the input is a segment image. The header decoder and the frame
 /// decoder (at every 8-aligned offset, which lands on frames, inside them and on garbage) must
 /// never panic, and whatever they accept must hold up: a decoded header re-encodes to the same
-/// 64 bytes (a version 1 header to the same fields under version 2); a decoded frame lies in bounds, its records walk exactly to the end of its body
+/// 64 bytes (a version 2 header without flags to the same fields under version 1); a decoded frame lies in bounds, its records walk exactly to the end of its body
 /// with the header's count, a sorted frame strictly ascends, and re-encoding it reproduces its
 /// bytes (the decoder accepts only what the writer would write). Then the frames are walked
 /// as a reader does, from offset 64, each starting where the previous one ended.
@@ -31,10 +31,11 @@ pub fn decode_frame(data: &[u8]) {
     if let Ok(h) = SegmentHeader::decode(data) {
         let again = h.encode();
         assert_eq!(SegmentHeader::decode(&again), Ok(h));
-        if data[8..12] == format::FORMAT_VERSION.to_le_bytes() {
+        if again[8..12] == data[8..12] {
             assert_eq!(&again[..], &data[..SEGMENT_HEADER_LEN]);
         } else {
-            // An older version: the same fields, written with the current version and CRC.
+            // A version 2 header without flags is written as version 1: the same fields,
+            // with another version and CRC.
             assert_eq!(&again[..8], &data[..8]);
             assert_eq!(&again[12..60], &data[12..60]);
         }
@@ -324,7 +325,8 @@ fn fix_header(bytes: &mut [u8], id: u64) {
     let size = bytes.len() as u64;
     let mut h = [0u8; SEGMENT_HEADER_LEN];
     h[0..8].copy_from_slice(&SEGMENT_MAGIC);
-    h[8..12].copy_from_slice(&format::FORMAT_VERSION.to_le_bytes());
+    // Version 1: what a segment without header flags is written as.
+    h[8..12].copy_from_slice(&1u32.to_le_bytes());
     h[12..16].copy_from_slice(&(SEGMENT_HEADER_LEN as u32).to_le_bytes());
     h[16..24].copy_from_slice(&id.to_le_bytes());
     h[24..32].copy_from_slice(&size.to_le_bytes());

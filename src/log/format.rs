@@ -15,8 +15,9 @@ use std::fmt;
 
 /// First 8 bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"MRGLOG\x00S";
-/// The format version this build writes. It also reads version 1, which is version 2 without
-/// segment header flags (bytes 32..36 zero).
+/// The newest format version this build reads and writes: version 2 adds the segment
+/// header flags (bytes 32..36). A segment without flags is written as version 1, which
+/// older builds read too; only a recycled segment needs version 2.
 pub const FORMAT_VERSION: u32 = 2;
 /// The oldest format version this build reads.
 pub const FORMAT_VERSION_MIN: u32 = 1;
@@ -98,13 +99,14 @@ pub fn parse_prep_file_name(name: &str) -> Option<u64> {
     parse_numbered(name, "prep-")
 }
 
-/// The number `n` in `<prefix><n>.tmp`, decimal digits only.
+/// The number `n` in `<prefix><n>.tmp`, decimal digits only, below 2^48 (the engine counts
+/// on from the highest it finds, so a number near `u64::MAX` is not one it gave).
 fn parse_numbered(name: &str, prefix: &str) -> Option<u64> {
     let digits = name.strip_prefix(prefix)?.strip_suffix(".tmp")?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    digits.parse().ok().filter(|&n| n < 1 << 48)
 }
 
 /// What a record does to its key.
@@ -148,7 +150,8 @@ impl SegmentHeader {
         );
         let mut b = [0u8; SEGMENT_HEADER_LEN];
         b[0..8].copy_from_slice(&SEGMENT_MAGIC);
-        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let version = if self.recycled { FORMAT_VERSION } else { 1 };
+        b[8..12].copy_from_slice(&version.to_le_bytes());
         b[12..16].copy_from_slice(&(SEGMENT_HEADER_LEN as u32).to_le_bytes());
         b[16..24].copy_from_slice(&self.segment_id.to_le_bytes());
         b[24..32].copy_from_slice(&self.segment_size.to_le_bytes());
@@ -948,7 +951,8 @@ mod tests {
         };
         let b = h.encode();
         assert_eq!(&b[0..8], b"MRGLOG\x00S");
-        assert_eq!(&b[8..12], &[2, 0, 0, 0]);
+        // Without flags a header is written as version 1, which older builds read.
+        assert_eq!(&b[8..12], &[1, 0, 0, 0]);
         assert_eq!(&b[12..16], &[64, 0, 0, 0]);
         assert_eq!(
             &b[16..24],
@@ -962,6 +966,7 @@ mod tests {
             ..h
         }
         .encode();
+        assert_eq!(&r[8..12], &[2, 0, 0, 0]);
         assert_eq!(&r[32..36], &[1, 0, 0, 0]);
         assert_eq!(&r[36..60], &[0; 24]);
         assert_eq!(
@@ -1027,8 +1032,22 @@ mod tests {
         assert_eq!(kind(&[0; 64]), BadSegmentMagic);
         assert_eq!(kind(&edited(8, &3u32.to_le_bytes())), UnsupportedVersion(3));
         assert_eq!(kind(&edited(8, &0u32.to_le_bytes())), UnsupportedVersion(0));
-        assert_eq!(kind(&edited(32, &[2])), UnknownSegmentFlags(2));
-        assert_eq!(kind(&edited(35, &[0x80])), UnknownSegmentFlags(0x8000_0000));
+        // Flags exist from version 2 on (a recycled header is written as one).
+        let v2 = |at: usize, bytes: &[u8]| {
+            let mut b = SegmentHeader {
+                recycled: true,
+                ..SegmentHeader::decode(&good).unwrap()
+            }
+            .encode();
+            b[at..at + bytes.len()].copy_from_slice(bytes);
+            let crc = crc32c::crc32c(&b[..60]);
+            b[60..].copy_from_slice(&crc.to_le_bytes());
+            b
+        };
+        assert_eq!(kind(&v2(32, &[2])), UnknownSegmentFlags(2));
+        assert_eq!(kind(&v2(35, &[0x80])), UnknownSegmentFlags(0x8000_0001));
+        assert_eq!(kind(&v2(40, &[1])), SegmentReservedNotZero);
+        assert_eq!(kind(&edited(32, &[1])), SegmentReservedNotZero);
         let mut flipped = good;
         flipped[20] ^= 0x10;
         assert!(matches!(kind(&flipped), BadSegmentHeaderCrc { .. }));
@@ -1358,13 +1377,20 @@ mod tests {
 
     #[test]
     fn spare_file_names() {
-        for n in [0, 7, u64::MAX] {
+        for n in [0, 7, (1 << 48) - 1] {
             assert_eq!(parse_prep_file_name(&prep_file_name(n)), Some(n));
             assert_eq!(parse_recycle_file_name(&recycle_file_name(n)), Some(n));
             assert_eq!(parse_prep_file_name(&recycle_file_name(n)), None);
             assert_eq!(parse_recycle_file_name(&prep_file_name(n)), None);
         }
-        for bad in ["prep-.tmp", "prep-+1.tmp", "prep-1.seg", "recycle-1", "recycle-x.tmp"] {
+        assert_eq!(parse_recycle_file_name(&recycle_file_name(u64::MAX)), None);
+        for bad in [
+            "prep-.tmp",
+            "prep-+1.tmp",
+            "prep-1.seg",
+            "recycle-1",
+            "recycle-x.tmp",
+        ] {
             assert_eq!(parse_prep_file_name(bad), None, "{bad}");
             assert_eq!(parse_recycle_file_name(bad), None, "{bad}");
         }

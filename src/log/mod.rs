@@ -14,6 +14,7 @@ use format::{frame_len, FrameWriter, END_MARKER_LEN, SEGMENT_HEADER_LEN};
 use io::SharedIo;
 use parking_lot::{Mutex, RwLock};
 use segment::{create_zeroed, sync_dir, Mapped, Segment};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -126,10 +127,10 @@ pub(crate) struct Pool {
 }
 
 struct PoolFiles {
-    /// Oldest first. A file retired while the engine ran comes with the engine's mapping of
-    /// it: the file is not reused while anyone else holds that (a `ValueRef`, a replay, a
-    /// follower), since its bytes would change under them.
-    files: std::collections::VecDeque<(PathBuf, Option<Arc<Segment>>)>,
+    /// Oldest first. A file is reused only once nothing maps it (a `ValueRef`, a replay, a
+    /// follower, a `LogReader` in any process: see `segment::open_unmapped`), since its bytes
+    /// would change under them.
+    files: std::collections::VecDeque<PathBuf>,
     counter: u64,
 }
 
@@ -139,7 +140,7 @@ impl Pool {
     pub fn adopt(io: &SharedIo, dir: &Path, segment_bytes: u64, max: usize) -> Result<Pool> {
         let (kept, highest) =
             adopt_files(io, dir, format::parse_recycle_file_name, segment_bytes, max)?;
-        let files = kept.into_iter().map(|path| (path, None)).collect();
+        let files = kept.into_iter().collect();
         let counter = highest + 1;
         Ok(Pool {
             dir: dir.to_owned(),
@@ -151,11 +152,6 @@ impl Pool {
         })
     }
 
-    /// How many more files the pool may hold.
-    pub fn room(&self) -> usize {
-        self.max.saturating_sub(self.inner.lock().files.len())
-    }
-
     /// A new path in the pool, for a retired segment to be renamed to.
     pub fn next_path(&self) -> PathBuf {
         let mut p = self.inner.lock();
@@ -163,9 +159,13 @@ impl Pool {
         pool_path(&self.dir, p.counter - 1)
     }
 
-    /// Adds a retired segment, renamed to a path [`Pool::next_path`] gave.
-    pub fn put(&self, path: PathBuf, seg: Arc<Segment>) {
-        self.inner.lock().files.push_back((path, Some(seg)));
+    /// Adds retired segments, renamed to paths [`Pool::next_path`] gave, and gives up the
+    /// oldest files beyond the pool's size: returns them, for the caller to remove.
+    pub fn put(&self, paths: impl Iterator<Item = PathBuf>) -> Vec<PathBuf> {
+        let mut p = self.inner.lock();
+        p.files.extend(paths);
+        let over = p.files.len().saturating_sub(self.max);
+        p.files.drain(..over).collect()
     }
 
     /// The segment counters.
@@ -178,14 +178,22 @@ impl Pool {
         }
     }
 
-    /// Takes the oldest file nobody maps any more, if there is one.
-    fn take(&self) -> Option<PathBuf> {
+    /// Takes the oldest file nobody maps any more, if there is one, open and holding the
+    /// shared lock its mapping will hold. A file that cannot be opened is dropped from the
+    /// pool (the next open deletes or adopts it).
+    fn take(&self) -> Option<(PathBuf, File)> {
         let mut p = self.inner.lock();
-        let i = p
-            .files
-            .iter()
-            .position(|(_, seg)| seg.as_ref().is_none_or(|s| Arc::strong_count(s) == 1))?;
-        p.files.remove(i).map(|(path, _)| path)
+        let mut i = 0;
+        while i < p.files.len() {
+            match segment::open_unmapped(&p.files[i]) {
+                Ok(Some(file)) => return p.files.remove(i).map(|path| (path, file)),
+                Ok(None) => i += 1,
+                Err(_) => {
+                    p.files.remove(i);
+                }
+            }
+        }
+        None
     }
 }
 
@@ -360,7 +368,7 @@ impl Log {
             .spawn(move || match recycled {
                 // A retired segment: no zeros to write, only the mapping to make (which
                 // also reads its pages in, so that writing a frame never waits for a read).
-                Some(path) => Ok((path.clone(), Mapped::open(&path, true)?, true)),
+                Some((path, file)) => Ok((path.clone(), Mapped::of_file(file, &path, true)?, true)),
                 None => {
                     create_zeroed(&*io, &dir, &path, size)?;
                     let mapped = Mapped::open(&path, true)?;

@@ -114,34 +114,39 @@ pub(crate) fn scan(
                 ),
             });
         }
-        let seg = match Segment::open(path, *id, access == Access::Writer && last, io) {
-            Ok(seg) => Arc::new(seg),
-            // A reader races the engine's `retire_before`, which removes the oldest
-            // segments: one that vanished before any was read is simply no longer part of
-            // the log, which now starts at the next one.
-            Err(Error::Io { source, .. })
-                if access == Access::Reader
-                    && out.segments.is_empty()
-                    && source.kind() == std::io::ErrorKind::NotFound =>
-            {
+        // A reader races the engine's `retire_before`, which removes the oldest segments
+        // (deletes them, or renames them into the pool to be reused): a listed file may be
+        // gone, locked while the engine takes it for reuse, or, once the reader holds its
+        // lock, no longer the file its name gives.
+        let opened = Segment::open(path, *id, access == Access::Writer && last, io);
+        let retired = match &opened {
+            Err(Error::Io { source, .. }) => matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::WouldBlock
+            ),
+            Ok(seg) => !seg.still_named(),
+            Err(_) => false,
+        };
+        if access == Access::Reader && retired {
+            if out.segments.is_empty() {
+                // None read yet: the log now starts at the next one.
                 if let Some(&(next, _)) = files.get(i + 1) {
                     out.next_seq = next;
                 }
                 continue;
             }
-            // Later ones can vanish too, once the scan has read the segments before them
-            // (which are then gone as well): the caller scans again (`scan_retrying`).
-            Err(Error::Io { source, .. })
-                if access == Access::Reader && source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                return Err(Error::Io {
-                    op: RETIRED_DURING_SCAN,
-                    path: path.clone(),
-                    source,
-                });
-            }
-            Err(e) => return Err(e),
-        };
+            // The segments before it are gone too: the caller scans again
+            // (`scan_retrying`).
+            return Err(Error::Io {
+                op: RETIRED_DURING_SCAN,
+                path: path.clone(),
+                source: Arc::new(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "retired during the scan",
+                )),
+            });
+        }
+        let seg = Arc::new(opened?);
         let image = seg.image();
         // The header: magic, version, CRC, and the id that the name and the order promise.
         let header_problem = match SegmentHeader::decode(image) {

@@ -141,15 +141,70 @@ pub(crate) struct Mapped {
     size: u64,
 }
 
+/// `flock` on a segment file: `LOCK_SH` or `LOCK_EX`, without waiting. `Ok(false)` if
+/// another open file holds a conflicting lock.
+fn flock(file: &File, op: libc::c_int) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock only reads its integer arguments; the descriptor is open for the duration
+    // of the call (borrowed from `file`).
+    let r = unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// The error a mapping gets while the engine is taking its file for reuse: the file was
+/// retired, and whoever opened it by its old name should look again.
+fn being_reused() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::WouldBlock,
+        "the segment file is being reused (it was retired)",
+    )
+}
+
+/// Opens a retired segment's file for reuse, if nothing maps it: every mapping of a segment
+/// file (this engine's, a `LogReader`'s, in any process) holds a shared `flock` on it for as
+/// long as it exists, so an exclusive lock succeeds only on a file nobody maps. The file is
+/// returned holding the shared lock of the mapping it is about to get (the exclusive one is
+/// given up for it: a reader that opened the file by its old name before it was retired may
+/// lock it in between, and then finds the name gone, see `Segment::still_named`).
+pub(crate) fn open_unmapped(path: &Path) -> std::io::Result<Option<File>> {
+    let file = OpenOptions::new().read(true).write(true).open(path)?;
+    if !flock(&file, libc::LOCK_EX)? {
+        return Ok(None);
+    }
+    if !flock(&file, libc::LOCK_SH)? {
+        return Ok(None);
+    }
+    Ok(Some(file))
+}
+
 impl Mapped {
     /// Opens and maps `path`; `writable` maps it for writing too (the engine's active
-    /// segment); readers map read-only.
+    /// segment); readers map read-only. The mapping holds a shared lock on the file (see
+    /// [`open_unmapped`]); while the engine takes the file for reuse, this fails with
+    /// `WouldBlock`.
     pub fn open(path: &Path, writable: bool) -> Result<Mapped> {
         let file = OpenOptions::new()
             .read(true)
             .write(writable)
             .open(path)
             .map_err(|e| Error::io("open segment", path, e))?;
+        let locked = flock(&file, libc::LOCK_SH).map_err(|e| Error::io("lock segment", path, e))?;
+        if !locked {
+            return Err(Error::io("lock segment", path, being_reused()));
+        }
+        Mapped::of_file(file, path, writable)
+    }
+
+    /// Maps `file` (opened from `path`, holding its shared lock).
+    pub fn of_file(file: File, path: &Path, writable: bool) -> Result<Mapped> {
         let size = file
             .metadata()
             .map_err(|e| Error::io("stat segment", path, e))?
@@ -185,6 +240,17 @@ impl Segment {
             Mapped::open(path, writable)?,
             io,
         ))
+    }
+
+    /// Whether `path` still names this mapping's file. A reader that opened a segment by its
+    /// name checks this once it holds the file's lock: a retired file may have been renamed
+    /// (into the pool) and reused since, and is then not the segment the name promised.
+    pub fn still_named(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(&self.path), self.file.metadata()) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
     }
 
     fn from_mapped(path: &Path, id: u64, mapped: Mapped, io: &SharedIo) -> Segment {

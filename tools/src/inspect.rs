@@ -148,7 +148,7 @@ pub fn run(args: InspectArgs) -> Result<(), CliError> {
             used_bytes: logdir::SEGMENT_HEADER_LEN,
             first_seq: None,
             last_seq: None,
-            recycled: recycled(&path),
+            recycled: logdir::is_recycled(&path),
         })
         .collect();
     let mut r = InspectJson {
@@ -407,15 +407,4 @@ fn key_range(first: &Option<Vec<u8>>, last: &Option<Vec<u8>>) -> String {
 
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("  {l}\n")).collect()
-}
-
-/// Whether the segment file's header carries the recycled flag (false if it cannot be read:
-/// the scan has already vouched for the header).
-fn recycled(path: &std::path::Path) -> bool {
-    use mergelog::internals::format::{SegmentHeader, SEGMENT_HEADER_LEN};
-    use std::io::Read;
-    let mut header = [0u8; SEGMENT_HEADER_LEN];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut header))
-        .is_ok_and(|()| SegmentHeader::decode(&header).is_ok_and(|h| h.recycled))
 }

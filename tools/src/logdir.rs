@@ -124,6 +124,17 @@ pub fn print(text: &str) -> Result<(), CliError> {
     }
 }
 
+/// Whether the segment file's header carries the recycled flag (false if it cannot be read:
+/// the scan has already vouched for the header).
+pub fn is_recycled(path: &std::path::Path) -> bool {
+    use mergelog::internals::format::{SegmentHeader, SEGMENT_HEADER_LEN};
+    use std::io::Read;
+    let mut header = [0u8; SEGMENT_HEADER_LEN];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .is_ok_and(|()| SegmentHeader::decode(&header).is_ok_and(|h| h.recycled))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

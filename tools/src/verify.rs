@@ -3,7 +3,8 @@
 //!
 //! Every segment header, every frame's CRC, record structure, sort order and batch
 //! sequence, and the bytes after the last frame of the last segment (which must be the
-//! preallocated zeros; anything else is the remains of a torn write). Exit 0: clean; exit
+//! preallocated zeros; anything else is the remains of a torn write; not checked in a reused
+//! segment, where the old bytes of its earlier life lie there). Exit 0: clean; exit
 //! 1: damaged, and the first bad byte's file and offset are printed; exit 2: the directory
 //! cannot be used. Run it on a log no engine is writing to: a frame being written counts as
 //! damage.
@@ -121,7 +122,9 @@ fn summarize(reader: &LogReader) -> Summary {
 }
 
 /// The check a reader skips (an engine might be writing there): after the last frame of the
-/// last segment, only zeros.
+/// last segment, only zeros. Not for a reused (recycled) segment: past its frames' end
+/// marker lie the old bytes of its earlier life, which the engine zeroes when it opens the
+/// log (docs/FORMAT.md, "Recycled segments").
 fn tail_garbage(
     reader: &LogReader,
     last_end: Option<(PathBuf, u64)>,
@@ -129,6 +132,9 @@ fn tail_garbage(
     let Some((last, _size)) = reader.segment_files().pop() else {
         return Ok(None);
     };
+    if logdir::is_recycled(&last) {
+        return Ok(None);
+    }
     let end = match last_end {
         Some((seg, end)) if seg == last => end,
         // The last segment holds no frame: its written part ends with the header.

@@ -677,6 +677,9 @@ fn retain_keeps_the_log_short_and_reuses_segments() {
                 recycled += 1;
             }
         }
+        // A log closed cleanly verifies clean, reused segments and all.
+        let verified = succeeds(&["verify", log.to_str().unwrap()]);
+        assert!(verified.starts_with("clean"), "{verified}");
         // `inspect` tells the reused segments apart.
         let inspect: Value =
             serde_json::from_str(&succeeds(&["inspect", log.to_str().unwrap(), "--json"]))

@@ -1473,6 +1473,27 @@ struct ArmedIo {
     seen: AtomicU64,
 }
 
+impl ArmedIo {
+    fn new(op: IoOp, nth: u64) -> ArmedIo {
+        ArmedIo {
+            op,
+            nth,
+            armed: AtomicBool::new(false),
+            seen: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Small segments, so that a few hundred puts span several.
+fn retire_config() -> Config {
+    Config {
+        segment_bytes: 64 << 10,
+        ring_bytes: 256 << 10,
+        batch_bytes_max: 16 << 10,
+        ..Config::default()
+    }
+}
+
 impl Io for ArmedIo {
     fn before(&self, op: IoOp, _path: &Path, _offset: u64, _data: &[u8]) -> io::Result<()> {
         if op == self.op && self.armed.load(Ordering::SeqCst) {
@@ -1494,18 +1515,8 @@ impl Io for ArmedIo {
 fn a_failed_segment_removal_is_reported_and_forgets_only_what_went() {
     for op in [IoOp::Remove, IoOp::SyncDir] {
         let dir = tempfile::tempdir().unwrap();
-        let io = Arc::new(ArmedIo {
-            op,
-            nth: 3,
-            armed: AtomicBool::new(false),
-            seen: AtomicU64::new(0),
-        });
-        let config = Config {
-            segment_bytes: 64 << 10,
-            ring_bytes: 256 << 10,
-            batch_bytes_max: 16 << 10,
-            ..Config::default()
-        };
+        let io = Arc::new(ArmedIo::new(op, 3));
+        let config = retire_config();
         let engine = Engine::open_with_io(dir.path(), config.clone(), io.clone()).unwrap();
         let mut n = 0usize;
         while recovery_common_segments(dir.path()).len() < 7 {
@@ -1752,18 +1763,10 @@ fn power_loss_recycling() {
 #[test]
 fn a_pooled_file_whose_directory_sync_failed_is_not_reused() {
     let dir = tempfile::tempdir().unwrap();
-    let io = Arc::new(ArmedIo {
-        op: IoOp::SyncDir,
-        nth: 1,
-        armed: AtomicBool::new(false),
-        seen: AtomicU64::new(0),
-    });
+    let io = Arc::new(ArmedIo::new(IoOp::SyncDir, 1));
     let config = Config {
-        segment_bytes: 64 << 10,
-        ring_bytes: 256 << 10,
-        batch_bytes_max: 16 << 10,
         recycle_segments: 2,
-        ..Config::default()
+        ..retire_config()
     };
     let engine = Engine::open_with_io(dir.path(), config, io.clone()).unwrap();
     let mut n = 0usize;

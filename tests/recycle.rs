@@ -75,6 +75,20 @@ fn until_active_is_recycled(engine: &Engine) -> usize {
     }
 }
 
+/// A log closed while its last segment is a reused file with frames in it: the directory,
+/// that segment, where its frames end, and the next batch sequence.
+fn closed_in_a_reused_segment() -> (tempfile::TempDir, SegmentInfo, u64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    until_active_is_recycled(&engine);
+    let active = engine.segments().pop().unwrap();
+    let reader = engine.replay().unwrap();
+    let (end, next) = (reader.end_offset(), reader.next_seq());
+    drop(reader);
+    engine.close().unwrap();
+    (dir, active, end, next)
+}
+
 #[test]
 fn a_clean_reopen_of_a_recycled_segment_reports_nothing_and_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
@@ -131,15 +145,7 @@ fn a_clean_reopen_of_a_recycled_segment_reports_nothing_and_keeps_everything() {
 /// marker's sector holds zeros even if its write is lost.
 #[test]
 fn junk_left_by_a_crash_is_zeroed_at_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(dir.path(), config()).unwrap();
-    until_active_is_recycled(&engine);
-    let active = engine.segments().pop().unwrap();
-    let reader = engine.replay().unwrap();
-    let (end, next) = (reader.end_offset(), reader.next_seq());
-    drop(reader);
-    engine.close().unwrap();
-    drop(engine);
+    let (dir, active, end, next) = closed_in_a_reused_segment();
 
     // The crash's leftovers: frame `next + 1` one frame length past the end (frame `next`,
     // which tore, would have filled the gap).
@@ -369,15 +375,7 @@ fn segment_counters_add_up() {
 /// the last, so it stops there and yields the real next frame once it is written.
 #[test]
 fn a_follower_never_walks_into_the_old_frames_of_a_reused_segment() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(dir.path(), config()).unwrap();
-    until_active_is_recycled(&engine);
-    let active = engine.segments().pop().unwrap();
-    let reader = engine.replay().unwrap();
-    let (end, next) = (reader.end_offset(), reader.next_seq());
-    drop(reader);
-    engine.close().unwrap();
-    drop(engine);
+    let (dir, active, end, next) = closed_in_a_reused_segment();
     let len = frame_len(record_len(KEY_LEN, VALUE_LEN));
     let file = std::fs::OpenOptions::new()
         .write(true)

@@ -23,19 +23,24 @@ fn small_segments() -> Config {
 /// A log of `rounds` batches of 100 puts with 1 KiB values over 300 keys.
 fn write_log(dir: &Path, rounds: u32) {
     let engine = Engine::open(dir, small_segments()).unwrap();
-    let value = vec![0x5au8; 1024];
     for round in 0..rounds {
-        let tickets: Vec<_> = (0..100u32)
-            .map(|i| {
-                let key = format!("key-{:05}", (round * 37 + i * 7) % 300);
-                engine.put(key.as_bytes(), &value).unwrap()
-            })
-            .collect();
-        for t in tickets {
-            t.wait().unwrap();
-        }
+        put_round(&engine, round);
     }
     engine.close().unwrap();
+}
+
+/// Round `round` of `write_log`: 100 puts with 1 KiB values, waited for.
+fn put_round(engine: &Engine, round: u32) {
+    let value = vec![0x5au8; 1024];
+    let tickets: Vec<_> = (0..100u32)
+        .map(|i| {
+            let key = format!("key-{:05}", (round * 37 + i * 7) % 300);
+            engine.put(key.as_bytes(), &value).unwrap()
+        })
+        .collect();
+    for t in tickets {
+        t.wait().unwrap();
+    }
 }
 
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
@@ -421,7 +426,6 @@ fn verify_passes_a_clean_log_ending_in_a_reused_segment() {
         ..small_segments()
     };
     let engine = Engine::open(dir.path(), config).unwrap();
-    let value = vec![0x5au8; 1024];
     let mut round = 0u32;
     let last_reused = |engine: &Engine| {
         let path = engine.segments().pop().unwrap().path;
@@ -430,15 +434,7 @@ fn verify_passes_a_clean_log_ending_in_a_reused_segment() {
         header[32] & 1 == 1 && engine.replay().unwrap().end_offset() > 64
     };
     while !last_reused(&engine) {
-        let tickets: Vec<_> = (0..100u32)
-            .map(|i| {
-                let key = format!("key-{:05}", (round * 37 + i * 7) % 300);
-                engine.put(key.as_bytes(), &value).unwrap()
-            })
-            .collect();
-        for t in tickets {
-            t.wait().unwrap();
-        }
+        put_round(&engine, round);
         let segs = engine.segments();
         engine
             .retire_before(segs[segs.len() - 1].first_seq)

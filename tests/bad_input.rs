@@ -560,6 +560,17 @@ fn rules() -> Vec<Rule> {
                 ..b()
             },
         },
+        Rule {
+            setting: "recycle_segments",
+            valid: Config {
+                recycle_segments: 64,
+                ..b()
+            },
+            invalid: Config {
+                recycle_segments: 65,
+                ..b()
+            },
+        },
     ]
 }
 

@@ -273,12 +273,13 @@ fn assert_refuses(engine: &Engine, ctx: &str) {
     assert!(engine.failure().is_some(), "{ctx}: failure() is None");
     let mut b = WriteBatch::new();
     b.put(b"after-failure", b"x").delete(b"k0");
-    let calls: [(&str, Result<(), Error>); 5] = [
+    let calls: [(&str, Result<(), Error>); 6] = [
         ("put", engine.put(b"after-failure", b"x").map(drop)),
         ("delete", engine.delete(b"k0").map(drop)),
         ("write", engine.write(&b).map(drop)),
         ("get", engine.get(b"k0").map(drop)),
         ("flush", engine.flush().map(drop)),
+        ("retire_before", engine.retire_before(u64::MAX).map(drop)),
     ];
     for (name, r) in calls {
         assert!(

@@ -5,9 +5,11 @@ use crate::coalesce::{Coalescer, Entry, GetAnswer, Op};
 use crate::config::{Backpressure, Config, Durability, WindowPolicy};
 use crate::error::{Error, Result};
 use crate::index::{Index, Loc, ValueRef};
+use crate::log::clean::{self, CleanMark};
 use crate::log::format::{record_len, RecordOp, FLAG_SORTED, FRAME_HEADER_LEN, RECORD_HEADER_LEN};
+use crate::log::format::{END_MARKER_LEN, UNDURABLE_FRAMES_MAX};
 use crate::log::io::{guarded, IoOp, SharedIo};
-use crate::log::recovery::{scan, Access, Damage};
+use crate::log::recovery::{scan, Access, Damage, Expect};
 use crate::log::segment::{rename, sync_dir, Segment};
 use crate::log::{adopt_prepared, Log, Pool, SegmentList, Segments, Spares, WrittenFrame};
 use crate::reader::{Follower, LogReader};
@@ -136,6 +138,10 @@ pub struct OpenReport {
     pub truncated: Option<Damage>,
     /// Time spent opening.
     pub elapsed: Duration,
+    /// After an unclean end (no clean-close mark, or one that does not match the log), the
+    /// bytes of the last segment that were written again from the page cache and synced, so
+    /// that the disk holds what the open accepted (`None` after a clean close).
+    pub tail_rewritten: Option<u64>,
 }
 
 /// One segment file of the log ([`Engine::segments`]).
@@ -207,6 +213,9 @@ struct Inner {
     syncer_thread: OnceLock<std::thread::Thread>,
     /// Set while the syncer sleeps for want of a job (see `Syncer::next_group`).
     syncer_sleeping: AtomicBool,
+    /// Where the log ended when the flusher drained the ring and stopped: `close` writes it
+    /// as the clean-close mark once every job is complete and nothing failed.
+    end_mark: Mutex<Option<CleanMark>>,
 }
 
 impl Inner {
@@ -291,12 +300,21 @@ impl Engine {
             config.recycle_segments,
         )?);
 
+        // Whether the last run closed cleanly (see `log::clean`).
+        let found = clean::read(&dir)?;
+        let synced = config.durability == Durability::Sync;
+        let expect = Expect {
+            synced,
+            clean: found.mark(),
+        };
+
         let index = Index::default();
         let mut report = OpenReport::default();
         let scanned = scan(
             &dir,
             config.recovery,
             Access::Writer,
+            expect,
             &io,
             |seg_idx, seg, frame| {
                 let base = seg.image().as_ptr() as usize;
@@ -325,6 +343,26 @@ impl Engine {
 
         let mut segs = scanned.segments;
         let mut write_off = scanned.write_off;
+        // After an unclean end the page cache may hold frames the disk does not (a sync that
+        // failed leaves its pages cached and clean): make the disk hold what the scan
+        // accepted before anything is written after it. Every earlier segment was durable
+        // before the next one was started.
+        let tail_end = segs.last().map(|s| CleanMark {
+            segment_id: s.id,
+            end: write_off,
+            next_seq: scanned.next_seq,
+        });
+        if let (Some(seg), Some(end)) = (segs.last(), tail_end) {
+            if synced && found.mark() != Some(end) {
+                let upto = (write_off + END_MARKER_LEN as u64).next_multiple_of(4096);
+                seg.rewrite(upto)?;
+                report.tail_rewritten = Some(upto.min(seg.size));
+            }
+        }
+        // The mark describes the log as it was; from here on it changes.
+        if found != clean::Found::Absent {
+            clean::remove(&io, &dir)?;
+        }
         if segs.is_empty() {
             segs.push(Arc::new(Log::create_first(
                 &dir,
@@ -376,6 +414,7 @@ impl Engine {
             last_sync_end: Mutex::new(None),
             syncer_thread: OnceLock::new(),
             syncer_sleeping: AtomicBool::new(false),
+            end_mark: Mutex::new(None),
             config,
         });
         let handle = start_pipeline(inner.clone(), log, consumer)
@@ -784,6 +823,7 @@ impl Engine {
             // Nothing writes the directory any more (a retirement in progress finishes
             // first): let the next engine have it.
             let _no_retirement = self.inner.retire_lock.lock();
+            self.write_clean_mark();
             self.lock.lock().take();
             if joined.is_err() {
                 return Err(Error::Failed(Arc::new(
@@ -794,6 +834,21 @@ impl Engine {
         match self.inner.completion.failure() {
             Some(e) => Err(failed(e)),
             None => Ok(()),
+        }
+    }
+}
+
+impl Engine {
+    /// Writes the clean-close mark (`log::clean`) once the pipeline has stopped with every
+    /// frame durable: the next open then trusts the page cache and skips rewriting the tail.
+    /// Best effort: without the mark the next open only does that rewrite, which is safe.
+    fn write_clean_mark(&self) {
+        let inner = &*self.inner;
+        if inner.config.durability != Durability::Sync || inner.completion.failure().is_some() {
+            return;
+        }
+        if let Some(mark) = inner.end_mark.lock().take() {
+            let _ = clean::write(&inner.io, &inner.dir, &mark);
         }
     }
 }
@@ -865,6 +920,9 @@ struct Flusher {
     prev_requests: usize,
     /// End of the last window handed to the syncer.
     in_flight: u64,
+    /// (batch sequence, window end) of the frames handed on that may not be durable yet,
+    /// oldest first (see [`Flusher::bound_undurable`]).
+    unsynced: std::collections::VecDeque<(u64, u64)>,
     to_syncer: Sender<Job>,
     /// Completed jobs come back for reuse, so no window allocates.
     spare: Receiver<Job>,
@@ -913,6 +971,7 @@ fn start_pipeline(
         lookups: Vec::new(),
         answers: Vec::new(),
         prev_requests: 1,
+        unsynced: std::collections::VecDeque::with_capacity(UNDURABLE_FRAMES_MAX as usize + 1),
         to_syncer,
         spare,
         give_back,
@@ -979,6 +1038,7 @@ impl Flusher {
             }
             pos = self.window(&mut consumer, pos);
         }
+        *self.inner.end_mark.lock() = Some(self.log.end_mark());
         // Dropping `self` closes the channel: the syncer completes what it holds and exits.
     }
 
@@ -1000,6 +1060,9 @@ impl Flusher {
     fn send(&mut self, job: Job) {
         let mut job = job;
         job.ready = Some(Instant::now());
+        if let Some(f) = &job.frame {
+            self.unsynced.push_back((f.seq, job.end));
+        }
         let syncing = self.inner.completion.durable() < self.in_flight;
         let idle = !syncing && self.inner.ring.tail() <= job.end;
         self.in_flight = job.end;
@@ -1032,6 +1095,36 @@ impl Flusher {
                 t.unpark();
             }
         }
+    }
+
+    /// Waits, if need be, until the frame about to be written is at most
+    /// [`UNDURABLE_FRAMES_MAX`] frames ahead of the last durable one; false if the engine
+    /// failed meanwhile. (The pipeline holds a few frames at most, so this waits only if a
+    /// sync group grows unusually long.)
+    fn bound_undurable(
+        log: &Log,
+        unsynced: &mut std::collections::VecDeque<(u64, u64)>,
+        inner: &Inner,
+    ) -> bool {
+        let seq = log.next_seq();
+        let durable = inner.durable_seq.load(Ordering::Acquire);
+        while unsynced.front().is_some_and(|f| f.0 <= durable) {
+            unsynced.pop_front();
+        }
+        let Some(need) = seq
+            .checked_sub(UNDURABLE_FRAMES_MAX)
+            .filter(|&n| n > durable)
+        else {
+            return true;
+        };
+        // Frames in `unsynced` are consecutive: the one to wait for is `need`.
+        let Some(&(_, end)) = unsynced.iter().find(|f| f.0 == need) else {
+            debug_assert!(false, "frame {need} is neither durable nor in flight");
+            return true;
+        };
+        let ok = inner.completion.wait(end, None).is_ok();
+        debug_assert!(!ok || inner.durable_seq.load(Ordering::Acquire) >= need);
+        ok
     }
 
     /// Waits until every job handed to the syncer (up to `in_flight`) is complete; false if
@@ -1224,6 +1317,11 @@ impl Flusher {
             // syncing in the old one: recovery treats damage before the last segment as
             // corruption, not as a torn tail.
             if !self.log.fits(body_len) && !Self::drain_pipeline(&inner, self.in_flight) {
+                return Ok(());
+            }
+            // At most `UNDURABLE_FRAMES_MAX` frames may be written and not yet durable:
+            // recovery relies on it to tell a torn tail from damage to durable history.
+            if !Self::bound_undurable(&self.log, &mut self.unsynced, &inner) {
                 return Ok(());
             }
             let flags = if inner.config.coalesce {

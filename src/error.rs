@@ -71,6 +71,23 @@ pub enum Error {
         /// What was wrong.
         reason: String,
     },
+    /// Opening found damage in the last segment that is not a torn tail: batches after it were
+    /// durable (valid frames follow it further than a crash can leave undurable frames, or the
+    /// log was closed cleanly past it), so cutting the log there would lose acknowledged
+    /// writes. Nothing was changed. Restore the segment from a copy, or accept the loss by
+    /// opening with `RecoveryMode::PointInTime`.
+    DamagedHistory {
+        /// The segment file.
+        path: PathBuf,
+        /// Byte offset of the damage in that file.
+        offset: u64,
+        /// What was wrong, and what follows it.
+        reason: String,
+        /// The first batch that would be lost (the damaged one).
+        first_lost: u64,
+        /// The last batch known to have been durable after it.
+        last_lost: u64,
+    },
     /// `Ticket::wait_timeout` ran out before the request was durable.
     Timeout,
     /// A follower asked for a batch that `Engine::retire_before` has removed from the log.
@@ -133,6 +150,17 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "corrupt log: {} at offset {offset}: {reason}",
+                path.display()
+            ),
+            Error::DamagedHistory {
+                path,
+                offset,
+                reason,
+                first_lost,
+                last_lost,
+            } => write!(
+                f,
+                "damaged log: {} at offset {offset}: {reason}; cutting the log there would lose durable batches {first_lost}..={last_lost}, so nothing was changed (restore the file, or open with RecoveryMode::PointInTime to accept the loss)",
                 path.display()
             ),
             Error::Timeout => write!(f, "timed out waiting for the request to become durable"),

@@ -22,6 +22,7 @@
 
 mod recovery_common;
 
+use mergelog::internals::format::UNDURABLE_FRAMES_MAX;
 use mergelog::{Config, Engine, Error, LogReader, RecoveryMode, WriteBatch};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -260,6 +261,17 @@ enum Expect {
         kept: usize,
         tail: bool,
     },
+    /// A bad frame in the last segment that valid frames follow at least
+    /// `UNDURABLE_FRAMES_MAX` batches later: damage to durable history, which an engine
+    /// refuses (`Error::DamagedHistory`) unless it opens in `PointInTime` (which cuts there,
+    /// as for `Damage`). Only for the engine: a reader stops there.
+    Lost {
+        seg: usize,
+        offset: u64,
+        kept: usize,
+        first_lost: u64,
+        last_lost: u64,
+    },
 }
 
 /// Who opens the copy: the engine (a writer, which also checks the zeros after the last frame
@@ -289,6 +301,16 @@ fn expect_changed_byte(fx: &Fixture, seg: usize, p: u64, opener: Opener) -> Expe
     for j in first..through {
         let f = &fx.frames[j];
         if p >= f.offset && p < f.body_end {
+            let last_seq = fx.frames[through - 1].seq;
+            if last && opener == Opener::Engine && last_seq >= f.seq + UNDURABLE_FRAMES_MAX {
+                return Expect::Lost {
+                    seg,
+                    offset: f.offset,
+                    kept: j,
+                    first_lost: f.seq,
+                    last_lost: last_seq,
+                };
+            }
             return Expect::Damage {
                 seg,
                 offset: f.offset,
@@ -357,6 +379,21 @@ macro_rules! ensure {
 
 type Check = Result<(), String>;
 
+/// Every file of `dir` but the lock file, and its bytes.
+fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .filter(|e| e.as_ref().is_ok_and(|e| e.file_name() != "LOCK"))
+        .map(|e| {
+            let p = e.expect("entry").path();
+            let bytes = std::fs::read(&p).unwrap_or_default();
+            (p, bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
 /// Opens the damaged copy in `dir` with the engine in `mode` and checks the outcome against
 /// `expect`. With `follow_up`, a successful open is continued: one more write, close, and the
 /// log must then be clean (open in `AbsoluteConsistency`) and hold the kept frames plus that
@@ -368,7 +405,63 @@ fn check_engine(
     expect: Expect,
     follow_up: bool,
 ) -> Check {
+    let before = snapshot(dir);
     let opened = Engine::open(dir, config(mode));
+    let expect = match (expect, mode) {
+        (
+            Expect::Lost {
+                seg, offset, kept, ..
+            },
+            RecoveryMode::PointInTime,
+        ) => Expect::Damage {
+            seg,
+            offset,
+            kept,
+            tail: true,
+        },
+        (
+            Expect::Lost {
+                seg,
+                offset,
+                first_lost,
+                last_lost,
+                ..
+            },
+            _,
+        ) => {
+            return match opened {
+                Ok(engine) => Err(format!(
+                    "opened (report {:?}, {} keys) where Error::DamagedHistory was expected",
+                    engine.open_report(),
+                    engine.len(),
+                )),
+                Err(Error::DamagedHistory {
+                    path,
+                    offset: o,
+                    first_lost: f,
+                    last_lost: l,
+                    ..
+                }) => {
+                    ensure!(
+                        path.file_name()
+                            .is_some_and(|n| n == fx.files[seg].0.as_str())
+                            && (o, f, l) == (offset, first_lost, last_lost),
+                        "DamagedHistory at {} offset {o}, batches {f}..={l}",
+                        path.display()
+                    );
+                    ensure!(
+                        snapshot(dir) == before,
+                        "the refusing open changed the files (it must keep the evidence)"
+                    );
+                    Ok(())
+                }
+                Err(e) => Err(format!(
+                    "got {e:?} where Error::DamagedHistory was expected"
+                )),
+            };
+        }
+        (e, _) => e,
+    };
     let (engine, kept) = match (expect, mode) {
         (Expect::Clean { kept }, _) => {
             let engine = opened.map_err(|e| format!("open failed: {e}"))?;
@@ -418,6 +511,7 @@ fn check_engine(
                 }
             };
         }
+        (Expect::Lost { .. }, _) => unreachable!("handled above"),
     };
     check_open_engine(fx, &engine, kept)?;
     if follow_up {
@@ -540,6 +634,7 @@ fn check_reader(fx: &Fixture, dir: &Path, mode: RecoveryMode, expect: Expect) ->
                 }
             };
         }
+        (Expect::Lost { .. }, _) => return Err("a reader never expects Lost".into()),
     };
     let mut state = State::new();
     let mut n = 0usize;
@@ -605,6 +700,7 @@ fn expect_kind(e: Expect) -> &'static str {
         Expect::Damage { tail: true, .. } => "expect damage at the tail",
         Expect::Damage { offset: 0, .. } => "expect bad segment header",
         Expect::Damage { .. } => "expect damage before the tail",
+        Expect::Lost { .. } => "expect damage to durable history",
     }
 }
 

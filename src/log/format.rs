@@ -40,6 +40,11 @@ pub const FLAG_SORTED: u32 = 1;
 pub const KEY_LEN_MAX: usize = u16::MAX as usize;
 /// Sequence number of the first batch of a log; it is also the id of the first segment.
 pub const FIRST_BATCH_SEQ: u64 = 1;
+/// The most frames a writer ever has written and not yet durable: frame `n` is written only
+/// once frame `n - UNDURABLE_FRAMES_MAX` is durable. After a crash only those frames can be
+/// torn or missing, so recovery takes a valid frame this many batches or more past damage as
+/// proof that the damaged frame was durable (docs/FORMAT.md, "Recovery").
+pub const UNDURABLE_FRAMES_MAX: u64 = 16;
 /// Smallest valid segment: the header plus room for one frame header.
 pub const SEGMENT_SIZE_MIN: u64 = (SEGMENT_HEADER_LEN + FRAME_HEADER_LEN) as u64;
 

@@ -3,6 +3,7 @@
 //! Only the flusher appends. Readers reach segments through the shared `Segments` list and
 //! read through the mappings.
 
+pub(crate) mod clean;
 pub mod format;
 pub mod io;
 pub(crate) mod recovery;
@@ -420,6 +421,20 @@ impl Log {
         self.write_off = SEGMENT_HEADER_LEN as u64;
         self.prep = Prep::Deferred;
         Ok(())
+    }
+
+    /// Sequence number the next frame gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Where the log ends now: the clean-close mark a close writes once it is durable.
+    pub fn end_mark(&self) -> clean::CleanMark {
+        clean::CleanMark {
+            segment_id: self.active.id,
+            end: self.write_off,
+            next_seq: self.next_seq,
+        }
     }
 
     /// True when a frame with `body_len` bytes of records fits in the active segment (if

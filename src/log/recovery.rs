@@ -3,9 +3,13 @@
 
 use crate::config::RecoveryMode;
 use crate::error::{Error, Result};
+use crate::log::clean::CleanMark;
 use crate::log::format::parse_segment_file_name;
-use crate::log::format::{decode_frame, Decoded, Frame, SegmentHeader, SEGMENT_HEADER_LEN};
-use crate::log::io::SharedIo;
+use crate::log::format::{
+    decode_frame, Decoded, Frame, SegmentHeader, FRAME_MAGIC, SEGMENT_HEADER_LEN,
+    UNDURABLE_FRAMES_MAX,
+};
+use crate::log::io::{guarded, IoOp, SharedIo};
 use crate::log::segment::Segment;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,6 +39,71 @@ pub(crate) struct Scanned {
     /// Mappings that frames were visited through but that a writable reopen replaced: the
     /// engine keeps them, since its index points into them.
     pub retired: Vec<Arc<Segment>>,
+}
+
+/// What a writer's open knows about how the log was written, beyond its bytes.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Expect {
+    /// The log was written with syncs (`Durability::Sync`): a writer never has more than
+    /// [`UNDURABLE_FRAMES_MAX`] frames written and not yet durable, so a valid frame that far
+    /// or further past damage proves the damaged frame was durable.
+    pub synced: bool,
+    /// The clean-close mark: every batch below its `next_seq` was durable.
+    pub clean: Option<CleanMark>,
+}
+
+/// Looks for valid frames at or after `from` (8-aligned offsets) with a batch sequence of
+/// at least `min_seq`: the frames a writer wrote after the one at the damage. Returns the
+/// offset of the first such frame and the highest sequence among them.
+pub(crate) fn later_frames(image: &[u8], from: u64, min_seq: u64) -> Option<(u64, u64)> {
+    let mut found: Option<(u64, u64)> = None;
+    let mut off = (from as usize + 7) & !7;
+    while off + FRAME_MAGIC.len() <= image.len() {
+        if image[off..off + FRAME_MAGIC.len()] == FRAME_MAGIC {
+            if let Ok(Decoded::Frame(f)) = decode_frame(image, off) {
+                if f.batch_seq >= min_seq {
+                    let first = found.map_or(off as u64, |f| f.0);
+                    let top = found.map_or(f.batch_seq, |g| g.1.max(f.batch_seq));
+                    found = Some((first, top));
+                }
+                off += f.len;
+                continue;
+            }
+        }
+        off += 8;
+    }
+    found
+}
+
+/// Whether the frames of the last segment, which stop at `stop` (damage there if `damaged`,
+/// else the end of its frames) with batch `next_seq` expected, lost durable history: a valid
+/// frame at least [`UNDURABLE_FRAMES_MAX`] batches later follows (only for a log written with
+/// syncs), or the clean-close mark says the log went on. Returns where the first later frame
+/// is (`None` if only the mark says so) and the last batch that would be lost.
+fn durable_loss(
+    image: &[u8],
+    stop: u64,
+    damaged: bool,
+    next_seq: u64,
+    segment_id: u64,
+    expect: &Expect,
+) -> Option<(Option<u64>, u64)> {
+    let later = if expect.synced {
+        // Past a bad frame, from the next 8 bytes on (its own header may be valid).
+        let from = if damaged { stop + 8 } else { stop };
+        later_frames(image, from, next_seq + UNDURABLE_FRAMES_MAX)
+    } else {
+        None
+    };
+    let marked = expect
+        .clean
+        .filter(|m| m.next_seq > next_seq && m.segment_id >= segment_id)
+        .map(|m| m.next_seq - 1);
+    match (later, marked) {
+        (None, None) => None,
+        (Some((off, top)), m) => Some((Some(off), m.map_or(top, |m| m.max(top)))),
+        (None, Some(m)) => Some((None, m)),
+    }
 }
 
 /// The largest batch sequence a log may use (2^62: centuries of batches at any rate), so that
@@ -75,7 +144,14 @@ const RETIRED_DURING_SCAN: &str = "open segment (removed during the scan)";
 pub(crate) fn scan_retrying(dir: &Path, mode: RecoveryMode, io: &SharedIo) -> Result<Scanned> {
     let mut tries = 0;
     loop {
-        match scan(dir, mode, Access::Reader, io, |_, _, _| Ok(())) {
+        match scan(
+            dir,
+            mode,
+            Access::Reader,
+            Expect::default(),
+            io,
+            |_, _, _| Ok(()),
+        ) {
             Err(Error::Io { op, .. }) if op == RETIRED_DURING_SCAN && tries < 100 => tries += 1,
             r => return r,
         }
@@ -88,6 +164,7 @@ pub(crate) fn scan(
     dir: &Path,
     mode: RecoveryMode,
     access: Access,
+    expect: Expect,
     io: &SharedIo,
     mut visit: impl FnMut(u32, &Arc<Segment>, &Frame<'_>) -> Result<()>,
 ) -> Result<Scanned> {
@@ -101,6 +178,8 @@ pub(crate) fn scan(
         retired: Vec::new(),
     };
     let count = files.len();
+    // The writable tail a cut leaves, and where its zeroing starts (done last, see below).
+    let mut zero_from: Option<(Arc<Segment>, u64)> = None;
     for (i, (id, path)) in files.iter().enumerate() {
         let last = i + 1 == count;
         // Batch sequences start at 1 and grow by one per batch: an id of 0, or one so large
@@ -218,11 +297,10 @@ pub(crate) fn scan(
         // anything else is the remains of a frame whose header never reached the disk. (A
         // reader skips this: the engine may be writing there right now.) In a recycled
         // segment the old bytes there cannot be told from such remains: the writer zeroes
-        // them all instead, so that the frames it appends are followed by zeros, as in a
-        // fresh segment.
-        if bad.is_none() && last && access == Access::Writer && recycled {
-            seg.zero_tail(end)?;
-        } else if bad.is_none() && last && access == Access::Writer {
+        // them all instead (below), so that the frames it appends are followed by zeros, as
+        // in a fresh segment.
+        let decode_damage = bad.is_some();
+        if bad.is_none() && last && access == Access::Writer && !recycled {
             let rest = &image[(end as usize).min(image.len())..];
             if let Some(nz) = rest.iter().position(|&b| b != 0) {
                 bad = Some((
@@ -233,6 +311,39 @@ pub(crate) fn scan(
                     ),
                 ));
             }
+        }
+        // A writer tells a torn tail from damage to durable history before it changes a
+        // byte: frames written after the damaged one, or a clean-close mark past it, prove
+        // that it was durable (docs/FORMAT.md, "Recovery").
+        if last && access == Access::Writer && bad.as_ref().is_none_or(|b| b.0 > 0) {
+            let stop = bad.as_ref().map_or(end, |b| b.0);
+            let lost = durable_loss(image, stop, decode_damage, out.next_seq, *id, &expect);
+            if let Some((first_later, last_lost)) = lost {
+                let what = match &bad {
+                    Some((_, reason)) => reason.clone(),
+                    None => format!("the frames end at offset {end}"),
+                };
+                let later = match first_later {
+                    Some(off) => {
+                        format!("valid frames up to batch {last_lost} follow at offset {off}")
+                    }
+                    None => format!("the log was closed cleanly after batch {last_lost}"),
+                };
+                if mode != RecoveryMode::PointInTime {
+                    return Err(Error::DamagedHistory {
+                        path: path.clone(),
+                        offset: stop,
+                        reason: format!("{what}, but {later}"),
+                        first_lost: out.next_seq,
+                        last_lost,
+                    });
+                }
+                // Point in time: the log ends here, and the open reports what it cut.
+                bad.get_or_insert((stop, format!("{what}, but {later}")));
+            }
+        }
+        if bad.is_none() && last && access == Access::Writer && recycled {
+            seg.zero_tail(end)?;
         }
         let Some((offset, reason)) = bad else {
             seg.publish(end);
@@ -268,8 +379,9 @@ pub(crate) fn scan(
             if access == Access::Writer {
                 if let Some(prev) = out.segments.pop() {
                     let tail = Arc::new(Segment::open(&prev.path, prev.id, true, io)?);
-                    // Whatever follows its last frame was never checked: make it zeros.
-                    tail.zero_tail(out.write_off)?;
+                    // Whatever follows its last frame was never checked: it is zeroed
+                    // once the later segments are gone (below).
+                    zero_from = Some((tail.clone(), out.write_off));
                     tail.publish(out.write_off);
                     out.segments.push(tail);
                     out.retired.push(prev);
@@ -285,7 +397,7 @@ pub(crate) fn scan(
                 out.retired.push(seg.clone());
                 Arc::new(Segment::open(path, *id, true, io)?)
             };
-            seg.zero_tail(offset)?;
+            zero_from = Some((seg.clone(), offset));
             seg
         } else {
             seg.clone()
@@ -295,13 +407,19 @@ pub(crate) fn scan(
         out.segments.push(seg);
         break;
     }
-    // A point-in-time stop leaves later segments behind: a writer removes them, so the cut
-    // segment is the tail.
-    if access == Access::Writer && !out.dropped.is_empty() {
-        for p in &out.dropped {
-            std::fs::remove_file(p).map_err(|e| Error::io("remove dropped segment", p, e))?;
+    if access == Access::Writer {
+        // A cut leaves later segments behind: they go first, newest first, each removal
+        // made durable before the next, so that a crash at any step leaves the log a
+        // prefix of itself with the damage still in place. Only then is the cut segment's
+        // tail zeroed: it is the evidence of what was cut until nothing else remains.
+        for p in out.dropped.iter().rev() {
+            guarded(&**io, IoOp::Remove, p, 0, &[], || std::fs::remove_file(p))
+                .map_err(|e| Error::io("remove dropped segment", p, e))?;
+            crate::log::segment::sync_dir(&**io, dir)?;
         }
-        crate::log::segment::sync_dir(&**io, dir)?;
+        if let Some((seg, off)) = zero_from {
+            seg.zero_tail(off)?;
+        }
     }
     Ok(out)
 }

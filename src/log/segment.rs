@@ -420,6 +420,38 @@ impl Segment {
         .map_err(|e| Error::io("sync segment", &self.path, e))
     }
 
+    /// Writes `[0, end)` again from what the mapping shows (the page cache), with `pwrite`,
+    /// and syncs the file: afterwards the disk holds what the cache does.
+    ///
+    /// After a failed `fdatasync` the kernel may keep the pages it could not write in the
+    /// cache, marked clean: the next open reads the frame there, but no later sync writes it,
+    /// and a power loss takes it back, with every frame after it. Writing the same bytes again
+    /// dirties those pages, so this sync writes them. An open that follows an unclean end
+    /// calls this for the last segment before it accepts a write (see `log::clean`).
+    pub fn rewrite(&self, end: u64) -> Result<()> {
+        const CHUNK: usize = 1 << 20;
+        let end = end.min(self.size) as usize;
+        let image = self.image();
+        let mut buf = vec![0u8; CHUNK.min(end)];
+        let mut off = 0;
+        while off < end {
+            let n = CHUNK.min(end - off);
+            // Copied out first: a `pwrite` whose source is a mapping of the very pages it
+            // writes would depend on how the kernel faults them in.
+            buf[..n].copy_from_slice(&image[off..off + n]);
+            let data = &buf[..n];
+            guarded(&*self.io, IoOp::Write, &self.path, off as u64, data, || {
+                self.file.write_all_at(data, off as u64)
+            })
+            .map_err(|e| Error::io("rewrite segment tail", &self.path, e))?;
+            off += n;
+        }
+        guarded(&*self.io, IoOp::Sync, &self.path, 0, &[], || {
+            self.file.sync_data()
+        })
+        .map_err(|e| Error::io("sync rewritten segment tail", &self.path, e))
+    }
+
     /// Zeroes `[off, size)` where it is not zero already and syncs: cuts a torn tail.
     pub fn zero_tail(&self, off: u64) -> Result<()> {
         let len = (self.size - off) as usize;

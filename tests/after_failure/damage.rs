@@ -1,0 +1,288 @@
+//! Media damage must not silently cut acknowledged history. A writer never has more than
+//! `UNDURABLE_FRAMES_MAX` frames written and not yet durable, so after a crash only the last
+//! few frames can be torn. Damage that valid frames follow further than that, or that lies
+//! before the end a clean close recorded, is damage to durable history: the default open
+//! refuses it (naming the file, the offset and the batches), changes nothing, and only
+//! `RecoveryMode::PointInTime` opens there.
+
+use crate::common::{read_log, segment_files, LoggedFrame, WAIT_MAX};
+use mergelog::internals::format::{
+    decode_frame, Decoded, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN, UNDURABLE_FRAMES_MAX,
+};
+use mergelog::{Config, Engine, Error, RecoveryMode, WindowPolicy};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+fn config(recovery: RecoveryMode) -> Config {
+    Config {
+        segment_bytes: 256 << 10,
+        batch_bytes_max: 16 << 10,
+        window: WindowPolicy::Immediate,
+        recovery,
+        ..Config::default()
+    }
+}
+
+/// Writes `n` batches, one put each (`key-i` = `value-i`), each waited for, so each is one
+/// frame; closes cleanly. Returns the frames of the log.
+fn write_batches(dir: &Path, cfg: &Config, n: usize) -> Vec<LoggedFrame> {
+    let engine = Engine::open(dir, cfg.clone()).expect("open");
+    for i in 0..n {
+        engine
+            .put(
+                format!("key-{i}").as_bytes(),
+                format!("value-{i}").as_bytes(),
+            )
+            .expect("put")
+            .wait_timeout(WAIT_MAX)
+            .expect("durable");
+    }
+    engine.close().expect("close");
+    read_log(dir, None)
+}
+
+/// Every file but the lock, with its bytes.
+fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().is_some_and(|n| n != "LOCK"))
+        .map(|p| {
+            let b = std::fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn last_segment(dir: &Path) -> PathBuf {
+    segment_files(dir).pop().expect("a segment").1
+}
+
+fn flip_bit(path: &Path, off: u64) {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, off).unwrap();
+    b[0] ^= 0x04;
+    f.write_all_at(&b, off).unwrap();
+}
+
+fn zero(path: &Path, off: u64, len: usize) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&vec![0u8; len], off).unwrap();
+}
+
+/// Asserts `r` is `Error::DamagedHistory` for `path` at `offset`, batches `first..=last`.
+fn assert_damaged_history(
+    r: Result<Engine, Error>,
+    path: &Path,
+    offset: u64,
+    first: u64,
+    last: u64,
+) {
+    let msg = r.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
+    match r {
+        Err(Error::DamagedHistory {
+            path: p,
+            offset: o,
+            first_lost,
+            last_lost,
+            ref reason,
+        }) => {
+            assert_eq!((p.as_path(), o), (path, offset), "where: {reason}");
+            assert_eq!(
+                (first_lost, last_lost),
+                (first, last),
+                "which batches: {reason}"
+            );
+            assert!(
+                msg.contains(&path.display().to_string()) && msg.contains("PointInTime"),
+                "the message names the file and the way out: {msg}"
+            );
+        }
+        Err(e) => panic!("expected DamagedHistory, got {e:?}"),
+        Ok(engine) => panic!(
+            "opened (report {:?}) where DamagedHistory was expected",
+            engine.open_report()
+        ),
+    }
+}
+
+/// A bit flip in an old frame of the last segment, with more than `UNDURABLE_FRAMES_MAX`
+/// frames after it: the default mode and `AbsoluteConsistency` refuse and change nothing;
+/// `PointInTime` opens there and reports the cut.
+#[test]
+fn a_bit_flip_in_durable_history_is_refused_not_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 3 * UNDURABLE_FRAMES_MAX as usize;
+    let frames = write_batches(dir.path(), &config(RecoveryMode::default()), n);
+    assert_eq!(frames.len(), n);
+    let victim = &frames[5];
+    let seg = last_segment(dir.path());
+    flip_bit(&seg, victim.offset + FRAME_HEADER_LEN as u64 + 2);
+    let before = files(dir.path());
+    for mode in [
+        RecoveryMode::TolerateCorruptedTail,
+        RecoveryMode::AbsoluteConsistency,
+    ] {
+        let r = Engine::open(dir.path(), config(mode));
+        assert_damaged_history(r, &seg, victim.offset, victim.batch_seq, n as u64);
+        assert!(
+            files(dir.path()) == before,
+            "{mode:?}: the refusing open changed files"
+        );
+    }
+    let engine = Engine::open(dir.path(), config(RecoveryMode::PointInTime)).expect("PointInTime");
+    let cut = engine
+        .open_report()
+        .truncated
+        .clone()
+        .expect("the cut is reported");
+    assert_eq!((cut.path, cut.offset), (seg, victim.offset));
+    assert_eq!(engine.len(), 5, "the state before the damaged batch");
+    assert!(engine.read(b"key-5").unwrap().is_none());
+}
+
+/// Damage close to the end (fewer than `UNDURABLE_FRAMES_MAX` frames follow it) may be a torn
+/// tail: the default mode still cuts it, and reports it.
+#[test]
+fn damage_within_the_undurable_bound_is_still_cut_as_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 3 * UNDURABLE_FRAMES_MAX as usize;
+    let frames = write_batches(dir.path(), &config(RecoveryMode::default()), n);
+    let victim = &frames[n - UNDURABLE_FRAMES_MAX as usize + 1];
+    let seg = last_segment(dir.path());
+    flip_bit(&seg, victim.offset + FRAME_HEADER_LEN as u64 + 2);
+    // The clean-close mark would tell: this is about the crash case, so take it away.
+    std::fs::remove_file(dir.path().join("CLEAN")).expect("a clean close leaves the mark");
+    let engine = Engine::open(dir.path(), config(RecoveryMode::default())).expect("open");
+    let cut = engine
+        .open_report()
+        .truncated
+        .clone()
+        .expect("the cut is reported");
+    assert_eq!((cut.path, cut.offset), (seg, victim.offset));
+    assert_eq!(engine.len(), victim.batch_seq as usize - 1);
+}
+
+/// A run of zeros where a frame's header was (a sector that reads back as zeros) looks like
+/// the end of the log. In a fresh segment, the frames after it used to be cut as "a torn
+/// write"; now they prove the damage was durable.
+#[test]
+fn a_zeroed_frame_header_in_a_fresh_segment_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 3 * UNDURABLE_FRAMES_MAX as usize;
+    let frames = write_batches(dir.path(), &config(RecoveryMode::default()), n);
+    std::fs::remove_file(dir.path().join("CLEAN")).unwrap();
+    let victim = &frames[3];
+    let seg = last_segment(dir.path());
+    zero(&seg, victim.offset, FRAME_HEADER_LEN);
+    let before = files(dir.path());
+    let r = Engine::open(dir.path(), config(RecoveryMode::default()));
+    assert_damaged_history(r, &seg, victim.offset, victim.batch_seq, n as u64);
+    assert!(
+        files(dir.path()) == before,
+        "the refusing open changed files"
+    );
+}
+
+/// The same in a reused segment: there the open zeroes whatever follows the frames (the old
+/// bytes of its earlier life), and used to destroy the later frames without a report in any
+/// mode. Now it refuses first.
+#[test]
+fn a_zeroed_frame_header_in_a_reused_segment_is_refused_not_zeroed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        segment_bytes: 64 << 10,
+        recycle_segments: 2,
+        ..config(RecoveryMode::default())
+    };
+    // Fill a few segments, retire them into the pool, and write until a reused one is the
+    // last segment with plenty of frames in it.
+    let engine = Engine::open(dir.path(), cfg.clone()).expect("open");
+    let value = vec![b'v'; 600];
+    let mut i = 0u64;
+    let reused_last = loop {
+        engine
+            .put(format!("key-{i}").as_bytes(), &value)
+            .unwrap()
+            .wait_timeout(WAIT_MAX)
+            .unwrap();
+        i += 1;
+        let segs = engine.segments();
+        if segs.len() >= 3 {
+            engine
+                .retire_before(segs[segs.len() - 1].first_seq)
+                .unwrap();
+        }
+        let counts = engine.counts();
+        if counts.segments.reused >= 1 && i > 40 {
+            let last = engine.segments().pop().unwrap();
+            if i - last.first_seq >= 2 * UNDURABLE_FRAMES_MAX {
+                break last;
+            }
+        }
+        assert!(i < 5000, "no reused segment became the last one");
+    };
+    engine.close().unwrap();
+    // (offset, batch) of the frames of the reused segment.
+    let image = std::fs::read(&reused_last.path).unwrap();
+    let mut frames = Vec::new();
+    let mut off = SEGMENT_HEADER_LEN;
+    while let Ok(Decoded::Frame(f)) = decode_frame(&image, off) {
+        frames.push((off as u64, f.batch_seq));
+        off += f.len;
+    }
+    assert!(frames.len() as u64 >= 2 * UNDURABLE_FRAMES_MAX);
+    let (victim_off, victim_seq) = frames[2];
+    let last_seq = frames.last().unwrap().1;
+    std::fs::remove_file(dir.path().join("CLEAN")).unwrap();
+    zero(&reused_last.path, victim_off, FRAME_HEADER_LEN);
+    let before = files(dir.path());
+    for mode in [
+        RecoveryMode::TolerateCorruptedTail,
+        RecoveryMode::AbsoluteConsistency,
+    ] {
+        let r = Engine::open(
+            dir.path(),
+            Config {
+                recovery: mode,
+                ..cfg.clone()
+            },
+        );
+        assert_damaged_history(r, &reused_last.path, victim_off, victim_seq, last_seq);
+        assert!(
+            files(dir.path()) == before,
+            "{mode:?}: the refusing open changed files"
+        );
+    }
+}
+
+/// Whole frames at the end read back as zeros: nothing follows to show it, but the clean
+/// close recorded where the log ended, so the open knows acknowledged batches are missing.
+#[test]
+fn a_log_that_ends_before_its_clean_close_mark_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 10;
+    let frames = write_batches(dir.path(), &config(RecoveryMode::default()), n);
+    let seg = last_segment(dir.path());
+    let from = frames[7].offset;
+    let to = frames[9].offset + 4096;
+    zero(&seg, from, (to - from) as usize);
+    let before = files(dir.path());
+    let r = Engine::open(dir.path(), config(RecoveryMode::default()));
+    assert_damaged_history(r, &seg, from, frames[7].batch_seq, n as u64);
+    assert!(
+        files(dir.path()) == before,
+        "the refusing open changed files"
+    );
+    // Without the mark it is indistinguishable from a crash that lost the last frames.
+    std::fs::remove_file(dir.path().join("CLEAN")).unwrap();
+    let engine = Engine::open(dir.path(), config(RecoveryMode::default())).expect("open");
+    assert_eq!(engine.len(), 7);
+}

@@ -131,16 +131,33 @@ mod tests {
 
     #[test]
     fn process_time_counts_a_busy_thread_and_rounds_add_up() {
+        /// This thread's CPU time.
+        fn thread_cpu() -> Duration {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes one timespec, which `ts` is, and reads nothing.
+            let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+            assert_eq!(rc, 0);
+            Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+        }
         let start = CpuSample::now().expect("getrusage works");
         let t0 = Instant::now();
+        let cpu0 = thread_cpu();
         let mut x = 0u64;
-        while t0.elapsed() < Duration::from_millis(60) {
-            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        // Spin until this thread has run for 30 ms on a CPU (however loaded the machine is:
+        // by wall time alone a busy machine left it 10 ms of 60), and 60 ms have passed.
+        while thread_cpu() - cpu0 < Duration::from_millis(30)
+            || t0.elapsed() < Duration::from_millis(60)
+        {
+            for _ in 0..1000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
         }
         let used = start.until(&CpuSample::now().unwrap());
-        // Spinning for 60 ms of wall time: most of it on a CPU (a loaded machine may
-        // preempt us), never more than the wall time times the threads that ran.
-        assert!(used.process >= Duration::from_millis(20), "{used:?}");
+        // The process's CPU includes this thread's 30 ms; the wall time at least 60 ms.
+        assert!(used.process >= Duration::from_millis(30), "{used:?}");
         assert!(used.wall >= Duration::from_millis(60), "{used:?}");
         // No engine runs in this test binary: no such threads.
         assert_eq!((used.flusher, used.syncer), (None, None));

@@ -211,11 +211,11 @@ fn frames_written_ahead_of_the_durable_one_are_bounded() {
     };
     let engine = Arc::new(Engine::open_with_io(dir.path(), cfg, io.clone()).unwrap());
     std::thread::scope(|s| {
-        for w in 0..8 {
+        for w in 0..48 {
             let engine = engine.clone();
             s.spawn(move || {
                 // One request outstanding per producer: many small windows.
-                for i in 0..100 {
+                for i in 0..30 {
                     engine
                         .put(format!("w{w}-{i}").as_bytes(), b"v")
                         .unwrap()

@@ -12,7 +12,7 @@ use crate::log::io::{guarded, IoOp, SharedIo};
 use crate::log::recovery::{scan, Access, Damage, Expect};
 use crate::log::segment::{rename, sync_dir, Segment};
 use crate::log::{adopt_prepared, Log, Pool, SegmentList, Segments, Spares, WrittenFrame};
-use crate::reader::{Follower, LogReader};
+use crate::reader::{Follower, LiveLog, LogReader};
 use crate::ring::{self, Consumer, PushError, Ring};
 use crate::stats::{record, Counters, Counts, Stats};
 use crate::ticket::{Completion, GetSlot, GetTicket, Ticket};
@@ -197,8 +197,9 @@ struct Inner {
     flush_to: AtomicU64,
     request_len_max: usize,
     request_limit_name: &'static str,
-    /// Sequence number of the last durable batch (for in-process followers).
-    durable_seq: Arc<AtomicU64>,
+    /// Sequence number of the last durable batch, and whether the pipeline has stopped (for
+    /// in-process followers).
+    live: Arc<LiveLog>,
     /// Jobs handed to the syncer and not yet taken by it.
     queued: AtomicUsize,
     /// The flusher's thread, set when it starts: woken by [`Inner::poke_flusher`].
@@ -389,7 +390,10 @@ impl Engine {
             &io,
         );
 
-        let durable_seq = Arc::new(AtomicU64::new(scanned.next_seq.saturating_sub(1)));
+        let live = Arc::new(LiveLog {
+            durable_seq: AtomicU64::new(scanned.next_seq.saturating_sub(1)),
+            stopped: AtomicBool::new(false),
+        });
         let (ring, consumer) = ring::ring(config.ring_bytes);
         let (request_len_max, request_limit_name) = config.request_len_max(ring.max_payload());
         let inner = Arc::new(Inner {
@@ -407,7 +411,7 @@ impl Engine {
             flush_to: AtomicU64::new(0),
             request_len_max,
             request_limit_name,
-            durable_seq,
+            live,
             queued: AtomicUsize::new(0),
             flusher_thread: OnceLock::new(),
             napping_for_sync: AtomicBool::new(false),
@@ -631,24 +635,70 @@ impl Engine {
         self.len() == 0
     }
 
-    /// Visits every live key and its value (unordered), zero-copy.
+    /// Visits every live key and its value (unordered), zero-copy for the values. `f` runs
+    /// with no engine lock held, so it may call the engine: `read`, `get`, `put` (and wait
+    /// for them), `retire_before`, even `for_each`.
+    ///
+    /// What it visits is a snapshot of the durable state at the call: every key live then,
+    /// once each, with its value then. Writes, deletes and retirements after the call (by
+    /// `f` or by anyone else) change nothing of what is visited; a key that a
+    /// `retire_before` running at the moment of the call is forgetting may be skipped.
+    ///
+    /// Cost: before the first call to `f`, the keys are copied into a buffer (their bytes
+    /// plus 24 bytes per key), under the locks of the segment list and the index. The values
+    /// are not copied: they are read from the log's mappings, and the snapshot holds every
+    /// segment mapped until `for_each` returns, so a segment retired meanwhile stays mapped
+    /// (and its file, with `Config::recycle_segments`, is not reused) until then.
     pub fn for_each(&self, mut f: impl FnMut(&[u8], &[u8])) {
-        let segs = self.inner.segments.read();
-        self.inner.index.for_each(|k, loc| {
-            if let Some(seg) = segs.get(loc.seg) {
-                f(k, seg.bytes(loc.off, loc.len as usize));
-            }
-        });
+        /// Where one key's bytes end in `keys`, and its value's place.
+        struct Visit {
+            key_end: usize,
+            off: u64,
+            seg: u32,
+            len: u32,
+        }
+        let mut keys = Vec::new();
+        let mut visits = Vec::new();
+        // The segments as listed at the call: the snapshot's values live in them.
+        let segments: Vec<Arc<Segment>> = {
+            let segs = self.inner.segments.read();
+            let base = segs.base();
+            let segments: Vec<Arc<Segment>> = segs.iter().cloned().collect();
+            self.inner.index.for_each(|k, loc| {
+                // A key of a segment no longer listed is being forgotten by a retirement.
+                let Some(seg) = loc.seg.checked_sub(base) else {
+                    return;
+                };
+                if (seg as usize) < segments.len() {
+                    keys.extend_from_slice(k);
+                    visits.push(Visit {
+                        key_end: keys.len(),
+                        off: loc.off,
+                        seg,
+                        len: loc.len,
+                    });
+                }
+            });
+            segments
+        };
+        // Every lock is released: `f` may call the engine.
+        let mut key_start = 0;
+        for v in &visits {
+            let key = &keys[key_start..v.key_end];
+            key_start = v.key_end;
+            f(key, segments[v.seg as usize].bytes(v.off, v.len as usize));
+        }
     }
 
     /// A follower that yields every batch from sequence `from` on (1 = the start of the
-    /// log), each once it is durable, waiting for new ones as they land.
+    /// log), each once it is durable, waiting for new ones as they land. Once the engine is
+    /// closed, it yields the batches that became durable and then `Err(Error::Closed)`.
     pub fn follow(&self, from: u64) -> Follower {
         Follower::of_engine(
             self.inner.dir.clone(),
             self.inner.segments.clone(),
             from.max(1),
-            self.inner.durable_seq.clone(),
+            self.inner.live.clone(),
         )
     }
 
@@ -660,7 +710,7 @@ impl Engine {
         Ok(LogReader::of_engine(
             &self.inner.dir,
             self.inner.segments.clone(),
-            self.inner.durable_seq.clone(),
+            self.inner.live.clone(),
         ))
     }
 
@@ -814,11 +864,26 @@ impl Engine {
     }
 
     /// Stops accepting requests, drains the ring, writes and syncs what it held, and joins
-    /// the flusher. Every ticket is complete when this returns. Idempotent.
+    /// the flusher. Every ticket is complete when this returns, and in-process followers end
+    /// with `Error::Closed` after the last durable batch. Idempotent; a second call made
+    /// while the first runs waits for it to finish.
+    ///
+    /// A producer that claimed ring space but has not filled it (a thread stopped inside
+    /// `put`, between the claim and the publish: preempted for long, or frozen by a debugger
+    /// or a signal handler) holds up everything behind it, since the log keeps the ring's
+    /// order. `close` waits up to 10 s for it to publish; then it gives up: the
+    /// engine fails with an error that gives the ring position, how long it waited and that
+    /// the requests from there on were not written, `close` returns that error, and every
+    /// ticket at or after the position fails (earlier ones are durable). The stalled
+    /// producer's eventual publish goes nowhere, and its ticket reports the failure.
     pub fn close(&self) -> Result<()> {
         self.inner.ring.close();
         self.inner.poke_flusher();
-        if let Some(h) = self.flusher.lock().take() {
+        // The guard is held until the flusher is joined and the directory lock given up: a
+        // concurrent second `close` waits here for the first to finish (and then finds no
+        // handle), so that when any `close` returns, everything is complete.
+        let mut flusher = self.flusher.lock();
+        if let Some(h) = flusher.take() {
             let joined = h.join();
             // Nothing writes the directory any more (a retirement in progress finishes
             // first): let the next engine have it.
@@ -831,6 +896,7 @@ impl Engine {
                 )));
             }
         }
+        drop(flusher);
         match self.inner.completion.failure() {
             Some(e) => Err(failed(e)),
             None => Ok(()),
@@ -990,6 +1056,9 @@ fn start_pipeline(
             // complete what it holds and see that.
             syncer.thread().unpark();
             let _ = syncer.join();
+            // Nothing becomes durable any more: in-process followers end (Release: after the
+            // last store of `durable_seq`).
+            inner.live.stopped.store(true, Ordering::Release);
         })
 }
 
@@ -1009,6 +1078,8 @@ impl Flusher {
         let _ = self.inner.flusher_thread.set(std::thread::current());
         let ring = consumer.ring().clone();
         let mut pos = ring.head();
+        // After `close`: the unpublished claim the flusher is waiting at, and since when.
+        let mut stalled: Option<(u64, Instant)> = None;
         loop {
             // A refusing visitor consumes no record: this probes for a published one (and
             // steps over padding, which needs no processing).
@@ -1028,6 +1099,17 @@ impl Flusher {
                 if ring.is_closed() && ring.tail() <= pos {
                     break;
                 }
+                if ring.is_closed() {
+                    // A claim at `pos` is not published yet: wait for it, but not forever.
+                    let since = match stalled {
+                        Some((at, since)) if at == pos => since,
+                        _ => stalled.insert((pos, Instant::now())).1,
+                    };
+                    if since.elapsed() >= CLOSE_STALL_MAX {
+                        self.give_up(pos, since.elapsed());
+                        break;
+                    }
+                }
                 let deadline = ring
                     .is_closed()
                     .then(|| Instant::now() + Duration::from_micros(50));
@@ -1040,6 +1122,20 @@ impl Flusher {
         }
         *self.inner.end_mark.lock() = Some(self.log.end_mark());
         // Dropping `self` closes the channel: the syncer completes what it holds and exits.
+    }
+
+    /// Ends a `close` that a producer stalled between claim and publish at ring position `pos`
+    /// (see [`CLOSE_STALL_MAX`]): lets everything before `pos` complete, then fails the
+    /// engine, so every ticket from `pos` on reports that it was not written.
+    fn give_up(&mut self, pos: u64, waited: Duration) {
+        // Every window before `pos` was handed on (padding too): its tickets succeed.
+        Self::drain_pipeline(&self.inner, self.in_flight);
+        self.inner.completion.fail(Error::Failed(Arc::new(format!(
+            "close gave up waiting for a request at ring position {pos}: its producer claimed \
+             the space but had not published it {waited:?} after close (a thread stopped \
+             inside put/delete/get/write); that request and every one after it were not \
+             written"
+        ))));
     }
 
     /// A reused job, cleared, ending at `end`.
@@ -1107,7 +1203,7 @@ impl Flusher {
         inner: &Inner,
     ) -> bool {
         let seq = log.next_seq();
-        let durable = inner.durable_seq.load(Ordering::Acquire);
+        let durable = inner.live.durable_seq.load(Ordering::Acquire);
         while unsynced.front().is_some_and(|f| f.0 <= durable) {
             unsynced.pop_front();
         }
@@ -1123,7 +1219,7 @@ impl Flusher {
             return true;
         };
         let ok = inner.completion.wait(end, None).is_ok();
-        debug_assert!(!ok || inner.durable_seq.load(Ordering::Acquire) >= need);
+        debug_assert!(!ok || inner.live.durable_seq.load(Ordering::Acquire) >= need);
         ok
     }
 
@@ -1154,11 +1250,19 @@ impl Flusher {
         let ops_max = cfg.batch_ops_max;
         // Requests this window held while it napped for a sync in flight (see `MERGE_BELOW`).
         let mut held_over_sync: Option<usize> = None;
+        // Turns of the loop below (`Counts::window_waits` counts all but each window's first).
+        let mut turns = 0u64;
         loop {
+            turns += 1;
             let before = w.end;
+            // A record that would take the window over a limit stays in the ring for the next
+            // window, and it cuts this one: it is published, so every wait below would return
+            // at once, and the window would spin until its deadline.
+            let mut refused = false;
             w.end = consumer.read(w.end, |end, payload| {
                 let rec_bytes = end - w.end;
                 if w.requests > 0 && (w.bytes + rec_bytes > bytes_max || entries.len() >= ops_max) {
+                    refused = true;
                     return false;
                 }
                 parse_request(payload, &mut entries, stamps, slots, &mut w.gets);
@@ -1167,7 +1271,7 @@ impl Flusher {
                 w.end = end;
                 true
             });
-            let full = w.bytes >= bytes_max || entries.len() >= ops_max;
+            let full = refused || w.bytes >= bytes_max || entries.len() >= ops_max;
             if full
                 || inner.flush_to.load(Ordering::Acquire) > before
                 || consumer.ring().is_closed()
@@ -1249,6 +1353,7 @@ impl Flusher {
             &mut inner.counters.stages.lock().window_age,
             first_seen.elapsed().as_nanos() as u64,
         );
+        Counters::add(&inner.counters.window_waits, turns - 1);
         self.prev_requests = w.requests.max(1);
         Counters::add(&inner.counters.submitted, entries.len() as u64);
         Counters::add(&inner.counters.reads, w.gets);
@@ -1380,6 +1485,16 @@ impl Flusher {
         Ok(())
     }
 }
+
+/// How long the flusher, once the engine is closed, waits for a producer that claimed ring
+/// space to publish it, before it gives up on the request and everything after it (see
+/// `Engine::close`). A producer is inside that span only while it copies its request, so
+/// only a thread stopped there (preempted for this long, frozen by a debugger or a signal
+/// handler that never returns) reaches it.
+#[cfg(not(test))]
+const CLOSE_STALL_MAX: Duration = Duration::from_secs(10);
+#[cfg(test)]
+const CLOSE_STALL_MAX: Duration = Duration::from_millis(200);
 
 /// An adaptive window expecting at least this many requests, cut while nothing is syncing,
 /// waits only for half of them. Under a closed loop (each producer resubmits only when its
@@ -1530,7 +1645,7 @@ fn complete_jobs(inner: &Inner, group: &[Job]) -> Result<()> {
             synced = true;
         }
         last.seg.publish(last.end);
-        inner.durable_seq.store(last.seq, Ordering::Release);
+        inner.live.durable_seq.store(last.seq, Ordering::Release);
     }
     let t1 = Instant::now();
     // The end-to-end stage ends here, before the watermark moves: read after it, a woken
@@ -1657,5 +1772,92 @@ fn parse_request<'a>(
             }
         }
         _ => unreachable!("the engine writes only known request kinds"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// A bound on every wait of these tests: reaching it means a hang.
+    const HANG: Duration = Duration::from_secs(60);
+
+    /// A producer frozen between claim and publish cannot hold `close` forever: after
+    /// `CLOSE_STALL_MAX` the flusher gives up, `close` says why, the tickets before the claim
+    /// are durable and every one from it on fails; the producer's late publish into the closed
+    /// ring is harmless and its own ticket fails too.
+    #[test]
+    fn close_gives_up_on_a_producer_stalled_between_claim_and_publish() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Arc::new(Engine::open(dir.path(), Config::default()).expect("open"));
+        let before = engine.put(b"before", b"1").expect("put");
+        before.wait_timeout(HANG).expect("durable");
+        let before_close = engine.put(b"before-close", b"2").expect("put");
+        before_close.wait_timeout(HANG).expect("durable");
+
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let producer = {
+            let engine = engine.clone();
+            std::thread::spawn(move || {
+                let key = b"stalled";
+                let pos = engine
+                    .submit(REQ_HEADER + key.len() + 1, |buf| {
+                        entered_tx.send(()).unwrap();
+                        // Frozen here, holding a claim, until the test lets it go.
+                        release_rx.recv_timeout(HANG).expect("released");
+                        Engine::header(buf, REQ_PUT, key.len(), 1, 0);
+                        buf[REQ_HEADER..REQ_HEADER + key.len()].copy_from_slice(key);
+                        buf[REQ_HEADER + key.len()] = b'v';
+                    })
+                    .expect("claimed before close");
+                engine.ticket(pos).wait_timeout(HANG)
+            })
+        };
+        entered_rx.recv_timeout(HANG).expect("the producer claimed");
+        // Published, but behind the stalled claim.
+        let after = engine.put(b"after", b"3").expect("put");
+
+        let closer = {
+            let engine = engine.clone();
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || tx.send(engine.close()).unwrap());
+            rx
+        };
+        let closed = closer.recv_timeout(HANG).expect("close hung");
+        let msg = match closed {
+            Err(Error::Failed(msg)) => msg,
+            other => panic!("close returned {other:?}, not the stall"),
+        };
+        assert!(
+            msg.contains("ring position")
+                && msg.contains("not published")
+                && msg.contains("not written"),
+            "{msg}"
+        );
+        assert!(before.wait_timeout(HANG).is_ok());
+        assert!(before_close.wait_timeout(HANG).is_ok());
+        assert!(
+            matches!(after.wait_timeout(HANG), Err(Error::Failed(_))),
+            "a request behind the stall was acknowledged"
+        );
+        assert!(matches!(engine.failure(), Some(Error::Failed(_))));
+        // The directory is free: the new engine has what was durable, nothing after it.
+        let reopened = Engine::open(dir.path(), Config::default()).expect("reopen");
+        assert_eq!(
+            reopened.read_to_vec(b"before-close").unwrap(),
+            Some(b"2".to_vec())
+        );
+        assert_eq!(reopened.read_to_vec(b"after").unwrap(), None);
+        reopened.close().expect("close the reopened engine");
+
+        // The stalled producer finishes its copy and publishes into the closed ring: no panic,
+        // no hang, and its ticket reports the failure.
+        release_tx.send(()).unwrap();
+        let outcome = producer.join().expect("the stalled producer panicked");
+        assert!(matches!(outcome, Err(Error::Failed(_))), "{outcome:?}");
+        assert!(engine.put(b"later", b"4").is_err());
+        drop(engine);
     }
 }

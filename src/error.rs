@@ -45,7 +45,8 @@ pub enum Error {
     InvalidConfig(String),
     /// The ring is full and `Backpressure::Reject` is configured: shed load or retry later.
     Busy,
-    /// The engine has been closed; no more requests are accepted.
+    /// The engine has been closed; no more requests are accepted. An in-process follower
+    /// returns it once it has yielded every batch that became durable.
     Closed,
     /// An earlier write or sync failed. Nothing at or after the failed batch was
     /// acknowledged; the engine refuses further writes until it is reopened, which recovers

@@ -15,7 +15,7 @@ use crate::log::recovery::{scan_retrying, Damage};
 use crate::log::segment::Segment;
 use crate::log::Segments;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,12 +96,23 @@ pub struct OwnedBatch {
     pub records: Vec<(RecordOp, Vec<u8>, Vec<u8>)>,
 }
 
+/// What the readers of an open engine in its own process know of its pipeline: how far the
+/// log is durable, and whether the pipeline has stopped.
+#[derive(Default)]
+pub(crate) struct LiveLog {
+    /// Sequence number of the last durable batch.
+    pub durable_seq: AtomicU64,
+    /// Set once the engine's pipeline threads have ended (after `close`, which drains the
+    /// ring first): `durable_seq` is final, and nothing more will land.
+    pub stopped: AtomicBool,
+}
+
 /// A read-only, lock-free view of a log directory as of when it was opened.
 pub struct LogReader {
     dir: PathBuf,
-    /// For a view of an open engine's log: its segment list and durable batch sequence, for
+    /// For a view of an open engine's log: its segment list and pipeline state, for
     /// followers made from this view.
-    engine: Option<(Segments, Arc<AtomicU64>)>,
+    engine: Option<(Segments, Arc<LiveLog>)>,
     segments: Vec<Arc<Segment>>,
     next_seq: u64,
     end_offset: u64,
@@ -161,7 +172,7 @@ impl LogReader {
     /// frames: durable ones, or with `NoSync` those in the page cache), without scanning the
     /// directory again. Holding the mappings keeps the engine from reusing the files while
     /// this view lives.
-    pub(crate) fn of_engine(dir: &Path, list: Segments, durable_seq: Arc<AtomicU64>) -> LogReader {
+    pub(crate) fn of_engine(dir: &Path, list: Segments, live: Arc<LiveLog>) -> LogReader {
         let segments: Vec<Arc<Segment>> = list.read().iter().cloned().collect();
         let last = segments.last();
         let mut next_seq = last.map_or(1, |s| s.id);
@@ -174,7 +185,7 @@ impl LogReader {
         }
         LogReader {
             dir: dir.to_owned(),
-            engine: Some((list, durable_seq)),
+            engine: Some((list, live)),
             segments,
             next_seq,
             end_offset,
@@ -257,13 +268,13 @@ impl LogReader {
     pub fn follow(&self, from: u64) -> Follower {
         match &self.engine {
             // A view of an open engine: follow through its mappings, up to its durable end.
-            Some((segments, durable)) => Follower::of_engine(
+            Some((segments, live)) => Follower::of_engine(
                 self.dir.clone(),
                 segments.clone(),
                 from.max(1),
-                durable.clone(),
+                live.clone(),
             ),
-            None => Follower::new(self.dir.clone(), from.max(1), None),
+            None => Follower::new(self.dir.clone(), from.max(1)),
         }
     }
 }
@@ -308,6 +319,12 @@ impl<'a> Iterator for SegmentFrames<'a> {
 /// Built by `LogReader::follow` (any process; a batch is yielded once its frame is complete
 /// in the file, which for a `Sync` engine is at most one sync ahead of durability) or by
 /// `Engine::follow` (same process; a batch is yielded only once it is durable).
+///
+/// A follower of an engine in its own process (`Engine::follow`, or `LogReader::follow` of
+/// an `Engine::replay` view) ends with `Error::Closed` once that engine is closed: it yields
+/// every batch that became durable first, then `Err(Closed)` instead of waiting. It reads
+/// only published bytes of the engine's mappings, never the part of a segment the engine is
+/// still writing.
 pub struct Follower {
     dir: PathBuf,
     /// In-process: the engine's segment list, read instead of the directory (so the
@@ -319,8 +336,8 @@ pub struct Follower {
     /// start, so it never takes an old frame of a reused file (behind the end marker, with
     /// lower sequences) for part of the log.
     current: Option<(Arc<Segment>, u64, u64)>,
-    /// In-process gate: the engine's last durable batch sequence.
-    durable_seq: Option<Arc<AtomicU64>>,
+    /// In-process gate: the engine's last durable batch sequence, and whether it stopped.
+    live: Option<Arc<LiveLog>>,
     poll: Duration,
 }
 
@@ -334,13 +351,13 @@ impl std::fmt::Debug for Follower {
 }
 
 impl Follower {
-    pub(crate) fn new(dir: PathBuf, from: u64, durable_seq: Option<Arc<AtomicU64>>) -> Follower {
+    pub(crate) fn new(dir: PathBuf, from: u64) -> Follower {
         Follower {
             dir,
             segments: None,
             next_seq: from,
             current: None,
-            durable_seq,
+            live: None,
             poll: Duration::from_micros(200),
         }
     }
@@ -355,11 +372,12 @@ impl Follower {
         dir: PathBuf,
         segments: Segments,
         from: u64,
-        durable_seq: Arc<AtomicU64>,
+        live: Arc<LiveLog>,
     ) -> Follower {
         Follower {
             segments: Some(segments),
-            ..Follower::new(dir, from, Some(durable_seq))
+            live: Some(live),
+            ..Follower::new(dir, from)
         }
     }
 
@@ -421,11 +439,19 @@ impl Follower {
         }
     }
 
-    /// The next batch if it has landed, without waiting.
+    /// The next batch if it has landed, without waiting. An in-process follower whose
+    /// engine was closed returns `Err(Error::Closed)` once it has yielded every durable batch.
     pub fn try_next(&mut self) -> Result<Option<OwnedBatch>> {
-        if let Some(gate) = &self.durable_seq {
-            if gate.load(Ordering::Acquire) < self.next_seq {
-                return Ok(None);
+        if let Some(live) = &self.live {
+            // `stopped` first: it is set after the last store of `durable_seq`, so once it
+            // reads true, the load below sees the final sequence.
+            let stopped = live.stopped.load(Ordering::Acquire);
+            if live.durable_seq.load(Ordering::Acquire) < self.next_seq {
+                return if stopped {
+                    Err(Error::Closed)
+                } else {
+                    Ok(None)
+                };
             }
         }
         if self.current.is_none() && !self.locate()? {
@@ -433,7 +459,16 @@ impl Follower {
         }
         loop {
             let (seg, off, chain) = self.current.as_ref().expect("located");
-            match decode_frame(seg.image(), *off as usize) {
+            // In the engine's process only its published bytes: past them the flusher may be
+            // writing through a `&mut` (`Segment::unpublished_mut`), and a `&[u8]` over those
+            // bytes would alias it. A follower of the directory maps each file itself,
+            // read-only (no `published` mark is kept there), and reads it whole: the decoder
+            // checks every frame, and the writer is another mapping, if not another process.
+            let bytes = match self.live {
+                Some(_) => seg.published_bytes(),
+                None => seg.image(),
+            };
+            match decode_frame(bytes, *off as usize) {
                 // The next frame of the segment's chain: skipped up to `next_seq`.
                 Ok(Decoded::Frame(f)) if f.batch_seq == *chain && f.batch_seq < self.next_seq => {
                     let end = f.end_offset();
@@ -479,7 +514,8 @@ impl Follower {
         }
     }
 
-    /// Waits for the next batch, up to `timeout`; `Ok(None)` if none landed in time.
+    /// Waits for the next batch, up to `timeout`; `Ok(None)` if none landed in time;
+    /// `Err(Error::Closed)` as [`Follower::try_next`].
     pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<OwnedBatch>> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -497,7 +533,9 @@ impl Follower {
 
 impl Iterator for Follower {
     type Item = Result<OwnedBatch>;
-    /// Blocks until the next batch lands; never returns `None`.
+    /// Blocks until the next batch lands; never returns `None`. An in-process follower whose
+    /// engine was closed returns `Some(Err(Error::Closed))` once it has yielded every durable
+    /// batch, instead of blocking.
     fn next(&mut self) -> Option<Result<OwnedBatch>> {
         loop {
             match self.next_timeout(Duration::from_secs(3600)) {
@@ -506,5 +544,55 @@ impl Iterator for Follower {
                 Err(e) => return Some(Err(e)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::format::{frame_len, record_len, FrameWriter, FLAG_SORTED};
+    use crate::log::{Log, SegmentList};
+    use parking_lot::RwLock;
+
+    /// An in-process follower decodes only what the engine published: a frame written into
+    /// the segment but not published is not yielded, even with the durable gate already
+    /// past it (only a bug could get there, but then the follower must not read bytes the
+    /// flusher may still be writing through a `&mut`).
+    #[test]
+    fn in_process_follower_reads_only_published_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = Arc::new(
+            Log::create_first(dir.path(), 1 << 16, 1, None, &io::real()).expect("segment"),
+        );
+        // Batch 1, written the way the flusher's mmap path writes it, not published.
+        let off = seg.published();
+        assert_eq!(off, SEGMENT_HEADER_LEN as u64);
+        let len = frame_len(record_len(3, 5));
+        let mut w = FrameWriter::new(seg.unpublished_mut(off, len), 1, FLAG_SORTED);
+        w.push(RecordOp::Put, b"key", b"value");
+        assert_eq!(w.finish(1), len);
+
+        let live = Arc::new(LiveLog {
+            durable_seq: AtomicU64::new(1),
+            stopped: AtomicBool::new(false),
+        });
+        let segments: Segments = Arc::new(RwLock::new(SegmentList::new(vec![seg.clone()])));
+        let mut follower = Follower::of_engine(dir.path().to_owned(), segments, 1, live);
+        assert_eq!(
+            follower.try_next().expect("try_next"),
+            None,
+            "a frame past `published` was yielded"
+        );
+
+        seg.publish(off + len as u64);
+        let batch = follower
+            .try_next()
+            .expect("try_next")
+            .expect("published now");
+        assert_eq!(batch.seq, 1);
+        assert_eq!(
+            batch.records,
+            vec![(RecordOp::Put, b"key".to_vec(), b"value".to_vec())]
+        );
     }
 }

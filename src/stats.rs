@@ -95,6 +95,10 @@ pub struct Counts {
     pub backlog_bytes: u64,
     /// Durable watermark (end position of the last durable request).
     pub durable_position: u64,
+    /// Times a window being cut waited for more requests or looked again (each turn of the
+    /// flusher's window loop that did not cut it). A diagnostic: a window that ends in a few
+    /// turns is not spinning.
+    pub window_waits: u64,
     /// Where the disk's time went, from the first sync on.
     pub sync_time: SyncTime,
     /// Segment files started, reused and retired since open.
@@ -158,6 +162,10 @@ pub struct Stats {
     pub backlog_bytes: u64,
     /// Durable watermark (end position of the last durable request).
     pub durable_position: u64,
+    /// Times a window being cut waited for more requests or looked again (each turn of the
+    /// flusher's window loop that did not cut it). A diagnostic: a window that ends in a few
+    /// turns is not spinning.
+    pub window_waits: u64,
     /// Where the disk's time went, from the first sync on.
     pub sync_time: SyncTime,
     /// Segment files started, reused and retired since open.
@@ -180,6 +188,7 @@ pub(crate) struct Counters {
     pub sync_busy_ns: AtomicU64,
     pub sync_gap_ready_ns: AtomicU64,
     pub sync_gap_empty_ns: AtomicU64,
+    pub window_waits: AtomicU64,
     pub stages: Mutex<StageHistograms>,
 }
 
@@ -202,6 +211,7 @@ impl Counters {
             bytes_written: get(&self.bytes_written),
             backlog_bytes,
             durable_position,
+            window_waits: get(&self.window_waits),
             sync_time: SyncTime {
                 busy_ns: get(&self.sync_busy_ns),
                 frame_ready_ns: get(&self.sync_gap_ready_ns),
@@ -225,6 +235,7 @@ impl Counters {
             bytes_written,
             backlog_bytes,
             durable_position,
+            window_waits,
             sync_time,
             segments,
         } = self.counts(backlog_bytes, durable_position);
@@ -240,6 +251,7 @@ impl Counters {
             bytes_written,
             backlog_bytes,
             durable_position,
+            window_waits,
             sync_time,
             segments,
             stages: self.stages.lock().clone(),

@@ -1,12 +1,18 @@
-//! What happens after something went wrong: a failed sync, damaged media, a crash while the
-//! directory was being made, a closure that calls back into the engine, a window that could
-//! spin, and shutdown with work still in flight. Each module holds the tests of one concern
-//! (issue "Trust after failure"); every test fails without the fix it guards.
+//! What happens after something went wrong, or at the edges of an engine's normal life: a
+//! failed sync, damaged media, a crash while the directory was being made, a closure that
+//! calls back into the engine, a window that a request does not fit, and shutdown with work
+//! still in flight. Each module holds the tests of one concern (issue "Trust after failure");
+//! every test fails without the fix it guards. Every wait is bounded: a hang fails the test
+//! instead of stalling the suite.
 
 // The helpers are shared with other test crates, which use other subsets of them.
 #[path = "../common/mod.rs"]
 mod common;
+mod hooks;
 
 mod clean_close;
 mod damage;
+mod for_each;
 mod point_in_time;
+mod shutdown;
+mod window;

@@ -785,6 +785,7 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
         bytes_written,
         backlog_bytes,
         durable_position,
+        window_waits,
         sync_time,
         segments,
         stages,
@@ -800,6 +801,7 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
     into.bytes_written += bytes_written;
     into.backlog_bytes += backlog_bytes;
     into.durable_position = durable_position;
+    into.window_waits += window_waits;
     into.sync_time.busy_ns += sync_time.busy_ns;
     into.sync_time.frame_ready_ns += sync_time.frame_ready_ns;
     into.sync_time.nothing_ready_ns += sync_time.nothing_ready_ns;

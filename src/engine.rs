@@ -1163,7 +1163,7 @@ impl Flusher {
         let idle = !syncing && self.inner.ring.tail() <= job.end;
         self.in_flight = job.end;
         if idle {
-            if self.inner.completion.failure().is_none() {
+            if self.inner.completion.may_complete(job.end) {
                 if let Err(e) = complete_jobs(&self.inner, std::slice::from_ref(&job)) {
                     self.inner.completion.fail(e);
                 }
@@ -1361,11 +1361,12 @@ impl Flusher {
 
         if inner.completion.failure().is_none() {
             if let Err(e) = self.commit(&entries, w.end) {
-                inner.completion.fail(e);
+                // The windows already handed on complete with their own sync's outcome.
+                inner.completion.fail_after(e, self.in_flight);
             }
         }
-        // On failure the watermark stays put: every ticket of this window and later ones
-        // reports the failure; get slots are dropped with `slots`.
+        // On failure every ticket of this window and later ones reports it; get slots are
+        // dropped with `slots`.
         self.entries = recycle(entries);
         self.slots.clear();
         consumer_mut.release(w.end);
@@ -1609,9 +1610,17 @@ impl Syncer {
                 .fetch_sub(self.group.len(), Ordering::SeqCst);
             // The log has room again: an adaptive window waiting for that may be cut now.
             self.inner.poke_flusher();
-            if self.inner.completion.failure().is_none() {
-                if let Err(e) = complete_jobs(&self.inner, &self.group) {
-                    self.inner.completion.fail(e);
+            // After a failed write, the jobs handed on before it still complete (their
+            // own sync decides); those after it do not.
+            let c = &self.inner.completion;
+            let n = self
+                .group
+                .iter()
+                .take_while(|j| c.may_complete(j.end))
+                .count();
+            if n > 0 {
+                if let Err(e) = complete_jobs(&self.inner, &self.group[..n]) {
+                    c.fail(e);
                 }
             }
             for job in self.group.drain(..) {

@@ -48,9 +48,11 @@ pub enum Error {
     /// The engine has been closed; no more requests are accepted. An in-process follower
     /// returns it once it has yielded every batch that became durable.
     Closed,
-    /// An earlier write or sync failed. Nothing at or after the failed batch was
-    /// acknowledged; the engine refuses further writes until it is reopened, which recovers
-    /// from what is on disk.
+    /// A write or sync failed, and this request had not been acknowledged: it may or may not
+    /// be in the log (a reopen tells). Requests handed to the sync before a failed write
+    /// complete with their own sync's outcome; every one after the failure reports it. The
+    /// engine refuses further requests until it is reopened, which recovers from what is on
+    /// disk.
     Failed(Arc<String>),
     /// Another engine (in this or another process) holds the directory's lock file.
     Locked(PathBuf),

@@ -26,6 +26,10 @@ pub(crate) struct Completion {
     state: AtomicU64,
     /// Set once, before the `FAILED` bit: the error the first failed operation gave.
     failure: OnceLock<Error>,
+    /// Once the engine failed: the position up to which requests may still complete (those
+    /// handed to the syncer before a failed write, whose own sync decides), lowered before
+    /// the `FAILED` bit is set. Requests past it have failed. `u64::MAX` until a failure.
+    failed_from: AtomicU64,
     /// Threads blocked in `wait`, each with the position it waits for. An advance wakes
     /// exactly the threads it completes, each with its own unpark: no thread is woken to
     /// find it must sleep again, and none has to retake a lock before it can run (a condvar's
@@ -48,6 +52,7 @@ impl Completion {
         Completion {
             state: AtomicU64::new(durable),
             failure: OnceLock::new(),
+            failed_from: AtomicU64::new(u64::MAX),
             sleepers: Mutex::new(Vec::new()),
             sleeper_count: AtomicUsize::new(0),
             next_token: AtomicU64::new(0),
@@ -67,12 +72,26 @@ impl Completion {
         self.failure.get()
     }
 
+    /// Whether the request ending at `pos` is complete in `state` (a value of `self.state`):
+    /// durable, or failed (past `failed_from` after a failure).
+    fn done(&self, state: u64, pos: u64) -> bool {
+        state & !FAILED >= pos
+            || (state & FAILED != 0 && pos > self.failed_from.load(Ordering::Acquire))
+    }
+
+    /// Whether a job ending at `pos` may still complete: no failure, or one that came after
+    /// it was handed on (its own sync decides).
+    pub fn may_complete(&self, pos: u64) -> bool {
+        self.state.load(Ordering::Acquire) & FAILED == 0
+            || pos <= self.failed_from.load(Ordering::Acquire)
+    }
+
     /// `Some(result)` once the request ending at `pos` is complete.
     pub fn status(&self, pos: u64) -> Option<Result<()>> {
         let state = self.state.load(Ordering::Acquire);
         if state & !FAILED >= pos {
             Some(Ok(()))
-        } else if state & FAILED != 0 {
+        } else if self.done(state, pos) {
             // `failure` was set before the bit, and the Acquire load orders it before us.
             let e = self.failure.get().cloned();
             Some(Err(e.unwrap_or_else(|| {
@@ -97,10 +116,16 @@ impl Completion {
     pub fn advance_threads(&self, durable: u64) -> bool {
         // SeqCst pairs with the SeqCst store of `sleeper_count` in `wait`: either the sleeper
         // sees the new watermark, or we see the sleeper and unpark it.
+        // After a failure only up to `failed_from`: past it every ticket has failed, and an
+        // outcome once seen never changes.
         let moved = self
             .state
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
-                (s & FAILED == 0).then(|| s.max(durable))
+                if s & FAILED == 0 {
+                    return Some(s.max(durable));
+                }
+                let cap = durable.min(self.failed_from.load(Ordering::SeqCst));
+                (cap > s & !FAILED).then_some(cap | FAILED)
             })
             .is_ok();
         if moved {
@@ -109,10 +134,19 @@ impl Completion {
         moved
     }
 
-    /// Records a failure (first one wins) and wakes everyone: the watermark never moves
-    /// again, so nothing past it will ever be acknowledged.
+    /// Records a failure (the first error is the one reported) and wakes everyone: every
+    /// request not yet durable has failed, and the watermark never moves again.
     pub fn fail(&self, error: Error) {
+        self.fail_after(error, self.durable());
+    }
+
+    /// Records a failure of the requests past position `from` (a write failed after the jobs
+    /// up to `from` were handed to the syncer: each of those completes with its own sync's
+    /// outcome, and the watermark may still move up to `from`). A later failure may lower
+    /// `from`, never raise it; a request past it has failed for good.
+    pub fn fail_after(&self, error: Error, from: u64) {
         let _ = self.failure.set(error);
+        self.failed_from.fetch_min(from, Ordering::SeqCst);
         self.state.fetch_or(FAILED, Ordering::SeqCst);
         self.wake_threads();
         self.wake_futures();
@@ -121,14 +155,13 @@ impl Completion {
     fn wake_threads(&self) {
         if self.sleeper_count.load(Ordering::SeqCst) > 0 {
             let state = self.state.load(Ordering::SeqCst);
-            let (durable, failed) = (state & !FAILED, state & FAILED != 0);
             // The threads are unparked after the lock is released, so none wakes only to
             // block on it; the list is a reused, per-thread one, so no advance allocates.
             let unpark = |woken: &mut Vec<Thread>| {
                 {
                     let mut sleepers = self.sleepers.lock();
                     sleepers.retain(|s| {
-                        let done = failed || s.pos <= durable;
+                        let done = self.done(state, s.pos);
                         if done {
                             woken.push(s.thread.clone());
                         }
@@ -159,13 +192,11 @@ impl Completion {
     pub fn wake_futures(&self) {
         if self.waker_count.load(Ordering::SeqCst) > 0 {
             let state = self.state.load(Ordering::SeqCst);
-            let durable = state & !FAILED;
-            let failed = state & FAILED != 0;
             let mut ready = Vec::new();
             {
                 let mut wakers = self.wakers.lock();
                 wakers.retain(|(pos, w)| {
-                    let done = failed || *pos <= durable;
+                    let done = self.done(state, *pos);
                     if done {
                         ready.push(w.clone());
                     }
@@ -539,6 +570,44 @@ mod tests {
         assert!(c.yield_credit.load(Ordering::Relaxed) < 0);
         c.advance(1);
         assert!(c.wait(1, None).is_ok());
+    }
+
+    /// A failed write fails only what came after the jobs already handed on: those wait for
+    /// their own sync, whose success still acknowledges them (and a later failure of that
+    /// sync fails them). Outcomes never change once seen.
+    #[test]
+    fn a_failure_after_a_position_leaves_earlier_requests_to_their_sync() {
+        let c = Arc::new(Completion::new(0));
+        c.advance(5);
+        c.fail_after(Error::Failed(Arc::new("write failed".into())), 20);
+        assert!(matches!(c.status(5), Some(Ok(()))));
+        assert!(
+            c.status(10).is_none(),
+            "handed on before the failure: pending"
+        );
+        assert!(c.status(20).is_none());
+        assert!(matches!(c.status(21), Some(Err(_))));
+        assert!(!c.may_complete(21) && c.may_complete(20));
+        let waiter = {
+            let c = c.clone();
+            std::thread::spawn(move || c.wait(10, None))
+        };
+        // Its sync succeeds: acknowledged, but the watermark stops at 20.
+        c.advance(10);
+        assert!(waiter.join().unwrap().is_ok());
+        c.advance(30);
+        assert_eq!(c.durable(), 20);
+        assert!(matches!(c.status(25), Some(Err(_))));
+        // A sync failure now fails what is not yet durable; it never raises the limit.
+        let c = Completion::new(0);
+        c.fail_after(Error::Failed(Arc::new("write failed".into())), 20);
+        c.advance(8);
+        c.fail(Error::Failed(Arc::new("sync failed".into())));
+        c.fail_after(Error::Failed(Arc::new("later".into())), 100);
+        assert!(matches!(c.status(8), Some(Ok(()))));
+        assert!(matches!(c.status(9), Some(Err(_))));
+        c.advance(20);
+        assert_eq!(c.durable(), 8);
     }
 
     #[test]

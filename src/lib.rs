@@ -61,8 +61,9 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
-// Under `--cfg loom` only the ring is built: its loom model tests replace the atomics and
-// the parking with loom's, which the threads of the rest of the engine cannot use.
+// Under `--cfg loom` only the ring is built (with `sync`, the shim that gives it loom's
+// atomics and parking): its loom model tests replace the atomics and the parking with
+// loom's, which the threads of the rest of the engine cannot use.
 #[cfg(not(loom))]
 #[doc(hidden)]
 pub mod coalesce;
@@ -83,6 +84,7 @@ mod reader;
 pub mod ring;
 #[cfg(not(loom))]
 mod stats;
+mod sync;
 #[cfg(not(loom))]
 mod ticket;
 

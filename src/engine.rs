@@ -10,6 +10,7 @@ use crate::log::io::{guarded, IoOp, SharedIo};
 use crate::log::recovery::{scan, Access, Damage};
 use crate::log::segment::{rename, sync_dir, Segment};
 use crate::log::{adopt_prepared, Log, Pool, SegmentList, Segments, Spares, WrittenFrame};
+use crate::pipeline::handoff::SyncNap;
 use crate::reader::{Follower, LogReader};
 use crate::ring::{self, Consumer, PushError, Ring};
 use crate::stats::{record, Counters, Counts, Stats};
@@ -197,9 +198,9 @@ struct Inner {
     queued: AtomicUsize,
     /// The flusher's thread, set when it starts: woken by [`Inner::poke_flusher`].
     flusher_thread: OnceLock<std::thread::Thread>,
-    /// Set while an adaptive window naps until the sync in flight completes (see
+    /// Announced while an adaptive window naps until the sync in flight completes (see
     /// [`MERGE_BELOW`]): the completion then pokes the flusher.
-    napping_for_sync: AtomicBool,
+    sync_nap: SyncNap,
     /// When the last sync ended (for `Stats::sync_time`; `None` before the first).
     last_sync_end: Mutex<Option<Instant>>,
     /// The syncer's thread, set when it starts; unparked by the flusher when it hands a job
@@ -372,7 +373,7 @@ impl Engine {
             durable_seq,
             queued: AtomicUsize::new(0),
             flusher_thread: OnceLock::new(),
-            napping_for_sync: AtomicBool::new(false),
+            sync_nap: SyncNap::new(),
             last_sync_end: Mutex::new(None),
             syncer_thread: OnceLock::new(),
             syncer_sleeping: AtomicBool::new(false),
@@ -1110,11 +1111,12 @@ impl Flusher {
                         && inner.completion.failure().is_none();
                     if merge {
                         held_over_sync = Some(w.requests);
-                        inner.napping_for_sync.store(true, Ordering::SeqCst);
-                        // SeqCst pairs with the completion's: either it sees the flag and
-                        // pokes us, or we see its watermark here.
-                        if inner.completion.durable() >= self.in_flight {
-                            inner.napping_for_sync.store(false, Ordering::SeqCst);
+                        // Either the completion sees the nap and pokes us, or we see its
+                        // watermark here (and do not nap).
+                        if !inner
+                            .sync_nap
+                            .announce(|| inner.completion.durable() >= self.in_flight)
+                        {
                             continue;
                         }
                     }
@@ -1127,7 +1129,7 @@ impl Flusher {
                         let until = first_seen + cfg.window_age_max;
                         inner.index.try_apply_queued();
                         std::thread::park_timeout(until.saturating_duration_since(now));
-                        inner.napping_for_sync.store(false, Ordering::SeqCst);
+                        inner.sync_nap.end();
                         continue;
                     }
                     // The producers of the last window are expected back, plus those that
@@ -1465,7 +1467,7 @@ fn complete_jobs(inner: &Inner, group: &[Job]) -> Result<()> {
     if moved {
         inner.completion.wake_futures();
     }
-    if inner.napping_for_sync.load(Ordering::SeqCst) {
+    if inner.sync_nap.should_poke() {
         inner.poke_flusher();
     }
     let t2 = Instant::now();

@@ -30,7 +30,26 @@ pub(crate) fn spin_hint() {
 }
 
 #[cfg(not(loom))]
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Condvar;
+/// A mutex whose `lock` returns the guard directly (`parking_lot`'s; loom's under loom).
+#[cfg(not(loom))]
+pub(crate) use parking_lot::Mutex;
+
+/// A mutex whose `lock` returns the guard directly (`parking_lot`'s; loom's under loom).
+#[cfg(loom)]
+pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
+
+#[cfg(loom)]
+impl<T> Mutex<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Mutex(loom::sync::Mutex::new(value))
+    }
+
+    /// Loom's mutex is never poisoned in a model that does not panic.
+    pub(crate) fn lock(&self) -> loom::sync::MutexGuard<'_, T> {
+        self.0.lock().unwrap()
+    }
+}
 
 /// A place to sleep until a condition changes. The condition is evaluated under the mutex
 /// and wakers take the mutex after changing it, so no wake-up is lost between check and

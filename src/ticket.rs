@@ -3,6 +3,7 @@
 //! failed before it got there.
 
 use crate::error::{Error, Result};
+use crate::pipeline::handoff::FutureWakers;
 use parking_lot::Mutex;
 use std::cell::RefCell;
 use std::future::Future;
@@ -39,8 +40,7 @@ pub(crate) struct Completion {
     yield_credit: AtomicI32,
     yield_probe: AtomicU32,
     /// Wakers of pending futures, with the position each waits for.
-    wakers: Mutex<Vec<(u64, Waker)>>,
-    waker_count: AtomicUsize,
+    futures: FutureWakers,
 }
 
 impl Completion {
@@ -53,8 +53,7 @@ impl Completion {
             next_token: AtomicU64::new(0),
             yield_credit: AtomicI32::new(0),
             yield_probe: AtomicU32::new(0),
-            wakers: Mutex::new(Vec::new()),
-            waker_count: AtomicUsize::new(0),
+            futures: FutureWakers::new(),
         }
     }
 
@@ -96,7 +95,8 @@ impl Completion {
     /// once it holds no lock. False (and nothing done) once the engine failed.
     pub fn advance_threads(&self, durable: u64) -> bool {
         // SeqCst pairs with the SeqCst store of `sleeper_count` in `wait`: either the sleeper
-        // sees the new watermark, or we see the sleeper and unpark it.
+        // sees the new watermark, or we see the sleeper and unpark it. Likewise with the
+        // waker count of a polled future and the flusher's nap (`pipeline::handoff`).
         let moved = self
             .state
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
@@ -155,30 +155,19 @@ impl Completion {
         }
     }
 
-    /// Wakes the futures the watermark (or a failure) completed.
+    /// Wakes the futures the watermark (or a failure) completed. Runs after the `SeqCst`
+    /// read-modify-write of `state` that completed them (see `pipeline::handoff`). Wakers are
+    /// user code: they run outside every lock, and one that panics is caught.
     pub fn wake_futures(&self) {
-        if self.waker_count.load(Ordering::SeqCst) > 0 {
+        self.futures.wake(|| {
             let state = self.state.load(Ordering::SeqCst);
-            let durable = state & !FAILED;
-            let failed = state & FAILED != 0;
-            let mut ready = Vec::new();
-            {
-                let mut wakers = self.wakers.lock();
-                wakers.retain(|(pos, w)| {
-                    let done = failed || *pos <= durable;
-                    if done {
-                        ready.push(w.clone());
-                    }
-                    !done
-                });
-                self.waker_count.store(wakers.len(), Ordering::SeqCst);
-            }
-            // Wakers are user code: call them outside the lock, and never let one that panics
-            // take the engine's thread down with it.
-            for w in ready {
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake()));
-            }
-        }
+            (state & !FAILED, state & FAILED != 0)
+        });
+    }
+
+    /// Polls a future waiting for `pos` (see [`FutureWakers::poll`]).
+    fn poll(&self, pos: u64, waker: &Waker) -> Poll<Result<()>> {
+        self.futures.poll(pos, waker, || self.status(pos))
     }
 
     /// Blocks until the request ending at `pos` completes or `deadline` passes.
@@ -278,19 +267,6 @@ impl Completion {
             });
         outcome
     }
-
-    fn register(&self, pos: u64, waker: &Waker) {
-        let mut wakers = self.wakers.lock();
-        if let Some(slot) = wakers
-            .iter_mut()
-            .find(|(p, w)| *p == pos && w.will_wake(waker))
-        {
-            slot.1 = waker.clone();
-        } else {
-            wakers.push((pos, waker.clone()));
-        }
-        self.waker_count.store(wakers.len(), Ordering::SeqCst);
-    }
 }
 
 /// The longest [`Completion::yield_wait`] yields before it parks: a sync on this machine's
@@ -372,15 +348,9 @@ impl Ticket {
 impl Future for Ticket {
     type Output = Result<()>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        if let Some(r) = self.completion.status(self.pos) {
-            return Poll::Ready(r);
-        }
-        self.completion.register(self.pos, cx.waker());
-        // Re-check after registering: the flusher may have advanced in between.
-        match self.completion.status(self.pos) {
-            Some(r) => Poll::Ready(r),
-            None => Poll::Pending,
-        }
+        // Check, register the waker, fence, check again: the protocol the loom model of
+        // `pipeline::handoff` checks.
+        self.completion.poll(self.pos, cx.waker())
     }
 }
 

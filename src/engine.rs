@@ -37,6 +37,14 @@ const REQ_DELETE: u8 = 2;
 const REQ_GET: u8 = 3;
 const REQ_BATCH: u8 = 4;
 const BATCH_OP_HEADER: usize = 9;
+// The request header holds op, reserved (u8 each), key_len (u16), value_len (u32), submit_ns
+// (u64); a batch op header op (u8), key_len, value_len (u32 each). A get's slot pointer
+// travels in a u64, and a key length must fit the header's u16 (the config's key limit is
+// at most the format's).
+const _: () = assert!(REQ_HEADER == 1 + 1 + 2 + 4 + 8);
+const _: () = assert!(BATCH_OP_HEADER == 1 + 4 + 4);
+const _: () = assert!(std::mem::size_of::<*const GetSlot>() <= 8);
+const _: () = assert!(crate::log::format::KEY_LEN_MAX <= u16::MAX as usize);
 
 /// Several puts and deletes applied atomically: they enter the order as one request, land
 /// in one frame, and become durable together.
@@ -1421,7 +1429,22 @@ fn complete_jobs(inner: &Inner, group: &[Job]) -> Result<()> {
     let mut synced = false;
     if let Some(first) = frames.next() {
         let last = frames.next_back().unwrap_or(first);
-        debug_assert!(Arc::ptr_eq(&first.seg, &last.seg));
+        // One sync covers `first.start..last.end` of one segment: every frame of the group
+        // must be in that segment, in order.
+        let mut prev: Option<&WrittenFrame> = None;
+        for f in group.iter().filter_map(|j| j.frame.as_ref()) {
+            debug_assert!(
+                Arc::ptr_eq(&f.seg, &first.seg),
+                "a sync group spans two segments (batches {} and {})",
+                first.seq,
+                f.seq
+            );
+            debug_assert!(
+                prev.is_none_or(|p| p.end <= f.start && p.seq < f.seq),
+                "the frames of a sync group are out of order"
+            );
+            prev = Some(f);
+        }
         if inner.config.durability == Durability::Sync {
             last.seg.sync(
                 first.start,
@@ -1434,6 +1457,14 @@ fn complete_jobs(inner: &Inner, group: &[Job]) -> Result<()> {
             synced = true;
         }
         last.seg.publish(last.end);
+        // Only the completion writes it (one completion at a time, each ordered after the
+        // last), so this load sees the previous store.
+        debug_assert!(
+            last.seq > inner.durable_seq.load(Ordering::Relaxed),
+            "the durable batch sequence moved backwards: {} -> {}",
+            inner.durable_seq.load(Ordering::Relaxed),
+            last.seq
+        );
         inner.durable_seq.store(last.seq, Ordering::Release);
     }
     let t1 = Instant::now();

@@ -130,6 +130,8 @@ use crate::sync::{fence_after_sc_rmw, spin_hint, Parker};
 
 /// Bytes of the header in front of every record.
 pub const RECORD_HEADER: usize = 8;
+// A header is one `u64` word, read and written atomically at an 8-aligned offset.
+const _: () = assert!(RECORD_HEADER == std::mem::size_of::<u64>());
 
 /// Why a push was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +160,8 @@ const KIND_DATA: u64 = 1;
 const KIND_PAD: u64 = 2;
 /// Set in `tail` by `close()`; positions never reach it.
 const CLOSED: u64 = 1 << 63;
+// `tail & !CLOSED` is the position: the bit must be the top one, above every position.
+const _: () = assert!(CLOSED.count_ones() == 1 && CLOSED.leading_zeros() == 0);
 /// Consumer `state` values.
 const RUNNING: u32 = 0;
 const WAITING: u32 = 1;

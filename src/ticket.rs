@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 /// Bit of `Completion::state` set once the engine has failed. Positions never reach it (a
 /// ring position grows by at most a few GiB per second: 2^63 bytes is centuries away).
 const FAILED: u64 = 1 << 63;
+// `state & !FAILED` is the watermark: the bit must be the top one, above every position.
+const _: () = assert!(FAILED.count_ones() == 1 && FAILED.leading_zeros() == 0);
 
 /// The state every ticket of one engine looks at.
 pub(crate) struct Completion {
@@ -97,9 +99,20 @@ impl Completion {
         // SeqCst pairs with the SeqCst store of `sleeper_count` in `wait`: either the sleeper
         // sees the new watermark, or we see the sleeper and unpark it. Likewise with the
         // waker count of a polled future and the flusher's nap (`pipeline::handoff`).
+        debug_assert!(
+            durable & FAILED == 0,
+            "position {durable:#x} reaches the FAILED bit"
+        );
         let moved = self
             .state
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
+                // Completions come in order: the watermark never moves backwards (`max` only
+                // keeps a release build from acting on a caller that broke that).
+                debug_assert!(
+                    durable >= s & !FAILED,
+                    "watermark moved backwards: {} -> {durable}",
+                    s & !FAILED
+                );
                 (s & FAILED == 0).then(|| s.max(durable))
             })
             .is_ok();
@@ -509,6 +522,17 @@ mod tests {
         assert!(c.yield_credit.load(Ordering::Relaxed) < 0);
         c.advance(1);
         assert!(c.wait(1, None).is_ok());
+    }
+
+    /// Completions come in order: an advance to below the watermark is a caller's bug,
+    /// caught where debug assertions are on (the test profile `release-checked`).
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "watermark moved backwards")]
+    fn an_advance_backwards_is_caught() {
+        let c = Completion::new(0);
+        c.advance(10);
+        c.advance(5);
     }
 
     #[test]

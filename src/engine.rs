@@ -12,6 +12,7 @@ use crate::log::io::{guarded, IoOp, SharedIo};
 use crate::log::recovery::{scan, Access, Damage, Expect};
 use crate::log::segment::{rename, sync_dir, Segment};
 use crate::log::{adopt_prepared, Log, Pool, SegmentList, Segments, Spares, WrittenFrame};
+use crate::pipeline::handoff::SyncNap;
 use crate::reader::{Follower, LiveLog, LogReader};
 use crate::ring::{self, Consumer, PushError, Ring};
 use crate::stats::{record, Counters, Counts, Stats};
@@ -38,6 +39,14 @@ const REQ_DELETE: u8 = 2;
 const REQ_GET: u8 = 3;
 const REQ_BATCH: u8 = 4;
 const BATCH_OP_HEADER: usize = 9;
+// The request header holds op, reserved (u8 each), key_len (u16), value_len (u32), submit_ns
+// (u64); a batch op header op (u8), key_len, value_len (u32 each). A get's slot pointer
+// travels in a u64, and a key length must fit the header's u16 (the config's key limit is
+// at most the format's).
+const _: () = assert!(REQ_HEADER == 1 + 1 + 2 + 4 + 8);
+const _: () = assert!(BATCH_OP_HEADER == 1 + 4 + 4);
+const _: () = assert!(std::mem::size_of::<*const GetSlot>() <= 8);
+const _: () = assert!(crate::log::format::KEY_LEN_MAX <= u16::MAX as usize);
 
 /// Several puts and deletes applied atomically: they enter the order as one request, land
 /// in one frame, and become durable together.
@@ -204,9 +213,9 @@ struct Inner {
     queued: AtomicUsize,
     /// The flusher's thread, set when it starts: woken by [`Inner::poke_flusher`].
     flusher_thread: OnceLock<std::thread::Thread>,
-    /// Set while an adaptive window naps until the sync in flight completes (see
+    /// Announced while an adaptive window naps until the sync in flight completes (see
     /// [`MERGE_BELOW`]): the completion then pokes the flusher.
-    napping_for_sync: AtomicBool,
+    sync_nap: SyncNap,
     /// When the last sync ended (for `Stats::sync_time`; `None` before the first).
     last_sync_end: Mutex<Option<Instant>>,
     /// The syncer's thread, set when it starts; unparked by the flusher when it hands a job
@@ -414,7 +423,7 @@ impl Engine {
             live,
             queued: AtomicUsize::new(0),
             flusher_thread: OnceLock::new(),
-            napping_for_sync: AtomicBool::new(false),
+            sync_nap: SyncNap::new(),
             last_sync_end: Mutex::new(None),
             syncer_thread: OnceLock::new(),
             syncer_sleeping: AtomicBool::new(false),
@@ -1307,11 +1316,12 @@ impl Flusher {
                         && inner.completion.failure().is_none();
                     if merge {
                         held_over_sync = Some(w.requests);
-                        inner.napping_for_sync.store(true, Ordering::SeqCst);
-                        // SeqCst pairs with the completion's: either it sees the flag and
-                        // pokes us, or we see its watermark here.
-                        if inner.completion.durable() >= self.in_flight {
-                            inner.napping_for_sync.store(false, Ordering::SeqCst);
+                        // Either the completion sees the nap and pokes us, or we see its
+                        // watermark here (and do not nap).
+                        if !inner
+                            .sync_nap
+                            .announce(|| inner.completion.durable() >= self.in_flight)
+                        {
                             continue;
                         }
                     }
@@ -1324,7 +1334,7 @@ impl Flusher {
                         let until = first_seen + cfg.window_age_max;
                         inner.index.try_apply_queued();
                         std::thread::park_timeout(until.saturating_duration_since(now));
-                        inner.napping_for_sync.store(false, Ordering::SeqCst);
+                        inner.sync_nap.end();
                         continue;
                     }
                     // The producers of the last window are expected back, plus those that
@@ -1641,7 +1651,22 @@ fn complete_jobs(inner: &Inner, group: &[Job]) -> Result<()> {
     let mut synced = false;
     if let Some(first) = frames.next() {
         let last = frames.next_back().unwrap_or(first);
-        debug_assert!(Arc::ptr_eq(&first.seg, &last.seg));
+        // One sync covers `first.start..last.end` of one segment: every frame of the group
+        // must be in that segment, in order.
+        let mut prev: Option<&WrittenFrame> = None;
+        for f in group.iter().filter_map(|j| j.frame.as_ref()) {
+            debug_assert!(
+                Arc::ptr_eq(&f.seg, &first.seg),
+                "a sync group spans two segments (batches {} and {})",
+                first.seq,
+                f.seq
+            );
+            debug_assert!(
+                prev.is_none_or(|p| p.end <= f.start && p.seq < f.seq),
+                "the frames of a sync group are out of order"
+            );
+            prev = Some(f);
+        }
         if inner.config.durability == Durability::Sync {
             last.seg.sync(
                 first.start,
@@ -1654,6 +1679,14 @@ fn complete_jobs(inner: &Inner, group: &[Job]) -> Result<()> {
             synced = true;
         }
         last.seg.publish(last.end);
+        // Only the completion writes it (one completion at a time, each ordered after the
+        // last), so this load sees the previous store.
+        debug_assert!(
+            last.seq > inner.live.durable_seq.load(Ordering::Relaxed),
+            "the durable batch sequence moved backwards: {} -> {}",
+            inner.live.durable_seq.load(Ordering::Relaxed),
+            last.seq
+        );
         inner.live.durable_seq.store(last.seq, Ordering::Release);
     }
     let t1 = Instant::now();
@@ -1687,7 +1720,7 @@ fn complete_jobs(inner: &Inner, group: &[Job]) -> Result<()> {
     if moved {
         inner.completion.wake_futures();
     }
-    if inner.napping_for_sync.load(Ordering::SeqCst) {
+    if inner.sync_nap.should_poke() {
         inner.poke_flusher();
     }
     let t2 = Instant::now();

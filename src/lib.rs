@@ -61,8 +61,9 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
-// Under `--cfg loom` only the ring is built: its loom model tests replace the atomics and
-// the parking with loom's, which the threads of the rest of the engine cannot use.
+// Under `--cfg loom` only the ring and the pipeline's hand-offs are built (with `sync`, the
+// shim that gives them loom's atomics, mutex and parking): their loom model tests need
+// loom's primitives, which the threads of the rest of the engine cannot use.
 #[cfg(not(loom))]
 #[doc(hidden)]
 pub mod coalesce;
@@ -77,12 +78,16 @@ mod index;
 #[cfg(not(loom))]
 #[doc(hidden)]
 pub mod log;
+// Under loom only its loom tests use it.
+#[cfg_attr(loom, allow(dead_code))]
+mod pipeline;
 #[cfg(not(loom))]
 mod reader;
 #[doc(hidden)]
 pub mod ring;
 #[cfg(not(loom))]
 mod stats;
+mod sync;
 #[cfg(not(loom))]
 mod ticket;
 

@@ -105,7 +105,7 @@
 //! # Loom
 //!
 //! Under `--cfg loom` the atomics, the mutex/condvar pair and the spin hints come from loom
-//! (module `sync`). Loom cannot view raw bytes as atomics, so there the headers live in a
+//! (module `crate::sync`). Loom cannot view raw bytes as atomics, so there the headers live in a
 //! side array of loom atomics and every payload word has a loom `UnsafeCell<()>` whose
 //! accesses are recorded, which lets loom report a producer writing bytes the consumer may
 //! still read (or the reverse). Loom treats `SeqCst` loads, stores and read-modify-writes as
@@ -125,11 +125,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam::utils::CachePadded;
 
-use self::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
-use self::sync::{fence_after_sc_rmw, spin_hint, Parker};
+use crate::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{fence_after_sc_rmw, spin_hint, Parker};
 
 /// Bytes of the header in front of every record.
 pub const RECORD_HEADER: usize = 8;
+// A header is one `u64` word, read and written atomically at an 8-aligned offset.
+const _: () = assert!(RECORD_HEADER == std::mem::size_of::<u64>());
 
 /// Why a push was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +160,8 @@ const KIND_DATA: u64 = 1;
 const KIND_PAD: u64 = 2;
 /// Set in `tail` by `close()`; positions never reach it.
 const CLOSED: u64 = 1 << 63;
+// `tail & !CLOSED` is the position: the bit must be the top one, above every position.
+const _: () = assert!(CLOSED.count_ones() == 1 && CLOSED.leading_zeros() == 0);
 /// Consumer `state` values.
 const RUNNING: u32 = 0;
 const WAITING: u32 = 1;
@@ -179,108 +183,6 @@ const POLL_MAX: Duration = Duration::from_millis(1);
 #[inline(always)]
 const fn align8(n: u64) -> u64 {
     (n + 7) & !7
-}
-
-/// Synchronisation primitives: std/parking_lot normally, loom's under `--cfg loom`.
-mod sync {
-    #[cfg(loom)]
-    pub(super) use loom::sync::atomic;
-    #[cfg(not(loom))]
-    pub(super) use std::sync::atomic;
-
-    use std::time::Instant;
-
-    /// Loom models `SeqCst` read-modify-writes and loads as `AcqRel`, so where a Dekker
-    /// argument rests on a `SeqCst` RMW it needs an explicit fence after it. Real builds need
-    /// nothing: the RMW itself takes part in the single total order `S`.
-    #[inline(always)]
-    pub(super) fn fence_after_sc_rmw() {
-        #[cfg(loom)]
-        atomic::fence(atomic::Ordering::SeqCst);
-    }
-
-    #[inline(always)]
-    pub(super) fn spin_hint() {
-        #[cfg(loom)]
-        loom::hint::spin_loop();
-        #[cfg(not(loom))]
-        std::hint::spin_loop();
-    }
-
-    #[cfg(not(loom))]
-    use parking_lot::{Condvar, Mutex};
-
-    /// A place to sleep until a condition changes. The condition is evaluated under the mutex
-    /// and wakers take the mutex after changing it, so no wake-up is lost between check and
-    /// sleep. Callers loop, so an early return is harmless.
-    pub(super) struct Parker {
-        #[cfg(not(loom))]
-        lock: Mutex<()>,
-        #[cfg(not(loom))]
-        cv: Condvar,
-        #[cfg(loom)]
-        lock: loom::sync::Mutex<()>,
-        #[cfg(loom)]
-        cv: loom::sync::Condvar,
-    }
-
-    #[cfg(not(loom))]
-    impl Parker {
-        pub(super) fn new() -> Self {
-            Parker {
-                lock: Mutex::new(()),
-                cv: Condvar::new(),
-            }
-        }
-
-        /// Sleeps while `blocked()` holds, until woken or `deadline`.
-        pub(super) fn park(&self, blocked: impl FnOnce() -> bool, deadline: Option<Instant>) {
-            let mut guard = self.lock.lock();
-            if !blocked() {
-                return;
-            }
-            match deadline {
-                None => self.cv.wait(&mut guard),
-                Some(deadline) => {
-                    self.cv.wait_until(&mut guard, deadline);
-                }
-            }
-        }
-
-        pub(super) fn unpark_all(&self) {
-            let _guard = self.lock.lock();
-            self.cv.notify_all();
-        }
-    }
-
-    #[cfg(loom)]
-    impl Parker {
-        pub(super) fn new() -> Self {
-            Parker {
-                lock: loom::sync::Mutex::new(()),
-                cv: loom::sync::Condvar::new(),
-            }
-        }
-
-        /// Loom has no clock: a timed park is an immediate time-out (after a yield, so that
-        /// polling loops make progress in the model).
-        pub(super) fn park(&self, blocked: impl FnOnce() -> bool, deadline: Option<Instant>) {
-            if deadline.is_some() {
-                loom::thread::yield_now();
-                return;
-            }
-            let guard = self.lock.lock().unwrap();
-            if !blocked() {
-                return;
-            }
-            drop(self.cv.wait(guard).unwrap());
-        }
-
-        pub(super) fn unpark_all(&self) {
-            let _guard = self.lock.lock().unwrap();
-            self.cv.notify_all();
-        }
-    }
 }
 
 /// The ring's memory.

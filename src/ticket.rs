@@ -3,6 +3,7 @@
 //! failed before it got there.
 
 use crate::error::{Error, Result};
+use crate::pipeline::handoff::FutureWakers;
 use parking_lot::Mutex;
 use std::cell::RefCell;
 use std::future::Future;
@@ -16,6 +17,8 @@ use std::time::{Duration, Instant};
 /// Bit of `Completion::state` set once the engine has failed. Positions never reach it (a
 /// ring position grows by at most a few GiB per second: 2^63 bytes is centuries away).
 const FAILED: u64 = 1 << 63;
+// `state & !FAILED` is the watermark: the bit must be the top one, above every position.
+const _: () = assert!(FAILED.count_ones() == 1 && FAILED.leading_zeros() == 0);
 
 /// The state every ticket of one engine looks at.
 pub(crate) struct Completion {
@@ -43,8 +46,7 @@ pub(crate) struct Completion {
     yield_credit: AtomicI32,
     yield_probe: AtomicU32,
     /// Wakers of pending futures, with the position each waits for.
-    wakers: Mutex<Vec<(u64, Waker)>>,
-    waker_count: AtomicUsize,
+    futures: FutureWakers,
 }
 
 impl Completion {
@@ -58,8 +60,7 @@ impl Completion {
             next_token: AtomicU64::new(0),
             yield_credit: AtomicI32::new(0),
             yield_probe: AtomicU32::new(0),
-            wakers: Mutex::new(Vec::new()),
-            waker_count: AtomicUsize::new(0),
+            futures: FutureWakers::new(),
         }
     }
 
@@ -115,12 +116,24 @@ impl Completion {
     /// once it holds no lock. False (and nothing done) once the engine failed.
     pub fn advance_threads(&self, durable: u64) -> bool {
         // SeqCst pairs with the SeqCst store of `sleeper_count` in `wait`: either the sleeper
-        // sees the new watermark, or we see the sleeper and unpark it.
+        // sees the new watermark, or we see the sleeper and unpark it. Likewise with the
+        // waker count of a polled future and the flusher's nap (`pipeline::handoff`).
         // After a failure only up to `failed_from`: past it every ticket has failed, and an
         // outcome once seen never changes.
+        debug_assert!(
+            durable & FAILED == 0,
+            "position {durable:#x} reaches the FAILED bit"
+        );
         let moved = self
             .state
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
+                // Completions come in order: the watermark never moves backwards (`max` only
+                // keeps a release build from acting on a caller that broke that).
+                debug_assert!(
+                    durable >= s & !FAILED,
+                    "watermark moved backwards: {} -> {durable}",
+                    s & !FAILED
+                );
                 if s & FAILED == 0 {
                     return Some(s.max(durable));
                 }
@@ -188,28 +201,19 @@ impl Completion {
         }
     }
 
-    /// Wakes the futures the watermark (or a failure) completed.
+    /// Wakes the futures the watermark (or a failure) completed. Runs after the `SeqCst`
+    /// read-modify-write of `state` that completed them (see `pipeline::handoff`). Wakers are
+    /// user code: they run outside every lock, and one that panics is caught.
     pub fn wake_futures(&self) {
-        if self.waker_count.load(Ordering::SeqCst) > 0 {
+        self.futures.wake(|| {
             let state = self.state.load(Ordering::SeqCst);
-            let mut ready = Vec::new();
-            {
-                let mut wakers = self.wakers.lock();
-                wakers.retain(|(pos, w)| {
-                    let done = self.done(state, *pos);
-                    if done {
-                        ready.push(w.clone());
-                    }
-                    !done
-                });
-                self.waker_count.store(wakers.len(), Ordering::SeqCst);
-            }
-            // Wakers are user code: call them outside the lock, and never let one that panics
-            // take the engine's thread down with it.
-            for w in ready {
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake()));
-            }
-        }
+            move |pos| self.done(state, pos)
+        });
+    }
+
+    /// Polls a future waiting for `pos` (see [`FutureWakers::poll`]).
+    fn poll(&self, pos: u64, waker: &Waker) -> Poll<Result<()>> {
+        self.futures.poll(pos, waker, || self.status(pos))
     }
 
     /// Blocks until the request ending at `pos` completes or `deadline` passes.
@@ -309,19 +313,6 @@ impl Completion {
             });
         outcome
     }
-
-    fn register(&self, pos: u64, waker: &Waker) {
-        let mut wakers = self.wakers.lock();
-        if let Some(slot) = wakers
-            .iter_mut()
-            .find(|(p, w)| *p == pos && w.will_wake(waker))
-        {
-            slot.1 = waker.clone();
-        } else {
-            wakers.push((pos, waker.clone()));
-        }
-        self.waker_count.store(wakers.len(), Ordering::SeqCst);
-    }
 }
 
 /// The longest [`Completion::yield_wait`] yields before it parks: a sync on this machine's
@@ -403,15 +394,9 @@ impl Ticket {
 impl Future for Ticket {
     type Output = Result<()>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        if let Some(r) = self.completion.status(self.pos) {
-            return Poll::Ready(r);
-        }
-        self.completion.register(self.pos, cx.waker());
-        // Re-check after registering: the flusher may have advanced in between.
-        match self.completion.status(self.pos) {
-            Some(r) => Poll::Ready(r),
-            None => Poll::Pending,
-        }
+        // Check, register the waker, fence, check again: the protocol the loom model of
+        // `pipeline::handoff` checks.
+        self.completion.poll(self.pos, cx.waker())
     }
 }
 
@@ -608,6 +593,17 @@ mod tests {
         assert!(matches!(c.status(9), Some(Err(_))));
         c.advance(20);
         assert_eq!(c.durable(), 8);
+    }
+
+    /// Completions come in order: an advance to below the watermark is a caller's bug,
+    /// caught where debug assertions are on (the test profile `release-checked`).
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "watermark moved backwards")]
+    fn an_advance_backwards_is_caught() {
+        let c = Completion::new(0);
+        c.advance(10);
+        c.advance(5);
     }
 
     #[test]

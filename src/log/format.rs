@@ -54,6 +54,22 @@ const FRAME_CRC_START: usize = 8;
 /// The segment header CRC covers bytes `0..SEGMENT_CRC_AT` and is stored right after them.
 const SEGMENT_CRC_AT: usize = 60;
 
+// What the encoders and decoders below rely on:
+// - the first frame starts at `SEGMENT_HEADER_LEN` and each takes `align8(..)` bytes, so
+//   frames start 8-aligned (docs/FORMAT.md) only if the segment header's length is a multiple
+//   of 8;
+// - the segment header's CRC is its last 4 bytes, after its fields (flags end at byte 36);
+const _: () = assert!(SEGMENT_HEADER_LEN % 8 == 0);
+const _: () = assert!(SEGMENT_CRC_AT + 4 == SEGMENT_HEADER_LEN && SEGMENT_CRC_AT >= 36);
+// - the frame header holds magic, CRC (the CRC covers what follows them), body length, record
+//   count (u32 each), batch sequence (u64), flags and ops acknowledged (u32 each);
+const _: () = assert!(FRAME_CRC_START == 4 + 4);
+const _: () = assert!(FRAME_HEADER_LEN == 4 + 4 + 4 + 4 + 8 + 4 + 4);
+// - a record header is op (u8), key length (u16, hence `KEY_LEN_MAX`), value length (u32);
+const _: () = assert!(RECORD_HEADER_LEN == 1 + 2 + 4 && KEY_LEN_MAX == u16::MAX as usize);
+// - a segment size is a multiple of 8 of at least `SEGMENT_SIZE_MIN`, which must be one.
+const _: () = assert!(SEGMENT_SIZE_MIN % 8 == 0);
+
 /// Rounds `n` up to a multiple of 8.
 pub fn align8(n: usize) -> usize {
     (n + 7) & !7

@@ -1,0 +1,297 @@
+//! Two waiters of the durable watermark that do not block in `Completion::wait`, and how the
+//! thread that advances the watermark finds them:
+//!
+//! * a pending future ([`FutureWakers`]): `Ticket::poll` registers its waker, and the
+//!   completion wakes it once the watermark (or a failure) completes its position;
+//! * the flusher napping until the sync in flight completes ([`SyncNap`], see
+//!   `engine::MERGE_BELOW`): the completion pokes it.
+//!
+//! # The store-buffering pair
+//!
+//! Both are the Dekker pattern. The waiter writes "I wait" (the waker count, the nap flag)
+//! and then re-reads the watermark; the completing side advances the watermark (a `SeqCst`
+//! read-modify-write) and then reads "does anyone wait". If both reads missed the other
+//! side's write, the waiter would sleep on a watermark that has already passed it, and nobody
+//! would wake it until the next advance (or ever, once the traffic stops). A `SeqCst` store
+//! followed by a load of another location does not forbid that (the C++ model allows it, and
+//! ARM and POWER do it: the store waits in the store buffer while the load goes ahead), so
+//! the waiter issues a `fence(SeqCst)` between its write and its re-check. The completing
+//! side needs nothing more on real builds: if the waiter's re-check (after its fence) missed
+//! the read-modify-write, the fence precedes the read-modify-write in the single total order
+//! `S` (C++20 \[atomics.order\] p4), so the completer's `SeqCst` load, later in `S`, sees the
+//! waiter's write. Under loom, which models `SeqCst` accesses as merely `AcqRel` and only
+//! the fence exactly, the completing side issues a fence too
+//! ([`crate::sync::fence_after_sc_rmw`]).
+//!
+//! The loom tests below model each pair with the watermark as one atomic, advanced by a
+//! `SeqCst` `fetch_max` as `Completion::advance_threads` advances it with a `SeqCst`
+//! read-modify-write.
+
+use std::task::{Poll, Waker};
+
+use crate::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use crate::sync::{fence_after_sc_rmw, Mutex};
+
+/// The wakers of pending futures, each with the position its future waits for.
+pub(crate) struct FutureWakers {
+    list: Mutex<Vec<(u64, Waker)>>,
+    /// `list.len()`, stored under the lock: a completion takes the lock only when it is
+    /// non-zero.
+    count: AtomicUsize,
+}
+
+impl FutureWakers {
+    pub(crate) fn new() -> FutureWakers {
+        FutureWakers {
+            list: Mutex::new(Vec::new()),
+            count: AtomicUsize::new(0),
+        }
+    }
+
+    /// Polls a future waiting for `pos`: `status()` gives its outcome once complete (it must
+    /// read the watermark with at least `Acquire`). Checks, registers `waker`, and checks
+    /// again: once this returns `Pending`, a [`FutureWakers::wake`] that follows the advance
+    /// completing `pos` wakes `waker`.
+    pub(crate) fn poll<T>(
+        &self,
+        pos: u64,
+        waker: &Waker,
+        status: impl Fn() -> Option<T>,
+    ) -> Poll<T> {
+        if let Some(r) = status() {
+            return Poll::Ready(r);
+        }
+        self.register(pos, waker);
+        // The store of `count` must be ordered before the re-check below (see the module
+        // docs): either the completion reads our count and wakes us, or we see its watermark.
+        fence(Ordering::SeqCst);
+        match status() {
+            Some(r) => Poll::Ready(r),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Registers `waker` for `pos`; a future polled again with a waker that wakes the same
+    /// task replaces its entry instead of adding one.
+    pub(crate) fn register(&self, pos: u64, waker: &Waker) {
+        let mut list = self.list.lock();
+        if let Some(slot) = list
+            .iter_mut()
+            .find(|(p, w)| *p == pos && w.will_wake(waker))
+        {
+            slot.1 = waker.clone();
+        } else {
+            list.push((pos, waker.clone()));
+        }
+        self.count.store(list.len(), Ordering::SeqCst);
+    }
+
+    /// Wakes every future the watermark (or a failure) completed. Call it after the `SeqCst`
+    /// read-modify-write that advanced the watermark or set the failure. `completed` reads
+    /// them and returns whether the future waiting for a position is complete; it is called
+    /// only if a future waits. The wakers are user code: they run outside the lock, and one
+    /// that panics is caught.
+    pub(crate) fn wake<D: Fn(u64) -> bool>(&self, completed: impl FnOnce() -> D) {
+        fence_after_sc_rmw();
+        if self.count.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let is_done = completed();
+        let mut ready = Vec::new();
+        {
+            let mut list = self.list.lock();
+            list.retain(|(pos, w)| {
+                let done = is_done(*pos);
+                if done {
+                    ready.push(w.clone());
+                }
+                !done
+            });
+            self.count.store(list.len(), Ordering::SeqCst);
+        }
+        for w in ready {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake()));
+        }
+    }
+}
+
+/// The flusher's nap until the sync in flight completes: it announces the nap, and the
+/// completing side, once it has advanced the watermark, pokes it if it naps.
+pub(crate) struct SyncNap {
+    napping: AtomicBool,
+}
+
+impl SyncNap {
+    pub(crate) fn new() -> SyncNap {
+        SyncNap {
+            napping: AtomicBool::new(false),
+        }
+    }
+
+    /// The flusher announces a nap until `done()` (which reads the watermark with at least
+    /// `Acquire`). False if it is done already: the nap is withdrawn and the flusher must not
+    /// nap. True: the flusher may park; the advance that makes `done()` true is followed by
+    /// a [`SyncNap::should_poke`] that returns true, until [`SyncNap::end`].
+    pub(crate) fn announce(&self, done: impl FnOnce() -> bool) -> bool {
+        self.napping.store(true, Ordering::SeqCst);
+        // The flag must be visible before the re-check (see the module docs): either the
+        // completion sees it and pokes us, or we see its watermark here.
+        fence(Ordering::SeqCst);
+        if done() {
+            self.napping.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// The flusher no longer naps.
+    pub(crate) fn end(&self) {
+        self.napping.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether the flusher naps for a sync: asked by the completing side after the `SeqCst`
+    /// read-modify-write that advanced the watermark.
+    pub(crate) fn should_poke(&self) -> bool {
+        fence_after_sc_rmw();
+        self.napping.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    struct Count(AtomicU32);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    struct Panics;
+    impl Wake for Panics {
+        fn wake(self: Arc<Self>) {
+            panic!("a user's waker panicked");
+        }
+    }
+
+    /// A wake-up wakes exactly the futures it completes (a failure all of them), a
+    /// re-registration replaces its entry, and a panicking waker does not stop the others.
+    #[test]
+    fn wake_wakes_exactly_the_completed_futures() {
+        let fw = FutureWakers::new();
+        let (a, b) = (
+            Arc::new(Count(AtomicU32::new(0))),
+            Arc::new(Count(AtomicU32::new(0))),
+        );
+        let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
+        fw.register(10, &Waker::from(Arc::new(Panics)));
+        fw.register(10, &wa);
+        fw.register(10, &wa);
+        fw.register(20, &wb);
+        assert_eq!(fw.count.load(Ordering::SeqCst), 3);
+        fw.wake(|| |p| p <= 9);
+        assert_eq!(fw.count.load(Ordering::SeqCst), 3);
+        fw.wake(|| |p| p <= 10);
+        assert_eq!(a.0.load(Ordering::SeqCst), 1);
+        assert_eq!(b.0.load(Ordering::SeqCst), 0);
+        assert_eq!(fw.count.load(Ordering::SeqCst), 1);
+        fw.wake(|| |_| true);
+        assert_eq!(b.0.load(Ordering::SeqCst), 1);
+        assert_eq!(fw.count.load(Ordering::SeqCst), 0);
+        assert!(fw.list.lock().is_empty());
+    }
+
+    /// A poll of a complete position is ready without registering; an incomplete one
+    /// registers.
+    #[test]
+    fn poll_registers_only_when_pending() {
+        let fw = FutureWakers::new();
+        let w = Waker::from(Arc::new(Count(AtomicU32::new(0))));
+        assert_eq!(fw.poll(5, &w, || Some(())), Poll::Ready(()));
+        assert_eq!(fw.count.load(Ordering::SeqCst), 0);
+        assert_eq!(fw.poll(5, &w, || None::<()>), Poll::Pending);
+        assert_eq!(fw.count.load(Ordering::SeqCst), 1);
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::sync::atomic::AtomicU64;
+    use loom::thread;
+    use std::task::Wake;
+
+    /// A waker that records that it was called.
+    struct Flag(AtomicBool);
+    impl Wake for Flag {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A future polled once while another thread advances the watermark past its position
+    /// and wakes the futures: either the poll saw the watermark, or its waker was called. A
+    /// `Pending` with no wake-up is the lost wake-up the fence in `poll` rules out.
+    #[test]
+    fn a_polled_future_is_ready_or_woken() {
+        loom::model(|| {
+            const POS: u64 = 1;
+            let watermark = loom::sync::Arc::new(AtomicU64::new(0));
+            let wakers = loom::sync::Arc::new(FutureWakers::new());
+            let completer = {
+                let (watermark, wakers) = (watermark.clone(), wakers.clone());
+                thread::spawn(move || {
+                    watermark.fetch_max(POS, Ordering::SeqCst);
+                    wakers.wake(|| {
+                        let w = watermark.load(Ordering::SeqCst);
+                        move |p| p <= w
+                    });
+                })
+            };
+            let flag = std::sync::Arc::new(Flag(AtomicBool::new(false)));
+            let waker = Waker::from(flag.clone());
+            let polled = wakers.poll(POS, &waker, || {
+                (watermark.load(Ordering::Acquire) >= POS).then_some(())
+            });
+            completer.join().unwrap();
+            assert!(
+                polled.is_ready() || flag.0.load(Ordering::SeqCst),
+                "pending, and never woken"
+            );
+        });
+    }
+
+    /// The flusher naps for watermark >= 1 while another thread advances it and pokes the
+    /// flusher if it naps. The flusher loops as `Flusher::window` does (it re-checks after a
+    /// wake-up); a nap nobody ends is a deadlock loom reports.
+    #[test]
+    fn a_napping_flusher_is_poked() {
+        loom::model(|| {
+            let watermark = loom::sync::Arc::new(AtomicU64::new(0));
+            let nap = loom::sync::Arc::new(SyncNap::new());
+            let flusher = thread::current();
+            let completer = {
+                let (watermark, nap) = (watermark.clone(), nap.clone());
+                thread::spawn(move || {
+                    watermark.fetch_max(1, Ordering::SeqCst);
+                    if nap.should_poke() {
+                        flusher.unpark();
+                    }
+                })
+            };
+            let done = || watermark.load(Ordering::Acquire) >= 1;
+            while !done() {
+                if !nap.announce(done) {
+                    break;
+                }
+                thread::park();
+                nap.end();
+            }
+            completer.join().unwrap();
+        });
+    }
+}

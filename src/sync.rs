@@ -1,0 +1,124 @@
+//! Synchronisation primitives shared by the code that loom models (`ring`, `pipeline`):
+//! std/parking_lot normally, loom's under `--cfg loom`.
+//!
+//! Loom treats `SeqCst` loads, stores and read-modify-writes as merely `AcqRel` and models
+//! only `fence(SeqCst)` exactly, so a Dekker argument that rests on a `SeqCst` access needs a
+//! `SeqCst` fence on that side under loom ([`fence_after_sc_rmw`]); see `ring`'s "Loom".
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic;
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic;
+
+use std::time::Instant;
+
+/// Loom models `SeqCst` read-modify-writes and loads as `AcqRel`, so where a Dekker
+/// argument rests on a `SeqCst` RMW it needs an explicit fence after it. Real builds need
+/// nothing: the RMW itself takes part in the single total order `S`.
+#[inline(always)]
+pub(crate) fn fence_after_sc_rmw() {
+    #[cfg(loom)]
+    atomic::fence(atomic::Ordering::SeqCst);
+}
+
+#[inline(always)]
+pub(crate) fn spin_hint() {
+    #[cfg(loom)]
+    loom::hint::spin_loop();
+    #[cfg(not(loom))]
+    std::hint::spin_loop();
+}
+
+#[cfg(not(loom))]
+use parking_lot::Condvar;
+/// A mutex whose `lock` returns the guard directly (`parking_lot`'s; loom's under loom).
+#[cfg(not(loom))]
+pub(crate) use parking_lot::Mutex;
+
+/// A mutex whose `lock` returns the guard directly (`parking_lot`'s; loom's under loom).
+#[cfg(loom)]
+pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
+
+#[cfg(loom)]
+impl<T> Mutex<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Mutex(loom::sync::Mutex::new(value))
+    }
+
+    /// Loom's mutex is never poisoned in a model that does not panic.
+    pub(crate) fn lock(&self) -> loom::sync::MutexGuard<'_, T> {
+        self.0.lock().unwrap()
+    }
+}
+
+/// A place to sleep until a condition changes. The condition is evaluated under the mutex
+/// and wakers take the mutex after changing it, so no wake-up is lost between check and
+/// sleep. Callers loop, so an early return is harmless.
+pub(crate) struct Parker {
+    #[cfg(not(loom))]
+    lock: Mutex<()>,
+    #[cfg(not(loom))]
+    cv: Condvar,
+    #[cfg(loom)]
+    lock: loom::sync::Mutex<()>,
+    #[cfg(loom)]
+    cv: loom::sync::Condvar,
+}
+
+#[cfg(not(loom))]
+impl Parker {
+    pub(crate) fn new() -> Self {
+        Parker {
+            lock: Mutex::new(()),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// Sleeps while `blocked()` holds, until woken or `deadline`.
+    pub(crate) fn park(&self, blocked: impl FnOnce() -> bool, deadline: Option<Instant>) {
+        let mut guard = self.lock.lock();
+        if !blocked() {
+            return;
+        }
+        match deadline {
+            None => self.cv.wait(&mut guard),
+            Some(deadline) => {
+                self.cv.wait_until(&mut guard, deadline);
+            }
+        }
+    }
+
+    pub(crate) fn unpark_all(&self) {
+        let _guard = self.lock.lock();
+        self.cv.notify_all();
+    }
+}
+
+#[cfg(loom)]
+impl Parker {
+    pub(crate) fn new() -> Self {
+        Parker {
+            lock: loom::sync::Mutex::new(()),
+            cv: loom::sync::Condvar::new(),
+        }
+    }
+
+    /// Loom has no clock: a timed park is an immediate time-out (after a yield, so that
+    /// polling loops make progress in the model).
+    pub(crate) fn park(&self, blocked: impl FnOnce() -> bool, deadline: Option<Instant>) {
+        if deadline.is_some() {
+            loom::thread::yield_now();
+            return;
+        }
+        let guard = self.lock.lock().unwrap();
+        if !blocked() {
+            return;
+        }
+        drop(self.cv.wait(guard).unwrap());
+    }
+
+    pub(crate) fn unpark_all(&self) {
+        let _guard = self.lock.lock().unwrap();
+        self.cv.notify_all();
+    }
+}

@@ -299,7 +299,8 @@ pub(crate) fn scan(
     // segment is the tail.
     if access == Access::Writer && !out.dropped.is_empty() {
         for p in &out.dropped {
-            std::fs::remove_file(p).map_err(|e| Error::io("remove dropped segment", p, e))?;
+            crate::log::io::remove(&**io, p)
+                .map_err(|e| Error::io("remove dropped segment", p, e))?;
         }
         crate::log::segment::sync_dir(&**io, dir)?;
     }

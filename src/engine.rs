@@ -8,9 +8,9 @@ use crate::index::{Index, Loc, ValueRef};
 use crate::log::clean::{self, CleanMark};
 use crate::log::format::{record_len, RecordOp, FLAG_SORTED, FRAME_HEADER_LEN, RECORD_HEADER_LEN};
 use crate::log::format::{END_MARKER_LEN, UNDURABLE_FRAMES_MAX};
-use crate::log::io::{guarded, IoOp, SharedIo};
+use crate::log::io::{rename, Io, SharedIo};
 use crate::log::recovery::{scan, Access, Damage, Expect};
-use crate::log::segment::{rename, sync_dir, Segment};
+use crate::log::segment::{sync_dir, Segment};
 use crate::log::{adopt_prepared, Log, Pool, SegmentList, Segments, Spares, WrittenFrame};
 use crate::pipeline::handoff::SyncNap;
 use crate::reader::{Follower, LiveLog, LogReader};
@@ -20,7 +20,6 @@ use crate::ticket::{Completion, GetSlot, GetTicket, Ticket};
 use crossbeam::channel::{Receiver, Sender, TryRecvError};
 use parking_lot::{Mutex, RwLock};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -258,17 +257,23 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// Takes the directory's advisory lock (flock on `DIR/LOCK`).
-fn lock_dir(dir: &Path) -> Result<File> {
+/// Takes the directory's advisory lock (flock on `DIR/LOCK`, created through the hooks if it
+/// is missing).
+fn lock_dir(io: &dyn Io, dir: &Path) -> Result<File> {
     let path = dir.join("LOCK");
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(&path)
-        .map_err(|e| Error::io("open lock file", &path, e))?;
+    let open = || OpenOptions::new().read(true).write(true).open(&path);
+    let file = match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match crate::log::io::create_new(io, &path, |_| Ok(())) {
+                Ok((file, ())) => Ok(file),
+                // Another opener made it meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => open(),
+                Err(e) => Err(e),
+            }
+        }
+        opened => opened,
+    }
+    .map_err(|e| Error::io("open lock file", &path, e))?;
     // SAFETY: flock on a file descriptor we own and keep open; it has no memory effects.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
@@ -296,12 +301,8 @@ impl Engine {
         let started = Instant::now();
         config.validate()?;
         let dir = dir.as_ref().to_owned();
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(&dir)
-            .map_err(|e| Error::io("create directory", &dir, e))?;
-        let lock = lock_dir(&dir)?;
+        crate::log::create_dir(&*io, &dir)?;
+        let lock = lock_dir(&*io, &dir)?;
         let (mut prepared, prep_counter) = adopt_prepared(&io, &dir, config.segment_bytes)?;
         let pool = Arc::new(Pool::adopt(
             &io,
@@ -791,10 +792,8 @@ impl Engine {
             let r = match &to {
                 Some(to) => rename(&*inner.io, &seg.path, to)
                     .map_err(|e| Error::io("move retired segment to the pool", &seg.path, e)),
-                None => guarded(&*inner.io, IoOp::Remove, &seg.path, 0, &[], || {
-                    std::fs::remove_file(&seg.path)
-                })
-                .map_err(|e| Error::io("remove retired segment", &seg.path, e)),
+                None => crate::log::io::remove(&*inner.io, &seg.path)
+                    .map_err(|e| Error::io("remove retired segment", &seg.path, e)),
             }
             .and_then(|()| {
                 // The `.seg` name is gone: the engine forgets the segment. The file joins
@@ -824,10 +823,8 @@ impl Engine {
         let recycled = pooled.iter().filter(|p| !evicted.contains(p)).count();
         // Spare files are not part of the log: no order to keep, one directory sync.
         for path in &evicted {
-            let r = guarded(&*inner.io, IoOp::Remove, path, 0, &[], || {
-                std::fs::remove_file(path)
-            })
-            .map_err(|e| Error::io("remove a spare segment from the pool", path, e));
+            let r = crate::log::io::remove(&*inner.io, path)
+                .map_err(|e| Error::io("remove a spare segment from the pool", path, e));
             if let (Err(e), Ok(())) = (r, &result) {
                 result = Err(e);
             }

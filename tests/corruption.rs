@@ -20,6 +20,9 @@
 //! `MERGELOG_CORRUPTION_FLIPS` (default 1200) sets the number of bit flips,
 //! `MERGELOG_CORRUPTION_SEED` the seed of their positions.
 
+// Tests make and spoil files on purpose; the storage seam's lint (clippy.toml) is for the library.
+#![allow(clippy::disallowed_methods)]
+
 mod recovery_common;
 
 use mergelog::internals::format::UNDURABLE_FRAMES_MAX;

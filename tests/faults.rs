@@ -6,14 +6,16 @@
 //!   (write, sync, create, rename, directory sync, or any) with EIO, once or forever from then
 //!   on, for N = 1, 2, ... until a run completes without reaching N; both write paths.
 //! - **Simulated power loss** (`power_loss` for the pwrite path, `power_loss_mmap` for the
-//!   mmap path): `PowerLossIo` keeps every write since its file's last sync with the bytes it
-//!   overwrote, cuts the power after a seeded number of operations (every later operation
-//!   fails), and then tears each unsynced write at 512-byte sectors, drops whole writes and
-//!   undoes directory changes not yet made durable by a directory sync. A store into the
-//!   mapping announces only its offset: it is modelled as a write from there to the end of
-//!   the segment, its bytes read back at the power loss. One reopen in four first goes
-//!   through I/O that fails while it repairs the tail. One to three power losses per seed,
-//!   each continuing the log the last one left.
+//!   mmap path): `PowerLossIo` (the model, in `recovery_common/power.rs`) keeps every write
+//!   not yet durable with the bytes it overwrote (an `fdatasync` makes all of a file's
+//!   performed writes durable, an `msync` only their parts inside its range), cuts the power
+//!   after a seeded number of operations (every later operation fails), and then tears each
+//!   write not durable at 512-byte sectors, drops whole writes and undoes directory changes
+//!   not yet made durable by a directory sync. A store into the mapping announces only its
+//!   offset: it is modelled as a write from there to the end of the segment, its bytes read
+//!   back at the power loss. One reopen in four first goes through I/O that fails while it
+//!   repairs the tail. One to three power losses per seed, each continuing the log the last
+//!   one left. `power_model_*` test the model itself.
 //! - **Full disk** (`full_disk`): segment creation fails with ENOSPC (leaving a short file
 //!   behind, as a preallocation that ran out of space would), at open and at each roll; the
 //!   error says ENOSPC, no short prepared file stays, every segment file is fully allocated
@@ -44,27 +46,27 @@
 //! runs one seed (`MERGELOG_POWERLOSS_REPEAT` times, default 1: the seed fixes the workload,
 //! the cut point and every tear, but not how the flusher and syncer threads interleave).
 
+// Tests make and spoil files on purpose; the storage seam's lint (clippy.toml) is for the library.
+#![allow(clippy::disallowed_methods)]
+
 mod recovery_common;
 
-use mergelog::internals::format::{segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN};
+use mergelog::internals::format::{SegmentHeader, SEGMENT_HEADER_LEN};
 use mergelog::internals::io::{Io, IoOp};
 use mergelog::{Config, Durability, Engine, Error, GetTicket, Ticket, WriteBatch, WritePath};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use recovery_common::power::{lose_power, Damage, PowerLossIo, EIO};
 use recovery_common::{assert_reads_match, engine_state, state_diff, State, WriteOp, WAIT_MAX};
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-const EIO: i32 = 5;
 const ENOSPC: i32 = 28;
-const SECTOR: u64 = 512;
 
 fn key(i: usize) -> Vec<u8> {
     // Keys of different lengths, some sharing their first 8 bytes.
@@ -761,9 +763,9 @@ fn countdown_any() {
     countdown(Target::Any);
 }
 
-/// A full disk: the Kth segment creation and every later one fail with ENOSPC after leaving
-/// a short file, K = 1 (the first segment, at open), 2, ... until a run needs no more
-/// segments than K - 1.
+/// A full disk: the Kth file creation and every later one fail with ENOSPC after leaving
+/// a short file, K = 1 (the lock file, at open), 2 (the first segment), 3, ... until a run
+/// creates fewer than K files.
 #[test]
 fn full_disk() {
     let started = Instant::now();
@@ -790,7 +792,7 @@ fn full_disk() {
             total.acked_writes,
             total.failed
         );
-        assert!(k > 2, "the workload never rolls a segment");
+        assert!(k > 3, "the workload never rolls a segment");
     }
     eprintln!("full disk: {:.1?}", started.elapsed());
 }
@@ -921,306 +923,147 @@ fn outcome_is_final_when_a_later_batch_fails_during_a_sync() {
 // ---------------------------------------------------------------------------------------------
 // 2. Simulated power loss.
 
-/// A write since its file's last sync: where, what, and what it overwrote. A store into the
-/// mapping (the mmap write path) announces only its offset: it is modelled as a write of
-/// everything from there to the end of the file, `new` read back at the power loss, `old`
-/// what the file held when it was announced.
-struct Unsynced {
-    off: u64,
-    new: Vec<u8>,
-    old: Vec<u8>,
-    mapped: bool,
-    /// The write was performed (`after` ran): a sync that starts later covers it.
-    done: bool,
-    id: u64,
+// The model's own tests: deterministic operations straight through the hook, then the power
+// loss.
+
+/// A file of `len` zeros in `dir`.
+fn zero_file(dir: &Path, name: &str, len: usize) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, vec![0u8; len]).unwrap();
+    path
 }
 
-/// A directory change not yet made durable by a directory sync.
-#[derive(Clone, Debug)]
-enum DirChange {
-    Created(PathBuf),
-    Renamed {
-        from: PathBuf,
-        to: PathBuf,
-    },
-    /// A removed file, hard-linked to `backup` first so that the power loss can undo it.
-    Removed {
-        path: PathBuf,
-        backup: PathBuf,
-    },
+/// A pwrite of `data` at `off`, announced to `io` and performed.
+fn model_write(io: &PowerLossIo, path: &Path, off: u64, data: &[u8]) {
+    io.before(IoOp::Write, path, off, data).unwrap();
+    write_at(path, off, data);
+    io.after(IoOp::Write, path);
 }
 
-#[derive(Default)]
-struct PowerState {
-    /// Per file, its unsynced writes, oldest first.
-    unsynced: BTreeMap<PathBuf, Vec<Unsynced>>,
-    /// Per file being synced: the writes the sync covers (performed when it started).
-    syncing: BTreeMap<PathBuf, Vec<u64>>,
-    dir_changes: Vec<DirChange>,
-    /// Directory changes a running directory sync covers.
-    dir_syncing: usize,
-    /// A rename about to happen.
-    renaming: Option<(PathBuf, PathBuf)>,
-    /// A removal about to happen, and the hard link that keeps its file.
-    removing: Option<(PathBuf, PathBuf)>,
-    next_id: u64,
-    /// When the power was cut: the operation that failed first.
-    cut_op: Option<String>,
+/// A store of `data` into the mapping at `off`: announced with its offset only, then made.
+fn model_store(io: &PowerLossIo, path: &Path, off: u64, data: &[u8]) {
+    io.before(IoOp::Write, path, off, &[]).unwrap();
+    write_at(path, off, data);
+    io.after(IoOp::Write, path);
 }
 
-/// Records what is not yet durable, and cuts the power at the `cut_at`th operation (of kind
-/// `cut_kind`, or of any kind): it and every later one fail. An operation that passed `before` before the cut completes (its
-/// `after` counts: a sync that returned made its writes durable, and the engine may have
-/// acknowledged them).
-struct PowerLossIo {
-    cut_at: u64,
-    cut_kind: Option<IoOp>,
-    ops: AtomicU64,
-    cut: AtomicBool,
-    st: Mutex<PowerState>,
+fn write_at(path: &Path, off: u64, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(data, off).unwrap();
 }
 
-impl PowerLossIo {
-    fn new(cut_at: u64, cut_kind: Option<IoOp>) -> PowerLossIo {
-        PowerLossIo {
-            cut_at,
-            cut_kind,
-            ops: AtomicU64::new(0),
-            cut: AtomicBool::new(false),
-            st: Mutex::new(PowerState::default()),
-        }
-    }
-
-    fn cut_now(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-    }
+/// A sync of the whole file (`None`, an fdatasync) or of a range (an msync), as the engine
+/// announces them.
+fn model_sync(
+    io: &PowerLossIo,
+    path: &Path,
+    range: Option<std::ops::Range<u64>>,
+) -> io::Result<()> {
+    let (off, data) = match range {
+        Some(r) => (r.start, r.end.to_le_bytes().to_vec()),
+        None => (0, Vec::new()),
+    };
+    io.before(IoOp::Sync, path, off, &data)?;
+    io.after(IoOp::Sync, path);
+    Ok(())
 }
 
-fn read_at(path: &Path, off: u64, len: usize) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    File::open(path)?.read_exact_at(&mut buf, off)?;
-    Ok(buf)
+/// Asserts that `path` holds `byte` in `range` (0 for zeros).
+fn assert_bytes(path: &Path, range: std::ops::Range<usize>, byte: u8, what: &str) {
+    let b = std::fs::read(path).unwrap();
+    let wrong = b[range.clone()].iter().position(|&x| x != byte);
+    assert!(
+        wrong.is_none(),
+        "{what}: {} bytes {range:?}: byte {} is {:#x}, not {byte:#x}",
+        path.display(),
+        range.start + wrong.unwrap_or(0),
+        b[range.start + wrong.unwrap_or(0)]
+    );
 }
 
-impl Io for PowerLossIo {
-    fn before(&self, op: IoOp, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
-        let mut st = self.st.lock().unwrap();
-        let counts = self.cut_kind.is_none_or(|kind| kind == op);
-        let k = self.ops.load(Ordering::SeqCst) + u64::from(counts);
-        self.ops.store(k, Ordering::SeqCst);
-        if self.cut.load(Ordering::SeqCst) || (counts && k >= self.cut_at) {
-            self.cut.store(true, Ordering::SeqCst);
-            st.cut_op
-                .get_or_insert_with(|| format!("#{k} {op:?} {}", path.display()));
-            return Err(io::Error::from_raw_os_error(EIO));
-        }
-        match op {
-            IoOp::Write => {
-                let mapped = data.is_empty();
-                let len = if mapped {
-                    (std::fs::metadata(path)?.len() - offset) as usize
-                } else {
-                    data.len()
-                };
-                let old = read_at(path, offset, len)?;
-                let id = st.next_id;
-                st.next_id += 1;
-                st.unsynced
-                    .entry(path.to_owned())
-                    .or_default()
-                    .push(Unsynced {
-                        off: offset,
-                        new: data.to_vec(),
-                        old,
-                        mapped,
-                        done: false,
-                        id,
-                    });
-            }
-            IoOp::Sync => {
-                let covered = st
-                    .unsynced
-                    .get(path)
-                    .map(|ws| ws.iter().filter(|w| w.done).map(|w| w.id).collect())
-                    .unwrap_or_default();
-                st.syncing.insert(path.to_owned(), covered);
-            }
-            IoOp::SyncDir => st.dir_syncing = st.dir_changes.len(),
-            IoOp::Rename => {
-                // The hook gets the destination; the engine renames a prepared file to the
-                // name its header gives, and a retired segment into the pool.
-                let to = PathBuf::from(std::ffi::OsStr::from_bytes(data));
-                if to
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.ends_with(".seg"))
-                {
-                    let header = read_at(path, 0, SEGMENT_HEADER_LEN)?;
-                    let id = SegmentHeader::decode(&header)
-                        .unwrap_or_else(|e| {
-                            panic!("renaming {} without a header: {e:?}", path.display())
-                        })
-                        .segment_id;
-                    assert_eq!(to, path.with_file_name(segment_file_name(id)));
-                }
-                st.renaming = Some((path.to_owned(), to));
-            }
-            IoOp::Remove => {
-                let backup = path.with_extension(format!("removed-{}", st.next_id));
-                st.next_id += 1;
-                std::fs::hard_link(path, &backup)?;
-                st.removing = Some((path.to_owned(), backup));
-            }
-            _ => {}
-        }
-        Ok(())
-    }
+/// A ranged sync (msync) makes durable only the parts of the performed writes inside its
+/// range: at the power loss (every write not durable dropped) a write outside it is lost, one
+/// inside survives, one across its end survives up to the end; a store into the mapping
+/// (modelled as a write to the end of the file) survives only inside the range. A whole-file
+/// sync (fdatasync) still covers everything.
+#[test]
+fn power_model_a_ranged_sync_makes_only_its_range_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = PowerLossIo::new(u64::MAX, None);
+    let written = zero_file(dir.path(), "written", 16 << 10);
+    model_write(&io, &written, 0, &[b'a'; 1000]);
+    model_write(&io, &written, 8192, &[b'b'; 1000]);
+    model_write(&io, &written, 3000, &[b'c'; 2000]);
+    model_sync(&io, &written, Some(0..4096)).unwrap();
+    let mapped = zero_file(dir.path(), "mapped", 16 << 10);
+    model_store(&io, &mapped, 100, &[b'd'; 6000]);
+    model_sync(&io, &mapped, Some(0..4096)).unwrap();
+    let whole = zero_file(dir.path(), "whole", 16 << 10);
+    model_write(&io, &whole, 8192, &[b'e'; 1000]);
+    model_store(&io, &whole, 100, &[b'f'; 6000]);
+    model_sync(&io, &whole, None).unwrap();
 
-    fn after(&self, op: IoOp, path: &Path) {
-        let mut st = self.st.lock().unwrap();
-        match op {
-            IoOp::Write => {
-                if let Some(w) = st
-                    .unsynced
-                    .get_mut(path)
-                    .and_then(|ws| ws.iter_mut().rev().find(|w| !w.done))
-                {
-                    w.done = true;
-                }
-            }
-            IoOp::Sync => {
-                let covered = st.syncing.remove(path).unwrap_or_default();
-                if let Some(ws) = st.unsynced.get_mut(path) {
-                    ws.retain(|w| !covered.contains(&w.id));
-                }
-            }
-            IoOp::SyncDir => {
-                let n = st.dir_syncing;
-                let synced: Vec<DirChange> = st.dir_changes.drain(..n).collect();
-                for change in synced {
-                    if let DirChange::Removed { backup, .. } = change {
-                        // Gone for good, and so are any writes to it still unsynced.
-                        st.unsynced.remove(&backup);
-                        let _ = std::fs::remove_file(backup);
-                    }
-                }
-                st.dir_syncing = 0;
-            }
-            IoOp::Remove => {
-                let (path, backup) = st.removing.take().expect("before(Remove) ran");
-                if let Some(ws) = st.unsynced.remove(&path) {
-                    st.unsynced.insert(backup.clone(), ws);
-                }
-                st.dir_changes.push(DirChange::Removed { path, backup });
-            }
-            IoOp::Create => st.dir_changes.push(DirChange::Created(path.to_owned())),
-            IoOp::Rename => {
-                let (from, to) = st.renaming.take().expect("before(Rename) ran");
-                if let Some(ws) = st.unsynced.remove(&from) {
-                    st.unsynced.insert(to.clone(), ws);
-                }
-                st.dir_changes.push(DirChange::Renamed { from, to });
-            }
-            _ => {}
-        }
-    }
+    let dmg = lose_power(&io, &mut StdRng::seed_from_u64(0), 1.0, 0.0);
+    assert_bytes(&written, 0..1000, b'a', "inside the range");
+    assert_bytes(&written, 3000..4096, b'c', "the part inside the range");
+    assert_bytes(&written, 4096..5000, 0, "the part past the range");
+    assert_bytes(&written, 8192..9192, 0, "outside the range");
+    assert_bytes(&mapped, 100..4096, b'd', "a store, inside the range");
+    assert_bytes(&mapped, 4096..6100, 0, "a store, past the range");
+    assert_bytes(&whole, 8192..9192, b'e', "a write, whole-file sync");
+    assert_bytes(&whole, 100..6100, b'f', "a store, whole-file sync");
+    assert_eq!(dmg.dropped_writes, 3, "{dmg:?}");
 }
 
-/// What the power loss did to the files.
-#[derive(Default, Debug, Clone, Copy)]
-struct Damage {
-    unsynced_writes: usize,
-    /// Of those, stores into the mapping (the mmap write path).
-    mapped_writes: usize,
-    dropped_writes: usize,
-    torn_writes: usize,
-    kept_writes: usize,
-    undone_dir_changes: usize,
-}
+/// A failed sync that is not a power cut (fsyncgate): the writes it covered stay in the file
+/// but are lost, so the power loss reverts them even though later syncs succeeded and kept
+/// every other write, except for the bytes a later write covered and a sync made durable.
+/// A failed ranged sync loses only what is inside its range.
+#[test]
+fn power_model_a_failed_sync_loses_its_writes_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = PowerLossIo::failing_sync(1);
+    let path = zero_file(dir.path(), "file", 16 << 10);
+    model_write(&io, &path, 0, &[b'a'; 1000]);
+    let e = model_sync(&io, &path, None).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(EIO));
+    assert!(io.failed_sync().is_some());
+    // The page cache still has it.
+    assert_bytes(&path, 0..1000, b'a', "before the power loss");
+    model_write(&io, &path, 8192, &[b'b'; 1000]);
+    model_sync(&io, &path, None).unwrap();
+    model_write(&io, &path, 500, &[b'c'; 200]);
+    model_sync(&io, &path, None).unwrap();
+    // Not synced: the power loss keeps it (p_keep = 1), and so the lost write under it.
+    model_write(&io, &path, 12000, &[b'u'; 100]);
 
-impl std::ops::AddAssign for Damage {
-    fn add_assign(&mut self, o: Damage) {
-        self.unsynced_writes += o.unsynced_writes;
-        self.mapped_writes += o.mapped_writes;
-        self.dropped_writes += o.dropped_writes;
-        self.torn_writes += o.torn_writes;
-        self.kept_writes += o.kept_writes;
-        self.undone_dir_changes += o.undone_dir_changes;
-    }
-}
+    let ranged = PowerLossIo::failing_sync(1);
+    let mapped = zero_file(dir.path(), "mapped", 16 << 10);
+    model_store(&ranged, &mapped, 0, &[b'g'; 6000]);
+    model_sync(&ranged, &mapped, Some(0..4096)).unwrap_err();
+    model_sync(&ranged, &mapped, None).unwrap();
 
-/// Takes back what the power loss may take: newest first, each unsynced write is dropped
-/// whole (probability `p_drop`) or kept or reverted per 512-byte sector (kept with
-/// probability `p_keep`); each directory change since the last directory sync is undone
-/// with probability 1/2. Call after the engine is closed.
-fn lose_power(io: &PowerLossIo, rng: &mut StdRng, p_drop: f64, p_keep: f64) -> Damage {
-    let st = io.st.lock().unwrap();
-    let mut dmg = Damage::default();
-    for (path, writes) in st.unsynced.iter().filter(|(_, w)| !w.is_empty()) {
-        let file = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        for w in writes.iter().rev() {
-            dmg.unsynced_writes += 1;
-            if rng.random_bool(p_drop) {
-                file.write_all_at(&w.old, w.off).expect("revert");
-                dmg.dropped_writes += 1;
-                continue;
-            }
-            // A store into the mapping: what it wrote is what the file holds now (newer
-            // writes over it were taken back or kept already, newest first), and a sector
-            // it did not change cannot be torn.
-            let new = if w.mapped {
-                read_at(path, w.off, w.old.len()).expect("read back a mapped write")
-            } else {
-                w.new.clone()
-            };
-            let end = w.off + new.len() as u64;
-            let mut at = w.off;
-            let mut reverted = 0;
-            let mut sectors = 0;
-            while at < end {
-                let next = ((at / SECTOR + 1) * SECTOR).min(end);
-                let r = (at - w.off) as usize..(next - w.off) as usize;
-                // A sector the write left as it was has nothing to lose.
-                if w.old[r.clone()] != new[r.clone()] {
-                    sectors += 1;
-                    if !rng.random_bool(p_keep) {
-                        file.write_all_at(&w.old[r], at).expect("tear");
-                        reverted += 1;
-                    }
-                }
-                at = next;
-            }
-            match reverted {
-                0 => dmg.kept_writes += 1,
-                n if n == sectors => dmg.dropped_writes += 1,
-                _ => dmg.torn_writes += 1,
-            }
-            if w.mapped {
-                dmg.mapped_writes += 1;
-            }
-        }
-    }
-    for change in st.dir_changes.iter().rev() {
-        if !rng.random_bool(0.5) {
-            continue;
-        }
-        dmg.undone_dir_changes += 1;
-        match change {
-            DirChange::Created(p) => {
-                let _ = std::fs::remove_file(p);
-            }
-            DirChange::Renamed { from, to } => {
-                std::fs::rename(to, from).expect("undo rename");
-            }
-            DirChange::Removed { path, backup } => {
-                std::fs::rename(backup, path).expect("undo removal");
-            }
-        }
-    }
-    dmg
+    let dmg = lose_power(&io, &mut StdRng::seed_from_u64(0), 0.0, 1.0);
+    assert_bytes(&path, 0..500, 0, "the lost write");
+    assert_bytes(
+        &path,
+        500..700,
+        b'c',
+        "a later durable write over the lost one",
+    );
+    assert_bytes(&path, 700..1000, 0, "the lost write after the later one");
+    assert_bytes(&path, 8192..9192, b'b', "a durable write after the failure");
+    assert_bytes(&path, 12000..12100, b'u', "an unsynced write kept");
+    assert_eq!(dmg.lost_writes, 2, "{dmg:?}");
+    lose_power(&ranged, &mut StdRng::seed_from_u64(0), 0.0, 1.0);
+    assert_bytes(&mapped, 0..4096, 0, "a store, inside the failed range");
+    assert_bytes(
+        &mapped,
+        4096..6000,
+        b'g',
+        "a store, outside the failed range",
+    );
 }
 
 const PL_KEYS: usize = 16;
@@ -1306,7 +1149,7 @@ fn power_loss_seed(seed: u64, write_path: WritePath) -> PowerTotals {
                 let done = produce(&engine, reqs, depth, &ctx);
                 // (A cut that hits only the background preparation of the next segment fails
                 // the engine only if it rolls.)
-                totals.cut_in_workload += u64::from(io.cut.load(Ordering::SeqCst));
+                totals.cut_in_workload += u64::from(io.is_cut());
                 io.cut_now();
                 if engine.failure().is_some() {
                     assert_refuses(&engine, &ctx);
@@ -1317,7 +1160,7 @@ fn power_loss_seed(seed: u64, write_path: WritePath) -> PowerTotals {
                 done
             }
             Err(e) => {
-                assert!(io.cut.load(Ordering::SeqCst), "{ctx}: open failed: {e}");
+                assert!(io.is_cut(), "{ctx}: open failed: {e}");
                 totals.cut_at_open += 1;
                 io.cut_now();
                 Vec::new()
@@ -1344,7 +1187,7 @@ fn power_loss_seed(seed: u64, write_path: WritePath) -> PowerTotals {
         let engine = Engine::open(dir.path(), config.clone()).unwrap_or_else(|e| {
             panic!(
                 "{ctx}: reopen after the power loss failed: {e} (power cut at {:?})",
-                io.st.lock().unwrap().cut_op
+                io.cut_op()
             )
         });
         totals.tail_truncated += u64::from(engine.open_report().truncated.is_some());
@@ -1677,7 +1520,7 @@ fn power_loss_recycling_seed(seed: u64, write_path: WritePath) -> (u64, u64, u64
                     engine.read_to_vec(k).unwrap().as_deref(),
                     Some(&v[..]),
                     "{ctx}: acknowledged put #{n} lost (power cut at {:?})",
-                    io.st.lock().unwrap().cut_op
+                    io.cut_op()
                 );
             }
             checked += acked.len() as u64;
@@ -1822,4 +1665,194 @@ fn a_pooled_file_whose_directory_sync_failed_is_not_reused() {
         "the file whose rename was not made durable was reused"
     );
     assert!(engine.failure().is_none());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Every file change goes through the seam.
+
+/// Records every operation that completed (with a rename's destination); once armed, fails
+/// the next file creation with ENOSPC after leaving a short file, as a full disk would.
+#[derive(Default)]
+struct DirRecorder {
+    done: Mutex<Vec<(IoOp, PathBuf, Option<PathBuf>)>>,
+    renaming: Mutex<Option<PathBuf>>,
+    fail_next_create: AtomicBool,
+    /// The file whose creation was failed.
+    failed_create: Mutex<Option<PathBuf>>,
+}
+
+impl Io for DirRecorder {
+    fn before(&self, op: IoOp, path: &Path, _offset: u64, data: &[u8]) -> io::Result<()> {
+        if op == IoOp::Create && self.fail_next_create.swap(false, Ordering::SeqCst) {
+            std::fs::write(path, vec![0u8; 8192])?;
+            *self.failed_create.lock().unwrap() = Some(path.to_owned());
+            return Err(io::Error::from_raw_os_error(ENOSPC));
+        }
+        if op == IoOp::Rename {
+            use std::os::unix::ffi::OsStrExt;
+            let to = PathBuf::from(std::ffi::OsStr::from_bytes(data));
+            *self.renaming.lock().unwrap() = Some(to);
+        }
+        Ok(())
+    }
+
+    fn after(&self, op: IoOp, path: &Path) {
+        let to = (op == IoOp::Rename)
+            .then(|| self.renaming.lock().unwrap().take())
+            .flatten();
+        self.done.lock().unwrap().push((op, path.to_owned(), to));
+    }
+}
+
+impl DirRecorder {
+    /// Runs `step` and checks that every name that appeared in or vanished from `dir`
+    /// meanwhile was created, renamed or removed through the hooks.
+    fn check<T>(&self, dir: &Path, what: &str, step: impl FnOnce() -> T) -> T {
+        let list = || -> std::collections::BTreeSet<PathBuf> {
+            std::fs::read_dir(dir)
+                .map(|rd| rd.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default()
+        };
+        let before = list();
+        let from = self.done.lock().unwrap().len();
+        let out = step();
+        let after = list();
+        let done = self.done.lock().unwrap()[from..].to_vec();
+        let made = |p: &PathBuf| {
+            done.iter().any(|(op, path, to)| {
+                (matches!(op, IoOp::Create | IoOp::CreateDir) && path == p)
+                    || to.as_ref() == Some(p)
+            })
+        };
+        let gone = |p: &PathBuf| {
+            done.iter()
+                .any(|(op, path, _)| matches!(op, IoOp::Remove | IoOp::Rename) && path == p)
+        };
+        for p in after.difference(&before) {
+            assert!(
+                made(p),
+                "{what}: {} appeared unannounced; hooks saw {done:?}",
+                p.display()
+            );
+        }
+        for p in before.difference(&after) {
+            assert!(
+                gone(p),
+                "{what}: {} vanished unannounced; hooks saw {done:?}",
+                p.display()
+            );
+        }
+        out
+    }
+
+    fn removed(&self, p: &Path) -> bool {
+        let done = self.done.lock().unwrap();
+        done.iter()
+            .any(|(op, path, _)| *op == IoOp::Remove && path == p)
+    }
+}
+
+/// Every file the engine creates, renames or removes, it does through the storage seam, so
+/// the fault and power-loss hooks see it: at open (spare files of the wrong size removed,
+/// the lock file and the first segment created), writing (rolls), retiring (renames into the
+/// pool, removals), after a failed creation (the half-made file removed), and in
+/// point-in-time recovery (the segments after the damage removed). The directory listing
+/// before and after each step must differ only by what the hooks were told.
+#[test]
+fn every_file_change_goes_through_the_hooks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    std::fs::create_dir(&dir).unwrap();
+    let (stray_prep, stray_pool) = (dir.join("prep-7.tmp"), dir.join("recycle-3.tmp"));
+    std::fs::write(&stray_prep, [0u8; 4096]).unwrap();
+    std::fs::write(&stray_pool, [0u8; 4096]).unwrap();
+    let rec = Arc::new(DirRecorder::default());
+    let config = Config {
+        recycle_segments: 1,
+        ..retire_config()
+    };
+    let open = |config: &Config, what: &str| {
+        let shared: Arc<dyn Io> = rec.clone();
+        rec.check(&dir, what, || {
+            Engine::open_with_io(&dir, config.clone(), shared)
+        })
+    };
+    let put_until = |engine: &Engine, n: &mut usize, done: &dyn Fn(&Engine) -> bool| {
+        while !done(engine) {
+            *n += 1;
+            match engine.put(&key(*n % 300), &value(&format!("{n}"), 700)) {
+                Ok(t) => {
+                    let _ = t.wait();
+                }
+                Err(_) => break,
+            }
+        }
+    };
+    let mut n = 0;
+
+    let engine = open(&config, "open with spare files of the wrong size").unwrap();
+    assert!(rec.removed(&stray_prep) && rec.removed(&stray_pool));
+    rec.check(&dir, "rolls and retirement", || {
+        put_until(&engine, &mut n, &|e: &Engine| e.segments().len() >= 5);
+        let segs = engine.segments();
+        engine.retire_before(segs[3].first_seq).unwrap();
+        put_until(&engine, &mut n, &|e: &Engine| {
+            e.counts().segments.reused >= 1
+        });
+        let segs = engine.segments();
+        engine
+            .retire_before(segs[segs.len() - 1].first_seq)
+            .unwrap();
+        engine.close().unwrap();
+    });
+    drop(engine);
+
+    let engine = open(&config, "reopen").unwrap();
+    rec.fail_next_create.store(true, Ordering::SeqCst);
+    let failure = rec.check(&dir, "a failed creation", || {
+        put_until(&engine, &mut n, &|e: &Engine| e.failure().is_some());
+        let _ = engine.close();
+        format!("{}", engine.failure().expect("failed"))
+    });
+    assert!(failure.contains("os error 28"), "{failure}");
+    let half_made = rec
+        .failed_create
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("a creation failed");
+    assert!(
+        rec.removed(&half_made) && !half_made.exists(),
+        "the half-made {} was not removed through the hooks",
+        half_made.display()
+    );
+    drop(engine);
+
+    // Damage in the first segment: point-in-time recovery keeps what is before it and
+    // removes the segments after it.
+    let segs = recovery_common_segments(&dir);
+    assert!(segs.len() >= 2, "{segs:?}");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segs[0].1)
+            .unwrap();
+        f.write_all_at(&[0xff; 8], SEGMENT_HEADER_LEN as u64 + 40)
+            .unwrap();
+    }
+    let pit = Config {
+        recovery: mergelog::RecoveryMode::PointInTime,
+        ..config.clone()
+    };
+    let engine = open(&pit, "point-in-time recovery").unwrap();
+    assert!(engine.open_report().truncated.is_some());
+    for (_, p) in &segs[1..] {
+        assert!(
+            rec.removed(p),
+            "{} was not removed through the hooks",
+            p.display()
+        );
+    }
+    engine.close().unwrap();
 }

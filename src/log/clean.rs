@@ -18,10 +18,9 @@
 //! ```
 
 use crate::error::{Error, Result};
-use crate::log::io::{guarded, IoOp, SharedIo};
+use crate::log::io::{self, guarded, IoOp, SharedIo};
 use crate::log::segment::sync_dir;
-use std::fs::OpenOptions;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Name of the mark in the log directory.
@@ -117,8 +116,7 @@ pub(crate) fn read(dir: &Path) -> Result<Found> {
 /// Removes the mark and syncs the directory: from here on the log may change.
 pub(crate) fn remove(io: &SharedIo, dir: &Path) -> Result<()> {
     let p = path(dir);
-    guarded(&**io, IoOp::Remove, &p, 0, &[], || std::fs::remove_file(&p))
-        .map_err(|e| Error::io("remove clean-close mark", &p, e))?;
+    io::remove(&**io, &p).map_err(|e| Error::io("remove clean-close mark", &p, e))?;
     sync_dir(&**io, dir)
 }
 
@@ -127,28 +125,21 @@ pub(crate) fn remove(io: &SharedIo, dir: &Path) -> Result<()> {
 pub(crate) fn write(io: &SharedIo, dir: &Path, mark: &CleanMark) -> Result<()> {
     let tmp = dir.join(CLEAN_TMP);
     let bytes = mark.encode();
-    let made = guarded(&**io, IoOp::Create, &tmp, 0, &[], || {
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)
-    })
-    .and_then(|file| {
-        guarded(&**io, IoOp::Write, &tmp, 0, &bytes, || {
-            file.write_all_at(&bytes, 0)
-        })?;
-        guarded(&**io, IoOp::Sync, &tmp, 0, &[], || file.sync_data())
-    })
-    .map_err(|e| Error::io("write clean-close mark", &tmp, e));
+    // A temporary file an interrupted close left behind.
+    io::remove_leftover(&**io, &tmp);
+    let made = io::create_new(&**io, &tmp, |_| Ok(()))
+        .and_then(|(file, ())| {
+            guarded(&**io, IoOp::Write, &tmp, 0, &bytes, || {
+                file.write_all_at(&bytes, 0)
+            })?;
+            guarded(&**io, IoOp::Sync, &tmp, 0, &[], || file.sync_data())
+        })
+        .map_err(|e| Error::io("write clean-close mark", &tmp, e));
     if let Err(e) = made {
-        let _ = guarded(&**io, IoOp::Remove, &tmp, 0, &[], || {
-            std::fs::remove_file(&tmp)
-        });
+        io::remove_leftover(&**io, &tmp);
         return Err(e);
     }
-    crate::log::segment::rename(&**io, &tmp, &path(dir))
+    io::rename(&**io, &tmp, &path(dir))
         .map_err(|e| Error::io("rename clean-close mark", &tmp, e))?;
     sync_dir(&**io, dir)
 }

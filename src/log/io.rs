@@ -1,13 +1,22 @@
 //! The seam under the log where tests inject faults.
 //!
-//! Every operation that changes files on disk (a segment write, a sync, creating, renaming,
-//! syncing the directory, removing a retired segment) first asks the engine's [`Io`] hook. The real hook, [`RealIo`],
-//! allows everything and costs one indirect call per batch; a test's hook can fail the Nth
-//! operation, fail forever after a point, or record writes to tear them later (simulated power
-//! loss). The hooks see the data written by `pwrite` but not stores into the memory map, so
-//! power-loss simulation applies to `WritePath::Pwrite`; failure injection applies to both.
+//! Every operation that changes files on disk (a segment write, a sync, creating a file or a
+//! directory, renaming, syncing a directory, removing a file) first asks the engine's [`Io`]
+//! hook. The real hook, [`RealIo`], allows everything and costs one indirect call per batch; a
+//! test's hook can fail the Nth operation, fail forever after a point, or record writes to
+//! tear them later (simulated power loss, `tests/recovery_common/power.rs`).
+//!
+//! The functions here that create, rename and remove files and directories, and sync a
+//! directory, are the only code of the crate that calls the `std::fs` functions doing so:
+//! clippy's `disallowed-methods` (the workspace's `clippy.toml`) refuses them anywhere else.
+//! Segment writes and syncs go through [`guarded`] in `segment.rs`.
+//!
+//! The hooks see the bytes a `pwrite` writes. A store into the memory map (the mmap write
+//! path, and the zeroing of a torn tail) is announced as a write with its offset but no data:
+//! the hook does not learn where it ends, and reads the file if it needs the bytes.
 
 use std::io;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -18,31 +27,49 @@ pub enum IoOp {
     /// Writing bytes into a segment (pwrite; the mmap path reports its copy as a write too,
     /// without data).
     Write,
-    /// `fdatasync` of a segment or `msync` of a range of it.
+    /// `fdatasync` of a segment (the whole file) or `msync` of a range of it; see
+    /// [`synced_range`] for how the hook learns which.
     Sync,
-    /// Creating and zero-filling a new (prepared) segment file.
+    /// Creating a file: a new (prepared) segment file, created and zero-filled, or the log
+    /// directory's lock file, if it is missing.
     Create,
     /// Renaming a prepared segment to its final name, or a retired one into the pool of
     /// files kept for reuse.
     Rename,
-    /// `fsync` of the log directory.
+    /// `fsync` of a directory: the log directory, or the parent of a directory just created.
     SyncDir,
-    /// Removing a retired segment file (`Engine::retire_before`).
+    /// Removing a file: a retired segment (`Engine::retire_before`), a spare segment file, a
+    /// segment dropped by recovery, or what a failed creation left behind.
     Remove,
+    /// Creating a directory: a missing component of the log directory's path, at open.
+    CreateDir,
 }
 
 /// Hooks called around every file-changing operation of the log.
 pub trait Io: Send + Sync + 'static {
     /// Called before `op` on `path`. An error is returned to the engine as the operation's
-    /// error and the operation is not performed. `data` is the bytes about to be written at
-    /// `offset` for `IoOp::Write` by pwrite, the destination path's bytes for `IoOp::Rename`,
-    /// empty otherwise.
+    /// error and the operation is not performed. `data` is:
+    /// - for `IoOp::Write` by pwrite, the bytes about to be written at `offset` (empty for a
+    ///   store into the mapping, which starts at `offset`);
+    /// - for `IoOp::Sync`, empty for a sync of the whole file (`fdatasync`; `offset` is 0), or
+    ///   for a sync of the byte range `offset..end` (`msync`), `end` as 8 little-endian
+    ///   bytes ([`synced_range`] decodes it). The kernel writes back whole pages, so it may
+    ///   sync a little more than the range; the range is what the engine asked for;
+    /// - for `IoOp::Rename`, the destination path's bytes;
+    /// - empty otherwise.
     fn before(&self, op: IoOp, path: &Path, offset: u64, data: &[u8]) -> io::Result<()>;
 
     /// Called after `op` on `path` succeeded.
     fn after(&self, op: IoOp, path: &Path) {
         let _ = (op, path);
     }
+}
+
+/// The byte range an `IoOp::Sync` announced with `offset` and `data` makes durable: `None`
+/// for the whole file.
+pub fn synced_range(offset: u64, data: &[u8]) -> Option<Range<u64>> {
+    let end: [u8; 8] = data.try_into().ok()?;
+    Some(offset..u64::from_le_bytes(end))
 }
 
 /// The production hook: allows everything.
@@ -76,4 +103,73 @@ pub(crate) fn guarded<T>(
     let r = f()?;
     io.after(op, path);
     Ok(r)
+}
+
+/// `IoOp::Sync` of `off..end`: the hook's `offset` and `data` (see [`Io::before`]).
+pub(crate) fn sync_range_data(end: u64) -> [u8; 8] {
+    end.to_le_bytes()
+}
+
+/// Removes the file `path`.
+#[allow(clippy::disallowed_methods)] // the seam itself: the one place a file is removed
+pub(crate) fn remove(io: &dyn Io, path: &Path) -> io::Result<()> {
+    guarded(io, IoOp::Remove, path, 0, &[], || {
+        std::fs::remove_file(path)
+    })
+}
+
+/// Removes what a failed step may have left at `path`, if anything is there: best effort,
+/// through the hooks (which are not called if there is no such file).
+pub(crate) fn remove_leftover(io: &dyn Io, path: &Path) {
+    if std::fs::symlink_metadata(path).is_ok() {
+        let _ = remove(io, path);
+    }
+}
+
+/// Renames `from` to `to`; the hooks get the destination path as the data.
+#[allow(clippy::disallowed_methods)] // the seam itself: the one place a file is renamed
+pub(crate) fn rename(io: &dyn Io, from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    guarded(io, IoOp::Rename, from, 0, to.as_os_str().as_bytes(), || {
+        std::fs::rename(from, to)
+    })
+}
+
+/// Creates the directory `path` (mode 0755; its parent must exist).
+#[allow(clippy::disallowed_methods)] // the seam itself: the one place a directory is created
+pub(crate) fn create_dir(io: &dyn Io, path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    guarded(io, IoOp::CreateDir, path, 0, &[], || {
+        std::fs::DirBuilder::new().mode(0o755).create(path)
+    })
+}
+
+/// `fsync` of the directory `dir`: makes the creations, renames and removals of its entries
+/// durable.
+pub(crate) fn sync_dir(io: &dyn Io, dir: &Path) -> io::Result<()> {
+    guarded(io, IoOp::SyncDir, dir, 0, &[], || {
+        std::fs::File::open(dir).and_then(|d| d.sync_all())
+    })
+}
+
+/// Creates the file `path`, which must not exist (mode 0644, opened for reading and
+/// writing), and runs `fill` on it, all as one `IoOp::Create`.
+pub(crate) fn create_new<T>(
+    io: &dyn Io,
+    path: &Path,
+    fill: impl FnOnce(&mut std::fs::File) -> io::Result<T>,
+) -> io::Result<(std::fs::File, T)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    guarded(io, IoOp::Create, path, 0, &[], || {
+        // The seam itself: the one place a file is created.
+        #[allow(clippy::disallowed_methods)]
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(path)?;
+        let t = fill(&mut f)?;
+        Ok((f, t))
+    })
 }

@@ -226,7 +226,7 @@ fn adopt_files(
         if kept.len() < keep && size == segment_bytes {
             kept.push(path);
         } else {
-            std::fs::remove_file(&path).map_err(|e| Error::io("remove spare segment", &path, e))?;
+            io::remove(&**io, &path).map_err(|e| Error::io("remove spare segment", &path, e))?;
             removed = true;
         }
     }
@@ -234,6 +234,49 @@ fn adopt_files(
         sync_dir(&**io, dir)?;
     }
     Ok((kept, highest))
+}
+
+/// Creates the log directory `dir` if it is missing: each missing component of its path in
+/// turn, parent first, each followed by an `fsync` of its parent, so that a directory's entry
+/// is durable before anything is written into it. Nothing is changed if `dir` exists.
+pub(crate) fn create_dir(io: &dyn io::Io, dir: &Path) -> Result<()> {
+    let parent = |p: &Path| -> PathBuf {
+        match p.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+            _ => PathBuf::from("."),
+        }
+    };
+    let mut missing = Vec::new();
+    let mut at = dir.to_owned();
+    loop {
+        match std::fs::metadata(&at) {
+            Ok(m) if at == dir && !m.is_dir() => {
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "exists and is not a directory",
+                );
+                return Err(Error::io("create directory", dir, e));
+            }
+            // A file in the way of a later component makes its creation fail, and say so.
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let up = parent(&at);
+                missing.push(at);
+                at = up;
+            }
+            Err(e) => return Err(Error::io("create directory", &at, e)),
+        }
+    }
+    for path in missing.iter().rev() {
+        match io::create_dir(io, path) {
+            Ok(()) => {}
+            // Made meanwhile by another opener: its entry may not be durable yet either.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => {}
+            Err(e) => return Err(Error::io("create directory", path, e)),
+        }
+        sync_dir(io, &parent(path))?;
+    }
+    Ok(())
 }
 
 /// Finds the prepared segment files of an earlier run: keeps one of the right size (it holds
@@ -349,7 +392,7 @@ impl Log {
             Some(p) => p,
             None => {
                 let p = prep_path(dir, 0);
-                let _ = std::fs::remove_file(&p);
+                io::remove_leftover(&**io, &p);
                 create_zeroed(&**io, dir, &p, segment_bytes)?;
                 p
             }
@@ -397,7 +440,7 @@ impl Log {
             Some(Err(e)) => return Err(e),
             None => {
                 let path = prep_path(&self.dir, self.prep_counter);
-                let _ = std::fs::remove_file(&path);
+                io::remove_leftover(&*self.io, &path);
                 create_zeroed(&*self.io, &self.dir, &path, self.segment_bytes)?;
                 (path, None, false)
             }

@@ -9,7 +9,7 @@ use crate::log::format::{
     decode_frame, Decoded, Frame, SegmentHeader, FRAME_MAGIC, SEGMENT_HEADER_LEN,
     UNDURABLE_FRAMES_MAX,
 };
-use crate::log::io::{guarded, IoOp, SharedIo};
+use crate::log::io::SharedIo;
 use crate::log::segment::Segment;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -413,7 +413,7 @@ pub(crate) fn scan(
         // prefix of itself with the damage still in place. Only then is the cut segment's
         // tail zeroed: it is the evidence of what was cut until nothing else remains.
         for p in out.dropped.iter().rev() {
-            guarded(&**io, IoOp::Remove, p, 0, &[], || std::fs::remove_file(p))
+            crate::log::io::remove(&**io, p)
                 .map_err(|e| Error::io("remove dropped segment", p, e))?;
             crate::log::segment::sync_dir(&**io, dir)?;
         }

@@ -8,28 +8,17 @@
 use crate::config::WritePath;
 use crate::error::{Error, Result};
 use crate::log::format::{segment_file_name, SegmentHeader, END_MARKER_LEN, SEGMENT_HEADER_LEN};
-use crate::log::io::Io;
-use crate::log::io::{guarded, IoOp, SharedIo};
+use crate::log::io::{self, guarded, sync_range_data, Io, IoOp, SharedIo};
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// `fsync` of the directory `dir` through the hooks.
 pub(crate) fn sync_dir(io: &dyn Io, dir: &Path) -> Result<()> {
-    guarded(io, IoOp::SyncDir, dir, 0, &[], || {
-        File::open(dir).and_then(|d| d.sync_all())
-    })
-    .map_err(|e| Error::io("fsync directory", dir, e))
-}
-
-/// Renames `from` to `to` through the hooks, which get the destination path as the data.
-pub(crate) fn rename(io: &dyn Io, from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    guarded(io, IoOp::Rename, from, 0, to.as_os_str().as_bytes(), || {
-        std::fs::rename(from, to)
-    })
+    io::sync_dir(io, dir).map_err(|e| Error::io("fsync directory", dir, e))
 }
 
 /// Creates `path` and fills it with `size` written zeros, then syncs it and the directory.
@@ -91,25 +80,20 @@ fn sync_file_range(
 }
 
 pub(crate) fn create_zeroed(io: &dyn Io, dir: &Path, path: &Path, size: u64) -> Result<()> {
-    let result = guarded(io, IoOp::Create, path, 0, &[], || {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(path)?;
+    let result = io::create_new(io, path, |f| {
         let chunk = vec![0u8; ZERO_CHUNK];
         let mut off = 0u64;
         while off < size {
             let n = (size - off).min(ZERO_CHUNK as u64) as usize;
             f.write_all(&chunk[..n])?;
-            pace_writeback(&f, off, n)?;
+            pace_writeback(f, off, n)?;
             off += n as u64;
         }
         f.sync_all()
     });
     if let Err(e) = result {
         // Leave no half-made file behind: it would only confuse the next open.
-        let _ = std::fs::remove_file(path);
+        io::remove_leftover(io, path);
         return Err(Error::io("preallocate segment", path, e));
     }
     sync_dir(io, dir)
@@ -309,7 +293,8 @@ impl Segment {
         })
         .and_then(|()| guarded(&**io, IoOp::Sync, prep, 0, &[], || file.sync_data()))
         .map_err(|e| Error::io("write segment header", prep, e))?;
-        rename(&**io, prep, &path).map_err(|e| Error::io("rename prepared segment", prep, e))?;
+        io::rename(&**io, prep, &path)
+            .map_err(|e| Error::io("rename prepared segment", prep, e))?;
         sync_dir(&**io, dir)?;
         // The mapping made before the rename maps the same file.
         let seg = Segment::from_mapped(&path, id, mapped, io);
@@ -404,19 +389,29 @@ impl Segment {
     }
 
     /// Makes `[off, off + len)` durable: `fdatasync` for the pwrite path, `msync` of the
-    /// page-aligned range for the mmap path.
+    /// page-aligned range for the mmap path. The hooks are told which (see `io::Io::before`).
     pub fn sync(&self, off: u64, len: usize, path: WritePath) -> Result<()> {
-        guarded(&*self.io, IoOp::Sync, &self.path, off, &[], || match path {
-            WritePath::Pwrite => self.file.sync_data(),
+        let io = &*self.io;
+        match path {
+            WritePath::Pwrite => {
+                guarded(io, IoOp::Sync, &self.path, 0, &[], || self.file.sync_data())
+            }
             WritePath::Mmap => {
                 let page = 4096u64;
                 let start = off / page * page;
                 // A recycled segment's frames end with an end marker, synced with them.
                 let marker = if self.recycled { END_MARKER_LEN } else { 0 };
                 let end = (off + (len + marker) as u64).min(self.size);
-                self.map.flush_range(start as usize, (end - start) as usize)
+                guarded(
+                    io,
+                    IoOp::Sync,
+                    &self.path,
+                    start,
+                    &sync_range_data(end),
+                    || self.map.flush_range(start as usize, (end - start) as usize),
+                )
             }
-        })
+        }
         .map_err(|e| Error::io("sync segment", &self.path, e))
     }
 
@@ -462,7 +457,8 @@ impl Segment {
         guarded(&*self.io, IoOp::Write, &self.path, off, &[], || Ok(()))
             .map_err(|e| Error::io("zero torn tail", &self.path, e))?;
         tail.fill(0);
-        guarded(&*self.io, IoOp::Sync, &self.path, off, &[], || {
+        let end = sync_range_data(self.size);
+        guarded(&*self.io, IoOp::Sync, &self.path, off, &end, || {
             self.map.flush_range(off as usize, len)
         })
         .map_err(|e| Error::io("msync truncated tail", &self.path, e))

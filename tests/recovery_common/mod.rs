@@ -1,9 +1,11 @@
-//! Helpers shared by the recovery tests (`crash.rs`, `corruption.rs`, `replay.rs`): the
+//! Helpers shared by the recovery tests (`crash.rs`, `corruption.rs`, `replay.rs`, ...): the
 //! key -> value model, reading the durable state through the public API, and applying replayed
-//! batches.
+//! batches; `power`, the power-loss model (`faults.rs`, `after_failure/`).
 
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
+
+pub mod power;
 
 use mergelog::{Batch, Engine, OwnedBatch, RecordOp, Ticket, WriteBatch};
 use std::collections::BTreeMap;

@@ -1,0 +1,547 @@
+//! The power-loss model, an `Io` hook (`PowerLossIo`) shared by `faults.rs` and the
+//! `after_failure` tests.
+//!
+//! It keeps every write since it was last made durable, with the bytes it overwrote; a sync
+//! makes durable the performed writes it covers: all of the file's for `fdatasync`, only the
+//! parts inside the range for a ranged `msync` (`io::synced_range`; a write that crosses the
+//! range is split). A store into the mapping announces only its offset: it is modelled as a
+//! write of everything from there to the end of the file, its bytes read back at the power
+//! loss, so a ranged sync always splits it. Directory changes (creations of files and
+//! directories, renames, removals) are kept until a sync of their directory.
+//!
+//! Two ways of failing:
+//! - **Power cut** ([`PowerLossIo::new`]): the `cut_at`th operation and every later one fail
+//!   with EIO. [`lose_power`], called once the engine is closed, then takes back what a power
+//!   loss may take: it tears each write not durable at 512-byte sectors or drops it whole,
+//!   and undoes directory changes not made durable.
+//! - **A failed sync that is not a power cut** ([`PowerLossIo::failing_sync`], "fsyncgate"):
+//!   the `n`th sync returns EIO, and every performed write it would have covered becomes
+//!   *lost*: the file keeps its bytes (the page cache still holds them, clean), but no later
+//!   sync makes them durable, so [`lose_power`] always reverts them, except for the bytes a
+//!   later write that was then made durable covered. Every other operation succeeds, before
+//!   and after.
+
+// The model changes files behind the engine's back, as a power loss would.
+#![allow(clippy::disallowed_methods)]
+
+use mergelog::internals::format::{segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN};
+use mergelog::internals::io::{synced_range, Io, IoOp};
+use rand::rngs::StdRng;
+use rand::Rng;
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::ops::Range;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+pub const EIO: i32 = 5;
+const SECTOR: u64 = 512;
+
+/// A write not yet durable: where, what, and what it overwrote. A store into the mapping
+/// (the mmap write path) announces only its offset: it is modelled as a write of everything
+/// from there to the end of the file, `new` read back at the power loss, `old` what the file
+/// held when it was announced. A ranged sync splits a write into the parts outside its range
+/// (same `id`).
+struct Unsynced {
+    off: u64,
+    /// Empty for a store into the mapping.
+    new: Vec<u8>,
+    old: Vec<u8>,
+    mapped: bool,
+    /// The write was performed (`after` ran): a sync that starts later covers it.
+    done: bool,
+    /// A failed sync covered it: it never becomes durable (see the module doc).
+    lost: bool,
+    /// Order of announcement: a larger id is a later write.
+    id: u64,
+}
+
+impl Unsynced {
+    fn range(&self) -> Range<u64> {
+        self.off..self.off + self.old.len() as u64
+    }
+
+    /// The part of this write in `r`, if any.
+    fn piece(&self, r: Range<u64>) -> Option<Unsynced> {
+        let own = self.range();
+        let (a, b) = (r.start.max(own.start), r.end.min(own.end));
+        if a >= b {
+            return None;
+        }
+        let s = (a - self.off) as usize..(b - self.off) as usize;
+        Some(Unsynced {
+            off: a,
+            new: if self.mapped {
+                Vec::new()
+            } else {
+                self.new[s.clone()].to_vec()
+            },
+            old: self.old[s].to_vec(),
+            mapped: self.mapped,
+            done: self.done,
+            lost: self.lost,
+            id: self.id,
+        })
+    }
+
+    /// The parts of this write outside `r` (none, one or two), and whether any of it was in
+    /// `r`.
+    fn split_off(self, r: &Range<u64>) -> (Vec<Unsynced>, bool) {
+        let own = self.range();
+        if r.end <= own.start || r.start >= own.end {
+            return (vec![self], false);
+        }
+        let parts = [own.start..r.start, r.end..own.end]
+            .into_iter()
+            .filter_map(|p| self.piece(p))
+            .collect();
+        (parts, true)
+    }
+}
+
+/// A directory change not yet made durable by a sync of its directory.
+#[derive(Clone, Debug)]
+enum DirChange {
+    Created(PathBuf),
+    CreatedDir(PathBuf),
+    Renamed {
+        from: PathBuf,
+        to: PathBuf,
+    },
+    /// A removed file, hard-linked to `backup` first so that the power loss can undo it.
+    Removed {
+        path: PathBuf,
+        backup: PathBuf,
+    },
+}
+
+/// The directory holding `path` (`.` for a bare name).
+fn parent(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+impl DirChange {
+    /// The directory whose sync makes the change durable.
+    fn dir(&self) -> PathBuf {
+        match self {
+            DirChange::Created(p) | DirChange::CreatedDir(p) => parent(p),
+            DirChange::Renamed { to, .. } => parent(to),
+            DirChange::Removed { path, .. } => parent(path),
+        }
+    }
+}
+
+#[derive(Default)]
+struct PowerState {
+    /// Per file, its writes not yet durable (lost ones included), oldest first.
+    unsynced: BTreeMap<PathBuf, Vec<Unsynced>>,
+    /// Per file being synced: the range the sync covers (`None`: the whole file) and the
+    /// writes it covers (performed when it started).
+    syncing: BTreeMap<PathBuf, (Option<Range<u64>>, Vec<u64>)>,
+    dir_changes: Vec<DirChange>,
+    /// The directory a running directory sync syncs, and how many of `dir_changes` (the
+    /// first ones) existed when it started.
+    dir_syncing: Option<(PathBuf, usize)>,
+    /// A rename about to happen.
+    renaming: Option<(PathBuf, PathBuf)>,
+    /// A removal about to happen, and the hard link that keeps its file.
+    removing: Option<(PathBuf, PathBuf)>,
+    next_id: u64,
+    /// When the power was cut: the operation that failed first.
+    cut_op: Option<String>,
+    /// The sync that failed (fsyncgate mode), once it has.
+    failed_sync: Option<String>,
+}
+
+/// Records what is not yet durable, and fails as [`PowerLossIo::new`] or
+/// [`PowerLossIo::failing_sync`] says. An operation that passed `before` before the cut
+/// completes (its `after` counts: a sync that returned made its writes durable, and the
+/// engine may have acknowledged them).
+pub struct PowerLossIo {
+    cut_at: AtomicU64,
+    cut_kind: Option<IoOp>,
+    /// The sync (counted over all files from 1) that fails without a power cut.
+    fail_sync: Option<u64>,
+    ops: AtomicU64,
+    syncs: AtomicU64,
+    cut: AtomicBool,
+    st: Mutex<PowerState>,
+}
+
+fn read_at(path: &Path, off: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    File::open(path)?.read_exact_at(&mut buf, off)?;
+    Ok(buf)
+}
+
+impl PowerLossIo {
+    /// Cuts the power at the `cut_at`th operation (of kind `cut_kind`, or of any kind): it
+    /// and every later one fail.
+    pub fn new(cut_at: u64, cut_kind: Option<IoOp>) -> PowerLossIo {
+        PowerLossIo {
+            cut_at: AtomicU64::new(cut_at),
+            cut_kind,
+            fail_sync: None,
+            ops: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            cut: AtomicBool::new(false),
+            st: Mutex::new(PowerState::default()),
+        }
+    }
+
+    /// No power cut until [`PowerLossIo::cut_now`]; the `n`th sync fails with EIO and the
+    /// writes it would have covered are lost (see the module doc). Every other operation
+    /// succeeds.
+    pub fn failing_sync(n: u64) -> PowerLossIo {
+        PowerLossIo {
+            fail_sync: Some(n),
+            ..PowerLossIo::new(u64::MAX, None)
+        }
+    }
+
+    /// Cuts the power at the `n`th operation (of the kind [`PowerLossIo::new`] was given)
+    /// from now.
+    pub fn cut_after(&self, n: u64) {
+        let _st = self.st.lock().unwrap();
+        let now = self.ops.load(Ordering::SeqCst);
+        self.cut_at.store(now + n, Ordering::SeqCst);
+    }
+
+    /// Cuts the power now: every later operation fails.
+    pub fn cut_now(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the power has been cut.
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::SeqCst)
+    }
+
+    /// The operation the power cut failed first, if it failed one.
+    pub fn cut_op(&self) -> Option<String> {
+        self.st.lock().unwrap().cut_op.clone()
+    }
+
+    /// The sync that failed without a power cut, once it has.
+    pub fn failed_sync(&self) -> Option<String> {
+        self.st.lock().unwrap().failed_sync.clone()
+    }
+}
+
+impl Io for PowerLossIo {
+    fn before(&self, op: IoOp, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut st = self.st.lock().unwrap();
+        let counts = self.cut_kind.is_none_or(|kind| kind == op);
+        let k = self.ops.load(Ordering::SeqCst) + u64::from(counts);
+        self.ops.store(k, Ordering::SeqCst);
+        if self.cut.load(Ordering::SeqCst) || (counts && k >= self.cut_at.load(Ordering::SeqCst)) {
+            self.cut.store(true, Ordering::SeqCst);
+            st.cut_op
+                .get_or_insert_with(|| format!("#{k} {op:?} {}", path.display()));
+            return Err(io::Error::from_raw_os_error(EIO));
+        }
+        match op {
+            IoOp::Write => {
+                let mapped = data.is_empty();
+                let len = if mapped {
+                    (std::fs::metadata(path)?.len() - offset) as usize
+                } else {
+                    data.len()
+                };
+                let old = read_at(path, offset, len)?;
+                let id = st.next_id;
+                st.next_id += 1;
+                st.unsynced
+                    .entry(path.to_owned())
+                    .or_default()
+                    .push(Unsynced {
+                        off: offset,
+                        new: data.to_vec(),
+                        old,
+                        mapped,
+                        done: false,
+                        lost: false,
+                        id,
+                    });
+            }
+            IoOp::Sync => {
+                let range = synced_range(offset, data);
+                let n = self.syncs.fetch_add(1, Ordering::SeqCst) + 1;
+                if self.fail_sync == Some(n) {
+                    // The kernel reports the failed writeback and marks the pages clean:
+                    // the bytes stay in the cache, but nothing will write them again.
+                    let ws = st.unsynced.remove(path).unwrap_or_default();
+                    let mut kept = Vec::with_capacity(ws.len());
+                    for w in ws {
+                        if !w.done || w.lost {
+                            kept.push(w);
+                            continue;
+                        }
+                        let r = range.clone().unwrap_or_else(|| w.range());
+                        if let Some(mut inside) = w.piece(r.clone()) {
+                            inside.lost = true;
+                            kept.push(inside);
+                        }
+                        kept.extend(w.split_off(&r).0);
+                    }
+                    kept.sort_by_key(|w| (w.id, w.off));
+                    st.unsynced.insert(path.to_owned(), kept);
+                    st.failed_sync = Some(format!("sync #{n} of {}", path.display()));
+                    return Err(io::Error::from_raw_os_error(EIO));
+                }
+                let covered = st
+                    .unsynced
+                    .get(path)
+                    .map(|ws| {
+                        ws.iter()
+                            .filter(|w| w.done && !w.lost)
+                            .map(|w| w.id)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                st.syncing.insert(path.to_owned(), (range, covered));
+            }
+            IoOp::SyncDir => st.dir_syncing = Some((path.to_owned(), st.dir_changes.len())),
+            IoOp::Rename => {
+                // The hook gets the destination; the engine renames a prepared file to the
+                // name its header gives, and a retired segment into the pool.
+                let to = PathBuf::from(std::ffi::OsStr::from_bytes(data));
+                if to
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.ends_with(".seg"))
+                {
+                    let header = read_at(path, 0, SEGMENT_HEADER_LEN)?;
+                    let id = SegmentHeader::decode(&header)
+                        .unwrap_or_else(|e| {
+                            panic!("renaming {} without a header: {e:?}", path.display())
+                        })
+                        .segment_id;
+                    assert_eq!(to, path.with_file_name(segment_file_name(id)));
+                }
+                st.renaming = Some((path.to_owned(), to));
+            }
+            IoOp::Remove => {
+                let backup = path.with_extension(format!("removed-{}", st.next_id));
+                st.next_id += 1;
+                std::fs::hard_link(path, &backup)?;
+                st.removing = Some((path.to_owned(), backup));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn after(&self, op: IoOp, path: &Path) {
+        let mut st = self.st.lock().unwrap();
+        match op {
+            IoOp::Write => {
+                if let Some(w) = st
+                    .unsynced
+                    .get_mut(path)
+                    .and_then(|ws| ws.iter_mut().rev().find(|w| !w.done))
+                {
+                    w.done = true;
+                }
+            }
+            IoOp::Sync => {
+                let (range, covered) = st.syncing.remove(path).unwrap_or_default();
+                let ws = st.unsynced.remove(path).unwrap_or_default();
+                // The covered writes' parts in the range are durable now: the rest stays.
+                let mut rest = Vec::with_capacity(ws.len());
+                let mut durable: Vec<(u64, Range<u64>)> = Vec::new();
+                for w in ws {
+                    // (A lost part may share its id with parts that are covered.)
+                    if w.lost || !covered.contains(&w.id) {
+                        rest.push(w);
+                        continue;
+                    }
+                    match &range {
+                        None => durable.push((w.id, w.range())),
+                        Some(r) => {
+                            let own = w.range();
+                            durable.push((w.id, r.start.max(own.start)..r.end.min(own.end)));
+                            rest.extend(w.split_off(r).0);
+                        }
+                    }
+                }
+                // A lost write keeps only the bytes no later durable write covers.
+                let mut kept = Vec::with_capacity(rest.len());
+                for w in rest {
+                    let mut parts = vec![w];
+                    for (id, r) in durable.iter().filter(|(_, r)| r.start < r.end) {
+                        parts = parts
+                            .into_iter()
+                            .flat_map(|p| {
+                                if p.lost && p.id < *id {
+                                    p.split_off(r).0
+                                } else {
+                                    vec![p]
+                                }
+                            })
+                            .collect();
+                    }
+                    kept.extend(parts);
+                }
+                kept.sort_by_key(|w| (w.id, w.off));
+                st.unsynced.insert(path.to_owned(), kept);
+            }
+            IoOp::SyncDir => {
+                let Some((dir, n)) = st.dir_syncing.take() else {
+                    return;
+                };
+                let mut synced = Vec::new();
+                let mut i = 0;
+                st.dir_changes.retain(|c| {
+                    i += 1;
+                    let durable = i <= n && c.dir() == dir;
+                    if durable {
+                        synced.push(c.clone());
+                    }
+                    !durable
+                });
+                for change in synced {
+                    if let DirChange::Removed { backup, .. } = change {
+                        // Gone for good, and so are any writes to it still unsynced.
+                        st.unsynced.remove(&backup);
+                        let _ = std::fs::remove_file(backup);
+                    }
+                }
+            }
+            IoOp::Remove => {
+                let (path, backup) = st.removing.take().expect("before(Remove) ran");
+                if let Some(ws) = st.unsynced.remove(&path) {
+                    st.unsynced.insert(backup.clone(), ws);
+                }
+                st.dir_changes.push(DirChange::Removed { path, backup });
+            }
+            IoOp::Create => st.dir_changes.push(DirChange::Created(path.to_owned())),
+            IoOp::CreateDir => st.dir_changes.push(DirChange::CreatedDir(path.to_owned())),
+            IoOp::Rename => {
+                let (from, to) = st.renaming.take().expect("before(Rename) ran");
+                if let Some(ws) = st.unsynced.remove(&from) {
+                    st.unsynced.insert(to.clone(), ws);
+                }
+                st.dir_changes.push(DirChange::Renamed { from, to });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What the power loss did to the files.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct Damage {
+    pub unsynced_writes: usize,
+    /// Of those, stores into the mapping (the mmap write path).
+    pub mapped_writes: usize,
+    pub dropped_writes: usize,
+    pub torn_writes: usize,
+    pub kept_writes: usize,
+    /// Writes (or parts of them) a failed sync lost, reverted.
+    pub lost_writes: usize,
+    pub undone_dir_changes: usize,
+}
+
+impl std::ops::AddAssign for Damage {
+    fn add_assign(&mut self, o: Damage) {
+        self.unsynced_writes += o.unsynced_writes;
+        self.mapped_writes += o.mapped_writes;
+        self.dropped_writes += o.dropped_writes;
+        self.torn_writes += o.torn_writes;
+        self.kept_writes += o.kept_writes;
+        self.lost_writes += o.lost_writes;
+        self.undone_dir_changes += o.undone_dir_changes;
+    }
+}
+
+/// Takes back what the power loss may take: newest first, each lost write is reverted, and
+/// each other write not durable is dropped whole (probability `p_drop`) or kept or reverted
+/// per 512-byte sector (kept with probability `p_keep`); each directory change since the
+/// last sync of its directory is undone with probability 1/2. Call after the engine is
+/// closed.
+pub fn lose_power(io: &PowerLossIo, rng: &mut StdRng, p_drop: f64, p_keep: f64) -> Damage {
+    let st = io.st.lock().unwrap();
+    let mut dmg = Damage::default();
+    for (path, writes) in st.unsynced.iter().filter(|(_, w)| !w.is_empty()) {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        for w in writes.iter().rev() {
+            if w.lost {
+                file.write_all_at(&w.old, w.off)
+                    .expect("revert a lost write");
+                dmg.lost_writes += 1;
+                continue;
+            }
+            dmg.unsynced_writes += 1;
+            if rng.random_bool(p_drop) {
+                file.write_all_at(&w.old, w.off).expect("revert");
+                dmg.dropped_writes += 1;
+                continue;
+            }
+            // A store into the mapping: what it wrote is what the file holds now (newer
+            // writes over it were taken back or kept already, newest first), and a sector
+            // it did not change cannot be torn.
+            let new = if w.mapped {
+                read_at(path, w.off, w.old.len()).expect("read back a mapped write")
+            } else {
+                w.new.clone()
+            };
+            let end = w.off + new.len() as u64;
+            let mut at = w.off;
+            let mut reverted = 0;
+            let mut sectors = 0;
+            while at < end {
+                let next = ((at / SECTOR + 1) * SECTOR).min(end);
+                let r = (at - w.off) as usize..(next - w.off) as usize;
+                // A sector the write left as it was has nothing to lose.
+                if w.old[r.clone()] != new[r.clone()] {
+                    sectors += 1;
+                    if !rng.random_bool(p_keep) {
+                        file.write_all_at(&w.old[r], at).expect("tear");
+                        reverted += 1;
+                    }
+                }
+                at = next;
+            }
+            match reverted {
+                0 => dmg.kept_writes += 1,
+                n if n == sectors => dmg.dropped_writes += 1,
+                _ => dmg.torn_writes += 1,
+            }
+            if w.mapped {
+                dmg.mapped_writes += 1;
+            }
+        }
+    }
+    for change in st.dir_changes.iter().rev() {
+        if !rng.random_bool(0.5) {
+            continue;
+        }
+        dmg.undone_dir_changes += 1;
+        match change {
+            DirChange::Created(p) => {
+                let _ = std::fs::remove_file(p);
+            }
+            DirChange::CreatedDir(p) => {
+                let _ = std::fs::remove_dir_all(p);
+            }
+            DirChange::Renamed { from, to } => {
+                std::fs::rename(to, from).expect("undo rename");
+            }
+            DirChange::Removed { path, backup } => {
+                std::fs::rename(backup, path).expect("undo removal");
+            }
+        }
+    }
+    dmg
+}

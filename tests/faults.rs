@@ -57,7 +57,10 @@ use mergelog::{Config, Durability, Engine, Error, GetTicket, Ticket, WriteBatch,
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use recovery_common::power::{lose_power, Damage, PowerLossIo, EIO};
-use recovery_common::{assert_reads_match, engine_state, state_diff, State, WriteOp, WAIT_MAX};
+use recovery_common::seeds;
+use recovery_common::{
+    assert_reads_match, assert_refuses, engine_state, state_diff, State, WriteOp, WAIT_MAX,
+};
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -268,27 +271,6 @@ fn produce(engine: &Engine, reqs: Vec<Req>, depth: usize, ctx: &str) -> Vec<Done
         done.push(resolve(r, t, ctx));
     }
     done
-}
-
-/// After a failure, every call that would change or read through the log says Failed.
-fn assert_refuses(engine: &Engine, ctx: &str) {
-    assert!(engine.failure().is_some(), "{ctx}: failure() is None");
-    let mut b = WriteBatch::new();
-    b.put(b"after-failure", b"x").delete(b"k0");
-    let calls: [(&str, Result<(), Error>); 6] = [
-        ("put", engine.put(b"after-failure", b"x").map(drop)),
-        ("delete", engine.delete(b"k0").map(drop)),
-        ("write", engine.write(&b).map(drop)),
-        ("get", engine.get(b"k0").map(drop)),
-        ("flush", engine.flush().map(drop)),
-        ("retire_before", engine.retire_before(u64::MAX).map(drop)),
-    ];
-    for (name, r) in calls {
-        assert!(
-            matches!(r, Err(Error::Failed(_))),
-            "{ctx}: {name} after the failure returned {r:?}, not Error::Failed"
-        );
-    }
 }
 
 /// What `check_outcomes` counted.
@@ -1093,6 +1075,20 @@ struct PowerTotals {
     damage: Damage,
 }
 
+impl std::ops::AddAssign for PowerTotals {
+    fn add_assign(&mut self, t: PowerTotals) {
+        self.seeds += t.seeds;
+        self.cycles += t.cycles;
+        self.cut_at_open += t.cut_at_open;
+        self.cut_in_workload += t.cut_in_workload;
+        self.tail_truncated += t.tail_truncated;
+        self.faulty_reopens += t.faulty_reopens;
+        self.faulty_reopen_failed += t.faulty_reopen_failed;
+        self.checked += t.checked;
+        self.damage += t.damage;
+    }
+}
+
 /// One seed: one to three cycles of open through `PowerLossIo`, a workload cut short by the
 /// power, the damage, and a reopen with the real I/O that must recover every acknowledged
 /// write. Each later cycle continues the log the one before recovered.
@@ -1207,14 +1203,6 @@ fn power_loss_seed(seed: u64, write_path: WritePath) -> PowerTotals {
     totals
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| {
-        v.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
-    })
-}
-
 /// The pwrite path (the default): 1,000 seeds by default, `MERGELOG_POWERLOSS_SEEDS` for
 /// more, `MERGELOG_POWERLOSS_SEED` (and `_REPEAT`) to replay one.
 #[test]
@@ -1232,54 +1220,12 @@ fn power_loss_mmap() {
 
 fn run_power_loss(write_path: WritePath, env: &str, default_seeds: u64) {
     let started = Instant::now();
-    let var = |suffix: &str| env_u64(&format!("{env}_{suffix}"));
-    let seeds: Vec<u64> = match var("SEED") {
-        Some(s) => vec![s; var("REPEAT").unwrap_or(1) as usize],
-        None => {
-            let first = var("FIRST").unwrap_or(0);
-            let n = var("SEEDS").unwrap_or(default_seeds);
-            (first..first + n).collect()
-        }
-    };
-    // Seeds mostly wait for syncs: run a few at once.
-    let workers = 4.min(seeds.len()).max(1);
-    let next = AtomicU64::new(0);
-    let totals = Mutex::new(PowerTotals::default());
-    let failed = Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst) as usize;
-                let Some(&seed) = seeds.get(i) else { break };
-                // Go on past a failing seed to find others, but not forever.
-                if failed.lock().unwrap().len() >= 10 {
-                    break;
-                }
-                match std::panic::catch_unwind(|| power_loss_seed(seed, write_path)) {
-                    Ok(t) => {
-                        let mut all = totals.lock().unwrap();
-                        all.seeds += t.seeds;
-                        all.cycles += t.cycles;
-                        all.cut_at_open += t.cut_at_open;
-                        all.cut_in_workload += t.cut_in_workload;
-                        all.tail_truncated += t.tail_truncated;
-                        all.faulty_reopens += t.faulty_reopens;
-                        all.faulty_reopen_failed += t.faulty_reopen_failed;
-                        all.checked += t.checked;
-                        all.damage += t.damage;
-                    }
-                    Err(_) => {
-                        eprintln!(
-                            "power loss ({write_path:?}): seed {seed} FAILED; replay it with \
-                             {env}_SEED={seed}"
-                        );
-                        failed.lock().unwrap().push(seed);
-                    }
-                }
-            });
-        }
-    });
-    let t = *totals.lock().unwrap();
+    let seeds = seeds::from_env(env, default_seeds);
+    let (passed, failed) = seeds::run(&seeds, |seed| power_loss_seed(seed, write_path));
+    let mut t = PowerTotals::default();
+    for p in passed {
+        t += p;
+    }
     eprintln!(
         "power loss ({write_path:?}): {} seeds, {} cycles ({} cut at open, {} cut during the \
          workload), {} requests, {} acked writes checked (0 lost), {} unacked survived, {} \
@@ -1305,7 +1251,6 @@ fn run_power_loss(write_path: WritePath, env: &str, default_seeds: u64) {
         t.faulty_reopen_failed,
         started.elapsed()
     );
-    let failed = failed.lock().unwrap();
     assert!(
         failed.is_empty(),
         "power loss ({write_path:?}) failed for seeds {failed:?} ({env}_SEED=<seed> replays one)"
@@ -1584,7 +1529,7 @@ fn power_loss_recycling_seed(seed: u64, write_path: WritePath) -> (u64, u64, u64
 /// taken for part of the log. 300 seeds per write path (`MERGELOG_POWERLOSS_RECYCLE_SEEDS`).
 #[test]
 fn power_loss_recycling() {
-    let seeds = env_u64("MERGELOG_POWERLOSS_RECYCLE_SEEDS").unwrap_or(300);
+    let seeds = seeds::env_u64("MERGELOG_POWERLOSS_RECYCLE_SEEDS").unwrap_or(300);
     let started = Instant::now();
     for write_path in [WritePath::Pwrite, WritePath::Mmap] {
         let (mut cycles, mut checked, mut reused) = (0, 0, 0);

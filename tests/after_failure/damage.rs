@@ -77,39 +77,52 @@ fn zero(path: &Path, off: u64, len: usize) {
     f.write_all_at(&vec![0u8; len], off).unwrap();
 }
 
-/// Asserts `r` is `Error::DamagedHistory` for `path` at `offset`, batches `first..=last`.
-fn assert_damaged_history(
-    r: Result<Engine, Error>,
-    path: &Path,
-    offset: u64,
-    first: u64,
-    last: u64,
-) {
-    let msg = r.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
-    match r {
-        Err(Error::DamagedHistory {
-            path: p,
-            offset: o,
-            first_lost,
-            last_lost,
-            ref reason,
-        }) => {
-            assert_eq!((p.as_path(), o), (path, offset), "where: {reason}");
-            assert_eq!(
-                (first_lost, last_lost),
-                (first, last),
-                "which batches: {reason}"
-            );
-            assert!(
-                msg.contains(&path.display().to_string()) && msg.contains("PointInTime"),
-                "the message names the file and the way out: {msg}"
-            );
+/// Opens `dir` with `cfg` in the default mode and in `AbsoluteConsistency`: each must refuse
+/// with `Error::DamagedHistory` for `path` at `offset`, batches `first..=last`, with a message
+/// that names the file and the way out, and leave every file as it was.
+fn assert_refused(dir: &Path, cfg: &Config, path: &Path, offset: u64, first: u64, last: u64) {
+    let before = files(dir);
+    for mode in [
+        RecoveryMode::TolerateCorruptedTail,
+        RecoveryMode::AbsoluteConsistency,
+    ] {
+        let r = Engine::open(
+            dir,
+            Config {
+                recovery: mode,
+                ..cfg.clone()
+            },
+        );
+        let msg = r.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
+        match r {
+            Err(Error::DamagedHistory {
+                path: p,
+                offset: o,
+                first_lost,
+                last_lost,
+                ..
+            }) => {
+                assert_eq!((p.as_path(), o), (path, offset), "{mode:?}, where: {msg}");
+                assert_eq!(
+                    (first_lost, last_lost),
+                    (first, last),
+                    "{mode:?}, which batches: {msg}"
+                );
+                assert!(
+                    msg.contains(&path.display().to_string()) && msg.contains("PointInTime"),
+                    "the message names the file and the way out: {msg}"
+                );
+            }
+            Err(e) => panic!("{mode:?}: expected DamagedHistory, got {e:?}"),
+            Ok(engine) => panic!(
+                "{mode:?}: opened (report {:?}) where DamagedHistory was expected",
+                engine.open_report()
+            ),
         }
-        Err(e) => panic!("expected DamagedHistory, got {e:?}"),
-        Ok(engine) => panic!(
-            "opened (report {:?}) where DamagedHistory was expected",
-            engine.open_report()
-        ),
+        assert!(
+            files(dir) == before,
+            "{mode:?}: the refusing open changed files"
+        );
     }
 }
 
@@ -125,18 +138,15 @@ fn a_bit_flip_in_durable_history_is_refused_not_cut() {
     let victim = &frames[5];
     let seg = last_segment(dir.path());
     flip_bit(&seg, victim.offset + FRAME_HEADER_LEN as u64 + 2);
-    let before = files(dir.path());
-    for mode in [
-        RecoveryMode::TolerateCorruptedTail,
-        RecoveryMode::AbsoluteConsistency,
-    ] {
-        let r = Engine::open(dir.path(), config(mode));
-        assert_damaged_history(r, &seg, victim.offset, victim.batch_seq, n as u64);
-        assert!(
-            files(dir.path()) == before,
-            "{mode:?}: the refusing open changed files"
-        );
-    }
+    let cfg = config(RecoveryMode::default());
+    assert_refused(
+        dir.path(),
+        &cfg,
+        &seg,
+        victim.offset,
+        victim.batch_seq,
+        n as u64,
+    );
     let engine = Engine::open(dir.path(), config(RecoveryMode::PointInTime)).expect("PointInTime");
     let cut = engine
         .open_report()
@@ -182,12 +192,14 @@ fn a_zeroed_frame_header_in_a_fresh_segment_is_refused() {
     let victim = &frames[3];
     let seg = last_segment(dir.path());
     zero(&seg, victim.offset, FRAME_HEADER_LEN);
-    let before = files(dir.path());
-    let r = Engine::open(dir.path(), config(RecoveryMode::default()));
-    assert_damaged_history(r, &seg, victim.offset, victim.batch_seq, n as u64);
-    assert!(
-        files(dir.path()) == before,
-        "the refusing open changed files"
+    let cfg = config(RecoveryMode::default());
+    assert_refused(
+        dir.path(),
+        &cfg,
+        &seg,
+        victim.offset,
+        victim.batch_seq,
+        n as u64,
     );
 }
 
@@ -243,24 +255,14 @@ fn a_zeroed_frame_header_in_a_reused_segment_is_refused_not_zeroed() {
     let last_seq = frames.last().unwrap().1;
     std::fs::remove_file(dir.path().join("CLEAN")).unwrap();
     zero(&reused_last.path, victim_off, FRAME_HEADER_LEN);
-    let before = files(dir.path());
-    for mode in [
-        RecoveryMode::TolerateCorruptedTail,
-        RecoveryMode::AbsoluteConsistency,
-    ] {
-        let r = Engine::open(
-            dir.path(),
-            Config {
-                recovery: mode,
-                ..cfg.clone()
-            },
-        );
-        assert_damaged_history(r, &reused_last.path, victim_off, victim_seq, last_seq);
-        assert!(
-            files(dir.path()) == before,
-            "{mode:?}: the refusing open changed files"
-        );
-    }
+    assert_refused(
+        dir.path(),
+        &cfg,
+        &reused_last.path,
+        victim_off,
+        victim_seq,
+        last_seq,
+    );
 }
 
 /// Whole frames at the end read back as zeros: nothing follows to show it, but the clean
@@ -274,13 +276,8 @@ fn a_log_that_ends_before_its_clean_close_mark_is_refused() {
     let from = frames[7].offset;
     let to = frames[9].offset + 4096;
     zero(&seg, from, (to - from) as usize);
-    let before = files(dir.path());
-    let r = Engine::open(dir.path(), config(RecoveryMode::default()));
-    assert_damaged_history(r, &seg, from, frames[7].batch_seq, n as u64);
-    assert!(
-        files(dir.path()) == before,
-        "the refusing open changed files"
-    );
+    let cfg = config(RecoveryMode::default());
+    assert_refused(dir.path(), &cfg, &seg, from, frames[7].batch_seq, n as u64);
     // Without the mark it is indistinguishable from a crash that lost the last frames.
     std::fs::remove_file(dir.path().join("CLEAN")).unwrap();
     let engine = Engine::open(dir.path(), config(RecoveryMode::default())).expect("open");

@@ -32,14 +32,13 @@
 //! go to stderr (`--nocapture`).
 
 use super::recovery_common::power::{lose_power, Damage, PowerLossIo};
-use super::recovery_common::WAIT_MAX;
+use super::recovery_common::{assert_refuses, seeds, WAIT_MAX};
 use mergelog::internals::io::Io;
-use mergelog::{Config, Durability, Engine, Error, Ticket, WriteBatch, WritePath};
+use mergelog::{Config, Durability, Engine, Error, Ticket, WritePath};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 fn config(write_path: WritePath) -> Config {
@@ -107,27 +106,6 @@ fn run_puts(
         resolve(t);
     }
     (puts, acked)
-}
-
-/// After a failure, every call that would change or read through the log says Failed.
-fn assert_refuses(engine: &Engine, ctx: &str) {
-    assert!(engine.failure().is_some(), "{ctx}: failure() is None");
-    let mut b = WriteBatch::new();
-    b.put(b"after-failure", b"x");
-    let calls: [(&str, Result<(), Error>); 6] = [
-        ("put", engine.put(b"after-failure", b"x").map(drop)),
-        ("delete", engine.delete(b"r0.00000").map(drop)),
-        ("write", engine.write(&b).map(drop)),
-        ("get", engine.get(b"r0.00000").map(drop)),
-        ("flush", engine.flush().map(drop)),
-        ("retire_before", engine.retire_before(u64::MAX).map(drop)),
-    ];
-    for (name, r) in calls {
-        assert!(
-            matches!(r, Err(Error::Failed(_))),
-            "{ctx}: {name} after the failure returned {r:?}, not Error::Failed"
-        );
-    }
 }
 
 /// What one seed saw.
@@ -280,55 +258,18 @@ fn seed_run(seed: u64, write_path: WritePath) -> Totals {
     totals
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| {
-        v.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
-    })
-}
-
 fn run_seeds(write_path: WritePath) {
     let started = Instant::now();
-    let var = |suffix: &str| env_u64(&format!("MERGELOG_REOPEN_EIO_{suffix}"));
-    let seeds: Vec<u64> = match var("SEED") {
-        Some(s) => vec![s],
-        None => {
-            let first = var("FIRST").unwrap_or(0);
-            (first..first + var("SEEDS").unwrap_or(200)).collect()
-        }
-    };
-    // Seeds mostly wait for syncs: run a few at once.
-    let workers = 4.min(seeds.len()).max(1);
-    let next = AtomicU64::new(0);
-    let totals = Mutex::new(Totals::default());
-    let failed = Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst) as usize;
-                let Some(&seed) = seeds.get(i) else { break };
-                // Go on past a failing seed to find others, but not forever.
-                if failed.lock().unwrap().len() >= 10 {
-                    break;
-                }
-                match std::panic::catch_unwind(|| seed_run(seed, write_path)) {
-                    Ok(t) => {
-                        let mut all = totals.lock().unwrap();
-                        all.seeds += t.seeds;
-                        all.failed_at_open += t.failed_at_open;
-                        all.acked_checked += t.acked_checked;
-                        all.unacked_survived += t.unacked_survived;
-                        all.damage += t.damage;
-                    }
-                    Err(_) => failed.lock().unwrap().push(seed),
-                }
-            });
-        }
-    });
-    let t = *totals.lock().unwrap();
-    let mut failed = failed.lock().unwrap().clone();
-    failed.sort();
+    let seeds = seeds::from_env("MERGELOG_REOPEN_EIO", 200);
+    let (passed, failed) = seeds::run(&seeds, |seed| seed_run(seed, write_path));
+    let mut t = Totals::default();
+    for p in passed {
+        t.seeds += p.seeds;
+        t.failed_at_open += p.failed_at_open;
+        t.acked_checked += p.acked_checked;
+        t.unacked_survived += p.unacked_survived;
+        t.damage += p.damage;
+    }
     eprintln!(
         "reopen after EIO ({write_path:?}): {} seeds passed, {} failed; {} failed at the first \
          open; {} acked puts checked, {} unacked survived; at the power loss: {} lost writes \

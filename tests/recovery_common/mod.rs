@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod power;
+pub mod seeds;
 
 use mergelog::{Batch, Engine, OwnedBatch, RecordOp, Ticket, WriteBatch};
 use std::collections::BTreeMap;
@@ -212,4 +213,25 @@ pub fn state_diff(got: &State, want: &State) -> String {
         writeln!(out, "  ... {} keys differ in all", n).unwrap();
     }
     out
+}
+
+/// After a failure, every call that would change or read through the log says Failed.
+pub fn assert_refuses(engine: &Engine, ctx: &str) {
+    assert!(engine.failure().is_some(), "{ctx}: failure() is None");
+    let mut b = WriteBatch::new();
+    b.put(b"after-failure", b"x").delete(b"k0");
+    let calls: [(&str, Result<(), mergelog::Error>); 6] = [
+        ("put", engine.put(b"after-failure", b"x").map(drop)),
+        ("delete", engine.delete(b"k0").map(drop)),
+        ("write", engine.write(&b).map(drop)),
+        ("get", engine.get(b"k0").map(drop)),
+        ("flush", engine.flush().map(drop)),
+        ("retire_before", engine.retire_before(u64::MAX).map(drop)),
+    ];
+    for (name, r) in calls {
+        assert!(
+            matches!(r, Err(mergelog::Error::Failed(_))),
+            "{ctx}: {name} after the failure returned {r:?}, not Error::Failed"
+        );
+    }
 }

@@ -24,3 +24,4 @@ mod point_in_time;
 mod reopen_after_eio;
 mod shutdown;
 mod window;
+mod review;

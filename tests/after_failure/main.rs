@@ -22,6 +22,6 @@ mod dir_durability;
 mod for_each;
 mod point_in_time;
 mod reopen_after_eio;
+mod review;
 mod shutdown;
 mod window;
-mod review;

@@ -50,7 +50,8 @@ fn scenario(new_puts: usize) -> (tempfile::TempDir, mergelog::Result<Engine>) {
         off += (32 + body + 7) & !7;
     }
     let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
-    f.write_all_at(&[image[off + 40] ^ 4], off as u64 + 40).unwrap();
+    f.write_all_at(&[image[off + 40] ^ 4], off as u64 + 40)
+        .unwrap();
     drop(f);
 
     // The user accepts the loss: PointInTime. Its tail zeroing's msync (sync #1) fails.
@@ -94,7 +95,9 @@ fn a_failed_tail_repair_then_a_same_boot_reopen_refuses_after_power_loss() {
         Ok(engine) => {
             for i in 0..3 {
                 assert_eq!(
-                    engine.read_to_vec(format!("new-{i:03}").as_bytes()).unwrap(),
+                    engine
+                        .read_to_vec(format!("new-{i:03}").as_bytes())
+                        .unwrap(),
                     Some(vec![b'n'; 300]),
                     "acknowledged put new-{i:03} lost"
                 );
@@ -114,10 +117,72 @@ fn a_failed_tail_repair_then_a_same_boot_reopen_resurrects_cut_batches() {
     let report = engine.open_report().clone();
     for i in 4..60 {
         assert_eq!(
-            engine.read_to_vec(format!("old-{i:03}").as_bytes()).unwrap(),
+            engine
+                .read_to_vec(format!("old-{i:03}").as_bytes())
+                .unwrap(),
             None,
             "batch {} was cut by PointInTime, yet it is back after a power loss ({report:?})",
             i + 1
         );
+    }
+}
+
+/// Review finding (r1): `recovery::later_frames` takes any CRC-valid frame image at any
+/// 8-aligned offset past the damage as proof of durable history, including bytes inside the
+/// body of the torn frame itself, i.e. a user's value. The last frame of a log (not yet
+/// durable at a crash) holds a put whose value embeds a well-formed frame with a high batch
+/// sequence; the crash leaves its first sector unwritten and a later page written (the kernel
+/// writes pages back in any order). That is a torn tail, yet the open refuses with
+/// `DamagedHistory`.
+#[test]
+fn a_value_that_embeds_a_frame_makes_a_torn_tail_look_like_damaged_history() {
+    use mergelog::internals::format::{frame_len, record_len, FrameWriter, RecordOp, FLAG_SORTED};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(RecoveryMode::default());
+    let engine = Engine::open(dir.path(), cfg.clone()).unwrap();
+    for i in 0..5 {
+        engine
+            .put(format!("k{i}").as_bytes(), b"v")
+            .unwrap()
+            .wait_timeout(WAIT_MAX)
+            .unwrap();
+    }
+    // A frame image (say, a batch of another log that the application stores).
+    let mut embedded = vec![0u8; frame_len(record_len(1, 1))];
+    let mut w = FrameWriter::new(&mut embedded, 1_000_000, FLAG_SORTED);
+    w.push(RecordOp::Put, b"a", b"b");
+    w.finish(1);
+    // Key "x": the value starts 40 bytes into the frame, 8-aligned; the image lies a page on.
+    let mut value = vec![b'p'; 4800];
+    value.extend_from_slice(&embedded);
+    let last_off = {
+        let seg = segment_files(dir.path()).pop().unwrap().1;
+        let image = std::fs::read(&seg).unwrap();
+        let mut off = 64usize;
+        for _ in 0..5 {
+            let body = u32::from_le_bytes(image[off + 8..off + 12].try_into().unwrap()) as usize;
+            off += (32 + body + 7) & !7;
+        }
+        off as u64
+    };
+    engine
+        .put(b"x", &value)
+        .unwrap()
+        .wait_timeout(WAIT_MAX)
+        .unwrap();
+    engine.close().unwrap();
+    // The crash state: the last frame was written but not synced; its first sector never
+    // reached the disk, its later pages did. No clean close.
+    std::fs::remove_file(dir.path().join("CLEAN")).unwrap();
+    let seg = segment_files(dir.path()).pop().unwrap().1;
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.write_all_at(&[0u8; 512], last_off).unwrap();
+    drop(f);
+    match Engine::open(dir.path(), cfg) {
+        Ok(engine) => {
+            assert!(engine.open_report().truncated.is_some());
+            assert_eq!(engine.read_to_vec(b"k4").unwrap(), Some(b"v".to_vec()));
+        }
+        Err(e) => panic!("a torn tail refused as damaged history: {e}"),
     }
 }

@@ -186,3 +186,55 @@ fn a_value_that_embeds_a_frame_makes_a_torn_tail_look_like_damaged_history() {
         Err(e) => panic!("a torn tail refused as damaged history: {e}"),
     }
 }
+
+/// Review finding (r1): an open after an unclean end rewrites and syncs only the last
+/// segment ("every earlier segment was durable before the next one was started",
+/// docs/FORMAT.md). That holds for a log written with `Durability::Sync`, not for one
+/// written with `NoSync` (nothing is synced, not even at a roll or a close, and no
+/// clean-close mark is written). Reopened with `Sync`, the engine acknowledges puts whose
+/// replay depends on earlier segments still only in the page cache: after a power loss the
+/// open refuses (damage in an earlier segment), and only `PointInTime`, cutting the
+/// acknowledged puts, opens it.
+#[test]
+fn a_sync_reopen_of_a_nosync_log_acknowledges_puts_behind_unsynced_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = Arc::new(PowerLossIo::new(u64::MAX, None));
+    let small = |durability| Config {
+        segment_bytes: 64 << 10,
+        durability,
+        ..config(RecoveryMode::default())
+    };
+    let shared: Arc<dyn Io> = io.clone();
+    let engine = Engine::open_with_io(dir.path(), small(Durability::NoSync), shared).unwrap();
+    let mut i = 0;
+    while engine.segments().len() < 3 {
+        engine
+            .put(format!("bulk-{i:05}").as_bytes(), &[b'b'; 1000])
+            .unwrap()
+            .wait_timeout(WAIT_MAX)
+            .unwrap();
+        i += 1;
+    }
+    engine.close().unwrap();
+    // Same boot, now with syncs: acknowledge a put.
+    let shared: Arc<dyn Io> = io.clone();
+    let engine = Engine::open_with_io(dir.path(), small(Durability::Sync), shared).unwrap();
+    engine
+        .put(b"acked", b"1")
+        .unwrap()
+        .wait_timeout(WAIT_MAX)
+        .expect("acknowledged");
+    io.cut_now();
+    let _ = engine.close();
+    drop(engine);
+    lose_power(&io, &mut StdRng::seed_from_u64(7), 0.5, 0.5);
+    match Engine::open(dir.path(), small(Durability::Sync)) {
+        Ok(engine) => assert_eq!(
+            engine.read_to_vec(b"acked").unwrap(),
+            Some(b"1".to_vec()),
+            "the acknowledged put is gone ({:?})",
+            engine.open_report()
+        ),
+        Err(e) => panic!("the acknowledged put is unreachable after a power loss: {e}"),
+    }
+}

@@ -6,8 +6,8 @@ use crate::config::{Backpressure, Config, Durability, WindowPolicy};
 use crate::error::{Error, Result};
 use crate::index::{Index, Loc, ValueRef};
 use crate::log::clean::{self, CleanMark};
+use crate::log::format::UNDURABLE_FRAMES_MAX;
 use crate::log::format::{record_len, RecordOp, FLAG_SORTED, FRAME_HEADER_LEN, RECORD_HEADER_LEN};
-use crate::log::format::{END_MARKER_LEN, UNDURABLE_FRAMES_MAX};
 use crate::log::io::{rename, Io, SharedIo};
 use crate::log::recovery::{scan, Access, Damage, Expect};
 use crate::log::segment::{sync_dir, Segment};
@@ -147,8 +147,9 @@ pub struct OpenReport {
     /// Time spent opening.
     pub elapsed: Duration,
     /// After an unclean end (no clean-close mark, or one that does not match the log), the
-    /// bytes of the last segment that were written again from the page cache and synced, so
-    /// that the disk holds what the open accepted (`None` after a clean close).
+    /// bytes of the last segment written again from the page cache and synced (all of it;
+    /// earlier segments and the directory are synced too), so that the disk holds what the
+    /// open accepted (`None` after a clean close).
     pub tail_rewritten: Option<u64>,
 }
 
@@ -354,21 +355,17 @@ impl Engine {
 
         let mut segs = scanned.segments;
         let mut write_off = scanned.write_off;
-        // After an unclean end the page cache may hold frames the disk does not (a sync that
-        // failed leaves its pages cached and clean): make the disk hold what the scan
-        // accepted before anything is written after it. Every earlier segment was durable
-        // before the next one was started.
-        let tail_end = segs.last().map(|s| CleanMark {
+        // After an unclean end the page cache may hold what the disk does not (a sync that
+        // failed leaves its pages cached and clean; an earlier open's repair may not have
+        // reached the disk): make the disk hold what the scan accepted before anything is
+        // written after it (`log::reestablish`).
+        let end = segs.last().map(|s| CleanMark {
             segment_id: s.id,
             end: write_off,
             next_seq: scanned.next_seq,
         });
-        if let (Some(seg), Some(end)) = (segs.last(), tail_end) {
-            if synced && found.mark() != Some(end) {
-                let upto = (write_off + END_MARKER_LEN as u64).next_multiple_of(4096);
-                seg.rewrite(upto)?;
-                report.tail_rewritten = Some(upto.min(seg.size));
-            }
+        if end.is_some() && found.mark() != end {
+            report.tail_rewritten = Some(crate::log::reestablish(&io, &dir, &segs)?);
         }
         // The mark describes the log as it was; from here on it changes.
         if found != clean::Found::Absent {
@@ -894,7 +891,9 @@ impl Engine {
             // Nothing writes the directory any more (a retirement in progress finishes
             // first): let the next engine have it.
             let _no_retirement = self.inner.retire_lock.lock();
-            self.write_clean_mark();
+            if joined.is_ok() {
+                self.write_clean_mark();
+            }
             self.lock.lock().take();
             if joined.is_err() {
                 return Err(Error::Failed(Arc::new(

@@ -33,6 +33,9 @@ pub(crate) struct Completion {
     /// handed to the syncer before a failed write, whose own sync decides), lowered before
     /// the `FAILED` bit is set. Requests past it have failed. `u64::MAX` until a failure.
     failed_from: AtomicU64,
+    /// Serializes lowering `failed_from` with the advances that follow a failure (see
+    /// `advance_threads`); never taken before a failure.
+    fail_lock: Mutex<()>,
     /// Threads blocked in `wait`, each with the position it waits for. An advance wakes
     /// exactly the threads it completes, each with its own unpark: no thread is woken to
     /// find it must sleep again, and none has to retake a lock before it can run (a condvar's
@@ -55,6 +58,7 @@ impl Completion {
             state: AtomicU64::new(durable),
             failure: OnceLock::new(),
             failed_from: AtomicU64::new(u64::MAX),
+            fail_lock: Mutex::new(()),
             sleepers: Mutex::new(Vec::new()),
             sleeper_count: AtomicUsize::new(0),
             next_token: AtomicU64::new(0),
@@ -124,23 +128,38 @@ impl Completion {
             durable & FAILED == 0,
             "position {durable:#x} reaches the FAILED bit"
         );
-        let moved = self
-            .state
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
-                // Completions come in order: the watermark never moves backwards (`max` only
-                // keeps a release build from acting on a caller that broke that).
-                debug_assert!(
-                    durable >= s & !FAILED,
-                    "watermark moved backwards: {} -> {durable}",
-                    s & !FAILED
-                );
-                if s & FAILED == 0 {
-                    return Some(s.max(durable));
+        // Once the engine has failed, an advance runs under `fail_lock`, which `fail_after`
+        // holds while it lowers `failed_from`: so no advance can use a limit that a failure
+        // lowers meanwhile (which could turn a ticket already seen failed into a success).
+        // Without a failure no lock is taken.
+        let mut locked = None;
+        let moved = loop {
+            let r = self
+                .state
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
+                    // Completions come in order: the watermark never moves backwards (`max`
+                    // only keeps a release build from acting on a caller that broke that).
+                    debug_assert!(
+                        durable >= s & !FAILED,
+                        "watermark moved backwards: {} -> {durable}",
+                        s & !FAILED
+                    );
+                    if s & FAILED == 0 {
+                        return Some(s.max(durable));
+                    }
+                    locked.as_ref()?;
+                    let cap = durable.min(self.failed_from.load(Ordering::SeqCst));
+                    (cap > s & !FAILED).then_some(cap | FAILED)
+                });
+            match r {
+                Ok(_) => break true,
+                Err(s) if s & FAILED != 0 && locked.is_none() => {
+                    locked = Some(self.fail_lock.lock());
                 }
-                let cap = durable.min(self.failed_from.load(Ordering::SeqCst));
-                (cap > s & !FAILED).then_some(cap | FAILED)
-            })
-            .is_ok();
+                Err(_) => break false,
+            }
+        };
+        drop(locked);
         if moved {
             self.wake_threads();
         }
@@ -150,7 +169,7 @@ impl Completion {
     /// Records a failure (the first error is the one reported) and wakes everyone: every
     /// request not yet durable has failed, and the watermark never moves again.
     pub fn fail(&self, error: Error) {
-        self.fail_after(error, self.durable());
+        self.fail_with(error, None);
     }
 
     /// Records a failure of the requests past position `from` (a write failed after the jobs
@@ -158,9 +177,18 @@ impl Completion {
     /// outcome, and the watermark may still move up to `from`). A later failure may lower
     /// `from`, never raise it; a request past it has failed for good.
     pub fn fail_after(&self, error: Error, from: u64) {
-        let _ = self.failure.set(error);
-        self.failed_from.fetch_min(from, Ordering::SeqCst);
-        self.state.fetch_or(FAILED, Ordering::SeqCst);
+        self.fail_with(error, Some(from));
+    }
+
+    /// `fail_after(from)`, or with `None` after the watermark as it is under the lock.
+    fn fail_with(&self, error: Error, from: Option<u64>) {
+        {
+            let _serial = self.fail_lock.lock();
+            let from = from.unwrap_or_else(|| self.durable());
+            let _ = self.failure.set(error);
+            self.failed_from.fetch_min(from, Ordering::SeqCst);
+            self.state.fetch_or(FAILED, Ordering::SeqCst);
+        }
         self.wake_threads();
         self.wake_futures();
     }

@@ -236,6 +236,28 @@ fn adopt_files(
     Ok((kept, highest))
 }
 
+/// Makes the disk hold what the page cache shows of the log, after an unclean end (no
+/// clean-close mark matching the log: a crash, or a failure). A sync that failed may have left
+/// pages cached and clean that are not on disk, and a repair an earlier open began (zeroing a
+/// torn tail, say) may be only in the cache; a log written with `NoSync` was never synced at
+/// all. So: every segment before the last is synced (nothing to write if it is clean), the
+/// last one is written again whole from the cache and synced, and the directory and its
+/// parent are synced. Returns the bytes written again.
+pub(crate) fn reestablish(io: &SharedIo, dir: &Path, segments: &[Arc<Segment>]) -> Result<u64> {
+    let Some((last, earlier)) = segments.split_last() else {
+        return Ok(0);
+    };
+    for seg in earlier {
+        seg.sync(0, 0, WritePath::Pwrite)?;
+    }
+    last.rewrite(last.size)?;
+    sync_dir(&**io, dir)?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(&**io, parent)?;
+    }
+    Ok(last.size)
+}
+
 /// Creates the log directory `dir` if it is missing: each missing component of its path in
 /// turn, parent first, each followed by an `fsync` of its parent, so that a directory's entry
 /// is durable before anything is written into it. Nothing is changed if `dir` exists.

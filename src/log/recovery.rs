@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::log::clean::CleanMark;
 use crate::log::format::parse_segment_file_name;
 use crate::log::format::{
-    decode_frame, Decoded, Frame, SegmentHeader, FRAME_MAGIC, SEGMENT_HEADER_LEN,
+    decode_frame, Decoded, Frame, SegmentHeader, FRAME_HEADER_LEN, FRAME_MAGIC, SEGMENT_HEADER_LEN,
     UNDURABLE_FRAMES_MAX,
 };
 use crate::log::io::SharedIo;
@@ -52,27 +52,57 @@ pub(crate) struct Expect {
     pub clean: Option<CleanMark>,
 }
 
-/// Looks for valid frames at or after `from` (8-aligned offsets) with a batch sequence of
-/// at least `min_seq`: the frames a writer wrote after the one at the damage. Returns the
-/// offset of the first such frame and the highest sequence among them.
-pub(crate) fn later_frames(image: &[u8], from: u64, min_seq: u64) -> Option<(u64, u64)> {
-    let mut found: Option<(u64, u64)> = None;
+/// Looks past damage at `stop` (where batch `expected` should have been) for the frames a
+/// writer wrote after it: a frame at an 8-aligned offset from `from` on that decodes, has a
+/// batch sequence `t >= min_seq`, leaves room for the batches before it (`expected..t`, at
+/// least a frame header each) between `stop` and itself, and begins a chain of consecutive
+/// batches that runs to the end of the frames (zeros, or the end of the segment). Returns its
+/// offset and the last batch of its chain.
+///
+/// The last two conditions keep a copy of log frames inside a damaged frame's value (an
+/// application may store log bytes as values) from passing for evidence; such a copy could
+/// only pass by also carrying plausible sequence numbers and ending where the log ends, and
+/// then the open refuses, which changes nothing and names the way out (`PointInTime`).
+pub(crate) fn later_frames(
+    image: &[u8],
+    stop: u64,
+    from: u64,
+    expected: u64,
+    min_seq: u64,
+) -> Option<(u64, u64)> {
     let mut off = (from as usize + 7) & !7;
     while off + FRAME_MAGIC.len() <= image.len() {
-        if image[off..off + FRAME_MAGIC.len()] == FRAME_MAGIC {
-            if let Ok(Decoded::Frame(f)) = decode_frame(image, off) {
-                if f.batch_seq >= min_seq {
-                    let first = found.map_or(off as u64, |f| f.0);
-                    let top = found.map_or(f.batch_seq, |g| g.1.max(f.batch_seq));
-                    found = Some((first, top));
-                }
-                off += f.len;
-                continue;
-            }
+        if image[off..off + FRAME_MAGIC.len()] != FRAME_MAGIC {
+            off += 8;
+            continue;
         }
-        off += 8;
+        let Ok(Decoded::Frame(f)) = decode_frame(image, off) else {
+            off += 8;
+            continue;
+        };
+        let room = (f.batch_seq.saturating_sub(expected)).saturating_mul(FRAME_HEADER_LEN as u64);
+        if f.batch_seq < min_seq || room > off as u64 - stop {
+            off += 8;
+            continue;
+        }
+        // Walk the chain from here to its end.
+        let (mut at, mut last) = (off + f.len, f.batch_seq);
+        let chained = loop {
+            match decode_frame(image, at) {
+                Ok(Decoded::End) => break true,
+                Ok(Decoded::Frame(g)) if g.batch_seq == last + 1 => {
+                    last = g.batch_seq;
+                    at += g.len;
+                }
+                _ => break false,
+            }
+        };
+        if chained {
+            return Some((off as u64, last));
+        }
+        off = at.max(off + 8);
     }
-    found
+    None
 }
 
 /// Whether the frames of the last segment, which stop at `stop` (damage there if `damaged`,
@@ -91,7 +121,7 @@ fn durable_loss(
     let later = if expect.synced {
         // Past a bad frame, from the next 8 bytes on (its own header may be valid).
         let from = if damaged { stop + 8 } else { stop };
-        later_frames(image, from, next_seq + UNDURABLE_FRAMES_MAX)
+        later_frames(image, stop, from, next_seq, next_seq + UNDURABLE_FRAMES_MAX)
     } else {
         None
     };

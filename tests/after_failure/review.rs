@@ -1,4 +1,7 @@
-//! Review finding (r1): an open whose tail repair (`Segment::zero_tail`) fails its sync leaves
+//! Findings of a cold review of the after-failure work, each a test that failed before its
+//! fix (`log::reestablish`, the checks in `recovery::later_frames`).
+//!
+//! An open whose tail repair (`Segment::zero_tail`) fails its sync leaves
 //! zeros in the page cache that the disk does not hold. The next open in the same boot reads
 //! the cache, finds a clean end, and rewrites only `[0, end of frames + 32)` rounded up to a
 //! page (`Engine::open_with_io`); `zero_tail` itself skips a tail the cache shows as zeros.

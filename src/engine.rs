@@ -2,7 +2,7 @@
 //! that cuts windows, writes, syncs and completes tickets.
 
 use crate::coalesce::{Coalescer, Entry, GetAnswer, Op};
-use crate::config::{Backpressure, Config, Durability, WindowPolicy};
+use crate::config::{Backpressure, Config, Durability};
 use crate::error::{Error, Result};
 use crate::index::{Index, Loc, ValueRef};
 use crate::log::clean::{self, CleanMark};
@@ -13,6 +13,7 @@ use crate::log::recovery::{scan, Access, Damage, Expect};
 use crate::log::segment::{sync_dir, Segment};
 use crate::log::{adopt_prepared, Log, Pool, SegmentList, Segments, Spares, WrittenFrame};
 use crate::pipeline::handoff::SyncNap;
+use crate::pipeline::window::{self, Decision};
 use crate::reader::{Follower, LiveLog, LogReader};
 use crate::ring::{self, Consumer, PushError, Ring};
 use crate::stats::{record, Counters, Counts, Stats};
@@ -214,7 +215,7 @@ struct Inner {
     /// The flusher's thread, set when it starts: woken by [`Inner::poke_flusher`].
     flusher_thread: OnceLock<std::thread::Thread>,
     /// Announced while an adaptive window naps until the sync in flight completes (see
-    /// [`MERGE_BELOW`]): the completion then pokes the flusher.
+    /// [`window::MERGE_BELOW`]): the completion then pokes the flusher.
     sync_nap: SyncNap,
     /// When the last sync ended (for `Stats::sync_time`; `None` before the first).
     last_sync_end: Mutex<Option<Instant>>,
@@ -1251,22 +1252,21 @@ impl Flusher {
         let consumer = &*consumer_mut;
         let stamps = &mut self.stamps;
         let slots = &mut self.slots;
-        let bytes_max = cfg.batch_bytes_max as u64;
-        let ops_max = cfg.batch_ops_max;
-        // Requests this window held while it napped for a sync in flight (see `MERGE_BELOW`).
-        let mut held_over_sync: Option<usize> = None;
+        let policy = window::Policy::of(cfg);
+        // Requests this window held when it last napped for a sync in flight (see
+        // `window::MERGE_BELOW`).
+        let mut held_over_sync = 0;
         // Turns of the loop below (`Counts::window_waits` counts all but each window's first).
         let mut turns = 0u64;
         loop {
             turns += 1;
             let before = w.end;
             // A record that would take the window over a limit stays in the ring for the next
-            // window, and it cuts this one: it is published, so every wait below would return
-            // at once, and the window would spin until its deadline.
+            // window, and it cuts this one (see `window::decide`).
             let mut refused = false;
             w.end = consumer.read(w.end, |end, payload| {
                 let rec_bytes = end - w.end;
-                if w.requests > 0 && (w.bytes + rec_bytes > bytes_max || entries.len() >= ops_max) {
+                if !policy.fits(w.requests, w.bytes, entries.len(), rec_bytes) {
                     refused = true;
                     return false;
                 }
@@ -1276,82 +1276,58 @@ impl Flusher {
                 w.end = end;
                 true
             });
-            let full = refused || w.bytes >= bytes_max || entries.len() >= ops_max;
-            if full
-                || inner.flush_to.load(Ordering::Acquire) > before
-                || consumer.ring().is_closed()
-            {
-                break;
-            }
             let now = Instant::now();
-            let age = now - first_seen;
-            if age >= cfg.window_age_max {
-                break;
-            }
             if w.end > before {
                 last_arrival = now;
             }
-            match cfg.window {
-                WindowPolicy::Immediate => break,
-                WindowPolicy::Linger(d) => {
-                    if age >= d {
-                        break;
-                    }
+            let seen = window::Observed {
+                requests: w.requests,
+                bytes: w.bytes,
+                entries: entries.len(),
+                refused,
+                flush: inner.flush_to.load(Ordering::Acquire) > before,
+                closed: consumer.ring().is_closed(),
+                now,
+                first_seen,
+                last_arrival,
+                log_ready: inner.queued.load(Ordering::SeqCst) == 0,
+                syncing: inner.completion.durable() < self.in_flight,
+                failed: inner.completion.failure().is_some(),
+                prev_requests: self.prev_requests,
+                held_over_sync,
+            };
+            match window::decide(&seen, &policy) {
+                Decision::Cut => break,
+                Decision::Wait { until } => {
+                    // Park (no spinning: the producers and the syncer need the cores) until a
+                    // request arrives or `until`; catch the index up first, if it is behind
+                    // (the producers take longer to come back).
                     inner.index.try_apply_queued();
-                    consumer.wait(w.end, Some(first_seen + d));
+                    consumer.wait(w.end, Some(until));
                 }
-                WindowPolicy::Adaptive { quiet } => {
-                    // Waiting longer buys nothing once the log has room for this window (no
-                    // job is queued behind the one syncing) and either the producers expected
-                    // back are back or the ring has gone quiet.
-                    let log_ready = inner.queued.load(Ordering::SeqCst) == 0;
-                    // (Not once the engine failed: the watermark never moves again.)
-                    let merge = log_ready
-                        && w.requests.max(self.prev_requests) < MERGE_BELOW
-                        && inner.completion.durable() < self.in_flight
-                        && inner.completion.failure().is_none();
-                    if merge {
-                        held_over_sync = Some(w.requests);
-                        // Either the completion sees the nap and pokes us, or we see its
-                        // watermark here (and do not nap).
-                        if !inner
-                            .sync_nap
-                            .announce(|| inner.completion.durable() >= self.in_flight)
-                        {
-                            continue;
-                        }
-                    }
-                    if !log_ready || merge {
-                        // Nothing is cut before the syncer takes the queued job (or, merging,
-                        // before the sync in flight completes), and it unparks us then.
-                        // Records published meanwhile need not wake us (a wake-up costs both
-                        // sides a context switch): they are read all at once after. A stale
-                        // unpark only makes us look again.
-                        let until = first_seen + cfg.window_age_max;
-                        inner.index.try_apply_queued();
-                        std::thread::park_timeout(until.saturating_duration_since(now));
-                        inner.sync_nap.end();
+                Decision::NapForRoom { until } => {
+                    // Nothing is cut before the syncer takes the queued job, and it unparks us
+                    // then. Records published meanwhile need not wake us (a wake-up costs both
+                    // sides a context switch): they are read all at once after. A stale unpark
+                    // only makes us look again.
+                    inner.index.try_apply_queued();
+                    std::thread::park_timeout(until.saturating_duration_since(now));
+                    inner.sync_nap.end();
+                }
+                Decision::NapForSync { until } => {
+                    held_over_sync = w.requests;
+                    // Either the completion sees the nap and pokes us, or we see its
+                    // watermark here (and do not nap, but look again).
+                    if !inner
+                        .sync_nap
+                        .announce(|| inner.completion.durable() >= self.in_flight)
+                    {
                         continue;
                     }
-                    // The producers of the last window are expected back, plus those that
-                    // were already here when it completed.
-                    let mut expected = self.prev_requests + held_over_sync.unwrap_or(0);
-                    // With the disk idle, a large window goes out at half that: see
-                    // `SPLIT_FROM`.
-                    if expected >= SPLIT_FROM
-                        && cfg.durability == Durability::Sync
-                        && inner.completion.durable() >= self.in_flight
-                    {
-                        expected = expected.div_ceil(2);
-                    }
-                    if w.requests >= expected || now - last_arrival >= quiet {
-                        break;
-                    }
-                    // Park (no spinning: the producers and the syncer need the cores) until a
-                    // request arrives or the ring has been quiet long enough; catch the index
-                    // up first, if it is behind (the producers take longer to come back).
+                    // As above, until the sync in flight completes (its completion pokes us).
                     inner.index.try_apply_queued();
-                    consumer.wait(w.end, Some(last_arrival + quiet));
+                    std::thread::park_timeout(until.saturating_duration_since(now));
+                    inner.sync_nap.end();
                 }
             }
         }
@@ -1502,29 +1478,6 @@ impl Flusher {
 const CLOSE_STALL_MAX: Duration = Duration::from_secs(10);
 #[cfg(test)]
 const CLOSE_STALL_MAX: Duration = Duration::from_millis(200);
-
-/// An adaptive window expecting at least this many requests, cut while nothing is syncing,
-/// waits only for half of them. Under a closed loop (each producer resubmits only when its
-/// requests complete) the requests in flight otherwise travel as one convoy: while it syncs
-/// its producers have nothing to submit, and while they resubmit (about 200 µs for 1,024 on
-/// two cores) the disk has nothing to sync. Cut at half, the first half syncs while the
-/// second arrives, and the halves then take turns, each syncing while the other's producers
-/// resubmit (`Stats::sync_time`: the disk's busy share at 4 x 256 went from about 48 % to
-/// about 66 % in traced runs; throughput 1.07x mean, 1.02-1.10x median of 32 alternated
-/// pairs, together with the index update moved off the syncer, `Index::defer`).
-const SPLIT_FROM: usize = 2 * MERGE_BELOW;
-
-/// An adaptive window with fewer requests than this, after a window that had fewer too, is not
-/// cut while a sync is in flight: it waits for that sync to complete, then for the producers
-/// it completes to resubmit, and goes out with them as one batch. Cut at once, it would only
-/// wait behind the sync anyway (its CPU work, a few microseconds, is not worth overlapping),
-/// and the two halves of the producers would take turns with a sync each: with 16 writers of
-/// one request each, batches of 8 alternated, and merged they are about 16 (`mergelog bench
-/// --writers 16 --depth 1`: 1.04-1.12x, medians of 8-12 alternated pairs). Under a larger load
-/// the window is cut and encoded during the sync, so that the next sync can start as soon as
-/// this one ends (the window does not look at arrivals while it naps, so it judges by the
-/// previous window's size).
-const MERGE_BELOW: usize = 128;
 
 /// Fills every get's slot: from an earlier write of the window, or from one index lookup
 /// per run of gets that share it.

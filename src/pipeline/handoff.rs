@@ -4,7 +4,7 @@
 //! * a pending future ([`FutureWakers`]): `Ticket::poll` registers its waker, and the
 //!   completion wakes it once the watermark (or a failure) completes its position;
 //! * the flusher napping until the sync in flight completes ([`SyncNap`], see
-//!   `engine::MERGE_BELOW`): the completion pokes it.
+//!   `window::MERGE_BELOW`): the completion pokes it.
 //!
 //! # The store-buffering pair
 //!

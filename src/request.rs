@@ -137,11 +137,13 @@ impl<'a> Iterator for BatchOps<'a> {
 /// key limit (at most `KEY_LEN_MAX`, asserted above).
 #[inline]
 fn header(buf: &mut [u8], op: u8, key_len: usize, value_len: u32, stamp: u64) {
-    buf[0] = op;
-    buf[1] = 0;
-    buf[2..4].copy_from_slice(&(key_len as u16).to_le_bytes());
-    buf[4..8].copy_from_slice(&value_len.to_le_bytes());
-    buf[8..16].copy_from_slice(&stamp.to_le_bytes());
+    // One bounds check for the whole header (inlined, each field's would stay).
+    let h = &mut buf[..HEADER];
+    h[0] = op;
+    h[1] = 0;
+    h[2..4].copy_from_slice(&(key_len as u16).to_le_bytes());
+    h[4..8].copy_from_slice(&value_len.to_le_bytes());
+    h[8..16].copy_from_slice(&stamp.to_le_bytes());
 }
 
 /// Payload bytes of a put.

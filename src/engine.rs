@@ -15,6 +15,7 @@ use crate::log::{adopt_prepared, Log, Pool, SegmentList, Segments, Spares, Writt
 use crate::pipeline::handoff::SyncNap;
 use crate::pipeline::window::{self, Decision};
 use crate::reader::{Follower, LiveLog, LogReader};
+use crate::request::{self, WriteBatch};
 use crate::ring::{self, Consumer, PushError, Ring};
 use crate::stats::{record, Counters, Counts, Stats};
 use crate::ticket::{Completion, GetSlot, GetTicket, Ticket};
@@ -27,112 +28,6 @@ use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-// Request encoding in a ring record's payload (little-endian):
-//   0 op u8 | 1 reserved u8 | 2 key_len u16 | 4 value_len u32 (Batch: op count) | 8 submit_ns u64
-//   Get: | 16 slot pointer u64 | key          Put: | key | value     Delete: | key
-//   Batch: then per op: op u8 | key_len u32 | value_len u32 | key | value
-/// Bytes of the request header inside a ring record.
-pub(crate) const REQ_HEADER: usize = 16;
-const REQ_PUT: u8 = 1;
-const REQ_DELETE: u8 = 2;
-const REQ_GET: u8 = 3;
-const REQ_BATCH: u8 = 4;
-const BATCH_OP_HEADER: usize = 9;
-// The request header holds op, reserved (u8 each), key_len (u16), value_len (u32), submit_ns
-// (u64); a batch op header op (u8), key_len, value_len (u32 each). A get's slot pointer
-// travels in a u64, and a key length must fit the header's u16 (the config's key limit is
-// at most the format's).
-const _: () = assert!(REQ_HEADER == 1 + 1 + 2 + 4 + 8);
-const _: () = assert!(BATCH_OP_HEADER == 1 + 4 + 4);
-const _: () = assert!(std::mem::size_of::<*const GetSlot>() <= 8);
-const _: () = assert!(crate::log::format::KEY_LEN_MAX <= u16::MAX as usize);
-
-/// Several puts and deletes applied atomically: they enter the order as one request, land
-/// in one frame, and become durable together.
-#[derive(Clone, Debug, Default)]
-pub struct WriteBatch {
-    buf: Vec<u8>,
-    count: u32,
-}
-
-impl WriteBatch {
-    /// An empty batch.
-    pub fn new() -> WriteBatch {
-        WriteBatch::default()
-    }
-
-    fn push(&mut self, op: u8, key: &[u8], value: &[u8]) {
-        self.buf.push(op);
-        self.buf
-            .extend_from_slice(&(key.len() as u32).to_le_bytes());
-        self.buf
-            .extend_from_slice(&(value.len() as u32).to_le_bytes());
-        self.buf.extend_from_slice(key);
-        self.buf.extend_from_slice(value);
-        self.count += 1;
-    }
-
-    /// Adds a put. Limits are checked when the batch is submitted.
-    pub fn put(&mut self, key: &[u8], value: &[u8]) -> &mut Self {
-        self.push(REQ_PUT, key, value);
-        self
-    }
-
-    /// Adds a delete.
-    pub fn delete(&mut self, key: &[u8]) -> &mut Self {
-        self.push(REQ_DELETE, key, &[]);
-        self
-    }
-
-    /// Number of operations.
-    pub fn len(&self) -> usize {
-        self.count as usize
-    }
-
-    /// True when the batch holds no operation.
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    /// Removes every operation, keeping the buffer.
-    pub fn clear(&mut self) {
-        self.buf.clear();
-        self.count = 0;
-    }
-
-    /// Iterates the operations as (is_put, key, value).
-    fn ops(&self) -> BatchOps<'_> {
-        BatchOps {
-            buf: &self.buf,
-            left: self.count,
-        }
-    }
-}
-
-/// Walks the batch encoding (shared by `WriteBatch` and the flusher's ring parser).
-struct BatchOps<'a> {
-    buf: &'a [u8],
-    left: u32,
-}
-
-impl<'a> Iterator for BatchOps<'a> {
-    type Item = (u8, &'a [u8], &'a [u8]);
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.left == 0 {
-            return None;
-        }
-        self.left -= 1;
-        let b = self.buf;
-        let op = b[0];
-        let k = u32::from_le_bytes(b[1..5].try_into().unwrap()) as usize;
-        let v = u32::from_le_bytes(b[5..9].try_into().unwrap()) as usize;
-        let key = &b[BATCH_OP_HEADER..BATCH_OP_HEADER + k];
-        let value = &b[BATCH_OP_HEADER + k..BATCH_OP_HEADER + k + v];
-        self.buf = &b[BATCH_OP_HEADER + k + v..];
-        Some((op, key, value))
-    }
-}
 
 /// What `Engine::open` found and did.
 #[derive(Clone, Debug, Default)]
@@ -523,14 +418,6 @@ impl Engine {
         }
     }
 
-    fn header(buf: &mut [u8], op: u8, key_len: usize, value_len: u32, stamp: u64) {
-        buf[0] = op;
-        buf[1] = 0;
-        buf[2..4].copy_from_slice(&(key_len as u16).to_le_bytes());
-        buf[4..8].copy_from_slice(&value_len.to_le_bytes());
-        buf[8..16].copy_from_slice(&stamp.to_le_bytes());
-    }
-
     fn ticket(&self, pos: u64) -> Ticket {
         Ticket::new(pos, self.inner.completion.clone())
     }
@@ -540,11 +427,8 @@ impl Engine {
         self.check_key(key)?;
         self.check_value(value)?;
         let now = self.stamp();
-        let pos = self.submit(REQ_HEADER + key.len() + value.len(), |buf| {
-            Self::header(buf, REQ_PUT, key.len(), value.len() as u32, now);
-            let (k, v) = buf[REQ_HEADER..].split_at_mut(key.len());
-            k.copy_from_slice(key);
-            v.copy_from_slice(value);
+        let pos = self.submit(request::put_len(key, value), |buf| {
+            request::encode_put(buf, key, value, now)
         })?;
         Ok(self.ticket(pos))
     }
@@ -553,9 +437,8 @@ impl Engine {
     pub fn delete(&self, key: &[u8]) -> Result<Ticket> {
         self.check_key(key)?;
         let now = self.stamp();
-        let pos = self.submit(REQ_HEADER + key.len(), |buf| {
-            Self::header(buf, REQ_DELETE, key.len(), 0, now);
-            buf[REQ_HEADER..].copy_from_slice(key);
+        let pos = self.submit(request::delete_len(key), |buf| {
+            request::encode_delete(buf, key, now)
         })?;
         Ok(self.ticket(pos))
     }
@@ -566,22 +449,14 @@ impl Engine {
     pub fn get(&self, key: &[u8]) -> Result<GetTicket> {
         self.check_key(key)?;
         let slot = Arc::new(GetSlot::default());
-        let raw = Arc::into_raw(slot.clone()) as u64;
+        // The record's reference: moved into the record if the request is claimed, dropped
+        // with the closure if not.
+        let in_record = slot.clone();
         let now = self.stamp();
-        let pushed = self.submit(REQ_HEADER + 8 + key.len(), |buf| {
-            Self::header(buf, REQ_GET, key.len(), 0, now);
-            buf[REQ_HEADER..REQ_HEADER + 8].copy_from_slice(&raw.to_le_bytes());
-            buf[REQ_HEADER + 8..].copy_from_slice(key);
-        });
-        match pushed {
-            Ok(pos) => Ok(GetTicket::new(self.ticket(pos), slot)),
-            Err(e) => {
-                // SAFETY: `raw` came from `Arc::into_raw` above and the request never reached
-                // the ring, so no one else will turn it back into an Arc.
-                drop(unsafe { Arc::from_raw(raw as *const GetSlot) });
-                Err(e)
-            }
-        }
+        let pos = self.submit(request::get_len(key), |buf| {
+            request::encode_get(buf, key, in_record, now)
+        })?;
+        Ok(GetTicket::new(self.ticket(pos), slot))
     }
 
     /// Submits a write batch: all its operations enter the order at one place, land in
@@ -590,14 +465,13 @@ impl Engine {
         if batch.is_empty() {
             return Err(Error::EmptyBatch);
         }
-        for (_, key, value) in batch.ops() {
+        for (key, value) in batch.keys_values() {
             self.check_key(key)?;
             self.check_value(value)?;
         }
         let now = self.stamp();
-        let pos = self.submit(REQ_HEADER + batch.buf.len(), |buf| {
-            Self::header(buf, REQ_BATCH, 0, batch.count, now);
-            buf[REQ_HEADER..].copy_from_slice(&batch.buf);
+        let pos = self.submit(request::batch_len(batch), |buf| {
+            request::encode_batch(buf, batch, now)
         })?;
         Ok(self.ticket(pos))
     }
@@ -1270,7 +1144,12 @@ impl Flusher {
                     refused = true;
                     return false;
                 }
-                parse_request(payload, &mut entries, stamps, slots, &mut w.gets);
+                // SAFETY: only `Engine::submit` fills this ring's records, each with one of
+                // `request`'s encoders into a claim of the matching length. And each record
+                // is decoded at most once: only here, when the window takes it (a refused
+                // one is not decoded), and every later read starts past it (`w.end`, then
+                // the window's end).
+                unsafe { request::decode(payload, &mut entries, stamps, slots, &mut w.gets) };
                 w.bytes += rec_bytes;
                 w.requests += 1;
                 w.end = end;
@@ -1711,61 +1590,6 @@ fn account_sync_time(inner: &Inner, group: &[Job], start: Instant, end: Instant)
     }
 }
 
-/// Decodes one ring record into window entries (a batch gives several).
-fn parse_request<'a>(
-    payload: &'a [u8],
-    entries: &mut Vec<Entry<'a>>,
-    stamps: &mut Vec<u64>,
-    slots: &mut Vec<(u32, Arc<GetSlot>)>,
-    gets: &mut u64,
-) {
-    let op = payload[0];
-    let key_len = u16::from_le_bytes([payload[2], payload[3]]) as usize;
-    let value_len = u32::from_le_bytes(payload[4..8].try_into().unwrap()) as usize;
-    stamps.push(u64::from_le_bytes(payload[8..16].try_into().unwrap()));
-    let body = &payload[REQ_HEADER..];
-    match op {
-        REQ_PUT => entries.push(Entry {
-            key: &body[..key_len],
-            op: Op::Put(&body[key_len..key_len + value_len]),
-        }),
-        REQ_DELETE => entries.push(Entry {
-            key: &body[..key_len],
-            op: Op::Delete,
-        }),
-        REQ_GET => {
-            let raw = u64::from_le_bytes(body[..8].try_into().unwrap());
-            // SAFETY: the producer wrote a pointer from `Arc::into_raw` into this record and
-            // published it; the flusher reads every record exactly once, so this is the one
-            // matching `from_raw`.
-            let slot = unsafe { Arc::from_raw(raw as *const GetSlot) };
-            slots.push((entries.len() as u32, slot));
-            entries.push(Entry {
-                key: &body[8..8 + key_len],
-                op: Op::Get,
-            });
-            *gets += 1;
-        }
-        REQ_BATCH => {
-            let ops = BatchOps {
-                buf: body,
-                left: value_len as u32,
-            };
-            for (op, key, value) in ops {
-                entries.push(Entry {
-                    key,
-                    op: if op == REQ_PUT {
-                        Op::Put(value)
-                    } else {
-                        Op::Delete
-                    },
-                });
-            }
-        }
-        _ => unreachable!("the engine writes only known request kinds"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1794,13 +1618,11 @@ mod tests {
             std::thread::spawn(move || {
                 let key = b"stalled";
                 let pos = engine
-                    .submit(REQ_HEADER + key.len() + 1, |buf| {
+                    .submit(request::put_len(key, b"v"), |buf| {
                         entered_tx.send(()).unwrap();
                         // Frozen here, holding a claim, until the test lets it go.
                         release_rx.recv_timeout(HANG).expect("released");
-                        Engine::header(buf, REQ_PUT, key.len(), 1, 0);
-                        buf[REQ_HEADER..REQ_HEADER + key.len()].copy_from_slice(key);
-                        buf[REQ_HEADER + key.len()] = b'v';
+                        request::encode_put(buf, key, b"v", 0);
                     })
                     .expect("claimed before close");
                 engine.ticket(pos).wait_timeout(HANG)

@@ -83,6 +83,8 @@ pub mod log;
 mod pipeline;
 #[cfg(not(loom))]
 mod reader;
+#[cfg(not(loom))]
+mod request;
 #[doc(hidden)]
 pub mod ring;
 #[cfg(not(loom))]
@@ -94,7 +96,7 @@ mod ticket;
 #[cfg(not(loom))]
 pub use config::{Backpressure, Config, Durability, RecoveryMode, WindowPolicy, WritePath};
 #[cfg(not(loom))]
-pub use engine::{Engine, OpenReport, Retired, SegmentInfo, WriteBatch};
+pub use engine::{Engine, OpenReport, Retired, SegmentInfo};
 #[cfg(not(loom))]
 pub use error::{Error, Result};
 #[cfg(not(loom))]
@@ -105,6 +107,8 @@ pub use log::format::{Record, RecordOp};
 pub use log::recovery::Damage;
 #[cfg(not(loom))]
 pub use reader::{Batch, Follower, LogReader, OwnedBatch};
+#[cfg(not(loom))]
+pub use request::WriteBatch;
 #[cfg(not(loom))]
 pub use stats::{Counts, SegmentCounts, StageHistograms, Stats, SyncTime};
 #[cfg(not(loom))]

@@ -56,7 +56,7 @@ use mergelog::internals::io::{Io, IoOp};
 use mergelog::{Config, Durability, Engine, Error, GetTicket, Ticket, WriteBatch, WritePath};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use recovery_common::power::{lose_power, Damage, PowerLossIo, EIO};
+use recovery_common::power::{lose_power, power_loss_config, Damage, PowerLossIo, EIO};
 use recovery_common::seeds;
 use recovery_common::{
     assert_reads_match, assert_refuses, engine_state, state_diff, State, WriteOp, WAIT_MAX,
@@ -1049,17 +1049,6 @@ fn power_model_a_failed_sync_loses_its_writes_for_good() {
 }
 
 const PL_KEYS: usize = 16;
-
-fn power_loss_config(write_path: WritePath) -> Config {
-    Config {
-        segment_bytes: 64 << 10,
-        ring_bytes: 256 << 10,
-        batch_bytes_max: 16 << 10,
-        durability: Durability::Sync,
-        write_path,
-        ..Config::default()
-    }
-}
 
 /// Totals over the seeds.
 #[derive(Default, Debug, Clone, Copy)]

@@ -31,26 +31,15 @@
 //! `MERGELOG_REOPEN_EIO_FIRST` (default 0); `MERGELOG_REOPEN_EIO_SEED` runs one. Figures
 //! go to stderr (`--nocapture`).
 
-use super::recovery_common::power::{lose_power, Damage, PowerLossIo};
+use super::recovery_common::power::{lose_power, power_loss_config, Damage, PowerLossIo};
 use super::recovery_common::{assert_refuses, seeds, WAIT_MAX};
 use mergelog::internals::io::Io;
-use mergelog::{Config, Durability, Engine, Error, Ticket, WritePath};
+use mergelog::{Engine, Error, Ticket, WritePath};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
-
-fn config(write_path: WritePath) -> Config {
-    Config {
-        segment_bytes: 64 << 10,
-        ring_bytes: 256 << 10,
-        batch_bytes_max: 16 << 10,
-        durability: Durability::Sync,
-        write_path,
-        ..Config::default()
-    }
-}
 
 /// A put of one run: unique key, unique value.
 struct Put {
@@ -125,7 +114,7 @@ const RUN0_MAX: usize = 10_000;
 
 fn seed_run(seed: u64, write_path: WritePath) -> Totals {
     let mut rng = StdRng::seed_from_u64(seed);
-    let config = config(write_path);
+    let config = power_loss_config(write_path);
     let dir = tempfile::tempdir().expect("tempdir");
     let fail_at = rng.random_range(1..=40);
     let io = Arc::new(PowerLossIo::failing_sync(fail_at));

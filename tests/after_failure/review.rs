@@ -10,12 +10,10 @@
 //! open after a plain power loss refuses with a false `DamagedHistory`, although every
 //! acknowledged put is on disk.
 
-use super::recovery_common::power::{lose_power, PowerLossIo};
+use super::recovery_common::power::{pull_the_plug, PowerLossIo};
 use crate::common::{segment_files, WAIT_MAX};
 use mergelog::internals::io::Io;
 use mergelog::{Config, Durability, Engine, RecoveryMode, WindowPolicy};
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -78,11 +76,7 @@ fn scenario(new_puts: usize) -> (tempfile::TempDir, mergelog::Result<Engine>) {
             .wait_timeout(WAIT_MAX)
             .expect("acknowledged");
     }
-    // Power loss.
-    io.cut_now();
-    let _ = engine.close();
-    drop(engine);
-    lose_power(&io, &mut StdRng::seed_from_u64(1), 0.5, 0.5);
+    pull_the_plug(&io, engine, 1);
 
     let r = Engine::open(dir.path(), config(RecoveryMode::default()));
     (dir, r)
@@ -227,10 +221,7 @@ fn a_sync_reopen_of_a_nosync_log_acknowledges_puts_behind_unsynced_segments() {
         .unwrap()
         .wait_timeout(WAIT_MAX)
         .expect("acknowledged");
-    io.cut_now();
-    let _ = engine.close();
-    drop(engine);
-    lose_power(&io, &mut StdRng::seed_from_u64(7), 0.5, 0.5);
+    pull_the_plug(&io, engine, 7);
     match Engine::open(dir.path(), small(Durability::Sync)) {
         Ok(engine) => assert_eq!(
             engine.read_to_vec(b"acked").unwrap(),

@@ -545,3 +545,27 @@ pub fn lose_power(io: &PowerLossIo, rng: &mut StdRng, p_drop: f64, p_keep: f64) 
     }
     dmg
 }
+
+/// The configuration the power-loss tests open their logs with: small segments, so that a
+/// run rolls several times; syncs on.
+pub fn power_loss_config(write_path: mergelog::WritePath) -> mergelog::Config {
+    mergelog::Config {
+        segment_bytes: 64 << 10,
+        ring_bytes: 256 << 10,
+        batch_bytes_max: 16 << 10,
+        durability: mergelog::Durability::Sync,
+        write_path,
+        ..mergelog::Config::default()
+    }
+}
+
+/// Cuts the power under a running engine: every later operation fails, the engine is closed
+/// and dropped, and what was not durable is taken back (`lose_power`, seeded by `seed`, half
+/// the unsynced writes dropped, half of the others' sectors kept).
+pub fn pull_the_plug(io: &PowerLossIo, engine: mergelog::Engine, seed: u64) -> Damage {
+    use rand::SeedableRng;
+    io.cut_now();
+    let _ = engine.close();
+    drop(engine);
+    lose_power(io, &mut StdRng::seed_from_u64(seed), 0.5, 0.5)
+}

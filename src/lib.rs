@@ -120,6 +120,7 @@ pub use ticket::{GetTicket, Ticket};
 #[doc(hidden)]
 pub mod internals {
     pub use crate::coalesce;
+    pub use crate::log::dir::list_segments;
     pub use crate::log::format;
     pub use crate::log::io;
     pub use crate::ring;

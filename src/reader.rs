@@ -410,7 +410,7 @@ impl Follower {
 
     /// As `find_segment`, from the directory (a follower in another process).
     fn find_in_dir(&self) -> Result<Option<Arc<Segment>>> {
-        let files = crate::log::recovery::list_segments(&self.dir)?;
+        let files = crate::log::dir::list_segments(&self.dir)?;
         let Some(idx) = files.iter().rposition(|(id, _)| *id <= self.next_seq) else {
             return match files.first() {
                 // The batch was in a segment that `Engine::retire_before` removed.

@@ -4,6 +4,7 @@
 //! read through the mappings.
 
 pub(crate) mod clean;
+pub mod dir;
 pub mod format;
 pub mod io;
 pub(crate) mod recovery;

@@ -4,7 +4,7 @@
 use crate::config::RecoveryMode;
 use crate::error::{Error, Result};
 use crate::log::clean::CleanMark;
-use crate::log::format::parse_segment_file_name;
+use crate::log::dir::list_segments;
 use crate::log::format::{
     decode_frame, Decoded, Frame, SegmentHeader, FRAME_HEADER_LEN, FRAME_MAGIC, SEGMENT_HEADER_LEN,
     UNDURABLE_FRAMES_MAX,
@@ -139,21 +139,6 @@ fn durable_loss(
 /// The largest batch sequence a log may use (2^62: centuries of batches at any rate), so that
 /// counting on never overflows.
 pub(crate) const SEQ_MAX: u64 = 1 << 62;
-
-/// Lists the segment files of `dir` in log order.
-pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
-    let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
-    let mut segs = Vec::new();
-    for entry in rd {
-        let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
-        let name = entry.file_name();
-        if let Some(id) = name.to_str().and_then(parse_segment_file_name) {
-            segs.push((id, entry.path()));
-        }
-    }
-    segs.sort();
-    Ok(segs)
-}
 
 /// How a scan treats the bytes it finds.
 #[derive(Clone, Copy, PartialEq, Eq)]

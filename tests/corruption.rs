@@ -23,16 +23,14 @@
 // Tests make and spoil files on purpose; the storage seam's lint (clippy.toml) is for the library.
 #![allow(clippy::disallowed_methods)]
 
-mod recovery_common;
+mod common;
 
+use common::model::{apply_batch, apply_writes, state_diff, WriteOp};
+use common::{assert_reads_match, engine_state, wait_ok, State, WAIT_MAX};
 use mergelog::internals::format::UNDURABLE_FRAMES_MAX;
 use mergelog::{Config, Engine, Error, LogReader, RecoveryMode, WriteBatch};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use recovery_common::{
-    apply_batch, apply_writes, assert_reads_match, engine_state, state_diff, wait_ok, State,
-    WriteOp, WAIT_MAX,
-};
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -154,7 +152,7 @@ fn build_fixture() -> Fixture {
             })
             .collect();
         let ticket =
-            recovery_common::submit(&engine, &mut batch, &ops, n == 1 && rng.random_bool(0.5))
+            common::model::submit(&engine, &mut batch, &ops, n == 1 && rng.random_bool(0.5))
                 .expect("submit");
         wait_ok(&ticket, "fixture");
         let mut next = models.last().expect("model").clone();

@@ -29,16 +29,14 @@
 //! Environment: `MERGELOG_CRASH_ITERS` (default 200) iterations, `MERGELOG_CRASH_SEED` to
 //! repeat a run.
 
-mod recovery_common;
+mod common;
 
+use common::model::{apply_batch, apply_writes, hex, state_diff, unhex, WriteOp};
+use common::{assert_reads_match, engine_state, State, WAIT_MAX};
 use mergelog::{Config, Durability, Engine, LogReader, WriteBatch, WritePath};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
-use recovery_common::{
-    apply_batch, apply_writes, assert_reads_match, engine_state, hex, state_diff, unhex, State,
-    WriteOp, WAIT_MAX,
-};
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -188,7 +186,7 @@ fn child_writer(engine: &Engine, next_id: &Mutex<u64>, w: usize, seed: u64, dead
             let id = *id_guard;
             *id_guard += 1;
             emit(&format!("{MARK}INT {id}{line}\n"));
-            let ticket = recovery_common::submit(engine, &mut batch, &ops, ops.len() == 1)
+            let ticket = common::model::submit(engine, &mut batch, &ops, ops.len() == 1)
                 .unwrap_or_else(|e| {
                     eprintln!("child: submit failed: {e}");
                     std::process::exit(5);

@@ -6,7 +6,7 @@
 //!   (write, sync, create, rename, directory sync, or any) with EIO, once or forever from then
 //!   on, for N = 1, 2, ... until a run completes without reaching N; both write paths.
 //! - **Simulated power loss** (`power_loss` for the pwrite path, `power_loss_mmap` for the
-//!   mmap path): `PowerLossIo` (the model, in `recovery_common/power.rs`) keeps every write
+//!   mmap path): `PowerLossIo` (the model, in `common/power.rs`) keeps every write
 //!   not yet durable with the bytes it overwrote (an `fdatasync` makes all of a file's
 //!   performed writes durable, an `msync` only their parts inside its range), cuts the power
 //!   after a seeded number of operations (every later operation fails), and then tears each
@@ -49,18 +49,17 @@
 // Tests make and spoil files on purpose; the storage seam's lint (clippy.toml) is for the library.
 #![allow(clippy::disallowed_methods)]
 
-mod recovery_common;
+mod common;
 
+use common::model::{state_diff, WriteOp};
+use common::power::{lose_power, power_loss_config, Damage, PowerLossIo, EIO};
+use common::seeds;
+use common::{assert_reads_match, assert_refuses, engine_state, State, WAIT_MAX};
 use mergelog::internals::format::{SegmentHeader, SEGMENT_HEADER_LEN};
 use mergelog::internals::io::{Io, IoOp};
 use mergelog::{Config, Durability, Engine, Error, GetTicket, Ticket, WriteBatch, WritePath};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use recovery_common::power::{lose_power, power_loss_config, Damage, PowerLossIo, EIO};
-use recovery_common::seeds;
-use recovery_common::{
-    assert_reads_match, assert_refuses, engine_state, state_diff, State, WriteOp, WAIT_MAX,
-};
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -350,7 +349,7 @@ fn check_outcomes(base: &State, done: &mut [Done], recovered: &State, ctx: &str)
             );
             out.gets_checked += 1;
         }
-        recovery_common::apply_writes(&mut state, &d.req.writes());
+        common::model::apply_writes(&mut state, &d.req.writes());
     }
 
     // The recovered state is the state after a prefix that holds every acknowledged request.
@@ -383,7 +382,7 @@ fn prefixes(
     let required = max_ok.map_or(0, |ok| writes.iter().filter(|d| d.pos <= ok).count());
     let mut model = base.clone();
     for d in &writes[..required] {
-        recovery_common::apply_writes(&mut model, &d.req.writes());
+        common::model::apply_writes(&mut model, &d.req.writes());
     }
     let at_required = model.clone();
     let mut matches = Vec::new();
@@ -392,7 +391,7 @@ fn prefixes(
             matches.push(n);
         }
         if n < writes.len() {
-            recovery_common::apply_writes(&mut model, &writes[n].req.writes());
+            common::model::apply_writes(&mut model, &writes[n].req.writes());
         }
     }
     assert!(
@@ -1339,7 +1338,7 @@ fn a_failed_segment_removal_is_reported_and_forgets_only_what_went() {
             let r = engine.replay().unwrap();
             assert_eq!(r.first_seq(), first, "{op:?}");
             for b in r.batches() {
-                recovery_common::apply_batch(&mut st, &b);
+                common::model::apply_batch(&mut st, &b);
             }
             st
         };

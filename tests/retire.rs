@@ -10,13 +10,14 @@
 // Tests make and spoil files on purpose; the storage seam's lint (clippy.toml) is for the library.
 #![allow(clippy::disallowed_methods)]
 
-mod recovery_common;
+mod common;
 
+use common::model::{apply_batch, state_diff};
+use common::{engine_state, wait_ok, State, WAIT_MAX};
 use mergelog::internals::format::parse_segment_file_name;
 use mergelog::{Config, Engine, Error, LogReader, OwnedBatch, RecordOp, Retired, Ticket};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use recovery_common::{apply_batch, engine_state, state_diff, wait_ok, State, WAIT_MAX};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

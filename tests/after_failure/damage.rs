@@ -5,7 +5,8 @@
 //! refuses it (naming the file, the offset and the batches), changes nothing, and only
 //! `RecoveryMode::PointInTime` opens there.
 
-use crate::common::{read_log, segment_files, LoggedFrame, WAIT_MAX};
+use crate::common::log::{read_log, segment_files, LoggedFrame};
+use crate::common::WAIT_MAX;
 use mergelog::internals::format::{
     decode_frame, Decoded, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN, UNDURABLE_FRAMES_MAX,
 };

@@ -1,0 +1,161 @@
+//! A log directory on disk: its segment files, listed by the library's one listing
+//! (`mergelog::internals::list_segments`), and its frames decoded with the format module.
+
+use super::State;
+use mergelog::internals::format::{
+    decode_frame, Decoded, RecordOp, SegmentHeader, FIRST_BATCH_SEQ, FLAG_SORTED,
+    SEGMENT_HEADER_LEN,
+};
+use std::path::{Path, PathBuf};
+
+/// One record of a decoded frame, copied out of the segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoggedRecord {
+    pub put: bool,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+/// One decoded frame, copied out of the segment.
+#[derive(Clone, Debug)]
+pub struct LoggedFrame {
+    pub segment_id: u64,
+    pub offset: u64,
+    pub batch_seq: u64,
+    pub flags: u32,
+    pub ops_acknowledged: u32,
+    pub body_len: usize,
+    pub records: Vec<LoggedRecord>,
+}
+
+impl LoggedFrame {
+    pub fn is_sorted(&self) -> bool {
+        self.flags & FLAG_SORTED != 0
+    }
+}
+
+/// The segment files of `dir` (`<20 digits>.seg`) in id order: the library's listing,
+/// failing the test if the directory cannot be read.
+pub fn segment_files(dir: &Path) -> Vec<(u64, PathBuf)> {
+    mergelog::internals::list_segments(dir)
+        .unwrap_or_else(|e| panic!("list the segments of {}: {e}", dir.display()))
+}
+
+/// Decodes every frame of every segment of `dir` (the engine must be closed), checking what
+/// the format promises across frames: every segment header decodes, names its own file and
+/// has the file's size (`segment_bytes` when given); a segment's first frame carries the
+/// segment's id; batch sequence numbers are consecutive from `FIRST_BATCH_SEQ`; every frame
+/// marked sorted is strictly ascending by key.
+pub fn read_log(dir: &Path, segment_bytes: Option<u64>) -> Vec<LoggedFrame> {
+    let mut frames: Vec<LoggedFrame> = Vec::new();
+    for (id, path) in segment_files(dir) {
+        let image = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let header = SegmentHeader::decode(&image)
+            .unwrap_or_else(|e| panic!("{}: bad segment header: {e:?}", path.display()));
+        assert_eq!(header.segment_id, id, "{}: header id", path.display());
+        assert_eq!(
+            header.segment_size,
+            image.len() as u64,
+            "{}: header size vs file size",
+            path.display()
+        );
+        if let Some(size) = segment_bytes {
+            assert_eq!(image.len() as u64, size, "{}: file size", path.display());
+        }
+        let mut offset = SEGMENT_HEADER_LEN;
+        let mut first = true;
+        loop {
+            let frame = match decode_frame(&image, offset) {
+                Ok(Decoded::Frame(f)) => f,
+                Ok(Decoded::End) => break,
+                Err(e) => panic!("{} offset {offset}: bad frame: {e:?}", path.display()),
+            };
+            if first {
+                assert_eq!(
+                    frame.batch_seq,
+                    id,
+                    "{}: the first frame's batch sequence must be the segment id",
+                    path.display()
+                );
+                first = false;
+            }
+            let records: Vec<LoggedRecord> = frame
+                .records()
+                .map(|r| LoggedRecord {
+                    put: r.op == RecordOp::Put,
+                    key: r.key.to_vec(),
+                    value: r.value.to_vec(),
+                })
+                .collect();
+            assert_eq!(
+                records.len(),
+                frame.record_count as usize,
+                "{} offset {offset}: records() yields record_count records",
+                path.display()
+            );
+            assert!(
+                frame.ops_acknowledged >= frame.record_count,
+                "{} offset {offset}: ops_acknowledged {} < record_count {}",
+                path.display(),
+                frame.ops_acknowledged,
+                frame.record_count
+            );
+            if frame.is_sorted() {
+                for pair in records.windows(2) {
+                    assert!(
+                        pair[0].key < pair[1].key,
+                        "{} offset {offset}: sorted frame has {:?} before {:?}",
+                        path.display(),
+                        pair[0].key,
+                        pair[1].key
+                    );
+                }
+            }
+            frames.push(LoggedFrame {
+                segment_id: id,
+                offset: frame.offset,
+                batch_seq: frame.batch_seq,
+                flags: frame.flags,
+                ops_acknowledged: frame.ops_acknowledged,
+                body_len: frame.body.len(),
+                records,
+            });
+            offset = frame.end_offset() as usize;
+        }
+    }
+    for (i, f) in frames.iter().enumerate() {
+        assert_eq!(
+            f.batch_seq,
+            FIRST_BATCH_SEQ + i as u64,
+            "batch sequence numbers must be consecutive (segment {}, offset {})",
+            f.segment_id,
+            f.offset
+        );
+    }
+    frames
+}
+
+/// The state that replaying `frames` in log order gives.
+pub fn replay(frames: &[LoggedFrame]) -> State {
+    let mut state = State::new();
+    for f in frames {
+        for r in &f.records {
+            if r.put {
+                state.insert(r.key.clone(), r.value.clone());
+            } else {
+                state.remove(&r.key);
+            }
+        }
+    }
+    state
+}
+
+/// Sequence number the next frame written to `dir` will get.
+pub fn next_batch_seq(dir: &Path) -> u64 {
+    if !dir.exists() {
+        return FIRST_BATCH_SEQ;
+    }
+    read_log(dir, None)
+        .last()
+        .map_or(FIRST_BATCH_SEQ, |f| f.batch_seq + 1)
+}

@@ -25,6 +25,7 @@
 
 mod common;
 
+use common::log::snapshot;
 use common::model::{apply_batch, apply_writes, state_diff, WriteOp};
 use common::{assert_reads_match, engine_state, wait_ok, State, WAIT_MAX};
 use mergelog::internals::format::UNDURABLE_FRAMES_MAX;
@@ -379,21 +380,6 @@ macro_rules! ensure {
 }
 
 type Check = Result<(), String>;
-
-/// Every file of `dir` but the lock file, and its bytes.
-fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .expect("read_dir")
-        .filter(|e| e.as_ref().is_ok_and(|e| e.file_name() != "LOCK"))
-        .map(|e| {
-            let p = e.expect("entry").path();
-            let bytes = std::fs::read(&p).unwrap_or_default();
-            (p, bytes)
-        })
-        .collect();
-    files.sort();
-    files
-}
 
 /// Opens the damaged copy in `dir` with the engine in `mode` and checks the outcome against
 /// `expect`. With `follow_up`, a successful open is continued: one more write, close, and the

@@ -51,6 +51,7 @@
 
 mod common;
 
+use common::log::{pool_files, prepared_files, segment_files};
 use common::model::{state_diff, WriteOp};
 use common::power::{lose_power, power_loss_config, Damage, PowerLossIo, EIO};
 use common::seeds;
@@ -463,20 +464,20 @@ fn reopen_and_check(
 /// Every segment and prepared file of `dir` is fully allocated (never sparse: a store into
 /// an unbacked page of a full disk is SIGBUS), and no short prepared file is left behind.
 fn assert_files_allocated(dir: &Path, segment_bytes: u64, ctx: &str) {
-    for entry in std::fs::read_dir(dir).expect("read_dir") {
-        let entry = entry.expect("entry");
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !(name.ends_with(".seg") || name.starts_with("prep-")) {
-            continue;
-        }
-        let meta = entry.metadata().expect("metadata");
+    let segments = segment_files(dir)
+        .into_iter()
+        .map(|(_, path)| (path, false));
+    let prepared = prepared_files(dir).into_iter().map(|path| (path, true));
+    for (path, is_prepared) in segments.chain(prepared) {
+        let name = path.file_name().expect("file name").to_string_lossy();
+        let meta = std::fs::metadata(&path).expect("metadata");
         assert!(
             meta.blocks() * 512 >= meta.len(),
             "{ctx}: {name} is sparse: {} bytes, {} allocated",
             meta.len(),
             meta.blocks() * 512
         );
-        if name.starts_with("prep-") {
+        if is_prepared {
             assert_eq!(
                 meta.len(),
                 segment_bytes,
@@ -1300,7 +1301,7 @@ fn a_failed_segment_removal_is_reported_and_forgets_only_what_went() {
         let config = retire_config();
         let engine = Engine::open_with_io(dir.path(), config.clone(), io.clone()).unwrap();
         let mut n = 0usize;
-        while recovery_common_segments(dir.path()).len() < 7 {
+        while segment_files(dir.path()).len() < 7 {
             let ts: Vec<Ticket> = (0..20)
                 .map(|j| {
                     let k = key((n * 20 + j) % 300);
@@ -1312,7 +1313,7 @@ fn a_failed_segment_removal_is_reported_and_forgets_only_what_went() {
             }
             n += 1;
         }
-        let before = recovery_common_segments(dir.path());
+        let before = segment_files(dir.path());
         io.armed.store(true, Ordering::SeqCst);
         let last_id = before.last().unwrap().0;
         let err = engine.retire_before(last_id).unwrap_err();
@@ -1321,7 +1322,7 @@ fn a_failed_segment_removal_is_reported_and_forgets_only_what_went() {
             msg.contains("os error 5"),
             "{op:?}: error {msg:?} does not carry EIO"
         );
-        let after = recovery_common_segments(dir.path());
+        let after = segment_files(dir.path());
         match op {
             IoOp::Remove => {
                 assert!(msg.contains(&before[2].1.display().to_string()), "{msg}");
@@ -1352,7 +1353,7 @@ fn a_failed_segment_removal_is_reported_and_forgets_only_what_went() {
         let r = engine.retire_before(last_id).unwrap();
         assert_eq!(r.first_seq, last_id, "{op:?}");
         assert_eq!(r.segments, after.len() - 1, "{op:?}");
-        assert_eq!(recovery_common_segments(dir.path()).len(), 1, "{op:?}");
+        assert_eq!(segment_files(dir.path()).len(), 1, "{op:?}");
         let live = engine_state(&engine);
         assert_eq!(live, replayed(&engine, last_id), "{op:?}");
         assert_eq!(
@@ -1364,21 +1365,6 @@ fn a_failed_segment_removal_is_reported_and_forgets_only_what_went() {
         let reopened = Engine::open(dir.path(), config).unwrap();
         assert_eq!(engine_state(&reopened), live, "{op:?}: reopen");
     }
-}
-
-/// The segment files of `dir` in log order.
-fn recovery_common_segments(dir: &Path) -> Vec<(u64, PathBuf)> {
-    let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let id = name.strip_suffix(".seg")?.parse().ok()?;
-            Some((id, e.path()))
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 /// One seed of the power-loss run with retirement and recycled segments (see
@@ -1564,7 +1550,7 @@ fn a_pooled_file_whose_directory_sync_failed_is_not_reused() {
             t.wait().unwrap();
         }
     };
-    while recovery_common_segments(dir.path()).len() < 3 {
+    while segment_files(dir.path()).len() < 3 {
         put_some(&engine);
     }
     io.armed.store(true, Ordering::SeqCst);
@@ -1573,17 +1559,7 @@ fn a_pooled_file_whose_directory_sync_failed_is_not_reused() {
         .retire_before(segs[segs.len() - 1].first_seq)
         .is_err());
     io.armed.store(false, Ordering::SeqCst);
-    let pooled = |d: &Path| -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(d)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.to_string_lossy().contains("recycle-"))
-            .collect();
-        v.sort();
-        v
-    };
-    let orphans = pooled(dir.path());
+    let orphans = pool_files(dir.path());
     assert_eq!(orphans.len(), 1, "{orphans:?}");
     let before = std::fs::read(&orphans[0]).unwrap();
     while engine.counts().segments.reused < 3 {
@@ -1763,7 +1739,7 @@ fn every_file_change_goes_through_the_hooks() {
 
     // Damage in the first segment: point-in-time recovery keeps what is before it and
     // removes the segments after it.
-    let segs = recovery_common_segments(&dir);
+    let segs = segment_files(&dir);
     assert!(segs.len() >= 2, "{segs:?}");
     {
         use std::os::unix::fs::FileExt;

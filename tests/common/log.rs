@@ -1,10 +1,11 @@
 //! A log directory on disk: its segment files, listed by the library's one listing
-//! (`mergelog::internals::list_segments`), and its frames decoded with the format module.
+//! (`mergelog::internals::list_segments`), its prepared and pool files, a snapshot of all its
+//! files, and its frames decoded with the format module.
 
 use super::State;
 use mergelog::internals::format::{
-    decode_frame, Decoded, RecordOp, SegmentHeader, FIRST_BATCH_SEQ, FLAG_SORTED,
-    SEGMENT_HEADER_LEN,
+    decode_frame, parse_prep_file_name, parse_recycle_file_name, Decoded, RecordOp, SegmentHeader,
+    FIRST_BATCH_SEQ, FLAG_SORTED, SEGMENT_HEADER_LEN,
 };
 use std::path::{Path, PathBuf};
 
@@ -39,6 +40,48 @@ impl LoggedFrame {
 pub fn segment_files(dir: &Path) -> Vec<(u64, PathBuf)> {
     mergelog::internals::list_segments(dir)
         .unwrap_or_else(|e| panic!("list the segments of {}: {e}", dir.display()))
+}
+
+/// The segments prepared ahead of need in `dir` (`prep-<n>.tmp`) in number order.
+pub fn prepared_files(dir: &Path) -> Vec<PathBuf> {
+    numbered_files(dir, parse_prep_file_name)
+}
+
+/// The pool files of `dir` (retired segments kept for reuse, `recycle-<n>.tmp`) in number
+/// order.
+pub fn pool_files(dir: &Path) -> Vec<PathBuf> {
+    numbered_files(dir, parse_recycle_file_name)
+}
+
+/// The files of `dir` whose name `parse` reads a number from, in number order.
+fn numbered_files(dir: &Path, parse: fn(&str) -> Option<u64>) -> Vec<PathBuf> {
+    let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry"))
+        .filter_map(|entry| {
+            let n = parse(entry.file_name().to_str()?)?;
+            Some((n, entry.path()))
+        })
+        .collect();
+    files.sort();
+    files.into_iter().map(|(_, path)| path).collect()
+}
+
+/// Every file of `dir` but the lock file, with its bytes, in path order: compare two
+/// snapshots to check that something left the directory as it was.
+pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|path| path.file_name().is_some_and(|n| n != "LOCK"))
+        .map(|path| {
+            let bytes =
+                std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+            (path, bytes)
+        })
+        .collect();
+    files.sort();
+    files
 }
 
 /// Decodes every frame of every segment of `dir` (the engine must be closed), checking what

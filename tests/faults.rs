@@ -52,7 +52,7 @@
 mod common;
 
 use common::log::{pool_files, prepared_files, segment_files};
-use common::model::{state_diff, WriteOp};
+use common::model::{mixed_key, state_diff, WriteOp};
 use common::power::{lose_power, power_loss_config, Damage, PowerLossIo, EIO};
 use common::seeds;
 use common::{assert_reads_match, assert_refuses, engine_state, State, WAIT_MAX};
@@ -70,16 +70,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 const ENOSPC: i32 = 28;
-
-fn key(i: usize) -> Vec<u8> {
-    // Keys of different lengths, some sharing their first 8 bytes.
-    match i % 4 {
-        0 => format!("k{i}").into_bytes(),
-        1 => format!("key-{i:03}").into_bytes(),
-        2 => format!("shared-prefix-{i}").into_bytes(),
-        _ => vec![b'x', i as u8, 0, 0xff],
-    }
-}
 
 /// A unique value: `tag` names the request and op, then filler up to `len` bytes.
 fn value(tag: &str, len: usize) -> Vec<u8> {
@@ -149,7 +139,7 @@ impl Req {
 
 /// A random request over `keys` keys; `tag` makes its values unique.
 fn random_req(rng: &mut StdRng, keys: usize, tag: &str, value_max: usize) -> Req {
-    let k = |rng: &mut StdRng| key(rng.random_range(0..keys));
+    let k = |rng: &mut StdRng| mixed_key(rng.random_range(0..keys));
     let len = |rng: &mut StdRng| rng.random_range(1..=value_max);
     match rng.random_range(0..100) {
         0..=54 => Req::Put(k(rng), value(tag, len(rng))),
@@ -449,7 +439,7 @@ fn reopen_and_check(
     let engine = Engine::open(dir, config.clone())
         .unwrap_or_else(|e| panic!("{ctx}: reopen with the real I/O failed: {e}"));
     let recovered = engine_state(&engine);
-    let probe: Vec<Vec<u8>> = (0..keys).map(key).collect();
+    let probe: Vec<Vec<u8>> = (0..keys).map(mixed_key).collect();
     assert_reads_match(&engine, &recovered, probe.iter().map(|k| &k[..]), ctx);
     let checked = check_outcomes(base, done, &recovered, ctx);
     if let Some(live) = live {
@@ -1177,7 +1167,7 @@ fn power_loss_seed(seed: u64, write_path: WritePath) -> PowerTotals {
         });
         totals.tail_truncated += u64::from(engine.open_report().truncated.is_some());
         let recovered = engine_state(&engine);
-        let probe: Vec<Vec<u8>> = (0..PL_KEYS).map(key).collect();
+        let probe: Vec<Vec<u8>> = (0..PL_KEYS).map(mixed_key).collect();
         assert_reads_match(&engine, &recovered, probe.iter().map(|k| &k[..]), &ctx);
         totals.checked += check_outcomes(&base, &mut done, &recovered, &ctx);
         if let Some(live) = &live {
@@ -1304,7 +1294,7 @@ fn a_failed_segment_removal_is_reported_and_forgets_only_what_went() {
         while segment_files(dir.path()).len() < 7 {
             let ts: Vec<Ticket> = (0..20)
                 .map(|j| {
-                    let k = key((n * 20 + j) % 300);
+                    let k = mixed_key((n * 20 + j) % 300);
                     engine.put(&k, &value(&format!("{n}.{j}"), 300)).unwrap()
                 })
                 .collect();
@@ -1503,7 +1493,7 @@ fn power_loss_recycling_seed(seed: u64, write_path: WritePath) -> (u64, u64, u64
 /// taken for part of the log. 300 seeds per write path (`MERGELOG_POWERLOSS_RECYCLE_SEEDS`).
 #[test]
 fn power_loss_recycling() {
-    let seeds = seeds::env_u64("MERGELOG_POWERLOSS_RECYCLE_SEEDS").unwrap_or(300);
+    let seeds = common::env_u64("MERGELOG_POWERLOSS_RECYCLE_SEEDS").unwrap_or(300);
     let started = Instant::now();
     for write_path in [WritePath::Pwrite, WritePath::Mmap] {
         let (mut cycles, mut checked, mut reused) = (0, 0, 0);
@@ -1542,7 +1532,10 @@ fn a_pooled_file_whose_directory_sync_failed_is_not_reused() {
             .map(|j| {
                 n += 1;
                 engine
-                    .put(&key((n * 20 + j) % 300), &value(&format!("{n}.{j}"), 300))
+                    .put(
+                        &mixed_key((n * 20 + j) % 300),
+                        &value(&format!("{n}.{j}"), 300),
+                    )
                     .unwrap()
             })
             .collect();
@@ -1689,7 +1682,7 @@ fn every_file_change_goes_through_the_hooks() {
     let put_until = |engine: &Engine, n: &mut usize, done: &dyn Fn(&Engine) -> bool| {
         while !done(engine) {
             *n += 1;
-            match engine.put(&key(*n % 300), &value(&format!("{n}"), 700)) {
+            match engine.put(&mixed_key(*n % 300), &value(&format!("{n}"), 700)) {
                 Ok(t) => {
                     let _ = t.wait();
                 }

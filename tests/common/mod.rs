@@ -1,7 +1,8 @@
 //! Helpers shared by the integration tests, one definition each. Every test target pulls this
 //! tree in with `mod common;` (`after_failure/main.rs` with `#[path = "../common/mod.rs"]`).
 //!
-//! - here: the bound on every wait, and the durable state read through the public API;
+//! - here: the bound on every wait (and running work under it), numbers from the environment,
+//!   and the durable state read through the public API;
 //! - [`model`]: the key -> value model: writes, replayed batches, submitting, diffs;
 //! - [`log`]: a log directory on disk: its segment files (through the library's one listing,
 //!   `mergelog::internals::list_segments`), its other files, and its frames decoded with the
@@ -19,13 +20,42 @@ pub mod seeds;
 
 use mergelog::{Engine, Ticket, WriteBatch};
 use std::collections::BTreeMap;
+use std::sync::mpsc;
 use std::time::Duration;
 
 /// A key -> value state, ordered so that a failed comparison prints readably.
 pub type State = BTreeMap<Vec<u8>, Vec<u8>>;
 
-/// How long a test waits for a ticket before calling the engine hung.
+/// How long a test waits for a ticket (or anything else) before calling the engine hung. It
+/// bounds a hang on a slow, shared machine; no test times anything with it.
 pub const WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// Runs `f` on its own thread and returns its result, or fails the test if it takes longer
+/// than [`WAIT_MAX`] (the thread is left behind: it is stuck).
+pub fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(WAIT_MAX) {
+        Ok(v) => {
+            handle.join().expect("joined");
+            v
+        }
+        Err(_) => panic!("hung: {what} did not finish within {WAIT_MAX:?}: the engine is wedged"),
+    }
+}
+
+/// The environment variable `name` as a number, if set (surrounding blanks and `_` digit
+/// separators allowed: `100_000_000`).
+pub fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| {
+        v.trim()
+            .replace('_', "")
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
+    })
+}
 
 /// Waits for a ticket, failing the test on an error or a hang.
 pub fn wait_ok(ticket: &Ticket, ctx: &str) {

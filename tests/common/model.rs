@@ -1,4 +1,5 @@
-//! The key -> value model the tests check the engine against: writes applied in order,
+//! The key -> value model the tests check the engine against: a key set with varied lengths
+//! and shared prefixes, writes applied in order,
 //! batches replayed from the log or yielded by a follower, submitting writes as requests,
 //! and describing how two states differ; `hex`/`unhex` write keys and values as text tokens.
 
@@ -8,6 +9,17 @@ use std::fmt::Write as _;
 
 /// One write: `Some(value)` is a put, `None` a delete.
 pub type WriteOp = (Vec<u8>, Option<Vec<u8>>);
+
+/// Key `i` of the keys the crash and fault workloads draw from: keys of different lengths,
+/// some sharing their first 8 bytes.
+pub fn mixed_key(i: usize) -> Vec<u8> {
+    match i % 4 {
+        0 => format!("k{i}").into_bytes(),
+        1 => format!("key-{i:03}").into_bytes(),
+        2 => format!("shared-prefix-{i}").into_bytes(),
+        _ => vec![b'x', i as u8, 0, 0xff],
+    }
+}
 
 /// Applies writes in order.
 pub fn apply_writes<'a>(state: &mut State, ops: impl IntoIterator<Item = &'a WriteOp>) {

@@ -4,8 +4,8 @@
 
 use super::State;
 use mergelog::internals::format::{
-    decode_frame, parse_prep_file_name, parse_recycle_file_name, Decoded, RecordOp, SegmentHeader,
-    FIRST_BATCH_SEQ, FLAG_SORTED, SEGMENT_HEADER_LEN,
+    decode_frame, parse_prep_file_name, parse_recycle_file_name, Decoded, Frame, RecordOp,
+    SegmentHeader, FIRST_BATCH_SEQ, FLAG_SORTED, SEGMENT_HEADER_LEN,
 };
 use std::path::{Path, PathBuf};
 
@@ -92,79 +92,7 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 pub fn read_log(dir: &Path, segment_bytes: Option<u64>) -> Vec<LoggedFrame> {
     let mut frames: Vec<LoggedFrame> = Vec::new();
     for (id, path) in segment_files(dir) {
-        let image = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-        let header = SegmentHeader::decode(&image)
-            .unwrap_or_else(|e| panic!("{}: bad segment header: {e:?}", path.display()));
-        assert_eq!(header.segment_id, id, "{}: header id", path.display());
-        assert_eq!(
-            header.segment_size,
-            image.len() as u64,
-            "{}: header size vs file size",
-            path.display()
-        );
-        if let Some(size) = segment_bytes {
-            assert_eq!(image.len() as u64, size, "{}: file size", path.display());
-        }
-        let mut offset = SEGMENT_HEADER_LEN;
-        let mut first = true;
-        loop {
-            let frame = match decode_frame(&image, offset) {
-                Ok(Decoded::Frame(f)) => f,
-                Ok(Decoded::End) => break,
-                Err(e) => panic!("{} offset {offset}: bad frame: {e:?}", path.display()),
-            };
-            if first {
-                assert_eq!(
-                    frame.batch_seq,
-                    id,
-                    "{}: the first frame's batch sequence must be the segment id",
-                    path.display()
-                );
-                first = false;
-            }
-            let records: Vec<LoggedRecord> = frame
-                .records()
-                .map(|r| LoggedRecord {
-                    put: r.op == RecordOp::Put,
-                    key: r.key.to_vec(),
-                    value: r.value.to_vec(),
-                })
-                .collect();
-            assert_eq!(
-                records.len(),
-                frame.record_count as usize,
-                "{} offset {offset}: records() yields record_count records",
-                path.display()
-            );
-            assert!(
-                frame.ops_acknowledged >= frame.record_count,
-                "{} offset {offset}: ops_acknowledged {} < record_count {}",
-                path.display(),
-                frame.ops_acknowledged,
-                frame.record_count
-            );
-            if frame.is_sorted() {
-                for pair in records.windows(2) {
-                    assert!(
-                        pair[0].key < pair[1].key,
-                        "{} offset {offset}: sorted frame has {:?} before {:?}",
-                        path.display(),
-                        pair[0].key,
-                        pair[1].key
-                    );
-                }
-            }
-            frames.push(LoggedFrame {
-                segment_id: id,
-                offset: frame.offset,
-                batch_seq: frame.batch_seq,
-                flags: frame.flags,
-                ops_acknowledged: frame.ops_acknowledged,
-                body_len: frame.body.len(),
-                records,
-            });
-            offset = frame.end_offset() as usize;
-        }
+        read_segment(id, &path, segment_bytes, &mut frames);
     }
     for (i, f) in frames.iter().enumerate() {
         assert_eq!(
@@ -176,6 +104,91 @@ pub fn read_log(dir: &Path, segment_bytes: Option<u64>) -> Vec<LoggedFrame> {
         );
     }
     frames
+}
+
+/// Decodes the frames of segment `id` (at `path`) onto `frames`, checking its header and
+/// that its first frame carries its id.
+fn read_segment(id: u64, path: &Path, segment_bytes: Option<u64>, frames: &mut Vec<LoggedFrame>) {
+    let image = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let header = SegmentHeader::decode(&image)
+        .unwrap_or_else(|e| panic!("{}: bad segment header: {e:?}", path.display()));
+    assert_eq!(header.segment_id, id, "{}: header id", path.display());
+    assert_eq!(
+        header.segment_size,
+        image.len() as u64,
+        "{}: header size vs file size",
+        path.display()
+    );
+    if let Some(size) = segment_bytes {
+        assert_eq!(image.len() as u64, size, "{}: file size", path.display());
+    }
+    let mut offset = SEGMENT_HEADER_LEN;
+    let mut first = true;
+    loop {
+        let frame = match decode_frame(&image, offset) {
+            Ok(Decoded::Frame(f)) => f,
+            Ok(Decoded::End) => break,
+            Err(e) => panic!("{} offset {offset}: bad frame: {e:?}", path.display()),
+        };
+        if first {
+            assert_eq!(
+                frame.batch_seq,
+                id,
+                "{}: the first frame's batch sequence must be the segment id",
+                path.display()
+            );
+            first = false;
+        }
+        frames.push(logged_frame(id, &frame, path, offset));
+        offset = frame.end_offset() as usize;
+    }
+}
+
+/// Copies `frame` (at `offset` of segment `id`, at `path`) out of the segment, checking what
+/// a frame promises: `record_count` records, at least as many operations acknowledged, and
+/// strictly ascending keys if it is marked sorted.
+fn logged_frame(id: u64, frame: &Frame<'_>, path: &Path, offset: usize) -> LoggedFrame {
+    let records: Vec<LoggedRecord> = frame
+        .records()
+        .map(|r| LoggedRecord {
+            put: r.op == RecordOp::Put,
+            key: r.key.to_vec(),
+            value: r.value.to_vec(),
+        })
+        .collect();
+    assert_eq!(
+        records.len(),
+        frame.record_count as usize,
+        "{} offset {offset}: records() yields record_count records",
+        path.display()
+    );
+    assert!(
+        frame.ops_acknowledged >= frame.record_count,
+        "{} offset {offset}: ops_acknowledged {} < record_count {}",
+        path.display(),
+        frame.ops_acknowledged,
+        frame.record_count
+    );
+    if frame.is_sorted() {
+        for pair in records.windows(2) {
+            assert!(
+                pair[0].key < pair[1].key,
+                "{} offset {offset}: sorted frame has {:?} before {:?}",
+                path.display(),
+                pair[0].key,
+                pair[1].key
+            );
+        }
+    }
+    LoggedFrame {
+        segment_id: id,
+        offset: frame.offset,
+        batch_seq: frame.batch_seq,
+        flags: frame.flags,
+        ops_acknowledged: frame.ops_acknowledged,
+        body_len: frame.body.len(),
+        records,
+    }
 }
 
 /// The state that replaying `frames` in log order gives.

@@ -25,7 +25,7 @@
 
 mod common;
 
-use common::log::snapshot;
+use common::log::dir_contents;
 use common::model::{apply_batch, apply_writes, state_diff, WriteOp};
 use common::{assert_reads_match, engine_state, wait_ok, State, WAIT_MAX};
 use mergelog::internals::format::UNDURABLE_FRAMES_MAX;
@@ -392,7 +392,7 @@ fn check_engine(
     expect: Expect,
     follow_up: bool,
 ) -> Check {
-    let before = snapshot(dir);
+    let before = dir_contents(dir);
     let opened = Engine::open(dir, config(mode));
     let expect = match (expect, mode) {
         (
@@ -437,7 +437,7 @@ fn check_engine(
                         path.display()
                     );
                     ensure!(
-                        snapshot(dir) == before,
+                        dir_contents(dir) == before,
                         "the refusing open changed the files (it must keep the evidence)"
                     );
                     Ok(())

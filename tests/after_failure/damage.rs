@@ -5,7 +5,7 @@
 //! refuses it (naming the file, the offset and the batches), changes nothing, and only
 //! `RecoveryMode::PointInTime` opens there.
 
-use crate::common::log::{read_log, segment_files, snapshot, LoggedFrame};
+use crate::common::log::{dir_contents, read_log, segment_files, LoggedFrame};
 use crate::common::WAIT_MAX;
 use mergelog::internals::format::{
     decode_frame, Decoded, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN, UNDURABLE_FRAMES_MAX,
@@ -67,7 +67,7 @@ fn zero(path: &Path, off: u64, len: usize) {
 /// with `Error::DamagedHistory` for `path` at `offset`, batches `first..=last`, with a message
 /// that names the file and the way out, and leave every file as it was.
 fn assert_refused(dir: &Path, cfg: &Config, path: &Path, offset: u64, first: u64, last: u64) {
-    let before = snapshot(dir);
+    let before = dir_contents(dir);
     for mode in [
         RecoveryMode::TolerateCorruptedTail,
         RecoveryMode::AbsoluteConsistency,
@@ -106,7 +106,7 @@ fn assert_refused(dir: &Path, cfg: &Config, path: &Path, offset: u64, first: u64
             ),
         }
         assert!(
-            snapshot(dir) == before,
+            dir_contents(dir) == before,
             "{mode:?}: the refusing open changed files"
         );
     }

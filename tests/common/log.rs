@@ -1,6 +1,6 @@
 //! A log directory on disk: its segment files, listed by the library's one listing
-//! (`mergelog::internals::list_segments`), its prepared and pool files, a snapshot of all its
-//! files, and its frames decoded with the format module.
+//! (`mergelog::internals::list_segments`), its prepared and pool files, the contents of all
+//! its files, and its frames decoded with the format module.
 
 use super::State;
 use mergelog::internals::format::{
@@ -68,8 +68,8 @@ fn numbered_files(dir: &Path, parse: fn(&str) -> Option<u64>) -> Vec<PathBuf> {
 }
 
 /// Every file of `dir` but the lock file, with its bytes, in path order: compare two
-/// snapshots to check that something left the directory as it was.
-pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+/// results to check that something left the directory as it was.
+pub fn dir_contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut files: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
         .map(|entry| entry.expect("directory entry").path())

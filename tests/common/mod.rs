@@ -1,12 +1,14 @@
-//! Helpers shared by the integration tests, one definition each. Every test target pulls this
-//! tree in with `mod common;` (`after_failure/main.rs` with `#[path = "../common/mod.rs"]`).
+//! Helpers shared by the integration tests, one definition each. A test target pulls this tree
+//! in with `mod common;` (`after_failure/main.rs` with `#[path = "../common/mod.rs"]`); a
+//! helper another target could use belongs here, not in a copy.
 //!
 //! - here: the bound on every wait (and running work under it), numbers from the environment,
 //!   and the durable state read through the public API;
-//! - [`model`]: the key -> value model: writes, replayed batches, submitting, diffs;
+//! - [`model`]: the key -> value model: a key set, writes, replayed batches, submitting,
+//!   diffs;
 //! - [`log`]: a log directory on disk: its segment files (through the library's one listing,
-//!   `mergelog::internals::list_segments`), its other files, and its frames decoded with the
-//!   format module;
+//!   `mergelog::internals::list_segments`), its prepared and pool files, the contents of all
+//!   its files, and its frames decoded with the format module;
 //! - [`power`]: the power-loss model, an `Io` hook (`faults.rs`, `after_failure/`);
 //! - [`seeds`]: which seeds a seeded test runs, and running many of them.
 

@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::{engine_state, read_log, replay, State, WAIT_MAX};
+use common::log::{read_log, replay};
+use common::{engine_state, State, WAIT_MAX};
 use mergelog::internals::format::{frame_len, SEGMENT_HEADER_LEN};
 use mergelog::{Backpressure, Config, Durability, Engine, Error, WindowPolicy, WriteBatch};
 use std::path::PathBuf;

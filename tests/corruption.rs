@@ -23,16 +23,15 @@
 // Tests make and spoil files on purpose; the storage seam's lint (clippy.toml) is for the library.
 #![allow(clippy::disallowed_methods)]
 
-mod recovery_common;
+mod common;
 
+use common::log::dir_contents;
+use common::model::{apply_batch, apply_writes, state_diff, WriteOp};
+use common::{assert_reads_match, engine_state, wait_ok, State, WAIT_MAX};
 use mergelog::internals::format::UNDURABLE_FRAMES_MAX;
 use mergelog::{Config, Engine, Error, LogReader, RecoveryMode, WriteBatch};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use recovery_common::{
-    apply_batch, apply_writes, assert_reads_match, engine_state, state_diff, wait_ok, State,
-    WriteOp, WAIT_MAX,
-};
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -154,7 +153,7 @@ fn build_fixture() -> Fixture {
             })
             .collect();
         let ticket =
-            recovery_common::submit(&engine, &mut batch, &ops, n == 1 && rng.random_bool(0.5))
+            common::model::submit(&engine, &mut batch, &ops, n == 1 && rng.random_bool(0.5))
                 .expect("submit");
         wait_ok(&ticket, "fixture");
         let mut next = models.last().expect("model").clone();
@@ -382,21 +381,6 @@ macro_rules! ensure {
 
 type Check = Result<(), String>;
 
-/// Every file of `dir` but the lock file, and its bytes.
-fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .expect("read_dir")
-        .filter(|e| e.as_ref().is_ok_and(|e| e.file_name() != "LOCK"))
-        .map(|e| {
-            let p = e.expect("entry").path();
-            let bytes = std::fs::read(&p).unwrap_or_default();
-            (p, bytes)
-        })
-        .collect();
-    files.sort();
-    files
-}
-
 /// Opens the damaged copy in `dir` with the engine in `mode` and checks the outcome against
 /// `expect`. With `follow_up`, a successful open is continued: one more write, close, and the
 /// log must then be clean (open in `AbsoluteConsistency`) and hold the kept frames plus that
@@ -408,7 +392,7 @@ fn check_engine(
     expect: Expect,
     follow_up: bool,
 ) -> Check {
-    let before = snapshot(dir);
+    let before = dir_contents(dir);
     let opened = Engine::open(dir, config(mode));
     let expect = match (expect, mode) {
         (
@@ -453,7 +437,7 @@ fn check_engine(
                         path.display()
                     );
                     ensure!(
-                        snapshot(dir) == before,
+                        dir_contents(dir) == before,
                         "the refusing open changed the files (it must keep the evidence)"
                     );
                     Ok(())

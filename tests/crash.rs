@@ -29,16 +29,14 @@
 //! Environment: `MERGELOG_CRASH_ITERS` (default 200) iterations, `MERGELOG_CRASH_SEED` to
 //! repeat a run.
 
-mod recovery_common;
+mod common;
 
+use common::model::{apply_batch, apply_writes, hex, mixed_key, state_diff, unhex, WriteOp};
+use common::{assert_reads_match, engine_state, State, WAIT_MAX};
 use mergelog::{Config, Durability, Engine, LogReader, WriteBatch, WritePath};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
-use recovery_common::{
-    apply_batch, apply_writes, assert_reads_match, engine_state, hex, state_diff, unhex, State,
-    WriteOp, WAIT_MAX,
-};
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -59,16 +57,6 @@ const WRITERS: usize = 3;
 const CHILD_LIFETIME: Duration = Duration::from_secs(30);
 /// A fresh directory every this many iterations.
 const ITERS_PER_DIR: usize = 8;
-
-fn key(i: usize) -> Vec<u8> {
-    // Keys of different lengths, some sharing their first 8 bytes.
-    match i % 4 {
-        0 => format!("k{i}").into_bytes(),
-        1 => format!("key-{i:03}").into_bytes(),
-        2 => format!("shared-prefix-{i}").into_bytes(),
-        _ => vec![b'x', i as u8, 0, 0xff],
-    }
-}
 
 /// The configuration the parent reopens with (segments of one log may differ in size).
 fn base_config() -> Config {
@@ -159,7 +147,7 @@ fn child_writer(engine: &Engine, next_id: &Mutex<u64>, w: usize, seed: u64, dead
         };
         let mut ops: Vec<WriteOp> = Vec::with_capacity(n_ops);
         for _ in 0..n_ops {
-            let k = key(zipf.sample(&mut rng) as usize - 1);
+            let k = mixed_key(zipf.sample(&mut rng) as usize - 1);
             if rng.random_bool(0.2) {
                 ops.push((k, None));
             } else {
@@ -188,7 +176,7 @@ fn child_writer(engine: &Engine, next_id: &Mutex<u64>, w: usize, seed: u64, dead
             let id = *id_guard;
             *id_guard += 1;
             emit(&format!("{MARK}INT {id}{line}\n"));
-            let ticket = recovery_common::submit(engine, &mut batch, &ops, ops.len() == 1)
+            let ticket = common::model::submit(engine, &mut batch, &ops, ops.len() == 1)
                 .unwrap_or_else(|e| {
                     eprintln!("child: submit failed: {e}");
                     std::process::exit(5);
@@ -422,7 +410,7 @@ fn crash_recovery_keeps_every_acknowledged_write() {
         .unwrap_or_else(|| rand::rng().random());
     eprintln!("crash test: {iters} iterations, MERGELOG_CRASH_SEED={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
-    let probe_keys: Vec<Vec<u8>> = (0..KEYS).map(key).collect();
+    let probe_keys: Vec<Vec<u8>> = (0..KEYS).map(mixed_key).collect();
     let started = Instant::now();
     let mut totals = Totals::default();
     let mut dir: Option<tempfile::TempDir> = None;

@@ -8,6 +8,10 @@
 //! opens the engine, makes one put durable, prints `@@OPEN`, and waits for its stdin to close;
 //! then it closes the engine and exits.
 
+mod common;
+
+use common::log::segment_files;
+use common::WAIT_MAX;
 use mergelog::{Config, Engine, Error, LogReader};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -19,7 +23,6 @@ use std::time::{Duration, Instant};
 
 const CHILD_DIR_ENV: &str = "MERGELOG_EXCLUSIVE_CHILD_DIR";
 const OPEN_MARK: &str = "@@OPEN";
-const WAIT_MAX: Duration = Duration::from_secs(30);
 
 fn config() -> Config {
     Config {
@@ -332,16 +335,15 @@ fn log_files_are_not_world_writable() {
     }
     engine.flush().unwrap().wait_timeout(WAIT_MAX).unwrap();
     let mut checked = Vec::new();
-    let mut segments = 0;
     for entry in std::fs::read_dir(&dir).expect("read_dir") {
         let path = entry.expect("entry").path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let m = mode(&path);
         assert_eq!(m & 0o002, 0, "{name} is world-writable (mode {m:o})");
         assert_eq!(m & 0o020, 0, "{name} is group-writable (mode {m:o})");
-        segments += usize::from(name.ends_with(".seg"));
         checked.push(name);
     }
+    let segments = segment_files(&dir).len();
     assert!(
         checked.iter().any(|n| n == "LOCK"),
         "no LOCK file: {checked:?}"

@@ -6,7 +6,7 @@
 //!   (write, sync, create, rename, directory sync, or any) with EIO, once or forever from then
 //!   on, for N = 1, 2, ... until a run completes without reaching N; both write paths.
 //! - **Simulated power loss** (`power_loss` for the pwrite path, `power_loss_mmap` for the
-//!   mmap path): `PowerLossIo` (the model, in `recovery_common/power.rs`) keeps every write
+//!   mmap path): `PowerLossIo` (the model, in `common/power.rs`) keeps every write
 //!   not yet durable with the bytes it overwrote (an `fdatasync` makes all of a file's
 //!   performed writes durable, an `msync` only their parts inside its range), cuts the power
 //!   after a seeded number of operations (every later operation fails), and then tears each
@@ -49,18 +49,18 @@
 // Tests make and spoil files on purpose; the storage seam's lint (clippy.toml) is for the library.
 #![allow(clippy::disallowed_methods)]
 
-mod recovery_common;
+mod common;
 
+use common::log::{pool_files, prepared_files, segment_files};
+use common::model::{mixed_key, state_diff, WriteOp};
+use common::power::{lose_power, power_loss_config, Damage, PowerLossIo, EIO};
+use common::seeds;
+use common::{assert_reads_match, assert_refuses, engine_state, State, WAIT_MAX};
 use mergelog::internals::format::{SegmentHeader, SEGMENT_HEADER_LEN};
 use mergelog::internals::io::{Io, IoOp};
 use mergelog::{Config, Durability, Engine, Error, GetTicket, Ticket, WriteBatch, WritePath};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use recovery_common::power::{lose_power, power_loss_config, Damage, PowerLossIo, EIO};
-use recovery_common::seeds;
-use recovery_common::{
-    assert_reads_match, assert_refuses, engine_state, state_diff, State, WriteOp, WAIT_MAX,
-};
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -70,16 +70,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 const ENOSPC: i32 = 28;
-
-fn key(i: usize) -> Vec<u8> {
-    // Keys of different lengths, some sharing their first 8 bytes.
-    match i % 4 {
-        0 => format!("k{i}").into_bytes(),
-        1 => format!("key-{i:03}").into_bytes(),
-        2 => format!("shared-prefix-{i}").into_bytes(),
-        _ => vec![b'x', i as u8, 0, 0xff],
-    }
-}
 
 /// A unique value: `tag` names the request and op, then filler up to `len` bytes.
 fn value(tag: &str, len: usize) -> Vec<u8> {
@@ -149,7 +139,7 @@ impl Req {
 
 /// A random request over `keys` keys; `tag` makes its values unique.
 fn random_req(rng: &mut StdRng, keys: usize, tag: &str, value_max: usize) -> Req {
-    let k = |rng: &mut StdRng| key(rng.random_range(0..keys));
+    let k = |rng: &mut StdRng| mixed_key(rng.random_range(0..keys));
     let len = |rng: &mut StdRng| rng.random_range(1..=value_max);
     match rng.random_range(0..100) {
         0..=54 => Req::Put(k(rng), value(tag, len(rng))),
@@ -350,7 +340,7 @@ fn check_outcomes(base: &State, done: &mut [Done], recovered: &State, ctx: &str)
             );
             out.gets_checked += 1;
         }
-        recovery_common::apply_writes(&mut state, &d.req.writes());
+        common::model::apply_writes(&mut state, &d.req.writes());
     }
 
     // The recovered state is the state after a prefix that holds every acknowledged request.
@@ -383,7 +373,7 @@ fn prefixes(
     let required = max_ok.map_or(0, |ok| writes.iter().filter(|d| d.pos <= ok).count());
     let mut model = base.clone();
     for d in &writes[..required] {
-        recovery_common::apply_writes(&mut model, &d.req.writes());
+        common::model::apply_writes(&mut model, &d.req.writes());
     }
     let at_required = model.clone();
     let mut matches = Vec::new();
@@ -392,7 +382,7 @@ fn prefixes(
             matches.push(n);
         }
         if n < writes.len() {
-            recovery_common::apply_writes(&mut model, &writes[n].req.writes());
+            common::model::apply_writes(&mut model, &writes[n].req.writes());
         }
     }
     assert!(
@@ -449,7 +439,7 @@ fn reopen_and_check(
     let engine = Engine::open(dir, config.clone())
         .unwrap_or_else(|e| panic!("{ctx}: reopen with the real I/O failed: {e}"));
     let recovered = engine_state(&engine);
-    let probe: Vec<Vec<u8>> = (0..keys).map(key).collect();
+    let probe: Vec<Vec<u8>> = (0..keys).map(mixed_key).collect();
     assert_reads_match(&engine, &recovered, probe.iter().map(|k| &k[..]), ctx);
     let checked = check_outcomes(base, done, &recovered, ctx);
     if let Some(live) = live {
@@ -464,20 +454,20 @@ fn reopen_and_check(
 /// Every segment and prepared file of `dir` is fully allocated (never sparse: a store into
 /// an unbacked page of a full disk is SIGBUS), and no short prepared file is left behind.
 fn assert_files_allocated(dir: &Path, segment_bytes: u64, ctx: &str) {
-    for entry in std::fs::read_dir(dir).expect("read_dir") {
-        let entry = entry.expect("entry");
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !(name.ends_with(".seg") || name.starts_with("prep-")) {
-            continue;
-        }
-        let meta = entry.metadata().expect("metadata");
+    let segments = segment_files(dir)
+        .into_iter()
+        .map(|(_, path)| (path, false));
+    let prepared = prepared_files(dir).into_iter().map(|path| (path, true));
+    for (path, is_prepared) in segments.chain(prepared) {
+        let name = path.file_name().expect("file name").to_string_lossy();
+        let meta = std::fs::metadata(&path).expect("metadata");
         assert!(
             meta.blocks() * 512 >= meta.len(),
             "{ctx}: {name} is sparse: {} bytes, {} allocated",
             meta.len(),
             meta.blocks() * 512
         );
-        if name.starts_with("prep-") {
+        if is_prepared {
             assert_eq!(
                 meta.len(),
                 segment_bytes,
@@ -1177,7 +1167,7 @@ fn power_loss_seed(seed: u64, write_path: WritePath) -> PowerTotals {
         });
         totals.tail_truncated += u64::from(engine.open_report().truncated.is_some());
         let recovered = engine_state(&engine);
-        let probe: Vec<Vec<u8>> = (0..PL_KEYS).map(key).collect();
+        let probe: Vec<Vec<u8>> = (0..PL_KEYS).map(mixed_key).collect();
         assert_reads_match(&engine, &recovered, probe.iter().map(|k| &k[..]), &ctx);
         totals.checked += check_outcomes(&base, &mut done, &recovered, &ctx);
         if let Some(live) = &live {
@@ -1301,10 +1291,10 @@ fn a_failed_segment_removal_is_reported_and_forgets_only_what_went() {
         let config = retire_config();
         let engine = Engine::open_with_io(dir.path(), config.clone(), io.clone()).unwrap();
         let mut n = 0usize;
-        while recovery_common_segments(dir.path()).len() < 7 {
+        while segment_files(dir.path()).len() < 7 {
             let ts: Vec<Ticket> = (0..20)
                 .map(|j| {
-                    let k = key((n * 20 + j) % 300);
+                    let k = mixed_key((n * 20 + j) % 300);
                     engine.put(&k, &value(&format!("{n}.{j}"), 300)).unwrap()
                 })
                 .collect();
@@ -1313,7 +1303,7 @@ fn a_failed_segment_removal_is_reported_and_forgets_only_what_went() {
             }
             n += 1;
         }
-        let before = recovery_common_segments(dir.path());
+        let before = segment_files(dir.path());
         io.armed.store(true, Ordering::SeqCst);
         let last_id = before.last().unwrap().0;
         let err = engine.retire_before(last_id).unwrap_err();
@@ -1322,7 +1312,7 @@ fn a_failed_segment_removal_is_reported_and_forgets_only_what_went() {
             msg.contains("os error 5"),
             "{op:?}: error {msg:?} does not carry EIO"
         );
-        let after = recovery_common_segments(dir.path());
+        let after = segment_files(dir.path());
         match op {
             IoOp::Remove => {
                 assert!(msg.contains(&before[2].1.display().to_string()), "{msg}");
@@ -1339,7 +1329,7 @@ fn a_failed_segment_removal_is_reported_and_forgets_only_what_went() {
             let r = engine.replay().unwrap();
             assert_eq!(r.first_seq(), first, "{op:?}");
             for b in r.batches() {
-                recovery_common::apply_batch(&mut st, &b);
+                common::model::apply_batch(&mut st, &b);
             }
             st
         };
@@ -1353,7 +1343,7 @@ fn a_failed_segment_removal_is_reported_and_forgets_only_what_went() {
         let r = engine.retire_before(last_id).unwrap();
         assert_eq!(r.first_seq, last_id, "{op:?}");
         assert_eq!(r.segments, after.len() - 1, "{op:?}");
-        assert_eq!(recovery_common_segments(dir.path()).len(), 1, "{op:?}");
+        assert_eq!(segment_files(dir.path()).len(), 1, "{op:?}");
         let live = engine_state(&engine);
         assert_eq!(live, replayed(&engine, last_id), "{op:?}");
         assert_eq!(
@@ -1365,21 +1355,6 @@ fn a_failed_segment_removal_is_reported_and_forgets_only_what_went() {
         let reopened = Engine::open(dir.path(), config).unwrap();
         assert_eq!(engine_state(&reopened), live, "{op:?}: reopen");
     }
-}
-
-/// The segment files of `dir` in log order.
-fn recovery_common_segments(dir: &Path) -> Vec<(u64, PathBuf)> {
-    let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let id = name.strip_suffix(".seg")?.parse().ok()?;
-            Some((id, e.path()))
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 /// One seed of the power-loss run with retirement and recycled segments (see
@@ -1518,7 +1493,7 @@ fn power_loss_recycling_seed(seed: u64, write_path: WritePath) -> (u64, u64, u64
 /// taken for part of the log. 300 seeds per write path (`MERGELOG_POWERLOSS_RECYCLE_SEEDS`).
 #[test]
 fn power_loss_recycling() {
-    let seeds = seeds::env_u64("MERGELOG_POWERLOSS_RECYCLE_SEEDS").unwrap_or(300);
+    let seeds = common::env_u64("MERGELOG_POWERLOSS_RECYCLE_SEEDS").unwrap_or(300);
     let started = Instant::now();
     for write_path in [WritePath::Pwrite, WritePath::Mmap] {
         let (mut cycles, mut checked, mut reused) = (0, 0, 0);
@@ -1557,7 +1532,10 @@ fn a_pooled_file_whose_directory_sync_failed_is_not_reused() {
             .map(|j| {
                 n += 1;
                 engine
-                    .put(&key((n * 20 + j) % 300), &value(&format!("{n}.{j}"), 300))
+                    .put(
+                        &mixed_key((n * 20 + j) % 300),
+                        &value(&format!("{n}.{j}"), 300),
+                    )
                     .unwrap()
             })
             .collect();
@@ -1565,7 +1543,7 @@ fn a_pooled_file_whose_directory_sync_failed_is_not_reused() {
             t.wait().unwrap();
         }
     };
-    while recovery_common_segments(dir.path()).len() < 3 {
+    while segment_files(dir.path()).len() < 3 {
         put_some(&engine);
     }
     io.armed.store(true, Ordering::SeqCst);
@@ -1574,17 +1552,7 @@ fn a_pooled_file_whose_directory_sync_failed_is_not_reused() {
         .retire_before(segs[segs.len() - 1].first_seq)
         .is_err());
     io.armed.store(false, Ordering::SeqCst);
-    let pooled = |d: &Path| -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(d)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.to_string_lossy().contains("recycle-"))
-            .collect();
-        v.sort();
-        v
-    };
-    let orphans = pooled(dir.path());
+    let orphans = pool_files(dir.path());
     assert_eq!(orphans.len(), 1, "{orphans:?}");
     let before = std::fs::read(&orphans[0]).unwrap();
     while engine.counts().segments.reused < 3 {
@@ -1714,7 +1682,7 @@ fn every_file_change_goes_through_the_hooks() {
     let put_until = |engine: &Engine, n: &mut usize, done: &dyn Fn(&Engine) -> bool| {
         while !done(engine) {
             *n += 1;
-            match engine.put(&key(*n % 300), &value(&format!("{n}"), 700)) {
+            match engine.put(&mixed_key(*n % 300), &value(&format!("{n}"), 700)) {
                 Ok(t) => {
                     let _ = t.wait();
                 }
@@ -1764,7 +1732,7 @@ fn every_file_change_goes_through_the_hooks() {
 
     // Damage in the first segment: point-in-time recovery keeps what is before it and
     // removes the segments after it.
-    let segs = recovery_common_segments(&dir);
+    let segs = segment_files(&dir);
     assert!(segs.len() >= 2, "{segs:?}");
     {
         use std::os::unix::fs::FileExt;

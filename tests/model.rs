@@ -11,7 +11,8 @@
 
 mod common;
 
-use common::{engine_state, next_batch_seq, read_log, replay, State, WAIT_MAX};
+use common::log::{next_batch_seq, read_log, replay, segment_files};
+use common::{engine_state, State, WAIT_MAX};
 use mergelog::{
     Config, Durability, Engine, GetTicket, Stats, Ticket, WindowPolicy, WriteBatch, WritePath,
 };
@@ -560,7 +561,7 @@ fn segments_roll_and_replay() {
         check_state(&engine, &model);
         engine = reopen(engine, &dir, &config, &mut first_seq, &mut sub, &model);
     }
-    let segments = common::segment_files(&dir).len();
+    let segments = segment_files(&dir).len();
     assert!(
         segments >= 4,
         "expected the log to roll, found {segments} segment(s)"

@@ -11,13 +11,13 @@
 //!
 //! `tests/faults.rs::power_loss_recycling` covers the same under simulated power loss.
 
-mod recovery_common;
+mod common;
 
+use common::engine_state;
 use mergelog::internals::format::{
     frame_len, record_len, FrameWriter, RecordOp, SegmentHeader, FLAG_SORTED, SEGMENT_HEADER_LEN,
 };
 use mergelog::{Config, Engine, LogReader, RecoveryMode, SegmentInfo};
-use recovery_common::engine_state;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 

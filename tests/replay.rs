@@ -5,18 +5,18 @@
 //! writers write; a `LogReader` opened while the engine writes sees a consistent prefix that
 //! holds every acknowledged write.
 
-mod recovery_common;
+mod common;
 
+use common::model::{
+    apply_batch, apply_owned, apply_writes, assert_sorted_ascending, state_diff, WriteOp,
+};
+use common::{assert_reads_match, engine_state, wait_ok, State, WAIT_MAX};
 use mergelog::{
     Config, Engine, Follower, GetTicket, LogReader, OwnedBatch, RecoveryMode, Ticket, WriteBatch,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
-use recovery_common::{
-    apply_batch, apply_owned, apply_writes, assert_reads_match, assert_sorted_ascending,
-    engine_state, state_diff, wait_ok, State, WriteOp, WAIT_MAX,
-};
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
@@ -95,7 +95,7 @@ fn writer(engine: &Engine, w: usize, seed: u64, ops: usize, depth: usize) -> Sub
                 }
             })
             .collect();
-        let ticket = recovery_common::submit(engine, &mut batch, &ops, n == 1).expect("submit");
+        let ticket = common::model::submit(engine, &mut batch, &ops, n == 1).expect("submit");
         out.writes.push((ticket.position(), ops));
         pending.push(ticket);
         if pending.len() >= depth {

@@ -14,9 +14,11 @@
 //!
 //! The tests take turns (`serial()`): the leak test reads a process-wide allocation counter.
 
+mod common;
+
+use common::{engine_state, within, State, WAIT_MAX};
 use mergelog::{Config, Engine, Error, Ticket, WriteBatch};
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -24,9 +26,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Wake, Waker};
 use std::time::{Duration, Instant};
-
-/// How long a test waits for anything before calling the engine hung.
-const WAIT_MAX: Duration = Duration::from_secs(30);
 
 struct Counting;
 
@@ -86,35 +85,6 @@ fn config() -> Config {
         batch_bytes_max: 64 << 10,
         ring_bytes: 256 << 10,
         ..Config::default()
-    }
-}
-
-type State = BTreeMap<Vec<u8>, Vec<u8>>;
-
-fn engine_state(engine: &Engine) -> State {
-    let mut state = State::new();
-    engine.for_each(|k, v| {
-        assert!(
-            state.insert(k.to_vec(), v.to_vec()).is_none(),
-            "key visited twice"
-        );
-    });
-    assert_eq!(engine.len(), state.len());
-    state
-}
-
-/// Runs `f` on a thread and fails the test if it does not finish within `WAIT_MAX`.
-fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let handle = std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(WAIT_MAX) {
-        Ok(v) => {
-            handle.join().expect("joined");
-            v
-        }
-        Err(_) => panic!("{what} did not finish within {WAIT_MAX:?}: the engine is wedged"),
     }
 }
 

@@ -10,13 +10,14 @@
 // Tests make and spoil files on purpose; the storage seam's lint (clippy.toml) is for the library.
 #![allow(clippy::disallowed_methods)]
 
-mod recovery_common;
+mod common;
 
-use mergelog::internals::format::parse_segment_file_name;
+use common::log::{pool_files, segment_files};
+use common::model::{apply_batch, state_diff};
+use common::{engine_state, wait_ok, State, WAIT_MAX};
 use mergelog::{Config, Engine, Error, LogReader, OwnedBatch, RecordOp, Retired, Ticket};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use recovery_common::{apply_batch, engine_state, state_diff, wait_ok, State, WAIT_MAX};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,18 +36,14 @@ fn config() -> Config {
 
 /// The segment files of `dir` (`<20 digits>.seg`) in id order, with their sizes.
 fn seg_files(dir: &Path) -> Vec<(u64, PathBuf, u64)> {
-    let mut segs: Vec<(u64, PathBuf, u64)> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let id = parse_segment_file_name(entry.file_name().to_str()?)?;
+    segment_files(dir)
+        .into_iter()
+        .filter_map(|(id, path)| {
             // A file may vanish between the listing and the stat (a concurrent retirement).
-            let size = entry.metadata().ok()?.len();
-            Some((id, entry.path(), size))
+            let size = std::fs::metadata(&path).ok()?.len();
+            Some((id, path, size))
         })
-        .collect();
-    segs.sort();
-    segs
+        .collect()
 }
 
 fn ids(files: &[(u64, PathBuf, u64)]) -> Vec<u64> {
@@ -782,19 +779,6 @@ fn retire_after_close_is_closed() {
     assert_eq!(seg_files(dir.path()).len(), 1);
 }
 
-/// The pool files (`recycle-<n>.tmp`) in `dir`.
-fn pool_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .expect("read_dir")
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with("recycle-") && name.ends_with(".tmp")
-        })
-        .count()
-}
-
 #[test]
 fn a_value_ref_keeps_its_recycled_segment_unchanged() {
     // Room for all three retired segments, so that the one `pinned` is in is pooled too
@@ -818,7 +802,7 @@ fn a_value_ref_keeps_its_recycled_segment_unchanged() {
     let r = engine.retire_before(files[3].0).expect("retire");
     assert_eq!(r.segments, 3, "{r:?}");
     assert!(r.recycled > 0, "{r:?}");
-    assert_eq!(pool_files(dir.path()), r.recycled);
+    assert_eq!(pool_files(dir.path()).len(), r.recycled);
     assert_eq!(ids(&seg_files(dir.path())), ids(&files[3..]));
     assert_eq!(engine.read(b"pinned").expect("read").as_deref(), None);
 
@@ -831,7 +815,7 @@ fn a_value_ref_keeps_its_recycled_segment_unchanged() {
         "ValueRef into a recycled segment"
     );
     assert_eq!(
-        pool_files(dir.path()),
+        pool_files(dir.path()).len(),
         1,
         "the rolls reuse every pooled file but the one `pinned` maps"
     );
@@ -887,7 +871,7 @@ fn one_retirement_pools_at_most_recycle_segments_files() {
     let r = engine.retire_before(u64::MAX).expect("retire");
     assert_eq!(r.segments, files.len() - 1);
     assert_eq!(r.recycled, 2, "{r:?}");
-    assert_eq!(pool_files(dir.path()), 2, "pool files after {r:?}");
+    assert_eq!(pool_files(dir.path()).len(), 2, "pool files after {r:?}");
     engine.close().expect("close");
 }
 

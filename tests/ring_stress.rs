@@ -16,6 +16,9 @@
 //! `MERGELOG_RING_STRESS_PRODUCERS` sets the producer count (default 3) and
 //! `MERGELOG_RING_STRESS_RING` the ring size in bytes (default 64 KiB: many laps).
 
+mod common;
+
+use common::env_u64;
 use mergelog::internals::ring::{self, PushError, Ring};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,16 +32,6 @@ const READ_BATCH: u64 = 256;
 /// of different sizes; a big one makes producers wait on a full ring), or when it finds
 /// nothing new to read.
 const RELEASE_AFTER: [u64; 5] = [1, 64, 256, 1000, 4096];
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v
-            .replace('_', "")
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
-    }
-}
 
 /// SplitMix64: the per-record randomness, a pure function of (producer, seq) so that the
 /// consumer can recompute what each producer wrote.
@@ -195,9 +188,9 @@ fn ring_moves_records_without_loss_duplication_or_tearing() {
         .and_then(|p| Some(p.parent()?.parent()?.file_name()? == "debug"))
         .unwrap_or(cfg!(debug_assertions));
     let default = if unoptimised { 2_000_000 } else { 100_000_000 };
-    let total = env_u64("MERGELOG_RING_STRESS_RECORDS", default);
-    let producers = env_u64("MERGELOG_RING_STRESS_PRODUCERS", 3) as usize;
-    let capacity = env_u64("MERGELOG_RING_STRESS_RING", 64 << 10) as usize;
+    let total = env_u64("MERGELOG_RING_STRESS_RECORDS").unwrap_or(default);
+    let producers = env_u64("MERGELOG_RING_STRESS_PRODUCERS").unwrap_or(3) as usize;
+    let capacity = env_u64("MERGELOG_RING_STRESS_RING").unwrap_or(64 << 10) as usize;
     assert!((1..=255).contains(&producers), "1..=255 producers");
     let (ring, mut consumer) = ring::ring(capacity);
     // Large records reach a third of the biggest payload, so a wrap's padding plus one of them

@@ -5,7 +5,8 @@
 //! refuses it (naming the file, the offset and the batches), changes nothing, and only
 //! `RecoveryMode::PointInTime` opens there.
 
-use crate::common::{read_log, segment_files, LoggedFrame, WAIT_MAX};
+use crate::common::log::{dir_contents, read_log, segment_files, LoggedFrame};
+use crate::common::WAIT_MAX;
 use mergelog::internals::format::{
     decode_frame, Decoded, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN, UNDURABLE_FRAMES_MAX,
 };
@@ -41,21 +42,6 @@ fn write_batches(dir: &Path, cfg: &Config, n: usize) -> Vec<LoggedFrame> {
     read_log(dir, None)
 }
 
-/// Every file but the lock, with its bytes.
-fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().is_some_and(|n| n != "LOCK"))
-        .map(|p| {
-            let b = std::fs::read(&p).unwrap();
-            (p, b)
-        })
-        .collect();
-    v.sort();
-    v
-}
-
 fn last_segment(dir: &Path) -> PathBuf {
     segment_files(dir).pop().expect("a segment").1
 }
@@ -81,7 +67,7 @@ fn zero(path: &Path, off: u64, len: usize) {
 /// with `Error::DamagedHistory` for `path` at `offset`, batches `first..=last`, with a message
 /// that names the file and the way out, and leave every file as it was.
 fn assert_refused(dir: &Path, cfg: &Config, path: &Path, offset: u64, first: u64, last: u64) {
-    let before = files(dir);
+    let before = dir_contents(dir);
     for mode in [
         RecoveryMode::TolerateCorruptedTail,
         RecoveryMode::AbsoluteConsistency,
@@ -120,7 +106,7 @@ fn assert_refused(dir: &Path, cfg: &Config, path: &Path, offset: u64, first: u64
             ),
         }
         assert!(
-            files(dir) == before,
+            dir_contents(dir) == before,
             "{mode:?}: the refusing open changed files"
         );
     }

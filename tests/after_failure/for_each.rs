@@ -3,8 +3,7 @@
 //! deadlocked when `for_each` held the segment list's and the index's locks around the
 //! closure.
 
-use crate::common::{engine_state, State};
-use crate::hooks::{within, HANG};
+use crate::common::{engine_state, within, State, WAIT_MAX};
 use mergelog::{Config, Engine};
 use std::sync::Arc;
 
@@ -38,7 +37,7 @@ fn fill(engine: &Engine, rounds: &[&str]) -> State {
             .map(|i| engine.put(&key(i), &value(round, i)).expect("put"))
             .collect();
         for t in tickets {
-            t.wait_timeout(HANG).expect("durable");
+            t.wait_timeout(WAIT_MAX).expect("durable");
         }
         for i in 0..KEYS {
             state.insert(key(i), value(round, i));
@@ -71,10 +70,10 @@ fn closure_reads_puts_and_gets_through_the_engine() {
                 let extra = [b"extra-".as_slice(), k].concat();
                 e.put(&extra, v)
                     .expect("put")
-                    .wait_timeout(HANG)
+                    .wait_timeout(WAIT_MAX)
                     .expect("put durable");
                 added.insert(extra, v.to_vec());
-                let got = e.get(k).expect("get").wait_timeout(HANG).expect("get");
+                let got = e.get(k).expect("get").wait_timeout(WAIT_MAX).expect("get");
                 assert_eq!(got.as_deref(), Some(v), "get {k:?}");
             }
         });

@@ -13,8 +13,6 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod hooks;
-#[path = "../recovery_common/mod.rs"]
-mod recovery_common;
 
 mod clean_close;
 mod damage;

@@ -3,7 +3,8 @@
 //! at any step leaves a prefix of the log with the damage still in place, so the next open
 //! decides again instead of finding a gap or a cut it cannot explain.
 
-use crate::common::{segment_files, WAIT_MAX};
+use crate::common::log::segment_files;
+use crate::common::WAIT_MAX;
 use mergelog::internals::format::FRAME_HEADER_LEN;
 use mergelog::internals::io::{Io, IoOp};
 use mergelog::{Config, Engine, Error, RecoveryMode, WindowPolicy};

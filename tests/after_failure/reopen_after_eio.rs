@@ -10,7 +10,7 @@
 //! acknowledged frames with it.
 //!
 //! Each seed, on both write paths, through the power-loss model
-//! (`recovery_common::power::PowerLossIo::failing_sync`): open, put and acknowledge until the
+//! (`common::power::PowerLossIo::failing_sync`): open, put and acknowledge until the
 //! Nth sync fails with EIO (N seeded; the engine fails, and every later call says so);
 //! close; reopen through the same model (healthy now) and acknowledge more puts; cut the
 //! power (once they are all acknowledged, or at a seeded operation of that run) and take
@@ -31,8 +31,8 @@
 //! `MERGELOG_REOPEN_EIO_FIRST` (default 0); `MERGELOG_REOPEN_EIO_SEED` runs one. Figures
 //! go to stderr (`--nocapture`).
 
-use super::recovery_common::power::{lose_power, power_loss_config, Damage, PowerLossIo};
-use super::recovery_common::{assert_refuses, seeds, WAIT_MAX};
+use crate::common::power::{lose_power, power_loss_config, Damage, PowerLossIo};
+use crate::common::{assert_refuses, seeds, WAIT_MAX};
 use mergelog::internals::io::Io;
 use mergelog::{Engine, Error, Ticket, WritePath};
 use rand::rngs::StdRng;

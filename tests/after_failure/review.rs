@@ -10,8 +10,9 @@
 //! open after a plain power loss refuses with a false `DamagedHistory`, although every
 //! acknowledged put is on disk.
 
-use super::recovery_common::power::{pull_the_plug, PowerLossIo};
-use crate::common::{segment_files, WAIT_MAX};
+use crate::common::log::segment_files;
+use crate::common::power::{pull_the_plug, PowerLossIo};
+use crate::common::WAIT_MAX;
 use mergelog::internals::io::Io;
 use mergelog::{Config, Durability, Engine, RecoveryMode, WindowPolicy};
 use std::os::unix::fs::FileExt;

@@ -3,7 +3,8 @@
 //! durable batch and then `Error::Closed`, instead of waiting forever. Two `close` calls at
 //! once: whichever returns first, every ticket is complete and the directory is free.
 
-use crate::hooks::{within, SlowSync, HANG};
+use crate::common::{within, WAIT_MAX};
+use crate::hooks::SlowSync;
 use mergelog::{Config, Engine, Error, Follower, LogReader, Ticket};
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier, Mutex};
@@ -28,7 +29,7 @@ fn put_and_wait(engine: &Engine, from: usize, n: usize) {
         engine
             .put(format!("k{i}").as_bytes(), b"v")
             .expect("put")
-            .wait_timeout(HANG)
+            .wait_timeout(WAIT_MAX)
             .expect("durable");
     }
 }
@@ -73,7 +74,7 @@ fn drive(
 fn seen_up_to(seen: &mpsc::Receiver<u64>, seq: u64) {
     loop {
         let s = seen
-            .recv_timeout(HANG)
+            .recv_timeout(WAIT_MAX)
             .unwrap_or_else(|_| panic!("hung: the follower never yielded batch {seq}"));
         if s >= seq {
             return;

@@ -4,7 +4,8 @@
 //! open for 500 ms by its policy takes a handful of turns when it is cut by the request that
 //! does not fit, and thousands when it spins.
 
-use crate::hooks::{within, SlowSync, HANG};
+use crate::common::{within, WAIT_MAX};
+use crate::hooks::SlowSync;
 use mergelog::{Config, Engine, WindowPolicy};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ fn big(tag: u8) -> Vec<u8> {
 
 /// Waits (bounded) until `cond` holds.
 fn until(what: &str, cond: impl Fn() -> bool) {
-    let give_up = Instant::now() + HANG;
+    let give_up = Instant::now() + WAIT_MAX;
     while !cond() {
         assert!(Instant::now() < give_up, "hung: waiting for {what}");
         std::thread::sleep(Duration::from_millis(1));
@@ -54,8 +55,8 @@ fn linger_window_is_cut_by_a_request_that_does_not_fit() {
     within("two puts under Linger", move || {
         let a = e.put(b"a", &big(b'a')).expect("put a");
         let b = e.put(b"b", &big(b'b')).expect("put b");
-        a.wait_timeout(HANG).expect("a durable");
-        b.wait_timeout(HANG).expect("b durable");
+        a.wait_timeout(WAIT_MAX).expect("a durable");
+        b.wait_timeout(WAIT_MAX).expect("b durable");
     });
     let turns = engine.counts().window_waits - turns_before;
     check_cut(&engine, "Linger", turns);
@@ -98,7 +99,7 @@ fn adaptive_window_is_cut_by_a_request_that_does_not_fit() {
         let a = e.put(b"a", &big(b'a')).expect("put a");
         let b = e.put(b"b", &big(b'b')).expect("put b");
         for t in std::iter::once(&first).chain(&ten).chain([&a, &b]) {
-            t.wait_timeout(HANG).expect("durable");
+            t.wait_timeout(WAIT_MAX).expect("durable");
         }
         e.counts().window_waits - turns_before
     });

@@ -1,23 +1,70 @@
-//! Helpers shared by the integration tests: reading the durable state through the public API
-//! and decoding the segment files of a log directory with the format module.
+//! Helpers shared by the integration tests, one definition each. A test target pulls this tree
+//! in with `mod common;` (`after_failure/main.rs` with `#[path = "../common/mod.rs"]`); a
+//! helper another target could use belongs here, not in a copy.
+//!
+//! - here: the bound on every wait (and running work under it), numbers from the environment,
+//!   and the durable state read through the public API;
+//! - [`model`]: the key -> value model: a key set, writes, replayed batches, submitting,
+//!   diffs;
+//! - [`log`]: a log directory on disk: its segment files (through the library's one listing,
+//!   `mergelog::internals::list_segments`), its prepared and pool files, the contents of all
+//!   its files, and its frames decoded with the format module;
+//! - [`power`]: the power-loss model, an `Io` hook (`faults.rs`, `after_failure/`);
+//! - [`seeds`]: which seeds a seeded test runs, and running many of them.
 
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 
-use mergelog::internals::format::{
-    decode_frame, parse_segment_file_name, Decoded, RecordOp, SegmentHeader, FIRST_BATCH_SEQ,
-    FLAG_SORTED, SEGMENT_HEADER_LEN,
-};
-use mergelog::Engine;
+pub mod log;
+pub mod model;
+pub mod power;
+pub mod seeds;
+
+use mergelog::{Engine, Ticket, WriteBatch};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::Duration;
 
-/// The key -> value state of a store, ordered so that a failed comparison prints readably.
+/// A key -> value state, ordered so that a failed comparison prints readably.
 pub type State = BTreeMap<Vec<u8>, Vec<u8>>;
 
-/// How long a test waits for a ticket before calling the engine hung.
-pub const WAIT_MAX: Duration = Duration::from_secs(30);
+/// How long a test waits for a ticket (or anything else) before calling the engine hung. It
+/// bounds a hang on a slow, shared machine; no test times anything with it.
+pub const WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// Runs `f` on its own thread and returns its result, or fails the test if it takes longer
+/// than [`WAIT_MAX`] (the thread is left behind: it is stuck).
+pub fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(WAIT_MAX) {
+        Ok(v) => {
+            handle.join().expect("joined");
+            v
+        }
+        Err(_) => panic!("hung: {what} did not finish within {WAIT_MAX:?}: the engine is wedged"),
+    }
+}
+
+/// The environment variable `name` as a number, if set (surrounding blanks and `_` digit
+/// separators allowed: `100_000_000`).
+pub fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| {
+        v.trim()
+            .replace('_', "")
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
+    })
+}
+
+/// Waits for a ticket, failing the test on an error or a hang.
+pub fn wait_ok(ticket: &Ticket, ctx: &str) {
+    ticket
+        .wait_timeout(WAIT_MAX)
+        .unwrap_or_else(|e| panic!("{ctx}: ticket {} failed: {e}", ticket.position()));
+}
 
 /// The durable state as `for_each` reports it; fails on a key visited twice and checks that
 /// `len` agrees.
@@ -35,162 +82,58 @@ pub fn engine_state(engine: &Engine) -> State {
     state
 }
 
-/// One record of a decoded frame, copied out of the segment.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LoggedRecord {
-    pub put: bool,
-    pub key: Vec<u8>,
-    pub value: Vec<u8>,
-}
-
-/// One decoded frame, copied out of the segment.
-#[derive(Clone, Debug)]
-pub struct LoggedFrame {
-    pub segment_id: u64,
-    pub offset: u64,
-    pub batch_seq: u64,
-    pub flags: u32,
-    pub ops_acknowledged: u32,
-    pub body_len: usize,
-    pub records: Vec<LoggedRecord>,
-}
-
-impl LoggedFrame {
-    pub fn is_sorted(&self) -> bool {
-        self.flags & FLAG_SORTED != 0
-    }
-}
-
-/// The segment files of `dir` (`<20 digits>.seg`) in id order.
-pub fn segment_files(dir: &Path) -> Vec<(u64, PathBuf)> {
-    let mut segs: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
-        .map(|entry| entry.expect("directory entry"))
-        .filter_map(|entry| {
-            let name = entry.file_name();
-            let id = parse_segment_file_name(name.to_str()?)?;
-            Some((id, entry.path()))
-        })
-        .collect();
-    segs.sort();
-    segs
-}
-
-/// Decodes every frame of every segment of `dir` (the engine must be closed), checking what
-/// the format promises across frames: every segment header decodes, names its own file and
-/// has the file's size (`segment_bytes` when given); a segment's first frame carries the
-/// segment's id; batch sequence numbers are consecutive from `FIRST_BATCH_SEQ`; every frame
-/// marked sorted is strictly ascending by key.
-pub fn read_log(dir: &Path, segment_bytes: Option<u64>) -> Vec<LoggedFrame> {
-    let mut frames: Vec<LoggedFrame> = Vec::new();
-    for (id, path) in segment_files(dir) {
-        let image = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-        let header = SegmentHeader::decode(&image)
-            .unwrap_or_else(|e| panic!("{}: bad segment header: {e:?}", path.display()));
-        assert_eq!(header.segment_id, id, "{}: header id", path.display());
+/// Checks that `read`/`read_to_vec` agree with `state` on every key of `state` and on every
+/// key of `probe` (keys that may be absent).
+pub fn assert_reads_match<'a>(
+    engine: &Engine,
+    state: &State,
+    probe: impl IntoIterator<Item = &'a [u8]>,
+    ctx: &str,
+) {
+    let check = |k: &[u8]| {
+        let got = engine
+            .read_to_vec(k)
+            .unwrap_or_else(|e| panic!("{ctx}: read {k:?}: {e}"));
         assert_eq!(
-            header.segment_size,
-            image.len() as u64,
-            "{}: header size vs file size",
-            path.display()
+            got.as_deref(),
+            state.get(k).map(|v| v.as_slice()),
+            "{ctx}: read of key {:?} disagrees with for_each",
+            String::from_utf8_lossy(k)
         );
-        if let Some(size) = segment_bytes {
-            assert_eq!(image.len() as u64, size, "{}: file size", path.display());
-        }
-        let mut offset = SEGMENT_HEADER_LEN;
-        let mut first = true;
-        loop {
-            let frame = match decode_frame(&image, offset) {
-                Ok(Decoded::Frame(f)) => f,
-                Ok(Decoded::End) => break,
-                Err(e) => panic!("{} offset {offset}: bad frame: {e:?}", path.display()),
-            };
-            if first {
-                assert_eq!(
-                    frame.batch_seq,
-                    id,
-                    "{}: the first frame's batch sequence must be the segment id",
-                    path.display()
-                );
-                first = false;
-            }
-            let records: Vec<LoggedRecord> = frame
-                .records()
-                .map(|r| LoggedRecord {
-                    put: r.op == RecordOp::Put,
-                    key: r.key.to_vec(),
-                    value: r.value.to_vec(),
-                })
-                .collect();
-            assert_eq!(
-                records.len(),
-                frame.record_count as usize,
-                "{} offset {offset}: records() yields record_count records",
-                path.display()
-            );
-            assert!(
-                frame.ops_acknowledged >= frame.record_count,
-                "{} offset {offset}: ops_acknowledged {} < record_count {}",
-                path.display(),
-                frame.ops_acknowledged,
-                frame.record_count
-            );
-            if frame.is_sorted() {
-                for pair in records.windows(2) {
-                    assert!(
-                        pair[0].key < pair[1].key,
-                        "{} offset {offset}: sorted frame has {:?} before {:?}",
-                        path.display(),
-                        pair[0].key,
-                        pair[1].key
-                    );
-                }
-            }
-            frames.push(LoggedFrame {
-                segment_id: id,
-                offset: frame.offset,
-                batch_seq: frame.batch_seq,
-                flags: frame.flags,
-                ops_acknowledged: frame.ops_acknowledged,
-                body_len: frame.body.len(),
-                records,
-            });
-            offset = frame.end_offset() as usize;
-        }
-    }
-    for (i, f) in frames.iter().enumerate() {
+        let by_ref = engine
+            .read(k)
+            .unwrap_or_else(|e| panic!("{ctx}: read {k:?}: {e}"));
         assert_eq!(
-            f.batch_seq,
-            FIRST_BATCH_SEQ + i as u64,
-            "batch sequence numbers must be consecutive (segment {}, offset {})",
-            f.segment_id,
-            f.offset
+            by_ref.as_deref(),
+            got.as_deref(),
+            "{ctx}: read vs read_to_vec"
+        );
+    };
+    for k in state.keys() {
+        check(k);
+    }
+    for k in probe {
+        check(k);
+    }
+}
+
+/// After a failure, every call that would change or read through the log says Failed.
+pub fn assert_refuses(engine: &Engine, ctx: &str) {
+    assert!(engine.failure().is_some(), "{ctx}: failure() is None");
+    let mut b = WriteBatch::new();
+    b.put(b"after-failure", b"x").delete(b"k0");
+    let calls: [(&str, Result<(), mergelog::Error>); 6] = [
+        ("put", engine.put(b"after-failure", b"x").map(drop)),
+        ("delete", engine.delete(b"k0").map(drop)),
+        ("write", engine.write(&b).map(drop)),
+        ("get", engine.get(b"k0").map(drop)),
+        ("flush", engine.flush().map(drop)),
+        ("retire_before", engine.retire_before(u64::MAX).map(drop)),
+    ];
+    for (name, r) in calls {
+        assert!(
+            matches!(r, Err(mergelog::Error::Failed(_))),
+            "{ctx}: {name} after the failure returned {r:?}, not Error::Failed"
         );
     }
-    frames
-}
-
-/// The state that replaying `frames` in log order gives.
-pub fn replay(frames: &[LoggedFrame]) -> State {
-    let mut state = State::new();
-    for f in frames {
-        for r in &f.records {
-            if r.put {
-                state.insert(r.key.clone(), r.value.clone());
-            } else {
-                state.remove(&r.key);
-            }
-        }
-    }
-    state
-}
-
-/// Sequence number the next frame written to `dir` will get.
-pub fn next_batch_seq(dir: &Path) -> u64 {
-    if !dir.exists() {
-        return FIRST_BATCH_SEQ;
-    }
-    read_log(dir, None)
-        .last()
-        .map_or(FIRST_BATCH_SEQ, |f| f.batch_seq + 1)
 }

@@ -1,26 +1,25 @@
-//! Helpers shared by the recovery tests (`crash.rs`, `corruption.rs`, `replay.rs`, ...): the
-//! key -> value model, reading the durable state through the public API, and applying replayed
-//! batches; `power`, the power-loss model (`faults.rs`, `after_failure/`).
+//! The key -> value model the tests check the engine against: a key set with varied lengths
+//! and shared prefixes, writes applied in order,
+//! batches replayed from the log or yielded by a follower, submitting writes as requests,
+//! and describing how two states differ; `hex`/`unhex` write keys and values as text tokens.
 
-// Each test crate uses a different subset of these helpers.
-#![allow(dead_code)]
-
-pub mod power;
-pub mod seeds;
-
+use super::State;
 use mergelog::{Batch, Engine, OwnedBatch, RecordOp, Ticket, WriteBatch};
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::Duration;
-
-/// A key -> value state, ordered so that a failed comparison prints readably.
-pub type State = BTreeMap<Vec<u8>, Vec<u8>>;
-
-/// How long a test waits for a ticket before calling the engine hung.
-pub const WAIT_MAX: Duration = Duration::from_secs(60);
 
 /// One write: `Some(value)` is a put, `None` a delete.
 pub type WriteOp = (Vec<u8>, Option<Vec<u8>>);
+
+/// Key `i` of the keys the crash and fault workloads draw from: keys of different lengths,
+/// some sharing their first 8 bytes.
+pub fn mixed_key(i: usize) -> Vec<u8> {
+    match i % 4 {
+        0 => format!("k{i}").into_bytes(),
+        1 => format!("key-{i:03}").into_bytes(),
+        2 => format!("shared-prefix-{i}").into_bytes(),
+        _ => vec![b'x', i as u8, 0, 0xff],
+    }
+}
 
 /// Applies writes in order.
 pub fn apply_writes<'a>(state: &mut State, ops: impl IntoIterator<Item = &'a WriteOp>) {
@@ -101,64 +100,6 @@ pub fn assert_sorted_ascending(batch: &OwnedBatch) {
     }
 }
 
-/// The durable state as `for_each` reports it; fails on a key visited twice and checks that
-/// `len` agrees.
-pub fn engine_state(engine: &Engine) -> State {
-    let mut state = State::new();
-    engine.for_each(|k, v| {
-        let previous = state.insert(k.to_vec(), v.to_vec());
-        assert!(previous.is_none(), "for_each visited key {k:?} twice");
-    });
-    assert_eq!(
-        engine.len(),
-        state.len(),
-        "Engine::len disagrees with for_each"
-    );
-    state
-}
-
-/// Checks that `read`/`read_to_vec` agree with `state` on every key of `state` and on every
-/// key of `probe` (keys that may be absent).
-pub fn assert_reads_match<'a>(
-    engine: &Engine,
-    state: &State,
-    probe: impl IntoIterator<Item = &'a [u8]>,
-    ctx: &str,
-) {
-    let check = |k: &[u8]| {
-        let got = engine
-            .read_to_vec(k)
-            .unwrap_or_else(|e| panic!("{ctx}: read {k:?}: {e}"));
-        assert_eq!(
-            got.as_deref(),
-            state.get(k).map(|v| v.as_slice()),
-            "{ctx}: read of key {:?} disagrees with for_each",
-            String::from_utf8_lossy(k)
-        );
-        let by_ref = engine
-            .read(k)
-            .unwrap_or_else(|e| panic!("{ctx}: read {k:?}: {e}"));
-        assert_eq!(
-            by_ref.as_deref(),
-            got.as_deref(),
-            "{ctx}: read vs read_to_vec"
-        );
-    };
-    for k in state.keys() {
-        check(k);
-    }
-    for k in probe {
-        check(k);
-    }
-}
-
-/// Waits for a ticket, failing the test on an error or a hang.
-pub fn wait_ok(ticket: &Ticket, ctx: &str) {
-    ticket
-        .wait_timeout(WAIT_MAX)
-        .unwrap_or_else(|e| panic!("{ctx}: ticket {} failed: {e}", ticket.position()));
-}
-
 /// Lower-case hex of `bytes` ("-" for the empty string, so a token is never empty).
 pub fn hex(bytes: &[u8]) -> String {
     if bytes.is_empty() {
@@ -213,25 +154,4 @@ pub fn state_diff(got: &State, want: &State) -> String {
         writeln!(out, "  ... {} keys differ in all", n).unwrap();
     }
     out
-}
-
-/// After a failure, every call that would change or read through the log says Failed.
-pub fn assert_refuses(engine: &Engine, ctx: &str) {
-    assert!(engine.failure().is_some(), "{ctx}: failure() is None");
-    let mut b = WriteBatch::new();
-    b.put(b"after-failure", b"x").delete(b"k0");
-    let calls: [(&str, Result<(), mergelog::Error>); 6] = [
-        ("put", engine.put(b"after-failure", b"x").map(drop)),
-        ("delete", engine.delete(b"k0").map(drop)),
-        ("write", engine.write(&b).map(drop)),
-        ("get", engine.get(b"k0").map(drop)),
-        ("flush", engine.flush().map(drop)),
-        ("retire_before", engine.retire_before(u64::MAX).map(drop)),
-    ];
-    for (name, r) in calls {
-        assert!(
-            matches!(r, Err(mergelog::Error::Failed(_))),
-            "{ctx}: {name} after the failure returned {r:?}, not Error::Failed"
-        );
-    }
 }

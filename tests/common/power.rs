@@ -235,6 +235,174 @@ impl PowerLossIo {
     }
 }
 
+/// What each operation does to the record of what is not yet durable: `before`/`after` hold
+/// the lock and call these.
+impl PowerState {
+    /// A write is announced: keep where, what, and what it overwrites.
+    fn announce_write(&mut self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mapped = data.is_empty();
+        let len = if mapped {
+            (std::fs::metadata(path)?.len() - offset) as usize
+        } else {
+            data.len()
+        };
+        let old = read_at(path, offset, len)?;
+        let id = self.next_id;
+        self.next_id += 1;
+        self.unsynced
+            .entry(path.to_owned())
+            .or_default()
+            .push(Unsynced {
+                off: offset,
+                new: data.to_vec(),
+                old,
+                mapped,
+                done: false,
+                lost: false,
+                id,
+            });
+        Ok(())
+    }
+
+    /// The `n`th sync, of `range` of `path` (`None`: the whole file), fails (fsyncgate mode):
+    /// the performed writes it would have covered are lost.
+    fn fail_sync(&mut self, path: &Path, range: Option<Range<u64>>, n: u64) {
+        // The kernel reports the failed writeback and marks the pages clean:
+        // the bytes stay in the cache, but nothing will write them again.
+        let ws = self.unsynced.remove(path).unwrap_or_default();
+        let mut kept = Vec::with_capacity(ws.len());
+        for w in ws {
+            if !w.done || w.lost {
+                kept.push(w);
+                continue;
+            }
+            let r = range.clone().unwrap_or_else(|| w.range());
+            if let Some(mut inside) = w.piece(r.clone()) {
+                inside.lost = true;
+                kept.push(inside);
+            }
+            kept.extend(w.split_off(&r).0);
+        }
+        kept.sort_by_key(|w| (w.id, w.off));
+        self.unsynced.insert(path.to_owned(), kept);
+        self.failed_sync = Some(format!("sync #{n} of {}", path.display()));
+    }
+
+    /// A sync of `range` of `path` starts: it covers the writes performed by now.
+    fn begin_sync(&mut self, path: &Path, range: Option<Range<u64>>) {
+        let covered = self
+            .unsynced
+            .get(path)
+            .map(|ws| {
+                ws.iter()
+                    .filter(|w| w.done && !w.lost)
+                    .map(|w| w.id)
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.syncing.insert(path.to_owned(), (range, covered));
+    }
+
+    /// A sync of `path` returned: the writes it covered are durable in its range.
+    fn end_sync(&mut self, path: &Path) {
+        let (range, covered) = self.syncing.remove(path).unwrap_or_default();
+        let ws = self.unsynced.remove(path).unwrap_or_default();
+        // The covered writes' parts in the range are durable now: the rest stays.
+        let mut rest = Vec::with_capacity(ws.len());
+        let mut durable: Vec<(u64, Range<u64>)> = Vec::new();
+        for w in ws {
+            // (A lost part may share its id with parts that are covered.)
+            if w.lost || !covered.contains(&w.id) {
+                rest.push(w);
+                continue;
+            }
+            match &range {
+                None => durable.push((w.id, w.range())),
+                Some(r) => {
+                    let own = w.range();
+                    durable.push((w.id, r.start.max(own.start)..r.end.min(own.end)));
+                    rest.extend(w.split_off(r).0);
+                }
+            }
+        }
+        // A lost write keeps only the bytes no later durable write covers.
+        let mut kept = Vec::with_capacity(rest.len());
+        for w in rest {
+            let mut parts = vec![w];
+            for (id, r) in durable.iter().filter(|(_, r)| r.start < r.end) {
+                parts = parts
+                    .into_iter()
+                    .flat_map(|p| {
+                        if p.lost && p.id < *id {
+                            p.split_off(r).0
+                        } else {
+                            vec![p]
+                        }
+                    })
+                    .collect();
+            }
+            kept.extend(parts);
+        }
+        kept.sort_by_key(|w| (w.id, w.off));
+        self.unsynced.insert(path.to_owned(), kept);
+    }
+
+    /// A directory sync returned: the changes in its directory made before it started are
+    /// durable.
+    fn end_dir_sync(&mut self) {
+        let Some((dir, n)) = self.dir_syncing.take() else {
+            return;
+        };
+        let mut synced = Vec::new();
+        let mut i = 0;
+        self.dir_changes.retain(|c| {
+            i += 1;
+            let durable = i <= n && c.dir() == dir;
+            if durable {
+                synced.push(c.clone());
+            }
+            !durable
+        });
+        for change in synced {
+            if let DirChange::Removed { backup, .. } = change {
+                // Gone for good, and so are any writes to it still unsynced.
+                self.unsynced.remove(&backup);
+                let _ = std::fs::remove_file(backup);
+            }
+        }
+    }
+
+    /// `path` is about to be renamed to the destination in `data`.
+    fn begin_rename(&mut self, path: &Path, data: &[u8]) -> io::Result<()> {
+        // The hook gets the destination; the engine renames a prepared file to the
+        // name its header gives, and a retired segment into the pool.
+        let to = PathBuf::from(std::ffi::OsStr::from_bytes(data));
+        if to
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(".seg"))
+        {
+            let header = read_at(path, 0, SEGMENT_HEADER_LEN)?;
+            let id = SegmentHeader::decode(&header)
+                .unwrap_or_else(|e| panic!("renaming {} without a header: {e:?}", path.display()))
+                .segment_id;
+            assert_eq!(to, path.with_file_name(segment_file_name(id)));
+        }
+        self.renaming = Some((path.to_owned(), to));
+        Ok(())
+    }
+
+    /// `path` is about to be removed: keep its file under a hard link, so that the power
+    /// loss can undo the removal.
+    fn begin_remove(&mut self, path: &Path) -> io::Result<()> {
+        let backup = path.with_extension(format!("removed-{}", self.next_id));
+        self.next_id += 1;
+        std::fs::hard_link(path, &backup)?;
+        self.removing = Some((path.to_owned(), backup));
+        Ok(())
+    }
+}
+
 impl Io for PowerLossIo {
     fn before(&self, op: IoOp, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
         let mut st = self.st.lock().unwrap();
@@ -248,92 +416,19 @@ impl Io for PowerLossIo {
             return Err(io::Error::from_raw_os_error(EIO));
         }
         match op {
-            IoOp::Write => {
-                let mapped = data.is_empty();
-                let len = if mapped {
-                    (std::fs::metadata(path)?.len() - offset) as usize
-                } else {
-                    data.len()
-                };
-                let old = read_at(path, offset, len)?;
-                let id = st.next_id;
-                st.next_id += 1;
-                st.unsynced
-                    .entry(path.to_owned())
-                    .or_default()
-                    .push(Unsynced {
-                        off: offset,
-                        new: data.to_vec(),
-                        old,
-                        mapped,
-                        done: false,
-                        lost: false,
-                        id,
-                    });
-            }
+            IoOp::Write => st.announce_write(path, offset, data)?,
             IoOp::Sync => {
                 let range = synced_range(offset, data);
                 let n = self.syncs.fetch_add(1, Ordering::SeqCst) + 1;
                 if self.fail_sync == Some(n) {
-                    // The kernel reports the failed writeback and marks the pages clean:
-                    // the bytes stay in the cache, but nothing will write them again.
-                    let ws = st.unsynced.remove(path).unwrap_or_default();
-                    let mut kept = Vec::with_capacity(ws.len());
-                    for w in ws {
-                        if !w.done || w.lost {
-                            kept.push(w);
-                            continue;
-                        }
-                        let r = range.clone().unwrap_or_else(|| w.range());
-                        if let Some(mut inside) = w.piece(r.clone()) {
-                            inside.lost = true;
-                            kept.push(inside);
-                        }
-                        kept.extend(w.split_off(&r).0);
-                    }
-                    kept.sort_by_key(|w| (w.id, w.off));
-                    st.unsynced.insert(path.to_owned(), kept);
-                    st.failed_sync = Some(format!("sync #{n} of {}", path.display()));
+                    st.fail_sync(path, range, n);
                     return Err(io::Error::from_raw_os_error(EIO));
                 }
-                let covered = st
-                    .unsynced
-                    .get(path)
-                    .map(|ws| {
-                        ws.iter()
-                            .filter(|w| w.done && !w.lost)
-                            .map(|w| w.id)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                st.syncing.insert(path.to_owned(), (range, covered));
+                st.begin_sync(path, range);
             }
             IoOp::SyncDir => st.dir_syncing = Some((path.to_owned(), st.dir_changes.len())),
-            IoOp::Rename => {
-                // The hook gets the destination; the engine renames a prepared file to the
-                // name its header gives, and a retired segment into the pool.
-                let to = PathBuf::from(std::ffi::OsStr::from_bytes(data));
-                if to
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.ends_with(".seg"))
-                {
-                    let header = read_at(path, 0, SEGMENT_HEADER_LEN)?;
-                    let id = SegmentHeader::decode(&header)
-                        .unwrap_or_else(|e| {
-                            panic!("renaming {} without a header: {e:?}", path.display())
-                        })
-                        .segment_id;
-                    assert_eq!(to, path.with_file_name(segment_file_name(id)));
-                }
-                st.renaming = Some((path.to_owned(), to));
-            }
-            IoOp::Remove => {
-                let backup = path.with_extension(format!("removed-{}", st.next_id));
-                st.next_id += 1;
-                std::fs::hard_link(path, &backup)?;
-                st.removing = Some((path.to_owned(), backup));
-            }
+            IoOp::Rename => st.begin_rename(path, data)?,
+            IoOp::Remove => st.begin_remove(path)?,
             _ => {}
         }
         Ok(())
@@ -351,70 +446,8 @@ impl Io for PowerLossIo {
                     w.done = true;
                 }
             }
-            IoOp::Sync => {
-                let (range, covered) = st.syncing.remove(path).unwrap_or_default();
-                let ws = st.unsynced.remove(path).unwrap_or_default();
-                // The covered writes' parts in the range are durable now: the rest stays.
-                let mut rest = Vec::with_capacity(ws.len());
-                let mut durable: Vec<(u64, Range<u64>)> = Vec::new();
-                for w in ws {
-                    // (A lost part may share its id with parts that are covered.)
-                    if w.lost || !covered.contains(&w.id) {
-                        rest.push(w);
-                        continue;
-                    }
-                    match &range {
-                        None => durable.push((w.id, w.range())),
-                        Some(r) => {
-                            let own = w.range();
-                            durable.push((w.id, r.start.max(own.start)..r.end.min(own.end)));
-                            rest.extend(w.split_off(r).0);
-                        }
-                    }
-                }
-                // A lost write keeps only the bytes no later durable write covers.
-                let mut kept = Vec::with_capacity(rest.len());
-                for w in rest {
-                    let mut parts = vec![w];
-                    for (id, r) in durable.iter().filter(|(_, r)| r.start < r.end) {
-                        parts = parts
-                            .into_iter()
-                            .flat_map(|p| {
-                                if p.lost && p.id < *id {
-                                    p.split_off(r).0
-                                } else {
-                                    vec![p]
-                                }
-                            })
-                            .collect();
-                    }
-                    kept.extend(parts);
-                }
-                kept.sort_by_key(|w| (w.id, w.off));
-                st.unsynced.insert(path.to_owned(), kept);
-            }
-            IoOp::SyncDir => {
-                let Some((dir, n)) = st.dir_syncing.take() else {
-                    return;
-                };
-                let mut synced = Vec::new();
-                let mut i = 0;
-                st.dir_changes.retain(|c| {
-                    i += 1;
-                    let durable = i <= n && c.dir() == dir;
-                    if durable {
-                        synced.push(c.clone());
-                    }
-                    !durable
-                });
-                for change in synced {
-                    if let DirChange::Removed { backup, .. } = change {
-                        // Gone for good, and so are any writes to it still unsynced.
-                        st.unsynced.remove(&backup);
-                        let _ = std::fs::remove_file(backup);
-                    }
-                }
-            }
+            IoOp::Sync => st.end_sync(path),
+            IoOp::SyncDir => st.end_dir_sync(),
             IoOp::Remove => {
                 let (path, backup) = st.removing.take().expect("before(Remove) ran");
                 if let Some(ws) = st.unsynced.remove(&path) {

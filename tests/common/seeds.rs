@@ -1,17 +1,9 @@
 //! Running a seeded test over many seeds: which seeds (from the environment), and a runner
 //! that runs them a few at a time, goes on past a failing seed, and collects the results.
 
+use super::env_u64;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-
-/// `NAME` as a number, if set.
-pub fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| {
-        v.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
-    })
-}
 
 /// The seeds a test runs: `{prefix}_SEED` alone (`{prefix}_REPEAT` times, default 1: a seed
 /// fixes the workload, not how the threads interleave), or `{prefix}_SEEDS` seeds (default

@@ -110,7 +110,8 @@ pub(crate) struct Log {
     next_seq: u64,
     segment_bytes: u64,
     write_path: WritePath,
-    /// The next segment file, zero-filled (or taken from the pool) ahead of need.
+    /// The next segment file, zero-filled (or taken from the pool) ahead of need (see
+    /// `prep.rs`, which holds the methods that prepare it).
     prep: Prep,
     prep_counter: u64,
     pool: Arc<Pool>,

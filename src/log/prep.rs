@@ -53,6 +53,7 @@ pub(crate) struct Spares {
     pub pool: Arc<Pool>,
 }
 
+/// The preparation of the next segment, as the writing end of the log runs it.
 impl Log {
     /// Starts preparing the next segment once the active one is 1 / [`PREP_AT_DIVISOR`] full: early
     /// enough that it is ready at the roll even at full speed, late enough that a short or

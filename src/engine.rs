@@ -6,12 +6,18 @@ use crate::config::{Backpressure, Config, Durability};
 use crate::error::{Error, Result};
 use crate::index::{Index, Loc, ValueRef};
 use crate::log::clean::{self, CleanMark};
+use crate::log::dir as log_dir;
 use crate::log::format::UNDURABLE_FRAMES_MAX;
-use crate::log::format::{record_len, RecordOp, FLAG_SORTED, FRAME_HEADER_LEN, RECORD_HEADER_LEN};
-use crate::log::io::{rename, Io, SharedIo};
-use crate::log::recovery::{scan, Access, Damage, Expect};
-use crate::log::segment::{sync_dir, Segment};
-use crate::log::{adopt_prepared, Log, Pool, SegmentList, Segments, Spares, WrittenFrame};
+use crate::log::format::{
+    record_len, Frame, RecordOp, FLAG_SORTED, FRAME_HEADER_LEN, RECORD_HEADER_LEN,
+};
+use crate::log::io::SharedIo;
+use crate::log::open::{recover, Recovered};
+use crate::log::pool::Pool;
+use crate::log::recovery::Damage;
+use crate::log::retire;
+use crate::log::segment::Segment;
+use crate::log::{Log, SegmentList, Segments, WrittenFrame};
 use crate::pipeline::handoff::SyncNap;
 use crate::pipeline::window::{self, Decision};
 use crate::reader::{Follower, LiveLog, LogReader};
@@ -21,8 +27,7 @@ use crate::stats::{record, Counters, Counts, Stats};
 use crate::ticket::{Completion, GetSlot, GetTicket, Ticket};
 use crossbeam::channel::{Receiver, Sender, TryRecvError};
 use parking_lot::{Mutex, RwLock};
-use std::fs::{File, OpenOptions};
-use std::os::unix::io::AsRawFd;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -154,33 +159,25 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// Takes the directory's advisory lock (flock on `DIR/LOCK`, created through the hooks if it
-/// is missing).
-fn lock_dir(io: &dyn Io, dir: &Path) -> Result<File> {
-    let path = dir.join("LOCK");
-    let open = || OpenOptions::new().read(true).write(true).open(&path);
-    let file = match open() {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            match crate::log::io::create_new(io, &path, |_| Ok(())) {
-                Ok((file, ())) => Ok(file),
-                // Another opener made it meanwhile.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => open(),
-                Err(e) => Err(e),
-            }
-        }
-        opened => opened,
-    }
-    .map_err(|e| Error::io("open lock file", &path, e))?;
-    // SAFETY: flock on a file descriptor we own and keep open; it has no memory effects.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(Error::Locked(dir.to_owned()));
-        }
-        return Err(Error::io("lock", &path, err));
-    }
-    Ok(file)
+/// The index updates of a frame of segment `seg_idx`: each record's key, and for a put where
+/// its value lies in the segment (`None` for a delete).
+fn frame_updates<'a>(
+    seg_idx: u32,
+    seg: &Segment,
+    frame: &Frame<'a>,
+) -> impl Iterator<Item = (&'a [u8], Option<Loc>)> {
+    let base = seg.image().as_ptr() as usize;
+    frame.records().map(move |r| {
+        let loc = match r.op {
+            RecordOp::Put => Some(Loc {
+                seg: seg_idx,
+                off: (r.value.as_ptr() as usize - base) as u64,
+                len: r.value.len() as u32,
+            }),
+            RecordOp::Delete => None,
+        };
+        (r.key, loc)
+    })
 }
 
 impl Engine {
@@ -198,109 +195,60 @@ impl Engine {
         let started = Instant::now();
         config.validate()?;
         let dir = dir.as_ref().to_owned();
-        crate::log::create_dir(&*io, &dir)?;
-        let lock = lock_dir(&*io, &dir)?;
-        let (mut prepared, prep_counter) = adopt_prepared(&io, &dir, config.segment_bytes)?;
-        let pool = Arc::new(Pool::adopt(
-            &io,
-            &dir,
-            config.segment_bytes,
-            config.recycle_segments,
-        )?);
-
-        // Whether the last run closed cleanly (see `log::clean`).
-        let found = clean::read(&dir)?;
-        let synced = config.durability == Durability::Sync;
-        let expect = Expect {
-            synced,
-            clean: found.mark(),
-        };
-
+        log_dir::create_dir(&*io, &dir)?;
+        let lock = log_dir::lock_dir(&*io, &dir)?;
         let index = Index::default();
         let mut report = OpenReport::default();
-        let scanned = scan(
-            &dir,
-            config.recovery,
-            Access::Writer,
-            expect,
-            &io,
-            |seg_idx, seg, frame| {
-                let base = seg.image().as_ptr() as usize;
-                let records = frame.records().map(|r| {
-                    let loc = match r.op {
-                        RecordOp::Put => Some(Loc {
-                            seg: seg_idx,
-                            off: (r.value.as_ptr() as usize - base) as u64,
-                            len: r.value.len() as u32,
-                        }),
-                        RecordOp::Delete => None,
-                    };
-                    (r.key, loc)
-                });
-                // SAFETY: the keys lie in this segment's mapping, which the engine keeps for
-                // its lifetime (in `segments`, or in `retired` if recovery replaced it).
-                unsafe { index.apply(records) };
-                report.batches += 1;
-                report.records += u64::from(frame.record_count);
-                Ok(())
-            },
-        )?;
-        report.segments = scanned.segments.len();
-        let retired = scanned.retired;
-        report.truncated = scanned.damage.clone();
+        let recovered = recover(&dir, &config, &io, |seg_idx, seg, frame| {
+            // SAFETY: the keys lie in this segment's mapping, which the engine keeps for
+            // its lifetime (in `segments`, or in `retired` if recovery replaced it).
+            unsafe { index.apply(frame_updates(seg_idx, seg, frame)) };
+            report.batches += 1;
+            report.records += u64::from(frame.record_count);
+            Ok(())
+        })?;
+        report.segments = recovered.scanned;
+        report.truncated = recovered.damage.clone();
+        report.tail_rewritten = recovered.tail_rewritten;
+        let (inner, handle) = Engine::start(&dir, &io, config, index, recovered)?;
+        report.elapsed = started.elapsed();
+        Ok(Engine {
+            inner,
+            flusher: Mutex::new(Some(handle)),
+            report,
+            lock: Mutex::new(Some(lock)),
+        })
+    }
 
-        let mut segs = scanned.segments;
-        let mut write_off = scanned.write_off;
-        // After an unclean end the page cache may hold what the disk does not (a sync that
-        // failed leaves its pages cached and clean; an earlier open's repair may not have
-        // reached the disk): make the disk hold what the scan accepted before anything is
-        // written after it (`log::reestablish`).
-        let end = segs.last().map(|s| CleanMark {
-            segment_id: s.id,
-            end: write_off,
-            next_seq: scanned.next_seq,
-        });
-        if end.is_some() && found.mark() != end {
-            report.tail_rewritten = Some(crate::log::reestablish(&io, &dir, &segs)?);
-        }
-        // The mark describes the log as it was; from here on it changes.
-        if found != clean::Found::Absent {
-            clean::remove(&io, &dir)?;
-        }
-        if segs.is_empty() {
-            segs.push(Arc::new(Log::create_first(
-                &dir,
-                config.segment_bytes,
-                scanned.next_seq,
-                prepared.take(),
-                &io,
-            )?));
-            pool.fresh.fetch_add(1, Ordering::Relaxed);
-            write_off = crate::log::format::SEGMENT_HEADER_LEN as u64;
-        }
-        let segments: Segments = Arc::new(RwLock::new(SegmentList::new(segs)));
+    /// Continues the recovered log: its writing end, the state the API shares with the
+    /// pipeline threads, and the threads, started (the flusher's handle is returned).
+    fn start(
+        dir: &Path,
+        io: &SharedIo,
+        config: Config,
+        index: Index,
+        recovered: Recovered,
+    ) -> Result<(Arc<Inner>, JoinHandle<()>)> {
+        let pool = recovered.spares.pool.clone();
+        let segments: Segments = Arc::new(RwLock::new(SegmentList::new(recovered.segments)));
         let log = Log::new(
-            &dir,
+            dir,
             segments.clone(),
-            write_off,
-            scanned.next_seq,
+            recovered.write_off,
+            recovered.next_seq,
             &config,
-            Spares {
-                prepared,
-                prep_counter,
-                pool: pool.clone(),
-            },
-            &io,
+            recovered.spares,
+            io,
         );
 
         let live = Arc::new(LiveLog {
-            durable_seq: AtomicU64::new(scanned.next_seq.saturating_sub(1)),
+            durable_seq: AtomicU64::new(recovered.next_seq.saturating_sub(1)),
             stopped: AtomicBool::new(false),
         });
         let (ring, consumer) = ring::ring(config.ring_bytes);
         let (request_len_max, request_limit_name) = config.request_len_max(ring.max_payload());
         let inner = Arc::new(Inner {
-            dir: dir.clone(),
+            dir: dir.to_owned(),
             io: io.clone(),
             retire_lock: Mutex::new(()),
             pool,
@@ -308,7 +256,7 @@ impl Engine {
             ring,
             index,
             segments,
-            _retired: retired,
+            _retired: recovered.retired,
             counters: Counters::default(),
             clock: quanta::Clock::new(),
             flush_to: AtomicU64::new(0),
@@ -325,14 +273,8 @@ impl Engine {
             config,
         });
         let handle = start_pipeline(inner.clone(), log, consumer)
-            .map_err(|e| Error::io("spawn flusher thread", &dir, e))?;
-        report.elapsed = started.elapsed();
-        Ok(Engine {
-            inner,
-            flusher: Mutex::new(Some(handle)),
-            report,
-            lock: Mutex::new(Some(lock)),
-        })
+            .map_err(|e| Error::io("spawn flusher thread", dir, e))?;
+        Ok((inner, handle))
     }
 
     /// What opening found: segments, batches replayed, damage cut off, time taken.
@@ -648,39 +590,9 @@ impl Engine {
                 .map(|w| w[0].clone())
                 .collect()
         };
-        let mut removed = 0;
-        let mut pooled = Vec::new();
-        let mut result = Ok(());
-        // The newest `recycle_segments` of them go to the pool (if they have the size
-        // segments are made with now), the rest are removed; either way the `.seg` name
-        // goes. The pool then gives up its oldest files beyond its size: a file some reader
-        // still maps cannot be reused, and must not keep newer ones out.
-        let pool_from = candidates
-            .len()
-            .saturating_sub(inner.config.recycle_segments);
-        for (i, seg) in candidates.iter().enumerate() {
-            let to = (i >= pool_from && seg.size == inner.config.segment_bytes)
-                .then(|| inner.pool.next_path());
-            let r = match &to {
-                Some(to) => rename(&*inner.io, &seg.path, to)
-                    .map_err(|e| Error::io("move retired segment to the pool", &seg.path, e)),
-                None => crate::log::io::remove(&*inner.io, &seg.path)
-                    .map_err(|e| Error::io("remove retired segment", &seg.path, e)),
-            }
-            .and_then(|()| {
-                // The `.seg` name is gone: the engine forgets the segment. The file joins
-                // the pool only once the rename is durable (after a failed directory sync a
-                // crash could bring the old name back, so the file must not be reused).
-                removed += 1;
-                sync_dir(&*inner.io, &inner.dir)?;
-                pooled.extend(to);
-                Ok(())
-            });
-            if let Err(e) = r {
-                result = Err(e);
-                break;
-            }
-        }
+        let (io, dir) = (&*inner.io, &inner.dir);
+        let retiring = retire::retire_oldest(io, dir, &inner.pool, &inner.config, &candidates);
+        let removed = retiring.removed;
         // Forget what was removed: first from the list (new lookups miss it), then from the
         // index. `gone` keeps the mappings alive until the index no longer points into them.
         let gone = inner.segments.write().retire_front(removed);
@@ -690,23 +602,8 @@ impl Engine {
         let first_seq = inner.segments.read().iter().next().map_or(1, |s| s.id);
         // A pooled file is reused only once nothing maps it any more (`Pool::take`).
         drop(gone);
-        Counters::add(&inner.pool.retired, removed as u64);
-        let evicted = inner.pool.put(pooled.iter().cloned());
-        let recycled = pooled.iter().filter(|p| !evicted.contains(p)).count();
-        // Spare files are not part of the log: no order to keep, one directory sync.
-        for path in &evicted {
-            let r = crate::log::io::remove(&*inner.io, path)
-                .map_err(|e| Error::io("remove a spare segment from the pool", path, e));
-            if let (Err(e), Ok(())) = (r, &result) {
-                result = Err(e);
-            }
-        }
-        if !evicted.is_empty() {
-            if let (Err(e), Ok(())) = (sync_dir(&*inner.io, &inner.dir), &result) {
-                result = Err(e);
-            }
-        }
-        result.map(|()| Retired {
+        let recycled = retiring.into_pool(io, dir, &inner.pool)?;
+        Ok(Retired {
             segments: removed,
             bytes: candidates[..removed].iter().map(|s| s.size).sum(),
             keys_forgotten,

@@ -9,7 +9,8 @@
 //!   history, which is damage, never a torn tail.
 //!
 //! A writable open reads the mark and removes it (durably) before it accepts a write, so the
-//! mark never outlives the clean end it describes. Layout (little-endian, 48 bytes):
+//! mark never outlives the clean end it describes. The file operations (and their order) are
+//! in `dir.rs`; this module has the format. Layout (little-endian, 48 bytes):
 //!
 //! ```text
 //! 0  magic "MLCLEAN\0"  8  version u32 (1)  12 reserved u32 (0)
@@ -17,15 +18,15 @@
 //! 32 next_seq u64 (the batch the next frame gets)      40 crc32c u32 of bytes 0..40, 44 zero u32
 //! ```
 
-use crate::error::{Error, Result};
-use crate::log::io::{self, guarded, IoOp, SharedIo};
-use crate::log::segment::sync_dir;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use crate::error::Result;
+use crate::log::dir;
+use crate::log::io::SharedIo;
+use std::path::Path;
 
 /// Name of the mark in the log directory.
 pub const CLEAN_FILE: &str = "CLEAN";
-const CLEAN_TMP: &str = "CLEAN.tmp";
+/// Name of a mark being written (renamed to [`CLEAN_FILE`] once synced).
+pub const CLEAN_TMP: &str = "CLEAN.tmp";
 const MAGIC: [u8; 8] = *b"MLCLEAN\0";
 const VERSION: u32 = 1;
 /// Bytes of the mark.
@@ -99,49 +100,23 @@ impl Found {
     }
 }
 
-fn path(dir: &Path) -> PathBuf {
-    dir.join(CLEAN_FILE)
-}
-
 /// Reads the mark of `dir`.
 pub(crate) fn read(dir: &Path) -> Result<Found> {
-    let p = path(dir);
-    match std::fs::read(&p) {
-        Ok(bytes) => Ok(CleanMark::decode(&bytes).map_or(Found::Invalid, Found::Mark)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Found::Absent),
-        Err(e) => Err(Error::io("read clean-close mark", &p, e)),
-    }
+    Ok(match dir::read_clean_mark(dir)? {
+        Some(bytes) => CleanMark::decode(&bytes).map_or(Found::Invalid, Found::Mark),
+        None => Found::Absent,
+    })
 }
 
 /// Removes the mark and syncs the directory: from here on the log may change.
 pub(crate) fn remove(io: &SharedIo, dir: &Path) -> Result<()> {
-    let p = path(dir);
-    io::remove(&**io, &p).map_err(|e| Error::io("remove clean-close mark", &p, e))?;
-    sync_dir(&**io, dir)
+    dir::remove_clean_mark(&**io, dir)
 }
 
-/// Writes the mark: to a temporary file, synced, renamed into place, directory synced. A
-/// crash at any step leaves either no mark or the whole one.
+/// Writes the mark: to a temporary file, synced, renamed into place, directory synced
+/// ([`dir::write_clean_mark`]). A crash at any step leaves either no mark or the whole one.
 pub(crate) fn write(io: &SharedIo, dir: &Path, mark: &CleanMark) -> Result<()> {
-    let tmp = dir.join(CLEAN_TMP);
-    let bytes = mark.encode();
-    // A temporary file an interrupted close left behind.
-    io::remove_leftover(&**io, &tmp);
-    let made = io::create_new(&**io, &tmp, |_| Ok(()))
-        .and_then(|(file, ())| {
-            guarded(&**io, IoOp::Write, &tmp, 0, &bytes, || {
-                file.write_all_at(&bytes, 0)
-            })?;
-            guarded(&**io, IoOp::Sync, &tmp, 0, &[], || file.sync_data())
-        })
-        .map_err(|e| Error::io("write clean-close mark", &tmp, e));
-    if let Err(e) = made {
-        io::remove_leftover(&**io, &tmp);
-        return Err(e);
-    }
-    io::rename(&**io, &tmp, &path(dir))
-        .map_err(|e| Error::io("rename clean-close mark", &tmp, e))?;
-    sync_dir(&**io, dir)
+    dir::write_clean_mark(&**io, dir, &mark.encode())
 }
 
 #[cfg(test)]

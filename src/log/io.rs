@@ -9,7 +9,10 @@
 //! The functions here that create, rename and remove files and directories, and sync a
 //! directory, are the only code of the crate that calls the `std::fs` functions doing so:
 //! clippy's `disallowed-methods` (the workspace's `clippy.toml`) refuses them anywhere else.
-//! Segment writes and syncs go through [`guarded`] in `segment.rs`.
+//! They in turn are called only by `dir.rs`, the owner of the log directory's files, where
+//! the order of file changes is kept: `clippy.toml` refuses them (by their crate paths,
+//! `mergelog::log::io::remove` etc.) anywhere else too. Segment writes and syncs go through
+//! [`guarded`] in `segment.rs`.
 //!
 //! The hooks see the bytes a `pwrite` writes. A store into the memory map (the mmap write
 //! path, and the zeroing of a torn tail) is announced as a write with its offset but no data:
@@ -116,14 +119,6 @@ pub(crate) fn remove(io: &dyn Io, path: &Path) -> io::Result<()> {
     guarded(io, IoOp::Remove, path, 0, &[], || {
         std::fs::remove_file(path)
     })
-}
-
-/// Removes what a failed step may have left at `path`, if anything is there: best effort,
-/// through the hooks (which are not called if there is no such file).
-pub(crate) fn remove_leftover(io: &dyn Io, path: &Path) {
-    if std::fs::symlink_metadata(path).is_ok() {
-        let _ = remove(io, path);
-    }
 }
 
 /// Renames `from` to `to`; the hooks get the destination path as the data.

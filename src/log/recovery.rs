@@ -428,9 +428,7 @@ pub(crate) fn scan(
         // prefix of itself with the damage still in place. Only then is the cut segment's
         // tail zeroed: it is the evidence of what was cut until nothing else remains.
         for p in out.dropped.iter().rev() {
-            crate::log::io::remove(&**io, p)
-                .map_err(|e| Error::io("remove dropped segment", p, e))?;
-            crate::log::segment::sync_dir(&**io, dir)?;
+            crate::log::dir::remove_dropped(&**io, dir, p)?;
         }
         if let Some((seg, off)) = zero_from {
             seg.zero_tail(off)?;

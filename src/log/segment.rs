@@ -4,58 +4,25 @@
 //! The mapping is a `MmapRaw`: the flusher writes bytes past `published`, readers only read
 //! bytes before it. `published` only grows, and a byte is never written again once it is
 //! below `published`, so a reader's slice can never change under it.
+//!
+//! This module owns what a segment file holds: its mapping, its header, the writes and syncs
+//! of its contents. Creating the file (the zero fill), naming it and removing it are
+//! `dir.rs`'s.
 
 use crate::config::WritePath;
 use crate::error::{Error, Result};
-use crate::log::format::{segment_file_name, SegmentHeader, END_MARKER_LEN, SEGMENT_HEADER_LEN};
-use crate::log::io::{self, guarded, sync_range_data, Io, IoOp, SharedIo};
+use crate::log::format::{SegmentHeader, END_MARKER_LEN, SEGMENT_HEADER_LEN};
+use crate::log::io::{guarded, sync_range_data, IoOp, SharedIo};
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// `fsync` of the directory `dir` through the hooks.
-pub(crate) fn sync_dir(io: &dyn Io, dir: &Path) -> Result<()> {
-    io::sync_dir(io, dir).map_err(|e| Error::io("fsync directory", dir, e))
-}
-
-/// Creates `path` and fills it with `size` written zeros, then syncs it and the directory.
-///
-/// Written zeros, not `set_len` (sparse: a store into an unbacked page of a full disk is
-/// SIGBUS) and not `fallocate` (unwritten extents: every later sync pays a metadata write).
-/// The zero fill writes this much at a time.
-const ZERO_CHUNK: usize = 256 << 10;
-
-/// Keeps the zero fill's writeback to about two chunks in flight: starts writing back the
-/// chunk at `off` and waits for the one before it. Left to the final `fsync` (or to the
-/// kernel's background writeback), the whole segment went to the disk in one burst, and every
-/// `fdatasync` the engine issued meanwhile (its cache flush) waited behind it: the 99.9th
-/// percentile of the end-to-end bench was that wait.
+/// `sync_file_range(2)` of `[off, off + len)` of `f` with `flags`: starts (or waits for) the
+/// writeback of that range, without syncing the file's metadata.
 #[cfg(target_os = "linux")]
-fn pace_writeback(f: &std::fs::File, off: u64, len: usize) -> std::io::Result<()> {
-    let call = |off: u64, len: usize, flags: libc::c_uint| sync_file_range(f, off, len, flags);
-    call(off, len, libc::SYNC_FILE_RANGE_WRITE)?;
-    if off >= ZERO_CHUNK as u64 {
-        call(
-            off - ZERO_CHUNK as u64,
-            ZERO_CHUNK,
-            libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                | libc::SYNC_FILE_RANGE_WRITE
-                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-        )?;
-    }
-    Ok(())
-}
-
-#[cfg(not(target_os = "linux"))]
-fn pace_writeback(_f: &std::fs::File, _off: u64, _len: usize) -> std::io::Result<()> {
-    Ok(())
-}
-
-#[cfg(target_os = "linux")]
-fn sync_file_range(
+pub(crate) fn sync_file_range(
     f: &std::fs::File,
     off: u64,
     len: usize,
@@ -77,26 +44,6 @@ fn sync_file_range(
     } else {
         Err(std::io::Error::last_os_error())
     }
-}
-
-pub(crate) fn create_zeroed(io: &dyn Io, dir: &Path, path: &Path, size: u64) -> Result<()> {
-    let result = io::create_new(io, path, |f| {
-        let chunk = vec![0u8; ZERO_CHUNK];
-        let mut off = 0u64;
-        while off < size {
-            let n = (size - off).min(ZERO_CHUNK as u64) as usize;
-            f.write_all(&chunk[..n])?;
-            pace_writeback(f, off, n)?;
-            off += n as u64;
-        }
-        f.sync_all()
-    });
-    if let Err(e) = result {
-        // Leave no half-made file behind: it would only confuse the next open.
-        io::remove_leftover(io, path);
-        return Err(Error::io("preallocate segment", path, e));
-    }
-    sync_dir(io, dir)
 }
 
 /// An open, mapped segment file.
@@ -266,7 +213,7 @@ impl Segment {
         recycled: bool,
         io: &SharedIo,
     ) -> Result<Segment> {
-        let path = dir.join(segment_file_name(id));
+        let path = super::dir::segment_path(dir, id);
         let mapped = match mapped {
             Some(m) => m,
             None => Mapped::open(prep, true)?,
@@ -293,9 +240,7 @@ impl Segment {
         })
         .and_then(|()| guarded(&**io, IoOp::Sync, prep, 0, &[], || file.sync_data()))
         .map_err(|e| Error::io("write segment header", prep, e))?;
-        io::rename(&**io, prep, &path)
-            .map_err(|e| Error::io("rename prepared segment", prep, e))?;
-        sync_dir(&**io, dir)?;
+        super::dir::activate(&**io, dir, prep, &path)?;
         // The mapping made before the rename maps the same file.
         let seg = Segment::from_mapped(&path, id, mapped, io);
         seg.publish(SEGMENT_HEADER_LEN as u64);

@@ -1,0 +1,129 @@
+//! Recovering a log directory at a writable open, once the engine holds its lock: adopt the
+//! spare files an earlier run left, read the clean-close mark, scan (and repair) the log,
+//! make the disk hold what the scan accepted, remove the mark, and give an empty directory its
+//! first segment.
+
+use crate::config::{Config, Durability, WritePath};
+use crate::error::Result;
+use crate::log::clean::{self, CleanMark};
+use crate::log::dir;
+use crate::log::format::{Frame, SEGMENT_HEADER_LEN};
+use crate::log::io::SharedIo;
+use crate::log::pool::Pool;
+use crate::log::prep::{adopt_prepared, Spares};
+use crate::log::recovery::{scan, Access, Damage, Expect};
+use crate::log::segment::Segment;
+use crate::log::Log;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// The log as recovery left it, ready to be continued.
+pub(crate) struct Recovered {
+    /// The live segments in log order, never empty: the last one is writable.
+    pub segments: Vec<Arc<Segment>>,
+    /// End of the last frame in the last segment.
+    pub write_off: u64,
+    /// Sequence number the next frame gets.
+    pub next_seq: u64,
+    /// Segments the scan found (an empty directory's first segment is made after it).
+    pub scanned: usize,
+    /// Damage the scan cut off.
+    pub damage: Option<Damage>,
+    /// After an unclean end, the bytes written again (see [`reestablish`]).
+    pub tail_rewritten: Option<u64>,
+    /// Mappings replaced during recovery that the index may still point into.
+    pub retired: Vec<Arc<Segment>>,
+    /// The files for the next segments.
+    pub spares: Spares,
+}
+
+/// Recovers the log in `dir`, whose lock the caller holds, calling `visit(segment index,
+/// segment, frame)` for each valid frame in log order (see [`scan`]).
+pub(crate) fn recover(
+    dir: &Path,
+    config: &Config,
+    io: &SharedIo,
+    visit: impl FnMut(u32, &Arc<Segment>, &Frame<'_>) -> Result<()>,
+) -> Result<Recovered> {
+    let (mut prepared, prep_counter) = adopt_prepared(io, dir, config.segment_bytes)?;
+    let pool = Arc::new(Pool::adopt(
+        io,
+        dir,
+        config.segment_bytes,
+        config.recycle_segments,
+    )?);
+
+    // Whether the last run closed cleanly (see `log::clean`).
+    let found = clean::read(dir)?;
+    let synced = config.durability == Durability::Sync;
+    let expect = Expect {
+        synced,
+        clean: found.mark(),
+    };
+    let scanned = scan(dir, config.recovery, Access::Writer, expect, io, visit)?;
+    let count = scanned.segments.len();
+    let mut segs = scanned.segments;
+    let mut write_off = scanned.write_off;
+    // After an unclean end the page cache may hold what the disk does not (a sync that
+    // failed leaves its pages cached and clean; an earlier open's repair may not have
+    // reached the disk): make the disk hold what the scan accepted before anything is
+    // written after it (`reestablish`).
+    let end = segs.last().map(|s| CleanMark {
+        segment_id: s.id,
+        end: write_off,
+        next_seq: scanned.next_seq,
+    });
+    let mut tail_rewritten = None;
+    if end.is_some() && found.mark() != end {
+        tail_rewritten = Some(reestablish(io, dir, &segs)?);
+    }
+    // The mark describes the log as it was; from here on it changes.
+    if found != clean::Found::Absent {
+        clean::remove(io, dir)?;
+    }
+    if segs.is_empty() {
+        segs.push(Arc::new(Log::create_first(
+            dir,
+            config.segment_bytes,
+            scanned.next_seq,
+            prepared.take(),
+            io,
+        )?));
+        pool.fresh.fetch_add(1, Ordering::Relaxed);
+        write_off = SEGMENT_HEADER_LEN as u64;
+    }
+    Ok(Recovered {
+        segments: segs,
+        write_off,
+        next_seq: scanned.next_seq,
+        scanned: count,
+        damage: scanned.damage,
+        tail_rewritten,
+        retired: scanned.retired,
+        spares: Spares {
+            prepared,
+            prep_counter,
+            pool,
+        },
+    })
+}
+
+/// Makes the disk hold what the page cache shows of the log, after an unclean end (no
+/// clean-close mark matching the log: a crash, or a failure). A sync that failed may have left
+/// pages cached and clean that are not on disk, and a repair an earlier open began (zeroing a
+/// torn tail, say) may be only in the cache; a log written with `NoSync` was never synced at
+/// all. So: every segment before the last is synced (nothing to write if it is clean), the
+/// last one is written again whole from the cache and synced, and the directory and its
+/// parent are synced. Returns the bytes written again.
+pub(crate) fn reestablish(io: &SharedIo, dir: &Path, segments: &[Arc<Segment>]) -> Result<u64> {
+    let Some((last, earlier)) = segments.split_last() else {
+        return Ok(0);
+    };
+    for seg in earlier {
+        seg.sync(0, 0, WritePath::Pwrite)?;
+    }
+    last.rewrite(last.size)?;
+    dir::sync_dir_and_parent(&**io, dir)?;
+    Ok(last.size)
+}

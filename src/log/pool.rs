@@ -1,0 +1,103 @@
+//! The pool of retired segment files kept for reuse (`recycle-<n>.tmp`,
+//! `Config::recycle_segments`), so that a roll need not write a segment's worth of zeros
+//! first. Retirement (`log/retire.rs`) adds files; the preparation of the next segment
+//! (`log/prep.rs`) takes them. The files themselves are renamed and removed by `dir.rs`.
+
+use crate::error::Result;
+use crate::log::dir::{self, pool_path};
+use crate::log::format;
+use crate::log::io::SharedIo;
+use crate::log::segment;
+use parking_lot::Mutex;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Retired segment files kept for reuse as later segments (`recycle-<n>.tmp`), so that a
+/// roll need not write a segment's worth of zeros first: `Engine::retire_before` adds them
+/// (up to `Config::recycle_segments`), the log takes them when it prepares the next segment.
+pub(crate) struct Pool {
+    dir: PathBuf,
+    max: usize,
+    inner: Mutex<PoolFiles>,
+    /// Segments started in fresh (zero-filled) files, in reused ones, and retired.
+    pub fresh: AtomicU64,
+    pub reused: AtomicU64,
+    pub retired: AtomicU64,
+}
+
+struct PoolFiles {
+    /// Oldest first. A file is reused only once nothing maps it (a `ValueRef`, a replay, a
+    /// follower, a `LogReader` in any process: see `segment::open_unmapped`), since its bytes
+    /// would change under them.
+    files: std::collections::VecDeque<PathBuf>,
+    counter: u64,
+}
+
+impl Pool {
+    /// Takes over the pool files an earlier run left: keeps up to `max` of the right size,
+    /// removes the others.
+    pub fn adopt(io: &SharedIo, dir: &Path, segment_bytes: u64, max: usize) -> Result<Pool> {
+        let (kept, highest) = dir::adopt_spares(
+            &**io,
+            dir,
+            format::parse_recycle_file_name,
+            segment_bytes,
+            max,
+        )?;
+        let files = kept.into_iter().collect();
+        let counter = highest + 1;
+        Ok(Pool {
+            dir: dir.to_owned(),
+            max,
+            inner: Mutex::new(PoolFiles { files, counter }),
+            fresh: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
+            retired: AtomicU64::new(0),
+        })
+    }
+
+    /// A new path in the pool, for a retired segment to be renamed to.
+    pub fn next_path(&self) -> PathBuf {
+        let mut p = self.inner.lock();
+        p.counter += 1;
+        pool_path(&self.dir, p.counter - 1)
+    }
+
+    /// Adds retired segments, renamed to paths [`Pool::next_path`] gave, and gives up the
+    /// oldest files beyond the pool's size: returns them, for the caller to remove.
+    pub fn put(&self, paths: impl Iterator<Item = PathBuf>) -> Vec<PathBuf> {
+        let mut p = self.inner.lock();
+        p.files.extend(paths);
+        let over = p.files.len().saturating_sub(self.max);
+        p.files.drain(..over).collect()
+    }
+
+    /// The segment counters.
+    pub fn counts(&self) -> crate::stats::SegmentCounts {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        crate::stats::SegmentCounts {
+            fresh: get(&self.fresh),
+            reused: get(&self.reused),
+            retired: get(&self.retired),
+        }
+    }
+
+    /// Takes the oldest file nobody maps any more, if there is one, open and holding the
+    /// shared lock its mapping will hold. A file that cannot be opened is dropped from the
+    /// pool (the next open deletes or adopts it).
+    pub(super) fn take(&self) -> Option<(PathBuf, File)> {
+        let mut p = self.inner.lock();
+        let mut i = 0;
+        while i < p.files.len() {
+            match segment::open_unmapped(&p.files[i]) {
+                Ok(Some(file)) => return p.files.remove(i).map(|path| (path, file)),
+                Ok(None) => i += 1,
+                Err(_) => {
+                    p.files.remove(i);
+                }
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,106 @@
+//! The file half of retiring a prefix of the log (`Engine::retire_before`; docs/FORMAT.md,
+//! "Retiring a prefix"): the candidates lose their `.seg` names oldest first, each change
+//! made durable before the next, so after a crash the log is always a suffix of itself; then
+//! the files renamed into the pool join it, and the pool gives up what no longer fits.
+//!
+//! Between the two steps the engine forgets the segments whose names went (from its list,
+//! then from its index) and drops its mappings of them, so that a file is in the pool only
+//! once the engine no longer maps it.
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::log::dir;
+use crate::log::io::Io;
+use crate::log::pool::Pool;
+use crate::log::segment::Segment;
+use crate::stats::Counters;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What [`retire_oldest`] did: how many segments lost their names, and where the pooled ones
+/// went.
+#[must_use]
+pub(crate) struct Retiring {
+    /// How many of the candidates, oldest first, lost their `.seg` names: the engine forgets
+    /// exactly these.
+    pub removed: usize,
+    /// The pool paths of those renamed into the pool whose rename is durable.
+    pooled: Vec<PathBuf>,
+    /// The error that stopped the retirement, if one did.
+    result: Result<()>,
+}
+
+/// Takes the `.seg` names of `candidates` (complete, durable segments, oldest first) away:
+/// renames each into the pool or removes it, and syncs the directory after each; stops at the
+/// first error.
+pub(crate) fn retire_oldest(
+    io: &dyn Io,
+    dir: &Path,
+    pool: &Pool,
+    config: &Config,
+    candidates: &[Arc<Segment>],
+) -> Retiring {
+    let mut removed = 0;
+    let mut pooled = Vec::new();
+    let mut result = Ok(());
+    // The newest `recycle_segments` of them go to the pool (if they have the size
+    // segments are made with now), the rest are removed; either way the `.seg` name
+    // goes. The pool then gives up its oldest files beyond its size: a file some reader
+    // still maps cannot be reused, and must not keep newer ones out.
+    let pool_from = candidates.len().saturating_sub(config.recycle_segments);
+    for (i, seg) in candidates.iter().enumerate() {
+        let to = (i >= pool_from && seg.size == config.segment_bytes).then(|| pool.next_path());
+        let r = match &to {
+            Some(to) => dir::retire_to_pool(io, &seg.path, to),
+            None => dir::remove_retired(io, &seg.path),
+        }
+        .and_then(|()| {
+            // The `.seg` name is gone: the engine forgets the segment. The file joins
+            // the pool only once the rename is durable (after a failed directory sync a
+            // crash could bring the old name back, so the file must not be reused).
+            removed += 1;
+            dir::sync_dir(io, dir)?;
+            pooled.extend(to);
+            Ok(())
+        });
+        if let Err(e) = r {
+            result = Err(e);
+            break;
+        }
+    }
+    Retiring {
+        removed,
+        pooled,
+        result,
+    }
+}
+
+impl Retiring {
+    /// Once the engine has forgotten the unnamed segments and dropped its mappings of them:
+    /// counts them as retired, adds the pooled files to the pool and removes the files it
+    /// gives up. Returns how many of the retired segments the pool kept, or the first error
+    /// (the retirement's, else the removals').
+    pub fn into_pool(self, io: &dyn Io, dir: &Path, pool: &Pool) -> Result<usize> {
+        let Retiring {
+            removed,
+            pooled,
+            mut result,
+        } = self;
+        Counters::add(&pool.retired, removed as u64);
+        let evicted = pool.put(pooled.iter().cloned());
+        let recycled = pooled.iter().filter(|p| !evicted.contains(p)).count();
+        // Spare files are not part of the log: no order to keep, one directory sync.
+        for path in &evicted {
+            let r = dir::evict_from_pool(io, path);
+            if let (Err(e), Ok(())) = (r, &result) {
+                result = Err(e);
+            }
+        }
+        if !evicted.is_empty() {
+            if let (Err(e), Ok(())) = (dir::sync_dir(io, dir), &result) {
+                result = Err(e);
+            }
+        }
+        result.map(|()| recycled)
+    }
+}

@@ -1,18 +1,26 @@
 //! Opening a log: one scan, with the one frame decoder, serves the engine's open (which also
 //! repairs a torn tail), `LogReader`, `verify` and `dump`.
+//!
+//! [`scan`] drives three parts, segment by segment: `verify` checks a segment image (pure:
+//! the valid frames, where they end and what stopped them), `policy` decides what the
+//! recovery mode makes of that (pure: keep, cut here, or refuse), and `repair` does what only
+//! a writer does to the files (reopen the tail writable, remove later segments, zero a tail).
+
+mod policy;
+mod repair;
+mod verify;
 
 use crate::config::RecoveryMode;
 use crate::error::{Error, Result};
 use crate::log::clean::CleanMark;
 use crate::log::dir::list_segments;
-use crate::log::format::{
-    decode_frame, Decoded, Frame, SegmentHeader, FRAME_HEADER_LEN, FRAME_MAGIC, SEGMENT_HEADER_LEN,
-    UNDURABLE_FRAMES_MAX,
-};
+use crate::log::format::{Frame, SEGMENT_HEADER_LEN};
 use crate::log::io::SharedIo;
 use crate::log::segment::Segment;
+use policy::{Decision, Place, Refusal, Situation};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use verify::{Loss, Verdict};
 
 /// Damage the scan found and dealt with (cut off, or stopped at).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,95 +53,12 @@ pub(crate) struct Scanned {
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Expect {
     /// The log was written with syncs (`Durability::Sync`): a writer never has more than
-    /// [`UNDURABLE_FRAMES_MAX`] frames written and not yet durable, so a valid frame that far
-    /// or further past damage proves the damaged frame was durable.
+    /// [`UNDURABLE_FRAMES_MAX`](crate::log::format::UNDURABLE_FRAMES_MAX) frames written and
+    /// not yet durable, so a valid frame that far or further past damage proves the damaged
+    /// frame was durable.
     pub synced: bool,
     /// The clean-close mark: every batch below its `next_seq` was durable.
     pub clean: Option<CleanMark>,
-}
-
-/// Looks past damage at `stop` (where batch `expected` should have been) for the frames a
-/// writer wrote after it: a frame at an 8-aligned offset from `from` on that decodes, has a
-/// batch sequence `t >= min_seq`, leaves room for the batches before it (`expected..t`, at
-/// least a frame header each) between `stop` and itself, and begins a chain of consecutive
-/// batches that runs to the end of the frames (zeros, or the end of the segment). Returns its
-/// offset and the last batch of its chain.
-///
-/// The last two conditions keep a copy of log frames inside a damaged frame's value (an
-/// application may store log bytes as values) from passing for evidence; such a copy could
-/// only pass by also carrying plausible sequence numbers and ending where the log ends, and
-/// then the open refuses, which changes nothing and names the way out (`PointInTime`).
-pub(crate) fn later_frames(
-    image: &[u8],
-    stop: u64,
-    from: u64,
-    expected: u64,
-    min_seq: u64,
-) -> Option<(u64, u64)> {
-    let mut off = (from as usize + 7) & !7;
-    while off + FRAME_MAGIC.len() <= image.len() {
-        if image[off..off + FRAME_MAGIC.len()] != FRAME_MAGIC {
-            off += 8;
-            continue;
-        }
-        let Ok(Decoded::Frame(f)) = decode_frame(image, off) else {
-            off += 8;
-            continue;
-        };
-        let room = (f.batch_seq.saturating_sub(expected)).saturating_mul(FRAME_HEADER_LEN as u64);
-        if f.batch_seq < min_seq || room > off as u64 - stop {
-            off += 8;
-            continue;
-        }
-        // Walk the chain from here to its end.
-        let (mut at, mut last) = (off + f.len, f.batch_seq);
-        let chained = loop {
-            match decode_frame(image, at) {
-                Ok(Decoded::End) => break true,
-                Ok(Decoded::Frame(g)) if g.batch_seq == last + 1 => {
-                    last = g.batch_seq;
-                    at += g.len;
-                }
-                _ => break false,
-            }
-        };
-        if chained {
-            return Some((off as u64, last));
-        }
-        off = at.max(off + 8);
-    }
-    None
-}
-
-/// Whether the frames of the last segment, which stop at `stop` (damage there if `damaged`,
-/// else the end of its frames) with batch `next_seq` expected, lost durable history: a valid
-/// frame at least [`UNDURABLE_FRAMES_MAX`] batches later follows (only for a log written with
-/// syncs), or the clean-close mark says the log went on. Returns where the first later frame
-/// is (`None` if only the mark says so) and the last batch that would be lost.
-fn durable_loss(
-    image: &[u8],
-    stop: u64,
-    damaged: bool,
-    next_seq: u64,
-    segment_id: u64,
-    expect: &Expect,
-) -> Option<(Option<u64>, u64)> {
-    let later = if expect.synced {
-        // Past a bad frame, from the next 8 bytes on (its own header may be valid).
-        let from = if damaged { stop + 8 } else { stop };
-        later_frames(image, stop, from, next_seq, next_seq + UNDURABLE_FRAMES_MAX)
-    } else {
-        None
-    };
-    let marked = expect
-        .clean
-        .filter(|m| m.next_seq > next_seq && m.segment_id >= segment_id)
-        .map(|m| m.next_seq - 1);
-    match (later, marked) {
-        (None, None) => None,
-        (Some((off, top)), m) => Some((Some(off), m.map_or(top, |m| m.max(top)))),
-        (None, Some(m)) => Some((None, m)),
-    }
 }
 
 /// The largest batch sequence a log may use (2^62: centuries of batches at any rate), so that
@@ -150,25 +75,51 @@ pub(crate) enum Access {
     Reader,
 }
 
+/// Why one pass of a scan failed.
+enum ScanError {
+    /// A reader's scan found a segment it listed removed (by `Engine::retire_before`) after
+    /// it had read earlier ones, which are gone too: scanning again sees the log as it now
+    /// is (`scan_retrying`).
+    SegmentVanished { path: PathBuf },
+    /// Anything else.
+    Failed(Error),
+}
+
+impl From<Error> for ScanError {
+    fn from(e: Error) -> ScanError {
+        ScanError::Failed(e)
+    }
+}
+
 /// The operation a reader's scan names when a segment it listed was removed before it got to
-/// it (by `Engine::retire_before`).
+/// it, and scanning again did not help.
 const RETIRED_DURING_SCAN: &str = "open segment (removed during the scan)";
+
+impl From<ScanError> for Error {
+    fn from(e: ScanError) -> Error {
+        match e {
+            ScanError::Failed(e) => e,
+            ScanError::SegmentVanished { path } => Error::Io {
+                op: RETIRED_DURING_SCAN,
+                path,
+                source: Arc::new(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "retired during the scan",
+                )),
+            },
+        }
+    }
+}
 
 /// As [`scan`] for a reader, scanning again (up to 100 times) when retirement removed a
 /// segment during the scan.
 pub(crate) fn scan_retrying(dir: &Path, mode: RecoveryMode, io: &SharedIo) -> Result<Scanned> {
     let mut tries = 0;
     loop {
-        match scan(
-            dir,
-            mode,
-            Access::Reader,
-            Expect::default(),
-            io,
-            |_, _, _| Ok(()),
-        ) {
-            Err(Error::Io { op, .. }) if op == RETIRED_DURING_SCAN && tries < 100 => tries += 1,
-            r => return r,
+        let visit = |_: u32, _: &Arc<Segment>, _: &Frame<'_>| Ok(());
+        match scan_once(dir, mode, Access::Reader, Expect::default(), io, visit) {
+            Err(ScanError::SegmentVanished { .. }) if tries < 100 => tries += 1,
+            r => return r.map_err(Error::from),
         }
     }
 }
@@ -181,38 +132,213 @@ pub(crate) fn scan(
     access: Access,
     expect: Expect,
     io: &SharedIo,
-    mut visit: impl FnMut(u32, &Arc<Segment>, &Frame<'_>) -> Result<()>,
+    visit: impl FnMut(u32, &Arc<Segment>, &Frame<'_>) -> Result<()>,
 ) -> Result<Scanned> {
+    Ok(scan_once(dir, mode, access, expect, io, visit)?)
+}
+
+/// One pass of [`scan`]: each segment checked (`verify`), judged (`policy`), and kept or cut;
+/// a writer's cut made durable last (`repair`).
+fn scan_once(
+    dir: &Path,
+    mode: RecoveryMode,
+    access: Access,
+    expect: Expect,
+    io: &SharedIo,
+    mut visit: impl FnMut(u32, &Arc<Segment>, &Frame<'_>) -> Result<()>,
+) -> std::result::Result<Scanned, ScanError> {
     let files = list_segments(dir)?;
-    let mut out = Scanned {
-        segments: Vec::with_capacity(files.len()),
-        write_off: SEGMENT_HEADER_LEN as u64,
-        next_seq: files.first().map_or(1, |f| f.0),
-        damage: None,
-        dropped: Vec::new(),
-        retired: Vec::new(),
-    };
-    let count = files.len();
-    // The writable tail a cut leaves, and where its zeroing starts (done last, see below).
-    let mut zero_from: Option<(Arc<Segment>, u64)> = None;
+    let mut pass = Pass::new(&files, access, io);
+    let mut zero_from = None;
     for (i, (id, path)) in files.iter().enumerate() {
-        let last = i + 1 == count;
-        // Batch sequences start at 1 and grow by one per batch: an id of 0, or one so large
-        // that counting on from it could overflow, is not a name the engine ever gives.
-        if *id == 0 || *id > SEQ_MAX {
-            return Err(Error::Corrupt {
-                path: path.clone(),
-                offset: 0,
-                reason: format!(
-                    "segment file name gives batch sequence {id}, outside 1..={SEQ_MAX}"
-                ),
-            });
+        let last = i + 1 == files.len();
+        check_listed_id(*id, path)?;
+        let Some(seg) = pass.open_listed(i)? else {
+            continue;
+        };
+        let expected = verify::Expected {
+            name_id: *id,
+            first_seq: pass.out.next_seq,
+            next_id: files.get(i + 1).map(|f| f.0),
+            zeros_after: policy::checks_zeros_after(access, last),
+        };
+        let found = check_segment(&seg, i, &expected, access, &expect, &mut visit)?;
+        pass.out.next_seq = found.verdict.next_seq;
+        match (
+            policy::decide(mode, &found.situation(last)),
+            found.damage(path),
+        ) {
+            (Decision::Refuse(why), Some(damage)) => return Err(found.refusal(why, damage).into()),
+            (Decision::Cut, Some(damage)) => {
+                zero_from = pass.cut(i, seg, found.verdict.end, damage)?;
+                break;
+            }
+            // Nothing wrong: the policy keeps exactly the segments without damage.
+            (decision, damage) => {
+                debug_assert!(decision == Decision::Keep && damage.is_none());
+                pass.keep(seg, &found.verdict, last)?;
+            }
         }
-        // A reader races the engine's `retire_before`, which removes the oldest segments
-        // (deletes them, or renames them into the pool to be reused): a listed file may be
-        // gone, locked while the engine takes it for reuse, or, once the reader holds its
-        // lock, no longer the file its name gives.
-        let opened = Segment::open(path, *id, access == Access::Writer && last, io);
+    }
+    if access == Access::Writer {
+        repair::finish(dir, &pass.out.dropped, zero_from, io)?;
+    }
+    Ok(pass.out)
+}
+
+/// Batch sequences start at 1 and grow by one per batch: an id of 0, or one so large that
+/// counting on from it could overflow, is not a name the engine ever gives.
+fn check_listed_id(id: u64, path: &Path) -> Result<()> {
+    if id == 0 || id > SEQ_MAX {
+        return Err(Error::Corrupt {
+            path: path.to_owned(),
+            offset: 0,
+            reason: format!("segment file name gives batch sequence {id}, outside 1..={SEQ_MAX}"),
+        });
+    }
+    Ok(())
+}
+
+/// What the scan found in one segment.
+struct Found {
+    verdict: Verdict,
+    /// Evidence that durable history follows where the frames stop (a writer's last segment).
+    loss: Option<Loss>,
+}
+
+/// Checks segment `i`, visiting each valid frame, and for a writer's last segment looks for
+/// evidence of durable history past where its frames stop.
+fn check_segment(
+    seg: &Arc<Segment>,
+    i: usize,
+    expected: &verify::Expected,
+    access: Access,
+    expect: &Expect,
+    visit: &mut impl FnMut(u32, &Arc<Segment>, &Frame<'_>) -> Result<()>,
+) -> Result<Found> {
+    let image = seg.image();
+    let mut frames = verify::verify(image, expected);
+    for f in &mut frames {
+        visit(i as u32, seg, &f)?;
+    }
+    let verdict = frames.verdict();
+    let last = expected.next_id.is_none();
+    let bad = verdict.damage();
+    let place = bad.as_ref().map(|b| place_of(b.0));
+    // A writer tells a torn tail from damage to durable history before it changes a byte:
+    // frames written after the damaged one, or a clean-close mark past it, prove that it was
+    // durable (docs/FORMAT.md, "Recovery").
+    let loss = if policy::seeks_evidence(access, last, place) {
+        let stop = bad.map_or(verdict.end, |b| b.0);
+        let damaged = verdict.stop.decode_damage();
+        verify::durable_loss(
+            image,
+            stop,
+            damaged,
+            verdict.next_seq,
+            expected.name_id,
+            expect,
+        )
+    } else {
+        None
+    };
+    Ok(Found { verdict, loss })
+}
+
+/// Where damage at `offset` is: offset 0 is the segment header.
+fn place_of(offset: u64) -> Place {
+    if offset == 0 {
+        Place::Header
+    } else {
+        Place::Frames
+    }
+}
+
+impl Found {
+    fn situation(&self, last: bool) -> Situation {
+        Situation {
+            last,
+            damage: self.verdict.damage().map(|b| place_of(b.0)),
+            durable: self.loss.is_some(),
+        }
+    }
+
+    /// What a cut or a refusal reports: the damage found, or else, when evidence shows durable
+    /// history past it, the end of the frames.
+    fn damage(&self, path: &Path) -> Option<Damage> {
+        let (offset, reason) = self.verdict.damage().or_else(|| {
+            let loss = self.loss?;
+            let end = self.verdict.end;
+            Some((end, loss.reason(&format!("the frames end at offset {end}"))))
+        })?;
+        Some(Damage {
+            path: path.to_owned(),
+            offset,
+            reason,
+        })
+    }
+
+    fn refusal(&self, why: Refusal, damage: Damage) -> Error {
+        match (why, self.loss) {
+            (Refusal::DamagedHistory, Some(loss)) => {
+                let what = match self.verdict.damage() {
+                    Some((_, reason)) => reason,
+                    None => format!("the frames end at offset {}", self.verdict.end),
+                };
+                Error::DamagedHistory {
+                    path: damage.path,
+                    offset: damage.offset,
+                    reason: loss.reason(&what),
+                    first_lost: self.verdict.next_seq,
+                    last_lost: loss.last_lost,
+                }
+            }
+            _ => Error::Corrupt {
+                path: damage.path,
+                offset: damage.offset,
+                reason: damage.reason,
+            },
+        }
+    }
+}
+
+/// One pass over the listed segments, and what it found so far.
+struct Pass<'a> {
+    files: &'a [(u64, PathBuf)],
+    access: Access,
+    io: &'a SharedIo,
+    out: Scanned,
+}
+
+impl<'a> Pass<'a> {
+    fn new(files: &'a [(u64, PathBuf)], access: Access, io: &'a SharedIo) -> Pass<'a> {
+        let out = Scanned {
+            segments: Vec::with_capacity(files.len()),
+            write_off: SEGMENT_HEADER_LEN as u64,
+            next_seq: files.first().map_or(1, |f| f.0),
+            damage: None,
+            dropped: Vec::new(),
+            retired: Vec::new(),
+        };
+        Pass {
+            files,
+            access,
+            io,
+            out,
+        }
+    }
+
+    /// Opens listed segment `i` (writable if it is the tail a writer opens); `None` if a
+    /// reader skips it.
+    ///
+    /// A reader races the engine's `retire_before`, which removes the oldest segments
+    /// (deletes them, or renames them into the pool to be reused): a listed file may be
+    /// gone, locked while the engine takes it for reuse, or, once the reader holds its
+    /// lock, no longer the file its name gives.
+    fn open_listed(&mut self, i: usize) -> std::result::Result<Option<Arc<Segment>>, ScanError> {
+        let (id, path) = &self.files[i];
+        let writable = self.access == Access::Writer && i + 1 == self.files.len();
+        let opened = Segment::open(path, *id, writable, self.io);
         let retired = match &opened {
             Err(Error::Io { source, .. }) => matches!(
                 source.kind(),
@@ -221,220 +347,66 @@ pub(crate) fn scan(
             Ok(seg) => !seg.still_named(),
             Err(_) => false,
         };
-        if access == Access::Reader && retired {
-            if out.segments.is_empty() {
+        if self.access == Access::Reader && retired {
+            if self.out.segments.is_empty() {
                 // None read yet: the log now starts at the next one.
-                if let Some(&(next, _)) = files.get(i + 1) {
-                    out.next_seq = next;
+                if let Some(&(next, _)) = self.files.get(i + 1) {
+                    self.out.next_seq = next;
                 }
-                continue;
+                return Ok(None);
             }
             // The segments before it are gone too: the caller scans again
             // (`scan_retrying`).
-            return Err(Error::Io {
-                op: RETIRED_DURING_SCAN,
-                path: path.clone(),
-                source: Arc::new(std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "retired during the scan",
-                )),
-            });
+            return Err(ScanError::SegmentVanished { path: path.clone() });
         }
-        let seg = Arc::new(opened?);
-        let image = seg.image();
-        // The header: magic, version, CRC, and the id that the name and the order promise.
-        let header_problem = match SegmentHeader::decode(image) {
-            Err(e) => Some(e.to_string()),
-            Ok(h) if h.segment_id != *id => Some(format!(
-                "segment header names id {} but the file name says {id}",
-                h.segment_id
-            )),
-            Ok(h) if h.segment_size != seg.size => Some(format!(
-                "segment header says {} bytes but the file has {}",
-                h.segment_size, seg.size
-            )),
-            Ok(_) if *id != out.next_seq => Some(format!(
-                "segment starts at batch {id} but the previous segment ended before batch {}",
-                out.next_seq
-            )),
-            Ok(_) => None,
-        };
-        let recycled = header_problem.is_none() && seg.recycled;
-        // A recycled segment before the last holds exactly the batches up to the next one's
-        // id, and after them old bytes (normally behind an end marker, but an mmap writer's
-        // marker is not always synced). A fresh one ends at its zeros.
-        let stop_at = files.get(i + 1).map(|f| f.0).filter(|_| recycled);
-        let mut end = SEGMENT_HEADER_LEN as u64;
-        let mut bad: Option<(u64, String)> = header_problem.map(|r| (0, r));
-        if bad.is_none() {
-            loop {
-                if stop_at.is_some_and(|next| out.next_seq >= next) {
-                    // Old bytes follow, but never the next batch: that would be a log that
-                    // runs on into the next segment (files mixed up, not a crash).
-                    if let Ok(Decoded::Frame(f)) = decode_frame(image, end as usize) {
-                        if f.batch_seq == out.next_seq {
-                            bad = Some((
-                                end,
-                                format!(
-                                    "frame with batch sequence {} follows the segment's last batch, but the next segment starts with it",
-                                    f.batch_seq
-                                ),
-                            ));
-                        }
-                    }
-                    break;
-                }
-                match decode_frame(image, end as usize) {
-                    Ok(Decoded::End) => break,
-                    Ok(Decoded::Frame(f)) if f.batch_seq != out.next_seq => {
-                        bad = Some((
-                            end,
-                            format!(
-                                "frame has batch sequence {} where {} was expected (stale or misplaced bytes)",
-                                f.batch_seq, out.next_seq
-                            ),
-                        ));
-                        break;
-                    }
-                    Ok(Decoded::Frame(f)) => {
-                        visit(i as u32, &seg, &f)?;
-                        out.next_seq += 1;
-                        end += f.len as u64;
-                    }
-                    Err(e) => {
-                        bad = Some((end, e.to_string()));
-                        break;
-                    }
-                }
-            }
+        Ok(Some(Arc::new(opened?)))
+    }
+
+    /// Keeps a whole segment; a writer's recycled last segment gets its tail zeroed first.
+    fn keep(&mut self, seg: Arc<Segment>, verdict: &Verdict, last: bool) -> Result<()> {
+        if self.access == Access::Writer && last && verdict.recycled {
+            repair::zero_recycled_tail(&seg, verdict.end)?;
         }
-        // Past the end marker of the tail segment there must be only the preallocated zeros;
-        // anything else is the remains of a frame whose header never reached the disk. (A
-        // reader skips this: the engine may be writing there right now.) In a recycled
-        // segment the old bytes there cannot be told from such remains: the writer zeroes
-        // them all instead (below), so that the frames it appends are followed by zeros, as
-        // in a fresh segment.
-        let decode_damage = bad.is_some();
-        if bad.is_none() && last && access == Access::Writer && !recycled {
-            let rest = &image[(end as usize).min(image.len())..];
-            if let Some(nz) = rest.iter().position(|&b| b != 0) {
-                bad = Some((
-                    end,
-                    format!(
-                        "non-zero byte at offset {} after the last frame (a torn write)",
-                        end + nz as u64
-                    ),
-                ));
-            }
-        }
-        // A writer tells a torn tail from damage to durable history before it changes a
-        // byte: frames written after the damaged one, or a clean-close mark past it, prove
-        // that it was durable (docs/FORMAT.md, "Recovery").
-        if last && access == Access::Writer && bad.as_ref().is_none_or(|b| b.0 > 0) {
-            let stop = bad.as_ref().map_or(end, |b| b.0);
-            let lost = durable_loss(image, stop, decode_damage, out.next_seq, *id, &expect);
-            if let Some((first_later, last_lost)) = lost {
-                let what = match &bad {
-                    Some((_, reason)) => reason.clone(),
-                    None => format!("the frames end at offset {end}"),
-                };
-                let later = match first_later {
-                    Some(off) => {
-                        format!("valid frames up to batch {last_lost} follow at offset {off}")
-                    }
-                    None => format!("the log was closed cleanly after batch {last_lost}"),
-                };
-                if mode != RecoveryMode::PointInTime {
-                    return Err(Error::DamagedHistory {
-                        path: path.clone(),
-                        offset: stop,
-                        reason: format!("{what}, but {later}"),
-                        first_lost: out.next_seq,
-                        last_lost,
-                    });
-                }
-                // Point in time: the log ends here, and the open reports what it cut.
-                bad.get_or_insert((stop, format!("{what}, but {later}")));
-            }
-        }
-        if bad.is_none() && last && access == Access::Writer && recycled {
-            seg.zero_tail(end)?;
-        }
-        let Some((offset, reason)) = bad else {
-            seg.publish(end);
-            out.write_off = end;
-            out.segments.push(seg);
-            continue;
-        };
-        let damage = Damage {
-            path: path.clone(),
-            offset,
-            reason,
-        };
-        // A segment header is synced before the file gets its name, so a bad one is never
-        // a crash artifact: only point-in-time recovery drops a segment for it.
-        let cut = match mode {
-            RecoveryMode::AbsoluteConsistency => false,
-            RecoveryMode::TolerateCorruptedTail => last && offset > 0,
-            RecoveryMode::PointInTime => true,
-        };
-        if !cut {
-            return Err(Error::Corrupt {
-                path: damage.path,
-                offset: damage.offset,
-                reason: damage.reason,
-            });
-        }
+        seg.publish(verdict.end);
+        self.out.write_off = verdict.end;
+        self.out.segments.push(seg);
+        Ok(())
+    }
+
+    /// Ends the log at `damage` in segment `i` (whose valid frames end at `end`): the later
+    /// segments are dropped, and for a writer the segment the log now ends in becomes the
+    /// writable tail. Returns that tail and where its zeroing starts.
+    fn cut(
+        &mut self,
+        i: usize,
+        seg: Arc<Segment>,
+        end: u64,
+        damage: Damage,
+    ) -> Result<Option<repair::ZeroFrom>> {
+        let offset = damage.offset;
+        let out = &mut self.out;
         out.damage = Some(damage);
-        out.dropped = files[i + 1..].iter().map(|f| f.1.clone()).collect();
+        out.dropped = self.files[i + 1..].iter().map(|f| f.1.clone()).collect();
         if offset == 0 {
-            // Nothing of this segment can be trusted: it goes with the ones after it, and the
-            // segment before it (if any) becomes the writable tail.
-            out.dropped.insert(0, path.clone());
-            if access == Access::Writer {
-                if let Some(prev) = out.segments.pop() {
-                    let tail = Arc::new(Segment::open(&prev.path, prev.id, true, io)?);
-                    // Whatever follows its last frame was never checked: it is zeroed
-                    // once the later segments are gone (below).
-                    zero_from = Some((tail.clone(), out.write_off));
-                    tail.publish(out.write_off);
-                    out.segments.push(tail);
-                    out.retired.push(prev);
-                }
-            }
-            break;
-        }
-        let seg = if access == Access::Writer {
-            // The cut segment becomes the writable tail.
-            let seg = if last {
-                seg.clone()
-            } else {
-                out.retired.push(seg.clone());
-                Arc::new(Segment::open(path, *id, true, io)?)
+            // Nothing of this segment can be trusted: it goes with the ones after it, and
+            // the segment before it (if any) becomes the writable tail.
+            out.dropped.insert(0, self.files[i].1.clone());
+            return match self.access {
+                Access::Writer => repair::reopen_previous(out, self.io),
+                Access::Reader => Ok(None),
             };
-            zero_from = Some((seg.clone(), offset));
-            seg
-        } else {
-            seg.clone()
+        }
+        let (seg, zero_from) = match self.access {
+            Access::Writer => {
+                let last = i + 1 == self.files.len();
+                let tail = repair::writable(seg, last, out, self.io)?;
+                (tail.clone(), Some((tail, offset)))
+            }
+            Access::Reader => (seg, None),
         };
         seg.publish(end);
         out.write_off = end;
         out.segments.push(seg);
-        break;
+        Ok(zero_from)
     }
-    if access == Access::Writer {
-        // A cut leaves later segments behind: they go first, newest first, each removal
-        // made durable before the next, so that a crash at any step leaves the log a
-        // prefix of itself with the damage still in place. Only then is the cut segment's
-        // tail zeroed: it is the evidence of what was cut until nothing else remains.
-        for p in out.dropped.iter().rev() {
-            crate::log::io::remove(&**io, p)
-                .map_err(|e| Error::io("remove dropped segment", p, e))?;
-            crate::log::segment::sync_dir(&**io, dir)?;
-        }
-        if let Some((seg, off)) = zero_from {
-            seg.zero_tail(off)?;
-        }
-    }
-    Ok(out)
 }

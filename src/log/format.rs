@@ -446,24 +446,55 @@ pub enum Decoded<'a> {
 /// Never panics and never reads out of bounds, whatever the bytes. O(body), allocation-free.
 /// Padding bytes after the body are not covered by the CRC and not read.
 pub fn decode_frame(seg: &[u8], offset: usize) -> Result<Decoded<'_>, FormatError> {
+    let at = |kind| FormatError {
+        offset: offset as u64,
+        kind,
+    };
+    let Some(h) = frame_header(seg, offset).map_err(at)? else {
+        return Ok(Decoded::End);
+    };
+    let body = frame_body(seg, offset, &h).map_err(at)?;
+    let walk = walk_records(body, h.flags & FLAG_SORTED != 0).map_err(at)?;
+    check_header_against_records(&h, &walk).map_err(at)?;
+    Ok(Decoded::Frame(Frame {
+        offset: offset as u64,
+        len: h.len,
+        batch_seq: h.batch_seq,
+        flags: h.flags,
+        record_count: h.record_count,
+        ops_acknowledged: h.ops_acknowledged,
+        body,
+    }))
+}
+
+/// The fields of a frame header as stored, and the frame's total length.
+struct FrameHeader {
+    stored_crc: u32,
+    body_len: u32,
+    record_count: u32,
+    batch_seq: u64,
+    flags: u32,
+    ops_acknowledged: u32,
+    /// Total length including padding (it fits in the segment).
+    len: usize,
+}
+
+/// The first steps of [`decode_frame`]: `None` where the written log ends (no room for a
+/// header, or an all-zero one); else the header at `offset`, once its magic is right and the
+/// frame lies within the segment.
+fn frame_header(seg: &[u8], offset: usize) -> Result<Option<FrameHeader>, FormatErrorKind> {
     use FormatErrorKind::*;
     let avail = seg.len().saturating_sub(offset);
     if avail < FRAME_HEADER_LEN {
-        return Ok(Decoded::End);
+        return Ok(None);
     }
-    let err = |kind| {
-        Err(FormatError {
-            offset: offset as u64,
-            kind,
-        })
-    };
     let h = &seg[offset..offset + FRAME_HEADER_LEN];
     if h.iter().all(|&b| b == 0) {
-        return Ok(Decoded::End);
+        return Ok(None);
     }
     let magic = [h[0], h[1], h[2], h[3]];
     if magic != FRAME_MAGIC {
-        return err(BadFrameMagic(magic));
+        return Err(BadFrameMagic(magic));
     }
     let stored_crc = le_u32(h, 4);
     let body_len = le_u32(h, 8);
@@ -475,25 +506,56 @@ pub fn decode_frame(seg: &[u8], offset: usize) -> Result<Decoded<'_>, FormatErro
     // In u64 so that a huge body_len cannot overflow on any target.
     let len = (FRAME_HEADER_LEN as u64 + u64::from(body_len) + 7) & !7;
     if len > avail as u64 {
-        return err(FrameOutOfBounds {
+        return Err(FrameOutOfBounds {
             body_len: u64::from(body_len),
             room: avail as u64,
         });
     }
+    Ok(Some(FrameHeader {
+        stored_crc,
+        body_len,
+        record_count,
+        batch_seq,
+        flags,
+        ops_acknowledged,
+        len: len as usize,
+    }))
+}
+
+/// The body of the frame whose header `h` is at `offset`, once the CRC (over the header past
+/// magic and CRC, and the whole body) matches.
+fn frame_body<'a>(
+    seg: &'a [u8],
+    offset: usize,
+    h: &FrameHeader,
+) -> Result<&'a [u8], FormatErrorKind> {
     let body_start = offset + FRAME_HEADER_LEN;
-    let body_end = body_start + body_len as usize;
+    let body_end = body_start + h.body_len as usize;
     let computed = crc32c::crc32c(&seg[offset + FRAME_CRC_START..body_end]);
-    if computed != stored_crc {
-        return err(BadFrameCrc {
-            stored: stored_crc,
+    if computed != h.stored_crc {
+        return Err(FormatErrorKind::BadFrameCrc {
+            stored: h.stored_crc,
             computed,
         });
     }
+    Ok(&seg[body_start..body_end])
+}
 
-    // One pass over the records. Structural errors return at once; the others are remembered
-    // and reported afterwards so that the documented order holds.
-    let body = &seg[body_start..body_end];
-    let sorted = flags & FLAG_SORTED != 0;
+/// What the pass over a frame's records found, besides its structure.
+struct RecordWalk {
+    /// Records found.
+    found: u32,
+    /// The first unknown op byte.
+    bad_op: Option<u8>,
+    /// The index of the first record whose key is not above the one before (a `SORTED`
+    /// frame only).
+    unsorted: Option<u32>,
+}
+
+/// One pass over the records. Structural errors return at once; the others are remembered
+/// and reported afterwards (`check_header_against_records`) so that the documented order
+/// holds.
+fn walk_records(body: &[u8], sorted: bool) -> Result<RecordWalk, FormatErrorKind> {
     let mut pos = 0;
     let mut found: u32 = 0;
     let mut bad_op = None;
@@ -503,7 +565,7 @@ pub fn decode_frame(seg: &[u8], offset: usize) -> Result<Decoded<'_>, FormatErro
         let raw = match parse_record(body, pos) {
             Ok(raw) => raw,
             Err(reason) => {
-                return err(BadRecord {
+                return Err(FormatErrorKind::BadRecord {
                     index: found,
                     reason,
                 })
@@ -519,36 +581,39 @@ pub fn decode_frame(seg: &[u8], offset: usize) -> Result<Decoded<'_>, FormatErro
         pos = raw.end;
         found += 1; // A record is at least 7 bytes, so this cannot overflow a u32 body.
     }
-    if found != record_count {
-        return err(RecordCountMismatch {
-            header: record_count,
-            found,
+    Ok(RecordWalk {
+        found,
+        bad_op,
+        unsorted,
+    })
+}
+
+/// The last steps of [`decode_frame`], in its documented order: record count, ops valid,
+/// unknown flags zero, sortedness, `ops_acknowledged >= record_count`.
+fn check_header_against_records(h: &FrameHeader, walk: &RecordWalk) -> Result<(), FormatErrorKind> {
+    use FormatErrorKind::*;
+    if walk.found != h.record_count {
+        return Err(RecordCountMismatch {
+            header: h.record_count,
+            found: walk.found,
         });
     }
-    if let Some(op) = bad_op {
-        return err(BadOp(op));
+    if let Some(op) = walk.bad_op {
+        return Err(BadOp(op));
     }
-    if flags & !FLAGS_KNOWN != 0 {
-        return err(UnknownFlags(flags & !FLAGS_KNOWN));
+    if h.flags & !FLAGS_KNOWN != 0 {
+        return Err(UnknownFlags(h.flags & !FLAGS_KNOWN));
     }
-    if let Some(index) = unsorted {
-        return err(Unsorted { index });
+    if let Some(index) = walk.unsorted {
+        return Err(Unsorted { index });
     }
-    if ops_acknowledged < record_count {
-        return err(BadOpsAcknowledged {
-            ops_acknowledged,
-            record_count,
+    if h.ops_acknowledged < h.record_count {
+        return Err(BadOpsAcknowledged {
+            ops_acknowledged: h.ops_acknowledged,
+            record_count: h.record_count,
         });
     }
-    Ok(Decoded::Frame(Frame {
-        offset: offset as u64,
-        len: len as usize,
-        batch_seq,
-        flags,
-        record_count,
-        ops_acknowledged,
-        body,
-    }))
+    Ok(())
 }
 
 struct RawRecord<'a> {

@@ -1,0 +1,412 @@
+//! Opening a log: one scan, with the one frame decoder, serves the engine's open (which also
+//! repairs a torn tail), `LogReader`, `verify` and `dump`.
+//!
+//! [`scan`] drives three parts, segment by segment: `verify` checks a segment image (pure:
+//! the valid frames, where they end and what stopped them), `policy` decides what the
+//! recovery mode makes of that (pure: keep, cut here, or refuse), and `repair` does what only
+//! a writer does to the files (reopen the tail writable, remove later segments, zero a tail).
+
+mod policy;
+mod repair;
+mod verify;
+
+use crate::config::RecoveryMode;
+use crate::error::{Error, Result};
+use crate::log::clean::CleanMark;
+use crate::log::dir::list_segments;
+use crate::log::format::{Frame, SEGMENT_HEADER_LEN};
+use crate::log::io::SharedIo;
+use crate::log::segment::Segment;
+use policy::{Decision, Place, Refusal, Situation};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use verify::{Loss, Verdict};
+
+/// Damage the scan found and dealt with (cut off, or stopped at).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// The segment file.
+    pub path: PathBuf,
+    /// Byte offset of the first bad byte (the start of the bad frame or header).
+    pub offset: u64,
+    /// What was wrong.
+    pub reason: String,
+}
+
+/// What a scan found.
+pub(crate) struct Scanned {
+    pub segments: Vec<Arc<Segment>>,
+    /// End of the last valid frame in the last segment.
+    pub write_off: u64,
+    /// Sequence number the next frame would get.
+    pub next_seq: u64,
+    /// Damage cut off (engine) or stopped at (reader); `None` for a clean log.
+    pub damage: Option<Damage>,
+    /// Segment files after a point-in-time stop, to be removed by a writer.
+    pub dropped: Vec<PathBuf>,
+    /// Mappings that frames were visited through but that a writable reopen replaced: the
+    /// engine keeps them, since its index points into them.
+    pub retired: Vec<Arc<Segment>>,
+}
+
+/// What a writer's open knows about how the log was written, beyond its bytes.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Expect {
+    /// The log was written with syncs (`Durability::Sync`): a writer never has more than
+    /// [`UNDURABLE_FRAMES_MAX`](crate::log::format::UNDURABLE_FRAMES_MAX) frames written and
+    /// not yet durable, so a valid frame that far or further past damage proves the damaged
+    /// frame was durable.
+    pub synced: bool,
+    /// The clean-close mark: every batch below its `next_seq` was durable.
+    pub clean: Option<CleanMark>,
+}
+
+/// The largest batch sequence a log may use (2^62: centuries of batches at any rate), so that
+/// counting on never overflows.
+pub(crate) const SEQ_MAX: u64 = 1 << 62;
+
+/// How a scan treats the bytes it finds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// The engine: repairs the tail (zero and sync) as the mode allows.
+    Writer,
+    /// A reader or a tool: changes nothing; damage in the last segment ends the scan (it may
+    /// be a frame another process is writing right now), damage elsewhere follows the mode.
+    Reader,
+}
+
+/// Why one pass of a scan failed.
+enum ScanError {
+    /// A reader's scan found a segment it listed removed (by `Engine::retire_before`) after
+    /// it had read earlier ones, which are gone too: scanning again sees the log as it now
+    /// is (`scan_retrying`).
+    SegmentVanished { path: PathBuf },
+    /// Anything else.
+    Failed(Error),
+}
+
+impl From<Error> for ScanError {
+    fn from(e: Error) -> ScanError {
+        ScanError::Failed(e)
+    }
+}
+
+/// The operation a reader's scan names when a segment it listed was removed before it got to
+/// it, and scanning again did not help.
+const RETIRED_DURING_SCAN: &str = "open segment (removed during the scan)";
+
+impl From<ScanError> for Error {
+    fn from(e: ScanError) -> Error {
+        match e {
+            ScanError::Failed(e) => e,
+            ScanError::SegmentVanished { path } => Error::Io {
+                op: RETIRED_DURING_SCAN,
+                path,
+                source: Arc::new(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "retired during the scan",
+                )),
+            },
+        }
+    }
+}
+
+/// As [`scan`] for a reader, scanning again (up to 100 times) when retirement removed a
+/// segment during the scan.
+pub(crate) fn scan_retrying(dir: &Path, mode: RecoveryMode, io: &SharedIo) -> Result<Scanned> {
+    let mut tries = 0;
+    loop {
+        let visit = |_: u32, _: &Arc<Segment>, _: &Frame<'_>| Ok(());
+        match scan_once(dir, mode, Access::Reader, Expect::default(), io, visit) {
+            Err(ScanError::SegmentVanished { .. }) if tries < 100 => tries += 1,
+            r => return r.map_err(Error::from),
+        }
+    }
+}
+
+/// Scans every segment of `dir` in order, calling `visit(segment index, segment, frame)` for
+/// each valid frame in log order.
+pub(crate) fn scan(
+    dir: &Path,
+    mode: RecoveryMode,
+    access: Access,
+    expect: Expect,
+    io: &SharedIo,
+    visit: impl FnMut(u32, &Arc<Segment>, &Frame<'_>) -> Result<()>,
+) -> Result<Scanned> {
+    Ok(scan_once(dir, mode, access, expect, io, visit)?)
+}
+
+/// One pass of [`scan`]: each segment checked (`verify`), judged (`policy`), and kept or cut;
+/// a writer's cut made durable last (`repair`).
+fn scan_once(
+    dir: &Path,
+    mode: RecoveryMode,
+    access: Access,
+    expect: Expect,
+    io: &SharedIo,
+    mut visit: impl FnMut(u32, &Arc<Segment>, &Frame<'_>) -> Result<()>,
+) -> std::result::Result<Scanned, ScanError> {
+    let files = list_segments(dir)?;
+    let mut pass = Pass::new(&files, access, io);
+    let mut zero_from = None;
+    for (i, (id, path)) in files.iter().enumerate() {
+        let last = i + 1 == files.len();
+        check_listed_id(*id, path)?;
+        let Some(seg) = pass.open_listed(i)? else {
+            continue;
+        };
+        let expected = verify::Expected {
+            name_id: *id,
+            first_seq: pass.out.next_seq,
+            next_id: files.get(i + 1).map(|f| f.0),
+            zeros_after: policy::checks_zeros_after(access, last),
+        };
+        let found = check_segment(&seg, i, &expected, access, &expect, &mut visit)?;
+        pass.out.next_seq = found.verdict.next_seq;
+        match (
+            policy::decide(mode, &found.situation(last)),
+            found.damage(path),
+        ) {
+            (Decision::Refuse(why), Some(damage)) => return Err(found.refusal(why, damage).into()),
+            (Decision::Cut, Some(damage)) => {
+                zero_from = pass.cut(i, seg, found.verdict.end, damage)?;
+                break;
+            }
+            // Nothing wrong: the policy keeps exactly the segments without damage.
+            (decision, damage) => {
+                debug_assert!(decision == Decision::Keep && damage.is_none());
+                pass.keep(seg, &found.verdict, last)?;
+            }
+        }
+    }
+    if access == Access::Writer {
+        repair::finish(dir, &pass.out.dropped, zero_from, io)?;
+    }
+    Ok(pass.out)
+}
+
+/// Batch sequences start at 1 and grow by one per batch: an id of 0, or one so large that
+/// counting on from it could overflow, is not a name the engine ever gives.
+fn check_listed_id(id: u64, path: &Path) -> Result<()> {
+    if id == 0 || id > SEQ_MAX {
+        return Err(Error::Corrupt {
+            path: path.to_owned(),
+            offset: 0,
+            reason: format!("segment file name gives batch sequence {id}, outside 1..={SEQ_MAX}"),
+        });
+    }
+    Ok(())
+}
+
+/// What the scan found in one segment.
+struct Found {
+    verdict: Verdict,
+    /// Evidence that durable history follows where the frames stop (a writer's last segment).
+    loss: Option<Loss>,
+}
+
+/// Checks segment `i`, visiting each valid frame, and for a writer's last segment looks for
+/// evidence of durable history past where its frames stop.
+fn check_segment(
+    seg: &Arc<Segment>,
+    i: usize,
+    expected: &verify::Expected,
+    access: Access,
+    expect: &Expect,
+    visit: &mut impl FnMut(u32, &Arc<Segment>, &Frame<'_>) -> Result<()>,
+) -> Result<Found> {
+    let image = seg.image();
+    let mut frames = verify::verify(image, expected);
+    for f in &mut frames {
+        visit(i as u32, seg, &f)?;
+    }
+    let verdict = frames.verdict();
+    let last = expected.next_id.is_none();
+    let bad = verdict.damage();
+    let place = bad.as_ref().map(|b| place_of(b.0));
+    // A writer tells a torn tail from damage to durable history before it changes a byte:
+    // frames written after the damaged one, or a clean-close mark past it, prove that it was
+    // durable (docs/FORMAT.md, "Recovery").
+    let loss = if policy::seeks_evidence(access, last, place) {
+        let stop = bad.map_or(verdict.end, |b| b.0);
+        let damaged = verdict.stop.decode_damage();
+        verify::durable_loss(
+            image,
+            stop,
+            damaged,
+            verdict.next_seq,
+            expected.name_id,
+            expect,
+        )
+    } else {
+        None
+    };
+    Ok(Found { verdict, loss })
+}
+
+/// Where damage at `offset` is: offset 0 is the segment header.
+fn place_of(offset: u64) -> Place {
+    if offset == 0 {
+        Place::Header
+    } else {
+        Place::Frames
+    }
+}
+
+impl Found {
+    fn situation(&self, last: bool) -> Situation {
+        Situation {
+            last,
+            damage: self.verdict.damage().map(|b| place_of(b.0)),
+            durable: self.loss.is_some(),
+        }
+    }
+
+    /// What a cut or a refusal reports: the damage found, or else, when evidence shows durable
+    /// history past it, the end of the frames.
+    fn damage(&self, path: &Path) -> Option<Damage> {
+        let (offset, reason) = self.verdict.damage().or_else(|| {
+            let loss = self.loss?;
+            let end = self.verdict.end;
+            Some((end, loss.reason(&format!("the frames end at offset {end}"))))
+        })?;
+        Some(Damage {
+            path: path.to_owned(),
+            offset,
+            reason,
+        })
+    }
+
+    fn refusal(&self, why: Refusal, damage: Damage) -> Error {
+        match (why, self.loss) {
+            (Refusal::DamagedHistory, Some(loss)) => {
+                let what = match self.verdict.damage() {
+                    Some((_, reason)) => reason,
+                    None => format!("the frames end at offset {}", self.verdict.end),
+                };
+                Error::DamagedHistory {
+                    path: damage.path,
+                    offset: damage.offset,
+                    reason: loss.reason(&what),
+                    first_lost: self.verdict.next_seq,
+                    last_lost: loss.last_lost,
+                }
+            }
+            _ => Error::Corrupt {
+                path: damage.path,
+                offset: damage.offset,
+                reason: damage.reason,
+            },
+        }
+    }
+}
+
+/// One pass over the listed segments, and what it found so far.
+struct Pass<'a> {
+    files: &'a [(u64, PathBuf)],
+    access: Access,
+    io: &'a SharedIo,
+    out: Scanned,
+}
+
+impl<'a> Pass<'a> {
+    fn new(files: &'a [(u64, PathBuf)], access: Access, io: &'a SharedIo) -> Pass<'a> {
+        let out = Scanned {
+            segments: Vec::with_capacity(files.len()),
+            write_off: SEGMENT_HEADER_LEN as u64,
+            next_seq: files.first().map_or(1, |f| f.0),
+            damage: None,
+            dropped: Vec::new(),
+            retired: Vec::new(),
+        };
+        Pass {
+            files,
+            access,
+            io,
+            out,
+        }
+    }
+
+    /// Opens listed segment `i` (writable if it is the tail a writer opens); `None` if a
+    /// reader skips it.
+    ///
+    /// A reader races the engine's `retire_before`, which removes the oldest segments
+    /// (deletes them, or renames them into the pool to be reused): a listed file may be
+    /// gone, locked while the engine takes it for reuse, or, once the reader holds its
+    /// lock, no longer the file its name gives.
+    fn open_listed(&mut self, i: usize) -> std::result::Result<Option<Arc<Segment>>, ScanError> {
+        let (id, path) = &self.files[i];
+        let writable = self.access == Access::Writer && i + 1 == self.files.len();
+        let opened = Segment::open(path, *id, writable, self.io);
+        let retired = match &opened {
+            Err(Error::Io { source, .. }) => matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::WouldBlock
+            ),
+            Ok(seg) => !seg.still_named(),
+            Err(_) => false,
+        };
+        if self.access == Access::Reader && retired {
+            if self.out.segments.is_empty() {
+                // None read yet: the log now starts at the next one.
+                if let Some(&(next, _)) = self.files.get(i + 1) {
+                    self.out.next_seq = next;
+                }
+                return Ok(None);
+            }
+            // The segments before it are gone too: the caller scans again
+            // (`scan_retrying`).
+            return Err(ScanError::SegmentVanished { path: path.clone() });
+        }
+        Ok(Some(Arc::new(opened?)))
+    }
+
+    /// Keeps a whole segment; a writer's recycled last segment gets its tail zeroed first.
+    fn keep(&mut self, seg: Arc<Segment>, verdict: &Verdict, last: bool) -> Result<()> {
+        if self.access == Access::Writer && last && verdict.recycled {
+            repair::zero_recycled_tail(&seg, verdict.end)?;
+        }
+        seg.publish(verdict.end);
+        self.out.write_off = verdict.end;
+        self.out.segments.push(seg);
+        Ok(())
+    }
+
+    /// Ends the log at `damage` in segment `i` (whose valid frames end at `end`): the later
+    /// segments are dropped, and for a writer the segment the log now ends in becomes the
+    /// writable tail. Returns that tail and where its zeroing starts.
+    fn cut(
+        &mut self,
+        i: usize,
+        seg: Arc<Segment>,
+        end: u64,
+        damage: Damage,
+    ) -> Result<Option<repair::ZeroFrom>> {
+        let offset = damage.offset;
+        let out = &mut self.out;
+        out.damage = Some(damage);
+        out.dropped = self.files[i + 1..].iter().map(|f| f.1.clone()).collect();
+        if offset == 0 {
+            // Nothing of this segment can be trusted: it goes with the ones after it, and
+            // the segment before it (if any) becomes the writable tail.
+            out.dropped.insert(0, self.files[i].1.clone());
+            return match self.access {
+                Access::Writer => repair::reopen_previous(out, self.io),
+                Access::Reader => Ok(None),
+            };
+        }
+        let (seg, zero_from) = match self.access {
+            Access::Writer => {
+                let last = i + 1 == self.files.len();
+                let tail = repair::writable(seg, last, out, self.io)?;
+                (tail.clone(), Some((tail, offset)))
+            }
+            Access::Reader => (seg, None),
+        };
+        seg.publish(end);
+        out.write_off = end;
+        out.segments.push(seg);
+        Ok(zero_from)
+    }
+}

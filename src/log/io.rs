@@ -4,7 +4,7 @@
 //! directory, renaming, syncing a directory, removing a file) first asks the engine's [`Io`]
 //! hook. The real hook, [`RealIo`], allows everything and costs one indirect call per batch; a
 //! test's hook can fail the Nth operation, fail forever after a point, or record writes to
-//! tear them later (simulated power loss, `tests/recovery_common/power.rs`).
+//! tear them later (simulated power loss, `tests/common/power.rs`).
 //!
 //! The functions here that create, rename and remove files and directories, and sync a
 //! directory, are the only code of the crate that calls the `std::fs` functions doing so:

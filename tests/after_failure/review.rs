@@ -1,5 +1,5 @@
 //! Findings of a cold review of the after-failure work, each a test that failed before its
-//! fix (`log::reestablish`, the checks in `recovery::later_frames`).
+//! fix (`log::open::reestablish`, the checks in `recovery::later_frames`).
 //!
 //! An open whose tail repair (`Segment::zero_tail`) fails its sync leaves
 //! zeros in the page cache that the disk does not hold. The next open in the same boot reads

@@ -281,20 +281,42 @@ impl Flusher {
     /// hands it to the syncer; returns its end.
     fn window(&mut self, consumer_mut: &mut Consumer, start: u64) -> u64 {
         let inner = self.inner.clone();
-        let cfg = &inner.config;
         let mut entries: Vec<Entry<'_>> = recycle(std::mem::take(&mut self.entries));
         self.stamps.clear();
         self.slots.clear();
+        let w = self.gather(&inner, consumer_mut, start, &mut entries);
+
+        if inner.completion.failure().is_none() {
+            if let Err(e) = self.commit(&entries, w.end) {
+                // The windows already handed on complete with their own sync's outcome.
+                inner.completion.fail_after(e, self.in_flight);
+            }
+        }
+        // On failure every ticket of this window and later ones reports it; get slots are
+        // dropped with `slots`.
+        self.entries = recycle(entries);
+        self.slots.clear();
+        consumer_mut.release(w.end);
+        w.end
+    }
+
+    /// Reads the published records from `start` on into the window (`entries`, `stamps`,
+    /// `slots`), one turn after another, until [`window::decide`] cuts it; between turns it
+    /// waits or naps as decided. Returns the cut window's numbers.
+    fn gather<'c>(
+        &mut self,
+        inner: &Inner,
+        consumer: &'c Consumer,
+        start: u64,
+        entries: &mut Vec<Entry<'c>>,
+    ) -> Window {
         let first_seen = Instant::now();
         let mut last_arrival = first_seen;
         let mut w = Window {
             end: start,
             ..Window::default()
         };
-        let consumer = &*consumer_mut;
-        let stamps = &mut self.stamps;
-        let slots = &mut self.slots;
-        let policy = window::Policy::of(cfg);
+        let policy = window::Policy::of(&inner.config);
         // Requests this window held when it last napped for a sync in flight (see
         // `window::MERGE_BELOW`).
         let mut held_over_sync = 0;
@@ -303,26 +325,7 @@ impl Flusher {
         loop {
             turns += 1;
             let before = w.end;
-            // A record that would take the window over a limit stays in the ring for the next
-            // window, and it cuts this one (see `window::decide`).
-            let mut refused = false;
-            w.end = consumer.read(w.end, |end, payload| {
-                let rec_bytes = end - w.end;
-                if !policy.fits(w.requests, w.bytes, entries.len(), rec_bytes) {
-                    refused = true;
-                    return false;
-                }
-                // SAFETY: only `Engine::submit` fills this ring's records, each with one of
-                // `request`'s encoders into a claim of the matching length. And each record
-                // is decoded at most once: only here, when the window takes it (a refused
-                // one is not decoded), and every later read starts past it (`w.end`, then
-                // the window's end).
-                unsafe { request::decode(payload, &mut entries, stamps, slots, &mut w.gets) };
-                w.bytes += rec_bytes;
-                w.requests += 1;
-                w.end = end;
-                true
-            });
+            let refused = self.take_records(consumer, &policy, &mut w, entries);
             let now = Instant::now();
             if w.end > before {
                 last_arrival = now;
@@ -357,49 +360,88 @@ impl Flusher {
                     // then. Records published meanwhile need not wake us (a wake-up costs both
                     // sides a context switch): they are read all at once after. A stale unpark
                     // only makes us look again.
-                    inner.index.try_apply_queued();
-                    std::thread::park_timeout(until.saturating_duration_since(now));
-                    inner.sync_nap.end();
+                    Self::nap(inner, now, until);
                 }
                 Decision::NapForSync { until } => {
                     held_over_sync = w.requests;
                     // Either the completion sees the nap and pokes us, or we see its
                     // watermark here (and do not nap, but look again).
-                    if !inner
+                    if inner
                         .sync_nap
                         .announce(|| inner.completion.durable() >= self.in_flight)
                     {
-                        continue;
+                        // As above, until the sync in flight completes (its completion pokes us).
+                        Self::nap(inner, now, until);
                     }
-                    // As above, until the sync in flight completes (its completion pokes us).
-                    inner.index.try_apply_queued();
-                    std::thread::park_timeout(until.saturating_duration_since(now));
-                    inner.sync_nap.end();
                 }
             }
         }
+        self.account_window(inner, &w, entries.len(), first_seen, turns);
+        w
+    }
+
+    /// One turn's read: takes the published records from `w.end` on into the window while
+    /// they fit, decoding each into `entries`, `stamps` and `slots`. True if it stopped at a
+    /// published record that does not fit.
+    fn take_records<'c>(
+        &mut self,
+        consumer: &'c Consumer,
+        policy: &window::Policy,
+        w: &mut Window,
+        entries: &mut Vec<Entry<'c>>,
+    ) -> bool {
+        let stamps = &mut self.stamps;
+        let slots = &mut self.slots;
+        // A record that would take the window over a limit stays in the ring for the next
+        // window, and it cuts this one (see `window::decide`).
+        let mut refused = false;
+        w.end = consumer.read(w.end, |end, payload| {
+            let rec_bytes = end - w.end;
+            if !policy.fits(w.requests, w.bytes, entries.len(), rec_bytes) {
+                refused = true;
+                return false;
+            }
+            // SAFETY: only `Engine::submit` fills this ring's records, each with one of
+            // `request`'s encoders into a claim of the matching length. And each record
+            // is decoded at most once: only here, when the window takes it (a refused
+            // one is not decoded), and every later read starts past it (`w.end`, then
+            // the window's end).
+            unsafe { request::decode(payload, entries, stamps, slots, &mut w.gets) };
+            w.bytes += rec_bytes;
+            w.requests += 1;
+            w.end = end;
+            true
+        });
+        refused
+    }
+
+    /// Parks until unparked or `until` (`now` is when the turn looked), catching the index up
+    /// first (see `Index::defer`); then ends the sync nap, if one was announced.
+    fn nap(inner: &Inner, now: Instant, until: Instant) {
+        inner.index.try_apply_queued();
+        std::thread::park_timeout(until.saturating_duration_since(now));
+        inner.sync_nap.end();
+    }
+
+    /// Counts a cut window (`entries` entries, after `turns` turns) in the stats, and keeps
+    /// its size for the next window's policy.
+    fn account_window(
+        &mut self,
+        inner: &Inner,
+        w: &Window,
+        entries: usize,
+        first_seen: Instant,
+        turns: u64,
+    ) {
         record(
             &mut inner.counters.stages.lock().window_age,
             first_seen.elapsed().as_nanos() as u64,
         );
         Counters::add(&inner.counters.window_waits, turns - 1);
         self.prev_requests = w.requests.max(1);
-        Counters::add(&inner.counters.submitted, entries.len() as u64);
+        Counters::add(&inner.counters.submitted, entries as u64);
         Counters::add(&inner.counters.reads, w.gets);
-        Counters::add(&inner.counters.writes, entries.len() as u64 - w.gets);
-
-        if inner.completion.failure().is_none() {
-            if let Err(e) = self.commit(&entries, w.end) {
-                // The windows already handed on complete with their own sync's outcome.
-                inner.completion.fail_after(e, self.in_flight);
-            }
-        }
-        // On failure every ticket of this window and later ones reports it; get slots are
-        // dropped with `slots`.
-        self.entries = recycle(entries);
-        self.slots.clear();
-        consumer_mut.release(w.end);
-        w.end
+        Counters::add(&inner.counters.writes, entries as u64 - w.gets);
     }
 
     /// Plans the window, answers its gets, writes its frame and hands it to the syncer.
@@ -437,27 +479,15 @@ impl Flusher {
         let mut job = Self::job(&self.spare, end);
         job.stamps.extend_from_slice(&self.stamps);
         if !plan.survivors.is_empty() {
-            let body_len: usize = plan
-                .survivors
-                .iter()
-                .map(|&i| {
-                    let e = &entries[i as usize];
-                    match e.op {
-                        Op::Put(v) => record_len(e.key.len(), v.len()),
-                        _ => record_len(e.key.len(), 0),
-                    }
-                })
-                .sum();
-            // A frame in a new segment must not become durable before the frames still
-            // syncing in the old one: recovery treats damage before the last segment as
-            // corruption, not as a torn tail.
-            if !self.log.fits(body_len) && !Self::drain_pipeline(&inner, self.in_flight) {
-                return Ok(());
-            }
-            // At most `UNDURABLE_FRAMES_MAX` frames may be written and not yet durable:
-            // recovery relies on it to tell a torn tail from damage to durable history.
-            if !Self::bound_undurable(&self.log, &mut self.unsynced, &inner) {
-                return Ok(());
+            let body_len = body_len(entries, &plan.survivors);
+            if !Self::room_for_frame(
+                &self.log,
+                &mut self.unsynced,
+                &inner,
+                self.in_flight,
+                body_len,
+            ) {
+                return Ok(()); // failed meanwhile: the window's tickets report it
             }
             let flags = if inner.config.coalesce {
                 FLAG_SORTED
@@ -465,34 +495,15 @@ impl Flusher {
                 0
             };
             let writes = (entries.len() - gets) as u32;
-            let updates = &mut job.updates;
-            let frame = self.log.append(body_len, flags, |w, frame_off| {
-                let mut off = frame_off + FRAME_HEADER_LEN as u64;
-                for &i in &plan.survivors {
-                    let e = &entries[i as usize];
-                    let (op, value) = match e.op {
-                        Op::Put(v) => (RecordOp::Put, v),
-                        _ => (RecordOp::Delete, &[][..]),
-                    };
-                    w.push(op, e.key, value);
-                    let key_off = off + RECORD_HEADER_LEN as u64;
-                    let value_off = key_off + e.key.len() as u64;
-                    updates.push((
-                        key_off,
-                        e.key.len() as u32,
-                        (op == RecordOp::Put).then_some(Loc {
-                            seg: 0,
-                            off: value_off,
-                            len: value.len() as u32,
-                        }),
-                    ));
-                    off += record_len(e.key.len(), value.len()) as u64;
-                }
-                writes
-            })?;
-            for loc in job.updates.iter_mut().filter_map(|u| u.2.as_mut()) {
-                loc.seg = frame.seg_idx;
-            }
+            let frame = append_frame(
+                &mut self.log,
+                entries,
+                &plan.survivors,
+                body_len,
+                flags,
+                writes,
+                &mut job.updates,
+            )?;
             job.frame = Some(frame);
             Counters::add(&counters.batches, 1);
             Counters::add(&counters.records_written, plan.survivors.len() as u64);
@@ -514,6 +525,83 @@ impl Flusher {
         self.send(job);
         Ok(())
     }
+
+    /// Waits, if need be, until a frame with a body of `body_len` bytes may be written; false
+    /// if the engine failed meanwhile.
+    fn room_for_frame(
+        log: &Log,
+        unsynced: &mut VecDeque<(u64, u64)>,
+        inner: &Inner,
+        in_flight: u64,
+        body_len: usize,
+    ) -> bool {
+        // A frame in a new segment must not become durable before the frames still
+        // syncing in the old one: recovery treats damage before the last segment as
+        // corruption, not as a torn tail.
+        if !log.fits(body_len) && !Self::drain_pipeline(inner, in_flight) {
+            return false;
+        }
+        // At most `UNDURABLE_FRAMES_MAX` frames may be written and not yet durable:
+        // recovery relies on it to tell a torn tail from damage to durable history.
+        Self::bound_undurable(log, unsynced, inner)
+    }
+}
+
+/// Body length of the frame holding the window's `survivors` (entry indices).
+fn body_len(entries: &[Entry<'_>], survivors: &[u32]) -> usize {
+    survivors
+        .iter()
+        .map(|&i| {
+            let e = &entries[i as usize];
+            match e.op {
+                Op::Put(v) => record_len(e.key.len(), v.len()),
+                _ => record_len(e.key.len(), 0),
+            }
+        })
+        .sum()
+}
+
+/// Appends the window's `survivors` (entry indices) to the log as one frame, whose
+/// acknowledged-op count is `writes` (the window's writes, coalesced ones included), and
+/// fills `updates` with where each survivor's key and value are in the frame's segment (for
+/// the index, once the frame is durable).
+fn append_frame(
+    log: &mut Log,
+    entries: &[Entry<'_>],
+    survivors: &[u32],
+    body_len: usize,
+    flags: u32,
+    writes: u32,
+    updates: &mut Vec<(u64, u32, Option<Loc>)>,
+) -> Result<WrittenFrame> {
+    let frame = log.append(body_len, flags, |w, frame_off| {
+        let mut off = frame_off + FRAME_HEADER_LEN as u64;
+        for &i in survivors {
+            let e = &entries[i as usize];
+            let (op, value) = match e.op {
+                Op::Put(v) => (RecordOp::Put, v),
+                _ => (RecordOp::Delete, &[][..]),
+            };
+            w.push(op, e.key, value);
+            let key_off = off + RECORD_HEADER_LEN as u64;
+            let value_off = key_off + e.key.len() as u64;
+            updates.push((
+                key_off,
+                e.key.len() as u32,
+                (op == RecordOp::Put).then_some(Loc {
+                    seg: 0,
+                    off: value_off,
+                    len: value.len() as u32,
+                }),
+            ));
+            off += record_len(e.key.len(), value.len()) as u64;
+        }
+        writes
+    })?;
+    for loc in updates.iter_mut().filter_map(|u| u.2.as_mut()) {
+        loc.seg = frame.seg_idx;
+    }
+    Ok(frame)
 }
 
 /// How long the flusher, once the engine is closed, waits for a producer that claimed ring

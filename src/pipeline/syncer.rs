@@ -97,6 +97,45 @@ impl Syncer {
 /// itself when nothing else is in flight.
 pub(super) fn complete_jobs(inner: &Inner, group: &[Job]) -> Result<()> {
     let t0 = Instant::now();
+    let synced = sync_and_publish(inner, group, t0)?;
+    let t1 = Instant::now();
+    // The end-to-end stage ends here, before the watermark moves: read after it, a woken
+    // writer's next request could start before its previous one ended.
+    let now = inner.clock.raw();
+    // The index updates are queued before the watermark moves and applied later, off the
+    // path between this sync and the next (they are tens of microseconds of cache misses):
+    // a waiter that looks its write up applies them first (read-your-writes).
+    let apply_now = defer_index_updates(inner, group);
+    let end = group.last().map_or(0, |j| j.end);
+    let moved = inner.completion.advance_threads(end);
+    if apply_now {
+        inner.index.apply_now();
+    }
+    if moved {
+        inner.completion.wake_futures();
+    }
+    if inner.sync_nap.should_poke() {
+        inner.poke_flusher();
+    }
+    let t2 = Instant::now();
+    let mut h = inner.counters.stages.lock();
+    if synced {
+        record(&mut h.sync, (t1 - t0).as_nanos() as u64);
+    }
+    record(&mut h.wakeup, (t2 - t1).as_nanos() as u64);
+    for job in group {
+        for &s in &job.stamps {
+            record(&mut h.end_to_end, inner.clock.delta_as_nanos(s, now));
+        }
+    }
+    Ok(())
+}
+
+/// The first step of [`complete_jobs`] (which started at `t0`): makes the group's frames
+/// durable with one sync (none with `Durability::NoSync`), publishes them and moves the
+/// durable batch sequence to the last of them. True if it synced; nothing to do for a group
+/// without frames (padding, windows of gets).
+fn sync_and_publish(inner: &Inner, group: &[Job], t0: Instant) -> Result<bool> {
     // Every frame of the group is in one segment: the flusher drains the pipeline before it
     // rolls to a new one.
     let mut frames = group.iter().filter_map(|j| j.frame.as_ref());
@@ -141,13 +180,12 @@ pub(super) fn complete_jobs(inner: &Inner, group: &[Job]) -> Result<()> {
         );
         inner.live.durable_seq.store(last.seq, Ordering::Release);
     }
-    let t1 = Instant::now();
-    // The end-to-end stage ends here, before the watermark moves: read after it, a woken
-    // writer's next request could start before its previous one ended.
-    let now = inner.clock.raw();
-    // The index updates are queued before the watermark moves and applied later, off the
-    // path between this sync and the next (they are tens of microseconds of cache misses):
-    // a waiter that looks its write up applies them first (read-your-writes).
+    Ok(synced)
+}
+
+/// Queues the index updates of the group's published frames (`Index::defer`); true if the
+/// queue has grown so long that the caller should apply it now.
+fn defer_index_updates(inner: &Inner, group: &[Job]) -> bool {
     let mut apply_now = false;
     for job in group {
         let Some(frame) = &job.frame else { continue };
@@ -164,29 +202,7 @@ pub(super) fn complete_jobs(inner: &Inner, group: &[Job]) -> Result<()> {
         // `inner.segments` (and mapped) for the engine's lifetime.
         apply_now |= unsafe { inner.index.defer(updates) };
     }
-    let end = group.last().map_or(0, |j| j.end);
-    let moved = inner.completion.advance_threads(end);
-    if apply_now {
-        inner.index.apply_now();
-    }
-    if moved {
-        inner.completion.wake_futures();
-    }
-    if inner.sync_nap.should_poke() {
-        inner.poke_flusher();
-    }
-    let t2 = Instant::now();
-    let mut h = inner.counters.stages.lock();
-    if synced {
-        record(&mut h.sync, (t1 - t0).as_nanos() as u64);
-    }
-    record(&mut h.wakeup, (t2 - t1).as_nanos() as u64);
-    for job in group {
-        for &s in &job.stamps {
-            record(&mut h.end_to_end, inner.clock.delta_as_nanos(s, now));
-        }
-    }
-    Ok(())
+    apply_now
 }
 
 /// Adds one sync, which ran from `start` to `end`, and the gap before it to `Stats::sync_time`.

@@ -689,7 +689,8 @@ impl Engine {
     /// or a signal handler) holds up everything behind it, since the log keeps the ring's
     /// order. `close` waits up to 10 s for it to publish; then it gives up: the
     /// engine fails with an error that gives the ring position, how long it waited and that
-    /// the requests from there on were not written, `close` returns that error, and every
+    /// the requests from there on were not written (`Error::Failed` with an
+    /// `Error::Stalled` as its cause), `close` returns that error, and every
     /// ticket at or after the position fails (earlier ones are durable). The stalled
     /// producer's eventual publish goes nowhere, and its ticket reports the failure.
     pub fn close(&self) -> Result<()> {
@@ -709,9 +710,9 @@ impl Engine {
             }
             self.lock.lock().take();
             if joined.is_err() {
-                return Err(Error::Failed(Arc::new(
-                    "the flusher thread panicked".into(),
-                )));
+                return Err(Error::Failed(Arc::new(Error::Panicked {
+                    thread: "flusher",
+                })));
             }
         }
         drop(flusher);

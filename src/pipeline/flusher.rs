@@ -182,12 +182,12 @@ impl Flusher {
     fn give_up(&mut self, pos: u64, waited: Duration) {
         // Every window before `pos` was handed on (padding too): its tickets succeed.
         Self::drain_pipeline(&self.inner, self.in_flight);
-        self.inner.completion.fail(Error::Failed(Arc::new(format!(
-            "close gave up waiting for a request at ring position {pos}: its producer claimed \
-             the space but had not published it {waited:?} after close (a thread stopped \
-             inside put/delete/get/write); that request and every one after it were not \
-             written"
-        ))));
+        self.inner
+            .completion
+            .fail(Error::Failed(Arc::new(Error::Stalled {
+                position: pos,
+                waited,
+            })));
     }
 
     /// A reused job, cleared, ending at `end`.
@@ -710,10 +710,21 @@ mod tests {
             rx
         };
         let closed = closer.recv_timeout(HANG).expect("close hung");
-        let msg = match closed {
-            Err(Error::Failed(msg)) => msg,
+        let cause = match closed {
+            Err(Error::Failed(cause)) => cause,
             other => panic!("close returned {other:?}, not the stall"),
         };
+        // The stalled claim is the one right after `before-close`, before `after`.
+        match *cause {
+            Error::Stalled { position, .. } => assert!(
+                before_close.position() <= position && position < after.position(),
+                "stalled at {position}, not between {} and {}",
+                before_close.position(),
+                after.position()
+            ),
+            ref other => panic!("close failed with {other:?}, not the stall"),
+        }
+        let msg = cause.to_string();
         assert!(
             msg.contains("ring position")
                 && msg.contains("not published")

@@ -167,22 +167,105 @@ pub(crate) fn start_pipeline(
 }
 
 /// Runs a pipeline thread's body; if it panics (a bug), the engine fails instead of leaving
-/// tickets hanging: waiters get `Error::Failed`, producers stop being accepted.
+/// tickets hanging: waiters get `Error::Failed` (its cause an `Error::Panicked` that names the
+/// thread), producers stop being accepted.
 #[cfg(not(loom))]
-fn guard_thread(inner: &Inner, name: &str, body: impl FnOnce()) {
+fn guard_thread(inner: &Inner, name: &'static str, body: impl FnOnce()) {
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_err() {
-        inner.completion.fail(Error::Failed(Arc::new(format!(
-            "the {name} thread panicked"
-        ))));
+        inner
+            .completion
+            .fail(Error::Failed(Arc::new(Error::Panicked { thread: name })));
         inner.ring.close();
     }
 }
 
-/// The sticky error every call reports after a failure.
+/// The sticky error every call reports after a failure: `Error::Failed` with the error that
+/// failed the engine as its cause (`e` itself if it is already a `Failed`: never one in
+/// another).
 #[cfg(not(loom))]
 pub(crate) fn failed(e: &Error) -> Error {
     match e {
         Error::Failed(_) => e.clone(),
-        other => Error::Failed(Arc::new(other.to_string())),
+        other => Error::Failed(Arc::new(other.clone())),
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::engine::Engine;
+    use crate::log::io::{Io, IoOp};
+    use std::error::Error as _;
+    use std::path::Path;
+    use std::time::Duration;
+
+    /// A bound on every wait of these tests: reaching it means a hang.
+    const HANG: Duration = Duration::from_secs(60);
+
+    /// Fails every sync of a log segment (`*.seg`) with EIO.
+    struct FailSegmentSyncs;
+
+    impl Io for FailSegmentSyncs {
+        fn before(&self, op: IoOp, path: &Path, _: u64, _: &[u8]) -> std::io::Result<()> {
+            if op == IoOp::Sync && path.extension().is_some_and(|e| e == "seg") {
+                return Err(std::io::Error::from_raw_os_error(libc::EIO));
+            }
+            Ok(())
+        }
+    }
+
+    /// Whether `e` is `Failed` with the failed segment sync as its cause, as its `source()`
+    /// too, down to the operating system's EIO.
+    fn is_failed_by_eio(e: &Error) -> bool {
+        let Error::Failed(cause) = e else {
+            return false;
+        };
+        let source = e.source().and_then(|s| s.downcast_ref::<Error>());
+        let os = source
+            .and_then(|s| s.source())
+            .and_then(|s| s.downcast_ref::<std::io::Error>());
+        matches!(
+            **cause,
+            Error::Io {
+                op: "sync segment",
+                ..
+            }
+        ) && source.is_some_and(|s| std::ptr::eq(s, &**cause))
+            && os.is_some_and(|os| os.raw_os_error() == Some(libc::EIO))
+    }
+
+    /// After a sync fails, the ticket reports the I/O error, and every later call reports it
+    /// as the cause of `Error::Failed`: the engine's failure, a refused put, close.
+    #[test]
+    fn a_failure_reports_the_io_error_that_caused_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine =
+            Engine::open_with_io(dir.path(), Config::default(), Arc::new(FailSegmentSyncs))
+                .expect("open");
+        let put = engine.put(b"k", b"v").expect("put").wait_timeout(HANG);
+        assert!(
+            matches!(
+                &put,
+                Err(Error::Io {
+                    op: "sync segment",
+                    ..
+                })
+            ),
+            "{put:?}"
+        );
+        let failure = engine.failure().expect("the engine failed");
+        assert!(is_failed_by_eio(&failure), "{failure:?}");
+        let refused = engine
+            .put(b"k2", b"v")
+            .expect_err("a put after the failure");
+        assert!(is_failed_by_eio(&refused), "{refused:?}");
+        let closed = engine.close().expect_err("close after the failure");
+        assert!(is_failed_by_eio(&closed), "{closed:?}");
+        assert!(
+            closed.to_string().starts_with(
+                "engine failed earlier and is read-only until reopened: sync segment "
+            ),
+            "{closed}"
+        );
     }
 }

@@ -5,6 +5,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The result type of every fallible mergelog call.
 pub type Result<T> = std::result::Result<T, Error>;
@@ -48,12 +49,41 @@ pub enum Error {
     /// The engine has been closed; no more requests are accepted. An in-process follower
     /// returns it once it has yielded every batch that became durable.
     Closed,
-    /// A write or sync failed, and this request had not been acknowledged: it may or may not
-    /// be in the log (a reopen tells). Requests handed to the sync before a failed write
+    /// The engine failed earlier, and this request had not been acknowledged: it may or may
+    /// not be in the log (a reopen tells). Requests handed to the sync before a failed write
     /// complete with their own sync's outcome; every one after the failure reports it. The
     /// engine refuses further requests until it is reopened, which recovers from what is on
     /// disk.
-    Failed(Arc<String>),
+    ///
+    /// It holds the cause, also given by [`source`](std::error::Error::source): most often the
+    /// [`Error::Io`] of the write or sync that failed (whose own `source` is the operating
+    /// system's error), else [`Error::Panicked`] or [`Error::Stalled`]. The cause is never
+    /// itself `Failed`. (The tickets that a failed write or sync fails report its error
+    /// itself, not wrapped.)
+    Failed(Arc<Error>),
+    /// A thread of the engine's pipeline panicked: a bug in mergelog (the panic message went to
+    /// stderr; please report it). The engine fails with it as the cause of [`Error::Failed`]
+    /// rather than leave tickets hanging. Reopen the directory: recovery keeps every
+    /// acknowledged write.
+    Panicked {
+        /// Which thread: `"flusher"` or `"syncer"`.
+        thread: &'static str,
+    },
+    /// `close` gave up on a producer that claimed ring space for a request but did not
+    /// publish it (a thread stopped inside `put`, `delete`, `get` or `write`: preempted for
+    /// long, frozen by a debugger or a signal handler). The engine fails with it as the cause
+    /// of [`Error::Failed`]: the requests before `position` complete as usual; that request
+    /// and every one after it were not written, and their tickets fail. Reopen the directory
+    /// and submit them again.
+    Stalled {
+        /// The ring position of the claim that was never published.
+        position: u64,
+        /// How long the flusher waited for it after `close`.
+        waited: Duration,
+    },
+    /// The value of this `GetTicket` was already taken by an earlier wait that returned it:
+    /// a get's value is handed out once. Keep the value from the first wait.
+    ValueTaken,
     /// Another engine (in this or another process) holds the directory's lock file.
     Locked(PathBuf),
     /// An I/O error on a named file.
@@ -134,10 +164,19 @@ impl fmt::Display for Error {
                 "ingest ring is full (Backpressure::Reject); shed load or retry later"
             ),
             Error::Closed => write!(f, "engine is closed"),
-            Error::Failed(why) => write!(
+            Error::Failed(cause) => write!(
                 f,
-                "engine failed earlier and is read-only until reopened: {why}"
+                "engine failed earlier and is read-only until reopened: {cause}"
             ),
+            Error::Panicked { thread } => write!(f, "the {thread} thread panicked"),
+            Error::Stalled { position, waited } => write!(
+                f,
+                "close gave up waiting for a request at ring position {position}: its producer \
+                 claimed the space but had not published it {waited:?} after close (a thread \
+                 stopped inside put/delete/get/write); that request and every one after it were \
+                 not written"
+            ),
+            Error::ValueTaken => write!(f, "the value of this get was already taken"),
             Error::Locked(path) => write!(
                 f,
                 "{} is locked by another engine; close it first",
@@ -179,7 +218,102 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io { source, .. } => Some(&**source),
+            Error::Failed(cause) => Some(&**cause),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::failed;
+    use std::error::Error as _;
+    use std::path::Path;
+
+    /// The error of a failed sync, as `Segment::sync` gives it.
+    fn eio() -> Error {
+        Error::io(
+            "sync segment",
+            "/log/00000001.seg",
+            io::Error::from_raw_os_error(libc::EIO),
+        )
+    }
+
+    /// A failure caused by an I/O error keeps it: `source()` is that `Io` error, and its own
+    /// `source()` the operating system's error.
+    #[test]
+    fn a_failure_gives_its_io_cause_as_source() {
+        let e = failed(&eio());
+        let cause = e.source().expect("Failed has a source");
+        match cause.downcast_ref::<Error>() {
+            Some(Error::Io { op, path, .. }) => {
+                assert_eq!(*op, "sync segment");
+                assert_eq!(path, Path::new("/log/00000001.seg"));
+            }
+            other => panic!("the source is {other:?}, not the Io error"),
+        }
+        let os = cause
+            .source()
+            .and_then(|s| s.downcast_ref::<io::Error>())
+            .expect("the Io error's source is the io::Error");
+        assert_eq!(os.raw_os_error(), Some(libc::EIO));
+        assert!(os.source().is_none(), "{os:?}");
+    }
+
+    /// The sticky error wraps the error that failed the engine once: reporting it again (or a
+    /// `Failed` recorded as the failure) never nests a `Failed` in another.
+    #[test]
+    fn failed_of_failed_is_not_nested() {
+        let once = failed(&eio());
+        let twice = failed(&once);
+        for e in [&once, &twice] {
+            match e {
+                Error::Failed(cause) => assert!(
+                    matches!(**cause, Error::Io { .. }),
+                    "the cause is {cause:?}"
+                ),
+                other => panic!("{other:?} is not Failed"),
+            }
+        }
+        assert_eq!(once.to_string(), twice.to_string());
+        let panicked = Error::Failed(Arc::new(Error::Panicked { thread: "syncer" }));
+        match failed(&panicked) {
+            Error::Failed(cause) => {
+                assert!(
+                    matches!(*cause, Error::Panicked { thread: "syncer" }),
+                    "{cause:?}"
+                )
+            }
+            other => panic!("{other:?} is not Failed"),
+        }
+    }
+
+    /// Display says the engine failed and names the cause, in the cause's own words.
+    #[test]
+    fn a_failure_displays_its_cause() {
+        let io = eio();
+        assert_eq!(
+            failed(&io).to_string(),
+            format!("engine failed earlier and is read-only until reopened: {io}")
+        );
+        assert!(io
+            .to_string()
+            .starts_with("sync segment /log/00000001.seg: "));
+        assert_eq!(
+            failed(&Error::Panicked { thread: "flusher" }).to_string(),
+            "engine failed earlier and is read-only until reopened: the flusher thread panicked"
+        );
+        let stalled = Error::Stalled {
+            position: 4096,
+            waited: Duration::from_millis(200),
+        };
+        assert_eq!(
+            stalled.to_string(),
+            "close gave up waiting for a request at ring position 4096: its producer claimed the \
+             space but had not published it 200ms after close (a thread stopped inside \
+             put/delete/get/write); that request and every one after it were not written"
+        );
+        assert!(stalled.source().is_none());
     }
 }

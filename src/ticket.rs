@@ -99,9 +99,9 @@ impl Completion {
         } else if self.done(state, pos) {
             // `failure` was set before the bit, and the Acquire load orders it before us.
             let e = self.failure.get().cloned();
-            Some(Err(e.unwrap_or_else(|| {
-                Error::Failed(Arc::new("engine failed".into()))
-            })))
+            Some(Err(e.expect(
+                "the failure is recorded before the FAILED bit is set",
+            )))
         } else {
             None
         }
@@ -466,9 +466,7 @@ impl GetTicket {
         match self.slot.value.lock().take() {
             Some(v) => Ok(v),
             // The watermark passed but the answer was already taken by an earlier wait.
-            None => Err(Error::Failed(Arc::new(
-                "the value of this get was already taken".into(),
-            ))),
+            None => Err(Error::ValueTaken),
         }
     }
 
@@ -483,7 +481,7 @@ impl GetTicket {
     }
 
     /// Blocks until the read completes; `Ok(None)` means the key was absent or deleted.
-    /// The value can be taken once; a second successful wait reports an error.
+    /// The value can be taken once; a second successful wait reports `Error::ValueTaken`.
     pub fn wait(&self) -> Result<Option<Vec<u8>>> {
         self.take(self.ticket.wait())
     }
@@ -509,6 +507,11 @@ impl Future for GetTicket {
 mod tests {
     use super::*;
     use std::sync::mpsc;
+
+    /// An error as a failed write or sync gives it.
+    fn io_error(op: &'static str) -> Error {
+        Error::io(op, "/log/00000001.seg", std::io::Error::other(op))
+    }
 
     /// Each of several threads waits for its own position; the watermark advances one
     /// position at a time. A thread must not return before its position is durable, every
@@ -592,7 +595,7 @@ mod tests {
     fn a_failure_after_a_position_leaves_earlier_requests_to_their_sync() {
         let c = Arc::new(Completion::new(0));
         c.advance(5);
-        c.fail_after(Error::Failed(Arc::new("write failed".into())), 20);
+        c.fail_after(io_error("write failed"), 20);
         assert!(matches!(c.status(5), Some(Ok(()))));
         assert!(
             c.status(10).is_none(),
@@ -613,10 +616,10 @@ mod tests {
         assert!(matches!(c.status(25), Some(Err(_))));
         // A sync failure now fails what is not yet durable; it never raises the limit.
         let c = Completion::new(0);
-        c.fail_after(Error::Failed(Arc::new("write failed".into())), 20);
+        c.fail_after(io_error("write failed"), 20);
         c.advance(8);
-        c.fail(Error::Failed(Arc::new("sync failed".into())));
-        c.fail_after(Error::Failed(Arc::new("later".into())), 100);
+        c.fail(io_error("sync failed"));
+        c.fail_after(io_error("later"), 100);
         assert!(matches!(c.status(8), Some(Ok(()))));
         assert!(matches!(c.status(9), Some(Err(_))));
         c.advance(20);
@@ -647,12 +650,12 @@ mod tests {
             std::thread::yield_now();
         }
         c.advance(2);
-        c.fail(Error::Failed(Arc::new("disk on fire".into())));
+        c.fail(io_error("disk on fire"));
         let results: Vec<_> = waiters.into_iter().map(|t| t.join().unwrap()).collect();
         assert!(results[0].is_ok() && results[1].is_ok(), "{results:?}");
         for r in &results[2..] {
             assert!(
-                matches!(r, Err(Error::Failed(m)) if m.contains("disk on fire")),
+                matches!(r, Err(Error::Io { op, .. }) if *op == "disk on fire"),
                 "{r:?}"
             );
         }

@@ -1,13 +1,271 @@
-//! The pipeline's hand-offs between threads, kept apart from the threads themselves (in
-//! `engine.rs`) so that loom can model them: this module is built under `--cfg loom` too, with
-//! the atomics and the mutex of [`crate::sync`].
+//! The pipeline: the two threads behind the engine's API, and the hand-offs between them.
+//!
+//! The path of a request:
+//!
+//! 1. A producer (`Engine::put`, `delete`, `get`, `write`) encodes the request into a record
+//!    of the ingest ring ([`crate::ring`], format in [`crate::request`]) and gets a ticket: the
+//!    record's end position.
+//! 2. The flusher thread, `mergelog-flusher` ([`flusher`]), reads the published records into
+//!    a window and asks [`window::decide`] on every turn whether to cut it; once cut, it
+//!    coalesces and sorts the window ([`crate::coalesce`]), answers its gets, commits the
+//!    surviving writes as one frame to the log ([`crate::log`]) and sends the job on.
+//! 3. The syncer thread, `mergelog-syncer` ([`syncer`]), takes every job waiting as one sync
+//!    group: one sync for all their frames, then it completes them: publishes the frames,
+//!    queues the index updates, advances the durable watermark (`ticket::Completion`), which
+//!    wakes the tickets. When nothing else is in flight the flusher completes a job itself.
+//!
+//! A third thread, `mergelog-prep`, prepares the next segment file (`log`). [`Inner`] is the
+//! state the API and the threads share; a failure is sticky: it is recorded once in the
+//! completion and every later call reports it ([`failed`]).
+//!
+//! The hand-offs are kept apart from the threads so that loom can model them: under
+//! `--cfg loom` only [`handoff`] is built, with the atomics and the mutex of [`crate::sync`].
 //!
 //! * [`handoff`]: waiting for the durable watermark without blocking a thread: the wakers of
 //!   pending futures ([`handoff::FutureWakers`], used by `ticket::Completion`) and the
 //!   flusher's nap until the sync in flight completes ([`handoff::SyncNap`]).
 //! * [`window`]: when the flusher cuts a window, a pure function over what it observed (not
 //!   built under loom: it has no hand-off to model).
+//! * [`flusher`]: the flusher thread (windows, coalescing, log writes).
+//! * [`syncer`]: the syncer thread (syncs and completions).
 
+#[cfg(not(loom))]
+pub(crate) mod flusher;
 pub(crate) mod handoff;
 #[cfg(not(loom))]
+pub(crate) mod syncer;
+#[cfg(not(loom))]
 pub(crate) mod window;
+
+#[cfg(not(loom))]
+use self::{
+    flusher::{Flusher, Job},
+    handoff::SyncNap,
+    syncer::Syncer,
+};
+#[cfg(not(loom))]
+use crate::{
+    config::Config,
+    error::Error,
+    index::Index,
+    log::{clean::CleanMark, io::SharedIo, pool::Pool, Log, Segments},
+    reader::LiveLog,
+    ring::{Consumer, Ring},
+    stats::Counters,
+    ticket::Completion,
+};
+#[cfg(not(loom))]
+use parking_lot::Mutex;
+#[cfg(not(loom))]
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    sync::{Arc, OnceLock},
+    thread::JoinHandle,
+    time::Instant,
+};
+
+/// The state shared by the public API (`Engine`, in `engine.rs`) and the pipeline threads.
+#[cfg(not(loom))]
+pub(crate) struct Inner {
+    pub(crate) dir: PathBuf,
+    /// The file hooks (fault injection in tests).
+    pub(crate) io: SharedIo,
+    /// Serializes `retire_before` calls.
+    pub(crate) retire_lock: Mutex<()>,
+    /// Retired segments kept for reuse.
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) config: Config,
+    pub(crate) ring: Arc<Ring>,
+    pub(crate) completion: Arc<Completion>,
+    /// Declared before every segment list: it points into their mappings, so it must be
+    /// dropped first.
+    pub(crate) index: Index,
+    pub(crate) segments: Segments,
+    /// Mappings replaced during recovery that the index may still point into.
+    pub(crate) _retired: Vec<Arc<crate::log::segment::Segment>>,
+    pub(crate) counters: Counters,
+    /// Stamps requests for the end-to-end histogram: the CPU's time-stamp counter where it is
+    /// invariant (13 ns a read here, against 37 ns for `Instant::now`, and every request
+    /// pays one), else the OS clock. Stamps are raw counter values, scaled when recorded.
+    pub(crate) clock: quanta::Clock,
+    /// Ring position up to which a `flush()` asked for an immediate cut.
+    pub(crate) flush_to: AtomicU64,
+    pub(crate) request_len_max: usize,
+    pub(crate) request_limit_name: &'static str,
+    /// Sequence number of the last durable batch, and whether the pipeline has stopped (for
+    /// in-process followers).
+    pub(crate) live: Arc<LiveLog>,
+    /// Jobs handed to the syncer and not yet taken by it.
+    pub(crate) queued: AtomicUsize,
+    /// The flusher's thread, set when it starts: woken by [`Inner::poke_flusher`].
+    pub(crate) flusher_thread: OnceLock<std::thread::Thread>,
+    /// Announced while an adaptive window naps until the sync in flight completes (see
+    /// [`window::MERGE_BELOW`]): the completion then pokes the flusher.
+    pub(crate) sync_nap: SyncNap,
+    /// When the last sync ended (for `Stats::sync_time`; `None` before the first).
+    pub(crate) last_sync_end: Mutex<Option<Instant>>,
+    /// The syncer's thread, set when it starts; unparked by the flusher when it hands a job
+    /// to a sleeping syncer.
+    pub(crate) syncer_thread: OnceLock<std::thread::Thread>,
+    /// Set while the syncer sleeps for want of a job (see `Syncer::next_group`).
+    pub(crate) syncer_sleeping: AtomicBool,
+    /// Where the log ended when the flusher drained the ring and stopped: `close` writes it
+    /// as the clean-close mark once every job is complete and nothing failed.
+    pub(crate) end_mark: Mutex<Option<CleanMark>>,
+}
+
+#[cfg(not(loom))]
+impl Inner {
+    /// Wakes the flusher wherever it waits for something other than the durable watermark:
+    /// for records in the ring, or for the log to have room for a window (after the syncer
+    /// takes the queued job, a flush, or close).
+    pub(crate) fn poke_flusher(&self) {
+        self.ring.notify_consumer();
+        if let Some(t) = self.flusher_thread.get() {
+            t.unpark();
+        }
+    }
+}
+
+/// Starts the two pipeline threads; the returned handle is the flusher's, which joins the
+/// syncer before it returns.
+#[cfg(not(loom))]
+pub(crate) fn start_pipeline(
+    inner: Arc<Inner>,
+    log: Log,
+    consumer: Consumer,
+) -> std::io::Result<JoinHandle<()>> {
+    // One job syncing and one ready: enough to overlap the next window's CPU work with the
+    // sync, few enough that a window is cut no earlier than it is needed.
+    let (to_syncer, jobs) = crossbeam::channel::bounded::<Job>(1);
+    let (give_back, spare) = crossbeam::channel::bounded::<Job>(4);
+    let syncer = Syncer::new(inner.clone(), jobs, give_back.clone());
+    let syncer_inner = inner.clone();
+    let syncer = std::thread::Builder::new()
+        .name("mergelog-syncer".into())
+        .spawn(move || guard_thread(&syncer_inner, "syncer", || syncer.run()))?;
+    let flusher = Flusher::new(inner, log, to_syncer, spare, give_back);
+    std::thread::Builder::new()
+        .name("mergelog-flusher".into())
+        .spawn(move || {
+            // The adaptive window parks for tens of microseconds; the default 50 µs timer
+            // slack would stretch every such wait several times over.
+            // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack; no memory is
+            // passed to the kernel.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
+            let inner = flusher.inner.clone();
+            guard_thread(&inner, "flusher", || flusher.run(consumer));
+            // The flusher is gone and with it the channel's sender: wake the syncer to
+            // complete what it holds and see that.
+            syncer.thread().unpark();
+            let _ = syncer.join();
+            // Nothing becomes durable any more: in-process followers end (Release: after the
+            // last store of `durable_seq`).
+            inner.live.stopped.store(true, Ordering::Release);
+        })
+}
+
+/// Runs a pipeline thread's body; if it panics (a bug), the engine fails instead of leaving
+/// tickets hanging: waiters get `Error::Failed` (its cause an `Error::Panicked` that names the
+/// thread), producers stop being accepted.
+#[cfg(not(loom))]
+fn guard_thread(inner: &Inner, name: &'static str, body: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_err() {
+        inner
+            .completion
+            .fail(Error::Failed(Arc::new(Error::Panicked { thread: name })));
+        inner.ring.close();
+    }
+}
+
+/// The sticky error every call reports after a failure: `Error::Failed` with the error that
+/// failed the engine as its cause (`e` itself if it is already a `Failed`: never one in
+/// another).
+#[cfg(not(loom))]
+pub(crate) fn failed(e: &Error) -> Error {
+    match e {
+        Error::Failed(_) => e.clone(),
+        other => Error::Failed(Arc::new(other.clone())),
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::engine::Engine;
+    use crate::log::io::{Io, IoOp};
+    use std::error::Error as _;
+    use std::path::Path;
+    use std::time::Duration;
+
+    /// A bound on every wait of these tests: reaching it means a hang.
+    const HANG: Duration = Duration::from_secs(60);
+
+    /// Fails every sync of a log segment (`*.seg`) with EIO.
+    struct FailSegmentSyncs;
+
+    impl Io for FailSegmentSyncs {
+        fn before(&self, op: IoOp, path: &Path, _: u64, _: &[u8]) -> std::io::Result<()> {
+            if op == IoOp::Sync && path.extension().is_some_and(|e| e == "seg") {
+                return Err(std::io::Error::from_raw_os_error(libc::EIO));
+            }
+            Ok(())
+        }
+    }
+
+    /// Whether `e` is `Failed` with the failed segment sync as its cause, as its `source()`
+    /// too, down to the operating system's EIO.
+    fn is_failed_by_eio(e: &Error) -> bool {
+        let Error::Failed(cause) = e else {
+            return false;
+        };
+        let source = e.source().and_then(|s| s.downcast_ref::<Error>());
+        let os = source
+            .and_then(|s| s.source())
+            .and_then(|s| s.downcast_ref::<std::io::Error>());
+        matches!(
+            **cause,
+            Error::Io {
+                op: "sync segment",
+                ..
+            }
+        ) && source.is_some_and(|s| std::ptr::eq(s, &**cause))
+            && os.is_some_and(|os| os.raw_os_error() == Some(libc::EIO))
+    }
+
+    /// After a sync fails, the ticket reports the I/O error, and every later call reports it
+    /// as the cause of `Error::Failed`: the engine's failure, a refused put, close.
+    #[test]
+    fn a_failure_reports_the_io_error_that_caused_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine =
+            Engine::open_with_io(dir.path(), Config::default(), Arc::new(FailSegmentSyncs))
+                .expect("open");
+        let put = engine.put(b"k", b"v").expect("put").wait_timeout(HANG);
+        assert!(
+            matches!(
+                &put,
+                Err(Error::Io {
+                    op: "sync segment",
+                    ..
+                })
+            ),
+            "{put:?}"
+        );
+        let failure = engine.failure().expect("the engine failed");
+        assert!(is_failed_by_eio(&failure), "{failure:?}");
+        let refused = engine
+            .put(b"k2", b"v")
+            .expect_err("a put after the failure");
+        assert!(is_failed_by_eio(&refused), "{refused:?}");
+        let closed = engine.close().expect_err("close after the failure");
+        assert!(is_failed_by_eio(&closed), "{closed:?}");
+        assert!(
+            closed.to_string().starts_with(
+                "engine failed earlier and is read-only until reopened: sync segment "
+            ),
+            "{closed}"
+        );
+    }
+}

@@ -1,6 +1,6 @@
 //! When the flusher cuts a window: a pure function ([`decide`]) over what the flusher observed
 //! on one turn of its window loop ([`Observed`]) and the configured limits and policy
-//! ([`Policy`]). The flusher (`Flusher::window` in `engine.rs`) reads records, fills in an
+//! ([`Policy`]). The flusher (`Flusher::window` in `flusher.rs`) reads records, fills in an
 //! [`Observed`], and performs the [`Decision`]: it cuts, parks until the next publish, or naps
 //! (the [`SyncNap`](super::handoff::SyncNap) protocol for a nap until the sync in flight
 //! completes is its part, not this module's). ARCHITECTURE.md ("Window") explains the policy

@@ -1,0 +1,758 @@
+//! The flusher thread (`mergelog-flusher`): the one place that cuts windows and writes the
+//! log. It reads published records from the ring into a window until [`window::decide`] cuts
+//! it ([`Flusher::window`]), then plans the window with the [`Coalescer`], answers its gets,
+//! appends the surviving writes as one frame ([`Flusher::commit`]) and hands the [`Job`] on
+//! to the syncer ([`Flusher::send`]), or completes it itself when nothing else is in flight.
+//! After `close` it drains the ring, and gives up on a producer stalled between claim and
+//! publish after [`CLOSE_STALL_MAX`].
+
+use super::syncer::complete_jobs;
+use super::window::{self, Decision};
+use super::Inner;
+use crate::coalesce::{Coalescer, Entry, GetAnswer, Op};
+use crate::config::Durability;
+use crate::error::{Error, Result};
+use crate::index::{Loc, ValueRef};
+use crate::log::format::UNDURABLE_FRAMES_MAX;
+use crate::log::format::{record_len, RecordOp, FLAG_SORTED, FRAME_HEADER_LEN, RECORD_HEADER_LEN};
+use crate::log::{Log, WrittenFrame};
+use crate::request;
+use crate::ring::Consumer;
+use crate::stats::{record, Counters};
+use crate::ticket::GetSlot;
+use crossbeam::channel::{Receiver, Sender};
+use std::collections::VecDeque;
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Reuses the allocation of a window's entry vector for the next window (whose slices
+/// borrow the ring anew): an in-place collect keeps the buffer, so the flusher does not
+/// allocate per window.
+fn recycle<'a, 'b>(mut v: Vec<Entry<'a>>) -> Vec<Entry<'b>> {
+    v.clear();
+    v.into_iter()
+        .map(|_| unreachable!("the vector is empty"))
+        .collect()
+}
+
+/// One window on its way from the flusher to the syncer: everything the syncer needs,
+/// copied out of the ring, so the ring space is released as soon as the frame is written.
+#[derive(Default)]
+pub(super) struct Job {
+    /// Ring position after the window: the durable watermark once this job is complete.
+    pub(super) end: u64,
+    /// The frame written for the window's surviving writes, if it had any.
+    pub(super) frame: Option<WrittenFrame>,
+    /// Per survivor: where its key is in the frame's segment (offset, length), and the
+    /// value's location (`None` for a delete). The index points at the logged key bytes.
+    pub(super) updates: Vec<(u64, u32, Option<Loc>)>,
+    /// Per request: submit stamp, a raw `Inner::clock` reading (for the end-to-end histogram).
+    pub(super) stamps: Vec<u64>,
+    /// When the flusher handed the job on, written (for `Stats::sync_time`).
+    pub(super) ready: Option<Instant>,
+}
+
+/// The flusher's state: everything it reuses from window to window.
+pub(super) struct Flusher {
+    pub(super) inner: Arc<Inner>,
+    log: Log,
+    coalescer: Coalescer,
+    entries: Vec<Entry<'static>>,
+    /// Per request: submit time stamp.
+    stamps: Vec<u64>,
+    /// Per get: entry index and its slot.
+    slots: Vec<(u32, Arc<GetSlot>)>,
+    /// Answers of shared lookups: (first get index, value).
+    lookups: Vec<(u32, Option<Vec<u8>>)>,
+    /// The plan's get answers, in entry order.
+    answers: Vec<(u32, GetAnswer)>,
+    /// Requests in the previous window: the adaptive policy's guess of how many producers
+    /// are about to resubmit.
+    prev_requests: usize,
+    /// End of the last window handed to the syncer.
+    in_flight: u64,
+    /// (batch sequence, window end) of the frames handed on that may not be durable yet,
+    /// oldest first (see [`Flusher::bound_undurable`]).
+    unsynced: VecDeque<(u64, u64)>,
+    to_syncer: Sender<Job>,
+    /// Completed jobs come back for reuse, so no window allocates.
+    spare: Receiver<Job>,
+    /// Where a job completed inline goes back to the pool.
+    give_back: Sender<Job>,
+}
+
+/// One cut window's numbers.
+#[derive(Default)]
+struct Window {
+    end: u64,
+    bytes: u64,
+    requests: usize,
+    gets: u64,
+}
+
+/// A completed job, kept for its buffers' capacity: without its frame, whose segment mapping
+/// it would otherwise hold (keeping a retired segment's file from being reused).
+pub(super) fn spare(mut job: Job) -> Job {
+    job.frame = None;
+    job
+}
+
+impl Flusher {
+    /// The flusher of a new pipeline: it sends written jobs on `to_syncer`, and takes them
+    /// back for reuse from `spare` (where `give_back` returns those it completes itself).
+    pub(super) fn new(
+        inner: Arc<Inner>,
+        log: Log,
+        to_syncer: Sender<Job>,
+        spare: Receiver<Job>,
+        give_back: Sender<Job>,
+    ) -> Flusher {
+        Flusher {
+            in_flight: inner.ring.head(),
+            inner,
+            log,
+            coalescer: Coalescer::new(),
+            entries: Vec::new(),
+            stamps: Vec::new(),
+            slots: Vec::new(),
+            lookups: Vec::new(),
+            answers: Vec::new(),
+            prev_requests: 1,
+            unsynced: VecDeque::with_capacity(UNDURABLE_FRAMES_MAX as usize + 1),
+            to_syncer,
+            spare,
+            give_back,
+        }
+    }
+
+    pub(super) fn run(mut self, mut consumer: Consumer) {
+        let _ = self.inner.flusher_thread.set(std::thread::current());
+        let ring = consumer.ring().clone();
+        let mut pos = ring.head();
+        // After `close`: the unpublished claim the flusher is waiting at, and since when.
+        let mut stalled: Option<(u64, Instant)> = None;
+        loop {
+            // A refusing visitor consumes no record: this probes for a published one (and
+            // steps over padding, which needs no processing).
+            let mut published = false;
+            pos = consumer.read(pos, |_, _| {
+                published = true;
+                false
+            });
+            if !published {
+                // Padding stepped over completes nothing, but the watermark and the head
+                // move past it, in order, through the syncer.
+                if pos > self.in_flight {
+                    let job = Self::job(&self.spare, pos);
+                    self.send(job);
+                    consumer.release(pos);
+                }
+                if ring.is_closed() && ring.tail() <= pos {
+                    break;
+                }
+                if ring.is_closed() {
+                    // A claim at `pos` is not published yet: wait for it, but not forever.
+                    let since = match stalled {
+                        Some((at, since)) if at == pos => since,
+                        _ => stalled.insert((pos, Instant::now())).1,
+                    };
+                    if since.elapsed() >= CLOSE_STALL_MAX {
+                        self.give_up(pos, since.elapsed());
+                        break;
+                    }
+                }
+                let deadline = ring
+                    .is_closed()
+                    .then(|| Instant::now() + Duration::from_micros(50));
+                // Nothing to do: catch the index up first (see `Index::defer`).
+                self.inner.index.try_apply_queued();
+                consumer.wait(pos, deadline);
+                continue;
+            }
+            pos = self.window(&mut consumer, pos);
+        }
+        *self.inner.end_mark.lock() = Some(self.log.end_mark());
+        // Dropping `self` closes the channel: the syncer completes what it holds and exits.
+    }
+
+    /// Ends a `close` that a producer stalled between claim and publish at ring position `pos`
+    /// (see [`CLOSE_STALL_MAX`]): lets everything before `pos` complete, then fails the
+    /// engine, so every ticket from `pos` on reports that it was not written.
+    fn give_up(&mut self, pos: u64, waited: Duration) {
+        // Every window before `pos` was handed on (padding too): its tickets succeed.
+        Self::drain_pipeline(&self.inner, self.in_flight);
+        self.inner
+            .completion
+            .fail(Error::Failed(Arc::new(Error::Stalled {
+                position: pos,
+                waited,
+            })));
+    }
+
+    /// A reused job, cleared, ending at `end`.
+    fn job(spare: &Receiver<Job>, end: u64) -> Job {
+        let mut job = spare.try_recv().unwrap_or_default();
+        job.end = end;
+        job.frame = None;
+        job.updates.clear();
+        job.stamps.clear();
+        job.ready = None;
+        job
+    }
+
+    /// Hands a written job on for completion. When nothing else is in flight (every job sent
+    /// before is complete, so the syncer is idle) and no request waits behind this window
+    /// (so there is no next window to overlap with), the flusher completes it itself: at low
+    /// load that saves a thread hand-off, most of the latency besides the sync.
+    fn send(&mut self, job: Job) {
+        let mut job = job;
+        job.ready = Some(Instant::now());
+        if let Some(f) = &job.frame {
+            self.unsynced.push_back((f.seq, job.end));
+        }
+        let syncing = self.inner.completion.durable() < self.in_flight;
+        let idle = !syncing && self.inner.ring.tail() <= job.end;
+        self.in_flight = job.end;
+        if idle {
+            if self.inner.completion.may_complete(job.end) {
+                if let Err(e) = complete_jobs(&self.inner, std::slice::from_ref(&job)) {
+                    self.inner.completion.fail(e);
+                }
+            }
+            let _ = self.give_back.try_send(spare(job));
+            return;
+        }
+        // The frame waits for the sync in flight before its own: start writing it meanwhile,
+        // so that its sync has only the cache flush left (4 x 256: 1.06x, median of 20
+        // alternated pairs). Not when completed inline, right below: there the sync follows
+        // at once, and the extra call only added to the latency (1 x 1 p50 +10-20 %).
+        if syncing && self.inner.config.durability == Durability::Sync {
+            if let Some(f) = &job.frame {
+                f.seg.start_writeback(f.start, f.end - f.start);
+            }
+        }
+        self.inner.queued.fetch_add(1, Ordering::SeqCst);
+        // The syncer only stops after this sender is dropped, so this cannot fail.
+        let _ = self.to_syncer.send(job);
+        // Pairs with the fence in `Syncer::next_group`: either it finds the job, or we
+        // find it asleep and wake it.
+        fence(Ordering::SeqCst);
+        if self.inner.syncer_sleeping.load(Ordering::Relaxed) {
+            if let Some(t) = self.inner.syncer_thread.get() {
+                t.unpark();
+            }
+        }
+    }
+
+    /// Waits, if need be, until the frame about to be written is at most
+    /// [`UNDURABLE_FRAMES_MAX`] frames ahead of the last durable one; false if the engine
+    /// failed meanwhile. (The pipeline holds a few frames at most, so this waits only if a
+    /// sync group grows unusually long.)
+    fn bound_undurable(log: &Log, unsynced: &mut VecDeque<(u64, u64)>, inner: &Inner) -> bool {
+        let seq = log.next_seq();
+        let durable = inner.live.durable_seq.load(Ordering::Acquire);
+        while unsynced.front().is_some_and(|f| f.0 <= durable) {
+            unsynced.pop_front();
+        }
+        let Some(need) = seq
+            .checked_sub(UNDURABLE_FRAMES_MAX)
+            .filter(|&n| n > durable)
+        else {
+            return true;
+        };
+        // Frames in `unsynced` are consecutive: the one to wait for is `need`.
+        let Some(&(_, end)) = unsynced.iter().find(|f| f.0 == need) else {
+            debug_assert!(false, "frame {need} is neither durable nor in flight");
+            return true;
+        };
+        let ok = inner.completion.wait(end, None).is_ok();
+        debug_assert!(!ok || inner.live.durable_seq.load(Ordering::Acquire) >= need);
+        ok
+    }
+
+    /// Waits until every job handed to the syncer (up to `in_flight`) is complete; false if
+    /// the engine failed.
+    fn drain_pipeline(inner: &Inner, in_flight: u64) -> bool {
+        inner.completion.wait(in_flight, None).is_ok()
+    }
+
+    /// Cuts one window starting at `start`, plans it, answers its gets, writes its frame and
+    /// hands it to the syncer; returns its end.
+    fn window(&mut self, consumer_mut: &mut Consumer, start: u64) -> u64 {
+        let inner = self.inner.clone();
+        let mut entries: Vec<Entry<'_>> = recycle(std::mem::take(&mut self.entries));
+        self.stamps.clear();
+        self.slots.clear();
+        let w = self.gather(&inner, consumer_mut, start, &mut entries);
+
+        if inner.completion.failure().is_none() {
+            if let Err(e) = self.commit(&entries, w.end) {
+                // The windows already handed on complete with their own sync's outcome.
+                inner.completion.fail_after(e, self.in_flight);
+            }
+        }
+        // On failure every ticket of this window and later ones reports it; get slots are
+        // dropped with `slots`.
+        self.entries = recycle(entries);
+        self.slots.clear();
+        consumer_mut.release(w.end);
+        w.end
+    }
+
+    /// Reads the published records from `start` on into the window (`entries`, `stamps`,
+    /// `slots`), one turn after another, until [`window::decide`] cuts it; between turns it
+    /// waits or naps as decided. Returns the cut window's numbers.
+    fn gather<'c>(
+        &mut self,
+        inner: &Inner,
+        consumer: &'c Consumer,
+        start: u64,
+        entries: &mut Vec<Entry<'c>>,
+    ) -> Window {
+        let first_seen = Instant::now();
+        let mut last_arrival = first_seen;
+        let mut w = Window {
+            end: start,
+            ..Window::default()
+        };
+        let policy = window::Policy::of(&inner.config);
+        // Requests this window held when it last napped for a sync in flight (see
+        // `window::MERGE_BELOW`).
+        let mut held_over_sync = 0;
+        // Turns of the loop below (`Counts::window_waits` counts all but each window's first).
+        let mut turns = 0u64;
+        loop {
+            turns += 1;
+            let before = w.end;
+            let refused = self.take_records(consumer, &policy, &mut w, entries);
+            let now = Instant::now();
+            if w.end > before {
+                last_arrival = now;
+            }
+            let seen = window::Observed {
+                requests: w.requests,
+                bytes: w.bytes,
+                entries: entries.len(),
+                refused,
+                flush: inner.flush_to.load(Ordering::Acquire) > before,
+                closed: consumer.ring().is_closed(),
+                now,
+                first_seen,
+                last_arrival,
+                log_ready: inner.queued.load(Ordering::SeqCst) == 0,
+                syncing: inner.completion.durable() < self.in_flight,
+                failed: inner.completion.failure().is_some(),
+                prev_requests: self.prev_requests,
+                held_over_sync,
+            };
+            match window::decide(&seen, &policy) {
+                Decision::Cut => break,
+                Decision::Wait { until } => {
+                    // Park (no spinning: the producers and the syncer need the cores) until a
+                    // request arrives or `until`; catch the index up first, if it is behind
+                    // (the producers take longer to come back).
+                    inner.index.try_apply_queued();
+                    consumer.wait(w.end, Some(until));
+                }
+                Decision::NapForRoom { until } => {
+                    // Nothing is cut before the syncer takes the queued job, and it unparks us
+                    // then. Records published meanwhile need not wake us (a wake-up costs both
+                    // sides a context switch): they are read all at once after. A stale unpark
+                    // only makes us look again.
+                    Self::nap(inner, now, until);
+                }
+                Decision::NapForSync { until } => {
+                    held_over_sync = w.requests;
+                    // Either the completion sees the nap and pokes us, or we see its
+                    // watermark here (and do not nap, but look again).
+                    if inner
+                        .sync_nap
+                        .announce(|| inner.completion.durable() >= self.in_flight)
+                    {
+                        // As above, until the sync in flight completes (its completion pokes us).
+                        Self::nap(inner, now, until);
+                    }
+                }
+            }
+        }
+        self.account_window(inner, &w, entries.len(), first_seen, turns);
+        w
+    }
+
+    /// One turn's read: takes the published records from `w.end` on into the window while
+    /// they fit, decoding each into `entries`, `stamps` and `slots`. True if it stopped at a
+    /// published record that does not fit.
+    fn take_records<'c>(
+        &mut self,
+        consumer: &'c Consumer,
+        policy: &window::Policy,
+        w: &mut Window,
+        entries: &mut Vec<Entry<'c>>,
+    ) -> bool {
+        let stamps = &mut self.stamps;
+        let slots = &mut self.slots;
+        // A record that would take the window over a limit stays in the ring for the next
+        // window, and it cuts this one (see `window::decide`).
+        let mut refused = false;
+        w.end = consumer.read(w.end, |end, payload| {
+            let rec_bytes = end - w.end;
+            if !policy.fits(w.requests, w.bytes, entries.len(), rec_bytes) {
+                refused = true;
+                return false;
+            }
+            // SAFETY: only `Engine::submit` fills this ring's records, each with one of
+            // `request`'s encoders into a claim of the matching length. And each record
+            // is decoded at most once: only here, when the window takes it (a refused
+            // one is not decoded), and every later read starts past it (`w.end`, then
+            // the window's end).
+            unsafe { request::decode(payload, entries, stamps, slots, &mut w.gets) };
+            w.bytes += rec_bytes;
+            w.requests += 1;
+            w.end = end;
+            true
+        });
+        refused
+    }
+
+    /// Parks until unparked or `until` (`now` is when the turn looked), catching the index up
+    /// first (see `Index::defer`); then ends the sync nap, if one was announced.
+    fn nap(inner: &Inner, now: Instant, until: Instant) {
+        inner.index.try_apply_queued();
+        std::thread::park_timeout(until.saturating_duration_since(now));
+        inner.sync_nap.end();
+    }
+
+    /// Counts a cut window (`entries` entries, after `turns` turns) in the stats, and keeps
+    /// its size for the next window's policy.
+    fn account_window(
+        &mut self,
+        inner: &Inner,
+        w: &Window,
+        entries: usize,
+        first_seen: Instant,
+        turns: u64,
+    ) {
+        record(
+            &mut inner.counters.stages.lock().window_age,
+            first_seen.elapsed().as_nanos() as u64,
+        );
+        Counters::add(&inner.counters.window_waits, turns - 1);
+        self.prev_requests = w.requests.max(1);
+        Counters::add(&inner.counters.submitted, entries as u64);
+        Counters::add(&inner.counters.reads, w.gets);
+        Counters::add(&inner.counters.writes, entries as u64 - w.gets);
+    }
+
+    /// Plans the window, answers its gets, writes its frame and hands it to the syncer.
+    fn commit(&mut self, entries: &[Entry<'_>], end: u64) -> Result<()> {
+        let inner = self.inner.clone();
+        let counters = &inner.counters;
+        let t0 = Instant::now();
+        let plan = self.coalescer.plan(entries, inner.config.coalesce);
+        let t1 = Instant::now();
+
+        // Gets read the state before this window's writes, which must include every earlier
+        // window: wait for the ones still syncing if a get needs the index.
+        if !plan.gets.is_empty() {
+            let needs_index = plan
+                .gets
+                .iter()
+                .any(|(_, a)| matches!(a, GetAnswer::Lookup(_)));
+            if needs_index && !Self::drain_pipeline(&inner, self.in_flight) {
+                return Ok(()); // failed meanwhile: the window's tickets report it
+            }
+            answer_gets(
+                &inner,
+                entries,
+                &plan.gets,
+                &self.slots,
+                &mut self.lookups,
+                &mut self.answers,
+            );
+        }
+        // Every get is answered: drop the slots now, not after the window completes (which
+        // may be inline, below), so a dropped ticket's answer is freed before anyone wakes.
+        let gets = self.slots.len();
+        self.slots.clear();
+
+        let mut job = Self::job(&self.spare, end);
+        job.stamps.extend_from_slice(&self.stamps);
+        if !plan.survivors.is_empty() {
+            let body_len = body_len(entries, &plan.survivors);
+            if !Self::room_for_frame(
+                &self.log,
+                &mut self.unsynced,
+                &inner,
+                self.in_flight,
+                body_len,
+            ) {
+                return Ok(()); // failed meanwhile: the window's tickets report it
+            }
+            let flags = if inner.config.coalesce {
+                FLAG_SORTED
+            } else {
+                0
+            };
+            let writes = (entries.len() - gets) as u32;
+            let frame = append_frame(
+                &mut self.log,
+                entries,
+                &plan.survivors,
+                body_len,
+                flags,
+                writes,
+                &mut job.updates,
+            )?;
+            job.frame = Some(frame);
+            Counters::add(&counters.batches, 1);
+            Counters::add(&counters.records_written, plan.survivors.len() as u64);
+            Counters::add(
+                &counters.bytes_written,
+                crate::log::format::frame_len(body_len) as u64,
+            );
+        }
+        Counters::add(&counters.coalesced_writes, plan.coalesced_writes);
+        Counters::add(&counters.collapsed_reads, plan.collapsed_reads);
+        let t2 = Instant::now();
+        {
+            let mut h = counters.stages.lock();
+            record(&mut h.coalesce, (t1 - t0).as_nanos() as u64);
+            if job.frame.is_some() {
+                record(&mut h.encode, (t2 - t1).as_nanos() as u64);
+            }
+        }
+        self.send(job);
+        Ok(())
+    }
+
+    /// Waits, if need be, until a frame with a body of `body_len` bytes may be written; false
+    /// if the engine failed meanwhile.
+    fn room_for_frame(
+        log: &Log,
+        unsynced: &mut VecDeque<(u64, u64)>,
+        inner: &Inner,
+        in_flight: u64,
+        body_len: usize,
+    ) -> bool {
+        // A frame in a new segment must not become durable before the frames still
+        // syncing in the old one: recovery treats damage before the last segment as
+        // corruption, not as a torn tail.
+        if !log.fits(body_len) && !Self::drain_pipeline(inner, in_flight) {
+            return false;
+        }
+        // At most `UNDURABLE_FRAMES_MAX` frames may be written and not yet durable:
+        // recovery relies on it to tell a torn tail from damage to durable history.
+        Self::bound_undurable(log, unsynced, inner)
+    }
+}
+
+/// Body length of the frame holding the window's `survivors` (entry indices).
+fn body_len(entries: &[Entry<'_>], survivors: &[u32]) -> usize {
+    survivors
+        .iter()
+        .map(|&i| {
+            let e = &entries[i as usize];
+            match e.op {
+                Op::Put(v) => record_len(e.key.len(), v.len()),
+                _ => record_len(e.key.len(), 0),
+            }
+        })
+        .sum()
+}
+
+/// Appends the window's `survivors` (entry indices) to the log as one frame, whose
+/// acknowledged-op count is `writes` (the window's writes, coalesced ones included), and
+/// fills `updates` with where each survivor's key and value are in the frame's segment (for
+/// the index, once the frame is durable).
+fn append_frame(
+    log: &mut Log,
+    entries: &[Entry<'_>],
+    survivors: &[u32],
+    body_len: usize,
+    flags: u32,
+    writes: u32,
+    updates: &mut Vec<(u64, u32, Option<Loc>)>,
+) -> Result<WrittenFrame> {
+    let frame = log.append(body_len, flags, |w, frame_off| {
+        let mut off = frame_off + FRAME_HEADER_LEN as u64;
+        for &i in survivors {
+            let e = &entries[i as usize];
+            let (op, value) = match e.op {
+                Op::Put(v) => (RecordOp::Put, v),
+                _ => (RecordOp::Delete, &[][..]),
+            };
+            w.push(op, e.key, value);
+            let key_off = off + RECORD_HEADER_LEN as u64;
+            let value_off = key_off + e.key.len() as u64;
+            updates.push((
+                key_off,
+                e.key.len() as u32,
+                (op == RecordOp::Put).then_some(Loc {
+                    seg: 0,
+                    off: value_off,
+                    len: value.len() as u32,
+                }),
+            ));
+            off += record_len(e.key.len(), value.len()) as u64;
+        }
+        writes
+    })?;
+    for loc in updates.iter_mut().filter_map(|u| u.2.as_mut()) {
+        loc.seg = frame.seg_idx;
+    }
+    Ok(frame)
+}
+
+/// How long the flusher, once the engine is closed, waits for a producer that claimed ring
+/// space to publish it, before it gives up on the request and everything after it (see
+/// `Engine::close`). A producer is inside that span only while it copies its request, so
+/// only a thread stopped there (preempted for this long, frozen by a debugger or a signal
+/// handler that never returns) reaches it.
+#[cfg(not(test))]
+const CLOSE_STALL_MAX: Duration = Duration::from_secs(10);
+#[cfg(test)]
+const CLOSE_STALL_MAX: Duration = Duration::from_millis(200);
+
+/// Fills every get's slot: from an earlier write of the window, or from one index lookup
+/// per run of gets that share it.
+fn answer_gets(
+    inner: &Inner,
+    entries: &[Entry<'_>],
+    gets: &[(u32, GetAnswer)],
+    slots: &[(u32, Arc<GetSlot>)],
+    lookups: &mut Vec<(u32, Option<Vec<u8>>)>,
+    answers: &mut Vec<(u32, GetAnswer)>,
+) {
+    lookups.clear();
+    for &(g, ans) in gets {
+        if ans == GetAnswer::Lookup(g) {
+            let v = inner
+                .index
+                .get(entries[g as usize].key)
+                .and_then(|loc| ValueRef::resolve(&inner.segments, loc))
+                .map(|v| v.to_vec());
+            lookups.push((g, v));
+        }
+    }
+    lookups.sort_unstable_by_key(|l| l.0);
+    // Slots are in entry order; put the answers in the same order and zip.
+    answers.clear();
+    answers.extend_from_slice(gets);
+    answers.sort_unstable_by_key(|a| a.0);
+    debug_assert_eq!(answers.len(), slots.len());
+    for ((g, slot), &(a, answer)) in slots.iter().zip(answers.iter()) {
+        debug_assert_eq!(*g, a);
+        let value = match answer {
+            GetAnswer::Write(w) => match entries[w as usize].op {
+                Op::Put(v) => Some(v.to_vec()),
+                _ => None,
+            },
+            GetAnswer::Lookup(first) => lookups
+                .binary_search_by_key(&first, |l| l.0)
+                .ok()
+                .and_then(|i| lookups[i].1.clone()),
+        };
+        // Visible to the get's owner only once the watermark passes it.
+        slot.fill(value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::engine::Engine;
+    use crate::request;
+    use std::sync::mpsc;
+
+    /// A bound on every wait of these tests: reaching it means a hang.
+    const HANG: Duration = Duration::from_secs(60);
+
+    /// A producer frozen between claim and publish cannot hold `close` forever: after
+    /// `CLOSE_STALL_MAX` the flusher gives up, `close` says why, the tickets before the claim
+    /// are durable and every one from it on fails; the producer's late publish into the closed
+    /// ring is harmless and its own ticket fails too.
+    #[test]
+    fn close_gives_up_on_a_producer_stalled_between_claim_and_publish() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Arc::new(Engine::open(dir.path(), Config::default()).expect("open"));
+        let before = engine.put(b"before", b"1").expect("put");
+        before.wait_timeout(HANG).expect("durable");
+        let before_close = engine.put(b"before-close", b"2").expect("put");
+        before_close.wait_timeout(HANG).expect("durable");
+
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let producer = {
+            let engine = engine.clone();
+            std::thread::spawn(move || {
+                let key = b"stalled";
+                let pos = engine
+                    .submit(request::put_len(key, b"v"), |buf| {
+                        entered_tx.send(()).unwrap();
+                        // Frozen here, holding a claim, until the test lets it go.
+                        release_rx.recv_timeout(HANG).expect("released");
+                        request::encode_put(buf, key, b"v", 0);
+                    })
+                    .expect("claimed before close");
+                engine.ticket(pos).wait_timeout(HANG)
+            })
+        };
+        entered_rx.recv_timeout(HANG).expect("the producer claimed");
+        // Published, but behind the stalled claim.
+        let after = engine.put(b"after", b"3").expect("put");
+
+        let closer = {
+            let engine = engine.clone();
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || tx.send(engine.close()).unwrap());
+            rx
+        };
+        let closed = closer.recv_timeout(HANG).expect("close hung");
+        let cause = match closed {
+            Err(Error::Failed(cause)) => cause,
+            other => panic!("close returned {other:?}, not the stall"),
+        };
+        // The stalled claim is the one right after `before-close`, before `after`.
+        match *cause {
+            Error::Stalled { position, .. } => assert!(
+                before_close.position() <= position && position < after.position(),
+                "stalled at {position}, not between {} and {}",
+                before_close.position(),
+                after.position()
+            ),
+            ref other => panic!("close failed with {other:?}, not the stall"),
+        }
+        let msg = cause.to_string();
+        assert!(
+            msg.contains("ring position")
+                && msg.contains("not published")
+                && msg.contains("not written"),
+            "{msg}"
+        );
+        assert!(before.wait_timeout(HANG).is_ok());
+        assert!(before_close.wait_timeout(HANG).is_ok());
+        assert!(
+            matches!(after.wait_timeout(HANG), Err(Error::Failed(_))),
+            "a request behind the stall was acknowledged"
+        );
+        assert!(matches!(engine.failure(), Some(Error::Failed(_))));
+        // The directory is free: the new engine has what was durable, nothing after it.
+        let reopened = Engine::open(dir.path(), Config::default()).expect("reopen");
+        assert_eq!(
+            reopened.read_to_vec(b"before-close").unwrap(),
+            Some(b"2".to_vec())
+        );
+        assert_eq!(reopened.read_to_vec(b"after").unwrap(), None);
+        reopened.close().expect("close the reopened engine");
+
+        // The stalled producer finishes its copy and publishes into the closed ring: no panic,
+        // no hang, and its ticket reports the failure.
+        release_tx.send(()).unwrap();
+        let outcome = producer.join().expect("the stalled producer panicked");
+        assert!(matches!(outcome, Err(Error::Failed(_))), "{outcome:?}");
+        assert!(engine.put(b"later", b"4").is_err());
+        drop(engine);
+    }
+}

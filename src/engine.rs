@@ -4,28 +4,25 @@
 
 use crate::config::{Backpressure, Config, Durability};
 use crate::error::{Error, Result};
-use crate::index::{Index, Loc, ValueRef};
+use crate::index::{Index, ValueRef};
 use crate::log::clean;
 use crate::log::dir as log_dir;
-use crate::log::format::{Frame, RecordOp};
 use crate::log::io::SharedIo;
-use crate::log::open::{recover, Recovered};
+use crate::log::open::recover;
 use crate::log::recovery::Damage;
 use crate::log::retire;
 use crate::log::segment::Segment;
-use crate::log::{Log, SegmentList, Segments};
-use crate::pipeline::handoff::SyncNap;
-use crate::pipeline::{failed, start_pipeline, Inner};
-use crate::reader::{Follower, LiveLog, LogReader};
+use crate::pipeline::{failed, Inner};
+use crate::reader::{Follower, LogReader};
 use crate::request::{self, WriteBatch};
-use crate::ring::{self, PushError};
-use crate::stats::{record, Counters, Counts, Stats};
-use crate::ticket::{Completion, GetSlot, GetTicket, Ticket};
-use parking_lot::{Mutex, RwLock};
+use crate::ring::PushError;
+use crate::stats::{record, Counts, Stats};
+use crate::ticket::{GetSlot, GetTicket, Ticket};
+use parking_lot::Mutex;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -94,27 +91,6 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// The index updates of a frame of segment `seg_idx`: each record's key, and for a put where
-/// its value lies in the segment (`None` for a delete).
-fn frame_updates<'a>(
-    seg_idx: u32,
-    seg: &Segment,
-    frame: &Frame<'a>,
-) -> impl Iterator<Item = (&'a [u8], Option<Loc>)> {
-    let base = seg.image().as_ptr() as usize;
-    frame.records().map(move |r| {
-        let loc = match r.op {
-            RecordOp::Put => Some(Loc {
-                seg: seg_idx,
-                off: (r.value.as_ptr() as usize - base) as u64,
-                len: r.value.len() as u32,
-            }),
-            RecordOp::Delete => None,
-        };
-        (r.key, loc)
-    })
-}
-
 impl Engine {
     /// Opens (creating if needed) the log in `dir`: takes the directory lock, verifies and
     /// replays the log into the index (repairing a torn tail as `config.recovery` allows),
@@ -137,7 +113,7 @@ impl Engine {
         let recovered = recover(&dir, &config, &io, |seg_idx, seg, frame| {
             // SAFETY: the keys lie in this segment's mapping, which the engine keeps for
             // its lifetime (in `segments`, or in `retired` if recovery replaced it).
-            unsafe { index.apply(frame_updates(seg_idx, seg, frame)) };
+            unsafe { index.apply(crate::index::frame_updates(seg_idx, seg, frame)) };
             report.batches += 1;
             report.records += u64::from(frame.record_count);
             Ok(())
@@ -145,7 +121,7 @@ impl Engine {
         report.segments = recovered.scanned;
         report.truncated = recovered.damage.clone();
         report.tail_rewritten = recovered.tail_rewritten;
-        let (inner, handle) = Engine::start(&dir, &io, config, index, recovered)?;
+        let (inner, handle) = crate::pipeline::start(&dir, &io, config, index, recovered)?;
         report.elapsed = started.elapsed();
         Ok(Engine {
             inner,
@@ -153,63 +129,6 @@ impl Engine {
             report,
             lock: Mutex::new(Some(lock)),
         })
-    }
-
-    /// Continues the recovered log: its writing end, the state the API shares with the
-    /// pipeline threads, and the threads, started (the flusher's handle is returned).
-    fn start(
-        dir: &Path,
-        io: &SharedIo,
-        config: Config,
-        index: Index,
-        recovered: Recovered,
-    ) -> Result<(Arc<Inner>, JoinHandle<()>)> {
-        let pool = recovered.spares.pool.clone();
-        let segments: Segments = Arc::new(RwLock::new(SegmentList::new(recovered.segments)));
-        let log = Log::new(
-            dir,
-            segments.clone(),
-            recovered.write_off,
-            recovered.next_seq,
-            &config,
-            recovered.spares,
-            io,
-        );
-
-        let live = Arc::new(LiveLog {
-            durable_seq: AtomicU64::new(recovered.next_seq.saturating_sub(1)),
-            stopped: AtomicBool::new(false),
-        });
-        let (ring, consumer) = ring::ring(config.ring_bytes);
-        let (request_len_max, request_limit_name) = config.request_len_max(ring.max_payload());
-        let inner = Arc::new(Inner {
-            dir: dir.to_owned(),
-            io: io.clone(),
-            retire_lock: Mutex::new(()),
-            pool,
-            completion: Arc::new(Completion::new(ring.head())),
-            ring,
-            index,
-            segments,
-            _retired: recovered.retired,
-            counters: Counters::default(),
-            clock: quanta::Clock::new(),
-            flush_to: AtomicU64::new(0),
-            request_len_max,
-            request_limit_name,
-            live,
-            queued: AtomicUsize::new(0),
-            flusher_thread: OnceLock::new(),
-            sync_nap: SyncNap::new(),
-            last_sync_end: Mutex::new(None),
-            syncer_thread: OnceLock::new(),
-            syncer_sleeping: AtomicBool::new(false),
-            end_mark: Mutex::new(None),
-            config,
-        });
-        let handle = start_pipeline(inner.clone(), log, consumer)
-            .map_err(|e| Error::io("spawn flusher thread", dir, e))?;
-        Ok((inner, handle))
     }
 
     /// What opening found: segments, batches replayed, damage cut off, time taken.

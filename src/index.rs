@@ -7,6 +7,7 @@
 //! replaying the log at open. Deleted keys are removed, so the index holds exactly the live
 //! keys.
 
+use crate::log::format::{Frame, RecordOp};
 use crate::log::segment::Segment;
 use crate::log::Segments;
 use hashbrown::HashTable;
@@ -321,6 +322,27 @@ impl std::fmt::Debug for ValueRef {
             .field("len", &self.len)
             .finish()
     }
+}
+
+/// The index updates of a frame of segment `seg_idx`: each record's key, and for a put where
+/// its value lies in the segment (`None` for a delete).
+pub(crate) fn frame_updates<'a>(
+    seg_idx: u32,
+    seg: &Segment,
+    frame: &Frame<'a>,
+) -> impl Iterator<Item = (&'a [u8], Option<Loc>)> {
+    let base = seg.image().as_ptr() as usize;
+    frame.records().map(move |r| {
+        let loc = match r.op {
+            RecordOp::Put => Some(Loc {
+                seg: seg_idx,
+                off: (r.value.as_ptr() as usize - base) as u64,
+                len: r.value.len() as u32,
+            }),
+            RecordOp::Delete => None,
+        };
+        (r.key, loc)
+    })
 }
 
 #[cfg(test)]

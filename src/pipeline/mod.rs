@@ -46,19 +46,21 @@ use self::{
 #[cfg(not(loom))]
 use crate::{
     config::Config,
-    error::Error,
+    error::{Error, Result},
     index::Index,
-    log::{clean::CleanMark, io::SharedIo, pool::Pool, Log, Segments},
+    log::{
+        clean::CleanMark, io::SharedIo, open::Recovered, pool::Pool, Log, SegmentList, Segments,
+    },
     reader::LiveLog,
-    ring::{Consumer, Ring},
+    ring::{self, Consumer, Ring},
     stats::Counters,
     ticket::Completion,
 };
 #[cfg(not(loom))]
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 #[cfg(not(loom))]
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     sync::{Arc, OnceLock},
     thread::JoinHandle,
@@ -126,6 +128,64 @@ impl Inner {
             t.unpark();
         }
     }
+}
+
+/// Continues the recovered log: its writing end, the state the API shares with the
+/// pipeline threads, and the threads, started (the flusher's handle is returned).
+#[cfg(not(loom))]
+pub(crate) fn start(
+    dir: &Path,
+    io: &SharedIo,
+    config: Config,
+    index: Index,
+    recovered: Recovered,
+) -> Result<(Arc<Inner>, JoinHandle<()>)> {
+    let pool = recovered.spares.pool.clone();
+    let segments: Segments = Arc::new(RwLock::new(SegmentList::new(recovered.segments)));
+    let log = Log::new(
+        dir,
+        segments.clone(),
+        recovered.write_off,
+        recovered.next_seq,
+        &config,
+        recovered.spares,
+        io,
+    );
+
+    let live = Arc::new(LiveLog {
+        durable_seq: AtomicU64::new(recovered.next_seq.saturating_sub(1)),
+        stopped: AtomicBool::new(false),
+    });
+    let (ring, consumer) = ring::ring(config.ring_bytes);
+    let (request_len_max, request_limit_name) = config.request_len_max(ring.max_payload());
+    let inner = Arc::new(Inner {
+        dir: dir.to_owned(),
+        io: io.clone(),
+        retire_lock: Mutex::new(()),
+        pool,
+        completion: Arc::new(Completion::new(ring.head())),
+        ring,
+        index,
+        segments,
+        _retired: recovered.retired,
+        counters: Counters::default(),
+        clock: quanta::Clock::new(),
+        flush_to: AtomicU64::new(0),
+        request_len_max,
+        request_limit_name,
+        live,
+        queued: AtomicUsize::new(0),
+        flusher_thread: OnceLock::new(),
+        sync_nap: SyncNap::new(),
+        last_sync_end: Mutex::new(None),
+        syncer_thread: OnceLock::new(),
+        syncer_sleeping: AtomicBool::new(false),
+        end_mark: Mutex::new(None),
+        config,
+    });
+    let handle = start_pipeline(inner.clone(), log, consumer)
+        .map_err(|e| Error::io("spawn flusher thread", dir, e))?;
+    Ok((inner, handle))
 }
 
 /// Starts the two pipeline threads; the returned handle is the flusher's, which joins the

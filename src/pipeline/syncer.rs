@@ -13,7 +13,7 @@ use crate::stats::{record, Counters};
 use crossbeam::channel::{Receiver, Sender, TryRecvError};
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The second pipeline stage: makes written frames durable (one sync for every job waiting),
 /// updates the index, advances the watermark and wakes waiters.
@@ -119,8 +119,9 @@ pub(super) fn complete_jobs(inner: &Inner, group: &[Job]) -> Result<()> {
     }
     let t2 = Instant::now();
     let mut h = inner.counters.stages.lock();
-    if synced {
-        record(&mut h.sync, (t1 - t0).as_nanos() as u64);
+    // The sync stage is the sync alone, the time `Stats::sync_time` calls busy.
+    if let Some(took) = synced {
+        record(&mut h.sync, took.as_nanos() as u64);
     }
     record(&mut h.wakeup, (t2 - t1).as_nanos() as u64);
     for job in group {
@@ -133,13 +134,13 @@ pub(super) fn complete_jobs(inner: &Inner, group: &[Job]) -> Result<()> {
 
 /// The first step of [`complete_jobs`] (which started at `t0`): makes the group's frames
 /// durable with one sync (none with `Durability::NoSync`), publishes them and moves the
-/// durable batch sequence to the last of them. True if it synced; nothing to do for a group
-/// without frames (padding, windows of gets).
-fn sync_and_publish(inner: &Inner, group: &[Job], t0: Instant) -> Result<bool> {
+/// durable batch sequence to the last of them. How long the sync took, if it synced; nothing
+/// to do for a group without frames (padding, windows of gets).
+fn sync_and_publish(inner: &Inner, group: &[Job], t0: Instant) -> Result<Option<Duration>> {
     // Every frame of the group is in one segment: the flusher drains the pipeline before it
     // rolls to a new one.
     let mut frames = group.iter().filter_map(|j| j.frame.as_ref());
-    let mut synced = false;
+    let mut synced = None;
     if let Some(first) = frames.next() {
         let last = frames.next_back().unwrap_or(first);
         // One sync covers `first.start..last.end` of one segment: every frame of the group
@@ -167,7 +168,7 @@ fn sync_and_publish(inner: &Inner, group: &[Job], t0: Instant) -> Result<bool> {
             let end = Instant::now();
             Counters::add(&inner.counters.syncs, 1);
             account_sync_time(inner, group, t0, end);
-            synced = true;
+            synced = Some(end - t0);
         }
         last.seg.publish(last.end);
         // Only the completion writes it (one completion at a time, each ordered after the

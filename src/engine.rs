@@ -16,6 +16,7 @@ use crate::pipeline::{failed, Inner};
 use crate::reader::{Follower, LogReader};
 use crate::request::{self, WriteBatch};
 use crate::ring::PushError;
+use crate::seq::Seq;
 use crate::stats::{record, Counts, Stats};
 use crate::ticket::{GetSlot, GetTicket, Ticket};
 use parking_lot::Mutex;
@@ -371,11 +372,11 @@ impl Engine {
     /// A follower that yields every batch from sequence `from` on (1 = the start of the
     /// log), each once it is durable, waiting for new ones as they land. Once the engine is
     /// closed, it yields the batches that became durable and then `Err(Error::Closed)`.
-    pub fn follow(&self, from: u64) -> Follower {
+    pub fn follow(&self, from: impl Into<Seq>) -> Follower {
         Follower::of_engine(
             self.inner.dir.clone(),
             self.inner.segments.clone(),
-            from.max(1),
+            from.into().get().max(1),
             self.inner.live.clone(),
         )
     }
@@ -423,7 +424,8 @@ impl Engine {
     /// Files are removed oldest first, each followed by a sync of the directory, so after
     /// a crash the log is always a suffix of itself. On an error some of the segments may
     /// have been removed (the engine forgets exactly those); calling again retries the rest.
-    pub fn retire_before(&self, seq: u64) -> Result<Retired> {
+    pub fn retire_before(&self, seq: impl Into<Seq>) -> Result<Retired> {
+        let seq = seq.into().get();
         let inner = &*self.inner;
         // Checked under the lock, which `close` takes before it gives up the directory: no
         // retirement runs on once another engine may have the directory.
@@ -475,6 +477,13 @@ impl Engine {
             segments: self.inner.pool.counts(),
             ..self.inner.counters.snapshot(backlog, durable)
         }
+    }
+
+    /// The last durable batch (0 before the log's first): every batch up to it is durable,
+    /// and every ticket whose `wait` gives a batch at or below it is complete. What a caller
+    /// checkpoints against; `follow(durable_seq().next())` yields what comes after.
+    pub fn durable_seq(&self) -> Seq {
+        Seq::new(self.inner.live.durable_seq.load(Ordering::Acquire))
     }
 
     /// The counters alone: atomic loads, no lock, no allocation; cheap enough to poll.

@@ -123,6 +123,14 @@ pub enum Error {
     },
     /// `Ticket::wait_timeout` ran out before the request was durable.
     Timeout,
+    /// A ticket's request is durable, but it was looked at so long after it completed
+    /// (more than 65,536 windows later) that the engine no longer remembers which batch it
+    /// was written in. Nothing failed; wait on or poll a ticket as it completes to get its
+    /// batch.
+    SeqUnknown {
+        /// The ticket's position.
+        position: u64,
+    },
     /// A follower asked for a batch that `Engine::retire_before` has removed from the log.
     Retired {
         /// The batch asked for.
@@ -206,6 +214,10 @@ impl fmt::Display for Error {
                 path.display()
             ),
             Error::Timeout => write!(f, "timed out waiting for the request to become durable"),
+            Error::SeqUnknown { position } => write!(
+                f,
+                "the request at position {position} is durable, but its batch is no longer remembered (the ticket was looked at more than 65,536 windows after it completed)"
+            ),
             Error::Retired { seq, first } => write!(
                 f,
                 "batch {seq} was retired: the log now starts at batch {first}; restore from the snapshot the retirement was taken after, then follow from {first}"

@@ -88,6 +88,8 @@ mod request;
 #[doc(hidden)]
 pub mod ring;
 #[cfg(not(loom))]
+mod seq;
+#[cfg(not(loom))]
 mod stats;
 mod sync;
 #[cfg(not(loom))]
@@ -109,6 +111,8 @@ pub use log::recovery::Damage;
 pub use reader::{Batch, Follower, LogReader, OwnedBatch};
 #[cfg(not(loom))]
 pub use request::WriteBatch;
+#[cfg(not(loom))]
+pub use seq::Seq;
 #[cfg(not(loom))]
 pub use stats::{Counts, SegmentCounts, StageHistograms, Stats, SyncTime};
 #[cfg(not(loom))]

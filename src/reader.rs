@@ -265,7 +265,8 @@ impl LogReader {
 
     /// A follower starting at batch `from`: yields each batch once it is in the log,
     /// waiting for new ones.
-    pub fn follow(&self, from: u64) -> Follower {
+    pub fn follow(&self, from: impl Into<crate::seq::Seq>) -> Follower {
+        let from = from.into().get();
         match &self.engine {
             // A view of an open engine: follow through its mappings, up to its durable end.
             Some((segments, live)) => Follower::of_engine(

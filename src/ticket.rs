@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::pipeline::handoff::FutureWakers;
+use crate::seq::{Found, Seq, SeqMap};
 use parking_lot::Mutex;
 use std::cell::RefCell;
 use std::future::Future;
@@ -50,10 +51,19 @@ pub(crate) struct Completion {
     yield_probe: AtomicU32,
     /// Wakers of pending futures, with the position each waits for.
     futures: FutureWakers,
+    /// Which batch each completed window was written in (for `Ticket::wait`'s `Seq`).
+    pub(crate) seqs: SeqMap,
 }
 
 impl Completion {
+    #[cfg(test)]
     pub fn new(durable: u64) -> Completion {
+        Completion::at(durable, 0)
+    }
+
+    /// A completion whose watermark starts at ring position `durable`, with batch
+    /// `durable_seq` the last durable one (0 for an empty log).
+    pub fn at(durable: u64, durable_seq: u64) -> Completion {
         Completion {
             state: AtomicU64::new(durable),
             failure: OnceLock::new(),
@@ -65,7 +75,29 @@ impl Completion {
             yield_credit: AtomicI32::new(0),
             yield_probe: AtomicU32::new(0),
             futures: FutureWakers::new(),
+            seqs: SeqMap::new(durable, durable_seq),
         }
+    }
+
+    /// The batch that made the request ending at `pos` durable; asked once it is complete.
+    fn seq_of(&self, pos: u64) -> Result<Seq> {
+        match self.seqs.find(pos) {
+            Found::Seq(seq) => Ok(Seq::new(seq)),
+            Found::Forgotten => Err(Error::SeqUnknown { position: pos }),
+            Found::NotYet => {
+                // The window's entry is recorded before the watermark passes it.
+                debug_assert!(
+                    false,
+                    "position {pos} is complete but its window is not recorded"
+                );
+                Err(Error::SeqUnknown { position: pos })
+            }
+        }
+    }
+
+    /// A request's outcome as a ticket reports it: the batch it landed in.
+    fn outcome(&self, pos: u64, done: Result<()>) -> Result<Seq> {
+        done.and_then(|()| self.seq_of(pos))
     }
 
     /// The durable watermark.
@@ -403,28 +435,41 @@ impl Ticket {
     }
 
     /// The outcome if the request is complete, without blocking.
-    pub fn try_result(&self) -> Option<Result<()>> {
-        self.completion.status(self.pos)
+    pub fn try_result(&self) -> Option<Result<Seq>> {
+        let done = self.completion.status(self.pos)?;
+        Some(self.completion.outcome(self.pos, done))
     }
 
-    /// Blocks until the request is durable (`Ok`) or its batch failed (`Err`).
-    pub fn wait(&self) -> Result<()> {
-        self.completion.wait(self.pos, None)
+    /// Blocks until the request is durable or its batch failed (`Err`). Durable, it gives
+    /// the sequence number of the batch the request was written in (for a `flush`, or a
+    /// request whose window wrote nothing, the last batch written before it): every batch up
+    /// to it is durable, so a caller can record "my state is the log up to this batch" and
+    /// resume from the next (`Engine::follow`). A ticket looked at long after it completed
+    /// (more than 65,536 windows later) may get [`Error::SeqUnknown`] instead: the request
+    /// is durable, its batch no longer remembered.
+    pub fn wait(&self) -> Result<Seq> {
+        let done = self.completion.wait(self.pos, None);
+        self.completion.outcome(self.pos, done)
     }
 
     /// As `wait`, giving up with `Error::Timeout` after `timeout` (the request goes on).
-    pub fn wait_timeout(&self, timeout: Duration) -> Result<()> {
-        self.completion
-            .wait(self.pos, Some(Instant::now() + timeout))
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<Seq> {
+        let done = self
+            .completion
+            .wait(self.pos, Some(Instant::now() + timeout));
+        self.completion.outcome(self.pos, done)
     }
 }
 
 impl Future for Ticket {
-    type Output = Result<()>;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+    type Output = Result<Seq>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Seq>> {
         // Check, register the waker, fence, check again: the protocol the loom model of
         // `pipeline::handoff` checks.
-        self.completion.poll(self.pos, cx.waker())
+        match self.completion.poll(self.pos, cx.waker()) {
+            Poll::Ready(done) => Poll::Ready(self.completion.outcome(self.pos, done)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -483,20 +528,21 @@ impl GetTicket {
     /// Blocks until the read completes; `Ok(None)` means the key was absent or deleted.
     /// The value can be taken once; a second successful wait reports `Error::ValueTaken`.
     pub fn wait(&self) -> Result<Option<Vec<u8>>> {
-        self.take(self.ticket.wait())
+        self.take(self.ticket.completion.wait(self.ticket.pos, None))
     }
 
     /// As `wait`, giving up with `Error::Timeout` after `timeout`; the read goes on and the
     /// ticket can be waited on again.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<Option<Vec<u8>>> {
-        self.take(self.ticket.wait_timeout(timeout))
+        let deadline = Some(Instant::now() + timeout);
+        self.take(self.ticket.completion.wait(self.ticket.pos, deadline))
     }
 }
 
 impl Future for GetTicket {
     type Output = Result<Option<Vec<u8>>>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match Pin::new(&mut self.ticket).poll(cx) {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.ticket.completion.poll(self.ticket.pos, cx.waker()) {
             Poll::Ready(done) => Poll::Ready(self.take(done)),
             Poll::Pending => Poll::Pending,
         }

@@ -205,7 +205,7 @@ fn resolve(req: Req, inflight: InFlight, ctx: &str) -> Done {
     };
     match inflight {
         InFlight::T(t) => {
-            let result = t.wait_timeout(WAIT_MAX);
+            let result = t.wait_timeout(WAIT_MAX).map(|_| ());
             if matches!(result, Err(Error::Timeout)) {
                 hung(t.position());
             }

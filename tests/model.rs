@@ -238,7 +238,12 @@ fn settle(pending: &mut Vec<Pending>) {
     for p in pending.drain(..) {
         match p {
             Pending::Write(t) => {
-                assert_eq!(t.wait_timeout(WAIT_MAX).map_err(|e| e.to_string()), Ok(()));
+                assert_eq!(
+                    t.wait_timeout(WAIT_MAX)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    Ok(())
+                );
                 assert!(t.is_done());
             }
             Pending::Get(t, expected, k) => {
@@ -374,7 +379,12 @@ fn run_sequential(config: Config, ops: Vec<Op>) {
                     t.position() >= last_pos,
                     "flush ticket before earlier requests"
                 );
-                assert_eq!(t.wait_timeout(WAIT_MAX).map_err(|e| e.to_string()), Ok(()));
+                assert_eq!(
+                    t.wait_timeout(WAIT_MAX)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    Ok(())
+                );
                 // Everything submitted before the flush is durable and readable now.
                 for p in &pending {
                     match p {
@@ -473,7 +483,12 @@ fn run_concurrent(config: Config, threads: Vec<Vec<Op>>) {
     let mut sub = Submitted::default();
     for p in &placed {
         if let Some(t) = &p.write {
-            assert_eq!(t.wait_timeout(WAIT_MAX).map_err(|e| e.to_string()), Ok(()));
+            assert_eq!(
+                t.wait_timeout(WAIT_MAX)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Ok(())
+            );
         }
         if let (Some(t), Op::Get(k)) = (&p.get, &p.op) {
             let got = t.wait_timeout(WAIT_MAX).expect("get completes");

@@ -18,7 +18,7 @@ enum Await {
 }
 
 /// Polls a future to completion on this thread, parking between polls.
-fn block_on(mut ticket: Ticket) -> mergelog::Result<()> {
+fn block_on(mut ticket: Ticket) -> mergelog::Result<mergelog::Seq> {
     struct Unpark(std::thread::Thread);
     impl Wake for Unpark {
         fn wake(self: Arc<Self>) {
@@ -36,16 +36,16 @@ fn block_on(mut ticket: Ticket) -> mergelog::Result<()> {
 }
 
 fn complete(ticket: Ticket, how: Await) {
-    match how {
+    let _seq = match how {
         Await::Block => ticket.wait().unwrap(),
         Await::Poll => {
             while !ticket.is_done() {
                 std::hint::spin_loop();
             }
-            ticket.wait().unwrap();
+            ticket.wait().unwrap()
         }
         Await::Future => block_on(ticket).unwrap(),
-    }
+    };
 }
 
 #[test]

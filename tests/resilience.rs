@@ -354,7 +354,7 @@ fn close_race(round: u32, close_after: Duration) -> usize {
         assert!(s.stopped_by.is_some(), "every producer ends with Closed");
         for (t, key, value) in &s.puts {
             match t.wait_timeout(WAIT_MAX) {
-                Ok(()) => {
+                Ok(_) => {
                     ok += 1;
                     acked.push((key, value));
                 }
@@ -363,7 +363,7 @@ fn close_race(round: u32, close_after: Duration) -> usize {
             }
             if clean {
                 // close() returned Ok: every ticket was complete by then, and Ok.
-                assert!(matches!(t.try_result(), Some(Ok(()))), "round {round}");
+                assert!(matches!(t.try_result(), Some(Ok(_))), "round {round}");
             }
         }
         for g in &s.gets {
@@ -512,7 +512,7 @@ fn panicking_waker_does_not_leave_tickets_hanging() {
     std::thread::sleep(Duration::from_millis(100));
     let later = engine.put(b"k2", b"v2");
     match later.map(|t| t.wait_timeout(Duration::from_secs(10))) {
-        Ok(Ok(())) | Ok(Err(Error::Failed(_))) | Err(Error::Failed(_)) => {}
+        Ok(Ok(_)) | Ok(Err(Error::Failed(_))) | Err(Error::Failed(_)) => {}
         other => panic!(
             "after a waker panicked, a later put ended with {other:?} (failure: {:?})",
             engine.failure()

@@ -406,7 +406,7 @@ fn wait_ticket(t: &mergelog::Ticket, what: &str) -> mergelog::Result<()> {
                     panic!("{what}: never completed");
                 }
             }
-            r => return r,
+            r => return r.map(drop),
         }
     }
 }

@@ -163,7 +163,10 @@ pub(crate) fn start(
         io: io.clone(),
         retire_lock: Mutex::new(()),
         pool,
-        completion: Arc::new(Completion::new(ring.head())),
+        completion: Arc::new(Completion::at(
+            ring.head(),
+            recovered.next_seq.saturating_sub(1),
+        )),
         ring,
         index,
         segments,

@@ -106,6 +106,11 @@ pub(super) fn complete_jobs(inner: &Inner, group: &[Job]) -> Result<()> {
     // path between this sync and the next (they are tens of microseconds of cache misses):
     // a waiter that looks its write up applies them first (read-your-writes).
     let apply_now = defer_index_updates(inner, group);
+    // Which batch each window landed in, before the watermark passes it (`Ticket::wait`).
+    for job in group {
+        let frame = job.frame.as_ref().map(|f| f.seq);
+        inner.completion.seqs.record(job.end, frame);
+    }
     let end = group.last().map_or(0, |j| j.end);
     let moved = inner.completion.advance_threads(end);
     if apply_now {

@@ -143,7 +143,7 @@ fn a_failed_engine_leaves_no_mark() {
             .put(format!("k{i}").as_bytes(), b"v")
             .and_then(|t| t.wait())
         {
-            Ok(()) => {}
+            Ok(_) => {}
             Err(_) => {
                 failed = true;
                 break;

@@ -75,7 +75,7 @@ fn run_puts(
     let mut acked = Vec::new();
     let mut inflight: VecDeque<(usize, Ticket)> = VecDeque::new();
     let mut resolve = |(i, t): (usize, Ticket)| match t.wait_timeout(WAIT_MAX) {
-        Ok(()) => acked.push(i),
+        Ok(_) => acked.push(i),
         Err(Error::Timeout) => panic!("{ctx}: put #{i} still pending after {WAIT_MAX:?}"),
         Err(_) => {}
     };

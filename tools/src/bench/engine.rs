@@ -253,8 +253,12 @@ impl Pending {
     fn wait(&self, deadline: Option<Instant>) -> Result<bool, CliError> {
         let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let result = match (self, timeout) {
-            (Pending::Write(t), None) => t.wait(),
-            (Pending::Write(t), Some(d)) => t.wait_timeout(d),
+            (Pending::Write(t), None) => t.wait().map(|seq| {
+                black_box(seq);
+            }),
+            (Pending::Write(t), Some(d)) => t.wait_timeout(d).map(|seq| {
+                black_box(seq);
+            }),
             (Pending::Read(t), None) => t.wait().map(|v| drop(black_box(v))),
             (Pending::Read(t), Some(d)) => t.wait_timeout(d).map(|v| drop(black_box(v))),
         };

@@ -3,9 +3,11 @@
 //! changes meaning or goes away (adding fields does not).
 
 use super::cpu::CpuUse;
-use super::{Machine, Plan, RunResult, Session, System, WorkloadArgs};
+use super::probe::SyncProbe;
+use super::recorder::Interval;
+use super::{Machine, Plan, RoundRun, RunResult, Session, System, WorkloadArgs};
 use hdrhistogram::Histogram;
-use mergelog::Durability;
+use mergelog::{Durability, Stats};
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -487,130 +489,166 @@ fn stage_json(name: &'static str, h: &Histogram<u64>) -> Stage {
     }
 }
 
-impl Report {
-    pub fn new(session: &Session, machine: Machine, command: &'static str) -> Report {
-        let results = &session.results;
+/// The baselines' throughput and p99 latency, for the ratios of every run against them
+/// (`None` for a baseline that did not run).
+struct Baselines {
+    naive: Option<f64>,
+    wal: Option<f64>,
+    no_coalesce: Option<f64>,
+    naive_p99: Option<f64>,
+    wal_p99: Option<f64>,
+    no_coalesce_p99: Option<f64>,
+}
+
+impl Baselines {
+    fn of(results: &[RunResult]) -> Baselines {
         let of = |system: System, f: &dyn Fn(&RunResult) -> f64| {
             results.iter().find(|r| r.system == system).map(f)
         };
-        let p99 = |r: &RunResult| us(r.latency.value_at_quantile(0.99));
-        let (naive, wal, no_coalesce) = (
-            of(System::Naive, &RunResult::ops_per_s),
-            of(System::Wal, &RunResult::ops_per_s),
-            of(System::NoCoalesce, &RunResult::ops_per_s),
-        );
-        let (naive_p99, wal_p99, no_coalesce_p99) = (
-            of(System::Naive, &p99),
-            of(System::Wal, &p99),
-            of(System::NoCoalesce, &p99),
-        );
-        let runs = results
-            .iter()
-            .map(|r| {
-                let rate = r.ops_per_s();
-                let writes = r.puts + r.deletes;
-                Run {
-                    system: r.system.name(),
-                    ops: r.ops,
-                    missed: r.missed,
-                    puts: r.puts,
-                    deletes: r.deletes,
-                    gets: r.gets,
-                    elapsed_s: r.elapsed.as_secs_f64(),
-                    ops_per_s: rate,
-                    latency_us: Latency::of(&r.latency),
-                    latency_raw_us: Latency::of(&r.latency_raw),
-                    batches: r.batches,
-                    syncs: r.syncs,
-                    ops_per_sync: per(r.ops, r.syncs),
-                    writes_per_sync: per(writes, r.syncs),
-                    coalesced_writes: r.coalesced_writes,
-                    collapsed_reads: r.collapsed_reads,
-                    records_written: r.records_written,
-                    bytes_written: r.bytes_written,
-                    bytes_per_op: per(r.bytes_written, r.ops).unwrap_or(0.0),
-                    bytes_per_write: per(r.bytes_written, writes),
-                    ratio_vs_naive: ratio(rate, naive),
-                    ratio_vs_wal: ratio(rate, wal),
-                    ratio_vs_no_coalesce: ratio(rate, no_coalesce),
-                    p99_ratio_vs_naive: ratio(p99(r), naive_p99),
-                    p99_ratio_vs_wal: ratio(p99(r), wal_p99),
-                    p99_ratio_vs_no_coalesce: ratio(p99(r), no_coalesce_p99),
-                    engine: r.engine.as_ref().map(|s| EngineJson {
-                        submitted: s.submitted,
-                        writes: s.writes,
-                        reads: s.reads,
-                        coalesced_writes: s.coalesced_writes,
-                        collapsed_reads: s.collapsed_reads,
-                        records_written: s.records_written,
-                        batches: s.batches,
-                        syncs: s.syncs,
-                        bytes_written: s.bytes_written,
-                        backlog_bytes: s.backlog_bytes,
-                        durable_position: s.durable_position,
-                        sync_time: SyncTimeJson {
-                            busy_ms: s.sync_time.busy_ns as f64 / 1e6,
-                            frame_ready_ms: s.sync_time.frame_ready_ns as f64 / 1e6,
-                            nothing_ready_ms: s.sync_time.nothing_ready_ns as f64 / 1e6,
-                        },
-                        segments: SegmentsJson {
-                            fresh: s.segments.fresh,
-                            reused: s.segments.reused,
-                            retired: s.segments.retired,
-                        },
-                    }),
-                    cpu: r.cpu.as_ref().map(CpuJson::of),
-                    stages: r.engine.as_ref().map(|s| {
-                        s.stages
-                            .stages()
-                            .iter()
-                            .map(|(name, h)| stage_json(name, h))
-                            .collect()
-                    }),
-                    timeline: r
-                        .timeline
-                        .iter()
-                        .map(|i| Point {
-                            round: i.round + 1,
-                            start_s: i.start.as_secs_f64(),
-                            duration_s: i.duration.as_secs_f64(),
-                            ops: i.ops,
-                            ops_per_s: i.ops as f64 / i.duration.as_secs_f64().max(1e-9),
-                            p50_us: us(i.p50_ns),
-                            p99_us: us(i.p99_ns),
-                            max_us: us(i.max_ns),
-                        })
-                        .collect(),
-                    rounds: r
-                        .rounds
-                        .iter()
-                        .map(|x| RoundJson {
-                            round: x.round + 1,
-                            ops: x.ops,
-                            ops_per_s: x.ops_per_s(),
-                            elapsed_s: x.elapsed.as_secs_f64(),
-                            offset_s: x.offset.as_secs_f64(),
-                        })
-                        .collect(),
-                }
-            })
-            .collect();
+        Baselines {
+            naive: of(System::Naive, &RunResult::ops_per_s),
+            wal: of(System::Wal, &RunResult::ops_per_s),
+            no_coalesce: of(System::NoCoalesce, &RunResult::ops_per_s),
+            naive_p99: of(System::Naive, &p99),
+            wal_p99: of(System::Wal, &p99),
+            no_coalesce_p99: of(System::NoCoalesce, &p99),
+        }
+    }
+}
+
+/// A run's corrected p99 latency, µs.
+fn p99(r: &RunResult) -> f64 {
+    us(r.latency.value_at_quantile(0.99))
+}
+
+impl Run {
+    /// One system's numbers, with its ratios against `base`.
+    fn of(r: &RunResult, base: &Baselines) -> Run {
+        let rate = r.ops_per_s();
+        let writes = r.puts + r.deletes;
+        Run {
+            system: r.system.name(),
+            ops: r.ops,
+            missed: r.missed,
+            puts: r.puts,
+            deletes: r.deletes,
+            gets: r.gets,
+            elapsed_s: r.elapsed.as_secs_f64(),
+            ops_per_s: rate,
+            latency_us: Latency::of(&r.latency),
+            latency_raw_us: Latency::of(&r.latency_raw),
+            batches: r.batches,
+            syncs: r.syncs,
+            ops_per_sync: per(r.ops, r.syncs),
+            writes_per_sync: per(writes, r.syncs),
+            coalesced_writes: r.coalesced_writes,
+            collapsed_reads: r.collapsed_reads,
+            records_written: r.records_written,
+            bytes_written: r.bytes_written,
+            bytes_per_op: per(r.bytes_written, r.ops).unwrap_or(0.0),
+            bytes_per_write: per(r.bytes_written, writes),
+            ratio_vs_naive: ratio(rate, base.naive),
+            ratio_vs_wal: ratio(rate, base.wal),
+            ratio_vs_no_coalesce: ratio(rate, base.no_coalesce),
+            p99_ratio_vs_naive: ratio(p99(r), base.naive_p99),
+            p99_ratio_vs_wal: ratio(p99(r), base.wal_p99),
+            p99_ratio_vs_no_coalesce: ratio(p99(r), base.no_coalesce_p99),
+            engine: r.engine.as_ref().map(EngineJson::of),
+            cpu: r.cpu.as_ref().map(CpuJson::of),
+            stages: r.engine.as_ref().map(|s| {
+                s.stages
+                    .stages()
+                    .iter()
+                    .map(|(name, h)| stage_json(name, h))
+                    .collect()
+            }),
+            timeline: r.timeline.iter().map(Point::of).collect(),
+            rounds: r.rounds.iter().map(RoundJson::of).collect(),
+        }
+    }
+}
+
+impl EngineJson {
+    fn of(s: &Stats) -> EngineJson {
+        EngineJson {
+            submitted: s.submitted,
+            writes: s.writes,
+            reads: s.reads,
+            coalesced_writes: s.coalesced_writes,
+            collapsed_reads: s.collapsed_reads,
+            records_written: s.records_written,
+            batches: s.batches,
+            syncs: s.syncs,
+            bytes_written: s.bytes_written,
+            backlog_bytes: s.backlog_bytes,
+            durable_position: s.durable_position,
+            sync_time: SyncTimeJson {
+                busy_ms: s.sync_time.busy_ns as f64 / 1e6,
+                frame_ready_ms: s.sync_time.frame_ready_ns as f64 / 1e6,
+                nothing_ready_ms: s.sync_time.nothing_ready_ns as f64 / 1e6,
+            },
+            segments: SegmentsJson {
+                fresh: s.segments.fresh,
+                reused: s.segments.reused,
+                retired: s.segments.retired,
+            },
+        }
+    }
+}
+
+impl Point {
+    fn of(i: &Interval) -> Point {
+        Point {
+            round: i.round + 1,
+            start_s: i.start.as_secs_f64(),
+            duration_s: i.duration.as_secs_f64(),
+            ops: i.ops,
+            ops_per_s: i.ops as f64 / i.duration.as_secs_f64().max(1e-9),
+            p50_us: us(i.p50_ns),
+            p99_us: us(i.p99_ns),
+            max_us: us(i.max_ns),
+        }
+    }
+}
+
+impl RoundJson {
+    fn of(x: &RoundRun) -> RoundJson {
+        RoundJson {
+            round: x.round + 1,
+            ops: x.ops,
+            ops_per_s: x.ops_per_s(),
+            elapsed_s: x.elapsed.as_secs_f64(),
+            offset_s: x.offset.as_secs_f64(),
+        }
+    }
+}
+
+impl MachineJson {
+    fn of(machine: Machine, probe: Option<&SyncProbe>) -> MachineJson {
+        MachineJson {
+            cpus: machine.cpus,
+            os: machine.os,
+            sync_probe: probe.map(|p| SyncProbeJson {
+                syncs: p.syncs,
+                bytes: super::probe::PROBE_BYTES,
+                p50_us: p.p50.as_secs_f64() * 1e6,
+                p99_us: p.p99.as_secs_f64() * 1e6,
+                max_us: p.max.as_secs_f64() * 1e6,
+            }),
+        }
+    }
+}
+
+impl Report {
+    pub fn new(session: &Session, machine: Machine, command: &'static str) -> Report {
+        let results = &session.results;
+        let base = Baselines::of(results);
         Report {
             schema_version: SCHEMA_VERSION,
             command,
             workload: session.workload.clone(),
-            machine: MachineJson {
-                cpus: machine.cpus,
-                os: machine.os,
-                sync_probe: session.probe.as_ref().map(|p| SyncProbeJson {
-                    syncs: p.syncs,
-                    bytes: super::probe::PROBE_BYTES,
-                    p50_us: p.p50.as_secs_f64() * 1e6,
-                    p99_us: p.p99.as_secs_f64() * 1e6,
-                    max_us: p.max.as_secs_f64() * 1e6,
-                }),
-            },
-            runs,
+            machine: MachineJson::of(machine, session.probe.as_ref()),
+            runs: results.iter().map(|r| Run::of(r, &base)).collect(),
             round_ratios: round_ratios(results),
         }
     }
@@ -661,11 +699,24 @@ impl Report {
     /// The human-readable comparison: workload, the systems side by side with their ratios
     /// against the baselines, and the `mergelog` run's per-stage latencies.
     pub fn text(&self, results: &[RunResult]) -> String {
-        let w = &self.workload;
-        let open = self.open_loop();
         let mut out = self.header();
         out.push('\n');
+        out.push_str(&self.systems_table());
+        out.push_str(&self.headline());
+        if let Some(bound) = self.depth_one_bound() {
+            out.push_str(&bound);
+        }
+        out.push_str(&self.notes());
+        if self.workload.rounds > 1 {
+            out.push_str(&self.rounds_text());
+        }
+        out.push_str(&self.mergelog_stages(results));
+        out
+    }
 
+    /// The systems side by side: throughput, latency, syncs, coalescing and the ratios.
+    fn systems_table(&self) -> String {
+        let open = self.open_loop();
         let mut header = vec!["system", "ops/s", "p50 µs", "p99 µs", "p99.9 µs", "max µs"];
         if open {
             header.push("raw p99 µs");
@@ -708,11 +759,14 @@ impl Report {
                 row
             })
             .collect();
-        out.push_str(&table(&header, &rows));
-        out.push_str(&self.headline());
-        if let Some(bound) = self.depth_one_bound() {
-            out.push_str(&bound);
-        }
+        table(&header, &rows)
+    }
+
+    /// What the table does not say: how the baselines work, who fell behind, the CPU used,
+    /// and what the latency measures.
+    fn notes(&self) -> String {
+        let w = &self.workload;
+        let mut out = String::new();
         if self.runs.iter().any(|r| r.system == "wal") {
             let _ = writeln!(
                 out,
@@ -737,6 +791,21 @@ impl Report {
                 }
             );
         }
+        out.push_str(&self.fell_behind());
+        out.push_str(&self.cpu_line());
+        out.push_str(if self.open_loop() {
+            "latency: from each request's scheduled send time to completion (coordinated \
+             omission corrected); raw: from its actual submission\n"
+        } else {
+            "latency: submit to completion as each writer sees it (closed loop; after the \
+             deadline writers drain, and drained ops are counted)\n"
+        });
+        out
+    }
+
+    /// One line per system that left requests unsent (open loop).
+    fn fell_behind(&self) -> String {
+        let mut out = String::new();
         // A writer can be a few requests behind at the very end of a healthy run; below
         // 0.1 % of what was sent this is noise (the JSON has the exact count).
         for r in self.runs.iter().filter(|r| r.missed * 1000 > r.ops) {
@@ -748,60 +817,60 @@ impl Report {
                 thousands(r.missed)
             );
         }
+        out
+    }
+
+    /// The cores each system kept busy (nothing where CPU time could not be read).
+    fn cpu_line(&self) -> String {
         let cpu: Vec<String> = self
             .runs
             .iter()
             .filter_map(|r| Some(format!("{} {}", r.system, r.cpu.as_ref()?.text())))
             .collect();
-        if !cpu.is_empty() {
-            let _ = writeln!(
-                out,
-                "cpu (busy on average while the writers ran, of {}): {}",
-                self.machine.cpus,
-                cpu.join("; ")
-            );
+        if cpu.is_empty() {
+            return String::new();
         }
-        out.push_str(if open {
-            "latency: from each request's scheduled send time to completion (coordinated \
-             omission corrected); raw: from its actual submission\n"
-        } else {
-            "latency: submit to completion as each writer sees it (closed loop; after the \
-             deadline writers drain, and drained ops are counted)\n"
-        });
+        format!(
+            "cpu (busy on average while the writers ran, of {}): {}\n",
+            self.machine.cpus,
+            cpu.join("; ")
+        )
+    }
 
-        if w.rounds > 1 {
-            out.push_str(&self.rounds_text());
-        }
-
-        if let Some(stats) = results
+    /// The `mergelog` run's stage latencies and disk time (nothing without a `mergelog`
+    /// run).
+    fn mergelog_stages(&self, results: &[RunResult]) -> String {
+        let mut out = String::new();
+        let Some(stats) = results
             .iter()
             .find(|r| r.system == System::Mergelog)
             .and_then(|r| r.engine.as_ref())
-        {
-            out.push_str(if w.rounds > 1 {
-                "\nmergelog stages (engine histograms of every round; `mergelog profile` for more):\n"
-            } else {
-                "\nmergelog stages (engine histograms; `mergelog profile` for more):\n"
-            });
-            let rows: Vec<Vec<String>> = stats
-                .stages
-                .stages()
-                .iter()
-                .map(|(name, h)| {
-                    let mut row = stage_row(name, h);
-                    row.truncate(5);
-                    row
-                })
-                .collect();
-            out.push_str(&table(
-                &["stage", "count", "p50 µs", "p90 µs", "p99 µs"],
-                &rows,
-            ));
-            if let Some(line) = sync_time_line(&stats.sync_time) {
-                out.push_str(&line);
-            }
-            out.push_str(&segments_line(&stats.segments));
+        else {
+            return out;
+        };
+        out.push_str(if self.workload.rounds > 1 {
+            "\nmergelog stages (engine histograms of every round; `mergelog profile` for more):\n"
+        } else {
+            "\nmergelog stages (engine histograms; `mergelog profile` for more):\n"
+        });
+        let rows: Vec<Vec<String>> = stats
+            .stages
+            .stages()
+            .iter()
+            .map(|(name, h)| {
+                let mut row = stage_row(name, h);
+                row.truncate(5);
+                row
+            })
+            .collect();
+        out.push_str(&table(
+            &["stage", "count", "p50 µs", "p90 µs", "p99 µs"],
+            &rows,
+        ));
+        if let Some(line) = sync_time_line(&stats.sync_time) {
+            out.push_str(&line);
         }
+        out.push_str(&segments_line(&stats.segments));
         out
     }
 
@@ -896,118 +965,140 @@ impl Report {
     pub fn profile_text(&self, results: &[RunResult]) -> String {
         let mut out = self.header();
         for (run, result) in self.runs.iter().zip(results) {
-            let _ = writeln!(
-                out,
-                "\n{}: {} ops/s over {:.2} s: {} ops ({} puts, {} deletes, {} gets)",
-                run.system,
-                thousands(run.ops_per_s.round() as u64),
-                run.elapsed_s,
-                thousands(run.ops),
-                thousands(run.puts),
-                thousands(run.deletes),
-                thousands(run.gets),
-            );
-            if let Some(cpu) = &run.cpu {
-                let _ = writeln!(
-                    out,
-                    "cpu: {} busy on average while the writers ran",
-                    cpu.text()
-                );
-            }
-            let mut rows = vec![stage_row("client", &result.latency)];
-            if self.open_loop() {
-                rows.push(stage_row("client_raw", &result.latency_raw));
-            }
+            out.push_str(&run_summary(run));
             let Some(stats) = &result.engine else {
                 continue;
             };
-            // Per-batch stages, spread over the requests they served, against DESIGN §7's
-            // budgets per request.
-            let per_request = ["coalesce_sort", "encode_write", "sync", "wakeup"];
-            for (name, h) in stats.stages.stages() {
-                let mut row = stage_row(name, h);
-                let total_ns = h.mean() * h.len() as f64;
-                row.push(if per_request.contains(&name) && stats.submitted > 0 {
-                    format!("{:.1}", total_ns / stats.submitted as f64)
-                } else {
-                    "-".into()
-                });
-                rows.push(row);
-            }
-            // Summed per-request latencies overlap in time: no total for those rows.
-            for row in &mut rows {
-                if ["client", "client_raw", "end_to_end"].contains(&row[0].as_str()) {
-                    row[8] = "-".into();
-                }
-                row.resize(10, "-".into());
-            }
-            out.push_str("\nlatency by stage (client: as the writers saw it; the rest: the engine's histograms)\n");
-            out.push_str(&table(
-                &[
-                    "stage",
-                    "count",
-                    "p50 µs",
-                    "p90 µs",
-                    "p99 µs",
-                    "p99.9 µs",
-                    "max µs",
-                    "mean µs",
-                    "total ms",
-                    "ns/request",
-                ],
-                &rows,
-            ));
-            out.push_str(
-                "ring_wait: producer blocked on a full ring; window_age: first request to cut; \
-                 coalesce_sort, encode_write, sync, wakeup: per batch (ns/request: the stage's \
-                 total time over all requests); end_to_end: per request, submit to durable\n",
-            );
-            let s = stats;
-            let rows = vec![
-                counter("submitted", s.submitted, None),
-                counter("writes", s.writes, None),
-                counter("reads", s.reads, None),
-                counter(
-                    "coalesced_writes",
-                    s.coalesced_writes,
-                    per(s.coalesced_writes * 100, s.writes).map(|p| format!("{p:.1} % of writes")),
-                ),
-                counter(
-                    "collapsed_reads",
-                    s.collapsed_reads,
-                    per(s.collapsed_reads * 100, s.reads).map(|p| format!("{p:.1} % of reads")),
-                ),
-                counter(
-                    "records_written",
-                    s.records_written,
-                    per(s.records_written, s.batches).map(|x| format!("{x:.1} per batch")),
-                ),
-                counter(
-                    "batches",
-                    s.batches,
-                    per(s.submitted, s.batches).map(|x| format!("{x:.1} requests per batch")),
-                ),
-                counter(
-                    "syncs",
-                    s.syncs,
-                    per(s.writes, s.syncs).map(|x| format!("{x:.1} writes per sync")),
-                ),
-                counter(
-                    "bytes_written",
-                    s.bytes_written,
-                    per(s.bytes_written, s.records_written).map(|x| format!("{x:.1} per record")),
-                ),
-                counter("backlog_bytes", s.backlog_bytes, None),
-            ];
-            out.push_str("\nengine counters\n");
-            out.push_str(&table(&["counter", "value", ""], &rows));
-            if let Some(line) = sync_time_line(&stats.sync_time) {
-                out.push_str(&line);
-            }
-            out.push_str(&segments_line(&stats.segments));
+            out.push_str(&self.stage_table(result, stats));
+            out.push_str(&engine_counters(stats));
         }
         out
     }
+
+    /// Every stage of `result` in detail: the client's latency as the writers saw it, then
+    /// the engine's histograms.
+    fn stage_table(&self, result: &RunResult, stats: &Stats) -> String {
+        let mut rows = vec![stage_row("client", &result.latency)];
+        if self.open_loop() {
+            rows.push(stage_row("client_raw", &result.latency_raw));
+        }
+        // Per-batch stages, spread over the requests they served, against DESIGN §7's
+        // budgets per request.
+        let per_request = ["coalesce_sort", "encode_write", "sync", "wakeup"];
+        for (name, h) in stats.stages.stages() {
+            let mut row = stage_row(name, h);
+            let total_ns = h.mean() * h.len() as f64;
+            row.push(if per_request.contains(&name) && stats.submitted > 0 {
+                format!("{:.1}", total_ns / stats.submitted as f64)
+            } else {
+                "-".into()
+            });
+            rows.push(row);
+        }
+        // Summed per-request latencies overlap in time: no total for those rows.
+        for row in &mut rows {
+            if ["client", "client_raw", "end_to_end"].contains(&row[0].as_str()) {
+                row[8] = "-".into();
+            }
+            row.resize(10, "-".into());
+        }
+        let mut out = String::from(
+            "\nlatency by stage (client: as the writers saw it; the rest: the engine's histograms)\n",
+        );
+        out.push_str(&table(
+            &[
+                "stage",
+                "count",
+                "p50 µs",
+                "p90 µs",
+                "p99 µs",
+                "p99.9 µs",
+                "max µs",
+                "mean µs",
+                "total ms",
+                "ns/request",
+            ],
+            &rows,
+        ));
+        out.push_str(
+            "ring_wait: producer blocked on a full ring; window_age: first request to cut; \
+             coalesce_sort, encode_write, sync, wakeup: per batch (ns/request: the stage's \
+             total time over all requests); end_to_end: per request, submit to durable\n",
+        );
+        out
+    }
+}
+
+/// The profile's first lines for a run: throughput, operations and the CPU used.
+fn run_summary(run: &Run) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n{}: {} ops/s over {:.2} s: {} ops ({} puts, {} deletes, {} gets)",
+        run.system,
+        thousands(run.ops_per_s.round() as u64),
+        run.elapsed_s,
+        thousands(run.ops),
+        thousands(run.puts),
+        thousands(run.deletes),
+        thousands(run.gets),
+    );
+    if let Some(cpu) = &run.cpu {
+        let _ = writeln!(
+            out,
+            "cpu: {} busy on average while the writers ran",
+            cpu.text()
+        );
+    }
+    out
+}
+
+/// The engine's counters, each with what it means per write, read, batch or sync; then
+/// where the disk's time went and the segments.
+fn engine_counters(s: &Stats) -> String {
+    let rows = vec![
+        counter("submitted", s.submitted, None),
+        counter("writes", s.writes, None),
+        counter("reads", s.reads, None),
+        counter(
+            "coalesced_writes",
+            s.coalesced_writes,
+            per(s.coalesced_writes * 100, s.writes).map(|p| format!("{p:.1} % of writes")),
+        ),
+        counter(
+            "collapsed_reads",
+            s.collapsed_reads,
+            per(s.collapsed_reads * 100, s.reads).map(|p| format!("{p:.1} % of reads")),
+        ),
+        counter(
+            "records_written",
+            s.records_written,
+            per(s.records_written, s.batches).map(|x| format!("{x:.1} per batch")),
+        ),
+        counter(
+            "batches",
+            s.batches,
+            per(s.submitted, s.batches).map(|x| format!("{x:.1} requests per batch")),
+        ),
+        counter(
+            "syncs",
+            s.syncs,
+            per(s.writes, s.syncs).map(|x| format!("{x:.1} writes per sync")),
+        ),
+        counter(
+            "bytes_written",
+            s.bytes_written,
+            per(s.bytes_written, s.records_written).map(|x| format!("{x:.1} per record")),
+        ),
+        counter("backlog_bytes", s.backlog_bytes, None),
+    ];
+    let mut out = String::from("\nengine counters\n");
+    out.push_str(&table(&["counter", "value", ""], &rows));
+    if let Some(line) = sync_time_line(&s.sync_time) {
+        out.push_str(&line);
+    }
+    out.push_str(&segments_line(&s.segments));
+    out
 }
 
 /// Where the disk's time went (none without syncs): the share of the time from the first

@@ -9,10 +9,10 @@ use crate::bench::report::thousands;
 use crate::error::{CliError, Context};
 use crate::logdir::{self, Encoding, OpenError};
 use clap::Args;
-use mergelog::{RecordOp, RecoveryMode};
+use mergelog::{Batch, LogReader, RecordOp, RecoveryMode};
 use serde::Serialize;
 use std::fmt::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
@@ -109,8 +109,31 @@ fn percentile(sorted: &[u64], q: f64) -> u64 {
 }
 
 pub fn run(args: InspectArgs) -> Result<(), CliError> {
-    let reader = match logdir::open(&args.dir, RecoveryMode::PointInTime) {
-        Ok(r) => r,
+    let reader = open(&args.dir)?;
+    let limit = match args.limit {
+        Some(0) => usize::MAX,
+        Some(n) => n,
+        None if args.json => usize::MAX,
+        None => 20,
+    };
+    let mut scan = Scan::new(&reader, &args.dir);
+    for b in reader.batches() {
+        scan.add(&b, limit);
+    }
+    if args.json {
+        let mut r = scan.report;
+        r.key_min = scan.key_min.as_deref().map(logdir::hex);
+        r.key_max = scan.key_max.as_deref().map(logdir::hex);
+        let json = serde_json::to_string_pretty(&r).context(|| "encode JSON".into())?;
+        return logdir::print(&(json + "\n"));
+    }
+    logdir::print(&text(&args.dir, scan))
+}
+
+/// Opens `dir` as a point-in-time recovery would read it.
+fn open(dir: &Path) -> Result<LogReader, CliError> {
+    match logdir::open(dir, RecoveryMode::PointInTime) {
+        Ok(r) => Ok(r),
         Err(OpenError::Corrupt {
             path,
             offset,
@@ -118,101 +141,115 @@ pub fn run(args: InspectArgs) -> Result<(), CliError> {
         }) => {
             // Point-in-time stops at damage rather than failing; this is a header problem
             // the reader could not step over.
-            return Err(CliError::new(format!(
+            Err(CliError::new(format!(
                 "{} at offset {offset}: {reason}",
                 path.display()
-            )));
+            )))
         }
-        Err(OpenError::Other(e)) => return Err(e),
-    };
-    let limit = match args.limit {
-        Some(0) => usize::MAX,
-        Some(n) => n,
-        None if args.json => usize::MAX,
-        None => 20,
-    };
-    let name = |p: &std::path::Path| {
-        p.file_name().map_or_else(
-            || p.display().to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        )
-    };
+        Err(OpenError::Other(e)) => Err(e),
+    }
+}
 
-    let mut segments: Vec<SegmentJson> = reader
-        .segment_files()
-        .into_iter()
-        .map(|(path, size)| SegmentJson {
-            file: name(&path),
-            size,
+/// A path's file name (the whole path if it has none).
+fn file_name(p: &Path) -> String {
+    p.file_name().map_or_else(
+        || p.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+/// What one pass over the log gathers: the report (as the JSON prints it) and what the text
+/// needs besides.
+struct Scan {
+    report: InspectJson,
+    /// Smallest and largest key (the JSON's `key_min` and `key_max`, before hex).
+    key_min: Option<Vec<u8>>,
+    key_max: Option<Vec<u8>>,
+    /// Records and coalesced writes of each batch, in log order.
+    per_batch_records: Vec<u64>,
+    per_batch_coalesced: Vec<u64>,
+}
+
+/// What the records of one batch hold.
+struct BatchKeys<'a> {
+    puts: u64,
+    deletes: u64,
+    /// First and last key in log order.
+    first: Option<&'a [u8]>,
+    last: Option<&'a [u8]>,
+}
+
+impl Scan {
+    /// Every segment of `reader` with no batches yet, and the reader's damage.
+    fn new(reader: &LogReader, dir: &Path) -> Scan {
+        let segments: Vec<SegmentJson> = reader
+            .segment_files()
+            .into_iter()
+            .map(|(path, size)| SegmentJson {
+                file: file_name(&path),
+                size,
+                batches: 0,
+                used_bytes: logdir::SEGMENT_HEADER_LEN,
+                first_seq: None,
+                last_seq: None,
+                recycled: logdir::is_recycled(&path),
+            })
+            .collect();
+        let report = InspectJson {
+            dir: dir.display().to_string(),
+            segments,
             batches: 0,
-            used_bytes: logdir::SEGMENT_HEADER_LEN,
+            sorted_batches: 0,
             first_seq: None,
             last_seq: None,
-            recycled: logdir::is_recycled(&path),
-        })
-        .collect();
-    let mut r = InspectJson {
-        dir: args.dir.display().to_string(),
-        segments: Vec::new(),
-        batches: 0,
-        sorted_batches: 0,
-        first_seq: None,
-        last_seq: None,
-        next_seq: reader.next_seq(),
-        records: 0,
-        puts: 0,
-        deletes: 0,
-        ops_acknowledged: 0,
-        coalesced: 0,
-        frame_bytes: 0,
-        key_bytes: 0,
-        value_bytes: 0,
-        key_min: None,
-        key_max: None,
-        damage: reader.damage().map(|d| DamageJson {
-            file: d.path.display().to_string(),
-            offset: d.offset,
-            reason: d.reason.clone(),
-        }),
-        batch_list: Vec::new(),
-    };
-    let (mut key_min, mut key_max): (Option<Vec<u8>>, Option<Vec<u8>>) = (None, None);
-    let (mut per_batch_records, mut per_batch_coalesced) = (Vec::new(), Vec::new());
-    for b in reader.batches() {
-        let seg_name = name(b.segment());
-        let (mut puts, mut deletes) = (0u64, 0u64);
-        let (mut first, mut last): (Option<&[u8]>, Option<&[u8]>) = (None, None);
-        for rec in b.records() {
-            match rec.op {
-                RecordOp::Put => puts += 1,
-                RecordOp::Delete => deletes += 1,
-            }
-            r.key_bytes += rec.key.len() as u64;
-            r.value_bytes += rec.value.len() as u64;
-            first.get_or_insert(rec.key);
-            last = Some(rec.key);
-            if key_min.as_deref().is_none_or(|m| rec.key < m) {
-                key_min = Some(rec.key.to_vec());
-            }
-            if key_max.as_deref().is_none_or(|m| rec.key > m) {
-                key_max = Some(rec.key.to_vec());
-            }
+            next_seq: reader.next_seq(),
+            records: 0,
+            puts: 0,
+            deletes: 0,
+            ops_acknowledged: 0,
+            coalesced: 0,
+            frame_bytes: 0,
+            key_bytes: 0,
+            value_bytes: 0,
+            key_min: None,
+            key_max: None,
+            damage: reader.damage().map(|d| DamageJson {
+                file: d.path.display().to_string(),
+                offset: d.offset,
+                reason: d.reason.clone(),
+            }),
+            batch_list: Vec::new(),
+        };
+        Scan {
+            report,
+            key_min: None,
+            key_max: None,
+            per_batch_records: Vec::new(),
+            per_batch_coalesced: Vec::new(),
         }
+    }
+
+    /// Counts one batch: into the totals, its segment's row and, while the list holds fewer
+    /// than `limit`, the batch list.
+    fn add(&mut self, b: &Batch<'_>, limit: usize) {
+        let seg_name = file_name(b.segment());
+        let keys = self.add_records(b);
         let records = b.len() as u64;
         let coalesced = u64::from(b.ops_acknowledged()).saturating_sub(records);
+        let r = &mut self.report;
         r.batches += 1;
         r.sorted_batches += u64::from(b.is_sorted());
         r.first_seq.get_or_insert(b.seq());
         r.last_seq = Some(b.seq());
         r.records += records;
-        r.puts += puts;
-        r.deletes += deletes;
+        r.puts += keys.puts;
+        r.deletes += keys.deletes;
         r.ops_acknowledged += u64::from(b.ops_acknowledged());
         r.coalesced += coalesced;
         r.frame_bytes += b.frame_len() as u64;
-        per_batch_records.push(records);
-        per_batch_coalesced.push(coalesced);
-        if let Some(seg) = segments.iter_mut().find(|s| s.file == seg_name) {
+        self.per_batch_records.push(records);
+        self.per_batch_coalesced.push(coalesced);
+        if let Some(seg) = r.segments.iter_mut().find(|s| s.file == seg_name) {
             seg.batches += 1;
             seg.used_bytes = b.offset() + b.frame_len() as u64;
             seg.first_seq.get_or_insert(b.seq());
@@ -225,29 +262,64 @@ pub fn run(args: InspectArgs) -> Result<(), CliError> {
                 offset: b.offset(),
                 frame_bytes: b.frame_len(),
                 records: b.len(),
-                puts,
-                deletes,
+                puts: keys.puts,
+                deletes: keys.deletes,
                 ops_acknowledged: b.ops_acknowledged(),
                 coalesced,
                 sorted: b.is_sorted(),
-                first_key: first.map(<[u8]>::to_vec),
-                last_key: last.map(<[u8]>::to_vec),
+                first_key: keys.first.map(<[u8]>::to_vec),
+                last_key: keys.last.map(<[u8]>::to_vec),
             });
         }
     }
-    r.segments = segments;
-    if args.json {
-        r.key_min = key_min.as_deref().map(logdir::hex);
-        r.key_max = key_max.as_deref().map(logdir::hex);
-        let json = serde_json::to_string_pretty(&r).context(|| "encode JSON".into())?;
-        return logdir::print(&(json + "\n"));
-    }
 
+    /// Counts the records of `b` into the key and value bytes and the key range.
+    fn add_records<'a>(&mut self, b: &Batch<'a>) -> BatchKeys<'a> {
+        let mut keys = BatchKeys {
+            puts: 0,
+            deletes: 0,
+            first: None,
+            last: None,
+        };
+        let r = &mut self.report;
+        for rec in b.records() {
+            match rec.op {
+                RecordOp::Put => keys.puts += 1,
+                RecordOp::Delete => keys.deletes += 1,
+            }
+            r.key_bytes += rec.key.len() as u64;
+            r.value_bytes += rec.value.len() as u64;
+            keys.first.get_or_insert(rec.key);
+            keys.last = Some(rec.key);
+            if self.key_min.as_deref().is_none_or(|m| rec.key < m) {
+                self.key_min = Some(rec.key.to_vec());
+            }
+            if self.key_max.as_deref().is_none_or(|m| rec.key > m) {
+                self.key_max = Some(rec.key.to_vec());
+            }
+        }
+        keys
+    }
+}
+
+/// The report for people: the segments, the totals, the key range and damage, and the
+/// batch list.
+fn text(dir: &Path, mut scan: Scan) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "log: {}", args.dir.display());
-    let _ = writeln!(out, "segments: {}", r.segments.len());
-    let rows: Vec<Vec<String>> = r
-        .segments
+    let _ = writeln!(out, "log: {}", dir.display());
+    let _ = writeln!(out, "segments: {}", scan.report.segments.len());
+    out.push_str(&indent(&segment_table(&scan.report.segments)));
+    scan.per_batch_records.sort_unstable();
+    scan.per_batch_coalesced.sort_unstable();
+    out.push_str(&totals(&scan));
+    out.push_str(&keys_and_damage(&scan));
+    out.push_str(&batch_table(&scan.report));
+    out
+}
+
+/// One row per segment file.
+fn segment_table(segments: &[SegmentJson]) -> String {
+    let rows: Vec<Vec<String>> = segments
         .iter()
         .map(|s| {
             vec![
@@ -261,7 +333,7 @@ pub fn run(args: InspectArgs) -> Result<(), CliError> {
             ]
         })
         .collect();
-    out.push_str(&indent(&crate::bench::report::table(
+    crate::bench::report::table(
         &[
             "file",
             "size",
@@ -272,7 +344,13 @@ pub fn run(args: InspectArgs) -> Result<(), CliError> {
             "recycled",
         ],
         &rows,
-    )));
+    )
+}
+
+/// Batches, records, coalescing, batch sizes and bytes; `scan`'s per-batch counts sorted.
+fn totals(scan: &Scan) -> String {
+    let r = &scan.report;
+    let mut out = String::new();
     let pct = |a: u64, b: u64| {
         if b == 0 {
             0.0
@@ -307,17 +385,16 @@ pub fn run(args: InspectArgs) -> Result<(), CliError> {
         thousands(r.coalesced),
         pct(r.coalesced, r.ops_acknowledged)
     );
-    per_batch_records.sort_unstable();
-    per_batch_coalesced.sort_unstable();
+    let (records, coalesced) = (&scan.per_batch_records, &scan.per_batch_coalesced);
     let _ = writeln!(
         out,
         "per batch: records p50 {} p99 {} max {}; coalesced p50 {} p99 {} max {}",
-        percentile(&per_batch_records, 0.5),
-        percentile(&per_batch_records, 0.99),
-        per_batch_records.last().copied().unwrap_or(0),
-        percentile(&per_batch_coalesced, 0.5),
-        percentile(&per_batch_coalesced, 0.99),
-        per_batch_coalesced.last().copied().unwrap_or(0),
+        percentile(records, 0.5),
+        percentile(records, 0.99),
+        records.last().copied().unwrap_or(0),
+        percentile(coalesced, 0.5),
+        percentile(coalesced, 0.99),
+        coalesced.last().copied().unwrap_or(0),
     );
     let _ = writeln!(
         out,
@@ -326,7 +403,13 @@ pub fn run(args: InspectArgs) -> Result<(), CliError> {
         thousands(r.key_bytes),
         thousands(r.value_bytes)
     );
-    match (&key_min, &key_max) {
+    out
+}
+
+/// The key range and the damage that ends the log, if any.
+fn keys_and_damage(scan: &Scan) -> String {
+    let mut out = String::new();
+    match (&scan.key_min, &scan.key_max) {
         (Some(lo), Some(hi)) => {
             let _ = writeln!(
                 out,
@@ -337,7 +420,7 @@ pub fn run(args: InspectArgs) -> Result<(), CliError> {
         }
         _ => out.push_str("key range: - (no records)\n"),
     }
-    match &r.damage {
+    match &scan.report.damage {
         None => out.push_str("damage: none found\n"),
         Some(d) => {
             let _ = writeln!(
@@ -347,50 +430,57 @@ pub fn run(args: InspectArgs) -> Result<(), CliError> {
             );
         }
     }
-    if !r.batch_list.is_empty() {
-        let shown = r.batch_list.len() as u64;
-        let _ = writeln!(
-            out,
-            "\nbatches{}:",
-            if shown < r.batches {
-                format!(" (first {shown} of {}; --limit 0 for all)", r.batches)
-            } else {
-                String::new()
-            }
-        );
-        let rows: Vec<Vec<String>> = r
-            .batch_list
-            .iter()
-            .map(|b| {
-                vec![
-                    b.seq.to_string(),
-                    b.segment.clone(),
-                    b.offset.to_string(),
-                    b.frame_bytes.to_string(),
-                    b.records.to_string(),
-                    b.ops_acknowledged.to_string(),
-                    b.coalesced.to_string(),
-                    if b.sorted { "yes" } else { "no" }.into(),
-                    key_range(&b.first_key, &b.last_key),
-                ]
-            })
-            .collect();
-        out.push_str(&indent(&crate::bench::report::table(
-            &[
-                "seq",
-                "segment",
-                "offset",
-                "bytes",
-                "records",
-                "acked",
-                "coalesced",
-                "sorted",
-                "keys",
-            ],
-            &rows,
-        )));
+    out
+}
+
+/// The listed batches, one row each (nothing when none is listed).
+fn batch_table(r: &InspectJson) -> String {
+    let mut out = String::new();
+    if r.batch_list.is_empty() {
+        return out;
     }
-    logdir::print(&out)
+    let shown = r.batch_list.len() as u64;
+    let _ = writeln!(
+        out,
+        "\nbatches{}:",
+        if shown < r.batches {
+            format!(" (first {shown} of {}; --limit 0 for all)", r.batches)
+        } else {
+            String::new()
+        }
+    );
+    let rows: Vec<Vec<String>> = r
+        .batch_list
+        .iter()
+        .map(|b| {
+            vec![
+                b.seq.to_string(),
+                b.segment.clone(),
+                b.offset.to_string(),
+                b.frame_bytes.to_string(),
+                b.records.to_string(),
+                b.ops_acknowledged.to_string(),
+                b.coalesced.to_string(),
+                if b.sorted { "yes" } else { "no" }.into(),
+                key_range(&b.first_key, &b.last_key),
+            ]
+        })
+        .collect();
+    out.push_str(&indent(&crate::bench::report::table(
+        &[
+            "seq",
+            "segment",
+            "offset",
+            "bytes",
+            "records",
+            "acked",
+            "coalesced",
+            "sorted",
+            "keys",
+        ],
+        &rows,
+    )));
+    out
 }
 
 fn key_range(first: &Option<Vec<u8>>, last: &Option<Vec<u8>>) -> String {

@@ -357,19 +357,9 @@ pub fn writer<T: Target>(
                 Some(s) => Some(s.next_at()),
                 None => None,
             };
-            let op = gen.next_op();
-            let kind = op.kind();
-            // One clock read per request: it stamps the request and serves the stopping
-            // rule (the writers share two cores with the engine, so the harness keeps its
-            // own work per request small).
-            let sent = clock.now();
-            let pending = target.submit(op)?;
-            inflight.push_back(InFlight {
-                pending,
-                kind,
-                intended: due.map_or(sent, |d| d.min(sent)),
-                sent,
-            });
+            let request = submit(target, &mut gen, &clock, due)?;
+            let sent = request.sent;
+            inflight.push_back(request);
             issued += 1;
             if let Some(s) = &mut schedule {
                 s.advance();
@@ -393,23 +383,57 @@ pub fn writer<T: Target>(
         if !target.wait(&oldest.pending, until)? {
             continue;
         }
-        // Tickets complete in order, usually many at once: record every one already
-        // complete with one clock read and one lock.
-        let now = clock.now();
-        let mut slot = slot.lock();
-        while let Some(f) = inflight.pop_front() {
-            slot.record(f.kind, now - f.intended, now - f.sent);
-            match inflight.front() {
-                Some(next) if target.try_finish(&next.pending)? => {}
-                _ => break,
-            }
-        }
+        record_completed(target, &mut inflight, &clock, slot)?;
     }
     Ok(Span {
         start,
         finish: Instant::now(),
         missed: limit.missed(schedule.as_ref()),
     })
+}
+
+/// Submits the generator's next operation, `due` at its scheduled time in an open loop.
+fn submit<T: Target>(
+    target: &T,
+    gen: &mut Generator,
+    clock: &FastClock,
+    due: Option<Instant>,
+) -> Result<InFlight<T::Pending>, CliError> {
+    let op = gen.next_op();
+    let kind = op.kind();
+    // One clock read per request: it stamps the request and serves the stopping
+    // rule (the writers share two cores with the engine, so the harness keeps its
+    // own work per request small).
+    let sent = clock.now();
+    let pending = target.submit(op)?;
+    Ok(InFlight {
+        pending,
+        kind,
+        intended: due.map_or(sent, |d| d.min(sent)),
+        sent,
+    })
+}
+
+/// Records the oldest request of `inflight`, which has completed, and every one after it
+/// that has too, into `slot`.
+fn record_completed<T: Target>(
+    target: &T,
+    inflight: &mut VecDeque<InFlight<T::Pending>>,
+    clock: &FastClock,
+    slot: &Mutex<Slot>,
+) -> Result<(), CliError> {
+    // Tickets complete in order, usually many at once: record every one already
+    // complete with one clock read and one lock.
+    let now = clock.now();
+    let mut slot = slot.lock();
+    while let Some(f) = inflight.pop_front() {
+        slot.record(f.kind, now - f.intended, now - f.sent);
+        match inflight.front() {
+            Some(next) if target.try_finish(&next.pending)? => {}
+            _ => break,
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -983,6 +983,47 @@ fn plan(args: &WorkloadArgs) -> Result<Plan, CliError> {
             args.read_ratio, args.delete_ratio
         )));
     }
+    let retain = args.retain.map(|n| n as usize);
+    let engine = engine_from_flags(args, retain)?;
+
+    let duration = match (args.duration, args.ops) {
+        (Some(d), _) => Some(d),
+        (None, Some(_)) => None,
+        (None, None) => Some(3.0),
+    };
+    let interval = args.interval.unwrap_or(match duration {
+        Some(d) => (d / 30.0).clamp(0.05, 1.0),
+        None => 0.1,
+    });
+    let plan = Plan {
+        spec: Spec {
+            keys: args.keys,
+            dist: args.dist,
+            key_size: args.key_size,
+            value_size: args.value_size,
+            read_ratio: args.read_ratio,
+            delete_ratio: args.delete_ratio,
+            writers: args.writers,
+            seed: args.seed,
+        },
+        writers: args.writers,
+        depth: args.depth,
+        rate: args.rate,
+        duration: duration.map(Duration::from_secs_f64),
+        ops: args.ops,
+        interval: Duration::from_secs_f64(interval),
+        durability: engine.durability,
+        engine,
+        retain,
+    };
+    // Surfaces a bad distribution now rather than inside every writer thread.
+    Generator::new(&plan.spec, 0).map_err(CliError::usage)?;
+    Ok(plan)
+}
+
+/// The engine configuration the flags describe, validated; `retain` (`--retain`) makes the
+/// engine reuse retired segment files.
+fn engine_from_flags(args: &WorkloadArgs, retain: Option<usize>) -> Result<Config, CliError> {
     let mut engine = Config {
         durability: match args.durability {
             DurabilityArg::Sync => Durability::Sync,
@@ -1020,47 +1061,13 @@ fn plan(args: &WorkloadArgs) -> Result<Plan, CliError> {
     if let Some(n) = args.segment_bytes {
         engine.segment_bytes = n;
     }
-    let retain = args.retain.map(|n| n as usize);
     if retain.is_some() {
         engine.recycle_segments = engine.recycle_segments.max(2);
     }
     engine
         .validate()
         .map_err(|e| CliError::usage(format!("engine configuration from the flags: {e}")))?;
-
-    let duration = match (args.duration, args.ops) {
-        (Some(d), _) => Some(d),
-        (None, Some(_)) => None,
-        (None, None) => Some(3.0),
-    };
-    let interval = args.interval.unwrap_or(match duration {
-        Some(d) => (d / 30.0).clamp(0.05, 1.0),
-        None => 0.1,
-    });
-    let plan = Plan {
-        spec: Spec {
-            keys: args.keys,
-            dist: args.dist,
-            key_size: args.key_size,
-            value_size: args.value_size,
-            read_ratio: args.read_ratio,
-            delete_ratio: args.delete_ratio,
-            writers: args.writers,
-            seed: args.seed,
-        },
-        writers: args.writers,
-        depth: args.depth,
-        rate: args.rate,
-        duration: duration.map(Duration::from_secs_f64),
-        ops: args.ops,
-        interval: Duration::from_secs_f64(interval),
-        durability: engine.durability,
-        engine,
-        retain,
-    };
-    // Surfaces a bad distribution now rather than inside every writer thread.
-    Generator::new(&plan.spec, 0).map_err(CliError::usage)?;
-    Ok(plan)
+    Ok(engine)
 }
 
 /// What a run of several systems produced, ready for the report and the files.
@@ -1113,30 +1120,60 @@ fn execute(
             root.path().display()
         );
     }
-
-    let probe = if args.sync_probe > 0 && plan.durability == Durability::Sync {
-        let p = probe::run(root.path(), args.sync_probe)?;
-        eprintln!(
-            "mergelog {command}: sync probe: {} x {} KiB pwrite + fdatasync: p50 {:.1} µs, p99 {:.1} µs",
-            p.syncs,
-            probe::PROBE_BYTES / 1024,
-            p.p50.as_secs_f64() * 1e6,
-            p.p99.as_secs_f64() * 1e6,
-        );
-        Some(p)
-    } else {
-        None
-    };
-    let how_long = match (plan.duration, plan.ops) {
-        (Some(d), _) => format!("for {:.1} s", d.as_secs_f64()),
-        (None, Some(n)) => format!("for {n} ops"),
-        (None, None) => unreachable!("plan() always sets a duration or an op count"),
-    };
+    let probe = probe_syncs(command, root.path(), args.sync_probe, &plan)?;
     let hooks = RunHooks {
         encode: output.hlog.is_some(),
         stage_intervals,
     };
     let started = SystemTime::now();
+    let results = run_rounds(command, &plan, &hooks, &dirs, rounds)?;
+    let workload = report::Workload::new(&plan, args, systems, rounds, fs);
+    drop(root);
+    Ok(Session {
+        plan,
+        results,
+        workload,
+        started,
+        probe,
+    })
+}
+
+/// `--sync-probe`: the disk's sync time, measured in `root` before the runs (`None` when
+/// skipped: 0 syncs, or no syncs to price).
+fn probe_syncs(
+    command: &str,
+    root: &Path,
+    syncs: usize,
+    plan: &Plan,
+) -> Result<Option<probe::SyncProbe>, CliError> {
+    if syncs == 0 || plan.durability != Durability::Sync {
+        return Ok(None);
+    }
+    let p = probe::run(root, syncs)?;
+    eprintln!(
+        "mergelog {command}: sync probe: {} x {} KiB pwrite + fdatasync: p50 {:.1} µs, p99 {:.1} µs",
+        p.syncs,
+        probe::PROBE_BYTES / 1024,
+        p.p50.as_secs_f64() * 1e6,
+        p.p99.as_secs_f64() * 1e6,
+    );
+    Ok(Some(p))
+}
+
+/// Runs every system of `dirs` once per round, the order rotating, and sums each system's
+/// runs; the results in `dirs` order.
+fn run_rounds(
+    command: &str,
+    plan: &Plan,
+    hooks: &RunHooks,
+    dirs: &[(System, PathBuf)],
+    rounds: usize,
+) -> Result<Vec<RunResult>, CliError> {
+    let how_long = match (plan.duration, plan.ops) {
+        (Some(d), _) => format!("for {:.1} s", d.as_secs_f64()),
+        (None, Some(n)) => format!("for {n} ops"),
+        (None, None) => unreachable!("plan() always sets a duration or an op count"),
+    };
     let bench_start = Instant::now();
     let mut merged: Vec<Option<RunResult>> = dirs.iter().map(|_| None).collect();
     let total = rounds * dirs.len();
@@ -1158,19 +1195,7 @@ fn execute(
                 system.name(),
                 dir.display()
             );
-            let progress = match (plan.duration, plan.ops) {
-                (Some(d), _) => Progress::new(system.name(), false, d.as_millis() as u64),
-                (None, n) => Progress::new(system.name(), true, n.unwrap_or(0)),
-            };
-            let offset = bench_start.elapsed();
-            let result = match system {
-                System::Naive => naive::run(dir, &plan, &hooks, &progress),
-                System::Wal => wal::run(dir, &plan, &hooks, &progress),
-                _ => engine::run(dir, plan.engine_config(*system), &plan, &hooks, &progress),
-            };
-            progress.finish();
-            let mut result = result.map_err(|e| e.prefixed(system.name()))?;
-            result.stamp(round, offset);
+            let result = run_once(*system, dir, plan, hooks, round, bench_start)?;
             eprintln!(
                 "mergelog {command}: {}: {} ops/s",
                 system.name(),
@@ -1182,19 +1207,36 @@ fn execute(
             }
         }
     }
-    let results = merged
+    Ok(merged
         .into_iter()
         .map(|r| r.expect("every system ran in every round"))
-        .collect();
-    let workload = report::Workload::new(&plan, args, systems, rounds, fs);
-    drop(root);
-    Ok(Session {
-        plan,
-        results,
-        workload,
-        started,
-        probe,
-    })
+        .collect())
+}
+
+/// One run of `system` in `dir`, with its progress bar: the run of round `round`, stamped
+/// with when it started from `bench_start`.
+fn run_once(
+    system: System,
+    dir: &Path,
+    plan: &Plan,
+    hooks: &RunHooks,
+    round: usize,
+    bench_start: Instant,
+) -> Result<RunResult, CliError> {
+    let progress = match (plan.duration, plan.ops) {
+        (Some(d), _) => Progress::new(system.name(), false, d.as_millis() as u64),
+        (None, n) => Progress::new(system.name(), true, n.unwrap_or(0)),
+    };
+    let offset = bench_start.elapsed();
+    let result = match system {
+        System::Naive => naive::run(dir, plan, hooks, &progress),
+        System::Wal => wal::run(dir, plan, hooks, &progress),
+        _ => engine::run(dir, plan.engine_config(system), plan, hooks, &progress),
+    };
+    progress.finish();
+    let mut result = result.map_err(|e| e.prefixed(system.name()))?;
+    result.stamp(round, offset);
+    Ok(result)
 }
 
 /// What a system run records besides its totals.

@@ -143,24 +143,16 @@ fn draw(path: &Path, session: &Session, title: &str) -> DrawResult {
     root.fill(&WHITE)?;
     let root = root.titled(title, ("sans-serif", 22))?;
     let (top, bottom) = root.split_vertically(600);
+    spectrum_chart(&top, &curves(session))?;
+    throughput_over_time(&bottom, session)?;
+    root.present()?;
+    Ok(())
+}
 
-    // The spectrum.
-    let curves = curves(session);
-    let x_max = curves
-        .iter()
-        .flat_map(|c| c.points.iter().map(|p| p.0))
-        .fold(2.0f64, f64::max)
-        .ceil();
-    let (y_min, y_max) = curves
-        .iter()
-        .flat_map(|c| c.points.iter().map(|p| p.1))
-        .fold((f64::MAX, f64::MIN), |(lo, hi), y| (lo.min(y), hi.max(y)));
-    let (y_min, y_max) = if y_min <= y_max {
-        ((y_min / 2.0).max(0.001), y_max * 2.0)
-    } else {
-        (0.001, 1.0)
-    };
-    let mut chart = ChartBuilder::on(&top)
+/// The spectrum: every curve on log scales, with a legend.
+fn spectrum_chart(area: &Area<'_>, curves: &[Curve]) -> DrawResult {
+    let (x_max, y_min, y_max) = spectrum_ranges(curves);
+    let mut chart = ChartBuilder::on(area)
         .caption("latency by percentile (log scales)", ("sans-serif", 18))
         .margin(12)
         .margin_right(40)
@@ -175,7 +167,7 @@ fn draw(path: &Path, session: &Session, title: &str) -> DrawResult {
         .x_label_formatter(&percentile_label)
         .y_label_formatter(&|y| format!("{y}"))
         .draw()?;
-    for c in &curves {
+    for c in curves {
         let color = c.color;
         let style = color.stroke_width(2);
         if c.dashed {
@@ -200,10 +192,33 @@ fn draw(path: &Path, session: &Session, title: &str) -> DrawResult {
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()?;
+    Ok(())
+}
 
-    // Throughput over time: a linear scale unless the systems are orders of magnitude
-    // apart (the naive baseline usually is), then a log scale. Empty intervals are left out
-    // of a log scale (the line joins their neighbours).
+/// The spectrum's axes: the highest percentile (x, at least 99 %) and the latency range
+/// (y, µs) with room on both sides; a default range without points.
+fn spectrum_ranges(curves: &[Curve]) -> (f64, f64, f64) {
+    let x_max = curves
+        .iter()
+        .flat_map(|c| c.points.iter().map(|p| p.0))
+        .fold(2.0f64, f64::max)
+        .ceil();
+    let (y_min, y_max) = curves
+        .iter()
+        .flat_map(|c| c.points.iter().map(|p| p.1))
+        .fold((f64::MAX, f64::MIN), |(lo, hi), y| (lo.min(y), hi.max(y)));
+    let (y_min, y_max) = if y_min <= y_max {
+        ((y_min / 2.0).max(0.001), y_max * 2.0)
+    } else {
+        (0.001, 1.0)
+    };
+    (x_max, y_min, y_max)
+}
+
+/// Throughput over time: a linear scale unless the systems are orders of magnitude
+/// apart (the naive baseline usually is), then a log scale. Empty intervals are left out
+/// of a log scale (the line joins their neighbours).
+fn throughput_over_time(area: &Area<'_>, session: &Session) -> DrawResult {
     let bench_time = session.results.iter().any(|r| r.rounds.len() > 1);
     let series: Vec<Series> = session
         .results
@@ -225,7 +240,7 @@ fn draw(path: &Path, session: &Session, title: &str) -> DrawResult {
         .fold((f64::MAX, 1.0f64), |(lo, hi), r| (lo.min(r), hi.max(r)));
     if hi > 20.0 * lo {
         throughput_chart(
-            &bottom,
+            area,
             "throughput over time (log scale)",
             // The baselines sit at the bottom, the engines at the top.
             SeriesLabelPosition::MiddleRight,
@@ -233,28 +248,28 @@ fn draw(path: &Path, session: &Session, title: &str) -> DrawResult {
             bench_time,
             0.0..t_max,
             (r_min.min(r_max) / 2.0..r_max * 2.0).log_scale(),
-        )?;
+        )
     } else {
         throughput_chart(
-            &bottom,
+            area,
             "throughput over time",
             SeriesLabelPosition::LowerRight,
             &series,
             bench_time,
             0.0..t_max,
             0.0..r_max * 1.1,
-        )?;
+        )
     }
-    root.present()?;
-    Ok(())
 }
 
 /// A system's label, colour and lines (one per run).
 type Series = (String, RGBColor, Vec<Vec<(f64, f64)>>);
 type DrawResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+/// One chart's part of the SVG.
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 
 fn throughput_chart<X, Y>(
-    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    area: &Area<'_>,
     caption: &str,
     legend: SeriesLabelPosition,
     series: &[Series],

@@ -139,15 +139,7 @@ pub fn sample(
     done: Receiver<()>,
     opts: &SampleOptions<'_>,
 ) -> Result<Sampled, CliError> {
-    let mut out = Sampled {
-        latency: latency_histogram(),
-        latency_raw: latency_histogram(),
-        puts: 0,
-        deletes: 0,
-        gets: 0,
-        timeline: Vec::new(),
-        last_stages: None,
-    };
+    let mut out = Sampled::empty();
     let mut spare = Slot::new(recorder.open_loop);
     let mut serializer = V2DeflateSerializer::new();
     let mut prev_stages = if opts.encode {
@@ -170,11 +162,46 @@ pub fn sample(
         }
         let now = Instant::now();
         tick = ((now - start).as_nanos() / opts.interval.as_nanos().max(1)) as u32 + 1;
+        let (interval, interval_raw) = recorder.harvest(&mut spare, &mut out)?;
+        let encoded = if opts.encode {
+            encode(
+                &mut serializer,
+                opts,
+                &interval,
+                &interval_raw,
+                prev_stages.as_mut(),
+            )?
+        } else {
+            Vec::new()
+        };
+        let ops = out.add_interval(&interval, &interval_raw, last - start, now - last, encoded)?;
+        opts.progress.update(
+            now - start,
+            out.latency.len(),
+            ops as f64 / (now - last).as_secs_f64().max(1e-9),
+        );
+        last = now;
+        if finished {
+            out.last_stages = prev_stages;
+            return Ok(out);
+        }
+    }
+}
+
+impl Recorder {
+    /// Takes what every writer recorded since the last harvest: its operation counts into
+    /// `out`, its latencies into the interval's corrected and raw histograms (returned).
+    /// `spare` is a cleared slot, and is one again after.
+    fn harvest(
+        &self,
+        spare: &mut Slot,
+        out: &mut Sampled,
+    ) -> Result<(Histogram<u64>, Histogram<u64>), CliError> {
         // Swap every writer's slot for the cleared spare; merge outside the lock.
         let mut interval = latency_histogram();
         let mut interval_raw = latency_histogram();
-        for slot in &recorder.slots {
-            std::mem::swap(&mut *slot.lock(), &mut spare);
+        for slot in &self.slots {
+            std::mem::swap(&mut *slot.lock(), spare);
             interval
                 .add(&spare.corrected)
                 .context(|| "merge latency histograms".into())?;
@@ -193,39 +220,77 @@ pub fn sample(
             spare.raw.reset();
             (spare.puts, spare.deletes, spare.gets) = (0, 0, 0);
         }
-        let mut encoded = Vec::new();
-        if opts.encode {
-            let mut enc = |tag: String, h: &Histogram<u64>| -> Result<(), CliError> {
-                let mut buf = Vec::new();
-                serializer
-                    .serialize(h, &mut buf)
-                    .map_err(|e| CliError::new(format!("encode an interval histogram: {e:?}")))?;
-                encoded.push((tag, buf));
-                Ok(())
-            };
-            enc(String::new(), &interval)?;
-            if opts.encode_raw {
-                enc("raw".into(), &interval_raw)?;
-            }
-            if let (Some(f), Some(prev)) = (opts.stages, prev_stages.as_mut()) {
-                let now_stages = f();
-                for ((name, cur), (_, old)) in now_stages.stages().iter().zip(prev.stages()) {
-                    let mut delta = (*cur).clone();
-                    // Cumulative histograms only grow, so the difference is well-defined.
-                    delta
-                        .subtract(old)
-                        .context(|| format!("difference of the {name} histograms"))?;
-                    enc((*name).into(), &delta)?;
-                }
-                *prev = now_stages;
-            }
+        Ok((interval, interval_raw))
+    }
+}
+
+/// The interval's histograms for `--hlog`, V2-deflate encoded and tagged: the corrected
+/// latency, the raw one (`encode_raw`) and, with `prev` (the stages at the last harvest,
+/// then updated to now), each engine stage's growth since.
+fn encode(
+    serializer: &mut V2DeflateSerializer,
+    opts: &SampleOptions<'_>,
+    interval: &Histogram<u64>,
+    interval_raw: &Histogram<u64>,
+    prev: Option<&mut StageHistograms>,
+) -> Result<Vec<(String, Vec<u8>)>, CliError> {
+    let mut encoded = Vec::new();
+    let mut enc = |tag: String, h: &Histogram<u64>| -> Result<(), CliError> {
+        let mut buf = Vec::new();
+        serializer
+            .serialize(h, &mut buf)
+            .map_err(|e| CliError::new(format!("encode an interval histogram: {e:?}")))?;
+        encoded.push((tag, buf));
+        Ok(())
+    };
+    enc(String::new(), interval)?;
+    if opts.encode_raw {
+        enc("raw".into(), interval_raw)?;
+    }
+    if let (Some(f), Some(prev)) = (opts.stages, prev) {
+        let now_stages = f();
+        for ((name, cur), (_, old)) in now_stages.stages().iter().zip(prev.stages()) {
+            let mut delta = (*cur).clone();
+            // Cumulative histograms only grow, so the difference is well-defined.
+            delta
+                .subtract(old)
+                .context(|| format!("difference of the {name} histograms"))?;
+            enc((*name).into(), &delta)?;
         }
+        *prev = now_stages;
+    }
+    Ok(encoded)
+}
+
+impl Sampled {
+    fn empty() -> Sampled {
+        Sampled {
+            latency: latency_histogram(),
+            latency_raw: latency_histogram(),
+            puts: 0,
+            deletes: 0,
+            gets: 0,
+            timeline: Vec::new(),
+            last_stages: None,
+        }
+    }
+
+    /// Adds one interval, `start` from the start of the run: its histograms to the totals
+    /// and its point to the timeline. Returns the operations it completed.
+    fn add_interval(
+        &mut self,
+        interval: &Histogram<u64>,
+        interval_raw: &Histogram<u64>,
+        start: Duration,
+        duration: Duration,
+        encoded: Vec<(String, Vec<u8>)>,
+    ) -> Result<u64, CliError> {
         let ops = interval.len();
-        out.latency
-            .add(&interval)
+        self.latency
+            .add(interval)
             .context(|| "merge latency histograms".into())?;
-        out.latency_raw
-            .add(&interval_raw)
+        self.latency_raw
+            .add(interval_raw)
             .context(|| "merge latency histograms".into())?;
         let quantile = |q| {
             if ops == 0 {
@@ -234,26 +299,17 @@ pub fn sample(
                 interval.value_at_quantile(q)
             }
         };
-        out.timeline.push(Interval {
+        self.timeline.push(Interval {
             round: 0,
-            start: last - start,
-            duration: now - last,
+            start,
+            duration,
             ops,
             p50_ns: quantile(0.5),
             p99_ns: quantile(0.99),
             max_ns: interval.max(),
             encoded,
         });
-        opts.progress.update(
-            now - start,
-            out.latency.len(),
-            ops as f64 / (now - last).as_secs_f64().max(1e-9),
-        );
-        last = now;
-        if finished {
-            out.last_stages = prev_stages;
-            return Ok(out);
-        }
+        Ok(ops)
     }
 }
 

@@ -1,0 +1,675 @@
+//! The bench report: a table for people (stdout) and the same numbers as JSON. The JSON
+//! schema is documented in the README ("JSON report"); bump `SCHEMA_VERSION` when a field
+//! changes meaning or goes away (adding fields does not).
+//!
+//! Here: the JSON report and how it is computed from the runs. `text` renders it for
+//! people (`bench`'s comparison, `profile`'s stages); `table` lays out tables and numbers.
+
+use super::cpu::CpuUse;
+use super::probe::SyncProbe;
+use super::recorder::Interval;
+use super::{Machine, Plan, RoundRun, RunResult, Session, System, WorkloadArgs};
+use hdrhistogram::Histogram;
+use mergelog::{Durability, Stats};
+use serde::Serialize;
+use std::fmt::Write;
+
+mod table;
+mod text;
+
+pub use table::{table, thousands};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Clone, Serialize)]
+pub struct SizeJson {
+    min: usize,
+    max: usize,
+}
+
+/// The workload, every flag resolved.
+#[derive(Clone, Serialize)]
+pub struct Workload {
+    /// `closed` (writers x depth) or `open` (--rate).
+    mode: &'static str,
+    writers: usize,
+    depth: usize,
+    /// Open loop: the arrival rate, ops/s; null in a closed loop.
+    rate_ops_per_s: Option<f64>,
+    keys: u64,
+    dist: String,
+    key_size: SizeJson,
+    value_size: SizeJson,
+    put_ratio: f64,
+    delete_ratio: f64,
+    read_ratio: f64,
+    /// Null when the run was limited by --ops.
+    duration_s: Option<f64>,
+    /// --ops, or null.
+    ops_limit: Option<u64>,
+    /// --rounds: how many times each system ran (duration_s / ops_limit are per run).
+    rounds: usize,
+    interval_s: f64,
+    durability: &'static str,
+    write_path: &'static str,
+    window: String,
+    window_age_max_us: u64,
+    batch_bytes_max: usize,
+    batch_ops_max: usize,
+    ring_bytes: usize,
+    segment_bytes: u64,
+    /// `--retain`: segments the engines' logs keep (older ones retired during the run and
+    /// their files reused); null: the whole history is kept.
+    retain_segments: Option<usize>,
+    systems: Vec<&'static str>,
+    seed: u64,
+    /// `--dir`, or null for a temporary directory.
+    dir: Option<String>,
+    /// File system type of the run directory, when known.
+    fs: Option<String>,
+}
+
+impl Workload {
+    pub fn new(
+        plan: &Plan,
+        args: &WorkloadArgs,
+        systems: &[System],
+        rounds: usize,
+        fs: Option<String>,
+    ) -> Self {
+        let s = &plan.spec;
+        let e = &plan.engine;
+        Workload {
+            mode: if plan.rate.is_some() {
+                "open"
+            } else {
+                "closed"
+            },
+            writers: plan.writers,
+            depth: plan.depth,
+            rate_ops_per_s: plan.rate,
+            keys: s.keys,
+            dist: s.dist.to_string(),
+            key_size: SizeJson {
+                min: s.key_size.min,
+                max: s.key_size.max,
+            },
+            value_size: SizeJson {
+                min: s.value_size.min,
+                max: s.value_size.max,
+            },
+            put_ratio: (1.0 - s.read_ratio - s.delete_ratio).max(0.0),
+            delete_ratio: s.delete_ratio,
+            read_ratio: s.read_ratio,
+            duration_s: plan.duration.map(|d| d.as_secs_f64()),
+            ops_limit: plan.ops,
+            rounds,
+            interval_s: plan.interval.as_secs_f64(),
+            durability: match plan.durability {
+                Durability::Sync => "sync",
+                Durability::NoSync => "nosync",
+            },
+            write_path: super::write_path_name(e.write_path),
+            window: super::window_name(e.window),
+            window_age_max_us: e.window_age_max.as_micros() as u64,
+            batch_bytes_max: e.batch_bytes_max,
+            batch_ops_max: e.batch_ops_max,
+            ring_bytes: e.ring_bytes,
+            segment_bytes: e.segment_bytes,
+            retain_segments: plan.retain,
+            systems: systems.iter().map(|s| s.name()).collect(),
+            seed: s.seed,
+            dir: args.dir.as_ref().map(|d| d.display().to_string()),
+            fs,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let load = match self.rate_ops_per_s {
+            Some(rate) => format!(
+                "open loop at {} ops/s over {} writers (at most {} in flight each)",
+                thousands(rate.round() as u64),
+                self.writers,
+                self.depth
+            ),
+            None => format!("{} writers x depth {}", self.writers, self.depth),
+        };
+        let size = |s: &SizeJson| {
+            if s.min == s.max {
+                format!("{}", s.min)
+            } else {
+                format!("{}..{}", s.min, s.max)
+            }
+        };
+        let length = match (self.duration_s, self.ops_limit) {
+            (Some(d), _) => format!("{d} s"),
+            (None, Some(n)) => format!("{n} ops"),
+            (None, None) => "-".into(),
+        };
+        let length = if self.rounds > 1 {
+            format!(
+                "{length} per system and round, {} rounds alternating",
+                self.rounds
+            )
+        } else {
+            format!("{length} per system")
+        };
+        format!(
+            "workload: {load}, {} keys {}, key {} B, value {} B, {:.0}% puts {:.0}% deletes \
+             {:.0}% gets, {length}\n\
+             engine:   durability {}, write path {}, window {}, window age max {} µs, batch max \
+             {} B / {} ops, ring {} B, segment {} B{}",
+            self.keys,
+            self.dist,
+            size(&self.key_size),
+            size(&self.value_size),
+            self.put_ratio * 100.0,
+            self.delete_ratio * 100.0,
+            self.read_ratio * 100.0,
+            self.durability,
+            self.write_path,
+            self.window,
+            self.window_age_max_us,
+            self.batch_bytes_max,
+            self.batch_ops_max,
+            self.ring_bytes,
+            self.segment_bytes,
+            match self.retain_segments {
+                Some(n) => format!(", newest {n} segments kept (older retired and reused)"),
+                None => String::new(),
+            },
+        )
+    }
+}
+
+#[derive(Serialize)]
+struct MachineJson {
+    cpus: usize,
+    os: String,
+    /// `--sync-probe`: the disk's time for one 4 KiB write + sync, measured before the runs;
+    /// null when skipped (0, or `--durability nosync`).
+    sync_probe: Option<SyncProbeJson>,
+}
+
+#[derive(Serialize)]
+struct SyncProbeJson {
+    syncs: usize,
+    bytes: usize,
+    p50_us: f64,
+    p99_us: f64,
+    max_us: f64,
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Serialize)]
+struct Latency {
+    mean: f64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    p9999: f64,
+    max: f64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Latency {
+        let q = |q: f64| us(h.value_at_quantile(q));
+        Latency {
+            mean: h.mean() / 1000.0,
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+            p999: q(0.999),
+            p9999: q(0.9999),
+            max: us(h.max()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Stage {
+    stage: &'static str,
+    count: u64,
+    mean_us: f64,
+    p50_us: f64,
+    p90_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    max_us: f64,
+    /// count x mean: the time the stage took in total.
+    total_ms: f64,
+}
+
+/// One run of a system (one round).
+#[derive(Serialize)]
+struct RoundJson {
+    /// 1-based.
+    round: usize,
+    ops: u64,
+    ops_per_s: f64,
+    elapsed_s: f64,
+    /// When the run started, seconds from the start of the bench.
+    offset_s: f64,
+}
+
+/// A system's throughput over a baseline's, round by round (each ratio from the two runs
+/// of the same round).
+#[derive(Serialize)]
+struct RoundRatio {
+    system: &'static str,
+    baseline: &'static str,
+    /// Median, least and greatest of `per_round` (null if no round had a ratio).
+    median: Option<f64>,
+    min: Option<f64>,
+    max: Option<f64>,
+    /// In round order; null where the baseline's run completed nothing.
+    per_round: Vec<Option<f64>>,
+}
+
+/// The engine's own counters (`Stats`) after close.
+#[derive(Serialize)]
+struct EngineJson {
+    submitted: u64,
+    writes: u64,
+    reads: u64,
+    coalesced_writes: u64,
+    collapsed_reads: u64,
+    records_written: u64,
+    batches: u64,
+    syncs: u64,
+    bytes_written: u64,
+    backlog_bytes: u64,
+    durable_position: u64,
+    /// From the first sync to the last: time syncing, and between syncs with a written
+    /// frame waiting or with nothing to sync yet (ms; all zero without syncs).
+    sync_time: SyncTimeJson,
+    /// Segments started in zero-filled files, in reused files, and retired.
+    segments: SegmentsJson,
+}
+
+#[derive(Serialize)]
+struct SegmentsJson {
+    fresh: u64,
+    reused: u64,
+    retired: u64,
+}
+
+/// Cores busy on average while the writers ran (CPU time over wall time).
+#[derive(Serialize)]
+struct CpuJson {
+    wall_s: f64,
+    /// The whole process: the writers, the harness and, for the engine, its threads.
+    process_cores: f64,
+    /// The engine's flusher and syncer threads; null for the baselines.
+    flusher_cores: Option<f64>,
+    syncer_cores: Option<f64>,
+}
+
+impl CpuJson {
+    fn of(c: &CpuUse) -> CpuJson {
+        CpuJson {
+            wall_s: c.wall.as_secs_f64(),
+            process_cores: c.cores(c.process),
+            flusher_cores: c.flusher.map(|d| c.cores(d)),
+            syncer_cores: c.syncer.map(|d| c.cores(d)),
+        }
+    }
+
+    /// `1.12 cores (flusher 0.47, syncer 0.20)`.
+    fn text(&self) -> String {
+        let mut out = format!("{:.2} cores", self.process_cores);
+        if let (Some(f), Some(s)) = (self.flusher_cores, self.syncer_cores) {
+            let _ = write!(out, " (flusher {f:.2}, syncer {s:.2})");
+        }
+        out
+    }
+}
+
+#[derive(Serialize)]
+struct SyncTimeJson {
+    busy_ms: f64,
+    frame_ready_ms: f64,
+    nothing_ready_ms: f64,
+}
+
+#[derive(Serialize)]
+struct Point {
+    /// The run the interval belongs to (1-based round); start_s is from that run's start.
+    round: usize,
+    start_s: f64,
+    duration_s: f64,
+    ops: u64,
+    ops_per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    max_us: f64,
+}
+
+#[derive(Serialize)]
+struct Run {
+    system: &'static str,
+    /// Operations completed (= puts + deletes + gets).
+    ops: u64,
+    /// Open loop: requests due before the deadline that were never sent because the
+    /// system had fallen behind; not in the latency percentiles. 0 in a closed loop.
+    missed: u64,
+    puts: u64,
+    deletes: u64,
+    gets: u64,
+    elapsed_s: f64,
+    ops_per_s: f64,
+    /// From when each request was due (open loop: its scheduled send time) to completion.
+    latency_us: Latency,
+    /// From when each request was actually submitted to completion.
+    latency_raw_us: Latency,
+    batches: u64,
+    syncs: u64,
+    /// Null when the run issued no sync (`nosync`, or only gets).
+    ops_per_sync: Option<f64>,
+    /// Puts and deletes per sync; null without syncs.
+    writes_per_sync: Option<f64>,
+    coalesced_writes: u64,
+    collapsed_reads: u64,
+    records_written: u64,
+    bytes_written: u64,
+    bytes_per_op: f64,
+    /// Bytes written per put or delete; null without writes.
+    bytes_per_write: Option<f64>,
+    /// ops_per_s / naive's ops_per_s; null when `naive` was not run.
+    ratio_vs_naive: Option<f64>,
+    /// ops_per_s / wal's ops_per_s; null when `wal` was not run.
+    ratio_vs_wal: Option<f64>,
+    /// ops_per_s / no-coalesce's ops_per_s; null when `no-coalesce` was not run.
+    ratio_vs_no_coalesce: Option<f64>,
+    /// latency_us.p99 / naive's; null when `naive` was not run.
+    p99_ratio_vs_naive: Option<f64>,
+    /// latency_us.p99 / wal's; null when `wal` was not run.
+    p99_ratio_vs_wal: Option<f64>,
+    /// latency_us.p99 / no-coalesce's; null when `no-coalesce` was not run.
+    p99_ratio_vs_no_coalesce: Option<f64>,
+    /// The engine's counters (null for the baselines without an engine: `wal`, `naive`).
+    engine: Option<EngineJson>,
+    /// The engine's per-stage latencies (engine systems only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stages: Option<Vec<Stage>>,
+    /// CPU used while the writers ran; null where it cannot be read (not Linux).
+    cpu: Option<CpuJson>,
+    /// Throughput and latency per sampling interval.
+    timeline: Vec<Point>,
+    /// Each run of the system, in round order (one without --rounds).
+    rounds: Vec<RoundJson>,
+}
+
+#[derive(Serialize)]
+pub struct Report {
+    schema_version: u32,
+    /// `bench` or `profile`.
+    command: &'static str,
+    workload: Workload,
+    machine: MachineJson,
+    runs: Vec<Run>,
+    /// Per engine system and baseline that ran (the pairings of the headline).
+    round_ratios: Vec<RoundRatio>,
+}
+
+/// The baselines, simplest first: each system is compared with the ones before it
+/// (`mergelog` with all three, `no-coalesce` with `wal` and `naive`, `wal` with `naive`).
+const BASELINES: [System; 3] = [System::Naive, System::Wal, System::NoCoalesce];
+
+/// The baselines `system` is compared with.
+fn baselines_of(system: System) -> &'static [System] {
+    let below = match system {
+        System::Naive => 0,
+        System::Wal => 1,
+        System::NoCoalesce => 2,
+        System::Mergelog => 3,
+    };
+    &BASELINES[..below]
+}
+
+/// The pairings the headline shows: each system against each of its baselines that ran,
+/// with its throughput ratio in every round.
+fn round_ratios(results: &[RunResult]) -> Vec<RoundRatio> {
+    let mut out = Vec::new();
+    for r in results {
+        for &baseline in baselines_of(r.system) {
+            let Some(b) = results.iter().find(|b| b.system == baseline) else {
+                continue;
+            };
+            let per_round: Vec<Option<f64>> = r
+                .rounds
+                .iter()
+                .map(|x| {
+                    let base = b.rounds.iter().find(|y| y.round == x.round);
+                    ratio(x.ops_per_s(), base.map(|y| y.ops_per_s()))
+                })
+                .collect();
+            let mut known: Vec<f64> = per_round.iter().flatten().copied().collect();
+            known.sort_by(f64::total_cmp);
+            out.push(RoundRatio {
+                system: r.system.name(),
+                baseline: baseline.name(),
+                median: median(&known),
+                min: known.first().copied(),
+                max: known.last().copied(),
+                per_round,
+            });
+        }
+    }
+    out
+}
+
+/// The median of sorted values (the mean of the middle two for an even count).
+fn median(sorted: &[f64]) -> Option<f64> {
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
+pub fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+fn ratio(num: f64, den: Option<f64>) -> Option<f64> {
+    den.filter(|d| *d > 0.0).map(|d| num / d)
+}
+
+fn per(num: u64, den: u64) -> Option<f64> {
+    (den > 0).then(|| num as f64 / den as f64)
+}
+
+fn stage_json(name: &'static str, h: &Histogram<u64>) -> Stage {
+    let q = |q: f64| us(h.value_at_quantile(q));
+    Stage {
+        stage: name,
+        count: h.len(),
+        mean_us: h.mean() / 1000.0,
+        p50_us: q(0.5),
+        p90_us: q(0.9),
+        p99_us: q(0.99),
+        p999_us: q(0.999),
+        max_us: us(h.max()),
+        total_ms: h.mean() * h.len() as f64 / 1e6,
+    }
+}
+
+/// The baselines' throughput and p99 latency, for the ratios of every run against them
+/// (`None` for a baseline that did not run).
+struct Baselines {
+    naive: Option<f64>,
+    wal: Option<f64>,
+    no_coalesce: Option<f64>,
+    naive_p99: Option<f64>,
+    wal_p99: Option<f64>,
+    no_coalesce_p99: Option<f64>,
+}
+
+impl Baselines {
+    fn of(results: &[RunResult]) -> Baselines {
+        let of = |system: System, f: &dyn Fn(&RunResult) -> f64| {
+            results.iter().find(|r| r.system == system).map(f)
+        };
+        Baselines {
+            naive: of(System::Naive, &RunResult::ops_per_s),
+            wal: of(System::Wal, &RunResult::ops_per_s),
+            no_coalesce: of(System::NoCoalesce, &RunResult::ops_per_s),
+            naive_p99: of(System::Naive, &p99),
+            wal_p99: of(System::Wal, &p99),
+            no_coalesce_p99: of(System::NoCoalesce, &p99),
+        }
+    }
+}
+
+/// A run's corrected p99 latency, µs.
+fn p99(r: &RunResult) -> f64 {
+    us(r.latency.value_at_quantile(0.99))
+}
+
+impl Run {
+    /// One system's numbers, with its ratios against `base`.
+    fn of(r: &RunResult, base: &Baselines) -> Run {
+        let rate = r.ops_per_s();
+        let writes = r.puts + r.deletes;
+        Run {
+            system: r.system.name(),
+            ops: r.ops,
+            missed: r.missed,
+            puts: r.puts,
+            deletes: r.deletes,
+            gets: r.gets,
+            elapsed_s: r.elapsed.as_secs_f64(),
+            ops_per_s: rate,
+            latency_us: Latency::of(&r.latency),
+            latency_raw_us: Latency::of(&r.latency_raw),
+            batches: r.batches,
+            syncs: r.syncs,
+            ops_per_sync: per(r.ops, r.syncs),
+            writes_per_sync: per(writes, r.syncs),
+            coalesced_writes: r.coalesced_writes,
+            collapsed_reads: r.collapsed_reads,
+            records_written: r.records_written,
+            bytes_written: r.bytes_written,
+            bytes_per_op: per(r.bytes_written, r.ops).unwrap_or(0.0),
+            bytes_per_write: per(r.bytes_written, writes),
+            ratio_vs_naive: ratio(rate, base.naive),
+            ratio_vs_wal: ratio(rate, base.wal),
+            ratio_vs_no_coalesce: ratio(rate, base.no_coalesce),
+            p99_ratio_vs_naive: ratio(p99(r), base.naive_p99),
+            p99_ratio_vs_wal: ratio(p99(r), base.wal_p99),
+            p99_ratio_vs_no_coalesce: ratio(p99(r), base.no_coalesce_p99),
+            engine: r.engine.as_ref().map(EngineJson::of),
+            cpu: r.cpu.as_ref().map(CpuJson::of),
+            stages: r.engine.as_ref().map(|s| {
+                s.stages
+                    .stages()
+                    .iter()
+                    .map(|(name, h)| stage_json(name, h))
+                    .collect()
+            }),
+            timeline: r.timeline.iter().map(Point::of).collect(),
+            rounds: r.rounds.iter().map(RoundJson::of).collect(),
+        }
+    }
+}
+
+impl EngineJson {
+    fn of(s: &Stats) -> EngineJson {
+        EngineJson {
+            submitted: s.submitted,
+            writes: s.writes,
+            reads: s.reads,
+            coalesced_writes: s.coalesced_writes,
+            collapsed_reads: s.collapsed_reads,
+            records_written: s.records_written,
+            batches: s.batches,
+            syncs: s.syncs,
+            bytes_written: s.bytes_written,
+            backlog_bytes: s.backlog_bytes,
+            durable_position: s.durable_position,
+            sync_time: SyncTimeJson {
+                busy_ms: s.sync_time.busy_ns as f64 / 1e6,
+                frame_ready_ms: s.sync_time.frame_ready_ns as f64 / 1e6,
+                nothing_ready_ms: s.sync_time.nothing_ready_ns as f64 / 1e6,
+            },
+            segments: SegmentsJson {
+                fresh: s.segments.fresh,
+                reused: s.segments.reused,
+                retired: s.segments.retired,
+            },
+        }
+    }
+}
+
+impl Point {
+    fn of(i: &Interval) -> Point {
+        Point {
+            round: i.round + 1,
+            start_s: i.start.as_secs_f64(),
+            duration_s: i.duration.as_secs_f64(),
+            ops: i.ops,
+            ops_per_s: i.ops as f64 / i.duration.as_secs_f64().max(1e-9),
+            p50_us: us(i.p50_ns),
+            p99_us: us(i.p99_ns),
+            max_us: us(i.max_ns),
+        }
+    }
+}
+
+impl RoundJson {
+    fn of(x: &RoundRun) -> RoundJson {
+        RoundJson {
+            round: x.round + 1,
+            ops: x.ops,
+            ops_per_s: x.ops_per_s(),
+            elapsed_s: x.elapsed.as_secs_f64(),
+            offset_s: x.offset.as_secs_f64(),
+        }
+    }
+}
+
+impl MachineJson {
+    fn of(machine: Machine, probe: Option<&SyncProbe>) -> MachineJson {
+        MachineJson {
+            cpus: machine.cpus,
+            os: machine.os,
+            sync_probe: probe.map(|p| SyncProbeJson {
+                syncs: p.syncs,
+                bytes: super::probe::PROBE_BYTES,
+                p50_us: p.p50.as_secs_f64() * 1e6,
+                p99_us: p.p99.as_secs_f64() * 1e6,
+                max_us: p.max.as_secs_f64() * 1e6,
+            }),
+        }
+    }
+}
+
+impl Report {
+    pub fn new(session: &Session, machine: Machine, command: &'static str) -> Report {
+        let results = &session.results;
+        let base = Baselines::of(results);
+        Report {
+            schema_version: SCHEMA_VERSION,
+            command,
+            workload: session.workload.clone(),
+            machine: MachineJson::of(machine, session.probe.as_ref()),
+            runs: results.iter().map(|r| Run::of(r, &base)).collect(),
+            round_ratios: round_ratios(results),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[0.5, 1.0, 4.0]), Some(1.0));
+        assert_eq!(median(&[0.5, 1.0, 2.0, 4.0]), Some(1.5));
+    }
+}

@@ -51,7 +51,7 @@ pub struct OpenReport {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SegmentInfo {
     /// Sequence number of its first batch (also its file name).
-    pub first_seq: u64,
+    pub first_seq: Seq,
     /// The file.
     pub path: PathBuf,
     /// Its size in bytes (preallocated: the whole file, written or not).
@@ -68,7 +68,7 @@ pub struct Retired {
     /// Live keys forgotten: keys whose newest record was in a removed segment.
     pub keys_forgotten: usize,
     /// Sequence number of the first batch the log now holds.
-    pub first_seq: u64,
+    pub first_seq: Seq,
     /// Of the removed segments, how many were kept for reuse (`Config::recycle_segments`)
     /// rather than deleted.
     pub recycled: usize,
@@ -402,7 +402,7 @@ impl Engine {
             .read()
             .iter()
             .map(|s| SegmentInfo {
-                first_seq: s.id,
+                first_seq: Seq::new(s.id),
                 path: s.path.clone(),
                 bytes: s.size,
             })
@@ -455,7 +455,7 @@ impl Engine {
         debug_assert!(gone.iter().zip(&candidates).all(|(a, b)| Arc::ptr_eq(a, b)));
         let first = inner.segments.read().base();
         let keys_forgotten = inner.index.forget_below(first);
-        let first_seq = inner.segments.read().iter().next().map_or(1, |s| s.id);
+        let first_seq = Seq::new(inner.segments.read().iter().next().map_or(1, |s| s.id));
         // A pooled file is reused only once nothing maps it any more (`Pool::take`).
         drop(gone);
         let recycled = retiring.into_pool(io, dir, &inner.pool)?;

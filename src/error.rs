@@ -134,9 +134,9 @@ pub enum Error {
     /// A follower asked for a batch that `Engine::retire_before` has removed from the log.
     Retired {
         /// The batch asked for.
-        seq: u64,
+        seq: crate::Seq,
         /// The first batch the log still holds.
-        first: u64,
+        first: crate::Seq,
     },
 }
 

@@ -14,6 +14,7 @@ use crate::log::io;
 use crate::log::recovery::{scan_retrying, Damage};
 use crate::log::segment::Segment;
 use crate::log::Segments;
+use crate::seq::Seq;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,8 +29,8 @@ pub struct Batch<'a> {
 
 impl<'a> Batch<'a> {
     /// Batch sequence number (1 for the first batch of a log, +1 per batch).
-    pub fn seq(&self) -> u64 {
-        self.frame.batch_seq
+    pub fn seq(&self) -> Seq {
+        Seq::new(self.frame.batch_seq)
     }
 
     /// True when the records are strictly ascending by key (the engine coalesced them).
@@ -89,7 +90,7 @@ impl<'a> Batch<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwnedBatch {
     /// Batch sequence number.
-    pub seq: u64,
+    pub seq: Seq,
     /// Records strictly ascending by key.
     pub sorted: bool,
     /// (op, key, value) in log order; the value is empty for a delete.
@@ -179,7 +180,7 @@ impl LogReader {
         let mut end_offset = SEGMENT_HEADER_LEN as u64;
         if let Some(seg) = last {
             for b in SegmentFrames::new(seg, seg.published()) {
-                next_seq = b.seq() + 1;
+                next_seq = b.seq().get() + 1;
                 end_offset = b.frame.end_offset();
             }
         }
@@ -218,13 +219,13 @@ impl LogReader {
 
     /// Sequence number of the first batch the log holds: 1, unless `Engine::retire_before`
     /// removed the segments before it (then `batches_from` an earlier sequence starts here).
-    pub fn first_seq(&self) -> u64 {
-        self.segments.first().map_or(self.next_seq, |s| s.id)
+    pub fn first_seq(&self) -> Seq {
+        Seq::new(self.segments.first().map_or(self.next_seq, |s| s.id))
     }
 
     /// Sequence number of the first batch after the valid log.
-    pub fn next_seq(&self) -> u64 {
-        self.next_seq
+    pub fn next_seq(&self) -> Seq {
+        Seq::new(self.next_seq)
     }
 
     /// Offset in the last segment file where its valid frames end (the segment header length
@@ -239,7 +240,8 @@ impl LogReader {
     }
 
     /// Batches with sequence number `>= from`, in log order.
-    pub fn batches_from(&self, from: u64) -> impl Iterator<Item = Batch<'_>> + '_ {
+    pub fn batches_from(&self, from: impl Into<Seq>) -> impl Iterator<Item = Batch<'_>> + '_ {
+        let from = from.into().get();
         // Skip whole segments that end before `from`: segment i holds [id_i, id_{i+1}).
         let first = self
             .segments
@@ -260,12 +262,12 @@ impl LogReader {
                 };
                 SegmentFrames::new(seg, limit)
             })
-            .filter(move |b| b.seq() >= from)
+            .filter(move |b| b.seq().get() >= from)
     }
 
     /// A follower starting at batch `from`: yields each batch once it is in the log,
     /// waiting for new ones.
-    pub fn follow(&self, from: impl Into<crate::seq::Seq>) -> Follower {
+    pub fn follow(&self, from: impl Into<Seq>) -> Follower {
         let from = from.into().get();
         match &self.engine {
             // A view of an open engine: follow through its mappings, up to its durable end.
@@ -364,8 +366,8 @@ impl Follower {
     }
 
     /// Sequence number of the next batch this follower yields.
-    pub fn next_seq(&self) -> u64 {
-        self.next_seq
+    pub fn next_seq(&self) -> Seq {
+        Seq::new(self.next_seq)
     }
 
     /// A follower of an open engine's log: its segments come from the engine's list.
@@ -392,8 +394,8 @@ impl Follower {
         match (found, segs.iter().next()) {
             // The batch was in a segment that `Engine::retire_before` removed.
             (None, Some(first)) => Err(Error::Retired {
-                seq: self.next_seq,
-                first: first.id,
+                seq: Seq::new(self.next_seq),
+                first: Seq::new(first.id),
             }),
             (found, _) => Ok(found),
         }
@@ -416,8 +418,8 @@ impl Follower {
             return match files.first() {
                 // The batch was in a segment that `Engine::retire_before` removed.
                 Some(&(first, _)) => Err(Error::Retired {
-                    seq: self.next_seq,
-                    first,
+                    seq: Seq::new(self.next_seq),
+                    first: Seq::new(first),
                 }),
                 None => Ok(None),
             };

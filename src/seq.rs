@@ -60,6 +60,28 @@ impl PartialOrd<u64> for Seq {
     }
 }
 
+/// `seq + n`: the batch `n` after `seq`.
+impl std::ops::Add<u64> for Seq {
+    type Output = Seq;
+    fn add(self, n: u64) -> Seq {
+        Seq(self.0 + n)
+    }
+}
+
+impl std::ops::AddAssign<u64> for Seq {
+    fn add_assign(&mut self, n: u64) {
+        self.0 += n;
+    }
+}
+
+/// `seq - n`: the batch `n` before `seq`.
+impl std::ops::Sub<u64> for Seq {
+    type Output = Seq;
+    fn sub(self, n: u64) -> Seq {
+        Seq(self.0 - n)
+    }
+}
+
 impl fmt::Display for Seq {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)

@@ -197,7 +197,7 @@ fn build_fixture() -> Fixture {
             offset: b.offset(),
             len: b.frame_len() as u64,
             body_end: b.offset() + 32 + body_len,
-            seq: b.seq(),
+            seq: b.seq().get(),
         });
     }
     assert_eq!(
@@ -629,7 +629,7 @@ fn check_reader(fx: &Fixture, dir: &Path, mode: RecoveryMode, expect: Expect) ->
         ensure!(n < fx.frames.len(), "more batches than the log holds");
         let f = &fx.frames[n];
         ensure!(
-            (b.seq(), b.offset(), b.frame_len() as u64) == (f.seq, f.offset, f.len),
+            (b.seq().get(), b.offset(), b.frame_len() as u64) == (f.seq, f.offset, f.len),
             "batch {} at offset {} (len {}) where {} at {} (len {}) was expected",
             b.seq(),
             b.offset(),

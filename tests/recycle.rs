@@ -83,7 +83,7 @@ fn closed_in_a_reused_segment() -> (tempfile::TempDir, SegmentInfo, u64, u64) {
     until_active_is_recycled(&engine);
     let active = engine.segments().pop().unwrap();
     let reader = engine.replay().unwrap();
-    let (end, next) = (reader.end_offset(), reader.next_seq());
+    let (end, next) = (reader.end_offset(), reader.next_seq().get());
     drop(reader);
     engine.close().unwrap();
     (dir, active, end, next)
@@ -235,7 +235,7 @@ fn a_recycled_segment_before_the_last_ends_at_the_next_ones_id() {
 
     // A valid frame with the next segment's first batch right after the last frame.
     let mut frame = vec![0u8; 512];
-    let mut w = FrameWriter::new(&mut frame, next_id, FLAG_SORTED);
+    let mut w = FrameWriter::new(&mut frame, next_id.get(), FLAG_SORTED);
     w.push(RecordOp::Put, b"misplaced", b"x");
     let n = w.finish(1);
     let path: &Path = &first_recycled.path;
@@ -383,7 +383,7 @@ fn a_follower_never_walks_into_the_old_frames_of_a_reused_segment() {
         .unwrap();
     // An old frame where the marker would be, as in the instant before the marker is stored.
     let mut old = vec![0u8; len];
-    let mut w = FrameWriter::new(&mut old, active.first_seq - 5, FLAG_SORTED);
+    let mut w = FrameWriter::new(&mut old, active.first_seq.get() - 5, FLAG_SORTED);
     w.push(RecordOp::Put, b"old-00000000", &value(1));
     assert_eq!(w.finish(1), len);
     file.write_all_at(&old, end).unwrap();

@@ -344,7 +344,7 @@ fn followers_see_every_batch(make_follower: fn(&Engine, &Path, u64) -> Follower,
     // Something before the followers start, so that one of them starts mid-log.
     let pre = write_concurrently(&engine, 2, 300, 7, 8);
     wait_ok(&engine.flush().expect("flush"), what);
-    let mid = engine.replay().expect("replay").next_seq() / 2 + 1;
+    let mid = engine.replay().expect("replay").next_seq().get() / 2 + 1;
     let target = AtomicU64::new(u64::MAX);
     let (from_start, from_mid, subs) = std::thread::scope(|s| {
         let f1 = make_follower(&engine, dir.path(), 1);
@@ -354,7 +354,7 @@ fn followers_see_every_batch(make_follower: fn(&Engine, &Path, u64) -> Follower,
         let h2 = s.spawn(move || follow_until(f2, mid, target));
         let subs = write_concurrently(&engine, 3, 2500, 8, 12);
         wait_ok(&engine.flush().expect("flush"), what);
-        let last = engine.replay().expect("replay").next_seq() - 1;
+        let last = engine.replay().expect("replay").next_seq().get() - 1;
         target.store(last, Ordering::Release);
         (
             h1.join().expect("follower thread"),

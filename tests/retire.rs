@@ -120,22 +120,26 @@ struct Replayed {
 /// `max(from, first_seq)` to `next_seq`.
 fn replay(reader: &LogReader, from: u64, ctx: &str) -> Replayed {
     let mut out = Replayed {
-        first_seq: reader.first_seq(),
-        next_seq: reader.next_seq(),
+        first_seq: reader.first_seq().get(),
+        next_seq: reader.next_seq().get(),
         state: State::new(),
         newest: BTreeMap::new(),
     };
-    let mut expect = from.max(reader.first_seq());
+    let mut expect = from.max(reader.first_seq().get());
     for b in reader.batches_from(from) {
         assert_eq!(b.seq(), expect, "{ctx}: batches must be consecutive");
         expect += 1;
         apply_batch(&mut out.state, &b);
         for r in b.records() {
             out.newest
-                .insert(r.key.to_vec(), (b.seq(), r.op == RecordOp::Put));
+                .insert(r.key.to_vec(), (b.seq().get(), r.op == RecordOp::Put));
         }
     }
-    assert_eq!(expect, reader.next_seq(), "{ctx}: replay ends at next_seq");
+    assert_eq!(
+        expect,
+        reader.next_seq().get(),
+        "{ctx}: replay ends at next_seq"
+    );
     out
 }
 
@@ -202,7 +206,7 @@ fn retiring_a_prefix_forgets_exactly_what_reopening_forgets() {
             segments: removable,
             bytes: files[..removable].iter().map(|f| f.2).sum(),
             keys_forgotten: forgotten.len(),
-            first_seq: seq,
+            first_seq: seq.into(),
             recycled: 0,
         }
     );
@@ -215,7 +219,7 @@ fn retiring_a_prefix_forgets_exactly_what_reopening_forgets() {
         ids(&files[removable..]),
         "remaining files"
     );
-    assert_eq!(after_files[0].0, r.first_seq);
+    assert_eq!(after_files[0].0, r.first_seq.get());
 
     let reader = engine.replay().expect("replay after");
     assert_eq!(reader.first_seq(), r.first_seq);
@@ -280,7 +284,7 @@ fn retire_never_removes_the_active_segment() {
     // Again: nothing more to remove.
     let again = engine.retire_before(u64::MAX).expect("retire again");
     assert_eq!(
-        (again.segments, again.keys_forgotten, again.first_seq),
+        (again.segments, again.keys_forgotten, again.first_seq.get()),
         (0, 0, last)
     );
 
@@ -337,7 +341,7 @@ fn retire_never_removes_the_active_segment() {
     let last = files.last().unwrap().0;
     let expected = replay(&engine.replay().expect("replay"), last, "last segment").state;
     let r = engine.retire_before(u64::MAX).expect("retire after reopen");
-    assert_eq!((r.segments, r.first_seq), (files.len() - 1, last));
+    assert_eq!((r.segments, r.first_seq.get()), (files.len() - 1, last));
     assert_eq!(ids(&seg_files(dir.path())), vec![last]);
     let state = engine_state(&engine);
     assert_state(
@@ -368,7 +372,7 @@ fn retire_before_the_first_segment_is_a_no_op() {
                 segments: 0,
                 bytes: 0,
                 keys_forgotten: 0,
-                first_seq: first,
+                first_seq: first.into(),
                 recycled: 0,
             },
             "retire_before({seq})"
@@ -393,7 +397,7 @@ fn retire_before_the_first_segment_is_a_no_op() {
     // Retire exactly one, then the same checks against the new first segment.
     let r = engine.retire_before(files[1].0).expect("retire one");
     assert_eq!(
-        (r.segments, r.bytes, r.first_seq),
+        (r.segments, r.bytes, r.first_seq.get()),
         (1, files[0].2, files[1].0)
     );
     let rest = &files[1..];
@@ -432,7 +436,7 @@ fn a_follower_behind_the_retired_prefix_gets_retired_error() {
 
     let r = engine.retire_before(files[2].0).expect("retire");
     assert_eq!(r.segments, 2);
-    let first = r.first_seq;
+    let first = r.first_seq.get();
     assert_eq!(first, files[2].0);
     assert!(!files[0].1.exists(), "the pinned key's segment is gone");
     // Forgotten by the engine, but the reference read before still reads the same bytes.
@@ -449,7 +453,11 @@ fn a_follower_behind_the_retired_prefix_gets_retired_error() {
     let expect_retired = |got: mergelog::Result<Option<OwnedBatch>>, seq: u64, ctx: &str| match got
     {
         Err(Error::Retired { seq: s, first: f }) => {
-            assert_eq!((s, f), (seq, first), "{ctx}: Retired error fields")
+            assert_eq!(
+                (s.get(), f.get()),
+                (seq, first),
+                "{ctx}: Retired error fields"
+            )
         }
         other => {
             panic!("{ctx}: expected Error::Retired {{ seq: {seq}, first: {first} }}, got {other:?}")
@@ -477,7 +485,7 @@ fn a_follower_behind_the_retired_prefix_gets_retired_error() {
         "engine.follow(first - 1)",
     );
     match engine.follow(1).next() {
-        Some(Err(Error::Retired { seq: 1, first: f })) if f == first => {}
+        Some(Err(Error::Retired { seq, first: f })) if seq == 1 && f == first => {}
         other => panic!("engine.follow(1).next(): {other:?}"),
     }
     let got = engine
@@ -514,7 +522,7 @@ fn a_follower_behind_the_retired_prefix_gets_retired_error() {
     );
     // batches_from an earlier sequence starts at the first batch the log holds.
     assert_eq!(
-        reader.batches_from(1).next().map(|b| b.seq()),
+        reader.batches_from(1).next().map(|b| b.seq().get()),
         Some(first),
         "batches_from(1)"
     );
@@ -650,6 +658,7 @@ fn write_while_retiring(config: Config) {
                     .replay()
                     .expect("replay")
                     .next_seq()
+                    .get()
                     .saturating_sub(8)
             };
             let r = engine.retire_before(seq).expect("retire_before");
@@ -659,8 +668,8 @@ fn write_while_retiring(config: Config) {
                 "retired past seq {seq}: {r:?}"
             );
             // Nothing else removes files: the oldest on disk is the new first segment.
-            assert_eq!(seg_files(dir.path())[0].0, r.first_seq, "{r:?}");
-            first_seq = r.first_seq;
+            assert_eq!(seg_files(dir.path())[0].0, r.first_seq.get(), "{r:?}");
+            first_seq = r.first_seq.get();
             retired_segments += r.segments;
             retirements += (r.segments > 0) as usize;
             recycled += r.recycled;
@@ -893,7 +902,7 @@ fn a_follower_whose_segment_is_retired_under_it_gets_retired_error() {
     drop(reader);
     // Retires the follower's segment and the next one.
     let r = engine.retire_before(files[2].0).expect("retire");
-    assert_eq!((r.segments, r.first_seq), (2, files[2].0));
+    assert_eq!((r.segments, r.first_seq.get()), (2, files[2].0));
     for (name, f) in [
         ("engine.follow", &mut in_process),
         ("LogReader.follow", &mut other),
@@ -908,7 +917,7 @@ fn a_follower_whose_segment_is_retired_under_it_gets_retired_error() {
                     next += 1;
                 }
                 Err(Error::Retired { seq, first }) => {
-                    assert_eq!((seq, first), (files[1].0, r.first_seq), "{name}");
+                    assert_eq!((seq.get(), first.get()), (files[1].0, r.first_seq.get()), "{name}");
                     break;
                 }
                 Ok(None) => panic!(

@@ -22,7 +22,7 @@ struct Acked {
 }
 
 /// Per batch of the log: key → the record's value (`None`: a delete).
-fn log_batches(engine: &Engine) -> BTreeMap<u64, HashMap<Vec<u8>, Option<Vec<u8>>>> {
+fn log_batches(engine: &Engine) -> BTreeMap<Seq, HashMap<Vec<u8>, Option<Vec<u8>>>> {
     let reader = engine.replay().expect("replay");
     reader
         .batches()
@@ -62,7 +62,7 @@ fn check_against_log(engine: &Engine, mut acked: Vec<Acked>) {
     }
     for a in &acked {
         let batch = batches
-            .get(&a.seq.get())
+            .get(&a.seq)
             .unwrap_or_else(|| panic!("batch {} (position {}) is not in the log", a.seq, a.pos));
         let logged = batch.get(&a.key).unwrap_or_else(|| {
             panic!(
@@ -168,7 +168,7 @@ fn a_batch_a_flush_and_a_future_report_their_batch() {
     let seq = t.wait().unwrap();
     assert!(seq > first);
     let logged = log_batches(&engine);
-    let held = &logged[&seq.get()];
+    let held = &logged[&seq];
     assert_eq!(held.len(), 3, "the whole WriteBatch is in batch {seq}");
     assert_eq!(held[b"a".as_slice()], None);
 
@@ -235,7 +235,7 @@ fn sequence_numbers_go_on_across_reopens_and_follow_and_retire_use_them() {
     let from = checkpoints[1].next();
     let mut follower = engine.follow(from);
     let b = follower.next().unwrap().unwrap();
-    assert_eq!(b.seq, from.get());
+    assert_eq!(b.seq, from);
     assert!(b.records.iter().any(|(_, k, _)| k.starts_with(b"r2-")));
     // Retiring before a checkpoint keeps every batch after it.
     let retired = engine.retire_before(checkpoints[1]).unwrap();
@@ -243,9 +243,9 @@ fn sequence_numbers_go_on_across_reopens_and_follow_and_retire_use_them() {
         retired.segments > 0,
         "nothing retired: the test's segments are too big"
     );
-    assert!(retired.first_seq <= checkpoints[1].get());
+    assert!(retired.first_seq <= checkpoints[1]);
     let reader = engine.replay().unwrap();
-    assert!(reader.batches().any(|b| b.seq() == checkpoints[2].get()));
+    assert!(reader.batches().any(|b| b.seq() == checkpoints[2]));
 }
 
 /// Polls a future to completion on this thread, parking between polls.

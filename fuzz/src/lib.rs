@@ -471,7 +471,7 @@ fn read_log(dir: &Path, mode: RecoveryMode) -> Option<State> {
         if let Some(e) = expect {
             assert_eq!(batch.seq(), e, "reader batches must be consecutive");
         }
-        expect = batch.seq().checked_add(1);
+        expect = batch.seq().get().checked_add(1);
         let mut n = 0;
         for r in batch.records() {
             n += 1;

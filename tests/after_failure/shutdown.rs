@@ -21,7 +21,7 @@ fn config() -> Config {
 
 /// Batches a closed log holds, as another process would read them.
 fn batches_in(dir: &std::path::Path) -> u64 {
-    LogReader::open(dir).expect("read the log").next_seq() - 1
+    LogReader::open(dir).expect("read the log").next_seq().get() - 1
 }
 
 fn put_and_wait(engine: &Engine, from: usize, n: usize) {
@@ -61,8 +61,8 @@ fn drive(
             };
             match next {
                 Ok(b) => {
-                    seqs.push(b.seq);
-                    let _ = seen.send(b.seq);
+                    seqs.push(b.seq.get());
+                    let _ = seen.send(b.seq.get());
                 }
                 Err(e) => return (seqs, e),
             }

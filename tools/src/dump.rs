@@ -70,7 +70,7 @@ pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
     let mut out = BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     let written = (|| -> std::io::Result<()> {
         for batch in reader.batches_from(args.from) {
-            let seq = batch.seq();
+            let seq = batch.seq().get();
             for rec in batch.records() {
                 let key = logdir::show(rec.key, encoding);
                 let (op, value) = match rec.op {

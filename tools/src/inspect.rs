@@ -202,7 +202,7 @@ impl Scan {
             sorted_batches: 0,
             first_seq: None,
             last_seq: None,
-            next_seq: reader.next_seq(),
+            next_seq: reader.next_seq().get(),
             records: 0,
             puts: 0,
             deletes: 0,
@@ -239,8 +239,8 @@ impl Scan {
         let r = &mut self.report;
         r.batches += 1;
         r.sorted_batches += u64::from(b.is_sorted());
-        r.first_seq.get_or_insert(b.seq());
-        r.last_seq = Some(b.seq());
+        r.first_seq.get_or_insert(b.seq().get());
+        r.last_seq = Some(b.seq().get());
         r.records += records;
         r.puts += keys.puts;
         r.deletes += keys.deletes;
@@ -252,12 +252,12 @@ impl Scan {
         if let Some(seg) = r.segments.iter_mut().find(|s| s.file == seg_name) {
             seg.batches += 1;
             seg.used_bytes = b.offset() + b.frame_len() as u64;
-            seg.first_seq.get_or_insert(b.seq());
-            seg.last_seq = Some(b.seq());
+            seg.first_seq.get_or_insert(b.seq().get());
+            seg.last_seq = Some(b.seq().get());
         }
         if r.batch_list.len() < limit {
             r.batch_list.push(BatchJson {
-                seq: b.seq(),
+                seq: b.seq().get(),
                 segment: seg_name,
                 offset: b.offset(),
                 frame_bytes: b.frame_len(),

@@ -114,8 +114,8 @@ fn summarize(reader: &LogReader) -> Summary {
         s.batches += 1;
         s.records += b.len() as u64;
         s.bytes += b.frame_len() as u64;
-        s.first_seq.get_or_insert(b.seq());
-        s.last_seq = Some(b.seq());
+        s.first_seq.get_or_insert(b.seq().get());
+        s.last_seq = Some(b.seq().get());
         s.last_end = Some((b.segment().to_owned(), b.offset() + b.frame_len() as u64));
     }
     s

@@ -245,7 +245,7 @@ fn dump_prints_exactly_the_surviving_records() {
     let logged: Vec<(u64, RecordOp, Vec<u8>, Vec<u8>)> = reader
         .batches()
         .flat_map(|b| {
-            let seq = b.seq();
+            let seq = b.seq().get();
             b.records()
                 .map(move |r| (seq, r.op, r.key.to_vec(), r.value.to_vec()))
                 .collect::<Vec<_>>()
@@ -350,7 +350,7 @@ fn inspect_counts_match_the_reader() {
     assert_eq!(int(&report, "ops_acknowledged"), acked);
     assert_eq!(int(&report, "coalesced"), acked - records as u64);
     assert_eq!(int(&report, "frame_bytes"), frame_bytes);
-    assert_eq!(int(&report, "next_seq"), reader.next_seq());
+    assert_eq!(int(&report, "next_seq"), reader.next_seq().get());
     assert!(report["damage"].is_null());
     let per_segment: u64 = segments.iter().map(|s| int(s, "batches")).sum();
     assert_eq!(per_segment, batches.len() as u64);
@@ -364,7 +364,7 @@ fn inspect_counts_match_the_reader() {
         .iter()
         .zip(&batches)
     {
-        assert_eq!(int(listed, "seq"), b.seq());
+        assert_eq!(int(listed, "seq"), b.seq().get());
         assert_eq!(int(listed, "offset"), b.offset());
         assert_eq!(int(listed, "records"), b.len() as u64);
     }

@@ -3,11 +3,10 @@
 //! polling `is_done`, or a future) and although the engine wakes writers before it updates
 //! the index (lookups wait on the index's lock meanwhile).
 
+mod common;
+
+use common::block_on;
 use mergelog::{Config, Engine, Ticket};
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
 
 /// How a writer learns that its ticket completed.
 #[derive(Clone, Copy, Debug)]
@@ -15,24 +14,6 @@ enum Await {
     Block,
     Poll,
     Future,
-}
-
-/// Polls a future to completion on this thread, parking between polls.
-fn block_on(mut ticket: Ticket) -> mergelog::Result<mergelog::Seq> {
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    loop {
-        match Pin::new(&mut ticket).poll(&mut cx) {
-            Poll::Ready(r) => return r,
-            Poll::Pending => std::thread::park(),
-        }
-    }
 }
 
 fn complete(ticket: Ticket, how: Await) {

@@ -4,13 +4,10 @@
 
 mod common;
 
-use common::WAIT_MAX;
+use common::{block_on, WAIT_MAX};
 use mergelog::{Config, Engine, RecordOp, Seq, Ticket, WriteBatch};
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
 
 /// One acknowledged write: its place in the order, what it wrote, the batch it reported.
 struct Acked {
@@ -119,26 +116,14 @@ fn every_ticket_names_the_batch_that_holds_its_write() {
                         };
                         pending.push((t, key, value));
                         // Up to 32 outstanding, so windows hold many requests.
-                        if pending.len() == 32 {
-                            for (t, key, value) in pending.drain(..) {
-                                let seq = t.wait_timeout(WAIT_MAX).unwrap();
-                                acked.push(Acked {
-                                    pos: t.position(),
-                                    key,
-                                    value,
-                                    seq,
-                                });
-                            }
+                        if pending.len() == 32 || i == 2_999 {
+                            acked.extend(pending.drain(..).map(|(t, key, value)| Acked {
+                                seq: t.wait_timeout(WAIT_MAX).unwrap(),
+                                pos: t.position(),
+                                key,
+                                value,
+                            }));
                         }
-                    }
-                    for (t, key, value) in pending {
-                        let seq = t.wait_timeout(WAIT_MAX).unwrap();
-                        acked.push(Acked {
-                            pos: t.position(),
-                            key,
-                            value,
-                            seq,
-                        });
                     }
                     acked
                 })
@@ -246,22 +231,4 @@ fn sequence_numbers_go_on_across_reopens_and_follow_and_retire_use_them() {
     assert!(retired.first_seq <= checkpoints[1]);
     let reader = engine.replay().unwrap();
     assert!(reader.batches().any(|b| b.seq() == checkpoints[2]));
-}
-
-/// Polls a future to completion on this thread, parking between polls.
-fn block_on<F: Future + Unpin>(mut fut: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    loop {
-        match Pin::new(&mut fut).poll(&mut cx) {
-            Poll::Ready(r) => return r,
-            Poll::Pending => std::thread::park(),
-        }
-    }
 }

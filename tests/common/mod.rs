@@ -137,3 +137,25 @@ pub fn assert_refuses(engine: &Engine, ctx: &str) {
         );
     }
 }
+
+/// Polls a future to completion on this thread, parking between polls (a runtime-free
+/// executor for one future: what a ticket's `Future` impl is tested with).
+pub fn block_on<F: std::future::Future + Unpin>(mut fut: F) -> F::Output {
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        match Pin::new(&mut fut).poll(&mut cx) {
+            Poll::Ready(r) => return r,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}

@@ -25,6 +25,7 @@ mod cpu;
 mod engine;
 mod hlog;
 mod naive;
+mod okaywal;
 mod plot;
 mod probe;
 mod recorder;
@@ -224,7 +225,7 @@ pub struct BenchArgs {
         value_enum,
         value_name = "LIST",
         value_delimiter = ',',
-        default_value = "mergelog,no-coalesce,wal,naive"
+        default_value = "mergelog,no-coalesce,okaywal,wal,naive"
     )]
     systems: Vec<System>,
     /// Run every system N times, alternating: round r runs each system once for the full
@@ -251,6 +252,9 @@ pub enum System {
     Wal,
     /// Lock + pwrite + fdatasync per write, gets from a HashMap under the same lock.
     Naive,
+    /// The okaywal crate, a real write-ahead log with group commit: one entry per write,
+    /// `commit` returns once it is durable (sync mode only).
+    Okaywal,
 }
 
 impl System {
@@ -260,6 +264,7 @@ impl System {
             System::NoCoalesce => "no-coalesce",
             System::Wal => "wal",
             System::Naive => "naive",
+            System::Okaywal => "okaywal",
         }
     }
 
@@ -1107,6 +1112,24 @@ fn execute(
     }
     output.check()?;
     let plan = plan(args)?;
+    // okaywal always syncs: without syncs it would measure something else under its name.
+    let kept: Vec<System>;
+    let systems = if plan.durability != Durability::Sync && systems.contains(&System::Okaywal) {
+        eprintln!("mergelog {command}: okaywal skipped: it always syncs its commits");
+        kept = systems
+            .iter()
+            .copied()
+            .filter(|&s| s != System::Okaywal)
+            .collect();
+        if kept.is_empty() {
+            return Err(CliError::usage(
+                "nothing to run: okaywal always syncs; add a system or drop --durability nosync",
+            ));
+        }
+        &kept[..]
+    } else {
+        systems
+    };
 
     let root = Root::prepare(args.dir.as_deref())?;
     let dirs = systems
@@ -1231,6 +1254,7 @@ fn run_once(
     let result = match system {
         System::Naive => naive::run(dir, plan, hooks, &progress),
         System::Wal => wal::run(dir, plan, hooks, &progress),
+        System::Okaywal => okaywal::run(dir, plan, hooks, &progress),
         _ => engine::run(dir, plan.engine_config(system), plan, hooks, &progress),
     };
     progress.finish();

@@ -155,7 +155,26 @@ pub fn run(
         plan,
         hooks,
         progress,
-        |i, slot, barrier| writer(&log, Generator::new(&plan.spec, i), i, plan, slot, barrier),
+        |i, slot, barrier| {
+            let max_len = RECORD_HEADER_LEN + plan.spec.key_size.max + plan.spec.value_size.max;
+            let mut buf = Vec::with_capacity(max_len);
+            let gen = Generator::new(&plan.spec, i);
+            blocking_writer(gen, i, plan, slot, barrier, |op| match op {
+                Op::Put { key, value } => {
+                    encode_op(&mut buf, key, Some(value));
+                    log.lock().append(&buf, key, Some(value))
+                }
+                Op::Delete { key } => {
+                    encode_op(&mut buf, key, None);
+                    log.lock().append(&buf, key, None)
+                }
+                Op::Get { key } => {
+                    // Copied out, as the engine's get returns an owned value.
+                    black_box(log.lock().index.get(key).cloned());
+                    Ok(())
+                }
+            })
+        },
         || {
             let log = log.lock();
             LogCounts {
@@ -169,18 +188,17 @@ pub fn run(
     )
 }
 
-/// One writer, one request at a time: in a closed loop back to back, in an open loop at
-/// its scheduled times (or at once, when it is behind).
-fn writer(
-    log: &Mutex<Log>,
+/// One writer of a system whose operations block until done (durable, for a write), one
+/// request at a time: in a closed loop back to back, in an open loop at its scheduled times
+/// (or at once, when it is behind). `apply` performs one operation.
+pub fn blocking_writer(
     gen: Result<Generator, String>,
     index: usize,
     plan: &Plan,
     slot: &Mutex<Slot>,
     barrier: &Barrier,
+    mut apply: impl FnMut(Op<'_>) -> Result<(), CliError>,
 ) -> Result<Span, CliError> {
-    let max_len = RECORD_HEADER_LEN + plan.spec.key_size.max + plan.spec.value_size.max;
-    let mut buf = Vec::with_capacity(max_len);
     if plan.rate.is_some() {
         fine_timer_slack();
     }
@@ -202,20 +220,7 @@ fn writer(
         let op = gen.next_op();
         let kind = op.kind();
         let sent = Instant::now();
-        match op {
-            Op::Put { key, value } => {
-                encode_op(&mut buf, key, Some(value));
-                log.lock().append(&buf, key, Some(value))?;
-            }
-            Op::Delete { key } => {
-                encode_op(&mut buf, key, None);
-                log.lock().append(&buf, key, None)?;
-            }
-            Op::Get { key } => {
-                // Copied out, as the engine's get returns an owned value.
-                black_box(log.lock().index.get(key).cloned());
-            }
-        }
+        apply(op)?;
         let now = Instant::now();
         let intended = due.map_or(sent, |d| d.min(sent));
         slot.lock().record(kind, now - intended, now - sent);

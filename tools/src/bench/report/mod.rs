@@ -380,12 +380,16 @@ struct Run {
     ratio_vs_naive: Option<f64>,
     /// ops_per_s / wal's ops_per_s; null when `wal` was not run.
     ratio_vs_wal: Option<f64>,
+    /// ops_per_s / okaywal's ops_per_s; null when `okaywal` was not run.
+    ratio_vs_okaywal: Option<f64>,
     /// ops_per_s / no-coalesce's ops_per_s; null when `no-coalesce` was not run.
     ratio_vs_no_coalesce: Option<f64>,
     /// latency_us.p99 / naive's; null when `naive` was not run.
     p99_ratio_vs_naive: Option<f64>,
     /// latency_us.p99 / wal's; null when `wal` was not run.
     p99_ratio_vs_wal: Option<f64>,
+    /// latency_us.p99 / okaywal's; null when `okaywal` was not run.
+    p99_ratio_vs_okaywal: Option<f64>,
     /// latency_us.p99 / no-coalesce's; null when `no-coalesce` was not run.
     p99_ratio_vs_no_coalesce: Option<f64>,
     /// The engine's counters (null for the baselines without an engine: `wal`, `naive`).
@@ -414,16 +418,22 @@ pub struct Report {
 }
 
 /// The baselines, simplest first: each system is compared with the ones before it
-/// (`mergelog` with all three, `no-coalesce` with `wal` and `naive`, `wal` with `naive`).
-const BASELINES: [System; 3] = [System::Naive, System::Wal, System::NoCoalesce];
+/// (`mergelog` with all four, `no-coalesce` with `okaywal`, `wal` and `naive`, and so on).
+const BASELINES: [System; 4] = [
+    System::Naive,
+    System::Wal,
+    System::Okaywal,
+    System::NoCoalesce,
+];
 
 /// The baselines `system` is compared with.
 fn baselines_of(system: System) -> &'static [System] {
     let below = match system {
         System::Naive => 0,
         System::Wal => 1,
-        System::NoCoalesce => 2,
-        System::Mergelog => 3,
+        System::Okaywal => 2,
+        System::NoCoalesce => 3,
+        System::Mergelog => 4,
     };
     &BASELINES[..below]
 }
@@ -502,9 +512,11 @@ fn stage_json(name: &'static str, h: &Histogram<u64>) -> Stage {
 struct Baselines {
     naive: Option<f64>,
     wal: Option<f64>,
+    okaywal: Option<f64>,
     no_coalesce: Option<f64>,
     naive_p99: Option<f64>,
     wal_p99: Option<f64>,
+    okaywal_p99: Option<f64>,
     no_coalesce_p99: Option<f64>,
 }
 
@@ -516,9 +528,11 @@ impl Baselines {
         Baselines {
             naive: of(System::Naive, &RunResult::ops_per_s),
             wal: of(System::Wal, &RunResult::ops_per_s),
+            okaywal: of(System::Okaywal, &RunResult::ops_per_s),
             no_coalesce: of(System::NoCoalesce, &RunResult::ops_per_s),
             naive_p99: of(System::Naive, &p99),
             wal_p99: of(System::Wal, &p99),
+            okaywal_p99: of(System::Okaywal, &p99),
             no_coalesce_p99: of(System::NoCoalesce, &p99),
         }
     }
@@ -557,9 +571,11 @@ impl Run {
             bytes_per_write: per(r.bytes_written, writes),
             ratio_vs_naive: ratio(rate, base.naive),
             ratio_vs_wal: ratio(rate, base.wal),
+            ratio_vs_okaywal: ratio(rate, base.okaywal),
             ratio_vs_no_coalesce: ratio(rate, base.no_coalesce),
             p99_ratio_vs_naive: ratio(p99(r), base.naive_p99),
             p99_ratio_vs_wal: ratio(p99(r), base.wal_p99),
+            p99_ratio_vs_okaywal: ratio(p99(r), base.okaywal_p99),
             p99_ratio_vs_no_coalesce: ratio(p99(r), base.no_coalesce_p99),
             engine: r.engine.as_ref().map(EngineJson::of),
             cpu: r.cpu.as_ref().map(CpuJson::of),

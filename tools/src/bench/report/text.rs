@@ -85,6 +85,7 @@ impl Report {
             "B/write",
             "vs naive",
             "vs wal",
+            "vs okaywal",
             "vs no-coal",
         ]);
         let rows: Vec<Vec<String>> = self
@@ -110,6 +111,7 @@ impl Report {
                     r.bytes_per_write.map_or("-".into(), |x| format!("{x:.1}")),
                     r.ratio_vs_naive.map_or("-".into(), times),
                     r.ratio_vs_wal.map_or("-".into(), times),
+                    r.ratio_vs_okaywal.map_or("-".into(), times),
                     r.ratio_vs_no_coalesce.map_or("-".into(), times),
                 ]);
                 row
@@ -293,6 +295,7 @@ impl Report {
             for (name, rate, p99) in [
                 ("naive", r.ratio_vs_naive, r.p99_ratio_vs_naive),
                 ("wal", r.ratio_vs_wal, r.p99_ratio_vs_wal),
+                ("okaywal", r.ratio_vs_okaywal, r.p99_ratio_vs_okaywal),
                 (
                     "no-coalesce",
                     r.ratio_vs_no_coalesce,

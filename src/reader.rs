@@ -7,6 +7,7 @@
 //! at the tail, may be one the engine is writing right now).
 
 use crate::config::RecoveryMode;
+use crate::consumer::{self, Consumer};
 use crate::error::{Error, Result};
 use crate::log::format::segment_file_name;
 use crate::log::format::{decode_frame, Decoded, Frame, Record, RecordOp, SEGMENT_HEADER_LEN};
@@ -325,6 +326,30 @@ impl LogReader {
             ),
             None => Follower::new(self.dir.clone(), from.max(1)),
         }
+    }
+}
+
+impl LogReader {
+    /// Opens consumer `name` of this log (see [`Consumer`]), creating it at "nothing
+    /// consumed" (the first batch this view holds comes next) if it is new. It commits to the
+    /// consumer's file in the log directory, though the log is read-only here. Of a view of
+    /// an engine in this process (`Engine::replay`) it reads as `Engine::consumer` does, but
+    /// is not counted as that engine's handle of `name`; else it polls the directory for new
+    /// batches.
+    pub fn consumer(&self, name: &str) -> Result<Consumer> {
+        consumer::check_name(name)?;
+        let io = io::real();
+        let committed = consumer::load_or_create(&io, &self.dir, name, self.first_seq().get())?;
+        let live = self.engine.as_ref().map(|(_, live)| live.clone());
+        let follower = self.follow(committed + 1);
+        Ok(Consumer::new(
+            name,
+            (self.dir.clone(), io),
+            follower,
+            committed,
+            live,
+            None,
+        ))
     }
 }
 

@@ -3,7 +3,7 @@
 //! the syncer, which syncs and completes tickets) are in [`crate::pipeline`].
 
 use crate::config::{Backpressure, Config, Durability};
-use crate::consumer::{self, Consumer, OpenConsumers};
+use crate::consumer::{self, Consumer, ConsumerInfo, OpenConsumers};
 use crate::error::{Error, Result};
 use crate::index::{Index, ValueRef};
 use crate::log::clean;
@@ -420,6 +420,14 @@ impl Engine {
             Some(inner.live.clone()),
             Some(claim),
         ))
+    }
+
+    /// Every durable consumer, sorted by name, with its lag behind [`Engine::durable_seq`]
+    /// (see [`LogReader::consumers`]: the bytes are those of the frames it has not
+    /// committed). How old its oldest unprocessed batch is cannot be told: frames carry no
+    /// commit time.
+    pub fn consumers(&self) -> Result<Vec<ConsumerInfo>> {
+        self.replay()?.consumers()
     }
 
     /// Deletes consumer `name` (its file, durably): it no longer holds back `retire_before`.

@@ -7,7 +7,7 @@
 //! at the tail, may be one the engine is writing right now).
 
 use crate::config::RecoveryMode;
-use crate::consumer::{self, Consumer};
+use crate::consumer::{self, Consumer, ConsumerInfo};
 use crate::error::{Error, Result};
 use crate::log::format::segment_file_name;
 use crate::log::format::{decode_frame, Decoded, Frame, Record, RecordOp, SEGMENT_HEADER_LEN};
@@ -350,6 +350,46 @@ impl LogReader {
             live,
             None,
         ))
+    }
+}
+
+impl LogReader {
+    /// Every durable consumer of this log (its `consumer-<name>` files), sorted by name, with
+    /// its lag behind this view's last batch: the batches after its commit, and the bytes of
+    /// their frames as they lie in the segment files (within an end marker per segment). The
+    /// bytes cost reading the frames of one segment up to the first uncommitted one.
+    pub fn consumers(&self) -> Result<Vec<ConsumerInfo>> {
+        let last = self.next_seq.saturating_sub(1);
+        let all = consumer::load_all(&self.dir)?;
+        Ok(all
+            .into_iter()
+            .map(|(name, committed)| ConsumerInfo {
+                name,
+                committed: Seq::new(committed),
+                lag_batches: last.saturating_sub(committed),
+                lag_bytes: self.bytes_after(committed),
+            })
+            .collect())
+    }
+
+    /// Bytes of the frames after batch `seq`: from the first one's offset to the end of the
+    /// frames of its segment, and the frames of every segment after it.
+    fn bytes_after(&self, seq: u64) -> u64 {
+        let Some(first) = self.batches_from(seq.saturating_add(1)).next() else {
+            return 0;
+        };
+        let Some(at) = self.segments.iter().position(|s| s.path == first.segment()) else {
+            return 0;
+        };
+        let last = self.segments.len() - 1;
+        let end = |i: usize| match i == last {
+            true => self.end_offset,
+            false => self.segments[i].published(),
+        };
+        let rest: u64 = (at + 1..=last)
+            .map(|i| end(i).saturating_sub(SEGMENT_HEADER_LEN as u64))
+            .sum();
+        end(at).saturating_sub(first.offset()) + rest
     }
 }
 

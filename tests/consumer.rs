@@ -260,3 +260,36 @@ fn retirement_is_held_back_by_the_slowest_consumer() {
     assert!(r.segments >= 1);
     assert_eq!(r.held_back_by, None);
 }
+
+#[test]
+fn consumers_report_their_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config()).expect("open");
+    assert_eq!(engine.consumers().expect("consumers"), vec![]);
+    let mut a = engine.consumer("a").expect("consumer");
+    let b = engine.consumer("b").expect("consumer");
+    let n = put_batches(&engine, 30, 6 << 10).len() as u64;
+    assert!(segment_files(dir.path()).len() >= 3);
+    for _ in 0..12 {
+        next(&mut a);
+    }
+    a.commit(12).expect("commit");
+    let frames_after = |seq: u64| -> u64 {
+        let view = engine.replay().expect("replay");
+        view.batches_from(seq + 1)
+            .map(|b| b.frame_len() as u64)
+            .sum()
+    };
+    let infos = engine.consumers().expect("consumers");
+    let want = |name: &str, committed: u64| mergelog::ConsumerInfo {
+        name: name.into(),
+        committed: Seq::new(committed),
+        lag_batches: n - committed,
+        lag_bytes: frames_after(committed),
+    };
+    assert_eq!(infos, vec![want("a", 12), want("b", 0)]);
+    drop(b);
+    // Another process's view of the same directory reads the same files.
+    let reader = LogReader::open(dir.path()).expect("reader");
+    assert_eq!(reader.consumers().expect("consumers"), infos);
+}

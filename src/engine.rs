@@ -3,6 +3,7 @@
 //! the syncer, which syncs and completes tickets) are in [`crate::pipeline`].
 
 use crate::config::{Backpressure, Config, Durability};
+use crate::consumer::{self, Consumer, ConsumerInfo, OpenConsumers};
 use crate::error::{Error, Result};
 use crate::index::{Index, ValueRef};
 use crate::log::clean;
@@ -72,6 +73,10 @@ pub struct Retired {
     /// Of the removed segments, how many were kept for reuse (`Config::recycle_segments`)
     /// rather than deleted.
     pub recycled: usize,
+    /// The consumer that held the retirement back, if one did: its name and its committed
+    /// batch (history was retired only before the batch after it). `None` if no consumer
+    /// was behind the batch asked for (and always for `retire_before_forced`).
+    pub held_back_by: Option<(String, Seq)>,
 }
 
 /// The write batching engine over one log directory. `Send + Sync`: share it by reference
@@ -82,6 +87,8 @@ pub struct Engine {
     report: OpenReport,
     /// The directory lock, held until `close` has drained and joined the flusher.
     lock: Mutex<Option<File>>,
+    /// The names of the consumers with a handle open (`Engine::consumer`).
+    consumers: Arc<OpenConsumers>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -129,6 +136,7 @@ impl Engine {
             flusher: Mutex::new(Some(handle)),
             report,
             lock: Mutex::new(Some(lock)),
+            consumers: Arc::default(),
         })
     }
 
@@ -381,6 +389,61 @@ impl Engine {
         )
     }
 
+    /// Opens the durable consumer `name` (1 to 64 characters of `[A-Za-z0-9_.-]`): it yields
+    /// the batches after its last commit as a follower does, woken as each becomes durable,
+    /// and [`Consumer::commit`] records its progress in the log directory, so that it
+    /// resumes there after a restart (at-least-once: batches yielded but not committed are
+    /// yielded again). A new consumer starts at "nothing consumed": the first batch the log
+    /// holds. While it exists, `retire_before` keeps the batches it has not committed. One
+    /// handle per name: a second one while the first lives is an `Error::Consumer`.
+    pub fn consumer(&self, name: &str) -> Result<Consumer> {
+        consumer::check_name(name)?;
+        let claim = self.consumers.claim(name)?;
+        let inner = &*self.inner;
+        let committed = {
+            // Under the retirement lock (which `close` takes before it gives up the
+            // directory): no retirement removes the first batch between reading it and the
+            // new file naming it, and no file is made once another engine may have the
+            // directory.
+            let _one_at_a_time = inner.retire_lock.lock();
+            if inner.ring.is_closed() {
+                return Err(Error::Closed);
+            }
+            let first = inner.segments.read().iter().next().map_or(1, |s| s.id);
+            consumer::load_or_create(&inner.io, &inner.dir, name, first)?
+        };
+        Ok(Consumer::new(
+            name,
+            (inner.dir.clone(), inner.io.clone()),
+            self.follow(committed + 1),
+            committed,
+            Some(inner.live.clone()),
+            Some(claim),
+        ))
+    }
+
+    /// Every durable consumer, sorted by name, with its lag behind [`Engine::durable_seq`]
+    /// (see [`LogReader::consumers`]: the bytes are those of the frames it has not
+    /// committed). How old its oldest unprocessed batch is cannot be told: frames carry no
+    /// commit time.
+    pub fn consumers(&self) -> Result<Vec<ConsumerInfo>> {
+        self.replay()?.consumers()
+    }
+
+    /// Deletes consumer `name` (its file, durably): it no longer holds back `retire_before`.
+    /// False if there was no such consumer; an `Error::Consumer` if a handle of it is open.
+    pub fn remove_consumer(&self, name: &str) -> Result<bool> {
+        consumer::check_name(name)?;
+        let inner = &*self.inner;
+        self.consumers.unless_open(name, || {
+            let _one_at_a_time = inner.retire_lock.lock();
+            if inner.ring.is_closed() {
+                return Err(Error::Closed);
+            }
+            log_dir::remove_consumer(&*inner.io, &inner.dir, name)
+        })
+    }
+
     /// A read-only view of the log as of now (its durable batches; with `NoSync`, those
     /// written), for replay in log order. It reads through the engine's own mappings (no
     /// scan of the directory), and while it lives the engine does not reuse its segment
@@ -424,8 +487,23 @@ impl Engine {
     /// Files are removed oldest first, each followed by a sync of the directory, so after
     /// a crash the log is always a suffix of itself. On an error some of the segments may
     /// have been removed (the engine forgets exactly those); calling again retries the rest.
+    ///
+    /// Durable consumers ([`Engine::consumer`]) hold it back: it never removes a batch a
+    /// consumer has not committed, retiring only before `min(seq, committed + 1)` of every
+    /// consumer, and [`Retired::held_back_by`] names the consumer that limited it.
+    /// [`Engine::retire_before_forced`] ignores them.
     pub fn retire_before(&self, seq: impl Into<Seq>) -> Result<Retired> {
-        let seq = seq.into().get();
+        self.retire(seq.into().get(), true)
+    }
+
+    /// As [`Engine::retire_before`], whatever the consumers have committed: a consumer whose
+    /// next batch is removed gets [`Error::Retired`] as a follower does.
+    pub fn retire_before_forced(&self, seq: impl Into<Seq>) -> Result<Retired> {
+        self.retire(seq.into().get(), false)
+    }
+
+    /// `retire_before(seq)`, held back by the consumers if `respect_consumers`.
+    fn retire(&self, seq: u64, respect_consumers: bool) -> Result<Retired> {
         let inner = &*self.inner;
         // Checked under the lock, which `close` takes before it gives up the directory: no
         // retirement runs on once another engine may have the directory.
@@ -436,6 +514,13 @@ impl Engine {
         if inner.ring.is_closed() {
             return Err(Error::Closed);
         }
+        // Read under the lock: a consumer created meanwhile (`Engine::consumer` takes it
+        // too) is either seen here or starts after what this removes. A commit meanwhile
+        // only moves a position forward, so an older one read here only retires less.
+        let (seq, held_back_by) = match respect_consumers {
+            true => consumer::retire_limit(&inner.dir, seq)?,
+            false => (seq, None),
+        };
         // Segment i holds batches [id_i, id_{i+1}): it can go once id_{i+1} <= seq. Every
         // segment but the last is complete and durable (a roll drains the pipeline first).
         let candidates: Vec<Arc<Segment>> = {
@@ -465,6 +550,7 @@ impl Engine {
             keys_forgotten,
             first_seq,
             recycled,
+            held_back_by,
         })
     }
 

@@ -138,6 +138,15 @@ pub enum Error {
         /// The first batch the log still holds.
         first: crate::Seq,
     },
+    /// A consumer call was refused (`Engine::consumer`, `Consumer::commit`,
+    /// `Engine::remove_consumer`): an invalid name, a second handle of an open consumer, a
+    /// commit past what is yielded or durable, the removal of an open consumer.
+    Consumer {
+        /// The consumer's name, as given.
+        name: String,
+        /// What was refused, and why.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -222,6 +231,7 @@ impl fmt::Display for Error {
                 f,
                 "batch {seq} was retired: the log now starts at batch {first}; restore from the snapshot the retirement was taken after, then follow from {first}"
             ),
+            Error::Consumer { name, reason } => write!(f, "consumer {name:?}: {reason}"),
         }
     }
 }

@@ -70,6 +70,8 @@ pub mod coalesce;
 #[cfg(not(loom))]
 mod config;
 #[cfg(not(loom))]
+mod consumer;
+#[cfg(not(loom))]
 mod engine;
 #[cfg(not(loom))]
 mod error;
@@ -97,6 +99,8 @@ mod ticket;
 
 #[cfg(not(loom))]
 pub use config::{Backpressure, Config, Durability, RecoveryMode, WindowPolicy, WritePath};
+#[cfg(not(loom))]
+pub use consumer::{Consumer, ConsumerInfo};
 #[cfg(not(loom))]
 pub use engine::{Engine, OpenReport, Retired, SegmentInfo};
 #[cfg(not(loom))]

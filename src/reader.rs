@@ -7,6 +7,7 @@
 //! at the tail, may be one the engine is writing right now).
 
 use crate::config::RecoveryMode;
+use crate::consumer::{self, Consumer, ConsumerInfo};
 use crate::error::{Error, Result};
 use crate::log::format::segment_file_name;
 use crate::log::format::{decode_frame, Decoded, Frame, Record, RecordOp, SEGMENT_HEADER_LEN};
@@ -14,10 +15,12 @@ use crate::log::io;
 use crate::log::recovery::{scan_retrying, Damage};
 use crate::log::segment::Segment;
 use crate::log::Segments;
+use crate::pipeline::handoff::SeqWaiters;
 use crate::seq::Seq;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// One batch frame: its sequence number and its records, borrowed from the log's mapping.
@@ -98,14 +101,58 @@ pub struct OwnedBatch {
 }
 
 /// What the readers of an open engine in its own process know of its pipeline: how far the
-/// log is durable, and whether the pipeline has stopped.
-#[derive(Default)]
+/// log is durable, and whether the pipeline has stopped; and who waits for either to change.
 pub(crate) struct LiveLog {
-    /// Sequence number of the last durable batch.
+    /// Sequence number of the last durable batch. Stored only through [`LiveLog::advance`].
     pub durable_seq: AtomicU64,
     /// Set once the engine's pipeline threads have ended (after `close`, which drains the
-    /// ring first): `durable_seq` is final, and nothing more will land.
+    /// ring first): `durable_seq` is final, and nothing more will land. Set only through
+    /// [`LiveLog::stop`].
     pub stopped: AtomicBool,
+    /// Followers and consumers blocked or polled until one of the two moves.
+    waiters: SeqWaiters,
+}
+
+impl LiveLog {
+    /// The state of a pipeline whose last durable batch is `durable_seq`.
+    pub fn new(durable_seq: u64) -> LiveLog {
+        LiveLog {
+            durable_seq: AtomicU64::new(durable_seq),
+            stopped: AtomicBool::new(false),
+            waiters: SeqWaiters::new(),
+        }
+    }
+
+    /// Moves the durable sequence to `seq` (Release: after the frames were published) and
+    /// wakes whoever waits (only if someone does: see `handoff::SeqWaiters`).
+    pub fn advance(&self, seq: u64) {
+        self.durable_seq.store(seq, Ordering::Release);
+        self.waiters.notify();
+    }
+
+    /// Marks the pipeline stopped (Release: after the last store of `durable_seq`) and wakes
+    /// whoever waits.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.waiters.notify();
+    }
+
+    /// True once batch `seq` is durable or the pipeline has stopped.
+    fn passed(&self, seq: u64) -> bool {
+        self.stopped.load(Ordering::Acquire) || self.durable_seq.load(Ordering::Acquire) >= seq
+    }
+
+    /// Blocks until batch `seq` is durable, the pipeline stopped, or `deadline`; true unless
+    /// the deadline passed first.
+    pub fn wait_for(&self, seq: u64, deadline: Option<Instant>) -> bool {
+        self.waiters.wait(|| self.passed(seq), deadline)
+    }
+
+    /// Polls for batch `seq` to be durable or the pipeline to stop; a pending poll's waker is
+    /// woken once either happens.
+    pub fn poll_for(&self, seq: u64, waker: &Waker) -> Poll<()> {
+        self.waiters.poll(seq, waker, || self.passed(seq))
+    }
 }
 
 /// A read-only, lock-free view of a log directory as of when it was opened.
@@ -282,6 +329,70 @@ impl LogReader {
     }
 }
 
+impl LogReader {
+    /// Opens consumer `name` of this log (see [`Consumer`]), creating it at "nothing
+    /// consumed" (the first batch this view holds comes next) if it is new. It commits to the
+    /// consumer's file in the log directory, though the log is read-only here. Of a view of
+    /// an engine in this process (`Engine::replay`) it reads as `Engine::consumer` does, but
+    /// is not counted as that engine's handle of `name`; else it polls the directory for new
+    /// batches.
+    pub fn consumer(&self, name: &str) -> Result<Consumer> {
+        consumer::check_name(name)?;
+        let io = io::real();
+        let committed = consumer::load_or_create(&io, &self.dir, name, self.first_seq().get())?;
+        let live = self.engine.as_ref().map(|(_, live)| live.clone());
+        let follower = self.follow(committed + 1);
+        Ok(Consumer::new(
+            name,
+            (self.dir.clone(), io),
+            follower,
+            committed,
+            live,
+            None,
+        ))
+    }
+}
+
+impl LogReader {
+    /// Every durable consumer of this log (its `consumer-<name>` files), sorted by name, with
+    /// its lag behind this view's last batch: the batches after its commit, and the bytes of
+    /// their frames as they lie in the segment files (within an end marker per segment). The
+    /// bytes cost reading the frames of one segment up to the first uncommitted one.
+    pub fn consumers(&self) -> Result<Vec<ConsumerInfo>> {
+        let last = self.next_seq.saturating_sub(1);
+        let all = consumer::load_all(&self.dir)?;
+        Ok(all
+            .into_iter()
+            .map(|(name, committed)| ConsumerInfo {
+                name,
+                committed: Seq::new(committed),
+                lag_batches: last.saturating_sub(committed),
+                lag_bytes: self.bytes_after(committed),
+            })
+            .collect())
+    }
+
+    /// Bytes of the frames after batch `seq`: from the first one's offset to the end of the
+    /// frames of its segment, and the frames of every segment after it.
+    fn bytes_after(&self, seq: u64) -> u64 {
+        let Some(first) = self.batches_from(seq.saturating_add(1)).next() else {
+            return 0;
+        };
+        let Some(at) = self.segments.iter().position(|s| s.path == first.segment()) else {
+            return 0;
+        };
+        let last = self.segments.len() - 1;
+        let end = |i: usize| match i == last {
+            true => self.end_offset,
+            false => self.segments[i].published(),
+        };
+        let rest: u64 = (at + 1..=last)
+            .map(|i| end(i).saturating_sub(SEGMENT_HEADER_LEN as u64))
+            .sum();
+        end(at).saturating_sub(first.offset()) + rest
+    }
+}
+
 /// The valid frames of one segment, up to `limit` (at most its published end).
 struct SegmentFrames<'a> {
     seg: &'a Segment,
@@ -342,7 +453,14 @@ pub struct Follower {
     /// In-process gate: the engine's last durable batch sequence, and whether it stopped.
     live: Option<Arc<LiveLog>>,
     poll: Duration,
+    /// A directory follower's pending poll: the waker to wake after the poll interval, and
+    /// whether the ticker thread that wakes it runs (`Follower::wake_after_poll`).
+    ticker: Option<PollTicker>,
 }
+
+/// A directory follower's pending poll: the waker its ticker thread wakes next, and whether
+/// that thread runs.
+type PollTicker = Arc<parking_lot::Mutex<(Option<Waker>, bool)>>;
 
 impl std::fmt::Debug for Follower {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -362,6 +480,7 @@ impl Follower {
             current: None,
             live: None,
             poll: Duration::from_micros(200),
+            ticker: None,
         }
     }
 
@@ -519,6 +638,10 @@ impl Follower {
 
     /// Waits for the next batch, up to `timeout`; `Ok(None)` if none landed in time;
     /// `Err(Error::Closed)` as [`Follower::try_next`].
+    ///
+    /// An in-process follower sleeps until the engine's syncer makes its next batch durable
+    /// (or the engine stops), and is woken then. A follower of a directory (another
+    /// process's engine) has nobody to wake it: it polls the directory, every 200 µs.
     pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<OwnedBatch>> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -529,7 +652,83 @@ impl Follower {
             if now >= deadline {
                 return Ok(None);
             }
-            std::thread::sleep(self.poll.min(deadline - now));
+            match &self.live {
+                Some(live) if !live.passed(self.next_seq) => {
+                    live.wait_for(self.next_seq, Some(deadline));
+                }
+                // A directory follower, or a gate that passed with the frame not found yet
+                // (the segment changed under us): look again shortly.
+                _ => std::thread::sleep(self.poll.min(deadline - now)),
+            }
+        }
+    }
+
+    /// The next batch as a `Stream` yields it (the shape of `futures::Stream::poll_next`,
+    /// without the dependency): `Ready(Some(Ok(batch)))`, `Pending` (the waker is woken once
+    /// the next batch may be there), or `Ready(Some(Err(e)))` (`Error::Closed` once an
+    /// in-process follower's engine is closed, as [`Follower::try_next`]). Never
+    /// `Ready(None)`.
+    ///
+    /// An in-process follower's waker is woken by the engine's syncer. A follower of a
+    /// directory polls: while a poll is pending, a helper thread wakes the waker every
+    /// 200 µs (and ends once no poll is pending).
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<OwnedBatch>>> {
+        loop {
+            match self.try_next() {
+                Ok(Some(b)) => return Poll::Ready(Some(Ok(b))),
+                Err(e) => return Poll::Ready(Some(Err(e))),
+                Ok(None) => {}
+            }
+            match &self.live {
+                Some(live) if !live.passed(self.next_seq) => {
+                    if live.poll_for(self.next_seq, cx.waker()).is_pending() {
+                        return Poll::Pending;
+                    }
+                    // It passed meanwhile: look again.
+                }
+                _ => {
+                    self.wake_after_poll(cx.waker());
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    /// Has `waker` woken after the poll interval, by this follower's ticker thread (started
+    /// if it is not running; it ends once it finds no waker to wake).
+    fn wake_after_poll(&mut self, waker: &Waker) {
+        let state = self.ticker.get_or_insert_with(Default::default).clone();
+        {
+            let mut s = state.lock();
+            s.0 = Some(waker.clone());
+            if s.1 {
+                return;
+            }
+            s.1 = true;
+        }
+        let poll = self.poll;
+        let ticker = state.clone();
+        let spawned = std::thread::Builder::new()
+            .name("mergelog-follow-poll".into())
+            .spawn(move || loop {
+                std::thread::sleep(poll);
+                let waker = {
+                    let mut s = ticker.lock();
+                    match s.0.take() {
+                        Some(w) => w,
+                        None => {
+                            s.1 = false;
+                            return;
+                        }
+                    }
+                };
+                // A waker is user code: one that panics does not end the ticker.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| waker.wake()));
+            });
+        if spawned.is_err() {
+            // No thread to wait with: have the task poll again at once.
+            state.lock().1 = false;
+            waker.wake_by_ref();
         }
     }
 }
@@ -575,10 +774,7 @@ mod tests {
         w.push(RecordOp::Put, b"key", b"value");
         assert_eq!(w.finish(1), len);
 
-        let live = Arc::new(LiveLog {
-            durable_seq: AtomicU64::new(1),
-            stopped: AtomicBool::new(false),
-        });
+        let live = Arc::new(LiveLog::new(1));
         let segments: Segments = Arc::new(RwLock::new(SegmentList::new(vec![seg.clone()])));
         let mut follower = Follower::of_engine(dir.path().to_owned(), segments, 1, live);
         assert_eq!(

@@ -208,6 +208,7 @@ fn retiring_a_prefix_forgets_exactly_what_reopening_forgets() {
             keys_forgotten: forgotten.len(),
             first_seq: seq.into(),
             recycled: 0,
+            held_back_by: None,
         }
     );
     for f in &files[..removable] {
@@ -374,6 +375,7 @@ fn retire_before_the_first_segment_is_a_no_op() {
                 keys_forgotten: 0,
                 first_seq: first.into(),
                 recycled: 0,
+                held_back_by: None,
             },
             "retire_before({seq})"
         );

@@ -3,12 +3,13 @@
 //! Every change to the directory is a small function here over the storage seam (`log/io.rs`,
 //! where the fault-injection and power-loss hooks see it), named for what it does to the log:
 //! create the directory, take its lock, prepare a segment file, make it a segment, retire a
-//! segment to the pool or remove it, remove a spare, write or remove the clean-close mark,
-//! sync the directory. `clippy.toml` reserves the seam's file-lifecycle functions
-//! (`io::create_new`, `io::create_dir`, `io::rename`, `io::remove`, `io::sync_dir`) for this
-//! file: each function here that calls one says so with an `allow`. What a segment file holds
-//! (its header, frames, syncs of its contents) is `segment.rs`'s business, the clean-close
-//! mark's format is `clean.rs`'s, the file names are `format.rs`'s.
+//! segment to the pool or remove it, remove a spare, write or remove the clean-close mark or a
+//! consumer's position, sync the directory. `clippy.toml` reserves the seam's file-lifecycle
+//! functions (`io::create_new`, `io::create_dir`, `io::rename`, `io::remove`, `io::sync_dir`)
+//! for this file: each function here that calls one says so with an `allow`. What a segment
+//! file holds (its header, frames, syncs of its contents) is `segment.rs`'s business, the
+//! clean-close mark's format is `clean.rs`'s, a consumer position's `consumer.rs`'s, the
+//! file names are `format.rs`'s (a consumer's, `consumer.rs`'s).
 //!
 //! The order rules (docs/FORMAT.md: "Files", "Writing", "Retiring a prefix", the clean-close
 //! mark):
@@ -22,11 +23,14 @@
 //! - a cut removes the segments after it newest first, each removal durable before the next
 //!   ([`remove_dropped`], called by recovery);
 //! - the clean-close mark appears whole or not at all ([`write_clean_mark`]), and is removed
-//!   durably before a writable open changes the log ([`remove_clean_mark`]).
+//!   durably before a writable open changes the log ([`remove_clean_mark`]);
+//! - a consumer's position file is replaced the same way: the old position or the whole new
+//!   one ([`write_consumer`]).
 //!
 //! [`list_segments`] is the one listing of a directory's segment files: the engine's open,
 //! every reader and the tests all see the log through it.
 
+use crate::consumer::{consumer_file_name, consumer_tmp_name, parse_consumer_file_name};
 use crate::error::{Error, Result};
 use crate::log::clean::{CLEAN_FILE, CLEAN_TMP};
 use crate::log::format::{
@@ -345,26 +349,94 @@ pub(crate) fn remove_clean_mark(io: &dyn Io, dir: &Path) -> Result<()> {
 
 /// Writes the mark `bytes`: to a temporary file, synced, renamed into place, directory
 /// synced. A crash at any step leaves either no mark or the whole one.
-#[allow(clippy::disallowed_methods)] // the log directory's owner
 pub(crate) fn write_clean_mark(io: &dyn Io, dir: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = dir.join(CLEAN_TMP);
-    // A temporary file an interrupted close left behind.
-    remove_leftover(io, &tmp);
-    let made = io::create_new(io, &tmp, |_| Ok(()))
+    let (tmp, mark) = (dir.join(CLEAN_TMP), dir.join(CLEAN_FILE));
+    let ops = ("write clean-close mark", "rename clean-close mark");
+    replace_small_file(io, dir, (&tmp, &mark), ops, bytes)
+}
+
+/// Replaces the small file `names.1` with `bytes`: written to the temporary `names.0` (after
+/// removing one an interrupted write left), synced, renamed into place, directory synced. A
+/// crash at any step leaves either the old file or the whole new one. `ops` name the write
+/// and the rename in errors.
+#[allow(clippy::disallowed_methods)] // the log directory's owner
+fn replace_small_file(
+    io: &dyn Io,
+    dir: &Path,
+    (tmp, dest): (&Path, &Path),
+    (write_op, rename_op): (&'static str, &'static str),
+    bytes: &[u8],
+) -> Result<()> {
+    // A temporary file an interrupted write left behind.
+    remove_leftover(io, tmp);
+    let made = io::create_new(io, tmp, |_| Ok(()))
         .and_then(|(file, ())| {
-            guarded(io, IoOp::Write, &tmp, 0, bytes, || {
+            guarded(io, IoOp::Write, tmp, 0, bytes, || {
                 file.write_all_at(bytes, 0)
             })?;
-            guarded(io, IoOp::Sync, &tmp, 0, &[], || file.sync_data())
+            guarded(io, IoOp::Sync, tmp, 0, &[], || file.sync_data())
         })
-        .map_err(|e| Error::io("write clean-close mark", &tmp, e));
+        .map_err(|e| Error::io(write_op, tmp, e));
     if let Err(e) = made {
-        remove_leftover(io, &tmp);
+        remove_leftover(io, tmp);
         return Err(e);
     }
-    io::rename(io, &tmp, &dir.join(CLEAN_FILE))
-        .map_err(|e| Error::io("rename clean-close mark", &tmp, e))?;
+    io::rename(io, tmp, dest).map_err(|e| Error::io(rename_op, tmp, e))?;
     sync_dir(io, dir)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Consumer position files (`consumer.rs` has their names and format).
+
+/// The names of the consumers that have a position file in `dir`, sorted.
+pub(crate) fn list_consumers(dir: &Path) -> Result<Vec<String>> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
+    let mut names = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
+        if let Some(name) = entry
+            .file_name()
+            .to_str()
+            .and_then(parse_consumer_file_name)
+        {
+            names.push(name.to_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// The bytes of consumer `name`'s position file; `None` if it has none.
+pub(crate) fn read_consumer(dir: &Path, name: &str) -> Result<Option<Vec<u8>>> {
+    let p = dir.join(consumer_file_name(name));
+    match std::fs::read(&p) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read consumer position", &p, e)),
+    }
+}
+
+/// Writes consumer `name`'s position file as [`write_clean_mark`] writes the mark: a crash at
+/// any step leaves the old position or the whole new one.
+pub(crate) fn write_consumer(io: &dyn Io, dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let (tmp, file) = (
+        dir.join(consumer_tmp_name(name)),
+        dir.join(consumer_file_name(name)),
+    );
+    let ops = ("write consumer position", "rename consumer position");
+    replace_small_file(io, dir, (&tmp, &file), ops, bytes)
+}
+
+/// Removes consumer `name`'s position file and syncs the directory; false if it had none.
+#[allow(clippy::disallowed_methods)] // the log directory's owner
+pub(crate) fn remove_consumer(io: &dyn Io, dir: &Path, name: &str) -> Result<bool> {
+    let p = dir.join(consumer_file_name(name));
+    if std::fs::symlink_metadata(&p).is_err() {
+        return Ok(false);
+    }
+    io::remove(io, &p).map_err(|e| Error::io("remove consumer", &p, e))?;
+    sync_dir(io, dir)?;
+    Ok(true)
 }
 
 #[cfg(test)]

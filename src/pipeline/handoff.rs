@@ -6,6 +6,10 @@
 //! * the flusher napping until the sync in flight completes ([`SyncNap`], see
 //!   `window::MERGE_BELOW`): the completion pokes it.
 //!
+//! And the waiters of the durable batch sequence (`reader::LiveLog`): in-process followers and
+//! consumers, blocked or polled ([`SeqWaiters`]), which the syncer notifies after it stores
+//! the sequence, only if one waits.
+//!
 //! # The store-buffering pair
 //!
 //! Both are the Dekker pattern. The waiter writes "I wait" (the waker count, the nap flag)
@@ -30,7 +34,8 @@
 use std::task::{Poll, Waker};
 
 use crate::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
-use crate::sync::{fence_after_sc_rmw, Mutex};
+use crate::sync::{fence_after_sc_rmw, Mutex, Parker};
+use std::time::Instant;
 
 /// The wakers of pending futures, each with the position its future waits for.
 pub(crate) struct FutureWakers {
@@ -154,6 +159,77 @@ impl SyncNap {
     pub(crate) fn should_poke(&self) -> bool {
         fence_after_sc_rmw();
         self.napping.load(Ordering::SeqCst)
+    }
+}
+
+/// The threads and futures waiting for the durable batch sequence to pass a value (or for
+/// the pipeline to stop): in-process followers and consumers. The side that moves the
+/// sequence (or sets `stopped`) stores it and then calls [`SeqWaiters::notify`], which
+/// touches a lock only when someone waits.
+///
+/// The same store-buffering pair as the watermark's waiters (see the module docs): the
+/// waiter counts itself in and re-checks after a `fence(SeqCst)`; the notifier stores, then
+/// issues a `fence(SeqCst)` of its own (its store is a plain `Release` store, not a `SeqCst`
+/// read-modify-write) before it reads the count. With a fence on each side, whichever fence
+/// comes second in `S` sees the other side's write: the waiter its sequence, or the notifier
+/// its count. A blocked thread then sleeps on a [`Parker`], whose condition is evaluated
+/// under the mutex the notifier takes, so no wake-up is lost between its check and its sleep.
+pub(crate) struct SeqWaiters {
+    /// Threads in [`SeqWaiters::wait`] past their count-in.
+    threads: AtomicUsize,
+    parker: Parker,
+    /// Pending futures (`Follower::poll_next`), each with the sequence it waits for.
+    futures: FutureWakers,
+}
+
+impl SeqWaiters {
+    pub(crate) fn new() -> SeqWaiters {
+        SeqWaiters {
+            threads: AtomicUsize::new(0),
+            parker: Parker::new(),
+            futures: FutureWakers::new(),
+        }
+    }
+
+    /// Blocks until `ready()` (which reads the sequence or the stop flag with at least
+    /// `Acquire`) or `deadline`; returns `ready()`. A notify that follows the store making
+    /// `ready()` true wakes this thread.
+    pub(crate) fn wait(&self, ready: impl Fn() -> bool, deadline: Option<Instant>) -> bool {
+        if ready() {
+            return true;
+        }
+        self.threads.fetch_add(1, Ordering::SeqCst);
+        // The count must be visible before the re-checks below (see the type's docs).
+        fence(Ordering::SeqCst);
+        let ready = loop {
+            if ready() {
+                break true;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break ready();
+            }
+            self.parker.park(|| !ready(), deadline);
+        };
+        self.threads.fetch_sub(1, Ordering::SeqCst);
+        ready
+    }
+
+    /// Polls a future waiting for sequence `seq`: ready once `ready()`; else its waker is
+    /// registered, and a notify that follows the store making `ready()` true wakes it.
+    pub(crate) fn poll(&self, seq: u64, waker: &Waker, ready: impl Fn() -> bool) -> Poll<()> {
+        self.futures.poll(seq, waker, || ready().then_some(()))
+    }
+
+    /// Wakes every waiter; call it after the store that moved the sequence or stopped the
+    /// pipeline. Cheap (a fence and two loads) when nobody waits. Each woken waiter re-checks
+    /// its own condition, so waking all of them is only more work, never wrong.
+    pub(crate) fn notify(&self) {
+        // Orders the caller's store before the loads of the counts (see the type's docs).
+        fence(Ordering::SeqCst);
+        if self.threads.load(Ordering::SeqCst) > 0 {
+            self.parker.unpark_all();
+        }
+        self.futures.wake(|| |_| true);
     }
 }
 
@@ -292,6 +368,50 @@ mod loom_tests {
                 nap.end();
             }
             completer.join().unwrap();
+        });
+    }
+
+    /// A follower blocks for sequence >= 1 while the syncer stores it and notifies: the
+    /// follower wakes. A lost wake-up leaves it parked for ever, a deadlock loom reports.
+    #[test]
+    fn a_waiting_follower_is_woken() {
+        loom::model(|| {
+            let seq = loom::sync::Arc::new(AtomicU64::new(0));
+            let waiters = loom::sync::Arc::new(SeqWaiters::new());
+            let syncer = {
+                let (seq, waiters) = (seq.clone(), waiters.clone());
+                thread::spawn(move || {
+                    seq.store(1, Ordering::Release);
+                    waiters.notify();
+                })
+            };
+            assert!(waiters.wait(|| seq.load(Ordering::Acquire) >= 1, None));
+            syncer.join().unwrap();
+        });
+    }
+
+    /// A follower's future polled once while the syncer stores the sequence and notifies:
+    /// ready, or its waker called.
+    #[test]
+    fn a_polled_follower_is_ready_or_woken() {
+        loom::model(|| {
+            let seq = loom::sync::Arc::new(AtomicU64::new(0));
+            let waiters = loom::sync::Arc::new(SeqWaiters::new());
+            let syncer = {
+                let (seq, waiters) = (seq.clone(), waiters.clone());
+                thread::spawn(move || {
+                    seq.store(1, Ordering::Release);
+                    waiters.notify();
+                })
+            };
+            let flag = std::sync::Arc::new(Flag(AtomicBool::new(false)));
+            let waker = Waker::from(flag.clone());
+            let polled = waiters.poll(1, &waker, || seq.load(Ordering::Acquire) >= 1);
+            syncer.join().unwrap();
+            assert!(
+                polled.is_ready() || flag.0.load(Ordering::SeqCst),
+                "pending, and never woken"
+            );
         });
     }
 }

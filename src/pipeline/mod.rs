@@ -23,7 +23,9 @@
 //!
 //! * [`handoff`]: waiting for the durable watermark without blocking a thread: the wakers of
 //!   pending futures ([`handoff::FutureWakers`], used by `ticket::Completion`) and the
-//!   flusher's nap until the sync in flight completes ([`handoff::SyncNap`]).
+//!   flusher's nap until the sync in flight completes ([`handoff::SyncNap`]); and the
+//!   followers and consumers waiting for the durable batch sequence ([`handoff::SeqWaiters`],
+//!   notified by the syncer through `reader::LiveLog::advance`).
 //! * [`window`]: when the flusher cuts a window, a pure function over what it observed (not
 //!   built under loom: it has no hand-off to model).
 //! * [`flusher`]: the flusher thread (windows, coalescing, log writes).
@@ -61,7 +63,7 @@ use parking_lot::{Mutex, RwLock};
 #[cfg(not(loom))]
 use std::{
     path::{Path, PathBuf},
-    sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, AtomicUsize},
     sync::{Arc, OnceLock},
     thread::JoinHandle,
     time::Instant,
@@ -152,10 +154,7 @@ pub(crate) fn start(
         io,
     );
 
-    let live = Arc::new(LiveLog {
-        durable_seq: AtomicU64::new(recovered.next_seq.saturating_sub(1)),
-        stopped: AtomicBool::new(false),
-    });
+    let live = Arc::new(LiveLog::new(recovered.next_seq.saturating_sub(1)));
     let (ring, consumer) = ring::ring(config.ring_bytes);
     let (request_len_max, request_limit_name) = config.request_len_max(ring.max_payload());
     let inner = Arc::new(Inner {
@@ -225,7 +224,7 @@ pub(crate) fn start_pipeline(
             let _ = syncer.join();
             // Nothing becomes durable any more: in-process followers end (Release: after the
             // last store of `durable_seq`).
-            inner.live.stopped.store(true, Ordering::Release);
+            inner.live.stop();
         })
 }
 

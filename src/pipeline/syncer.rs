@@ -184,7 +184,8 @@ fn sync_and_publish(inner: &Inner, group: &[Job], t0: Instant) -> Result<Option<
             inner.live.durable_seq.load(Ordering::Relaxed),
             last.seq
         );
-        inner.live.durable_seq.store(last.seq, Ordering::Release);
+        // Wakes in-process followers and consumers, if any wait (`LiveLog::advance`).
+        inner.live.advance(last.seq);
     }
     Ok(synced)
 }

@@ -1,6 +1,6 @@
 //! `mergelog inspect DIR`: what a log holds. Segments, batches, records, bytes, key range,
 //! how much each batch coalesced (write operations acknowledged against records logged),
-//! and the damage that ends the log, if any.
+//! the damage that ends the log, if any, and the durable consumers with their lag.
 //!
 //! The log is read as a point-in-time recovery would read it: up to the first damage
 //! anywhere, which is reported; nothing is changed.
@@ -96,8 +96,20 @@ struct InspectJson {
     key_min: Option<String>,
     key_max: Option<String>,
     damage: Option<DamageJson>,
+    /// The durable consumers (`consumer-<name>` files), by name.
+    consumers: Vec<ConsumerJson>,
     /// The first --limit batches (all with --json and no --limit).
     batch_list: Vec<BatchJson>,
+}
+
+#[derive(Serialize)]
+struct ConsumerJson {
+    name: String,
+    committed: u64,
+    /// Batches of the log after the committed one.
+    lag_batches: u64,
+    /// Bytes of their frames.
+    lag_bytes: u64,
 }
 
 fn percentile(sorted: &[u64], q: f64) -> u64 {
@@ -120,6 +132,17 @@ pub fn run(args: InspectArgs) -> Result<(), CliError> {
     for b in reader.batches() {
         scan.add(&b, limit);
     }
+    scan.report.consumers = reader
+        .consumers()
+        .context(|| format!("read the consumers of {}", args.dir.display()))?
+        .into_iter()
+        .map(|c| ConsumerJson {
+            name: c.name,
+            committed: c.committed.get(),
+            lag_batches: c.lag_batches,
+            lag_bytes: c.lag_bytes,
+        })
+        .collect();
     if args.json {
         let mut r = scan.report;
         r.key_min = scan.key_min.as_deref().map(logdir::hex);
@@ -218,6 +241,7 @@ impl Scan {
                 offset: d.offset,
                 reason: d.reason.clone(),
             }),
+            consumers: Vec::new(),
             batch_list: Vec::new(),
         };
         Scan {
@@ -313,8 +337,30 @@ fn text(dir: &Path, mut scan: Scan) -> String {
     scan.per_batch_coalesced.sort_unstable();
     out.push_str(&totals(&scan));
     out.push_str(&keys_and_damage(&scan));
+    out.push_str(&consumer_table(&scan.report.consumers));
     out.push_str(&batch_table(&scan.report));
     out
+}
+
+/// The durable consumers and their lag (one line when there are none).
+fn consumer_table(consumers: &[ConsumerJson]) -> String {
+    if consumers.is_empty() {
+        return "consumers: none\n".into();
+    }
+    let rows: Vec<Vec<String>> = consumers
+        .iter()
+        .map(|c| {
+            vec![
+                c.name.clone(),
+                c.committed.to_string(),
+                thousands(c.lag_batches),
+                thousands(c.lag_bytes),
+            ]
+        })
+        .collect();
+    let table =
+        crate::bench::report::table(&["name", "committed", "lag batches", "lag bytes"], &rows);
+    format!("consumers: {}\n{}", consumers.len(), indent(&table))
 }
 
 /// One row per segment file.

@@ -461,3 +461,47 @@ fn verify_passes_a_clean_log_ending_in_a_reused_segment() {
     let segs = inspect["segments"].as_array().unwrap();
     assert_eq!(segs.last().unwrap()["recycled"], true);
 }
+
+/// `inspect` lists the durable consumers with their committed batch and lag, in the text and
+/// the JSON, and says when there are none.
+#[test]
+fn inspect_lists_consumers_and_their_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = |dir: &Path| succeeds(&["inspect", dir.to_str().unwrap()]);
+    {
+        let engine = Engine::open(dir.path(), small_segments()).unwrap();
+        for round in 0..6 {
+            put_round(&engine, round);
+        }
+        let mut behind = engine.consumer("indexer").unwrap();
+        let first = behind.next().unwrap().unwrap();
+        behind.commit(first.seq).unwrap();
+        engine.consumer("audit").unwrap();
+        engine.close().unwrap();
+    }
+    let reader = LogReader::open(dir.path()).unwrap();
+    let infos = reader.consumers().unwrap();
+    assert_eq!(infos.len(), 2);
+    let out = succeeds(&["inspect", dir.path().to_str().unwrap(), "--json"]);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let listed = report["consumers"].as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    for (l, c) in listed.iter().zip(&infos) {
+        assert_eq!(l["name"], c.name.as_str());
+        assert_eq!(int(l, "committed"), c.committed.get());
+        assert_eq!(int(l, "lag_batches"), c.lag_batches);
+        assert_eq!(int(l, "lag_bytes"), c.lag_bytes);
+    }
+    assert_eq!(listed[0]["name"], "audit");
+    assert_eq!(int(&listed[0], "committed"), 0);
+    assert_eq!(int(&listed[0], "lag_batches"), reader.next_seq().get() - 1);
+    assert_eq!(int(&listed[1], "committed"), 1);
+    let t = text(dir.path());
+    assert!(t.contains("consumers: 2\n"), "{t}");
+    assert!(t.contains("indexer"), "{t}");
+
+    let empty = tempfile::tempdir().unwrap();
+    write_log(empty.path(), 1);
+    let t = text(empty.path());
+    assert!(t.contains("consumers: none\n"), "{t}");
+}

@@ -1,0 +1,394 @@
+//! Named durable consumers: a follower whose position survives restarts.
+//!
+//! A consumer named `name` keeps the last batch it has *committed* (processed, as its owner
+//! says with [`Consumer::commit`]) in a small file of the log directory, `consumer-<name>`,
+//! replaced whole on every commit (`log::dir::write_consumer`: temporary file, sync, rename,
+//! directory sync). Opened again (after a restart too) it yields from the batch after the
+//! last commit: every batch is yielded at least once, and those yielded but not committed
+//! before a crash or a close are yielded again.
+//!
+//! While a consumer's file exists, `Engine::retire_before` does not remove a batch it has not
+//! committed (`Engine::retire_before_forced` does, and the consumer then gets
+//! `Error::Retired` as a follower does). `Engine::remove_consumer` deletes the file.
+//!
+//! File layout (little-endian, 32 bytes; the name is in the file name):
+//!
+//! ```text
+//! 0  magic "MLCONSUM"  8  version u32 (1)  12 reserved u32 (0)
+//! 16 committed u64 (the last committed batch; 0: none)  24 crc32c u32 of bytes 0..24, 28 zero u32
+//! ```
+
+use crate::error::{Error, Result};
+use crate::log::dir;
+use crate::log::io::SharedIo;
+use crate::reader::{Follower, LiveLog, OwnedBatch};
+use crate::seq::Seq;
+use parking_lot::Mutex;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+const FILE_PREFIX: &str = "consumer-";
+const TMP_PREFIX: &str = "consumer.tmp-";
+const MAGIC: [u8; 8] = *b"MLCONSUM";
+const VERSION: u32 = 1;
+/// Bytes of a position file.
+const FILE_LEN: usize = 32;
+const CRC_AT: usize = 24;
+/// The longest consumer name.
+pub const NAME_MAX: usize = 64;
+
+/// Name of consumer `name`'s position file in the log directory.
+pub(crate) fn consumer_file_name(name: &str) -> String {
+    format!("{FILE_PREFIX}{name}")
+}
+
+/// Name of the temporary file a new position of consumer `name` is written to (renamed to
+/// [`consumer_file_name`] once synced). It does not start with `consumer-`, so it is never
+/// taken for a consumer, whatever the name.
+pub(crate) fn consumer_tmp_name(name: &str) -> String {
+    format!("{TMP_PREFIX}{name}")
+}
+
+/// The consumer name in a position file's name, if it is one.
+pub(crate) fn parse_consumer_file_name(file: &str) -> Option<&str> {
+    file.strip_prefix(FILE_PREFIX)
+        .filter(|name| check_name(name).is_ok())
+}
+
+/// Refuses a consumer name that is not 1 to 64 characters of `[A-Za-z0-9_.-]`.
+pub(crate) fn check_name(name: &str) -> Result<()> {
+    let ok = (1..=NAME_MAX).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        return Ok(());
+    }
+    Err(Error::Consumer {
+        name: name.to_owned(),
+        reason: format!("a consumer name is 1 to {NAME_MAX} characters of [A-Za-z0-9_.-]"),
+    })
+}
+
+/// The bytes of a position file for `committed`.
+fn encode(committed: u64) -> [u8; FILE_LEN] {
+    let mut b = [0u8; FILE_LEN];
+    b[0..8].copy_from_slice(&MAGIC);
+    b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    b[16..24].copy_from_slice(&committed.to_le_bytes());
+    let crc = crc32c::crc32c(&b[..CRC_AT]);
+    b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// The committed batch of a position file; `None` for anything that is not exactly a valid one.
+fn decode(b: &[u8]) -> Option<u64> {
+    if b.len() != FILE_LEN || b[0..8] != MAGIC {
+        return None;
+    }
+    let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+    if u32_at(8) != VERSION
+        || u32_at(CRC_AT) != crc32c::crc32c(&b[..CRC_AT])
+        || u32_at(CRC_AT + 4) != 0
+    {
+        return None;
+    }
+    Some(u64::from_le_bytes(b[16..24].try_into().unwrap()))
+}
+
+/// The committed batch of consumer `name` in `dir`; `None` if it has no file. A file that is
+/// not a valid position is an error (`Error::Corrupt`), never read as "nothing consumed".
+pub(crate) fn load(dir: &Path, name: &str) -> Result<Option<u64>> {
+    let Some(bytes) = dir::read_consumer(dir, name)? else {
+        return Ok(None);
+    };
+    match decode(&bytes) {
+        Some(c) => Ok(Some(c)),
+        None => Err(Error::Corrupt {
+            path: dir.join(consumer_file_name(name)),
+            offset: 0,
+            reason: "not a valid consumer position file".into(),
+        }),
+    }
+}
+
+/// Every consumer of `dir` with its committed batch, sorted by name.
+pub(crate) fn load_all(dir: &Path) -> Result<Vec<(String, u64)>> {
+    let mut all = Vec::new();
+    for name in dir::list_consumers(dir)? {
+        // Removed between the listing and the read: it no longer holds anything back.
+        if let Some(c) = load(dir, &name)? {
+            all.push((name, c));
+        }
+    }
+    Ok(all)
+}
+
+/// How far `Engine::retire_before(seq)` may retire with the consumers of `dir`: before
+/// `min(seq, committed + 1)` over all of them, and the consumer that set that limit (its
+/// name and committed batch), if one did.
+pub(crate) fn retire_limit(dir: &Path, seq: u64) -> Result<(u64, Option<(String, Seq)>)> {
+    let slowest = load_all(dir)?.into_iter().min_by_key(|(_, c)| *c);
+    Ok(match slowest {
+        Some((name, c)) if c.saturating_add(1) < seq => (c + 1, Some((name, Seq::new(c)))),
+        _ => (seq, None),
+    })
+}
+
+/// Consumer `name`'s committed batch, its file created first (at `first_seq - 1`: nothing
+/// consumed, the first batch the log holds comes next) if it has none.
+pub(crate) fn load_or_create(io: &SharedIo, dir: &Path, name: &str, first_seq: u64) -> Result<u64> {
+    if let Some(c) = load(dir, name)? {
+        return Ok(c);
+    }
+    let committed = first_seq.saturating_sub(1);
+    dir::write_consumer(&**io, dir, name, &encode(committed))?;
+    Ok(committed)
+}
+
+/// The consumers open on one engine: one handle per name.
+#[derive(Default)]
+pub(crate) struct OpenConsumers(Mutex<HashSet<String>>);
+
+impl OpenConsumers {
+    /// Claims `name` for a new handle; an error if one is open.
+    pub fn claim(self: &Arc<Self>, name: &str) -> Result<Claim> {
+        if !self.0.lock().insert(name.to_owned()) {
+            return Err(Error::Consumer {
+                name: name.to_owned(),
+                reason: "a handle of this consumer is open on this engine; drop it first".into(),
+            });
+        }
+        Ok(Claim {
+            open: self.clone(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// Runs `f` unless a handle of `name` is open (an error then), with no handle opened
+    /// meanwhile.
+    pub fn unless_open<T>(&self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let open = self.0.lock();
+        if open.contains(name) {
+            return Err(Error::Consumer {
+                name: name.to_owned(),
+                reason: "a handle of this consumer is open on this engine; drop it first".into(),
+            });
+        }
+        f()
+    }
+}
+
+/// An open handle's hold on its name; released when the handle drops.
+pub(crate) struct Claim {
+    open: Arc<OpenConsumers>,
+    name: String,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.open.0.lock().remove(&self.name);
+    }
+}
+
+/// A named, durable consumer of the log (see the module docs): yields batches from the one
+/// after its last commit, as a [`Follower`] does, and records its progress with
+/// [`Consumer::commit`].
+///
+/// Made by `Engine::consumer` (in the engine's process: woken when a batch becomes durable;
+/// one handle per name) or `LogReader::consumer` (any process: polls for new batches; not
+/// counted as a handle of the engine, and two handles of one name in two processes both
+/// write its file, the last commit winning).
+pub struct Consumer {
+    name: String,
+    dir: PathBuf,
+    io: SharedIo,
+    follower: Follower,
+    /// The last committed batch (0: none), as in the file.
+    committed: u64,
+    /// The last batch yielded (`committed` until one is).
+    yielded: u64,
+    /// In the engine's process: its durable sequence, which a commit may not pass.
+    live: Option<Arc<LiveLog>>,
+    _claim: Option<Claim>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("name", &self.name)
+            .field("committed", &self.committed)
+            .field("yielded", &self.yielded)
+            .finish()
+    }
+}
+
+impl Consumer {
+    /// A consumer at `committed` reading through `follower` (which starts at `committed + 1`).
+    pub(crate) fn new(
+        name: &str,
+        (dir, io): (PathBuf, SharedIo),
+        follower: Follower,
+        committed: u64,
+        live: Option<Arc<LiveLog>>,
+        claim: Option<Claim>,
+    ) -> Consumer {
+        debug_assert_eq!(follower.next_seq().get(), committed + 1);
+        Consumer {
+            name: name.to_owned(),
+            dir,
+            io,
+            follower,
+            committed,
+            yielded: committed,
+            live,
+            _claim: claim,
+        }
+    }
+
+    /// The consumer's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The last committed batch (0 if none: then the log's first batch comes first).
+    pub fn committed(&self) -> Seq {
+        Seq::new(self.committed)
+    }
+
+    /// Sequence number of the next batch this consumer yields.
+    pub fn next_seq(&self) -> Seq {
+        self.follower.next_seq()
+    }
+
+    /// Records durably that every batch up to `seq` is processed: after a restart the
+    /// consumer resumes at `seq + 1`, and `Engine::retire_before` may remove them.
+    ///
+    /// A `seq` at or below the committed one is a no-op (`Ok`, nothing written): commits are
+    /// idempotent and never move the position back. A `seq` past the last batch this handle
+    /// yielded, or (in the engine's process) past `Engine::durable_seq`, is refused with
+    /// `Error::Consumer`. If writing the file fails, the error is returned and the previous
+    /// commit stays in force (in this handle, and on disk after a restart).
+    pub fn commit(&mut self, seq: impl Into<Seq>) -> Result<()> {
+        let seq = seq.into().get();
+        if seq <= self.committed {
+            return Ok(());
+        }
+        let refuse = |reason: String| Error::Consumer {
+            name: self.name.clone(),
+            reason,
+        };
+        if seq > self.yielded {
+            return Err(refuse(format!(
+                "commit of batch {seq} refused: the last batch this consumer yielded is {}",
+                self.yielded
+            )));
+        }
+        if let Some(live) = &self.live {
+            let durable = live.durable_seq.load(Ordering::Acquire);
+            if seq > durable {
+                return Err(refuse(format!(
+                    "commit of batch {seq} refused: the log is durable up to batch {durable}"
+                )));
+            }
+        }
+        dir::write_consumer(&*self.io, &self.dir, &self.name, &encode(seq))?;
+        self.committed = seq;
+        Ok(())
+    }
+
+    /// Notes a batch yielded.
+    fn seen(&mut self, r: Result<Option<OwnedBatch>>) -> Result<Option<OwnedBatch>> {
+        if let Ok(Some(b)) = &r {
+            self.yielded = b.seq.get();
+        }
+        r
+    }
+
+    /// The next batch if it has landed, without waiting (as [`Follower::try_next`]).
+    pub fn try_next(&mut self) -> Result<Option<OwnedBatch>> {
+        let r = self.follower.try_next();
+        self.seen(r)
+    }
+
+    /// Waits for the next batch, up to `timeout` (as [`Follower::next_timeout`]: woken in
+    /// the engine's process, polling otherwise).
+    pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<OwnedBatch>> {
+        let r = self.follower.next_timeout(timeout);
+        self.seen(r)
+    }
+
+    /// The next batch as a `Stream` yields it (as [`Follower::poll_next`]).
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<OwnedBatch>>> {
+        let r = self.follower.poll_next(cx);
+        if let Poll::Ready(Some(Ok(b))) = &r {
+            self.yielded = b.seq.get();
+        }
+        r
+    }
+}
+
+impl Iterator for Consumer {
+    type Item = Result<OwnedBatch>;
+    /// Blocks until the next batch lands (as the [`Follower`]'s `next`): never `None`; in
+    /// the engine's process `Some(Err(Error::Closed))` once the engine is closed and every
+    /// durable batch was yielded.
+    fn next(&mut self) -> Option<Result<OwnedBatch>> {
+        let r = self.follower.next();
+        if let Some(Ok(b)) = &r {
+            self.yielded = b.seq.get();
+        }
+        r
+    }
+}
+
+/// A consumer, its lag behind the durable log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumerInfo {
+    /// Its name.
+    pub name: String,
+    /// The last batch it committed (0: none).
+    pub committed: Seq,
+    /// Durable batches it has not committed: `durable_seq - committed` (0 if it is ahead,
+    /// which a consumer opened from another process's view can be).
+    pub lag_batches: u64,
+    /// Bytes of the frames of those batches, as they lie in the segment files (headers and
+    /// padding included).
+    pub lag_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_round_trip_and_damage_is_refused() {
+        for c in [0, 1, u64::MAX] {
+            assert_eq!(decode(&encode(c)), Some(c));
+        }
+        let good = encode(7);
+        for i in 0..FILE_LEN {
+            let mut b = good;
+            b[i] ^= 1;
+            assert_eq!(decode(&b), None, "byte {i} flipped");
+        }
+        assert_eq!(decode(&good[..FILE_LEN - 1]), None);
+    }
+
+    #[test]
+    fn names_are_checked_and_file_names_parse_back() {
+        for ok in ["a", "orders.v2", "A-b_c", &"x".repeat(NAME_MAX)] {
+            check_name(ok).unwrap();
+            assert_eq!(parse_consumer_file_name(&consumer_file_name(ok)), Some(ok));
+            assert_eq!(parse_consumer_file_name(&consumer_tmp_name(ok)), None);
+        }
+        for bad in ["", "a/b", "a b", "é", "..\0", &"x".repeat(NAME_MAX + 1)] {
+            let e = check_name(bad).unwrap_err();
+            assert!(e.to_string().contains("[A-Za-z0-9_.-]"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! Durable consumers: `Engine::consumer` resumes after its last commit across a close and a
+//! reopen (at-least-once: uncommitted batches come again), commits are checked and survive
+//! only whole (a failed write or rename leaves the old position), names are checked, one
+//! handle per name, `LogReader::consumer` sees the engine's commits, `retire_before` is held
+//! back by the slowest consumer (and `retire_before_forced` is not), `remove_consumer`
+//! releases it.
+
+// Tests make and spoil files on purpose; the storage seam's lint (clippy.toml) is for the library.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use common::log::segment_files;
+use common::power::EIO;
+use common::WAIT_MAX;
+use mergelog::internals::io::{Io, IoOp};
+use mergelog::{Config, Consumer, Engine, Error, LogReader, OwnedBatch, Seq};
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+fn config() -> Config {
+    Config {
+        segment_bytes: 64 << 10,
+        batch_bytes_max: 16 << 10,
+        ring_bytes: 1 << 20,
+        ..Config::default()
+    }
+}
+
+/// Writes `n` puts of `value_len` bytes, each waited for before the next (one batch each);
+/// returns their batches.
+fn put_batches(engine: &Engine, n: usize, value_len: usize) -> Vec<Seq> {
+    (0..n)
+        .map(|i| {
+            let key = format!("key-{i:04}");
+            let t = engine
+                .put(key.as_bytes(), &vec![b'v'; value_len])
+                .expect("put");
+            t.wait().expect("durable")
+        })
+        .collect()
+}
+
+fn next(c: &mut Consumer) -> OwnedBatch {
+    c.next_timeout(WAIT_MAX)
+        .expect("next")
+        .expect("a batch within the hang guard")
+}
+
+fn refused(r: mergelog::Result<impl std::fmt::Debug>, what: &str) -> String {
+    match r {
+        Err(e @ Error::Consumer { .. }) => e.to_string(),
+        other => panic!("{what}: expected Error::Consumer, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_consumer_resumes_after_its_last_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = Engine::open(dir.path(), config()).expect("open");
+        let seqs = put_batches(&engine, 5, 10);
+        assert_eq!(seqs, (1..=5).map(Seq::new).collect::<Vec<_>>());
+        let mut c = engine.consumer("orders").expect("consumer");
+        assert_eq!(c.committed(), 0);
+        assert_eq!(c.name(), "orders");
+        for want in 1..=3u64 {
+            assert_eq!(next(&mut c).seq, want);
+        }
+        c.commit(2).expect("commit");
+        assert_eq!(c.committed(), 2);
+        engine.close().expect("close");
+    }
+    let engine = Engine::open(dir.path(), config()).expect("reopen");
+    let mut c = engine.consumer("orders").expect("consumer");
+    assert_eq!(c.committed(), 2);
+    // Batch 3 was yielded but not committed: it comes again.
+    assert_eq!(next(&mut c).seq, 3);
+    assert_eq!(next(&mut c).seq, 4);
+    // A new consumer starts at the first batch.
+    let mut other = engine.consumer("audit").expect("consumer");
+    assert_eq!(next(&mut other).seq, 1);
+}
+
+#[test]
+fn commits_are_checked_and_never_go_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config()).expect("open");
+    put_batches(&engine, 3, 10);
+    let mut c = engine.consumer("c").expect("consumer");
+    let e = refused(c.commit(1), "commit before anything was yielded");
+    assert!(e.contains("last batch this consumer yielded is 0"), "{e}");
+    assert_eq!(next(&mut c).seq, 1);
+    assert_eq!(next(&mut c).seq, 2);
+    refused(c.commit(3), "commit past what was yielded");
+    c.commit(2).expect("commit");
+    c.commit(1).expect("a commit below is a no-op");
+    assert_eq!(c.committed(), 2);
+    drop(c);
+    assert_eq!(engine.consumer("c").expect("reopen").committed(), 2);
+}
+
+#[test]
+fn names_are_checked_and_one_handle_per_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config()).expect("open");
+    for bad in ["", "a/b", "../x", "sp ace", "naïve", &"x".repeat(65)] {
+        let e = refused(engine.consumer(bad), bad);
+        assert!(e.contains("[A-Za-z0-9_.-]"), "{e}");
+        refused(engine.remove_consumer(bad), bad);
+    }
+    engine
+        .consumer(&"x".repeat(64))
+        .expect("64 characters is fine");
+    let c = engine.consumer("one").expect("consumer");
+    let e = refused(engine.consumer("one"), "a second handle");
+    assert!(e.contains("open"), "{e}");
+    refused(engine.remove_consumer("one"), "removing an open consumer");
+    drop(c);
+    let c = engine.consumer("one").expect("the handle was dropped");
+    drop(c);
+    assert!(engine.remove_consumer("one").expect("remove"));
+    assert!(!engine.remove_consumer("one").expect("gone already"));
+    assert!(!dir.path().join("consumer-one").exists());
+}
+
+/// Fails every write (`IoOp::Write`) or rename of a consumer's files while armed.
+struct FailConsumerFiles {
+    op: IoOp,
+    armed: AtomicBool,
+}
+
+impl Io for FailConsumerFiles {
+    fn before(&self, op: IoOp, path: &Path, _offset: u64, _data: &[u8]) -> io::Result<()> {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if op == self.op && name.starts_with("consumer") && self.armed.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(EIO));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_failed_commit_leaves_the_old_position() {
+    for op in [IoOp::Write, IoOp::Rename] {
+        let dir = tempfile::tempdir().unwrap();
+        let hook = Arc::new(FailConsumerFiles {
+            op,
+            armed: AtomicBool::new(false),
+        });
+        {
+            let engine = Engine::open_with_io(dir.path(), config(), hook.clone()).expect("open");
+            put_batches(&engine, 4, 10);
+            let mut c = engine.consumer("c").expect("consumer");
+            for _ in 0..3 {
+                next(&mut c);
+            }
+            c.commit(1).expect("commit");
+            hook.armed.store(true, Ordering::SeqCst);
+            match c.commit(3) {
+                Err(Error::Io { op: what, .. }) => {
+                    assert!(what.contains("consumer position"), "{op:?}: {what}")
+                }
+                other => panic!("{op:?}: expected the injected error, got {other:?}"),
+            }
+            assert_eq!(c.committed(), 1, "{op:?}");
+            engine.close().expect("close");
+        }
+        hook.armed.store(false, Ordering::SeqCst);
+        let engine = Engine::open(dir.path(), config()).expect("reopen");
+        let mut c = engine.consumer("c").expect("consumer");
+        assert_eq!(c.committed(), 1, "{op:?}: the failed commit took effect");
+        assert_eq!(next(&mut c).seq, 2, "{op:?}");
+    }
+}
+
+#[test]
+fn a_log_reader_consumer_sees_the_engines_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config()).expect("open");
+    put_batches(&engine, 4, 10);
+    let mut c = engine.consumer("c").expect("consumer");
+    next(&mut c);
+    next(&mut c);
+    c.commit(2).expect("commit");
+    let reader = LogReader::open(dir.path()).expect("reader");
+    let mut rc = reader.consumer("c").expect("reader's consumer");
+    assert_eq!(rc.committed(), 2);
+    assert_eq!(next(&mut rc).seq, 3);
+    // A batch written after the reader opened is found by polling.
+    put_batches(&engine, 1, 10);
+    assert_eq!(next(&mut rc).seq, 4);
+    assert_eq!(next(&mut rc).seq, 5);
+    rc.commit(5).expect("the reader's consumer commits too");
+    drop(c);
+    assert_eq!(engine.consumer("c").expect("consumer").committed(), 5);
+}
+
+#[test]
+fn retirement_is_held_back_by_the_slowest_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config()).expect("open");
+    let mut slow = engine.consumer("slow").expect("consumer");
+    let mut fast = engine.consumer("fast").expect("consumer");
+    let seqs = put_batches(&engine, 40, 8 << 10);
+    let last = seqs.last().unwrap().get();
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 4, "{} segments", files.len());
+
+    // Nothing committed: nothing goes.
+    let r = engine.retire_before(last).expect("retire");
+    assert_eq!(r.segments, 0);
+    assert_eq!(r.held_back_by, Some(("fast".to_owned(), Seq::new(0))));
+
+    // The slow one commits past the second segment's start, the fast one further.
+    let upto = files[2].0; // the first batch of the third segment
+    for _ in 0..upto {
+        next(&mut slow);
+    }
+    slow.commit(upto).expect("commit");
+    for _ in 0..last {
+        next(&mut fast);
+    }
+    fast.commit(last).expect("commit");
+    let r = engine.retire_before(last).expect("retire");
+    assert_eq!(r.held_back_by, Some(("slow".to_owned(), Seq::new(upto))));
+    assert_eq!(
+        r.segments,
+        2,
+        "the segments wholly before batch {}",
+        upto + 1
+    );
+    assert_eq!(r.first_seq, files[2].0);
+
+    // Asked for less than every consumer has committed: nobody held it back.
+    let r = engine.retire_before(files[2].0).expect("retire");
+    assert_eq!((r.segments, r.held_back_by), (0, None));
+
+    // Forced: the slow consumer's next batch goes, and it is told so.
+    let mut slow_next = engine.follow(upto + 1);
+    let r = engine.retire_before_forced(files[3].0).expect("forced");
+    assert_eq!((r.segments, r.held_back_by.clone()), (1, None));
+    match slow_next.try_next() {
+        Err(Error::Retired { seq, first }) => {
+            assert_eq!((seq, first), (Seq::new(upto + 1), files[3].0.into()))
+        }
+        other => panic!("expected Error::Retired, got {other:?}"),
+    }
+    drop(slow);
+    let mut slow = engine.consumer("slow").expect("reopen the slow one");
+    assert!(matches!(slow.try_next(), Err(Error::Retired { .. })));
+
+    // Removed, it holds nothing back.
+    drop(slow);
+    assert!(engine.remove_consumer("slow").expect("remove"));
+    let to = segment_files(dir.path()).last().unwrap().0;
+    let r = engine.retire_before(to).expect("retire");
+    assert!(r.segments >= 1);
+    assert_eq!(r.held_back_by, None);
+}
+
+#[test]
+fn consumers_report_their_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config()).expect("open");
+    assert_eq!(engine.consumers().expect("consumers"), vec![]);
+    let mut a = engine.consumer("a").expect("consumer");
+    let b = engine.consumer("b").expect("consumer");
+    let n = put_batches(&engine, 30, 6 << 10).len() as u64;
+    assert!(segment_files(dir.path()).len() >= 3);
+    for _ in 0..12 {
+        next(&mut a);
+    }
+    a.commit(12).expect("commit");
+    let frames_after = |seq: u64| -> u64 {
+        let view = engine.replay().expect("replay");
+        view.batches_from(seq + 1)
+            .map(|b| b.frame_len() as u64)
+            .sum()
+    };
+    let infos = engine.consumers().expect("consumers");
+    let want = |name: &str, committed: u64| mergelog::ConsumerInfo {
+        name: name.into(),
+        committed: Seq::new(committed),
+        lag_batches: n - committed,
+        lag_bytes: frames_after(committed),
+    };
+    assert_eq!(infos, vec![want("a", 12), want("b", 0)]);
+    drop(b);
+    // Another process's view of the same directory reads the same files.
+    let reader = LogReader::open(dir.path()).expect("reader");
+    assert_eq!(reader.consumers().expect("consumers"), infos);
+}

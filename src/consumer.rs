@@ -272,7 +272,10 @@ impl Consumer {
     /// idempotent and never move the position back. A `seq` past the last batch this handle
     /// yielded, or (in the engine's process) past `Engine::durable_seq`, is refused with
     /// `Error::Consumer`. If writing the file fails, the error is returned and the previous
-    /// commit stays in force (in this handle, and on disk after a restart).
+    /// commit stays in force (in this handle, and on disk after a restart). In the engine's
+    /// process a commit after `close` is refused with `Error::Closed` (the directory may be
+    /// another engine's by then): the batches it would have covered are yielded again after
+    /// the restart.
     pub fn commit(&mut self, seq: impl Into<Seq>) -> Result<()> {
         let seq = seq.into().get();
         if seq <= self.committed {
@@ -296,7 +299,12 @@ impl Consumer {
                 )));
             }
         }
-        dir::write_consumer(&*self.io, &self.dir, &self.name, &encode(seq))?;
+        let write = || dir::write_consumer(&*self.io, &self.dir, &self.name, &encode(seq));
+        match &self.live {
+            // In the engine's process: only while the engine holds the directory.
+            Some(live) => live.while_holding_dir(write)?,
+            None => write()?,
+        }
         self.committed = seq;
         Ok(())
     }

@@ -616,6 +616,8 @@ impl Engine {
             if joined.is_ok() {
                 self.write_clean_mark();
             }
+            // A consumer's commit in progress finishes first; later ones are refused.
+            self.inner.live.release_dir();
             self.lock.lock().take();
             if joined.is_err() {
                 return Err(Error::Failed(Arc::new(Error::Panicked {

@@ -111,6 +111,10 @@ pub(crate) struct LiveLog {
     pub stopped: AtomicBool,
     /// Followers and consumers blocked or polled until one of the two moves.
     waiters: SeqWaiters,
+    /// True while the engine holds the directory: a consumer's commit writes its file under
+    /// the read lock, and `close` clears it under the write lock before it gives the
+    /// directory up, so no commit lands once another engine may own the directory.
+    holds_dir: parking_lot::RwLock<bool>,
 }
 
 impl LiveLog {
@@ -120,7 +124,24 @@ impl LiveLog {
             durable_seq: AtomicU64::new(durable_seq),
             stopped: AtomicBool::new(false),
             waiters: SeqWaiters::new(),
+            holds_dir: parking_lot::RwLock::new(true),
         }
+    }
+
+    /// Runs `write` (a change to a file of the directory) while the engine still holds the
+    /// directory; `Error::Closed` once `close` has given it up (or is about to).
+    pub fn while_holding_dir<T>(&self, write: impl FnOnce() -> Result<T>) -> Result<T> {
+        let held = self.holds_dir.read();
+        if !*held {
+            return Err(Error::Closed);
+        }
+        write()
+    }
+
+    /// Called by `close` before it gives the directory up: waits for a commit in progress,
+    /// and refuses every later one.
+    pub fn release_dir(&self) {
+        *self.holds_dir.write() = false;
     }
 
     /// Moves the durable sequence to `seq` (Release: after the frames were published) and

@@ -293,3 +293,32 @@ fn consumers_report_their_lag() {
     let reader = LogReader::open(dir.path()).expect("reader");
     assert_eq!(reader.consumers().expect("consumers"), infos);
 }
+
+/// Once `close` has given the directory up (another engine may own it), a consumer of the
+/// closed engine can still read what became durable but no longer commit: its file would be
+/// written behind the new owner's back. The position stays where the last commit put it.
+#[test]
+fn a_commit_after_close_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    let seqs = put_batches(&engine, 3, 10);
+    let mut c = engine.consumer("late").unwrap();
+    let first = next(&mut c);
+    c.commit(first.seq).unwrap();
+    let second = next(&mut c);
+    engine.close().unwrap();
+    assert!(
+        matches!(c.commit(second.seq), Err(Error::Closed)),
+        "a commit after close was accepted"
+    );
+    drop(c);
+    drop(engine);
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    let mut c = engine.consumer("late").unwrap();
+    assert_eq!(c.committed(), first.seq);
+    assert_eq!(
+        next(&mut c).seq,
+        seqs[1],
+        "the uncommitted batch comes again"
+    );
+}

@@ -156,23 +156,16 @@ pub fn run(
         hooks,
         progress,
         |i, slot, barrier| {
-            let max_len = RECORD_HEADER_LEN + plan.spec.key_size.max + plan.spec.value_size.max;
-            let mut buf = Vec::with_capacity(max_len);
+            let mut buf = record_buf(plan);
             let gen = Generator::new(&plan.spec, i);
-            blocking_writer(gen, i, plan, slot, barrier, |op| match op {
-                Op::Put { key, value } => {
-                    encode_op(&mut buf, key, Some(value));
-                    log.lock().append(&buf, key, Some(value))
-                }
-                Op::Delete { key } => {
-                    encode_op(&mut buf, key, None);
-                    log.lock().append(&buf, key, None)
-                }
-                Op::Get { key } => {
+            blocking_writer(gen, i, plan, slot, barrier, |op| {
+                apply_op(
+                    &mut buf,
+                    op,
+                    |record, key, value| log.lock().append(record, key, value),
                     // Copied out, as the engine's get returns an owned value.
-                    black_box(log.lock().index.get(key).cloned());
-                    Ok(())
-                }
+                    |key| drop(black_box(log.lock().index.get(key).cloned())),
+                )
             })
         },
         || {
@@ -186,6 +179,31 @@ pub fn run(
             }
         },
     )
+}
+
+/// A buffer that holds any one record of the workload.
+pub fn record_buf(plan: &Plan) -> Vec<u8> {
+    Vec::with_capacity(RECORD_HEADER_LEN + plan.spec.key_size.max + plan.spec.value_size.max)
+}
+
+/// Performs `op` on a system whose writes take one encoded record: `write(record, key,
+/// value)` for a put (`Some(value)`) or a delete (`None`), `get(key)` for a get.
+pub fn apply_op(
+    buf: &mut Vec<u8>,
+    op: Op<'_>,
+    write: impl FnOnce(&[u8], &[u8], Option<&[u8]>) -> Result<(), CliError>,
+    get: impl FnOnce(&[u8]),
+) -> Result<(), CliError> {
+    let (key, value) = match op {
+        Op::Put { key, value } => (key, Some(value)),
+        Op::Delete { key } => (key, None),
+        Op::Get { key } => {
+            get(key);
+            return Ok(());
+        }
+    };
+    encode_op(buf, key, value);
+    write(buf, key, value)
 }
 
 /// One writer of a system whose operations block until done (durable, for a write), one

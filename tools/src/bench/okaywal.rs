@@ -9,11 +9,11 @@
 //! something else under that name.
 
 use super::engine::{run_baseline, LogCounts};
-use super::naive::{blocking_writer, encode_op, update, RECORD_HEADER_LEN};
+use super::naive::{apply_op, blocking_writer, record_buf, update};
 use super::recorder::Progress;
 use super::{Plan, RunHooks, RunResult, System};
 use crate::error::{CliError, Context};
-use crate::workload::{Generator, Op};
+use crate::workload::Generator;
 use mergelog::Durability;
 use okaywal::{LogVoid, WriteAheadLog};
 use parking_lot::Mutex;
@@ -55,27 +55,20 @@ pub fn run(
         hooks,
         progress,
         |i, slot, barrier| {
-            let max_len = RECORD_HEADER_LEN + plan.spec.key_size.max + plan.spec.value_size.max;
-            let mut buf = Vec::with_capacity(max_len);
+            let mut buf = record_buf(plan);
             let gen = Generator::new(&plan.spec, i);
-            blocking_writer(gen, i, plan, slot, barrier, |op| match op {
-                Op::Put { key, value } => {
-                    encode_op(&mut buf, key, Some(value));
-                    commit(&buf)?;
-                    update(&mut index.lock(), key, Some(value));
-                    Ok(())
-                }
-                Op::Delete { key } => {
-                    encode_op(&mut buf, key, None);
-                    commit(&buf)?;
-                    update(&mut index.lock(), key, None);
-                    Ok(())
-                }
-                Op::Get { key } => {
+            blocking_writer(gen, i, plan, slot, barrier, |op| {
+                apply_op(
+                    &mut buf,
+                    op,
+                    |record, key, value| {
+                        commit(record)?;
+                        update(&mut index.lock(), key, value);
+                        Ok(())
+                    },
                     // Copied out, as the engine's get returns an owned value.
-                    black_box(index.lock().get(key).cloned());
-                    Ok(())
-                }
+                    |key| drop(black_box(index.lock().get(key).cloned())),
+                )
             })
         },
         || LogCounts {

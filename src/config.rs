@@ -132,10 +132,11 @@ pub struct Config {
     pub recycle_segments: usize,
     /// Throttling on consumer lag (default `None`: never). While the slowest durable
     /// consumer lags by more than the limit, `put`, `delete` and `write` are throttled as
-    /// `backpressure` says: `Reject` refuses them with `Error::Busy` (as a full ring does:
-    /// back off and retry), `Block` waits until the lag falls to 90 % of the limit (the
-    /// release point, so that one commit does not flip it on and off), the engine closes
-    /// (`Error::Closed`) or fails. `get` and `flush` add nothing to the backlog and are
+    /// `backpressure` says: `Reject` refuses them with `Error::Throttled` (back off and
+    /// retry, as from the `Error::Busy` of a full ring: `Error::is_back_off` is true for
+    /// both); `Block` waits until the lag falls to 90 % of the limit (the release point, so
+    /// that one commit does not flip it on and off), the engine closes (`Error::Closed`) or
+    /// fails. `get` and `flush` add nothing to the backlog and are
     /// never throttled. No consumer, no throttling. The lag is re-measured on every commit
     /// of a consumer of this engine, when one is opened or removed, as batches become
     /// durable, and (for consumers committing from another process, through

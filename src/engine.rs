@@ -233,7 +233,7 @@ impl Engine {
         }
     }
 
-    /// A submission while throttled on consumer lag: refused with `Error::Busy`
+    /// A submission while throttled on consumer lag: refused with `Error::Throttled`
     /// (`Backpressure::Reject`), or held until the lag falls to its release point or the
     /// engine closes or fails (then `submit` reports that).
     #[cold]
@@ -241,7 +241,7 @@ impl Engine {
         let inner = &*self.inner;
         Counters::add(&inner.counters.throttled, 1);
         if inner.config.backpressure == Backpressure::Reject {
-            return Err(Error::Busy);
+            return Err(inner.throttle.refusal());
         }
         inner
             .throttle

@@ -26,7 +26,7 @@
 
 use crate::config::ConsumerLag;
 use crate::consumer;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::log::Segments;
 use crate::reader::{LiveLog, LogReader};
 use parking_lot::{Condvar, Mutex};
@@ -40,10 +40,10 @@ use std::time::{Duration, Instant};
 pub(crate) const REREAD_EVERY: Duration = Duration::from_millis(100);
 
 /// The slowest consumer as last measured.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Slowest {
-    /// Its committed batch; `None`: there is no consumer (nothing to throttle on).
-    committed: Option<u64>,
+    /// Its name and committed batch; `None`: there is no consumer (nothing to throttle on).
+    committed: Option<(String, u64)>,
     /// The value of `Throttle::log_bytes` at which its lag in bytes was zero (wrapping: its
     /// lag is `log_bytes - bytes_mark`).
     bytes_mark: u64,
@@ -156,7 +156,7 @@ impl Throttle {
     fn slowest(&self) -> Result<Slowest> {
         if self.limit.is_some_and(|l| l.bytes.is_none()) {
             let all = consumer::load_all(&self.dir)?;
-            let committed = all.into_iter().map(|(_, c)| c).min();
+            let committed = all.into_iter().min_by_key(|(_, c)| *c);
             return Ok(Slowest {
                 committed,
                 bytes_mark: 0,
@@ -168,7 +168,7 @@ impl Throttle {
         // docs for the one group it may count too many).
         let log_bytes = self.log_bytes.load(Ordering::Acquire);
         Ok(slowest.map_or_else(Slowest::default, |c| Slowest {
-            committed: Some(c.committed.get()),
+            committed: Some((c.name, c.committed.get())),
             bytes_mark: log_bytes.wrapping_sub(c.lag_bytes),
         }))
     }
@@ -178,18 +178,7 @@ impl Throttle {
     fn decide(&self) {
         let Some(limit) = self.limit else { return };
         let s = self.state.lock();
-        let (batches, bytes) = match s.committed {
-            None => (0, 0),
-            Some(c) => (
-                self.live
-                    .durable_seq
-                    .load(Ordering::Acquire)
-                    .saturating_sub(c),
-                self.log_bytes
-                    .load(Ordering::Acquire)
-                    .wrapping_sub(s.bytes_mark),
-            ),
-        };
+        let (batches, bytes) = self.lag(&s);
         let over = |lag: u64, max: Option<u64>| max.is_some_and(|m| lag > m);
         let under = |lag: u64, max: Option<u64>| max.is_none_or(|m| lag <= release_at(m));
         let engaged = self.engaged.load(Ordering::Relaxed);
@@ -202,6 +191,39 @@ impl Throttle {
         } else if engaged && under(batches, limit.batches) && under(bytes, limit.bytes) {
             self.engaged.store(false, Ordering::Relaxed);
             self.released.notify_all();
+        }
+    }
+
+    /// The lag of `s`'s consumer now, in batches and bytes (0 and 0 without a consumer).
+    fn lag(&self, s: &Slowest) -> (u64, u64) {
+        match &s.committed {
+            None => (0, 0),
+            Some((_, c)) => (
+                self.live
+                    .durable_seq
+                    .load(Ordering::Acquire)
+                    .saturating_sub(*c),
+                self.log_bytes
+                    .load(Ordering::Acquire)
+                    .wrapping_sub(s.bytes_mark),
+            ),
+        }
+    }
+
+    /// The error a throttled submission gets with `Backpressure::Reject`: the slowest
+    /// consumer and its lag (in bytes only if a bytes limit is set: else it is not measured).
+    pub fn refusal(&self) -> Error {
+        let s = self.state.lock();
+        let (batches, bytes) = self.lag(&s);
+        Error::Throttled {
+            consumer: s
+                .committed
+                .as_ref()
+                .map_or_else(String::new, |(n, _)| n.clone()),
+            lag: ConsumerLag {
+                batches: Some(batches),
+                bytes: self.limit.and_then(|l| l.bytes).map(|_| bytes),
+            },
         }
     }
 

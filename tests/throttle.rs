@@ -53,8 +53,17 @@ fn consume(c: &mut Consumer, n: u64) {
     c.commit(last).expect("commit");
 }
 
-fn is_busy(r: mergelog::Result<mergelog::Ticket>) -> bool {
-    matches!(r, Err(Error::Busy))
+/// Whether `r` is the refusal of a throttled submission (a back-off error whose message names
+/// the limit).
+fn is_throttled(r: mergelog::Result<mergelog::Ticket>) -> bool {
+    match r {
+        Err(e @ Error::Throttled { .. }) => {
+            assert!(e.is_back_off(), "{e}");
+            assert!(e.to_string().contains("consumer_lag_max"), "{e}");
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Polls `cond` until it holds (a hang guard, not a timing assertion).
@@ -76,11 +85,22 @@ fn past_the_limit_puts_are_refused_until_the_consumer_commits() {
         assert_eq!(put_batch(&engine, i, 10), i);
     }
     // Lag LIMIT + 1: over the limit.
-    assert!(is_busy(engine.put(b"k", b"v")), "a put past the limit");
-    assert!(is_busy(engine.delete(b"k")), "a delete past the limit");
+    match engine.put(b"k", b"v") {
+        Err(Error::Throttled { consumer, lag }) => {
+            assert_eq!(consumer, "slow");
+            assert_eq!(
+                lag,
+                batches(LIMIT + 1),
+                "the lag in batches, no bytes measured"
+            );
+        }
+        other => panic!("a put past the limit: {other:?}"),
+    }
+    assert!(Error::Busy.is_back_off());
+    assert!(is_throttled(engine.delete(b"k")), "a delete past the limit");
     let mut batch = mergelog::WriteBatch::new();
     batch.put(b"k", b"v");
-    assert!(is_busy(engine.write(&batch)), "a write past the limit");
+    assert!(is_throttled(engine.write(&batch)), "a write past the limit");
     // Reads and flushes add nothing to the backlog.
     engine.get(b"key-0001").expect("get").wait().expect("read");
     engine.flush().expect("flush").wait().expect("flushed");
@@ -101,7 +121,13 @@ fn a_bytes_limit_throttles_too() {
     let mut c = engine.consumer("slow").expect("consumer");
     put_batch(&engine, 1, 600);
     put_batch(&engine, 2, 600);
-    assert!(is_busy(engine.put(b"k", b"v")), "past 1000 bytes of lag");
+    match engine.put(b"k", b"v") {
+        Err(Error::Throttled { lag, .. }) => {
+            assert!(lag.bytes.is_some_and(|b| b > 1000), "{lag:?}");
+            assert_eq!(lag.batches, Some(2));
+        }
+        other => panic!("past 1000 bytes of lag: {other:?}"),
+    }
     consume(&mut c, 2);
     put_batch(&engine, 3, 600);
 }
@@ -136,7 +162,7 @@ fn removing_the_consumer_releases() {
     for i in 1..=LIMIT + 1 {
         put_batch(&engine, i, 10);
     }
-    assert!(is_busy(engine.put(b"k", b"v")));
+    assert!(is_throttled(engine.put(b"k", b"v")));
     drop(c);
     assert!(engine.remove_consumer("gone").expect("remove"));
     put_batch(&engine, 100, 10);
@@ -153,7 +179,7 @@ fn without_a_consumer_nothing_is_throttled() {
     // A consumer opened now has all ten to process: the same limit throttles.
     let _c = engine.consumer("late").expect("consumer");
     assert!(
-        is_busy(engine.put(b"k", b"v")),
+        is_throttled(engine.put(b"k", b"v")),
         "a consumer ten batches behind"
     );
 }
@@ -187,13 +213,13 @@ fn a_commit_through_the_file_releases_within_the_reread_interval() {
     for i in 1..=LIMIT + 1 {
         put_batch(&engine, i, 10);
     }
-    assert!(is_busy(engine.put(b"k", b"v")));
+    assert!(is_throttled(engine.put(b"k", b"v")));
     // As another process would: a reader of the directory commits to the consumer's file.
     let reader = LogReader::open(dir.path()).expect("reader");
     let mut c = reader.consumer("remote").expect("consumer");
     consume(&mut c, LIMIT + 1);
     eventually("the engine sees the commit", || {
-        !is_busy(engine.put(b"k", b"v"))
+        !is_throttled(engine.put(b"k", b"v"))
     });
 }
 

@@ -75,6 +75,19 @@ pub enum RecoveryMode {
     AbsoluteConsistency,
 }
 
+/// A limit on how far the slowest durable consumer (`Engine::consumer`) may fall behind the
+/// durable log before submissions are throttled (`Config::consumer_lag_max`). Lag is counted
+/// as `ConsumerInfo` counts it: durable batches not yet committed, and the bytes of their
+/// frames. At least one of the two is set, and neither is zero. (A limit on the age of the
+/// oldest unprocessed batch is not possible: frames carry no time.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConsumerLag {
+    /// Throttle while the slowest consumer lags by more than this many batches.
+    pub batches: Option<u64>,
+    /// Throttle while the slowest consumer lags by more than this many bytes of frames.
+    pub bytes: Option<u64>,
+}
+
 /// The most retired segments `Config::recycle_segments` may keep.
 pub const RECYCLE_SEGMENTS_MAX: usize = 64;
 
@@ -117,6 +130,21 @@ pub struct Config {
     /// reused file zeroes what follows its frames (tens of milliseconds for a 64 MiB
     /// segment). Default 0, as RocksDB's `recycle_log_file_num`: retired segments are deleted.
     pub recycle_segments: usize,
+    /// Throttling on consumer lag (default `None`: never). While the slowest durable
+    /// consumer lags by more than the limit, `put`, `delete` and `write` are throttled as
+    /// `backpressure` says: `Reject` refuses them with `Error::Throttled` (back off and
+    /// retry, as from the `Error::Busy` of a full ring: `Error::is_back_off` is true for
+    /// both); `Block` waits until the lag falls to 90 % of the limit (the release point, so
+    /// that one commit does not flip it on and off), the engine closes (`Error::Closed`) or
+    /// fails. `get` and `flush` add nothing to the backlog and are
+    /// never throttled. No consumer, no throttling. The lag is re-measured on every commit
+    /// of a consumer of this engine, when one is opened or removed, as batches become
+    /// durable, and (for consumers committing from another process, through
+    /// `LogReader::consumer`) by re-reading their files at most every 100 ms. Each re-measure
+    /// reads the consumer files; with a bytes limit it also walks the frames of the last
+    /// segment and of the slowest consumer's (as `Engine::consumers` does), so keep segments
+    /// moderate if you set one.
+    pub consumer_lag_max: Option<ConsumerLag>,
 }
 
 impl Default for Config {
@@ -136,6 +164,7 @@ impl Default for Config {
             backpressure: Backpressure::default(),
             recovery: RecoveryMode::default(),
             recycle_segments: 0,
+            consumer_lag_max: None,
         }
     }
 }
@@ -205,6 +234,7 @@ impl Config {
                 self.window_age_max
             ));
         }
+        self.check_consumer_lag()?;
         match self.window {
             WindowPolicy::Adaptive { quiet } if quiet > self.window_age_max => {
                 return bad(format!(
@@ -219,6 +249,20 @@ impl Config {
                 ))
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// Refuses a `consumer_lag_max` that sets no limit or a zero one.
+    fn check_consumer_lag(&self) -> Result<()> {
+        let Some(lag) = self.consumer_lag_max else {
+            return Ok(());
+        };
+        let zero = lag.batches == Some(0) || lag.bytes == Some(0);
+        if zero || (lag.batches.is_none() && lag.bytes.is_none()) {
+            return Err(Error::InvalidConfig(format!(
+                "consumer_lag_max = {lag:?} must set batches, bytes or both, none of them zero"
+            )));
         }
         Ok(())
     }

@@ -23,6 +23,7 @@ use crate::log::dir;
 use crate::log::io::SharedIo;
 use crate::reader::{Follower, LiveLog, OwnedBatch};
 use crate::seq::Seq;
+use crate::throttle::Throttle;
 use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -214,6 +215,8 @@ pub struct Consumer {
     yielded: u64,
     /// In the engine's process: its durable sequence, which a commit may not pass.
     live: Option<Arc<LiveLog>>,
+    /// In the engine's process: its throttle, which re-measures the lag after each commit.
+    throttle: Option<Arc<Throttle>>,
     _claim: Option<Claim>,
 }
 
@@ -246,8 +249,15 @@ impl Consumer {
             committed,
             yielded: committed,
             live,
+            throttle: None,
             _claim: claim,
         }
+    }
+
+    /// This consumer, its commits re-measuring `throttle`'s lag (`Config::consumer_lag_max`).
+    pub(crate) fn with_throttle(mut self, throttle: Arc<Throttle>) -> Consumer {
+        self.throttle = Some(throttle);
+        self
     }
 
     /// The consumer's name.
@@ -306,6 +316,10 @@ impl Consumer {
             None => write()?,
         }
         self.committed = seq;
+        // The lag may have fallen under the limit: submitters throttled on it are released.
+        if let Some(t) = &self.throttle {
+            t.measure();
+        }
         Ok(())
     }
 

@@ -18,7 +18,7 @@ use crate::reader::{Follower, LogReader};
 use crate::request::{self, WriteBatch};
 use crate::ring::PushError;
 use crate::seq::Seq;
-use crate::stats::{record, Counts, Stats};
+use crate::stats::{record, Counters, Counts, Stats};
 use crate::ticket::{GetSlot, GetTicket, Ticket};
 use parking_lot::Mutex;
 use std::fs::File;
@@ -223,6 +223,32 @@ impl Engine {
         }
     }
 
+    /// Lets a put, delete or write through unless the slowest consumer lags past
+    /// `Config::consumer_lag_max`: one Relaxed load when it does not.
+    #[inline]
+    fn admit(&self) -> Result<()> {
+        match self.inner.throttle.engaged() {
+            false => Ok(()),
+            true => self.throttled(),
+        }
+    }
+
+    /// A submission while throttled on consumer lag: refused with `Error::Throttled`
+    /// (`Backpressure::Reject`), or held until the lag falls to its release point or the
+    /// engine closes or fails (then `submit` reports that).
+    #[cold]
+    fn throttled(&self) -> Result<()> {
+        let inner = &*self.inner;
+        Counters::add(&inner.counters.throttled, 1);
+        if inner.config.backpressure == Backpressure::Reject {
+            return Err(inner.throttle.refusal());
+        }
+        inner
+            .throttle
+            .wait(|| inner.ring.is_closed() || inner.completion.failure().is_some());
+        Ok(())
+    }
+
     pub(crate) fn ticket(&self, pos: u64) -> Ticket {
         Ticket::new(pos, self.inner.completion.clone())
     }
@@ -231,6 +257,7 @@ impl Engine {
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<Ticket> {
         self.check_key(key)?;
         self.check_value(value)?;
+        self.admit()?;
         let now = self.stamp();
         let pos = self.submit(request::put_len(key, value), |buf| {
             request::encode_put(buf, key, value, now)
@@ -241,6 +268,7 @@ impl Engine {
     /// Submits a delete. Returns at once; the ticket completes when the delete is durable.
     pub fn delete(&self, key: &[u8]) -> Result<Ticket> {
         self.check_key(key)?;
+        self.admit()?;
         let now = self.stamp();
         let pos = self.submit(request::delete_len(key), |buf| {
             request::encode_delete(buf, key, now)
@@ -274,6 +302,7 @@ impl Engine {
             self.check_key(key)?;
             self.check_value(value)?;
         }
+        self.admit()?;
         let now = self.stamp();
         let pos = self.submit(request::batch_len(batch), |buf| {
             request::encode_batch(buf, batch, now)
@@ -412,6 +441,8 @@ impl Engine {
             let first = inner.segments.read().iter().next().map_or(1, |s| s.id);
             consumer::load_or_create(&inner.io, &inner.dir, name, first)?
         };
+        // A new consumer may lag more than the others.
+        inner.throttle.measure();
         Ok(Consumer::new(
             name,
             (inner.dir.clone(), inner.io.clone()),
@@ -419,7 +450,8 @@ impl Engine {
             committed,
             Some(inner.live.clone()),
             Some(claim),
-        ))
+        )
+        .with_throttle(inner.throttle.clone()))
     }
 
     /// Every durable consumer, sorted by name, with its lag behind [`Engine::durable_seq`]
@@ -435,13 +467,16 @@ impl Engine {
     pub fn remove_consumer(&self, name: &str) -> Result<bool> {
         consumer::check_name(name)?;
         let inner = &*self.inner;
-        self.consumers.unless_open(name, || {
+        let removed = self.consumers.unless_open(name, || {
             let _one_at_a_time = inner.retire_lock.lock();
             if inner.ring.is_closed() {
                 return Err(Error::Closed);
             }
             log_dir::remove_consumer(&*inner.io, &inner.dir, name)
-        })
+        })?;
+        // It no longer holds the submitters back either.
+        inner.throttle.measure();
+        Ok(removed)
     }
 
     /// A read-only view of the log as of now (its durable batches; with `NoSync`, those
@@ -603,6 +638,8 @@ impl Engine {
     /// producer's eventual publish goes nowhere, and its ticket reports the failure.
     pub fn close(&self) -> Result<()> {
         self.inner.ring.close();
+        // Submitters throttled on consumer lag get `Error::Closed`.
+        self.inner.throttle.wake_all();
         self.inner.poke_flusher();
         // The guard is held until the flusher is joined and the directory lock given up: a
         // concurrent second `close` waits here for the first to finish (and then finds no

@@ -45,7 +45,19 @@ pub enum Error {
     /// The configuration is inconsistent; `what` names the setting and the rule.
     InvalidConfig(String),
     /// The ring is full and `Backpressure::Reject` is configured: shed load or retry later.
+    /// (A put refused because a consumer lags is [`Error::Throttled`]; back off from both
+    /// alike: [`Error::is_back_off`].)
     Busy,
+    /// With `Config::consumer_lag_max` and `Backpressure::Reject`: the slowest durable consumer
+    /// lags the durable log past the limit, and a `put`, `delete` or `write` is refused. Back
+    /// off as from [`Error::Busy`] (retry once the consumer has caught up);
+    /// [`Error::is_back_off`] is true for both.
+    Throttled {
+        /// The slowest consumer.
+        consumer: String,
+        /// Its lag as last measured: in batches, and in bytes if a bytes limit is set.
+        lag: crate::config::ConsumerLag,
+    },
     /// The engine has been closed; no more requests are accepted. An in-process follower
     /// returns it once it has yielded every batch that became durable.
     Closed,
@@ -157,6 +169,13 @@ impl Error {
             source: Arc::new(source),
         }
     }
+
+    /// True for the errors that ask the caller to back off and retry later, nothing being
+    /// wrong with the request: [`Error::Busy`] (the ring is full) and [`Error::Throttled`]
+    /// (a consumer lags).
+    pub fn is_back_off(&self) -> bool {
+        matches!(self, Error::Busy | Error::Throttled { .. })
+    }
 }
 
 impl fmt::Display for Error {
@@ -180,6 +199,19 @@ impl fmt::Display for Error {
                 f,
                 "ingest ring is full (Backpressure::Reject); shed load or retry later"
             ),
+            Error::Throttled { consumer, lag } => {
+                write!(f, "throttled: consumer {consumer} lags ")?;
+                if let Some(n) = lag.batches {
+                    write!(f, "{n} batches ")?;
+                }
+                if let Some(n) = lag.bytes {
+                    write!(f, "({n} bytes) ")?;
+                }
+                write!(
+                    f,
+                    "past Config::consumer_lag_max (Backpressure::Reject); retry once it has caught up"
+                )
+            }
             Error::Closed => write!(f, "engine is closed"),
             Error::Failed(cause) => write!(
                 f,

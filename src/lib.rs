@@ -95,10 +95,14 @@ mod seq;
 mod stats;
 mod sync;
 #[cfg(not(loom))]
+mod throttle;
+#[cfg(not(loom))]
 mod ticket;
 
 #[cfg(not(loom))]
-pub use config::{Backpressure, Config, Durability, RecoveryMode, WindowPolicy, WritePath};
+pub use config::{
+    Backpressure, Config, ConsumerLag, Durability, RecoveryMode, WindowPolicy, WritePath,
+};
 #[cfg(not(loom))]
 pub use consumer::{Consumer, ConsumerInfo};
 #[cfg(not(loom))]

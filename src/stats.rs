@@ -101,6 +101,9 @@ pub struct Counts {
     pub window_waits: u64,
     /// Where the disk's time went, from the first sync on.
     pub sync_time: SyncTime,
+    /// Submissions (`put`, `delete`, `write`) refused or made to wait because the slowest
+    /// consumer lagged past `Config::consumer_lag_max`.
+    pub throttled: u64,
     /// Segment files started, reused and retired since open.
     pub segments: SegmentCounts,
 }
@@ -168,6 +171,9 @@ pub struct Stats {
     pub window_waits: u64,
     /// Where the disk's time went, from the first sync on.
     pub sync_time: SyncTime,
+    /// Submissions (`put`, `delete`, `write`) refused or made to wait because the slowest
+    /// consumer lagged past `Config::consumer_lag_max`.
+    pub throttled: u64,
     /// Segment files started, reused and retired since open.
     pub segments: SegmentCounts,
     /// Per-stage latencies.
@@ -189,6 +195,7 @@ pub(crate) struct Counters {
     pub sync_gap_ready_ns: AtomicU64,
     pub sync_gap_empty_ns: AtomicU64,
     pub window_waits: AtomicU64,
+    pub throttled: AtomicU64,
     pub stages: Mutex<StageHistograms>,
 }
 
@@ -217,6 +224,7 @@ impl Counters {
                 frame_ready_ns: get(&self.sync_gap_ready_ns),
                 nothing_ready_ns: get(&self.sync_gap_empty_ns),
             },
+            throttled: get(&self.throttled),
             // Kept by the log's file pool; the engine fills them in.
             segments: SegmentCounts::default(),
         }
@@ -237,6 +245,7 @@ impl Counters {
             durable_position,
             window_waits,
             sync_time,
+            throttled,
             segments,
         } = self.counts(backlog_bytes, durable_position);
         Stats {
@@ -253,6 +262,7 @@ impl Counters {
             durable_position,
             window_waits,
             sync_time,
+            throttled,
             segments,
             stages: self.stages.lock().clone(),
         }

@@ -218,6 +218,7 @@ impl Flusher {
             if self.inner.completion.may_complete(job.end) {
                 if let Err(e) = complete_jobs(&self.inner, std::slice::from_ref(&job)) {
                     self.inner.completion.fail(e);
+                    self.inner.throttle.wake_all();
                 }
             }
             let _ = self.give_back.try_send(spare(job));
@@ -290,6 +291,7 @@ impl Flusher {
             if let Err(e) = self.commit(&entries, w.end) {
                 // The windows already handed on complete with their own sync's outcome.
                 inner.completion.fail_after(e, self.in_flight);
+                inner.throttle.wake_all();
             }
         }
         // On failure every ticket of this window and later ones reports it; get slots are

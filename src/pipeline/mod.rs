@@ -56,6 +56,7 @@ use crate::{
     reader::LiveLog,
     ring::{self, Consumer, Ring},
     stats::Counters,
+    throttle::Throttle,
     ticket::Completion,
 };
 #[cfg(not(loom))]
@@ -100,6 +101,9 @@ pub(crate) struct Inner {
     /// Sequence number of the last durable batch, and whether the pipeline has stopped (for
     /// in-process followers).
     pub(crate) live: Arc<LiveLog>,
+    /// Throttling on consumer lag (`Config::consumer_lag_max`): the flag `put`, `delete` and
+    /// `write` load, set and cleared as the lag changes.
+    pub(crate) throttle: Arc<Throttle>,
     /// Jobs handed to the syncer and not yet taken by it.
     pub(crate) queued: AtomicUsize,
     /// The flusher's thread, set when it starts: woken by [`Inner::poke_flusher`].
@@ -155,6 +159,12 @@ pub(crate) fn start(
     );
 
     let live = Arc::new(LiveLog::new(recovered.next_seq.saturating_sub(1)));
+    let throttle = Arc::new(Throttle::new(
+        config.consumer_lag_max,
+        dir.to_owned(),
+        segments.clone(),
+        live.clone(),
+    ));
     let (ring, consumer) = ring::ring(config.ring_bytes);
     let (request_len_max, request_limit_name) = config.request_len_max(ring.max_payload());
     let inner = Arc::new(Inner {
@@ -176,6 +186,7 @@ pub(crate) fn start(
         request_len_max,
         request_limit_name,
         live,
+        throttle,
         queued: AtomicUsize::new(0),
         flusher_thread: OnceLock::new(),
         sync_nap: SyncNap::new(),
@@ -185,6 +196,8 @@ pub(crate) fn start(
         end_mark: Mutex::new(None),
         config,
     });
+    // The consumers left by earlier runs may already lag too far.
+    inner.throttle.measure();
     let handle = start_pipeline(inner.clone(), log, consumer)
         .map_err(|e| Error::io("spawn flusher thread", dir, e))?;
     Ok((inner, handle))
@@ -225,6 +238,8 @@ pub(crate) fn start_pipeline(
             // Nothing becomes durable any more: in-process followers end (Release: after the
             // last store of `durable_seq`).
             inner.live.stop();
+            // Submitters throttled on consumer lag look again: the engine closed or failed.
+            inner.throttle.wake_all();
         })
 }
 
@@ -238,6 +253,7 @@ fn guard_thread(inner: &Inner, name: &'static str, body: impl FnOnce()) {
             .completion
             .fail(Error::Failed(Arc::new(Error::Panicked { thread: name })));
         inner.ring.close();
+        inner.throttle.wake_all();
     }
 }
 

@@ -10,6 +10,7 @@ use crate::config::Durability;
 use crate::error::Result;
 use crate::log::WrittenFrame;
 use crate::stats::{record, Counters};
+use crate::throttle::REREAD_EVERY;
 use crossbeam::channel::{Receiver, Sender, TryRecvError};
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
@@ -58,7 +59,14 @@ impl Syncer {
             // flusher has gone, it unparks us (see `start_pipeline`), so the token is there.
             fence(Ordering::SeqCst);
             if self.jobs.is_empty() {
-                std::thread::park();
+                if self.inner.throttle.engaged() {
+                    // Throttled on consumer lag with nothing to sync: consumers of other
+                    // processes are seen only by reading their files again.
+                    std::thread::park_timeout(REREAD_EVERY);
+                    self.inner.throttle.reread_if_due();
+                } else {
+                    std::thread::park();
+                }
             }
             self.inner.syncer_sleeping.store(false, Ordering::Relaxed);
         }
@@ -66,6 +74,7 @@ impl Syncer {
 
     pub(super) fn run(mut self) {
         let _ = self.inner.syncer_thread.set(std::thread::current());
+        self.inner.throttle.set_rereader();
         while self.next_group() {
             self.inner
                 .queued
@@ -83,6 +92,7 @@ impl Syncer {
             if n > 0 {
                 if let Err(e) = complete_jobs(&self.inner, &self.group[..n]) {
                     c.fail(e);
+                    self.inner.throttle.wake_all();
                 }
             }
             for job in self.group.drain(..) {
@@ -186,6 +196,8 @@ fn sync_and_publish(inner: &Inner, group: &[Job], t0: Instant) -> Result<Option<
         );
         // Wakes in-process followers and consumers, if any wait (`LiveLog::advance`).
         inner.live.advance(last.seq);
+        // The consumers' lag grew (one branch unless `Config::consumer_lag_max` is set).
+        inner.throttle.advanced(last.end - first.start);
     }
     Ok(synced)
 }

@@ -792,6 +792,7 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
         durable_position,
         window_waits,
         sync_time,
+        throttled,
         segments,
         stages,
     } = from;
@@ -807,6 +808,7 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
     into.backlog_bytes += backlog_bytes;
     into.durable_position = durable_position;
     into.window_waits += window_waits;
+    into.throttled += throttled;
     into.sync_time.busy_ns += sync_time.busy_ns;
     into.sync_time.frame_ready_ns += sync_time.frame_ready_ns;
     into.sync_time.nothing_ready_ns += sync_time.nothing_ready_ns;

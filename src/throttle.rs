@@ -1,0 +1,259 @@
+//! Throttling on consumer lag (`Config::consumer_lag_max`): while the slowest durable consumer
+//! lags the durable log by more than the limit, `put`, `delete` and `write` are refused
+//! (`Backpressure::Reject`) or wait (`Block`).
+//!
+//! The decision is one flag, [`Throttle::engaged`], which the submit path loads (Relaxed; it
+//! is never set when no limit is configured, so an engine without one pays that load and
+//! nothing else). It is set and cleared by whoever learns that the lag changed, each calling
+//! [`Throttle::decide`] under the state lock:
+//!
+//! * the completion of a sync group ([`Throttle::advanced`], from `pipeline::syncer`): the
+//!   durable log grew, and the lag with it, measured against the slowest committed position
+//!   kept in memory (no file read);
+//! * a commit of a consumer of this engine, or one opened or removed ([`Throttle::measure`]):
+//!   the consumer files are read again;
+//! * for consumers that commit from another process (`LogReader::consumer`, writing the same
+//!   files), the same re-read at most every [`REREAD_EVERY`], by the thread that completes
+//!   syncs, or by the syncer while it is idle and the flag is set ([`Throttle::reread_if_due`]).
+//!
+//! Hysteresis: the flag is set once a lag is over its limit, and cleared once every lag is at
+//! or below 90 % of its limit, so that one small commit does not flip it on and off.
+//!
+//! The lag in bytes is kept as a difference of one running count, the bytes of the frames made
+//! durable since the engine opened: each measure records the count at which the slowest
+//! consumer's lag would be zero. The frames that complete while a measure runs may be counted
+//! once too often or too few (one sync group at most) until the next measure.
+
+use crate::config::ConsumerLag;
+use crate::consumer;
+use crate::error::{Error, Result};
+use crate::log::Segments;
+use crate::reader::{LiveLog, LogReader};
+use parking_lot::{Condvar, Mutex};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+/// How often the consumer files are read again for commits made by other processes.
+pub(crate) const REREAD_EVERY: Duration = Duration::from_millis(100);
+
+/// The slowest consumer as last measured.
+#[derive(Clone, Debug, Default)]
+struct Slowest {
+    /// Its name and committed batch; `None`: there is no consumer (nothing to throttle on).
+    committed: Option<(String, u64)>,
+    /// The value of `Throttle::log_bytes` at which its lag in bytes was zero (wrapping: its
+    /// lag is `log_bytes - bytes_mark`).
+    bytes_mark: u64,
+}
+
+/// The throttle of one engine (see the module docs).
+pub(crate) struct Throttle {
+    limit: Option<ConsumerLag>,
+    /// Set while submissions are throttled.
+    engaged: AtomicBool,
+    /// Bytes of the frames made durable since the engine opened (only counted with a limit).
+    log_bytes: AtomicU64,
+    /// The slowest consumer; held while the flag changes and while a submitter waits.
+    state: Mutex<Slowest>,
+    /// Notified when the flag is cleared, and on close or failure.
+    released: Condvar,
+    /// When the consumer files were last read; held while they are (one measure at a time).
+    measured: Mutex<Instant>,
+    /// The thread that re-reads the files while the flag is set and nothing else happens
+    /// (the syncer, when idle): unparked when the flag is set.
+    rereader: OnceLock<Thread>,
+    dir: PathBuf,
+    segments: Segments,
+    live: Arc<LiveLog>,
+}
+
+/// The release point of a limit: 90 % of it (rounded down).
+fn release_at(max: u64) -> u64 {
+    max / 10 * 9 + max % 10 * 9 / 10
+}
+
+impl Throttle {
+    /// The throttle of the engine over `dir` (its segment list and durable sequence); it does
+    /// nothing if `limit` is `None`. Not engaged until the first [`Throttle::measure`].
+    pub fn new(
+        limit: Option<ConsumerLag>,
+        dir: PathBuf,
+        segments: Segments,
+        live: Arc<LiveLog>,
+    ) -> Throttle {
+        Throttle {
+            limit,
+            engaged: AtomicBool::new(false),
+            log_bytes: AtomicU64::new(0),
+            state: Mutex::new(Slowest::default()),
+            released: Condvar::new(),
+            measured: Mutex::new(Instant::now()),
+            rereader: OnceLock::new(),
+            dir,
+            segments,
+            live,
+        }
+    }
+
+    /// Names the calling thread as the one that re-reads the files while the flag is set
+    /// (see [`REREAD_EVERY`]); it is unparked whenever the flag is set.
+    pub fn set_rereader(&self) {
+        let _ = self.rereader.set(std::thread::current());
+    }
+
+    /// True while submissions are throttled: the one load the submit path makes.
+    #[inline]
+    pub fn engaged(&self) -> bool {
+        self.engaged.load(Ordering::Relaxed)
+    }
+
+    /// Frames of `bytes` bytes became durable (after `LiveLog::advance`): the lag grew.
+    /// Nothing but a branch without a limit.
+    #[inline]
+    pub fn advanced(&self, bytes: u64) {
+        if self.limit.is_none() {
+            return;
+        }
+        self.log_bytes.fetch_add(bytes, Ordering::AcqRel);
+        self.decide();
+        self.reread_if_due();
+    }
+
+    /// Reads the consumer files again if the last read is [`REREAD_EVERY`] old (and no other
+    /// read is running).
+    pub fn reread_if_due(&self) {
+        if self.limit.is_none() {
+            return;
+        }
+        let due = match self.measured.try_lock() {
+            Some(last) => last.elapsed() >= REREAD_EVERY,
+            None => false,
+        };
+        if due {
+            self.measure();
+        }
+    }
+
+    /// Reads the consumer files (and with a bytes limit, the frames after the slowest one's
+    /// commit) and decides. A file that cannot be read keeps the previous measure.
+    pub fn measure(&self) {
+        if self.limit.is_none() {
+            return;
+        }
+        let mut last = self.measured.lock();
+        if let Ok(slowest) = self.slowest() {
+            *self.state.lock() = slowest;
+        }
+        *last = Instant::now();
+        drop(last);
+        self.decide();
+    }
+
+    /// The slowest consumer of the directory now.
+    fn slowest(&self) -> Result<Slowest> {
+        if self.limit.is_some_and(|l| l.bytes.is_none()) {
+            let all = consumer::load_all(&self.dir)?;
+            let committed = all.into_iter().min_by_key(|(_, c)| *c);
+            return Ok(Slowest {
+                committed,
+                bytes_mark: 0,
+            });
+        }
+        let view = LogReader::of_engine(&self.dir, self.segments.clone(), self.live.clone());
+        let slowest = view.consumers()?.into_iter().min_by_key(|c| c.committed);
+        // Read after the view: it counts at least the frames the view holds (see the module
+        // docs for the one group it may count too many).
+        let log_bytes = self.log_bytes.load(Ordering::Acquire);
+        Ok(slowest.map_or_else(Slowest::default, |c| Slowest {
+            committed: Some((c.name, c.committed.get())),
+            bytes_mark: log_bytes.wrapping_sub(c.lag_bytes),
+        }))
+    }
+
+    /// Sets the flag if a lag is over its limit, clears it (and wakes the waiting submitters)
+    /// once every lag is at or below its release point.
+    fn decide(&self) {
+        let Some(limit) = self.limit else { return };
+        let s = self.state.lock();
+        let (batches, bytes) = self.lag(&s);
+        let over = |lag: u64, max: Option<u64>| max.is_some_and(|m| lag > m);
+        let under = |lag: u64, max: Option<u64>| max.is_none_or(|m| lag <= release_at(m));
+        let engaged = self.engaged.load(Ordering::Relaxed);
+        if !engaged && (over(batches, limit.batches) || over(bytes, limit.bytes)) {
+            self.engaged.store(true, Ordering::Relaxed);
+            // Idle, it parks without a timeout unless the flag is set: let it see the flag.
+            if let Some(t) = self.rereader.get() {
+                t.unpark();
+            }
+        } else if engaged && under(batches, limit.batches) && under(bytes, limit.bytes) {
+            self.engaged.store(false, Ordering::Relaxed);
+            self.released.notify_all();
+        }
+    }
+
+    /// The lag of `s`'s consumer now, in batches and bytes (0 and 0 without a consumer).
+    fn lag(&self, s: &Slowest) -> (u64, u64) {
+        match &s.committed {
+            None => (0, 0),
+            Some((_, c)) => (
+                self.live
+                    .durable_seq
+                    .load(Ordering::Acquire)
+                    .saturating_sub(*c),
+                self.log_bytes
+                    .load(Ordering::Acquire)
+                    .wrapping_sub(s.bytes_mark),
+            ),
+        }
+    }
+
+    /// The error a throttled submission gets with `Backpressure::Reject`: the slowest
+    /// consumer and its lag (in bytes only if a bytes limit is set: else it is not measured).
+    pub fn refusal(&self) -> Error {
+        let s = self.state.lock();
+        let (batches, bytes) = self.lag(&s);
+        Error::Throttled {
+            consumer: s
+                .committed
+                .as_ref()
+                .map_or_else(String::new, |(n, _)| n.clone()),
+            lag: ConsumerLag {
+                batches: Some(batches),
+                bytes: self.limit.and_then(|l| l.bytes).map(|_| bytes),
+            },
+        }
+    }
+
+    /// Blocks while the flag is set, until it is cleared or `stop` (the engine closed or
+    /// failed: see [`Throttle::wake_all`]) holds.
+    pub fn wait(&self, stop: impl Fn() -> bool) {
+        let mut s = self.state.lock();
+        while self.engaged() && !stop() {
+            self.released.wait(&mut s);
+        }
+    }
+
+    /// Wakes every waiting submitter to look at its `stop` condition again (after a close or
+    /// a failure).
+    pub fn wake_all(&self) {
+        let _s = self.state.lock();
+        self.released.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_release_point_is_ninety_percent() {
+        assert_eq!(release_at(1), 0);
+        assert_eq!(release_at(3), 2);
+        assert_eq!(release_at(10), 9);
+        assert_eq!(release_at(1000), 900);
+        assert_eq!(release_at(u64::MAX), u64::MAX / 10 * 9 + 4);
+    }
+}

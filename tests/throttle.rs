@@ -1,0 +1,246 @@
+//! Throttling on consumer lag (`Config::consumer_lag_max`): past the limit, puts are refused
+//! (`Backpressure::Reject`) or wait (`Block`); a commit (in this process, or through a
+//! consumer's file from another `LogReader`), removing the consumer, or closing the engine
+//! releases them; without a consumer nothing is throttled; a zero limit is refused.
+
+mod common;
+
+use common::WAIT_MAX;
+use mergelog::{Backpressure, Config, Consumer, ConsumerLag, Engine, Error, LogReader, Seq};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The lag limit of these tests, in batches.
+const LIMIT: u64 = 2;
+
+fn config(backpressure: Backpressure, lag: ConsumerLag) -> Config {
+    Config {
+        segment_bytes: 64 << 10,
+        batch_bytes_max: 16 << 10,
+        ring_bytes: 1 << 20,
+        backpressure,
+        consumer_lag_max: Some(lag),
+        ..Config::default()
+    }
+}
+
+fn batches(n: u64) -> ConsumerLag {
+    ConsumerLag {
+        batches: Some(n),
+        bytes: None,
+    }
+}
+
+/// One put, waited for: one batch.
+fn put_batch(engine: &Engine, i: u64, value_len: usize) -> Seq {
+    let key = format!("key-{i:04}");
+    let t = engine
+        .put(key.as_bytes(), &vec![b'v'; value_len])
+        .expect("put");
+    t.wait_timeout(WAIT_MAX).expect("durable")
+}
+
+/// Reads `n` batches with `c` and commits the last.
+fn consume(c: &mut Consumer, n: u64) {
+    let mut last = Seq::new(0);
+    for _ in 0..n {
+        last = c
+            .next_timeout(WAIT_MAX)
+            .expect("next")
+            .expect("a batch within the hang guard")
+            .seq;
+    }
+    c.commit(last).expect("commit");
+}
+
+/// Whether `r` is the refusal of a throttled submission (a back-off error whose message names
+/// the limit).
+fn is_throttled(r: mergelog::Result<mergelog::Ticket>) -> bool {
+    match r {
+        Err(e @ Error::Throttled { .. }) => {
+            assert!(e.is_back_off(), "{e}");
+            assert!(e.to_string().contains("consumer_lag_max"), "{e}");
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Polls `cond` until it holds (a hang guard, not a timing assertion).
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT_MAX;
+    while !cond() {
+        assert!(Instant::now() < deadline, "hung: {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn past_the_limit_puts_are_refused_until_the_consumer_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine =
+        Engine::open(dir.path(), config(Backpressure::Reject, batches(LIMIT))).expect("open");
+    let mut c = engine.consumer("slow").expect("consumer");
+    for i in 1..=LIMIT + 1 {
+        assert_eq!(put_batch(&engine, i, 10), i);
+    }
+    // Lag LIMIT + 1: over the limit.
+    match engine.put(b"k", b"v") {
+        Err(Error::Throttled { consumer, lag }) => {
+            assert_eq!(consumer, "slow");
+            assert_eq!(
+                lag,
+                batches(LIMIT + 1),
+                "the lag in batches, no bytes measured"
+            );
+        }
+        other => panic!("a put past the limit: {other:?}"),
+    }
+    assert!(Error::Busy.is_back_off());
+    assert!(is_throttled(engine.delete(b"k")), "a delete past the limit");
+    let mut batch = mergelog::WriteBatch::new();
+    batch.put(b"k", b"v");
+    assert!(is_throttled(engine.write(&batch)), "a write past the limit");
+    // Reads and flushes add nothing to the backlog.
+    engine.get(b"key-0001").expect("get").wait().expect("read");
+    engine.flush().expect("flush").wait().expect("flushed");
+    assert_eq!(engine.counts().throttled, 3);
+    assert_eq!(engine.stats().throttled, 3);
+    consume(&mut c, LIMIT + 1);
+    put_batch(&engine, 100, 10);
+}
+
+#[test]
+fn a_bytes_limit_throttles_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let lag = ConsumerLag {
+        batches: None,
+        bytes: Some(1000),
+    };
+    let engine = Engine::open(dir.path(), config(Backpressure::Reject, lag)).expect("open");
+    let mut c = engine.consumer("slow").expect("consumer");
+    put_batch(&engine, 1, 600);
+    put_batch(&engine, 2, 600);
+    match engine.put(b"k", b"v") {
+        Err(Error::Throttled { lag, .. }) => {
+            assert!(lag.bytes.is_some_and(|b| b > 1000), "{lag:?}");
+            assert_eq!(lag.batches, Some(2));
+        }
+        other => panic!("past 1000 bytes of lag: {other:?}"),
+    }
+    consume(&mut c, 2);
+    put_batch(&engine, 3, 600);
+}
+
+#[test]
+fn a_blocked_put_is_released_by_a_commit_from_another_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(
+        Engine::open(dir.path(), config(Backpressure::Block, batches(LIMIT))).expect("open"),
+    );
+    let mut c = engine.consumer("slow").expect("consumer");
+    for i in 1..=LIMIT + 1 {
+        put_batch(&engine, i, 10);
+    }
+    let submitter = {
+        let engine = engine.clone();
+        std::thread::spawn(move || put_batch(&engine, 100, 10))
+    };
+    eventually("the put is throttled", || engine.counts().throttled == 1);
+    let committer = std::thread::spawn(move || consume(&mut c, LIMIT + 1));
+    committer.join().expect("committer");
+    let seq = common::within("the released put", move || submitter.join().expect("put"));
+    assert_eq!(seq, LIMIT + 2);
+}
+
+#[test]
+fn removing_the_consumer_releases() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine =
+        Engine::open(dir.path(), config(Backpressure::Reject, batches(LIMIT))).expect("open");
+    let c = engine.consumer("gone").expect("consumer");
+    for i in 1..=LIMIT + 1 {
+        put_batch(&engine, i, 10);
+    }
+    assert!(is_throttled(engine.put(b"k", b"v")));
+    drop(c);
+    assert!(engine.remove_consumer("gone").expect("remove"));
+    put_batch(&engine, 100, 10);
+}
+
+#[test]
+fn without_a_consumer_nothing_is_throttled() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(Backpressure::Reject, batches(1))).expect("open");
+    for i in 1..=10 {
+        put_batch(&engine, i, 10);
+    }
+    assert_eq!(engine.counts().throttled, 0);
+    // A consumer opened now has all ten to process: the same limit throttles.
+    let _c = engine.consumer("late").expect("consumer");
+    assert!(
+        is_throttled(engine.put(b"k", b"v")),
+        "a consumer ten batches behind"
+    );
+}
+
+#[test]
+fn close_releases_a_blocked_put() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(
+        Engine::open(dir.path(), config(Backpressure::Block, batches(LIMIT))).expect("open"),
+    );
+    let _c = engine.consumer("slow").expect("consumer");
+    for i in 1..=LIMIT + 1 {
+        put_batch(&engine, i, 10);
+    }
+    let submitter = {
+        let engine = engine.clone();
+        std::thread::spawn(move || engine.put(b"k", b"v").map(|_| ()))
+    };
+    eventually("the put is throttled", || engine.counts().throttled == 1);
+    engine.close().expect("close");
+    let r = common::within("the released put", move || submitter.join().expect("put"));
+    assert!(matches!(r, Err(Error::Closed)), "{r:?}");
+}
+
+#[test]
+fn a_commit_through_the_file_releases_within_the_reread_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine =
+        Engine::open(dir.path(), config(Backpressure::Reject, batches(LIMIT))).expect("open");
+    drop(engine.consumer("remote").expect("consumer"));
+    for i in 1..=LIMIT + 1 {
+        put_batch(&engine, i, 10);
+    }
+    assert!(is_throttled(engine.put(b"k", b"v")));
+    // As another process would: a reader of the directory commits to the consumer's file.
+    let reader = LogReader::open(dir.path()).expect("reader");
+    let mut c = reader.consumer("remote").expect("consumer");
+    consume(&mut c, LIMIT + 1);
+    eventually("the engine sees the commit", || {
+        !is_throttled(engine.put(b"k", b"v"))
+    });
+}
+
+#[test]
+fn validate_refuses_a_limit_of_nothing_or_zero() {
+    let bad = [
+        ConsumerLag::default(),
+        batches(0),
+        ConsumerLag {
+            batches: Some(5),
+            bytes: Some(0),
+        },
+    ];
+    for lag in bad {
+        let e = config(Backpressure::Block, lag).validate().unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidConfig(s) if s.contains("consumer_lag_max")),
+            "{lag:?}: {e}"
+        );
+    }
+    config(Backpressure::Block, batches(1))
+        .validate()
+        .expect("a limit of one batch");
+}

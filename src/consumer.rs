@@ -383,6 +383,70 @@ pub struct ConsumerInfo {
     pub lag_bytes: u64,
 }
 
+/// The consumer half of the engine's API.
+impl crate::Engine {
+    /// Opens the durable consumer `name` (1 to 64 characters of `[A-Za-z0-9_.-]`): it yields
+    /// the batches after its last commit as a follower does, woken as each becomes durable,
+    /// and [`Consumer::commit`] records its progress in the log directory, so that it
+    /// resumes there after a restart (at-least-once: batches yielded but not committed are
+    /// yielded again). A new consumer starts at "nothing consumed": the first batch the log
+    /// holds. While it exists, `retire_before` keeps the batches it has not committed. One
+    /// handle per name: a second one while the first lives is an `Error::Consumer`.
+    pub fn consumer(&self, name: &str) -> Result<Consumer> {
+        check_name(name)?;
+        let claim = self.consumers.claim(name)?;
+        let inner = &*self.inner;
+        let committed = {
+            // Under the retirement lock (which `close` takes before it gives up the
+            // directory): no retirement removes the first batch between reading it and the
+            // new file naming it, and no file is made once another engine may have the
+            // directory.
+            let _one_at_a_time = inner.retire_lock.lock();
+            if inner.ring.is_closed() {
+                return Err(Error::Closed);
+            }
+            let first = inner.segments.read().iter().next().map_or(1, |s| s.id);
+            load_or_create(&inner.io, &inner.dir, name, first)?
+        };
+        // A new consumer may lag more than the others.
+        inner.throttle.measure();
+        Ok(Consumer::new(
+            name,
+            (inner.dir.clone(), inner.io.clone()),
+            self.follow(committed + 1),
+            committed,
+            Some(inner.live.clone()),
+            Some(claim),
+        )
+        .with_throttle(inner.throttle.clone()))
+    }
+
+    /// Every durable consumer, sorted by name, with its lag behind [`Engine::durable_seq`](crate::Engine::durable_seq)
+    /// (see [`LogReader::consumers`](crate::LogReader::consumers): the bytes are those of the frames it has not
+    /// committed). How old its oldest unprocessed batch is cannot be told: frames carry no
+    /// commit time.
+    pub fn consumers(&self) -> Result<Vec<ConsumerInfo>> {
+        self.replay()?.consumers()
+    }
+
+    /// Deletes consumer `name` (its file, durably): it no longer holds back `retire_before`.
+    /// False if there was no such consumer; an `Error::Consumer` if a handle of it is open.
+    pub fn remove_consumer(&self, name: &str) -> Result<bool> {
+        check_name(name)?;
+        let inner = &*self.inner;
+        let removed = self.consumers.unless_open(name, || {
+            let _one_at_a_time = inner.retire_lock.lock();
+            if inner.ring.is_closed() {
+                return Err(Error::Closed);
+            }
+            crate::log::dir::remove_consumer(&*inner.io, &inner.dir, name)
+        })?;
+        // It no longer holds the submitters back either.
+        inner.throttle.measure();
+        Ok(removed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 //! the syncer, which syncs and completes tickets) are in [`crate::pipeline`].
 
 use crate::config::{Backpressure, Config, Durability};
-use crate::consumer::{self, Consumer, ConsumerInfo, OpenConsumers};
+use crate::consumer::{self, OpenConsumers};
 use crate::error::{Error, Result};
 use crate::index::{Index, ValueRef};
 use crate::log::clean;
@@ -18,7 +18,7 @@ use crate::reader::{Follower, LogReader};
 use crate::request::{self, WriteBatch};
 use crate::ring::PushError;
 use crate::seq::Seq;
-use crate::stats::{record, Counters, Counts, Stats};
+use crate::stats::{record, Counts, Stats};
 use crate::ticket::{GetSlot, GetTicket, Ticket};
 use parking_lot::Mutex;
 use std::fs::File;
@@ -82,13 +82,13 @@ pub struct Retired {
 /// The write batching engine over one log directory. `Send + Sync`: share it by reference
 /// or in an `Arc` between producer threads.
 pub struct Engine {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     flusher: Mutex<Option<JoinHandle<()>>>,
     report: OpenReport,
     /// The directory lock, held until `close` has drained and joined the flusher.
     lock: Mutex<Option<File>>,
     /// The names of the consumers with a handle open (`Engine::consumer`).
-    consumers: Arc<OpenConsumers>,
+    pub(crate) consumers: Arc<OpenConsumers>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -221,32 +221,6 @@ impl Engine {
                 limit: "ring record (ring_bytes / 4)",
             }),
         }
-    }
-
-    /// Lets a put, delete or write through unless the slowest consumer lags past
-    /// `Config::consumer_lag_max`: one Relaxed load when it does not.
-    #[inline]
-    fn admit(&self) -> Result<()> {
-        match self.inner.throttle.engaged() {
-            false => Ok(()),
-            true => self.throttled(),
-        }
-    }
-
-    /// A submission while throttled on consumer lag: refused with `Error::Throttled`
-    /// (`Backpressure::Reject`), or held until the lag falls to its release point or the
-    /// engine closes or fails (then `submit` reports that).
-    #[cold]
-    fn throttled(&self) -> Result<()> {
-        let inner = &*self.inner;
-        Counters::add(&inner.counters.throttled, 1);
-        if inner.config.backpressure == Backpressure::Reject {
-            return Err(inner.throttle.refusal());
-        }
-        inner
-            .throttle
-            .wait(|| inner.ring.is_closed() || inner.completion.failure().is_some());
-        Ok(())
     }
 
     pub(crate) fn ticket(&self, pos: u64) -> Ticket {
@@ -416,67 +390,6 @@ impl Engine {
             from.into().get().max(1),
             self.inner.live.clone(),
         )
-    }
-
-    /// Opens the durable consumer `name` (1 to 64 characters of `[A-Za-z0-9_.-]`): it yields
-    /// the batches after its last commit as a follower does, woken as each becomes durable,
-    /// and [`Consumer::commit`] records its progress in the log directory, so that it
-    /// resumes there after a restart (at-least-once: batches yielded but not committed are
-    /// yielded again). A new consumer starts at "nothing consumed": the first batch the log
-    /// holds. While it exists, `retire_before` keeps the batches it has not committed. One
-    /// handle per name: a second one while the first lives is an `Error::Consumer`.
-    pub fn consumer(&self, name: &str) -> Result<Consumer> {
-        consumer::check_name(name)?;
-        let claim = self.consumers.claim(name)?;
-        let inner = &*self.inner;
-        let committed = {
-            // Under the retirement lock (which `close` takes before it gives up the
-            // directory): no retirement removes the first batch between reading it and the
-            // new file naming it, and no file is made once another engine may have the
-            // directory.
-            let _one_at_a_time = inner.retire_lock.lock();
-            if inner.ring.is_closed() {
-                return Err(Error::Closed);
-            }
-            let first = inner.segments.read().iter().next().map_or(1, |s| s.id);
-            consumer::load_or_create(&inner.io, &inner.dir, name, first)?
-        };
-        // A new consumer may lag more than the others.
-        inner.throttle.measure();
-        Ok(Consumer::new(
-            name,
-            (inner.dir.clone(), inner.io.clone()),
-            self.follow(committed + 1),
-            committed,
-            Some(inner.live.clone()),
-            Some(claim),
-        )
-        .with_throttle(inner.throttle.clone()))
-    }
-
-    /// Every durable consumer, sorted by name, with its lag behind [`Engine::durable_seq`]
-    /// (see [`LogReader::consumers`]: the bytes are those of the frames it has not
-    /// committed). How old its oldest unprocessed batch is cannot be told: frames carry no
-    /// commit time.
-    pub fn consumers(&self) -> Result<Vec<ConsumerInfo>> {
-        self.replay()?.consumers()
-    }
-
-    /// Deletes consumer `name` (its file, durably): it no longer holds back `retire_before`.
-    /// False if there was no such consumer; an `Error::Consumer` if a handle of it is open.
-    pub fn remove_consumer(&self, name: &str) -> Result<bool> {
-        consumer::check_name(name)?;
-        let inner = &*self.inner;
-        let removed = self.consumers.unless_open(name, || {
-            let _one_at_a_time = inner.retire_lock.lock();
-            if inner.ring.is_closed() {
-                return Err(Error::Closed);
-            }
-            log_dir::remove_consumer(&*inner.io, &inner.dir, name)
-        })?;
-        // It no longer holds the submitters back either.
-        inner.throttle.measure();
-        Ok(removed)
     }
 
     /// A read-only view of the log as of now (its durable batches; with `NoSync`, those

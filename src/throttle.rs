@@ -244,6 +244,35 @@ impl Throttle {
     }
 }
 
+/// Where a submission meets the throttle.
+impl crate::Engine {
+    /// Lets a put, delete or write through unless the slowest consumer lags past
+    /// `Config::consumer_lag_max`: one Relaxed load when it does not.
+    #[inline]
+    pub(crate) fn admit(&self) -> Result<()> {
+        match self.inner.throttle.engaged() {
+            false => Ok(()),
+            true => self.throttled(),
+        }
+    }
+
+    /// A submission while throttled on consumer lag: refused with `Error::Throttled`
+    /// (`Backpressure::Reject`), or held until the lag falls to its release point or the
+    /// engine closes or fails (then `submit` reports that).
+    #[cold]
+    fn throttled(&self) -> Result<()> {
+        let inner = &*self.inner;
+        crate::stats::Counters::add(&inner.counters.throttled, 1);
+        if inner.config.backpressure == crate::Backpressure::Reject {
+            return Err(inner.throttle.refusal());
+        }
+        inner
+            .throttle
+            .wait(|| inner.ring.is_closed() || inner.completion.failure().is_some());
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -371,20 +371,31 @@ mod loom_tests {
         });
     }
 
+    /// A durable sequence at 0, its waiters, and a syncer thread that moves it to 1 and
+    /// notifies, as `LiveLog::advance` does.
+    fn syncer_advancing_to_one() -> (
+        loom::sync::Arc<AtomicU64>,
+        loom::sync::Arc<SeqWaiters>,
+        thread::JoinHandle<()>,
+    ) {
+        let seq = loom::sync::Arc::new(AtomicU64::new(0));
+        let waiters = loom::sync::Arc::new(SeqWaiters::new());
+        let syncer = {
+            let (seq, waiters) = (seq.clone(), waiters.clone());
+            thread::spawn(move || {
+                seq.store(1, Ordering::Release);
+                waiters.notify();
+            })
+        };
+        (seq, waiters, syncer)
+    }
+
     /// A follower blocks for sequence >= 1 while the syncer stores it and notifies: the
     /// follower wakes. A lost wake-up leaves it parked for ever, a deadlock loom reports.
     #[test]
     fn a_waiting_follower_is_woken() {
         loom::model(|| {
-            let seq = loom::sync::Arc::new(AtomicU64::new(0));
-            let waiters = loom::sync::Arc::new(SeqWaiters::new());
-            let syncer = {
-                let (seq, waiters) = (seq.clone(), waiters.clone());
-                thread::spawn(move || {
-                    seq.store(1, Ordering::Release);
-                    waiters.notify();
-                })
-            };
+            let (seq, waiters, syncer) = syncer_advancing_to_one();
             assert!(waiters.wait(|| seq.load(Ordering::Acquire) >= 1, None));
             syncer.join().unwrap();
         });
@@ -395,15 +406,7 @@ mod loom_tests {
     #[test]
     fn a_polled_follower_is_ready_or_woken() {
         loom::model(|| {
-            let seq = loom::sync::Arc::new(AtomicU64::new(0));
-            let waiters = loom::sync::Arc::new(SeqWaiters::new());
-            let syncer = {
-                let (seq, waiters) = (seq.clone(), waiters.clone());
-                thread::spawn(move || {
-                    seq.store(1, Ordering::Release);
-                    waiters.notify();
-                })
-            };
+            let (seq, waiters, syncer) = syncer_advancing_to_one();
             let flag = std::sync::Arc::new(Flag(AtomicBool::new(false)));
             let waker = Waker::from(flag.clone());
             let polled = waiters.poll(1, &waker, || seq.load(Ordering::Acquire) >= 1);

@@ -156,17 +156,15 @@ pub fn run(
         hooks,
         progress,
         |i, slot, barrier| {
-            let mut buf = record_buf(plan);
-            let gen = Generator::new(&plan.spec, i);
-            blocking_writer(gen, i, plan, slot, barrier, |op| {
-                apply_op(
-                    &mut buf,
-                    op,
-                    |record, key, value| log.lock().append(record, key, value),
-                    // Copied out, as the engine's get returns an owned value.
-                    |key| drop(black_box(log.lock().index.get(key).cloned())),
-                )
-            })
+            record_writer(
+                plan,
+                i,
+                slot,
+                barrier,
+                |record, key, value| log.lock().append(record, key, value),
+                // Copied out, as the engine's get returns an owned value.
+                |key| drop(black_box(log.lock().index.get(key).cloned())),
+            )
         },
         || {
             let log = log.lock();
@@ -181,35 +179,38 @@ pub fn run(
     )
 }
 
-/// A buffer that holds any one record of the workload.
-pub fn record_buf(plan: &Plan) -> Vec<u8> {
-    Vec::with_capacity(RECORD_HEADER_LEN + plan.spec.key_size.max + plan.spec.value_size.max)
-}
-
-/// Performs `op` on a system whose writes take one encoded record: `write(record, key,
-/// value)` for a put (`Some(value)`) or a delete (`None`), `get(key)` for a get.
-pub fn apply_op(
-    buf: &mut Vec<u8>,
-    op: Op<'_>,
-    write: impl FnOnce(&[u8], &[u8], Option<&[u8]>) -> Result<(), CliError>,
-    get: impl FnOnce(&[u8]),
-) -> Result<(), CliError> {
-    let (key, value) = match op {
-        Op::Put { key, value } => (key, Some(value)),
-        Op::Delete { key } => (key, None),
-        Op::Get { key } => {
-            get(key);
-            return Ok(());
-        }
-    };
-    encode_op(buf, key, value);
-    write(buf, key, value)
+/// One writer of a system whose writes take one encoded record (`naive`, `okaywal`), as
+/// [`blocking_writer`] runs it: `write(record, key, value)` for a put (`Some(value)`) or a
+/// delete (`None`), `get(key)` for a get.
+pub fn record_writer(
+    plan: &Plan,
+    index: usize,
+    slot: &Mutex<Slot>,
+    barrier: &Barrier,
+    mut write: impl FnMut(&[u8], &[u8], Option<&[u8]>) -> Result<(), CliError>,
+    mut get: impl FnMut(&[u8]),
+) -> Result<Span, CliError> {
+    let mut buf =
+        Vec::with_capacity(RECORD_HEADER_LEN + plan.spec.key_size.max + plan.spec.value_size.max);
+    let gen = Generator::new(&plan.spec, index);
+    blocking_writer(gen, index, plan, slot, barrier, |op| {
+        let (key, value) = match op {
+            Op::Put { key, value } => (key, Some(value)),
+            Op::Delete { key } => (key, None),
+            Op::Get { key } => {
+                get(key);
+                return Ok(());
+            }
+        };
+        encode_op(&mut buf, key, value);
+        write(&buf, key, value)
+    })
 }
 
 /// One writer of a system whose operations block until done (durable, for a write), one
 /// request at a time: in a closed loop back to back, in an open loop at its scheduled times
 /// (or at once, when it is behind). `apply` performs one operation.
-pub fn blocking_writer(
+fn blocking_writer(
     gen: Result<Generator, String>,
     index: usize,
     plan: &Plan,

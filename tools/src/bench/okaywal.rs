@@ -9,11 +9,10 @@
 //! something else under that name.
 
 use super::engine::{run_baseline, LogCounts};
-use super::naive::{apply_op, blocking_writer, record_buf, update};
+use super::naive::{record_writer, update};
 use super::recorder::Progress;
 use super::{Plan, RunHooks, RunResult, System};
 use crate::error::{CliError, Context};
-use crate::workload::Generator;
 use mergelog::Durability;
 use okaywal::{LogVoid, WriteAheadLog};
 use parking_lot::Mutex;
@@ -55,21 +54,19 @@ pub fn run(
         hooks,
         progress,
         |i, slot, barrier| {
-            let mut buf = record_buf(plan);
-            let gen = Generator::new(&plan.spec, i);
-            blocking_writer(gen, i, plan, slot, barrier, |op| {
-                apply_op(
-                    &mut buf,
-                    op,
-                    |record, key, value| {
-                        commit(record)?;
-                        update(&mut index.lock(), key, value);
-                        Ok(())
-                    },
-                    // Copied out, as the engine's get returns an owned value.
-                    |key| drop(black_box(index.lock().get(key).cloned())),
-                )
-            })
+            record_writer(
+                plan,
+                i,
+                slot,
+                barrier,
+                |record, key, value| {
+                    commit(record)?;
+                    update(&mut index.lock(), key, value);
+                    Ok(())
+                },
+                // Copied out, as the engine's get returns an owned value.
+                |key| drop(black_box(index.lock().get(key).cloned())),
+            )
         },
         || LogCounts {
             writes: writes.load(Ordering::Relaxed),

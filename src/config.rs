@@ -145,6 +145,10 @@ pub struct Config {
     /// segment and of the slowest consumer's (as `Engine::consumers` does), so keep segments
     /// moderate if you set one.
     pub consumer_lag_max: Option<ConsumerLag>,
+    /// How long request ids (`Engine::put_with_id` and friends) are remembered: a
+    /// resubmission within it is a duplicate, never logged twice. Default: the newest
+    /// 1,048,576 ids, whatever their age.
+    pub request_ids: crate::ids::IdHorizon,
 }
 
 impl Default for Config {
@@ -165,6 +169,7 @@ impl Default for Config {
             recovery: RecoveryMode::default(),
             recycle_segments: 0,
             consumer_lag_max: None,
+            request_ids: crate::ids::IdHorizon::default(),
         }
     }
 }
@@ -214,7 +219,9 @@ impl Config {
             ));
         }
         // A frame never exceeds the ring bytes of its window (a ring record spends more header
-        // than a log record), so a full window must fit in an empty segment.
+        // than a log record and its share of the frame trailer: 8 + 16 bytes of ring and
+        // request header against 7 of record header and 16 of trailer; an id costs 16 bytes
+        // in both), so a full window must fit in an empty segment.
         let frame_max = format::SEGMENT_HEADER_LEN + format::frame_len(self.batch_bytes_max);
         if frame_max as u64 > self.segment_bytes {
             return bad(format!(
@@ -235,6 +242,12 @@ impl Config {
             ));
         }
         self.check_consumer_lag()?;
+        if self.request_ids.ids == 0 || self.request_ids.age == Some(Duration::ZERO) {
+            return bad(format!(
+                "request_ids = {:?} must remember at least one id, for more than no time",
+                self.request_ids
+            ));
+        }
         match self.window {
             WindowPolicy::Adaptive { quiet } if quiet > self.window_age_max => {
                 return bad(format!(

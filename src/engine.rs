@@ -5,6 +5,7 @@
 use crate::config::{Backpressure, Config, Durability};
 use crate::consumer::{self, OpenConsumers};
 use crate::error::{Error, Result};
+use crate::ids::{self, RequestId};
 use crate::index::{Index, ValueRef};
 use crate::log::clean;
 use crate::log::dir as log_dir;
@@ -118,10 +119,14 @@ impl Engine {
         let lock = log_dir::lock_dir(&*io, &dir)?;
         let index = Index::default();
         let mut report = OpenReport::default();
+        // The ids of retired segments first, then the frames' (see `crate::ids`): only the
+        // newest the horizon allows are kept while scanning.
+        let mut ids = ids::carried(&dir, config.request_ids)?;
         let recovered = recover(&dir, &config, &io, |seg_idx, seg, frame| {
             // SAFETY: the keys lie in this segment's mapping, which the engine keeps for
             // its lifetime (in `segments`, or in `retired` if recovery replaced it).
             unsafe { index.apply(crate::index::frame_updates(seg_idx, seg, frame)) };
+            ids.frame(frame);
             report.batches += 1;
             report.records += u64::from(frame.record_count);
             Ok(())
@@ -129,7 +134,8 @@ impl Engine {
         report.segments = recovered.scanned;
         report.truncated = recovered.damage.clone();
         report.tail_rewritten = recovered.tail_rewritten;
-        let (inner, handle) = crate::pipeline::start(&dir, &io, config, index, recovered)?;
+        let ids = ids.rebuild();
+        let (inner, handle) = crate::pipeline::start(&dir, &io, config, index, recovered, ids)?;
         report.elapsed = started.elapsed();
         Ok(Engine {
             inner,
@@ -155,7 +161,7 @@ impl Engine {
         &self.inner.dir
     }
 
-    fn check_key(&self, key: &[u8]) -> Result<()> {
+    pub(crate) fn check_key(&self, key: &[u8]) -> Result<()> {
         let max = self.inner.config.key_len_max;
         if key.len() > max {
             return Err(Error::KeyTooLong {
@@ -166,7 +172,7 @@ impl Engine {
         Ok(())
     }
 
-    fn check_value(&self, value: &[u8]) -> Result<()> {
+    pub(crate) fn check_value(&self, value: &[u8]) -> Result<()> {
         let max = self.inner.config.value_len_max;
         if value.len() > max {
             return Err(Error::ValueTooLong {
@@ -231,23 +237,35 @@ impl Engine {
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<Ticket> {
         self.check_key(key)?;
         self.check_value(value)?;
+        Ok(self.ticket(self.submit_put(key, value, None)?))
+    }
+
+    /// Submits a put of checked `key` and `value`, with request id `id`; returns its ticket's
+    /// position.
+    pub(crate) fn submit_put(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        id: Option<&RequestId>,
+    ) -> Result<u64> {
         self.admit()?;
         let now = self.stamp();
-        let pos = self.submit(request::put_len(key, value), |buf| {
-            request::encode_put(buf, key, value, now)
-        })?;
-        Ok(self.ticket(pos))
+        let len = request::put_len(key, value) + request::id_len(id);
+        self.submit(len, |buf| request::encode_put(buf, key, value, now, id))
     }
 
     /// Submits a delete. Returns at once; the ticket completes when the delete is durable.
     pub fn delete(&self, key: &[u8]) -> Result<Ticket> {
         self.check_key(key)?;
+        Ok(self.ticket(self.submit_delete(key, None)?))
+    }
+
+    /// As [`Engine::submit_put`], for a delete.
+    pub(crate) fn submit_delete(&self, key: &[u8], id: Option<&RequestId>) -> Result<u64> {
         self.admit()?;
         let now = self.stamp();
-        let pos = self.submit(request::delete_len(key), |buf| {
-            request::encode_delete(buf, key, now)
-        })?;
-        Ok(self.ticket(pos))
+        let len = request::delete_len(key) + request::id_len(id);
+        self.submit(len, |buf| request::encode_delete(buf, key, now, id))
     }
 
     /// Submits a windowed read, ordered with the writes: it sees every write submitted
@@ -269,6 +287,12 @@ impl Engine {
     /// Submits a write batch: all its operations enter the order at one place, land in
     /// one frame and become durable together.
     pub fn write(&self, batch: &WriteBatch) -> Result<Ticket> {
+        self.check_batch(batch)?;
+        Ok(self.ticket(self.submit_batch(batch, None)?))
+    }
+
+    /// Refuses an empty batch, or one with a key or value over the limits.
+    pub(crate) fn check_batch(&self, batch: &WriteBatch) -> Result<()> {
         if batch.is_empty() {
             return Err(Error::EmptyBatch);
         }
@@ -276,12 +300,15 @@ impl Engine {
             self.check_key(key)?;
             self.check_value(value)?;
         }
+        Ok(())
+    }
+
+    /// As [`Engine::submit_put`], for a checked write batch.
+    pub(crate) fn submit_batch(&self, batch: &WriteBatch, id: Option<&RequestId>) -> Result<u64> {
         self.admit()?;
         let now = self.stamp();
-        let pos = self.submit(request::batch_len(batch), |buf| {
-            request::encode_batch(buf, batch, now)
-        })?;
-        Ok(self.ticket(pos))
+        let len = request::batch_len(batch) + request::id_len(id);
+        self.submit(len, |buf| request::encode_batch(buf, batch, now, id))
     }
 
     /// Cuts the current window now. The ticket completes when everything submitted before
@@ -480,6 +507,17 @@ impl Engine {
                 .collect()
         };
         let (io, dir) = (&*inner.io, &inner.dir);
+        if let Some(last) = candidates.last() {
+            // The request ids in the segments about to go that are still remembered must
+            // survive a reopen: written to the `ids` file first, durably.
+            let kept = inner
+                .segments
+                .read()
+                .iter()
+                .find(|s| s.id > last.id)
+                .map(|s| s.id);
+            ids::carry_before(io, dir, &inner.ids, kept.unwrap_or(u64::MAX))?;
+        }
         let retiring = retire::retire_oldest(io, dir, &inner.pool, &inner.config, &candidates);
         let removed = retiring.removed;
         // Forget what was removed: first from the list (new lookups miss it), then from the

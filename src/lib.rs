@@ -76,6 +76,8 @@ mod engine;
 #[cfg(not(loom))]
 mod error;
 #[cfg(not(loom))]
+mod ids;
+#[cfg(not(loom))]
 mod index;
 #[cfg(not(loom))]
 #[doc(hidden)]
@@ -109,6 +111,8 @@ pub use consumer::{Consumer, ConsumerInfo};
 pub use engine::{Engine, OpenReport, Retired, SegmentInfo};
 #[cfg(not(loom))]
 pub use error::{Error, Result};
+#[cfg(not(loom))]
+pub use ids::{IdHorizon, IdTicket, Outcome, RequestId};
 #[cfg(not(loom))]
 pub use index::ValueRef;
 #[cfg(not(loom))]

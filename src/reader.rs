@@ -9,6 +9,7 @@
 use crate::config::RecoveryMode;
 use crate::consumer::{self, Consumer, ConsumerInfo};
 use crate::error::{Error, Result};
+use crate::ids::RequestId;
 use crate::log::format::segment_file_name;
 use crate::log::format::{decode_frame, Decoded, Frame, Record, RecordOp, SEGMENT_HEADER_LEN};
 use crate::log::io;
@@ -21,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// One batch frame: its sequence number and its records, borrowed from the log's mapping.
 #[derive(Clone, Copy, Debug)]
@@ -76,6 +77,20 @@ impl<'a> Batch<'a> {
         self.frame.len
     }
 
+    /// The request ids this batch logs (`Engine::put_with_id` and friends), in the order
+    /// the requests entered the window. Empty for a batch of format version 1 or 2.
+    pub fn ids(&self) -> impl ExactSizeIterator<Item = RequestId> + 'a {
+        self.frame.ids().map(RequestId)
+    }
+
+    /// When the batch was written (the wall clock of the writer; `None` for a batch of
+    /// format version 1 or 2, which carry no time).
+    pub fn commit_time(&self) -> Option<SystemTime> {
+        self.frame
+            .commit_time
+            .map(|ns| UNIX_EPOCH + Duration::from_nanos(ns))
+    }
+
     /// Copies the batch out of the mapping.
     pub fn to_owned(&self) -> OwnedBatch {
         OwnedBatch {
@@ -85,6 +100,8 @@ impl<'a> Batch<'a> {
                 .records()
                 .map(|r| (r.op, r.key.to_vec(), r.value.to_vec()))
                 .collect(),
+            ids: self.ids().collect(),
+            commit_time: self.commit_time(),
         }
     }
 }
@@ -98,6 +115,10 @@ pub struct OwnedBatch {
     pub sorted: bool,
     /// (op, key, value) in log order; the value is empty for a delete.
     pub records: Vec<(RecordOp, Vec<u8>, Vec<u8>)>,
+    /// The request ids the batch logs (see [`Batch::ids`]).
+    pub ids: Vec<RequestId>,
+    /// When the batch was written (see [`Batch::commit_time`]).
+    pub commit_time: Option<SystemTime>,
 }
 
 /// What the readers of an open engine in its own process know of its pipeline: how far the

@@ -4,7 +4,8 @@
 //! A record's payload (little-endian):
 //!
 //! ```text
-//!   0 op u8 | 1 reserved u8 (0) | 2 key_len u16 | 4 value_len u32 (batch: op count) | 8 stamp u64
+//!   0 op u8 | 1 flags u8 | 2 key_len u16 | 4 value_len u32 (batch: op count) | 8 stamp u64
+//!   [16 request id, 16 bytes, if flags has ID: the body below starts 16 bytes later]
 //!   put:    | 16 key | value
 //!   delete: | 16 key
 //!   get:    | 16 slot pointer u64 | 24 key
@@ -19,6 +20,7 @@
 //! decoded at most once, which is why [`decode`] is `unsafe`.
 
 use crate::coalesce::{Entry, Op};
+use crate::ids::RequestId;
 use crate::ticket::GetSlot;
 use std::sync::Arc;
 
@@ -28,6 +30,10 @@ const PUT: u8 = 1;
 const DELETE: u8 = 2;
 const GET: u8 = 3;
 const BATCH: u8 = 4;
+/// Request header flag: a request id follows the header.
+const FLAG_ID: u8 = 1;
+/// Bytes a request id adds to a request (see [`FLAG_ID`]).
+pub(crate) const ID_BYTES: usize = 16;
 /// Bytes of a get's slot pointer, between the header and the key.
 const SLOT: usize = 8;
 /// Bytes of each operation's header inside a batch.
@@ -133,17 +139,42 @@ impl<'a> Iterator for BatchOps<'a> {
     }
 }
 
-/// Writes the request header. `key_len` fits the u16 because submit checked it against the
-/// key limit (at most `KEY_LEN_MAX`, asserted above).
+/// Writes the request header, and the id after it if there is one; returns where the body
+/// starts. `key_len` fits the u16 because submit checked it against the key limit (at most
+/// `KEY_LEN_MAX`, asserted above).
 #[inline]
-fn header(buf: &mut [u8], op: u8, key_len: usize, value_len: u32, stamp: u64) {
+fn header(
+    buf: &mut [u8],
+    op: u8,
+    key_len: usize,
+    value_len: u32,
+    stamp: u64,
+    id: Option<&RequestId>,
+) -> usize {
     // One bounds check for the whole header (inlined, each field's would stay).
     let h = &mut buf[..HEADER];
     h[0] = op;
-    h[1] = 0;
+    h[1] = if id.is_some() { FLAG_ID } else { 0 };
     h[2..4].copy_from_slice(&(key_len as u16).to_le_bytes());
     h[4..8].copy_from_slice(&value_len.to_le_bytes());
     h[8..16].copy_from_slice(&stamp.to_le_bytes());
+    match id {
+        Some(id) => {
+            buf[HEADER..HEADER + ID_BYTES].copy_from_slice(&id.0);
+            HEADER + ID_BYTES
+        }
+        None => HEADER,
+    }
+}
+
+/// Payload bytes a request id adds: [`ID_BYTES`] if `id`.
+#[inline]
+pub(crate) fn id_len(id: Option<&RequestId>) -> usize {
+    if id.is_some() {
+        ID_BYTES
+    } else {
+        0
+    }
 }
 
 /// Payload bytes of a put.
@@ -152,12 +183,19 @@ pub(crate) fn put_len(key: &[u8], value: &[u8]) -> usize {
     HEADER + key.len() + value.len()
 }
 
-/// Fills `buf` (of [`put_len`] bytes) with a put of `key` and `value` submitted at `stamp`.
-/// The key and value are within the config's limits (checked by the caller).
+/// Fills `buf` (of [`put_len`] + [`id_len`] bytes) with a put of `key` and `value` submitted
+/// at `stamp`, with request id `id`. The key and value are within the config's limits
+/// (checked by the caller).
 #[inline]
-pub(crate) fn encode_put(buf: &mut [u8], key: &[u8], value: &[u8], stamp: u64) {
-    header(buf, PUT, key.len(), value.len() as u32, stamp);
-    let (k, v) = buf[HEADER..].split_at_mut(key.len());
+pub(crate) fn encode_put(
+    buf: &mut [u8],
+    key: &[u8],
+    value: &[u8],
+    stamp: u64,
+    id: Option<&RequestId>,
+) {
+    let at = header(buf, PUT, key.len(), value.len() as u32, stamp, id);
+    let (k, v) = buf[at..].split_at_mut(key.len());
     k.copy_from_slice(key);
     v.copy_from_slice(value);
 }
@@ -168,11 +206,12 @@ pub(crate) fn delete_len(key: &[u8]) -> usize {
     HEADER + key.len()
 }
 
-/// Fills `buf` (of [`delete_len`] bytes) with a delete of `key` submitted at `stamp`.
+/// Fills `buf` (of [`delete_len`] + [`id_len`] bytes) with a delete of `key` submitted at
+/// `stamp`, with request id `id`.
 #[inline]
-pub(crate) fn encode_delete(buf: &mut [u8], key: &[u8], stamp: u64) {
-    header(buf, DELETE, key.len(), 0, stamp);
-    buf[HEADER..].copy_from_slice(key);
+pub(crate) fn encode_delete(buf: &mut [u8], key: &[u8], stamp: u64, id: Option<&RequestId>) {
+    let at = header(buf, DELETE, key.len(), 0, stamp, id);
+    buf[at..].copy_from_slice(key);
 }
 
 /// Payload bytes of a windowed get.
@@ -187,7 +226,7 @@ pub(crate) fn get_len(key: &[u8]) -> usize {
 /// on at close, leaks that reference: memory, never unsoundness.)
 #[inline]
 pub(crate) fn encode_get(buf: &mut [u8], key: &[u8], slot: Arc<GetSlot>, stamp: u64) {
-    header(buf, GET, key.len(), 0, stamp);
+    header(buf, GET, key.len(), 0, stamp, None);
     buf[HEADER + SLOT..].copy_from_slice(key);
     // Last, once nothing that could panic is left: the reference is in the record from here.
     let raw = Arc::into_raw(slot) as u64;
@@ -200,17 +239,19 @@ pub(crate) fn batch_len(batch: &WriteBatch) -> usize {
     HEADER + batch.buf.len()
 }
 
-/// Fills `buf` (of [`batch_len`] bytes) with `batch`, submitted at `stamp`. Every operation's
-/// key and value are within the config's limits (checked by the caller).
+/// Fills `buf` (of [`batch_len`] + [`id_len`] bytes) with `batch`, submitted at `stamp`, with
+/// request id `id`. Every operation's key and value are within the config's limits (checked
+/// by the caller).
 #[inline]
-pub(crate) fn encode_batch(buf: &mut [u8], batch: &WriteBatch, stamp: u64) {
-    header(buf, BATCH, 0, batch.count, stamp);
-    buf[HEADER..].copy_from_slice(&batch.buf);
+pub(crate) fn encode_batch(buf: &mut [u8], batch: &WriteBatch, stamp: u64, id: Option<&RequestId>) {
+    let at = header(buf, BATCH, 0, batch.count, stamp, id);
+    buf[at..].copy_from_slice(&batch.buf);
 }
 
 /// Decodes one request into window entries (a batch gives several, in order): pushes its
 /// submit stamp to `stamps`, and for a get, the get's index in `entries` with its answer slot
 /// to `slots`, and counts it in `gets`. The entries borrow keys and values from `payload`.
+/// Returns the request's id, if it has one.
 ///
 /// # Safety
 ///
@@ -225,12 +266,17 @@ pub(crate) unsafe fn decode<'a>(
     stamps: &mut Vec<u64>,
     slots: &mut Vec<(u32, Arc<GetSlot>)>,
     gets: &mut u64,
-) {
+) -> Option<RequestId> {
     let op = payload[0];
     let key_len = u16::from_le_bytes([payload[2], payload[3]]) as usize;
     let value_len = u32::from_le_bytes(payload[4..8].try_into().unwrap()) as usize;
     stamps.push(u64::from_le_bytes(payload[8..16].try_into().unwrap()));
-    let body = &payload[HEADER..];
+    let (id, body) = if payload[1] & FLAG_ID != 0 {
+        let (id, body) = payload[HEADER..].split_at(ID_BYTES);
+        (Some(RequestId(id.try_into().unwrap())), body)
+    } else {
+        (None, &payload[HEADER..])
+    };
     match op {
         PUT => entries.push(Entry {
             key: &body[..key_len],
@@ -273,6 +319,7 @@ pub(crate) unsafe fn decode<'a>(
         }
         _ => unreachable!("the engine writes only known request kinds"),
     }
+    id
 }
 
 #[cfg(test)]
@@ -338,15 +385,17 @@ mod tests {
     /// filled with `fill` beforehand, so that a byte the encoder leaves alone shows. A get
     /// moves a new reference to `slot` into the record.
     fn record(req: &Req, stamp: u64, slot: &Arc<GetSlot>, fill: u8) -> Vec<u8> {
+        let id = id_of(req, stamp);
+        let id = id.as_ref();
         match req {
             Req::Put(k, v) => {
-                let mut buf = vec![fill; put_len(k, v)];
-                encode_put(&mut buf, k, v, stamp);
+                let mut buf = vec![fill; put_len(k, v) + id_len(id)];
+                encode_put(&mut buf, k, v, stamp, id);
                 buf
             }
             Req::Delete(k) => {
-                let mut buf = vec![fill; delete_len(k)];
-                encode_delete(&mut buf, k, stamp);
+                let mut buf = vec![fill; delete_len(k) + id_len(id)];
+                encode_delete(&mut buf, k, stamp, id);
                 buf
             }
             Req::Get(k) => {
@@ -356,11 +405,18 @@ mod tests {
             }
             Req::Batch(ops) => {
                 let batch = write_batch(ops);
-                let mut buf = vec![fill; batch_len(&batch)];
-                encode_batch(&mut buf, &batch, stamp);
+                let mut buf = vec![fill; batch_len(&batch) + id_len(id)];
+                encode_batch(&mut buf, &batch, stamp, id);
                 buf
             }
         }
+    }
+
+    /// The request id a test request carries: a write with an odd stamp has one (made from
+    /// the stamp), the others none.
+    fn id_of(req: &Req, stamp: u64) -> Option<RequestId> {
+        let write = !matches!(req, Req::Get(_));
+        (write && stamp % 2 == 1).then(|| RequestId::from(u128::from(stamp) << 64 | 0xabc))
     }
 
     /// What decoding records in order gives: entries, stamps, get slots (entry index,
@@ -370,6 +426,8 @@ mod tests {
         stamps: Vec<u64>,
         slots: Vec<(u32, Arc<GetSlot>)>,
         gets: u64,
+        /// Per request, the id it decoded with.
+        ids: Vec<Option<RequestId>>,
     }
 
     /// Decodes each record once, in order, into one window's vectors, as the flusher does.
@@ -378,15 +436,17 @@ mod tests {
         let mut stamps = Vec::new();
         let mut slots = Vec::new();
         let mut gets = 0;
+        let mut ids = Vec::new();
         for r in records {
             // SAFETY: every record was written by an encoder (`record`) and is decoded once.
-            unsafe { decode(r, &mut entries, &mut stamps, &mut slots, &mut gets) };
+            ids.push(unsafe { decode(r, &mut entries, &mut stamps, &mut slots, &mut gets) });
         }
         Decoded {
             entries: entries.iter().map(seen).collect(),
             stamps,
             slots,
             gets,
+            ids,
         }
     }
 
@@ -420,6 +480,8 @@ mod tests {
         assert_eq!(got.entries, want);
         let stamps: Vec<u64> = reqs.iter().map(|(_, s)| *s).collect();
         assert_eq!(got.stamps, stamps, "one stamp per request, in order");
+        let ids: Vec<Option<RequestId>> = reqs.iter().map(|(r, s)| id_of(r, *s)).collect();
+        assert_eq!(got.ids, ids, "each request's id, or none");
         // Each get's slot is its own request's, at its entry's index.
         let mut want_slots = Vec::new();
         let mut at = 0u32;

@@ -104,6 +104,10 @@ pub struct Counts {
     /// Submissions (`put`, `delete`, `write`) refused or made to wait because the slowest
     /// consumer lagged past `Config::consumer_lag_max`.
     pub throttled: u64,
+    /// Requests with a request id that were taken in as duplicates (of an id already logged
+    /// or in flight) and not logged again; duplicates of durable ids answered at submit, which
+    /// never reach a window, are not counted.
+    pub duplicates: u64,
     /// Segment files started, reused and retired since open.
     pub segments: SegmentCounts,
 }
@@ -174,6 +178,10 @@ pub struct Stats {
     /// Submissions (`put`, `delete`, `write`) refused or made to wait because the slowest
     /// consumer lagged past `Config::consumer_lag_max`.
     pub throttled: u64,
+    /// Requests with a request id that were taken in as duplicates (of an id already logged
+    /// or in flight) and not logged again; duplicates of durable ids answered at submit, which
+    /// never reach a window, are not counted.
+    pub duplicates: u64,
     /// Segment files started, reused and retired since open.
     pub segments: SegmentCounts,
     /// Per-stage latencies.
@@ -196,6 +204,7 @@ pub(crate) struct Counters {
     pub sync_gap_empty_ns: AtomicU64,
     pub window_waits: AtomicU64,
     pub throttled: AtomicU64,
+    pub duplicates: AtomicU64,
     pub stages: Mutex<StageHistograms>,
 }
 
@@ -225,6 +234,7 @@ impl Counters {
                 nothing_ready_ns: get(&self.sync_gap_empty_ns),
             },
             throttled: get(&self.throttled),
+            duplicates: get(&self.duplicates),
             // Kept by the log's file pool; the engine fills them in.
             segments: SegmentCounts::default(),
         }
@@ -246,6 +256,7 @@ impl Counters {
             window_waits,
             sync_time,
             throttled,
+            duplicates,
             segments,
         } = self.counts(backlog_bytes, durable_position);
         Stats {
@@ -263,6 +274,7 @@ impl Counters {
             window_waits,
             sync_time,
             throttled,
+            duplicates,
             segments,
             stages: self.stages.lock().clone(),
         }

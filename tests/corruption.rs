@@ -28,7 +28,7 @@ mod common;
 use common::log::dir_contents;
 use common::model::{apply_batch, apply_writes, state_diff, WriteOp};
 use common::{assert_reads_match, engine_state, wait_ok, State, WAIT_MAX};
-use mergelog::internals::format::UNDURABLE_FRAMES_MAX;
+use mergelog::internals::format::{trailer_len, UNDURABLE_FRAMES_MAX};
 use mergelog::{Config, Engine, Error, LogReader, RecoveryMode, WriteBatch};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -188,10 +188,13 @@ fn build_fixture() -> Fixture {
             .iter()
             .position(|(p, _)| p == b.segment())
             .expect("batch segment is listed");
+        // The records, and the trailer (request ids and commit time) after them.
         let body_len: u64 = b
             .records()
             .map(|r| 7 + r.key.len() as u64 + r.value.len() as u64)
-            .sum();
+            .sum::<u64>()
+            + b.commit_time()
+                .map_or(0, |_| trailer_len(b.ids().len()) as u64);
         frames.push(FrameInfo {
             seg,
             offset: b.offset(),

@@ -127,14 +127,7 @@ fn fuzz_regressions_replay() {
 fn checks_see_real_frames() {
     use mergelog::internals::format::{FrameWriter, RecordOp, SegmentHeader, FLAG_SORTED};
     let mut seg = vec![0u8; 256];
-    seg[..64].copy_from_slice(
-        &SegmentHeader {
-            segment_id: 1,
-            segment_size: 256,
-            recycled: false,
-        }
-        .encode(),
-    );
+    seg[..64].copy_from_slice(&SegmentHeader::new(1, 256, false).encode());
     let mut w = FrameWriter::new(&mut seg[64..], 1, FLAG_SORTED);
     w.push(RecordOp::Put, b"a", b"1");
     w.push(RecordOp::Delete, b"b", b"");

@@ -15,7 +15,8 @@ mod common;
 
 use common::engine_state;
 use mergelog::internals::format::{
-    frame_len, record_len, FrameWriter, RecordOp, SegmentHeader, FLAG_SORTED, SEGMENT_HEADER_LEN,
+    frame_len, record_len, trailer_len, FrameWriter, RecordOp, SegmentHeader, Trailer, FLAG_SORTED,
+    SEGMENT_HEADER_LEN,
 };
 use mergelog::{Config, Engine, LogReader, RecoveryMode, SegmentInfo};
 use std::os::unix::fs::FileExt;
@@ -149,12 +150,17 @@ fn junk_left_by_a_crash_is_zeroed_at_open() {
 
     // The crash's leftovers: frame `next + 1` one frame length past the end (frame `next`,
     // which tore, would have filled the gap).
-    let len = frame_len(record_len(KEY_LEN, VALUE_LEN)) as u64;
+    // As the engine writes it: with a trailer (no ids, a commit time).
+    let len = frame_len(record_len(KEY_LEN, VALUE_LEN) + trailer_len(0)) as u64;
     assert!(end + 3 * len <= 64 << 10, "no room for the scenario");
     let mut junk = vec![0u8; len as usize];
     let mut w = FrameWriter::new(&mut junk, next + 1, FLAG_SORTED);
     w.push(RecordOp::Put, b"junk-0000000", &value(7));
-    assert_eq!(w.finish(1), len as usize);
+    let trailer = Trailer {
+        ids: &[],
+        commit_time: 1,
+    };
+    assert_eq!(w.finish_with(1, Some(trailer)), len as usize);
     let file = std::fs::OpenOptions::new()
         .write(true)
         .open(&active.path)

@@ -386,6 +386,31 @@ fn replace_small_file(
 }
 
 // ---------------------------------------------------------------------------------------------
+// The carried request ids (`ids.rs` has the format).
+
+/// Name of the file holding the request ids of retired segments (docs/FORMAT.md).
+pub(crate) const IDS_FILE: &str = "ids";
+const IDS_TMP: &str = "ids.tmp";
+
+/// The bytes of `dir`'s carried-ids file, `None` if there is none.
+pub(crate) fn read_ids(dir: &Path) -> Result<Option<Vec<u8>>> {
+    let p = dir.join(IDS_FILE);
+    match std::fs::read(&p) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read request ids", &p, e)),
+    }
+}
+
+/// Replaces the carried-ids file with `bytes` as [`write_clean_mark`] writes the mark: a
+/// crash at any step leaves the old file or the whole new one.
+pub(crate) fn write_ids(io: &dyn Io, dir: &Path, bytes: &[u8]) -> Result<()> {
+    let (tmp, file) = (dir.join(IDS_TMP), dir.join(IDS_FILE));
+    let ops = ("write request ids", "rename request ids");
+    replace_small_file(io, dir, (&tmp, &file), ops, bytes)
+}
+
+// ---------------------------------------------------------------------------------------------
 // Consumer position files (`consumer.rs` has their names and format).
 
 /// The names of the consumers that have a position file in `dir`, sorted.

@@ -15,10 +15,12 @@ use std::fmt;
 
 /// First 8 bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"MRGLOG\x00S";
-/// The newest format version this build reads and writes: version 2 adds the segment
-/// header flags (bytes 32..36). A segment without flags is written as version 1, which
-/// older builds read too; only a recycled segment needs version 2.
-pub const FORMAT_VERSION: u32 = 2;
+/// The newest format version this build reads and writes. Version 2 added the segment
+/// header flags (bytes 32..36); version 3 adds the frame trailer ([`FLAG_TRAILER`]: request
+/// ids and a commit time). This build writes every new segment as version 3, so that a build
+/// that knows only versions 1 and 2 refuses the segment instead of taking its frames for
+/// damage; it reads all three, and appends to an older segment never (it starts a new one).
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest format version this build reads.
 pub const FORMAT_VERSION_MIN: u32 = 1;
 /// Segment header flag (version 2): the file was a retired segment before, so past the end
@@ -36,6 +38,14 @@ pub const FRAME_HEADER_LEN: usize = 32;
 pub const RECORD_HEADER_LEN: usize = 7;
 /// Frame flag: records strictly ascending by key (bytewise), hence no duplicate keys.
 pub const FLAG_SORTED: u32 = 1;
+/// Frame flag (version 3): the body ends with a trailer after the records: the request ids
+/// the frame logs ([`ID_LEN`] bytes each), their count (u32), a reserved u32 (zero) and the
+/// commit time (u64, nanoseconds since the Unix epoch). See [`trailer_len`].
+pub const FLAG_TRAILER: u32 = 2;
+/// Bytes of one request id in a frame trailer.
+pub const ID_LEN: usize = 16;
+/// Bytes of a frame trailer besides its ids: count, reserved, commit time.
+pub const TRAILER_FIXED_LEN: usize = 4 + 4 + 8;
 /// Longest key the format can hold (`key_len` is a `u16`).
 pub const KEY_LEN_MAX: usize = u16::MAX as usize;
 /// Sequence number of the first batch of a log; it is also the id of the first segment.
@@ -48,7 +58,7 @@ pub const UNDURABLE_FRAMES_MAX: u64 = 16;
 /// Smallest valid segment: the header plus room for one frame header.
 pub const SEGMENT_SIZE_MIN: u64 = (SEGMENT_HEADER_LEN + FRAME_HEADER_LEN) as u64;
 
-const FLAGS_KNOWN: u32 = FLAG_SORTED;
+const FLAGS_KNOWN: u32 = FLAG_SORTED | FLAG_TRAILER;
 /// The frame CRC covers the frame from this offset (after magic and CRC) to the end of the body.
 const FRAME_CRC_START: usize = 8;
 /// The segment header CRC covers bytes `0..SEGMENT_CRC_AT` and is stored right after them.
@@ -69,6 +79,11 @@ const _: () = assert!(FRAME_HEADER_LEN == 4 + 4 + 4 + 4 + 8 + 4 + 4);
 const _: () = assert!(RECORD_HEADER_LEN == 1 + 2 + 4 && KEY_LEN_MAX == u16::MAX as usize);
 // - a segment size is a multiple of 8 of at least `SEGMENT_SIZE_MIN`, which must be one.
 const _: () = assert!(SEGMENT_SIZE_MIN % 8 == 0);
+
+/// Bytes of a frame trailer holding `ids` request ids.
+pub fn trailer_len(ids: usize) -> usize {
+    ids * ID_LEN + TRAILER_FIXED_LEN
+}
 
 /// Rounds `n` up to a multiple of 8.
 pub fn align8(n: usize) -> usize {
@@ -159,9 +174,22 @@ pub struct SegmentHeader {
     pub segment_size: u64,
     /// Whether the file is a recycled segment ([`SEGMENT_RECYCLED`]).
     pub recycled: bool,
+    /// The format version the header states: what its frames may hold (version 3: frame
+    /// trailers). A writer appends only to a segment of [`FORMAT_VERSION`].
+    pub version: u32,
 }
 
 impl SegmentHeader {
+    /// The header of a new segment, as this build writes it: version [`FORMAT_VERSION`].
+    pub fn new(segment_id: u64, segment_size: u64, recycled: bool) -> SegmentHeader {
+        SegmentHeader {
+            segment_id,
+            segment_size,
+            recycled,
+            version: FORMAT_VERSION,
+        }
+    }
+
     /// The 64 header bytes, CRC included.
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
         debug_assert!(
@@ -169,10 +197,16 @@ impl SegmentHeader {
             "segment size {} is not a multiple of 8 or below {SEGMENT_SIZE_MIN}",
             self.segment_size
         );
+        debug_assert!(
+            (FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&self.version)
+                && (self.version >= 2 || !self.recycled),
+            "segment header version {} cannot state recycled = {}",
+            self.version,
+            self.recycled
+        );
         let mut b = [0u8; SEGMENT_HEADER_LEN];
         b[0..8].copy_from_slice(&SEGMENT_MAGIC);
-        let version = if self.recycled { FORMAT_VERSION } else { 1 };
-        b[8..12].copy_from_slice(&version.to_le_bytes());
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
         b[12..16].copy_from_slice(&(SEGMENT_HEADER_LEN as u32).to_le_bytes());
         b[16..24].copy_from_slice(&self.segment_id.to_le_bytes());
         b[24..32].copy_from_slice(&self.segment_size.to_le_bytes());
@@ -230,6 +264,7 @@ impl SegmentHeader {
             segment_id: le_u64(b, 16),
             segment_size,
             recycled: flags & SEGMENT_RECYCLED != 0,
+            version,
         })
     }
 }
@@ -311,8 +346,19 @@ impl<'a> FrameWriter<'a> {
     /// Writes the header, CRC and zero padding; returns the frame's total aligned length.
     ///
     /// `ops_acknowledged` counts the write ops this frame acknowledges, including those
-    /// coalesced away, so it is at least the number of records.
+    /// coalesced away, so it is at least the number of records. A frame without a trailer
+    /// (as versions 1 and 2 write them); the engine writes [`FrameWriter::finish_with`].
     pub fn finish(self, ops_acknowledged: u32) -> usize {
+        self.finish_with(ops_acknowledged, None)
+    }
+
+    /// As [`FrameWriter::finish`], with the trailer `trailer` after the records (and
+    /// [`FLAG_TRAILER`] set) if it is given. The buffer must hold `frame_len(body_len() +
+    /// trailer_len(ids))` bytes.
+    pub fn finish_with(mut self, ops_acknowledged: u32, trailer: Option<Trailer<'_>>) -> usize {
+        if let Some(t) = trailer {
+            self.write_trailer(t);
+        }
         let body_len = u32::try_from(self.body_len).expect("frame body exceeds u32::MAX bytes");
         let body_end = FRAME_HEADER_LEN + self.body_len;
         let len = frame_len(self.body_len);
@@ -328,17 +374,45 @@ impl<'a> FrameWriter<'a> {
         self.buf[body_end..len].fill(0);
         if cfg!(debug_assertions) {
             // Assert right before the disk what the reader will check right after it:
-            // sortedness, record structure, counts.
+            // sortedness, record structure, counts, the trailer.
             match decode_frame(&self.buf[..len], 0) {
                 Ok(Decoded::Frame(f))
                     if f.len == len
                         && f.batch_seq == self.batch_seq
-                        && f.record_count == self.record_count => {}
+                        && f.record_count == self.record_count
+                        && f.commit_time == trailer.map(|t| t.commit_time)
+                        && f.ids.len() == trailer.map_or(0, |t| t.ids.len() * ID_LEN) => {}
                 other => panic!("FrameWriter encoded a frame that does not decode: {other:?}"),
             }
         }
         len
     }
+
+    /// Appends the trailer after the records; no record may follow.
+    fn write_trailer(&mut self, t: Trailer<'_>) {
+        let at = FRAME_HEADER_LEN + self.body_len;
+        let len = trailer_len(t.ids.len());
+        let count = u32::try_from(t.ids.len()).expect("more than u32::MAX request ids");
+        let dst = &mut self.buf[at..at + len];
+        let (ids, fixed) = dst.split_at_mut(t.ids.len() * ID_LEN);
+        for (d, id) in ids.chunks_exact_mut(ID_LEN).zip(t.ids) {
+            d.copy_from_slice(id);
+        }
+        fixed[0..4].copy_from_slice(&count.to_le_bytes());
+        fixed[4..8].fill(0);
+        fixed[8..16].copy_from_slice(&t.commit_time.to_le_bytes());
+        self.body_len += len;
+        self.flags |= FLAG_TRAILER;
+    }
+}
+
+/// What a version 3 frame holds after its records (see [`FLAG_TRAILER`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Trailer<'a> {
+    /// The request ids the frame logs, in the order they entered the window.
+    pub ids: &'a [[u8; ID_LEN]],
+    /// When the frame was written: nanoseconds since the Unix epoch.
+    pub commit_time: u64,
 }
 
 /// One record of a decoded frame, borrowed from the segment.
@@ -361,10 +435,23 @@ pub struct Frame<'a> {
     pub flags: u32,
     pub record_count: u32,
     pub ops_acknowledged: u32,
+    /// The records (without the trailer, if the frame has one).
     pub body: &'a [u8],
+    /// The trailer's request ids, [`ID_LEN`] bytes each (empty without a trailer).
+    pub ids: &'a [u8],
+    /// The trailer's commit time, nanoseconds since the Unix epoch (`None`: no trailer, a
+    /// frame of format version 1 or 2).
+    pub commit_time: Option<u64>,
 }
 
 impl<'a> Frame<'a> {
+    /// The request ids the frame logs, in the order they entered the window.
+    pub fn ids(&self) -> impl ExactSizeIterator<Item = [u8; ID_LEN]> + 'a {
+        self.ids
+            .chunks_exact(ID_LEN)
+            .map(|c| c.try_into().expect("chunks of ID_LEN"))
+    }
+
     /// The records in log order, zero-copy.
     pub fn records(&self) -> Records<'a> {
         Records {
@@ -439,8 +526,9 @@ pub enum Decoded<'a> {
 /// Decodes the frame at byte `offset` of a whole segment image `seg`.
 ///
 /// Checks, in this order, and reports the first failure: room for a header (else `End`),
-/// all-zero header (`End`), magic, frame within the segment, CRC, every record well-formed and
-/// exactly filling the body, record count, ops valid, unknown flags zero, `SORTED` implies
+/// all-zero header (`End`), magic, frame within the segment, CRC, the trailer well-formed (if
+/// `TRAILER`), every record well-formed and exactly filling the body before the trailer,
+/// record count, ops valid, unknown flags zero, `SORTED` implies
 /// strictly ascending keys, `ops_acknowledged >= record_count`.
 ///
 /// Never panics and never reads out of bounds, whatever the bytes. O(body), allocation-free.
@@ -454,6 +542,7 @@ pub fn decode_frame(seg: &[u8], offset: usize) -> Result<Decoded<'_>, FormatErro
         return Ok(Decoded::End);
     };
     let body = frame_body(seg, offset, &h).map_err(at)?;
+    let (body, trailer) = split_trailer(body, h.flags).map_err(at)?;
     let walk = walk_records(body, h.flags & FLAG_SORTED != 0).map_err(at)?;
     check_header_against_records(&h, &walk).map_err(at)?;
     Ok(Decoded::Frame(Frame {
@@ -464,7 +553,40 @@ pub fn decode_frame(seg: &[u8], offset: usize) -> Result<Decoded<'_>, FormatErro
         record_count: h.record_count,
         ops_acknowledged: h.ops_acknowledged,
         body,
+        ids: trailer.map_or(&[][..], |t| t.0),
+        commit_time: trailer.map(|t| t.1),
     }))
+}
+
+/// Splits a body whose frame has [`FLAG_TRAILER`] into the records and the trailer (ids,
+/// commit time); a body without the flag is all records.
+#[allow(clippy::type_complexity)]
+fn split_trailer(
+    body: &[u8],
+    flags: u32,
+) -> Result<(&[u8], Option<(&[u8], u64)>), FormatErrorKind> {
+    if flags & FLAG_TRAILER == 0 {
+        return Ok((body, None));
+    }
+    let bad = |reason| Err(FormatErrorKind::BadTrailer { reason });
+    let Some(fixed_at) = body.len().checked_sub(TRAILER_FIXED_LEN) else {
+        return bad("the body is shorter than a trailer");
+    };
+    let fixed = &body[fixed_at..];
+    let count = le_u32(fixed, 0) as usize;
+    if le_u32(fixed, 4) != 0 {
+        return bad("the trailer's reserved bytes are not zero");
+    }
+    let Some(ids_at) = count
+        .checked_mul(ID_LEN)
+        .and_then(|n| fixed_at.checked_sub(n))
+    else {
+        return bad("the trailer's id count runs past the start of the body");
+    };
+    Ok((
+        &body[..ids_at],
+        Some((&body[ids_at..fixed_at], le_u64(fixed, 8))),
+    ))
 }
 
 /// The fields of a frame header as stored, and the frame's total length.
@@ -721,6 +843,10 @@ pub enum FormatErrorKind {
         ops_acknowledged: u32,
         record_count: u32,
     },
+    /// The frame says it has a trailer ([`FLAG_TRAILER`]) but it is malformed.
+    BadTrailer {
+        reason: &'static str,
+    },
 }
 
 impl FormatErrorKind {
@@ -813,6 +939,7 @@ impl fmt::Display for FormatErrorKind {
                 f,
                 "the frame acknowledges {ops_acknowledged} ops, fewer than its {record_count} records; {WRITER_BUG}"
             ),
+            BadTrailer { reason } => write!(f, "frame trailer: {reason}; {WRITER_BUG}"),
         }
     }
 }
@@ -918,11 +1045,7 @@ mod tests {
     fn segment_with(frame: &[u8], tail: usize) -> Vec<u8> {
         let size = align8(SEGMENT_HEADER_LEN + frame.len() + tail).max(SEGMENT_SIZE_MIN as usize);
         let mut seg = vec![0u8; size];
-        let header = SegmentHeader {
-            segment_id: 7,
-            segment_size: size as u64,
-            recycled: false,
-        };
+        let header = SegmentHeader::new(7, size as u64, false);
         seg[..SEGMENT_HEADER_LEN].copy_from_slice(&header.encode());
         seg[SEGMENT_HEADER_LEN..SEGMENT_HEADER_LEN + frame.len()].copy_from_slice(frame);
         seg
@@ -958,13 +1081,18 @@ mod tests {
     /// Re-encodes a decoded frame with `FrameWriter`: decoding accepts only canonical bytes, so
     /// this must reproduce header and body exactly.
     fn reencode(f: &Frame<'_>) -> Vec<u8> {
-        let mut buf = vec![0u8; frame_len(f.body.len())];
-        let mut w = FrameWriter::new(&mut buf, f.batch_seq, f.flags);
+        let mut buf = vec![0u8; f.len];
+        let mut w = FrameWriter::new(&mut buf, f.batch_seq, f.flags & !FLAG_TRAILER);
         for r in f.records() {
             w.push(r.op, r.key, r.value);
         }
         assert_eq!(w.body_len(), f.body.len());
-        assert_eq!(w.finish(f.ops_acknowledged), f.len);
+        let ids: Vec<[u8; ID_LEN]> = f.ids().collect();
+        let trailer = f.commit_time.map(|commit_time| Trailer {
+            ids: &ids,
+            commit_time,
+        });
+        assert_eq!(w.finish_with(f.ops_acknowledged, trailer), f.len);
         buf
     }
 
@@ -973,7 +1101,9 @@ mod tests {
         let start = f.offset as usize;
         assert_eq!(f.len % 8, 0);
         assert!(start + f.len <= seg.len());
-        assert_eq!(f.len, frame_len(f.body.len()));
+        let trailer = f.commit_time.map_or(0, |_| trailer_len(f.ids().len()));
+        assert_eq!(f.len, frame_len(f.body.len() + trailer));
+        assert_eq!(f.ids.len() % ID_LEN, 0);
         let mut recs = f.records();
         let mut n = 0u32;
         let mut prev: Option<&[u8]> = None;
@@ -1028,17 +1158,98 @@ mod tests {
         assert_eq!(&buf[56..], &[0xAA; 8], "finish wrote past the frame");
     }
 
+    /// A version 3 frame's trailer, byte by byte as FORMAT.md's table gives it.
+    #[test]
+    fn trailer_bytes_follow_the_spec_table() {
+        let body = &raw_record(1, b"k", b"v");
+        let ids = [[0x11; ID_LEN], [0x22; ID_LEN]];
+        let mut buf = vec![0xAAu8; frame_len(body.len() + trailer_len(2))];
+        let mut w = FrameWriter::new(&mut buf, 5, FLAG_SORTED);
+        w.push(RecordOp::Put, b"k", b"v");
+        let len = w.finish_with(
+            1,
+            Some(Trailer {
+                ids: &ids,
+                commit_time: 0x0102_0304_0506_0708,
+            }),
+        );
+        assert_eq!(len, frame_len(9 + 2 * 16 + 16));
+        assert_eq!(
+            le_u32(&buf, 8) as usize,
+            9 + 2 * 16 + 16,
+            "body_len covers the trailer"
+        );
+        assert_eq!(le_u32(&buf, 24), FLAG_SORTED | FLAG_TRAILER);
+        let t = &buf[32 + 9..];
+        assert_eq!(&t[..16], &[0x11; 16]);
+        assert_eq!(&t[16..32], &[0x22; 16]);
+        assert_eq!(&t[32..36], &2u32.to_le_bytes());
+        assert_eq!(&t[36..40], &[0; 4]);
+        assert_eq!(&t[40..48], &0x0102_0304_0506_0708u64.to_le_bytes());
+        let seg = segment_with(&buf[..len], 0);
+        let f = decode_ok(&seg, SEGMENT_HEADER_LEN);
+        assert_eq!(f.body, &body[..], "the records, without the trailer");
+        assert_eq!(f.ids().collect::<Vec<_>>(), ids);
+        assert_eq!(f.commit_time, Some(0x0102_0304_0506_0708));
+        // A trailer with no ids, and a frame without records.
+        let mut buf = vec![0u8; frame_len(trailer_len(0))];
+        let w = FrameWriter::new(&mut buf, 6, FLAG_SORTED);
+        w.finish_with(
+            0,
+            Some(Trailer {
+                ids: &[],
+                commit_time: 9,
+            }),
+        );
+        let seg = segment_with(&buf, 0);
+        let f = decode_ok(&seg, SEGMENT_HEADER_LEN);
+        assert_eq!(
+            (f.record_count, f.ids().len(), f.commit_time),
+            (0, 0, Some(9))
+        );
+    }
+
+    #[test]
+    fn malformed_trailers_are_refused() {
+        let rec = raw_record(1, b"k", b"v");
+        let trailer = |count: u32, reserved: u32| {
+            let mut t = vec![0x33u8; 16];
+            t.extend_from_slice(&count.to_le_bytes());
+            t.extend_from_slice(&reserved.to_le_bytes());
+            t.extend_from_slice(&7u64.to_le_bytes());
+            t
+        };
+        let kind = |body: &[u8]| {
+            let f = raw_frame(body, 1, 1, FLAG_TRAILER, 1);
+            decode_err(&segment_with(&f, 0), SEGMENT_HEADER_LEN)
+        };
+        let reason = |k: FormatErrorKind| match k {
+            FormatErrorKind::BadTrailer { reason } => reason,
+            other => panic!("not a trailer error: {other:?}"),
+        };
+        assert!(reason(kind(&rec)).contains("shorter"));
+        let body = [rec.clone(), trailer(1, 1)].concat();
+        assert!(reason(kind(&body)).contains("reserved"));
+        let body = [rec.clone(), trailer(9, 0)].concat();
+        assert!(reason(kind(&body)).contains("count"));
+        let body = [rec.clone(), trailer(u32::MAX, 0)].concat();
+        assert!(reason(kind(&body)).contains("count"));
+        // The count is what splits records from ids: one id too few leaves 16 bytes that do
+        // not parse as records.
+        let body = [rec.clone(), trailer(0, 0)].concat();
+        assert!(matches!(kind(&body), FormatErrorKind::BadRecord { .. }));
+        let f = raw_frame(&[rec, trailer(1, 0)].concat(), 1, 1, FLAG_TRAILER, 1);
+        let seg = segment_with(&f, 0);
+        assert_eq!(decode_ok(&seg, SEGMENT_HEADER_LEN).ids().len(), 1);
+    }
+
     #[test]
     fn segment_header_bytes_follow_the_spec_table() {
-        let h = SegmentHeader {
-            segment_id: 0x1122_3344_5566_7788,
-            segment_size: 64 << 20,
-            recycled: false,
-        };
+        let h = SegmentHeader::new(0x1122_3344_5566_7788, 64 << 20, false);
         let b = h.encode();
         assert_eq!(&b[0..8], b"MRGLOG\x00S");
-        // Without flags a header is written as version 1, which older builds read.
-        assert_eq!(&b[8..12], &[1, 0, 0, 0]);
+        // Every new segment is version 3 (frames may carry trailers), flags or not.
+        assert_eq!(&b[8..12], &[3, 0, 0, 0]);
         assert_eq!(&b[12..16], &[64, 0, 0, 0]);
         assert_eq!(
             &b[16..24],
@@ -1052,7 +1263,7 @@ mod tests {
             ..h
         }
         .encode();
-        assert_eq!(&r[8..12], &[2, 0, 0, 0]);
+        assert_eq!(&r[8..12], &[3, 0, 0, 0]);
         assert_eq!(&r[32..36], &[1, 0, 0, 0]);
         assert_eq!(&r[36..60], &[0; 24]);
         assert_eq!(
@@ -1074,14 +1285,20 @@ mod tests {
             b[60..].copy_from_slice(&crc.to_le_bytes());
             b
         };
-        let h = SegmentHeader {
-            segment_id: 7,
-            segment_size: 1 << 20,
-            recycled: false,
-        };
+        let h = SegmentHeader::new(7, 1 << 20, false);
         let mut v1 = h.encode();
         v1[8..12].copy_from_slice(&1u32.to_le_bytes());
-        assert_eq!(SegmentHeader::decode(&reseal(v1)).unwrap(), h);
+        assert_eq!(
+            SegmentHeader::decode(&reseal(v1)).unwrap(),
+            SegmentHeader { version: 1, ..h }
+        );
+        // Version 2 (flags, no trailers) decodes as what it is.
+        let v2 = SegmentHeader {
+            version: 2,
+            recycled: true,
+            ..h
+        };
+        assert_eq!(SegmentHeader::decode(&v2.encode()).unwrap(), v2);
         let mut v1_flagged = SegmentHeader {
             recycled: true,
             ..h
@@ -1097,12 +1314,7 @@ mod tests {
     #[test]
     fn segment_header_errors() {
         use FormatErrorKind::*;
-        let good = SegmentHeader {
-            segment_id: 1,
-            segment_size: 4096,
-            recycled: false,
-        }
-        .encode();
+        let good = SegmentHeader::new(1, 4096, false).encode();
         let kind = |b: &[u8]| SegmentHeader::decode(b).unwrap_err().kind;
         // Edits a field, then reseals the CRC so the check after the CRC is reached.
         let edited = |at: usize, bytes: &[u8]| {
@@ -1116,7 +1328,7 @@ mod tests {
         assert_eq!(kind(&[]), SegmentHeaderTruncated { len: 0 });
         assert_eq!(kind(&edited(7, b"s")), BadSegmentMagic);
         assert_eq!(kind(&[0; 64]), BadSegmentMagic);
-        assert_eq!(kind(&edited(8, &3u32.to_le_bytes())), UnsupportedVersion(3));
+        assert_eq!(kind(&edited(8, &4u32.to_le_bytes())), UnsupportedVersion(4));
         assert_eq!(kind(&edited(8, &0u32.to_le_bytes())), UnsupportedVersion(0));
         // Flags exist from version 2 on (a recycled header is written as one).
         let v2 = |at: usize, bytes: &[u8]| {
@@ -1133,7 +1345,7 @@ mod tests {
         assert_eq!(kind(&v2(32, &[2])), UnknownSegmentFlags(2));
         assert_eq!(kind(&v2(35, &[0x80])), UnknownSegmentFlags(0x8000_0001));
         assert_eq!(kind(&v2(40, &[1])), SegmentReservedNotZero);
-        assert_eq!(kind(&edited(32, &[1])), SegmentReservedNotZero);
+        assert_eq!(kind(&edited(36, &[1])), SegmentReservedNotZero);
         let mut flipped = good;
         flipped[20] ^= 0x10;
         assert!(matches!(kind(&flipped), BadSegmentHeaderCrc { .. }));
@@ -1155,12 +1367,7 @@ mod tests {
 
     #[test]
     fn every_bit_flip_in_a_segment_header_is_detected() {
-        let good = SegmentHeader {
-            segment_id: 99,
-            segment_size: 1 << 20,
-            recycled: false,
-        }
-        .encode();
+        let good = SegmentHeader::new(99, 1 << 20, false).encode();
         for bit in 0..SEGMENT_HEADER_LEN * 8 {
             let mut b = good;
             b[bit / 8] ^= 1 << (bit % 8);
@@ -1331,8 +1538,8 @@ mod tests {
 
         let body = body_of(&[put(b"a")]);
         assert_eq!(
-            kind(raw_frame(&body, 1, 1, 0x8000_0003, 1)),
-            UnknownFlags(0x8000_0002)
+            kind(raw_frame(&body, 1, 1, 0x8000_0001, 1)),
+            UnknownFlags(0x8000_0000)
         );
 
         let body = body_of(&[put(b"a"), put(b"c"), put(b"b")]);
@@ -1434,6 +1641,8 @@ mod tests {
             record_count: 2,
             ops_acknowledged: 2,
             body: &[1, 9, 0, 0, 0, 0, 0, b'x'],
+            ids: &[],
+            commit_time: None,
         };
         assert_eq!(f.records().count(), 0);
         let bad_op = Frame {
@@ -1512,28 +1721,28 @@ mod tests {
         prop::collection::vec((any::<bool>(), key, value), 0..16)
     }
 
+    /// A frame to write: records, sorted, extra acknowledged ops, and a trailer (ids, time).
+    type TestFrame = (Vec<Rec>, bool, u32, Option<(Vec<[u8; ID_LEN]>, u64)>);
+
     /// Writes frames back to back from offset 64 of a fresh segment, as the flusher does.
-    fn write_segment(frames: &[(Vec<Rec>, bool, u32)], first_seq: u64) -> Vec<u8> {
+    fn write_segment(frames: &[TestFrame], first_seq: u64) -> Vec<u8> {
         let body: usize = frames
             .iter()
-            .map(|(recs, _, _)| {
+            .map(|(recs, _, _, t)| {
                 frame_len(
                     recs.iter()
                         .map(|(_, k, v)| record_len(k.len(), v.len()))
-                        .sum(),
+                        .sum::<usize>()
+                        + t.as_ref().map_or(0, |(ids, _)| trailer_len(ids.len())),
                 )
             })
             .sum();
         let size = align8(SEGMENT_HEADER_LEN + body + 64);
         let mut seg = vec![0u8; size];
-        let header = SegmentHeader {
-            segment_id: first_seq,
-            segment_size: size as u64,
-            recycled: false,
-        };
+        let header = SegmentHeader::new(first_seq, size as u64, false);
         seg[..SEGMENT_HEADER_LEN].copy_from_slice(&header.encode());
         let mut at = SEGMENT_HEADER_LEN;
-        for (i, (recs, sorted, extra_ops)) in frames.iter().enumerate() {
+        for (i, (recs, sorted, extra_ops, trailer)) in frames.iter().enumerate() {
             let flags = if *sorted { FLAG_SORTED } else { 0 };
             let mut w = FrameWriter::new(&mut seg[at..], first_seq + i as u64, flags);
             for (put, k, v) in recs {
@@ -1544,7 +1753,11 @@ mod tests {
                 };
                 w.push(op, k, v);
             }
-            at += w.finish(recs.len() as u32 + extra_ops);
+            let trailer = trailer.as_ref().map(|(ids, time)| Trailer {
+                ids,
+                commit_time: *time,
+            });
+            at += w.finish_with(recs.len() as u32 + extra_ops, trailer);
         }
         seg
     }
@@ -1556,16 +1769,20 @@ mod tests {
         recs
     }
 
-    fn frames_strategy() -> impl Strategy<Value = Vec<(Vec<Rec>, bool, u32)>> {
-        let frame = (records_strategy(), any::<bool>(), 0u32..100)
-            .prop_map(|(recs, s, extra)| (if s { sorted(recs) } else { recs }, s, extra));
+    fn frames_strategy() -> impl Strategy<Value = Vec<TestFrame>> {
+        let trailer = prop::option::of((
+            prop::collection::vec(any::<[u8; ID_LEN]>(), 0..6),
+            any::<u64>(),
+        ));
+        let frame = (records_strategy(), any::<bool>(), 0u32..100, trailer)
+            .prop_map(|(recs, s, extra, t)| (if s { sorted(recs) } else { recs }, s, extra, t));
         prop::collection::vec(frame, 1..5)
     }
 
     proptest! {
         #[test]
         fn segment_header_round_trip(id in any::<u64>(), size in (SEGMENT_SIZE_MIN / 8)..(u64::MAX / 8)) {
-            let h = SegmentHeader { segment_id: id, segment_size: size * 8, recycled: false };
+            let h = SegmentHeader::new(id, size * 8, false);
             prop_assert_eq!(SegmentHeader::decode(&h.encode()), Ok(h));
         }
 
@@ -1574,8 +1791,11 @@ mod tests {
             let seg = write_segment(&frames, first_seq);
             prop_assert_eq!(SegmentHeader::decode(&seg).unwrap().segment_id, first_seq);
             let mut at = SEGMENT_HEADER_LEN;
-            for (i, (recs, is_sorted, extra)) in frames.iter().enumerate() {
+            for (i, (recs, is_sorted, extra, trailer)) in frames.iter().enumerate() {
                 let f = decode_ok(&seg, at);
+                prop_assert_eq!(f.commit_time, trailer.as_ref().map(|t| t.1));
+                let ids: Vec<[u8; ID_LEN]> = f.ids().collect();
+                prop_assert_eq!(ids, trailer.as_ref().map_or(vec![], |t| t.0.clone()));
                 prop_assert_eq!(f.offset, at as u64);
                 prop_assert_eq!(f.batch_seq, first_seq + i as u64);
                 prop_assert_eq!(f.is_sorted(), *is_sorted);

@@ -25,7 +25,10 @@ pub(crate) mod segment;
 use crate::config::{Config, WritePath};
 use crate::error::Result;
 use dir::prep_path;
-use format::{frame_len, FrameWriter, END_MARKER_LEN, SEGMENT_HEADER_LEN};
+use format::{
+    frame_len, trailer_len, FrameWriter, Trailer, END_MARKER_LEN, FORMAT_VERSION,
+    SEGMENT_HEADER_LEN,
+};
 use io::SharedIo;
 use parking_lot::RwLock;
 use pool::Pool;
@@ -226,21 +229,27 @@ impl Log {
         }
     }
 
-    /// True when a frame with `body_len` bytes of records fits in the active segment (if
-    /// not, `append` rolls to a new segment first).
+    /// True when a frame with a body of `body_len` bytes (records and trailer) goes into the
+    /// active segment (if not, `append` rolls to a new segment first). Nothing goes into a
+    /// segment of an older format version (one an older build wrote, continued after an
+    /// upgrade): its header tells older builds its frames carry no trailers.
     pub fn fits(&self, body_len: usize) -> bool {
-        self.write_off + frame_len(body_len) as u64 <= self.active.size
+        self.active.version == FORMAT_VERSION
+            && self.write_off + frame_len(body_len) as u64 <= self.active.size
     }
 
-    /// Appends one frame of `body_len` bytes, encoded by `encode` (which pushes the records
-    /// and returns the frame's acknowledged-op count). The frame is written (pwrite, or in
-    /// the mapping) but neither synced nor published: the syncer does both.
+    /// Appends one frame of `body_len` bytes of records and the trailer `trailer`, the
+    /// records encoded by `encode` (which pushes them and returns the frame's
+    /// acknowledged-op count). The frame is written (pwrite, or in the mapping) but neither
+    /// synced nor published: the syncer does both.
     pub fn append(
         &mut self,
         body_len: usize,
         flags: u32,
+        trailer: Trailer<'_>,
         encode: impl FnOnce(&mut FrameWriter<'_>, u64) -> u32,
     ) -> Result<WrittenFrame> {
+        let body_len = body_len + trailer_len(trailer.ids.len());
         let len = frame_len(body_len);
         if !self.fits(body_len) {
             self.roll()?;
@@ -267,7 +276,7 @@ impl Log {
                 let frame = &mut self.buf[..len];
                 let mut w = FrameWriter::new(frame, seq, flags);
                 let acked = encode(&mut w, off);
-                let n = w.finish(acked);
+                let n = w.finish_with(acked, Some(trailer));
                 debug_assert_eq!(n, len);
                 self.buf[len..len + marker].fill(0);
                 self.active
@@ -279,7 +288,7 @@ impl Log {
                 let (frame, end) = dst.split_at_mut(len);
                 let mut w = FrameWriter::new(frame, seq, flags);
                 let acked = encode(&mut w, off);
-                let n = w.finish(acked);
+                let n = w.finish_with(acked, Some(trailer));
                 debug_assert_eq!(n, len);
                 end.fill(0);
             }

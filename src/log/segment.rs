@@ -61,6 +61,9 @@ pub(crate) struct Segment {
     /// A recycled file (header flag `SEGMENT_RECYCLED`): past the frames lie old bytes, so
     /// the writer ends each frame with an end marker.
     pub recycled: bool,
+    /// The format version its header states (0 for a file without a valid header, a
+    /// prepared one). The writer appends only to a segment of the current version.
+    pub version: u32,
 }
 
 /// A segment file opened and mapped, its pages populated: the part of opening a segment that
@@ -195,9 +198,13 @@ impl Segment {
             published: AtomicU64::new(0),
             io: io.clone(),
             recycled: false,
+            version: 0,
         };
         // A file without a valid header (a prepared one) is simply not recycled.
-        seg.recycled = SegmentHeader::decode(seg.image()).is_ok_and(|h| h.recycled);
+        if let Ok(h) = SegmentHeader::decode(seg.image()) {
+            seg.recycled = h.recycled;
+            seg.version = h.version;
+        }
         seg
     }
 
@@ -221,14 +228,8 @@ impl Segment {
         // A recycled file gets an end marker right after its header: past it lie the frames
         // of the file's earlier life.
         let mut header = [0u8; SEGMENT_HEADER_LEN + END_MARKER_LEN];
-        header[..SEGMENT_HEADER_LEN].copy_from_slice(
-            &SegmentHeader {
-                segment_id: id,
-                segment_size: mapped.size,
-                recycled,
-            }
-            .encode(),
-        );
+        header[..SEGMENT_HEADER_LEN]
+            .copy_from_slice(&SegmentHeader::new(id, mapped.size, recycled).encode());
         let header = if recycled {
             &header[..]
         } else {

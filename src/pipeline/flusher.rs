@@ -12,9 +12,13 @@ use super::Inner;
 use crate::coalesce::{Coalescer, Entry, GetAnswer, Op};
 use crate::config::Durability;
 use crate::error::{Error, Result};
+use crate::ids::{self, IdEntry, IdTable, Remembered, RequestId};
 use crate::index::{Loc, ValueRef};
 use crate::log::format::UNDURABLE_FRAMES_MAX;
-use crate::log::format::{record_len, RecordOp, FLAG_SORTED, FRAME_HEADER_LEN, RECORD_HEADER_LEN};
+use crate::log::format::{
+    record_len, trailer_len, RecordOp, Trailer, FLAG_SORTED, FRAME_HEADER_LEN, ID_LEN,
+    RECORD_HEADER_LEN,
+};
 use crate::log::{Log, WrittenFrame};
 use crate::request;
 use crate::ring::Consumer;
@@ -80,6 +84,11 @@ pub(super) struct Flusher {
     spare: Receiver<Job>,
     /// Where a job completed inline goes back to the pool.
     give_back: Sender<Job>,
+    /// The request ids the window logs (new ones: duplicates are dropped as they are read),
+    /// for the frame's trailer.
+    window_ids: Vec<[u8; ID_LEN]>,
+    /// The remembered ids in the order they were logged (see `crate::ids`).
+    remembered: Remembered,
 }
 
 /// One cut window's numbers.
@@ -89,6 +98,8 @@ struct Window {
     bytes: u64,
     requests: usize,
     gets: u64,
+    /// Requests dropped as duplicates of a request id already logged or in flight.
+    duplicates: u64,
 }
 
 /// A completed job, kept for its buffers' capacity: without its frame, whose segment mapping
@@ -103,7 +114,7 @@ impl Flusher {
     /// back for reuse from `spare` (where `give_back` returns those it completes itself).
     pub(super) fn new(
         inner: Arc<Inner>,
-        log: Log,
+        (log, remembered): (Log, Remembered),
         to_syncer: Sender<Job>,
         spare: Receiver<Job>,
         give_back: Sender<Job>,
@@ -123,6 +134,8 @@ impl Flusher {
             to_syncer,
             spare,
             give_back,
+            window_ids: Vec::new(),
+            remembered,
         }
     }
 
@@ -394,6 +407,12 @@ impl Flusher {
     ) -> bool {
         let stamps = &mut self.stamps;
         let slots = &mut self.slots;
+        let mut ids = TakeIds {
+            table: &self.inner.ids,
+            remembered: &mut self.remembered,
+            logged: &mut self.window_ids,
+            seq: self.log.next_seq(),
+        };
         // A record that would take the window over a limit stays in the ring for the next
         // window, and it cuts this one (see `window::decide`).
         let mut refused = false;
@@ -403,12 +422,19 @@ impl Flusher {
                 refused = true;
                 return false;
             }
+            let before = entries.len();
             // SAFETY: only `Engine::submit` fills this ring's records, each with one of
             // `request`'s encoders into a claim of the matching length. And each record
             // is decoded at most once: only here, when the window takes it (a refused
             // one is not decoded), and every later read starts past it (`w.end`, then
             // the window's end).
-            unsafe { request::decode(payload, entries, stamps, slots, &mut w.gets) };
+            let id = unsafe { request::decode(payload, entries, stamps, slots, &mut w.gets) };
+            if id.is_some_and(|id| !ids.take(id, end)) {
+                // A duplicate: none of its operations happen (a write-only request: no get
+                // slot was pushed).
+                entries.truncate(before);
+                w.duplicates += 1;
+            }
             w.bytes += rec_bytes;
             w.requests += 1;
             w.end = end;
@@ -444,6 +470,7 @@ impl Flusher {
         Counters::add(&inner.counters.submitted, entries as u64);
         Counters::add(&inner.counters.reads, w.gets);
         Counters::add(&inner.counters.writes, entries as u64 - w.gets);
+        Counters::add(&inner.counters.duplicates, w.duplicates);
     }
 
     /// Plans the window, answers its gets, writes its frame and hands it to the syncer.
@@ -480,14 +507,16 @@ impl Flusher {
 
         let mut job = Self::job(&self.spare, end);
         job.stamps.extend_from_slice(&self.stamps);
-        if !plan.survivors.is_empty() {
+        // A window writes a frame if it has writes left, or new request ids (a write batch
+        // with an id whose writes all collapsed into later ones of the window still logs it).
+        if !plan.survivors.is_empty() || !self.window_ids.is_empty() {
             let body_len = body_len(entries, &plan.survivors);
             if !Self::room_for_frame(
                 &self.log,
                 &mut self.unsynced,
                 &inner,
                 self.in_flight,
-                body_len,
+                body_len + trailer_len(self.window_ids.len()),
             ) {
                 return Ok(()); // failed meanwhile: the window's tickets report it
             }
@@ -497,11 +526,15 @@ impl Flusher {
                 0
             };
             let writes = (entries.len() - gets) as u32;
+            let now = ids::now_nanos();
+            let trailer = Trailer {
+                ids: &self.window_ids,
+                commit_time: now,
+            };
             let frame = append_frame(
                 &mut self.log,
-                entries,
-                &plan.survivors,
-                body_len,
+                (entries, &plan.survivors),
+                (body_len, trailer),
                 flags,
                 writes,
                 &mut job.updates,
@@ -511,8 +544,10 @@ impl Flusher {
             Counters::add(&counters.records_written, plan.survivors.len() as u64);
             Counters::add(
                 &counters.bytes_written,
-                crate::log::format::frame_len(body_len) as u64,
+                crate::log::format::frame_len(body_len + trailer_len(self.window_ids.len())) as u64,
             );
+            self.window_ids.clear();
+            self.remembered.evict(&inner.ids, now);
         }
         Counters::add(&counters.coalesced_writes, plan.coalesced_writes);
         Counters::add(&counters.collapsed_reads, plan.collapsed_reads);
@@ -569,14 +604,13 @@ fn body_len(entries: &[Entry<'_>], survivors: &[u32]) -> usize {
 /// the index, once the frame is durable).
 fn append_frame(
     log: &mut Log,
-    entries: &[Entry<'_>],
-    survivors: &[u32],
-    body_len: usize,
+    (entries, survivors): (&[Entry<'_>], &[u32]),
+    (body_len, trailer): (usize, Trailer<'_>),
     flags: u32,
     writes: u32,
     updates: &mut Vec<(u64, u32, Option<Loc>)>,
 ) -> Result<WrittenFrame> {
-    let frame = log.append(body_len, flags, |w, frame_off| {
+    let frame = log.append(body_len, flags, trailer, |w, frame_off| {
         let mut off = frame_off + FRAME_HEADER_LEN as u64;
         for &i in survivors {
             let e = &entries[i as usize];
@@ -604,6 +638,36 @@ fn append_frame(
         loc.seg = frame.seg_idx;
     }
     Ok(frame)
+}
+
+/// The request-id side of reading a window: the flusher's table and order, the ids the window
+/// logs, and the batch it will be written as.
+struct TakeIds<'a> {
+    table: &'a IdTable,
+    remembered: &'a mut Remembered,
+    logged: &'a mut Vec<[u8; ID_LEN]>,
+    seq: u64,
+}
+
+impl TakeIds<'_> {
+    /// Takes the request with id `id` (ring end position `pos`) into the window: true if
+    /// the id is new (it enters the table, as logged by this window's batch and this
+    /// submission), false if the table has it (logged or in flight, this window included):
+    /// a duplicate.
+    fn take(&mut self, id: RequestId, pos: u64) -> bool {
+        let time = ids::now_nanos();
+        let entry = IdEntry {
+            seq: self.seq,
+            pos,
+            time,
+        };
+        if !self.table.insert_new(id, entry) {
+            return false;
+        }
+        self.remembered.push(id, self.seq, time);
+        self.logged.push(id.0);
+        true
+    }
 }
 
 /// How long the flusher, once the engine is closed, waits for a producer that claimed ring
@@ -695,7 +759,7 @@ mod tests {
                         entered_tx.send(()).unwrap();
                         // Frozen here, holding a claim, until the test lets it go.
                         release_rx.recv_timeout(HANG).expect("released");
-                        request::encode_put(buf, key, b"v", 0);
+                        request::encode_put(buf, key, b"v", 0, None);
                     })
                     .expect("claimed before close");
                 engine.ticket(pos).wait_timeout(HANG)

@@ -403,11 +403,7 @@ mod tests {
     /// zeros. Also returns each frame's offset, and where the frames end.
     fn segment(id: u64, recycled: bool, seqs: &[u64]) -> (Vec<u8>, Vec<u64>, u64) {
         let mut image = vec![0u8; SIZE];
-        let header = SegmentHeader {
-            segment_id: id,
-            segment_size: SIZE as u64,
-            recycled,
-        };
+        let header = SegmentHeader::new(id, SIZE as u64, recycled);
         image[..SEGMENT_HEADER_LEN].copy_from_slice(&header.encode());
         let mut at = SEGMENT_HEADER_LEN as u64;
         let mut offsets = Vec::new();
@@ -577,11 +573,7 @@ mod tests {
         assert_eq!(v.stop, Stop::End);
         // The same bytes in a fresh segment are the remains of a torn write.
         let mut fresh = image.clone();
-        let header = SegmentHeader {
-            segment_id: 20,
-            segment_size: SIZE as u64,
-            recycled: false,
-        };
+        let header = SegmentHeader::new(20, SIZE as u64, false);
         fresh[..SEGMENT_HEADER_LEN].copy_from_slice(&header.encode());
         let v = run(&fresh, &tail(20)).1;
         assert!(!v.recycled);
@@ -771,7 +763,7 @@ mod tests {
             zeros_after in any::<bool>(),
         ) {
             let mut image = vec![0u8; SIZE];
-            let header = SegmentHeader { segment_id: 7, segment_size: SIZE as u64, recycled: false };
+            let header = SegmentHeader::new(7, SIZE as u64, false);
             image[..SEGMENT_HEADER_LEN].copy_from_slice(&header.encode());
             let mut at = SEGMENT_HEADER_LEN as u64;
             let mut all = Vec::new();

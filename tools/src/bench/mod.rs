@@ -793,6 +793,7 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
         window_waits,
         sync_time,
         throttled,
+        duplicates,
         segments,
         stages,
     } = from;
@@ -809,6 +810,7 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
     into.durable_position = durable_position;
     into.window_waits += window_waits;
     into.throttled += throttled;
+    into.duplicates += duplicates;
     into.sync_time.busy_ns += sync_time.busy_ns;
     into.sync_time.frame_ready_ns += sync_time.frame_ready_ns;
     into.sync_time.nothing_ready_ns += sync_time.nothing_ready_ns;

@@ -1,0 +1,393 @@
+//! Idempotent requests: a request id is logged once, whatever the resubmissions: in the same
+//! window, across windows and batches, across a reopen and across retirement; the horizon
+//! bounds what is remembered; batches carry their ids and commit time; logs written before
+//! format version 3 still open and are continued in a new segment.
+
+#![allow(clippy::disallowed_methods)] // tests make and inspect files directly
+
+mod common;
+
+use common::{block_on, WAIT_MAX};
+use mergelog::internals::format::{
+    frame_len, record_len, FrameWriter, RecordOp, SegmentHeader, FLAG_SORTED, SEGMENT_HEADER_LEN,
+};
+use mergelog::{Config, Engine, IdHorizon, LogReader, Outcome, RequestId, Seq, WriteBatch};
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+fn id(n: u128) -> RequestId {
+    RequestId::from(n)
+}
+
+fn small_segments() -> Config {
+    Config {
+        segment_bytes: 64 << 10,
+        batch_bytes_max: 32 << 10,
+        ..Config::default()
+    }
+}
+
+/// Every request id the log holds, with the batch that holds it; an id logged twice fails.
+fn logged_ids(dir: &std::path::Path) -> HashMap<RequestId, Seq> {
+    let reader = LogReader::open(dir).expect("open reader");
+    let mut ids = HashMap::new();
+    for b in reader.batches() {
+        for i in b.ids() {
+            if let Some(first) = ids.insert(i, b.seq()) {
+                panic!("{i} logged twice: in batches {first} and {}", b.seq());
+            }
+        }
+    }
+    ids
+}
+
+#[test]
+fn a_resubmitted_id_is_a_duplicate_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), Config::default()).unwrap();
+    let first = e
+        .put_with_id(id(1), b"k", b"first")
+        .unwrap()
+        .wait()
+        .unwrap();
+    let Outcome::Written(seq) = first else {
+        panic!("the first submission is written: {first:?}")
+    };
+    // Durable by now: answered at submit, and its value does not overwrite the original's.
+    let again = e.put_with_id(id(1), b"k", b"second").unwrap();
+    assert!(
+        again.is_done(),
+        "a duplicate of a durable id is known at submit"
+    );
+    assert_eq!(again.wait().unwrap(), Outcome::Duplicate { seq });
+    assert_eq!(e.read_to_vec(b"k").unwrap().as_deref(), Some(&b"first"[..]));
+    // Another write to the key, then the duplicate again: still nothing written.
+    e.put(b"k", b"third").unwrap().wait().unwrap();
+    let d = e.delete_with_id(id(1), b"k").unwrap().wait().unwrap();
+    assert_eq!(d, Outcome::Duplicate { seq });
+    assert_eq!(e.read_to_vec(b"k").unwrap().as_deref(), Some(&b"third"[..]));
+    // A batch with a known id applies none of its operations.
+    let mut b = WriteBatch::new();
+    b.put(b"x", b"1").delete(b"k");
+    assert_eq!(
+        e.write_with_id(id(1), &b).unwrap().wait().unwrap(),
+        Outcome::Duplicate { seq }
+    );
+    assert_eq!(e.read_to_vec(b"x").unwrap(), None);
+    let w = e.write_with_id(id(2), &b).unwrap().wait().unwrap();
+    assert!(!w.is_duplicate());
+    assert_eq!(e.read_to_vec(b"x").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(e.request_id_seq(id(2)), Some(w.seq()));
+    assert_eq!(e.request_id_seq(id(3)), None);
+    e.close().unwrap();
+    let logged = logged_ids(dir.path());
+    assert_eq!(logged, HashMap::from([(id(1), seq), (id(2), w.seq())]));
+}
+
+/// Many submissions of the same ids without waiting, from several threads: they share
+/// windows and cross them. Each id is written once, by one submission; every other is a
+/// duplicate naming that submission's batch; only the written submission's value is applied.
+#[test]
+fn concurrent_resubmissions_collapse_to_one_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = std::sync::Arc::new(Engine::open(dir.path(), Config::default()).unwrap());
+    const IDS: u128 = 200;
+    let threads: Vec<_> = (0..4u8)
+        .map(|t| {
+            let e = e.clone();
+            std::thread::spawn(move || {
+                let tickets: Vec<_> = (0..IDS)
+                    .flat_map(|n| [n, (n * 7) % IDS])
+                    .map(|n| {
+                        let key = format!("k{n}");
+                        (n, t, e.put_with_id(id(n), key.as_bytes(), &[t]).unwrap())
+                    })
+                    .collect();
+                tickets
+                    .into_iter()
+                    .map(|(n, t, tk)| (n, t, tk.wait_timeout(WAIT_MAX).unwrap()))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let outcomes: Vec<(u128, u8, Outcome)> = threads
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let mut written: HashMap<u128, (u8, Seq)> = HashMap::new();
+    for &(n, t, o) in &outcomes {
+        if let Outcome::Written(seq) = o {
+            assert!(
+                written.insert(n, (t, seq)).is_none(),
+                "id {n} written twice"
+            );
+        }
+    }
+    assert_eq!(written.len(), IDS as usize, "every id written once");
+    for &(n, _, o) in &outcomes {
+        assert_eq!(
+            o.seq(),
+            written[&n].1,
+            "id {n}: every outcome names the write's batch"
+        );
+        let key = format!("k{n}");
+        let value = e.read_to_vec(key.as_bytes()).unwrap().unwrap();
+        assert_eq!(
+            value,
+            vec![written[&n].0],
+            "id {n}: the written submission's value"
+        );
+    }
+    let counts = e.counts();
+    let dups = outcomes.len() as u64 - IDS as u64;
+    assert!(counts.duplicates <= dups, "{} > {dups}", counts.duplicates);
+    e.close().unwrap();
+    let logged = logged_ids(dir.path());
+    assert_eq!(logged.len(), IDS as usize);
+    for (n, (_, seq)) in written {
+        assert_eq!(logged[&id(n)], seq);
+    }
+}
+
+#[test]
+fn ids_are_remembered_across_reopen_and_retirement() {
+    let dir = tempfile::tempdir().unwrap();
+    let value = vec![7u8; 1000];
+    let mut seqs = HashMap::new();
+    {
+        let e = Engine::open(dir.path(), small_segments()).unwrap();
+        for n in 0..300u128 {
+            let key = format!("k{}", n % 10);
+            let o = e.put_with_id(id(n), key.as_bytes(), &value).unwrap();
+            seqs.insert(n, o.wait().unwrap().seq());
+        }
+        assert!(
+            e.segments().len() > 3,
+            "the log rolled: {:?}",
+            e.segments().len()
+        );
+        let r = e.retire_before(e.durable_seq()).unwrap();
+        assert!(r.segments >= 3, "{r:?}");
+        assert!(dir.path().join("ids").exists(), "retired ids are carried");
+        // Still remembered in this run, though their segments are gone.
+        let o = e
+            .put_with_id(id(0), b"k0", b"again")
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(o, Outcome::Duplicate { seq: seqs[&0] });
+        e.close().unwrap();
+    }
+    let e = Engine::open(dir.path(), small_segments()).unwrap();
+    for n in (0..300u128).step_by(7) {
+        let o = e
+            .put_with_id(id(n), b"k", b"again")
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(
+            o,
+            Outcome::Duplicate { seq: seqs[&n] },
+            "id {n} after reopen"
+        );
+    }
+    assert_eq!(
+        e.read_to_vec(b"k").unwrap(),
+        None,
+        "no duplicate was applied"
+    );
+    // A second retirement rewrites the file with what is still remembered.
+    for n in 300..400u128 {
+        e.put_with_id(id(n), b"k1", &value).unwrap().wait().unwrap();
+    }
+    e.retire_before(e.durable_seq()).unwrap();
+    e.close().unwrap();
+    let e = Engine::open(dir.path(), small_segments()).unwrap();
+    for n in [0u128, 150, 299, 300, 399] {
+        let o = e
+            .put_with_id(id(n), b"k", b"again")
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert!(
+            o.is_duplicate(),
+            "id {n} after the second retirement and reopen"
+        );
+    }
+    e.close().unwrap();
+}
+
+#[test]
+fn the_horizon_bounds_what_is_remembered() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        request_ids: IdHorizon { ids: 10, age: None },
+        ..Config::default()
+    };
+    let e = Engine::open(dir.path(), config.clone()).unwrap();
+    for n in 0..30u128 {
+        e.put_with_id(id(n), b"k", b"v").unwrap().wait().unwrap();
+    }
+    // The newest ten are remembered, the rest forgotten: a resubmission is written again.
+    assert!(e
+        .put_with_id(id(25), b"k", b"v")
+        .unwrap()
+        .wait()
+        .unwrap()
+        .is_duplicate());
+    assert!(!e
+        .put_with_id(id(3), b"k", b"v")
+        .unwrap()
+        .wait()
+        .unwrap()
+        .is_duplicate());
+    e.close().unwrap();
+    // The same at reopen: the newest ten of the log.
+    let e = Engine::open(dir.path(), config.clone()).unwrap();
+    assert!(e
+        .put_with_id(id(3), b"k", b"v")
+        .unwrap()
+        .wait()
+        .unwrap()
+        .is_duplicate());
+    assert!(!e
+        .put_with_id(id(12), b"k", b"v")
+        .unwrap()
+        .wait()
+        .unwrap()
+        .is_duplicate());
+    e.close().unwrap();
+    // An age: ids older than it are forgotten at reopen.
+    std::thread::sleep(Duration::from_millis(50));
+    let aged = Config {
+        request_ids: IdHorizon {
+            ids: 1000,
+            age: Some(Duration::from_millis(20)),
+        },
+        ..config
+    };
+    let e = Engine::open(dir.path(), aged).unwrap();
+    assert!(!e
+        .put_with_id(id(29), b"k", b"v")
+        .unwrap()
+        .wait()
+        .unwrap()
+        .is_duplicate());
+    assert!(e
+        .put_with_id(id(29), b"k", b"v")
+        .unwrap()
+        .wait()
+        .unwrap()
+        .is_duplicate());
+    e.close().unwrap();
+}
+
+#[test]
+fn batches_carry_their_ids_and_commit_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = SystemTime::now();
+    let e = Engine::open(dir.path(), Config::default()).unwrap();
+    let o = block_on(e.put_with_id(id(9), b"a", b"1").unwrap()).unwrap();
+    let plain = e.put(b"b", b"2").unwrap().wait().unwrap();
+    let after = SystemTime::now();
+    let mut consumer = e.follow(Seq::new(1));
+    let mut seen = Vec::new();
+    while let Some(b) = consumer.try_next().unwrap() {
+        seen.push(b);
+    }
+    e.close().unwrap();
+    let with_id = seen.iter().find(|b| b.seq == o.seq()).unwrap();
+    assert_eq!(with_id.ids, vec![id(9)]);
+    let t = with_id
+        .commit_time
+        .expect("a version 3 batch has a commit time");
+    assert!(before <= t && t <= after, "{t:?} not within the test");
+    let without = seen.iter().find(|b| b.seq == plain).unwrap();
+    if without.seq != with_id.seq {
+        assert!(without.ids.is_empty());
+    }
+}
+
+/// Writes a log as a build of format version 1 did: one segment, one frame without trailer.
+fn write_v1_log(dir: &std::path::Path) {
+    let size = 64u64 << 10;
+    let mut seg = vec![0u8; size as usize];
+    let header = SegmentHeader {
+        version: 1,
+        ..SegmentHeader::new(1, size, false)
+    };
+    seg[..SEGMENT_HEADER_LEN].copy_from_slice(&header.encode());
+    let len = frame_len(record_len(3, 3));
+    let mut w = FrameWriter::new(&mut seg[SEGMENT_HEADER_LEN..][..len], 1, FLAG_SORTED);
+    w.push(RecordOp::Put, b"old", b"log");
+    w.finish(1);
+    std::fs::write(dir.join("00000000000000000001.seg"), seg).unwrap();
+}
+
+#[test]
+fn a_version_1_log_opens_and_is_continued_in_a_new_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    write_v1_log(dir.path());
+    let original = std::fs::read(dir.path().join("00000000000000000001.seg")).unwrap();
+    let e = Engine::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(e.read_to_vec(b"old").unwrap().as_deref(), Some(&b"log"[..]));
+    let o = e.put_with_id(id(1), b"new", b"v").unwrap().wait().unwrap();
+    assert_eq!(o, Outcome::Written(Seq::new(2)));
+    e.close().unwrap();
+    // The old segment is untouched (no frame with a trailer in a version 1 segment, which
+    // an old build would take for damage); the new batch starts segment 2, version 3.
+    let now = std::fs::read(dir.path().join("00000000000000000001.seg")).unwrap();
+    assert!(now == original, "the version 1 segment changed");
+    let seg2 = std::fs::read(dir.path().join("00000000000000000002.seg")).unwrap();
+    assert_eq!(SegmentHeader::decode(&seg2).unwrap().version, 3);
+    let reader = LogReader::open(dir.path()).unwrap();
+    let batches: Vec<_> = reader
+        .batches()
+        .map(|b| (b.seq(), b.commit_time().is_some()))
+        .collect();
+    assert_eq!(batches, vec![(Seq::new(1), false), (Seq::new(2), true)]);
+    let e = Engine::open(dir.path(), small_segments()).unwrap();
+    assert!(e
+        .put_with_id(id(1), b"new", b"w")
+        .unwrap()
+        .wait()
+        .unwrap()
+        .is_duplicate());
+    assert_eq!(e.read_to_vec(b"old").unwrap().as_deref(), Some(&b"log"[..]));
+    e.close().unwrap();
+}
+
+#[test]
+fn a_damaged_ids_file_is_refused_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    Engine::open(dir.path(), Config::default())
+        .unwrap()
+        .close()
+        .unwrap();
+    std::fs::write(dir.path().join("ids"), b"MLIDS\0\0\0 not really").unwrap();
+    let err = Engine::open(dir.path(), Config::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("ids") && msg.contains("request ids file"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_horizon_of_nothing_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for h in [
+        IdHorizon { ids: 0, age: None },
+        IdHorizon {
+            ids: 5,
+            age: Some(Duration::ZERO),
+        },
+    ] {
+        let config = Config {
+            request_ids: h,
+            ..Config::default()
+        };
+        let err = Engine::open(dir.path(), config).unwrap_err();
+        assert!(err.to_string().contains("request_ids"), "{err}");
+    }
+}

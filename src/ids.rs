@@ -3,17 +3,18 @@
 //! again: its ticket completes with [`Outcome::Duplicate`] and the batch of the original.
 //!
 //! The flusher, the one thread that sees every window whole, decides: it looks each id up in
-//! the [`IdTable`] as it takes the request into a window; an unknown id enters the table (with
-//! the batch the window will write and the request's ring position) and the frame's trailer;
-//! a known one drops the request's operations before coalescing. The table is shared (sharded
-//! mutexes): a submitter looks an id up first, and a duplicate of a durable request never
-//! enters the ring; a ticket looks its id up once complete, to tell the original (its own ring
-//! position is in the entry) from a duplicate.
+//! the [`Ids`] table as it takes the request into a window; an unknown id enters the table
+//! (with the batch the window will write) and the frame's trailer; a known one (logged, in
+//! flight, or earlier in the same window) drops the request's operations before coalescing and
+//! records the request's ring position in the completion's [`Duplicates`], with the original's
+//! batch. A ticket looks there once complete. So the submit path pays nothing but the id's 16
+//! bytes in the ring, the flusher one hash probe per id (and one per id it forgets), and a
+//! ticket one atomic load unless duplicates were seen.
 //!
 //! What is remembered is bounded by [`IdHorizon`]: the newest `ids` ids, and with an age, only
-//! those logged within it. The table is rebuilt at open from the frames' trailers and the
-//! `ids` file, which `retire_before` writes before it removes segments holding ids still
-//! inside the horizon (docs/FORMAT.md, "Carried request ids").
+//! those logged within it. The table is rebuilt at open from the `ids` file, which
+//! `retire_before` writes before it removes segments holding ids still inside the horizon,
+//! then from the frames' trailers (docs/FORMAT.md, "Carried request ids").
 
 use crate::error::{Error, Result};
 use crate::seq::Seq;
@@ -23,7 +24,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -65,20 +66,24 @@ impl fmt::Debug for RequestId {
     }
 }
 
-/// How long the engine remembers request ids (`Config::request_ids`): a duplicate of a
+/// How long the engine remembers request ids (`Config::request_ids`): a resubmission of a
 /// forgotten id is logged again, as a new request. Retirement does not shorten it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IdHorizon {
-    /// The newest this many ids are remembered (at most about 64 bytes of memory each).
+    /// The newest this many ids are always remembered; up to twice as many may be (they are
+    /// forgotten a generation of `ids` at a time). Memory: up to about 140 bytes per id of
+    /// this bound, only once ids are used.
     pub ids: usize,
-    /// If set, only ids logged within this long ago (by the commit time of their frame).
+    /// If set, ids are forgotten once older than this (by when they were logged), again a
+    /// generation at a time: an id is remembered at least until the newest id of its
+    /// generation is this old.
     pub age: Option<Duration>,
 }
 
 impl Default for IdHorizon {
     fn default() -> Self {
         IdHorizon {
-            ids: 1 << 20,
+            ids: 1 << 18,
             age: None,
         }
     }
@@ -89,8 +94,9 @@ impl Default for IdHorizon {
 pub enum Outcome {
     /// This submission was logged, in batch `Seq`.
     Written(Seq),
-    /// The id was already logged (or in flight) when this submission was taken in: nothing
-    /// was written; the original is durable in batch `seq`.
+    /// The id was already logged, in flight, or submitted earlier in the same window when
+    /// this submission was taken in: nothing was written; the original is durable in batch
+    /// `seq`.
     Duplicate {
         /// The batch the original submission was logged in.
         seq: Seq,
@@ -116,111 +122,60 @@ impl Outcome {
 #[must_use = "a ticket says when the request is durable; drop it only if you do not care"]
 #[derive(Clone, Debug)]
 pub struct IdTicket {
-    state: IdState,
-}
-
-#[derive(Clone, Debug)]
-enum IdState {
-    /// Known at submit: a duplicate of a durable request.
-    Known(Outcome),
-    /// Waiting for a ring position: the request's own (`dup: false`: the flusher decides),
-    /// or the original's when the submitter found it in flight (`dup: true`).
-    Waiting {
-        ticket: Ticket,
-        id: RequestId,
-        table: Arc<IdTable>,
-        dup: bool,
-    },
+    ticket: Ticket,
 }
 
 impl IdTicket {
-    pub(crate) fn known(outcome: Outcome) -> IdTicket {
-        IdTicket {
-            state: IdState::Known(outcome),
-        }
+    pub(crate) fn new(ticket: Ticket) -> IdTicket {
+        IdTicket { ticket }
     }
 
-    pub(crate) fn waiting(ticket: Ticket, id: RequestId, table: Arc<IdTable>, dup: bool) -> Self {
-        IdTicket {
-            state: IdState::Waiting {
-                ticket,
-                id,
-                table,
-                dup,
-            },
-        }
+    /// The request's place in the engine's total order (see [`Ticket::position`]).
+    pub fn position(&self) -> u64 {
+        self.ticket.position()
     }
 
     /// True once the outcome is known.
     pub fn is_done(&self) -> bool {
-        match &self.state {
-            IdState::Known(_) => true,
-            IdState::Waiting { ticket, .. } => ticket.is_done(),
-        }
+        self.ticket.is_done()
     }
 
     /// The outcome if the request is complete, without blocking.
     pub fn try_result(&self) -> Option<Result<Outcome>> {
-        match &self.state {
-            IdState::Known(o) => Some(Ok(*o)),
-            IdState::Waiting { ticket, .. } => Some(self.outcome(ticket.try_result()?)),
-        }
+        Some(self.outcome(self.ticket.try_result()?))
     }
 
-    /// Blocks until the request is durable (or the engine failed): see [`Outcome`].
+    /// Blocks until the request is durable (or the engine failed): see [`Outcome`]. Looked
+    /// at long after it completed (more than 65,536 duplicates or windows later) it may give
+    /// [`Error::SeqUnknown`], as a [`Ticket`] does.
     pub fn wait(&self) -> Result<Outcome> {
-        match &self.state {
-            IdState::Known(o) => Ok(*o),
-            IdState::Waiting { ticket, .. } => self.outcome(ticket.wait()),
-        }
+        self.outcome(self.ticket.wait())
     }
 
     /// As `wait`, giving up with `Error::Timeout` after `timeout` (the request goes on).
     pub fn wait_timeout(&self, timeout: Duration) -> Result<Outcome> {
-        match &self.state {
-            IdState::Known(o) => Ok(*o),
-            IdState::Waiting { ticket, .. } => self.outcome(ticket.wait_timeout(timeout)),
-        }
+        self.outcome(self.ticket.wait_timeout(timeout))
     }
 
-    /// The outcome, once the position waited for completed with `done`.
+    /// The outcome, once the ticket completed with `done` (its own window's batch).
     fn outcome(&self, done: Result<Seq>) -> Result<Outcome> {
-        let IdState::Waiting {
-            ticket,
-            id,
-            table,
-            dup,
-        } = &self.state
-        else {
-            unreachable!("a known outcome waits for nothing")
-        };
         let own = done?;
-        Ok(match table.get(id) {
-            // The table names the submission that logged the id, by its ring position.
-            Some(e) if !dup && e.pos == ticket.position() => Outcome::Written(Seq::new(e.seq)),
-            Some(e) => Outcome::Duplicate {
-                seq: Seq::new(e.seq),
-            },
-            // Forgotten already (a horizon smaller than what is in flight): the position
-            // waited for was the original's if `dup`, else this request's window (which
-            // logged it unless a duplicate in it collapsed; then its batch is the one).
-            None if *dup => Outcome::Duplicate { seq: own },
-            None => Outcome::Written(own),
-        })
+        let pos = self.ticket.position();
+        match self.ticket.duplicates().find(pos) {
+            DupFound::Duplicate(seq) => Ok(Outcome::Duplicate { seq: Seq::new(seq) }),
+            DupFound::Written => Ok(Outcome::Written(own)),
+            DupFound::Forgotten => Err(Error::SeqUnknown { position: pos }),
+        }
     }
 }
 
 impl Future for IdTicket {
     type Output = Result<Outcome>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Outcome>> {
-        let done = match &mut self.state {
-            IdState::Known(o) => return Poll::Ready(Ok(*o)),
-            IdState::Waiting { ticket, .. } => match Pin::new(ticket).poll(cx) {
-                Poll::Ready(done) => done,
-                Poll::Pending => return Poll::Pending,
-            },
-        };
-        Poll::Ready(self.outcome(done))
+        match Pin::new(&mut self.ticket).poll(cx) {
+            Poll::Ready(done) => Poll::Ready(self.outcome(done)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -237,16 +192,16 @@ impl crate::Engine {
     ) -> Result<IdTicket> {
         self.check_key(key)?;
         self.check_value(value)?;
-        let id = id.into();
-        self.idempotent(id, || self.submit_put(key, value, Some(&id)))
+        let pos = self.submit_put(key, value, Some(&id.into()))?;
+        Ok(IdTicket::new(self.ticket(pos)))
     }
 
     /// As [`Engine::delete`](crate::Engine::delete), with request id `id` (see
     /// [`Engine::put_with_id`](crate::Engine::put_with_id)).
     pub fn delete_with_id(&self, id: impl Into<RequestId>, key: &[u8]) -> Result<IdTicket> {
         self.check_key(key)?;
-        let id = id.into();
-        self.idempotent(id, || self.submit_delete(key, Some(&id)))
+        let pos = self.submit_delete(key, Some(&id.into()))?;
+        Ok(IdTicket::new(self.ticket(pos)))
     }
 
     /// As [`Engine::write`](crate::Engine::write), with request id `id` for the whole batch
@@ -258,178 +213,181 @@ impl crate::Engine {
         batch: &crate::WriteBatch,
     ) -> Result<IdTicket> {
         self.check_batch(batch)?;
-        let id = id.into();
-        self.idempotent(id, || self.submit_batch(batch, Some(&id)))
+        let pos = self.submit_batch(batch, Some(&id.into()))?;
+        Ok(IdTicket::new(self.ticket(pos)))
     }
 
-    /// Whether the engine remembers request id `id`, and if so the batch that logs it (it may
-    /// not be durable yet).
+    /// Whether the engine remembers request id `id`, and if so the batch that logs it (which
+    /// may not be durable yet).
     pub fn request_id_seq(&self, id: impl Into<RequestId>) -> Option<Seq> {
-        self.inner.ids.get(&id.into()).map(|e| Seq::new(e.seq))
-    }
-
-    /// Submits with `submit` unless `id` is remembered: then the ticket is the original's.
-    fn idempotent(&self, id: RequestId, submit: impl FnOnce() -> Result<u64>) -> Result<IdTicket> {
-        let inner = &*self.inner;
-        if let Some(e) = inner.completion.failure() {
-            return Err(crate::pipeline::failed(e));
-        }
-        if inner.ring.is_closed() {
-            return Err(Error::Closed);
-        }
-        if let Some(e) = inner.ids.get(&id) {
-            // Logged in a durable batch: answered here, nothing enters the ring.
-            if e.seq <= self.durable_seq().get() {
-                return Ok(IdTicket::known(Outcome::Duplicate {
-                    seq: Seq::new(e.seq),
-                }));
-            }
-            // In flight in this run: wait for the original's position. (An id from the log
-            // is durable: the open made it so.)
-            if e.pos != FROM_LOG {
-                let ticket = self.ticket(e.pos);
-                return Ok(IdTicket::waiting(ticket, id, inner.ids.clone(), true));
-            }
-        }
-        let pos = submit()?;
-        Ok(IdTicket::waiting(
-            self.ticket(pos),
-            id,
-            inner.ids.clone(),
-            false,
-        ))
+        self.inner.ids.lock().get(&id.into()).map(Seq::new)
     }
 }
 
-/// What the table knows of one id.
+/// The requests the flusher found to be duplicates: (ring end position, the original's
+/// batch), in position order, the newest [`DUPLICATES_KEPT`] of them. Lives in the completion,
+/// which every ticket already holds.
+#[derive(Default)]
+pub(crate) struct Duplicates {
+    /// Duplicates recorded since open: a ticket skips the lock while it is 0. Stored before the
+    /// watermark passes the duplicate, so a ticket that saw itself complete sees it.
+    recorded: AtomicU64,
+    kept: Mutex<DupWindow>,
+}
+
+#[derive(Default)]
+struct DupWindow {
+    entries: VecDeque<(u64, u64)>,
+    /// The position of the newest duplicate no longer kept (0: none).
+    forgotten_to: u64,
+}
+
+/// How many duplicates a ticket can still be told about (as many as `SeqMap` keeps windows).
+pub(crate) const DUPLICATES_KEPT: usize = 1 << 16;
+
+/// What [`Duplicates::find`] knows of a position.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum DupFound {
+    Duplicate(u64),
+    Written,
+    /// At or before a duplicate no longer kept: cannot tell.
+    Forgotten,
+}
+
+impl Duplicates {
+    /// The flusher found the request ending at `pos` (past every position recorded before)
+    /// to duplicate one logged in batch `seq`.
+    pub fn record(&self, pos: u64, seq: u64) {
+        let mut k = self.kept.lock();
+        if k.entries.len() == DUPLICATES_KEPT {
+            let (old, _) = k.entries.pop_front().expect("full");
+            k.forgotten_to = old;
+        }
+        k.entries.push_back((pos, seq));
+        drop(k);
+        self.recorded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the request ending at `pos`, complete, was a duplicate.
+    pub fn find(&self, pos: u64) -> DupFound {
+        if self.recorded.load(Ordering::Relaxed) == 0 {
+            return DupFound::Written;
+        }
+        let k = self.kept.lock();
+        match k.entries.binary_search_by_key(&pos, |e| e.0) {
+            Ok(i) => DupFound::Duplicate(k.entries[i].1),
+            Err(_) if pos <= k.forgotten_to => DupFound::Forgotten,
+            Err(_) => DupFound::Written,
+        }
+    }
+}
+
+/// What the table knows of one id: the batch that logs it, and when (nanoseconds since the
+/// Unix epoch: when it was taken in, or its frame's commit time after a reopen).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct IdEntry {
-    /// The batch that logs it.
     pub seq: u64,
-    /// The ring position of the submission that logged it ([`FROM_LOG`] if an earlier run
-    /// of the engine did).
-    pub pos: u64,
-    /// When it was taken in (or its frame's commit time), nanoseconds since the Unix epoch.
     pub time: u64,
 }
 
-/// `IdEntry::pos` of an id an earlier run logged: no ring position of this run.
-pub(crate) const FROM_LOG: u64 = u64::MAX;
-
-const SHARDS: usize = 32;
-
-type Shard = hashbrown::HashMap<RequestId, IdEntry, foldhash::fast::RandomState>;
-
-/// The ids the engine remembers. Written by the flusher only (and at open); read by
-/// submitters and tickets.
-pub(crate) struct IdTable {
-    shards: Box<[Mutex<Shard>]>,
+/// The ids the engine remembers, in two generations: ids enter the current one; once it holds
+/// `horizon.ids`, it becomes the previous one and the old previous one is forgotten whole. So
+/// the newest `horizon.ids` ids are always remembered and at most twice as many, and nothing is
+/// ever removed one by one (no per-id eviction, no tombstones in the tables): one probe of each
+/// table per id. With an age, a generation whose newest id is older than it is forgotten whole.
+/// The flusher changes it (one lock per window turn); `retire_before` and
+/// `Engine::request_id_seq` read it.
+pub(crate) struct Ids {
+    current: Generation,
+    previous: Generation,
+    horizon: IdHorizon,
 }
 
-impl Default for IdTable {
-    fn default() -> Self {
-        IdTable {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+#[derive(Default)]
+struct Generation {
+    table: hashbrown::HashMap<RequestId, IdEntry, foldhash::fast::RandomState>,
+    /// The newest `IdEntry::time` in `table`.
+    newest: u64,
+}
+
+impl Generation {
+    /// Forgets everything, keeping the table's allocation for the next generation.
+    fn clear(&mut self) {
+        self.table.clear();
+        self.newest = 0;
+    }
+}
+
+impl fmt::Debug for Ids {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ids").field("len", &self.len()).finish()
+    }
+}
+
+impl Ids {
+    pub fn new(horizon: IdHorizon) -> Ids {
+        Ids {
+            current: Generation::default(),
+            previous: Generation::default(),
+            horizon,
         }
     }
-}
 
-impl fmt::Debug for IdTable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IdTable").field("len", &self.len()).finish()
-    }
-}
-
-impl IdTable {
-    fn shard(&self, id: &RequestId) -> &Mutex<Shard> {
-        // Ids are hashed again inside the shard; the shard is picked by bytes that a
-        // counter, a hash or a UUID all vary.
-        let b = id.0;
-        let mix = b[15] ^ b[7] ^ b[3] ^ b[11];
-        &self.shards[mix as usize % SHARDS]
+    /// The batch that logs `id`, if it is remembered.
+    pub fn get(&self, id: &RequestId) -> Option<u64> {
+        let in_current = self.current.table.get(id);
+        in_current
+            .or_else(|| self.previous.table.get(id))
+            .map(|e| e.seq)
     }
 
-    pub fn get(&self, id: &RequestId) -> Option<IdEntry> {
-        self.shard(id).lock().get(id).copied()
-    }
-
-    /// Inserts `id` unless present; true if it was inserted.
-    pub fn insert_new(&self, id: RequestId, entry: IdEntry) -> bool {
-        let mut s = self.shard(&id).lock();
-        match s.entry(id) {
-            hashbrown::hash_map::Entry::Occupied(_) => false,
+    /// Enters `id`, logged in batch `entry.seq`, unless it is remembered: then `Err` with the
+    /// batch that logs it.
+    pub fn take(&mut self, id: RequestId, entry: IdEntry) -> std::result::Result<(), u64> {
+        if let Some(e) = self.previous.table.get(&id) {
+            return Err(e.seq);
+        }
+        match self.current.table.entry(id) {
+            hashbrown::hash_map::Entry::Occupied(o) => return Err(o.get().seq),
             hashbrown::hash_map::Entry::Vacant(v) => {
                 v.insert(entry);
-                true
             }
         }
+        self.current.newest = self.current.newest.max(entry.time);
+        if self.current.table.len() >= self.horizon.ids {
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.current.clear();
+        }
+        Ok(())
     }
 
-    /// Forgets `id` if the table still has it logged in batch `seq`.
-    fn remove_if(&self, id: &RequestId, seq: u64) {
-        let mut s = self.shard(id).lock();
-        if s.get(id).is_some_and(|e| e.seq == seq) {
-            s.remove(id);
+    /// Forgets the generations wholly beyond the horizon's age at `now`.
+    pub fn evict(&mut self, now: u64) {
+        let Some(age) = self.horizon.age else { return };
+        let oldest_kept = now.saturating_sub(age.as_nanos() as u64);
+        if self.previous.newest < oldest_kept {
+            self.previous.clear();
+        }
+        if self.current.newest < oldest_kept {
+            self.current.clear();
         }
     }
 
     /// Ids remembered.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
+        self.current.table.len() + self.previous.table.len()
     }
 
-    /// The ids logged in batches before `seq`, by batch.
+    /// The remembered ids logged in batches before `seq`, oldest first.
     pub fn logged_before(&self, seq: u64) -> Vec<(RequestId, IdEntry)> {
-        let mut v: Vec<(RequestId, IdEntry)> = self
-            .shards
+        let mut v: Vec<(RequestId, IdEntry)> = [&self.previous, &self.current]
             .iter()
-            .flat_map(|s| {
-                s.lock()
-                    .iter()
-                    .filter(|(_, e)| e.seq < seq)
-                    .map(|(id, e)| (*id, *e))
-                    .collect::<Vec<_>>()
-            })
+            .flat_map(|g| g.table.iter())
+            .filter(|(_, e)| e.seq < seq)
+            .map(|(id, e)| (*id, *e))
             .collect();
-        v.sort_by_key(|(id, e)| (e.seq, *id));
+        v.sort_unstable_by_key(|(id, e)| (e.seq, *id));
         v
-    }
-}
-
-/// The flusher's record of the table's ids in the order they were logged, to forget the
-/// oldest once the horizon passes them.
-#[derive(Debug)]
-pub(crate) struct Remembered {
-    order: VecDeque<(u64, u64, RequestId)>,
-    horizon: IdHorizon,
-}
-
-impl Remembered {
-    pub fn new(horizon: IdHorizon) -> Remembered {
-        Remembered {
-            order: VecDeque::new(),
-            horizon,
-        }
-    }
-
-    /// Records that `id` entered the table, logged in batch `seq` at `time`.
-    pub fn push(&mut self, id: RequestId, seq: u64, time: u64) {
-        self.order.push_back((seq, time, id));
-    }
-
-    /// Forgets, from `table` too, the ids beyond the horizon at `now`.
-    pub fn evict(&mut self, table: &IdTable, now: u64) {
-        let oldest_kept = self
-            .horizon
-            .age
-            .map_or(0, |a| now.saturating_sub(a.as_nanos() as u64));
-        while let Some(&(seq, time, id)) = self.order.front() {
-            if self.order.len() <= self.horizon.ids && time >= oldest_kept {
-                break;
-            }
-            table.remove_if(&id, seq);
-            self.order.pop_front();
-        }
     }
 }
 
@@ -477,35 +435,28 @@ impl Found {
         self.extend(frame.ids().map(|id| (RequestId(id), seq, time)));
     }
 
-    /// The table and order of what was found, the horizon applied now.
-    pub fn rebuild(self) -> (IdTable, Remembered) {
+    /// The table of what was found, the horizon applied now.
+    pub fn rebuild(self) -> Ids {
         rebuild(self.ids.into(), self.horizon, now_nanos())
     }
 }
 
 /// The ids an open found (the `ids` file's, then the frames', in log order), entered into a
-/// new table and its order, the horizon applied at `now`.
-pub(crate) fn rebuild(
-    found: Vec<(RequestId, u64, u64)>,
-    horizon: IdHorizon,
-    now: u64,
-) -> (IdTable, Remembered) {
-    let table = IdTable::default();
-    let mut order = Remembered::new(horizon);
-    // Only the newest `ids` can stay: skip the rest without inserting them.
+/// new table, the horizon applied at `now`.
+pub(crate) fn rebuild(found: Vec<(RequestId, u64, u64)>, horizon: IdHorizon, now: u64) -> Ids {
+    let mut ids = Ids::new(horizon);
+    // The newest `ids` are what must be remembered: skip the rest without inserting them.
+    // An id found twice (in the file and a segment a crash kept from retiring) is taken once.
     let skip = found.len().saturating_sub(horizon.ids);
+    let oldest_kept = horizon
+        .age
+        .map_or(0, |a| now.saturating_sub(a.as_nanos() as u64));
     for (id, seq, time) in found.into_iter().skip(skip) {
-        let entry = IdEntry {
-            seq,
-            pos: FROM_LOG,
-            time,
-        };
-        if table.insert_new(id, entry) {
-            order.push(id, seq, time);
+        if time >= oldest_kept {
+            let _ = ids.take(id, IdEntry { seq, time });
         }
     }
-    order.evict(&table, now);
-    (table, order)
+    ids
 }
 
 /// The `ids` file (docs/FORMAT.md, "Carried request ids"): magic, version, count, then per
@@ -566,10 +517,10 @@ pub(crate) fn decode_carried(
 pub(crate) fn carry_before(
     io: &dyn crate::log::io::Io,
     dir: &std::path::Path,
-    table: &IdTable,
+    ids: &Mutex<Ids>,
     seq: u64,
 ) -> Result<()> {
-    let carried = table.logged_before(seq);
+    let carried = ids.lock().logged_before(seq);
     if carried.is_empty() && !dir.join(crate::log::dir::IDS_FILE).exists() {
         return Ok(());
     }
@@ -595,14 +546,13 @@ mod tests {
 
     #[test]
     fn carried_ids_round_trip_and_damage_is_refused() {
-        let ids: Vec<(RequestId, IdEntry)> = (0..5)
+        let ids: Vec<(RequestId, IdEntry)> = (0..5u64)
             .map(|n| {
                 let e = IdEntry {
-                    seq: 10 + n as u64,
-                    pos: FROM_LOG,
-                    time: 1000 * n as u64,
+                    seq: 10 + n,
+                    time: 1000 * n,
                 };
-                (id(n), e)
+                (id(n.into()), e)
             })
             .collect();
         let b = encode_carried(&ids);
@@ -622,43 +572,83 @@ mod tests {
 
     #[test]
     fn the_horizon_keeps_the_newest_ids_and_the_young_ones() {
-        let found: Vec<_> = (0..10)
-            .map(|n| (id(n), n as u64 + 1, n as u64 * 100))
-            .collect();
-        let (t, _) = rebuild(found.clone(), IdHorizon { ids: 4, age: None }, 0);
+        let found: Vec<_> = (0..10u64).map(|n| (id(n.into()), n + 1, n * 100)).collect();
+        let t = rebuild(found.clone(), IdHorizon { ids: 4, age: None }, 0);
         assert_eq!(t.len(), 4);
         assert!(t.get(&id(5)).is_none() && t.get(&id(6)).is_some());
-        let (t, mut order) = rebuild(
-            found,
-            IdHorizon {
-                ids: 100,
-                age: Some(Duration::from_nanos(250)),
-            },
-            1000,
-        );
+        let age = Some(Duration::from_nanos(250));
+        let mut t = rebuild(found, IdHorizon { ids: 100, age }, 1000);
         // Times 800 and 900 are within 250 ns of 1000; 700 is not.
         assert_eq!(t.len(), 2, "{t:?}");
         assert!(t.get(&id(7)).is_none() && t.get(&id(8)).is_some());
-        assert_eq!(t.get(&id(9)).unwrap().seq, 10);
-        order.evict(&t, 2000);
+        assert_eq!(t.get(&id(9)), Some(10));
+        t.evict(1100);
+        assert_eq!(
+            t.len(),
+            2,
+            "the newest (900) is within 250 ns of 1100: kept whole"
+        );
+        t.evict(1200);
         assert_eq!(t.len(), 0);
-        // An id entered again (after it was forgotten, in a later batch) is not removed by
-        // the forgetting of its older entry.
-        let t = IdTable::default();
-        let mut order = Remembered::new(IdHorizon { ids: 1, age: None });
-        let e = |seq| IdEntry {
-            seq,
-            pos: 0,
-            time: 0,
-        };
-        assert!(t.insert_new(id(1), e(1)));
-        assert!(!t.insert_new(id(1), e(2)), "present already");
-        order.push(id(1), 1, 0);
-        t.remove_if(&id(1), 1);
-        assert!(t.insert_new(id(1), e(3)));
-        order.push(id(1), 3, 0);
-        order.evict(&t, 0);
-        assert_eq!(t.get(&id(1)).map(|e| e.seq), Some(3));
+    }
+
+    #[test]
+    fn ids_are_taken_once_and_forgotten_a_generation_at_a_time() {
+        let mut t = Ids::new(IdHorizon { ids: 3, age: None });
+        let e = |seq| IdEntry { seq, time: seq };
+        assert_eq!(t.take(id(1), e(1)), Ok(()));
+        assert_eq!(
+            t.take(id(1), e(2)),
+            Err(1),
+            "remembered: the original's batch"
+        );
+        assert_eq!(t.take(id(2), e(2)), Ok(()));
+        assert_eq!(t.take(id(3), e(3)), Ok(()));
+        // The generation is full: it became the previous one, and is still remembered.
+        assert_eq!(t.take(id(2), e(4)), Err(2));
+        for n in 4..=6u64 {
+            assert_eq!(t.take(id(n.into()), e(n)), Ok(()));
+        }
+        // 4, 5, 6 filled the next: 1, 2, 3 are forgotten, and new again.
+        assert_eq!((t.get(&id(3)), t.get(&id(4)), t.len()), (None, Some(4), 3));
+        assert_eq!(t.take(id(3), e(7)), Ok(()));
+        // Always the newest `ids` at least, at most twice as many; oldest first.
+        assert_eq!(t.len(), 4);
+        let before: Vec<u64> = t.logged_before(7).iter().map(|(_, e)| e.seq).collect();
+        assert_eq!(before, vec![4, 5, 6]);
+        // An age forgets whole generations, once their newest id is older than it.
+        let mut t = Ids::new(IdHorizon {
+            ids: 2,
+            age: Some(Duration::from_nanos(10)),
+        });
+        for n in 1..=3u64 {
+            t.take(id(n.into()), e(n * 10)).unwrap();
+        }
+        t.evict(30);
+        assert_eq!(t.len(), 3);
+        t.evict(35);
+        assert_eq!((t.len(), t.get(&id(3))), (1, Some(30)), "{t:?}");
+        t.evict(41);
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn duplicates_are_found_by_position_until_forgotten() {
+        let d = Duplicates::default();
+        assert_eq!(d.find(5), DupFound::Written);
+        for i in 0..DUPLICATES_KEPT as u64 + 10 {
+            d.record(100 + 10 * i, i);
+        }
+        assert_eq!(d.find(100 + 10 * 20), DupFound::Duplicate(20));
+        assert_eq!(d.find(105 + 10 * 20), DupFound::Written);
+        let last = DUPLICATES_KEPT as u64 + 9;
+        assert_eq!(d.find(100 + 10 * last), DupFound::Duplicate(last));
+        assert_eq!(d.find(101 + 10 * last), DupFound::Written);
+        // The first ten were forgotten: a position at or before them cannot be told.
+        assert_eq!(d.find(100), DupFound::Forgotten);
+        assert_eq!(d.find(185), DupFound::Forgotten);
+        // Between the last forgotten and the first kept: not a duplicate, or it would be kept.
+        assert_eq!(d.find(195), DupFound::Written);
     }
 
     #[test]

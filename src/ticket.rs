@@ -3,6 +3,7 @@
 //! failed before it got there.
 
 use crate::error::{Error, Result};
+use crate::ids::Duplicates;
 use crate::pipeline::handoff::FutureWakers;
 use crate::seq::{Found, Seq, SeqMap};
 use parking_lot::Mutex;
@@ -53,6 +54,8 @@ pub(crate) struct Completion {
     futures: FutureWakers,
     /// Which batch each completed window was written in (for `Ticket::wait`'s `Seq`).
     pub(crate) seqs: SeqMap,
+    /// The requests found to duplicate a request id (for `IdTicket`'s outcome).
+    pub(crate) duplicates: Duplicates,
 }
 
 impl Completion {
@@ -76,6 +79,7 @@ impl Completion {
             yield_probe: AtomicU32::new(0),
             futures: FutureWakers::new(),
             seqs: SeqMap::new(durable, durable_seq),
+            duplicates: Duplicates::default(),
         }
     }
 
@@ -432,6 +436,11 @@ impl Ticket {
     /// True once the request is durable or has failed.
     pub fn is_done(&self) -> bool {
         self.completion.status(self.pos).is_some()
+    }
+
+    /// The engine's record of duplicate requests (see `crate::ids`).
+    pub(crate) fn duplicates(&self) -> &Duplicates {
+        &self.completion.duplicates
     }
 
     /// The outcome if the request is complete, without blocking.

@@ -12,7 +12,7 @@ use super::Inner;
 use crate::coalesce::{Coalescer, Entry, GetAnswer, Op};
 use crate::config::Durability;
 use crate::error::{Error, Result};
-use crate::ids::{self, IdEntry, IdTable, Remembered, RequestId};
+use crate::ids::{self, IdEntry, Ids, RequestId};
 use crate::index::{Loc, ValueRef};
 use crate::log::format::UNDURABLE_FRAMES_MAX;
 use crate::log::format::{
@@ -87,8 +87,6 @@ pub(super) struct Flusher {
     /// The request ids the window logs (new ones: duplicates are dropped as they are read),
     /// for the frame's trailer.
     window_ids: Vec<[u8; ID_LEN]>,
-    /// The remembered ids in the order they were logged (see `crate::ids`).
-    remembered: Remembered,
 }
 
 /// One cut window's numbers.
@@ -114,7 +112,7 @@ impl Flusher {
     /// back for reuse from `spare` (where `give_back` returns those it completes itself).
     pub(super) fn new(
         inner: Arc<Inner>,
-        (log, remembered): (Log, Remembered),
+        log: Log,
         to_syncer: Sender<Job>,
         spare: Receiver<Job>,
         give_back: Sender<Job>,
@@ -135,7 +133,6 @@ impl Flusher {
             spare,
             give_back,
             window_ids: Vec::new(),
-            remembered,
         }
     }
 
@@ -407,11 +404,14 @@ impl Flusher {
     ) -> bool {
         let stamps = &mut self.stamps;
         let slots = &mut self.slots;
+        let inner = &*self.inner;
         let mut ids = TakeIds {
-            table: &self.inner.ids,
-            remembered: &mut self.remembered,
+            table: None,
+            ids: &inner.ids,
+            duplicates: &inner.completion.duplicates,
             logged: &mut self.window_ids,
             seq: self.log.next_seq(),
+            time: 0,
         };
         // A record that would take the window over a limit stays in the ring for the next
         // window, and it cuts this one (see `window::decide`).
@@ -546,8 +546,10 @@ impl Flusher {
                 &counters.bytes_written,
                 crate::log::format::frame_len(body_len + trailer_len(self.window_ids.len())) as u64,
             );
-            self.window_ids.clear();
-            self.remembered.evict(&inner.ids, now);
+            if !self.window_ids.is_empty() {
+                self.window_ids.clear();
+                inner.ids.lock().evict(now);
+            }
         }
         Counters::add(&counters.coalesced_writes, plan.coalesced_writes);
         Counters::add(&counters.collapsed_reads, plan.collapsed_reads);
@@ -640,33 +642,44 @@ fn append_frame(
     Ok(frame)
 }
 
-/// The request-id side of reading a window: the flusher's table and order, the ids the window
-/// logs, and the batch it will be written as.
+/// The request-id side of reading a window: the table (locked at the first id, and for the
+/// rest of the turn), the completion's duplicates, the ids the window logs, and the batch it
+/// will be written as.
 struct TakeIds<'a> {
-    table: &'a IdTable,
-    remembered: &'a mut Remembered,
+    table: Option<parking_lot::MutexGuard<'a, Ids>>,
+    ids: &'a parking_lot::Mutex<Ids>,
+    duplicates: &'a ids::Duplicates,
     logged: &'a mut Vec<[u8; ID_LEN]>,
     seq: u64,
+    /// When the turn took its first id (read once per turn).
+    time: u64,
 }
 
 impl TakeIds<'_> {
     /// Takes the request with id `id` (ring end position `pos`) into the window: true if
-    /// the id is new (it enters the table, as logged by this window's batch and this
-    /// submission), false if the table has it (logged or in flight, this window included):
-    /// a duplicate.
+    /// the id is new (it enters the table, as logged by this window's batch), false if the
+    /// table has it (logged, in flight, or earlier in this window): a duplicate, recorded
+    /// as one for its ticket before the watermark can reach it.
     fn take(&mut self, id: RequestId, pos: u64) -> bool {
-        let time = ids::now_nanos();
+        if self.table.is_none() {
+            self.table = Some(self.ids.lock());
+            self.time = ids::now_nanos();
+        }
+        let table = self.table.as_mut().expect("locked above");
         let entry = IdEntry {
             seq: self.seq,
-            pos,
-            time,
+            time: self.time,
         };
-        if !self.table.insert_new(id, entry) {
-            return false;
+        match table.take(id, entry) {
+            Ok(()) => {
+                self.logged.push(id.0);
+                true
+            }
+            Err(original) => {
+                self.duplicates.record(pos, original);
+                false
+            }
         }
-        self.remembered.push(id, self.seq, time);
-        self.logged.push(id.0);
-        true
     }
 }
 

@@ -49,7 +49,7 @@ use self::{
 use crate::{
     config::Config,
     error::{Error, Result},
-    ids::{IdTable, Remembered},
+    ids::Ids,
     index::Index,
     log::{
         clean::CleanMark, io::SharedIo, open::Recovered, pool::Pool, Log, SegmentList, Segments,
@@ -122,8 +122,8 @@ pub(crate) struct Inner {
     /// Where the log ended when the flusher drained the ring and stopped: `close` writes it
     /// as the clean-close mark once every job is complete and nothing failed.
     pub(crate) end_mark: Mutex<Option<CleanMark>>,
-    /// The request ids the engine remembers (written by the flusher; see `crate::ids`).
-    pub(crate) ids: Arc<IdTable>,
+    /// The request ids the engine remembers (changed by the flusher; see `crate::ids`).
+    pub(crate) ids: Mutex<Ids>,
 }
 
 #[cfg(not(loom))]
@@ -148,7 +148,7 @@ pub(crate) fn start(
     config: Config,
     index: Index,
     recovered: Recovered,
-    (ids, remembered): (IdTable, Remembered),
+    ids: Ids,
 ) -> Result<(Arc<Inner>, JoinHandle<()>)> {
     let pool = recovered.spares.pool.clone();
     let segments: Segments = Arc::new(RwLock::new(SegmentList::new(recovered.segments)));
@@ -198,12 +198,12 @@ pub(crate) fn start(
         syncer_thread: OnceLock::new(),
         syncer_sleeping: AtomicBool::new(false),
         end_mark: Mutex::new(None),
-        ids: Arc::new(ids),
+        ids: Mutex::new(ids),
         config,
     });
     // The consumers left by earlier runs may already lag too far.
     inner.throttle.measure();
-    let handle = start_pipeline(inner.clone(), log, remembered, consumer)
+    let handle = start_pipeline(inner.clone(), log, consumer)
         .map_err(|e| Error::io("spawn flusher thread", dir, e))?;
     Ok((inner, handle))
 }
@@ -214,7 +214,6 @@ pub(crate) fn start(
 pub(crate) fn start_pipeline(
     inner: Arc<Inner>,
     log: Log,
-    remembered: Remembered,
     consumer: Consumer,
 ) -> std::io::Result<JoinHandle<()>> {
     // One job syncing and one ready: enough to overlap the next window's CPU work with the
@@ -226,7 +225,7 @@ pub(crate) fn start_pipeline(
     let syncer = std::thread::Builder::new()
         .name("mergelog-syncer".into())
         .spawn(move || guard_thread(&syncer_inner, "syncer", || syncer.run()))?;
-    let flusher = Flusher::new(inner, (log, remembered), to_syncer, spare, give_back);
+    let flusher = Flusher::new(inner, log, to_syncer, spare, give_back);
     std::thread::Builder::new()
         .name("mergelog-flusher".into())
         .spawn(move || {

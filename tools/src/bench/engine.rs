@@ -7,12 +7,12 @@ use super::recorder::{add_stage_tail, sample, Progress, Recorder, SampleOptions,
 use super::{fine_timer_slack, sleep_until, Plan, RunHooks, RunResult, System};
 use crate::error::{CliError, Context};
 use crate::workload::{Generator, Kind, Op};
-use mergelog::{Config, Engine, Error, GetTicket, StageHistograms, Ticket};
+use mergelog::{Engine, Error, GetTicket, IdTicket, RequestId, StageHistograms, Ticket};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::hint::black_box;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
@@ -129,17 +129,13 @@ fn elapsed(spans: &[Span]) -> Duration {
 /// Runs the workload against an engine opened in `dir` with `config`; the counters are
 /// read after `close`, so they cover every request of the run.
 pub fn run(
+    system: System,
     dir: &Path,
-    config: Config,
     plan: &Plan,
     hooks: &RunHooks,
     progress: &Progress,
 ) -> Result<RunResult, CliError> {
-    let system = if config.coalesce {
-        System::Mergelog
-    } else {
-        System::NoCoalesce
-    };
+    let config = plan.engine_config(system);
     let engine =
         Engine::open(dir, config).context(|| format!("open the engine in {}", dir.display()))?;
     let stages = || engine.stats().stages;
@@ -153,7 +149,10 @@ pub fn run(
         let r = cpu::during(|| {
             drive(plan, hooks, progress, Some(&stages), |i, slot, barrier| {
                 writer(
-                    &EngineTarget(&engine),
+                    &EngineTarget {
+                        engine: &engine,
+                        ids: (system == System::MergelogIds).then(|| (i, AtomicU64::new(0))),
+                    },
                     Generator::new(&plan.spec, i),
                     i,
                     plan,
@@ -218,13 +217,33 @@ pub trait Target: Sync {
     fn try_finish(&self, pending: &Self::Pending) -> Result<bool, CliError>;
 }
 
-struct EngineTarget<'a>(&'a Engine);
+struct EngineTarget<'a> {
+    engine: &'a Engine,
+    /// `mergelog-ids`: this writer's index and the number of its next request id (ids are
+    /// unique across writers: the index is their high half).
+    ids: Option<(usize, AtomicU64)>,
+}
 
 impl Target for EngineTarget<'_> {
     type Pending = Pending;
 
     fn submit(&self, op: Op<'_>) -> Result<Pending, CliError> {
-        let engine = self.0;
+        let engine = self.engine;
+        if let Some((writer, next)) = &self.ids {
+            let n = next.fetch_add(1, Ordering::Relaxed);
+            let id = RequestId::from((*writer as u128) << 64 | u128::from(n));
+            return Ok(match op {
+                Op::Put { key, value } => Pending::IdWrite(
+                    engine
+                        .put_with_id(id, key, value)
+                        .context(|| "put".into())?,
+                ),
+                Op::Delete { key } => {
+                    Pending::IdWrite(engine.delete_with_id(id, key).context(|| "delete".into())?)
+                }
+                Op::Get { key } => Pending::Read(engine.get(key).context(|| "get".into())?),
+            });
+        }
         Ok(match op {
             Op::Put { key, value } => {
                 Pending::Write(engine.put(key, value).context(|| "put".into())?)
@@ -246,6 +265,7 @@ impl Target for EngineTarget<'_> {
 /// An engine request in flight.
 enum Pending {
     Write(Ticket),
+    IdWrite(IdTicket),
     Read(GetTicket),
 }
 
@@ -258,6 +278,12 @@ impl Pending {
             }),
             (Pending::Write(t), Some(d)) => t.wait_timeout(d).map(|seq| {
                 black_box(seq);
+            }),
+            (Pending::IdWrite(t), None) => t.wait().map(|o| {
+                black_box(o);
+            }),
+            (Pending::IdWrite(t), Some(d)) => t.wait_timeout(d).map(|o| {
+                black_box(o);
             }),
             (Pending::Read(t), None) => t.wait().map(|v| drop(black_box(v))),
             (Pending::Read(t), Some(d)) => t.wait_timeout(d).map(|v| drop(black_box(v))),
@@ -272,6 +298,7 @@ impl Pending {
     fn try_finish(&self) -> Result<bool, CliError> {
         let done = match self {
             Pending::Write(t) => t.is_done(),
+            Pending::IdWrite(t) => t.is_done(),
             Pending::Read(t) => t.is_done(),
         };
         if done {

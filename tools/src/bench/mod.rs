@@ -173,6 +173,10 @@ pub struct WorkloadArgs {
     /// the whole history.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     retain: Option<u64>,
+    /// How many request ids the engine remembers (`Config::request_ids`; only the
+    /// `mergelog-ids` system uses ids) [engine default: 1048576].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    id_horizon: Option<u64>,
     /// Parent directory for the runs (one subdirectory per system, kept afterwards; each
     /// must not exist yet or be empty). Default: a temporary directory, removed afterwards.
     #[arg(long, value_name = "PATH")]
@@ -255,6 +259,9 @@ pub enum System {
     /// The okaywal crate, a real write-ahead log with group commit: one entry per write,
     /// `commit` returns once it is durable (sync mode only).
     Okaywal,
+    /// The engine as `mergelog`, every put and delete submitted with a request id of its own
+    /// (`put_with_id`): what idempotency costs, against `mergelog` in the same run.
+    MergelogIds,
 }
 
 impl System {
@@ -265,6 +272,7 @@ impl System {
             System::Wal => "wal",
             System::Naive => "naive",
             System::Okaywal => "okaywal",
+            System::MergelogIds => "mergelog-ids",
         }
     }
 
@@ -492,7 +500,7 @@ pub struct Plan {
 impl Plan {
     fn engine_config(&self, system: System) -> Config {
         Config {
-            coalesce: system == System::Mergelog,
+            coalesce: matches!(system, System::Mergelog | System::MergelogIds),
             ..self.engine.clone()
         }
     }
@@ -1070,6 +1078,9 @@ fn engine_from_flags(args: &WorkloadArgs, retain: Option<usize>) -> Result<Confi
     if let Some(n) = args.segment_bytes {
         engine.segment_bytes = n;
     }
+    if let Some(n) = args.id_horizon {
+        engine.request_ids.ids = size("--id-horizon", n)?;
+    }
     if retain.is_some() {
         engine.recycle_segments = engine.recycle_segments.max(2);
     }
@@ -1259,7 +1270,7 @@ fn run_once(
         System::Naive => naive::run(dir, plan, hooks, &progress),
         System::Wal => wal::run(dir, plan, hooks, &progress),
         System::Okaywal => okaywal::run(dir, plan, hooks, &progress),
-        _ => engine::run(dir, plan.engine_config(system), plan, hooks, &progress),
+        _ => engine::run(system, dir, plan, hooks, &progress),
     };
     progress.finish();
     let mut result = result.map_err(|e| e.prefixed(system.name()))?;

@@ -418,12 +418,14 @@ pub struct Report {
 }
 
 /// The baselines, simplest first: each system is compared with the ones before it
-/// (`mergelog` with all four, `no-coalesce` with `okaywal`, `wal` and `naive`, and so on).
-const BASELINES: [System; 4] = [
+/// (`mergelog` with the first four, `no-coalesce` with `okaywal`, `wal` and `naive`, and so
+/// on; `mergelog-ids` with all five, `mergelog` included).
+const BASELINES: [System; 5] = [
     System::Naive,
     System::Wal,
     System::Okaywal,
     System::NoCoalesce,
+    System::Mergelog,
 ];
 
 /// The baselines `system` is compared with.
@@ -434,6 +436,7 @@ fn baselines_of(system: System) -> &'static [System] {
         System::Okaywal => 2,
         System::NoCoalesce => 3,
         System::Mergelog => 4,
+        System::MergelogIds => 5,
     };
     &BASELINES[..below]
 }

@@ -201,29 +201,31 @@ where
         let vote =
             meta::read_key(&engine, VOTE_KEY).map_err(|e| io_err(StorageIOError::read_vote, &e))?;
         let read = |key| meta::read_key::<LogId<Nid<C>>>(&engine, key);
-        let committed = read(COMMITTED_KEY).map_err(|e| io_err(StorageIOError::read, &e))?;
+        // Saved as an `Option` (openraft's argument), hence the flatten.
+        let committed = meta::read_key::<Option<LogId<Nid<C>>>>(&engine, COMMITTED_KEY)
+            .map_err(|e| io_err(StorageIOError::read, &e))?
+            .flatten();
         let last_purged = read(PURGED_KEY).map_err(|e| io_err(StorageIOError::read_logs, &e))?;
         let first = last_purged.as_ref().map_or(0, |p| p.index + 1);
-        let (present, last) = meta::entries_from(&engine, first)
+        let present = meta::entries_from(&engine, first)
             .map_err(|e| io_err(StorageIOError::read_logs, &e))?;
         let shared = Arc::new(Shared {
             engine,
             pending: Mutex::new(BTreeMap::new()),
             bounds: RwLock::new((first, first)),
         });
-        let last_log = match last {
-            Some(index) => match shared.read_one(index)? {
-                Some(entry) => Some(RaftLogId::get_log_id(&entry).clone()),
-                None => return Err(io_err(StorageIOError::read_logs, &meta::hole(index))),
+        let (next, last_log) = match present {
+            // A log with a hole cannot be served (openraft relies on consecutive entries);
+            // this store's writes never leave one (see `truncate` and `purge`).
+            Some((count, low, high)) if count != high - low + 1 => {
+                return Err(io_err(StorageIOError::read_logs, &meta::hole(low)));
+            }
+            Some((_, _, high)) => match shared.read_one(high)? {
+                Some(entry) => (high + 1, Some(RaftLogId::get_log_id(&entry).clone())),
+                None => return Err(io_err(StorageIOError::read_logs, &meta::hole(high))),
             },
-            None => last_purged.clone(),
+            None => (first, last_purged.clone()),
         };
-        let next = last.map_or(first, |l| l + 1);
-        // A log with a hole cannot be served (openraft relies on consecutive entries); it
-        // cannot arise from this store's writes (see `truncate` and `purge`).
-        if present != next - first {
-            return Err(io_err(StorageIOError::read_logs, &meta::hole(first)));
-        }
         shared.set_bounds(first, next);
         let (flushes, receiver) = mpsc::channel();
         let for_thread = shared.clone();
@@ -535,13 +537,15 @@ where
         if from >= next {
             return Ok(());
         }
-        let new_last = if from == first {
-            self.last_purged.clone()
-        } else {
-            match self.shared.read_one(from - 1)? {
-                Some(entry) => Some(entry.get_log_id().clone()),
-                None => return Err(io_err(StorageIOError::read_logs, &meta::hole(from - 1))),
-            }
+        // The log is consecutive: with no entry before `from` it holds nothing below it
+        // (it may start above `first` when nothing was purged yet).
+        let before = match from > first {
+            true => self.shared.read_one(from - 1)?,
+            false => None,
+        };
+        let new_last = match before {
+            Some(entry) => Some(entry.get_log_id().clone()),
+            None => self.last_purged.clone(),
         };
         // Highest first, so that a crash between batches leaves a prefix (no hole).
         let tickets = self.delete_chunks((from..next).rev(), None)?;

@@ -81,16 +81,19 @@ pub(crate) fn read_key<T: DeserializeOwned>(
     }
 }
 
-/// How many entries at or after `first` the engine holds, and the highest index.
-pub(crate) fn entries_from(engine: &Engine, first: u64) -> Result<(u64, Option<u64>), CodecError> {
-    let (mut count, mut last) = (0, None::<u64>);
+/// How many entries at or after `first` the engine holds, the lowest and the highest index
+/// (`None` if none).
+pub(crate) fn entries_from(
+    engine: &Engine,
+    first: u64,
+) -> Result<Option<(u64, u64, u64)>, CodecError> {
+    let mut found = None::<(u64, u64, u64)>;
     engine.for_each(|key, _| {
-        if let Some(index) = entry_index(key).filter(|i| *i >= first) {
-            count += 1;
-            last = Some(last.map_or(index, |l| l.max(index)));
+        if let Some(i) = entry_index(key).filter(|i| *i >= first) {
+            found = Some(found.map_or((1, i, i), |(n, lo, hi)| (n + 1, lo.min(i), hi.max(i))));
         }
     });
-    Ok((count, last))
+    Ok(found)
 }
 
 /// The indexes of the entries below `bound` the engine holds, in order.

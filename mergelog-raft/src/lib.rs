@@ -21,6 +21,9 @@
 //! the cluster test and the bench.
 
 #![warn(missing_docs)]
+// openraft's `StorageError` is what its traits return; the helpers return it too rather than
+// convert at every call.
+#![allow(clippy::result_large_err)]
 
 pub mod kv;
 mod meta;

@@ -4,6 +4,9 @@
 //! its directory and catches up. No acknowledged write is lost and the three state
 //! machines end equal.
 
+// openraft's error types are what its traits and suite return.
+#![allow(clippy::result_large_err)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -2,6 +2,9 @@
 //! the mergelog log store and the in-memory key-value state machine, one fresh directory
 //! per test of the suite.
 
+// openraft's error types are what its traits and suite return.
+#![allow(clippy::result_large_err)]
+
 mod common;
 
 use mergelog_raft::kv::{KvStateMachine, TypeConfig};

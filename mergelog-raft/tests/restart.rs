@@ -132,3 +132,31 @@ async fn an_append_larger_than_one_engine_batch_is_split_and_comes_back_whole() 
         .unwrap()
         .is_empty());
 }
+
+#[tokio::test]
+async fn appended_entries_are_readable_before_they_are_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    // The engine holds every window open for 2 s: the entries cannot be durable (nor in its
+    // index) while the reads below run, only in the store's overlay.
+    let config = mergelog::Config {
+        window: mergelog::WindowPolicy::Linger(std::time::Duration::from_secs(2)),
+        window_age_max: std::time::Duration::from_secs(2),
+        ..common::small_config()
+    };
+    let mut store = Store::open(dir.path(), config).unwrap();
+    let mut reader = store.get_log_reader().await;
+    let append = store.blocking_append((1..=5).map(|i| entry(1, i, 20)));
+    tokio::pin!(append);
+    // Poll the append once: it submits and returns, then waits for the callback.
+    tokio::select! {
+        biased;
+        _ = &mut append => panic!("the append was durable at once despite the 2 s window"),
+        _ = std::future::ready(()) => {}
+    }
+    let entries = reader.try_get_log_entries(1..=5).await.unwrap();
+    assert_eq!(indexes(&entries), (1..=5).collect::<Vec<_>>());
+    append.await.unwrap();
+    // Durable now: read from the engine, the overlay emptied.
+    let entries = reader.try_get_log_entries(1..=5).await.unwrap();
+    assert_eq!(indexes(&entries), (1..=5).collect::<Vec<_>>());
+}

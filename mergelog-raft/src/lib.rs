@@ -224,10 +224,7 @@ where
             // After a purge the log goes on right after the purged id; before any, it may
             // start anywhere (openraft's starts at 0, a test's at 1).
             Some((count, low, high)) if count != high - low + 1 || (purged && low != first) => {
-                return Err(io_err(
-                    StorageIOError::read_logs,
-                    &meta::hole(first.max(low.min(first))),
-                ));
+                return Err(io_err(StorageIOError::read_logs, &meta::hole(first)));
             }
             Some((_, _, high)) => match shared.read_one(high)? {
                 Some(entry) => (high + 1, Some(RaftLogId::get_log_id(&entry).clone())),

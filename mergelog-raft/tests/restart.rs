@@ -1,0 +1,162 @@
+//! The store survives a restart: the vote, the committed and purged log ids and the entries
+//! come back from the mergelog directory, and a purge retires whole segments without
+//! forgetting the vote.
+
+mod common;
+
+use mergelog_raft::kv::{Request, TypeConfig};
+use mergelog_raft::LogStore;
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
+use openraft::testing::log_id;
+use openraft::{Entry, EntryPayload, LogId, RaftLogReader, Vote};
+use std::path::Path;
+
+type Store = LogStore<TypeConfig>;
+
+fn entry(term: u64, index: u64, len: usize) -> Entry<TypeConfig> {
+    Entry {
+        log_id: log_id(term, 1, index),
+        payload: EntryPayload::Normal(Request {
+            key: format!("k{index}"),
+            value: vec![index as u8; len],
+        }),
+    }
+}
+
+fn open(dir: &Path) -> Store {
+    Store::open(dir, common::small_config()).expect("the store opens")
+}
+
+/// Closes the engine first, so that the directory is free for the next open at once.
+fn close(store: Store) {
+    store.engine().close().expect("the engine closes");
+    drop(store);
+}
+
+fn indexes(entries: &[Entry<TypeConfig>]) -> Vec<u64> {
+    entries.iter().map(|e| e.log_id.index).collect()
+}
+
+#[tokio::test]
+async fn vote_committed_and_entries_come_back_after_a_truncate() {
+    let dir = tempfile::tempdir().unwrap();
+    let vote = Vote::new_committed(3, 1);
+    {
+        let mut store = open(dir.path());
+        store.save_vote(&vote).await.unwrap();
+        store
+            .blocking_append((1..=20).map(|i| entry(2, i, 50)))
+            .await
+            .unwrap();
+        store.truncate(log_id(2, 1, 15)).await.unwrap();
+        store
+            .blocking_append((15..=17).map(|i| entry(3, i, 50)))
+            .await
+            .unwrap();
+        store.save_committed(Some(log_id(3, 1, 16))).await.unwrap();
+        close(store);
+    }
+    let mut store = open(dir.path());
+    assert_eq!(store.read_vote().await.unwrap(), Some(vote));
+    assert_eq!(
+        store.read_committed().await.unwrap(),
+        Some(log_id(3, 1, 16))
+    );
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, None);
+    assert_eq!(state.last_log_id, Some(log_id(3, 1, 17)));
+    let entries = store.try_get_log_entries(0..).await.unwrap();
+    assert_eq!(indexes(&entries), (1..=17).collect::<Vec<_>>());
+    // The suffix after the truncate is the new term's, not the old one's.
+    assert!(entries[14..].iter().all(|e| e.log_id.leader_id.term == 3));
+    assert!(entries[..14].iter().all(|e| e.log_id.leader_id.term == 2));
+}
+
+#[tokio::test]
+async fn a_purge_retires_segments_and_forgets_nothing_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let vote = Vote::new_committed(1, 1);
+    let purged: LogId<u64> = log_id(1, 1, 300);
+    {
+        let mut store = open(dir.path());
+        // The vote's only record goes to the first segment, which the purge retires.
+        store.save_vote(&vote).await.unwrap();
+        for chunk in (1..=400u64).collect::<Vec<_>>().chunks(10) {
+            let batch = chunk.iter().map(|&i| entry(1, i, 1000));
+            store.blocking_append(batch).await.unwrap();
+        }
+        let before = store.engine().segments().len();
+        assert!(before >= 4, "the entries fill several segments: {before}");
+        store.purge(purged).await.unwrap();
+        let after = store.engine().segments().len();
+        assert!(
+            after < before,
+            "the purge retired segments: {before} -> {after}"
+        );
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(purged));
+        close(store);
+    }
+    let mut store = open(dir.path());
+    assert_eq!(store.read_vote().await.unwrap(), Some(vote));
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(purged));
+    assert_eq!(state.last_log_id, Some(log_id(1, 1, 400)));
+    let entries = store.try_get_log_entries(0..).await.unwrap();
+    assert_eq!(indexes(&entries), (301..=400).collect::<Vec<_>>());
+    // And the log goes on from there.
+    store.blocking_append([entry(1, 401, 10)]).await.unwrap();
+    assert_eq!(store.try_get_log_entries(401..402).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_append_larger_than_one_engine_batch_is_split_and_comes_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = open(dir.path());
+        // 40 entries of 4 KiB: well over the test configuration's 32 KiB batch limit.
+        store
+            .blocking_append((1..=40).map(|i| entry(1, i, 4096)))
+            .await
+            .unwrap();
+        close(store);
+    }
+    let mut store = open(dir.path());
+    let entries = store.try_get_log_entries(1..=40).await.unwrap();
+    assert_eq!(indexes(&entries), (1..=40).collect::<Vec<_>>());
+    // A range read is limited, never empty.
+    let mut reader = store.get_log_reader().await;
+    assert!(!reader
+        .limited_get_log_entries(1, 41)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn appended_entries_are_readable_before_they_are_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    // The engine holds every window open for 2 s: the entries cannot be durable (nor in its
+    // index) while the reads below run, only in the store's overlay.
+    let config = mergelog::Config {
+        window: mergelog::WindowPolicy::Linger(std::time::Duration::from_secs(2)),
+        window_age_max: std::time::Duration::from_secs(2),
+        ..common::small_config()
+    };
+    let mut store = Store::open(dir.path(), config).unwrap();
+    let mut reader = store.get_log_reader().await;
+    let append = store.blocking_append((1..=5).map(|i| entry(1, i, 20)));
+    tokio::pin!(append);
+    // Poll the append once: it submits and returns, then waits for the callback.
+    tokio::select! {
+        biased;
+        _ = &mut append => panic!("the append was durable at once despite the 2 s window"),
+        _ = std::future::ready(()) => {}
+    }
+    let entries = reader.try_get_log_entries(1..=5).await.unwrap();
+    assert_eq!(indexes(&entries), (1..=5).collect::<Vec<_>>());
+    append.await.unwrap();
+    // Durable now: read from the engine, the overlay emptied.
+    let entries = reader.try_get_log_entries(1..=5).await.unwrap();
+    assert_eq!(indexes(&entries), (1..=5).collect::<Vec<_>>());
+}

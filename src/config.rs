@@ -77,15 +77,18 @@ pub enum RecoveryMode {
 
 /// A limit on how far the slowest durable consumer (`Engine::consumer`) may fall behind the
 /// durable log before submissions are throttled (`Config::consumer_lag_max`). Lag is counted
-/// as `ConsumerInfo` counts it: durable batches not yet committed, and the bytes of their
-/// frames. At least one of the two is set, and neither is zero. (A limit on the age of the
-/// oldest unprocessed batch is not possible: frames carry no time.)
+/// as `ConsumerInfo` counts it: durable batches not yet committed, the bytes of their
+/// frames, and the age of the oldest of them (by its frame's commit time). At least one of the
+/// three is set, and none is zero. The slowest consumer is the one with the oldest commit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ConsumerLag {
     /// Throttle while the slowest consumer lags by more than this many batches.
     pub batches: Option<u64>,
     /// Throttle while the slowest consumer lags by more than this many bytes of frames.
     pub bytes: Option<u64>,
+    /// Throttle while the oldest batch the slowest consumer has not committed is older than
+    /// this.
+    pub age: Option<Duration>,
 }
 
 /// The most retired segments `Config::recycle_segments` may keep.
@@ -271,10 +274,11 @@ impl Config {
         let Some(lag) = self.consumer_lag_max else {
             return Ok(());
         };
-        let zero = lag.batches == Some(0) || lag.bytes == Some(0);
-        if zero || (lag.batches.is_none() && lag.bytes.is_none()) {
+        let zero =
+            lag.batches == Some(0) || lag.bytes == Some(0) || lag.age == Some(Duration::ZERO);
+        if zero || (lag.batches.is_none() && lag.bytes.is_none() && lag.age.is_none()) {
             return Err(Error::InvalidConfig(format!(
-                "consumer_lag_max = {lag:?} must set batches, bytes or both, none of them zero"
+                "consumer_lag_max = {lag:?} must set batches, bytes or age, none of them zero"
             )));
         }
         Ok(())

@@ -381,6 +381,11 @@ pub struct ConsumerInfo {
     /// Bytes of the frames of those batches, as they lie in the segment files (headers and
     /// padding included).
     pub lag_bytes: u64,
+    /// When the oldest of those batches was written (`None`: it has none, or the batch is of
+    /// a format version without commit times).
+    pub oldest_unprocessed: Option<std::time::SystemTime>,
+    /// How long ago that was, when measured (the age of the oldest unprocessed batch).
+    pub lag_age: Option<Duration>,
 }
 
 /// The consumer half of the engine's API.
@@ -422,11 +427,16 @@ impl crate::Engine {
     }
 
     /// Every durable consumer, sorted by name, with its lag behind [`Engine::durable_seq`](crate::Engine::durable_seq)
-    /// (see [`LogReader::consumers`](crate::LogReader::consumers): the bytes are those of the frames it has not
-    /// committed). How old its oldest unprocessed batch is cannot be told: frames carry no
-    /// commit time.
+    /// in batches, bytes and age (see [`LogReader::consumers`](crate::LogReader::consumers)).
     pub fn consumers(&self) -> Result<Vec<ConsumerInfo>> {
         self.replay()?.consumers()
+    }
+
+    /// The request ids durable but not yet committed by consumer `name`, oldest first: what
+    /// was accepted and not yet processed (see
+    /// [`LogReader::pending_ids`](crate::LogReader::pending_ids)).
+    pub fn pending_ids(&self, name: &str) -> Result<Vec<crate::PendingId>> {
+        self.replay()?.pending_ids(name)
     }
 
     /// Deletes consumer `name` (its file, durably): it no longer holds back `retire_before`.

@@ -120,7 +120,7 @@ pub use log::format::{Record, RecordOp};
 #[cfg(not(loom))]
 pub use log::recovery::Damage;
 #[cfg(not(loom))]
-pub use reader::{Batch, Follower, LogReader, OwnedBatch};
+pub use reader::{Batch, Follower, LogReader, OwnedBatch, PendingId};
 #[cfg(not(loom))]
 pub use request::WriteBatch;
 #[cfg(not(loom))]

@@ -397,29 +397,59 @@ impl LogReader {
 
 impl LogReader {
     /// Every durable consumer of this log (its `consumer-<name>` files), sorted by name, with
-    /// its lag behind this view's last batch: the batches after its commit, and the bytes of
-    /// their frames as they lie in the segment files (within an end marker per segment). The
-    /// bytes cost reading the frames of one segment up to the first uncommitted one.
+    /// its lag behind this view's last batch: the batches after its commit, the bytes of
+    /// their frames as they lie in the segment files (within an end marker per segment), and
+    /// the commit time of the oldest of them. This costs reading the frames of one segment up
+    /// to the first uncommitted one.
     pub fn consumers(&self) -> Result<Vec<ConsumerInfo>> {
         let last = self.next_seq.saturating_sub(1);
         let all = consumer::load_all(&self.dir)?;
+        let now = SystemTime::now();
         Ok(all
             .into_iter()
-            .map(|(name, committed)| ConsumerInfo {
-                name,
-                committed: Seq::new(committed),
-                lag_batches: last.saturating_sub(committed),
-                lag_bytes: self.bytes_after(committed),
+            .map(|(name, committed)| {
+                let first = self.batches_from(committed.saturating_add(1)).next();
+                let oldest = first.and_then(|b| b.commit_time());
+                ConsumerInfo {
+                    name,
+                    committed: Seq::new(committed),
+                    lag_batches: last.saturating_sub(committed),
+                    lag_bytes: first.map_or(0, |b| self.bytes_from(&b)),
+                    oldest_unprocessed: oldest,
+                    lag_age: oldest.map(|t| now.duration_since(t).unwrap_or_default()),
+                }
             })
             .collect())
     }
 
-    /// Bytes of the frames after batch `seq`: from the first one's offset to the end of the
-    /// frames of its segment, and the frames of every segment after it.
-    fn bytes_after(&self, seq: u64) -> u64 {
-        let Some(first) = self.batches_from(seq.saturating_add(1)).next() else {
-            return 0;
+    /// The reconciliation report of consumer `name`: the request ids durable in this view but
+    /// not yet committed by the consumer ("accepted but not processed"), oldest first, each
+    /// with the batch that logs it and that batch's commit time. `Error::Consumer` if there is
+    /// no such consumer.
+    pub fn pending_ids(&self, name: &str) -> Result<Vec<PendingId>> {
+        consumer::check_name(name)?;
+        let Some(committed) = consumer::load(&self.dir, name)? else {
+            return Err(Error::Consumer {
+                name: name.to_owned(),
+                reason: "no such consumer".into(),
+            });
         };
+        Ok(self
+            .batches_from(committed.saturating_add(1))
+            .flat_map(|b| {
+                let (seq, time) = (b.seq(), b.commit_time());
+                b.ids().map(move |id| PendingId {
+                    id,
+                    seq,
+                    commit_time: time,
+                })
+            })
+            .collect())
+    }
+
+    /// Bytes of the frames from batch `first` on: from its offset to the end of the frames of
+    /// its segment, and the frames of every segment after it.
+    fn bytes_from(&self, first: &Batch<'_>) -> u64 {
         let Some(at) = self.segments.iter().position(|s| s.path == first.segment()) else {
             return 0;
         };
@@ -433,6 +463,17 @@ impl LogReader {
             .sum();
         end(at).saturating_sub(first.offset()) + rest
     }
+}
+
+/// A request durable in the log but not yet past a consumer (see [`LogReader::pending_ids`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingId {
+    /// The request's id.
+    pub id: RequestId,
+    /// The batch that logs it.
+    pub seq: Seq,
+    /// When that batch was written.
+    pub commit_time: Option<SystemTime>,
 }
 
 /// The valid frames of one segment, up to `limit` (at most its published end).

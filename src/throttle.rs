@@ -47,6 +47,9 @@ struct Slowest {
     /// The value of `Throttle::log_bytes` at which its lag in bytes was zero (wrapping: its
     /// lag is `log_bytes - bytes_mark`).
     bytes_mark: u64,
+    /// With an age limit: the commit time of its oldest unprocessed batch (nanoseconds since
+    /// the Unix epoch; `None` while it has none, or the batch has no time).
+    oldest: Option<u64>,
 }
 
 /// The throttle of one engine (see the module docs).
@@ -118,6 +121,17 @@ impl Throttle {
             return;
         }
         self.log_bytes.fetch_add(bytes, Ordering::AcqRel);
+        if self.limit.is_some_and(|l| l.age.is_some()) {
+            let mut s = self.state.lock();
+            let behind = s
+                .committed
+                .as_ref()
+                .is_some_and(|(_, c)| self.live.durable_seq.load(Ordering::Acquire) > *c);
+            if behind && s.oldest.is_none() {
+                // Its first unprocessed batch just became durable, written moments ago.
+                s.oldest = Some(crate::ids::now_nanos());
+            }
+        }
         self.decide();
         self.reread_if_due();
     }
@@ -154,12 +168,15 @@ impl Throttle {
 
     /// The slowest consumer of the directory now.
     fn slowest(&self) -> Result<Slowest> {
-        if self.limit.is_some_and(|l| l.bytes.is_none()) {
+        if self
+            .limit
+            .is_some_and(|l| l.bytes.is_none() && l.age.is_none())
+        {
             let all = consumer::load_all(&self.dir)?;
             let committed = all.into_iter().min_by_key(|(_, c)| *c);
             return Ok(Slowest {
                 committed,
-                bytes_mark: 0,
+                ..Slowest::default()
             });
         }
         let view = LogReader::of_engine(&self.dir, self.segments.clone(), self.live.clone());
@@ -167,9 +184,14 @@ impl Throttle {
         // Read after the view: it counts at least the frames the view holds (see the module
         // docs for the one group it may count too many).
         let log_bytes = self.log_bytes.load(Ordering::Acquire);
+        let nanos = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        };
         Ok(slowest.map_or_else(Slowest::default, |c| Slowest {
             committed: Some((c.name, c.committed.get())),
             bytes_mark: log_bytes.wrapping_sub(c.lag_bytes),
+            oldest: c.oldest_unprocessed.map(nanos),
         }))
     }
 
@@ -178,26 +200,34 @@ impl Throttle {
     fn decide(&self) {
         let Some(limit) = self.limit else { return };
         let s = self.state.lock();
-        let (batches, bytes) = self.lag(&s);
+        let (batches, bytes, age) = self.lag(&s);
         let over = |lag: u64, max: Option<u64>| max.is_some_and(|m| lag > m);
         let under = |lag: u64, max: Option<u64>| max.is_none_or(|m| lag <= release_at(m));
+        let age_max = limit.age.map(|a| a.as_nanos() as u64);
         let engaged = self.engaged.load(Ordering::Relaxed);
-        if !engaged && (over(batches, limit.batches) || over(bytes, limit.bytes)) {
+        let is_over =
+            over(batches, limit.batches) || over(bytes, limit.bytes) || over(age, age_max);
+        if !engaged && is_over {
             self.engaged.store(true, Ordering::Relaxed);
             // Idle, it parks without a timeout unless the flag is set: let it see the flag.
             if let Some(t) = self.rereader.get() {
                 t.unpark();
             }
-        } else if engaged && under(batches, limit.batches) && under(bytes, limit.bytes) {
+        } else if engaged
+            && under(batches, limit.batches)
+            && under(bytes, limit.bytes)
+            && under(age, age_max)
+        {
             self.engaged.store(false, Ordering::Relaxed);
             self.released.notify_all();
         }
     }
 
-    /// The lag of `s`'s consumer now, in batches and bytes (0 and 0 without a consumer).
-    fn lag(&self, s: &Slowest) -> (u64, u64) {
+    /// The lag of `s`'s consumer now, in batches, bytes and age in nanoseconds (zeros
+    /// without a consumer; the age is 0 without an unprocessed batch with a time).
+    fn lag(&self, s: &Slowest) -> (u64, u64, u64) {
         match &s.committed {
-            None => (0, 0),
+            None => (0, 0, 0),
             Some((_, c)) => (
                 self.live
                     .durable_seq
@@ -206,6 +236,8 @@ impl Throttle {
                 self.log_bytes
                     .load(Ordering::Acquire)
                     .wrapping_sub(s.bytes_mark),
+                s.oldest
+                    .map_or(0, |t| crate::ids::now_nanos().saturating_sub(t)),
             ),
         }
     }
@@ -214,7 +246,7 @@ impl Throttle {
     /// consumer and its lag (in bytes only if a bytes limit is set: else it is not measured).
     pub fn refusal(&self) -> Error {
         let s = self.state.lock();
-        let (batches, bytes) = self.lag(&s);
+        let (batches, bytes, age) = self.lag(&s);
         Error::Throttled {
             consumer: s
                 .committed
@@ -223,6 +255,10 @@ impl Throttle {
             lag: ConsumerLag {
                 batches: Some(batches),
                 bytes: self.limit.and_then(|l| l.bytes).map(|_| bytes),
+                age: self
+                    .limit
+                    .and_then(|l| l.age)
+                    .map(|_| Duration::from_nanos(age)),
             },
         }
     }

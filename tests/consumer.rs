@@ -280,18 +280,93 @@ fn consumers_report_their_lag() {
             .map(|b| b.frame_len() as u64)
             .sum()
     };
+    let started = std::time::SystemTime::now();
     let infos = engine.consumers().expect("consumers");
+    let oldest = |seq: u64| {
+        let view = engine.replay().expect("replay");
+        let t = view.batches_from(seq + 1).next().map(|b| b.commit_time());
+        t.expect("a batch after the commit")
+    };
     let want = |name: &str, committed: u64| mergelog::ConsumerInfo {
         name: name.into(),
         committed: Seq::new(committed),
         lag_batches: n - committed,
         lag_bytes: frames_after(committed),
+        oldest_unprocessed: oldest(committed),
+        lag_age: None,
     };
-    assert_eq!(infos, vec![want("a", 12), want("b", 0)]);
+    // The age is measured when asked: compare it apart.
+    let without_age = |infos: &[mergelog::ConsumerInfo]| -> Vec<mergelog::ConsumerInfo> {
+        let strip = |i: &mergelog::ConsumerInfo| mergelog::ConsumerInfo {
+            lag_age: None,
+            ..i.clone()
+        };
+        infos.iter().map(strip).collect()
+    };
+    assert_eq!(without_age(&infos), vec![want("a", 12), want("b", 0)]);
+    for i in &infos {
+        let age = i.lag_age.expect("frames carry a commit time");
+        let since = started
+            .duration_since(i.oldest_unprocessed.unwrap())
+            .unwrap();
+        assert!(age >= since, "{i:?}: age {age:?} below {since:?}");
+    }
+    assert!(
+        infos[1].lag_age >= infos[0].lag_age,
+        "b is further behind than a"
+    );
     drop(b);
     // Another process's view of the same directory reads the same files.
     let reader = LogReader::open(dir.path()).expect("reader");
-    assert_eq!(reader.consumers().expect("consumers"), infos);
+    assert_eq!(
+        without_age(&reader.consumers().expect("consumers")),
+        without_age(&infos)
+    );
+}
+
+/// Reconciliation: the request ids durable but not yet past a consumer, oldest first.
+#[test]
+fn pending_ids_are_those_after_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config()).expect("open");
+    let mut c = engine.consumer("proc").expect("consumer");
+    let mut logged = Vec::new();
+    for n in 0..20u128 {
+        let key = format!("k{n}");
+        let o = engine
+            .put_with_id(n, key.as_bytes(), b"v")
+            .unwrap()
+            .wait()
+            .unwrap();
+        logged.push((mergelog::RequestId::from(n), o.seq()));
+    }
+    // A plain write and a duplicate add no id.
+    engine.put(b"plain", b"v").unwrap().wait().unwrap();
+    engine
+        .put_with_id(3u128, b"k3", b"again")
+        .unwrap()
+        .wait()
+        .unwrap();
+    let all = engine.pending_ids("proc").expect("pending");
+    let got: Vec<_> = all.iter().map(|p| (p.id, p.seq)).collect();
+    assert_eq!(got, logged, "every id, oldest first");
+    assert!(all.iter().all(|p| p.commit_time.is_some()));
+    // Past the commit they are no longer pending.
+    let upto = logged[11].1;
+    while next(&mut c).seq < upto {}
+    c.commit(upto).unwrap();
+    let rest: Vec<_> = engine
+        .pending_ids("proc")
+        .unwrap()
+        .iter()
+        .map(|p| (p.id, p.seq))
+        .collect();
+    let want: Vec<_> = logged.iter().copied().filter(|(_, s)| *s > upto).collect();
+    assert_eq!(rest, want);
+    assert!(matches!(
+        engine.pending_ids("nobody"),
+        Err(Error::Consumer { .. })
+    ));
 }
 
 /// Once `close` has given the directory up (another engine may own it), a consumer of the

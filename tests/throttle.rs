@@ -27,7 +27,7 @@ fn config(backpressure: Backpressure, lag: ConsumerLag) -> Config {
 fn batches(n: u64) -> ConsumerLag {
     ConsumerLag {
         batches: Some(n),
-        bytes: None,
+        ..ConsumerLag::default()
     }
 }
 
@@ -114,8 +114,8 @@ fn past_the_limit_puts_are_refused_until_the_consumer_commits() {
 fn a_bytes_limit_throttles_too() {
     let dir = tempfile::tempdir().unwrap();
     let lag = ConsumerLag {
-        batches: None,
         bytes: Some(1000),
+        ..ConsumerLag::default()
     };
     let engine = Engine::open(dir.path(), config(Backpressure::Reject, lag)).expect("open");
     let mut c = engine.consumer("slow").expect("consumer");
@@ -130,6 +130,45 @@ fn a_bytes_limit_throttles_too() {
     }
     consume(&mut c, 2);
     put_batch(&engine, 3, 600);
+}
+
+#[test]
+fn an_age_limit_throttles_once_the_oldest_unprocessed_batch_is_older() {
+    let dir = tempfile::tempdir().unwrap();
+    let age = Duration::from_millis(200);
+    let lag = ConsumerLag {
+        age: Some(age),
+        ..ConsumerLag::default()
+    };
+    let engine = Engine::open(dir.path(), config(Backpressure::Reject, lag)).expect("open");
+    let mut c = engine.consumer("slow").expect("consumer");
+    // Young enough: not throttled (a put always gets through right after the first batch).
+    put_batch(&engine, 1, 10);
+    let first_written = Instant::now();
+    // Once the first unprocessed batch is older than the limit, a new frame's completion sees
+    // it: the next submissions are refused, naming the age.
+    std::thread::sleep(age + Duration::from_millis(20));
+    eventually("the age limit engages", || match engine.put(b"k", b"v") {
+        Err(Error::Throttled { lag, .. }) => {
+            let seen = lag.age.expect("the age is reported with an age limit");
+            assert!(seen > age, "{lag:?}");
+            assert!(seen <= first_written.elapsed() + Duration::from_millis(50));
+            true
+        }
+        Ok(t) => {
+            t.wait_timeout(WAIT_MAX).expect("durable");
+            false
+        }
+        Err(e) => panic!("{e}"),
+    });
+    // Everything consumed: released (after the commit's re-measure).
+    let durable = engine.durable_seq().get();
+    consume(&mut c, durable);
+    eventually("the commit releases", || {
+        !is_throttled(engine.put(b"k", b"v"))
+    });
+    let info = &engine.consumers().unwrap()[0];
+    assert!(info.lag_batches <= 1, "{info:?}");
 }
 
 #[test]
@@ -231,6 +270,11 @@ fn validate_refuses_a_limit_of_nothing_or_zero() {
         ConsumerLag {
             batches: Some(5),
             bytes: Some(0),
+            age: None,
+        },
+        ConsumerLag {
+            age: Some(Duration::ZERO),
+            ..ConsumerLag::default()
         },
     ];
     for lag in bad {

@@ -110,6 +110,23 @@ struct ConsumerJson {
     lag_batches: u64,
     /// Bytes of their frames.
     lag_bytes: u64,
+    /// Age of the oldest of them, seconds (null: none, or a batch without a commit time).
+    lag_age_s: Option<f64>,
+    /// Request ids durable but not yet committed by the consumer ("accepted but not
+    /// processed").
+    pending_id_count: usize,
+    /// The oldest of them (the first --limit), oldest first.
+    pending_ids: Vec<PendingJson>,
+}
+
+#[derive(Serialize)]
+struct PendingJson {
+    /// The request id, hex.
+    id: String,
+    /// The batch that logs it.
+    seq: u64,
+    /// How long ago that batch was written, seconds.
+    age_s: Option<f64>,
 }
 
 fn percentile(sorted: &[u64], q: f64) -> u64 {
@@ -132,17 +149,7 @@ pub fn run(args: InspectArgs) -> Result<(), CliError> {
     for b in reader.batches() {
         scan.add(&b, limit);
     }
-    scan.report.consumers = reader
-        .consumers()
-        .context(|| format!("read the consumers of {}", args.dir.display()))?
-        .into_iter()
-        .map(|c| ConsumerJson {
-            name: c.name,
-            committed: c.committed.get(),
-            lag_batches: c.lag_batches,
-            lag_bytes: c.lag_bytes,
-        })
-        .collect();
+    scan.report.consumers = consumers(&reader, &args.dir, limit)?;
     if args.json {
         let mut r = scan.report;
         r.key_min = scan.key_min.as_deref().map(logdir::hex);
@@ -342,11 +349,45 @@ fn text(dir: &Path, mut scan: Scan) -> String {
     out
 }
 
-/// The durable consumers and their lag (one line when there are none).
+/// The durable consumers with their lag, and the request ids each has not processed (the
+/// first `limit`, oldest first).
+fn consumers(reader: &LogReader, dir: &Path, limit: usize) -> Result<Vec<ConsumerJson>, CliError> {
+    let ctx = || format!("read the consumers of {}", dir.display());
+    let now = std::time::SystemTime::now();
+    let age = |t: Option<std::time::SystemTime>| {
+        t.map(|t| now.duration_since(t).unwrap_or_default().as_secs_f64())
+    };
+    let mut out = Vec::new();
+    for c in reader.consumers().context(ctx)? {
+        let pending = reader.pending_ids(&c.name).context(ctx)?;
+        out.push(ConsumerJson {
+            committed: c.committed.get(),
+            lag_batches: c.lag_batches,
+            lag_bytes: c.lag_bytes,
+            lag_age_s: c.lag_age.map(|d| d.as_secs_f64()),
+            pending_id_count: pending.len(),
+            pending_ids: pending
+                .iter()
+                .take(limit)
+                .map(|p| PendingJson {
+                    id: p.id.to_string(),
+                    seq: p.seq.get(),
+                    age_s: age(p.commit_time),
+                })
+                .collect(),
+            name: c.name,
+        });
+    }
+    Ok(out)
+}
+
+/// The durable consumers and their lag (one line when there are none), and the oldest
+/// request ids each has not processed.
 fn consumer_table(consumers: &[ConsumerJson]) -> String {
     if consumers.is_empty() {
         return "consumers: none\n".into();
     }
+    let secs = |s: Option<f64>| s.map_or_else(|| "-".into(), |s| format!("{s:.3} s"));
     let rows: Vec<Vec<String>> = consumers
         .iter()
         .map(|c| {
@@ -355,12 +396,39 @@ fn consumer_table(consumers: &[ConsumerJson]) -> String {
                 c.committed.to_string(),
                 thousands(c.lag_batches),
                 thousands(c.lag_bytes),
+                secs(c.lag_age_s),
+                thousands(c.pending_id_count as u64),
             ]
         })
         .collect();
-    let table =
-        crate::bench::report::table(&["name", "committed", "lag batches", "lag bytes"], &rows);
-    format!("consumers: {}\n{}", consumers.len(), indent(&table))
+    let header = [
+        "name",
+        "committed",
+        "lag batches",
+        "lag bytes",
+        "lag age",
+        "pending ids",
+    ];
+    let table = crate::bench::report::table(&header, &rows);
+    let mut out = format!("consumers: {}\n{}", consumers.len(), indent(&table));
+    for c in consumers.iter().filter(|c| !c.pending_ids.is_empty()) {
+        let shown = c.pending_ids.len();
+        let _ = writeln!(
+            out,
+            "accepted but not processed by {} (oldest {shown} of {}):",
+            c.name, c.pending_id_count
+        );
+        let rows: Vec<Vec<String>> = c
+            .pending_ids
+            .iter()
+            .map(|p| vec![p.id.clone(), p.seq.to_string(), secs(p.age_s)])
+            .collect();
+        out.push_str(&indent(&crate::bench::report::table(
+            &["request id", "batch", "age"],
+            &rows,
+        )));
+    }
+    out
 }
 
 /// One row per segment file.

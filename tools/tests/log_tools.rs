@@ -477,6 +477,10 @@ fn inspect_lists_consumers_and_their_lag() {
         let first = behind.next().unwrap().unwrap();
         behind.commit(first.seq).unwrap();
         engine.consumer("audit").unwrap();
+        // Three requests with ids, after the indexer's commit: accepted, not processed.
+        for n in 1..=3u128 {
+            engine.put_with_id(n, b"tx", b"v").unwrap().wait().unwrap();
+        }
         engine.close().unwrap();
     }
     let reader = LogReader::open(dir.path()).unwrap();
@@ -496,9 +500,26 @@ fn inspect_lists_consumers_and_their_lag() {
     assert_eq!(int(&listed[0], "committed"), 0);
     assert_eq!(int(&listed[0], "lag_batches"), reader.next_seq().get() - 1);
     assert_eq!(int(&listed[1], "committed"), 1);
+    for l in listed {
+        assert_eq!(int(l, "pending_id_count"), 3);
+        let ids: Vec<&str> = l["pending_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap())
+            .collect();
+        let want: Vec<String> = (1..=3u128).map(|n| format!("{n:032x}")).collect();
+        assert_eq!(ids, want, "oldest first");
+        assert!(l["lag_age_s"].as_f64().is_some_and(|a| a >= 0.0), "{l}");
+    }
     let t = text(dir.path());
     assert!(t.contains("consumers: 2\n"), "{t}");
     assert!(t.contains("indexer"), "{t}");
+    assert!(
+        t.contains("accepted but not processed by indexer (oldest 3 of 3)"),
+        "{t}"
+    );
+    assert!(t.contains(&format!("{:032x}", 2)), "{t}");
 
     let empty = tempfile::tempdir().unwrap();
     write_log(empty.path(), 1);

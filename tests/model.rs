@@ -7,6 +7,11 @@
 //! `read_to_vec`, `for_each`, after reopen, and by decoding the segment files) must equal the
 //! model. The counters must add up against the frames each engine instance wrote.
 //!
+//! Some writes carry a request id from a small id space, so that ids are resubmitted within a
+//! window, across windows and across reopens: the model applies the first submission of an
+//! id (in position order) and ignores the others, whose tickets must report a duplicate of
+//! the first one's batch.
+//!
 //! `PROPTEST_CASES` sets the number of cases of each property.
 
 mod common;
@@ -14,9 +19,11 @@ mod common;
 use common::log::{next_batch_seq, read_log, replay, segment_files};
 use common::{engine_state, State, WAIT_MAX};
 use mergelog::{
-    Config, Durability, Engine, GetTicket, Stats, Ticket, WindowPolicy, WriteBatch, WritePath,
+    Config, Durability, Engine, GetTicket, IdTicket, Outcome, RequestId, Seq, Stats, Ticket,
+    WindowPolicy, WriteBatch, WritePath,
 };
 use proptest::prelude::*;
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -54,7 +61,20 @@ enum Op {
     Batch(Vec<(u8, Option<Vec<u8>>)>),
     Flush,
     Reopen,
+    /// A put, delete or batch submitted with request id `.0`.
+    WithId(u8, Box<Op>),
 }
+
+/// The request ids a model case draws from: few, so that they repeat.
+const IDS: u8 = 12;
+
+fn request_id(i: u8) -> RequestId {
+    RequestId::from(0xfeed_0000 + u128::from(i))
+}
+
+/// What the model knows of request ids: the batch each was logged in, once its first
+/// submission completed (`None` before).
+type IdModel = HashMap<u8, Option<Seq>>;
 
 fn key_index() -> impl Strategy<Value = u8> {
     0..KEYS.len() as u8
@@ -85,6 +105,14 @@ fn batch() -> impl Strategy<Value = Vec<(u8, Option<Vec<u8>>)>> {
 }
 
 /// Ops one producer can submit; `Reopen` only in the sequential property.
+fn write_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (key_index(), value(PUT_VALUE_MAX)).prop_map(|(k, v)| Op::Put(k, v)),
+        3 => key_index().prop_map(Op::Delete),
+        3 => batch().prop_map(Op::Batch),
+    ]
+}
+
 fn op(with_reopen: bool) -> impl Strategy<Value = Op> {
     let reopen_weight = if with_reopen { 1 } else { 0 };
     prop_oneof![
@@ -92,6 +120,7 @@ fn op(with_reopen: bool) -> impl Strategy<Value = Op> {
         3 => key_index().prop_map(Op::Delete),
         5 => key_index().prop_map(Op::Get),
         3 => batch().prop_map(Op::Batch),
+        4 => (0..IDS, write_op()).prop_map(|(i, op)| Op::WithId(i, Box::new(op))),
         1 => Just(Op::Flush),
         reopen_weight => Just(Op::Reopen),
     ]
@@ -154,8 +183,17 @@ fn cases(default: u32) -> ProptestConfig {
     }
 }
 
-fn apply(model: &mut State, op: &Op) {
+/// Applies `op` to the model; false if it is a duplicate of a request id the model has seen
+/// (then nothing happens).
+fn apply(model: &mut State, ids: &mut IdModel, op: &Op) -> bool {
     match op {
+        Op::WithId(i, inner) => {
+            if ids.contains_key(i) {
+                return false;
+            }
+            ids.insert(*i, None);
+            return apply(model, ids, inner);
+        }
         Op::Put(k, v) => {
             model.insert(key(*k).to_vec(), v.clone());
         }
@@ -171,6 +209,28 @@ fn apply(model: &mut State, op: &Op) {
             }
         }
         Op::Get(_) | Op::Flush | Op::Reopen => {}
+    }
+    true
+}
+
+/// Checks an idempotent request's outcome against the model: `first` if it was the first
+/// submission of its id (then its batch is recorded), else a duplicate of that batch.
+fn check_outcome(ids: &mut IdModel, i: u8, first: bool, t: &IdTicket) {
+    let outcome = t
+        .wait_timeout(WAIT_MAX)
+        .expect("an idempotent request completes");
+    match (first, outcome) {
+        (true, Outcome::Written(seq)) => {
+            assert_eq!(ids.insert(i, Some(seq)), Some(None), "id {i} logged twice");
+        }
+        (false, Outcome::Duplicate { seq }) => {
+            assert_eq!(
+                ids[&i],
+                Some(seq),
+                "id {i}: a duplicate names the original's batch"
+            );
+        }
+        (first, o) => panic!("id {i}: first submission {first}, outcome {o:?}"),
     }
 }
 
@@ -189,6 +249,9 @@ fn write_batch(ops: &[(u8, Option<Vec<u8>>)]) -> WriteBatch {
 enum Pending {
     Write(Ticket),
     Get(GetTicket, Option<Vec<u8>>, u8),
+    /// An idempotent write: its id, and whether it was the id's first submission (known at
+    /// submit in one producer; in several, from the position order).
+    IdWrite(IdTicket, u8, bool),
 }
 
 /// Requests one engine instance took, to hold its counters against.
@@ -196,22 +259,39 @@ enum Pending {
 struct Submitted {
     writes: u64,
     reads: u64,
+    duplicates: u64,
 }
 
 impl Submitted {
-    fn count(&mut self, op: &Op) {
+    /// Counts `op`, which `applied` says was not a duplicate (a duplicate's writes are not
+    /// taken into its window).
+    fn count(&mut self, op: &Op, applied: bool) {
         match op {
+            _ if !applied => self.duplicates += 1,
             Op::Put(..) | Op::Delete(_) => self.writes += 1,
             Op::Batch(ops) => self.writes += ops.len() as u64,
             Op::Get(_) => self.reads += 1,
+            Op::WithId(_, inner) => self.count(inner, true),
             Op::Flush | Op::Reopen => {}
         }
     }
 }
 
 /// Submits one put, delete, get or batch; returns its position and what to check later.
-fn submit(engine: &Engine, op: &Op, model_before: &State) -> (u64, Pending) {
+/// `first`: whether an idempotent write is its id's first submission (as far as known).
+fn submit(engine: &Engine, op: &Op, model_before: &State, first: bool) -> (u64, Pending) {
     match op {
+        Op::WithId(i, inner) => {
+            let id = request_id(*i);
+            let t = match &**inner {
+                Op::Put(k, v) => engine.put_with_id(id, key(*k), v),
+                Op::Delete(k) => engine.delete_with_id(id, key(*k)),
+                Op::Batch(ops) => engine.write_with_id(id, &write_batch(ops)),
+                other => unreachable!("only writes carry ids: {other:?}"),
+            }
+            .expect("idempotent write");
+            (t.position(), Pending::IdWrite(t, *i, first))
+        }
         Op::Put(k, v) => {
             let t = engine.put(key(*k), v).expect("put");
             (t.position(), Pending::Write(t))
@@ -233,10 +313,12 @@ fn submit(engine: &Engine, op: &Op, model_before: &State) -> (u64, Pending) {
     }
 }
 
-/// Waits every pending ticket: writes complete `Ok`, gets answer what the model expected.
-fn settle(pending: &mut Vec<Pending>) {
+/// Waits every pending ticket: writes complete `Ok`, gets answer what the model expected,
+/// idempotent writes report what the model says.
+fn settle(pending: &mut Vec<Pending>, ids: &mut IdModel) {
     for p in pending.drain(..) {
         match p {
+            Pending::IdWrite(t, i, first) => check_outcome(ids, i, first, &t),
             Pending::Write(t) => {
                 assert_eq!(
                     t.wait_timeout(WAIT_MAX)
@@ -308,6 +390,10 @@ fn check_log(dir: &Path, config: &Config, first_seq: u64, stats: &Stats, sub: &S
     assert_eq!(stats.batches, ours.len() as u64, "batches vs frames");
     assert_eq!(stats.writes, sub.writes, "writes vs submitted writes");
     assert_eq!(stats.reads, sub.reads, "reads vs submitted gets");
+    assert_eq!(
+        stats.duplicates, sub.duplicates,
+        "duplicates vs resubmitted ids"
+    );
     assert_eq!(stats.submitted, stats.writes + stats.reads, "submitted");
     assert_eq!(acknowledged, stats.writes, "ops_acknowledged vs writes");
     if config.coalesce {
@@ -370,6 +456,7 @@ fn run_sequential(config: Config, ops: Vec<Op>) {
     let mut sub = Submitted::default();
     let mut engine = Engine::open(&dir, config.clone()).expect("open");
     let mut pending = Vec::new();
+    let mut ids = IdModel::new();
     let mut last_pos = 0;
     for op in &ops {
         match op {
@@ -390,31 +477,36 @@ fn run_sequential(config: Config, ops: Vec<Op>) {
                     match p {
                         Pending::Write(t) => assert!(t.is_done(), "write not done after flush"),
                         Pending::Get(t, ..) => assert!(t.is_done(), "get not done after flush"),
+                        Pending::IdWrite(t, ..) => assert!(t.is_done(), "not done after flush"),
                     }
                 }
                 check_state(&engine, &model);
-                settle(&mut pending);
+                settle(&mut pending, &mut ids);
             }
             Op::Reopen => {
-                settle(&mut pending);
+                settle(&mut pending, &mut ids);
                 engine = reopen(engine, &dir, &config, &mut first_seq, &mut sub, &model);
                 // Positions are places in one engine instance's ring.
                 last_pos = 0;
             }
             _ => {
-                let (pos, p) = submit(&engine, op, &model);
+                let first = match op {
+                    Op::WithId(i, _) => !ids.contains_key(i),
+                    _ => true,
+                };
+                let (pos, p) = submit(&engine, op, &model, first);
                 assert!(
                     pos > last_pos,
                     "positions must increase in submission order"
                 );
                 last_pos = pos;
                 pending.push(p);
-                sub.count(op);
-                apply(&mut model, op);
+                let applied = apply(&mut model, &mut ids, op);
+                sub.count(op, applied);
             }
         }
     }
-    settle(&mut pending);
+    settle(&mut pending, &mut ids);
     check_state(&engine, &model);
     let _ = reopen(engine, &dir, &config, &mut first_seq, &mut sub, &model);
 }
@@ -425,6 +517,7 @@ struct Placed {
     op: Op,
     get: Option<GetTicket>,
     write: Option<Ticket>,
+    id_write: Option<IdTicket>,
 }
 
 fn run_concurrent(config: Config, threads: Vec<Vec<Op>>) {
@@ -448,18 +541,20 @@ fn run_concurrent(config: Config, threads: Vec<Vec<Op>>) {
                             continue;
                         }
                         // The expected get answer is filled in by the replay below.
-                        let (pos, p) = submit(engine, op, empty);
+                        let (pos, p) = submit(engine, op, empty, true);
                         assert!(pos > last_pos, "positions increase per producer");
                         last_pos = pos;
-                        let (get, write) = match p {
-                            Pending::Get(t, ..) => (Some(t), None),
-                            Pending::Write(t) => (None, Some(t)),
+                        let (get, write, id_write) = match p {
+                            Pending::Get(t, ..) => (Some(t), None, None),
+                            Pending::Write(t) => (None, Some(t), None),
+                            Pending::IdWrite(t, ..) => (None, None, Some(t)),
                         };
                         mine.push(Placed {
                             pos,
                             op: op.clone(),
                             get,
                             write,
+                            id_write,
                         });
                     }
                     mine
@@ -481,6 +576,7 @@ fn run_concurrent(config: Config, threads: Vec<Vec<Op>>) {
     }
     let mut model = State::new();
     let mut sub = Submitted::default();
+    let mut ids = IdModel::new();
     for p in &placed {
         if let Some(t) = &p.write {
             assert_eq!(
@@ -500,8 +596,11 @@ fn run_concurrent(config: Config, threads: Vec<Vec<Op>>) {
                 p.pos
             );
         }
-        sub.count(&p.op);
-        apply(&mut model, &p.op);
+        let applied = apply(&mut model, &mut ids, &p.op);
+        sub.count(&p.op, applied);
+        if let (Some(t), Op::WithId(i, _)) = (&p.id_write, &p.op) {
+            check_outcome(&mut ids, *i, applied, t);
+        }
     }
     check_state(&engine, &model);
     let mut first_seq = 1;
@@ -567,12 +666,12 @@ fn segments_roll_and_replay() {
             } else {
                 Op::Put(k, vec![round ^ i as u8; 200 + (i as usize % 300)])
             };
-            let (_, p) = submit(&engine, &op, &model);
+            let (_, p) = submit(&engine, &op, &model, true);
             tickets.push(p);
-            sub.count(&op);
-            apply(&mut model, &op);
+            let applied = apply(&mut model, &mut IdModel::new(), &op);
+            sub.count(&op, applied);
         }
-        settle(&mut tickets);
+        settle(&mut tickets, &mut IdModel::new());
         check_state(&engine, &model);
         engine = reopen(engine, &dir, &config, &mut first_seq, &mut sub, &model);
     }

@@ -41,6 +41,8 @@ pub const LOG_DIR: &str = "log";
 pub const CHECKPOINT: &str = "checkpoint";
 /// A checkpoint being written; never read.
 pub const CHECKPOINT_TMP: &str = "checkpoint.tmp";
+/// The table: keys and values in key order.
+pub type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 /// First bytes of a checkpoint file (version 1 of its format).
 const MAGIC: &[u8; 8] = b"KVWALCP1";
 /// Magic, the covered batch, the entry count, the CRC.
@@ -187,7 +189,7 @@ impl Progress {
 
 /// The state: the table, and how far into the log it goes.
 struct Table {
-    map: BTreeMap<Vec<u8>, Vec<u8>>,
+    map: Map,
     /// The last batch an applied write was in (0: none).
     last_seq: u64,
     /// The batch the last durable checkpoint covers.
@@ -580,7 +582,7 @@ fn replay(engine: &Engine, covered: u64, table: &mut Table) -> Result<Recovered>
 /// The checkpoint file: magic, the covered batch (u64), the entry count (u64), then per entry
 /// key length (u64), value length (u64), key, value, in key order; last the CRC-32C of all
 /// bytes before it (u32). Integers little-endian.
-fn encode_checkpoint(covered: u64, map: &BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<u8> {
+fn encode_checkpoint(covered: u64, map: &Map) -> Vec<u8> {
     let size: usize = map.iter().map(|(k, v)| 16 + k.len() + v.len()).sum();
     let mut out = Vec::with_capacity(CHECKPOINT_LEN_MIN + size);
     out.extend_from_slice(MAGIC);
@@ -598,7 +600,7 @@ fn encode_checkpoint(covered: u64, map: &BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<u8> 
 }
 
 /// Reads the checkpoint at `path`: `None` if there is none.
-fn read_checkpoint(path: &Path) -> Result<Option<(u64, BTreeMap<Vec<u8>, Vec<u8>>)>> {
+fn read_checkpoint(path: &Path) -> Result<Option<(u64, Map)>> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
@@ -612,9 +614,7 @@ fn read_checkpoint(path: &Path) -> Result<Option<(u64, BTreeMap<Vec<u8>, Vec<u8>
         })
 }
 
-fn decode_checkpoint(
-    bytes: &[u8],
-) -> std::result::Result<(u64, BTreeMap<Vec<u8>, Vec<u8>>), String> {
+fn decode_checkpoint(bytes: &[u8]) -> std::result::Result<(u64, Map), String> {
     if bytes.len() < CHECKPOINT_LEN_MIN || &bytes[..8] != MAGIC {
         return Err(format!(
             "not a checkpoint ({} bytes, no magic)",

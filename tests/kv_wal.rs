@@ -156,13 +156,13 @@ fn writes_are_applied_in_log_order_from_many_threads() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("store");
     let store = Store::open(&path, options()).expect("open");
-    let rounds = env_u64("MERGELOG_KVWAL_ORDER_ROUNDS").unwrap_or(20);
+    let rounds = env_u64("MERGELOG_KVWAL_ORDER_ROUNDS").unwrap_or(60);
     for round in 0..rounds {
         std::thread::scope(|s| {
             for t in 0..8u8 {
                 let store = &store;
                 s.spawn(move || {
-                    for i in 0..200u32 {
+                    for i in 0..40u32 {
                         let value = [t, (i >> 8) as u8, i as u8];
                         store.put(&[b'k', (i % 2) as u8], &value).expect("put");
                     }

@@ -89,15 +89,20 @@ fn options(hook: Option<fn(CheckpointStep)>) -> Options {
     }
 }
 
+/// The most writes the log may hold after the last durable checkpoint: a write that finds
+/// twice the interval applied since it takes (or waits for) a checkpoint before it is
+/// submitted, so those applied are fewer than `2 * interval` when the last write passed that
+/// check; past it come only the writes not yet applied then, at most `DEPTH_MAX + 1` per
+/// writer (its window of writes in flight, and the one being submitted).
+fn writes_after_checkpoint_max() -> u64 {
+    2 * CHECKPOINT_EVERY_WRITES + (WRITERS * (DEPTH_MAX + 1)) as u64
+}
+
 /// The most the store directory may hold after `Store::open`, derived from the store's
 /// rules and the log's format:
 ///
-/// - After a crash, the log after the last durable checkpoint's batch `S` holds the writes
-///   applied since it (a write that finds twice the interval applied takes a checkpoint
-///   before it is submitted, so at most `2 * interval`, plus one per writer passing that
-///   check at once), the writes in flight (submitted, not yet applied: `WRITERS * DEPTH_MAX`),
-///   and the rest of batch `S + 1` when the checkpoint covered only part of it (one frame).
-///   A write adds at most one frame of its own record.
+/// - The log after the last durable checkpoint's batch `S` holds at most
+///   [`writes_after_checkpoint_max`] writes, each adding at most a frame of its own.
 /// - `Store::open` retires every segment before the one holding `S + 1`. From there on,
 ///   every segment but the last is full to within one frame (it rolls when the next frame
 ///   does not fit), so the segments strictly between hold at most `L / usable`; plus that
@@ -106,8 +111,7 @@ fn options(hook: Option<fn(CheckpointStep)>) -> Options {
 fn disk_bound() -> u64 {
     let frame_max = frame_len(BATCH_BYTES_MAX) as u64;
     let write_max = frame_len(record_len(KEY_LEN_MAX, VALUE_LEN_MAX)) as u64;
-    let writes = 2 * CHECKPOINT_EVERY_WRITES + (WRITERS * DEPTH_MAX + WRITERS) as u64;
-    let log_after_checkpoint = writes * write_max + frame_max;
+    let log_after_checkpoint = writes_after_checkpoint_max() * write_max;
     let usable = SEGMENT_BYTES - SEGMENT_HEADER_LEN as u64 - frame_max;
     let segment_files = log_after_checkpoint / usable + 3;
     let checkpoint = 28 + KEYS as u64 * (16 + (KEY_LEN_MAX + VALUE_LEN_MAX) as u64);
@@ -413,7 +417,8 @@ fn run_child(dir: &Path, child_seed: u64, plan: Option<StopPlan>, rng: &mut StdR
 }
 
 /// Returns when the child should be killed: one time in ten within 4 ms of its start (inside
-/// `Store::open`); with a stop plan, 0–3 ms after it stopped (or 1 s after its first
+/// `Store::open`); with a stop plan, 0–100 ms after it stopped (a slow checkpoint: the other writers
+/// go on meanwhile, until the store holds them back) (or 1 s after its first
 /// acknowledgement if it never got there); else 5–150 ms after its first acknowledgement.
 fn wait_for_kill_time(seen: &mpsc::Receiver<Seen>, planned: bool, rng: &mut StdRng) {
     if rng.random_bool(0.1) {
@@ -425,7 +430,7 @@ fn wait_for_kill_time(seen: &mpsc::Receiver<Seen>, planned: bool, rng: &mut StdR
         let stopped = matches!(started, Ok(Seen::Stop))
             || matches!(seen.recv_timeout(Duration::from_secs(1)), Ok(Seen::Stop));
         if stopped {
-            std::thread::sleep(Duration::from_micros(rng.random_range(0..3000)));
+            std::thread::sleep(Duration::from_micros(rng.random_range(0..100_000)));
         }
     } else if started.is_ok() {
         std::thread::sleep(Duration::from_millis(rng.random_range(5..=150)));
@@ -508,6 +513,14 @@ fn reopen_and_check(
     if recovered.checkpoint.get() < last {
         return Err(format!(
             "the checkpoint went back from batch {last} to {recovered:?}"
+        ));
+    }
+    let writes_max = writes_after_checkpoint_max();
+    if recovered.writes > writes_max {
+        return Err(format!(
+            "{} writes replayed after the checkpoint, more than the {writes_max} the store \
+             lets the log hold ({recovered:?})",
+            recovered.writes
         ));
     }
     let bound = disk_bound();

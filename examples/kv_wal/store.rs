@@ -172,14 +172,31 @@ pub struct Recovered {
     pub writes: u64,
 }
 
-/// Writes and bytes applied since the last checkpoint's snapshot.
+/// A number of writes and of their bytes (keys and values).
 #[derive(Clone, Copy, Debug, Default)]
 struct Progress {
     writes: u64,
     bytes: u64,
 }
 
+impl std::ops::Add for Progress {
+    type Output = Progress;
+    fn add(self, o: Progress) -> Progress {
+        Progress {
+            writes: self.writes + o.writes,
+            bytes: self.bytes + o.bytes,
+        }
+    }
+}
+
 impl Progress {
+    fn minus(self, o: Progress) -> Progress {
+        Progress {
+            writes: self.writes.saturating_sub(o.writes),
+            bytes: self.bytes.saturating_sub(o.bytes),
+        }
+    }
+
     /// Whether `factor` times the checkpoint interval has been reached.
     fn reached(&self, options: &Options, factor: u64) -> bool {
         self.writes >= options.checkpoint_every_writes.saturating_mul(factor)
@@ -192,23 +209,40 @@ struct Table {
     map: Map,
     /// The last batch an applied write was in (0: none).
     last_seq: u64,
+    /// The applied writes of batch `last_seq`.
+    in_last_seq: Progress,
     /// The batch the last durable checkpoint covers.
     checkpointed: u64,
-    since_checkpoint: Progress,
+    /// Applied writes that the last checkpoint's snapshot does not cover: the log after it.
+    since_snapshot: Progress,
+    /// Those the checkpoint under way covers, until it is durable.
+    in_checkpoint: Progress,
 }
 
 impl Table {
     fn apply(&mut self, key: Vec<u8>, value: Option<Vec<u8>>, seq: Option<Seq>) {
         let bytes = key.len() + value.as_ref().map_or(0, Vec::len);
-        self.since_checkpoint.writes += 1;
-        self.since_checkpoint.bytes += bytes as u64;
+        let one = Progress {
+            writes: 1,
+            bytes: bytes as u64,
+        };
+        self.since_snapshot = self.since_snapshot + one;
         match value {
             Some(v) => self.map.insert(key, v),
             None => self.map.remove(&key),
         };
-        if let Some(seq) = seq {
-            self.last_seq = self.last_seq.max(seq.get());
+        let Some(seq) = seq.map(Seq::get) else { return };
+        if seq > self.last_seq {
+            (self.last_seq, self.in_last_seq) = (seq, Progress::default());
         }
+        if seq == self.last_seq {
+            self.in_last_seq = self.in_last_seq + one;
+        }
+    }
+
+    /// The log after the last durable checkpoint, as far as it is applied.
+    fn since_durable_checkpoint(&self) -> Progress {
+        self.since_snapshot + self.in_checkpoint
     }
 }
 
@@ -281,8 +315,10 @@ impl Store {
         let mut table = Table {
             map,
             last_seq: covered,
+            in_last_seq: Progress::default(),
             checkpointed: covered,
-            since_checkpoint: Progress::default(),
+            since_snapshot: Progress::default(),
+            in_checkpoint: Progress::default(),
         };
         let recovered = replay(&engine, covered, &mut table)?;
         // Finishes a checkpoint that a crash stopped after it became durable.
@@ -407,7 +443,7 @@ impl Store {
         let due = {
             let mut table = self.table.write();
             self.apply_durable(&mut table)?;
-            table.since_checkpoint.reached(&self.options, 1)
+            table.since_snapshot.reached(&self.options, 1)
         };
         if !due {
             return Ok(());
@@ -416,7 +452,7 @@ impl Store {
         let Some(_one) = self.checkpointing.try_lock() else {
             return Ok(());
         };
-        if !self.table.read().since_checkpoint.reached(&self.options, 1) {
+        if !self.table.read().since_snapshot.reached(&self.options, 1) {
             return Ok(()); // one finished meanwhile
         }
         self.checkpoint_locked()
@@ -425,14 +461,17 @@ impl Store {
     }
 
     /// Keeps the log bounded when checkpoints fall behind (a slow disk, a long one under
-    /// way): once twice the interval has been applied since the last checkpoint, a write
-    /// waits for the checkpoint under way, or takes one itself, before it is submitted.
+    /// way): once twice the interval has been applied since the last durable checkpoint, a
+    /// write waits for the checkpoint under way, or takes one itself, before it is
+    /// submitted. So the log after the last durable checkpoint holds at most twice the
+    /// interval, plus the writes in flight.
     fn hold_back_if_behind(&self) -> Result<()> {
-        if !self.table.read().since_checkpoint.reached(&self.options, 2) {
+        let behind = |t: &Table| t.since_durable_checkpoint().reached(&self.options, 2);
+        if !behind(&self.table.read()) {
             return Ok(());
         }
         let _one = self.checkpointing.lock();
-        if self.table.read().since_checkpoint.reached(&self.options, 2) {
+        if behind(&self.table.read()) {
             self.checkpoint_locked()?;
         }
         Ok(())
@@ -481,29 +520,34 @@ impl Store {
     }
 
     fn checkpoint_locked(&self) -> Result<Seq> {
-        let (covered, image, taken) = {
+        let (covered, image) = {
             let mut table = self.table.write();
             let all_applied = self.apply_durable(&mut table)?;
             // Every write in a batch before the last applied write's batch came earlier in
             // the queue, so it is applied. That batch itself is covered only if nothing is
             // left in the queue: with writes waiting, some of its own may still be among them.
             // (A write submitted later goes to a later batch: this one is already durable.)
-            let covered = match all_applied {
-                true => table.last_seq,
-                false => table.last_seq.saturating_sub(1),
+            let (covered, not_covered) = match all_applied {
+                true => (table.last_seq, Progress::default()),
+                false => (table.last_seq.saturating_sub(1), table.in_last_seq),
             };
             let image = encode_checkpoint(covered, &table.map);
-            (covered, image, std::mem::take(&mut table.since_checkpoint))
+            table.in_checkpoint = table.since_snapshot.minus(not_covered);
+            table.since_snapshot = not_covered;
+            (covered, image)
         };
         self.step(CheckpointStep::Snapshot);
-        if let Err(e) = self.write_checkpoint(&image) {
-            // Not covered after all: count them towards the next one.
+        let written = self.write_checkpoint(&image);
+        {
             let mut table = self.table.write();
-            table.since_checkpoint.writes += taken.writes;
-            table.since_checkpoint.bytes += taken.bytes;
-            return Err(e);
+            let taken = std::mem::take(&mut table.in_checkpoint);
+            match written {
+                Ok(()) => table.checkpointed = covered,
+                // Not covered after all: they count towards the next one.
+                Err(_) => table.since_snapshot = table.since_snapshot + taken,
+            }
         }
-        self.table.write().checkpointed = covered;
+        written?;
         // Only now that the checkpoint is durable may the log it covers go. If this fails,
         // the checkpoint stands; the next one (or the next open) retires.
         self.engine.retire_before(covered + 1)?;

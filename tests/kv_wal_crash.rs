@@ -20,7 +20,7 @@
 //! of its `n`-th checkpoint the child prints `@@STOP` and aborts, or sleeps until the parent
 //! kills it (while the other writers go on until the store holds them back).
 //!
-//! Environment: `MERGELOG_KVWAL_ITERS` (default 120) iterations, all on one directory;
+//! Environment: `MERGELOG_KVWAL_ITERS` (default 300, about 30 s in the release-checked profile) iterations, all on one directory;
 //! `MERGELOG_KVWAL_SEED` to repeat a run.
 
 #![allow(clippy::disallowed_methods)]
@@ -543,7 +543,7 @@ fn kv_wal_keeps_acknowledged_writes_and_bounded_disk_across_kills() {
     if std::env::var_os(CHILD_DIR_ENV).is_some() {
         return; // never in the child
     }
-    let iters = env_u64(ITERS_ENV).unwrap_or(120) as usize;
+    let iters = env_u64(ITERS_ENV).unwrap_or(300) as usize;
     let seed = env_u64(SEED_ENV).unwrap_or_else(|| rand::rng().random());
     let bound = disk_bound();
     eprintln!("kv_wal crash: {iters} iterations, {SEED_ENV}={seed}, disk bound {bound} bytes");

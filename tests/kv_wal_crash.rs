@@ -3,8 +3,9 @@
 //! checkpoints every few hundred writes, and reports what it submitted and what was
 //! acknowledged; the parent kills it, reopens the store (checkpoint + replay) and checks that
 //! the table is the state after a prefix of the submission order holding every acknowledged
-//! write, and that the directory (log and checkpoint) stays under a bound derived from the
-//! segment size and the checkpoint interval.
+//! write; that the log after the checkpoint holds no more writes than the store lets it
+//! (twice the interval plus those in flight); and that the directory (log and checkpoint)
+//! stays under a bound derived from that, the segment size and the frame format.
 //!
 //! The child is this test binary, re-executed with `--exact kv_wal_child` (as in `crash.rs`).
 //! It prints, flushing each line:
@@ -20,8 +21,8 @@
 //! of its `n`-th checkpoint the child prints `@@STOP` and aborts, or sleeps until the parent
 //! kills it (while the other writers go on until the store holds them back).
 //!
-//! Environment: `MERGELOG_KVWAL_ITERS` (default 300, about 30 s in the release-checked profile) iterations, all on one directory;
-//! `MERGELOG_KVWAL_SEED` to repeat a run.
+//! Environment: `MERGELOG_KVWAL_ITERS` (default 300, about 30 s in the release-checked
+//! profile) iterations, all on one directory; `MERGELOG_KVWAL_SEED` to repeat a run.
 
 #![allow(clippy::disallowed_methods)]
 
@@ -417,9 +418,9 @@ fn run_child(dir: &Path, child_seed: u64, plan: Option<StopPlan>, rng: &mut StdR
 }
 
 /// Returns when the child should be killed: one time in ten within 4 ms of its start (inside
-/// `Store::open`); with a stop plan, 0–100 ms after it stopped (a slow checkpoint: the other writers
-/// go on meanwhile, until the store holds them back) (or 1 s after its first
-/// acknowledgement if it never got there); else 5–150 ms after its first acknowledgement.
+/// `Store::open`); with a stop plan, 0–100 ms after it stopped (a slow checkpoint: the other
+/// writers go on meanwhile, until the store holds them back), or 1 s after its first
+/// acknowledgement if it never got there; else 5–150 ms after its first acknowledgement.
 fn wait_for_kill_time(seen: &mpsc::Receiver<Seen>, planned: bool, rng: &mut StdRng) {
     if rng.random_bool(0.1) {
         std::thread::sleep(Duration::from_micros(rng.random_range(0..4000)));

@@ -33,7 +33,7 @@ mod store;
 
 use common::model::{apply_writes, hex, mixed_key, state_diff, unhex, WriteOp};
 use common::{env_u64, State};
-use mergelog::internals::format::{frame_len, record_len, SEGMENT_HEADER_LEN};
+use mergelog::internals::format::{frame_len, record_len, trailer_len, SEGMENT_HEADER_LEN};
 use mergelog::Config;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -103,20 +103,23 @@ fn writes_after_checkpoint_max() -> u64 {
 /// rules and the log's format:
 ///
 /// - The log after the last durable checkpoint's batch `S` holds at most
-///   [`writes_after_checkpoint_max`] writes, each adding at most a frame of its own.
+///   [`writes_after_checkpoint_max`] writes, each adding at most a frame of its own (its
+///   record and a trailer without request ids: the store gives its writes none).
 /// - `Store::open` retires every segment before the one holding `S + 1`. From there on,
 ///   every segment but the last is full to within one frame (it rolls when the next frame
 ///   does not fit), so the segments strictly between hold at most `L / usable`; plus that
 ///   first one, the last one, and the next one prepared ahead.
-/// - Plus the checkpoint file: every key with its longest value.
+/// - Plus the checkpoint file (every key with its longest value), and the engine's small
+///   files (`LOCK`, empty; `CLEAN` only while closed; no `ids` file without request ids).
 fn disk_bound() -> u64 {
     let frame_max = frame_len(BATCH_BYTES_MAX) as u64;
-    let write_max = frame_len(record_len(KEY_LEN_MAX, VALUE_LEN_MAX)) as u64;
+    let write_max = frame_len(record_len(KEY_LEN_MAX, VALUE_LEN_MAX) + trailer_len(0)) as u64;
     let log_after_checkpoint = writes_after_checkpoint_max() * write_max;
     let usable = SEGMENT_BYTES - SEGMENT_HEADER_LEN as u64 - frame_max;
     let segment_files = log_after_checkpoint / usable + 3;
     let checkpoint = 28 + KEYS as u64 * (16 + (KEY_LEN_MAX + VALUE_LEN_MAX) as u64);
-    segment_files * SEGMENT_BYTES + checkpoint
+    let small_files = 4096;
+    segment_files * SEGMENT_BYTES + checkpoint + small_files
 }
 
 /// Bytes of every file under `dir`.

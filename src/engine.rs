@@ -547,6 +547,7 @@ impl Engine {
         let backlog = self.inner.ring.tail().saturating_sub(durable);
         Stats {
             segments: self.inner.pool.counts(),
+            consumers: self.consumers().unwrap_or_default(),
             ..self.inner.counters.snapshot(backlog, durable)
         }
     }

@@ -186,6 +186,9 @@ pub struct Stats {
     pub segments: SegmentCounts,
     /// Per-stage latencies.
     pub stages: StageHistograms,
+    /// The durable consumers and their lag (as `Engine::consumers` gives them; empty if their
+    /// files could not be read, which `Engine::consumers` reports).
+    pub consumers: Vec<crate::ConsumerInfo>,
 }
 
 #[derive(Default)]
@@ -277,6 +280,7 @@ impl Counters {
             duplicates,
             segments,
             stages: self.stages.lock().clone(),
+            consumers: Vec::new(),
         }
     }
 }

@@ -155,17 +155,30 @@ pub(crate) fn lock_dir(io: &dyn Io, dir: &Path) -> Result<File> {
         opened => opened,
     }
     .map_err(|e| Error::io("open lock file", &path, e))?;
-    // SAFETY: flock on a file descriptor we own and keep open; it has no memory effects.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
+    // A lock held by another engine is refused at once, but only after a short grace: a
+    // process forked by this one between the previous engine's close and this open holds a
+    // copy of the previous engine's (close-on-exec) lock descriptor until it execs, and the
+    // flock lives as long as any copy does.
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    loop {
+        // SAFETY: flock on a file descriptor we own and keep open; it has no memory effects.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(file);
+        }
         let err = std::io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(Error::io("lock", &path, err));
+        }
+        if std::time::Instant::now() >= deadline {
             return Err(Error::Locked(dir.to_owned()));
         }
-        return Err(Error::io("lock", &path, err));
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
-    Ok(file)
 }
+
+/// How long `lock_dir` tries again before it reports the directory locked (see there).
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Removes what a failed step may have left at `path`, if anything is there: best effort,
 /// through the hooks (which are not called if there is no such file).

@@ -804,7 +804,9 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
         duplicates,
         segments,
         stages,
+        consumers,
     } = from;
+    into.consumers = consumers;
     into.submitted += submitted;
     into.writes += writes;
     into.reads += reads;

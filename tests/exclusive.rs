@@ -434,3 +434,31 @@ fn log_directory_the_engine_creates_is_not_world_writable() {
     }
     engine.close().unwrap();
 }
+
+/// A process forked while an engine is open holds a copy of its lock descriptor until it
+/// execs or exits, and the lock lives as long as any copy does: closing the engine and opening
+/// the directory again right away must not report it locked by another engine (the open
+/// waits briefly for such a copy to go).
+#[test]
+fn a_reopen_waits_out_a_forked_childs_copy_of_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    // SAFETY: the child only sleeps and `_exit`s, both async-signal-safe, so forking a
+    // multi-threaded process is sound here.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: async-signal-safe calls only (see above).
+        unsafe {
+            libc::usleep(40_000);
+            libc::_exit(0);
+        }
+    }
+    engine.close().unwrap();
+    drop(engine);
+    let reopened = Engine::open(dir.path(), config());
+    let mut status = 0;
+    // SAFETY: waits for the child forked above; `status` is a valid out pointer.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    reopened.expect("a reopen while a forked child holds a copy of the lock descriptor");
+}

@@ -150,3 +150,41 @@ fn put_allocates_nothing_in_steady_state() {
     assert!(control > 0, "the counter saw no allocation in Engine::get");
     engine.close().unwrap();
 }
+
+/// An idempotent put costs its id's bytes in the ring, and no allocation either: the ticket is
+/// the plain ticket, the duplicate check is the flusher's.
+#[test]
+fn put_with_id_allocates_nothing_in_steady_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = Config {
+        durability: Durability::NoSync,
+        ..Config::default()
+    };
+    let engine = Engine::open(tmp.path(), config).expect("open");
+    let value = [0x5au8; 100];
+    let puts = |from: u32, n: u32| -> u64 {
+        let mut allocations = 0;
+        for i in from..from + n {
+            let k = key(i);
+            let (ticket, a) = counted(|| engine.put_with_id(u128::from(i), &k, &value));
+            allocations += a;
+            let ticket = ticket.expect("put_with_id");
+            if i % WAIT_EVERY == WAIT_EVERY - 1 {
+                assert!(!ticket.wait().expect("durable").is_duplicate());
+            }
+        }
+        allocations
+    };
+    puts(0, WARMUP_PUTS);
+    engine.flush().unwrap().wait().unwrap();
+    let allocations = puts(WARMUP_PUTS, MEASURED_PUTS);
+    assert_eq!(
+        allocations, 0,
+        "{allocations} allocations in {MEASURED_PUTS} puts with ids"
+    );
+    // A duplicate is answered without allocating too.
+    let (dup, a) = counted(|| engine.put_with_id(5u128, &key(5), &value));
+    assert!(dup.unwrap().wait().unwrap().is_duplicate());
+    assert_eq!(a, 0, "a duplicate's submit allocated");
+    engine.close().unwrap();
+}

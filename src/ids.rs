@@ -300,17 +300,23 @@ pub(crate) struct IdEntry {
 pub(crate) struct Ids {
     current: Generation,
     previous: Generation,
+    /// One hasher for both tables: an id is hashed once per lookup.
+    hasher: foldhash::fast::RandomState,
     horizon: IdHorizon,
 }
 
 #[derive(Default)]
 struct Generation {
-    table: hashbrown::HashMap<RequestId, IdEntry, foldhash::fast::RandomState>,
+    table: hashbrown::HashTable<(RequestId, IdEntry)>,
     /// The newest `IdEntry::time` in `table`.
     newest: u64,
 }
 
 impl Generation {
+    fn find(&self, hash: u64, id: &RequestId) -> Option<&IdEntry> {
+        self.table.find(hash, |(k, _)| k == id).map(|(_, e)| e)
+    }
+
     /// Forgets everything, keeping the table's allocation for the next generation.
     fn clear(&mut self) {
         self.table.clear();
@@ -329,28 +335,33 @@ impl Ids {
         Ids {
             current: Generation::default(),
             previous: Generation::default(),
+            hasher: Default::default(),
             horizon,
         }
     }
 
     /// The batch that logs `id`, if it is remembered.
     pub fn get(&self, id: &RequestId) -> Option<u64> {
-        let in_current = self.current.table.get(id);
-        in_current
-            .or_else(|| self.previous.table.get(id))
-            .map(|e| e.seq)
+        use std::hash::BuildHasher;
+        let hash = self.hasher.hash_one(id);
+        let in_current = self.current.find(hash, id);
+        in_current.or_else(|| self.previous.find(hash, id)).map(|e| e.seq)
     }
 
     /// Enters `id`, logged in batch `entry.seq`, unless it is remembered: then `Err` with the
     /// batch that logs it.
     pub fn take(&mut self, id: RequestId, entry: IdEntry) -> std::result::Result<(), u64> {
-        if let Some(e) = self.previous.table.get(&id) {
+        use std::hash::BuildHasher;
+        let hash = self.hasher.hash_one(id);
+        if let Some(e) = self.previous.find(hash, &id) {
             return Err(e.seq);
         }
-        match self.current.table.entry(id) {
-            hashbrown::hash_map::Entry::Occupied(o) => return Err(o.get().seq),
-            hashbrown::hash_map::Entry::Vacant(v) => {
-                v.insert(entry);
+        let hasher = &self.hasher;
+        let rehash = |(k, _): &(RequestId, IdEntry)| hasher.hash_one(k);
+        match self.current.table.entry(hash, |(k, _)| *k == id, rehash) {
+            hashbrown::hash_table::Entry::Occupied(o) => return Err(o.get().1.seq),
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert((id, entry));
             }
         }
         self.current.newest = self.current.newest.max(entry.time);
@@ -384,7 +395,7 @@ impl Ids {
             .iter()
             .flat_map(|g| g.table.iter())
             .filter(|(_, e)| e.seq < seq)
-            .map(|(id, e)| (*id, *e))
+            .copied()
             .collect();
         v.sort_unstable_by_key(|(id, e)| (e.seq, *id));
         v

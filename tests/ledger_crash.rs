@@ -22,7 +22,9 @@
 //! replay) and checked against a model that folds the bank's events in the order the ledger
 //! applies them (batch, then key), with its own overdraft rule:
 //!
-//! - every acknowledgement of a voucher names the same batch (no transfer logged twice);
+//! - the bank's log holds every voucher once, in the batch its acknowledgements name (the
+//!   test reads the whole history through a durable consumer of its own, `audit`, between
+//!   iterations: no transfer logged twice);
 //! - the balances, the number of events applied and the number compensated are the model's
 //!   (no transfer applied twice or lost, no compensation without an overdraft, no overdraft
 //!   left uncompensated), and money is conserved;
@@ -420,8 +422,43 @@ fn ledger_history(ledger: &Ledger) -> (BTreeMap<String, bool>, Vec<(String, i64)
 }
 
 /// Opens the accounts (in the test's process); their events with the batches holding them.
+/// The test's own durable consumer of the bank's log: it reads every batch between two
+/// iterations (and holds retirement back until it has), so the whole history is checked.
+const AUDIT: &str = "audit";
+
+/// Every transfer the bank's log holds, with its batch, read through [`AUDIT`].
+#[derive(Default)]
+struct Audit {
+    logged: BTreeMap<u64, Seq>,
+}
+
+impl Audit {
+    /// Reads the batches logged since the last call; fails on a voucher logged twice.
+    fn read(&mut self, dir: &Path) {
+        let reader = LogReader::open(dir.join("bank")).expect("audit reader");
+        let mut audit = reader.consumer(AUDIT).expect("audit consumer");
+        while let Some(batch) = audit.try_next().expect("audit batch") {
+            for (_, key, _) in &batch.records {
+                let key = String::from_utf8_lossy(key);
+                let Some(v) = key.strip_prefix("tx/") else {
+                    continue;
+                };
+                let v = u64::from_str_radix(v, 16).expect("voucher");
+                if let Some(first) = self.logged.insert(v, batch.seq) {
+                    panic!(
+                        "voucher {v} logged twice: in batches {first} and {}",
+                        batch.seq
+                    );
+                }
+            }
+            audit.commit(batch.seq).expect("audit commit");
+        }
+    }
+}
+
 fn open_accounts(dir: &Path, plan_seed: u64) -> Vec<(Seq, String, Event)> {
     let bank = Bank::open(dir.join("bank")).expect("Bank::open");
+    drop(bank.engine().consumer(AUDIT).expect("audit consumer"));
     let opened = opening_balances(plan_seed)
         .into_iter()
         .map(|(account, balance)| {
@@ -439,7 +476,7 @@ fn open_accounts(dir: &Path, plan_seed: u64) -> Vec<(Seq, String, Event)> {
 
 /// The last round: a writer that submits every voucher not acknowledged and is not killed,
 /// while the ledger is drained in this process; then the ledger reopened (rebuilt by replay).
-fn drain(dir: &Path, client: &mut Client, plan_seed: u64) -> Ledger {
+fn drain(dir: &Path, client: &mut Client, audit: &mut Audit, plan_seed: u64) -> Ledger {
     let args = format!(
         "{} {} {plan_seed} 8",
         client.first_unacked(),
@@ -468,6 +505,7 @@ fn drain(dir: &Path, client: &mut Client, plan_seed: u64) -> Ledger {
             ledger
         });
         client.take(&writer.finish(None));
+        audit.read(dir);
         let last = LogReader::open(dir.join("bank"))
             .expect("reader")
             .next_seq();
@@ -482,16 +520,33 @@ fn drain(dir: &Path, client: &mut Client, plan_seed: u64) -> Ledger {
 }
 
 /// Checks the drained ledger against the model of the acknowledged events.
-fn check(ledger: &Ledger, client: &Client, opened: Vec<(Seq, String, Event)>, plan_seed: u64) {
+fn check(
+    ledger: &Ledger,
+    (client, audit): (&Client, &Audit),
+    opened: Vec<(Seq, String, Event)>,
+    plan_seed: u64,
+) {
     for v in 1..client.next_new {
         assert!(
             client.acked.contains_key(&v),
             "voucher {v} never acknowledged"
         );
     }
+    for (v, seq) in &client.acked {
+        assert_eq!(
+            audit.logged.get(v),
+            Some(seq),
+            "voucher {v}: acknowledged in batch {seq}, but that is not where the bank's log holds it"
+        );
+    }
+    assert_eq!(
+        audit.logged.len(),
+        client.acked.len(),
+        "unknown vouchers logged"
+    );
     let initial: i64 = opening_balances(plan_seed).iter().map(|(_, b)| b).sum();
     let mut events = opened;
-    events.extend(client.acked.iter().map(|(&v, &seq)| {
+    events.extend(audit.logged.iter().map(|(&v, &seq)| {
         let t = plan(plan_seed, v);
         (seq, format!("tx/{v:016x}"), Event::Transfer(t))
     }));
@@ -540,6 +595,7 @@ fn ledger_survives_kill_9_with_exactly_once_effects() {
         ..Client::default()
     };
     let mut delivered = Delivered::default();
+    let mut audit = Audit::default();
     for _ in 0..iters {
         let from = client.first_unacked();
         client.next_new += rng.random_range(1..=12);
@@ -554,11 +610,12 @@ fn ledger_survives_kill_9_with_exactly_once_effects() {
             (writer.finish(Some(w_kill)), c.join().expect("consumer"))
         });
         client.take(&w_lines);
+        audit.read(dir);
         delivered.take(&c_lines);
     }
     let killed = started.elapsed();
-    let ledger = drain(dir, &mut client, plan_seed);
-    check(&ledger, &client, opened, plan_seed);
+    let ledger = drain(dir, &mut client, &mut audit, plan_seed);
+    check(&ledger, (&client, &audit), opened, plan_seed);
     let s = ledger.state();
     eprintln!(
         "ledger crash test: {iters} iterations in {killed:.1?} (+ drain and check: {:.1?}); {} vouchers, {} acknowledgements were duplicates; consumers killed having done {} batches, {} events, {} of them duplicates; ledger: {} applied, {} compensated, balances {:?}",

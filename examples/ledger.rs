@@ -8,7 +8,8 @@
 //!
 //! ```sh
 //! cargo run --release --example ledger            # in a temporary directory
-//! cargo run --release --example ledger -- DIR     # in DIR (kept; run again to continue)
+//! cargo run --release --example ledger -- DIR     # in DIR, new or empty; kept afterwards
+//! cargo run --release -p mergelog-tools -- dump DIR/bank     # then look at the events
 //! ```
 //!
 //! The ledger runs as a child process (this program, re-executed as
@@ -52,6 +53,13 @@ fn transfer(voucher: u64, from: &str, to: &str, amount: i64) -> Event {
 fn demo(dir: Option<PathBuf>) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = dir.unwrap_or_else(|| tmp.path().to_path_buf());
+    if dir.join("bank").exists() || dir.join("ledger").exists() {
+        return Err(format!(
+            "{} already holds a ledger: give a new directory",
+            dir.display()
+        )
+        .into());
+    }
     let bank = Bank::open(dir.join("bank"))?;
     let opened: i64 = 150;
     let mut events = vec![
@@ -159,6 +167,9 @@ fn consume(args: &[String]) -> Result<()> {
     let mut consumer = LogReader::open(dir.join("bank"))?.consumer(CONSUMER)?;
     if rest.first().map(String::as_str) == Some("crash") {
         let from = consumer.next_seq();
+        if from > until {
+            return Err(format!("nothing to consume: batch {until} is already committed").into());
+        }
         let batch = loop {
             if let Some(b) = consumer.next_timeout(std::time::Duration::from_secs(1))? {
                 break b;

@@ -150,7 +150,7 @@ pub struct Config {
     pub consumer_lag_max: Option<ConsumerLag>,
     /// How long request ids (`Engine::put_with_id` and friends) are remembered: a
     /// resubmission within it is a duplicate, never logged twice. Default: the newest
-    /// 1,048,576 ids, whatever their age.
+    /// 262,144 ids (up to twice as many), whatever their age.
     pub request_ids: crate::ids::IdHorizon,
 }
 

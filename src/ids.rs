@@ -345,7 +345,9 @@ impl Ids {
         use std::hash::BuildHasher;
         let hash = self.hasher.hash_one(id);
         let in_current = self.current.find(hash, id);
-        in_current.or_else(|| self.previous.find(hash, id)).map(|e| e.seq)
+        in_current
+            .or_else(|| self.previous.find(hash, id))
+            .map(|e| e.seq)
     }
 
     /// Enters `id`, logged in batch `entry.seq`, unless it is remembered: then `Err` with the

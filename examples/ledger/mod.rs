@@ -267,7 +267,7 @@ pub fn bank_config() -> Config {
         ring_bytes: 1 << 20,
         consumer_lag_max: Some(ConsumerLag {
             batches: Some(512),
-            bytes: None,
+            ..ConsumerLag::default()
         }),
         ..Config::default()
     }

@@ -802,6 +802,8 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
         sync_time,
         throttled,
         duplicates,
+        merges,
+        merges_refused,
         segments,
         stages,
         consumers,
@@ -821,6 +823,8 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
     into.window_waits += window_waits;
     into.throttled += throttled;
     into.duplicates += duplicates;
+    into.merges += merges;
+    into.merges_refused += merges_refused;
     into.sync_time.busy_ns += sync_time.busy_ns;
     into.sync_time.frame_ready_ns += sync_time.frame_ready_ns;
     into.sync_time.nothing_ready_ns += sync_time.nothing_ready_ns;

@@ -79,6 +79,12 @@ pub enum Op<'a> {
     Delete,
     /// Read the key as of this request's place in the order.
     Get,
+    /// Merge the operand into the key's value (`crate::merge`): a write, which coalesces
+    /// like one (the flusher logs the merged value under the key's surviving entry).
+    Merge(&'a [u8]),
+    /// Nothing: an operation taken out of the window (a request the merge operator refused).
+    /// Neither a write nor a read; the plan ignores it.
+    Nop,
 }
 
 /// One request of the window; the slice handed to [`Coalescer::plan`] is in the engine's total
@@ -328,7 +334,7 @@ impl Coalescer {
             entries
                 .iter()
                 .enumerate()
-                .filter(|(_, e)| !matches!(e.op, Op::Get))
+                .filter(|(_, e)| !matches!(e.op, Op::Get | Op::Nop))
                 .map(|(i, _)| i as u32),
         );
     }
@@ -340,14 +346,19 @@ impl Coalescer {
         let mut shape = Shape::EMPTY;
         let mut writes = 0;
         self.items.clear();
-        self.items.extend(entries.iter().enumerate().map(|(i, e)| {
-            let write = !matches!(e.op, Op::Get);
-            writes += write as usize;
-            let mut x = Item::new(i as u32, write);
-            x.set_key(e.key, 0);
-            shape.add(&x);
-            x
-        }));
+        let taken = entries.iter().enumerate();
+        self.items.extend(
+            taken
+                .filter(|(_, e)| !matches!(e.op, Op::Nop))
+                .map(|(i, e)| {
+                    let write = !matches!(e.op, Op::Get);
+                    writes += write as usize;
+                    let mut x = Item::new(i as u32, write);
+                    x.set_key(e.key, 0);
+                    shape.add(&x);
+                    x
+                }),
+        );
         let marked = sort_items(
             &mut self.items,
             &mut self.tmp,
@@ -443,6 +454,9 @@ impl Coalescer {
         let keys = &mut self.keys;
         let seed = self.seed;
         for (i, e) in entries.iter().enumerate() {
+            if matches!(e.op, Op::Nop) {
+                continue;
+            }
             let idx = i as u32;
             let (p0, p1) = inline16(e.key);
             let len_class = e.key.len().min(LONG as usize) as u64;
@@ -1254,6 +1268,9 @@ mod tests {
         let mut writes = Vec::new();
         for (i, en) in entries.iter().enumerate() {
             let i = i as u32;
+            if let Op::Nop = en.op {
+                continue;
+            }
             if let Op::Get = en.op {
                 let ans = match last.get(en.key) {
                     Some(&w) => GetAnswer::Write(w),
@@ -1299,9 +1316,12 @@ mod tests {
             .iter()
             .map(|&(k, op)| Entry {
                 key: &keys[k % keys.len()],
+                // A merge is a write to the plan; a nop is nothing.
                 op: match op {
                     0 => Op::Get,
                     1 => Op::Delete,
+                    4 => Op::Merge(b"operand"),
+                    5 => Op::Nop,
                     _ => Op::Put(b"value"),
                 },
             })
@@ -1353,7 +1373,7 @@ mod tests {
     }
 
     fn ops() -> impl Strategy<Value = Vec<(usize, u8)>> {
-        prop::collection::vec((0usize..64, 0u8..4), 0..700)
+        prop::collection::vec((0usize..64, 0u8..6), 0..700)
     }
 
     proptest! {
@@ -1372,7 +1392,7 @@ mod tests {
         #[test]
         fn matches_model_random_keys(
             keys in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..24), 1..600),
-            ops in prop::collection::vec((0usize..600, 0u8..4), 0..900),
+            ops in prop::collection::vec((0usize..600, 0u8..6), 0..900),
         ) {
             check(&keys, &ops)?;
         }

@@ -152,6 +152,11 @@ pub struct Config {
     /// resubmission within it is a duplicate, never logged twice. Default: the newest
     /// 262,144 ids (up to twice as many), whatever their age.
     pub request_ids: crate::ids::IdHorizon,
+    /// The operator of `Engine::merge` and `WriteBatch::merge` (default `None`: merges are
+    /// refused at submit). The log holds merged values, never operands: an engine may be
+    /// reopened with another operator, or none, and reads, replay and followers see the
+    /// same values.
+    pub merge: Option<crate::merge::MergeOperator>,
 }
 
 impl Default for Config {
@@ -173,6 +178,7 @@ impl Default for Config {
             recycle_segments: 0,
             consumer_lag_max: None,
             request_ids: crate::ids::IdHorizon::default(),
+            merge: None,
         }
     }
 }
@@ -245,6 +251,14 @@ impl Config {
             ));
         }
         self.check_consumer_lag()?;
+        if let Some(crate::merge::MergeOperator::Append { max_len }) = self.merge {
+            if max_len == 0 || max_len > self.value_len_max {
+                return bad(format!(
+                    "merge = Append {{ max_len: {max_len} }} must be between 1 and value_len_max = {}",
+                    self.value_len_max
+                ));
+            }
+        }
         if self.request_ids.ids == 0 || self.request_ids.age == Some(Duration::ZERO) {
             return bad(format!(
                 "request_ids = {:?} must remember at least one id, for more than no time",

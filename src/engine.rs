@@ -268,6 +268,55 @@ impl Engine {
         self.submit(len, |buf| request::encode_delete(buf, key, now, id))
     }
 
+    /// Submits a merge of `operand` into the value of `key`, with the engine's operator
+    /// (`Config::merge`, e.g. `MergeOperator::Add` for a counter). Returns at once; the
+    /// ticket completes when the merged value is durable. The flusher computes that value
+    /// from the key's value as of the merge's place in the order and logs it as a put, so
+    /// concurrent merges of one key are atomic and none is lost, without a lock or a
+    /// read-modify-write round trip for the caller.
+    ///
+    /// Refused with [`Error::MergeRefused`]: at once, if no operator is configured or it
+    /// cannot take `operand` (an `Add`, `Max` or `Min` operand is 8 bytes, a little-endian
+    /// `i64`); through the ticket, if the operator refuses the value the merge applies to
+    /// (an `Add` onto a value that is not 8 bytes), or a `Custom` operator's result is
+    /// over `value_len_max` or it panics. A refused merge changes nothing; the engine goes
+    /// on.
+    pub fn merge(&self, key: &[u8], operand: &[u8]) -> Result<Ticket> {
+        self.check_merge(key, operand)?;
+        Ok(self.ticket(self.submit_merge(key, operand, None)?))
+    }
+
+    /// The submit-side checks of a merge: key and operand limits, and the operator's.
+    pub(crate) fn check_merge(&self, key: &[u8], operand: &[u8]) -> Result<()> {
+        self.check_key(key)?;
+        self.check_value(operand)?;
+        self.check_operand(operand)
+    }
+
+    /// The operator's check of `operand` (refused when no operator is configured).
+    fn check_operand(&self, operand: &[u8]) -> Result<()> {
+        match &self.inner.config.merge {
+            Some(op) => op.check_operand(operand),
+            None => Err(Error::MergeRefused {
+                operator: "none",
+                reason: "Config::merge sets no merge operator".into(),
+            }),
+        }
+    }
+
+    /// As [`Engine::submit_put`], for a merge.
+    pub(crate) fn submit_merge(
+        &self,
+        key: &[u8],
+        operand: &[u8],
+        id: Option<&RequestId>,
+    ) -> Result<u64> {
+        self.admit()?;
+        let now = self.stamp();
+        let len = request::merge_len(key, operand) + request::id_len(id);
+        self.submit(len, |buf| request::encode_merge(buf, key, operand, now, id))
+    }
+
     /// Submits a windowed read, ordered with the writes: it sees every write submitted
     /// before it (including those of its own window) and completes once its window is
     /// durable, so it never returns a value a crash could take back.
@@ -300,7 +349,9 @@ impl Engine {
             self.check_key(key)?;
             self.check_value(value)?;
         }
-        Ok(())
+        batch
+            .merge_operands()
+            .try_for_each(|operand| self.check_operand(operand))
     }
 
     /// As [`Engine::submit_put`], for a checked write batch.
@@ -323,7 +374,7 @@ impl Engine {
         let pos = self.inner.ring.tail();
         self.inner.flush_to.fetch_max(pos, Ordering::SeqCst);
         self.inner.poke_flusher();
-        Ok(self.ticket(pos))
+        Ok(Ticket::flush(pos, self.inner.completion.clone()))
     }
 
     /// Reads the durable value of `key`, zero-copy from the log's mapping, without going

@@ -159,6 +159,19 @@ pub enum Error {
         /// What was refused, and why.
         reason: String,
     },
+    /// A merge (`Engine::merge`, `WriteBatch::merge`) was refused, and nothing of its request
+    /// was applied (a write batch holding it applies none of its operations). At submit: no
+    /// `Config::merge` operator, or an operand the operator cannot take (an `Add`, `Max` or
+    /// `Min` operand that is not 8 bytes). In the flusher, for this request's ticket only:
+    /// the value the merge would apply to is not one the operator takes (an `Add` onto a
+    /// value that is not 8 bytes), a `Custom` operator's result is longer than
+    /// `Config::value_len_max`, or the operator panicked. The engine goes on.
+    MergeRefused {
+        /// The operator: `"add"`, `"max"`, `"min"`, `"append"`, `"custom"`, or `"none"`.
+        operator: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -264,6 +277,10 @@ impl fmt::Display for Error {
                 "batch {seq} was retired: the log now starts at batch {first}; restore from the snapshot the retirement was taken after, then follow from {first}"
             ),
             Error::Consumer { name, reason } => write!(f, "consumer {name:?}: {reason}"),
+            Error::MergeRefused { operator, reason } => write!(
+                f,
+                "merge refused by the {operator} operator: {reason}; nothing of the request was applied"
+            ),
         }
     }
 }

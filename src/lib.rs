@@ -82,6 +82,8 @@ mod index;
 #[cfg(not(loom))]
 #[doc(hidden)]
 pub mod log;
+#[cfg(not(loom))]
+mod merge;
 // Under loom only its loom tests use it.
 #[cfg_attr(loom, allow(dead_code))]
 mod pipeline;
@@ -119,6 +121,8 @@ pub use index::ValueRef;
 pub use log::format::{Record, RecordOp};
 #[cfg(not(loom))]
 pub use log::recovery::Damage;
+#[cfg(not(loom))]
+pub use merge::{MergeFn, MergeOperator};
 #[cfg(not(loom))]
 pub use reader::{Batch, Follower, LogReader, OwnedBatch, PendingId};
 #[cfg(not(loom))]

@@ -8,6 +8,7 @@
 //!   [16 request id, 16 bytes, if flags has ID: the body below starts 16 bytes later]
 //!   put:    | 16 key | value
 //!   delete: | 16 key
+//!   merge:  | 16 key | operand
 //!   get:    | 16 slot pointer u64 | 24 key
 //!   batch:  | 16 then per op: op u8 | key_len u32 | value_len u32 | key | value
 //! ```
@@ -30,6 +31,7 @@ const PUT: u8 = 1;
 const DELETE: u8 = 2;
 const GET: u8 = 3;
 const BATCH: u8 = 4;
+const MERGE: u8 = 5;
 /// Request header flag: a request id follows the header.
 const FLAG_ID: u8 = 1;
 /// Bytes a request id adds to a request (see [`FLAG_ID`]).
@@ -47,13 +49,16 @@ const _: () = assert!(BATCH_OP_HEADER == 1 + 4 + 4);
 const _: () = assert!(SLOT == 8 && std::mem::size_of::<*const GetSlot>() <= SLOT);
 const _: () = assert!(crate::log::format::KEY_LEN_MAX <= u16::MAX as usize);
 
-/// Several puts and deletes applied atomically: they enter the order as one request, land
-/// in one frame, and become durable together.
+/// Several puts, deletes and merges applied atomically: they enter the order as one
+/// request, land in one frame, and become durable together (a merge the operator refuses
+/// refuses the whole batch: see `Error::MergeRefused`).
 #[derive(Clone, Debug, Default)]
 pub struct WriteBatch {
     /// The operations, encoded as in a batch record's body.
     buf: Vec<u8>,
     count: u32,
+    /// How many of them are merges (their operands are checked at submit).
+    merges: u32,
 }
 
 impl WriteBatch {
@@ -85,6 +90,15 @@ impl WriteBatch {
         self
     }
 
+    /// Adds a merge of `operand` into the key's value, with the engine's operator
+    /// (`Config::merge`; see `Engine::merge`). The operand is checked when the batch is
+    /// submitted.
+    pub fn merge(&mut self, key: &[u8], operand: &[u8]) -> &mut Self {
+        self.push(MERGE, key, operand);
+        self.merges += 1;
+        self
+    }
+
     /// Number of operations.
     pub fn len(&self) -> usize {
         self.count as usize
@@ -99,6 +113,19 @@ impl WriteBatch {
     pub fn clear(&mut self) {
         self.buf.clear();
         self.count = 0;
+        self.merges = 0;
+    }
+
+    /// The merges' operands, for the operator's check at submit (nothing to walk in a batch
+    /// without merges).
+    pub(crate) fn merge_operands(&self) -> impl Iterator<Item = &[u8]> {
+        let left = if self.merges == 0 { 0 } else { self.count };
+        BatchOps {
+            buf: &self.buf,
+            left,
+        }
+        .filter(|(op, _, _)| *op == MERGE)
+        .map(|(_, _, operand)| operand)
     }
 
     /// The operations' keys and values in order (a delete's value is empty), for the limit
@@ -214,6 +241,28 @@ pub(crate) fn encode_delete(buf: &mut [u8], key: &[u8], stamp: u64, id: Option<&
     buf[at..].copy_from_slice(key);
 }
 
+/// Payload bytes of a merge.
+#[inline]
+pub(crate) fn merge_len(key: &[u8], operand: &[u8]) -> usize {
+    HEADER + key.len() + operand.len()
+}
+
+/// Fills `buf` (of [`merge_len`] + [`id_len`] bytes) with a merge of `operand` into `key`,
+/// submitted at `stamp`, with request id `id`.
+#[inline]
+pub(crate) fn encode_merge(
+    buf: &mut [u8],
+    key: &[u8],
+    operand: &[u8],
+    stamp: u64,
+    id: Option<&RequestId>,
+) {
+    let at = header(buf, MERGE, key.len(), operand.len() as u32, stamp, id);
+    let (k, v) = buf[at..].split_at_mut(key.len());
+    k.copy_from_slice(key);
+    v.copy_from_slice(operand);
+}
+
 /// Payload bytes of a windowed get.
 #[inline]
 pub(crate) fn get_len(key: &[u8]) -> usize {
@@ -248,9 +297,19 @@ pub(crate) fn encode_batch(buf: &mut [u8], batch: &WriteBatch, stamp: u64, id: O
     buf[at..].copy_from_slice(&batch.buf);
 }
 
+/// What [`decode`] counts as it goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct DecodeCounts {
+    /// Gets decoded.
+    pub gets: u64,
+    /// Merges decoded (a batch's included).
+    pub merges: u64,
+}
+
 /// Decodes one request into window entries (a batch gives several, in order): pushes its
 /// submit stamp to `stamps`, and for a get, the get's index in `entries` with its answer slot
-/// to `slots`, and counts it in `gets`. The entries borrow keys and values from `payload`.
+/// to `slots`, and counts it in `counts.gets` (a merge in `counts.merges`). The entries borrow
+/// keys and values from `payload`.
 /// Returns the request's id, if it has one.
 ///
 /// # Safety
@@ -265,7 +324,7 @@ pub(crate) unsafe fn decode<'a>(
     entries: &mut Vec<Entry<'a>>,
     stamps: &mut Vec<u64>,
     slots: &mut Vec<(u32, Arc<GetSlot>)>,
-    gets: &mut u64,
+    counts: &mut DecodeCounts,
 ) -> Option<RequestId> {
     let op = payload[0];
     let key_len = u16::from_le_bytes([payload[2], payload[3]]) as usize;
@@ -286,6 +345,13 @@ pub(crate) unsafe fn decode<'a>(
             key: &body[..key_len],
             op: Op::Delete,
         }),
+        MERGE => {
+            entries.push(Entry {
+                key: &body[..key_len],
+                op: Op::Merge(&body[key_len..key_len + value_len]),
+            });
+            counts.merges += 1;
+        }
         GET => {
             let raw = u64::from_le_bytes(body[..SLOT].try_into().unwrap());
             // SAFETY: by the caller's contract `encode_get` wrote this payload, so `raw` is
@@ -299,7 +365,7 @@ pub(crate) unsafe fn decode<'a>(
                 key: &body[SLOT..SLOT + key_len],
                 op: Op::Get,
             });
-            *gets += 1;
+            counts.gets += 1;
         }
         BATCH => {
             let ops = BatchOps {
@@ -307,14 +373,15 @@ pub(crate) unsafe fn decode<'a>(
                 left: value_len as u32,
             };
             for (op, key, value) in ops {
-                entries.push(Entry {
-                    key,
-                    op: if op == PUT {
-                        Op::Put(value)
-                    } else {
-                        Op::Delete
-                    },
-                });
+                let op = match op {
+                    PUT => Op::Put(value),
+                    MERGE => {
+                        counts.merges += 1;
+                        Op::Merge(value)
+                    }
+                    _ => Op::Delete,
+                };
+                entries.push(Entry { key, op });
             }
         }
         _ => unreachable!("the engine writes only known request kinds"),
@@ -334,6 +401,7 @@ mod tests {
         Put(Vec<u8>, Vec<u8>),
         Delete(Vec<u8>),
         Get(Vec<u8>),
+        Merge(Vec<u8>, Vec<u8>),
         /// (key, value), a delete's value `None`.
         Batch(Vec<(Vec<u8>, Option<Vec<u8>>)>),
     }
@@ -344,6 +412,7 @@ mod tests {
         Put(Vec<u8>, Vec<u8>),
         Delete(Vec<u8>),
         Get(Vec<u8>),
+        Merge(Vec<u8>, Vec<u8>),
     }
 
     fn seen(e: &Entry<'_>) -> Seen {
@@ -351,6 +420,8 @@ mod tests {
             Op::Put(v) => Seen::Put(e.key.to_vec(), v.to_vec()),
             Op::Delete => Seen::Delete(e.key.to_vec()),
             Op::Get => Seen::Get(e.key.to_vec()),
+            Op::Merge(v) => Seen::Merge(e.key.to_vec(), v.to_vec()),
+            Op::Nop => unreachable!("never decoded"),
         }
     }
 
@@ -360,6 +431,7 @@ mod tests {
             Req::Put(k, v) => vec![Seen::Put(k.clone(), v.clone())],
             Req::Delete(k) => vec![Seen::Delete(k.clone())],
             Req::Get(k) => vec![Seen::Get(k.clone())],
+            Req::Merge(k, v) => vec![Seen::Merge(k.clone(), v.clone())],
             Req::Batch(ops) => ops
                 .iter()
                 .map(|(k, v)| match v {
@@ -398,6 +470,11 @@ mod tests {
                 encode_delete(&mut buf, k, stamp, id);
                 buf
             }
+            Req::Merge(k, v) => {
+                let mut buf = vec![fill; merge_len(k, v) + id_len(id)];
+                encode_merge(&mut buf, k, v, stamp, id);
+                buf
+            }
             Req::Get(k) => {
                 let mut buf = vec![fill; get_len(k)];
                 encode_get(&mut buf, k, slot.clone(), stamp);
@@ -425,7 +502,7 @@ mod tests {
         entries: Vec<Seen>,
         stamps: Vec<u64>,
         slots: Vec<(u32, Arc<GetSlot>)>,
-        gets: u64,
+        counts: DecodeCounts,
         /// Per request, the id it decoded with.
         ids: Vec<Option<RequestId>>,
     }
@@ -435,17 +512,17 @@ mod tests {
         let mut entries = Vec::new();
         let mut stamps = Vec::new();
         let mut slots = Vec::new();
-        let mut gets = 0;
+        let mut counts = DecodeCounts::default();
         let mut ids = Vec::new();
         for r in records {
             // SAFETY: every record was written by an encoder (`record`) and is decoded once.
-            ids.push(unsafe { decode(r, &mut entries, &mut stamps, &mut slots, &mut gets) });
+            ids.push(unsafe { decode(r, &mut entries, &mut stamps, &mut slots, &mut counts) });
         }
         Decoded {
             entries: entries.iter().map(seen).collect(),
             stamps,
             slots,
-            gets,
+            counts,
             ids,
         }
     }
@@ -491,7 +568,9 @@ mod tests {
             }
             at += expected(r).len() as u32;
         }
-        assert_eq!(got.gets, want_slots.len() as u64);
+        assert_eq!(got.counts.gets, want_slots.len() as u64);
+        let merges = got.entries.iter().filter(|e| matches!(e, Seen::Merge(..)));
+        assert_eq!(got.counts.merges, merges.count() as u64);
         assert_eq!(got.slots.len(), want_slots.len());
         for ((i, s), (wi, ws)) in got.slots.iter().zip(&want_slots) {
             assert_eq!(i, wi);
@@ -610,6 +689,38 @@ mod tests {
     }
 
     #[test]
+    fn merges_round_trip_alone_and_in_a_batch() {
+        for k in edge_keys() {
+            round_trip(&[(Req::Merge(k.clone(), b"operand".to_vec()), 3)]);
+        }
+        let mut b = WriteBatch::new();
+        b.put(b"a", b"1")
+            .merge(b"a", b"+2")
+            .delete(b"c")
+            .merge(b"", b"");
+        let merges: Vec<&[u8]> = b.merge_operands().collect();
+        assert_eq!(merges, vec![&b"+2"[..], &b""[..]]);
+        let mut buf = vec![0; batch_len(&b)];
+        encode_batch(&mut buf, &b, 9, None);
+        let got = decode_all(&[buf]);
+        let want = vec![
+            Seen::Put(b"a".to_vec(), b"1".to_vec()),
+            Seen::Merge(b"a".to_vec(), b"+2".to_vec()),
+            Seen::Delete(b"c".to_vec()),
+            Seen::Merge(Vec::new(), Vec::new()),
+        ];
+        assert_eq!((got.entries, got.counts.merges), (want, 2));
+        b.clear();
+        assert_eq!(b.merge_operands().count(), 0);
+        b.put(b"x", b"y");
+        assert_eq!(
+            b.merge_operands().count(),
+            0,
+            "a batch without merges walks nothing"
+        );
+    }
+
+    #[test]
     fn keys_values_lists_a_batch_for_the_limit_checks() {
         let mut b = WriteBatch::new();
         assert!(b.is_empty());
@@ -643,6 +754,7 @@ mod tests {
             (key(), value()).prop_map(|(k, v)| Req::Put(k, v)),
             key().prop_map(Req::Delete),
             key().prop_map(Req::Get),
+            (key(), value()).prop_map(|(k, v)| Req::Merge(k, v)),
             // The engine refuses empty batches, so none reaches the codec.
             proptest::collection::vec((key(), proptest::option::of(value())), 1..16)
                 .prop_map(Req::Batch),

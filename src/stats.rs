@@ -75,7 +75,8 @@ impl StageHistograms {
 pub struct Counts {
     /// Requests taken into a window (a `WriteBatch` counts each of its operations).
     pub submitted: u64,
-    /// Puts and deletes taken into a window.
+    /// Puts, deletes and merges taken into a window (but those of requests refused by the
+    /// merge operator).
     pub writes: u64,
     /// Gets taken into a window.
     pub reads: u64,
@@ -108,6 +109,11 @@ pub struct Counts {
     /// or in flight) and not logged again; duplicates of durable ids answered at submit, which
     /// never reach a window, are not counted.
     pub duplicates: u64,
+    /// Merges taken into a window (`Engine::merge`, and each one of a write batch).
+    pub merges: u64,
+    /// Requests the merge operator refused in the flusher (their tickets report
+    /// `Error::MergeRefused`; their operations are not counted in `writes`).
+    pub merges_refused: u64,
     /// Segment files started, reused and retired since open.
     pub segments: SegmentCounts,
 }
@@ -148,7 +154,8 @@ pub struct SyncTime {
 pub struct Stats {
     /// Requests taken into a window (a `WriteBatch` counts each of its operations).
     pub submitted: u64,
-    /// Puts and deletes taken into a window.
+    /// Puts, deletes and merges taken into a window (but those of requests refused by the
+    /// merge operator).
     pub writes: u64,
     /// Gets taken into a window.
     pub reads: u64,
@@ -182,6 +189,11 @@ pub struct Stats {
     /// or in flight) and not logged again; duplicates of durable ids answered at submit, which
     /// never reach a window, are not counted.
     pub duplicates: u64,
+    /// Merges taken into a window (`Engine::merge`, and each one of a write batch).
+    pub merges: u64,
+    /// Requests the merge operator refused in the flusher (their tickets report
+    /// `Error::MergeRefused`; their operations are not counted in `writes`).
+    pub merges_refused: u64,
     /// Segment files started, reused and retired since open.
     pub segments: SegmentCounts,
     /// Per-stage latencies.
@@ -208,6 +220,8 @@ pub(crate) struct Counters {
     pub window_waits: AtomicU64,
     pub throttled: AtomicU64,
     pub duplicates: AtomicU64,
+    pub merges: AtomicU64,
+    pub merges_refused: AtomicU64,
     pub stages: Mutex<StageHistograms>,
 }
 
@@ -238,6 +252,8 @@ impl Counters {
             },
             throttled: get(&self.throttled),
             duplicates: get(&self.duplicates),
+            merges: get(&self.merges),
+            merges_refused: get(&self.merges_refused),
             // Kept by the log's file pool; the engine fills them in.
             segments: SegmentCounts::default(),
         }
@@ -260,6 +276,8 @@ impl Counters {
             sync_time,
             throttled,
             duplicates,
+            merges,
+            merges_refused,
             segments,
         } = self.counts(backlog_bytes, durable_position);
         Stats {
@@ -278,6 +296,8 @@ impl Counters {
             sync_time,
             throttled,
             duplicates,
+            merges,
+            merges_refused,
             segments,
             stages: self.stages.lock().clone(),
             consumers: Vec::new(),

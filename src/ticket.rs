@@ -56,6 +56,8 @@ pub(crate) struct Completion {
     pub(crate) seqs: SeqMap,
     /// The requests found to duplicate a request id (for `IdTicket`'s outcome).
     pub(crate) duplicates: Duplicates,
+    /// The requests the merge operator refused (`crate::merge`).
+    pub(crate) refusals: crate::merge::Refusals,
 }
 
 impl Completion {
@@ -80,6 +82,7 @@ impl Completion {
             futures: FutureWakers::new(),
             seqs: SeqMap::new(durable, durable_seq),
             duplicates: Duplicates::default(),
+            refusals: Default::default(),
         }
     }
 
@@ -99,9 +102,15 @@ impl Completion {
         }
     }
 
-    /// A request's outcome as a ticket reports it: the batch it landed in.
-    fn outcome(&self, pos: u64, done: Result<()>) -> Result<Seq> {
-        done.and_then(|()| self.seq_of(pos))
+    /// A request's outcome as a ticket reports it: the batch it landed in, or its refusal
+    /// (not for a flush, whose position is the request's before it).
+    fn outcome(&self, pos: u64, done: Result<()>, flush: bool) -> Result<Seq> {
+        let refused = || match flush {
+            false => self.refusals.check(pos),
+            true => Ok(()),
+        };
+        done.and_then(|()| refused())
+            .and_then(|()| self.seq_of(pos))
     }
 
     /// The durable watermark.
@@ -410,6 +419,8 @@ thread_local! {
 pub struct Ticket {
     pos: u64,
     completion: Arc<Completion>,
+    /// A `flush`'s ticket: its position is the last request's, whose refusal is not its own.
+    flush: bool,
 }
 
 impl std::fmt::Debug for Ticket {
@@ -423,7 +434,22 @@ impl std::fmt::Debug for Ticket {
 
 impl Ticket {
     pub(crate) fn new(pos: u64, completion: Arc<Completion>) -> Ticket {
-        Ticket { pos, completion }
+        let flush = false;
+        Ticket {
+            pos,
+            completion,
+            flush,
+        }
+    }
+
+    /// The ticket of a `flush` at `pos`.
+    pub(crate) fn flush(pos: u64, completion: Arc<Completion>) -> Ticket {
+        let flush = true;
+        Ticket {
+            pos,
+            completion,
+            flush,
+        }
     }
 
     /// The request's place in the engine's total order (its end position in the ring).
@@ -446,7 +472,7 @@ impl Ticket {
     /// The outcome if the request is complete, without blocking.
     pub fn try_result(&self) -> Option<Result<Seq>> {
         let done = self.completion.status(self.pos)?;
-        Some(self.completion.outcome(self.pos, done))
+        Some(self.completion.outcome(self.pos, done, self.flush))
     }
 
     /// Blocks until the request is durable or its batch failed (`Err`). Durable, it gives
@@ -458,7 +484,7 @@ impl Ticket {
     /// is durable, its batch no longer remembered.
     pub fn wait(&self) -> Result<Seq> {
         let done = self.completion.wait(self.pos, None);
-        self.completion.outcome(self.pos, done)
+        self.completion.outcome(self.pos, done, self.flush)
     }
 
     /// As `wait`, giving up with `Error::Timeout` after `timeout` (the request goes on).
@@ -466,7 +492,7 @@ impl Ticket {
         let done = self
             .completion
             .wait(self.pos, Some(Instant::now() + timeout));
-        self.completion.outcome(self.pos, done)
+        self.completion.outcome(self.pos, done, self.flush)
     }
 }
 
@@ -476,7 +502,7 @@ impl Future for Ticket {
         // Check, register the waker, fence, check again: the protocol the loom model of
         // `pipeline::handoff` checks.
         match self.completion.poll(self.pos, cx.waker()) {
-            Poll::Ready(done) => Poll::Ready(self.completion.outcome(self.pos, done)),
+            Poll::Ready(done) => Poll::Ready(self.completion.outcome(self.pos, done, self.flush)),
             Poll::Pending => Poll::Pending,
         }
     }

@@ -8,7 +8,9 @@ mod common;
 use common::log::{read_log, replay};
 use common::{engine_state, State, WAIT_MAX};
 use mergelog::internals::format::{frame_len, SEGMENT_HEADER_LEN};
-use mergelog::{Backpressure, Config, Durability, Engine, Error, WindowPolicy, WriteBatch};
+use mergelog::{
+    Backpressure, Config, Durability, Engine, Error, MergeOperator, WindowPolicy, WriteBatch,
+};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -743,4 +745,214 @@ fn second_open_of_a_directory_is_locked() {
     s.model.insert(b"second".to_vec(), b"2".to_vec());
     let engine = Engine::open(&s.dir, s.config.clone()).expect("open after drop");
     assert_eq!(engine_state(&engine), s.model);
+}
+
+/// A counter's 8 bytes.
+fn counter(n: i64) -> [u8; 8] {
+    n.to_le_bytes()
+}
+
+/// An engine whose windows linger, so that requests submitted together share a window.
+fn merging(op: MergeOperator) -> Config {
+    Config {
+        merge: Some(op),
+        window: WindowPolicy::Linger(Duration::from_millis(5)),
+        window_age_max: Duration::from_millis(10),
+        ..base()
+    }
+}
+
+/// What can be checked from the request alone is refused at submit, naming the operator
+/// and the size, and nothing of the request (a batch's other operations included) is applied.
+#[test]
+fn merge_operands_are_checked_at_submit() {
+    let mut s = Store::new(Config {
+        value_len_max: 64,
+        ..base()
+    });
+    let e = s.engine().merge(b"k", &counter(1)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::MergeRefused {
+                operator: "none",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_names(&e, &["none", "Config", "merge"]);
+    s.verify();
+
+    let mut s = Store::new(Config {
+        value_len_max: 64,
+        ..merging(MergeOperator::Add)
+    });
+    for len in [0, 7, 9] {
+        let e = s.engine().merge(b"k", &vec![1; len]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::MergeRefused {
+                    operator: "add",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_names(&e, &["add", &len.to_string(), "8"]);
+    }
+    let e = s.engine().merge(b"k", &[0; 65]).unwrap_err();
+    assert!(
+        matches!(e, Error::ValueTooLong { len: 65, max: 64 }),
+        "{e:?}"
+    );
+    let mut b = WriteBatch::new();
+    b.put(b"k", &counter(5)).merge(b"k", &[1; 4]);
+    let e = s.engine().write(&b).unwrap_err();
+    assert_names(&e, &["add", "4", "8"]);
+    // The largest operand an appending engine takes is value_len_max.
+    let mut a = Store::new(Config {
+        value_len_max: 64,
+        ..merging(MergeOperator::Append { max_len: 64 })
+    });
+    let t = a
+        .engine()
+        .merge(b"log", &[7; 64])
+        .expect("an operand of value_len_max");
+    t.wait_timeout(WAIT_MAX).expect("durable");
+    a.accepted += 1;
+    a.model.insert(b"log".to_vec(), vec![7; 64]);
+    a.verify();
+    // The merge that fits goes through, and the state holds it alone.
+    let t = s
+        .engine()
+        .merge(b"k", &counter(-2))
+        .expect("an 8-byte operand");
+    t.wait_timeout(WAIT_MAX).expect("durable");
+    s.accepted += 1;
+    s.model.insert(b"k".to_vec(), counter(-2).to_vec());
+    s.verify();
+    // An append bound the values cannot hold is a configuration error.
+    for max_len in [0, 65] {
+        let config = Config {
+            value_len_max: 64,
+            ..merging(MergeOperator::Append { max_len })
+        };
+        let e = Engine::open(tempfile::tempdir().unwrap().path(), config).unwrap_err();
+        assert!(matches!(e, Error::InvalidConfig(_)), "{e:?}");
+        assert_names(
+            &e,
+            &["merge", "max_len", &max_len.to_string(), "value_len_max"],
+        );
+    }
+}
+
+/// What depends on the value a merge applies to is refused by the flusher: that request's
+/// ticket says so (a batch's whole), every other request of the window completes, nothing of
+/// the refused one reaches the state or the log, and the engine goes on.
+#[test]
+fn a_merge_the_operator_refuses_fails_only_its_own_ticket() {
+    let mut s = Store::new(merging(MergeOperator::Add));
+    s.put(b"text", b"not a counter");
+    let engine = s.engine();
+    let mut bad_batch = WriteBatch::new();
+    bad_batch
+        .merge(b"count", &counter(100))
+        .put(b"other", b"x")
+        .merge(b"text", &counter(1));
+    let mut good_batch = WriteBatch::new();
+    good_batch
+        .merge(b"count", &counter(10))
+        .put(b"fresh", &counter(7));
+    // One window (the linger holds it open): refused and accepted requests side by side.
+    let ok1 = engine.merge(b"count", &counter(1)).unwrap();
+    let bad1 = engine.merge(b"text", &counter(1)).unwrap();
+    let get_text = engine.get(b"text").unwrap();
+    let bad2 = engine.write(&bad_batch).unwrap();
+    let get_count = engine.get(b"count").unwrap();
+    let ok2 = engine.write(&good_batch).unwrap();
+    let ok3 = engine.merge(b"fresh", &counter(-8)).unwrap();
+    for t in [&ok1, &ok2, &ok3] {
+        t.wait_timeout(WAIT_MAX)
+            .expect("an accepted merge is durable");
+    }
+    for (t, what) in [(&bad1, "merge"), (&bad2, "batch")] {
+        let e = t.wait_timeout(WAIT_MAX).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::MergeRefused {
+                    operator: "add",
+                    ..
+                }
+            ),
+            "{what}: {e:?}"
+        );
+        assert_names(&e, &["add", "13", "counter"]);
+    }
+    assert_eq!(
+        get_text.wait_timeout(WAIT_MAX).unwrap().unwrap(),
+        b"not a counter"
+    );
+    assert_eq!(
+        get_count.wait_timeout(WAIT_MAX).unwrap().unwrap(),
+        counter(1),
+        "the refused batch's merge is not seen"
+    );
+    assert!(
+        engine.failure().is_none(),
+        "a refusal does not fail the engine"
+    );
+    let counts = engine.counts();
+    assert_eq!((counts.merges, counts.merges_refused), (6, 2));
+    // Submitted: the six accepted operations, and the four of the refused requests.
+    s.accepted += 3 + 2 + 1 + 4;
+    s.model.insert(b"count".to_vec(), counter(11).to_vec());
+    s.model.insert(b"fresh".to_vec(), counter(-1).to_vec());
+    s.verify();
+    // A flush's ticket right behind a refused merge is not refused.
+    let bad = s.engine().merge(b"text", &counter(1)).unwrap();
+    s.engine()
+        .flush()
+        .unwrap()
+        .wait_timeout(WAIT_MAX)
+        .expect("flush");
+    assert!(bad.wait_timeout(WAIT_MAX).is_err());
+    s.accepted += 1;
+    s.put(b"after", b"1");
+    s.verify();
+}
+
+/// A custom operator's result longer than value_len_max, or a panic in it, refuses the
+/// request; the engine goes on.
+#[test]
+fn a_custom_operator_that_grows_too_long_or_panics_refuses_the_request() {
+    let op = MergeOperator::custom(|existing, operands| {
+        assert!(
+            !operands.contains(&&b"panic"[..]),
+            "the operand asked for it"
+        );
+        let mut v = existing.unwrap_or_default().to_vec();
+        operands.iter().for_each(|o| v.extend_from_slice(o));
+        v
+    });
+    let mut s = Store::new(Config {
+        value_len_max: 8,
+        ..merging(op)
+    });
+    let ok = s.engine().merge(b"k", b"abcd").unwrap();
+    let long = s.engine().merge(b"k", b"efghi").unwrap();
+    let panics = s.engine().merge(b"k", b"panic").unwrap();
+    let ok2 = s.engine().merge(b"k", b"efgh").unwrap();
+    ok.wait_timeout(WAIT_MAX).unwrap();
+    ok2.wait_timeout(WAIT_MAX).unwrap();
+    let e = long.wait_timeout(WAIT_MAX).unwrap_err();
+    assert_names(&e, &["custom", "9", "value_len_max", "8"]);
+    let e = panics.wait_timeout(WAIT_MAX).unwrap_err();
+    assert_names(&e, &["custom", "panicked"]);
+    assert!(s.engine().failure().is_none());
+    s.accepted += 4;
+    s.model.insert(b"k".to_vec(), b"abcdefgh".to_vec());
+    s.verify();
 }

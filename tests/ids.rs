@@ -387,3 +387,40 @@ fn a_horizon_of_nothing_is_refused() {
         assert!(err.to_string().contains("request_ids"), "{err}");
     }
 }
+
+/// An increment with a request id counts once, however often it is resubmitted: in its own
+/// window, after it is durable, and after a reopen.
+#[test]
+fn an_idempotent_increment_counts_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        merge: Some(mergelog::MergeOperator::Add),
+        ..Config::default()
+    };
+    let one = 1i64.to_le_bytes();
+    let engine = Engine::open(dir.path(), config.clone()).unwrap();
+    let first = engine.merge_with_id(id(7), b"n", &one).unwrap();
+    let again = engine.merge_with_id(id(7), b"n", &one).unwrap();
+    let other = engine.merge_with_id(id(8), b"n", &one).unwrap();
+    let seq = first.wait_timeout(WAIT_MAX).unwrap();
+    assert!(!seq.is_duplicate());
+    assert_eq!(
+        again.wait_timeout(WAIT_MAX).unwrap(),
+        Outcome::Duplicate { seq: seq.seq() }
+    );
+    assert!(!other.wait_timeout(WAIT_MAX).unwrap().is_duplicate());
+    let late = engine.merge_with_id(id(7), b"n", &one).unwrap();
+    assert!(late.wait_timeout(WAIT_MAX).unwrap().is_duplicate());
+    assert_eq!(
+        engine.read_to_vec(b"n").unwrap(),
+        Some(2i64.to_le_bytes().to_vec())
+    );
+    engine.close().unwrap();
+    let engine = Engine::open(dir.path(), config).unwrap();
+    let t = engine.merge_with_id(id(8), b"n", &one).unwrap();
+    assert!(t.wait_timeout(WAIT_MAX).unwrap().is_duplicate());
+    assert_eq!(
+        engine.read_to_vec(b"n").unwrap(),
+        Some(2i64.to_le_bytes().to_vec())
+    );
+}

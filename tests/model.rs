@@ -12,6 +12,12 @@
 //! id (in position order) and ignores the others, whose tickets must report a duplicate of
 //! the first one's batch.
 //!
+//! Merges (`Engine::merge`, `WriteBatch::merge`) run with an operator drawn per case (add,
+//! max, append with a bound, a custom one): the model applies each merge onto its value at
+//! the merge's place, and refuses it (and the whole batch holding it) where the operator
+//! refuses that value (an add onto a value that is not 8 bytes): its ticket must report
+//! `Error::MergeRefused`, and nothing of it may reach the state.
+//!
 //! `PROPTEST_CASES` sets the number of cases of each property.
 
 mod common;
@@ -19,8 +25,8 @@ mod common;
 use common::log::{next_batch_seq, read_log, replay, segment_files};
 use common::{engine_state, State, WAIT_MAX};
 use mergelog::{
-    Config, Durability, Engine, GetTicket, IdTicket, Outcome, RequestId, Seq, Stats, Ticket,
-    WindowPolicy, WriteBatch, WritePath,
+    Config, Durability, Engine, Error, GetTicket, IdTicket, MergeOperator, Outcome, RequestId, Seq,
+    Stats, Ticket, WindowPolicy, WriteBatch, WritePath,
 };
 use proptest::prelude::*;
 use std::collections::HashMap;
@@ -57,8 +63,10 @@ enum Op {
     Put(u8, Vec<u8>),
     Delete(u8),
     Get(u8),
-    /// `Some(value)` puts, `None` deletes.
-    Batch(Vec<(u8, Option<Vec<u8>>)>),
+    /// A merge of an operand (8 bytes, which every operator of these tests takes).
+    Merge(u8, Vec<u8>),
+    /// `Some(value)` puts (merges its value if the flag is set), `None` deletes.
+    Batch(Vec<BatchOp>),
     Flush,
     Reopen,
     /// A put, delete or batch submitted with request id `.0`.
@@ -85,6 +93,8 @@ fn key_index() -> impl Strategy<Value = u8> {
 fn value(large: usize) -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         2 => proptest::collection::vec(any::<u8>(), 0..24),
+        // A counter's size: merges of the counter operators apply to these.
+        1 => proptest::collection::vec(any::<u8>(), 8),
         1 => (large / 4..large, any::<u8>()).prop_map(|(n, b)| vec![b; n]),
     ]
 }
@@ -94,14 +104,72 @@ fn value(large: usize) -> impl Strategy<Value = Vec<u8>> {
 const PUT_VALUE_MAX: usize = 3 << 10;
 const BATCH_VALUE_MAX: usize = 512;
 
-fn batch() -> impl Strategy<Value = Vec<(u8, Option<Vec<u8>>)>> {
-    proptest::collection::vec(
-        (
-            key_index(),
-            proptest::option::weighted(0.75, value(BATCH_VALUE_MAX)),
-        ),
-        1..=5,
-    )
+/// One operation of a write batch: key, `Some(value)` to put (or, if the flag is set, to
+/// merge: an 8-byte operand) or `None` to delete.
+type BatchOp = (u8, Option<Vec<u8>>, bool);
+
+fn batch() -> impl Strategy<Value = Vec<BatchOp>> {
+    let op = prop_oneof![
+        3 => (key_index(), proptest::option::weighted(0.75, value(BATCH_VALUE_MAX)))
+            .prop_map(|(k, v)| (k, v, false)),
+        1 => (key_index(), operand()).prop_map(|(k, o)| (k, Some(o), true)),
+    ];
+    proptest::collection::vec(op, 1..=5)
+}
+
+/// A merge operand: 8 bytes (a counter for add, max and min; bytes for the others).
+fn operand() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        // Small counts, so that sums stay readable in a failure.
+        3 => (-3i64..=3).prop_map(|n| n.to_le_bytes().to_vec()),
+        1 => any::<i64>().prop_map(|n| n.to_le_bytes().to_vec()),
+    ]
+}
+
+/// The custom operator of these tests: each operand appended after a `|`, the last 20 bytes
+/// kept (applying operands one at a time gives what one call gives).
+fn custom(existing: Option<&[u8]>, operands: &[&[u8]]) -> Vec<u8> {
+    let mut v = existing.unwrap_or_default().to_vec();
+    for o in operands {
+        v.push(b'|');
+        v.extend_from_slice(o);
+    }
+    v[v.len().saturating_sub(20)..].to_vec()
+}
+
+fn operator() -> impl Strategy<Value = MergeOperator> {
+    prop_oneof![
+        3 => Just(MergeOperator::Add),
+        1 => Just(MergeOperator::Max),
+        1 => Just(MergeOperator::Min),
+        1 => (1usize..40).prop_map(|max_len| MergeOperator::Append { max_len }),
+        1 => Just(MergeOperator::custom(custom)),
+    ]
+}
+
+/// The model's operator, written out: the value after merging `operand` onto `existing`, or
+/// `None` if the operator refuses it.
+fn model_merge(op: &MergeOperator, existing: Option<&[u8]>, operand: &[u8]) -> Option<Vec<u8>> {
+    let x = i64::from_le_bytes(operand.try_into().unwrap());
+    let counter = |f: fn(i64, i64) -> i64| -> Option<Vec<u8>> {
+        let v = match existing {
+            None => x,
+            Some(e) => f(i64::from_le_bytes(e.try_into().ok()?), x),
+        };
+        Some(v.to_le_bytes().to_vec())
+    };
+    match op {
+        MergeOperator::Add => counter(i64::wrapping_add),
+        MergeOperator::Max => counter(i64::max),
+        MergeOperator::Min => counter(i64::min),
+        MergeOperator::Append { max_len } => {
+            let mut v = existing.unwrap_or_default().to_vec();
+            v.extend_from_slice(operand);
+            Some(v[v.len().saturating_sub(*max_len)..].to_vec())
+        }
+        MergeOperator::Custom(_) => Some(custom(existing, &[operand])),
+        _ => unreachable!("no other operator in these tests"),
+    }
 }
 
 /// Ops one producer can submit; `Reopen` only in the sequential property.
@@ -109,7 +177,8 @@ fn write_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => (key_index(), value(PUT_VALUE_MAX)).prop_map(|(k, v)| Op::Put(k, v)),
         3 => key_index().prop_map(Op::Delete),
-        3 => batch().prop_map(Op::Batch),
+        // Without merges: a refused request's id stays taken, which the model leaves out.
+        3 => batch().prop_map(|b| Op::Batch(b.into_iter().map(|(k, v, _)| (k, v, false)).collect())),
     ]
 }
 
@@ -120,6 +189,7 @@ fn op(with_reopen: bool) -> impl Strategy<Value = Op> {
         3 => key_index().prop_map(Op::Delete),
         5 => key_index().prop_map(Op::Get),
         3 => batch().prop_map(Op::Batch),
+        5 => (key_index(), operand()).prop_map(|(k, o)| Op::Merge(k, o)),
         4 => (0..IDS, write_op()).prop_map(|(i, op)| Op::WithId(i, Box::new(op))),
         1 => Just(Op::Flush),
         reopen_weight => Just(Op::Reopen),
@@ -139,9 +209,10 @@ fn config() -> impl Strategy<Value = Config> {
         any::<bool>(),
         // Sync costs milliseconds per batch on a shared disk: a quarter of the cases.
         proptest::bool::weighted(0.25),
+        operator(),
     )
         .prop_map(
-            |(ring, segment, bytes, ops, age_us, (policy, frac), coalesce, mmap, sync)| {
+            |(ring, segment, bytes, ops, age_us, (policy, frac), coalesce, mmap, sync, merge)| {
                 let age = Duration::from_micros(age_us);
                 let within = age.mul_f64(frac);
                 Config {
@@ -166,6 +237,7 @@ fn config() -> impl Strategy<Value = Config> {
                     } else {
                         Durability::NoSync
                     },
+                    merge: Some(merge),
                     ..Config::default()
                 }
             },
@@ -183,16 +255,25 @@ fn cases(default: u32) -> ProptestConfig {
     }
 }
 
-/// Applies `op` to the model; false if it is a duplicate of a request id the model has seen
-/// (then nothing happens).
-fn apply(model: &mut State, ids: &mut IdModel, op: &Op) -> bool {
+/// What the model made of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    Applied,
+    /// A duplicate of a request id the model has seen: nothing happens.
+    Duplicate,
+    /// The merge operator refuses a merge of it: nothing happens.
+    Refused,
+}
+
+/// Applies `op` to the model, merging with `merger`.
+fn apply(model: &mut State, ids: &mut IdModel, op: &Op, merger: &MergeOperator) -> Step {
     match op {
         Op::WithId(i, inner) => {
             if ids.contains_key(i) {
-                return false;
+                return Step::Duplicate;
             }
             ids.insert(*i, None);
-            return apply(model, ids, inner);
+            return apply(model, ids, inner, merger);
         }
         Op::Put(k, v) => {
             model.insert(key(*k).to_vec(), v.clone());
@@ -200,17 +281,44 @@ fn apply(model: &mut State, ids: &mut IdModel, op: &Op) -> bool {
         Op::Delete(k) => {
             model.remove(key(*k));
         }
+        Op::Merge(k, o) => match model_merge(merger, model.get(key(*k)).map(|v| &v[..]), o) {
+            Some(v) => {
+                model.insert(key(*k).to_vec(), v);
+            }
+            None => return Step::Refused,
+        },
         Op::Batch(ops) => {
-            for (k, v) in ops {
-                match v {
-                    Some(v) => model.insert(key(*k).to_vec(), v.clone()),
-                    None => model.remove(key(*k)),
+            // All or nothing: onto a copy, kept only if no merge is refused.
+            let mut after = model.clone();
+            for (k, v, merge) in ops {
+                let k = key(*k);
+                match (v, merge) {
+                    (Some(o), true) => match model_merge(merger, after.get(k).map(|v| &v[..]), o) {
+                        Some(v) => after.insert(k.to_vec(), v),
+                        None => return Step::Refused,
+                    },
+                    (Some(v), false) => after.insert(k.to_vec(), v.clone()),
+                    (None, _) => after.remove(k),
                 };
             }
+            *model = after;
         }
         Op::Get(_) | Op::Flush | Op::Reopen => {}
     }
-    true
+    Step::Applied
+}
+
+/// Checks a write's ticket against what the model made of it.
+fn check_write(t: &Ticket, step: Step) {
+    let got = t.wait_timeout(WAIT_MAX);
+    match step {
+        Step::Refused => assert!(
+            matches!(got, Err(Error::MergeRefused { .. })),
+            "a merge the model refuses: {got:?}"
+        ),
+        _ => assert_eq!(got.map(|_| ()).map_err(|e| e.to_string()), Ok(())),
+    }
+    assert!(t.is_done());
 }
 
 /// Checks an idempotent request's outcome against the model: `first` if it was the first
@@ -234,12 +342,13 @@ fn check_outcome(ids: &mut IdModel, i: u8, first: bool, t: &IdTicket) {
     }
 }
 
-fn write_batch(ops: &[(u8, Option<Vec<u8>>)]) -> WriteBatch {
+fn write_batch(ops: &[BatchOp]) -> WriteBatch {
     let mut b = WriteBatch::new();
-    for (k, v) in ops {
-        match v {
-            Some(v) => b.put(key(*k), v),
-            None => b.delete(key(*k)),
+    for (k, v, merge) in ops {
+        match (v, merge) {
+            (Some(o), true) => b.merge(key(*k), o),
+            (Some(v), false) => b.put(key(*k), v),
+            (None, _) => b.delete(key(*k)),
         };
     }
     b
@@ -247,7 +356,8 @@ fn write_batch(ops: &[(u8, Option<Vec<u8>>)]) -> WriteBatch {
 
 /// What one submitted op left to check later.
 enum Pending {
-    Write(Ticket),
+    /// A write, and what the model made of it (known at submit in one producer).
+    Write(Ticket, Step),
     Get(GetTicket, Option<Vec<u8>>, u8),
     /// An idempotent write: its id, and whether it was the id's first submission (known at
     /// submit in one producer; in several, from the position order).
@@ -260,26 +370,56 @@ struct Submitted {
     writes: u64,
     reads: u64,
     duplicates: u64,
+    merges: u64,
+    refused: u64,
+    /// Operations of refused requests (submitted, but not counted as writes).
+    refused_ops: u64,
 }
 
 impl Submitted {
-    /// Counts `op`, which `applied` says was not a duplicate (a duplicate's writes are not
-    /// taken into its window).
-    fn count(&mut self, op: &Op, applied: bool) {
+    /// Counts `op`, as `step` says the model took it (a duplicate's writes are not taken
+    /// into its window; a refused request's are taken out of it).
+    fn count(&mut self, op: &Op, step: Step) {
+        let merges = match op {
+            Op::Merge(..) => 1,
+            Op::Batch(ops) => ops.iter().filter(|o| o.2).count() as u64,
+            _ => 0,
+        };
         match op {
-            _ if !applied => self.duplicates += 1,
+            _ if step == Step::Duplicate => self.duplicates += 1,
+            _ if step == Step::Refused => {
+                self.refused += 1;
+                self.merges += merges;
+                self.refused_ops += match op {
+                    Op::Batch(ops) => ops.len() as u64,
+                    _ => 1,
+                };
+            }
             Op::Put(..) | Op::Delete(_) => self.writes += 1,
-            Op::Batch(ops) => self.writes += ops.len() as u64,
+            Op::Merge(..) => {
+                self.writes += 1;
+                self.merges += 1;
+            }
+            Op::Batch(ops) => {
+                self.writes += ops.len() as u64;
+                self.merges += merges;
+            }
             Op::Get(_) => self.reads += 1,
-            Op::WithId(_, inner) => self.count(inner, true),
+            Op::WithId(_, inner) => self.count(inner, step),
             Op::Flush | Op::Reopen => {}
         }
     }
 }
 
-/// Submits one put, delete, get or batch; returns its position and what to check later.
-/// `first`: whether an idempotent write is its id's first submission (as far as known).
-fn submit(engine: &Engine, op: &Op, model_before: &State, first: bool) -> (u64, Pending) {
+/// Submits one put, delete, merge, get or batch; returns its position and what to check
+/// later. `first`: whether an idempotent write is its id's first submission (as far as
+/// known); `step`: what the model makes of a write (as far as known).
+fn submit(
+    engine: &Engine,
+    op: &Op,
+    model_before: &State,
+    (first, step): (bool, Step),
+) -> (u64, Pending) {
     match op {
         Op::WithId(i, inner) => {
             let id = request_id(*i);
@@ -294,15 +434,19 @@ fn submit(engine: &Engine, op: &Op, model_before: &State, first: bool) -> (u64, 
         }
         Op::Put(k, v) => {
             let t = engine.put(key(*k), v).expect("put");
-            (t.position(), Pending::Write(t))
+            (t.position(), Pending::Write(t, step))
         }
         Op::Delete(k) => {
             let t = engine.delete(key(*k)).expect("delete");
-            (t.position(), Pending::Write(t))
+            (t.position(), Pending::Write(t, step))
+        }
+        Op::Merge(k, o) => {
+            let t = engine.merge(key(*k), o).expect("merge");
+            (t.position(), Pending::Write(t, step))
         }
         Op::Batch(ops) => {
             let t = engine.write(&write_batch(ops)).expect("write");
-            (t.position(), Pending::Write(t))
+            (t.position(), Pending::Write(t, step))
         }
         Op::Get(k) => {
             let t = engine.get(key(*k)).expect("get");
@@ -319,15 +463,7 @@ fn settle(pending: &mut Vec<Pending>, ids: &mut IdModel) {
     for p in pending.drain(..) {
         match p {
             Pending::IdWrite(t, i, first) => check_outcome(ids, i, first, &t),
-            Pending::Write(t) => {
-                assert_eq!(
-                    t.wait_timeout(WAIT_MAX)
-                        .map(|_| ())
-                        .map_err(|e| e.to_string()),
-                    Ok(())
-                );
-                assert!(t.is_done());
-            }
+            Pending::Write(t, step) => check_write(&t, step),
             Pending::Get(t, expected, k) => {
                 let got = t.wait_timeout(WAIT_MAX).expect("get completes");
                 assert_eq!(got, expected, "get of key {:?}", key(k));
@@ -394,7 +530,13 @@ fn check_log(dir: &Path, config: &Config, first_seq: u64, stats: &Stats, sub: &S
         stats.duplicates, sub.duplicates,
         "duplicates vs resubmitted ids"
     );
-    assert_eq!(stats.submitted, stats.writes + stats.reads, "submitted");
+    assert_eq!(stats.merges, sub.merges, "merges vs submitted merges");
+    assert_eq!(stats.merges_refused, sub.refused, "refusals vs the model's");
+    assert_eq!(
+        stats.submitted,
+        stats.writes + stats.reads + sub.refused_ops,
+        "submitted"
+    );
     assert_eq!(acknowledged, stats.writes, "ops_acknowledged vs writes");
     if config.coalesce {
         assert_eq!(
@@ -449,6 +591,7 @@ fn reopen(
 }
 
 fn run_sequential(config: Config, ops: Vec<Op>) {
+    let merger = &config.merge.clone().expect("every case has an operator");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("db");
     let mut model = State::new();
@@ -475,7 +618,7 @@ fn run_sequential(config: Config, ops: Vec<Op>) {
                 // Everything submitted before the flush is durable and readable now.
                 for p in &pending {
                     match p {
-                        Pending::Write(t) => assert!(t.is_done(), "write not done after flush"),
+                        Pending::Write(t, _) => assert!(t.is_done(), "write not done after flush"),
                         Pending::Get(t, ..) => assert!(t.is_done(), "get not done after flush"),
                         Pending::IdWrite(t, ..) => assert!(t.is_done(), "not done after flush"),
                     }
@@ -494,15 +637,16 @@ fn run_sequential(config: Config, ops: Vec<Op>) {
                     Op::WithId(i, _) => !ids.contains_key(i),
                     _ => true,
                 };
-                let (pos, p) = submit(&engine, op, &model, first);
+                let before = model.clone();
+                let step = apply(&mut model, &mut ids, op, merger);
+                let (pos, p) = submit(&engine, op, &before, (first, step));
                 assert!(
                     pos > last_pos,
                     "positions must increase in submission order"
                 );
                 last_pos = pos;
                 pending.push(p);
-                let applied = apply(&mut model, &mut ids, op);
-                sub.count(op, applied);
+                sub.count(op, step);
             }
         }
     }
@@ -521,6 +665,7 @@ struct Placed {
 }
 
 fn run_concurrent(config: Config, threads: Vec<Vec<Op>>) {
+    let merger = &config.merge.clone().expect("every case has an operator");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("db");
     let engine = Engine::open(&dir, config.clone()).expect("open");
@@ -541,12 +686,13 @@ fn run_concurrent(config: Config, threads: Vec<Vec<Op>>) {
                             continue;
                         }
                         // The expected get answer is filled in by the replay below.
-                        let (pos, p) = submit(engine, op, empty, true);
+                        // What the model makes of it is found by the replay below.
+                        let (pos, p) = submit(engine, op, empty, (true, Step::Applied));
                         assert!(pos > last_pos, "positions increase per producer");
                         last_pos = pos;
                         let (get, write, id_write) = match p {
                             Pending::Get(t, ..) => (Some(t), None, None),
-                            Pending::Write(t) => (None, Some(t), None),
+                            Pending::Write(t, _) => (None, Some(t), None),
                             Pending::IdWrite(t, ..) => (None, None, Some(t)),
                         };
                         mine.push(Placed {
@@ -578,14 +724,6 @@ fn run_concurrent(config: Config, threads: Vec<Vec<Op>>) {
     let mut sub = Submitted::default();
     let mut ids = IdModel::new();
     for p in &placed {
-        if let Some(t) = &p.write {
-            assert_eq!(
-                t.wait_timeout(WAIT_MAX)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                Ok(())
-            );
-        }
         if let (Some(t), Op::Get(k)) = (&p.get, &p.op) {
             let got = t.wait_timeout(WAIT_MAX).expect("get completes");
             assert_eq!(
@@ -596,10 +734,13 @@ fn run_concurrent(config: Config, threads: Vec<Vec<Op>>) {
                 p.pos
             );
         }
-        let applied = apply(&mut model, &mut ids, &p.op);
-        sub.count(&p.op, applied);
+        let step = apply(&mut model, &mut ids, &p.op, merger);
+        sub.count(&p.op, step);
+        if let Some(t) = &p.write {
+            check_write(t, step);
+        }
         if let (Some(t), Op::WithId(i, _)) = (&p.id_write, &p.op) {
-            check_outcome(&mut ids, *i, applied, t);
+            check_outcome(&mut ids, *i, step == Step::Applied, t);
         }
     }
     check_state(&engine, &model);
@@ -666,10 +807,10 @@ fn segments_roll_and_replay() {
             } else {
                 Op::Put(k, vec![round ^ i as u8; 200 + (i as usize % 300)])
             };
-            let (_, p) = submit(&engine, &op, &model, true);
+            let (_, p) = submit(&engine, &op, &model, (true, Step::Applied));
             tickets.push(p);
-            let applied = apply(&mut model, &mut IdModel::new(), &op);
-            sub.count(&op, applied);
+            let step = apply(&mut model, &mut IdModel::new(), &op, &MergeOperator::Add);
+            sub.count(&op, step);
         }
         settle(&mut tickets, &mut IdModel::new());
         check_state(&engine, &model);

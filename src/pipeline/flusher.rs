@@ -20,6 +20,7 @@ use crate::log::format::{
     RECORD_HEADER_LEN,
 };
 use crate::log::{Log, WrittenFrame};
+use crate::merge::Resolver;
 use crate::request;
 use crate::ring::Consumer;
 use crate::stats::{record, Counters};
@@ -87,6 +88,11 @@ pub(super) struct Flusher {
     /// The request ids the window logs (new ones: duplicates are dropped as they are read),
     /// for the frame's trailer.
     window_ids: Vec<[u8; ID_LEN]>,
+    /// Per request of the window (duplicates left out): its first entry's index and its
+    /// ring end position (its ticket), to find a refused merge's request.
+    requests: Vec<(u32, u64)>,
+    /// The merge stage: the merged values of the window's merges.
+    resolver: Resolver,
 }
 
 /// One cut window's numbers.
@@ -98,6 +104,8 @@ struct Window {
     gets: u64,
     /// Requests dropped as duplicates of a request id already logged or in flight.
     duplicates: u64,
+    /// Merges taken.
+    merges: u64,
 }
 
 /// A completed job, kept for its buffers' capacity: without its frame, whose segment mapping
@@ -133,6 +141,8 @@ impl Flusher {
             spare,
             give_back,
             window_ids: Vec::new(),
+            requests: Vec::new(),
+            resolver: Resolver::default(),
         }
     }
 
@@ -295,10 +305,11 @@ impl Flusher {
         let mut entries: Vec<Entry<'_>> = recycle(std::mem::take(&mut self.entries));
         self.stamps.clear();
         self.slots.clear();
+        self.requests.clear();
         let w = self.gather(&inner, consumer_mut, start, &mut entries);
 
         if inner.completion.failure().is_none() {
-            if let Err(e) = self.commit(&entries, w.end) {
+            if let Err(e) = self.commit(&mut entries, w.end, w.merges) {
                 // The windows already handed on complete with their own sync's outcome.
                 inner.completion.fail_after(e, self.in_flight);
                 inner.throttle.wake_all();
@@ -404,6 +415,7 @@ impl Flusher {
     ) -> bool {
         let stamps = &mut self.stamps;
         let slots = &mut self.slots;
+        let requests = &mut self.requests;
         let inner = &*self.inner;
         let mut ids = TakeIds {
             table: None,
@@ -423,18 +435,23 @@ impl Flusher {
                 return false;
             }
             let before = entries.len();
+            let mut counts = request::DecodeCounts::default();
             // SAFETY: only `Engine::submit` fills this ring's records, each with one of
             // `request`'s encoders into a claim of the matching length. And each record
             // is decoded at most once: only here, when the window takes it (a refused
             // one is not decoded), and every later read starts past it (`w.end`, then
             // the window's end).
-            let id = unsafe { request::decode(payload, entries, stamps, slots, &mut w.gets) };
+            let id = unsafe { request::decode(payload, entries, stamps, slots, &mut counts) };
             if id.is_some_and(|id| !ids.take(id, end)) {
                 // A duplicate: none of its operations happen (a write-only request: no get
                 // slot was pushed).
                 entries.truncate(before);
                 w.duplicates += 1;
+            } else {
+                requests.push((before as u32, end));
+                w.merges += counts.merges;
             }
+            w.gets += counts.gets;
             w.bytes += rec_bytes;
             w.requests += 1;
             w.end = end;
@@ -471,13 +488,24 @@ impl Flusher {
         Counters::add(&inner.counters.reads, w.gets);
         Counters::add(&inner.counters.writes, entries as u64 - w.gets);
         Counters::add(&inner.counters.duplicates, w.duplicates);
+        Counters::add(&inner.counters.merges, w.merges);
     }
 
-    /// Plans the window, answers its gets, writes its frame and hands it to the syncer.
-    fn commit(&mut self, entries: &[Entry<'_>], end: u64) -> Result<()> {
+    /// Plans the window (its `merges` merged first), answers its gets, writes its frame and
+    /// hands it to the syncer.
+    fn commit(&mut self, entries: &mut [Entry<'_>], end: u64, merges: u64) -> Result<()> {
         let inner = self.inner.clone();
         let counters = &inner.counters;
         let t0 = Instant::now();
+        // Operations of refused requests, taken out of the window.
+        let mut refused_ops = 0;
+        if merges > 0 {
+            match self.resolve_merges(entries) {
+                Some(n) => refused_ops = n,
+                None => return Ok(()), // failed meanwhile: the window's tickets report it
+            }
+        }
+        let entries = &*entries;
         let plan = self.coalescer.plan(entries, inner.config.coalesce);
         let t1 = Instant::now();
 
@@ -493,7 +521,7 @@ impl Flusher {
             }
             answer_gets(
                 &inner,
-                entries,
+                (entries, &self.resolver),
                 &plan.gets,
                 &self.slots,
                 &mut self.lookups,
@@ -510,7 +538,7 @@ impl Flusher {
         // A window writes a frame if it has writes left, or new request ids (a write batch
         // with an id whose writes all collapsed into later ones of the window still logs it).
         if !plan.survivors.is_empty() || !self.window_ids.is_empty() {
-            let body_len = body_len(entries, &plan.survivors);
+            let body_len = body_len((entries, &self.resolver), &plan.survivors);
             if !Self::room_for_frame(
                 &self.log,
                 &mut self.unsynced,
@@ -525,7 +553,7 @@ impl Flusher {
             } else {
                 0
             };
-            let writes = (entries.len() - gets) as u32;
+            let writes = (entries.len() - gets - refused_ops) as u32;
             let now = ids::now_nanos();
             let trailer = Trailer {
                 ids: &self.window_ids,
@@ -533,7 +561,7 @@ impl Flusher {
             };
             let frame = append_frame(
                 &mut self.log,
-                (entries, &plan.survivors),
+                (entries, &self.resolver, &plan.survivors),
                 (body_len, trailer),
                 flags,
                 writes,
@@ -565,6 +593,34 @@ impl Flusher {
         Ok(())
     }
 
+    /// Merges the window's merges (`crate::merge`) onto the durable state, which must first
+    /// include every window in flight: drains them. Requests the operator refuses are taken
+    /// out of the window ([`Op::Nop`]) and their refusals recorded for their tickets; then
+    /// the rest is merged again, until nothing is refused. Returns the operations taken
+    /// out, or `None` if the engine failed meanwhile.
+    fn resolve_merges(&mut self, entries: &mut [Entry<'_>]) -> Option<usize> {
+        let inner = self.inner.clone();
+        // Without an operator every merge was refused at submit.
+        let op = inner.config.merge.as_ref()?;
+        if !Self::drain_pipeline(&inner, self.in_flight) {
+            return None;
+        }
+        let durable = |key: &[u8]| {
+            let loc = inner.index.get(key)?;
+            ValueRef::resolve(&inner.segments, loc).map(|v| v.to_vec())
+        };
+        let mut taken_out = 0;
+        loop {
+            let window = (&*entries, inner.config.coalesce);
+            self.resolver
+                .resolve(op, inner.config.value_len_max, window, durable);
+            if self.resolver.refused.is_empty() {
+                return Some(taken_out);
+            }
+            taken_out += refuse(&inner, op.name(), entries, &self.requests, &self.resolver);
+        }
+    }
+
     /// Waits, if need be, until a frame with a body of `body_len` bytes may be written; false
     /// if the engine failed meanwhile.
     fn room_for_frame(
@@ -586,16 +642,27 @@ impl Flusher {
     }
 }
 
+/// The value a write at entry index `i` logs: a put's, a merge's merged value, `None` for a
+/// delete.
+fn logged_value<'a>((entries, merged): (&[Entry<'a>], &'a Resolver), i: u32) -> Option<&'a [u8]> {
+    match entries[i as usize].op {
+        Op::Put(v) => Some(v),
+        Op::Merge(_) => {
+            let v = merged.value(i);
+            debug_assert!(v.is_some(), "merge {i} logged without its value");
+            Some(v.unwrap_or_default())
+        }
+        _ => None,
+    }
+}
+
 /// Body length of the frame holding the window's `survivors` (entry indices).
-fn body_len(entries: &[Entry<'_>], survivors: &[u32]) -> usize {
+fn body_len(window: (&[Entry<'_>], &Resolver), survivors: &[u32]) -> usize {
     survivors
         .iter()
         .map(|&i| {
-            let e = &entries[i as usize];
-            match e.op {
-                Op::Put(v) => record_len(e.key.len(), v.len()),
-                _ => record_len(e.key.len(), 0),
-            }
+            let v = logged_value(window, i).map_or(0, <[u8]>::len);
+            record_len(window.0[i as usize].key.len(), v)
         })
         .sum()
 }
@@ -606,7 +673,7 @@ fn body_len(entries: &[Entry<'_>], survivors: &[u32]) -> usize {
 /// the index, once the frame is durable).
 fn append_frame(
     log: &mut Log,
-    (entries, survivors): (&[Entry<'_>], &[u32]),
+    (entries, merged, survivors): (&[Entry<'_>], &Resolver, &[u32]),
     (body_len, trailer): (usize, Trailer<'_>),
     flags: u32,
     writes: u32,
@@ -616,9 +683,9 @@ fn append_frame(
         let mut off = frame_off + FRAME_HEADER_LEN as u64;
         for &i in survivors {
             let e = &entries[i as usize];
-            let (op, value) = match e.op {
-                Op::Put(v) => (RecordOp::Put, v),
-                _ => (RecordOp::Delete, &[][..]),
+            let (op, value) = match logged_value((entries, merged), i) {
+                Some(v) => (RecordOp::Put, v),
+                None => (RecordOp::Delete, &[][..]),
             };
             w.push(op, e.key, value);
             let key_off = off + RECORD_HEADER_LEN as u64;
@@ -693,11 +760,53 @@ const CLOSE_STALL_MAX: Duration = Duration::from_secs(10);
 #[cfg(test)]
 const CLOSE_STALL_MAX: Duration = Duration::from_millis(200);
 
+/// Takes the requests of the merges `merged` refused out of the window (their operations
+/// become [`Op::Nop`]) and records each refusal for its ticket; returns the operations taken
+/// out. Refusals are taken in order up to the first of a request with several operations (a
+/// write batch): taking it out changes what the merges after it apply to, so those are
+/// merged again before they are judged.
+fn refuse(
+    inner: &Inner,
+    operator: &'static str,
+    entries: &mut [Entry<'_>],
+    requests: &[(u32, u64)],
+    merged: &Resolver,
+) -> usize {
+    let mut taken_out = 0;
+    let mut last = None;
+    for (i, reason) in &merged.refused {
+        let r = requests.partition_point(|q| q.0 <= *i) - 1;
+        if last == Some(r) {
+            continue; // a batch's second refused merge
+        }
+        last = Some(r);
+        let (first, pos) = requests[r];
+        let end = requests.get(r + 1).map_or(entries.len(), |q| q.0 as usize);
+        let ops = &mut entries[first as usize..end];
+        taken_out += ops.len();
+        ops.iter_mut().for_each(|e| e.op = Op::Nop);
+        let reason = reason.clone();
+        inner
+            .completion
+            .refusals
+            .record(pos, Error::MergeRefused { operator, reason });
+        Counters::add(&inner.counters.merges_refused, 1);
+        inner
+            .counters
+            .writes
+            .fetch_sub(ops.len() as u64, Ordering::Relaxed);
+        if ops.len() > 1 {
+            break;
+        }
+    }
+    taken_out
+}
+
 /// Fills every get's slot: from an earlier write of the window, or from one index lookup
 /// per run of gets that share it.
 fn answer_gets(
     inner: &Inner,
-    entries: &[Entry<'_>],
+    (entries, merged): (&[Entry<'_>], &Resolver),
     gets: &[(u32, GetAnswer)],
     slots: &[(u32, Arc<GetSlot>)],
     lookups: &mut Vec<(u32, Option<Vec<u8>>)>,
@@ -723,10 +832,7 @@ fn answer_gets(
     for ((g, slot), &(a, answer)) in slots.iter().zip(answers.iter()) {
         debug_assert_eq!(*g, a);
         let value = match answer {
-            GetAnswer::Write(w) => match entries[w as usize].op {
-                Op::Put(v) => Some(v.to_vec()),
-                _ => None,
-            },
+            GetAnswer::Write(w) => logged_value((entries, merged), w).map(<[u8]>::to_vec),
             GetAnswer::Lookup(first) => lookups
                 .binary_search_by_key(&first, |l| l.0)
                 .ok()

@@ -156,13 +156,27 @@ pub struct Spec {
     /// Number of writers (the sequential distribution interleaves them).
     pub writers: usize,
     pub seed: u64,
+    /// `--op merge`: the writes are merges (increments of a counter) instead of puts.
+    pub merge: bool,
 }
 
 /// One operation to submit. `key` and `value` borrow the generator's buffers.
 pub enum Op<'a> {
-    Put { key: &'a [u8], value: &'a [u8] },
-    Delete { key: &'a [u8] },
-    Get { key: &'a [u8] },
+    Put {
+        key: &'a [u8],
+        value: &'a [u8],
+    },
+    Delete {
+        key: &'a [u8],
+    },
+    Get {
+        key: &'a [u8],
+    },
+    /// Add `operand` (a little-endian i64) to the counter under `key`.
+    Merge {
+        key: &'a [u8],
+        operand: &'a [u8],
+    },
 }
 
 /// The kind of an [`Op`], for counting.
@@ -171,7 +185,11 @@ pub enum Kind {
     Put,
     Delete,
     Get,
+    Merge,
 }
+
+/// The operand of every `--op merge` increment: 1, as a little-endian i64.
+pub const INCREMENT: [u8; 8] = 1i64.to_le_bytes();
 
 impl Op<'_> {
     pub fn kind(&self) -> Kind {
@@ -179,6 +197,7 @@ impl Op<'_> {
             Op::Put { .. } => Kind::Put,
             Op::Delete { .. } => Kind::Delete,
             Op::Get { .. } => Kind::Get,
+            Op::Merge { .. } => Kind::Merge,
         }
     }
 }
@@ -221,6 +240,7 @@ pub struct Generator {
     value_size: Size,
     read_ratio: f64,
     delete_ratio: f64,
+    merge: bool,
     key: Vec<u8>,
     value: Vec<u8>,
     seq: u64,
@@ -268,6 +288,7 @@ impl Generator {
             value_size: spec.value_size,
             read_ratio: spec.read_ratio,
             delete_ratio: spec.delete_ratio,
+            merge: spec.merge,
             key: vec![0u8; spec.key_size.max],
             value,
             seq: 0,
@@ -315,6 +336,12 @@ impl Generator {
         }
         if x < self.read_ratio + self.delete_ratio {
             return Op::Delete { key };
+        }
+        if self.merge {
+            return Op::Merge {
+                key,
+                operand: &INCREMENT,
+            };
         }
         let len = if self.value_size.min == self.value_size.max {
             self.value_size.min
@@ -432,6 +459,7 @@ mod tests {
             delete_ratio: 0.0,
             writers: 1,
             seed: 7,
+            merge: false,
         }
     }
 
@@ -545,14 +573,35 @@ mod tests {
             let kind = op.kind();
             let ka = match op {
                 Op::Put { key, .. } | Op::Delete { key } | Op::Get { key } => key.to_vec(),
+                Op::Merge { key, .. } => key.to_vec(),
             };
             let kb = match b.next_op() {
                 Op::Put { key, .. } | Op::Delete { key } | Op::Get { key } => key.to_vec(),
+                Op::Merge { key, .. } => key.to_vec(),
             };
             assert_eq!(ka, kb);
             *counts.entry(kind).or_insert(0) += 1;
         }
         assert!((2_000..3_000).contains(&counts[&Kind::Get]), "{counts:?}");
         assert!((700..1_300).contains(&counts[&Kind::Delete]), "{counts:?}");
+    }
+
+    #[test]
+    fn merge_streams_increment_where_puts_would_write() {
+        let mut s = spec(Dist::Zipf(0.99), 1000);
+        s.merge = true;
+        let mut g = Generator::new(&s, 0).unwrap();
+        let mut merges = 0;
+        for _ in 0..1000 {
+            match g.next_op() {
+                Op::Merge { operand, .. } => {
+                    assert_eq!(operand, INCREMENT);
+                    merges += 1;
+                }
+                Op::Get { .. } => {}
+                _ => panic!("a put or delete in a merge stream"),
+            }
+        }
+        assert!((600..900).contains(&merges), "{merges} merges");
     }
 }

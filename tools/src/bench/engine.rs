@@ -152,6 +152,7 @@ pub fn run(
                     &EngineTarget {
                         engine: &engine,
                         ids: (system == System::MergelogIds).then(|| (i, AtomicU64::new(0))),
+                        get_put: system == System::MergelogGetput,
                     },
                     Generator::new(&plan.spec, i),
                     i,
@@ -222,6 +223,9 @@ struct EngineTarget<'a> {
     /// `mergelog-ids`: this writer's index and the number of its next request id (ids are
     /// unique across writers: the index is their high half).
     ids: Option<(usize, AtomicU64)>,
+    /// `mergelog-getput`: a merge is done by the client, as a read of the durable value and a
+    /// put of the sum (not atomic: concurrent increments of a key can be lost).
+    get_put: bool,
 }
 
 impl Target for EngineTarget<'_> {
@@ -242,7 +246,15 @@ impl Target for EngineTarget<'_> {
                     Pending::IdWrite(engine.delete_with_id(id, key).context(|| "delete".into())?)
                 }
                 Op::Get { key } => Pending::Read(engine.get(key).context(|| "get".into())?),
+                Op::Merge { key, operand } => Pending::IdWrite(
+                    engine
+                        .merge_with_id(id, key, operand)
+                        .context(|| "merge".into())?,
+                ),
             });
+        }
+        if let (Op::Merge { key, operand }, true) = (&op, self.get_put) {
+            return get_then_put(engine, key, operand).map(Pending::Write);
         }
         Ok(match op {
             Op::Put { key, value } => {
@@ -250,6 +262,9 @@ impl Target for EngineTarget<'_> {
             }
             Op::Delete { key } => Pending::Write(engine.delete(key).context(|| "delete".into())?),
             Op::Get { key } => Pending::Read(engine.get(key).context(|| "get".into())?),
+            Op::Merge { key, operand } => {
+                Pending::Write(engine.merge(key, operand).context(|| "merge".into())?)
+            }
         })
     }
 
@@ -260,6 +275,17 @@ impl Target for EngineTarget<'_> {
     fn try_finish(&self, pending: &Pending) -> Result<bool, CliError> {
         pending.try_finish()
     }
+}
+
+/// An increment done by the client: the durable value of `key` (0 if absent) plus
+/// `operand`, put back. What a caller without merges writes: two calls, and not atomic.
+fn get_then_put(engine: &Engine, key: &[u8], operand: &[u8]) -> Result<Ticket, CliError> {
+    let counter = |v: &[u8]| i64::from_le_bytes(v.try_into().unwrap_or_default());
+    let now = engine.read(key).context(|| "read".into())?;
+    let sum = now
+        .map_or(0, |v| counter(&v))
+        .wrapping_add(counter(operand));
+    engine.put(key, &sum.to_le_bytes()).context(|| "put".into())
 }
 
 /// An engine request in flight.

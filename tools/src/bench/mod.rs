@@ -102,6 +102,10 @@ pub struct WorkloadArgs {
         value_parser = value_size,
     )]
     value_size: Size,
+    /// What the writes are: `put`, or `merge` (increments of a counter: engine systems only;
+    /// `mergelog-getput` does them as a read and a put).
+    #[arg(long, value_enum, value_name = "OP", default_value = "put")]
+    op: OpArg,
     /// Fraction of operations that are windowed gets (0.0 to 1.0).
     #[arg(
         long,
@@ -262,6 +266,10 @@ pub enum System {
     /// The engine as `mergelog`, every put and delete submitted with a request id of its own
     /// (`put_with_id`): what idempotency costs, against `mergelog` in the same run.
     MergelogIds,
+    /// The engine as `mergelog`; with `--op merge`, each increment done by the client as a
+    /// read of the durable value and a put of the sum (two calls, not atomic: increments can
+    /// be lost), against `mergelog`'s `merge` in the same run. With `--op put`, `mergelog`.
+    MergelogGetput,
 }
 
 impl System {
@@ -273,6 +281,7 @@ impl System {
             System::Naive => "naive",
             System::Okaywal => "okaywal",
             System::MergelogIds => "mergelog-ids",
+            System::MergelogGetput => "mergelog-getput",
         }
     }
 
@@ -283,6 +292,22 @@ impl System {
             .copied()
             .find(|s| s.name() == name)
     }
+}
+
+/// `--op`: what the writes are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OpArg {
+    /// Puts of `--value-size` values.
+    Put,
+    /// Merges: increments of an 8-byte counter (`MergeOperator::Add`); engine systems only.
+    Merge,
+}
+
+/// The error of a system that has no merge (`--op merge`).
+pub(crate) fn merge_unsupported(system: &str) -> CliError {
+    CliError::usage(format!(
+        "--op merge runs only the engine systems (mergelog, mergelog-getput, mergelog-ids, no-coalesce), not {system}"
+    ))
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -500,7 +525,12 @@ pub struct Plan {
 impl Plan {
     fn engine_config(&self, system: System) -> Config {
         Config {
-            coalesce: matches!(system, System::Mergelog | System::MergelogIds),
+            coalesce: matches!(
+                system,
+                System::Mergelog | System::MergelogIds | System::MergelogGetput
+            ),
+            // `--op merge` counts with the add operator.
+            merge: self.spec.merge.then_some(mergelog::MergeOperator::Add),
             ..self.engine.clone()
         }
     }
@@ -802,6 +832,8 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
         sync_time,
         throttled,
         duplicates,
+        merges,
+        merges_refused,
         segments,
         stages,
         consumers,
@@ -821,6 +853,8 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
     into.window_waits += window_waits;
     into.throttled += throttled;
     into.duplicates += duplicates;
+    into.merges += merges;
+    into.merges_refused += merges_refused;
     into.sync_time.busy_ns += sync_time.busy_ns;
     into.sync_time.frame_ready_ns += sync_time.frame_ready_ns;
     into.sync_time.nothing_ready_ns += sync_time.nothing_ready_ns;
@@ -1024,6 +1058,7 @@ fn plan(args: &WorkloadArgs) -> Result<Plan, CliError> {
             delete_ratio: args.delete_ratio,
             writers: args.writers,
             seed: args.seed,
+            merge: args.op == OpArg::Merge,
         },
         writers: args.writers,
         depth: args.depth,

@@ -196,6 +196,7 @@ pub fn record_writer(
     blocking_writer(gen, index, plan, slot, barrier, |op| {
         let (key, value) = match op {
             Op::Put { key, value } => (key, Some(value)),
+            Op::Merge { .. } => return Err(super::merge_unsupported("naive or okaywal")),
             Op::Delete { key } => (key, None),
             Op::Get { key } => {
                 get(key);

@@ -54,7 +54,8 @@ impl Slot {
             debug_assert_eq!(corrected, raw, "closed loop: sent when due");
         }
         match kind {
-            Kind::Put => self.puts += 1,
+            // A merge is a write, counted with the puts.
+            Kind::Put | Kind::Merge => self.puts += 1,
             Kind::Delete => self.deletes += 1,
             Kind::Get => self.gets += 1,
         }

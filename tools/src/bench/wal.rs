@@ -187,6 +187,7 @@ impl Target for Wal {
     fn submit(&self, op: Op<'_>) -> Result<Pending, CliError> {
         Ok(match op {
             Op::Put { key, value } => Pending::Write(self.append(key, Some(value))),
+            Op::Merge { .. } => return Err(super::merge_unsupported("wal")),
             Op::Delete { key } => Pending::Write(self.append(key, None)),
             Op::Get { key } => {
                 // Copied out, as the engine's get returns an owned value.

@@ -436,7 +436,7 @@ fn baselines_of(system: System) -> &'static [System] {
         System::Okaywal => 2,
         System::NoCoalesce => 3,
         System::Mergelog => 4,
-        System::MergelogIds => 5,
+        System::MergelogIds | System::MergelogGetput => 5,
     };
     &BASELINES[..below]
 }

@@ -1,0 +1,595 @@
+//! Merge operators (`Engine::merge`, `WriteBatch::merge`): read-modify-write of one key with
+//! an operator chosen per engine ([`MergeOperator`], `Config::merge`), done by the flusher.
+//!
+//! A merge enters the order as a request carrying an operand. In its window, the flusher
+//! groups each key's requests in order; the merges after the key's last put or delete fold
+//! into one operator call on the value before them: the put's value, or the durable value
+//! from the index (every earlier window included: the flusher drains the windows in flight
+//! first, as it does for a get that needs the index). The result is logged as a plain put
+//! record, so the log format does not change, replay re-runs nothing and a read never
+//! folds anything; and since the flusher is the only writer, a merge is atomic without any
+//! lock for the caller. A get in the window sees the value as of its place in the order.
+//!
+//! Refusals. What can be checked from the request alone is checked at submit (no operator
+//! configured; an `Add`, `Max` or `Min` operand that is not 8 bytes; the operand's length
+//! against `Config::value_len_max`) and returned by the call. What depends on the value the
+//! merge applies to is found by the flusher: an `Add`, `Max` or `Min` onto a value that is
+//! not 8 bytes, a `Custom` result longer than `value_len_max`, a `Custom` operator that
+//! panicked. Then the one request is refused: the flusher finds which one by applying the
+//! key's operands one at a time, takes every operation of that request out of the window
+//! ([`Op::Nop`]), plans the window again, and records the refusal by ring position in
+//! [`Refusals`] (in the completion) before the watermark passes it: its ticket reports
+//! [`Error::MergeRefused`], every other request of the window completes as usual, and the
+//! engine goes on.
+
+use crate::coalesce::{Entry, Op};
+use crate::error::{Error, Result};
+use parking_lot::Mutex;
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// A user-supplied merge function: `f(existing, operands)` is the key's new value, given its
+/// value before the merges (`None`: absent or deleted) and their operands in order.
+pub type MergeFn = dyn Fn(Option<&[u8]>, &[&[u8]]) -> Vec<u8> + Send + Sync;
+
+/// The merge operator of an engine (`Config::merge`).
+///
+/// The counter operators (`Add`, `Max`, `Min`) take and keep 8-byte little-endian `i64`
+/// values: an absent key counts as 0 for `Add` and takes the operand for `Max` and `Min`;
+/// `Add` wraps on overflow (so that folding is associative and never fails).
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum MergeOperator {
+    /// Adds the operand to the counter.
+    Add,
+    /// Keeps the larger of the counter and the operand.
+    Max,
+    /// Keeps the smaller of the counter and the operand.
+    Min,
+    /// Appends the operand's bytes to the value, keeping at most the last `max_len` bytes
+    /// (a bounded history: the oldest bytes go first). `max_len` is between 1 and
+    /// `Config::value_len_max`.
+    Append {
+        /// The longest value kept.
+        max_len: usize,
+    },
+    /// A user function (see [`MergeFn`]). It must be pure and deterministic, and applying
+    /// operands one call at a time must give what one call with all of them gives
+    /// (`f(Some(&f(x, &[a])), &[b]) == f(x, &[a, b])`): the flusher folds a window's operands
+    /// into one call, and applies them one at a time to find which one to refuse. Only its
+    /// results are logged, so replay and reopen never call it. A result longer than
+    /// `Config::value_len_max`, or a panic, refuses the request (see [`Error::MergeRefused`]).
+    Custom(Arc<MergeFn>),
+}
+
+impl fmt::Debug for MergeOperator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MergeOperator::Append { max_len } => write!(f, "Append {{ max_len: {max_len} }}"),
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+/// Bytes of a counter value or operand.
+const COUNTER: usize = 8;
+
+impl MergeOperator {
+    /// A `Custom` operator from a closure.
+    pub fn custom(f: impl Fn(Option<&[u8]>, &[&[u8]]) -> Vec<u8> + Send + Sync + 'static) -> Self {
+        MergeOperator::Custom(Arc::new(f))
+    }
+
+    /// The operator's name, as errors give it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MergeOperator::Add => "add",
+            MergeOperator::Max => "max",
+            MergeOperator::Min => "min",
+            MergeOperator::Append { .. } => "append",
+            MergeOperator::Custom(_) => "custom",
+        }
+    }
+
+    /// The submit-side check of an operand (its length against `value_len_max` is checked
+    /// with the other limits).
+    pub(crate) fn check_operand(&self, operand: &[u8]) -> Result<()> {
+        match self {
+            MergeOperator::Add | MergeOperator::Max | MergeOperator::Min
+                if operand.len() != COUNTER =>
+            {
+                Err(Error::MergeRefused {
+                    operator: self.name(),
+                    reason: format!(
+                        "the operand is {} bytes, not a counter (8 bytes, a little-endian i64)",
+                        operand.len()
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The value after `operands` (each checked at submit) are merged in order onto
+    /// `existing`; `Err` says why the operator refuses them.
+    pub(crate) fn merge(
+        &self,
+        existing: Option<&[u8]>,
+        operands: &[&[u8]],
+        value_len_max: usize,
+    ) -> std::result::Result<Vec<u8>, String> {
+        let counters = |start: i64, fold: fn(i64, i64) -> i64| {
+            let mut acc = match existing {
+                None => None,
+                Some(v) => Some(counter(v).ok_or_else(|| {
+                    format!(
+                        "the key's value is {} bytes, not a counter (8 bytes, a little-endian i64)",
+                        v.len()
+                    )
+                })?),
+            };
+            for op in operands {
+                let x = counter(op).expect("operand length checked at submit");
+                acc = Some(fold(acc.unwrap_or(start), x));
+            }
+            Ok(acc.unwrap_or(start).to_le_bytes().to_vec())
+        };
+        match self {
+            MergeOperator::Add => counters(0, i64::wrapping_add),
+            // With no value, the first operand is taken as is (`max(MIN, x) == x`).
+            MergeOperator::Max => counters(i64::MIN, i64::max),
+            MergeOperator::Min => counters(i64::MAX, i64::min),
+            MergeOperator::Append { max_len } => Ok(append(existing, operands, *max_len)),
+            MergeOperator::Custom(f) => {
+                let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    f(existing, operands)
+                }))
+                .map_err(|_| "the operator panicked".to_string())?;
+                if out.len() > value_len_max {
+                    return Err(format!(
+                        "the result is {} bytes, over value_len_max = {value_len_max}",
+                        out.len()
+                    ));
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+fn counter(v: &[u8]) -> Option<i64> {
+    Some(i64::from_le_bytes(v.try_into().ok()?))
+}
+
+/// `existing` followed by `operands`, keeping the last `max_len` bytes.
+fn append(existing: Option<&[u8]>, operands: &[&[u8]], max_len: usize) -> Vec<u8> {
+    let pieces = existing.into_iter().chain(operands.iter().copied());
+    let total: usize = pieces.clone().map(<[u8]>::len).sum();
+    let mut skip = total.saturating_sub(max_len);
+    let mut out = Vec::with_capacity(total - skip);
+    for p in pieces {
+        let s = skip.min(p.len());
+        skip -= s;
+        out.extend_from_slice(&p[s..]);
+    }
+    out
+}
+
+/// The idempotent merge.
+impl crate::Engine {
+    /// As [`Engine::merge`](crate::Engine::merge), with request id `id` (see
+    /// [`Engine::put_with_id`](crate::Engine::put_with_id)): an increment a client may
+    /// retry without counting twice. A refused merge's id stays taken: a resubmission is
+    /// reported as a duplicate, so retry a refused merge with a new id.
+    pub fn merge_with_id(
+        &self,
+        id: impl Into<crate::RequestId>,
+        key: &[u8],
+        operand: &[u8],
+    ) -> Result<crate::IdTicket> {
+        self.check_merge(key, operand)?;
+        let pos = self.submit_merge(key, operand, Some(&id.into()))?;
+        Ok(crate::IdTicket::new(self.ticket(pos)))
+    }
+}
+
+/// Refusals the flusher decided: (ring end position, error), in position order, the newest
+/// [`REFUSALS_KEPT`]. Lives in the completion, which every ticket holds.
+#[derive(Default)]
+pub(crate) struct Refusals {
+    /// Refusals recorded since open: a ticket skips the lock while it is 0. Stored before the
+    /// watermark passes the refused request, so a ticket that saw itself complete sees it.
+    recorded: AtomicU64,
+    kept: Mutex<Kept>,
+}
+
+#[derive(Default)]
+struct Kept {
+    entries: VecDeque<(u64, Error)>,
+    /// The position of the newest refusal no longer kept (0: none).
+    forgotten_to: u64,
+}
+
+/// How many refusals a ticket can still be told about.
+const REFUSALS_KEPT: usize = 1 << 16;
+
+impl Refusals {
+    /// The flusher refused the request ending at `pos` (past every one recorded before).
+    pub fn record(&self, pos: u64, error: Error) {
+        let mut k = self.kept.lock();
+        if k.entries.len() == REFUSALS_KEPT {
+            let (old, _) = k.entries.pop_front().expect("full");
+            k.forgotten_to = old;
+        }
+        k.entries.push_back((pos, error));
+        drop(k);
+        self.recorded.fetch_add(1, Ordering::Release);
+    }
+
+    /// The outcome of the complete request ending at `pos`: its refusal, if it was refused
+    /// (`Error::SeqUnknown` if that can no longer be told).
+    pub fn check(&self, pos: u64) -> Result<()> {
+        if self.recorded.load(Ordering::Acquire) == 0 {
+            return Ok(());
+        }
+        let k = self.kept.lock();
+        match k.entries.binary_search_by_key(&pos, |e| e.0) {
+            Ok(i) => Err(k.entries[i].1.clone()),
+            Err(_) if pos <= k.forgotten_to => Err(Error::SeqUnknown { position: pos }),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// The flusher's merge stage: for one window, the value after each merge that a survivor or
+/// a get needs, or the merges the operator refuses. Its buffers are reused.
+#[derive(Default)]
+pub(crate) struct Resolver {
+    /// Entry indices of every operation on a key that has a merge in the window, grouped by
+    /// key, in order within a key.
+    group: Vec<u32>,
+    /// (merge entry index, the key's value after it), sorted by index.
+    values: Vec<(u32, Vec<u8>)>,
+    /// (merge entry index, why it is refused), sorted by index.
+    pub refused: Vec<(u32, String)>,
+}
+
+/// A key's value as the walk of its operations knows it.
+enum Base<'a> {
+    /// Not looked at yet: the durable value.
+    Durable,
+    /// `None`: absent or deleted.
+    Known(Option<Cow<'a, [u8]>>),
+}
+
+impl Resolver {
+    /// Resolves the merges of `entries` (a window in order) with `op`. `durable(key)` gives
+    /// the durable value of a key, every earlier window included. With `coalesce`, values
+    /// are kept for the last merge of each run (the one a survivor or a get names);
+    /// without, for every merge (each is logged).
+    pub fn resolve<'a>(
+        &mut self,
+        op: &MergeOperator,
+        value_len_max: usize,
+        (entries, coalesce): (&[Entry<'a>], bool),
+        mut durable: impl FnMut(&[u8]) -> Option<Vec<u8>>,
+    ) {
+        self.values.clear();
+        self.refused.clear();
+        self.group.clear();
+        let merged: hashbrown::HashSet<&[u8], foldhash::fast::RandomState> = entries
+            .iter()
+            .filter(|e| matches!(e.op, Op::Merge(_)))
+            .map(|e| e.key)
+            .collect();
+        self.group.extend((0..entries.len() as u32).filter(|&i| {
+            let e = &entries[i as usize];
+            !matches!(e.op, Op::Nop) && merged.contains(e.key)
+        }));
+        // Stable: each key's operations stay in order.
+        self.group
+            .sort_by(|&a, &b| entries[a as usize].key.cmp(entries[b as usize].key));
+        let mut pending: Vec<u32> = Vec::new();
+        let mut at = 0;
+        while at < self.group.len() {
+            let key = entries[self.group[at] as usize].key;
+            let end = at
+                + self.group[at..]
+                    .iter()
+                    .position(|&i| entries[i as usize].key != key)
+                    .unwrap_or(self.group.len() - at);
+            let mut base = Base::Durable;
+            for k in at..end {
+                let i = self.group[k];
+                let write = matches!(entries[i as usize].op, Op::Put(_) | Op::Delete);
+                if write && !pending.is_empty() {
+                    // Superseded merges still apply (a get may not see them, but a refusal
+                    // of one must be found): onto the value before them.
+                    let ctx = (op, value_len_max, entries);
+                    self.settle(ctx, key, &mut base, &mut pending, &mut durable);
+                }
+                match entries[i as usize].op {
+                    Op::Put(v) => base = Base::Known(Some(Cow::Borrowed(v))),
+                    Op::Delete => base = Base::Known(None),
+                    Op::Merge(_) => pending.push(i),
+                    Op::Get | Op::Nop => {}
+                }
+                let get = matches!(entries[i as usize].op, Op::Get);
+                let settle = !pending.is_empty() && (get || !coalesce || k + 1 == end);
+                if settle {
+                    let ctx = (op, value_len_max, entries);
+                    self.settle(ctx, key, &mut base, &mut pending, &mut durable);
+                }
+            }
+            at = end;
+        }
+        self.values.sort_unstable_by_key(|v| v.0);
+        self.refused.sort_unstable_by_key(|r| r.0);
+    }
+
+    /// Merges the `pending` merges (entry indices) onto `base`, records the value after the
+    /// last of them, and makes it the base; on a refusal, applies them one at a time to
+    /// find which ones the operator refuses.
+    fn settle<'a>(
+        &mut self,
+        (op, value_len_max, entries): (&MergeOperator, usize, &[Entry<'a>]),
+        key: &[u8],
+        base: &mut Base<'a>,
+        pending: &mut Vec<u32>,
+        durable: &mut impl FnMut(&[u8]) -> Option<Vec<u8>>,
+    ) {
+        if let Base::Durable = base {
+            *base = Base::Known(durable(key).map(Cow::Owned));
+        }
+        let Base::Known(cur) = base else {
+            unreachable!("set above")
+        };
+        let operand = |i: u32| match entries[i as usize].op {
+            Op::Merge(o) => o,
+            _ => unreachable!("pending holds merges"),
+        };
+        let operands: Vec<&[u8]> = pending.iter().map(|&i| operand(i)).collect();
+        let last = *pending.last().expect("settled with merges pending");
+        let value = match op.merge(cur.as_deref(), &operands, value_len_max) {
+            Ok(v) => v,
+            Err(_) => {
+                // Find the refused ones; the others apply in order, each onto the last good
+                // value. (The caller takes the refused requests out and resolves again.)
+                let mut v: Option<Vec<u8>> = cur.as_deref().map(<[u8]>::to_vec);
+                for &i in pending.iter() {
+                    match op.merge(v.as_deref(), &[operand(i)], value_len_max) {
+                        Ok(next) => v = Some(next),
+                        Err(reason) => self.refused.push((i, reason)),
+                    }
+                }
+                v.unwrap_or_default()
+            }
+        };
+        self.values.push((last, value.clone()));
+        *cur = Some(Cow::Owned(value));
+        pending.clear();
+    }
+
+    /// The key's value after the merge at entry index `i`, if resolved.
+    pub fn value(&self, i: u32) -> Option<&[u8]> {
+        let at = self.values.binary_search_by_key(&i, |v| v.0).ok()?;
+        Some(&self.values[at].1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    fn c(n: i64) -> Vec<u8> {
+        n.to_le_bytes().to_vec()
+    }
+
+    fn merge_all(op: &MergeOperator, existing: Option<&[u8]>, ops: &[Vec<u8>]) -> Vec<u8> {
+        let ops: Vec<&[u8]> = ops.iter().map(|o| &o[..]).collect();
+        op.merge(existing, &ops, 1 << 20).expect("merges")
+    }
+
+    /// The same operands one at a time.
+    fn merge_each(op: &MergeOperator, existing: Option<&[u8]>, ops: &[Vec<u8>]) -> Option<Vec<u8>> {
+        let mut v = existing.map(<[u8]>::to_vec);
+        for o in ops {
+            v = Some(op.merge(v.as_deref(), &[o], 1 << 20).expect("merges"));
+        }
+        v
+    }
+
+    #[test]
+    fn counters_start_from_nothing_and_refuse_what_is_not_a_counter() {
+        assert_eq!(merge_all(&MergeOperator::Add, None, &[c(2), c(-5)]), c(-3));
+        assert_eq!(merge_all(&MergeOperator::Max, None, &[c(-7)]), c(-7));
+        assert_eq!(merge_all(&MergeOperator::Min, Some(&c(3)), &[c(9)]), c(3));
+        assert_eq!(
+            merge_all(&MergeOperator::Add, Some(&c(i64::MAX)), &[c(1)]),
+            c(i64::MIN),
+            "wraps"
+        );
+        let e = MergeOperator::Add
+            .merge(Some(b"abc"), &[&c(1)], 100)
+            .unwrap_err();
+        assert!(e.contains("3 bytes"), "{e}");
+        assert!(MergeOperator::Add.check_operand(b"1234567").is_err());
+        assert!(MergeOperator::Append { max_len: 4 }
+            .check_operand(b"")
+            .is_ok());
+    }
+
+    #[test]
+    fn append_keeps_the_newest_bytes() {
+        let op = MergeOperator::Append { max_len: 5 };
+        let ops = [b"abc".to_vec(), b"defg".to_vec()];
+        assert_eq!(merge_all(&op, Some(b"xy"), &ops), b"cdefg");
+        assert_eq!(merge_all(&op, None, &[b"ab".to_vec()]), b"ab");
+    }
+
+    #[test]
+    fn a_custom_operator_that_panics_or_grows_too_long_is_refused() {
+        let op = MergeOperator::custom(|_, ops| {
+            assert!(ops.iter().all(|o| o != b"boom"), "boom");
+            ops.concat()
+        });
+        assert_eq!(op.merge(None, &[b"ab", b"c"], 3).unwrap(), b"abc");
+        assert!(op
+            .merge(None, &[b"ab", b"cd"], 3)
+            .unwrap_err()
+            .contains("over"));
+        assert!(op
+            .merge(None, &[b"boom"], 3)
+            .unwrap_err()
+            .contains("panicked"));
+    }
+
+    fn operator() -> impl Strategy<Value = MergeOperator> {
+        prop_oneof![
+            Just(MergeOperator::Add),
+            Just(MergeOperator::Max),
+            Just(MergeOperator::Min),
+            (1usize..20).prop_map(|max_len| MergeOperator::Append { max_len }),
+        ]
+    }
+
+    fn operand(op: &MergeOperator) -> BoxedStrategy<Vec<u8>> {
+        match op {
+            MergeOperator::Append { .. } => proptest::collection::vec(any::<u8>(), 0..8).boxed(),
+            _ => any::<i64>().prop_map(c).boxed(),
+        }
+    }
+
+    /// A window's entry in the fold tests: (key 0..3, kind 0 put / 1 delete / 2 get /
+    /// 3.. merge, operand or value).
+    type Step = (u8, u8, Vec<u8>);
+
+    fn steps() -> impl Strategy<Value = (MergeOperator, Vec<Step>)> {
+        operator().prop_flat_map(|op| {
+            let step = (0u8..3, 0u8..8, operand(&op));
+            (Just(op), proptest::collection::vec(step, 0..40))
+        })
+    }
+
+    proptest! {
+        /// Folding operands into one call is applying them one at a time, for every
+        /// built-in operator.
+        #[test]
+        fn folding_is_applying_in_order(
+            (op, steps) in steps(),
+            start in proptest::option::of(any::<i64>()),
+        ) {
+            let ops: Vec<Vec<u8>> = steps.into_iter().map(|s| s.2).collect();
+            let start = start.map(c);
+            let all = merge_all(&op, start.as_deref(), &ops);
+            let each = merge_each(&op, start.as_deref(), &ops);
+            if ops.is_empty() {
+                // No operand: the value stays (an absent counter reads as its start).
+                prop_assert!(each == start || start.is_none());
+            } else {
+                prop_assert_eq!(Some(all), each);
+            }
+        }
+
+        /// The resolver's values (for survivors and gets) are what applying the window one
+        /// request at a time gives, with and without coalescing.
+        #[test]
+        fn resolving_a_window_matches_a_sequential_map(
+            (op, steps) in steps(),
+            durable in proptest::collection::vec(proptest::option::of(any::<i64>()), 3),
+        ) {
+            let keys: [&[u8]; 3] = [b"a", b"b", b"c"];
+            let counter_op = !matches!(op, MergeOperator::Append { .. });
+            let entries: Vec<Entry<'_>> = steps
+                .iter()
+                .map(|(k, kind, v)| Entry {
+                    key: keys[*k as usize],
+                    op: match kind {
+                        // Puts of valid counters only: refusals are the next test's.
+                        0 if counter_op && v.len() != 8 => Op::Delete,
+                        0 => Op::Put(v),
+                        1 => Op::Delete,
+                        2 => Op::Get,
+                        _ => Op::Merge(v),
+                    },
+                })
+                .collect();
+            let start: HashMap<&[u8], Vec<u8>> = keys
+                .iter()
+                .zip(&durable)
+                .filter_map(|(k, v)| v.map(|v| (*k, c(v))))
+                .collect();
+            for coalesce in [true, false] {
+                let mut r = Resolver::default();
+                r.resolve(&op, 1 << 20, (&entries, coalesce), |k| start.get(k).cloned());
+                prop_assert!(r.refused.is_empty());
+                let mut model = start.clone();
+                // Per key, the last merge since the key's last get or write.
+                let mut last_merge: HashMap<&[u8], u32> = HashMap::new();
+                for (i, e) in entries.iter().enumerate() {
+                    let i = i as u32;
+                    match e.op {
+                        Op::Put(v) => { model.insert(e.key, v.to_vec()); last_merge.remove(e.key); }
+                        Op::Delete => { model.remove(e.key); last_merge.remove(e.key); }
+                        Op::Merge(o) => {
+                            let v = merge_each(&op, model.get(e.key).map(|v| &v[..]), &[o.to_vec()]);
+                            model.insert(e.key, v.unwrap());
+                            last_merge.insert(e.key, i);
+                            if !coalesce {
+                                prop_assert_eq!(r.value(i), model.get(e.key).map(|v| &v[..]));
+                            }
+                        }
+                        Op::Get => {
+                            if let Some(m) = last_merge.remove(e.key) {
+                                prop_assert_eq!(r.value(m), model.get(e.key).map(|v| &v[..]));
+                            }
+                        }
+                        Op::Nop => {}
+                    }
+                }
+                // The last merge of each key's final run holds the key's final value.
+                for (k, m) in last_merge {
+                    prop_assert_eq!(r.value(m), model.get(k).map(|v| &v[..]));
+                }
+            }
+        }
+    }
+
+    /// Merges onto a value the operator refuses are refused one by one; the others apply.
+    #[test]
+    fn refused_merges_are_found_one_by_one() {
+        let good = c(5);
+        let entries = [
+            Entry {
+                key: b"k",
+                op: Op::Merge(&good),
+            },
+            Entry {
+                key: b"k",
+                op: Op::Put(b"not a counter"),
+            },
+            Entry {
+                key: b"k",
+                op: Op::Merge(&good),
+            },
+            Entry {
+                key: b"k",
+                op: Op::Merge(&good),
+            },
+            Entry {
+                key: b"j",
+                op: Op::Merge(&good),
+            },
+        ];
+        let mut r = Resolver::default();
+        r.resolve(&MergeOperator::Add, 100, (&entries, true), |_| None);
+        let refused: Vec<u32> = r.refused.iter().map(|x| x.0).collect();
+        assert_eq!(refused, vec![2, 3]);
+        assert_eq!(r.value(4), Some(&c(5)[..]));
+    }
+}

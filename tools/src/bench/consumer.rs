@@ -4,7 +4,9 @@
 //! processor downstream of the log does: takes each batch as it becomes durable
 //! (`Consumer::next_timeout`), touches every record, and commits every `commit_every`
 //! batches (each commit is a file write and two syncs, so committing less often is how a
-//! real processor keeps up). `--consumer-rate` paces it by records, so that it can be made
+//! real processor keeps up), and whenever no batch came for a while: a consumer that held
+//! processed batches uncommitted while idle would deadlock with a lag limit below
+//! `commit_every` batches (the writers wait for its lag to fall, it waits for their batches). `--consumer-rate` paces it by records, so that it can be made
 //! slower than the writers and the lag builds up; `--consumer-lag-max-*` set
 //! `Config::consumer_lag_max`, and the engine throttles the writers while the lag is past it.
 //!
@@ -24,8 +26,8 @@ use std::time::{Duration, Instant};
 /// The consumer's name in the log directory (`consumer-bench`).
 pub const NAME: &str = "bench";
 
-/// How long the consumer waits for a batch before it looks at the stop flag again; also the
-/// longest piece of a pacing sleep.
+/// How long the consumer waits for a batch before it looks at the stop flag again (and
+/// commits what it has processed); also the longest piece of a pacing sleep.
 const POLL: Duration = Duration::from_millis(10);
 
 /// How far a paced consumer may run ahead of its rate after it was idle or overslept: a
@@ -35,7 +37,7 @@ const BURST: Duration = Duration::from_millis(5);
 /// `--consumer` and its flags, resolved.
 #[derive(Clone, Copy, Debug)]
 pub struct ConsumerPlan {
-    /// Commit after this many batches (and once more at the end for the rest).
+    /// Commit after this many batches (and when idle, and at the end, for the rest).
     pub commit_every: u64,
     /// Records per second the consumer processes at most; `None`: as fast as it can.
     pub rate: Option<f64>,
@@ -128,7 +130,14 @@ fn process(
     while !stop.load(Ordering::Acquire) {
         let batch = match consumer.next_timeout(POLL) {
             Ok(Some(b)) => b,
-            Ok(None) => continue,
+            Ok(None) => {
+                // Idle: what it processed is done, and may be what the writers wait on.
+                if let (Some(seq), true) = (last, uncommitted > 0) {
+                    commit(&mut consumer, seq, &mut totals)?;
+                    uncommitted = 0;
+                }
+                continue;
+            }
             // The engine closed under it (another thread's failure): nothing more comes.
             Err(Error::Closed) => break,
             Err(e) => return Err(CliError::new(format!("the consumer: read a batch: {e}"))),

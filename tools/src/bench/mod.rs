@@ -228,7 +228,8 @@ pub struct ConsumerArgs {
     /// (wal, naive, okaywal) have no consumer and run as without it.
     #[arg(long)]
     consumer: bool,
-    /// The consumer commits every N batches (and what is left at the end).
+    /// The consumer commits every N batches (and what it has processed whenever it waited
+    /// 10 ms for a batch in vain, and at the end).
     #[arg(
         long,
         requires = "consumer",

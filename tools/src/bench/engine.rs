@@ -2,8 +2,11 @@
 //! or an open loop. The writer loop serves every system that keeps requests outstanding
 //! (the engine's and `wal`'s) through [`Target`].
 
+use super::consumer::{self, ConsumerTotals};
 use super::cpu;
-use super::recorder::{add_stage_tail, sample, Progress, Recorder, SampleOptions, Sampled, Slot};
+use super::recorder::{
+    add_stage_tail, sample, LagProbe, Progress, Recorder, SampleOptions, Sampled, Slot,
+};
 use super::{fine_timer_slack, sleep_until, Plan, RunHooks, RunResult, System};
 use crate::error::{CliError, Context};
 use crate::workload::{Generator, Kind, Op};
@@ -27,12 +30,13 @@ pub struct Span {
 
 /// Runs `writer(index, slot, barrier)` on `plan.writers` threads with a sampler beside them;
 /// every writer must reach the barrier once, first thing. Returns what the sampler summed
-/// and the writers' span.
+/// and the writers' span. `stages` and `consumer_lag` are sampled per interval when given.
 pub fn drive<F>(
     plan: &Plan,
     hooks: &RunHooks,
     progress: &Progress,
     stages: Option<&(dyn Fn() -> StageHistograms + Sync)>,
+    consumer_lag: Option<&LagProbe<'_>>,
     writer: F,
 ) -> Result<(Sampled, Duration, u64), CliError>
 where
@@ -46,6 +50,7 @@ where
         encode: hooks.encode,
         encode_raw: plan.rate.is_some(),
         stages: stages.filter(|_| hooks.stage_intervals),
+        consumer_lag,
         progress,
     };
     let (sampled, spans) = std::thread::scope(|s| {
@@ -102,7 +107,7 @@ pub fn run_baseline<F>(
 where
     F: Fn(usize, &Mutex<Slot>, &Barrier) -> Result<Span, CliError> + Sync,
 {
-    let (driven, cpu) = cpu::during(|| drive(plan, hooks, progress, None, writer));
+    let (driven, cpu) = cpu::during(|| drive(plan, hooks, progress, None, None, writer));
     let (mut sampled, elapsed, missed) = driven?;
     let c = counts();
     let timeline = std::mem::take(&mut sampled.timeline);
@@ -138,39 +143,17 @@ pub fn run(
     let config = plan.engine_config(system);
     let engine =
         Engine::open(dir, config).context(|| format!("open the engine in {}", dir.display()))?;
-    let stages = || engine.stats().stages;
-    let done = AtomicBool::new(false);
-    // Measured before the engine closes: its threads' clocks go with them.
-    let (driven, cpu) = std::thread::scope(|scope| {
-        let retirer = plan.retain.map(|keep| {
-            let (engine, done) = (&engine, &done);
-            scope.spawn(move || retire_behind(engine, keep, done))
-        });
-        let r = cpu::during(|| {
-            drive(plan, hooks, progress, Some(&stages), |i, slot, barrier| {
-                writer(
-                    &EngineTarget {
-                        engine: &engine,
-                        ids: (system == System::MergelogIds).then(|| (i, AtomicU64::new(0))),
-                        get_put: system == System::MergelogGetput,
-                    },
-                    Generator::new(&plan.spec, i),
-                    i,
-                    plan,
-                    slot,
-                    barrier,
-                )
-            })
-        });
-        done.store(true, Ordering::Release);
-        match retirer.map(|h| h.join().expect("the retiring thread panicked")) {
-            Some(Err(e)) => (Err(e), r.1),
-            _ => r,
-        }
-    });
+    // Opened before the writers start, so that it sees every batch of the run.
+    let reader = match plan.consumer {
+        Some(c) => Some((c, consumer::open(&engine)?)),
+        None => None,
+    };
+    let (driven, cpu, consumed) = drive_engine(system, &engine, reader, plan, hooks, progress);
     // Close before looking at the writers' results: an error there should not leave the
     // flusher running.
     let closed = engine.close();
+    // A failed consumer closed the engine under the writers: its error is the cause.
+    let consumed = consumed.transpose()?;
     let (mut sampled, elapsed, missed) = driven?;
     closed.context(|| "close the engine".into())?;
 
@@ -186,9 +169,80 @@ pub fn run(
         collapsed_reads: stats.collapsed_reads,
         records_written: stats.records_written,
         bytes_written: stats.bytes_written,
+        consumer: consumed.map(|c| ConsumerTotals {
+            throttled: stats.throttled,
+            ..c
+        }),
         engine: Some(stats),
         cpu,
         ..RunResult::measured(system, sampled, timeline, elapsed, missed)
+    })
+}
+
+/// What [`drive_engine`] hands back: the writers' results, the CPU they used, and what the
+/// consumer did (with `--consumer`).
+type Driven = (
+    Result<(Sampled, Duration, u64), CliError>,
+    Option<cpu::CpuUse>,
+    Option<Result<ConsumerTotals, CliError>>,
+);
+
+/// The writers on `engine`, with the `--retain` thread and the consumer (`reader`) beside
+/// them until the writers are done. The CPU is measured before the engine closes: its
+/// threads' clocks go with them.
+fn drive_engine(
+    system: System,
+    engine: &Engine,
+    reader: Option<(consumer::ConsumerPlan, mergelog::Consumer)>,
+    plan: &Plan,
+    hooks: &RunHooks,
+    progress: &Progress,
+) -> Driven {
+    let stages = || engine.stats().stages;
+    let lag = || consumer::lag_sample(engine);
+    let lag_probe: Option<&LagProbe<'_>> = reader.as_ref().map(|_| &lag as &LagProbe<'_>);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let retirer = plan.retain.map(|keep| {
+            let done = &done;
+            scope.spawn(move || retire_behind(engine, keep, done))
+        });
+        let consumer = reader.map(|(c, handle)| {
+            let done = &done;
+            scope.spawn(move || consumer::run(engine, handle, &c, done))
+        });
+        let (r, cpu) = cpu::during(|| {
+            drive(
+                plan,
+                hooks,
+                progress,
+                Some(&stages),
+                lag_probe,
+                |i, slot, barrier| {
+                    writer(
+                        &EngineTarget {
+                            engine,
+                            ids: (system == System::MergelogIds).then(|| (i, AtomicU64::new(0))),
+                            get_put: system == System::MergelogGetput,
+                        },
+                        Generator::new(&plan.spec, i),
+                        i,
+                        plan,
+                        slot,
+                        barrier,
+                    )
+                },
+            )
+        });
+        done.store(true, Ordering::Release);
+        let consumed = consumer.map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(CliError::new("the consumer thread panicked")))
+        });
+        match retirer.map(|h| h.join().expect("the retiring thread panicked")) {
+            Some(Err(e)) => (Err(e), cpu, consumed),
+            _ => (r, cpu, consumed),
+        }
     })
 }
 

@@ -21,6 +21,7 @@
 //! `mergelog profile` runs the same machinery on one engine system and prints the engine's
 //! per-stage histograms instead of the comparison.
 
+mod consumer;
 mod cpu;
 mod engine;
 mod hlog;
@@ -35,8 +36,9 @@ mod wal;
 use crate::error::{CliError, Context};
 use crate::workload::{Dist, Generator, Size, Spec, KEY_SIZE_MIN};
 use clap::{Args, ValueEnum};
+use consumer::{ConsumerPlan, ConsumerTotals};
 use hdrhistogram::Histogram;
-use mergelog::{Config, Durability, StageHistograms, Stats, WindowPolicy, WritePath};
+use mergelog::{Config, ConsumerLag, Durability, StageHistograms, Stats, WindowPolicy, WritePath};
 use recorder::{Interval, Progress};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -221,12 +223,89 @@ pub struct OutputArgs {
     plot: Option<PathBuf>,
 }
 
+/// `--consumer` and its flags (`bench` only; see `consumer`).
+#[derive(Args, Debug)]
+pub struct ConsumerArgs {
+    /// Engine systems: run a durable consumer beside the writers, opened before they start,
+    /// that reads, touches and commits every batch as a downstream processor would; the
+    /// report, the JSON timeline and the plot then show its lag over time. The baselines
+    /// (wal, naive, okaywal) have no consumer and run as without it.
+    #[arg(long)]
+    consumer: bool,
+    /// The consumer commits every N batches (and what it has processed whenever it waited
+    /// 10 ms for a batch in vain, and at the end).
+    #[arg(
+        long,
+        requires = "consumer",
+        allow_negative_numbers = true,
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = commit_every,
+    )]
+    consumer_commit_every: u64,
+    /// The consumer processes at most RECORDS records per second (each record takes 1/RECORDS
+    /// s of its time), so that it falls behind the writers [default: as fast as it can].
+    #[arg(
+        long,
+        requires = "consumer",
+        allow_negative_numbers = true,
+        value_name = "RECORDS",
+        value_parser = consumer_rate,
+    )]
+    consumer_rate: Option<f64>,
+    /// Throttle the writers while the consumer lags by more than N batches
+    /// (`Config::consumer_lag_max`; the writers wait, `Backpressure::Block`).
+    #[arg(
+        long,
+        requires = "consumer",
+        allow_negative_numbers = true,
+        value_name = "N",
+        value_parser = lag_batches,
+    )]
+    consumer_lag_max_batches: Option<u64>,
+    /// Throttle the writers while the consumer lags by more than BYTES of frames (suffixes
+    /// K, M, G).
+    #[arg(long, requires = "consumer", value_name = "BYTES", value_parser = bytes)]
+    consumer_lag_max_bytes: Option<u64>,
+    /// Throttle the writers while the oldest batch the consumer has not committed is older
+    /// than MS milliseconds.
+    #[arg(
+        long,
+        requires = "consumer",
+        allow_negative_numbers = true,
+        value_name = "MS",
+        value_parser = lag_age,
+    )]
+    consumer_lag_max_age: Option<u64>,
+}
+
+impl ConsumerArgs {
+    /// The consumer the flags ask for (`None` without `--consumer`).
+    fn plan(&self) -> Option<ConsumerPlan> {
+        if !self.consumer {
+            return None;
+        }
+        let limit = ConsumerLag {
+            batches: self.consumer_lag_max_batches,
+            bytes: self.consumer_lag_max_bytes,
+            age: self.consumer_lag_max_age.map(Duration::from_millis),
+        };
+        Some(ConsumerPlan {
+            commit_every: self.consumer_commit_every,
+            rate: self.consumer_rate,
+            lag_max: (limit != ConsumerLag::default()).then_some(limit),
+        })
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     #[command(flatten)]
     workload: WorkloadArgs,
     #[command(flatten)]
     output: OutputArgs,
+    #[command(flatten)]
+    consumer: ConsumerArgs,
     /// Systems to run, in order, comma-separated.
     #[arg(
         long,
@@ -283,6 +362,14 @@ impl System {
             System::MergelogIds => "mergelog-ids",
             System::MergelogGetput => "mergelog-getput",
         }
+    }
+
+    /// True for the systems that run the engine (and so can have a consumer).
+    pub fn has_engine(self) -> bool {
+        matches!(
+            self,
+            System::Mergelog | System::NoCoalesce | System::MergelogIds
+        )
     }
 
     /// The system called `name`.
@@ -412,6 +499,27 @@ fn rounds(s: &str) -> Result<usize, String> {
     count(s, 1000).map(|n| n as usize)
 }
 
+fn commit_every(s: &str) -> Result<u64, String> {
+    count(s, 1 << 32)
+}
+
+fn lag_batches(s: &str) -> Result<u64, String> {
+    count(s, 1 << 48)
+}
+
+/// Up to a day.
+fn lag_age(s: &str) -> Result<u64, String> {
+    count(s, 86_400_000)
+}
+
+fn consumer_rate(s: &str) -> Result<f64, String> {
+    float_where(
+        s,
+        |f| (1.0..=1e9).contains(&f),
+        "must be between 1 and 1e9 records per second",
+    )
+}
+
 fn batch_ops(s: &str) -> Result<u64, String> {
     count(s, u64::from(u32::MAX))
 }
@@ -520,6 +628,8 @@ pub struct Plan {
     pub engine: Config,
     /// `--retain`: segments the engine's log keeps; older ones are retired during the run.
     pub retain: Option<usize>,
+    /// `bench --consumer`: a durable consumer beside the writers of each engine system.
+    pub consumer: Option<ConsumerPlan>,
 }
 
 impl Plan {
@@ -667,6 +777,8 @@ pub struct RunResult {
     /// The engine's final statistics (engine systems only); over the rounds, the counters
     /// and stage histograms summed.
     pub engine: Option<Stats>,
+    /// `--consumer`: what the consumer did (engine systems only), summed over the rounds.
+    pub consumer: Option<ConsumerTotals>,
     /// CPU used while the writers ran (summed over the rounds); `None` where unreadable.
     pub cpu: Option<cpu::CpuUse>,
 }
@@ -726,6 +838,7 @@ impl RunResult {
             records_written: 0,
             bytes_written: 0,
             engine: None,
+            consumer: None,
             cpu: None,
         }
     }
@@ -782,6 +895,7 @@ impl RunResult {
             records_written,
             bytes_written,
             engine,
+            consumer,
             cpu,
         } = other;
         debug_assert_eq!(system, self.system);
@@ -804,6 +918,10 @@ impl RunResult {
         self.bytes_written += bytes_written;
         match (&mut self.engine, engine) {
             (Some(mine), Some(theirs)) => add_stats(mine, theirs)?,
+            (mine, theirs) => *mine = theirs.or(mine.take()),
+        }
+        match (&mut self.consumer, consumer) {
+            (Some(mine), Some(theirs)) => *mine += theirs,
             (mine, theirs) => *mine = theirs.or(mine.take()),
         }
         match (&mut self.cpu, cpu) {
@@ -1069,10 +1187,43 @@ fn plan(args: &WorkloadArgs) -> Result<Plan, CliError> {
         durability: engine.durability,
         engine,
         retain,
+        consumer: None,
     };
     // Surfaces a bad distribution now rather than inside every writer thread.
     Generator::new(&plan.spec, 0).map_err(CliError::usage)?;
     Ok(plan)
+}
+
+/// `--consumer`: the consumer and its lag limit into `plan`, for the engine systems of
+/// `systems` (an error if there is none; the baselines run without, as said on stderr).
+fn with_consumer(
+    command: &str,
+    plan: &mut Plan,
+    consumer: ConsumerPlan,
+    systems: &[System],
+) -> Result<(), CliError> {
+    let baselines: Vec<&str> = systems
+        .iter()
+        .filter(|s| !s.has_engine())
+        .map(|s| s.name())
+        .collect();
+    if baselines.len() == systems.len() {
+        return Err(CliError::usage(
+            "--consumer needs an engine system (mergelog, no-coalesce or mergelog-ids) in --systems",
+        ));
+    }
+    if !baselines.is_empty() {
+        eprintln!(
+            "mergelog {command}: --consumer: {} run without a consumer (a baseline has no log to consume)",
+            baselines.join(", ")
+        );
+    }
+    plan.engine.consumer_lag_max = consumer.lag_max;
+    plan.engine
+        .validate()
+        .map_err(|e| CliError::usage(format!("engine configuration from the flags: {e}")))?;
+    plan.consumer = Some(consumer);
+    Ok(())
 }
 
 /// The engine configuration the flags describe, validated; `retain` (`--retain`) makes the
@@ -1151,6 +1302,7 @@ fn execute(
     systems: &[System],
     rounds: usize,
     stage_intervals: bool,
+    consumer: Option<ConsumerPlan>,
 ) -> Result<Session, CliError> {
     let mut seen = Vec::new();
     for s in systems {
@@ -1163,7 +1315,10 @@ fn execute(
         seen.push(*s);
     }
     output.check()?;
-    let plan = plan(args)?;
+    let mut plan = plan(args)?;
+    if let Some(c) = consumer {
+        with_consumer(command, &mut plan, c, systems)?;
+    }
     // okaywal always syncs: without syncs it would measure something else under its name.
     let kept: Vec<System>;
     let systems = if plan.durability != Durability::Sync && systems.contains(&System::Okaywal) {
@@ -1359,6 +1514,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
         &args.systems,
         args.rounds,
         false,
+        args.consumer.plan(),
     )?;
     let report = report::Report::new(&session, machine(), "bench");
     print(&report.text(&session.results))?;
@@ -1393,7 +1549,15 @@ pub mod profile {
             EngineSystem::Mergelog => System::Mergelog,
             EngineSystem::NoCoalesce => System::NoCoalesce,
         };
-        let session = execute("profile", &args.workload, &args.output, &[system], 1, true)?;
+        let session = execute(
+            "profile",
+            &args.workload,
+            &args.output,
+            &[system],
+            1,
+            true,
+            None,
+        )?;
         let report = report::Report::new(&session, machine(), "profile");
         print(&report.profile_text(&session.results))?;
         write_outputs(&args.output, &session, &report, "mergelog profile")

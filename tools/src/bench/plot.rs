@@ -9,7 +9,12 @@
 //! - Bottom: throughput over time of each system, one point per sampling interval, seconds
 //!   from the start of that system's run; with `--rounds`, seconds from the start of the
 //!   bench, each run a line of its own where it ran (the systems alternate).
+//! - With `--consumer`, a third row: the consumer's lag over time of each engine system, in
+//!   batches (left) and in age of the oldest unprocessed batch (right), one point per
+//!   sampling interval on the same time axis as the throughput, with the lag limit
+//!   (`--consumer-lag-max-batches`, `--consumer-lag-max-age`) as a dashed line.
 
+use super::recorder::Interval;
 use super::{RunResult, Session};
 use crate::error::CliError;
 use hdrhistogram::Histogram;
@@ -139,13 +144,160 @@ pub fn write(path: &Path, session: &Session, title: &str) -> Result<(), CliError
 }
 
 fn draw(path: &Path, session: &Session, title: &str) -> DrawResult {
-    let root = SVGBackend::new(path, (1000, 1000)).into_drawing_area();
+    let consumer = session.plan.consumer.is_some();
+    let height = if consumer { 1400 } else { 1000 };
+    let root = SVGBackend::new(path, (1000, height)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(title, ("sans-serif", 22))?;
     let (top, bottom) = root.split_vertically(600);
     spectrum_chart(&top, &curves(session))?;
-    throughput_over_time(&bottom, session)?;
+    if consumer {
+        let (middle, lag) = bottom.split_vertically(400);
+        throughput_over_time(&middle, session)?;
+        consumer_lag(&lag, session)?;
+    } else {
+        throughput_over_time(&bottom, session)?;
+    }
     root.present()?;
+    Ok(())
+}
+
+/// `--consumer`: the lag of each engine system's consumer over time, in batches and in age,
+/// side by side.
+fn consumer_lag(area: &Area<'_>, session: &Session) -> DrawResult {
+    let bench_time = session.results.iter().any(|r| r.rounds.len() > 1);
+    let limit = session.plan.consumer.and_then(|c| c.lag_max);
+    let (left, right) = area.split_horizontally(500);
+    let by = |f: fn(&Interval) -> Option<f64>| -> Vec<Series> {
+        session
+            .results
+            .iter()
+            .zip(COLORS.iter().cycle())
+            .filter(|(r, _)| r.consumer.is_some())
+            .map(|(r, c)| (r.system.name().to_owned(), *c, over_time(r, bench_time, f)))
+            .collect()
+    };
+    lag_chart(
+        &left,
+        LagAxis {
+            caption: "consumer lag (batches)",
+            unit: "batches",
+            limit: limit.and_then(|l| l.batches).map(|b| b as f64),
+            bench_time,
+        },
+        &by(|i| i.consumer_lag.map(|l| l.batches as f64)),
+    )?;
+    lag_chart(
+        &right,
+        LagAxis {
+            caption: "consumer lag (age of the oldest unprocessed batch)",
+            unit: "ms",
+            limit: limit.and_then(|l| l.age).map(|a| a.as_secs_f64() * 1e3),
+            bench_time,
+        },
+        &by(|i| i.consumer_lag.map(|l| l.age.as_secs_f64() * 1e3)),
+    )
+}
+
+/// One line per run of `r`: (seconds, `value` of the interval) at the end of each interval
+/// that has one, seconds as in [`throughput`].
+fn over_time(
+    r: &RunResult,
+    bench_time: bool,
+    value: fn(&Interval) -> Option<f64>,
+) -> Vec<Vec<(f64, f64)>> {
+    let mut lines: Vec<Vec<(f64, f64)>> = Vec::new();
+    let mut round = None;
+    for i in &r.timeline {
+        let Some(v) = value(i) else { continue };
+        if round != Some(i.round) {
+            round = Some(i.round);
+            lines.push(Vec::new());
+        }
+        let start = if bench_time {
+            r.interval_offset(i)
+        } else {
+            i.start
+        };
+        if let Some(line) = lines.last_mut() {
+            line.push(((start + i.duration).as_secs_f64(), v));
+        }
+    }
+    lines
+}
+
+/// What a lag chart shows besides its lines.
+struct LagAxis {
+    caption: &'static str,
+    unit: &'static str,
+    /// The throttling limit, drawn dashed.
+    limit: Option<f64>,
+    bench_time: bool,
+}
+
+/// A lag over time on a linear scale from 0, with the limit (if any) as a dashed line.
+fn lag_chart(area: &Area<'_>, axis: LagAxis, series: &[Series]) -> DrawResult {
+    let points = || series.iter().flat_map(|s| s.2.iter().flatten());
+    let t_max = points().map(|p| p.0).fold(0.1f64, f64::max);
+    let y_max = points()
+        .map(|p| p.1)
+        .chain(axis.limit)
+        .fold(1.0f64, f64::max)
+        * 1.1;
+    let mut chart = ChartBuilder::on(area)
+        .caption(axis.caption, ("sans-serif", 16))
+        .margin(12)
+        .margin_right(20)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..t_max, 0.0..y_max)?;
+    chart
+        .configure_mesh()
+        .x_desc(if axis.bench_time {
+            "seconds into the bench"
+        } else {
+            "seconds into the run"
+        })
+        .y_desc(axis.unit)
+        .y_labels(8)
+        .y_label_formatter(&|y| si(*y))
+        .draw()?;
+    for (label, color, lines) in series {
+        let color = *color;
+        for (n, points) in lines.iter().enumerate() {
+            let drawn = chart.draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))?;
+            if n == 0 {
+                drawn
+                    .label(label)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            }
+        }
+    }
+    if let Some(limit) = axis.limit {
+        let style = BLACK.stroke_width(1);
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(0.0, limit), (t_max, limit)],
+                6,
+                4,
+                style,
+            ))?
+            .label("limit")
+            .legend(move |(x, y)| {
+                EmptyElement::at((x, y))
+                    + PathElement::new(vec![(0, 0), (7, 0)], style)
+                    + PathElement::new(vec![(13, 0), (20, 0)], style)
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! meant to be sent (open loop: its slot in the arrival schedule) to completion, and *raw*,
 //! from the time it was actually submitted. In a closed loop the two are the same.
 
+use super::consumer::LagSample;
 use super::latency_histogram;
 use crate::error::{CliError, Context};
 use crate::workload::Kind;
@@ -106,6 +107,8 @@ pub struct Interval {
     /// The interval's histograms, V2-deflate encoded, when `--hlog` wants them: the
     /// corrected latency, the raw latency (open loop only) and the engine stages (profile).
     pub encoded: Vec<(String, Vec<u8>)>,
+    /// `--consumer`: the consumer's lag at the end of the interval.
+    pub consumer_lag: Option<LagSample>,
 }
 
 /// What the sampler hands back when every writer is done.
@@ -129,8 +132,13 @@ pub struct SampleOptions<'a> {
     pub encode_raw: bool,
     /// Cumulative engine stage histograms, for per-interval stage deltas (profile).
     pub stages: Option<&'a (dyn Fn() -> StageHistograms + Sync)>,
+    /// `--consumer`: measures the consumer's lag, once at the end of every interval.
+    pub consumer_lag: Option<&'a LagProbe<'a>>,
     pub progress: &'a Progress,
 }
+
+/// Measures a consumer's lag (see `consumer::lag_sample`).
+pub type LagProbe<'a> = dyn Fn() -> Result<LagSample, CliError> + Sync + 'a;
 
 /// Runs on its own thread for the length of a run: waits at `barrier` with the writers,
 /// then harvests every `interval` until every writer has dropped its end of `done`.
@@ -176,6 +184,9 @@ pub fn sample(
             Vec::new()
         };
         let ops = out.add_interval(&interval, &interval_raw, last - start, now - last, encoded)?;
+        if let (Some(probe), Some(point)) = (opts.consumer_lag, out.timeline.last_mut()) {
+            point.consumer_lag = Some(probe()?);
+        }
         opts.progress.update(
             now - start,
             out.latency.len(),
@@ -309,6 +320,7 @@ impl Sampled {
             p99_ns: quantile(0.99),
             max_ns: interval.max(),
             encoded,
+            consumer_lag: None,
         });
         Ok(ops)
     }

@@ -5,6 +5,8 @@
 //! Here: the JSON report and how it is computed from the runs. `text` renders it for
 //! people (`bench`'s comparison, `profile`'s stages); `table` lays out tables and numbers.
 
+use super::consumer::LagSample;
+use super::consumer::{ConsumerPlan, NAME};
 use super::cpu::CpuUse;
 use super::probe::SyncProbe;
 use super::recorder::Interval;
@@ -67,6 +69,63 @@ pub struct Workload {
     dir: Option<String>,
     /// File system type of the run directory, when known.
     fs: Option<String>,
+    /// `--consumer` and its flags; absent without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consumer: Option<ConsumerWorkloadJson>,
+}
+
+/// `--consumer`: how the consumer beside the engine systems' writers was run.
+#[derive(Clone, Serialize)]
+pub struct ConsumerWorkloadJson {
+    /// `--consumer-commit-every`.
+    commit_every: u64,
+    /// `--consumer-rate`, records/s; null: as fast as it can.
+    rate_records_per_s: Option<f64>,
+    /// `Config::consumer_lag_max` (`--consumer-lag-max-*`); null where not set.
+    lag_max_batches: Option<u64>,
+    lag_max_bytes: Option<u64>,
+    lag_max_age_ms: Option<u64>,
+}
+
+impl ConsumerWorkloadJson {
+    fn of(c: &ConsumerPlan) -> ConsumerWorkloadJson {
+        let lag = c.lag_max.unwrap_or_default();
+        ConsumerWorkloadJson {
+            commit_every: c.commit_every,
+            rate_records_per_s: c.rate,
+            lag_max_batches: lag.batches,
+            lag_max_bytes: lag.bytes,
+            lag_max_age_ms: lag.age.map(|a| a.as_millis() as u64),
+        }
+    }
+
+    /// `consumer: commits every batch, as fast as it can; writers throttled past 20 batches`.
+    fn describe(&self) -> String {
+        let commits = match self.commit_every {
+            1 => "commits every batch".to_owned(),
+            n => format!("commits every {n} batches"),
+        };
+        let pace = match self.rate_records_per_s {
+            Some(r) => format!("at most {} records/s", thousands(r.round() as u64)),
+            None => "as fast as it can".into(),
+        };
+        let mut limits = Vec::new();
+        if let Some(n) = self.lag_max_batches {
+            limits.push(format!("{n} batches"));
+        }
+        if let Some(n) = self.lag_max_bytes {
+            limits.push(format!("{n} B"));
+        }
+        if let Some(n) = self.lag_max_age_ms {
+            limits.push(format!("{n} ms"));
+        }
+        let limit = if limits.is_empty() {
+            "no lag limit".into()
+        } else {
+            format!("writers wait while it lags past {}", limits.join(" or "))
+        };
+        format!("consumer: durable consumer '{NAME}', {commits}, {pace}; {limit}")
+    }
 }
 
 impl Workload {
@@ -121,6 +180,7 @@ impl Workload {
             seed: s.seed,
             dir: args.dir.as_ref().map(|d| d.display().to_string()),
             fs,
+            consumer: plan.consumer.as_ref().map(ConsumerWorkloadJson::of),
         }
     }
 
@@ -154,11 +214,15 @@ impl Workload {
         } else {
             format!("{length} per system")
         };
+        let consumer = self
+            .consumer
+            .as_ref()
+            .map_or_else(String::new, |c| format!("\n{}", c.describe()));
         format!(
             "workload: {load}, {} keys {}, key {} B, value {} B, {:.0}% puts {:.0}% deletes \
              {:.0}% gets, {length}\n\
              engine:   durability {}, write path {}, window {}, window age max {} µs, batch max \
-             {} B / {} ops, ring {} B, segment {} B{}",
+             {} B / {} ops, ring {} B, segment {} B{}{consumer}",
             self.keys,
             self.dist,
             size(&self.key_size),
@@ -344,6 +408,66 @@ struct Point {
     p50_us: f64,
     p99_us: f64,
     max_us: f64,
+    /// `--consumer`: the consumer's lag at the end of the interval, as `Engine::consumers`
+    /// measures it: durable batches not committed, the bytes of their frames, and the age of
+    /// the oldest (0 when there is none). Absent without `--consumer`, and for baselines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consumer_lag_batches: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consumer_lag_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consumer_lag_age_ms: Option<f64>,
+}
+
+/// `--consumer`: what the consumer of one engine system did, and its lag over the samples.
+#[derive(Serialize)]
+struct ConsumerRunJson {
+    /// Batches it processed (read, touched, paced), their records, and its commits.
+    batches: u64,
+    records: u64,
+    commits: u64,
+    /// Submissions the engine throttled on its lag (`Counts::throttled`).
+    throttled: u64,
+    /// Timeline points with a lag (one per sampling interval).
+    samples: usize,
+    lag_batches: Spread,
+    lag_bytes: Spread,
+    lag_age_ms: Spread,
+}
+
+/// The median and the greatest of a run's lag samples (0 without samples).
+#[derive(Serialize)]
+struct Spread {
+    p50: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(mut values: Vec<f64>) -> Spread {
+        values.sort_by(f64::total_cmp);
+        Spread {
+            p50: median(&values).unwrap_or(0.0),
+            max: values.last().copied().unwrap_or(0.0),
+        }
+    }
+}
+
+impl ConsumerRunJson {
+    fn of(r: &RunResult) -> Option<ConsumerRunJson> {
+        let c = r.consumer?;
+        let lags: Vec<_> = r.timeline.iter().filter_map(|i| i.consumer_lag).collect();
+        let spread = |f: &dyn Fn(&LagSample) -> f64| Spread::of(lags.iter().map(f).collect());
+        Some(ConsumerRunJson {
+            batches: c.batches,
+            records: c.records,
+            commits: c.commits,
+            throttled: c.throttled,
+            samples: lags.len(),
+            lag_batches: spread(&|l| l.batches as f64),
+            lag_bytes: spread(&|l| l.bytes as f64),
+            lag_age_ms: spread(&|l| l.age.as_secs_f64() * 1e3),
+        })
+    }
 }
 
 #[derive(Serialize)]
@@ -403,6 +527,9 @@ struct Run {
     timeline: Vec<Point>,
     /// Each run of the system, in round order (one without --rounds).
     rounds: Vec<RoundJson>,
+    /// `--consumer`: the consumer's work and lag (engine systems only; absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consumer: Option<ConsumerRunJson>,
 }
 
 #[derive(Serialize)]
@@ -591,6 +718,7 @@ impl Run {
             }),
             timeline: r.timeline.iter().map(Point::of).collect(),
             rounds: r.rounds.iter().map(RoundJson::of).collect(),
+            consumer: ConsumerRunJson::of(r),
         }
     }
 }
@@ -634,6 +762,9 @@ impl Point {
             p50_us: us(i.p50_ns),
             p99_us: us(i.p99_ns),
             max_us: us(i.max_ns),
+            consumer_lag_batches: i.consumer_lag.map(|l| l.batches),
+            consumer_lag_bytes: i.consumer_lag.map(|l| l.bytes),
+            consumer_lag_age_ms: i.consumer_lag.map(|l| l.age.as_secs_f64() * 1e3),
         }
     }
 }

@@ -63,6 +63,7 @@ impl Report {
             out.push_str(&bound);
         }
         out.push_str(&self.notes());
+        out.push_str(&self.consumer_lines());
         if self.workload.rounds > 1 {
             out.push_str(&self.rounds_text());
         }
@@ -158,6 +159,43 @@ impl Report {
             "latency: submit to completion as each writer sees it (closed loop; after the \
              deadline writers drain, and drained ops are counted)\n"
         });
+        out
+    }
+
+    /// `--consumer`: one line per system, what its consumer processed, its lag (median and
+    /// greatest over the interval samples) and the submissions throttled on it; the
+    /// baselines have none. Nothing without `--consumer`.
+    fn consumer_lines(&self) -> String {
+        let mut out = String::new();
+        if self.workload.consumer.is_none() {
+            return out;
+        }
+        for r in &self.runs {
+            let Some(c) = &r.consumer else {
+                let _ = writeln!(
+                    out,
+                    "consumer ({}): none (a baseline has no log to consume)",
+                    r.system
+                );
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "consumer ({}): processed {} batches ({} records, {} commits); lag over {} \
+                 samples: p50 {} batches / {:.1} ms, max {} batches / {:.1} ms; {} submissions \
+                 throttled",
+                r.system,
+                thousands(c.batches),
+                thousands(c.records),
+                thousands(c.commits),
+                c.samples,
+                thousands(c.lag_batches.p50.round() as u64),
+                c.lag_age_ms.p50,
+                thousands(c.lag_batches.max.round() as u64),
+                c.lag_age_ms.max,
+                thousands(c.throttled),
+            );
+        }
         out
     }
 

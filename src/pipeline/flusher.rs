@@ -88,9 +88,11 @@ pub(super) struct Flusher {
     /// The request ids the window logs (new ones: duplicates are dropped as they are read),
     /// for the frame's trailer.
     window_ids: Vec<[u8; ID_LEN]>,
-    /// Per request of the window (duplicates left out): its first entry's index and its
-    /// ring end position (its ticket), to find a refused merge's request.
+    /// Per request of the window: its first entry's index and its ring end position (its
+    /// ticket), to find a refused merge's request.
     requests: Vec<(u32, u64)>,
+    /// The request ids of a turn's records: id, ring end position, entries, merges.
+    turn_ids: Vec<(RequestId, u64, (u32, u32), u64)>,
     /// The merge stage: the merged values of the window's merges.
     resolver: Resolver,
 }
@@ -104,6 +106,8 @@ struct Window {
     gets: u64,
     /// Requests dropped as duplicates of a request id already logged or in flight.
     duplicates: u64,
+    /// Their operations (turned into `Op::Nop`).
+    duplicate_ops: u64,
     /// Merges taken.
     merges: u64,
 }
@@ -142,6 +146,7 @@ impl Flusher {
             give_back,
             window_ids: Vec::new(),
             requests: Vec::new(),
+            turn_ids: Vec::new(),
             resolver: Resolver::default(),
         }
     }
@@ -309,7 +314,7 @@ impl Flusher {
         let w = self.gather(&inner, consumer_mut, start, &mut entries);
 
         if inner.completion.failure().is_none() {
-            if let Err(e) = self.commit(&mut entries, w.end, w.merges) {
+            if let Err(e) = self.commit(&mut entries, w.end, (w.merges, w.duplicate_ops)) {
                 // The windows already handed on complete with their own sync's outcome.
                 inner.completion.fail_after(e, self.in_flight);
                 inner.throttle.wake_all();
@@ -416,15 +421,8 @@ impl Flusher {
         let stamps = &mut self.stamps;
         let slots = &mut self.slots;
         let requests = &mut self.requests;
-        let inner = &*self.inner;
-        let mut ids = TakeIds {
-            table: None,
-            ids: &inner.ids,
-            duplicates: &inner.completion.duplicates,
-            logged: &mut self.window_ids,
-            seq: self.log.next_seq(),
-            time: 0,
-        };
+        let turn_ids = &mut self.turn_ids;
+        turn_ids.clear();
         // A record that would take the window over a limit stays in the ring for the next
         // window, and it cuts this one (see `window::decide`).
         let mut refused = false;
@@ -442,22 +440,48 @@ impl Flusher {
             // one is not decoded), and every later read starts past it (`w.end`, then
             // the window's end).
             let id = unsafe { request::decode(payload, entries, stamps, slots, &mut counts) };
-            if id.is_some_and(|id| !ids.take(id, end)) {
-                // A duplicate: none of its operations happen (a write-only request: no get
-                // slot was pushed).
-                entries.truncate(before);
-                w.duplicates += 1;
-            } else {
-                requests.push((before as u32, end));
-                w.merges += counts.merges;
+            if let Some(id) = id {
+                let ops = (before as u32, entries.len() as u32);
+                turn_ids.push((id, end, ops, counts.merges));
             }
+            requests.push((before as u32, end));
+            w.merges += counts.merges;
             w.gets += counts.gets;
             w.bytes += rec_bytes;
             w.requests += 1;
             w.end = end;
             true
         });
+        if !self.turn_ids.is_empty() {
+            self.take_ids(w, entries);
+        }
         refused
+    }
+
+    /// The turn's request ids, in ring order, after its records were read (their table probes
+    /// back to back, so that their cache misses overlap): a new id enters the table and the
+    /// frame's trailer; a duplicate's operations become `Op::Nop`, which nothing logs.
+    fn take_ids(&mut self, w: &mut Window, entries: &mut [Entry<'_>]) {
+        let inner = &*self.inner;
+        let mut ids = TakeIds {
+            table: None,
+            ids: &inner.ids,
+            duplicates: &inner.completion.duplicates,
+            logged: &mut self.window_ids,
+            seq: self.log.next_seq(),
+            time: 0,
+        };
+        for &(id, end, (from, to), merges) in &self.turn_ids {
+            if !ids.take(id, end) {
+                // A write-only request: no get slot points at these entries.
+                for e in &mut entries[from as usize..to as usize] {
+                    e.op = Op::Nop;
+                }
+                w.duplicates += 1;
+                w.duplicate_ops += u64::from(to - from);
+                w.merges -= merges;
+            }
+        }
     }
 
     /// Parks until unparked or `until` (`now` is when the turn looked), catching the index up
@@ -484,16 +508,24 @@ impl Flusher {
         );
         Counters::add(&inner.counters.window_waits, turns - 1);
         self.prev_requests = w.requests.max(1);
-        Counters::add(&inner.counters.submitted, entries as u64);
+        Counters::add(&inner.counters.submitted, entries as u64 - w.duplicate_ops);
         Counters::add(&inner.counters.reads, w.gets);
-        Counters::add(&inner.counters.writes, entries as u64 - w.gets);
+        Counters::add(
+            &inner.counters.writes,
+            entries as u64 - w.gets - w.duplicate_ops,
+        );
         Counters::add(&inner.counters.duplicates, w.duplicates);
         Counters::add(&inner.counters.merges, w.merges);
     }
 
     /// Plans the window (its `merges` merged first), answers its gets, writes its frame and
     /// hands it to the syncer.
-    fn commit(&mut self, entries: &mut [Entry<'_>], end: u64, merges: u64) -> Result<()> {
+    fn commit(
+        &mut self,
+        entries: &mut [Entry<'_>],
+        end: u64,
+        (merges, duplicate_ops): (u64, u64),
+    ) -> Result<()> {
         let inner = self.inner.clone();
         let counters = &inner.counters;
         let t0 = Instant::now();
@@ -553,7 +585,7 @@ impl Flusher {
             } else {
                 0
             };
-            let writes = (entries.len() - gets - refused_ops) as u32;
+            let writes = (entries.len() - gets - refused_ops - duplicate_ops as usize) as u32;
             let now = ids::now_nanos();
             let trailer = Trailer {
                 ids: &self.window_ids,

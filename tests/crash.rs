@@ -287,21 +287,7 @@ fn parse_child_output(lines: &[String]) -> Vec<Submission> {
 /// Finds the prefix of `subs` (applied to `base`) that equals `recovered` and holds every
 /// acknowledged request. Returns its length.
 fn matching_prefix(base: &State, subs: &[Submission], recovered: &State) -> Option<usize> {
-    let need = subs.iter().rposition(|s| s.acked).map_or(0, |i| i + 1);
-    let mut model = base.clone();
-    for s in &subs[..need] {
-        apply_writes(&mut model, &s.ops);
-    }
-    if &model == recovered {
-        return Some(need);
-    }
-    for (i, s) in subs.iter().enumerate().skip(need) {
-        apply_writes(&mut model, &s.ops);
-        if &model == recovered {
-            return Some(i + 1);
-        }
-    }
-    None
+    common::model::matching_prefix(base, subs, |s| s.acked, |s| &s.ops, recovered)
 }
 
 /// What the parent collected from one child run.

@@ -331,19 +331,10 @@ fn parse_child_output(lines: &[String]) -> ChildOutput {
 /// The length of the prefix of `writes` that, applied to `base`, gives `recovered` and holds
 /// every acknowledged write.
 fn matching_prefix(base: &State, writes: &[(WriteOp, bool)], recovered: &State) -> Option<usize> {
-    let need = writes.iter().rposition(|w| w.1).map_or(0, |i| i + 1);
-    let mut model = base.clone();
-    apply_writes(&mut model, writes[..need].iter().map(|w| &w.0));
-    if &model == recovered {
-        return Some(need);
+    fn ops(w: &(WriteOp, bool)) -> &[WriteOp] {
+        std::slice::from_ref(&w.0)
     }
-    for (i, w) in writes.iter().enumerate().skip(need) {
-        apply_writes(&mut model, [&w.0]);
-        if &model == recovered {
-            return Some(i + 1);
-        }
-    }
-    None
+    common::model::matching_prefix(base, writes, |w| w.1, ops, recovered)
 }
 
 /// What one child run gave.

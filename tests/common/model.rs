@@ -21,6 +21,33 @@ pub fn mixed_key(i: usize) -> Vec<u8> {
     }
 }
 
+/// The length of the prefix of `items` that, applied to `base` in order (`ops` gives an
+/// item's writes), gives `recovered` and holds every item `acked` says was acknowledged: the
+/// check of every kill -9 test. `None` if no such prefix exists.
+pub fn matching_prefix<'a, T>(
+    base: &State,
+    items: &'a [T],
+    acked: impl Fn(&T) -> bool,
+    ops: impl Fn(&'a T) -> &'a [WriteOp],
+    recovered: &State,
+) -> Option<usize> {
+    let need = items.iter().rposition(&acked).map_or(0, |i| i + 1);
+    let mut model = base.clone();
+    for item in &items[..need] {
+        apply_writes(&mut model, ops(item));
+    }
+    if &model == recovered {
+        return Some(need);
+    }
+    for (i, item) in items.iter().enumerate().skip(need) {
+        apply_writes(&mut model, ops(item));
+        if &model == recovered {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
 /// Applies writes in order.
 pub fn apply_writes<'a>(state: &mut State, ops: impl IntoIterator<Item = &'a WriteOp>) {
     for (k, v) in ops {

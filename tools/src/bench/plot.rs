@@ -119,24 +119,9 @@ fn curves(session: &Session) -> Vec<Curve> {
 /// One line per run of `r`, (seconds, ops/s) per interval: from the start of the run, or
 /// with several rounds (`bench_time`) from the start of the bench.
 fn throughput(r: &RunResult, bench_time: bool) -> Vec<Vec<(f64, f64)>> {
-    let mut lines: Vec<Vec<(f64, f64)>> = Vec::new();
-    let mut round = None;
-    for i in &r.timeline {
-        if round != Some(i.round) {
-            round = Some(i.round);
-            lines.push(Vec::new());
-        }
-        let start = if bench_time {
-            r.interval_offset(i)
-        } else {
-            i.start
-        };
-        let secs = i.duration.as_secs_f64().max(1e-9);
-        if let Some(line) = lines.last_mut() {
-            line.push(((start + i.duration).as_secs_f64(), i.ops as f64 / secs));
-        }
-    }
-    lines
+    over_time(r, bench_time, |i| {
+        Some(i.ops as f64 / i.duration.as_secs_f64().max(1e-9))
+    })
 }
 
 pub fn write(path: &Path, session: &Session, title: &str) -> Result<(), CliError> {
@@ -200,7 +185,8 @@ fn consumer_lag(area: &Area<'_>, session: &Session) -> DrawResult {
 }
 
 /// One line per run of `r`: (seconds, `value` of the interval) at the end of each interval
-/// that has one, seconds as in [`throughput`].
+/// that has one: from the start of the run, or with several rounds (`bench_time`) from the
+/// start of the bench.
 fn over_time(
     r: &RunResult,
     bench_time: bool,

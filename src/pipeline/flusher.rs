@@ -95,6 +95,9 @@ pub(super) struct Flusher {
     turn_ids: Vec<(RequestId, u64, (u32, u32), u64)>,
     /// The merge stage: the merged values of the window's merges.
     resolver: Resolver,
+    /// With a merge operator: the values written by windows not yet durable, which a merge
+    /// folds onto instead of waiting for them to reach the index.
+    in_flight_values: InFlightValues,
 }
 
 /// One cut window's numbers.
@@ -148,6 +151,7 @@ impl Flusher {
             requests: Vec::new(),
             turn_ids: Vec::new(),
             resolver: Resolver::default(),
+            in_flight_values: InFlightValues::default(),
         }
     }
 
@@ -600,6 +604,12 @@ impl Flusher {
                 &mut job.updates,
             )?;
             job.frame = Some(frame);
+            if inner.config.merge.is_some() {
+                // Bounded by what the windows in flight wrote.
+                let values = &mut self.in_flight_values;
+                values.forget_durable(inner.completion.durable());
+                values.note((entries, &self.resolver), &plan.survivors, end);
+            }
             Counters::add(&counters.batches, 1);
             Counters::add(&counters.records_written, plan.survivors.len() as u64);
             Counters::add(
@@ -634,12 +644,19 @@ impl Flusher {
         let inner = self.inner.clone();
         // Without an operator every merge was refused at submit.
         let op = inner.config.merge.as_ref()?;
-        if !Self::drain_pipeline(&inner, self.in_flight) {
+        // The windows in flight wrote their keys' newest values; the index has the rest (a
+        // window that is durable has queued its updates, which a lookup applies first).
+        if inner.completion.failure().is_some() {
             return None;
         }
-        let durable = |key: &[u8]| {
-            let loc = inner.index.get(key)?;
-            ValueRef::resolve(&inner.segments, loc).map(|v| v.to_vec())
+        let in_flight = &mut self.in_flight_values;
+        in_flight.forget_durable(inner.completion.durable());
+        let durable = |key: &[u8]| match in_flight.get(key) {
+            Some(value) => value.map(<[u8]>::to_vec),
+            None => {
+                let loc = inner.index.get(key)?;
+                ValueRef::resolve(&inner.segments, loc).map(|v| v.to_vec())
+            }
         };
         let mut taken_out = 0;
         loop {
@@ -671,6 +688,39 @@ impl Flusher {
         // At most `UNDURABLE_FRAMES_MAX` frames may be written and not yet durable:
         // recovery relies on it to tell a torn tail from damage to durable history.
         Self::bound_undurable(log, unsynced, inner)
+    }
+}
+
+/// With a merge operator, the newest value each key was given by windows written and not yet
+/// known durable (`None`: deleted), with the end of the window that wrote it.
+#[derive(Default)]
+struct InFlightValues {
+    values: hashbrown::HashMap<Vec<u8>, (u64, Option<Vec<u8>>), foldhash::fast::RandomState>,
+}
+
+impl InFlightValues {
+    /// Notes what the window ending at `end` wrote (its `survivors`, in log order).
+    fn note(&mut self, window: (&[Entry<'_>], &Resolver), survivors: &[u32], end: u64) {
+        for &i in survivors {
+            let key = window.0[i as usize].key;
+            let value = logged_value(window, i).map(<[u8]>::to_vec);
+            match self.values.get_mut(key) {
+                Some(v) => *v = (end, value),
+                None => {
+                    self.values.insert(key.to_vec(), (end, value));
+                }
+            }
+        }
+    }
+
+    /// Forgets the values of windows the watermark `durable` has passed: the index has them.
+    fn forget_durable(&mut self, durable: u64) {
+        self.values.retain(|_, (end, _)| *end > durable);
+    }
+
+    /// `Some(value)` if a window in flight wrote `key` (`Some(None)`: deleted it).
+    fn get(&self, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.values.get(key).map(|(_, v)| v.as_deref())
     }
 }
 

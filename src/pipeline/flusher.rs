@@ -9,7 +9,7 @@
 use super::syncer::complete_jobs;
 use super::window::{self, Decision};
 use super::Inner;
-use crate::coalesce::{Coalescer, Entry, GetAnswer, Op};
+use crate::coalesce::{Coalescer, Entry, GetAnswer, Op, Plan};
 use crate::config::Durability;
 use crate::error::{Error, Result};
 use crate::ids::{self, IdEntry, Ids, RequestId};
@@ -530,8 +530,6 @@ impl Flusher {
         end: u64,
         (merges, duplicate_ops): (u64, u64),
     ) -> Result<()> {
-        let inner = self.inner.clone();
-        let counters = &inner.counters;
         let t0 = Instant::now();
         // Operations of refused requests, taken out of the window.
         let mut refused_ops = 0;
@@ -542,9 +540,27 @@ impl Flusher {
             }
         }
         let entries = &*entries;
-        let plan = self.coalescer.plan(entries, inner.config.coalesce);
+        // Out of `self` while its plan is in use, so that the steps below can borrow `self`.
+        let mut coalescer = std::mem::take(&mut self.coalescer);
+        let plan = coalescer.plan(entries, self.inner.config.coalesce);
         let t1 = Instant::now();
+        let dropped = refused_ops + duplicate_ops as usize;
+        let r = self.commit_plan(entries, plan, (end, dropped), (t0, t1));
+        self.coalescer = coalescer;
+        r
+    }
 
+    /// [`Flusher::commit`] once the window is planned (from `t0` to `t1`): answers the gets,
+    /// writes the frame and hands the job on. `dropped`: operations of refused or duplicate
+    /// requests, which the frame does not acknowledge.
+    fn commit_plan(
+        &mut self,
+        entries: &[Entry<'_>],
+        plan: &Plan,
+        (end, dropped): (u64, usize),
+        (t0, t1): (Instant, Instant),
+    ) -> Result<()> {
+        let inner = self.inner.clone();
         // Gets read the state before this window's writes, which must include every earlier
         // window: wait for the ones still syncing if a get needs the index.
         if !plan.gets.is_empty() {
@@ -574,53 +590,12 @@ impl Flusher {
         // A window writes a frame if it has writes left, or new request ids (a write batch
         // with an id whose writes all collapsed into later ones of the window still logs it).
         if !plan.survivors.is_empty() || !self.window_ids.is_empty() {
-            let body_len = body_len((entries, &self.resolver), &plan.survivors);
-            if !Self::room_for_frame(
-                &self.log,
-                &mut self.unsynced,
-                &inner,
-                self.in_flight,
-                body_len + trailer_len(self.window_ids.len()),
-            ) {
+            let writes = (entries.len() - gets - dropped) as u32;
+            if !self.write_frame(entries, plan, writes, &mut job)? {
                 return Ok(()); // failed meanwhile: the window's tickets report it
             }
-            let flags = if inner.config.coalesce {
-                FLAG_SORTED
-            } else {
-                0
-            };
-            let writes = (entries.len() - gets - refused_ops - duplicate_ops as usize) as u32;
-            let now = ids::now_nanos();
-            let trailer = Trailer {
-                ids: &self.window_ids,
-                commit_time: now,
-            };
-            let frame = append_frame(
-                &mut self.log,
-                (entries, &self.resolver, &plan.survivors),
-                (body_len, trailer),
-                flags,
-                writes,
-                &mut job.updates,
-            )?;
-            job.frame = Some(frame);
-            if inner.config.merge.is_some() {
-                // Bounded by what the windows in flight wrote.
-                let values = &mut self.in_flight_values;
-                values.forget_durable(inner.completion.durable());
-                values.note((entries, &self.resolver), &plan.survivors, end);
-            }
-            Counters::add(&counters.batches, 1);
-            Counters::add(&counters.records_written, plan.survivors.len() as u64);
-            Counters::add(
-                &counters.bytes_written,
-                crate::log::format::frame_len(body_len + trailer_len(self.window_ids.len())) as u64,
-            );
-            if !self.window_ids.is_empty() {
-                self.window_ids.clear();
-                inner.ids.lock().evict(now);
-            }
         }
+        let counters = &inner.counters;
         Counters::add(&counters.coalesced_writes, plan.coalesced_writes);
         Counters::add(&counters.collapsed_reads, plan.collapsed_reads);
         let t2 = Instant::now();
@@ -633,6 +608,65 @@ impl Flusher {
         }
         self.send(job);
         Ok(())
+    }
+
+    /// Writes the window's frame (its `plan`'s survivors and the window's request ids,
+    /// acknowledging `writes` operations) into `job`; false if the engine failed while it
+    /// waited for room.
+    fn write_frame(
+        &mut self,
+        entries: &[Entry<'_>],
+        plan: &Plan,
+        writes: u32,
+        job: &mut Job,
+    ) -> Result<bool> {
+        let inner = self.inner.clone();
+        let body_len = body_len((entries, &self.resolver), &plan.survivors);
+        let frame_body = body_len + trailer_len(self.window_ids.len());
+        if !Self::room_for_frame(
+            &self.log,
+            &mut self.unsynced,
+            &inner,
+            self.in_flight,
+            frame_body,
+        ) {
+            return Ok(false);
+        }
+        let flags = if inner.config.coalesce {
+            FLAG_SORTED
+        } else {
+            0
+        };
+        let now = ids::now_nanos();
+        let trailer = Trailer {
+            ids: &self.window_ids,
+            commit_time: now,
+        };
+        let frame = append_frame(
+            &mut self.log,
+            (entries, &self.resolver, &plan.survivors),
+            (body_len, trailer),
+            flags,
+            writes,
+            &mut job.updates,
+        )?;
+        job.frame = Some(frame);
+        if inner.config.merge.is_some() {
+            // Bounded by what the windows in flight wrote.
+            let values = &mut self.in_flight_values;
+            values.forget_durable(inner.completion.durable());
+            values.note((entries, &self.resolver), &plan.survivors, job.end);
+        }
+        let counters = &inner.counters;
+        Counters::add(&counters.batches, 1);
+        Counters::add(&counters.records_written, plan.survivors.len() as u64);
+        let bytes = crate::log::format::frame_len(frame_body) as u64;
+        Counters::add(&counters.bytes_written, bytes);
+        if !self.window_ids.is_empty() {
+            self.window_ids.clear();
+            inner.ids.lock().evict(now);
+        }
+        Ok(true)
     }
 
     /// Merges the window's merges (`crate::merge`) onto the durable state, which must first

@@ -39,6 +39,11 @@ struct SegmentJson {
     last_seq: Option<u64>,
     /// A reused (recycled) segment file: past its frames lie old bytes, not zeros.
     recycled: bool,
+    /// Bytes of the records in this segment that are still the newest put of their key:
+    /// what a compaction would have to keep of it (record headers included).
+    live_bytes: u64,
+    /// `live_bytes` over the bytes of its frames (null without frames).
+    live_ratio: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -149,6 +154,7 @@ pub fn run(args: InspectArgs) -> Result<(), CliError> {
     for b in reader.batches() {
         scan.add(&b, limit);
     }
+    scan.finish();
     scan.report.consumers = consumers(&reader, &args.dir, limit)?;
     if args.json {
         let mut r = scan.report;
@@ -198,6 +204,8 @@ struct Scan {
     /// Records and coalesced writes of each batch, in log order.
     per_batch_records: Vec<u64>,
     per_batch_coalesced: Vec<u64>,
+    /// Per key, its newest record so far: segment row, record bytes, a put.
+    newest: std::collections::HashMap<Vec<u8>, (usize, u64, bool)>,
 }
 
 /// What the records of one batch hold.
@@ -223,6 +231,8 @@ impl Scan {
                 first_seq: None,
                 last_seq: None,
                 recycled: logdir::is_recycled(&path),
+                live_bytes: 0,
+                live_ratio: None,
             })
             .collect();
         let report = InspectJson {
@@ -257,6 +267,21 @@ impl Scan {
             key_max: None,
             per_batch_records: Vec::new(),
             per_batch_coalesced: Vec::new(),
+            newest: Default::default(),
+        }
+    }
+
+    /// Once every batch is counted: each segment's live bytes and ratio.
+    fn finish(&mut self) {
+        let segs = &mut self.report.segments;
+        for &(at, len, put) in self.newest.values() {
+            if put {
+                segs[at].live_bytes += len;
+            }
+        }
+        for s in segs.iter_mut() {
+            let framed = s.used_bytes.saturating_sub(logdir::SEGMENT_HEADER_LEN);
+            s.live_ratio = (framed > 0).then(|| s.live_bytes as f64 / framed as f64);
         }
     }
 
@@ -264,7 +289,8 @@ impl Scan {
     /// than `limit`, the batch list.
     fn add(&mut self, b: &Batch<'_>, limit: usize) {
         let seg_name = file_name(b.segment());
-        let keys = self.add_records(b);
+        let at = self.report.segments.iter().position(|s| s.file == seg_name);
+        let keys = self.add_records(b, at);
         let records = b.len() as u64;
         let coalesced = u64::from(b.ops_acknowledged()).saturating_sub(records);
         let r = &mut self.report;
@@ -305,7 +331,8 @@ impl Scan {
     }
 
     /// Counts the records of `b` into the key and value bytes and the key range.
-    fn add_records<'a>(&mut self, b: &Batch<'a>) -> BatchKeys<'a> {
+    /// `at`: the batch's segment row.
+    fn add_records<'a>(&mut self, b: &Batch<'a>, at: Option<usize>) -> BatchKeys<'a> {
         let mut keys = BatchKeys {
             puts: 0,
             deletes: 0,
@@ -320,6 +347,17 @@ impl Scan {
             }
             r.key_bytes += rec.key.len() as u64;
             r.value_bytes += rec.value.len() as u64;
+            if let Some(at) = at {
+                // A record: a 7-byte header, the key, the value (docs/FORMAT.md).
+                let len = 7 + (rec.key.len() + rec.value.len()) as u64;
+                let newest = (at, len, rec.op == RecordOp::Put);
+                match self.newest.get_mut(rec.key) {
+                    Some(n) => *n = newest,
+                    None => {
+                        self.newest.insert(rec.key.to_vec(), newest);
+                    }
+                }
+            }
             keys.first.get_or_insert(rec.key);
             keys.last = Some(rec.key);
             if self.key_min.as_deref().is_none_or(|m| rec.key < m) {
@@ -444,6 +482,8 @@ fn segment_table(segments: &[SegmentJson]) -> String {
                 s.first_seq.map_or("-".into(), |x| x.to_string()),
                 s.last_seq.map_or("-".into(), |x| x.to_string()),
                 if s.recycled { "yes" } else { "no" }.into(),
+                s.live_ratio
+                    .map_or("-".into(), |r| format!("{:.1} %", r * 100.0)),
             ]
         })
         .collect();
@@ -456,6 +496,7 @@ fn segment_table(segments: &[SegmentJson]) -> String {
             "first seq",
             "last seq",
             "recycled",
+            "live",
         ],
         &rows,
     )

@@ -11,7 +11,9 @@ use crate::consumer::{self, Consumer, ConsumerInfo};
 use crate::error::{Error, Result};
 use crate::ids::RequestId;
 use crate::log::format::segment_file_name;
-use crate::log::format::{decode_frame, Decoded, Frame, Record, RecordOp, SEGMENT_HEADER_LEN};
+use crate::log::format::{
+    decode_frame, peek_frame, Decoded, Frame, Record, RecordOp, SEGMENT_HEADER_LEN,
+};
 use crate::log::io;
 use crate::log::recovery::{scan_retrying, Damage};
 use crate::log::segment::Segment;
@@ -349,7 +351,7 @@ impl LogReader {
                 } else {
                     seg.published()
                 };
-                SegmentFrames::new(seg, limit)
+                SegmentFrames::from(seg, limit, from)
             })
             .filter(move |b| b.seq().get() >= from)
     }
@@ -490,6 +492,22 @@ impl<'a> SegmentFrames<'a> {
             off: SEGMENT_HEADER_LEN as u64,
             limit,
         }
+    }
+
+    /// As `new`, starting at the first frame of batch `from` or later: the frames before it
+    /// are stepped over by their headers alone (they were verified when the view was made),
+    /// not decoded, so finding a batch costs a header read per frame before it, not a CRC.
+    fn from(seg: &'a Arc<Segment>, limit: u64, from: u64) -> Self {
+        let mut frames = SegmentFrames::new(seg, limit);
+        let bytes = seg.published_bytes();
+        let bytes = &bytes[..bytes.len().min(limit as usize)];
+        while let Some((seq, len)) = peek_frame(bytes, frames.off as usize) {
+            if seq >= from {
+                break;
+            }
+            frames.off += len as u64;
+        }
+        frames
     }
 }
 

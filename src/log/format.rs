@@ -589,6 +589,17 @@ fn split_trailer(
     ))
 }
 
+/// The batch sequence and total length of the frame at `offset`, from its header alone:
+/// magic and bounds checked, nothing else (no CRC, no records). Only for stepping over frames
+/// a scan has already verified (a reader's view, an engine's published bytes); `None` where
+/// [`decode_frame`] would not find a frame whose header says so.
+pub fn peek_frame(seg: &[u8], offset: usize) -> Option<(u64, usize)> {
+    match frame_header(seg, offset) {
+        Ok(Some(h)) => Some((h.batch_seq, h.len)),
+        _ => None,
+    }
+}
+
 /// The fields of a frame header as stored, and the frame's total length.
 struct FrameHeader {
     stored_crc: u32,
@@ -1156,6 +1167,39 @@ mod tests {
         assert_eq!(len, 56);
         assert_eq!(&buf[..56], &expected[..]);
         assert_eq!(&buf[56..], &[0xAA; 8], "finish wrote past the frame");
+    }
+
+    /// `peek_frame` reads what the header says and nothing else: a frame's sequence and
+    /// length where `decode_frame` finds it, the end where it finds the end, and (unlike it)
+    /// a frame whose body is damaged, which only a verified view may step over.
+    #[test]
+    fn peek_frame_reads_the_header_alone() {
+        let seg = segment_with(&sample_frame(), 64);
+        let f = decode_ok(&seg, SEGMENT_HEADER_LEN);
+        assert_eq!(
+            peek_frame(&seg, SEGMENT_HEADER_LEN),
+            Some((f.batch_seq, f.len))
+        );
+        assert_eq!(
+            peek_frame(&seg, SEGMENT_HEADER_LEN + f.len),
+            None,
+            "the end"
+        );
+        assert_eq!(
+            peek_frame(&seg, seg.len() - 8),
+            None,
+            "no room for a header"
+        );
+        let mut damaged = seg.clone();
+        damaged[SEGMENT_HEADER_LEN + 40] ^= 1;
+        assert!(decode_frame(&damaged, SEGMENT_HEADER_LEN).is_err());
+        assert_eq!(
+            peek_frame(&damaged, SEGMENT_HEADER_LEN),
+            Some((f.batch_seq, f.len))
+        );
+        let mut bad_magic = seg;
+        bad_magic[SEGMENT_HEADER_LEN] = b'X';
+        assert_eq!(peek_frame(&bad_magic, SEGMENT_HEADER_LEN), None);
     }
 
     /// A version 3 frame's trailer, byte by byte as FORMAT.md's table gives it.

@@ -248,20 +248,7 @@ fn lag_chart(area: &Area<'_>, axis: LagAxis, series: &[Series]) -> DrawResult {
         .y_labels(8)
         .y_label_formatter(&|y| si(*y))
         .draw()?;
-    for (label, color, lines) in series {
-        let color = *color;
-        for (n, points) in lines.iter().enumerate() {
-            let drawn = chart.draw_series(LineSeries::new(
-                points.iter().copied(),
-                color.stroke_width(2),
-            ))?;
-            if n == 0 {
-                drawn
-                    .label(label)
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-            }
-        }
-    }
+    draw_lines(&mut chart, series, |_| true)?;
     if let Some(limit) = axis.limit {
         let style = BLACK.stroke_width(1);
         chart
@@ -439,14 +426,33 @@ where
         .y_labels(8)
         .y_label_formatter(&|y| si(*y))
         .draw()?;
+    // Zero throughput cannot go on a log scale.
+    draw_lines(&mut chart, series, |p| p.1 > 0.0)?;
+    chart
+        .configure_series_labels()
+        .position(legend)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
+/// Draws each system's lines (one per run; the points `keep` keeps) with one legend entry
+/// per system, not per run.
+fn draw_lines<'a, X, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+    series: &[Series],
+    keep: impl Fn(&(f64, f64)) -> bool,
+) -> DrawResult
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
     for (label, color, lines) in series {
         let color = *color;
         for (n, points) in lines.iter().enumerate() {
-            let drawn = chart.draw_series(LineSeries::new(
-                points.iter().copied().filter(|p| p.1 > 0.0),
-                color.stroke_width(2),
-            ))?;
-            // One legend entry per system, not per run.
+            let kept = points.iter().copied().filter(|p| keep(p));
+            let drawn = chart.draw_series(LineSeries::new(kept, color.stroke_width(2)))?;
             if n == 0 {
                 drawn
                     .label(label)
@@ -454,12 +460,6 @@ where
             }
         }
     }
-    chart
-        .configure_series_labels()
-        .position(legend)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
     Ok(())
 }
 

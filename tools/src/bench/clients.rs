@@ -51,6 +51,11 @@ pub fn drive(
         Ok(rt) => rt,
         Err(e) => return (Err(e), None),
     };
+    // Drawn before the clients start, as the threads of `engine::drive` draw theirs before
+    // their barrier: a generator's zipf pool takes a while to draw.
+    let gens: Vec<_> = (0..clients.n)
+        .map(|i| Generator::new(&plan.spec, i))
+        .collect();
     let recorder = Arc::new(Recorder::new(plan.writers, false));
     // The sampler and this thread: the clients start once both are ready.
     let barrier = Barrier::new(2);
@@ -67,7 +72,7 @@ pub fn drive(
         std::thread::scope(|s| {
             let sampler = s.spawn(|| sample(&recorder, &barrier, done_rx, &opts));
             barrier.wait();
-            let spans = runtime.block_on(run_clients(engine, clients, plan, &recorder));
+            let spans = runtime.block_on(run_clients(engine, gens, plan, &recorder));
             drop(done_tx);
             let sampled = sampler
                 .join()
@@ -92,15 +97,16 @@ pub fn drive(
 /// Spawns every client and collects their spans.
 async fn run_clients(
     engine: &Arc<Engine>,
-    clients: Clients,
+    gens: Vec<Result<Generator, String>>,
     plan: &Plan,
     recorder: &Arc<Recorder>,
 ) -> Result<Vec<Span>, CliError> {
     let start = Instant::now();
     let clock = FastClock::new();
-    let handles: Vec<_> = (0..clients.n)
-        .map(|i| {
-            let gen = Generator::new(&plan.spec, i);
+    let handles: Vec<_> = gens
+        .into_iter()
+        .enumerate()
+        .map(|(i, gen)| {
             let limit = plan.limit(i, start);
             let (engine, recorder, clock) = (engine.clone(), recorder.clone(), clock.clone());
             tokio::spawn(async move {

@@ -184,13 +184,12 @@ impl Engine {
     }
 
     /// The submit stamp: a raw reading of the engine's clock.
-    fn stamp(&self) -> u64 {
+    pub(crate) fn stamp(&self) -> u64 {
         self.inner.clock.raw()
     }
 
-    /// Claims ring space for a request of `len` payload bytes and fills it. Returns the
-    /// request's end position (its ticket).
-    pub(crate) fn submit(&self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<u64> {
+    /// Refuses a submission of `len` payload bytes to a failed engine, or over the limit.
+    pub(crate) fn check_submit(&self, len: usize) -> Result<()> {
         let inner = &*self.inner;
         if let Some(e) = inner.completion.failure() {
             return Err(failed(e));
@@ -202,6 +201,14 @@ impl Engine {
                 limit: inner.request_limit_name,
             });
         }
+        Ok(())
+    }
+
+    /// Claims ring space for a request of `len` payload bytes and fills it. Returns the
+    /// request's end position (its ticket).
+    pub(crate) fn submit(&self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<u64> {
+        let inner = &*self.inner;
+        self.check_submit(len)?;
         // `fill` is needed by whichever push runs; keep it in an Option to hand it on.
         let mut fill = Some(fill);
         let mut f = |buf: &mut [u8]| (fill.take().expect("fill runs once"))(buf);
@@ -217,6 +224,16 @@ impl Engine {
             }
             r => r,
         };
+        self.pushed(len, pushed)
+    }
+
+    /// A ring push's outcome for a request of `len` payload bytes, as the submit calls give it.
+    pub(crate) fn pushed(
+        &self,
+        len: usize,
+        pushed: std::result::Result<u64, PushError>,
+    ) -> Result<u64> {
+        let inner = &*self.inner;
         match pushed {
             Ok(pos) => Ok(pos),
             Err(PushError::Full) => Err(Error::Busy),

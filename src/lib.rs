@@ -97,6 +97,8 @@ pub mod ring;
 mod seq;
 #[cfg(not(loom))]
 mod stats;
+#[cfg(not(loom))]
+mod submit_async;
 mod sync;
 #[cfg(not(loom))]
 mod throttle;

@@ -84,6 +84,15 @@
 //!   pair: the producer's `SeqCst` increment precedes its re-check of `head`, the consumer's
 //!   fence sits between its store of `head` and its read of the count, so at least one side sees
 //!   the other.
+//! * **Tasks waiting for space** ([`Ring::poll_push`], the async submit) never park a thread:
+//!   the future pushes a clone of its waker onto `space_wakers` (a mutex-guarded list; only
+//!   this slow path allocates) and increments `space_tasks` (`SeqCst`), then re-checks `head`
+//!   and `tail`'s closed bit; only if neither moved does it return `Pending`. `release` reads
+//!   `space_tasks` after the same fence as `space_waiters` and, when non-zero, takes the whole
+//!   list and wakes every waker in it (the woken retry their claim, and a loser registers
+//!   again). The same Dekker pair, so a release either sees the waker or the task sees the new
+//!   `head`. `close` takes the list unconditionally, under the mutex the task registered
+//!   under, so a task either is woken by it or sees the closed bit.
 //! * **The consumer waiting for records** ([`Consumer::wait`]) sets `state = WAITING` (by a
 //!   swap, see "Loom"), issues a `SeqCst` fence, then re-reads `tail` and the header it waits
 //!   for. A producer, after
@@ -121,12 +130,13 @@ use std::fmt;
 use std::mem;
 use std::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering::Relaxed as StdRelaxed};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crossbeam::utils::CachePadded;
 
 use crate::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
-use crate::sync::{fence_after_sc_rmw, spin_hint, Parker};
+use crate::sync::{fence_after_sc_rmw, spin_hint, Mutex, Parker};
 
 /// Bytes of the header in front of every record.
 pub const RECORD_HEADER: usize = 8;
@@ -358,6 +368,11 @@ pub struct Ring {
     head: CachePadded<AtomicU64>,
     /// Producers parked (or about to park) waiting for space.
     space_waiters: CachePadded<AtomicU32>,
+    /// Wakers in `space_wakers` (changed only under its mutex; read by `release`).
+    space_tasks: CachePadded<AtomicU32>,
+    /// Wakers of tasks waiting for space ([`Ring::poll_push`]); drained by every release
+    /// that sees `space_tasks` non-zero, and by `close`.
+    space_wakers: Mutex<Vec<Waker>>,
     /// Read by every producer after publishing; written when the consumer sleeps or wakes.
     signal: CachePadded<Signal>,
     buf: Buffer,
@@ -408,6 +423,8 @@ fn new_pair(capacity: usize) -> (Arc<Ring>, Consumer) {
         head_cache: CachePadded::new(AtomicU64::new(0)),
         head: CachePadded::new(AtomicU64::new(0)),
         space_waiters: CachePadded::new(AtomicU32::new(0)),
+        space_tasks: CachePadded::new(AtomicU32::new(0)),
+        space_wakers: Mutex::new(Vec::new()),
         signal: CachePadded::new(Signal {
             state: AtomicU32::new(RUNNING),
             notified: AtomicU32::new(0),
@@ -505,6 +522,31 @@ impl Ring {
                 Err(ClaimError::Full(head)) => self.wait_for_space(head)?,
                 Err(ClaimError::TooLarge) => return Err(PushError::TooLarge),
                 Err(ClaimError::Closed) => return Err(PushError::Closed),
+            }
+        }
+    }
+
+    /// Like [`Ring::push`], for a task: where `push` would park the thread, this registers
+    /// `cx`'s waker, to be woken by the next release (or `close`), and returns `Pending`;
+    /// `fill` is then dropped unused and the caller polls again with a new one. Allocates
+    /// nothing when there is space (only a registration does).
+    #[inline]
+    pub fn poll_push(
+        &self,
+        len: usize,
+        cx: &mut Context<'_>,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Poll<Result<u64, PushError>> {
+        loop {
+            match self.claim(len) {
+                Ok(claim) => return Poll::Ready(Ok(self.commit(claim, len, fill))),
+                Err(ClaimError::Full(head)) => {
+                    if self.register_space_waker(head, cx.waker()) {
+                        return Poll::Pending;
+                    }
+                }
+                Err(ClaimError::TooLarge) => return Poll::Ready(Err(PushError::TooLarge)),
+                Err(ClaimError::Closed) => return Poll::Ready(Err(PushError::Closed)),
             }
         }
     }
@@ -616,14 +658,48 @@ impl Ring {
         }
     }
 
+    /// True once `head` moved past `seen_head` or the ring closed.
+    fn space_moved(&self, seen_head: u64) -> bool {
+        self.head.load(Ordering::SeqCst) != seen_head
+            || self.tail.load(Ordering::SeqCst) & CLOSED != 0
+    }
+
+    /// Registers `waker` to be woken once `head` moves past `seen_head` or the ring closes.
+    /// Returns false if that already happened (the caller retries at once; the waker stays
+    /// registered and gets one spurious wake-up).
+    #[cold]
+    #[inline(never)]
+    fn register_space_waker(&self, seen_head: u64, waker: &Waker) -> bool {
+        {
+            let mut wakers = self.space_wakers.lock();
+            wakers.push(waker.clone());
+            // Dekker with `Consumer::release`, as in `wait_for_space`.
+            self.space_tasks.fetch_add(1, Ordering::SeqCst);
+        }
+        fence_after_sc_rmw();
+        !self.space_moved(seen_head)
+    }
+
+    /// Wakes every registered task (see "Parking").
+    #[cold]
+    #[inline(never)]
+    fn wake_space_tasks(&self) {
+        let wakers = {
+            let mut list = self.space_wakers.lock();
+            self.space_tasks.store(0, Ordering::Relaxed);
+            mem::take(&mut *list)
+        };
+        // Outside the lock: a waker may run the task inline and register again.
+        for w in wakers {
+            w.wake();
+        }
+    }
+
     /// Blocks until `head` moves past `seen_head` or the ring closes.
     #[cold]
     #[inline(never)]
     fn wait_for_space(&self, seen_head: u64) -> Result<(), PushError> {
-        let moved = || {
-            self.head.load(Ordering::SeqCst) != seen_head
-                || self.tail.load(Ordering::SeqCst) & CLOSED != 0
-        };
+        let moved = || self.space_moved(seen_head);
         for _ in 0..spin_limit() {
             if moved() {
                 return self.open();
@@ -657,6 +733,7 @@ impl Ring {
         self.tail.fetch_or(CLOSED, Ordering::SeqCst);
         self.signal_consumer();
         self.space.unpark_all();
+        self.wake_space_tasks();
     }
 
     /// Wakes the consumer if it is parked in [`Consumer::wait`]; otherwise its next `wait`
@@ -827,6 +904,9 @@ impl Consumer {
         fence(Ordering::SeqCst);
         if ring.space_waiters.load(Ordering::Relaxed) != 0 {
             ring.space.unpark_all();
+        }
+        if ring.space_tasks.load(Ordering::Relaxed) != 0 {
+            ring.wake_space_tasks();
         }
     }
 
@@ -1581,6 +1661,52 @@ mod loom_tests {
                 true
             });
             assert_eq!((end, got), (80, vec![payload(1, 1).to_vec()]));
+        });
+    }
+
+    /// A task waiting for space in `poll_push` (driven by loom's `block_on`, which sleeps
+    /// until its waker fires) must be woken by `release`: a lost wake-up is a deadlock.
+    #[test]
+    fn poll_push_is_woken_by_release() {
+        model(|| {
+            let (r, mut c) = new_pair(CAP);
+            for i in 0..4 {
+                r.try_push(8, |b| b.copy_from_slice(&payload(9, i)))
+                    .unwrap();
+            }
+            let r2 = Arc::clone(&r);
+            let t = thread::spawn(move || {
+                loom::future::block_on(std::future::poll_fn(|cx| {
+                    r2.poll_push(8, cx, |b| b.copy_from_slice(&payload(1, 1)))
+                }))
+            });
+            let pos = c.read(0, |_, _| true);
+            assert_eq!(pos, 64);
+            c.release(16);
+            assert_eq!(t.join().unwrap(), Ok(80));
+            let mut got = Vec::new();
+            let end = c.read(pos, |_, b| {
+                got.push(b.to_vec());
+                true
+            });
+            assert_eq!((end, got), (80, vec![payload(1, 1).to_vec()]));
+        });
+    }
+
+    /// `close` wakes a task waiting for space, which then gets `Closed`.
+    #[test]
+    fn close_wakes_a_waiting_task() {
+        model(|| {
+            let (r, _c) = new_pair(CAP);
+            for _ in 0..4 {
+                r.try_push(8, |_| {}).unwrap();
+            }
+            let r2 = Arc::clone(&r);
+            let t = thread::spawn(move || {
+                loom::future::block_on(std::future::poll_fn(|cx| r2.poll_push(8, cx, |_| {})))
+            });
+            r.close();
+            assert_eq!(t.join().unwrap(), Err(PushError::Closed));
         });
     }
 

@@ -33,6 +33,7 @@ use parking_lot::{Condvar, Mutex};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,9 @@ pub(crate) struct Throttle {
     state: Mutex<Slowest>,
     /// Notified when the flag is cleared, and on close or failure.
     released: Condvar,
+    /// The wakers of the asynchronous submissions waiting (`Engine::put_async`): pushed
+    /// and taken only under `state`, like `released`'s waiters, so none is missed.
+    tasks: Mutex<Vec<Waker>>,
     /// When the consumer files were last read; held while they are (one measure at a time).
     measured: Mutex<Instant>,
     /// The thread that re-reads the files while the flag is set and nothing else happens
@@ -93,6 +97,7 @@ impl Throttle {
             log_bytes: AtomicU64::new(0),
             state: Mutex::new(Slowest::default()),
             released: Condvar::new(),
+            tasks: Mutex::new(Vec::new()),
             measured: Mutex::new(Instant::now()),
             rereader: OnceLock::new(),
             dir,
@@ -220,6 +225,7 @@ impl Throttle {
         {
             self.engaged.store(false, Ordering::Relaxed);
             self.released.notify_all();
+            self.wake_tasks();
         }
     }
 
@@ -277,6 +283,26 @@ impl Throttle {
     pub fn wake_all(&self) {
         let _s = self.state.lock();
         self.released.notify_all();
+        self.wake_tasks();
+    }
+
+    /// As [`Throttle::wait`], for a task: `Pending` (with `cx`'s waker registered) while
+    /// the flag is set and `stop` does not hold.
+    pub fn poll_wait(&self, cx: &mut Context<'_>, stop: impl Fn() -> bool) -> Poll<()> {
+        let _s = self.state.lock();
+        if !self.engaged() || stop() {
+            return Poll::Ready(());
+        }
+        self.tasks.lock().push(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Wakes the waiting tasks; called under `state`, where they register.
+    fn wake_tasks(&self) {
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        for t in tasks {
+            t.wake();
+        }
     }
 }
 

@@ -288,3 +288,60 @@ fn validate_refuses_a_limit_of_nothing_or_zero() {
         .validate()
         .expect("a limit of one batch");
 }
+
+/// A waker that records that it fired.
+struct Woken(std::sync::atomic::AtomicBool);
+
+impl std::task::Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// An asynchronous put waits for the throttle as a future, on the same thread as the
+/// consumer: `Pending`, woken by the commit, then submitted.
+#[test]
+fn an_async_put_waits_for_the_commit_without_blocking_the_thread() {
+    use std::future::Future;
+    use std::sync::atomic::Ordering;
+    use std::task::{Context, Poll, Waker};
+    let dir = tempfile::tempdir().unwrap();
+    let engine =
+        Engine::open(dir.path(), config(Backpressure::Block, batches(LIMIT))).expect("open");
+    let mut c = engine.consumer("slow").expect("consumer");
+    for i in 1..=LIMIT + 1 {
+        put_batch(&engine, i, 10);
+    }
+    let woken = Arc::new(Woken(false.into()));
+    let waker = Waker::from(woken.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut put = Box::pin(engine.put_async(b"async", b"v"));
+    assert!(put.as_mut().poll(&mut cx).is_pending(), "not throttled");
+    assert_eq!(engine.counts().throttled, 1);
+    assert!(!woken.0.load(Ordering::SeqCst));
+    consume(&mut c, LIMIT + 1);
+    eventually("the commit wakes the put", || {
+        woken.0.load(Ordering::SeqCst)
+    });
+    let Poll::Ready(ticket) = put.as_mut().poll(&mut cx) else {
+        panic!("woken, yet still throttled");
+    };
+    let seq = ticket
+        .expect("put_async")
+        .wait_timeout(WAIT_MAX)
+        .expect("durable");
+    assert_eq!(seq, LIMIT + 2);
+
+    // Closing wakes one waiting too, and it gets `Closed`.
+    // The async put left a lag of 1: two more batches pass the limit again.
+    for i in 10..10 + LIMIT {
+        put_batch(&engine, i, 10);
+    }
+    woken.0.store(false, Ordering::SeqCst);
+    let mut put = Box::pin(engine.put_async(b"late", b"v"));
+    assert!(put.as_mut().poll(&mut cx).is_pending(), "not throttled");
+    engine.close().expect("close");
+    assert!(woken.0.load(Ordering::SeqCst), "close did not wake the put");
+    let r = put.as_mut().poll(&mut cx);
+    assert!(matches!(r, Poll::Ready(Err(Error::Closed))), "{r:?}");
+}

@@ -188,3 +188,58 @@ fn put_with_id_allocates_nothing_in_steady_state() {
     assert_eq!(a, 0, "a duplicate's submit allocated");
     engine.close().unwrap();
 }
+
+/// The asynchronous put allocates nothing either while the ring has space: the future lives
+/// on the caller's stack and resolves at its first poll, and no waker is cloned.
+#[test]
+fn put_async_allocates_nothing_in_steady_state() {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    /// A waker that does nothing: on this path every future resolves at its first poll.
+    struct Never;
+    impl Wake for Never {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let config = Config {
+        durability: Durability::NoSync,
+        ..Config::default()
+    };
+    let engine = Engine::open(tmp.path(), config).expect("open");
+    let value = [0x3cu8; 100];
+    let waker = Waker::from(Arc::new(Never));
+    let mut cx = Context::from_waker(&waker);
+    let mut puts = |from: u32, n: u32| -> u64 {
+        let mut allocations = 0;
+        for i in from..from + n {
+            let k = key(i);
+            let mut fut = pin!(engine.put_async(&k, &value));
+            let (polled, a) = counted(|| fut.as_mut().poll(&mut cx));
+            allocations += a;
+            let Poll::Ready(ticket) = polled else {
+                panic!("put_async {i} waited with the ring far from full");
+            };
+            let ticket = ticket.expect("put_async");
+            if i % WAIT_EVERY == WAIT_EVERY - 1 {
+                ticket.wait().expect("durable");
+            }
+        }
+        allocations
+    };
+    puts(0, WARMUP_PUTS);
+    engine.flush().unwrap().wait().unwrap();
+    let allocations = puts(WARMUP_PUTS, MEASURED_PUTS);
+    assert_eq!(
+        allocations, 0,
+        "{allocations} allocations in {MEASURED_PUTS} asynchronous puts"
+    );
+    // Control: boxing the future allocates, and the counter sees it.
+    let (boxed, control) = counted(|| Box::pin(engine.put_async(b"k", b"v")));
+    drop(boxed);
+    assert!(control > 0, "the counter saw no allocation");
+    engine.close().unwrap();
+}

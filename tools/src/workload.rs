@@ -228,6 +228,10 @@ enum Sampler {
 pub const ZIPF_POOL: usize = 1 << 22;
 /// The smallest per-writer pool of drawn zipf ids.
 pub const ZIPF_POOL_MIN: usize = 1 << 16;
+/// The most zipf ids drawn over all writers: above 256 writers (`--clients` runs thousands)
+/// the per-writer minimum gives way, or 4,096 clients would draw 2^28 ids (2 GiB, tens of
+/// seconds before every run).
+pub const ZIPF_POOL_TOTAL_MAX: usize = 1 << 24;
 
 /// One writer's stream of operations; owns its key and value buffers, so generating an op
 /// does not allocate.
@@ -273,7 +277,8 @@ impl Generator {
         if let (Sampler::Zipf { ids, .. }, Dist::Zipf(theta)) = (&mut sampler, spec.dist) {
             let zipf = Zipf::new(spec.keys as f64, theta)
                 .map_err(|e| format!("zipf over {} keys, theta {theta}: {e}", spec.keys))?;
-            let len = (ZIPF_POOL / spec.writers.max(1)).max(ZIPF_POOL_MIN);
+            let w = spec.writers.max(1);
+            let len = (ZIPF_POOL / w).max(ZIPF_POOL_MIN.min(ZIPF_POOL_TOTAL_MAX / w));
             // Samples are ranks 1..=n as floats; rank 1 is the most popular.
             ids.extend((0..len).map(|_| (zipf.sample(&mut rng) as u64).clamp(1, spec.keys) - 1));
         }

@@ -17,7 +17,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Barrier;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 /// When a writer ran, and what it left unsent.
@@ -141,14 +141,24 @@ pub fn run(
     progress: &Progress,
 ) -> Result<RunResult, CliError> {
     let config = plan.engine_config(system);
-    let engine =
-        Engine::open(dir, config).context(|| format!("open the engine in {}", dir.display()))?;
+    let engine = Arc::new(
+        Engine::open(dir, config).context(|| format!("open the engine in {}", dir.display()))?,
+    );
     // Opened before the writers start, so that it sees every batch of the run.
     let reader = match plan.consumer {
         Some(c) => Some((c, consumer::open(&engine)?)),
         None => None,
     };
-    let (driven, cpu, consumed) = drive_engine(system, &engine, reader, plan, hooks, progress);
+    let (driven, cpu, consumed) = match plan.clients {
+        // `--clients`: tasks on a runtime instead of writer threads (no consumer: refused).
+        Some(clients) => {
+            let stages = || engine.stats().stages;
+            let (driven, cpu) =
+                super::clients::drive(&engine, clients, plan, hooks, progress, &stages);
+            (driven, cpu, None)
+        }
+        None => drive_engine(system, &engine, reader, plan, hooks, progress),
+    };
     // Close before looking at the writers' results: an error there should not leave the
     // flusher running.
     let closed = engine.close();
@@ -402,14 +412,15 @@ struct InFlight<P> {
 /// the engine runs on. Readings are anchored to one `Instant` per writer; over a run they drift
 /// from the OS clock by far less than a microsecond (quanta calibrates the counter against it),
 /// and latencies are differences of two readings of the same clock.
-struct FastClock {
+#[derive(Clone)]
+pub(super) struct FastClock {
     counter: quanta::Clock,
     anchor: Instant,
     anchor_raw: u64,
 }
 
 impl FastClock {
-    fn new() -> FastClock {
+    pub(super) fn new() -> FastClock {
         let counter = quanta::Clock::new();
         let anchor_raw = counter.raw();
         FastClock {
@@ -419,7 +430,7 @@ impl FastClock {
         }
     }
 
-    fn now(&self) -> Instant {
+    pub(super) fn now(&self) -> Instant {
         let raw = self.counter.raw();
         self.anchor + Duration::from_nanos(self.counter.delta_as_nanos(self.anchor_raw, raw))
     }

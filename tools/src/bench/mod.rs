@@ -21,6 +21,7 @@
 //! `mergelog profile` runs the same machinery on one engine system and prints the engine's
 //! per-stage histograms instead of the comparison.
 
+mod clients;
 mod consumer;
 mod cpu;
 mod engine;
@@ -57,6 +58,29 @@ pub struct WorkloadArgs {
         value_parser = writers,
     )]
     writers: usize,
+    /// Many asynchronous clients: N logical clients, each with one request outstanding (a
+    /// closed loop: submit, wait for durability, record, again). The engine systems run them
+    /// as N tasks on a tokio runtime of --threads workers, submitting with `put_async` and
+    /// awaiting the ticket; the baselines, whose APIs block, as N threads. Replaces
+    /// --writers and --depth.
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "N",
+        value_parser = clients,
+        conflicts_with_all = ["writers", "depth", "rate"],
+    )]
+    clients: Option<usize>,
+    /// With --clients: the engine systems' executor threads.
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "T",
+        default_value_t = 2,
+        requires = "clients",
+        value_parser = threads,
+    )]
+    threads: usize,
     /// Requests each writer keeps outstanding: the closed loop's depth, or with --rate the
     /// most a writer lets pile up before it waits (then sends fall behind schedule, and the
     /// corrected latency shows it). The naive baseline always has one per writer.
@@ -482,6 +506,14 @@ fn sync_probe(s: &str) -> Result<usize, String> {
         .map_err(|e| e.replace("between 1 and", "0 (no probe) or between 1 and"))
 }
 
+fn clients(s: &str) -> Result<usize, String> {
+    count(s, 1 << 16).map(|n| n as usize)
+}
+
+fn threads(s: &str) -> Result<usize, String> {
+    count(s, 1024).map(|n| n as usize)
+}
+
 fn depth(s: &str) -> Result<usize, String> {
     count(s, 1 << 20).map(|n| n as usize)
 }
@@ -630,6 +662,8 @@ pub struct Plan {
     pub retain: Option<usize>,
     /// `bench --consumer`: a durable consumer beside the writers of each engine system.
     pub consumer: Option<ConsumerPlan>,
+    /// `--clients`: `writers` clients at depth 1, tasks on a runtime for the engine systems.
+    pub clients: Option<clients::Clients>,
 }
 
 impl Plan {
@@ -1166,6 +1200,12 @@ fn plan(args: &WorkloadArgs) -> Result<Plan, CliError> {
         Some(d) => (d / 30.0).clamp(0.05, 1.0),
         None => 0.1,
     });
+    let clients = args.clients.map(|n| clients::Clients {
+        n,
+        threads: args.threads,
+    });
+    // `--clients N`: N writers at depth 1 (threads for the baselines, tasks for the engine).
+    let (writers, depth) = clients.map_or((args.writers, args.depth), |c| (c.n, 1));
     let plan = Plan {
         spec: Spec {
             keys: args.keys,
@@ -1174,12 +1214,12 @@ fn plan(args: &WorkloadArgs) -> Result<Plan, CliError> {
             value_size: args.value_size,
             read_ratio: args.read_ratio,
             delete_ratio: args.delete_ratio,
-            writers: args.writers,
+            writers,
             seed: args.seed,
             merge: args.op == OpArg::Merge,
         },
-        writers: args.writers,
-        depth: args.depth,
+        writers,
+        depth,
         rate: args.rate,
         duration: duration.map(Duration::from_secs_f64),
         ops: args.ops,
@@ -1188,6 +1228,7 @@ fn plan(args: &WorkloadArgs) -> Result<Plan, CliError> {
         engine,
         retain,
         consumer: None,
+        clients,
     };
     // Surfaces a bad distribution now rather than inside every writer thread.
     Generator::new(&plan.spec, 0).map_err(CliError::usage)?;
@@ -1224,6 +1265,26 @@ fn with_consumer(
         .map_err(|e| CliError::usage(format!("engine configuration from the flags: {e}")))?;
     plan.consumer = Some(consumer);
     Ok(())
+}
+
+/// `--clients` runs the engine systems that have an asynchronous submit, without a consumer.
+fn check_clients(plan: &Plan, consumer: bool, systems: &[System]) -> Result<(), CliError> {
+    if plan.clients.is_none() {
+        return Ok(());
+    }
+    if consumer {
+        return Err(CliError::usage("--clients does not run with --consumer"));
+    }
+    match systems
+        .iter()
+        .find(|s| matches!(s, System::MergelogIds | System::MergelogGetput))
+    {
+        Some(s) => Err(CliError::usage(format!(
+            "--clients: {} has no asynchronous submit; run mergelog, no-coalesce, okaywal, wal or naive",
+            s.name()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The engine configuration the flags describe, validated; `retain` (`--retain`) makes the
@@ -1316,6 +1377,7 @@ fn execute(
     }
     output.check()?;
     let mut plan = plan(args)?;
+    check_clients(&plan, consumer.is_some(), systems)?;
     if let Some(c) = consumer {
         with_consumer(command, &mut plan, c, systems)?;
     }

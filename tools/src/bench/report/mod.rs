@@ -36,6 +36,10 @@ pub struct Workload {
     mode: &'static str,
     writers: usize,
     depth: usize,
+    /// `--clients`: the clients (also `writers`, at depth 1) and the engine systems'
+    /// executor threads; null without.
+    clients: Option<usize>,
+    threads: Option<usize>,
     /// Open loop: the arrival rate, ops/s; null in a closed loop.
     rate_ops_per_s: Option<f64>,
     keys: u64,
@@ -146,6 +150,8 @@ impl Workload {
             },
             writers: plan.writers,
             depth: plan.depth,
+            clients: plan.clients.map(|c| c.n),
+            threads: plan.clients.map(|c| c.threads),
             rate_ops_per_s: plan.rate,
             keys: s.keys,
             dist: s.dist.to_string(),
@@ -192,7 +198,12 @@ impl Workload {
                 self.writers,
                 self.depth
             ),
-            None => format!("{} writers x depth {}", self.writers, self.depth),
+            None => match (self.clients, self.threads) {
+                (Some(n), Some(t)) => format!(
+                    "{n} clients x depth 1 (engine: tasks on {t} executor threads; baselines: {n} threads)"
+                ),
+                _ => format!("{} writers x depth {}", self.writers, self.depth),
+            },
         };
         let size = |s: &SizeJson| {
             if s.min == s.max {
@@ -368,23 +379,29 @@ struct CpuJson {
     /// The engine's flusher and syncer threads; null for the baselines.
     flusher_cores: Option<f64>,
     syncer_cores: Option<f64>,
+    /// The whole process's CPU time per operation, microseconds (null without operations).
+    process_us_per_op: Option<f64>,
 }
 
 impl CpuJson {
-    fn of(c: &CpuUse) -> CpuJson {
+    fn of(c: &CpuUse, ops: u64) -> CpuJson {
         CpuJson {
             wall_s: c.wall.as_secs_f64(),
             process_cores: c.cores(c.process),
             flusher_cores: c.flusher.map(|d| c.cores(d)),
             syncer_cores: c.syncer.map(|d| c.cores(d)),
+            process_us_per_op: (ops > 0).then(|| c.process.as_secs_f64() * 1e6 / ops as f64),
         }
     }
 
-    /// `1.12 cores (flusher 0.47, syncer 0.20)`.
+    /// `1.12 cores (flusher 0.47, syncer 0.20), 3.1 µs/op`.
     fn text(&self) -> String {
         let mut out = format!("{:.2} cores", self.process_cores);
         if let (Some(f), Some(s)) = (self.flusher_cores, self.syncer_cores) {
             let _ = write!(out, " (flusher {f:.2}, syncer {s:.2})");
+        }
+        if let Some(us) = self.process_us_per_op {
+            let _ = write!(out, ", {us:.1} µs/op");
         }
         out
     }
@@ -708,7 +725,7 @@ impl Run {
             p99_ratio_vs_okaywal: ratio(p99(r), base.okaywal_p99),
             p99_ratio_vs_no_coalesce: ratio(p99(r), base.no_coalesce_p99),
             engine: r.engine.as_ref().map(EngineJson::of),
-            cpu: r.cpu.as_ref().map(CpuJson::of),
+            cpu: r.cpu.as_ref().map(|c| CpuJson::of(c, r.ops)),
             stages: r.engine.as_ref().map(|s| {
                 s.stages
                     .stages()

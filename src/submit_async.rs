@@ -1,0 +1,129 @@
+//! The asynchronous submit: `put_async`, `delete_async`, `merge_async`, `write_async`.
+//!
+//! Each is an `async fn` that resolves to the request's [`Ticket`] once the request is in the
+//! ring, so a caller writes `engine.put_async(k, v).await?.await?` (the first `.await`
+//! submits, the second waits for durability). Where the blocking form parks the thread (a
+//! full ring, or a throttle on consumer lag, under `Backpressure::Block`), the future returns
+//! `Pending` with its waker registered and is woken when the flusher releases ring space
+//! (or the throttle lets go, or the engine closes): many thousands of clients can wait on a
+//! couple of executor threads. Runtime-free: the wake-ups come from the engine's threads,
+//! any executor can poll.
+//!
+//! Like every Rust future, it does nothing until polled: the request takes its place in the
+//! total order at the poll that resolves it, not at the call. With space in the ring that is
+//! the first poll, and it allocates nothing; only a wait registers (clones) the waker.
+//!
+//! Why `async fn`s rather than a `writable()` future plus `try_put`: space seen by a
+//! readiness future can be taken by another producer before the `try_put`, so every caller
+//! would have to write the retry loop; here the loop is the future's.
+
+use crate::config::Backpressure;
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::request::{self, WriteBatch};
+use crate::stats::record;
+use crate::ticket::Ticket;
+use std::future::poll_fn;
+use std::task::Poll;
+use std::time::Instant;
+
+impl Engine {
+    /// As [`Engine::put`], without ever blocking the thread: resolves to the ticket once the
+    /// put is submitted, waiting (as a future) for ring space or for a consumer-lag throttle
+    /// to let go under `Backpressure::Block`. Errors are those of `put`.
+    pub async fn put_async(&self, key: &[u8], value: &[u8]) -> Result<Ticket> {
+        self.check_key(key)?;
+        self.check_value(value)?;
+        let len = request::put_len(key, value);
+        let pos = self
+            .submit_async(len, |buf, now| {
+                request::encode_put(buf, key, value, now, None)
+            })
+            .await?;
+        Ok(self.ticket(pos))
+    }
+
+    /// As [`Engine::delete`], without ever blocking the thread (see [`Engine::put_async`]).
+    pub async fn delete_async(&self, key: &[u8]) -> Result<Ticket> {
+        self.check_key(key)?;
+        let len = request::delete_len(key);
+        let pos = self
+            .submit_async(len, |buf, now| request::encode_delete(buf, key, now, None))
+            .await?;
+        Ok(self.ticket(pos))
+    }
+
+    /// As [`Engine::merge`], without ever blocking the thread (see [`Engine::put_async`]).
+    pub async fn merge_async(&self, key: &[u8], operand: &[u8]) -> Result<Ticket> {
+        self.check_merge(key, operand)?;
+        let len = request::merge_len(key, operand);
+        let pos = self
+            .submit_async(len, |buf, now| {
+                request::encode_merge(buf, key, operand, now, None)
+            })
+            .await?;
+        Ok(self.ticket(pos))
+    }
+
+    /// As [`Engine::write`], without ever blocking the thread (see [`Engine::put_async`]).
+    pub async fn write_async(&self, batch: &WriteBatch) -> Result<Ticket> {
+        self.check_batch(batch)?;
+        let len = request::batch_len(batch);
+        let pos = self
+            .submit_async(len, |buf, now| request::encode_batch(buf, batch, now, None))
+            .await?;
+        Ok(self.ticket(pos))
+    }
+
+    /// The asynchronous `submit`: passes the throttle, then claims ring space for `len`
+    /// payload bytes and fills it with `fill(buf, stamp)`, waiting as a future where
+    /// `submit` would park. Returns the request's end position (its ticket).
+    async fn submit_async(&self, len: usize, fill: impl Fn(&mut [u8], u64)) -> Result<u64> {
+        self.admit_async().await?;
+        self.check_submit(len)?;
+        let inner = &*self.inner;
+        let reject = inner.config.backpressure == Backpressure::Reject;
+        let mut waited: Option<Instant> = None;
+        let pushed = poll_fn(|cx| {
+            let now = self.stamp();
+            let fill = |buf: &mut [u8]| fill(buf, now);
+            if reject {
+                return Poll::Ready(inner.ring.try_push(len, fill));
+            }
+            let r = inner.ring.poll_push(len, cx, fill);
+            if r.is_pending() {
+                waited.get_or_insert_with(Instant::now);
+            }
+            r
+        })
+        .await;
+        if let Some(waited) = waited {
+            record(
+                &mut inner.counters.stages.lock().ring_wait,
+                waited.elapsed().as_nanos() as u64,
+            );
+        }
+        self.pushed(len, pushed)
+    }
+
+    /// The asynchronous `admit`: lets the submission through unless throttled on consumer
+    /// lag; then refuses it (`Reject`) or waits as a future until the throttle lets go or
+    /// the engine closes or fails (`Block`; `check_submit` and the ring report those).
+    async fn admit_async(&self) -> Result<()> {
+        let inner = &*self.inner;
+        if !inner.throttle.engaged() {
+            return Ok(());
+        }
+        crate::stats::Counters::add(&inner.counters.throttled, 1);
+        if inner.config.backpressure == Backpressure::Reject {
+            return Err(inner.throttle.refusal());
+        }
+        poll_fn(|cx| {
+            inner.throttle.poll_wait(cx, || {
+                inner.ring.is_closed() || inner.completion.failure().is_some()
+            })
+        })
+        .await;
+        Ok(())
+    }
+}

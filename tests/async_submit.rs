@@ -1,0 +1,261 @@
+//! The asynchronous submit (`put_async` and kin) waits for ring space as a future, never by
+//! blocking the thread: many futures on one thread fill a ring whose flusher is stalled, wait,
+//! and all complete, durably, once it drains.
+//!
+//! The flusher is stalled by a `Custom` merge operator that waits on a gate only the test
+//! thread opens: if a submit blocked the thread, the gate would stay shut (a watchdog opens it
+//! late, and the test then fails on that, instead of hanging). Each future has its own waker
+//! and is polled only after that waker fired, so a lost wake-up leaves it unpolled and the
+//! test fails at the deadline.
+
+mod common;
+
+use common::WAIT_MAX;
+use mergelog::{Backpressure, Config, Engine, Error, MergeOperator, Seq};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+const CLIENTS: usize = 400;
+const VALUE_LEN: usize = 1000;
+
+/// One future's waker: marks it runnable and unparks the executor thread.
+struct Flag {
+    woken: AtomicBool,
+    thread: Thread,
+}
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.woken.store(true, Ordering::SeqCst);
+        self.thread.unpark();
+    }
+}
+
+type Task<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// A single-threaded executor that polls a future only when its own waker fired.
+struct Local<'a, T> {
+    tasks: Vec<(Option<Task<'a, T>>, Arc<Flag>)>,
+    results: Vec<Option<T>>,
+}
+
+impl<'a, T> Local<'a, T> {
+    fn new(tasks: impl IntoIterator<Item = Task<'a, T>>) -> Self {
+        let tasks: Vec<_> = tasks
+            .into_iter()
+            .map(|t| {
+                let flag = Arc::new(Flag {
+                    woken: AtomicBool::new(true),
+                    thread: std::thread::current(),
+                });
+                (Some(t), flag)
+            })
+            .collect();
+        let results = tasks.iter().map(|_| None).collect();
+        Local { tasks, results }
+    }
+
+    /// Polls every woken task once; returns how many are done.
+    fn sweep(&mut self) -> usize {
+        for (i, (task, flag)) in self.tasks.iter_mut().enumerate() {
+            let Some(fut) = task else { continue };
+            if !flag.woken.swap(false, Ordering::SeqCst) {
+                continue;
+            }
+            let waker = Waker::from(flag.clone());
+            if let Poll::Ready(r) = fut.as_mut().poll(&mut Context::from_waker(&waker)) {
+                self.results[i] = Some(r);
+                *task = None;
+            }
+        }
+        self.results.iter().filter(|r| r.is_some()).count()
+    }
+
+    /// Runs every task to completion on this thread, or fails the test after `WAIT_MAX`.
+    fn run(mut self) -> Vec<T> {
+        let deadline = Instant::now() + WAIT_MAX;
+        while self.sweep() < self.tasks.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{} of {} futures never woken again (a lost wake-up)",
+                self.tasks.len() - self.results.iter().flatten().count(),
+                self.tasks.len()
+            );
+            // The timeout only bounds the test: a task is polled only once its waker fired.
+            std::thread::park_timeout(left.min(Duration::from_millis(100)));
+        }
+        self.results.into_iter().map(Option::unwrap).collect()
+    }
+}
+
+fn key(i: usize) -> Vec<u8> {
+    format!("client-{i:05}").into_bytes()
+}
+
+fn value(i: usize) -> Vec<u8> {
+    let mut v = vec![(i % 251) as u8; VALUE_LEN];
+    v[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    v
+}
+
+/// The gate the stalling merge operator waits at.
+#[derive(Default)]
+struct Gate {
+    entered: AtomicBool,
+    open: AtomicBool,
+    opened_by_watchdog: AtomicBool,
+}
+
+/// A small ring and a merge operator that holds the flusher until the gate opens.
+fn stalling_config(gate: &Arc<Gate>, backpressure: Backpressure) -> Config {
+    let g = gate.clone();
+    Config {
+        ring_bytes: 64 << 10,
+        backpressure,
+        merge: Some(MergeOperator::custom(move |_, operands| {
+            g.entered.store(true, Ordering::SeqCst);
+            while !g.open.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            operands.last().map_or_else(Vec::new, |o| o.to_vec())
+        })),
+        ..Config::default()
+    }
+}
+
+/// Submits the stalling merge and waits until the flusher is inside it; starts a watchdog
+/// that opens the gate after `WAIT_MAX` if the test thread could not.
+fn stall_flusher(engine: &Engine, gate: &Arc<Gate>) -> mergelog::Ticket {
+    let ticket = engine.merge(b"gate", b"x").expect("merge");
+    let deadline = Instant::now() + WAIT_MAX;
+    while !gate.entered.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "the flusher never ran the merge");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let g = gate.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(WAIT_MAX);
+        if !g.open.swap(true, Ordering::SeqCst) {
+            g.opened_by_watchdog.store(true, Ordering::SeqCst);
+        }
+    });
+    ticket
+}
+
+#[test]
+fn futures_wait_for_ring_space_without_blocking_the_thread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate::default());
+    let engine = Engine::open(tmp.path(), stalling_config(&gate, Backpressure::Block)).unwrap();
+    let gate_ticket = stall_flusher(&engine, &gate);
+
+    let submitted = AtomicUsize::new(0);
+    let (engine_ref, submitted_ref) = (&engine, &submitted);
+    let tasks = (0..CLIENTS).map(|i| -> Task<'_, mergelog::Result<Seq>> {
+        Box::pin(async move {
+            let (k, v) = (key(i), value(i));
+            let ticket = engine_ref.put_async(&k, &v).await?;
+            submitted_ref.fetch_add(1, Ordering::SeqCst);
+            ticket.await
+        })
+    });
+    let mut local = Local::new(tasks);
+    // One sweep over a stalled flusher: the ring takes what fits, the rest wait for space.
+    assert_eq!(
+        local.sweep(),
+        0,
+        "a put completed while the flusher was stalled"
+    );
+    let fitted = submitted.load(Ordering::SeqCst);
+    assert!(
+        fitted > 0 && fitted < CLIENTS / 2,
+        "{fitted} of {CLIENTS} puts fitted a 64 KiB ring"
+    );
+    // Still on this thread, which is only free to do it because no submit blocked it.
+    gate.open.store(true, Ordering::SeqCst);
+    let seqs = local.run();
+    assert!(
+        !gate.opened_by_watchdog.load(Ordering::SeqCst),
+        "a submit blocked the thread"
+    );
+    assert_eq!(submitted.load(Ordering::SeqCst), CLIENTS);
+    for (i, seq) in seqs.into_iter().enumerate() {
+        let seq = seq.unwrap_or_else(|e| panic!("put {i}: {e}"));
+        assert!(seq <= engine.durable_seq());
+    }
+    gate_ticket.wait().unwrap();
+    assert!(
+        !engine.stats().stages.ring_wait.is_empty(),
+        "no submit recorded a wait for ring space"
+    );
+    engine.close().unwrap();
+
+    // Everything acknowledged survives a reopen.
+    let gate = Arc::new(Gate::default());
+    gate.open.store(true, Ordering::SeqCst);
+    let engine = Engine::open(tmp.path(), stalling_config(&gate, Backpressure::Block)).unwrap();
+    for i in 0..CLIENTS {
+        assert_eq!(
+            engine.read_to_vec(&key(i)).unwrap(),
+            Some(value(i)),
+            "key {i}"
+        );
+    }
+    engine.close().unwrap();
+}
+
+#[test]
+fn a_full_ring_with_reject_answers_busy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate::default());
+    let engine = Engine::open(tmp.path(), stalling_config(&gate, Backpressure::Reject)).unwrap();
+    let gate_ticket = stall_flusher(&engine, &gate);
+    let v = value(0);
+    let mut outcomes = Vec::new();
+    for i in 0..CLIENTS {
+        let k = key(i);
+        outcomes.push(common::block_on(Box::pin(engine.put_async(&k, &v))));
+    }
+    gate.open.store(true, Ordering::SeqCst);
+    let busy = outcomes
+        .iter()
+        .filter(|o| matches!(o, Err(Error::Busy)))
+        .count();
+    assert!(busy > CLIENTS / 2, "{busy} of {CLIENTS} puts answered Busy");
+    for t in outcomes.into_iter().flatten() {
+        t.wait().unwrap();
+    }
+    gate_ticket.wait().unwrap();
+    engine.close().unwrap();
+}
+
+#[test]
+fn bad_input_and_a_closed_engine_are_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Engine::open(tmp.path(), Config::default()).unwrap();
+    let long = vec![0u8; engine.config().key_len_max + 1];
+    let r = common::block_on(Box::pin(engine.put_async(&long, b"v")));
+    assert!(matches!(r, Err(Error::KeyTooLong { .. })), "{r:?}");
+    let r = common::block_on(Box::pin(engine.merge_async(b"k", b"1")));
+    assert!(matches!(r, Err(Error::MergeRefused { .. })), "{r:?}");
+    let batch = mergelog::WriteBatch::new();
+    let r = common::block_on(Box::pin(engine.write_async(&batch)));
+    assert!(matches!(r, Err(Error::EmptyBatch)), "{r:?}");
+    let mut batch = mergelog::WriteBatch::new();
+    batch.put(b"a", b"1").put(b"b", b"2");
+    let t = common::block_on(Box::pin(engine.write_async(&batch))).unwrap();
+    common::block_on(t).unwrap();
+    let t = common::block_on(Box::pin(engine.delete_async(b"a"))).unwrap();
+    common::block_on(t).unwrap();
+    assert_eq!(engine.read_to_vec(b"a").unwrap(), None);
+    assert_eq!(engine.read_to_vec(b"b").unwrap(), Some(b"2".to_vec()));
+    engine.close().unwrap();
+    let r = common::block_on(Box::pin(engine.put_async(b"k", b"v")));
+    assert!(matches!(r, Err(Error::Closed)), "{r:?}");
+}

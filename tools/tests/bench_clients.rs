@@ -1,0 +1,86 @@
+//! `mergelog bench --clients N --threads T`: N clients with one request each, as tasks on T
+//! executor threads for the engine systems (the asynchronous submit) and as N threads for the
+//! baselines. Short runs by op count: every op is counted once, the engine wrote every one,
+//! the report says what ran, and the flags that do not go with it are refused.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn run_of<'a>(report: &'a Value, system: &str) -> &'a Value {
+    report["runs"]
+        .as_array()
+        .expect("runs is an array")
+        .iter()
+        .find(|r| r["system"] == system)
+        .unwrap_or_else(|| panic!("no run of {system}"))
+}
+
+#[test]
+fn clients_run_every_op_once_on_the_engine_and_on_a_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    let text = succeeds(&[
+        "bench",
+        "--systems",
+        "mergelog,okaywal",
+        "--clients",
+        "300",
+        "--threads",
+        "2",
+        "--ops",
+        "3000",
+        "--sync-probe",
+        "0",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        text.contains(
+            "300 clients x depth 1 (engine: tasks on 2 executor threads; baselines: 300 threads)"
+        ),
+        "{text}"
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).expect("JSON parses");
+    let w = &report["workload"];
+    assert_eq!(
+        (
+            int(w, "clients"),
+            int(w, "threads"),
+            int(w, "writers"),
+            int(w, "depth")
+        ),
+        (300, 2, 300, 1)
+    );
+    for system in ["mergelog", "okaywal"] {
+        let r = run_of(&report, system);
+        assert_eq!(int(r, "ops"), 3000, "{system}: ops");
+        assert!(num(&r["cpu"], "process_us_per_op") > 0.0, "{system}: {r}");
+    }
+    let engine = &run_of(&report, "mergelog")["engine"];
+    assert_eq!(int(engine, "writes"), 3000, "the engine wrote every put");
+}
+
+#[test]
+fn clients_refuse_flags_that_do_not_go_with_them() {
+    rejects(&["bench", "--clients", "4", "--writers", "2"], "--writers");
+    rejects(&["bench", "--clients", "4", "--depth", "2"], "--depth");
+    rejects(&["bench", "--threads", "2"], "--clients");
+    rejects(&["bench", "--clients", "0"], "--clients");
+    rejects(
+        &[
+            "bench",
+            "--clients",
+            "4",
+            "--systems",
+            "mergelog,mergelog-ids",
+        ],
+        "mergelog-ids has no asynchronous submit",
+    );
+    rejects(
+        &["bench", "--clients", "4", "--consumer"],
+        "--clients does not run with --consumer",
+    );
+}

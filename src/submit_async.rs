@@ -1,4 +1,6 @@
-//! The asynchronous submit: `put_async`, `delete_async`, `merge_async`, `write_async`.
+//! The asynchronous submit: `put_async`, `delete_async`, `merge_async`, `write_async`,
+//! `get_async`, and the idempotent `put_with_id_async`, `delete_with_id_async`,
+//! `write_with_id_async`.
 //!
 //! Each is an `async fn` that resolves to the request's [`Ticket`] once the request is in the
 //! ring, so a caller writes `engine.put_async(k, v).await?.await?` (the first `.await`
@@ -20,10 +22,12 @@
 use crate::config::Backpressure;
 use crate::engine::Engine;
 use crate::error::Result;
+use crate::ids::{IdTicket, RequestId};
 use crate::request::{self, WriteBatch};
 use crate::stats::record;
-use crate::ticket::Ticket;
+use crate::ticket::{GetSlot, GetTicket, Ticket};
 use std::future::poll_fn;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
@@ -75,11 +79,88 @@ impl Engine {
         Ok(self.ticket(pos))
     }
 
+    /// As [`Engine::get`], without ever blocking the thread (see [`Engine::put_async`]; a
+    /// get is never throttled).
+    pub async fn get_async(&self, key: &[u8]) -> Result<GetTicket> {
+        self.check_key(key)?;
+        let slot = Arc::new(GetSlot::default());
+        let len = request::get_len(key);
+        // Each claim moves one reference into the record; only the claim that succeeds runs
+        // the fill.
+        let pos = self
+            .claim_async(len, |buf, now| {
+                request::encode_get(buf, key, slot.clone(), now)
+            })
+            .await?;
+        Ok(GetTicket::new(self.ticket(pos), slot))
+    }
+
+    /// As [`Engine::put_with_id`], without ever blocking the thread (see
+    /// [`Engine::put_async`]).
+    pub async fn put_with_id_async(
+        &self,
+        id: impl Into<RequestId>,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<IdTicket> {
+        self.check_key(key)?;
+        self.check_value(value)?;
+        let id = id.into();
+        let len = request::put_len(key, value) + request::id_len(Some(&id));
+        let pos = self
+            .submit_async(len, |buf, now| {
+                request::encode_put(buf, key, value, now, Some(&id))
+            })
+            .await?;
+        Ok(IdTicket::new(self.ticket(pos)))
+    }
+
+    /// As [`Engine::delete_with_id`], without ever blocking the thread (see
+    /// [`Engine::put_async`]).
+    pub async fn delete_with_id_async(
+        &self,
+        id: impl Into<RequestId>,
+        key: &[u8],
+    ) -> Result<IdTicket> {
+        self.check_key(key)?;
+        let id = id.into();
+        let len = request::delete_len(key) + request::id_len(Some(&id));
+        let pos = self
+            .submit_async(len, |buf, now| {
+                request::encode_delete(buf, key, now, Some(&id))
+            })
+            .await?;
+        Ok(IdTicket::new(self.ticket(pos)))
+    }
+
+    /// As [`Engine::write_with_id`], without ever blocking the thread (see
+    /// [`Engine::put_async`]).
+    pub async fn write_with_id_async(
+        &self,
+        id: impl Into<RequestId>,
+        batch: &WriteBatch,
+    ) -> Result<IdTicket> {
+        self.check_batch(batch)?;
+        let id = id.into();
+        let len = request::batch_len(batch) + request::id_len(Some(&id));
+        let pos = self
+            .submit_async(len, |buf, now| {
+                request::encode_batch(buf, batch, now, Some(&id))
+            })
+            .await?;
+        Ok(IdTicket::new(self.ticket(pos)))
+    }
+
     /// The asynchronous `submit`: passes the throttle, then claims ring space for `len`
     /// payload bytes and fills it with `fill(buf, stamp)`, waiting as a future where
     /// `submit` would park. Returns the request's end position (its ticket).
     async fn submit_async(&self, len: usize, fill: impl Fn(&mut [u8], u64)) -> Result<u64> {
         self.admit_async().await?;
+        self.claim_async(len, fill).await
+    }
+
+    /// The ring half of [`Engine::submit_async`], without the throttle (a get's).
+    async fn claim_async(&self, len: usize, fill: impl Fn(&mut [u8], u64)) -> Result<u64> {
         self.check_submit(len)?;
         let inner = &*self.inner;
         let reject = inner.config.backpressure == Backpressure::Reject;

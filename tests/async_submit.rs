@@ -259,3 +259,48 @@ fn bad_input_and_a_closed_engine_are_errors() {
     let r = common::block_on(Box::pin(engine.put_async(b"k", b"v")));
     assert!(matches!(r, Err(Error::Closed)), "{r:?}");
 }
+
+/// The idempotent forms and the get have async forms too: a resubmitted id is a duplicate of
+/// the first submission's batch, and a get sees what was written before it.
+#[test]
+fn ids_and_gets_have_async_forms() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = mergelog::Engine::open(dir.path(), mergelog::Config::default()).unwrap();
+    let first = common::block_on(Box::pin(engine.put_with_id_async(7u128, b"k", b"one")))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(!first.is_duplicate());
+    let again = common::block_on(Box::pin(engine.put_with_id_async(7u128, b"k", b"two")))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(again, mergelog::Outcome::Duplicate { seq: first.seq() });
+    let mut batch = mergelog::WriteBatch::new();
+    batch.put(b"b", b"1");
+    let w = common::block_on(Box::pin(engine.write_with_id_async(8u128, &batch)))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(!w.is_duplicate());
+    let d = common::block_on(Box::pin(engine.delete_with_id_async(8u128, b"b")))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(d, mergelog::Outcome::Duplicate { seq: w.seq() });
+    let got = common::block_on(Box::pin(engine.get_async(b"k")))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(got.as_deref(), Some(&b"one"[..]));
+    let got = common::block_on(Box::pin(engine.get_async(b"b")))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(
+        got.as_deref(),
+        Some(&b"1"[..]),
+        "the duplicate delete did nothing"
+    );
+    engine.close().unwrap();
+}

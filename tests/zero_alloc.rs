@@ -92,26 +92,33 @@ fn puts(engine: &Engine, from: u32, n: u32, value: &[u8]) -> u64 {
     allocations
 }
 
+/// Warms the engine up with `puts(0, WARMUP_PUTS)`, then returns the allocations that
+/// `puts(WARMUP_PUTS, MEASURED_PUTS)` counted (each `puts` waits for a ticket now and then).
+fn steady_state(engine: &Engine, mut puts: impl FnMut(u32, u32) -> u64) -> u64 {
+    // The flusher's buffers grow to size, the index holds every key, and this thread's
+    // lazily created state (thread locals, parking) exists.
+    puts(0, WARMUP_PUTS);
+    engine.flush().unwrap().wait().unwrap();
+    let allocations = puts(WARMUP_PUTS, MEASURED_PUTS);
+    engine.flush().unwrap().wait().unwrap();
+    allocations
+}
+
+/// An engine in `dir` that acknowledges without syncing (the submit path is what is counted).
+fn nosync_engine(dir: &std::path::Path) -> Engine {
+    let config = Config {
+        durability: Durability::NoSync,
+        ..Config::default()
+    };
+    Engine::open(dir, config).expect("open")
+}
+
 #[test]
 fn put_allocates_nothing_in_steady_state() {
     let tmp = tempfile::tempdir().unwrap();
-    let engine = Engine::open(
-        tmp.path(),
-        Config {
-            durability: Durability::NoSync,
-            ..Config::default()
-        },
-    )
-    .expect("open");
+    let engine = nosync_engine(tmp.path());
     let value = [0xa5u8; 100];
-
-    // Warm up: the flusher's buffers grow to size, the index holds every key, and this
-    // thread's lazily created state (thread locals, parking) exists.
-    puts(&engine, 0, WARMUP_PUTS, &value);
-    engine.flush().unwrap().wait().unwrap();
-
-    let allocations = puts(&engine, WARMUP_PUTS, MEASURED_PUTS, &value);
-    engine.flush().unwrap().wait().unwrap();
+    let allocations = steady_state(&engine, |from, n| puts(&engine, from, n, &value));
     assert_eq!(
         allocations, 0,
         "{allocations} allocations in {MEASURED_PUTS} puts on the submitting thread"
@@ -156,11 +163,7 @@ fn put_allocates_nothing_in_steady_state() {
 #[test]
 fn put_with_id_allocates_nothing_in_steady_state() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = Config {
-        durability: Durability::NoSync,
-        ..Config::default()
-    };
-    let engine = Engine::open(tmp.path(), config).expect("open");
+    let engine = nosync_engine(tmp.path());
     let value = [0x5au8; 100];
     let puts = |from: u32, n: u32| -> u64 {
         let mut allocations = 0;
@@ -175,9 +178,7 @@ fn put_with_id_allocates_nothing_in_steady_state() {
         }
         allocations
     };
-    puts(0, WARMUP_PUTS);
-    engine.flush().unwrap().wait().unwrap();
-    let allocations = puts(WARMUP_PUTS, MEASURED_PUTS);
+    let allocations = steady_state(&engine, puts);
     assert_eq!(
         allocations, 0,
         "{allocations} allocations in {MEASURED_PUTS} puts with ids"
@@ -205,15 +206,11 @@ fn put_async_allocates_nothing_in_steady_state() {
     }
 
     let tmp = tempfile::tempdir().unwrap();
-    let config = Config {
-        durability: Durability::NoSync,
-        ..Config::default()
-    };
-    let engine = Engine::open(tmp.path(), config).expect("open");
+    let engine = nosync_engine(tmp.path());
     let value = [0x3cu8; 100];
     let waker = Waker::from(Arc::new(Never));
     let mut cx = Context::from_waker(&waker);
-    let mut puts = |from: u32, n: u32| -> u64 {
+    let puts = |from: u32, n: u32| -> u64 {
         let mut allocations = 0;
         for i in from..from + n {
             let k = key(i);
@@ -230,9 +227,7 @@ fn put_async_allocates_nothing_in_steady_state() {
         }
         allocations
     };
-    puts(0, WARMUP_PUTS);
-    engine.flush().unwrap().wait().unwrap();
-    let allocations = puts(WARMUP_PUTS, MEASURED_PUTS);
+    let allocations = steady_state(&engine, puts);
     assert_eq!(
         allocations, 0,
         "{allocations} allocations in {MEASURED_PUTS} asynchronous puts"

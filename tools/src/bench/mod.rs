@@ -4,6 +4,8 @@
 //! - `no-coalesce`: the same with `Config::coalesce = false` (plain group commit).
 //! - `wal`: a conventional write-ahead log, leader/follower group commit (see `wal`).
 //! - `naive`: one mutex around a file; every write is lock, pwrite, fdatasync, unlock.
+//! - the peers, real engines a user would otherwise pick, each driven as its users drive it:
+//!   `okaywal`, `redb`, `fjall`, and `rocksdb` (cargo feature `rocksdb`).
 //!
 //! Load is either a closed loop (each writer keeps `--depth` requests in flight and submits
 //! the next as soon as the oldest completes) or an open loop (`--rate`: requests are due on
@@ -25,13 +27,18 @@ mod clients;
 mod consumer;
 mod cpu;
 mod engine;
+mod fjall;
 mod hlog;
+mod kv;
 mod naive;
 mod okaywal;
 mod plot;
 mod probe;
 mod recorder;
+mod redb;
 pub mod report;
+#[cfg(feature = "rocksdb")]
+mod rocksdb;
 mod wal;
 
 use crate::error::{CliError, Context};
@@ -253,7 +260,7 @@ pub struct ConsumerArgs {
     /// Engine systems: run a durable consumer beside the writers, opened before they start,
     /// that reads, touches and commits every batch as a downstream processor would; the
     /// report, the JSON timeline and the plot then show its lag over time. The baselines
-    /// (wal, naive, okaywal) have no consumer and run as without it.
+    /// (wal, naive and the peers) have no consumer and run as without it.
     #[arg(long)]
     consumer: bool,
     /// The consumer commits every N batches (and what it has processed whenever it waited
@@ -366,6 +373,15 @@ pub enum System {
     /// The okaywal crate, a real write-ahead log with group commit: one entry per write,
     /// `commit` returns once it is durable (sync mode only).
     Okaywal,
+    /// RocksDB (the `rocksdb` crate, WAL on): one `put` per call with `sync = true`.
+    /// Needs the tools built with `--features rocksdb`.
+    Rocksdb,
+    /// redb, a pure-Rust B-tree store: each write one transaction committed with
+    /// `Durability::Immediate`.
+    Redb,
+    /// fjall, a pure-Rust LSM-tree store: each write `insert`, then
+    /// `persist(PersistMode::SyncData)`.
+    Fjall,
     /// The engine as `mergelog`, every put and delete submitted with a request id of its own
     /// (`put_with_id`): what idempotency costs, against `mergelog` in the same run.
     MergelogIds,
@@ -383,6 +399,9 @@ impl System {
             System::Wal => "wal",
             System::Naive => "naive",
             System::Okaywal => "okaywal",
+            System::Rocksdb => "rocksdb",
+            System::Redb => "redb",
+            System::Fjall => "fjall",
             System::MergelogIds => "mergelog-ids",
             System::MergelogGetput => "mergelog-getput",
         }
@@ -1280,7 +1299,7 @@ fn check_clients(plan: &Plan, consumer: bool, systems: &[System]) -> Result<(), 
         .find(|s| matches!(s, System::MergelogIds | System::MergelogGetput))
     {
         Some(s) => Err(CliError::usage(format!(
-            "--clients: {} has no asynchronous submit; run mergelog, no-coalesce, okaywal, wal or naive",
+            "--clients: {} has no asynchronous submit; run mergelog, no-coalesce, a peer, wal or naive",
             s.name()
         ))),
         None => Ok(()),
@@ -1374,6 +1393,9 @@ fn execute(
             )));
         }
         seen.push(*s);
+    }
+    if cfg!(not(feature = "rocksdb")) && systems.contains(&System::Rocksdb) {
+        return Err(rocksdb_missing());
     }
     output.check()?;
     let mut plan = plan(args)?;
@@ -1524,12 +1546,39 @@ fn run_once(
         System::Naive => naive::run(dir, plan, hooks, &progress),
         System::Wal => wal::run(dir, plan, hooks, &progress),
         System::Okaywal => okaywal::run(dir, plan, hooks, &progress),
+        System::Redb => redb::run(dir, plan, hooks, &progress),
+        System::Fjall => fjall::run(dir, plan, hooks, &progress),
+        System::Rocksdb => run_rocksdb(dir, plan, hooks, &progress),
         _ => engine::run(system, dir, plan, hooks, &progress),
     };
     progress.finish();
     let mut result = result.map_err(|e| e.prefixed(system.name()))?;
     result.stamp(round, offset);
     Ok(result)
+}
+
+#[cfg(feature = "rocksdb")]
+fn run_rocksdb(
+    dir: &Path,
+    plan: &Plan,
+    hooks: &RunHooks,
+    progress: &Progress,
+) -> Result<RunResult, CliError> {
+    rocksdb::run(dir, plan, hooks, progress)
+}
+
+#[cfg(not(feature = "rocksdb"))]
+fn run_rocksdb(_: &Path, _: &Plan, _: &RunHooks, _: &Progress) -> Result<RunResult, CliError> {
+    Err(rocksdb_missing())
+}
+
+/// `--systems rocksdb` in tools built without RocksDB (checked before anything runs).
+fn rocksdb_missing() -> CliError {
+    CliError::usage(
+        "rocksdb is not built into this mergelog: rebuild the tools with the cargo feature \
+         `rocksdb` (cargo build --release -p mergelog-tools --features rocksdb; it needs \
+         libclang, see the README)",
+    )
 }
 
 /// What a system run records besides its totals.

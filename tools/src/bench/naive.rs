@@ -211,7 +211,7 @@ pub fn record_writer(
 /// One writer of a system whose operations block until done (durable, for a write), one
 /// request at a time: in a closed loop back to back, in an open loop at its scheduled times
 /// (or at once, when it is behind). `apply` performs one operation.
-fn blocking_writer(
+pub(super) fn blocking_writer(
     gen: Result<Generator, String>,
     index: usize,
     plan: &Plan,

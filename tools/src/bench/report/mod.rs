@@ -523,6 +523,12 @@ struct Run {
     ratio_vs_wal: Option<f64>,
     /// ops_per_s / okaywal's ops_per_s; null when `okaywal` was not run.
     ratio_vs_okaywal: Option<f64>,
+    /// ops_per_s / rocksdb's ops_per_s; null when `rocksdb` was not run.
+    ratio_vs_rocksdb: Option<f64>,
+    /// ops_per_s / redb's ops_per_s; null when `redb` was not run.
+    ratio_vs_redb: Option<f64>,
+    /// ops_per_s / fjall's ops_per_s; null when `fjall` was not run.
+    ratio_vs_fjall: Option<f64>,
     /// ops_per_s / no-coalesce's ops_per_s; null when `no-coalesce` was not run.
     ratio_vs_no_coalesce: Option<f64>,
     /// latency_us.p99 / naive's; null when `naive` was not run.
@@ -531,6 +537,12 @@ struct Run {
     p99_ratio_vs_wal: Option<f64>,
     /// latency_us.p99 / okaywal's; null when `okaywal` was not run.
     p99_ratio_vs_okaywal: Option<f64>,
+    /// latency_us.p99 / rocksdb's; null when `rocksdb` was not run.
+    p99_ratio_vs_rocksdb: Option<f64>,
+    /// latency_us.p99 / redb's; null when `redb` was not run.
+    p99_ratio_vs_redb: Option<f64>,
+    /// latency_us.p99 / fjall's; null when `fjall` was not run.
+    p99_ratio_vs_fjall: Option<f64>,
     /// latency_us.p99 / no-coalesce's; null when `no-coalesce` was not run.
     p99_ratio_vs_no_coalesce: Option<f64>,
     /// The engine's counters (null for the baselines without an engine: `wal`, `naive`).
@@ -561,13 +573,18 @@ pub struct Report {
     round_ratios: Vec<RoundRatio>,
 }
 
-/// The baselines, simplest first: each system is compared with the ones before it
-/// (`mergelog` with the first four, `no-coalesce` with `okaywal`, `wal` and `naive`, and so
-/// on; `mergelog-ids` with all five, `mergelog` included).
-const BASELINES: [System; 5] = [
+/// The baselines, simplest first: `naive` and `wal`, built in; then the peers, real engines;
+/// then the engine systems. An engine system is compared with every baseline before it
+/// (`mergelog` with the built-in baselines, every peer and `no-coalesce`; `mergelog-ids`
+/// with `mergelog` too); a peer only with the built-in ones (peers against each other is
+/// not what the bench is for), `wal` with `naive`.
+const BASELINES: [System; 8] = [
     System::Naive,
     System::Wal,
     System::Okaywal,
+    System::Rocksdb,
+    System::Redb,
+    System::Fjall,
     System::NoCoalesce,
     System::Mergelog,
 ];
@@ -577,10 +594,10 @@ fn baselines_of(system: System) -> &'static [System] {
     let below = match system {
         System::Naive => 0,
         System::Wal => 1,
-        System::Okaywal => 2,
-        System::NoCoalesce => 3,
-        System::Mergelog => 4,
-        System::MergelogIds | System::MergelogGetput => 5,
+        System::Okaywal | System::Rocksdb | System::Redb | System::Fjall => 2,
+        System::NoCoalesce => 6,
+        System::Mergelog => 7,
+        System::MergelogIds | System::MergelogGetput => 8,
     };
     &BASELINES[..below]
 }
@@ -657,31 +674,26 @@ fn stage_json(name: &'static str, h: &Histogram<u64>) -> Stage {
 /// The baselines' throughput and p99 latency, for the ratios of every run against them
 /// (`None` for a baseline that did not run).
 struct Baselines {
-    naive: Option<f64>,
-    wal: Option<f64>,
-    okaywal: Option<f64>,
-    no_coalesce: Option<f64>,
-    naive_p99: Option<f64>,
-    wal_p99: Option<f64>,
-    okaywal_p99: Option<f64>,
-    no_coalesce_p99: Option<f64>,
+    /// Per system of `BASELINES` that ran: its ops/s and its p99 (µs).
+    ran: Vec<(System, f64, f64)>,
 }
 
 impl Baselines {
     fn of(results: &[RunResult]) -> Baselines {
-        let of = |system: System, f: &dyn Fn(&RunResult) -> f64| {
-            results.iter().find(|r| r.system == system).map(f)
-        };
-        Baselines {
-            naive: of(System::Naive, &RunResult::ops_per_s),
-            wal: of(System::Wal, &RunResult::ops_per_s),
-            okaywal: of(System::Okaywal, &RunResult::ops_per_s),
-            no_coalesce: of(System::NoCoalesce, &RunResult::ops_per_s),
-            naive_p99: of(System::Naive, &p99),
-            wal_p99: of(System::Wal, &p99),
-            okaywal_p99: of(System::Okaywal, &p99),
-            no_coalesce_p99: of(System::NoCoalesce, &p99),
-        }
+        let ran = BASELINES
+            .iter()
+            .filter_map(|&s| results.iter().find(|r| r.system == s))
+            .map(|r| (r.system, r.ops_per_s(), p99(r)))
+            .collect();
+        Baselines { ran }
+    }
+
+    /// `system`'s ops/s and p99, if it ran.
+    fn get(&self, system: System) -> (Option<f64>, Option<f64>) {
+        self.ran
+            .iter()
+            .find(|b| b.0 == system)
+            .map_or((None, None), |b| (Some(b.1), Some(b.2)))
     }
 }
 
@@ -695,6 +707,13 @@ impl Run {
     fn of(r: &RunResult, base: &Baselines) -> Run {
         let rate = r.ops_per_s();
         let writes = r.puts + r.deletes;
+        let vs = |system: System| {
+            let (base_rate, base_p99) = base.get(system);
+            (ratio(rate, base_rate), ratio(p99(r), base_p99))
+        };
+        let (naive, wal, okaywal) = (vs(System::Naive), vs(System::Wal), vs(System::Okaywal));
+        let (rocksdb, redb, fjall) = (vs(System::Rocksdb), vs(System::Redb), vs(System::Fjall));
+        let no_coalesce = vs(System::NoCoalesce);
         Run {
             system: r.system.name(),
             ops: r.ops,
@@ -716,14 +735,20 @@ impl Run {
             bytes_written: r.bytes_written,
             bytes_per_op: per(r.bytes_written, r.ops).unwrap_or(0.0),
             bytes_per_write: per(r.bytes_written, writes),
-            ratio_vs_naive: ratio(rate, base.naive),
-            ratio_vs_wal: ratio(rate, base.wal),
-            ratio_vs_okaywal: ratio(rate, base.okaywal),
-            ratio_vs_no_coalesce: ratio(rate, base.no_coalesce),
-            p99_ratio_vs_naive: ratio(p99(r), base.naive_p99),
-            p99_ratio_vs_wal: ratio(p99(r), base.wal_p99),
-            p99_ratio_vs_okaywal: ratio(p99(r), base.okaywal_p99),
-            p99_ratio_vs_no_coalesce: ratio(p99(r), base.no_coalesce_p99),
+            ratio_vs_naive: naive.0,
+            ratio_vs_wal: wal.0,
+            ratio_vs_okaywal: okaywal.0,
+            ratio_vs_rocksdb: rocksdb.0,
+            ratio_vs_redb: redb.0,
+            ratio_vs_fjall: fjall.0,
+            ratio_vs_no_coalesce: no_coalesce.0,
+            p99_ratio_vs_naive: naive.1,
+            p99_ratio_vs_wal: wal.1,
+            p99_ratio_vs_okaywal: okaywal.1,
+            p99_ratio_vs_rocksdb: rocksdb.1,
+            p99_ratio_vs_redb: redb.1,
+            p99_ratio_vs_fjall: fjall.1,
+            p99_ratio_vs_no_coalesce: no_coalesce.1,
             engine: r.engine.as_ref().map(EngineJson::of),
             cpu: r.cpu.as_ref().map(|c| CpuJson::of(c, r.ops)),
             stages: r.engine.as_ref().map(|s| {

@@ -8,6 +8,9 @@ use hdrhistogram::Histogram;
 use mergelog::Stats;
 use std::fmt::Write;
 
+/// A run's ratio against one baseline.
+type RatioOf = fn(&Run) -> Option<f64>;
+
 impl Report {
     fn header(&self) -> String {
         let mut out = format!(
@@ -87,8 +90,11 @@ impl Report {
             "vs naive",
             "vs wal",
             "vs okaywal",
-            "vs no-coal",
         ]);
+        // The other peers' columns only when they ran: most runs have none of them.
+        let peers = self.peer_columns();
+        header.extend(peers.iter().map(|(name, _)| *name));
+        header.push("vs no-coal");
         let rows: Vec<Vec<String>> = self
             .runs
             .iter()
@@ -113,12 +119,28 @@ impl Report {
                     r.ratio_vs_naive.map_or("-".into(), times),
                     r.ratio_vs_wal.map_or("-".into(), times),
                     r.ratio_vs_okaywal.map_or("-".into(), times),
-                    r.ratio_vs_no_coalesce.map_or("-".into(), times),
                 ]);
+                row.extend(peers.iter().map(|(_, f)| f(r).map_or("-".into(), times)));
+                row.push(r.ratio_vs_no_coalesce.map_or("-".into(), times));
                 row
             })
             .collect();
         table(&header, &rows)
+    }
+
+    /// The systems table's columns for the peers besides okaywal that ran: header and
+    /// the ratio of a run against the peer.
+    fn peer_columns(&self) -> Vec<(&'static str, RatioOf)> {
+        let columns: [(&str, &str, RatioOf); 3] = [
+            ("rocksdb", "vs rocksdb", |r| r.ratio_vs_rocksdb),
+            ("redb", "vs redb", |r| r.ratio_vs_redb),
+            ("fjall", "vs fjall", |r| r.ratio_vs_fjall),
+        ];
+        columns
+            .into_iter()
+            .filter(|(system, ..)| self.runs.iter().any(|r| r.system == *system))
+            .map(|(_, header, f)| (header, f))
+            .collect()
     }
 
     /// What the table does not say: how the baselines work, who fell behind, the CPU used,
@@ -126,6 +148,7 @@ impl Report {
     fn notes(&self) -> String {
         let w = &self.workload;
         let mut out = String::new();
+        out.push_str(&self.peer_notes());
         if self.runs.iter().any(|r| r.system == "wal") {
             let _ = writeln!(
                 out,
@@ -195,6 +218,39 @@ impl Report {
                 c.lag_age_ms.max,
                 thousands(c.throttled),
             );
+        }
+        out
+    }
+
+    /// How each peer that ran makes a write durable (in sync mode; nothing otherwise).
+    fn peer_notes(&self) -> String {
+        let mut out = String::new();
+        if self.workload.durability != "sync" {
+            return out;
+        }
+        for (system, how) in [
+            (
+                "rocksdb",
+                "put with sync = true (WAL on, default options), its write group syncing \
+                 concurrent puts together",
+            ),
+            (
+                "redb",
+                "one write transaction per write, committed with Durability::Immediate \
+                 (transactions serialized)",
+            ),
+            (
+                "fjall",
+                "insert, then persist(SyncData) of its journal (each caller syncs; no group \
+                 commit)",
+            ),
+        ] {
+            if self.runs.iter().any(|r| r.system == system) {
+                let _ = writeln!(
+                    out,
+                    "{system}: {how}; one request outstanding per writer (--depth does not apply)"
+                );
+            }
         }
         out
     }
@@ -334,6 +390,9 @@ impl Report {
                 ("naive", r.ratio_vs_naive, r.p99_ratio_vs_naive),
                 ("wal", r.ratio_vs_wal, r.p99_ratio_vs_wal),
                 ("okaywal", r.ratio_vs_okaywal, r.p99_ratio_vs_okaywal),
+                ("rocksdb", r.ratio_vs_rocksdb, r.p99_ratio_vs_rocksdb),
+                ("redb", r.ratio_vs_redb, r.p99_ratio_vs_redb),
+                ("fjall", r.ratio_vs_fjall, r.p99_ratio_vs_fjall),
                 (
                     "no-coalesce",
                     r.ratio_vs_no_coalesce,

@@ -987,6 +987,7 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
         merges,
         merges_refused,
         segments,
+        compaction,
         stages,
         consumers,
     } = from;
@@ -1013,6 +1014,12 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
     into.segments.fresh += segments.fresh;
     into.segments.reused += segments.reused;
     into.segments.retired += segments.retired;
+    let c = &mut into.compaction;
+    c.runs += compaction.runs;
+    c.batches += compaction.batches;
+    c.records += compaction.records;
+    c.bytes += compaction.bytes;
+    c.segments_retired += compaction.segments_retired;
     let StageHistograms {
         ring_wait,
         window_age,

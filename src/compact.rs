@@ -492,6 +492,45 @@ fn run_auto(inner: &Inner, policy: AutoCompaction, stop: &AtomicBool) {
     }
 }
 
+/// How much disk the log takes against what it holds ([`Engine::space`](crate::Engine::space)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Space {
+    /// Bytes the live keys' newest records take (record header, key, value): what a
+    /// compaction keeps. Durable state only.
+    pub live_bytes: u64,
+    /// Bytes of the log's frames (every segment's written bytes past its header).
+    pub log_bytes: u64,
+    /// Bytes of the segment files (each is made at its full size; the prepared next segment
+    /// and pooled files are not counted).
+    pub file_bytes: u64,
+    /// Segment files.
+    pub segments: usize,
+}
+
+impl Space {
+    /// `live_bytes / log_bytes` (1 for an empty log): what `Compaction::Auto` compares with
+    /// its `live_ratio`.
+    pub fn live_ratio(&self) -> f64 {
+        if self.log_bytes == 0 {
+            1.0
+        } else {
+            self.live_bytes as f64 / self.log_bytes as f64
+        }
+    }
+}
+
+/// The engine's [`Space`].
+pub(crate) fn space(inner: &Inner) -> Space {
+    let (log_bytes, _) = log_bytes(inner);
+    let segs = inner.segments.read();
+    Space {
+        live_bytes: inner.index.live_bytes(),
+        log_bytes,
+        file_bytes: segs.iter().map(|s| s.size).sum(),
+        segments: segs.iter().count(),
+    }
+}
+
 /// Bytes of the log's frames (every segment's published bytes past its header), and the
 /// id of the segment being written.
 pub(crate) fn log_bytes(inner: &Inner) -> (u64, u64) {

@@ -2,7 +2,7 @@
 //! The threads behind it (the flusher, the one place that cuts windows and writes the log, and
 //! the syncer, which syncs and completes tickets) are in [`crate::pipeline`].
 
-use crate::compact::{self, AutoCompactor, Compacted, Compaction};
+use crate::compact::{self, AutoCompactor, Compacted, Compaction, Space};
 use crate::config::{Backpressure, Config, Durability};
 use crate::consumer::{self, OpenConsumers};
 use crate::error::{Error, Result};
@@ -581,6 +581,12 @@ impl Engine {
     /// on a background thread.
     pub fn compact(&self) -> Result<Compacted> {
         compact::compact(&self.inner, None)
+    }
+
+    /// How much disk the log takes against the live data it holds: what to watch to decide
+    /// when to compact (`Compaction::Auto` compares [`Space::live_ratio`] with its policy).
+    pub fn space(&self) -> Space {
+        compact::space(&self.inner)
     }
 
     /// A snapshot of counters and per-stage histograms (about 2 MB of histograms copied

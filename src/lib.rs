@@ -108,7 +108,7 @@ mod throttle;
 mod ticket;
 
 #[cfg(not(loom))]
-pub use compact::{AutoCompaction, Compacted, Compaction};
+pub use compact::{AutoCompaction, Compacted, Compaction, Space};
 #[cfg(not(loom))]
 pub use config::{
     Backpressure, Config, ConsumerLag, Durability, RecoveryMode, WindowPolicy, WritePath,

@@ -75,8 +75,19 @@ fn compaction_keeps_every_live_value_and_retires_the_rest() {
     );
     let bytes_before = disk_bytes(dir);
 
+    let space = engine.space();
+    assert_eq!(space.file_bytes, bytes_before);
+    assert_eq!(space.segments, before);
+    assert!(space.live_ratio() < 0.2, "{space:?}");
     let c = engine.compact().expect("compact");
     assert!(disk_bytes(dir) < bytes_before / 2, "{c:?}");
+    let after = engine.space();
+    assert_eq!(
+        after.live_bytes, space.live_bytes,
+        "compaction keeps the live bytes"
+    );
+    assert!(after.log_bytes < space.log_bytes / 4, "{after:?} {space:?}");
+    assert_eq!(after.file_bytes, disk_bytes(dir));
     assert_eq!(engine_state(&engine), state, "state after compaction");
     assert!(
         c.segments >= before - 2,

@@ -58,9 +58,10 @@ pub enum Compaction {
 }
 
 /// When `Compaction::Auto` compacts: once the log holds at least `min_log_bytes` of frames
-/// and its live records take less than `live_ratio` of them, and a segment has been
-/// completed since the last compaction (the prefix compacted is every complete segment: the
-/// one being written is never compacted). Looked at every `check_every`.
+/// and its live records take less than `live_ratio` of them, or (if set) once its frames
+/// exceed `max_log_bytes` whatever the ratio; and only if a segment has been completed
+/// since the last compaction (the prefix compacted is every complete segment: the one being
+/// written is never compacted). Looked at every `check_every`.
 ///
 /// What it bounds (docs/FORMAT.md, "Compaction"): with live bytes `L` and segments of `S`
 /// bytes, the frames on disk stay below about `L / live_ratio + 2 S` plus what is written
@@ -72,6 +73,11 @@ pub struct AutoCompaction {
     pub live_ratio: f64,
     /// Never compact a log smaller than this (bytes of frames; default 0).
     pub min_log_bytes: u64,
+    /// Also compact once the frames exceed this many bytes, whatever the live ratio (default
+    /// `None`). Each such run copies every live record of the complete segments, so with
+    /// more live data than this it runs after every completed segment: set it well above the
+    /// live data.
+    pub max_log_bytes: Option<u64>,
     /// How often the background thread looks (default 100 ms).
     pub check_every: Duration,
 }
@@ -81,6 +87,7 @@ impl Default for AutoCompaction {
         AutoCompaction {
             live_ratio: 0.5,
             min_log_bytes: 0,
+            max_log_bytes: None,
             check_every: Duration::from_millis(100),
         }
     }
@@ -112,9 +119,9 @@ pub struct Compacted {
     pub bytes_retired: u64,
     /// Live records copied to the head of the log.
     pub records_copied: u64,
-    /// Compaction batches written, and their bytes (frames, with headers and padding).
+    /// Compaction batches written.
     pub batches: u64,
-    /// Bytes of those batches.
+    /// Bytes of those batches (frames, with headers and padding).
     pub bytes_written: u64,
     /// Sequence number of the first batch the log now holds.
     pub first_seq: Seq,
@@ -482,8 +489,9 @@ fn run_auto(inner: &Inner, policy: AutoCompaction, stop: &AtomicBool) {
         if last_run_at == Some(last) || used < policy.min_log_bytes.max(1) {
             continue;
         }
+        let too_big = policy.max_log_bytes.is_some_and(|max| used > max);
         let live = inner.index.live_bytes();
-        if (live as f64) >= policy.live_ratio * used as f64 {
+        if !too_big && (live as f64) >= policy.live_ratio * used as f64 {
             continue;
         }
         last_run_at = Some(last);

@@ -349,6 +349,37 @@ fn auto_compaction_runs_on_its_own_and_keeps_the_state() {
     assert_eq!(engine_state(&engine), state);
 }
 
+/// `max_log_bytes` compacts a log that is over the size even when its live ratio is above
+/// `live_ratio` (here the ratio alone never would: 0.01).
+#[test]
+fn auto_compaction_by_size_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let by_size = Config {
+        compaction: Compaction::Auto(AutoCompaction {
+            live_ratio: 0.01,
+            max_log_bytes: Some(256 << 10),
+            check_every: Duration::from_millis(5),
+            ..AutoCompaction::default()
+        }),
+        ..config()
+    };
+    let engine = Engine::open(tmp.path(), by_size).expect("open");
+    let mut state = State::new();
+    let give_up = Instant::now() + WAIT_MAX;
+    while engine.counts().compaction.runs == 0 {
+        assert!(Instant::now() < give_up, "the compactor never ran");
+        // A live ratio well above 0.01: 50 keys rewritten.
+        let written = overwrite(&engine, 50, 1);
+        for i in 0..50 {
+            match written.get(&key(i)) {
+                Some(v) => state.insert(key(i), v.clone()),
+                None => state.remove(&key(i)),
+            };
+        }
+    }
+    assert_eq!(engine_state(&engine), state);
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Put(u8, u16),

@@ -512,6 +512,33 @@ fn compaction_starts(line: &str, batches: &mut u64) -> bool {
     }
 }
 
+/// Waits until the kill: mostly a while after the first acknowledgement; sometimes very
+/// early, while the child is still opening (and maybe repairing) the log; if `aimed`, 0-3 ms
+/// after the first compaction seen starting after the first acknowledgement (or 300 ms after
+/// it, if none is). Returns whether the first acknowledgement was seen.
+fn wait_to_kill(
+    rng: &mut StdRng,
+    aimed: bool,
+    first_ack: &mpsc::Receiver<()>,
+    compacting: &mpsc::Receiver<()>,
+) -> bool {
+    if rng.random_bool(0.1) {
+        std::thread::sleep(Duration::from_micros(rng.random_range(0..4000)));
+        return false;
+    }
+    if first_ack.recv_timeout(Duration::from_secs(60)).is_err() {
+        return false;
+    }
+    if aimed {
+        while compacting.try_recv().is_ok() {}
+        let _ = compacting.recv_timeout(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_micros(rng.random_range(0..3000)));
+    } else {
+        std::thread::sleep(Duration::from_millis(rng.random_range(5..=80)));
+    }
+    true
+}
+
 fn run_child(dir: &Path, child_seed: u64, rng: &mut StdRng) -> ChildRun {
     let exe = std::env::current_exe().expect("current_exe");
     let mut child = Command::new(exe)
@@ -566,24 +593,8 @@ fn run_child(dir: &Path, child_seed: u64, rng: &mut StdRng) -> ChildRun {
         s
     });
 
-    // Mostly kill a while after the first acknowledgement; sometimes very early, while the
-    // child is still opening (and maybe repairing) the log; for one compacting child in
-    // two, 0-3 ms after the first compaction seen starting after the first acknowledgement
-    // (or 300 ms after it, if none is).
-    let mut first_ack_seen = false;
     let aimed = child_plan(child_seed).compacts && rng.random_bool(0.5);
-    if rng.random_bool(0.1) {
-        std::thread::sleep(Duration::from_micros(rng.random_range(0..4000)));
-    } else if first_ack_rx.recv_timeout(Duration::from_secs(60)).is_ok() {
-        first_ack_seen = true;
-        if aimed {
-            while compacting_rx.try_recv().is_ok() {}
-            let _ = compacting_rx.recv_timeout(Duration::from_millis(300));
-            std::thread::sleep(Duration::from_micros(rng.random_range(0..3000)));
-        } else {
-            std::thread::sleep(Duration::from_millis(rng.random_range(5..=80)));
-        }
-    }
+    let first_ack_seen = wait_to_kill(rng, aimed, &first_ack_rx, &compacting_rx);
     let exited_by_itself = child.try_wait().expect("try_wait");
     let _ = child.kill(); // SIGKILL
     child.wait().expect("wait for child");

@@ -19,14 +19,16 @@
 //!    (`FLAG_COMPACTION`: no new event, 0 operations acknowledged) and makes it durable
 //!    before it cuts the next window. A copy is therefore never older in the log than a
 //!    write of its key, and replay, which applies batches in order, ends at the same values.
-//! 3. Once every chunk is durable, the prefix is retired (`Engine::retire_before`'s path:
-//!    oldest first, the directory synced after each removal, request ids carried). Tombstones
-//!    are not copied: a delete in the prefix only hides older puts, which are all in the
+//! 3. Once every chunk is durable (with `NoSync`, once the compacting thread has synced the
+//!    segments kept: [`sync_unsynced_log`]), the prefix is retired (`Engine::retire_before`'s
+//!    path: oldest first, the directory synced after each removal, request ids carried).
+//!    Tombstones are not copied: a delete in the prefix only hides older puts, which are all in the
 //!    prefix too, and removal oldest first never leaves a put without the delete after it.
 //!
 //! A crash between any two steps leaves a log that replays to the same state: copies whose
 //! originals are still there (harmless duplicates), or a shorter suffix.
 
+use crate::config::Durability;
 use crate::engine::{retire_prefix, Retired};
 use crate::error::{Error, Result};
 use crate::index::{frame_updates, Index, Loc};
@@ -358,6 +360,7 @@ pub(crate) fn compact(inner: &Inner, stop: Option<&AtomicBool>) -> Result<Compac
     if !chunk.is_empty() {
         copy_forward(inner, chunk, &rx, stop, &mut done)?;
     }
+    sync_unsynced_log(inner, keep_from)?;
     let retired: Retired = retire_prefix(inner, keep_from, true)?;
     // Every live record of the prefix was copied: retiring it forgets no key (unless a
     // `retire_before` meanwhile took some of it, which forgets them on its own account).
@@ -369,6 +372,33 @@ pub(crate) fn compact(inner: &Inner, stop: Option<&AtomicBool>) -> Result<Compac
     Counters::add(&c.compaction_runs, 1);
     Counters::add(&c.compaction_segments, retired.segments as u64);
     Ok(done)
+}
+
+/// With `Durability::NoSync` nothing was synced, not even the compaction batches, while the
+/// retirement makes its removals durable: the segments from `keep_from` on are synced over
+/// their frames first, so that the copies, and every frame recovery reads before them, are
+/// durable before any original goes. Else the originals could have been durable (written
+/// under `Sync` by an earlier run, or written back long ago) and a power loss would take
+/// the only copies left. With `Sync` every frame is durable already.
+fn sync_unsynced_log(inner: &Inner, keep_from: u64) -> Result<()> {
+    if inner.config.durability == Durability::Sync {
+        return Ok(());
+    }
+    let kept: Vec<Arc<Segment>> = (inner.segments.read().iter())
+        .filter(|s| s.id >= keep_from)
+        .cloned()
+        .collect();
+    for seg in kept {
+        let end = seg.published() as usize;
+        if let Err(e) = seg.sync(0, end, inner.config.write_path) {
+            // As for any failed sync, the pages it covered may never reach the disk and no
+            // later sync would say so: the engine fails, and retires nothing more.
+            inner.completion.fail(e.clone());
+            inner.throttle.wake_all();
+            return Err(failed(&e));
+        }
+    }
+    Ok(())
 }
 
 fn check_running(inner: &Inner) -> Result<()> {

@@ -91,8 +91,9 @@ struct CompactionsJson {
 
 /// docs/FORMAT.md, "Compaction": the files stay below L / r + S (the log when a check finds
 /// it over the ratio, a segment completing) + 2 S (the unwritten rest of the segment being
-/// written, the prepared next one) + the pool, plus what is written during one check
-/// interval and one compaction: its copies (at most L) and the writers' bytes meanwhile.
+/// written, the prepared next one) + the pool + one compaction's copies (at most L), plus
+/// the writers' bytes during one check interval and two compactions (the one running, and
+/// the one before, which left what arrived while it ran for the next).
 #[derive(Serialize)]
 struct BoundJson {
     /// L / r.
@@ -101,7 +102,7 @@ struct BoundJson {
     segments: u64,
     /// L: one compaction's copies at most.
     copies: u64,
-    /// The writers' bytes per second (frames, without compaction's) x (check interval +
+    /// The writers' bytes per second (frames, without compaction's) x (check interval + 2 x
     /// the longest compaction seen).
     writes: u64,
     /// The sum.
@@ -221,7 +222,7 @@ fn bound(
     let s = plan.engine.segment_bytes;
     let live_over_ratio = (live as f64 / policy.live_ratio).ceil() as u64;
     let segments = (3 + plan.engine.recycle_segments as u64) * s;
-    let writes = (rate * (policy.check_every + compaction).as_secs_f64()).ceil() as u64;
+    let writes = (rate * (policy.check_every + 2 * compaction).as_secs_f64()).ceil() as u64;
     let bytes = live_over_ratio + segments + live + writes;
     BoundJson {
         live_over_ratio,
@@ -333,7 +334,7 @@ impl Report {
             let _ = writeln!(
                 out,
                 "{} bound: L / r {} + 3 S + pool {} + one compaction's copies L {} + writes \
-                 during a {} ms check and the longest compaction seen ({}) {} = {} MiB; the \
+                 during a {} ms check and twice the longest compaction seen ({}) {} = {} MiB; the \
                  peak is {} of it",
                 r.system,
                 mib(b.live_over_ratio),

@@ -62,8 +62,11 @@ pub enum Compaction {
 /// When `Compaction::Auto` compacts: once the log holds at least `min_log_bytes` of frames
 /// and its live records take less than `live_ratio` of them, or (if set) once its frames
 /// exceed `max_log_bytes` whatever the ratio; and only if a segment has been completed
-/// since the last compaction (the prefix compacted is every complete segment: the one being
-/// written is never compacted). Looked at every `check_every`.
+/// since the last compaction (the one being written is never compacted). For the ratio, it
+/// compacts the oldest complete segments, as many as bring the live ratio a little past
+/// `live_ratio` (an eighth of the way to 1): the oldest hold the least that is live, so each
+/// byte freed costs the fewest copies; past `max_log_bytes`, every complete segment. Looked
+/// at every `check_every`.
 ///
 /// What it bounds (docs/FORMAT.md, "Compaction"): with live bytes `L` and segments of `S`
 /// bytes, the frames on disk stay below about `L / live_ratio + 2 S` plus what is written
@@ -311,9 +314,15 @@ impl CompactSlot {
 }
 
 /// One compaction, start to end: copies the live records of every complete segment that
-/// every durable consumer has passed, then retires those segments. `stop` ends it early
-/// (between chunks; nothing is retired then). One at a time (`Inner::compact_lock`).
-pub(crate) fn compact(inner: &Inner, stop: Option<&AtomicBool>) -> Result<Compacted> {
+/// every durable consumer has passed, then retires those segments. With a `goal` (a live
+/// ratio), only the oldest of them: it stops before the next segment once retiring what it
+/// has copied would bring the log's live ratio to the goal. `stop` ends it early (between
+/// chunks; nothing is retired then). One at a time (`Inner::compact_lock`).
+pub(crate) fn compact(
+    inner: &Inner,
+    stop: Option<&AtomicBool>,
+    goal: Option<f64>,
+) -> Result<Compacted> {
     let _one_at_a_time = inner.compact_lock.lock();
     if inner.config.compaction == Compaction::Off {
         return Err(Error::CompactionOff);
@@ -345,7 +354,13 @@ pub(crate) fn compact(inner: &Inner, stop: Option<&AtomicBool>) -> Result<Compac
     // A window's frame of `batch_bytes_max` fits a segment (checked at open), and so does
     // any one record the engine logged.
     let chunk_max = CHUNK_BYTES.min(inner.config.batch_bytes_max);
+    let mut enough = Enough::new(inner, goal);
+    let mut keep_from = keep_from;
     for (i, seg) in prefix.iter().enumerate() {
+        if enough.reached() {
+            keep_from = seg.id;
+            break;
+        }
         let idx = base + i as u32;
         scan_segment(seg, idx, &inner.index, |key, value, src| {
             let len = record_len(key.len(), value.len());
@@ -354,8 +369,10 @@ pub(crate) fn compact(inner: &Inner, stop: Option<&AtomicBool>) -> Result<Compac
                 copy_forward(inner, full, &rx, stop, &mut done)?;
             }
             chunk.push(key, value, src);
+            enough.copied(len);
             Ok(())
         })?;
+        enough.retired(seg.published().saturating_sub(SEGMENT_HEADER_LEN as u64));
     }
     if !chunk.is_empty() {
         copy_forward(inner, chunk, &rx, stop, &mut done)?;
@@ -399,6 +416,40 @@ fn sync_unsynced_log(inner: &Inner, keep_from: u64) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether a compaction with a goal has taken enough of the oldest segments: the log's
+/// frames once they are retired (less their frames, plus the copies) hold live records in
+/// at least the goal's ratio. Without a goal, never (every complete segment is taken).
+struct Enough {
+    goal: Option<f64>,
+    live: u64,
+    /// The log's frames as they will be: now, less the segments taken, plus their copies.
+    projected: u64,
+}
+
+impl Enough {
+    fn new(inner: &Inner, goal: Option<f64>) -> Enough {
+        Enough {
+            goal,
+            live: inner.index.live_bytes(),
+            projected: log_bytes(inner).0,
+        }
+    }
+
+    fn copied(&mut self, record_bytes: usize) {
+        self.projected += record_bytes as u64;
+    }
+
+    /// A segment of `frames` bytes of frames is taken (it will be retired).
+    fn retired(&mut self, frames: u64) {
+        self.projected = self.projected.saturating_sub(frames);
+    }
+
+    fn reached(&self) -> bool {
+        self.goal
+            .is_some_and(|g| self.live as f64 >= g * self.projected as f64)
+    }
 }
 
 fn check_running(inner: &Inner) -> Result<()> {
@@ -525,8 +576,15 @@ fn run_auto(inner: &Inner, policy: AutoCompaction, stop: &AtomicBool) {
             continue;
         }
         last_run_at = Some(last);
+        // Only the oldest segments, as many as bring the log a little past the policy's
+        // ratio: the oldest hold the least that is live (their keys had the longest time to
+        // be overwritten), so each byte freed costs the fewest copies, and compaction keeps
+        // pace with the writes, a few segments at a time, instead of copying every live
+        // record each time the ratio is crossed (write amplification 1 / (1 - r) at best).
+        // Past `max_log_bytes`, every complete segment, as its doc says.
+        let goal = (!too_big).then_some(policy.live_ratio + (1.0 - policy.live_ratio) / 8.0);
         // A failure is sticky and reported on every call; a stop ends the loop above.
-        let _ = compact(inner, Some(stop));
+        let _ = compact(inner, Some(stop), goal);
     }
 }
 
@@ -579,4 +637,38 @@ pub(crate) fn log_bytes(inner: &Inner) -> (u64, u64) {
         .sum();
     let last = segs.iter().last().map_or(0, |s| s.id);
     (used, last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Enough;
+
+    #[test]
+    fn a_goal_takes_the_oldest_segments_until_the_ratio_is_reached() {
+        // 100 live bytes in 400 of frames (25 %), segments of 100 bytes of frames.
+        let mut e = Enough {
+            goal: Some(0.5),
+            live: 100,
+            projected: 400,
+        };
+        assert!(!e.reached());
+        // The oldest holds 10 live bytes: 310 after it, 32 %.
+        e.copied(10);
+        e.retired(100);
+        assert!(!e.reached());
+        // The next holds 20: 230, 43 %; the next 30: 160, 62 %, past the goal.
+        e.copied(20);
+        e.retired(100);
+        assert!(!e.reached());
+        e.copied(30);
+        e.retired(100);
+        assert!(e.reached(), "{} of {}", e.live, e.projected);
+        // Without a goal every segment is taken.
+        let all = Enough {
+            goal: None,
+            live: 100,
+            projected: 100,
+        };
+        assert!(!all.reached());
+    }
 }

@@ -580,7 +580,7 @@ impl Engine {
     /// `Compaction::Off`; the engine's failure if it failed. `Compaction::Auto` runs the same
     /// on a background thread.
     pub fn compact(&self) -> Result<Compacted> {
-        compact::compact(&self.inner, None)
+        compact::compact(&self.inner, None, None)
     }
 
     /// How much disk the log takes against the live data it holds: what to watch to decide

@@ -157,6 +157,9 @@ pub struct Config {
     /// reopened with another operator, or none, and reads, replay and followers see the
     /// same values.
     pub merge: Option<crate::merge::MergeOperator>,
+    /// When the log is compacted (`Engine::compact`): `Off`, `OnDemand` (the default: only
+    /// when called) or `Auto` (also on a background thread, by live ratio and size).
+    pub compaction: crate::compact::Compaction,
 }
 
 impl Default for Config {
@@ -179,6 +182,7 @@ impl Default for Config {
             consumer_lag_max: None,
             request_ids: crate::ids::IdHorizon::default(),
             merge: None,
+            compaction: crate::compact::Compaction::default(),
         }
     }
 }
@@ -187,6 +191,7 @@ impl Config {
     /// Checks every limit against the others; the error names the setting and the rule.
     pub fn validate(&self) -> Result<()> {
         let bad = |s: String| Err(Error::InvalidConfig(s));
+        self.compaction.validate().or_else(bad)?;
         if !self.ring_bytes.is_power_of_two() || self.ring_bytes < 64 << 10 {
             return bad(format!(
                 "ring_bytes = {} must be a power of two and at least 65536",

@@ -2,6 +2,7 @@
 //! The threads behind it (the flusher, the one place that cuts windows and writes the log, and
 //! the syncer, which syncs and completes tickets) are in [`crate::pipeline`].
 
+use crate::compact::{self, AutoCompactor, Compacted, Compaction, Space};
 use crate::config::{Backpressure, Config, Durability};
 use crate::consumer::{self, OpenConsumers};
 use crate::error::{Error, Result};
@@ -90,6 +91,8 @@ pub struct Engine {
     lock: Mutex<Option<File>>,
     /// The names of the consumers with a handle open (`Engine::consumer`).
     pub(crate) consumers: Arc<OpenConsumers>,
+    /// `Compaction::Auto`'s thread, stopped first by `close`.
+    compactor: Mutex<Option<AutoCompactor>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -136,14 +139,22 @@ impl Engine {
         report.tail_rewritten = recovered.tail_rewritten;
         let ids = ids.rebuild();
         let (inner, handle) = crate::pipeline::start(&dir, &io, config, index, recovered, ids)?;
-        report.elapsed = started.elapsed();
-        Ok(Engine {
+        let engine = Engine {
             inner,
             flusher: Mutex::new(Some(handle)),
             report,
             lock: Mutex::new(Some(lock)),
             consumers: Arc::default(),
-        })
+            compactor: Mutex::new(None),
+        };
+        if let Compaction::Auto(policy) = engine.inner.config.compaction {
+            // On error the engine is dropped, which closes it.
+            let compactor = AutoCompactor::start(engine.inner.clone(), policy)?;
+            *engine.compactor.lock() = Some(compactor);
+        }
+        let mut engine = engine;
+        engine.report.elapsed = started.elapsed();
+        Ok(engine)
     }
 
     /// What opening found: segments, batches replayed, damage cut off, time taken.
@@ -547,65 +558,35 @@ impl Engine {
 
     /// `retire_before(seq)`, held back by the consumers if `respect_consumers`.
     fn retire(&self, seq: u64, respect_consumers: bool) -> Result<Retired> {
-        let inner = &*self.inner;
-        // Checked under the lock, which `close` takes before it gives up the directory: no
-        // retirement runs on once another engine may have the directory.
-        let _one_at_a_time = inner.retire_lock.lock();
-        if let Some(e) = inner.completion.failure() {
-            return Err(failed(e));
-        }
-        if inner.ring.is_closed() {
-            return Err(Error::Closed);
-        }
-        // Read under the lock: a consumer created meanwhile (`Engine::consumer` takes it
-        // too) is either seen here or starts after what this removes. A commit meanwhile
-        // only moves a position forward, so an older one read here only retires less.
-        let (seq, held_back_by) = match respect_consumers {
-            true => consumer::retire_limit(&inner.dir, seq)?,
-            false => (seq, None),
-        };
-        // Segment i holds batches [id_i, id_{i+1}): it can go once id_{i+1} <= seq. Every
-        // segment but the last is complete and durable (a roll drains the pipeline first).
-        let candidates: Vec<Arc<Segment>> = {
-            let segs = inner.segments.read();
-            let list: Vec<&Arc<Segment>> = segs.iter().collect();
-            list.windows(2)
-                .take_while(|w| w[1].id <= seq)
-                .map(|w| w[0].clone())
-                .collect()
-        };
-        let (io, dir) = (&*inner.io, &inner.dir);
-        if let Some(last) = candidates.last() {
-            // The request ids in the segments about to go that are still remembered must
-            // survive a reopen: written to the `ids` file first, durably.
-            let kept = inner
-                .segments
-                .read()
-                .iter()
-                .find(|s| s.id > last.id)
-                .map(|s| s.id);
-            ids::carry_before(io, dir, &inner.ids, kept.unwrap_or(u64::MAX))?;
-        }
-        let retiring = retire::retire_oldest(io, dir, &inner.pool, &inner.config, &candidates);
-        let removed = retiring.removed;
-        // Forget what was removed: first from the list (new lookups miss it), then from the
-        // index. `gone` keeps the mappings alive until the index no longer points into them.
-        let gone = inner.segments.write().retire_front(removed);
-        debug_assert!(gone.iter().zip(&candidates).all(|(a, b)| Arc::ptr_eq(a, b)));
-        let first = inner.segments.read().base();
-        let keys_forgotten = inner.index.forget_below(first);
-        let first_seq = Seq::new(inner.segments.read().iter().next().map_or(1, |s| s.id));
-        // A pooled file is reused only once nothing maps it any more (`Pool::take`).
-        drop(gone);
-        let recycled = retiring.into_pool(io, dir, &inner.pool)?;
-        Ok(Retired {
-            segments: removed,
-            bytes: candidates[..removed].iter().map(|s| s.size).sum(),
-            keys_forgotten,
-            first_seq,
-            recycled,
-            held_back_by,
-        })
+        retire_prefix(&self.inner, seq, respect_consumers)
+    }
+
+    /// Compacts the log: copies every record that is still the newest of its key out of the
+    /// complete segments (every one but the segment being written, and only those every
+    /// durable consumer has passed) to the head of the log, as compaction batches
+    /// ([`Batch::is_compaction`](crate::Batch::is_compaction)), then retires those segments.
+    /// The engine then holds the same keys and values in less disk: what an application
+    /// that uses the engine's index as its store needs, where `retire_before` (which forgets
+    /// the retired segments' keys) is for a log under a checkpoint.
+    ///
+    /// Writes go on meanwhile: each compaction batch (at most 256 KiB of records) is written
+    /// between two windows, once every batch before it is durable, and holds the writers
+    /// back for about one sync. A key written meanwhile keeps its new value (the copy is
+    /// dropped). Crash-safe at every step: a crash leaves copies next to their originals,
+    /// or a shorter prefix, and the next open replays to the same state. Deleted keys stay
+    /// deleted: their tombstones are retired only with every older put of the key.
+    ///
+    /// Returns what it did (nothing if no segment is complete); `Error::CompactionOff` with
+    /// `Compaction::Off`; the engine's failure if it failed. `Compaction::Auto` runs the same
+    /// on a background thread.
+    pub fn compact(&self) -> Result<Compacted> {
+        compact::compact(&self.inner, None, None)
+    }
+
+    /// How much disk the log takes against the live data it holds: what to watch to decide
+    /// when to compact (`Compaction::Auto` compares [`Space::live_ratio`] with its policy).
+    pub fn space(&self) -> Space {
+        compact::space(&self.inner)
     }
 
     /// A snapshot of counters and per-stage histograms (about 2 MB of histograms copied
@@ -657,6 +638,11 @@ impl Engine {
     /// ticket at or after the position fails (earlier ones are durable). The stalled
     /// producer's eventual publish goes nowhere, and its ticket reports the failure.
     pub fn close(&self) -> Result<()> {
+        // A compaction in progress ends after its current batch (the flusher still writes
+        // it), retiring nothing.
+        if let Some(c) = self.compactor.lock().take() {
+            c.stop();
+        }
         self.inner.ring.close();
         // Submitters throttled on consumer lag get `Error::Closed`.
         self.inner.throttle.wake_all();
@@ -703,6 +689,69 @@ impl Engine {
             let _ = clean::write(&inner.io, &inner.dir, &mark);
         }
     }
+}
+
+/// `Engine::retire_before(seq)` on the engine `inner`, held back by the consumers if
+/// `respect_consumers` (also the last step of a compaction).
+pub(crate) fn retire_prefix(inner: &Inner, seq: u64, respect_consumers: bool) -> Result<Retired> {
+    // Checked under the lock, which `close` takes before it gives up the directory: no
+    // retirement runs on once another engine may have the directory.
+    let _one_at_a_time = inner.retire_lock.lock();
+    if let Some(e) = inner.completion.failure() {
+        return Err(failed(e));
+    }
+    if inner.ring.is_closed() {
+        return Err(Error::Closed);
+    }
+    // Read under the lock: a consumer created meanwhile (`Engine::consumer` takes it
+    // too) is either seen here or starts after what this removes. A commit meanwhile
+    // only moves a position forward, so an older one read here only retires less.
+    let (seq, held_back_by) = match respect_consumers {
+        true => consumer::retire_limit(&inner.dir, seq)?,
+        false => (seq, None),
+    };
+    // Segment i holds batches [id_i, id_{i+1}): it can go once id_{i+1} <= seq. Every
+    // segment but the last is complete and durable (a roll drains the pipeline first).
+    let candidates: Vec<Arc<Segment>> = {
+        let segs = inner.segments.read();
+        let list: Vec<&Arc<Segment>> = segs.iter().collect();
+        list.windows(2)
+            .take_while(|w| w[1].id <= seq)
+            .map(|w| w[0].clone())
+            .collect()
+    };
+    let (io, dir) = (&*inner.io, &inner.dir);
+    if let Some(last) = candidates.last() {
+        // The request ids in the segments about to go that are still remembered must
+        // survive a reopen: written to the `ids` file first, durably.
+        let kept = inner
+            .segments
+            .read()
+            .iter()
+            .find(|s| s.id > last.id)
+            .map(|s| s.id);
+        ids::carry_before(io, dir, &inner.ids, kept.unwrap_or(u64::MAX))?;
+    }
+    let retiring = retire::retire_oldest(io, dir, &inner.pool, &inner.config, &candidates);
+    let removed = retiring.removed;
+    // Forget what was removed: first from the list (new lookups miss it), then from the
+    // index. `gone` keeps the mappings alive until the index no longer points into them.
+    let gone = inner.segments.write().retire_front(removed);
+    debug_assert!(gone.iter().zip(&candidates).all(|(a, b)| Arc::ptr_eq(a, b)));
+    let first = inner.segments.read().base();
+    let keys_forgotten = inner.index.forget_below(first);
+    let first_seq = Seq::new(inner.segments.read().iter().next().map_or(1, |s| s.id));
+    // A pooled file is reused only once nothing maps it any more (`Pool::take`).
+    drop(gone);
+    let recycled = retiring.into_pool(io, dir, &inner.pool)?;
+    Ok(Retired {
+        segments: removed,
+        bytes: candidates[..removed].iter().map(|s| s.size).sum(),
+        keys_forgotten,
+        first_seq,
+        recycled,
+        held_back_by,
+    })
 }
 
 impl Drop for Engine {

@@ -172,6 +172,9 @@ pub enum Error {
         /// What was wrong.
         reason: String,
     },
+    /// `Engine::compact` on an engine opened with `Compaction::Off` (a log whose replay must
+    /// keep every event).
+    CompactionOff,
 }
 
 impl Error {
@@ -280,6 +283,10 @@ impl fmt::Display for Error {
             Error::MergeRefused { operator, reason } => write!(
                 f,
                 "merge refused by the {operator} operator: {reason}; nothing of the request was applied"
+            ),
+            Error::CompactionOff => write!(
+                f,
+                "compaction is off (Config::compaction = Compaction::Off): nothing was compacted"
             ),
         }
     }

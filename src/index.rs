@@ -115,6 +115,14 @@ struct Map {
     hasher: foldhash::fast::RandomState,
     /// The buffer the queued updates are swapped into to be applied (kept for its capacity).
     applying: Vec<(MappedKey, Option<Loc>)>,
+    /// Bytes the live keys' newest records take in the log (record header, key, value): what
+    /// compaction would keep (`crate::compact`'s policy compares it with the log's size).
+    live_bytes: u64,
+}
+
+/// Bytes a live record takes in the log: its header, key and value (not its frame's share).
+fn live_len(key: &[u8], loc: Loc) -> u64 {
+    crate::log::format::record_len(key.len(), loc.len as usize) as u64
 }
 
 impl Map {
@@ -152,6 +160,11 @@ impl Index {
 
     pub fn len(&self) -> usize {
         self.read().table.len()
+    }
+
+    /// Bytes the live keys' newest records take in the log (see `Map::live_bytes`).
+    pub fn live_bytes(&self) -> u64 {
+        self.read().live_bytes
     }
 
     /// The map for lookups, with every queued update applied first.
@@ -226,7 +239,15 @@ impl Index {
         let mut map = self.map.write();
         self.apply_queued(&mut map);
         let before = map.table.len();
-        map.table.retain(|s| s.loc.seg >= first);
+        let mut freed = 0;
+        map.table.retain(|s| {
+            let keep = s.loc.seg >= first;
+            if !keep {
+                freed += live_len(s.key.bytes(), s.loc);
+            }
+            keep
+        });
+        map.live_bytes -= freed;
         before - map.table.len()
     }
 
@@ -257,9 +278,12 @@ unsafe fn apply_updates<'a>(map: &mut Map, updates: impl Iterator<Item = (&'a [u
                         // compares against bytes still in cache.
                         k.ptr = key.as_ptr();
                     }
+                    let old = live_len(key, slot.loc);
                     slot.loc = loc;
+                    map.live_bytes = map.live_bytes - old + live_len(key, loc);
                 }
                 None => {
+                    map.live_bytes += live_len(key, loc);
                     let slot = Slot {
                         // SAFETY: this function's contract.
                         key: unsafe { Key::new(key) },
@@ -271,7 +295,8 @@ unsafe fn apply_updates<'a>(map: &mut Map, updates: impl Iterator<Item = (&'a [u
             },
             None => {
                 if let Ok(entry) = map.table.find_entry(h, same_key(h, key)) {
-                    entry.remove();
+                    let (slot, _) = entry.remove();
+                    map.live_bytes -= live_len(key, slot.loc);
                 }
             }
         }
@@ -355,6 +380,45 @@ mod tests {
             off: n * 100,
             len: n as u32 + 1,
         }
+    }
+
+    /// `live_bytes` is what summing every live key's record length gives, through sets,
+    /// overwrites, deletes (of present and absent keys) and `forget_below`.
+    #[test]
+    fn live_bytes_follows_every_update() {
+        let keys: Vec<&'static [u8]> = (0..40)
+            .map(|i| {
+                &*Box::leak(
+                    format!("key-{i}-{}", "x".repeat(i % 30))
+                        .into_bytes()
+                        .into_boxed_slice(),
+                )
+            })
+            .collect();
+        let index = Index::default();
+        let expect = |index: &Index| {
+            let mut sum = 0;
+            index.for_each(|k, l| sum += live_len(k, l));
+            sum
+        };
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..200u64 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let k = keys[(rng % keys.len() as u64) as usize];
+            let update = match rng % 3 {
+                0 => None,
+                _ => Some(loc(round % 7 + (rng >> 32) % 5)),
+            };
+            // SAFETY: every key is leaked, so 'static.
+            unsafe { index.apply([(k, update)].into_iter()) };
+            assert_eq!(index.live_bytes(), expect(&index), "round {round}");
+        }
+        index.forget_below(4);
+        assert_eq!(index.live_bytes(), expect(&index), "after forget_below");
+        index.forget_below(u32::MAX);
+        assert_eq!(index.live_bytes(), 0);
     }
 
     #[test]

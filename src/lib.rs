@@ -68,6 +68,8 @@
 #[doc(hidden)]
 pub mod coalesce;
 #[cfg(not(loom))]
+mod compact;
+#[cfg(not(loom))]
 mod config;
 #[cfg(not(loom))]
 mod consumer;
@@ -106,6 +108,8 @@ mod throttle;
 mod ticket;
 
 #[cfg(not(loom))]
+pub use compact::{AutoCompaction, Compacted, Compaction, Space};
+#[cfg(not(loom))]
 pub use config::{
     Backpressure, Config, ConsumerLag, Durability, RecoveryMode, WindowPolicy, WritePath,
 };
@@ -132,7 +136,7 @@ pub use request::WriteBatch;
 #[cfg(not(loom))]
 pub use seq::Seq;
 #[cfg(not(loom))]
-pub use stats::{Counts, SegmentCounts, StageHistograms, Stats, SyncTime};
+pub use stats::{CompactionCounts, Counts, SegmentCounts, StageHistograms, Stats, SyncTime};
 #[cfg(not(loom))]
 pub use ticket::{GetTicket, Ticket};
 

@@ -44,7 +44,17 @@ impl<'a> Batch<'a> {
         self.frame.is_sorted()
     }
 
-    /// Write operations this batch acknowledged, including those coalesced away.
+    /// True for a compaction batch ([`Engine::compact`](crate::Engine::compact)): copies of
+    /// values that were still live in older segments, rewritten so those segments could be
+    /// retired. It holds no new event: a consumer applying events skips it (its records
+    /// repeat values an earlier batch, since retired, wrote); one rebuilding state from the
+    /// log applies it like any batch.
+    pub fn is_compaction(&self) -> bool {
+        self.frame.is_compaction()
+    }
+
+    /// Write operations this batch acknowledged, including those coalesced away (0 for a
+    /// compaction batch).
     pub fn ops_acknowledged(&self) -> u32 {
         self.frame.ops_acknowledged
     }
@@ -104,6 +114,7 @@ impl<'a> Batch<'a> {
                 .collect(),
             ids: self.ids().collect(),
             commit_time: self.commit_time(),
+            compaction: self.is_compaction(),
         }
     }
 }
@@ -121,6 +132,8 @@ pub struct OwnedBatch {
     pub ids: Vec<RequestId>,
     /// When the batch was written (see [`Batch::commit_time`]).
     pub commit_time: Option<SystemTime>,
+    /// A compaction batch (see [`Batch::is_compaction`]): copies, no new event.
+    pub compaction: bool,
 }
 
 /// What the readers of an open engine in its own process know of its pipeline: how far the

@@ -116,6 +116,8 @@ pub struct Counts {
     pub merges_refused: u64,
     /// Segment files started, reused and retired since open.
     pub segments: SegmentCounts,
+    /// What compaction (`Engine::compact`) wrote since open.
+    pub compaction: CompactionCounts,
 }
 
 /// What happened to segment files since the engine opened.
@@ -129,6 +131,23 @@ pub struct SegmentCounts {
     pub reused: u64,
     /// Segments removed by `Engine::retire_before` (deleted or kept for reuse).
     pub retired: u64,
+}
+
+/// What compaction wrote since the engine opened. Its batches are counted in `batches`,
+/// `records_written` and `bytes_written` too: `bytes_written / (bytes_written - bytes)` is
+/// the write amplification compaction added.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompactionCounts {
+    /// Compactions that ran to the end (each one retired what it rewrote).
+    pub runs: u64,
+    /// Compaction batches written.
+    pub batches: u64,
+    /// Live records copied forward.
+    pub records: u64,
+    /// Bytes of the compaction batches (frames, with headers and padding).
+    pub bytes: u64,
+    /// Segment files retired by compaction (also in `SegmentCounts::retired`).
+    pub segments_retired: u64,
 }
 
 /// How the time from the first sync to the last one divides (nanoseconds; all zero in
@@ -196,6 +215,8 @@ pub struct Stats {
     pub merges_refused: u64,
     /// Segment files started, reused and retired since open.
     pub segments: SegmentCounts,
+    /// What compaction (`Engine::compact`) wrote since open.
+    pub compaction: CompactionCounts,
     /// Per-stage latencies.
     pub stages: StageHistograms,
     /// The durable consumers and their lag (as `Engine::consumers` gives them; empty if their
@@ -222,6 +243,11 @@ pub(crate) struct Counters {
     pub duplicates: AtomicU64,
     pub merges: AtomicU64,
     pub merges_refused: AtomicU64,
+    pub compaction_runs: AtomicU64,
+    pub compaction_batches: AtomicU64,
+    pub compaction_records: AtomicU64,
+    pub compaction_bytes: AtomicU64,
+    pub compaction_segments: AtomicU64,
     pub stages: Mutex<StageHistograms>,
 }
 
@@ -256,6 +282,13 @@ impl Counters {
             merges_refused: get(&self.merges_refused),
             // Kept by the log's file pool; the engine fills them in.
             segments: SegmentCounts::default(),
+            compaction: CompactionCounts {
+                runs: get(&self.compaction_runs),
+                batches: get(&self.compaction_batches),
+                records: get(&self.compaction_records),
+                bytes: get(&self.compaction_bytes),
+                segments_retired: get(&self.compaction_segments),
+            },
         }
     }
 
@@ -279,6 +312,7 @@ impl Counters {
             merges,
             merges_refused,
             segments,
+            compaction,
         } = self.counts(backlog_bytes, durable_position);
         Stats {
             submitted,
@@ -299,6 +333,7 @@ impl Counters {
             merges,
             merges_refused,
             segments,
+            compaction,
             stages: self.stages.lock().clone(),
             consumers: Vec::new(),
         }

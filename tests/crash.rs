@@ -14,17 +14,35 @@
 //! - `@@INT <id> <op>...` before it submits request `id` (ops: `P:<key hex>:<value hex>` or
 //!   `D:<key hex>`; several ops are one `WriteBatch`);
 //! - `@@SUB <id> <position>` once the submit returned, with the ticket's position;
-//! - `@@ACK <id>` once the ticket completed `Ok`.
+//! - `@@ACK <id>` once the ticket completed `Ok`;
+//! - `@@CMP ...` about its compactions (below).
 //!
 //! Submitting and printing `INT`/`SUB` happen under one lock, so ids are in position order and
 //! only the very last request can be submitted without its `SUB` line (a kill between the
 //! two): it is then the last in the order, and may or may not be in the log.
 //!
+//! Half the children compact (`child_plan`): with `Compaction::Auto` (looking every 1–5 ms, at
+//! a live ratio of 0.6–0.95), with a thread calling `Engine::compact` in a loop, or both, on
+//! 64 KiB segments with more large values and deletes, so that segments complete and
+//! compactions copy and retire several times in a child's life. The loop prints
+//! `@@CMP B <n>` before its `n`th call and `@@CMP E <n> <segments> <records> <batches>` once
+//! it returned; a thread prints `@@CMP A <runs> <batches> <segments retired>` whenever
+//! `Counts::compaction` changes (looked at every millisecond). A kill lands during a
+//! compaction if a call had not returned, or batches were written since the last run ended.
+//! The check is the same for every child: a compaction changes no value, so the state must
+//! still be a prefix of the submissions holding every acknowledged one; a copy older than a
+//! write of its key, or a put left without the delete after it, fails it.
+//!
 //! The parent kills the child 5–80 ms after its first `ACK` (one time in ten within 4 ms of
-//! the start, while it may still be opening or repairing the log), then checks by reopening
-//! the engine (`for_each` and `read` of every key) or, one time in four, read-only with
-//! `LogReader`, leaving the repair to the next child. It keeps one directory for several
+//! the start, while it may still be opening or repairing the log; for one compacting child in
+//! two, 0–3 ms after the first compaction it sees starting after the first `ACK`, aimed at
+//! the middle of a compaction), then checks by reopening the engine (`for_each` and `read`
+//! of every key) or, one time in four, read-only with `LogReader`, leaving the repair to the
+//! next child. It keeps one directory for several
 //! iterations, so each child continues (and recovers) the log the previous ones left.
+//!
+//! The summary at the end gives the iterations, the compacting children, and the kills that
+//! landed during a compaction and after one.
 //!
 //! Environment: `MERGELOG_CRASH_ITERS` (default 200) iterations, `MERGELOG_CRASH_SEED` to
 //! repeat a run.
@@ -33,7 +51,9 @@ mod common;
 
 use common::model::{apply_batch, apply_writes, hex, mixed_key, state_diff, unhex, WriteOp};
 use common::{assert_reads_match, engine_state, State, WAIT_MAX};
-use mergelog::{Config, Durability, Engine, LogReader, WriteBatch, WritePath};
+use mergelog::{
+    AutoCompaction, Compaction, Config, Durability, Engine, LogReader, WriteBatch, WritePath,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
@@ -41,6 +61,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -66,6 +87,55 @@ fn base_config() -> Config {
         ring_bytes: 1 << 20,
         durability: Durability::Sync,
         ..Config::default()
+    }
+}
+
+/// What a child does, drawn from its seed (the parent draws the same to know it).
+struct ChildPlan {
+    config: Config,
+    /// A thread calls `Engine::compact` in a loop (whenever a segment is complete).
+    compact_loop: bool,
+    /// `Compaction::Auto` or the loop: a thread reports the compaction counts.
+    compacts: bool,
+    /// Probability that an op is a delete.
+    delete_p: f64,
+    /// Probability that a value is large (500 to 3,000 bytes).
+    large_p: f64,
+}
+
+/// Half the children compact: with `Compaction::Auto` looking every 1-5 ms at a live
+/// ratio of 0.6-0.95, with a thread calling `compact` in a loop, or both; their segments are
+/// small, their values larger and their deletes more frequent, so that segments complete
+/// (and compactions copy and retire) several times in a child's life.
+fn child_plan(seed: u64) -> ChildPlan {
+    let mut config = child_config(seed);
+    let compacts = (seed >> 6) & 1 == 1;
+    if !compacts {
+        return ChildPlan {
+            config,
+            compact_loop: false,
+            compacts,
+            delete_p: 0.2,
+            large_p: 0.05,
+        };
+    }
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x636f_6d70_6163_7421);
+    let mode = (seed >> 7) & 3; // 0: Auto, 1: the loop, 2 and 3: both
+    if mode != 1 {
+        config.compaction = Compaction::Auto(AutoCompaction {
+            live_ratio: rng.random_range(0.6..0.95),
+            min_log_bytes: 0,
+            check_every: Duration::from_millis(rng.random_range(1..=5)),
+            ..AutoCompaction::default()
+        });
+    }
+    config.segment_bytes = 64 << 10;
+    ChildPlan {
+        config,
+        compact_loop: mode != 0,
+        compacts,
+        delete_p: 0.35,
+        large_p: 0.12,
     }
 }
 
@@ -112,7 +182,8 @@ fn crash_child() {
         .expect("child seed")
         .parse()
         .expect("child seed is a number");
-    let engine = match Engine::open(&dir, child_config(seed)) {
+    let plan = child_plan(seed);
+    let engine = match Engine::open(&dir, plan.config.clone()) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("child: Engine::open failed: {e}");
@@ -121,18 +192,78 @@ fn crash_child() {
     };
     let next_id = Mutex::new(0u64);
     let deadline = Instant::now() + CHILD_LIFETIME;
+    let writers_done = AtomicBool::new(false);
     std::thread::scope(|s| {
-        for w in 0..WRITERS {
-            let engine = &engine;
-            let next_id = &next_id;
-            s.spawn(move || child_writer(engine, next_id, w, seed, deadline));
+        let (engine, plan, done) = (&engine, &plan, &writers_done);
+        if plan.compact_loop {
+            s.spawn(move || child_compactor(engine, seed, done));
         }
+        if plan.compacts {
+            s.spawn(move || child_compaction_counts(engine, done));
+        }
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let next_id = &next_id;
+                s.spawn(move || child_writer(engine, plan, next_id, w, seed, deadline))
+            })
+            .collect();
+        for h in writers {
+            h.join().expect("child writer");
+        }
+        done.store(true, Ordering::Release);
     });
     engine.close().expect("child close");
     std::process::exit(0);
 }
 
-fn child_writer(engine: &Engine, next_id: &Mutex<u64>, w: usize, seed: u64, deadline: Instant) {
+/// Calls `compact` every 0-3 ms while a segment is complete, between `@@CMP B <n>` and
+/// `@@CMP E <n> <segments retired> <records copied> <batches>` lines.
+fn child_compactor(engine: &Engine, seed: u64, done: &AtomicBool) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x6c6f_6f70);
+    let mut n = 0u64;
+    while !done.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_micros(rng.random_range(0..3000)));
+        if engine.segments().len() < 2 {
+            continue; // nothing complete to compact
+        }
+        n += 1;
+        emit(&format!("{MARK}CMP B {n}\n"));
+        match engine.compact() {
+            Ok(c) => emit(&format!(
+                "{MARK}CMP E {n} {} {} {}\n",
+                c.segments, c.records_copied, c.batches
+            )),
+            Err(e) => {
+                eprintln!("child: compact failed: {e}");
+                std::process::exit(7);
+            }
+        }
+    }
+}
+
+/// Prints `@@CMP A <runs> <batches> <segments retired>` (`Counts::compaction`, the
+/// background compactions' and the loop's) whenever they change, looking every millisecond.
+fn child_compaction_counts(engine: &Engine, done: &AtomicBool) {
+    let mut last = None;
+    while !done.load(Ordering::Acquire) {
+        let c = engine.counts().compaction;
+        let now = (c.runs, c.batches, c.segments_retired);
+        if last != Some(now) {
+            emit(&format!("{MARK}CMP A {} {} {}\n", now.0, now.1, now.2));
+            last = Some(now);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn child_writer(
+    engine: &Engine,
+    plan: &ChildPlan,
+    next_id: &Mutex<u64>,
+    w: usize,
+    seed: u64,
+    deadline: Instant,
+) {
     let mut rng = StdRng::seed_from_u64(seed ^ (w as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let zipf = Zipf::new(KEYS as f64, 0.9).expect("zipf");
     let depth = rng.random_range(1..=8usize);
@@ -148,14 +279,14 @@ fn child_writer(engine: &Engine, next_id: &Mutex<u64>, w: usize, seed: u64, dead
         let mut ops: Vec<WriteOp> = Vec::with_capacity(n_ops);
         for _ in 0..n_ops {
             let k = mixed_key(zipf.sample(&mut rng) as usize - 1);
-            if rng.random_bool(0.2) {
+            if rng.random_bool(plan.delete_p) {
                 ops.push((k, None));
             } else {
                 seq += 1;
                 // Unique: encodes the writer and its sequence number, padded to vary sizes.
                 let mut v = format!("w{w}s{seq}-").into_bytes();
                 // Now and then a large value, so that segments roll often.
-                let pad = if rng.random_bool(0.05) {
+                let pad = if rng.random_bool(plan.large_p) {
                     rng.random_range(500..3000)
                 } else {
                     rng.random_range(0..120)
@@ -207,15 +338,79 @@ struct Submission {
     acked: bool,
 }
 
+/// What a child's `@@CMP` lines said about its compactions when it was killed.
+#[derive(Debug, Default)]
+struct CompactionSeen {
+    /// `compact` calls of the loop begun and returned.
+    begun: u64,
+    returned: u64,
+    /// Of those returned, the ones that retired segments.
+    returned_retiring: u64,
+    /// The last counts line: compactions run to the end, batches, segments retired.
+    runs: u64,
+    batches: u64,
+    segments: u64,
+    /// Batches when `runs` last changed: more since, and a compaction was copying.
+    batches_at_last_run: u64,
+}
+
+impl CompactionSeen {
+    /// One `@@CMP` line (without the tag).
+    fn line(&mut self, line: &str) {
+        let f: Vec<&str> = line.split(' ').collect();
+        let num = |i: usize| -> u64 {
+            f.get(i)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("bad CMP line {line:?}"))
+        };
+        match f[0] {
+            "B" => {
+                assert_eq!(num(1), self.begun + 1, "CMP B out of order: {line:?}");
+                self.begun += 1;
+            }
+            "E" => {
+                assert_eq!(num(1), self.begun, "CMP E without its B: {line:?}");
+                self.returned += 1;
+                self.returned_retiring += u64::from(num(2) > 0);
+            }
+            "A" => {
+                let (runs, batches, segments) = (num(1), num(2), num(3));
+                assert!(runs >= self.runs && batches >= self.batches, "{line:?}");
+                if runs > self.runs {
+                    self.batches_at_last_run = batches;
+                }
+                (self.runs, self.batches, self.segments) = (runs, batches, segments);
+            }
+            _ => panic!("unknown CMP line {line:?}"),
+        }
+    }
+
+    /// A compaction was under way at the kill: a call of the loop had not returned, or the
+    /// counts showed batches written since the last compaction ran to the end.
+    fn in_progress(&self) -> bool {
+        self.begun > self.returned || self.batches > self.batches_at_last_run
+    }
+
+    /// Compactions that ran to the end before the kill.
+    fn completed(&self) -> u64 {
+        self.runs.max(self.returned_retiring)
+    }
+}
+
 /// Parses the child's complete output lines.
-fn parse_child_output(lines: &[String]) -> Vec<Submission> {
+fn parse_child_output(lines: &[String]) -> (Vec<Submission>, CompactionSeen) {
     let mut subs: Vec<Submission> = Vec::new();
+    let mut seen = CompactionSeen::default();
     for line in lines {
         // The harness prints "test crash_child ... " before the first line of the child.
         let Some(at) = line.find(MARK) else {
             continue; // the test harness's own lines
         };
         let line = &line[at + MARK.len()..];
+        if let Some(cmp) = line.strip_prefix("CMP ") {
+            seen.line(cmp);
+            continue;
+        }
         let mut it = line.split(' ');
         let tag = it.next().unwrap_or("");
         let id: usize = it
@@ -281,7 +476,7 @@ fn parse_child_output(lines: &[String]) -> Vec<Submission> {
             );
         }
     }
-    subs
+    (subs, seen)
 }
 
 /// Finds the prefix of `subs` (applied to `base`) that equals `recovered` and holds every
@@ -296,6 +491,52 @@ struct ChildRun {
     stderr: String,
     exited_by_itself: Option<std::process::ExitStatus>,
     first_ack_seen: bool,
+    /// The kill was aimed at a compaction: 0-3 ms after one was seen starting.
+    aimed: bool,
+}
+
+/// Whether `line` shows a compaction starting (a `compact` call of the loop) or copying (the
+/// batches count grew); `batches` is the last count seen.
+fn compaction_starts(line: &str, batches: &mut u64) -> bool {
+    let Some(at) = line.find(&format!("{MARK}CMP ")) else {
+        return false;
+    };
+    let f: Vec<&str> = line[at + MARK.len() + 4..].split(' ').collect();
+    match (f.first(), f.get(2).and_then(|b| b.parse::<u64>().ok())) {
+        (Some(&"B"), _) => true,
+        (Some(&"A"), Some(b)) if b > *batches => {
+            *batches = b;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Waits until the kill: mostly a while after the first acknowledgement; sometimes very
+/// early, while the child is still opening (and maybe repairing) the log; if `aimed`, 0-3 ms
+/// after the first compaction seen starting after the first acknowledgement (or 300 ms after
+/// it, if none is). Returns whether the first acknowledgement was seen.
+fn wait_to_kill(
+    rng: &mut StdRng,
+    aimed: bool,
+    first_ack: &mpsc::Receiver<()>,
+    compacting: &mpsc::Receiver<()>,
+) -> bool {
+    if rng.random_bool(0.1) {
+        std::thread::sleep(Duration::from_micros(rng.random_range(0..4000)));
+        return false;
+    }
+    if first_ack.recv_timeout(Duration::from_secs(60)).is_err() {
+        return false;
+    }
+    if aimed {
+        while compacting.try_recv().is_ok() {}
+        let _ = compacting.recv_timeout(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_micros(rng.random_range(0..3000)));
+    } else {
+        std::thread::sleep(Duration::from_millis(rng.random_range(5..=80)));
+    }
+    true
 }
 
 fn run_child(dir: &Path, child_seed: u64, rng: &mut StdRng) -> ChildRun {
@@ -318,11 +559,13 @@ fn run_child(dir: &Path, child_seed: u64, rng: &mut StdRng) -> ChildRun {
     let stdout = child.stdout.take().expect("child stdout");
     let mut stderr = child.stderr.take().expect("child stderr");
     let (first_ack_tx, first_ack_rx) = mpsc::channel::<()>();
+    let (compacting_tx, compacting_rx) = mpsc::channel::<()>();
     let out_reader = std::thread::spawn(move || {
         let mut lines = Vec::new();
         let mut r = BufReader::new(stdout);
         let mut buf = Vec::new();
         let mut signalled = false;
+        let mut batches = 0;
         loop {
             buf.clear();
             match r.read_until(b'\n', &mut buf) {
@@ -337,6 +580,9 @@ fn run_child(dir: &Path, child_seed: u64, rng: &mut StdRng) -> ChildRun {
                 let _ = first_ack_tx.send(());
                 signalled = true;
             }
+            if compaction_starts(&line, &mut batches) {
+                let _ = compacting_tx.send(());
+            }
             lines.push(line);
         }
         lines
@@ -347,15 +593,8 @@ fn run_child(dir: &Path, child_seed: u64, rng: &mut StdRng) -> ChildRun {
         s
     });
 
-    // Mostly kill a while after the first acknowledgement; sometimes very early, while the
-    // child is still opening (and maybe repairing) the log.
-    let mut first_ack_seen = false;
-    if rng.random_bool(0.1) {
-        std::thread::sleep(Duration::from_micros(rng.random_range(0..4000)));
-    } else if first_ack_rx.recv_timeout(Duration::from_secs(60)).is_ok() {
-        first_ack_seen = true;
-        std::thread::sleep(Duration::from_millis(rng.random_range(5..=80)));
-    }
+    let aimed = child_plan(child_seed).compacts && rng.random_bool(0.5);
+    let first_ack_seen = wait_to_kill(rng, aimed, &first_ack_rx, &compacting_rx);
     let exited_by_itself = child.try_wait().expect("try_wait");
     let _ = child.kill(); // SIGKILL
     child.wait().expect("wait for child");
@@ -366,6 +605,7 @@ fn run_child(dir: &Path, child_seed: u64, rng: &mut StdRng) -> ChildRun {
         stderr,
         exited_by_itself,
         first_ack_seen,
+        aimed,
     }
 }
 
@@ -379,6 +619,33 @@ struct Totals {
     torn_tails: usize,
     reader_checks: usize,
     max_segments: usize,
+    /// Children that compacted (`Compaction::Auto`, the loop, or both).
+    compacting_children: usize,
+    /// Kills aimed at a compaction.
+    aimed_kills: usize,
+    /// Kills with a compaction under way.
+    kills_during_compaction: usize,
+    /// Kills of a child that had completed a compaction, none under way.
+    kills_after_compaction: usize,
+    /// Compactions run to the end, batches and segments retired, over all children.
+    compactions: u64,
+    compaction_batches: u64,
+    segments_compacted: u64,
+}
+
+impl Totals {
+    fn count_compactions(&mut self, run: &ChildRun, seen: &CompactionSeen, compacts: bool) {
+        self.compacting_children += usize::from(compacts);
+        self.aimed_kills += usize::from(run.aimed);
+        if seen.in_progress() {
+            self.kills_during_compaction += 1;
+        } else if seen.completed() > 0 {
+            self.kills_after_compaction += 1;
+        }
+        self.compactions += seen.completed();
+        self.compaction_batches += seen.batches;
+        self.segments_compacted += seen.segments;
+    }
 }
 
 #[test]
@@ -421,7 +688,8 @@ fn crash_recovery_keeps_every_acknowledged_write() {
                 run.stderr
             );
         }
-        let subs = parse_child_output(&run.lines);
+        let (subs, seen) = parse_child_output(&run.lines);
+        totals.count_compactions(&run, &seen, child_plan(child_seed).compacts);
         if run.first_ack_seen {
             assert!(
                 subs.iter().any(|s| s.acked),
@@ -436,7 +704,8 @@ fn crash_recovery_keeps_every_acknowledged_write() {
             totals.reader_checks += 1;
             let reader = LogReader::open(&path)
                 .unwrap_or_else(|e| panic!("{ctx}: LogReader::open after a crash failed: {e}"));
-            // The log holds everything since the directory was fresh: replay from empty.
+            // The log holds everything since the directory was fresh, or for what a
+            // compaction retired, copies of the records still live: replay from empty.
             let mut state = State::new();
             let mut expect_seq = None;
             for b in reader.batches() {
@@ -477,10 +746,12 @@ fn crash_recovery_keeps_every_acknowledged_write() {
             panic!(
                 "{ctx}: the recovered state is not the state after any prefix of the {} \
                  submissions that holds all {} acknowledged ones.\nopen: {report}\n\
+                 compactions at the kill: {seen:?} (kill aimed at one: {})\n\
                  difference from the state after the last acknowledged request:\n{}\
                  directory kept at {kept:?}",
                 subs.len(),
                 acked.len(),
+                run.aimed,
                 state_diff(&recovered, &want)
             );
         };
@@ -511,6 +782,19 @@ fn crash_recovery_keeps_every_acknowledged_write() {
         totals.reader_checks,
         totals.max_segments,
         keys.len()
+    );
+    eprintln!(
+        "crash test, compaction: {} of {} children compacted ({} compactions to the end, {} \
+         compaction batches, {} segments retired by them); {} kills aimed at a compaction; \
+         {} kills with a compaction under way, {} after a completed one",
+        totals.compacting_children,
+        totals.iterations,
+        totals.compactions,
+        totals.compaction_batches,
+        totals.segments_compacted,
+        totals.aimed_kills,
+        totals.kills_during_compaction,
+        totals.kills_after_compaction
     );
     assert_eq!(totals.iterations, iters);
     assert!(

@@ -9,7 +9,8 @@ mod common;
 
 use common::{block_on, WAIT_MAX};
 use mergelog::internals::format::{
-    frame_len, record_len, FrameWriter, RecordOp, SegmentHeader, FLAG_SORTED, SEGMENT_HEADER_LEN,
+    frame_len, record_len, FrameWriter, RecordOp, SegmentHeader, FLAG_SORTED, FORMAT_VERSION,
+    SEGMENT_HEADER_LEN,
 };
 use mergelog::{Config, Engine, IdHorizon, LogReader, Outcome, RequestId, Seq, WriteBatch};
 use std::collections::HashMap;
@@ -335,7 +336,10 @@ fn a_version_1_log_opens_and_is_continued_in_a_new_segment() {
     let now = std::fs::read(dir.path().join("00000000000000000001.seg")).unwrap();
     assert!(now == original, "the version 1 segment changed");
     let seg2 = std::fs::read(dir.path().join("00000000000000000002.seg")).unwrap();
-    assert_eq!(SegmentHeader::decode(&seg2).unwrap().version, 3);
+    assert_eq!(
+        SegmentHeader::decode(&seg2).unwrap().version,
+        FORMAT_VERSION
+    );
     let reader = LogReader::open(dir.path()).unwrap();
     let batches: Vec<_> = reader
         .batches()

@@ -16,11 +16,12 @@ use std::fmt;
 /// First 8 bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"MRGLOG\x00S";
 /// The newest format version this build reads and writes. Version 2 added the segment
-/// header flags (bytes 32..36); version 3 adds the frame trailer ([`FLAG_TRAILER`]: request
-/// ids and a commit time). This build writes every new segment as version 3, so that a build
-/// that knows only versions 1 and 2 refuses the segment instead of taking its frames for
-/// damage; it reads all three, and appends to an older segment never (it starts a new one).
-pub const FORMAT_VERSION: u32 = 3;
+/// header flags (bytes 32..36); version 3 the frame trailer ([`FLAG_TRAILER`]: request ids
+/// and a commit time); version 4 compaction frames ([`FLAG_COMPACTION`]). This build writes
+/// every new segment as version 4, so that an older build refuses the segment instead of
+/// taking its frames for damage; it reads all four, and appends to an older segment never
+/// (it starts a new one).
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest format version this build reads.
 pub const FORMAT_VERSION_MIN: u32 = 1;
 /// Segment header flag (version 2): the file was a retired segment before, so past the end
@@ -42,6 +43,10 @@ pub const FLAG_SORTED: u32 = 1;
 /// the frame logs ([`ID_LEN`] bytes each), their count (u32), a reserved u32 (zero) and the
 /// commit time (u64, nanoseconds since the Unix epoch). See [`trailer_len`].
 pub const FLAG_TRAILER: u32 = 2;
+/// Frame flag (version 4): a compaction batch. Its records are copies of values still live
+/// in older segments, rewritten so that those segments can be retired (`Engine::compact`):
+/// no new writes, so it acknowledges no operations (`ops_acknowledged` is 0).
+pub const FLAG_COMPACTION: u32 = 4;
 /// Bytes of one request id in a frame trailer.
 pub const ID_LEN: usize = 16;
 /// Bytes of a frame trailer besides its ids: count, reserved, commit time.
@@ -58,7 +63,7 @@ pub const UNDURABLE_FRAMES_MAX: u64 = 16;
 /// Smallest valid segment: the header plus room for one frame header.
 pub const SEGMENT_SIZE_MIN: u64 = (SEGMENT_HEADER_LEN + FRAME_HEADER_LEN) as u64;
 
-const FLAGS_KNOWN: u32 = FLAG_SORTED | FLAG_TRAILER;
+const FLAGS_KNOWN: u32 = FLAG_SORTED | FLAG_TRAILER | FLAG_COMPACTION;
 /// The frame CRC covers the frame from this offset (after magic and CRC) to the end of the body.
 const FRAME_CRC_START: usize = 8;
 /// The segment header CRC covers bytes `0..SEGMENT_CRC_AT` and is stored right after them.
@@ -462,6 +467,11 @@ impl<'a> Frame<'a> {
         }
     }
 
+    /// Whether the frame is a compaction batch ([`FLAG_COMPACTION`]).
+    pub fn is_compaction(&self) -> bool {
+        self.flags & FLAG_COMPACTION != 0
+    }
+
     /// Whether the frame carries [`FLAG_SORTED`] (and, having decoded, really is sorted).
     pub fn is_sorted(&self) -> bool {
         self.flags & FLAG_SORTED != 0
@@ -529,7 +539,7 @@ pub enum Decoded<'a> {
 /// all-zero header (`End`), magic, frame within the segment, CRC, the trailer well-formed (if
 /// `TRAILER`), every record well-formed and exactly filling the body before the trailer,
 /// record count, ops valid, unknown flags zero, `SORTED` implies
-/// strictly ascending keys, `ops_acknowledged >= record_count`.
+/// strictly ascending keys, `ops_acknowledged >= record_count` (0 for a compaction frame).
 ///
 /// Never panics and never reads out of bounds, whatever the bytes. O(body), allocation-free.
 /// Padding bytes after the body are not covered by the CRC and not read.
@@ -722,7 +732,7 @@ fn walk_records(body: &[u8], sorted: bool) -> Result<RecordWalk, FormatErrorKind
 }
 
 /// The last steps of [`decode_frame`], in its documented order: record count, ops valid,
-/// unknown flags zero, sortedness, `ops_acknowledged >= record_count`.
+/// unknown flags zero, sortedness, `ops_acknowledged >= record_count` (0 for a compaction frame).
 fn check_header_against_records(h: &FrameHeader, walk: &RecordWalk) -> Result<(), FormatErrorKind> {
     use FormatErrorKind::*;
     if walk.found != h.record_count {
@@ -740,7 +750,10 @@ fn check_header_against_records(h: &FrameHeader, walk: &RecordWalk) -> Result<()
     if let Some(index) = walk.unsorted {
         return Err(Unsorted { index });
     }
-    if h.ops_acknowledged < h.record_count {
+    // A compaction batch acknowledges nothing (it copies); every other batch at least its
+    // records (coalesced writes count too).
+    let compaction = h.flags & FLAG_COMPACTION != 0;
+    if compaction && h.ops_acknowledged != 0 || !compaction && h.ops_acknowledged < h.record_count {
         return Err(BadOpsAcknowledged {
             ops_acknowledged: h.ops_acknowledged,
             record_count: h.record_count,
@@ -948,7 +961,7 @@ impl fmt::Display for FormatErrorKind {
                 record_count,
             } => write!(
                 f,
-                "the frame acknowledges {ops_acknowledged} ops, fewer than its {record_count} records; {WRITER_BUG}"
+                "the frame acknowledges {ops_acknowledged} ops for its {record_count} records (a compaction frame acknowledges 0, any other at least one per record); {WRITER_BUG}"
             ),
             BadTrailer { reason } => write!(f, "frame trailer: {reason}; {WRITER_BUG}"),
         }
@@ -1292,8 +1305,9 @@ mod tests {
         let h = SegmentHeader::new(0x1122_3344_5566_7788, 64 << 20, false);
         let b = h.encode();
         assert_eq!(&b[0..8], b"MRGLOG\x00S");
-        // Every new segment is version 3 (frames may carry trailers), flags or not.
-        assert_eq!(&b[8..12], &[3, 0, 0, 0]);
+        // Every new segment is version 4 (frames may carry trailers and be compaction
+        // batches), flags or not.
+        assert_eq!(&b[8..12], &[4, 0, 0, 0]);
         assert_eq!(&b[12..16], &[64, 0, 0, 0]);
         assert_eq!(
             &b[16..24],
@@ -1307,7 +1321,7 @@ mod tests {
             ..h
         }
         .encode();
-        assert_eq!(&r[8..12], &[3, 0, 0, 0]);
+        assert_eq!(&r[8..12], &[4, 0, 0, 0]);
         assert_eq!(&r[32..36], &[1, 0, 0, 0]);
         assert_eq!(&r[36..60], &[0; 24]);
         assert_eq!(
@@ -1372,7 +1386,7 @@ mod tests {
         assert_eq!(kind(&[]), SegmentHeaderTruncated { len: 0 });
         assert_eq!(kind(&edited(7, b"s")), BadSegmentMagic);
         assert_eq!(kind(&[0; 64]), BadSegmentMagic);
-        assert_eq!(kind(&edited(8, &4u32.to_le_bytes())), UnsupportedVersion(4));
+        assert_eq!(kind(&edited(8, &5u32.to_le_bytes())), UnsupportedVersion(5));
         assert_eq!(kind(&edited(8, &0u32.to_le_bytes())), UnsupportedVersion(0));
         // Flags exist from version 2 on (a recycled header is written as one).
         let v2 = |at: usize, bytes: &[u8]| {
@@ -1605,6 +1619,16 @@ mod tests {
         );
 
         let body = body_of(&[put(b"a"), put(b"b")]);
+        // A compaction frame acknowledges nothing: 0 passes, anything else does not.
+        let seg = segment_with(&raw_frame(&body, 2, 1, FLAG_COMPACTION, 0), 0);
+        assert!(decode_ok(&seg, SEGMENT_HEADER_LEN).is_compaction());
+        assert_eq!(
+            kind(raw_frame(&body, 2, 1, FLAG_COMPACTION, 2)),
+            BadOpsAcknowledged {
+                ops_acknowledged: 2,
+                record_count: 2
+            }
+        );
         let want = BadOpsAcknowledged {
             ops_acknowledged: 1,
             record_count: 2,
@@ -1619,7 +1643,7 @@ mod tests {
         let kind = |frame: Vec<u8>| decode_err(&segment_with(&frame, 64), at);
         // Bad op, unknown flag, unsorted and short ops_acknowledged at once: the op wins.
         let body = body_of(&[(1, b"b", b""), (7, b"a", b"")]);
-        assert_eq!(kind(raw_frame(&body, 2, 1, FLAG_SORTED | 4, 0)), BadOp(7));
+        assert_eq!(kind(raw_frame(&body, 2, 1, FLAG_SORTED | 8, 0)), BadOp(7));
         // A count mismatch is reported before a bad op.
         assert!(matches!(
             kind(raw_frame(&body, 5, 1, 0, 9)),
@@ -1628,8 +1652,8 @@ mod tests {
         // Unknown flags before unsorted, unsorted before ops_acknowledged.
         let body = body_of(&[(1, b"b", b""), (1, b"a", b"")]);
         assert_eq!(
-            kind(raw_frame(&body, 2, 1, FLAG_SORTED | 4, 0)),
-            UnknownFlags(4)
+            kind(raw_frame(&body, 2, 1, FLAG_SORTED | 8, 0)),
+            UnknownFlags(8)
         );
         assert_eq!(
             kind(raw_frame(&body, 2, 1, FLAG_SORTED, 0)),

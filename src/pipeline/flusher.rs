@@ -6,18 +6,20 @@
 //! After `close` it drains the ring, and gives up on a producer stalled between claim and
 //! publish after [`CLOSE_STALL_MAX`].
 
+use super::failed;
 use super::syncer::complete_jobs;
 use super::window::{self, Decision};
 use super::Inner;
 use crate::coalesce::{Coalescer, Entry, GetAnswer, Op, Plan};
+use crate::compact::{Chunk, Copied};
 use crate::config::Durability;
 use crate::error::{Error, Result};
 use crate::ids::{self, IdEntry, Ids, RequestId};
 use crate::index::{Loc, ValueRef};
 use crate::log::format::UNDURABLE_FRAMES_MAX;
 use crate::log::format::{
-    record_len, trailer_len, RecordOp, Trailer, FLAG_SORTED, FRAME_HEADER_LEN, ID_LEN,
-    RECORD_HEADER_LEN,
+    record_len, trailer_len, RecordOp, Trailer, FLAG_COMPACTION, FLAG_SORTED, FRAME_HEADER_LEN,
+    ID_LEN, RECORD_HEADER_LEN,
 };
 use crate::log::{Log, WrittenFrame};
 use crate::merge::Resolver;
@@ -162,6 +164,9 @@ impl Flusher {
         // After `close`: the unpublished claim the flusher is waiting at, and since when.
         let mut stalled: Option<(u64, Instant)> = None;
         loop {
+            if self.inner.compact_slot.pending() {
+                self.compact_step();
+            }
             // A refusing visitor consumes no record: this probes for a published one (and
             // steps over padding, which needs no processing).
             let mut published = false;
@@ -201,6 +206,8 @@ impl Flusher {
             }
             pos = self.window(&mut consumer, pos);
         }
+        // A compaction waiting for us gets `Closed`; none is taken after this.
+        self.inner.compact_slot.close();
         *self.inner.end_mark.lock() = Some(self.log.end_mark());
         // Dropping `self` closes the channel: the syncer completes what it holds and exits.
     }
@@ -702,6 +709,91 @@ impl Flusher {
             }
             taken_out += refuse(&inner, op.name(), entries, &self.requests, &self.resolver);
         }
+    }
+
+    /// Writes the compaction batch waiting in `Inner::compact_slot`, between two windows,
+    /// and answers the compacting thread (see `crate::compact`).
+    fn compact_step(&mut self) {
+        if let Some(mut chunk) = self.inner.compact_slot.take() {
+            let r = self.write_compaction(&mut chunk);
+            chunk.reply(r);
+        }
+    }
+
+    /// Writes `chunk`'s records that are still their keys' newest as one compaction batch,
+    /// durable before it returns. It first lets every batch written before it become durable
+    /// and reach the index: then the index is exact, and every later window comes after the
+    /// copies in the log, so no copy is ever newer in the log than a write it is older than.
+    fn write_compaction(&mut self, chunk: &mut Chunk) -> Result<Copied> {
+        let inner = self.inner.clone();
+        let gone = |inner: &Inner| inner.completion.failure().map_or(Error::Closed, failed);
+        if !Self::drain_pipeline(&inner, self.in_flight) {
+            return Err(gone(&inner));
+        }
+        chunk.keep_live(&inner.index);
+        if chunk.is_empty() {
+            return Ok(Copied::default());
+        }
+        let body_len = chunk.body_len();
+        let frame_body = body_len + trailer_len(0);
+        if !Self::room_for_frame(
+            &self.log,
+            &mut self.unsynced,
+            &inner,
+            self.in_flight,
+            frame_body,
+        ) {
+            return Err(gone(&inner));
+        }
+        // No ring position: it ends where the last window did, and no ticket is in it.
+        let mut job = Self::job(&self.spare, self.in_flight);
+        let trailer = Trailer {
+            ids: &[],
+            commit_time: ids::now_nanos(),
+        };
+        let appended = self.log.append(
+            body_len,
+            FLAG_SORTED | FLAG_COMPACTION,
+            trailer,
+            |w, frame_off| {
+                chunk.encode(w, frame_off + FRAME_HEADER_LEN as u64, &mut job.updates);
+                0
+            },
+        );
+        let frame = match appended {
+            Ok(frame) => frame,
+            Err(e) => {
+                inner.completion.fail_after(e, self.in_flight);
+                inner.throttle.wake_all();
+                return Err(gone(&inner));
+            }
+        };
+        for loc in job.updates.iter_mut().filter_map(|u| u.2.as_mut()) {
+            loc.seg = frame.seg_idx;
+        }
+        job.frame = Some(frame);
+        job.ready = Some(Instant::now());
+        // Nothing else is in flight (drained above), so the syncer is idle: complete it here,
+        // as `send` does for an idle pipeline.
+        let completed = complete_jobs(&inner, std::slice::from_ref(&job));
+        let _ = self.give_back.try_send(spare(job));
+        if let Err(e) = completed {
+            inner.completion.fail(e);
+            inner.throttle.wake_all();
+            return Err(gone(&inner));
+        }
+        let copied = Copied {
+            records: chunk.len() as u64,
+            bytes: crate::log::format::frame_len(frame_body) as u64,
+        };
+        let c = &inner.counters;
+        Counters::add(&c.batches, 1);
+        Counters::add(&c.records_written, copied.records);
+        Counters::add(&c.bytes_written, copied.bytes);
+        Counters::add(&c.compaction_batches, 1);
+        Counters::add(&c.compaction_records, copied.records);
+        Counters::add(&c.compaction_bytes, copied.bytes);
+        Ok(copied)
     }
 
     /// Waits, if need be, until a frame with a body of `body_len` bytes may be written; false

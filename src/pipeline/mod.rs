@@ -79,6 +79,10 @@ pub(crate) struct Inner {
     pub(crate) io: SharedIo,
     /// Serializes `retire_before` calls.
     pub(crate) retire_lock: Mutex<()>,
+    /// Serializes compactions (`crate::compact`).
+    pub(crate) compact_lock: Mutex<()>,
+    /// Where a compaction hands its batches to the flusher.
+    pub(crate) compact_slot: crate::compact::CompactSlot,
     /// Retired segments kept for reuse.
     pub(crate) pool: Arc<Pool>,
     pub(crate) config: Config,
@@ -175,6 +179,8 @@ pub(crate) fn start(
         dir: dir.to_owned(),
         io: io.clone(),
         retire_lock: Mutex::new(()),
+        compact_lock: Mutex::new(()),
+        compact_slot: Default::default(),
         pool,
         completion: Arc::new(Completion::at(
             ring.head(),

@@ -15,6 +15,7 @@ mod common;
 mod hooks;
 
 mod clean_close;
+mod compaction;
 mod damage;
 mod dir_durability;
 mod for_each;

@@ -5,7 +5,7 @@
 use super::State;
 use mergelog::internals::format::{
     decode_frame, parse_prep_file_name, parse_recycle_file_name, Decoded, Frame, RecordOp,
-    SegmentHeader, FIRST_BATCH_SEQ, FLAG_SORTED, SEGMENT_HEADER_LEN,
+    SegmentHeader, FIRST_BATCH_SEQ, FLAG_COMPACTION, FLAG_SORTED, SEGMENT_HEADER_LEN,
 };
 use std::path::{Path, PathBuf};
 
@@ -32,6 +32,10 @@ pub struct LoggedFrame {
 impl LoggedFrame {
     pub fn is_sorted(&self) -> bool {
         self.flags & FLAG_SORTED != 0
+    }
+
+    pub fn is_compaction(&self) -> bool {
+        self.flags & FLAG_COMPACTION != 0
     }
 }
 
@@ -87,17 +91,19 @@ pub fn dir_contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 /// Decodes every frame of every segment of `dir` (the engine must be closed), checking what
 /// the format promises across frames: every segment header decodes, names its own file and
 /// has the file's size (`segment_bytes` when given); a segment's first frame carries the
-/// segment's id; batch sequence numbers are consecutive from `FIRST_BATCH_SEQ`; every frame
-/// marked sorted is strictly ascending by key.
+/// segment's id; batch sequence numbers are consecutive (from `FIRST_BATCH_SEQ`, or from the
+/// first segment's id once a prefix was retired); every frame marked sorted is strictly
+/// ascending by key.
 pub fn read_log(dir: &Path, segment_bytes: Option<u64>) -> Vec<LoggedFrame> {
     let mut frames: Vec<LoggedFrame> = Vec::new();
     for (id, path) in segment_files(dir) {
         read_segment(id, &path, segment_bytes, &mut frames);
     }
+    let first = segment_files(dir).first().map_or(FIRST_BATCH_SEQ, |s| s.0);
     for (i, f) in frames.iter().enumerate() {
         assert_eq!(
             f.batch_seq,
-            FIRST_BATCH_SEQ + i as u64,
+            first + i as u64,
             "batch sequence numbers must be consecutive (segment {}, offset {})",
             f.segment_id,
             f.offset
@@ -162,9 +168,14 @@ fn logged_frame(id: u64, frame: &Frame<'_>, path: &Path, offset: usize) -> Logge
         "{} offset {offset}: records() yields record_count records",
         path.display()
     );
+    // A compaction batch copies: it acknowledges nothing; any other at least its records.
     assert!(
-        frame.ops_acknowledged >= frame.record_count,
-        "{} offset {offset}: ops_acknowledged {} < record_count {}",
+        if frame.is_compaction() {
+            frame.ops_acknowledged == 0
+        } else {
+            frame.ops_acknowledged >= frame.record_count
+        },
+        "{} offset {offset}: ops_acknowledged {} for record_count {}",
         path.display(),
         frame.ops_acknowledged,
         frame.record_count

@@ -4,7 +4,9 @@
 //! It keeps every write since it was last made durable, with the bytes it overwrote; a sync
 //! makes durable the performed writes it covers: all of the file's for `fdatasync`, only the
 //! parts inside the range for a ranged `msync` (`io::synced_range`; a write that crosses the
-//! range is split). A store into the mapping announces only its offset: it is modelled as a
+//! range is split). A write past the end of a file (the `ids` file, the clean-close mark and
+//! a consumer's position are written whole into new files) overwrote zeros; taken back
+//! whole, it also takes back the length it added. A store into the mapping announces only its offset: it is modelled as a
 //! write of everything from there to the end of the file, its bytes read back at the power
 //! loss, so a ranged sync always splits it. Directory changes (creations of files and
 //! directories, renames, removals) are kept until a sync of their directory.
@@ -58,6 +60,10 @@ struct Unsynced {
     lost: bool,
     /// Order of announcement: a larger id is a later write.
     id: u64,
+    /// The file's length before the write, if the write made it longer (a small file
+    /// written whole: the `ids` file, the clean-close mark, a consumer's position). `old`
+    /// holds zeros past that length.
+    grew_from: Option<u64>,
 }
 
 impl Unsynced {
@@ -85,6 +91,7 @@ impl Unsynced {
             done: self.done,
             lost: self.lost,
             id: self.id,
+            grew_from: self.grew_from,
         })
     }
 
@@ -241,12 +248,18 @@ impl PowerState {
     /// A write is announced: keep where, what, and what it overwrites.
     fn announce_write(&mut self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
         let mapped = data.is_empty();
+        let file_len = std::fs::metadata(path)?.len();
         let len = if mapped {
-            (std::fs::metadata(path)?.len() - offset) as usize
+            (file_len - offset) as usize
         } else {
             data.len()
         };
-        let old = read_at(path, offset, len)?;
+        // A write past the end (a small file written whole) overwrites nothing there: it
+        // takes back to zeros, and to the old length if it is dropped whole.
+        let there = (file_len.saturating_sub(offset) as usize).min(len);
+        let mut old = read_at(path, offset, there)?;
+        old.resize(len, 0);
+        let grew_from = (offset + len as u64 > file_len).then_some(file_len);
         let id = self.next_id;
         self.next_id += 1;
         self.unsynced
@@ -260,6 +273,7 @@ impl PowerState {
                 done: false,
                 lost: false,
                 id,
+                grew_from,
             });
         Ok(())
     }
@@ -495,6 +509,18 @@ impl std::ops::AddAssign for Damage {
     }
 }
 
+/// Takes a write back whole: its old bytes, and the file's old length if it made the file
+/// longer and nothing later (kept, as `lose_power` goes newest first) lies past it.
+fn revert(file: &File, w: &Unsynced) {
+    file.write_all_at(&w.old, w.off).expect("revert");
+    let end = w.off + w.old.len() as u64;
+    if let Some(len) = w.grew_from {
+        if file.metadata().expect("stat").len() == end {
+            file.set_len(len).expect("take back the growth");
+        }
+    }
+}
+
 /// Takes back what the power loss may take: newest first, each lost write is reverted, and
 /// each other write not durable is dropped whole (probability `p_drop`) or kept or reverted
 /// per 512-byte sector (kept with probability `p_keep`); each directory change since the
@@ -510,14 +536,13 @@ pub fn lose_power(io: &PowerLossIo, rng: &mut StdRng, p_drop: f64, p_keep: f64) 
             .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
         for w in writes.iter().rev() {
             if w.lost {
-                file.write_all_at(&w.old, w.off)
-                    .expect("revert a lost write");
+                revert(&file, w);
                 dmg.lost_writes += 1;
                 continue;
             }
             dmg.unsynced_writes += 1;
             if rng.random_bool(p_drop) {
-                file.write_all_at(&w.old, w.off).expect("revert");
+                revert(&file, w);
                 dmg.dropped_writes += 1;
                 continue;
             }

@@ -1,6 +1,7 @@
 //! `mergelog inspect DIR`: what a log holds. Segments, batches, records, bytes, key range,
 //! how much each batch coalesced (write operations acknowledged against records logged),
-//! the damage that ends the log, if any, and the durable consumers with their lag.
+//! the compaction batches (copies of live records, no new writes: counted apart), the
+//! damage that ends the log, if any, and the durable consumers with their lag.
 //!
 //! The log is read as a point-in-time recovery would read it: up to the first damage
 //! anywhere, which is reported; nothing is changed.
@@ -44,6 +45,8 @@ struct SegmentJson {
     live_bytes: u64,
     /// `live_bytes` over the bytes of its frames (null without frames).
     live_ratio: Option<f64>,
+    /// Of its batches, those written by compaction (`Batch::is_compaction`).
+    compaction_batches: u64,
 }
 
 #[derive(Serialize)]
@@ -59,6 +62,8 @@ struct BatchJson {
     /// ops_acknowledged - records: writes superseded within the batch.
     coalesced: u64,
     sorted: bool,
+    /// Written by compaction: copies of live records, acknowledging nothing.
+    compaction: bool,
     /// First and last key in log order (smallest and largest when sorted), hex.
     #[serde(serialize_with = "hex_opt")]
     first_key: Option<Vec<u8>>,
@@ -94,6 +99,9 @@ struct InspectJson {
     deletes: u64,
     ops_acknowledged: u64,
     coalesced: u64,
+    /// Compaction batches and their records (in `batches` and `records` too).
+    compaction_batches: u64,
+    compaction_records: u64,
     frame_bytes: u64,
     key_bytes: u64,
     value_bytes: u64,
@@ -201,7 +209,7 @@ struct Scan {
     /// Smallest and largest key (the JSON's `key_min` and `key_max`, before hex).
     key_min: Option<Vec<u8>>,
     key_max: Option<Vec<u8>>,
-    /// Records and coalesced writes of each batch, in log order.
+    /// Records and coalesced writes of each batch but the compaction batches, in log order.
     per_batch_records: Vec<u64>,
     per_batch_coalesced: Vec<u64>,
     /// Per key, its newest record so far: segment row, record bytes, a put.
@@ -233,6 +241,7 @@ impl Scan {
                 recycled: logdir::is_recycled(&path),
                 live_bytes: 0,
                 live_ratio: None,
+                compaction_batches: 0,
             })
             .collect();
         let report = InspectJson {
@@ -248,6 +257,8 @@ impl Scan {
             deletes: 0,
             ops_acknowledged: 0,
             coalesced: 0,
+            compaction_batches: 0,
+            compaction_records: 0,
             frame_bytes: 0,
             key_bytes: 0,
             value_bytes: 0,
@@ -304,10 +315,18 @@ impl Scan {
         r.ops_acknowledged += u64::from(b.ops_acknowledged());
         r.coalesced += coalesced;
         r.frame_bytes += b.frame_len() as u64;
-        self.per_batch_records.push(records);
-        self.per_batch_coalesced.push(coalesced);
+        let compaction = b.is_compaction();
+        if compaction {
+            r.compaction_batches += 1;
+            r.compaction_records += records;
+        } else {
+            // Compaction batches would read as huge windows that coalesced nothing.
+            self.per_batch_records.push(records);
+            self.per_batch_coalesced.push(coalesced);
+        }
         if let Some(seg) = r.segments.iter_mut().find(|s| s.file == seg_name) {
             seg.batches += 1;
+            seg.compaction_batches += u64::from(compaction);
             seg.used_bytes = b.offset() + b.frame_len() as u64;
             seg.first_seq.get_or_insert(b.seq().get());
             seg.last_seq = Some(b.seq().get());
@@ -324,6 +343,7 @@ impl Scan {
                 ops_acknowledged: b.ops_acknowledged(),
                 coalesced,
                 sorted: b.is_sorted(),
+                compaction,
                 first_key: keys.first.map(<[u8]>::to_vec),
                 last_key: keys.last.map(<[u8]>::to_vec),
             });
@@ -484,6 +504,7 @@ fn segment_table(segments: &[SegmentJson]) -> String {
                 if s.recycled { "yes" } else { "no" }.into(),
                 s.live_ratio
                     .map_or("-".into(), |r| format!("{:.1} %", r * 100.0)),
+                thousands(s.compaction_batches),
             ]
         })
         .collect();
@@ -497,6 +518,7 @@ fn segment_table(segments: &[SegmentJson]) -> String {
             "last seq",
             "recycled",
             "live",
+            "compaction batches",
         ],
         &rows,
     )
@@ -533,17 +555,31 @@ fn totals(scan: &Scan) -> String {
     );
     let _ = writeln!(
         out,
-        "coalescing: {} write operations acknowledged, {} records logged, {} coalesced away \
-         ({:.1} %)",
+        "coalescing: {} write operations acknowledged, {} records logged for them, {} \
+         coalesced away ({:.1} %)",
         thousands(r.ops_acknowledged),
-        thousands(r.records),
+        thousands(r.records - r.compaction_records),
         thousands(r.coalesced),
         pct(r.coalesced, r.ops_acknowledged)
     );
+    if r.compaction_batches > 0 {
+        let _ = writeln!(
+            out,
+            "compaction: {} batches, {} records copied forward (live records of retired \
+             segments; no new writes)",
+            thousands(r.compaction_batches),
+            thousands(r.compaction_records),
+        );
+    }
     let (records, coalesced) = (&scan.per_batch_records, &scan.per_batch_coalesced);
     let _ = writeln!(
         out,
-        "per batch: records p50 {} p99 {} max {}; coalesced p50 {} p99 {} max {}",
+        "per batch{}: records p50 {} p99 {} max {}; coalesced p50 {} p99 {} max {}",
+        if r.compaction_batches > 0 {
+            " (but compaction's)"
+        } else {
+            ""
+        },
         percentile(records, 0.5),
         percentile(records, 0.99),
         records.last().copied().unwrap_or(0),
@@ -614,9 +650,19 @@ fn batch_table(r: &InspectJson) -> String {
                 b.offset.to_string(),
                 b.frame_bytes.to_string(),
                 b.records.to_string(),
-                b.ops_acknowledged.to_string(),
-                b.coalesced.to_string(),
+                // A compaction batch acknowledges nothing: its records are copies.
+                if b.compaction {
+                    "-".into()
+                } else {
+                    b.ops_acknowledged.to_string()
+                },
+                if b.compaction {
+                    "-".into()
+                } else {
+                    b.coalesced.to_string()
+                },
                 if b.sorted { "yes" } else { "no" }.into(),
+                if b.compaction { "compaction" } else { "write" }.into(),
                 key_range(&b.first_key, &b.last_key),
             ]
         })
@@ -631,6 +677,7 @@ fn batch_table(r: &InspectJson) -> String {
             "acked",
             "coalesced",
             "sorted",
+            "kind",
             "keys",
         ],
         &rows,

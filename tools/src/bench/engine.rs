@@ -149,16 +149,19 @@ pub fn run(
         Some(c) => Some((c, consumer::open(&engine)?)),
         None => None,
     };
-    let (driven, cpu, consumed) = match plan.clients {
-        // `--clients`: tasks on a runtime instead of writer threads (no consumer: refused).
-        Some(clients) => {
-            let stages = || engine.stats().stages;
-            let (driven, cpu) =
-                super::clients::drive(&engine, clients, plan, hooks, progress, &stages);
-            (driven, cpu, None)
+    // The disk it takes, sampled beside the writers (every engine system, the same way).
+    let ((driven, cpu, consumed), space) = super::space::watching(&engine, dir, || {
+        match plan.clients {
+            // `--clients`: tasks on a runtime instead of writer threads (no consumer: refused).
+            Some(clients) => {
+                let stages = || engine.stats().stages;
+                let (driven, cpu) =
+                    super::clients::drive(&engine, clients, plan, hooks, progress, &stages);
+                (driven, cpu, None)
+            }
+            None => drive_engine(system, &engine, reader, plan, hooks, progress),
         }
-        None => drive_engine(system, &engine, reader, plan, hooks, progress),
-    };
+    });
     // Close before looking at the writers' results: an error there should not leave the
     // flusher running.
     let closed = engine.close();
@@ -166,6 +169,7 @@ pub fn run(
     let consumed = consumed.transpose()?;
     let (mut sampled, elapsed, missed) = driven?;
     closed.context(|| "close the engine".into())?;
+    let space = space?.finish(&engine, dir)?;
 
     let stats = engine.stats();
     let mut timeline = std::mem::take(&mut sampled.timeline);
@@ -185,6 +189,7 @@ pub fn run(
         }),
         engine: Some(stats),
         cpu,
+        space: vec![space],
         ..RunResult::measured(system, sampled, timeline, elapsed, missed)
     })
 }

@@ -4,6 +4,8 @@
 //! - `no-coalesce`: the same with `Config::coalesce = false` (plain group commit).
 //! - `wal`: a conventional write-ahead log, leader/follower group commit (see `wal`).
 //! - `naive`: one mutex around a file; every write is lock, pwrite, fdatasync, unlock.
+//! - `mergelog-compact`: the engine as `mergelog` with `Compaction::Auto`; every engine system
+//!   reports the disk it took against its live data (see `space`).
 //! - the peers, real engines a user would otherwise pick, each driven as its users drive it:
 //!   `okaywal`, `redb`, `fjall`, and `rocksdb` (cargo feature `rocksdb`).
 //!
@@ -39,6 +41,7 @@ mod redb;
 pub mod report;
 #[cfg(feature = "rocksdb")]
 mod rocksdb;
+mod space;
 mod wal;
 
 use crate::error::{CliError, Context};
@@ -46,7 +49,10 @@ use crate::workload::{Dist, Generator, Size, Spec, KEY_SIZE_MIN};
 use clap::{Args, ValueEnum};
 use consumer::{ConsumerPlan, ConsumerTotals};
 use hdrhistogram::Histogram;
-use mergelog::{Config, ConsumerLag, Durability, StageHistograms, Stats, WindowPolicy, WritePath};
+use mergelog::{
+    AutoCompaction, Compaction, Config, ConsumerLag, Durability, StageHistograms, Stats,
+    WindowPolicy, WritePath,
+};
 use recorder::{Interval, Progress};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -236,6 +242,20 @@ pub struct WorkloadArgs {
     /// duration / 30, between 0.05 and 1; 0.1 with --ops].
     #[arg(long, allow_negative_numbers = true, value_name = "SECS", value_parser = interval)]
     interval: Option<f64>,
+    /// `mergelog-compact`: compact once the live records take less than R of the log's
+    /// frames (`AutoCompaction::live_ratio`, between 0 and 1 exclusive).
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "R",
+        default_value_t = 0.5,
+        value_parser = compaction_ratio,
+    )]
+    compaction_ratio: f64,
+    /// `mergelog-compact`: how often the compacting thread looks, milliseconds
+    /// (`AutoCompaction::check_every`) [engine default: 100].
+    #[arg(long, value_name = "MS", value_parser = compaction_check_ms)]
+    compaction_check_ms: Option<u64>,
 }
 
 /// Where the results go besides stdout; shared by `bench` and `profile`.
@@ -389,6 +409,10 @@ pub enum System {
     /// read of the durable value and a put of the sum (two calls, not atomic: increments can
     /// be lost), against `mergelog`'s `merge` in the same run. With `--op put`, `mergelog`.
     MergelogGetput,
+    /// The engine as `mergelog` with `Compaction::Auto` (`--compaction-ratio`,
+    /// `--compaction-check-ms`): what bounding the disk costs, against `mergelog` (which
+    /// keeps its whole history) in the same run.
+    MergelogCompact,
 }
 
 impl System {
@@ -404,6 +428,7 @@ impl System {
             System::Fjall => "fjall",
             System::MergelogIds => "mergelog-ids",
             System::MergelogGetput => "mergelog-getput",
+            System::MergelogCompact => "mergelog-compact",
         }
     }
 
@@ -411,7 +436,7 @@ impl System {
     pub fn has_engine(self) -> bool {
         matches!(
             self,
-            System::Mergelog | System::NoCoalesce | System::MergelogIds
+            System::Mergelog | System::NoCoalesce | System::MergelogIds | System::MergelogCompact
         )
     }
 
@@ -579,6 +604,19 @@ fn window_age(s: &str) -> Result<u64, String> {
     count(s, 10_000_000)
 }
 
+/// Up to a minute.
+fn compaction_check_ms(s: &str) -> Result<u64, String> {
+    count(s, 60_000)
+}
+
+fn compaction_ratio(s: &str) -> Result<f64, String> {
+    float_where(
+        s,
+        |f| f > 0.0 && f < 1.0,
+        "must be between 0 and 1 (exclusive)",
+    )
+}
+
 /// `4096`, `64K`, `16M`, `1G` (binary multiples; a trailing `B` or `iB` is allowed).
 fn bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -683,6 +721,8 @@ pub struct Plan {
     pub consumer: Option<ConsumerPlan>,
     /// `--clients`: `writers` clients at depth 1, tasks on a runtime for the engine systems.
     pub clients: Option<clients::Clients>,
+    /// `mergelog-compact`'s policy (`--compaction-ratio`, `--compaction-check-ms`).
+    pub compaction: AutoCompaction,
 }
 
 impl Plan {
@@ -690,11 +730,24 @@ impl Plan {
         Config {
             coalesce: matches!(
                 system,
-                System::Mergelog | System::MergelogIds | System::MergelogGetput
+                System::Mergelog
+                    | System::MergelogIds
+                    | System::MergelogGetput
+                    | System::MergelogCompact
             ),
             // `--op merge` counts with the add operator.
             merge: self.spec.merge.then_some(mergelog::MergeOperator::Add),
+            compaction: self.compaction_of(system),
             ..self.engine.clone()
+        }
+    }
+
+    /// `mergelog-compact` compacts on its own; the others as `Config::default()` (on demand,
+    /// which the bench never asks for: they keep their whole history).
+    fn compaction_of(&self, system: System) -> Compaction {
+        match system {
+            System::MergelogCompact => Compaction::Auto(self.compaction),
+            _ => self.engine.compaction,
         }
     }
 
@@ -834,6 +887,9 @@ pub struct RunResult {
     pub consumer: Option<ConsumerTotals>,
     /// CPU used while the writers ran (summed over the rounds); `None` where unreadable.
     pub cpu: Option<cpu::CpuUse>,
+    /// Engine systems: the disk the run took against its live data, one per round (empty
+    /// for the baselines).
+    pub space: Vec<space::SpaceRun>,
 }
 
 /// One run of a system: what `--rounds` keeps of each besides the merged totals.
@@ -893,6 +949,7 @@ impl RunResult {
             engine: None,
             consumer: None,
             cpu: None,
+            space: Vec::new(),
         }
     }
 
@@ -920,6 +977,9 @@ impl RunResult {
         }];
         for interval in &mut self.timeline {
             interval.round = round;
+        }
+        for space in &mut self.space {
+            space.round = round;
         }
     }
 
@@ -950,6 +1010,7 @@ impl RunResult {
             engine,
             consumer,
             cpu,
+            space,
         } = other;
         debug_assert_eq!(system, self.system);
         self.ops += ops;
@@ -981,6 +1042,7 @@ impl RunResult {
             (Some(mine), Some(theirs)) => *mine += theirs,
             (mine, theirs) => *mine = theirs.or(mine.take()),
         }
+        self.space.extend(space);
         Ok(())
     }
 }
@@ -1006,6 +1068,7 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
         merges,
         merges_refused,
         segments,
+        compaction,
         stages,
         consumers,
     } = from;
@@ -1032,6 +1095,12 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
     into.segments.fresh += segments.fresh;
     into.segments.reused += segments.reused;
     into.segments.retired += segments.retired;
+    let c = &mut into.compaction;
+    c.runs += compaction.runs;
+    c.batches += compaction.batches;
+    c.records += compaction.records;
+    c.bytes += compaction.bytes;
+    c.segments_retired += compaction.segments_retired;
     let StageHistograms {
         ring_wait,
         window_age,
@@ -1248,6 +1317,7 @@ fn plan(args: &WorkloadArgs) -> Result<Plan, CliError> {
         retain,
         consumer: None,
         clients,
+        compaction: compaction_from_flags(args),
     };
     // Surfaces a bad distribution now rather than inside every writer thread.
     Generator::new(&plan.spec, 0).map_err(CliError::usage)?;
@@ -1303,6 +1373,18 @@ fn check_clients(plan: &Plan, consumer: bool, systems: &[System]) -> Result<(), 
             s.name()
         ))),
         None => Ok(()),
+    }
+}
+
+/// `mergelog-compact`'s policy: the engine's defaults but for the flags given.
+fn compaction_from_flags(args: &WorkloadArgs) -> AutoCompaction {
+    let default = AutoCompaction::default();
+    AutoCompaction {
+        live_ratio: args.compaction_ratio,
+        check_every: args
+            .compaction_check_ms
+            .map_or(default.check_every, Duration::from_millis),
+        ..default
     }
 }
 

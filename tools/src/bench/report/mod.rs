@@ -16,6 +16,7 @@ use mergelog::{Durability, Stats};
 use serde::Serialize;
 use std::fmt::Write;
 
+mod space;
 mod table;
 mod text;
 
@@ -76,6 +77,9 @@ pub struct Workload {
     /// `--consumer` and its flags; absent without it.
     #[serde(skip_serializing_if = "Option::is_none")]
     consumer: Option<ConsumerWorkloadJson>,
+    /// `mergelog-compact`'s policy; absent when it did not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compaction: Option<space::CompactionWorkloadJson>,
 }
 
 /// `--consumer`: how the consumer beside the engine systems' writers was run.
@@ -187,6 +191,7 @@ impl Workload {
             dir: args.dir.as_ref().map(|d| d.display().to_string()),
             fs,
             consumer: plan.consumer.as_ref().map(ConsumerWorkloadJson::of),
+            compaction: space::CompactionWorkloadJson::of(plan, systems),
         }
     }
 
@@ -225,10 +230,13 @@ impl Workload {
         } else {
             format!("{length} per system")
         };
-        let consumer = self
+        let mut consumer = self
             .consumer
             .as_ref()
             .map_or_else(String::new, |c| format!("\n{}", c.describe()));
+        if let Some(c) = &self.compaction {
+            consumer = format!("{consumer}\n{}", c.describe());
+        }
         format!(
             "workload: {load}, {} keys {}, key {} B, value {} B, {:.0}% puts {:.0}% deletes \
              {:.0}% gets, {length}\n\
@@ -559,6 +567,8 @@ struct Run {
     /// `--consumer`: the consumer's work and lag (engine systems only; absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     consumer: Option<ConsumerRunJson>,
+    /// Engine systems: the disk the run took against its live data (null for baselines).
+    space: Option<space::SpaceJson>,
 }
 
 #[derive(Serialize)]
@@ -592,6 +602,8 @@ const BASELINES: [System; 8] = [
 /// The baselines `system` is compared with.
 fn baselines_of(system: System) -> &'static [System] {
     let below = match system {
+        // As `mergelog-ids`: against every baseline, `mergelog` included.
+        System::MergelogCompact => BASELINES.len(),
         System::Naive => 0,
         System::Wal => 1,
         System::Okaywal | System::Rocksdb | System::Redb | System::Fjall => 2,
@@ -761,6 +773,8 @@ impl Run {
             timeline: r.timeline.iter().map(Point::of).collect(),
             rounds: r.rounds.iter().map(RoundJson::of).collect(),
             consumer: ConsumerRunJson::of(r),
+            // Filled in by `Report::new`, which has the plan.
+            space: None,
         }
     }
 }
@@ -843,14 +857,18 @@ impl Report {
     pub fn new(session: &Session, machine: Machine, command: &'static str) -> Report {
         let results = &session.results;
         let base = Baselines::of(results);
-        Report {
+        let mut report = Report {
             schema_version: SCHEMA_VERSION,
             command,
             workload: session.workload.clone(),
             machine: MachineJson::of(machine, session.probe.as_ref()),
             runs: results.iter().map(|r| Run::of(r, &base)).collect(),
             round_ratios: round_ratios(results),
+        };
+        for (run, r) in report.runs.iter_mut().zip(results) {
+            run.space = space::SpaceJson::of(r, &session.plan);
         }
+        report
     }
 }
 

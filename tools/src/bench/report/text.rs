@@ -70,6 +70,7 @@ impl Report {
         if self.workload.rounds > 1 {
             out.push_str(&self.rounds_text());
         }
+        out.push_str(&self.space_text());
         out.push_str(&self.mergelog_stages(results));
         out
     }

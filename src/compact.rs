@@ -1,0 +1,674 @@
+//! Compaction: bounded disk for a log used as the store (`Engine::compact`, and
+//! `Compaction::Auto`'s background thread), in the manner of Bitcask's merge.
+//!
+//! `retire_before` bounds the log by forgetting what the retired segments held: right under
+//! a checkpoint, wrong when the engine's index is the store. Compaction keeps it: for a
+//! prefix of complete segments, every record that is still the newest of its key is copied
+//! to the head of the log, then the prefix is retired.
+//!
+//! The steps, and why each is safe (docs/FORMAT.md, "Compaction"):
+//!
+//! 1. The compacting thread (the caller of `Engine::compact`, or `mergelog-compactor`)
+//!    scans the prefix off the write path and gathers the records the index points at into
+//!    chunks of at most [`CHUNK_BYTES`], sorted by key. The index is only a first filter
+//!    here: a window in flight may have written a key since.
+//! 2. It hands a chunk to the flusher, the only writer ([`CompactSlot`]). Between two
+//!    windows the flusher waits until every batch it wrote is durable and in the index,
+//!    keeps the records the index still points at (exact now: nothing is in flight, and
+//!    later windows come after it in the log), writes them as one compaction batch
+//!    (`FLAG_COMPACTION`: no new event, 0 operations acknowledged) and makes it durable
+//!    before it cuts the next window. A copy is therefore never older in the log than a
+//!    write of its key, and replay, which applies batches in order, ends at the same values.
+//! 3. Once every chunk is durable (with `NoSync`, once the compacting thread has synced the
+//!    segments kept: [`sync_unsynced_log`]), the prefix is retired (`Engine::retire_before`'s
+//!    path: oldest first, the directory synced after each removal, request ids carried).
+//!    Tombstones are not copied: a delete in the prefix only hides older puts, which are all in the
+//!    prefix too, and removal oldest first never leaves a put without the delete after it.
+//!
+//! A crash between any two steps leaves a log that replays to the same state: copies whose
+//! originals are still there (harmless duplicates), or a shorter suffix.
+
+use crate::config::Durability;
+use crate::engine::{retire_prefix, Retired};
+use crate::error::{Error, Result};
+use crate::index::{frame_updates, Index, Loc};
+use crate::log::format::{
+    decode_frame, record_len, Decoded, FrameWriter, RecordOp, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+};
+use crate::log::segment::Segment;
+use crate::pipeline::{failed, Inner};
+use crate::seq::Seq;
+use crate::stats::Counters;
+use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// When the engine compacts its log (`Config::compaction`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Compaction {
+    /// Never: `Engine::compact` returns `Error::CompactionOff`. For an event log whose
+    /// replay must keep every event (bound it with `retire_before` under a snapshot).
+    Off,
+    /// Only when `Engine::compact` is called (the default).
+    #[default]
+    OnDemand,
+    /// As `OnDemand`, and on a background thread whenever the policy says so.
+    Auto(AutoCompaction),
+}
+
+/// When `Compaction::Auto` compacts: once the log holds at least `min_log_bytes` of frames
+/// and its live records take less than `live_ratio` of them, or (if set) once its frames
+/// exceed `max_log_bytes` whatever the ratio; and only if a segment has been completed
+/// since the last compaction (the one being written is never compacted). For the ratio, it
+/// compacts the oldest complete segments, as many as bring the live ratio a little past
+/// `live_ratio` (an eighth of the way to 1): the oldest hold the least that is live, so each
+/// byte freed costs the fewest copies; past `max_log_bytes`, every complete segment. Looked
+/// at every `check_every`.
+///
+/// What it bounds (docs/FORMAT.md, "Compaction"): with live bytes `L` and segments of `S`
+/// bytes, the frames on disk stay below about `L / live_ratio + 2 S` plus what is written
+/// during one compaction, and a compaction copies at most `L`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AutoCompaction {
+    /// Compact when live bytes / log bytes falls below this (between 0 and 1 exclusive;
+    /// default 0.5: the log at most about twice its live data).
+    pub live_ratio: f64,
+    /// Never compact a log smaller than this (bytes of frames; default 0).
+    pub min_log_bytes: u64,
+    /// Also compact once the frames exceed this many bytes, whatever the live ratio (default
+    /// `None`). Each such run copies every live record of the complete segments, so with
+    /// more live data than this it runs after every completed segment: set it well above the
+    /// live data.
+    pub max_log_bytes: Option<u64>,
+    /// How often the background thread looks (default 100 ms).
+    pub check_every: Duration,
+}
+
+impl Default for AutoCompaction {
+    fn default() -> Self {
+        AutoCompaction {
+            live_ratio: 0.5,
+            min_log_bytes: 0,
+            max_log_bytes: None,
+            check_every: Duration::from_millis(100),
+        }
+    }
+}
+
+impl Compaction {
+    pub(crate) fn validate(&self) -> std::result::Result<(), String> {
+        if let Compaction::Auto(a) = self {
+            if !(a.live_ratio > 0.0 && a.live_ratio < 1.0) {
+                return Err(format!(
+                    "compaction live_ratio = {} must be between 0 and 1 (exclusive)",
+                    a.live_ratio
+                ));
+            }
+            if a.check_every.is_zero() {
+                return Err("compaction check_every must not be zero".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one compaction did ([`Engine::compact`](crate::Engine::compact)).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compacted {
+    /// Segment files retired once their live records were copied forward.
+    pub segments: usize,
+    /// Their total size in bytes.
+    pub bytes_retired: u64,
+    /// Live records copied to the head of the log.
+    pub records_copied: u64,
+    /// Compaction batches written.
+    pub batches: u64,
+    /// Bytes of those batches (frames, with headers and padding).
+    pub bytes_written: u64,
+    /// Sequence number of the first batch the log now holds.
+    pub first_seq: Seq,
+    /// The durable consumer that held it back, with its committed batch: compaction only
+    /// takes segments every consumer has passed, as `retire_before` does.
+    pub held_back_by: Option<(String, Seq)>,
+}
+
+/// The most bytes of records one compaction batch copies (more if a single record is
+/// larger): it is written between two windows, with the pipeline drained, so it holds the
+/// writers back for about one sync of this many bytes.
+pub(crate) const CHUNK_BYTES: usize = 256 << 10;
+
+/// Records copied forward in one compaction batch: their keys and values, back to back,
+/// and where each was (the index must still point there when the batch is written).
+pub(crate) struct Chunk {
+    data: Vec<u8>,
+    records: Vec<ChunkRecord>,
+    /// Bytes of the records in a frame body.
+    body_len: usize,
+    reply: Sender<Result<Copied>>,
+}
+
+#[derive(Clone, Copy)]
+struct ChunkRecord {
+    at: usize,
+    key_len: usize,
+    value_len: usize,
+    src: Loc,
+}
+
+/// What the flusher wrote for one chunk.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Copied {
+    pub records: u64,
+    pub bytes: u64,
+}
+
+impl Chunk {
+    fn new(reply: Sender<Result<Copied>>) -> Chunk {
+        Chunk {
+            data: Vec::new(),
+            records: Vec::new(),
+            body_len: 0,
+            reply,
+        }
+    }
+
+    fn push(&mut self, key: &[u8], value: &[u8], src: Loc) {
+        self.records.push(ChunkRecord {
+            at: self.data.len(),
+            key_len: key.len(),
+            value_len: value.len(),
+            src,
+        });
+        self.data.extend_from_slice(key);
+        self.data.extend_from_slice(value);
+        self.body_len += record_len(key.len(), value.len());
+    }
+
+    fn key(&self, r: &ChunkRecord) -> &[u8] {
+        &self.data[r.at..r.at + r.key_len]
+    }
+
+    fn value(&self, r: &ChunkRecord) -> &[u8] {
+        let v = r.at + r.key_len;
+        &self.data[v..v + r.value_len]
+    }
+
+    /// Sorts the records by key, as a sorted frame needs them.
+    fn sort(&mut self) {
+        let mut records = std::mem::take(&mut self.records);
+        records.sort_unstable_by(|a, b| self.key(a).cmp(self.key(b)));
+        // A key has one newest record, so it is gathered once.
+        debug_assert!(records
+            .windows(2)
+            .all(|w| self.key(&w[0]) != self.key(&w[1])));
+        self.records = records;
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Keeps the records whose key's newest durable record is still the one copied. The
+    /// caller has made every batch written durable and queued in the index (the lookup
+    /// applies the queue first), so the index is exact.
+    pub(crate) fn keep_live(&mut self, index: &Index) {
+        let mut records = std::mem::take(&mut self.records);
+        records.retain(|r| index.get(self.key(r)) == Some(r.src));
+        self.records = records;
+        self.body_len = self
+            .records
+            .iter()
+            .map(|r| record_len(r.key_len, r.value_len))
+            .sum();
+    }
+
+    /// Bytes of the records in a frame body.
+    pub(crate) fn body_len(&self) -> usize {
+        self.body_len
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Encodes the records as puts into the frame at `frame_off` (body from `body_off`), and
+    /// notes where each key and value lands for the index, as a window's frame does.
+    pub(crate) fn encode(
+        &self,
+        w: &mut FrameWriter<'_>,
+        body_off: u64,
+        updates: &mut Vec<(u64, u32, Option<Loc>)>,
+    ) {
+        let mut off = body_off;
+        for r in &self.records {
+            w.push(RecordOp::Put, self.key(r), self.value(r));
+            let key_off = off + RECORD_HEADER_LEN as u64;
+            let value_off = key_off + r.key_len as u64;
+            let loc = Loc {
+                seg: 0, // set by the caller once the frame's segment is known
+                off: value_off,
+                len: r.value_len as u32,
+            };
+            updates.push((key_off, r.key_len as u32, Some(loc)));
+            off += record_len(r.key_len, r.value_len) as u64;
+        }
+    }
+
+    /// Answers the compacting thread.
+    pub(crate) fn reply(self, r: Result<Copied>) {
+        let _ = self.reply.send(r);
+    }
+}
+
+/// Where the compacting thread hands a chunk to the flusher, which looks for one between
+/// windows (one relaxed load per window while none is pending).
+#[derive(Default)]
+pub(crate) struct CompactSlot {
+    pending: AtomicBool,
+    state: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    chunk: Option<Chunk>,
+    /// The flusher has stopped: nothing offered now would ever be written.
+    closed: bool,
+}
+
+impl CompactSlot {
+    /// Offers `chunk` to the flusher; gives it back if the flusher has stopped.
+    fn offer(&self, chunk: Chunk) -> std::result::Result<(), Chunk> {
+        let mut s = self.state.lock();
+        if s.closed {
+            return Err(chunk);
+        }
+        debug_assert!(s.chunk.is_none(), "one compaction at a time");
+        s.chunk = Some(chunk);
+        self.pending.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether a chunk waits (the flusher's cheap check).
+    pub(crate) fn pending(&self) -> bool {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// The chunk waiting, if any.
+    pub(crate) fn take(&self) -> Option<Chunk> {
+        let mut s = self.state.lock();
+        self.pending.store(false, Ordering::Relaxed);
+        s.chunk.take()
+    }
+
+    /// The flusher stops: a chunk waiting is dropped (its sender answers `Closed`), and
+    /// later offers are refused.
+    pub(crate) fn close(&self) {
+        let mut s = self.state.lock();
+        s.closed = true;
+        s.chunk = None;
+        self.pending.store(false, Ordering::Relaxed);
+    }
+}
+
+/// One compaction, start to end: copies the live records of every complete segment that
+/// every durable consumer has passed, then retires those segments. With a `goal` (a live
+/// ratio), only the oldest of them: it stops before the next segment once retiring what it
+/// has copied would bring the log's live ratio to the goal. `stop` ends it early (between
+/// chunks; nothing is retired then). One at a time (`Inner::compact_lock`).
+pub(crate) fn compact(
+    inner: &Inner,
+    stop: Option<&AtomicBool>,
+    goal: Option<f64>,
+) -> Result<Compacted> {
+    let _one_at_a_time = inner.compact_lock.lock();
+    if inner.config.compaction == Compaction::Off {
+        return Err(Error::CompactionOff);
+    }
+    check_running(inner)?;
+    let (limit, held_back_by) = crate::consumer::retire_limit(&inner.dir, u64::MAX)?;
+    let (base, prefix, keep_from, held_back_by) = {
+        let segs = inner.segments.read();
+        let list: Vec<Arc<Segment>> = segs.iter().cloned().collect();
+        // A consumer held it back only if it keeps a complete segment (one before the last).
+        let last = list.last().map_or(0, |s| s.id);
+        let held_back_by = held_back_by.filter(|_| limit < last);
+        // Segment i holds batches [id_i, id_{i+1}): whole, durable (a roll drains the
+        // pipeline) and passed by every consumer once id_{i+1} <= limit.
+        let n = list.windows(2).take_while(|w| w[1].id <= limit).count();
+        let keep_from = list.get(n).map(|s| s.id);
+        (segs.base(), list[..n].to_vec(), keep_from, held_back_by)
+    };
+    let mut done = Compacted {
+        held_back_by,
+        ..Compacted::default()
+    };
+    let Some(keep_from) = keep_from.filter(|_| !prefix.is_empty()) else {
+        done.first_seq = Seq::new(inner.segments.read().iter().next().map_or(1, |s| s.id));
+        return Ok(done);
+    };
+    let (tx, rx) = bounded(1);
+    let mut chunk = Chunk::new(tx.clone());
+    // A window's frame of `batch_bytes_max` fits a segment (checked at open), and so does
+    // any one record the engine logged.
+    let chunk_max = CHUNK_BYTES.min(inner.config.batch_bytes_max);
+    let mut enough = Enough::new(inner, goal);
+    let mut keep_from = keep_from;
+    for (i, seg) in prefix.iter().enumerate() {
+        if enough.reached() {
+            keep_from = seg.id;
+            break;
+        }
+        let idx = base + i as u32;
+        scan_segment(seg, idx, &inner.index, |key, value, src| {
+            let len = record_len(key.len(), value.len());
+            if !chunk.is_empty() && chunk.body_len + len > chunk_max {
+                let full = std::mem::replace(&mut chunk, Chunk::new(tx.clone()));
+                copy_forward(inner, full, &rx, stop, &mut done)?;
+            }
+            chunk.push(key, value, src);
+            enough.copied(len);
+            Ok(())
+        })?;
+        enough.retired(seg.published().saturating_sub(SEGMENT_HEADER_LEN as u64));
+    }
+    if !chunk.is_empty() {
+        copy_forward(inner, chunk, &rx, stop, &mut done)?;
+    }
+    sync_unsynced_log(inner, keep_from)?;
+    let retired: Retired = retire_prefix(inner, keep_from, true)?;
+    // Every live record of the prefix was copied: retiring it forgets no key (unless a
+    // `retire_before` meanwhile took some of it, which forgets them on its own account).
+    debug_assert_eq!(retired.keys_forgotten, 0, "compaction lost live keys");
+    done.segments = retired.segments;
+    done.bytes_retired = retired.bytes;
+    done.first_seq = retired.first_seq;
+    let c = &inner.counters;
+    Counters::add(&c.compaction_runs, 1);
+    Counters::add(&c.compaction_segments, retired.segments as u64);
+    Ok(done)
+}
+
+/// With `Durability::NoSync` nothing was synced, not even the compaction batches, while the
+/// retirement makes its removals durable: the segments from `keep_from` on are synced over
+/// their frames first, so that the copies, and every frame recovery reads before them, are
+/// durable before any original goes. Else the originals could have been durable (written
+/// under `Sync` by an earlier run, or written back long ago) and a power loss would take
+/// the only copies left. With `Sync` every frame is durable already.
+fn sync_unsynced_log(inner: &Inner, keep_from: u64) -> Result<()> {
+    if inner.config.durability == Durability::Sync {
+        return Ok(());
+    }
+    let kept: Vec<Arc<Segment>> = (inner.segments.read().iter())
+        .filter(|s| s.id >= keep_from)
+        .cloned()
+        .collect();
+    for seg in kept {
+        let end = seg.published() as usize;
+        if let Err(e) = seg.sync(0, end, inner.config.write_path) {
+            // As for any failed sync, the pages it covered may never reach the disk and no
+            // later sync would say so: the engine fails, and retires nothing more.
+            inner.completion.fail(e.clone());
+            inner.throttle.wake_all();
+            return Err(failed(&e));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a compaction with a goal has taken enough of the oldest segments: the log's
+/// frames once they are retired (less their frames, plus the copies) hold live records in
+/// at least the goal's ratio. Without a goal, never (every complete segment is taken).
+struct Enough {
+    goal: Option<f64>,
+    live: u64,
+    /// The log's frames as they will be: now, less the segments taken, plus their copies.
+    projected: u64,
+}
+
+impl Enough {
+    fn new(inner: &Inner, goal: Option<f64>) -> Enough {
+        Enough {
+            goal,
+            live: inner.index.live_bytes(),
+            projected: log_bytes(inner).0,
+        }
+    }
+
+    fn copied(&mut self, record_bytes: usize) {
+        self.projected += record_bytes as u64;
+    }
+
+    /// A segment of `frames` bytes of frames is taken (it will be retired).
+    fn retired(&mut self, frames: u64) {
+        self.projected = self.projected.saturating_sub(frames);
+    }
+
+    fn reached(&self) -> bool {
+        self.goal
+            .is_some_and(|g| self.live as f64 >= g * self.projected as f64)
+    }
+}
+
+fn check_running(inner: &Inner) -> Result<()> {
+    if let Some(e) = inner.completion.failure() {
+        return Err(failed(e));
+    }
+    if inner.ring.is_closed() {
+        return Err(Error::Closed);
+    }
+    Ok(())
+}
+
+/// Calls `f(key, value, location)` for every put record of `seg` (index `idx` in the log)
+/// that the index says is its key's newest.
+fn scan_segment(
+    seg: &Segment,
+    idx: u32,
+    index: &Index,
+    mut f: impl FnMut(&[u8], &[u8], Loc) -> Result<()>,
+) -> Result<()> {
+    let image = seg.published_bytes();
+    let mut off = SEGMENT_HEADER_LEN;
+    loop {
+        let frame = match decode_frame(image, off) {
+            Ok(Decoded::Frame(frame)) => frame,
+            Ok(Decoded::End) => return Ok(()),
+            // The engine verified or wrote every byte below `published`: damage here came
+            // later (the disk, or another process writing the file).
+            Err(e) => {
+                return Err(Error::Corrupt {
+                    path: seg.path.clone(),
+                    offset: e.offset,
+                    reason: format!("found while compacting: {}", e.kind),
+                })
+            }
+        };
+        off = frame.offset as usize + frame.len;
+        for (key, loc) in frame_updates(idx, seg, &frame) {
+            let Some(loc) = loc else { continue };
+            if index.get(key) == Some(loc) {
+                let value = seg.bytes(loc.off, loc.len as usize);
+                f(key, value, loc)?;
+            }
+        }
+    }
+}
+
+/// Hands `chunk` to the flusher and waits for it to be written and durable.
+fn copy_forward(
+    inner: &Inner,
+    mut chunk: Chunk,
+    reply: &Receiver<Result<Copied>>,
+    stop: Option<&AtomicBool>,
+    done: &mut Compacted,
+) -> Result<()> {
+    if stop.is_some_and(|s| s.load(Ordering::Acquire)) {
+        return Err(Error::Closed);
+    }
+    check_running(inner)?;
+    chunk.sort();
+    if inner.compact_slot.offer(chunk).is_err() {
+        return Err(Error::Closed);
+    }
+    inner.poke_flusher();
+    let copied = loop {
+        match reply.recv_timeout(Duration::from_millis(50)) {
+            Ok(r) => break r?,
+            // The flusher dropped it: it stopped (`CompactSlot::close`).
+            Err(RecvTimeoutError::Disconnected) => return Err(Error::Closed),
+            Err(RecvTimeoutError::Timeout) => check_running(inner)?,
+        }
+    };
+    if copied.records > 0 {
+        done.batches += 1;
+    }
+    done.records_copied += copied.records;
+    done.bytes_written += copied.bytes;
+    Ok(())
+}
+
+/// `Compaction::Auto`'s thread, `mergelog-compactor`.
+pub(crate) struct AutoCompactor {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<()>,
+}
+
+impl AutoCompactor {
+    /// Starts the thread for `policy` on the engine `inner`.
+    pub(crate) fn start(inner: Arc<Inner>, policy: AutoCompaction) -> Result<AutoCompactor> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("mergelog-compactor".into())
+            .spawn(move || run_auto(&inner, policy, &flag))
+            .map_err(|e| Error::io("start the compactor thread", "mergelog-compactor", e))?;
+        Ok(AutoCompactor { stop, handle })
+    }
+
+    /// Stops the thread (a compaction in progress ends after its current chunk, retiring
+    /// nothing) and waits for it.
+    pub(crate) fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        self.handle.thread().unpark();
+        let _ = self.handle.join();
+    }
+}
+
+fn run_auto(inner: &Inner, policy: AutoCompaction, stop: &AtomicBool) {
+    // The last segment when the last compaction ran: nothing new to compact before the log
+    // rolls past it.
+    let mut last_run_at = None;
+    while !stop.load(Ordering::Acquire) {
+        std::thread::park_timeout(policy.check_every);
+        if stop.load(Ordering::Acquire) || check_running(inner).is_err() {
+            continue;
+        }
+        let (used, last) = log_bytes(inner);
+        if last_run_at == Some(last) || used < policy.min_log_bytes.max(1) {
+            continue;
+        }
+        let too_big = policy.max_log_bytes.is_some_and(|max| used > max);
+        let live = inner.index.live_bytes();
+        if !too_big && (live as f64) >= policy.live_ratio * used as f64 {
+            continue;
+        }
+        last_run_at = Some(last);
+        // Only the oldest segments, as many as bring the log a little past the policy's
+        // ratio: the oldest hold the least that is live (their keys had the longest time to
+        // be overwritten), so each byte freed costs the fewest copies, and compaction keeps
+        // pace with the writes, a few segments at a time, instead of copying every live
+        // record each time the ratio is crossed (write amplification 1 / (1 - r) at best).
+        // Past `max_log_bytes`, every complete segment, as its doc says.
+        let goal = (!too_big).then_some(policy.live_ratio + (1.0 - policy.live_ratio) / 8.0);
+        // A failure is sticky and reported on every call; a stop ends the loop above.
+        let _ = compact(inner, Some(stop), goal);
+    }
+}
+
+/// How much disk the log takes against what it holds ([`Engine::space`](crate::Engine::space)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Space {
+    /// Bytes the live keys' newest records take (record header, key, value): what a
+    /// compaction keeps. Durable state only.
+    pub live_bytes: u64,
+    /// Bytes of the log's frames (every segment's written bytes past its header).
+    pub log_bytes: u64,
+    /// Bytes of the segment files (each is made at its full size; the prepared next segment
+    /// and pooled files are not counted).
+    pub file_bytes: u64,
+    /// Segment files.
+    pub segments: usize,
+}
+
+impl Space {
+    /// `live_bytes / log_bytes` (1 for an empty log): what `Compaction::Auto` compares with
+    /// its `live_ratio`.
+    pub fn live_ratio(&self) -> f64 {
+        if self.log_bytes == 0 {
+            1.0
+        } else {
+            self.live_bytes as f64 / self.log_bytes as f64
+        }
+    }
+}
+
+/// The engine's [`Space`].
+pub(crate) fn space(inner: &Inner) -> Space {
+    let (log_bytes, _) = log_bytes(inner);
+    let segs = inner.segments.read();
+    Space {
+        live_bytes: inner.index.live_bytes(),
+        log_bytes,
+        file_bytes: segs.iter().map(|s| s.size).sum(),
+        segments: segs.iter().count(),
+    }
+}
+
+/// Bytes of the log's frames (every segment's published bytes past its header), and the
+/// id of the segment being written.
+pub(crate) fn log_bytes(inner: &Inner) -> (u64, u64) {
+    let segs = inner.segments.read();
+    let used = segs
+        .iter()
+        .map(|s| s.published().saturating_sub(SEGMENT_HEADER_LEN as u64))
+        .sum();
+    let last = segs.iter().last().map_or(0, |s| s.id);
+    (used, last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Enough;
+
+    #[test]
+    fn a_goal_takes_the_oldest_segments_until_the_ratio_is_reached() {
+        // 100 live bytes in 400 of frames (25 %), segments of 100 bytes of frames.
+        let mut e = Enough {
+            goal: Some(0.5),
+            live: 100,
+            projected: 400,
+        };
+        assert!(!e.reached());
+        // The oldest holds 10 live bytes: 310 after it, 32 %.
+        e.copied(10);
+        e.retired(100);
+        assert!(!e.reached());
+        // The next holds 20: 230, 43 %; the next 30: 160, 62 %, past the goal.
+        e.copied(20);
+        e.retired(100);
+        assert!(!e.reached());
+        e.copied(30);
+        e.retired(100);
+        assert!(e.reached(), "{} of {}", e.live, e.projected);
+        // Without a goal every segment is taken.
+        let all = Enough {
+            goal: None,
+            live: 100,
+            projected: 100,
+        };
+        assert!(!all.reached());
+    }
+}

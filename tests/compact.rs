@@ -1,0 +1,452 @@
+//! Compaction (`Engine::compact`, `Compaction::Auto`): the live data stays, the disk shrinks,
+//! deleted keys stay deleted, writes made during a compaction win, consumers hold it back, and
+//! a random sequence of writes, compactions and reopens always matches a map.
+
+mod common;
+
+use common::log::{read_log, replay, segment_files};
+use common::model::state_diff;
+use common::{engine_state, wait_ok, State, WAIT_MAX};
+use mergelog::{
+    AutoCompaction, Compaction, Config, Durability, Engine, Error, LogReader, Seq, WriteBatch,
+};
+use proptest::prelude::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Small segments, so that a few hundred writes fill several.
+fn config() -> Config {
+    Config {
+        segment_bytes: 64 << 10,
+        batch_bytes_max: 16 << 10,
+        ..Config::default()
+    }
+}
+
+fn key(i: usize) -> Vec<u8> {
+    format!("key-{i:05}").into_bytes()
+}
+
+fn value(i: usize, round: usize) -> Vec<u8> {
+    let mut v = format!("value-{i}-{round}-").into_bytes();
+    v.resize(200, b'.');
+    v
+}
+
+/// Puts `keys` keys `rounds` times over (one ticket waited per round) and deletes every
+/// seventh key at the end; returns the expected state.
+fn overwrite(engine: &Engine, keys: usize, rounds: usize) -> State {
+    let mut state = State::new();
+    for round in 0..rounds {
+        let mut last = None;
+        for i in 0..keys {
+            last = Some(engine.put(&key(i), &value(i, round)).expect("put"));
+            state.insert(key(i), value(i, round));
+        }
+        wait_ok(&last.expect("a put"), "overwrite round");
+    }
+    let mut last = None;
+    for i in (0..keys).step_by(7) {
+        last = Some(engine.delete(&key(i)).expect("delete"));
+        state.remove(&key(i));
+    }
+    wait_ok(&last.expect("a delete"), "deletes");
+    state
+}
+
+/// Bytes of the log's segment files on disk.
+fn disk_bytes(dir: &Path) -> u64 {
+    segment_files(dir)
+        .iter()
+        .map(|(_, p)| std::fs::metadata(p).expect("stat").len())
+        .sum()
+}
+
+#[test]
+fn compaction_keeps_every_live_value_and_retires_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let engine = Engine::open(dir, config()).expect("open");
+    let state = overwrite(&engine, 300, 12);
+    let before = segment_files(dir).len();
+    assert!(
+        before > 8,
+        "the workload should fill many segments ({before})"
+    );
+    let bytes_before = disk_bytes(dir);
+
+    let space = engine.space();
+    assert_eq!(space.file_bytes, bytes_before);
+    assert_eq!(space.segments, before);
+    assert!(space.live_ratio() < 0.2, "{space:?}");
+    let c = engine.compact().expect("compact");
+    assert!(disk_bytes(dir) < bytes_before / 2, "{c:?}");
+    let after = engine.space();
+    assert_eq!(
+        after.live_bytes, space.live_bytes,
+        "compaction keeps the live bytes"
+    );
+    assert!(after.log_bytes < space.log_bytes / 4, "{after:?} {space:?}");
+    assert_eq!(after.file_bytes, disk_bytes(dir));
+    assert_eq!(engine_state(&engine), state, "state after compaction");
+    assert!(
+        c.segments >= before - 2,
+        "retired {} of {before}",
+        c.segments
+    );
+    // Only live records were copied: at most one per live key.
+    assert!(c.records_copied as usize <= state.len(), "{c:?}");
+    assert!(c.batches >= 1 && c.bytes_written > 0, "{c:?}");
+    let after = segment_files(dir).len();
+    assert!(after <= 4, "{after} segments left of {before}");
+    let counts = engine.counts();
+    assert_eq!(counts.compaction.runs, 1);
+    assert_eq!(counts.compaction.batches, c.batches);
+    assert_eq!(counts.compaction.records, c.records_copied);
+    assert_eq!(counts.compaction.segments_retired, c.segments as u64);
+
+    // The log replays to the same state: in this process, from the directory, after reopen.
+    let frames = read_log(dir, None);
+    assert_eq!(replay(&frames), state, "replay of the compacted log");
+    let compaction_frames: Vec<_> = frames.iter().filter(|f| f.is_compaction()).collect();
+    assert_eq!(compaction_frames.len() as u64, c.batches);
+    assert!(compaction_frames
+        .iter()
+        .all(|f| f.ops_acknowledged == 0 && f.is_sorted() && f.records.iter().all(|r| r.put)));
+    let mut seen = 0;
+    for b in engine.replay().expect("replay").batches() {
+        seen += u64::from(b.is_compaction());
+        assert_eq!(b.is_compaction(), b.ops_acknowledged() == 0);
+    }
+    assert_eq!(seen, c.batches, "replay flags the compaction batches");
+    engine.close().expect("close");
+    drop(engine);
+    let engine = Engine::open(dir, config()).expect("reopen");
+    assert_eq!(engine_state(&engine), state, "state after reopen");
+
+    // Nothing left to compact but what was just written: a second compaction copies only
+    // what is in complete segments, and the state stays.
+    engine.compact().expect("compact again");
+    assert_eq!(engine_state(&engine), state);
+}
+
+#[test]
+fn a_deleted_key_stays_deleted_after_compaction_and_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let engine = Engine::open(dir, config()).expect("open");
+    wait_ok(&engine.put(b"gone-early", b"v").unwrap(), "put");
+    wait_ok(&engine.put(b"gone-late", b"v").unwrap(), "put");
+    // The early delete lands in a segment that is compacted, the late one (after the fill)
+    // in the segment being written: neither key may come back.
+    wait_ok(&engine.delete(b"gone-early").unwrap(), "delete");
+    let state = overwrite(&engine, 200, 6);
+    wait_ok(&engine.delete(b"gone-late").unwrap(), "delete");
+    engine.compact().expect("compact");
+    for k in [&b"gone-early"[..], b"gone-late"] {
+        assert_eq!(engine.read_to_vec(k).unwrap(), None, "{k:?} after compact");
+    }
+    assert_eq!(engine_state(&engine), state);
+    engine.close().unwrap();
+    drop(engine);
+    let engine = Engine::open(dir, config()).expect("reopen");
+    for k in [&b"gone-early"[..], b"gone-late"] {
+        assert_eq!(engine.read_to_vec(k).unwrap(), None, "{k:?} after reopen");
+    }
+    assert_eq!(engine_state(&engine), state);
+}
+
+/// Writers keep writing their own keys while another thread compacts over and over: every
+/// key ends with its writer's last value, in the engine and after reopen.
+#[test]
+fn writes_made_during_compaction_win() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let engine = Engine::open(
+        dir,
+        Config {
+            durability: Durability::NoSync,
+            ..config()
+        },
+    )
+    .expect("open");
+    let writers = 3;
+    let keys = 150;
+    let rounds = 41;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let compactions = std::thread::scope(|s| {
+        let done = &done;
+        let engine = &engine;
+        let compactor = s.spawn(move || {
+            let mut n = 0;
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                let c = engine.compact().expect("compact");
+                n += u64::from(c.segments > 0);
+            }
+            n
+        });
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                s.spawn(move || {
+                    for round in 0..rounds {
+                        let mut b = WriteBatch::new();
+                        let mut last = None;
+                        for i in (w..keys).step_by(writers) {
+                            if round % 5 == 4 && i % 3 == 0 {
+                                b.delete(&key(i));
+                            } else {
+                                b.put(&key(i), &value(i, round));
+                            }
+                            if b.len() == 10 {
+                                last = Some(engine.write(&b).expect("write"));
+                                b = WriteBatch::new();
+                            }
+                        }
+                        if !b.is_empty() {
+                            last = Some(engine.write(&b).expect("write"));
+                        }
+                        wait_ok(&last.expect("a write"), "writer");
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("writer");
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+        compactor.join().expect("compactor")
+    });
+    assert!(compactions > 0, "no compaction retired anything");
+    let mut state = State::new();
+    for i in 0..keys {
+        // The last round, 40, puts every key (deletes are in rounds 4, 9, ...).
+        state.insert(key(i), value(i, rounds - 1));
+    }
+    let got = engine_state(&engine);
+    assert!(
+        got == state,
+        "after the writers: {}",
+        state_diff(&got, &state)
+    );
+    engine.compact().expect("compact");
+    assert_eq!(engine_state(&engine), state, "after a last compaction");
+    engine.close().unwrap();
+    drop(engine);
+    assert_eq!(replay(&read_log(dir, None)), state, "replay");
+    let engine = Engine::open(dir, config()).expect("reopen");
+    assert_eq!(engine_state(&engine), state, "after reopen");
+}
+
+#[test]
+fn a_consumer_holds_compaction_back_until_it_commits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let engine = Engine::open(dir, config()).expect("open");
+    let mut consumer = engine.consumer("audit").expect("consumer");
+    let state = overwrite(&engine, 200, 6);
+    let before = segment_files(dir).len();
+    let c = engine.compact().expect("compact");
+    assert_eq!(c.segments, 0, "{c:?}");
+    assert_eq!(c.records_copied, 0, "nothing copied that cannot be retired");
+    assert_eq!(c.held_back_by, Some(("audit".to_string(), Seq::new(0))));
+    assert_eq!(segment_files(dir).len(), before);
+
+    // The consumer reads everything, skipping nothing (there is no compaction batch yet),
+    // and commits: now all but the segment being written can go.
+    let durable = engine.durable_seq();
+    let mut last = Seq::new(0);
+    while last < durable {
+        let b = consumer
+            .next_timeout(WAIT_MAX)
+            .expect("next")
+            .expect("a batch");
+        assert!(!b.compaction);
+        last = b.seq;
+    }
+    consumer.commit(last).expect("commit");
+    let c = engine.compact().expect("compact");
+    assert!(c.segments >= before - 2, "{c:?}");
+    assert_eq!(c.held_back_by, None);
+    assert_eq!(engine_state(&engine), state);
+    // The consumer then sees the compaction batches, flagged, after what it committed.
+    let b = consumer
+        .next_timeout(WAIT_MAX)
+        .expect("next")
+        .expect("a batch");
+    assert!(b.compaction, "batch {} after the commit", b.seq);
+}
+
+#[test]
+fn compaction_off_refuses_and_bad_policies_are_refused_at_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let off = Config {
+        compaction: Compaction::Off,
+        ..config()
+    };
+    let engine = Engine::open(tmp.path().join("off"), off).expect("open");
+    wait_ok(&engine.put(b"k", b"v").unwrap(), "put");
+    let e = engine.compact().unwrap_err();
+    assert!(matches!(e, Error::CompactionOff), "{e:?}");
+    assert!(e.to_string().contains("Compaction::Off"), "{e}");
+    for (live_ratio, check_every) in [
+        (0.0, Duration::from_millis(10)),
+        (1.0, Duration::from_millis(10)),
+        (f64::NAN, Duration::from_millis(10)),
+        (0.5, Duration::ZERO),
+    ] {
+        let bad = Config {
+            compaction: Compaction::Auto(AutoCompaction {
+                live_ratio,
+                check_every,
+                ..AutoCompaction::default()
+            }),
+            ..config()
+        };
+        let e = Engine::open(tmp.path().join("bad"), bad).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidConfig(ref m) if m.contains("compaction")),
+            "{e:?}"
+        );
+    }
+}
+
+/// `Compaction::Auto` keeps the log near its live data on its own; the figures of the
+/// policy's bound are in the bench (`mergelog bench --compaction`), this checks that it
+/// runs and keeps the state.
+#[test]
+fn auto_compaction_runs_on_its_own_and_keeps_the_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let auto = Config {
+        compaction: Compaction::Auto(AutoCompaction {
+            live_ratio: 0.5,
+            check_every: Duration::from_millis(5),
+            ..AutoCompaction::default()
+        }),
+        ..config()
+    };
+    let engine = Engine::open(dir, auto.clone()).expect("open");
+    let mut state = overwrite(&engine, 200, 10);
+    // The thread looks every 5 ms; give it time to notice (bounded: a hang guard only).
+    let give_up = Instant::now() + WAIT_MAX;
+    while engine.counts().compaction.runs == 0 {
+        assert!(Instant::now() < give_up, "the compactor never ran");
+        // Keep the log growing, so there is always a complete segment to compact.
+        let written = overwrite(&engine, 20, 1);
+        for i in 0..20 {
+            match written.get(&key(i)) {
+                Some(v) => state.insert(key(i), v.clone()),
+                None => state.remove(&key(i)),
+            };
+        }
+    }
+    let counts = engine.counts();
+    assert!(counts.compaction.segments_retired > 0, "{counts:?}");
+    assert_eq!(engine_state(&engine), state);
+    engine.close().expect("close stops the compactor");
+    drop(engine);
+    let engine = Engine::open(dir, auto).expect("reopen");
+    assert_eq!(engine_state(&engine), state);
+}
+
+/// `max_log_bytes` compacts a log that is over the size even when its live ratio is above
+/// `live_ratio` (here the ratio alone never would: 0.01).
+#[test]
+fn auto_compaction_by_size_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let by_size = Config {
+        compaction: Compaction::Auto(AutoCompaction {
+            live_ratio: 0.01,
+            max_log_bytes: Some(256 << 10),
+            check_every: Duration::from_millis(5),
+            ..AutoCompaction::default()
+        }),
+        ..config()
+    };
+    let engine = Engine::open(tmp.path(), by_size).expect("open");
+    let mut state = State::new();
+    let give_up = Instant::now() + WAIT_MAX;
+    while engine.counts().compaction.runs == 0 {
+        assert!(Instant::now() < give_up, "the compactor never ran");
+        // A live ratio well above 0.01: 50 keys rewritten.
+        let written = overwrite(&engine, 50, 1);
+        for i in 0..50 {
+            match written.get(&key(i)) {
+                Some(v) => state.insert(key(i), v.clone()),
+                None => state.remove(&key(i)),
+            };
+        }
+    }
+    assert_eq!(engine_state(&engine), state);
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put(u8, u16),
+    Delete(u8),
+    Compact,
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        12 => (any::<u8>(), 1u16..2000).prop_map(|(k, len)| Op::Put(k % 40, len)),
+        4 => any::<u8>().prop_map(|k| Op::Delete(k % 40)),
+        1 => Just(Op::Compact),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Random puts, deletes, compactions and reopens against a map: after each compaction
+    /// and each reopen the engine, and the log replayed from the directory, hold the map.
+    #[test]
+    fn compactions_among_random_writes_match_a_map(ops in proptest::collection::vec(op(), 1..300)) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let cfg = Config { durability: Durability::NoSync, ..config() };
+        let mut engine = Engine::open(dir, cfg.clone()).expect("open");
+        let mut state = State::new();
+        let mut last = None;
+        for (n, op) in ops.iter().enumerate() {
+            match op {
+                Op::Put(k, len) => {
+                    let v = vec![(n % 251) as u8; *len as usize];
+                    last = Some(engine.put(&key(*k as usize), &v).expect("put"));
+                    state.insert(key(*k as usize), v);
+                }
+                Op::Delete(k) => {
+                    last = Some(engine.delete(&key(*k as usize)).expect("delete"));
+                    state.remove(&key(*k as usize));
+                }
+                Op::Compact => {
+                    if let Some(t) = last.take() {
+                        wait_ok(&t, "before compact");
+                    }
+                    engine.compact().expect("compact");
+                    prop_assert_eq!(&engine_state(&engine), &state);
+                }
+                Op::Reopen => {
+                    if let Some(t) = last.take() {
+                        wait_ok(&t, "before reopen");
+                    }
+                    engine.close().expect("close");
+                    drop(engine);
+                    prop_assert_eq!(&replay(&read_log(dir, None)), &state);
+                    engine = Engine::open(dir, cfg.clone()).expect("reopen");
+                    prop_assert_eq!(&engine_state(&engine), &state);
+                }
+            }
+        }
+        if let Some(t) = last.take() {
+            wait_ok(&t, "at the end");
+        }
+        engine.compact().expect("compact");
+        prop_assert_eq!(&engine_state(&engine), &state);
+        engine.close().expect("close");
+        prop_assert_eq!(&replay(&read_log(dir, None)), &state);
+        let _ = LogReader::open(dir).expect("the directory reads");
+    }
+}

@@ -9,7 +9,7 @@ use super::Inner;
 use crate::config::Durability;
 use crate::error::Result;
 use crate::log::WrittenFrame;
-use crate::stats::{record, Counters};
+use crate::stats::{record, record_n, Counters};
 use crate::throttle::REREAD_EVERY;
 use crossbeam::channel::{Receiver, Sender, TryRecvError};
 use std::sync::atomic::{fence, Ordering};
@@ -133,6 +133,22 @@ pub(super) fn complete_jobs(inner: &Inner, group: &[Job]) -> Result<()> {
         inner.poke_flusher();
     }
     let t2 = Instant::now();
+    record_stages(inner, group, synced, (t0, t1, t2), now);
+    Ok(())
+}
+
+/// Records a completed group's stages: its sync (if it synced), which started at `t0`; the
+/// completion's work from `t1`, when the sync and publish were done, to `t2`; and per
+/// request, the end-to-end latency up to `now` (a raw `Inner::clock` reading taken at `t1`),
+/// split into the wait for its window's cut and encode (`cut_wait`, up to `Job::ready`) and
+/// the wait from there to `t0` (`sync_wait`).
+fn record_stages(
+    inner: &Inner,
+    group: &[Job],
+    synced: Option<Duration>,
+    (t0, t1, t2): (Instant, Instant, Instant),
+    now: u64,
+) {
     let mut h = inner.counters.stages.lock();
     // The sync stage is the sync alone, the time `Stats::sync_time` calls busy.
     if let Some(took) = synced {
@@ -140,11 +156,21 @@ pub(super) fn complete_jobs(inner: &Inner, group: &[Job]) -> Result<()> {
     }
     record(&mut h.wakeup, (t2 - t1).as_nanos() as u64);
     for job in group {
+        // From the job's hand-on to the end of its sync and publish, on the `Instant` clock;
+        // the request's stamps are on `Inner::clock`, read at `t1` as `now`.
+        let since_ready = job.ready.map(|r| {
+            let queued = t0.saturating_duration_since(r).as_nanos() as u64;
+            record_n(&mut h.sync_wait, queued, job.stamps.len() as u64);
+            t1.saturating_duration_since(r).as_nanos() as u64
+        });
         for &s in &job.stamps {
-            record(&mut h.end_to_end, inner.clock.delta_as_nanos(s, now));
+            let e2e = inner.clock.delta_as_nanos(s, now);
+            record(&mut h.end_to_end, e2e);
+            if let Some(after) = since_ready {
+                record(&mut h.cut_wait, e2e.saturating_sub(after));
+            }
         }
     }
-    Ok(())
 }
 
 /// The first step of [`complete_jobs`] (which started at `t0`): makes the group's frames

@@ -18,11 +18,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-const STAGES: [&str; 7] = [
+const STAGES: [&str; 9] = [
     "ring_wait",
+    "cut_wait",
     "window_age",
     "coalesce_sort",
     "encode_write",
+    "sync_wait",
     "sync",
     "wakeup",
     "end_to_end",
@@ -288,7 +290,7 @@ fn check_runs(report: &Value) {
                     .map(|s| s["stage"].as_str().unwrap())
                     .collect();
                 assert_eq!(names, STAGES, "{system}: stage names");
-                let e2e = &stages[6];
+                let e2e = stages.last().expect("an end_to_end stage");
                 assert_eq!(
                     int(e2e, "count"),
                     ops,

@@ -1015,9 +1015,11 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
     into.segments.retired += segments.retired;
     let StageHistograms {
         ring_wait,
+        cut_wait,
         window_age,
         coalesce,
         encode,
+        sync_wait,
         sync,
         wakeup,
         end_to_end,
@@ -1025,9 +1027,11 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
     let s = &mut into.stages;
     for (name, mine, theirs) in [
         ("ring_wait", &mut s.ring_wait, ring_wait),
+        ("cut_wait", &mut s.cut_wait, cut_wait),
         ("window_age", &mut s.window_age, window_age),
         ("coalesce_sort", &mut s.coalesce, coalesce),
         ("encode_write", &mut s.encode, encode),
+        ("sync_wait", &mut s.sync_wait, sync_wait),
         ("sync", &mut s.sync, sync),
         ("wakeup", &mut s.wakeup, wakeup),
         ("end_to_end", &mut s.end_to_end, end_to_end),

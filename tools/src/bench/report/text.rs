@@ -394,7 +394,14 @@ impl Report {
         }
         // Summed per-request latencies overlap in time: no total for those rows.
         for row in &mut rows {
-            if ["client", "client_raw", "end_to_end"].contains(&row[0].as_str()) {
+            let per_request_latency = [
+                "client",
+                "client_raw",
+                "cut_wait",
+                "sync_wait",
+                "end_to_end",
+            ];
+            if per_request_latency.contains(&row[0].as_str()) {
                 row[8] = "-".into();
             }
             row.resize(10, "-".into());
@@ -418,9 +425,11 @@ impl Report {
             &rows,
         ));
         out.push_str(
-            "ring_wait: producer blocked on a full ring; window_age: first request to cut; \
-             coalesce_sort, encode_write, sync, wakeup: per batch (ns/request: the stage's \
-             total time over all requests); end_to_end: per request, submit to durable\n",
+            "ring_wait: producer blocked on a full ring; cut_wait: per request, submit to its \
+             frame handed on for its sync; window_age: first request to cut; coalesce_sort, \
+             encode_write, sync, wakeup: per batch (ns/request: the stage's total time over \
+             all requests); sync_wait: per request, frame handed on to its sync's start; \
+             end_to_end: per request, submit to durable\n",
         );
         out
     }

@@ -146,6 +146,9 @@ fn a_request_behind_a_sync_in_flight_records_its_wait_for_it() {
     let io = std::sync::Arc::new(Hold::default());
     let config = Config {
         window: WindowPolicy::Immediate,
+        // One sync at a time: with a second syncer the put behind would not wait for the
+        // first sync to start its own.
+        syncers: 1,
         ..Config::default()
     };
     let engine = Engine::open_with_io(dir.path(), config, io.clone()).unwrap();

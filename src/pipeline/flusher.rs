@@ -27,7 +27,7 @@ use crate::stats::{record, Counters};
 use crate::ticket::GetSlot;
 use crossbeam::channel::{Receiver, Sender};
 use std::collections::VecDeque;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -263,16 +263,10 @@ impl Flusher {
             }
         }
         self.inner.queued.fetch_add(1, Ordering::SeqCst);
-        // The syncer only stops after this sender is dropped, so this cannot fail.
+        // The syncers only stop after this sender is dropped, so this cannot fail.
         let _ = self.to_syncer.send(job);
-        // Pairs with the fence in `Syncer::next_group`: either it finds the job, or we
-        // find it asleep and wake it.
-        fence(Ordering::SeqCst);
-        if self.inner.syncer_sleeping.load(Ordering::Relaxed) {
-            if let Some(t) = self.inner.syncer_thread.get() {
-                t.unpark();
-            }
-        }
+        // Either a syncer finds the job, or we find one asleep and wake it.
+        self.inner.syncers.wake_one();
     }
 
     /// Waits, if need be, until the frame about to be written is at most
@@ -374,6 +368,7 @@ impl Flusher {
                 last_arrival,
                 log_ready: inner.queued.load(Ordering::SeqCst) == 0,
                 syncing: inner.completion.durable() < self.in_flight,
+                spare_syncer: inner.syncers.spare(),
                 failed: inner.completion.failure().is_some(),
                 prev_requests: self.prev_requests,
                 held_over_sync,
@@ -398,10 +393,10 @@ impl Flusher {
                     held_over_sync = w.requests;
                     // Either the completion sees the nap and pokes us, or we see its
                     // watermark here (and do not nap, but look again).
-                    if inner
-                        .sync_nap
-                        .announce(|| inner.completion.durable() >= self.in_flight)
-                    {
+                    // (With several syncers, also until one of them is free.)
+                    let done =
+                        || inner.completion.durable() >= self.in_flight || inner.syncers.spare();
+                    if inner.sync_nap.announce(done) {
                         // As above, until the sync in flight completes (its completion pokes us).
                         Self::nap(inner, now, until);
                     }

@@ -4,11 +4,18 @@
 //! * a pending future ([`FutureWakers`]): `Ticket::poll` registers its waker, and the
 //!   completion wakes it once the watermark (or a failure) completes its position;
 //! * the flusher napping until the sync in flight completes ([`SyncNap`], see
-//!   `window::MERGE_BELOW`): the completion pokes it.
+//!   `window::MERGE_BELOW`): the completion pokes it. With several syncers it naps only while
+//!   all of them are busy, until one is free: a syncer that frees itself (a `SeqCst`
+//!   read-modify-write of the busy count) pokes it too.
 //!
 //! And the waiters of the durable batch sequence (`reader::LiveLog`): in-process followers and
 //! consumers, blocked or polled ([`SeqWaiters`]), which the syncer notifies after it stores
 //! the sequence, only if one waits.
+//!
+//! Between the flusher and the syncers: a syncer sleeping until a job is handed on
+//! ([`SyncerBell`], the same pair with fences on both sides), and with several syncers their
+//! turns ([`SyncTurns`]: groups taken in order under one lock, completed in that order, one
+//! at a time).
 //!
 //! # The store-buffering pair
 //!
@@ -193,6 +200,111 @@ impl SyncNap {
     pub(crate) fn should_poke(&self) -> bool {
         fence_after_sc_rmw();
         self.napping.load(Ordering::SeqCst)
+    }
+}
+
+/// The turns of several syncers (`Config::syncers` > 1). Each syncer takes the next jobs
+/// waiting as one group, under one lock, so the groups are contiguous runs of the jobs in
+/// the order the flusher handed them on, and each gets a turn, counted from 0 in taking
+/// order. The syncs run at once; the completions do not: they run one at a time, in turn
+/// order, whoever runs them. A syncer whose sync returned hands its group (with the sync's
+/// outcome) to [`SyncTurns::finish`]: if no completion is running and its turn is the next,
+/// it completes it, and then every later group already synced, in order; otherwise the
+/// syncer that completes the turn before it will. So no syncer waits for another's sync to
+/// return, and the durable watermark passes a group only after every group before it.
+pub(crate) struct SyncTurns<G> {
+    /// The next turn to hand out (the lock serializes taking).
+    next_take: Mutex<u64>,
+    done: Mutex<Finished<G>>,
+}
+
+/// The synced groups waiting for their turn to complete.
+struct Finished<G> {
+    /// The turn to complete next; moved on only once its completion has run, so while one
+    /// runs (outside the lock) nobody else finds a group whose turn it is.
+    next: u64,
+    /// Synced groups whose turn has not come, with their turns (at most one per syncer).
+    synced: Vec<(u64, G)>,
+}
+
+impl<G> SyncTurns<G> {
+    pub(crate) fn new(syncers: usize) -> SyncTurns<G> {
+        SyncTurns {
+            next_take: Mutex::new(0),
+            done: Mutex::new(Finished {
+                next: 0,
+                synced: Vec::with_capacity(syncers),
+            }),
+        }
+    }
+
+    /// Takes the next group: `fill` moves the jobs waiting into it (under the lock, so no
+    /// other syncer takes any in between) and says whether it took any. Its turn, if so.
+    pub(crate) fn take(&self, fill: impl FnOnce() -> bool) -> Option<u64> {
+        let mut next = self.next_take.lock();
+        if !fill() {
+            return None;
+        }
+        let turn = *next;
+        *next += 1;
+        Some(turn)
+    }
+
+    /// The group of `turn` is synced (`group` holds it with its sync's outcome). Completes
+    /// it with `complete` if its turn has come (every group before it is complete), and then
+    /// every later group already synced, in turn order; else leaves it to whoever completes
+    /// the group before it. `complete` runs outside the lock, one call at a time over all
+    /// syncers.
+    pub(crate) fn finish(&self, turn: u64, group: G, mut complete: impl FnMut(G)) {
+        let mut done = self.done.lock();
+        done.synced.push((turn, group));
+        loop {
+            let next = done.next;
+            let Some(i) = done.synced.iter().position(|(t, _)| *t == next) else {
+                return;
+            };
+            let (_, group) = done.synced.swap_remove(i);
+            drop(done);
+            complete(group);
+            done = self.done.lock();
+            done.next += 1;
+        }
+    }
+}
+
+/// Where the syncers sleep while no job waits, and how the flusher wakes one after it hands
+/// a job on: the same store-buffering pair as the module docs describe. A syncer announces
+/// its sleep (its flag), issues a `fence(SeqCst)` and looks for a job once more before it
+/// parks; the flusher hands the job on, issues a `fence(SeqCst)` and reads the flags: either
+/// the syncer sees the job, or the flusher sees the flag and unparks it.
+pub(crate) struct SyncerBell {
+    sleeping: Vec<AtomicBool>,
+}
+
+impl SyncerBell {
+    pub(crate) fn new(syncers: usize) -> SyncerBell {
+        SyncerBell {
+            sleeping: (0..syncers).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+
+    /// Syncer `i` sleeps with `park` unless `job_waits()` (read after the announcement)
+    /// finds a job. A stale unpark only makes it look again: the caller loops.
+    pub(crate) fn sleep(&self, i: usize, job_waits: impl FnOnce() -> bool, park: impl FnOnce()) {
+        self.sleeping[i].store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if !job_waits() {
+            park();
+        }
+        self.sleeping[i].store(false, Ordering::Relaxed);
+    }
+
+    /// After a job was handed on: wakes one sleeping syncer, if one sleeps, with `unpark`.
+    pub(crate) fn ring(&self, unpark: impl FnOnce(usize)) {
+        fence(Ordering::SeqCst);
+        if let Some(i) = self.sleeping.iter().position(|s| s.load(Ordering::Relaxed)) {
+            unpark(i);
+        }
     }
 }
 
@@ -403,6 +515,109 @@ mod loom_tests {
                 nap.end();
             }
             completer.join().unwrap();
+        });
+    }
+
+    /// Two syncers take three jobs one at a time (syncer `a` twice) and finish them in
+    /// whatever order their syncs end: the completions run one at a time, in the jobs'
+    /// order, and every job completes (a group left behind, found by nobody, would be
+    /// missing from the final check).
+    #[test]
+    fn several_syncers_complete_in_turn_order_one_at_a_time() {
+        loom::model(|| {
+            let queue =
+                loom::sync::Arc::new(Mutex::new(std::collections::VecDeque::from([1u32, 2, 3])));
+            let turns = loom::sync::Arc::new(SyncTurns::<u32>::new(2));
+            let completed = loom::sync::Arc::new(Mutex::new(Vec::new()));
+            let running = loom::sync::Arc::new(AtomicBool::new(false));
+            let syncer = |rounds: usize| {
+                let (queue, turns) = (queue.clone(), turns.clone());
+                let (completed, running) = (completed.clone(), running.clone());
+                move || {
+                    for _ in 0..rounds {
+                        let mut job = None;
+                        let turn = turns
+                            .take(|| {
+                                job = queue.lock().pop_front();
+                                job.is_some()
+                            })
+                            .expect("a job is left for every round");
+                        let job = job.expect("taken with its turn");
+                        // The sync runs here, at once with the other syncer's.
+                        turns.finish(turn, job, |j| {
+                            assert!(
+                                !running.swap(true, Ordering::SeqCst),
+                                "two completions at once"
+                            );
+                            completed.lock().push(j);
+                            running.store(false, Ordering::SeqCst);
+                        });
+                    }
+                }
+            };
+            let a = thread::spawn(syncer(2));
+            let b = thread::spawn(syncer(1));
+            a.join().unwrap();
+            b.join().unwrap();
+            assert_eq!(*completed.lock(), [1, 2, 3]);
+        });
+    }
+
+    /// With every syncer busy the flusher naps until one is free; a syncer done with its
+    /// group marks itself free (a `SeqCst` read-modify-write, as `Syncer::run_one_of_several`
+    /// does) and pokes the flusher if it naps. A nap nobody ends is a deadlock loom reports.
+    #[test]
+    fn a_flusher_napping_for_a_free_syncer_is_poked() {
+        loom::model(|| {
+            const SYNCERS: usize = 2;
+            let busy = loom::sync::Arc::new(AtomicUsize::new(SYNCERS));
+            let nap = loom::sync::Arc::new(SyncNap::new());
+            let flusher = thread::current();
+            let syncer = {
+                let (busy, nap) = (busy.clone(), nap.clone());
+                thread::spawn(move || {
+                    busy.fetch_sub(1, Ordering::SeqCst);
+                    if nap.should_poke() {
+                        flusher.unpark();
+                    }
+                })
+            };
+            let spare = || busy.load(Ordering::SeqCst) < SYNCERS;
+            while !spare() {
+                if !nap.announce(spare) {
+                    break;
+                }
+                thread::park();
+                nap.end();
+            }
+            syncer.join().unwrap();
+        });
+    }
+
+    /// A syncer with nothing to take goes to sleep while the flusher hands a job on and rings
+    /// the bell: either the syncer sees the job, or the flusher sees it asleep and unparks
+    /// it. A lost wake-up leaves it parked for ever, a deadlock loom reports.
+    #[test]
+    fn a_sleeping_syncer_is_woken_for_a_job() {
+        loom::model(|| {
+            let jobs = loom::sync::Arc::new(AtomicUsize::new(0));
+            let bell = loom::sync::Arc::new(SyncerBell::new(2));
+            let syncer = {
+                let (jobs, bell) = (jobs.clone(), bell.clone());
+                thread::spawn(move || loop {
+                    if jobs.load(Ordering::Relaxed) > 0 {
+                        break;
+                    }
+                    bell.sleep(1, || jobs.load(Ordering::Relaxed) > 0, thread::park);
+                })
+            };
+            jobs.fetch_add(1, Ordering::Relaxed);
+            let woken = syncer.thread().clone();
+            bell.ring(|i| {
+                assert_eq!(i, 1, "only syncer 1 sleeps");
+                woken.unpark();
+            });
+            syncer.join().unwrap();
         });
     }
 

@@ -196,6 +196,10 @@ pub struct WorkloadArgs {
     /// Size of each segment file (suffixes K, M, G) [engine default: 64M].
     #[arg(long, value_name = "BYTES", value_parser = bytes)]
     segment_bytes: Option<u64>,
+    /// Syncer threads of the engine systems: how many syncs may be in flight at once
+    /// (`Config::syncers`, 1 to 16) [engine default: 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=16))]
+    syncers: Option<u64>,
     /// Keep only the newest N segments of the engine's log (a log that retires its history
     /// behind a checkpoint, as a write-ahead log does): a thread retires the older ones as
     /// the run goes (`Engine::retire_before`, every 10 ms), and the engine reuses their files
@@ -1330,6 +1334,9 @@ fn engine_from_flags(args: &WorkloadArgs, retain: Option<usize>) -> Result<Confi
     }
     if let Some(n) = args.segment_bytes {
         engine.segment_bytes = n;
+    }
+    if let Some(n) = args.syncers {
+        engine.syncers = n as usize;
     }
     if let Some(n) = args.id_horizon {
         engine.request_ids.ids = size("--id-horizon", n)?;

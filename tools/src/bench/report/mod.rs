@@ -64,6 +64,8 @@ pub struct Workload {
     batch_ops_max: usize,
     ring_bytes: usize,
     segment_bytes: u64,
+    /// `Config::syncers` (`--syncers`): syncs the engine systems may have in flight at once.
+    syncers: usize,
     /// `--retain`: segments the engines' logs keep (older ones retired during the run and
     /// their files reused); null: the whole history is kept.
     retain_segments: Option<usize>,
@@ -181,6 +183,7 @@ impl Workload {
             batch_ops_max: e.batch_ops_max,
             ring_bytes: e.ring_bytes,
             segment_bytes: e.segment_bytes,
+            syncers: e.syncers,
             retain_segments: plan.retain,
             systems: systems.iter().map(|s| s.name()).collect(),
             seed: s.seed,
@@ -233,7 +236,7 @@ impl Workload {
             "workload: {load}, {} keys {}, key {} B, value {} B, {:.0}% puts {:.0}% deletes \
              {:.0}% gets, {length}\n\
              engine:   durability {}, write path {}, window {}, window age max {} µs, batch max \
-             {} B / {} ops, ring {} B, segment {} B{}{consumer}",
+             {} B / {} ops, ring {} B, segment {} B, syncers {}{}{consumer}",
             self.keys,
             self.dist,
             size(&self.key_size),
@@ -249,6 +252,7 @@ impl Workload {
             self.batch_ops_max,
             self.ring_bytes,
             self.segment_bytes,
+            self.syncers,
             match self.retain_segments {
                 Some(n) => format!(", newest {n} segments kept (older retired and reused)"),
                 None => String::new(),

@@ -128,8 +128,9 @@ pub struct Config {
     /// next window's sync can start while the one before is still running; they still
     /// complete in order, one contiguous durable watermark, and a failed one fails the engine
     /// (each syncer syncs through a file description of its own, so that a writeback error
-    /// is reported to every one of them). Ignored with `Durability::NoSync`, which syncs
-    /// nothing.
+    /// is reported to every one of them). Only large windows use it: a window of fewer than
+    /// 128 requests still waits over the sync in flight and goes out with the requests it
+    /// completes. Ignored with `Durability::NoSync`, which syncs nothing.
     pub syncers: usize,
     /// What a producer sees when the ring is full.
     pub backpressure: Backpressure,

@@ -368,7 +368,6 @@ impl Flusher {
                 last_arrival,
                 log_ready: inner.queued.load(Ordering::SeqCst) == 0,
                 syncing: inner.completion.durable() < self.in_flight,
-                spare_syncer: inner.syncers.spare(),
                 failed: inner.completion.failure().is_some(),
                 prev_requests: self.prev_requests,
                 held_over_sync,
@@ -393,10 +392,10 @@ impl Flusher {
                     held_over_sync = w.requests;
                     // Either the completion sees the nap and pokes us, or we see its
                     // watermark here (and do not nap, but look again).
-                    // (With several syncers, also until one of them is free.)
-                    let done =
-                        || inner.completion.durable() >= self.in_flight || inner.syncers.spare();
-                    if inner.sync_nap.announce(done) {
+                    if inner
+                        .sync_nap
+                        .announce(|| inner.completion.durable() >= self.in_flight)
+                    {
                         // As above, until the sync in flight completes (its completion pokes us).
                         Self::nap(inner, now, until);
                     }

@@ -4,9 +4,7 @@
 //! * a pending future ([`FutureWakers`]): `Ticket::poll` registers its waker, and the
 //!   completion wakes it once the watermark (or a failure) completes its position;
 //! * the flusher napping until the sync in flight completes ([`SyncNap`], see
-//!   `window::MERGE_BELOW`): the completion pokes it. With several syncers it naps only while
-//!   all of them are busy, until one is free: a syncer that frees itself (a `SeqCst`
-//!   read-modify-write of the busy count) pokes it too.
+//!   `window::MERGE_BELOW`): the completion pokes it.
 //!
 //! And the waiters of the durable batch sequence (`reader::LiveLog`): in-process followers and
 //! consumers, blocked or polled ([`SeqWaiters`]), which the syncer notifies after it stores
@@ -560,37 +558,6 @@ mod loom_tests {
             a.join().unwrap();
             b.join().unwrap();
             assert_eq!(*completed.lock(), [1, 2, 3]);
-        });
-    }
-
-    /// With every syncer busy the flusher naps until one is free; a syncer done with its
-    /// group marks itself free (a `SeqCst` read-modify-write, as `Syncer::run_one_of_several`
-    /// does) and pokes the flusher if it naps. A nap nobody ends is a deadlock loom reports.
-    #[test]
-    fn a_flusher_napping_for_a_free_syncer_is_poked() {
-        loom::model(|| {
-            const SYNCERS: usize = 2;
-            let busy = loom::sync::Arc::new(AtomicUsize::new(SYNCERS));
-            let nap = loom::sync::Arc::new(SyncNap::new());
-            let flusher = thread::current();
-            let syncer = {
-                let (busy, nap) = (busy.clone(), nap.clone());
-                thread::spawn(move || {
-                    busy.fetch_sub(1, Ordering::SeqCst);
-                    if nap.should_poke() {
-                        flusher.unpark();
-                    }
-                })
-            };
-            let spare = || busy.load(Ordering::SeqCst) < SYNCERS;
-            while !spare() {
-                if !nap.announce(spare) {
-                    break;
-                }
-                thread::park();
-                nap.end();
-            }
-            syncer.join().unwrap();
         });
     }
 

@@ -25,8 +25,7 @@
 //!
 //! * [`handoff`]: waiting for the durable watermark without blocking a thread: the wakers of
 //!   pending futures ([`handoff::FutureWakers`], used by `ticket::Completion`) and the
-//!   flusher's nap until the sync in flight completes (or, with several syncers, one is
-//!   free: [`handoff::SyncNap`]); the followers and consumers waiting for the durable batch
+//!   flusher's nap until the sync in flight completes ([`handoff::SyncNap`]); the followers and consumers waiting for the durable batch
 //!   sequence ([`handoff::SeqWaiters`], notified by the syncer through
 //!   `reader::LiveLog::advance`); the syncers' sleep until a job comes
 //!   ([`handoff::SyncerBell`]) and their turns ([`handoff::SyncTurns`]).

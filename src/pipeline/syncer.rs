@@ -12,7 +12,9 @@
 //! every frame before it, but the watermark passes a group only once its own sync returned
 //! OK and every group before it completed; a failed sync fails the engine, and nothing after
 //! the failed group is acknowledged. With one syncer (the default) none of that runs: it
-//! takes, syncs and completes as it always did.
+//! takes, syncs and completes as it always did. The window policy is the same for any number
+//! of syncers (`window::MERGE_BELOW`: small windows wait over the sync in flight), so only a
+//! large window's sync starts while another runs.
 
 use super::flusher::{spare, Job};
 use super::handoff::{SyncTurns, SyncerBell};
@@ -26,7 +28,7 @@ use crate::throttle::REREAD_EVERY;
 use crossbeam::channel::{Receiver, Sender, TryRecvError};
 use parking_lot::Mutex;
 use std::fs::File;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -40,8 +42,6 @@ pub(crate) struct Syncers {
     /// on while the syncer sleeps.
     threads: Vec<OnceLock<Thread>>,
     bell: SyncerBell,
-    /// Syncers that took a group and have not come back for the next (several syncers).
-    busy: AtomicUsize,
     /// Several syncers: the turns of their groups.
     turns: SyncTurns<Synced>,
     /// Several syncers: emptied group vectors, for reuse (a group moves to whoever completes
@@ -60,7 +60,6 @@ impl Syncers {
             count,
             threads: (0..count).map(|_| OnceLock::new()).collect(),
             bell: SyncerBell::new(count),
-            busy: AtomicUsize::new(0),
             turns: SyncTurns::new(count),
             spare_groups: Mutex::new(Vec::new()),
         }
@@ -73,12 +72,6 @@ impl Syncers {
                 t.unpark();
             }
         });
-    }
-
-    /// Several syncers, and one of them free to start a sync: a window cut now need not
-    /// wait for the syncs in flight. (Always false with one syncer.)
-    pub(crate) fn spare(&self) -> bool {
-        self.count > 1 && self.busy.load(Ordering::SeqCst) < self.count
     }
 }
 
@@ -244,7 +237,6 @@ impl Syncer {
         let inner = self.inner.clone();
         let syncers = &inner.syncers;
         while let Some(turn) = self.next_group() {
-            syncers.busy.fetch_add(1, Ordering::SeqCst);
             self.taken();
             let c = &inner.completion;
             let n = self
@@ -263,12 +255,6 @@ impl Syncer {
             syncers.turns.finish(turn, (group, n, synced), |synced| {
                 complete_in_turn(&inner, &self.give_back, synced);
             });
-            // Free again. Pairs with a flusher napping until a syncer is free (see
-            // `SyncNap`): either it sees this, or we see its nap and poke it.
-            syncers.busy.fetch_sub(1, Ordering::SeqCst);
-            if inner.sync_nap.should_poke() {
-                inner.poke_flusher();
-            }
         }
     }
 

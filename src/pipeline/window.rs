@@ -36,12 +36,6 @@ pub(crate) const SPLIT_FROM: usize = 2 * MERGE_BELOW;
 /// previous window's size).
 pub(crate) const MERGE_BELOW: usize = 128;
 
-/// With several syncers (`Config::syncers` > 1), an adaptive window expecting at least this
-/// many requests, cut while nothing is syncing, waits only for half of them: as
-/// [`SPLIT_FROM`], but the halves' syncs then overlap instead of taking turns, so it pays
-/// from small windows on.
-pub(crate) const SPLIT_FROM_SEVERAL: usize = 2;
-
 /// The configuration a window is cut by.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Policy {
@@ -53,8 +47,6 @@ pub(crate) struct Policy {
     pub age_max: Duration,
     pub window: WindowPolicy,
     pub durability: Durability,
-    /// `Config::syncers`: how many syncs may be in flight at once.
-    pub syncers: usize,
 }
 
 impl Policy {
@@ -65,7 +57,6 @@ impl Policy {
             age_max: cfg.window_age_max,
             window: cfg.window,
             durability: cfg.durability,
-            syncers: cfg.syncers,
         }
     }
 
@@ -105,8 +96,6 @@ pub(crate) struct Observed {
     pub log_ready: bool,
     /// A sync is in flight: the durable watermark is behind the last window handed on.
     pub syncing: bool,
-    /// Another sync could start now: there are several syncers and one of them is free.
-    pub spare_syncer: bool,
     /// The engine has failed (the watermark never moves again).
     pub failed: bool,
     /// Requests in the previous window (at least 1): how many producers are expected to
@@ -166,12 +155,9 @@ pub(crate) fn decide(o: &Observed, p: &Policy) -> Decision {
             // queued behind the one syncing) and either the producers expected back are back
             // or the ring has gone quiet.
             // (Not once the engine failed: the watermark never moves again.)
-            // With a syncer free, the window's sync need not wait for those in flight: it
-            // is cut as if nothing synced (but not split).
             let merge = o.log_ready
                 && o.requests.max(o.prev_requests) < MERGE_BELOW
                 && o.syncing
-                && !o.spare_syncer
                 && !o.failed;
             if merge {
                 return Decision::NapForSync {
@@ -187,13 +173,8 @@ pub(crate) fn decide(o: &Observed, p: &Policy) -> Decision {
             // The producers of the last window are expected back, plus those that were
             // already here when it completed.
             let mut expected = o.prev_requests + o.held_over_sync;
-            // With the disk idle, a large window goes out at half that: see `SPLIT_FROM`
-            // and, with several syncers, `SPLIT_FROM_SEVERAL`.
-            let split_from = match p.syncers {
-                1 => SPLIT_FROM,
-                _ => SPLIT_FROM_SEVERAL,
-            };
-            if expected >= split_from && p.durability == Durability::Sync && !o.syncing {
+            // With the disk idle, a large window goes out at half that: see `SPLIT_FROM`.
+            if expected >= SPLIT_FROM && p.durability == Durability::Sync && !o.syncing {
                 expected = expected.div_ceil(2);
             }
             if o.requests >= expected || o.now.saturating_duration_since(o.last_arrival) >= quiet {
@@ -223,20 +204,12 @@ mod tests {
             age_max: AGE_MAX,
             window: WindowPolicy::Adaptive { quiet: QUIET },
             durability: Durability::Sync,
-            syncers: 1,
         }
     }
 
     fn with(window: WindowPolicy) -> Policy {
         Policy {
             window,
-            ..adaptive()
-        }
-    }
-
-    fn several() -> Policy {
-        Policy {
-            syncers: 2,
             ..adaptive()
         }
     }
@@ -263,7 +236,6 @@ mod tests {
             last_arrival: t0 + 10 * US,
             log_ready: true,
             syncing: false,
-            spare_syncer: false,
             failed: false,
             prev_requests: 4,
             held_over_sync: 0,
@@ -707,101 +679,6 @@ mod tests {
                     requests: 128,
                     prev_requests: SPLIT_FROM,
                     syncing: true,
-                    ..base
-                },
-                quiet_wait,
-            ),
-            // Several syncers.
-            (
-                "several syncers, one free: no merge nap, waits for the expected producers",
-                several(),
-                Observed {
-                    syncing: true,
-                    spare_syncer: true,
-                    ..base
-                },
-                quiet_wait,
-            ),
-            (
-                "several syncers, one free: cut once the expected producers are back",
-                several(),
-                Observed {
-                    requests: 4,
-                    syncing: true,
-                    spare_syncer: true,
-                    ..base
-                },
-                Cut,
-            ),
-            (
-                "several syncers, none free: merge nap",
-                several(),
-                Observed {
-                    syncing: true,
-                    ..base
-                },
-                NapForSync { until: nap_until },
-            ),
-            (
-                "several syncers, one free, log not ready: nap until the job is taken",
-                several(),
-                Observed {
-                    log_ready: false,
-                    syncing: true,
-                    spare_syncer: true,
-                    ..base
-                },
-                NapForRoom { until: nap_until },
-            ),
-            (
-                "several syncers, idle: small windows split at half",
-                several(),
-                Observed {
-                    requests: 2,
-                    spare_syncer: true,
-                    ..base
-                },
-                Cut,
-            ),
-            (
-                "several syncers, idle: half rounds up",
-                several(),
-                Observed {
-                    requests: 2,
-                    prev_requests: 5,
-                    spare_syncer: true,
-                    ..base
-                },
-                quiet_wait,
-            ),
-            (
-                "several syncers, no split below SPLIT_FROM_SEVERAL",
-                several(),
-                Observed {
-                    requests: 0,
-                    prev_requests: SPLIT_FROM_SEVERAL - 1,
-                    spare_syncer: true,
-                    ..base
-                },
-                quiet_wait,
-            ),
-            (
-                "several syncers: no split while a sync is in flight",
-                several(),
-                Observed {
-                    requests: 2,
-                    syncing: true,
-                    spare_syncer: true,
-                    ..base
-                },
-                quiet_wait,
-            ),
-            (
-                "one syncer: spare_syncer is never set, but would change nothing for a split",
-                adaptive(),
-                Observed {
-                    requests: 2,
-                    spare_syncer: true,
                     ..base
                 },
                 quiet_wait,

@@ -272,35 +272,64 @@ impl<G> SyncTurns<G> {
 
 /// Where the syncers sleep while no job waits, and how the flusher wakes one after it hands
 /// a job on: the same store-buffering pair as the module docs describe. A syncer announces
-/// its sleep (its flag), issues a `fence(SeqCst)` and looks for a job once more before it
-/// parks; the flusher hands the job on, issues a `fence(SeqCst)` and reads the flags: either
-/// the syncer sees the job, or the flusher sees the flag and unparks it.
+/// its sleep (its state), issues a `fence(SeqCst)` and looks for a job once more before it
+/// parks; the flusher hands the job on, issues a `fence(SeqCst)` and reads the states:
+/// either the syncer sees the job, or the flusher sees it asleep and unparks it.
+///
+/// A syncer that is awake and not syncing (taking a group, completing one) will look for a
+/// job before it sleeps, so the flusher then wakes nobody: that syncer takes the job, as the
+/// one syncer always did, instead of another one being woken for it (a wake-up the two cores
+/// pay for). Only while every awake syncer is inside a sync does a sleeping one take the job,
+/// so that its sync need not wait for theirs.
 pub(crate) struct SyncerBell {
-    sleeping: Vec<AtomicBool>,
+    state: Vec<AtomicUsize>,
 }
+
+/// A syncer's [`SyncerBell`] state: awake and not syncing (it looks for a job before it
+/// sleeps).
+const AWAKE: usize = 0;
+/// Asleep, or about to be (it looks once more after announcing it).
+const ASLEEP: usize = 1;
+/// Inside a sync.
+const SYNCING: usize = 2;
 
 impl SyncerBell {
     pub(crate) fn new(syncers: usize) -> SyncerBell {
         SyncerBell {
-            sleeping: (0..syncers).map(|_| AtomicBool::new(false)).collect(),
+            state: (0..syncers).map(|_| AtomicUsize::new(AWAKE)).collect(),
         }
     }
 
     /// Syncer `i` sleeps with `park` unless `job_waits()` (read after the announcement)
     /// finds a job. A stale unpark only makes it look again: the caller loops.
     pub(crate) fn sleep(&self, i: usize, job_waits: impl FnOnce() -> bool, park: impl FnOnce()) {
-        self.sleeping[i].store(true, Ordering::Relaxed);
+        self.state[i].store(ASLEEP, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         if !job_waits() {
             park();
         }
-        self.sleeping[i].store(false, Ordering::Relaxed);
+        self.state[i].store(AWAKE, Ordering::Relaxed);
     }
 
-    /// After a job was handed on: wakes one sleeping syncer, if one sleeps, with `unpark`.
+    /// Syncer `i` starts (`true`) or ends a sync.
+    pub(crate) fn syncing(&self, i: usize, syncing: bool) {
+        let state = if syncing { SYNCING } else { AWAKE };
+        self.state[i].store(state, Ordering::Relaxed);
+    }
+
+    /// After a job was handed on: unless a syncer is awake and not syncing (it will take the
+    /// job), wakes one that sleeps, if one does, with `unpark`.
     pub(crate) fn ring(&self, unpark: impl FnOnce(usize)) {
         fence(Ordering::SeqCst);
-        if let Some(i) = self.sleeping.iter().position(|s| s.load(Ordering::Relaxed)) {
+        let mut asleep = None;
+        for (i, s) in self.state.iter().enumerate() {
+            match s.load(Ordering::Relaxed) {
+                AWAKE => return,
+                ASLEEP => asleep = asleep.or(Some(i)),
+                _ => {}
+            }
+        }
+        if let Some(i) = asleep {
             unpark(i);
         }
     }
@@ -562,13 +591,15 @@ mod loom_tests {
     }
 
     /// A syncer with nothing to take goes to sleep while the flusher hands a job on and rings
-    /// the bell: either the syncer sees the job, or the flusher sees it asleep and unparks
-    /// it. A lost wake-up leaves it parked for ever, a deadlock loom reports.
+    /// the bell; the other syncer is inside a sync. Either the sleeping one sees the job, or
+    /// the flusher sees it asleep and unparks it. A lost wake-up leaves it parked for ever, a
+    /// deadlock loom reports.
     #[test]
     fn a_sleeping_syncer_is_woken_for_a_job() {
         loom::model(|| {
             let jobs = loom::sync::Arc::new(AtomicUsize::new(0));
             let bell = loom::sync::Arc::new(SyncerBell::new(2));
+            bell.syncing(0, true);
             let syncer = {
                 let (jobs, bell) = (jobs.clone(), bell.clone());
                 thread::spawn(move || loop {
@@ -583,6 +614,37 @@ mod loom_tests {
             bell.ring(|i| {
                 assert_eq!(i, 1, "only syncer 1 sleeps");
                 woken.unpark();
+            });
+            syncer.join().unwrap();
+        });
+    }
+
+    /// The flusher rings while one syncer, awake and not syncing, is on its way to sleep (the
+    /// other sleeps throughout, and nobody may wake it for this job): the flusher wakes
+    /// nobody if it sees the first one awake, and then that one must see the job before it
+    /// parks. Waking nobody and missing the job is a deadlock loom reports.
+    #[test]
+    fn an_awake_syncer_takes_the_job_it_was_not_woken_for() {
+        loom::model(|| {
+            let jobs = loom::sync::Arc::new(AtomicUsize::new(0));
+            let bell = loom::sync::Arc::new(SyncerBell::new(2));
+            // Syncer 1 is asleep throughout (a real one would be parked).
+            bell.state[1].store(ASLEEP, Ordering::Relaxed);
+            let syncer = {
+                let (jobs, bell) = (jobs.clone(), bell.clone());
+                thread::spawn(move || loop {
+                    if jobs.load(Ordering::Relaxed) > 0 {
+                        break;
+                    }
+                    bell.sleep(0, || jobs.load(Ordering::Relaxed) > 0, thread::park);
+                })
+            };
+            jobs.fetch_add(1, Ordering::Relaxed);
+            let woken = syncer.thread().clone();
+            bell.ring(|i| {
+                if i == 0 {
+                    woken.unpark();
+                }
             });
             syncer.join().unwrap();
         });

@@ -245,11 +245,13 @@ impl Syncer {
                 .take_while(|j| c.may_complete(j.end))
                 .count();
             let t0 = Instant::now();
+            syncers.bell.syncing(self.index, true);
             let synced = if n > 0 {
                 sync_own(&inner, &mut self.own, &self.group[..n], t0).map(|took| (t0, took))
             } else {
                 Ok((t0, None))
             };
+            syncers.bell.syncing(self.index, false);
             let fresh = syncers.spare_groups.lock().pop().unwrap_or_default();
             let group = std::mem::replace(&mut self.group, fresh);
             syncers.turns.finish(turn, (group, n, synced), |synced| {

@@ -196,8 +196,9 @@ pub struct WorkloadArgs {
     /// Size of each segment file (suffixes K, M, G) [engine default: 64M].
     #[arg(long, value_name = "BYTES", value_parser = bytes)]
     segment_bytes: Option<u64>,
-    /// Syncer threads of the engine systems: how many syncs may be in flight at once
-    /// (`Config::syncers`, 1 to 16) [engine default: 1].
+    /// Syncer threads of the `mergelog-syncers` system: how many syncs it may have in flight
+    /// at once (`Config::syncers`, 1 to 16) [default: 2]. The other engine systems run with
+    /// the engine's default.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=16))]
     syncers: Option<u64>,
     /// Keep only the newest N segments of the engine's log (a log that retires its history
@@ -377,6 +378,9 @@ pub enum System {
     /// read of the durable value and a put of the sum (two calls, not atomic: increments can
     /// be lost), against `mergelog`'s `merge` in the same run. With `--op put`, `mergelog`.
     MergelogGetput,
+    /// The engine as `mergelog` with `--syncers` syncers (`Config::syncers`, default 2):
+    /// several syncs in flight at once, against `mergelog` in the same run.
+    MergelogSyncers,
 }
 
 impl System {
@@ -389,6 +393,7 @@ impl System {
             System::Okaywal => "okaywal",
             System::MergelogIds => "mergelog-ids",
             System::MergelogGetput => "mergelog-getput",
+            System::MergelogSyncers => "mergelog-syncers",
         }
     }
 
@@ -396,7 +401,7 @@ impl System {
     pub fn has_engine(self) -> bool {
         matches!(
             self,
-            System::Mergelog | System::NoCoalesce | System::MergelogIds
+            System::Mergelog | System::NoCoalesce | System::MergelogIds | System::MergelogSyncers
         )
     }
 
@@ -668,6 +673,8 @@ pub struct Plan {
     pub consumer: Option<ConsumerPlan>,
     /// `--clients`: `writers` clients at depth 1, tasks on a runtime for the engine systems.
     pub clients: Option<clients::Clients>,
+    /// `--syncers`: the `mergelog-syncers` system's syncers.
+    pub syncers: usize,
 }
 
 impl Plan {
@@ -675,10 +682,17 @@ impl Plan {
         Config {
             coalesce: matches!(
                 system,
-                System::Mergelog | System::MergelogIds | System::MergelogGetput
+                System::Mergelog
+                    | System::MergelogIds
+                    | System::MergelogGetput
+                    | System::MergelogSyncers
             ),
             // `--op merge` counts with the add operator.
             merge: self.spec.merge.then_some(mergelog::MergeOperator::Add),
+            syncers: match system {
+                System::MergelogSyncers => self.syncers,
+                _ => self.engine.syncers,
+            },
             ..self.engine.clone()
         }
     }
@@ -1237,6 +1251,7 @@ fn plan(args: &WorkloadArgs) -> Result<Plan, CliError> {
         retain,
         consumer: None,
         clients,
+        syncers: args.syncers.map_or(2, |n| n as usize),
     };
     // Surfaces a bad distribution now rather than inside every writer thread.
     Generator::new(&plan.spec, 0).map_err(CliError::usage)?;
@@ -1334,9 +1349,6 @@ fn engine_from_flags(args: &WorkloadArgs, retain: Option<usize>) -> Result<Confi
     }
     if let Some(n) = args.segment_bytes {
         engine.segment_bytes = n;
-    }
-    if let Some(n) = args.syncers {
-        engine.syncers = n as usize;
     }
     if let Some(n) = args.id_horizon {
         engine.request_ids.ids = size("--id-horizon", n)?;
@@ -1615,12 +1627,15 @@ pub mod profile {
         Mergelog,
         /// The engine with coalescing off: plain group commit.
         NoCoalesce,
+        /// The engine with `--syncers` syncers (default 2).
+        MergelogSyncers,
     }
 
     pub fn run(args: ProfileArgs) -> Result<(), CliError> {
         let system = match args.system {
             EngineSystem::Mergelog => System::Mergelog,
             EngineSystem::NoCoalesce => System::NoCoalesce,
+            EngineSystem::MergelogSyncers => System::MergelogSyncers,
         };
         let session = execute(
             "profile",

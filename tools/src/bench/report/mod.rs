@@ -64,8 +64,10 @@ pub struct Workload {
     batch_ops_max: usize,
     ring_bytes: usize,
     segment_bytes: u64,
-    /// `Config::syncers` (`--syncers`): syncs the engine systems may have in flight at once.
+    /// `--syncers`: syncs the `mergelog-syncers` system may have in flight at once (the
+    /// other engine systems run with the engine's default, `engine_syncers`).
     syncers: usize,
+    engine_syncers: usize,
     /// `--retain`: segments the engines' logs keep (older ones retired during the run and
     /// their files reused); null: the whole history is kept.
     retain_segments: Option<usize>,
@@ -183,7 +185,8 @@ impl Workload {
             batch_ops_max: e.batch_ops_max,
             ring_bytes: e.ring_bytes,
             segment_bytes: e.segment_bytes,
-            syncers: e.syncers,
+            syncers: plan.syncers,
+            engine_syncers: e.syncers,
             retain_segments: plan.retain,
             systems: systems.iter().map(|s| s.name()).collect(),
             seed: s.seed,
@@ -236,7 +239,7 @@ impl Workload {
             "workload: {load}, {} keys {}, key {} B, value {} B, {:.0}% puts {:.0}% deletes \
              {:.0}% gets, {length}\n\
              engine:   durability {}, write path {}, window {}, window age max {} µs, batch max \
-             {} B / {} ops, ring {} B, segment {} B, syncers {}{}{consumer}",
+             {} B / {} ops, ring {} B, segment {} B, syncers {}{}{}{consumer}",
             self.keys,
             self.dist,
             size(&self.key_size),
@@ -252,7 +255,12 @@ impl Workload {
             self.batch_ops_max,
             self.ring_bytes,
             self.segment_bytes,
-            self.syncers,
+            self.engine_syncers,
+            if self.systems.contains(&"mergelog-syncers") {
+                format!(" (mergelog-syncers {})", self.syncers)
+            } else {
+                String::new()
+            },
             match self.retain_segments {
                 Some(n) => format!(", newest {n} segments kept (older retired and reused)"),
                 None => String::new(),
@@ -584,7 +592,7 @@ fn baselines_of(system: System) -> &'static [System] {
         System::Okaywal => 2,
         System::NoCoalesce => 3,
         System::Mergelog => 4,
-        System::MergelogIds | System::MergelogGetput => 5,
+        System::MergelogIds | System::MergelogGetput | System::MergelogSyncers => 5,
     };
     &BASELINES[..below]
 }

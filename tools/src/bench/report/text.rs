@@ -234,15 +234,20 @@ impl Report {
     }
 
     /// The `mergelog` run's stage latencies and disk time (nothing without a `mergelog`
-    /// run).
+    /// run), and the `mergelog-syncers` run's disk time if it ran.
     fn mergelog_stages(&self, results: &[RunResult]) -> String {
         let mut out = String::new();
-        let Some(stats) = results
-            .iter()
-            .find(|r| r.system == System::Mergelog)
-            .and_then(|r| r.engine.as_ref())
-        else {
-            return out;
+        let engine_of = |system| {
+            results
+                .iter()
+                .find(|r| r.system == system)
+                .and_then(|r| r.engine.as_ref())
+        };
+        let syncers = engine_of(System::MergelogSyncers)
+            .and_then(|stats| sync_time_line(&stats.sync_time))
+            .map(|line| format!("mergelog-syncers {line}"));
+        let Some(stats) = engine_of(System::Mergelog) else {
+            return syncers.map(|l| format!("\n{l}")).unwrap_or_default();
         };
         out.push_str(if self.workload.rounds > 1 {
             "\nmergelog stages (engine histograms of every round; `mergelog profile` for more):\n"
@@ -267,6 +272,10 @@ impl Report {
             out.push_str(&line);
         }
         out.push_str(&segments_line(&stats.segments));
+        if let Some(line) = syncers {
+            out.push('\n');
+            out.push_str(&line);
+        }
         out
     }
 

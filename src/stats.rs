@@ -142,14 +142,15 @@ pub struct SegmentCounts {
 }
 
 /// How the time from the first sync to the last one divides (nanoseconds; all zero in
-/// `NoSync`): syncing, or between two syncs. A gap is split at the moment the next sync's
+/// `NoSync`): syncing (at least one sync running), or between two syncs. A gap is split at the moment the next sync's
 /// first frame was written: before it there was nothing to sync (the producers, or the CPU
 /// work of the window, were the limit), after it a written frame waited for its sync (the
 /// hand-off to the syncer, or the completion of the sync before, was). `busy / (busy + gaps)`
 /// is how busy the pipeline kept the disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyncTime {
-    /// Time inside sync calls (the sum of the `sync` histogram, without its rounding).
+    /// Time with a sync call running (with one syncer, the sum of the `sync` histogram,
+    /// without its rounding; with several, syncs that overlap count once).
     pub busy_ns: u64,
     /// Gaps between syncs with a written frame waiting for the next sync.
     pub frame_ready_ns: u64,

@@ -94,6 +94,9 @@ pub struct ConsumerLag {
 /// The most retired segments `Config::recycle_segments` may keep.
 pub const RECYCLE_SEGMENTS_MAX: usize = 64;
 
+/// The most syncer threads `Config::syncers` may ask for.
+pub const SYNCERS_MAX: usize = 16;
+
 /// Engine configuration. `Config::default()` is a sound production setting.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -120,6 +123,15 @@ pub struct Config {
     pub durability: Durability,
     /// How batch bytes reach the file.
     pub write_path: WritePath,
+    /// Syncer threads: how many syncs may be in flight at once (1 to 16;
+    /// default 1). A sync covers every frame written before it started, so with several the
+    /// next window's sync can start while the one before is still running; they still
+    /// complete in order, one contiguous durable watermark, and a failed one fails the engine
+    /// (each syncer syncs through a file description of its own, so that a writeback error
+    /// is reported to every one of them). Only large windows use it: a window of fewer than
+    /// 128 requests still waits over the sync in flight and goes out with the requests it
+    /// completes. Ignored with `Durability::NoSync`, which syncs nothing.
+    pub syncers: usize,
     /// What a producer sees when the ring is full.
     pub backpressure: Backpressure,
     /// What opening does with damage.
@@ -176,6 +188,7 @@ impl Default for Config {
             coalesce: true,
             durability: Durability::Sync,
             write_path: WritePath::default(),
+            syncers: 1,
             backpressure: Backpressure::default(),
             recovery: RecoveryMode::default(),
             recycle_segments: 0,
@@ -247,6 +260,12 @@ impl Config {
             return bad(format!(
                 "recycle_segments = {} exceeds {RECYCLE_SEGMENTS_MAX}",
                 self.recycle_segments
+            ));
+        }
+        if self.syncers == 0 || self.syncers > SYNCERS_MAX {
+            return bad(format!(
+                "syncers = {} must be between 1 and {SYNCERS_MAX}",
+                self.syncers
             ));
         }
         if self.window_age_max.is_zero() || self.window_age_max > Duration::from_secs(10) {

@@ -3,7 +3,7 @@
 //! The pipeline threads are the only writers of almost everything here: they update plain
 //! atomics and record into the histograms once per batch under one lock. `Engine::counts()`
 //! reads the atomics alone (no lock, no allocation: poll it freely); `Engine::stats()` also
-//! copies the histograms (about 2 MB, under that lock), for profiling.
+//! copies the histograms (about 2.5 MB, under that lock), for profiling.
 
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
@@ -21,12 +21,18 @@ fn histogram() -> Histogram<u64> {
 pub struct StageHistograms {
     /// Time a producer was blocked on a full ring (only producers that blocked record).
     pub ring_wait: Histogram<u64>,
+    /// Per request: submit to its window's frame handed on for its sync (waiting for the
+    /// window to be cut, then coalescing and encoding it).
+    pub cut_wait: Histogram<u64>,
     /// Age of a window when it was cut: first request published to cut.
     pub window_age: Histogram<u64>,
     /// Coalesce + sort of one window.
     pub coalesce: Histogram<u64>,
     /// Encoding the survivors into a frame and handing it to the file (pwrite or copy).
     pub encode: Histogram<u64>,
+    /// Per request: its window's frame handed on to the start of the sync that covers it
+    /// (waiting for the sync in flight before its own).
+    pub sync_wait: Histogram<u64>,
     /// One sync (fdatasync or msync), covering every frame waiting for it.
     pub sync: Histogram<u64>,
     /// After a sync: queueing its index updates (applied later, off this path), watermark
@@ -43,9 +49,11 @@ impl Default for StageHistograms {
     fn default() -> Self {
         StageHistograms {
             ring_wait: histogram(),
+            cut_wait: histogram(),
             window_age: histogram(),
             coalesce: histogram(),
             encode: histogram(),
+            sync_wait: histogram(),
             sync: histogram(),
             wakeup: histogram(),
             end_to_end: histogram(),
@@ -55,12 +63,14 @@ impl Default for StageHistograms {
 
 impl StageHistograms {
     /// The stages in pipeline order, with their names, for printing.
-    pub fn stages(&self) -> [(&'static str, &Histogram<u64>); 7] {
+    pub fn stages(&self) -> [(&'static str, &Histogram<u64>); 9] {
         [
             ("ring_wait", &self.ring_wait),
+            ("cut_wait", &self.cut_wait),
             ("window_age", &self.window_age),
             ("coalesce_sort", &self.coalesce),
             ("encode_write", &self.encode),
+            ("sync_wait", &self.sync_wait),
             ("sync", &self.sync),
             ("wakeup", &self.wakeup),
             ("end_to_end", &self.end_to_end),
@@ -151,14 +161,15 @@ pub struct CompactionCounts {
 }
 
 /// How the time from the first sync to the last one divides (nanoseconds; all zero in
-/// `NoSync`): syncing, or between two syncs. A gap is split at the moment the next sync's
+/// `NoSync`): syncing (at least one sync running), or between two syncs. A gap is split at the moment the next sync's
 /// first frame was written: before it there was nothing to sync (the producers, or the CPU
 /// work of the window, were the limit), after it a written frame waited for its sync (the
 /// hand-off to the syncer, or the completion of the sync before, was). `busy / (busy + gaps)`
 /// is how busy the pipeline kept the disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyncTime {
-    /// Time inside sync calls (the sum of the `sync` histogram, without its rounding).
+    /// Time with a sync call running (with one syncer, the sum of the `sync` histogram,
+    /// without its rounding; with several, syncs that overlap count once).
     pub busy_ns: u64,
     /// Gaps between syncs with a written frame waiting for the next sync.
     pub frame_ready_ns: u64,
@@ -166,8 +177,8 @@ pub struct SyncTime {
     pub nothing_ready_ns: u64,
 }
 
-/// A snapshot of the engine's counters and histograms. Copying the seven histograms takes
-/// about 2 MB and holds the lock the pipeline records under while it copies: to poll the
+/// A snapshot of the engine's counters and histograms. Copying the nine histograms takes
+/// about 2.5 MB and holds the lock the pipeline records under while it copies: to poll the
 /// counters often, use [`Engine::counts`](crate::Engine::counts).
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
@@ -343,4 +354,9 @@ impl Counters {
 /// Records `ns` into `h`, saturating at the histogram's range instead of failing.
 pub(crate) fn record(h: &mut Histogram<u64>, ns: u64) {
     let _ = h.record(ns.clamp(1, LATENCY_NS_MAX));
+}
+
+/// Records `ns` into `h` `n` times (as [`record`]).
+pub(crate) fn record_n(h: &mut Histogram<u64>, ns: u64, n: u64) {
+    let _ = h.record_n(ns.clamp(1, LATENCY_NS_MAX), n);
 }

@@ -574,6 +574,16 @@ fn rules() -> Vec<Rule> {
                 ..b()
             },
         },
+        Rule {
+            setting: "syncers",
+            valid: Config { syncers: 16, ..b() },
+            invalid: Config { syncers: 0, ..b() },
+        },
+        Rule {
+            setting: "syncers",
+            valid: Config { syncers: 1, ..b() },
+            invalid: Config { syncers: 17, ..b() },
+        },
     ]
 }
 

@@ -7,7 +7,8 @@
 //! directory in `MERGELOG_CRASH_CHILD_DIR`. Several writer threads submit puts, deletes and
 //! write batches over a small zipf-distributed key space (every value unique), with the write
 //! path, coalescing, durability (`Sync`, sometimes `NoSync`, which must survive a process kill
-//! too) and segment size (64 or 256 KiB, so segments roll and differ in size) drawn per child.
+//! too), segment size (64 or 256 KiB, so segments roll and differ in size) and syncers (one or
+//! two syncs in flight) drawn per child.
 //! It prints, flushing each line (a kill may cut the last line short: an incomplete line is
 //! ignored, which is safe because `INT` precedes the submit and `ACK` follows the wait):
 //!
@@ -139,7 +140,8 @@ fn child_plan(seed: u64) -> ChildPlan {
     }
 }
 
-/// Each child picks its write path, coalescing, durability and segment size from its seed.
+/// Each child picks its write path, coalescing, durability, segment size and syncers from its
+/// seed.
 fn child_config(seed: u64) -> Config {
     Config {
         write_path: if seed & 1 == 0 {
@@ -160,6 +162,8 @@ fn child_config(seed: u64) -> Config {
         } else {
             64 << 10
         },
+        // Half the children have two syncs in flight at once.
+        syncers: 1 + ((seed >> 6) & 1) as usize,
         ..base_config()
     }
 }

@@ -5,6 +5,8 @@
 //! - **Countdown I/O errors** (`countdown_*`): `FaultyIo` fails the Nth operation of one kind
 //!   (write, sync, create, rename, directory sync, or any) with EIO, once or forever from then
 //!   on, for N = 1, 2, ... until a run completes without reaching N; both write paths.
+//!   `countdown_*_with_two_syncers` do the same with two syncs in flight at once
+//!   (`Config::syncers` = 2), failing a sync or a syncer's own open of the segment.
 //! - **Simulated power loss** (`power_loss` for the pwrite path, `power_loss_mmap` for the
 //!   mmap path): `PowerLossIo` (the model, in `common/power.rs`) keeps every write
 //!   not yet durable with the bytes it overwrote (an `fdatasync` makes all of a file's
@@ -15,7 +17,7 @@
 //!   offset: it is modelled as a write from there to the end of the segment, its bytes read
 //!   back at the power loss. One reopen in four first goes through I/O that fails while it
 //!   repairs the tail. One to three power losses per seed, each continuing the log the last
-//!   one left. `power_model_*` test the model itself.
+//!   one left; odd seeds with two syncers. `power_model_*` test the model itself.
 //! - **Full disk** (`full_disk`): segment creation fails with ENOSPC (leaving a short file
 //!   behind, as a preallocation that ran out of space would), at open and at each roll; the
 //!   error says ENOSPC, no short prepared file stays, every segment file is fully allocated
@@ -667,16 +669,24 @@ fn fault_run(io: &Arc<FaultyIo>, config: &Config, ctx: &str) -> RunResult {
 /// Runs the countdown for `target` in both modes on both write paths: N = 1, 2, ... until a
 /// run completes without reaching N.
 fn countdown(target: Target) {
+    countdown_with(target, 1);
+}
+
+/// [`countdown`] with `syncers` syncers (`Config::syncers`).
+fn countdown_with(target: Target, syncers: usize) {
     let started = Instant::now();
     for path in [WritePath::Pwrite, WritePath::Mmap] {
         for forever in [false, true] {
-            let config = countdown_config(path);
+            let config = Config {
+                syncers,
+                ..countdown_config(path)
+            };
             let mode = if forever { "forever" } else { "once" };
             let (mut runs, mut failed_runs, mut total) = (0, 0, Checked::default());
             let mut n = 1;
             loop {
                 let io = Arc::new(FaultyIo::new(target, n, forever, EIO));
-                let ctx = format!("countdown {target:?} {path:?} {mode} N={n}");
+                let ctx = format!("countdown {target:?} {path:?} {mode} syncers={syncers} N={n}");
                 let r = fault_run(&io, &config, &ctx);
                 runs += 1;
                 failed_runs += usize::from(r.failed);
@@ -733,6 +743,18 @@ fn countdown_sync_dir() {
 #[test]
 fn countdown_any() {
     countdown(Target::Any);
+}
+
+/// Several syncs in flight at once: each syncer syncs through its own open of the segment;
+/// any of those syncs may fail, and so may any of those opens.
+#[test]
+fn countdown_sync_with_two_syncers() {
+    countdown_with(Target::Op(IoOp::Sync), 2);
+}
+
+#[test]
+fn countdown_open_with_two_syncers() {
+    countdown_with(Target::Op(IoOp::Open), 2);
 }
 
 /// A full disk: the Kth file creation and every later one fail with ENOSPC after leaving
@@ -1073,7 +1095,11 @@ impl std::ops::AddAssign for PowerTotals {
 /// write. Each later cycle continues the log the one before recovered.
 fn power_loss_seed(seed: u64, write_path: WritePath) -> PowerTotals {
     let mut rng = StdRng::seed_from_u64(seed);
-    let config = power_loss_config(write_path);
+    let config = Config {
+        // Odd seeds have two syncs in flight at once.
+        syncers: 1 + (seed & 1) as usize,
+        ..power_loss_config(write_path)
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let mut totals = PowerTotals {
         seeds: 1,

@@ -207,12 +207,24 @@ fn config() -> impl Strategy<Value = Config> {
         (0u8..3, 0.0f64..=1.0),
         any::<bool>(),
         any::<bool>(),
-        // Sync costs milliseconds per batch on a shared disk: a quarter of the cases.
-        proptest::bool::weighted(0.25),
+        // Sync costs milliseconds per batch on a shared disk: a quarter of the cases; with
+        // one to three syncers (several syncs in flight).
+        (proptest::bool::weighted(0.25), 1usize..=3),
         operator(),
     )
         .prop_map(
-            |(ring, segment, bytes, ops, age_us, (policy, frac), coalesce, mmap, sync, merge)| {
+            |(
+                ring,
+                segment,
+                bytes,
+                ops,
+                age_us,
+                (policy, frac),
+                coalesce,
+                mmap,
+                (sync, syncers),
+                merge,
+            )| {
                 let age = Duration::from_micros(age_us);
                 let within = age.mul_f64(frac);
                 Config {
@@ -237,6 +249,7 @@ fn config() -> impl Strategy<Value = Config> {
                     } else {
                         Durability::NoSync
                     },
+                    syncers,
                     merge: Some(merge),
                     ..Config::default()
                 }

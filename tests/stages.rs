@@ -81,6 +81,97 @@ fn every_stage_records_once_per_window_batch_or_request() {
     assert_eq!(h.window_age.len(), h.coalesce.len());
     assert!(h.window_age.len() >= stats.batches);
     assert_eq!(h.ring_wait.len(), 0, "a 16 MiB ring never filled");
+    // The split of the end-to-end latency: one record per request each, and the two waits
+    // are parts of it, so together they add up to less.
+    assert_eq!(h.cut_wait.len(), h.end_to_end.len());
+    assert_eq!(h.sync_wait.len(), h.end_to_end.len());
+    let sum = |hist: &hdrhistogram::Histogram<u64>| hist.mean() * hist.len() as f64;
+    let parts = sum(&h.cut_wait) + sum(&h.sync_wait);
+    assert!(
+        parts <= sum(&h.end_to_end) * 1.01,
+        "cut_wait + sync_wait add up to {parts:.0} ns, more than end_to_end's {:.0}",
+        sum(&h.end_to_end)
+    );
+}
+
+/// A request waits for the sync in flight before its own, and `sync_wait` says so: while one
+/// sync runs on the syncer (held up by the I/O hook), a window is cut and handed on at once
+/// (`WindowPolicy::Immediate`), and its request's `sync_wait` covers the rest of that sync,
+/// not its `cut_wait`.
+#[test]
+fn a_request_behind_a_sync_in_flight_records_its_wait_for_it() {
+    use mergelog::internals::io::{Io, IoOp};
+    use mergelog::WindowPolicy;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+    const HOLD: Duration = Duration::from_millis(40);
+    /// Once armed: holds the first segment write until released (so that a request is
+    /// behind its window when it is handed on, and the syncer, not the flusher inline,
+    /// syncs it), and the first segment sync for `HOLD`.
+    #[derive(Default)]
+    struct Hold {
+        /// 0 off, 1 armed, 2 a write held, 3 released.
+        write: AtomicU32,
+        /// 0 off, 1 armed, 2 a sync held.
+        sync: AtomicU32,
+    }
+    impl Io for Hold {
+        fn before(&self, op: IoOp, path: &Path, _: u64, _: &[u8]) -> std::io::Result<()> {
+            if path.extension().is_none_or(|e| e != "seg") {
+                return Ok(());
+            }
+            let take = |state: &AtomicU32| {
+                state
+                    .compare_exchange(1, 2, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            };
+            if op == IoOp::Write && take(&self.write) {
+                while self.write.load(Ordering::SeqCst) != 3 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            if op == IoOp::Sync && take(&self.sync) {
+                std::thread::sleep(HOLD);
+            }
+            Ok(())
+        }
+    }
+    let wait_for = |state: &AtomicU32, value: u32| {
+        while state.load(Ordering::SeqCst) != value {
+            std::thread::yield_now();
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let io = std::sync::Arc::new(Hold::default());
+    let config = Config {
+        window: WindowPolicy::Immediate,
+        // One sync at a time: with a second syncer the put behind would not wait for the
+        // first sync to start its own.
+        syncers: 1,
+        ..Config::default()
+    };
+    let engine = Engine::open_with_io(dir.path(), config, io.clone()).unwrap();
+    io.write.store(1, Ordering::SeqCst);
+    io.sync.store(1, Ordering::SeqCst);
+    let first = engine.put(b"first", b"1").unwrap();
+    wait_for(&io.write, 2);
+    let second = engine.put(b"second", b"2").unwrap();
+    io.write.store(3, Ordering::SeqCst);
+    // The first window's sync is held: a put now is cut and handed on behind it.
+    wait_for(&io.sync, 2);
+    let behind = engine.put(b"behind", b"3").unwrap();
+    for t in [first, second, behind] {
+        t.wait().unwrap();
+    }
+    engine.close().unwrap();
+    let h = engine.stats().stages;
+    assert_eq!(h.sync_wait.len(), 3);
+    let waited = Duration::from_nanos(h.sync_wait.max());
+    assert!(
+        waited >= HOLD / 2,
+        "the put behind a {HOLD:?} sync waited {waited:?} for it"
+    );
 }
 
 /// Many writers with one request each: small windows wait over the sync in flight (to go out

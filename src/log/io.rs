@@ -46,6 +46,10 @@ pub enum IoOp {
     Remove,
     /// Creating a directory: a missing component of the log directory's path, at open.
     CreateDir,
+    /// Opening an existing segment file again, for a file description of its own: each of
+    /// several syncers (`Config::syncers` > 1) syncs through one. Changes nothing on disk;
+    /// announced so that a hook can fail it.
+    Open,
 }
 
 /// Hooks called around every file-changing operation of the log.
@@ -144,6 +148,17 @@ pub(crate) fn create_dir(io: &dyn Io, path: &Path) -> io::Result<()> {
 pub(crate) fn sync_dir(io: &dyn Io, dir: &Path) -> io::Result<()> {
     guarded(io, IoOp::SyncDir, dir, 0, &[], || {
         std::fs::File::open(dir).and_then(|d| d.sync_all())
+    })
+}
+
+/// Opens the existing file `path` for reading and writing (a new file description of it),
+/// as one `IoOp::Open`.
+pub(crate) fn open_existing(io: &dyn Io, path: &Path) -> io::Result<std::fs::File> {
+    guarded(io, IoOp::Open, path, 0, &[], || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
     })
 }
 

@@ -12,7 +12,7 @@
 use crate::config::WritePath;
 use crate::error::{Error, Result};
 use crate::log::format::{SegmentHeader, END_MARKER_LEN, SEGMENT_HEADER_LEN};
-use crate::log::io::{guarded, sync_range_data, IoOp, SharedIo};
+use crate::log::io::{guarded, open_existing, sync_range_data, IoOp, SharedIo};
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -358,6 +358,25 @@ impl Segment {
                 )
             }
         }
+        .map_err(|e| Error::io("sync segment", &self.path, e))
+    }
+
+    /// Opens the segment's file again, read-write: a file description of its own, for one of
+    /// several syncers to sync through (a writeback error is reported once per description:
+    /// see `pipeline::syncer`). Announced to the hooks as `IoOp::Open`.
+    pub fn open_for_sync(&self) -> Result<File> {
+        open_existing(&*self.io, &self.path)
+            .map_err(|e| Error::io("open segment for sync", &self.path, e))
+    }
+
+    /// Makes every write to the segment so far durable with `fdatasync` through `file`, a
+    /// description of the segment's file from [`Segment::open_for_sync`]; for both write
+    /// paths (it writes back the pages the mapping dirtied too). The hooks are told it is a
+    /// sync of the whole file.
+    pub fn sync_through(&self, file: &File) -> Result<()> {
+        guarded(&*self.io, IoOp::Sync, &self.path, 0, &[], || {
+            file.sync_data()
+        })
         .map_err(|e| Error::io("sync segment", &self.path, e))
     }
 

@@ -29,7 +29,7 @@ use crate::stats::{record, Counters};
 use crate::ticket::GetSlot;
 use crossbeam::channel::{Receiver, Sender};
 use std::collections::VecDeque;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -270,16 +270,10 @@ impl Flusher {
             }
         }
         self.inner.queued.fetch_add(1, Ordering::SeqCst);
-        // The syncer only stops after this sender is dropped, so this cannot fail.
+        // The syncers only stop after this sender is dropped, so this cannot fail.
         let _ = self.to_syncer.send(job);
-        // Pairs with the fence in `Syncer::next_group`: either it finds the job, or we
-        // find it asleep and wake it.
-        fence(Ordering::SeqCst);
-        if self.inner.syncer_sleeping.load(Ordering::Relaxed) {
-            if let Some(t) = self.inner.syncer_thread.get() {
-                t.unpark();
-            }
-        }
+        // Either a syncer finds the job, or we find one asleep and wake it.
+        self.inner.syncers.wake_one();
     }
 
     /// Waits, if need be, until the frame about to be written is at most

@@ -10,6 +10,11 @@
 //! consumers, blocked or polled ([`SeqWaiters`]), which the syncer notifies after it stores
 //! the sequence, only if one waits.
 //!
+//! Between the flusher and the syncers: a syncer sleeping until a job is handed on
+//! ([`SyncerBell`], the same pair with fences on both sides), and with several syncers their
+//! turns ([`SyncTurns`]: groups taken in order under one lock, completed in that order, one
+//! at a time).
+//!
 //! # The store-buffering pair
 //!
 //! Both are the Dekker pattern. The waiter writes "I wait" (the waker count, the nap flag)
@@ -193,6 +198,140 @@ impl SyncNap {
     pub(crate) fn should_poke(&self) -> bool {
         fence_after_sc_rmw();
         self.napping.load(Ordering::SeqCst)
+    }
+}
+
+/// The turns of several syncers (`Config::syncers` > 1). Each syncer takes the next jobs
+/// waiting as one group, under one lock, so the groups are contiguous runs of the jobs in
+/// the order the flusher handed them on, and each gets a turn, counted from 0 in taking
+/// order. The syncs run at once; the completions do not: they run one at a time, in turn
+/// order, whoever runs them. A syncer whose sync returned hands its group (with the sync's
+/// outcome) to [`SyncTurns::finish`]: if no completion is running and its turn is the next,
+/// it completes it, and then every later group already synced, in order; otherwise the
+/// syncer that completes the turn before it will. So no syncer waits for another's sync to
+/// return, and the durable watermark passes a group only after every group before it.
+pub(crate) struct SyncTurns<G> {
+    /// The next turn to hand out (the lock serializes taking).
+    next_take: Mutex<u64>,
+    done: Mutex<Finished<G>>,
+}
+
+/// The synced groups waiting for their turn to complete.
+struct Finished<G> {
+    /// The turn to complete next; moved on only once its completion has run, so while one
+    /// runs (outside the lock) nobody else finds a group whose turn it is.
+    next: u64,
+    /// Synced groups whose turn has not come, with their turns (at most one per syncer).
+    synced: Vec<(u64, G)>,
+}
+
+impl<G> SyncTurns<G> {
+    pub(crate) fn new(syncers: usize) -> SyncTurns<G> {
+        SyncTurns {
+            next_take: Mutex::new(0),
+            done: Mutex::new(Finished {
+                next: 0,
+                synced: Vec::with_capacity(syncers),
+            }),
+        }
+    }
+
+    /// Takes the next group: `fill` moves the jobs waiting into it (under the lock, so no
+    /// other syncer takes any in between) and says whether it took any. Its turn, if so.
+    pub(crate) fn take(&self, fill: impl FnOnce() -> bool) -> Option<u64> {
+        let mut next = self.next_take.lock();
+        if !fill() {
+            return None;
+        }
+        let turn = *next;
+        *next += 1;
+        Some(turn)
+    }
+
+    /// The group of `turn` is synced (`group` holds it with its sync's outcome). Completes
+    /// it with `complete` if its turn has come (every group before it is complete), and then
+    /// every later group already synced, in turn order; else leaves it to whoever completes
+    /// the group before it. `complete` runs outside the lock, one call at a time over all
+    /// syncers.
+    pub(crate) fn finish(&self, turn: u64, group: G, mut complete: impl FnMut(G)) {
+        let mut done = self.done.lock();
+        done.synced.push((turn, group));
+        loop {
+            let next = done.next;
+            let Some(i) = done.synced.iter().position(|(t, _)| *t == next) else {
+                return;
+            };
+            let (_, group) = done.synced.swap_remove(i);
+            drop(done);
+            complete(group);
+            done = self.done.lock();
+            done.next += 1;
+        }
+    }
+}
+
+/// Where the syncers sleep while no job waits, and how the flusher wakes one after it hands
+/// a job on: the same store-buffering pair as the module docs describe. A syncer announces
+/// its sleep (its state), issues a `fence(SeqCst)` and looks for a job once more before it
+/// parks; the flusher hands the job on, issues a `fence(SeqCst)` and reads the states:
+/// either the syncer sees the job, or the flusher sees it asleep and unparks it.
+///
+/// A syncer that is awake and not syncing (taking a group, completing one) will look for a
+/// job before it sleeps, so the flusher then wakes nobody: that syncer takes the job, as the
+/// one syncer always did, instead of another one being woken for it (a wake-up the two cores
+/// pay for). Only while every awake syncer is inside a sync does a sleeping one take the job,
+/// so that its sync need not wait for theirs.
+pub(crate) struct SyncerBell {
+    state: Vec<AtomicUsize>,
+}
+
+/// A syncer's [`SyncerBell`] state: awake and not syncing (it looks for a job before it
+/// sleeps).
+const AWAKE: usize = 0;
+/// Asleep, or about to be (it looks once more after announcing it).
+const ASLEEP: usize = 1;
+/// Inside a sync.
+const SYNCING: usize = 2;
+
+impl SyncerBell {
+    pub(crate) fn new(syncers: usize) -> SyncerBell {
+        SyncerBell {
+            state: (0..syncers).map(|_| AtomicUsize::new(AWAKE)).collect(),
+        }
+    }
+
+    /// Syncer `i` sleeps with `park` unless `job_waits()` (read after the announcement)
+    /// finds a job. A stale unpark only makes it look again: the caller loops.
+    pub(crate) fn sleep(&self, i: usize, job_waits: impl FnOnce() -> bool, park: impl FnOnce()) {
+        self.state[i].store(ASLEEP, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if !job_waits() {
+            park();
+        }
+        self.state[i].store(AWAKE, Ordering::Relaxed);
+    }
+
+    /// Syncer `i` starts (`true`) or ends a sync.
+    pub(crate) fn syncing(&self, i: usize, syncing: bool) {
+        let state = if syncing { SYNCING } else { AWAKE };
+        self.state[i].store(state, Ordering::Relaxed);
+    }
+
+    /// After a job was handed on: unless a syncer is awake and not syncing (it will take the
+    /// job), wakes one that sleeps, if one does, with `unpark`.
+    pub(crate) fn ring(&self, unpark: impl FnOnce(usize)) {
+        fence(Ordering::SeqCst);
+        let mut asleep = None;
+        for (i, s) in self.state.iter().enumerate() {
+            match s.load(Ordering::Relaxed) {
+                AWAKE => return,
+                ASLEEP => asleep = asleep.or(Some(i)),
+                _ => {}
+            }
+        }
+        if let Some(i) = asleep {
+            unpark(i);
+        }
     }
 }
 
@@ -403,6 +542,111 @@ mod loom_tests {
                 nap.end();
             }
             completer.join().unwrap();
+        });
+    }
+
+    /// Two syncers take three jobs one at a time (syncer `a` twice) and finish them in
+    /// whatever order their syncs end: the completions run one at a time, in the jobs'
+    /// order, and every job completes (a group left behind, found by nobody, would be
+    /// missing from the final check).
+    #[test]
+    fn several_syncers_complete_in_turn_order_one_at_a_time() {
+        loom::model(|| {
+            let queue =
+                loom::sync::Arc::new(Mutex::new(std::collections::VecDeque::from([1u32, 2, 3])));
+            let turns = loom::sync::Arc::new(SyncTurns::<u32>::new(2));
+            let completed = loom::sync::Arc::new(Mutex::new(Vec::new()));
+            let running = loom::sync::Arc::new(AtomicBool::new(false));
+            let syncer = |rounds: usize| {
+                let (queue, turns) = (queue.clone(), turns.clone());
+                let (completed, running) = (completed.clone(), running.clone());
+                move || {
+                    for _ in 0..rounds {
+                        let mut job = None;
+                        let turn = turns
+                            .take(|| {
+                                job = queue.lock().pop_front();
+                                job.is_some()
+                            })
+                            .expect("a job is left for every round");
+                        let job = job.expect("taken with its turn");
+                        // The sync runs here, at once with the other syncer's.
+                        turns.finish(turn, job, |j| {
+                            assert!(
+                                !running.swap(true, Ordering::SeqCst),
+                                "two completions at once"
+                            );
+                            completed.lock().push(j);
+                            running.store(false, Ordering::SeqCst);
+                        });
+                    }
+                }
+            };
+            let a = thread::spawn(syncer(2));
+            let b = thread::spawn(syncer(1));
+            a.join().unwrap();
+            b.join().unwrap();
+            assert_eq!(*completed.lock(), [1, 2, 3]);
+        });
+    }
+
+    /// A syncer with nothing to take goes to sleep while the flusher hands a job on and rings
+    /// the bell; the other syncer is inside a sync. Either the sleeping one sees the job, or
+    /// the flusher sees it asleep and unparks it. A lost wake-up leaves it parked for ever, a
+    /// deadlock loom reports.
+    #[test]
+    fn a_sleeping_syncer_is_woken_for_a_job() {
+        loom::model(|| {
+            let jobs = loom::sync::Arc::new(AtomicUsize::new(0));
+            let bell = loom::sync::Arc::new(SyncerBell::new(2));
+            bell.syncing(0, true);
+            let syncer = {
+                let (jobs, bell) = (jobs.clone(), bell.clone());
+                thread::spawn(move || loop {
+                    if jobs.load(Ordering::Relaxed) > 0 {
+                        break;
+                    }
+                    bell.sleep(1, || jobs.load(Ordering::Relaxed) > 0, thread::park);
+                })
+            };
+            jobs.fetch_add(1, Ordering::Relaxed);
+            let woken = syncer.thread().clone();
+            bell.ring(|i| {
+                assert_eq!(i, 1, "only syncer 1 sleeps");
+                woken.unpark();
+            });
+            syncer.join().unwrap();
+        });
+    }
+
+    /// The flusher rings while one syncer, awake and not syncing, is on its way to sleep (the
+    /// other sleeps throughout, and nobody may wake it for this job): the flusher wakes
+    /// nobody if it sees the first one awake, and then that one must see the job before it
+    /// parks. Waking nobody and missing the job is a deadlock loom reports.
+    #[test]
+    fn an_awake_syncer_takes_the_job_it_was_not_woken_for() {
+        loom::model(|| {
+            let jobs = loom::sync::Arc::new(AtomicUsize::new(0));
+            let bell = loom::sync::Arc::new(SyncerBell::new(2));
+            // Syncer 1 is asleep throughout (a real one would be parked).
+            bell.state[1].store(ASLEEP, Ordering::Relaxed);
+            let syncer = {
+                let (jobs, bell) = (jobs.clone(), bell.clone());
+                thread::spawn(move || loop {
+                    if jobs.load(Ordering::Relaxed) > 0 {
+                        break;
+                    }
+                    bell.sleep(0, || jobs.load(Ordering::Relaxed) > 0, thread::park);
+                })
+            };
+            jobs.fetch_add(1, Ordering::Relaxed);
+            let woken = syncer.thread().clone();
+            bell.ring(|i| {
+                if i == 0 {
+                    woken.unpark();
+                }
+            });
+            syncer.join().unwrap();
         });
     }
 

@@ -13,6 +13,8 @@
 //!    group: one sync for all their frames, then it completes them: publishes the frames,
 //!    queues the index updates, advances the durable watermark (`ticket::Completion`), which
 //!    wakes the tickets. When nothing else is in flight the flusher completes a job itself.
+//!    With `Config::syncers` > 1 several syncers take groups in turn and sync them at once;
+//!    the groups complete in turn order ([`handoff::SyncTurns`]).
 //!
 //! A third thread, `mergelog-prep`, prepares the next segment file (`log`). [`Inner`] is the
 //! state the API and the threads share; a failure is sticky: it is recorded once in the
@@ -23,13 +25,14 @@
 //!
 //! * [`handoff`]: waiting for the durable watermark without blocking a thread: the wakers of
 //!   pending futures ([`handoff::FutureWakers`], used by `ticket::Completion`) and the
-//!   flusher's nap until the sync in flight completes ([`handoff::SyncNap`]); and the
-//!   followers and consumers waiting for the durable batch sequence ([`handoff::SeqWaiters`],
-//!   notified by the syncer through `reader::LiveLog::advance`).
+//!   flusher's nap until the sync in flight completes ([`handoff::SyncNap`]); the followers and consumers waiting for the durable batch
+//!   sequence ([`handoff::SeqWaiters`], notified by the syncer through
+//!   `reader::LiveLog::advance`); the syncers' sleep until a job comes
+//!   ([`handoff::SyncerBell`]) and their turns ([`handoff::SyncTurns`]).
 //! * [`window`]: when the flusher cuts a window, a pure function over what it observed (not
 //!   built under loom: it has no hand-off to model).
 //! * [`flusher`]: the flusher thread (windows, coalescing, log writes).
-//! * [`syncer`]: the syncer thread (syncs and completions).
+//! * [`syncer`]: the syncer threads (syncs and completions).
 
 #[cfg(not(loom))]
 pub(crate) mod flusher;
@@ -43,11 +46,11 @@ pub(crate) mod window;
 use self::{
     flusher::{Flusher, Job},
     handoff::SyncNap,
-    syncer::Syncer,
+    syncer::{SyncClock, Syncer, Syncers},
 };
 #[cfg(not(loom))]
 use crate::{
-    config::Config,
+    config::{Config, Durability},
     error::{Error, Result},
     ids::Ids,
     index::Index,
@@ -65,10 +68,9 @@ use parking_lot::{Mutex, RwLock};
 #[cfg(not(loom))]
 use std::{
     path::{Path, PathBuf},
-    sync::atomic::{AtomicBool, AtomicU64, AtomicUsize},
+    sync::atomic::{AtomicU64, AtomicUsize},
     sync::{Arc, OnceLock},
     thread::JoinHandle,
-    time::Instant,
 };
 
 /// The state shared by the public API (`Engine`, in `engine.rs`) and the pipeline threads.
@@ -116,13 +118,11 @@ pub(crate) struct Inner {
     /// Announced while an adaptive window naps until the sync in flight completes (see
     /// [`window::MERGE_BELOW`]): the completion then pokes the flusher.
     pub(crate) sync_nap: SyncNap,
-    /// When the last sync ended (for `Stats::sync_time`; `None` before the first).
-    pub(crate) last_sync_end: Mutex<Option<Instant>>,
-    /// The syncer's thread, set when it starts; unparked by the flusher when it hands a job
-    /// to a sleeping syncer.
-    pub(crate) syncer_thread: OnceLock<std::thread::Thread>,
-    /// Set while the syncer sleeps for want of a job (see `Syncer::next_group`).
-    pub(crate) syncer_sleeping: AtomicBool,
+    /// Where the disk's time goes (`Stats::sync_time`): the syncs running and when the last
+    /// one ended.
+    pub(crate) sync_clock: Mutex<SyncClock>,
+    /// The syncer threads (`Config::syncers`): where they sleep, and their turns.
+    pub(crate) syncers: Syncers,
     /// Where the log ended when the flusher drained the ring and stopped: `close` writes it
     /// as the clean-close mark once every job is complete and nothing failed.
     pub(crate) end_mark: Mutex<Option<CleanMark>>,
@@ -200,9 +200,12 @@ pub(crate) fn start(
         queued: AtomicUsize::new(0),
         flusher_thread: OnceLock::new(),
         sync_nap: SyncNap::new(),
-        last_sync_end: Mutex::new(None),
-        syncer_thread: OnceLock::new(),
-        syncer_sleeping: AtomicBool::new(false),
+        sync_clock: Mutex::new(SyncClock::default()),
+        syncers: Syncers::new(match config.durability {
+            Durability::Sync => config.syncers,
+            // Nothing to sync: one thread completes the jobs, as ever.
+            Durability::NoSync => 1,
+        }),
         end_mark: Mutex::new(None),
         ids: Mutex::new(ids),
         config,
@@ -214,8 +217,8 @@ pub(crate) fn start(
     Ok((inner, handle))
 }
 
-/// Starts the two pipeline threads; the returned handle is the flusher's, which joins the
-/// syncer before it returns.
+/// Starts the pipeline threads (the flusher and `Config::syncers` syncers); the returned
+/// handle is the flusher's, which joins the syncers before it returns.
 #[cfg(not(loom))]
 pub(crate) fn start_pipeline(
     inner: Arc<Inner>,
@@ -223,14 +226,37 @@ pub(crate) fn start_pipeline(
     consumer: Consumer,
 ) -> std::io::Result<JoinHandle<()>> {
     // One job syncing and one ready: enough to overlap the next window's CPU work with the
-    // sync, few enough that a window is cut no earlier than it is needed.
+    // sync, few enough that a window is cut no earlier than it is needed. (With several
+    // syncers a free one takes the ready job at once.)
     let (to_syncer, jobs) = crossbeam::channel::bounded::<Job>(1);
-    let (give_back, spare) = crossbeam::channel::bounded::<Job>(4);
-    let syncer = Syncer::new(inner.clone(), jobs, give_back.clone());
-    let syncer_inner = inner.clone();
-    let syncer = std::thread::Builder::new()
-        .name("mergelog-syncer".into())
-        .spawn(move || guard_thread(&syncer_inner, "syncer", || syncer.run()))?;
+    let (give_back, spare) = crossbeam::channel::bounded::<Job>(4 + inner.syncers.count);
+    let mut syncers = Vec::with_capacity(inner.syncers.count);
+    for i in 0..inner.syncers.count {
+        let syncer = Syncer::new(inner.clone(), i, jobs.clone(), give_back.clone());
+        let syncer_inner = inner.clone();
+        // Every syncer's name starts with the 15 bytes the kernel keeps of it
+        // (`mergelog-syncer`), so tools that sum the syncers' CPU find them all.
+        let name = match i {
+            0 => "mergelog-syncer".to_owned(),
+            i => format!("mergelog-syncer-{i}"),
+        };
+        let spawned = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || guard_thread(&syncer_inner, "syncer", || syncer.run()));
+        match spawned {
+            Ok(handle) => syncers.push(handle),
+            Err(e) => {
+                // Those started see the channel close (with `to_syncer` dropped) and end.
+                drop(to_syncer);
+                for handle in syncers {
+                    handle.thread().unpark();
+                    let _ = handle.join();
+                }
+                return Err(e);
+            }
+        }
+    }
+    drop(jobs);
     let flusher = Flusher::new(inner, log, to_syncer, spare, give_back);
     std::thread::Builder::new()
         .name("mergelog-flusher".into())
@@ -242,10 +268,14 @@ pub(crate) fn start_pipeline(
             unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
             let inner = flusher.inner.clone();
             guard_thread(&inner, "flusher", || flusher.run(consumer));
-            // The flusher is gone and with it the channel's sender: wake the syncer to
-            // complete what it holds and see that.
-            syncer.thread().unpark();
-            let _ = syncer.join();
+            // The flusher is gone and with it the channel's sender: wake the syncers to
+            // complete what they hold and see that.
+            for syncer in &syncers {
+                syncer.thread().unpark();
+            }
+            for syncer in syncers {
+                let _ = syncer.join();
+            }
             // Nothing becomes durable any more: in-process followers end (Release: after the
             // last store of `durable_seq`).
             inner.live.stop();

@@ -34,6 +34,12 @@ pub(crate) const SPLIT_FROM: usize = 2 * MERGE_BELOW;
 /// the window is cut and encoded during the sync, so that the next sync can start as soon as
 /// this one ends (the window does not look at arrivals while it naps, so it judges by the
 /// previous window's size).
+///
+/// The same with several syncers (`Config::syncers`): a small window could start its own sync
+/// beside the one in flight, but on this disk two syncs at once each take longer, and the
+/// windows get smaller: cut as soon as a syncer was free, and split in halves from 2 requests,
+/// 16 x 1 went to 0.7x (four alternated triplets, docs/decisions.md, "Several syncs in
+/// flight"). So only a large window starts a sync while another runs.
 pub(crate) const MERGE_BELOW: usize = 128;
 
 /// The configuration a window is cut by.

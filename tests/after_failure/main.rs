@@ -23,4 +23,5 @@ mod point_in_time;
 mod reopen_after_eio;
 mod review;
 mod shutdown;
+mod syncers;
 mod window;

@@ -9,7 +9,7 @@
 //! older bytes) in the middle of the log, and recovery ends the log there, taking later,
 //! acknowledged frames with it.
 //!
-//! Each seed, on both write paths, through the power-loss model
+//! Each seed, on both write paths (odd seeds with two syncers), through the power-loss model
 //! (`common::power::PowerLossIo::failing_sync`): open, put and acknowledge until the
 //! Nth sync fails with EIO (N seeded; the engine fails, and every later call says so);
 //! close; reopen through the same model (healthy now) and acknowledge more puts; cut the
@@ -114,7 +114,11 @@ const RUN0_MAX: usize = 10_000;
 
 fn seed_run(seed: u64, write_path: WritePath) -> Totals {
     let mut rng = StdRng::seed_from_u64(seed);
-    let config = power_loss_config(write_path);
+    let config = mergelog::Config {
+        // Odd seeds have two syncs in flight at once (the failed one among them).
+        syncers: 1 + (seed & 1) as usize,
+        ..power_loss_config(write_path)
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let fail_at = rng.random_range(1..=40);
     let io = Arc::new(PowerLossIo::failing_sync(fail_at));

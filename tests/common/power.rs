@@ -30,7 +30,7 @@ use mergelog::internals::format::{segment_file_name, SegmentHeader, SEGMENT_HEAD
 use mergelog::internals::io::{synced_range, Io, IoOp};
 use rand::rngs::StdRng;
 use rand::Rng;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::ops::Range;
@@ -39,6 +39,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::thread::ThreadId;
 
 pub const EIO: i32 = 5;
 const SECTOR: u64 = 512;
@@ -145,13 +146,18 @@ impl DirChange {
     }
 }
 
+/// A running sync: the range it covers (`None`: the whole file) and the ids of the writes it
+/// covers.
+type Syncing = (Option<Range<u64>>, Vec<u64>);
+
 #[derive(Default)]
 struct PowerState {
     /// Per file, its writes not yet durable (lost ones included), oldest first.
     unsynced: BTreeMap<PathBuf, Vec<Unsynced>>,
-    /// Per file being synced: the range the sync covers (`None`: the whole file) and the
-    /// writes it covers (performed when it started).
-    syncing: BTreeMap<PathBuf, (Option<Range<u64>>, Vec<u64>)>,
+    /// Per file being synced, and per thread syncing it (several syncers may sync one file
+    /// at once, each on its own thread): the range the sync covers (`None`: the whole file)
+    /// and the writes it covers (performed when it started).
+    syncing: HashMap<(PathBuf, ThreadId), Syncing>,
     dir_changes: Vec<DirChange>,
     /// The directory a running directory sync syncs, and how many of `dir_changes` (the
     /// first ones) existed when it started.
@@ -283,10 +289,19 @@ impl PowerState {
     fn fail_sync(&mut self, path: &Path, range: Option<Range<u64>>, n: u64) {
         // The kernel reports the failed writeback and marks the pages clean:
         // the bytes stay in the cache, but nothing will write them again.
+        // Writes another sync of the file, still running, covers: their writeback is that
+        // sync's, which goes on to return OK (the model fails one sync, not the file), and
+        // its caller may acknowledge them.
+        let other_syncs: Vec<u64> = self
+            .syncing
+            .iter()
+            .filter(|((p, _), _)| p == path)
+            .flat_map(|(_, (_, covered))| covered.iter().copied())
+            .collect();
         let ws = self.unsynced.remove(path).unwrap_or_default();
         let mut kept = Vec::with_capacity(ws.len());
         for w in ws {
-            if !w.done || w.lost {
+            if !w.done || w.lost || other_syncs.contains(&w.id) {
                 kept.push(w);
                 continue;
             }
@@ -314,12 +329,14 @@ impl PowerState {
                     .collect()
             })
             .unwrap_or_default();
-        self.syncing.insert(path.to_owned(), (range, covered));
+        let key = (path.to_owned(), std::thread::current().id());
+        self.syncing.insert(key, (range, covered));
     }
 
     /// A sync of `path` returned: the writes it covered are durable in its range.
     fn end_sync(&mut self, path: &Path) {
-        let (range, covered) = self.syncing.remove(path).unwrap_or_default();
+        let key = (path.to_owned(), std::thread::current().id());
+        let (range, covered) = self.syncing.remove(&key).unwrap_or_default();
         let ws = self.unsynced.remove(path).unwrap_or_default();
         // The covered writes' parts in the range are durable now: the rest stays.
         let mut rest = Vec::with_capacity(ws.len());

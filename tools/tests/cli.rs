@@ -18,11 +18,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-const STAGES: [&str; 7] = [
+const STAGES: [&str; 9] = [
     "ring_wait",
+    "cut_wait",
     "window_age",
     "coalesce_sort",
     "encode_write",
+    "sync_wait",
     "sync",
     "wakeup",
     "end_to_end",
@@ -174,7 +176,7 @@ fn check_runs(report: &Value) {
                 process > 0.0 && process <= cpus * (wall + tick),
                 "{system}: {process} s of CPU in {wall} s on {cpus} cpus"
             );
-            let engine = system == "mergelog" || system == "no-coalesce";
+            let engine = matches!(system, "mergelog" | "no-coalesce" | "mergelog-syncers");
             for t in ["flusher_cores", "syncer_cores"] {
                 assert_eq!(cpu[t].is_null(), !engine, "{system}: cpu.{t} {cpu}");
             }
@@ -288,7 +290,7 @@ fn check_runs(report: &Value) {
                     .map(|s| s["stage"].as_str().unwrap())
                     .collect();
                 assert_eq!(names, STAGES, "{system}: stage names");
-                let e2e = &stages[6];
+                let e2e = stages.last().expect("an end_to_end stage");
                 assert_eq!(
                     int(e2e, "count"),
                     ops,
@@ -1243,4 +1245,58 @@ fn okaywal_is_skipped_without_syncs() {
         "{}",
         stderr(&alone)
     );
+}
+
+/// `mergelog-syncers` is the engine as `mergelog` with `--syncers` syncers, in the same run:
+/// the JSON names its syncers (and the engine's own), pairs it with `mergelog` round by
+/// round, and the text report gives its disk time and its syncers in the engine line.
+#[test]
+fn mergelog_syncers_runs_beside_mergelog_with_its_syncers() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("syncers.json");
+    let out = mergelog(&[
+        "bench",
+        "--systems",
+        "mergelog,mergelog-syncers",
+        "--syncers",
+        "3",
+        "--writers",
+        "4",
+        "--depth",
+        "64",
+        "--ops",
+        "6000",
+        "--rounds",
+        "2",
+        "--sync-probe",
+        "0",
+        "--json",
+        json_path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("syncers 1 (mergelog-syncers 3)"),
+        "engine line:\n{text}"
+    );
+    assert!(
+        text.contains("mergelog-syncers disk time"),
+        "no disk time for mergelog-syncers:\n{text}"
+    );
+    let report = read_json(&json_path);
+    assert_eq!(report["workload"]["syncers"], 3);
+    assert_eq!(report["workload"]["engine_syncers"], 1);
+    check_runs(&report);
+    let paired = report["round_ratios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["system"] == "mergelog-syncers" && r["baseline"] == "mergelog");
+    assert!(paired, "mergelog-syncers is not compared with mergelog");
+    let runs = report["runs"].as_array().unwrap();
+    let syncers = runs
+        .iter()
+        .find(|r| r["system"] == "mergelog-syncers")
+        .expect("mergelog-syncers ran");
+    assert_eq!(int(syncers, "ops"), 6000 * 2);
 }

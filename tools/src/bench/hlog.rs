@@ -8,8 +8,8 @@
 //!   to completion (in a closed loop, from its submission);
 //! - `SYSTEM.raw` (open loop only): latency from the actual submission;
 //! - `SYSTEM.STAGE` (`mergelog profile` only): the engine's stage histogram for the interval
-//!   (`ring_wait`, `window_age`, `coalesce_sort`, `encode_write`, `sync`, `wakeup`,
-//!   `end_to_end`).
+//!   (`ring_wait`, `cut_wait`, `window_age`, `coalesce_sort`, `encode_write`, `sync_wait`,
+//!   `sync`, `wakeup`, `end_to_end`).
 //!
 //! Values are nanoseconds; the `Interval_Max` column is in milliseconds (MaxValueDivisor
 //! 1e6). StartTime and BaseTime are the start of the first system's run, so timestamps are

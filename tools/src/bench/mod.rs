@@ -209,6 +209,11 @@ pub struct WorkloadArgs {
     /// Size of each segment file (suffixes K, M, G) [engine default: 64M].
     #[arg(long, value_name = "BYTES", value_parser = bytes)]
     segment_bytes: Option<u64>,
+    /// Syncer threads of the `mergelog-syncers` system: how many syncs it may have in flight
+    /// at once (`Config::syncers`, 1 to 16) [default: 2]. The other engine systems run with
+    /// the engine's default.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=16))]
+    syncers: Option<u64>,
     /// Keep only the newest N segments of the engine's log (a log that retires its history
     /// behind a checkpoint, as a write-ahead log does): a thread retires the older ones as
     /// the run goes (`Engine::retire_before`, every 10 ms), and the engine reuses their files
@@ -413,6 +418,9 @@ pub enum System {
     /// `--compaction-check-ms`): what bounding the disk costs, against `mergelog` (which
     /// keeps its whole history) in the same run.
     MergelogCompact,
+    /// The engine as `mergelog` with `--syncers` syncers (`Config::syncers`, default 2):
+    /// several syncs in flight at once, against `mergelog` in the same run.
+    MergelogSyncers,
 }
 
 impl System {
@@ -429,6 +437,7 @@ impl System {
             System::MergelogIds => "mergelog-ids",
             System::MergelogGetput => "mergelog-getput",
             System::MergelogCompact => "mergelog-compact",
+            System::MergelogSyncers => "mergelog-syncers",
         }
     }
 
@@ -436,7 +445,11 @@ impl System {
     pub fn has_engine(self) -> bool {
         matches!(
             self,
-            System::Mergelog | System::NoCoalesce | System::MergelogIds | System::MergelogCompact
+            System::Mergelog
+                | System::NoCoalesce
+                | System::MergelogIds
+                | System::MergelogCompact
+                | System::MergelogSyncers
         )
     }
 
@@ -723,6 +736,8 @@ pub struct Plan {
     pub clients: Option<clients::Clients>,
     /// `mergelog-compact`'s policy (`--compaction-ratio`, `--compaction-check-ms`).
     pub compaction: AutoCompaction,
+    /// `--syncers`: the `mergelog-syncers` system's syncers.
+    pub syncers: usize,
 }
 
 impl Plan {
@@ -734,10 +749,15 @@ impl Plan {
                     | System::MergelogIds
                     | System::MergelogGetput
                     | System::MergelogCompact
+                    | System::MergelogSyncers
             ),
             // `--op merge` counts with the add operator.
             merge: self.spec.merge.then_some(mergelog::MergeOperator::Add),
             compaction: self.compaction_of(system),
+            syncers: match system {
+                System::MergelogSyncers => self.syncers,
+                _ => self.engine.syncers,
+            },
             ..self.engine.clone()
         }
     }
@@ -1103,9 +1123,11 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
     c.segments_retired += compaction.segments_retired;
     let StageHistograms {
         ring_wait,
+        cut_wait,
         window_age,
         coalesce,
         encode,
+        sync_wait,
         sync,
         wakeup,
         end_to_end,
@@ -1113,9 +1135,11 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
     let s = &mut into.stages;
     for (name, mine, theirs) in [
         ("ring_wait", &mut s.ring_wait, ring_wait),
+        ("cut_wait", &mut s.cut_wait, cut_wait),
         ("window_age", &mut s.window_age, window_age),
         ("coalesce_sort", &mut s.coalesce, coalesce),
         ("encode_write", &mut s.encode, encode),
+        ("sync_wait", &mut s.sync_wait, sync_wait),
         ("sync", &mut s.sync, sync),
         ("wakeup", &mut s.wakeup, wakeup),
         ("end_to_end", &mut s.end_to_end, end_to_end),
@@ -1318,6 +1342,7 @@ fn plan(args: &WorkloadArgs) -> Result<Plan, CliError> {
         consumer: None,
         clients,
         compaction: compaction_from_flags(args),
+        syncers: args.syncers.map_or(2, |n| n as usize),
     };
     // Surfaces a bad distribution now rather than inside every writer thread.
     Generator::new(&plan.spec, 0).map_err(CliError::usage)?;
@@ -1735,12 +1760,15 @@ pub mod profile {
         Mergelog,
         /// The engine with coalescing off: plain group commit.
         NoCoalesce,
+        /// The engine with `--syncers` syncers (default 2).
+        MergelogSyncers,
     }
 
     pub fn run(args: ProfileArgs) -> Result<(), CliError> {
         let system = match args.system {
             EngineSystem::Mergelog => System::Mergelog,
             EngineSystem::NoCoalesce => System::NoCoalesce,
+            EngineSystem::MergelogSyncers => System::MergelogSyncers,
         };
         let session = execute(
             "profile",

@@ -65,6 +65,10 @@ pub struct Workload {
     batch_ops_max: usize,
     ring_bytes: usize,
     segment_bytes: u64,
+    /// `--syncers`: syncs the `mergelog-syncers` system may have in flight at once (the
+    /// other engine systems run with the engine's default, `engine_syncers`).
+    syncers: usize,
+    engine_syncers: usize,
     /// `--retain`: segments the engines' logs keep (older ones retired during the run and
     /// their files reused); null: the whole history is kept.
     retain_segments: Option<usize>,
@@ -185,6 +189,8 @@ impl Workload {
             batch_ops_max: e.batch_ops_max,
             ring_bytes: e.ring_bytes,
             segment_bytes: e.segment_bytes,
+            syncers: plan.syncers,
+            engine_syncers: e.syncers,
             retain_segments: plan.retain,
             systems: systems.iter().map(|s| s.name()).collect(),
             seed: s.seed,
@@ -241,7 +247,7 @@ impl Workload {
             "workload: {load}, {} keys {}, key {} B, value {} B, {:.0}% puts {:.0}% deletes \
              {:.0}% gets, {length}\n\
              engine:   durability {}, write path {}, window {}, window age max {} µs, batch max \
-             {} B / {} ops, ring {} B, segment {} B{}{consumer}",
+             {} B / {} ops, ring {} B, segment {} B, syncers {}{}{}{consumer}",
             self.keys,
             self.dist,
             size(&self.key_size),
@@ -257,6 +263,12 @@ impl Workload {
             self.batch_ops_max,
             self.ring_bytes,
             self.segment_bytes,
+            self.engine_syncers,
+            if self.systems.contains(&"mergelog-syncers") {
+                format!(" (mergelog-syncers {})", self.syncers)
+            } else {
+                String::new()
+            },
             match self.retain_segments {
                 Some(n) => format!(", newest {n} segments kept (older retired and reused)"),
                 None => String::new(),
@@ -609,7 +621,7 @@ fn baselines_of(system: System) -> &'static [System] {
         System::Okaywal | System::Rocksdb | System::Redb | System::Fjall => 2,
         System::NoCoalesce => 6,
         System::Mergelog => 7,
-        System::MergelogIds | System::MergelogGetput => 8,
+        System::MergelogIds | System::MergelogGetput | System::MergelogSyncers => 8,
     };
     &BASELINES[..below]
 }

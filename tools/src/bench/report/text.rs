@@ -291,15 +291,20 @@ impl Report {
     }
 
     /// The `mergelog` run's stage latencies and disk time (nothing without a `mergelog`
-    /// run).
+    /// run), and the `mergelog-syncers` run's disk time if it ran.
     fn mergelog_stages(&self, results: &[RunResult]) -> String {
         let mut out = String::new();
-        let Some(stats) = results
-            .iter()
-            .find(|r| r.system == System::Mergelog)
-            .and_then(|r| r.engine.as_ref())
-        else {
-            return out;
+        let engine_of = |system| {
+            results
+                .iter()
+                .find(|r| r.system == system)
+                .and_then(|r| r.engine.as_ref())
+        };
+        let syncers = engine_of(System::MergelogSyncers)
+            .and_then(|stats| sync_time_line(&stats.sync_time))
+            .map(|line| format!("mergelog-syncers {line}"));
+        let Some(stats) = engine_of(System::Mergelog) else {
+            return syncers.map(|l| format!("\n{l}")).unwrap_or_default();
         };
         out.push_str(if self.workload.rounds > 1 {
             "\nmergelog stages (engine histograms of every round; `mergelog profile` for more):\n"
@@ -324,6 +329,10 @@ impl Report {
             out.push_str(&line);
         }
         out.push_str(&segments_line(&stats.segments));
+        if let Some(line) = syncers {
+            out.push('\n');
+            out.push_str(&line);
+        }
         out
     }
 
@@ -454,7 +463,14 @@ impl Report {
         }
         // Summed per-request latencies overlap in time: no total for those rows.
         for row in &mut rows {
-            if ["client", "client_raw", "end_to_end"].contains(&row[0].as_str()) {
+            let per_request_latency = [
+                "client",
+                "client_raw",
+                "cut_wait",
+                "sync_wait",
+                "end_to_end",
+            ];
+            if per_request_latency.contains(&row[0].as_str()) {
                 row[8] = "-".into();
             }
             row.resize(10, "-".into());
@@ -478,9 +494,11 @@ impl Report {
             &rows,
         ));
         out.push_str(
-            "ring_wait: producer blocked on a full ring; window_age: first request to cut; \
-             coalesce_sort, encode_write, sync, wakeup: per batch (ns/request: the stage's \
-             total time over all requests); end_to_end: per request, submit to durable\n",
+            "ring_wait: producer blocked on a full ring; cut_wait: per request, submit to its \
+             frame handed on for its sync; window_age: first request to cut; coalesce_sort, \
+             encode_write, sync, wakeup: per batch (ns/request: the stage's total time over \
+             all requests); sync_wait: per request, frame handed on to its sync's start; \
+             end_to_end: per request, submit to durable\n",
         );
         out
     }

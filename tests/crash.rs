@@ -162,8 +162,9 @@ fn child_config(seed: u64) -> Config {
         } else {
             64 << 10
         },
-        // Half the children have two syncs in flight at once.
-        syncers: 1 + ((seed >> 6) & 1) as usize,
+        // Half the children have two syncs in flight at once (bit 9: bit 6 says whether a
+        // child compacts, and the syncers must not go with it).
+        syncers: 1 + ((seed >> 9) & 1) as usize,
         ..base_config()
     }
 }

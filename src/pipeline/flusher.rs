@@ -762,9 +762,7 @@ impl Flusher {
                 return Err(gone(&inner));
             }
         };
-        for loc in job.updates.iter_mut().filter_map(|u| u.2.as_mut()) {
-            loc.seg = frame.seg_idx;
-        }
+        in_segment(&mut job.updates, frame.seg_idx);
         job.frame = Some(frame);
         job.ready = Some(Instant::now());
         // Nothing else is in flight (drained above), so the syncer is idle: complete it here,
@@ -905,10 +903,16 @@ fn append_frame(
         }
         writes
     })?;
-    for loc in updates.iter_mut().filter_map(|u| u.2.as_mut()) {
-        loc.seg = frame.seg_idx;
-    }
+    in_segment(updates, frame.seg_idx);
     Ok(frame)
+}
+
+/// Sets the segment of a frame's index updates once the frame is written (the encoder does
+/// not know whether the append rolled to a new segment).
+fn in_segment(updates: &mut [(u64, u32, Option<Loc>)], seg_idx: u32) {
+    for loc in updates.iter_mut().filter_map(|u| u.2.as_mut()) {
+        loc.seg = seg_idx;
+    }
 }
 
 /// The request-id side of reading a window: the table (locked at the first id, and for the

@@ -8,15 +8,6 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-fn run_of<'a>(report: &'a Value, system: &str) -> &'a Value {
-    report["runs"]
-        .as_array()
-        .expect("runs is an array")
-        .iter()
-        .find(|r| r["system"] == system)
-        .unwrap_or_else(|| panic!("no run of {system}"))
-}
-
 #[test]
 fn clients_run_every_op_once_on_the_engine_and_on_a_baseline() {
     let dir = tempfile::tempdir().unwrap();

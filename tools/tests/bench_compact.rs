@@ -9,20 +9,6 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::path::Path;
-
-fn read_json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("the JSON report parses")
-}
-
-fn run_of<'a>(report: &'a Value, system: &str) -> &'a Value {
-    report["runs"]
-        .as_array()
-        .expect("runs is an array")
-        .iter()
-        .find(|r| r["system"] == system)
-        .unwrap_or_else(|| panic!("no run of {system}"))
-}
 
 /// 2,000 keys of 123 record bytes (about 240 KiB live) overwritten 50 times over: the whole
 /// history is about 12 MiB in 256 KiB segments.

@@ -7,26 +7,12 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::path::Path;
 
 const LAG_FIELDS: [&str; 3] = [
     "consumer_lag_batches",
     "consumer_lag_bytes",
     "consumer_lag_age_ms",
 ];
-
-fn read_json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("the JSON report parses")
-}
-
-fn run_of<'a>(report: &'a Value, system: &str) -> &'a Value {
-    report["runs"]
-        .as_array()
-        .expect("runs is an array")
-        .iter()
-        .find(|r| r["system"] == system)
-        .unwrap_or_else(|| panic!("no run of {system}"))
-}
 
 fn timeline(run: &Value) -> &Vec<Value> {
     let t = run["timeline"].as_array().expect("timeline is an array");

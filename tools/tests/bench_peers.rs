@@ -70,15 +70,6 @@ fn check_stored(system: &str, dir: &Path, n: u64, stamp: impl Fn(u64) -> u64) {
     assert!(get(&key(n)).is_none(), "{system}: key {n} was never put");
 }
 
-fn run_of<'a>(report: &'a Value, system: &str) -> &'a Value {
-    report["runs"]
-        .as_array()
-        .expect("runs is an array")
-        .iter()
-        .find(|r| r["system"] == system)
-        .unwrap_or_else(|| panic!("no run of {system}"))
-}
-
 /// A peer's run: ops, all of them puts, every one counted as written with its key and value
 /// bytes, no syncs claimed (the peers do not say how they grouped them), CPU measured.
 /// Returns its puts.

@@ -30,10 +30,6 @@ const STAGES: [&str; 9] = [
     "end_to_end",
 ];
 
-fn read_json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("the JSON report parses")
-}
-
 /// Latency percentiles in order, and every field of the documented shape present.
 fn check_latency(system: &str, lat: &Value) {
     let fields = ["p50", "p90", "p99", "p999", "p9999", "max"];

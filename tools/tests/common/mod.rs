@@ -5,6 +5,21 @@
 use serde_json::Value;
 use std::process::{Command, Output};
 
+/// A JSON report (`--json PATH`), parsed.
+pub fn read_json(path: &std::path::Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("the JSON report parses")
+}
+
+/// The run of `system` in a bench report.
+pub fn run_of<'a>(report: &'a Value, system: &str) -> &'a Value {
+    report["runs"]
+        .as_array()
+        .expect("runs is an array")
+        .iter()
+        .find(|r| r["system"] == system)
+        .unwrap_or_else(|| panic!("no run of {system}"))
+}
+
 pub fn mergelog(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mergelog"))
         .args(args)

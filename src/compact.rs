@@ -13,14 +13,18 @@
 //!    chunks of at most [`CHUNK_BYTES`], sorted by key. The index is only a first filter
 //!    here: a window in flight may have written a key since.
 //! 2. It hands a chunk to the flusher, the only writer ([`CompactSlot`]). Between two
-//!    windows the flusher waits until every batch it wrote is durable and in the index,
-//!    keeps the records the index still points at (exact now: nothing is in flight, and
-//!    later windows come after it in the log), writes them as one compaction batch
-//!    (`FLAG_COMPACTION`: no new event, 0 operations acknowledged) and makes it durable
-//!    before it cuts the next window. A copy is therefore never older in the log than a
-//!    write of its key, and replay, which applies batches in order, ends at the same values.
-//! 3. Once every chunk is durable (with `NoSync`, once the compacting thread has synced the
-//!    segments kept: [`sync_unsynced_log`]), the prefix is retired (`Engine::retire_before`'s
+//!    windows the flusher keeps the records that are still their key's newest: the index
+//!    still points at them (the durable state) and no window in flight wrote the key since
+//!    ([`InFlightKeys`]: while a compaction runs the flusher keeps the sorted keys of each
+//!    window until it is durable; the windows written before it began must be durable
+//!    before the first chunk is checked, the one wait of a compaction). It writes them as one
+//!    compaction batch (`FLAG_COMPACTION`: no new event, 0 operations acknowledged) and hands
+//!    it to the syncer like a window. Every later window comes after it in the log, so a
+//!    copy is never older in the log than a write of its key, and replay, which applies
+//!    batches in order, ends at the same values.
+//! 3. Once the last chunk is durable (frames become durable in log order; with `NoSync`,
+//!    once the compacting thread has synced the segments kept: [`sync_unsynced_log`]), the
+//!    prefix is retired (`Engine::retire_before`'s
 //!    path: oldest first, the directory synced after each removal, request ids carried).
 //!    Tombstones are not copied: a delete in the prefix only hides older puts, which are all in the
 //!    prefix too, and removal oldest first never leaves a put without the delete after it.
@@ -41,10 +45,11 @@ use crate::seq::Seq;
 use crate::stats::Counters;
 use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, Instant};
 
 /// When the engine compacts its log (`Config::compaction`).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -66,7 +71,7 @@ pub enum Compaction {
 /// compacts the oldest complete segments, as many as bring the live ratio a little past
 /// `live_ratio` (an eighth of the way to 1): the oldest hold the least that is live, so each
 /// byte freed costs the fewest copies; past `max_log_bytes`, every complete segment. Looked
-/// at every `check_every`.
+/// at whenever the log completes a segment, and every `check_every`.
 ///
 /// What it bounds (docs/FORMAT.md, "Compaction"): with live bytes `L` and segments of `S`
 /// bytes, the frames on disk stay below about `L / live_ratio + 2 S` plus what is written
@@ -83,7 +88,8 @@ pub struct AutoCompaction {
     /// more live data than this it runs after every completed segment: set it well above the
     /// live data.
     pub max_log_bytes: Option<u64>,
-    /// How often the background thread looks (default 100 ms).
+    /// How often the background thread looks besides whenever the log completes a segment
+    /// (the only time the answer can change much; default 100 ms).
     pub check_every: Duration,
 }
 
@@ -136,8 +142,8 @@ pub struct Compacted {
 }
 
 /// The most bytes of records one compaction batch copies (more if a single record is
-/// larger): it is written between two windows, with the pipeline drained, so it holds the
-/// writers back for about one sync of this many bytes.
+/// larger): the flusher writes it between two windows, so it holds the next window back for
+/// about the time it takes to copy this many bytes, and it adds this many to one sync.
 pub(crate) const CHUNK_BYTES: usize = 256 << 10;
 
 /// Records copied forward in one compaction batch: their keys and values, back to back,
@@ -158,11 +164,14 @@ struct ChunkRecord {
     src: Loc,
 }
 
-/// What the flusher wrote for one chunk.
+/// What the flusher wrote for one chunk: written, not yet durable (the syncer makes it so,
+/// as it does a window's frame).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Copied {
     pub records: u64,
     pub bytes: u64,
+    /// The batch written (0 if nothing was left to copy).
+    pub seq: u64,
 }
 
 impl Chunk {
@@ -211,12 +220,16 @@ impl Chunk {
         self.records.is_empty()
     }
 
-    /// Keeps the records whose key's newest durable record is still the one copied. The
-    /// caller has made every batch written durable and queued in the index (the lookup
-    /// applies the queue first), so the index is exact.
-    pub(crate) fn keep_live(&mut self, index: &Index) {
+    /// Keeps the records that are still their key's newest: the index (the durable state)
+    /// still points at the record copied, and no window in flight wrote the key since
+    /// (`in_flight`). The caller has made every window it did not track durable and queued
+    /// in the index (the lookup applies the queue first), so the two together are exact.
+    pub(crate) fn keep_live(&mut self, index: &Index, in_flight: &InFlightKeys) {
         let mut records = std::mem::take(&mut self.records);
-        records.retain(|r| index.get(self.key(r)) == Some(r.src));
+        records.retain(|r| {
+            let key = self.key(r);
+            index.get(key) == Some(r.src) && !in_flight.contains(key)
+        });
         self.records = records;
         self.body_len = self
             .records
@@ -269,6 +282,11 @@ impl Chunk {
 pub(crate) struct CompactSlot {
     pending: AtomicBool,
     state: Mutex<SlotState>,
+    /// Set while a compaction runs: the flusher notes the keys of the windows it writes
+    /// ([`InFlightKeys`]), so that a chunk is checked without draining the pipeline.
+    tracking: AtomicBool,
+    /// `mergelog-compactor`, if `Compaction::Auto` runs one: woken when a segment completes.
+    compactor: OnceLock<Thread>,
 }
 
 #[derive(Default)]
@@ -291,6 +309,19 @@ impl CompactSlot {
         Ok(())
     }
 
+    /// Whether a compaction runs (the flusher's cheap check per frame).
+    pub(crate) fn tracking(&self) -> bool {
+        self.tracking.load(Ordering::Acquire)
+    }
+
+    /// The log rolled to a new segment: a segment was completed, which the compactor may
+    /// now take (it looks at once instead of at its next `check_every`).
+    pub(crate) fn segment_completed(&self) {
+        if let Some(t) = self.compactor.get() {
+            t.unpark();
+        }
+    }
+
     /// Whether a chunk waits (the flusher's cheap check).
     pub(crate) fn pending(&self) -> bool {
         self.pending.load(Ordering::Acquire)
@@ -310,6 +341,105 @@ impl CompactSlot {
         s.closed = true;
         s.chunk = None;
         self.pending.store(false, Ordering::Relaxed);
+    }
+}
+
+/// The keys written by the windows in flight while a compaction runs (the flusher's):
+/// what lets it check a chunk against the index without draining the pipeline first. A
+/// window's keys are kept, sorted, from when its frame is written until the watermark
+/// passes it (by then its updates are queued in the index). Windows written before the
+/// tracking began (up to `from`) are not in it: the flusher waits for them, once per
+/// compaction, before it checks the first chunk.
+#[derive(Default)]
+pub(crate) struct InFlightKeys {
+    /// Ring end of the last window not tracked, while tracking.
+    from: Option<u64>,
+    windows: VecDeque<KeysOf>,
+    spare: Vec<KeysOf>,
+}
+
+/// One window's keys, sorted: back to back in `bytes`, `(offset, length)` in `at`.
+#[derive(Default)]
+struct KeysOf {
+    end: u64,
+    bytes: Vec<u8>,
+    at: Vec<(u32, u32)>,
+}
+
+impl KeysOf {
+    fn key(&self, (off, len): (u32, u32)) -> &[u8] {
+        &self.bytes[off as usize..(off + len) as usize]
+    }
+
+    fn contains(&self, key: &[u8]) -> bool {
+        self.at.binary_search_by(|&a| self.key(a).cmp(key)).is_ok()
+    }
+}
+
+impl InFlightKeys {
+    /// Starts tracking (if not already) with every window up to `in_flight` untracked;
+    /// returns the end of the last untracked window.
+    pub(crate) fn start(&mut self, in_flight: u64) -> u64 {
+        *self.from.get_or_insert(in_flight)
+    }
+
+    /// Whether it tracks.
+    pub(crate) fn is_on(&self) -> bool {
+        self.from.is_some()
+    }
+
+    /// Stops tracking and forgets every window.
+    pub(crate) fn stop(&mut self) {
+        self.from = None;
+        self.forget_durable(u64::MAX);
+    }
+
+    /// Notes the keys a window ending at `end` wrote.
+    pub(crate) fn note<'k>(&mut self, end: u64, keys: impl Iterator<Item = &'k [u8]>) {
+        let mut w = self.spare.pop().unwrap_or_default();
+        w.end = end;
+        w.bytes.clear();
+        w.at.clear();
+        for k in keys {
+            w.at.push((w.bytes.len() as u32, k.len() as u32));
+            w.bytes.extend_from_slice(k);
+        }
+        // A sorted window's keys come in order already (then this is one pass).
+        let mut at = std::mem::take(&mut w.at);
+        if !at.windows(2).all(|p| w.key(p[0]) <= w.key(p[1])) {
+            at.sort_unstable_by(|&a, &b| w.key(a).cmp(w.key(b)));
+        }
+        w.at = at;
+        self.windows.push_back(w);
+    }
+
+    /// Forgets the windows the watermark `durable` has passed.
+    pub(crate) fn forget_durable(&mut self, durable: u64) {
+        while self.windows.front().is_some_and(|w| w.end <= durable) {
+            let w = self.windows.pop_front().expect("checked above");
+            self.spare.push(w);
+        }
+    }
+
+    /// Whether a window still tracked wrote `key`.
+    pub(crate) fn contains(&self, key: &[u8]) -> bool {
+        self.windows.iter().any(|w| w.contains(key))
+    }
+}
+
+/// Sets [`CompactSlot::tracking`] for one compaction, and clears it however it ends.
+struct Tracking<'a>(&'a CompactSlot);
+
+impl<'a> Tracking<'a> {
+    fn on(slot: &'a CompactSlot) -> Tracking<'a> {
+        slot.tracking.store(true, Ordering::Release);
+        Tracking(slot)
+    }
+}
+
+impl Drop for Tracking<'_> {
+    fn drop(&mut self) {
+        self.0.tracking.store(false, Ordering::Release);
     }
 }
 
@@ -349,6 +479,7 @@ pub(crate) fn compact(
         done.first_seq = Seq::new(inner.segments.read().iter().next().map_or(1, |s| s.id));
         return Ok(done);
     };
+    let _tracking = Tracking::on(&inner.compact_slot);
     let (tx, rx) = bounded(1);
     let mut chunk = Chunk::new(tx.clone());
     // A window's frame of `batch_bytes_max` fits a segment (checked at open), and so does
@@ -356,6 +487,8 @@ pub(crate) fn compact(
     let chunk_max = CHUNK_BYTES.min(inner.config.batch_bytes_max);
     let mut enough = Enough::new(inner, goal);
     let mut keep_from = keep_from;
+    // The last compaction batch written.
+    let mut last_seq = 0;
     for (i, seg) in prefix.iter().enumerate() {
         if enough.reached() {
             keep_from = seg.id;
@@ -366,7 +499,7 @@ pub(crate) fn compact(
             let len = record_len(key.len(), value.len());
             if !chunk.is_empty() && chunk.body_len + len > chunk_max {
                 let full = std::mem::replace(&mut chunk, Chunk::new(tx.clone()));
-                copy_forward(inner, full, &rx, stop, &mut done)?;
+                last_seq = last_seq.max(copy_forward(inner, full, &rx, stop, &mut done)?);
             }
             chunk.push(key, value, src);
             enough.copied(len);
@@ -375,8 +508,11 @@ pub(crate) fn compact(
         enough.retired(seg.published().saturating_sub(SEGMENT_HEADER_LEN as u64));
     }
     if !chunk.is_empty() {
-        copy_forward(inner, chunk, &rx, stop, &mut done)?;
+        last_seq = last_seq.max(copy_forward(inner, chunk, &rx, stop, &mut done)?);
     }
+    // The chunks were written, not yet all synced: the retirement waits for the last one
+    // (frames become durable in log order).
+    wait_durable(inner, last_seq)?;
     sync_unsynced_log(inner, keep_from)?;
     let retired: Retired = retire_prefix(inner, keep_from, true)?;
     // Every live record of the prefix was copied: retiring it forgets no key (unless a
@@ -497,14 +633,30 @@ fn scan_segment(
     }
 }
 
-/// Hands `chunk` to the flusher and waits for it to be written and durable.
+/// Waits until batch `seq` is durable (it was written); an error if the engine failed or
+/// closed meanwhile (then nothing may be retired).
+fn wait_durable(inner: &Inner, seq: u64) -> Result<()> {
+    loop {
+        if inner.live.durable_seq.load(Ordering::Acquire) >= seq {
+            return Ok(());
+        }
+        check_running(inner)?;
+        // A failed sync does not move the sequence: look again now and then.
+        inner
+            .live
+            .wait_for(seq, Some(Instant::now() + Duration::from_millis(20)));
+    }
+}
+
+/// Hands `chunk` to the flusher and waits for it to be written (the syncer makes it durable
+/// as it does a window; [`wait_durable`] waits for that before anything is retired).
 fn copy_forward(
     inner: &Inner,
     mut chunk: Chunk,
     reply: &Receiver<Result<Copied>>,
     stop: Option<&AtomicBool>,
     done: &mut Compacted,
-) -> Result<()> {
+) -> Result<u64> {
     if stop.is_some_and(|s| s.load(Ordering::Acquire)) {
         return Err(Error::Closed);
     }
@@ -527,7 +679,7 @@ fn copy_forward(
     }
     done.records_copied += copied.records;
     done.bytes_written += copied.bytes;
-    Ok(())
+    Ok(copied.seq)
 }
 
 /// `Compaction::Auto`'s thread, `mergelog-compactor`.
@@ -561,6 +713,8 @@ fn run_auto(inner: &Inner, policy: AutoCompaction, stop: &AtomicBool) {
     // The last segment when the last compaction ran: nothing new to compact before the log
     // rolls past it.
     let mut last_run_at = None;
+    // The flusher wakes us when a segment completes (`CompactSlot::segment_completed`).
+    let _ = inner.compact_slot.compactor.set(std::thread::current());
     while !stop.load(Ordering::Acquire) {
         std::thread::park_timeout(policy.check_every);
         if stop.load(Ordering::Acquire) || check_running(inner).is_err() {
@@ -641,7 +795,33 @@ pub(crate) fn log_bytes(inner: &Inner) -> (u64, u64) {
 
 #[cfg(test)]
 mod tests {
-    use super::Enough;
+    use super::{Enough, InFlightKeys};
+
+    #[test]
+    fn in_flight_keys_are_found_until_their_window_is_durable() {
+        let mut k = InFlightKeys::default();
+        assert!(!k.is_on());
+        assert_eq!(k.start(10), 10, "windows up to 10 are not tracked");
+        assert_eq!(k.start(20), 10, "a second start keeps the first");
+        // A window of an unsorted frame (`coalesce` off) is sorted when noted.
+        let w1: [&[u8]; 3] = [b"m", b"c", b"x"];
+        k.note(20, w1.into_iter());
+        let w2: [&[u8]; 2] = [b"a", b"q"];
+        k.note(30, w2.into_iter());
+        for key in [&b"a"[..], b"c", b"m", b"q", b"x"] {
+            assert!(k.contains(key), "{key:?}");
+        }
+        assert!(!k.contains(b"b") && !k.contains(b"z") && !k.contains(b""));
+        k.forget_durable(25);
+        assert!(
+            !k.contains(b"m") && !k.contains(b"c"),
+            "window 20 is durable"
+        );
+        assert!(k.contains(b"a") && k.contains(b"q"));
+        k.stop();
+        assert!(!k.is_on() && !k.contains(b"a"));
+        assert_eq!(k.start(40), 40);
+    }
 
     #[test]
     fn a_goal_takes_the_oldest_segments_until_the_ratio_is_reached() {

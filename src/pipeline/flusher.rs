@@ -11,7 +11,7 @@ use super::syncer::complete_jobs;
 use super::window::{self, Decision};
 use super::Inner;
 use crate::coalesce::{Coalescer, Entry, GetAnswer, Op, Plan};
-use crate::compact::{Chunk, Copied};
+use crate::compact::{Chunk, Copied, InFlightKeys};
 use crate::config::Durability;
 use crate::error::{Error, Result};
 use crate::ids::{self, IdEntry, Ids, RequestId};
@@ -58,6 +58,9 @@ pub(super) struct Job {
     pub(super) stamps: Vec<u64>,
     /// When the flusher handed the job on, written (for `Stats::sync_time`).
     pub(super) ready: Option<Instant>,
+    /// A compaction batch: no ticket waits for it, and it ends where the window before it
+    /// did (so it records no window's batch for `Ticket::wait`).
+    pub(super) compaction: bool,
 }
 
 /// The flusher's state: everything it reuses from window to window.
@@ -100,6 +103,8 @@ pub(super) struct Flusher {
     /// With a merge operator: the values written by windows not yet durable, which a merge
     /// folds onto instead of waiting for them to reach the index.
     in_flight_values: InFlightValues,
+    /// While a compaction runs: the keys of the windows in flight (see `crate::compact`).
+    in_flight_keys: InFlightKeys,
 }
 
 /// One cut window's numbers.
@@ -154,6 +159,7 @@ impl Flusher {
             turn_ids: Vec::new(),
             resolver: Resolver::default(),
             in_flight_values: InFlightValues::default(),
+            in_flight_keys: InFlightKeys::default(),
         }
     }
 
@@ -234,6 +240,7 @@ impl Flusher {
         job.updates.clear();
         job.stamps.clear();
         job.ready = None;
+        job.compaction = false;
         job
     }
 
@@ -247,7 +254,11 @@ impl Flusher {
         if let Some(f) = &job.frame {
             self.unsynced.push_back((f.seq, job.end));
         }
-        let syncing = self.inner.completion.durable() < self.in_flight;
+        // A compaction batch ends where the window before it did, so the watermark alone
+        // does not say whether it is durable: the batch sequence does.
+        let before = job.frame.as_ref().map_or(self.log.next_seq(), |f| f.seq);
+        let frames_pending = self.inner.live.durable_seq.load(Ordering::Acquire) + 1 < before;
+        let syncing = frames_pending || self.inner.completion.durable() < self.in_flight;
         let idle = !syncing && self.inner.ring.tail() <= job.end;
         self.in_flight = job.end;
         if idle {
@@ -293,19 +304,41 @@ impl Flusher {
             return true;
         };
         // Frames in `unsynced` are consecutive: the one to wait for is `need`.
-        let Some(&(_, end)) = unsynced.iter().find(|f| f.0 == need) else {
-            debug_assert!(false, "frame {need} is neither durable nor in flight");
-            return true;
-        };
-        let ok = inner.completion.wait(end, None).is_ok();
-        debug_assert!(!ok || inner.live.durable_seq.load(Ordering::Acquire) >= need);
-        ok
+        debug_assert!(
+            unsynced.iter().any(|f| f.0 == need),
+            "frame {need} is neither durable nor in flight"
+        );
+        Self::wait_durable_seq(inner, need)
     }
 
     /// Waits until every job handed to the syncer (up to `in_flight`) is complete; false if
-    /// the engine failed.
+    /// the engine failed. (A compaction batch may still be syncing: see
+    /// [`Flusher::drain_frames`].)
     fn drain_pipeline(inner: &Inner, in_flight: u64) -> bool {
         inner.completion.wait(in_flight, None).is_ok()
+    }
+
+    /// Waits until every job handed on is complete and every frame written (`last_seq`, a
+    /// compaction batch too) is durable; false if the engine failed.
+    fn drain_frames(inner: &Inner, in_flight: u64, last_seq: u64) -> bool {
+        Self::drain_pipeline(inner, in_flight) && Self::wait_durable_seq(inner, last_seq)
+    }
+
+    /// Waits until batch `seq` (written and handed on) is durable; false if the engine
+    /// failed meanwhile.
+    fn wait_durable_seq(inner: &Inner, seq: u64) -> bool {
+        loop {
+            if inner.live.durable_seq.load(Ordering::Acquire) >= seq {
+                return true;
+            }
+            if inner.completion.failure().is_some() {
+                return false;
+            }
+            // A failed sync does not move the sequence (nor wake us): look again every ms.
+            inner
+                .live
+                .wait_for(seq, Some(Instant::now() + Duration::from_millis(1)));
+        }
     }
 
     /// Cuts one window starting at `start`, plans it, answers its gets, writes its frame and
@@ -624,6 +657,7 @@ impl Flusher {
         let inner = self.inner.clone();
         let body_len = body_len((entries, &self.resolver), &plan.survivors);
         let frame_body = body_len + trailer_len(self.window_ids.len());
+        let rolls = !self.log.fits(frame_body);
         if !Self::room_for_frame(
             &self.log,
             &mut self.unsynced,
@@ -652,6 +686,10 @@ impl Flusher {
             &mut job.updates,
         )?;
         job.frame = Some(frame);
+        if rolls {
+            inner.compact_slot.segment_completed();
+        }
+        self.track_keys(entries, &plan.survivors, job.end);
         if inner.config.merge.is_some() {
             // Bounded by what the windows in flight wrote.
             let values = &mut self.in_flight_values;
@@ -714,22 +752,42 @@ impl Flusher {
         }
     }
 
-    /// Writes `chunk`'s records that are still their keys' newest as one compaction batch,
-    /// durable before it returns. It first lets every batch written before it become durable
-    /// and reach the index: then the index is exact, and every later window comes after the
-    /// copies in the log, so no copy is ever newer in the log than a write it is older than.
+    /// While a compaction runs, notes the keys the window ending at `end` wrote (its
+    /// `survivors`), until it is durable; else forgets any it noted.
+    fn track_keys(&mut self, entries: &[Entry<'_>], survivors: &[u32], end: u64) {
+        let keys = &mut self.in_flight_keys;
+        if self.inner.compact_slot.tracking() {
+            // Windows handed on before this one were not noted: a chunk waits for them.
+            keys.start(self.in_flight);
+            keys.forget_durable(self.inner.completion.durable());
+            keys.note(end, survivors.iter().map(|&i| entries[i as usize].key));
+        } else if keys.is_on() {
+            keys.stop();
+        }
+    }
+
+    /// Writes `chunk`'s records that are still their keys' newest as one compaction batch
+    /// and hands it to the syncer, like a window. Which records those are: the index says
+    /// for the durable state, once every window not tracked in `in_flight_keys` is durable
+    /// and queued in it (it waits for those, once per compaction); a key a window in flight
+    /// wrote is newer there. Every later window comes after the copies in the log, so no
+    /// copy is ever newer in the log than a write it is older than.
     fn write_compaction(&mut self, chunk: &mut Chunk) -> Result<Copied> {
         let inner = self.inner.clone();
         let gone = |inner: &Inner| inner.completion.failure().map_or(Error::Closed, failed);
-        if !Self::drain_pipeline(&inner, self.in_flight) {
+        let untracked = self.in_flight_keys.start(self.in_flight);
+        if !Self::drain_pipeline(&inner, untracked) {
             return Err(gone(&inner));
         }
-        chunk.keep_live(&inner.index);
+        self.in_flight_keys
+            .forget_durable(inner.completion.durable());
+        chunk.keep_live(&inner.index, &self.in_flight_keys);
         if chunk.is_empty() {
             return Ok(Copied::default());
         }
         let body_len = chunk.body_len();
         let frame_body = body_len + trailer_len(0);
+        let rolls = !self.log.fits(frame_body);
         if !Self::room_for_frame(
             &self.log,
             &mut self.unsynced,
@@ -763,21 +821,19 @@ impl Flusher {
             }
         };
         in_segment(&mut job.updates, frame.seg_idx);
-        job.frame = Some(frame);
-        job.ready = Some(Instant::now());
-        // Nothing else is in flight (drained above), so the syncer is idle: complete it here,
-        // as `send` does for an idle pipeline.
-        let completed = complete_jobs(&inner, std::slice::from_ref(&job));
-        let _ = self.give_back.try_send(spare(job));
-        if let Err(e) = completed {
-            inner.completion.fail(e);
-            inner.throttle.wake_all();
-            return Err(gone(&inner));
-        }
         let copied = Copied {
             records: chunk.len() as u64,
             bytes: crate::log::format::frame_len(frame_body) as u64,
+            seq: frame.seq,
         };
+        job.frame = Some(frame);
+        job.compaction = true;
+        if rolls {
+            inner.compact_slot.segment_completed();
+        }
+        // Synced and completed like a window (inline if nothing else is in flight); its
+        // index updates are applied in log order with the windows'.
+        self.send(job);
         let c = &inner.counters;
         Counters::add(&c.batches, 1);
         Counters::add(&c.records_written, copied.records);
@@ -800,7 +856,7 @@ impl Flusher {
         // A frame in a new segment must not become durable before the frames still
         // syncing in the old one: recovery treats damage before the last segment as
         // corruption, not as a torn tail.
-        if !log.fits(body_len) && !Self::drain_pipeline(inner, in_flight) {
+        if !log.fits(body_len) && !Self::drain_frames(inner, in_flight, log.next_seq() - 1) {
             return false;
         }
         // At most `UNDURABLE_FRAMES_MAX` frames may be written and not yet durable:

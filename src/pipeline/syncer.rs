@@ -399,7 +399,7 @@ fn complete_synced(inner: &Inner, group: &[Job], (t0, took): (Instant, Option<Du
     // a waiter that looks its write up applies them first (read-your-writes).
     let apply_now = defer_index_updates(inner, group);
     // Which batch each window landed in, before the watermark passes it (`Ticket::wait`).
-    for job in group {
+    for job in group.iter().filter(|j| !j.compaction) {
         let frame = job.frame.as_ref().map(|f| f.seq);
         inner.completion.seqs.record(job.end, frame);
     }

@@ -257,8 +257,8 @@ pub struct WorkloadArgs {
         value_parser = compaction_ratio,
     )]
     compaction_ratio: f64,
-    /// `mergelog-compact`: how often the compacting thread looks, milliseconds
-    /// (`AutoCompaction::check_every`) [engine default: 100].
+    /// `mergelog-compact`: how often the compacting thread looks besides whenever a segment
+    /// completes, milliseconds (`AutoCompaction::check_every`) [engine default: 100].
     #[arg(long, value_name = "MS", value_parser = compaction_check_ms)]
     compaction_check_ms: Option<u64>,
 }
@@ -415,8 +415,10 @@ pub enum System {
     /// be lost), against `mergelog`'s `merge` in the same run. With `--op put`, `mergelog`.
     MergelogGetput,
     /// The engine as `mergelog` with `Compaction::Auto` (`--compaction-ratio`,
-    /// `--compaction-check-ms`): what bounding the disk costs, against `mergelog` (which
-    /// keeps its whole history) in the same run.
+    /// `--compaction-check-ms`) and two retired segments kept for reuse
+    /// (`recycle_segments`, as for a log that retires: it then writes no zeros before its
+    /// frames): what bounding the disk costs, against `mergelog` (which keeps its whole
+    /// history) in the same run.
     MergelogCompact,
     /// The engine as `mergelog` with `--syncers` syncers (`Config::syncers`, default 2):
     /// several syncs in flight at once, against `mergelog` in the same run.
@@ -757,6 +759,12 @@ impl Plan {
             syncers: match system {
                 System::MergelogSyncers => self.syncers,
                 _ => self.engine.syncers,
+            },
+            // A log that retires segments all the time reuses them rather than write each
+            // new one full of zeros first (as `--retain` does).
+            recycle_segments: match system {
+                System::MergelogCompact => self.engine.recycle_segments.max(2),
+                _ => self.engine.recycle_segments,
             },
             ..self.engine.clone()
         }

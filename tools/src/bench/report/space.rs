@@ -222,7 +222,9 @@ fn bound(
     let s = plan.engine.segment_bytes;
     let live_over_ratio = (live as f64 / policy.live_ratio).ceil() as u64;
     let segments = (3 + plan.engine.recycle_segments as u64) * s;
-    let writes = (rate * (policy.check_every + 2 * compaction).as_secs_f64()).ceil() as u64;
+    // The compactor looks whenever a segment completes (or every `check_every`, if sooner).
+    let check = (rate * policy.check_every.as_secs_f64()).min(s as f64);
+    let writes = (check + rate * (2 * compaction).as_secs_f64()).ceil() as u64;
     let bytes = live_over_ratio + segments + live + writes;
     BoundJson {
         live_over_ratio,
@@ -334,8 +336,8 @@ impl Report {
             let _ = writeln!(
                 out,
                 "{} bound: L / r {} + 3 S + pool {} + one compaction's copies L {} + writes \
-                 during a {} ms check and twice the longest compaction seen ({}) {} = {} MiB; the \
-                 peak is {} of it",
+                 until a check (a segment, or {} ms if sooner) and during twice the longest \
+                 compaction seen ({}) {} = {} MiB; the peak is {} of it",
                 r.system,
                 mib(b.live_over_ratio),
                 mib(b.segments),

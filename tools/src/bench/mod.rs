@@ -415,7 +415,7 @@ pub enum System {
     /// be lost), against `mergelog`'s `merge` in the same run. With `--op put`, `mergelog`.
     MergelogGetput,
     /// The engine as `mergelog` with `Compaction::Auto` (`--compaction-ratio`,
-    /// `--compaction-check-ms`) and two retired segments kept for reuse
+    /// `--compaction-check-ms`) and one retired segment kept for reuse
     /// (`recycle_segments`, as for a log that retires: it then writes no zeros before its
     /// frames): what bounding the disk costs, against `mergelog` (which keeps its whole
     /// history) in the same run.
@@ -760,10 +760,10 @@ impl Plan {
                 System::MergelogSyncers => self.syncers,
                 _ => self.engine.syncers,
             },
-            // A log that retires segments all the time reuses them rather than write each
+            // A log that retires segments all the time reuses one rather than write each
             // new one full of zeros first (as `--retain` does).
             recycle_segments: match system {
-                System::MergelogCompact => self.engine.recycle_segments.max(2),
+                System::MergelogCompact => self.engine.recycle_segments.max(1),
                 _ => self.engine.recycle_segments,
             },
             ..self.engine.clone()

@@ -589,7 +589,7 @@ impl Engine {
         compact::space(&self.inner)
     }
 
-    /// A snapshot of counters and per-stage histograms (about 2 MB of histograms copied
+    /// A snapshot of counters and per-stage histograms (about 2.6 MB of histograms copied
     /// under the lock the pipeline records under; see [`Engine::counts`] for polling).
     pub fn stats(&self) -> Stats {
         let durable = self.inner.completion.durable();

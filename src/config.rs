@@ -12,7 +12,8 @@ pub enum Durability {
     #[default]
     Sync,
     /// Acknowledge once the batch is in the page cache. Survives a process crash, not power
-    /// loss.
+    /// loss: after one, the log opens without (some of) the writes since the last segment
+    /// roll, which syncs the segment it leaves so that no segment is torn behind a newer one.
     NoSync,
 }
 

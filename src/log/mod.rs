@@ -215,6 +215,13 @@ impl Log {
         Ok(())
     }
 
+    /// Syncs every frame written to the active segment (`Durability::NoSync` before a roll:
+    /// see `Flusher::room_for_frame`).
+    pub fn sync_active(&self) -> Result<()> {
+        self.active
+            .sync(0, self.write_off as usize, self.write_path)
+    }
+
     /// Sequence number the next frame gets.
     pub fn next_seq(&self) -> u64 {
         self.next_seq

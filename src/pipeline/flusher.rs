@@ -856,8 +856,21 @@ impl Flusher {
         // A frame in a new segment must not become durable before the frames still
         // syncing in the old one: recovery treats damage before the last segment as
         // corruption, not as a torn tail.
-        if !log.fits(body_len) && !Self::drain_frames(inner, in_flight, log.next_seq() - 1) {
-            return false;
+        if !log.fits(body_len) {
+            if !Self::drain_frames(inner, in_flight, log.next_seq() - 1) {
+                return false;
+            }
+            // With `NoSync` nothing synced those frames, while the roll makes the new segment
+            // durable (its activation syncs the directory): after a power loss recovery would
+            // find the old segment torn behind a newer one and refuse the log. One sync per
+            // segment keeps `NoSync`'s loss to the tail.
+            if inner.config.durability == Durability::NoSync {
+                if let Err(e) = log.sync_active() {
+                    inner.completion.fail(e);
+                    inner.throttle.wake_all();
+                    return false;
+                }
+            }
         }
         // At most `UNDURABLE_FRAMES_MAX` frames may be written and not yet durable:
         // recovery relies on it to tell a torn tail from damage to durable history.

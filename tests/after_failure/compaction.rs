@@ -597,9 +597,7 @@ fn a_nosync_compaction_of_a_durable_log_then_power_loss_keeps_the_state() {
         }
         let _ = engine.close();
         drop(engine);
-        // The same boot: the page cache still holds the copies. (After a power loss this log
-        // may not open with the default recovery, compaction or not: with `NoSync` a roll
-        // makes the new segment durable before the old one's frames.)
+        // The same boot: the page cache still holds the copies.
         let engine = Engine::open(dir.path(), t.config.clone()).expect("reopen");
         assert_eq!(engine_state(&engine), t.state, "{ctx}: after reopen");
     });

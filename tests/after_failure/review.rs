@@ -13,9 +13,10 @@
 use crate::common::log::segment_files;
 use crate::common::power::{pull_the_plug, PowerLossIo};
 use crate::common::WAIT_MAX;
-use mergelog::internals::io::Io;
+use mergelog::internals::io::{Io, IoOp};
 use mergelog::{Config, Durability, Engine, RecoveryMode, WindowPolicy};
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::Arc;
 
 fn config(recovery: RecoveryMode) -> Config {
@@ -232,4 +233,107 @@ fn a_sync_reopen_of_a_nosync_log_acknowledges_puts_behind_unsynced_segments() {
         ),
         Err(e) => panic!("the acknowledged put is unreachable after a power loss: {e}"),
     }
+}
+
+/// Review finding (session 11): with `NoSync` nothing is synced while the engine runs, but a
+/// roll made the new segment's header and name durable (its activation syncs the
+/// directory) before the old segment's frames. After a power loss the default recovery then
+/// found damage before the last segment and refused the whole log, although `NoSync` only
+/// promises to lose the writes since the last sync. A roll now syncs the segment it leaves:
+/// the log opens, every segment but the last is whole, and only the tail is lost.
+#[test]
+fn a_nosync_log_opens_after_a_power_loss_with_only_its_tail_lost() {
+    for seed in 0..6 {
+        let dir = tempfile::tempdir().unwrap();
+        let io = Arc::new(PowerLossIo::new(u64::MAX, None));
+        let nosync = Config {
+            segment_bytes: 64 << 10,
+            durability: Durability::NoSync,
+            ..config(RecoveryMode::default())
+        };
+        let shared: Arc<dyn Io> = io.clone();
+        let engine = Engine::open_with_io(dir.path(), nosync.clone(), shared).unwrap();
+        // Per put: the number of segments once it was acknowledged. A later roll leaves its
+        // segment, so its put must be on disk.
+        let mut acked = Vec::new();
+        let mut i = 0;
+        while engine.segments().len() < 4 {
+            engine
+                .put(format!("k-{i:05}").as_bytes(), &[b'v'; 900])
+                .unwrap()
+                .wait_timeout(WAIT_MAX)
+                .unwrap();
+            acked.push(engine.segments().len());
+            i += 1;
+        }
+        let last = engine.segments().len();
+        pull_the_plug(&io, engine, seed);
+        let engine = match Engine::open(dir.path(), nosync) {
+            Ok(engine) => engine,
+            Err(e) => panic!("seed {seed}: a NoSync log refused after a power loss: {e}"),
+        };
+        for (i, &segments) in acked.iter().enumerate() {
+            if segments < last {
+                let key = format!("k-{i:05}");
+                assert_eq!(
+                    engine.read_to_vec(key.as_bytes()).unwrap().as_deref(),
+                    Some(&[b'v'; 900][..]),
+                    "seed {seed}: {key}, written before a roll, is gone"
+                );
+            }
+        }
+    }
+}
+
+/// The sync a `NoSync` roll makes is a sync like any other: when it fails, the engine fails
+/// (the window that needed the roll, and every later call, report it) and nothing is written
+/// into the new segment.
+#[test]
+fn a_nosync_roll_whose_sync_fails_fails_the_engine() {
+    /// Fails every sync of a segment file (with `NoSync`, only a roll's) and counts them.
+    struct FailSegmentSync(std::sync::atomic::AtomicU64);
+    impl Io for FailSegmentSync {
+        fn before(&self, op: IoOp, path: &Path, _: u64, _: &[u8]) -> std::io::Result<()> {
+            if op == IoOp::Sync && path.extension().is_some_and(|e| e == "seg") {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                return Err(std::io::Error::from_raw_os_error(5));
+            }
+            Ok(())
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let io = Arc::new(FailSegmentSync(Default::default()));
+    let nosync = Config {
+        segment_bytes: 64 << 10,
+        durability: Durability::NoSync,
+        ..config(RecoveryMode::default())
+    };
+    let shared: Arc<dyn Io> = io.clone();
+    let engine = Engine::open_with_io(dir.path(), nosync, shared).unwrap();
+    let mut acknowledged = 0;
+    let failure = loop {
+        let r = engine
+            .put(format!("k-{acknowledged:05}").as_bytes(), &[b'v'; 900])
+            .and_then(|t| t.wait_timeout(WAIT_MAX));
+        match r {
+            Ok(_) => acknowledged += 1,
+            Err(e) => break e,
+        }
+        assert!(acknowledged < 1000, "no roll failed");
+    };
+    assert_eq!(
+        io.0.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "failed without the roll's sync: {failure}"
+    );
+    assert_eq!(
+        engine.segments().len(),
+        1,
+        "a frame went into a new segment"
+    );
+    let later = engine
+        .put(b"later", b"x")
+        .and_then(|t| t.wait_timeout(WAIT_MAX));
+    assert!(later.is_err(), "a put after the failure was acknowledged");
+    assert!(acknowledged > 0);
 }

@@ -257,8 +257,13 @@ pub(crate) fn start_pipeline(
         }
     }
     drop(jobs);
+    // If the flusher's thread cannot start, the closure below (with the channel's sender and
+    // the syncers' handles) is dropped unrun: these wake the syncers to see the channel
+    // closed and end, instead of staying parked.
+    let syncer_threads: Vec<std::thread::Thread> =
+        syncers.iter().map(|h| h.thread().clone()).collect();
     let flusher = Flusher::new(inner, log, to_syncer, spare, give_back);
-    std::thread::Builder::new()
+    let spawned = std::thread::Builder::new()
         .name("mergelog-flusher".into())
         .spawn(move || {
             // The adaptive window parks for tens of microseconds; the default 50 µs timer
@@ -281,7 +286,13 @@ pub(crate) fn start_pipeline(
             inner.live.stop();
             // Submitters throttled on consumer lag look again: the engine closed or failed.
             inner.throttle.wake_all();
-        })
+        });
+    if spawned.is_err() {
+        for t in syncer_threads {
+            t.unpark();
+        }
+    }
+    spawned
 }
 
 /// Runs a pipeline thread's body; if it panics (a bug), the engine fails instead of leaving

@@ -389,7 +389,7 @@ fn frames(group: &[Job]) -> Option<(&WrittenFrame, &WrittenFrame)> {
 /// Completes a synced group, in order: publish, index update, watermark, wake-up; `t0` is
 /// when its sync started, `took` how long it took if it synced. One completion at a time.
 fn complete_synced(inner: &Inner, group: &[Job], (t0, took): (Instant, Option<Duration>)) {
-    publish(inner, group);
+    publish(group);
     let t1 = Instant::now();
     // The end-to-end stage ends here, before the watermark moves: read after it, a woken
     // writer's next request could start before its previous one ended.
@@ -398,6 +398,10 @@ fn complete_synced(inner: &Inner, group: &[Job], (t0, took): (Instant, Option<Du
     // path between this sync and the next (they are tens of microseconds of cache misses):
     // a waiter that looks its write up applies them first (read-your-writes).
     let apply_now = defer_index_updates(inner, group);
+    // Then the durable batch sequence: whoever sees it pass a batch finds that batch's
+    // updates in the index (a compaction retires its prefix once it sees its last batch
+    // durable: the index must no longer point into the prefix then).
+    announce(inner, group);
     // Which batch each window landed in, before the watermark passes it (`Ticket::wait`).
     for job in group.iter().filter(|j| !j.compaction) {
         let frame = job.frame.as_ref().map(|f| f.seq);
@@ -418,13 +422,20 @@ fn complete_synced(inner: &Inner, group: &[Job], (t0, took): (Instant, Option<Du
     record_stages(inner, group, took, (t0, t1, t2), now);
 }
 
-/// Publishes the group's frames (synced, or written with `Durability::NoSync`) and moves the
-/// durable batch sequence to the last of them.
-fn publish(inner: &Inner, group: &[Job]) {
+/// Publishes the group's frames (synced, or written with `Durability::NoSync`): readers of
+/// the segment may read them, and the index may point at their keys.
+fn publish(group: &[Job]) {
+    if let Some((_, last)) = frames(group) {
+        last.seg.publish(last.end);
+    }
+}
+
+/// Moves the durable batch sequence to the group's last frame, once its index updates are
+/// queued.
+fn announce(inner: &Inner, group: &[Job]) {
     let Some((first, last)) = frames(group) else {
         return;
     };
-    last.seg.publish(last.end);
     // Only the completion writes it (one completion at a time, each ordered after the last),
     // so this load sees the previous store.
     debug_assert!(

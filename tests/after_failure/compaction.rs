@@ -176,12 +176,17 @@ fn template(write_path: WritePath, recycle_segments: usize) -> Template {
     // A few churning keys fill the rest of the segment and the next, so that the last
     // values of the others are in complete segments (what a compaction copies); then
     // another third of the cold keys is deleted, in the segment being written.
-    let mut r = Round::default();
+    // Each put waited for on its own: in one burst the window would coalesce them into four
+    // records, and the segment would not fill (the compaction then had almost nothing to
+    // copy, one run in a few).
     for n in 0..CHURN {
+        let mut r = Round::default();
         let k = format!("churn-{}", n % 4).into_bytes();
         let v = value(&k, n);
         submit(&engine, &mut t, &mut r, k, Some(v));
+        r.wait();
     }
+    let mut r = Round::default();
     for i in COLD / 3..2 * COLD / 3 {
         submit(&engine, &mut t, &mut r, cold(i), None);
     }

@@ -10,16 +10,11 @@ use parking_lot::Mutex;
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{fence, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
-
-mod forecast;
-
-use forecast::Plan;
-pub(crate) use forecast::SyncForecast;
 
 /// Bit of `Completion::state` set once the engine has failed. Positions never reach it (a
 /// ring position grows by at most a few GiB per second: 2^63 bytes is centuries away).
@@ -52,12 +47,6 @@ pub(crate) struct Completion {
     sleeper_count: AtomicUsize,
     /// Tells the entries of `sleepers` apart.
     next_token: AtomicU64,
-    /// Whether waiting by yielding has been paying off (see `yield_wait`).
-    yield_credit: AtomicI32,
-    yield_probe: AtomicU32,
-    /// When the sync that completes a waiter should end (see [`forecast`]): the syncers
-    /// feed it, the waiters read it.
-    pub(crate) forecast: SyncForecast,
     /// Wakers of pending futures, with the position each waits for.
     futures: FutureWakers,
     /// Which batch each completed window was written in (for `Ticket::wait`'s `Seq`).
@@ -85,9 +74,6 @@ impl Completion {
             sleepers: Mutex::new(Vec::new()),
             sleeper_count: AtomicUsize::new(0),
             next_token: AtomicU64::new(0),
-            yield_credit: AtomicI32::new(0),
-            yield_probe: AtomicU32::new(0),
-            forecast: SyncForecast::new(),
             futures: FutureWakers::new(),
             seqs: SeqMap::new(durable, durable_seq),
             duplicates: Duplicates::default(),
@@ -299,6 +285,15 @@ impl Completion {
     }
 
     /// Blocks until the request ending at `pos` completes or `deadline` passes.
+    ///
+    /// After a short spin the thread parks until the advance that completes `pos` unparks
+    /// it. It used to yield the CPU through the sync instead (RocksDB's `AwaitState` way),
+    /// which saved a wake-up but burned a core for the ~120 µs of every sync: at 1 writer ×
+    /// 1 outstanding the process used 2.5-3x okaywal's CPU per put, for a p50 a few
+    /// microseconds lower. A timed park until just before the sync's forecast end, then
+    /// yields, was measured too: on this VM a timed wake-up costs about as much CPU as the
+    /// unpark's, and the timer's lateness leaves tens of microseconds to yield, so it kept
+    /// much of the waste (docs/decisions.md, "CPU per put at 1 × 1").
     pub fn wait(&self, pos: u64, deadline: Option<Instant>) -> Result<()> {
         if let Some(r) = self.status(pos) {
             return r;
@@ -322,12 +317,26 @@ impl Completion {
             self.sleeper_count.store(sleepers.len(), Ordering::SeqCst);
         }
         // From here an advance that completes `pos` unparks this thread, or (if it read the
-        // count before our store) happened before our SeqCst fence, so the check in `sleep`
-        // sees it. Unparks may also be stale (from an earlier wait): every wake-up re-checks.
+        // count before our store) happened before our SeqCst fence, so the check below sees
+        // it. Unparks may also be stale (from an earlier wait): every wake-up re-checks.
         fence(Ordering::SeqCst);
-        let result = self.sleep(pos, deadline);
-        // Usually the advance that completed us removed our entry; a timeout, a failure seen
-        // first, or a completion seen while awake did not.
+        let result = loop {
+            if let Some(r) = self.status(pos) {
+                break r;
+            }
+            match deadline {
+                None => std::thread::park(),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        break self.status(pos).unwrap_or(Err(Error::Timeout));
+                    }
+                    std::thread::park_timeout(d - now);
+                }
+            }
+        };
+        // Usually the advance that completed us removed our entry; a timeout or a failure
+        // seen first did not.
         if self.sleeper_count.load(Ordering::SeqCst) > 0 {
             let mut sleepers = self.sleepers.lock();
             if let Some(i) = sleepers.iter().position(|s| s.token == token) {
@@ -337,104 +346,7 @@ impl Completion {
         }
         result
     }
-
-    /// The registered sleeper's wait (see `wait`): sleeps through most of the sync that
-    /// completes `pos` as [`forecast`] predicts it, is awake (yielding) around its predicted
-    /// end, and otherwise parks until the completion unparks it. Every step re-checks the
-    /// watermark first; the forecast only decides how to wait, never whether we are done.
-    fn sleep(&self, pos: u64, deadline: Option<Instant>) -> Result<()> {
-        let f = &self.forecast;
-        let mut timed = 0;
-        let mut yielded = false;
-        loop {
-            if let Some(r) = self.status(pos) {
-                return r;
-            }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
-                return self.status(pos).unwrap_or(Err(Error::Timeout));
-            }
-            // One yield span and a few timed parks per wait at most: a forecast that keeps
-            // missing (a sync ten times as long, windows held over several syncs) ends in a
-            // plain park, which costs nothing while it waits.
-            let plan = match timed < TIMED_PARKS_MAX && !yielded {
-                true => forecast::plan(f.seen(), pos, f.ns(now)),
-                false => Plan::Park,
-            };
-            let at_most = |until: Instant| deadline.map_or(until, |d| d.min(until));
-            match plan {
-                Plan::ParkUntil(t) => {
-                    timed += 1;
-                    let until = at_most(f.instant(t));
-                    forecast::park_precisely(until.saturating_duration_since(now));
-                    let woke = Instant::now();
-                    if woke >= until && self.status(pos).is_none() {
-                        f.woke_late(f.ns(until), f.ns(woke));
-                    }
-                }
-                Plan::Yield(t) => {
-                    yielded = true;
-                    if let Some(r) = self.yield_wait(pos, at_most(f.instant(t))) {
-                        return r;
-                    }
-                }
-                Plan::Park => match deadline {
-                    None => std::thread::park(),
-                    Some(d) => std::thread::park_timeout(d - now),
-                },
-            }
-        }
-    }
-
-    /// Waits by yielding the CPU until `until`, RocksDB's `AwaitState` way: worth it only
-    /// while this thread has a core to itself, where it saves the wake-up from a park (a few
-    /// µs to 25 µs on this VM, on a 120–150 µs sync); [`forecast`] keeps it to the end of the
-    /// sync. A yield that takes long means other threads want the core: then it gives up
-    /// and parks. `yield_credit` remembers whether yielding has been paying off, so a loaded
-    /// engine stops trying (except for an occasional probe).
-    fn yield_wait(&self, pos: u64, until: Instant) -> Option<Result<()>> {
-        let credit = self.yield_credit.load(Ordering::Relaxed);
-        if credit < 0 && self.yield_probe.fetch_add(1, Ordering::Relaxed) % YIELD_PROBE_EVERY != 0 {
-            return None;
-        }
-        let mut last = Instant::now();
-        let mut slow = 0;
-        let outcome = loop {
-            std::thread::yield_now();
-            if let Some(r) = self.status(pos) {
-                break Some(r);
-            }
-            let now = Instant::now();
-            if now - last > SLOW_YIELD {
-                slow += 1;
-                if slow >= SLOW_YIELDS_MAX {
-                    break None;
-                }
-            }
-            if now >= until {
-                break None;
-            }
-            last = now;
-        };
-        // A moving average of +1 (completed while yielding) and -1 (gave up), scaled by 1024.
-        let sample = if outcome.is_some() { 1024 } else { -1024 };
-        let _ = self
-            .yield_credit
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
-                Some(c - c / 16 + sample / 16)
-            });
-        outcome
-    }
 }
-
-/// The most timed parks one wait makes on the forecast's advice before it parks untimed.
-const TIMED_PARKS_MAX: u32 = 3;
-/// A yield that took longer than this ran another thread meanwhile.
-const SLOW_YIELD: Duration = Duration::from_micros(3);
-/// After this many slow yields the waiter parks: it is taking the core from others.
-const SLOW_YIELDS_MAX: u32 = 3;
-/// With bad credit, one wait in this many still tries yielding (the load may have changed).
-const YIELD_PROBE_EVERY: u32 = 64;
 
 /// A thread blocked in [`Completion::wait`].
 struct Sleeper {
@@ -693,21 +605,6 @@ mod tests {
         assert!(c.wait(6, Some(Instant::now())).is_ok());
     }
 
-    #[test]
-    fn yielding_that_never_pays_off_is_given_up() {
-        // Syncs forecast to take 10 µs, one in flight: every wait yields around its end.
-        let c = forecasting(Duration::from_micros(10), 1);
-        for _ in 0..32 {
-            let r = c.wait(1, Some(Instant::now() + Duration::from_micros(50)));
-            assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
-        }
-        // Every yield phase ended without the completion: the credit went negative, so
-        // later waits park at once (but for an occasional probe).
-        assert!(c.yield_credit.load(Ordering::Relaxed) < 0);
-        c.advance(1);
-        assert!(c.wait(1, None).is_ok());
-    }
-
     /// A failed write fails only what came after the jobs already handed on: those wait for
     /// their own sync, whose success still acknowledges them (and a later failure of that
     /// sync fails them). Outcomes never change once seen.
@@ -785,86 +682,48 @@ mod tests {
         assert!(c.wait(3, None).is_err());
     }
 
-    /// A completion whose forecast has learned that syncs take `typical` and believes one
-    /// covering everything up to `covers` began now.
-    fn forecasting(typical: Duration, covers: u64) -> Arc<Completion> {
-        let c = Arc::new(Completion::new(0));
-        for _ in 0..4 {
-            c.forecast.ended(typical, true);
-        }
-        c.forecast.began(Instant::now(), covers);
-        c
+    /// CPU time the calling thread has used.
+    #[cfg(target_os = "linux")]
+    fn thread_cpu() -> Duration {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec for the call to fill in.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
     }
 
-    /// Runs `wait` on a thread and returns its outcome over a channel: a wait that never
-    /// returns fails the test (after a minute) instead of hanging it.
-    fn waiter(
-        c: &Arc<Completion>,
-        pos: u64,
-        deadline: Option<Instant>,
-    ) -> mpsc::Receiver<Result<()>> {
-        let (tx, rx) = mpsc::channel();
-        let c = c.clone();
-        std::thread::spawn(move || {
-            let r = c.wait(pos, deadline);
-            let _ = tx.send(r);
-        });
-        rx
-    }
-
-    /// The sync takes ten times (and more) what the forecast says: the waiter's timed parks
-    /// and its yielding run out, and it must still be woken by the advance, not give up,
-    /// return early or sleep on.
+    /// A waiter sleeps through a long wait instead of spending CPU on it (it used to yield
+    /// through every sync: about a core at 1 writer x 1 outstanding), and is still woken by
+    /// the advance. A thread that yields or spins uses CPU whenever it gets a core, so over
+    /// 200 ms it uses far more than a fifth of them even on a loaded machine; a parked one
+    /// next to none.
+    #[cfg(target_os = "linux")]
     #[test]
-    fn a_sync_far_longer_than_forecast_still_wakes_the_waiter() {
-        let c = forecasting(Duration::from_micros(100), 10);
-        let rx = waiter(&c, 10, None);
-        // Well past every timed park and yield span the forecast allows.
-        std::thread::sleep(Duration::from_millis(20));
+    fn a_waiter_sleeps_instead_of_spending_cpu() {
+        let c = Arc::new(Completion::new(0));
+        let (tx, rx) = mpsc::channel();
+        let waiter = {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let (cpu, t) = (thread_cpu(), Instant::now());
+                let r = c.wait(10, None);
+                tx.send(()).unwrap();
+                (r, thread_cpu() - cpu, t.elapsed())
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
         assert!(
             rx.try_recv().is_err(),
             "returned before its position was durable"
         );
         c.advance(10);
-        let r = rx.recv_timeout(Duration::from_secs(60)).expect("woken");
+        rx.recv_timeout(Duration::from_secs(60)).expect("woken");
+        let (r, cpu, wall) = waiter.join().unwrap();
         assert!(r.is_ok(), "{r:?}");
+        assert!(cpu < wall / 5, "a {wall:?} wait used {cpu:?} of CPU");
         assert_eq!(c.sleeper_count.load(Ordering::SeqCst), 0);
-    }
-
-    /// The forecast says the sync ends in an hour: a completion long before that must wake
-    /// the waiter out of its timed park (it is registered for the unpark all along).
-    #[test]
-    fn a_sync_far_shorter_than_forecast_wakes_the_waiter_from_its_timed_park() {
-        let c = forecasting(Duration::from_secs(3_600), 10);
-        let rx = waiter(&c, 10, None);
-        while c.sleeper_count.load(Ordering::SeqCst) == 0 {
-            std::thread::yield_now();
-        }
-        c.advance(10);
-        let r = rx.recv_timeout(Duration::from_secs(60)).expect("woken");
-        assert!(r.is_ok(), "{r:?}");
-    }
-
-    /// A deadline before the forecast's end bounds the timed park: the wait times out.
-    #[test]
-    fn a_deadline_before_the_forecast_end_times_the_wait_out() {
-        let c = forecasting(Duration::from_secs(3_600), 10);
-        let rx = waiter(&c, 10, Some(Instant::now() + Duration::from_millis(20)));
-        let r = rx.recv_timeout(Duration::from_secs(60)).expect("timed out");
-        assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
-        assert_eq!(c.sleeper_count.load(Ordering::SeqCst), 0);
-    }
-
-    /// Timed parks that wake late teach the forecast their lateness.
-    #[test]
-    fn a_late_timed_park_is_learned() {
-        let c = forecasting(Duration::from_millis(5), 10);
-        let before = c.forecast.seen().late;
-        // Pretend every timed park woke 150 µs late.
-        for _ in 0..100 {
-            c.forecast.woke_late(1_000, 151_000);
-        }
-        let after = c.forecast.seen().late;
-        assert!(after > before && after <= 150_000, "{before} -> {after}");
     }
 }

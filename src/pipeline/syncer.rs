@@ -353,11 +353,10 @@ fn sync_group(
         .filter_map(|j| j.ready)
         .min()
         .unwrap_or(t0);
-    let covers = group.last().map_or(0, |j| j.end);
-    begin_sync(inner, t0, ready, covers);
+    begin_sync(inner, t0, ready);
     let synced = sync(&last.seg, (first, last), inner.config.write_path);
     let end = Instant::now();
-    end_sync(inner, end, end - t0);
+    end_sync(inner, end);
     synced?;
     Counters::add(&inner.counters.syncs, 1);
     Ok(Some(end - t0))
@@ -501,8 +500,7 @@ fn defer_index_updates(inner: &Inner, group: &[Job]) -> bool {
 /// A sync starts at `start`; the first frame it covers was handed on at `ready`. If no other
 /// sync runs, the gap since the last one ended goes to `Stats::sync_time`, split where that
 /// frame was handed on (if that was before the last sync ended, a frame waited all along).
-/// The waiters' forecast learns that a sync covering the requests up to `covers` began.
-fn begin_sync(inner: &Inner, start: Instant, ready: Instant, covers: u64) {
+fn begin_sync(inner: &Inner, start: Instant, ready: Instant) {
     let c = &inner.counters;
     let mut clock = inner.sync_clock.lock();
     if clock.running == 0 {
@@ -517,16 +515,14 @@ fn begin_sync(inner: &Inner, start: Instant, ready: Instant, covers: u64) {
         clock.busy_from = Some(start);
     }
     clock.running += 1;
-    inner.completion.forecast.began(start, covers);
 }
 
 /// A sync ended at `end` (whatever its outcome): if it was the last one running, the busy
 /// span ends. Runs before the watermark moves, so a completion that follows (inline, by the
-/// flusher) sees this one's end. The waiters' forecast learns that it took `took`.
-fn end_sync(inner: &Inner, end: Instant, took: Duration) {
+/// flusher) sees this one's end.
+fn end_sync(inner: &Inner, end: Instant) {
     let mut clock = inner.sync_clock.lock();
     clock.running -= 1;
-    inner.completion.forecast.ended(took, clock.running == 0);
     if clock.running == 0 {
         let from = clock.busy_from.take().unwrap_or(end);
         Counters::add(

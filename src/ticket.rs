@@ -300,8 +300,8 @@ impl Completion {
     /// wake-up of a few µs but burned the otherwise idle core: the process used 2.5-3x
     /// okaywal's CPU per put at 1 × 1, and parks bring that to 1.1-1.3x at a p50 within a
     /// few µs. A timed park until just before the sync's forecast end, then yields, kept
-    /// much of the waste (a timed wake-up costs about an unpark's CPU on this VM, and its
-    /// lateness leaves tens of µs to yield). Beside other waiters yielding is kept: parks
+    /// much of the waste (a timed wake-up costs twice an unparked one's CPU on this VM, and
+    /// its lateness leaves tens of µs to yield). Beside other waiters yielding is kept: parks
     /// looked no worse at 4 × 1 and 16 × 1 but were not shown harmless at 4 × 256 on the
     /// noisy machine (docs/decisions.md, "CPU per put at 1 × 1").
     pub fn wait(&self, pos: u64, deadline: Option<Instant>) -> Result<()> {

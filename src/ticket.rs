@@ -296,10 +296,10 @@ impl Completion {
     ///
     /// After a short spin, a thread that waits alone parks until the advance that completes
     /// `pos` unparks it; one that waits beside others may first yield (`yield_wait`). Alone
-    /// (one writer with one request outstanding), yielding through the ~120 µs sync saved a
-    /// wake-up of a few µs but burned the otherwise idle core: the process used 2.5-3x
-    /// okaywal's CPU per put at 1 × 1, and parks bring that to 1.1-1.3x at a p50 within a
-    /// few µs. A timed park until just before the sync's forecast end, then yields, kept
+    /// (one writer with one request outstanding), yielding through the ~120 µs sync burned
+    /// the otherwise idle core: the process used 2.5-3x okaywal's CPU per put at 1 × 1, and
+    /// parks bring that to 1.1-1.3x. It cost p50 (up to 14 µs, mostly a slower `fdatasync`
+    /// return once no vCPU is busy): a trade, not a free win. A timed park until just before the sync's forecast end, then yields, kept
     /// much of the waste (a timed wake-up costs twice an unparked one's CPU on this VM, and
     /// its lateness leaves tens of µs to yield). Beside other waiters yielding is kept: parks
     /// looked no worse at 4 × 1 and 16 × 1 but were not shown harmless at 4 × 256 on the

@@ -47,6 +47,8 @@ pub(crate) struct Completion {
     sleeper_count: AtomicUsize,
     /// Tells the entries of `sleepers` apart.
     next_token: AtomicU64,
+    /// Threads inside `wait` past its spin (whether yielding or parked).
+    waiters: AtomicUsize,
     /// Whether waiting by yielding has been paying off (see `yield_wait`).
     yield_credit: AtomicI32,
     yield_probe: AtomicU32,
@@ -77,6 +79,7 @@ impl Completion {
             sleepers: Mutex::new(Vec::new()),
             sleeper_count: AtomicUsize::new(0),
             next_token: AtomicU64::new(0),
+            waiters: AtomicUsize::new(0),
             yield_credit: AtomicI32::new(0),
             yield_probe: AtomicU32::new(0),
             futures: FutureWakers::new(),
@@ -290,6 +293,17 @@ impl Completion {
     }
 
     /// Blocks until the request ending at `pos` completes or `deadline` passes.
+    ///
+    /// After a short spin, a thread that waits alone parks until the advance that completes
+    /// `pos` unparks it; one that waits beside others may first yield (`yield_wait`). Alone
+    /// (one writer with one request outstanding), yielding through the ~120 µs sync burned
+    /// the otherwise idle core: the process used 2.5-3x okaywal's CPU per put at 1 × 1, and
+    /// parks bring that to 1.1-1.3x. It cost p50 (up to 14 µs, mostly a slower `fdatasync`
+    /// return once no vCPU is busy): a trade, not a free win. A timed park until just before the sync's forecast end, then yields, kept
+    /// much of the waste (a timed wake-up costs twice an unparked one's CPU on this VM, and
+    /// its lateness leaves tens of µs to yield). Beside other waiters yielding is kept: parks
+    /// looked no worse at 4 × 1 and 16 × 1 but were not shown harmless at 4 × 256 on the
+    /// noisy machine (docs/decisions.md, "CPU per put at 1 × 1").
     pub fn wait(&self, pos: u64, deadline: Option<Instant>) -> Result<()> {
         if let Some(r) = self.status(pos) {
             return r;
@@ -302,8 +316,11 @@ impl Completion {
                 return r;
             }
         }
-        if let Some(r) = self.yield_wait(pos, deadline) {
-            return r;
+        let waiting = Waiting::enter(&self.waiters);
+        if waiting.others > 0 {
+            if let Some(r) = self.yield_wait(pos, deadline) {
+                return r;
+            }
         }
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         {
@@ -346,9 +363,9 @@ impl Completion {
         result
     }
 
-    /// Waits by yielding the CPU, RocksDB's `AwaitState` way: worth it only while this thread
-    /// has a core to itself, where it saves the wake-up from a park (25 µs on this VM, on a
-    /// 150 µs sync). A yield that takes long means other threads want the core: then it gives
+    /// Waits by yielding the CPU, RocksDB's `AwaitState` way (only beside other waiters: see
+    /// `wait`): worth it only while this thread has a core to itself, where it saves the
+    /// wake-up from a park (a few µs to 25 µs on this VM, on a 150 µs sync). A yield that takes long means other threads want the core: then it gives
     /// up and parks. `yield_credit` remembers whether yielding has been paying off, so a
     /// loaded engine stops trying (except for an occasional probe).
     fn yield_wait(&self, pos: u64, deadline: Option<Instant>) -> Option<Result<()>> {
@@ -397,6 +414,26 @@ const SLOW_YIELD: Duration = Duration::from_micros(3);
 const SLOW_YIELDS_MAX: u32 = 3;
 /// With bad credit, one wait in this many still tries yielding (the load may have changed).
 const YIELD_PROBE_EVERY: u32 = 64;
+
+/// Counts a thread in `Completion::waiters` while it waits; `others` is how many were
+/// there when it came.
+struct Waiting<'a> {
+    count: &'a AtomicUsize,
+    others: usize,
+}
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize) -> Waiting<'a> {
+        let others = count.fetch_add(1, Ordering::Relaxed);
+        Waiting { count, others }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// A thread blocked in [`Completion::wait`].
 struct Sleeper {
@@ -655,20 +692,6 @@ mod tests {
         assert!(c.wait(6, Some(Instant::now())).is_ok());
     }
 
-    #[test]
-    fn yielding_that_never_pays_off_is_given_up() {
-        let c = Completion::new(0);
-        for _ in 0..32 {
-            let r = c.wait(1, Some(Instant::now() + Duration::from_micros(50)));
-            assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
-        }
-        // Every yield phase ended without the completion: the credit went negative, so
-        // later waits park at once (but for an occasional probe).
-        assert!(c.yield_credit.load(Ordering::Relaxed) < 0);
-        c.advance(1);
-        assert!(c.wait(1, None).is_ok());
-    }
-
     /// A failed write fails only what came after the jobs already handed on: those wait for
     /// their own sync, whose success still acknowledges them (and a later failure of that
     /// sync fails them). Outcomes never change once seen.
@@ -744,5 +767,76 @@ mod tests {
         c.advance(10);
         assert_eq!(c.durable(), 2);
         assert!(c.wait(3, None).is_err());
+    }
+
+    /// CPU time the calling thread has used.
+    #[cfg(target_os = "linux")]
+    fn thread_cpu() -> Duration {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec for the call to fill in.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+
+    /// A lone waiter (one writer, one request outstanding) sleeps through each sync instead
+    /// of spending CPU on it (it used to yield through every sync: about a core at 1 × 1),
+    /// and is still woken by every advance. A thread that yields or spins uses CPU whenever
+    /// it has a core, so over these waits it would use most of the wall time even on a
+    /// loaded machine; a parked one pays a wake-up per wait, a few per cent.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_lone_waiter_sleeps_instead_of_spending_cpu() {
+        let c = Arc::new(Completion::new(0));
+        const WAITS: u64 = 200;
+        let syncs = {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                for pos in 1..=WAITS {
+                    // About a sync's time (the sleep's timer slack makes it longer).
+                    std::thread::sleep(Duration::from_micros(150));
+                    c.advance(pos);
+                }
+            })
+        };
+        let (cpu, wall) = (thread_cpu(), Instant::now());
+        for pos in 1..=WAITS {
+            let r = c.wait(pos, None);
+            assert!(r.is_ok(), "{r:?}");
+        }
+        let (cpu, wall) = (thread_cpu() - cpu, wall.elapsed());
+        syncs.join().unwrap();
+        assert!(
+            cpu < wall / 4,
+            "{WAITS} waits over {wall:?} used {cpu:?} of CPU"
+        );
+        assert_eq!(c.sleeper_count.load(Ordering::SeqCst), 0);
+    }
+
+    /// Beside another waiter a wait may yield first; yielding that never pays off (the wait
+    /// times out while yielding) is given up: the credit goes negative, and later waits park
+    /// at once (but for an occasional probe).
+    #[test]
+    fn yielding_that_never_pays_off_is_given_up() {
+        let c = Arc::new(Completion::new(0));
+        let other = {
+            let c = c.clone();
+            std::thread::spawn(move || c.wait(100, None))
+        };
+        while c.waiters.load(Ordering::Relaxed) == 0 {
+            std::thread::yield_now();
+        }
+        for _ in 0..32 {
+            let r = c.wait(1, Some(Instant::now() + Duration::from_micros(50)));
+            assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+        }
+        assert!(c.yield_credit.load(Ordering::Relaxed) < 0);
+        c.advance(100);
+        assert!(other.join().unwrap().is_ok());
+        assert!(c.wait(1, None).is_ok());
+        assert_eq!(c.waiters.load(Ordering::Relaxed), 0);
     }
 }

@@ -299,11 +299,12 @@ impl Completion {
     /// (one writer with one request outstanding), yielding through the ~120 µs sync burned
     /// the otherwise idle core: the process used 2.5-3x okaywal's CPU per put at 1 × 1, and
     /// parks bring that to 1.1-1.3x. It cost p50 (up to 14 µs, mostly a slower `fdatasync`
-    /// return once no vCPU is busy): a trade, not a free win. A timed park until just before the sync's forecast end, then yields, kept
-    /// much of the waste (a timed wake-up costs twice an unparked one's CPU on this VM, and
-    /// its lateness leaves tens of µs to yield). Beside other waiters yielding is kept: parks
-    /// looked no worse at 4 × 1 and 16 × 1 but were not shown harmless at 4 × 256 on the
-    /// noisy machine (docs/decisions.md, "CPU per put at 1 × 1").
+    /// return once no vCPU is busy): a trade, not a free win. A timed park until just before
+    /// the sync's forecast end, then yields, kept much of the waste (a timed wake-up costs
+    /// twice an unparked one's CPU on this VM, and its lateness leaves tens of µs to yield).
+    /// Beside other waiters yielding is kept: parks looked no worse at 4 × 1 and 16 × 1 but
+    /// were not shown harmless at 4 × 256 on the noisy machine (docs/decisions.md, "CPU per
+    /// put at 1 × 1").
     pub fn wait(&self, pos: u64, deadline: Option<Instant>) -> Result<()> {
         if let Some(r) = self.status(pos) {
             return r;
@@ -365,8 +366,8 @@ impl Completion {
 
     /// Waits by yielding the CPU, RocksDB's `AwaitState` way (only beside other waiters: see
     /// `wait`): worth it only while this thread has a core to itself, where it saves the
-    /// wake-up from a park (a few µs to 25 µs on this VM, on a 150 µs sync). A yield that takes long means other threads want the core: then it gives
-    /// up and parks. `yield_credit` remembers whether yielding has been paying off, so a
+    /// wake-up from a park (a few µs to 25 µs on this VM, on a 150 µs sync). A yield that
+    /// takes long means other threads want the core: then it gives up and parks. `yield_credit` remembers whether yielding has been paying off, so a
     /// loaded engine stops trying (except for an occasional probe).
     fn yield_wait(&self, pos: u64, deadline: Option<Instant>) -> Option<Result<()>> {
         let credit = self.yield_credit.load(Ordering::Relaxed);

@@ -450,6 +450,7 @@ impl System {
             System::Mergelog
                 | System::NoCoalesce
                 | System::MergelogIds
+                | System::MergelogGetput
                 | System::MergelogCompact
                 | System::MergelogSyncers
         )
@@ -1372,7 +1373,7 @@ fn with_consumer(
         .collect();
     if baselines.len() == systems.len() {
         return Err(CliError::usage(
-            "--consumer needs an engine system (mergelog, no-coalesce or mergelog-ids) in --systems",
+            "--consumer needs an engine system (mergelog, no-coalesce, mergelog-ids, mergelog-getput, mergelog-compact or mergelog-syncers) in --systems",
         ));
     }
     if !baselines.is_empty() {

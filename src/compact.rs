@@ -49,7 +49,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::{JoinHandle, Thread};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// When the engine compacts its log (`Config::compaction`).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -636,16 +636,9 @@ fn scan_segment(
 /// Waits until batch `seq` is durable (it was written); an error if the engine failed or
 /// closed meanwhile (then nothing may be retired).
 fn wait_durable(inner: &Inner, seq: u64) -> Result<()> {
-    loop {
-        if inner.live.durable_seq.load(Ordering::Acquire) >= seq {
-            return Ok(());
-        }
-        check_running(inner)?;
-        // A failed sync does not move the sequence: look again now and then.
-        inner
-            .live
-            .wait_for(seq, Some(Instant::now() + Duration::from_millis(20)));
-    }
+    inner.wait_durable_seq(seq, Duration::from_millis(20), || {
+        check_running(inner).err()
+    })
 }
 
 /// Hands `chunk` to the flusher and waits for it to be written (the syncer makes it durable

@@ -105,6 +105,8 @@ pub(super) struct Flusher {
     in_flight_values: InFlightValues,
     /// While a compaction runs: the keys of the windows in flight (see `crate::compact`).
     in_flight_keys: InFlightKeys,
+    /// The segment the last frame handed on went into (its first batch's sequence).
+    segment: u64,
 }
 
 /// One cut window's numbers.
@@ -139,6 +141,7 @@ impl Flusher {
         spare: Receiver<Job>,
         give_back: Sender<Job>,
     ) -> Flusher {
+        let segment = log.end_mark().segment_id;
         Flusher {
             in_flight: inner.ring.head(),
             inner,
@@ -160,6 +163,7 @@ impl Flusher {
             resolver: Resolver::default(),
             in_flight_values: InFlightValues::default(),
             in_flight_keys: InFlightKeys::default(),
+            segment,
         }
     }
 
@@ -253,6 +257,11 @@ impl Flusher {
         job.ready = Some(Instant::now());
         if let Some(f) = &job.frame {
             self.unsynced.push_back((f.seq, job.end));
+            if f.seg.id != self.segment {
+                // The log rolled: a segment was completed, which the compactor may take.
+                self.segment = f.seg.id;
+                self.inner.compact_slot.segment_completed();
+            }
         }
         // A compaction batch ends where the window before it did, so the watermark alone
         // does not say whether it is durable: the batch sequence does.
@@ -327,18 +336,10 @@ impl Flusher {
     /// Waits until batch `seq` (written and handed on) is durable; false if the engine
     /// failed meanwhile.
     fn wait_durable_seq(inner: &Inner, seq: u64) -> bool {
-        loop {
-            if inner.live.durable_seq.load(Ordering::Acquire) >= seq {
-                return true;
-            }
-            if inner.completion.failure().is_some() {
-                return false;
-            }
-            // A failed sync does not move the sequence (nor wake us): look again every ms.
-            inner
-                .live
-                .wait_for(seq, Some(Instant::now() + Duration::from_millis(1)));
-        }
+        let failed = || inner.completion.failure().map(|_| ());
+        inner
+            .wait_durable_seq(seq, Duration::from_millis(1), failed)
+            .is_ok()
     }
 
     /// Cuts one window starting at `start`, plans it, answers its gets, writes its frame and
@@ -657,7 +658,6 @@ impl Flusher {
         let inner = self.inner.clone();
         let body_len = body_len((entries, &self.resolver), &plan.survivors);
         let frame_body = body_len + trailer_len(self.window_ids.len());
-        let rolls = !self.log.fits(frame_body);
         if !Self::room_for_frame(
             &self.log,
             &mut self.unsynced,
@@ -686,9 +686,6 @@ impl Flusher {
             &mut job.updates,
         )?;
         job.frame = Some(frame);
-        if rolls {
-            inner.compact_slot.segment_completed();
-        }
         self.track_keys(entries, &plan.survivors, job.end);
         if inner.config.merge.is_some() {
             // Bounded by what the windows in flight wrote.
@@ -787,7 +784,6 @@ impl Flusher {
         }
         let body_len = chunk.body_len();
         let frame_body = body_len + trailer_len(0);
-        let rolls = !self.log.fits(frame_body);
         if !Self::room_for_frame(
             &self.log,
             &mut self.unsynced,
@@ -828,9 +824,6 @@ impl Flusher {
         };
         job.frame = Some(frame);
         job.compaction = true;
-        if rolls {
-            inner.compact_slot.segment_completed();
-        }
         // Synced and completed like a window (inline if nothing else is in flight); its
         // index updates are applied in log order with the windows'.
         self.send(job);

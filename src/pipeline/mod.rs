@@ -132,6 +132,32 @@ pub(crate) struct Inner {
 
 #[cfg(not(loom))]
 impl Inner {
+    /// Waits until batch `seq`, written and handed on, is durable; `Err` with what `gone`
+    /// returns once it gives a reason to stop. A failed sync neither moves the sequence nor
+    /// wakes its waiters, so `gone` is looked at again every `poll`.
+    pub(crate) fn wait_durable_seq<E>(
+        &self,
+        seq: u64,
+        poll: std::time::Duration,
+        gone: impl Fn() -> Option<E>,
+    ) -> std::result::Result<(), E> {
+        loop {
+            if self
+                .live
+                .durable_seq
+                .load(std::sync::atomic::Ordering::Acquire)
+                >= seq
+            {
+                return Ok(());
+            }
+            if let Some(e) = gone() {
+                return Err(e);
+            }
+            self.live
+                .wait_for(seq, Some(std::time::Instant::now() + poll));
+        }
+    }
+
     /// Wakes the flusher wherever it waits for something other than the durable watermark:
     /// for records in the ring, or for the log to have room for a window (after the syncer
     /// takes the queued job, a flush, or close).

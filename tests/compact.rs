@@ -506,6 +506,35 @@ fn auto_compaction_runs_on_its_own_and_keeps_the_state() {
     assert_eq!(engine_state(&engine), state);
 }
 
+/// The compactor looks whenever the log completes a segment, not only every `check_every`
+/// (here an hour: only a roll can wake it in time).
+#[test]
+fn auto_compaction_wakes_when_a_segment_completes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let auto = Config {
+        compaction: Compaction::Auto(AutoCompaction {
+            live_ratio: 0.5,
+            check_every: Duration::from_secs(3600),
+            ..AutoCompaction::default()
+        }),
+        ..config()
+    };
+    let engine = Engine::open(tmp.path(), auto).expect("open");
+    let mut state = overwrite(&engine, 200, 10);
+    let give_up = Instant::now() + WAIT_MAX;
+    while engine.counts().compaction.runs == 0 {
+        assert!(Instant::now() < give_up, "no roll woke the compactor");
+        overwrite(&engine, 20, 1);
+    }
+    assert!(engine.counts().compaction.segments_retired > 0);
+    // Keys 0..20 as the last overwrite leaves them; the others as the first did.
+    for i in 0..20 {
+        state.remove(&key(i));
+    }
+    state.extend(overwrite(&engine, 20, 1));
+    assert_eq!(engine_state(&engine), state);
+}
+
 /// `max_log_bytes` compacts a log that is over the size even when its live ratio is above
 /// `live_ratio` (here the ratio alone never would: 0.01).
 #[test]

@@ -62,6 +62,8 @@ pub enum MergeOperator {
     /// into one call, and applies them one at a time to find which one to refuse. Only its
     /// results are logged, so replay and reopen never call it. A result longer than
     /// `Config::value_len_max`, or a panic, refuses the request (see [`Error::MergeRefused`]).
+    /// It runs wherever the flusher runs: on the engine's thread, or on a thread in
+    /// `Ticket::wait` that writes its own window; it must not wait for the engine.
     Custom(Arc<MergeFn>),
 }
 

@@ -736,6 +736,43 @@ impl Ring {
         self.wake_space_tasks();
     }
 
+    /// Parks the consumer's thread, while another thread may hold the [`Consumer`], until a
+    /// record is claimed beyond `seen` (published or not), [`Ring::notify_consumer`] or
+    /// [`Ring::close`] is called. The same protocol as [`Consumer::wait`] (see "Parking"),
+    /// on `tail` alone: it reads no record, so a position another holder of the consumer
+    /// has since moved past is harmless. Only one thread may wait on the ring at a time
+    /// (this and `Consumer::wait` share the consumer's parking spot).
+    pub fn wait_for_claim(&self, seen: u64) {
+        let check = || {
+            if self.signal.notified.load(Ordering::Relaxed) != 0
+                && self.signal.notified.swap(0, Ordering::AcqRel) != 0
+            {
+                return true;
+            }
+            let tail = self.tail.load(Ordering::SeqCst);
+            tail & CLOSED != 0 || tail & !CLOSED > seen
+        };
+        for _ in 0..spin_limit() {
+            if check() {
+                return;
+            }
+            spin_hint();
+        }
+        loop {
+            // As in `Consumer::wait`: announce, fence, look again, then sleep; a producer
+            // whose claim the look misses sees WAITING after it publishes and wakes us.
+            self.signal.state.swap(WAITING, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if check() {
+                self.signal.state.store(RUNNING, Ordering::Relaxed);
+                return;
+            }
+            let asleep = || self.signal.state.load(Ordering::Relaxed) == WAITING;
+            self.wake.park(asleep, None);
+            self.signal.state.store(RUNNING, Ordering::Relaxed);
+        }
+    }
+
     /// Wakes the consumer if it is parked in [`Consumer::wait`]; otherwise its next `wait`
     /// returns at once (used for flush requests).
     pub fn notify_consumer(&self) {
@@ -1637,6 +1674,30 @@ mod loom_tests {
             for p in producers {
                 p.join().unwrap();
             }
+        });
+    }
+
+    /// The flusher's thread sleeps in `wait_for_claim` (no deadline, the consumer held
+    /// elsewhere) while a producer claims and publishes, and `notify_consumer` wakes it
+    /// too: a lost wake-up would leave it parked forever, which loom reports as a deadlock.
+    #[test]
+    fn wait_for_claim_never_misses_a_claim_or_a_notify() {
+        model(|| {
+            let (r, c) = new_pair(CAP);
+            let r2 = Arc::clone(&r);
+            let producer = thread::spawn(move || {
+                r2.try_push(8, |b| b.copy_from_slice(&payload(1, 0)))
+                    .unwrap();
+            });
+            r.wait_for_claim(0);
+            assert!(r.tail() > 0);
+            producer.join().unwrap();
+            let r3 = Arc::clone(&r);
+            let notifier = thread::spawn(move || r3.notify_consumer());
+            let tail = r.tail();
+            r.wait_for_claim(tail);
+            notifier.join().unwrap();
+            assert_eq!(c.read(0, |_, _| true), tail);
         });
     }
 

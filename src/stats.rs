@@ -124,6 +124,9 @@ pub struct Counts {
     /// Requests the merge operator refused in the flusher (their tickets report
     /// `Error::MergeRefused`; their operations are not counted in `writes`).
     pub merges_refused: u64,
+    /// Windows a producer cut and wrote itself while it waited for its own request, with
+    /// nothing in flight (the flusher's thread wrote the others; see `Ticket::wait`).
+    pub windows_by_waiters: u64,
     /// Segment files started, reused and retired since open.
     pub segments: SegmentCounts,
     /// What compaction (`Engine::compact`) wrote since open.
@@ -224,6 +227,9 @@ pub struct Stats {
     /// Requests the merge operator refused in the flusher (their tickets report
     /// `Error::MergeRefused`; their operations are not counted in `writes`).
     pub merges_refused: u64,
+    /// Windows a producer cut and wrote itself while it waited for its own request, with
+    /// nothing in flight (the flusher's thread wrote the others; see `Ticket::wait`).
+    pub windows_by_waiters: u64,
     /// Segment files started, reused and retired since open.
     pub segments: SegmentCounts,
     /// What compaction (`Engine::compact`) wrote since open.
@@ -254,6 +260,7 @@ pub(crate) struct Counters {
     pub duplicates: AtomicU64,
     pub merges: AtomicU64,
     pub merges_refused: AtomicU64,
+    pub windows_by_waiters: AtomicU64,
     pub compaction_runs: AtomicU64,
     pub compaction_batches: AtomicU64,
     pub compaction_records: AtomicU64,
@@ -291,6 +298,7 @@ impl Counters {
             duplicates: get(&self.duplicates),
             merges: get(&self.merges),
             merges_refused: get(&self.merges_refused),
+            windows_by_waiters: get(&self.windows_by_waiters),
             // Kept by the log's file pool; the engine fills them in.
             segments: SegmentCounts::default(),
             compaction: CompactionCounts {
@@ -322,6 +330,7 @@ impl Counters {
             duplicates,
             merges,
             merges_refused,
+            windows_by_waiters,
             segments,
             compaction,
         } = self.counts(backlog_bytes, durable_position);
@@ -343,6 +352,7 @@ impl Counters {
             duplicates,
             merges,
             merges_refused,
+            windows_by_waiters,
             segments,
             compaction,
             stages: self.stages.lock().clone(),

@@ -60,7 +60,15 @@ pub(crate) struct Completion {
     pub(crate) duplicates: Duplicates,
     /// The requests the merge operator refused (`crate::merge`).
     pub(crate) refusals: crate::merge::Refusals,
+    /// Set by the pipeline: called with a request's position by a thread about to wait for
+    /// it (`true`: it may write the request's window itself, see `pipeline::flusher::help`)
+    /// or by a future's poll that found it pending (`false`: it only wakes the flusher if
+    /// the flusher sleeps counting on waiters).
+    pub(crate) helper: OnceLock<Helper>,
 }
+
+/// See `Completion::helper`.
+pub(crate) type Helper = Box<dyn Fn(u64, bool) + Send + Sync>;
 
 impl Completion {
     #[cfg(test)]
@@ -80,6 +88,7 @@ impl Completion {
             sleeper_count: AtomicUsize::new(0),
             next_token: AtomicU64::new(0),
             waiters: AtomicUsize::new(0),
+            helper: OnceLock::new(),
             yield_credit: AtomicI32::new(0),
             yield_probe: AtomicU32::new(0),
             futures: FutureWakers::new(),
@@ -289,10 +298,22 @@ impl Completion {
 
     /// Polls a future waiting for `pos` (see [`FutureWakers::poll`]).
     fn poll(&self, pos: u64, waker: &Waker) -> Poll<Result<()>> {
-        self.futures.poll(pos, waker, || self.status(pos))
+        let poll = self.futures.poll(pos, waker, || self.status(pos));
+        if poll.is_pending() {
+            if let Some(help) = self.helper.get() {
+                help(pos, false);
+            }
+        }
+        poll
     }
 
     /// Blocks until the request ending at `pos` completes or `deadline` passes.
+    ///
+    /// Without a deadline, and with nothing in flight, it first offers to write the
+    /// request's window itself (`Completion::helper`, `pipeline::flusher::help`): then
+    /// nothing is handed to the flusher's thread and back, and it returns when its own sync
+    /// does (1 x 1: p50 as a lock + write + fdatasync per put, docs/decisions.md "A waiter
+    /// writes its own window").
     ///
     /// After a short spin, a thread that waits alone parks until the advance that completes
     /// `pos` unparks it; one that waits beside others may first yield (`yield_wait`). Alone
@@ -308,6 +329,15 @@ impl Completion {
     pub fn wait(&self, pos: u64, deadline: Option<Instant>) -> Result<()> {
         if let Some(r) = self.status(pos) {
             return r;
+        }
+        // With nothing in flight, write our own window at once (before the flusher, woken by
+        // our publish, takes it), instead of waiting for the flusher and being woken by it (`pipeline::flusher::help`). Not under a deadline: the sync can
+        // take longer than it.
+        if let Some(help) = self.helper.get() {
+            help(pos, deadline.is_none());
+            if let Some(r) = self.status(pos) {
+                return r;
+            }
         }
         // A short spin catches the common case of a batch that is about to land without
         // paying for a park and a wake-up.
@@ -520,6 +550,12 @@ impl Ticket {
     /// resume from the next (`Engine::follow`). A ticket looked at long after it completed
     /// (more than 65,536 windows later) may get [`Error::SeqUnknown`] instead: the request
     /// is durable, its batch no longer remembered.
+    ///
+    /// If nothing else is being written or synced, the calling thread writes and syncs the
+    /// request's window itself instead of handing it to the engine's thread and being woken
+    /// (a group commit's leader): a lone writer then pays no thread hand-off. So a merge
+    /// operator may run on the caller's thread, and the call takes as long as that sync.
+    /// `wait_timeout` never does this (the sync could outlast its timeout).
     pub fn wait(&self) -> Result<Seq> {
         let done = self.completion.wait(self.pos, None);
         self.completion.outcome(self.pos, done, self.flush)

@@ -5,6 +5,14 @@
 //! to the syncer ([`Flusher::send`]), or completes it itself when nothing else is in flight.
 //! After `close` it drains the ring, and gives up on a producer stalled between claim and
 //! publish after [`CLOSE_STALL_MAX`].
+//!
+//! The flusher's state is a [`Desk`] behind a mutex (`Inner::desk`): whoever holds it is
+//! the flusher. Usually that is the thread ([`run`]), which gives the desk up only while it
+//! waits for records. A producer that waits for its own request while nothing is in flight
+//! takes the desk and writes that window itself ([`help`]), as the leader of a group commit
+//! does: one writer with one request outstanding then pays no thread hand-off at all, and
+//! while producers do that the thread sleeps without being woken by every publish
+//! (`Inner::flusher_lazy`, [`lazy_park`]).
 
 use super::failed;
 use super::syncer::complete_jobs;
@@ -28,6 +36,7 @@ use crate::ring::Consumer;
 use crate::stats::{record, Counters};
 use crate::ticket::GetSlot;
 use crossbeam::channel::{Receiver, Sender};
+use parking_lot::MutexGuard;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -107,6 +116,9 @@ pub(super) struct Flusher {
     in_flight_keys: InFlightKeys,
     /// The segment the last frame handed on went into (its first batch's sequence).
     segment: u64,
+    /// The last job handed on was completed at once, by whoever holds the desk (nothing else
+    /// was in flight and nothing was published behind it): see `run`.
+    completed_inline: bool,
 }
 
 /// One cut window's numbers.
@@ -129,6 +141,259 @@ struct Window {
 pub(super) fn spare(mut job: Job) -> Job {
     job.frame = None;
     job
+}
+
+/// The flusher's desk: its state, the ring's consumer and the position it reads from.
+/// Whoever holds the lock (`Inner::desk`) is the flusher: its thread, or a producer that
+/// waits for its own request while nothing is in flight and writes that window itself
+/// ([`help`]), as the leader of a group commit does. The desk moves between threads only
+/// through the mutex, so the ring keeps one consumer at a time.
+pub(crate) struct Desk {
+    flusher: Flusher,
+    consumer: Consumer,
+    pos: u64,
+}
+
+/// What the flusher's thread does after a step at the desk.
+enum Step {
+    /// It cut and handed on a window (or wrote a compaction batch): look again at once.
+    Worked,
+    /// Nothing is published at the desk's position: wait (until the deadline, if any).
+    Idle(Option<Instant>),
+    /// The ring is closed and drained (or given up on): stop.
+    Stop,
+}
+
+impl Desk {
+    pub(super) fn new(flusher: Flusher, consumer: Consumer) -> Desk {
+        let pos = consumer.ring().head();
+        Desk {
+            flusher,
+            consumer,
+            pos,
+        }
+    }
+
+    /// One turn of the flusher's loop: a compaction batch if one is offered, then the next
+    /// window if a record is published.
+    fn step(&mut self, stalled: &mut Option<(u64, Instant)>) -> Step {
+        let Desk {
+            flusher,
+            consumer,
+            pos,
+        } = self;
+        if flusher.inner.compact_slot.pending() {
+            flusher.compact_step();
+        }
+        // A refusing visitor consumes no record: this probes for a published one (and
+        // steps over padding, which needs no processing).
+        let mut published = false;
+        *pos = consumer.read(*pos, |_, _| {
+            published = true;
+            false
+        });
+        if published {
+            *pos = flusher.window(consumer, *pos, false);
+            return Step::Worked;
+        }
+        // Padding stepped over completes nothing, but the watermark and the head move past
+        // it, in order, through the syncer.
+        if *pos > flusher.in_flight {
+            let job = Flusher::job(&flusher.spare, *pos);
+            flusher.send(job);
+            consumer.release(*pos);
+        }
+        let ring = consumer.ring();
+        if ring.is_closed() && ring.tail() <= *pos {
+            return Step::Stop;
+        }
+        if ring.is_closed() {
+            // A claim at `pos` is not published yet: wait for it, but not forever.
+            let since = match *stalled {
+                Some((at, since)) if at == *pos => since,
+                _ => stalled.insert((*pos, Instant::now())).1,
+            };
+            if since.elapsed() >= CLOSE_STALL_MAX {
+                flusher.give_up(*pos, since.elapsed());
+                return Step::Stop;
+            }
+        }
+        let deadline = ring
+            .is_closed()
+            .then(|| Instant::now() + Duration::from_micros(50));
+        // Nothing to do: catch the index up first (see `Index::defer`).
+        flusher.inner.index.try_apply_queued();
+        Step::Idle(deadline)
+    }
+
+    /// A waiting producer's turn at the desk (see [`help`]): if nothing is in flight, cuts
+    /// the window of what is published now (no waiting: the producer is the one waiting)
+    /// and hands it on, which completes it at once if nothing was published behind it.
+    /// True if it wrote a window.
+    fn help(&mut self) -> bool {
+        let f = &self.flusher;
+        let inner = &*f.inner;
+        let in_flight = inner.queued.load(Ordering::SeqCst) != 0
+            || inner.completion.durable() < f.in_flight
+            || inner.live.durable_seq.load(Ordering::Acquire) + 1 < f.log.next_seq();
+        if in_flight
+            || inner.compact_slot.pending()
+            || inner.completion.failure().is_some()
+            || inner.ring.is_closed()
+        {
+            return false;
+        }
+        let mut published = false;
+        self.pos = self.consumer.read(self.pos, |_, _| {
+            published = true;
+            false
+        });
+        if !published {
+            return false;
+        }
+        self.pos = self.flusher.window(&mut self.consumer, self.pos, true);
+        true
+    }
+}
+
+/// How long the flusher's thread sleeps, while producers write their own windows
+/// (`Inner::flusher_lazy`), before it looks at the ring itself: the longest a request
+/// that nobody waits for stays unread then (a waiter, a future's poll, `flush` and `close`
+/// wake it at once). The same bound as a window's age (`Config::window_age_max`' default).
+const LAZY_PARK: Duration = Duration::from_millis(1);
+
+/// The flusher's thread: steps at the desk while there is work; when there is none it
+/// gives the desk up and sleeps until a record is claimed (or, while producers write their
+/// own windows, see [`help`], for at most [`LAZY_PARK`] unless woken).
+pub(super) fn run(inner: Arc<Inner>) {
+    let _ = inner.flusher_thread.set(std::thread::current());
+    let ring = inner.ring.clone();
+    // After `close`: the unpublished claim the flusher is waiting at, and since when.
+    let mut stalled: Option<(u64, Instant)> = None;
+    let mut guard = inner.desk.lock();
+    loop {
+        let Some(desk) = guard.as_mut() else {
+            return;
+        };
+        let deadline = match desk.step(&mut stalled) {
+            Step::Worked => {
+                let lone = std::mem::take(&mut desk.flusher.completed_inline);
+                if lone && inner.flusher_lazy.load(Ordering::SeqCst) {
+                    // We were woken to write a lone request's window while producers write
+                    // their own: give the desk back at once, before its producer submits
+                    // again (or it would find the desk taken and we would write every
+                    // window from then on, with both hand-offs).
+                    drop(guard);
+                    guard = lazy_park(&inner, None);
+                } else {
+                    inner.flusher_lazy.store(false, Ordering::SeqCst);
+                }
+                continue;
+            }
+            Step::Stop => break,
+            Step::Idle(deadline) => deadline,
+        };
+        let pos = desk.pos;
+        if deadline.is_some() || ring.tail() > pos {
+            // Closing, or a record is claimed and about to be published: wait at the desk.
+            desk.consumer.wait(pos, deadline);
+            continue;
+        }
+        drop(guard);
+        guard = if inner.flusher_lazy.load(Ordering::SeqCst) {
+            lazy_park(&inner, Some(pos))
+        } else {
+            ring.wait_for_claim(pos);
+            inner.desk.lock()
+        };
+    }
+    let desk = guard.take();
+    drop(guard);
+    // A compaction waiting for us gets `Closed`; none is taken after this.
+    inner.compact_slot.close();
+    if let Some(desk) = desk {
+        *inner.end_mark.lock() = Some(desk.flusher.log.end_mark());
+    }
+    // Dropping the desk closes the channel: the syncers complete what they hold and exit.
+}
+
+/// The flusher's sleep while producers write their own windows (`Inner::flusher_lazy`):
+/// a producer's publish does not wake it, a producer that does not write its own request's
+/// window does (`poke_if_lazy`), and so do `flush`, `close` and a compaction. With `seen`,
+/// the desk's position when the flusher left it, it does not sleep if a record was claimed
+/// since: a SeqCst flag (set before) and then `tail` here, against a producer's claim and
+/// then the flag, so either we see its claim or it sees the flag and pokes us. Every
+/// [`LAZY_PARK`] it looks at whether producers still write windows; if none did, it clears
+/// the flag and takes the desk. Returns holding the desk.
+fn lazy_park(inner: &Inner, mut seen: Option<u64>) -> MutexGuard<'_, Option<Desk>> {
+    loop {
+        let helped = inner.counters.windows_by_waiters.load(Ordering::Relaxed);
+        let parked = Instant::now();
+        if seen.is_none_or(|p| inner.ring.tail() <= p) {
+            std::thread::park_timeout(LAZY_PARK);
+        }
+        if parked.elapsed() < LAZY_PARK {
+            // Woken (or a claim seen): take the desk.
+            return inner.desk.lock();
+        }
+        if inner.counters.windows_by_waiters.load(Ordering::Relaxed) == helped {
+            // Nobody wrote a window meanwhile: look at the ring, and wait for it again.
+            inner.flusher_lazy.store(false, Ordering::SeqCst);
+            return inner.desk.lock();
+        }
+        // Producers write their windows: sleep on, without taking the desk from them (a
+        // record none of them wrote is read by the next producer's window, or we are woken
+        // for it).
+        seen = None;
+    }
+}
+
+/// Called by a producer waiting for its request at `pos` (`Completion::wait`, before it
+/// parks): if the flusher's desk is free and nothing is in flight, the producer cuts and
+/// writes the window itself, and completes it if nothing was published behind it. That
+/// saves the two thread hand-offs of a lone request (to the flusher and back), most of its
+/// latency besides the sync, and lets a lone writer run without the flusher's thread
+/// getting a core. Otherwise, it wakes the flusher if the flusher sleeps on the assumption
+/// that producers write their own windows.
+pub(crate) fn help(inner: &Inner, pos: u64) {
+    if let Some(mut guard) = inner.desk.try_lock() {
+        let Some(desk) = guard.as_mut() else {
+            return;
+        };
+        if pos <= desk.pos {
+            // Already in a window; whoever wrote it completes it.
+            return;
+        }
+        let wrote = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| desk.help())) {
+            Ok(wrote) => wrote,
+            Err(_) => {
+                // A bug: fail the engine as a panic of the flusher's thread does.
+                inner
+                    .completion
+                    .fail(Error::Failed(Arc::new(Error::Panicked {
+                        thread: "flusher",
+                    })));
+                inner.ring.close();
+                inner.throttle.wake_all();
+                false
+            }
+        };
+        if wrote {
+            Counters::add(&inner.counters.windows_by_waiters, 1);
+            inner.flusher_lazy.store(true, Ordering::SeqCst);
+        }
+    }
+    if inner.completion.status(pos).is_none() {
+        poke_if_lazy(inner);
+    }
+}
+
+/// Wakes the flusher's thread if it sleeps while producers write their own windows: a
+/// request that is not about to be written by its own producer needs it.
+pub(crate) fn poke_if_lazy(inner: &Inner) {
+    if inner.flusher_lazy.load(Ordering::SeqCst) {
+        inner.poke_flusher();
+    }
 }
 
 impl Flusher {
@@ -164,62 +429,8 @@ impl Flusher {
             in_flight_values: InFlightValues::default(),
             in_flight_keys: InFlightKeys::default(),
             segment,
+            completed_inline: false,
         }
-    }
-
-    pub(super) fn run(mut self, mut consumer: Consumer) {
-        let _ = self.inner.flusher_thread.set(std::thread::current());
-        let ring = consumer.ring().clone();
-        let mut pos = ring.head();
-        // After `close`: the unpublished claim the flusher is waiting at, and since when.
-        let mut stalled: Option<(u64, Instant)> = None;
-        loop {
-            if self.inner.compact_slot.pending() {
-                self.compact_step();
-            }
-            // A refusing visitor consumes no record: this probes for a published one (and
-            // steps over padding, which needs no processing).
-            let mut published = false;
-            pos = consumer.read(pos, |_, _| {
-                published = true;
-                false
-            });
-            if !published {
-                // Padding stepped over completes nothing, but the watermark and the head
-                // move past it, in order, through the syncer.
-                if pos > self.in_flight {
-                    let job = Self::job(&self.spare, pos);
-                    self.send(job);
-                    consumer.release(pos);
-                }
-                if ring.is_closed() && ring.tail() <= pos {
-                    break;
-                }
-                if ring.is_closed() {
-                    // A claim at `pos` is not published yet: wait for it, but not forever.
-                    let since = match stalled {
-                        Some((at, since)) if at == pos => since,
-                        _ => stalled.insert((pos, Instant::now())).1,
-                    };
-                    if since.elapsed() >= CLOSE_STALL_MAX {
-                        self.give_up(pos, since.elapsed());
-                        break;
-                    }
-                }
-                let deadline = ring
-                    .is_closed()
-                    .then(|| Instant::now() + Duration::from_micros(50));
-                // Nothing to do: catch the index up first (see `Index::defer`).
-                self.inner.index.try_apply_queued();
-                consumer.wait(pos, deadline);
-                continue;
-            }
-            pos = self.window(&mut consumer, pos);
-        }
-        // A compaction waiting for us gets `Closed`; none is taken after this.
-        self.inner.compact_slot.close();
-        *self.inner.end_mark.lock() = Some(self.log.end_mark());
-        // Dropping `self` closes the channel: the syncer completes what it holds and exits.
     }
 
     /// Ends a `close` that a producer stalled between claim and publish at ring position `pos`
@@ -270,6 +481,7 @@ impl Flusher {
         let syncing = frames_pending || self.inner.completion.durable() < self.in_flight;
         let idle = !syncing && self.inner.ring.tail() <= job.end;
         self.in_flight = job.end;
+        self.completed_inline = idle;
         if idle {
             if self.inner.completion.may_complete(job.end) {
                 if let Err(e) = complete_jobs(&self.inner, std::slice::from_ref(&job)) {
@@ -344,13 +556,13 @@ impl Flusher {
 
     /// Cuts one window starting at `start`, plans it, answers its gets, writes its frame and
     /// hands it to the syncer; returns its end.
-    fn window(&mut self, consumer_mut: &mut Consumer, start: u64) -> u64 {
+    fn window(&mut self, consumer_mut: &mut Consumer, start: u64, help: bool) -> u64 {
         let inner = self.inner.clone();
         let mut entries: Vec<Entry<'_>> = recycle(std::mem::take(&mut self.entries));
         self.stamps.clear();
         self.slots.clear();
         self.requests.clear();
-        let w = self.gather(&inner, consumer_mut, start, &mut entries);
+        let w = self.gather(&inner, consumer_mut, start, &mut entries, help);
 
         if inner.completion.failure().is_none() {
             if let Err(e) = self.commit(&mut entries, w.end, (w.merges, w.duplicate_ops)) {
@@ -369,13 +581,15 @@ impl Flusher {
 
     /// Reads the published records from `start` on into the window (`entries`, `stamps`,
     /// `slots`), one turn after another, until [`window::decide`] cuts it; between turns it
-    /// waits or naps as decided. Returns the cut window's numbers.
+    /// waits or naps as decided (with `help`, a producer's own window, after the first turn
+    /// at once). Returns the cut window's numbers.
     fn gather<'c>(
         &mut self,
         inner: &Inner,
         consumer: &'c Consumer,
         start: u64,
         entries: &mut Vec<Entry<'c>>,
+        help: bool,
     ) -> Window {
         let first_seen = Instant::now();
         let mut last_arrival = first_seen;
@@ -393,6 +607,11 @@ impl Flusher {
             turns += 1;
             let before = w.end;
             let refused = self.take_records(consumer, &policy, &mut w, entries);
+            if help {
+                // A producer writing its own window (see `help`) cuts what is published: it
+                // is the one waiting, and nothing wakes it but itself.
+                break;
+            }
             let now = Instant::now();
             if w.end > before {
                 last_arrival = now;

@@ -13,6 +13,8 @@
 //!    group: one sync for all their frames, then it completes them: publishes the frames,
 //!    queues the index updates, advances the durable watermark (`ticket::Completion`), which
 //!    wakes the tickets. When nothing else is in flight the flusher completes a job itself.
+//!    A producer that waits for its request while nothing is in flight does steps 2 and 3
+//!    itself, on its own thread, holding the flusher's state (`flusher::help`).
 //!    With `Config::syncers` > 1 several syncers take groups in turn and sync them at once;
 //!    the groups complete in turn order ([`handoff::SyncTurns`]).
 //!
@@ -44,7 +46,7 @@ pub(crate) mod window;
 
 #[cfg(not(loom))]
 use self::{
-    flusher::{Flusher, Job},
+    flusher::{Desk, Flusher, Job},
     handoff::SyncNap,
     syncer::{SyncClock, Syncer, Syncers},
 };
@@ -68,7 +70,7 @@ use parking_lot::{Mutex, RwLock};
 #[cfg(not(loom))]
 use std::{
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, AtomicUsize},
+    sync::atomic::{AtomicBool, AtomicU64, AtomicUsize},
     sync::{Arc, OnceLock},
     thread::JoinHandle,
 };
@@ -115,6 +117,15 @@ pub(crate) struct Inner {
     pub(crate) queued: AtomicUsize,
     /// The flusher's thread, set when it starts: woken by [`Inner::poke_flusher`].
     pub(crate) flusher_thread: OnceLock<std::thread::Thread>,
+    /// The flusher's state, held by whoever is the flusher: its thread, or a producer that
+    /// writes its own window while nothing is in flight (`flusher::help`). `None` once the
+    /// flusher's thread has stopped (it takes the desk out, which closes the channel to the
+    /// syncers and drops the flusher's `Arc<Inner>`).
+    pub(crate) desk: Mutex<Option<Desk>>,
+    /// Set while producers write their own windows: the flusher's thread then sleeps without
+    /// being woken by every publish, and a producer that does not write its request's
+    /// window wakes it (`flusher::poke_if_lazy`).
+    pub(crate) flusher_lazy: AtomicBool,
     /// Announced while an adaptive window naps until the sync in flight completes (see
     /// [`window::MERGE_BELOW`]): the completion then pokes the flusher.
     pub(crate) sync_nap: SyncNap,
@@ -225,6 +236,8 @@ pub(crate) fn start(
         throttle,
         queued: AtomicUsize::new(0),
         flusher_thread: OnceLock::new(),
+        desk: Mutex::new(None),
+        flusher_lazy: AtomicBool::new(false),
         sync_nap: SyncNap::new(),
         sync_clock: Mutex::new(SyncClock::default()),
         syncers: Syncers::new(match config.durability {
@@ -283,12 +296,24 @@ pub(crate) fn start_pipeline(
         }
     }
     drop(jobs);
-    // If the flusher's thread cannot start, the closure below (with the channel's sender and
-    // the syncers' handles) is dropped unrun: these wake the syncers to see the channel
-    // closed and end, instead of staying parked.
+    // If the flusher's thread cannot start, the closure below (with the syncers' handles) is
+    // dropped unrun, and the desk (with the channel's sender) is dropped below: these wake
+    // the syncers to see the channel closed and end, instead of staying parked.
     let syncer_threads: Vec<std::thread::Thread> =
         syncers.iter().map(|h| h.thread().clone()).collect();
-    let flusher = Flusher::new(inner, log, to_syncer, spare, give_back);
+    let flusher = Flusher::new(inner.clone(), log, to_syncer, spare, give_back);
+    *inner.desk.lock() = Some(Desk::new(flusher, consumer));
+    let weak = Arc::downgrade(&inner);
+    let _ = inner.completion.helper.set(Box::new(move |pos, write| {
+        if let Some(inner) = weak.upgrade() {
+            if write {
+                flusher::help(&inner, pos);
+            } else {
+                flusher::poke_if_lazy(&inner);
+            }
+        }
+    }));
+    let thread_inner = inner.clone();
     let spawned = std::thread::Builder::new()
         .name("mergelog-flusher".into())
         .spawn(move || {
@@ -297,8 +322,11 @@ pub(crate) fn start_pipeline(
             // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack; no memory is
             // passed to the kernel.
             unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
-            let inner = flusher.inner.clone();
-            guard_thread(&inner, "flusher", || flusher.run(consumer));
+            let inner = thread_inner;
+            guard_thread(&inner, "flusher", || flusher::run(inner.clone()));
+            // After a panic the desk is still there: dropping it closes the channel to the
+            // syncers (and drops the flusher's `Arc<Inner>`).
+            drop(inner.desk.lock().take());
             // The flusher is gone and with it the channel's sender: wake the syncers to
             // complete what they hold and see that.
             for syncer in &syncers {
@@ -314,6 +342,8 @@ pub(crate) fn start_pipeline(
             inner.throttle.wake_all();
         });
     if spawned.is_err() {
+        // The desk holds the channel's sender (and an `Arc<Inner>`): drop it.
+        drop(inner.desk.lock().take());
         for t in syncer_threads {
             t.unpark();
         }

@@ -2,7 +2,8 @@
 //! complete their tickets. A syncer takes every job waiting as one group
 //! ([`Syncer::next_group`]), syncs the group's frames at once, publishes them, queues their
 //! index updates, advances the durable watermark and wakes the waiters ([`complete_jobs`]).
-//! The flusher calls [`complete_jobs`] itself for a job sent while nothing else is in flight.
+//! Whoever holds the flusher's desk (its thread, or a producer writing its own window) calls
+//! [`complete_jobs`] itself for a job sent while nothing else is in flight.
 //!
 //! With `Config::syncers` = N > 1 there are N syncers, and up to N syncs in flight: each
 //! takes the next contiguous run of jobs under one lock and gets a turn

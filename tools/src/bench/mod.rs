@@ -1096,6 +1096,7 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
         duplicates,
         merges,
         merges_refused,
+        windows_by_waiters,
         segments,
         compaction,
         stages,
@@ -1118,6 +1119,7 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
     into.duplicates += duplicates;
     into.merges += merges;
     into.merges_refused += merges_refused;
+    into.windows_by_waiters += windows_by_waiters;
     into.sync_time.busy_ns += sync_time.busy_ns;
     into.sync_time.frame_ready_ns += sync_time.frame_ready_ns;
     into.sync_time.nothing_ready_ns += sync_time.nothing_ready_ns;

@@ -159,3 +159,85 @@ fn waiters_non_waiters_and_futures_mixed_all_complete() {
         }
     }
 }
+
+/// Fails the `fail_at`-th sync of a log segment with EIO, and records which thread issued it.
+struct FailOneSync {
+    fail_at: u64,
+    syncs: Mutex<(u64, Option<String>)>,
+}
+
+impl Io for FailOneSync {
+    fn before(&self, op: IoOp, path: &Path, _: u64, _: &[u8]) -> std::io::Result<()> {
+        if op == IoOp::Sync && path.extension().is_some_and(|e| e == "seg") {
+            let mut s = self.syncs.lock();
+            s.0 += 1;
+            if s.0 == self.fail_at {
+                s.1 = std::thread::current().name().map(str::to_owned);
+                return Err(std::io::Error::from_raw_os_error(libc::EIO));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A waiter whose own sync fails (it wrote the window itself) gets the I/O error; the engine
+/// has failed: nothing after is accepted, and every write acknowledged before is there after
+/// reopening.
+#[test]
+fn a_waiter_whose_own_sync_fails_gets_the_error_and_the_engine_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Arc::new(FailOneSync {
+        fail_at: 40,
+        syncs: Mutex::new((0, None)),
+    });
+    let engine = Engine::open_with_io(dir.path(), Config::default(), hook.clone()).expect("open");
+    let engine = Arc::new(engine);
+    let e = engine.clone();
+    let writer = std::thread::Builder::new()
+        .name("lone-writer".into())
+        .spawn(move || {
+            let mut acked = Vec::new();
+            for i in 0..1000u32 {
+                let Ok(t) = e.put(&i.to_be_bytes(), b"value") else {
+                    return (acked, i, None);
+                };
+                match t.wait() {
+                    Ok(_) => acked.push(i),
+                    Err(err) => return (acked, i, Some(err)),
+                }
+            }
+            (acked, 1000, None)
+        })
+        .unwrap();
+    let (acked, failed_at, err) = within("the lone writer", move || writer.join().expect("writer"));
+    let err = err.unwrap_or_else(|| panic!("no put failed (stopped at {failed_at})"));
+    assert!(
+        matches!(
+            err,
+            mergelog::Error::Io {
+                op: "sync segment",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let issued_by = hook.syncs.lock().1.clone();
+    if engine.stats().windows_by_waiters > 0 {
+        // The usual case: the failing sync was the waiter's own.
+        assert_eq!(issued_by.as_deref(), Some("lone-writer"));
+    }
+    assert!(engine.failure().is_some(), "the engine has failed");
+    assert!(
+        engine.put(b"later", b"v").is_err(),
+        "a put after the failure"
+    );
+    drop(engine);
+    let engine = Engine::open(dir.path(), Config::default()).expect("reopen");
+    for i in acked {
+        assert_eq!(
+            engine.read_to_vec(&i.to_be_bytes()).unwrap().as_deref(),
+            Some(&b"value"[..]),
+            "acknowledged key {i}"
+        );
+    }
+}

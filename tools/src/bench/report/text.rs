@@ -565,6 +565,12 @@ fn engine_counters(s: &Stats) -> String {
             s.bytes_written,
             per(s.bytes_written, s.records_written).map(|x| format!("{x:.1} per record")),
         ),
+        counter(
+            "windows_by_waiters",
+            s.windows_by_waiters,
+            per(s.windows_by_waiters * 100, s.batches)
+                .map(|p| format!("{p:.1} % of batches: written by the producer waiting for them")),
+        ),
         counter("backlog_bytes", s.backlog_bytes, None),
     ];
     let mut out = String::from("\nengine counters\n");

@@ -29,6 +29,23 @@ impl Io for SyncThreads {
     }
 }
 
+/// The name of the thread [`on_lone_writer`] runs its body on.
+const WRITER: &str = "lone-writer";
+
+/// Runs `body` with the engine on a thread named [`WRITER`] (so that an I/O hook can tell its
+/// syncs), failing the test if it hangs.
+fn on_lone_writer<T: Send + 'static>(
+    engine: &Arc<Engine>,
+    body: impl FnOnce(&Engine) -> T + Send + 'static,
+) -> T {
+    let e = engine.clone();
+    let writer = std::thread::Builder::new()
+        .name(WRITER.into())
+        .spawn(move || body(&e))
+        .unwrap();
+    within("the lone writer", move || writer.join().expect("writer"))
+}
+
 /// One producer with one request outstanding: its windows are written and synced on its
 /// own thread (each one it wrote is counted in `Stats::windows_by_waiters` and synced
 /// there once), not handed to the flusher and back.
@@ -38,21 +55,16 @@ fn a_lone_waiter_writes_and_syncs_its_own_window() {
     let hook = Arc::new(SyncThreads::default());
     let engine = Engine::open_with_io(dir.path(), Config::default(), hook.clone()).expect("open");
     let engine = Arc::new(engine);
-    let e = engine.clone();
-    let writer = std::thread::Builder::new()
-        .name("lone-writer".into())
-        .spawn(move || {
-            for i in 0..300u32 {
-                e.put(&i.to_be_bytes(), b"value")
-                    .expect("put")
-                    .wait()
-                    .expect("durable");
-            }
-        })
-        .unwrap();
-    within("the lone writer", move || writer.join().expect("writer"));
+    on_lone_writer(&engine, |e| {
+        for i in 0..300u32 {
+            e.put(&i.to_be_bytes(), b"value")
+                .expect("put")
+                .wait()
+                .expect("durable");
+        }
+    });
     let helped = engine.stats().windows_by_waiters;
-    let on_writer = hook.0.lock().get("lone-writer").copied().unwrap_or(0);
+    let on_writer = hook.0.lock().get(WRITER).copied().unwrap_or(0);
     assert!(helped > 0, "no window was written by its waiting producer");
     assert_eq!(
         on_writer,
@@ -192,24 +204,19 @@ fn a_waiter_whose_own_sync_fails_gets_the_error_and_the_engine_fails() {
     });
     let engine = Engine::open_with_io(dir.path(), Config::default(), hook.clone()).expect("open");
     let engine = Arc::new(engine);
-    let e = engine.clone();
-    let writer = std::thread::Builder::new()
-        .name("lone-writer".into())
-        .spawn(move || {
-            let mut acked = Vec::new();
-            for i in 0..1000u32 {
-                let Ok(t) = e.put(&i.to_be_bytes(), b"value") else {
-                    return (acked, i, None);
-                };
-                match t.wait() {
-                    Ok(_) => acked.push(i),
-                    Err(err) => return (acked, i, Some(err)),
-                }
+    let (acked, failed_at, err) = on_lone_writer(&engine, |e| {
+        let mut acked = Vec::new();
+        for i in 0..1000u32 {
+            let Ok(t) = e.put(&i.to_be_bytes(), b"value") else {
+                return (acked, i, None);
+            };
+            match t.wait() {
+                Ok(_) => acked.push(i),
+                Err(err) => return (acked, i, Some(err)),
             }
-            (acked, 1000, None)
-        })
-        .unwrap();
-    let (acked, failed_at, err) = within("the lone writer", move || writer.join().expect("writer"));
+        }
+        (acked, 1000, None)
+    });
     let err = err.unwrap_or_else(|| panic!("no put failed (stopped at {failed_at})"));
     assert!(
         matches!(
@@ -224,7 +231,7 @@ fn a_waiter_whose_own_sync_fails_gets_the_error_and_the_engine_fails() {
     let issued_by = hook.syncs.lock().1.clone();
     if engine.stats().windows_by_waiters > 0 {
         // The usual case: the failing sync was the waiter's own.
-        assert_eq!(issued_by.as_deref(), Some("lone-writer"));
+        assert_eq!(issued_by.as_deref(), Some(WRITER));
     }
     assert!(engine.failure().is_some(), "the engine has failed");
     assert!(

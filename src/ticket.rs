@@ -551,8 +551,8 @@ impl Ticket {
     /// (more than 65,536 windows later) may get [`Error::SeqUnknown`] instead: the request
     /// is durable, its batch no longer remembered.
     ///
-    /// If nothing else is being written or synced, the calling thread writes and syncs the
-    /// request's window itself instead of handing it to the engine's thread and being woken
+    /// If nothing else is being written or synced and the last window came from one
+    /// producer, the calling thread writes and syncs the request's window itself instead of handing it to the engine's thread and being woken
     /// (a group commit's leader): a lone writer then pays no thread hand-off. So a merge
     /// operator may run on the caller's thread, and the call takes as long as that sync.
     /// `wait_timeout` never does this (the sync could outlast its timeout).

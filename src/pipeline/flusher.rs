@@ -9,8 +9,8 @@
 //! The flusher's state is a [`Desk`] behind a mutex (`Inner::desk`): whoever holds it is
 //! the flusher. Usually that is the thread ([`run`]), which gives the desk up only while it
 //! waits for records. A producer that waits for its own request while nothing is in flight
-//! takes the desk and writes that window itself ([`help`]), as the leader of a group commit
-//! does: one writer with one request outstanding then pays no thread hand-off at all, and
+//! (after a window of one producer) takes the desk and writes that window itself ([`help`]),
+//! as the leader of a group commit does: one writer with one request outstanding then pays no thread hand-off at all, and
 //! while producers do that the thread sleeps without being woken by every publish
 //! (`Inner::flusher_lazy`, [`lazy_park`]).
 

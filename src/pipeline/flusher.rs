@@ -250,7 +250,9 @@ impl Desk {
             // 13 %).
             return Helped::Crowd;
         }
+        // `queued`, then `completing`: see `Inner::completing`.
         let in_flight = inner.queued.load(Ordering::SeqCst) != 0
+            || inner.completing.load(Ordering::SeqCst) != 0
             || inner.completion.durable() < f.in_flight
             || inner.live.durable_seq.load(Ordering::Acquire) + 1 < f.log.next_seq();
         if in_flight
@@ -508,7 +510,14 @@ impl Flusher {
         // does not say whether it is durable: the batch sequence does.
         let before = job.frame.as_ref().map_or(self.log.next_seq(), |f| f.seq);
         let frames_pending = self.inner.live.durable_seq.load(Ordering::Acquire) + 1 < before;
-        let syncing = frames_pending || self.inner.completion.durable() < self.in_flight;
+        // A syncer may still be completing a group whose durable sequence it announced (one
+        // that ends in a compaction batch does not move the watermark): completing this job
+        // now would run two completions at once, this one first. `queued`, then
+        // `completing` (see `Inner::completing`).
+        let completing = self.inner.queued.load(Ordering::SeqCst) != 0
+            || self.inner.completing.load(Ordering::SeqCst) != 0;
+        let syncing =
+            frames_pending || completing || self.inner.completion.durable() < self.in_flight;
         let idle = !syncing && self.inner.ring.tail() <= job.end;
         self.in_flight = job.end;
         self.completed_inline = idle;

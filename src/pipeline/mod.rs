@@ -115,6 +115,12 @@ pub(crate) struct Inner {
     pub(crate) throttle: Arc<Throttle>,
     /// Jobs handed to the syncer and not yet taken by it.
     pub(crate) queued: AtomicUsize,
+    /// Groups a syncer took whose completion has not ended: raised before `queued` drops,
+    /// lowered after the group's watermark advance, so that whoever reads `queued` and then
+    /// this, both zero, knows no completion runs or is to come (`Flusher::send`'s idle check,
+    /// `flusher::help`). A group that ends in a compaction batch moves the durable sequence
+    /// but not the watermark (its end is the window's before it), so neither shows it.
+    pub(crate) completing: AtomicUsize,
     /// The flusher's thread, set when it starts: woken by [`Inner::poke_flusher`].
     pub(crate) flusher_thread: OnceLock<std::thread::Thread>,
     /// The flusher's state, held by whoever is the flusher: its thread, or a producer that
@@ -235,6 +241,7 @@ pub(crate) fn start(
         live,
         throttle,
         queued: AtomicUsize::new(0),
+        completing: AtomicUsize::new(0),
         flusher_thread: OnceLock::new(),
         desk: Mutex::new(None),
         flusher_lazy: AtomicBool::new(false),

@@ -226,6 +226,7 @@ impl Syncer {
                     self.inner.throttle.wake_all();
                 }
             }
+            completed(&self.inner);
             for job in self.group.drain(..) {
                 let _ = self.give_back.try_send(spare(job));
             }
@@ -264,11 +265,18 @@ impl Syncer {
     /// A group was taken: the log has room again, and an adaptive window waiting for that
     /// may be cut now.
     fn taken(&self) {
+        // Before `queued` drops (see `Inner::completing`); `completed` lowers it.
+        self.inner.completing.fetch_add(1, Ordering::SeqCst);
         self.inner
             .queued
             .fetch_sub(self.group.len(), Ordering::SeqCst);
         self.inner.poke_flusher();
     }
+}
+
+/// A taken group's completion has ended (whatever its outcome): see `Inner::completing`.
+fn completed(inner: &Inner) {
+    inner.completing.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// Syncs the frames of `group` (one of several syncers' groups), which started at `t0`,
@@ -315,6 +323,7 @@ fn complete_in_turn(inner: &Inner, give_back: &Sender<Job>, (mut group, n, synce
             }
         }
     }
+    completed(inner);
     for job in group.drain(..) {
         let _ = give_back.try_send(spare(job));
     }

@@ -194,9 +194,25 @@ impl Io for FailOneSync {
 
 /// A waiter whose own sync fails (it wrote the window itself) gets the I/O error; the engine
 /// has failed: nothing after is accepted, and every write acknowledged before is there after
-/// reopening.
+/// reopening. Which thread issues the failing sync is up to the scheduler (under CPU
+/// pressure the flusher's thread sometimes writes a window), so the scenario runs until the
+/// failing sync was the waiter's own, checking the outcome every time.
 #[test]
 fn a_waiter_whose_own_sync_fails_gets_the_error_and_the_engine_fails() {
+    let attempts = 10;
+    let own = (0..attempts).any(|_| {
+        let issued_by = lone_writer_until_a_sync_fails();
+        issued_by.as_deref() == Some(WRITER)
+    });
+    assert!(
+        own,
+        "in {attempts} attempts the failing sync was never the waiter's own"
+    );
+}
+
+/// One lone writer until its 40th sync fails: checks what the writer and the engine report
+/// and what survives a reopen; returns the name of the thread that issued the failing sync.
+fn lone_writer_until_a_sync_fails() -> Option<String> {
     let dir = tempfile::tempdir().unwrap();
     let hook = Arc::new(FailOneSync {
         fail_at: 40,
@@ -228,11 +244,6 @@ fn a_waiter_whose_own_sync_fails_gets_the_error_and_the_engine_fails() {
         ),
         "{err:?}"
     );
-    let issued_by = hook.syncs.lock().1.clone();
-    if engine.stats().windows_by_waiters > 0 {
-        // The usual case: the failing sync was the waiter's own.
-        assert_eq!(issued_by.as_deref(), Some(WRITER));
-    }
     assert!(engine.failure().is_some(), "the engine has failed");
     assert!(
         engine.put(b"later", b"v").is_err(),
@@ -247,4 +258,6 @@ fn a_waiter_whose_own_sync_fails_gets_the_error_and_the_engine_fails() {
             "acknowledged key {i}"
         );
     }
+    let issued_by = hook.syncs.lock().1.clone();
+    issued_by
 }

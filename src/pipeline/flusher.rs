@@ -10,14 +10,14 @@
 //! the flusher. Usually that is the thread ([`run`]), which gives the desk up only while it
 //! waits for records. A producer that waits for its own request while nothing is in flight
 //! (after a window of one producer) takes the desk and writes that window itself ([`help`]),
-//! as the leader of a group commit does: one writer with one request outstanding then pays no thread hand-off at all, and
-//! while producers do that the thread sleeps without being woken by every publish
-//! (`Inner::flusher_lazy`, [`lazy_park`]).
+//! as the leader of a group commit does: one writer with one request outstanding then pays
+//! no thread hand-off at all, and while producers do that the thread sleeps without being
+//! woken by every publish (`Inner::flusher_lazy`, [`lazy_park`]).
 
-use super::failed;
 use super::syncer::complete_jobs;
 use super::window::{self, Decision};
 use super::Inner;
+use super::{failed, guard_thread};
 use crate::coalesce::{Coalescer, Entry, GetAnswer, Op, Plan};
 use crate::compact::{Chunk, Copied, InFlightKeys};
 use crate::config::Durability;
@@ -196,14 +196,7 @@ impl Desk {
         if flusher.inner.compact_slot.pending() {
             flusher.compact_step();
         }
-        // A refusing visitor consumes no record: this probes for a published one (and
-        // steps over padding, which needs no processing).
-        let mut published = false;
-        *pos = consumer.read(*pos, |_, _| {
-            published = true;
-            false
-        });
-        if published {
+        if probe(consumer, pos) {
             *pos = flusher.window(consumer, *pos, false);
             return Step::Worked;
         }
@@ -250,29 +243,30 @@ impl Desk {
             // 13 %).
             return Helped::Crowd;
         }
-        // `queued`, then `completing`: see `Inner::completing`.
-        let in_flight = inner.queued.load(Ordering::SeqCst) != 0
-            || inner.completing.load(Ordering::SeqCst) != 0
-            || inner.completion.durable() < f.in_flight
-            || inner.live.durable_seq.load(Ordering::Acquire) + 1 < f.log.next_seq();
-        if in_flight
+        if f.in_flight(f.log.next_seq())
             || inner.compact_slot.pending()
             || inner.completion.failure().is_some()
             || inner.ring.is_closed()
         {
             return Helped::NotNow;
         }
-        let mut published = false;
-        self.pos = self.consumer.read(self.pos, |_, _| {
-            published = true;
-            false
-        });
-        if !published {
+        if !probe(&self.consumer, &mut self.pos) {
             return Helped::NotNow;
         }
         self.pos = self.flusher.window(&mut self.consumer, self.pos, true);
         Helped::Wrote
     }
+}
+
+/// Whether a record is published at `pos`, which moves past any padding before it: a
+/// refusing visitor consumes no record (padding needs no processing).
+fn probe(consumer: &Consumer, pos: &mut u64) -> bool {
+    let mut published = false;
+    *pos = consumer.read(*pos, |_, _| {
+        published = true;
+        false
+    });
+    published
 }
 
 /// How long the flusher's thread sleeps, while producers write their own windows
@@ -370,10 +364,9 @@ fn lazy_park(inner: &Inner, mut seen: Option<u64>) -> MutexGuard<'_, Option<Desk
 /// Called by a producer waiting for its request at `pos` (`Completion::wait`, before it
 /// parks): if the flusher's desk is free, nothing is in flight and the last window had one
 /// producer, the producer cuts and writes the window itself, and completes it if nothing was
-/// published behind it. That
-/// saves the two thread hand-offs of a lone request (to the flusher and back), most of its
-/// latency besides the sync, and lets a lone writer run without the flusher's thread
-/// getting a core. Otherwise, it wakes the flusher if the flusher sleeps on the assumption
+/// published behind it. That saves the two thread hand-offs of a lone request (to the
+/// flusher and back), most of its latency besides the sync, and lets a lone writer run
+/// without the flusher's thread getting a core. Otherwise, it wakes the flusher if the flusher sleeps on the assumption
 /// that producers write their own windows.
 pub(crate) fn help(inner: &Inner, pos: u64) {
     if let Some(mut guard) = inner.desk.try_lock() {
@@ -384,20 +377,8 @@ pub(crate) fn help(inner: &Inner, pos: u64) {
             // Already in a window; whoever wrote it completes it.
             return;
         }
-        let helped = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| desk.help())) {
-            Ok(helped) => helped,
-            Err(_) => {
-                // A bug: fail the engine as a panic of the flusher's thread does.
-                inner
-                    .completion
-                    .fail(Error::Failed(Arc::new(Error::Panicked {
-                        thread: "flusher",
-                    })));
-                inner.ring.close();
-                inner.throttle.wake_all();
-                Helped::NotNow
-            }
-        };
+        // A panic (a bug) fails the engine as one on the flusher's thread does.
+        let helped = guard_thread(inner, "flusher", || desk.help()).unwrap_or(Helped::NotNow);
         match helped {
             Helped::Wrote => {
                 Counters::add(&inner.counters.windows_by_waiters, 1);
@@ -491,6 +472,21 @@ impl Flusher {
         job
     }
 
+    /// Whether anything handed on before batch `before` is not complete: a job queued for
+    /// or taken by a syncer whose completion has not ended (`queued`, then `completing`: see
+    /// `Inner::completing`; a syncer may have announced a group's durable sequence and not yet
+    /// finished it, and one that ends in a compaction batch does not move the watermark), a
+    /// window the watermark has not passed, or a frame before `before` not durable (a
+    /// compaction batch ends where the window before it did, so only its sequence tells).
+    /// Only with none may a job complete inline: two completions must never run at once.
+    fn in_flight(&self, before: u64) -> bool {
+        let inner = &self.inner;
+        inner.queued.load(Ordering::SeqCst) != 0
+            || inner.completing.load(Ordering::SeqCst) != 0
+            || inner.completion.durable() < self.in_flight
+            || inner.live.durable_seq.load(Ordering::Acquire) + 1 < before
+    }
+
     /// Hands a written job on for completion. When nothing else is in flight (every job sent
     /// before is complete, so the syncer is idle) and no request waits behind this window
     /// (so there is no next window to overlap with), the flusher completes it itself: at low
@@ -506,18 +502,8 @@ impl Flusher {
                 self.inner.compact_slot.segment_completed();
             }
         }
-        // A compaction batch ends where the window before it did, so the watermark alone
-        // does not say whether it is durable: the batch sequence does.
         let before = job.frame.as_ref().map_or(self.log.next_seq(), |f| f.seq);
-        let frames_pending = self.inner.live.durable_seq.load(Ordering::Acquire) + 1 < before;
-        // A syncer may still be completing a group whose durable sequence it announced (one
-        // that ends in a compaction batch does not move the watermark): completing this job
-        // now would run two completions at once, this one first. `queued`, then
-        // `completing` (see `Inner::completing`).
-        let completing = self.inner.queued.load(Ordering::SeqCst) != 0
-            || self.inner.completing.load(Ordering::SeqCst) != 0;
-        let syncing =
-            frames_pending || completing || self.inner.completion.durable() < self.in_flight;
+        let syncing = self.in_flight(before);
         let idle = !syncing && self.inner.ring.tail() <= job.end;
         self.in_flight = job.end;
         self.completed_inline = idle;

@@ -286,9 +286,9 @@ pub(crate) fn start_pipeline(
             0 => "mergelog-syncer".to_owned(),
             i => format!("mergelog-syncer-{i}"),
         };
-        let spawned = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || guard_thread(&syncer_inner, "syncer", || syncer.run()));
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            guard_thread(&syncer_inner, "syncer", || syncer.run());
+        });
         match spawned {
             Ok(handle) => syncers.push(handle),
             Err(e) => {
@@ -361,15 +361,23 @@ pub(crate) fn start_pipeline(
 /// Runs a pipeline thread's body; if it panics (a bug), the engine fails instead of leaving
 /// tickets hanging: waiters get `Error::Failed` (its cause an `Error::Panicked` that names the
 /// thread), producers stop being accepted.
+/// Also guards a producer writing its own window (`flusher::help`): its result, or `None`
+/// after a panic.
 #[cfg(not(loom))]
-fn guard_thread(inner: &Inner, name: &'static str, body: impl FnOnce()) {
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_err() {
+pub(crate) fn guard_thread<T>(
+    inner: &Inner,
+    name: &'static str,
+    body: impl FnOnce() -> T,
+) -> Option<T> {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+    if result.is_err() {
         inner
             .completion
             .fail(Error::Failed(Arc::new(Error::Panicked { thread: name })));
         inner.ring.close();
         inner.throttle.wake_all();
     }
+    result.ok()
 }
 
 /// The sticky error every call reports after a failure: `Error::Failed` with the error that

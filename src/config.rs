@@ -124,15 +124,24 @@ pub struct Config {
     pub durability: Durability,
     /// How batch bytes reach the file.
     pub write_path: WritePath,
-    /// Syncer threads: how many syncs may be in flight at once (1 to 16;
-    /// default 1). A sync covers every frame written before it started, so with several the
-    /// next window's sync can start while the one before is still running; they still
-    /// complete in order, one contiguous durable watermark, and a failed one fails the engine
-    /// (each syncer syncs through a file description of its own, so that a writeback error
-    /// is reported to every one of them). Only large windows use it: a window of fewer than
-    /// 128 requests still waits over the sync in flight and goes out with the requests it
-    /// completes. Ignored with `Durability::NoSync`, which syncs nothing.
+    /// Syncer threads: how many syncs may be in flight at once (1 to 16; default 2, and
+    /// the second sync only while the disk is slow: `overlap_syncs_above`). A sync covers
+    /// every frame written before it started, so with several the next window's sync can
+    /// start while the one before is still running; they still complete in order, one
+    /// contiguous durable watermark, and a failed one fails the engine (each syncer syncs
+    /// through a file description of its own, so that a writeback error is reported to every
+    /// one of them). Only large windows use it: a window of fewer than 128 requests still
+    /// waits over the sync in flight and goes out with the requests it completes. With 1, the
+    /// one syncer takes, syncs and completes each group by itself. Ignored with
+    /// `Durability::NoSync`, which syncs nothing.
     pub syncers: usize,
+    /// With `syncers` > 1: a sync starts while another runs only once the recent syncs have
+    /// taken longer than this on average (a moving average over about the last eight); once
+    /// the average falls below half of it, one sync at a time again. On a disk that others
+    /// keep busy, two syncs in flight get more of it; on a quiet one they only split what one
+    /// sync would carry, and each takes longer. Default 300 µs; `Duration::ZERO` overlaps
+    /// whenever a syncer is free. At most 10 s.
+    pub overlap_syncs_above: Duration,
     /// What a producer sees when the ring is full.
     pub backpressure: Backpressure,
     /// What opening does with damage.
@@ -189,7 +198,8 @@ impl Default for Config {
             coalesce: true,
             durability: Durability::Sync,
             write_path: WritePath::default(),
-            syncers: 1,
+            syncers: 2,
+            overlap_syncs_above: Duration::from_micros(300),
             backpressure: Backpressure::default(),
             recovery: RecoveryMode::default(),
             recycle_segments: 0,
@@ -267,6 +277,12 @@ impl Config {
             return bad(format!(
                 "syncers = {} must be between 1 and {SYNCERS_MAX}",
                 self.syncers
+            ));
+        }
+        if self.overlap_syncs_above > Duration::from_secs(10) {
+            return bad(format!(
+                "overlap_syncs_above = {:?} must be at most 10 s",
+                self.overlap_syncs_above
             ));
         }
         if self.window_age_max.is_zero() || self.window_age_max > Duration::from_secs(10) {

@@ -178,6 +178,9 @@ pub struct SyncTime {
     pub frame_ready_ns: u64,
     /// Gaps between syncs with no frame written yet.
     pub nothing_ready_ns: u64,
+    /// Syncs started while another was running (several syncers: `Config::syncers`,
+    /// `Config::overlap_syncs_above`).
+    pub overlapped: u64,
 }
 
 /// A snapshot of the engine's counters and histograms. Copying the nine histograms takes
@@ -255,6 +258,7 @@ pub(crate) struct Counters {
     pub sync_busy_ns: AtomicU64,
     pub sync_gap_ready_ns: AtomicU64,
     pub sync_gap_empty_ns: AtomicU64,
+    pub syncs_overlapped: AtomicU64,
     pub window_waits: AtomicU64,
     pub throttled: AtomicU64,
     pub duplicates: AtomicU64,
@@ -293,6 +297,7 @@ impl Counters {
                 busy_ns: get(&self.sync_busy_ns),
                 frame_ready_ns: get(&self.sync_gap_ready_ns),
                 nothing_ready_ns: get(&self.sync_gap_empty_ns),
+                overlapped: get(&self.syncs_overlapped),
             },
             throttled: get(&self.throttled),
             duplicates: get(&self.duplicates),

@@ -679,6 +679,7 @@ fn countdown_with(target: Target, syncers: usize) {
         for forever in [false, true] {
             let config = Config {
                 syncers,
+                overlap_syncs_above: std::time::Duration::ZERO,
                 ..countdown_config(path)
             };
             let mode = if forever { "forever" } else { "once" };
@@ -1098,6 +1099,7 @@ fn power_loss_seed(seed: u64, write_path: WritePath) -> PowerTotals {
     let config = Config {
         // Odd seeds have two syncs in flight at once.
         syncers: 1 + (seed & 1) as usize,
+        overlap_syncs_above: std::time::Duration::ZERO,
         ..power_loss_config(write_path)
     };
     let dir = tempfile::tempdir().expect("tempdir");

@@ -208,8 +208,13 @@ fn config() -> impl Strategy<Value = Config> {
         any::<bool>(),
         any::<bool>(),
         // Sync costs milliseconds per batch on a shared disk: a quarter of the cases; with
-        // one to three syncers (several syncs in flight).
-        (proptest::bool::weighted(0.25), 1usize..=3),
+        // one to three syncers (several syncs in flight: whenever a syncer is free, or only
+        // while the syncs take longer than 100 µs on average).
+        (
+            proptest::bool::weighted(0.25),
+            1usize..=3,
+            prop_oneof![Just(0u64), Just(100)],
+        ),
         operator(),
     )
         .prop_map(
@@ -222,7 +227,7 @@ fn config() -> impl Strategy<Value = Config> {
                 (policy, frac),
                 coalesce,
                 mmap,
-                (sync, syncers),
+                (sync, syncers, overlap_us),
                 merge,
             )| {
                 let age = Duration::from_micros(age_us);
@@ -250,6 +255,7 @@ fn config() -> impl Strategy<Value = Config> {
                         Durability::NoSync
                     },
                     syncers,
+                    overlap_syncs_above: Duration::from_micros(overlap_us),
                     merge: Some(merge),
                     ..Config::default()
                 }

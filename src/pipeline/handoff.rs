@@ -318,14 +318,17 @@ impl SyncerBell {
     }
 
     /// After a job was handed on: unless a syncer is awake and not syncing (it will take the
-    /// job), wakes one that sleeps, if one does, with `unpark`.
-    pub(crate) fn ring(&self, unpark: impl FnOnce(usize)) {
+    /// job), wakes one that sleeps, if one does, with `unpark`. Without `overlap`, not while
+    /// a syncer is inside a sync either: that one takes the job once its sync has returned,
+    /// so no two syncs run at once.
+    pub(crate) fn ring(&self, overlap: bool, unpark: impl FnOnce(usize)) {
         fence(Ordering::SeqCst);
         let mut asleep = None;
         for (i, s) in self.state.iter().enumerate() {
             match s.load(Ordering::Relaxed) {
                 AWAKE => return,
                 ASLEEP => asleep = asleep.or(Some(i)),
+                _ if !overlap => return,
                 _ => {}
             }
         }
@@ -611,7 +614,7 @@ mod loom_tests {
             };
             jobs.fetch_add(1, Ordering::Relaxed);
             let woken = syncer.thread().clone();
-            bell.ring(|i| {
+            bell.ring(true, |i| {
                 assert_eq!(i, 1, "only syncer 1 sleeps");
                 woken.unpark();
             });
@@ -641,10 +644,45 @@ mod loom_tests {
             };
             jobs.fetch_add(1, Ordering::Relaxed);
             let woken = syncer.thread().clone();
-            bell.ring(|i| {
+            bell.ring(true, |i| {
                 if i == 0 {
                     woken.unpark();
                 }
+            });
+            syncer.join().unwrap();
+        });
+    }
+
+    /// Syncs may not overlap (`Config::overlap_syncs_above`, the disk fast): the flusher
+    /// rings while syncer 0 is inside a sync and then on its way to sleep, and syncer 1 sleeps
+    /// throughout. The flusher wakes nobody while syncer 0 syncs (so syncer 1 must never be
+    /// woken), and syncer 0 must see the job before it parks. Missing it is a deadlock loom
+    /// reports.
+    #[test]
+    fn without_overlap_the_syncing_syncer_takes_the_job_after_its_sync() {
+        loom::model(|| {
+            let jobs = loom::sync::Arc::new(AtomicUsize::new(0));
+            let bell = loom::sync::Arc::new(SyncerBell::new(2));
+            bell.state[1].store(ASLEEP, Ordering::Relaxed);
+            bell.syncing(0, true);
+            let syncer = {
+                let (jobs, bell) = (jobs.clone(), bell.clone());
+                thread::spawn(move || {
+                    // The sync returns.
+                    bell.syncing(0, false);
+                    loop {
+                        if jobs.load(Ordering::Relaxed) > 0 {
+                            break;
+                        }
+                        bell.sleep(0, || jobs.load(Ordering::Relaxed) > 0, thread::park);
+                    }
+                })
+            };
+            jobs.fetch_add(1, Ordering::Relaxed);
+            let woken = syncer.thread().clone();
+            bell.ring(false, |i| {
+                assert_eq!(i, 0, "syncer 1 was woken while syncer 0 could take the job");
+                woken.unpark();
             });
             syncer.join().unwrap();
         });

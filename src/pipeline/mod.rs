@@ -15,8 +15,9 @@
 //!    wakes the tickets. When nothing else is in flight the flusher completes a job itself.
 //!    A producer that waits for its request while nothing is in flight does steps 2 and 3
 //!    itself, on its own thread, holding the flusher's state (`flusher::help`).
-//!    With `Config::syncers` > 1 several syncers take groups in turn and sync them at once;
-//!    the groups complete in turn order ([`handoff::SyncTurns`]).
+//!    With `Config::syncers` > 1 (the default 2) several syncers take groups in turn and,
+//!    while the disk is slow (`Config::overlap_syncs_above`), sync them at once; the groups
+//!    complete in turn order ([`handoff::SyncTurns`]).
 //!
 //! A third thread, `mergelog-prep`, prepares the next segment file (`log`). [`Inner`] is the
 //! state the API and the threads share; a failure is sticky: it is recorded once in the
@@ -247,11 +248,14 @@ pub(crate) fn start(
         flusher_lazy: AtomicBool::new(false),
         sync_nap: SyncNap::new(),
         sync_clock: Mutex::new(SyncClock::default()),
-        syncers: Syncers::new(match config.durability {
-            Durability::Sync => config.syncers,
-            // Nothing to sync: one thread completes the jobs, as ever.
-            Durability::NoSync => 1,
-        }),
+        syncers: Syncers::new(
+            match config.durability {
+                Durability::Sync => config.syncers,
+                // Nothing to sync: one thread completes the jobs, as ever.
+                Durability::NoSync => 1,
+            },
+            config.overlap_syncs_above,
+        ),
         end_mark: Mutex::new(None),
         ids: Mutex::new(ids),
         config,

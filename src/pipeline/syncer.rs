@@ -12,9 +12,12 @@
 //! one contiguous watermark: a sync started after frame k was written covers frame k and
 //! every frame before it, but the watermark passes a group only once its own sync returned
 //! OK and every group before it completed; a failed sync fails the engine, and nothing after
-//! the failed group is acknowledged. With one syncer (the default) none of that runs: it
-//! takes, syncs and completes as it always did. The window policy is the same for any number
-//! of syncers (`window::MERGE_BELOW`: small windows wait over the sync in flight), so only a
+//! the failed group is acknowledged. A second sync starts while one runs only while the
+//! syncs' moving average is above `Config::overlap_syncs_above` (a disk others keep busy);
+//! otherwise the flusher wakes nobody while a syncer is inside a sync, and that syncer takes
+//! the job after it ([`SyncerBell::ring`]). With one syncer none of that runs: it takes, syncs
+//! and completes each group by itself. The window policy is the same for any number of
+//! syncers (`window::MERGE_BELOW`: small windows wait over the sync in flight), so only a
 //! large window's sync starts while another runs.
 
 use super::flusher::{spare, Job};
@@ -29,7 +32,7 @@ use crate::throttle::REREAD_EVERY;
 use crossbeam::channel::{Receiver, Sender, TryRecvError};
 use parking_lot::Mutex;
 use std::fs::File;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -48,6 +51,11 @@ pub(crate) struct Syncers {
     /// Several syncers: emptied group vectors, for reuse (a group moves to whoever completes
     /// it).
     spare_groups: Mutex<Vec<Vec<Job>>>,
+    /// Several syncers: whether a sync may start while another runs now
+    /// (`Config::overlap_syncs_above`; set by [`end_sync`] from the syncs' moving average).
+    overlap: AtomicBool,
+    /// `Config::overlap_syncs_above` in nanoseconds (0: always overlap).
+    overlap_above_ns: u64,
 }
 
 /// A group synced by one of several syncers, waiting for its turn to complete: its jobs, how
@@ -56,19 +64,28 @@ pub(crate) struct Syncers {
 type Synced = (Vec<Job>, usize, Result<(Instant, Option<Duration>)>);
 
 impl Syncers {
-    pub(crate) fn new(count: usize) -> Syncers {
+    /// `count` syncers; with several, a sync starts while another runs only once the syncs
+    /// take longer than `overlap_above` on average (always if it is zero).
+    pub(crate) fn new(count: usize, overlap_above: Duration) -> Syncers {
+        let overlap_above_ns = overlap_above.as_nanos().min(u64::MAX as u128) as u64;
         Syncers {
             count,
             threads: (0..count).map(|_| OnceLock::new()).collect(),
             bell: SyncerBell::new(count),
             turns: SyncTurns::new(count),
             spare_groups: Mutex::new(Vec::new()),
+            overlap: AtomicBool::new(overlap_above_ns == 0),
+            overlap_above_ns,
         }
     }
 
-    /// After a job was handed on: wakes a syncer that sleeps, if one does.
+    /// After a job was handed on: wakes a syncer that sleeps, if one does (and, unless syncs
+    /// may overlap now, only if none is inside a sync: that one takes the job after it).
     pub(crate) fn wake_one(&self) {
-        self.bell.ring(|i| {
+        // A hint: read stale, it only picks the other policy for this one job; either way the
+        // job is taken (see `SyncerBell::ring`).
+        let overlap = self.overlap.load(Ordering::Relaxed);
+        self.bell.ring(overlap, |i| {
             if let Some(t) = self.threads[i].get() {
                 t.unpark();
             }
@@ -87,6 +104,8 @@ pub(crate) struct SyncClock {
     busy_from: Option<Instant>,
     /// When the last busy span ended (`None` before the first sync).
     last_end: Option<Instant>,
+    /// Moving average of the syncs' durations, nanoseconds (each new one weighs 1/8).
+    avg_ns: u64,
 }
 
 /// A file description of one of several syncers' own, of the segment it last synced.
@@ -366,7 +385,7 @@ fn sync_group(
     begin_sync(inner, t0, ready);
     let synced = sync(&last.seg, (first, last), inner.config.write_path);
     let end = Instant::now();
-    end_sync(inner, end);
+    end_sync(inner, t0, end);
     synced?;
     Counters::add(&inner.counters.syncs, 1);
     Ok(Some(end - t0))
@@ -534,15 +553,33 @@ fn begin_sync(inner: &Inner, start: Instant, ready: Instant) {
             );
         }
         clock.busy_from = Some(start);
+    } else {
+        Counters::add(&c.syncs_overlapped, 1);
     }
     clock.running += 1;
 }
 
-/// A sync ended at `end` (whatever its outcome): if it was the last one running, the busy
-/// span ends. Runs before the watermark moves, so a completion that follows (inline, by the
-/// flusher) sees this one's end.
-fn end_sync(inner: &Inner, end: Instant) {
+/// A sync that started at `start` ended at `end` (whatever its outcome): if it was the last
+/// one running, the busy span ends. Runs before the watermark moves, so a completion that
+/// follows (inline, by the flusher) sees this one's end. With several syncers, the syncs'
+/// moving average decides whether the next may overlap another: above
+/// `Config::overlap_syncs_above` they may, below half of it not (between, as before).
+fn end_sync(inner: &Inner, start: Instant, end: Instant) {
     let mut clock = inner.sync_clock.lock();
+    let took = end.saturating_duration_since(start).as_nanos() as u64;
+    clock.avg_ns = if clock.avg_ns == 0 {
+        took
+    } else {
+        (clock.avg_ns * 7 + took) / 8
+    };
+    let syncers = &inner.syncers;
+    if syncers.count > 1 && syncers.overlap_above_ns > 0 {
+        if clock.avg_ns > syncers.overlap_above_ns {
+            syncers.overlap.store(true, Ordering::Relaxed);
+        } else if clock.avg_ns < syncers.overlap_above_ns / 2 {
+            syncers.overlap.store(false, Ordering::Relaxed);
+        }
+    }
     clock.running -= 1;
     if clock.running == 0 {
         let from = clock.busy_from.take().unwrap_or(end);

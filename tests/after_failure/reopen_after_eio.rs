@@ -117,6 +117,7 @@ fn seed_run(seed: u64, write_path: WritePath) -> Totals {
     let config = mergelog::Config {
         // Odd seeds have two syncs in flight at once (the failed one among them).
         syncers: 1 + (seed & 1) as usize,
+        overlap_syncs_above: std::time::Duration::ZERO,
         ..power_loss_config(write_path)
     };
     let dir = tempfile::tempdir().expect("tempdir");

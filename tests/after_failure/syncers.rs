@@ -147,6 +147,8 @@ fn run(fails: Fails) -> (tempfile::TempDir, Engine, [Ticket; 3]) {
     let hook = Arc::new(TwoSyncs::new(fails));
     let config = Config {
         syncers: 2,
+        // Overlap whenever a syncer is free (by default only on a slow disk).
+        overlap_syncs_above: Duration::ZERO,
         // Every window is cut as soon as it has a request: the second put is a window of its
         // own, handed on while the first sync runs.
         window: WindowPolicy::Immediate,

@@ -1272,7 +1272,7 @@ fn mergelog_syncers_runs_beside_mergelog_with_its_syncers() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
-        text.contains("syncers 1 (mergelog-syncers 3)"),
+        text.contains("syncers 2 (overlapping above 300 µs) (mergelog-syncers 3)"),
         "engine line:\n{text}"
     );
     assert!(
@@ -1281,7 +1281,7 @@ fn mergelog_syncers_runs_beside_mergelog_with_its_syncers() {
     );
     let report = read_json(&json_path);
     assert_eq!(report["workload"]["syncers"], 3);
-    assert_eq!(report["workload"]["engine_syncers"], 1);
+    assert_eq!(report["workload"]["engine_syncers"], 2);
     check_runs(&report);
     let paired = report["round_ratios"]
         .as_array()

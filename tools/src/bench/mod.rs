@@ -210,10 +210,15 @@ pub struct WorkloadArgs {
     #[arg(long, value_name = "BYTES", value_parser = bytes)]
     segment_bytes: Option<u64>,
     /// Syncer threads of the `mergelog-syncers` system: how many syncs it may have in flight
-    /// at once (`Config::syncers`, 1 to 16) [default: 2]. The other engine systems run with
-    /// the engine's default.
+    /// at once (`Config::syncers`, 1 to 16) [default: 1, the one-thread syncer, against the
+    /// engine's default of 2]. The other engine systems run with the engine's default.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=16))]
     syncers: Option<u64>,
+    /// With several syncers: a sync starts while another runs only once the syncs take
+    /// longer than this on average, microseconds (`Config::overlap_syncs_above`; 0: whenever
+    /// a syncer is free) [engine default: 300].
+    #[arg(long, value_name = "US", value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    overlap_syncs_above_us: Option<u64>,
     /// Keep only the newest N segments of the engine's log (a log that retires its history
     /// behind a checkpoint, as a write-ahead log does): a thread retires the older ones as
     /// the run goes (`Engine::retire_before`, every 10 ms), and the engine reuses their files
@@ -420,8 +425,8 @@ pub enum System {
     /// frames): what bounding the disk costs, against `mergelog` (which keeps its whole
     /// history) in the same run.
     MergelogCompact,
-    /// The engine as `mergelog` with `--syncers` syncers (`Config::syncers`, default 2):
-    /// several syncs in flight at once, against `mergelog` in the same run.
+    /// The engine as `mergelog` with `--syncers` syncers (`Config::syncers`; default 1, one
+    /// syncer thread, against the engine's default of 2), against `mergelog` in the same run.
     MergelogSyncers,
 }
 
@@ -1123,6 +1128,7 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
     into.sync_time.busy_ns += sync_time.busy_ns;
     into.sync_time.frame_ready_ns += sync_time.frame_ready_ns;
     into.sync_time.nothing_ready_ns += sync_time.nothing_ready_ns;
+    into.sync_time.overlapped += sync_time.overlapped;
     into.segments.fresh += segments.fresh;
     into.segments.reused += segments.reused;
     into.segments.retired += segments.retired;
@@ -1353,7 +1359,7 @@ fn plan(args: &WorkloadArgs) -> Result<Plan, CliError> {
         consumer: None,
         clients,
         compaction: compaction_from_flags(args),
-        syncers: args.syncers.map_or(2, |n| n as usize),
+        syncers: args.syncers.map_or(1, |n| n as usize),
     };
     // Surfaces a bad distribution now rather than inside every writer thread.
     Generator::new(&plan.spec, 0).map_err(CliError::usage)?;
@@ -1463,6 +1469,9 @@ fn engine_from_flags(args: &WorkloadArgs, retain: Option<usize>) -> Result<Confi
     }
     if let Some(n) = args.segment_bytes {
         engine.segment_bytes = n;
+    }
+    if let Some(us) = args.overlap_syncs_above_us {
+        engine.overlap_syncs_above = Duration::from_micros(us);
     }
     if let Some(n) = args.id_horizon {
         engine.request_ids.ids = size("--id-horizon", n)?;
@@ -1771,7 +1780,7 @@ pub mod profile {
         Mergelog,
         /// The engine with coalescing off: plain group commit.
         NoCoalesce,
-        /// The engine with `--syncers` syncers (default 2).
+        /// The engine with `--syncers` syncers (default 1).
         MergelogSyncers,
     }
 

@@ -69,6 +69,8 @@ pub struct Workload {
     /// other engine systems run with the engine's default, `engine_syncers`).
     syncers: usize,
     engine_syncers: usize,
+    /// `Config::overlap_syncs_above` of every engine system, microseconds.
+    overlap_syncs_above_us: u64,
     /// `--retain`: segments the engines' logs keep (older ones retired during the run and
     /// their files reused); null: the whole history is kept.
     retain_segments: Option<usize>,
@@ -191,6 +193,7 @@ impl Workload {
             segment_bytes: e.segment_bytes,
             syncers: plan.syncers,
             engine_syncers: e.syncers,
+            overlap_syncs_above_us: e.overlap_syncs_above.as_micros() as u64,
             retain_segments: plan.retain,
             systems: systems.iter().map(|s| s.name()).collect(),
             seed: s.seed,
@@ -247,7 +250,7 @@ impl Workload {
             "workload: {load}, {} keys {}, key {} B, value {} B, {:.0}% puts {:.0}% deletes \
              {:.0}% gets, {length}\n\
              engine:   durability {}, write path {}, window {}, window age max {} µs, batch max \
-             {} B / {} ops, ring {} B, segment {} B, syncers {}{}{}{consumer}",
+             {} B / {} ops, ring {} B, segment {} B, syncers {} (overlapping above {} µs){}{}{consumer}",
             self.keys,
             self.dist,
             size(&self.key_size),
@@ -264,6 +267,7 @@ impl Workload {
             self.ring_bytes,
             self.segment_bytes,
             self.engine_syncers,
+            self.overlap_syncs_above_us,
             if self.systems.contains(&"mergelog-syncers") {
                 format!(" (mergelog-syncers {})", self.syncers)
             } else {
@@ -432,6 +436,7 @@ struct SyncTimeJson {
     busy_ms: f64,
     frame_ready_ms: f64,
     nothing_ready_ms: f64,
+    overlapped: u64,
 }
 
 #[derive(Serialize)]
@@ -809,6 +814,7 @@ impl EngineJson {
                 busy_ms: s.sync_time.busy_ns as f64 / 1e6,
                 frame_ready_ms: s.sync_time.frame_ready_ns as f64 / 1e6,
                 nothing_ready_ms: s.sync_time.nothing_ready_ns as f64 / 1e6,
+                overlapped: s.sync_time.overlapped,
             },
             segments: SegmentsJson {
                 fresh: s.segments.fresh,

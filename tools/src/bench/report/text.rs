@@ -590,9 +590,14 @@ fn sync_time_line(t: &mergelog::SyncTime) -> Option<String> {
         return None;
     }
     let pct = |x: u64| x as f64 * 100.0 / total as f64;
+    let overlapped = match t.overlapped {
+        0 => String::new(),
+        n => format!("; {n} syncs started while another ran"),
+    };
     Some(format!(
         "disk time (first sync to last): syncing {:.1} %, between syncs with a written frame \
-         waiting {:.1} % (hand-off), with nothing written to sync {:.1} % (producers or CPU)\n",
+         waiting {:.1} % (hand-off), with nothing written to sync {:.1} % (producers or \
+         CPU){overlapped}\n",
         pct(t.busy_ns),
         pct(t.frame_ready_ns),
         pct(t.nothing_ready_ns),

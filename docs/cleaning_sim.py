@@ -101,6 +101,22 @@ class Log:
         return copied
 
 
+def clean_prefix(log, live, ratio, ids):
+    """mergelog's policy on `log` holding `live` live records: below `ratio`, the oldest
+    complete segments until the ratio passes ratio + (1 - ratio) / 8, copied to its head.
+    The records copied."""
+    if not log.complete() or live / log.frames >= ratio:
+        return 0
+    target = ratio + (1 - ratio) / 8
+    after, take = log.frames, []
+    for sid in log.complete():
+        take.append(sid)
+        after -= len(log.segs[sid]) - log.live[sid]
+        if live / after >= target:
+            break
+    return sum(log.remove(sid, ids, log) for sid in take)
+
+
 def run(stream, seg, policy, args, check=1000):
     """One policy over the stream: (wa, end, peak). Logs of two heads number their
     segments apart (even and odd ids)."""
@@ -125,18 +141,8 @@ def run(stream, seg, policy, args, check=1000):
         written += 1
         if i % check:
             continue
-        frames = sum(l.frames for l in logs)
         if policy == "fifo":
-            if log.complete() and live / frames < ratio:
-                target = ratio + (1 - ratio) / 8
-                after, take = frames, []
-                for sid in log.complete():
-                    take.append(sid)
-                    after -= len(log.segs[sid]) - log.live[sid]
-                    if live / after >= target:
-                        break
-                for sid in take:
-                    copied += log.remove(sid, ids, log)
+            copied += clean_prefix(log, live, ratio, ids)
         elif policy == "greedy":
             while live / sum(l.frames for l in logs) < ratio:
                 cands = [(l.live[s] / len(l.segs[s]), s, l) for l in logs for s in l.complete()]
@@ -147,17 +153,7 @@ def run(stream, seg, policy, args, check=1000):
         else:
             while hot.frames > hot_max * live and hot.complete():
                 copied += hot.remove(hot.complete()[0], ids, cold)
-            cold_live = sum(cold.live.values())
-            if cold.complete() and cold_live / cold.frames < ratio:
-                target = ratio + (1 - ratio) / 8
-                after, take = cold.frames, []
-                for sid in cold.complete():
-                    take.append(sid)
-                    after -= len(cold.segs[sid]) - cold.live[sid]
-                    if cold_live / after >= target:
-                        break
-                for sid in take:
-                    copied += cold.remove(sid, ids, cold)
+            copied += clean_prefix(cold, sum(cold.live.values()), ratio, ids)
         if i > len(stream) // 10:
             peak = max(peak, sum(l.frames for l in logs) / live)
     end = sum(l.frames for l in logs) / live

@@ -584,6 +584,17 @@ fn rules() -> Vec<Rule> {
             valid: Config { syncers: 1, ..b() },
             invalid: Config { syncers: 17, ..b() },
         },
+        Rule {
+            setting: "overlap_syncs_above",
+            valid: Config {
+                overlap_syncs_above: Duration::from_secs(10),
+                ..b()
+            },
+            invalid: Config {
+                overlap_syncs_above: Duration::from_secs(10) + Duration::from_nanos(1),
+                ..b()
+            },
+        },
     ]
 }
 

@@ -165,9 +165,13 @@ fn child_config(seed: u64) -> Config {
         // Half the children have two syncs in flight at once (bit 9: bit 6 says whether a
         // child compacts, and the syncers must not go with it).
         syncers: 1 + ((seed >> 9) & 1) as usize,
-        // Two syncs in flight whenever a syncer is free (the engine's default lets them
-        // overlap only on a slow disk).
-        overlap_syncs_above: Duration::ZERO,
+        // With two syncers, syncs overlap whenever a syncer is free (bit 10 clear) or, as the
+        // engine's default does, only while they are slow.
+        overlap_syncs_above: if (seed >> 10) & 1 == 0 {
+            Duration::ZERO
+        } else {
+            Config::default().overlap_syncs_above
+        },
         ..base_config()
     }
 }

@@ -79,7 +79,9 @@ pub enum Compaction {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AutoCompaction {
     /// Compact when live bytes / log bytes falls below this (between 0 and 1 exclusive;
-    /// default 0.5: the log at most about twice its live data).
+    /// default 0.5: the frames at most about twice the live data, and the files about three
+    /// segments more; 0.6 with segments of at most a tenth of the live data keeps the files
+    /// within twice it, at more copying: README, "Compaction").
     pub live_ratio: f64,
     /// Never compact a log smaller than this (bytes of frames; default 0).
     pub min_log_bytes: u64,

@@ -593,6 +593,23 @@ mod loom_tests {
         });
     }
 
+    /// Syncer `i`'s thread, as `Syncer::next_group` loops: after `first` (e.g. its sync
+    /// returning), it looks for a job and sleeps on `bell` until it finds one.
+    fn syncer_until_a_job(
+        jobs: &loom::sync::Arc<AtomicUsize>,
+        bell: &loom::sync::Arc<SyncerBell>,
+        i: usize,
+        first: impl FnOnce(&SyncerBell) + Send + 'static,
+    ) -> thread::JoinHandle<()> {
+        let (jobs, bell) = (jobs.clone(), bell.clone());
+        thread::spawn(move || {
+            first(&bell);
+            while jobs.load(Ordering::Relaxed) == 0 {
+                bell.sleep(i, || jobs.load(Ordering::Relaxed) > 0, thread::park);
+            }
+        })
+    }
+
     /// A syncer with nothing to take goes to sleep while the flusher hands a job on and rings
     /// the bell; the other syncer is inside a sync. Either the sleeping one sees the job, or
     /// the flusher sees it asleep and unparks it. A lost wake-up leaves it parked for ever, a
@@ -603,15 +620,7 @@ mod loom_tests {
             let jobs = loom::sync::Arc::new(AtomicUsize::new(0));
             let bell = loom::sync::Arc::new(SyncerBell::new(2));
             bell.syncing(0, true);
-            let syncer = {
-                let (jobs, bell) = (jobs.clone(), bell.clone());
-                thread::spawn(move || loop {
-                    if jobs.load(Ordering::Relaxed) > 0 {
-                        break;
-                    }
-                    bell.sleep(1, || jobs.load(Ordering::Relaxed) > 0, thread::park);
-                })
-            };
+            let syncer = syncer_until_a_job(&jobs, &bell, 1, |_| {});
             jobs.fetch_add(1, Ordering::Relaxed);
             let woken = syncer.thread().clone();
             bell.ring(true, |i| {
@@ -633,15 +642,7 @@ mod loom_tests {
             let bell = loom::sync::Arc::new(SyncerBell::new(2));
             // Syncer 1 is asleep throughout (a real one would be parked).
             bell.state[1].store(ASLEEP, Ordering::Relaxed);
-            let syncer = {
-                let (jobs, bell) = (jobs.clone(), bell.clone());
-                thread::spawn(move || loop {
-                    if jobs.load(Ordering::Relaxed) > 0 {
-                        break;
-                    }
-                    bell.sleep(0, || jobs.load(Ordering::Relaxed) > 0, thread::park);
-                })
-            };
+            let syncer = syncer_until_a_job(&jobs, &bell, 0, |_| {});
             jobs.fetch_add(1, Ordering::Relaxed);
             let woken = syncer.thread().clone();
             bell.ring(true, |i| {
@@ -665,19 +666,8 @@ mod loom_tests {
             let bell = loom::sync::Arc::new(SyncerBell::new(2));
             bell.state[1].store(ASLEEP, Ordering::Relaxed);
             bell.syncing(0, true);
-            let syncer = {
-                let (jobs, bell) = (jobs.clone(), bell.clone());
-                thread::spawn(move || {
-                    // The sync returns.
-                    bell.syncing(0, false);
-                    loop {
-                        if jobs.load(Ordering::Relaxed) > 0 {
-                            break;
-                        }
-                        bell.sleep(0, || jobs.load(Ordering::Relaxed) > 0, thread::park);
-                    }
-                })
-            };
+            // The sync returns, then the syncer looks for a job.
+            let syncer = syncer_until_a_job(&jobs, &bell, 0, |bell| bell.syncing(0, false));
             jobs.fetch_add(1, Ordering::Relaxed);
             let woken = syncer.thread().clone();
             bell.ring(false, |i| {

@@ -67,7 +67,8 @@ impl Syncers {
     /// `count` syncers; with several, a sync starts while another runs only once the syncs
     /// take longer than `overlap_above` on average (always if it is zero).
     pub(crate) fn new(count: usize, overlap_above: Duration) -> Syncers {
-        let overlap_above_ns = overlap_above.as_nanos().min(u64::MAX as u128) as u64;
+        // At most 10 s (`Config::validate`).
+        let overlap_above_ns = overlap_above.as_nanos() as u64;
         Syncers {
             count,
             threads: (0..count).map(|_| OnceLock::new()).collect(),

@@ -144,6 +144,11 @@ pub struct SegmentCounts {
     pub reused: u64,
     /// Segments removed by `Engine::retire_before` (deleted or kept for reuse).
     pub retired: u64,
+    /// Time spent making zero-filled segment files (the `fresh` ones, and the next one if it
+    /// is prepared already): writing a segment's worth of zeros and syncing them, mostly on
+    /// the background thread that prepares the next segment. What a log that grows pays per
+    /// byte, and one that reuses retired files (`Config::recycle_segments`) does not.
+    pub zero_fill: std::time::Duration,
 }
 
 /// What compaction wrote since the engine opened. Its batches are counted in `batches`,

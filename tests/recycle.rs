@@ -371,7 +371,30 @@ fn segment_counters_add_up() {
         } else {
             assert_eq!(c.reused, 0);
         }
+        assert!(c.zero_fill > std::time::Duration::ZERO, "{c:?}");
     }
+}
+
+/// `SegmentCounts::zero_fill` counts the making of zero-filled files only: a new log's first
+/// segment is one, and reopening a log whose segments exist makes none (activating the
+/// segment already there, or mapping it, is not a zero fill).
+#[test]
+fn zero_fill_time_is_counted_for_new_files_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    let c = engine.counts().segments;
+    assert_eq!((c.fresh, c.reused), (1, 0), "{c:?}");
+    assert!(c.zero_fill > std::time::Duration::ZERO, "{c:?}");
+    put_one(&engine, 1);
+    engine.close().unwrap();
+
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    let c = engine.counts().segments;
+    assert_eq!(
+        (c.fresh, c.reused, c.zero_fill),
+        (0, 0, std::time::Duration::ZERO)
+    );
+    assert_eq!(engine.read_to_vec(&key(1)).unwrap(), Some(value(1)));
 }
 
 /// A follower that maps the files itself (`LogReader::follow`) in a reused segment: at the

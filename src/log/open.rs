@@ -83,13 +83,16 @@ pub(crate) fn recover(
         clean::remove(io, dir)?;
     }
     if segs.is_empty() {
-        segs.push(Arc::new(Log::create_first(
-            dir,
-            config.segment_bytes,
-            scanned.next_seq,
-            prepared.take(),
-            io,
-        )?));
+        let prepared = prepared.take();
+        // Timed as a zero fill only when there is no prepared file to start from.
+        let counted = prepared.is_none();
+        let first = || Log::create_first(dir, config.segment_bytes, scanned.next_seq, prepared, io);
+        let seg = if counted {
+            pool.zero_fill(first)
+        } else {
+            first()
+        };
+        segs.push(Arc::new(seg?));
         pool.fresh.fetch_add(1, Ordering::Relaxed);
         write_off = SEGMENT_HEADER_LEN as u64;
     }

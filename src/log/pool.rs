@@ -24,6 +24,8 @@ pub(crate) struct Pool {
     pub fresh: AtomicU64,
     pub reused: AtomicU64,
     pub retired: AtomicU64,
+    /// Nanoseconds spent writing new segment files' zeros and syncing them.
+    zero_fill_ns: AtomicU64,
 }
 
 struct PoolFiles {
@@ -54,6 +56,7 @@ impl Pool {
             fresh: AtomicU64::new(0),
             reused: AtomicU64::new(0),
             retired: AtomicU64::new(0),
+            zero_fill_ns: AtomicU64::new(0),
         })
     }
 
@@ -80,7 +83,18 @@ impl Pool {
             fresh: get(&self.fresh),
             reused: get(&self.reused),
             retired: get(&self.retired),
+            zero_fill: std::time::Duration::from_nanos(get(&self.zero_fill_ns)),
         }
+    }
+
+    /// Runs `fill` (the creation of a zero-filled segment file) and counts its time in
+    /// [`SegmentCounts::zero_fill`](crate::stats::SegmentCounts::zero_fill).
+    pub fn zero_fill<T>(&self, fill: impl FnOnce() -> T) -> T {
+        let start = std::time::Instant::now();
+        let out = fill();
+        let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.zero_fill_ns.fetch_add(ns, Ordering::Relaxed);
+        out
     }
 
     /// Takes the oldest file nobody maps any more, if there is one, open and holding the

@@ -74,6 +74,7 @@ impl Log {
         let path = prep_path(&log_dir, self.prep_counter);
         let size = self.segment_bytes;
         let io = self.io.clone();
+        let pool = self.pool.clone();
         let spawned = std::thread::Builder::new()
             .name("mergelog-prep".into())
             .spawn(move || match recycled {
@@ -81,7 +82,7 @@ impl Log {
                 // also reads its pages in, so that writing a frame never waits for a read).
                 Some((path, file)) => Ok((path.clone(), Mapped::of_file(file, &path, true)?, true)),
                 None => {
-                    dir::create_prepared(&*io, &log_dir, &path, size)?;
+                    pool.zero_fill(|| dir::create_prepared(&*io, &log_dir, &path, size))?;
                     let mapped = Mapped::open(&path, true)?;
                     Ok((path, mapped, false))
                 }
@@ -109,7 +110,9 @@ impl Log {
             Some(Err(e)) => Err(e),
             None => {
                 let path = prep_path(&self.dir, self.prep_counter);
-                dir::replace_prepared(&*self.io, &self.dir, &path, self.segment_bytes)?;
+                let (io, dir, size) = (&*self.io, &self.dir, self.segment_bytes);
+                self.pool
+                    .zero_fill(|| dir::replace_prepared(io, dir, &path, size))?;
                 Ok((path, None, false))
             }
         }

@@ -263,6 +263,7 @@ fn check_runs(report: &Value) {
                 let sg = &e["segments"];
                 let rounds = int(&report["workload"], "rounds");
                 assert!(int(sg, "fresh") >= rounds, "{system}: {sg}");
+                assert!(num(sg, "zero_fill_ms") > 0.0, "{system}: {sg}");
                 assert!(
                     int(sg, "retired") <= int(sg, "fresh") + int(sg, "reused"),
                     "{system}: {sg}"
@@ -670,7 +671,7 @@ fn retain_keeps_the_log_short_and_reuses_segments() {
         let mut args = vec![
             "bench",
             "--systems",
-            "mergelog",
+            "mergelog,wal",
             "--ops",
             "30000",
             "--segment-bytes",
@@ -687,10 +688,24 @@ fn retain_keeps_the_log_short_and_reuses_segments() {
         if retain {
             args.extend(["--retain", "1"]);
         }
-        succeeds(&args);
+        let stdout = succeeds(&args);
         let report = read_json(&json_path);
         check_runs(&report);
         let w = &report["workload"];
+        // What each log keeps, said beside wal's circle of one 64 MiB file.
+        let kept = if retain {
+            "the engine keeps its newest segment of 64 KiB"
+        } else {
+            "the engine keeps every segment (64 KiB each)"
+        };
+        for needle in ["log kept: wal overwrites one file of 64 MiB", kept] {
+            assert!(stdout.contains(needle), "no {needle:?}:\n{stdout}");
+        }
+        assert_eq!(
+            stdout.contains("like for like: --retain 2"),
+            !retain,
+            "{stdout}"
+        );
         if retain {
             assert_eq!(w["retain_segments"], 1);
         } else {
@@ -1066,8 +1081,14 @@ fn profile_prints_every_stage_and_the_counters() {
         );
     }
     let sg = &read_json(&json_path)["runs"][0]["engine"]["segments"];
+    let zero_fill_s = sg["zero_fill_ms"].as_f64().expect("zero_fill_ms") / 1e3;
+    assert!(
+        zero_fill_s > 0.0,
+        "a new log zero-fills its first segment: {sg}"
+    );
     let line = format!(
-        "segments: {} started in zero-filled files, {} in reused ones; {} retired",
+        "segments: {} started in zero-filled files ({zero_fill_s:.2} s writing and syncing \
+         zeros), {} in reused ones; {} retired",
         int(sg, "fresh"),
         int(sg, "reused"),
         int(sg, "retired")

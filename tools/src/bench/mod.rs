@@ -1132,6 +1132,7 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
     into.segments.fresh += segments.fresh;
     into.segments.reused += segments.reused;
     into.segments.retired += segments.retired;
+    into.segments.zero_fill += segments.zero_fill;
     let c = &mut into.compaction;
     c.runs += compaction.runs;
     c.batches += compaction.batches;

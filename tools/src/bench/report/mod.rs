@@ -392,6 +392,8 @@ struct SegmentsJson {
     fresh: u64,
     reused: u64,
     retired: u64,
+    /// Time spent writing and syncing the fresh segments' zeros (`SegmentCounts::zero_fill`).
+    zero_fill_ms: f64,
 }
 
 /// Cores busy on average while the writers ran (CPU time over wall time).
@@ -820,6 +822,7 @@ impl EngineJson {
                 fresh: s.segments.fresh,
                 reused: s.segments.reused,
                 retired: s.segments.retired,
+                zero_fill_ms: s.segments.zero_fill.as_secs_f64() * 1e3,
             },
         }
     }

@@ -162,6 +162,7 @@ impl Report {
                 }
             );
         }
+        out.push_str(&self.log_kept_note());
         if self.runs.iter().any(|r| r.system == "naive") {
             let _ = writeln!(
                 out,
@@ -252,6 +253,52 @@ impl Report {
                     "{system}: {how}; one request outstanding per writer (--depth does not apply)"
                 );
             }
+        }
+        out
+    }
+
+    /// What each system keeps of its log, when a baseline that reuses a bounded log ran
+    /// beside an engine: `wal` overwrites one file and okaywal recycles its files after each
+    /// checkpoint, while the engine (without `--retain`) keeps every segment and writes each
+    /// new one's zeros first. Nothing when only engines (or only baselines) ran.
+    fn log_kept_note(&self) -> String {
+        let ran = |s: &str| self.runs.iter().any(|r| r.system == s);
+        let bounded: Vec<&str> = ["wal", "okaywal"].into_iter().filter(|s| ran(s)).collect();
+        let engine = self.runs.iter().any(|r| r.system.starts_with("mergelog"));
+        if bounded.is_empty() || !engine {
+            return String::new();
+        }
+        let wal_file = mergelog::Config::default().segment_bytes;
+        let mut out = String::from("log kept: ");
+        if ran("wal") {
+            out.push_str(&format!(
+                "wal overwrites one file of {} (zero-filled before the run); ",
+                mib(wal_file)
+            ));
+        }
+        if ran("okaywal") {
+            out.push_str("okaywal reuses each file once checkpointed; ");
+        }
+        match self.workload.retain_segments {
+            Some(n) => out.push_str(&format!(
+                "the engine keeps its newest {} of {} and reuses older ones' files (the \
+                 `segments` lines)\n",
+                if n == 1 {
+                    "segment".to_owned()
+                } else {
+                    format!("{n} segments")
+                },
+                mib(self.workload.segment_bytes)
+            )),
+            None => out.push_str(&format!(
+                "the engine keeps every segment ({} each), writing and syncing a new one's \
+                 zeros first (the `segments` lines); like for like: --retain 2 \
+                 --segment-bytes {}M (two segments kept, two files pooled: {} reused, as \
+                 wal's)\n",
+                mib(self.workload.segment_bytes),
+                (wal_file / 4) >> 20,
+                mib(wal_file)
+            )),
         }
         out
     }
@@ -604,11 +651,26 @@ fn sync_time_line(t: &mergelog::SyncTime) -> Option<String> {
     ))
 }
 
+/// A file size: "64 MiB", "64 KiB", else MiB with one decimal.
+fn mib(bytes: u64) -> String {
+    if bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes.is_multiple_of(1 << 10) && bytes < 1 << 20 {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+    }
+}
+
 /// Segments started (in zero-filled files, or in reused ones) and retired.
 fn segments_line(c: &mergelog::SegmentCounts) -> String {
     format!(
-        "segments: {} started in zero-filled files, {} in reused ones; {} retired\n",
-        c.fresh, c.reused, c.retired
+        "segments: {} started in zero-filled files ({:.2} s writing and syncing zeros), {} in \
+         reused ones; {} retired\n",
+        c.fresh,
+        c.zero_fill.as_secs_f64(),
+        c.reused,
+        c.retired
     )
 }
 

@@ -1043,6 +1043,44 @@ fn sync_probe_is_reported_with_the_depth_one_bound_and_can_be_skipped() {
     }
 }
 
+/// `profile --system mergelog-compact`: the engine compacting on its own, profiled stage by
+/// stage, with the space table `bench` prints for it (disk against live data, the bound).
+#[test]
+fn profile_of_the_compacting_engine_prints_its_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("profile.json");
+    let stdout = succeeds(&[
+        "profile",
+        "--system",
+        "mergelog-compact",
+        "--keys",
+        "2000",
+        "--ops",
+        "60000",
+        "--segment-bytes",
+        "64K",
+        "--batch-bytes-max",
+        "16K",
+        "--compaction-ratio",
+        "0.6",
+        "--sync-probe",
+        "0",
+        "--json",
+        json_path.to_str().unwrap(),
+    ]);
+    for needle in ["end_to_end", "space (disk:", "mergelog-compact bound:"] {
+        assert!(stdout.contains(needle), "no {needle:?}:\n{stdout}");
+    }
+    let run = &read_json(&json_path)["runs"][0];
+    assert_eq!(run["system"], "mergelog-compact");
+    let runs = int(&run["space"]["compactions"], "runs");
+    assert!(
+        runs > 0,
+        "no compaction in the profiled run: {}",
+        run["space"]
+    );
+}
+
 #[test]
 fn profile_prints_every_stage_and_the_counters() {
     let dir = tempfile::tempdir().unwrap();

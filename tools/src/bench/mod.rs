@@ -1783,6 +1783,8 @@ pub mod profile {
         NoCoalesce,
         /// The engine with `--syncers` syncers (default 1).
         MergelogSyncers,
+        /// The engine compacting on its own (`Compaction::Auto` at `--compaction-ratio`).
+        MergelogCompact,
     }
 
     pub fn run(args: ProfileArgs) -> Result<(), CliError> {
@@ -1790,6 +1792,7 @@ pub mod profile {
             EngineSystem::Mergelog => System::Mergelog,
             EngineSystem::NoCoalesce => System::NoCoalesce,
             EngineSystem::MergelogSyncers => System::MergelogSyncers,
+            EngineSystem::MergelogCompact => System::MergelogCompact,
         };
         let session = execute(
             "profile",

@@ -485,6 +485,8 @@ impl Report {
             out.push_str(&self.stage_table(result, stats));
             out.push_str(&engine_counters(stats));
         }
+        // `--system mergelog-compact`: the disk against the live data, as `bench` prints it.
+        out.push_str(&self.space_text());
         out
     }
 

@@ -227,11 +227,26 @@ impl Chunk {
     /// (`in_flight`). The caller has made every window it did not track durable and queued
     /// in the index (the lookup applies the queue first), so the two together are exact.
     pub(crate) fn keep_live(&mut self, index: &Index, in_flight: &InFlightKeys) {
+        // Sorted by the compacting thread (`copy_forward`); the check below relies on it.
+        if !self
+            .records
+            .windows(2)
+            .all(|w| self.key(&w[0]) < self.key(&w[1]))
+        {
+            self.sort();
+        }
         let mut records = std::mem::take(&mut self.records);
+        let keys: Vec<&[u8]> = records.iter().map(|r| self.key(r)).collect();
+        let written = in_flight.written(&keys);
+        let lookup = index.lookup();
+        let mut i = 0;
         records.retain(|r| {
-            let key = self.key(r);
-            index.get(key) == Some(r.src) && !in_flight.contains(key)
+            let keep = !written[i] && lookup.get(keys[i]) == Some(r.src);
+            i += 1;
+            keep
         });
+        drop(lookup);
+        drop(keys);
         self.records = records;
         self.body_len = self
             .records
@@ -373,8 +388,21 @@ impl KeysOf {
         &self.bytes[off as usize..(off + len) as usize]
     }
 
-    fn contains(&self, key: &[u8]) -> bool {
-        self.at.binary_search_by(|&a| self.key(a).cmp(key)).is_ok()
+    /// Sets `hit[i]` where this window wrote `keys[i]` (`keys` ascending and distinct, as
+    /// this window's keys are): one merge of the two sorted lists.
+    fn mark(&self, keys: &[&[u8]], hit: &mut [bool]) {
+        let (mut i, mut j) = (0, 0);
+        while i < keys.len() && j < self.at.len() {
+            match keys[i].cmp(self.key(self.at[j])) {
+                std::cmp::Ordering::Less => i += 1,
+                std::cmp::Ordering::Greater => j += 1,
+                std::cmp::Ordering::Equal => {
+                    hit[i] = true;
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
     }
 }
 
@@ -423,9 +451,20 @@ impl InFlightKeys {
         }
     }
 
+    /// For each of `keys` (ascending, distinct), whether a window still tracked wrote it.
+    pub(crate) fn written(&self, keys: &[&[u8]]) -> Vec<bool> {
+        debug_assert!(keys.windows(2).all(|w| w[0] < w[1]), "keys not sorted");
+        let mut hit = vec![false; keys.len()];
+        for w in &self.windows {
+            w.mark(keys, &mut hit);
+        }
+        hit
+    }
+
     /// Whether a window still tracked wrote `key`.
+    #[cfg(test)]
     pub(crate) fn contains(&self, key: &[u8]) -> bool {
-        self.windows.iter().any(|w| w.contains(key))
+        self.written(&[key])[0]
     }
 }
 
@@ -610,6 +649,7 @@ fn scan_segment(
 ) -> Result<()> {
     let image = seg.published_bytes();
     let mut off = SEGMENT_HEADER_LEN;
+    let mut live: Vec<(&[u8], Loc)> = Vec::new();
     loop {
         let frame = match decode_frame(image, off) {
             Ok(Decoded::Frame(frame)) => frame,
@@ -625,12 +665,18 @@ fn scan_segment(
             }
         };
         off = frame.offset as usize + frame.len;
-        for (key, loc) in frame_updates(idx, seg, &frame) {
-            let Some(loc) = loc else { continue };
-            if index.get(key) == Some(loc) {
-                let value = seg.bytes(loc.off, loc.len as usize);
-                f(key, value, loc)?;
-            }
+        // One lookup of the index per frame, released before `f` runs: `f` may wait for the
+        // flusher, which may need the index's write lock to apply a batch.
+        live.clear();
+        let lookup = index.lookup();
+        live.extend(
+            frame_updates(idx, seg, &frame)
+                .filter_map(|(key, loc)| Some((key, loc?)))
+                .filter(|&(key, loc)| lookup.get(key) == Some(loc)),
+        );
+        drop(lookup);
+        for &(key, loc) in &live {
+            f(key, seg.bytes(loc.off, loc.len as usize), loc)?;
         }
     }
 }
@@ -816,6 +862,49 @@ mod tests {
         k.stop();
         assert!(!k.is_on() && !k.contains(b"a"));
         assert_eq!(k.start(40), 40);
+    }
+
+    /// `written` (one merge per window) answers as a set lookup over every window's keys
+    /// would: keys of different lengths, shared prefixes, windows that overlap each other and
+    /// the chunk in every way.
+    #[test]
+    fn written_marks_exactly_the_keys_a_tracked_window_wrote() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        for _ in 0..200 {
+            // Keys from a small alphabet and up to 3 bytes: many collisions and prefixes.
+            fn key(next: &mut impl FnMut(u64) -> u64) -> Vec<u8> {
+                let len = next(4);
+                (0..len).map(|_| b'a' + next(3) as u8).collect()
+            }
+            let mut k = InFlightKeys::default();
+            k.start(0);
+            let mut all = std::collections::BTreeSet::new();
+            for w in 0..next(4) {
+                let n = next(12);
+                let mut keys: Vec<Vec<u8>> = (0..n).map(|_| key(&mut next)).collect();
+                keys.sort();
+                keys.dedup();
+                all.extend(keys.iter().cloned());
+                k.note(w + 1, keys.iter().map(|k| &k[..]));
+            }
+            let n = next(20);
+            let mut chunk: Vec<Vec<u8>> = (0..n).map(|_| key(&mut next)).collect();
+            chunk.sort();
+            chunk.dedup();
+            let keys: Vec<&[u8]> = chunk.iter().map(|k| &k[..]).collect();
+            let want: Vec<bool> = keys.iter().map(|k| all.contains(*k)).collect();
+            assert_eq!(
+                k.written(&keys),
+                want,
+                "chunk {chunk:?}, windows' keys {all:?}"
+            );
+        }
     }
 
     #[test]

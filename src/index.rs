@@ -151,11 +151,26 @@ pub(crate) struct Index {
 /// queue stays small even if nothing else gets round to it.
 pub(crate) const QUEUED_MAX: usize = 1 << 14;
 
+/// The map as of one moment (every update queued before it applied), for many lookups in a
+/// row under one read lock: one lock and one check of the queue instead of one per key.
+/// Hold it briefly: the appliers of durable batches wait for it.
+pub(crate) struct Lookup<'a>(parking_lot::RwLockReadGuard<'a, Map>);
+
+impl Lookup<'_> {
+    pub fn get(&self, key: &[u8]) -> Option<Loc> {
+        let h = self.0.hash(key);
+        self.0.table.find(h, same_key(h, key)).map(|s| s.loc)
+    }
+}
+
 impl Index {
     pub fn get(&self, key: &[u8]) -> Option<Loc> {
-        let map = self.read();
-        let h = map.hash(key);
-        map.table.find(h, same_key(h, key)).map(|s| s.loc)
+        self.lookup().get(key)
+    }
+
+    /// A [`Lookup`] of the map as of now.
+    pub fn lookup(&self) -> Lookup<'_> {
+        Lookup(self.read())
     }
 
     pub fn len(&self) -> usize {

@@ -293,11 +293,11 @@ impl Report {
             None => out.push_str(&format!(
                 "the engine keeps every segment ({} each), writing and syncing a new one's \
                  zeros first (the `segments` lines); like for like: --retain 2 \
-                 --segment-bytes {}M (two segments kept, two files pooled: {} reused, as \
-                 wal's)\n",
+                 --segment-bytes {}M (two segments kept, two files pooled: {} reused{})\n",
                 mib(self.workload.segment_bytes),
                 (wal_file / 4) >> 20,
-                mib(wal_file)
+                mib(wal_file),
+                if ran("wal") { ", as wal's" } else { "" }
             )),
         }
         out

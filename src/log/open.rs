@@ -83,14 +83,12 @@ pub(crate) fn recover(
         clean::remove(io, dir)?;
     }
     if segs.is_empty() {
-        let prepared = prepared.take();
-        // Timed as a zero fill only when there is no prepared file to start from.
-        let counted = prepared.is_none();
-        let first = || Log::create_first(dir, config.segment_bytes, scanned.next_seq, prepared, io);
-        let seg = if counted {
-            pool.zero_fill(first)
-        } else {
-            first()
+        let first =
+            |prepared| Log::create_first(dir, config.segment_bytes, scanned.next_seq, prepared, io);
+        // A zero fill only when there is no prepared file to start from.
+        let seg = match prepared.take() {
+            Some(p) => first(Some(p)),
+            None => pool.zero_fill(|| first(None)),
         };
         segs.push(Arc::new(seg?));
         pool.fresh.fetch_add(1, Ordering::Relaxed);

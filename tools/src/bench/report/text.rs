@@ -273,7 +273,7 @@ impl Report {
         if ran("wal") {
             out.push_str(&format!(
                 "wal overwrites one file of {} (zero-filled before the run); ",
-                mib(wal_file)
+                file_size(wal_file)
             ));
         }
         if ran("okaywal") {
@@ -288,15 +288,15 @@ impl Report {
                 } else {
                     format!("{n} segments")
                 },
-                mib(self.workload.segment_bytes)
+                file_size(self.workload.segment_bytes)
             )),
             None => out.push_str(&format!(
                 "the engine keeps every segment ({} each), writing and syncing a new one's \
                  zeros first (the `segments` lines); like for like: --retain 2 \
                  --segment-bytes {}M (two segments kept, two files pooled: {} reused{})\n",
-                mib(self.workload.segment_bytes),
+                file_size(self.workload.segment_bytes),
                 (wal_file / 4) >> 20,
-                mib(wal_file),
+                file_size(wal_file),
                 if ran("wal") { ", as wal's" } else { "" }
             )),
         }
@@ -654,7 +654,7 @@ fn sync_time_line(t: &mergelog::SyncTime) -> Option<String> {
 }
 
 /// A file size: "64 MiB", "64 KiB", else MiB with one decimal.
-fn mib(bytes: u64) -> String {
+fn file_size(bytes: u64) -> String {
     if bytes.is_multiple_of(1 << 20) {
         format!("{} MiB", bytes >> 20)
     } else if bytes.is_multiple_of(1 << 10) && bytes < 1 << 20 {

@@ -13,11 +13,13 @@
 //!    chunks of at most [`CHUNK_BYTES`], sorted by key. The index is only a first filter
 //!    here: a window in flight may have written a key since.
 //! 2. It hands a chunk to the flusher, the only writer ([`CompactSlot`]). Between two
-//!    windows the flusher keeps the records that are still their key's newest: the index
-//!    still points at them (the durable state) and no window in flight wrote the key since
-//!    ([`InFlightKeys`]: while a compaction runs the flusher keeps the sorted keys of each
-//!    window until it is durable; the windows written before it began must be durable
-//!    before the first chunk is checked, the one wait of a compaction). It writes them as one
+//!    windows the flusher keeps the records that are still their key's newest: no window
+//!    the scan's lookup could not see wrote the key since ([`InFlightKeys`]: while a
+//!    compaction runs the flusher keeps the sorted keys of each window until it is durable
+//!    and the scan of every chunk not yet checked began after that; see [`Seen`]). The
+//!    windows written before the compaction began must be durable before the first chunk is
+//!    checked (the one wait of a compaction); a chunk scanned before they all were, or
+//!    after a `retire_before` forgot keys, is checked against the index again. It writes them as one
 //!    compaction batch (`FLAG_COMPACTION`: no new event, 0 operations acknowledged) and hands
 //!    it to the syncer like a window. Every later window comes after it in the log, so a
 //!    copy is never older in the log than a write of its key, and replay, which applies
@@ -46,7 +48,7 @@ use crate::stats::Counters;
 use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
@@ -155,7 +157,32 @@ pub(crate) struct Chunk {
     records: Vec<ChunkRecord>,
     /// Bytes of the records in a frame body.
     body_len: usize,
+    /// What the lookup that found the first record could see (the later ones saw more).
+    seen: Option<Seen>,
     reply: Sender<Result<Copied>>,
+}
+
+/// What an index lookup of the compacting thread's scan could see, read just before it:
+/// every window ending at or before `durable` (the durable watermark, a ring position) was
+/// queued in the index before the watermark passed it, so the lookup saw its writes; and
+/// every `Index::forget_below` counted in `forgets`. A key the lookup found in the prefix
+/// stays its newest unless a later window writes it, which the flusher's [`InFlightKeys`]
+/// then holds, or a `retire_before` forgets it, which moves `forgets`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Seen {
+    pub durable: u64,
+    pub forgets: u64,
+}
+
+impl Seen {
+    fn now(inner: &Inner) -> Seen {
+        // The count first: a forgetting after it moves it, one before it is in the lookup.
+        let forgets = inner.index.forgets();
+        Seen {
+            durable: inner.completion.durable(),
+            forgets,
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -182,11 +209,14 @@ impl Chunk {
             data: Vec::new(),
             records: Vec::new(),
             body_len: 0,
+            seen: None,
             reply,
         }
     }
 
-    fn push(&mut self, key: &[u8], value: &[u8], src: Loc) {
+    fn push(&mut self, key: &[u8], value: &[u8], src: Loc, seen: Seen) {
+        // Lookups come in order: the first record's saw the least.
+        self.seen.get_or_insert(seen);
         self.records.push(ChunkRecord {
             at: self.data.len(),
             key_len: key.len(),
@@ -222,11 +252,17 @@ impl Chunk {
         self.records.is_empty()
     }
 
-    /// Keeps the records that are still their key's newest: the index (the durable state)
-    /// still points at the record copied, and no window in flight wrote the key since
-    /// (`in_flight`). The caller has made every window it did not track durable and queued
-    /// in the index (the lookup applies the queue first), so the two together are exact.
-    pub(crate) fn keep_live(&mut self, index: &Index, in_flight: &InFlightKeys) {
+    /// Keeps the records that are still their key's newest: no window tracked in
+    /// `in_flight` wrote the key (every such window comes after the prefix, so a key it
+    /// wrote is never live there; it holds each window until it is durable and every chunk
+    /// scanned before then is checked), and the index still points at the record copied.
+    /// The scan's lookups established the latter, and it still holds unless a window the
+    /// scan could not see and `in_flight` does not hold wrote the key (one ending at or
+    /// before `untracked`, written before the tracking began) or `retire_before` forgot it
+    /// ([`Seen`]); only then is the index asked again. The caller has made every untracked
+    /// window durable and queued in the index (the lookup applies the queue first), so
+    /// either way the check is exact.
+    pub(crate) fn keep_live(&mut self, index: &Index, in_flight: &InFlightKeys, untracked: u64) {
         // Sorted by the compacting thread (`copy_forward`); the check below relies on it.
         if !self
             .records
@@ -238,14 +274,24 @@ impl Chunk {
         let mut records = std::mem::take(&mut self.records);
         let keys: Vec<&[u8]> = records.iter().map(|r| self.key(r)).collect();
         let written = in_flight.written(&keys);
-        let lookup = index.lookup();
-        let mut i = 0;
-        records.retain(|r| {
-            let keep = !written[i] && lookup.get(keys[i]) == Some(r.src);
-            i += 1;
-            keep
-        });
-        drop(lookup);
+        let scan_holds = self
+            .seen
+            .is_some_and(|s| s.durable >= untracked && s.forgets == index.forgets());
+        if scan_holds {
+            let mut i = 0;
+            records.retain(|_| {
+                i += 1;
+                !written[i - 1]
+            });
+        } else {
+            let lookup = index.lookup();
+            let mut i = 0;
+            records.retain(|r| {
+                let keep = !written[i] && lookup.get(keys[i]) == Some(r.src);
+                i += 1;
+                keep
+            });
+        }
         drop(keys);
         self.records = records;
         self.body_len = self
@@ -302,6 +348,13 @@ pub(crate) struct CompactSlot {
     /// Set while a compaction runs: the flusher notes the keys of the windows it writes
     /// ([`InFlightKeys`]), so that a chunk is checked without draining the pipeline.
     tracking: AtomicBool,
+    /// The durable watermark the scan of the chunk being gathered (or the next) saw first
+    /// ([`Seen::durable`]): the flusher keeps each tracked window ending past it, durable
+    /// or not, until the chunk is checked. Only rises while a compaction runs.
+    floor: AtomicU64,
+    /// Compactions begun: the flusher starts its tracking afresh for each one (windows it
+    /// noted during the last may lie in this one's prefix).
+    runs: AtomicU64,
     /// `mergelog-compactor`, if `Compaction::Auto` runs one: woken when a segment completes.
     compactor: OnceLock<Thread>,
 }
@@ -329,6 +382,17 @@ impl CompactSlot {
     /// Whether a compaction runs (the flusher's cheap check per frame).
     pub(crate) fn tracking(&self) -> bool {
         self.tracking.load(Ordering::Acquire)
+    }
+
+    /// Which compaction runs (or ran last): [`InFlightKeys::start`]'s `run`.
+    pub(crate) fn run(&self) -> u64 {
+        self.runs.load(Ordering::Acquire)
+    }
+
+    /// The tracked windows the flusher may forget: those ending at or before this (durable,
+    /// and seen by every lookup of the chunks still to be checked).
+    pub(crate) fn forget_upto(&self, durable: u64) -> u64 {
+        durable.min(self.floor.load(Ordering::Acquire))
     }
 
     /// The log rolled to a new segment: a segment was completed, which the compactor may
@@ -361,16 +425,19 @@ impl CompactSlot {
     }
 }
 
-/// The keys written by the windows in flight while a compaction runs (the flusher's):
-/// what lets it check a chunk against the index without draining the pipeline first. A
-/// window's keys are kept, sorted, from when its frame is written until the watermark
-/// passes it (by then its updates are queued in the index). Windows written before the
-/// tracking began (up to `from`) are not in it: the flusher waits for them, once per
-/// compaction, before it checks the first chunk.
+/// The keys written by the windows the scan's lookups may not have seen, while a compaction
+/// runs (the flusher's): what lets it check a chunk without draining the pipeline first or
+/// looking each record up again. A window's keys are kept, sorted, from when its frame is
+/// written until it is durable (its updates are then queued in the index) and the lookups
+/// of every chunk still to be checked began after that ([`CompactSlot::forget_upto`]).
+/// Windows written before the tracking began (up to `from`) are not in it: the flusher
+/// waits for them, once per compaction, before it checks the first chunk.
 #[derive(Default)]
 pub(crate) struct InFlightKeys {
     /// Ring end of the last window not tracked, while tracking.
     from: Option<u64>,
+    /// The compaction tracked ([`CompactSlot::run`]).
+    run: u64,
     windows: VecDeque<KeysOf>,
     spare: Vec<KeysOf>,
 }
@@ -407,9 +474,15 @@ impl KeysOf {
 }
 
 impl InFlightKeys {
-    /// Starts tracking (if not already) with every window up to `in_flight` untracked;
-    /// returns the end of the last untracked window.
-    pub(crate) fn start(&mut self, in_flight: u64) -> u64 {
+    /// Starts tracking compaction `run` (if not already) with every window up to
+    /// `in_flight` untracked; returns the end of the last untracked window. The windows
+    /// noted for an earlier run are forgotten: they may lie in this run's prefix, where a
+    /// key they wrote is live.
+    pub(crate) fn start(&mut self, in_flight: u64, run: u64) -> u64 {
+        if self.run != run {
+            self.stop();
+            self.run = run;
+        }
         *self.from.get_or_insert(in_flight)
     }
 
@@ -421,7 +494,7 @@ impl InFlightKeys {
     /// Stops tracking and forgets every window.
     pub(crate) fn stop(&mut self) {
         self.from = None;
-        self.forget_durable(u64::MAX);
+        self.forget(u64::MAX);
     }
 
     /// Notes the keys a window ending at `end` wrote.
@@ -443,9 +516,10 @@ impl InFlightKeys {
         self.windows.push_back(w);
     }
 
-    /// Forgets the windows the watermark `durable` has passed.
-    pub(crate) fn forget_durable(&mut self, durable: u64) {
-        while self.windows.front().is_some_and(|w| w.end <= durable) {
+    /// Forgets the windows ending at or before `upto` (durable, and seen by the lookups of
+    /// every chunk still to be checked: [`CompactSlot::forget_upto`]).
+    pub(crate) fn forget(&mut self, upto: u64) {
+        while self.windows.front().is_some_and(|w| w.end <= upto) {
             let w = self.windows.pop_front().expect("checked above");
             self.spare.push(w);
         }
@@ -473,6 +547,9 @@ struct Tracking<'a>(&'a CompactSlot);
 
 impl<'a> Tracking<'a> {
     fn on(slot: &'a CompactSlot) -> Tracking<'a> {
+        // Nothing scanned yet: every tracked window is kept until the first chunk begins.
+        slot.floor.store(0, Ordering::Release);
+        slot.runs.fetch_add(1, Ordering::AcqRel);
         slot.tracking.store(true, Ordering::Release);
         Tracking(slot)
     }
@@ -536,13 +613,21 @@ pub(crate) fn compact(
             break;
         }
         let idx = base + i as u32;
-        scan_segment(seg, idx, &inner.index, |key, value, src| {
+        scan_segment(seg, idx, inner, |key, value, src, seen| {
             let len = record_len(key.len(), value.len());
             if !chunk.is_empty() && chunk.body_len + len > chunk_max {
                 let full = std::mem::replace(&mut chunk, Chunk::new(tx.clone()));
                 last_seq = last_seq.max(copy_forward(inner, full, &rx, stop, &mut done)?);
             }
-            chunk.push(key, value, src);
+            if chunk.is_empty() {
+                // The chunk before was checked: the flusher may forget the windows this
+                // record's lookup saw, and must keep the later ones until this is checked.
+                inner
+                    .compact_slot
+                    .floor
+                    .store(seen.durable, Ordering::Release);
+            }
+            chunk.push(key, value, src, seen);
             enough.copied(len);
             Ok(())
         })?;
@@ -639,13 +724,13 @@ fn check_running(inner: &Inner) -> Result<()> {
     Ok(())
 }
 
-/// Calls `f(key, value, location)` for every put record of `seg` (index `idx` in the log)
-/// that the index says is its key's newest.
+/// Calls `f(key, value, location, seen)` for every put record of `seg` (index `idx` in the
+/// log) that the index says is its key's newest, `seen` saying what that lookup saw.
 fn scan_segment(
     seg: &Segment,
     idx: u32,
-    index: &Index,
-    mut f: impl FnMut(&[u8], &[u8], Loc) -> Result<()>,
+    inner: &Inner,
+    mut f: impl FnMut(&[u8], &[u8], Loc, Seen) -> Result<()>,
 ) -> Result<()> {
     let image = seg.published_bytes();
     let mut off = SEGMENT_HEADER_LEN;
@@ -668,7 +753,8 @@ fn scan_segment(
         // One lookup of the index per frame, released before `f` runs: `f` may wait for the
         // flusher, which may need the index's write lock to apply a batch.
         live.clear();
-        let lookup = index.lookup();
+        let seen = Seen::now(inner);
+        let lookup = inner.index.lookup();
         live.extend(
             frame_updates(idx, seg, &frame)
                 .filter_map(|(key, loc)| Some((key, loc?)))
@@ -676,7 +762,7 @@ fn scan_segment(
         );
         drop(lookup);
         for &(key, loc) in &live {
-            f(key, seg.bytes(loc.off, loc.len as usize), loc)?;
+            f(key, seg.bytes(loc.off, loc.len as usize), loc, seen)?;
         }
     }
 }
@@ -836,14 +922,92 @@ pub(crate) fn log_bytes(inner: &Inner) -> (u64, u64) {
 
 #[cfg(test)]
 mod tests {
-    use super::{Enough, InFlightKeys};
+    use super::{Chunk, Enough, InFlightKeys, Seen};
+    use crate::index::{Index, Loc};
+
+    fn loc(seg: u32, off: u64) -> Loc {
+        Loc { seg, off, len: 1 }
+    }
+
+    /// The flusher's check of a chunk, on both of its paths: it trusts the scan's lookups
+    /// when they saw every untracked window and no forgetting came after them, and asks the
+    /// index again otherwise; a key a tracked window wrote is dropped either way.
+    #[test]
+    fn a_chunk_keeps_what_is_still_live_whether_or_not_it_trusts_its_scan() {
+        let keys: [&'static [u8]; 4] = [b"a", b"b", b"c", b"d"];
+        let check = |seen: Seen, untracked: u64, change: &dyn Fn(&Index)| -> Vec<Vec<u8>> {
+            let index = Index::default();
+            // SAFETY: the keys are static (and short enough to be copied into the index).
+            unsafe {
+                index.apply(
+                    keys.iter()
+                        .enumerate()
+                        .map(|(i, k)| (*k, Some(loc(1, i as u64)))),
+                )
+            };
+            let (tx, _rx) = crossbeam::channel::bounded(1);
+            let mut chunk = Chunk::new(tx);
+            for (i, k) in keys.iter().enumerate() {
+                chunk.push(k, b"v", loc(1, i as u64), seen);
+            }
+            // What happened between the scan and the check.
+            change(&index);
+            let mut tracked = InFlightKeys::default();
+            tracked.start(untracked, 1);
+            tracked.note(untracked + 10, [&b"c"[..]].into_iter());
+            chunk.keep_live(&index, &tracked, untracked);
+            assert_eq!(
+                chunk.body_len(),
+                chunk.len() * crate::log::format::record_len(1, 1)
+            );
+            chunk
+                .records
+                .iter()
+                .map(|r| chunk.key(r).to_vec())
+                .collect()
+        };
+        let kept = |names: &[&str]| -> Vec<Vec<u8>> {
+            names.iter().map(|n| n.as_bytes().to_vec()).collect()
+        };
+        let saw_all = Seen {
+            durable: 100,
+            forgets: 0,
+        };
+        // Nothing happened but the tracked window's write of c.
+        assert_eq!(check(saw_all, 100, &|_| {}), kept(&["a", "b", "d"]));
+        // `retire_before` forgot a and b (their segment) after the scan: the index decides.
+        let forget = |index: &Index| {
+            // SAFETY: as above.
+            unsafe { index.apply([(&b"d"[..], Some(loc(2, 0)))].into_iter()) };
+            assert_eq!(index.forget_below(2), 3, "a, b and c were in segment 1");
+        };
+        assert_eq!(
+            check(saw_all, 100, &forget),
+            Vec::<Vec<u8>>::new(),
+            "d moved too"
+        );
+        // An untracked window (ending at 120, past what the scan saw) wrote b: the index
+        // decides, and has b's new place.
+        let moved_b = |index: &Index| {
+            // SAFETY: as above.
+            unsafe { index.apply([(&b"b"[..], Some(loc(3, 0)))].into_iter()) };
+        };
+        assert_eq!(check(saw_all, 120, &moved_b), kept(&["a", "d"]));
+        // Had the scan seen that window (durable 120), b's lookup would have found its new
+        // place and left it out: what the scan found still holds.
+        let saw_window = Seen {
+            durable: 120,
+            forgets: 0,
+        };
+        assert_eq!(check(saw_window, 120, &|_| {}), kept(&["a", "b", "d"]));
+    }
 
     #[test]
     fn in_flight_keys_are_found_until_their_window_is_durable() {
         let mut k = InFlightKeys::default();
         assert!(!k.is_on());
-        assert_eq!(k.start(10), 10, "windows up to 10 are not tracked");
-        assert_eq!(k.start(20), 10, "a second start keeps the first");
+        assert_eq!(k.start(10, 1), 10, "windows up to 10 are not tracked");
+        assert_eq!(k.start(20, 1), 10, "a second start keeps the first");
         // A window of an unsorted frame (`coalesce` off) is sorted when noted.
         let w1: [&[u8]; 3] = [b"m", b"c", b"x"];
         k.note(20, w1.into_iter());
@@ -853,7 +1017,7 @@ mod tests {
             assert!(k.contains(key), "{key:?}");
         }
         assert!(!k.contains(b"b") && !k.contains(b"z") && !k.contains(b""));
-        k.forget_durable(25);
+        k.forget(25);
         assert!(
             !k.contains(b"m") && !k.contains(b"c"),
             "window 20 is durable"
@@ -861,7 +1025,11 @@ mod tests {
         assert!(k.contains(b"a") && k.contains(b"q"));
         k.stop();
         assert!(!k.is_on() && !k.contains(b"a"));
-        assert_eq!(k.start(40), 40);
+        assert_eq!(k.start(40, 1), 40);
+        // A new compaction forgets what the last one noted, stopped or not.
+        k.note(50, [&b"a"[..]].into_iter());
+        assert_eq!(k.start(60, 2), 60, "a new run starts afresh");
+        assert!(!k.contains(b"a"), "noted for run 1");
     }
 
     /// `written` (one merge per window) answers as a set lookup over every window's keys
@@ -883,7 +1051,7 @@ mod tests {
                 (0..len).map(|_| b'a' + next(3) as u8).collect()
             }
             let mut k = InFlightKeys::default();
-            k.start(0);
+            k.start(0, 1);
             let mut all = std::collections::BTreeSet::new();
             for w in 0..next(4) {
                 let n = next(12);

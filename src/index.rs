@@ -13,7 +13,7 @@ use crate::log::Segments;
 use hashbrown::HashTable;
 use parking_lot::{Mutex, RwLock};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Where a live value's bytes are: segment index in the log, offset and length in the file.
@@ -145,6 +145,9 @@ pub(crate) struct Index {
     /// cleared by the applier under `map`'s write lock, so a lookup that finds it clear finds
     /// every queued update applied once it holds the read lock.
     has_queued: AtomicBool,
+    /// How many times [`Index::forget_below`] has run: the one change to the map that no
+    /// batch makes (compaction's check of a chunk trusts its scan only if this has not moved).
+    forgets: AtomicU64,
 }
 
 /// Queued updates beyond which [`Index::defer`] asks its caller to apply them at once, so the
@@ -263,7 +266,17 @@ impl Index {
             keep
         });
         map.live_bytes -= freed;
+        // Under the write lock: a lookup that read the old count before it took the read
+        // lock may see the forgetting or not, and the count has moved either way.
+        self.forgets.fetch_add(1, Ordering::AcqRel);
         before - map.table.len()
+    }
+
+    /// How many times [`Index::forget_below`] has run. Read before a lookup, it tells
+    /// whether the lookup may have missed a forgetting that happened since (read again
+    /// later: it moved).
+    pub fn forgets(&self) -> u64 {
+        self.forgets.load(Ordering::Acquire)
     }
 
     /// Visits every live key with its location (unordered).

@@ -999,8 +999,9 @@ impl Flusher {
         let keys = &mut self.in_flight_keys;
         if self.inner.compact_slot.tracking() {
             // Windows handed on before this one were not noted: a chunk waits for them.
-            keys.start(self.in_flight);
-            keys.forget_durable(self.inner.completion.durable());
+            let slot = &self.inner.compact_slot;
+            keys.start(self.in_flight, slot.run());
+            keys.forget(slot.forget_upto(self.inner.completion.durable()));
             keys.note(end, survivors.iter().map(|&i| entries[i as usize].key));
         } else if keys.is_on() {
             keys.stop();
@@ -1016,13 +1017,14 @@ impl Flusher {
     fn write_compaction(&mut self, chunk: &mut Chunk) -> Result<Copied> {
         let inner = self.inner.clone();
         let gone = |inner: &Inner| inner.completion.failure().map_or(Error::Closed, failed);
-        let untracked = self.in_flight_keys.start(self.in_flight);
+        let run = inner.compact_slot.run();
+        let untracked = self.in_flight_keys.start(self.in_flight, run);
         if !Self::drain_pipeline(&inner, untracked) {
             return Err(gone(&inner));
         }
-        self.in_flight_keys
-            .forget_durable(inner.completion.durable());
-        chunk.keep_live(&inner.index, &self.in_flight_keys);
+        let upto = inner.compact_slot.forget_upto(inner.completion.durable());
+        self.in_flight_keys.forget(upto);
+        chunk.keep_live(&inner.index, &self.in_flight_keys, untracked);
         if chunk.is_empty() {
             return Ok(Copied::default());
         }

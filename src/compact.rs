@@ -237,10 +237,11 @@ impl Chunk {
         &self.data[v..v + r.value_len]
     }
 
-    /// Sorts the records by key, as a sorted frame needs them.
+    /// Sorts the records by key, as a sorted frame needs them. They come as a few ascending
+    /// runs (each frame's records are sorted), which the stable sort finds and merges.
     fn sort(&mut self) {
         let mut records = std::mem::take(&mut self.records);
-        records.sort_unstable_by(|a, b| self.key(a).cmp(self.key(b)));
+        records.sort_by(|a, b| self.key(a).cmp(self.key(b)));
         // A key has one newest record, so it is gathered once.
         debug_assert!(records
             .windows(2)

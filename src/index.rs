@@ -118,6 +118,58 @@ struct Map {
     /// Bytes the live keys' newest records take in the log (record header, key, value): what
     /// compaction would keep (`crate::compact`'s policy compares it with the log's size).
     live_bytes: u64,
+    /// How many live keys point into each segment: `forget_below` scans the table only if
+    /// some do (after a compaction none do, and a scan of millions of slots holds the
+    /// write lock for tens of milliseconds).
+    per_segment: KeysPerSegment,
+}
+
+/// Live keys per segment index, for the segments from `first` on.
+#[derive(Default)]
+struct KeysPerSegment {
+    first: u32,
+    counts: std::collections::VecDeque<u64>,
+}
+
+impl KeysPerSegment {
+    fn count(&mut self, seg: u32) -> &mut u64 {
+        if self.counts.is_empty() {
+            self.first = seg;
+        }
+        // Only a test points below a segment already counted.
+        while seg < self.first {
+            self.counts.push_front(0);
+            self.first -= 1;
+        }
+        let i = (seg - self.first) as usize;
+        if i >= self.counts.len() {
+            self.counts.resize(i + 1, 0);
+        }
+        &mut self.counts[i]
+    }
+
+    fn add(&mut self, seg: u32) {
+        *self.count(seg) += 1;
+    }
+
+    fn remove(&mut self, seg: u32) {
+        let n = self.count(seg);
+        debug_assert!(*n > 0, "segment {seg} had no live key to remove");
+        *n -= 1;
+    }
+
+    /// Live keys in the segments below `first`.
+    fn below(&self, first: u32) -> u64 {
+        let n = first.saturating_sub(self.first) as usize;
+        self.counts.iter().take(n).sum()
+    }
+
+    /// Stops counting the segments below `first` (they hold no live key now).
+    fn drop_below(&mut self, first: u32) {
+        let n = (first.saturating_sub(self.first) as usize).min(self.counts.len());
+        self.counts.drain(..n);
+        self.first = self.first.max(first);
+    }
 }
 
 /// Bytes a live record takes in the log: its header, key and value (not its frame's share).
@@ -257,15 +309,23 @@ impl Index {
         let mut map = self.map.write();
         self.apply_queued(&mut map);
         let before = map.table.len();
-        let mut freed = 0;
-        map.table.retain(|s| {
-            let keep = s.loc.seg >= first;
-            if !keep {
-                freed += live_len(s.key.bytes(), s.loc);
-            }
-            keep
-        });
-        map.live_bytes -= freed;
+        if map.per_segment.below(first) > 0 {
+            let mut freed = 0;
+            map.table.retain(|s| {
+                let keep = s.loc.seg >= first;
+                if !keep {
+                    freed += live_len(s.key.bytes(), s.loc);
+                }
+                keep
+            });
+            map.live_bytes -= freed;
+        } else {
+            debug_assert!(
+                map.table.iter().all(|s| s.loc.seg >= first),
+                "a key below segment {first} was not counted"
+            );
+        }
+        map.per_segment.drop_below(first);
         // Under the write lock: a lookup that read the old count before it took the read
         // lock may see the forgetting or not, and the count has moved either way.
         self.forgets.fetch_add(1, Ordering::AcqRel);
@@ -306,12 +366,17 @@ unsafe fn apply_updates<'a>(map: &mut Map, updates: impl Iterator<Item = (&'a [u
                         // compares against bytes still in cache.
                         k.ptr = key.as_ptr();
                     }
-                    let old = live_len(key, slot.loc);
+                    let old = slot.loc;
                     slot.loc = loc;
-                    map.live_bytes = map.live_bytes - old + live_len(key, loc);
+                    map.live_bytes = map.live_bytes - live_len(key, old) + live_len(key, loc);
+                    if old.seg != loc.seg {
+                        map.per_segment.remove(old.seg);
+                        map.per_segment.add(loc.seg);
+                    }
                 }
                 None => {
                     map.live_bytes += live_len(key, loc);
+                    map.per_segment.add(loc.seg);
                     let slot = Slot {
                         // SAFETY: this function's contract.
                         key: unsafe { Key::new(key) },
@@ -325,6 +390,7 @@ unsafe fn apply_updates<'a>(map: &mut Map, updates: impl Iterator<Item = (&'a [u
                 if let Ok(entry) = map.table.find_entry(h, same_key(h, key)) {
                     let (slot, _) = entry.remove();
                     map.live_bytes -= live_len(key, slot.loc);
+                    map.per_segment.remove(slot.loc.seg);
                 }
             }
         }
@@ -442,9 +508,28 @@ mod tests {
             // SAFETY: every key is leaked, so 'static.
             unsafe { index.apply([(k, update)].into_iter()) };
             assert_eq!(index.live_bytes(), expect(&index), "round {round}");
+            // The per-segment counts that let `forget_below` skip its scan.
+            for first in 0..13 {
+                let mut want = 0;
+                index.for_each(|_, l| want += u64::from(l.seg < first));
+                let got = index.map.read().per_segment.below(first);
+                assert_eq!(got, want, "round {round}, keys below segment {first}");
+            }
         }
-        index.forget_below(4);
+        let mut want = 0;
+        index.for_each(|_, l| want += usize::from(l.seg < 4));
+        assert_eq!(index.forget_below(4), want, "the keys below segment 4");
         assert_eq!(index.live_bytes(), expect(&index), "after forget_below");
+        assert_eq!(index.map.read().per_segment.below(4), 0);
+        // Nothing is below 4 any more: a second call forgets nothing (and scans nothing).
+        assert_eq!(index.forget_below(4), 0);
+        // One key moved past the rest: forgetting below it leaves only that key.
+        // SAFETY: as above.
+        unsafe { index.apply([(keys[0], Some(loc(20)))].into_iter()) };
+        let before = index.len();
+        assert_eq!(index.forget_below(20), before - 1);
+        assert_eq!(index.len(), 1);
+        assert_eq!(index.map.read().per_segment.below(21), 1);
         index.forget_below(u32::MAX);
         assert_eq!(index.live_bytes(), 0);
     }

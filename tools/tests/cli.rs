@@ -708,8 +708,10 @@ fn retain_keeps_the_log_short_and_reuses_segments() {
         );
         if retain {
             assert_eq!(w["retain_segments"], 1);
+            assert_eq!(w["recycle_segments"], 2, "--retain keeps two for reuse");
         } else {
             assert!(w["retain_segments"].is_null());
+            assert_eq!(w["recycle_segments"], 0);
         }
         let log = runs.join("mergelog");
         let mut segs = 0;
@@ -1044,7 +1046,8 @@ fn sync_probe_is_reported_with_the_depth_one_bound_and_can_be_skipped() {
 }
 
 /// `profile --system mergelog-compact`: the engine compacting on its own, profiled stage by
-/// stage, with the space table `bench` prints for it (disk against live data, the bound).
+/// stage, with the space table `bench` prints for it (disk against live data, the bound);
+/// `--recycle-segments` sets how many retired segments it keeps for reuse.
 #[test]
 fn profile_of_the_compacting_engine_prints_its_space() {
     let dir = tempfile::tempdir().unwrap();
@@ -1063,6 +1066,8 @@ fn profile_of_the_compacting_engine_prints_its_space() {
         "16K",
         "--compaction-ratio",
         "0.6",
+        "--recycle-segments",
+        "4",
         "--sync-probe",
         "0",
         "--json",
@@ -1071,8 +1076,12 @@ fn profile_of_the_compacting_engine_prints_its_space() {
     for needle in ["end_to_end", "space (disk:", "mergelog-compact bound:"] {
         assert!(stdout.contains(needle), "no {needle:?}:\n{stdout}");
     }
-    let run = &read_json(&json_path)["runs"][0];
+    let report = read_json(&json_path);
+    assert_eq!(report["workload"]["recycle_segments"], 4);
+    let run = &report["runs"][0];
     assert_eq!(run["system"], "mergelog-compact");
+    let sg = &run["engine"]["segments"];
+    assert!(int(sg, "reused") > 0, "no retired segment reused: {sg}");
     let runs = int(&run["space"]["compactions"], "runs");
     assert!(
         runs > 0,

@@ -226,6 +226,11 @@ pub struct WorkloadArgs {
     /// the whole history.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     retain: Option<u64>,
+    /// Retired segments the engine systems keep for reuse instead of deleting them
+    /// (`Config::recycle_segments`, at most 64) [default: 0; `mergelog-compact` keeps at
+    /// least 1, `--retain` at least 2].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=64))]
+    recycle_segments: Option<u64>,
     /// How many request ids the engine remembers (`Config::request_ids`; only the
     /// `mergelog-ids` system uses ids) [engine default: 1048576].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
@@ -1476,6 +1481,9 @@ fn engine_from_flags(args: &WorkloadArgs, retain: Option<usize>) -> Result<Confi
     }
     if let Some(n) = args.id_horizon {
         engine.request_ids.ids = size("--id-horizon", n)?;
+    }
+    if let Some(n) = args.recycle_segments {
+        engine.recycle_segments = n as usize;
     }
     if retain.is_some() {
         engine.recycle_segments = engine.recycle_segments.max(2);

@@ -74,6 +74,9 @@ pub struct Workload {
     /// `--retain`: segments the engines' logs keep (older ones retired during the run and
     /// their files reused); null: the whole history is kept.
     retain_segments: Option<usize>,
+    /// `Config::recycle_segments` of the engine systems (`--recycle-segments`, at least 2
+    /// with `--retain`); `mergelog-compact` keeps at least 1.
+    recycle_segments: usize,
     systems: Vec<&'static str>,
     seed: u64,
     /// `--dir`, or null for a temporary directory.
@@ -195,6 +198,7 @@ impl Workload {
             engine_syncers: e.syncers,
             overlap_syncs_above_us: e.overlap_syncs_above.as_micros() as u64,
             retain_segments: plan.retain,
+            recycle_segments: e.recycle_segments,
             systems: systems.iter().map(|s| s.name()).collect(),
             seed: s.seed,
             dir: args.dir.as_ref().map(|d| d.display().to_string()),

@@ -77,7 +77,11 @@ pub enum Compaction {
 ///
 /// What it bounds (docs/FORMAT.md, "Compaction"): with live bytes `L` and segments of `S`
 /// bytes, the frames on disk stay below about `L / live_ratio + 2 S` plus what is written
-/// during one compaction, and a compaction copies at most `L`.
+/// during one compaction, and a compaction copies at most `L`. A run keeps the files it
+/// retires that the log will fill before the next run can retire any (its room below the
+/// trigger and the next run's copies, estimated by its own), so that a compacting log
+/// seldom writes a new segment full of zeros; `close` deletes them beyond
+/// `Config::recycle_segments`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AutoCompaction {
     /// Compact when live bytes / log bytes falls below this (between 0 and 1 exclusive;
@@ -641,7 +645,12 @@ pub(crate) fn compact(
     // (frames become durable in log order).
     wait_durable(inner, last_seq)?;
     sync_unsynced_log(inner, keep_from)?;
-    let retired: Retired = retire_prefix(inner, keep_from, true)?;
+    let keep = match goal {
+        Some(_) => files_until_next_run(inner, keep_from, done.bytes_written),
+        // Asked for (or past `max_log_bytes`): the disk shrinks by what was retired.
+        None => 0,
+    };
+    let retired: Retired = retire_prefix(inner, keep_from, true, keep)?;
     // Every live record of the prefix was copied: retiring it forgets no key (unless a
     // `retire_before` meanwhile took some of it, which forgets them on its own account).
     debug_assert_eq!(retired.keys_forgotten, 0, "compaction lost live keys");
@@ -652,6 +661,32 @@ pub(crate) fn compact(
     Counters::add(&c.compaction_runs, 1);
     Counters::add(&c.compaction_segments, retired.segments as u64);
     Ok(done)
+}
+
+/// How many of the files a run of `Compaction::Auto` retires (the segments below
+/// `keep_from`) the head will fill before the next run can retire any: the frames it may
+/// add until they cross the policy's trigger (`L / live_ratio`, or `max_log_bytes` if
+/// lower), and the next run's copies, written before it retires (as many as this run's,
+/// `copied` bytes), in segments, rounded up (at most `RECYCLE_SEGMENTS_MAX`). Kept for reuse
+/// instead of deleted, they spare the log a segment of zeros each; the disk then does not dip
+/// between runs, and its peak, while a run copies, grows by no more than the estimate's
+/// error. `close` gives up what the pool holds beyond `recycle_segments`.
+fn files_until_next_run(inner: &Inner, keep_from: u64, copied: u64) -> usize {
+    let Compaction::Auto(policy) = inner.config.compaction else {
+        return 0;
+    };
+    let (frames, _) = log_bytes(inner);
+    let retiring: u64 = (inner.segments.read().iter())
+        .take_while(|s| s.id < keep_from)
+        .map(|s| s.published().saturating_sub(SEGMENT_HEADER_LEN as u64))
+        .sum();
+    let trigger = inner.index.live_bytes() as f64 / policy.live_ratio;
+    let trigger = policy
+        .max_log_bytes
+        .map_or(trigger, |m| trigger.min(m as f64));
+    let room = trigger - frames.saturating_sub(retiring) as f64 + copied as f64;
+    let segments = (room.max(0.0) / inner.config.segment_bytes as f64).ceil() as usize + 1;
+    segments.min(crate::config::RECYCLE_SEGMENTS_MAX)
 }
 
 /// With `Durability::NoSync` nothing was synced, not even the compaction batches, while the

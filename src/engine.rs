@@ -558,7 +558,8 @@ impl Engine {
 
     /// `retire_before(seq)`, held back by the consumers if `respect_consumers`.
     fn retire(&self, seq: u64, respect_consumers: bool) -> Result<Retired> {
-        retire_prefix(&self.inner, seq, respect_consumers)
+        let keep = self.inner.config.recycle_segments;
+        retire_prefix(&self.inner, seq, respect_consumers, keep)
     }
 
     /// Compacts the log: copies every record that is still the newest of its key out of the
@@ -656,6 +657,11 @@ impl Engine {
             // Nothing writes the directory any more (a retirement in progress finishes
             // first): let the next engine have it.
             let _no_retirement = self.inner.retire_lock.lock();
+            // A compaction may have kept more retired files than `recycle_segments` for the
+            // segments it expected to write next: at rest they are only disk. Best effort:
+            // the next open removes any beyond the pool's size.
+            let inner = &*self.inner;
+            let _ = retire::evict(&*inner.io, &inner.dir, &inner.pool.trim());
             if joined.is_ok() {
                 self.write_clean_mark();
             }
@@ -692,8 +698,14 @@ impl Engine {
 }
 
 /// `Engine::retire_before(seq)` on the engine `inner`, held back by the consumers if
-/// `respect_consumers` (also the last step of a compaction).
-pub(crate) fn retire_prefix(inner: &Inner, seq: u64, respect_consumers: bool) -> Result<Retired> {
+/// `respect_consumers` (also the last step of a compaction), keeping up to `keep` retired
+/// files for reuse (at least `Config::recycle_segments`).
+pub(crate) fn retire_prefix(
+    inner: &Inner,
+    seq: u64,
+    respect_consumers: bool,
+    keep: usize,
+) -> Result<Retired> {
     // Checked under the lock, which `close` takes before it gives up the directory: no
     // retirement runs on once another engine may have the directory.
     let _one_at_a_time = inner.retire_lock.lock();
@@ -732,7 +744,8 @@ pub(crate) fn retire_prefix(inner: &Inner, seq: u64, respect_consumers: bool) ->
             .map(|s| s.id);
         ids::carry_before(io, dir, &inner.ids, kept.unwrap_or(u64::MAX))?;
     }
-    let retiring = retire::retire_oldest(io, dir, &inner.pool, &inner.config, &candidates);
+    let keep = keep.max(inner.config.recycle_segments);
+    let retiring = retire::retire_oldest(io, dir, &inner.pool, &inner.config, &candidates, keep);
     let removed = retiring.removed;
     // Forget what was removed: first from the list (new lookups miss it), then from the
     // index. `gone` keeps the mappings alive until the index no longer points into them.

@@ -506,6 +506,78 @@ fn auto_compaction_runs_on_its_own_and_keeps_the_state() {
     assert_eq!(engine_state(&engine), state);
 }
 
+/// A log that `Compaction::Auto` keeps compacting reuses the files its runs retire (as many
+/// as the head will fill before the next run can retire any) instead of writing new segments
+/// full of zeros, whatever `recycle_segments` says; `close` leaves only `recycle_segments` of
+/// them on disk, and the state is whole after a reopen.
+#[test]
+fn auto_compaction_reuses_what_it_retires_and_close_keeps_the_configured_pool() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let auto = Config {
+        compaction: Compaction::Auto(AutoCompaction {
+            live_ratio: 0.6,
+            check_every: Duration::from_millis(2),
+            ..AutoCompaction::default()
+        }),
+        recycle_segments: 1,
+        ..config()
+    };
+    let engine = Engine::open(dir, auto.clone()).expect("open");
+    // 3,000 keys of about 220 bytes: ten 64 KiB segments live, so a run retires several.
+    let mut state = State::new();
+    let give_up = Instant::now() + WAIT_MAX;
+    // Before the first run the log grows in fresh files.
+    let mut first = None;
+    while first
+        .is_none_or(|(_, retired)| engine.counts().compaction.segments_retired < retired + 100)
+    {
+        assert!(Instant::now() < give_up, "{:?}", engine.counts());
+        state = overwrite(&engine, 3000, 1);
+        let c = engine.counts();
+        if first.is_none() && c.compaction.runs > 0 {
+            first = Some((c.segments, c.compaction.segments_retired));
+        }
+    }
+    let (at_first, _) = first.expect("a run");
+    let c = engine.counts();
+    assert!(
+        c.compaction.segments_retired > 2 * c.compaction.runs,
+        "runs retire several segments each: {:?}",
+        c.compaction
+    );
+    // After it, the log grows mostly in the files the runs retired.
+    let fresh = c.segments.fresh - at_first.fresh;
+    let reused = c.segments.reused - at_first.reused;
+    assert!(
+        reused > 4 * fresh,
+        "retired files not reused: {fresh} fresh and {reused} reused since the first run"
+    );
+    assert_eq!(engine_state(&engine), state);
+    // Close with several files pooled: right after a run kept them for the writes it expected.
+    let pooled = || {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("recycle-"))
+            .count()
+    };
+    while pooled() < 3 {
+        assert!(Instant::now() < give_up, "never 3 files pooled");
+        state = overwrite(&engine, 3000, 1);
+    }
+    engine.close().expect("close");
+    drop(engine);
+    // `recycle_segments` of them, and the prepared next segment if it was a pooled file.
+    let left = pooled();
+    assert!(
+        left <= 2,
+        "{left} files pooled after close, recycle_segments is 1"
+    );
+    let engine = Engine::open(dir, auto).expect("reopen");
+    assert_eq!(engine_state(&engine), state);
+}
+
 /// The compactor looks whenever the log completes a segment, not only every `check_every`
 /// (here an hour: only a roll can wake it in time).
 #[test]

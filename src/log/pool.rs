@@ -68,12 +68,19 @@ impl Pool {
     }
 
     /// Adds retired segments, renamed to paths [`Pool::next_path`] gave, and gives up the
-    /// oldest files beyond the pool's size: returns them, for the caller to remove.
-    pub fn put(&self, paths: impl Iterator<Item = PathBuf>) -> Vec<PathBuf> {
+    /// oldest files beyond `keep` (at least the pool's configured size): returns them, for
+    /// the caller to remove.
+    pub fn put(&self, paths: impl Iterator<Item = PathBuf>, keep: usize) -> Vec<PathBuf> {
         let mut p = self.inner.lock();
         p.files.extend(paths);
-        let over = p.files.len().saturating_sub(self.max);
+        let over = p.files.len().saturating_sub(keep.max(self.max));
         p.files.drain(..over).collect()
+    }
+
+    /// Gives up the oldest files beyond the configured size (a compaction may have kept
+    /// more while the engine ran): returns them, for the caller to remove.
+    pub fn trim(&self) -> Vec<PathBuf> {
+        self.put(std::iter::empty(), 0)
     }
 
     /// The segment counters.

@@ -26,28 +26,31 @@ pub(crate) struct Retiring {
     pub removed: usize,
     /// The pool paths of those renamed into the pool whose rename is durable.
     pooled: Vec<PathBuf>,
+    /// How many files the pool may hold afterwards.
+    keep: usize,
     /// The error that stopped the retirement, if one did.
     result: Result<()>,
 }
 
 /// Takes the `.seg` names of `candidates` (complete, durable segments, oldest first) away:
-/// renames each into the pool or removes it, and syncs the directory after each; stops at the
-/// first error.
+/// renames each into the pool (the newest `keep` of them) or removes it, and syncs the
+/// directory after each; stops at the first error.
 pub(crate) fn retire_oldest(
     io: &dyn Io,
     dir: &Path,
     pool: &Pool,
     config: &Config,
     candidates: &[Arc<Segment>],
+    keep: usize,
 ) -> Retiring {
     let mut removed = 0;
     let mut pooled = Vec::new();
     let mut result = Ok(());
-    // The newest `recycle_segments` of them go to the pool (if they have the size
-    // segments are made with now), the rest are removed; either way the `.seg` name
-    // goes. The pool then gives up its oldest files beyond its size: a file some reader
-    // still maps cannot be reused, and must not keep newer ones out.
-    let pool_from = candidates.len().saturating_sub(config.recycle_segments);
+    // The newest `keep` of them go to the pool (if they have the size segments are made
+    // with now), the rest are removed; either way the `.seg` name goes. The pool then gives
+    // up its oldest files beyond `keep`: a file some reader still maps cannot be reused,
+    // and must not keep newer ones out.
+    let pool_from = candidates.len().saturating_sub(keep);
     for (i, seg) in candidates.iter().enumerate() {
         let to = (i >= pool_from && seg.size == config.segment_bytes).then(|| pool.next_path());
         let r = match &to {
@@ -71,6 +74,7 @@ pub(crate) fn retire_oldest(
     Retiring {
         removed,
         pooled,
+        keep,
         result,
     }
 }
@@ -84,23 +88,31 @@ impl Retiring {
         let Retiring {
             removed,
             pooled,
-            mut result,
+            keep,
+            result,
         } = self;
         Counters::add(&pool.retired, removed as u64);
-        let evicted = pool.put(pooled.iter().cloned());
+        let evicted = pool.put(pooled.iter().cloned(), keep);
         let recycled = pooled.iter().filter(|p| !evicted.contains(p)).count();
-        // Spare files are not part of the log: no order to keep, one directory sync.
-        for path in &evicted {
-            let r = dir::evict_from_pool(io, path);
-            if let (Err(e), Ok(())) = (r, &result) {
-                result = Err(e);
-            }
-        }
-        if !evicted.is_empty() {
-            if let (Err(e), Ok(())) = (dir::sync_dir(io, dir), &result) {
-                result = Err(e);
-            }
-        }
+        let result = result.and(evict(io, dir, &evicted));
         result.map(|()| recycled)
     }
+}
+
+/// Removes files the pool gave up. Spare files are not part of the log: no order to keep,
+/// one directory sync. Returns the first error.
+pub(crate) fn evict(io: &dyn Io, dir: &Path, evicted: &[PathBuf]) -> Result<()> {
+    let mut result = Ok(());
+    for path in evicted {
+        let r = dir::evict_from_pool(io, path);
+        if let (Err(e), Ok(())) = (r, &result) {
+            result = Err(e);
+        }
+    }
+    if !evicted.is_empty() {
+        if let (Err(e), Ok(())) = (dir::sync_dir(io, dir), &result) {
+            result = Err(e);
+        }
+    }
+    result
 }

@@ -98,7 +98,8 @@ struct CompactionsJson {
 struct BoundJson {
     /// L / r.
     live_over_ratio: u64,
-    /// 3 S + recycle_segments x S.
+    /// 3 S + the pool, max(recycle_segments, 2) x S (a compaction run keeps the files the
+    /// log fills before the next run; docs/FORMAT.md derives the 2).
     segments: u64,
     /// L: one compaction's copies at most.
     copies: u64,
@@ -221,7 +222,7 @@ fn bound(
     let live = run.end.live_bytes;
     let s = plan.engine.segment_bytes;
     let live_over_ratio = (live as f64 / policy.live_ratio).ceil() as u64;
-    let segments = (3 + plan.engine.recycle_segments as u64) * s;
+    let segments = (3 + plan.engine.recycle_segments.max(2) as u64) * s;
     // The compactor looks whenever a segment completes (or every `check_every`, if sooner).
     let check = (rate * policy.check_every.as_secs_f64()).min(s as f64);
     let writes = (check + rate * (2 * compaction).as_secs_f64()).ceil() as u64;

@@ -425,10 +425,10 @@ pub enum System {
     /// be lost), against `mergelog`'s `merge` in the same run. With `--op put`, `mergelog`.
     MergelogGetput,
     /// The engine as `mergelog` with `Compaction::Auto` (`--compaction-ratio`,
-    /// `--compaction-check-ms`) and one retired segment kept for reuse
-    /// (`recycle_segments`, as for a log that retires: it then writes no zeros before its
-    /// frames): what bounding the disk costs, against `mergelog` (which keeps its whole
-    /// history) in the same run.
+    /// `--compaction-check-ms`) and at least one retired segment kept for reuse at rest
+    /// (`recycle_segments`; while it runs, each compaction keeps the segments it retires that
+    /// the log will fill next, so it seldom writes a segment full of zeros): what bounding the
+    /// disk costs, against `mergelog` (which keeps its whole history) in the same run.
     MergelogCompact,
     /// The engine as `mergelog` with `--syncers` syncers (`Config::syncers`; default 1, one
     /// syncer thread, against the engine's default of 2), against `mergelog` in the same run.
@@ -771,8 +771,8 @@ impl Plan {
                 System::MergelogSyncers => self.syncers,
                 _ => self.engine.syncers,
             },
-            // A log that retires segments all the time reuses one rather than write each
-            // new one full of zeros first (as `--retain` does).
+            // A log that retires segments all the time keeps one for reuse at rest, as
+            // `--retain` keeps two (its compactions keep more while it runs).
             recycle_segments: match system {
                 System::MergelogCompact => self.engine.recycle_segments.max(1),
                 _ => self.engine.recycle_segments,

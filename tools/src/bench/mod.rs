@@ -227,8 +227,8 @@ pub struct WorkloadArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     retain: Option<u64>,
     /// Retired segments the engine systems keep for reuse instead of deleting them
-    /// (`Config::recycle_segments`, at most 64) [default: 0; `mergelog-compact` keeps at
-    /// least 1, `--retain` at least 2].
+    /// (`Config::recycle_segments`, at most 64; compactions keep more while the engine runs)
+    /// [default: 0; `--retain` keeps at least 2].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=64))]
     recycle_segments: Option<u64>,
     /// How many request ids the engine remembers (`Config::request_ids`; only the
@@ -425,10 +425,10 @@ pub enum System {
     /// be lost), against `mergelog`'s `merge` in the same run. With `--op put`, `mergelog`.
     MergelogGetput,
     /// The engine as `mergelog` with `Compaction::Auto` (`--compaction-ratio`,
-    /// `--compaction-check-ms`) and at least one retired segment kept for reuse at rest
-    /// (`recycle_segments`; while it runs, each compaction keeps the segments it retires that
-    /// the log will fill next, so it seldom writes a segment full of zeros): what bounding the
-    /// disk costs, against `mergelog` (which keeps its whole history) in the same run.
+    /// `--compaction-check-ms`): what bounding the disk costs, against `mergelog` (which keeps
+    /// its whole history) in the same run. Each compaction keeps the segments it retires that
+    /// the log will fill next, so it seldom writes a segment full of zeros; at rest it keeps
+    /// `--recycle-segments` of them (default none).
     MergelogCompact,
     /// The engine as `mergelog` with `--syncers` syncers (`Config::syncers`; default 1, one
     /// syncer thread, against the engine's default of 2), against `mergelog` in the same run.
@@ -770,12 +770,6 @@ impl Plan {
             syncers: match system {
                 System::MergelogSyncers => self.syncers,
                 _ => self.engine.syncers,
-            },
-            // A log that retires segments all the time keeps one for reuse at rest, as
-            // `--retain` keeps two (its compactions keep more while it runs).
-            recycle_segments: match system {
-                System::MergelogCompact => self.engine.recycle_segments.max(1),
-                _ => self.engine.recycle_segments,
             },
             ..self.engine.clone()
         }

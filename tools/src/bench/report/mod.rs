@@ -75,7 +75,7 @@ pub struct Workload {
     /// their files reused); null: the whole history is kept.
     retain_segments: Option<usize>,
     /// `Config::recycle_segments` of the engine systems (`--recycle-segments`, at least 2
-    /// with `--retain`); `mergelog-compact` keeps at least 1.
+    /// with `--retain`).
     recycle_segments: usize,
     systems: Vec<&'static str>,
     seed: u64,

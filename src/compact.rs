@@ -282,21 +282,17 @@ impl Chunk {
         let scan_holds = self
             .seen
             .is_some_and(|s| s.durable >= untracked && s.forgets == index.forgets());
-        if scan_holds {
-            let mut i = 0;
-            records.retain(|_| {
-                i += 1;
-                !written[i - 1]
-            });
-        } else {
-            let lookup = index.lookup();
-            let mut i = 0;
-            records.retain(|r| {
-                let keep = !written[i] && lookup.get(keys[i]) == Some(r.src);
-                i += 1;
-                keep
-            });
-        }
+        let lookup = (!scan_holds).then(|| index.lookup());
+        let mut i = 0;
+        records.retain(|r| {
+            let keep = !written[i]
+                && lookup
+                    .as_ref()
+                    .is_none_or(|l| l.get(keys[i]) == Some(r.src));
+            i += 1;
+            keep
+        });
+        drop(lookup);
         drop(keys);
         self.records = records;
         self.body_len = self

@@ -102,17 +102,11 @@ impl Retiring {
 /// Removes files the pool gave up. Spare files are not part of the log: no order to keep,
 /// one directory sync. Returns the first error.
 pub(crate) fn evict(io: &dyn Io, dir: &Path, evicted: &[PathBuf]) -> Result<()> {
-    let mut result = Ok(());
-    for path in evicted {
-        let r = dir::evict_from_pool(io, path);
-        if let (Err(e), Ok(())) = (r, &result) {
-            result = Err(e);
-        }
+    let removed = (evicted.iter())
+        .map(|path| dir::evict_from_pool(io, path))
+        .fold(Ok(()), Result::and);
+    if evicted.is_empty() {
+        return removed;
     }
-    if !evicted.is_empty() {
-        if let (Err(e), Ok(())) = (dir::sync_dir(io, dir), &result) {
-            result = Err(e);
-        }
-    }
-    result
+    removed.and(dir::sync_dir(io, dir))
 }

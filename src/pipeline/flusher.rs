@@ -1009,11 +1009,12 @@ impl Flusher {
     }
 
     /// Writes `chunk`'s records that are still their keys' newest as one compaction batch
-    /// and hands it to the syncer, like a window. Which records those are: the index says
-    /// for the durable state, once every window not tracked in `in_flight_keys` is durable
-    /// and queued in it (it waits for those, once per compaction); a key a window in flight
-    /// wrote is newer there. Every later window comes after the copies in the log, so no
-    /// copy is ever newer in the log than a write it is older than.
+    /// and hands it to the syncer, like a window. Which records those are (`Chunk::keep_live`):
+    /// the index says for the durable state, as the scan saw it or asked again once every
+    /// window not tracked in `in_flight_keys` is durable and queued in it (it waits for
+    /// those, once per compaction); a key a tracked window wrote is newer there. Every later
+    /// window comes after the copies in the log, so no copy is ever newer in the log than a
+    /// write it is older than.
     fn write_compaction(&mut self, chunk: &mut Chunk) -> Result<Copied> {
         let inner = self.inner.clone();
         let gone = |inner: &Inner| inner.completion.failure().map_or(Error::Closed, failed);

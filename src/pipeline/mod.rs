@@ -277,8 +277,11 @@ pub(crate) fn start_pipeline(
 ) -> std::io::Result<JoinHandle<()>> {
     // One job syncing and one ready: enough to overlap the next window's CPU work with the
     // sync, few enough that a window is cut no earlier than it is needed. (With several
-    // syncers a free one takes the ready job at once.)
-    let (to_syncer, jobs) = crossbeam::channel::bounded::<Job>(1);
+    // syncers a free one takes the ready job at once.) Room for two: a compaction batch
+    // goes on with the window after it, handed on first without waking a syncer
+    // (`Flusher::send`); with room for one, the window would wait for room that no syncer
+    // was woken to make.
+    let (to_syncer, jobs) = crossbeam::channel::bounded::<Job>(2);
     let (give_back, spare) = crossbeam::channel::bounded::<Job>(4 + inner.syncers.count);
     let mut syncers = Vec::with_capacity(inner.syncers.count);
     for i in 0..inner.syncers.count {

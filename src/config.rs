@@ -185,6 +185,12 @@ pub struct Config {
     /// When the log is compacted (`Engine::compact`): `Off`, `OnDemand` (the default: only
     /// when called) or `Auto` (also on a background thread, by live ratio and size).
     pub compaction: crate::compact::Compaction,
+    /// How many pipeline events to keep for `Engine::take_trace` (default 0: none recorded).
+    /// When on, the flusher and the syncers note each window's cut and hand-on, each group
+    /// taken, each sync's start and end, each compaction batch and each roll: a diagnostic
+    /// timeline, a few thousand events a second, never one per request. At most
+    /// [`TRACE_EVENTS_MAX`](crate::TRACE_EVENTS_MAX); later events are counted, not kept.
+    pub trace_events: usize,
 }
 
 impl Default for Config {
@@ -210,6 +216,7 @@ impl Default for Config {
             request_ids: crate::ids::IdHorizon::default(),
             merge: None,
             compaction: crate::compact::Compaction::default(),
+            trace_events: 0,
         }
     }
 }
@@ -219,6 +226,13 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let bad = |s: String| Err(Error::InvalidConfig(s));
         self.compaction.validate().or_else(bad)?;
+        if self.trace_events > crate::trace::TRACE_EVENTS_MAX {
+            return bad(format!(
+                "trace_events = {} exceeds {}",
+                self.trace_events,
+                crate::trace::TRACE_EVENTS_MAX
+            ));
+        }
         if !self.ring_bytes.is_power_of_two() || self.ring_bytes < 64 << 10 {
             return bad(format!(
                 "ring_bytes = {} must be a power of two and at least 65536",

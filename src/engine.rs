@@ -590,6 +590,17 @@ impl Engine {
         compact::space(&self.inner)
     }
 
+    /// The pipeline's timeline recorded since open or the last call, which it empties: empty
+    /// unless `Config::trace_events` is set (see [`TraceKind`](crate::TraceKind) for what is
+    /// recorded). Works after `close` too: the events of the whole run stay until taken.
+    pub fn take_trace(&self) -> crate::Trace {
+        self.inner
+            .trace
+            .as_ref()
+            .map(crate::trace::Recorder::take)
+            .unwrap_or_default()
+    }
+
     /// A snapshot of counters and per-stage histograms (about 2.6 MB of histograms copied
     /// under the lock the pipeline records under; see [`Engine::counts`] for polling).
     pub fn stats(&self) -> Stats {

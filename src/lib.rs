@@ -106,6 +106,8 @@ mod sync;
 mod throttle;
 #[cfg(not(loom))]
 mod ticket;
+#[cfg(not(loom))]
+mod trace;
 
 #[cfg(not(loom))]
 pub use compact::{AutoCompaction, Compacted, Compaction, Space};
@@ -139,6 +141,8 @@ pub use seq::Seq;
 pub use stats::{CompactionCounts, Counts, SegmentCounts, StageHistograms, Stats, SyncTime};
 #[cfg(not(loom))]
 pub use ticket::{GetTicket, Ticket};
+#[cfg(not(loom))]
+pub use trace::{Trace, TraceEvent, TraceKind, TRACE_EVENTS_MAX};
 
 /// Internal stages, exposed for the criterion benches and the fuzz targets only. Not a
 /// stable API.

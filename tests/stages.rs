@@ -263,3 +263,100 @@ fn sync_time_adds_up_and_a_pause_counts_as_nothing_ready() {
     engine.close().unwrap();
     assert_eq!(engine.counts().sync_time, mergelog::SyncTime::default());
 }
+
+/// The pipeline's timeline (`Config::trace_events`) records each window, sync, compaction
+/// batch and roll once, in time order, and agrees with the counters.
+#[test]
+fn the_trace_records_every_cut_sync_compaction_batch_and_roll() {
+    use mergelog::{Error, TraceKind, TRACE_EVENTS_MAX};
+    let dir = tempfile::tempdir().unwrap();
+    let off = Engine::open(dir.path(), Config::default()).unwrap();
+    off.put(b"k", b"v").unwrap().wait().unwrap();
+    assert!(off.take_trace().events.is_empty(), "recorded while off");
+    off.close().unwrap();
+    drop(off);
+    let too_many = Config {
+        trace_events: TRACE_EVENTS_MAX + 1,
+        ..Config::default()
+    };
+    assert!(matches!(
+        Engine::open(dir.path(), too_many),
+        Err(Error::InvalidConfig(_))
+    ));
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        trace_events: 100_000,
+        segment_bytes: 64 << 10,
+        batch_bytes_max: 8 << 10,
+        ..Config::default()
+    };
+    let engine = Engine::open(dir.path(), config).unwrap();
+    let value = [b'x'; 300];
+    // Two rounds over the same keys: the first round's records are garbage after the
+    // second, and a compaction copies what is live.
+    for round in 0..2u8 {
+        std::thread::scope(|s| {
+            for t in 0..3u64 {
+                let engine = &engine;
+                s.spawn(move || {
+                    let mut last = None;
+                    for i in 0..300u64 {
+                        let key = (t * 1000 + i).to_be_bytes();
+                        last = Some(engine.put(&key, &[&[round][..], &value].concat()).unwrap());
+                        if i % 16 == 15 {
+                            last.take().unwrap().wait().unwrap();
+                        }
+                    }
+                    if let Some(l) = last {
+                        l.wait().unwrap();
+                    }
+                });
+            }
+        });
+    }
+    let compacted = engine.compact().unwrap();
+    assert!(compacted.batches > 0, "{compacted:?}");
+    engine.close().unwrap();
+    let stats = engine.stats();
+    let trace = engine.take_trace();
+    assert_eq!(trace.dropped, 0);
+    let ev = &trace.events;
+    assert!(
+        ev.windows(2).all(|w| w[0].at <= w[1].at),
+        "not in time order"
+    );
+    let of = |k: TraceKind| ev.iter().filter(move |e| e.kind == k);
+    let sum = |k: TraceKind| of(k).map(|e| e.value).sum::<u64>();
+    assert_eq!(sum(TraceKind::WindowCut), stats.submitted);
+    assert_eq!(of(TraceKind::SyncStart).count() as u64, stats.syncs);
+    assert_eq!(of(TraceKind::SyncEnd).count() as u64, stats.syncs);
+    // Each sync ends after it starts: never more ends than starts so far.
+    let mut running = 0i64;
+    for e in ev {
+        running += match e.kind {
+            TraceKind::SyncStart => 1,
+            TraceKind::SyncEnd => -1,
+            _ => 0,
+        };
+        assert!(running >= 0, "a sync ended before it started");
+    }
+    // Every request is handed on or completed inline once; compaction batches with 0.
+    assert_eq!(
+        sum(TraceKind::HandedOn) + sum(TraceKind::Inline),
+        stats.submitted
+    );
+    let copied = of(TraceKind::CompactionEnd).filter(|e| e.value > 0);
+    assert_eq!(copied.count() as u64, stats.compaction.batches);
+    assert_eq!(sum(TraceKind::CompactionEnd), stats.compaction.records);
+    assert_eq!(
+        of(TraceKind::CompactionStart).count(),
+        of(TraceKind::CompactionEnd).count()
+    );
+    // The first segment is made at open; every other one by a roll.
+    let rolls = stats.segments.fresh + stats.segments.reused - 1;
+    assert!(rolls > 0, "{:?}", stats.segments);
+    assert_eq!(of(TraceKind::RollStart).count() as u64, rolls);
+    assert_eq!(of(TraceKind::RollEnd).count() as u64, rolls);
+    assert!(engine.take_trace().events.is_empty(), "a second take");
+}

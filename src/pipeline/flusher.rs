@@ -35,6 +35,7 @@ use crate::request;
 use crate::ring::Consumer;
 use crate::stats::{record, Counters};
 use crate::ticket::GetSlot;
+use crate::trace::{self, TraceKind};
 use crossbeam::channel::{Receiver, Sender};
 use parking_lot::MutexGuard;
 use std::collections::VecDeque;
@@ -530,6 +531,7 @@ impl Flusher {
     /// with), the flusher completes it itself: at low load that saves a thread hand-off, most
     /// of the latency besides the sync.
     fn hand_on(&mut self, job: Job, wake: bool) {
+        let requests = job.stamps.len() as u64;
         let mut job = job;
         job.ready = Some(Instant::now());
         if let Some(f) = &job.frame {
@@ -545,6 +547,12 @@ impl Flusher {
         let idle = !syncing && self.inner.ring.tail() <= job.end;
         self.in_flight = job.end;
         self.completed_inline = idle;
+        let kind = if idle {
+            TraceKind::Inline
+        } else {
+            TraceKind::HandedOn
+        };
+        trace::record(&self.inner.trace, kind, requests);
         if idle {
             if self.inner.completion.may_complete(job.end) {
                 if let Err(e) = complete_jobs(&self.inner, std::slice::from_ref(&job)) {
@@ -830,6 +838,7 @@ impl Flusher {
             first_seen.elapsed().as_nanos() as u64,
         );
         Counters::add(&inner.counters.window_waits, turns - 1);
+        trace::record(&inner.trace, TraceKind::WindowCut, w.requests as u64);
         self.prev_requests = w.requests.max(1);
         Counters::add(&inner.counters.submitted, entries as u64 - w.duplicate_ops);
         Counters::add(&inner.counters.reads, w.gets);
@@ -942,9 +951,11 @@ impl Flusher {
         let inner = self.inner.clone();
         let body_len = body_len((entries, &self.resolver), &plan.survivors);
         let frame_body = body_len + trailer_len(self.window_ids.len());
-        if !self.log.fits(frame_body) {
+        let rolls = !self.log.fits(frame_body);
+        if rolls {
             // The roll drains every frame written, the held one too.
             self.release_held();
+            trace::record(&inner.trace, TraceKind::RollStart, 0);
         }
         if !Self::room_for_frame(
             &self.log,
@@ -973,6 +984,9 @@ impl Flusher {
             writes,
             &mut job.updates,
         )?;
+        if rolls {
+            trace::record(&inner.trace, TraceKind::RollEnd, 0);
+        }
         job.frame = Some(frame);
         self.track_keys(entries, &plan.survivors, job.end);
         if inner.config.merge.is_some() {
@@ -1032,7 +1046,11 @@ impl Flusher {
     /// and answers the compacting thread (see `crate::compact`).
     fn compact_step(&mut self) {
         if let Some(mut chunk) = self.inner.compact_slot.take() {
+            let trace = &self.inner.trace;
+            trace::record(trace, TraceKind::CompactionStart, 0);
             let r = self.write_compaction(&mut chunk);
+            let copied = r.as_ref().map_or(0, |c| c.records);
+            trace::record(&self.inner.trace, TraceKind::CompactionEnd, copied);
             chunk.reply(r);
         }
     }
@@ -1075,6 +1093,10 @@ impl Flusher {
         }
         let body_len = chunk.body_len();
         let frame_body = body_len + trailer_len(0);
+        let rolls = !self.log.fits(frame_body);
+        if rolls {
+            trace::record(&inner.trace, TraceKind::RollStart, 0);
+        }
         if !Self::room_for_frame(
             &self.log,
             &mut self.unsynced,
@@ -1107,6 +1129,9 @@ impl Flusher {
                 return Err(gone(&inner));
             }
         };
+        if rolls {
+            trace::record(&inner.trace, TraceKind::RollEnd, 0);
+        }
         in_segment(&mut job.updates, frame.seg_idx);
         let copied = Copied {
             records: chunk.len() as u64,

@@ -146,6 +146,8 @@ pub(crate) struct Inner {
     pub(crate) end_mark: Mutex<Option<CleanMark>>,
     /// The request ids the engine remembers (changed by the flusher; see `crate::ids`).
     pub(crate) ids: Mutex<Ids>,
+    /// The pipeline's timeline, if `Config::trace_events` asks for one.
+    pub(crate) trace: Option<crate::trace::Recorder>,
 }
 
 #[cfg(not(loom))]
@@ -258,6 +260,7 @@ pub(crate) fn start(
         ),
         end_mark: Mutex::new(None),
         ids: Mutex::new(ids),
+        trace: crate::trace::Recorder::new(config.trace_events),
         config,
     });
     // The consumers left by earlier runs may already lag too far.

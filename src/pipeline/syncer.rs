@@ -29,6 +29,7 @@ use crate::log::segment::Segment;
 use crate::log::WrittenFrame;
 use crate::stats::{record, record_n, Counters};
 use crate::throttle::REREAD_EVERY;
+use crate::trace::TraceKind;
 use crossbeam::channel::{Receiver, Sender, TryRecvError};
 use parking_lot::Mutex;
 use std::fs::File;
@@ -290,6 +291,8 @@ impl Syncer {
         self.inner
             .queued
             .fetch_sub(self.group.len(), Ordering::SeqCst);
+        let trace = &self.inner.trace;
+        crate::trace::record(trace, TraceKind::GroupTaken, self.group.len() as u64);
         self.inner.poke_flusher();
     }
 }
@@ -384,8 +387,11 @@ fn sync_group(
         .min()
         .unwrap_or(t0);
     begin_sync(inner, t0, ready);
+    let requests = group.iter().map(|j| j.stamps.len() as u64).sum();
+    crate::trace::record(&inner.trace, TraceKind::SyncStart, requests);
     let synced = sync(&last.seg, (first, last), inner.config.write_path);
     let end = Instant::now();
+    crate::trace::record(&inner.trace, TraceKind::SyncEnd, requests);
     end_sync(inner, t0, end);
     synced?;
     Counters::add(&inner.counters.syncs, 1);

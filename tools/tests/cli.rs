@@ -1091,6 +1091,63 @@ fn profile_of_the_compacting_engine_prints_its_space() {
 }
 
 #[test]
+fn profile_writes_and_sums_up_the_pipeline_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace_path = dir.path().join("trace.txt");
+    let stdout = succeeds(&[
+        "profile",
+        "--ops",
+        "20000",
+        "--writers",
+        "2",
+        "--depth",
+        "32",
+        "--sync-probe",
+        "0",
+        "--trace",
+        trace_path.to_str().unwrap(),
+    ]);
+    for needle in [
+        "trace:",
+        "no sync running",
+        "sync end -> next cut",
+        "handed on -> taken",
+        "windows",
+    ] {
+        assert!(stdout.contains(needle), "no {needle:?}:\n{stdout}");
+    }
+    let text = std::fs::read_to_string(&trace_path).unwrap();
+    let mut lines = text.lines();
+    assert!(lines
+        .next()
+        .unwrap()
+        .starts_with("# mergelog pipeline trace"));
+    let (mut last, mut cut_requests, mut syncs) = (0u64, 0u64, 0u64);
+    for line in lines {
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!(f.len(), 3, "{line}");
+        let at: u64 = f[0].parse().unwrap();
+        assert!(at >= last, "out of order: {line}");
+        last = at;
+        let value: u64 = f[2].parse().unwrap();
+        match f[1] {
+            "cut" => cut_requests += value,
+            "sync_start" => syncs += 1,
+            "handed_on" | "inline" | "taken" | "sync_end" | "compaction_start"
+            | "compaction_end" | "roll_start" | "roll_end" => {}
+            other => panic!("unknown kind {other}"),
+        }
+    }
+    assert_eq!(cut_requests, 20000, "every put cut into a window once");
+    assert!(syncs > 0);
+    let summary = stdout.split("trace:").nth(1).unwrap();
+    assert!(
+        summary.contains(&format!("{} events", text.lines().count() - 1)),
+        "{summary}"
+    );
+}
+
+#[test]
 fn profile_prints_every_stage_and_the_counters() {
     let dir = tempfile::tempdir().unwrap();
     let json_path = dir.path().join("profile.json");

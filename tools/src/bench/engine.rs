@@ -190,6 +190,7 @@ pub fn run(
         engine: Some(stats),
         cpu,
         space: vec![space],
+        trace: (plan.engine.trace_events > 0).then(|| engine.take_trace()),
         ..RunResult::measured(system, sampled, timeline, elapsed, missed)
     })
 }

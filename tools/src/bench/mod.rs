@@ -42,6 +42,7 @@ pub mod report;
 #[cfg(feature = "rocksdb")]
 mod rocksdb;
 mod space;
+mod timeline;
 mod wal;
 
 use crate::error::{CliError, Context};
@@ -923,6 +924,8 @@ pub struct RunResult {
     /// Engine systems: the disk the run took against its live data, one per round (empty
     /// for the baselines).
     pub space: Vec<space::SpaceRun>,
+    /// `profile --trace`: the engine's pipeline timeline (`Engine::take_trace`).
+    pub trace: Option<mergelog::Trace>,
 }
 
 /// One run of a system: what `--rounds` keeps of each besides the merged totals.
@@ -983,6 +986,7 @@ impl RunResult {
             consumer: None,
             cpu: None,
             space: Vec::new(),
+            trace: None,
         }
     }
 
@@ -1044,6 +1048,7 @@ impl RunResult {
             consumer,
             cpu,
             space,
+            trace,
         } = other;
         debug_assert_eq!(system, self.system);
         self.ops += ops;
@@ -1076,6 +1081,8 @@ impl RunResult {
             (mine, theirs) => *mine = theirs.or(mine.take()),
         }
         self.space.extend(space);
+        // One run is traced (`profile`); the first round's timeline if ever several were.
+        self.trace = self.trace.take().or(trace);
         Ok(())
     }
 }
@@ -1500,10 +1507,22 @@ pub struct Session {
     pub probe: Option<probe::SyncProbe>,
 }
 
+/// What `profile` measures besides the run (`bench` measures neither).
+#[derive(Clone, Copy, Debug, Default)]
+struct Profiling {
+    /// Sample the engine's stage histograms per interval.
+    stage_intervals: bool,
+    /// Record the engine's pipeline timeline (`--trace`).
+    trace: bool,
+}
+
+/// Events `profile --trace` keeps (32 bytes each: 128 MiB at most); a run that records more
+/// reports how many it dropped.
+const TRACE_EVENTS: usize = 1 << 22;
 /// Runs `systems` one after the other, each in its own directory, `rounds` times: round r
 /// runs every system once, starting with system r (mod their number), each on an emptied
 /// directory; a system's runs are summed into one result (`RunResult::absorb`). `command`
-/// names the subcommand in messages; `stage_intervals` samples the engine's stage
+/// names the subcommand in messages; `profiling.stage_intervals` samples the engine's stage
 /// histograms per interval for the interval log (profile).
 fn execute(
     command: &str,
@@ -1511,7 +1530,7 @@ fn execute(
     output: &OutputArgs,
     systems: &[System],
     rounds: usize,
-    stage_intervals: bool,
+    profiling: Profiling,
     consumer: Option<ConsumerPlan>,
 ) -> Result<Session, CliError> {
     let mut seen = Vec::new();
@@ -1529,6 +1548,9 @@ fn execute(
     }
     output.check()?;
     let mut plan = plan(args)?;
+    if profiling.trace {
+        plan.engine.trace_events = TRACE_EVENTS;
+    }
     check_clients(&plan, consumer.is_some(), systems)?;
     if let Some(c) = consumer {
         with_consumer(command, &mut plan, c, systems)?;
@@ -1567,7 +1589,7 @@ fn execute(
     let probe = probe_syncs(command, root.path(), args.sync_probe, &plan)?;
     let hooks = RunHooks {
         encode: output.hlog.is_some(),
-        stage_intervals,
+        stage_intervals: profiling.stage_intervals,
     };
     let started = SystemTime::now();
     let results = run_rounds(command, &plan, &hooks, &dirs, rounds)?;
@@ -1754,7 +1776,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
         &args.output,
         &args.systems,
         args.rounds,
-        false,
+        Profiling::default(),
         args.consumer.plan(),
     )?;
     let report = report::Report::new(&session, machine(), "bench");
@@ -1775,6 +1797,13 @@ pub mod profile {
         /// The engine system to profile.
         #[arg(long, value_enum, default_value_t = EngineSystem::Mergelog)]
         system: EngineSystem,
+        /// Record the pipeline's timeline (`Config::trace_events`: each window's cut and
+        /// hand-on, each group a syncer took, each sync's start and end, each compaction batch
+        /// and roll), write it to FILE (one event per line: nanoseconds since open, kind,
+        /// value) and sum it up: how the disk's time divides by syncs in flight and what the
+        /// flusher did while none ran, and how long each hand-off took.
+        #[arg(long, value_name = "FILE")]
+        trace: Option<PathBuf>,
     }
 
     #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -1802,11 +1831,20 @@ pub mod profile {
             &args.output,
             &[system],
             1,
-            true,
+            Profiling {
+                stage_intervals: true,
+                trace: args.trace.is_some(),
+            },
             None,
         )?;
         let report = report::Report::new(&session, machine(), "profile");
         print(&report.profile_text(&session.results))?;
+        if let Some(path) = &args.trace {
+            let trace = session.results.first().and_then(|r| r.trace.as_ref());
+            let trace = trace.ok_or_else(|| CliError::new("the engine recorded no trace"))?;
+            timeline::write(path, trace)?;
+            print(&timeline::summary(trace, path))?;
+        }
         write_outputs(&args.output, &session, &report, "mergelog profile")
     }
 }

@@ -13,19 +13,19 @@
 //!
 //! The order rules (docs/FORMAT.md: "Files", "Writing", "Retiring a prefix", the clean-close
 //! mark):
-//! - the directory's own entry is durable before anything is created in it ([`create_dir`]);
+//! - the directory's own entry is durable before anything is created in it (`create_dir`);
 //! - a prepared file is zero-filled and synced, and the directory synced, before it can become
-//!   a segment ([`create_prepared`]); it gets its `.seg` name only once its header is durable,
-//!   and the directory is synced before a frame is written into it ([`activate`]);
+//!   a segment (`create_prepared`); it gets its `.seg` name only once its header is durable,
+//!   and the directory is synced before a frame is written into it (`activate`);
 //! - retiring a prefix changes one name at a time, oldest first, each change followed by a
 //!   directory sync, and a file joins the pool only once its rename is durable
-//!   (`log/retire.rs`, over [`retire_to_pool`], [`remove_retired`] and [`sync_dir`]);
+//!   (`log/retire.rs`, over `retire_to_pool`, `remove_retired` and `sync_dir`);
 //! - a cut removes the segments after it newest first, each removal durable before the next
-//!   ([`remove_dropped`], called by recovery);
-//! - the clean-close mark appears whole or not at all ([`write_clean_mark`]), and is removed
-//!   durably before a writable open changes the log ([`remove_clean_mark`]);
+//!   (`remove_dropped`, called by recovery);
+//! - the clean-close mark appears whole or not at all (`write_clean_mark`), and is removed
+//!   durably before a writable open changes the log (`remove_clean_mark`);
 //! - a consumer's position file is replaced the same way: the old position or the whole new
-//!   one ([`write_consumer`]).
+//!   one (`write_consumer`).
 //!
 //! [`list_segments`] is the one listing of a directory's segment files: the engine's open,
 //! every reader and the tests all see the log through it.

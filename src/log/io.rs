@@ -12,7 +12,7 @@
 //! They in turn are called only by `dir.rs`, the owner of the log directory's files, where
 //! the order of file changes is kept: `clippy.toml` refuses them (by their crate paths,
 //! `mergelog::log::io::remove` etc.) anywhere else too. Segment writes and syncs go through
-//! [`guarded`] in `segment.rs`.
+//! `guarded` in `segment.rs`.
 //!
 //! The hooks see the bytes a `pwrite` writes. A store into the memory map (the mmap write
 //! path, and the zeroing of a torn tail) is announced as a write with its offset but no data:

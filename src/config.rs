@@ -188,7 +188,7 @@ pub struct Config {
     /// How many pipeline events to keep for `Engine::take_trace` (default 0: none recorded).
     /// When on, the flusher and the syncers note each window's cut and hand-on, each group
     /// taken, each sync's start and end, each compaction batch and each roll: a diagnostic
-    /// timeline, a few thousand events a second, never one per request. At most
+    /// timeline, a few events per window, never one per request. At most
     /// [`TRACE_EVENTS_MAX`](crate::TRACE_EVENTS_MAX); later events are counted, not kept.
     pub trace_events: usize,
 }

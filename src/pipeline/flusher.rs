@@ -1046,8 +1046,7 @@ impl Flusher {
     /// and answers the compacting thread (see `crate::compact`).
     fn compact_step(&mut self) {
         if let Some(mut chunk) = self.inner.compact_slot.take() {
-            let trace = &self.inner.trace;
-            trace::record(trace, TraceKind::CompactionStart, 0);
+            trace::record(&self.inner.trace, TraceKind::CompactionStart, 0);
             let r = self.write_compaction(&mut chunk);
             let copied = r.as_ref().map_or(0, |c| c.records);
             trace::record(&self.inner.trace, TraceKind::CompactionEnd, copied);

@@ -21,7 +21,8 @@
 //!    checked (the one wait of a compaction); a chunk scanned before they all were, or
 //!    after a `retire_before` forgot keys, is checked against the index again. It writes them as one
 //!    compaction batch (`FLAG_COMPACTION`: no new event, 0 operations acknowledged) and hands
-//!    it to the syncer like a window. Every later window comes after it in the log, so a
+//!    it to the syncer with the next window, one sync for both (`Flusher::hold`; alone if no
+//!    window follows in the same turn). Every later window comes after it in the log, so a
 //!    copy is never older in the log than a write of its key, and replay, which applies
 //!    batches in order, ends at the same values.
 //! 3. Once the last chunk is durable (frames become durable in log order; with `NoSync`,

@@ -571,7 +571,8 @@ impl Engine {
     /// the retired segments' keys) is for a log under a checkpoint.
     ///
     /// Writes go on meanwhile: each compaction batch (at most 256 KiB of records) is written
-    /// between two windows and synced with them; the writers wait only once per compaction,
+    /// between two windows and synced with the one after it, in the same sync; the writers
+    /// wait only once per compaction,
     /// for the windows in flight when it began. A key written meanwhile keeps its new value
     /// (the copy is dropped). Crash-safe at every step: a crash leaves copies next to their originals,
     /// or a shorter prefix, and the next open replays to the same state. Deleted keys stay

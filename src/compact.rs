@@ -286,10 +286,7 @@ impl Chunk {
         let lookup = (!scan_holds).then(|| index.lookup());
         let mut i = 0;
         records.retain(|r| {
-            let keep = !written[i]
-                && lookup
-                    .as_ref()
-                    .is_none_or(|l| l.get(keys[i]) == Some(r.src));
+            let keep = !written[i] && lookup.as_ref().is_none_or(|l| l.holds(keys[i], r.src));
             i += 1;
             keep
         });
@@ -791,7 +788,7 @@ fn scan_segment(
         live.extend(
             frame_updates(idx, seg, &frame)
                 .filter_map(|(key, loc)| Some((key, loc?)))
-                .filter(|&(key, loc)| lookup.get(key) == Some(loc)),
+                .filter(|&(key, loc)| lookup.holds(key, loc)),
         );
         drop(lookup);
         for &(key, loc) in &live {

@@ -612,9 +612,7 @@ mod tests {
     #[test]
     fn holds_is_get_at_that_location() {
         let keys: Vec<&'static [u8]> = (0..30)
-            .map(|i| {
-                &*Box::leak(format!("key-{i:03}-{}", "x".repeat(i)).into_boxed_str()).as_bytes()
-            })
+            .map(|i| Box::leak(format!("key-{i:03}-{}", "x".repeat(i)).into_boxed_str()).as_bytes())
             .collect();
         let index = Index::default();
         // SAFETY: leaked, so 'static.

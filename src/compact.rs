@@ -196,6 +196,19 @@ struct ChunkRecord {
     key_len: usize,
     value_len: usize,
     src: Loc,
+    /// The key's first 8 bytes, big-endian, zero-padded: two records compare by it first
+    /// and by their keys only if it ties (a zero pad sorts below every byte, as a key that
+    /// is a prefix of another sorts before it). Sorting a chunk compared keys through a
+    /// `memcmp` call each: 3-4 % of the CPU at 4 x 256 with compaction running.
+    prefix: u64,
+}
+
+/// [`ChunkRecord::prefix`] of `key`.
+fn key_prefix(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = key.len().min(8);
+    b[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(b)
 }
 
 /// What the flusher wrote for one chunk: written, not yet durable (the syncer makes it so,
@@ -227,6 +240,7 @@ impl Chunk {
             key_len: key.len(),
             value_len: value.len(),
             src,
+            prefix: key_prefix(key),
         });
         self.data.extend_from_slice(key);
         self.data.extend_from_slice(value);
@@ -235,6 +249,13 @@ impl Chunk {
 
     fn key(&self, r: &ChunkRecord) -> &[u8] {
         &self.data[r.at..r.at + r.key_len]
+    }
+
+    /// The order of two records' keys.
+    fn cmp_keys(&self, a: &ChunkRecord, b: &ChunkRecord) -> std::cmp::Ordering {
+        a.prefix
+            .cmp(&b.prefix)
+            .then_with(|| self.key(a).cmp(self.key(b)))
     }
 
     fn value(&self, r: &ChunkRecord) -> &[u8] {
@@ -246,7 +267,7 @@ impl Chunk {
     /// runs (each frame's records are sorted), which the stable sort finds and merges.
     fn sort(&mut self) {
         let mut records = std::mem::take(&mut self.records);
-        records.sort_by(|a, b| self.key(a).cmp(self.key(b)));
+        records.sort_by(|a, b| self.cmp_keys(a, b));
         // A key has one newest record, so it is gathered once.
         debug_assert!(records
             .windows(2)
@@ -273,7 +294,7 @@ impl Chunk {
         if !self
             .records
             .windows(2)
-            .all(|w| self.key(&w[0]) < self.key(&w[1]))
+            .all(|w| self.cmp_keys(&w[0], &w[1]).is_lt())
         {
             self.sort();
         }
@@ -957,6 +978,40 @@ mod tests {
 
     fn loc(seg: u32, off: u64) -> Loc {
         Loc { seg, off, len: 1 }
+    }
+
+    proptest::proptest! {
+        /// A chunk sorts its records as their keys sort (the 8-byte prefix first, then the
+        /// keys): keys of every length around the prefix's, with zero bytes and shared
+        /// starts, so the prefix ties and its zero padding meet real zeros.
+        #[test]
+        fn a_chunk_sorts_its_records_by_key(
+            keys in proptest::collection::btree_set(
+                proptest::collection::vec(proptest::sample::select(vec![0u8, 1, 0x7f, 0xff]), 0..12),
+                0..40,
+            ),
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let mut shuffled: Vec<Vec<u8>> = keys.iter().cloned().collect();
+            // A deterministic shuffle from the seed.
+            let mut x = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            let (tx, _rx) = crossbeam::channel::bounded(1);
+            let mut chunk = Chunk::new(tx);
+            let seen = Seen { durable: 0, forgets: 0 };
+            for (i, k) in shuffled.iter().enumerate() {
+                chunk.push(k, b"v", loc(1, i as u64), seen);
+            }
+            chunk.sort();
+            let sorted: Vec<Vec<u8>> = chunk.records.iter().map(|r| chunk.key(r).to_vec()).collect();
+            let want: Vec<Vec<u8>> = keys.into_iter().collect();
+            proptest::prop_assert_eq!(sorted, want);
+        }
     }
 
     /// The flusher's check of a chunk, on both of its paths: it trusts the scan's lookups

@@ -155,8 +155,9 @@ pub struct Config {
     /// reused file zeroes what follows its frames (tens of milliseconds for a 64 MiB
     /// segment). A run of `Compaction::Auto` keeps more while the engine runs: as many of the
     /// segments it retires as the log will fill before the next run can retire any (see
-    /// `AutoCompaction`); `close` gives up what the pool holds beyond this number. Default 0,
-    /// as RocksDB's `recycle_log_file_num`: retired segments are deleted.
+    /// `AutoCompaction`); `close` gives up what the pool holds beyond this number, and the
+    /// prepared next segment too when this is 0 (a closed log then holds its segments only).
+    /// Default 0, as RocksDB's `recycle_log_file_num`: retired segments are deleted.
     pub recycle_segments: usize,
     /// Throttling on consumer lag (default `None`: never). While the slowest durable
     /// consumer lags by more than the limit, `put`, `delete` and `write` are throttled as

@@ -674,6 +674,12 @@ impl Engine {
             // the next open removes any beyond the pool's size.
             let inner = &*self.inner;
             let _ = retire::evict(&*inner.io, &inner.dir, &inner.pool.trim());
+            let _ = retire::trim_spares_at_close(
+                &*inner.io,
+                &inner.dir,
+                inner.config.segment_bytes,
+                inner.config.recycle_segments,
+            );
             if joined.is_ok() {
                 self.write_clean_mark();
             }

@@ -521,3 +521,76 @@ fn readers_racing_reuse_open_a_consistent_log() {
     );
     assert!(engine.counts().segments.reused > 0, "{:?}", engine.counts());
 }
+
+/// `close` leaves the spare files the next open would keep and no more: none by default (the
+/// prepared next segment, zeros or a pooled file taken for it, is removed), and at most
+/// `recycle_segments` pooled files plus the prepared one when spares are asked for. The log
+/// reopens whole either way and rolls on into freshly prepared files.
+#[test]
+fn close_leaves_no_spare_file_unless_asked_to_keep_some() {
+    for recycle_segments in [0, 2] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let cfg = Config {
+            recycle_segments,
+            ..config()
+        };
+        let engine = Engine::open(dir, cfg.clone()).unwrap();
+        let spares = || {
+            let (prepared, pooled) = (
+                common::log::prepared_files(dir),
+                common::log::pool_files(dir),
+            );
+            (prepared.len(), pooled.len())
+        };
+        // Several segments, the older ones retired (pooled or removed), until the next
+        // segment is being prepared: a prep file, or a pooled file taken for it.
+        let mut i = 0;
+        loop {
+            put_one(&engine, i);
+            i += 1;
+            let segs = engine.segments();
+            if segs.len() > 3 {
+                engine
+                    .retire_before(segs[segs.len() - 1].first_seq)
+                    .unwrap();
+            }
+            let (prepared, pooled) = spares();
+            let enough = if recycle_segments == 0 {
+                prepared > 0
+            } else {
+                pooled > 0 && engine.segments().len() > 1
+            };
+            if i > 400 && enough {
+                break;
+            }
+            assert!(i < 20_000, "never prepared a segment: {:?}", spares());
+        }
+        let state = engine_state(&engine);
+        engine.close().unwrap();
+        drop(engine);
+        let (prepared, pooled) = spares();
+        if recycle_segments == 0 {
+            assert_eq!((prepared, pooled), (0, 0), "spare files left at rest");
+        } else {
+            assert!(prepared <= 1, "{prepared} prepared files left");
+            assert!(
+                (1..=recycle_segments).contains(&pooled),
+                "{pooled} pooled files left, recycle_segments is {recycle_segments}"
+            );
+        }
+        let engine = Engine::open(dir, cfg).unwrap();
+        assert_eq!(
+            engine_state(&engine),
+            state,
+            "recycle_segments {recycle_segments}"
+        );
+        // It rolls on: several more segments.
+        let before = engine.segments().len();
+        while engine.segments().len() < before + 3 {
+            put_one(&engine, i);
+            i += 1;
+        }
+        engine.close().unwrap();
+    }
+}

@@ -99,6 +99,38 @@ impl Retiring {
     }
 }
 
+/// At `close`, with the pipeline stopped: the spare files at rest are what the next open
+/// would keep and no more. The prepared next segment (zeros, or a pooled file taken for it)
+/// is removed unless `recycle_segments` > 0 asks for spares, and at most `recycle_segments`
+/// pooled files stay (a compaction may have kept more, and the prepared one may be one of
+/// them). A closed log then holds its segments only: with the default 64 MiB segments the
+/// prepared one was 64 MiB of zeros at rest; the next run prepares another when its active
+/// segment is an eighth full (`log::prep`), in the background. Best effort, as the next open
+/// removes what is beyond its pool anyway.
+pub(crate) fn trim_spares_at_close(
+    io: &dyn Io,
+    dir: &Path,
+    segment_bytes: u64,
+    recycle_segments: usize,
+) -> Result<()> {
+    let prepared_kept = usize::from(recycle_segments > 0);
+    dir::adopt_spares(
+        io,
+        dir,
+        crate::log::format::parse_prep_file_name,
+        segment_bytes,
+        prepared_kept,
+    )?;
+    dir::adopt_spares(
+        io,
+        dir,
+        crate::log::format::parse_recycle_file_name,
+        segment_bytes,
+        recycle_segments,
+    )?;
+    Ok(())
+}
+
 /// Removes files the pool gave up. Spare files are not part of the log: no order to keep,
 /// one directory sync. Returns the first error.
 pub(crate) fn evict(io: &dyn Io, dir: &Path, evicted: &[PathBuf]) -> Result<()> {

@@ -600,6 +600,13 @@ pub fn lose_power(io: &PowerLossIo, rng: &mut StdRng, p_drop: f64, p_keep: f64) 
     }
     for change in st.dir_changes.iter().rev() {
         if !rng.random_bool(0.5) {
+            // The change stands. A removal's backup goes with it: left behind, it would sit
+            // in the directory under the name the next model's first removal of the same
+            // file picks (`begin_remove`), which then failed with EEXIST (seed 2095 of
+            // `power_loss`, beyond the default 1,000).
+            if let DirChange::Removed { backup, .. } = change {
+                let _ = std::fs::remove_file(backup);
+            }
             continue;
         }
         dmg.undone_dir_changes += 1;

@@ -720,7 +720,12 @@ fn sync_unsynced_log(inner: &Inner, keep_from: u64) -> Result<()> {
         .collect();
     for seg in kept {
         let end = seg.published() as usize;
-        if let Err(e) = seg.sync(0, end, inner.config.write_path) {
+        // The copies' segment may be one a roll activated and nothing synced since: its
+        // header and name first (`Segment::finish_activation`).
+        let synced = seg
+            .finish_activation()
+            .and_then(|()| seg.sync(0, end, inner.config.write_path));
+        if let Err(e) = synced {
             // As for any failed sync, the pages it covered may never reach the disk and no
             // later sync would say so: the engine fails, and retires nothing more.
             inner.completion.fail(e.clone());

@@ -594,3 +594,126 @@ fn close_leaves_no_spare_file_unless_asked_to_keep_some() {
         engine.close().unwrap();
     }
 }
+
+/// A roll names the next segment before its header is durable (the first sync in the
+/// segment makes both durable, before anything in it is acknowledged), so a power loss can
+/// leave a last segment whose header is zeros (a prepared file) or its file's earlier one (a
+/// recycled file) with nothing acknowledged in it. A reader stops before it; a writer drops
+/// it, reports the cut and goes on; `AbsoluteConsistency` refuses it; and the same header
+/// on a segment before the last is damage.
+#[test]
+fn a_last_segment_whose_activation_tore_is_dropped() {
+    let (template, active, _, next) = closed_in_a_reused_segment();
+    let state = {
+        let engine = Engine::open(template.path(), config()).unwrap();
+        let state = engine_state(&engine);
+        engine.close().unwrap();
+        state
+    };
+    let torn_name = mergelog::internals::format::segment_file_name(next);
+    let earlier = std::fs::read(&active.path).unwrap();
+    let zeros = vec![0u8; earlier.len()];
+    for (what, image) in [("zeros", &zeros), ("earlier header", &earlier)] {
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(template.path()).unwrap().flatten() {
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+        let torn = dir.path().join(&torn_name);
+        std::fs::write(&torn, image).unwrap();
+
+        let reader = LogReader::open(dir.path()).unwrap();
+        let damage = reader
+            .damage()
+            .expect("the reader reports where it stopped");
+        assert_eq!(
+            (damage.path.as_path(), damage.offset),
+            (torn.as_path(), 0),
+            "{what}"
+        );
+        assert!(
+            damage.reason.contains("a roll that a power loss tore"),
+            "{what}: {damage:?}"
+        );
+        assert_eq!(reader.next_seq().get(), next, "{what}");
+        drop(reader);
+
+        let strict = Config {
+            recovery: RecoveryMode::AbsoluteConsistency,
+            ..config()
+        };
+        assert!(
+            matches!(
+                Engine::open(dir.path(), strict),
+                Err(mergelog::Error::Corrupt { .. })
+            ),
+            "{what}: absolute consistency opened it"
+        );
+
+        let engine = Engine::open(dir.path(), config()).unwrap();
+        let cut = engine
+            .open_report()
+            .truncated
+            .clone()
+            .expect("the cut is reported");
+        assert_eq!((cut.path, cut.offset), (torn.clone(), 0), "{what}");
+        assert!(!torn.exists(), "{what}: the torn segment is still there");
+        assert_eq!(engine_state(&engine), state, "{what}");
+        // It goes on: more segments, each activated by a roll.
+        let before = engine.segments().len();
+        let mut i = 100_000;
+        while engine.segments().len() < before + 3 {
+            put_one(&engine, i);
+            i += 1;
+        }
+        let state = engine_state(&engine);
+        engine.close().unwrap();
+        let engine = Engine::open(dir.path(), config()).unwrap();
+        assert!(engine.open_report().truncated.is_none(), "{what}");
+        assert_eq!(engine_state(&engine), state, "{what}");
+        engine.close().unwrap();
+    }
+    // A clean-close mark naming the segment proves it was no torn roll: refused as lost
+    // history. And before the last segment the same header is damage, not a torn roll.
+    let dir = template;
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    let mut i = 200_000;
+    while engine.segments().len() < 3 {
+        put_one(&engine, i);
+        i += 1;
+    }
+    engine.close().unwrap();
+    let segs = common::log::segment_files(dir.path());
+    let zero_header = |path: &Path| {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let old = {
+            let mut b = vec![0u8; SEGMENT_HEADER_LEN];
+            f.read_exact_at(&mut b, 0).unwrap();
+            b
+        };
+        f.write_all_at(&[0u8; SEGMENT_HEADER_LEN], 0).unwrap();
+        old
+    };
+    let last = &segs.last().unwrap().1;
+    let kept = zero_header(last);
+    let e = Engine::open(dir.path(), config()).err();
+    assert!(
+        matches!(e, Some(mergelog::Error::DamagedHistory { .. })),
+        "a cleanly closed last segment with its header zeroed: {e:?}"
+    );
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(last)
+        .unwrap()
+        .write_all_at(&kept, 0)
+        .unwrap();
+    zero_header(&segs[0].1);
+    let e = Engine::open(dir.path(), config()).err();
+    assert!(
+        matches!(e, Some(mergelog::Error::Corrupt { .. })),
+        "a zeroed header before the last segment: {e:?}"
+    );
+}

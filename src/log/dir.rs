@@ -253,13 +253,12 @@ pub(crate) fn replace_prepared(io: &dyn Io, dir: &Path, path: &Path, size: u64) 
     create_prepared(io, dir, path, size)
 }
 
-/// Makes the prepared file `prep`, whose header is durable, the segment file `path`: renames
-/// it and syncs the directory. So a `.seg` name on disk always has a valid header, and the
-/// name is durable before a frame is written into the segment.
+/// Makes the prepared file `prep`, whose header is written, the segment file `path`: renames
+/// it (the caller syncs the directory: at once, or with the segment's first sync, see
+/// `Segment::activate`).
 #[allow(clippy::disallowed_methods)] // the log directory's owner
-pub(crate) fn activate(io: &dyn Io, dir: &Path, prep: &Path, path: &Path) -> Result<()> {
-    io::rename(io, prep, path).map_err(|e| Error::io("rename prepared segment", prep, e))?;
-    sync_dir(io, dir)
+pub(crate) fn rename_prepared(io: &dyn Io, prep: &Path, path: &Path) -> Result<()> {
+    io::rename(io, prep, path).map_err(|e| Error::io("rename prepared segment", prep, e))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -483,7 +482,7 @@ mod tests {
 
     use super::*;
     use crate::log::format::{parse_prep_file_name, parse_recycle_file_name};
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     const EIO: i32 = 5;
 
@@ -725,26 +724,59 @@ mod tests {
     }
 
     #[test]
-    fn activation_renames_the_prepared_file_then_syncs_the_directory() {
+    fn activation_renames_the_prepared_file_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let (prep, seg) = (prep_path(dir.path(), 1), segment_path(dir.path(), 1));
         touch(&prep, 64);
-        let e = activate(&failing(IoOp::Rename), dir.path(), &prep, &seg).unwrap_err();
+        let e = rename_prepared(&failing(IoOp::Rename), &prep, &seg).unwrap_err();
         assert_eq!(op_of(e), ("rename prepared segment", prep.clone()));
         assert!(prep.exists() && !seg.exists());
 
         let h = hook();
-        activate(&h, dir.path(), &prep, &seg).unwrap();
+        rename_prepared(&h, &prep, &seg).unwrap();
         assert!(!prep.exists() && seg.exists());
-        assert_eq!(
-            done(&h),
-            vec![(IoOp::Rename, prep), (IoOp::SyncDir, dir.path().to_owned())]
-        );
+        assert_eq!(done(&h), vec![(IoOp::Rename, prep)]);
+    }
 
-        let (prep, seg) = (prep_path(dir.path(), 2), segment_path(dir.path(), 2));
-        touch(&prep, 64);
-        let e = activate(&failing(IoOp::SyncDir), dir.path(), &prep, &seg).unwrap_err();
-        assert_eq!(op_of(e), ("fsync directory", dir.path().to_owned()));
+    /// A segment's activation: at once (the first segment), header synced before the rename
+    /// and the directory after it; deferred (a roll), header written and the file renamed,
+    /// both syncs left to `finish_activation`, which makes them once, file then directory.
+    #[test]
+    fn a_deferred_activation_syncs_header_and_name_when_finished_and_only_once() {
+        use crate::log::segment::Segment;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_owned();
+        for (id, deferred) in [(1u64, false), (9, true)] {
+            let (prep, seg) = (prep_path(&d, id), segment_path(&d, id));
+            let h = Arc::new(hook());
+            create_prepared(&*h, &d, &prep, 4096).unwrap();
+            let _ = done(&h);
+            let io: crate::log::io::SharedIo = h.clone();
+            let s = Segment::activate(&d, &prep, None, (id, false), deferred, &io).unwrap();
+            let (write, rename) = ((IoOp::Write, prep.clone()), (IoOp::Rename, prep.clone()));
+            let (sync_file, sync_dir) = ((IoOp::Sync, seg.clone()), (IoOp::SyncDir, d.clone()));
+            if deferred {
+                assert_eq!(done(&h), vec![write, rename]);
+                s.finish_activation().unwrap();
+                assert_eq!(done(&h), vec![sync_file, sync_dir]);
+            } else {
+                let sync_prep = (IoOp::Sync, prep.clone());
+                assert_eq!(done(&h), vec![write, sync_prep, rename, sync_dir]);
+            }
+            s.finish_activation().unwrap();
+            assert_eq!(done(&h), vec![], "a second finish syncs nothing");
+        }
+        // A failed finish is reported, and the activation is still pending: the next call
+        // tries again.
+        let (prep, seg) = (prep_path(&d, 20), segment_path(&d, 20));
+        create_prepared(&hook(), &d, &prep, 4096).unwrap();
+        let h = Arc::new(failing(IoOp::SyncDir));
+        let io: crate::log::io::SharedIo = h.clone();
+        let s = Segment::activate(&d, &prep, None, (20, false), true, &io).unwrap();
+        let e = s.finish_activation().unwrap_err();
+        assert_eq!(op_of(e), ("fsync directory", d.clone()));
+        assert!(s.finish_activation().is_err());
+        assert!(seg.exists());
     }
 
     #[test]

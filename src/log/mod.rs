@@ -180,6 +180,7 @@ impl Log {
         prepared: Option<PathBuf>,
         io: &SharedIo,
     ) -> Result<Segment> {
+        let recycled = prepared.is_some();
         let prep = match prepared {
             Some(p) => p,
             None => {
@@ -188,18 +189,23 @@ impl Log {
                 p
             }
         };
-        Segment::activate(dir, &prep, None, first_seq, false, io)
+        // An earlier run's prepared file may hold frames of an activation whose rename a
+        // power loss undid: it is treated as recycled (see `Log::take_prepared`).
+        Segment::activate(dir, &prep, None, (first_seq, recycled), false, io)
     }
 
     /// Moves to a fresh segment whose first frame is `next_seq`.
     fn roll(&mut self) -> Result<()> {
+        // The segment ending now is durable, its name too, before the next one is named: at
+        // most the last segment is ever an activation a power loss tore.
+        self.active.finish_activation()?;
         let (prep, mapped, recycled) = self.take_prepared()?;
         let seg = Arc::new(Segment::activate(
             &self.dir,
             &prep,
             mapped,
-            self.next_seq,
-            recycled,
+            (self.next_seq, recycled),
+            true,
             &self.io,
         )?);
         self.segments.write().push(seg.clone());
@@ -218,8 +224,15 @@ impl Log {
     /// Syncs every frame written to the active segment (`Durability::NoSync` before a roll:
     /// see `Flusher::room_for_frame`).
     pub fn sync_active(&self) -> Result<()> {
+        self.active.finish_activation()?;
         self.active
             .sync(0, self.write_off as usize, self.write_path)
+    }
+
+    /// Makes the active segment's activation durable if a roll left it pending (nothing
+    /// synced a frame in it yet): before a clean close, whose mark names that segment.
+    pub fn finish_activation(&self) -> Result<()> {
+        self.active.finish_activation()
     }
 
     /// Sequence number the next frame gets.

@@ -96,7 +96,9 @@ impl Log {
     /// Leaves [`Prep::None`]; the roll defers the next preparation once it has activated this.
     pub(super) fn take_prepared(&mut self) -> Result<(PathBuf, Option<Mapped>, bool)> {
         let ready = match std::mem::replace(&mut self.prep, Prep::None) {
-            Prep::Ready(path) => Some(Ok((path, None, false))),
+            // An earlier run's: it may hold frames of an activation whose rename a power
+            // loss undid, so its bytes are old ones, as a recycled file's.
+            Prep::Ready(path) => Some(Ok((path, None, true))),
             Prep::Pending(h) => h.join().ok().map(|r| r.map(|(p, m, r)| (p, Some(m), r))),
             Prep::None => None,
             Prep::Deferred => {

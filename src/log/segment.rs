@@ -64,6 +64,10 @@ pub(crate) struct Segment {
     /// The format version its header states (0 for a file without a valid header, a
     /// prepared one). The writer appends only to a segment of the current version.
     pub version: u32,
+    /// Activated by a roll whose durability is left to the first sync in the segment
+    /// ([`Segment::finish_activation`]): its header is written and the file renamed, but
+    /// neither is known durable yet.
+    activation_pending: parking_lot::Mutex<bool>,
 }
 
 /// A segment file opened and mapped, its pages populated: the part of opening a segment that
@@ -199,6 +203,7 @@ impl Segment {
             io: io.clone(),
             recycled: false,
             version: 0,
+            activation_pending: parking_lot::Mutex::new(false),
         };
         // A file without a valid header (a prepared one) is simply not recycled.
         if let Ok(h) = SegmentHeader::decode(seg.image()) {
@@ -208,16 +213,23 @@ impl Segment {
         seg
     }
 
-    /// Turns the prepared zero file `prep` into segment `id`: header written and synced,
-    /// then renamed to its final name and the directory synced. So a `.seg` name on disk
-    /// always has a valid header; a bad header is damage, never a crash artifact. `mapped` is
-    /// `prep` already opened and mapped by the preparation thread, if it was.
+    /// Turns the prepared file `prep` (zeros, or a recycled segment's old bytes) into
+    /// segment `id`: its header written, then the file renamed to its final name. With
+    /// `deferred` false the header is synced before the rename and the directory after it,
+    /// so the name and a valid header are durable before this returns. With `deferred` (a
+    /// roll) neither sync is made here: the first sync of a frame in the segment makes them
+    /// ([`Segment::finish_activation`]), so the flusher goes on writing frames while the
+    /// disk takes them, and no frame in the segment is acknowledged before its name and
+    /// header are durable. A power loss in between leaves a last segment whose header is
+    /// zeros or its file's earlier one, with nothing acknowledged in it: recovery drops it
+    /// (docs/FORMAT.md, "Recovery"). `mapped` is `prep` already opened and mapped by the
+    /// preparation thread, if it was.
     pub fn activate(
         dir: &Path,
         prep: &Path,
         mapped: Option<Mapped>,
-        id: u64,
-        recycled: bool,
+        (id, recycled): (u64, bool),
+        deferred: bool,
         io: &SharedIo,
     ) -> Result<Segment> {
         let path = super::dir::segment_path(dir, id);
@@ -239,13 +251,40 @@ impl Segment {
         guarded(&**io, IoOp::Write, prep, 0, header, || {
             file.write_all_at(header, 0)
         })
-        .and_then(|()| guarded(&**io, IoOp::Sync, prep, 0, &[], || file.sync_data()))
+        .and_then(|()| match deferred {
+            true => Ok(()),
+            false => guarded(&**io, IoOp::Sync, prep, 0, &[], || file.sync_data()),
+        })
         .map_err(|e| Error::io("write segment header", prep, e))?;
-        super::dir::activate(&**io, dir, prep, &path)?;
+        super::dir::rename_prepared(&**io, prep, &path)?;
+        if !deferred {
+            super::dir::sync_dir(&**io, dir)?;
+        }
         // The mapping made before the rename maps the same file.
         let seg = Segment::from_mapped(&path, id, mapped, io);
+        *seg.activation_pending.lock() = deferred;
         seg.publish(SEGMENT_HEADER_LEN as u64);
         Ok(seg)
+    }
+
+    /// Makes a deferred activation durable, once (see [`Segment::activate`]): syncs the file
+    /// (its header, and every frame written so far) and then the directory (its name). Called
+    /// before the first sync of a frame in the segment, whoever makes it (several syncers wait
+    /// for the one that does it), and before the next roll or a clean close. An error fails
+    /// the engine, as a failed sync of a frame does: the activation stays pending and is
+    /// never acknowledged as done.
+    pub fn finish_activation(&self) -> Result<()> {
+        let mut pending = self.activation_pending.lock();
+        if !*pending {
+            return Ok(());
+        }
+        let io = &*self.io;
+        guarded(io, IoOp::Sync, &self.path, 0, &[], || self.file.sync_data())
+            .map_err(|e| Error::io("sync segment header", &self.path, e))?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        super::dir::sync_dir(io, dir)?;
+        *pending = false;
+        Ok(())
     }
 
     /// Final bytes `[off, off + len)`; empty if the range is not (yet) published.

@@ -331,7 +331,12 @@ pub(super) fn run(inner: Arc<Inner>) {
     // A compaction waiting for us gets `Closed`; none is taken after this.
     inner.compact_slot.close();
     if let Some(desk) = desk {
-        *inner.end_mark.lock() = Some(desk.flusher.log.end_mark());
+        // The clean-close mark names the active segment: its activation must be durable
+        // (a roll leaves it to the first sync in it, and nothing may have synced there). If
+        // that fails, no mark: the next open checks the tail instead.
+        if desk.flusher.log.finish_activation().is_ok() {
+            *inner.end_mark.lock() = Some(desk.flusher.log.end_mark());
+        }
     }
     // Dropping the desk closes the channel: the syncers complete what they hold and exit.
 }

@@ -389,7 +389,12 @@ fn sync_group(
     begin_sync(inner, t0, ready);
     let requests = group.iter().map(|j| j.stamps.len() as u64).sum();
     crate::trace::record(&inner.trace, TraceKind::SyncStart, requests);
-    let synced = sync(&last.seg, (first, last), inner.config.write_path);
+    // The first sync in a segment a roll activated makes its header and name durable first
+    // (`Segment::finish_activation`; a no-op after that).
+    let synced = last
+        .seg
+        .finish_activation()
+        .and_then(|()| sync(&last.seg, (first, last), inner.config.write_path));
     let end = Instant::now();
     crate::trace::record(&inner.trace, TraceKind::SyncEnd, requests);
     end_sync(inner, t0, end);

@@ -224,13 +224,19 @@ fn check_segment(
     let verdict = frames.verdict();
     let last = expected.next_id.is_none();
     let bad = verdict.damage();
-    let place = bad.as_ref().map(|b| place_of(b.0));
+    let place = place_of(&verdict);
     // A writer tells a torn tail from damage to durable history before it changes a byte:
     // frames written after the damaged one, or a clean-close mark past it, prove that it was
     // durable (docs/FORMAT.md, "Recovery").
     let loss = if policy::seeks_evidence(access, last, place) {
-        let stop = bad.map_or(verdict.end, |b| b.0);
-        let damaged = verdict.stop.decode_damage();
+        // Past a header never written, the frames would start right after it.
+        let (stop, damaged) = match place {
+            Some(Place::Unactivated) => (SEGMENT_HEADER_LEN as u64, false),
+            _ => (
+                bad.map_or(verdict.end, |b| b.0),
+                verdict.stop.decode_damage(),
+            ),
+        };
         verify::durable_loss(
             image,
             stop,
@@ -245,20 +251,22 @@ fn check_segment(
     Ok(Found { verdict, loss })
 }
 
-/// Where damage at `offset` is: offset 0 is the segment header.
-fn place_of(offset: u64) -> Place {
-    if offset == 0 {
-        Place::Header
-    } else {
-        Place::Frames
-    }
+/// Where the segment's damage is, if it has any: offset 0 is the segment header (one that
+/// was never written, or a bad one).
+fn place_of(verdict: &Verdict) -> Option<Place> {
+    let (offset, _) = verdict.damage()?;
+    Some(match offset {
+        0 if verdict.unactivated() => Place::Unactivated,
+        0 => Place::Header,
+        _ => Place::Frames,
+    })
 }
 
 impl Found {
     fn situation(&self, last: bool) -> Situation {
         Situation {
             last,
-            damage: self.verdict.damage().map(|b| place_of(b.0)),
+            damage: place_of(&self.verdict),
             durable: self.loss.is_some(),
         }
     }

@@ -12,6 +12,10 @@ use crate::config::RecoveryMode;
 pub(crate) enum Place {
     /// The segment header (offset 0): nothing of the segment can be trusted.
     Header,
+    /// The segment header was never written over the file's (zeros, or the file's earlier
+    /// header): what a roll that a power loss tore leaves, with nothing acknowledged in the
+    /// segment, when it is the last one.
+    Unactivated,
     /// At the end of its valid frames: a bad frame, bytes after the last frame, or (when
     /// evidence shows durable history was lost) the end of the frames itself.
     Frames,
@@ -62,11 +66,15 @@ pub(crate) fn decide(mode: RecoveryMode, s: &Situation) -> Decision {
     let Some(place) = s.damage else {
         return Decision::Keep;
     };
-    // A segment header is synced before the file gets its name, so a bad one is never a
-    // crash artifact: only point-in-time recovery drops a segment for it.
+    // A roll names a segment before its header is durable, and makes both durable before
+    // the next roll: only the last segment can be an unactivated one, and then nothing in it
+    // was acknowledged (it goes as a torn tail does). Any other bad header is never a crash
+    // artifact: only point-in-time recovery drops a segment for it.
     let cut = match mode {
         RecoveryMode::AbsoluteConsistency => false,
-        RecoveryMode::TolerateCorruptedTail => s.last && place == Place::Frames,
+        RecoveryMode::TolerateCorruptedTail => {
+            s.last && matches!(place, Place::Frames | Place::Unactivated)
+        }
         RecoveryMode::PointInTime => true,
     };
     if cut {
@@ -84,7 +92,8 @@ pub(crate) fn checks_zeros_after(access: Access, last: bool) -> bool {
 
 /// Whether the scan looks for evidence that the damage (or the end of the frames) cut durable
 /// history: a writer does, before it changes a byte of the last segment, unless its header is
-/// bad (docs/FORMAT.md, "Recovery").
+/// bad; a header never written is looked past too (frames far enough on, or a clean-close
+/// mark naming the segment, prove it was no torn roll; docs/FORMAT.md, "Recovery").
 pub(crate) fn seeks_evidence(access: Access, last: bool, damage: Option<Place>) -> bool {
     access == Access::Writer && last && damage != Some(Place::Header)
 }
@@ -93,7 +102,7 @@ pub(crate) fn seeks_evidence(access: Access, last: bool, damage: Option<Place>) 
 mod tests {
     use super::*;
     use Decision::{Cut, Keep, Refuse};
-    use Place::{Frames, Header};
+    use Place::{Frames, Header, Unactivated};
     use RecoveryMode::{AbsoluteConsistency as Absolute, PointInTime, TolerateCorruptedTail};
     use Refusal::{Corrupt, DamagedHistory};
 
@@ -125,6 +134,14 @@ mod tests {
             (Absolute,              true,  Some(Header),  false, Refuse(Corrupt)),
             (Absolute,              true,  Some(Frames),  false, Refuse(Corrupt)),
             (Absolute,              true,  Some(Frames),  true,  Refuse(DamagedHistory)),
+            // A header never written: the last segment goes as a torn tail does (a roll
+            // that a power loss tore); before the last it is damage.
+            (TolerateCorruptedTail, false, Some(Unactivated), false, Refuse(Corrupt)),
+            (TolerateCorruptedTail, true,  Some(Unactivated), false, Cut),
+            (PointInTime,           false, Some(Unactivated), false, Cut),
+            (PointInTime,           true,  Some(Unactivated), false, Cut),
+            (Absolute,              false, Some(Unactivated), false, Refuse(Corrupt)),
+            (Absolute,              true,  Some(Unactivated), false, Refuse(Corrupt)),
         ];
         for &(mode, last, damage, durable, want) in table {
             let s = Situation {
@@ -134,9 +151,9 @@ mod tests {
             };
             assert_eq!(decide(mode, &s), want, "{mode:?} {s:?}");
         }
-        // Each mode has its rows: 3 positions before the last segment, 4 in it.
+        // Each mode has its rows: 4 positions before the last segment, 5 in it.
         for mode in [TolerateCorruptedTail, PointInTime, Absolute] {
-            assert_eq!(table.iter().filter(|r| r.0 == mode).count(), 7, "{mode:?}");
+            assert_eq!(table.iter().filter(|r| r.0 == mode).count(), 9, "{mode:?}");
         }
     }
 
@@ -179,6 +196,7 @@ mod tests {
             (Writer, false, Some(Frames), false, false),
             (Writer, true,  None,         true,  true),
             (Writer, true,  Some(Header), true,  false),
+            (Writer, true,  Some(Unactivated), true, true),
             (Writer, true,  Some(Frames), true,  true),
         ];
         for &(access, last, damage, zeros, evidence) in table {

@@ -38,6 +38,19 @@ pub(crate) enum HeaderProblem {
     Size { header: u64, file: u64 },
     /// The segment does not start where the previous one ended.
     Sequence { id: u64, expected: u64 },
+    /// Its header was never written over the file's: all zeros (a prepared file) or the
+    /// header of its earlier life (`earlier`, an id below the name's: a recycled file). A
+    /// roll renames the file before its header is durable and leaves both syncs to the
+    /// first sync in the segment, so after a power loss the last segment may be this, with
+    /// nothing acknowledged in it (`Segment::activate`).
+    Unactivated { earlier: Option<u64> },
+}
+
+impl HeaderProblem {
+    /// Whether this is what a roll that a power loss tore leaves.
+    pub fn unactivated(&self) -> bool {
+        matches!(self, HeaderProblem::Unactivated { .. })
+    }
 }
 
 impl fmt::Display for HeaderProblem {
@@ -55,6 +68,14 @@ impl fmt::Display for HeaderProblem {
             HeaderProblem::Sequence { id, expected } => write!(
                 f,
                 "segment starts at batch {id} but the previous segment ended before batch {expected}"
+            ),
+            HeaderProblem::Unactivated { earlier: None } => write!(
+                f,
+                "segment header never written (all zeros), as a roll that a power loss tore leaves it"
+            ),
+            HeaderProblem::Unactivated { earlier: Some(id) } => write!(
+                f,
+                "segment header still the file's earlier one (id {id}), as a roll that a power loss tore leaves it"
             ),
         }
     }
@@ -111,6 +132,11 @@ pub(crate) struct Verdict {
 }
 
 impl Verdict {
+    /// Whether the header is what a torn roll leaves ([`HeaderProblem::Unactivated`]).
+    pub fn unactivated(&self) -> bool {
+        matches!(&self.stop, Stop::Header(p) if p.unactivated())
+    }
+
     /// Where the damage is and what was wrong, if the segment has any: the header's at 0,
     /// anything else at [`Verdict::end`].
     pub fn damage(&self) -> Option<(u64, String)> {
@@ -147,8 +173,14 @@ pub(crate) struct Verifier<'a> {
 /// version, CRC, and the id that the name and the order promise) right away, the frames as
 /// the returned iterator goes.
 pub(crate) fn verify<'a>(image: &'a [u8], expected: &Expected) -> Verifier<'a> {
+    let never_written =
+        image.len() >= SEGMENT_HEADER_LEN && image[..SEGMENT_HEADER_LEN].iter().all(|&b| b == 0);
     let problem = match SegmentHeader::decode(image) {
+        Err(_) if never_written => Err(HeaderProblem::Unactivated { earlier: None }),
         Err(e) => Err(HeaderProblem::Format(e)),
+        Ok(h) if h.segment_id < expected.name_id => Err(HeaderProblem::Unactivated {
+            earlier: Some(h.segment_id),
+        }),
         Ok(h) if h.segment_id != expected.name_id => Err(HeaderProblem::Id {
             header: h.segment_id,
             name: expected.name_id,
@@ -641,9 +673,29 @@ mod tests {
         check(&image[..40], tail(5), "invalid segment header");
         check(
             &image,
-            tail(6),
-            "segment header names id 5 but the file name says 6",
+            tail(4),
+            "segment header names id 5 but the file name says 4",
         );
+        // What a roll that a power loss tore leaves: the header of the file's earlier life
+        // (an id below the name's), or zeros. Told apart from other damage (a header naming
+        // a later id, garbage): only these may the last segment be dropped for.
+        check(
+            &image,
+            tail(6),
+            "segment header still the file's earlier one (id 5), as a roll that a power loss tore",
+        );
+        let mut zeros = image.clone();
+        zeros[..SEGMENT_HEADER_LEN].fill(0);
+        check(&zeros, tail(5), "segment header never written (all zeros)");
+        assert!(run(&zeros, &tail(5)).1.unactivated());
+        assert!(run(&image, &tail(6)).1.unactivated());
+        for not_torn in [&bad_magic, &bad_crc] {
+            assert!(!run(not_torn, &tail(5)).1.unactivated());
+        }
+        assert!(!run(&image, &tail(4)).1.unactivated());
+        let mut one_byte = zeros.clone();
+        one_byte[3] = 1;
+        assert!(!run(&one_byte, &tail(5)).1.unactivated());
         check(
             &image[..SIZE - 8],
             tail(5),

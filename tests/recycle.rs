@@ -602,6 +602,7 @@ fn close_leaves_no_spare_file_unless_asked_to_keep_some() {
 /// it, reports the cut and goes on; `AbsoluteConsistency` refuses it; and the same header
 /// on a segment before the last is damage.
 #[test]
+#[allow(clippy::disallowed_methods)] // the torn roll's file, made behind the seam's back
 fn a_last_segment_whose_activation_tore_is_dropped() {
     let (template, active, _, next) = closed_in_a_reused_segment();
     let state = {

@@ -490,6 +490,18 @@ mod tests {
         }
     }
 
+    /// Sets key `i` of `keys` at `loc(i)`.
+    fn set_each_at_its_place(index: &Index, keys: &[&'static [u8]]) {
+        // SAFETY: every key is 'static.
+        unsafe {
+            index.apply(
+                keys.iter()
+                    .enumerate()
+                    .map(|(i, k)| (*k, Some(loc(i as u64)))),
+            )
+        };
+    }
+
     /// `live_bytes` is what summing every live key's record length gives, through sets,
     /// overwrites, deletes (of present and absent keys) and `forget_below`.
     #[test]
@@ -562,14 +574,7 @@ mod tests {
             b"abcdefghijklmnopqrstuvwxyZ",
         ];
         let index = Index::default();
-        // SAFETY: every key is 'static.
-        unsafe {
-            index.apply(
-                keys.iter()
-                    .enumerate()
-                    .map(|(i, k)| (*k, Some(loc(i as u64)))),
-            )
-        };
+        set_each_at_its_place(&index, &keys);
         for (i, k) in keys.iter().enumerate() {
             assert_eq!(index.get(k), Some(loc(i as u64)), "key {k:?}");
         }
@@ -615,14 +620,7 @@ mod tests {
             .map(|i| Box::leak(format!("key-{i:03}-{}", "x".repeat(i)).into_boxed_str()).as_bytes())
             .collect();
         let index = Index::default();
-        // SAFETY: leaked, so 'static.
-        unsafe {
-            index.apply(
-                keys.iter()
-                    .enumerate()
-                    .map(|(i, k)| (*k, Some(loc(i as u64)))),
-            )
-        };
+        set_each_at_its_place(&index, &keys);
         // Overwrite a third, delete a third (of those, some never come back).
         // SAFETY: as above.
         unsafe {

@@ -766,16 +766,20 @@ mod tests {
             s.finish_activation().unwrap();
             assert_eq!(done(&h), vec![], "a second finish syncs nothing");
         }
-        // A failed finish is reported, and the activation is still pending: the next call
-        // tries again.
+        // A failed finish is reported, and is final: a later call reports it again and
+        // syncs nothing.
         let (prep, seg) = (prep_path(&d, 20), segment_path(&d, 20));
         create_prepared(&hook(), &d, &prep, 4096).unwrap();
         let h = Arc::new(failing(IoOp::SyncDir));
         let io: crate::log::io::SharedIo = h.clone();
         let s = Segment::activate(&d, &prep, None, (20, false), true, &io).unwrap();
+        let _ = done(&h);
         let e = s.finish_activation().unwrap_err();
         assert_eq!(op_of(e), ("fsync directory", d.clone()));
-        assert!(s.finish_activation().is_err());
+        assert_eq!(done(&h), vec![(IoOp::Sync, seg.clone())]);
+        let again = s.finish_activation().unwrap_err();
+        assert_eq!(op_of(again), ("fsync directory", d.clone()));
+        assert_eq!(done(&h), vec![], "a failed activation was synced again");
         assert!(seg.exists());
     }
 

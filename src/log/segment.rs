@@ -67,7 +67,17 @@ pub(crate) struct Segment {
     /// Activated by a roll whose durability is left to the first sync in the segment
     /// ([`Segment::finish_activation`]): its header is written and the file renamed, but
     /// neither is known durable yet.
-    activation_pending: parking_lot::Mutex<bool>,
+    activation: parking_lot::Mutex<Activation>,
+}
+
+/// Whether a segment's activation is durable (see [`Segment::finish_activation`]).
+#[derive(Clone, Debug)]
+enum Activation {
+    Durable,
+    Pending,
+    /// Its sync failed: never tried again (a second `fdatasync` could return OK for pages
+    /// whose writeback failed), and every later call reports the error.
+    Failed(Error),
 }
 
 /// A segment file opened and mapped, its pages populated: the part of opening a segment that
@@ -203,7 +213,7 @@ impl Segment {
             io: io.clone(),
             recycled: false,
             version: 0,
-            activation_pending: parking_lot::Mutex::new(false),
+            activation: parking_lot::Mutex::new(Activation::Durable),
         };
         // A file without a valid header (a prepared one) is simply not recycled.
         if let Ok(h) = SegmentHeader::decode(seg.image()) {
@@ -262,7 +272,9 @@ impl Segment {
         }
         // The mapping made before the rename maps the same file.
         let seg = Segment::from_mapped(&path, id, mapped, io);
-        *seg.activation_pending.lock() = deferred;
+        if deferred {
+            *seg.activation.lock() = Activation::Pending;
+        }
         seg.publish(SEGMENT_HEADER_LEN as u64);
         Ok(seg)
     }
@@ -271,20 +283,25 @@ impl Segment {
     /// (its header, and every frame written so far) and then the directory (its name). Called
     /// before the first sync of a frame in the segment, whoever makes it (several syncers wait
     /// for the one that does it), and before the next roll or a clean close. An error fails
-    /// the engine, as a failed sync of a frame does: the activation stays pending and is
-    /// never acknowledged as done.
+    /// the engine, as a failed sync of a frame does, and is final: every later call returns
+    /// it, and nothing is synced again as if the first attempt had not failed.
     pub fn finish_activation(&self) -> Result<()> {
-        let mut pending = self.activation_pending.lock();
-        if !*pending {
-            return Ok(());
+        let mut state = self.activation.lock();
+        match &*state {
+            Activation::Durable => return Ok(()),
+            Activation::Failed(e) => return Err(e.clone()),
+            Activation::Pending => {}
         }
         let io = &*self.io;
-        guarded(io, IoOp::Sync, &self.path, 0, &[], || self.file.sync_data())
-            .map_err(|e| Error::io("sync segment header", &self.path, e))?;
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        super::dir::sync_dir(io, dir)?;
-        *pending = false;
-        Ok(())
+        let synced = guarded(io, IoOp::Sync, &self.path, 0, &[], || self.file.sync_data())
+            .map_err(|e| Error::io("sync segment header", &self.path, e))
+            .and_then(|()| super::dir::sync_dir(io, dir));
+        *state = match &synced {
+            Ok(()) => Activation::Durable,
+            Err(e) => Activation::Failed(e.clone()),
+        };
+        synced
     }
 
     /// Final bytes `[off, off + len)`; empty if the range is not (yet) published.

@@ -670,10 +670,10 @@ impl Engine {
             // first): let the next engine have it.
             let _no_retirement = self.inner.retire_lock.lock();
             // A compaction may have kept more retired files than `recycle_segments` for the
-            // segments it expected to write next: at rest they are only disk. Best effort:
-            // the next open removes any beyond the pool's size.
+            // segments it expected to write next, and the next segment is prepared: at rest
+            // they are only disk. Best effort: the next open removes any beyond the pool's
+            // size.
             let inner = &*self.inner;
-            let _ = retire::evict(&*inner.io, &inner.dir, &inner.pool.trim());
             let _ = retire::trim_spares_at_close(
                 &*inner.io,
                 &inner.dir,

@@ -77,12 +77,6 @@ impl Pool {
         p.files.drain(..over).collect()
     }
 
-    /// Gives up the oldest files beyond the configured size (a compaction may have kept
-    /// more while the engine ran): returns them, for the caller to remove.
-    pub fn trim(&self) -> Vec<PathBuf> {
-        self.put(std::iter::empty(), 0)
-    }
-
     /// The segment counters.
     pub fn counts(&self) -> crate::stats::SegmentCounts {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);

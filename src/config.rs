@@ -66,8 +66,12 @@ impl Default for WindowPolicy {
 /// What opening does with damage it finds in the log (names as in RocksDB).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum RecoveryMode {
-    /// A torn or corrupt tail of the last segment is cut off (zeroed and synced); damage
-    /// before the last valid frame is an error naming file and offset.
+    /// A torn tail is cut off (zeroed and synced): damage in the last segment's last
+    /// `UNDURABLE_FRAMES_MAX` (16) frames with no evidence of durable history past it, or a
+    /// last segment whose activation a crash tore. Damage to durable history (valid frames 16
+    /// or more batches later, or a clean-close mark past it) is `Error::DamagedHistory`, and
+    /// damage in an earlier segment `Error::Corrupt`, each naming file and offset; nothing is
+    /// changed then. The whole table: docs/FORMAT.md, "Recovery".
     #[default]
     TolerateCorruptedTail,
     /// Stop at the first bad frame anywhere and drop everything after it.
@@ -103,13 +107,17 @@ pub const SYNCERS_MAX: usize = 16;
 pub struct Config {
     /// Bytes of the ingest ring; a power of two, at least 64 KiB. Default 16 MiB.
     pub ring_bytes: usize,
-    /// Size of each segment file; a multiple of 4096. Default 64 MiB.
+    /// Size of each segment file: a multiple of 4096, at least 64 KiB, and room for one full
+    /// batch after the segment's header (64 + 32 + `batch_bytes_max` rounded up to 8 bytes:
+    /// with the default 4 MiB batches, 1 MiB segments are refused; lower `batch_bytes_max`
+    /// with them). Default 64 MiB.
     pub segment_bytes: u64,
     /// Longest key accepted, at most 65,535. Default 4096. The empty key is a valid key.
     pub key_len_max: usize,
     /// Longest value accepted. Default 1 MiB.
     pub value_len_max: usize,
-    /// A window is cut once its requests reach this many ring bytes. Default 4 MiB.
+    /// A window is cut once its requests reach this many ring bytes; 4096 to 2^31, and a
+    /// segment must hold one such batch (`segment_bytes`). Default 4 MiB.
     pub batch_bytes_max: usize,
     /// A window is cut once it holds this many operations. Default 1,048,576.
     pub batch_ops_max: usize,

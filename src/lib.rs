@@ -50,9 +50,11 @@
 //! # }
 //! ```
 //!
-//! Each open engine runs two threads, `mergelog-flusher` (windows, coalescing, log writes)
-//! and `mergelog-syncer` (syncs and completions), plus `mergelog-prep` while it prepares the
-//! next segment file. The names show in `top -H`, `perf` and `/proc` (where the kernel keeps
+//! Each open engine runs `mergelog-flusher` (windows, coalescing, log writes) and
+//! `Config::syncers` syncer threads (`mergelog-syncer`, `mergelog-syncer-1`, ...: syncs and
+//! completions; two by default), plus `mergelog-prep` while it prepares the next segment file,
+//! `mergelog-compactor` under `Compaction::Auto`, and `mergelog-follow-poll` while a polling
+//! follower is awaited as a future. The names show in `top -H`, `perf` and `/proc` (where the kernel keeps
 //! their first 15 bytes), so their CPU can be told apart from the producers'; `mergelog
 //! bench` reports it that way.
 //!
@@ -155,3 +157,9 @@ pub mod internals {
     pub use crate::log::io;
     pub use crate::ring;
 }
+
+/// The README's example, compiled (not run: it opens a path under `/var/lib`) by
+/// `cargo test --doc`, so the first code a newcomer copies builds.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExample;

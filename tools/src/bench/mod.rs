@@ -233,7 +233,7 @@ pub struct WorkloadArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=64))]
     recycle_segments: Option<u64>,
     /// How many request ids the engine remembers (`Config::request_ids`; only the
-    /// `mergelog-ids` system uses ids) [engine default: 1048576].
+    /// `mergelog-ids` system uses ids) [engine default: 262144].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     id_horizon: Option<u64>,
     /// Parent directory for the runs (one subdirectory per system, kept afterwards; each

@@ -292,6 +292,11 @@ impl Coalescer {
         self.plan_with(entries, coalesce, Algorithm::Auto)
     }
 
+    /// The plan of the last window planned.
+    pub fn last_plan(&self) -> &Plan {
+        &self.plan
+    }
+
     /// [`plan`](Self::plan) with an explicit algorithm (for benches and tests); every algorithm
     /// gives the same plan, up to the order of [`Plan::gets`].
     pub fn plan_with(

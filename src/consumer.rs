@@ -21,6 +21,7 @@
 use crate::error::{Error, Result};
 use crate::log::dir;
 use crate::log::io::SharedIo;
+use crate::log::recovery::SEQ_MAX;
 use crate::reader::{Follower, LiveLog, OwnedBatch};
 use crate::seq::Seq;
 use crate::throttle::Throttle;
@@ -37,7 +38,9 @@ const TMP_PREFIX: &str = "consumer.tmp-";
 const MAGIC: [u8; 8] = *b"MLCONSUM";
 const VERSION: u32 = 1;
 /// Bytes of a position file.
-const FILE_LEN: usize = 32;
+pub(crate) const FILE_LEN: usize = 32;
+/// Offset of the committed batch in a position file.
+const COMMITTED_AT: usize = 16;
 const CRC_AT: usize = 24;
 /// The longest consumer name.
 pub const NAME_MAX: usize = 64;
@@ -80,7 +83,7 @@ fn encode(committed: u64) -> [u8; FILE_LEN] {
     let mut b = [0u8; FILE_LEN];
     b[0..8].copy_from_slice(&MAGIC);
     b[8..12].copy_from_slice(&VERSION.to_le_bytes());
-    b[16..24].copy_from_slice(&committed.to_le_bytes());
+    b[COMMITTED_AT..COMMITTED_AT + 8].copy_from_slice(&committed.to_le_bytes());
     let crc = crc32c::crc32c(&b[..CRC_AT]);
     b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
     b
@@ -98,22 +101,31 @@ fn decode(b: &[u8]) -> Option<u64> {
     {
         return None;
     }
-    Some(u64::from_le_bytes(b[16..24].try_into().unwrap()))
+    Some(u64::from_le_bytes(
+        b[COMMITTED_AT..COMMITTED_AT + 8].try_into().unwrap(),
+    ))
 }
 
 /// The committed batch of consumer `name` in `dir`; `None` if it has no file. A file that is
-/// not a valid position is an error (`Error::Corrupt`), never read as "nothing consumed".
+/// not a valid position is an error (`Error::Corrupt`), never read as "nothing consumed"; so
+/// is a committed batch past [`SEQ_MAX`], which no log reaches (and counting on from which
+/// could overflow).
 pub(crate) fn load(dir: &Path, name: &str) -> Result<Option<u64>> {
     let Some(bytes) = dir::read_consumer(dir, name)? else {
         return Ok(None);
     };
+    let corrupt = |offset: usize, reason: String| Error::Corrupt {
+        path: dir.join(consumer_file_name(name)),
+        offset: offset as u64,
+        reason,
+    };
     match decode(&bytes) {
+        Some(c) if c > SEQ_MAX => Err(corrupt(
+            COMMITTED_AT,
+            format!("consumer position names committed batch {c}, past the largest, {SEQ_MAX}"),
+        )),
         Some(c) => Ok(Some(c)),
-        None => Err(Error::Corrupt {
-            path: dir.join(consumer_file_name(name)),
-            offset: 0,
-            reason: "not a valid consumer position file".into(),
-        }),
+        None => Err(corrupt(0, "not a valid consumer position file".into())),
     }
 }
 
@@ -135,7 +147,9 @@ pub(crate) fn load_all(dir: &Path) -> Result<Vec<(String, u64)>> {
 pub(crate) fn retire_limit(dir: &Path, seq: u64) -> Result<(u64, Option<(String, Seq)>)> {
     let slowest = load_all(dir)?.into_iter().min_by_key(|(_, c)| *c);
     Ok(match slowest {
-        Some((name, c)) if c.saturating_add(1) < seq => (c + 1, Some((name, Seq::new(c)))),
+        Some((name, c)) if c.saturating_add(1) < seq => {
+            (c.saturating_add(1), Some((name, Seq::new(c))))
+        }
         _ => (seq, None),
     })
 }
@@ -240,7 +254,7 @@ impl Consumer {
         live: Option<Arc<LiveLog>>,
         claim: Option<Claim>,
     ) -> Consumer {
-        debug_assert_eq!(follower.next_seq().get(), committed + 1);
+        debug_assert_eq!(follower.next_seq().get(), committed.saturating_add(1));
         Consumer {
             name: name.to_owned(),
             dir,
@@ -418,7 +432,7 @@ impl crate::Engine {
         Ok(Consumer::new(
             name,
             (inner.dir.clone(), inner.io.clone()),
-            self.follow(committed + 1),
+            self.follow(committed.saturating_add(1)),
             committed,
             Some(inner.live.clone()),
             Some(claim),

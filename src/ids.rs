@@ -377,7 +377,7 @@ impl Ids {
     /// Forgets the generations wholly beyond the horizon's age at `now`.
     pub fn evict(&mut self, now: u64) {
         let Some(age) = self.horizon.age else { return };
-        let oldest_kept = now.saturating_sub(age.as_nanos() as u64);
+        let oldest_kept = now.saturating_sub(nanos(age));
         if self.previous.newest < oldest_kept {
             self.previous.clear();
         }
@@ -402,6 +402,12 @@ impl Ids {
         v.sort_unstable_by_key(|(id, e)| (e.seq, *id));
         v
     }
+}
+
+/// `d` in nanoseconds, `u64::MAX` if it is longer (584 years): a huge configured age is
+/// "forever", never a wrapped, arbitrary one.
+pub(crate) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Nanoseconds since the Unix epoch now (0 before it: a clock set to 1970 ages nothing).
@@ -461,9 +467,7 @@ pub(crate) fn rebuild(found: Vec<(RequestId, u64, u64)>, horizon: IdHorizon, now
     // The newest `ids` are what must be remembered: skip the rest without inserting them.
     // An id found twice (in the file and a segment a crash kept from retiring) is taken once.
     let skip = found.len().saturating_sub(horizon.ids);
-    let oldest_kept = horizon
-        .age
-        .map_or(0, |a| now.saturating_sub(a.as_nanos() as u64));
+    let oldest_kept = horizon.age.map_or(0, |a| now.saturating_sub(nanos(a)));
     for (id, seq, time) in found.into_iter().skip(skip) {
         if time >= oldest_kept {
             let _ = ids.take(id, IdEntry { seq, time });
@@ -643,6 +647,39 @@ mod tests {
         assert_eq!((t.len(), t.get(&id(3))), (1, Some(30)), "{t:?}");
         t.evict(41);
         assert_eq!(t.len(), 0);
+    }
+
+    /// An age past what u64 nanoseconds hold (2^64 ns, 584 years, wraps to 0) keeps every
+    /// id: it is not taken modulo 2^64.
+    #[test]
+    fn an_age_too_long_for_u64_nanoseconds_forgets_nothing() {
+        let age = Duration::new(18_446_744_073, 709_551_616);
+        assert_eq!(age.as_nanos(), 1 << 64);
+        assert_eq!((nanos(age), nanos(Duration::MAX)), (u64::MAX, u64::MAX));
+        let now = 1_000_000;
+        let found: Vec<_> = (0..3u64).map(|n| (id(n.into()), n + 1, n * 100)).collect();
+        let horizon = IdHorizon {
+            ids: 100,
+            age: Some(age),
+        };
+        assert_eq!(
+            rebuild(found, horizon, now).len(),
+            3,
+            "rebuild forgot ids younger than the age"
+        );
+        let mut t = Ids::new(horizon);
+        for n in 0..3u64 {
+            t.take(
+                id(n.into()),
+                IdEntry {
+                    seq: n + 1,
+                    time: n * 100,
+                },
+            )
+            .unwrap();
+        }
+        t.evict(now);
+        assert_eq!(t.len(), 3, "evict forgot ids younger than the age");
     }
 
     #[test]

@@ -21,6 +21,12 @@
 //! [`Refusals`] (in the completion) before the watermark passes it: its ticket reports
 //! [`Error::MergeRefused`], every other request of the window completes as usual, and the
 //! engine goes on.
+//!
+//! A merge's result can be far longer than its operand, so a window of small merges may need
+//! a frame larger than a segment holds. Then the window keeps its first merge requests, as
+//! many as fit, and refuses the others the same way (`MergeRefused`, its reason naming the
+//! frame's and the segment's sizes: retry them); a request whose results alone exceed a
+//! segment is always refused. Nothing is written past a segment's end.
 
 use crate::coalesce::{Entry, Op};
 use crate::error::{Error, Result};
@@ -219,14 +225,17 @@ struct Kept {
 const REFUSALS_KEPT: usize = 1 << 16;
 
 impl Refusals {
-    /// The flusher refused the request ending at `pos` (past every one recorded before).
+    /// The flusher refused the request ending at `pos`: past every earlier window's
+    /// refusals, but within a window not necessarily in order (a window's last merges may be
+    /// refused before an earlier one: `Flusher::shed_merges_to_fit`).
     pub fn record(&self, pos: u64, error: Error) {
         let mut k = self.kept.lock();
         if k.entries.len() == REFUSALS_KEPT {
             let (old, _) = k.entries.pop_front().expect("full");
             k.forgotten_to = old;
         }
-        k.entries.push_back((pos, error));
+        let at = k.entries.partition_point(|e| e.0 < pos);
+        k.entries.insert(at, (pos, error));
         drop(k);
         self.recorded.fetch_add(1, Ordering::Release);
     }

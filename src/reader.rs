@@ -15,7 +15,7 @@ use crate::log::format::{
     decode_frame, peek_frame, Decoded, Frame, Record, RecordOp, SEGMENT_HEADER_LEN,
 };
 use crate::log::io;
-use crate::log::recovery::{scan_retrying, Damage};
+use crate::log::recovery::{check_listed_id, scan_retrying, Damage};
 use crate::log::segment::Segment;
 use crate::log::Segments;
 use crate::pipeline::handoff::SeqWaiters;
@@ -398,7 +398,7 @@ impl LogReader {
         let io = io::real();
         let committed = consumer::load_or_create(&io, &self.dir, name, self.first_seq().get())?;
         let live = self.engine.as_ref().map(|(_, live)| live.clone());
-        let follower = self.follow(committed + 1);
+        let follower = self.follow(committed.saturating_add(1));
         Ok(Consumer::new(
             name,
             (self.dir.clone(), io),
@@ -542,6 +542,29 @@ impl<'a> Iterator for SegmentFrames<'a> {
     }
 }
 
+/// How many times a directory follower lists the directory again for a segment file that
+/// vanished or was locked as it opened it (`Follower::find_in_dir`), as `scan_retrying` does.
+const FIND_RETRIES_MAX: u32 = 100;
+
+/// Whether opening a listed segment failed as it does when the file was retired meanwhile:
+/// gone, or locked while the engine takes it for reuse.
+fn vanished(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if matches!(
+        source.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::WouldBlock
+    ))
+}
+
+/// The batch sequence after frame `f` of `seg`; `Error::Corrupt` if there is none (only a
+/// frame whose sequence no log reaches can be `u64::MAX`).
+fn next_in_chain(seg: &Segment, f: &Frame<'_>) -> Result<u64> {
+    f.batch_seq.checked_add(1).ok_or_else(|| Error::Corrupt {
+        path: seg.path.clone(),
+        offset: f.offset,
+        reason: format!("frame of batch {}, which no batch may follow", f.batch_seq),
+    })
+}
+
 /// Yields batches as they land, in order, without gaps.
 ///
 /// Built by `LogReader::follow` (any process; a batch is yielded once its frame is complete
@@ -645,33 +668,48 @@ impl Follower {
     }
 
     /// As `find_segment`, from the directory (a follower in another process).
+    ///
+    /// A listed file may be retired under the follower (gone, locked while the engine takes
+    /// it for reuse, or renamed and reused once opened): then it lists again, up to
+    /// [`FIND_RETRIES_MAX`] times (as `scan_retrying`): a name that never opens (a dangling
+    /// symbolic link, a file another process keeps locked) ends in the I/O error of its last
+    /// try, naming the file. A file whose name gives a batch sequence no log has (0, or past
+    /// `SEQ_MAX`) is `Error::Corrupt`.
     fn find_in_dir(&self) -> Result<Option<Arc<Segment>>> {
-        let files = crate::log::dir::list_segments(&self.dir)?;
-        let Some(idx) = files.iter().rposition(|(id, _)| *id <= self.next_seq) else {
-            return match files.first() {
-                // The batch was in a segment that `Engine::retire_before` removed.
-                Some(&(first, _)) => Err(Error::Retired {
-                    seq: Seq::new(self.next_seq),
-                    first: Seq::new(first),
-                }),
-                None => Ok(None),
+        let mut tries = 0;
+        loop {
+            let files = crate::log::dir::list_segments(&self.dir)?;
+            let Some(idx) = files.iter().rposition(|(id, _)| *id <= self.next_seq) else {
+                return match files.first() {
+                    // The batch was in a segment that `Engine::retire_before` removed.
+                    Some(&(first, _)) => Err(Error::Retired {
+                        seq: Seq::new(self.next_seq),
+                        first: Seq::new(first),
+                    }),
+                    None => Ok(None),
+                };
             };
-        };
-        let (id, path) = &files[idx];
-        match Segment::open(path, *id, false, &io::real()) {
-            Ok(seg) if seg.still_named() => Ok(Some(Arc::new(seg))),
-            // Retired between the listing and the open (gone, being reused, or renamed and
-            // reused already): list again.
-            Ok(_) => self.find_in_dir(),
-            Err(Error::Io { source, .. })
-                if matches!(
-                    source.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::WouldBlock
-                ) =>
-            {
-                self.find_in_dir()
+            let (id, path) = &files[idx];
+            check_listed_id(*id, path)?;
+            let failed = match Segment::open(path, *id, false, &io::real()) {
+                Ok(seg) if seg.still_named() => return Ok(Some(Arc::new(seg))),
+                // Retired between the listing and the open (gone, being reused, or renamed and
+                // reused already): list again.
+                Ok(_) => Error::io(
+                    "open segment",
+                    path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "the file was replaced under its name while it was opened",
+                    ),
+                ),
+                Err(e) if vanished(&e) => e,
+                Err(e) => return Err(e),
+            };
+            if tries >= FIND_RETRIES_MAX {
+                return Err(failed);
             }
-            Err(e) => Err(e),
+            tries += 1;
         }
     }
 
@@ -707,11 +745,16 @@ impl Follower {
             match decode_frame(bytes, *off as usize) {
                 // The next frame of the segment's chain: skipped up to `next_seq`.
                 Ok(Decoded::Frame(f)) if f.batch_seq == *chain && f.batch_seq < self.next_seq => {
-                    let end = f.end_offset();
+                    let (end, after) = (f.end_offset(), next_in_chain(seg, &f)?);
                     let cur = self.current.as_mut().expect("located");
-                    (cur.1, cur.2) = (end, cur.2 + 1);
+                    (cur.1, cur.2) = (end, after);
                 }
                 Ok(Decoded::Frame(f)) if f.batch_seq == *chain => {
+                    let after = next_in_chain(seg, &f)?;
+                    debug_assert_eq!(
+                        f.batch_seq, self.next_seq,
+                        "the chain starts at or below it"
+                    );
                     let batch = Batch {
                         frame: f,
                         segment: &seg.path,
@@ -719,8 +762,9 @@ impl Follower {
                     .to_owned();
                     let end = f.end_offset();
                     let cur = self.current.as_mut().expect("located");
-                    (cur.1, cur.2) = (end, cur.2 + 1);
-                    self.next_seq += 1;
+                    (cur.1, cur.2) = (end, after);
+                    // The frame is batch `next_seq` (`chain` reached it from below).
+                    self.next_seq = after;
                     return Ok(Some(batch));
                 }
                 _ => {
@@ -757,22 +801,24 @@ impl Follower {
     /// (or the engine stops), and is woken then. A follower of a directory (another
     /// process's engine) has nobody to wake it: it polls the directory, every 200 µs.
     pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<OwnedBatch>> {
-        let deadline = Instant::now() + timeout;
+        // `None`: a timeout so long that no clock reaches its end (`Duration::MAX`): no
+        // deadline.
+        let deadline = Instant::now().checked_add(timeout);
         loop {
             if let Some(b) = self.try_next()? {
                 return Ok(Some(b));
             }
             let now = Instant::now();
-            if now >= deadline {
+            if deadline.is_some_and(|d| now >= d) {
                 return Ok(None);
             }
             match &self.live {
                 Some(live) if !live.passed(self.next_seq) => {
-                    live.wait_for(self.next_seq, Some(deadline));
+                    live.wait_for(self.next_seq, deadline);
                 }
                 // A directory follower, or a gate that passed with the frame not found yet
                 // (the segment changed under us): look again shortly.
-                _ => std::thread::sleep(self.poll.min(deadline - now)),
+                _ => std::thread::sleep(deadline.map_or(self.poll, |d| self.poll.min(d - now))),
             }
         }
     }
@@ -907,5 +953,94 @@ mod tests {
             batch.records,
             vec![(RecordOp::Put, b"key".to_vec(), b"value".to_vec())]
         );
+    }
+
+    /// A segment file in `dir` named for batch `first`, holding one frame of batch `first`,
+    /// written and published as the flusher writes it.
+    fn segment_with_one_frame(dir: &Path, first: u64) -> Arc<Segment> {
+        let seg =
+            Arc::new(Log::create_first(dir, 1 << 16, first, None, &io::real()).expect("segment"));
+        let off = seg.published();
+        let len = frame_len(record_len(3, 5));
+        let mut w = FrameWriter::new(seg.unpublished_mut(off, len), first, FLAG_SORTED);
+        w.push(RecordOp::Put, b"key", b"value");
+        assert_eq!(w.finish(1), len);
+        seg.publish(off + len as u64);
+        seg
+    }
+
+    /// A directory follower's segment name that never opens (a dangling symbolic link named
+    /// like a segment, a segment file another process keeps locked) is retried a bounded
+    /// number of times, then is the I/O error naming the file: never a retry without end
+    /// (it recursed, until the stack overflowed).
+    #[test]
+    #[allow(clippy::disallowed_methods)] // files made behind the seam's back
+    fn a_directory_follower_gives_up_on_a_segment_that_never_opens() {
+        use std::os::unix::io::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join(segment_file_name(1));
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &link).unwrap();
+        let mut follower = Follower::new(dir.path().to_owned(), 1);
+        match follower.try_next() {
+            Err(Error::Io { path, source, .. }) => {
+                assert_eq!(path, link);
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+            }
+            other => panic!("a dangling segment link gave {other:?}"),
+        }
+        std::fs::remove_file(&link).unwrap();
+
+        // Locked as the engine locks a file it takes for reuse, by another open file
+        // description (as another process holds it).
+        let seg = segment_with_one_frame(dir.path(), 1);
+        let path = seg.path.clone();
+        drop(seg);
+        let holder = std::fs::File::open(&path).unwrap();
+        // SAFETY: flock on a descriptor `holder` owns and keeps open for the call.
+        let rc = unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        let mut follower = Follower::new(dir.path().to_owned(), 1);
+        match follower.try_next() {
+            Err(Error::Io {
+                path: p, source, ..
+            }) => {
+                assert_eq!(p, path);
+                assert_eq!(source.kind(), std::io::ErrorKind::WouldBlock);
+            }
+            other => panic!("a segment locked for good gave {other:?}"),
+        }
+        drop(holder);
+        let batch = follower.try_next().expect("unlocked").expect("its frame");
+        assert_eq!(batch.seq, 1);
+    }
+
+    /// A directory follower starts its chain from a segment file's name only within the
+    /// bound the recovery scan applies (1 to 2^62): a file named for a larger batch is
+    /// `Error::Corrupt` naming it, never a count that overflows past its frame.
+    #[test]
+    fn a_directory_follower_refuses_a_segment_named_past_the_sequence_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = segment_with_one_frame(dir.path(), u64::MAX);
+        let path = seg.path.clone();
+        drop(seg);
+        let mut follower = Follower::new(dir.path().to_owned(), u64::MAX);
+        match follower.try_next() {
+            Err(Error::Corrupt {
+                path: p, offset, ..
+            }) => assert_eq!((p, offset), (path, 0)),
+            other => panic!("a segment named for batch u64::MAX gave {other:?}"),
+        }
+        // Even a chain that reached it is refused, not overflowed.
+        let seg = segment_with_one_frame(dir.path(), 1);
+        let bytes = seg.published_bytes();
+        let Ok(Decoded::Frame(mut f)) = decode_frame(bytes, SEGMENT_HEADER_LEN) else {
+            panic!("the frame");
+        };
+        assert_eq!(next_in_chain(&seg, &f).unwrap(), 2);
+        f.batch_seq = u64::MAX;
+        assert!(matches!(
+            next_in_chain(&seg, &f),
+            Err(Error::Corrupt { offset, .. }) if offset == SEGMENT_HEADER_LEN as u64
+        ));
     }
 }

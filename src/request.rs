@@ -68,17 +68,24 @@ impl WriteBatch {
     }
 
     fn push(&mut self, op: u8, key: &[u8], value: &[u8]) {
+        // The lengths travel as u32s: a key or value too long for one is kept cut (see
+        // `kept_len`), never with a truncated length that would misdescribe the bytes.
+        let key = &key[..kept_len(key.len(), KEY_KEPT_MAX)];
+        let value = &value[..kept_len(value.len(), VALUE_KEPT_MAX)];
+        let len32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         self.buf.push(op);
+        self.buf.extend_from_slice(&len32(key.len()).to_le_bytes());
         self.buf
-            .extend_from_slice(&(key.len() as u32).to_le_bytes());
-        self.buf
-            .extend_from_slice(&(value.len() as u32).to_le_bytes());
+            .extend_from_slice(&len32(value.len()).to_le_bytes());
         self.buf.extend_from_slice(key);
         self.buf.extend_from_slice(value);
         self.count += 1;
     }
 
-    /// Adds a put. Limits are checked when the batch is submitted.
+    /// Adds a put. Limits are checked when the batch is submitted (`Error::KeyTooLong`,
+    /// `Error::ValueTooLong`). A key or value of 4 GiB or more, far over any limit, is kept
+    /// only in part (one byte more than the largest limit a configuration accepts), so the
+    /// `len` such an error reports is that part's.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> &mut Self {
         self.push(PUT, key, value);
         self
@@ -140,8 +147,30 @@ impl WriteBatch {
     }
 }
 
+/// The longest key a batch operation keeps of one too long for its u32 length: one byte more
+/// than the format's limit, which `Config::validate` keeps `key_len_max` within, so that it
+/// is still refused at submit as too long.
+const KEY_KEPT_MAX: usize = crate::log::format::KEY_LEN_MAX + 1;
+/// As [`KEY_KEPT_MAX`], for a value: one byte more than the largest `value_len_max`
+/// `Config::validate` accepts (`u32::MAX / 2`).
+const VALUE_KEPT_MAX: usize = u32::MAX as usize / 2 + 1;
+// Both fit an operation's u32 length.
+const _: () = assert!(KEY_KEPT_MAX <= u32::MAX as usize);
+const _: () = assert!(VALUE_KEPT_MAX <= u32::MAX as usize);
+
+/// How many bytes of a key or value of `len` bytes a batch operation keeps: all of them if
+/// `len` fits the operation's u32 length, else `cut` (over every limit, so submit refuses it).
+fn kept_len(len: usize, cut: usize) -> usize {
+    if u32::try_from(len).is_ok() {
+        len
+    } else {
+        cut
+    }
+}
+
 /// Walks a batch body (a `WriteBatch`'s buffer, or a batch record's after the header), as
-/// (op, key, value).
+/// (op, key, value). Every length in the body is that of the bytes that follow it (`push`
+/// never truncates one), so the slices are in bounds.
 struct BatchOps<'a> {
     buf: &'a [u8],
     left: u32,
@@ -718,6 +747,33 @@ mod tests {
             0,
             "a batch without merges walks nothing"
         );
+    }
+
+    /// A key or value too long for its u32 length is kept cut to one byte past the largest
+    /// limit a configuration accepts (so submit still refuses it); any other is kept whole.
+    /// (`tests/bad_input.rs` pushes a real 4 GiB key.)
+    #[test]
+    fn an_op_too_long_for_u32_is_kept_cut_past_every_limit() {
+        let fits = u32::MAX as usize;
+        assert_eq!(kept_len(fits, KEY_KEPT_MAX), fits);
+        for len in [fits + 1, 1 << 40, usize::MAX] {
+            assert_eq!(kept_len(len, KEY_KEPT_MAX), KEY_KEPT_MAX);
+            assert_eq!(kept_len(len, VALUE_KEPT_MAX), VALUE_KEPT_MAX);
+        }
+        let refused = |config: crate::Config| config.validate().is_err();
+        let base = crate::Config::default();
+        assert!(!refused(crate::Config {
+            key_len_max: KEY_KEPT_MAX - 1,
+            ..base.clone()
+        }));
+        assert!(refused(crate::Config {
+            key_len_max: KEY_KEPT_MAX,
+            ..base.clone()
+        }));
+        assert!(refused(crate::Config {
+            value_len_max: VALUE_KEPT_MAX,
+            ..base
+        }));
     }
 
     #[test]

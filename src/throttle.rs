@@ -208,7 +208,7 @@ impl Throttle {
         let (batches, bytes, age) = self.lag(&s);
         let over = |lag: u64, max: Option<u64>| max.is_some_and(|m| lag > m);
         let under = |lag: u64, max: Option<u64>| max.is_none_or(|m| lag <= release_at(m));
-        let age_max = limit.age.map(|a| a.as_nanos() as u64);
+        let age_max = limit.age.map(crate::ids::nanos);
         let engaged = self.engaged.load(Ordering::Relaxed);
         let is_over =
             over(batches, limit.batches) || over(bytes, limit.bytes) || over(age, age_max);

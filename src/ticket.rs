@@ -555,17 +555,17 @@ impl Ticket {
     /// producer, the calling thread writes and syncs the request's window itself instead of handing it to the engine's thread and being woken
     /// (a group commit's leader): a lone writer then pays no thread hand-off. So a merge
     /// operator may run on the caller's thread, and the call takes as long as that sync.
-    /// `wait_timeout` never does this (the sync could outlast its timeout).
+    /// `wait_timeout` does not (the sync could outlast its timeout), unless its timeout has
+    /// no end the clock can reach.
     pub fn wait(&self) -> Result<Seq> {
         let done = self.completion.wait(self.pos, None);
         self.completion.outcome(self.pos, done, self.flush)
     }
 
-    /// As `wait`, giving up with `Error::Timeout` after `timeout` (the request goes on).
+    /// As `wait`, giving up with `Error::Timeout` after `timeout` (the request goes on). A
+    /// timeout too long for the clock to reach its end (`Duration::MAX`) waits as `wait` does.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<Seq> {
-        let done = self
-            .completion
-            .wait(self.pos, Some(Instant::now() + timeout));
+        let done = self.completion.wait(self.pos, deadline_after(timeout));
         self.completion.outcome(self.pos, done, self.flush)
     }
 }
@@ -580,6 +580,12 @@ impl Future for Ticket {
             Poll::Pending => Poll::Pending,
         }
     }
+}
+
+/// The deadline `timeout` from now; `None` (no deadline) if the clock cannot represent it,
+/// as for `Duration::MAX`: such a wait never times out.
+pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
 }
 
 /// Where the flusher leaves a windowed get's answer.
@@ -641,9 +647,10 @@ impl GetTicket {
     }
 
     /// As `wait`, giving up with `Error::Timeout` after `timeout`; the read goes on and the
-    /// ticket can be waited on again.
+    /// ticket can be waited on again. A timeout too long for the clock to reach its end
+    /// (`Duration::MAX`) waits as `wait` does.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<Option<Vec<u8>>> {
-        let deadline = Some(Instant::now() + timeout);
+        let deadline = deadline_after(timeout);
         self.take(self.ticket.completion.wait(self.ticket.pos, deadline))
     }
 }

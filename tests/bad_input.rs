@@ -385,6 +385,34 @@ fn batch_with_one_bad_op_is_refused_whole() {
     s.verify();
 }
 
+/// A batch operation whose key is too long for the u32 length it travels with (4 GiB or
+/// more) is refused at submit as too long, as any over-long key is: never stored with a
+/// truncated length (which made the rest of the batch parse as garbage, and could slice out
+/// of bounds). The key is a lazily zeroed allocation: its pages are never touched, so the
+/// test costs address space, not memory.
+#[test]
+fn a_batch_key_too_long_for_u32_is_refused_as_too_long() {
+    let mut s = Store::new(base());
+    let huge = vec![0u8; (1usize << 32) + 1];
+    let max = s.config.key_len_max;
+    let too_long = |r: Result<(), Error>, what: &str| match r {
+        Err(Error::KeyTooLong { len, max: m }) => {
+            assert!(len > max && m == max, "{what}: {len} bytes over {m}");
+        }
+        other => panic!("{what}: expected KeyTooLong, got {other:?}"),
+    };
+    let mut b = WriteBatch::new();
+    b.delete(&huge).put(b"after", b"v");
+    assert_eq!(b.len(), 2);
+    too_long(s.engine().write(&b).map(drop), "first op");
+    too_long(s.engine().write_with_id(1u128, &b).map(drop), "with an id");
+    let mut b = WriteBatch::new();
+    b.put(b"before", b"v").put(&huge, b"v").merge(b"k", b"");
+    too_long(s.engine().write(&b).map(drop), "second op");
+    drop(huge);
+    s.verify();
+}
+
 #[test]
 fn empty_batch_is_refused() {
     let mut s = Store::new(base());
@@ -976,4 +1004,158 @@ fn a_custom_operator_that_grows_too_long_or_panics_refuses_the_request() {
     s.accepted += 4;
     s.model.insert(b"k".to_vec(), b"abcdefgh".to_vec());
     s.verify();
+}
+
+/// A merge's result may be far longer than its operand, so a window of small merges can
+/// need a frame larger than a segment holds. The flusher refuses the window's last merges
+/// until the frame fits (each ticket says why, naming the segment's size), writes the rest,
+/// and goes on; a request whose results alone exceed a segment is refused whole.
+#[test]
+fn merges_whose_results_would_overflow_a_segment_are_refused_not_written_past_its_end() {
+    const RESULT: usize = 100 << 10;
+    // Every merge makes the key's value 100 KiB long: ten fill a 1 MiB segment.
+    let op = MergeOperator::custom(|_, operands| {
+        let mut v = vec![b'x'; RESULT];
+        v[..operands[0].len()].copy_from_slice(operands[0]);
+        v
+    });
+    let mut s = Store::new(Config {
+        value_len_max: 128 << 10,
+        window: WindowPolicy::Linger(Duration::from_millis(50)),
+        window_age_max: Duration::from_millis(100),
+        ..merging(op)
+    });
+    let grown = |operand: &[u8]| {
+        let mut v = vec![b'x'; RESULT];
+        v[..operand.len()].copy_from_slice(operand);
+        v
+    };
+    // One window: single merges with puts between them, and a batch of twenty merges.
+    let mut batch = WriteBatch::new();
+    for i in 0..20u32 {
+        batch.merge(format!("b{i:02}").as_bytes(), b"batch");
+    }
+    batch.put(b"batch-put", b"1");
+    let mut singles = Vec::new();
+    let mut puts = Vec::new();
+    for i in 0..30u32 {
+        let key = format!("m{i:02}");
+        singles.push((
+            key.clone(),
+            s.engine().merge(key.as_bytes(), b"one").unwrap(),
+        ));
+        let key = format!("p{i:02}");
+        puts.push((key.clone(), s.engine().put(key.as_bytes(), b"v").unwrap()));
+    }
+    let whole = s.engine().write(&batch).unwrap();
+    for (key, t) in &puts {
+        t.wait_timeout(WAIT_MAX)
+            .expect("a put beside the merges is written");
+        s.model.insert(key.as_bytes().to_vec(), b"v".to_vec());
+    }
+    let e = whole.wait_timeout(WAIT_MAX).unwrap_err();
+    assert!(matches!(e, Error::MergeRefused { .. }), "{e:?}");
+    assert_names(&e, &["segment", "1048576", "retry"]);
+    let mut refused = 0;
+    for (key, t) in &singles {
+        match t.wait_timeout(WAIT_MAX) {
+            Ok(_) => {
+                assert_eq!(
+                    refused, 0,
+                    "{key}: the window's last merges are the refused ones"
+                );
+                s.model.insert(key.as_bytes().to_vec(), grown(b"one"));
+            }
+            Err(e) => {
+                assert!(matches!(e, Error::MergeRefused { .. }), "{key}: {e:?}");
+                assert_names(&e, &["segment", "1048576"]);
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        (1..30).contains(&refused),
+        "some single merges fit and some did not: {refused} refused"
+    );
+    assert!(
+        s.engine().failure().is_none(),
+        "a refusal does not fail the engine"
+    );
+    assert_eq!(s.engine().counts().merges_refused, refused + 1);
+    // Submitted: every operation, the refused requests' included.
+    s.accepted += 30 + 30 + 21;
+    s.verify();
+    // The engine goes on: a refused merge retried alone is applied.
+    let (key, _) = &singles[29];
+    s.engine()
+        .merge(key.as_bytes(), b"again")
+        .unwrap()
+        .wait_timeout(WAIT_MAX)
+        .expect("a retried merge fits its own window");
+    s.accepted += 1;
+    s.model.insert(key.as_bytes().to_vec(), grown(b"again"));
+    s.verify();
+}
+
+/// A timeout too long for the clock (`Duration::MAX`) is a wait without a deadline, never a
+/// panic on the deadline's addition: every timed wait (tickets, id tickets, get tickets,
+/// followers of the engine and of the directory, consumers) returns what it waited for,
+/// including one that really waits for a batch written later.
+#[test]
+fn a_timeout_of_duration_max_waits_without_a_deadline() {
+    let s = Store::new(base());
+    let engine = s.engine();
+    let seq = engine
+        .put(b"k", b"v")
+        .expect("put")
+        .wait_timeout(Duration::MAX)
+        .expect("Ticket::wait_timeout(MAX)");
+    match engine
+        .put_with_id(7u128, b"k", b"w")
+        .expect("put with id")
+        .wait_timeout(Duration::MAX)
+    {
+        Ok(mergelog::Outcome::Written(_)) => {}
+        other => panic!("IdTicket::wait_timeout(MAX) gave {other:?}"),
+    }
+    let got = engine.get(b"k").expect("get").wait_timeout(Duration::MAX);
+    assert_eq!(
+        got.expect("GetTicket::wait_timeout(MAX)"),
+        Some(b"w".to_vec())
+    );
+    let batch = |b: mergelog::Result<Option<mergelog::OwnedBatch>>, what: &str| {
+        b.unwrap_or_else(|e| panic!("{what}: {e}"))
+            .unwrap_or_else(|| panic!("{what}: no batch"))
+            .seq
+    };
+    let mut follower = engine.follow(seq);
+    assert_eq!(
+        batch(follower.next_timeout(Duration::MAX), "Engine::follow"),
+        seq
+    );
+    let reader = mergelog::LogReader::open(&s.dir).expect("reader");
+    let mut from_dir = reader.follow(seq);
+    assert_eq!(
+        batch(from_dir.next_timeout(Duration::MAX), "LogReader::follow"),
+        seq
+    );
+    let mut consumer = engine.consumer("c").expect("consumer");
+    let first = consumer.next_seq();
+    assert_eq!(
+        batch(consumer.next_timeout(Duration::MAX), "Consumer"),
+        first
+    );
+    // A wait that has to sleep until a batch is written after it starts.
+    let next = follower.next_seq();
+    let waited = std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| batch(follower.next_timeout(Duration::MAX), "a later batch"));
+        std::thread::sleep(Duration::from_millis(20));
+        engine
+            .put(b"later", b"x")
+            .expect("put")
+            .wait()
+            .expect("durable");
+        waiter.join().expect("the waiter")
+    });
+    assert_eq!(waited, next);
 }

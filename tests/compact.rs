@@ -774,3 +774,61 @@ proptest! {
         let _ = LogReader::open(dir).expect("the directory reads");
     }
 }
+
+/// A live record written when segments were larger may not fit the segments the log makes
+/// now (`segment_bytes` lowered between opens): compaction cannot copy it, so it says so and
+/// retires nothing; the engine goes on and the record stays readable.
+#[test]
+fn a_record_too_large_for_the_segments_now_made_stops_the_compaction_not_the_engine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let large = Config {
+        segment_bytes: 256 << 10,
+        batch_bytes_max: 128 << 10,
+        value_len_max: 100 << 10,
+        ..Config::default()
+    };
+    let big = vec![b'b'; 90 << 10];
+    let engine = Engine::open(dir, large).expect("open");
+    wait_ok(&engine.put(b"big", &big).unwrap(), "put the big value");
+    overwrite(&engine, 200, 2);
+    engine.close().unwrap();
+    drop(engine);
+    // Reopened with 64 KiB segments, written on until the log has rolled past the large
+    // segment it continued: the big record's copy would need a new, small one.
+    let engine = Engine::open(dir, config()).expect("reopen with smaller segments");
+    let mut state = overwrite(&engine, 200, 12);
+    let before = segment_files(dir);
+    assert!(before.len() >= 3, "{before:?}");
+    let e = engine
+        .compact()
+        .expect_err("the big record cannot be copied");
+    assert!(matches!(e, Error::InvalidConfig(_)), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("segment_bytes = 65536") && msg.contains("raise"),
+        "{msg}"
+    );
+    assert!(
+        engine.failure().is_none(),
+        "the engine goes on: {:?}",
+        engine.failure()
+    );
+    assert_eq!(
+        segment_files(dir)[0],
+        before[0],
+        "the big record's segment is kept"
+    );
+    assert_eq!(engine.read_to_vec(b"big").unwrap(), Some(big.clone()));
+    state.insert(b"big".to_vec(), big);
+    wait_ok(
+        &engine.put(b"after", b"1").unwrap(),
+        "a put after the refusal",
+    );
+    state.insert(b"after".to_vec(), b"1".to_vec());
+    assert_eq!(engine_state(&engine), state);
+    engine.close().unwrap();
+    drop(engine);
+    let engine = Engine::open(dir, config()).expect("reopen");
+    assert_eq!(engine_state(&engine), state);
+}

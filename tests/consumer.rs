@@ -397,3 +397,60 @@ fn a_commit_after_close_is_refused_and_changes_nothing() {
         "the uncommitted batch comes again"
     );
 }
+
+/// A consumer file whose CRC is valid but whose committed batch is past any a log reaches
+/// (2^62; here `u64::MAX`, from which counting on would overflow) is damage: every way of
+/// opening the consumer refuses it with `Error::Corrupt` naming the file and the offset of
+/// the committed batch, never panics.
+#[test]
+fn a_committed_batch_past_the_sequence_cap_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config()).expect("open");
+    put_batches(&engine, 2, 10);
+    drop(engine.consumer("c").expect("consumer"));
+    let file = dir.path().join("consumer-c");
+    // The position file's layout (src/consumer.rs): magic, version 1, reserved, committed,
+    // crc32c of bytes 0..24, zero.
+    let position = |committed: u64| {
+        let mut b = [0u8; 32];
+        b[0..8].copy_from_slice(b"MLCONSUM");
+        b[8..12].copy_from_slice(&1u32.to_le_bytes());
+        b[16..24].copy_from_slice(&committed.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..24]);
+        b[24..28].copy_from_slice(&crc.to_le_bytes());
+        b
+    };
+    let corrupt = |r: mergelog::Result<Consumer>, what: &str| match r {
+        Err(Error::Corrupt { path, offset, .. }) => {
+            assert_eq!(path, file, "{what}: the error names the consumer's file");
+            assert_eq!(
+                offset, 16,
+                "{what}: the error names the committed batch's offset"
+            );
+        }
+        other => panic!("{what}: expected Error::Corrupt, got {other:?}"),
+    };
+    // The cap itself is a valid position.
+    std::fs::write(&file, position(1 << 62)).unwrap();
+    assert_eq!(
+        engine.consumer("c").expect("at the cap").committed(),
+        1 << 62
+    );
+    for committed in [u64::MAX, (1 << 62) + 1] {
+        std::fs::write(&file, position(committed)).unwrap();
+        corrupt(engine.consumer("c"), "Engine::consumer");
+        let reader = LogReader::open(dir.path()).expect("reader");
+        corrupt(reader.consumer("c"), "LogReader::consumer");
+        assert!(
+            matches!(
+                reader.pending_ids("c"),
+                Err(Error::Corrupt { offset: 16, .. })
+            ),
+            "pending_ids"
+        );
+        assert!(
+            matches!(engine.consumers(), Err(Error::Corrupt { offset: 16, .. })),
+            "Engine::consumers"
+        );
+    }
+}

@@ -351,3 +351,23 @@ fn an_async_put_waits_for_the_commit_without_blocking_the_thread() {
     let r = put.as_mut().poll(&mut cx);
     assert!(matches!(r, Poll::Ready(Err(Error::Closed))), "{r:?}");
 }
+
+/// An age limit past what u64 nanoseconds hold (2^64 ns, 584 years) is a limit no lag
+/// reaches: it is not taken modulo 2^64 (which made it 0, throttling at once).
+#[test]
+fn an_age_limit_too_long_for_u64_nanoseconds_never_throttles() {
+    let dir = tempfile::tempdir().unwrap();
+    let age = Duration::new(18_446_744_073, 709_551_616);
+    assert_eq!(age.as_nanos(), 1 << 64);
+    let lag = ConsumerLag {
+        age: Some(age),
+        ..ConsumerLag::default()
+    };
+    let engine = Engine::open(dir.path(), config(Backpressure::Reject, lag)).expect("open");
+    let _slow = engine.consumer("slow").expect("consumer");
+    for i in 0..5 {
+        put_batch(&engine, i, 10);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(!is_throttled(engine.put(b"k", b"v")));
+}

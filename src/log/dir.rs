@@ -30,9 +30,11 @@
 //! [`list_segments`] is the one listing of a directory's segment files: the engine's open,
 //! every reader and the tests all see the log through it.
 
-use crate::consumer::{consumer_file_name, consumer_tmp_name, parse_consumer_file_name};
+use crate::consumer::{
+    consumer_file_name, consumer_tmp_name, parse_consumer_file_name, FILE_LEN as CONSUMER_LEN,
+};
 use crate::error::{Error, Result};
-use crate::log::clean::{CLEAN_FILE, CLEAN_TMP};
+use crate::log::clean::{CLEAN_FILE, CLEAN_LEN, CLEAN_TMP};
 use crate::log::format::{
     parse_segment_file_name, prep_file_name, recycle_file_name, segment_file_name,
 };
@@ -341,10 +343,23 @@ pub(crate) fn remove_dropped(io: &dyn Io, dir: &Path, path: &Path) -> Result<()>
 // ---------------------------------------------------------------------------------------------
 // The clean-close mark (`log/clean.rs`).
 
-/// The bytes of `dir`'s clean-close mark file, `None` if there is none.
+/// Reads the file `p`, whose format makes it `len` bytes: at most `len + 1` of them, so that
+/// its decoder still sees a longer file as the wrong length, and a huge one is not read into
+/// memory.
+fn read_small_file(p: &Path, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::with_capacity(len + 1);
+    File::open(p)?
+        .take(len as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// The bytes of `dir`'s clean-close mark file (its first `CLEAN_LEN + 1` at most: a longer
+/// file is no mark either), `None` if there is none.
 pub(crate) fn read_clean_mark(dir: &Path) -> Result<Option<Vec<u8>>> {
     let p = dir.join(CLEAN_FILE);
-    match std::fs::read(&p) {
+    match read_small_file(&p, CLEAN_LEN) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io("read clean-close mark", &p, e)),
@@ -443,10 +458,11 @@ pub(crate) fn list_consumers(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// The bytes of consumer `name`'s position file; `None` if it has none.
+/// The bytes of consumer `name`'s position file (its first 33 at most: a longer file is no
+/// position either); `None` if it has none.
 pub(crate) fn read_consumer(dir: &Path, name: &str) -> Result<Option<Vec<u8>>> {
     let p = dir.join(consumer_file_name(name));
-    match std::fs::read(&p) {
+    match read_small_file(&p, CONSUMER_LEN) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io("read consumer position", &p, e)),
@@ -901,6 +917,42 @@ mod tests {
         remove_clean_mark(&h, dir.path()).unwrap();
         assert_eq!(done(&h), vec![(IoOp::Remove, mark), (IoOp::SyncDir, d)]);
         assert_eq!(read_clean_mark(dir.path()).unwrap(), None);
+    }
+
+    /// A clean-close mark or consumer position file of a huge size (here sparse: 1 TiB) is
+    /// read only one byte past its format's length, enough for its decoder to refuse it:
+    /// never read, or allocated for, whole.
+    #[test]
+    fn a_huge_mark_or_position_file_is_read_only_past_its_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let sparse = |path: &Path| {
+            let f = std::fs::File::create(path).unwrap();
+            f.write_all_at(b"head", 0).unwrap();
+            f.set_len(1 << 40).unwrap();
+        };
+        sparse(&dir.path().join(CLEAN_FILE));
+        let mark = read_clean_mark(dir.path()).unwrap().expect("a mark file");
+        assert_eq!((mark.len(), &mark[..4]), (CLEAN_LEN + 1, &b"head"[..]));
+        assert_eq!(
+            crate::log::clean::read(dir.path()).unwrap(),
+            crate::log::clean::Found::Invalid
+        );
+        sparse(&dir.path().join(consumer_file_name("c")));
+        let position = read_consumer(dir.path(), "c")
+            .unwrap()
+            .expect("a position file");
+        assert_eq!(position.len(), CONSUMER_LEN + 1);
+        // A file of the right length is read whole, and nothing more is asked of a short one.
+        touch(&dir.path().join(consumer_file_name("d")), CONSUMER_LEN);
+        assert_eq!(
+            read_consumer(dir.path(), "d").unwrap().unwrap().len(),
+            CONSUMER_LEN
+        );
+        touch(&dir.path().join(consumer_file_name("e")), 3);
+        assert_eq!(
+            read_consumer(dir.path(), "e").unwrap().unwrap(),
+            vec![0xab; 3]
+        );
     }
 
     #[test]

@@ -462,7 +462,6 @@ impl<'a> Frame<'a> {
         Records {
             body: self.body,
             pos: 0,
-            remaining: self.record_count,
             body_offset: self.offset + FRAME_HEADER_LEN as u64,
         }
     }
@@ -491,7 +490,6 @@ impl<'a> Frame<'a> {
 pub struct Records<'a> {
     body: &'a [u8],
     pos: usize,
-    remaining: u32,
     body_offset: u64,
 }
 
@@ -512,7 +510,6 @@ impl<'a> Iterator for Records<'a> {
         let raw = parse_record(self.body, self.pos).ok()?;
         let op = RecordOp::from_byte(raw.op)?;
         self.pos = raw.end;
-        self.remaining = self.remaining.saturating_sub(1);
         Some(Record {
             op,
             key: raw.key,
@@ -520,8 +517,12 @@ impl<'a> Iterator for Records<'a> {
         })
     }
 
+    /// At most a record per [`RECORD_HEADER_LEN`] bytes left of the body; at least none (a
+    /// malformed body ends early). Never the header's `record_count`, which a hand-built
+    /// frame may set to anything: it must not drive a collector's allocation.
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.remaining as usize, Some(self.remaining as usize))
+        let left = self.body.len().saturating_sub(self.pos);
+        (0, Some(left / RECORD_HEADER_LEN))
     }
 }
 
@@ -1693,7 +1694,12 @@ mod tests {
         let seg = segment_with(&sample_frame(), 64);
         let f = decode_ok(&seg, SEGMENT_HEADER_LEN);
         let mut recs = f.records();
-        assert_eq!(recs.size_hint(), (3, Some(3)));
+        let (low, high) = recs.size_hint();
+        assert!(
+            low <= 3 && high.is_some_and(|h| h >= 3),
+            "{:?}",
+            recs.size_hint()
+        );
         assert_eq!(recs.offset(), 96);
         assert_eq!(recs.next().unwrap().key, b"apple");
         assert_eq!(recs.offset(), 96 + 7 + 5 + 3);
@@ -1718,6 +1724,38 @@ mod tests {
             ..f
         };
         assert_eq!(bad_op.records().count(), 0);
+    }
+
+    /// A hand-built frame's `record_count` (here `u32::MAX` over one record) bounds neither
+    /// side of the records' size hint: the hint holds what they yield, and is bounded by the
+    /// body's bytes, so collecting them allocates no more than the body warrants.
+    #[test]
+    fn the_records_size_hint_is_bounded_by_the_body() {
+        let f = Frame {
+            offset: 0,
+            len: 64,
+            batch_seq: 1,
+            flags: 0,
+            record_count: u32::MAX,
+            ops_acknowledged: u32::MAX,
+            body: &[1, 1, 0, 1, 0, 0, 0, b'k', b'v'],
+            ids: &[],
+            commit_time: None,
+        };
+        let mut recs = f.records();
+        loop {
+            let (low, high) = recs.size_hint();
+            let left = recs.clone().count();
+            assert!(
+                low <= left,
+                "lower bound {low} over the {left} records left"
+            );
+            assert!(high.is_some_and(|h| h >= left && h <= f.body.len()));
+            if recs.next().is_none() {
+                break;
+            }
+        }
+        assert_eq!(f.records().collect::<Vec<_>>().len(), 1);
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub(crate) mod retire;
 pub(crate) mod segment;
 
 use crate::config::{Config, WritePath};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use dir::prep_path;
 use format::{
     frame_len, trailer_len, FrameWriter, Trailer, END_MARKER_LEN, FORMAT_VERSION,
@@ -272,6 +272,17 @@ impl Log {
         let body_len = body_len + trailer_len(trailer.ids.len());
         let len = frame_len(body_len);
         if !self.fits(body_len) {
+            // Never reached by a window (`Config::validate`, and the flusher refuses merges
+            // whose results would not fit) nor by a compaction chunk (`compact`); refused
+            // here all the same rather than written past a segment's end.
+            let max = self.segment_bytes as usize - SEGMENT_HEADER_LEN;
+            if len > max {
+                return Err(Error::RequestTooLarge {
+                    len,
+                    max,
+                    limit: "segment_bytes (one frame in an empty segment)",
+                });
+            }
             self.roll()?;
         }
         let seq = self.next_seq;

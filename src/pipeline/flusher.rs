@@ -26,8 +26,8 @@ use crate::ids::{self, IdEntry, Ids, RequestId};
 use crate::index::{Loc, ValueRef};
 use crate::log::format::UNDURABLE_FRAMES_MAX;
 use crate::log::format::{
-    record_len, trailer_len, RecordOp, Trailer, FLAG_COMPACTION, FLAG_SORTED, FRAME_HEADER_LEN,
-    ID_LEN, RECORD_HEADER_LEN,
+    frame_len, record_len, trailer_len, RecordOp, Trailer, FLAG_COMPACTION, FLAG_SORTED,
+    FRAME_HEADER_LEN, ID_LEN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::log::{Log, WrittenFrame};
 use crate::merge::Resolver;
@@ -872,10 +872,20 @@ impl Flusher {
                 None => return Ok(()), // failed meanwhile: the window's tickets report it
             }
         }
-        let entries = &*entries;
         // Out of `self` while its plan is in use, so that the steps below can borrow `self`.
         let mut coalescer = std::mem::take(&mut self.coalescer);
-        let plan = coalescer.plan(entries, self.inner.config.coalesce);
+        coalescer.plan(entries, self.inner.config.coalesce);
+        if merges > 0 {
+            match self.shed_merges_to_fit(entries, &mut coalescer) {
+                Some(n) => refused_ops += n,
+                None => {
+                    self.coalescer = coalescer;
+                    return Ok(()); // failed meanwhile: the window's tickets report it
+                }
+            }
+        }
+        let entries = &*entries;
+        let plan = coalescer.last_plan();
         let t1 = Instant::now();
         let dropped = refused_ops + duplicate_ops as usize;
         let r = self.commit_plan(entries, plan, (end, dropped), (t0, t1));
@@ -1003,7 +1013,7 @@ impl Flusher {
         let counters = &inner.counters;
         Counters::add(&counters.batches, 1);
         Counters::add(&counters.records_written, plan.survivors.len() as u64);
-        let bytes = crate::log::format::frame_len(frame_body) as u64;
+        let bytes = frame_len(frame_body) as u64;
         Counters::add(&counters.bytes_written, bytes);
         if !self.window_ids.is_empty() {
             self.window_ids.clear();
@@ -1045,6 +1055,83 @@ impl Flusher {
             }
             taken_out += refuse(&inner, op.name(), entries, &self.requests, &self.resolver);
         }
+    }
+
+    /// A window's frame must fit an empty segment. Puts, deletes and request ids always do
+    /// (a record takes no more frame bytes than ring bytes: `Config::validate`), but a
+    /// merge's result may be far longer than its operand (an `Append` of one byte onto a
+    /// long value, a `Custom` result up to `value_len_max`). If the frame would not fit, the
+    /// window keeps its first merge requests, as many as fit (found by bisection, merging
+    /// and planning again for each try: keeping fewer of the last merges changes no earlier
+    /// one's result, the operator being pure), and refuses the rest, each with
+    /// [`Error::MergeRefused`] saying so: nothing of them is applied, and they may be
+    /// retried. `coalescer` holds the window's plan, and the one that fits on return.
+    /// Returns the operations taken out, or `None` if the engine failed meanwhile.
+    fn shed_merges_to_fit<'e>(
+        &mut self,
+        entries: &mut [Entry<'e>],
+        coalescer: &mut Coalescer,
+    ) -> Option<usize> {
+        let inner = self.inner.clone();
+        let capacity = inner.config.segment_bytes;
+        let ids = self.window_ids.len();
+        let frame = |entries: &[Entry<'_>], resolver: &Resolver, plan: &Plan| {
+            let body = body_len((entries, resolver), &plan.survivors) + trailer_len(ids);
+            SEGMENT_HEADER_LEN as u64 + frame_len(body) as u64
+        };
+        let need = frame(entries, &self.resolver, coalescer.last_plan());
+        if need <= capacity {
+            return Some(0);
+        }
+        let merging: Vec<usize> = (0..self.requests.len())
+            .filter(|&r| {
+                let (first, end) = request_entries(&self.requests, r, entries.len());
+                (entries[first..end].iter()).any(|e| matches!(e.op, Op::Merge(_)))
+            })
+            .collect();
+        let ops: Vec<Op<'e>> = entries.iter().map(|e| e.op).collect();
+        // Keeps the first `keep` merge requests: the frame's size then.
+        let mut keep_first = |this: &mut Self, entries: &mut [Entry<'e>], keep: usize| {
+            for (e, &op) in entries.iter_mut().zip(&ops) {
+                e.op = op;
+            }
+            for &r in &merging[keep..] {
+                let (first, end) = request_entries(&this.requests, r, entries.len());
+                entries[first..end].iter_mut().for_each(|e| e.op = Op::Nop);
+            }
+            let refused = this.resolve_merges(entries)?;
+            debug_assert_eq!(refused, 0, "fewer merges, the same results");
+            let plan = coalescer.plan(entries, inner.config.coalesce);
+            Some(frame(entries, &this.resolver, plan))
+        };
+        // Keeping none fits (`Config::validate`); keeping all does not.
+        let (mut fits, mut over) = (0, merging.len());
+        while over - fits > 1 {
+            let mid = fits + (over - fits) / 2;
+            if keep_first(self, entries, mid)? <= capacity {
+                fits = mid;
+            } else {
+                over = mid;
+            }
+        }
+        let kept = keep_first(self, entries, fits)?;
+        debug_assert!(
+            kept <= capacity,
+            "a window without merges must fit a segment"
+        );
+        let operator = inner.config.merge.as_ref().map_or("none", |m| m.name());
+        let reason = format!(
+            "the window's frame would take {need} bytes with the results of all its merges, \
+             more than a segment of {capacity} bytes holds; this request, one of the last \
+             merges of the window, was not applied: retry it (or give the log larger \
+             segments, or the operator shorter results)"
+        );
+        let mut taken_out = 0;
+        for &r in &merging[fits..] {
+            // Its operations are `Nop` already (the last try); this records the refusal.
+            taken_out += refuse_request(&inner, operator, entries, &self.requests, r, &reason);
+        }
+        Some(taken_out)
     }
 
     /// Writes the compaction batch waiting in `Inner::compact_slot`, between two windows,
@@ -1098,6 +1185,19 @@ impl Flusher {
         let body_len = chunk.body_len();
         let frame_body = body_len + trailer_len(0);
         let rolls = !self.log.fits(frame_body);
+        // A chunk of several records fits a segment (`compact`'s `chunk_max`); one record
+        // written when segments were larger (`segment_bytes` lowered since) may not fit the
+        // segments the log makes now. It cannot be copied: the compaction ends with an
+        // error and retires nothing; the engine goes on.
+        let frame = SEGMENT_HEADER_LEN as u64 + frame_len(frame_body) as u64;
+        if rolls && frame > inner.config.segment_bytes {
+            return Err(Error::InvalidConfig(format!(
+                "segment_bytes = {} cannot hold a compaction batch of {frame} bytes: a live \
+                 record of {body_len} bytes, written when segments were larger, cannot be \
+                 copied; raise segment_bytes",
+                inner.config.segment_bytes
+            )));
+        }
         if rolls {
             trace::record(&inner.trace, TraceKind::RollStart, 0);
         }
@@ -1139,7 +1239,7 @@ impl Flusher {
         in_segment(&mut job.updates, frame.seg_idx);
         let copied = Copied {
             records: chunk.len() as u64,
-            bytes: crate::log::format::frame_len(frame_body) as u64,
+            bytes: frame_len(frame_body) as u64,
             seq: frame.seq,
         };
         job.frame = Some(frame);
@@ -1368,26 +1468,45 @@ fn refuse(
             continue; // a batch's second refused merge
         }
         last = Some(r);
-        let (first, pos) = requests[r];
-        let end = requests.get(r + 1).map_or(entries.len(), |q| q.0 as usize);
-        let ops = &mut entries[first as usize..end];
-        taken_out += ops.len();
-        ops.iter_mut().for_each(|e| e.op = Op::Nop);
-        let reason = reason.clone();
-        inner
-            .completion
-            .refusals
-            .record(pos, Error::MergeRefused { operator, reason });
-        Counters::add(&inner.counters.merges_refused, 1);
-        inner
-            .counters
-            .writes
-            .fetch_sub(ops.len() as u64, Ordering::Relaxed);
-        if ops.len() > 1 {
+        let ops = refuse_request(inner, operator, entries, requests, r, reason);
+        taken_out += ops;
+        if ops > 1 {
             break;
         }
     }
     taken_out
+}
+
+/// The entries `first..end` of the window's request `r`.
+fn request_entries(requests: &[(u32, u64)], r: usize, entries: usize) -> (usize, usize) {
+    let end = requests.get(r + 1).map_or(entries, |q| q.0 as usize);
+    (requests[r].0 as usize, end)
+}
+
+/// Takes request `r` out of the window (its operations become [`Op::Nop`]) and records its
+/// refusal, `MergeRefused` for `reason`, for its ticket; returns its operations.
+fn refuse_request(
+    inner: &Inner,
+    operator: &'static str,
+    entries: &mut [Entry<'_>],
+    requests: &[(u32, u64)],
+    r: usize,
+    reason: &str,
+) -> usize {
+    let (first, end) = request_entries(requests, r, entries.len());
+    let ops = &mut entries[first..end];
+    ops.iter_mut().for_each(|e| e.op = Op::Nop);
+    let reason = reason.to_owned();
+    inner
+        .completion
+        .refusals
+        .record(requests[r].1, Error::MergeRefused { operator, reason });
+    Counters::add(&inner.counters.merges_refused, 1);
+    inner
+        .counters
+        .writes
+        .fetch_sub(ops.len() as u64, Ordering::Relaxed);
+    ops.len()
 }
 
 /// Fills every get's slot: from an earlier write of the window, or from one index lookup

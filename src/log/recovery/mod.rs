@@ -188,7 +188,7 @@ fn scan_once(
 
 /// Batch sequences start at 1 and grow by one per batch: an id of 0, or one so large that
 /// counting on from it could overflow, is not a name the engine ever gives.
-fn check_listed_id(id: u64, path: &Path) -> Result<()> {
+pub(crate) fn check_listed_id(id: u64, path: &Path) -> Result<()> {
     if id == 0 || id > SEQ_MAX {
         return Err(Error::Corrupt {
             path: path.to_owned(),

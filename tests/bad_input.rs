@@ -1159,3 +1159,105 @@ fn a_timeout_of_duration_max_waits_without_a_deadline() {
     });
     assert_eq!(waited, next);
 }
+
+/// Windows of merges whose results (sizes drawn at random, up to 12 KiB each against 64 KiB
+/// segments) may or may not fit a segment, with puts and gets between them: every merge is
+/// applied or refused as a whole for want of room (the test above checks that the refused
+/// ones are the window's last), gets see exactly the merges applied before them, and the
+/// state, the log's replay and a reopen agree with the model of the applied requests.
+mod merges_that_may_not_fit {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Req {
+        /// Key index, result length, result byte.
+        Merge(u8, u16, u8),
+        Put(u8),
+        Get(u8),
+    }
+
+    fn req() -> impl Strategy<Value = Req> {
+        prop_oneof![
+            6 => (0u8..24, 0u16..12 << 10, any::<u8>()).prop_map(|(k, n, b)| Req::Merge(k, n, b)),
+            1 => (0u8..24).prop_map(Req::Put),
+            1 => (0u8..24).prop_map(Req::Get),
+        ]
+    }
+
+    /// The operand names the result: two bytes of length, one byte to fill it with.
+    fn sized(_: Option<&[u8]>, operands: &[&[u8]]) -> Vec<u8> {
+        let o = operands[operands.len() - 1];
+        vec![o[2]; u16::from_le_bytes([o[0], o[1]]) as usize]
+    }
+
+    fn key(k: u8) -> Vec<u8> {
+        format!("key-{k:02}").into_bytes()
+    }
+
+    enum Pending {
+        Merge(Vec<u8>, Vec<u8>, mergelog::Ticket),
+        Put(Vec<u8>, mergelog::Ticket),
+        Get(Vec<u8>, mergelog::GetTicket),
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        #[test]
+        fn every_merge_is_applied_or_refused_whole(
+            windows in proptest::collection::vec(proptest::collection::vec(req(), 1..40), 1..4)
+        ) {
+            let mut s = Store::new(Config {
+                segment_bytes: 64 << 10,
+                batch_bytes_max: 16 << 10,
+                value_len_max: 16 << 10,
+                window: WindowPolicy::Linger(Duration::from_millis(20)),
+                window_age_max: Duration::from_millis(40),
+                ..merging(MergeOperator::custom(sized))
+            });
+            for window in &windows {
+                let mut pending = Vec::new();
+                for r in window {
+                    let e = s.engine();
+                    pending.push(match *r {
+                        Req::Merge(k, n, b) => {
+                            let [n0, n1] = n.to_le_bytes();
+                            let t = e.merge(&key(k), &[n0, n1, b]).unwrap();
+                            Pending::Merge(key(k), vec![b; n as usize], t)
+                        }
+                        Req::Put(k) => Pending::Put(key(k), e.put(&key(k), b"p").unwrap()),
+                        Req::Get(k) => Pending::Get(key(k), e.get(&key(k)).unwrap()),
+                    });
+                }
+                // Outcomes in submission order; the model applies what was applied.
+                for p in pending {
+                    s.accepted += 1;
+                    match p {
+                        Pending::Merge(k, v, t) => match t.wait_timeout(WAIT_MAX) {
+                            Ok(_) => {
+                                s.model.insert(k, v);
+                            }
+                            Err(e) => {
+                                prop_assert!(
+                                    matches!(e, Error::MergeRefused { .. }),
+                                    "{:?}", e
+                                );
+                                prop_assert!(e.to_string().contains("65536"), "{}", e);
+                            }
+                        },
+                        Pending::Put(k, t) => {
+                            t.wait_timeout(WAIT_MAX).expect("a put is written");
+                            s.model.insert(k, b"p".to_vec());
+                        }
+                        Pending::Get(k, t) => {
+                            let got = t.wait_timeout(WAIT_MAX).expect("a get is answered");
+                            prop_assert_eq!(got.as_ref(), s.model.get(&k), "get of {:?}", k);
+                        }
+                    }
+                }
+            }
+            prop_assert!(s.engine().failure().is_none());
+            s.verify();
+        }
+    }
+}

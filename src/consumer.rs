@@ -295,8 +295,11 @@ impl Consumer {
     /// A `seq` at or below the committed one is a no-op (`Ok`, nothing written): commits are
     /// idempotent and never move the position back. A `seq` past the last batch this handle
     /// yielded, or (in the engine's process) past `Engine::durable_seq`, is refused with
-    /// `Error::Consumer`. If writing the file fails, the error is returned and the previous
-    /// commit stays in force (in this handle, and on disk after a restart). In the engine's
+    /// `Error::Consumer`. If writing the file fails, the error is returned and this handle
+    /// keeps the previous commit; on disk the position is the previous commit or, if only
+    /// the directory's sync after the new file's rename failed, this one (a restart resumes
+    /// at either, as at-least-once delivery allows; `retire_before` may already go by the
+    /// new one). In the engine's
     /// process a commit after `close` is refused with `Error::Closed` (the directory may be
     /// another engine's by then): the batches it would have covered are yielded again after
     /// the restart.

@@ -141,3 +141,89 @@ fn syncs_start_to_overlap_once_they_are_slower_than_the_threshold() {
     });
     assert_overlapped(&c);
 }
+
+/// Records every operation on a segment file, in order.
+#[derive(Default)]
+struct SegmentOps(parking_lot::Mutex<Vec<(IoOp, std::path::PathBuf, u64)>>);
+
+impl Io for SegmentOps {
+    fn before(&self, op: IoOp, path: &Path, offset: u64, _data: &[u8]) -> io::Result<()> {
+        if path.extension().is_some_and(|e| e == "seg") {
+            self.0.lock().push((op, path.to_owned(), offset));
+        }
+        Ok(())
+    }
+}
+
+/// Each of several syncers syncs through a file description of its own, and Linux reports
+/// a writeback error only to the descriptions open when it happened (one opened after
+/// another reported it never sees it): so every syncer's description of a segment is opened
+/// before any frame is written into it, at the roll (or at open), never on a syncer's
+/// first sync there.
+#[test]
+fn every_syncers_description_of_a_segment_is_opened_before_its_first_frame() {
+    const SYNCERS: usize = 3;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ops = Arc::new(SegmentOps::default());
+    let config = Config {
+        syncers: SYNCERS,
+        overlap_syncs_above: Duration::ZERO,
+        segment_bytes: 64 << 10,
+        batch_bytes_max: 8 << 10,
+        window: WindowPolicy::Immediate,
+        ..Config::default()
+    };
+    let engine = Engine::open_with_io(dir.path(), config, ops.clone()).expect("open");
+    std::thread::scope(|s| {
+        for w in 0..WRITERS {
+            let engine = &engine;
+            s.spawn(move || {
+                let mut tickets = Vec::new();
+                for i in 0..1500 {
+                    let key = format!("w{w}-{i}");
+                    tickets.push(engine.put(key.as_bytes(), &[b'v'; 100]).expect("put"));
+                    if tickets.len() == 16 {
+                        tickets.drain(..).for_each(|t| {
+                            t.wait().expect("durable");
+                        });
+                    }
+                }
+                tickets.into_iter().for_each(|t| {
+                    t.wait().expect("durable");
+                });
+            });
+        }
+    });
+    engine.close().expect("close");
+    let c = engine.counts();
+    assert!(c.sync_time.overlapped > 0, "syncs overlapped: {c:?}");
+    let ops = ops.0.lock();
+    let mut segments: Vec<&std::path::PathBuf> = ops.iter().map(|(_, p, _)| p).collect();
+    segments.sort();
+    segments.dedup();
+    assert!(segments.len() >= 5, "the log rolled: {segments:?}");
+    for seg in segments {
+        let mine: Vec<_> = ops.iter().filter(|(_, p, _)| p == seg).collect();
+        let Some(first) = mine
+            .iter()
+            .position(|(op, _, off)| *op == IoOp::Write && *off >= 64)
+        else {
+            continue; // no frame written (the last, prepared one)
+        };
+        let opens = |ops: &[&(IoOp, std::path::PathBuf, u64)]| {
+            ops.iter().filter(|(op, _, _)| *op == IoOp::Open).count()
+        };
+        assert!(
+            opens(&mine[..first]) >= SYNCERS,
+            "{}: {} descriptions opened before the first frame",
+            seg.display(),
+            opens(&mine[..first])
+        );
+        assert_eq!(
+            opens(&mine[first..]),
+            0,
+            "{}: a description opened after a frame was written",
+            seg.display()
+        );
+    }
+}

@@ -507,10 +507,16 @@ mod tests {
     struct Hook {
         done: Mutex<Vec<(IoOp, PathBuf)>>,
         fail: Option<IoOp>,
+        /// Operations of the kind `fail` attempted.
+        failed: std::sync::atomic::AtomicUsize,
     }
 
     impl Io for Hook {
         fn before(&self, op: IoOp, _: &Path, _: u64, _: &[u8]) -> std::io::Result<()> {
+            if self.fail == Some(op) {
+                self.failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             match self.fail {
                 Some(f) if f == op => Err(std::io::Error::from_raw_os_error(EIO)),
                 _ => Ok(()),
@@ -530,6 +536,7 @@ mod tests {
         Hook {
             done: Mutex::new(Vec::new()),
             fail: fail.into(),
+            failed: Default::default(),
         }
     }
 
@@ -797,6 +804,34 @@ mod tests {
         assert_eq!(op_of(again), ("fsync directory", d.clone()));
         assert_eq!(done(&h), vec![], "a failed activation was synced again");
         assert!(seg.exists());
+    }
+
+    /// A failed sync of a segment is final: the next sync through the same description
+    /// (another thread's, or a retry) could return OK for pages the failed one left clean
+    /// and unwritten, so every later sync returns the error and syncs nothing, and a pending
+    /// activation is not made durable through it either.
+    #[test]
+    fn a_failed_segment_sync_is_final() {
+        use crate::config::WritePath;
+        use crate::log::segment::Segment;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_owned();
+        for path in [WritePath::Pwrite, WritePath::Mmap] {
+            let id = 1 + path as u64;
+            let (prep, seg) = (prep_path(&d, id), segment_path(&d, id));
+            create_prepared(&hook(), &d, &prep, 4096).unwrap();
+            let h = Arc::new(failing(IoOp::Sync));
+            let io: crate::log::io::SharedIo = h.clone();
+            let s = Segment::activate(&d, &prep, None, (id, false), true, &io).unwrap();
+            let tried = || h.failed.load(std::sync::atomic::Ordering::Relaxed);
+            let e = s.sync(0, 4096, path).unwrap_err();
+            assert_eq!(op_of(e), ("sync segment", seg.clone()));
+            assert_eq!(tried(), 1, "{path:?}");
+            let again = s.sync(0, 4096, path).unwrap_err();
+            assert_eq!(op_of(again), ("sync segment", seg.clone()));
+            assert!(s.finish_activation().is_err(), "{path:?}");
+            assert_eq!(tried(), 1, "{path:?}: synced again after a failure");
+        }
     }
 
     #[test]

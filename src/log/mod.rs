@@ -121,11 +121,15 @@ pub(crate) struct Log {
     /// Reused encode buffer of the pwrite path.
     buf: Vec<u8>,
     io: SharedIo,
+    /// How many syncers sync the segment being written, each through a description of its
+    /// own opened before any frame goes in (`Segment::open_sync_files`).
+    syncers: usize,
 }
 
 impl Log {
     /// Continues the log after recovery: `segments` is non-empty, the last one is writable
-    /// and its frames end at `write_off`; `next_seq` is the sequence of the next frame.
+    /// and its frames end at `write_off`; `next_seq` is the sequence of the next frame. An
+    /// error if the syncers' descriptions of the last segment cannot be opened.
     pub fn new(
         dir: &Path,
         segments: Segments,
@@ -134,7 +138,7 @@ impl Log {
         config: &Config,
         spares: Spares,
         io: &SharedIo,
-    ) -> Log {
+    ) -> Result<Log> {
         let Spares {
             prepared,
             prep_counter,
@@ -147,6 +151,7 @@ impl Log {
             .last()
             .expect("recovery leaves a segment")
             .clone();
+        active.open_sync_files(config.syncers)?;
         let mut log = Log {
             dir: dir.to_owned(),
             segments,
@@ -160,6 +165,7 @@ impl Log {
             pool,
             buf: Vec::new(),
             io: io.clone(),
+            syncers: config.syncers,
         };
         match prepared {
             Some(path) => log.prep = Prep::Ready(path),
@@ -168,7 +174,7 @@ impl Log {
                 log.prepare_when_due();
             }
         }
-        log
+        Ok(log)
     }
 
     /// Creates the first segment (id `first_seq`) of a directory without one, from
@@ -208,6 +214,7 @@ impl Log {
             true,
             &self.io,
         )?);
+        seg.open_sync_files(self.syncers)?;
         self.segments.write().push(seg.clone());
         let started = if recycled {
             &self.pool.reused
@@ -215,7 +222,7 @@ impl Log {
             &self.pool.fresh
         };
         started.fetch_add(1, Ordering::Relaxed);
-        self.active = seg;
+        std::mem::replace(&mut self.active, seg).release_sync_files();
         self.write_off = SEGMENT_HEADER_LEN as u64;
         self.prep = Prep::Deferred;
         Ok(())

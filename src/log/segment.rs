@@ -18,6 +18,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// `sync_file_range(2)` of `[off, off + len)` of `f` with `flags`: starts (or waits for) the
 /// writeback of that range, without syncing the file's metadata.
@@ -68,6 +69,18 @@ pub(crate) struct Segment {
     /// ([`Segment::finish_activation`]): its header is written and the file renamed, but
     /// neither is known durable yet.
     activation: parking_lot::Mutex<Activation>,
+    /// With several syncers, each one's file description of the segment being written
+    /// (`pipeline::syncer::sync_own`): opened before any frame is written into it, and
+    /// released once it is complete. Linux reports a writeback error to every description
+    /// that was open when it happened, but not to one opened after some description has
+    /// reported it: a syncer that opened its own later could get OK for pages another's
+    /// failed sync left clean and unwritten.
+    sync_files: parking_lot::Mutex<Option<Arc<[File]>>>,
+    /// Held across every sync through the segment's own description ([`Segment::sync`]), and
+    /// the first one's error once one failed: a writeback error is reported once per
+    /// description, so a second sync through it (another thread's, or a retry) could return
+    /// OK for pages the failed one left clean and unwritten. Every later sync returns it.
+    sync_failed: parking_lot::Mutex<Option<Error>>,
 }
 
 /// Whether a segment's activation is durable (see [`Segment::finish_activation`]).
@@ -214,6 +227,8 @@ impl Segment {
             recycled: false,
             version: 0,
             activation: parking_lot::Mutex::new(Activation::Durable),
+            sync_files: parking_lot::Mutex::new(None),
+            sync_failed: parking_lot::Mutex::new(None),
         };
         // A file without a valid header (a prepared one) is simply not recycled.
         if let Ok(h) = SegmentHeader::decode(seg.image()) {
@@ -294,9 +309,17 @@ impl Segment {
         }
         let io = &*self.io;
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        let synced = guarded(io, IoOp::Sync, &self.path, 0, &[], || self.file.sync_data())
-            .map_err(|e| Error::io("sync segment header", &self.path, e))
-            .and_then(|()| super::dir::sync_dir(io, dir));
+        // Through the segment's own description, as `Segment::sync`: one at a time, and
+        // never after one of them failed.
+        let mut failed = self.sync_failed.lock();
+        let synced = match &*failed {
+            Some(e) => Err(e.clone()),
+            None => guarded(io, IoOp::Sync, &self.path, 0, &[], || self.file.sync_data())
+                .map_err(|e| Error::io("sync segment header", &self.path, e))
+                .inspect_err(|e| *failed = Some(e.clone())),
+        };
+        drop(failed);
+        let synced = synced.and_then(|()| super::dir::sync_dir(io, dir));
         *state = match &synced {
             Ok(()) => Activation::Durable,
             Err(e) => Activation::Failed(e.clone()),
@@ -392,9 +415,14 @@ impl Segment {
 
     /// Makes `[off, off + len)` durable: `fdatasync` for the pwrite path, `msync` of the
     /// page-aligned range for the mmap path. The hooks are told which (see `io::Io::before`).
+    /// One at a time; after a failure never again: every later call returns its error.
     pub fn sync(&self, off: u64, len: usize, path: WritePath) -> Result<()> {
+        let mut failed = self.sync_failed.lock();
+        if let Some(e) = &*failed {
+            return Err(e.clone());
+        }
         let io = &*self.io;
-        match path {
+        let r = match path {
             WritePath::Pwrite => {
                 guarded(io, IoOp::Sync, &self.path, 0, &[], || self.file.sync_data())
             }
@@ -414,15 +442,43 @@ impl Segment {
                 )
             }
         }
-        .map_err(|e| Error::io("sync segment", &self.path, e))
+        .map_err(|e| Error::io("sync segment", &self.path, e));
+        if let Err(e) = &r {
+            *failed = Some(e.clone());
+        }
+        r
     }
 
     /// Opens the segment's file again, read-write: a file description of its own, for one of
     /// several syncers to sync through (a writeback error is reported once per description:
     /// see `pipeline::syncer`). Announced to the hooks as `IoOp::Open`.
-    pub fn open_for_sync(&self) -> Result<File> {
+    fn open_for_sync(&self) -> Result<File> {
         open_existing(&*self.io, &self.path)
             .map_err(|e| Error::io("open segment for sync", &self.path, e))
+    }
+
+    /// Opens `n` file descriptions of the segment for the syncers (none for one syncer,
+    /// which syncs through the segment's own), before any frame is written into it: see
+    /// [`Segment::sync_files`].
+    pub fn open_sync_files(&self, n: usize) -> Result<()> {
+        if n > 1 {
+            let files = (0..n)
+                .map(|_| self.open_for_sync())
+                .collect::<Result<Vec<File>>>()?;
+            *self.sync_files.lock() = Some(files.into());
+        }
+        Ok(())
+    }
+
+    /// The syncers' descriptions of this segment, while it is the one being written.
+    pub fn sync_files(&self) -> Option<Arc<[File]>> {
+        self.sync_files.lock().clone()
+    }
+
+    /// Closes the syncers' descriptions: the segment is complete and every frame in it
+    /// durable (a roll drains the pipeline first).
+    pub fn release_sync_files(&self) {
+        *self.sync_files.lock() = None;
     }
 
     /// Makes every write to the segment so far durable with `fdatasync` through `file`, a

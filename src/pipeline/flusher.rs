@@ -333,9 +333,16 @@ pub(super) fn run(inner: Arc<Inner>) {
     if let Some(desk) = desk {
         // The clean-close mark names the active segment: its activation must be durable
         // (a roll leaves it to the first sync in it, and nothing may have synced there). If
-        // that fails, no mark: the next open checks the tail instead.
-        if desk.flusher.log.finish_activation().is_ok() {
-            *inner.end_mark.lock() = Some(desk.flusher.log.end_mark());
+        // that fails, no mark (the next open checks the tail instead), and the engine fails
+        // with the error, which `close` returns: nothing in the segment was acknowledged
+        // (its first sync would have made the activation durable first), and what the
+        // syncers still hold there fails with it.
+        match desk.flusher.log.finish_activation() {
+            Ok(()) => *inner.end_mark.lock() = Some(desk.flusher.log.end_mark()),
+            Err(e) => {
+                inner.completion.fail(e);
+                inner.throttle.wake_all();
+            }
         }
     }
     // Dropping the desk closes the channel: the syncers complete what they hold and exit.

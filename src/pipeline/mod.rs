@@ -210,7 +210,7 @@ pub(crate) fn start(
         &config,
         recovered.spares,
         io,
-    );
+    )?;
 
     let live = Arc::new(LiveLog::new(recovered.next_seq.saturating_sub(1)));
     let throttle = Arc::new(Throttle::new(

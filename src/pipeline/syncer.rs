@@ -8,7 +8,7 @@
 //! With `Config::syncers` = N > 1 there are N syncers, and up to N syncs in flight: each
 //! takes the next contiguous run of jobs under one lock and gets a turn
 //! ([`SyncTurns`](super::handoff::SyncTurns)), syncs it through a file description of its
-//! own ([`OwnFile`]), and the groups then complete in turn order, one at a time. That keeps
+//! own ([`sync_own`]), and the groups then complete in turn order, one at a time. That keeps
 //! one contiguous watermark: a sync started after frame k was written covers frame k and
 //! every frame before it, but the watermark passes a group only once its own sync returned
 //! OK and every group before it completed; a failed sync fails the engine, and nothing after
@@ -24,7 +24,7 @@ use super::flusher::{spare, Job};
 use super::handoff::{SyncTurns, SyncerBell};
 use super::Inner;
 use crate::config::{Durability, WritePath};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::log::segment::Segment;
 use crate::log::WrittenFrame;
 use crate::stats::{record, record_n, Counters};
@@ -32,7 +32,6 @@ use crate::throttle::REREAD_EVERY;
 use crate::trace::TraceKind;
 use crossbeam::channel::{Receiver, Sender, TryRecvError};
 use parking_lot::Mutex;
-use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
@@ -110,22 +109,6 @@ pub(crate) struct SyncClock {
     avg_ns: u64,
 }
 
-/// A file description of one of several syncers' own, of the segment it last synced.
-///
-/// Linux reports a writeback error once per open file description (the file's `errseq`
-/// cursor): of two syncs through one description, the second can return OK for pages whose
-/// writeback failed, because the first one already reported (and consumed) the error. Each
-/// syncer therefore opens the segment itself and syncs with `fdatasync` on that description:
-/// every description sees every error that happened since its own last sync. The mmap write
-/// path's `msync` cannot be used here: it syncs through the description the mapping was made
-/// with, which all syncers would share; `fdatasync` writes back the pages the mapping
-/// dirtied as well, so it serves both write paths.
-struct OwnFile {
-    /// The id of the segment it is open on (ids are never reused within a log).
-    id: u64,
-    file: File,
-}
-
 /// One syncer: makes written frames durable (one sync for every job waiting), updates the
 /// index, advances the watermark and wakes waiters.
 pub(super) struct Syncer {
@@ -135,8 +118,6 @@ pub(super) struct Syncer {
     group: Vec<Job>,
     /// Which syncer this is: 0 to `Syncers::count` − 1.
     index: usize,
-    /// Several syncers: this one's file description of the segment it syncs.
-    own: Option<OwnFile>,
 }
 
 impl Syncer {
@@ -154,7 +135,6 @@ impl Syncer {
             give_back,
             group: Vec::new(),
             index,
-            own: None,
         }
     }
 
@@ -270,7 +250,7 @@ impl Syncer {
             let t0 = Instant::now();
             syncers.bell.syncing(self.index, true);
             let synced = if n > 0 {
-                sync_own(&inner, &mut self.own, &self.group[..n], t0).map(|took| (t0, took))
+                sync_own(&inner, self.index, &self.group[..n], t0).map(|took| (t0, took))
             } else {
                 Ok((t0, None))
             };
@@ -303,25 +283,32 @@ fn completed(inner: &Inner) {
 }
 
 /// Syncs the frames of `group` (one of several syncers' groups), which started at `t0`,
-/// through the syncer's own file description `own` (see [`OwnFile`]), opened anew when the
-/// group is in another segment; how long it took, if there was anything to sync.
-fn sync_own(
-    inner: &Inner,
-    own: &mut Option<OwnFile>,
-    group: &[Job],
-    t0: Instant,
-) -> Result<Option<Duration>> {
+/// through syncer `index`'s own file description of their segment; how long it took, if
+/// there was anything to sync.
+///
+/// Linux reports a writeback error once per open file description (the file's `errseq`
+/// cursor): of two syncs through one description, the second can return OK for pages whose
+/// writeback failed, because the first one already reported (and consumed) the error. Each
+/// syncer therefore syncs with `fdatasync` on a description of its own, and every one of
+/// them was opened before any frame was written into the segment
+/// (`Segment::open_sync_files`, at the roll or at open): a description opened after
+/// another had reported an error would never report it. So every description sees every
+/// writeback error of the segment's frames. The mmap write path's `msync` cannot be used
+/// here: it syncs through the description the mapping was made with, which all syncers
+/// would share; `fdatasync` writes back the pages the mapping dirtied as well, so it serves
+/// both write paths.
+fn sync_own(inner: &Inner, index: usize, group: &[Job], t0: Instant) -> Result<Option<Duration>> {
     sync_group(inner, group, t0, |seg, _, _| {
-        if own.as_ref().is_none_or(|o| o.id != seg.id) {
-            // The old one is closed first: a syncer keeps one segment open at most.
-            *own = None;
-            *own = Some(OwnFile {
-                id: seg.id,
-                file: seg.open_for_sync()?,
-            });
-        }
-        let own = own.as_ref().expect("opened above");
-        seg.sync_through(&own.file)
+        // A group is in the segment being written (a roll drains the pipeline before the
+        // next segment takes frames), whose descriptions are open until it is complete.
+        let files = seg.sync_files().ok_or_else(|| {
+            Error::io(
+                "sync segment",
+                &seg.path,
+                std::io::Error::other("the syncers' descriptions of a completed segment"),
+            )
+        })?;
+        seg.sync_through(&files[index])
     })
 }
 

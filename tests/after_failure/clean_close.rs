@@ -245,3 +245,39 @@ fn frames_written_ahead_of_the_durable_one_are_bounded() {
         "the windows were small"
     );
 }
+
+/// Fails every sync of one segment file, once armed with its path.
+#[derive(Default)]
+struct FailSyncOf(Mutex<Option<std::path::PathBuf>>);
+
+impl Io for FailSyncOf {
+    fn before(&self, op: IoOp, path: &Path, _offset: u64, _data: &[u8]) -> io::Result<()> {
+        let armed = self.0.lock().unwrap();
+        if op == IoOp::Sync && armed.as_deref() == Some(path) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(())
+    }
+}
+
+/// A roll leaves the new segment's activation to its first sync; under `NoSync` nothing
+/// syncs there, so `close` makes it durable. If that sync fails, `close` says so (and the
+/// engine has failed), instead of returning OK without its clean-close mark.
+#[test]
+fn a_failed_activation_sync_at_close_is_reported_by_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Arc::new(FailSyncOf::default());
+    let config = Config {
+        segment_bytes: 64 << 10,
+        durability: mergelog::Durability::NoSync,
+        ..config()
+    };
+    let engine = Engine::open_with_io(dir.path(), config, hook.clone()).expect("open");
+    put_n(&engine, 0, 1500);
+    let segments = engine.segments();
+    assert!(segments.len() >= 2, "the log rolled");
+    *hook.0.lock().unwrap() = Some(segments.last().unwrap().path.clone());
+    let e = engine.close().expect_err("the activation's sync failed");
+    assert!(e.to_string().contains("sync segment header"), "{e}");
+    assert!(engine.failure().is_some());
+}

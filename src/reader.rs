@@ -235,6 +235,32 @@ impl std::fmt::Debug for LogReader {
 }
 
 impl LogReader {
+    /// What `Engine::open` with `mode` would find in the log in `dir`, written with
+    /// `durability`, changing nothing: `Ok(None)` for a clean log, `Ok(Some(damage))` for a
+    /// torn tail it would cut off (with `PointInTime`, any damage it would cut at), or the
+    /// error it would return: `Error::DamagedHistory` (damage with durable history past it:
+    /// valid frames 16 or more batches on, or a clean-close mark naming a later end),
+    /// `Error::Corrupt` (damage in an earlier segment, a bad header, a corrupt clean-close
+    /// mark or request-ids file). For a log no engine is writing: the tail of a live
+    /// engine's log is in flux, and a reader ([`LogReader::open`]) is the way to look at it.
+    /// `mergelog verify` and `mergelog dump` use it.
+    pub fn check(
+        dir: impl AsRef<Path>,
+        mode: RecoveryMode,
+        durability: crate::config::Durability,
+    ) -> Result<Option<Damage>> {
+        let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return Err(Error::io(
+                "open log directory",
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
+            ));
+        }
+        let synced = durability == crate::config::Durability::Sync;
+        crate::log::recovery::check(dir, mode, synced)
+    }
+
     /// Opens `dir` read-only with the default recovery mode: damage at the tail of the last
     /// segment ends the log (reported by `damage()`); damage before it is an error naming
     /// file and offset.

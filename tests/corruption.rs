@@ -29,7 +29,7 @@ use common::log::dir_contents;
 use common::model::{apply_batch, apply_writes, state_diff, WriteOp};
 use common::{assert_reads_match, engine_state, wait_ok, State, WAIT_MAX};
 use mergelog::internals::format::{trailer_len, UNDURABLE_FRAMES_MAX};
-use mergelog::{Config, Engine, Error, LogReader, RecoveryMode, WriteBatch};
+use mergelog::{Config, Damage, Durability, Engine, Error, LogReader, RecoveryMode, WriteBatch};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::path::Path;
@@ -384,6 +384,29 @@ macro_rules! ensure {
 
 type Check = Result<(), String>;
 
+/// Whether `LogReader::check`'s verdict is what `Engine::open` did: clean, the same damage
+/// cut off, or the same error (kind, file and offset).
+fn check_agrees(
+    checked: &mergelog::Result<Option<Damage>>,
+    opened: &mergelog::Result<Engine>,
+) -> Check {
+    let place = |e: &Error| match e {
+        Error::Corrupt { path, offset, .. } => Some(("Corrupt", path.clone(), *offset)),
+        Error::DamagedHistory { path, offset, .. } => {
+            Some(("DamagedHistory", path.clone(), *offset))
+        }
+        _ => None,
+    };
+    match (checked, opened) {
+        (Ok(d), Ok(engine)) if *d == engine.open_report().truncated => Ok(()),
+        (Err(c), Err(o)) if place(c).is_some() && place(c) == place(o) => Ok(()),
+        (c, o) => Err(format!(
+            "LogReader::check said {c:?}, the engine's open {:?}",
+            o.as_ref().map(|e| &e.open_report().truncated)
+        )),
+    }
+}
+
 /// Opens the damaged copy in `dir` with the engine in `mode` and checks the outcome against
 /// `expect`. With `follow_up`, a successful open is continued: one more write, close, and the
 /// log must then be clean (open in `AbsoluteConsistency`) and hold the kept frames plus that
@@ -396,7 +419,14 @@ fn check_engine(
     follow_up: bool,
 ) -> Check {
     let before = dir_contents(dir);
+    // `LogReader::check` says what this open will do, changing nothing.
+    let checked = LogReader::check(dir, mode, Durability::Sync);
+    ensure!(
+        dir_contents(dir) == before,
+        "LogReader::check changed the files"
+    );
     let opened = Engine::open(dir, config(mode));
+    check_agrees(&checked, &opened)?;
     let expect = match (expect, mode) {
         (
             Expect::Lost {

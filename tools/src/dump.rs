@@ -8,9 +8,12 @@
 //! The log is read as the engine would open it: a torn tail is where it ends (noted on
 //! stderr, exit 0). Other damage (before the tail, or a bad segment header) makes the engine
 //! refuse to open the log: the records before it are dumped, the damage is reported, and
-//! the exit code is 1.
+//! the exit code is 1. So does damage at the tail that evidence shows cut durable history
+//! (valid frames well past it, or a clean-close mark naming a later batch: `LogReader::check`),
+//! which the engine refuses (`DamagedHistory`) rather than cut off.
 
 use crate::error::{CliError, EXIT_FAILURE};
+use crate::history::{self, Loss, Refused};
 use crate::logdir::{self, Encoding, OpenError};
 use clap::Args;
 use mergelog::{LogReader, RecordOp, RecoveryMode};
@@ -48,8 +51,15 @@ struct Line<'a> {
 }
 
 pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
-    let (reader, refused) = match logdir::open(&args.dir, RecoveryMode::TolerateCorruptedTail) {
-        Ok(r) => (r, false),
+    // `refused`: whether the engine would refuse the log; `lost`, the durable history a
+    // tail damage (or the end of the frames) cut, which it refuses too.
+    let (reader, refused, lost) = match logdir::open(&args.dir, RecoveryMode::TolerateCorruptedTail)
+    {
+        Ok(r) => match history::engine_refuses(&args.dir)? {
+            Some(Refused::Lost(loss)) => (r, false, Some(loss)),
+            // A damaged file beside the segments: `verify` names it; the records are sound.
+            _ => (r, false, None),
+        },
         Err(OpenError::Corrupt { .. }) => {
             // The engine would refuse this log; show what comes before the damage.
             let r = LogReader::open_with(&args.dir, RecoveryMode::PointInTime).map_err(|e| {
@@ -58,7 +68,7 @@ pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
                     args.dir.display()
                 ))
             })?;
-            (r, true)
+            (r, true, None)
         }
         Err(OpenError::Other(e)) => return Err(e),
     };
@@ -101,7 +111,35 @@ pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
         Err(e) => return Err(CliError::new(format!("write to stdout: {e}"))),
         Ok(()) => {}
     }
-    if let Some(d) = reader.damage() {
+    let next = reader.next_seq().get();
+    if args.from >= next {
+        let held = match next
+            .checked_sub(1)
+            .filter(|&l| l >= reader.first_seq().get())
+        {
+            Some(last) => format!("its batches are {}..{last}", reader.first_seq().get()),
+            None => "it holds no batch".into(),
+        };
+        eprintln!(
+            "mergelog dump: nothing at or after batch {}: {held}",
+            args.from
+        );
+    }
+    if let Some(Loss {
+        path,
+        offset,
+        reason,
+        first_lost,
+        last_lost,
+    }) = &lost
+    {
+        eprintln!(
+            "mergelog dump: the log is damaged where the engine refuses to open it (durable \
+             batches {first_lost}..{last_lost} lost; not a torn tail): {} at offset {offset}: \
+             {reason}; records after the damage are not shown",
+            path.display(),
+        );
+    } else if let Some(d) = reader.damage() {
         let what = if refused {
             "is damaged where the engine refuses to open it (only a torn tail is cut \
              off); records after the damage are not shown"
@@ -115,7 +153,7 @@ pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
             d.reason
         );
     }
-    Ok(if refused {
+    Ok(if refused || lost.is_some() {
         ExitCode::from(EXIT_FAILURE)
     } else {
         ExitCode::SUCCESS

@@ -11,6 +11,7 @@
 mod bench;
 mod dump;
 mod error;
+mod history;
 mod inspect;
 mod logdir;
 mod verify;

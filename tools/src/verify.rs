@@ -4,12 +4,15 @@
 //! Every segment header, every frame's CRC, record structure, sort order and batch
 //! sequence, and the bytes after the last frame of the last segment (which must be the
 //! preallocated zeros; anything else is the remains of a torn write; not checked in a reused
-//! segment, where the old bytes of its earlier life lie there). Exit 0: clean; exit
-//! 1: damaged, and the first bad byte's file and offset are printed; exit 2: the directory
-//! cannot be used. Run it on a log no engine is writing to: a frame being written counts as
+//! segment, where the old bytes of its earlier life lie there); whether the end of the frames
+//! lost durable history (`LogReader::check`); and the files beside the segments that the engine
+//! reads at open, each consumer's position (`consumer-*`) and the carried request ids
+//! (`ids`). Exit 0: clean; exit 1: damaged, and the first bad byte's file and offset are
+//! printed; exit 2: the directory cannot be used. Run it on a log no engine is writing to: a frame being written counts as
 //! damage.
 
 use crate::error::{CliError, Context, EXIT_FAILURE};
+use crate::history::{self, Refused};
 use crate::logdir::{self, OpenError, SEGMENT_HEADER_LEN};
 use clap::Args;
 use mergelog::{LogReader, RecoveryMode};
@@ -35,7 +38,14 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, CliError> {
     let damage = match logdir::open(dir, RecoveryMode::AbsoluteConsistency) {
         Ok(reader) => {
             let summary = summarize(&reader);
-            match tail_garbage(&reader, summary.last_end.clone())? {
+            let found = match engine_refuses(&reader)? {
+                Some(d) => Some(d),
+                None => match tail_garbage(&reader, summary.last_end.clone())? {
+                    Some(d) => Some(d),
+                    None => consumer_files(&reader)?,
+                },
+            };
+            match found {
                 None => {
                     logdir::print(&format!(
                         "clean: {}: {} segments, {} batches{}, {} records, {} frame bytes\n",
@@ -97,6 +107,47 @@ impl Summary {
             (Some(a), Some(b)) => format!(" (seq {a}..{b})"),
             _ => String::new(),
         }
+    }
+}
+
+/// What the engine's open would refuse that the reader's did not (`LogReader::check`): lost
+/// durable history where the frames stop, or a damaged clean-close mark or `ids` file.
+fn engine_refuses(reader: &LogReader) -> Result<Option<Damage>, CliError> {
+    Ok(history::engine_refuses(reader.dir())?.map(|r| match r {
+        Refused::Lost(l) => Damage {
+            path: l.path,
+            offset: l.offset,
+            reason: format!(
+                "{} (durable batches {}..{} lost: the engine refuses to open the log)",
+                l.reason, l.first_lost, l.last_lost
+            ),
+        },
+        Refused::SideFile(path, offset, reason) => Damage {
+            path,
+            offset,
+            reason,
+        },
+    }))
+}
+
+/// Each consumer's position file (`consumer-*`), which the engine decodes when the consumer
+/// opens or a retirement reads the positions; the first that does not decode.
+fn consumer_files(reader: &LogReader) -> Result<Option<Damage>, CliError> {
+    match reader.consumers() {
+        Ok(_) => Ok(None),
+        Err(mergelog::Error::Corrupt {
+            path,
+            offset,
+            reason,
+        }) => Ok(Some(Damage {
+            path,
+            offset,
+            reason,
+        })),
+        Err(e) => Err(CliError::new(format!(
+            "read the consumers of {}: {e}",
+            reader.dir().display()
+        ))),
     }
 }
 

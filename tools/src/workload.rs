@@ -103,13 +103,32 @@ impl Size {
     }
 }
 
+/// `100`, `4K`, `1M`, `1G` (binary multiples; a trailing `B` or `iB` is allowed), as the
+/// byte flags (`--ring-bytes` and the others) take them; `None` if it is not one.
+fn byte_count(t: &str) -> Option<usize> {
+    let t = t.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<usize>().ok()?.checked_mul(1 << shift)
+}
+
 impl FromStr for Size {
     type Err = String;
     fn from_str(s: &str) -> Result<Size, String> {
         let num = |t: &str| {
-            t.trim()
-                .parse::<usize>()
-                .map_err(|_| format!("'{t}' is not a whole number of bytes"))
+            byte_count(t)
+                .ok_or_else(|| format!("'{t}' is not a whole number of bytes (e.g. 100, 4K, 1M)"))
         };
         let size = match s.split_once("..") {
             None => Size::fixed(num(s)?),
@@ -397,6 +416,20 @@ pub fn encode_key(id: u64, scramble: bool, out: &mut [u8]) {
 mod tests {
     use super::*;
     use std::collections::{HashMap, HashSet};
+
+    /// Sizes take the byte suffixes the byte flags take.
+    #[test]
+    fn sizes_take_byte_suffixes() {
+        let size = |s: &str| s.parse::<Size>().map(|z| (z.min, z.max));
+        assert_eq!(size("100"), Ok((100, 100)));
+        assert_eq!(size("4K"), Ok((4096, 4096)));
+        assert_eq!(size("1KiB..2k"), Ok((1024, 2048)));
+        assert_eq!(size("1M"), Ok((1 << 20, 1 << 20)));
+        assert_eq!(size("0..1G"), Ok((0, 1 << 30)));
+        for bad in ["", "K", "-1", "1.5K", "4Q", "+4"] {
+            assert!(size(bad).is_err(), "{bad:?} parsed");
+        }
+    }
 
     #[test]
     fn dist_parses_and_rejects() {

@@ -73,6 +73,10 @@ pub(crate) enum Access {
     /// A reader or a tool: changes nothing; damage in the last segment ends the scan (it may
     /// be a frame another process is writing right now), damage elsewhere follows the mode.
     Reader,
+    /// A check of a log no engine is writing (`LogReader::check`): judges every byte as the
+    /// engine's open would (zeros after the last frame, evidence of durable history past
+    /// damage) and changes nothing.
+    Checker,
 }
 
 /// Why one pass of a scan failed.
@@ -122,6 +126,28 @@ pub(crate) fn scan_retrying(dir: &Path, mode: RecoveryMode, io: &SharedIo) -> Re
             r => return r.map_err(Error::from),
         }
     }
+}
+
+/// What the engine's open would find in the log in `dir`, written with `synced` durability,
+/// under `mode`, changing nothing: `None` for a clean log, the damage it would cut off, or
+/// the error it would return (`Error::DamagedHistory`, `Error::Corrupt`, a corrupt clean-close
+/// mark or `ids` file). For a log no engine is writing: a live engine's tail is in flux.
+pub(crate) fn check(dir: &Path, mode: RecoveryMode, synced: bool) -> Result<Option<Damage>> {
+    let expect = Expect {
+        synced,
+        clean: super::clean::read(dir)?.mark(),
+    };
+    crate::ids::carried(dir, crate::ids::IdHorizon::default())?;
+    let visit = |_: u32, _: &Arc<Segment>, _: &Frame<'_>| Ok(());
+    let scanned = scan_once(
+        dir,
+        mode,
+        Access::Checker,
+        expect,
+        &crate::log::io::real(),
+        visit,
+    )?;
+    Ok(scanned.damage)
 }
 
 /// Scans every segment of `dir` in order, calling `visit(segment index, segment, frame)` for
@@ -355,7 +381,7 @@ impl<'a> Pass<'a> {
             Ok(seg) => !seg.still_named(),
             Err(_) => false,
         };
-        if self.access == Access::Reader && retired {
+        if self.access != Access::Writer && retired {
             if self.out.segments.is_empty() {
                 // None read yet: the log now starts at the next one.
                 if let Some(&(next, _)) = self.files.get(i + 1) {
@@ -401,7 +427,7 @@ impl<'a> Pass<'a> {
             out.dropped.insert(0, self.files[i].1.clone());
             return match self.access {
                 Access::Writer => repair::reopen_previous(out, self.io),
-                Access::Reader => Ok(None),
+                Access::Reader | Access::Checker => Ok(None),
             };
         }
         let (seg, zero_from) = match self.access {
@@ -410,7 +436,7 @@ impl<'a> Pass<'a> {
                 let tail = repair::writable(seg, last, out, self.io)?;
                 (tail.clone(), Some((tail, offset)))
             }
-            Access::Reader => (seg, None),
+            Access::Reader | Access::Checker => (seg, None),
         };
         seg.publish(end);
         out.write_off = end;

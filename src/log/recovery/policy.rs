@@ -87,7 +87,7 @@ pub(crate) fn decide(mode: RecoveryMode, s: &Situation) -> Decision {
 /// Whether only zeros may follow the frames of a segment: the last one, opened by a writer. A
 /// reader skips this check: the engine may be writing there right now.
 pub(crate) fn checks_zeros_after(access: Access, last: bool) -> bool {
-    access == Access::Writer && last
+    access != Access::Reader && last
 }
 
 /// Whether the scan looks for evidence that the damage (or the end of the frames) cut durable
@@ -95,7 +95,7 @@ pub(crate) fn checks_zeros_after(access: Access, last: bool) -> bool {
 /// bad; a header never written is looked past too (frames far enough on, or a clean-close
 /// mark naming the segment, prove it was no torn roll; docs/FORMAT.md, "Recovery").
 pub(crate) fn seeks_evidence(access: Access, last: bool, damage: Option<Place>) -> bool {
-    access == Access::Writer && last && damage != Some(Place::Header)
+    access != Access::Reader && last && damage != Some(Place::Header)
 }
 
 #[cfg(test)]
@@ -183,7 +183,7 @@ mod tests {
     /// evidence past a bad header.
     #[test]
     fn what_readers_and_writers_check() {
-        use Access::{Reader, Writer};
+        use Access::{Checker, Reader, Writer};
         #[rustfmt::skip]
         let table: &[(Access, bool, Option<Place>, bool, bool)] = &[
             // access, last, damage,      zeros after, evidence
@@ -198,9 +198,19 @@ mod tests {
             (Writer, true,  Some(Header), true,  false),
             (Writer, true,  Some(Unactivated), true, true),
             (Writer, true,  Some(Frames), true,  true),
+            // A check judges as the writer does, and changes nothing (`scan_once`).
+            (Checker, false, Some(Frames), false, false),
+            (Checker, true,  None,         true,  true),
+            (Checker, true,  Some(Header), true,  false),
+            (Checker, true,  Some(Unactivated), true, true),
+            (Checker, true,  Some(Frames), true,  true),
         ];
         for &(access, last, damage, zeros, evidence) in table {
-            let who = if access == Writer { "writer" } else { "reader" };
+            let who = match access {
+                Writer => "writer",
+                Reader => "reader",
+                Checker => "checker",
+            };
             assert_eq!(checks_zeros_after(access, last), zeros, "{who} last={last}");
             assert_eq!(
                 seeks_evidence(access, last, damage),

@@ -6,14 +6,14 @@
 //! `Plan::depth = 1`; nothing here).
 
 use super::cpu;
-use super::engine::{FastClock, Span};
-use super::recorder::{sample, Progress, Recorder, SampleOptions, Sampled};
+use super::engine::{spawn, FastClock, Span};
+use super::recorder::{sample, Progress, Recorder, SampleOptions, Sampled, StartLine};
 use super::{Plan, RunHooks};
 use crate::error::{CliError, Context};
 use crate::workload::{Generator, Op};
 use mergelog::{Engine, StageHistograms};
 use std::sync::mpsc;
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// `--clients N --threads T`.
@@ -42,12 +42,7 @@ pub fn drive(
     progress: &Progress,
     stages: &(dyn Fn() -> StageHistograms + Sync),
 ) -> Driven {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(clients.threads)
-        .thread_name("client")
-        .build()
-        .context(|| "start the tokio runtime".into())
-    {
+    let runtime = match runtime(clients.threads) {
         Ok(rt) => rt,
         Err(e) => return (Err(e), None),
     };
@@ -58,7 +53,7 @@ pub fn drive(
         .collect();
     let recorder = Arc::new(Recorder::new(plan.writers, false));
     // The sampler and this thread: the clients start once both are ready.
-    let barrier = Barrier::new(2);
+    let barrier = StartLine::new(2);
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let opts = SampleOptions {
         interval: plan.interval,
@@ -67,20 +62,27 @@ pub fn drive(
         stages: Some(stages).filter(|_| hooks.stage_intervals),
         consumer_lag: None,
         progress,
+        started: None,
     };
     let (r, cpu) = cpu::during(|| {
         std::thread::scope(|s| {
-            let sampler = s.spawn(|| sample(&recorder, &barrier, done_rx, &opts));
-            barrier.wait();
+            let sampler = spawn(s, "sampler", || sample(&recorder, &barrier, done_rx, &opts))?;
+            let _ = barrier.wait();
             let spans = runtime.block_on(run_clients(engine, gens, plan, &recorder));
             drop(done_tx);
             let sampled = sampler
                 .join()
                 .unwrap_or_else(|_| Err(CliError::new("the sampler thread panicked")));
-            (sampled, spans)
+            Ok((sampled, spans))
         })
     });
-    let (sampled, spans) = r;
+    let (sampled, spans) = match r {
+        Ok(r) => r,
+        Err(e) => {
+            runtime.shutdown_background();
+            return (Err(e), cpu);
+        }
+    };
     let result = spans.and_then(|spans| {
         let first = spans.iter().map(|s| s.start).min();
         let last = spans.iter().map(|s| s.finish).max();
@@ -92,6 +94,41 @@ pub fn drive(
     });
     runtime.shutdown_background();
     (result, cpu)
+}
+
+/// The clients' runtime, of `threads` workers. tokio panics when it cannot start a worker
+/// thread (a process limit): the threads are tried first, as plain threads that end at once,
+/// so that a limit is an error; a panic that still comes from the build is caught (its message
+/// printed by the panic hook) and made one too.
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, CliError> {
+    let what = || format!("start the clients' runtime of {threads} threads (--threads)");
+    let gate = StartLine::new(threads + 1);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let gate = &gate;
+            if let Err(e) = spawn(s, "client", move || {
+                let _ = gate.wait();
+            }) {
+                gate.call_off();
+                return Err(e.prefixed(&what()));
+            }
+        }
+        let _ = gate.wait();
+        Ok(())
+    })?;
+    let built = std::panic::catch_unwind(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("client")
+            .build()
+    });
+    match built {
+        Ok(rt) => rt.context(what),
+        Err(_) => Err(CliError::new(format!(
+            "{}: tokio could not start its threads (a process or thread limit? see ulimit -u)",
+            what()
+        ))),
+    }
 }
 
 /// Spawns every client and collects their spans.

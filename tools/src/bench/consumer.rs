@@ -56,7 +56,18 @@ pub struct ConsumerTotals {
     pub commits: u64,
     /// Submissions the engine throttled on the consumer's lag (`Counts::throttled`).
     pub throttled: u64,
+    /// Batches processed without `--consumer-rate`'s pacing, after the run's deadline had
+    /// passed with the writers still held by the throttle (see [`DRAIN_GRACE`]); counted in
+    /// `batches` too.
+    pub unpaced_batches: u64,
 }
+
+/// How long after the run's deadline a paced consumer keeps its rate. Past it, with the
+/// writers still not done (held by the lag throttle, waiting for a consumer that may take
+/// minutes at its rate), it processes as fast as it can, so that their last requests complete
+/// and the run ends near its deadline; what it processed so is counted apart
+/// ([`ConsumerTotals::unpaced_batches`]).
+pub const DRAIN_GRACE: Duration = Duration::from_millis(200);
 
 impl std::ops::AddAssign for ConsumerTotals {
     fn add_assign(&mut self, o: ConsumerTotals) {
@@ -64,6 +75,7 @@ impl std::ops::AddAssign for ConsumerTotals {
         self.records += o.records;
         self.commits += o.commits;
         self.throttled += o.throttled;
+        self.unpaced_batches += o.unpaced_batches;
     }
 }
 
@@ -100,15 +112,17 @@ pub fn open(engine: &Engine) -> Result<Consumer, CliError> {
 }
 
 /// Processes batches until `stop` is set (the writers are done), then commits what it
-/// processed. On an error it closes the engine before returning it: writers throttled on its
-/// lag would otherwise wait for commits that never come.
+/// processed; paced (`--consumer-rate`) until `unpace` says the run is past its deadline
+/// (and [`DRAIN_GRACE`]). On an error it closes the engine before returning it: writers
+/// throttled on its lag would otherwise wait for commits that never come.
 pub fn run(
     engine: &Engine,
     consumer: Consumer,
     plan: &ConsumerPlan,
     stop: &AtomicBool,
+    unpace: &(dyn Fn() -> bool + Sync),
 ) -> Result<ConsumerTotals, CliError> {
-    let r = process(consumer, plan, stop);
+    let r = process(consumer, plan, stop, unpace);
     if r.is_err() {
         let _ = engine.close();
     }
@@ -119,6 +133,7 @@ fn process(
     mut consumer: Consumer,
     plan: &ConsumerPlan,
     stop: &AtomicBool,
+    unpace: &(dyn Fn() -> bool + Sync),
 ) -> Result<ConsumerTotals, CliError> {
     if plan.rate.is_some() {
         fine_timer_slack();
@@ -143,12 +158,22 @@ fn process(
             Err(e) => return Err(CliError::new(format!("the consumer: read a batch: {e}"))),
         };
         let records = touch(&batch);
-        if let Some(p) = &mut pacer {
+        if pacer.is_some() && unpace() {
+            pacer = None;
+        }
+        match &mut pacer {
             // Stopped while pacing: the batch is not finished, so it is neither counted
             // nor committed (as a processor stopped mid-batch would redo it).
-            if !p.pace(records, stop) {
-                break;
-            }
+            Some(p) => match p.pace(records, stop, unpace) {
+                Paced::Done => {}
+                Paced::Stopped => break,
+                Paced::Unpaced => {
+                    pacer = None;
+                    totals.unpaced_batches += 1;
+                }
+            },
+            None if plan.rate.is_some() => totals.unpaced_batches += 1,
+            None => {}
         }
         totals.batches += 1;
         totals.records += records as u64;
@@ -192,6 +217,17 @@ fn touch(batch: &OwnedBatch) -> usize {
     batch.records.len()
 }
 
+/// How a paced batch ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Paced {
+    /// Its time was waited out.
+    Done,
+    /// `stop` was set: the batch is not finished.
+    Stopped,
+    /// The pacing is over (past the deadline): the batch is finished now.
+    Unpaced,
+}
+
 /// `--consumer-rate`: each record takes `1 / rate` seconds of the consumer's time, counted
 /// from when the previous batch was done or, after a pause, from now less a little credit
 /// ([`BURST`]).
@@ -208,8 +244,9 @@ impl Pacer {
         }
     }
 
-    /// Waits out `records` records' worth of time; false if `stop` was set meanwhile.
-    fn pace(&mut self, records: usize, stop: &AtomicBool) -> bool {
+    /// Waits out `records` records' worth of time, unless `stop` is set meanwhile, or
+    /// `unpace` says the pacing is over.
+    fn pace(&mut self, records: usize, stop: &AtomicBool, unpace: &dyn Fn() -> bool) -> Paced {
         let now = Instant::now();
         let start = self.free_at.max(now.checked_sub(BURST).unwrap_or(now));
         self.free_at = start
@@ -220,10 +257,13 @@ impl Pacer {
         loop {
             let now = Instant::now();
             if now >= self.free_at {
-                return true;
+                return Paced::Done;
             }
             if stop.load(Ordering::Acquire) {
-                return false;
+                return Paced::Stopped;
+            }
+            if unpace() {
+                return Paced::Unpaced;
             }
             std::thread::sleep((self.free_at - now).min(POLL));
         }
@@ -240,11 +280,15 @@ mod tests {
         // 1000 records/s: 50 records take 50 ms of its time.
         let mut p = Pacer::new(1000.0);
         let t = Instant::now();
-        assert!(p.pace(50, &stop));
+        assert_eq!(p.pace(50, &stop, &|| false), Paced::Done);
         assert!(p.free_at >= t + Duration::from_millis(45));
         assert!(Instant::now() >= p.free_at);
+        // Past the deadline: a long batch is finished at once.
+        let t = Instant::now();
+        assert_eq!(p.pace(1_000_000, &stop, &|| true), Paced::Unpaced);
+        assert!(t.elapsed() < Duration::from_secs(1));
         // Set to stop: a long batch gives up at once instead of sleeping it out.
         stop.store(true, Ordering::Release);
-        assert!(!p.pace(1_000_000, &stop));
+        assert_eq!(p.pace(1_000_000, &stop, &|| false), Paced::Stopped);
     }
 }

@@ -5,7 +5,7 @@
 use super::consumer::{self, ConsumerTotals};
 use super::cpu;
 use super::recorder::{
-    add_stage_tail, sample, LagProbe, Progress, Recorder, SampleOptions, Sampled, Slot,
+    add_stage_tail, sample, LagProbe, Progress, Recorder, SampleOptions, Sampled, Slot, StartLine,
 };
 use super::{fine_timer_slack, sleep_until, Plan, RunHooks, RunResult, System};
 use crate::error::{CliError, Context};
@@ -17,7 +17,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// When a writer ran, and what it left unsent.
@@ -29,21 +29,25 @@ pub struct Span {
 }
 
 /// Runs `writer(index, slot, barrier)` on `plan.writers` threads with a sampler beside them;
-/// every writer must reach the barrier once, first thing. Returns what the sampler summed
-/// and the writers' span. `stages` and `consumer_lag` are sampled per interval when given.
+/// every writer must reach the barrier once, first thing (and return at once if its `wait`
+/// says false). Returns what the sampler summed and the writers' span. `stages` and
+/// `consumer_lag` are sampled per interval when given; `started` is set to when the writers
+/// start. A thread that cannot be spawned (a process or memory limit) fails the run with an
+/// error, after the threads already spawned have been called off the start line.
 pub fn drive<F>(
     plan: &Plan,
     hooks: &RunHooks,
     progress: &Progress,
     stages: Option<&(dyn Fn() -> StageHistograms + Sync)>,
     consumer_lag: Option<&LagProbe<'_>>,
+    started: Option<&OnceLock<Instant>>,
     writer: F,
 ) -> Result<(Sampled, Duration, u64), CliError>
 where
-    F: Fn(usize, &Mutex<Slot>, &Barrier) -> Result<Span, CliError> + Sync,
+    F: Fn(usize, &Mutex<Slot>, &StartLine) -> Result<Span, CliError> + Sync,
 {
     let recorder = Recorder::new(plan.writers, plan.rate.is_some());
-    let barrier = Barrier::new(plan.writers + 1);
+    let barrier = StartLine::new(plan.writers + 1);
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let opts = SampleOptions {
         interval: plan.interval,
@@ -52,21 +56,34 @@ where
         stages: stages.filter(|_| hooks.stage_intervals),
         consumer_lag,
         progress,
+        started,
     };
     let (sampled, spans) = std::thread::scope(|s| {
-        let sampler = s.spawn(|| sample(&recorder, &barrier, done_rx, &opts));
-        let handles: Vec<_> = (0..plan.writers)
-            .map(|i| {
-                let (recorder, barrier, writer, done) =
-                    (&recorder, &barrier, &writer, done_tx.clone());
-                s.spawn(move || {
-                    let r = writer(i, recorder.slot(i), barrier);
-                    // The sampler's last harvest waits for every writer to let go.
-                    drop(done);
-                    r
-                })
-            })
-            .collect();
+        let sampler = spawn(s, "sampler", || sample(&recorder, &barrier, done_rx, &opts))?;
+        let mut handles = Vec::with_capacity(plan.writers);
+        for i in 0..plan.writers {
+            let (recorder, barrier, writer, done) = (&recorder, &barrier, &writer, done_tx.clone());
+            let spawned = spawn(s, "writer", move || {
+                let r = writer(i, recorder.slot(i), barrier);
+                // The sampler's last harvest waits for every writer to let go.
+                drop(done);
+                r
+            });
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    // The sampler and the writers already spawned wait at the start line for
+                    // this one: release them (they return without running), then report.
+                    barrier.call_off();
+                    return Err(CliError::new(format!(
+                        "{} (writer {} of {})",
+                        e.message,
+                        i + 1,
+                        plan.writers
+                    )));
+                }
+            }
+        }
         drop(done_tx);
         let spans: Vec<Result<Span, CliError>> = handles
             .into_iter()
@@ -78,11 +95,46 @@ where
         let sampled = sampler
             .join()
             .unwrap_or_else(|_| Err(CliError::new("the sampler thread panicked")));
-        (sampled, spans)
-    });
+        Ok((sampled, spans))
+    })?;
     let spans = spans.into_iter().collect::<Result<Vec<_>, _>>()?;
     let missed = spans.iter().map(|s| s.missed).sum();
-    Ok((sampled?, elapsed(&spans), missed))
+    let mut elapsed = elapsed(&spans);
+    // Open loop: the requests arrive over the scheduled duration, whenever the writers finish
+    // (at a low rate a writer's last request completes long before the deadline, or it has
+    // none due at all), so the throughput is over that duration at least.
+    if let (Some(_), Some(d)) = (plan.rate, plan.duration) {
+        elapsed = elapsed.max(d);
+    }
+    Ok((sampled?, elapsed, missed))
+}
+
+/// Spawns `f` on a scoped thread named `name`; a failure (the process is out of threads or
+/// memory) is an error, not a panic.
+pub fn spawn<'scope, T: Send + 'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'scope,
+) -> Result<std::thread::ScopedJoinHandle<'scope, T>, CliError> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn_scoped(scope, f)
+        .map_err(|e| {
+            CliError::new(format!(
+                "cannot start a {name} thread: {e} (a process or thread limit? see ulimit -u; \
+                 use fewer --writers, --clients or --threads)"
+            ))
+        })
+}
+
+/// Sets a flag when dropped: threads that run until it is set are released however the scope
+/// that set them going ends (an error, or a panic).
+pub struct SetOnDrop<'a>(pub &'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 /// What a baseline's log counted over a run.
@@ -105,9 +157,9 @@ pub fn run_baseline<F>(
     counts: impl FnOnce() -> LogCounts,
 ) -> Result<RunResult, CliError>
 where
-    F: Fn(usize, &Mutex<Slot>, &Barrier) -> Result<Span, CliError> + Sync,
+    F: Fn(usize, &Mutex<Slot>, &StartLine) -> Result<Span, CliError> + Sync,
 {
-    let (driven, cpu) = cpu::during(|| drive(plan, hooks, progress, None, None, writer));
+    let (driven, cpu) = cpu::during(|| drive(plan, hooks, progress, None, None, None, writer));
     let (mut sampled, elapsed, missed) = driven?;
     let c = counts();
     let timeline = std::mem::take(&mut sampled.timeline);
@@ -150,7 +202,7 @@ pub fn run(
         None => None,
     };
     // The disk it takes, sampled beside the writers (every engine system, the same way).
-    let ((driven, cpu, consumed), space) = super::space::watching(&engine, dir, || {
+    let watched = super::space::watching(&engine, dir, || {
         match plan.clients {
             // `--clients`: tasks on a runtime instead of writer threads (no consumer: refused).
             Some(clients) => {
@@ -162,11 +214,28 @@ pub fn run(
             None => drive_engine(system, &engine, reader, plan, hooks, progress),
         }
     });
+    let ((driven, cpu, consumed), space) = match watched {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = engine.close();
+            return Err(e);
+        }
+    };
     // Close before looking at the writers' results: an error there should not leave the
     // flusher running.
     let closed = engine.close();
     // A failed consumer closed the engine under the writers: its error is the cause.
     let consumed = consumed.transpose()?;
+    if let Some(c) = consumed.filter(|c| c.unpaced_batches > 0) {
+        eprintln!(
+            "mergelog bench: {}: the writers were still held by the consumer's lag limit {} ms \
+             after the deadline; the consumer then stopped pacing itself (--consumer-rate) and \
+             processed its last {} batches as fast as it could, so that the run could end",
+            system.name(),
+            consumer::DRAIN_GRACE.as_millis(),
+            c.unpaced_batches
+        );
+    }
     let (mut sampled, elapsed, missed) = driven?;
     closed.context(|| "close the engine".into())?;
     let space = space?.finish(&engine, dir)?;
@@ -205,7 +274,9 @@ type Driven = (
 
 /// The writers on `engine`, with the `--retain` thread and the consumer (`reader`) beside
 /// them until the writers are done. The CPU is measured before the engine closes: its
-/// threads' clocks go with them.
+/// threads' clocks go with them. A paced consumer stops pacing once the run is
+/// [`consumer::DRAIN_GRACE`] past its deadline (writers still held by its lag throttle would
+/// otherwise wait for it for as long as its rate makes them).
 fn drive_engine(
     system: System,
     engine: &Engine,
@@ -218,15 +289,37 @@ fn drive_engine(
     let lag = || consumer::lag_sample(engine);
     let lag_probe: Option<&LagProbe<'_>> = reader.as_ref().map(|_| &lag as &LagProbe<'_>);
     let done = AtomicBool::new(false);
+    let started = OnceLock::new();
+    let unpace = || match (started.get(), plan.duration) {
+        (Some(&start), Some(d)) => Instant::now() >= start + d + consumer::DRAIN_GRACE,
+        _ => false,
+    };
     std::thread::scope(|scope| {
-        let retirer = plan.retain.map(|keep| {
-            let done = &done;
-            scope.spawn(move || retire_behind(engine, keep, done))
-        });
-        let consumer = reader.map(|(c, handle)| {
-            let done = &done;
-            scope.spawn(move || consumer::run(engine, handle, &c, done))
-        });
+        // However this scope ends, the threads beside the writers are told to stop first.
+        let stop = SetOnDrop(&done);
+        let retirer = match plan.retain {
+            Some(keep) => {
+                let done = &done;
+                match spawn(scope, "retirer", move || retire_behind(engine, keep, done)) {
+                    Ok(h) => Some(h),
+                    Err(e) => return (Err(e), None, None),
+                }
+            }
+            None => None,
+        };
+        let consumer = match reader {
+            Some((c, handle)) => {
+                let (done, unpace) = (&done, &unpace);
+                let spawned = spawn(scope, "consumer", move || {
+                    consumer::run(engine, handle, &c, done, unpace)
+                });
+                match spawned {
+                    Ok(h) => Some(h),
+                    Err(e) => return (Err(e), None, None),
+                }
+            }
+            None => None,
+        };
         let (r, cpu) = cpu::during(|| {
             drive(
                 plan,
@@ -234,6 +327,7 @@ fn drive_engine(
                 progress,
                 Some(&stages),
                 lag_probe,
+                Some(&started),
                 |i, slot, barrier| {
                     writer(
                         &EngineTarget {
@@ -250,12 +344,16 @@ fn drive_engine(
                 },
             )
         });
-        done.store(true, Ordering::Release);
+        drop(stop);
         let consumed = consumer.map(|h| {
             h.join()
                 .unwrap_or_else(|_| Err(CliError::new("the consumer thread panicked")))
         });
-        match retirer.map(|h| h.join().expect("the retiring thread panicked")) {
+        let retired = retirer.map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(CliError::new("the retiring thread panicked")))
+        });
+        match retired {
             Some(Err(e)) => (Err(e), cpu, consumed),
             _ => (r, cpu, consumed),
         }
@@ -453,14 +551,16 @@ pub fn writer<T: Target>(
     index: usize,
     plan: &Plan,
     slot: &Mutex<Slot>,
-    barrier: &Barrier,
+    barrier: &StartLine,
 ) -> Result<Span, CliError> {
     let mut inflight: VecDeque<InFlight<T::Pending>> = VecDeque::with_capacity(plan.depth);
     if plan.rate.is_some() {
         fine_timer_slack();
     }
     // Every writer reaches the barrier, even one whose generator failed, so none hangs.
-    barrier.wait();
+    if !barrier.wait() {
+        return Err(CliError::new("the run was called off before it started"));
+    }
     let mut gen = gen.map_err(CliError::new)?;
     let clock = FastClock::new();
     let start = Instant::now();

@@ -485,10 +485,16 @@ enum OpArg {
     Merge,
 }
 
-/// The error of a system that has no merge (`--op merge`).
-pub(crate) fn merge_unsupported(system: &str) -> CliError {
+/// The error of systems that have no merge (`--op merge`), named in `systems`.
+pub(crate) fn merge_unsupported(systems: &str) -> CliError {
+    let engines: Vec<&str> = System::value_variants()
+        .iter()
+        .filter(|s| s.has_engine())
+        .map(|s| s.name())
+        .collect();
     CliError::usage(format!(
-        "--op merge runs only the engine systems (mergelog, mergelog-getput, mergelog-ids, no-coalesce), not {system}"
+        "--op merge runs only the engine systems ({}), not {systems}",
+        engines.join(", ")
     ))
 }
 
@@ -704,11 +710,15 @@ fn fraction(s: &str) -> Result<f64, String> {
     )
 }
 
+/// The shortest `--duration`: shorter runs complete nothing a report could say anything of
+/// (a thread takes longer than that to start).
+const DURATION_MIN: f64 = 0.01;
+
 fn seconds(s: &str) -> Result<f64, String> {
     float_where(
         s,
-        |f| f > 0.0 && f <= 86_400.0,
-        "must be more than 0 and at most 86400 seconds",
+        |f| (DURATION_MIN..=86_400.0).contains(&f),
+        "must be at least 0.01 and at most 86400 seconds",
     )
 }
 
@@ -1201,6 +1211,12 @@ impl Root {
                 .map(Root::Temp)
                 .context(|| "cannot create a temporary directory (pass --dir)".into()),
             Some(p) => {
+                if std::fs::metadata(p).is_ok_and(|m| !m.is_dir()) {
+                    return Err(CliError::usage(format!(
+                        "--dir {} is not a directory; name a directory (made if missing)",
+                        p.display()
+                    )));
+                }
                 std::fs::create_dir_all(p).map_err(|e| {
                     CliError::usage(format!("cannot use --dir {}: {e}", p.display()))
                 })?;
@@ -1279,40 +1295,121 @@ fn machine() -> Machine {
     }
 }
 
-/// Fails early if an output file could not be written at the end.
-fn check_output_path(flag: &str, path: &Path) -> Result<(), CliError> {
-    if path.is_dir() {
-        return Err(CliError::usage(format!(
-            "{flag} {} is a directory; name a file",
-            path.display()
-        )));
+/// The output files of a `bench` or `profile` (`--json`, `--hlog`, `--plot`, `--trace`),
+/// opened for writing before anything runs, so that a path that cannot be written fails at
+/// once rather than after the runs. Those the tool created are removed again unless the
+/// command gets to the end ([`Outputs::keep`]); a file that existed is left as it was until
+/// it is written.
+struct Outputs {
+    created: Vec<PathBuf>,
+    kept: bool,
+}
+
+impl Outputs {
+    /// Opens (creating) every `(flag, path)`; two flags naming one file are refused.
+    fn prepare(paths: &[(&str, &Path)]) -> Result<Outputs, CliError> {
+        let mut outputs = Outputs {
+            created: Vec::new(),
+            kept: false,
+        };
+        let mut seen: Vec<(&str, (u64, u64))> = Vec::new();
+        for &(flag, path) in paths {
+            let id = outputs.open(flag, path)?;
+            if let Some((other, _)) = seen.iter().find(|(_, s)| *s == id) {
+                return Err(CliError::usage(format!(
+                    "{other} and {flag} name the same file, {}; give each its own",
+                    path.display()
+                )));
+            }
+            seen.push((flag, id));
+        }
+        Ok(outputs)
     }
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if !parent.is_dir() {
-        return Err(CliError::usage(format!(
-            "{flag} {}: directory {} does not exist",
-            path.display(),
-            parent.display()
-        )));
+
+    /// Opens `path` for writing (creating it, not truncating it); its device and inode.
+    fn open(&mut self, flag: &str, path: &Path) -> Result<(u64, u64), CliError> {
+        use std::os::unix::fs::MetadataExt;
+        if path.is_dir() {
+            return Err(CliError::usage(format!(
+                "{flag} {} is a directory; name a file",
+                path.display()
+            )));
+        }
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        match std::fs::metadata(parent) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(CliError::usage(format!(
+                    "{flag} {}: {} is not a directory",
+                    path.display(),
+                    parent.display()
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(CliError::usage(format!(
+                    "{flag} {}: directory {} does not exist",
+                    path.display(),
+                    parent.display()
+                )))
+            }
+            Err(e) => {
+                return Err(CliError::usage(format!(
+                    "{flag} {}: cannot use {}: {e}",
+                    path.display(),
+                    parent.display()
+                )))
+            }
+        }
+        let existed = std::fs::symlink_metadata(path).is_ok();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| {
+                CliError::usage(format!("{flag} {}: cannot write it: {e}", path.display()))
+            })?;
+        if !existed {
+            self.created.push(path.to_owned());
+        }
+        let m = file
+            .metadata()
+            .context(|| format!("{flag} {}", path.display()))?;
+        Ok((m.dev(), m.ino()))
     }
-    Ok(())
+
+    /// The command got to the end: the files stay.
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Outputs {
+    fn drop(&mut self) {
+        if !self.kept {
+            for p in &self.created {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
 }
 
 impl OutputArgs {
-    fn check(&self) -> Result<(), CliError> {
-        for (flag, path) in [
-            ("--json", &self.json),
-            ("--hlog", &self.hlog),
-            ("--plot", &self.plot),
-        ] {
-            if let Some(p) = path {
-                check_output_path(flag, p)?;
-            }
-        }
-        Ok(())
+    /// Opens the output files, and `trace` (`profile --trace`), before anything runs.
+    fn prepare(&self, trace: Option<&Path>) -> Result<Outputs, CliError> {
+        let paths: Vec<(&str, &Path)> = [
+            ("--json", self.json.as_deref()),
+            ("--hlog", self.hlog.as_deref()),
+            ("--plot", self.plot.as_deref()),
+            ("--trace", trace),
+        ]
+        .into_iter()
+        .filter_map(|(flag, p)| p.map(|p| (flag, p)))
+        .collect();
+        Outputs::prepare(&paths)
     }
 }
 
@@ -1405,10 +1502,90 @@ fn with_consumer(
     Ok(())
 }
 
-/// `--clients` runs the engine systems that have an asynchronous submit, without a consumer.
+/// What the plan asks of `systems` that one of them cannot do, found before any runs: merges
+/// (engine systems only), a request larger than the engine accepts, a `wal` batch larger
+/// than its file.
+fn check_systems(plan: &Plan, systems: &[System]) -> Result<(), CliError> {
+    if plan.spec.merge {
+        let without: Vec<&str> = systems
+            .iter()
+            .filter(|s| !s.has_engine())
+            .map(|s| s.name())
+            .collect();
+        if !without.is_empty() {
+            return Err(merge_unsupported(&without.join(", ")));
+        }
+    }
+    if systems.iter().any(|s| s.has_engine()) {
+        check_request_len(plan)?;
+    }
+    if systems.contains(&System::Wal) {
+        wal::file_size(plan)?;
+    }
+    Ok(())
+}
+
+/// Bytes a request carries besides its key and value (or operand) in the engine's ring: the
+/// request header (16 bytes) and, for `mergelog-ids`, its id (16); a get's completion slot
+/// is smaller than that. Not public in the library (`request::HEADER`); kept generous.
+const REQUEST_OVERHEAD: usize = 32;
+
+/// Refuses a workload whose largest request the engine would refuse (`RequestTooLarge`): the
+/// engine's limit is the smaller of a ring record (`ring_bytes / 4`) and `batch_bytes_max`,
+/// each less the ring's 8-byte record header (`Config::request_len_max`, crate-private;
+/// computed here the same way).
+fn check_request_len(plan: &Plan) -> Result<(), CliError> {
+    use mergelog::internals::ring::RECORD_HEADER;
+    let e = &plan.engine;
+    let ring = e.ring_bytes / 4 - RECORD_HEADER;
+    let batch = e.batch_bytes_max.saturating_sub(RECORD_HEADER);
+    let (limit, flag) = if ring <= batch {
+        (
+            ring,
+            "--ring-bytes (a request takes at most a quarter of the ring)",
+        )
+    } else {
+        (batch, "--batch-bytes-max")
+    };
+    // A merge's operand is the 8-byte counter increment.
+    let value = if plan.spec.merge {
+        8
+    } else {
+        plan.spec.value_size.max
+    };
+    let len = plan.spec.key_size.max + value + REQUEST_OVERHEAD;
+    if len > limit {
+        return Err(CliError::usage(format!(
+            "a request of up to {} key bytes and {value} value bytes ({len} bytes in the \
+             engine's ring) exceeds the engine's request limit of {limit} bytes, set by {flag}; \
+             raise it or lower --key-size / --value-size",
+            plan.spec.key_size.max
+        )));
+    }
+    Ok(())
+}
+
+/// The most clients a system without an asynchronous submit runs: one thread each.
+const THREAD_CLIENTS_MAX: usize = 4096;
+
+/// `--clients` runs the engine systems that have an asynchronous submit, without a consumer;
+/// the baselines and peers run a thread per client, so at most [`THREAD_CLIENTS_MAX`].
 fn check_clients(plan: &Plan, consumer: bool, systems: &[System]) -> Result<(), CliError> {
-    if plan.clients.is_none() {
+    let Some(clients) = plan.clients else {
         return Ok(());
+    };
+    let threaded: Vec<&str> = systems
+        .iter()
+        .filter(|s| !s.has_engine())
+        .map(|s| s.name())
+        .collect();
+    if clients.n > THREAD_CLIENTS_MAX && !threaded.is_empty() {
+        return Err(CliError::usage(format!(
+            "--clients {}: {} run each client as a thread of its own, at most \
+             {THREAD_CLIENTS_MAX}; run more clients on the engine systems alone",
+            clients.n,
+            threaded.join(", ")
+        )));
     }
     if consumer {
         return Err(CliError::usage("--clients does not run with --consumer"));
@@ -1546,8 +1723,8 @@ fn execute(
     if cfg!(not(feature = "rocksdb")) && systems.contains(&System::Rocksdb) {
         return Err(rocksdb_missing());
     }
-    output.check()?;
     let mut plan = plan(args)?;
+    check_systems(&plan, systems)?;
     if profiling.trace {
         plan.engine.trace_events = TRACE_EVENTS;
     }
@@ -1662,6 +1839,7 @@ fn run_rounds(
                 dir.display()
             );
             let result = run_once(*system, dir, plan, hooks, round, bench_start)?;
+            check_completed(&result, &how_long)?;
             eprintln!(
                 "mergelog {command}: {}: {} ops/s",
                 system.name(),
@@ -1677,6 +1855,19 @@ fn run_rounds(
         .into_iter()
         .map(|r| r.expect("every system ran in every round"))
         .collect())
+}
+
+/// A run that completed no operation (`how_long`: what it was given) has nothing to report:
+/// an error, not a row of zeros.
+fn check_completed(result: &RunResult, how_long: &str) -> Result<(), CliError> {
+    if result.ops > 0 {
+        return Ok(());
+    }
+    Err(CliError::new(format!(
+        "{}: completed no operation {how_long}: there is nothing to report (a longer \
+         --duration, or a system that stalled?)",
+        result.system.name()
+    )))
 }
 
 /// One run of `system` in `dir`, with its progress bar: the run of round `round`, stamped
@@ -1770,6 +1961,7 @@ fn print(text: &str) -> Result<(), CliError> {
 }
 
 pub fn run(args: BenchArgs) -> Result<(), CliError> {
+    let outputs = args.output.prepare(None)?;
     let session = execute(
         "bench",
         &args.workload,
@@ -1781,7 +1973,9 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
     )?;
     let report = report::Report::new(&session, machine(), "bench");
     print(&report.text(&session.results))?;
-    write_outputs(&args.output, &session, &report, "mergelog bench")
+    write_outputs(&args.output, &session, &report, "mergelog bench")?;
+    outputs.keep();
+    Ok(())
 }
 
 /// `mergelog profile`: one engine system, its stages in detail.
@@ -1825,6 +2019,7 @@ pub mod profile {
             EngineSystem::MergelogSyncers => System::MergelogSyncers,
             EngineSystem::MergelogCompact => System::MergelogCompact,
         };
+        let outputs = args.output.prepare(args.trace.as_deref())?;
         let session = execute(
             "profile",
             &args.workload,
@@ -1845,6 +2040,38 @@ pub mod profile {
             timeline::write(path, trace)?;
             print(&timeline::summary(trace, path))?;
         }
-        write_outputs(&args.output, &session, &report, "mergelog profile")
+        write_outputs(&args.output, &session, &report, "mergelog profile")?;
+        outputs.keep();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run that completed nothing fails the bench instead of reporting zeros.
+    #[test]
+    fn a_run_that_completed_nothing_is_an_error() {
+        let run = |ops: u64| {
+            let mut latency = latency_histogram();
+            for _ in 0..ops {
+                latency.record(1000).unwrap();
+            }
+            let sampled = recorder::Sampled {
+                latency_raw: latency.clone(),
+                latency,
+                puts: ops,
+                deletes: 0,
+                gets: 0,
+                timeline: Vec::new(),
+                last_stages: None,
+            };
+            RunResult::measured(System::Naive, sampled, Vec::new(), Duration::ZERO, 0)
+        };
+        let e = check_completed(&run(0), "for 0.0 s").unwrap_err();
+        assert_eq!(e.exit, crate::error::EXIT_FAILURE);
+        assert!(e.message.contains("naive: completed no operation"), "{e}");
+        assert!(check_completed(&run(1), "for 0.0 s").is_ok());
     }
 }

@@ -8,7 +8,7 @@
 //! the cost of appending, not the records.
 
 use super::engine::{run_baseline, LogCounts, Span};
-use super::recorder::{Progress, Slot};
+use super::recorder::{Progress, Slot, StartLine};
 use super::{fine_timer_slack, sleep_until, Plan, RunHooks, RunResult, System};
 use crate::error::{CliError, Context};
 use crate::workload::{Generator, Op};
@@ -20,7 +20,6 @@ use std::hint::black_box;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Barrier;
 use std::time::Instant;
 
 /// Record header, as in the engine's log: op u8 | key_len u16 | value_len u32 (LE).
@@ -157,6 +156,7 @@ pub fn run(
         progress,
         |i, slot, barrier| {
             record_writer(
+                System::Naive,
                 plan,
                 i,
                 slot,
@@ -179,14 +179,15 @@ pub fn run(
     )
 }
 
-/// One writer of a system whose writes take one encoded record (`naive`, `okaywal`), as
+/// One writer of `system`, whose writes take one encoded record (`naive`, `okaywal`), as
 /// [`blocking_writer`] runs it: `write(record, key, value)` for a put (`Some(value)`) or a
 /// delete (`None`), `get(key)` for a get.
 pub fn record_writer(
+    system: System,
     plan: &Plan,
     index: usize,
     slot: &Mutex<Slot>,
-    barrier: &Barrier,
+    barrier: &StartLine,
     mut write: impl FnMut(&[u8], &[u8], Option<&[u8]>) -> Result<(), CliError>,
     mut get: impl FnMut(&[u8]),
 ) -> Result<Span, CliError> {
@@ -196,7 +197,7 @@ pub fn record_writer(
     blocking_writer(gen, index, plan, slot, barrier, |op| {
         let (key, value) = match op {
             Op::Put { key, value } => (key, Some(value)),
-            Op::Merge { .. } => return Err(super::merge_unsupported("naive or okaywal")),
+            Op::Merge { .. } => return Err(super::merge_unsupported(system.name())),
             Op::Delete { key } => (key, None),
             Op::Get { key } => {
                 get(key);
@@ -216,13 +217,15 @@ pub(super) fn blocking_writer(
     index: usize,
     plan: &Plan,
     slot: &Mutex<Slot>,
-    barrier: &Barrier,
+    barrier: &StartLine,
     mut apply: impl FnMut(Op<'_>) -> Result<(), CliError>,
 ) -> Result<Span, CliError> {
     if plan.rate.is_some() {
         fine_timer_slack();
     }
-    barrier.wait();
+    if !barrier.wait() {
+        return Err(CliError::new("the run was called off before it started"));
+    }
     let mut gen = gen.map_err(CliError::new)?;
     let start = Instant::now();
     let limit = plan.limit(index, start);

@@ -55,6 +55,7 @@ pub fn run(
         progress,
         |i, slot, barrier| {
             record_writer(
+                System::Okaywal,
                 plan,
                 i,
                 slot,

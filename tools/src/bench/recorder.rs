@@ -18,7 +18,6 @@ use mergelog::StageHistograms;
 use parking_lot::Mutex;
 use std::io::IsTerminal;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 /// What one writer measured since the sampler last looked.
@@ -140,16 +139,61 @@ pub struct SampleOptions<'a> {
     /// `--consumer`: measures the consumer's lag, once at the end of every interval.
     pub consumer_lag: Option<&'a LagProbe<'a>>,
     pub progress: &'a Progress,
+    /// Set to when the run started (the writers passed the start line).
+    pub started: Option<&'a std::sync::OnceLock<Instant>>,
 }
 
 /// Measures a consumer's lag (see `consumer::lag_sample`).
 pub type LagProbe<'a> = dyn Fn() -> Result<LagSample, CliError> + Sync + 'a;
 
+/// Where a run's threads (its writers and the sampler) wait for each other before they start:
+/// a barrier that the thread starting them can call off, so that when one of them cannot be
+/// spawned (a process limit) the others return instead of waiting forever for it.
+pub struct StartLine {
+    /// Threads arrived, and whether the start was called off.
+    state: parking_lot::Mutex<(usize, bool)>,
+    all_here: parking_lot::Condvar,
+    threads: usize,
+}
+
+impl StartLine {
+    /// A start line for `threads` threads.
+    pub fn new(threads: usize) -> StartLine {
+        StartLine {
+            state: parking_lot::Mutex::new((0, false)),
+            all_here: parking_lot::Condvar::new(),
+            threads,
+        }
+    }
+
+    /// Waits until every thread has arrived (true: start) or the start is called off
+    /// (false: return at once, without running).
+    #[must_use]
+    pub fn wait(&self) -> bool {
+        let mut s = self.state.lock();
+        s.0 += 1;
+        if s.0 >= self.threads {
+            self.all_here.notify_all();
+        }
+        while s.0 < self.threads && !s.1 {
+            self.all_here.wait(&mut s);
+        }
+        !s.1
+    }
+
+    /// Calls the start off: every thread waiting, and every one that comes, returns false.
+    pub fn call_off(&self) {
+        self.state.lock().1 = true;
+        self.all_here.notify_all();
+    }
+}
+
 /// Runs on its own thread for the length of a run: waits at `barrier` with the writers,
-/// then harvests every `interval` until every writer has dropped its end of `done`.
+/// then harvests every `interval` until every writer has dropped its end of `done`. If the
+/// start is called off, returns at once with nothing sampled.
 pub fn sample(
     recorder: &Recorder,
-    barrier: &Barrier,
+    barrier: &StartLine,
     done: Receiver<()>,
     opts: &SampleOptions<'_>,
 ) -> Result<Sampled, CliError> {
@@ -161,8 +205,13 @@ pub fn sample(
     } else {
         None
     };
-    barrier.wait();
+    if !barrier.wait() {
+        return Ok(out);
+    }
     let start = Instant::now();
+    if let Some(started) = opts.started {
+        let _ = started.set(start);
+    }
     let mut last = start;
     let mut tick = 1u32;
     loop {

@@ -117,21 +117,24 @@ impl CompactionWatch {
 }
 
 /// Runs `f` with the sampler beside it, on `engine` in `dir`, until `f` returns; what it
-/// saw, without the end (see [`SpaceRun::finish`]).
+/// saw, without the end (see [`SpaceRun::finish`]). An error, without running `f`, if the
+/// sampler's thread cannot be started.
 pub fn watching<R>(
     engine: &Engine,
     dir: &Path,
     f: impl FnOnce() -> R,
-) -> (R, Result<SpaceRun, CliError>) {
+) -> Result<(R, Result<SpaceRun, CliError>), CliError> {
     let done = AtomicBool::new(false);
     std::thread::scope(|scope| {
-        let sampler = scope.spawn(|| watch(engine, dir, &done));
+        let sampler = super::engine::spawn(scope, "space sampler", || watch(engine, dir, &done))?;
+        // Set however `f` ends (a panic too), so that the scope's join does not wait forever.
+        let stop = super::engine::SetOnDrop(&done);
         let r = f();
-        done.store(true, Ordering::Release);
+        drop(stop);
         let seen = sampler
             .join()
             .unwrap_or_else(|_| Err(CliError::new("the space sampler thread panicked")));
-        (r, seen)
+        Ok((r, seen))
     })
 }
 

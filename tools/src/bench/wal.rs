@@ -212,14 +212,43 @@ impl Target for Wal {
     }
 }
 
+/// The largest log file `wal` makes: a bound on the disk a run takes (preallocated).
+const FILE_MAX: u64 = 1 << 30;
+
+/// The size of the log file for `plan`: the engine's default segment size (64 MiB), or, when
+/// a batch could be larger, room for the largest one (rounded up to a MiB). A batch is what
+/// was appended while the last one was written: records that no writer has seen complete, so
+/// at most `writers x depth` of the largest record. More than [`FILE_MAX`] is refused (before
+/// any system runs).
+pub fn file_size(plan: &Plan) -> Result<u64, CliError> {
+    let record = (super::naive::RECORD_HEADER_LEN
+        + plan.spec.key_size.max
+        + plan.spec.value_size.max) as u64;
+    let batch = (plan.writers as u64)
+        .saturating_mul(plan.depth as u64)
+        .saturating_mul(record);
+    let base = Config::default().segment_bytes;
+    if batch <= base {
+        return Ok(base);
+    }
+    if batch > FILE_MAX {
+        return Err(CliError::usage(format!(
+            "wal: a batch can reach {batch} bytes ({} writers x depth {} x {record}-byte \
+             records), more than its log file may take ({FILE_MAX} bytes); lower --writers, \
+             --depth (or --clients) or --value-size",
+            plan.writers, plan.depth
+        )));
+    }
+    Ok(batch.next_multiple_of(1 << 20))
+}
+
 pub fn run(
     dir: &Path,
     plan: &Plan,
     hooks: &RunHooks,
     progress: &Progress,
 ) -> Result<RunResult, CliError> {
-    let size = Config::default().segment_bytes;
-    let wal = Wal::create(dir, size, plan.durability == Durability::Sync)?;
+    let wal = Wal::create(dir, file_size(plan)?, plan.durability == Durability::Sync)?;
     run_baseline(
         System::Wal,
         plan,

@@ -476,6 +476,9 @@ struct ConsumerRunJson {
     commits: u64,
     /// Submissions the engine throttled on its lag (`Counts::throttled`).
     throttled: u64,
+    /// Batches of `batches` processed without `--consumer-rate`'s pacing: the run was past its
+    /// deadline with the writers still held by the lag limit.
+    unpaced_batches: u64,
     /// Timeline points with a lag (one per sampling interval).
     samples: usize,
     lag_batches: Spread,
@@ -510,6 +513,7 @@ impl ConsumerRunJson {
             records: c.records,
             commits: c.commits,
             throttled: c.throttled,
+            unpaced_batches: c.unpaced_batches,
             samples: lags.len(),
             lag_batches: spread(&|l| l.batches as f64),
             lag_bytes: spread(&|l| l.bytes as f64),

@@ -220,6 +220,15 @@ impl Report {
                 c.lag_age_ms.max,
                 thousands(c.throttled),
             );
+            if c.unpaced_batches > 0 {
+                let _ = writeln!(
+                    out,
+                    "consumer ({}): its last {} batches unpaced: the writers were still held by \
+                     its lag limit after the deadline",
+                    r.system,
+                    thousands(c.unpaced_batches),
+                );
+            }
         }
         out
     }

@@ -1,0 +1,65 @@
+//! What a read-only open of a log cannot tell: whether the place where its last segment's
+//! frames stop (damage, or their end) lost durable history, which `Engine::open` refuses
+//! (`Error::DamagedHistory`) instead of cutting it off as a torn tail, and whether the files
+//! the engine decodes beside the segments (the clean-close mark, the carried request ids) are
+//! sound. A reader's scan does not look for that evidence (a frame may be being written by
+//! another process right now); `LogReader::check`, made for a log no engine is writing, judges
+//! it exactly as the engine's open does, changing nothing. The tools ask it as for a log
+//! written with the engine's default durability (syncs).
+
+use crate::error::CliError;
+use mergelog::{Durability, Error, LogReader, RecoveryMode};
+use std::path::{Path, PathBuf};
+
+/// Durable history lost where the last segment's frames stop.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Loss {
+    /// The segment, and where its frames stop.
+    pub path: PathBuf,
+    pub offset: u64,
+    /// What is wrong there, and the evidence that it was durable.
+    pub reason: String,
+    /// The first and the last batch lost.
+    pub first_lost: u64,
+    pub last_lost: u64,
+}
+
+/// What the engine's open would refuse in `dir` that a reader's open did not: lost durable
+/// history, or a damaged file beside the segments (path, offset, reason).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    Lost(Loss),
+    SideFile(PathBuf, u64, String),
+}
+
+/// Asks `LogReader::check` about `dir`, which a reader opened (`TolerateCorruptedTail` or
+/// `AbsoluteConsistency`) without finding anything the engine would refuse; `None` if the
+/// engine would open it too. Damage the reader already reported is not reported again.
+pub fn engine_refuses(dir: &Path) -> Result<Option<Refused>, CliError> {
+    match LogReader::check(dir, RecoveryMode::TolerateCorruptedTail, Durability::Sync) {
+        Ok(_) => Ok(None),
+        Err(Error::DamagedHistory {
+            path,
+            offset,
+            reason,
+            first_lost,
+            last_lost,
+        }) => Ok(Some(Refused::Lost(Loss {
+            path,
+            offset,
+            reason,
+            first_lost,
+            last_lost,
+        }))),
+        Err(Error::Corrupt {
+            path,
+            offset,
+            reason,
+        }) if path.extension().is_none_or(|e| e != "seg") => {
+            Ok(Some(Refused::SideFile(path, offset, reason)))
+        }
+        // Segment damage: the reader's open reports it in its own words.
+        Err(Error::Corrupt { .. }) => Ok(None),
+        Err(e) => Err(CliError::new(format!("check {}: {e}", dir.display()))),
+    }
+}

@@ -1,0 +1,230 @@
+//! `mergelog dump` and `verify` on logs the engine refuses to open although a reader's scan
+//! finds at most a torn tail: damage that evidence shows cut durable history (valid frames
+//! well past it, or a clean-close mark naming a later batch), and a damaged consumer
+//! position or request ids file. Each case is checked against `Engine::open` on a copy, so
+//! the tools and the engine agree on what they refuse.
+
+// Tests make and spoil files on purpose; the storage seam's lint (clippy.toml) is for the library.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use common::*;
+use mergelog::{Config, Engine, Error, LogReader, RequestId};
+use std::path::{Path, PathBuf};
+
+/// Batches the test logs hold, one put each, all in one segment.
+const BATCHES: u64 = 60;
+
+/// A log of `BATCHES` batches of one put each, closed cleanly (so with a `CLEAN` mark).
+fn write_log(dir: &Path) {
+    let engine = Engine::open(dir, Config::default()).unwrap();
+    for i in 0..BATCHES {
+        let key = format!("key-{i:05}");
+        engine
+            .put(key.as_bytes(), &[0x5a; 200])
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    engine.close().unwrap();
+}
+
+/// Each batch's segment file, offset and frame length.
+fn frames(dir: &Path) -> Vec<(PathBuf, u64, usize)> {
+    let reader = LogReader::open(dir).unwrap();
+    reader
+        .batches()
+        .map(|b| (b.segment().to_owned(), b.offset(), b.frame_len()))
+        .collect()
+}
+
+/// Flips a byte in the middle of batch `seq`'s frame.
+fn spoil_batch(dir: &Path, seq: u64) {
+    let all = frames(dir);
+    assert_eq!(all.len() as u64, BATCHES, "one batch per put");
+    let (path, offset, len) = &all[seq as usize - 1];
+    flip(path, offset + *len as u64 / 2);
+}
+
+fn flip(path: &Path, offset: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[offset as usize] ^= 0x40;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Copies every file of `from` into a new directory, opens an engine there, and says how
+/// the open ended: `Ok` or the error.
+fn engine_opens(from: &Path) -> Result<(), Error> {
+    let to = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.path().join(entry.file_name())).unwrap();
+    }
+    Engine::open(to.path(), Config::default())?.close()
+}
+
+fn code(args: &[&str]) -> (i32, String, String) {
+    let out = mergelog(args);
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    (out.status.code().expect("exited"), stdout(&out), err)
+}
+
+/// Damage in the last segment with valid frames far enough past it, or a clean-close mark
+/// naming later batches: the engine refuses it (`DamagedHistory`), and so do dump (exit 1,
+/// not "would cut it off") and verify; damage in the last frame of a log closed uncleanly
+/// is a torn tail that the engine cuts, and dump says so (exit 0).
+#[test]
+fn dump_reports_lost_durable_history_as_the_engine_refuses_it() {
+    // (damaged batch, keep the clean-close mark)
+    for (seq, clean) in [(20, false), (50, true), (55, true)] {
+        let dir = tempfile::tempdir().unwrap();
+        write_log(dir.path());
+        if !clean {
+            std::fs::remove_file(dir.path().join("CLEAN")).unwrap();
+        }
+        spoil_batch(dir.path(), seq);
+        let what = format!("batch {seq} spoiled, clean mark {clean}");
+        assert!(
+            matches!(engine_opens(dir.path()), Err(Error::DamagedHistory { .. })),
+            "{what}: the engine should refuse it"
+        );
+        let d = dir.path().to_str().unwrap();
+        let (status, out, err) = code(&["dump", d]);
+        assert_eq!(status, 1, "{what}: {err}");
+        assert!(err.contains("refuses to open it"), "{what}: {err}");
+        assert!(!err.contains("would cut"), "{what}: {err}");
+        assert!(err.contains(&format!("batches {seq}..")), "{what}: {err}");
+        assert_eq!(
+            out.lines().count() as u64,
+            seq - 1,
+            "{what}: the records before it"
+        );
+        let (status, _, _) = code(&["verify", d]);
+        assert_eq!(status, 1, "{what}");
+    }
+    // A torn last frame, no clean close: the engine cuts it off, and dump says so.
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path());
+    std::fs::remove_file(dir.path().join("CLEAN")).unwrap();
+    spoil_batch(dir.path(), BATCHES);
+    assert!(engine_opens(dir.path()).is_ok(), "a torn tail is cut off");
+    let (status, _, err) = code(&["dump", dir.path().to_str().unwrap()]);
+    assert_eq!(status, 0, "{err}");
+    assert!(err.contains("which the engine would cut off"), "{err}");
+}
+
+/// A clean-close mark naming batches the segment no longer holds (its last frames zeroed):
+/// no reader sees damage, but the engine refuses the log, and so do dump and verify.
+#[test]
+fn frames_missing_before_the_clean_close_mark_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path());
+    let all = frames(dir.path());
+    let (path, from, _) = &all[BATCHES as usize - 3];
+    let (_, last, len) = &all[BATCHES as usize - 1];
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[*from as usize..(*last as usize + *len)].fill(0);
+    std::fs::write(path, bytes).unwrap();
+    assert!(
+        matches!(engine_opens(dir.path()), Err(Error::DamagedHistory { .. })),
+        "the engine should refuse it"
+    );
+    let d = dir.path().to_str().unwrap();
+    let (status, _, err) = code(&["dump", d]);
+    assert_eq!(status, 1, "{err}");
+    assert!(err.contains("closed cleanly after batch 60"), "{err}");
+    let (status, out, _) = code(&["verify", d]);
+    assert_eq!(status, 1, "{out}");
+    assert!(out.starts_with("DAMAGED"), "{out}");
+    assert!(out.contains("closed cleanly after batch 60"), "{out}");
+}
+
+/// A consumer position file or the request ids file that does not decode: the engine refuses
+/// it (the ids file at open, a position when its consumer opens), and verify names the file
+/// (exit 1) instead of calling the log clean.
+#[test]
+fn verify_checks_the_consumer_and_ids_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        segment_bytes: 64 << 10,
+        batch_bytes_max: 16 << 10,
+        ..Config::default()
+    };
+    {
+        let engine = Engine::open(dir.path(), config.clone()).unwrap();
+        let mut consumer = engine.consumer("reader").unwrap();
+        for i in 0..400u64 {
+            let key = format!("key-{i:05}");
+            engine
+                .put_with_id(
+                    RequestId::from(u128::from(i) + 1),
+                    key.as_bytes(),
+                    &[7; 300],
+                )
+                .unwrap()
+                .wait()
+                .unwrap();
+        }
+        // Consumed and committed, so that it does not hold the segments back.
+        let mut last = None;
+        while let Some(b) = consumer.try_next().unwrap() {
+            last = Some(b.seq);
+        }
+        consumer.commit(last.expect("batches")).unwrap();
+        drop(consumer);
+        // Retiring segments that hold ids writes the ids file.
+        let segs = engine.segments();
+        engine
+            .retire_before(segs[segs.len() - 1].first_seq)
+            .unwrap();
+        engine.close().unwrap();
+    }
+    let d = dir.path().to_str().unwrap();
+    assert!(dir.path().join("ids").exists(), "no ids file was written");
+    assert!(dir.path().join("consumer-reader").exists());
+    let (status, out, _) = code(&["verify", d]);
+    assert_eq!(status, 0, "{out}");
+    for file in ["consumer-reader", "ids"] {
+        let spoilt = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), spoilt.path().join(entry.file_name())).unwrap();
+        }
+        flip(&spoilt.path().join(file), 20);
+        // The engine refuses the ids file at open, a consumer's position when the consumer
+        // opens (or a retirement or compaction reads it).
+        let refused = match file {
+            "ids" => engine_opens(spoilt.path()),
+            _ => Engine::open(spoilt.path(), Config::default())
+                .and_then(|e| e.consumer("reader").map(drop)),
+        };
+        assert!(
+            matches!(refused, Err(Error::Corrupt { .. })),
+            "{file}: the engine should refuse it: {refused:?}"
+        );
+        let (status, out, _) = code(&["verify", spoilt.path().to_str().unwrap()]);
+        assert_eq!(status, 1, "{file}: {out}");
+        assert!(out.starts_with("DAMAGED"), "{file}: {out}");
+        assert!(out.contains(file), "{file}: {out}");
+    }
+}
+
+/// `dump --from` past the log's last batch prints nothing, and says why on stderr.
+#[test]
+fn dump_from_past_the_end_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path());
+    let d = dir.path().to_str().unwrap();
+    let (status, out, err) = code(&["dump", d, "--from", "99"]);
+    assert_eq!(status, 0, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("nothing at or after batch 99: its batches are 1..60"),
+        "{err}"
+    );
+    let (_, out, err) = code(&["dump", d, "--from", "60"]);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(err.is_empty(), "{err}");
+}

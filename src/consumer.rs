@@ -225,6 +225,9 @@ pub struct Consumer {
     follower: Follower,
     /// The last committed batch (0: none), as in the file.
     committed: u64,
+    /// The highest batch a commit tried to write: after a failed commit the file may hold it
+    /// (the rename done, the directory's sync failed), so no later commit writes less.
+    attempted: u64,
     /// The last batch yielded (`committed` until one is).
     yielded: u64,
     /// In the engine's process: its durable sequence, which a commit may not pass.
@@ -261,6 +264,7 @@ impl Consumer {
             io,
             follower,
             committed,
+            attempted: committed,
             yielded: committed,
             live,
             throttle: None,
@@ -299,7 +303,8 @@ impl Consumer {
     /// keeps the previous commit; on disk the position is the previous commit or, if only
     /// the directory's sync after the new file's rename failed, this one (a restart resumes
     /// at either, as at-least-once delivery allows; `retire_before` may already go by the
-    /// new one). In the engine's
+    /// new one); so the next commit writes at least this one's position, whatever it is
+    /// given, and positions on disk never move back. In the engine's
     /// process a commit after `close` is refused with `Error::Closed` (the directory may be
     /// another engine's by then): the batches it would have covered are yielded again after
     /// the restart.
@@ -326,6 +331,9 @@ impl Consumer {
                 )));
             }
         }
+        // A failed commit's position may stand on disk: never write less than it.
+        let seq = seq.max(self.attempted);
+        self.attempted = seq;
         let write = || dir::write_consumer(&*self.io, &self.dir, &self.name, &encode(seq));
         match &self.live {
             // In the engine's process: only while the engine holds the directory.

@@ -1,9 +1,10 @@
 //! Durable consumers: `Engine::consumer` resumes after its last commit across a close and a
 //! reopen (at-least-once: uncommitted batches come again), commits are checked and survive
-//! only whole (a failed write or rename leaves the old position), names are checked, one
-//! handle per name, `LogReader::consumer` sees the engine's commits, `retire_before` is held
-//! back by the slowest consumer (and `retire_before_forced` is not), `remove_consumer`
-//! releases it.
+//! only whole (a failed write or rename leaves the old position; a failed directory sync
+//! after the rename leaves the handle at the old one and the file at either), names are
+//! checked, one handle per name, `LogReader::consumer` sees the engine's commits,
+//! `retire_before` is held back by the slowest consumer (and `retire_before_forced` is not),
+//! `remove_consumer` releases it (and reports a failed directory sync).
 
 // Tests make and spoil files on purpose; the storage seam's lint (clippy.toml) is for the library.
 #![allow(clippy::disallowed_methods)]
@@ -17,7 +18,7 @@ use mergelog::internals::io::{Io, IoOp};
 use mergelog::{Config, Consumer, Engine, Error, LogReader, OwnedBatch, Seq};
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 fn config() -> Config {
@@ -174,6 +175,165 @@ fn a_failed_commit_leaves_the_old_position() {
         assert_eq!(c.committed(), 1, "{op:?}: the failed commit took effect");
         assert_eq!(next(&mut c).seq, 2, "{op:?}");
     }
+}
+
+/// Fails the directory sync that follows the rename of a consumer's temporary file (a
+/// commit) or the removal of a consumer's file (`remove_consumer`), while armed; counts the
+/// renames and directory syncs it saw.
+#[derive(Default)]
+struct FailConsumerDirSync {
+    armed: AtomicBool,
+    /// A consumer file was just renamed into place or removed.
+    pending: AtomicBool,
+    failed: AtomicU64,
+    renames: AtomicU64,
+    dir_syncs: AtomicU64,
+}
+
+impl Io for FailConsumerDirSync {
+    fn before(&self, op: IoOp, _path: &Path, _offset: u64, _data: &[u8]) -> io::Result<()> {
+        let pending = self.pending.swap(false, Ordering::SeqCst);
+        if op == IoOp::SyncDir {
+            self.dir_syncs.fetch_add(1, Ordering::SeqCst);
+            if pending && self.armed.load(Ordering::SeqCst) {
+                self.failed.fetch_add(1, Ordering::SeqCst);
+                return Err(io::Error::from_raw_os_error(EIO));
+            }
+        }
+        Ok(())
+    }
+
+    fn after(&self, op: IoOp, path: &Path) {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let renamed = op == IoOp::Rename && name.starts_with("consumer.tmp-");
+        if renamed {
+            self.renames.fetch_add(1, Ordering::SeqCst);
+        }
+        if renamed || (op == IoOp::Remove && name.starts_with("consumer-")) {
+            self.pending.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+impl FailConsumerDirSync {
+    fn get(&self, n: &AtomicU64) -> u64 {
+        n.load(Ordering::SeqCst)
+    }
+}
+
+/// Every key `put_batches` wrote for `n` batches reads back from `engine`.
+fn holds_puts(engine: &Engine, n: usize, value_len: usize, ctx: &str) {
+    for i in 0..n {
+        let key = format!("key-{i:04}");
+        let got = engine.read_to_vec(key.as_bytes()).expect("read");
+        assert_eq!(got, Some(vec![b'v'; value_len]), "{ctx}: {key} lost");
+    }
+}
+
+/// A commit whose directory sync fails after the new file's rename returns the error (naming
+/// the operation and the directory); the handle keeps the previous commit, so committing the
+/// same batch again writes and syncs again rather than taking the failed one as done; the
+/// engine goes on; and a reopened consumer resumes at the previous position or the new one
+/// (`Consumer::commit`: the rename may stand), never before the previous.
+#[test]
+fn a_commit_whose_directory_sync_fails_is_not_taken_as_done() {
+    for retry in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let hook = Arc::new(FailConsumerDirSync::default());
+        {
+            let engine = Engine::open_with_io(dir.path(), config(), hook.clone()).expect("open");
+            put_batches(&engine, 4, 10);
+            let mut c = engine.consumer("c").expect("consumer");
+            for _ in 0..3 {
+                next(&mut c);
+            }
+            c.commit(1).expect("commit");
+            hook.armed.store(true, Ordering::SeqCst);
+            match c.commit(3) {
+                Err(Error::Io { op, path, .. }) => {
+                    assert_eq!((op, path.as_path()), ("fsync directory", dir.path()))
+                }
+                other => panic!("expected the injected error, got {other:?}"),
+            }
+            assert_eq!(hook.get(&hook.failed), 1);
+            hook.armed.store(false, Ordering::SeqCst);
+            assert_eq!(
+                c.committed(),
+                1,
+                "the handle took the failed commit as done"
+            );
+            assert_eq!(c.next_seq(), 4, "what was yielded stays yielded");
+            // The engine is not failed by a consumer's file.
+            assert!(engine.failure().is_none());
+            engine.put(b"after", b"x").unwrap().wait().unwrap();
+            if retry {
+                let (renames, syncs) = (hook.get(&hook.renames), hook.get(&hook.dir_syncs));
+                c.commit(3).expect("the commit again, healthy");
+                assert_eq!(c.committed(), 3);
+                assert_eq!(
+                    (hook.get(&hook.renames), hook.get(&hook.dir_syncs) > syncs),
+                    (renames + 1, true),
+                    "the commit again did not write and sync the position"
+                );
+            }
+            drop(c);
+            engine.close().expect("close");
+        }
+        let engine = Engine::open(dir.path(), config()).expect("reopen");
+        holds_puts(&engine, 4, 10, &format!("retry {retry}"));
+        assert_eq!(
+            engine.read_to_vec(b"after").unwrap().as_deref(),
+            Some(&b"x"[..])
+        );
+        let mut c = engine.consumer("c").expect("consumer");
+        let committed = c.committed().get();
+        match retry {
+            true => assert_eq!(committed, 3),
+            false => assert!(
+                committed == 1 || committed == 3,
+                "resumes at {committed}: neither the old position nor the new"
+            ),
+        }
+        assert_eq!(next(&mut c).seq, committed + 1);
+    }
+}
+
+/// `remove_consumer` whose directory sync fails after the removal returns the error (naming
+/// the operation and the directory), the engine goes on, and a reopen finds the consumer
+/// gone or at its last commit (the removal may or may not have reached the disk), with
+/// every acknowledged put.
+#[test]
+fn a_removal_whose_directory_sync_fails_returns_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Arc::new(FailConsumerDirSync::default());
+    {
+        let engine = Engine::open_with_io(dir.path(), config(), hook.clone()).expect("open");
+        put_batches(&engine, 4, 10);
+        let mut c = engine.consumer("gone").expect("consumer");
+        next(&mut c);
+        next(&mut c);
+        c.commit(2).expect("commit");
+        drop(c);
+        hook.armed.store(true, Ordering::SeqCst);
+        match engine.remove_consumer("gone") {
+            Err(Error::Io { op, path, .. }) => {
+                assert_eq!((op, path.as_path()), ("fsync directory", dir.path()))
+            }
+            other => panic!("expected the injected error, got {other:?}"),
+        }
+        assert_eq!(hook.get(&hook.failed), 1);
+        hook.armed.store(false, Ordering::SeqCst);
+        assert!(engine.failure().is_none());
+        engine.put(b"after", b"x").unwrap().wait().unwrap();
+        engine.close().expect("close");
+    }
+    let engine = Engine::open(dir.path(), config()).expect("reopen");
+    holds_puts(&engine, 4, 10, "reopen");
+    let infos = engine.consumers().expect("consumers");
+    assert!(
+        infos.is_empty() || (infos.len() == 1 && infos[0].committed == 2),
+        "{infos:?}"
+    );
 }
 
 #[test]
@@ -453,4 +613,67 @@ fn a_committed_batch_past_the_sequence_cap_is_corrupt() {
             "Engine::consumers"
         );
     }
+}
+
+/// A commit whose directory sync failed after its rename may stand on disk, and
+/// `retire_before` goes by the position on disk: a later, lower commit must not move it back
+/// (the batches between were retired meanwhile). It writes the failed commit's position
+/// instead, and the consumer resumes after it.
+#[test]
+fn a_commit_after_a_failed_one_never_moves_the_position_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Arc::new(FailConsumerDirSync::default());
+    let engine = Engine::open_with_io(dir.path(), config(), hook.clone()).expect("open");
+    let mut c = engine.consumer("c").expect("consumer");
+    put_batches(&engine, 40, 8 << 10);
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 3);
+    let s2 = files[1].0; // the first batch of the second segment
+    let (old, failed, lower) = (s2 - 3, s2 - 1, s2 - 2);
+    while next(&mut c).seq < failed {}
+    c.commit(old).expect("commit");
+    hook.armed.store(true, Ordering::SeqCst);
+    assert!(matches!(c.commit(failed), Err(Error::Io { .. })));
+    hook.armed.store(false, Ordering::SeqCst);
+    assert_eq!(c.committed().get(), old);
+    // Retirement goes by the position on disk, the failed commit's: segment 1 goes.
+    let r = engine.retire_before(s2 + 5).expect("retire");
+    assert_eq!(r.first_seq.get(), s2, "{r:?}");
+    c.commit(lower).expect("a lower commit");
+    assert_eq!(
+        c.committed().get(),
+        failed,
+        "it wrote the failed commit's position"
+    );
+    drop(c);
+    let mut c = engine.consumer("c").expect("consumer");
+    assert_eq!(c.committed().get(), failed);
+    let got = c.try_next();
+    assert!(
+        matches!(got, Ok(Some(ref b)) if b.seq == failed + 1),
+        "after reopening: {got:?}"
+    );
+}
+
+/// A consumer removal whose directory sync failed, retried: the retry finds no file, and
+/// still syncs the directory before it says the consumer is gone.
+#[test]
+fn a_retried_removal_after_a_failed_directory_sync_syncs_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Arc::new(FailConsumerDirSync::default());
+    let engine = Engine::open_with_io(dir.path(), config(), hook.clone()).expect("open");
+    put_batches(&engine, 4, 10);
+    drop(engine.consumer("gone").expect("consumer"));
+    hook.armed.store(true, Ordering::SeqCst);
+    assert!(matches!(
+        engine.remove_consumer("gone"),
+        Err(Error::Io { .. })
+    ));
+    hook.armed.store(false, Ordering::SeqCst);
+    let syncs = hook.get(&hook.dir_syncs);
+    let again = engine.remove_consumer("gone");
+    assert!(
+        hook.get(&hook.dir_syncs) > syncs,
+        "the removal was retried ({again:?}) without the directory sync that failed"
+    );
 }

@@ -522,8 +522,58 @@ fn engine_state(engine: &Engine) -> State {
     state
 }
 
+/// Every file of `dir`, by name, with its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).expect("list the directory") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            files.insert(name, std::fs::read(&path).expect("read a file"));
+        }
+    }
+    files
+}
+
+/// The kind, file and offset of a refusal of damage, if `e` is one.
+fn refusal(e: &Error) -> Option<(&'static str, &Path, u64)> {
+    match e {
+        Error::Corrupt { path, offset, .. } => Some(("Corrupt", path, *offset)),
+        Error::DamagedHistory { path, offset, .. } => Some(("DamagedHistory", path, *offset)),
+        _ => None,
+    }
+}
+
 fn open_engine(input: &OpenDirInput, dir: &PathBuf, mode: RecoveryMode, reader: Option<&State>) {
-    let engine = match Engine::open(dir, input.config(mode)) {
+    // `LogReader::check` must say what the open below will do, and change nothing.
+    let before = snapshot(dir);
+    let durability = input.config(mode).durability;
+    let checked = LogReader::check(dir, mode, durability);
+    assert!(
+        snapshot(dir) == before,
+        "LogReader::check changed the directory ({mode:?})"
+    );
+    let opened = Engine::open(dir, input.config(mode));
+    match (&checked, &opened) {
+        (Ok(damage), Ok(engine)) => assert_eq!(
+            damage,
+            &engine.open_report().truncated,
+            "LogReader::check and Engine::open ({mode:?}) disagree on the damage cut"
+        ),
+        (Err(c), Err(o)) if refusal(c).is_some() || refusal(o).is_some() => assert_eq!(
+            refusal(c),
+            refusal(o),
+            "LogReader::check ({c}) and Engine::open ({o}) refuse differently ({mode:?})"
+        ),
+        (Err(c), Ok(_)) if refusal(c).is_some() => {
+            panic!("LogReader::check refused ({c}) what Engine::open ({mode:?}) opened")
+        }
+        (Ok(_), Err(o)) if refusal(o).is_some() => {
+            panic!("Engine::open ({mode:?}) refused ({o}) what LogReader::check accepted")
+        }
+        _ => {}
+    }
+    let engine = match opened {
         Ok(e) => e,
         Err(Error::Locked(_)) => panic!("Engine::open of an unused directory says Locked"),
         Err(_) => return,

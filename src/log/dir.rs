@@ -481,10 +481,13 @@ pub(crate) fn write_consumer(io: &dyn Io, dir: &Path, name: &str, bytes: &[u8]) 
 }
 
 /// Removes consumer `name`'s position file and syncs the directory; false if it had none.
+/// Without one the directory is synced all the same: a removal whose sync failed may be
+/// retried, and the retry must not return before the removal is durable.
 #[allow(clippy::disallowed_methods)] // the log directory's owner
 pub(crate) fn remove_consumer(io: &dyn Io, dir: &Path, name: &str) -> Result<bool> {
     let p = dir.join(consumer_file_name(name));
     if std::fs::symlink_metadata(&p).is_err() {
+        sync_dir(io, dir)?;
         return Ok(false);
     }
     io::remove(io, &p).map_err(|e| Error::io("remove consumer", &p, e))?;

@@ -8,7 +8,9 @@
 //! again from the cache and syncs them before it accepts a write; after a clean close it
 //! trusts the cache. `reopen_after_eio` checks the whole story under the power-loss model.
 
+use crate::common::log::{dir_contents, segment_files};
 use crate::common::WAIT_MAX;
+use crate::hooks::{is, Inject};
 use mergelog::internals::format::{SEGMENT_HEADER_LEN, UNDURABLE_FRAMES_MAX};
 use mergelog::internals::io::{Io, IoOp};
 use mergelog::{Config, Engine, WindowPolicy};
@@ -280,4 +282,165 @@ fn a_failed_activation_sync_at_close_is_reported_by_close() {
     let e = engine.close().expect_err("the activation's sync failed");
     assert!(e.to_string().contains("sync segment header"), "{e}");
     assert!(engine.failure().is_some());
+}
+
+/// Several segments of acknowledged puts (keys `key-<i>`, values `value-<i>` padded to 2000
+/// bytes), closed cleanly; returns the puts.
+fn several_segments(dir: &Path, config: &Config) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let engine = Engine::open(dir, config.clone()).expect("open");
+    let mut puts = Vec::new();
+    let mut i = 0;
+    while engine.segments().len() < 3 {
+        let key = format!("key-{i}").into_bytes();
+        let mut value = format!("value-{i}|").into_bytes();
+        value.resize(2000, b'v');
+        engine
+            .put(&key, &value)
+            .unwrap()
+            .wait_timeout(WAIT_MAX)
+            .unwrap();
+        puts.push((key, value));
+        i += 1;
+    }
+    engine.close().expect("close");
+    puts
+}
+
+/// Every put in `puts` reads back from `engine` with its value, and nothing else is there.
+fn holds_all(engine: &Engine, puts: &[(Vec<u8>, Vec<u8>)], ctx: &str) {
+    for (k, v) in puts {
+        let got = engine.read_to_vec(k).expect("read");
+        assert_eq!(
+            got.as_deref(),
+            Some(&v[..]),
+            "{ctx}: acknowledged {} lost",
+            String::from_utf8_lossy(k)
+        );
+    }
+    assert_eq!(engine.len(), puts.len(), "{ctx}");
+}
+
+/// The error an open returned: its operation and path (anything else fails the test).
+fn io_error(r: mergelog::Result<Engine>, ctx: &str) -> (&'static str, std::path::PathBuf) {
+    match r {
+        Err(mergelog::Error::Io { op, path, .. }) => (op, path),
+        Err(other) => panic!("{ctx}: expected the injected I/O error, got {other}"),
+        Ok(_) => panic!("{ctx}: the open succeeded over the injected failure"),
+    }
+}
+
+/// After an unclean end, an open rewrites the last segment from the page cache and syncs it
+/// (`reestablish`). If that write or that sync fails, the open fails (no engine accepts a
+/// write after a tail the disk may not hold), naming the operation and the segment; it
+/// changes no file (the rewrite writes the bytes already there; the mark stays absent, so
+/// the next open rewrites again), and a later open with healthy I/O rewrites and holds every
+/// acknowledged put.
+#[test]
+fn a_failed_rewrite_of_the_tail_at_open_fails_the_open_and_the_next_open_rewrites() {
+    let config = Config {
+        segment_bytes: 64 << 10,
+        ..config()
+    };
+    for (op, what) in [
+        (IoOp::Write, "rewrite segment tail"),
+        (IoOp::Sync, "sync rewritten segment tail"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let puts = several_segments(dir, &config);
+        // An unclean end: the state a crash leaves (no mark).
+        std::fs::remove_file(dir.join("CLEAN")).unwrap();
+        let last = segment_files(dir).last().unwrap().1.clone();
+        let before = dir_contents(dir);
+
+        // Twice: a failed open leaves nothing that lets the next one skip the rewrite.
+        for attempt in 0..2 {
+            let ctx = format!("{op:?}, attempt {attempt}");
+            let hook = Arc::new(Inject::new(op, is(&last)));
+            let r = Engine::open_with_io(dir, config.clone(), hook.clone());
+            assert_eq!(io_error(r, &ctx), (what, last.clone()), "{ctx}");
+            assert_eq!(hook.failed(), 1, "{ctx}: the failed operation was retried");
+            assert!(
+                dir_contents(dir) == before,
+                "{ctx}: the failed open changed the directory"
+            );
+        }
+
+        let engine = Engine::open(dir, config.clone()).expect("a healthy open");
+        assert!(
+            engine.open_report().tail_rewritten.is_some(),
+            "{op:?}: the healthy open after the failed one trusted the cache"
+        );
+        holds_all(&engine, &puts, &format!("{op:?}"));
+        engine.put(b"after", b"x").unwrap().wait().unwrap();
+        engine.close().unwrap();
+        let engine = Engine::open(dir, config.clone()).unwrap();
+        holds_all(
+            &engine,
+            &[puts.clone(), vec![(b"after".to_vec(), b"x".to_vec())]].concat(),
+            "after",
+        );
+    }
+}
+
+/// A writable open removes the clean-close mark, then syncs the directory, before it accepts
+/// a write (`log::clean`: the mark never outlives the clean end it describes). If the removal
+/// fails, or the directory sync after it, the open fails naming it; nothing else changed:
+/// the mark, if still there, still describes the log, so the next open trusts it; if the
+/// removal happened (its sync failed), the next open finds no mark, treats the end as
+/// unclean (rewrites the tail) and syncs the directory before it returns. Either way every
+/// acknowledged put is there.
+#[test]
+fn a_failed_removal_of_the_clean_mark_fails_the_open() {
+    for op in [IoOp::Remove, IoOp::SyncDir] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let mark = dir.join("CLEAN");
+        let puts = several_segments(&dir, &config());
+        assert!(mark.exists());
+        let before = dir_contents(&dir);
+
+        let hook = match op {
+            IoOp::Remove => Inject::new(op, is(&mark)),
+            _ => Inject::new(op, is(&dir)).right_after(IoOp::Remove, is(&mark)),
+        };
+        let hook = Arc::new(hook);
+        let r = Engine::open_with_io(&dir, config(), hook.clone());
+        let (what, path) = io_error(r, &format!("{op:?}"));
+        assert_eq!(hook.failed(), 1, "{op:?}");
+        match op {
+            IoOp::Remove => {
+                assert_eq!((what, path), ("remove clean-close mark", mark.clone()));
+                assert!(
+                    dir_contents(&dir) == before,
+                    "{op:?}: changed the directory"
+                );
+            }
+            _ => {
+                assert_eq!((what, path), ("fsync directory", dir.clone()));
+                let expected: Vec<_> = before.iter().filter(|f| f.0 != mark).cloned().collect();
+                assert!(
+                    dir_contents(&dir) == expected,
+                    "{op:?}: changed more than the mark's removal"
+                );
+            }
+        }
+
+        // Healthy now: counts the directory syncs that follow the rewrite's sync of the last
+        // segment (`reestablish`), which make the mark's removal durable too.
+        let last = segment_files(&dir).last().unwrap().1.clone();
+        let syncs = Inject::new(IoOp::SyncDir, is(&dir)).right_after(IoOp::Sync, is(&last));
+        let syncs = Arc::new(syncs.nth(u64::MAX));
+        let engine = Engine::open_with_io(&dir, config(), syncs.clone()).expect("healthy open");
+        assert!(!mark.exists(), "{op:?}: the mark outlived the open");
+        let rewritten = engine.open_report().tail_rewritten;
+        match op {
+            // The mark was still there, describing the log: trusted.
+            IoOp::Remove => assert_eq!(rewritten, None),
+            // Its removal may not be durable: the end is unclean, and the directory synced.
+            _ => assert!(rewritten.is_some() && syncs.seen() >= 1, "{op:?}"),
+        }
+        holds_all(&engine, &puts, &format!("{op:?}"));
+        engine.close().unwrap();
+    }
 }

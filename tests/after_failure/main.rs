@@ -23,5 +23,6 @@ mod point_in_time;
 mod reopen_after_eio;
 mod review;
 mod shutdown;
+mod spares;
 mod syncers;
 mod window;

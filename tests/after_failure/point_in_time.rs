@@ -5,6 +5,7 @@
 
 use crate::common::log::segment_files;
 use crate::common::WAIT_MAX;
+use crate::hooks::{is, segment, Inject};
 use mergelog::internals::format::FRAME_HEADER_LEN;
 use mergelog::internals::io::{Io, IoOp};
 use mergelog::{Config, Engine, Error, RecoveryMode, WindowPolicy};
@@ -39,10 +40,10 @@ impl Io for FailNthRemove {
     }
 }
 
-#[test]
-fn point_in_time_removes_newest_first_and_zeroes_last() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(dir.path(), config(RecoveryMode::default())).unwrap();
+/// A damaged log in `dir`: five or more segments, closed cleanly, and a byte of the second
+/// frame of the second segment flipped. Returns the segments, and the damaged segment's bytes.
+fn damaged_log(dir: &Path) -> (Vec<(u64, std::path::PathBuf)>, Vec<u8>) {
+    let engine = Engine::open(dir, config(RecoveryMode::default())).unwrap();
     let mut i = 0;
     while engine.segments().len() < 5 {
         engine
@@ -53,10 +54,10 @@ fn point_in_time_removes_newest_first_and_zeroes_last() {
         i += 1;
     }
     engine.close().unwrap();
-    let segs = segment_files(dir.path());
+    let segs = segment_files(dir);
     assert!(segs.len() >= 5);
     // Damage the second frame of the second segment.
-    let (cut_id, cut_path) = segs[1].clone();
+    let cut_path = segs[1].1.clone();
     let image = std::fs::read(&cut_path).unwrap();
     let first_len = {
         let mergelog::internals::format::Decoded::Frame(f) =
@@ -73,6 +74,14 @@ fn point_in_time_removes_newest_first_and_zeroes_last() {
         .unwrap();
     file.write_all_at(&[0xA5], damage_at).unwrap();
     let damaged = std::fs::read(&cut_path).unwrap();
+    (segs, damaged)
+}
+
+#[test]
+fn point_in_time_removes_newest_first_and_zeroes_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let (segs, damaged) = damaged_log(dir.path());
+    let (cut_id, cut_path) = segs[1].clone();
 
     // The second removal fails: the repair stops there.
     let io = Arc::new(FailNthRemove {
@@ -103,4 +112,81 @@ fn point_in_time_removes_newest_first_and_zeroes_last() {
     // Every batch before the damaged one: the whole first segment and one frame.
     assert_eq!(engine.len() as u64, cut_id);
     engine.close().unwrap();
+}
+
+/// Every file of `dir` but the lock, by name, with its bytes.
+fn files_by_name(dir: &Path) -> Vec<(std::ffi::OsString, Vec<u8>)> {
+    let files = crate::common::log::dir_contents(dir);
+    let name = |p: &Path| p.file_name().unwrap().to_owned();
+    files.into_iter().map(|(p, b)| (name(&p), b)).collect()
+}
+
+/// The removal of each segment after the cut is made durable before the next one goes: if
+/// the directory sync after the first (or the second) removal fails, the open fails naming
+/// the directory, the log is a prefix of itself with the damage still in place (the default
+/// mode still refuses it), and a later point-in-time open with healthy I/O reaches the same
+/// log, byte for byte, as one that never failed.
+#[test]
+fn a_failed_directory_sync_after_a_dropped_segment_fails_the_open() {
+    for nth in [1u64, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let (segs, damaged) = damaged_log(dir.path());
+        let (cut_id, cut_path) = segs[1].clone();
+        // The same damaged log, repaired with no failure: what the repair must reach.
+        let control = tempfile::tempdir().unwrap();
+        for (name, bytes) in files_by_name(dir.path()) {
+            std::fs::write(control.path().join(name), bytes).unwrap();
+        }
+
+        let hook = Inject::new(IoOp::SyncDir, is(dir.path()))
+            .right_after(IoOp::Remove, segment)
+            .nth(nth);
+        let hook = Arc::new(hook);
+        let r = Engine::open_with_io(dir.path(), config(RecoveryMode::PointInTime), hook.clone());
+        match r {
+            Err(Error::Io { op, path, .. }) => {
+                assert_eq!(
+                    (op, path.as_path()),
+                    ("fsync directory", dir.path()),
+                    "{nth}"
+                )
+            }
+            Err(e) => panic!("{nth}: expected the injected error, got {e}"),
+            Ok(_) => panic!("{nth}: the open succeeded over the failed directory sync"),
+        }
+        assert_eq!(hook.failed(), 1, "{nth}");
+        let n = nth as usize;
+        assert_eq!(
+            segment_files(dir.path()),
+            segs[..segs.len() - n].to_vec(),
+            "{nth}: the repair went on after the failed sync, or removed out of order"
+        );
+        assert!(
+            std::fs::read(&cut_path).unwrap() == damaged,
+            "{nth}: the cut segment's tail was zeroed after a failed step"
+        );
+        let r = Engine::open(dir.path(), config(RecoveryMode::default()));
+        assert!(matches!(r, Err(Error::Corrupt { .. })), "{nth}: {r:?}");
+
+        let engine = Engine::open(dir.path(), config(RecoveryMode::PointInTime)).unwrap();
+        let want = Engine::open(control.path(), config(RecoveryMode::PointInTime)).unwrap();
+        assert_eq!(engine.len() as u64, cut_id, "{nth}");
+        assert_eq!(
+            crate::common::engine_state(&engine),
+            crate::common::engine_state(&want),
+            "{nth}"
+        );
+        let cut = engine.open_report().truncated.clone().unwrap();
+        let want_cut = want.open_report().truncated.clone().unwrap();
+        assert_eq!(
+            (cut.path.file_name(), cut.offset),
+            (want_cut.path.file_name(), want_cut.offset)
+        );
+        engine.close().unwrap();
+        want.close().unwrap();
+        assert!(
+            files_by_name(dir.path()) == files_by_name(control.path()),
+            "{nth}: the log differs from the one a repair without failure reaches"
+        );
+    }
 }

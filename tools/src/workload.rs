@@ -103,9 +103,10 @@ impl Size {
     }
 }
 
-/// `100`, `4K`, `1M`, `1G` (binary multiples; a trailing `B` or `iB` is allowed), as the
-/// byte flags (`--ring-bytes` and the others) take them; `None` if it is not one.
-fn byte_count(t: &str) -> Option<usize> {
+/// `100`, `4K`, `1M`, `1G` (binary multiples; a trailing `B` or `iB` is allowed), as every
+/// byte flag (`--ring-bytes`, `--value-size` and the others) takes them; `None` if it is not
+/// one.
+pub fn byte_count(t: &str) -> Option<usize> {
     let t = t.trim();
     let t = t
         .strip_suffix("iB")

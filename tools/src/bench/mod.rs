@@ -652,21 +652,9 @@ fn compaction_ratio(s: &str) -> Result<f64, String> {
 
 /// `4096`, `64K`, `16M`, `1G` (binary multiples; a trailing `B` or `iB` is allowed).
 fn bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let t = t
-        .strip_suffix("iB")
-        .or_else(|| t.strip_suffix('B'))
-        .unwrap_or(t);
-    let (digits, shift) = match t.char_indices().last() {
-        Some((i, 'K' | 'k')) => (&t[..i], 10),
-        Some((i, 'M' | 'm')) => (&t[..i], 20),
-        Some((i, 'G' | 'g')) => (&t[..i], 30),
-        _ => (t, 0),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{s}' is not a byte count (e.g. 4096, 64K, 16M, 1G)"))?;
-    n.checked_mul(1 << shift)
+    let n = crate::workload::byte_count(s)
+        .ok_or_else(|| format!("'{s}' is not a byte count (e.g. 4096, 64K, 16M, 1G)"))?;
+    Some(n as u64)
         .filter(|&n| n > 0 && n <= 1 << 40)
         .ok_or_else(|| format!("{s} must be more than 0 and at most 1T"))
 }

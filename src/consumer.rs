@@ -155,9 +155,12 @@ pub(crate) fn retire_limit(dir: &Path, seq: u64) -> Result<(u64, Option<(String,
 }
 
 /// Consumer `name`'s committed batch, its file created first (at `first_seq - 1`: nothing
-/// consumed, the first batch the log holds comes next) if it has none.
+/// consumed, the first batch the log holds comes next) if it has none. A file found is made
+/// durable by name first (the directory synced): it may be one whose creation's directory
+/// sync failed, and the handle must not rest on a name a crash could take back.
 pub(crate) fn load_or_create(io: &SharedIo, dir: &Path, name: &str, first_seq: u64) -> Result<u64> {
     if let Some(c) = load(dir, name)? {
+        dir::sync_dir(&**io, dir)?;
         return Ok(c);
     }
     let committed = first_seq.saturating_sub(1);

@@ -677,3 +677,21 @@ fn a_retried_removal_after_a_failed_directory_sync_syncs_the_directory() {
         "the removal was retried ({again:?}) without the directory sync that failed"
     );
 }
+
+/// A consumer whose creation failed at the directory sync, opened again: the file is there,
+/// and the directory is synced before the handle is given out.
+#[test]
+fn a_consumer_whose_creation_sync_failed_is_synced_when_opened_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Arc::new(FailConsumerDirSync::default());
+    let engine = Engine::open_with_io(dir.path(), config(), hook.clone()).expect("open");
+    put_batches(&engine, 4, 10);
+    hook.armed.store(true, Ordering::SeqCst);
+    let r = engine.consumer("new");
+    assert!(matches!(r, Err(Error::Io { .. })));
+    hook.armed.store(false, Ordering::SeqCst);
+    let syncs = hook.get(&hook.dir_syncs);
+    let again = engine.consumer("new");
+    assert!(again.is_ok(), "{again:?}");
+    assert!(hook.get(&hook.dir_syncs) > syncs, "opened without syncing");
+}

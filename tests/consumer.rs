@@ -219,6 +219,22 @@ impl FailConsumerDirSync {
     fn get(&self, n: &AtomicU64) -> u64 {
         n.load(Ordering::SeqCst)
     }
+
+    /// Runs `f` with the directory syncs after consumer-file changes failing.
+    fn failing<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.armed.store(true, Ordering::SeqCst);
+        let r = f();
+        self.armed.store(false, Ordering::SeqCst);
+        r
+    }
+}
+
+/// An engine on a fresh directory whose I/O goes through a `FailConsumerDirSync`, disarmed.
+fn open_with_failing_dir_syncs() -> (tempfile::TempDir, Arc<FailConsumerDirSync>, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Arc::new(FailConsumerDirSync::default());
+    let engine = Engine::open_with_io(dir.path(), config(), hook.clone()).expect("open");
+    (dir, hook, engine)
 }
 
 /// Every key `put_batches` wrote for `n` batches reads back from `engine`.
@@ -621,9 +637,7 @@ fn a_committed_batch_past_the_sequence_cap_is_corrupt() {
 /// instead, and the consumer resumes after it.
 #[test]
 fn a_commit_after_a_failed_one_never_moves_the_position_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let hook = Arc::new(FailConsumerDirSync::default());
-    let engine = Engine::open_with_io(dir.path(), config(), hook.clone()).expect("open");
+    let (dir, hook, engine) = open_with_failing_dir_syncs();
     let mut c = engine.consumer("c").expect("consumer");
     put_batches(&engine, 40, 8 << 10);
     let files = segment_files(dir.path());
@@ -632,9 +646,8 @@ fn a_commit_after_a_failed_one_never_moves_the_position_back() {
     let (old, failed, lower) = (s2 - 3, s2 - 1, s2 - 2);
     while next(&mut c).seq < failed {}
     c.commit(old).expect("commit");
-    hook.armed.store(true, Ordering::SeqCst);
-    assert!(matches!(c.commit(failed), Err(Error::Io { .. })));
-    hook.armed.store(false, Ordering::SeqCst);
+    let r = hook.failing(|| c.commit(failed));
+    assert!(matches!(r, Err(Error::Io { .. })));
     assert_eq!(c.committed().get(), old);
     // Retirement goes by the position on disk, the failed commit's: segment 1 goes.
     let r = engine.retire_before(s2 + 5).expect("retire");
@@ -659,17 +672,11 @@ fn a_commit_after_a_failed_one_never_moves_the_position_back() {
 /// still syncs the directory before it says the consumer is gone.
 #[test]
 fn a_retried_removal_after_a_failed_directory_sync_syncs_the_directory() {
-    let dir = tempfile::tempdir().unwrap();
-    let hook = Arc::new(FailConsumerDirSync::default());
-    let engine = Engine::open_with_io(dir.path(), config(), hook.clone()).expect("open");
+    let (_dir, hook, engine) = open_with_failing_dir_syncs();
     put_batches(&engine, 4, 10);
     drop(engine.consumer("gone").expect("consumer"));
-    hook.armed.store(true, Ordering::SeqCst);
-    assert!(matches!(
-        engine.remove_consumer("gone"),
-        Err(Error::Io { .. })
-    ));
-    hook.armed.store(false, Ordering::SeqCst);
+    let r = hook.failing(|| engine.remove_consumer("gone"));
+    assert!(matches!(r, Err(Error::Io { .. })));
     let syncs = hook.get(&hook.dir_syncs);
     let again = engine.remove_consumer("gone");
     assert!(
@@ -682,14 +689,10 @@ fn a_retried_removal_after_a_failed_directory_sync_syncs_the_directory() {
 /// and the directory is synced before the handle is given out.
 #[test]
 fn a_consumer_whose_creation_sync_failed_is_synced_when_opened_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let hook = Arc::new(FailConsumerDirSync::default());
-    let engine = Engine::open_with_io(dir.path(), config(), hook.clone()).expect("open");
+    let (_dir, hook, engine) = open_with_failing_dir_syncs();
     put_batches(&engine, 4, 10);
-    hook.armed.store(true, Ordering::SeqCst);
-    let r = engine.consumer("new");
+    let r = hook.failing(|| engine.consumer("new"));
     assert!(matches!(r, Err(Error::Io { .. })));
-    hook.armed.store(false, Ordering::SeqCst);
     let syncs = hook.get(&hook.dir_syncs);
     let again = engine.consumer("new");
     assert!(again.is_ok(), "{again:?}");

@@ -265,6 +265,12 @@ impl Log {
             && self.write_off + frame_len(body_len) as u64 <= self.active.size
     }
 
+    /// The longest frame (header, records, trailer, padding) the segments the log makes hold:
+    /// what fits after an empty segment's header.
+    pub fn frame_max(&self) -> usize {
+        self.segment_bytes as usize - SEGMENT_HEADER_LEN
+    }
+
     /// Appends one frame of `body_len` bytes of records and the trailer `trailer`, the
     /// records encoded by `encode` (which pushes them and returns the frame's
     /// acknowledged-op count). The frame is written (pwrite, or in the mapping) but neither
@@ -280,9 +286,10 @@ impl Log {
         let len = frame_len(body_len);
         if !self.fits(body_len) {
             // Never reached by a window (`Config::validate`, and the flusher refuses merges
-            // whose results would not fit) nor by a compaction chunk (`compact`); refused
-            // here all the same rather than written past a segment's end.
-            let max = self.segment_bytes as usize - SEGMENT_HEADER_LEN;
+            // whose results would not fit) nor by a compaction chunk (the flusher checks
+            // `frame_max` first); refused here all the same rather than written past a
+            // segment's end.
+            let max = self.frame_max();
             if len > max {
                 return Err(Error::RequestTooLarge {
                     len,

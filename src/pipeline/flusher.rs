@@ -27,7 +27,7 @@ use crate::index::{Loc, ValueRef};
 use crate::log::format::UNDURABLE_FRAMES_MAX;
 use crate::log::format::{
     frame_len, record_len, trailer_len, RecordOp, Trailer, FLAG_COMPACTION, FLAG_SORTED,
-    FRAME_HEADER_LEN, ID_LEN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+    FRAME_HEADER_LEN, ID_LEN, RECORD_HEADER_LEN,
 };
 use crate::log::{Log, WrittenFrame};
 use crate::merge::Resolver;
@@ -1080,14 +1080,13 @@ impl Flusher {
         coalescer: &mut Coalescer,
     ) -> Option<usize> {
         let inner = self.inner.clone();
-        let capacity = inner.config.segment_bytes;
+        let (max, capacity) = (self.log.frame_max(), inner.config.segment_bytes);
         let ids = self.window_ids.len();
         let frame = |entries: &[Entry<'_>], resolver: &Resolver, plan: &Plan| {
-            let body = body_len((entries, resolver), &plan.survivors) + trailer_len(ids);
-            SEGMENT_HEADER_LEN as u64 + frame_len(body) as u64
+            frame_len(body_len((entries, resolver), &plan.survivors) + trailer_len(ids))
         };
         let need = frame(entries, &self.resolver, coalescer.last_plan());
-        if need <= capacity {
+        if need <= max {
             return Some(0);
         }
         let merging: Vec<usize> = (0..self.requests.len())
@@ -1115,21 +1114,19 @@ impl Flusher {
         let (mut fits, mut over) = (0, merging.len());
         while over - fits > 1 {
             let mid = fits + (over - fits) / 2;
-            if keep_first(self, entries, mid)? <= capacity {
+            if keep_first(self, entries, mid)? <= max {
                 fits = mid;
             } else {
                 over = mid;
             }
         }
         let kept = keep_first(self, entries, fits)?;
-        debug_assert!(
-            kept <= capacity,
-            "a window without merges must fit a segment"
-        );
+        debug_assert!(kept <= max, "a window without merges must fit a segment");
         let operator = inner.config.merge.as_ref().map_or("none", |m| m.name());
         let reason = format!(
             "the window's frame would take {need} bytes with the results of all its merges, \
-             more than a segment of {capacity} bytes holds; this request, one of the last \
+             more than the {max} a segment of {capacity} bytes holds after its header; this \
+             request, one of the last \
              merges of the window, was not applied: retry it (or give the log larger \
              segments, or the operator shorter results)"
         );
@@ -1196,8 +1193,8 @@ impl Flusher {
         // written when segments were larger (`segment_bytes` lowered since) may not fit the
         // segments the log makes now. It cannot be copied: the compaction ends with an
         // error and retires nothing; the engine goes on.
-        let frame = SEGMENT_HEADER_LEN as u64 + frame_len(frame_body) as u64;
-        if rolls && frame > inner.config.segment_bytes {
+        let frame = frame_len(frame_body);
+        if rolls && frame > self.log.frame_max() {
             return Err(Error::InvalidConfig(format!(
                 "segment_bytes = {} cannot hold a compaction batch of {frame} bytes: a live \
                  record of {body_len} bytes, written when segments were larger, cannot be \

@@ -80,7 +80,8 @@ pub enum Compaction {
 /// bytes, the frames on disk stay below about `L / live_ratio + 2 S` plus what is written
 /// during one compaction, and a compaction copies at most `L`. A run keeps the files it
 /// retires that the log will fill before the next run can retire any (its room below the
-/// trigger and the next run's copies, estimated by its own), so that a compacting log
+/// trigger and the next run's copies, estimated by its own, plus the files the pool lacked
+/// since the last run, given back one a run once unused), so that a compacting log
 /// seldom writes a new segment full of zeros; `close` deletes them beyond
 /// `Config::recycle_segments`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -682,7 +683,8 @@ pub(crate) fn compact(
 /// `keep_from`) the head will fill before the next run can retire any: the frames it may
 /// add until they cross the policy's trigger (`L / live_ratio`, or `max_log_bytes` if
 /// lower), and the next run's copies, written before it retires (as many as this run's,
-/// `copied` bytes), in segments, rounded up (at most `RECYCLE_SEGMENTS_MAX`). Kept for reuse
+/// `copied` bytes), in segments, rounded up, plus the pool's learned margin
+/// (`Pool::keep_for_next_run`; at most `RECYCLE_SEGMENTS_MAX` in all). Kept for reuse
 /// instead of deleted, they spare the log a segment of zeros each; the disk then does not dip
 /// between runs, and its peak, while a run copies, grows by no more than the estimate's
 /// error. `close` gives up what the pool holds beyond `recycle_segments`.
@@ -701,7 +703,8 @@ fn files_until_next_run(inner: &Inner, keep_from: u64, copied: u64) -> usize {
         .map_or(trigger, |m| trigger.min(m as f64));
     let room = trigger - frames.saturating_sub(retiring) as f64 + copied as f64;
     let segments = (room.max(0.0) / inner.config.segment_bytes as f64).ceil() as usize + 1;
-    segments.min(crate::config::RECYCLE_SEGMENTS_MAX)
+    let keep = inner.pool.keep_for_next_run(segments);
+    keep.min(crate::config::RECYCLE_SEGMENTS_MAX)
 }
 
 /// With `Durability::NoSync` nothing was synced, not even the compaction batches, while the

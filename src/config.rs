@@ -162,8 +162,8 @@ pub struct Config {
     /// in any process) holds a shared `flock` on it. Opening a log whose last segment is a
     /// reused file zeroes what follows its frames (tens of milliseconds for a 64 MiB
     /// segment). A run of `Compaction::Auto` keeps more while the engine runs: as many of the
-    /// segments it retires as the log will fill before the next run can retire any (see
-    /// `AutoCompaction`); `close` gives up what the pool holds beyond this number, and the
+    /// segments it retires as the log will fill before the next run can retire any, plus a
+    /// margin learned from the runs that came too late (see `AutoCompaction`); `close` gives up what the pool holds beyond this number, and the
     /// prepared next segment too when this is 0 (a closed log then holds its segments only).
     /// Default 0, as RocksDB's `recycle_log_file_num`: retired segments are deleted.
     pub recycle_segments: usize,

@@ -614,8 +614,12 @@ fn auto_compaction_reuses_what_it_retires_and_close_keeps_the_configured_pool() 
     // After it, the log grows mostly in the files the runs retired.
     let fresh = c.segments.fresh - at_first.fresh;
     let reused = c.segments.reused - at_first.reused;
+    // Not all: a run that comes late (the writers here outpace the compactor, more so on a
+    // loaded machine) finds the pool dry, and the margin the pool learns from it
+    // (`Pool::keep_for_next_run`) only covers the next. Seen: 4-16 of about 100 fresh;
+    // keeping only `recycle_segments` would make about two in three fresh.
     assert!(
-        reused > 4 * fresh,
+        reused > 2 * fresh,
         "retired files not reused: {fresh} fresh and {reused} reused since the first run"
     );
     assert_eq!(engine_state(&engine), state);

@@ -34,6 +34,10 @@ struct PoolFiles {
     /// would change under them.
     files: std::collections::VecDeque<PathBuf>,
     counter: u64,
+    /// What [`Pool::keep_for_next_run`] adds to a run's estimate, and the `fresh` count it
+    /// last saw (`None` before the first run).
+    slack: usize,
+    fresh_mark: Option<u64>,
 }
 
 impl Pool {
@@ -52,7 +56,12 @@ impl Pool {
         Ok(Pool {
             dir: dir.to_owned(),
             max,
-            inner: Mutex::new(PoolFiles { files, counter }),
+            inner: Mutex::new(PoolFiles {
+                files,
+                counter,
+                slack: 0,
+                fresh_mark: None,
+            }),
             fresh: AtomicU64::new(0),
             reused: AtomicU64::new(0),
             retired: AtomicU64::new(0),
@@ -75,6 +84,32 @@ impl Pool {
         p.files.extend(paths);
         let over = p.files.len().saturating_sub(keep.max(self.max));
         p.files.drain(..over).collect()
+    }
+
+    /// How many of the files it retires a run of `Compaction::Auto` keeps, given its
+    /// `estimate` of the segments the log will start before the next run retires any: the
+    /// estimate plus what the earlier runs' estimates were seen to miss. A segment started in
+    /// a fresh file since the last run means the pool ran dry (the estimate fell short, or
+    /// the run came late because writers outpaced the compactor): the margin grows by as
+    /// many; a run that finds two or more files still pooled (more than the preparation of
+    /// the next segment takes ahead) gives one back. A steady workload so converges on
+    /// reusing every file, and the margin stays at most the estimate (the pool at most twice
+    /// what the estimate asks for).
+    pub fn keep_for_next_run(&self, estimate: usize) -> usize {
+        let fresh = self.fresh.load(Ordering::Relaxed);
+        let mut p = self.inner.lock();
+        // The fresh segments before the first run are the log's growth, not a shortfall.
+        let short = p.fresh_mark.map_or(0, |mark| fresh.saturating_sub(mark));
+        p.fresh_mark = Some(fresh);
+        if short > 0 {
+            p.slack = p
+                .slack
+                .saturating_add(usize::try_from(short).unwrap_or(usize::MAX));
+        } else if p.files.len() >= 2 {
+            p.slack = p.slack.saturating_sub(1);
+        }
+        p.slack = p.slack.min(estimate);
+        estimate + p.slack
     }
 
     /// The segment counters.
@@ -114,5 +149,53 @@ impl Pool {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::io::RealIo;
+    use std::sync::Arc;
+
+    fn pool(dir: &Path) -> Pool {
+        let io: SharedIo = Arc::new(RealIo);
+        Pool::adopt(&io, dir, 4096, 1).unwrap()
+    }
+
+    fn start_fresh(pool: &Pool, n: u64) {
+        pool.fresh.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn pooled(pool: &Pool, n: usize) {
+        let paths: Vec<PathBuf> = (0..n).map(|_| pool.next_path()).collect();
+        pool.put(paths.into_iter(), usize::MAX);
+    }
+
+    #[test]
+    fn a_runs_margin_grows_by_what_the_pool_missed_and_shrinks_one_file_a_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pool(dir.path());
+        // The log's growth before the first run is no shortfall.
+        start_fresh(&p, 17);
+        assert_eq!(p.keep_for_next_run(3), 3);
+        // Two segments had to be made fresh since: two more kept next time.
+        start_fresh(&p, 2);
+        assert_eq!(p.keep_for_next_run(3), 5);
+        // No shortfall but the pool nearly empty: the margin stays.
+        pooled(&p, 1);
+        assert_eq!(p.keep_for_next_run(3), 5);
+        // Files left over: one given back per run.
+        pooled(&p, 1);
+        assert_eq!(p.keep_for_next_run(3), 4);
+        assert_eq!(p.keep_for_next_run(4), 4);
+        assert_eq!(
+            p.keep_for_next_run(4),
+            4,
+            "the margin does not go below zero"
+        );
+        // At most the estimate again.
+        start_fresh(&p, 50);
+        assert_eq!(p.keep_for_next_run(3), 6);
     }
 }

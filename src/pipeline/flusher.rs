@@ -706,7 +706,9 @@ impl Flusher {
                 bytes: w.bytes,
                 entries: entries.len(),
                 refused,
-                flush: inner.flush_to.load(Ordering::Acquire) > before,
+                // A flush asks for everything submitted before it: cut if that reaches
+                // into this window, even if an earlier turn read those records already.
+                flush: inner.flush_to.load(Ordering::Acquire) > start,
                 closed: consumer.ring().is_closed(),
                 now,
                 first_seen,

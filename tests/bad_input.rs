@@ -81,6 +81,8 @@ impl Store {
     /// A put that must be accepted and become durable.
     fn put(&mut self, key: &[u8], value: &[u8]) {
         let t = self.engine().put(key, value).expect("put accepted");
+        // Cut the window now, whatever the configuration's linger.
+        let _cut = self.engine().flush().expect("flush");
         t.wait_timeout(WAIT_MAX).expect("put durable");
         self.accepted += 1;
         self.model.insert(key.to_vec(), value.to_vec());
@@ -89,6 +91,7 @@ impl Store {
     /// A batch that must be accepted and become durable.
     fn write(&mut self, batch: &WriteBatch, ops: &[(&[u8], Option<&[u8]>)]) {
         let t = self.engine().write(batch).expect("batch accepted");
+        let _cut = self.engine().flush().expect("flush");
         t.wait_timeout(WAIT_MAX).expect("batch durable");
         self.accepted += ops.len() as u64;
         for (k, v) in ops {
@@ -1019,10 +1022,12 @@ fn merges_whose_results_would_overflow_a_segment_are_refused_not_written_past_it
         v[..operands[0].len()].copy_from_slice(operands[0]);
         v
     });
+    // Windows are cut by `flush` alone (a linger far longer than the test), so that all the
+    // requests below are one window however the submitting thread is scheduled.
     let mut s = Store::new(Config {
         value_len_max: 128 << 10,
-        window: WindowPolicy::Linger(Duration::from_millis(50)),
-        window_age_max: Duration::from_millis(100),
+        window: WindowPolicy::Linger(Duration::from_secs(5)),
+        window_age_max: Duration::from_secs(10),
         ..merging(op)
     });
     let grown = |operand: &[u8]| {
@@ -1048,6 +1053,7 @@ fn merges_whose_results_would_overflow_a_segment_are_refused_not_written_past_it
         puts.push((key.clone(), s.engine().put(key.as_bytes(), b"v").unwrap()));
     }
     let whole = s.engine().write(&batch).unwrap();
+    let _cut = s.engine().flush().expect("flush");
     for (key, t) in &puts {
         t.wait_timeout(WAIT_MAX)
             .expect("a put beside the merges is written");
@@ -1087,9 +1093,9 @@ fn merges_whose_results_would_overflow_a_segment_are_refused_not_written_past_it
     s.verify();
     // The engine goes on: a refused merge retried alone is applied.
     let (key, _) = &singles[29];
-    s.engine()
-        .merge(key.as_bytes(), b"again")
-        .unwrap()
+    let retried = s.engine().merge(key.as_bytes(), b"again").unwrap();
+    let _cut = s.engine().flush().expect("flush");
+    retried
         .wait_timeout(WAIT_MAX)
         .expect("a retried merge fits its own window");
     s.accepted += 1;

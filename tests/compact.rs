@@ -176,14 +176,16 @@ fn writes_made_during_compaction_win() {
     let keys = 150;
     let rounds = 41;
     let done = std::sync::atomic::AtomicBool::new(false);
+    let retiring = std::sync::atomic::AtomicU64::new(0);
     let compactions = std::thread::scope(|s| {
-        let done = &done;
+        let (done, retiring) = (&done, &retiring);
         let engine = &engine;
         let compactor = s.spawn(move || {
             let mut n = 0;
             while !done.load(std::sync::atomic::Ordering::Acquire) {
                 let c = engine.compact().expect("compact");
                 n += u64::from(c.segments > 0);
+                retiring.store(n, std::sync::atomic::Ordering::Release);
             }
             n
         });
@@ -191,6 +193,16 @@ fn writes_made_during_compaction_win() {
             .map(|w| {
                 s.spawn(move || {
                     for round in 0..rounds {
+                        // The last round is written once a compaction retired segments,
+                        // however the threads were scheduled before (one is enough: the
+                        // next needs segments that only writes complete).
+                        let give_up = Instant::now() + WAIT_MAX;
+                        while round == rounds - 1
+                            && retiring.load(std::sync::atomic::Ordering::Acquire) == 0
+                        {
+                            assert!(Instant::now() < give_up, "no compaction retired anything");
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
                         let mut b = WriteBatch::new();
                         let mut last = None;
                         for i in (w..keys).step_by(writers) {
@@ -417,8 +429,9 @@ fn a_compacted_key_is_never_missing_for_a_reader() {
     }
     wait_ok(&last.expect("a put"), "stable keys");
     let done = std::sync::atomic::AtomicBool::new(false);
+    let passes = std::sync::atomic::AtomicU64::new(0);
     let retired = std::thread::scope(|s| {
-        let (engine, done) = (&engine, &done);
+        let (engine, done, passes) = (&engine, &done, &passes);
         let reader = s.spawn(move || {
             let mut reads = 0u64;
             while !done.load(std::sync::atomic::Ordering::Acquire) {
@@ -427,8 +440,8 @@ fn a_compacted_key_is_never_missing_for_a_reader() {
                     assert_eq!(got, Some(value(i, 0)), "key {i} after {reads} reads");
                     reads += 1;
                 }
+                passes.fetch_add(1, std::sync::atomic::Ordering::Release);
             }
-            reads
         });
         let writer = s.spawn(move || {
             // Other keys, overwritten, so that segments fill and compactions have work.
@@ -444,19 +457,20 @@ fn a_compacted_key_is_never_missing_for_a_reader() {
                 round += 1;
             }
         });
+        // Compactions go on until 60 segments were retired while the reader read all the
+        // keys at least twice (the hang guard only bounds a broken run).
         let mut retired = 0;
-        for _ in 0..300 {
+        let give_up = Instant::now() + WAIT_MAX;
+        while retired < 60 || passes.load(std::sync::atomic::Ordering::Acquire) < 2 {
+            assert!(Instant::now() < give_up, "{retired} segments retired");
             retired += engine.compact().expect("compact").segments;
-            if retired >= 60 {
-                break;
-            }
         }
         done.store(true, std::sync::atomic::Ordering::Release);
         writer.join().expect("writer");
-        assert!(reader.join().expect("reader") > 0);
+        reader.join().expect("reader");
         retired
     });
-    assert!(retired > 0, "no compaction retired anything");
+    assert!(retired >= 60, "{retired} segments retired");
 }
 
 #[test]

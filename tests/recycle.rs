@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::engine_state;
+use common::{engine_state, WAIT_MAX};
 use mergelog::internals::format::{
     frame_len, record_len, trailer_len, FrameWriter, RecordOp, SegmentHeader, Trailer, FLAG_SORTED,
     SEGMENT_HEADER_LEN,
@@ -494,8 +494,14 @@ fn readers_racing_reuse_open_a_consistent_log() {
             }
         });
         let (mut opens, mut errors) = (0, Vec::new());
+        // Two seconds of racing at least, and on until the writer has reused three files
+        // (the hang guard only bounds a broken run).
         let started = std::time::Instant::now();
-        while started.elapsed() < std::time::Duration::from_secs(2) {
+        let give_up = started + WAIT_MAX;
+        while started.elapsed() < std::time::Duration::from_secs(2)
+            || engine.counts().segments.reused < 3
+        {
+            assert!(std::time::Instant::now() < give_up, "{:?}", engine.counts());
             match LogReader::open(dir.path()) {
                 Ok(r) => {
                     let mut expect = r.first_seq();

@@ -17,6 +17,7 @@
 mod common;
 
 use common::{engine_state, within, State, WAIT_MAX};
+use mergelog::internals::io::IoOp;
 use mergelog::{Config, Engine, Error, Ticket, WriteBatch};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::future::Future;
@@ -492,6 +493,35 @@ impl Wake for PanickingWaker {
     }
 }
 
+/// Holds every sync of a segment while closed (up to `WAIT_MAX`, so that a test that forgets
+/// to open it fails instead of hanging).
+#[derive(Default)]
+struct SyncGate {
+    closed: AtomicBool,
+}
+
+impl SyncGate {
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    fn open(&self) {
+        self.closed.store(false, Ordering::SeqCst);
+    }
+}
+
+impl mergelog::internals::io::Io for SyncGate {
+    fn before(&self, op: IoOp, path: &Path, _: u64, _: &[u8]) -> std::io::Result<()> {
+        let segment = path.extension().is_some_and(|e| e == "seg");
+        let give_up = Instant::now() + WAIT_MAX;
+        while op == IoOp::Sync && segment && self.closed.load(Ordering::SeqCst) {
+            assert!(Instant::now() < give_up, "the sync gate was never opened");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+}
+
 /// A ticket awaited as a future with a waker that panics when woken must not leave later
 /// tickets hanging: the engine either carries on or fails them (`Error::Failed`), and close
 /// returns.
@@ -499,10 +529,16 @@ impl Wake for PanickingWaker {
 fn panicking_waker_does_not_leave_tickets_hanging() {
     let _turn = serial();
     let dir = tempfile::tempdir().unwrap();
-    let engine = Arc::new(Engine::open(dir.path(), config()).expect("open"));
+    let gate = Arc::new(SyncGate::default());
+    let engine = Engine::open_with_io(dir.path(), config(), gate.clone()).expect("open");
+    let engine = Arc::new(engine);
+    // The put's sync waits until the ticket has been polled, so that the waker is
+    // registered before the put completes, however the threads are scheduled.
+    gate.close();
     let mut t = engine.put(b"k", b"v").expect("put");
     let w = Waker::from(Arc::new(PanickingWaker));
     let polled = Pin::new(&mut t).poll(&mut Context::from_waker(&w));
+    gate.open();
     assert!(
         polled.is_pending(),
         "the put was durable before it was polled"
@@ -511,7 +547,7 @@ fn panicking_waker_does_not_leave_tickets_hanging() {
     t.wait_timeout(WAIT_MAX).expect("the put itself completes");
     std::thread::sleep(Duration::from_millis(100));
     let later = engine.put(b"k2", b"v2");
-    match later.map(|t| t.wait_timeout(Duration::from_secs(10))) {
+    match later.map(|t| t.wait_timeout(WAIT_MAX)) {
         Ok(Ok(_)) | Ok(Err(Error::Failed(_))) | Err(Error::Failed(_)) => {}
         other => panic!(
             "after a waker panicked, a later put ended with {other:?} (failure: {:?})",

@@ -912,7 +912,7 @@ fn a_follower_whose_segment_is_retired_under_it_gets_retired_error() {
         // It may finish the segment it has mapped; then it must report the retired batch.
         let mut next = 2;
         loop {
-            match f.next_timeout(Duration::from_secs(2)) {
+            match f.next_timeout(WAIT_MAX) {
                 Ok(Some(b)) => {
                     assert_eq!(b.seq, next, "{name}: batches in order");
                     assert!(next < files[1].0, "{name}: yielded retired batch {next}");

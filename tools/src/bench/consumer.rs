@@ -273,6 +273,7 @@ impl Pacer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU32;
 
     #[test]
     fn the_pacer_holds_the_rate_and_stops_when_told() {
@@ -283,10 +284,23 @@ mod tests {
         assert_eq!(p.pace(50, &stop, &|| false), Paced::Done);
         assert!(p.free_at >= t + Duration::from_millis(45));
         assert!(Instant::now() >= p.free_at);
-        // Past the deadline: a long batch is finished at once.
-        let t = Instant::now();
-        assert_eq!(p.pace(1_000_000, &stop, &|| true), Paced::Unpaced);
-        assert!(t.elapsed() < Duration::from_secs(1));
+        // Past the deadline: a long batch is finished at the first look that says so.
+        // `unpace` says it from its third look on (the pacer looks between the pieces of
+        // its sleep); a pacer that slept on would look again, and is stopped at the fifth.
+        let looks = AtomicU32::new(0);
+        let past = || {
+            let n = looks.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= 5 {
+                stop.store(true, Ordering::Release);
+            }
+            n >= 3
+        };
+        assert_eq!(p.pace(1_000_000, &stop, &past), Paced::Unpaced);
+        assert_eq!(
+            looks.load(Ordering::Relaxed),
+            3,
+            "not finished at the first look that said so"
+        );
         // Set to stop: a long batch gives up at once instead of sleeping it out.
         stop.store(true, Ordering::Release);
         assert_eq!(p.pace(1_000_000, &stop, &|| false), Paced::Stopped);

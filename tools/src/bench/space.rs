@@ -42,7 +42,8 @@ pub struct SpaceRun {
     /// The greatest disk bytes and log bytes seen (the samples and the end).
     pub peak_disk_bytes: u64,
     pub peak_log_bytes: u64,
-    /// Samples taken while the writers ran.
+    /// Samples taken while the writers ran; at least one, even when they were done before
+    /// the sampler first looked.
     pub samples: u64,
     /// Compactions seen to finish, and the longest of them: from the last sample before its
     /// first batch to the first sample after its end (so up to two sampling intervals more
@@ -138,19 +139,22 @@ pub fn watching<R>(
     })
 }
 
-/// Samples every [`SAMPLE_EVERY`] until `done`.
+/// Samples every [`SAMPLE_EVERY`] until `done`, once at least: a run over before the
+/// thread got to look (a short round on a busy machine) still has its sample.
 fn watch(engine: &Engine, dir: &Path, done: &AtomicBool) -> Result<SpaceRun, CliError> {
     let mut run = SpaceRun::default();
     let mut compactions = CompactionWatch::default();
-    while !done.load(Ordering::Acquire) {
+    loop {
         let s = sample(engine, dir)?;
         run.peak_disk_bytes = run.peak_disk_bytes.max(s.disk_bytes);
         run.peak_log_bytes = run.peak_log_bytes.max(s.log_bytes);
         run.samples += 1;
         compactions.see(engine, Instant::now(), &mut run);
         std::thread::sleep(SAMPLE_EVERY);
+        if done.load(Ordering::Acquire) {
+            return Ok(run);
+        }
     }
-    Ok(run)
 }
 
 impl SpaceRun {

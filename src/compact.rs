@@ -218,7 +218,9 @@ fn key_prefix(key: &[u8]) -> u64 {
 pub(crate) struct Copied {
     pub records: u64,
     pub bytes: u64,
-    /// The batch written (0 if nothing was left to copy).
+    /// The batch written; if nothing was left to copy, the last batch written before the
+    /// chunk was checked. Either way the retirement waits for it to be durable: every
+    /// window whose write of a key dropped that key's copy is at or before it.
     pub seq: u64,
 }
 

@@ -1186,7 +1186,14 @@ impl Flusher {
         self.in_flight_keys.forget(upto);
         chunk.keep_live(&inner.index, &self.in_flight_keys, untracked);
         if chunk.is_empty() {
-            return Ok(Copied::default());
+            // Nothing left to copy, maybe because windows written before now (and perhaps
+            // not yet durable) wrote the keys: the retirement must wait for them as it
+            // would for a batch written here, so that their records, not the prefix's,
+            // are the keys' newest in the index when it forgets the prefix.
+            return Ok(Copied {
+                seq: self.log.next_seq() - 1,
+                ..Copied::default()
+            });
         }
         let body_len = chunk.body_len();
         let frame_body = body_len + trailer_len(0);

@@ -263,6 +263,16 @@ impl Io for SlowSync {
     }
 }
 
+/// An engine of one syncer whose segment syncs take 2 ms (`SlowSync`): windows stay in
+/// flight and records wait in the ring while a compaction runs.
+fn open_with_slow_syncs(dir: &Path) -> Engine {
+    let cfg = Config {
+        syncers: 1,
+        ..config()
+    };
+    Engine::open_with_io(dir, cfg, Arc::new(SlowSync)).expect("open")
+}
+
 /// The race the flusher's check of a chunk settles without draining the pipeline: a key
 /// whose old record a compaction is copying is written by a window still in flight. The
 /// copy must not be logged after that write (it would win in the index and in replay):
@@ -361,11 +371,7 @@ fn a_key_written_while_its_copy_is_in_a_chunk_keeps_the_new_value() {
 #[test]
 fn a_chunk_emptied_by_writes_in_flight_holds_the_retirement_back() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = Config {
-        syncers: 1,
-        ..config()
-    };
-    let engine = Engine::open_with_io(tmp.path(), cfg, Arc::new(SlowSync)).expect("open");
+    let engine = open_with_slow_syncs(tmp.path());
     let keys = 600;
     for round in 0..3 {
         let mut last = None;
@@ -433,11 +439,7 @@ impl Drop for StopOnDrop<'_> {
 #[test]
 fn a_compaction_batch_shares_the_sync_of_the_window_after_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = Config {
-        syncers: 1,
-        ..config()
-    };
-    let engine = Engine::open_with_io(tmp.path(), cfg, Arc::new(SlowSync)).expect("open");
+    let engine = open_with_slow_syncs(tmp.path());
     // About 1.2 MB live: several chunks of 256 KiB.
     let keys = 6000;
     let mut last = None;

@@ -409,11 +409,11 @@ impl Engine {
     /// through the window. A writer whose ticket completed reads its own write.
     pub fn read(&self, key: &[u8]) -> Result<Option<ValueRef>> {
         self.check_key(key)?;
-        Ok(self
-            .inner
-            .index
-            .get(key)
-            .and_then(|loc| ValueRef::resolve(&self.inner.segments, loc)))
+        Ok(ValueRef::lookup(
+            &self.inner.index,
+            &self.inner.segments,
+            key,
+        ))
     }
 
     /// As `read`, copying the value out.

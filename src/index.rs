@@ -421,6 +421,26 @@ pub struct ValueRef {
 }
 
 impl ValueRef {
+    /// The durable value of `key`: its location in `index`, resolved in `segments`. A
+    /// retirement may remove the segment between the two: a compaction's, once the key's
+    /// copy is in the index (a lookup then finds the copy), or `retire_before`'s, which
+    /// forgets the key right after (a lookup then finds nothing). Either way the key is
+    /// looked up again, never reported absent for a location the log no longer lists.
+    /// (`retire_prefix` forgets the retired segments' keys in the same call that unlists
+    /// them, so the loop ends.)
+    pub(crate) fn lookup(index: &Index, segments: &Segments, key: &[u8]) -> Option<ValueRef> {
+        loop {
+            let loc = index.get(key)?;
+            if let Some(v) = ValueRef::resolve(segments, loc) {
+                return Some(v);
+            }
+            if loc.seg >= segments.read().base() {
+                return None;
+            }
+            std::thread::yield_now();
+        }
+    }
+
     pub(crate) fn resolve(segments: &Segments, loc: Loc) -> Option<ValueRef> {
         let seg = segments.read().get(loc.seg)?.clone();
         let v = ValueRef {
@@ -481,6 +501,83 @@ pub(crate) fn frame_updates<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A segment numbered `first` in `dir` holding `value` (published as the flusher does),
+    /// and the value's location in it as segment `idx`.
+    fn segment_holding(
+        dir: &std::path::Path,
+        first: u64,
+        idx: u32,
+        value: &[u8],
+    ) -> (Arc<Segment>, Loc) {
+        use crate::log::format::{frame_len, record_len, FrameWriter, RecordOp, FLAG_SORTED};
+        let io = crate::log::io::real();
+        let seg = Arc::new(crate::log::Log::create_first(dir, 1 << 16, first, None, &io).unwrap());
+        let off = seg.published();
+        let len = frame_len(record_len(1, value.len()));
+        let mut w = FrameWriter::new(seg.unpublished_mut(off, len), first, FLAG_SORTED);
+        w.push(RecordOp::Put, b"k", value);
+        w.finish(1);
+        seg.publish(off + len as u64);
+        let at = off
+            + (crate::log::format::FRAME_HEADER_LEN + crate::log::format::RECORD_HEADER_LEN + 1)
+                as u64;
+        assert_eq!(
+            seg.bytes(at, value.len()),
+            value,
+            "the value's place in the frame"
+        );
+        let loc = Loc {
+            seg: idx,
+            off: at,
+            len: value.len() as u32,
+        };
+        (seg, loc)
+    }
+
+    /// A reader whose lookup found a location in a segment retired before it could read the
+    /// value looks the key up again: it finds the key's copy once a compaction's index
+    /// points there, and nothing once a `retire_before` forgot the key, but never reports a
+    /// live key absent (it did: `read` gave `None`, a get answered absent, and a merge was
+    /// applied to no value).
+    #[test]
+    fn a_value_whose_segment_was_retired_after_the_lookup_is_looked_up_again() {
+        let key: &'static [u8] = b"k";
+        for compacted in [true, false] {
+            let (d0, d1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let (old, at_old) = segment_holding(d0.path(), 1, 0, b"old");
+            let (new, at_new) = segment_holding(d1.path(), 2, 1, b"new");
+            let segments: Segments = Arc::new(parking_lot::RwLock::new(
+                crate::log::SegmentList::new(vec![old, new]),
+            ));
+            let index = Arc::new(Index::default());
+            // SAFETY: the key is 'static.
+            unsafe { index.apply([(key, Some(at_old))].into_iter()) };
+            // Looked up here, the segment is unlisted before its value is read.
+            assert_eq!(segments.write().retire_front(1).len(), 1);
+            // The retirement ends on another thread: the copy's location arrives in the
+            // index, or the key is forgotten.
+            let ending = {
+                let index = index.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    if compacted {
+                        // SAFETY: the key is 'static.
+                        unsafe { index.apply([(key, Some(at_new))].into_iter()) };
+                    } else {
+                        index.forget_below(1);
+                    }
+                })
+            };
+            let got = ValueRef::lookup(&index, &segments, key).map(|v| v.to_vec());
+            ending.join().unwrap();
+            if compacted {
+                assert_eq!(got.as_deref(), Some(&b"new"[..]), "the copy is found");
+            } else {
+                assert_eq!(got, None, "a forgotten key is absent");
+            }
+        }
+    }
 
     fn loc(n: u64) -> Loc {
         Loc {

@@ -1049,10 +1049,7 @@ impl Flusher {
         in_flight.forget_durable(inner.completion.durable());
         let durable = |key: &[u8]| match in_flight.get(key) {
             Some(value) => value.map(<[u8]>::to_vec),
-            None => {
-                let loc = inner.index.get(key)?;
-                ValueRef::resolve(&inner.segments, loc).map(|v| v.to_vec())
-            }
+            None => ValueRef::lookup(&inner.index, &inner.segments, key).map(|v| v.to_vec()),
         };
         let mut taken_out = 0;
         loop {
@@ -1535,10 +1532,7 @@ fn answer_gets(
     lookups.clear();
     for &(g, ans) in gets {
         if ans == GetAnswer::Lookup(g) {
-            let v = inner
-                .index
-                .get(entries[g as usize].key)
-                .and_then(|loc| ValueRef::resolve(&inner.segments, loc))
+            let v = ValueRef::lookup(&inner.index, &inner.segments, entries[g as usize].key)
                 .map(|v| v.to_vec());
             lookups.push((g, v));
         }

@@ -44,6 +44,17 @@ fn put_batches(engine: &Engine, n: usize, value_len: usize) -> Vec<Seq> {
         .collect()
 }
 
+/// Four batches put, and consumer `c` that has read three of them and committed the first.
+fn read_three_committed_one(engine: &Engine) -> Consumer {
+    put_batches(engine, 4, 10);
+    let mut c = engine.consumer("c").expect("consumer");
+    for _ in 0..3 {
+        next(&mut c);
+    }
+    c.commit(1).expect("commit");
+    c
+}
+
 fn next(c: &mut Consumer) -> OwnedBatch {
     c.next_timeout(WAIT_MAX)
         .expect("next")
@@ -153,12 +164,7 @@ fn a_failed_commit_leaves_the_old_position() {
         });
         {
             let engine = Engine::open_with_io(dir.path(), config(), hook.clone()).expect("open");
-            put_batches(&engine, 4, 10);
-            let mut c = engine.consumer("c").expect("consumer");
-            for _ in 0..3 {
-                next(&mut c);
-            }
-            c.commit(1).expect("commit");
+            let mut c = read_three_committed_one(&engine);
             hook.armed.store(true, Ordering::SeqCst);
             match c.commit(3) {
                 Err(Error::Io { op: what, .. }) => {
@@ -258,12 +264,7 @@ fn a_commit_whose_directory_sync_fails_is_not_taken_as_done() {
         let hook = Arc::new(FailConsumerDirSync::default());
         {
             let engine = Engine::open_with_io(dir.path(), config(), hook.clone()).expect("open");
-            put_batches(&engine, 4, 10);
-            let mut c = engine.consumer("c").expect("consumer");
-            for _ in 0..3 {
-                next(&mut c);
-            }
-            c.commit(1).expect("commit");
+            let mut c = read_three_committed_one(&engine);
             hook.armed.store(true, Ordering::SeqCst);
             match c.commit(3) {
                 Err(Error::Io { op, path, .. }) => {

@@ -311,6 +311,11 @@ impl SyncerBell {
         self.state[i].store(AWAKE, Ordering::Relaxed);
     }
 
+    /// Whether every syncer is asleep (or about to be).
+    pub(crate) fn all_asleep(&self) -> bool {
+        self.state.iter().all(|s| s.load(Ordering::Acquire) == ASLEEP)
+    }
+
     /// Syncer `i` starts (`true`) or ends a sync.
     pub(crate) fn syncing(&self, i: usize, syncing: bool) {
         let state = if syncing { SYNCING } else { AWAKE };

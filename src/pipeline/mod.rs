@@ -313,6 +313,17 @@ pub(crate) fn start_pipeline(
         }
     }
     drop(jobs);
+    if inner.syncers.count > 1 {
+        // A syncer takes any job it finds while it is awake, so one whose thread started
+        // late would sync beside the first although syncs may not overlap yet: the bell
+        // wakes the others only while syncs may overlap (`SyncerBell::ring`). Each goes to
+        // its first sleep before any job can exist. Bounded: it only steers wake-ups, and a
+        // thread that failed at its start fails the engine on its own account.
+        let started = std::time::Instant::now();
+        while !inner.syncers.all_asleep() && started.elapsed() < std::time::Duration::from_secs(1) {
+            std::thread::sleep(std::time::Duration::from_micros(20));
+        }
+    }
     // If the flusher's thread cannot start, the closure below (with the syncers' handles) is
     // dropped unrun, and the desk (with the channel's sender) is dropped below: these wake
     // the syncers to see the channel closed and end, instead of staying parked.

@@ -80,6 +80,11 @@ impl Syncers {
         }
     }
 
+    /// Whether every syncer has announced its sleep (at the start, before any job exists).
+    pub(crate) fn all_asleep(&self) -> bool {
+        self.bell.all_asleep()
+    }
+
     /// After a job was handed on: wakes a syncer that sleeps, if one does (and, unless syncs
     /// may overlap now, only if none is inside a sync: that one takes the job after it).
     pub(crate) fn wake_one(&self) {

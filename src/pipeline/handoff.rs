@@ -313,7 +313,9 @@ impl SyncerBell {
 
     /// Whether every syncer is asleep (or about to be).
     pub(crate) fn all_asleep(&self) -> bool {
-        self.state.iter().all(|s| s.load(Ordering::Acquire) == ASLEEP)
+        self.state
+            .iter()
+            .all(|s| s.load(Ordering::Acquire) == ASLEEP)
     }
 
     /// Syncer `i` starts (`true`) or ends a sync.

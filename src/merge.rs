@@ -259,9 +259,16 @@ impl Refusals {
 /// a get needs, or the merges the operator refuses. Its buffers are reused.
 #[derive(Default)]
 pub(crate) struct Resolver {
-    /// Entry indices of every operation on a key that has a merge in the window, grouped by
-    /// key, in order within a key.
-    group: Vec<u32>,
+    /// Each key that has a merge in the window: its first and last operation's entry index
+    /// (the first names the key). `next` links the operations between them.
+    chains: hashbrown::HashTable<(u32, u32)>,
+    /// The hasher of `chains`' keys.
+    hasher: foldhash::fast::RandomState,
+    /// The keys' first entry indices, in the order the keys first appear.
+    firsts: Vec<u32>,
+    /// For an entry on a chained key, the entry index of the key's next operation
+    /// (`u32::MAX`: none).
+    next: Vec<u32>,
     /// (merge entry index, the key's value after it), sorted by index.
     values: Vec<(u32, Vec<u8>)>,
     /// (merge entry index, why it is refused), sorted by index.
@@ -274,6 +281,8 @@ enum Base<'a> {
     Durable,
     /// `None`: absent or deleted.
     Known(Option<Cow<'a, [u8]>>),
+    /// The value recorded in `Resolver::values` at this position (after a merge).
+    Resolved(usize),
 }
 
 impl Resolver {
@@ -290,37 +299,27 @@ impl Resolver {
     ) {
         self.values.clear();
         self.refused.clear();
-        self.group.clear();
-        let merged: hashbrown::HashSet<&[u8], foldhash::fast::RandomState> = entries
-            .iter()
-            .filter(|e| matches!(e.op, Op::Merge(_)))
-            .map(|e| e.key)
-            .collect();
-        self.group.extend((0..entries.len() as u32).filter(|&i| {
-            let e = &entries[i as usize];
-            !matches!(e.op, Op::Nop) && merged.contains(e.key)
-        }));
-        // Stable: each key's operations stay in order.
-        self.group
-            .sort_by(|&a, &b| entries[a as usize].key.cmp(entries[b as usize].key));
+        self.chain(entries);
         let mut pending: Vec<u32> = Vec::new();
-        let mut at = 0;
-        while at < self.group.len() {
-            let key = entries[self.group[at] as usize].key;
-            let end = at
-                + self.group[at..]
-                    .iter()
-                    .position(|&i| entries[i as usize].key != key)
-                    .unwrap_or(self.group.len() - at);
+        let mut operands: Vec<&[u8]> = Vec::new();
+        for f in 0..self.firsts.len() {
+            let first = self.firsts[f];
+            let key = entries[first as usize].key;
             let mut base = Base::Durable;
-            for k in at..end {
-                let i = self.group[k];
+            let mut i = first;
+            loop {
                 let write = matches!(entries[i as usize].op, Op::Put(_) | Op::Delete);
                 if write && !pending.is_empty() {
                     // Superseded merges still apply (a get may not see them, but a refusal
                     // of one must be found): onto the value before them.
                     let ctx = (op, value_len_max, entries);
-                    self.settle(ctx, key, &mut base, &mut pending, &mut durable);
+                    self.settle(
+                        ctx,
+                        key,
+                        &mut base,
+                        (&mut pending, &mut operands),
+                        &mut durable,
+                    );
                 }
                 match entries[i as usize].op {
                     Op::Put(v) => base = Base::Known(Some(Cow::Borrowed(v))),
@@ -328,17 +327,75 @@ impl Resolver {
                     Op::Merge(_) => pending.push(i),
                     Op::Get | Op::Nop => {}
                 }
+                let next = self.next[i as usize];
                 let get = matches!(entries[i as usize].op, Op::Get);
-                let settle = !pending.is_empty() && (get || !coalesce || k + 1 == end);
+                let settle = !pending.is_empty() && (get || !coalesce || next == u32::MAX);
                 if settle {
                     let ctx = (op, value_len_max, entries);
-                    self.settle(ctx, key, &mut base, &mut pending, &mut durable);
+                    self.settle(
+                        ctx,
+                        key,
+                        &mut base,
+                        (&mut pending, &mut operands),
+                        &mut durable,
+                    );
                 }
+                if next == u32::MAX {
+                    break;
+                }
+                i = next;
             }
-            at = end;
         }
         self.values.sort_unstable_by_key(|v| v.0);
         self.refused.sort_unstable_by_key(|r| r.0);
+    }
+
+    /// Links the operations of each key that has a merge in `entries` into a chain, in
+    /// window order (`firsts`, `next`): one hash probe per entry, no sort of the keys.
+    fn chain(&mut self, entries: &[Entry<'_>]) {
+        self.chains.clear();
+        self.firsts.clear();
+        self.next.clear();
+        self.next.resize(entries.len(), u32::MAX);
+        let hasher = &self.hasher;
+        let hash = |key: &[u8]| std::hash::BuildHasher::hash_one(hasher, key);
+        for (i, e) in entries.iter().enumerate() {
+            if let Op::Merge(_) = e.op {
+                let h = hash(e.key);
+                let found = self
+                    .chains
+                    .find(h, |&(f, _)| entries[f as usize].key == e.key);
+                if found.is_none() {
+                    // Named by its first merge until the walk below finds its first
+                    // operation (the same key).
+                    self.chains
+                        .insert_unique(h, (i as u32, u32::MAX), |&(f, _)| {
+                            hash(entries[f as usize].key)
+                        });
+                }
+            }
+        }
+        for (i, e) in entries.iter().enumerate() {
+            if let Op::Nop = e.op {
+                continue;
+            }
+            let h = hash(e.key);
+            let Some(c) = self
+                .chains
+                .find_mut(h, |&(f, _)| entries[f as usize].key == e.key)
+            else {
+                continue;
+            };
+            let i = i as u32;
+            if c.1 == u32::MAX {
+                // The key's first operation (at or before its first merge).
+                c.0 = i;
+                self.firsts.push(i);
+            } else {
+                self.next[c.1 as usize] = i;
+            }
+            c.1 = i;
+        }
     }
 
     /// Merges the `pending` merges (entry indices) onto `base`, records the value after the
@@ -349,27 +406,30 @@ impl Resolver {
         (op, value_len_max, entries): (&MergeOperator, usize, &[Entry<'a>]),
         key: &[u8],
         base: &mut Base<'a>,
-        pending: &mut Vec<u32>,
+        (pending, operands): (&mut Vec<u32>, &mut Vec<&'a [u8]>),
         durable: &mut impl FnMut(&[u8]) -> Option<Vec<u8>>,
     ) {
         if let Base::Durable = base {
             *base = Base::Known(durable(key).map(Cow::Owned));
         }
-        let Base::Known(cur) = base else {
-            unreachable!("set above")
+        let cur: Option<&[u8]> = match base {
+            Base::Known(cur) => cur.as_deref(),
+            Base::Resolved(at) => Some(&self.values[*at].1),
+            Base::Durable => unreachable!("set above"),
         };
         let operand = |i: u32| match entries[i as usize].op {
             Op::Merge(o) => o,
             _ => unreachable!("pending holds merges"),
         };
-        let operands: Vec<&[u8]> = pending.iter().map(|&i| operand(i)).collect();
+        operands.clear();
+        operands.extend(pending.iter().map(|&i| operand(i)));
         let last = *pending.last().expect("settled with merges pending");
-        let value = match op.merge(cur.as_deref(), &operands, value_len_max) {
+        let value = match op.merge(cur, operands, value_len_max) {
             Ok(v) => v,
             Err(_) => {
                 // Find the refused ones; the others apply in order, each onto the last good
                 // value. (The caller takes the refused requests out and resolves again.)
-                let mut v: Option<Vec<u8>> = cur.as_deref().map(<[u8]>::to_vec);
+                let mut v: Option<Vec<u8>> = cur.map(<[u8]>::to_vec);
                 for &i in pending.iter() {
                     match op.merge(v.as_deref(), &[operand(i)], value_len_max) {
                         Ok(next) => v = Some(next),
@@ -379,8 +439,9 @@ impl Resolver {
                 v.unwrap_or_default()
             }
         };
-        self.values.push((last, value.clone()));
-        *cur = Some(Cow::Owned(value));
+        // The base from now on is the value recorded for the last merge (no copy of it).
+        self.values.push((last, value));
+        *base = Base::Resolved(self.values.len() - 1);
         pending.clear();
     }
 

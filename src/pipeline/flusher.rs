@@ -1306,18 +1306,44 @@ impl Flusher {
 #[derive(Default)]
 struct InFlightValues {
     values: hashbrown::HashMap<Vec<u8>, (u64, Option<Vec<u8>>), foldhash::fast::RandomState>,
+    /// Buffers of forgotten keys and values, reused for the next ones: every window notes
+    /// each of its survivors, and the entries go once durable (one or two windows later), so
+    /// without them each survivor would cost an allocation and a free or two.
+    spare: Vec<Vec<u8>>,
 }
+
+/// The most buffers `InFlightValues` keeps for reuse, and the largest it keeps (a value's
+/// buffer can be up to `value_len_max`).
+const SPARE_BUFFERS_MAX: usize = 4096;
+const SPARE_BUFFER_BYTES_MAX: usize = 256;
 
 impl InFlightValues {
     /// Notes what the window ending at `end` wrote (its `survivors`, in log order).
     fn note(&mut self, window: (&[Entry<'_>], &Resolver), survivors: &[u32], end: u64) {
+        let spare = &mut self.spare;
         for &i in survivors {
             let key = window.0[i as usize].key;
-            let value = logged_value(window, i).map(<[u8]>::to_vec);
+            let value = logged_value(window, i);
             match self.values.get_mut(key) {
-                Some(v) => *v = (end, value),
+                Some((at, held)) => {
+                    *at = end;
+                    match (held.as_mut(), value) {
+                        (Some(buf), Some(v)) => {
+                            buf.clear();
+                            buf.extend_from_slice(v);
+                        }
+                        (_, v) => {
+                            if let Some(old) = held.take() {
+                                keep_spare(spare, old);
+                            }
+                            *held = v.map(|v| copy_into_spare(spare, v));
+                        }
+                    }
+                }
                 None => {
-                    self.values.insert(key.to_vec(), (end, value));
+                    let value = value.map(|v| copy_into_spare(spare, v));
+                    self.values
+                        .insert(copy_into_spare(spare, key), (end, value));
                 }
             }
         }
@@ -1325,12 +1351,37 @@ impl InFlightValues {
 
     /// Forgets the values of windows the watermark `durable` has passed: the index has them.
     fn forget_durable(&mut self, durable: u64) {
-        self.values.retain(|_, (end, _)| *end > durable);
+        let spare = &mut self.spare;
+        for (key, (_, value)) in self.values.extract_if(|_, (end, _)| *end <= durable) {
+            keep_spare(spare, key);
+            if let Some(value) = value {
+                keep_spare(spare, value);
+            }
+        }
     }
 
     /// `Some(value)` if a window in flight wrote `key` (`Some(None)`: deleted it).
     fn get(&self, key: &[u8]) -> Option<Option<&[u8]>> {
         self.values.get(key).map(|(_, v)| v.as_deref())
+    }
+}
+
+/// `bytes` in a buffer from `spare` if one is there, else a new one.
+fn copy_into_spare(spare: &mut Vec<Vec<u8>>, bytes: &[u8]) -> Vec<u8> {
+    match spare.pop() {
+        Some(mut buf) => {
+            buf.clear();
+            buf.extend_from_slice(bytes);
+            buf
+        }
+        None => bytes.to_vec(),
+    }
+}
+
+/// Keeps `buf` for reuse unless `spare` is full or `buf` is large.
+fn keep_spare(spare: &mut Vec<Vec<u8>>, buf: Vec<u8>) {
+    if spare.len() < SPARE_BUFFERS_MAX && buf.capacity() <= SPARE_BUFFER_BYTES_MAX {
+        spare.push(buf);
     }
 }
 

@@ -300,8 +300,9 @@ impl Resolver {
         self.values.clear();
         self.refused.clear();
         self.chain(entries);
-        let mut pending: Vec<u32> = Vec::new();
-        let mut operands: Vec<&[u8]> = Vec::new();
+        let ctx = (op, value_len_max, entries);
+        // The merges waiting to be settled (entry indices), and their operands when they are.
+        let mut scratch: (Vec<u32>, Vec<&[u8]>) = (Vec::new(), Vec::new());
         for f in 0..self.firsts.len() {
             let first = self.firsts[f];
             let key = entries[first as usize].key;
@@ -309,36 +310,22 @@ impl Resolver {
             let mut i = first;
             loop {
                 let write = matches!(entries[i as usize].op, Op::Put(_) | Op::Delete);
-                if write && !pending.is_empty() {
+                if write && !scratch.0.is_empty() {
                     // Superseded merges still apply (a get may not see them, but a refusal
                     // of one must be found): onto the value before them.
-                    let ctx = (op, value_len_max, entries);
-                    self.settle(
-                        ctx,
-                        key,
-                        &mut base,
-                        (&mut pending, &mut operands),
-                        &mut durable,
-                    );
+                    self.settle(ctx, key, &mut base, &mut scratch, &mut durable);
                 }
                 match entries[i as usize].op {
                     Op::Put(v) => base = Base::Known(Some(Cow::Borrowed(v))),
                     Op::Delete => base = Base::Known(None),
-                    Op::Merge(_) => pending.push(i),
+                    Op::Merge(_) => scratch.0.push(i),
                     Op::Get | Op::Nop => {}
                 }
                 let next = self.next[i as usize];
                 let get = matches!(entries[i as usize].op, Op::Get);
-                let settle = !pending.is_empty() && (get || !coalesce || next == u32::MAX);
+                let settle = !scratch.0.is_empty() && (get || !coalesce || next == u32::MAX);
                 if settle {
-                    let ctx = (op, value_len_max, entries);
-                    self.settle(
-                        ctx,
-                        key,
-                        &mut base,
-                        (&mut pending, &mut operands),
-                        &mut durable,
-                    );
+                    self.settle(ctx, key, &mut base, &mut scratch, &mut durable);
                 }
                 if next == u32::MAX {
                     break;
@@ -406,7 +393,7 @@ impl Resolver {
         (op, value_len_max, entries): (&MergeOperator, usize, &[Entry<'a>]),
         key: &[u8],
         base: &mut Base<'a>,
-        (pending, operands): (&mut Vec<u32>, &mut Vec<&'a [u8]>),
+        (pending, operands): &mut (Vec<u32>, Vec<&'a [u8]>),
         durable: &mut impl FnMut(&[u8]) -> Option<Vec<u8>>,
     ) {
         if let Base::Durable = base {

@@ -259,8 +259,8 @@ impl Refusals {
 /// a get needs, or the merges the operator refuses. Its buffers are reused.
 #[derive(Default)]
 pub(crate) struct Resolver {
-    /// Each key that has a merge in the window: its first and last operation's entry index
-    /// (the first names the key). `next` links the operations between them.
+    /// Each key that has a merge in the window: an entry index naming the key (its first
+    /// merge) and its last operation's so far (`u32::MAX`: none yet). `next` links them.
     chains: hashbrown::HashTable<(u32, u32)>,
     /// The hasher of `chains`' keys.
     hasher: foldhash::fast::RandomState,
@@ -348,18 +348,11 @@ impl Resolver {
         let hash = |key: &[u8]| std::hash::BuildHasher::hash_one(hasher, key);
         for (i, e) in entries.iter().enumerate() {
             if let Op::Merge(_) = e.op {
-                let h = hash(e.key);
-                let found = self
-                    .chains
-                    .find(h, |&(f, _)| entries[f as usize].key == e.key);
-                if found.is_none() {
-                    // Named by its first merge until the walk below finds its first
-                    // operation (the same key).
-                    self.chains
-                        .insert_unique(h, (i as u32, u32::MAX), |&(f, _)| {
-                            hash(entries[f as usize].key)
-                        });
-                }
+                let same_key = |&(f, _): &(u32, u32)| entries[f as usize].key == e.key;
+                let rehash = |&(f, _): &(u32, u32)| hash(entries[f as usize].key);
+                self.chains
+                    .entry(hash(e.key), same_key, rehash)
+                    .or_insert((i as u32, u32::MAX));
             }
         }
         for (i, e) in entries.iter().enumerate() {
@@ -376,7 +369,6 @@ impl Resolver {
             let i = i as u32;
             if c.1 == u32::MAX {
                 // The key's first operation (at or before its first merge).
-                c.0 = i;
                 self.firsts.push(i);
             } else {
                 self.next[c.1 as usize] = i;

@@ -20,6 +20,12 @@ Policies:
                live / frames < R; copies go to a head of their own, apart from new writes
                (the segregation log-structured file systems use). Needs a format where a
                segment in the middle can be removed.
+  inplace R    while live / frames < R, the complete segment with the fewest live records
+               (with the segments after it while their live records fit one segment) is
+               rewritten where it lies, keeping only its live records: nothing moves in
+               the log's order, so no copy can land after a newer write of its key and
+               cold records stay where they are. Needs segments that shrink and merge in
+               place (frames of one file from several, the index's locations moved).
   gen H C      two logs: new writes go to a hot log kept at H * live records (its oldest
                segments are cleaned into a cold log); the cold log is cleaned as `fifo C`.
                Needs a second log and replay of cold before hot.
@@ -84,6 +90,28 @@ class Log:
         self.frames += 1
         if len(s) >= self.seg:
             self.roll()
+
+    def rewrite(self, sids, ids):
+        """Rewrites the adjacent segments `sids` (in log order) as one, keeping only their
+        live records where they are in the log's order; the records copied."""
+        first = sids[0]
+        kept = [key for sid in sids for slot, key in enumerate(self.segs[sid])
+                if self.where.get(key) == (sid, slot)]
+        for sid in sids:
+            self.frames -= len(self.segs.pop(sid))
+            del self.live[sid]
+            del ids[sid]
+        # OrderedDict: put the rewritten one back in its place (before every later id).
+        later = [(i, self.segs.pop(i)) for i in list(self.segs) if i > first]
+        self.segs[first] = kept
+        for i, keys in later:
+            self.segs[i] = keys
+        for slot, key in enumerate(kept):
+            self.where[key] = (first, slot)
+        ids[first] = self
+        self.live[first] = len(kept)
+        self.frames += len(kept)
+        return len(kept)
 
     def complete(self):
         return [i for i in self.segs if i != self.head]
@@ -150,6 +178,25 @@ def run(stream, seg, policy, args, check=1000):
                     break
                 _, sid, owner = min(cands)
                 copied += owner.remove(sid, ids, head_c)
+        elif policy == "inplace":
+            # Rewrite in place the complete segment with the lowest live ratio, with
+            # its neighbours after it while their live records fit one segment.
+            while live / log.frames < ratio:
+                comp = log.complete()
+                def u(s):
+                    return log.live[s] / len(log.segs[s]) if log.segs[s] else 0
+                if not comp:
+                    break
+                n = min(range(len(comp)), key=lambda n: u(comp[n]))
+                if u(comp[n]) >= 0.98:
+                    break
+                take, fill = [comp[n]], log.live[comp[n]]
+                for s in comp[n + 1:]:
+                    if fill + log.live[s] > log.seg:
+                        break
+                    take.append(s)
+                    fill += log.live[s]
+                copied += log.rewrite(take, ids)
         else:
             while hot.frames > hot_max * live and hot.complete():
                 copied += hot.remove(hot.complete()[0], ids, cold)
@@ -168,6 +215,7 @@ def main():
     p.add_argument("--window", type=int, default=1, help="coalesce per window of N requests")
     p.add_argument("--seg", type=int, default=8_000, help="records per segment")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--only", default=None, help="run only this policy")
     a = p.parse_args()
     stream = coalesce(draw(a.keys, a.writes, a.dist, a.seed), a.window)
     print(f"{a.dist}, {a.keys} keys, {a.writes} writes, window {a.window}: "
@@ -176,7 +224,10 @@ def main():
     configs = [("fifo", (r,)) for r in (0.45, 0.5, 0.55, 0.6)]
     configs += [("greedy", (r,)) for r in (0.5, 0.55, 0.6)]
     configs += [("gen", (h, c)) for h in (0.5, 0.8) for c in (0.6, 0.7)]
+    configs += [("inplace", (r,)) for r in (0.5, 0.55, 0.6, 0.65)]
     for policy, args in configs:
+        if a.only and policy != a.only:
+            continue
         wa, end, peak = run(stream, a.seg, policy, args)
         name = f"{policy} {' '.join(str(x) for x in args)}"
         print(f"{name:<16} {wa:6.3f} {end:6.3f} {peak:6.3f}", flush=True)

@@ -271,6 +271,9 @@ pub(crate) struct Resolver {
     next: Vec<u32>,
     /// (merge entry index, the key's value after it), sorted by index.
     values: Vec<(u32, Vec<u8>)>,
+    /// Entry indices naming the keys whose durable value the window will read (their
+    /// first write in it is a merge), handed to `resolve`'s `warm` before any is read.
+    reads: Vec<u32>,
     /// (merge entry index, why it is refused), sorted by index.
     pub refused: Vec<(u32, String)>,
 }
@@ -289,17 +292,22 @@ impl Resolver {
     /// Resolves the merges of `entries` (a window in order) with `op`. `durable(key)` gives
     /// the durable value of a key, every earlier window included. With `coalesce`, values
     /// are kept for the last merge of each run (the one a survivor or a get names);
-    /// without, for every merge (each is logged).
+    /// without, for every merge (each is logged). Before the first `durable` call, `warm`
+    /// is given every key that `durable` will be asked for (each once), so the caller can
+    /// start fetching them all at once instead of one cache miss after another.
     pub fn resolve<'a>(
         &mut self,
         op: &MergeOperator,
         value_len_max: usize,
         (entries, coalesce): (&[Entry<'a>], bool),
         mut durable: impl FnMut(&[u8]) -> Option<Vec<u8>>,
+        warm: impl FnOnce(&mut dyn Iterator<Item = &[u8]>),
     ) {
         self.values.clear();
         self.refused.clear();
         self.chain(entries);
+        self.find_reads(entries);
+        warm(&mut self.reads.iter().map(|&i| entries[i as usize].key));
         let ctx = (op, value_len_max, entries);
         // The merges waiting to be settled (entry indices), and their operands when they are.
         let mut scratch: (Vec<u32>, Vec<&[u8]>) = (Vec::new(), Vec::new());
@@ -377,6 +385,29 @@ impl Resolver {
         }
     }
 
+    /// Fills `reads`: the keys (by their first entry) whose first write in the window is a
+    /// merge, so that their walk in `resolve` settles onto the durable value.
+    fn find_reads(&mut self, entries: &[Entry<'_>]) {
+        self.reads.clear();
+        for &first in &self.firsts {
+            let mut i = first;
+            loop {
+                match entries[i as usize].op {
+                    Op::Merge(_) => {
+                        self.reads.push(first);
+                        break;
+                    }
+                    Op::Put(_) | Op::Delete => break,
+                    Op::Get | Op::Nop => {}
+                }
+                i = self.next[i as usize];
+                if i == u32::MAX {
+                    break;
+                }
+            }
+        }
+    }
+
     /// Merges the `pending` merges (entry indices) onto `base`, records the value after the
     /// last of them, and makes it the base; on a refusal, applies them one at a time to
     /// find which ones the operator refuses.
@@ -435,6 +466,7 @@ impl Resolver {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::cell::{Cell, RefCell};
     use std::collections::HashMap;
 
     fn c(n: i64) -> Vec<u8> {
@@ -577,8 +609,26 @@ mod tests {
                 .collect();
             for coalesce in [true, false] {
                 let mut r = Resolver::default();
-                r.resolve(&op, 1 << 20, (&entries, coalesce), |k| start.get(k).cloned());
+                // Every key read is warmed first, each once, and none that is not read.
+                let (asked, warmed) = (RefCell::new(Vec::new()), RefCell::new(Vec::new()));
+                let early = Cell::new(false);
+                r.resolve(
+                    &op,
+                    1 << 20,
+                    (&entries, coalesce),
+                    |k| {
+                        early.set(early.get() || warmed.borrow().is_empty());
+                        asked.borrow_mut().push(k.to_vec());
+                        start.get(k).cloned()
+                    },
+                    |keys| warmed.borrow_mut().extend(keys.map(<[u8]>::to_vec)),
+                );
+                prop_assert!(!early.get(), "a durable value read before the warm call");
                 prop_assert!(r.refused.is_empty());
+                let (mut asked, mut warmed) = (asked.into_inner(), warmed.into_inner());
+                asked.sort();
+                warmed.sort();
+                prop_assert_eq!(asked, warmed);
                 let mut model = start.clone();
                 // Per key, the last merge since the key's last get or write.
                 let mut last_merge: HashMap<&[u8], u32> = HashMap::new();
@@ -638,7 +688,7 @@ mod tests {
             },
         ];
         let mut r = Resolver::default();
-        r.resolve(&MergeOperator::Add, 100, (&entries, true), |_| None);
+        r.resolve(&MergeOperator::Add, 100, (&entries, true), |_| None, |_| {});
         let refused: Vec<u32> = r.refused.iter().map(|x| x.0).collect();
         assert_eq!(refused, vec![2, 3]);
         assert_eq!(r.value(4), Some(&c(5)[..]));

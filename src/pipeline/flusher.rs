@@ -113,6 +113,8 @@ pub(super) struct Flusher {
     /// With a merge operator: the values written by windows not yet durable, which a merge
     /// folds onto instead of waiting for them to reach the index.
     in_flight_values: InFlightValues,
+    /// `ValueRef::warm`'s scratch: the locations of a window's merged keys.
+    warm_locs: Vec<Loc>,
     /// While a compaction runs: the keys of the windows in flight (see `crate::compact`).
     in_flight_keys: InFlightKeys,
     /// The segment the last frame handed on went into (its first batch's sequence).
@@ -458,6 +460,7 @@ impl Flusher {
             turn_ids: Vec::new(),
             resolver: Resolver::default(),
             in_flight_values: InFlightValues::default(),
+            warm_locs: Vec::new(),
             in_flight_keys: InFlightKeys::default(),
             segment,
             completed_inline: false,
@@ -1047,6 +1050,7 @@ impl Flusher {
         }
         let in_flight = &mut self.in_flight_values;
         in_flight.forget_durable(inner.completion.durable());
+        let in_flight = &*in_flight;
         let durable = |key: &[u8]| match in_flight.get(key) {
             Some(value) => value.map(<[u8]>::to_vec),
             None => ValueRef::lookup(&inner.index, &inner.segments, key).map(|v| v.to_vec()),
@@ -1054,8 +1058,13 @@ impl Flusher {
         let mut taken_out = 0;
         loop {
             let window = (&*entries, inner.config.coalesce);
+            let locs = &mut self.warm_locs;
+            let warm = |keys: &mut dyn Iterator<Item = &[u8]>| {
+                let cold = keys.filter(|key| in_flight.get(key).is_none());
+                ValueRef::warm(&inner.index, &inner.segments, cold, locs);
+            };
             self.resolver
-                .resolve(op, inner.config.value_len_max, window, durable);
+                .resolve(op, inner.config.value_len_max, window, durable, warm);
             if self.resolver.refused.is_empty() {
                 return Some(taken_out);
             }

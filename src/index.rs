@@ -441,30 +441,50 @@ impl ValueRef {
         }
     }
 
-    /// Starts fetching the durable values of `keys` into the CPU's caches, so that a
-    /// [`ValueRef::lookup`] of each soon after finds its index slot and its value there: the
-    /// slots are read under one read lock of the index, then each value's first cache line
-    /// is prefetched under one read lock of the segment list (never both held at once, as in
-    /// `lookup`). A hint only: nothing is returned or promised. The flusher's merges read a
-    /// window's durable values one key after another, each an index probe and a value read
-    /// that miss the cache for all but the hottest keys; this lets the value reads overlap
-    /// the probes. `locs` keeps its capacity between calls.
-    pub(crate) fn warm<'k>(
+    /// The durable values of many keys at once, as [`ValueRef::lookup`] gives each:
+    /// `found(i, value)` for each `(i, key)` of `keys` (`None`: absent), in any order. The
+    /// locations are read under one read lock of the index, then every value's first cache
+    /// line is prefetched and the values read under one read lock of the segment list
+    /// (never both locks at once, as in `lookup`), so the misses overlap instead of
+    /// following one another, and no lock is taken per key. A key whose segment a
+    /// retirement unlisted between the two is looked up again with `lookup`. The flusher's
+    /// merges read a window's durable values this way. `locs` keeps its capacity.
+    pub(crate) fn read_many(
         index: &Index,
         segments: &Segments,
-        keys: impl Iterator<Item = &'k [u8]>,
-        locs: &mut Vec<Loc>,
+        keys: &[(usize, &[u8])],
+        locs: &mut Vec<Option<Loc>>,
+        mut found: impl FnMut(usize, Option<&[u8]>),
     ) {
         locs.clear();
         let lookup = index.lookup();
-        locs.extend(keys.filter_map(|key| lookup.get(key)));
+        locs.extend(keys.iter().map(|&(_, key)| lookup.get(key)));
         drop(lookup);
+        let mut again = Vec::new();
         let segs = segments.read();
-        for loc in locs.iter() {
+        for loc in locs.iter().flatten() {
             if let Some(seg) = segs.get(loc.seg) {
                 // The start of the value (an empty view still points there).
                 prefetch(seg.bytes(loc.off, 0).as_ptr());
             }
+        }
+        for (&(i, key), loc) in keys.iter().zip(locs.iter()) {
+            let Some(loc) = loc else {
+                found(i, None);
+                continue;
+            };
+            // As `resolve`: the value lies below `published` in a listed segment.
+            let value = segs
+                .get(loc.seg)
+                .map(|s| s.bytes(loc.off, loc.len as usize));
+            match value {
+                Some(v) if v.len() == loc.len as usize => found(i, Some(v)),
+                _ => again.push((i, key)),
+            }
+        }
+        drop(segs);
+        for (i, key) in again {
+            found(i, ValueRef::lookup(index, segments, key).as_deref());
         }
     }
 

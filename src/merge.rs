@@ -271,11 +271,60 @@ pub(crate) struct Resolver {
     next: Vec<u32>,
     /// (merge entry index, the key's value after it), sorted by index.
     values: Vec<(u32, Vec<u8>)>,
-    /// Entry indices naming the keys whose durable value the window will read (their
-    /// first write in it is a merge), handed to `resolve`'s `warm` before any is read.
+    /// Entry indices naming the keys whose durable value the window reads (their first
+    /// write in it is a merge), in the order `resolve` reads them.
     reads: Vec<u32>,
+    /// Their durable values, as `resolve`'s `fetch` gave them (buffers kept for reuse).
+    fetched: Durable,
     /// (merge entry index, why it is refused), sorted by index.
     pub refused: Vec<(u32, String)>,
+}
+
+/// The durable values a window's merges read: one per key `Resolver::resolve` asks its
+/// `fetch` for, set by the key's place among them. The bytes share one buffer, kept from
+/// window to window.
+#[derive(Default)]
+pub(crate) struct Durable {
+    bytes: Vec<u8>,
+    values: Vec<Fetched>,
+}
+
+#[derive(Clone, Copy)]
+enum Fetched {
+    /// Not set by the fetch (a bug: `resolve` would have nothing to merge onto).
+    Unset,
+    Absent,
+    /// A range of `Durable::bytes`.
+    At(usize, usize),
+}
+
+impl Durable {
+    /// Ready for `n` values, none set.
+    fn expect(&mut self, n: usize) {
+        self.bytes.clear();
+        self.values.clear();
+        self.values.resize(n, Fetched::Unset);
+    }
+
+    /// Sets the durable value of the `i`-th key asked for (`None`: absent or deleted).
+    pub fn set(&mut self, i: usize, value: Option<&[u8]>) {
+        self.values[i] = match value {
+            Some(v) => {
+                let at = self.bytes.len();
+                self.bytes.extend_from_slice(v);
+                Fetched::At(at, v.len())
+            }
+            None => Fetched::Absent,
+        };
+    }
+
+    fn get(&self, i: usize) -> Option<&[u8]> {
+        match self.values[i] {
+            Fetched::At(at, len) => Some(&self.bytes[at..at + len]),
+            Fetched::Absent => None,
+            Fetched::Unset => panic!("the fetch set no durable value for key {i} of the window"),
+        }
+    }
 }
 
 /// A key's value as the walk of its operations knows it.
@@ -289,39 +338,64 @@ enum Base<'a> {
 }
 
 impl Resolver {
-    /// Resolves the merges of `entries` (a window in order) with `op`. `durable(key)` gives
-    /// the durable value of a key, every earlier window included. With `coalesce`, values
-    /// are kept for the last merge of each run (the one a survivor or a get names);
-    /// without, for every merge (each is logged). Before the first `durable` call, `warm`
-    /// is given every key that `durable` will be asked for (each once), so the caller can
-    /// start fetching them all at once instead of one cache miss after another.
+    /// Resolves the merges of `entries` (a window in order) with `op`. With `coalesce`,
+    /// values are kept for the last merge of each run (the one a survivor or a get names);
+    /// without, for every merge (each is logged). `fetch` is called once, before anything
+    /// is merged, with every key whose durable value (every earlier window included) the
+    /// window reads, each once, and sets each one's value in the [`Durable`] by its place
+    /// among them: the caller can look them all up together, not one cache miss after
+    /// another.
     pub fn resolve<'a>(
         &mut self,
         op: &MergeOperator,
         value_len_max: usize,
         (entries, coalesce): (&[Entry<'a>], bool),
-        mut durable: impl FnMut(&[u8]) -> Option<Vec<u8>>,
-        warm: impl FnOnce(&mut dyn Iterator<Item = &[u8]>),
+        fetch: impl FnOnce(&mut dyn ExactSizeIterator<Item = &'a [u8]>, &mut Durable),
     ) {
         self.values.clear();
         self.refused.clear();
         self.chain(entries);
         self.find_reads(entries);
-        warm(&mut self.reads.iter().map(|&i| entries[i as usize].key));
+        let mut fetched = std::mem::take(&mut self.fetched);
+        fetched.expect(self.reads.len());
+        fetch(
+            &mut self.reads.iter().map(|&i| entries[i as usize].key),
+            &mut fetched,
+        );
+        self.walk(op, value_len_max, (entries, coalesce), &fetched);
+        self.fetched = fetched;
+        self.values.sort_unstable_by_key(|v| v.0);
+        self.refused.sort_unstable_by_key(|r| r.0);
+    }
+
+    /// `resolve`'s walk of each key's chain, with the durable values fetched.
+    fn walk<'a>(
+        &mut self,
+        op: &MergeOperator,
+        value_len_max: usize,
+        (entries, coalesce): (&[Entry<'a>], bool),
+        fetched: &'a Durable,
+    ) {
         let ctx = (op, value_len_max, entries);
+        // The next of `fetched`'s values to use: keys read in `reads`' order.
+        let mut read = 0;
         // The merges waiting to be settled (entry indices), and their operands when they are.
         let mut scratch: (Vec<u32>, Vec<&[u8]>) = (Vec::new(), Vec::new());
         for f in 0..self.firsts.len() {
             let first = self.firsts[f];
-            let key = entries[first as usize].key;
             let mut base = Base::Durable;
+            // Keys settle onto their durable value in `reads`' order.
+            let in_order = |reads: &[u32], base: &Base<'_>, read: usize| {
+                !matches!(base, Base::Durable) || reads.get(read) == Some(&first)
+            };
             let mut i = first;
             loop {
                 let write = matches!(entries[i as usize].op, Op::Put(_) | Op::Delete);
                 if write && !scratch.0.is_empty() {
                     // Superseded merges still apply (a get may not see them, but a refusal
                     // of one must be found): onto the value before them.
-                    self.settle(ctx, key, &mut base, &mut scratch, &mut durable);
+                    debug_assert!(in_order(&self.reads, &base, read));
+                    self.settle(ctx, &mut base, &mut scratch, (fetched, &mut read));
                 }
                 match entries[i as usize].op {
                     Op::Put(v) => base = Base::Known(Some(Cow::Borrowed(v))),
@@ -333,7 +407,8 @@ impl Resolver {
                 let get = matches!(entries[i as usize].op, Op::Get);
                 let settle = !scratch.0.is_empty() && (get || !coalesce || next == u32::MAX);
                 if settle {
-                    self.settle(ctx, key, &mut base, &mut scratch, &mut durable);
+                    debug_assert!(in_order(&self.reads, &base, read));
+                    self.settle(ctx, &mut base, &mut scratch, (fetched, &mut read));
                 }
                 if next == u32::MAX {
                     break;
@@ -341,8 +416,7 @@ impl Resolver {
                 i = next;
             }
         }
-        self.values.sort_unstable_by_key(|v| v.0);
-        self.refused.sort_unstable_by_key(|r| r.0);
+        debug_assert_eq!(read, self.reads.len(), "every value fetched is read");
     }
 
     /// Links the operations of each key that has a merge in `entries` into a chain, in
@@ -414,13 +488,13 @@ impl Resolver {
     fn settle<'a>(
         &mut self,
         (op, value_len_max, entries): (&MergeOperator, usize, &[Entry<'a>]),
-        key: &[u8],
         base: &mut Base<'a>,
         (pending, operands): &mut (Vec<u32>, Vec<&'a [u8]>),
-        durable: &mut impl FnMut(&[u8]) -> Option<Vec<u8>>,
+        (fetched, read): (&'a Durable, &mut usize),
     ) {
         if let Base::Durable = base {
-            *base = Base::Known(durable(key).map(Cow::Owned));
+            *base = Base::Known(fetched.get(*read).map(Cow::Borrowed));
+            *read += 1;
         }
         let cur: Option<&[u8]> = match base {
             Base::Known(cur) => cur.as_deref(),
@@ -466,7 +540,7 @@ impl Resolver {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::cell::{Cell, RefCell};
+    use std::cell::RefCell;
     use std::collections::HashMap;
 
     fn c(n: i64) -> Vec<u8> {
@@ -609,26 +683,36 @@ mod tests {
                 .collect();
             for coalesce in [true, false] {
                 let mut r = Resolver::default();
-                // Every key read is warmed first, each once, and none that is not read.
-                let (asked, warmed) = (RefCell::new(Vec::new()), RefCell::new(Vec::new()));
-                let early = Cell::new(false);
-                r.resolve(
-                    &op,
-                    1 << 20,
-                    (&entries, coalesce),
-                    |k| {
-                        early.set(early.get() || warmed.borrow().is_empty());
+                // The fetch is asked for every key read, each once, and no other; the
+                // values it sets are the ones merged onto.
+                let asked = RefCell::new(Vec::new());
+                r.resolve(&op, 1 << 20, (&entries, coalesce), |keys, out| {
+                    for (i, k) in keys.enumerate() {
                         asked.borrow_mut().push(k.to_vec());
-                        start.get(k).cloned()
-                    },
-                    |keys| warmed.borrow_mut().extend(keys.map(<[u8]>::to_vec)),
-                );
-                prop_assert!(!early.get(), "a durable value read before the warm call");
+                        out.set(i, start.get(k).map(|v| &v[..]));
+                    }
+                });
                 prop_assert!(r.refused.is_empty());
-                let (mut asked, mut warmed) = (asked.into_inner(), warmed.into_inner());
+                let mut asked = asked.into_inner();
                 asked.sort();
-                warmed.sort();
-                prop_assert_eq!(asked, warmed);
+                let n = asked.len();
+                asked.dedup();
+                prop_assert_eq!(n, asked.len(), "a key fetched twice");
+                // The keys whose first write in the window is a merge.
+                let mut reads: Vec<Vec<u8>> = Vec::new();
+                let mut wrote: Vec<&[u8]> = Vec::new();
+                for e in &entries {
+                    match e.op {
+                        Op::Merge(_) if !wrote.contains(&e.key) => {
+                            wrote.push(e.key);
+                            reads.push(e.key.to_vec());
+                        }
+                        Op::Put(_) | Op::Delete | Op::Merge(_) => wrote.push(e.key),
+                        Op::Get | Op::Nop => {}
+                    }
+                }
+                reads.sort();
+                prop_assert_eq!(asked, reads);
                 let mut model = start.clone();
                 // Per key, the last merge since the key's last get or write.
                 let mut last_merge: HashMap<&[u8], u32> = HashMap::new();
@@ -688,7 +772,9 @@ mod tests {
             },
         ];
         let mut r = Resolver::default();
-        r.resolve(&MergeOperator::Add, 100, (&entries, true), |_| None, |_| {});
+        r.resolve(&MergeOperator::Add, 100, (&entries, true), |keys, out| {
+            (0..keys.len()).for_each(|i| out.set(i, None))
+        });
         let refused: Vec<u32> = r.refused.iter().map(|x| x.0).collect();
         assert_eq!(refused, vec![2, 3]);
         assert_eq!(r.value(4), Some(&c(5)[..]));

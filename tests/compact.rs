@@ -628,6 +628,99 @@ fn compaction_off_refuses_and_bad_policies_are_refused_at_open() {
 /// `Compaction::Auto` keeps the log near its live data on its own; the figures of the
 /// policy's bound are in the bench (`mergelog bench --compaction`), this checks that it
 /// runs and keeps the state.
+/// Merges read their keys' values, from the windows in flight or durable, while
+/// compactions copy those records and retire the segments they were in (the flusher reads
+/// a window's durable values together: locations under the index's lock, then the values
+/// under the segment list's, a key whose segment went between the two looked up again).
+/// Every increment must land exactly once: each counter ends at the number of merges made
+/// into it, and so after a reopen.
+#[test]
+fn merges_count_exactly_while_compactions_move_their_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cfg = Config {
+        merge: Some(mergelog::MergeOperator::Add),
+        ..config()
+    };
+    let engine = Engine::open(dir, cfg.clone()).expect("open");
+    let counters = 256;
+    let counter = |i: usize| format!("counter-{i:04}").into_bytes();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let rounds = std::sync::atomic::AtomicU64::new(0);
+    let (retired, rounds) = std::thread::scope(|s| {
+        let (engine, done, rounds) = (&engine, &done, &rounds);
+        let merger = s.spawn(move || {
+            let mut made = vec![0i64; counters];
+            let mut round = 0;
+            // Four rounds in flight: a counter's next merge often comes while the window
+            // of its last one is not yet durable.
+            let mut in_flight = std::collections::VecDeque::new();
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                // Half the counters per round: the others' records age while the filler
+                // writes, so compactions copy them.
+                let tickets: Vec<_> = (0..counters)
+                    .filter(|i| i % 2 == round % 2)
+                    .map(|i| {
+                        made[i] += 1;
+                        engine
+                            .merge(&counter(i), &1i64.to_le_bytes())
+                            .expect("merge")
+                    })
+                    .collect();
+                in_flight.push_back(tickets);
+                if in_flight.len() > 4 {
+                    in_flight
+                        .pop_front()
+                        .iter()
+                        .flatten()
+                        .for_each(|t| wait_ok(t, "merge"));
+                }
+                round += 1;
+                rounds.store(round as u64, std::sync::atomic::Ordering::Release);
+            }
+            in_flight.iter().flatten().for_each(|t| wait_ok(t, "merge"));
+            made
+        });
+        let filler = s.spawn(move || {
+            let mut round = 0;
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                let tickets: Vec<_> = (0..64)
+                    .map(|i| {
+                        let k = format!("filler-{i:03}").into_bytes();
+                        engine.put(&k, &value(i, round)).expect("put")
+                    })
+                    .collect();
+                wait_ok(tickets.last().expect("a put"), "filler");
+                round += 1;
+            }
+        });
+        // Until 60 segments were retired and every counter was merged into at least six
+        // times (the hang guard only bounds a broken run).
+        let mut retired = 0;
+        let give_up = Instant::now() + WAIT_MAX;
+        while retired < 60 || rounds.load(std::sync::atomic::Ordering::Acquire) < 12 {
+            assert!(Instant::now() < give_up, "{retired} segments retired");
+            retired += engine.compact().expect("compact").segments;
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+        filler.join().expect("filler");
+        (retired, merger.join().expect("merger"))
+    });
+    assert!(retired >= 60, "{retired} segments retired");
+    let check = |engine: &Engine, when: &str| {
+        for (i, &n) in rounds.iter().enumerate() {
+            let got = engine.read_to_vec(&counter(i)).expect("read");
+            let want = (n > 0).then(|| n.to_le_bytes().to_vec());
+            assert_eq!(got, want, "counter {i} {when}");
+        }
+    };
+    check(&engine, "after the run");
+    engine.close().expect("close");
+    drop(engine);
+    let engine = Engine::open(dir, cfg).expect("reopen");
+    check(&engine, "after a reopen");
+}
+
 #[test]
 fn auto_compaction_runs_on_its_own_and_keeps_the_state() {
     let tmp = tempfile::tempdir().unwrap();

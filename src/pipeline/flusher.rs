@@ -30,7 +30,7 @@ use crate::log::format::{
     FRAME_HEADER_LEN, ID_LEN, RECORD_HEADER_LEN,
 };
 use crate::log::{Log, WrittenFrame};
-use crate::merge::Resolver;
+use crate::merge::{Durable, Resolver};
 use crate::request;
 use crate::ring::Consumer;
 use crate::stats::{record, Counters};
@@ -113,8 +113,8 @@ pub(super) struct Flusher {
     /// With a merge operator: the values written by windows not yet durable, which a merge
     /// folds onto instead of waiting for them to reach the index.
     in_flight_values: InFlightValues,
-    /// `ValueRef::warm`'s scratch: the locations of a window's merged keys.
-    warm_locs: Vec<Loc>,
+    /// `ValueRef::read_many`'s scratch: the locations of a window's merged keys.
+    durable_locs: Vec<Option<Loc>>,
     /// While a compaction runs: the keys of the windows in flight (see `crate::compact`).
     in_flight_keys: InFlightKeys,
     /// The segment the last frame handed on went into (its first batch's sequence).
@@ -460,7 +460,7 @@ impl Flusher {
             turn_ids: Vec::new(),
             resolver: Resolver::default(),
             in_flight_values: InFlightValues::default(),
-            warm_locs: Vec::new(),
+            durable_locs: Vec::new(),
             in_flight_keys: InFlightKeys::default(),
             segment,
             completed_inline: false,
@@ -1051,20 +1051,25 @@ impl Flusher {
         let in_flight = &mut self.in_flight_values;
         in_flight.forget_durable(inner.completion.durable());
         let in_flight = &*in_flight;
-        let durable = |key: &[u8]| match in_flight.get(key) {
-            Some(value) => value.map(<[u8]>::to_vec),
-            None => ValueRef::lookup(&inner.index, &inner.segments, key).map(|v| v.to_vec()),
-        };
         let mut taken_out = 0;
         loop {
             let window = (&*entries, inner.config.coalesce);
-            let locs = &mut self.warm_locs;
-            let warm = |keys: &mut dyn Iterator<Item = &[u8]>| {
-                let cold = keys.filter(|key| in_flight.get(key).is_none());
-                ValueRef::warm(&inner.index, &inner.segments, cold, locs);
+            let locs = &mut self.durable_locs;
+            // The windows in flight wrote their keys' newest values; the index has the rest.
+            let fetch = |keys: &mut dyn ExactSizeIterator<Item = &[u8]>, out: &mut Durable| {
+                let mut cold = Vec::with_capacity(keys.len());
+                for (i, key) in keys.enumerate() {
+                    match in_flight.get(key) {
+                        Some(value) => out.set(i, value),
+                        None => cold.push((i, key)),
+                    }
+                }
+                ValueRef::read_many(&inner.index, &inner.segments, &cold, locs, |i, v| {
+                    out.set(i, v)
+                });
             };
             self.resolver
-                .resolve(op, inner.config.value_len_max, window, durable, warm);
+                .resolve(op, inner.config.value_len_max, window, fetch);
             if self.resolver.refused.is_empty() {
                 return Some(taken_out);
             }

@@ -8,12 +8,16 @@
 //! write batches over a small zipf-distributed key space (every value unique), with the write
 //! path, coalescing, durability (`Sync`, sometimes `NoSync`, which must survive a process kill
 //! too), segment size (64 or 256 KiB, so segments roll and differ in size) and syncers (one or
-//! two syncs in flight) drawn per child.
+//! two syncs in flight) drawn per child. Now and then a request is a merge (`MergeOperator::
+//! Add`) onto one of a few counters, alone or in a batch: the flusher folds it onto the value
+//! of the windows in flight or the durable one, and the check below holds it to the exact sum
+//! of the merges in the prefix.
 //! It prints, flushing each line (a kill may cut the last line short: an incomplete line is
 //! ignored, which is safe because `INT` precedes the submit and `ACK` follows the wait):
 //!
-//! - `@@INT <id> <op>...` before it submits request `id` (ops: `P:<key hex>:<value hex>` or
-//!   `D:<key hex>`; several ops are one `WriteBatch`);
+//! - `@@INT <id> <op>...` before it submits request `id` (ops: `P:<key hex>:<value hex>`,
+//!   `D:<key hex>` or `M:<key hex>:<addend>`, a merge adding to a counter; several ops are
+//!   one `WriteBatch`);
 //! - `@@SUB <id> <position>` once the submit returned, with the ticket's position;
 //! - `@@ACK <id>` once the ticket completed `Ok`;
 //! - `@@CMP ...` about its compactions (below).
@@ -53,7 +57,8 @@ mod common;
 use common::model::{apply_batch, apply_writes, hex, mixed_key, state_diff, unhex, WriteOp};
 use common::{assert_reads_match, engine_state, State, WAIT_MAX};
 use mergelog::{
-    AutoCompaction, Compaction, Config, Durability, Engine, LogReader, WriteBatch, WritePath,
+    AutoCompaction, Compaction, Config, Durability, Engine, LogReader, MergeOperator, WriteBatch,
+    WritePath,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -83,6 +88,7 @@ const ITERS_PER_DIR: usize = 8;
 /// The configuration the parent reopens with (segments of one log may differ in size).
 fn base_config() -> Config {
     Config {
+        merge: Some(MergeOperator::Add),
         segment_bytes: 256 << 10,
         batch_bytes_max: 16 << 10,
         ring_bytes: 1 << 20,
@@ -292,9 +298,13 @@ fn child_writer(
             1
         };
         let mut ops: Vec<WriteOp> = Vec::with_capacity(n_ops);
+        let mut merges: Vec<(Vec<u8>, i64)> = Vec::new();
         for _ in 0..n_ops {
             let k = mixed_key(zipf.sample(&mut rng) as usize - 1);
-            if rng.random_bool(plan.delete_p) {
+            if rng.random_bool(MERGE_P) {
+                let addend = rng.random_range(1..=9);
+                merges.push((counter_key(rng.random_range(0..COUNTERS)), addend));
+            } else if rng.random_bool(plan.delete_p) {
                 ops.push((k, None));
             } else {
                 seq += 1;
@@ -317,16 +327,35 @@ fn child_writer(
                 None => line.push_str(&format!(" D:{}", hex(k))),
             }
         }
+        for (k, addend) in &merges {
+            line.push_str(&format!(" M:{}:{addend}", hex(k)));
+        }
         {
             let mut id_guard = next_id.lock().unwrap();
             let id = *id_guard;
             *id_guard += 1;
             emit(&format!("{MARK}INT {id}{line}\n"));
-            let ticket = common::model::submit(engine, &mut batch, &ops, ops.len() == 1)
-                .unwrap_or_else(|e| {
-                    eprintln!("child: submit failed: {e}");
-                    std::process::exit(5);
-                });
+            let submitted = if merges.is_empty() {
+                common::model::submit(engine, &mut batch, &ops, ops.len() == 1)
+            } else if let ([], [(k, addend)]) = (&ops[..], &merges[..]) {
+                engine.merge(k, &addend.to_le_bytes())
+            } else {
+                batch.clear();
+                for (k, v) in &ops {
+                    match v {
+                        Some(v) => batch.put(k, v),
+                        None => batch.delete(k),
+                    };
+                }
+                for (k, addend) in &merges {
+                    batch.merge(k, &addend.to_le_bytes());
+                }
+                engine.write(&batch)
+            };
+            let ticket = submitted.unwrap_or_else(|e| {
+                eprintln!("child: submit failed: {e}");
+                std::process::exit(5);
+            });
             emit(&format!("{MARK}SUB {id} {}\n", ticket.position()));
             pending.push_back((id, ticket));
         }
@@ -350,12 +379,40 @@ fn child_writer(
     }
 }
 
+/// Probability that an op is a merge onto a counter (high enough, with few counters, that a
+/// counter's last merge is often in a window not yet durable when the next comes).
+const MERGE_P: f64 = 0.25;
+/// Counters the merges add to: few, so that a counter's windows are often in flight when
+/// the next merge onto it comes.
+const COUNTERS: usize = 4;
+
+/// Counter `i`: a key space of its own (puts and deletes never touch it, so no merge meets a
+/// value that is not a counter and is refused).
+fn counter_key(i: usize) -> Vec<u8> {
+    format!("counter-{i:02}").into_bytes()
+}
+
 /// One request as the parent saw it.
 #[derive(Debug, Default, Clone)]
 struct Submission {
     ops: Vec<WriteOp>,
+    /// Merges adding to counters (`MergeOperator::Add`: 8-byte little-endian, absent is 0).
+    merges: Vec<(Vec<u8>, i64)>,
     position: Option<u64>,
     acked: bool,
+}
+
+impl Submission {
+    /// Applies the request to `state` (its writes and merges touch different keys).
+    fn apply(&self, state: &mut State) {
+        apply_writes(state, &self.ops);
+        for (k, addend) in &self.merges {
+            let old = state.get(k).map_or(0, |v| {
+                i64::from_le_bytes(v[..].try_into().expect("a counter holds 8 bytes"))
+            });
+            state.insert(k.clone(), (old + addend).to_le_bytes().to_vec());
+        }
+    }
 }
 
 /// What a child's `@@CMP` lines said about its compactions when it was killed.
@@ -440,21 +497,25 @@ fn parse_child_output(lines: &[String]) -> (Vec<Submission>, CompactionSeen) {
         match tag {
             "INT" => {
                 assert_eq!(id, subs.len(), "INT ids must be consecutive: {line:?}");
-                let ops = it
-                    .map(|tok| {
-                        let parts: Vec<&str> = tok.split(':').collect();
-                        match parts.as_slice() {
-                            ["P", k, v] => (unhex(k), Some(unhex(v))),
-                            ["D", k] => (unhex(k), None),
-                            _ => panic!("bad op token {tok:?} in {line:?}"),
-                        }
-                    })
-                    .collect::<Vec<_>>();
-                assert!(!ops.is_empty(), "INT without ops: {line:?}");
-                subs.push(Submission {
-                    ops,
-                    ..Submission::default()
-                });
+                let mut sub = Submission::default();
+                for tok in it {
+                    let parts: Vec<&str> = tok.split(':').collect();
+                    match parts.as_slice() {
+                        ["P", k, v] => sub.ops.push((unhex(k), Some(unhex(v)))),
+                        ["D", k] => sub.ops.push((unhex(k), None)),
+                        ["M", k, a] => sub.merges.push((
+                            unhex(k),
+                            a.parse()
+                                .unwrap_or_else(|_| panic!("bad addend in {line:?}")),
+                        )),
+                        _ => panic!("bad op token {tok:?} in {line:?}"),
+                    }
+                }
+                assert!(
+                    !sub.ops.is_empty() || !sub.merges.is_empty(),
+                    "INT without ops: {line:?}"
+                );
+                subs.push(sub);
             }
             "SUB" => {
                 let pos: u64 = it
@@ -502,7 +563,8 @@ fn parse_child_output(lines: &[String]) -> (Vec<Submission>, CompactionSeen) {
 /// Finds the prefix of `subs` (applied to `base`) that equals `recovered` and holds every
 /// acknowledged request. Returns its length.
 fn matching_prefix(base: &State, subs: &[Submission], recovered: &State) -> Option<usize> {
-    common::model::matching_prefix(base, subs, |s| s.acked, |s| &s.ops, recovered)
+    let apply = |state: &mut State, s: &Submission| s.apply(state);
+    common::model::matching_prefix(base, subs, |s| s.acked, apply, recovered)
 }
 
 /// What the parent collected from one child run.
@@ -760,7 +822,7 @@ fn crash_recovery_keeps_every_acknowledged_write() {
             let acked: Vec<usize> = (0..subs.len()).filter(|&i| subs[i].acked).collect();
             let mut want = base.clone();
             for s in &subs[..acked.last().map_or(0, |i| i + 1)] {
-                apply_writes(&mut want, &s.ops);
+                s.apply(&mut want);
             }
             let kept = dir.take().map(|d| d.keep());
             panic!(
@@ -781,7 +843,7 @@ fn crash_recovery_keeps_every_acknowledged_write() {
         totals.acked_ops += subs
             .iter()
             .filter(|s| s.acked)
-            .map(|s| s.ops.len())
+            .map(|s| s.ops.len() + s.merges.len())
             .sum::<usize>();
         totals.unacked_recovered +=
             prefix - subs.iter().rposition(|s| s.acked).map_or(0, |i| i + 1);

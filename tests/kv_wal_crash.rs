@@ -331,10 +331,9 @@ fn parse_child_output(lines: &[String]) -> ChildOutput {
 /// The length of the prefix of `writes` that, applied to `base`, gives `recovered` and holds
 /// every acknowledged write.
 fn matching_prefix(base: &State, writes: &[(WriteOp, bool)], recovered: &State) -> Option<usize> {
-    fn ops(w: &(WriteOp, bool)) -> &[WriteOp] {
-        std::slice::from_ref(&w.0)
-    }
-    common::model::matching_prefix(base, writes, |w| w.1, ops, recovered)
+    let apply =
+        |state: &mut State, w: &(WriteOp, bool)| apply_writes(state, std::slice::from_ref(&w.0));
+    common::model::matching_prefix(base, writes, |w| w.1, apply, recovered)
 }
 
 /// What one child run gave.

@@ -21,26 +21,26 @@ pub fn mixed_key(i: usize) -> Vec<u8> {
     }
 }
 
-/// The length of the prefix of `items` that, applied to `base` in order (`ops` gives an
-/// item's writes), gives `recovered` and holds every item `acked` says was acknowledged: the
-/// check of every kill -9 test. `None` if no such prefix exists.
-pub fn matching_prefix<'a, T>(
+/// The length of the prefix of `items` that, applied to `base` in order (`apply` applies
+/// one item to a state), gives `recovered` and holds every item `acked` says was
+/// acknowledged: the check of every kill -9 test. `None` if no such prefix exists.
+pub fn matching_prefix<T>(
     base: &State,
-    items: &'a [T],
+    items: &[T],
     acked: impl Fn(&T) -> bool,
-    ops: impl Fn(&'a T) -> &'a [WriteOp],
+    apply: impl Fn(&mut State, &T),
     recovered: &State,
 ) -> Option<usize> {
     let need = items.iter().rposition(&acked).map_or(0, |i| i + 1);
     let mut model = base.clone();
     for item in &items[..need] {
-        apply_writes(&mut model, ops(item));
+        apply(&mut model, item);
     }
     if &model == recovered {
         return Some(need);
     }
     for (i, item) in items.iter().enumerate().skip(need) {
-        apply_writes(&mut model, ops(item));
+        apply(&mut model, item);
         if &model == recovered {
             return Some(i + 1);
         }

@@ -423,7 +423,8 @@ pub enum System {
     MergelogIds,
     /// The engine as `mergelog`; with `--op merge`, each increment done by the client as a
     /// read of the durable value and a put of the sum (two calls, not atomic: increments can
-    /// be lost), against `mergelog`'s `merge` in the same run. With `--op put`, `mergelog`.
+    /// be lost), against `mergelog`'s `merge` in the same run, with no merge operator
+    /// configured (as such a client runs it). With `--op put`, `mergelog`.
     MergelogGetput,
     /// The engine as `mergelog` with `Compaction::Auto` (`--compaction-ratio`,
     /// `--compaction-check-ms`): what bounding the disk costs, against `mergelog` (which keeps
@@ -763,8 +764,11 @@ impl Plan {
                     | System::MergelogCompact
                     | System::MergelogSyncers
             ),
-            // `--op merge` counts with the add operator.
-            merge: self.spec.merge.then_some(mergelog::MergeOperator::Add),
+            // `--op merge` counts with the add operator; `mergelog-getput` does them as a read
+            // and a put, so it runs as a client who does that would, without an operator
+            // (which makes the flusher note every window's values for the merges to come).
+            merge: (self.spec.merge && system != System::MergelogGetput)
+                .then_some(mergelog::MergeOperator::Add),
             compaction: self.compaction_of(system),
             syncers: match system {
                 System::MergelogSyncers => self.syncers,

@@ -63,7 +63,9 @@ pub enum Compaction {
     /// Only when `Engine::compact` is called (the default).
     #[default]
     OnDemand,
-    /// As `OnDemand`, and on a background thread whenever the policy says so.
+    /// As `OnDemand`, and on a background thread whenever the policy says so. The index
+    /// then also keeps a bit per 7 bytes of each segment holding a live record (about 1/56
+    /// of the log in memory), so the scans read one bit per record instead of probing.
     Auto(AutoCompaction),
 }
 

@@ -121,6 +121,12 @@ impl Engine {
         log_dir::create_dir(&*io, &dir)?;
         let lock = log_dir::lock_dir(&*io, &dir)?;
         let index = Index::default();
+        if let crate::compact::Compaction::Auto(_) = config.compaction {
+            // Compaction scans every record of the segments it takes: a bit per location
+            // answers whether each is live (about 1/56 of the log in memory). Not for
+            // `OnDemand`, the default, which most logs never use: it probes the table.
+            index.track_live_records();
+        }
         let mut report = OpenReport::default();
         // The ids of retired segments first, then the frames' (see `crate::ids`): only the
         // newest the horizon allows are kept while scanning.

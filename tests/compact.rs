@@ -497,6 +497,34 @@ fn a_compaction_batch_shares_the_sync_of_the_window_after_it() {
 /// retirement forgets the index entries pointing into the prefix only once the copies'
 /// entries replaced them (the compacting thread sees the last copy durable only after the
 /// syncer queued its index updates).
+/// Puts 64 keys of their own over and over (one ticket waited per round) until `done`, so
+/// that segments fill and compactions have work.
+fn fill_until(engine: &Engine, done: &std::sync::atomic::AtomicBool) {
+    let mut round = 0;
+    while !done.load(std::sync::atomic::Ordering::Acquire) {
+        let tickets: Vec<_> = (0..64)
+            .map(|i| {
+                let k = format!("filler-{i:03}").into_bytes();
+                engine.put(&k, &value(i, round)).expect("put")
+            })
+            .collect();
+        wait_ok(tickets.last().expect("a put"), "filler");
+        round += 1;
+    }
+}
+
+/// Calls `Engine::compact` until it has retired at least `segments` segments and `enough`
+/// says so; returns the segments retired. `WAIT_MAX` only bounds a broken run.
+fn compact_until(engine: &Engine, segments: usize, enough: impl Fn() -> bool) -> usize {
+    let mut retired = 0;
+    let give_up = Instant::now() + WAIT_MAX;
+    while retired < segments || !enough() {
+        assert!(Instant::now() < give_up, "{retired} segments retired");
+        retired += engine.compact().expect("compact").segments;
+    }
+    retired
+}
+
 #[test]
 fn a_compacted_key_is_never_missing_for_a_reader() {
     let tmp = tempfile::tempdir().unwrap();
@@ -522,28 +550,12 @@ fn a_compacted_key_is_never_missing_for_a_reader() {
                 passes.fetch_add(1, std::sync::atomic::Ordering::Release);
             }
         });
-        let writer = s.spawn(move || {
-            // Other keys, overwritten, so that segments fill and compactions have work.
-            let mut round = 0;
-            while !done.load(std::sync::atomic::Ordering::Acquire) {
-                let tickets: Vec<_> = (0..64)
-                    .map(|i| {
-                        let k = format!("filler-{i:03}").into_bytes();
-                        engine.put(&k, &value(i, round)).expect("put")
-                    })
-                    .collect();
-                wait_ok(tickets.last().expect("a put"), "filler");
-                round += 1;
-            }
-        });
+        let writer = s.spawn(move || fill_until(engine, done));
         // Compactions go on until 60 segments were retired while the reader read all the
-        // keys at least twice (the hang guard only bounds a broken run).
-        let mut retired = 0;
-        let give_up = Instant::now() + WAIT_MAX;
-        while retired < 60 || passes.load(std::sync::atomic::Ordering::Acquire) < 2 {
-            assert!(Instant::now() < give_up, "{retired} segments retired");
-            retired += engine.compact().expect("compact").segments;
-        }
+        // keys at least twice.
+        let retired = compact_until(engine, 60, || {
+            passes.load(std::sync::atomic::Ordering::Acquire) >= 2
+        });
         done.store(true, std::sync::atomic::Ordering::Release);
         writer.join().expect("writer");
         reader.join().expect("reader");
@@ -681,27 +693,12 @@ fn merges_count_exactly_while_compactions_move_their_keys() {
             in_flight.iter().flatten().for_each(|t| wait_ok(t, "merge"));
             made
         });
-        let filler = s.spawn(move || {
-            let mut round = 0;
-            while !done.load(std::sync::atomic::Ordering::Acquire) {
-                let tickets: Vec<_> = (0..64)
-                    .map(|i| {
-                        let k = format!("filler-{i:03}").into_bytes();
-                        engine.put(&k, &value(i, round)).expect("put")
-                    })
-                    .collect();
-                wait_ok(tickets.last().expect("a put"), "filler");
-                round += 1;
-            }
-        });
+        let filler = s.spawn(move || fill_until(engine, done));
         // Until 60 segments were retired and every counter was merged into at least six
-        // times (the hang guard only bounds a broken run).
-        let mut retired = 0;
-        let give_up = Instant::now() + WAIT_MAX;
-        while retired < 60 || rounds.load(std::sync::atomic::Ordering::Acquire) < 12 {
-            assert!(Instant::now() < give_up, "{retired} segments retired");
-            retired += engine.compact().expect("compact").segments;
-        }
+        // times.
+        let retired = compact_until(engine, 60, || {
+            rounds.load(std::sync::atomic::Ordering::Acquire) >= 12
+        });
         done.store(true, std::sync::atomic::Ordering::Release);
         filler.join().expect("filler");
         (retired, merger.join().expect("merger"))

@@ -145,7 +145,7 @@ struct LiveRecords {
 const RECORD_GAP: u64 = crate::log::format::RECORD_HEADER_LEN as u64;
 
 impl LiveRecords {
-    /// The word and bit of `loc`, if its segment is tracked.
+    /// The word of its segment's bits that holds `loc`'s bit, and the bit.
     fn at(loc: Loc) -> (usize, u64) {
         let b = loc.off / RECORD_GAP;
         ((b / 64) as usize, 1u64 << (b % 64))

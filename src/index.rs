@@ -710,7 +710,9 @@ mod tests {
     #[test]
     fn a_value_whose_segment_was_retired_after_the_lookup_is_looked_up_again() {
         let key: &'static [u8] = b"k";
-        for compacted in [true, false] {
+        // Each reader: `lookup`, and `read_many` (which reads the location before the value
+        // too, for many keys at once), with a key that was never set beside it.
+        for (compacted, many) in [(true, false), (false, false), (true, true), (false, true)] {
             let (d0, d1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
             let (old, at_old) = segment_holding(d0.path(), 1, 0, b"old");
             let (new, at_new) = segment_holding(d1.path(), 2, 1, b"new");
@@ -736,7 +738,17 @@ mod tests {
                     }
                 })
             };
-            let got = ValueRef::lookup(&index, &segments, key).map(|v| v.to_vec());
+            let got = if many {
+                let mut got = vec![Some(b"unset".to_vec()); 2];
+                let keys = [(1, &b"never-set"[..]), (0, key)];
+                ValueRef::read_many(&index, &segments, &keys, &mut Vec::new(), |i, v| {
+                    got[i] = v.map(<[u8]>::to_vec)
+                });
+                assert_eq!(got[1], None, "an absent key is absent");
+                got[0].take()
+            } else {
+                ValueRef::lookup(&index, &segments, key).map(|v| v.to_vec())
+            };
             ending.join().unwrap();
             if compacted {
                 assert_eq!(got.as_deref(), Some(&b"new"[..]), "the copy is found");

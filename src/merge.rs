@@ -269,8 +269,11 @@ pub(crate) struct Resolver {
     /// For an entry on a chained key, the entry index of the key's next operation
     /// (`u32::MAX`: none).
     next: Vec<u32>,
-    /// (merge entry index, the key's value after it), sorted by index.
+    /// (merge entry index, the key's value after it), in the order they were settled.
     values: Vec<(u32, Vec<u8>)>,
+    /// For each entry index of the window, its value's place in `values` (`u32::MAX`: none):
+    /// `value` is then one load, and `values` needs no sort.
+    value_at: Vec<u32>,
     /// Entry indices naming the keys whose durable value the window reads (their first
     /// write in it is a merge), in the order `resolve` reads them.
     reads: Vec<u32>,
@@ -353,6 +356,8 @@ impl Resolver {
         fetch: impl FnOnce(&mut dyn ExactSizeIterator<Item = &'a [u8]>, &mut Durable),
     ) {
         self.values.clear();
+        self.value_at.clear();
+        self.value_at.resize(entries.len(), u32::MAX);
         self.refused.clear();
         self.chain(entries);
         self.find_reads(entries);
@@ -364,7 +369,6 @@ impl Resolver {
         );
         self.walk(op, value_len_max, (entries, coalesce), &fetched);
         self.fetched = fetched;
-        self.values.sort_unstable_by_key(|v| v.0);
         self.refused.sort_unstable_by_key(|r| r.0);
     }
 
@@ -524,6 +528,7 @@ impl Resolver {
             }
         };
         // The base from now on is the value recorded for the last merge (no copy of it).
+        self.value_at[last as usize] = self.values.len() as u32;
         self.values.push((last, value));
         *base = Base::Resolved(self.values.len() - 1);
         pending.clear();
@@ -531,8 +536,8 @@ impl Resolver {
 
     /// The key's value after the merge at entry index `i`, if resolved.
     pub fn value(&self, i: u32) -> Option<&[u8]> {
-        let at = self.values.binary_search_by_key(&i, |v| v.0).ok()?;
-        Some(&self.values[at].1)
+        let at = *self.value_at.get(i as usize)?;
+        self.values.get(at as usize).map(|v| &v.1[..])
     }
 }
 

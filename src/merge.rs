@@ -129,6 +129,22 @@ impl MergeOperator {
         operands: &[&[u8]],
         value_len_max: usize,
     ) -> std::result::Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        self.merge_into(existing, operands, value_len_max, &mut out)?;
+        Ok(out)
+    }
+
+    /// As [`MergeOperator::merge`], the result appended to `out` (cleared first), so that a
+    /// caller merging many keys reuses one buffer: the built-in operators then allocate
+    /// nothing.
+    pub(crate) fn merge_into(
+        &self,
+        existing: Option<&[u8]>,
+        operands: &[&[u8]],
+        value_len_max: usize,
+        out: &mut Vec<u8>,
+    ) -> std::result::Result<(), String> {
+        out.clear();
         let counters = |start: i64, fold: fn(i64, i64) -> i64| {
             let mut acc = match existing {
                 None => None,
@@ -143,28 +159,29 @@ impl MergeOperator {
                 let x = counter(op).expect("operand length checked at submit");
                 acc = Some(fold(acc.unwrap_or(start), x));
             }
-            Ok(acc.unwrap_or(start).to_le_bytes().to_vec())
+            Ok::<_, String>(acc.unwrap_or(start).to_le_bytes())
         };
         match self {
-            MergeOperator::Add => counters(0, i64::wrapping_add),
+            MergeOperator::Add => out.extend_from_slice(&counters(0, i64::wrapping_add)?),
             // With no value, the first operand is taken as is (`max(MIN, x) == x`).
-            MergeOperator::Max => counters(i64::MIN, i64::max),
-            MergeOperator::Min => counters(i64::MAX, i64::min),
-            MergeOperator::Append { max_len } => Ok(append(existing, operands, *max_len)),
+            MergeOperator::Max => out.extend_from_slice(&counters(i64::MIN, i64::max)?),
+            MergeOperator::Min => out.extend_from_slice(&counters(i64::MAX, i64::min)?),
+            MergeOperator::Append { max_len } => append(existing, operands, *max_len, out),
             MergeOperator::Custom(f) => {
-                let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     f(existing, operands)
                 }))
                 .map_err(|_| "the operator panicked".to_string())?;
-                if out.len() > value_len_max {
+                if result.len() > value_len_max {
                     return Err(format!(
                         "the result is {} bytes, over value_len_max = {value_len_max}",
-                        out.len()
+                        result.len()
                     ));
                 }
-                Ok(out)
+                *out = result;
             }
         }
+        Ok(())
     }
 }
 
@@ -172,18 +189,17 @@ fn counter(v: &[u8]) -> Option<i64> {
     Some(i64::from_le_bytes(v.try_into().ok()?))
 }
 
-/// `existing` followed by `operands`, keeping the last `max_len` bytes.
-fn append(existing: Option<&[u8]>, operands: &[&[u8]], max_len: usize) -> Vec<u8> {
+/// `existing` followed by `operands`, keeping the last `max_len` bytes, appended to `out`.
+fn append(existing: Option<&[u8]>, operands: &[&[u8]], max_len: usize, out: &mut Vec<u8>) {
     let pieces = existing.into_iter().chain(operands.iter().copied());
     let total: usize = pieces.clone().map(<[u8]>::len).sum();
     let mut skip = total.saturating_sub(max_len);
-    let mut out = Vec::with_capacity(total - skip);
+    out.reserve(total - skip);
     for p in pieces {
         let s = skip.min(p.len());
         skip -= s;
         out.extend_from_slice(&p[s..]);
     }
-    out
 }
 
 /// The idempotent merge.
@@ -269,8 +285,13 @@ pub(crate) struct Resolver {
     /// For an entry on a chained key, the entry index of the key's next operation
     /// (`u32::MAX`: none).
     next: Vec<u32>,
-    /// (merge entry index, the key's value after it), in the order they were settled.
-    values: Vec<(u32, Vec<u8>)>,
+    /// The value after each settled run of merges, in the order they were settled: its
+    /// range of `value_bytes`.
+    values: Vec<(usize, usize)>,
+    /// The values' bytes, one buffer kept from window to window.
+    value_bytes: Vec<u8>,
+    /// The operator's result for the run being settled (a buffer kept for reuse).
+    merged: Vec<u8>,
     /// For each entry index of the window, its value's place in `values` (`u32::MAX`: none):
     /// `value` is then one load, and `values` needs no sort.
     value_at: Vec<u32>,
@@ -356,6 +377,7 @@ impl Resolver {
         fetch: impl FnOnce(&mut dyn ExactSizeIterator<Item = &'a [u8]>, &mut Durable),
     ) {
         self.values.clear();
+        self.value_bytes.clear();
         self.value_at.clear();
         self.value_at.resize(entries.len(), u32::MAX);
         self.refused.clear();
@@ -502,7 +524,10 @@ impl Resolver {
         }
         let cur: Option<&[u8]> = match base {
             Base::Known(cur) => cur.as_deref(),
-            Base::Resolved(at) => Some(&self.values[*at].1),
+            Base::Resolved(at) => {
+                let (start, len) = self.values[*at];
+                Some(&self.value_bytes[start..start + len])
+            }
             Base::Durable => unreachable!("set above"),
         };
         let operand = |i: u32| match entries[i as usize].op {
@@ -512,24 +537,26 @@ impl Resolver {
         operands.clear();
         operands.extend(pending.iter().map(|&i| operand(i)));
         let last = *pending.last().expect("settled with merges pending");
-        let value = match op.merge(cur, operands, value_len_max) {
-            Ok(v) => v,
-            Err(_) => {
-                // Find the refused ones; the others apply in order, each onto the last good
-                // value. (The caller takes the refused requests out and resolves again.)
-                let mut v: Option<Vec<u8>> = cur.map(<[u8]>::to_vec);
-                for &i in pending.iter() {
-                    match op.merge(v.as_deref(), &[operand(i)], value_len_max) {
-                        Ok(next) => v = Some(next),
-                        Err(reason) => self.refused.push((i, reason)),
-                    }
+        if op
+            .merge_into(cur, operands, value_len_max, &mut self.merged)
+            .is_err()
+        {
+            // Find the refused ones; the others apply in order, each onto the last good
+            // value. (The caller takes the refused requests out and resolves again.)
+            let mut v: Option<Vec<u8>> = cur.map(<[u8]>::to_vec);
+            for &i in pending.iter() {
+                match op.merge(v.as_deref(), &[operand(i)], value_len_max) {
+                    Ok(next) => v = Some(next),
+                    Err(reason) => self.refused.push((i, reason)),
                 }
-                v.unwrap_or_default()
             }
-        };
+            self.merged = v.unwrap_or_default();
+        }
         // The base from now on is the value recorded for the last merge (no copy of it).
+        let start = self.value_bytes.len();
+        self.value_bytes.extend_from_slice(&self.merged);
         self.value_at[last as usize] = self.values.len() as u32;
-        self.values.push((last, value));
+        self.values.push((start, self.merged.len()));
         *base = Base::Resolved(self.values.len() - 1);
         pending.clear();
     }
@@ -537,7 +564,8 @@ impl Resolver {
     /// The key's value after the merge at entry index `i`, if resolved.
     pub fn value(&self, i: u32) -> Option<&[u8]> {
         let at = *self.value_at.get(i as usize)?;
-        self.values.get(at as usize).map(|v| &v.1[..])
+        let &(start, len) = self.values.get(at as usize)?;
+        Some(&self.value_bytes[start..start + len])
     }
 }
 

@@ -570,7 +570,18 @@ fn a_consumer_holds_compaction_back_until_it_commits() {
     let dir = tmp.path();
     let engine = Engine::open(dir, config()).expect("open");
     let mut consumer = engine.consumer("audit").expect("consumer");
-    let state = overwrite(&engine, 200, 6);
+    let mut state = overwrite(&engine, 200, 6);
+    // More than a segment of other keys after it, so the last round's records (live) lie in
+    // complete segments and the compaction below has something to copy: frames do not span
+    // segments, so how far the last round reaches depends on the windows' sizes, and it
+    // could otherwise fit wholly in the segment being written.
+    let mut last = None;
+    for i in 0..400 {
+        let k = format!("after-{i:03}").into_bytes();
+        last = Some(engine.put(&k, &value(i, 0)).expect("put"));
+        state.insert(k, value(i, 0));
+    }
+    wait_ok(&last.expect("a put"), "after");
     let before = segment_files(dir).len();
     let c = engine.compact().expect("compact");
     assert_eq!(c.segments, 0, "{c:?}");

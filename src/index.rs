@@ -578,13 +578,9 @@ impl ValueRef {
                 found(i, None);
                 continue;
             };
-            // As `resolve`: the value lies below `published` in a listed segment.
-            let value = segs
-                .get(loc.seg)
-                .map(|s| s.bytes(loc.off, loc.len as usize));
-            match value {
-                Some(v) if v.len() == loc.len as usize => found(i, Some(v)),
-                _ => again.push((i, key)),
+            match segs.get(loc.seg).and_then(|s| published_value(s, *loc)) {
+                Some(v) => found(i, Some(v)),
+                None => again.push((i, key)),
             }
         }
         drop(segs);
@@ -595,15 +591,21 @@ impl ValueRef {
 
     pub(crate) fn resolve(segments: &Segments, loc: Loc) -> Option<ValueRef> {
         let seg = segments.read().get(loc.seg)?.clone();
-        let v = ValueRef {
+        published_value(&seg, loc)?;
+        Some(ValueRef {
             seg,
             off: loc.off,
             len: loc.len as usize,
-        };
-        // The flusher publishes before it updates the index, so this cannot be empty for a
-        // non-empty value; checked rather than trusted.
-        (v.seg.bytes(v.off, v.len).len() == v.len).then_some(v)
+        })
     }
+}
+
+/// The value at `loc` in `seg`, if all of it is published. The flusher publishes before it
+/// updates the index, so it always is for a location the index gave; checked rather than
+/// trusted.
+fn published_value(seg: &Segment, loc: Loc) -> Option<&[u8]> {
+    let v = seg.bytes(loc.off, loc.len as usize);
+    (v.len() == loc.len as usize).then_some(v)
 }
 
 /// Asks the CPU to bring the cache line at `p` closer; a hint, which never faults, whatever

@@ -340,13 +340,7 @@ fn child_writer(
             } else if let ([], [(k, addend)]) = (&ops[..], &merges[..]) {
                 engine.merge(k, &addend.to_le_bytes())
             } else {
-                batch.clear();
-                for (k, v) in &ops {
-                    match v {
-                        Some(v) => batch.put(k, v),
-                        None => batch.delete(k),
-                    };
-                }
+                common::model::fill_batch(&mut batch, &ops);
                 for (k, addend) in &merges {
                     batch.merge(k, &addend.to_le_bytes());
                 }

@@ -76,6 +76,12 @@ pub fn submit(
             (k, None) => engine.delete(k),
         };
     }
+    fill_batch(batch, ops);
+    engine.write(batch)
+}
+
+/// Clears `batch` and puts `ops` in it, in order.
+pub fn fill_batch(batch: &mut WriteBatch, ops: &[WriteOp]) {
     batch.clear();
     for (k, v) in ops {
         match v {
@@ -83,7 +89,6 @@ pub fn submit(
             None => batch.delete(k),
         };
     }
-    engine.write(batch)
 }
 
 /// Applies one replayed record.

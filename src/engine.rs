@@ -264,7 +264,7 @@ impl Engine {
     }
 
     pub(crate) fn ticket(&self, pos: u64) -> Ticket {
-        Ticket::new(pos, self.inner.completion.clone())
+        Ticket::new(pos, self.inner.anchors.get())
     }
 
     /// Submits a put. Returns at once; the ticket completes when the put is durable.
@@ -408,7 +408,7 @@ impl Engine {
         let pos = self.inner.ring.tail();
         self.inner.flush_to.fetch_max(pos, Ordering::SeqCst);
         self.inner.poke_flusher();
-        Ok(Ticket::flush(pos, self.inner.completion.clone()))
+        Ok(Ticket::flush(pos, self.inner.anchors.get()))
     }
 
     /// Reads the durable value of `key`, zero-copy from the log's mapping, without going

@@ -93,6 +93,8 @@ pub(crate) struct Inner {
     pub(crate) config: Config,
     pub(crate) ring: Arc<Ring>,
     pub(crate) completion: Arc<Completion>,
+    /// What tickets hold `completion` through (`crate::ticket::Anchors`).
+    pub(crate) anchors: crate::ticket::Anchors,
     /// Declared before every segment list: it points into their mappings, so it must be
     /// dropped first.
     pub(crate) index: Index,
@@ -221,6 +223,11 @@ pub(crate) fn start(
     ));
     let (ring, consumer) = ring::ring(config.ring_bytes);
     let (request_len_max, request_limit_name) = config.request_len_max(ring.max_payload());
+    let completion = Arc::new(Completion::at(
+        ring.head(),
+        recovered.next_seq.saturating_sub(1),
+    ));
+    let anchors = crate::ticket::Anchors::new(&completion);
     let inner = Arc::new(Inner {
         dir: dir.to_owned(),
         io: io.clone(),
@@ -228,10 +235,8 @@ pub(crate) fn start(
         compact_lock: Mutex::new(()),
         compact_slot: Default::default(),
         pool,
-        completion: Arc::new(Completion::at(
-            ring.head(),
-            recovered.next_seq.saturating_sub(1),
-        )),
+        completion,
+        anchors,
         ring,
         index,
         segments,

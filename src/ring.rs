@@ -168,6 +168,9 @@ impl std::error::Error for PushError {}
 
 const KIND_DATA: u64 = 1;
 const KIND_PAD: u64 = 2;
+/// How far past its own record a producer prefetches the next ones' lines
+/// (`Ring::prefetch_ahead`): a few records, so the lines arrive before they are written.
+const AHEAD_BYTES: u64 = 1024;
 /// Set in `tail` by `close()`; positions never reach it.
 const CLOSED: u64 = 1 << 63;
 // `tail & !CLOSED` is the position: the bit must be the top one, above every position.
@@ -623,11 +626,42 @@ impl Ring {
         // Acquire (directly or via `head_cache`), so there is no race with the zeroing either.
         // The slice is dead once `fill` returns, before the publishing store.
         let payload = unsafe { self.buf.bytes_mut(off + RECORD_HEADER, len) };
+        self.prefetch_ahead(claim.end, rec_len as usize);
         fill(payload);
         mem::forget(guard);
         self.publish(off, rec_len, KIND_DATA);
         self.signal_consumer();
         claim.end
+    }
+
+    /// Asks for the cache lines of the next records, [`AHEAD_BYTES`] past `end`, as many as
+    /// one record of `len` bytes covers (at most four), with intent to write. The next
+    /// producers write there: the consumer zeroed those bytes a lap ago, from another core,
+    /// and without this each record's stores missed, stalling the producer at its next
+    /// locked instruction (the ticket's reference count took 6.4 % of all CPU samples at
+    /// 4 x 256, 3.3 % with it). A hint: wrong or wasted when producers interleave, never
+    /// incorrect.
+    #[inline(always)]
+    fn prefetch_ahead(&self, end: u64, len: usize) {
+        #[cfg(all(target_arch = "x86_64", not(loom)))]
+        {
+            let first = self.offset(end + AHEAD_BYTES) & !63;
+            let lines = len.div_ceil(64).min(4);
+            for i in 0..lines {
+                // Wraps within the ring: the offset is masked, so the address is inside it.
+                let off = (first + 64 * i) & self.mask as usize;
+                let p = self.buf.base().wrapping_add(off);
+                // SAFETY: `prefetchw` reads and writes no memory as far as the program can
+                // tell, never faults, and changes no flags or registers; processors without
+                // it decode it as a no-op (it sits in the reserved-NOP opcode space). The
+                // address lies inside the ring's buffer anyway.
+                unsafe {
+                    std::arch::asm!("prefetchw [{0}]", in(reg) p, options(nostack, readonly, preserves_flags));
+                }
+            }
+        }
+        #[cfg(not(all(target_arch = "x86_64", not(loom))))]
+        let _ = (end, len);
     }
 
     /// Makes the record at `off` visible: the Release store pairs with the consumer's Acquire

@@ -152,6 +152,7 @@ pub use trace::{Trace, TraceEvent, TraceKind, TRACE_EVENTS_MAX};
 #[doc(hidden)]
 pub mod internals {
     pub use crate::coalesce;
+    pub use crate::index::BenchIndex;
     pub use crate::log::dir::list_segments;
     pub use crate::log::format;
     pub use crate::log::io;

@@ -502,11 +502,8 @@ unsafe fn apply_updates<'a>(map: &mut Map, updates: impl Iterator<Item = (&'a [u
         // Without live bits the plain loop is as fast in the engine (ABBA pairs level) and
         // faster alone (`benches/index.rs`: the pipeline's extra probe per update costs more
         // than the overlap it buys while the table is in cache).
-        for (key, loc) in updates {
-            let h = map.hash(key);
-            // SAFETY: this function's contract.
-            unsafe { apply_one(map, key, loc, h) };
-        }
+        // SAFETY: this function's contract.
+        unsafe { apply_each(map, updates) };
         return;
     }
     // A software pipeline over the updates, so that their cache misses overlap instead of
@@ -542,6 +539,18 @@ unsafe fn apply_updates<'a>(map: &mut Map, updates: impl Iterator<Item = (&'a [u
         }
         let (key, loc, h) = ring[applied % AHEAD];
         applied += 1;
+        // SAFETY: this function's contract.
+        unsafe { apply_one(map, key, loc, h) };
+    }
+}
+
+/// Applies updates in order, each as it comes (no prefetching).
+///
+/// # Safety
+/// As [`apply_updates`].
+unsafe fn apply_each<'a>(map: &mut Map, updates: impl Iterator<Item = (&'a [u8], Option<Loc>)>) {
+    for (key, loc) in updates {
+        let h = map.hash(key);
         // SAFETY: this function's contract.
         unsafe { apply_one(map, key, loc, h) };
     }
@@ -649,12 +658,8 @@ impl BenchIndex {
     pub fn apply_unpipelined(&self, updates: &[(u32, u64)]) {
         let mut map = self.index.map.write();
         self.index.apply_queued(&mut map);
-        for u in updates {
-            let (key, loc) = self.update(u);
-            let h = map.hash(key);
-            // SAFETY: as in `apply_batch`.
-            unsafe { apply_one(&mut map, key, loc, h) };
-        }
+        // SAFETY: as in `apply_batch`.
+        unsafe { apply_each(&mut map, updates.iter().map(|u| self.update(u))) };
     }
 }
 

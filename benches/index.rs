@@ -22,6 +22,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 const WINDOW: usize = 512;
+/// A window's updates: (key number, value offset).
+type Window = [(u32, u64)];
 /// Offsets wrap at 64 MiB (64 segments of 1 MiB), so the live bits stay bounded however
 /// long criterion runs.
 const LOG: u64 = 64 << 20;
@@ -75,7 +77,7 @@ fn apply(c: &mut Criterion) {
                     if cold { "/cold" } else { "" }
                 );
                 let mut w = 0;
-                let mut run = |b: &mut criterion::Bencher<'_>, f: &dyn Fn(&[(u32, u64)])| {
+                let mut run = |b: &mut criterion::Bencher<'_>, f: &dyn Fn(&Window)| {
                     b.iter_batched(
                         || {
                             if cold {

@@ -170,6 +170,8 @@ const KIND_DATA: u64 = 1;
 const KIND_PAD: u64 = 2;
 /// How far past its own record a producer prefetches the next ones' lines
 /// (`Ring::prefetch_ahead`): a few records, so the lines arrive before they are written.
+// Unused under loom, whose models do not prefetch.
+#[cfg_attr(loom, allow(dead_code))]
 const AHEAD_BYTES: u64 = 1024;
 /// Set in `tail` by `close()`; positions never reach it.
 const CLOSED: u64 = 1 << 63;

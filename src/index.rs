@@ -614,8 +614,8 @@ unsafe fn apply_one(map: &mut Map, key: &[u8], loc: Option<Loc>, h: u64) {
 }
 
 /// An index over a fixed set of keys, for the index benchmark (`benches/index.rs`): updates
-/// and lookups name keys by number and give values by offset, and the keys are leaked, so
-/// they outlive the index as [`Index::apply`] requires. Not a stable API.
+/// name keys by number and give values by offset, and the keys are leaked, so they outlive
+/// the index as [`Index::apply`] requires. Not a stable API.
 #[doc(hidden)]
 pub struct BenchIndex {
     index: Index,
@@ -653,8 +653,8 @@ impl BenchIndex {
         unsafe { self.index.apply(updates.iter().map(|u| self.update(u))) }
     }
 
-    /// The same updates under one lock, each applied as it comes, without the pipeline's
-    /// prefetching (the index before it): the baseline `apply_batch` is measured against.
+    /// The same updates under one lock, each applied as it comes ([`apply_each`], what
+    /// `apply_batch` does without live bits): the baseline `apply_batch` is measured against.
     pub fn apply_unpipelined(&self, updates: &[(u32, u64)]) {
         let mut map = self.index.map.write();
         self.index.apply_queued(&mut map);

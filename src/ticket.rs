@@ -61,9 +61,10 @@ pub(crate) struct Completion {
     next_token: AtomicU64,
     /// Threads inside `wait` past its spin (whether yielding or parked).
     waiters: AtomicUsize,
+    /// Whether the short spin before sleeping has been paying off (see `wait`).
+    spin_credit: Credit,
     /// Whether waiting by yielding has been paying off (see `yield_wait`).
-    yield_credit: AtomicI32,
-    yield_probe: AtomicU32,
+    yield_credit: Credit,
     /// Wakers of pending futures, with the position each waits for.
     futures: FutureWakers,
     /// Which batch each completed window was written in (for `Ticket::wait`'s `Seq`).
@@ -103,8 +104,8 @@ impl Completion {
             next_token: AtomicU64::new(0),
             waiters: AtomicUsize::new(0),
             helper: OnceLock::new(),
-            yield_credit: AtomicI32::new(0),
-            yield_probe: AtomicU32::new(0),
+            spin_credit: Credit::default(),
+            yield_credit: Credit::default(),
             futures: FutureWakers::new(),
             seqs: SeqMap::new(durable, durable_seq),
             duplicates: Duplicates::default(),
@@ -389,11 +390,22 @@ impl Completion {
                 return r;
             }
         }
-        // A short spin catches the common case of a batch that is about to land without
-        // paying for a park and a wake-up.
-        for _ in 0..64 {
-            std::hint::spin_loop();
-            if let Some(r) = self.status(pos) {
+        // A short spin catches a batch that is about to land without paying for a sleep and
+        // a wake-up: at 4 x 256 a writer's oldest request is often in the sync that is
+        // returning. Where it never is (16 x 1: every sync takes 100 µs and more) the spin
+        // was 5 % of all CPU, taken from the writers the next window waits for; then only
+        // one wait in `PROBE_EVERY` tries it.
+        if self.spin_credit.worth_trying() {
+            let mut landed = None;
+            for _ in 0..SPINS {
+                std::hint::spin_loop();
+                landed = self.status(pos);
+                if landed.is_some() {
+                    break;
+                }
+            }
+            self.spin_credit.record(landed.is_some());
+            if let Some(r) = landed {
                 return r;
             }
         }
@@ -490,11 +502,11 @@ impl Completion {
     /// Waits by yielding the CPU, RocksDB's `AwaitState` way (only beside other waiters: see
     /// `wait`): worth it only while this thread has a core to itself, where it saves the
     /// wake-up from a park (a few µs to 25 µs on this VM, on a 150 µs sync). A yield that
-    /// takes long means other threads want the core: then it gives up and parks. `yield_credit` remembers whether yielding has been paying off, so a
-    /// loaded engine stops trying (except for an occasional probe).
+    /// takes long means other threads want the core: then it gives up and parks.
+    /// `yield_credit` remembers whether yielding has been paying off, so a loaded engine stops
+    /// trying (except for an occasional probe).
     fn yield_wait(&self, pos: u64, deadline: Option<Instant>) -> Option<Result<()>> {
-        let credit = self.yield_credit.load(Ordering::Relaxed);
-        if credit < 0 && self.yield_probe.fetch_add(1, Ordering::Relaxed) % YIELD_PROBE_EVERY != 0 {
+        if !self.yield_credit.worth_trying() {
             return None;
         }
         let start = Instant::now();
@@ -518,16 +530,38 @@ impl Completion {
             }
             last = now;
         };
-        // A moving average of +1 (completed while yielding) and -1 (gave up), scaled by 1024.
-        let sample = if outcome.is_some() { 1024 } else { -1024 };
-        let _ = self
-            .yield_credit
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
-                Some(c - c / 16 + sample / 16)
-            });
+        self.yield_credit.record(outcome.is_some());
         outcome
     }
 }
+
+/// Whether a way of waiting (the spin, yielding) has been paying off: a moving average of +1
+/// (the request completed meanwhile) and -1 (it did not), scaled by 1024. While it is
+/// negative only one try in [`PROBE_EVERY`] goes ahead, so that a change of load is noticed.
+#[derive(Default)]
+struct Credit {
+    score: AtomicI32,
+    probes: AtomicU32,
+}
+
+impl Credit {
+    fn worth_trying(&self) -> bool {
+        self.score.load(Ordering::Relaxed) >= 0
+            || self.probes.fetch_add(1, Ordering::Relaxed) % PROBE_EVERY == 0
+    }
+
+    fn record(&self, paid_off: bool) {
+        let sample = if paid_off { 1024 } else { -1024 };
+        let _ = self
+            .score
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                Some(c - c / 16 + sample / 16)
+            });
+    }
+}
+
+/// The spin's iterations before a waiter yields or sleeps (a few µs).
+const SPINS: u32 = 64;
 
 /// The longest [`Completion::yield_wait`] yields before it parks: a sync on this machine's
 /// disk takes 150–200 µs.
@@ -536,8 +570,9 @@ const YIELD_MAX: Duration = Duration::from_micros(300);
 const SLOW_YIELD: Duration = Duration::from_micros(3);
 /// After this many slow yields the waiter parks: it is taking the core from others.
 const SLOW_YIELDS_MAX: u32 = 3;
-/// With bad credit, one wait in this many still tries yielding (the load may have changed).
-const YIELD_PROBE_EVERY: u32 = 64;
+/// With bad credit, one wait in this many still tries the spin or yielding (the load may
+/// have changed).
+const PROBE_EVERY: u32 = 64;
 
 /// Counts a thread in `Completion::waiters` while it waits; `others` is how many were
 /// there when it came.
@@ -1095,6 +1130,38 @@ mod tests {
     /// Beside another waiter a wait may yield first; yielding that never pays off (the wait
     /// times out while yielding) is given up: the credit goes negative, and later waits park
     /// at once (but for an occasional probe).
+    /// A way of waiting that keeps failing is tried only once in `PROBE_EVERY` waits, and is
+    /// tried every time again once it pays off.
+    #[test]
+    fn a_credit_stops_what_does_not_pay_and_resumes_what_does() {
+        let credit = Credit::default();
+        assert!((0..100).all(|_| credit.worth_trying()), "new: always tried");
+        for _ in 0..8 {
+            credit.record(false);
+        }
+        let tried = (0..10 * PROBE_EVERY)
+            .filter(|_| credit.worth_trying())
+            .count();
+        assert_eq!(tried, 10, "one probe in {PROBE_EVERY}");
+        for _ in 0..64 {
+            credit.record(true);
+        }
+        assert!((0..100).all(|_| credit.worth_trying()), "paying again");
+    }
+
+    /// A spin that never sees the request complete (every wait here times out long after
+    /// it) loses its credit, so later waits skip it.
+    #[test]
+    fn a_spin_that_never_pays_off_is_given_up() {
+        let c = Completion::new(0);
+        for _ in 0..32 {
+            let r = c.wait(1, Some(Instant::now() + Duration::from_micros(20)));
+            assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+        }
+        assert!(c.spin_credit.score.load(Ordering::Relaxed) < 0);
+        assert!(c.wait(0, None).is_ok());
+    }
+
     #[test]
     fn yielding_that_never_pays_off_is_given_up() {
         let c = Arc::new(Completion::new(0));
@@ -1109,7 +1176,7 @@ mod tests {
             let r = c.wait(1, Some(Instant::now() + Duration::from_micros(50)));
             assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
         }
-        assert!(c.yield_credit.load(Ordering::Relaxed) < 0);
+        assert!(c.yield_credit.score.load(Ordering::Relaxed) < 0);
         c.advance(100);
         assert!(other.join().unwrap().is_ok());
         assert!(c.wait(1, None).is_ok());

@@ -852,6 +852,31 @@ mod tests {
         Error::io(op, "/log/00000001.seg", std::io::Error::other(op))
     }
 
+    /// `n` threads, the k-th blocked in `wait` for position 10 k (after a stale unpark token,
+    /// which must not let it return early), each sending (k, the watermark it saw) once it
+    /// returns. Returns once all of them sleep (not required for correctness: a late sleeper
+    /// sees the watermark instead of being woken, which the callers' assertions accept too).
+    fn sleeping_waiters(
+        c: &Arc<Completion>,
+        n: u64,
+    ) -> (Vec<std::thread::JoinHandle<()>>, mpsc::Receiver<(u64, u64)>) {
+        let (tx, rx) = mpsc::channel();
+        let threads = (1..=n)
+            .map(|pos| {
+                let (c, tx) = (c.clone(), tx.clone());
+                std::thread::spawn(move || {
+                    std::thread::current().unpark();
+                    c.wait(pos * 10, None).unwrap();
+                    tx.send((pos, c.durable())).unwrap();
+                })
+            })
+            .collect();
+        while c.sleeper_count.load(Ordering::SeqCst) < n as usize {
+            std::thread::yield_now();
+        }
+        (threads, rx)
+    }
+
     /// Each of several threads waits for its own position; the watermark advances one
     /// position at a time. A thread must not return before its position is durable, every
     /// thread must return once it is, and no sleeper entry may be left behind.
@@ -861,24 +886,7 @@ mod tests {
         // one woken for another's advance must sleep again.
         const WAITERS: u64 = 40;
         let c = Arc::new(Completion::new(0));
-        let (tx, rx) = mpsc::channel();
-        let threads: Vec<_> = (1..=WAITERS)
-            .map(|pos| {
-                let (c, tx) = (c.clone(), tx.clone());
-                std::thread::spawn(move || {
-                    // A stale unpark token must not let the wait return early.
-                    std::thread::current().unpark();
-                    c.wait(pos * 10, None).unwrap();
-                    tx.send((pos, c.durable())).unwrap();
-                })
-            })
-            .collect();
-        drop(tx);
-        // Let every thread go to sleep (not required for correctness: a late sleeper sees the
-        // watermark instead of being woken, which the assertions accept too).
-        while c.sleeper_count.load(Ordering::SeqCst) < WAITERS as usize {
-            std::thread::yield_now();
-        }
+        let (threads, rx) = sleeping_waiters(&c, WAITERS);
         let mut done = Vec::new();
         for step in 1..=WAITERS {
             c.advance(step * 10);
@@ -906,20 +914,7 @@ mod tests {
     fn one_advance_wakes_all_the_waiters_it_completes() {
         const WAITERS: u64 = 40;
         let c = Arc::new(Completion::new(0));
-        let (tx, rx) = mpsc::channel();
-        let threads: Vec<_> = (1..=WAITERS)
-            .map(|pos| {
-                let (c, tx) = (c.clone(), tx.clone());
-                std::thread::spawn(move || {
-                    c.wait(pos * 10, None).unwrap();
-                    tx.send((pos, c.durable())).unwrap();
-                })
-            })
-            .collect();
-        drop(tx);
-        while c.sleeper_count.load(Ordering::SeqCst) < WAITERS as usize {
-            std::thread::yield_now();
-        }
+        let (threads, rx) = sleeping_waiters(&c, WAITERS);
         for (advance, first, last) in [
             (WAITERS / 2, 1, WAITERS / 2),
             (WAITERS, WAITERS / 2 + 1, WAITERS),

@@ -50,9 +50,9 @@ pub(crate) struct Completion {
     /// The word blocked waiters sleep on (Linux): a futex whose value changes with every
     /// advance that wakes someone. Each sleeper waits with its thread's bit
     /// ([`thread_bit`]), and an advance wakes the bits of the threads it completes with one
-    /// `FUTEX_WAKE_BITSET`. Sixteen writers woken by sixteen unparks took the completing
-    /// thread 36-45 µs per window at 16 x 1 (each woken writer could preempt it before the
-    /// next unpark); one call takes about 20 (docs/decisions.md, "One wake-up call").
+    /// `FUTEX_WAKE_BITSET`. With sixteen unparks the completion's `wakeup` stage was 35-42
+    /// µs per window at 16 x 1 (each woken writer could preempt the completing thread before
+    /// the next unpark); with one call it is 20-25 (docs/decisions.md, "One wake-up call").
     #[cfg(target_os = "linux")]
     bell: AtomicU32,
     /// `sleepers.len()`: advancing touches the lock only when this is non-zero.
@@ -265,6 +265,22 @@ impl Completion {
         self.wake_futures();
     }
 
+    /// Removes the sleepers whose requests are complete (in the state as it is now) from the
+    /// list, under its lock, handing each to `woken`; keeps `sleeper_count` equal to the
+    /// list's length.
+    fn take_completed(&self, mut woken: impl FnMut(&Sleeper)) {
+        let state = self.state.load(Ordering::SeqCst);
+        let mut sleepers = self.sleepers.lock();
+        sleepers.retain(|s| {
+            let done = self.done(state, s.pos);
+            if done {
+                woken(s);
+            }
+            !done
+        });
+        self.sleeper_count.store(sleepers.len(), Ordering::SeqCst);
+    }
+
     /// Wakes the blocked threads whose requests are complete, with one system call: their
     /// entries leave the list, and `bell` changes and rings for their threads' bits. A
     /// thread whose bit it shares with a woken one (more than 32 threads wait) wakes, finds
@@ -275,19 +291,8 @@ impl Completion {
         if self.sleeper_count.load(Ordering::SeqCst) == 0 {
             return;
         }
-        let state = self.state.load(Ordering::SeqCst);
         let mut bits = 0u32;
-        {
-            let mut sleepers = self.sleepers.lock();
-            sleepers.retain(|s| {
-                let done = self.done(state, s.pos);
-                if done {
-                    bits |= s.bit;
-                }
-                !done
-            });
-            self.sleeper_count.store(sleepers.len(), Ordering::SeqCst);
-        }
+        self.take_completed(|s| bits |= s.bit);
         // After the lock is released, so no thread wakes only to block on it.
         if let Some(bits) = std::num::NonZeroU32::new(bits) {
             // A sleeper that read the old value and has not yet slept will not sleep (the
@@ -303,21 +308,10 @@ impl Completion {
     #[cfg(not(target_os = "linux"))]
     fn wake_threads(&self) {
         if self.sleeper_count.load(Ordering::SeqCst) > 0 {
-            let state = self.state.load(Ordering::SeqCst);
             // The threads are unparked after the lock is released, so none wakes only to
             // block on it; the list is a reused, per-thread one, so no advance allocates.
             let unpark = |woken: &mut Vec<Thread>| {
-                {
-                    let mut sleepers = self.sleepers.lock();
-                    sleepers.retain(|s| {
-                        let done = self.done(state, s.pos);
-                        if done {
-                            woken.push(s.thread.clone());
-                        }
-                        !done
-                    });
-                    self.sleeper_count.store(sleepers.len(), Ordering::SeqCst);
-                }
+                self.take_completed(|s| woken.push(s.thread.clone()));
                 for t in woken.drain(..) {
                     t.unpark();
                 }

@@ -20,6 +20,8 @@ Policies:
                live / frames < R; copies go to a head of their own, apart from new writes
                (the segregation log-structured file systems use). Needs a format where a
                segment in the middle can be removed.
+  greedyhead R the same choice of segments, but the copies go to the one head, among new
+               writes, as mergelog's copies do (what choosing greedily alone would buy).
   inplace R    while live / frames < R, the complete segment with the fewest live records
                (with the segments after it while their live records fit one segment) is
                rewritten where it lies, keeping only its live records: nothing moves in
@@ -178,6 +180,13 @@ def run(stream, seg, policy, args, check=1000):
                     break
                 _, sid, owner = min(cands)
                 copied += owner.remove(sid, ids, head_c)
+        elif policy == "greedyhead":
+            while live / log.frames < ratio:
+                cands = [(log.live[s] / len(log.segs[s]), s) for s in log.complete()]
+                if not cands:
+                    break
+                _, sid = min(cands)
+                copied += log.remove(sid, ids, log)
         elif policy == "inplace":
             # Rewrite in place the complete segment with the lowest live ratio, with
             # its neighbours after it while their live records fit one segment.
@@ -223,6 +232,7 @@ def main():
     print(f"{'policy':<16} {'wa':>6} {'end':>6} {'peak':>6}")
     configs = [("fifo", (r,)) for r in (0.45, 0.5, 0.55, 0.6)]
     configs += [("greedy", (r,)) for r in (0.5, 0.55, 0.6)]
+    configs += [("greedyhead", (r,)) for r in (0.5, 0.55, 0.6)]
     configs += [("gen", (h, c)) for h in (0.5, 0.8) for c in (0.6, 0.7)]
     configs += [("inplace", (r,)) for r in (0.5, 0.55, 0.6, 0.65)]
     for policy, args in configs:

@@ -1061,6 +1061,149 @@ fn power_model_a_failed_sync_loses_its_writes_for_good() {
     );
 }
 
+/// A rename of `from` to `to` (replacing `to` if it exists), announced to `io` and performed.
+fn model_rename(io: &PowerLossIo, from: &Path, to: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    io.before(IoOp::Rename, from, 0, to.as_os_str().as_bytes())
+        .unwrap();
+    std::fs::rename(from, to).unwrap();
+    io.after(IoOp::Rename, from);
+}
+
+/// A sync of the directory `dir`, announced to `io`.
+fn model_sync_dir(io: &PowerLossIo, dir: &Path) {
+    io.before(IoOp::SyncDir, dir, 0, &[]).unwrap();
+    std::fs::File::open(dir).unwrap().sync_all().unwrap();
+    io.after(IoOp::SyncDir, dir);
+}
+
+/// The names in `dir`, sorted.
+fn dir_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// What `path` holds, `None` if there is no such file.
+fn contents(path: &Path) -> Option<Vec<u8>> {
+    std::fs::read(path).ok()
+}
+
+const OLD_FILE: &[u8] = b"the old file";
+const NEW_FILE: &[u8] = b"the new file, longer";
+
+/// A rename through a fresh model and a power loss after it: `old` prepares the destination
+/// `file` (or leaves it free), then `new` (holding [`NEW_FILE`], durable) is renamed to it,
+/// the directory synced after it if `sync_dir`, and the power lost (seeded by `seed`; every
+/// write not durable dropped). Returns the directory, whether the power loss undid the
+/// rename, and the names the directory held just before the power loss.
+fn rename_then_lose_power(
+    old: impl FnOnce(&PowerLossIo, &Path),
+    sync_dir: bool,
+    seed: u64,
+) -> (tempfile::TempDir, bool, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let io = PowerLossIo::new(u64::MAX, None);
+    let (from, to) = (dir.path().join("new"), dir.path().join("file"));
+    std::fs::write(&from, NEW_FILE).unwrap();
+    old(&io, &to);
+    model_rename(&io, &from, &to);
+    if sync_dir {
+        model_sync_dir(&io, dir.path());
+    }
+    let before = dir_names(dir.path());
+    let dmg = lose_power(&io, &mut StdRng::seed_from_u64(seed), 1.0, 0.0);
+    assert!(dmg.undone_dir_changes <= 1, "{dmg:?}");
+    (dir, dmg.undone_dir_changes == 1, before)
+}
+
+/// An existing, durable destination holding [`OLD_FILE`].
+fn durable_old(_: &PowerLossIo, to: &Path) {
+    std::fs::write(to, OLD_FILE).unwrap();
+}
+
+/// A rename over an existing file that no directory sync made durable (a small file replaced
+/// whole, a rewritten segment renamed over its name): a power loss that undoes it leaves the
+/// renamed file at its old name and the old file back at the destination, as a filesystem
+/// does; one that keeps it leaves only the new file. Either way no backup is left behind.
+#[test]
+fn power_model_an_undurable_rename_over_a_file_brings_the_old_file_back() {
+    let mut seen = [false; 2];
+    for seed in 0..32 {
+        let (dir, undone, _) = rename_then_lose_power(durable_old, false, seed);
+        seen[usize::from(undone)] = true;
+        let ctx = format!("seed {seed}, undone {undone}");
+        let (from, to) = (dir.path().join("new"), dir.path().join("file"));
+        if undone {
+            assert_eq!(contents(&from).as_deref(), Some(NEW_FILE), "{ctx}: from");
+            assert_eq!(contents(&to).as_deref(), Some(OLD_FILE), "{ctx}: to");
+            assert_eq!(dir_names(dir.path()), ["file", "new"], "{ctx}");
+        } else {
+            assert_eq!(contents(&to).as_deref(), Some(NEW_FILE), "{ctx}: to");
+            assert_eq!(dir_names(dir.path()), ["file"], "{ctx}");
+        }
+    }
+    assert_eq!(seen, [true; 2], "both outcomes, over 32 seeds");
+}
+
+/// A rename over an existing file followed by a sync of its directory is durable: the sync
+/// drops the old file's backup, and a power loss leaves the new file at the destination and
+/// nothing at its old name.
+#[test]
+fn power_model_a_durable_rename_over_a_file_drops_the_old_file() {
+    for seed in 0..8 {
+        let (dir, undone, before) = rename_then_lose_power(durable_old, true, seed);
+        let ctx = format!("seed {seed}");
+        assert!(!undone, "{ctx}: a durable rename undone");
+        assert_eq!(before, ["file"], "{ctx}: the backup outlived the sync");
+        let to = dir.path().join("file");
+        assert_eq!(contents(&to).as_deref(), Some(NEW_FILE), "{ctx}");
+        assert_eq!(dir_names(dir.path()), ["file"], "{ctx}");
+    }
+}
+
+/// The writes to the replaced file not yet durable stay with that file: the power loss takes
+/// them back in the old file when it undoes the rename, and never in the new file that took
+/// its name.
+#[test]
+fn power_model_a_replaced_files_unsynced_writes_stay_with_it() {
+    let mut seen = [false; 2];
+    for (seed, sync_dir) in (0..32).flat_map(|seed| [(seed, false), (seed, true)]) {
+        let old = |io: &PowerLossIo, to: &Path| {
+            durable_old(io, to);
+            model_write(io, to, 4, b"OLD");
+        };
+        let (dir, undone, _) = rename_then_lose_power(old, sync_dir, seed);
+        seen[usize::from(undone)] = true;
+        let ctx = format!("seed {seed}, directory synced {sync_dir}, undone {undone}");
+        let to = dir.path().join("file");
+        let expected = if undone { OLD_FILE } else { NEW_FILE };
+        assert_eq!(contents(&to).as_deref(), Some(expected), "{ctx}");
+    }
+    assert_eq!(seen, [true; 2], "both outcomes, over 32 seeds");
+}
+
+/// A rename onto a free name that no directory sync made durable: a power loss either keeps
+/// it or moves the file back, and makes no backup.
+#[test]
+fn power_model_an_undurable_rename_onto_a_free_name_is_moved_back() {
+    let mut seen = [false; 2];
+    for seed in 0..32 {
+        let (dir, undone, before) = rename_then_lose_power(|_, _| {}, false, seed);
+        seen[usize::from(undone)] = true;
+        let ctx = format!("seed {seed}, undone {undone}");
+        assert_eq!(before, ["file"], "{ctx}: no backup of a free name");
+        let kept = if undone { "new" } else { "file" };
+        let kept_path = dir.path().join(kept);
+        assert_eq!(contents(&kept_path).as_deref(), Some(NEW_FILE), "{ctx}");
+        assert_eq!(dir_names(dir.path()), [kept], "{ctx}");
+    }
+    assert_eq!(seen, [true; 2], "both outcomes, over 32 seeds");
+}
+
 const PL_KEYS: usize = 16;
 
 /// Totals over the seeds.

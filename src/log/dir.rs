@@ -22,6 +22,9 @@
 //!   (`log/retire.rs`, over `retire_to_pool`, `remove_retired` and `sync_dir`);
 //! - a cut removes the segments after it newest first, each removal durable before the next
 //!   (`remove_dropped`, called by recovery);
+//! - the segments a rewritten segment replaced, which a crash left behind it, go only once the
+//!   rename that made it is durable: the directory is synced first, then each removal is
+//!   (`remove_rewrite_leftovers`, called by recovery);
 //! - the clean-close mark appears whole or not at all (`write_clean_mark`), and is removed
 //!   durably before a writable open changes the log (`remove_clean_mark`);
 //! - a consumer's position file is replaced the same way: the old position or the whole new
@@ -338,6 +341,28 @@ pub(crate) fn remove_retired(io: &dyn Io, seg: &Path) -> Result<()> {
 pub(crate) fn remove_dropped(io: &dyn Io, dir: &Path, path: &Path) -> Result<()> {
     io::remove(io, path).map_err(|e| Error::io("remove dropped segment", path, e))?;
     sync_dir(io, dir)
+}
+
+/// Removes `leftovers`, the segment files a rewritten segment replaced (their ids lie inside
+/// its batches: a crash came between its rename and their removal), after a directory sync
+/// that makes the rename durable; each removal is synced before the next, oldest first, as
+/// the rewrite itself removes them.
+#[allow(clippy::disallowed_methods)] // the log directory's owner
+pub(crate) fn remove_rewrite_leftovers(
+    io: &dyn Io,
+    dir: &Path,
+    leftovers: &[PathBuf],
+) -> Result<()> {
+    if leftovers.is_empty() {
+        return Ok(());
+    }
+    sync_dir(io, dir)?;
+    for path in leftovers {
+        io::remove(io, path)
+            .map_err(|e| Error::io("remove rewritten segment's leftover", path, e))?;
+        sync_dir(io, dir)?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

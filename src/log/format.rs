@@ -24,9 +24,22 @@ pub const SEGMENT_MAGIC: [u8; 8] = *b"MRGLOG\x00S";
 pub const FORMAT_VERSION: u32 = 4;
 /// The oldest format version this build reads.
 pub const FORMAT_VERSION_MIN: u32 = 1;
+/// The newest format version this build reads: version 5 is a rewritten segment
+/// ([`SEGMENT_REWRITTEN`]), which only in-place compaction writes; every other new segment
+/// is [`FORMAT_VERSION`], so that older builds go on reading logs that were never rewritten.
+pub const FORMAT_VERSION_MAX: u32 = 5;
+/// The format version of a rewritten segment ([`SEGMENT_REWRITTEN`]).
+pub const FORMAT_VERSION_REWRITTEN: u32 = 5;
 /// Segment header flag (version 2): the file was a retired segment before, so past the end
 /// of its frames lie old bytes, not zeros. Its writer ends every frame with an end marker.
 pub const SEGMENT_RECYCLED: u32 = 1;
+/// Segment header flag (version 5): the segment was rewritten in place by compaction. It
+/// holds the frames of one or more consecutive segments (the first one's id is its id), each
+/// with its batch sequence, flags and trailer, and only the records that were still live;
+/// its size is its length, at most the configured one; nothing is ever appended to it. Files
+/// listed after it whose ids lie inside its batches are the segments it replaced, left by a
+/// crash before their removal (docs/FORMAT.md, "Recovery"). Never with [`SEGMENT_RECYCLED`].
+pub const SEGMENT_REWRITTEN: u32 = 2;
 /// Length of the end marker: one frame header of zeros, which decodes as the end.
 pub const END_MARKER_LEN: usize = FRAME_HEADER_LEN;
 /// Length of the segment header; the first frame starts right after it.
@@ -179,6 +192,8 @@ pub struct SegmentHeader {
     pub segment_size: u64,
     /// Whether the file is a recycled segment ([`SEGMENT_RECYCLED`]).
     pub recycled: bool,
+    /// Whether the file is a rewritten segment ([`SEGMENT_REWRITTEN`]; version 5).
+    pub rewritten: bool,
     /// The format version the header states: what its frames may hold (version 3: frame
     /// trailers). A writer appends only to a segment of [`FORMAT_VERSION`].
     pub version: u32,
@@ -191,7 +206,20 @@ impl SegmentHeader {
             segment_id,
             segment_size,
             recycled,
+            rewritten: false,
             version: FORMAT_VERSION,
+        }
+    }
+
+    /// The header of a rewritten segment ([`SEGMENT_REWRITTEN`]): version
+    /// [`FORMAT_VERSION_REWRITTEN`], `segment_size` its whole length.
+    pub fn rewritten(segment_id: u64, segment_size: u64) -> SegmentHeader {
+        SegmentHeader {
+            segment_id,
+            segment_size,
+            recycled: false,
+            rewritten: true,
+            version: FORMAT_VERSION_REWRITTEN,
         }
     }
 
@@ -203,11 +231,14 @@ impl SegmentHeader {
             self.segment_size
         );
         debug_assert!(
-            (FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&self.version)
-                && (self.version >= 2 || !self.recycled),
-            "segment header version {} cannot state recycled = {}",
+            (FORMAT_VERSION_MIN..=FORMAT_VERSION_MAX).contains(&self.version)
+                && (self.version >= 2 || !self.recycled)
+                && (self.version >= FORMAT_VERSION_REWRITTEN || !self.rewritten)
+                && !(self.recycled && self.rewritten),
+            "segment header version {} cannot state recycled = {}, rewritten = {}",
             self.version,
-            self.recycled
+            self.recycled,
+            self.rewritten
         );
         let mut b = [0u8; SEGMENT_HEADER_LEN];
         b[0..8].copy_from_slice(&SEGMENT_MAGIC);
@@ -215,7 +246,8 @@ impl SegmentHeader {
         b[12..16].copy_from_slice(&(SEGMENT_HEADER_LEN as u32).to_le_bytes());
         b[16..24].copy_from_slice(&self.segment_id.to_le_bytes());
         b[24..32].copy_from_slice(&self.segment_size.to_le_bytes());
-        let flags = if self.recycled { SEGMENT_RECYCLED } else { 0 };
+        let flags = if self.recycled { SEGMENT_RECYCLED } else { 0 }
+            | if self.rewritten { SEGMENT_REWRITTEN } else { 0 };
         b[32..36].copy_from_slice(&flags.to_le_bytes());
         // 36..60 reserved, zero.
         let crc = crc32c::crc32c(&b[..SEGMENT_CRC_AT]);
@@ -240,7 +272,7 @@ impl SegmentHeader {
             return err(BadSegmentMagic);
         }
         let version = le_u32(b, 8);
-        if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&version) {
+        if !(FORMAT_VERSION_MIN..=FORMAT_VERSION_MAX).contains(&version) {
             return err(UnsupportedVersion(version));
         }
         let stored = le_u32(b, SEGMENT_CRC_AT);
@@ -258,7 +290,12 @@ impl SegmentHeader {
         if b[reserved_from..SEGMENT_CRC_AT].iter().any(|&x| x != 0) {
             return err(SegmentReservedNotZero);
         }
-        if flags & !SEGMENT_RECYCLED != 0 {
+        let known = if version >= FORMAT_VERSION_REWRITTEN {
+            SEGMENT_RECYCLED | SEGMENT_REWRITTEN
+        } else {
+            SEGMENT_RECYCLED
+        };
+        if flags & !known != 0 || flags == SEGMENT_RECYCLED | SEGMENT_REWRITTEN {
             return err(UnknownSegmentFlags(flags));
         }
         let segment_size = le_u64(b, 24);
@@ -269,6 +306,7 @@ impl SegmentHeader {
             segment_id: le_u64(b, 16),
             segment_size,
             recycled: flags & SEGMENT_RECYCLED != 0,
+            rewritten: flags & SEGMENT_REWRITTEN != 0,
             version,
         })
     }
@@ -907,7 +945,7 @@ impl fmt::Display for FormatErrorKind {
             ),
             UnsupportedVersion(v) => write!(
                 f,
-                "format version {v}, but this build reads only versions {FORMAT_VERSION_MIN} to {FORMAT_VERSION}: open it with the mergelog that wrote it"
+                "format version {v}, but this build reads only versions {FORMAT_VERSION_MIN} to {FORMAT_VERSION_MAX}: open it with the mergelog that wrote it"
             ),
             BadSegmentHeaderCrc { stored, computed } => write!(
                 f,
@@ -922,7 +960,7 @@ impl fmt::Display for FormatErrorKind {
             ),
             UnknownSegmentFlags(flags) => write!(
                 f,
-                "unknown segment header flags {flags:#x} (version 2 knows only {SEGMENT_RECYCLED:#x}, recycled)"
+                "unknown segment header flags {flags:#x} (versions 2 to 4 know only {SEGMENT_RECYCLED:#x}, recycled; version 5 also {SEGMENT_REWRITTEN:#x}, rewritten, never both)"
             ),
             BadSegmentSize(n) => write!(
                 f,
@@ -1371,6 +1409,20 @@ mod tests {
     }
 
     #[test]
+    fn a_rewritten_header_round_trips_as_version_5() {
+        let h = SegmentHeader::rewritten(77, 4200);
+        let b = h.encode();
+        assert_eq!(b[8..12], FORMAT_VERSION_REWRITTEN.to_le_bytes());
+        assert_eq!(le_u32(&b, 32), SEGMENT_REWRITTEN);
+        let d = SegmentHeader::decode(&b).unwrap();
+        assert_eq!(d, h);
+        assert!(d.rewritten && !d.recycled);
+        // What every other new segment gets stays version 4, unflagged.
+        let plain = SegmentHeader::decode(&SegmentHeader::new(77, 4200, false).encode()).unwrap();
+        assert_eq!((plain.version, plain.rewritten), (FORMAT_VERSION, false));
+    }
+
+    #[test]
     fn segment_header_errors() {
         use FormatErrorKind::*;
         let good = SegmentHeader::new(1, 4096, false).encode();
@@ -1387,7 +1439,7 @@ mod tests {
         assert_eq!(kind(&[]), SegmentHeaderTruncated { len: 0 });
         assert_eq!(kind(&edited(7, b"s")), BadSegmentMagic);
         assert_eq!(kind(&[0; 64]), BadSegmentMagic);
-        assert_eq!(kind(&edited(8, &5u32.to_le_bytes())), UnsupportedVersion(5));
+        assert_eq!(kind(&edited(8, &6u32.to_le_bytes())), UnsupportedVersion(6));
         assert_eq!(kind(&edited(8, &0u32.to_le_bytes())), UnsupportedVersion(0));
         // Flags exist from version 2 on (a recycled header is written as one).
         let v2 = |at: usize, bytes: &[u8]| {
@@ -1401,7 +1453,17 @@ mod tests {
             b[60..].copy_from_slice(&crc.to_le_bytes());
             b
         };
+        // Flag 2, rewritten, exists from version 5 on, and never with flag 1.
         assert_eq!(kind(&v2(32, &[2])), UnknownSegmentFlags(2));
+        let v5 = |flags: u8| {
+            let mut b = SegmentHeader::rewritten(1, 4096).encode();
+            b[32] = flags;
+            let crc = crc32c::crc32c(&b[..60]);
+            b[60..].copy_from_slice(&crc.to_le_bytes());
+            b
+        };
+        assert_eq!(kind(&v5(3)), UnknownSegmentFlags(3));
+        assert_eq!(kind(&v5(6)), UnknownSegmentFlags(6));
         assert_eq!(kind(&v2(35, &[0x80])), UnknownSegmentFlags(0x8000_0001));
         assert_eq!(kind(&v2(40, &[1])), SegmentReservedNotZero);
         assert_eq!(kind(&edited(36, &[1])), SegmentReservedNotZero);

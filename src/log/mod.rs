@@ -259,9 +259,12 @@ impl Log {
     /// True when a frame with a body of `body_len` bytes (records and trailer) goes into the
     /// active segment (if not, `append` rolls to a new segment first). Nothing goes into a
     /// segment of an older format version (one an older build wrote, continued after an
-    /// upgrade): its header tells older builds its frames carry no trailers.
+    /// upgrade): its header tells older builds its frames carry no trailers. Nor into a
+    /// rewritten segment (in-place compaction's), which is complete: a writer that reopens a
+    /// log ending in one starts a new segment.
     pub fn fits(&self, body_len: usize) -> bool {
         self.active.version == FORMAT_VERSION
+            && !self.active.rewritten
             && self.write_off + frame_len(body_len) as u64 <= self.active.size
     }
 

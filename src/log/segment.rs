@@ -62,6 +62,9 @@ pub(crate) struct Segment {
     /// A recycled file (header flag `SEGMENT_RECYCLED`): past the frames lie old bytes, so
     /// the writer ends each frame with an end marker.
     pub recycled: bool,
+    /// A rewritten file (header flag `SEGMENT_REWRITTEN`, written by in-place compaction):
+    /// complete, and never appended to.
+    pub rewritten: bool,
     /// The format version its header states (0 for a file without a valid header, a
     /// prepared one). The writer appends only to a segment of the current version.
     pub version: u32,
@@ -225,6 +228,7 @@ impl Segment {
             published: AtomicU64::new(0),
             io: io.clone(),
             recycled: false,
+            rewritten: false,
             version: 0,
             activation: parking_lot::Mutex::new(Activation::Durable),
             sync_files: parking_lot::Mutex::new(None),
@@ -233,6 +237,7 @@ impl Segment {
         // A file without a valid header (a prepared one) is simply not recycled.
         if let Ok(h) = SegmentHeader::decode(seg.image()) {
             seg.recycled = h.recycled;
+            seg.rewritten = h.rewritten;
             seg.version = h.version;
         }
         seg

@@ -9,7 +9,9 @@
 //! whole, it also takes back the length it added. A store into the mapping announces only its offset: it is modelled as a
 //! write of everything from there to the end of the file, its bytes read back at the power
 //! loss, so a ranged sync always splits it. Directory changes (creations of files and
-//! directories, renames, removals) are kept until a sync of their directory.
+//! directories, renames, removals) are kept until a sync of their directory; a removed file,
+//! and the file a rename replaced, are kept under a hard link until then, so that the power
+//! loss can bring them back.
 //!
 //! Two ways of failing:
 //! - **Power cut** ([`PowerLossIo::new`]): the `cut_at`th operation and every later one fail
@@ -116,9 +118,12 @@ impl Unsynced {
 enum DirChange {
     Created(PathBuf),
     CreatedDir(PathBuf),
+    /// A rename; if it replaced a file at `to`, that file was hard-linked to `backup` first
+    /// so that the power loss can undo the rename without losing it.
     Renamed {
         from: PathBuf,
         to: PathBuf,
+        backup: Option<PathBuf>,
     },
     /// A removed file, hard-linked to `backup` first so that the power loss can undo it.
     Removed {
@@ -162,8 +167,8 @@ struct PowerState {
     /// The directory a running directory sync syncs, and how many of `dir_changes` (the
     /// first ones) existed when it started.
     dir_syncing: Option<(PathBuf, usize)>,
-    /// A rename about to happen.
-    renaming: Option<(PathBuf, PathBuf)>,
+    /// A rename about to happen, and the hard link that keeps the file it replaces, if any.
+    renaming: Option<(PathBuf, PathBuf, Option<PathBuf>)>,
     /// A removal about to happen, and the hard link that keeps its file.
     removing: Option<(PathBuf, PathBuf)>,
     next_id: u64,
@@ -395,7 +400,12 @@ impl PowerState {
             !durable
         });
         for change in synced {
-            if let DirChange::Removed { backup, .. } = change {
+            if let DirChange::Removed { backup, .. }
+            | DirChange::Renamed {
+                backup: Some(backup),
+                ..
+            } = change
+            {
                 // Gone for good, and so are any writes to it still unsynced.
                 self.unsynced.remove(&backup);
                 let _ = std::fs::remove_file(backup);
@@ -419,7 +429,18 @@ impl PowerState {
                 .segment_id;
             assert_eq!(to, path.with_file_name(segment_file_name(id)));
         }
-        self.renaming = Some((path.to_owned(), to));
+        // A rename over an existing file (a small file replaced whole, a rewritten segment)
+        // replaces it in one step, but until the directory is synced a power loss may leave
+        // the old file at `to`: keep it under a hard link, as `begin_remove` does.
+        let backup = if std::fs::symlink_metadata(&to).is_ok() {
+            let backup = to.with_extension(format!("replaced-{}", self.next_id));
+            self.next_id += 1;
+            std::fs::hard_link(&to, &backup)?;
+            Some(backup)
+        } else {
+            None
+        };
+        self.renaming = Some((path.to_owned(), to, backup));
         Ok(())
     }
 
@@ -489,11 +510,18 @@ impl Io for PowerLossIo {
             IoOp::Create => st.dir_changes.push(DirChange::Created(path.to_owned())),
             IoOp::CreateDir => st.dir_changes.push(DirChange::CreatedDir(path.to_owned())),
             IoOp::Rename => {
-                let (from, to) = st.renaming.take().expect("before(Rename) ran");
+                let (from, to, backup) = st.renaming.take().expect("before(Rename) ran");
+                // The replaced file now lives only under its backup: its unsynced writes
+                // follow it there, as a removed file's do.
+                if let Some(backup) = &backup {
+                    if let Some(ws) = st.unsynced.remove(&to) {
+                        st.unsynced.insert(backup.clone(), ws);
+                    }
+                }
                 if let Some(ws) = st.unsynced.remove(&from) {
                     st.unsynced.insert(to.clone(), ws);
                 }
-                st.dir_changes.push(DirChange::Renamed { from, to });
+                st.dir_changes.push(DirChange::Renamed { from, to, backup });
             }
             _ => {}
         }
@@ -600,12 +628,20 @@ pub fn lose_power(io: &PowerLossIo, rng: &mut StdRng, p_drop: f64, p_keep: f64) 
     }
     for change in st.dir_changes.iter().rev() {
         if !rng.random_bool(0.5) {
-            // The change stands. A removal's backup goes with it: left behind, it would sit
-            // in the directory under the name the next model's first removal of the same
-            // file picks (`begin_remove`), which then failed with EEXIST (seed 2095 of
+            // The change stands. Its backup (a removed file's, or the file a rename
+            // replaced) goes with it: left behind, it would sit in the directory under the
+            // name the next model picks for the same file (`begin_remove`, `begin_rename`),
+            // whose hard link then fails with EEXIST (a removal's did: seed 2095 of
             // `power_loss`, beyond the default 1,000).
-            if let DirChange::Removed { backup, .. } = change {
-                let _ = std::fs::remove_file(backup);
+            match change {
+                DirChange::Removed { backup, .. }
+                | DirChange::Renamed {
+                    backup: Some(backup),
+                    ..
+                } => {
+                    let _ = std::fs::remove_file(backup);
+                }
+                _ => {}
             }
             continue;
         }
@@ -617,8 +653,12 @@ pub fn lose_power(io: &PowerLossIo, rng: &mut StdRng, p_drop: f64, p_keep: f64) 
             DirChange::CreatedDir(p) => {
                 let _ = std::fs::remove_dir_all(p);
             }
-            DirChange::Renamed { from, to } => {
+            DirChange::Renamed { from, to, backup } => {
                 std::fs::rename(to, from).expect("undo rename");
+                // The rename never replaced the file at `to`: it is back.
+                if let Some(backup) = backup {
+                    std::fs::rename(backup, to).expect("undo rename: restore the replaced file");
+                }
             }
             DirChange::Removed { path, backup } => {
                 std::fs::rename(backup, path).expect("undo removal");

@@ -44,6 +44,10 @@ pub(crate) struct Scanned {
     pub damage: Option<Damage>,
     /// Segment files after a point-in-time stop, to be removed by a writer.
     pub dropped: Vec<PathBuf>,
+    /// Segment files a rewritten segment replaced, which a crash left behind it (ids inside
+    /// its batches): skipped, and removed by a writer (`dir::remove_rewrite_leftovers`).
+    /// Not damage: nothing in them is missing from the rewritten segment but dead records.
+    pub leftovers: Vec<PathBuf>,
     /// Mappings that frames were visited through but that a writable reopen replaced: the
     /// engine keeps them, since its index points into them.
     pub retired: Vec<Arc<Segment>>,
@@ -179,6 +183,10 @@ fn scan_once(
     for (i, (id, path)) in files.iter().enumerate() {
         let last = i + 1 == files.len();
         check_listed_id(*id, path)?;
+        if pass.is_leftover(*id) {
+            pass.out.leftovers.push(path.clone());
+            continue;
+        }
         let Some(seg) = pass.open_listed(i)? else {
             continue;
         };
@@ -188,7 +196,10 @@ fn scan_once(
             next_id: files.get(i + 1).map(|f| f.0),
             zeros_after: policy::checks_zeros_after(access, last),
         };
-        let found = check_segment(&seg, i, &expected, access, &expect, &mut visit)?;
+        // The index numbers a segment by its place among the kept ones (the engine's list),
+        // not among the listed files: leftovers are listed and not kept.
+        let number = pass.out.segments.len();
+        let found = check_segment(&seg, number, &expected, access, &expect, &mut visit)?;
         pass.out.next_seq = found.verdict.next_seq;
         match (
             policy::decide(mode, &found.situation(last)),
@@ -207,7 +218,10 @@ fn scan_once(
         }
     }
     if access == Access::Writer {
-        repair::finish(dir, &pass.out.dropped, zero_from, io)?;
+        if zero_from.is_none() {
+            pass.writable_tail()?;
+        }
+        repair::finish(dir, &pass.out.dropped, &pass.out.leftovers, zero_from, io)?;
     }
     Ok(pass.out)
 }
@@ -232,16 +246,17 @@ struct Found {
     loss: Option<Loss>,
 }
 
-/// Checks segment `i`, visiting each valid frame, and for a writer's last segment looks for
+/// Checks segment `seg`, the `number`th kept (the index's number for it), visiting each valid frame, and for a writer's last segment looks for
 /// evidence of durable history past where its frames stop.
 fn check_segment(
     seg: &Arc<Segment>,
-    i: usize,
+    number: usize,
     expected: &verify::Expected,
     access: Access,
     expect: &Expect,
     visit: &mut impl FnMut(u32, &Arc<Segment>, &Frame<'_>) -> Result<()>,
 ) -> Result<Found> {
+    let i = number;
     let image = seg.image();
     let mut frames = verify::verify(image, expected);
     for f in &mut frames {
@@ -352,6 +367,7 @@ impl<'a> Pass<'a> {
             next_seq: files.first().map_or(1, |f| f.0),
             damage: None,
             dropped: Vec::new(),
+            leftovers: Vec::new(),
             retired: Vec::new(),
         };
         Pass {
@@ -360,6 +376,36 @@ impl<'a> Pass<'a> {
             io,
             out,
         }
+    }
+
+    /// Whether the listed file `id` is a leftover of a rewrite: the segment kept before it is
+    /// rewritten, and `id` lies inside its batches (after its first, before the next one
+    /// expected). Any other file out of sequence stays an error (`verify`).
+    fn is_leftover(&self, id: u64) -> bool {
+        self.out
+            .segments
+            .last()
+            .is_some_and(|prev| prev.rewritten && prev.id < id && id < self.out.next_seq)
+    }
+
+    /// A writer whose kept segments end before the last listed file (only leftovers
+    /// followed) has its last segment mapped read-only: it becomes the writable tail, its
+    /// read-only mapping kept in `retired` (frames were visited through it). Being
+    /// rewritten, it takes no frame; the log rolls to a new segment.
+    fn writable_tail(&mut self) -> Result<()> {
+        let listed_last = self.files.last().map(|f| &f.1);
+        let Some(tail) = self.out.segments.last() else {
+            return Ok(());
+        };
+        if Some(&tail.path) == listed_last {
+            return Ok(());
+        }
+        let tail = self.out.segments.pop().expect("a last segment");
+        let end = self.out.write_off;
+        let tail = repair::writable(tail, false, &mut self.out, self.io)?;
+        tail.publish(end);
+        self.out.segments.push(tail);
+        Ok(())
     }
 
     /// Opens listed segment `i` (writable if it is the tail a writer opens); `None` if a

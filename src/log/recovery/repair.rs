@@ -51,13 +51,18 @@ pub(super) fn zero_recycled_tail(seg: &Segment, end: u64) -> Result<()> {
     seg.zero_tail(end)
 }
 
-/// Makes a cut durable: removes the dropped segments, then zeroes the cut segment's tail.
+/// Removes a rewrite's leftovers, then makes a cut durable: removes the dropped segments,
+/// then zeroes the cut segment's tail.
 pub(super) fn finish(
     dir: &Path,
     dropped: &[PathBuf],
+    leftovers: &[PathBuf],
     zero_from: Option<ZeroFrom>,
     io: &SharedIo,
 ) -> Result<()> {
+    // A rewrite's leftovers are older than anything a cut drops: they go first, as the
+    // rewrite would have removed them.
+    crate::log::dir::remove_rewrite_leftovers(&**io, dir, leftovers)?;
     // A cut leaves later segments behind: they go first, newest first, each removal
     // made durable before the next, so that a crash at any step leaves the log a
     // prefix of itself with the damage still in place. Only then is the cut segment's

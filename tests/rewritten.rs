@@ -1,0 +1,317 @@
+//! Rewritten segments (format version 5, docs/FORMAT.md "Segment header" and "Recovery"): the
+//! frames of a run of consecutive segments written again as one file, each frame with its
+//! batch sequence, flags and trailer, and only the records still live. That is what in-place
+//! compaction will write (docs/decisions.md, "Compaction: copies off the foreground path");
+//! here the rewrite is made by hand from the files, and what is checked is what every open
+//! makes of it:
+//! - the log opens to the same state, and nothing is appended to the rewritten file;
+//! - the files it replaced, which a crash between its rename and their removal leaves behind
+//!   it, are removed by a writer and skipped by readers, and are not damage;
+//! - the same layout behind a segment that is not marked rewritten is still an error.
+
+#![allow(clippy::disallowed_methods)] // tests make and inspect files directly
+
+use mergelog::internals::format::{
+    decode_frame, frame_len, record_len, segment_file_name, trailer_len, Decoded, FrameWriter,
+    RecordOp, SegmentHeader, Trailer, FLAG_TRAILER, FORMAT_VERSION, SEGMENT_HEADER_LEN,
+};
+use mergelog::internals::list_segments;
+use mergelog::{Config, Durability, Engine, LogReader, RecoveryMode};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+fn small_segments() -> Config {
+    Config {
+        segment_bytes: 64 << 10,
+        batch_bytes_max: 32 << 10,
+        ..Config::default()
+    }
+}
+
+/// The state a log should open to: every key ever written, with its value (`None` once
+/// deleted).
+type State = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Writes an overwrite workload over 40 keys (every fifth write a delete), with every 50th
+/// write a key written only once (so every segment keeps some live records), until the log
+/// has at least five segments, one write per batch; returns the state.
+fn write_log(dir: &Path) -> State {
+    let e = Engine::open(dir, small_segments()).unwrap();
+    let mut state = State::new();
+    let mut i = 0u32;
+    while list_segments(dir).unwrap().len() < 5 {
+        let key = if i % 50 == 0 {
+            format!("cold-{i:05}").into_bytes()
+        } else {
+            format!("key-{:02}", i * 7 % 40).into_bytes()
+        };
+        if i % 5 == 4 {
+            e.delete(&key).unwrap().wait().unwrap();
+            state.insert(key, None);
+        } else {
+            let value = format!("value {i} {}", "x".repeat(200)).into_bytes();
+            e.put(&key, &value).unwrap().wait().unwrap();
+            state.insert(key, Some(value));
+        }
+        i += 1;
+    }
+    e.close().unwrap();
+    state
+}
+
+/// Every frame of the segment file `path`, decoded: (batch sequence, flags, ops
+/// acknowledged, commit time, ids, records as (op, key, value)).
+type Rec = (RecordOp, Vec<u8>, Vec<u8>);
+type Frame = (u64, u32, u32, Option<u64>, Vec<[u8; 16]>, Vec<Rec>);
+
+fn frames(path: &Path) -> Vec<Frame> {
+    let image = std::fs::read(path).unwrap();
+    let mut out = Vec::new();
+    let mut off = SEGMENT_HEADER_LEN;
+    while let Decoded::Frame(f) = decode_frame(&image, off).unwrap() {
+        let records = f
+            .records()
+            .map(|r| (r.op, r.key.to_vec(), r.value.to_vec()))
+            .collect();
+        out.push((
+            f.batch_seq,
+            f.flags,
+            f.ops_acknowledged,
+            f.commit_time,
+            f.ids().collect(),
+            records,
+        ));
+        off = f.end_offset() as usize;
+    }
+    out
+}
+
+/// The batch that holds each key's newest record, over the whole log.
+fn newest(dir: &Path) -> BTreeMap<Vec<u8>, u64> {
+    let mut last = BTreeMap::new();
+    for (_, path) in list_segments(dir).unwrap() {
+        for (seq, .., records) in frames(&path) {
+            for (_, key, _) in records {
+                last.insert(key, seq);
+            }
+        }
+    }
+    last
+}
+
+/// The image of the segments `run` (ids, consecutive) rewritten as one: every frame, only its
+/// live records, and a 32-byte end marker; marked rewritten unless `marked` is false (then a
+/// version 4 header that states the same size).
+fn rewritten_image(dir: &Path, run: &[u64], marked: bool) -> (Vec<u8>, usize) {
+    let live = newest(dir);
+    let mut body = Vec::new();
+    let mut kept = 0;
+    for id in run {
+        for (seq, flags, acked, commit, ids, records) in frames(&dir.join(segment_file_name(*id))) {
+            let records: Vec<_> = records
+                .into_iter()
+                .filter(|(_, key, _)| live[key] == seq)
+                .collect();
+            kept += records.len();
+            let len: usize = records
+                .iter()
+                .map(|r| record_len(r.1.len(), r.2.len()))
+                .sum();
+            let trailer = commit.map(|t| (t, trailer_len(ids.len())));
+            let mut buf = vec![0u8; frame_len(len + trailer.map_or(0, |t| t.1))];
+            let mut w = FrameWriter::new(&mut buf, seq, flags & !FLAG_TRAILER);
+            for (op, key, value) in &records {
+                w.push(*op, key, value);
+            }
+            let trailer = trailer.map(|(commit_time, _)| Trailer {
+                ids: &ids,
+                commit_time,
+            });
+            w.finish_with(acked, trailer);
+            body.extend_from_slice(&buf);
+        }
+    }
+    let size = SEGMENT_HEADER_LEN + body.len() + 32;
+    let header = if marked {
+        SegmentHeader::rewritten(run[0], size as u64)
+    } else {
+        SegmentHeader::new(run[0], size as u64, false)
+    };
+    let mut image = header.encode().to_vec();
+    image.extend_from_slice(&body);
+    image.resize(size, 0);
+    (image, kept)
+}
+
+/// Puts the rewritten image of `run` in place of its first segment, as the rewrite does
+/// (a temporary file renamed over the name), and removes the others unless `leave` says the
+/// crash came first.
+fn rewrite(dir: &Path, run: &[u64], marked: bool, leave: bool) -> usize {
+    let (image, kept) = rewritten_image(dir, run, marked);
+    let tmp = dir.join("rewrite.test-tmp");
+    std::fs::write(&tmp, image).unwrap();
+    std::fs::rename(&tmp, dir.join(segment_file_name(run[0]))).unwrap();
+    if !leave {
+        for id in &run[1..] {
+            std::fs::remove_file(dir.join(segment_file_name(*id))).unwrap();
+        }
+    }
+    kept
+}
+
+fn ids(dir: &Path) -> Vec<u64> {
+    list_segments(dir)
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
+}
+
+fn assert_state(e: &Engine, state: &State) {
+    for (key, value) in state {
+        assert_eq!(
+            &e.read_to_vec(key).unwrap(),
+            value,
+            "key {}",
+            String::from_utf8_lossy(key)
+        );
+    }
+}
+
+/// Records a reader sees, and that its batches run on from 1 without a gap.
+fn read_all(dir: &Path) -> usize {
+    let reader = LogReader::open(dir).unwrap();
+    let mut records = 0;
+    for (next, b) in (1..).zip(reader.batches()) {
+        assert_eq!(b.seq().get(), next, "batches out of sequence");
+        records += b.records().count();
+    }
+    records
+}
+
+#[test]
+fn a_rewritten_run_opens_to_the_same_state_and_takes_no_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = write_log(dir.path());
+    let before = ids(dir.path());
+    let records_before = read_all(dir.path());
+    let kept = rewrite(dir.path(), &before[1..3], true, false);
+    let path = dir.path().join(segment_file_name(before[1]));
+    let image = std::fs::read(&path).unwrap();
+    assert!(image.len() < (64 << 10), "the rewritten file is its length");
+    assert!(
+        read_all(dir.path()) < records_before,
+        "dead records were dropped"
+    );
+    assert!(kept > 0);
+
+    let e = Engine::open(dir.path(), small_segments()).unwrap();
+    assert!(e.open_report().truncated.is_none());
+    assert_state(&e, &state);
+    e.put(b"after", b"the rewrite").unwrap().wait().unwrap();
+    e.close().unwrap();
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        image,
+        "the rewritten file changed"
+    );
+    let e = Engine::open(dir.path(), small_segments()).unwrap();
+    assert_state(&e, &state);
+    assert_eq!(
+        e.read_to_vec(b"after").unwrap().as_deref(),
+        Some(&b"the rewrite"[..])
+    );
+    e.close().unwrap();
+    // A rewritten header is version 5; what the engine writes otherwise stays version 4.
+    let last = list_segments(dir.path()).unwrap().pop().unwrap().1;
+    let header = SegmentHeader::decode(&std::fs::read(last).unwrap()).unwrap();
+    assert_eq!((header.version, header.rewritten), (FORMAT_VERSION, false));
+    let header = SegmentHeader::decode(&image).unwrap();
+    assert_eq!((header.version, header.rewritten), (5, true));
+}
+
+#[test]
+fn leftovers_of_a_rewrite_are_removed_by_a_writer_and_skipped_by_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = write_log(dir.path());
+    let before = ids(dir.path());
+    let records_before = read_all(dir.path());
+    rewrite(dir.path(), &before[1..4], true, true);
+    assert_eq!(ids(dir.path()), before, "the crash left the replaced files");
+
+    // Readers skip them: batches in sequence, only the rewritten file's records.
+    let records = read_all(dir.path());
+    assert!(records < records_before);
+    for mode in [
+        RecoveryMode::TolerateCorruptedTail,
+        RecoveryMode::AbsoluteConsistency,
+        RecoveryMode::PointInTime,
+    ] {
+        let damage = LogReader::check(dir.path(), mode, Durability::Sync).unwrap();
+        assert!(damage.is_none(), "{mode:?}: {damage:?}");
+        let reader = LogReader::open_with(dir.path(), mode).unwrap();
+        assert_eq!(reader.batches().count() as u64, reader.next_seq().get() - 1);
+    }
+    assert_eq!(ids(dir.path()), before, "a reader changed the directory");
+
+    // A writer removes them, and the log is the same.
+    let e = Engine::open(dir.path(), small_segments()).unwrap();
+    assert!(e.open_report().truncated.is_none());
+    let mut expected = before.clone();
+    expected.drain(2..4);
+    assert_eq!(ids(dir.path()), expected);
+    assert_state(&e, &state);
+    e.close().unwrap();
+    assert_eq!(read_all(dir.path()), records);
+}
+
+#[test]
+fn a_rewritten_last_segment_with_its_leftovers_behind_it_is_rolled_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = write_log(dir.path());
+    let before = ids(dir.path());
+    let n = before.len();
+    // The run ends with the last segment: a crash that also lost the roll after it.
+    rewrite(dir.path(), &before[n - 2..], true, true);
+    let e = Engine::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(ids(dir.path()), before[..n - 1].to_vec());
+    assert_state(&e, &state);
+    e.put(b"after", b"the rewrite").unwrap().wait().unwrap();
+    e.close().unwrap();
+    let after = ids(dir.path());
+    assert_eq!(after.len(), n, "the next frame went to a new segment");
+    let e = Engine::open(dir.path(), small_segments()).unwrap();
+    assert_state(&e, &state);
+    assert_eq!(
+        e.read_to_vec(b"after").unwrap().as_deref(),
+        Some(&b"the rewrite"[..])
+    );
+    e.close().unwrap();
+    read_all(dir.path());
+}
+
+#[test]
+fn a_file_inside_the_batches_of_a_segment_not_marked_rewritten_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path());
+    let before = ids(dir.path());
+    rewrite(dir.path(), &before[1..3], false, true);
+    let leftover = dir.path().join(segment_file_name(before[2]));
+    match Engine::open(dir.path(), small_segments()) {
+        Err(mergelog::Error::Corrupt { path, offset, .. }) => {
+            assert_eq!((path, offset), (leftover.clone(), 0));
+        }
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("the log opened"),
+    }
+    assert!(
+        leftover.exists(),
+        "the writer removed a file it cannot account for"
+    );
+    assert!(LogReader::check(
+        dir.path(),
+        RecoveryMode::TolerateCorruptedTail,
+        Durability::Sync
+    )
+    .is_err());
+}

@@ -178,6 +178,20 @@ fn assert_state(e: &Engine, state: &State) {
     }
 }
 
+/// Writes one more key through `e` (open on the rewritten log), closes it, and checks that a
+/// reopen finds the state and that key.
+fn a_write_after_it_survives_a_reopen(dir: &Path, e: Engine, state: &State) {
+    e.put(b"after", b"the rewrite").unwrap().wait().unwrap();
+    e.close().unwrap();
+    let e = Engine::open(dir, small_segments()).unwrap();
+    assert_state(&e, state);
+    assert_eq!(
+        e.read_to_vec(b"after").unwrap().as_deref(),
+        Some(&b"the rewrite"[..])
+    );
+    e.close().unwrap();
+}
+
 /// Records a reader sees, and that its batches run on from 1 without a gap.
 fn read_all(dir: &Path) -> usize {
     let reader = LogReader::open(dir).unwrap();
@@ -208,20 +222,12 @@ fn a_rewritten_run_opens_to_the_same_state_and_takes_no_frame() {
     let e = Engine::open(dir.path(), small_segments()).unwrap();
     assert!(e.open_report().truncated.is_none());
     assert_state(&e, &state);
-    e.put(b"after", b"the rewrite").unwrap().wait().unwrap();
-    e.close().unwrap();
+    a_write_after_it_survives_a_reopen(dir.path(), e, &state);
     assert_eq!(
         std::fs::read(&path).unwrap(),
         image,
         "the rewritten file changed"
     );
-    let e = Engine::open(dir.path(), small_segments()).unwrap();
-    assert_state(&e, &state);
-    assert_eq!(
-        e.read_to_vec(b"after").unwrap().as_deref(),
-        Some(&b"the rewrite"[..])
-    );
-    e.close().unwrap();
     // A rewritten header is version 5; what the engine writes otherwise stays version 4.
     let last = list_segments(dir.path()).unwrap().pop().unwrap().1;
     let header = SegmentHeader::decode(&std::fs::read(last).unwrap()).unwrap();
@@ -276,17 +282,9 @@ fn a_rewritten_last_segment_with_its_leftovers_behind_it_is_rolled_from() {
     let e = Engine::open(dir.path(), small_segments()).unwrap();
     assert_eq!(ids(dir.path()), before[..n - 1].to_vec());
     assert_state(&e, &state);
-    e.put(b"after", b"the rewrite").unwrap().wait().unwrap();
-    e.close().unwrap();
+    a_write_after_it_survives_a_reopen(dir.path(), e, &state);
     let after = ids(dir.path());
     assert_eq!(after.len(), n, "the next frame went to a new segment");
-    let e = Engine::open(dir.path(), small_segments()).unwrap();
-    assert_state(&e, &state);
-    assert_eq!(
-        e.read_to_vec(b"after").unwrap().as_deref(),
-        Some(&b"the rewrite"[..])
-    );
-    e.close().unwrap();
     read_all(dir.path());
 }
 

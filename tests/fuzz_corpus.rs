@@ -155,3 +155,57 @@ fn checks_see_real_frames() {
     fuzz_checks::ENGINE_THREAD_PANICKED.store(false, Ordering::SeqCst);
     fuzz_checks::open_dir(&input);
 }
+
+/// A segment image of `size` bytes for `id` under `header`, with one single-record frame per
+/// batch of `seqs` (the record's key and value name the batch).
+fn tiny_segment(
+    header: mergelog::internals::format::SegmentHeader,
+    size: usize,
+    seqs: std::ops::RangeInclusive<u64>,
+) -> Vec<u8> {
+    use mergelog::internals::format::{frame_len, record_len, FrameWriter, RecordOp, FLAG_SORTED};
+    let mut seg = vec![0u8; size];
+    seg[..64].copy_from_slice(&header.encode());
+    let mut off = 64;
+    for seq in seqs {
+        let key = format!("k{seq}");
+        let len = frame_len(record_len(key.len(), 1));
+        let mut w = FrameWriter::new(&mut seg[off..off + len], seq, FLAG_SORTED);
+        w.push(RecordOp::Put, key.as_bytes(), b"v");
+        w.finish(1);
+        off += len;
+    }
+    seg
+}
+
+/// The seed of a rewritten segment with a leftover behind it (`fuzz/corpus/open_dir/
+/// rewritten-with-leftover`): segment 1 rewritten (batches 1 to 3), the segment 2 it replaced
+/// still there (batches 2 and 3), segment 4 after them. It is written from here, and must
+/// open: the reader skips the leftover, the engine removes it, and they agree.
+#[test]
+fn a_rewritten_segment_with_its_leftover_is_a_seed_that_opens() {
+    use mergelog::internals::format::SegmentHeader;
+    let a = tiny_segment(SegmentHeader::rewritten(1, 256), 256, 1..=3);
+    let b = tiny_segment(SegmentHeader::new(2, 256, false), 256, 2..=3);
+    let c = tiny_segment(SegmentHeader::new(4, 256, false), 256, 4..=4);
+    // Control 0xA2: three segments, `Sync`, a put after open.
+    let input =
+        fuzz_checks::OpenDirInput::encode(&[(1, a), (2, b), (4, c)], 0xA2).expect("encodable");
+    let seed =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/open_dir/rewritten-with-leftover");
+    let committed = std::fs::read(&seed).expect("the seed is committed");
+    assert!(
+        committed == input,
+        "the committed seed differs from this layout"
+    );
+    let parsed = fuzz_checks::OpenDirInput::parse(&input);
+    let dir = tempfile::tempdir().unwrap();
+    parsed.materialize(dir.path());
+    let reader = mergelog::LogReader::open(dir.path()).expect("a rewritten log opens");
+    let seqs: Vec<u64> = reader.batches().map(|b| b.seq().get()).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4]);
+    watch_engine_threads();
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    fuzz_checks::ENGINE_THREAD_PANICKED.store(false, Ordering::SeqCst);
+    fuzz_checks::open_dir(&input);
+}

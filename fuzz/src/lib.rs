@@ -166,6 +166,8 @@ const MMAP: u8 = 1 << 4;
 const SYNC: u8 = 1 << 5;
 const PREP: u8 = 1 << 6;
 const PUT: u8 = 1 << 7;
+/// Size selector bit: with `FIX_HEADERS`, the header is a rewritten segment's.
+const REWRITTEN_HEADER: u16 = 1 << 14;
 /// Bytes that describe one segment: id selector, size (u16 LE).
 const SEGMENT_DESC: usize = 3;
 
@@ -180,7 +182,9 @@ impl OpenDirInput {
     /// - per segment, 3 bytes: an id selector (first segment: 0, 1, a small id, or one near
     ///   `u64::MAX`; later ones: the previous id plus 1–15) and a little-endian `u16` size
     ///   selector (64 + 8·(s mod 120) bytes, or 64 + (s mod 960) when bit 15 is set: not a
-    ///   multiple of 8).
+    ///   multiple of 8; bit 14 is not part of the size: with control bit 2, the header is
+    ///   made a rewritten segment's, version 5, so that the files after it whose ids lie
+    ///   inside its batches are taken for the segments it replaced).
     /// - the rest: the segments' contents one after the other, zero-padded to each size
     ///   (zeros are what a preallocated segment holds).
     pub fn parse(data: &[u8]) -> OpenDirInput {
@@ -197,6 +201,8 @@ impl OpenDirInput {
             descs = &descs[n..];
             let sel = desc[0];
             let size_sel = u16::from_le_bytes([desc[1], desc[2]]);
+            let rewritten = size_sel & REWRITTEN_HEADER != 0;
+            let size_sel = size_sel & !REWRITTEN_HEADER;
             let size = if size_sel & 0x8000 == 0 {
                 64 + 8 * (usize::from(size_sel) % 120)
             } else {
@@ -226,7 +232,7 @@ impl OpenDirInput {
                 continue;
             }
             if control & FIX_HEADERS != 0 {
-                fix_header(&mut bytes, id);
+                fix_header(&mut bytes, id, rewritten);
             }
             if control & FIX_FRAME_CRCS != 0 {
                 fix_frame_crcs(&mut bytes);
@@ -320,13 +326,19 @@ impl OpenDirInput {
 
 /// Rewrites bytes 0..64 of a segment image as a valid header for `id` and the image's size
 /// (when the size is a valid segment size; otherwise with the size anyway, so the header's
-/// CRC holds and the size check is what fails).
-fn fix_header(bytes: &mut [u8], id: u64) {
+/// CRC holds and the size check is what fails): version 1, or version 5 with the
+/// `REWRITTEN` flag if `rewritten`.
+fn fix_header(bytes: &mut [u8], id: u64, rewritten: bool) {
     let size = bytes.len() as u64;
     let mut h = [0u8; SEGMENT_HEADER_LEN];
     h[0..8].copy_from_slice(&SEGMENT_MAGIC);
     // Version 1: what a segment without header flags is written as.
-    h[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let (version, flags) = match rewritten {
+        true => (format::FORMAT_VERSION_REWRITTEN, format::SEGMENT_REWRITTEN),
+        false => (1, 0),
+    };
+    h[8..12].copy_from_slice(&version.to_le_bytes());
+    h[32..36].copy_from_slice(&flags.to_le_bytes());
     h[12..16].copy_from_slice(&(SEGMENT_HEADER_LEN as u32).to_le_bytes());
     h[16..24].copy_from_slice(&id.to_le_bytes());
     h[24..32].copy_from_slice(&size.to_le_bytes());

@@ -246,8 +246,9 @@ struct Found {
     loss: Option<Loss>,
 }
 
-/// Checks segment `seg`, the `number`th kept (the index's number for it), visiting each valid frame, and for a writer's last segment looks for
-/// evidence of durable history past where its frames stop.
+/// Checks segment `seg`, the `number`th kept (the number the index gives it), visiting each
+/// valid frame, and for a writer's last segment looks for evidence of durable history past
+/// where its frames stop.
 fn check_segment(
     seg: &Arc<Segment>,
     number: usize,
@@ -256,11 +257,10 @@ fn check_segment(
     expect: &Expect,
     visit: &mut impl FnMut(u32, &Arc<Segment>, &Frame<'_>) -> Result<()>,
 ) -> Result<Found> {
-    let i = number;
     let image = seg.image();
     let mut frames = verify::verify(image, expected);
     for f in &mut frames {
-        visit(i as u32, seg, &f)?;
+        visit(number as u32, seg, &f)?;
     }
     let verdict = frames.verdict();
     let last = expected.next_id.is_none();

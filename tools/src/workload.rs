@@ -253,6 +253,23 @@ pub const ZIPF_POOL_MIN: usize = 1 << 16;
 /// seconds before every run).
 pub const ZIPF_POOL_TOTAL_MAX: usize = 1 << 24;
 
+/// The zipf distribution `spec` draws its keys from, if it is one; an error if its
+/// parameters are not a distribution.
+fn zipf(spec: &Spec) -> Result<Option<Zipf<f64>>, String> {
+    match spec.dist {
+        Dist::Zipf(theta) => Zipf::new(spec.keys as f64, theta)
+            .map(Some)
+            .map_err(|e| format!("zipf over {} keys, theta {theta}: {e}", spec.keys)),
+        _ => Ok(None),
+    }
+}
+
+/// Whether generators can be made for `spec` (what [`Generator::new`] would refuse), without
+/// drawing a writer's zipf pool.
+pub fn check(spec: &Spec) -> Result<(), String> {
+    zipf(spec).map(|_| ())
+}
+
 /// One writer's stream of operations; owns its key and value buffers, so generating an op
 /// does not allocate.
 pub struct Generator {
@@ -294,9 +311,7 @@ impl Generator {
         };
         let mut rng = SmallRng::seed_from_u64(mix64(spec.seed ^ mix64(writer as u64 + 1)));
         let mut sampler = sampler;
-        if let (Sampler::Zipf { ids, .. }, Dist::Zipf(theta)) = (&mut sampler, spec.dist) {
-            let zipf = Zipf::new(spec.keys as f64, theta)
-                .map_err(|e| format!("zipf over {} keys, theta {theta}: {e}", spec.keys))?;
+        if let (Sampler::Zipf { ids, .. }, Some(zipf)) = (&mut sampler, zipf(spec)?) {
             let w = spec.writers.max(1);
             let len = (ZIPF_POOL / w).max(ZIPF_POOL_MIN.min(ZIPF_POOL_TOTAL_MAX / w));
             // Samples are ranks 1..=n as floats; rank 1 is the most popular.
@@ -499,6 +514,18 @@ mod tests {
             writers: 1,
             seed: 7,
             merge: false,
+        }
+    }
+
+    #[test]
+    fn check_refuses_what_a_generator_refuses() {
+        for (dist, keys) in [(Dist::Zipf(-1.0), 10), (Dist::Zipf(f64::NAN), 10)] {
+            let s = spec(dist, keys);
+            let refused = check(&s).expect_err("a zipf that is not a distribution");
+            assert_eq!(Generator::new(&s, 0).err(), Some(refused));
+        }
+        for dist in [Dist::Zipf(0.99), Dist::Uniform, Dist::Sequential] {
+            check(&spec(dist, 10)).unwrap();
         }
     }
 

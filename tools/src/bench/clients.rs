@@ -63,6 +63,8 @@ pub fn drive(
         consumer_lag: None,
         progress,
         started: None,
+        // The generators are drawn above, before `cpu::during` starts its clock.
+        cpu_start: None,
     };
     let (r, cpu) = cpu::during(|| {
         std::thread::scope(|s| {

@@ -30,7 +30,9 @@ pub struct Span {
 
 /// Runs `writer(index, slot, barrier)` on `plan.writers` threads with a sampler beside them;
 /// every writer must reach the barrier once, first thing (and return at once if its `wait`
-/// says false). Returns what the sampler summed and the writers' span. `stages` and
+/// says false). Returns what the sampler summed and the writers' span, and the CPU the
+/// process used from the start line to the last writer's end (a writer's setup before the
+/// start line, such as drawing its zipf pool, is not counted). `stages` and
 /// `consumer_lag` are sampled per interval when given; `started` is set to when the writers
 /// start. A thread that cannot be spawned (a process or memory limit) fails the run with an
 /// error, after the threads already spawned have been called off the start line.
@@ -41,6 +43,42 @@ pub fn drive<F>(
     stages: Option<&(dyn Fn() -> StageHistograms + Sync)>,
     consumer_lag: Option<&LagProbe<'_>>,
     started: Option<&OnceLock<Instant>>,
+    writer: F,
+) -> (
+    Result<(Sampled, Duration, u64), CliError>,
+    Option<cpu::CpuUse>,
+)
+where
+    F: Fn(usize, &Mutex<Slot>, &StartLine) -> Result<Span, CliError> + Sync,
+{
+    let cpu_start = OnceLock::new();
+    let driven = drive_from_start_line(
+        plan,
+        hooks,
+        progress,
+        stages,
+        consumer_lag,
+        started,
+        &cpu_start,
+        writer,
+    );
+    let cpu = cpu_start
+        .get()
+        .zip(cpu::CpuSample::now())
+        .map(|(start, end)| start.until(&end));
+    (driven, cpu)
+}
+
+/// [`drive`], with `cpu_start` set by the sampler as the run starts.
+#[allow(clippy::too_many_arguments)]
+fn drive_from_start_line<F>(
+    plan: &Plan,
+    hooks: &RunHooks,
+    progress: &Progress,
+    stages: Option<&(dyn Fn() -> StageHistograms + Sync)>,
+    consumer_lag: Option<&LagProbe<'_>>,
+    started: Option<&OnceLock<Instant>>,
+    cpu_start: &OnceLock<cpu::CpuSample>,
     writer: F,
 ) -> Result<(Sampled, Duration, u64), CliError>
 where
@@ -57,6 +95,7 @@ where
         consumer_lag,
         progress,
         started,
+        cpu_start: Some(cpu_start),
     };
     let (sampled, spans) = std::thread::scope(|s| {
         let sampler = spawn(s, "sampler", || sample(&recorder, &barrier, done_rx, &opts))?;
@@ -159,7 +198,7 @@ pub fn run_baseline<F>(
 where
     F: Fn(usize, &Mutex<Slot>, &StartLine) -> Result<Span, CliError> + Sync,
 {
-    let (driven, cpu) = cpu::during(|| drive(plan, hooks, progress, None, None, None, writer));
+    let (driven, cpu) = drive(plan, hooks, progress, None, None, None, writer);
     let (mut sampled, elapsed, missed) = driven?;
     let c = counts();
     let timeline = std::mem::take(&mut sampled.timeline);
@@ -320,30 +359,28 @@ fn drive_engine(
             }
             None => None,
         };
-        let (r, cpu) = cpu::during(|| {
-            drive(
-                plan,
-                hooks,
-                progress,
-                Some(&stages),
-                lag_probe,
-                Some(&started),
-                |i, slot, barrier| {
-                    writer(
-                        &EngineTarget {
-                            engine,
-                            ids: (system == System::MergelogIds).then(|| (i, AtomicU64::new(0))),
-                            get_put: system == System::MergelogGetput,
-                        },
-                        Generator::new(&plan.spec, i),
-                        i,
-                        plan,
-                        slot,
-                        barrier,
-                    )
-                },
-            )
-        });
+        let (r, cpu) = drive(
+            plan,
+            hooks,
+            progress,
+            Some(&stages),
+            lag_probe,
+            Some(&started),
+            |i, slot, barrier| {
+                writer(
+                    &EngineTarget {
+                        engine,
+                        ids: (system == System::MergelogIds).then(|| (i, AtomicU64::new(0))),
+                        get_put: system == System::MergelogGetput,
+                    },
+                    Generator::new(&plan.spec, i),
+                    i,
+                    plan,
+                    slot,
+                    barrier,
+                )
+            },
+        );
         drop(stop);
         let consumed = consumer.map(|h| {
             h.join()

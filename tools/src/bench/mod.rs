@@ -46,7 +46,7 @@ mod timeline;
 mod wal;
 
 use crate::error::{CliError, Context};
-use crate::workload::{Dist, Generator, Size, Spec, KEY_SIZE_MIN};
+use crate::workload::{Dist, Size, Spec, KEY_SIZE_MIN};
 use clap::{Args, ValueEnum};
 use consumer::{ConsumerPlan, ConsumerTotals};
 use hdrhistogram::Histogram;
@@ -1458,7 +1458,7 @@ fn plan(args: &WorkloadArgs) -> Result<Plan, CliError> {
         syncers: args.syncers.map_or(1, |n| n as usize),
     };
     // Surfaces a bad distribution now rather than inside every writer thread.
-    Generator::new(&plan.spec, 0).map_err(CliError::usage)?;
+    crate::workload::check(&plan.spec).map_err(CliError::usage)?;
     Ok(plan)
 }
 
@@ -2041,6 +2041,75 @@ pub mod profile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// This thread's CPU time.
+    fn thread_cpu() -> Duration {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec, which `ts` is, and reads nothing.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        assert_eq!(rc, 0);
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+
+    /// Spins until this thread has used `d` more CPU; returns what it used.
+    fn burn(d: Duration) -> Duration {
+        let start = thread_cpu();
+        while thread_cpu() - start < d {
+            std::hint::black_box(0u64);
+        }
+        thread_cpu() - start
+    }
+
+    /// The CPU a run reports is what the process used once its writers passed the start
+    /// line: a writer's setup before it (drawing a zipf pool takes a quarter of a second of
+    /// CPU at one writer) is not the run's, and the work after it is.
+    #[test]
+    fn a_runs_cpu_starts_at_the_start_line() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            w: WorkloadArgs,
+        }
+        let cli =
+            <Cli as clap::Parser>::try_parse_from(["t", "--writers", "2", "--ops", "2"]).unwrap();
+        let plan = plan(&cli.w).unwrap();
+        let hooks = RunHooks {
+            encode: false,
+            stage_intervals: false,
+        };
+        let progress = Progress::new("t", true, 2);
+        let (before, during) = (Duration::from_millis(300), Duration::from_millis(100));
+        let used = parking_lot::Mutex::new(Vec::new());
+        let (driven, cpu) =
+            engine::drive(&plan, &hooks, &progress, None, None, None, |_, _, line| {
+                let setup = burn(before);
+                assert!(line.wait());
+                let start = Instant::now();
+                let work = burn(during);
+                used.lock().push((setup, work));
+                Ok(engine::Span {
+                    start,
+                    finish: Instant::now(),
+                    missed: 0,
+                })
+            });
+        driven.unwrap();
+        let cpu = cpu.expect("the process's CPU clock reads on Linux").process;
+        let used = used.into_inner();
+        let setup: Duration = used.iter().map(|u| u.0).sum();
+        let work: Duration = used.iter().map(|u| u.1).sum();
+        assert!(
+            cpu >= work,
+            "the run's {cpu:?} misses the writers' {work:?} after the line"
+        );
+        assert!(
+            cpu < work + setup / 2,
+            "the run's {cpu:?} counts the writers' {setup:?} before the line"
+        );
+    }
 
     /// A run that completed nothing fails the bench instead of reporting zeros.
     #[test]

@@ -141,6 +141,9 @@ pub struct SampleOptions<'a> {
     pub progress: &'a Progress,
     /// Set to when the run started (the writers passed the start line).
     pub started: Option<&'a std::sync::OnceLock<Instant>>,
+    /// Set to the process's CPU clocks as the run starts: what the writers' threads spent
+    /// before the start line (drawing their zipf pools) is not the run's.
+    pub cpu_start: Option<&'a std::sync::OnceLock<super::cpu::CpuSample>>,
 }
 
 /// Measures a consumer's lag (see `consumer::lag_sample`).
@@ -211,6 +214,9 @@ pub fn sample(
     let start = Instant::now();
     if let Some(started) = opts.started {
         let _ = started.set(start);
+    }
+    if let Some(cpu) = opts.cpu_start.zip(super::cpu::CpuSample::now()) {
+        let _ = cpu.0.set(cpu.1);
     }
     let mut last = start;
     let mut tick = 1u32;

@@ -125,23 +125,25 @@ fn engine_threads() -> (Option<Duration>, Option<Duration>) {
     (flusher, syncer)
 }
 
+/// The calling thread's CPU time (for tests).
+#[cfg(test)]
+pub(crate) fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which `ts` is, and reads nothing.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0);
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn process_time_counts_a_busy_thread_and_rounds_add_up() {
-        /// This thread's CPU time.
-        fn thread_cpu() -> Duration {
-            let mut ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: clock_gettime writes one timespec, which `ts` is, and reads nothing.
-            let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-            assert_eq!(rc, 0);
-            Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-        }
         let start = CpuSample::now().expect("getrusage works");
         let t0 = Instant::now();
         let cpu0 = thread_cpu();

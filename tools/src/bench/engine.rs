@@ -52,100 +52,77 @@ where
     F: Fn(usize, &Mutex<Slot>, &StartLine) -> Result<Span, CliError> + Sync,
 {
     let cpu_start = OnceLock::new();
-    let driven = drive_from_start_line(
-        plan,
-        hooks,
-        progress,
-        stages,
-        consumer_lag,
-        started,
-        &cpu_start,
-        writer,
-    );
+    // The run, from the start line; the closure is the scope of its early returns.
+    let driven = (|| {
+        let recorder = Recorder::new(plan.writers, plan.rate.is_some());
+        let barrier = StartLine::new(plan.writers + 1);
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let opts = SampleOptions {
+            interval: plan.interval,
+            encode: hooks.encode,
+            encode_raw: plan.rate.is_some(),
+            stages: stages.filter(|_| hooks.stage_intervals),
+            consumer_lag,
+            progress,
+            started,
+            cpu_start: Some(&cpu_start),
+        };
+        let (sampled, spans) = std::thread::scope(|s| {
+            let sampler = spawn(s, "sampler", || sample(&recorder, &barrier, done_rx, &opts))?;
+            let mut handles = Vec::with_capacity(plan.writers);
+            for i in 0..plan.writers {
+                let (recorder, barrier, writer, done) =
+                    (&recorder, &barrier, &writer, done_tx.clone());
+                let spawned = spawn(s, "writer", move || {
+                    let r = writer(i, recorder.slot(i), barrier);
+                    // The sampler's last harvest waits for every writer to let go.
+                    drop(done);
+                    r
+                });
+                match spawned {
+                    Ok(h) => handles.push(h),
+                    Err(e) => {
+                        // The sampler and the writers already spawned wait at the start line for
+                        // this one: release them (they return without running), then report.
+                        barrier.call_off();
+                        return Err(CliError::new(format!(
+                            "{} (writer {} of {})",
+                            e.message,
+                            i + 1,
+                            plan.writers
+                        )));
+                    }
+                }
+            }
+            drop(done_tx);
+            let spans: Vec<Result<Span, CliError>> = handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(CliError::new("a writer thread panicked")))
+                })
+                .collect();
+            let sampled = sampler
+                .join()
+                .unwrap_or_else(|_| Err(CliError::new("the sampler thread panicked")));
+            Ok((sampled, spans))
+        })?;
+        let spans = spans.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let missed = spans.iter().map(|s| s.missed).sum();
+        let mut elapsed = elapsed(&spans);
+        // Open loop: the requests arrive over the scheduled duration, whenever the writers finish
+        // (at a low rate a writer's last request completes long before the deadline, or it has
+        // none due at all), so the throughput is over that duration at least.
+        if let (Some(_), Some(d)) = (plan.rate, plan.duration) {
+            elapsed = elapsed.max(d);
+        }
+        Ok((sampled?, elapsed, missed))
+    })();
     let cpu = cpu_start
         .get()
         .zip(cpu::CpuSample::now())
         .map(|(start, end)| start.until(&end));
     (driven, cpu)
-}
-
-/// [`drive`], with `cpu_start` set by the sampler as the run starts.
-#[allow(clippy::too_many_arguments)]
-fn drive_from_start_line<F>(
-    plan: &Plan,
-    hooks: &RunHooks,
-    progress: &Progress,
-    stages: Option<&(dyn Fn() -> StageHistograms + Sync)>,
-    consumer_lag: Option<&LagProbe<'_>>,
-    started: Option<&OnceLock<Instant>>,
-    cpu_start: &OnceLock<cpu::CpuSample>,
-    writer: F,
-) -> Result<(Sampled, Duration, u64), CliError>
-where
-    F: Fn(usize, &Mutex<Slot>, &StartLine) -> Result<Span, CliError> + Sync,
-{
-    let recorder = Recorder::new(plan.writers, plan.rate.is_some());
-    let barrier = StartLine::new(plan.writers + 1);
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    let opts = SampleOptions {
-        interval: plan.interval,
-        encode: hooks.encode,
-        encode_raw: plan.rate.is_some(),
-        stages: stages.filter(|_| hooks.stage_intervals),
-        consumer_lag,
-        progress,
-        started,
-        cpu_start: Some(cpu_start),
-    };
-    let (sampled, spans) = std::thread::scope(|s| {
-        let sampler = spawn(s, "sampler", || sample(&recorder, &barrier, done_rx, &opts))?;
-        let mut handles = Vec::with_capacity(plan.writers);
-        for i in 0..plan.writers {
-            let (recorder, barrier, writer, done) = (&recorder, &barrier, &writer, done_tx.clone());
-            let spawned = spawn(s, "writer", move || {
-                let r = writer(i, recorder.slot(i), barrier);
-                // The sampler's last harvest waits for every writer to let go.
-                drop(done);
-                r
-            });
-            match spawned {
-                Ok(h) => handles.push(h),
-                Err(e) => {
-                    // The sampler and the writers already spawned wait at the start line for
-                    // this one: release them (they return without running), then report.
-                    barrier.call_off();
-                    return Err(CliError::new(format!(
-                        "{} (writer {} of {})",
-                        e.message,
-                        i + 1,
-                        plan.writers
-                    )));
-                }
-            }
-        }
-        drop(done_tx);
-        let spans: Vec<Result<Span, CliError>> = handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(CliError::new("a writer thread panicked")))
-            })
-            .collect();
-        let sampled = sampler
-            .join()
-            .unwrap_or_else(|_| Err(CliError::new("the sampler thread panicked")));
-        Ok((sampled, spans))
-    })?;
-    let spans = spans.into_iter().collect::<Result<Vec<_>, _>>()?;
-    let missed = spans.iter().map(|s| s.missed).sum();
-    let mut elapsed = elapsed(&spans);
-    // Open loop: the requests arrive over the scheduled duration, whenever the writers finish
-    // (at a low rate a writer's last request completes long before the deadline, or it has
-    // none due at all), so the throughput is over that duration at least.
-    if let (Some(_), Some(d)) = (plan.rate, plan.duration) {
-        elapsed = elapsed.max(d);
-    }
-    Ok((sampled?, elapsed, missed))
 }
 
 /// Spawns `f` on a scoped thread named `name`; a failure (the process is out of threads or

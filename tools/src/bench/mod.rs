@@ -2042,20 +2042,9 @@ pub mod profile {
 mod tests {
     use super::*;
 
-    /// This thread's CPU time.
-    fn thread_cpu() -> Duration {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes one timespec, which `ts` is, and reads nothing.
-        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        assert_eq!(rc, 0);
-        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-    }
-
     /// Spins until this thread has used `d` more CPU; returns what it used.
     fn burn(d: Duration) -> Duration {
+        use cpu::thread_cpu;
         let start = thread_cpu();
         while thread_cpu() - start < d {
             std::hint::black_box(0u64);

@@ -6,8 +6,8 @@
 //! `Plan::depth = 1`; nothing here).
 
 use super::cpu;
-use super::engine::{spawn, FastClock, Span};
-use super::recorder::{sample, Progress, Recorder, SampleOptions, Sampled, StartLine};
+use super::engine::{spawn, Driven, FastClock, Span};
+use super::recorder::{sample, Progress, Recorder, SampleOptions, StartLine};
 use super::{Plan, RunHooks};
 use crate::error::{CliError, Context};
 use crate::workload::{Generator, Op};
@@ -24,13 +24,6 @@ pub struct Clients {
     /// Executor threads (engine systems).
     pub threads: usize,
 }
-
-/// What the clients ran: the sampler's sums, their span, the missed count (always 0: a
-/// closed loop); and the CPU the process used meanwhile.
-type Driven = (
-    Result<(Sampled, Duration, u64), CliError>,
-    Option<cpu::CpuUse>,
-);
 
 /// Runs `clients.n` client tasks on `engine` on a runtime of `clients.threads` workers, with
 /// the sampler beside them, as `engine::drive` does for threads.

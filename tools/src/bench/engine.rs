@@ -28,6 +28,13 @@ pub struct Span {
     pub missed: u64,
 }
 
+/// What a run's writers (or clients) did: the sampler's sums, their span and the requests
+/// an open loop missed; and the CPU the process used meanwhile.
+pub(super) type Driven = (
+    Result<(Sampled, Duration, u64), CliError>,
+    Option<cpu::CpuUse>,
+);
+
 /// Runs `writer(index, slot, barrier)` on `plan.writers` threads with a sampler beside them;
 /// every writer must reach the barrier once, first thing (and return at once if its `wait`
 /// says false). Returns what the sampler summed and the writers' span, and the CPU the
@@ -44,10 +51,7 @@ pub fn drive<F>(
     consumer_lag: Option<&LagProbe<'_>>,
     started: Option<&OnceLock<Instant>>,
     writer: F,
-) -> (
-    Result<(Sampled, Duration, u64), CliError>,
-    Option<cpu::CpuUse>,
-)
+) -> Driven
 where
     F: Fn(usize, &Mutex<Slot>, &StartLine) -> Result<Span, CliError> + Sync,
 {
@@ -280,9 +284,9 @@ pub fn run(
     })
 }
 
-/// What [`drive_engine`] hands back: the writers' results, the CPU they used, and what the
-/// consumer did (with `--consumer`).
-type Driven = (
+/// What [`drive_engine`] hands back: what [`drive`] does, and what the consumer did (with
+/// `--consumer`).
+type DrivenWithConsumer = (
     Result<(Sampled, Duration, u64), CliError>,
     Option<cpu::CpuUse>,
     Option<Result<ConsumerTotals, CliError>>,
@@ -300,7 +304,7 @@ fn drive_engine(
     plan: &Plan,
     hooks: &RunHooks,
     progress: &Progress,
-) -> Driven {
+) -> DrivenWithConsumer {
     let stages = || engine.stats().stages;
     let lag = || consumer::lag_sample(engine);
     let lag_probe: Option<&LagProbe<'_>> = reader.as_ref().map(|_| &lag as &LagProbe<'_>);

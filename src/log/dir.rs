@@ -202,8 +202,8 @@ fn remove_leftover(io: &dyn Io, path: &Path) {
 /// The zero fill writes this much at a time. Keep it under 2 MiB: on Linux 6.18 with ext4, a
 /// file filled by writes of 2 MiB or more (presumably cached in large folios) made every later
 /// 176-byte `pwrite` + `fdatasync` into it 10-13 us slower at the median than one filled in
-/// 256 KiB or 1 MiB writes (docs/decisions.md, "The CPU a run counts starts at the start
-/// line").
+/// 256 KiB or 1 MiB writes (`tools/fill_sync_probe.py`; docs/decisions.md, "The CPU a run
+/// counts starts at the start line").
 const ZERO_CHUNK: usize = 256 << 10;
 
 /// Keeps the zero fill's writeback to about two chunks in flight: starts writing back the

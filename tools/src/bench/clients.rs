@@ -45,6 +45,8 @@ pub fn drive(
         .map(|i| Generator::new(&plan.spec, i))
         .collect();
     let recorder = Arc::new(Recorder::new(plan.writers, false));
+    // Set by the sampler at the start line, as in `engine::drive`.
+    let cpu_start = std::sync::OnceLock::new();
     // The sampler and this thread: the clients start once both are ready.
     let barrier = StartLine::new(2);
     let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -56,21 +58,21 @@ pub fn drive(
         consumer_lag: None,
         progress,
         started: None,
-        // The generators are drawn above, before `cpu::during` starts its clock.
-        cpu_start: None,
+        cpu_start: Some(&cpu_start),
     };
-    let (r, cpu) = cpu::during(|| {
-        std::thread::scope(|s| {
-            let sampler = spawn(s, "sampler", || sample(&recorder, &barrier, done_rx, &opts))?;
-            let _ = barrier.wait();
-            let spans = runtime.block_on(run_clients(engine, gens, plan, &recorder));
-            drop(done_tx);
-            let sampled = sampler
-                .join()
-                .unwrap_or_else(|_| Err(CliError::new("the sampler thread panicked")));
-            Ok((sampled, spans))
-        })
+    let r = std::thread::scope(|s| {
+        let sampler = spawn(s, "sampler", || sample(&recorder, &barrier, done_rx, &opts))?;
+        let _ = barrier.wait();
+        let spans = runtime.block_on(run_clients(engine, gens, plan, &recorder));
+        drop(done_tx);
+        let sampled = sampler
+            .join()
+            .unwrap_or_else(|_| Err(CliError::new("the sampler thread panicked")));
+        Ok((sampled, spans))
     });
+    // Read before the runtime shuts down and before the engine closes (its threads' clocks
+    // go with them), as `engine::drive` does.
+    let cpu = cpu::since(&cpu_start);
     let (sampled, spans) = match r {
         Ok(r) => r,
         Err(e) => {

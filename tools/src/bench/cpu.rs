@@ -76,13 +76,11 @@ impl CpuSample {
     }
 }
 
-/// Runs `f` and returns what it returned with the CPU used meanwhile (`None` where the
-/// clocks cannot be read).
-pub fn during<T>(f: impl FnOnce() -> T) -> (T, Option<CpuUse>) {
-    let start = CpuSample::now();
-    let out = f();
-    let used = start.and_then(|s| Some(s.until(&CpuSample::now()?)));
-    (out, used)
+/// What was used from `start` (set by the sampler as a run passes its start line, see
+/// `SampleOptions::cpu_start`) to now; `None` if it was never set (the run did not start) or
+/// the clocks cannot be read.
+pub fn since(start: &std::sync::OnceLock<CpuSample>) -> Option<CpuUse> {
+    Some(start.get()?.until(&CpuSample::now()?))
 }
 
 /// User + system time of the whole process.

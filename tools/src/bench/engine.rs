@@ -122,11 +122,7 @@ where
         }
         Ok((sampled?, elapsed, missed))
     })();
-    let cpu = cpu_start
-        .get()
-        .zip(cpu::CpuSample::now())
-        .map(|(start, end)| start.until(&end));
-    (driven, cpu)
+    (driven, cpu::since(&cpu_start))
 }
 
 /// Spawns `f` on a scoped thread named `name`; a failure (the process is out of threads or

@@ -47,7 +47,7 @@ use crate::pipeline::{failed, Inner};
 use crate::seq::Seq;
 use crate::stats::Counters;
 use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -382,6 +382,17 @@ pub(crate) struct CompactSlot {
     runs: AtomicU64,
     /// `mergelog-compactor`, if `Compaction::Auto` runs one: woken when a segment completes.
     compactor: OnceLock<Thread>,
+    /// Held by the flusher while it checks and writes a chunk, and by a retirement
+    /// (`retire_prefix`) from before it looks at [`CompactSlot::last_batch`] until it has
+    /// forgotten the retired keys. So a chunk is either written before the retirement, which
+    /// then waits for its batch to be durable (its copies reach the index before the
+    /// forgetting, which keeps the keys they moved), or checked after the forgetting (which
+    /// moved `Index::forgets`, so the check asks the index again and drops the forgotten
+    /// keys). Without it a key that `retire_before` reported forgotten came back once a copy
+    /// checked before the forgetting became durable, and stayed after a reopen.
+    writing: Mutex<()>,
+    /// The batch sequence of the last compaction batch written (0 if none yet).
+    last_batch: AtomicU64,
 }
 
 #[derive(Default)]
@@ -433,11 +444,27 @@ impl CompactSlot {
         self.pending.load(Ordering::Acquire)
     }
 
-    /// The chunk waiting, if any.
-    pub(crate) fn take(&self) -> Option<Chunk> {
+    /// The chunk waiting, if any, with the guard that keeps retirements out while it is
+    /// checked and written; `None` while a retirement holds them off (the chunk waits, and the
+    /// retirement pokes the flusher when it is done).
+    pub(crate) fn take(&self) -> Option<(Chunk, MutexGuard<'_, ()>)> {
+        let writing = self.writing.try_lock()?;
         let mut s = self.state.lock();
         self.pending.store(false, Ordering::Relaxed);
-        s.chunk.take()
+        Some((s.chunk.take()?, writing))
+    }
+
+    /// The flusher wrote compaction batch `seq` (under the guard [`CompactSlot::take`] gave).
+    pub(crate) fn wrote(&self, seq: u64) {
+        self.last_batch.fetch_max(seq, Ordering::Release);
+    }
+
+    /// For a retirement: keeps chunks from being checked or written until the guard is
+    /// dropped, and returns the last compaction batch written before (0 if none), which the
+    /// retirement waits for before it forgets keys.
+    pub(crate) fn hold_off_writes(&self) -> (MutexGuard<'_, ()>, u64) {
+        let writing = self.writing.lock();
+        (writing, self.last_batch.load(Ordering::Acquire))
     }
 
     /// The flusher stops: a chunk waiting is dropped (its sender answers `Closed`), and

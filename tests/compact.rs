@@ -359,6 +359,104 @@ fn a_key_written_while_its_copy_is_in_a_chunk_keeps_the_new_value() {
     }
 }
 
+/// Holds up the first segment sync after it is armed until it is opened.
+#[derive(Default)]
+struct SyncGate {
+    armed: std::sync::atomic::AtomicBool,
+    held: std::sync::atomic::AtomicBool,
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+struct GatedSync(Arc<SyncGate>);
+
+impl Io for GatedSync {
+    fn before(&self, op: IoOp, path: &Path, _: u64, _: &[u8]) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let g = &self.0;
+        let seg = path.extension().is_some_and(|e| e == "seg");
+        if op == IoOp::Sync && seg && g.armed.swap(false, SeqCst) {
+            g.held.store(true, SeqCst);
+            let mut open = g.open.lock().unwrap();
+            while !*open {
+                open = g.opened.wait(open).unwrap();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `retire_before` while a compaction batch is written and its sync not yet returned: the
+/// batch holds a copy of a key whose record lies in the segments retired. Either the key is
+/// forgotten (counted in `keys_forgotten`, gone live and after a reopen) or it stays (not
+/// counted, there live and after a reopen). It used to be forgotten, counted, and then come
+/// back, with its old value, once the copy was durable, and stay after a reopen: the
+/// retirement did not wait for the compaction batch written before it, whose copies then
+/// reached the index after the forgetting.
+#[test]
+fn a_key_retire_before_forgets_never_comes_back_from_a_compaction_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gate = Arc::new(SyncGate::default());
+    let cfg = Config {
+        syncers: 1,
+        ..config()
+    };
+    let engine =
+        Engine::open_with_io(dir, cfg.clone(), Arc::new(GatedSync(gate.clone()))).expect("open");
+    wait_ok(&engine.put(b"victim", b"old value").unwrap(), "victim");
+    // The same keys over and over: the early segments hold little that is live besides the
+    // victim.
+    for round in 0..20 {
+        let mut last = None;
+        for i in 0..40 {
+            last = Some(engine.put(&key(i), &value(i, round)).unwrap());
+        }
+        wait_ok(&last.unwrap(), "filler");
+    }
+    let segments = engine.segments();
+    assert!(segments.len() >= 3, "{segments:?}");
+    let retire_to = segments[1].first_seq;
+    gate.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (compacted, retired) = std::thread::scope(|s| {
+        let engine = &engine;
+        let compactor = s.spawn(move || engine.compact());
+        // The compaction batch holding the victim's copy is written; its sync is held.
+        let deadline = Instant::now() + WAIT_MAX;
+        while !gate.held.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "no sync was held");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let retirer = s.spawn(move || engine.retire_before(retire_to));
+        // Give the retirement time to run ahead of the copy's sync, as it used to.
+        std::thread::sleep(Duration::from_millis(50));
+        *gate.open.lock().unwrap() = true;
+        gate.opened.notify_all();
+        (
+            compactor.join().expect("compactor"),
+            retirer.join().expect("retirer").expect("retire_before"),
+        )
+    });
+    compacted.expect("compact");
+    assert!(retired.segments >= 1, "{retired:?}");
+    let live = engine.read_to_vec(b"victim").unwrap();
+    let forgotten = retired.keys_forgotten > 0;
+    assert_eq!(
+        live.is_none(),
+        forgotten,
+        "retire_before reported {} keys forgotten, and the victim reads {live:?}",
+        retired.keys_forgotten
+    );
+    engine.close().unwrap();
+    drop(engine);
+    let engine = Engine::open(dir, cfg).expect("reopen");
+    assert_eq!(
+        engine.read_to_vec(b"victim").unwrap(),
+        live,
+        "the victim after a reopen"
+    );
+}
+
 /// A chunk whose every record is dropped because windows written before it, maybe not yet
 /// durable, wrote its keys holds the retirement back as a written chunk does: the prefix is
 /// forgotten only once those windows are durable, their records in the index. An emptied

@@ -1154,13 +1154,21 @@ impl Flusher {
     /// Writes the compaction batch waiting in `Inner::compact_slot`, between two windows,
     /// and answers the compacting thread (see `crate::compact`).
     fn compact_step(&mut self) {
-        if let Some(mut chunk) = self.inner.compact_slot.take() {
-            trace::record(&self.inner.trace, TraceKind::CompactionStart, 0);
-            let r = self.write_compaction(&mut chunk);
-            let copied = r.as_ref().map_or(0, |c| c.records);
-            trace::record(&self.inner.trace, TraceKind::CompactionEnd, copied);
-            chunk.reply(r);
+        let inner = self.inner.clone();
+        let Some((mut chunk, writing)) = inner.compact_slot.take() else {
+            return;
+        };
+        trace::record(&inner.trace, TraceKind::CompactionStart, 0);
+        let r = self.write_compaction(&mut chunk);
+        if let Ok(c) = &r {
+            if c.records > 0 {
+                inner.compact_slot.wrote(c.seq);
+            }
         }
+        drop(writing);
+        let copied = r.as_ref().map_or(0, |c| c.records);
+        trace::record(&inner.trace, TraceKind::CompactionEnd, copied);
+        chunk.reply(r);
     }
 
     /// While a compaction runs, notes the keys the window ending at `end` wrote (its

@@ -5,10 +5,11 @@
 //!
 //! Producers on any thread submit puts, deletes, gets and atomic write batches; each call
 //! returns at once with a [`Ticket`]. Requests wait, in place, in a lock-free ingest ring for
-//! a short window. The flusher thread then coalesces the window (per key only the last write
-//! survives; reads of one key share one lookup), sorts the survivors by key, appends them as
-//! one checksummed frame to the log and makes it durable with one sync. Then every ticket of
-//! the window completes. Reopening verifies and replays the log.
+//! a short window. The flusher then coalesces the window (per key only the last write
+//! survives; reads of one key share one lookup), sorts the survivors by key and appends them
+//! as one checksummed frame to the log; a syncer thread makes it durable with one sync (while
+//! the flusher prepares the next window), and every ticket of the window completes. Reopening
+//! verifies and replays the log.
 //!
 //! ```
 //! use mergelog::{Config, Engine, WriteBatch};

@@ -208,7 +208,7 @@ fn single_thread(c: &mut Criterion) {
             let key = key_of(0, i);
             i += 1;
             r.try_push(PAYLOAD, |b| encode(b, &key, &value)).unwrap();
-            if i % BATCH == 0 {
+            if i.is_multiple_of(BATCH) {
                 pos = consumer.read(pos, |_, b| {
                     black_box(b);
                     true
@@ -228,7 +228,7 @@ fn single_thread(c: &mut Criterion) {
             });
             i += 1;
             assert!(q.push(req).is_ok());
-            if i % BATCH == 0 {
+            if i.is_multiple_of(BATCH) {
                 while let Some(req) = q.pop() {
                     window.push(req);
                 }

@@ -165,6 +165,8 @@ pub struct Config {
     /// segments it retires as the log will fill before the next run can retire any, plus a
     /// margin learned from the runs that came too late (see `AutoCompaction`); `close` gives up what the pool holds beyond this number, and the
     /// prepared next segment too when this is 0 (a closed log then holds its segments only).
+    /// An open after a crash keeps none of these spare files (one may hold frames of a roll the
+    /// crash undid: docs/FORMAT.md, "Why a crash loses nothing acknowledged").
     /// Default 0, as RocksDB's `recycle_log_file_num`: retired segments are deleted.
     pub recycle_segments: usize,
     /// Throttling on consumer lag (default `None`: never). While the slowest durable
@@ -276,7 +278,7 @@ impl Config {
                 self.batch_bytes_max
             ));
         }
-        if self.segment_bytes % 4096 != 0 || self.segment_bytes < 64 << 10 {
+        if !self.segment_bytes.is_multiple_of(4096) || self.segment_bytes < 64 << 10 {
             return bad(format!(
                 "segment_bytes = {} must be a multiple of 4096 and at least 65536",
                 self.segment_bytes

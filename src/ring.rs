@@ -238,7 +238,7 @@ impl Buffer {
     /// The header word at byte offset `off` (8-aligned, in bounds).
     #[inline(always)]
     fn header(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off % 8 == 0 && off < self.len());
+        debug_assert!(off.is_multiple_of(8) && off < self.len());
         #[cfg(not(loom))]
         return &self.words[off / 8];
         #[cfg(loom)]
@@ -288,7 +288,7 @@ impl Buffer {
     /// As for [`Buffer::bytes_mut`]: in bounds, and no concurrent access to those bytes.
     #[inline]
     unsafe fn zero(&self, off: usize, len: usize) {
-        debug_assert!(off % 8 == 0 && len % 8 == 0);
+        debug_assert!(off.is_multiple_of(8) && len.is_multiple_of(8));
         debug_assert!(off <= self.len() && len <= self.len() - off);
         self.track(off, len, true);
         #[cfg(loom)]
@@ -890,7 +890,7 @@ impl Consumer {
         // Only the consumer stores `head`, so Relaxed reads its own latest value.
         let head = self.ring.head.load(Ordering::Relaxed);
         let frontier = self.frontier.load(StdRelaxed);
-        if from < head || from > frontier || from % 8 != 0 {
+        if from < head || from > frontier || !from.is_multiple_of(8) {
             out_of_range(from, head, frontier);
         }
         (head, frontier)

@@ -541,7 +541,10 @@ struct Credit {
 impl Credit {
     fn worth_trying(&self) -> bool {
         self.score.load(Ordering::Relaxed) >= 0
-            || self.probes.fetch_add(1, Ordering::Relaxed) % PROBE_EVERY == 0
+            || self
+                .probes
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(PROBE_EVERY)
     }
 
     fn record(&self, paid_off: bool) {

@@ -287,7 +287,7 @@ fn child_writer(
     let depth = rng.random_range(1..=8usize);
     // Even writers wait without a deadline: with nothing in flight they write and sync their
     // own windows (`Ticket::wait`), so kills land inside that path too.
-    let own_windows = w % 2 == 0;
+    let own_windows = w.is_multiple_of(2);
     let mut pending: VecDeque<(u64, mergelog::Ticket)> = VecDeque::new();
     let mut seq = 0u64;
     let mut batch = WriteBatch::new();

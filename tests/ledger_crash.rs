@@ -144,7 +144,7 @@ fn writer_child(dir: &Path, vouchers: std::ops::Range<u64>, plan_seed: u64, dept
             let dup = u8::from(outcome.is_duplicate());
             emit(&format!("{MARK}ACK {v} {} {dup}\n", outcome.seq()));
             acks += 1;
-            if acks % 16 == 0 {
+            if acks.is_multiple_of(16) {
                 bank.retire_consumed()
                     .unwrap_or_else(|e| die(7, "retire", e));
             }

@@ -331,7 +331,7 @@ fn apply(model: &mut State, ids: &mut IdModel, op: &Op, merger: &MergeOperator) 
 /// About half the writes are waited for without a deadline, which lets the waiter write its
 /// own window when nothing is in flight (`Ticket::wait`): the model checks that path too.
 fn check_write(t: &Ticket, step: Step) {
-    let got = if (t.position() / 8) % 2 == 0 {
+    let got = if (t.position() / 8).is_multiple_of(2) {
         t.wait()
     } else {
         t.wait_timeout(WAIT_MAX)

@@ -450,7 +450,7 @@ fn log_reader_opened_while_writing_sees_a_consistent_prefix() {
             probes += 1;
             let probe_value = format!("probe {probes}").into_bytes();
             wait_ok(&engine.put(b"probe", &probe_value).expect("probe"), "probe");
-            let reader = if probes % 2 == 0 {
+            let reader = if probes.is_multiple_of(2) {
                 LogReader::open(dir.path())
             } else {
                 engine.replay()

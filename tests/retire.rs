@@ -652,7 +652,7 @@ fn write_while_retiring(config: Config) {
             round += 1;
             // Alternate between keeping the last two segments and keeping everything from
             // a few batches before the end of the log.
-            let seq = if round % 2 == 0 {
+            let seq = if round.is_multiple_of(2) {
                 let files = seg_files(dir.path());
                 files[files.len().saturating_sub(2)].0
             } else {

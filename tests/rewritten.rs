@@ -40,7 +40,7 @@ fn write_log(dir: &Path) -> State {
     let mut state = State::new();
     let mut i = 0u32;
     while list_segments(dir).unwrap().len() < 5 {
-        let key = if i % 50 == 0 {
+        let key = if i.is_multiple_of(50) {
             format!("cold-{i:05}").into_bytes()
         } else {
             format!("key-{:02}", i * 7 % 40).into_bytes()

@@ -562,7 +562,7 @@ impl Ledger {
             consumer.commit(batch.seq)?;
             on_batch(batch.seq, &done);
             batches += 1;
-            if batches % snapshot_every.max(1) == 0 {
+            if batches.is_multiple_of(snapshot_every.max(1)) {
                 self.snapshot()?;
             }
         }

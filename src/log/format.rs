@@ -87,7 +87,7 @@ const SEGMENT_CRC_AT: usize = 60;
 //   frames start 8-aligned (docs/FORMAT.md) only if the segment header's length is a multiple
 //   of 8;
 // - the segment header's CRC is its last 4 bytes, after its fields (flags end at byte 36);
-const _: () = assert!(SEGMENT_HEADER_LEN % 8 == 0);
+const _: () = assert!(SEGMENT_HEADER_LEN.is_multiple_of(8));
 const _: () = assert!(SEGMENT_CRC_AT + 4 == SEGMENT_HEADER_LEN && SEGMENT_CRC_AT >= 36);
 // - the frame header holds magic, CRC (the CRC covers what follows them), body length, record
 //   count (u32 each), batch sequence (u64), flags and ops acknowledged (u32 each);
@@ -96,7 +96,7 @@ const _: () = assert!(FRAME_HEADER_LEN == 4 + 4 + 4 + 4 + 8 + 4 + 4);
 // - a record header is op (u8), key length (u16, hence `KEY_LEN_MAX`), value length (u32);
 const _: () = assert!(RECORD_HEADER_LEN == 1 + 2 + 4 && KEY_LEN_MAX == u16::MAX as usize);
 // - a segment size is a multiple of 8 of at least `SEGMENT_SIZE_MIN`, which must be one.
-const _: () = assert!(SEGMENT_SIZE_MIN % 8 == 0);
+const _: () = assert!(SEGMENT_SIZE_MIN.is_multiple_of(8));
 
 /// Bytes of a frame trailer holding `ids` request ids.
 pub fn trailer_len(ids: usize) -> usize {
@@ -313,7 +313,7 @@ impl SegmentHeader {
 }
 
 fn segment_size_valid(size: u64) -> bool {
-    size >= SEGMENT_SIZE_MIN && size % 8 == 0
+    size >= SEGMENT_SIZE_MIN && size.is_multiple_of(8)
 }
 
 /// Encodes one frame in place into `buf` (the memory map or a write buffer), which must be at

@@ -1,7 +1,7 @@
-//! Recovering a log directory at a writable open, once the engine holds its lock: adopt the
-//! spare files an earlier run left, read the clean-close mark, scan (and repair) the log,
-//! make the disk hold what the scan accepted, remove the mark, and give an empty directory its
-//! first segment.
+//! Recovering a log directory at a writable open, once the engine holds its lock: read the
+//! clean-close mark, scan (and repair) the log, make the disk hold what the scan accepted,
+//! adopt the spare files an earlier run left (after a clean end only), remove the mark, and
+//! give an empty directory its first segment.
 
 use crate::config::{Config, Durability, WritePath};
 use crate::error::Result;
@@ -46,14 +46,6 @@ pub(crate) fn recover(
     io: &SharedIo,
     visit: impl FnMut(u32, &Arc<Segment>, &Frame<'_>) -> Result<()>,
 ) -> Result<Recovered> {
-    let (mut prepared, prep_counter) = adopt_prepared(io, dir, config.segment_bytes)?;
-    let pool = Arc::new(Pool::adopt(
-        io,
-        dir,
-        config.segment_bytes,
-        config.recycle_segments,
-    )?);
-
     // Whether the last run closed cleanly (see `log::clean`).
     let found = clean::read(dir)?;
     let synced = config.durability == Durability::Sync;
@@ -74,10 +66,28 @@ pub(crate) fn recover(
         end: write_off,
         next_seq: scanned.next_seq,
     });
+    let clean_end = end.is_some() && found.mark() == end;
     let mut tail_rewritten = None;
-    if end.is_some() && found.mark() != end {
+    if end.is_some() && !clean_end {
         tail_rewritten = Some(reestablish(io, dir, &segs)?);
     }
+    // The spare files (a prepared segment, the pool) are kept only after a clean end
+    // (adopted before the mark goes: an open that fails here leaves it, still true). After
+    // a crash one of them may be the file a roll was activating when a power loss undid its
+    // rename: it holds the header and frames of batches from the log's next sequence on,
+    // none acknowledged, and if it became a segment with that id again, a later crash could
+    // replay them as that segment's batches (docs/FORMAT.md, "Recycled segments"). Which
+    // one it is cannot be told for sure (its header write may be the one that was lost), so
+    // all go; the next segments are zero-filled afresh.
+    let keep = |n: usize| if clean_end { n } else { 0 };
+    let (mut prepared, prep_counter) = adopt_prepared(io, dir, config.segment_bytes, keep(1))?;
+    let pool = Arc::new(Pool::adopt(
+        io,
+        dir,
+        config.segment_bytes,
+        config.recycle_segments,
+        keep(config.recycle_segments),
+    )?);
     // The mark describes the log as it was; from here on it changes.
     if found != clean::Found::Absent {
         clean::remove(io, dir)?;

@@ -41,15 +41,21 @@ struct PoolFiles {
 }
 
 impl Pool {
-    /// Takes over the pool files an earlier run left: keeps up to `max` of the right size,
-    /// removes the others.
-    pub fn adopt(io: &SharedIo, dir: &Path, segment_bytes: u64, max: usize) -> Result<Pool> {
+    /// Takes over the pool files an earlier run left: keeps up to `keep` (at most `max`) of
+    /// the right size, removes the others. The pool then holds up to `max`.
+    pub fn adopt(
+        io: &SharedIo,
+        dir: &Path,
+        segment_bytes: u64,
+        max: usize,
+        keep: usize,
+    ) -> Result<Pool> {
         let (kept, highest) = dir::adopt_spares(
             &**io,
             dir,
             format::parse_recycle_file_name,
             segment_bytes,
-            max,
+            keep.min(max),
         )?;
         let files = kept.into_iter().collect();
         let counter = highest + 1;
@@ -160,7 +166,7 @@ mod tests {
 
     fn pool(dir: &Path) -> Pool {
         let io: SharedIo = Arc::new(RealIo);
-        Pool::adopt(&io, dir, 4096, 1).unwrap()
+        Pool::adopt(&io, dir, 4096, 1, 1).unwrap()
     }
 
     fn start_fresh(pool: &Pool, n: u64) {

@@ -32,16 +32,21 @@ pub(super) enum Prep {
 /// recycled one (old bytes inside, not zeros).
 type Prepared = (PathBuf, Mapped, bool);
 
-/// Finds the prepared segment files of an earlier run: keeps one of the right size (it holds
-/// only zeros, plus possibly a header that activation rewrites) and removes the rest.
-/// Returns the kept one and the highest prep number seen.
+/// Finds the prepared segment files of an earlier run: keeps up to `keep` (0 or 1) of the
+/// right size and removes the rest. Returns the kept one and the highest prep number seen.
 pub(crate) fn adopt_prepared(
     io: &SharedIo,
     dir: &Path,
     segment_bytes: u64,
+    keep: usize,
 ) -> Result<(Option<PathBuf>, u64)> {
-    let (kept, highest) =
-        dir::adopt_spares(&**io, dir, format::parse_prep_file_name, segment_bytes, 1)?;
+    let (kept, highest) = dir::adopt_spares(
+        &**io,
+        dir,
+        format::parse_prep_file_name,
+        segment_bytes,
+        keep,
+    )?;
     Ok((kept.into_iter().next(), highest))
 }
 
@@ -96,8 +101,9 @@ impl Log {
     /// Leaves [`Prep::None`]; the roll defers the next preparation once it has activated this.
     pub(super) fn take_prepared(&mut self) -> Result<(PathBuf, Option<Mapped>, bool)> {
         let ready = match std::mem::replace(&mut self.prep, Prep::None) {
-            // An earlier run's: it may hold frames of an activation whose rename a power
-            // loss undid, so its bytes are old ones, as a recycled file's.
+            // An earlier run's, kept only after a clean end (`log::open`), so all zeros;
+            // activated as a recycled one all the same (an end marker after the header
+            // costs nothing, and no spare's bytes are trusted to be zeros).
             Prep::Ready(path) => Some(Ok((path, None, true))),
             Prep::Pending(h) => h.join().ok().map(|r| r.map(|(p, m, r)| (p, Some(m), r))),
             Prep::None => None,

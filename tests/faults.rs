@@ -55,7 +55,9 @@ mod common;
 
 use common::log::{pool_files, prepared_files, segment_files};
 use common::model::{mixed_key, state_diff, WriteOp};
-use common::power::{lose_power, power_loss_config, Damage, PowerLossIo, EIO};
+use common::power::{
+    lose_power, lose_power_within_sectors, power_loss_config, Damage, PowerLossIo, EIO,
+};
 use common::seeds;
 use common::{assert_reads_match, assert_refuses, engine_state, State, WAIT_MAX};
 use mergelog::internals::format::{SegmentHeader, SEGMENT_HEADER_LEN};
@@ -1281,6 +1283,13 @@ fn power_loss_seed(seed: u64, write_path: WritePath) -> PowerTotals {
         let p_drop = [0.0, 0.2, 0.5][rng.random_range(0..3)];
         let p_keep = [0.1, 0.5, 0.9][rng.random_range(0..3)];
         let tear_seed: u64 = rng.random();
+        // A quarter of the seeds also tear sectors inside themselves (from a generator of
+        // their own, so that every other draw of a seed stays what it was).
+        let p_split = if StdRng::seed_from_u64(seed ^ 0x5ec7_0e5b).random_bool(0.25) {
+            [0.1, 0.5][(seed >> 3) as usize % 2]
+        } else {
+            0.0
+        };
         // Now and then a first reopen through I/O that fails (the Nth operation, or every
         // one from the Nth on) while it repairs the torn tail or prepares a segment.
         let faulty_reopen = rng
@@ -1313,7 +1322,7 @@ fn power_loss_seed(seed: u64, write_path: WritePath) -> PowerTotals {
             }
         };
         let mut tear_rng = StdRng::seed_from_u64(tear_seed);
-        totals.damage += lose_power(&io, &mut tear_rng, p_drop, p_keep);
+        totals.damage += lose_power_within_sectors(&io, &mut tear_rng, p_drop, p_keep, p_split);
 
         if let Some((n, forever)) = faulty_reopen {
             let faulty = Arc::new(FaultyIo::new(Target::Any, n, forever, EIO));
@@ -1379,8 +1388,8 @@ fn run_power_loss(write_path: WritePath, env: &str, default_seeds: u64) {
     eprintln!(
         "power loss ({write_path:?}): {} seeds, {} cycles ({} cut at open, {} cut during the \
          workload), {} requests, {} acked writes checked (0 lost), {} unacked survived, {} \
-         gets checked; {} unsynced writes ({} into the mapping): {} dropped, {} torn, {} \
-         kept; {} directory changes undone; {} reopens cut a torn tail; {} first reopens \
+         gets checked; {} unsynced writes ({} into the mapping): {} dropped, {} torn ({} \
+         sectors inside themselves), {} kept; {} directory changes undone; {} reopens cut a torn tail; {} first reopens \
          through failing I/O ({} failed); {:.1?}",
         t.seeds,
         t.cycles,
@@ -1394,6 +1403,7 @@ fn run_power_loss(write_path: WritePath, env: &str, default_seeds: u64) {
         t.damage.mapped_writes,
         t.damage.dropped_writes,
         t.damage.torn_writes,
+        t.damage.split_sectors,
         t.damage.kept_writes,
         t.damage.undone_dir_changes,
         t.tail_truncated,
@@ -1547,6 +1557,9 @@ fn power_loss_recycling_seed(seed: u64, write_path: WritePath) -> (u64, u64, u64
         let depth = rng.random_range(1..=24usize);
         let cut_at = rng.random_range(1..=puts as u64 + 30);
         let (p_drop, p_keep) = (rng.random_range(0.0..0.6), rng.random_range(0.1..0.9));
+        // Odd seeds also tear sectors inside themselves (a roll's header over the earlier
+        // header of a recycled file among them).
+        let p_split = if seed & 1 == 1 { 0.3 } else { 0.0 };
         let io = Arc::new(PowerLossIo::new(cut_at, None));
         let shared: Arc<dyn Io> = io.clone();
         let first = submitted.len();
@@ -1591,7 +1604,7 @@ fn power_loss_recycling_seed(seed: u64, write_path: WritePath) -> (u64, u64, u64
             // Remember which acknowledged writes must survive.
             acked.retain(|&n| n >= must_survive_from);
             let mut rng2 = StdRng::seed_from_u64(rng.random());
-            lose_power(&io, &mut rng2, p_drop, p_keep);
+            lose_power_within_sectors(&io, &mut rng2, p_drop, p_keep, p_split);
             let engine = Engine::open(dir.path(), config.clone())
                 .unwrap_or_else(|e| panic!("{ctx}: reopen after the power loss failed: {e}"));
             for &n in &acked {
@@ -1646,7 +1659,7 @@ fn power_loss_recycling_seed(seed: u64, write_path: WritePath) -> (u64, u64, u64
         } else {
             io.cut_now();
             let mut rng2 = StdRng::seed_from_u64(rng.random());
-            lose_power(&io, &mut rng2, p_drop, p_keep);
+            lose_power_within_sectors(&io, &mut rng2, p_drop, p_keep, p_split);
         }
         cycles += 1;
     }

@@ -312,7 +312,7 @@ impl SegmentHeader {
     }
 }
 
-fn segment_size_valid(size: u64) -> bool {
+pub(crate) fn segment_size_valid(size: u64) -> bool {
     size >= SEGMENT_SIZE_MIN && size.is_multiple_of(8)
 }
 

@@ -540,6 +540,8 @@ pub struct Damage {
     /// Writes (or parts of them) a failed sync lost, reverted.
     pub lost_writes: usize,
     pub undone_dir_changes: usize,
+    /// Sectors torn inside themselves ([`lose_power_within_sectors`]).
+    pub split_sectors: usize,
 }
 
 impl std::ops::AddAssign for Damage {
@@ -551,6 +553,7 @@ impl std::ops::AddAssign for Damage {
         self.kept_writes += o.kept_writes;
         self.lost_writes += o.lost_writes;
         self.undone_dir_changes += o.undone_dir_changes;
+        self.split_sectors += o.split_sectors;
     }
 }
 
@@ -572,6 +575,21 @@ fn revert(file: &File, w: &Unsynced) {
 /// last sync of its directory is undone with probability 1/2. Call after the engine is
 /// closed.
 pub fn lose_power(io: &PowerLossIo, rng: &mut StdRng, p_drop: f64, p_keep: f64) -> Damage {
+    lose_power_within_sectors(io, rng, p_drop, p_keep, 0.0)
+}
+
+/// As [`lose_power`], and a sector of a write not durable is torn inside itself with
+/// probability `p_split` (before it is kept or reverted): its bytes up to a random offset
+/// are the write's and the rest what it overwrote, or the other way round. docs/FORMAT.md
+/// assumes no write atomic, not even one sector's: the CRCs, not the sectors, decide.
+/// Powersafe overwrite still holds (no byte outside the write changes).
+pub fn lose_power_within_sectors(
+    io: &PowerLossIo,
+    rng: &mut StdRng,
+    p_drop: f64,
+    p_keep: f64,
+    p_split: f64,
+) -> Damage {
     let st = io.st.lock().unwrap();
     let mut dmg = Damage::default();
     for (path, writes) in st.unsynced.iter().filter(|(_, w)| !w.is_empty()) {
@@ -602,6 +620,7 @@ pub fn lose_power(io: &PowerLossIo, rng: &mut StdRng, p_drop: f64, p_keep: f64) 
             let end = w.off + new.len() as u64;
             let mut at = w.off;
             let mut reverted = 0;
+            let mut split = 0;
             let mut sectors = 0;
             while at < end {
                 let next = ((at / SECTOR + 1) * SECTOR).min(end);
@@ -609,16 +628,30 @@ pub fn lose_power(io: &PowerLossIo, rng: &mut StdRng, p_drop: f64, p_keep: f64) 
                 // A sector the write left as it was has nothing to lose.
                 if w.old[r.clone()] != new[r.clone()] {
                     sectors += 1;
-                    if !rng.random_bool(p_keep) {
+                    if p_split > 0.0 && rng.random_bool(p_split) {
+                        // Torn inside the sector: the write's bytes on one side of `cut`,
+                        // the old ones on the other.
+                        let cut = r.start + rng.random_range(1..r.len().max(2));
+                        let cut = cut.min(r.end);
+                        let old = if rng.random_bool(0.5) {
+                            r.start..cut
+                        } else {
+                            cut..r.end
+                        };
+                        let at = w.off + old.start as u64;
+                        file.write_all_at(&w.old[old], at).expect("tear a sector");
+                        dmg.split_sectors += 1;
+                        split += 1;
+                    } else if !rng.random_bool(p_keep) {
                         file.write_all_at(&w.old[r], at).expect("tear");
                         reverted += 1;
                     }
                 }
                 at = next;
             }
-            match reverted {
-                0 => dmg.kept_writes += 1,
-                n if n == sectors => dmg.dropped_writes += 1,
+            match (reverted, split) {
+                (0, 0) => dmg.kept_writes += 1,
+                (n, 0) if n == sectors => dmg.dropped_writes += 1,
                 _ => dmg.torn_writes += 1,
             }
             if w.mapped {

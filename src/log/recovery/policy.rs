@@ -13,8 +13,8 @@ pub(crate) enum Place {
     /// The segment header (offset 0): nothing of the segment can be trusted.
     Header,
     /// The segment header was never written over the file's (zeros, or the file's earlier
-    /// header): what a roll that a power loss tore leaves, with nothing acknowledged in the
-    /// segment, when it is the last one.
+    /// header), or only partly (`HeaderProblem::TornActivation`): what a roll that a power
+    /// loss tore leaves, with nothing acknowledged in the segment, when it is the last one.
     Unactivated,
     /// At the end of its valid frames: a bad frame, bytes after the last frame, or (when
     /// evidence shows durable history was lost) the end of the frames itself.

@@ -7,8 +7,8 @@
 
 use super::Expect;
 use crate::log::format::{
-    decode_frame, Decoded, FormatError, Frame, SegmentHeader, FRAME_HEADER_LEN, FRAME_MAGIC,
-    SEGMENT_HEADER_LEN, UNDURABLE_FRAMES_MAX,
+    decode_frame, segment_size_valid, Decoded, FormatError, Frame, SegmentHeader, FRAME_HEADER_LEN,
+    FRAME_MAGIC, SEGMENT_HEADER_LEN, UNDURABLE_FRAMES_MAX,
 };
 use std::fmt;
 
@@ -44,12 +44,20 @@ pub(crate) enum HeaderProblem {
     /// first sync in the segment, so after a power loss the last segment may be this, with
     /// nothing acknowledged in it (`Segment::activate`).
     Unactivated { earlier: Option<u64> },
+    /// It does not decode, but every byte is either that of the header the roll would have
+    /// written or what the file held there before (zeros, or its earlier header in the fields
+    /// that may differ): the header's write, torn by a power loss (`torn_activation`). As
+    /// `Unactivated`, nothing in the segment was acknowledged.
+    TornActivation,
 }
 
 impl HeaderProblem {
     /// Whether this is what a roll that a power loss tore leaves.
     pub fn unactivated(&self) -> bool {
-        matches!(self, HeaderProblem::Unactivated { .. })
+        matches!(
+            self,
+            HeaderProblem::Unactivated { .. } | HeaderProblem::TornActivation
+        )
     }
 }
 
@@ -76,6 +84,10 @@ impl fmt::Display for HeaderProblem {
             HeaderProblem::Unactivated { earlier: Some(id) } => write!(
                 f,
                 "segment header still the file's earlier one (id {id}), as a roll that a power loss tore leaves it"
+            ),
+            HeaderProblem::TornActivation => write!(
+                f,
+                "segment header partly written (each byte the new header's or the file's earlier one), as a roll that a power loss tore leaves it"
             ),
         }
     }
@@ -175,9 +187,21 @@ pub(crate) struct Verifier<'a> {
 pub(crate) fn verify<'a>(image: &'a [u8], expected: &Expected) -> Verifier<'a> {
     let never_written =
         image.len() >= SEGMENT_HEADER_LEN && image[..SEGMENT_HEADER_LEN].iter().all(|&b| b == 0);
+    // A roll names its file after the batch it starts with: only such a file can be one whose
+    // activation a crash cut short.
+    let named_next = expected.name_id == expected.first_seq;
+    let out_of_sequence = HeaderProblem::Sequence {
+        id: expected.name_id,
+        expected: expected.first_seq,
+    };
     let problem = match SegmentHeader::decode(image) {
+        Err(_) if never_written && !named_next => Err(out_of_sequence),
         Err(_) if never_written => Err(HeaderProblem::Unactivated { earlier: None }),
+        Err(_) if named_next && torn_activation(image, expected.name_id) => {
+            Err(HeaderProblem::TornActivation)
+        }
         Err(e) => Err(HeaderProblem::Format(e)),
+        Ok(h) if h.segment_id < expected.name_id && !named_next => Err(out_of_sequence),
         Ok(h) if h.segment_id < expected.name_id => Err(HeaderProblem::Unactivated {
             earlier: Some(h.segment_id),
         }),
@@ -211,6 +235,29 @@ pub(crate) fn verify<'a>(image: &'a [u8], expected: &Expected) -> Verifier<'a> {
         open: verdict.stop == Stop::End,
         verdict,
     }
+}
+
+/// Whether a header that does not decode is what a write of the header a roll makes, torn by
+/// a power loss, leaves over what the file held before: each byte is the new header's or the
+/// old one's. The old header is zeros (a prepared file) or the header of the file's earlier
+/// life (a pool file: the same magic, length and size, reserved zeros; its version, id, flags
+/// and CRC may differ). docs/FORMAT.md assumes no write atomic, not even one sector's.
+fn torn_activation(image: &[u8], id: u64) -> bool {
+    /// Fields an earlier life's header may hold other bytes in: version, id, flags, CRC.
+    const VARY: [std::ops::Range<usize>; 4] = [8..12, 16..24, 32..36, 60..64];
+    let size = image.len() as u64;
+    if image.len() < SEGMENT_HEADER_LEN || !segment_size_valid(size) {
+        return false;
+    }
+    let header = &image[..SEGMENT_HEADER_LEN];
+    [false, true].into_iter().any(|recycled| {
+        let new = SegmentHeader::new(id, size, recycled).encode();
+        header
+            .iter()
+            .zip(new)
+            .enumerate()
+            .all(|(i, (&b, n))| b == n || b == 0 || VARY.iter().any(|r| r.contains(&i)))
+    })
 }
 
 impl<'a> Verifier<'a> {
@@ -667,9 +714,14 @@ mod tests {
         let mut bad_magic = image.clone();
         bad_magic[1] ^= 0xff;
         check(&bad_magic, tail(5), "invalid segment header");
-        let mut bad_crc = image.clone();
-        bad_crc[20] ^= 1;
-        check(&bad_crc, tail(5), "invalid segment header");
+        // A flipped reserved byte, or a size byte that is neither the header's nor zero: no
+        // torn write of a roll's header leaves that.
+        let mut bad_reserved = image.clone();
+        bad_reserved[40] = 0x5a;
+        check(&bad_reserved, tail(5), "invalid segment header");
+        let mut bad_size = image.clone();
+        bad_size[25] ^= 0x40;
+        check(&bad_size, tail(5), "invalid segment header");
         check(&image[..40], tail(5), "invalid segment header");
         check(
             &image,
@@ -689,13 +741,64 @@ mod tests {
         check(&zeros, tail(5), "segment header never written (all zeros)");
         assert!(run(&zeros, &tail(5)).1.unactivated());
         assert!(run(&image, &tail(6)).1.unactivated());
-        for not_torn in [&bad_magic, &bad_crc] {
+        for not_torn in [&bad_magic, &bad_reserved, &bad_size] {
             assert!(!run(not_torn, &tail(5)).1.unactivated());
         }
         assert!(!run(&image, &tail(4)).1.unactivated());
         let mut one_byte = zeros.clone();
         one_byte[3] = 1;
         assert!(!run(&one_byte, &tail(5)).1.unactivated());
+        // The header's write torn over zeros (a prepared file) or over the file's earlier
+        // header (a pool file: another id, flags, CRC): each byte one or the other. Also a
+        // durable header whose id or CRC bytes were damaged looks like this: the policy then
+        // looks for evidence of durable history past it, as for any unactivated segment.
+        let recycled = SegmentHeader::new(5, SIZE as u64, true).encode();
+        let earlier = SegmentHeader::new(2, SIZE as u64, false).encode();
+        for cut in [1, 9, 17, 30, 40, 61, 63] {
+            let mut over_zeros = image.clone();
+            over_zeros[cut..SEGMENT_HEADER_LEN].fill(0);
+            let mut over_earlier = image.clone();
+            over_earlier[..SEGMENT_HEADER_LEN].copy_from_slice(&earlier);
+            over_earlier[..cut].copy_from_slice(&recycled[..cut]);
+            for torn in [over_zeros, over_earlier] {
+                if SegmentHeader::decode(&torn).is_ok() {
+                    continue; // the bytes written so far happen to decode (to an earlier id)
+                }
+                let v = run(&torn, &tail(5)).1;
+                assert!(v.unactivated(), "cut at {cut}: {:?}", v.stop);
+                check(&torn, tail(5), "segment header partly written");
+                // Only under the name a roll would give it: the batch the segment must start with.
+                assert!(!run(
+                    &torn,
+                    &Expected {
+                        first_seq: 4,
+                        ..tail(5)
+                    }
+                )
+                .1
+                .unactivated());
+            }
+        }
+        let mut crc_damaged = image.clone();
+        crc_damaged[61] ^= 0x10;
+        assert!(run(&crc_damaged, &tail(5)).1.unactivated());
+        // Zeros, or an earlier header, in a file not named after the batch it must start
+        // with: no roll left that, so it is damage, not an unactivated segment.
+        for (bytes, name) in [(&zeros, 5), (&image, 6)] {
+            let v = run(
+                bytes,
+                &Expected {
+                    first_seq: 4,
+                    ..tail(name)
+                },
+            )
+            .1;
+            assert!(!v.unactivated(), "{:?}", v.stop);
+            assert!(matches!(
+                v.stop,
+                Stop::Header(HeaderProblem::Sequence { .. })
+            ));
+        }
         check(
             &image[..SIZE - 8],
             tail(5),

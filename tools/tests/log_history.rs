@@ -115,6 +115,50 @@ fn dump_reports_lost_durable_history_as_the_engine_refuses_it() {
     assert!(err.contains("which the engine would cut off"), "{err}");
 }
 
+/// A log an engine has open: its last segment is being written, where a frame may be half
+/// written while later ones are whole (a hole 20 batches before the end stands for one here).
+/// verify and dump check it as a reader would, say that the log is in use, and claim no lost
+/// durable history; closed, the same hole is lost history, and both say so again.
+#[test]
+fn verify_and_dump_read_a_log_in_use_as_a_reader_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), Config::default()).unwrap();
+    for i in 0..BATCHES {
+        let key = format!("key-{i:05}");
+        engine
+            .put(key.as_bytes(), &[0x5a; 200])
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    let all = frames(dir.path());
+    assert_eq!(all.len() as u64, BATCHES, "one batch per put");
+    let (path, offset, len) = &all[39];
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &vec![0; *len], *offset).unwrap();
+    let d = dir.path().to_str().unwrap();
+
+    let (status, out, err) = code(&["verify", d]);
+    assert_eq!(status, 0, "{out}{err}");
+    assert!(out.starts_with("clean:"), "{out}");
+    assert!(out.contains("open in another process"), "{out}");
+    assert!(!out.contains("lost"), "{out}");
+    let (status, out, err) = code(&["dump", d]);
+    assert_eq!(status, 0, "{err}");
+    assert!(err.contains("open in another process"), "{err}");
+    assert!(!err.contains("lost"), "{err}");
+    assert_eq!(out.lines().count(), 39, "the records before the hole");
+
+    engine.close().unwrap();
+    let (status, out, _) = code(&["verify", d]);
+    assert_eq!(status, 1, "{out}");
+    assert!(out.contains("durable batches 40..60 lost"), "{out}");
+    assert!(!out.contains("open in another process"), "{out}");
+    let (status, _, err) = code(&["dump", d]);
+    assert_eq!(status, 1, "{err}");
+    assert!(err.contains("batches 40..60 lost"), "{err}");
+}
+
 /// A clean-close mark naming batches the segment no longer holds (its last frames zeroed):
 /// no reader sees damage, but the engine refuses the log, and so do dump and verify.
 #[test]

@@ -160,8 +160,8 @@ pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
         );
     } else if let Some(d) = reader.damage() {
         let what = if refused {
-            "is damaged where the engine refuses to open it (only a torn tail is cut \
-             off); records after the damage are not shown"
+            "is damaged where the engine refuses to open it (an open cuts off only a torn \
+             tail; this is not one); records after the damage are not shown"
         } else {
             "ends in a torn or corrupt tail, which the engine would cut off"
         };

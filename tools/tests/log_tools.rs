@@ -153,6 +153,14 @@ fn verify_passes_a_clean_log_and_names_a_flipped_byte() {
         out.contains(&format!("{} at offset 0", first.display())),
         "{out}"
     );
+    // dump shows what comes before it (nothing) and does not read as if a torn tail was
+    // found there.
+    let (code, out, err) = run_code(&["dump", header.to_str().unwrap()]);
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert!(
+        err.contains("refuses to open it (an open cuts off only a torn tail; this is not one)"),
+        "{err}"
+    );
     // inspect reports it rather than calling the directory empty.
     let out = succeeds(&["inspect", header.to_str().unwrap()]);
     assert!(

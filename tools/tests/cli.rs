@@ -1254,6 +1254,17 @@ fn bad_flags_exit_nonzero_with_one_line() {
     rejects(&["bench", "--rate", "fast"], "--rate");
     rejects(&["bench", "--durability", "maybe"], "--durability");
     rejects(&["bench", "--systems", "mergelog,postgres"], "postgres");
+    // What helps fix it stays: the valid values, a similar flag's name.
+    rejects_with(
+        2,
+        &["bench", "--systems", "foo"],
+        "[possible values: mergelog, no-coalesce, wal, naive, okaywal",
+    );
+    rejects_with(
+        2,
+        &["bench", "--writer", "4"],
+        "tip: a similar argument exists: '--writers'",
+    );
     rejects(&["bench", "--systems", "naive,naive"], "twice");
     rejects(&["bench", "--window", "linger:soon"], "--window");
     rejects(&["bench", "--window", "adaptive:x"], "--window");

@@ -34,9 +34,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Measure durable throughput and latency: mergelog vs plain group commit vs a
-    /// leader/follower write-ahead log vs a naive lock + write + fdatasync baseline, on one
-    /// workload.
+    /// Measure durable throughput and latency: mergelog vs plain group commit vs okaywal (a
+    /// write-ahead log crate) vs a leader/follower write-ahead log vs a naive lock + write +
+    /// fdatasync baseline, on one workload.
     Bench(bench::BenchArgs),
     /// Run a workload on the engine alone and print its latency stage by stage (ring wait,
     /// window age, coalesce+sort, encode+write, sync, wake-up, end to end) and its counters.

@@ -1493,3 +1493,22 @@ fn the_report_shows_the_pairings_that_ran_and_only_those() {
     assert!(headline(&text, "mergelog", "no-coalesce"), "{text}");
     assert!(!headline(&text, "okaywal", "no-coalesce"), "{text}");
 }
+
+/// `mergelog --help` names every system `bench` runs by default.
+#[test]
+fn help_names_the_default_systems() {
+    let help = succeeds(&["--help"]);
+    let bench = help
+        .lines()
+        .find(|l| l.trim_start().starts_with("bench "))
+        .unwrap_or_else(|| panic!("no bench line:\n{help}"));
+    for system in [
+        "mergelog",
+        "plain group commit",
+        "okaywal",
+        "write-ahead log",
+        "naive",
+    ] {
+        assert!(bench.contains(system), "{system}: {bench}");
+    }
+}

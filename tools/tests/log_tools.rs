@@ -186,6 +186,18 @@ fn unusable_directories_exit_2_with_one_line() {
             "no mergelog segment files",
         );
     }
+    // A file named almost as a segment: the error says what a segment's name is, and names
+    // the file found.
+    std::fs::write(empty.join("foo.seg"), b"x").unwrap();
+    std::fs::write(empty.join("notes.txt"), b"x").unwrap();
+    for cmd in ["verify", "inspect", "dump"] {
+        rejects_with(
+            2,
+            &[cmd, empty.to_str().unwrap()],
+            "no file name is 20 decimal digits + .seg (as 00000000000000000001.seg); it holds \
+             foo.seg and 1 other file;",
+        );
+    }
 }
 
 /// One JSON line of `dump --json`, decoded.

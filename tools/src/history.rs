@@ -31,6 +31,9 @@ pub struct Loss {
 pub enum Refused {
     Lost(Loss),
     SideFile(PathBuf, u64, String),
+    /// Damage to a segment that the engine does not cut off as a torn tail (before the last
+    /// segment's frames, a bad header).
+    Segment(PathBuf, u64, String),
 }
 
 /// Whether an engine (in any process) has `dir` open now: it holds an exclusive `flock` on
@@ -48,9 +51,8 @@ pub fn in_use(dir: &Path) -> bool {
     rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
 }
 
-/// Asks `LogReader::check` about `dir`, which a reader opened (`TolerateCorruptedTail` or
-/// `AbsoluteConsistency`) without finding anything the engine would refuse; `None` if the
-/// engine would open it too. Damage the reader already reported is not reported again.
+/// Asks `LogReader::check` about `dir`, whose segments a reader opened; `None` if the engine
+/// would open it too, cutting off the torn tail the reader found, if any.
 pub fn engine_refuses(dir: &Path) -> Result<Option<Refused>, CliError> {
     match LogReader::check(dir, RecoveryMode::TolerateCorruptedTail, Durability::Sync) {
         Ok(_) => Ok(None),
@@ -71,11 +73,11 @@ pub fn engine_refuses(dir: &Path) -> Result<Option<Refused>, CliError> {
             path,
             offset,
             reason,
-        }) if path.extension().is_none_or(|e| e != "seg") => {
-            Ok(Some(Refused::SideFile(path, offset, reason)))
-        }
-        // Segment damage: the reader's open reports it in its own words.
-        Err(Error::Corrupt { .. }) => Ok(None),
+        }) => Ok(Some(if path.extension().is_none_or(|e| e != "seg") {
+            Refused::SideFile(path, offset, reason)
+        } else {
+            Refused::Segment(path, offset, reason)
+        })),
         Err(e) => Err(CliError::new(format!("check {}: {e}", dir.display()))),
     }
 }

@@ -171,11 +171,13 @@ fn engine_refuses(reader: &LogReader) -> Result<Option<Damage>, CliError> {
                 l.reason, l.first_lost, l.last_lost
             ),
         },
-        Refused::SideFile(path, offset, reason) => Damage {
-            path,
-            offset,
-            reason,
-        },
+        Refused::SideFile(path, offset, reason) | Refused::Segment(path, offset, reason) => {
+            Damage {
+                path,
+                offset,
+                reason,
+            }
+        }
     }))
 }
 

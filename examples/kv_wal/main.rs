@@ -14,9 +14,10 @@
 #[allow(dead_code)]
 mod store;
 
-use mergelog::Config;
+use mergelog::{Config, Engine};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use store::{CheckpointStep, Options, Store};
@@ -46,14 +47,16 @@ fn options() -> Options {
     }
 }
 
-fn log_bytes(dir: &Path) -> u64 {
-    let entries = std::fs::read_dir(dir.join(store::LOG_DIR))
-        .into_iter()
-        .flatten();
-    entries
-        .filter_map(|e| e.ok()?.metadata().ok())
-        .map(|m| m.len())
-        .sum()
+/// The log's segment files and their size (`Engine::space`): not the directory's bytes, which
+/// count the prepared next segment too, a file the log has not begun.
+fn segments(engine: &Engine) -> String {
+    let space = engine.space();
+    format!(
+        "{} segment{}, {} KiB",
+        space.segments,
+        if space.segments == 1 { "" } else { "s" },
+        space.file_bytes >> 10
+    )
 }
 
 /// Each thread overwrites its share of the keys many times, keeping a few writes in flight.
@@ -81,10 +84,23 @@ fn write_workload(store: &Store) -> Result<(), store::Error> {
     })
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> ExitCode {
+    let dir = std::env::args_os().nth(1);
+    match run(dir.as_deref().map(Path::new)) {
+        Ok(()) => ExitCode::SUCCESS,
+        // Its message, not the `Debug` dump that `main` returning the error would print.
+        Err(e) => {
+            eprintln!("kv_wal: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The demo in `dir`, or in a temporary directory.
+fn run(dir: Option<&Path>) -> Result<(), Box<dyn std::error::Error>> {
     let temp;
-    let dir = match std::env::args_os().nth(1) {
-        Some(d) => Path::new(&d).to_owned(),
+    let dir = match dir {
+        Some(d) => d.to_owned(),
         None => {
             temp = tempfile::tempdir()?;
             temp.path().to_owned()
@@ -108,21 +124,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let counts = store.engine().counts();
     println!(
         "wrote {} puts and 1 delete from {THREADS} threads in {:.0?}: {} syncs, {} periodic \
-         checkpoints; log now {} segments, {} KiB",
+         checkpoints; log now {}",
         THREADS * WRITES_PER_THREAD,
         started.elapsed(),
         counts.syncs,
         CHECKPOINTS.load(Ordering::Relaxed),
-        store.engine().segments().len(),
-        log_bytes(&dir) >> 10
+        segments(store.engine())
     );
 
     let covered = store.checkpoint()?;
     println!(
-        "checkpoint covers batch {}; log after retiring: {} segments, {} KiB",
+        "checkpoint covers batch {}; log after retiring: {}",
         covered.get(),
-        store.engine().segments().len(),
-        log_bytes(&dir) >> 10
+        segments(store.engine())
     );
     store.put(b"after-checkpoint", b"in the log only")?;
     let before: BTreeMap<_, _> = store.scan(b"", usize::MAX).into_iter().collect();
@@ -155,4 +169,53 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("the reopened store differs from the one closed".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The log's figure is its segment files': one 256 KiB segment is 256 KiB, although the
+    /// directory holds the prepared next segment too.
+    #[test]
+    fn the_log_is_its_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), options().engine).unwrap();
+        // Past an eighth of a segment, the engine prepares the next one in the background.
+        for i in 0..64u32 {
+            engine
+                .put(&i.to_be_bytes(), &[7; 1024])
+                .unwrap()
+                .wait()
+                .unwrap();
+        }
+        let prepared = || {
+            std::fs::read_dir(dir.path()).unwrap().flatten().any(|e| {
+                e.file_name().to_string_lossy().starts_with("prep-")
+                    && e.metadata().is_ok_and(|m| m.len() == 256 << 10)
+            })
+        };
+        for _ in 0..2_000 {
+            if prepared() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(prepared(), "no next segment was prepared");
+        assert_eq!(segments(&engine), "1 segment, 256 KiB");
+        engine.close().unwrap();
+    }
+
+    /// A directory that cannot be made fails with the store's message, the one `main`
+    /// prints.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a file made behind the seam's back
+    fn a_file_for_a_directory_is_an_error_with_a_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let message = run(Some(&file)).unwrap_err().to_string();
+        assert!(message.starts_with("log: "), "{message}");
+        assert!(message.contains(&file.display().to_string()), "{message}");
+    }
 }

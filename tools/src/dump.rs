@@ -10,7 +10,10 @@
 //! refuse to open the log: the records before it are dumped, the damage is reported, and
 //! the exit code is 1. So does damage at the tail that evidence shows cut durable history
 //! (valid frames well past it, or a clean-close mark naming a later batch: `LogReader::check`),
-//! which the engine refuses (`DamagedHistory`) rather than cut off.
+//! which the engine refuses (`DamagedHistory`) rather than cut off. A log an engine has open
+//! (it holds the `LOCK` file) is read as a reader would read it, up to the last whole frame
+//! of the segment being written, and stderr says so: no evidence of lost history is sought
+//! there, as a frame may be mid-write.
 
 use crate::error::{CliError, EXIT_FAILURE};
 use crate::history::{self, Loss, Refused};
@@ -53,9 +56,20 @@ struct Line<'a> {
 pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
     // `refused`: whether the engine would refuse the log; `lost`, the durable history a
     // tail damage (or the end of the frames) cut, which it refuses too.
+    // `live`: an engine has the log open and is writing its last segment, where a frame may
+    // be half written with whole ones after it (the pipeline writes several at once): that is
+    // no evidence of lost history, and the records are dumped as a reader sees them.
+    let mut live = history::in_use(&args.dir);
     let (reader, refused, lost) = match logdir::open(&args.dir, RecoveryMode::TolerateCorruptedTail)
     {
+        Ok(r) if live => (r, false, None),
         Ok(r) => match history::engine_refuses(&args.dir)? {
+            // An engine that opened the log during the check may have been writing what it
+            // read.
+            Some(Refused::Lost(_)) if history::in_use(&args.dir) => {
+                live = true;
+                (r, false, None)
+            }
             Some(Refused::Lost(loss)) => (r, false, Some(loss)),
             // A damaged file beside the segments: `verify` names it; the records are sound.
             _ => (r, false, None),
@@ -139,10 +153,15 @@ pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
              {reason}; records after the damage are not shown",
             path.display(),
         );
+    } else if live && !refused {
+        eprintln!(
+            "mergelog dump: the log is open in another process: its last segment is being \
+             written, read as a reader would (up to its last whole frame)"
+        );
     } else if let Some(d) = reader.damage() {
         let what = if refused {
-            "is damaged where the engine refuses to open it (only a torn tail is cut \
-             off); records after the damage are not shown"
+            "is damaged where the engine refuses to open it (an open cuts off only a torn \
+             tail; this is not one); records after the damage are not shown"
         } else {
             "ends in a torn or corrupt tail, which the engine would cut off"
         };

@@ -5,7 +5,8 @@
 //! sound. A reader's scan does not look for that evidence (a frame may be being written by
 //! another process right now); `LogReader::check`, made for a log no engine is writing, judges
 //! it exactly as the engine's open does, changing nothing. The tools ask it as for a log
-//! written with the engine's default durability (syncs).
+//! written with the engine's default durability (syncs), and only of a log no engine has open
+//! ([`in_use`]).
 
 use crate::error::CliError;
 use mergelog::{Durability, Error, LogReader, RecoveryMode};
@@ -30,11 +31,28 @@ pub struct Loss {
 pub enum Refused {
     Lost(Loss),
     SideFile(PathBuf, u64, String),
+    /// Damage to a segment that the engine does not cut off as a torn tail (before the last
+    /// segment's frames, a bad header).
+    Segment(PathBuf, u64, String),
 }
 
-/// Asks `LogReader::check` about `dir`, which a reader opened (`TolerateCorruptedTail` or
-/// `AbsoluteConsistency`) without finding anything the engine would refuse; `None` if the
-/// engine would open it too. Damage the reader already reported is not reported again.
+/// Whether an engine (in any process) has `dir` open now: it holds an exclusive `flock` on
+/// `DIR/LOCK` for as long as it does, so a shared one cannot be taken. The shared lock taken to
+/// find out is let go at once: held, it would make an engine's open in the meantime fail
+/// (`Error::Locked`). A missing or unreadable lock file is no engine's: an engine creates it
+/// and keeps it open.
+pub fn in_use(dir: &Path) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let Ok(file) = std::fs::File::open(dir.join("LOCK")) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor `file` owns and keeps open for the call; no memory effects.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+}
+
+/// Asks `LogReader::check` about `dir`, whose segments a reader opened; `None` if the engine
+/// would open it too, cutting off the torn tail the reader found, if any.
 pub fn engine_refuses(dir: &Path) -> Result<Option<Refused>, CliError> {
     match LogReader::check(dir, RecoveryMode::TolerateCorruptedTail, Durability::Sync) {
         Ok(_) => Ok(None),
@@ -55,11 +73,11 @@ pub fn engine_refuses(dir: &Path) -> Result<Option<Refused>, CliError> {
             path,
             offset,
             reason,
-        }) if path.extension().is_none_or(|e| e != "seg") => {
-            Ok(Some(Refused::SideFile(path, offset, reason)))
-        }
-        // Segment damage: the reader's open reports it in its own words.
-        Err(Error::Corrupt { .. }) => Ok(None),
+        }) => Ok(Some(if path.extension().is_none_or(|e| e != "seg") {
+            Refused::SideFile(path, offset, reason)
+        } else {
+            Refused::Segment(path, offset, reason)
+        })),
         Err(e) => Err(CliError::new(format!("check {}: {e}", dir.display()))),
     }
 }

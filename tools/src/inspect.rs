@@ -4,10 +4,14 @@
 //! damage that ends the log, if any, and the durable consumers with their lag.
 //!
 //! The log is read as a point-in-time recovery would read it: up to the first damage
-//! anywhere, which is reported; nothing is changed.
+//! anywhere, which is reported with what the engine's open would do about it (cut it off as a
+//! torn tail, or refuse the log); nothing is changed. A segment file no reader can map and a
+//! consumer position file that does not decode are reported as damage too, beside what can
+//! be read.
 
 use crate::bench::report::thousands;
 use crate::error::{CliError, Context};
+use crate::history::{self, Refused};
 use crate::logdir::{self, Encoding, OpenError};
 use clap::Args;
 use mergelog::{Batch, LogReader, RecordOp, RecoveryMode};
@@ -83,6 +87,28 @@ struct DamageJson {
     file: String,
     offset: u64,
     reason: String,
+    /// The log's damage: whether the engine's open (the default recovery, a log written with
+    /// syncs) refuses the log (true) or cuts the damage off as a torn tail (false). Absent
+    /// when that cannot be told: an engine has the log open (its last segment is being
+    /// written), or a file beside the segments is damaged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    engine_refuses: Option<bool>,
+    /// The first and the last durable batch lost there: valid frames follow it, or the log
+    /// was closed cleanly after it (the engine refuses such a log).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lost_batches: Option<[u64; 2]>,
+}
+
+impl DamageJson {
+    fn new(path: &Path, offset: u64, reason: &str) -> DamageJson {
+        DamageJson {
+            file: path.display().to_string(),
+            offset,
+            reason: reason.to_owned(),
+            engine_refuses: None,
+            lost_batches: None,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -111,6 +137,9 @@ struct InspectJson {
     damage: Option<DamageJson>,
     /// The durable consumers (`consumer-<name>` files), by name.
     consumers: Vec<ConsumerJson>,
+    /// A consumer position file (or the request ids file their pending ids come from) that
+    /// does not decode: `consumers` is then empty.
+    consumer_damage: Option<DamageJson>,
     /// The first --limit batches (all with --json and no --limit).
     batch_list: Vec<BatchJson>,
 }
@@ -151,19 +180,21 @@ fn percentile(sorted: &[u64], q: f64) -> u64 {
 }
 
 pub fn run(args: InspectArgs) -> Result<(), CliError> {
-    let reader = open(&args.dir)?;
+    let mut log = open(&args.dir)?;
     let limit = match args.limit {
         Some(0) => usize::MAX,
         Some(n) => n,
         None if args.json => usize::MAX,
         None => 20,
     };
-    let mut scan = Scan::new(&reader, &args.dir);
-    for b in reader.batches() {
+    judge(&args.dir, &mut log.damage)?;
+    let mut scan = Scan::new(&mut log, &args.dir);
+    for b in log.reader.batches() {
         scan.add(&b, limit);
     }
     scan.finish();
-    scan.report.consumers = consumers(&reader, &args.dir, limit)?;
+    (scan.report.consumers, scan.report.consumer_damage) =
+        consumers(&log.reader, &args.dir, limit)?;
     if args.json {
         let mut r = scan.report;
         r.key_min = scan.key_min.as_deref().map(logdir::hex);
@@ -174,24 +205,125 @@ pub fn run(args: InspectArgs) -> Result<(), CliError> {
     logdir::print(&text(&args.dir, scan))
 }
 
+/// A log as a point-in-time recovery would read it, and what the report says beside it.
+struct Log {
+    reader: LogReader,
+    /// The segment files to list, with their sizes.
+    segments: Vec<(PathBuf, u64)>,
+    /// Where the log stops being readable.
+    damage: Option<DamageJson>,
+    /// The directory `reader` reads instead of the log's, if it does (see `read_before`):
+    /// removed when dropped, so kept while the reader reads.
+    _links: Option<tempfile::TempDir>,
+}
+
 /// Opens `dir` as a point-in-time recovery would read it.
-fn open(dir: &Path) -> Result<LogReader, CliError> {
+fn open(dir: &Path) -> Result<Log, CliError> {
     match logdir::open(dir, RecoveryMode::PointInTime) {
-        Ok(r) => Ok(r),
+        Ok(reader) => Ok(Log {
+            segments: reader.segment_files(),
+            damage: reader
+                .damage()
+                .map(|d| DamageJson::new(&d.path, d.offset, &d.reason)),
+            reader,
+            _links: None,
+        }),
+        // Point-in-time stops at damage rather than failing: this is a segment file the
+        // reader cannot map at all (shorter than its header) or a name outside the sequence
+        // range, which fails every open. The segments before it are read, as point-in-time
+        // reads up to damage.
         Err(OpenError::Corrupt {
             path,
             offset,
             reason,
         }) => {
-            // Point-in-time stops at damage rather than failing; this is a header problem
-            // the reader could not step over.
-            Err(CliError::new(format!(
-                "{} at offset {offset}: {reason}",
-                path.display()
-            )))
+            let listed = mergelog::internals::list_segments(dir)
+                .context(|| format!("list the segments of {}", dir.display()))?;
+            let bad = listed.iter().position(|(_, p)| *p == path);
+            let kept = bad.map_or(listed.len(), |at| at + 1);
+            let segments = listed[..kept]
+                .iter()
+                .map(|(_, p)| (p.clone(), std::fs::metadata(p).map_or(0, |m| m.len())))
+                .collect();
+            let skipped: Vec<&Path> = listed[bad.unwrap_or(0)..]
+                .iter()
+                .map(|(_, p)| p.as_path())
+                .collect();
+            let (links, reader) = read_before(dir, &skipped).context(|| {
+                format!(
+                    "read the segments of {} before {}",
+                    dir.display(),
+                    path.display()
+                )
+            })?;
+            Ok(Log {
+                reader,
+                segments,
+                damage: Some(DamageJson::new(&path, offset, &reason)),
+                _links: Some(links),
+            })
         }
         Err(OpenError::Other(e)) => Err(e),
     }
+}
+
+/// A reader of `dir` without the segment files `skipped` (the one no reader can open and
+/// those after it): of a new directory holding a link to every other file of `dir`. No reader
+/// reads a subset of a directory's segments; this way a point-in-time view of the rest needs
+/// no copy. The directory goes with the returned handle.
+fn read_before(dir: &Path, skipped: &[&Path]) -> Result<(tempfile::TempDir, LogReader), String> {
+    let links = tempfile::tempdir().map_err(|e| format!("make a directory: {e}"))?;
+    let dir = std::fs::canonicalize(dir).map_err(|e| e.to_string())?;
+    let entries = std::fs::read_dir(&dir).map_err(|e| e.to_string())?;
+    for entry in entries {
+        let entry = entry.map_err(|e| e.to_string())?;
+        if skipped
+            .iter()
+            .any(|s| s.file_name() == Some(&entry.file_name()))
+        {
+            continue;
+        }
+        std::os::unix::fs::symlink(entry.path(), links.path().join(entry.file_name()))
+            .map_err(|e| format!("link {}: {e}", entry.path().display()))?;
+    }
+    let reader =
+        LogReader::open_with(links.path(), RecoveryMode::PointInTime).map_err(|e| e.to_string())?;
+    Ok((links, reader))
+}
+
+/// Adds to the log's damage what the engine's open would do about it, which the reader does
+/// not tell: cut it off as a torn tail, or refuse the log (damage before the tail, or durable
+/// history lost: valid frames past it, or a clean-close mark naming a later batch; a loss
+/// where the frames just end is damage the reader did not see). Not asked of a log an engine
+/// has open: a frame of its last segment may be mid-write with whole ones after it.
+fn judge(dir: &Path, damage: &mut Option<DamageJson>) -> Result<(), CliError> {
+    if history::in_use(dir) {
+        return Ok(());
+    }
+    match history::engine_refuses(dir)? {
+        None => {
+            if let Some(d) = damage {
+                d.engine_refuses = Some(false);
+            }
+        }
+        Some(Refused::Segment(..)) => {
+            if let Some(d) = damage {
+                d.engine_refuses = Some(true);
+            }
+        }
+        // An engine that opened the log meanwhile may have been writing what was read.
+        Some(Refused::Lost(_)) if history::in_use(dir) => {}
+        // Its reason names the evidence, which the reader's does not.
+        Some(Refused::Lost(l)) => {
+            let mut d = DamageJson::new(&l.path, l.offset, &l.reason);
+            d.engine_refuses = Some(true);
+            d.lost_batches = Some([l.first_lost, l.last_lost]);
+            *damage = Some(d);
+        }
+        // The check stopped at the clean-close mark or the ids file, before the segments.
+        Some(Refused::SideFile(..)) => {}
+    }
+    Ok(())
 }
 
 /// A path's file name (the whole path if it has none).
@@ -226,19 +358,20 @@ struct BatchKeys<'a> {
 }
 
 impl Scan {
-    /// Every segment of `reader` with no batches yet, and the reader's damage.
-    fn new(reader: &LogReader, dir: &Path) -> Scan {
-        let segments: Vec<SegmentJson> = reader
-            .segment_files()
-            .into_iter()
-            .map(|(path, size)| SegmentJson {
-                file: file_name(&path),
+    /// Every segment of `log` with no batches yet, and its damage (taken).
+    fn new(log: &mut Log, dir: &Path) -> Scan {
+        let segments: Vec<SegmentJson> = log
+            .segments
+            .iter()
+            .map(|&(ref path, size)| SegmentJson {
+                file: file_name(path),
                 size,
                 batches: 0,
-                used_bytes: logdir::SEGMENT_HEADER_LEN,
+                // A file too short for a header has none.
+                used_bytes: logdir::SEGMENT_HEADER_LEN.min(size),
                 first_seq: None,
                 last_seq: None,
-                recycled: logdir::is_recycled(&path),
+                recycled: logdir::is_recycled(path),
                 live_bytes: 0,
                 live_ratio: None,
                 compaction_batches: 0,
@@ -251,7 +384,7 @@ impl Scan {
             sorted_batches: 0,
             first_seq: None,
             last_seq: None,
-            next_seq: reader.next_seq().get(),
+            next_seq: log.reader.next_seq().get(),
             records: 0,
             puts: 0,
             deletes: 0,
@@ -264,12 +397,9 @@ impl Scan {
             value_bytes: 0,
             key_min: None,
             key_max: None,
-            damage: reader.damage().map(|d| DamageJson {
-                file: d.path.display().to_string(),
-                offset: d.offset,
-                reason: d.reason.clone(),
-            }),
+            damage: log.damage.take(),
             consumers: Vec::new(),
+            consumer_damage: None,
             batch_list: Vec::new(),
         };
         Scan {
@@ -402,22 +532,43 @@ fn text(dir: &Path, mut scan: Scan) -> String {
     scan.per_batch_coalesced.sort_unstable();
     out.push_str(&totals(&scan));
     out.push_str(&keys_and_damage(&scan));
-    out.push_str(&consumer_table(&scan.report.consumers));
+    out.push_str(&consumer_table(
+        &scan.report.consumers,
+        scan.report.consumer_damage.as_ref(),
+    ));
     out.push_str(&batch_table(&scan.report));
     out
 }
 
 /// The durable consumers with their lag, and the request ids each has not processed (the
-/// first `limit`, oldest first).
-fn consumers(reader: &LogReader, dir: &Path, limit: usize) -> Result<Vec<ConsumerJson>, CliError> {
-    let ctx = || format!("read the consumers of {}", dir.display());
+/// first `limit`, oldest first); or none and the damaged file that kept them from being read.
+fn consumers(
+    reader: &LogReader,
+    dir: &Path,
+    limit: usize,
+) -> Result<(Vec<ConsumerJson>, Option<DamageJson>), CliError> {
+    match read_consumers(reader, limit) {
+        Ok(consumers) => Ok((consumers, None)),
+        Err(mergelog::Error::Corrupt {
+            path,
+            offset,
+            reason,
+        }) => Ok((Vec::new(), Some(DamageJson::new(&path, offset, &reason)))),
+        Err(e) => Err(CliError::new(format!(
+            "read the consumers of {}: {e}",
+            dir.display()
+        ))),
+    }
+}
+
+fn read_consumers(reader: &LogReader, limit: usize) -> mergelog::Result<Vec<ConsumerJson>> {
     let now = std::time::SystemTime::now();
     let age = |t: Option<std::time::SystemTime>| {
         t.map(|t| now.duration_since(t).unwrap_or_default().as_secs_f64())
     };
     let mut out = Vec::new();
-    for c in reader.consumers().context(ctx)? {
-        let pending = reader.pending_ids(&c.name).context(ctx)?;
+    for c in reader.consumers()? {
+        let pending = reader.pending_ids(&c.name)?;
         out.push(ConsumerJson {
             committed: c.committed.get(),
             lag_batches: c.lag_batches,
@@ -439,9 +590,15 @@ fn consumers(reader: &LogReader, dir: &Path, limit: usize) -> Result<Vec<Consume
     Ok(out)
 }
 
-/// The durable consumers and their lag (one line when there are none), and the oldest
-/// request ids each has not processed.
-fn consumer_table(consumers: &[ConsumerJson]) -> String {
+/// The durable consumers and their lag (one line when there are none, or when a damaged file
+/// kept them from being read), and the oldest request ids each has not processed.
+fn consumer_table(consumers: &[ConsumerJson], damage: Option<&DamageJson>) -> String {
+    if let Some(d) = damage {
+        return format!(
+            "consumers: not read: damage: {} at offset {}: {}\n",
+            d.file, d.offset, d.reason
+        );
+    }
     if consumers.is_empty() {
         return "consumers: none\n".into();
     }
@@ -614,9 +771,20 @@ fn keys_and_damage(scan: &Scan) -> String {
     match &scan.report.damage {
         None => out.push_str("damage: none found\n"),
         Some(d) => {
+            let open = match (d.engine_refuses, d.lost_batches) {
+                (_, Some([first, last])) => format!(
+                    "; durable batches {first}..{last} lost, not a torn tail: the engine refuses \
+                     to open the log"
+                ),
+                (Some(true), None) => "; not a torn tail, which is all an open cuts off: the \
+                                       engine refuses to open the log"
+                    .into(),
+                (Some(false), None) => "; a torn tail, which the engine's open cuts off".into(),
+                (None, None) => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "damage: {} at offset {}: {} (the log is read up to there)",
+                "damage: {} at offset {}: {} (the log is read up to there{open})",
                 d.file, d.offset, d.reason
             );
         }

@@ -67,12 +67,42 @@ pub fn open(dir: &Path, mode: RecoveryMode) -> Result<LogReader, OpenError> {
     // A log whose only segment has a bad header reads as no segments plus damage: that
     // is for the caller to report, not "no log here".
     if reader.segment_count() == 0 && reader.damage().is_none() {
+        use mergelog::internals::format::segment_file_name;
         return Err(OpenError::Other(CliError::usage(format!(
-            "{} holds no mergelog segment files (*.seg); name a log directory",
-            dir.display()
+            "{} holds no mergelog segment files: no file name is 20 decimal digits + .seg (as \
+             {}); {}; name a log directory",
+            dir.display(),
+            segment_file_name(1),
+            found(dir)
         ))));
     }
     Ok(reader)
+}
+
+/// What a directory without segment files holds instead, for the error that says so: a file
+/// named like a segment but not as one (`foo.seg`, the likely near miss) or else the first
+/// by name, and how many others.
+fn found(dir: &Path) -> String {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let Some(at) = names
+        .iter()
+        .position(|n| n.ends_with(".seg"))
+        .or((!names.is_empty()).then_some(0))
+    else {
+        return "the directory is empty".into();
+    };
+    let others = match names.len() - 1 {
+        0 => String::new(),
+        1 => " and 1 other file".into(),
+        n => format!(" and {n} other files"),
+    };
+    format!("it holds {}{others}", names[at])
 }
 
 /// How keys and values are printed.

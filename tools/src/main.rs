@@ -34,9 +34,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Measure durable throughput and latency: mergelog vs plain group commit vs a
-    /// leader/follower write-ahead log vs a naive lock + write + fdatasync baseline, on one
-    /// workload.
+    /// Measure durable throughput and latency: mergelog vs plain group commit vs okaywal (a
+    /// write-ahead log crate) vs a leader/follower write-ahead log vs a naive lock + write +
+    /// fdatasync baseline, on one workload.
     Bench(bench::BenchArgs),
     /// Run a workload on the engine alone and print its latency stage by stage (ring wait,
     /// window age, coalesce+sort, encode+write, sync, wake-up, end to end) and its counters.
@@ -72,20 +72,7 @@ fn main() -> ExitCode {
             e.exit()
         }
         Err(e) => {
-            // clap appends usage and tips; one line is all a bad flag deserves. A first
-            // line ending in ':' introduces what is missing on the next one.
-            let text = e.to_string();
-            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-            let mut line = lines
-                .next()
-                .unwrap_or("error: invalid arguments")
-                .to_owned();
-            if line.ends_with(':') {
-                if let Some(next) = lines.next() {
-                    line = format!("{line} {next}");
-                }
-            }
-            eprintln!("mergelog: {line}");
+            eprintln!("mergelog: {}", one_line(&e.to_string()));
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -96,4 +83,31 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit)
         }
     }
+}
+
+/// clap's message for a bad command line on one line, as every error of the tools is: its
+/// usage and `--help` boilerplate left out, but what helps fix the error kept (the possible
+/// values, a similar argument's name, the missing arguments), each on a line of its own in
+/// clap's message.
+fn one_line(message: &str) -> String {
+    let mut out = String::new();
+    for line in message.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        // A line ending in ':' introduces what follows it; `[possible values: ..]` goes with
+        // the invalid value it follows.
+        if !out.is_empty() {
+            out.push_str(if out.ends_with(':') || line.starts_with('[') {
+                " "
+            } else {
+                "; "
+            });
+        }
+        out.push_str(line);
+    }
+    if out.is_empty() {
+        out.push_str("error: invalid arguments");
+    }
+    out
 }

@@ -8,8 +8,9 @@
 //! lost durable history (`LogReader::check`); and the files beside the segments that the engine
 //! reads at open, each consumer's position (`consumer-*`) and the carried request ids
 //! (`ids`). Exit 0: clean; exit 1: damaged, and the first bad byte's file and offset are
-//! printed; exit 2: the directory cannot be used. Run it on a log no engine is writing to: a frame being written counts as
-//! damage.
+//! printed; exit 2: the directory cannot be used. A log an engine has open (it holds the
+//! `LOCK` file) is checked as a reader would check it, and the report says so: its last
+//! segment is being written.
 
 use crate::error::{CliError, Context, EXIT_FAILURE};
 use crate::history::{self, Refused};
@@ -35,42 +36,39 @@ struct Damage {
 
 pub fn run(args: VerifyArgs) -> Result<ExitCode, CliError> {
     let dir = &args.dir;
-    let damage = match logdir::open(dir, RecoveryMode::AbsoluteConsistency) {
-        Ok(reader) => {
-            let summary = summarize(&reader);
-            let found = match engine_refuses(&reader)? {
-                Some(d) => Some(d),
-                None => match tail_garbage(&reader, summary.last_end.clone())? {
-                    Some(d) => Some(d),
-                    None => consumer_files(&reader)?,
-                },
-            };
-            match found {
-                None => {
-                    logdir::print(&format!(
-                        "clean: {}: {} segments, {} batches{}, {} records, {} frame bytes\n",
-                        dir.display(),
-                        reader.segment_count(),
-                        summary.batches,
-                        summary.seq_range(),
-                        summary.records,
-                        summary.bytes,
-                    ))?;
-                    return Ok(ExitCode::SUCCESS);
-                }
-                Some(d) => d,
-            }
+    // An engine that has the log open is writing its last segment: a frame there may be half
+    // written, with later ones whole (the pipeline writes several at once), which the strict
+    // check would call damage and lost history. Refusing would make whoever wants to know
+    // whether a running service's log is sound stop the service first; everything before the
+    // live tail can still be checked as strictly as ever, so it is, and the report says so.
+    let mut live = history::in_use(dir);
+    let mut outcome = check(dir, live)?;
+    // An engine that opened the log during the check may have been writing what it read.
+    if !live && matches!(outcome, Outcome::Damaged(_)) && history::in_use(dir) {
+        live = true;
+        outcome = check(dir, true)?;
+    }
+    let note = if live {
+        "note: the log is open in another process: its last segment is being written, checked \
+         as a reader would (not judged: what follows the last whole frame there, the clean-close \
+         mark, the ids file)\n"
+    } else {
+        ""
+    };
+    let damage = match outcome {
+        Outcome::Clean(reader, summary) => {
+            logdir::print(&format!(
+                "clean: {}: {} segments, {} batches{}, {} records, {} frame bytes\n{note}",
+                dir.display(),
+                reader.segment_count(),
+                summary.batches,
+                summary.seq_range(),
+                summary.records,
+                summary.bytes,
+            ))?;
+            return Ok(ExitCode::SUCCESS);
         }
-        Err(OpenError::Corrupt {
-            path,
-            offset,
-            reason,
-        }) => Damage {
-            path,
-            offset,
-            reason,
-        },
-        Err(OpenError::Other(e)) => return Err(e),
+        Outcome::Damaged(d) => d,
     };
     logdir::print(&format!(
         "DAMAGED: {} at offset {}: {}\n",
@@ -88,7 +86,58 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, CliError> {
             s.records
         ))?;
     }
+    logdir::print(note)?;
     Ok(ExitCode::from(EXIT_FAILURE))
+}
+
+/// What the check of a log found.
+enum Outcome {
+    Clean(LogReader, Summary),
+    Damaged(Damage),
+}
+
+/// Checks `dir` strictly or, when an engine has it open (`live`), as a reader would: damage
+/// in the last segment ends what is read instead (it may be the frame being written), and
+/// what only a closed log can be held to (the zeros after the last frame, the evidence of
+/// lost durable history, the clean-close mark and the `ids` file) is left out.
+fn check(dir: &Path, live: bool) -> Result<Outcome, CliError> {
+    let mode = if live {
+        RecoveryMode::TolerateCorruptedTail
+    } else {
+        RecoveryMode::AbsoluteConsistency
+    };
+    let reader = match logdir::open(dir, mode) {
+        Ok(reader) => reader,
+        Err(OpenError::Corrupt {
+            path,
+            offset,
+            reason,
+        }) => {
+            return Ok(Outcome::Damaged(Damage {
+                path,
+                offset,
+                reason,
+            }))
+        }
+        Err(OpenError::Other(e)) => return Err(e),
+    };
+    let summary = summarize(&reader);
+    let found = if live {
+        None
+    } else {
+        match engine_refuses(&reader)? {
+            Some(d) => Some(d),
+            None => tail_garbage(&reader, summary.last_end.clone())?,
+        }
+    };
+    let found = match found {
+        Some(d) => Some(d),
+        None => consumer_files(&reader)?,
+    };
+    Ok(match found {
+        None => Outcome::Clean(reader, summary),
+        Some(d) => Outcome::Damaged(d),
+    })
 }
 
 struct Summary {
@@ -122,11 +171,13 @@ fn engine_refuses(reader: &LogReader) -> Result<Option<Damage>, CliError> {
                 l.reason, l.first_lost, l.last_lost
             ),
         },
-        Refused::SideFile(path, offset, reason) => Damage {
-            path,
-            offset,
-            reason,
-        },
+        Refused::SideFile(path, offset, reason) | Refused::Segment(path, offset, reason) => {
+            Damage {
+                path,
+                offset,
+                reason,
+            }
+        }
     }))
 }
 

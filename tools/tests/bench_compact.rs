@@ -157,7 +157,7 @@ fn compaction_keeps_the_disk_near_the_live_data_where_the_whole_history_grows() 
     );
     assert!(stdout.contains("mergelog-compact bound: L / r"), "{stdout}");
     assert!(
-        stdout.contains("the throughput of mergelog (per-round median"),
+        stdout.contains("\nmergelog-compact: ") && stdout.contains("the throughput of mergelog at"),
         "{stdout}"
     );
 }

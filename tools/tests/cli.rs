@@ -1254,6 +1254,17 @@ fn bad_flags_exit_nonzero_with_one_line() {
     rejects(&["bench", "--rate", "fast"], "--rate");
     rejects(&["bench", "--durability", "maybe"], "--durability");
     rejects(&["bench", "--systems", "mergelog,postgres"], "postgres");
+    // What helps fix it stays: the valid values, a similar flag's name.
+    rejects_with(
+        2,
+        &["bench", "--systems", "foo"],
+        "[possible values: mergelog, no-coalesce, wal, naive, okaywal",
+    );
+    rejects_with(
+        2,
+        &["bench", "--writer", "4"],
+        "tip: a similar argument exists: '--writers'",
+    );
     rejects(&["bench", "--systems", "naive,naive"], "twice");
     rejects(&["bench", "--window", "linger:soon"], "--window");
     rejects(&["bench", "--window", "adaptive:x"], "--window");
@@ -1420,4 +1431,84 @@ fn mergelog_syncers_runs_beside_mergelog_with_its_syncers() {
         .find(|r| r["system"] == "mergelog-syncers")
         .expect("mergelog-syncers ran");
     assert_eq!(int(syncers, "ops"), 6000 * 2);
+}
+
+/// One round compares the engine's variants with `mergelog` in the headline, as every system
+/// with its baselines; the table has a ratio column only for a baseline that ran, filled only
+/// in the rows of the systems compared with it (a peer is not compared with the engine
+/// without coalescing).
+#[test]
+fn the_report_shows_the_pairings_that_ran_and_only_those() {
+    let bench = |extra: &[&str]| {
+        let mut args = vec!["bench", "--ops", "2000", "--sync-probe", "0"];
+        args.extend(extra);
+        succeeds(&args)
+    };
+    let headline = |text: &str, system: &str, baseline: &str| {
+        text.lines().any(|l| {
+            l.starts_with(&format!("{system}: "))
+                && l.contains(&format!("the throughput of {baseline} at"))
+        })
+    };
+    let header = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("system "))
+            .expect("a systems table")
+            .to_owned()
+    };
+    // A row's cells; each is one word, the ratio columns last.
+    let row = |text: &str, system: &str| -> Vec<String> {
+        text.lines()
+            .skip_while(|l| !l.starts_with("system "))
+            .find(|l| l.split_whitespace().next() == Some(system))
+            .unwrap_or_else(|| panic!("no row of {system}:\n{text}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+
+    let text = bench(&["--systems", "mergelog,mergelog-ids,mergelog-syncers"]);
+    for variant in ["mergelog-ids", "mergelog-syncers"] {
+        assert!(headline(&text, variant, "mergelog"), "{variant}:\n{text}");
+    }
+    assert!(!header(&text).contains("vs "), "no baseline ran:\n{text}");
+    let text = bench(&["--op", "merge", "--systems", "mergelog,mergelog-getput"]);
+    assert!(headline(&text, "mergelog-getput", "mergelog"), "{text}");
+
+    let text = bench(&["--systems", "mergelog,no-coalesce,okaywal"]);
+    let columns = header(&text);
+    assert!(columns.ends_with("vs okaywal  vs no-coal"), "{text}");
+    assert!(
+        !columns.contains("vs naive") && !columns.contains("vs wal"),
+        "{text}"
+    );
+    let tail = |system: &str| row(&text, system)[row(&text, system).len() - 2..].to_vec();
+    assert!(tail("mergelog").iter().all(|c| c.ends_with('x')), "{text}");
+    let no_coalesce = tail("no-coalesce");
+    assert!(
+        no_coalesce[0].ends_with('x') && no_coalesce[1] == "-",
+        "{text}"
+    );
+    assert_eq!(tail("okaywal"), ["-", "-"], "{text}");
+    assert!(headline(&text, "mergelog", "no-coalesce"), "{text}");
+    assert!(!headline(&text, "okaywal", "no-coalesce"), "{text}");
+}
+
+/// `mergelog --help` names every system `bench` runs by default.
+#[test]
+fn help_names_the_default_systems() {
+    let help = succeeds(&["--help"]);
+    let bench = help
+        .lines()
+        .find(|l| l.trim_start().starts_with("bench "))
+        .unwrap_or_else(|| panic!("no bench line:\n{help}"));
+    for system in [
+        "mergelog",
+        "plain group commit",
+        "okaywal",
+        "write-ahead log",
+        "naive",
+    ] {
+        assert!(bench.contains(system), "{system}: {bench}");
+    }
 }

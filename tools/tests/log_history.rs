@@ -1,8 +1,8 @@
-//! `mergelog dump` and `verify` on logs the engine refuses to open although a reader's scan
-//! finds at most a torn tail: damage that evidence shows cut durable history (valid frames
-//! well past it, or a clean-close mark naming a later batch), and a damaged consumer
-//! position or request ids file. Each case is checked against `Engine::open` on a copy, so
-//! the tools and the engine agree on what they refuse.
+//! `mergelog dump`, `verify` and `inspect` on logs the engine refuses to open although a
+//! reader's scan finds at most a torn tail: damage that evidence shows cut durable history
+//! (valid frames well past it, or a clean-close mark naming a later batch), and a damaged
+//! consumer position or request ids file. Each case is checked against `Engine::open` on a
+//! copy, so the tools and the engine agree on what they refuse.
 
 // Tests make and spoil files on purpose; the storage seam's lint (clippy.toml) is for the library.
 #![allow(clippy::disallowed_methods)]
@@ -113,6 +113,50 @@ fn dump_reports_lost_durable_history_as_the_engine_refuses_it() {
     let (status, _, err) = code(&["dump", dir.path().to_str().unwrap()]);
     assert_eq!(status, 0, "{err}");
     assert!(err.contains("which the engine would cut off"), "{err}");
+}
+
+/// A log an engine has open: its last segment is being written, where a frame may be half
+/// written while later ones are whole (a hole 20 batches before the end stands for one here).
+/// verify and dump check it as a reader would, say that the log is in use, and claim no lost
+/// durable history; closed, the same hole is lost history, and both say so again.
+#[test]
+fn verify_and_dump_read_a_log_in_use_as_a_reader_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), Config::default()).unwrap();
+    for i in 0..BATCHES {
+        let key = format!("key-{i:05}");
+        engine
+            .put(key.as_bytes(), &[0x5a; 200])
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    let all = frames(dir.path());
+    assert_eq!(all.len() as u64, BATCHES, "one batch per put");
+    let (path, offset, len) = &all[39];
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &vec![0; *len], *offset).unwrap();
+    let d = dir.path().to_str().unwrap();
+
+    let (status, out, err) = code(&["verify", d]);
+    assert_eq!(status, 0, "{out}{err}");
+    assert!(out.starts_with("clean:"), "{out}");
+    assert!(out.contains("open in another process"), "{out}");
+    assert!(!out.contains("lost"), "{out}");
+    let (status, out, err) = code(&["dump", d]);
+    assert_eq!(status, 0, "{err}");
+    assert!(err.contains("open in another process"), "{err}");
+    assert!(!err.contains("lost"), "{err}");
+    assert_eq!(out.lines().count(), 39, "the records before the hole");
+
+    engine.close().unwrap();
+    let (status, out, _) = code(&["verify", d]);
+    assert_eq!(status, 1, "{out}");
+    assert!(out.contains("durable batches 40..60 lost"), "{out}");
+    assert!(!out.contains("open in another process"), "{out}");
+    let (status, _, err) = code(&["dump", d]);
+    assert_eq!(status, 1, "{err}");
+    assert!(err.contains("batches 40..60 lost"), "{err}");
 }
 
 /// A clean-close mark naming batches the segment no longer holds (its last frames zeroed):
@@ -227,4 +271,121 @@ fn dump_from_past_the_end_says_so() {
     let (_, out, err) = code(&["dump", d, "--from", "60"]);
     assert_eq!(out.lines().count(), 1, "{out}");
     assert!(err.is_empty(), "{err}");
+}
+
+/// inspect says what the engine's open would do about the damage it read up to: refuse the
+/// log where durable batches were lost (valid frames past the damage, or a clean-close mark
+/// naming later batches, where a reader sees no damage at all), cut off a torn tail.
+#[test]
+fn inspect_says_whether_an_open_refuses_the_damage() {
+    // (damaged batch, the first batch lost), no clean close
+    for (seq, lost) in [(20, Some(20)), (BATCHES, None)] {
+        let dir = tempfile::tempdir().unwrap();
+        write_log(dir.path());
+        std::fs::remove_file(dir.path().join("CLEAN")).unwrap();
+        spoil_batch(dir.path(), seq);
+        let d = dir.path().to_str().unwrap();
+        let report: serde_json::Value =
+            serde_json::from_str(&succeeds(&["inspect", d, "--json"])).unwrap();
+        let damage = &report["damage"];
+        let text = succeeds(&["inspect", d]);
+        match lost {
+            Some(first) => {
+                assert!(engine_opens(dir.path()).is_err(), "batch {seq}");
+                assert_eq!(damage["engine_refuses"], true, "{damage}");
+                assert_eq!(damage["lost_batches"], serde_json::json!([first, BATCHES]));
+                assert!(
+                    text.contains(&format!(
+                        "durable batches {first}..{BATCHES} lost, not a torn tail: the engine \
+                         refuses to open the log"
+                    )),
+                    "{text}"
+                );
+            }
+            None => {
+                assert!(engine_opens(dir.path()).is_ok(), "batch {seq}");
+                assert_eq!(damage["engine_refuses"], false, "{damage}");
+                assert!(damage.get("lost_batches").is_none(), "{damage}");
+                assert!(
+                    text.contains("a torn tail, which the engine's open cuts off"),
+                    "{text}"
+                );
+            }
+        }
+    }
+
+    // Frames gone before the clean-close mark's end: no reader sees damage, the engine does.
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path());
+    let all = frames(dir.path());
+    let (path, from, _) = &all[BATCHES as usize - 3];
+    let (_, last, len) = &all[BATCHES as usize - 1];
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[*from as usize..(*last as usize + *len)].fill(0);
+    std::fs::write(path, bytes).unwrap();
+    let text = succeeds(&["inspect", dir.path().to_str().unwrap()]);
+    assert!(text.contains("closed cleanly after batch 60"), "{text}");
+    assert!(text.contains("durable batches 58..60 lost"), "{text}");
+}
+
+/// A segment file no reader can map (0 bytes) and a consumer position file that does not
+/// decode: inspect reports them as damage beside what it can read (exit 0), instead of
+/// stopping with nothing.
+#[test]
+fn inspect_reports_unreadable_files_as_damage_beside_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path());
+    let empty = dir.path().join(format!("{:020}.seg", 1000));
+    std::fs::write(&empty, b"").unwrap();
+    assert!(
+        engine_opens(dir.path()).is_err(),
+        "the engine should refuse it"
+    );
+    let d = dir.path().to_str().unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&succeeds(&["inspect", d, "--json"])).unwrap();
+    assert_eq!(
+        int(&report, "batches"),
+        BATCHES,
+        "the segment before it is read"
+    );
+    let segments = report["segments"].as_array().unwrap();
+    assert_eq!(segments.len(), 2, "{report}");
+    assert_eq!(int(&segments[1], "size"), 0);
+    let damage = &report["damage"];
+    assert_eq!(damage["file"], empty.display().to_string(), "{damage}");
+    assert_eq!(int(damage, "offset"), 0);
+    assert_eq!(damage["engine_refuses"], true, "{damage}");
+    let text = succeeds(&["inspect", d]);
+    assert!(
+        text.contains(&format!("batches: {BATCHES} (seq 1..{BATCHES})")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "damage: {} at offset 0: segment file is 0 bytes",
+            empty.display()
+        )),
+        "{text}"
+    );
+    std::fs::remove_file(&empty).unwrap();
+
+    let consumer = dir.path().join("consumer-x");
+    std::fs::write(&consumer, b"not a position").unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&succeeds(&["inspect", d, "--json"])).unwrap();
+    assert_eq!(int(&report, "batches"), BATCHES);
+    assert!(report["damage"].is_null(), "{report}");
+    assert_eq!(
+        report["consumer_damage"]["file"],
+        consumer.display().to_string()
+    );
+    let text = succeeds(&["inspect", d]);
+    assert!(
+        text.contains(&format!(
+            "consumers: not read: damage: {} at offset 0",
+            consumer.display()
+        )),
+        "{text}"
+    );
 }

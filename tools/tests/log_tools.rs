@@ -153,6 +153,14 @@ fn verify_passes_a_clean_log_and_names_a_flipped_byte() {
         out.contains(&format!("{} at offset 0", first.display())),
         "{out}"
     );
+    // dump shows what comes before it (nothing) and does not read as if a torn tail was
+    // found there.
+    let (code, out, err) = run_code(&["dump", header.to_str().unwrap()]);
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert!(
+        err.contains("refuses to open it (an open cuts off only a torn tail; this is not one)"),
+        "{err}"
+    );
     // inspect reports it rather than calling the directory empty.
     let out = succeeds(&["inspect", header.to_str().unwrap()]);
     assert!(
@@ -176,6 +184,18 @@ fn unusable_directories_exit_2_with_one_line() {
             2,
             &[cmd, empty.to_str().unwrap()],
             "no mergelog segment files",
+        );
+    }
+    // A file named almost as a segment: the error says what a segment's name is, and names
+    // the file found.
+    std::fs::write(empty.join("foo.seg"), b"x").unwrap();
+    std::fs::write(empty.join("notes.txt"), b"x").unwrap();
+    for cmd in ["verify", "inspect", "dump"] {
+        rejects_with(
+            2,
+            &[cmd, empty.to_str().unwrap()],
+            "no file name is 20 decimal digits + .seg (as 00000000000000000001.seg); it holds \
+             foo.seg and 1 other file;",
         );
     }
 }

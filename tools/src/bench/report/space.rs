@@ -310,8 +310,8 @@ impl Report {
         out
     }
 
-    /// Per compacting system: its throughput against `mergelog`'s (the same rounds' runs)
-    /// and how its bound was made up (docs/FORMAT.md, "Compaction").
+    /// Per compacting system: how its bound was made up (docs/FORMAT.md, "Compaction"). Its
+    /// throughput against `mergelog`'s is in the headline, as every engine variant's.
     fn bound_lines(&self) -> String {
         let mut out = String::new();
         for r in &self.runs {
@@ -319,21 +319,6 @@ impl Report {
             let (Some(b), Some(p)) = (&s.bound, &s.policy) else {
                 continue;
             };
-            let vs = self
-                .round_ratios
-                .iter()
-                .find(|x| x.system == r.system && x.baseline == "mergelog");
-            if let Some((median, min, max)) = vs.and_then(|x| Some((x.median?, x.min?, x.max?))) {
-                let _ = writeln!(
-                    out,
-                    "{}: {} the throughput of mergelog (per-round median; {} – {} over {} rounds)",
-                    r.system,
-                    times(median),
-                    times(min),
-                    times(max),
-                    self.workload.rounds,
-                );
-            }
             let _ = writeln!(
                 out,
                 "{} bound: L / r {} + 3 S + pool {} + one compaction's copies L {} + writes \

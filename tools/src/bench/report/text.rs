@@ -2,7 +2,7 @@
 //! detail, both from the numbers of the JSON report.
 
 use super::table::{table, thousands, times};
-use super::{baselines_of, per, Report, Run};
+use super::{baselines_of, per, ratio, Report, Run};
 use crate::bench::{RunResult, System};
 use hdrhistogram::Histogram;
 use mergelog::Stats;
@@ -10,6 +10,13 @@ use std::fmt::Write;
 
 /// A run's ratio against one baseline.
 type RatioOf = fn(&Run) -> Option<f64>;
+
+/// Whether `r`'s system is compared with `baseline` (`baselines_of`): a ratio against a
+/// system it is not compared with (a peer against the engine without coalescing) means
+/// nothing, although the JSON has it.
+fn compared(r: &Run, baseline: System) -> bool {
+    System::named(r.system).is_some_and(|s| baselines_of(s).contains(&baseline))
+}
 
 impl Report {
     fn header(&self) -> String {
@@ -82,20 +89,9 @@ impl Report {
         if open {
             header.push("raw p99 µs");
         }
-        header.extend([
-            "syncs",
-            "writes/sync",
-            "coalesced",
-            "collapsed",
-            "B/write",
-            "vs naive",
-            "vs wal",
-            "vs okaywal",
-        ]);
-        // The other peers' columns only when they ran: most runs have none of them.
-        let peers = self.peer_columns();
-        header.extend(peers.iter().map(|(name, _)| *name));
-        header.push("vs no-coal");
+        header.extend(["syncs", "writes/sync", "coalesced", "collapsed", "B/write"]);
+        let ratios = self.ratio_columns();
+        header.extend(ratios.iter().map(|(_, name, _)| *name));
         let rows: Vec<Vec<String>> = self
             .runs
             .iter()
@@ -117,30 +113,40 @@ impl Report {
                     thousands(r.coalesced_writes),
                     thousands(r.collapsed_reads),
                     r.bytes_per_write.map_or("-".into(), |x| format!("{x:.1}")),
-                    r.ratio_vs_naive.map_or("-".into(), times),
-                    r.ratio_vs_wal.map_or("-".into(), times),
-                    r.ratio_vs_okaywal.map_or("-".into(), times),
                 ]);
-                row.extend(peers.iter().map(|(_, f)| f(r).map_or("-".into(), times)));
-                row.push(r.ratio_vs_no_coalesce.map_or("-".into(), times));
+                row.extend(ratios.iter().map(|&(baseline, _, f)| {
+                    if compared(r, baseline) {
+                        f(r).map_or("-".into(), times)
+                    } else {
+                        "-".into()
+                    }
+                }));
                 row
             })
             .collect();
         table(&header, &rows)
     }
 
-    /// The systems table's columns for the peers besides okaywal that ran: header and
-    /// the ratio of a run against the peer.
-    fn peer_columns(&self) -> Vec<(&'static str, RatioOf)> {
-        let columns: [(&str, &str, RatioOf); 3] = [
-            ("rocksdb", "vs rocksdb", |r| r.ratio_vs_rocksdb),
-            ("redb", "vs redb", |r| r.ratio_vs_redb),
-            ("fjall", "vs fjall", |r| r.ratio_vs_fjall),
+    /// The systems table's ratio columns: one per baseline that ran and that some system that
+    /// ran is compared with (`baselines_of`, as the headline); a column of `-` only would
+    /// say nothing. Header, baseline, and the ratio of a run against it. `mergelog` has none:
+    /// its variants' comparison with it is in the headline.
+    fn ratio_columns(&self) -> Vec<(System, &'static str, RatioOf)> {
+        let columns: [(System, &str, RatioOf); 7] = [
+            (System::Naive, "vs naive", |r| r.ratio_vs_naive),
+            (System::Wal, "vs wal", |r| r.ratio_vs_wal),
+            (System::Okaywal, "vs okaywal", |r| r.ratio_vs_okaywal),
+            (System::Rocksdb, "vs rocksdb", |r| r.ratio_vs_rocksdb),
+            (System::Redb, "vs redb", |r| r.ratio_vs_redb),
+            (System::Fjall, "vs fjall", |r| r.ratio_vs_fjall),
+            (System::NoCoalesce, "vs no-coal", |r| r.ratio_vs_no_coalesce),
         ];
         columns
             .into_iter()
-            .filter(|(system, ..)| self.runs.iter().any(|r| r.system == *system))
-            .map(|(_, header, f)| (header, f))
+            .filter(|&(baseline, ..)| {
+                self.runs.iter().any(|r| r.system == baseline.name())
+                    && self.runs.iter().any(|r| compared(r, baseline))
+            })
             .collect()
     }
 
@@ -447,10 +453,18 @@ impl Report {
     /// One line per system with baselines: its throughput and p99 against each that ran.
     fn headline(&self) -> String {
         let mut out = String::new();
+        let mergelog = self
+            .runs
+            .iter()
+            .find(|m| m.system == System::Mergelog.name());
         for r in &self.runs {
             let Some(system) = System::named(r.system) else {
                 continue;
             };
+            // The engine's variants against the engine itself: no ratio field of the run's
+            // holds it, since only they are compared with it.
+            let vs_mergelog =
+                |of: fn(&Run) -> f64| mergelog.and_then(|m| ratio(of(r), Some(of(m))));
             let mut parts = Vec::new();
             for (name, rate, p99) in [
                 ("naive", r.ratio_vs_naive, r.p99_ratio_vs_naive),
@@ -463,6 +477,11 @@ impl Report {
                     "no-coalesce",
                     r.ratio_vs_no_coalesce,
                     r.p99_ratio_vs_no_coalesce,
+                ),
+                (
+                    "mergelog",
+                    vs_mergelog(|x| x.ops_per_s),
+                    vs_mergelog(|x| x.latency_us.p99),
                 ),
             ] {
                 if !baselines_of(system).iter().any(|b| b.name() == name) {

@@ -739,14 +739,15 @@ pub(crate) fn retire_prefix(
     if inner.ring.is_closed() {
         return Err(Error::Closed);
     }
-    // Read under the lock: a consumer created meanwhile (`Engine::consumer` takes it
-    // too) is either seen here or starts after what this removes. A commit meanwhile
-    // only moves a position forward, so an older one read here only retires less.
     // No chunk is checked or written from here until the keys are forgotten, and every
     // compaction batch written before is durable, its copies queued in the index, before
     // they are (`CompactSlot::writing`).
-    let (holding_off, last_batch) = inner.compact_slot.hold_off_writes();
-    let retired = inner
+    let (writing, last_batch) = inner.compact_slot.hold_off_writes();
+    let _holding_off = ChunksHeldOff {
+        inner,
+        writing: Some(writing),
+    };
+    inner
         .wait_durable_seq(last_batch, Duration::from_millis(20), || {
             inner
                 .completion
@@ -754,13 +755,23 @@ pub(crate) fn retire_prefix(
                 .map(failed)
                 .or_else(|| inner.ring.is_closed().then_some(Error::Closed))
         })
-        .and_then(|()| retire_held_off(inner, seq, respect_consumers, keep));
-    drop(holding_off);
-    if inner.compact_slot.pending() {
-        // A chunk waited for this retirement.
-        inner.poke_flusher();
+        .and_then(|()| retire_held_off(inner, seq, respect_consumers, keep))
+}
+
+/// Compaction chunks held off by a retirement (`CompactSlot::writing`): on drop, however the
+/// retirement ends, lets them be written again and wakes the flusher if one waits.
+struct ChunksHeldOff<'a> {
+    inner: &'a Inner,
+    writing: Option<parking_lot::MutexGuard<'a, ()>>,
+}
+
+impl Drop for ChunksHeldOff<'_> {
+    fn drop(&mut self) {
+        drop(self.writing.take());
+        if self.inner.compact_slot.pending() {
+            self.inner.poke_flusher();
+        }
     }
-    retired
 }
 
 /// [`retire_prefix`], under the retirement lock, with compaction batches held off.
@@ -770,6 +781,9 @@ fn retire_held_off(
     respect_consumers: bool,
     keep: usize,
 ) -> Result<Retired> {
+    // Read under the lock: a consumer created meanwhile (`Engine::consumer` takes it
+    // too) is either seen here or starts after what this removes. A commit meanwhile
+    // only moves a position forward, so an older one read here only retires less.
     let (seq, held_back_by) = match respect_consumers {
         true => consumer::retire_limit(&inner.dir, seq)?,
         false => (seq, None),

@@ -7,8 +7,9 @@
 
 use super::Expect;
 use crate::log::format::{
-    decode_frame, segment_size_valid, Decoded, FormatError, Frame, SegmentHeader, FRAME_HEADER_LEN,
-    FRAME_MAGIC, SEGMENT_HEADER_LEN, UNDURABLE_FRAMES_MAX,
+    decode_frame, segment_size_valid, Decoded, FormatError, Frame, SegmentHeader,
+    FORMAT_VERSION_MAX, FRAME_HEADER_LEN, FRAME_MAGIC, SEGMENT_HEADER_LEN, SEGMENT_RECYCLED,
+    SEGMENT_REWRITTEN, UNDURABLE_FRAMES_MAX,
 };
 use std::fmt;
 
@@ -240,24 +241,34 @@ pub(crate) fn verify<'a>(image: &'a [u8], expected: &Expected) -> Verifier<'a> {
 /// Whether a header that does not decode is what a write of the header a roll makes, torn by
 /// a power loss, leaves over what the file held before: each byte is the new header's or the
 /// old one's. The old header is zeros (a prepared file) or the header of the file's earlier
-/// life (a pool file: the same magic, length and size, reserved zeros; its version, id, flags
-/// and CRC may differ). docs/FORMAT.md assumes no write atomic, not even one sector's.
+/// life (a pool file: the same magic, length and size, reserved zeros; its id and CRC may be
+/// anything, its version and flags any this build knows). docs/FORMAT.md assumes no write
+/// atomic, not even one sector's. A header of a version or with flags this build does not
+/// know is never taken for one: a newer build's segment is refused, not dropped.
 fn torn_activation(image: &[u8], id: u64) -> bool {
-    /// Fields an earlier life's header may hold other bytes in: version, id, flags, CRC.
-    const VARY: [std::ops::Range<usize>; 4] = [8..12, 16..24, 32..36, 60..64];
     let size = image.len() as u64;
     if image.len() < SEGMENT_HEADER_LEN || !segment_size_valid(size) {
         return false;
     }
     let header = &image[..SEGMENT_HEADER_LEN];
-    [false, true].into_iter().any(|recycled| {
-        let new = SegmentHeader::new(id, size, recycled).encode();
-        header
-            .iter()
-            .zip(new)
-            .enumerate()
-            .all(|(i, (&b, n))| b == n || b == 0 || VARY.iter().any(|r| r.contains(&i)))
-    })
+    // Recycled or not, the new header differs only in the flags, which are checked below.
+    let new = SegmentHeader::new(id, size, false).encode();
+    let known_flags = (SEGMENT_RECYCLED | SEGMENT_REWRITTEN) as u8;
+    header
+        .iter()
+        .zip(new)
+        .enumerate()
+        .all(|(i, (&b, n))| match i {
+            // Version: the low byte one this build reads (or zero), the others zero.
+            8 => u32::from(b) <= FORMAT_VERSION_MAX,
+            9..12 => b == 0,
+            // Id and CRC: the earlier header's may be anything.
+            16..24 | 60..64 => true,
+            // Flags: bits this build knows.
+            32 => b & !known_flags == 0,
+            33..36 => b == 0,
+            _ => b == n || b == 0,
+        })
 }
 
 impl<'a> Verifier<'a> {
@@ -782,6 +793,23 @@ mod tests {
         let mut crc_damaged = image.clone();
         crc_damaged[61] ^= 0x10;
         assert!(run(&crc_damaged, &tail(5)).1.unactivated());
+        // A header of a version, or with a flag, this build does not know (a newer build's
+        // segment, after a downgrade) is refused, never dropped as torn: no torn write of two
+        // headers this build reads leaves those bytes.
+        let mut newer = image.clone();
+        newer[8] = FORMAT_VERSION_MAX as u8 + 1;
+        let mut unknown_flag = image.clone();
+        unknown_flag[32] |= 0x80;
+        let mut high_version = image.clone();
+        high_version[10] = 1;
+        for (what, h) in [
+            ("newer", &newer),
+            ("flag", &unknown_flag),
+            ("high", &high_version),
+        ] {
+            let v = run(h, &tail(5)).1;
+            assert!(!v.unactivated(), "{what}: {:?}", v.stop);
+        }
         // Zeros, or an earlier header, in a file not named after the batch it must start
         // with: no roll left that, so it is damage, not an unactivated segment.
         for (bytes, name) in [(&zeros, 5), (&image, 6)] {

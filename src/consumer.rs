@@ -39,6 +39,8 @@ const MAGIC: [u8; 8] = *b"MLCONSUM";
 const VERSION: u32 = 1;
 /// Bytes of a position file.
 pub(crate) const FILE_LEN: usize = 32;
+/// Offset of the reserved u32 (zero) in a position file.
+const RESERVED_AT: usize = 12;
 /// Offset of the committed batch in a position file.
 const COMMITTED_AT: usize = 16;
 const CRC_AT: usize = 24;
@@ -96,6 +98,7 @@ fn decode(b: &[u8]) -> Option<u64> {
     }
     let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
     if u32_at(8) != VERSION
+        || u32_at(RESERVED_AT) != 0
         || u32_at(CRC_AT) != crc32c::crc32c(&b[..CRC_AT])
         || u32_at(CRC_AT + 4) != 0
     {
@@ -501,6 +504,17 @@ mod tests {
             assert_eq!(decode(&b), None, "byte {i} flipped");
         }
         assert_eq!(decode(&good[..FILE_LEN - 1]), None);
+    }
+
+    /// Nonzero reserved bytes under a CRC that covers them are refused as a bad CRC is, not
+    /// read as a position.
+    #[test]
+    fn nonzero_reserved_bytes_are_refused() {
+        let mut b = encode(7);
+        b[RESERVED_AT] = 1;
+        let crc = crc32c::crc32c(&b[..CRC_AT]);
+        b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode(&b), None);
     }
 
     #[test]

@@ -31,6 +31,7 @@ const MAGIC: [u8; 8] = *b"MLCLEAN\0";
 const VERSION: u32 = 1;
 /// Bytes of the mark.
 pub const CLEAN_LEN: usize = 48;
+const RESERVED_AT: usize = 12;
 const CRC_AT: usize = 40;
 
 /// Where a cleanly closed log ended.
@@ -66,6 +67,7 @@ impl CleanMark {
         let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
         let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
         if u32_at(8) != VERSION
+            || u32_at(RESERVED_AT) != 0
             || u32_at(CRC_AT) != crc32c::crc32c(&b[..CRC_AT])
             || u32_at(CRC_AT + 4) != 0
         {
@@ -138,5 +140,20 @@ mod tests {
             assert_eq!(CleanMark::decode(&bad), None, "byte {i} flipped");
         }
         assert_eq!(CleanMark::decode(&b[..CLEAN_LEN - 1]), None);
+    }
+
+    /// Nonzero reserved bytes under a CRC that covers them are no mark, as a bad CRC is.
+    #[test]
+    fn nonzero_reserved_bytes_are_no_mark() {
+        let mut b = CleanMark {
+            segment_id: 7,
+            end: 4096 + 64,
+            next_seq: 12,
+        }
+        .encode();
+        b[RESERVED_AT] = 1;
+        let crc = crc32c::crc32c(&b[..CRC_AT]);
+        b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(CleanMark::decode(&b), None);
     }
 }

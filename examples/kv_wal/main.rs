@@ -47,6 +47,11 @@ fn options() -> Options {
     }
 }
 
+/// "1 batch", "2 batches".
+fn batches(n: u64) -> String {
+    format!("{n} batch{}", if n == 1 { "" } else { "es" })
+}
+
 /// The log's segment files and their size (`Engine::space`): not the directory's bytes, which
 /// count the prepared next segment too, a file the log has not begun.
 fn segments(engine: &Engine) -> String {
@@ -110,10 +115,10 @@ fn run(dir: Option<&Path>) -> Result<(), Box<dyn std::error::Error>> {
     let store = Store::open(&dir, options())?;
     let r = store.recovered();
     println!(
-        "opened {}: checkpoint at batch {}, replayed {} batches ({} writes), {} keys",
+        "opened {}: checkpoint at batch {}, replayed {} ({} writes), {} keys",
         dir.display(),
         r.checkpoint.get(),
-        r.batches,
+        batches(r.batches),
         r.writes,
         store.len()
     );
@@ -145,9 +150,9 @@ fn run(dir: Option<&Path>) -> Result<(), Box<dyn std::error::Error>> {
     let store = Store::open(&dir, options())?;
     let r = store.recovered();
     println!(
-        "reopened: checkpoint at batch {}, replayed {} batches ({} writes), {} keys",
+        "reopened: checkpoint at batch {}, replayed {} ({} writes), {} keys",
         r.checkpoint.get(),
-        r.batches,
+        batches(r.batches),
         r.writes,
         store.len()
     );

@@ -389,7 +389,8 @@ impl Iterator for Consumer {
     type Item = Result<OwnedBatch>;
     /// Blocks until the next batch lands (as the [`Follower`]'s `next`): never `None`; in
     /// the engine's process `Some(Err(Error::Closed))` once the engine is closed and every
-    /// durable batch was yielded.
+    /// durable batch was yielded, `Some(Err(Error::Failed))` once it failed and every batch
+    /// durable so far was yielded (commit what was handled, then reopen).
     fn next(&mut self) -> Option<Result<OwnedBatch>> {
         let r = self.follower.next();
         if let Some(Ok(b)) = &r {

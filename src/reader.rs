@@ -145,7 +145,11 @@ pub(crate) struct LiveLog {
     /// ring first): `durable_seq` is final, and nothing more will land. Set only through
     /// [`LiveLog::stop`].
     pub stopped: AtomicBool,
-    /// Followers and consumers blocked or polled until one of the two moves.
+    /// The engine's failure, once it has failed (`Completion::fail`): no batch past those
+    /// already handed to the syncers will become durable, so a follower that has yielded
+    /// every durable batch ends with `Error::Failed` instead of waiting for more.
+    failure: std::sync::OnceLock<Error>,
+    /// Followers and consumers blocked or polled until one of these moves.
     waiters: SeqWaiters,
     /// True while the engine holds the directory: a consumer's commit writes its file under
     /// the read lock, and `close` clears it under the write lock before it gives the
@@ -159,6 +163,7 @@ impl LiveLog {
         LiveLog {
             durable_seq: AtomicU64::new(durable_seq),
             stopped: AtomicBool::new(false),
+            failure: std::sync::OnceLock::new(),
             waiters: SeqWaiters::new(),
             holds_dir: parking_lot::RwLock::new(true),
         }
@@ -194,9 +199,22 @@ impl LiveLog {
         self.waiters.notify();
     }
 
-    /// True once batch `seq` is durable or the pipeline has stopped.
+    /// Records the engine's failure and wakes whoever waits (see [`LiveLog::failure`]).
+    pub fn fail(&self, error: Error) {
+        let _ = self.failure.set(error);
+        self.waiters.notify();
+    }
+
+    /// The engine's failure, if it has failed.
+    pub fn failure(&self) -> Option<&Error> {
+        self.failure.get()
+    }
+
+    /// True once batch `seq` is durable, the pipeline has stopped or the engine failed.
     fn passed(&self, seq: u64) -> bool {
-        self.stopped.load(Ordering::Acquire) || self.durable_seq.load(Ordering::Acquire) >= seq
+        self.stopped.load(Ordering::Acquire)
+            || self.failure.get().is_some()
+            || self.durable_seq.load(Ordering::Acquire) >= seq
     }
 
     /// Blocks until batch `seq` is durable, the pipeline stopped, or `deadline`; true unless
@@ -740,17 +758,23 @@ impl Follower {
     }
 
     /// The next batch if it has landed, without waiting. An in-process follower whose
-    /// engine was closed returns `Err(Error::Closed)` once it has yielded every durable batch.
+    /// engine was closed returns `Err(Error::Closed)` once it has yielded every durable batch;
+    /// one whose engine failed, `Err(Error::Failed)` once it has yielded every batch durable
+    /// so far (the batches a reopened engine holds past those, if any, a follower of the
+    /// reopened engine yields).
     pub fn try_next(&mut self) -> Result<Option<OwnedBatch>> {
         if let Some(live) = &self.live {
             // `stopped` first: it is set after the last store of `durable_seq`, so once it
             // reads true, the load below sees the final sequence.
             let stopped = live.stopped.load(Ordering::Acquire);
+            let failure = live.failure();
             if live.durable_seq.load(Ordering::Acquire) < self.next_seq {
-                return if stopped {
-                    Err(Error::Closed)
-                } else {
-                    Ok(None)
+                return match (stopped, failure) {
+                    // After a failure only the batches already handed to the syncers may
+                    // still become durable; whatever did is yielded before this.
+                    (_, Some(e)) => Err(crate::pipeline::failed(e)),
+                    (true, None) => Err(Error::Closed),
+                    (false, None) => Ok(None),
                 };
             }
         }
@@ -821,7 +845,7 @@ impl Follower {
     }
 
     /// Waits for the next batch, up to `timeout`; `Ok(None)` if none landed in time;
-    /// `Err(Error::Closed)` as [`Follower::try_next`].
+    /// `Err(Error::Closed)` or `Err(Error::Failed)` as [`Follower::try_next`].
     ///
     /// An in-process follower sleeps until the engine's syncer makes its next batch durable
     /// (or the engine stops), and is woken then. A follower of a directory (another
@@ -852,8 +876,8 @@ impl Follower {
     /// The next batch as a `Stream` yields it (the shape of `futures::Stream::poll_next`,
     /// without the dependency): `Ready(Some(Ok(batch)))`, `Pending` (the waker is woken once
     /// the next batch may be there), or `Ready(Some(Err(e)))` (`Error::Closed` once an
-    /// in-process follower's engine is closed, as [`Follower::try_next`]). Never
-    /// `Ready(None)`.
+    /// in-process follower's engine is closed, `Error::Failed` once it failed, as
+    /// [`Follower::try_next`]). Never `Ready(None)`.
     ///
     /// An in-process follower's waker is woken by the engine's syncer. A follower of a
     /// directory polls: while a poll is pending, a helper thread wakes the waker every
@@ -922,8 +946,9 @@ impl Follower {
 impl Iterator for Follower {
     type Item = Result<OwnedBatch>;
     /// Blocks until the next batch lands; never returns `None`. An in-process follower whose
-    /// engine was closed returns `Some(Err(Error::Closed))` once it has yielded every durable
-    /// batch, instead of blocking.
+    /// engine was closed (or failed) returns `Some(Err(Error::Closed))`
+    /// (`Some(Err(Error::Failed))`) once it has yielded every durable batch, instead of
+    /// blocking.
     fn next(&mut self) -> Option<Result<OwnedBatch>> {
         loop {
             match self.next_timeout(Duration::from_secs(3600)) {

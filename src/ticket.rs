@@ -78,6 +78,8 @@ pub(crate) struct Completion {
     /// or by a future's poll that found it pending (`false`: it only wakes the flusher if
     /// the flusher sleeps counting on waiters).
     pub(crate) helper: OnceLock<Helper>,
+    /// The followers' gate, told of a failure (`notify_on_failure`).
+    on_failure: OnceLock<Arc<crate::reader::LiveLog>>,
 }
 
 /// See `Completion::helper`.
@@ -104,6 +106,7 @@ impl Completion {
             next_token: AtomicU64::new(0),
             waiters: AtomicUsize::new(0),
             helper: OnceLock::new(),
+            on_failure: OnceLock::new(),
             spin_credit: Credit::default(),
             yield_credit: Credit::default(),
             futures: FutureWakers::new(),
@@ -263,6 +266,16 @@ impl Completion {
         }
         self.wake_threads();
         self.wake_futures();
+        if let Some(live) = self.on_failure.get() {
+            if let Some(e) = self.failure.get() {
+                live.fail(e.clone());
+            }
+        }
+    }
+
+    /// Tells `live` (the followers' and consumers' gate) of a failure, when one happens.
+    pub(crate) fn notify_on_failure(&self, live: Arc<crate::reader::LiveLog>) {
+        let _ = self.on_failure.set(live);
     }
 
     /// Removes the sleepers whose requests are complete (in the state as it is now) from the

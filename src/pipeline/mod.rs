@@ -227,6 +227,7 @@ pub(crate) fn start(
         ring.head(),
         recovered.next_seq.saturating_sub(1),
     ));
+    completion.notify_on_failure(live.clone());
     let anchors = crate::ticket::Anchors::new(&completion);
     let inner = Arc::new(Inner {
         dir: dir.to_owned(),

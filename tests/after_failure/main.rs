@@ -18,6 +18,7 @@ mod clean_close;
 mod compaction;
 mod damage;
 mod dir_durability;
+mod followers;
 mod for_each;
 mod point_in_time;
 mod reopen_after_eio;

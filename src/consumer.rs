@@ -132,6 +132,25 @@ pub(crate) fn load(dir: &Path, name: &str) -> Result<Option<u64>> {
     }
 }
 
+/// At a writable open, after recovery: every consumer whose committed batch lies past the
+/// log's last batch `last` is set back to it (its file replaced durably), and returned with
+/// the position it had. Such a position names batches the log does not hold: a consumer of
+/// the directory (another process) may commit a batch it read while the engine had written
+/// it but not yet synced it, a log written with `Durability::NoSync` loses what was not
+/// written back, and `RecoveryMode::PointInTime` may cut batches a consumer had committed.
+/// Kept, it would make the consumer skip the batches the log writes next under those very
+/// sequence numbers (and let `retire_before` retire them before the consumer saw them).
+pub(crate) fn pull_back_past(io: &SharedIo, dir: &Path, last: u64) -> Result<Vec<(String, Seq)>> {
+    let mut pulled = Vec::new();
+    for (name, committed) in load_all(dir)? {
+        if committed > last {
+            dir::write_consumer(&**io, dir, &name, &encode(last))?;
+            pulled.push((name, Seq::new(committed)));
+        }
+    }
+    Ok(pulled)
+}
+
 /// Every consumer of `dir` with its committed batch, sorted by name.
 pub(crate) fn load_all(dir: &Path) -> Result<Vec<(String, u64)>> {
     let mut all = Vec::new();

@@ -48,6 +48,12 @@ pub struct OpenReport {
     /// earlier segments and the directory are synced too), so that the disk holds what the
     /// open accepted (`None` after a clean close).
     pub tail_rewritten: Option<u64>,
+    /// Durable consumers whose committed position lay past the log's last batch, each with
+    /// that position: each was set back to the last batch (its file replaced), so it sees the
+    /// batches written next under those numbers. Possible only after batches a consumer had
+    /// committed were lost: read by a consumer of the directory before they were synced,
+    /// never synced under `Durability::NoSync`, or cut by `RecoveryMode::PointInTime`.
+    pub consumers_set_back: Vec<(String, Seq)>,
 }
 
 /// One segment file of the log ([`Engine::segments`]).
@@ -143,6 +149,8 @@ impl Engine {
         report.segments = recovered.scanned;
         report.truncated = recovered.damage.clone();
         report.tail_rewritten = recovered.tail_rewritten;
+        report.consumers_set_back =
+            consumer::pull_back_past(&io, &dir, recovered.next_seq.saturating_sub(1))?;
         let ids = ids.rebuild();
         let (inner, handle) = crate::pipeline::start(&dir, &io, config, index, recovered, ids)?;
         let engine = Engine {

@@ -699,3 +699,61 @@ fn a_consumer_whose_creation_sync_failed_is_synced_when_opened_again() {
     assert!(again.is_ok(), "{again:?}");
     assert!(hook.get(&hook.dir_syncs) > syncs, "opened without syncing");
 }
+
+/// A consumer position past the log's end (batches it had committed were lost: here cut by
+/// `PointInTime`; also a directory consumer's commit of a batch not yet synced, then a power
+/// loss, or a `NoSync` log) is set back to the log's last batch at open and reported, so that
+/// the consumer sees the batches written next under those numbers. It used to keep its
+/// position and skip them.
+#[test]
+fn a_position_past_the_logs_end_is_set_back_at_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let engine = Engine::open(dir, Config::default()).unwrap();
+    for i in 0..3u8 {
+        engine.put(&[b'k', i], b"first").unwrap().wait().unwrap();
+    }
+    let mut consumer = engine.consumer("c").unwrap();
+    for _ in 0..3 {
+        consumer.next_timeout(WAIT_MAX).unwrap().expect("a batch");
+    }
+    consumer.commit(Seq::new(3)).unwrap();
+    drop(consumer);
+    engine.close().unwrap();
+    drop(engine);
+    // Damage batch 3's frame: a point-in-time open cuts the log after batch 2.
+    let frames = common::log::read_log(dir, None);
+    let third = frames.iter().find(|f| f.batch_seq == 3).expect("batch 3");
+    let (_, path) = segment_files(dir)
+        .into_iter()
+        .find(|(id, _)| *id == third.segment_id)
+        .unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[third.offset as usize + 40] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let config = Config {
+        recovery: mergelog::RecoveryMode::PointInTime,
+        ..Config::default()
+    };
+    let engine = Engine::open(dir, config).unwrap();
+    assert!(engine.open_report().truncated.is_some());
+    assert_eq!(
+        engine.open_report().consumers_set_back,
+        vec![("c".to_owned(), Seq::new(3))]
+    );
+    // The next write is batch 3 again, and the consumer sees it.
+    let seq = engine.put(b"again", b"second").unwrap().wait().unwrap();
+    assert_eq!(seq, Seq::new(3));
+    let mut consumer = engine.consumer("c").unwrap();
+    let b = consumer
+        .next_timeout(WAIT_MAX)
+        .unwrap()
+        .expect("the new batch 3");
+    assert_eq!(b.seq, Seq::new(3));
+    assert!(
+        b.records.iter().any(|(_, k, _)| k == b"again"),
+        "the batch the log wrote after the cut"
+    );
+    drop(consumer);
+    engine.close().unwrap();
+}

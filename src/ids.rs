@@ -96,7 +96,8 @@ pub enum Outcome {
     Written(Seq),
     /// The id was already logged, in flight, or submitted earlier in the same window when
     /// this submission was taken in: nothing was written; the original is durable in batch
-    /// `seq`.
+    /// `seq` (or was refused there, for a merge or a batch holding one: see
+    /// [`Engine::merge_with_id`](crate::Engine::merge_with_id)).
     Duplicate {
         /// The batch the original submission was logged in.
         seq: Seq,
@@ -206,7 +207,11 @@ impl crate::Engine {
 
     /// As [`Engine::write`](crate::Engine::write), with request id `id` for the whole batch
     /// (see [`Engine::put_with_id`](crate::Engine::put_with_id)): a duplicate applies none
-    /// of its operations.
+    /// of its operations. A batch refused whole (a merge in it that the operator refused, or
+    /// that could not fit: `Error::MergeRefused`) keeps its id taken, as a refused
+    /// [`merge_with_id`](crate::Engine::merge_with_id) does: its id is logged with the window,
+    /// and a resubmission is reported as a duplicate of a batch that applied nothing. Retry a
+    /// refused batch with a new id.
     pub fn write_with_id(
         &self,
         id: impl Into<RequestId>,

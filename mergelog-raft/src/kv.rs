@@ -1,7 +1,10 @@
 //! A small in-memory key-value state machine and the type config that goes with it, the
 //! shape of openraft's own `memstore` example: for openraft's storage suite, the cluster
 //! test and the bench. Its snapshots are kept in memory too; a restarted node rebuilds its
-//! state by re-applying its log up to the committed id (which the log store keeps).
+//! state by re-applying its log up to the committed id (which the log store keeps), which
+//! works only while the log has not been purged: a purged node has lost the in-memory
+//! snapshot its purge relied on and cannot restart this way (the cluster test builds no
+//! snapshots, `SnapshotPolicy::Never`). A real state machine keeps its snapshots durably.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;

@@ -199,8 +199,19 @@ where
         Self::with_engine(Arc::new(engine))
     }
 
-    /// The store on an engine already open, which it then owns the writes of.
+    /// The store on an engine already open, which it then owns the writes of. The engine
+    /// must sync (`Durability::Sync`, the default): Raft needs a vote and an acknowledged
+    /// entry to be durable, and under `NoSync` a ticket completes before its batch is, so a
+    /// power loss could undo a vote (a second vote in the same term). Refused otherwise.
     pub fn with_engine(engine: Arc<Engine>) -> StoreResult<Self, C> {
+        if engine.config().durability != mergelog::Durability::Sync {
+            let e = mergelog::Error::InvalidConfig(
+                "a Raft log store needs durability = Sync: votes and appended entries must be \
+                 durable when their tickets complete"
+                    .into(),
+            );
+            return Err(io_err(StorageIOError::read, &e));
+        }
         let vote =
             meta::read_key(&engine, VOTE_KEY).map_err(|e| io_err(StorageIOError::read_vote, &e))?;
         let read = |key| meta::read_key::<LogId<Nid<C>>>(&engine, key);
@@ -281,8 +292,12 @@ where
 
     fn budget(&self) -> (usize, usize) {
         let config = self.shared.engine.config();
-        // Half the smaller of the batch limit and the ring: room for the batch's framing.
-        let bytes = config.batch_bytes_max.min(config.ring_bytes) / 2;
+        // Half the largest request the engine takes (a batch is one request: at most
+        // `batch_bytes_max`, and at most a quarter of the ring, `ring_bytes / 4`), leaving
+        // room for the batch's framing. (It halved the ring whole until session 26: with
+        // `batch_bytes_max` above half the ring, an append or a purge could make a batch the
+        // engine refused, and openraft stops the node on a storage error.)
+        let bytes = config.batch_bytes_max.min(config.ring_bytes / 4) / 2;
         (bytes, config.batch_ops_max.min(1 << 16))
     }
 

@@ -133,6 +133,28 @@ async fn an_append_larger_than_one_engine_batch_is_split_and_comes_back_whole() 
         .is_empty());
 }
 
+/// With batches allowed larger than a quarter of the ring, a batch is limited by the ring:
+/// an append (and a purge's deletes) must stay under it. 300 KiB of entries in one append
+/// against a 1 MiB ring (256 KiB per request) and 4 MiB batches was refused whole.
+#[tokio::test]
+async fn an_append_stays_within_the_rings_request_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = mergelog::Config {
+        ring_bytes: 1 << 20,
+        batch_bytes_max: 4 << 20,
+        ..mergelog::Config::default()
+    };
+    let mut store = Store::open(dir.path(), config).expect("the store opens");
+    store
+        .blocking_append((1..=300).map(|i| entry(1, i, 1024)))
+        .await
+        .expect("the append");
+    store.purge(log_id(1, 1, 299)).await.expect("the purge");
+    let entries = store.try_get_log_entries(300..=300).await.unwrap();
+    assert_eq!(indexes(&entries), [300]);
+    close(store);
+}
+
 #[tokio::test]
 async fn appended_entries_are_readable_before_they_are_durable() {
     let dir = tempfile::tempdir().unwrap();
@@ -159,4 +181,17 @@ async fn appended_entries_are_readable_before_they_are_durable() {
     // Durable now: read from the engine, the overlay emptied.
     let entries = reader.try_get_log_entries(1..=5).await.unwrap();
     assert_eq!(indexes(&entries), (1..=5).collect::<Vec<_>>());
+}
+
+/// A store refuses an engine that does not sync: a vote must be durable when `save_vote`
+/// returns.
+#[tokio::test]
+async fn a_store_refuses_an_engine_without_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = mergelog::Config {
+        durability: mergelog::Durability::NoSync,
+        ..common::small_config()
+    };
+    let err = Store::open(dir.path(), config).err().expect("refused");
+    assert!(err.to_string().contains("durability = Sync"), "{err}");
 }

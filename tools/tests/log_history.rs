@@ -18,6 +18,11 @@ const BATCHES: u64 = 60;
 
 /// A log of `BATCHES` batches of one put each, closed cleanly (so with a `CLEAN` mark).
 fn write_log(dir: &Path) {
+    write_open_log(dir).close().unwrap();
+}
+
+/// The engine that wrote `BATCHES` batches of one put each into `dir`, still open.
+fn write_open_log(dir: &Path) -> Engine {
     let engine = Engine::open(dir, Config::default()).unwrap();
     for i in 0..BATCHES {
         let key = format!("key-{i:05}");
@@ -27,7 +32,7 @@ fn write_log(dir: &Path) {
             .wait()
             .unwrap();
     }
-    engine.close().unwrap();
+    engine
 }
 
 /// Each batch's segment file, offset and frame length.
@@ -122,15 +127,7 @@ fn dump_reports_lost_durable_history_as_the_engine_refuses_it() {
 #[test]
 fn verify_and_dump_read_a_log_in_use_as_a_reader_would() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(dir.path(), Config::default()).unwrap();
-    for i in 0..BATCHES {
-        let key = format!("key-{i:05}");
-        engine
-            .put(key.as_bytes(), &[0x5a; 200])
-            .unwrap()
-            .wait()
-            .unwrap();
-    }
+    let engine = write_open_log(dir.path());
     let all = frames(dir.path());
     assert_eq!(all.len() as u64, BATCHES, "one batch per put");
     let (path, offset, len) = &all[39];
@@ -159,10 +156,9 @@ fn verify_and_dump_read_a_log_in_use_as_a_reader_would() {
     assert!(err.contains("batches 40..60 lost"), "{err}");
 }
 
-/// A clean-close mark naming batches the segment no longer holds (its last frames zeroed):
-/// no reader sees damage, but the engine refuses the log, and so do dump and verify.
-#[test]
-fn frames_missing_before_the_clean_close_mark_are_reported() {
+/// A log (written by `write_log`, closed cleanly) whose last three frames were zeroed: no
+/// reader sees damage, but the clean-close mark names batches the segment no longer holds.
+fn log_missing_its_last_frames() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     write_log(dir.path());
     let all = frames(dir.path());
@@ -171,6 +167,14 @@ fn frames_missing_before_the_clean_close_mark_are_reported() {
     let mut bytes = std::fs::read(path).unwrap();
     bytes[*from as usize..(*last as usize + *len)].fill(0);
     std::fs::write(path, bytes).unwrap();
+    dir
+}
+
+/// A clean-close mark naming batches the segment no longer holds (its last frames zeroed):
+/// no reader sees damage, but the engine refuses the log, and so do dump and verify.
+#[test]
+fn frames_missing_before_the_clean_close_mark_are_reported() {
+    let dir = log_missing_its_last_frames();
     assert!(
         matches!(engine_opens(dir.path()), Err(Error::DamagedHistory { .. })),
         "the engine should refuse it"
@@ -315,14 +319,7 @@ fn inspect_says_whether_an_open_refuses_the_damage() {
     }
 
     // Frames gone before the clean-close mark's end: no reader sees damage, the engine does.
-    let dir = tempfile::tempdir().unwrap();
-    write_log(dir.path());
-    let all = frames(dir.path());
-    let (path, from, _) = &all[BATCHES as usize - 3];
-    let (_, last, len) = &all[BATCHES as usize - 1];
-    let mut bytes = std::fs::read(path).unwrap();
-    bytes[*from as usize..(*last as usize + *len)].fill(0);
-    std::fs::write(path, bytes).unwrap();
+    let dir = log_missing_its_last_frames();
     let text = succeeds(&["inspect", dir.path().to_str().unwrap()]);
     assert!(text.contains("closed cleanly after batch 60"), "{text}");
     assert!(text.contains("durable batches 58..60 lost"), "{text}");

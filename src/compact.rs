@@ -804,7 +804,8 @@ impl Enough {
     }
 }
 
-fn check_running(inner: &Inner) -> Result<()> {
+/// `Error::Failed` once the engine failed, `Error::Closed` once it is closing; else `Ok`.
+pub(crate) fn check_running(inner: &Inner) -> Result<()> {
     if let Some(e) = inner.completion.failure() {
         return Err(failed(e));
     }
@@ -859,7 +860,7 @@ fn scan_segment(
 
 /// Waits until batch `seq` is durable (it was written); an error if the engine failed or
 /// closed meanwhile (then nothing may be retired).
-fn wait_durable(inner: &Inner, seq: u64) -> Result<()> {
+pub(crate) fn wait_durable(inner: &Inner, seq: u64) -> Result<()> {
     inner.wait_durable_seq(seq, Duration::from_millis(20), || {
         check_running(inner).err()
     })

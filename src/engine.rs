@@ -741,12 +741,7 @@ pub(crate) fn retire_prefix(
     // Checked under the lock, which `close` takes before it gives up the directory: no
     // retirement runs on once another engine may have the directory.
     let _one_at_a_time = inner.retire_lock.lock();
-    if let Some(e) = inner.completion.failure() {
-        return Err(failed(e));
-    }
-    if inner.ring.is_closed() {
-        return Err(Error::Closed);
-    }
+    compact::check_running(inner)?;
     // No chunk is checked or written from here until the keys are forgotten, and every
     // compaction batch written before is durable, its copies queued in the index, before
     // they are (`CompactSlot::writing`).
@@ -755,14 +750,7 @@ pub(crate) fn retire_prefix(
         inner,
         writing: Some(writing),
     };
-    inner
-        .wait_durable_seq(last_batch, Duration::from_millis(20), || {
-            inner
-                .completion
-                .failure()
-                .map(failed)
-                .or_else(|| inner.ring.is_closed().then_some(Error::Closed))
-        })
+    compact::wait_durable(inner, last_batch)
         .and_then(|()| retire_held_off(inner, seq, respect_consumers, keep))
 }
 

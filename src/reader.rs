@@ -933,7 +933,7 @@ impl Follower {
                     }
                 };
                 // A waker is user code: one that panics does not end the ticker.
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| waker.wake()));
+                crate::sync::wake_user(waker);
             });
         if spawned.is_err() {
             // No thread to wait with: have the task poll again at once.

@@ -727,7 +727,7 @@ impl Ring {
         };
         // Outside the lock: a waker may run the task inline and register again.
         for w in wakers {
-            w.wake();
+            crate::sync::wake_user(w);
         }
     }
 

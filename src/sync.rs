@@ -21,6 +21,14 @@ pub(crate) fn fence_after_sc_rmw() {
     atomic::fence(atomic::Ordering::SeqCst);
 }
 
+/// Wakes a user's task. A `Waker` is user code: it is called outside every lock of the
+/// engine's (its callers take it off their list first), and a panic in it is caught here,
+/// so that it neither unwinds into the engine's thread (failing the engine, or out of an
+/// unrelated call such as a consumer's commit) nor costs the tasks after it their wake-up.
+pub(crate) fn wake_user(waker: std::task::Waker) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| waker.wake()));
+}
+
 #[inline(always)]
 pub(crate) fn spin_hint() {
     #[cfg(loom)]

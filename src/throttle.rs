@@ -225,7 +225,9 @@ impl Throttle {
         {
             self.engaged.store(false, Ordering::Relaxed);
             self.released.notify_all();
-            self.wake_tasks();
+            let tasks = self.take_tasks();
+            drop(s);
+            wake_tasks(tasks);
         }
     }
 
@@ -281,9 +283,12 @@ impl Throttle {
     /// Wakes every waiting submitter to look at its `stop` condition again (after a close or
     /// a failure).
     pub fn wake_all(&self) {
-        let _s = self.state.lock();
-        self.released.notify_all();
-        self.wake_tasks();
+        let tasks = {
+            let _s = self.state.lock();
+            self.released.notify_all();
+            self.take_tasks()
+        };
+        wake_tasks(tasks);
     }
 
     /// As [`Throttle::wait`], for a task: `Pending` (with `cx`'s waker registered) while
@@ -293,16 +298,29 @@ impl Throttle {
         if !self.engaged() || stop() {
             return Poll::Ready(());
         }
-        self.tasks.lock().push(cx.waker().clone());
+        let mut tasks = self.tasks.lock();
+        // A task polled again while it waits replaces its waker: the list holds one per
+        // task, however often an executor polls.
+        match tasks.iter_mut().find(|t| t.will_wake(cx.waker())) {
+            Some(t) => t.clone_from(cx.waker()),
+            None => tasks.push(cx.waker().clone()),
+        }
         Poll::Pending
     }
 
-    /// Wakes the waiting tasks; called under `state`, where they register.
-    fn wake_tasks(&self) {
-        let tasks = std::mem::take(&mut *self.tasks.lock());
-        for t in tasks {
-            t.wake();
-        }
+    /// Takes the waiting tasks off the list; called under `state`, where they register, so
+    /// none registers after the flag changed and misses its wake-up. They are woken after the
+    /// lock is released ([`wake_tasks`]): a waker may poll its task at once, on this thread,
+    /// and the task's `poll_wait` takes `state`.
+    fn take_tasks(&self) -> Vec<Waker> {
+        std::mem::take(&mut *self.tasks.lock())
+    }
+}
+
+/// Wakes tasks taken off the throttle's list, each on its own: a waker is user code.
+fn wake_tasks(tasks: Vec<Waker>) {
+    for t in tasks {
+        crate::sync::wake_user(t);
     }
 }
 
@@ -346,5 +364,47 @@ mod tests {
         assert_eq!(release_at(10), 9);
         assert_eq!(release_at(1000), 900);
         assert_eq!(release_at(u64::MAX), u64::MAX / 10 * 9 + 4);
+    }
+
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// An executor may poll a waiting task any number of times: the list keeps one waker per
+    /// task (the newest), and a release wakes each task once.
+    #[test]
+    fn a_task_polled_again_keeps_one_waker() {
+        let limit = ConsumerLag {
+            batches: Some(1),
+            ..ConsumerLag::default()
+        };
+        let segments = Arc::new(parking_lot::RwLock::new(crate::log::SegmentList::new(
+            Vec::new(),
+        )));
+        let t = Throttle::new(
+            Some(limit),
+            PathBuf::new(),
+            segments,
+            Arc::new(LiveLog::new(0)),
+        );
+        t.engaged.store(true, Ordering::Relaxed);
+        let (a, b) = (
+            Arc::new(Count(Default::default())),
+            Arc::new(Count(Default::default())),
+        );
+        let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
+        for _ in 0..100 {
+            assert!(t.poll_wait(&mut Context::from_waker(&wa), || false).is_pending());
+        }
+        assert!(t.poll_wait(&mut Context::from_waker(&wb), || false).is_pending());
+        assert_eq!(t.tasks.lock().len(), 2);
+        t.wake_all();
+        assert_eq!(a.0.load(Ordering::SeqCst), 1);
+        assert_eq!(b.0.load(Ordering::SeqCst), 1);
+        assert!(t.tasks.lock().is_empty());
     }
 }

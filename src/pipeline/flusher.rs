@@ -397,8 +397,14 @@ pub(crate) fn help(inner: &Inner, pos: u64) {
             // Already in a window; whoever wrote it completes it.
             return;
         }
-        // A panic (a bug) fails the engine as one on the flusher's thread does.
-        let helped = guard_thread(inner, "flusher", || desk.help()).unwrap_or(Helped::NotNow);
+        // A panic (a bug) fails the engine as one on the flusher's thread does, and the desk
+        // goes as it does there: its position may be behind records the window had already
+        // decoded, and decoding one twice would take a get's slot reference twice.
+        let Some(helped) = guard_thread(inner, "flusher", || desk.help()) else {
+            drop(guard.take());
+            inner.poke_flusher();
+            return;
+        };
         match helped {
             Helped::Wrote => {
                 Counters::add(&inner.counters.windows_by_waiters, 1);

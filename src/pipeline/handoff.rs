@@ -154,7 +154,7 @@ impl FutureWakers {
             self.count.store(list.len(), Ordering::SeqCst);
         }
         for w in ready {
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake()));
+            crate::sync::wake_user(w);
         }
     }
 }

@@ -555,10 +555,10 @@ impl Engine {
     /// Files are removed oldest first, each followed by a sync of the directory, so after
     /// a crash the log is always a suffix of itself. On an error some of the segments may
     /// have been removed (the engine forgets exactly those); calling again retries the rest.
-    /// If the directory sync after a removal failed, the engine has forgotten that segment
-    /// but a crash could still bring it back, with the keys it held; the next retirement
-    /// (this call again, `retire_before_forced`, or a compaction's) syncs the directory
-    /// before anything else, even with nothing of its own to remove.
+    /// If the directory sync after a removal fails, the engine fails as after any failed
+    /// sync ([`Error::Failed`] from this call and every later write; reads go on): it has
+    /// forgotten that segment, but a crash could still bring it back with the keys it held,
+    /// and no later sync may be taken to cover the failed one. A reopen syncs the directory.
     ///
     /// Durable consumers ([`Engine::consumer`]) hold it back: it never removes a batch a
     /// consumer has not committed, retiring only before `min(seq, committed + 1)` of every
@@ -812,7 +812,7 @@ fn retire_held_off(
     }
     let keep = keep.max(inner.config.recycle_segments);
     let retiring = retire::retire_oldest(io, dir, &inner.pool, &inner.config, &candidates, keep);
-    let removed = retiring.removed;
+    let (removed, sync_failed) = (retiring.removed, retiring.sync_failed);
     // Forget what was removed: first from the list (new lookups miss it), then from the
     // index. `gone` keeps the mappings alive until the index no longer points into them.
     let gone = inner.segments.write().retire_front(removed);
@@ -822,7 +822,19 @@ fn retire_held_off(
     let first_seq = Seq::new(inner.segments.read().iter().next().map_or(1, |s| s.id));
     // A pooled file is reused only once nothing maps it any more (`Pool::take`).
     drop(gone);
-    let recycled = retiring.into_pool(io, dir, &inner.pool)?;
+    let recycled = retiring.into_pool(io, dir, &inner.pool).inspect_err(|e| {
+        if sync_failed {
+            // The directory sync after a removal failed: as after any failed sync, no later
+            // one may be taken to cover it, so the engine fails (reads go on; the next open
+            // syncs the directory before it trusts it).
+            inner.completion.fail(e.clone());
+            inner.throttle.wake_all();
+        }
+    });
+    let recycled = match recycled {
+        Err(e) if sync_failed => return Err(failed(&e)),
+        r => r?,
+    };
     Ok(Retired {
         segments: removed,
         bytes: candidates[..removed].iter().map(|s| s.size).sum(),

@@ -398,9 +398,13 @@ mod tests {
         );
         let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
         for _ in 0..100 {
-            assert!(t.poll_wait(&mut Context::from_waker(&wa), || false).is_pending());
+            assert!(t
+                .poll_wait(&mut Context::from_waker(&wa), || false)
+                .is_pending());
         }
-        assert!(t.poll_wait(&mut Context::from_waker(&wb), || false).is_pending());
+        assert!(t
+            .poll_wait(&mut Context::from_waker(&wb), || false)
+            .is_pending());
         assert_eq!(t.tasks.lock().len(), 2);
         t.wake_all();
         assert_eq!(a.0.load(Ordering::SeqCst), 1);

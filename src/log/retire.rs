@@ -15,7 +15,6 @@ use crate::log::pool::Pool;
 use crate::log::segment::Segment;
 use crate::stats::Counters;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// What [`retire_oldest`] did: how many segments lost their names, and where the pooled ones
@@ -31,6 +30,8 @@ pub(crate) struct Retiring {
     keep: usize,
     /// The error that stopped the retirement, if one did.
     result: Result<()>,
+    /// The error was the directory sync after a removal: the engine must fail.
+    pub sync_failed: bool,
 }
 
 /// Takes the `.seg` names of `candidates` (complete, durable segments, oldest first) away:
@@ -47,26 +48,12 @@ pub(crate) fn retire_oldest(
     let mut removed = 0;
     let mut pooled = Vec::new();
     let mut result = Ok(());
+    let mut sync_failed = false;
     // The newest `keep` of them go to the pool (if they have the size segments are made
     // with now), the rest are removed; either way the `.seg` name goes. The pool then gives
     // up its oldest files beyond `keep`: a file some reader still maps cannot be reused,
     // and must not keep newer ones out.
     let pool_from = candidates.len().saturating_sub(keep);
-    // An earlier retirement removed a name and its directory sync failed: the engine forgot
-    // that segment, and until a sync succeeds a crash can bring it back with its keys. This
-    // call makes that removal durable before it removes anything else, even if it has
-    // nothing of its own to remove.
-    if pool.dir_unsynced.load(Ordering::SeqCst) {
-        if let Err(e) = dir::sync_dir(io, dir) {
-            return Retiring {
-                removed,
-                pooled,
-                keep,
-                result: Err(e),
-            };
-        }
-        pool.dir_unsynced.store(false, Ordering::SeqCst);
-    }
     for (i, seg) in candidates.iter().enumerate() {
         let to = (i >= pool_from && seg.size == config.segment_bytes).then(|| pool.next_path());
         let r = match &to {
@@ -78,9 +65,9 @@ pub(crate) fn retire_oldest(
             // the pool only once the rename is durable (after a failed directory sync a
             // crash could bring the old name back, so the file must not be reused).
             removed += 1;
-            pool.dir_unsynced.store(true, Ordering::SeqCst);
-            dir::sync_dir(io, dir)?;
-            pool.dir_unsynced.store(false, Ordering::SeqCst);
+            // A failed sync is never retried as if it succeeded: the engine fails
+            // (`retire_held_off`), and the next open syncs the directory.
+            dir::sync_dir(io, dir).inspect_err(|_| sync_failed = true)?;
             pooled.extend(to);
             Ok(())
         });
@@ -94,6 +81,7 @@ pub(crate) fn retire_oldest(
         pooled,
         keep,
         result,
+        sync_failed,
     }
 }
 
@@ -108,6 +96,7 @@ impl Retiring {
             pooled,
             keep,
             result,
+            sync_failed: _,
         } = self;
         Counters::add(&pool.retired, removed as u64);
         let evicted = pool.put(pooled.iter().cloned(), keep);

@@ -1,23 +1,21 @@
 //! A retirement whose directory sync failed: the segment's name is gone and the engine has
-//! forgotten it, but until a directory sync succeeds a crash could bring it back with the
-//! keys the call forgot. The next retirement syncs the directory first, even when it has
-//! nothing of its own to remove.
+//! forgotten it, but a crash could bring it back with the keys the call forgot, and no later
+//! sync may be taken to cover the failed one. As after any failed sync, the engine fails:
+//! the call and every later write say so, reads go on, and a reopen holds the log.
 
 use crate::hooks::segment;
 use mergelog::internals::io::{Io, IoOp};
 use mergelog::{Config, Engine, Error, Seq};
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// Fails the first directory sync that follows a segment's removal; counts every directory
-/// sync.
+/// Fails the first directory sync that follows a segment's removal.
 #[derive(Default)]
 struct FailFirstRetireSync {
     removed: AtomicBool,
     failed: AtomicBool,
-    dir_syncs: AtomicU64,
 }
 
 impl Io for FailFirstRetireSync {
@@ -25,7 +23,6 @@ impl Io for FailFirstRetireSync {
         if op != IoOp::SyncDir {
             return Ok(());
         }
-        self.dir_syncs.fetch_add(1, Ordering::SeqCst);
         if self.removed.load(Ordering::SeqCst) && !self.failed.swap(true, Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
@@ -40,7 +37,7 @@ impl Io for FailFirstRetireSync {
 }
 
 #[test]
-fn a_retirement_after_a_failed_directory_sync_syncs_the_directory_first() {
+fn a_failed_directory_sync_in_a_retirement_fails_the_engine() {
     let tmp = tempfile::tempdir().unwrap();
     let hook = Arc::new(FailFirstRetireSync::default());
     let config = Config {
@@ -49,17 +46,16 @@ fn a_retirement_after_a_failed_directory_sync_syncs_the_directory_first() {
         batch_bytes_max: 16 << 10,
         ..Config::default()
     };
-    let engine = Engine::open_with_io(tmp.path(), config, hook.clone()).expect("open");
+    let engine = Engine::open_with_io(tmp.path(), config.clone(), hook.clone()).expect("open");
     engine
         .put(b"old", b"in the first segment")
         .unwrap()
         .wait()
         .unwrap();
     // Enough batches for two more segments.
-    let mut last = Seq::new(1);
     for i in 0..40u32 {
         let key = format!("k{i:03}");
-        last = engine
+        engine
             .put(key.as_bytes(), &[7u8; 4000])
             .unwrap()
             .wait()
@@ -67,26 +63,43 @@ fn a_retirement_after_a_failed_directory_sync_syncs_the_directory_first() {
     }
     let segments = crate::common::log::segment_files(tmp.path());
     assert!(segments.len() >= 3, "{segments:?}");
-    assert!(last.get() > segments[1].0);
     // Only the first segment goes.
-    let before = Seq::new(segments[1].0);
     let e = engine
-        .retire_before(before)
+        .retire_before(Seq::new(segments[1].0))
         .expect_err("the directory sync fails");
-    assert!(matches!(e, Error::Io { .. }), "{e:?}");
+    assert!(
+        matches!(&e, Error::Failed(cause) if matches!(**cause, Error::Io { .. })),
+        "{e:?}"
+    );
     assert!(hook.failed.load(Ordering::SeqCst));
-    assert!(
-        engine.read(b"old").unwrap().is_none(),
-        "the removed segment is forgotten"
-    );
-    // The retry has nothing of the first segment left to remove, but its removal is not
-    // durable yet: the directory is synced before anything else.
-    let syncs_before = hook.dir_syncs.load(Ordering::SeqCst);
-    let retried = engine.retire_before(before).expect("retried");
-    assert_eq!(retried.segments, 0);
-    assert!(
-        hook.dir_syncs.load(Ordering::SeqCst) > syncs_before,
-        "the retry synced the directory"
-    );
+    assert!(engine.failure().is_some(), "the failure is sticky");
+    match engine.put(b"after", b"the failed sync") {
+        Err(Error::Failed(_)) => {}
+        other => panic!("a put after the failed directory sync gave {other:?}"),
+    }
+    assert!(matches!(
+        engine.retire_before(Seq::new(segments[2].0)),
+        Err(Error::Failed(_))
+    ));
+    // Reads of the durable state go on: the removed segment is forgotten.
+    assert!(engine.read(b"old").unwrap().is_none());
+    assert!(engine.read(b"k039").unwrap().is_some());
+    let readable = |engine: &Engine| -> Vec<u32> {
+        (0..40u32)
+            .filter(|i| {
+                engine
+                    .read(format!("k{i:03}").as_bytes())
+                    .unwrap()
+                    .is_some()
+            })
+            .collect()
+    };
+    let seen = readable(&engine);
+    assert!(matches!(engine.close(), Err(Error::Failed(_))));
+    drop(engine);
+    // The removal did happen here: a reopen holds what the engine showed.
+    let engine = Engine::open(tmp.path(), config).expect("reopen");
+    assert!(engine.read(b"old").unwrap().is_none());
+    assert_eq!(readable(&engine), seen);
     engine.close().unwrap();
 }

@@ -96,6 +96,11 @@ pub struct ConsumerLag {
     pub age: Option<Duration>,
 }
 
+/// The largest `Config::segment_bytes`: 4 GiB. A frame's body length is a u32 in the format,
+/// and a frame never exceeds its segment; larger segments would also only postpone a
+/// preallocation that fills the disk.
+pub const SEGMENT_BYTES_MAX: u64 = 1 << 32;
+
 /// The most retired segments `Config::recycle_segments` may keep.
 pub const RECYCLE_SEGMENTS_MAX: usize = 64;
 
@@ -107,7 +112,7 @@ pub const SYNCERS_MAX: usize = 16;
 pub struct Config {
     /// Bytes of the ingest ring; a power of two, at least 64 KiB. Default 16 MiB.
     pub ring_bytes: usize,
-    /// Size of each segment file: a multiple of 4096, at least 64 KiB, and room for one full
+    /// Size of each segment file: a multiple of 4096, 64 KiB to 4 GiB, and room for one full
     /// batch after the segment's header (64 + 32 + `batch_bytes_max` rounded up to 8 bytes:
     /// with the default 4 MiB batches, 1 MiB segments are refused; lower `batch_bytes_max`
     /// with them). Default 64 MiB.
@@ -278,9 +283,13 @@ impl Config {
                 self.batch_bytes_max
             ));
         }
-        if !self.segment_bytes.is_multiple_of(4096) || self.segment_bytes < 64 << 10 {
+        if !self.segment_bytes.is_multiple_of(4096)
+            || self.segment_bytes < 64 << 10
+            || self.segment_bytes > SEGMENT_BYTES_MAX
+        {
             return bad(format!(
-                "segment_bytes = {} must be a multiple of 4096 and at least 65536",
+                "segment_bytes = {} must be a multiple of 4096, at least 65536 and at most \
+                 {SEGMENT_BYTES_MAX} (4 GiB)",
                 self.segment_bytes
             ));
         }

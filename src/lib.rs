@@ -117,6 +117,7 @@ pub use compact::{AutoCompaction, Compacted, Compaction, Space};
 #[cfg(not(loom))]
 pub use config::{
     Backpressure, Config, ConsumerLag, Durability, RecoveryMode, WindowPolicy, WritePath,
+    SEGMENT_BYTES_MAX,
 };
 #[cfg(not(loom))]
 pub use consumer::{Consumer, ConsumerInfo};

@@ -629,6 +629,36 @@ fn rules() -> Vec<Rule> {
     ]
 }
 
+/// A segment larger than the format holds (a frame's body length is a u32) is refused before
+/// anything is written: it would otherwise be zero-filled until the disk is full. (The rules
+/// above open their valid side, which would write 4 GiB of zeros here.)
+#[test]
+fn a_segment_larger_than_the_format_holds_is_refused_before_writing() {
+    let at_most = Config {
+        segment_bytes: mergelog::SEGMENT_BYTES_MAX,
+        ..base()
+    };
+    at_most.validate().expect("4 GiB segments are valid");
+    for segment_bytes in [mergelog::SEGMENT_BYTES_MAX + 4096, 1 << 50] {
+        let config = Config {
+            segment_bytes,
+            ..base()
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("db");
+        for err in [config.validate().err(), Engine::open(&dir, config).err()] {
+            match err {
+                Some(Error::InvalidConfig(msg)) => {
+                    assert!(names(&msg, "segment_bytes"), "message {msg:?}")
+                }
+                other => panic!("segment_bytes = {segment_bytes}: {other:?}"),
+            }
+        }
+        let files = std::fs::read_dir(&dir).map_or(0, |d| d.count());
+        assert_eq!(files, 0, "nothing written");
+    }
+}
+
 #[test]
 fn invalid_config_is_refused_naming_the_setting() {
     for (i, rule) in rules().into_iter().enumerate() {

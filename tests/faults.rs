@@ -1461,9 +1461,10 @@ impl Io for ArmedIo {
 
 /// `retire_before` whose third file removal, or the directory sync after its third removal,
 /// fails: the error names the file (or directory) and EIO; the first two segments are gone
-/// and forgotten, the failed one is forgotten only if its file is gone; the engine has not
-/// failed (writes are acknowledged and durable); its state is what the remaining log
-/// replays to, and what a reopen finds; a second call retires the rest.
+/// and forgotten, the failed one is forgotten only if its file is gone; its state is what the
+/// remaining log replays to, and what a reopen finds. A failed removal leaves the engine
+/// healthy (writes are acknowledged and durable, a second call retires the rest); a failed
+/// directory sync fails it, as any failed sync does (reads go on, writes are refused).
 #[test]
 fn a_failed_segment_removal_is_reported_and_forgets_only_what_went() {
     for op in [IoOp::Remove, IoOp::SyncDir] {
@@ -1501,9 +1502,10 @@ fn a_failed_segment_removal_is_reported_and_forgets_only_what_went() {
             }
             _ => assert_eq!(after, before[3..].to_vec(), "{op:?}: files left"),
         }
-        assert!(
-            engine.failure().is_none(),
-            "{op:?}: retirement failed the engine"
+        assert_eq!(
+            engine.failure().is_some(),
+            op == IoOp::SyncDir,
+            "{op:?}: only a failed sync fails the engine"
         );
         let replayed = |engine: &Engine, first: u64| {
             let mut st = State::new();
@@ -1517,6 +1519,18 @@ fn a_failed_segment_removal_is_reported_and_forgets_only_what_went() {
         let live = engine_state(&engine);
         let want = replayed(&engine, after[0].0);
         assert_eq!(live, want, "{op:?}: {}", state_diff(&live, &want));
+        if op == IoOp::SyncDir {
+            assert!(matches!(
+                engine.put(b"after", b"retire"),
+                Err(Error::Failed(_))
+            ));
+            assert!(matches!(engine.close(), Err(Error::Failed(_))));
+            drop(engine);
+            io.armed.store(false, Ordering::SeqCst);
+            let reopened = Engine::open(dir.path(), config).unwrap();
+            assert_eq!(engine_state(&reopened), live, "{op:?}: reopen");
+            continue;
+        }
         // Still writing.
         engine.put(b"after", b"retire").unwrap().wait().unwrap();
         // The rest goes on a second call.
@@ -1698,9 +1712,10 @@ fn power_loss_recycling() {
 }
 
 /// With `recycle_segments`, a retired segment renamed into the pool whose directory sync
-/// failed is not reused: after a crash the rename might be undone, and the file would then
-/// be the old segment again, with a new segment's header in it. It stays on disk untouched
-/// (the next open adopts or deletes it) while later retired files are reused.
+/// failed is never reused: after a crash the rename might be undone, and the file would then
+/// be the old segment again, with a new segment's header in it. The failed sync fails the
+/// engine (no later retirement or roll runs), the file stays untouched, and the next open,
+/// after that unclean end, keeps no spare file: it is removed, not adopted.
 #[test]
 fn a_pooled_file_whose_directory_sync_failed_is_not_reused() {
     let dir = tempfile::tempdir().unwrap();
@@ -1709,7 +1724,7 @@ fn a_pooled_file_whose_directory_sync_failed_is_not_reused() {
         recycle_segments: 2,
         ..retire_config()
     };
-    let engine = Engine::open_with_io(dir.path(), config, io.clone()).unwrap();
+    let engine = Engine::open_with_io(dir.path(), config.clone(), io.clone()).unwrap();
     let mut n = 0usize;
     let mut put_some = |engine: &Engine| {
         let ts: Vec<Ticket> = (0..20)
@@ -1736,40 +1751,43 @@ fn a_pooled_file_whose_directory_sync_failed_is_not_reused() {
         .retire_before(segs[segs.len() - 1].first_seq)
         .is_err());
     io.armed.store(false, Ordering::SeqCst);
+    assert!(engine.failure().is_some(), "a failed sync fails the engine");
     let orphans = pool_files(dir.path());
     assert_eq!(orphans.len(), 1, "{orphans:?}");
     let before = std::fs::read(&orphans[0]).unwrap();
-    while engine.counts().segments.reused < 3 {
-        put_some(&engine);
-        let segs = engine.segments();
-        engine
-            .retire_before(segs[segs.len() - 1].first_seq)
-            .unwrap();
-    }
+    assert!(engine.put(b"k", b"v").is_err());
+    let state = engine_state(&engine);
+    assert!(engine.close().is_err());
+    drop(engine);
     assert!(
         std::fs::read(&orphans[0]).is_ok_and(|now| now == before),
-        "the file whose rename was not made durable was reused"
+        "the file whose rename was not made durable was written"
     );
-    assert!(engine.failure().is_none());
+    let reopened = Engine::open(dir.path(), config).unwrap();
+    assert!(!orphans[0].exists(), "kept as a spare after an unclean end");
+    assert_eq!(engine_state(&reopened), state);
+    reopened.close().unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
 // 4. Every file change goes through the seam.
 
-/// Records every operation that completed (with a rename's destination); once armed, fails
-/// the next file creation with ENOSPC after leaving a short file, as a full disk would.
+/// Records every operation that completed (with a rename's destination); while armed, fails
+/// every file creation with ENOSPC after leaving a short file, as a full disk would (a
+/// failed preparation of the next segment is made again at the roll: only a disk that stays
+/// full fails the engine).
 #[derive(Default)]
 struct DirRecorder {
     done: Mutex<Vec<(IoOp, PathBuf, Option<PathBuf>)>>,
     renaming: Mutex<Option<PathBuf>>,
-    fail_next_create: AtomicBool,
-    /// The file whose creation was failed.
+    fail_creates: AtomicBool,
+    /// The file whose creation was failed last.
     failed_create: Mutex<Option<PathBuf>>,
 }
 
 impl Io for DirRecorder {
     fn before(&self, op: IoOp, path: &Path, _offset: u64, data: &[u8]) -> io::Result<()> {
-        if op == IoOp::Create && self.fail_next_create.swap(false, Ordering::SeqCst) {
+        if op == IoOp::Create && self.fail_creates.load(Ordering::SeqCst) {
             std::fs::write(path, vec![0u8; 8192])?;
             *self.failed_create.lock().unwrap() = Some(path.to_owned());
             return Err(io::Error::from_raw_os_error(ENOSPC));
@@ -1894,12 +1912,13 @@ fn every_file_change_goes_through_the_hooks() {
     drop(engine);
 
     let engine = open(&config, "reopen").unwrap();
-    rec.fail_next_create.store(true, Ordering::SeqCst);
+    rec.fail_creates.store(true, Ordering::SeqCst);
     let failure = rec.check(&dir, "a failed creation", || {
         put_until(&engine, &mut n, &|e: &Engine| e.failure().is_some());
         let _ = engine.close();
         format!("{}", engine.failure().expect("failed"))
     });
+    rec.fail_creates.store(false, Ordering::SeqCst);
     assert!(failure.contains("os error 28"), "{failure}");
     let half_made = rec
         .failed_create

@@ -115,8 +115,10 @@ impl Log {
         };
         match ready {
             Some(Ok(prepared)) => Ok(prepared),
-            Some(Err(e)) => Err(e),
-            None => {
+            // The preparation failed (a full disk at that moment, say), perhaps long ago.
+            // Nothing was written to it that anyone relies on, so it is made again, now:
+            // only if that fails too does the roll, and with it the engine, fail.
+            Some(Err(_)) | None => {
                 let path = prep_path(&self.dir, self.prep_counter);
                 let (io, dir, size) = (&*self.io, &self.dir, self.segment_bytes);
                 self.pool

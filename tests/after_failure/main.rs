@@ -21,6 +21,7 @@ mod dir_durability;
 mod followers;
 mod for_each;
 mod point_in_time;
+mod preparation;
 mod reopen_after_eio;
 mod retirement;
 mod review;

@@ -96,8 +96,8 @@ pub enum Outcome {
     Written(Seq),
     /// The id was already logged, in flight, or submitted earlier in the same window when
     /// this submission was taken in: nothing was written; the original is durable in batch
-    /// `seq` (or was refused there, for a merge or a batch holding one: see
-    /// [`Engine::merge_with_id`](crate::Engine::merge_with_id)).
+    /// `seq`. (A refused original gives its id back: see
+    /// [`Engine::merge_with_id`](crate::Engine::merge_with_id).)
     Duplicate {
         /// The batch the original submission was logged in.
         seq: Seq,
@@ -208,10 +208,9 @@ impl crate::Engine {
     /// As [`Engine::write`](crate::Engine::write), with request id `id` for the whole batch
     /// (see [`Engine::put_with_id`](crate::Engine::put_with_id)): a duplicate applies none
     /// of its operations. A batch refused whole (a merge in it that the operator refused, or
-    /// that could not fit: `Error::MergeRefused`) keeps its id taken, as a refused
-    /// [`merge_with_id`](crate::Engine::merge_with_id) does: its id is logged with the window,
-    /// and a resubmission is reported as a duplicate of a batch that applied nothing. Retry a
-    /// refused batch with a new id.
+    /// that could not fit: `Error::MergeRefused`) gives its id back, as a refused
+    /// [`merge_with_id`](crate::Engine::merge_with_id) does: nothing of it is logged, so a
+    /// retry with the same id is applied.
     pub fn write_with_id(
         &self,
         id: impl Into<RequestId>,
@@ -353,6 +352,20 @@ impl Ids {
         in_current
             .or_else(|| self.previous.find(hash, id))
             .map(|e| e.seq)
+    }
+
+    /// Takes `id` back out (the flusher refused its request after it entered the window, and
+    /// the window's frame will not log it): a retry is then a new request, not a duplicate
+    /// of nothing applied.
+    pub fn untake(&mut self, id: RequestId) {
+        use std::hash::BuildHasher;
+        let hash = self.hasher.hash_one(id);
+        for generation in [&mut self.current, &mut self.previous] {
+            if let Ok(e) = generation.table.find_entry(hash, |(k, _)| *k == id) {
+                e.remove();
+                return;
+            }
+        }
     }
 
     /// Enters `id`, logged in batch `entry.seq`, unless it is remembered: then `Err` with the

@@ -206,8 +206,10 @@ fn append(existing: Option<&[u8]>, operands: &[&[u8]], max_len: usize, out: &mut
 impl crate::Engine {
     /// As [`Engine::merge`](crate::Engine::merge), with request id `id` (see
     /// [`Engine::put_with_id`](crate::Engine::put_with_id)): an increment a client may
-    /// retry without counting twice. A refused merge's id stays taken: a resubmission is
-    /// reported as a duplicate, so retry a refused merge with a new id.
+    /// retry without counting twice. A refused merge (`Error::MergeRefused`) gives its id
+    /// back: nothing of it is logged, so a retry with the same id is applied, even by a
+    /// client that never saw the refusal. A resubmission taken into the same window as the
+    /// refused request gets the same refusal.
     pub fn merge_with_id(
         &self,
         id: impl Into<crate::RequestId>,

@@ -428,3 +428,106 @@ fn an_idempotent_increment_counts_once() {
         Some(2i64.to_le_bytes().to_vec())
     );
 }
+
+/// Small segments and an `Append` operator whose results are far longer than its operands,
+/// with a lingering window so that the merges below share one.
+fn shedding_config() -> Config {
+    Config {
+        segment_bytes: 64 << 10,
+        batch_bytes_max: 20 << 10,
+        value_len_max: 20_000,
+        ring_bytes: 1 << 20,
+        merge: Some(mergelog::MergeOperator::Append { max_len: 20_000 }),
+        window: mergelog::WindowPolicy::Linger(Duration::from_millis(30)),
+        window_age_max: Duration::from_millis(100),
+        ..Config::default()
+    }
+}
+
+/// One window: four merges whose results (4 × 19,002 bytes) exceed a 64 KiB segment, then
+/// the client's merges with ids, the last of the window: shed (`MergeRefused`). Returns the
+/// outcomes of the client's merges.
+fn shed_in_one_window(e: &Engine, mine: &[(u128, &[u8])]) -> Vec<mergelog::Result<Outcome>> {
+    for k in 0..4u8 {
+        e.put(&[k], &vec![k; 19_000]).unwrap().wait().unwrap();
+    }
+    let others: Vec<_> = (0..4u8).map(|k| e.merge(&[k], b"+").unwrap()).collect();
+    let mine: Vec<_> = mine
+        .iter()
+        .map(|&(n, key)| e.merge_with_id(n, key, b"client-op").unwrap())
+        .collect();
+    for t in &others {
+        let _ = t.wait();
+    }
+    mine.iter().map(|t| t.wait()).collect()
+}
+
+/// A request with an id that the flusher refused (a merge shed because the window's results
+/// would not fit a segment: transient, "retry it") gives its id back: neither the table nor
+/// the frame's trailer keeps it, so a retry with the same id, by a client that never saw the
+/// refusal (it crashed), is applied, before or after a reopen; and not logged twice. (The
+/// id stayed taken before: the retry was a `Duplicate` of nothing applied.)
+#[test]
+fn a_refused_requests_id_is_given_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), shedding_config()).unwrap();
+    let seen = shed_in_one_window(&e, &[(0x5eed, &[9])]);
+    assert!(
+        matches!(seen[0], Err(mergelog::Error::MergeRefused { .. })),
+        "setup: the idempotent merge was meant to be shed: {seen:?}"
+    );
+    assert_eq!(e.request_id_seq(0x5eed), None, "the id is not remembered");
+    e.close().unwrap();
+    drop(e);
+    assert!(!logged_ids(dir.path()).contains_key(&id(0x5eed)));
+    // The client restarts and retries its unacknowledged request with the same id.
+    let e = Engine::open(dir.path(), shedding_config()).unwrap();
+    let retry = e
+        .merge_with_id(0x5eed, &[9], b"client-op")
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(matches!(retry, Outcome::Written(_)), "{retry:?}");
+    assert_eq!(
+        e.read_to_vec(&[9]).unwrap().as_deref(),
+        Some(&b"client-op"[..])
+    );
+    // A second retry is a duplicate of the one applied.
+    let again = e
+        .merge_with_id(0x5eed, &[9], b"client-op")
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(matches!(again, Outcome::Duplicate { .. }), "{again:?}");
+    assert_eq!(
+        e.read_to_vec(&[9]).unwrap().as_deref(),
+        Some(&b"client-op"[..])
+    );
+    e.close().unwrap();
+    drop(e);
+    assert_eq!(logged_ids(dir.path()).len(), 1);
+}
+
+/// In one window, a request refused and a later one with the same id (taken for its
+/// duplicate when the window was read): both get the refusal, nothing is applied, and the id
+/// is free for a retry.
+#[test]
+fn a_duplicate_of_a_refused_request_in_its_window_is_refused_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), shedding_config()).unwrap();
+    let seen = shed_in_one_window(&e, &[(0x77, &[9]), (0x77, &[9])]);
+    for (i, r) in seen.iter().enumerate() {
+        assert!(
+            matches!(r, Err(mergelog::Error::MergeRefused { .. })),
+            "request {i}: {r:?}"
+        );
+    }
+    assert_eq!(e.read_to_vec(&[9]).unwrap(), None);
+    let retry = e
+        .merge_with_id(0x77, &[9], b"client-op")
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(matches!(retry, Outcome::Written(_)), "{retry:?}");
+    e.close().unwrap();
+}

@@ -103,6 +103,12 @@ pub(super) struct Flusher {
     /// The request ids the window logs (new ones: duplicates are dropped as they are read),
     /// for the frame's trailer.
     window_ids: Vec<[u8; ID_LEN]>,
+    /// The ring end position of the request that took each of `window_ids`.
+    window_id_ends: Vec<u64>,
+    /// The window's duplicates of ids its own earlier requests took: end position, id.
+    window_dups: Vec<(u64, [u8; ID_LEN])>,
+    /// The end positions of the window's requests refused (merges), to take their ids back.
+    refused_ends: Vec<u64>,
     /// Per request of the window: its first entry's index and its ring end position (its
     /// ticket), to find a refused merge's request.
     requests: Vec<(u32, u64)>,
@@ -462,6 +468,9 @@ impl Flusher {
             spare,
             give_back,
             window_ids: Vec::new(),
+            window_id_ends: Vec::new(),
+            window_dups: Vec::new(),
+            refused_ends: Vec::new(),
             requests: Vec::new(),
             turn_ids: Vec::new(),
             resolver: Resolver::default(),
@@ -822,6 +831,8 @@ impl Flusher {
             ids: &inner.ids,
             duplicates: &inner.completion.duplicates,
             logged: &mut self.window_ids,
+            logged_ends: &mut self.window_id_ends,
+            dups_here: &mut self.window_dups,
             seq: self.log.next_seq(),
             time: 0,
         };
@@ -902,13 +913,49 @@ impl Flusher {
                 }
             }
         }
+        if !self.refused_ends.is_empty() {
+            self.untake_refused_ids();
+        }
         let entries = &*entries;
         let plan = coalescer.last_plan();
         let t1 = Instant::now();
         let dropped = refused_ops + duplicate_ops as usize;
         let r = self.commit_plan(entries, plan, (end, dropped), (t0, t1));
         self.coalescer = coalescer;
+        self.window_dups.clear();
         r
+    }
+
+    /// The ids of the window's refused requests leave the table and the frame's trailer: the
+    /// request was not applied, so a retry with the same id (a client that never saw the
+    /// refusal, after a crash) must be applied, not answered as a duplicate of nothing. A
+    /// later request of the window with the same id, taken for its duplicate, gets the same
+    /// refusal (a refusal outranks a duplicate on a ticket).
+    fn untake_refused_ids(&mut self) {
+        let inner = &*self.inner;
+        let mut table = None;
+        let mut k = 0;
+        while k < self.window_ids.len() {
+            let end = self.window_id_ends[k];
+            if !self.refused_ends.contains(&end) {
+                k += 1;
+                continue;
+            }
+            let id = self.window_ids.remove(k);
+            self.window_id_ends.remove(k);
+            table
+                .get_or_insert_with(|| inner.ids.lock())
+                .untake(RequestId(id));
+            let Err(refusal) = inner.completion.refusals.check(end) else {
+                continue;
+            };
+            for &(pos, dup) in &self.window_dups {
+                if dup == id && pos > end {
+                    inner.completion.refusals.record(pos, refusal.clone());
+                }
+            }
+        }
+        self.refused_ends.clear();
     }
 
     /// [`Flusher::commit`] once the window is planned (from `t0` to `t1`): answers the gets,
@@ -1035,6 +1082,7 @@ impl Flusher {
         Counters::add(&counters.bytes_written, bytes);
         if !self.window_ids.is_empty() {
             self.window_ids.clear();
+            self.window_id_ends.clear();
             inner.ids.lock().evict(now);
         }
         Ok(true)
@@ -1079,7 +1127,13 @@ impl Flusher {
             if self.resolver.refused.is_empty() {
                 return Some(taken_out);
             }
-            taken_out += refuse(&inner, op.name(), entries, &self.requests, &self.resolver);
+            taken_out += refuse(
+                &inner,
+                op.name(),
+                entries,
+                (&self.requests, &mut self.refused_ends),
+                &self.resolver,
+            );
         }
     }
 
@@ -1152,7 +1206,8 @@ impl Flusher {
         let mut taken_out = 0;
         for &r in &merging[fits..] {
             // Its operations are `Nop` already (the last try); this records the refusal.
-            taken_out += refuse_request(&inner, operator, entries, &self.requests, r, &reason);
+            let requests = (&self.requests[..], &mut self.refused_ends);
+            taken_out += refuse_request(&inner, operator, entries, requests, r, &reason);
         }
         Some(taken_out)
     }
@@ -1494,6 +1549,8 @@ struct TakeIds<'a> {
     ids: &'a parking_lot::Mutex<Ids>,
     duplicates: &'a ids::Duplicates,
     logged: &'a mut Vec<[u8; ID_LEN]>,
+    logged_ends: &'a mut Vec<u64>,
+    dups_here: &'a mut Vec<(u64, [u8; ID_LEN])>,
     seq: u64,
     /// When the turn took its first id (read once per turn).
     time: u64,
@@ -1517,10 +1574,14 @@ impl TakeIds<'_> {
         match table.take(id, entry) {
             Ok(()) => {
                 self.logged.push(id.0);
+                self.logged_ends.push(pos);
                 true
             }
             Err(original) => {
                 self.duplicates.record(pos, original);
+                if original == self.seq {
+                    self.dups_here.push((pos, id.0));
+                }
                 false
             }
         }
@@ -1546,7 +1607,7 @@ fn refuse(
     inner: &Inner,
     operator: &'static str,
     entries: &mut [Entry<'_>],
-    requests: &[(u32, u64)],
+    (requests, refused): (&[(u32, u64)], &mut Vec<u64>),
     merged: &Resolver,
 ) -> usize {
     let mut taken_out = 0;
@@ -1557,7 +1618,7 @@ fn refuse(
             continue; // a batch's second refused merge
         }
         last = Some(r);
-        let ops = refuse_request(inner, operator, entries, requests, r, reason);
+        let ops = refuse_request(inner, operator, entries, (requests, refused), r, reason);
         taken_out += ops;
         if ops > 1 {
             break;
@@ -1573,12 +1634,13 @@ fn request_entries(requests: &[(u32, u64)], r: usize, entries: usize) -> (usize,
 }
 
 /// Takes request `r` out of the window (its operations become [`Op::Nop`]) and records its
-/// refusal, `MergeRefused` for `reason`, for its ticket; returns its operations.
+/// refusal, `MergeRefused` for `reason`, for its ticket, and its end position in `refused`;
+/// returns its operations.
 fn refuse_request(
     inner: &Inner,
     operator: &'static str,
     entries: &mut [Entry<'_>],
-    requests: &[(u32, u64)],
+    (requests, refused): (&[(u32, u64)], &mut Vec<u64>),
     r: usize,
     reason: &str,
 ) -> usize {
@@ -1586,6 +1648,7 @@ fn refuse_request(
     let ops = &mut entries[first..end];
     ops.iter_mut().for_each(|e| e.op = Op::Nop);
     let reason = reason.to_owned();
+    refused.push(requests[r].1);
     inner
         .completion
         .refusals

@@ -228,3 +228,33 @@ fn rocksdb_runs_and_keeps_every_acknowledged_put() {
     let mergelog = run_of(&report, "mergelog");
     assert!(num(mergelog, "ratio_vs_rocksdb") > 0.0);
 }
+
+/// Review (session 27): at `--depth` above 1 every system whose API blocks runs one request
+/// per writer, and the report says so for `naive`, `rocksdb`, `redb` and `fjall` ("one
+/// request outstanding per writer (--depth does not apply)"), but not for okaywal, which is
+/// in the default systems: the default 4 x 256 run prints "mergelog: 125x the throughput of
+/// okaywal" with nothing saying okaywal had 4 requests in flight against the engine's 1,024.
+#[test]
+fn okaywal_at_depth_says_it_ran_one_request_per_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = succeeds(&[
+        "bench",
+        "--systems",
+        "mergelog,okaywal",
+        "--writers",
+        "2",
+        "--depth",
+        "8",
+        "--ops",
+        "400",
+        "--sync-probe",
+        "0",
+        "--dir",
+        dir.path().join("runs").to_str().unwrap(),
+    ]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("okaywal:") && l.contains("--depth does not apply")),
+        "no okaywal note on its depth:\n{text}"
+    );
+}

@@ -53,10 +53,21 @@ pub(crate) fn consumer_file_name(name: &str) -> String {
 }
 
 /// Name of the temporary file a new position of consumer `name` is written to (renamed to
-/// [`consumer_file_name`] once synced). It does not start with `consumer-`, so it is never
-/// taken for a consumer, whatever the name.
+/// [`consumer_file_name`] once synced): `consumer.tmp-<name>.<pid>.<n>`, a name of its own
+/// for every write, so two handles of one name (in two processes, as `LogReader::consumer`
+/// allows) never write into, remove or rename each other's file: each commit's file is whole
+/// and the last rename wins. It does not start with `consumer-`, so it is never taken for a
+/// consumer, whatever the name. A writable open removes those a crash left
+/// ([`remove_tmp_leftovers`]).
 pub(crate) fn consumer_tmp_name(name: &str) -> String {
-    format!("{TMP_PREFIX}{name}")
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{TMP_PREFIX}{name}.{}.{n}", std::process::id())
+}
+
+/// Whether `file` is a consumer position being written, or one an interrupted write left.
+pub(crate) fn is_consumer_tmp_name(file: &str) -> bool {
+    file.starts_with(TMP_PREFIX)
 }
 
 /// The consumer name in a position file's name, if it is one.
@@ -140,7 +151,12 @@ pub(crate) fn load(dir: &Path, name: &str) -> Result<Option<u64>> {
 /// written back, and `RecoveryMode::PointInTime` may cut batches a consumer had committed.
 /// Kept, it would make the consumer skip the batches the log writes next under those very
 /// sequence numbers (and let `retire_before` retire them before the consumer saw them).
+///
+/// It also removes the temporary position files interrupted commits left
+/// (`consumer.tmp-*`): a commit that another process is making at this very moment then
+/// fails with the rename's error and keeps its previous position.
 pub(crate) fn pull_back_past(io: &SharedIo, dir: &Path, last: u64) -> Result<Vec<(String, Seq)>> {
+    dir::remove_consumer_leftovers(&**io, dir)?;
     let mut pulled = Vec::new();
     for (name, committed) in load_all(dir)? {
         if committed > last {

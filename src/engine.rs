@@ -555,6 +555,10 @@ impl Engine {
     /// Files are removed oldest first, each followed by a sync of the directory, so after
     /// a crash the log is always a suffix of itself. On an error some of the segments may
     /// have been removed (the engine forgets exactly those); calling again retries the rest.
+    /// If the directory sync after a removal failed, the engine has forgotten that segment
+    /// but a crash could still bring it back, with the keys it held; the next retirement
+    /// (this call again, `retire_before_forced`, or a compaction's) syncs the directory
+    /// before anything else, even with nothing of its own to remove.
     ///
     /// Durable consumers ([`Engine::consumer`]) hold it back: it never removes a batch a
     /// consumer has not committed, retiring only before `min(seq, committed + 1)` of every

@@ -757,3 +757,52 @@ fn a_position_past_the_logs_end_is_set_back_at_open() {
     drop(consumer);
     engine.close().unwrap();
 }
+
+/// Two handles of one name (as two processes' `LogReader::consumer`s can be) commit at once:
+/// each commit writes a temporary file of its own, so none fails on the other's file and the
+/// position on disk is always a whole one; a writable open removes the temporary files that
+/// interrupted commits left.
+#[test]
+fn two_handles_of_one_name_commit_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let engine = Engine::open(dir, config()).expect("open");
+    let batches = put_batches(&engine, 60, 10);
+    let last = batches.last().copied().unwrap();
+    engine.close().expect("close");
+    drop(engine);
+    let reader = LogReader::open(dir).expect("reader");
+    let go = std::sync::Barrier::new(2);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            let (reader, go) = (&reader, &go);
+            s.spawn(move || {
+                let mut c = reader.consumer("c").expect("reader's consumer");
+                go.wait();
+                while let Some(b) = c.next_timeout(WAIT_MAX).expect("next") {
+                    c.commit(b.seq)
+                        .unwrap_or_else(|e| panic!("commit of {:?}: {e}", b.seq));
+                    if b.seq == last {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let infos = reader.consumers().expect("consumers");
+    assert_eq!(infos.len(), 1);
+    assert_eq!(infos[0].committed, last, "the last commit, whole");
+    // Leftovers of interrupted commits, an older build's name among them.
+    for leftover in ["consumer.tmp-c", "consumer.tmp-c.77.3"] {
+        std::fs::write(dir.join(leftover), b"half a position").unwrap();
+    }
+    let engine = Engine::open(dir, config()).expect("reopen");
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("consumer"))
+        .collect();
+    assert_eq!(names, vec!["consumer-c".to_owned()], "leftovers removed");
+    assert_eq!(engine.consumer("c").expect("consumer").committed(), last);
+    engine.close().expect("close");
+}

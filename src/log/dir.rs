@@ -34,7 +34,8 @@
 //! every reader and the tests all see the log through it.
 
 use crate::consumer::{
-    consumer_file_name, consumer_tmp_name, parse_consumer_file_name, FILE_LEN as CONSUMER_LEN,
+    consumer_file_name, consumer_tmp_name, is_consumer_tmp_name, parse_consumer_file_name,
+    FILE_LEN as CONSUMER_LEN,
 };
 use crate::error::{Error, Result};
 use crate::log::clean::{CLEAN_FILE, CLEAN_LEN, CLEAN_TMP};
@@ -485,6 +486,20 @@ pub(crate) fn list_consumers(dir: &Path) -> Result<Vec<String>> {
     }
     names.sort();
     Ok(names)
+}
+
+/// Removes the temporary position files (`consumer.tmp-*`) that interrupted commits left in
+/// `dir`. Nothing reads them; no directory sync is needed (a crash that brings one back leaves
+/// it for the next open).
+pub(crate) fn remove_consumer_leftovers(io: &dyn Io, dir: &Path) -> Result<()> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
+        if entry.file_name().to_str().is_some_and(is_consumer_tmp_name) {
+            remove_leftover(io, &entry.path());
+        }
+    }
+    Ok(())
 }
 
 /// The bytes of consumer `name`'s position file (its first 33 at most: a longer file is no

@@ -11,7 +11,7 @@ use crate::log::segment;
 use parking_lot::Mutex;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Retired segment files kept for reuse as later segments (`recycle-<n>.tmp`), so that a
 /// roll need not write a segment's worth of zeros first: `Engine::retire_before` adds them
@@ -26,6 +26,9 @@ pub(crate) struct Pool {
     pub retired: AtomicU64,
     /// Nanoseconds spent writing new segment files' zeros and syncing them.
     zero_fill_ns: AtomicU64,
+    /// A retirement removed a segment's name and the directory sync after it failed: the
+    /// next retirement syncs the directory first (`retire::retire_oldest`).
+    pub dir_unsynced: AtomicBool,
 }
 
 struct PoolFiles {
@@ -72,6 +75,7 @@ impl Pool {
             reused: AtomicU64::new(0),
             retired: AtomicU64::new(0),
             zero_fill_ns: AtomicU64::new(0),
+            dir_unsynced: AtomicBool::new(false),
         })
     }
 

@@ -15,6 +15,7 @@ use crate::log::pool::Pool;
 use crate::log::segment::Segment;
 use crate::stats::Counters;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// What [`retire_oldest`] did: how many segments lost their names, and where the pooled ones
@@ -51,6 +52,21 @@ pub(crate) fn retire_oldest(
     // up its oldest files beyond `keep`: a file some reader still maps cannot be reused,
     // and must not keep newer ones out.
     let pool_from = candidates.len().saturating_sub(keep);
+    // An earlier retirement removed a name and its directory sync failed: the engine forgot
+    // that segment, and until a sync succeeds a crash can bring it back with its keys. This
+    // call makes that removal durable before it removes anything else, even if it has
+    // nothing of its own to remove.
+    if pool.dir_unsynced.load(Ordering::SeqCst) {
+        if let Err(e) = dir::sync_dir(io, dir) {
+            return Retiring {
+                removed,
+                pooled,
+                keep,
+                result: Err(e),
+            };
+        }
+        pool.dir_unsynced.store(false, Ordering::SeqCst);
+    }
     for (i, seg) in candidates.iter().enumerate() {
         let to = (i >= pool_from && seg.size == config.segment_bytes).then(|| pool.next_path());
         let r = match &to {
@@ -62,7 +78,9 @@ pub(crate) fn retire_oldest(
             // the pool only once the rename is durable (after a failed directory sync a
             // crash could bring the old name back, so the file must not be reused).
             removed += 1;
+            pool.dir_unsynced.store(true, Ordering::SeqCst);
             dir::sync_dir(io, dir)?;
+            pool.dir_unsynced.store(false, Ordering::SeqCst);
             pooled.extend(to);
             Ok(())
         });

@@ -22,6 +22,7 @@ mod followers;
 mod for_each;
 mod point_in_time;
 mod reopen_after_eio;
+mod retirement;
 mod review;
 mod shutdown;
 mod spares;

@@ -122,3 +122,34 @@ fn clients_with_retain_retire_old_segments_or_are_refused() {
         "--clients --retain 1 retired/reused nothing ({sg}) while the report says:\n{text}"
     );
 }
+
+/// `profile --clients --retain` runs the same machinery as `bench`: its engine retires and
+/// reuses old segments too.
+#[test]
+fn profile_with_clients_and_retain_retires_old_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    succeeds(&[
+        "profile",
+        "--clients",
+        "64",
+        "--ops",
+        "30000",
+        "--retain",
+        "1",
+        "--segment-bytes",
+        "64K",
+        "--batch-bytes-max",
+        "16K",
+        "--sync-probe",
+        "0",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let report = read_json(&json);
+    let sg = &run_of(&report, "mergelog")["engine"]["segments"];
+    assert!(
+        int(sg, "retired") > 0 && int(sg, "reused") > 0,
+        "profile --clients --retain 1 retired/reused nothing: {sg}"
+    );
+}

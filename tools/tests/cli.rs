@@ -1022,12 +1022,13 @@ fn sync_probe_is_reported_with_the_depth_one_bound_and_can_be_skipped() {
         .lines()
         .find(|l| l.starts_with("bound: at depth 1") && l.contains("3 writers /"))
         .unwrap_or_else(|| panic!("no depth-1 bound line:\n{stdout}"));
-    let printed: u64 = line
-        .rsplit_once("= ")
-        .and_then(|(_, n)| n.strip_suffix(" ops/s at most"))
-        .map(|n| n.replace(',', "").parse().unwrap())
-        .unwrap_or_else(|| panic!("unreadable bound: {line}"));
-    assert_eq!(printed, (3.0 / (p50 / 1e6)).round() as u64, "{line}");
+    let printed = bound_of(line).unwrap_or_else(|| panic!("unreadable bound: {line}"));
+    assert_eq!(
+        printed,
+        ((3.0 / (p50 / 1e6)).round(), "writes/s".to_owned()),
+        "{line}"
+    );
+    assert!(line.contains(", about ("), "{line}");
     // The probe's scratch file is gone; only the systems' run directories remain.
     let left: Vec<_> = std::fs::read_dir(&runs_dir)
         .unwrap()
@@ -1513,44 +1514,71 @@ fn help_names_the_default_systems() {
     }
 }
 
-/// Review (session 27): the depth-1 `bound:` line says no system can exceed writers / probe
-/// p50 ("at most"), but only a write waits for a sync: with `--read-ratio` the gets complete
-/// without one (`wal` answers them from its map at once), so the systems exceed the printed
-/// bound many times over. The line must account for the reads (writes per second bounded,
-/// or the bound scaled by 1 / write share) or not be printed with reads.
+/// The figure of a `bound:` line and what it counts: `... = 12,345 writes/s, about (...)`
+/// gives (12345, "writes/s"); the line before session 27 (`= 12,345 ops/s at most`) gives
+/// (12345, "ops/s").
+fn bound_of(line: &str) -> Option<(f64, String)> {
+    let (_, tail) = line.rsplit_once("= ")?;
+    let mut words = tail.split_whitespace();
+    let figure = words.next()?.replace(',', "").parse().ok()?;
+    let unit = words.next()?.trim_end_matches(',').to_owned();
+    Some((figure, unit))
+}
+
+/// Review (session 27): the depth-1 `bound:` line said no system can exceed writers / probe
+/// p50 ops/s ("at most"), but only a write waits for a sync: with `--read-ratio` the gets
+/// complete without one (`wal` answers them from its map at once), so the systems exceeded
+/// the printed bound many times over (20 times at 95 % gets). The line now bounds the writes
+/// per second, "about" (the probe's median is no hard limit): whatever it counts, the run
+/// must not contradict it. Twice the figure is allowed, and three tries: the figure comes
+/// from a probe taken before the run, and a shared disk can change speed many times over
+/// between the two (seen here: a 4 ms probe, then a run whose syncs took 150 µs).
 #[test]
 fn depth_one_bound_is_not_exceeded_with_reads() {
     let dir = tempfile::tempdir().unwrap();
     let json_path = dir.path().join("bound.json");
-    let stdout = succeeds(&[
-        "bench",
-        "--systems",
-        "wal",
-        "--writers",
-        "1",
-        "--depth",
-        "1",
-        "--read-ratio",
-        "0.95",
-        "--duration",
-        "0.5",
-        "--sync-probe",
-        "20",
-        "--json",
-        json_path.to_str().unwrap(),
-    ]);
-    let Some(line) = stdout.lines().find(|l| l.starts_with("bound: at depth 1")) else {
-        return; // not printed with reads: fine
-    };
-    let bound: f64 = line
-        .rsplit_once("= ")
-        .and_then(|(_, n)| n.strip_suffix(" ops/s at most"))
-        .map(|n| n.replace(',', "").parse().unwrap())
-        .unwrap_or_else(|| panic!("unreadable bound: {line}"));
-    let report = read_json(&json_path);
-    let rate = num(run_of(&report, "wal"), "ops_per_s");
-    assert!(
-        rate <= bound,
-        "wal ran {rate:.0} ops/s, above the printed \"at most\" {bound:.0}:\n{stdout}"
-    );
+    let mut contradicted = Vec::new();
+    for _ in 0..3 {
+        let stdout = succeeds(&[
+            "bench",
+            "--systems",
+            "wal",
+            "--writers",
+            "1",
+            "--depth",
+            "1",
+            "--read-ratio",
+            "0.95",
+            "--duration",
+            "0.5",
+            "--sync-probe",
+            "20",
+            "--json",
+            json_path.to_str().unwrap(),
+        ]);
+        let Some(line) = stdout.lines().find(|l| l.starts_with("bound: at depth 1")) else {
+            return; // not printed with reads: fine
+        };
+        let (bound, unit) = bound_of(line).unwrap_or_else(|| panic!("unreadable bound: {line}"));
+        let report = read_json(&json_path);
+        let wal = run_of(&report, "wal");
+        let rate = match unit.as_str() {
+            "ops/s" => num(wal, "ops_per_s"),
+            "writes/s" => {
+                assert!(
+                    line.contains("about") && line.contains("gets need none"),
+                    "{line}"
+                );
+                (int(wal, "puts") + int(wal, "deletes")) as f64 / num(wal, "elapsed_s")
+            }
+            _ => panic!("a bound in {unit}: {line}"),
+        };
+        if rate <= 2.0 * bound {
+            return;
+        }
+        contradicted.push(format!(
+            "wal ran {rate:.0} {unit}, above twice the printed {bound:.0}:\n{stdout}"
+        ));
+    }
+    panic!("{}", contradicted.join("\n"));
 }

@@ -41,16 +41,27 @@ impl Report {
         out
     }
 
-    /// With one request outstanding per writer, a writer completes at most one request per
-    /// sync: the sync probe bounds every system's throughput.
+    /// With one request outstanding per writer, each of a writer's writes waits for a sync
+    /// (its gets need none): the sync probe sets about how many writes per second the writers
+    /// can complete. "About": the probe's median, not a hard limit (some syncs are quicker).
+    /// Nothing when the workload has no writes.
     fn depth_one_bound(&self) -> Option<String> {
         let (w, p) = (&self.workload, self.machine.sync_probe.as_ref()?);
-        if self.open_loop() || w.depth != 1 || p.p50_us <= 0.0 {
+        let write_share = 1.0 - w.read_ratio;
+        if self.open_loop() || w.depth != 1 || p.p50_us <= 0.0 || write_share <= 0.0 {
             return None;
         }
+        let reads = if w.read_ratio > 0.0 {
+            format!(
+                "; gets need none, and writes are {:.0} % of the ops",
+                write_share * 100.0
+            )
+        } else {
+            String::new()
+        };
         Some(format!(
-            "bound: at depth 1 a writer completes at most one request per sync: {} writer{} / \
-             {:.1} µs (probe p50) = {} ops/s at most\n",
+            "bound: at depth 1 a writer waits for one sync per write: {} writer{} / {:.1} µs \
+             (probe p50) = {} writes/s, about (the probe's median, not a hard limit{reads})\n",
             w.writers,
             if w.writers == 1 { "" } else { "s" },
             p.p50_us,

@@ -258,6 +258,11 @@ impl Report {
         }
         for (system, how) in [
             (
+                "okaywal",
+                "one entry per write (begin_entry, write_chunk, commit), the commit blocking \
+                 until durable, concurrent commits synced together",
+            ),
+            (
                 "rocksdb",
                 "put with sync = true (WAL on, default options), its write group syncing \
                  concurrent puts together",

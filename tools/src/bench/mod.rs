@@ -468,6 +468,13 @@ impl System {
         )
     }
 
+    /// True for the systems whose `bytes_written` is what they wrote to their log (the
+    /// engine's frames, `wal`'s and `naive`'s records); the peers' is the bytes handed to
+    /// them (what they write to their own files is not measured).
+    pub fn counts_bytes_written(self) -> bool {
+        self.has_engine() || matches!(self, System::Wal | System::Naive)
+    }
+
     /// The system called `name`.
     pub fn named(name: &str) -> Option<System> {
         System::value_variants()

@@ -11,6 +11,12 @@ use std::fmt::Write;
 /// A run's ratio against one baseline.
 type RatioOf = fn(&Run) -> Option<f64>;
 
+/// Whether `r`'s `bytes_written` is what its system wrote to its log (not the bytes handed
+/// to a peer, whose own writes are not measured).
+fn counts_bytes_written(r: &Run) -> bool {
+    System::named(r.system).is_some_and(System::counts_bytes_written)
+}
+
 /// Whether `r`'s system is compared with `baseline` (`baselines_of`): a ratio against a
 /// system it is not compared with (a peer against the engine without coalescing) means
 /// nothing, although the JSON has it.
@@ -123,7 +129,9 @@ impl Report {
                     r.writes_per_sync.map_or("-".into(), |x| format!("{x:.1}")),
                     thousands(r.coalesced_writes),
                     thousands(r.collapsed_reads),
-                    r.bytes_per_write.map_or("-".into(), |x| format!("{x:.1}")),
+                    r.bytes_per_write
+                        .filter(|_| counts_bytes_written(r))
+                        .map_or("-".into(), |x| format!("{x:.1}")),
                 ]);
                 row.extend(ratios.iter().map(|&(baseline, _, f)| {
                     if compared(r, baseline) {
@@ -180,6 +188,7 @@ impl Report {
             );
         }
         out.push_str(&self.log_kept_note());
+        out.push_str(&self.bytes_note());
         if self.runs.iter().any(|r| r.system == "naive") {
             let _ = writeln!(
                 out,
@@ -332,6 +341,26 @@ impl Report {
             )),
         }
         out
+    }
+
+    /// What `B/write` counts, when a peer ran: the bytes each system wrote to its log per
+    /// put or delete, which the bench does not see for the peers (`-`). Nothing otherwise.
+    fn bytes_note(&self) -> String {
+        let unmeasured: Vec<&str> = self
+            .runs
+            .iter()
+            .filter(|r| !counts_bytes_written(r))
+            .map(|r| r.system)
+            .collect();
+        if unmeasured.is_empty() {
+            return String::new();
+        }
+        format!(
+            "B/write: bytes written to the log per put or delete (the engine's frames, wal's and \
+             naive's records); - for {}: what they write to their files is not measured (the \
+             JSON's bytes_written is the bytes handed to them)\n",
+            unmeasured.join(", ")
+        )
     }
 
     /// One line per system that left requests unsent (open loop).

@@ -1582,3 +1582,52 @@ fn depth_one_bound_is_not_exceeded_with_reads() {
     }
     panic!("{}", contradicted.join("\n"));
 }
+
+/// Review (session 27): the `log kept:` line said wal overwrites one file of the engine's
+/// default segment size (64 MiB), but `wal` grows its file when one batch could be larger
+/// (writers x depth of the largest record; up to 1 GiB). It names the file wal ran with, as
+/// the JSON's `workload.wal_file_bytes` does.
+#[test]
+fn log_kept_names_the_size_of_the_file_wal_ran_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let json_path = dir.path().join("kept.json");
+    // 2 x 520 records of 64 KiB and 23 bytes: a batch can reach 65.05 MiB, so wal's file is
+    // 66 MiB.
+    let stdout = succeeds(&[
+        "bench",
+        "--systems",
+        "mergelog,wal",
+        "--writers",
+        "2",
+        "--depth",
+        "520",
+        "--value-size",
+        "64K",
+        "--ops",
+        "40",
+        "--segment-bytes",
+        "8M",
+        "--batch-bytes-max",
+        "1M",
+        "--sync-probe",
+        "0",
+        "--dir",
+        runs.to_str().unwrap(),
+        "--json",
+        json_path.to_str().unwrap(),
+    ]);
+    let on_disk = std::fs::metadata(runs.join("wal/wal.log")).unwrap().len();
+    assert_eq!(on_disk, 66 << 20, "wal's file");
+    let report = read_json(&json_path);
+    assert_eq!(int(&report["workload"], "wal_file_bytes"), on_disk);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("log kept:"))
+        .unwrap_or_else(|| panic!("no log kept line:\n{stdout}"));
+    assert!(line.contains("wal overwrites one file of 66 MiB"), "{line}");
+    assert!(
+        line.contains("--segment-bytes 17M (two segments kept, two files pooled: 68 MiB reused against wal's 66 MiB)"),
+        "{line}"
+    );
+}

@@ -308,7 +308,11 @@ impl Report {
         if bounded.is_empty() || !engine {
             return String::new();
         }
-        let wal_file = mergelog::Config::default().segment_bytes;
+        // The file `wal` ran with (grown past the default when a batch could be larger).
+        let wal_file = self
+            .workload
+            .wal_file_bytes
+            .unwrap_or(mergelog::Config::default().segment_bytes);
         let mut out = String::from("log kept: ");
         if ran("wal") {
             out.push_str(&format!(
@@ -330,15 +334,24 @@ impl Report {
                 },
                 file_size(self.workload.segment_bytes)
             )),
-            None => out.push_str(&format!(
-                "the engine keeps every segment ({} each), writing and syncing a new one's \
-                 zeros first (the `segments` lines); like for like: --retain 2 \
-                 --segment-bytes {}M (two segments kept, two files pooled: {} reused{})\n",
-                file_size(self.workload.segment_bytes),
-                (wal_file / 4) >> 20,
-                file_size(wal_file),
-                if ran("wal") { ", as wal's" } else { "" }
-            )),
+            None => {
+                // Four files of a whole number of MiB, at least wal's file in all.
+                let segment_mib = (wal_file / 4).div_ceil(1 << 20);
+                let pooled = (4 * segment_mib) << 20;
+                out.push_str(&format!(
+                    "the engine keeps every segment ({} each), writing and syncing a new one's \
+                     zeros first (the `segments` lines); like for like: --retain 2 \
+                     --segment-bytes {segment_mib}M (two segments kept, two files pooled: {} \
+                     reused{})\n",
+                    file_size(self.workload.segment_bytes),
+                    file_size(pooled),
+                    match (ran("wal"), pooled == wal_file) {
+                        (false, _) => String::new(),
+                        (true, true) => ", as wal's".into(),
+                        (true, false) => format!(" against wal's {}", file_size(wal_file)),
+                    }
+                ));
+            }
         }
         out
     }

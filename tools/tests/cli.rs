@@ -1631,3 +1631,60 @@ fn log_kept_names_the_size_of_the_file_wal_ran_with() {
         "{line}"
     );
 }
+
+/// Review (session 27): a system's directory was emptied for its next round right before that
+/// run, with nothing to settle the removal: its journal commit (and on a file system mounted
+/// with `discard`, the discards of the freed blocks) could land in the timed run. The
+/// directory is now emptied as soon as its run is over, and the file system synced
+/// (`syncfs`) before the next run starts; the bench says so on stderr, with the time it took.
+#[test]
+fn a_round_s_files_are_removed_and_synced_before_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let out = mergelog(&[
+        "bench",
+        "--systems",
+        "wal,naive",
+        "--rounds",
+        "2",
+        "--ops",
+        "100",
+        "--sync-probe",
+        "0",
+        "--dir",
+        runs.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    // Each run of the first round: its result, then its removal and sync, then the next run.
+    let mut settled = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if !line.contains("removed this round's files and synced the file system") {
+            continue;
+        }
+        settled += 1;
+        let system = line
+            .strip_prefix("mergelog bench: ")
+            .and_then(|l| l.split_once(':'))
+            .map(|(s, _)| s)
+            .unwrap();
+        assert!(
+            lines[i - 1].starts_with(&format!("mergelog bench: {system}: ")),
+            "not right after {system}'s run:\n{err}"
+        );
+        assert!(
+            lines.get(i + 1).is_some_and(|l| l.contains("] ")),
+            "no run after it:\n{err}"
+        );
+        let run_starts_before = lines[..i].iter().filter(|l| l.contains("[round ")).count();
+        assert!(run_starts_before <= 2, "after the last round:\n{err}");
+    }
+    assert_eq!(settled, 2, "one per system between its rounds:\n{err}");
+    // The last round's logs are kept.
+    assert!(runs.join("wal/wal.log").exists());
+    assert!(std::fs::read_dir(runs.join("naive"))
+        .unwrap()
+        .next()
+        .is_some());
+}

@@ -75,3 +75,81 @@ fn clients_refuse_flags_that_do_not_go_with_them() {
         "--clients does not run with --consumer",
     );
 }
+
+/// Review (session 27): `--clients` with `--retain N` must retire the engine's old segments
+/// as the threaded writers do (the header says "newest N segments kept (older retired and
+/// reused)"), or be refused. `engine::run` sends `--clients` to `clients::drive` directly,
+/// never through `drive_engine`, whose retiring thread is what `--retain` starts: the log
+/// keeps its whole history and no segment is reused, while the report says otherwise.
+#[test]
+fn clients_with_retain_retire_old_segments_or_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    let out = mergelog(&[
+        "bench",
+        "--systems",
+        "mergelog",
+        "--clients",
+        "64",
+        "--ops",
+        "30000",
+        "--retain",
+        "1",
+        "--segment-bytes",
+        "64K",
+        "--batch-bytes-max",
+        "16K",
+        "--sync-probe",
+        "0",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    if !out.status.success() {
+        // Refusing the combination is a fix too.
+        assert!(stderr(&out).contains("--retain"), "{}", stderr(&out));
+        return;
+    }
+    let text = stdout(&out);
+    let report = read_json(&json);
+    let r = run_of(&report, "mergelog");
+    let sg = &r["engine"]["segments"];
+    assert!(
+        int(sg, "fresh") > 4,
+        "30,000 puts fill dozens of 64 KiB segments: {sg}"
+    );
+    assert!(
+        int(sg, "retired") > 0 && int(sg, "reused") > 0,
+        "--clients --retain 1 retired/reused nothing ({sg}) while the report says:\n{text}"
+    );
+}
+
+/// `profile --clients --retain` runs the same machinery as `bench`: its engine retires and
+/// reuses old segments too.
+#[test]
+fn profile_with_clients_and_retain_retires_old_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    succeeds(&[
+        "profile",
+        "--clients",
+        "64",
+        "--ops",
+        "30000",
+        "--retain",
+        "1",
+        "--segment-bytes",
+        "64K",
+        "--batch-bytes-max",
+        "16K",
+        "--sync-probe",
+        "0",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let report = read_json(&json);
+    let sg = &run_of(&report, "mergelog")["engine"]["segments"];
+    assert!(
+        int(sg, "retired") > 0 && int(sg, "reused") > 0,
+        "profile --clients --retain 1 retired/reused nothing: {sg}"
+    );
+}

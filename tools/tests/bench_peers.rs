@@ -228,3 +228,91 @@ fn rocksdb_runs_and_keeps_every_acknowledged_put() {
     let mergelog = run_of(&report, "mergelog");
     assert!(num(mergelog, "ratio_vs_rocksdb") > 0.0);
 }
+
+/// Review (session 27): at `--depth` above 1 every system whose API blocks runs one request
+/// per writer, and the report says so for `naive`, `rocksdb`, `redb` and `fjall` ("one
+/// request outstanding per writer (--depth does not apply)"), but not for okaywal, which is
+/// in the default systems: the default 4 x 256 run prints "mergelog: 125x the throughput of
+/// okaywal" with nothing saying okaywal had 4 requests in flight against the engine's 1,024.
+#[test]
+fn okaywal_at_depth_says_it_ran_one_request_per_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = succeeds(&[
+        "bench",
+        "--systems",
+        "mergelog,okaywal",
+        "--writers",
+        "2",
+        "--depth",
+        "8",
+        "--ops",
+        "400",
+        "--sync-probe",
+        "0",
+        "--dir",
+        dir.path().join("runs").to_str().unwrap(),
+    ]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("okaywal:") && l.contains("--depth does not apply")),
+        "no okaywal note on its depth:\n{text}"
+    );
+}
+
+/// Review (session 27): the `B/write` column mixed bytes written to a log (the engine's
+/// frames, `wal`'s and `naive`'s records) with the bytes handed to a peer (okaywal's record,
+/// the stores' key and value), which are not what the peer wrote. The peers' cells are `-`,
+/// and a note says why; the JSON keeps the bytes handed over, as the README says.
+#[test]
+fn bytes_per_write_is_not_shown_for_peers_whose_writes_are_not_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    let text = succeeds(&[
+        "bench",
+        "--systems",
+        "mergelog,okaywal,wal",
+        "--writers",
+        "2",
+        "--ops",
+        "200",
+        "--sync-probe",
+        "0",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    // The table's cell under `B/write` (right-aligned: it ends where the header does).
+    let header = text
+        .lines()
+        .find(|l| l.starts_with("system "))
+        .unwrap_or_else(|| panic!("no table:\n{text}"));
+    let end = header.chars().count()
+        - header
+            .chars()
+            .rev()
+            .collect::<String>()
+            .find("etirw/B")
+            .unwrap();
+    let cell = |system: &str| -> String {
+        let row = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{system} ")))
+            .unwrap_or_else(|| panic!("no {system} row:\n{text}"));
+        let upto: String = row.chars().take(end).collect();
+        upto.split_whitespace().last().unwrap().to_owned()
+    };
+    assert_eq!(cell("okaywal"), "-", "{text}");
+    for system in ["mergelog", "wal"] {
+        let c = cell(system);
+        assert!(
+            c.parse::<f64>().is_ok_and(|b| b > 0.0),
+            "{system}: {c}\n{text}"
+        );
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("B/write:") && l.contains("- for okaywal")),
+        "no note on what B/write counts:\n{text}"
+    );
+    let report = read_json(&json);
+    assert!(int(run_of(&report, "okaywal"), "bytes_written") > 0);
+}

@@ -1022,12 +1022,13 @@ fn sync_probe_is_reported_with_the_depth_one_bound_and_can_be_skipped() {
         .lines()
         .find(|l| l.starts_with("bound: at depth 1") && l.contains("3 writers /"))
         .unwrap_or_else(|| panic!("no depth-1 bound line:\n{stdout}"));
-    let printed: u64 = line
-        .rsplit_once("= ")
-        .and_then(|(_, n)| n.strip_suffix(" ops/s at most"))
-        .map(|n| n.replace(',', "").parse().unwrap())
-        .unwrap_or_else(|| panic!("unreadable bound: {line}"));
-    assert_eq!(printed, (3.0 / (p50 / 1e6)).round() as u64, "{line}");
+    let printed = bound_of(line).unwrap_or_else(|| panic!("unreadable bound: {line}"));
+    assert_eq!(
+        printed,
+        ((3.0 / (p50 / 1e6)).round(), "writes/s".to_owned()),
+        "{line}"
+    );
+    assert!(line.contains(", about ("), "{line}");
     // The probe's scratch file is gone; only the systems' run directories remain.
     let left: Vec<_> = std::fs::read_dir(&runs_dir)
         .unwrap()
@@ -1511,4 +1512,179 @@ fn help_names_the_default_systems() {
     ] {
         assert!(bench.contains(system), "{system}: {bench}");
     }
+}
+
+/// The figure of a `bound:` line and what it counts: `... = 12,345 writes/s, about (...)`
+/// gives (12345, "writes/s"); the line before session 27 (`= 12,345 ops/s at most`) gives
+/// (12345, "ops/s").
+fn bound_of(line: &str) -> Option<(f64, String)> {
+    let (_, tail) = line.rsplit_once("= ")?;
+    let mut words = tail.split_whitespace();
+    let figure = words.next()?.replace(',', "").parse().ok()?;
+    let unit = words.next()?.trim_end_matches(',').to_owned();
+    Some((figure, unit))
+}
+
+/// Review (session 27): the depth-1 `bound:` line said no system can exceed writers / probe
+/// p50 ops/s ("at most"), but only a write waits for a sync: with `--read-ratio` the gets
+/// complete without one (`wal` answers them from its map at once), so the systems exceeded
+/// the printed bound many times over (20 times at 95 % gets). The line now bounds the writes
+/// per second, "about" (the probe's median is no hard limit): whatever it counts, the run
+/// must not contradict it. Twice the figure is allowed, and three tries: the figure comes
+/// from a probe taken before the run, and a shared disk can change speed many times over
+/// between the two (seen here: a 4 ms probe, then a run whose syncs took 150 µs).
+#[test]
+fn depth_one_bound_is_not_exceeded_with_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("bound.json");
+    let mut contradicted = Vec::new();
+    for _ in 0..3 {
+        let stdout = succeeds(&[
+            "bench",
+            "--systems",
+            "wal",
+            "--writers",
+            "1",
+            "--depth",
+            "1",
+            "--read-ratio",
+            "0.95",
+            "--duration",
+            "0.5",
+            "--sync-probe",
+            "20",
+            "--json",
+            json_path.to_str().unwrap(),
+        ]);
+        let Some(line) = stdout.lines().find(|l| l.starts_with("bound: at depth 1")) else {
+            return; // not printed with reads: fine
+        };
+        let (bound, unit) = bound_of(line).unwrap_or_else(|| panic!("unreadable bound: {line}"));
+        let report = read_json(&json_path);
+        let wal = run_of(&report, "wal");
+        let rate = match unit.as_str() {
+            "ops/s" => num(wal, "ops_per_s"),
+            "writes/s" => {
+                assert!(
+                    line.contains("about") && line.contains("gets need none"),
+                    "{line}"
+                );
+                (int(wal, "puts") + int(wal, "deletes")) as f64 / num(wal, "elapsed_s")
+            }
+            _ => panic!("a bound in {unit}: {line}"),
+        };
+        if rate <= 2.0 * bound {
+            return;
+        }
+        contradicted.push(format!(
+            "wal ran {rate:.0} {unit}, above twice the printed {bound:.0}:\n{stdout}"
+        ));
+    }
+    panic!("{}", contradicted.join("\n"));
+}
+
+/// Review (session 27): the `log kept:` line said wal overwrites one file of the engine's
+/// default segment size (64 MiB), but `wal` grows its file when one batch could be larger
+/// (writers x depth of the largest record; up to 1 GiB). It names the file wal ran with, as
+/// the JSON's `workload.wal_file_bytes` does.
+#[test]
+fn log_kept_names_the_size_of_the_file_wal_ran_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let json_path = dir.path().join("kept.json");
+    // 2 x 520 records of 64 KiB and 23 bytes: a batch can reach 65.05 MiB, so wal's file is
+    // 66 MiB.
+    let stdout = succeeds(&[
+        "bench",
+        "--systems",
+        "mergelog,wal",
+        "--writers",
+        "2",
+        "--depth",
+        "520",
+        "--value-size",
+        "64K",
+        "--ops",
+        "40",
+        "--segment-bytes",
+        "8M",
+        "--batch-bytes-max",
+        "1M",
+        "--sync-probe",
+        "0",
+        "--dir",
+        runs.to_str().unwrap(),
+        "--json",
+        json_path.to_str().unwrap(),
+    ]);
+    let on_disk = std::fs::metadata(runs.join("wal/wal.log")).unwrap().len();
+    assert_eq!(on_disk, 66 << 20, "wal's file");
+    let report = read_json(&json_path);
+    assert_eq!(int(&report["workload"], "wal_file_bytes"), on_disk);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("log kept:"))
+        .unwrap_or_else(|| panic!("no log kept line:\n{stdout}"));
+    assert!(line.contains("wal overwrites one file of 66 MiB"), "{line}");
+    assert!(
+        line.contains("--segment-bytes 17M (two segments kept, two files pooled: 68 MiB reused against wal's 66 MiB)"),
+        "{line}"
+    );
+}
+
+/// Review (session 27): a system's directory was emptied for its next round right before that
+/// run, with nothing to settle the removal: its journal commit (and on a file system mounted
+/// with `discard`, the discards of the freed blocks) could land in the timed run. The
+/// directory is now emptied as soon as its run is over, and the file system synced
+/// (`syncfs`) before the next run starts; the bench says so on stderr, with the time it took.
+#[test]
+fn a_round_s_files_are_removed_and_synced_before_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let out = mergelog(&[
+        "bench",
+        "--systems",
+        "wal,naive",
+        "--rounds",
+        "2",
+        "--ops",
+        "100",
+        "--sync-probe",
+        "0",
+        "--dir",
+        runs.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    // Each run of the first round: its result, then its removal and sync, then the next run.
+    let mut settled = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if !line.contains("removed this round's files and synced the file system") {
+            continue;
+        }
+        settled += 1;
+        let system = line
+            .strip_prefix("mergelog bench: ")
+            .and_then(|l| l.split_once(':'))
+            .map(|(s, _)| s)
+            .unwrap();
+        assert!(
+            lines[i - 1].starts_with(&format!("mergelog bench: {system}: ")),
+            "not right after {system}'s run:\n{err}"
+        );
+        assert!(
+            lines.get(i + 1).is_some_and(|l| l.contains("] ")),
+            "no run after it:\n{err}"
+        );
+        let run_starts_before = lines[..i].iter().filter(|l| l.contains("[round ")).count();
+        assert!(run_starts_before <= 2, "after the last round:\n{err}");
+    }
+    assert_eq!(settled, 2, "one per system between its rounds:\n{err}");
+    // The last round's logs are kept.
+    assert!(runs.join("wal/wal.log").exists());
+    assert!(std::fs::read_dir(runs.join("naive"))
+        .unwrap()
+        .next()
+        .is_some());
 }

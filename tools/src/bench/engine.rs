@@ -217,18 +217,20 @@ pub fn run(
         Some(c) => Some((c, consumer::open(&engine)?)),
         None => None,
     };
-    // The disk it takes, sampled beside the writers (every engine system, the same way).
+    // The disk it takes, sampled beside the writers (every engine system, the same way), and
+    // `--retain`'s retiring thread beside them (threaded writers and `--clients` alike).
     let watched = super::space::watching(&engine, dir, || {
-        match plan.clients {
+        beside_retirer(&engine, plan.retain, |writers_done| match plan.clients {
             // `--clients`: tasks on a runtime instead of writer threads (no consumer: refused).
             Some(clients) => {
                 let stages = || engine.stats().stages;
                 let (driven, cpu) =
                     super::clients::drive(&engine, clients, plan, hooks, progress, &stages);
+                writers_done.store(true, Ordering::Release);
                 (driven, cpu, None)
             }
-            None => drive_engine(system, &engine, reader, plan, hooks, progress),
-        }
+            None => drive_engine(system, &engine, reader, plan, hooks, progress, writers_done),
+        })
     });
     let ((driven, cpu, consumed), space) = match watched {
         Ok(w) => w,
@@ -288,32 +290,20 @@ type DrivenWithConsumer = (
     Option<Result<ConsumerTotals, CliError>>,
 );
 
-/// The writers on `engine`, with the `--retain` thread and the consumer (`reader`) beside
-/// them until the writers are done. The CPU is measured before the engine closes: its
-/// threads' clocks go with them. A paced consumer stops pacing once the run is
-/// [`consumer::DRAIN_GRACE`] past its deadline (writers still held by its lag throttle would
-/// otherwise wait for it for as long as its rate makes them).
-fn drive_engine(
-    system: System,
+/// `--retain` (`retain`): runs `drive` with the retiring thread beside it, which retires
+/// all but the newest `keep` segments until the flag `drive` is given is set (`drive` sets
+/// it once its writers or clients are done; it is set anyway when `drive` returns). A
+/// failure of the retiring thread fails the run. Without `--retain`, just `drive`.
+fn beside_retirer(
     engine: &Engine,
-    reader: Option<(consumer::ConsumerPlan, mergelog::Consumer)>,
-    plan: &Plan,
-    hooks: &RunHooks,
-    progress: &Progress,
+    retain: Option<usize>,
+    drive: impl FnOnce(&AtomicBool) -> DrivenWithConsumer,
 ) -> DrivenWithConsumer {
-    let stages = || engine.stats().stages;
-    let lag = || consumer::lag_sample(engine);
-    let lag_probe: Option<&LagProbe<'_>> = reader.as_ref().map(|_| &lag as &LagProbe<'_>);
     let done = AtomicBool::new(false);
-    let started = OnceLock::new();
-    let unpace = || match (started.get(), plan.duration) {
-        (Some(&start), Some(d)) => Instant::now() >= start + d + consumer::DRAIN_GRACE,
-        _ => false,
-    };
     std::thread::scope(|scope| {
-        // However this scope ends, the threads beside the writers are told to stop first.
+        // However this scope ends, the retiring thread is told to stop first.
         let stop = SetOnDrop(&done);
-        let retirer = match plan.retain {
+        let retirer = match retain {
             Some(keep) => {
                 let done = &done;
                 match spawn(scope, "retirer", move || retire_behind(engine, keep, done)) {
@@ -323,9 +313,47 @@ fn drive_engine(
             }
             None => None,
         };
+        let (r, cpu, consumed) = drive(&done);
+        drop(stop);
+        let retired = retirer.map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(CliError::new("the retiring thread panicked")))
+        });
+        match retired {
+            Some(Err(e)) => (Err(e), cpu, consumed),
+            _ => (r, cpu, consumed),
+        }
+    })
+}
+
+/// The writers on `engine`, with the consumer (`reader`) beside them until the writers are
+/// done, when `done` is set (it also stops [`beside_retirer`]'s thread). The CPU is
+/// measured before the engine closes: its threads' clocks go with them. A paced consumer
+/// stops pacing once the run is [`consumer::DRAIN_GRACE`] past its deadline (writers still
+/// held by its lag throttle would otherwise wait for it for as long as its rate makes them).
+fn drive_engine(
+    system: System,
+    engine: &Engine,
+    reader: Option<(consumer::ConsumerPlan, mergelog::Consumer)>,
+    plan: &Plan,
+    hooks: &RunHooks,
+    progress: &Progress,
+    done: &AtomicBool,
+) -> DrivenWithConsumer {
+    let stages = || engine.stats().stages;
+    let lag = || consumer::lag_sample(engine);
+    let lag_probe: Option<&LagProbe<'_>> = reader.as_ref().map(|_| &lag as &LagProbe<'_>);
+    let started = OnceLock::new();
+    let unpace = || match (started.get(), plan.duration) {
+        (Some(&start), Some(d)) => Instant::now() >= start + d + consumer::DRAIN_GRACE,
+        _ => false,
+    };
+    std::thread::scope(|scope| {
+        // However this scope ends, the threads beside the writers are told to stop first.
+        let stop = SetOnDrop(done);
         let consumer = match reader {
             Some((c, handle)) => {
-                let (done, unpace) = (&done, &unpace);
+                let unpace = &unpace;
                 let spawned = spawn(scope, "consumer", move || {
                     consumer::run(engine, handle, &c, done, unpace)
                 });
@@ -363,14 +391,7 @@ fn drive_engine(
             h.join()
                 .unwrap_or_else(|_| Err(CliError::new("the consumer thread panicked")))
         });
-        let retired = retirer.map(|h| {
-            h.join()
-                .unwrap_or_else(|_| Err(CliError::new("the retiring thread panicked")))
-        });
-        match retired {
-            Some(Err(e)) => (Err(e), cpu, consumed),
-            _ => (r, cpu, consumed),
-        }
+        (r, cpu, consumed)
     })
 }
 

@@ -468,6 +468,13 @@ impl System {
         )
     }
 
+    /// True for the systems whose `bytes_written` is what they wrote to their log (the
+    /// engine's frames, `wal`'s and `naive`'s records); the peers' is the bytes handed to
+    /// them (what they write to their own files is not measured).
+    pub fn counts_bytes_written(self) -> bool {
+        self.has_engine() || matches!(self, System::Wal | System::Naive)
+    }
+
     /// The system called `name`.
     pub fn named(name: &str) -> Option<System> {
         System::value_variants()
@@ -1239,10 +1246,14 @@ impl Root {
     }
 }
 
-/// Empties a system's run directory for its next round: the previous round's log goes, so
-/// the run starts on an empty directory as the first did (`subdir` found it empty or new,
-/// so everything in it is the bench's own).
-fn renew(dir: &Path) -> Result<(), CliError> {
+/// Empties a system's run directory for its next round: the round's log goes, so the next
+/// run starts on an empty directory as the first did (`subdir` found it empty or new, so
+/// everything in it is the bench's own). Done as soon as the run is over, then settled with
+/// a `syncfs` of the file system: the removal's journal commit (and, on a file system
+/// mounted with `discard`, the discards of the freed blocks) happen here, before the next run
+/// starts, rather than inside it. Returns how long the removal and the sync took.
+fn renew(dir: &Path) -> Result<Duration, CliError> {
+    let start = Instant::now();
     let what = || {
         format!(
             "empty the run directory {} for the next round",
@@ -1250,7 +1261,32 @@ fn renew(dir: &Path) -> Result<(), CliError> {
         )
     };
     std::fs::remove_dir_all(dir).context(what)?;
-    std::fs::create_dir(dir).context(what)
+    std::fs::create_dir(dir).context(what)?;
+    sync_fs(dir)?;
+    Ok(start.elapsed())
+}
+
+/// `syncfs(2)` of the file system holding `dir`: everything written to it, the metadata of
+/// removals too, made durable before this returns (Linux; elsewhere `sync(2)`, which
+/// schedules the writes of every file system).
+fn sync_fs(dir: &Path) -> Result<(), CliError> {
+    let what = || format!("sync the file system of {}", dir.display());
+    let d = std::fs::File::open(dir).context(what)?;
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: syncfs takes an open file descriptor (`d` outlives the call) and no memory.
+        if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+            return Err(std::io::Error::last_os_error()).context(what);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        drop(d);
+        // SAFETY: sync takes no arguments.
+        unsafe { libc::sync() };
+    }
+    Ok(())
 }
 
 /// The file system type of the mount holding `path`, from /proc/self/mounts.
@@ -1817,9 +1853,6 @@ fn run_rounds(
             let k = (round + j) % dirs.len();
             let (system, dir) = &dirs[k];
             let done = round * dirs.len() + j;
-            if round > 0 {
-                renew(dir)?;
-            }
             let which = if rounds > 1 {
                 format!("round {}/{rounds}, {}/{total}", round + 1, done + 1)
             } else {
@@ -1837,6 +1870,17 @@ fn run_rounds(
                 system.name(),
                 report::thousands(result.ops_per_s().round() as u64)
             );
+            // Its next round starts on an empty directory: emptied now, and the file system
+            // synced, so that none of the removal's work lands in a timed run.
+            if round + 1 < rounds {
+                let took = renew(dir)?;
+                eprintln!(
+                    "mergelog {command}: {}: removed this round's files and synced the file \
+                     system before the next run ({:.1} ms)",
+                    system.name(),
+                    took.as_secs_f64() * 1e3
+                );
+            }
             match &mut merged[k] {
                 Some(all) => all.absorb(result)?,
                 slot => *slot = Some(result),

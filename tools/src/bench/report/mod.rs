@@ -77,6 +77,10 @@ pub struct Workload {
     /// `Config::recycle_segments` of the engine systems (`--recycle-segments`, at least 2
     /// with `--retain`).
     recycle_segments: usize,
+    /// The size of `wal`'s log file (preallocated, zero-filled before the run: the engine's
+    /// default segment size, or more when one batch could be larger); null when `wal` did not
+    /// run.
+    wal_file_bytes: Option<u64>,
     systems: Vec<&'static str>,
     seed: u64,
     /// `--dir`, or null for a temporary directory.
@@ -199,6 +203,11 @@ impl Workload {
             overlap_syncs_above_us: e.overlap_syncs_above.as_micros() as u64,
             retain_segments: plan.retain,
             recycle_segments: e.recycle_segments,
+            wal_file_bytes: if systems.contains(&System::Wal) {
+                super::wal::file_size(plan).ok()
+            } else {
+                None
+            },
             systems: systems.iter().map(|s| s.name()).collect(),
             seed: s.seed,
             dir: args.dir.as_ref().map(|d| d.display().to_string()),

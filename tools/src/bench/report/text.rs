@@ -11,6 +11,12 @@ use std::fmt::Write;
 /// A run's ratio against one baseline.
 type RatioOf = fn(&Run) -> Option<f64>;
 
+/// Whether `r`'s `bytes_written` is what its system wrote to its log (not the bytes handed
+/// to a peer, whose own writes are not measured).
+fn counts_bytes_written(r: &Run) -> bool {
+    System::named(r.system).is_some_and(System::counts_bytes_written)
+}
+
 /// Whether `r`'s system is compared with `baseline` (`baselines_of`): a ratio against a
 /// system it is not compared with (a peer against the engine without coalescing) means
 /// nothing, although the JSON has it.
@@ -41,16 +47,27 @@ impl Report {
         out
     }
 
-    /// With one request outstanding per writer, a writer completes at most one request per
-    /// sync: the sync probe bounds every system's throughput.
+    /// With one request outstanding per writer, each of a writer's writes waits for a sync
+    /// (its gets need none): the sync probe sets about how many writes per second the writers
+    /// can complete. "About": the probe's median, not a hard limit (some syncs are quicker).
+    /// Nothing when the workload has no writes.
     fn depth_one_bound(&self) -> Option<String> {
         let (w, p) = (&self.workload, self.machine.sync_probe.as_ref()?);
-        if self.open_loop() || w.depth != 1 || p.p50_us <= 0.0 {
+        let write_share = 1.0 - w.read_ratio;
+        if self.open_loop() || w.depth != 1 || p.p50_us <= 0.0 || write_share <= 0.0 {
             return None;
         }
+        let reads = if w.read_ratio > 0.0 {
+            format!(
+                "; gets need none, and writes are {:.0} % of the ops",
+                write_share * 100.0
+            )
+        } else {
+            String::new()
+        };
         Some(format!(
-            "bound: at depth 1 a writer completes at most one request per sync: {} writer{} / \
-             {:.1} µs (probe p50) = {} ops/s at most\n",
+            "bound: at depth 1 a writer waits for one sync per write: {} writer{} / {:.1} µs \
+             (probe p50) = {} writes/s, about (the probe's median, not a hard limit{reads})\n",
             w.writers,
             if w.writers == 1 { "" } else { "s" },
             p.p50_us,
@@ -112,7 +129,9 @@ impl Report {
                     r.writes_per_sync.map_or("-".into(), |x| format!("{x:.1}")),
                     thousands(r.coalesced_writes),
                     thousands(r.collapsed_reads),
-                    r.bytes_per_write.map_or("-".into(), |x| format!("{x:.1}")),
+                    r.bytes_per_write
+                        .filter(|_| counts_bytes_written(r))
+                        .map_or("-".into(), |x| format!("{x:.1}")),
                 ]);
                 row.extend(ratios.iter().map(|&(baseline, _, f)| {
                     if compared(r, baseline) {
@@ -169,6 +188,7 @@ impl Report {
             );
         }
         out.push_str(&self.log_kept_note());
+        out.push_str(&self.bytes_note());
         if self.runs.iter().any(|r| r.system == "naive") {
             let _ = writeln!(
                 out,
@@ -247,6 +267,11 @@ impl Report {
         }
         for (system, how) in [
             (
+                "okaywal",
+                "one entry per write (begin_entry, write_chunk, commit), the commit blocking \
+                 until durable, concurrent commits synced together",
+            ),
+            (
                 "rocksdb",
                 "put with sync = true (WAL on, default options), its write group syncing \
                  concurrent puts together",
@@ -283,7 +308,11 @@ impl Report {
         if bounded.is_empty() || !engine {
             return String::new();
         }
-        let wal_file = mergelog::Config::default().segment_bytes;
+        // The file `wal` ran with (grown past the default when a batch could be larger).
+        let wal_file = self
+            .workload
+            .wal_file_bytes
+            .unwrap_or(mergelog::Config::default().segment_bytes);
         let mut out = String::from("log kept: ");
         if ran("wal") {
             out.push_str(&format!(
@@ -305,17 +334,46 @@ impl Report {
                 },
                 file_size(self.workload.segment_bytes)
             )),
-            None => out.push_str(&format!(
-                "the engine keeps every segment ({} each), writing and syncing a new one's \
-                 zeros first (the `segments` lines); like for like: --retain 2 \
-                 --segment-bytes {}M (two segments kept, two files pooled: {} reused{})\n",
-                file_size(self.workload.segment_bytes),
-                (wal_file / 4) >> 20,
-                file_size(wal_file),
-                if ran("wal") { ", as wal's" } else { "" }
-            )),
+            None => {
+                // Four files of a whole number of MiB, at least wal's file in all.
+                let segment_mib = (wal_file / 4).div_ceil(1 << 20);
+                let pooled = (4 * segment_mib) << 20;
+                out.push_str(&format!(
+                    "the engine keeps every segment ({} each), writing and syncing a new one's \
+                     zeros first (the `segments` lines); like for like: --retain 2 \
+                     --segment-bytes {segment_mib}M (two segments kept, two files pooled: {} \
+                     reused{})\n",
+                    file_size(self.workload.segment_bytes),
+                    file_size(pooled),
+                    match (ran("wal"), pooled == wal_file) {
+                        (false, _) => String::new(),
+                        (true, true) => ", as wal's".into(),
+                        (true, false) => format!(" against wal's {}", file_size(wal_file)),
+                    }
+                ));
+            }
         }
         out
+    }
+
+    /// What `B/write` counts, when a peer ran: the bytes each system wrote to its log per
+    /// put or delete, which the bench does not see for the peers (`-`). Nothing otherwise.
+    fn bytes_note(&self) -> String {
+        let unmeasured: Vec<&str> = self
+            .runs
+            .iter()
+            .filter(|r| !counts_bytes_written(r))
+            .map(|r| r.system)
+            .collect();
+        if unmeasured.is_empty() {
+            return String::new();
+        }
+        format!(
+            "B/write: bytes written to the log per put or delete (the engine's frames, wal's and \
+             naive's records); - for {}: what they write to their files is not measured (the \
+             JSON's bytes_written is the bytes handed to them)\n",
+            unmeasured.join(", ")
+        )
     }
 
     /// One line per system that left requests unsent (open loop).

@@ -361,7 +361,8 @@ impl Engine {
 
     /// Submits a windowed read, ordered with the writes: it sees every write submitted
     /// before it (including those of its own window) and completes once its window is
-    /// durable, so it never returns a value a crash could take back.
+    /// durable, so it never returns a value a crash could take back (with
+    /// `Durability::NoSync`, "durable" means written: a power loss can take it back).
     pub fn get(&self, key: &[u8]) -> Result<GetTicket> {
         self.check_key(key)?;
         let slot = Arc::new(GetSlot::default());

@@ -732,9 +732,11 @@ impl Ticket {
 
     /// Blocks until the request is durable or its batch failed (`Err`). Durable, it gives
     /// the sequence number of the batch the request was written in (for a `flush`, or a
-    /// request whose window wrote nothing, the last batch written before it): every batch up
-    /// to it is durable, so a caller can record "my state is the log up to this batch" and
-    /// resume from the next (`Engine::follow`). A ticket looked at long after it completed
+    /// request whose window wrote nothing, the last window's batch before it; compaction
+    /// batches written since are not counted, and resuming after that batch replays them:
+    /// copies of values already seen): every batch up to it is durable, so a caller can
+    /// record "my state is the log up to this batch" and resume from the next
+    /// (`Engine::follow`). A ticket looked at long after it completed
     /// (more than 65,536 windows later) may get [`Error::SeqUnknown`] instead: the request
     /// is durable, its batch no longer remembered.
     ///
@@ -788,7 +790,8 @@ impl GetSlot {
 }
 
 /// A windowed read: completes, with the value as of the read's place in the order, once its
-/// window is durable (no reader ever sees a value a crash could take back).
+/// window is durable (no reader ever sees a value a crash could take back; under
+/// `Durability::NoSync`, nothing is synced, so a power loss can).
 #[must_use = "a get ticket carries the value read"]
 pub struct GetTicket {
     ticket: Ticket,

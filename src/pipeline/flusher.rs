@@ -164,6 +164,12 @@ pub(crate) struct Desk {
     flusher: Flusher,
     consumer: Consumer,
     pos: u64,
+    /// A window started at the desk and has not returned: if it is still set when someone
+    /// takes the desk, a panic unwound through the window (its lock released on the way,
+    /// before the panic's guard could take the desk out). `pos` is then behind records the
+    /// window decoded, and decoding a get's record twice would release its slot twice: the
+    /// desk takes no more windows.
+    in_window: bool,
 }
 
 /// What a waiting producer did at the desk ([`Desk::help`]).
@@ -194,6 +200,7 @@ impl Desk {
             flusher,
             consumer,
             pos,
+            in_window: false,
         }
     }
 
@@ -204,12 +211,18 @@ impl Desk {
             flusher,
             consumer,
             pos,
+            in_window,
         } = self;
+        if *in_window {
+            return Step::Stop;
+        }
         if flusher.inner.compact_slot.pending() {
             flusher.compact_step();
         }
         if probe(consumer, pos) {
+            *in_window = true;
             *pos = flusher.window(consumer, *pos, false);
+            *in_window = false;
             return Step::Worked;
         }
         // No window to carry a compaction batch written above: it goes on its own.
@@ -257,7 +270,8 @@ impl Desk {
             // 13 %).
             return Helped::Crowd;
         }
-        if f.in_flight(f.log.next_seq())
+        if self.in_window
+            || f.in_flight(f.log.next_seq())
             || inner.compact_slot.pending()
             || inner.completion.failure().is_some()
             || inner.ring.is_closed()
@@ -267,7 +281,9 @@ impl Desk {
         if !probe(&self.consumer, &mut self.pos) {
             return Helped::NotNow;
         }
+        self.in_window = true;
         self.pos = self.flusher.window(&mut self.consumer, self.pos, true);
+        self.in_window = false;
         Helped::Wrote
     }
 }

@@ -534,8 +534,11 @@ fn defer_index_updates(inner: &Inner, group: &[Job]) -> bool {
             );
             (key, loc)
         });
-        // SAFETY: the keys are published bytes of the frame's segment, which stays in
-        // `inner.segments` (and mapped) for the engine's lifetime.
+        // SAFETY: the keys are published bytes of the frame's segment, mapped while it is
+        // in `inner.segments`. A retirement unlists it only after a roll, which waits until
+        // `durable_seq` passes this frame, which moves only after this `defer`; and
+        // `Index::forget_below` applies the queue and drops every slot into the segment
+        // before the retirement drops its mapping (`engine::retire_held_off`).
         apply_now |= unsafe { inner.index.defer(updates) };
     }
     apply_now

@@ -173,6 +173,13 @@ fn a_failed_commit_leaves_the_old_position() {
                 other => panic!("{op:?}: expected the injected error, got {other:?}"),
             }
             assert_eq!(c.committed(), 1, "{op:?}");
+            // The failed commit's temporary file (a name of its own) is gone too.
+            let left: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.starts_with("consumer.tmp-"))
+                .collect();
+            assert!(left.is_empty(), "{op:?}: {left:?}");
             engine.close().expect("close");
         }
         hook.armed.store(false, Ordering::SeqCst);

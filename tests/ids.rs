@@ -531,3 +531,76 @@ fn a_duplicate_of_a_refused_request_in_its_window_is_refused_too() {
     assert!(matches!(retry, Outcome::Written(_)), "{retry:?}");
     e.close().unwrap();
 }
+
+/// A `Custom` concatenation that refuses (a result over `value_len_max`) any operand
+/// `refuse`, with a lingering window so that back-to-back submissions share one, and a
+/// horizon of one id.
+fn refusing_config() -> Config {
+    Config {
+        value_len_max: 1024,
+        merge: Some(mergelog::MergeOperator::custom(|existing, ops| {
+            if ops.iter().any(|o| *o == b"refuse") {
+                return vec![0u8; 4096];
+            }
+            let mut v = existing.map(<[u8]>::to_vec).unwrap_or_default();
+            for o in ops {
+                v.extend_from_slice(o);
+            }
+            v
+        })),
+        request_ids: IdHorizon { ids: 1, age: None },
+        window: mergelog::WindowPolicy::Linger(Duration::from_millis(50)),
+        window_age_max: Duration::from_millis(200),
+        ..Config::default()
+    }
+}
+
+/// One window: a merge with id X that the operator refuses, a put with id Y, then a merge
+/// with id X again (X was forgotten by the horizon of one id when Y entered, so the second X
+/// is taken as new, applied and logged in the trailer). Giving back the refused request's id
+/// must leave the applied request's entry: X, the newest id taken, stays remembered (the
+/// horizon promises the newest `ids` are), and a retry of the applied merge is a duplicate.
+/// (The first version of the give-back removed it; found by review.)
+#[test]
+fn a_refused_ids_give_back_keeps_a_later_request_that_took_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), refusing_config()).unwrap();
+    let x: u128 = 0xAA;
+    let y: u128 = 0xBB;
+    let t1 = e.merge_with_id(x, b"a", b"refuse").unwrap();
+    let t2 = e.put_with_id(y, b"y", b"v").unwrap();
+    let t3 = e.merge_with_id(x, b"c", b"1").unwrap();
+    let r1 = t1.wait();
+    let r2 = t2.wait().unwrap();
+    let r3 = t3.wait().unwrap();
+    assert!(
+        matches!(r1, Err(mergelog::Error::MergeRefused { .. })),
+        "setup: {r1:?}"
+    );
+    let (Outcome::Written(s2), Outcome::Written(s3)) = (r2, r3) else {
+        panic!("setup: both written: {r2:?} {r3:?}")
+    };
+    assert_eq!(s2, s3, "setup: the three requests share one window");
+    assert_eq!(e.read_to_vec(b"c").unwrap().as_deref(), Some(&b"1"[..]));
+
+    // X is the newest id logged: a horizon of one id remembers it.
+    let remembered = e.request_id_seq(x);
+    // A retry of the applied merge (its client did not see the outcome) must be a duplicate.
+    let retry = e.merge_with_id(x, b"c", b"1").unwrap().wait();
+    let value = e.read_to_vec(b"c").unwrap();
+    e.close().unwrap();
+    drop(e);
+    let reopened = Engine::open(dir.path(), refusing_config()).unwrap();
+    let after_reopen = reopened.request_id_seq(x);
+    reopened.close().unwrap();
+    assert_eq!(
+        (
+            remembered,
+            matches!(retry, Ok(Outcome::Duplicate { .. })),
+            value.as_deref()
+        ),
+        (Some(s3), true, Some(&b"1"[..])),
+        "the applied merge's id was forgotten by the refused one's untake (retry: {retry:?}; \
+         after a reopen the engine remembers it: {after_reopen:?})"
+    );
+}

@@ -87,7 +87,17 @@ pub(crate) fn pool_path(dir: &Path, n: u64) -> PathBuf {
 /// durable.
 #[allow(clippy::disallowed_methods)] // the log directory's owner
 pub(crate) fn sync_dir(io: &dyn Io, dir: &Path) -> Result<()> {
-    io::sync_dir(io, dir).map_err(|e| Error::io("fsync directory", dir, e))
+    io::sync_dir(io, dir).map_err(|e| Error::io(SYNC_DIR_OP, dir, e))
+}
+
+/// The operation a failed [`sync_dir`] names in its error.
+pub(crate) const SYNC_DIR_OP: &str = "fsync directory";
+
+/// Whether `e` is a failed directory sync: it may have reported another change of the
+/// directory's than its caller's (a roll's rename waiting for its segment's first sync), so
+/// it is never retried as if a later one covered it.
+pub(crate) fn is_failed_dir_sync(e: &Error) -> bool {
+    matches!(e, Error::Io { op, .. } if *op == SYNC_DIR_OP)
 }
 
 /// Syncs the log directory and its parent: the directory's entries, and its own entry.
@@ -438,7 +448,11 @@ fn replace_small_file(
         remove_leftover(io, tmp);
         return Err(e);
     }
-    io::rename(io, tmp, dest).map_err(|e| Error::io(rename_op, tmp, e))?;
+    if let Err(e) = io::rename(io, tmp, dest) {
+        // The temporary file's name is this write's own: nothing else removes it.
+        remove_leftover(io, tmp);
+        return Err(Error::io(rename_op, tmp, e));
+    }
     sync_dir(io, dir)
 }
 

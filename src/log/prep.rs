@@ -115,9 +115,12 @@ impl Log {
         };
         match ready {
             Some(Ok(prepared)) => Ok(prepared),
-            // The preparation failed (a full disk at that moment, say), perhaps long ago.
-            // Nothing was written to it that anyone relies on, so it is made again, now:
-            // only if that fails too does the roll, and with it the engine, fail.
+            // A failed directory sync stays fatal: it may have been the report of another
+            // change of the directory's (`dir::is_failed_dir_sync`).
+            Some(Err(e)) if dir::is_failed_dir_sync(&e) => Err(e),
+            // The preparation failed otherwise (a full disk at that moment, say), perhaps
+            // long ago. Nothing was written to it that anyone relies on, so it is made again,
+            // now: only if that fails too does the roll, and with it the engine, fail.
             Some(Err(_)) | None => {
                 let path = prep_path(&self.dir, self.prep_counter);
                 let (io, dir, size) = (&*self.io, &self.dir, self.segment_bytes);

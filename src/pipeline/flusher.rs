@@ -38,7 +38,7 @@ use crate::ticket::GetSlot;
 use crate::trace::{self, TraceKind};
 use crossbeam::channel::{Receiver, Sender};
 use parking_lot::MutexGuard;
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -916,6 +916,8 @@ impl Flusher {
                 Some(n) => refused_ops = n,
                 None => return Ok(()), // failed meanwhile: the window's tickets report it
             }
+            // Before the frame is sized for shedding: the trailer leaves their ids out.
+            self.untake_refused_ids();
         }
         // Out of `self` while its plan is in use, so that the steps below can borrow `self`.
         let mut coalescer = std::mem::take(&mut self.coalescer);
@@ -929,9 +931,7 @@ impl Flusher {
                 }
             }
         }
-        if !self.refused_ends.is_empty() {
-            self.untake_refused_ids();
-        }
+        self.untake_refused_ids();
         let entries = &*entries;
         let plan = coalescer.last_plan();
         let t1 = Instant::now();
@@ -946,32 +946,51 @@ impl Flusher {
     /// request was not applied, so a retry with the same id (a client that never saw the
     /// refusal, after a crash) must be applied, not answered as a duplicate of nothing. A
     /// later request of the window with the same id, taken for its duplicate, gets the same
-    /// refusal (a refusal outranks a duplicate on a ticket).
+    /// refusal (a refusal outranks a duplicate on a ticket). An id that a later request of
+    /// the window took again (the horizon forgot it in between) stays: the table's entry is
+    /// that request's, and the frame logs it. One pass, whatever the window's size.
     fn untake_refused_ids(&mut self) {
-        let inner = &*self.inner;
-        let mut table = None;
-        let mut k = 0;
-        while k < self.window_ids.len() {
-            let end = self.window_id_ends[k];
-            if !self.refused_ends.contains(&end) {
-                k += 1;
-                continue;
+        if self.refused_ends.is_empty() {
+            return;
+        }
+        let refused: HashSet<u64> = self.refused_ends.drain(..).collect();
+        let (ids, ends) = (&mut self.window_ids, &mut self.window_id_ends);
+        let mut given_back: HashMap<[u8; ID_LEN], u64> = HashMap::new();
+        let mut kept = 0;
+        for k in 0..ids.len() {
+            if refused.contains(&ends[k]) {
+                given_back.entry(ids[k]).or_insert(ends[k]);
+            } else {
+                (ids[kept], ends[kept]) = (ids[k], ends[k]);
+                kept += 1;
             }
-            let id = self.window_ids.remove(k);
-            self.window_id_ends.remove(k);
-            table
-                .get_or_insert_with(|| inner.ids.lock())
-                .untake(RequestId(id));
-            let Err(refusal) = inner.completion.refusals.check(end) else {
+        }
+        ids.truncate(kept);
+        ends.truncate(kept);
+        for id in ids.iter() {
+            given_back.remove(id);
+        }
+        if given_back.is_empty() {
+            return;
+        }
+        let inner = &*self.inner;
+        {
+            let mut table = inner.ids.lock();
+            for id in given_back.keys() {
+                table.untake(RequestId(*id));
+            }
+        }
+        let refusals = &inner.completion.refusals;
+        for &(pos, dup) in &self.window_dups {
+            let Some(&end) = given_back.get(&dup) else {
                 continue;
             };
-            for &(pos, dup) in &self.window_dups {
-                if dup == id && pos > end {
-                    inner.completion.refusals.record(pos, refusal.clone());
+            if pos > end {
+                if let Err(refusal) = refusals.check(end) {
+                    refusals.record(pos, refusal);
                 }
             }
         }
-        self.refused_ends.clear();
     }
 
     /// [`Flusher::commit`] once the window is planned (from `t0` to `t1`): answers the gets,

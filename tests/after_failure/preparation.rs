@@ -67,3 +67,53 @@ fn a_full_disk_while_the_next_segment_is_prepared_does_not_fail_the_engine_once_
     );
     engine.close().unwrap();
 }
+
+/// Fails the first directory sync the background preparation makes (on its own thread).
+#[derive(Default)]
+struct FailPrepDirSync {
+    failed: AtomicBool,
+}
+
+impl Io for FailPrepDirSync {
+    fn before(&self, op: IoOp, _: &Path, _: u64, _: &[u8]) -> io::Result<()> {
+        let prep = std::thread::current().name() == Some("mergelog-prep");
+        if op == IoOp::SyncDir && prep && !self.failed.swap(true, Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(())
+    }
+}
+
+/// A failed directory sync is never retried as if a later one covered it (it may have been
+/// the report of another change of the directory's, a roll's rename waiting for its segment's
+/// first sync): one in the background preparation still fails the engine at the roll.
+#[test]
+fn a_failed_directory_sync_of_the_preparation_still_fails_the_engine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hook = Arc::new(FailPrepDirSync::default());
+    let config = Config {
+        segment_bytes: 64 << 10,
+        ring_bytes: 256 << 10,
+        batch_bytes_max: 16 << 10,
+        ..Config::default()
+    };
+    let engine = Engine::open_with_io(tmp.path(), config, hook.clone()).expect("open");
+    let mut failure = None;
+    for i in 0..40u32 {
+        let key = format!("k{i:03}");
+        if let Err(e) = engine
+            .put(key.as_bytes(), &[7u8; 4000])
+            .and_then(|t| t.wait())
+        {
+            failure = Some(e);
+            break;
+        }
+    }
+    assert!(
+        hook.failed.load(Ordering::SeqCst),
+        "the preparation was never failed"
+    );
+    let e = failure.expect("the roll failed");
+    assert!(e.to_string().contains("fsync directory"), "{e}");
+    assert!(engine.failure().is_some());
+}

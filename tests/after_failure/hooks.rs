@@ -1,11 +1,12 @@
-//! Shared by the modules of this target: a storage hook that slows syncs down, and one that
-//! fails a chosen operation. (The bounded wait for work run on another thread, `within`, is
-//! `common::within`.)
+//! Shared by the modules of this target: a storage hook that slows syncs down, one that fails
+//! a chosen operation, and a small-segment configuration. (The bounded wait for work run on
+//! another thread, `within`, is `common::within`.)
 
 use mergelog::internals::io::{Io, IoOp};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Sleeps `delay` before every sync of a segment file while armed, and counts those syncs.
@@ -130,4 +131,20 @@ pub fn is(path: impl Into<PathBuf>) -> impl Fn(&Path) -> bool + Send + Sync + 's
 /// Accepts segment files (`*.seg`).
 pub fn segment(p: &Path) -> bool {
     p.extension().is_some_and(|e| e == "seg")
+}
+
+/// Segments of 64 KiB, a 256 KiB ring and 16 KiB batches: a few dozen puts of 4,000 bytes
+/// roll several segments.
+pub fn small_segments() -> mergelog::Config {
+    mergelog::Config {
+        segment_bytes: 64 << 10,
+        ring_bytes: 256 << 10,
+        batch_bytes_max: 16 << 10,
+        ..mergelog::Config::default()
+    }
+}
+
+/// Opens an engine on `dir` with `small_segments` through `io`.
+pub fn open_small(dir: &Path, io: Arc<dyn Io>) -> mergelog::Engine {
+    mergelog::Engine::open_with_io(dir, small_segments(), io).expect("open")
 }

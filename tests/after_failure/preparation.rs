@@ -4,7 +4,6 @@
 //! transient full disk does not become a fatal failure much later.
 
 use mergelog::internals::io::{Io, IoOp};
-use mergelog::{Config, Engine};
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,13 +34,7 @@ impl Io for FullDiskOnceAtPrep {
 fn a_full_disk_while_the_next_segment_is_prepared_does_not_fail_the_engine_once_there_is_room() {
     let tmp = tempfile::tempdir().unwrap();
     let hook = Arc::new(FullDiskOnceAtPrep::default());
-    let config = Config {
-        segment_bytes: 64 << 10,
-        ring_bytes: 256 << 10,
-        batch_bytes_max: 16 << 10,
-        ..Config::default()
-    };
-    let engine = Engine::open_with_io(tmp.path(), config, hook.clone()).expect("open");
+    let engine = crate::hooks::open_small(tmp.path(), hook.clone());
     let mut results = Vec::new();
     for i in 0..40u32 {
         let key = format!("k{i:03}");
@@ -91,13 +84,7 @@ impl Io for FailPrepDirSync {
 fn a_failed_directory_sync_of_the_preparation_still_fails_the_engine() {
     let tmp = tempfile::tempdir().unwrap();
     let hook = Arc::new(FailPrepDirSync::default());
-    let config = Config {
-        segment_bytes: 64 << 10,
-        ring_bytes: 256 << 10,
-        batch_bytes_max: 16 << 10,
-        ..Config::default()
-    };
-    let engine = Engine::open_with_io(tmp.path(), config, hook.clone()).expect("open");
+    let engine = crate::hooks::open_small(tmp.path(), hook.clone());
     let mut failure = None;
     for i in 0..40u32 {
         let key = format!("k{i:03}");

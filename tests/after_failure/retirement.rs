@@ -5,7 +5,7 @@
 
 use crate::hooks::segment;
 use mergelog::internals::io::{Io, IoOp};
-use mergelog::{Config, Engine, Error, Seq};
+use mergelog::{Engine, Error, Seq};
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,13 +40,8 @@ impl Io for FailFirstRetireSync {
 fn a_failed_directory_sync_in_a_retirement_fails_the_engine() {
     let tmp = tempfile::tempdir().unwrap();
     let hook = Arc::new(FailFirstRetireSync::default());
-    let config = Config {
-        segment_bytes: 64 << 10,
-        ring_bytes: 256 << 10,
-        batch_bytes_max: 16 << 10,
-        ..Config::default()
-    };
-    let engine = Engine::open_with_io(tmp.path(), config.clone(), hook.clone()).expect("open");
+    let config = crate::hooks::small_segments();
+    let engine = crate::hooks::open_small(tmp.path(), hook.clone());
     engine
         .put(b"old", b"in the first segment")
         .unwrap()

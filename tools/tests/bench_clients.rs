@@ -76,19 +76,14 @@ fn clients_refuse_flags_that_do_not_go_with_them() {
     );
 }
 
-/// Review (session 27): `--clients` with `--retain N` must retire the engine's old segments
-/// as the threaded writers do (the header says "newest N segments kept (older retired and
-/// reused)"), or be refused. `engine::run` sends `--clients` to `clients::drive` directly,
-/// never through `drive_engine`, whose retiring thread is what `--retain` starts: the log
-/// keeps its whole history and no segment is reused, while the report says otherwise.
-#[test]
-fn clients_with_retain_retire_old_segments_or_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("out.json");
-    let out = mergelog(&[
-        "bench",
-        "--systems",
-        "mergelog",
+/// `command` (`bench` or `profile`) of the mergelog engine with 64 asynchronous clients,
+/// 30,000 puts, 64 KiB segments and `--retain 1`, its JSON to `json`.
+fn clients_retaining<'a>(command: &'a str, json: &'a std::path::Path) -> Vec<&'a str> {
+    let mut args = vec![command];
+    if command == "bench" {
+        args.extend(["--systems", "mergelog"]);
+    }
+    args.extend([
         "--clients",
         "64",
         "--ops",
@@ -104,6 +99,19 @@ fn clients_with_retain_retire_old_segments_or_are_refused() {
         "--json",
         json.to_str().unwrap(),
     ]);
+    args
+}
+
+/// Review (session 27): `--clients` with `--retain N` must retire the engine's old segments
+/// as the threaded writers do (the header says "newest N segments kept (older retired and
+/// reused)"), or be refused. `engine::run` sends `--clients` to `clients::drive` directly,
+/// never through `drive_engine`, whose retiring thread is what `--retain` starts: the log
+/// keeps its whole history and no segment is reused, while the report says otherwise.
+#[test]
+fn clients_with_retain_retire_old_segments_or_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    let out = mergelog(&clients_retaining("bench", &json));
     if !out.status.success() {
         // Refusing the combination is a fix too.
         assert!(stderr(&out).contains("--retain"), "{}", stderr(&out));
@@ -129,23 +137,7 @@ fn clients_with_retain_retire_old_segments_or_are_refused() {
 fn profile_with_clients_and_retain_retires_old_segments() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("out.json");
-    succeeds(&[
-        "profile",
-        "--clients",
-        "64",
-        "--ops",
-        "30000",
-        "--retain",
-        "1",
-        "--segment-bytes",
-        "64K",
-        "--batch-bytes-max",
-        "16K",
-        "--sync-probe",
-        "0",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    succeeds(&clients_retaining("profile", &json));
     let report = read_json(&json);
     let sg = &run_of(&report, "mergelog")["engine"]["segments"];
     assert!(

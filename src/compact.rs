@@ -918,8 +918,9 @@ impl AutoCompactor {
         Ok(AutoCompactor { stop, handle })
     }
 
-    /// Stops the thread (a compaction in progress ends after its current chunk, retiring
-    /// nothing) and waits for it.
+    /// Stops the thread and waits for it: a compaction in progress runs to its end if it has
+    /// a goal (the ratio's kind: a few segments), else (past `max_log_bytes`) ends after its
+    /// current chunk, retiring nothing.
     pub(crate) fn stop(self) {
         self.stop.store(true, Ordering::Release);
         self.handle.thread().unpark();
@@ -955,8 +956,12 @@ fn run_auto(inner: &Inner, policy: AutoCompaction, stop: &AtomicBool) {
         // record each time the ratio is crossed (write amplification 1 / (1 - r) at best).
         // Past `max_log_bytes`, every complete segment, as its doc says.
         let goal = (!too_big).then_some(policy.live_ratio + (1.0 - policy.live_ratio) / 8.0);
-        // A failure is sticky and reported on every call; a stop ends the loop above.
-        let _ = compact(inner, Some(stop), goal);
+        // A failure is sticky and reported on every call; a stop ends the loop above. A
+        // compaction with a goal (a few segments) runs to its end even if `close` stops the
+        // thread meanwhile: cut short, it would leave its copies and their originals both on
+        // disk, the log past the policy at rest. One that takes every segment (past
+        // `max_log_bytes`) may be long, and stops after its current chunk.
+        let _ = compact(inner, too_big.then_some(stop), goal);
     }
 }
 

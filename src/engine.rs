@@ -670,8 +670,9 @@ impl Engine {
     /// ticket at or after the position fails (earlier ones are durable). The stalled
     /// producer's eventual publish goes nowhere, and its ticket reports the failure.
     pub fn close(&self) -> Result<()> {
-        // A compaction in progress ends after its current batch (the flusher still writes
-        // it), retiring nothing.
+        // A compaction in progress (`Compaction::Auto`) runs to its end if it has a goal (a
+        // few segments: the log then rests within the policy), else ends after its current
+        // batch, retiring nothing (the flusher still writes it).
         if let Some(c) = self.compactor.lock().take() {
             c.stop();
         }

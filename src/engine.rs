@@ -658,7 +658,10 @@ impl Engine {
     /// Stops accepting requests, drains the ring, writes and syncs what it held, and joins
     /// the flusher. Every ticket is complete when this returns, and in-process followers end
     /// with `Error::Closed` after the last durable batch. Idempotent; a second call made
-    /// while the first runs waits for it to finish.
+    /// while the first runs waits for it to finish. A `Compaction::Auto` compaction in
+    /// progress toward the policy's ratio (a few segments) runs to its end first, so the log
+    /// rests within the policy; one taking every segment past `max_log_bytes` stops after its
+    /// current batch, retiring nothing.
     ///
     /// A producer that claimed ring space but has not filled it (a thread stopped inside
     /// `put`, between the claim and the publish: preempted for long, or frozen by a debugger

@@ -762,9 +762,7 @@ fn sync_unsynced_log(inner: &Inner, keep_from: u64) -> Result<()> {
         if let Err(e) = synced {
             // As for any failed sync, the pages it covered may never reach the disk and no
             // later sync would say so: the engine fails, and retires nothing more.
-            inner.completion.fail(e.clone());
-            inner.throttle.wake_all();
-            return Err(failed(&e));
+            return Err(inner.fail(&e));
         }
     }
     Ok(())

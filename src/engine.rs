@@ -827,19 +827,15 @@ fn retire_held_off(
     let first_seq = Seq::new(inner.segments.read().iter().next().map_or(1, |s| s.id));
     // A pooled file is reused only once nothing maps it any more (`Pool::take`).
     drop(gone);
-    let recycled = retiring.into_pool(io, dir, &inner.pool).inspect_err(|e| {
+    // A failed directory sync after a removal fails the engine, as any failed sync does: no
+    // later one may be taken to cover it (reads go on; the next open syncs the directory).
+    let recycled = retiring.into_pool(io, dir, &inner.pool).map_err(|e| {
         if sync_failed {
-            // The directory sync after a removal failed: as after any failed sync, no later
-            // one may be taken to cover it, so the engine fails (reads go on; the next open
-            // syncs the directory before it trusts it).
-            inner.completion.fail(e.clone());
-            inner.throttle.wake_all();
+            inner.fail(&e)
+        } else {
+            e
         }
-    });
-    let recycled = match recycled {
-        Err(e) if sync_failed => return Err(failed(&e)),
-        r => r?,
-    };
+    })?;
     Ok(Retired {
         segments: removed,
         bytes: candidates[..removed].iter().map(|s| s.size).sum(),

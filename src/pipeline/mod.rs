@@ -180,6 +180,15 @@ impl Inner {
         }
     }
 
+    /// Fails the engine with `e` outside the pipeline's threads (a failed sync a retirement or
+    /// compaction made): every request not yet durable fails, throttled submitters look
+    /// again. Returns the sticky error the caller reports.
+    pub(crate) fn fail(&self, e: &Error) -> Error {
+        self.completion.fail(e.clone());
+        self.throttle.wake_all();
+        failed(e)
+    }
+
     /// Wakes the flusher wherever it waits for something other than the durable watermark:
     /// for records in the ring, or for the log to have room for a window (after the syncer
     /// takes the queued job, a flush, or close).

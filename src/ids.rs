@@ -436,45 +436,84 @@ pub(crate) fn now_nanos() -> u64 {
 }
 
 /// The ids an open finds: the `ids` file's, then each frame's as the scan visits it, the
-/// newest `horizon.ids` of them kept.
+/// newest `horizon.ids` distinct ids kept. An id found again (a crash between a
+/// retirement's removals keeps a segment whose ids the `ids` file already holds) counts
+/// once, at its later place: counting it twice would push ids the horizon promises out.
 pub(crate) struct Found {
-    ids: VecDeque<(RequestId, u64, u64)>,
+    /// In the order found; `None` where a later entry of the same id superseded it.
+    ids: VecDeque<Option<(RequestId, u64, u64)>>,
+    /// Each kept id's place: its entry is `ids[place - front]`.
+    place: hashbrown::HashMap<RequestId, u64, foldhash::fast::RandomState>,
+    /// The place of `ids[0]`.
+    front: u64,
     horizon: IdHorizon,
 }
 
-/// Starts an open's collection of ids with `dir`'s `ids` file (ids of retired segments).
+/// Starts an open's collection of ids with `dir`'s `ids` file (ids of retired segments),
+/// read a chunk at a time: the memory is the horizon's, whatever the file's size.
 pub(crate) fn carried(dir: &std::path::Path, horizon: IdHorizon) -> Result<Found> {
     let mut found = Found {
         ids: VecDeque::new(),
+        place: hashbrown::HashMap::default(),
+        front: 0,
         horizon,
     };
-    if let Some(bytes) = crate::log::dir::read_ids(dir)? {
+    if let Some((file, len)) = crate::log::dir::open_ids(dir)? {
         let path = dir.join(crate::log::dir::IDS_FILE);
-        let ids = decode_carried(&bytes).map_err(|r| corrupt_carried(&path, r))?;
-        found.extend(ids);
+        read_carried(std::io::BufReader::new(file), len, |id| found.push(id)).map_err(
+            |e| match e {
+                CarriedError::Bad(r) => corrupt_carried(&path, r),
+                CarriedError::Io(e) => Error::io("read request ids", &path, e),
+            },
+        )?;
     }
     Ok(found)
 }
 
 impl Found {
-    fn extend(&mut self, ids: impl IntoIterator<Item = (RequestId, u64, u64)>) {
-        for id in ids {
-            if self.ids.len() == self.horizon.ids {
-                self.ids.pop_front();
+    fn push(&mut self, id: (RequestId, u64, u64)) {
+        let place = self.front + self.ids.len() as u64;
+        if let Some(earlier) = self.place.insert(id.0, place) {
+            self.ids[(earlier - self.front) as usize] = None;
+        }
+        self.ids.push_back(Some(id));
+        while self.place.len() > self.horizon.ids {
+            if let Some(Some((old, ..))) = self.ids.pop_front() {
+                self.place.remove(&old);
             }
-            self.ids.push_back(id);
+            self.front += 1;
+        }
+        while let Some(None) = self.ids.front() {
+            self.ids.pop_front();
+            self.front += 1;
+        }
+        // Superseded entries inside: dropped once they outnumber the kept ones, so the
+        // memory stays about the horizon's.
+        if self.ids.len() > 2 * self.place.len() + 64 {
+            self.ids.retain(Option::is_some);
+            self.front = 0;
+            for (i, e) in self.ids.iter().enumerate() {
+                let (id, ..) = e.expect("only kept entries are left");
+                self.place.insert(id, i as u64);
+            }
         }
     }
 
     /// Adds the ids of `frame`, the next in log order.
     pub fn frame(&mut self, frame: &crate::log::format::Frame<'_>) {
         let (seq, time) = (frame.batch_seq, frame.commit_time.unwrap_or(0));
-        self.extend(frame.ids().map(|id| (RequestId(id), seq, time)));
+        for id in frame.ids() {
+            self.push((RequestId(id), seq, time));
+        }
     }
 
     /// The table of what was found, the horizon applied now.
     pub fn rebuild(self) -> Ids {
-        rebuild(self.ids.into(), self.horizon, now_nanos())
+        rebuild(
+            self.ids.into_iter().flatten().collect(),
+            self.horizon,
+            now_nanos(),
+        )
     }
 }
 
@@ -483,7 +522,7 @@ impl Found {
 pub(crate) fn rebuild(found: Vec<(RequestId, u64, u64)>, horizon: IdHorizon, now: u64) -> Ids {
     let mut ids = Ids::new(horizon);
     // The newest `ids` are what must be remembered: skip the rest without inserting them.
-    // An id found twice (in the file and a segment a crash kept from retiring) is taken once.
+    // An id found twice is taken once, at its first place (`Found` passes each id once).
     let skip = found.len().saturating_sub(horizon.ids);
     let oldest_kept = horizon.age.map_or(0, |a| now.saturating_sub(nanos(a)));
     for (id, seq, time) in found.into_iter().skip(skip) {
@@ -518,32 +557,72 @@ pub(crate) fn encode_carried(ids: &[(RequestId, IdEntry)]) -> Vec<u8> {
     b
 }
 
-/// Decodes an `ids` file's bytes into (id, batch, time); the error says what is wrong.
-pub(crate) fn decode_carried(
-    b: &[u8],
-) -> std::result::Result<Vec<(RequestId, u64, u64)>, &'static str> {
-    let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
-    if b.len() < IDS_HEADER + 4 || b[..8] != IDS_MAGIC {
-        return Err("not a mergelog ids file (magic or length)");
+/// Why an `ids` file could not be read.
+pub(crate) enum CarriedError {
+    /// Its bytes are not an `ids` file: what is wrong.
+    Bad(&'static str),
+    Io(std::io::Error),
+}
+
+/// Reads an `ids` file of `len` bytes from `r`, handing each (id, batch, time) to `each` in
+/// the file's order; the checksum is checked at the end, so on an error the caller must
+/// drop what it was handed. The header and the length are checked before any entry is
+/// read, and entries are read a chunk at a time.
+pub(crate) fn read_carried(
+    mut r: impl std::io::Read,
+    len: u64,
+    mut each: impl FnMut((RequestId, u64, u64)),
+) -> std::result::Result<(), CarriedError> {
+    const CHUNK: usize = 2048;
+    let bad = CarriedError::Bad;
+    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    let mut header = [0u8; IDS_HEADER];
+    if len < (IDS_HEADER + 4) as u64 {
+        return Err(bad("not a mergelog ids file (magic or length)"));
     }
-    let (body, crc) = b.split_at(b.len() - 4);
-    if crc32c::crc32c(body).to_le_bytes() != crc {
-        return Err("checksum mismatch");
+    r.read_exact(&mut header).map_err(CarriedError::Io)?;
+    if header[..8] != IDS_MAGIC {
+        return Err(bad("not a mergelog ids file (magic or length)"));
     }
-    if b[8..12] != IDS_VERSION.to_le_bytes() || b[12..16] != [0; 4] {
-        return Err("unknown version");
+    if header[8..12] != IDS_VERSION.to_le_bytes() || header[12..16] != [0; 4] {
+        return Err(bad("unknown version"));
     }
-    let count = u64_at(16);
-    if count.checked_mul(IDS_ENTRY as u64) != Some((body.len() - IDS_HEADER) as u64) {
-        return Err("the count does not match the length");
+    let count = u64_at(&header, 16);
+    let body = count.checked_mul(IDS_ENTRY as u64);
+    if body.and_then(|b| b.checked_add((IDS_HEADER + 4) as u64)) != Some(len) {
+        return Err(bad("the count does not match the length"));
     }
-    Ok((0..count as usize)
-        .map(|i| {
-            let at = IDS_HEADER + i * IDS_ENTRY;
-            let id = RequestId(b[at..at + 16].try_into().unwrap());
-            (id, u64_at(at + 16), u64_at(at + 24))
-        })
-        .collect())
+    let mut crc = crc32c::crc32c(&header);
+    let mut buf = vec![0u8; CHUNK.min(count as usize) * IDS_ENTRY];
+    let mut left = count;
+    while left > 0 {
+        let n = (left as usize).min(CHUNK);
+        let chunk = &mut buf[..n * IDS_ENTRY];
+        r.read_exact(chunk).map_err(CarriedError::Io)?;
+        crc = crc32c::crc32c_append(crc, chunk);
+        for e in chunk.chunks_exact(IDS_ENTRY) {
+            let id = RequestId(e[..16].try_into().unwrap());
+            each((id, u64_at(e, 16), u64_at(e, 24)));
+        }
+        left -= n as u64;
+    }
+    let mut stored = [0u8; 4];
+    r.read_exact(&mut stored).map_err(CarriedError::Io)?;
+    if crc.to_le_bytes() != stored {
+        return Err(bad("checksum mismatch"));
+    }
+    Ok(())
+}
+
+/// Decodes a whole `ids` file's bytes (the tests' way in).
+#[cfg(test)]
+fn decode_carried(b: &[u8]) -> std::result::Result<Vec<(RequestId, u64, u64)>, &'static str> {
+    let mut v = Vec::new();
+    match read_carried(b, b.len() as u64, |e| v.push(e)) {
+        Ok(()) => Ok(v),
+        Err(CarriedError::Bad(r)) => Err(r),
+        Err(CarriedError::Io(_)) => Err("short"),
+    }
 }
 
 /// Before segments holding the batches below `seq` are retired: writes every remembered id
@@ -577,6 +656,39 @@ mod tests {
 
     fn id(n: u128) -> RequestId {
         RequestId::from(n)
+    }
+
+    /// `Found` keeps the newest `horizon.ids` distinct ids, an id found again counting once at
+    /// its later place, and its memory stays about the horizon's however many it is handed.
+    #[test]
+    fn found_keeps_the_newest_distinct_ids_in_bounded_memory() {
+        let horizon = IdHorizon {
+            ids: 100,
+            age: None,
+        };
+        let mut found = Found {
+            ids: VecDeque::new(),
+            place: hashbrown::HashMap::default(),
+            front: 0,
+            horizon,
+        };
+        // Each id twice in a row, as a crash between a retirement's removals leaves them
+        // (the file's entry, then the frame's), for 10,000 ids.
+        for n in 0..10_000u64 {
+            found.push((id(n.into()), n, 0));
+            found.push((id(n.into()), n, 0));
+            assert!(
+                found.ids.len() <= 2 * 100 + 64,
+                "{} entries",
+                found.ids.len()
+            );
+        }
+        // Then an old id again, at a later place: it is kept, once, as the newest.
+        found.push((id(5), 20_000, 0));
+        let kept: Vec<u64> = found.ids.iter().flatten().map(|(_, s, _)| *s).collect();
+        let want: Vec<u64> = (9_901..10_000).chain([20_000]).collect();
+        assert_eq!(kept, want);
+        assert_eq!(found.place.len(), 100);
     }
 
     #[test]

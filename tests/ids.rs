@@ -373,6 +373,85 @@ fn a_damaged_ids_file_is_refused_with_its_path() {
     );
 }
 
+/// A crash between a retirement's removals keeps a segment whose ids the `ids` file
+/// already holds: the open finds them twice and must count them once against the horizon,
+/// or ids the horizon promises are forgotten (and a retry of one is applied again).
+#[test]
+fn a_crash_between_a_retirements_removals_forgets_no_id_the_horizon_keeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        request_ids: IdHorizon { ids: 8, age: None },
+        ..small_segments()
+    };
+    let e = Engine::open(dir.path(), config.clone()).unwrap();
+    let value = vec![7u8; 20_000];
+    let mut seqs = HashMap::new();
+    for n in 1..=10u128 {
+        let key = format!("k{n}");
+        let t = e.put_with_id(id(n), key.as_bytes(), &value).unwrap();
+        seqs.insert(n, t.wait().unwrap().seq());
+    }
+    // Three 20 KB puts fill a 64 KiB segment: ids 1-3, 4-6, 7-9 and 10.
+    let segments = e.segments();
+    assert_eq!(segments.len(), 4, "{segments:?}");
+    let second = segments[1].path.clone();
+    let second_bytes = std::fs::read(&second).unwrap();
+    e.retire_before(segments[2].first_seq).unwrap();
+    e.close().unwrap();
+    // The power went after the first removal was durable and before the second was: the
+    // second segment is back, beside the `ids` file that holds its ids too.
+    std::fs::write(&second, &second_bytes).unwrap();
+    let e = Engine::open(dir.path(), config).unwrap();
+    for n in 3..=10u128 {
+        assert_eq!(
+            e.request_id_seq(id(n)),
+            Some(seqs[&n]),
+            "id {n} is among the newest 8 and must be remembered"
+        );
+    }
+    let retried = e.put_with_id(id(3), b"k3", b"again").unwrap();
+    assert!(retried.wait().unwrap().is_duplicate());
+    e.close().unwrap();
+}
+
+/// A huge `ids` file (here a sparse terabyte of zeros, as a damaged directory might hold) is
+/// refused from its header, not read into memory first: the error names the file and says
+/// what is wrong with it. The same for one whose header claims a count its length does not
+/// hold.
+#[test]
+fn a_huge_ids_file_is_refused_from_its_header() {
+    let dir = tempfile::tempdir().unwrap();
+    Engine::open(dir.path(), Config::default())
+        .unwrap()
+        .close()
+        .unwrap();
+    let path = dir.path().join("ids");
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(1 << 40).unwrap();
+    drop(file);
+    let msg = Engine::open(dir.path(), Config::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("request ids file: not a mergelog ids file") && msg.contains("ids"),
+        "{msg}"
+    );
+    let mut header = b"MLIDS\0\0\0".to_vec();
+    header.extend_from_slice(&1u32.to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes());
+    header.extend_from_slice(&3u64.to_le_bytes());
+    std::fs::write(&path, &header).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(1 << 40).unwrap();
+    drop(file);
+    let check = LogReader::check(dir.path(), Default::default(), Default::default());
+    let msg = check.unwrap_err().to_string();
+    assert!(
+        msg.contains("request ids file: the count does not match the length"),
+        "{msg}"
+    );
+}
+
 #[test]
 fn a_horizon_of_nothing_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -463,14 +463,19 @@ fn replace_small_file(
 pub(crate) const IDS_FILE: &str = "ids";
 const IDS_TMP: &str = "ids.tmp";
 
-/// The bytes of `dir`'s carried-ids file, `None` if there is none.
-pub(crate) fn read_ids(dir: &Path) -> Result<Option<Vec<u8>>> {
+/// `dir`'s carried-ids file, open for reading, and its length; `None` if there is none.
+pub(crate) fn open_ids(dir: &Path) -> Result<Option<(File, u64)>> {
     let p = dir.join(IDS_FILE);
-    match std::fs::read(&p) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io("read request ids", &p, e)),
-    }
+    let file = match File::open(&p) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("open request ids", &p, e)),
+    };
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("read request ids' length", &p, e))?
+        .len();
+    Ok(Some((file, len)))
 }
 
 /// Replaces the carried-ids file with `bytes` as [`write_clean_mark`] writes the mark: a

@@ -144,6 +144,63 @@ fn a_bit_flip_in_durable_history_is_refused_not_cut() {
     assert!(engine.read(b"key-5").unwrap().is_none());
 }
 
+/// Past a torn last frame, bytes that put a plausible frame header every 32 bytes, each
+/// claiming a body to the end of the segment (a crafted value could), made the evidence
+/// search checksum most of the segment per header: minutes for a few MiB. The search now
+/// gives up within a bounded amount of work; since it cannot tell what follows, the default
+/// open refuses as `Error::Corrupt` naming the file, the offset and the way out, changing
+/// nothing, and `PointInTime` cuts there.
+#[test]
+fn bytes_crafted_to_make_the_evidence_search_quadratic_are_refused_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(RecoveryMode::default());
+    let frames = write_batches(dir.path(), &cfg, 4);
+    std::fs::remove_file(dir.path().join("CLEAN")).expect("a clean close leaves the mark");
+    let seg = last_segment(dir.path());
+    let victim = frames.last().unwrap();
+    flip_bit(&seg, victim.offset + FRAME_HEADER_LEN as u64 + 2);
+    let size = std::fs::metadata(&seg).unwrap().len();
+    let evidence_from = victim.batch_seq + UNDURABLE_FRAMES_MAX;
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    let mut off = victim.offset + 4096;
+    while off + 64 <= size {
+        let mut h = [0u8; FRAME_HEADER_LEN];
+        h[..4].copy_from_slice(b"MLFR");
+        h[8..12].copy_from_slice(&((size - off) as u32 - FRAME_HEADER_LEN as u32).to_le_bytes());
+        h[16..24].copy_from_slice(&evidence_from.to_le_bytes());
+        f.write_all_at(&h, off).unwrap();
+        off += FRAME_HEADER_LEN as u64;
+    }
+    drop(f);
+    let before = dir_contents(dir.path());
+    let msg = match Engine::open(dir.path(), cfg.clone()) {
+        Err(e @ Error::Corrupt { .. }) => e.to_string(),
+        other => panic!(
+            "expected Error::Corrupt, got {:?}",
+            other.map(|_| "an engine")
+        ),
+    };
+    assert!(
+        msg.contains(&seg.display().to_string())
+            && msg.contains(&format!("offset {}", victim.offset))
+            && msg.contains("gave up")
+            && msg.contains("PointInTime"),
+        "{msg}"
+    );
+    assert!(
+        dir_contents(dir.path()) == before,
+        "the refusing open changed files"
+    );
+    let engine = Engine::open(dir.path(), config(RecoveryMode::PointInTime)).expect("PointInTime");
+    let cut = engine
+        .open_report()
+        .truncated
+        .clone()
+        .expect("the cut is reported");
+    assert_eq!((cut.path, cut.offset), (seg, victim.offset));
+    assert_eq!(engine.len(), 3);
+}
+
 /// Damage close to the end (fewer than `UNDURABLE_FRAMES_MAX` frames follow it) may be a torn
 /// tail: the default mode still cuts it, and reports it.
 #[test]

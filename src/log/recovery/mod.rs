@@ -328,12 +328,19 @@ impl Found {
     }
 
     fn refusal(&self, why: Refusal, damage: Damage) -> Error {
+        let what = || match self.verdict.damage() {
+            Some((_, reason)) => reason,
+            None => format!("the frames end at offset {}", self.verdict.end),
+        };
         match (why, self.loss) {
+            // Nothing is known past where the search gave up: not a loss it can name.
+            (Refusal::DamagedHistory, Some(loss)) if loss.gave_up.is_some() => Error::Corrupt {
+                path: damage.path,
+                offset: damage.offset,
+                reason: loss.reason(&what()),
+            },
             (Refusal::DamagedHistory, Some(loss)) => {
-                let what = match self.verdict.damage() {
-                    Some((_, reason)) => reason,
-                    None => format!("the frames end at offset {}", self.verdict.end),
-                };
+                let what = what();
                 Error::DamagedHistory {
                     path: damage.path,
                     offset: damage.offset,

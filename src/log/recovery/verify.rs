@@ -7,7 +7,7 @@
 
 use super::Expect;
 use crate::log::format::{
-    decode_frame, segment_size_valid, Decoded, FormatError, Frame, SegmentHeader,
+    decode_frame, peek_frame, segment_size_valid, Decoded, FormatError, Frame, SegmentHeader,
     FORMAT_VERSION_MAX, FRAME_HEADER_LEN, FRAME_MAGIC, SEGMENT_HEADER_LEN, SEGMENT_RECYCLED,
     SEGMENT_REWRITTEN, UNDURABLE_FRAMES_MAX,
 };
@@ -352,57 +352,99 @@ impl<'a> Iterator for Verifier<'a> {
     }
 }
 
+/// What [`later_frames`] found past the damage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Later {
+    /// No frames a writer wrote after it.
+    Nothing,
+    /// A chain of them: its first frame's offset and its last batch.
+    Chain(u64, u64),
+    /// The search stopped at this offset having checksummed more candidate bytes than
+    /// [`SEARCH_BUDGET`] segments' worth, which only bytes shaped as frame headers claiming
+    /// long, overlapping bodies cost: it cannot tell what follows.
+    GaveUp(u64),
+}
+
+/// How many times a segment's length the evidence search may checksum: a log's own frames
+/// cost each byte about twice (as a candidate, then in a chain), so only bytes made to look
+/// like frame headers over and over, each claiming a long body, reach it.
+pub(crate) const SEARCH_BUDGET: usize = 4;
+
 /// Looks past damage at `stop` (where batch `expected` should have been) for the frames a
 /// writer wrote after it: a frame at an 8-aligned offset from `from` on that decodes, has a
 /// batch sequence `t >= min_seq`, leaves room for the batches before it (`expected..t`, at
 /// least a frame header each) between `stop` and itself, and begins a chain of consecutive
-/// batches that runs to the end of the frames (zeros, or the end of the segment). Returns its
-/// offset and the last batch of its chain.
+/// batches that runs to the end of the frames (zeros, or the end of the segment).
 ///
 /// The last two conditions keep a copy of log frames inside a damaged frame's value (an
 /// application may store log bytes as values) from passing for evidence; such a copy could
 /// only pass by also carrying plausible sequence numbers and ending where the log ends, and
-/// then the open refuses, which changes nothing and names the way out (`PointInTime`).
+/// then the open refuses, which changes nothing and names the way out (`PointInTime`). A
+/// candidate's header is checked (sequence, room) before its checksum is computed, and the
+/// checksums computed are bounded ([`SEARCH_BUDGET`]): bytes crafted as a frame header every
+/// few bytes, each claiming megabytes, made the search quadratic in the segment's size.
 pub(crate) fn later_frames(
     image: &[u8],
     stop: u64,
     from: u64,
     expected: u64,
     min_seq: u64,
-) -> Option<(u64, u64)> {
+) -> Later {
+    let budget = image.len().saturating_mul(SEARCH_BUDGET);
+    let mut checked = 0usize;
+    // Decodes the frame at `at` (its checksum included) once the budget allows its length.
+    let mut decode = |at: usize| -> Option<Result<Decoded<'_>, ()>> {
+        if let Some((_, len)) = peek_frame(image, at) {
+            checked = checked.saturating_add(len);
+            if checked > budget {
+                return None;
+            }
+        }
+        Some(decode_frame(image, at).map_err(|_| ()))
+    };
     let mut off = (from as usize + 7) & !7;
     while off + FRAME_MAGIC.len() <= image.len() {
         if image[off..off + FRAME_MAGIC.len()] != FRAME_MAGIC {
             off += 8;
             continue;
         }
-        let Ok(Decoded::Frame(f)) = decode_frame(image, off) else {
-            off += 8;
-            continue;
-        };
-        let room = (f.batch_seq.saturating_sub(expected)).saturating_mul(FRAME_HEADER_LEN as u64);
-        if f.batch_seq < min_seq || room > off as u64 - stop {
+        let plausible = peek_frame(image, off).is_some_and(|(seq, _)| {
+            let room = seq
+                .saturating_sub(expected)
+                .saturating_mul(FRAME_HEADER_LEN as u64);
+            seq >= min_seq && room <= off as u64 - stop
+        });
+        if !plausible {
             off += 8;
             continue;
         }
+        let f = match decode(off) {
+            None => return Later::GaveUp(off as u64),
+            Some(Ok(Decoded::Frame(f))) => f,
+            Some(_) => {
+                off += 8;
+                continue;
+            }
+        };
         // Walk the chain from here to its end.
         let (mut at, mut last) = (off + f.len, f.batch_seq);
         let chained = loop {
-            match decode_frame(image, at) {
-                Ok(Decoded::End) => break true,
-                Ok(Decoded::Frame(g)) if g.batch_seq == last + 1 => {
+            match decode(at) {
+                None => return Later::GaveUp(at as u64),
+                Some(Ok(Decoded::End)) => break true,
+                Some(Ok(Decoded::Frame(g))) if g.batch_seq == last + 1 => {
                     last = g.batch_seq;
                     at += g.len;
                 }
-                _ => break false,
+                Some(_) => break false,
             }
         };
         if chained {
-            return Some((off as u64, last));
+            return Later::Chain(off as u64, last);
         }
         off = at.max(off + 8);
     }
-    None
+    Later::Nothing
 }
 
 /// Evidence that the frames of a last segment stopped before the end of durable history.
@@ -412,12 +454,23 @@ pub(crate) struct Loss {
     pub first_later: Option<u64>,
     /// The last batch that would be lost.
     pub last_lost: u64,
+    /// Where the search for later frames gave up ([`Later::GaveUp`]): then nothing is known
+    /// about what follows, and the open refuses as `Error::Corrupt` (`PointInTime` cuts).
+    pub gave_up: Option<u64>,
 }
 
 impl Loss {
     /// Says why `what` (the damage, or where the frames end) lost durable history.
     pub fn reason(&self, what: &str) -> String {
         let last_lost = self.last_lost;
+        if let Some(at) = self.gave_up {
+            return format!(
+                "{what}, and the search for frames written after it gave up at offset {at} \
+                 (bytes shaped as frame headers claiming long bodies, over and over, cost \
+                 more than {SEARCH_BUDGET} passes over the segment): what follows is unknown, \
+                 so nothing was changed (open with RecoveryMode::PointInTime to cut here)"
+            );
+        }
         let later = match self.first_later {
             Some(off) => format!("valid frames up to batch {last_lost} follow at offset {off}"),
             None => format!("the log was closed cleanly after batch {last_lost}"),
@@ -443,21 +496,28 @@ pub(crate) fn durable_loss(
         let from = if damaged { stop + 8 } else { stop };
         later_frames(image, stop, from, next_seq, next_seq + UNDURABLE_FRAMES_MAX)
     } else {
-        None
+        Later::Nothing
     };
     let marked = expect
         .clean
         .filter(|m| m.next_seq > next_seq && m.segment_id >= segment_id)
         .map(|m| m.next_seq - 1);
     match (later, marked) {
-        (None, None) => None,
-        (Some((off, top)), m) => Some(Loss {
+        (Later::Nothing, None) => None,
+        (Later::Chain(off, top), m) => Some(Loss {
             first_later: Some(off),
             last_lost: m.map_or(top, |m| m.max(top)),
+            gave_up: None,
         }),
-        (None, Some(m)) => Some(Loss {
+        (Later::Nothing, Some(m)) => Some(Loss {
             first_later: None,
             last_lost: m,
+            gave_up: None,
+        }),
+        (Later::GaveUp(at), m) => Some(Loss {
+            first_later: None,
+            last_lost: m.unwrap_or(next_seq),
+            gave_up: Some(at),
         }),
     }
 }
@@ -881,6 +941,7 @@ mod tests {
             Some(Loss {
                 first_later: Some(2048),
                 last_lost: 4 + UNDURABLE_FRAMES_MAX + 2,
+                gave_up: None,
             })
         );
         // Without syncs the bound says nothing.
@@ -893,6 +954,47 @@ mod tests {
         assert_eq!(durable_loss(&image, stop, true, 4, 1, &synced), None);
         let (image, stop) = damaged_then(None);
         assert_eq!(durable_loss(&image, stop, true, 4, 1, &synced), None);
+    }
+
+    /// Bytes past the damage that put a plausible frame header every 32 bytes, each
+    /// claiming a body to the end of the segment, would cost a checksum over most of the
+    /// segment per header: the search gives up within its budget and says where, and the
+    /// open then refuses rather than guess (a cut could drop durable frames it never
+    /// reached). A header that is not plausible (its batch too early, or too far on for the
+    /// room before it) is never checksummed.
+    #[test]
+    fn the_evidence_search_gives_up_on_bytes_crafted_to_make_it_quadratic() {
+        let size = 1 << 20;
+        let crafted = |seq: u64| {
+            let mut image = vec![0u8; size];
+            let header = SegmentHeader::new(1, size as u64, false);
+            image[..SEGMENT_HEADER_LEN].copy_from_slice(&header.encode());
+            let mut off = 2048;
+            while off + 64 <= size {
+                image[off..off + 4].copy_from_slice(&FRAME_MAGIC);
+                let body = (size - off - FRAME_HEADER_LEN) as u32;
+                image[off + 8..off + 12].copy_from_slice(&body.to_le_bytes());
+                image[off + 16..off + 24].copy_from_slice(&seq.to_le_bytes());
+                off += FRAME_HEADER_LEN;
+            }
+            image
+        };
+        let (stop, min) = (64, 4 + UNDURABLE_FRAMES_MAX);
+        let image = crafted(min);
+        match later_frames(&image, stop, stop + 8, 4, min) {
+            Later::GaveUp(at) => assert!(at > 2048 && (at as usize) < size, "{at}"),
+            other => panic!("{other:?}"),
+        }
+        let synced = Expect {
+            synced: true,
+            clean: None,
+        };
+        let loss = durable_loss(&image, stop, true, 4, 1, &synced).unwrap();
+        assert!(loss.gave_up.is_some(), "{loss:?}");
+        assert!(loss.reason("bad").contains("gave up at offset"), "{loss:?}");
+        // Batches too early to be evidence: not one checksum, nothing found.
+        let image = crafted(min - 1);
+        assert_eq!(later_frames(&image, stop, stop + 8, 4, min), Later::Nothing);
     }
 
     #[test]
@@ -911,7 +1013,8 @@ mod tests {
             loss,
             Some(Loss {
                 first_later: None,
-                last_lost: 8
+                last_lost: 8,
+                gave_up: None,
             })
         );
         assert_eq!(

@@ -145,9 +145,11 @@ pub(crate) struct LiveLog {
     /// ring first): `durable_seq` is final, and nothing more will land. Set only through
     /// [`LiveLog::stop`].
     pub stopped: AtomicBool,
-    /// The engine's failure, once it has failed (`Completion::fail`): no batch past those
-    /// already handed to the syncers will become durable, so a follower that has yielded
-    /// every durable batch ends with `Error::Failed` instead of waiting for more.
+    /// The engine's failure, once nothing more will become durable: at once after a failed
+    /// sync (`Completion::fail`); after a failed write, once the jobs the syncers held have
+    /// completed (`Inner::settle_failure`), since those may still become durable. A follower
+    /// that has yielded every durable batch then ends with `Error::Failed` instead of
+    /// waiting for more.
     failure: std::sync::OnceLock<Error>,
     /// Followers and consumers blocked or polled until one of these moves.
     waiters: SeqWaiters,

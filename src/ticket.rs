@@ -152,6 +152,12 @@ impl Completion {
         self.failure.get()
     }
 
+    /// Whether the engine has failed, read SeqCst (the failure is set SeqCst): for a check
+    /// that must pair with another thread's SeqCst store (`Inner::settle_failure`).
+    pub(crate) fn has_failed(&self) -> bool {
+        self.state.load(Ordering::SeqCst) & FAILED != 0
+    }
+
     /// Whether the request ending at `pos` is complete in `state` (a value of `self.state`):
     /// durable, or failed (past `failed_from` after a failure).
     fn done(&self, state: u64, pos: u64) -> bool {
@@ -266,10 +272,19 @@ impl Completion {
         }
         self.wake_threads();
         self.wake_futures();
-        if let Some(live) = self.on_failure.get() {
-            if let Some(e) = self.failure.get() {
-                live.fail(e.clone());
-            }
+        // After `fail_after` the jobs before `from` may still become durable: the pipeline
+        // tells the followers once none is left (`Inner::settle_failure`). After `fail`
+        // nothing more becomes durable.
+        if from.is_none() {
+            self.tell_followers();
+        }
+    }
+
+    /// Tells the followers' and consumers' gate of the failure (nothing more will become
+    /// durable), if there is one.
+    pub(crate) fn tell_followers(&self) {
+        if let (Some(live), Some(e)) = (self.on_failure.get(), self.failure.get()) {
+            live.fail(e.clone());
         }
     }
 

@@ -917,6 +917,49 @@ fn outcome_is_final_when_a_later_batch_fails_during_a_sync() {
     );
 }
 
+/// A follower of the engine whose batch 2's write failed while batch 1 was syncing: batch 1
+/// may still become durable (it does), so the follower waits, yields batch 1, and only then
+/// ends with `Error::Failed`. It used to end with `Failed` at once, and a loop that stops
+/// there (`for b in follower`) missed batch 1, an acknowledged write.
+#[test]
+fn a_follower_yields_a_batch_that_becomes_durable_after_a_later_write_failed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let io = Arc::new(SlowSyncThenFailIo::default());
+    let shared: Arc<dyn Io> = io.clone();
+    let config = countdown_config(WritePath::Pwrite);
+    let engine = Engine::open_with_io(dir.path(), config, shared).expect("open");
+    let mut follower = engine.follow(engine.durable_seq().next());
+    let a = engine.put(b"a", b"1").expect("put a");
+    wait_until("batch 1 is being written", || {
+        io.writing_first.load(Ordering::SeqCst)
+    });
+    let _b = engine.put(b"b", b"2").expect("put b");
+    io.release_write.store(true, Ordering::SeqCst);
+    wait_until("batch 1 is syncing", || {
+        io.sync_started.load(Ordering::SeqCst)
+    });
+    wait_until("batch 2's write failed", || engine.failure().is_some());
+    let early = follower.try_next();
+    assert!(
+        matches!(early, Ok(None)),
+        "batch 1 is still syncing: the follower must wait for it, not end: {early:?}"
+    );
+    io.release_sync.store(true, Ordering::SeqCst);
+    let seq = a.wait_timeout(WAIT_MAX).expect("batch 1 durable");
+    let batch = follower
+        .next_timeout(WAIT_MAX)
+        .expect("batch 1")
+        .expect("in time");
+    assert_eq!(batch.seq, seq);
+    assert_eq!(batch.records[0].1, b"a");
+    let end = follower.next_timeout(WAIT_MAX);
+    assert!(
+        matches!(end, Err(Error::Failed(_))),
+        "then it ends: {end:?}"
+    );
+    engine.close().expect_err("the engine failed");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. Simulated power loss.
 

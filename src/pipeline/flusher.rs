@@ -688,6 +688,7 @@ impl Flusher {
                 // The windows already handed on complete with their own sync's outcome.
                 inner.completion.fail_after(e, self.in_flight);
                 inner.throttle.wake_all();
+                inner.settle_failure();
             }
         }
         // On failure every ticket of this window and later ones reports it; get slots are
@@ -1358,6 +1359,7 @@ impl Flusher {
             Err(e) => {
                 inner.completion.fail_after(e, self.in_flight);
                 inner.throttle.wake_all();
+                inner.settle_failure();
                 return Err(gone(&inner));
             }
         };

@@ -189,6 +189,22 @@ impl Inner {
         failed(e)
     }
 
+    /// After a failure that left jobs with the syncers (`Completion::fail_after`, a failed
+    /// write): once none is queued or completing, nothing more becomes durable, and the
+    /// followers and consumers are told (they end with `Error::Failed` once they have
+    /// yielded every durable batch, the ones those jobs made durable included). Called by
+    /// the flusher after `fail_after` and by a syncer after each completion; the SeqCst pairs
+    /// (failure set, then counts read; counts lowered, then failure read) make one of them
+    /// see both.
+    pub(crate) fn settle_failure(&self) {
+        if self.completion.has_failed()
+            && self.queued.load(std::sync::atomic::Ordering::SeqCst) == 0
+            && self.completing.load(std::sync::atomic::Ordering::SeqCst) == 0
+        {
+            self.completion.tell_followers();
+        }
+    }
+
     /// Wakes the flusher wherever it waits for something other than the durable watermark:
     /// for records in the ring, or for the log to have room for a window (after the syncer
     /// takes the queued job, a flush, or close).

@@ -285,6 +285,7 @@ impl Syncer {
 /// A taken group's completion has ended (whatever its outcome): see `Inner::completing`.
 fn completed(inner: &Inner) {
     inner.completing.fetch_sub(1, Ordering::SeqCst);
+    inner.settle_failure();
 }
 
 /// Syncs the frames of `group` (one of several syncers' groups), which started at `t0`,

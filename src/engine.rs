@@ -421,7 +421,8 @@ impl Engine {
     }
 
     /// Reads the durable value of `key`, zero-copy from the log's mapping, without going
-    /// through the window. A writer whose ticket completed reads its own write.
+    /// through the window. A writer whose ticket completed reads its own write. (With
+    /// `Durability::NoSync`, "durable" means written: a power loss can take it back.)
     pub fn read(&self, key: &[u8]) -> Result<Option<ValueRef>> {
         self.check_key(key)?;
         Ok(ValueRef::lookup(
@@ -633,9 +634,12 @@ impl Engine {
         }
     }
 
-    /// The last durable batch (0 before the log's first): every batch up to it is durable,
-    /// and every ticket whose `wait` gives a batch at or below it is complete. What a caller
-    /// checkpoints against; `follow(durable_seq().next())` yields what comes after.
+    /// The last durable batch (0 before the log's first): every batch up to it is durable
+    /// and its index updates are queued (a read sees them), and once a ticket's `wait` has
+    /// given batch N, `durable_seq() >= N`. It moves just before the tickets it covers
+    /// complete, so a ticket of a batch at or below it may still report pending for a
+    /// moment. What a caller checkpoints against; `follow(durable_seq().next())` yields what
+    /// comes after.
     pub fn durable_seq(&self) -> Seq {
         Seq::new(self.inner.live.durable_seq.load(Ordering::Acquire))
     }

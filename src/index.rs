@@ -663,8 +663,9 @@ impl BenchIndex {
     }
 }
 
-/// A durable value, borrowed zero-copy from the segment's memory map. Holding it keeps the
-/// segment mapped; it never changes (log bytes are written once).
+/// A durable value (with `Durability::NoSync`, a written one), borrowed zero-copy from the
+/// segment's memory map. Holding it keeps the segment mapped; it never changes (log bytes
+/// are written once).
 #[derive(Clone)]
 pub struct ValueRef {
     seg: Arc<Segment>,

@@ -9,7 +9,7 @@
 //! of its contents. Creating the file (the zero fill), naming it and removing it are
 //! `dir.rs`'s.
 
-use crate::config::WritePath;
+use crate::config::{WritePath, SEGMENT_BYTES_MAX};
 use crate::error::{Error, Result};
 use crate::log::format::{SegmentHeader, END_MARKER_LEN, SEGMENT_HEADER_LEN};
 use crate::log::io::{guarded, open_existing, sync_range_data, IoOp, SharedIo};
@@ -155,11 +155,32 @@ impl Mapped {
     /// [`open_unmapped`]); while the engine takes the file for reuse, this fails with
     /// `WouldBlock`.
     pub fn open(path: &Path, writable: bool) -> Result<Mapped> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Non-blocking, so that a FIFO under a segment's name cannot block the open (it
+        // changes nothing for a regular file); anything but a regular file is refused.
+        let irregular = || Error::Corrupt {
+            path: path.to_owned(),
+            offset: 0,
+            reason: "a segment's name on something other than a regular file (a directory, \
+                     FIFO or device)"
+                .into(),
+        };
         let file = OpenOptions::new()
             .read(true)
             .write(writable)
+            .custom_flags(libc::O_NONBLOCK)
             .open(path)
-            .map_err(|e| Error::io("open segment", path, e))?;
+            .map_err(|e| match e.raw_os_error() {
+                // A directory opened for writing.
+                Some(libc::EISDIR) => irregular(),
+                _ => Error::io("open segment", path, e),
+            })?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io("stat segment", path, e))?;
+        if !meta.is_file() {
+            return Err(irregular());
+        }
         let locked = flock(&file, libc::LOCK_SH).map_err(|e| Error::io("lock segment", path, e))?;
         if !locked {
             return Err(Error::io("lock segment", path, being_reused()));
@@ -180,10 +201,27 @@ impl Mapped {
                 reason: format!("segment file is {size} bytes, shorter than its header"),
             });
         }
+        if size > SEGMENT_BYTES_MAX {
+            return Err(Error::Corrupt {
+                path: path.to_owned(),
+                offset: 0,
+                reason: format!(
+                    "segment file is {size} bytes, more than a segment can be \
+                     ({SEGMENT_BYTES_MAX})"
+                ),
+            });
+        }
         let mut opts = MmapOptions::new();
         // Opening reads the whole file (recovery scans it): one populate call maps it far
-        // faster than a page fault per 4 KiB.
-        opts.populate();
+        // faster than a page fault per 4 KiB. Not a file whose header gives another size:
+        // recovery refuses it from the header alone, and populating a large sparse file
+        // took minutes and the page cache.
+        let mut header = [0u8; SEGMENT_HEADER_LEN];
+        let other_size = file.read_exact_at(&mut header, 0).is_ok()
+            && SegmentHeader::decode(&header).is_ok_and(|h| h.segment_size != size);
+        if !other_size {
+            opts.populate();
+        }
         let map = if writable {
             opts.map_raw(&file)
         } else {

@@ -201,6 +201,141 @@ fn bytes_crafted_to_make_the_evidence_search_quadratic_are_refused_quickly() {
     assert_eq!(engine.len(), 3);
 }
 
+/// Every segment file gone (removed by hand, a restore that left them out) beside a
+/// clean-close mark that says batches were durable: not a new, empty log. The default open,
+/// `AbsoluteConsistency` and `LogReader::check` refuse, naming the mark and the lost batches,
+/// and change nothing; `PointInTime` accepts the loss, reports it, and goes on from the
+/// mark's next batch, so no sequence number is given twice. It used to start a new log at
+/// batch 1 in every mode.
+#[test]
+fn a_log_whose_segments_are_all_gone_is_refused_not_started_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(RecoveryMode::default());
+    let frames = write_batches(dir.path(), &cfg, 5);
+    let last = frames.last().unwrap().batch_seq;
+    for (_, path) in segment_files(dir.path()) {
+        std::fs::remove_file(path).unwrap();
+    }
+    let before = dir_contents(dir.path());
+    let mark = dir.path().join("CLEAN");
+    for mode in [
+        RecoveryMode::TolerateCorruptedTail,
+        RecoveryMode::AbsoluteConsistency,
+    ] {
+        match Engine::open(dir.path(), config(mode)) {
+            Err(Error::DamagedHistory {
+                path,
+                first_lost,
+                last_lost,
+                ..
+            }) => assert_eq!((path, first_lost, last_lost), (mark.clone(), 1, last)),
+            other => panic!("{mode:?}: {:?}", other.map(|_| "an engine")),
+        }
+        let check = mergelog::LogReader::check(dir.path(), mode, mergelog::Durability::Sync);
+        assert!(
+            matches!(check, Err(Error::DamagedHistory { .. })),
+            "{mode:?}: {check:?}"
+        );
+        assert!(dir_contents(dir.path()) == before, "{mode:?} changed files");
+    }
+    let engine = Engine::open(dir.path(), config(RecoveryMode::PointInTime)).expect("PointInTime");
+    let cut = engine
+        .open_report()
+        .truncated
+        .clone()
+        .expect("the loss is reported");
+    assert_eq!(cut.path, mark);
+    assert_eq!(engine.len(), 0);
+    let seq = engine
+        .put(b"k", b"v")
+        .unwrap()
+        .wait_timeout(WAIT_MAX)
+        .unwrap();
+    assert_eq!(seq.get(), last + 1, "sequence numbers go on from the mark");
+    engine.close().unwrap();
+}
+
+/// Opens `dir` with `cfg` on another thread and returns the error, failing the test if the
+/// open succeeds or is still running after `WAIT_MAX` (a FIFO blocked it forever; a sparse
+/// terabyte was mapped with every page populated, minutes and all free memory).
+fn open_error(dir: &Path, cfg: &Config) -> Error {
+    let (dir, cfg) = (dir.to_owned(), cfg.clone());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = Engine::open(&dir, cfg).map(|_| ());
+        let _ = tx.send(r);
+    });
+    match rx.recv_timeout(WAIT_MAX) {
+        Ok(Err(e)) => e,
+        Ok(Ok(())) => panic!("the open succeeded"),
+        Err(_) => panic!("the open was still running after {WAIT_MAX:?}"),
+    }
+}
+
+/// A segment name on a file no engine made: a sparse terabyte (more than any segment can
+/// be), a FIFO, a directory; and a FIFO under the `ids` file's name. Each is refused at
+/// once with an error naming the file, in every mode, instead of blocking the open or
+/// mapping a terabyte.
+#[test]
+fn a_segment_name_on_a_huge_or_irregular_file_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(RecoveryMode::default());
+    write_batches(dir.path(), &cfg, 3);
+    let seg = last_segment(dir.path());
+    let bytes = std::fs::read(&seg).unwrap();
+    let restore = |what: &Path| {
+        let _ = std::fs::remove_file(what).or_else(|_| std::fs::remove_dir(what));
+        std::fs::write(&seg, &bytes).unwrap();
+    };
+    let mkfifo = |p: &Path| {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+        let made = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+        assert_eq!(made, 0, "mkfifo {p:?}");
+    };
+    for mode in [
+        RecoveryMode::TolerateCorruptedTail,
+        RecoveryMode::PointInTime,
+        RecoveryMode::AbsoluteConsistency,
+    ] {
+        let cfg = config(mode);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        let msg = open_error(dir.path(), &cfg).to_string();
+        assert!(
+            msg.contains(&seg.display().to_string()) && msg.contains("more than a segment can be"),
+            "{mode:?}: {msg}"
+        );
+        restore(&seg);
+        for irregular in ["fifo", "directory"] {
+            std::fs::remove_file(&seg).unwrap();
+            match irregular {
+                "fifo" => mkfifo(&seg),
+                _ => std::fs::create_dir(&seg).unwrap(),
+            }
+            let msg = open_error(dir.path(), &cfg).to_string();
+            assert!(
+                msg.contains(&seg.display().to_string()) && msg.contains("regular file"),
+                "{mode:?}, a {irregular}: {msg}"
+            );
+            restore(&seg);
+        }
+        let ids = dir.path().join("ids");
+        mkfifo(&ids);
+        let msg = open_error(dir.path(), &cfg).to_string();
+        assert!(
+            msg.contains("ids") && msg.contains("regular file"),
+            "{mode:?}: {msg}"
+        );
+        std::fs::remove_file(&ids).unwrap();
+    }
+    Engine::open(dir.path(), cfg).expect("the restored log opens");
+}
+
 /// Damage close to the end (fewer than `UNDURABLE_FRAMES_MAX` frames follow it) may be a torn
 /// tail: the default mode still cuts it, and reports it.
 #[test]

@@ -180,6 +180,15 @@ fn scan_once(
     let files = list_segments(dir)?;
     let mut pass = Pass::new(&files, access, io);
     let mut zero_from = None;
+    if files.is_empty() && access != Access::Reader {
+        if let Some(lost) = no_segments_left(dir, mode, &expect)? {
+            // `PointInTime` accepts the loss; the log goes on from the mark's next batch,
+            // so no sequence number is given twice (consumers' positions and carried ids
+            // name the lost ones).
+            pass.out.next_seq = expect.clean.map_or(1, |m| m.next_seq);
+            pass.out.damage = Some(lost);
+        }
+    }
     for (i, (id, path)) in files.iter().enumerate() {
         let last = i + 1 == files.len();
         check_listed_id(*id, path)?;
@@ -224,6 +233,35 @@ fn scan_once(
         repair::finish(dir, &pass.out.dropped, &pass.out.leftovers, zero_from, io)?;
     }
     Ok(pass.out)
+}
+
+/// A directory with no segment file whose clean-close mark says batches were durable lost
+/// them (removed by hand, a restore that left them out): not a new log. Refused as
+/// `Error::DamagedHistory` naming the mark, except under `PointInTime`, which accepts the
+/// loss (the damage returned, to report).
+fn no_segments_left(dir: &Path, mode: RecoveryMode, expect: &Expect) -> Result<Option<Damage>> {
+    let Some(mark) = expect.clean.filter(|m| m.next_seq > 1) else {
+        return Ok(None);
+    };
+    let last_lost = mark.next_seq - 1;
+    let damage = Damage {
+        path: dir.join(crate::log::clean::CLEAN_FILE),
+        offset: 0,
+        reason: format!(
+            "the directory holds no segment file, but the log was closed cleanly after \
+             batch {last_lost}"
+        ),
+    };
+    if mode == RecoveryMode::PointInTime {
+        return Ok(Some(damage));
+    }
+    Err(Error::DamagedHistory {
+        path: damage.path,
+        offset: 0,
+        reason: damage.reason,
+        first_lost: 1,
+        last_lost,
+    })
 }
 
 /// Batch sequences start at 1 and grow by one per batch: an id of 0, or one so large that

@@ -320,8 +320,16 @@ fn judge(dir: &Path, damage: &mut Option<DamageJson>) -> Result<(), CliError> {
             d.lost_batches = Some([l.first_lost, l.last_lost]);
             *damage = Some(d);
         }
-        // The check stopped at the clean-close mark or the ids file, before the segments.
-        Some(Refused::SideFile(..)) => {}
+        // The check stopped at the clean-close mark or the ids file, before the segments:
+        // that is what the engine refuses, reported unless the segments' own damage is.
+        Some(Refused::SideFile(path, offset, reason)) => match damage {
+            Some(d) => d.engine_refuses = Some(true),
+            None => {
+                let mut d = DamageJson::new(&path, offset, &reason);
+                d.engine_refuses = Some(true);
+                *damage = Some(d);
+            }
+        },
     }
     Ok(())
 }

@@ -385,4 +385,22 @@ fn inspect_reports_unreadable_files_as_damage_beside_the_rest() {
         )),
         "{text}"
     );
+    std::fs::remove_file(&consumer).unwrap();
+
+    // A damaged `ids` file: the engine refuses the log before it reads a segment; inspect
+    // says so (it used to print "damage: none found" and exit 0).
+    let ids = dir.path().join("ids");
+    std::fs::write(&ids, b"MLIDS\0\0\0 not really").unwrap();
+    assert!(engine_opens(dir.path()).is_err());
+    let report: serde_json::Value =
+        serde_json::from_str(&succeeds(&["inspect", d, "--json"])).unwrap();
+    assert_eq!(int(&report, "batches"), BATCHES);
+    let damage = &report["damage"];
+    assert_eq!(damage["file"], ids.display().to_string(), "{report}");
+    assert_eq!(damage["engine_refuses"], true, "{damage}");
+    let text = succeeds(&["inspect", d]);
+    assert!(
+        text.contains(&format!("damage: {} at offset 0", ids.display())),
+        "{text}"
+    );
 }

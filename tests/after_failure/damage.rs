@@ -336,6 +336,34 @@ fn a_segment_name_on_a_huge_or_irregular_file_is_refused_at_once() {
     Engine::open(dir.path(), cfg).expect("the restored log opens");
 }
 
+/// A segment's name on a dangling symbolic link: the engine's open fails on it, naming it,
+/// and so does `LogReader::check`, which judges the log as that open would (it called the
+/// log clean, taking the missing file for one an engine had just retired).
+#[test]
+fn a_dangling_link_under_a_segments_name_fails_the_check_as_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(RecoveryMode::default());
+    write_batches(dir.path(), &cfg, 3);
+    let (_, first) = segment_files(dir.path()).remove(0);
+    let saved = std::fs::read(&first).unwrap();
+    std::fs::remove_file(&first).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), &first).unwrap();
+    let open = open_error(dir.path(), &cfg).to_string();
+    assert!(open.contains(&first.display().to_string()), "{open}");
+    let check = mergelog::LogReader::check(
+        dir.path(),
+        RecoveryMode::default(),
+        mergelog::Durability::Sync,
+    );
+    let msg = check
+        .expect_err("the check fails as the open does")
+        .to_string();
+    assert!(msg.contains(&first.display().to_string()), "{msg}");
+    std::fs::remove_file(&first).unwrap();
+    std::fs::write(&first, saved).unwrap();
+    Engine::open(dir.path(), cfg).expect("the restored log opens");
+}
+
 /// Damage close to the end (fewer than `UNDURABLE_FRAMES_MAX` frames follow it) may be a torn
 /// tail: the default mode still cuts it, and reports it.
 #[test]

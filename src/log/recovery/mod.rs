@@ -472,7 +472,10 @@ impl<'a> Pass<'a> {
             Ok(seg) => !seg.still_named(),
             Err(_) => false,
         };
-        if self.access != Access::Writer && retired {
+        // Only a reader's: a check (`LogReader::check`) is of a log no engine is writing,
+        // so a listed file that does not open (a dangling symbolic link) is what the
+        // engine's open would fail on too, not a retirement.
+        if self.access == Access::Reader && retired {
             if self.out.segments.is_empty() {
                 // None read yet: the log now starts at the next one.
                 if let Some(&(next, _)) = self.files.get(i + 1) {

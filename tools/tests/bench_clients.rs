@@ -121,8 +121,9 @@ fn clients_with_retain_retire_old_segments_or_are_refused() {
     let report = read_json(&json);
     let r = run_of(&report, "mergelog");
     let sg = &r["engine"]["segments"];
+    // Made afresh or reused: how many of each depends on how soon retirement frees files.
     assert!(
-        int(sg, "fresh") > 4,
+        int(sg, "fresh") + int(sg, "reused") > 4,
         "30,000 puts fill dozens of 64 KiB segments: {sg}"
     );
     assert!(

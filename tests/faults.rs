@@ -874,20 +874,8 @@ impl Io for SlowSyncThenFailIo {
 #[test]
 fn outcome_is_final_when_a_later_batch_fails_during_a_sync() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let io = Arc::new(SlowSyncThenFailIo::default());
-    let shared: Arc<dyn Io> = io.clone();
     let config = countdown_config(WritePath::Pwrite);
-    let engine = Engine::open_with_io(dir.path(), config.clone(), shared).expect("open");
-    let a = engine.put(b"a", b"1").expect("put a");
-    wait_until("batch 1 is being written", || {
-        io.writing_first.load(Ordering::SeqCst)
-    });
-    let b = engine.put(b"b", b"2").expect("put b");
-    io.release_write.store(true, Ordering::SeqCst);
-    wait_until("batch 1 is syncing", || {
-        io.sync_started.load(Ordering::SeqCst)
-    });
-    wait_until("batch 2's write failed", || engine.failure().is_some());
+    let (engine, io, a, b) = batch_2_fails_while_batch_1_syncs(dir.path());
     // Batch 1 is still syncing: its outcome is not known yet.
     let early = a.wait_timeout(std::time::Duration::from_millis(200));
     io.release_sync.store(true, Ordering::SeqCst);
@@ -917,6 +905,34 @@ fn outcome_is_final_when_a_later_batch_fails_during_a_sync() {
     );
 }
 
+/// Opens an engine in `dir` over [`SlowSyncThenFailIo`], puts `a` (batch 1) and `b` (batch
+/// 2), and returns once batch 2's write failed while batch 1's sync is held: the engine, the
+/// hook (`release_sync` lets batch 1's sync go on), and the two tickets.
+fn batch_2_fails_while_batch_1_syncs(
+    dir: &Path,
+) -> (
+    Engine,
+    Arc<SlowSyncThenFailIo>,
+    mergelog::Ticket,
+    mergelog::Ticket,
+) {
+    let io = Arc::new(SlowSyncThenFailIo::default());
+    let shared: Arc<dyn Io> = io.clone();
+    let config = countdown_config(WritePath::Pwrite);
+    let engine = Engine::open_with_io(dir, config, shared).expect("open");
+    let a = engine.put(b"a", b"1").expect("put a");
+    wait_until("batch 1 is being written", || {
+        io.writing_first.load(Ordering::SeqCst)
+    });
+    let b = engine.put(b"b", b"2").expect("put b");
+    io.release_write.store(true, Ordering::SeqCst);
+    wait_until("batch 1 is syncing", || {
+        io.sync_started.load(Ordering::SeqCst)
+    });
+    wait_until("batch 2's write failed", || engine.failure().is_some());
+    (engine, io, a, b)
+}
+
 /// A follower of the engine whose batch 2's write failed while batch 1 was syncing: batch 1
 /// may still become durable (it does), so the follower waits, yields batch 1, and only then
 /// ends with `Error::Failed`. It used to end with `Failed` at once, and a loop that stops
@@ -924,21 +940,8 @@ fn outcome_is_final_when_a_later_batch_fails_during_a_sync() {
 #[test]
 fn a_follower_yields_a_batch_that_becomes_durable_after_a_later_write_failed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let io = Arc::new(SlowSyncThenFailIo::default());
-    let shared: Arc<dyn Io> = io.clone();
-    let config = countdown_config(WritePath::Pwrite);
-    let engine = Engine::open_with_io(dir.path(), config, shared).expect("open");
-    let mut follower = engine.follow(engine.durable_seq().next());
-    let a = engine.put(b"a", b"1").expect("put a");
-    wait_until("batch 1 is being written", || {
-        io.writing_first.load(Ordering::SeqCst)
-    });
-    let _b = engine.put(b"b", b"2").expect("put b");
-    io.release_write.store(true, Ordering::SeqCst);
-    wait_until("batch 1 is syncing", || {
-        io.sync_started.load(Ordering::SeqCst)
-    });
-    wait_until("batch 2's write failed", || engine.failure().is_some());
+    let (engine, io, a, _b) = batch_2_fails_while_batch_1_syncs(dir.path());
+    let mut follower = engine.follow(1u64);
     let early = follower.try_next();
     assert!(
         matches!(early, Ok(None)),

@@ -58,6 +58,13 @@ fn flip_bit(path: &Path, off: u64) {
     f.write_all_at(&b, off).unwrap();
 }
 
+/// Opens `dir` with `PointInTime`, which must cut the log and report where.
+fn open_point_in_time(dir: &Path) -> (Engine, mergelog::Damage) {
+    let engine = Engine::open(dir, config(RecoveryMode::PointInTime)).expect("PointInTime");
+    let cut = engine.open_report().truncated.clone();
+    (engine, cut.expect("the cut is reported"))
+}
+
 fn zero(path: &Path, off: u64, len: usize) {
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     f.write_all_at(&vec![0u8; len], off).unwrap();
@@ -133,12 +140,7 @@ fn a_bit_flip_in_durable_history_is_refused_not_cut() {
         victim.batch_seq,
         n as u64,
     );
-    let engine = Engine::open(dir.path(), config(RecoveryMode::PointInTime)).expect("PointInTime");
-    let cut = engine
-        .open_report()
-        .truncated
-        .clone()
-        .expect("the cut is reported");
+    let (engine, cut) = open_point_in_time(dir.path());
     assert_eq!((cut.path, cut.offset), (seg, victim.offset));
     assert_eq!(engine.len(), 5, "the state before the damaged batch");
     assert!(engine.read(b"key-5").unwrap().is_none());
@@ -191,12 +193,7 @@ fn bytes_crafted_to_make_the_evidence_search_quadratic_are_refused_quickly() {
         dir_contents(dir.path()) == before,
         "the refusing open changed files"
     );
-    let engine = Engine::open(dir.path(), config(RecoveryMode::PointInTime)).expect("PointInTime");
-    let cut = engine
-        .open_report()
-        .truncated
-        .clone()
-        .expect("the cut is reported");
+    let (engine, cut) = open_point_in_time(dir.path());
     assert_eq!((cut.path, cut.offset), (seg, victim.offset));
     assert_eq!(engine.len(), 3);
 }
@@ -238,12 +235,7 @@ fn a_log_whose_segments_are_all_gone_is_refused_not_started_again() {
         );
         assert!(dir_contents(dir.path()) == before, "{mode:?} changed files");
     }
-    let engine = Engine::open(dir.path(), config(RecoveryMode::PointInTime)).expect("PointInTime");
-    let cut = engine
-        .open_report()
-        .truncated
-        .clone()
-        .expect("the loss is reported");
+    let (engine, cut) = open_point_in_time(dir.path());
     assert_eq!(cut.path, mark);
     assert_eq!(engine.len(), 0);
     let seq = engine

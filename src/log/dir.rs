@@ -389,26 +389,36 @@ pub(crate) fn remove_rewrite_leftovers(
 fn read_small_file(p: &Path, len: usize) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut bytes = Vec::with_capacity(len + 1);
-    open_regular(p)?
+    open_regular(p, false)?
         .take(len as u64 + 1)
         .read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
-/// Opens `p` for reading if it is a regular file: non-blocking, so that a FIFO under one of
-/// the log's names cannot block the open (it changes nothing for a regular file), and
-/// anything but a regular file (a FIFO, a directory, a device) is an `InvalidData` error.
-fn open_regular(p: &Path) -> std::io::Result<File> {
+/// Opens `p` for reading (and writing if `writable`) if it is a regular file: non-blocking,
+/// so that a FIFO under one of the log's names cannot block the open (it changes nothing for
+/// a regular file), and anything but a regular file (a FIFO, a directory, a device) is an
+/// `InvalidData` error.
+pub(crate) fn open_regular(p: &Path, writable: bool) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(p)?;
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::new(
+    let irregular = || {
+        std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "not a regular file (a directory, FIFO or device)",
-        ));
+        )
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(p)
+        .map_err(|e| match e.raw_os_error() {
+            // A directory opened for writing.
+            Some(libc::EISDIR) => irregular(),
+            _ => e,
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(irregular());
     }
     Ok(file)
 }
@@ -484,7 +494,7 @@ const IDS_TMP: &str = "ids.tmp";
 /// `dir`'s carried-ids file, open for reading, and its length; `None` if there is none.
 pub(crate) fn open_ids(dir: &Path) -> Result<Option<(File, u64)>> {
     let p = dir.join(IDS_FILE);
-    let file = match open_regular(&p) {
+    let file = match open_regular(&p, false) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("open request ids", &p, e)),

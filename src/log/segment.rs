@@ -155,32 +155,17 @@ impl Mapped {
     /// [`open_unmapped`]); while the engine takes the file for reuse, this fails with
     /// `WouldBlock`.
     pub fn open(path: &Path, writable: bool) -> Result<Mapped> {
-        use std::os::unix::fs::OpenOptionsExt;
-        // Non-blocking, so that a FIFO under a segment's name cannot block the open (it
-        // changes nothing for a regular file); anything but a regular file is refused.
-        let irregular = || Error::Corrupt {
-            path: path.to_owned(),
-            offset: 0,
-            reason: "a segment's name on something other than a regular file (a directory, \
-                     FIFO or device)"
-                .into(),
-        };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|e| match e.raw_os_error() {
-                // A directory opened for writing.
-                Some(libc::EISDIR) => irregular(),
-                _ => Error::io("open segment", path, e),
-            })?;
-        let meta = file
-            .metadata()
-            .map_err(|e| Error::io("stat segment", path, e))?;
-        if !meta.is_file() {
-            return Err(irregular());
-        }
+        // A FIFO cannot block the open, and anything but a regular file is refused.
+        let file = super::dir::open_regular(path, writable).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => Error::Corrupt {
+                path: path.to_owned(),
+                offset: 0,
+                reason: "a segment's name on something other than a regular file (a \
+                         directory, FIFO or device)"
+                    .into(),
+            },
+            _ => Error::io("open segment", path, e),
+        })?;
         let locked = flock(&file, libc::LOCK_SH).map_err(|e| Error::io("lock segment", path, e))?;
         if !locked {
             return Err(Error::io("lock segment", path, being_reused()));

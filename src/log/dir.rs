@@ -52,7 +52,8 @@ use std::path::{Path, PathBuf};
 
 /// Lists the segment files of `dir` (`<20 digits>.seg`) in log order: (segment id, path).
 pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
-    let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
+    let rd = super::fds::with_room(|| std::fs::read_dir(dir))
+        .map_err(|e| Error::io("read directory", dir, e))?;
     let mut segs = Vec::new();
     for entry in rd {
         let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
@@ -158,7 +159,7 @@ pub(crate) fn create_dir(io: &dyn Io, dir: &Path) -> Result<()> {
 #[allow(clippy::disallowed_methods)] // the log directory's owner
 pub(crate) fn lock_dir(io: &dyn Io, dir: &Path) -> Result<File> {
     let path = dir.join("LOCK");
-    let open = || OpenOptions::new().read(true).write(true).open(&path);
+    let open = || super::fds::with_room(|| OpenOptions::new().read(true).write(true).open(&path));
     let file = match open() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             match io::create_new(io, &path, |_| Ok(())) {
@@ -295,7 +296,8 @@ pub(crate) fn adopt_spares(
     segment_bytes: u64,
     keep: usize,
 ) -> Result<(Vec<PathBuf>, u64)> {
-    let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
+    let rd = super::fds::with_room(|| std::fs::read_dir(dir))
+        .map_err(|e| Error::io("read directory", dir, e))?;
     let mut found: Vec<(u64, PathBuf, u64)> = rd
         .flatten()
         .filter_map(|entry| {
@@ -407,16 +409,18 @@ pub(crate) fn open_regular(p: &Path, writable: bool) -> std::io::Result<File> {
             "not a regular file (a directory, FIFO or device)",
         )
     };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(writable)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(p)
-        .map_err(|e| match e.raw_os_error() {
-            // A directory opened for writing.
-            Some(libc::EISDIR) => irregular(),
-            _ => e,
-        })?;
+    let file = super::fds::with_room(|| {
+        OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(p)
+    })
+    .map_err(|e| match e.raw_os_error() {
+        // A directory opened for writing.
+        Some(libc::EISDIR) => irregular(),
+        _ => e,
+    })?;
     if !file.metadata()?.is_file() {
         return Err(irregular());
     }
@@ -519,7 +523,8 @@ pub(crate) fn write_ids(io: &dyn Io, dir: &Path, bytes: &[u8]) -> Result<()> {
 
 /// The names of the consumers that have a position file in `dir`, sorted.
 pub(crate) fn list_consumers(dir: &Path) -> Result<Vec<String>> {
-    let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
+    let rd = super::fds::with_room(|| std::fs::read_dir(dir))
+        .map_err(|e| Error::io("read directory", dir, e))?;
     let mut names = Vec::new();
     for entry in rd {
         let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
@@ -539,7 +544,8 @@ pub(crate) fn list_consumers(dir: &Path) -> Result<Vec<String>> {
 /// `dir`. Nothing reads them; no directory sync is needed (a crash that brings one back leaves
 /// it for the next open).
 pub(crate) fn remove_consumer_leftovers(io: &dyn Io, dir: &Path) -> Result<()> {
-    let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
+    let rd = super::fds::with_room(|| std::fs::read_dir(dir))
+        .map_err(|e| Error::io("read directory", dir, e))?;
     for entry in rd {
         let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
         if entry.file_name().to_str().is_some_and(is_consumer_tmp_name) {

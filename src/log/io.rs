@@ -147,7 +147,7 @@ pub(crate) fn create_dir(io: &dyn Io, path: &Path) -> io::Result<()> {
 /// durable.
 pub(crate) fn sync_dir(io: &dyn Io, dir: &Path) -> io::Result<()> {
     guarded(io, IoOp::SyncDir, dir, 0, &[], || {
-        std::fs::File::open(dir).and_then(|d| d.sync_all())
+        super::fds::with_room(|| std::fs::File::open(dir)).and_then(|d| d.sync_all())
     })
 }
 
@@ -155,10 +155,12 @@ pub(crate) fn sync_dir(io: &dyn Io, dir: &Path) -> io::Result<()> {
 /// as one `IoOp::Open`.
 pub(crate) fn open_existing(io: &dyn Io, path: &Path) -> io::Result<std::fs::File> {
     guarded(io, IoOp::Open, path, 0, &[], || {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
+        super::fds::with_room(|| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+        })
     })
 }
 
@@ -173,12 +175,15 @@ pub(crate) fn create_new<T>(
     guarded(io, IoOp::Create, path, 0, &[], || {
         // The seam itself: the one place a file is created.
         #[allow(clippy::disallowed_methods)]
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(path)?;
+        // An open that fails creates nothing, so `with_room` may try it again.
+        let mut f = super::fds::with_room(|| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(path)
+        })?;
         let t = fill(&mut f)?;
         Ok((f, t))
     })

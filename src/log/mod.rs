@@ -9,10 +9,11 @@
 //! - `prep`: the next segment, prepared ahead; `pool`: retired files kept for reuse;
 //!   `retire`: the file half of retiring a prefix.
 //! - `open`: recovering the directory at a writable open; `recovery`: the scan.
-//! - `io`: the storage seam, under all of them.
+//! - `io`: the storage seam, under all of them; `fds`: room for the files a log keeps open.
 
 pub(crate) mod clean;
 pub mod dir;
+pub(crate) mod fds;
 pub mod format;
 pub mod io;
 pub(crate) mod open;

@@ -139,7 +139,7 @@ fn being_reused() -> std::io::Error {
 /// given up for it: a reader that opened the file by its old name before it was retired may
 /// lock it in between, and then finds the name gone, see `Segment::still_named`).
 pub(crate) fn open_unmapped(path: &Path) -> std::io::Result<Option<File>> {
-    let file = OpenOptions::new().read(true).write(true).open(path)?;
+    let file = super::fds::with_room(|| OpenOptions::new().read(true).write(true).open(path))?;
     if !flock(&file, libc::LOCK_EX)? {
         return Ok(None);
     }

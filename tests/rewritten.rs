@@ -502,3 +502,53 @@ fn a_directory_follower_reading_a_segment_a_rewrite_renames_over_reads_on_from_t
         }
     }
 }
+
+/// A reader's scan that opens the first segment as a rewrite is renamed over its name opens
+/// the name again: the segment was replaced, not retired, and the log still starts at batch
+/// 1 (the scan took the file for one `retire_before` removed, and started at the second
+/// segment). Raced: the rewritten image and the old one are renamed over the name in turn
+/// (either is a valid log, with the files after it) while readers open the log.
+#[test]
+fn a_reader_scanning_as_a_rewrite_is_renamed_over_the_first_segment_starts_at_it() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path());
+    let before = ids(dir.path());
+    let first = dir.path().join(segment_file_name(before[0]));
+    let old = std::fs::read(&first).unwrap();
+    let (rewritten, _) = rewritten_image(dir.path(), &before[..3], true);
+    let stop = AtomicBool::new(false);
+    let mut wrong = Vec::new();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let tmp = dir.path().join("rewrite.test-tmp");
+            for image in [&rewritten, &old].iter().cycle() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                std::fs::write(&tmp, image).unwrap();
+                std::fs::rename(&tmp, &first).unwrap();
+            }
+        });
+        // No panic while the renames go on: the scope would wait for them forever.
+        for _ in 0..5000 {
+            match LogReader::open(dir.path()) {
+                Ok(r) if r.first_seq().get() == 1 => {
+                    let batches = r.batches().count() as u64;
+                    if batches != r.next_seq().get() - 1 {
+                        wrong.push(format!("{batches} batches up to {}", r.next_seq().get()));
+                    }
+                }
+                Ok(r) => wrong.push(format!("a log from batch {}", r.first_seq().get())),
+                Err(e) => wrong.push(format!("{e}")),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert!(
+        wrong.is_empty(),
+        "{} of 5000 scans went wrong, the first: {}",
+        wrong.len(),
+        wrong[0]
+    );
+}

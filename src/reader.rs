@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::ids::RequestId;
 use crate::log::format::segment_file_name;
 use crate::log::format::{
-    decode_frame, peek_frame, Decoded, Frame, Record, RecordOp, SEGMENT_HEADER_LEN,
+    decode_frame, peek_frame, Decoded, Frame, Record, RecordOp, SegmentHeader, SEGMENT_HEADER_LEN,
 };
 use crate::log::io;
 use crate::log::recovery::{check_listed_id, scan_retrying, Damage};
@@ -604,6 +604,75 @@ fn vanished(e: &Error) -> bool {
     ))
 }
 
+/// Opens the listed segment file `path` (segment `id`) read-only, for a directory follower:
+/// a `NotFound` error (which [`vanished`] accepts) if the name no longer gives the file
+/// opened once its lock is held (retired and reused, or replaced by a rewrite).
+fn open_named(path: &Path, id: u64) -> Result<Arc<Segment>> {
+    let seg = Segment::open(path, id, false, &io::real())?;
+    if !seg.still_named() {
+        return Err(Error::io(
+            "open segment",
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the file was replaced under its name while it was opened",
+            ),
+        ));
+    }
+    Ok(Arc::new(seg))
+}
+
+/// The rewritten segment listed before `files[idx]` whose batches run past that file's id,
+/// opened, if there is one: `files[idx]` is then a segment that rewrite replaced (a
+/// leftover, recovery's rule: `Pass::is_leftover`), and the batches from its id on are read
+/// from the rewritten segment. The first such segment listed: a rewrite whose run held an
+/// earlier rewritten segment leaves that one behind too, and holds every batch it held.
+///
+/// Each file listed before `files[idx]` costs a read of its header; only a rewritten one is
+/// mapped, and its frames decoded to find where they end.
+fn rewrite_over(files: &[(u64, PathBuf)], idx: usize) -> Result<Option<Arc<Segment>>> {
+    let id = files[idx].0;
+    for (first, path) in &files[..idx] {
+        if !header_says_rewritten(path, *first) {
+            continue;
+        }
+        let seg = open_named(path, *first)?;
+        if seg.rewritten && chain_end(&seg) > id {
+            return Ok(Some(seg));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether the file `path` has the header of rewritten segment `id`, read without mapping it
+/// (false if it does not open or has no such header). A hint only: a rewritten segment is
+/// then opened, and its mapping's header is the one that counts.
+fn header_says_rewritten(path: &Path, id: u64) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut header = [0u8; SEGMENT_HEADER_LEN];
+    crate::log::dir::open_regular(path, false)
+        .and_then(|file| file.read_exact_at(&mut header, 0))
+        .is_ok()
+        && SegmentHeader::decode(&header).is_ok_and(|h| h.rewritten && h.segment_id == id)
+}
+
+/// The batch after the last valid frame of `seg`'s chain (its frames from batch `seg.id` on,
+/// one sequence after another), as recovery finds it. Decoded, not stepped over by headers:
+/// a follower sent to `seg` for a batch then finds that batch's frame valid there, and is
+/// never sent back and forth between a damaged rewritten segment and the file after it.
+fn chain_end(seg: &Segment) -> u64 {
+    let image = seg.image();
+    let (mut off, mut next) = (SEGMENT_HEADER_LEN, seg.id);
+    while let Ok(Decoded::Frame(f)) = decode_frame(image, off) {
+        if f.batch_seq != next {
+            break;
+        }
+        off = f.end_offset() as usize;
+        next = next.saturating_add(1);
+    }
+    next
+}
+
 /// The batch sequence after frame `f` of `seg`; `Error::Corrupt` if there is none (only a
 /// frame whose sequence no log reaches can be `u64::MAX`).
 fn next_in_chain(seg: &Segment, f: &Frame<'_>) -> Result<u64> {
@@ -718,12 +787,18 @@ impl Follower {
 
     /// As `find_segment`, from the directory (a follower in another process).
     ///
+    /// A file that a rewrite replaced, left behind the rewritten segment by a crash between
+    /// its rename and the removals (or not removed yet), is never the one: its frames are the
+    /// batches as they were before the rewrite dropped their dead records. Recovery skips
+    /// such a leftover (`Pass::is_leftover`); the follower reads the rewritten segment instead
+    /// ([`rewrite_over`]).
+    ///
     /// A listed file may be retired under the follower (gone, locked while the engine takes
-    /// it for reuse, or renamed and reused once opened): then it lists again, up to
-    /// [`FIND_RETRIES_MAX`] times (as `scan_retrying`): a name that never opens (a dangling
-    /// symbolic link, a file another process keeps locked) ends in the I/O error of its last
-    /// try, naming the file. A file whose name gives a batch sequence no log has (0, or past
-    /// `SEQ_MAX`) is `Error::Corrupt`.
+    /// it for reuse, or renamed and reused once opened), or replaced under its name by a
+    /// rewrite: then it lists again, up to [`FIND_RETRIES_MAX`] times (as `scan_retrying`):
+    /// a name that never opens (a dangling symbolic link, a file another process keeps
+    /// locked) ends in the I/O error of its last try, naming the file. A file whose name gives
+    /// a batch sequence no log has (0, or past `SEQ_MAX`) is `Error::Corrupt`.
     fn find_in_dir(&self) -> Result<Option<Arc<Segment>>> {
         let mut tries = 0;
         loop {
@@ -740,18 +815,15 @@ impl Follower {
             };
             let (id, path) = &files[idx];
             check_listed_id(*id, path)?;
-            let failed = match Segment::open(path, *id, false, &io::real()) {
-                Ok(seg) if seg.still_named() => return Ok(Some(Arc::new(seg))),
+            let opened = match rewrite_over(&files, idx) {
+                Ok(Some(rewritten)) => Ok(rewritten),
+                Ok(None) => open_named(path, *id),
+                Err(e) => Err(e),
+            };
+            let failed = match opened {
+                Ok(seg) => return Ok(Some(seg)),
                 // Retired between the listing and the open (gone, being reused, or renamed and
-                // reused already): list again.
-                Ok(_) => Error::io(
-                    "open segment",
-                    path,
-                    std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "the file was replaced under its name while it was opened",
-                    ),
-                ),
+                // reused already), or replaced by a rewrite: list again.
                 Err(e) if vanished(&e) => e,
                 Err(e) => return Err(e),
             };
@@ -825,7 +897,9 @@ impl Follower {
                 _ => {
                     // Not here (yet): the batch may be in a newer segment after a roll.
                     // Or this segment was retired under the follower, and the next one may
-                    // have been too: finding the segment again says which.
+                    // have been too, or a rewrite was renamed over its name (or the name of
+                    // one before it, the next one then a leftover): finding the segment again
+                    // says which.
                     let (rolled, retired) = match &self.segments {
                         Some(segs) => {
                             let segs = segs.read();

@@ -7,7 +7,10 @@
 //! - the log opens to the same state, and nothing is appended to the rewritten file;
 //! - the files it replaced, which a crash between its rename and their removal leaves behind
 //!   it, are removed by a writer and skipped by readers, and are not damage;
-//! - the same layout behind a segment that is not marked rewritten is still an error.
+//! - the same layout behind a segment that is not marked rewritten is still an error;
+//! - a follower of the directory yields the batches recovery keeps: from the rewritten
+//!   segment, never from a leftover, whether the rewrite was there before it started or was
+//!   renamed over the segment it was reading.
 
 #![allow(clippy::disallowed_methods)] // tests make and inspect files directly
 
@@ -16,7 +19,7 @@ use mergelog::internals::format::{
     RecordOp, SegmentHeader, Trailer, FLAG_TRAILER, FORMAT_VERSION, SEGMENT_HEADER_LEN,
 };
 use mergelog::internals::list_segments;
-use mergelog::{Config, Durability, Engine, LogReader, RecoveryMode};
+use mergelog::{Config, Durability, Engine, LogReader, OwnedBatch, RecoveryMode};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -36,10 +39,15 @@ type State = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 /// write a key written only once (so every segment keeps some live records), until the log
 /// has at least five segments, one write per batch; returns the state.
 fn write_log(dir: &Path) -> State {
+    write_log_of(dir, 5)
+}
+
+/// As `write_log`, until the log has at least `segments` segments.
+fn write_log_of(dir: &Path, segments: usize) -> State {
     let e = Engine::open(dir, small_segments()).unwrap();
     let mut state = State::new();
     let mut i = 0u32;
-    while list_segments(dir).unwrap().len() < 5 {
+    while list_segments(dir).unwrap().len() < segments {
         let key = if i.is_multiple_of(50) {
             format!("cold-{i:05}").into_bytes()
         } else {
@@ -312,4 +320,235 @@ fn a_file_inside_the_batches_of_a_segment_not_marked_rewritten_is_an_error() {
         Durability::Sync
     )
     .is_err());
+}
+
+/// Every batch of the log in `dir` as a `LogReader` replays it, checked against what an
+/// engine opened on a copy of the directory (which removes leftovers) replays: the batches
+/// recovery keeps, from batch 1 on.
+fn kept_batches(dir: &Path) -> Vec<OwnedBatch> {
+    let reader = LogReader::open(dir).unwrap();
+    let batches: Vec<OwnedBatch> = reader.batches().map(|b| b.to_owned()).collect();
+    let copy = tempfile::tempdir().unwrap();
+    for (_, path) in list_segments(dir).unwrap() {
+        std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let e = Engine::open(copy.path(), small_segments()).unwrap();
+    let replayed: Vec<OwnedBatch> = e
+        .replay()
+        .unwrap()
+        .batches()
+        .map(|b| b.to_owned())
+        .collect();
+    e.close().unwrap();
+    assert_same(&batches, &replayed, "LogReader against the engine's replay");
+    for (next, b) in (1..).zip(&batches) {
+        assert_eq!(b.seq.get(), next, "the replay is not the whole log");
+    }
+    batches
+}
+
+/// Asserts `got == want`, naming the first batch that differs (the whole lists are too long
+/// to print).
+fn assert_same(got: &[OwnedBatch], want: &[OwnedBatch], what: &str) {
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            g == w,
+            "{what}: batch {i} of the list differs: got batch {} with {} records, want batch \
+             {} with {} records",
+            g.seq.get(),
+            g.records.len(),
+            w.seq.get(),
+            w.records.len()
+        );
+    }
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: {} batches, want {} (got {:?}..{:?})",
+        got.len(),
+        want.len(),
+        got.first().map(|b| b.seq.get()),
+        got.last().map(|b| b.seq.get())
+    );
+}
+
+/// What `follower` yields until it has nothing more (the log in these tests is complete):
+/// every batch, in order from `from`, each once; panics on an error, naming the batch.
+fn follow_to_end(follower: &mut mergelog::Follower, out: &mut Vec<OwnedBatch>) {
+    loop {
+        let next = follower.next_seq().get();
+        match follower.try_next() {
+            Ok(Some(b)) => {
+                assert_eq!(
+                    b.seq.get(),
+                    next,
+                    "the follower skipped or repeated a batch"
+                );
+                out.push(b);
+            }
+            Ok(None) => return,
+            Err(e) => panic!("the follower failed at batch {next}: {e}"),
+        }
+    }
+}
+
+/// A directory follower of `dir` from batch `from`, to the end of the log.
+fn followed_from(dir: &Path, from: u64) -> Vec<OwnedBatch> {
+    let mut follower = LogReader::open(dir).unwrap().follow(from);
+    let mut out = Vec::new();
+    follow_to_end(&mut follower, &mut out);
+    out
+}
+
+/// A directory follower started where a rewrite left its leftovers yields the batches
+/// recovery keeps (the rewritten segment's), from its start to the end of the log: from
+/// a batch inside the run (at a leftover's first batch, inside one), from the rewritten
+/// segment's first batch, from before it and from after it; and with the leftovers partly
+/// removed (the rewrite removes them oldest first).
+#[test]
+fn a_directory_follower_reads_the_rewritten_segment_not_its_leftovers() {
+    let dir = tempfile::tempdir().unwrap();
+    // Six segments: the one after the run is complete.
+    write_log_of(dir.path(), 6);
+    let before = ids(dir.path());
+    let run = &before[1..4];
+    rewrite(dir.path(), run, true, true);
+    assert_eq!(ids(dir.path()), before, "the crash left the replaced files");
+    let kept = kept_batches(dir.path());
+    let last = kept.len() as u64;
+    let starts = [
+        (
+            "inside the run, at the second segment's first batch",
+            run[1],
+        ),
+        ("inside the run, inside the second segment", run[1] + 3),
+        ("inside the run, inside the third segment", run[2] + 1),
+        ("at the rewritten segment's first batch", run[0]),
+        (
+            "inside the rewritten segment's own first segment",
+            run[0] + 1,
+        ),
+        ("before the rewritten segment", 1),
+        ("at the first batch after the run", before[4]),
+        ("after the run", before[4] + 1),
+        ("at the last batch", last),
+    ];
+    for (what, from) in starts {
+        let got = followed_from(dir.path(), from);
+        assert_same(
+            &got,
+            &kept[from as usize - 1..],
+            &format!("from {from}, {what}"),
+        );
+    }
+    // The rewrite removes its leftovers oldest first: a crash between two removals leaves
+    // the later ones.
+    std::fs::remove_file(dir.path().join(segment_file_name(run[1]))).unwrap();
+    assert_same(
+        &kept_batches(dir.path()),
+        &kept,
+        "with one leftover removed",
+    );
+    for from in [run[0], run[1] + 3, run[2], run[2] + 1] {
+        let got = followed_from(dir.path(), from);
+        assert_same(
+            &got,
+            &kept[from as usize - 1..],
+            &format!("from {from}, with the first leftover removed"),
+        );
+    }
+}
+
+/// A directory follower reading a segment when the rewrite is renamed over its name (or
+/// over the name of the segment before it) reads on in the file it mapped (the frames as
+/// they were: the same batches, with the records the rewrite dropped), and past that file's
+/// end yields the rewritten segment's batches, never a leftover's, to the end of the log,
+/// without a gap, a repeat or an error: whether the crash left the leftovers or the rewrite
+/// removed them.
+#[test]
+fn a_directory_follower_reading_a_segment_a_rewrite_renames_over_reads_on_from_the_rewrite() {
+    for leave in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        write_log_of(dir.path(), 6);
+        let before = ids(dir.path());
+        let run = before[1..4].to_vec();
+        let old = kept_batches(dir.path());
+        // Followers in each segment of the run, and one in the segment before it, each with
+        // the file it reads mapped (a batch yielded from it).
+        let mut followers: Vec<_> = [run[0] + 1, run[1] + 1, run[2] + 1, run[0] - 2]
+            .into_iter()
+            .map(|from| {
+                let mut f = LogReader::open(dir.path()).unwrap().follow(from);
+                let b = f.try_next().unwrap().expect("a batch");
+                assert_eq!(b, old[from as usize - 1]);
+                (from, f, vec![b])
+            })
+            .collect();
+        rewrite(dir.path(), &run, true, leave);
+        let kept = kept_batches(dir.path());
+        assert_eq!(kept.len(), old.len());
+        for (from, f, got) in &mut followers {
+            follow_to_end(f, got);
+            // The file it was reading ends before the next listed one began.
+            let mapped_end = *before.iter().find(|&&id| id > *from).unwrap();
+            let what = format!("leftovers left: {leave}; the follower from {from}");
+            let (read_on, after) = got.split_at(got.len().min((mapped_end - *from) as usize));
+            assert_same(
+                read_on,
+                &old[*from as usize - 1..mapped_end as usize - 1],
+                &what,
+            );
+            assert_same(after, &kept[mapped_end as usize - 1..], &what);
+        }
+    }
+}
+
+/// A reader's scan that opens the first segment as a rewrite is renamed over its name opens
+/// the name again: the segment was replaced, not retired, and the log still starts at batch
+/// 1 (the scan took the file for one `retire_before` removed, and started at the second
+/// segment). Raced: the rewritten image and the old one are renamed over the name in turn
+/// (either is a valid log, with the files after it) while readers open the log.
+#[test]
+fn a_reader_scanning_as_a_rewrite_is_renamed_over_the_first_segment_starts_at_it() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path());
+    let before = ids(dir.path());
+    let first = dir.path().join(segment_file_name(before[0]));
+    let old = std::fs::read(&first).unwrap();
+    let (rewritten, _) = rewritten_image(dir.path(), &before[..3], true);
+    let stop = AtomicBool::new(false);
+    let mut wrong = Vec::new();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let tmp = dir.path().join("rewrite.test-tmp");
+            for image in [&rewritten, &old].iter().cycle() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                std::fs::write(&tmp, image).unwrap();
+                std::fs::rename(&tmp, &first).unwrap();
+            }
+        });
+        // No panic while the renames go on: the scope would wait for them forever.
+        for _ in 0..5000 {
+            match LogReader::open(dir.path()) {
+                Ok(r) if r.first_seq().get() == 1 => {
+                    let batches = r.batches().count() as u64;
+                    if batches != r.next_seq().get() - 1 {
+                        wrong.push(format!("{batches} batches up to {}", r.next_seq().get()));
+                    }
+                }
+                Ok(r) => wrong.push(format!("a log from batch {}", r.first_seq().get())),
+                Err(e) => wrong.push(format!("{e}")),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert!(
+        wrong.is_empty(),
+        "{} of 5000 scans went wrong, the first: {}",
+        wrong.len(),
+        wrong[0]
+    );
 }

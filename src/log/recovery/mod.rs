@@ -86,8 +86,9 @@ pub(crate) enum Access {
 /// Why one pass of a scan failed.
 enum ScanError {
     /// A reader's scan found a segment it listed removed (by `Engine::retire_before`) after
-    /// it had read earlier ones, which are gone too: scanning again sees the log as it now
-    /// is (`scan_retrying`).
+    /// it had read earlier ones, which are gone too, or its name giving another file than
+    /// the one it opened (retired and reused, or replaced by a rewrite): scanning again sees
+    /// the log as it now is (`scan_retrying`).
     SegmentVanished { path: PathBuf },
     /// Anything else.
     Failed(Error),
@@ -459,32 +460,39 @@ impl<'a> Pass<'a> {
     /// A reader races the engine's `retire_before`, which removes the oldest segments
     /// (deletes them, or renames them into the pool to be reused): a listed file may be
     /// gone, locked while the engine takes it for reuse, or, once the reader holds its
-    /// lock, no longer the file its name gives.
+    /// lock, no longer the file its name gives. It races a rewrite too, which renames a
+    /// new file over a segment's name: then too the name no longer gives the file opened,
+    /// but the segment is not retired.
     fn open_listed(&mut self, i: usize) -> std::result::Result<Option<Arc<Segment>>, ScanError> {
         let (id, path) = &self.files[i];
         let writable = self.access == Access::Writer && i + 1 == self.files.len();
         let opened = Segment::open(path, *id, writable, self.io);
-        let retired = match &opened {
-            Err(Error::Io { source, .. }) => matches!(
-                source.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::WouldBlock
+        let (retired, renamed) = match &opened {
+            Err(Error::Io { source, .. }) => (
+                matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::WouldBlock
+                ),
+                false,
             ),
-            Ok(seg) => !seg.still_named(),
-            Err(_) => false,
+            Ok(seg) => (false, !seg.still_named()),
+            Err(_) => (false, false),
         };
         // Only a reader's: a check (`LogReader::check`) is of a log no engine is writing,
         // so a listed file that does not open (a dangling symbolic link) is what the
         // engine's open would fail on too, not a retirement.
-        if self.access == Access::Reader && retired {
-            if self.out.segments.is_empty() {
+        if self.access == Access::Reader && (retired || renamed) {
+            if self.out.segments.is_empty() && retired {
                 // None read yet: the log now starts at the next one.
                 if let Some(&(next, _)) = self.files.get(i + 1) {
                     self.out.next_seq = next;
                 }
                 return Ok(None);
             }
-            // The segments before it are gone too: the caller scans again
-            // (`scan_retrying`).
+            // The segments before it are gone too; or the name no longer gives the file
+            // opened, which was retired, or replaced by a rewrite (then the segment is
+            // still there, and the log still starts at it): only opening the name again
+            // tells which. The caller scans again (`scan_retrying`).
             return Err(ScanError::SegmentVanished { path: path.clone() });
         }
         Ok(Some(Arc::new(opened?)))

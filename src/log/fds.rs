@@ -47,28 +47,31 @@ fn limits() -> io::Result<(libc::rlim_t, libc::rlim_t)> {
 }
 
 /// Raises the soft limit on open files to the hard limit (an unlimited hard limit: to the
-/// kernel's `fs.nr_open`, the most a process may have). Best effort: a failure leaves the
-/// limit as it was, and the retry then reports the limits.
+/// kernel's `fs.nr_open`, the most a process may have, whose file may not open while the
+/// process is out of files: then to its default, 2^20, or failing that 2^16). Best effort:
+/// a failure leaves the limit as it was, and the retry then reports the limits.
 fn raise_soft_limit() {
     let Ok((soft, hard)) = limits() else { return };
-    let target = if hard == libc::RLIM_INFINITY {
-        std::fs::read_to_string("/proc/sys/fs/nr_open")
+    let targets = if hard == libc::RLIM_INFINITY {
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
             .ok()
-            .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
-            .unwrap_or(1 << 20)
+            .and_then(|s| s.trim().parse::<libc::rlim_t>().ok());
+        vec![nr_open.unwrap_or(1 << 20), 1 << 20, 1 << 16]
     } else {
-        hard
+        vec![hard]
     };
-    if target <= soft {
-        return;
+    for target in targets.into_iter().filter(|&t| t > soft) {
+        let lim = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: hard,
+        };
+        // SAFETY: `lim` is a valid rlimit the call only reads; raising the soft limit up to
+        // the hard one needs no privilege, and only changes how many files the process may
+        // open.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
+            return;
+        }
     }
-    let lim = libc::rlimit {
-        rlim_cur: target,
-        rlim_max: hard,
-    };
-    // SAFETY: `lim` is a valid rlimit the call only reads; raising the soft limit up to the
-    // hard one needs no privilege, and only changes how many files the process may open.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
 }
 
 /// `EMFILE` after the soft limit was raised as far as it goes.

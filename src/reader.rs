@@ -20,6 +20,7 @@ use crate::log::segment::Segment;
 use crate::log::Segments;
 use crate::pipeline::handoff::SeqWaiters;
 use crate::seq::Seq;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -622,23 +623,48 @@ fn open_named(path: &Path, id: u64) -> Result<Arc<Segment>> {
     Ok(Arc::new(seg))
 }
 
+/// What a directory follower learned of each listed file's header, by (segment id, inode):
+/// `None` if it is not a rewritten segment, `Some(end)` if it is one whose frames end before
+/// batch `end`. A file's header never changes under its name (a rewrite renames a new file,
+/// with a new inode, over it), and a rewritten segment is never appended to, so each listed
+/// file is read once, not at every segment the follower moves to.
+type RewriteHeaders = HashMap<(u64, u64), Option<u64>>;
+
 /// The rewritten segment listed before `files[idx]` whose batches run past that file's id,
 /// opened, if there is one: `files[idx]` is then a segment that rewrite replaced (a
 /// leftover, recovery's rule: `Pass::is_leftover`), and the batches from its id on are read
 /// from the rewritten segment. The first such segment listed: a rewrite whose run held an
 /// earlier rewritten segment leaves that one behind too, and holds every batch it held.
 ///
-/// Each file listed before `files[idx]` costs a read of its header; only a rewritten one is
-/// mapped, and its frames decoded to find where they end.
-fn rewrite_over(files: &[(u64, PathBuf)], idx: usize) -> Result<Option<Arc<Segment>>> {
+/// Each file listed before `files[idx]` that `known` does not hold costs a read of its
+/// header; only a rewritten one is mapped, and its frames decoded to find where they end.
+/// `known` keeps only the files listed.
+fn rewrite_over(
+    files: &[(u64, PathBuf, u64)],
+    idx: usize,
+    known: &mut RewriteHeaders,
+) -> Result<Option<Arc<Segment>>> {
+    if known.len() > files.len() {
+        let listed: HashSet<(u64, u64)> = files.iter().map(|&(id, _, ino)| (id, ino)).collect();
+        known.retain(|k, _| listed.contains(k));
+    }
     let id = files[idx].0;
-    for (first, path) in &files[..idx] {
-        if !header_says_rewritten(path, *first) {
-            continue;
-        }
-        let seg = open_named(path, *first)?;
-        if seg.rewritten && chain_end(&seg) > id {
-            return Ok(Some(seg));
+    for (first, path, ino) in &files[..idx] {
+        let end = match known.get(&(*first, *ino)) {
+            Some(&end) => end,
+            None => {
+                let end = if header_says_rewritten(path, *first) {
+                    let seg = open_named(path, *first)?;
+                    seg.rewritten.then(|| chain_end(&seg))
+                } else {
+                    None
+                };
+                known.insert((*first, *ino), end);
+                end
+            }
+        };
+        if end.is_some_and(|end| end > id) {
+            return open_named(path, *first).map(Some);
         }
     }
     Ok(None)
@@ -711,6 +737,8 @@ pub struct Follower {
     /// A directory follower's pending poll: the waker to wake after the poll interval, and
     /// whether the ticker thread that wakes it runs (`Follower::wake_after_poll`).
     ticker: Option<PollTicker>,
+    /// A directory follower's knowledge of which listed files are rewritten segments.
+    rewrites: RewriteHeaders,
 }
 
 /// A directory follower's pending poll: the waker its ticker thread wakes next, and whether
@@ -736,6 +764,7 @@ impl Follower {
             live: None,
             poll: Duration::from_micros(200),
             ticker: None,
+            rewrites: HashMap::new(),
         }
     }
 
@@ -759,7 +788,7 @@ impl Follower {
     }
 
     /// The segment holding `next_seq`: the one with the greatest id not above it.
-    fn find_segment(&self) -> Result<Option<Arc<Segment>>> {
+    fn find_segment(&mut self) -> Result<Option<Arc<Segment>>> {
         let Some(segments) = &self.segments else {
             return self.find_in_dir();
         };
@@ -799,23 +828,23 @@ impl Follower {
     /// a name that never opens (a dangling symbolic link, a file another process keeps
     /// locked) ends in the I/O error of its last try, naming the file. A file whose name gives
     /// a batch sequence no log has (0, or past `SEQ_MAX`) is `Error::Corrupt`.
-    fn find_in_dir(&self) -> Result<Option<Arc<Segment>>> {
+    fn find_in_dir(&mut self) -> Result<Option<Arc<Segment>>> {
         let mut tries = 0;
         loop {
-            let files = crate::log::dir::list_segments(&self.dir)?;
-            let Some(idx) = files.iter().rposition(|(id, _)| *id <= self.next_seq) else {
+            let files = crate::log::dir::list_segments_with_inodes(&self.dir)?;
+            let Some(idx) = files.iter().rposition(|(id, ..)| *id <= self.next_seq) else {
                 return match files.first() {
                     // The batch was in a segment that `Engine::retire_before` removed.
-                    Some(&(first, _)) => Err(Error::Retired {
+                    Some(&(first, ..)) => Err(Error::Retired {
                         seq: Seq::new(self.next_seq),
                         first: Seq::new(first),
                     }),
                     None => Ok(None),
                 };
             };
-            let (id, path) = &files[idx];
+            let (id, path, _) = &files[idx];
             check_listed_id(*id, path)?;
-            let opened = match rewrite_over(&files, idx) {
+            let opened = match rewrite_over(&files, idx, &mut self.rewrites) {
                 Ok(Some(rewritten)) => Ok(rewritten),
                 Ok(None) => open_named(path, *id),
                 Err(e) => Err(e),

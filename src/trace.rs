@@ -1,9 +1,10 @@
 //! The pipeline's timeline (`Config::trace_events`): when each window was cut and handed on,
-//! when a syncer took a group and synced it, and when the flusher wrote a compaction batch or
-//! rolled to a new segment. Off by default; when on, the flusher and the syncers record an
-//! event at each of those steps (one per window and per sync, never one per request: about
-//! 20,000 a second at 4 x 256, 28,000 at 1 x 1, where each window is one request) into a
-//! bounded list that [`Engine::take_trace`] empties.
+//! when a syncer took a group and synced it, and when the flusher wrote a compaction batch,
+//! rolled to a new segment or waited for the bound on frames not yet durable. Off by default;
+//! when on, the flusher and the syncers record an event at each of those steps (one per
+//! window and per sync, never one per request: about 20,000 a second at 4 x 256, 28,000 at
+//! 1 x 1, where each window is one request) into a bounded list that [`Engine::take_trace`]
+//! empties.
 //!
 //! What it is for: the stage histograms (`Stats::stages`) say how long each stage took, not
 //! what ran at the same time. The timeline says how many syncs were in flight while the
@@ -47,6 +48,9 @@ pub enum TraceKind {
     RollStart,
     /// The roll ended (`value` 0).
     RollEnd,
+    /// The flusher waits before writing a frame: the frame `UNDURABLE_FRAMES_MAX` batches
+    /// back is not durable yet (`Flusher::bound_undurable`; `value` is its batch).
+    UndurableBound,
 }
 
 impl TraceKind {
@@ -63,6 +67,7 @@ impl TraceKind {
             TraceKind::CompactionEnd => "compaction_end",
             TraceKind::RollStart => "roll_start",
             TraceKind::RollEnd => "roll_end",
+            TraceKind::UndurableBound => "undurable_bound",
         }
     }
 }

@@ -648,6 +648,7 @@ impl Flusher {
             unsynced.iter().any(|f| f.0 == need),
             "frame {need} is neither durable nor in flight"
         );
+        trace::record(&inner.trace, TraceKind::UndurableBound, need);
         Self::wait_durable_seq(inner, need)
     }
 

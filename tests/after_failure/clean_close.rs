@@ -13,12 +13,12 @@ use crate::common::WAIT_MAX;
 use crate::hooks::{is, Inject};
 use mergelog::internals::format::{SEGMENT_HEADER_LEN, UNDURABLE_FRAMES_MAX};
 use mergelog::internals::io::{Io, IoOp};
-use mergelog::{Config, Engine, WindowPolicy};
+use mergelog::{Config, Engine, TraceKind, WindowPolicy};
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn config() -> Config {
     Config {
@@ -202,10 +202,11 @@ impl Io for Undurable {
 }
 
 /// However the load, no more than `UNDURABLE_FRAMES_MAX` frames are ever written and not yet
-/// durable: many producers, tiny windows, slow syncs. Today's pipeline (a job channel of one)
-/// stays within the bound even without `Flusher::bound_undurable`; this test guards the
-/// invariant recovery relies on against a deeper pipeline: with a channel of 64 and no wait it
-/// saw 36 frames.
+/// durable: many producers, tiny windows, slow syncs. While every sync returns in turn, the
+/// pipeline (a job channel of two) stays within the bound even without
+/// `Flusher::bound_undurable`; this test guards the invariant recovery relies on against a
+/// deeper pipeline: with a channel of 64 and no wait it saw 36 frames. The wait itself is
+/// tested below, with a sync held.
 #[test]
 fn frames_written_ahead_of_the_durable_one_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
@@ -246,6 +247,139 @@ fn frames_written_ahead_of_the_durable_one_are_bounded() {
         io.written.load(Ordering::SeqCst) > 50,
         "the windows were small"
     );
+}
+
+/// Once armed: holds the first frame's write until the test has submitted its requests (so
+/// that a request waits behind it and its window goes to a syncer, not completed by the
+/// flusher itself), holds the first segment sync a syncer makes until the test lets it go,
+/// and counts the frames written.
+#[derive(Default)]
+struct HoldOneSync {
+    armed: AtomicBool,
+    submitted: AtomicBool,
+    holding: AtomicBool,
+    release: AtomicBool,
+    frames: AtomicU64,
+}
+
+/// Sets its flag when dropped.
+struct Release<'a>(&'a AtomicBool);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Waits (bounded) until `flag` is set; false on time-out.
+fn until_set(flag: &AtomicBool) -> bool {
+    let give_up = Instant::now() + WAIT_MAX;
+    while !flag.load(Ordering::SeqCst) {
+        if Instant::now() >= give_up {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    true
+}
+
+impl Io for HoldOneSync {
+    fn before(&self, op: IoOp, path: &Path, offset: u64, _: &[u8]) -> io::Result<()> {
+        let seg = path.extension().is_some_and(|e| e == "seg");
+        if !seg || !self.armed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let released = match op {
+            IoOp::Write if offset >= SEGMENT_HEADER_LEN as u64 => {
+                match self.frames.fetch_add(1, Ordering::SeqCst) {
+                    0 => until_set(&self.submitted),
+                    _ => true,
+                }
+            }
+            IoOp::Sync => {
+                let syncer = std::thread::current()
+                    .name()
+                    .is_some_and(|n| n.starts_with("mergelog-syncer"));
+                if syncer && !self.holding.swap(true, Ordering::SeqCst) {
+                    until_set(&self.release)
+                } else {
+                    true
+                }
+            }
+            _ => true,
+        };
+        if !released {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "test hook timed out",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The bound itself, whatever the pipeline's depth: with two syncers, a group whose sync has
+/// not returned holds the watermark back (groups complete in turn order) while the other
+/// syncer takes and syncs every later group, so nothing but `Flusher::bound_undurable` stops
+/// the flusher. With one syncer's sync held and 48 one-request windows waiting, the flusher
+/// writes up to the frame `UNDURABLE_FRAMES_MAX` batches past the durable one, waits there
+/// (the trace says so), and writes no frame further until the held sync returns. (Without
+/// the wait it went past the bound at once.)
+#[test]
+fn no_frame_is_written_more_than_the_bound_past_the_durable_one_while_a_sync_is_held() {
+    const PUTS: usize = 48;
+    let dir = tempfile::tempdir().unwrap();
+    let io = Arc::new(HoldOneSync::default());
+    let cfg = Config {
+        syncers: 2,
+        // A free syncer takes a group whenever one is ready (by default only on a slow disk).
+        overlap_syncs_above: Duration::ZERO,
+        // One request per window: a frame each.
+        batch_ops_max: 1,
+        trace_events: 1 << 12,
+        ..config()
+    };
+    let engine = Engine::open_with_io(dir.path(), cfg, io.clone()).unwrap();
+    // However the test ends, the held sync goes on before the engine is dropped.
+    let _release = Release(&io.release);
+    put_n(&engine, 0, 1);
+    // Nothing in flight: the frames written from now on are batches `before` + 1, + 2, ...
+    let before = engine.durable_seq().get();
+    io.armed.store(true, Ordering::SeqCst);
+    let tickets: Vec<_> = (0..PUTS)
+        .map(|i| engine.put(format!("held-{i}").as_bytes(), b"v").unwrap())
+        .collect();
+    io.submitted.store(true, Ordering::SeqCst);
+    let bound = UNDURABLE_FRAMES_MAX;
+    let mut waited = false;
+    let give_up = Instant::now() + WAIT_MAX;
+    loop {
+        waited |= (engine.take_trace().events.iter()).any(|e| e.kind == TraceKind::UndurableBound);
+        // Read before the durable batch: each of these frames was written while no more was
+        // durable than is now.
+        let written = before + io.frames.load(Ordering::SeqCst);
+        let durable = engine.durable_seq().get();
+        assert!(
+            written <= durable + bound,
+            "batch {written} was written while batch {durable} was the last durable one \
+             (bound {bound})"
+        );
+        if waited && written == durable + bound {
+            break;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "hung: {written} written, {durable} durable, the flusher waited: {waited}"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert!(io.holding.load(Ordering::SeqCst), "a syncer's sync is held");
+    io.release.store(true, Ordering::SeqCst);
+    for t in tickets {
+        t.wait_timeout(WAIT_MAX).unwrap();
+    }
+    assert_eq!(io.frames.load(Ordering::SeqCst), PUTS as u64);
+    engine.close().unwrap();
 }
 
 /// Fails every sync of one segment file, once armed with its path.

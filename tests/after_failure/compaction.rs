@@ -203,9 +203,9 @@ fn template(write_path: WritePath, recycle_segments: usize) -> Template {
 }
 
 /// Copies the template's files into a fresh directory.
-fn copy_of(t: &Template) -> tempfile::TempDir {
+pub(crate) fn copy_of(template: &Path) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    for entry in std::fs::read_dir(t.dir.path()).expect("read the template") {
+    for entry in std::fs::read_dir(template).expect("read the template") {
         let entry = entry.expect("entry");
         if entry.file_type().expect("file type").is_file() {
             std::fs::copy(entry.path(), dir.path().join(entry.file_name())).expect("copy");
@@ -215,7 +215,7 @@ fn copy_of(t: &Template) -> tempfile::TempDir {
 }
 
 /// An operation as the run lists it: its kind and its file's name.
-fn label(op: IoOp, path: &Path) -> String {
+pub(crate) fn label(op: IoOp, path: &Path) -> String {
     let name = match op {
         // A fresh temporary directory each run.
         IoOp::SyncDir | IoOp::CreateDir => "<log directory>".into(),
@@ -227,7 +227,7 @@ fn label(op: IoOp, path: &Path) -> String {
 }
 
 /// The kind of step an operation is, for the figures: its kind and the kind of file.
-fn step(label: &str) -> String {
+pub(crate) fn step(label: &str) -> String {
     let (op, name) = label.split_once(' ').unwrap_or((label, ""));
     let file = match name {
         n if n.ends_with(".seg") => "segment",
@@ -242,9 +242,9 @@ fn step(label: &str) -> String {
 
 /// Passes every operation to the power-loss model, and once armed lists those not made by
 /// the segment-preparing thread, cutting the power at the `cut_at`th of them.
-struct Steps {
+pub(crate) struct Steps {
     power: Arc<PowerLossIo>,
-    armed: AtomicBool,
+    pub(crate) armed: AtomicBool,
     cut_at: Option<usize>,
     /// Syncs seen, armed or not, with the sync about to happen: what `failing_sync` counts.
     syncs: Mutex<u64>,
@@ -252,7 +252,7 @@ struct Steps {
 }
 
 impl Steps {
-    fn new(power: Arc<PowerLossIo>, cut_at: Option<usize>) -> Arc<Steps> {
+    pub(crate) fn new(power: Arc<PowerLossIo>, cut_at: Option<usize>) -> Arc<Steps> {
         Arc::new(Steps {
             power,
             armed: AtomicBool::new(false),
@@ -263,7 +263,7 @@ impl Steps {
     }
 
     /// The operations listed, each with the number of the sync it is (0 if it is none).
-    fn seen(&self) -> Vec<(String, u64)> {
+    pub(crate) fn seen(&self) -> Vec<(String, u64)> {
         self.seen.lock().unwrap().clone()
     }
 }
@@ -306,7 +306,7 @@ fn open_copy_with(
     steps: &Arc<Steps>,
     ctx: &str,
 ) -> (tempfile::TempDir, Engine) {
-    let dir = copy_of(t);
+    let dir = copy_of(t.dir.path());
     let io: Arc<dyn Io> = steps.clone();
     let engine = Engine::open_with_io(dir.path(), config.clone(), io)
         .unwrap_or_else(|e| panic!("{ctx}: open the copy: {e}"));

@@ -121,7 +121,15 @@ impl Log {
             // The preparation failed otherwise (a full disk at that moment, say), perhaps
             // long ago. Nothing was written to it that anyone relies on, so it is made again,
             // now: only if that fails too does the roll, and with it the engine, fail.
+            // A file the pool has gained since (a retirement, a compaction) needs no room on
+            // the disk: it goes first, as in `prepare_next`; if it cannot be mapped it stays
+            // in no list (the next open adopts or removes it), and a new file is made.
             Some(Err(_)) | None => {
+                if let Some((path, file)) = self.pool.take() {
+                    if let Ok(mapped) = Mapped::of_file(file, &path, true) {
+                        return Ok((path, Some(mapped), true));
+                    }
+                }
                 let path = prep_path(&self.dir, self.prep_counter);
                 let (io, dir, size) = (&*self.io, &self.dir, self.segment_bytes);
                 self.pool

@@ -393,6 +393,10 @@ pub(crate) struct CompactSlot {
     writing: Mutex<()>,
     /// The batch sequence of the last compaction batch written (0 if none yet).
     last_batch: AtomicU64,
+    /// The error of the last automatic compaction, if it failed without failing the engine
+    /// (no room for the `ids` file, say); cleared when one runs to its end
+    /// ([`Engine::compaction_error`](crate::Engine::compaction_error)).
+    auto_error: Mutex<Option<Error>>,
 }
 
 #[derive(Default)]
@@ -959,8 +963,22 @@ fn run_auto(inner: &Inner, policy: AutoCompaction, stop: &AtomicBool) {
         // thread meanwhile: cut short, it would leave its copies and their originals both on
         // disk, the log past the policy at rest. One that takes every segment (past
         // `max_log_bytes`) may be long, and stops after its current chunk.
-        let _ = compact(inner, too_big.then_some(stop), goal);
+        match compact(inner, too_big.then_some(stop), goal) {
+            Ok(_) => *inner.compact_slot.auto_error.lock() = None,
+            // Stopped by `close`, or the engine failed: every call reports that, and it is not
+            // this compaction's own error.
+            Err(_) if check_running(inner).is_err() => {}
+            Err(e) => {
+                Counters::add(&inner.counters.compaction_failed, 1);
+                *inner.compact_slot.auto_error.lock() = Some(e);
+            }
+        }
     }
+}
+
+/// The error of the last automatic compaction, if it failed without failing the engine.
+pub(crate) fn auto_error(inner: &Inner) -> Option<Error> {
+    inner.compact_slot.auto_error.lock().clone()
 }
 
 /// How much disk the log takes against what it holds ([`Engine::space`](crate::Engine::space)).

@@ -605,6 +605,16 @@ impl Engine {
         compact::compact(&self.inner, None, None)
     }
 
+    /// The error of the last automatic compaction (`Compaction::Auto`), if it failed without
+    /// failing the engine: no room on the disk for the `ids` file a retirement replaces, or
+    /// a consumer's file that could not be read, say. The compacting thread goes on (the next
+    /// run comes once the log has grown), so nothing else reports it; a run that ends well
+    /// clears it. `CompactionCounts::failed` counts them. An asked-for `compact` returns its
+    /// error instead.
+    pub fn compaction_error(&self) -> Option<Error> {
+        compact::auto_error(&self.inner)
+    }
+
     /// How much disk the log takes against the live data it holds: what to watch to decide
     /// when to compact (`Compaction::Auto` compares [`Space::live_ratio`] with its policy).
     pub fn space(&self) -> Space {

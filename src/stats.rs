@@ -166,6 +166,11 @@ pub struct CompactionCounts {
     pub bytes: u64,
     /// Segment files retired by compaction (also in `SegmentCounts::retired`).
     pub segments_retired: u64,
+    /// Automatic compactions (`Compaction::Auto`) that ended in an error without failing the
+    /// engine (no room on the disk for the `ids` file, say): nothing was retired, and the
+    /// next one runs once the log has grown. The last one's error:
+    /// [`Engine::compaction_error`](crate::Engine::compaction_error).
+    pub failed: u64,
 }
 
 /// How the time from the first sync to the last one divides (nanoseconds; all zero in
@@ -271,6 +276,7 @@ pub(crate) struct Counters {
     pub merges_refused: AtomicU64,
     pub windows_by_waiters: AtomicU64,
     pub compaction_runs: AtomicU64,
+    pub compaction_failed: AtomicU64,
     pub compaction_batches: AtomicU64,
     pub compaction_records: AtomicU64,
     pub compaction_bytes: AtomicU64,
@@ -317,6 +323,7 @@ impl Counters {
                 records: get(&self.compaction_records),
                 bytes: get(&self.compaction_bytes),
                 segments_retired: get(&self.compaction_segments),
+                failed: get(&self.compaction_failed),
             },
         }
     }

@@ -1000,6 +1000,88 @@ fn auto_compaction_by_size_alone() {
     assert_eq!(engine_state(&engine), state);
 }
 
+/// No room on the disk for the `ids` file while `full` is set.
+#[derive(Default)]
+struct NoRoomForIds {
+    full: std::sync::atomic::AtomicBool,
+}
+
+impl Io for NoRoomForIds {
+    fn before(&self, op: IoOp, path: &Path, _: u64, _: &[u8]) -> std::io::Result<()> {
+        let ids = path.file_name().is_some_and(|n| n == "ids.tmp");
+        if op == IoOp::Create && ids && self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(())
+    }
+}
+
+/// An automatic compaction that fails without failing the engine (here its retirement finds
+/// no room for the `ids` file it replaces) is counted, and its error kept for
+/// `Engine::compaction_error`: nothing else would report it, as the compacting thread goes
+/// on. The engine stays healthy, and a later run that ends well clears the error.
+#[test]
+fn an_automatic_compaction_that_fails_without_failing_the_engine_is_reported() {
+    use mergelog::RequestId;
+    use std::sync::atomic::Ordering::SeqCst;
+    let tmp = tempfile::tempdir().unwrap();
+    let io = Arc::new(NoRoomForIds::default());
+    io.full.store(true, SeqCst);
+    let auto = Config {
+        compaction: Compaction::Auto(AutoCompaction {
+            live_ratio: 0.5,
+            check_every: Duration::from_millis(5),
+            ..AutoCompaction::default()
+        }),
+        ..config()
+    };
+    let engine = Engine::open_with_io(tmp.path(), auto, io.clone()).expect("open");
+    let mut state = State::new();
+    let mut n = 0u64;
+    // Overwrites of 40 keys, each with an id of its own, so the retired segments hold ids.
+    let mut write_until = |done: &dyn Fn(&Engine) -> bool, what: &str| {
+        let give_up = Instant::now() + WAIT_MAX;
+        while !done(&engine) {
+            assert!(Instant::now() < give_up, "{what}: never happened");
+            let mut last = None;
+            for _ in 0..40 {
+                n += 1;
+                let (k, v) = (key(n as usize % 40), value(n as usize % 40, n as usize));
+                let mut b = WriteBatch::new();
+                b.put(&k, &v);
+                last = Some(
+                    engine
+                        .write_with_id(RequestId::from(n as u128), &b)
+                        .expect("write"),
+                );
+                state.insert(k, v);
+            }
+            let outcome = last.expect("a write").wait();
+            assert!(outcome.is_ok(), "{what}: {outcome:?}");
+        }
+    };
+    write_until(&|e| e.counts().compaction.failed > 0, "a failed compaction");
+    let e = engine
+        .compaction_error()
+        .expect("the failed compaction's error");
+    assert!(
+        matches!(&e, Error::Io { path, .. } if path.ends_with("ids.tmp"))
+            && e.to_string().contains("No space left"),
+        "{e:?}"
+    );
+    assert!(engine.failure().is_none(), "{:?}", engine.failure());
+    assert_eq!(engine.counts().compaction.runs, 0);
+
+    io.full.store(false, SeqCst);
+    write_until(
+        &|e| e.counts().compaction.runs > 0,
+        "a compaction after the room came back",
+    );
+    assert!(engine.compaction_error().is_none());
+    assert_eq!(engine_state(&engine), state);
+    engine.close().expect("close");
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Put(u8, u16),

@@ -1154,6 +1154,7 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
     c.records += compaction.records;
     c.bytes += compaction.bytes;
     c.segments_retired += compaction.segments_retired;
+    c.failed += compaction.failed;
     let StageHistograms {
         ring_wait,
         cut_wait,

@@ -87,6 +87,8 @@ struct CompactionsJson {
     records: u64,
     bytes: u64,
     segments_retired: u64,
+    /// Automatic compactions that ended in an error without failing the engine.
+    failed: u64,
 }
 
 /// docs/FORMAT.md, "Compaction": the files stay below L / r + S (the log when a check finds
@@ -199,6 +201,7 @@ impl SpaceJson {
                 records: c.records,
                 bytes: c.bytes,
                 segments_retired: c.segments_retired,
+                failed: c.failed,
             },
             longest_compaction_ms: longest.map(|d| d.as_secs_f64() * 1e3),
             bound: policy.map(|a| {

@@ -937,10 +937,18 @@ impl Follower {
                                 segs.iter().next().is_some_and(|first| first.id > seg.id),
                             )
                         }
-                        None => (
-                            self.dir.join(segment_file_name(self.next_seq)).exists(),
-                            !seg.still_named(),
-                        ),
+                        None => {
+                            let named = |seq: u64| self.dir.join(segment_file_name(seq)).exists();
+                            // A follower that started past the log's end waits for a batch
+                            // beyond this segment's last frame: the segment the writer rolls
+                            // to next is named after that frame's successor (`chain`), and
+                            // may hold the batch without starting at it.
+                            let past = *chain < self.next_seq && *chain != seg.id;
+                            (
+                                named(self.next_seq) || (past && named(*chain)),
+                                !seg.still_named(),
+                            )
+                        }
                     };
                     if (rolled && seg.id != self.next_seq) || retired {
                         self.current = None;

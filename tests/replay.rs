@@ -546,3 +546,44 @@ fn batches_from_yields_what_a_full_replay_yields_from_there() {
     engine.close().unwrap();
     check(&mergelog::LogReader::open(dir.path()).unwrap());
 }
+
+/// A follower of the directory started past the log's end, at a batch that lands inside a
+/// later segment (not at its first batch), yields it once it is written: it moves on to each
+/// segment the writer rolls to. It polled for a file named after the batch itself, which
+/// never came, and waited forever.
+#[test]
+fn a_directory_follower_started_past_the_end_reaches_a_batch_inside_a_later_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(true)).unwrap();
+    let put = |i: usize| {
+        // One batch per put: each is waited for before the next.
+        let value = vec![b'v'; 1000];
+        wait_ok(&engine.put(&key(i % KEYS), &value).unwrap(), "put");
+    };
+    for i in 0..10 {
+        put(i);
+    }
+    let target = engine.durable_seq().get() + 300;
+    let mut follower = LogReader::open(dir.path()).unwrap().follow(target);
+    assert!(follower.try_next().unwrap().is_none(), "nothing there yet");
+    let mut i = 10;
+    while engine.durable_seq().get() < target + 10 {
+        put(i);
+        i += 1;
+    }
+    let starts: Vec<u64> = engine
+        .segments()
+        .iter()
+        .map(|s| s.first_seq.get())
+        .collect();
+    assert!(
+        !starts.contains(&target) && starts.iter().filter(|&&s| s > 1 && s < target).count() >= 2,
+        "the test needs the batch inside a segment, two rolls away: segments start at {starts:?}"
+    );
+    let batch = follower
+        .next_timeout(WAIT_MAX)
+        .unwrap()
+        .expect("the batch, written");
+    assert_eq!(batch.seq.get(), target);
+    engine.close().unwrap();
+}

@@ -13,15 +13,16 @@
 //! hard limit is the bound, the error says so and what to do.
 //!
 //! The limit is the process's, so what a user may not expect: it stays raised once the
-//! engine is closed; the programs the process starts inherit it (Go's runtime gives them back
-//! the soft limit it found, golang/go#59064; nothing here does), and a program that uses
-//! `select` needs descriptors below 1,024; and any open of the log's that finds the process
-//! out of files raises it, even if the files are the application's own (a leak of its own
-//! then shows only at the hard limit). Another thread's `setrlimit` between this one's
-//! `getrlimit` and `setrlimit` is not seen: a privileged thread that raised the hard limit
-//! meanwhile has it set back, and with no hard limit a soft one raised past the target is
-//! lowered to it. The tools open the log's files through `with_room` too
-//! (`internals::fds`).
+//! engine is closed; the programs the process starts inherit it (Go's runtime gives them
+//! back the soft limit it found, golang/go#59064; nothing here does): a program that uses
+//! `select` needs descriptors below 1,024, and one that closes every descriptor up to the
+//! limit before it runs another takes the longer the higher the limit; and any open of the
+//! log's that finds the process out of files raises it, even if the files are the
+//! application's own (a leak of its own then shows only at the hard limit). Another
+//! thread's `setrlimit` between this one's `getrlimit` and `setrlimit` is not seen: a
+//! privileged thread that raised the hard limit meanwhile has it set back, and with no hard
+//! limit a soft one raised past the target is lowered to it. The tools open the log's files
+//! through `with_room` too (`internals::fds`).
 
 use std::io;
 

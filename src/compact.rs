@@ -966,11 +966,17 @@ fn run_auto(inner: &Inner, policy: AutoCompaction, stop: &AtomicBool) {
         match compact(inner, too_big.then_some(stop), goal) {
             Ok(_) => *inner.compact_slot.auto_error.lock() = None,
             // Stopped by `close`, or the engine failed: every call reports that, and it is not
-            // this compaction's own error.
+            // this compaction's own error. `close` stops this thread (`AutoCompactor::stop`)
+            // before it closes the ring, so a run it cut short (`copy_forward`'s
+            // `Error::Closed`) finds the engine still running: the stop flag says so.
+            Err(Error::Closed) if stop.load(Ordering::Acquire) => {}
             Err(_) if check_running(inner).is_err() => {}
+            // Counted under the error's lock, once it is kept: whoever sees the count then
+            // finds the error.
             Err(e) => {
+                let mut kept = inner.compact_slot.auto_error.lock();
+                *kept = Some(e);
                 Counters::add(&inner.counters.compaction_failed, 1);
-                *inner.compact_slot.auto_error.lock() = Some(e);
             }
         }
     }

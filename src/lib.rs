@@ -156,6 +156,7 @@ pub mod internals {
     pub use crate::coalesce;
     pub use crate::index::BenchIndex;
     pub use crate::log::dir::list_segments;
+    pub use crate::log::fds;
     pub use crate::log::format;
     pub use crate::log::io;
     pub use crate::ring;

@@ -627,7 +627,12 @@ fn open_named(path: &Path, id: u64) -> Result<Arc<Segment>> {
 /// `None` if it is not a rewritten segment, `Some(end)` if it is one whose frames end before
 /// batch `end`. A file's header never changes under its name (a rewrite renames a new file,
 /// with a new inode, over it), and a rewritten segment is never appended to, so each listed
-/// file is read once, not at every segment the follower moves to.
+/// file is read once, not at every segment the follower moves to. A header that could not be
+/// read is not kept. Not sound against the reuse of an inode number: a file made after the
+/// one read was removed may get its number, and if it is renamed over the same segment's
+/// name (a second rewrite of the segment, between two of the follower's listings), the
+/// follower keeps the first file's verdict (`tests/rewritten.rs`, ignored:
+/// `a_directory_follower_is_not_misled_by_an_inode_number_a_second_rewrite_reuses`).
 type RewriteHeaders = HashMap<(u64, u64), Option<u64>>;
 
 /// The rewritten segment listed before `files[idx]` whose batches run past that file's id,
@@ -652,16 +657,21 @@ fn rewrite_over(
     for (first, path, ino) in &files[..idx] {
         let end = match known.get(&(*first, *ino)) {
             Some(&end) => end,
-            None => {
-                let end = if header_says_rewritten(path, *first) {
+            None => match header_says_rewritten(path, *first) {
+                Some(true) => {
                     let seg = open_named(path, *first)?;
-                    seg.rewritten.then(|| chain_end(&seg))
-                } else {
+                    let end = seg.rewritten.then(|| chain_end(&seg));
+                    known.insert((*first, *ino), end);
+                    end
+                }
+                Some(false) => {
+                    known.insert((*first, *ino), None);
                     None
-                };
-                known.insert((*first, *ino), end);
-                end
-            }
+                }
+                // Not read (gone since the listing, or the process out of files): no
+                // verdict to keep, and not a rewrite to go to now.
+                None => None,
+            },
         };
         if end.is_some_and(|end| end > id) {
             return open_named(path, *first).map(Some);
@@ -671,15 +681,16 @@ fn rewrite_over(
 }
 
 /// Whether the file `path` has the header of rewritten segment `id`, read without mapping it
-/// (false if it does not open or has no such header). A hint only: a rewritten segment is
-/// then opened, and its mapping's header is the one that counts.
-fn header_says_rewritten(path: &Path, id: u64) -> bool {
+/// (false if it has no such header), or `None` if it could not be read (it does not open, or
+/// is shorter than a header): then nothing is known of it. A hint only: a rewritten segment
+/// is then opened, and its mapping's header is the one that counts.
+fn header_says_rewritten(path: &Path, id: u64) -> Option<bool> {
     use std::os::unix::fs::FileExt;
     let mut header = [0u8; SEGMENT_HEADER_LEN];
     crate::log::dir::open_regular(path, false)
         .and_then(|file| file.read_exact_at(&mut header, 0))
-        .is_ok()
-        && SegmentHeader::decode(&header).is_ok_and(|h| h.rewritten && h.segment_id == id)
+        .ok()?;
+    Some(SegmentHeader::decode(&header).is_ok_and(|h| h.rewritten && h.segment_id == id))
 }
 
 /// The batch after the last valid frame of `seg`'s chain (its frames from batch `seg.id` on,
@@ -1179,6 +1190,46 @@ mod tests {
         drop(holder);
         let batch = follower.try_next().expect("unlocked").expect("its frame");
         assert_eq!(batch.seq, 1);
+    }
+
+    /// A directory follower keeps what it read of each listed file's header, and only that:
+    /// a header it could not read (the file away from its name for a moment here; in a
+    /// process out of files, `EMFILE` past the hard limit) is no verdict, and the file is
+    /// read again at the next locate. It was kept as "not rewritten" for as long as the
+    /// file kept its inode, and the follower then read the rewrite's leftovers.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // files made behind the seam's back
+    fn a_header_the_follower_could_not_read_is_read_again() {
+        use crate::log::format::SegmentHeader;
+        let dir = tempfile::tempdir().unwrap();
+        // Segment 1 rewritten, holding batches 1 and 2; the file of segment 2 its leftover.
+        let mut image = SegmentHeader::rewritten(1, 4096).encode().to_vec();
+        for seq in [1, 2] {
+            let len = frame_len(record_len(3, 5));
+            let mut buf = vec![0u8; len];
+            let mut w = FrameWriter::new(&mut buf, seq, FLAG_SORTED);
+            w.push(RecordOp::Put, b"key", b"value");
+            assert_eq!(w.finish(1), len);
+            image.extend_from_slice(&buf);
+        }
+        image.resize(4096, 0);
+        let rewritten = dir.path().join(segment_file_name(1));
+        std::fs::write(&rewritten, &image).unwrap();
+        drop(segment_with_one_frame(dir.path(), 2));
+        let files = crate::log::dir::list_segments_with_inodes(dir.path()).unwrap();
+        let mut known = RewriteHeaders::new();
+        // Listed, then away from its name as its header is read.
+        let aside = dir.path().join("aside");
+        std::fs::rename(&rewritten, &aside).unwrap();
+        assert!(rewrite_over(&files, 1, &mut known).unwrap().is_none());
+        std::fs::rename(&aside, &rewritten).unwrap();
+        let files = crate::log::dir::list_segments_with_inodes(dir.path()).unwrap();
+        let found = rewrite_over(&files, 1, &mut known).unwrap();
+        assert_eq!(
+            found.map(|s| (s.id, s.rewritten)),
+            Some((1, true)),
+            "the leftover was taken for the segment"
+        );
     }
 
     /// A directory follower starts its chain from a segment file's name only within the

@@ -552,3 +552,58 @@ fn a_reader_scanning_as_a_rewrite_is_renamed_over_the_first_segment_starts_at_it
         wrong[0]
     );
 }
+
+/// A directory follower keeps what it read of each listed file's header by (segment id,
+/// inode). An inode number is unique only among the files that exist: once a file is gone,
+/// the file system hands its number to the next one it makes (ext4 does so at once, in the
+/// same directory). So a segment rewritten twice while a follower reads on in a later file
+/// can come back under its name with the inode number its first file had: the second
+/// rewrite's file made after the first rewrite's rename freed that number. Here a hard link
+/// keeps the first file's inode for the second rewrite, so that the test does not depend on
+/// the allocator (without it, ext4 gave the second rewrite's file that number in 2 runs of
+/// 3). The follower must read the batches after the file it mapped from the rewritten
+/// segment, not from the leftovers of the second rewrite.
+///
+/// Fails today (it reads batch 852 from a leftover, with the record the rewrite dropped):
+/// a sound check costs a `stat` per listed file at each segment the follower moves to
+/// (3.6 s to 5.7 s over a 2,000-segment log), or a descriptor kept on each listed file
+/// (which keeps a retired one's blocks until the follower lists again). Latent while no
+/// build writes rewritten segments; see ARCHITECTURE.md, `log/`.
+#[test]
+#[ignore = "a known fault, latent while nothing writes rewritten segments: see its doc"]
+fn a_directory_follower_is_not_misled_by_an_inode_number_a_second_rewrite_reuses() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log_of(dir.path(), 8);
+    let before = ids(dir.path());
+    let name = |id: u64| dir.path().join(segment_file_name(id));
+    // The first file of segment `before[1]`, kept for the second rewrite's image.
+    let pinned = dir.path().join("pinned.test-tmp");
+    std::fs::hard_link(name(before[1]), &pinned).unwrap();
+    let old = kept_batches(dir.path());
+    // A follower reading segment `before[2]`: it read the header of `before[1]`'s file.
+    let from = before[2] + 1;
+    let mut follower = LogReader::open(dir.path()).unwrap().follow(from);
+    let mut got = vec![follower.try_next().unwrap().expect("a batch")];
+    // The first rewrite takes `before[1..3]`, and removes the file the follower reads.
+    rewrite(dir.path(), &before[1..3], true, false);
+    // The second takes the rewritten segment and the two after it, in the file of the same
+    // inode; the crash leaves the two it replaced.
+    let (image, _) = rewritten_image(dir.path(), &[before[1], before[3], before[4]], true);
+    std::fs::write(&pinned, image).unwrap();
+    std::fs::rename(&pinned, name(before[1])).unwrap();
+    let kept = kept_batches(dir.path());
+    follow_to_end(&mut follower, &mut got);
+    // It reads on in the file it mapped (as it was), then the batches recovery keeps.
+    let mapped_end = before[3];
+    let (read_on, after) = got.split_at((mapped_end - from) as usize);
+    assert_same(
+        read_on,
+        &old[from as usize - 1..mapped_end as usize - 1],
+        "the file it mapped",
+    );
+    assert_same(
+        after,
+        &kept[mapped_end as usize - 1..],
+        "after the file it mapped",
+    );
+}

@@ -11,6 +11,18 @@
 //! limit to the hard one and tries once more, as Go's runtime raises it for every program at
 //! start. Only then: a process whose log fits its limit never sees the limit change. If the
 //! hard limit is the bound, the error says so and what to do.
+//!
+//! The limit is the process's, so what a user may not expect: it stays raised once the
+//! engine is closed; the programs the process starts inherit it (Go's runtime gives them
+//! back the soft limit it found, golang/go#59064; nothing here does): a program that uses
+//! `select` needs descriptors below 1,024, and one that closes every descriptor up to the
+//! limit before it runs another takes the longer the higher the limit; and any open of the
+//! log's that finds the process out of files raises it, even if the files are the
+//! application's own (a leak of its own then shows only at the hard limit). Another
+//! thread's `setrlimit` between this one's `getrlimit` and `setrlimit` is not seen: a
+//! privileged thread that raised the hard limit meanwhile has it set back, and with no hard
+//! limit a soft one raised past the target is lowered to it. The tools open the log's files
+//! through `with_room` too (`internals::fds`).
 
 use std::io;
 
@@ -18,7 +30,7 @@ use std::io;
 /// descriptor and has no effect if it fails). If it fails because the process has as many
 /// files open as its soft limit allows, raises the limit as far as the hard limit allows and
 /// runs it once more; if that fails the same way, the error names the limits.
-pub(crate) fn with_room<T>(mut open: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+pub fn with_room<T>(mut open: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     match open() {
         Err(e) if out_of_files(&e) => {
             // Another thread may have raised it meanwhile: try again whatever `raise` did.

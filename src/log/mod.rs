@@ -13,7 +13,7 @@
 
 pub(crate) mod clean;
 pub mod dir;
-pub(crate) mod fds;
+pub mod fds;
 pub mod format;
 pub mod io;
 pub(crate) mod open;

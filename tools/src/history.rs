@@ -43,7 +43,11 @@ pub enum Refused {
 /// and keeps it open.
 pub fn in_use(dir: &Path) -> bool {
     use std::os::unix::io::AsRawFd;
-    let Ok(file) = std::fs::File::open(dir.join("LOCK")) else {
+    // Through `with_room`, as the library opens the log's files: with the reader's segments
+    // taking every descriptor the soft limit allows, a plain open failed with `EMFILE`, and
+    // the log was taken for one no engine has open.
+    let lock = dir.join("LOCK");
+    let Ok(file) = mergelog::internals::fds::with_room(|| std::fs::File::open(&lock)) else {
         return false;
     };
     // SAFETY: flock on a descriptor `file` owns and keeps open for the call; no memory effects.

@@ -160,7 +160,7 @@ pub fn is_recycled(path: &std::path::Path) -> bool {
     use mergelog::internals::format::{SegmentHeader, SEGMENT_HEADER_LEN};
     use std::io::Read;
     let mut header = [0u8; SEGMENT_HEADER_LEN];
-    std::fs::File::open(path)
+    mergelog::internals::fds::with_room(|| std::fs::File::open(path))
         .and_then(|mut f| f.read_exact(&mut header))
         .is_ok_and(|()| SegmentHeader::decode(&header).is_ok_and(|h| h.recycled))
 }

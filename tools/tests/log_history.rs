@@ -404,3 +404,77 @@ fn inspect_reports_unreadable_files_as_damage_beside_the_rest() {
         "{text}"
     );
 }
+
+/// `mergelog inspect` of a log an engine has open, run with the soft limit on open files at
+/// each value from what the log's segments need to a little more: at one of them the
+/// segments the reader maps take every descriptor the limit allows, and the open of `LOCK`
+/// that tells whether an engine has the log open failed with `EMFILE` (it did not go through
+/// the library's `with_room`, which raises the soft limit): the log was taken for one no
+/// engine has open, and its torn tail judged as a closed log's (`engine_refuses: false`).
+/// Whatever the limit, a log in use is not judged.
+#[test]
+fn inspect_of_a_log_in_use_is_not_judged_whatever_the_limit_on_open_files() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        segment_bytes: 64 << 10,
+        batch_bytes_max: 16 << 10,
+        ..Config::default()
+    };
+    let engine = Engine::open(dir.path(), config).unwrap();
+    let mut i = 0u32;
+    while engine.segments().len() < 20 {
+        engine
+            .put(format!("key-{i:05}").as_bytes(), &[0x5a; 2000])
+            .unwrap()
+            .wait()
+            .unwrap();
+        i += 1;
+    }
+    // The last frame torn: the reader's damage, which a closed log's open would cut off.
+    let reader = LogReader::open(dir.path()).unwrap();
+    let last = reader.batches().last().expect("a batch");
+    let (path, offset, len) = (last.segment().to_owned(), last.offset(), last.frame_len());
+    drop(reader);
+    // In place: the engine maps the file, and a truncation under it is a SIGBUS.
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let at = offset + len as u64 / 2;
+    let mut byte = [0u8];
+    std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(&path).unwrap(), &mut byte, at)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[byte[0] ^ 0x40], at).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let segments = engine.segments().len() as libc::rlim_t;
+    for soft in segments..segments + 16 {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mergelog"));
+        cmd.args(["inspect", d, "--json"]);
+        // SAFETY: only setrlimit, which is async-signal-safe, runs in the child before exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut lim = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                lim.rlim_cur = soft.min(lim.rlim_max);
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd.output().expect("run the mergelog binary");
+        let err = stderr(&out);
+        assert!(out.status.success(), "soft limit {soft}: {err}");
+        let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        let damage = &report["damage"];
+        assert!(damage.is_object(), "soft limit {soft}: no damage: {report}");
+        assert!(
+            damage.get("engine_refuses").is_none(),
+            "soft limit {soft}: a log in use judged as a closed one: {damage}"
+        );
+    }
+    engine.close().unwrap();
+}

@@ -12,7 +12,8 @@ use crate::error::{Error, Result};
 use crate::ids::RequestId;
 use crate::log::format::segment_file_name;
 use crate::log::format::{
-    decode_frame, peek_frame, Decoded, Frame, Record, RecordOp, SegmentHeader, SEGMENT_HEADER_LEN,
+    decode_frame, peek_frame, Decoded, Frame, Record, RecordOp, SegmentHeader, REWRITE_RUN_MAX,
+    SEGMENT_HEADER_LEN,
 };
 use crate::log::io;
 use crate::log::recovery::{check_listed_id, scan_retrying, Damage};
@@ -20,7 +21,6 @@ use crate::log::segment::Segment;
 use crate::log::Segments;
 use crate::pipeline::handoff::SeqWaiters;
 use crate::seq::Seq;
-use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -623,58 +623,30 @@ fn open_named(path: &Path, id: u64) -> Result<Arc<Segment>> {
     Ok(Arc::new(seg))
 }
 
-/// What a directory follower learned of each listed file's header, by (segment id, inode):
-/// `None` if it is not a rewritten segment, `Some(end)` if it is one whose frames end before
-/// batch `end`. A file's header never changes under its name (a rewrite renames a new file,
-/// with a new inode, over it), and a rewritten segment is never appended to, so each listed
-/// file is read once, not at every segment the follower moves to. A header that could not be
-/// read is not kept. Not sound against the reuse of an inode number: a file made after the
-/// one read was removed may get its number, and if it is renamed over the same segment's
-/// name (a second rewrite of the segment, between two of the follower's listings), the
-/// follower keeps the first file's verdict (`tests/rewritten.rs`, ignored:
-/// `a_directory_follower_is_not_misled_by_an_inode_number_a_second_rewrite_reuses`).
-type RewriteHeaders = HashMap<(u64, u64), Option<u64>>;
-
 /// The rewritten segment listed before `files[idx]` whose batches run past that file's id,
 /// opened, if there is one: `files[idx]` is then a segment that rewrite replaced (a
 /// leftover, recovery's rule: `Pass::is_leftover`), and the batches from its id on are read
 /// from the rewritten segment. The first such segment listed: a rewrite whose run held an
 /// earlier rewritten segment leaves that one behind too, and holds every batch it held.
 ///
-/// Each file listed before `files[idx]` that `known` does not hold costs a read of its
-/// header; only a rewritten one is mapped, and its frames decoded to find where they end.
-/// `known` keeps only the files listed.
-fn rewrite_over(
-    files: &[(u64, PathBuf, u64)],
-    idx: usize,
-    known: &mut RewriteHeaders,
-) -> Result<Option<Arc<Segment>>> {
-    if known.len() > files.len() {
-        let listed: HashSet<(u64, u64)> = files.iter().map(|&(id, _, ino)| (id, ino)).collect();
-        known.retain(|k, _| listed.contains(k));
-    }
+/// A rewrite replaces at most [`REWRITE_RUN_MAX`] segments (docs/FORMAT.md), so every file
+/// listed between it and one of its leftovers is one of its leftovers too: only the
+/// `REWRITE_RUN_MAX - 1` files listed before `files[idx]` are looked at, each costing a read
+/// of its header (only a rewritten one is mapped, and its frames decoded to find where they
+/// end). Nothing is kept from one locate to the next: a file's name may give another file
+/// by then, even with the same inode number (a number a removal freed is given again).
+fn rewrite_over(files: &[(u64, PathBuf)], idx: usize) -> Result<Option<Arc<Segment>>> {
     let id = files[idx].0;
-    for (first, path, ino) in &files[..idx] {
-        let end = match known.get(&(*first, *ino)) {
-            Some(&end) => end,
-            None => match header_says_rewritten(path, *first) {
-                Some(true) => {
-                    let seg = open_named(path, *first)?;
-                    let end = seg.rewritten.then(|| chain_end(&seg));
-                    known.insert((*first, *ino), end);
-                    end
-                }
-                Some(false) => {
-                    known.insert((*first, *ino), None);
-                    None
-                }
-                // Not read (gone since the listing, or the process out of files): no
-                // verdict to keep, and not a rewrite to go to now.
-                None => None,
-            },
-        };
-        if end.is_some_and(|end| end > id) {
-            return open_named(path, *first).map(Some);
+    let from = idx.saturating_sub(REWRITE_RUN_MAX - 1);
+    for (first, path) in &files[from..idx] {
+        // Not read (gone since the listing, or the process out of files): not a rewrite
+        // to go to now; the next locate reads it again.
+        if header_says_rewritten(path, *first) != Some(true) {
+            continue;
+        }
+        let seg = open_named(path, *first)?;
+        if seg.rewritten && chain_end(&seg) > id {
+            return Ok(Some(seg));
         }
     }
     Ok(None)
@@ -748,8 +720,6 @@ pub struct Follower {
     /// A directory follower's pending poll: the waker to wake after the poll interval, and
     /// whether the ticker thread that wakes it runs (`Follower::wake_after_poll`).
     ticker: Option<PollTicker>,
-    /// A directory follower's knowledge of which listed files are rewritten segments.
-    rewrites: RewriteHeaders,
 }
 
 /// A directory follower's pending poll: the waker its ticker thread wakes next, and whether
@@ -775,7 +745,6 @@ impl Follower {
             live: None,
             poll: Duration::from_micros(200),
             ticker: None,
-            rewrites: HashMap::new(),
         }
     }
 
@@ -842,20 +811,20 @@ impl Follower {
     fn find_in_dir(&mut self) -> Result<Option<Arc<Segment>>> {
         let mut tries = 0;
         loop {
-            let files = crate::log::dir::list_segments_with_inodes(&self.dir)?;
-            let Some(idx) = files.iter().rposition(|(id, ..)| *id <= self.next_seq) else {
+            let files = crate::log::dir::list_segments(&self.dir)?;
+            let Some(idx) = files.iter().rposition(|(id, _)| *id <= self.next_seq) else {
                 return match files.first() {
                     // The batch was in a segment that `Engine::retire_before` removed.
-                    Some(&(first, ..)) => Err(Error::Retired {
+                    Some(&(first, _)) => Err(Error::Retired {
                         seq: Seq::new(self.next_seq),
                         first: Seq::new(first),
                     }),
                     None => Ok(None),
                 };
             };
-            let (id, path, _) = &files[idx];
+            let (id, path) = &files[idx];
             check_listed_id(*id, path)?;
-            let opened = match rewrite_over(&files, idx, &mut self.rewrites) {
+            let opened = match rewrite_over(&files, idx) {
                 Ok(Some(rewritten)) => Ok(rewritten),
                 Ok(None) => open_named(path, *id),
                 Err(e) => Err(e),
@@ -1192,11 +1161,11 @@ mod tests {
         assert_eq!(batch.seq, 1);
     }
 
-    /// A directory follower keeps what it read of each listed file's header, and only that:
-    /// a header it could not read (the file away from its name for a moment here; in a
-    /// process out of files, `EMFILE` past the hard limit) is no verdict, and the file is
-    /// read again at the next locate. It was kept as "not rewritten" for as long as the
-    /// file kept its inode, and the follower then read the rewrite's leftovers.
+    /// A header a directory follower could not read (the file away from its name for a
+    /// moment here; in a process out of files, `EMFILE` past the hard limit) is no verdict:
+    /// the file is read again at the next locate. (A build that kept verdicts by segment id
+    /// and inode kept this one as "not rewritten", and the follower then read the rewrite's
+    /// leftovers.)
     #[test]
     #[allow(clippy::disallowed_methods)] // files made behind the seam's back
     fn a_header_the_follower_could_not_read_is_read_again() {
@@ -1216,15 +1185,14 @@ mod tests {
         let rewritten = dir.path().join(segment_file_name(1));
         std::fs::write(&rewritten, &image).unwrap();
         drop(segment_with_one_frame(dir.path(), 2));
-        let files = crate::log::dir::list_segments_with_inodes(dir.path()).unwrap();
-        let mut known = RewriteHeaders::new();
+        let files = crate::log::dir::list_segments(dir.path()).unwrap();
         // Listed, then away from its name as its header is read.
         let aside = dir.path().join("aside");
         std::fs::rename(&rewritten, &aside).unwrap();
-        assert!(rewrite_over(&files, 1, &mut known).unwrap().is_none());
+        assert!(rewrite_over(&files, 1).unwrap().is_none());
         std::fs::rename(&aside, &rewritten).unwrap();
-        let files = crate::log::dir::list_segments_with_inodes(dir.path()).unwrap();
-        let found = rewrite_over(&files, 1, &mut known).unwrap();
+        let files = crate::log::dir::list_segments(dir.path()).unwrap();
+        let found = rewrite_over(&files, 1).unwrap();
         assert_eq!(
             found.map(|s| (s.id, s.rewritten)),
             Some((1, true)),

@@ -52,17 +52,6 @@ use std::path::{Path, PathBuf};
 
 /// Lists the segment files of `dir` (`<20 digits>.seg`) in log order: (segment id, path).
 pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
-    Ok(list_segments_with_inodes(dir)?
-        .into_iter()
-        .map(|(id, path, _)| (id, path))
-        .collect())
-}
-
-/// As [`list_segments`], with each file's inode number as the directory's entry gives it
-/// (no `stat`): (segment id, path, inode). A file renamed over a segment's name has another
-/// inode than the file it replaced, which was still there when it was made.
-pub(crate) fn list_segments_with_inodes(dir: &Path) -> Result<Vec<(u64, PathBuf, u64)>> {
-    use std::os::unix::fs::DirEntryExt;
     let rd = super::fds::with_room(|| std::fs::read_dir(dir))
         .map_err(|e| Error::io("read directory", dir, e))?;
     let mut segs = Vec::new();
@@ -70,7 +59,7 @@ pub(crate) fn list_segments_with_inodes(dir: &Path) -> Result<Vec<(u64, PathBuf,
         let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
         let name = entry.file_name();
         if let Some(id) = name.to_str().and_then(parse_segment_file_name) {
-            segs.push((id, entry.path(), entry.ino()));
+            segs.push((id, entry.path()));
         }
     }
     segs.sort();

@@ -40,6 +40,11 @@ pub const SEGMENT_RECYCLED: u32 = 1;
 /// listed after it whose ids lie inside its batches are the segments it replaced, left by a
 /// crash before their removal (docs/FORMAT.md, "Recovery"). Never with [`SEGMENT_RECYCLED`].
 pub const SEGMENT_REWRITTEN: u32 = 2;
+/// The most segments one rewrite replaces (itself, the first, included): at most
+/// `REWRITE_RUN_MAX - 1` files it replaced follow a rewritten segment, and recovery refuses
+/// more. So a directory follower looks that far back, no further, for the rewritten segment
+/// a file it was sent to may be a leftover of.
+pub const REWRITE_RUN_MAX: usize = 16;
 /// Length of the end marker: one frame header of zeros, which decodes as the end.
 pub const END_MARKER_LEN: usize = FRAME_HEADER_LEN;
 /// Length of the segment header; the first frame starts right after it.

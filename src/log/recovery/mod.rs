@@ -14,7 +14,7 @@ use crate::config::RecoveryMode;
 use crate::error::{Error, Result};
 use crate::log::clean::CleanMark;
 use crate::log::dir::list_segments;
-use crate::log::format::{Frame, SEGMENT_HEADER_LEN};
+use crate::log::format::{Frame, REWRITE_RUN_MAX, SEGMENT_HEADER_LEN};
 use crate::log::io::SharedIo;
 use crate::log::segment::Segment;
 use policy::{Decision, Place, Refusal, Situation};
@@ -190,13 +190,30 @@ fn scan_once(
             pass.out.damage = Some(lost);
         }
     }
+    // Leftovers of a rewrite (`Pass::is_leftover`) listed since the last kept segment.
+    let mut leftovers_in_run = 0;
     for (i, (id, path)) in files.iter().enumerate() {
         let last = i + 1 == files.len();
         check_listed_id(*id, path)?;
         if pass.is_leftover(*id) {
+            leftovers_in_run += 1;
+            if leftovers_in_run >= REWRITE_RUN_MAX {
+                // A rewrite replaces at most `REWRITE_RUN_MAX` segments, itself included: a
+                // directory follower looks no further back than that for the rewritten one.
+                return Err(ScanError::Failed(Error::Corrupt {
+                    path: path.clone(),
+                    offset: 0,
+                    reason: format!(
+                        "one of more than {} files inside the batches of the rewritten segment \
+                         before them: a rewrite replaces at most {REWRITE_RUN_MAX} segments",
+                        REWRITE_RUN_MAX - 1
+                    ),
+                }));
+            }
             pass.out.leftovers.push(path.clone());
             continue;
         }
+        leftovers_in_run = 0;
         let Some(seg) = pass.open_listed(i)? else {
             continue;
         };

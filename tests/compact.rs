@@ -969,21 +969,26 @@ fn auto_compaction_wakes_when_a_segment_completes() {
     assert_eq!(engine_state(&engine), state);
 }
 
+/// `Compaction::Auto` by the log's size alone (256 KiB; the live ratio of 0.01 never
+/// triggers it), looking every `check_every`.
+fn by_size(check_every: Duration) -> Config {
+    Config {
+        compaction: Compaction::Auto(AutoCompaction {
+            live_ratio: 0.01,
+            max_log_bytes: Some(256 << 10),
+            check_every,
+            ..AutoCompaction::default()
+        }),
+        ..config()
+    }
+}
+
 /// `max_log_bytes` compacts a log that is over the size even when its live ratio is above
 /// `live_ratio` (here the ratio alone never would: 0.01).
 #[test]
 fn auto_compaction_by_size_alone() {
     let tmp = tempfile::tempdir().unwrap();
-    let by_size = Config {
-        compaction: Compaction::Auto(AutoCompaction {
-            live_ratio: 0.01,
-            max_log_bytes: Some(256 << 10),
-            check_every: Duration::from_millis(5),
-            ..AutoCompaction::default()
-        }),
-        ..config()
-    };
-    let engine = Engine::open(tmp.path(), by_size).expect("open");
+    let engine = Engine::open(tmp.path(), by_size(Duration::from_millis(5))).expect("open");
     let mut state = State::new();
     let give_up = Instant::now() + WAIT_MAX;
     while engine.counts().compaction.runs == 0 {
@@ -1313,16 +1318,7 @@ fn an_automatic_compaction_stopped_by_close_is_not_counted_as_failed() {
     wait_ok(&last.expect("a put"), "the writes");
     engine.close().expect("close");
     drop(engine);
-    let by_size = Config {
-        compaction: Compaction::Auto(AutoCompaction {
-            live_ratio: 0.01,
-            max_log_bytes: Some(256 << 10),
-            check_every: Duration::from_millis(1),
-            ..AutoCompaction::default()
-        }),
-        ..config()
-    };
-    let engine = Engine::open(tmp.path(), by_size).expect("reopen");
+    let engine = Engine::open(tmp.path(), by_size(Duration::from_millis(1))).expect("reopen");
     let give_up = Instant::now() + WAIT_MAX;
     while engine.counts().compaction.batches == 0 {
         assert!(Instant::now() < give_up, "the compactor never started");

@@ -203,7 +203,8 @@ pub struct Config {
     pub compaction: crate::compact::Compaction,
     /// How many pipeline events to keep for `Engine::take_trace` (default 0: none recorded).
     /// When on, the flusher and the syncers note each window's cut and hand-on, each group
-    /// taken, each sync's start and end, each compaction batch and each roll: a diagnostic
+    /// taken, each sync's start and end, each compaction batch, each roll and each wait for
+    /// the bound on frames not yet durable (`TraceKind::UndurableBound`): a diagnostic
     /// timeline, a few events per window, never one per request. At most
     /// [`TRACE_EVENTS_MAX`](crate::TRACE_EVENTS_MAX); later events are counted, not kept.
     pub trace_events: usize,

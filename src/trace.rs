@@ -79,7 +79,8 @@ pub struct TraceEvent {
     pub at: Duration,
     /// What happened.
     pub kind: TraceKind,
-    /// A count whose meaning depends on `kind` (requests, jobs, records).
+    /// A number whose meaning depends on `kind`: a count (requests, jobs, records) or, for
+    /// [`TraceKind::UndurableBound`], the batch waited for.
     pub value: u64,
 }
 

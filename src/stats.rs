@@ -167,8 +167,10 @@ pub struct CompactionCounts {
     /// Segment files retired by compaction (also in `SegmentCounts::retired`).
     pub segments_retired: u64,
     /// Automatic compactions (`Compaction::Auto`) that ended in an error without failing the
-    /// engine (no room on the disk for the `ids` file, say): nothing was retired, and the
-    /// next one runs once the log has grown. The last one's error:
+    /// engine (no room on the disk for the `ids` file, say): nothing was retired (unless
+    /// the removal of a segment file itself failed: then the segments removed before it are
+    /// gone, as after a failed `retire_before`), and the next one runs once the log has
+    /// grown. The last one's error:
     /// [`Engine::compaction_error`](crate::Engine::compaction_error).
     pub failed: u64,
 }

@@ -589,7 +589,8 @@ struct Run {
     p99_ratio_vs_fjall: Option<f64>,
     /// latency_us.p99 / no-coalesce's; null when `no-coalesce` was not run.
     p99_ratio_vs_no_coalesce: Option<f64>,
-    /// The engine's counters (null for the baselines without an engine: `wal`, `naive`).
+    /// The engine's counters (null for the systems without an engine: `wal`, `naive`, the
+    /// peers).
     engine: Option<EngineJson>,
     /// The engine's per-stage latencies (engine systems only).
     #[serde(skip_serializing_if = "Option::is_none")]

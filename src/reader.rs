@@ -639,9 +639,7 @@ fn rewrite_over(files: &[(u64, PathBuf)], idx: usize) -> Result<Option<Arc<Segme
     let id = files[idx].0;
     let from = idx.saturating_sub(REWRITE_RUN_MAX - 1);
     for (first, path) in &files[from..idx] {
-        // Not read (gone since the listing, or the process out of files): not a rewrite
-        // to go to now; the next locate reads it again.
-        if header_says_rewritten(path, *first) != Some(true) {
+        if !header_says_rewritten(path, *first)? {
             continue;
         }
         let seg = open_named(path, *first)?;
@@ -653,16 +651,24 @@ fn rewrite_over(files: &[(u64, PathBuf)], idx: usize) -> Result<Option<Arc<Segme
 }
 
 /// Whether the file `path` has the header of rewritten segment `id`, read without mapping it
-/// (false if it has no such header), or `None` if it could not be read (it does not open, or
-/// is shorter than a header): then nothing is known of it. A hint only: a rewritten segment
-/// is then opened, and its mapping's header is the one that counts.
-fn header_says_rewritten(path: &Path, id: u64) -> Option<bool> {
+/// (false if it has no such header, or is shorter than one: recovery judges such a file). A
+/// hint only: a rewritten segment is then opened, and its mapping's header is the one that
+/// counts. A file that does not open is an error, never "not rewritten": gone since the
+/// listing (`NotFound`, which [`vanished`] accepts: the follower lists again), or not to be
+/// read now (the process out of files past its hard limit, say), when the file the follower
+/// picked may be its leftover.
+fn header_says_rewritten(path: &Path, id: u64) -> Result<bool> {
     use std::os::unix::fs::FileExt;
+    let file = crate::log::dir::open_regular(path, false)
+        .map_err(|e| Error::io("open segment", path, e))?;
     let mut header = [0u8; SEGMENT_HEADER_LEN];
-    crate::log::dir::open_regular(path, false)
-        .and_then(|file| file.read_exact_at(&mut header, 0))
-        .ok()?;
-    Some(SegmentHeader::decode(&header).is_ok_and(|h| h.rewritten && h.segment_id == id))
+    match file.read_exact_at(&mut header, 0) {
+        Ok(()) => {
+            Ok(SegmentHeader::decode(&header).is_ok_and(|h| h.rewritten && h.segment_id == id))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(Error::io("read segment header", path, e)),
+    }
 }
 
 /// The batch after the last valid frame of `seg`'s chain (its frames from batch `seg.id` on,
@@ -1163,9 +1169,10 @@ mod tests {
 
     /// A header a directory follower could not read (the file away from its name for a
     /// moment here; in a process out of files, `EMFILE` past the hard limit) is no verdict:
-    /// the file is read again at the next locate. (A build that kept verdicts by segment id
-    /// and inode kept this one as "not rewritten", and the follower then read the rewrite's
-    /// leftovers.)
+    /// the locate fails (here with `NotFound`, so the follower lists again) rather than go to
+    /// the file it picked, which may be the rewrite's leftover, and the next locate reads
+    /// it. (A build that kept verdicts by segment id and inode kept this one as "not
+    /// rewritten", and the follower then read the rewrite's leftovers.)
     #[test]
     #[allow(clippy::disallowed_methods)] // files made behind the seam's back
     fn a_header_the_follower_could_not_read_is_read_again() {
@@ -1186,10 +1193,17 @@ mod tests {
         std::fs::write(&rewritten, &image).unwrap();
         drop(segment_with_one_frame(dir.path(), 2));
         let files = crate::log::dir::list_segments(dir.path()).unwrap();
-        // Listed, then away from its name as its header is read.
+        // Listed, then away from its name as its header is read: the listing is stale, and
+        // the follower lists again; it never goes to the leftover.
         let aside = dir.path().join("aside");
         std::fs::rename(&rewritten, &aside).unwrap();
-        assert!(rewrite_over(&files, 1).unwrap().is_none());
+        match rewrite_over(&files, 1) {
+            Err(e) if vanished(&e) => {}
+            other => panic!(
+                "a header not read gave {:?}",
+                other.map(|s| s.map(|s| s.id))
+            ),
+        }
         std::fs::rename(&aside, &rewritten).unwrap();
         let files = crate::log::dir::list_segments(dir.path()).unwrap();
         let found = rewrite_over(&files, 1).unwrap();

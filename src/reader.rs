@@ -16,7 +16,7 @@ use crate::log::format::{
     SEGMENT_HEADER_LEN,
 };
 use crate::log::io;
-use crate::log::recovery::{check_listed_id, scan_retrying, Damage};
+use crate::log::recovery::{chain_end, check_listed_id, scan_retrying, Damage};
 use crate::log::segment::Segment;
 use crate::log::Segments;
 use crate::pipeline::handoff::SeqWaiters;
@@ -643,7 +643,10 @@ fn rewrite_over(files: &[(u64, PathBuf)], idx: usize) -> Result<Option<Arc<Segme
             continue;
         }
         let seg = open_named(path, *first)?;
-        if seg.rewritten && chain_end(&seg) > id {
+        // Where recovery's check of its frames ends (decoded, not stepped over by headers):
+        // a follower sent to it for a batch then finds that batch's frame valid there, and is
+        // never sent back and forth between a damaged rewritten segment and the file after it.
+        if seg.rewritten && chain_end(seg.image(), seg.id) > id {
             return Ok(Some(seg));
         }
     }
@@ -669,23 +672,6 @@ fn header_says_rewritten(path: &Path, id: u64) -> Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
         Err(e) => Err(Error::io("read segment header", path, e)),
     }
-}
-
-/// The batch after the last valid frame of `seg`'s chain (its frames from batch `seg.id` on,
-/// one sequence after another), as recovery finds it. Decoded, not stepped over by headers:
-/// a follower sent to `seg` for a batch then finds that batch's frame valid there, and is
-/// never sent back and forth between a damaged rewritten segment and the file after it.
-fn chain_end(seg: &Segment) -> u64 {
-    let image = seg.image();
-    let (mut off, mut next) = (SEGMENT_HEADER_LEN, seg.id);
-    while let Ok(Decoded::Frame(f)) = decode_frame(image, off) {
-        if f.batch_seq != next {
-            break;
-        }
-        off = f.end_offset() as usize;
-        next = next.saturating_add(1);
-    }
-    next
 }
 
 /// The batch sequence after frame `f` of `seg`; `Error::Corrupt` if there is none (only a

@@ -282,6 +282,19 @@ fn no_segments_left(dir: &Path, mode: RecoveryMode, expect: &Expect) -> Result<O
     })
 }
 
+/// The batch after the last frame of segment `id`'s chain in `image` (the whole file) that a
+/// scan finds valid, its first frame being batch `id`'s: where a rewritten segment's batches
+/// end, for a directory follower (`reader::rewrite_over`).
+pub(crate) fn chain_end(image: &[u8], id: u64) -> u64 {
+    let expected = verify::Expected {
+        name_id: id,
+        first_seq: id,
+        next_id: None,
+        zeros_after: false,
+    };
+    verify::verify(image, &expected).verdict().next_seq
+}
+
 /// Batch sequences start at 1 and grow by one per batch: an id of 0, or one so large that
 /// counting on from it could overflow, is not a name the engine ever gives.
 pub(crate) fn check_listed_id(id: u64, path: &Path) -> Result<()> {

@@ -125,6 +125,7 @@ impl Engine {
         config.validate()?;
         let dir = dir.as_ref().to_owned();
         log_dir::create_dir(&*io, &dir)?;
+        log_dir::check_write_path(&dir, config.write_path)?;
         let lock = log_dir::lock_dir(&*io, &dir)?;
         let index = Index::default();
         if let crate::compact::Compaction::Auto(_) = config.compaction {
@@ -406,7 +407,10 @@ impl Engine {
     }
 
     /// Cuts the current window now. The ticket completes when everything submitted before
-    /// this call is durable.
+    /// this call is durable. It fails with [`Error::NoSpace`] if a write submitted before it
+    /// was refused for lack of room on the disk since the last [`Engine::resume`] (and
+    /// `flush` itself does while writes are refused): a caller that drops its tickets learns
+    /// of the refusal here.
     pub fn flush(&self) -> Result<Ticket> {
         if let Some(e) = self.inner.completion.failure() {
             return Err(failed(e));
@@ -414,10 +418,14 @@ impl Engine {
         if self.inner.ring.is_closed() {
             return Err(Error::Closed);
         }
+        // Refused while writes are refused for room; else the spells so far, read before the
+        // position: a spell that begins later refused a write this flush covers if its first
+        // window starts before `pos` (the ticket's outcome looks, `crate::room`).
+        let spells = self.inner.completion.room.for_flush()?;
         let pos = self.inner.ring.tail();
         self.inner.flush_to.fetch_max(pos, Ordering::SeqCst);
         self.inner.poke_flusher();
-        Ok(Ticket::flush(pos, self.inner.anchors.get()))
+        Ok(Ticket::flush(pos, self.inner.anchors.get(), spells))
     }
 
     /// Reads the durable value of `key`, zero-copy from the log's mapping, without going
@@ -662,6 +670,24 @@ impl Engine {
             segments: self.inner.pool.counts(),
             ..self.inner.counters.counts(backlog, durable)
         }
+    }
+
+    /// Ends a spell of refused writes after the disk had no room for the log's next segment
+    /// ([`Error::NoSpace`]): makes that segment's file now (a file from the pool if a
+    /// retirement put one there, else a new one written full of zeros, which can take a
+    /// fraction of a second), and lets writes in again. `Error::NoSpace` if the disk still
+    /// has no room: make room first (free the disk, or `retire_before`, whose files
+    /// `Config::recycle_segments` keeps for reuse). `Ok` at once if writes are not refused;
+    /// the engine's failure if it failed. Calling it says the refusals were seen: a
+    /// `flush` made after it no longer reports them.
+    pub fn resume(&self) -> Result<()> {
+        crate::pipeline::flusher::resume(&self.inner)
+    }
+
+    /// True while writes are refused for lack of room on the disk (see
+    /// [`Engine::resume`]).
+    pub fn is_out_of_room(&self) -> bool {
+        self.inner.completion.room.refusing()
     }
 
     /// The error that failed the engine, if it failed.

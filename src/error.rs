@@ -175,6 +175,20 @@ pub enum Error {
     /// `Engine::compact` on an engine opened with `Compaction::Off` (a log whose replay must
     /// keep every event).
     CompactionOff,
+    /// The log could not make its next segment: the disk (or the user's quota) has no room
+    /// for it. Nothing of this write was applied, and the engine has not failed: it refuses
+    /// writes (`put`, `delete`, `merge`, `write`, and `flush`) with this error until
+    /// [`Engine::resume`](crate::Engine::resume) finds room. Reads, gets, followers,
+    /// `retire_before` and `compact` go on. Make room (free the disk, or call
+    /// `retire_before`; with `Config::recycle_segments` the retired files are reused without
+    /// needing room), then call `resume` and submit the refused writes again. A `flush` whose
+    /// position is past the first refused write fails with it too, so a caller who drops its
+    /// tickets still learns of it. `source()` is the [`Error::Io`] the preparation met
+    /// (`ENOSPC` or `EDQUOT`).
+    NoSpace {
+        /// The error the log met making the segment (an [`Error::Io`] naming the file).
+        cause: Arc<Error>,
+    },
 }
 
 impl Error {
@@ -288,6 +302,10 @@ impl fmt::Display for Error {
                 f,
                 "compaction is off (Config::compaction = Compaction::Off): nothing was compacted"
             ),
+            Error::NoSpace { cause } => write!(
+                f,
+                "no room on the disk for the log's next segment ({cause}): writes are not applied until Engine::resume finds room (free the disk or retire segments, then resume)"
+            ),
         }
     }
 }
@@ -297,6 +315,7 @@ impl std::error::Error for Error {
         match self {
             Error::Io { source, .. } => Some(&**source),
             Error::Failed(cause) => Some(&**cause),
+            Error::NoSpace { cause } => Some(&**cause),
             _ => None,
         }
     }

@@ -99,6 +99,8 @@ mod request;
 #[doc(hidden)]
 pub mod ring;
 #[cfg(not(loom))]
+mod room;
+#[cfg(not(loom))]
 mod seq;
 #[cfg(not(loom))]
 mod stats;

@@ -124,6 +124,10 @@ pub struct Counts {
     /// Requests the merge operator refused in the flusher (their tickets report
     /// `Error::MergeRefused`; their operations are not counted in `writes`).
     pub merges_refused: u64,
+    /// Write requests refused for lack of room on the disk (their tickets report
+    /// `Error::NoSpace`; their operations are not counted in `writes`). Writes refused at
+    /// submit while the engine refuses them are not counted: they never reach a window.
+    pub refused_no_space: u64,
     /// Windows a producer cut and wrote itself while it waited for its own request, with
     /// nothing in flight (the flusher's thread wrote the others; see `Ticket::wait`).
     pub windows_by_waiters: u64,
@@ -242,6 +246,10 @@ pub struct Stats {
     /// Requests the merge operator refused in the flusher (their tickets report
     /// `Error::MergeRefused`; their operations are not counted in `writes`).
     pub merges_refused: u64,
+    /// Write requests refused for lack of room on the disk (their tickets report
+    /// `Error::NoSpace`; their operations are not counted in `writes`). Writes refused at
+    /// submit while the engine refuses them are not counted: they never reach a window.
+    pub refused_no_space: u64,
     /// Windows a producer cut and wrote itself while it waited for its own request, with
     /// nothing in flight (the flusher's thread wrote the others; see `Ticket::wait`).
     pub windows_by_waiters: u64,
@@ -276,6 +284,7 @@ pub(crate) struct Counters {
     pub duplicates: AtomicU64,
     pub merges: AtomicU64,
     pub merges_refused: AtomicU64,
+    pub refused_no_space: AtomicU64,
     pub windows_by_waiters: AtomicU64,
     pub compaction_runs: AtomicU64,
     pub compaction_failed: AtomicU64,
@@ -316,6 +325,7 @@ impl Counters {
             duplicates: get(&self.duplicates),
             merges: get(&self.merges),
             merges_refused: get(&self.merges_refused),
+            refused_no_space: get(&self.refused_no_space),
             windows_by_waiters: get(&self.windows_by_waiters),
             // Kept by the log's file pool; the engine fills them in.
             segments: SegmentCounts::default(),
@@ -349,6 +359,7 @@ impl Counters {
             duplicates,
             merges,
             merges_refused,
+            refused_no_space,
             windows_by_waiters,
             segments,
             compaction,
@@ -371,6 +382,7 @@ impl Counters {
             duplicates,
             merges,
             merges_refused,
+            refused_no_space,
             windows_by_waiters,
             segments,
             compaction,

@@ -187,11 +187,17 @@ impl Engine {
         self.pushed(len, pushed)
     }
 
-    /// The asynchronous `admit`: lets the submission through unless throttled on consumer
-    /// lag; then refuses it (`Reject`) or waits as a future until the throttle lets go or
+    /// The asynchronous `admit`: lets the submission through unless writes are refused for
+    /// lack of room (`NoSpace`) or throttled on consumer lag; then refuses it (`Reject`) or waits as a future until the throttle lets go or
     /// the engine closes or fails (`Block`; `check_submit` and the ring report those).
     async fn admit_async(&self) -> Result<()> {
         let inner = &*self.inner;
+        if !inner.throttle.gated() {
+            return Ok(());
+        }
+        if let Some(e) = inner.completion.room.refusal() {
+            return Err(e);
+        }
         if !inner.throttle.engaged() {
             return Ok(());
         }

@@ -4,7 +4,8 @@
 //!
 //! The decision is one flag, [`Throttle::engaged`], which the submit path loads (Relaxed; it
 //! is never set when no limit is configured, so an engine without one pays that load and
-//! nothing else). It is set and cleared by whoever learns that the lag changed, each calling
+//! nothing else). The same word has a second flag, set while writes are refused for lack of
+//! room on the disk (`crate::room`), so that the submit path pays no second load for it. It is set and cleared by whoever learns that the lag changed, each calling
 //! [`Throttle::decide`] under the state lock:
 //!
 //! * the completion of a sync group ([`Throttle::advanced`], from `pipeline::syncer`): the
@@ -31,7 +32,7 @@ use crate::log::Segments;
 use crate::reader::{LiveLog, LogReader};
 use parking_lot::{Condvar, Mutex};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::thread::Thread;
@@ -56,8 +57,9 @@ struct Slowest {
 /// The throttle of one engine (see the module docs).
 pub(crate) struct Throttle {
     limit: Option<ConsumerLag>,
-    /// Set while submissions are throttled.
-    engaged: AtomicBool,
+    /// [`LAG`] while submissions are throttled; [`NO_ROOM`] while writes are refused for
+    /// lack of room (`crate::room`).
+    flags: AtomicU8,
     /// Bytes of the frames made durable since the engine opened (only counted with a limit).
     log_bytes: AtomicU64,
     /// The slowest consumer; held while the flag changes and while a submitter waits.
@@ -77,6 +79,11 @@ pub(crate) struct Throttle {
     live: Arc<LiveLog>,
 }
 
+/// `Throttle::flags`: a consumer lags past the limit.
+const LAG: u8 = 1;
+/// `Throttle::flags`: writes are refused for lack of room on the disk.
+const NO_ROOM: u8 = 2;
+
 /// The release point of a limit: 90 % of it (rounded down).
 fn release_at(max: u64) -> u64 {
     max / 10 * 9 + max % 10 * 9 / 10
@@ -93,7 +100,7 @@ impl Throttle {
     ) -> Throttle {
         Throttle {
             limit,
-            engaged: AtomicBool::new(false),
+            flags: AtomicU8::new(0),
             log_bytes: AtomicU64::new(0),
             state: Mutex::new(Slowest::default()),
             released: Condvar::new(),
@@ -112,10 +119,25 @@ impl Throttle {
         let _ = self.rereader.set(std::thread::current());
     }
 
-    /// True while submissions are throttled: the one load the submit path makes.
+    /// True while submissions are throttled on consumer lag.
     #[inline]
     pub fn engaged(&self) -> bool {
-        self.engaged.load(Ordering::Relaxed)
+        self.flags.load(Ordering::Relaxed) & LAG != 0
+    }
+
+    /// True while submissions are throttled or writes are refused for lack of room: the one
+    /// load the submit path makes.
+    #[inline]
+    pub fn gated(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) != 0
+    }
+
+    /// Sets or clears the flag that sends writes to `crate::room`'s refusal.
+    pub fn set_no_room(&self, on: bool) {
+        match on {
+            true => self.flags.fetch_or(NO_ROOM, Ordering::Relaxed),
+            false => self.flags.fetch_and(!NO_ROOM, Ordering::Relaxed),
+        };
     }
 
     /// Frames of `bytes` bytes became durable (after `LiveLog::advance`): the lag grew.
@@ -209,11 +231,11 @@ impl Throttle {
         let over = |lag: u64, max: Option<u64>| max.is_some_and(|m| lag > m);
         let under = |lag: u64, max: Option<u64>| max.is_none_or(|m| lag <= release_at(m));
         let age_max = limit.age.map(crate::ids::nanos);
-        let engaged = self.engaged.load(Ordering::Relaxed);
+        let engaged = self.engaged();
         let is_over =
             over(batches, limit.batches) || over(bytes, limit.bytes) || over(age, age_max);
         if !engaged && is_over {
-            self.engaged.store(true, Ordering::Relaxed);
+            self.flags.fetch_or(LAG, Ordering::Relaxed);
             // Idle, it parks without a timeout unless the flag is set: let it see the flag.
             if let Some(t) = self.rereader.get() {
                 t.unpark();
@@ -223,7 +245,7 @@ impl Throttle {
             && under(bytes, limit.bytes)
             && under(age, age_max)
         {
-            self.engaged.store(false, Ordering::Relaxed);
+            self.flags.fetch_and(!LAG, Ordering::Relaxed);
             self.released.notify_all();
             let tasks = self.take_tasks();
             drop(s);
@@ -326,11 +348,12 @@ fn wake_tasks(tasks: Vec<Waker>) {
 
 /// Where a submission meets the throttle.
 impl crate::Engine {
-    /// Lets a put, delete or write through unless the slowest consumer lags past
-    /// `Config::consumer_lag_max`: one Relaxed load when it does not.
+    /// Lets a put, delete, merge or write through unless the slowest consumer lags past
+    /// `Config::consumer_lag_max` or writes are refused for lack of room (`NoSpace`): one
+    /// Relaxed load when neither.
     #[inline]
     pub(crate) fn admit(&self) -> Result<()> {
-        match self.inner.throttle.engaged() {
+        match self.inner.throttle.gated() {
             false => Ok(()),
             true => self.throttled(),
         }
@@ -342,6 +365,12 @@ impl crate::Engine {
     #[cold]
     fn throttled(&self) -> Result<()> {
         let inner = &*self.inner;
+        if let Some(e) = inner.completion.room.refusal() {
+            return Err(e);
+        }
+        if !inner.throttle.engaged() {
+            return Ok(());
+        }
         crate::stats::Counters::add(&inner.counters.throttled, 1);
         if inner.config.backpressure == crate::Backpressure::Reject {
             return Err(inner.throttle.refusal());
@@ -391,7 +420,7 @@ mod tests {
             segments,
             Arc::new(LiveLog::new(0)),
         );
-        t.engaged.store(true, Ordering::Relaxed);
+        t.flags.store(LAG, Ordering::Relaxed);
         let (a, b) = (
             Arc::new(Count(Default::default())),
             Arc::new(Count(Default::default())),

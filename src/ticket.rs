@@ -71,8 +71,11 @@ pub(crate) struct Completion {
     pub(crate) seqs: SeqMap,
     /// The requests found to duplicate a request id (for `IdTicket`'s outcome).
     pub(crate) duplicates: Duplicates,
-    /// The requests the merge operator refused (`crate::merge`).
+    /// The requests the merge operator refused (`crate::merge`), and those refused for
+    /// lack of room on the disk.
     pub(crate) refusals: crate::merge::Refusals,
+    /// Whether writes are refused for lack of room, and since where (`crate::room`).
+    pub(crate) room: crate::room::Room,
     /// Set by the pipeline: called with a request's position by a thread about to wait for
     /// it (`true`: it may write the request's window itself, see `pipeline::flusher::help`)
     /// or by a future's poll that found it pending (`false`: it only wakes the flusher if
@@ -113,6 +116,7 @@ impl Completion {
             seqs: SeqMap::new(durable, durable_seq),
             duplicates: Duplicates::default(),
             refusals: Default::default(),
+            room: Default::default(),
         }
     }
 
@@ -133,11 +137,12 @@ impl Completion {
     }
 
     /// A request's outcome as a ticket reports it: the batch it landed in, or its refusal
-    /// (not for a flush, whose position is the request's before it).
-    fn outcome(&self, pos: u64, done: Result<()>, flush: bool) -> Result<Seq> {
+    /// (not for a flush, whose position is the request's before it: a flush fails only if
+    /// writes it covers were refused for lack of room, see `crate::room`).
+    fn outcome(&self, pos: u64, done: Result<()>, flush: u64) -> Result<Seq> {
         let refused = || match flush {
-            false => self.refusals.check(pos),
-            true => Ok(()),
+            NOT_A_FLUSH => self.refusals.check(pos),
+            seen => self.room.flush_outcome(seen, pos),
         };
         done.and_then(|()| refused())
             .and_then(|()| self.seq_of(pos))
@@ -693,9 +698,14 @@ impl Anchors {
 pub struct Ticket {
     pos: u64,
     anchor: Anchor,
-    /// A `flush`'s ticket: its position is the last request's, whose refusal is not its own.
-    flush: bool,
+    /// [`NOT_A_FLUSH`], or a `flush`'s ticket, whose position is the last request's (whose
+    /// refusal is not its own): the spells of refusals for room it came after
+    /// (`crate::room`).
+    flush: u64,
 }
+
+/// `Ticket::flush` of a request's ticket.
+const NOT_A_FLUSH: u64 = u64::MAX;
 
 impl std::fmt::Debug for Ticket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -708,13 +718,13 @@ impl std::fmt::Debug for Ticket {
 
 impl Ticket {
     pub(crate) fn new(pos: u64, anchor: Anchor) -> Ticket {
-        let flush = false;
+        let flush = NOT_A_FLUSH;
         Ticket { pos, anchor, flush }
     }
 
-    /// The ticket of a `flush` at `pos`.
-    pub(crate) fn flush(pos: u64, anchor: Anchor) -> Ticket {
-        let flush = true;
+    /// The ticket of a `flush` at `pos`, made after `spells` spells of refusals for room.
+    pub(crate) fn flush(pos: u64, anchor: Anchor, spells: u64) -> Ticket {
+        let flush = spells;
         Ticket { pos, anchor, flush }
     }
 

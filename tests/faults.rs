@@ -20,16 +20,21 @@
 //!   one left; odd seeds with two syncers. `power_model_*` test the model itself.
 //! - **Full disk** (`full_disk`): segment creation fails with ENOSPC (leaving a short file
 //!   behind, as a preallocation that ran out of space would), at open and at each roll; the
-//!   error says ENOSPC, no short prepared file stays, every segment file is fully allocated
-//!   (never sparse, so no SIGBUS).
+//!   error says ENOSPC, a roll's refuses writes without failing the engine, no short
+//!   prepared file stays, every segment file is fully allocated (never sparse, so no
+//!   SIGBUS).
 //!
 //! Every run checks, against a model of what was submitted:
 //! - no panic, and every ticket resolves (a ticket still pending after `WAIT_MAX` is a hang);
 //! - no ticket is `Ok` at a position past a failed one (nor at the same position: a flush
 //!   shares its position with the request before it), and every failed ticket carries the
 //!   error that failed the engine or `Error::Failed`; once the engine failed, `failure()` is
-//!   set and every new put/delete/write/get/flush returns `Error::Failed`;
-//! - every windowed get that completed `Ok` returned the value as of its place in the order;
+//!   set and every new put/delete/write/get/flush returns `Error::Failed`. A full disk at a
+//!   roll does not fail the engine but refuses writes (`Error::NoSpace`, `crate::room`):
+//!   then no write or flush is `Ok` past a refused one (gets are: they read on), and every
+//!   new write and flush is refused with `NoSpace`;
+//! - every windowed get that completed `Ok` returned the value as of its place in the order
+//!   (writes refused for room are not in it);
 //! - the state the engine still serves after it failed and closed, and the state a reopen
 //!   with the real I/O (default recovery) finds, are each the state after some prefix of the
 //!   write requests in position order that holds every acknowledged request (values are
@@ -202,6 +207,32 @@ fn submit(engine: &Engine, req: &Req) -> Result<InFlight, Error> {
     })
 }
 
+fn is_no_space(e: &Error) -> bool {
+    matches!(e, Error::NoSpace { .. })
+}
+
+/// While the engine refuses writes for room: every write and flush is refused with
+/// `NoSpace`, a get is answered, and the engine has not failed.
+fn assert_refuses_for_room(engine: &Engine, ctx: &str) {
+    assert!(engine.failure().is_none(), "{ctx}: failed");
+    let mut b = WriteBatch::new();
+    b.put(b"after-refusal", b"x").delete(b"k0");
+    let calls: [(&str, Result<(), Error>); 4] = [
+        ("put", engine.put(b"after-refusal", b"x").map(drop)),
+        ("delete", engine.delete(b"k0").map(drop)),
+        ("write", engine.write(&b).map(drop)),
+        ("flush", engine.flush().map(drop)),
+    ];
+    for (name, r) in calls {
+        assert!(
+            r.as_ref().is_err_and(is_no_space),
+            "{ctx}: {name} while out of room returned {r:?}, not Error::NoSpace"
+        );
+    }
+    let got = engine.get(b"k0").and_then(|g| g.wait_timeout(WAIT_MAX));
+    assert!(got.is_ok(), "{ctx}: a get while out of room: {got:?}");
+}
+
 /// Waits for a request's outcome; a ticket still pending after `WAIT_MAX` is a hang.
 fn resolve(req: Req, inflight: InFlight, ctx: &str) -> Done {
     let hung = |pos: u64| -> ! {
@@ -240,7 +271,8 @@ fn resolve(req: Req, inflight: InFlight, ctx: &str) -> Done {
 }
 
 /// Submits `reqs` in order keeping at most `depth` outstanding, and resolves every one.
-/// Stops submitting at the first refused submit, which must be `Error::Failed`.
+/// Stops submitting at the first refused submit, which must be `Error::Failed`, or
+/// `Error::NoSpace` while the engine refuses writes for room.
 fn produce(engine: &Engine, reqs: Vec<Req>, depth: usize, ctx: &str) -> Vec<Done> {
     let mut done = Vec::with_capacity(reqs.len());
     let mut inflight: VecDeque<(Req, InFlight)> = VecDeque::new();
@@ -251,6 +283,13 @@ fn produce(engine: &Engine, reqs: Vec<Req>, depth: usize, ctx: &str) -> Vec<Done
                 assert!(
                     engine.failure().is_some(),
                     "{ctx}: a submit said Failed but Engine::failure() is None"
+                );
+                break;
+            }
+            Err(Error::NoSpace { .. }) => {
+                assert!(
+                    engine.is_out_of_room(),
+                    "{ctx}: a submit said NoSpace but the engine does not refuse writes"
                 );
                 break;
             }
@@ -297,28 +336,43 @@ fn check_outcomes(base: &State, done: &mut [Done], recovered: &State, ctx: &str)
     // Positions order one engine's requests; a flush shares its position with the request
     // before it, and has no effect, so ties need no order.
     done.sort_by_key(|d| d.pos);
-    let max_ok = done
-        .iter()
-        .filter(|d| d.result.is_ok())
-        .map(|d| d.pos)
-        .max();
-    let min_err = done
-        .iter()
-        .filter(|d| d.result.is_err())
-        .map(|d| d.pos)
-        .min();
-    if let (Some(ok), Some(err)) = (max_ok, min_err) {
-        assert!(
-            ok < err,
-            "{ctx}: ticket at position {ok} completed Ok after the one at {err} failed"
-        );
+    let max_ok = |gets: bool| {
+        done.iter()
+            .filter(|d| d.result.is_ok() && (gets || !matches!(d.req, Req::Get(_))))
+            .map(|d| d.pos)
+            .max()
+    };
+    let min_err = |for_room: bool| {
+        done.iter()
+            .filter(|d| {
+                d.result
+                    .as_ref()
+                    .is_err_and(|e| for_room || !is_no_space(e))
+            })
+            .map(|d| d.pos)
+            .min()
+    };
+    // Nothing is Ok past a failure; no write or flush past a refusal for room.
+    for (ok, err) in [
+        (max_ok(true), min_err(false)),
+        (max_ok(false), min_err(true)),
+    ] {
+        if let (Some(ok), Some(err)) = (ok, err) {
+            assert!(
+                ok < err,
+                "{ctx}: ticket at position {ok} completed Ok after the one at {err} failed"
+            );
+        }
     }
     // A failed ticket carries the error that failed the engine (DESIGN: "they complete with
-    // the error") or `Error::Failed`.
+    // the error") or `Error::Failed`, or the refusal for room.
     for d in done.iter() {
         if let Err(e) = &d.result {
             assert!(
-                matches!(e, Error::Failed(_) | Error::Io { .. }),
+                matches!(
+                    e,
+                    Error::Failed(_) | Error::Io { .. } | Error::NoSpace { .. }
+                ),
                 "{ctx}: ticket {} ({:?}) failed with {e:?}, not the I/O error or Error::Failed",
                 d.pos,
                 d.req
@@ -344,7 +398,9 @@ fn check_outcomes(base: &State, done: &mut [Done], recovered: &State, ctx: &str)
             );
             out.gets_checked += 1;
         }
-        common::model::apply_writes(&mut state, &d.req.writes());
+        if !d.result.as_ref().is_err_and(is_no_space) {
+            common::model::apply_writes(&mut state, &d.req.writes());
+        }
     }
 
     // The recovered state is the state after a prefix that holds every acknowledged request.
@@ -373,7 +429,11 @@ fn prefixes(
         .filter(|d| d.result.is_ok())
         .map(|d| d.pos)
         .max();
-    let writes: Vec<&Done> = done.iter().filter(|d| d.req.is_write()).collect();
+    // A write refused for room is not applied: only the others can make the state.
+    let writes: Vec<&Done> = done
+        .iter()
+        .filter(|d| d.req.is_write() && !d.result.as_ref().is_err_and(is_no_space))
+        .collect();
     let required = max_ok.map_or(0, |ok| writes.iter().filter(|d| d.pos <= ok).count());
     let mut model = base.clone();
     for d in &writes[..required] {
@@ -576,6 +636,8 @@ struct RunResult {
     hit: bool,
     /// The engine (or its open) failed.
     failed: bool,
+    /// The engine refused writes for lack of room (and did not fail).
+    out_of_room: bool,
     checked: Checked,
 }
 
@@ -608,6 +670,7 @@ fn fault_run(io: &Arc<FaultyIo>, config: &Config, ctx: &str) -> RunResult {
             return RunResult {
                 hit: true,
                 failed: true,
+                out_of_room: false,
                 checked,
             };
         }
@@ -634,12 +697,20 @@ fn fault_run(io: &Arc<FaultyIo>, config: &Config, ctx: &str) -> RunResult {
                 "{ctx}: failure {why:?} does not carry ENOSPC"
             );
         }
+    } else if engine.is_out_of_room() {
+        assert_refuses_for_room(&engine, ctx);
+        assert!(
+            done.iter()
+                .all(|d| d.result.as_ref().err().is_none_or(is_no_space)),
+            "{ctx}: a ticket failed with an error other than NoSpace, and the engine did not fail"
+        );
     } else {
         assert!(
             done.iter().all(|d| d.result.is_ok()),
             "{ctx}: a ticket failed but Engine::failure() is None"
         );
     }
+    let out_of_room = engine.is_out_of_room();
     let closed = engine.close();
     assert_eq!(
         closed.is_err(),
@@ -664,6 +735,7 @@ fn fault_run(io: &Arc<FaultyIo>, config: &Config, ctx: &str) -> RunResult {
     RunResult {
         hit: io.hit(),
         failed,
+        out_of_room,
         checked,
     }
 }
@@ -768,13 +840,19 @@ fn full_disk() {
     let started = Instant::now();
     for path in [WritePath::Pwrite, WritePath::Mmap] {
         let config = countdown_config(path);
-        let (mut failed_runs, mut total) = (0, Checked::default());
+        let (mut failed_runs, mut refusing_runs, mut total) = (0, 0, Checked::default());
         let mut k = 1;
         loop {
             let mut io = FaultyIo::new(Target::Op(IoOp::Create), k, true, ENOSPC);
             io.short_create = true;
             let io = Arc::new(io);
-            let r = fault_run(&io, &config, &format!("full disk {path:?} K={k}"));
+            let ctx = format!("full disk {path:?} K={k}");
+            let r = fault_run(&io, &config, &ctx);
+            // From the third file on (the lock file and the first segment come at open) every
+            // creation is a segment's, whose want of room refuses writes (at a roll; one
+            // prepared ahead may fail with no roll to follow), never fails the engine.
+            assert!(k < 3 || !r.failed, "{ctx}: the engine failed");
+            refusing_runs += usize::from(r.out_of_room);
             failed_runs += usize::from(r.failed);
             total += r.checked;
             if !r.hit {
@@ -784,12 +862,14 @@ fn full_disk() {
         }
         eprintln!(
             "full disk {path:?}: ENOSPC from create K = 1..{} ({failed_runs} runs failed the \
-             engine); {} acked writes checked after reopen, {} failed tickets",
+             engine, {refusing_runs} refused writes for room); {} acked writes checked after \
+             reopen, {} failed tickets",
             k - 1,
             total.acked_writes,
             total.failed
         );
         assert!(k > 3, "the workload never rolls a segment");
+        assert!(refusing_runs > 0, "no run refused writes for room");
     }
     eprintln!("full disk: {:.1?}", started.elapsed());
 }
@@ -1960,9 +2040,10 @@ fn every_file_change_goes_through_the_hooks() {
     let engine = open(&config, "reopen").unwrap();
     rec.fail_creates.store(true, Ordering::SeqCst);
     let failure = rec.check(&dir, "a failed creation", || {
-        put_until(&engine, &mut n, &|e: &Engine| e.failure().is_some());
+        put_until(&engine, &mut n, &|e: &Engine| e.is_out_of_room());
+        let refusal = engine.put(b"k", b"v").expect_err("writes are refused");
         let _ = engine.close();
-        format!("{}", engine.failure().expect("failed"))
+        format!("{refusal}")
     });
     rec.fail_creates.store(false, Ordering::SeqCst);
     assert!(failure.contains("os error 28"), "{failure}");

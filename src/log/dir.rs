@@ -249,6 +249,7 @@ fn pace_writeback(_f: &std::fs::File, _off: u64, _len: usize) -> std::io::Result
 #[allow(clippy::disallowed_methods)] // the log directory's owner
 pub(crate) fn create_prepared(io: &dyn Io, dir: &Path, path: &Path, size: u64) -> Result<()> {
     let result = io::create_new(io, path, |f| {
+        no_cow(f);
         let chunk = vec![0u8; ZERO_CHUNK];
         let mut off = 0u64;
         while off < size {
@@ -265,6 +266,65 @@ pub(crate) fn create_prepared(io: &dyn Io, dir: &Path, path: &Path, size: u64) -
         return Err(Error::io("preallocate segment", path, e));
     }
     sync_dir(io, dir)
+}
+
+/// Asks the file system to overwrite the new, still empty, segment file in place (the inode
+/// flag `FS_NOCOW_FL`, `chattr +C`; only an empty file takes it). On btrfs a file is
+/// copy-on-write: every overwrite of its zeros takes new room, so on a full disk a frame's
+/// `pwrite` failed (which fails the engine) and a store through the mapping killed the
+/// process with `SIGBUS` (both seen on a full btrfs image). No-CoW, the zeros written here
+/// are the room the frames take, as on ext4, and a full disk shows only at the preparation,
+/// where the engine refuses writes instead of failing (`crate::room`). It also turns off
+/// btrfs's own checksums and compression for the file (the frames carry CRCs), as
+/// systemd-journald does for its journal files. Elsewhere the flag is unknown or means
+/// nothing, and the error is ignored.
+fn no_cow(f: &std::fs::File) {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::fs::{ioctl_getflags, ioctl_setflags, IFlags};
+        if let Ok(flags) = ioctl_getflags(f) {
+            if !flags.contains(IFlags::NOCOW) {
+                let _ = ioctl_setflags(f, flags | IFlags::NOCOW);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = f;
+}
+
+/// `statfs`'s `f_type` of btrfs.
+const BTRFS_SUPER_MAGIC: u64 = 0x9123_683E;
+
+/// Refuses `WritePath::Mmap` for a log directory on btrfs. A store through the mapping into a
+/// page that writeback has cleaned asks btrfs for room (`page_mkwrite`); on a full btrfs image
+/// the flusher then waited in the kernel, uninterruptibly, for as long as the disk stayed
+/// full (minutes, until a file was removed; `SIGKILL` waits too), and without the no-CoW flag
+/// the process was killed by `SIGBUS`. The pwrite path gets an error instead, which the
+/// engine turns into refused writes (`crate::room`).
+pub(crate) fn check_write_path(dir: &Path, path: crate::config::WritePath) -> Result<()> {
+    #[cfg(target_os = "linux")]
+    if path == crate::config::WritePath::Mmap {
+        // A directory whose file system cannot be asked is left to the open to report.
+        if let Ok(st) = rustix::fs::statfs(dir) {
+            if refuses_mmap(st.f_type as u64) {
+                return Err(Error::InvalidConfig(format!(
+                    "write_path = WritePath::Mmap on btrfs ({}): a store through the mapping \
+                     waits in the kernel, unkillable, while the disk is full; use \
+                     WritePath::Pwrite (the default)",
+                    dir.display()
+                )));
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (dir, path);
+    Ok(())
+}
+
+/// Whether a file system of `statfs` type `f_type` refuses the mmap write path (only the
+/// low 32 bits are the magic: a 32-bit `f_type` sign-extends).
+fn refuses_mmap(f_type: u64) -> bool {
+    f_type & 0xFFFF_FFFF == BTRFS_SUPER_MAGIC
 }
 
 /// As [`create_prepared`], after removing whatever an earlier attempt that failed may have
@@ -597,10 +657,22 @@ mod tests {
     #![allow(clippy::disallowed_methods)] // test files made behind the seam's back
 
     use super::*;
+
     use crate::log::format::{parse_prep_file_name, parse_recycle_file_name};
     use std::sync::{Arc, Mutex};
 
     const EIO: i32 = 5;
+
+    /// btrfs (its magic, also as a sign-extended 32-bit `f_type`) refuses the mmap write path;
+    /// ext4, xfs and tmpfs do not.
+    #[test]
+    fn the_mmap_write_path_is_refused_on_btrfs_only() {
+        assert!(refuses_mmap(0x9123_683E));
+        assert!(refuses_mmap(0x9123_683E_u32 as i32 as i64 as u64));
+        for other in [0xEF53_u64, 0x5846_5342, 0x0102_1994] {
+            assert!(!refuses_mmap(other), "{other:#x}");
+        }
+    }
 
     /// Records the operations that succeeded, in order, and fails every operation of the
     /// kind `fail` with EIO before it happens.

@@ -201,20 +201,42 @@ impl Log {
         Segment::activate(dir, &prep, None, (first_seq, recycled), false, io)
     }
 
-    /// Moves to a fresh segment whose first frame is `next_seq`.
+    /// Moves to a fresh segment whose first frame is `next_seq`, unless the frame of
+    /// `body_len` bytes fits the active one. `Error::NoSpace` if the disk has no room for
+    /// the new segment: nothing of the log changed then (the new file was not yet renamed
+    /// into it), the engine need not fail, and a later call tries again (`crate::room`).
+    /// Any other error leaves the log in a state only a reopen may trust.
+    pub fn roll_for(&mut self, body_len: usize) -> Result<()> {
+        match self.fits(body_len) {
+            true => Ok(()),
+            false => self.roll(),
+        }
+    }
+
+    /// Moves to a fresh segment whose first frame is `next_seq` (see [`Log::roll_for`]).
     fn roll(&mut self) -> Result<()> {
         // The segment ending now is durable, its name too, before the next one is named: at
         // most the last segment is ever an activation a power loss tore.
         self.active.finish_activation()?;
-        let (prep, mapped, recycled) = self.take_prepared()?;
-        let seg = Arc::new(Segment::activate(
+        let (prep, mapped, recycled) = self.take_prepared().map_err(no_room)?;
+        let seg = match Segment::activate(
             &self.dir,
             &prep,
             mapped,
             (self.next_seq, recycled),
             true,
             &self.io,
-        )?);
+        ) {
+            Ok(seg) => Arc::new(seg),
+            // The header write or the rename failed for room (btrfs's rename can): the file
+            // is still a prepared one, outside the log. The next roll takes it as it is (as a
+            // recycled one: its header is not zeros), with only the rename left to do.
+            Err(e) if crate::room::is_no_room(&e) => {
+                self.prep = Prep::Ready(prep);
+                return Err(no_room(e));
+            }
+            Err(e) => return Err(e),
+        };
         seg.open_sync_files(self.syncers)?;
         self.segments.write().push(seg.clone());
         let started = if recycled {
@@ -352,6 +374,17 @@ impl Log {
             end: self.write_off,
             seq,
         })
+    }
+}
+
+/// The error of a preparation of the next segment, as the roll returns it: one that says the
+/// disk has no room becomes `Error::NoSpace` (the engine refuses writes until room is made),
+/// others stay as they are (the engine fails). A failed directory sync is never taken for
+/// a want of room: it may have been the report of another change of the directory's.
+fn no_room(e: Error) -> Error {
+    match crate::room::is_no_room(&e) && !dir::is_failed_dir_sync(&e) {
+        true => Error::NoSpace { cause: Arc::new(e) },
+        false => e,
     }
 }
 

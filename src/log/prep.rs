@@ -96,6 +96,15 @@ impl Log {
         self.prep = spawned.map_or(Prep::None, Prep::Pending);
     }
 
+    /// Has the next segment's file made now, as the roll would make it (`Engine::resume`):
+    /// `Error::NoSpace` if the disk still has no room for it. The roll then takes it as it
+    /// takes an earlier run's (activated as a recycled file, its mapping made again).
+    pub(crate) fn prepare_now(&mut self) -> Result<()> {
+        let (path, _, _) = self.take_prepared().map_err(super::no_room)?;
+        self.prep = Prep::Ready(path);
+        Ok(())
+    }
+
     /// The file the roll makes the next segment, with its mapping if it was made, and whether
     /// it is recycled: the one prepared ahead (waiting for its thread), else one made now.
     /// Leaves [`Prep::None`]; the roll defers the next preparation once it has activated this.

@@ -449,6 +449,37 @@ pub(crate) fn help(inner: &Inner, pos: u64) {
     }
 }
 
+/// `Engine::resume`: at the desk (waiting for it, so that no window is being written), has
+/// the next segment's file made now, and ends the spell of refusals for room if it could
+/// be (`crate::room`). `Error::NoSpace` if the disk still has no room.
+pub(crate) fn resume(inner: &Inner) -> Result<()> {
+    if let Some(e) = inner.completion.failure() {
+        return Err(failed(e));
+    }
+    if !inner.completion.room.refusing() {
+        return Ok(());
+    }
+    let mut guard = inner.desk.lock();
+    let desk = match guard.as_mut() {
+        Some(desk) if !desk.in_window => desk,
+        // The flusher stopped (closed, or a panic took the desk out).
+        _ => {
+            return Err(inner.completion.failure().map_or(Error::Closed, failed));
+        }
+    };
+    match desk.flusher.log.prepare_now() {
+        Ok(()) => {
+            inner.completion.room.end();
+            inner.throttle.set_no_room(false);
+            Ok(())
+        }
+        // It may have been the report of another change of the directory's: fatal, as
+        // at a roll.
+        Err(e) if crate::log::dir::is_failed_dir_sync(&e) => Err(inner.fail(&e)),
+        Err(e) => Err(e),
+    }
+}
+
 /// Wakes the flusher's thread if it sleeps while producers write their own windows: a
 /// request that is not about to be written by its own producer needs it.
 pub(crate) fn poke_if_lazy(inner: &Inner) {
@@ -685,7 +716,8 @@ impl Flusher {
         let w = self.gather(&inner, consumer_mut, start, &mut entries, help);
 
         if inner.completion.failure().is_none() {
-            if let Err(e) = self.commit(&mut entries, w.end, (w.merges, w.duplicate_ops)) {
+            let span = (start, w.end);
+            if let Err(e) = self.commit(&mut entries, span, (w.merges, w.duplicate_ops)) {
                 // The windows already handed on complete with their own sync's outcome.
                 inner.completion.fail_after(e, self.in_flight);
                 inner.throttle.wake_all();
@@ -907,12 +939,20 @@ impl Flusher {
     fn commit(
         &mut self,
         entries: &mut [Entry<'_>],
-        end: u64,
-        (merges, duplicate_ops): (u64, u64),
+        (start, end): (u64, u64),
+        (mut merges, duplicate_ops): (u64, u64),
     ) -> Result<()> {
         let t0 = Instant::now();
         // Operations of refused requests, taken out of the window.
         let mut refused_ops = 0;
+        // While the disk has no room for the next segment, every write is refused.
+        if let Some(e) = (self.inner.completion.room.refusing())
+            .then(|| self.inner.completion.room.refusal())
+            .flatten()
+        {
+            refused_ops += self.refuse_writes(entries, &e);
+            merges = 0;
+        }
         if merges > 0 {
             match self.resolve_merges(entries) {
                 Some(n) => refused_ops = n,
@@ -934,6 +974,27 @@ impl Flusher {
             }
         }
         self.untake_refused_ids();
+        // The roll, if the frame needs one, comes before the gets are answered: if the disk
+        // has no room for the next segment, the window's writes are refused, and its gets
+        // must read the state without them.
+        match self.roll_ahead(entries, &coalescer) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.coalescer = coalescer;
+                return Ok(()); // failed meanwhile: the window's tickets report it
+            }
+            Err(Error::NoSpace { cause }) => {
+                let e = self.inner.completion.room.begin(start, cause);
+                self.inner.throttle.set_no_room(true);
+                refused_ops += self.refuse_writes(entries, &e);
+                self.untake_refused_ids();
+                coalescer.plan(entries, self.inner.config.coalesce);
+            }
+            Err(e) => {
+                self.coalescer = coalescer;
+                return Err(e);
+            }
+        }
         let entries = &*entries;
         let plan = coalescer.last_plan();
         let t1 = Instant::now();
@@ -942,6 +1003,67 @@ impl Flusher {
         self.coalescer = coalescer;
         self.window_dups.clear();
         r
+    }
+
+    /// Rolls the log to a new segment if the window's frame (planned in `coalescer`) does
+    /// not fit the active one: true if it fits now, false if the engine failed while the
+    /// roll waited for the frames before it; `Error::NoSpace` if the disk has no room for the
+    /// segment (nothing of the log changed: the window is refused, see `crate::room`).
+    fn roll_ahead(&mut self, entries: &[Entry<'_>], coalescer: &Coalescer) -> Result<bool> {
+        let plan = coalescer.last_plan();
+        if plan.survivors.is_empty() && self.window_ids.is_empty() {
+            return Ok(true); // no frame
+        }
+        let body_len = body_len((entries, &self.resolver), &plan.survivors);
+        let frame_body = body_len + trailer_len(self.window_ids.len());
+        if self.log.fits(frame_body) {
+            return Ok(true);
+        }
+        let inner = self.inner.clone();
+        // The roll drains every frame written, the held one too.
+        self.release_held();
+        trace::record(&inner.trace, TraceKind::RollStart, 0);
+        if !Self::room_for_frame(
+            &self.log,
+            &mut self.unsynced,
+            &inner,
+            self.in_flight,
+            frame_body,
+        ) {
+            return Ok(false);
+        }
+        self.log.roll_for(frame_body)?;
+        trace::record(&inner.trace, TraceKind::RollEnd, 0);
+        Ok(true)
+    }
+
+    /// While the disk has no room for the next segment (`crate::room`): takes every write
+    /// request out of the window (its operations become [`Op::Nop`]) and records `error`
+    /// as its refusal; gets stay, and so do duplicates of request ids (answered as such).
+    /// Returns the operations taken out.
+    fn refuse_writes(&mut self, entries: &mut [Entry<'_>], error: &Error) -> usize {
+        let inner = &*self.inner;
+        let (mut ops_out, mut refused) = (0, 0);
+        for r in 0..self.requests.len() {
+            let (first, end) = request_entries(&self.requests, r, entries.len());
+            let ops = &mut entries[first..end];
+            if !ops
+                .iter()
+                .any(|e| matches!(e.op, Op::Put(_) | Op::Delete | Op::Merge(_)))
+            {
+                continue;
+            }
+            ops.iter_mut().for_each(|e| e.op = Op::Nop);
+            let pos = self.requests[r].1;
+            self.refused_ends.push(pos);
+            inner.completion.refusals.record(pos, error.clone());
+            ops_out += ops.len();
+            refused += 1;
+        }
+        let counters = &inner.counters;
+        Counters::add(&counters.refused_no_space, refused);
+        counters.writes.fetch_sub(ops_out as u64, Ordering::Relaxed);
+        ops_out
     }
 
     /// The ids of the window's refused requests leave the table and the frame's trailer: the
@@ -1357,6 +1479,10 @@ impl Flusher {
         );
         let frame = match appended {
             Ok(frame) => frame,
+            // No room for the segment the copies needed: nothing was written, the log is as it
+            // was; the compaction fails, the engine goes on (its windows meet the same when
+            // they need a segment, see `crate::room`).
+            Err(e @ Error::NoSpace { .. }) => return Err(e),
             Err(e) => {
                 inner.completion.fail_after(e, self.in_flight);
                 inner.throttle.wake_all();

@@ -20,6 +20,7 @@ mod damage;
 mod dir_durability;
 mod followers;
 mod for_each;
+mod no_room;
 mod point_in_time;
 mod preparation;
 mod reopen_after_eio;

@@ -1116,6 +1116,7 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
         duplicates,
         merges,
         merges_refused,
+        refused_no_space,
         windows_by_waiters,
         segments,
         compaction,
@@ -1139,6 +1140,7 @@ fn add_stats(into: &mut Stats, from: Stats) -> Result<(), CliError> {
     into.duplicates += duplicates;
     into.merges += merges;
     into.merges_refused += merges_refused;
+    into.refused_no_space += refused_no_space;
     into.windows_by_waiters += windows_by_waiters;
     into.sync_time.busy_ns += sync_time.busy_ns;
     into.sync_time.frame_ready_ns += sync_time.frame_ready_ns;

@@ -1,0 +1,211 @@
+//! A full disk: the log could not make its next segment for lack of room, so the engine
+//! refuses writes ([`Error::NoSpace`]) until [`Engine::resume`](crate::Engine::resume) finds
+//! room. Reads go on, and so do `retire_before` and `compact`, which make room.
+//!
+//! Why a refusal and not a failure: a failed write or sync fails the engine for good
+//! (`Error::Failed`), because the pages it covered may never reach the disk and no later sync
+//! would say so. The room for a segment is asked for before anything of the window is written:
+//! the zero fill of a file that is not yet part of the log, and its rename into the log. When
+//! that fails for room (`ENOSPC`, `EDQUOT`), nothing the log holds changed, and the window is
+//! refused whole: none of its writes is applied, its gets read the state before it.
+//!
+//! Why a spell that lasts until `resume`, not a refusal of the one window: a producer that
+//! drops its tickets and relies on `flush` must learn that a write was refused. So each spell
+//! of refusals is remembered by where it began, and a `flush` fails with `NoSpace` if a spell
+//! began before its position and after the last `resume` that came before it (`flush` itself
+//! fails while a spell lasts). `resume` is the caller's word that it has seen the refusals.
+
+use crate::error::Error;
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// How many spells' starts a flush can still be told about; a flush older than that fails
+/// (it cannot tell).
+const SPELLS_KEPT: usize = 64;
+
+/// The engine's state of room on the disk (see the module docs).
+#[derive(Default)]
+pub(crate) struct Room {
+    /// Set while a spell lasts: the flusher's one load per window.
+    refusing: AtomicBool,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// While a spell lasts: what the roll met (an `Error::Io` whose OS error is `ENOSPC` or
+    /// `EDQUOT`).
+    cause: Option<Arc<Error>>,
+    /// Spells since open.
+    spells: u64,
+    /// The ring position each of the last [`SPELLS_KEPT`] spells began at (the start of its
+    /// first refused window), oldest first: spell `spells - starts.len() + 1 + i` is `starts[i]`.
+    starts: VecDeque<u64>,
+}
+
+impl State {
+    fn refusal(&self) -> Option<Error> {
+        self.cause.as_ref().map(|cause| Error::NoSpace {
+            cause: cause.clone(),
+        })
+    }
+}
+
+impl Room {
+    /// True while writes are refused: one Relaxed load.
+    #[inline]
+    pub fn refusing(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
+    }
+
+    /// The error a write gets while a spell lasts.
+    pub fn refusal(&self) -> Option<Error> {
+        self.state.lock().refusal()
+    }
+
+    /// Begins a spell (unless one lasts) at the window starting at ring position `start`,
+    /// whose roll met `cause`. Called by the flusher before the window completes, so that a
+    /// flush whose position is past `start` sees the spell when it completes. Returns the
+    /// error the window's writes get.
+    pub fn begin(&self, start: u64, cause: Arc<Error>) -> Error {
+        let mut s = self.state.lock();
+        if s.cause.is_none() {
+            s.cause = Some(cause);
+            s.spells += 1;
+            if s.starts.len() == SPELLS_KEPT {
+                s.starts.pop_front();
+            }
+            s.starts.push_back(start);
+            self.refusing.store(true, Ordering::Relaxed);
+        }
+        s.refusal().expect("a spell lasts")
+    }
+
+    /// Ends the spell (`Engine::resume` found room).
+    pub fn end(&self) {
+        let mut s = self.state.lock();
+        s.cause = None;
+        self.refusing.store(false, Ordering::Relaxed);
+    }
+
+    /// For a new `flush`: the refusal while a spell lasts, else the spells so far (what
+    /// the flush is past).
+    pub fn for_flush(&self) -> Result<u64, Error> {
+        let s = self.state.lock();
+        match s.refusal() {
+            Some(e) => Err(e),
+            None => Ok(s.spells),
+        }
+    }
+
+    /// The outcome of a complete flush at `pos` made after `seen` spells: `NoSpace` if a
+    /// later spell began before `pos` (it refused writes the flush covers).
+    pub fn flush_outcome(&self, seen: u64, pos: u64) -> crate::error::Result<()> {
+        let s = self.state.lock();
+        if s.spells == seen {
+            return Ok(());
+        }
+        // Spells begin at increasing positions: the first after `seen` is the one to look at.
+        let oldest_kept = s.spells - s.starts.len() as u64 + 1;
+        let began = (seen + 1)
+            .checked_sub(oldest_kept)
+            .and_then(|i| s.starts.get(i as usize));
+        match began {
+            Some(&start) if start >= pos => Ok(()),
+            // Before `pos`, or forgotten: the flush cannot say its writes all went in.
+            _ => Err(Error::NoSpace {
+                cause: s.cause.clone().unwrap_or_else(|| {
+                    Arc::new(Error::io(
+                        "make the next segment",
+                        std::path::PathBuf::new(),
+                        std::io::Error::from_raw_os_error(libc::ENOSPC),
+                    ))
+                }),
+            }),
+        }
+    }
+}
+
+/// True for an error that says the disk (or the user's quota) has no room: `ENOSPC` or
+/// `EDQUOT` from the operating system.
+pub(crate) fn is_no_room(e: &Error) -> bool {
+    match e {
+        Error::Io { source, .. } => {
+            matches!(
+                source.raw_os_error(),
+                Some(libc::ENOSPC) | Some(libc::EDQUOT)
+            )
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full() -> Arc<Error> {
+        Arc::new(Error::io(
+            "preallocate segment",
+            "x",
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        ))
+    }
+
+    #[test]
+    fn a_flush_fails_if_a_spell_began_before_it_and_after_its_creation() {
+        let room = Room::default();
+        let seen = room.for_flush().unwrap();
+        assert!(room.flush_outcome(seen, 100).is_ok());
+        // A spell that began past the flush's position refused none of its writes.
+        let e = room.begin(100, full());
+        assert!(matches!(e, Error::NoSpace { .. }));
+        assert!(room.refusing());
+        assert!(room.flush_outcome(seen, 100).is_ok());
+        // One that began before it did.
+        assert!(room.flush_outcome(seen, 101).is_err());
+        // No flush while it lasts.
+        assert!(room.for_flush().is_err());
+        room.end();
+        assert!(!room.refusing());
+        // A flush made after `resume` is past that spell.
+        let after = room.for_flush().unwrap();
+        assert_eq!(after, seen + 1);
+        assert!(room.flush_outcome(after, 1_000).is_ok());
+        // A second `begin` in one spell does not count twice.
+        room.begin(2_000, full());
+        room.begin(2_500, full());
+        assert!(room.flush_outcome(after, 2_000).is_ok());
+        assert!(room.flush_outcome(after, 2_001).is_err());
+    }
+
+    #[test]
+    fn a_flush_older_than_the_spells_kept_fails() {
+        let room = Room::default();
+        let seen = room.for_flush().unwrap();
+        for i in 0..=SPELLS_KEPT as u64 {
+            room.begin(1_000 + i, full());
+            room.end();
+        }
+        // Its first spell (at 1,000, past its position) is forgotten: it cannot tell.
+        assert!(room.flush_outcome(seen, 10).is_err());
+        // A recent flush still can.
+        let late = room.for_flush().unwrap() - 1;
+        assert!(room.flush_outcome(late, 1_000 + SPELLS_KEPT as u64).is_ok());
+        assert!(room
+            .flush_outcome(late, 1_001 + SPELLS_KEPT as u64)
+            .is_err());
+    }
+
+    #[test]
+    fn only_room_errors_are_no_room() {
+        assert!(is_no_room(&full()));
+        let quota = Error::io("x", "x", std::io::Error::from_raw_os_error(libc::EDQUOT));
+        assert!(is_no_room(&quota));
+        let eio = Error::io("x", "x", std::io::Error::from_raw_os_error(libc::EIO));
+        assert!(!is_no_room(&eio));
+        assert!(!is_no_room(&Error::Busy));
+    }
+}

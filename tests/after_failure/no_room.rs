@@ -1,0 +1,469 @@
+//! A full disk at the roll: the log cannot make its next segment. Nothing of the log changed
+//! (the new file was never renamed into it), so the engine does not fail: it refuses writes
+//! with `Error::NoSpace` until `Engine::resume` finds room, and reads go on. Each test fails
+//! if the spell is not kept, if a refused write is applied or seen, or if a caller that
+//! relies on `flush` is not told.
+
+use mergelog::internals::io::{Io, IoOp};
+use mergelog::{Config, Engine, Error, Outcome};
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// While `full`, making a new segment file fails with ENOSPC: its creation (the zero fill),
+/// or with `renames`, only the rename of a prepared file into the log (as btrfs's can fail
+/// when its metadata is full). A file from the pool needs neither creation nor room.
+#[derive(Default)]
+struct FullDisk {
+    full: AtomicBool,
+    renames: bool,
+    refused: AtomicU64,
+}
+
+impl Io for FullDisk {
+    fn before(&self, op: IoOp, path: &Path, _: u64, _: &[u8]) -> io::Result<()> {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let target = match self.renames {
+            false => op == IoOp::Create && name.starts_with("prep-"),
+            true => op == IoOp::Rename && name.starts_with("prep-"),
+        };
+        if target && self.full.load(Ordering::SeqCst) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(())
+    }
+}
+
+fn is_no_space(e: &Error) -> bool {
+    matches!(e, Error::NoSpace { cause } if cause.to_string().contains("No space left"))
+}
+
+const VALUE: [u8; 4000] = [7u8; 4000];
+
+/// Puts (each waited for) until one is refused; returns the keys acknowledged and the
+/// refusal. Panics if none is refused within `max` puts.
+fn put_until_refused(engine: &Engine, from: &mut u32, max: u32) -> (Vec<String>, Error) {
+    let mut acked = Vec::new();
+    for _ in 0..max {
+        let key = format!("k{:05}", *from);
+        *from += 1;
+        match engine.put(key.as_bytes(), &VALUE).and_then(|t| t.wait()) {
+            Ok(_) => acked.push(key),
+            Err(e) => return (acked, e),
+        }
+    }
+    panic!("no put was refused in {max} puts on a full disk");
+}
+
+fn open(dir: &Path, hook: Arc<FullDisk>, config: Config) -> Engine {
+    Engine::open_with_io(dir, config, hook).expect("open")
+}
+
+#[test]
+fn a_full_disk_at_the_roll_refuses_writes_until_resume_finds_room() {
+    {
+        let tmp = tempfile::tempdir().unwrap();
+        let hook = Arc::new(FullDisk::default());
+        let config = crate::hooks::small_segments();
+        let engine = open(tmp.path(), hook.clone(), config.clone());
+        let mut n = 0;
+        let mut acked = Vec::new();
+        while engine.segments().len() < 2 {
+            let key = format!("k{n:05}");
+            n += 1;
+            engine.put(key.as_bytes(), &VALUE).unwrap().wait().unwrap();
+            acked.push(key);
+        }
+        hook.full.store(true, Ordering::SeqCst);
+        let (more, refusal) = put_until_refused(&engine, &mut n, 100);
+        acked.extend(more);
+        let refused_key = format!("k{:05}", n - 1);
+        assert!(is_no_space(&refusal), "{refusal}");
+        assert!(hook.refused.load(Ordering::SeqCst) > 0);
+        assert!(engine.failure().is_none(), "{:?}", engine.failure());
+        assert!(engine.is_out_of_room());
+        // Every later write is refused at once, the asynchronous ones too; flush as well.
+        let e = engine.put(b"later", b"v").unwrap_err();
+        assert!(is_no_space(&e), "{e}");
+        let e = engine.delete(acked[0].as_bytes()).unwrap_err();
+        assert!(is_no_space(&e), "{e}");
+        let e = crate::common::block_on(Box::pin(engine.put_async(b"later", b"v"))).unwrap_err();
+        assert!(is_no_space(&e), "{e}");
+        let e = engine.flush().unwrap_err();
+        assert!(is_no_space(&e), "{e}");
+        // Reads go on: the durable state, and gets through the window.
+        assert_eq!(
+            engine.read(acked[0].as_bytes()).unwrap().as_deref(),
+            Some(&VALUE[..])
+        );
+        let got = engine.get(acked[1].as_bytes()).unwrap().wait().unwrap();
+        assert_eq!(got.as_deref(), Some(&VALUE[..]));
+        assert!(engine.read(refused_key.as_bytes()).unwrap().is_none());
+        // Still no room: resume says so, and writes stay refused.
+        let e = engine.resume().unwrap_err();
+        assert!(is_no_space(&e), "{e}");
+        assert!(engine.is_out_of_room());
+        assert!(engine.put(b"later", b"v").is_err());
+        // Room again.
+        hook.full.store(false, Ordering::SeqCst);
+        engine.resume().unwrap();
+        assert!(!engine.is_out_of_room());
+        engine.flush().unwrap().wait().unwrap();
+        for _ in 0..30 {
+            let key = format!("k{n:05}");
+            n += 1;
+            engine.put(key.as_bytes(), &VALUE).unwrap().wait().unwrap();
+            acked.push(key);
+        }
+        assert!(engine.stats().refused_no_space >= 1);
+        engine.close().unwrap();
+        drop(engine);
+        let reopened = Engine::open(tmp.path(), config).unwrap();
+        for key in &acked {
+            assert_eq!(
+                reopened.read(key.as_bytes()).unwrap().as_deref(),
+                Some(&VALUE[..]),
+                "acknowledged {key} lost"
+            );
+        }
+        assert_eq!(
+            reopened.read_to_vec(refused_key.as_bytes()).unwrap(),
+            None,
+            "the refused put was applied"
+        );
+        assert_eq!(reopened.len(), acked.len());
+    }
+}
+
+/// On a file system whose rename needs room (btrfs), the roll's rename of the prepared file
+/// can be the call that fails. The file stays prepared, outside the log: `resume` finds it
+/// ready (it cannot try the rename), the next roll tries the rename again, and while it
+/// fails writes are refused again; once it works, nothing was lost and no file leaked.
+#[test]
+fn a_rename_refused_for_room_keeps_the_prepared_file_for_the_next_roll() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hook = Arc::new(FullDisk {
+        renames: true,
+        ..FullDisk::default()
+    });
+    let config = crate::hooks::small_segments();
+    let engine = open(tmp.path(), hook.clone(), config.clone());
+    let mut n = 0;
+    let mut acked = Vec::new();
+    let mut put = |engine: &Engine, acked: &mut Vec<String>| {
+        let key = format!("k{n:05}");
+        n += 1;
+        let r = engine.put(key.as_bytes(), &VALUE).and_then(|t| t.wait());
+        if r.is_ok() {
+            acked.push(key);
+        }
+        r
+    };
+    while engine.segments().len() < 2 {
+        put(&engine, &mut acked).unwrap();
+    }
+    // A quarter into the second segment: its successor is being prepared (from an eighth).
+    for _ in 0..4 {
+        put(&engine, &mut acked).unwrap();
+    }
+    hook.full.store(true, Ordering::SeqCst);
+    let refusal = loop {
+        if let Err(e) = put(&engine, &mut acked) {
+            break e;
+        }
+        assert!(acked.len() < 200, "never refused");
+    };
+    assert!(is_no_space(&refusal), "{refusal}");
+    assert!(hook.refused.load(Ordering::SeqCst) >= 1);
+    assert!(engine.failure().is_none(), "{:?}", engine.failure());
+    // The prepared file is kept: resume has nothing to make; the next roll's rename fails
+    // again, and writes are refused again.
+    engine.resume().unwrap();
+    let again = put(&engine, &mut acked).unwrap_err();
+    assert!(is_no_space(&again), "{again}");
+    assert!(hook.refused.load(Ordering::SeqCst) >= 2);
+    hook.full.store(false, Ordering::SeqCst);
+    engine.resume().unwrap();
+    for _ in 0..20 {
+        put(&engine, &mut acked).unwrap();
+    }
+    assert!(engine.failure().is_none());
+    engine.close().unwrap();
+    drop(engine);
+    let spares = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("prep-"))
+        .count();
+    assert!(spares <= 1, "{spares} prepared files left");
+    let reopened = Engine::open(tmp.path(), config).unwrap();
+    for key in &acked {
+        assert_eq!(
+            reopened.read(key.as_bytes()).unwrap().as_deref(),
+            Some(&VALUE[..]),
+            "acknowledged {key} lost"
+        );
+    }
+    assert_eq!(reopened.len(), acked.len());
+}
+
+/// A get in the window whose roll found no room reads the state without the window's
+/// writes: the put before it was refused. Pairs of a put of a new value and a get of the
+/// same key are submitted without waiting, so that many share windows; whatever the windows,
+/// a get after a refused put must not see the put's value, and one after an applied put must.
+#[test]
+fn a_get_in_a_refused_window_does_not_see_its_refused_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hook = Arc::new(FullDisk::default());
+    let engine = open(tmp.path(), hook.clone(), crate::hooks::small_segments());
+    // A first segment nearly full of old values.
+    for i in 0..14u32 {
+        let key = format!("p{i:03}");
+        engine.put(key.as_bytes(), b"old").unwrap().wait().unwrap();
+    }
+    let mut i = 0u32;
+    while engine.segments().len() < 2 {
+        engine
+            .put(format!("fill{i}").as_bytes(), &VALUE)
+            .unwrap()
+            .wait()
+            .unwrap();
+        i += 1;
+    }
+    hook.full.store(true, Ordering::SeqCst);
+    let mut pairs = Vec::new();
+    for round in 0..400u32 {
+        let key = format!("p{:03}", round % 14);
+        // A value of its own per round, 1,000 bytes.
+        let value = format!("{round:01000}").into_bytes();
+        let put = match engine.put(key.as_bytes(), &value) {
+            Ok(t) => t,
+            Err(_) => break, // the spell began: later writes are refused at submit
+        };
+        let get = engine.get(key.as_bytes()).unwrap();
+        pairs.push((key, value, put, get));
+    }
+    let (mut refused, mut applied) = (0, 0);
+    for (key, value, put, get) in pairs {
+        let seen = get.wait().unwrap();
+        let saw_it = seen.as_deref() == Some(&value[..]);
+        match put.wait() {
+            Ok(_) => {
+                applied += 1;
+                assert!(saw_it, "a get missed the applied put of {key} before it");
+            }
+            Err(e) => {
+                assert!(is_no_space(&e), "{e}");
+                refused += 1;
+                assert!(!saw_it, "a get saw the value of a refused put of {key}");
+            }
+        }
+    }
+    assert!(refused > 0, "no put was refused");
+    assert!(
+        applied > 0,
+        "every put was refused: the segment was not nearly full"
+    );
+    assert!(engine.failure().is_none());
+}
+
+/// A caller that drops its tickets and relies on `flush` learns of the refusals: a flush
+/// made before the spell began fails if a write it covers was refused; one made after
+/// `resume` does not report the spell it acknowledged.
+#[test]
+fn a_flush_covering_a_refused_write_fails_until_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hook = Arc::new(FullDisk::default());
+    let engine = open(tmp.path(), hook.clone(), crate::hooks::small_segments());
+    let mut n = 0u32;
+    while engine.segments().len() < 2 {
+        engine
+            .put(format!("k{n:05}").as_bytes(), &VALUE)
+            .unwrap()
+            .wait()
+            .unwrap();
+        n += 1;
+    }
+    hook.full.store(true, Ordering::SeqCst);
+    // Fire and forget until the engine refuses at submit, then one flush over all of them.
+    let mut flushes = Vec::new();
+    for _ in 0..200 {
+        let key = format!("k{n:05}");
+        n += 1;
+        match engine.put(key.as_bytes(), &VALUE) {
+            Ok(ticket) => drop(ticket),
+            Err(e) => {
+                assert!(is_no_space(&e), "{e}");
+                break;
+            }
+        }
+        if let Ok(f) = engine.flush() {
+            flushes.push(f);
+        }
+    }
+    assert!(engine.is_out_of_room(), "the disk never ran out");
+    // The last flush made covers the refused writes (the one before the refusal at submit
+    // came after them, or the refusal came at a flush).
+    let outcomes: Vec<_> = flushes.iter().map(|f| f.wait()).collect();
+    let last = outcomes.last().expect("a flush was made");
+    assert!(
+        matches!(last, Err(e) if is_no_space(e)),
+        "a flush over refused writes succeeded: {last:?}"
+    );
+    // The flushes that succeeded came before the first refused write: each covered only
+    // acknowledged writes. Once one fails, every later one does.
+    let first_failed = outcomes.iter().position(|o| o.is_err()).unwrap();
+    assert!(outcomes[first_failed..].iter().all(|o| o.is_err()));
+    hook.full.store(false, Ordering::SeqCst);
+    engine.resume().unwrap();
+    engine.put(b"after", b"v").unwrap().wait().unwrap();
+    engine.flush().unwrap().wait().unwrap();
+    assert!(engine.failure().is_none());
+}
+
+/// A refused request with an id gives the id back: resubmitted after `resume`, it is
+/// written, not answered as a duplicate of a request that was never applied.
+#[test]
+fn a_refused_request_id_is_not_remembered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hook = Arc::new(FullDisk::default());
+    let config = crate::hooks::small_segments();
+    let engine = open(tmp.path(), hook.clone(), config.clone());
+    let mut n = 0u32;
+    while engine.segments().len() < 2 {
+        engine
+            .put(format!("k{n:05}").as_bytes(), &VALUE)
+            .unwrap()
+            .wait()
+            .unwrap();
+        n += 1;
+    }
+    hook.full.store(true, Ordering::SeqCst);
+    let mut refused_id = None;
+    for id in 1..=200u128 {
+        let key = format!("id{id}");
+        let r = engine
+            .put_with_id(id, key.as_bytes(), &VALUE)
+            .and_then(|t| t.wait());
+        match r {
+            Ok(Outcome::Written(_)) => {}
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => {
+                assert!(is_no_space(&e), "{e}");
+                refused_id = Some(id);
+                break;
+            }
+        }
+    }
+    let id = refused_id.expect("no request was refused");
+    hook.full.store(false, Ordering::SeqCst);
+    engine.resume().unwrap();
+    let key = format!("id{id}");
+    let again = engine
+        .put_with_id(id, key.as_bytes(), &VALUE)
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(
+        matches!(again, Outcome::Written(_)),
+        "the refused request's id was kept: {again:?}"
+    );
+    engine.close().unwrap();
+    drop(engine);
+    let reopened = Engine::open(tmp.path(), config).unwrap();
+    assert_eq!(
+        reopened.read(key.as_bytes()).unwrap().as_deref(),
+        Some(&VALUE[..])
+    );
+}
+
+/// `retire_before` with `recycle_segments` makes room without needing any: `resume` takes
+/// a pooled file while the disk is still full for new ones.
+#[test]
+fn a_retirement_into_the_pool_lets_resume_succeed_on_a_full_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hook = Arc::new(FullDisk::default());
+    let config = Config {
+        recycle_segments: 2,
+        ..crate::hooks::small_segments()
+    };
+    let engine = open(tmp.path(), hook.clone(), config);
+    let mut n = 0u32;
+    while engine.segments().len() < 3 {
+        engine
+            .put(format!("k{n:05}").as_bytes(), &VALUE)
+            .unwrap()
+            .wait()
+            .unwrap();
+        n += 1;
+    }
+    hook.full.store(true, Ordering::SeqCst);
+    let (_, refusal) = put_until_refused(&engine, &mut n, 100);
+    assert!(is_no_space(&refusal), "{refusal}");
+    assert!(engine.resume().is_err());
+    let last = engine.segments().last().unwrap().first_seq;
+    let retired = engine.retire_before(last).unwrap();
+    assert!(retired.recycled >= 1, "{retired:?}");
+    engine.resume().unwrap();
+    for _ in 0..20 {
+        engine
+            .put(format!("k{n:05}").as_bytes(), &VALUE)
+            .unwrap()
+            .wait()
+            .unwrap();
+        n += 1;
+    }
+    assert!(engine.stats().segments.reused >= 1);
+    assert!(engine.failure().is_none());
+    engine.close().unwrap();
+}
+
+/// A compaction whose copies need a segment the disk has no room for fails with
+/// `NoSpace`, retires nothing, and leaves the engine running.
+#[test]
+fn a_compaction_without_room_for_its_copies_fails_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hook = Arc::new(FullDisk::default());
+    let config = Config {
+        compaction: mergelog::Compaction::OnDemand,
+        ..crate::hooks::small_segments()
+    };
+    let engine = open(tmp.path(), hook.clone(), config.clone());
+    // Distinct keys: every record is live, so the copies fill more than the active segment.
+    let mut n = 0u32;
+    while engine.segments().len() < 4 {
+        engine
+            .put(format!("k{n:05}").as_bytes(), &VALUE)
+            .unwrap()
+            .wait()
+            .unwrap();
+        n += 1;
+    }
+    let before = engine.segments().len();
+    hook.full.store(true, Ordering::SeqCst);
+    let e = engine.compact().unwrap_err();
+    assert!(is_no_space(&e), "{e}");
+    assert!(engine.failure().is_none(), "{:?}", engine.failure());
+    assert_eq!(
+        engine.segments().len(),
+        before,
+        "retired without its copies"
+    );
+    hook.full.store(false, Ordering::SeqCst);
+    // The engine goes on: a write that needs no segment, and a compaction with room.
+    engine.put(b"after", b"v").unwrap().wait().unwrap();
+    engine.compact().unwrap();
+    engine.close().unwrap();
+    drop(engine);
+    let reopened = Engine::open(tmp.path(), config).unwrap();
+    for i in 0..n {
+        let key = format!("k{i:05}");
+        assert_eq!(
+            reopened.read(key.as_bytes()).unwrap().as_deref(),
+            Some(&VALUE[..]),
+            "{key}"
+        );
+    }
+}

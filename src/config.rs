@@ -25,6 +25,10 @@ pub enum WritePath {
     #[default]
     Pwrite,
     /// Encode straight into the shared writable mapping, then `msync` the written range.
+    /// Refused at open (`Error::InvalidConfig`) for a directory on btrfs: there a store into
+    /// the mapping asks the file system for room, and on a full disk it waited in the kernel,
+    /// unkillable, until room was made (the pwrite path gets an error instead, and the engine
+    /// refuses writes with `Error::NoSpace`).
     Mmap,
 }
 

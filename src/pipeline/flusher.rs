@@ -1190,12 +1190,8 @@ impl Flusher {
         let inner = self.inner.clone();
         let body_len = body_len((entries, &self.resolver), &plan.survivors);
         let frame_body = body_len + trailer_len(self.window_ids.len());
-        let rolls = !self.log.fits(frame_body);
-        if rolls {
-            // The roll drains every frame written, the held one too.
-            self.release_held();
-            trace::record(&inner.trace, TraceKind::RollStart, 0);
-        }
+        // `roll_ahead` rolled for it: only the bound on frames not yet durable is left.
+        debug_assert!(self.log.fits(frame_body), "the window's roll was not ahead");
         if !Self::room_for_frame(
             &self.log,
             &mut self.unsynced,
@@ -1223,9 +1219,6 @@ impl Flusher {
             writes,
             &mut job.updates,
         )?;
-        if rolls {
-            trace::record(&inner.trace, TraceKind::RollEnd, 0);
-        }
         job.frame = Some(frame);
         self.track_keys(entries, &plan.survivors, job.end);
         if inner.config.merge.is_some() {

@@ -57,6 +57,15 @@ fn put_until_refused(engine: &Engine, from: &mut u32, max: u32) -> (Vec<String>,
     panic!("no put was refused in {max} puts on a full disk");
 }
 
+/// Puts keys `k<n>` (each waited for, `n` counting on) until the log has `segments` segments.
+fn fill_to_segments(engine: &Engine, segments: usize, n: &mut u32) {
+    while engine.segments().len() < segments {
+        let key = format!("k{:05}", *n);
+        *n += 1;
+        engine.put(key.as_bytes(), &VALUE).unwrap().wait().unwrap();
+    }
+}
+
 fn open(dir: &Path, hook: Arc<FullDisk>, config: Config) -> Engine {
     Engine::open_with_io(dir, config, hook).expect("open")
 }
@@ -223,15 +232,7 @@ fn a_get_in_a_refused_window_does_not_see_its_refused_writes() {
         let key = format!("p{i:03}");
         engine.put(key.as_bytes(), b"old").unwrap().wait().unwrap();
     }
-    let mut i = 0u32;
-    while engine.segments().len() < 2 {
-        engine
-            .put(format!("fill{i}").as_bytes(), &VALUE)
-            .unwrap()
-            .wait()
-            .unwrap();
-        i += 1;
-    }
+    fill_to_segments(&engine, 2, &mut 1_000);
     hook.full.store(true, Ordering::SeqCst);
     let mut pairs = Vec::new();
     for round in 0..400u32 {
@@ -278,14 +279,7 @@ fn a_flush_covering_a_refused_write_fails_until_resume() {
     let hook = Arc::new(FullDisk::default());
     let engine = open(tmp.path(), hook.clone(), crate::hooks::small_segments());
     let mut n = 0u32;
-    while engine.segments().len() < 2 {
-        engine
-            .put(format!("k{n:05}").as_bytes(), &VALUE)
-            .unwrap()
-            .wait()
-            .unwrap();
-        n += 1;
-    }
+    fill_to_segments(&engine, 2, &mut n);
     hook.full.store(true, Ordering::SeqCst);
     // Fire and forget until the engine refuses at submit, then one flush over all of them.
     let mut flushes = Vec::new();
@@ -332,14 +326,7 @@ fn a_refused_request_id_is_not_remembered() {
     let config = crate::hooks::small_segments();
     let engine = open(tmp.path(), hook.clone(), config.clone());
     let mut n = 0u32;
-    while engine.segments().len() < 2 {
-        engine
-            .put(format!("k{n:05}").as_bytes(), &VALUE)
-            .unwrap()
-            .wait()
-            .unwrap();
-        n += 1;
-    }
+    fill_to_segments(&engine, 2, &mut n);
     hook.full.store(true, Ordering::SeqCst);
     let mut refused_id = None;
     for id in 1..=200u128 {
@@ -391,14 +378,7 @@ fn a_retirement_into_the_pool_lets_resume_succeed_on_a_full_disk() {
     };
     let engine = open(tmp.path(), hook.clone(), config);
     let mut n = 0u32;
-    while engine.segments().len() < 3 {
-        engine
-            .put(format!("k{n:05}").as_bytes(), &VALUE)
-            .unwrap()
-            .wait()
-            .unwrap();
-        n += 1;
-    }
+    fill_to_segments(&engine, 3, &mut n);
     hook.full.store(true, Ordering::SeqCst);
     let (_, refusal) = put_until_refused(&engine, &mut n, 100);
     assert!(is_no_space(&refusal), "{refusal}");
@@ -433,14 +413,7 @@ fn a_compaction_without_room_for_its_copies_fails_alone() {
     let engine = open(tmp.path(), hook.clone(), config.clone());
     // Distinct keys: every record is live, so the copies fill more than the active segment.
     let mut n = 0u32;
-    while engine.segments().len() < 4 {
-        engine
-            .put(format!("k{n:05}").as_bytes(), &VALUE)
-            .unwrap()
-            .wait()
-            .unwrap();
-        n += 1;
-    }
+    fill_to_segments(&engine, 4, &mut n);
     let before = engine.segments().len();
     hook.full.store(true, Ordering::SeqCst);
     let e = engine.compact().unwrap_err();

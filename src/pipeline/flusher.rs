@@ -984,7 +984,11 @@ impl Flusher {
                 return Ok(()); // failed meanwhile: the window's tickets report it
             }
             Err(Error::NoSpace { cause }) => {
-                let e = self.inner.completion.room.begin(start, cause);
+                // The spell begins where the window's first refused write does, not at the
+                // window's start: a flush made after the window's first requests (gets,
+                // duplicates) but before its first write covers no refused write.
+                let from = self.first_write_start(entries, start);
+                let e = self.inner.completion.room.begin(from, cause);
                 self.inner.throttle.set_no_room(true);
                 refused_ops += self.refuse_writes(entries, &e);
                 self.untake_refused_ids();
@@ -1035,6 +1039,23 @@ impl Flusher {
         self.log.roll_for(frame_body)?;
         trace::record(&inner.trace, TraceKind::RollEnd, 0);
         Ok(true)
+    }
+
+    /// Where the window's first write request (one `refuse_writes` would take out) starts in
+    /// the ring: the end of the request before it, or the window's `start`. A flush at a
+    /// position up to it covers none of the window's writes (a flush's position is a
+    /// request's end, never inside a request).
+    fn first_write_start(&self, entries: &[Entry<'_>], start: u64) -> u64 {
+        for r in 0..self.requests.len() {
+            let (first, end) = request_entries(&self.requests, r, entries.len());
+            if entries[first..end]
+                .iter()
+                .any(|e| matches!(e.op, Op::Put(_) | Op::Delete | Op::Merge(_)))
+            {
+                return r.checked_sub(1).map_or(start, |p| self.requests[p].1);
+            }
+        }
+        start
     }
 
     /// While the disk has no room for the next segment (`crate::room`): takes every write

@@ -1228,6 +1228,8 @@ impl Flusher {
         let body_len = body_len((entries, &self.resolver), &plan.survivors);
         let frame_body = body_len + trailer_len(self.window_ids.len());
         let rolls = !self.log.fits(frame_body);
+        // `roll_ahead` rolled already: a roll here would fail the engine on a full disk.
+        debug_assert!(!rolls, "a window's frame rolls after roll_ahead");
         if rolls {
             // The roll drains every frame written, the held one too.
             self.release_held();

@@ -85,8 +85,7 @@ fn a_flush_fails_although_no_write_before_it_was_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let hook = Arc::new(Hook::default());
         let engine =
-            Engine::open_with_io(tmp.path(), crate::hooks::small_segments(), hook.clone())
-                .unwrap();
+            Engine::open_with_io(tmp.path(), crate::hooks::small_segments(), hook.clone()).unwrap();
         let mut n = 0;
         one_frame_left(&engine, &hook, &mut n);
         // `a` takes the last frame; its sync is held, so the next window gathers what
@@ -138,8 +137,12 @@ fn merges_under_spells_count_exactly_the_acknowledged_ones() {
     let spells = Arc::new(AtomicU64::new(0));
     let mut threads = Vec::new();
     for t in 0..3 {
-        let (engine, acked, submitted, stop) =
-            (engine.clone(), acked.clone(), submitted.clone(), stop.clone());
+        let (engine, acked, submitted, stop) = (
+            engine.clone(),
+            acked.clone(),
+            submitted.clone(),
+            stop.clone(),
+        );
         threads.push(std::thread::spawn(move || {
             let mut i = 0usize;
             while !stop.load(Ordering::SeqCst) {
@@ -214,7 +217,11 @@ fn merges_under_spells_count_exactly_the_acknowledged_ones() {
     for t in threads {
         t.join().unwrap();
     }
-    eprintln!("spells: {}, stats: refused_no_space {}", spells.load(Ordering::SeqCst), engine.stats().refused_no_space);
+    eprintln!(
+        "spells: {}, stats: refused_no_space {}",
+        spells.load(Ordering::SeqCst),
+        engine.stats().refused_no_space
+    );
     assert!(spells.load(Ordering::SeqCst) > 0);
     let value = |e: &Engine, k: usize| {
         e.read(format!("ctr{k}").as_bytes())
@@ -222,14 +229,22 @@ fn merges_under_spells_count_exactly_the_acknowledged_ones() {
             .map_or(0, |v| i64::from_le_bytes(v[..8].try_into().unwrap()))
     };
     for k in 0..KEYS {
-        assert_eq!(value(&engine, k) as u64, acked[k].load(Ordering::SeqCst), "ctr{k} live");
+        assert_eq!(
+            value(&engine, k) as u64,
+            acked[k].load(Ordering::SeqCst),
+            "ctr{k} live"
+        );
     }
     let engine = Arc::try_unwrap(engine).ok().unwrap();
     engine.close().unwrap();
     drop(engine);
     let reopened = Engine::open(tmp.path(), config).unwrap();
     for k in 0..KEYS {
-        assert_eq!(value(&reopened, k) as u64, acked[k].load(Ordering::SeqCst), "ctr{k} reopened");
+        assert_eq!(
+            value(&reopened, k) as u64,
+            acked[k].load(Ordering::SeqCst),
+            "ctr{k} reopened"
+        );
     }
 }
 
@@ -275,5 +290,10 @@ fn every_refused_ticket_says_no_space() {
     }
     eprintln!("ok {ok}, no_space {no_space}, other {}", other.len());
     assert!(no_space > 0);
-    assert!(other.is_empty(), "{} refused tickets said {:?}", other.len(), other[0]);
+    assert!(
+        other.is_empty(),
+        "{} refused tickets said {:?}",
+        other.len(),
+        other[0]
+    );
 }

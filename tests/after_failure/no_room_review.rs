@@ -159,7 +159,7 @@ fn merges_under_spells_count_exactly_the_acknowledged_ones() {
                             submitted[k].fetch_sub(1, Ordering::SeqCst);
                         }
                     }
-                    if i % 5 == 0 {
+                    if i.is_multiple_of(5) {
                         let g = engine.get(key.as_bytes()).unwrap();
                         let bound = submitted[k].load(Ordering::SeqCst);
                         tickets.push((k, None, Some((g, bound))));

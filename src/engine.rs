@@ -420,7 +420,7 @@ impl Engine {
         }
         // Refused while writes are refused for room; else the spells so far, read before the
         // position: a spell that begins later refused a write this flush covers if its first
-        // window starts before `pos` (the ticket's outcome looks, `crate::room`).
+        // refused write starts before `pos` (the ticket's outcome looks, `crate::room`).
         let spells = self.inner.completion.room.for_flush()?;
         let pos = self.inner.ring.tail();
         self.inner.flush_to.fetch_max(pos, Ordering::SeqCst);

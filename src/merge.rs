@@ -222,7 +222,7 @@ impl crate::Engine {
     }
 }
 
-/// Refusals the flusher decided: (ring end position, error), in position order, the newest
+/// Refusals the flusher decided: (ring end positions, error), in position order, the newest
 /// [`REFUSALS_KEPT`]. Lives in the completion, which every ticket holds.
 #[derive(Default)]
 pub(crate) struct Refusals {
@@ -234,12 +234,14 @@ pub(crate) struct Refusals {
 
 #[derive(Default)]
 struct Kept {
-    entries: VecDeque<(u64, Error)>,
+    /// `(first, last, error)`: the requests ending at `first` and `last`, and every request
+    /// between them, were refused with `error` (one request, or a run: [`Refusals::extend`]).
+    entries: VecDeque<(u64, u64, Error)>,
     /// The position of the newest refusal no longer kept (0: none).
     forgotten_to: u64,
 }
 
-/// How many refusals a ticket can still be told about.
+/// How many refusals (runs of consecutive refused requests) a ticket can still be told about.
 const REFUSALS_KEPT: usize = 1 << 16;
 
 impl Refusals {
@@ -249,13 +251,30 @@ impl Refusals {
     pub fn record(&self, pos: u64, error: Error) {
         let mut k = self.kept.lock();
         if k.entries.len() == REFUSALS_KEPT {
-            let (old, _) = k.entries.pop_front().expect("full");
+            let (_, old, _) = k.entries.pop_front().expect("full");
             k.forgotten_to = old;
         }
         let at = k.entries.partition_point(|e| e.0 < pos);
-        k.entries.insert(at, (pos, error));
+        k.entries.insert(at, (pos, pos, error));
         drop(k);
         self.recorded.fetch_add(1, Ordering::Release);
+    }
+
+    /// The flusher refused the request ending at `pos`, which comes right after the one
+    /// ending at `prev` (no request between them) that it refused last, with the same
+    /// error: the newest refusal's run grows to take it in (a full disk refuses every write
+    /// the ring holds, far more than [`REFUSALS_KEPT`] one by one). As [`Refusals::record`]
+    /// if the newest refusal does not end at `prev`.
+    pub fn extend(&self, prev: u64, pos: u64, error: Error) {
+        let mut k = self.kept.lock();
+        if let Some(last) = k.entries.back_mut().filter(|e| e.1 == prev) {
+            last.1 = pos;
+            drop(k);
+            self.recorded.fetch_add(1, Ordering::Release);
+            return;
+        }
+        drop(k);
+        self.record(pos, error);
     }
 
     /// The outcome of the complete request ending at `pos`: its refusal, if it was refused
@@ -265,10 +284,11 @@ impl Refusals {
             return Ok(());
         }
         let k = self.kept.lock();
-        match k.entries.binary_search_by_key(&pos, |e| e.0) {
-            Ok(i) => Err(k.entries[i].1.clone()),
-            Err(_) if pos <= k.forgotten_to => Err(Error::SeqUnknown { position: pos }),
-            Err(_) => Ok(()),
+        let i = k.entries.partition_point(|e| e.1 < pos);
+        match k.entries.get(i) {
+            Some((first, _, e)) if *first <= pos => Err(e.clone()),
+            _ if pos <= k.forgotten_to => Err(Error::SeqUnknown { position: pos }),
+            _ => Ok(()),
         }
     }
 }
@@ -580,6 +600,34 @@ mod tests {
 
     fn c(n: i64) -> Vec<u8> {
         n.to_le_bytes().to_vec()
+    }
+
+    /// Runs of consecutive refusals: every position of a run is refused, the positions
+    /// around it are not, and a run is one of the kept entries however long it grows.
+    #[test]
+    fn a_run_of_refusals_is_one_entry() {
+        let r = Refusals::default();
+        let e = || Error::MergeRefused {
+            operator: "x",
+            reason: "y".into(),
+        };
+        // Requests end every 2 positions; those ending at 10 and 20 to 38 are refused.
+        r.record(10, e());
+        r.record(20, e());
+        for pos in (22..40).step_by(2) {
+            r.extend(pos - 2, pos, e());
+        }
+        assert_eq!(r.kept.lock().entries.len(), 2);
+        for pos in [10, 20, 22, 30, 38] {
+            assert!(r.check(pos).is_err(), "{pos}");
+        }
+        for pos in [8, 12, 18, 40] {
+            assert!(r.check(pos).is_ok(), "{pos}");
+        }
+        // Not right after the newest: a record of its own.
+        r.extend(30, 50, e());
+        assert_eq!(r.kept.lock().entries.len(), 3);
+        assert!(r.check(50).is_err() && r.check(48).is_ok());
     }
 
     fn merge_all(op: &MergeOperator, existing: Option<&[u8]>, ops: &[Vec<u8>]) -> Vec<u8> {

@@ -40,8 +40,8 @@ struct State {
     cause: Option<Arc<Error>>,
     /// Spells since open.
     spells: u64,
-    /// The ring position each of the last [`SPELLS_KEPT`] spells began at (the start of its
-    /// first refused window), oldest first: spell `spells - starts.len() + 1 + i` is `starts[i]`.
+    /// The ring position each of the last [`SPELLS_KEPT`] spells began at (where the first
+    /// write of its first refused window starts), oldest first: spell `spells - starts.len() + 1 + i` is `starts[i]`.
     starts: VecDeque<u64>,
 }
 
@@ -65,8 +65,8 @@ impl Room {
         self.state.lock().refusal()
     }
 
-    /// Begins a spell (unless one lasts) at the window starting at ring position `start`,
-    /// whose roll met `cause`. Called by the flusher before the window completes, so that a
+    /// Begins a spell (unless one lasts) at ring position `start`, where the first write
+    /// of the window whose roll met `cause` starts. Called by the flusher before the window completes, so that a
     /// flush whose position is past `start` sees the spell when it completes. Returns the
     /// error the window's writes get.
     pub fn begin(&self, start: u64, cause: Arc<Error>) -> Error {

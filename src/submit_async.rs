@@ -195,7 +195,10 @@ impl Engine {
         if !inner.throttle.gated() {
             return Ok(());
         }
-        if let Some(e) = inner.completion.room.refusal() {
+        if let Some(e) = (inner.throttle.no_room())
+            .then(|| inner.completion.room.refusal())
+            .flatten()
+        {
             return Err(e);
         }
         if !inner.throttle.engaged() {

@@ -132,6 +132,12 @@ impl Throttle {
         self.flags.load(Ordering::Relaxed) != 0
     }
 
+    /// True while writes are refused for lack of room (`crate::room`).
+    #[inline]
+    pub fn no_room(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & NO_ROOM != 0
+    }
+
     /// Sets or clears the flag that sends writes to `crate::room`'s refusal.
     pub fn set_no_room(&self, on: bool) {
         match on {
@@ -365,7 +371,10 @@ impl crate::Engine {
     #[cold]
     fn throttled(&self) -> Result<()> {
         let inner = &*self.inner;
-        if let Some(e) = inner.completion.room.refusal() {
+        if let Some(e) = (inner.throttle.no_room())
+            .then(|| inner.completion.room.refusal())
+            .flatten()
+        {
             return Err(e);
         }
         if !inner.throttle.engaged() {

@@ -687,6 +687,16 @@ fn fault_run(io: &Arc<FaultyIo>, config: &Config, ctx: &str) -> RunResult {
             .flat_map(|h| h.join().expect("writer panicked"))
             .collect()
     });
+    if io.errno != ENOSPC {
+        // Only a want of room refuses writes without failing the engine.
+        assert!(
+            !engine.is_out_of_room()
+                && done
+                    .iter()
+                    .all(|d| !d.result.as_ref().is_err_and(is_no_space)),
+            "{ctx}: writes refused for room, with no ENOSPC injected"
+        );
+    }
     let failed = engine.failure().is_some();
     if failed {
         assert_refuses(&engine, ctx);

@@ -163,7 +163,10 @@ where
                 flush.callback.log_io_completed(Ok(()));
             }
             // The engine's failure is sticky: openraft gets it here and from every later
-            // call. The overlay keeps the entries; nothing more will be acknowledged.
+            // call. So is a refusal for lack of room (`Error::NoSpace`) until
+            // `Engine::resume`, which this store never calls: openraft stops on the error,
+            // so no later append can leave a hole behind the refused one. The overlay keeps
+            // the entries; nothing more will be acknowledged.
             Err(e) => flush.callback.log_io_completed(Err(io::Error::other(e))),
         }
     }

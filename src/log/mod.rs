@@ -169,7 +169,7 @@ impl Log {
             syncers: config.syncers,
         };
         match prepared {
-            Some(path) => log.prep = Prep::Ready(path),
+            Some(path) => log.prep = Prep::Ready(path, true),
             None => {
                 log.prep = Prep::Deferred;
                 log.prepare_when_due();
@@ -218,7 +218,16 @@ impl Log {
         // The segment ending now is durable, its name too, before the next one is named: at
         // most the last segment is ever an activation a power loss tore.
         self.active.finish_activation()?;
-        let (prep, mapped, recycled) = self.take_prepared().map_err(no_room)?;
+        let (prep, mapped, recycled) = match self.take_prepared() {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                // The background preparation starts again with the next frame written (a
+                // compaction's, or after `resume`), so that the next roll does not make the
+                // file on the flusher's time.
+                self.prep = Prep::Deferred;
+                return Err(no_room(e));
+            }
+        };
         let seg = match Segment::activate(
             &self.dir,
             &prep,
@@ -229,10 +238,10 @@ impl Log {
         ) {
             Ok(seg) => Arc::new(seg),
             // The header write or the rename failed for room (btrfs's rename can): the file
-            // is still a prepared one, outside the log. The next roll takes it as it is (as a
-            // recycled one: its header is not zeros), with only the rename left to do.
+            // is still a prepared one, outside the log. The next roll takes it as it is (its
+            // header is written again), with only the rename left to do.
             Err(e) if crate::room::is_no_room(&e) => {
-                self.prep = Prep::Ready(prep);
+                self.prep = Prep::Ready(prep, recycled);
                 return Err(no_room(e));
             }
             Err(e) => return Err(e),

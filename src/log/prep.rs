@@ -18,13 +18,14 @@ use std::thread::JoinHandle;
 /// leaves 0.4 s for a zero fill that takes 0.1–0.3 s.
 const PREP_AT_DIVISOR: u64 = 8;
 
-/// The next segment file: not started yet (see [`PREP_AT_DIVISOR`]), ready (left by an earlier run),
-/// being zero-filled (or taken from the pool) and mapped in the background, or (if no thread
-/// could be made) to be made at the roll.
+/// The next segment file: not started yet (see [`PREP_AT_DIVISOR`]), ready (left by an earlier
+/// run, made by `Engine::resume`, or kept after a rename that failed for room; with whether it
+/// is recycled), being zero-filled (or taken from the pool) and mapped in the background, or
+/// (if no thread could be made) to be made at the roll.
 pub(super) enum Prep {
     Deferred,
     None,
-    Ready(PathBuf),
+    Ready(PathBuf, bool),
     Pending(JoinHandle<Result<Prepared>>),
 }
 
@@ -97,11 +98,11 @@ impl Log {
     }
 
     /// Has the next segment's file made now, as the roll would make it (`Engine::resume`):
-    /// `Error::NoSpace` if the disk still has no room for it. The roll then takes it as it
-    /// takes an earlier run's (activated as a recycled file, its mapping made again).
+    /// `Error::NoSpace` if the disk still has no room for it. The roll then takes it (its
+    /// mapping made again).
     pub(crate) fn prepare_now(&mut self) -> Result<()> {
-        let (path, _, _) = self.take_prepared().map_err(super::no_room)?;
-        self.prep = Prep::Ready(path);
+        let (path, _, recycled) = self.take_prepared().map_err(super::no_room)?;
+        self.prep = Prep::Ready(path, recycled);
         Ok(())
     }
 
@@ -110,10 +111,10 @@ impl Log {
     /// Leaves [`Prep::None`]; the roll defers the next preparation once it has activated this.
     pub(super) fn take_prepared(&mut self) -> Result<(PathBuf, Option<Mapped>, bool)> {
         let ready = match std::mem::replace(&mut self.prep, Prep::None) {
-            // An earlier run's, kept only after a clean end (`log::open`), so all zeros;
-            // activated as a recycled one all the same (an end marker after the header
+            // An earlier run's, kept only after a clean end (`log::open`), so all zeros,
+            // is activated as a recycled one all the same (an end marker after the header
             // costs nothing, and no spare's bytes are trusted to be zeros).
-            Prep::Ready(path) => Some(Ok((path, None, true))),
+            Prep::Ready(path, recycled) => Some(Ok((path, None, recycled))),
             Prep::Pending(h) => h.join().ok().map(|r| r.map(|(p, m, r)| (p, Some(m), r))),
             Prep::None => None,
             Prep::Deferred => {

@@ -109,6 +109,10 @@ pub(super) struct Flusher {
     window_dups: Vec<(u64, [u8; ID_LEN])>,
     /// The end positions of the window's requests refused (merges), to take their ids back.
     refused_ends: Vec<u64>,
+    /// The end of the last window's last request if `refuse_writes` refused it: a refusal of
+    /// the request right after it (the next window's first) extends that run of refusals
+    /// instead of taking a record of its own (`merge::Refusals::extend`).
+    refused_run_end: Option<u64>,
     /// Per request of the window: its first entry's index and its ring end position (its
     /// ticket), to find a refused merge's request.
     requests: Vec<(u32, u64)>,
@@ -518,6 +522,7 @@ impl Flusher {
             window_id_ends: Vec::new(),
             window_dups: Vec::new(),
             refused_ends: Vec::new(),
+            refused_run_end: None,
             requests: Vec::new(),
             turn_ids: Vec::new(),
             resolver: Resolver::default(),
@@ -950,7 +955,7 @@ impl Flusher {
             .then(|| self.inner.completion.room.refusal())
             .flatten()
         {
-            refused_ops += self.refuse_writes(entries, &e);
+            refused_ops += self.refuse_writes(entries, &e, start);
             merges = 0;
         }
         if merges > 0 {
@@ -984,9 +989,13 @@ impl Flusher {
                 return Ok(()); // failed meanwhile: the window's tickets report it
             }
             Err(Error::NoSpace { cause }) => {
-                let e = self.inner.completion.room.begin(start, cause);
+                // The spell begins where the window's first refused write does, not at the
+                // window's start: a flush made after the window's first requests (gets,
+                // duplicates) but before its first write covers no refused write.
+                let from = self.first_write_start(entries, start);
+                let e = self.inner.completion.room.begin(from, cause);
                 self.inner.throttle.set_no_room(true);
-                refused_ops += self.refuse_writes(entries, &e);
+                refused_ops += self.refuse_writes(entries, &e, start);
                 self.untake_refused_ids();
                 coalescer.plan(entries, self.inner.config.coalesce);
             }
@@ -1037,13 +1046,34 @@ impl Flusher {
         Ok(true)
     }
 
+    /// Where the window's first write request (one `refuse_writes` would take out) starts in
+    /// the ring: the end of the request before it, or the window's `start`. A flush at a
+    /// position up to it covers none of the window's writes (a flush's position is a
+    /// request's end, never inside a request).
+    fn first_write_start(&self, entries: &[Entry<'_>], start: u64) -> u64 {
+        for r in 0..self.requests.len() {
+            let (first, end) = request_entries(&self.requests, r, entries.len());
+            if entries[first..end]
+                .iter()
+                .any(|e| matches!(e.op, Op::Put(_) | Op::Delete | Op::Merge(_)))
+            {
+                return r.checked_sub(1).map_or(start, |p| self.requests[p].1);
+            }
+        }
+        start
+    }
+
     /// While the disk has no room for the next segment (`crate::room`): takes every write
     /// request out of the window (its operations become [`Op::Nop`]) and records `error`
     /// as its refusal; gets stay, and so do duplicates of request ids (answered as such).
-    /// Returns the operations taken out.
-    fn refuse_writes(&mut self, entries: &mut [Entry<'_>], error: &Error) -> usize {
+    /// Returns the operations taken out. A spell refuses every write the ring holds, which
+    /// may be far more than the refusals kept one by one: consecutive refused requests
+    /// (`start` is the window's) are kept as one run.
+    fn refuse_writes(&mut self, entries: &mut [Entry<'_>], error: &Error, start: u64) -> usize {
         let inner = &*self.inner;
         let (mut ops_out, mut refused) = (0, 0);
+        // The end of the request just before the next one, if this refused it.
+        let mut prev = self.refused_run_end.take().filter(|&e| e == start);
         for r in 0..self.requests.len() {
             let (first, end) = request_entries(&self.requests, r, entries.len());
             let ops = &mut entries[first..end];
@@ -1051,15 +1081,22 @@ impl Flusher {
                 .iter()
                 .any(|e| matches!(e.op, Op::Put(_) | Op::Delete | Op::Merge(_)))
             {
+                prev = None;
                 continue;
             }
             ops.iter_mut().for_each(|e| e.op = Op::Nop);
             let pos = self.requests[r].1;
             self.refused_ends.push(pos);
-            inner.completion.refusals.record(pos, error.clone());
+            let refusals = &inner.completion.refusals;
+            match prev {
+                Some(p) => refusals.extend(p, pos, error.clone()),
+                None => refusals.record(pos, error.clone()),
+            }
+            prev = Some(pos);
             ops_out += ops.len();
             refused += 1;
         }
+        self.refused_run_end = prev;
         let counters = &inner.counters;
         Counters::add(&counters.refused_no_space, refused);
         counters.writes.fetch_sub(ops_out as u64, Ordering::Relaxed);

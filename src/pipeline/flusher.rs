@@ -982,9 +982,9 @@ impl Flusher {
         // The roll, if the frame needs one, comes before the gets are answered: if the disk
         // has no room for the next segment, the window's writes are refused, and its gets
         // must read the state without them.
-        match self.roll_ahead(entries, &coalescer) {
-            Ok(true) => {}
-            Ok(false) => {
+        let body_len = match self.roll_ahead(entries, &coalescer) {
+            Ok(Some(body_len)) => body_len,
+            Ok(None) => {
                 self.coalescer = coalescer;
                 return Ok(()); // failed meanwhile: the window's tickets report it
             }
@@ -998,35 +998,41 @@ impl Flusher {
                 refused_ops += self.refuse_writes(entries, &e, start);
                 self.untake_refused_ids();
                 coalescer.plan(entries, self.inner.config.coalesce);
+                0 // no frame: no write is left, and no id
             }
             Err(e) => {
                 self.coalescer = coalescer;
                 return Err(e);
             }
-        }
+        };
         let entries = &*entries;
         let plan = coalescer.last_plan();
         let t1 = Instant::now();
         let dropped = refused_ops + duplicate_ops as usize;
-        let r = self.commit_plan(entries, plan, (end, dropped), (t0, t1));
+        let r = self.commit_plan(entries, (plan, body_len), (end, dropped), (t0, t1));
         self.coalescer = coalescer;
         self.window_dups.clear();
         r
     }
 
     /// Rolls the log to a new segment if the window's frame (planned in `coalescer`) does
-    /// not fit the active one: true if it fits now, false if the engine failed while the
-    /// roll waited for the frames before it; `Error::NoSpace` if the disk has no room for the
-    /// segment (nothing of the log changed: the window is refused, see `crate::room`).
-    fn roll_ahead(&mut self, entries: &[Entry<'_>], coalescer: &Coalescer) -> Result<bool> {
+    /// not fit the active one. The bytes of the frame's records once it fits (0: no frame);
+    /// `None` if the engine failed while the roll waited for the frames before it;
+    /// `Error::NoSpace` if the disk has no room for the segment (nothing of the log changed:
+    /// the window is refused, see `crate::room`).
+    fn roll_ahead(
+        &mut self,
+        entries: &[Entry<'_>],
+        coalescer: &Coalescer,
+    ) -> Result<Option<usize>> {
         let plan = coalescer.last_plan();
         if plan.survivors.is_empty() && self.window_ids.is_empty() {
-            return Ok(true); // no frame
+            return Ok(Some(0)); // no frame
         }
         let body_len = body_len((entries, &self.resolver), &plan.survivors);
         let frame_body = body_len + trailer_len(self.window_ids.len());
         if self.log.fits(frame_body) {
-            return Ok(true);
+            return Ok(Some(body_len));
         }
         let inner = self.inner.clone();
         // The roll drains every frame written, the held one too.
@@ -1039,11 +1045,11 @@ impl Flusher {
             self.in_flight,
             frame_body,
         ) {
-            return Ok(false);
+            return Ok(None);
         }
         self.log.roll_for(frame_body)?;
         trace::record(&inner.trace, TraceKind::RollEnd, 0);
-        Ok(true)
+        Ok(Some(body_len))
     }
 
     /// Where the window's first write request (one `refuse_writes` would take out) starts in
@@ -1160,7 +1166,7 @@ impl Flusher {
     fn commit_plan(
         &mut self,
         entries: &[Entry<'_>],
-        plan: &Plan,
+        (plan, body_len): (&Plan, usize),
         (end, dropped): (u64, usize),
         (t0, t1): (Instant, Instant),
     ) -> Result<()> {
@@ -1195,7 +1201,7 @@ impl Flusher {
         // with an id whose writes all collapsed into later ones of the window still logs it).
         if !plan.survivors.is_empty() || !self.window_ids.is_empty() {
             let writes = (entries.len() - gets - dropped) as u32;
-            if !self.write_frame(entries, plan, writes, &mut job)? {
+            if !self.write_frame(entries, (plan, body_len), writes, &mut job)? {
                 return Ok(()); // failed meanwhile: the window's tickets report it
             }
         }
@@ -1214,18 +1220,17 @@ impl Flusher {
         Ok(())
     }
 
-    /// Writes the window's frame (its `plan`'s survivors and the window's request ids,
-    /// acknowledging `writes` operations) into `job`; false if the engine failed while it
-    /// waited for room.
+    /// Writes the window's frame (its `plan`'s survivors, `body_len` bytes of records as
+    /// `roll_ahead` sized them, and the window's request ids, acknowledging `writes`
+    /// operations) into `job`; false if the engine failed while it waited for room.
     fn write_frame(
         &mut self,
         entries: &[Entry<'_>],
-        plan: &Plan,
+        (plan, body_len): (&Plan, usize),
         writes: u32,
         job: &mut Job,
     ) -> Result<bool> {
         let inner = self.inner.clone();
-        let body_len = body_len((entries, &self.resolver), &plan.survivors);
         let frame_body = body_len + trailer_len(self.window_ids.len());
         // `roll_ahead` rolled for it: only the bound on frames not yet durable is left.
         debug_assert!(self.log.fits(frame_body), "the window's roll was not ahead");

@@ -405,3 +405,72 @@ impl Drop for Log {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::io::{Io, IoOp};
+    use std::sync::atomic::AtomicBool;
+
+    /// While set, creating a `prep-*` file fails with ENOSPC.
+    #[derive(Default)]
+    struct Full(AtomicBool);
+
+    impl Io for Full {
+        fn before(&self, op: IoOp, path: &Path, _: u64, _: &[u8]) -> std::io::Result<()> {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if op == IoOp::Create && name.starts_with("prep-") && self.0.load(Ordering::SeqCst) {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            Ok(())
+        }
+    }
+
+    /// A roll that finds no room for the next segment is `NoSpace`, leaves the log as it was,
+    /// and defers the next preparation again (the next frame written starts it in the
+    /// background) instead of leaving it to the next roll, which would make the file on the
+    /// writer's time. Once there is room, the roll goes through.
+    #[test]
+    fn a_roll_without_room_changes_nothing_and_defers_the_preparation() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = Arc::new(Full::default());
+        let io: SharedIo = full.clone();
+        let size = 1 << 16;
+        let first = Log::create_first(dir.path(), size, 1, None, &io).unwrap();
+        let segments: Segments = Arc::new(RwLock::new(SegmentList::new(vec![Arc::new(first)])));
+        let spares = Spares {
+            prepared: None,
+            prep_counter: 0,
+            pool: Arc::new(Pool::adopt(&io, dir.path(), size, 0, 0).unwrap()),
+        };
+        let config = Config {
+            segment_bytes: size,
+            ..Config::default()
+        };
+        let header = SEGMENT_HEADER_LEN as u64;
+        let mut log = Log::new(
+            dir.path(),
+            segments.clone(),
+            header,
+            1,
+            &config,
+            spares,
+            &io,
+        )
+        .expect("log");
+        full.0.store(true, Ordering::SeqCst);
+        // A frame bigger than what is left of the segment.
+        let big = size as usize;
+        let e = log.roll_for(big).unwrap_err();
+        assert!(matches!(e, Error::NoSpace { .. }), "{e}");
+        assert_eq!(segments.read().iter().count(), 1);
+        assert_eq!(log.next_seq(), 1);
+        assert!(
+            matches!(log.prep, Prep::Deferred),
+            "the preparation was not deferred again"
+        );
+        full.0.store(false, Ordering::SeqCst);
+        log.roll_for(big).unwrap();
+        assert_eq!(segments.read().iter().count(), 2);
+    }
+}

@@ -20,6 +20,7 @@
 //!   one `WriteBatch`);
 //! - `@@SUB <id> <position>` once the submit returned, with the ticket's position;
 //! - `@@ACK <id>` once the ticket completed `Ok`;
+//! - `@@REF <id>` if the request was refused for lack of room (below): never applied;
 //! - `@@CMP ...` about its compactions (below).
 //!
 //! Submitting and printing `INT`/`SUB` happen under one lock, so ids are in position order and
@@ -46,8 +47,15 @@
 //! next child. It keeps one directory for several
 //! iterations, so each child continues (and recovers) the log the previous ones left.
 //!
-//! The summary at the end gives the iterations, the compacting children, and the kills that
-//! landed during a compaction and after one.
+//! A quarter of the children run through a storage hook that makes the disk full for the
+//! next segment's file now and then (1–20 ms in every 1–25): their rolls find no room, their
+//! writes are refused (`Error::NoSpace`) until a thread calls `Engine::resume` once the
+//! disk has room again. A refused request is left out of the prefix: the recovered state must
+//! be a prefix of the others, so a refused write that reached the log fails the check (values
+//! are unique, counters exact).
+//!
+//! The summary at the end gives the iterations, the compacting children, the kills that
+//! landed during a compaction and after one, and the refused requests.
 //!
 //! Environment: `MERGELOG_CRASH_ITERS` (default 200) iterations, `MERGELOG_CRASH_SEED` to
 //! repeat a run.
@@ -67,7 +75,8 @@ use std::collections::{BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -108,6 +117,8 @@ struct ChildPlan {
     delete_p: f64,
     /// Probability that a value is large (500 to 3,000 bytes).
     large_p: f64,
+    /// The disk is full for new segment files now and then (see the module docs).
+    spells: bool,
 }
 
 /// Half the children compact: with `Compaction::Auto` looking every 1-5 ms at a live
@@ -117,6 +128,7 @@ struct ChildPlan {
 fn child_plan(seed: u64) -> ChildPlan {
     let mut config = child_config(seed);
     let compacts = (seed >> 6) & 1 == 1;
+    let spells = (seed >> 11) & 3 == 0;
     if !compacts {
         return ChildPlan {
             config,
@@ -124,6 +136,7 @@ fn child_plan(seed: u64) -> ChildPlan {
             compacts,
             delete_p: 0.2,
             large_p: 0.05,
+            spells,
         };
     }
     let mut rng = StdRng::seed_from_u64(seed ^ 0x636f_6d70_6163_7421);
@@ -143,6 +156,73 @@ fn child_plan(seed: u64) -> ChildPlan {
         compacts,
         delete_p: 0.35,
         large_p: 0.12,
+        spells,
+    }
+}
+
+/// While `full`, creating a next segment's file (`prep-*`) fails with ENOSPC.
+#[derive(Default)]
+struct FullDisk {
+    full: AtomicBool,
+}
+
+impl mergelog::internals::io::Io for FullDisk {
+    fn before(
+        &self,
+        op: mergelog::internals::io::IoOp,
+        path: &Path,
+        _: u64,
+        _: &[u8],
+    ) -> std::io::Result<()> {
+        let prep = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("prep-"));
+        if op == mergelog::internals::io::IoOp::Create && prep && self.full.load(Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(())
+    }
+}
+
+/// Per writer: requests submitted (or being submitted) whose outcome it has not printed yet.
+static UNREPORTED: [AtomicU64; WRITERS] = [const { AtomicU64::new(0) }; WRITERS];
+
+/// Makes the disk full for 1-20 ms in every 1-25, and once it has room again calls
+/// `resume` until writes are let in. Not before every writer has printed the outcome of
+/// every request it submitted: a refused request whose `REF` line a kill cut off, behind an
+/// acknowledged later one, would look like a write lost from the middle of the order. (While
+/// writes are refused at submit, no writer gets a new ticket, so once each has been seen
+/// with nothing unreported, none has.)
+fn child_weather(engine: &Engine, disk: &FullDisk, seed: u64, done: &AtomicBool) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x7765_6174_6865_72);
+    while !done.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_micros(rng.random_range(1000..5000)));
+        disk.full.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_micros(rng.random_range(1000..20_000)));
+        disk.full.store(false, Ordering::SeqCst);
+        if engine.is_out_of_room() {
+            for w in &UNREPORTED {
+                while w.load(Ordering::SeqCst) != 0 {
+                    if done.load(Ordering::Acquire) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            }
+        }
+        while engine.is_out_of_room() {
+            match engine.resume() {
+                Ok(()) => {}
+                Err(mergelog::Error::NoSpace { .. }) => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(e) => {
+                    eprintln!("child: resume failed: {e}");
+                    std::process::exit(8);
+                }
+            }
+        }
     }
 }
 
@@ -201,7 +281,12 @@ fn crash_child() {
         .parse()
         .expect("child seed is a number");
     let plan = child_plan(seed);
-    let engine = match Engine::open(&dir, plan.config.clone()) {
+    let disk = Arc::new(FullDisk::default());
+    let opened = match plan.spells {
+        true => Engine::open_with_io(&dir, plan.config.clone(), disk.clone()),
+        false => Engine::open(&dir, plan.config.clone()),
+    };
+    let engine = match opened {
         Ok(e) => e,
         Err(e) => {
             eprintln!("child: Engine::open failed: {e}");
@@ -218,6 +303,10 @@ fn crash_child() {
         }
         if plan.compacts {
             s.spawn(move || child_compaction_counts(engine, done));
+        }
+        if plan.spells {
+            let disk = &*disk;
+            s.spawn(move || child_weather(engine, disk, seed, done));
         }
         let writers: Vec<_> = (0..WRITERS)
             .map(|w| {
@@ -251,6 +340,8 @@ fn child_compactor(engine: &Engine, seed: u64, done: &AtomicBool) {
                 "{MARK}CMP E {n} {} {} {}\n",
                 c.segments, c.records_copied, c.batches
             )),
+            // The disk had no room for its copies' segment: it retired nothing.
+            Err(mergelog::Error::NoSpace { .. }) => emit(&format!("{MARK}CMP E {n} 0 0 0\n")),
             Err(e) => {
                 eprintln!("child: compact failed: {e}");
                 std::process::exit(7);
@@ -330,10 +421,13 @@ fn child_writer(
         for (k, addend) in &merges {
             line.push_str(&format!(" M:{}:{addend}", hex(k)));
         }
+        // Refused at submit: the writer then prints the outcome of everything it has in flight.
+        let mut refused = false;
         {
             let mut id_guard = next_id.lock().unwrap();
             let id = *id_guard;
             *id_guard += 1;
+            UNREPORTED[w].fetch_add(1, Ordering::SeqCst);
             emit(&format!("{MARK}INT {id}{line}\n"));
             let submitted = if merges.is_empty() {
                 common::model::submit(engine, &mut batch, &ops, ops.len() == 1)
@@ -346,16 +440,27 @@ fn child_writer(
                 }
                 engine.write(&batch)
             };
-            let ticket = submitted.unwrap_or_else(|e| {
-                eprintln!("child: submit failed: {e}");
-                std::process::exit(5);
-            });
-            emit(&format!("{MARK}SUB {id} {}\n", ticket.position()));
-            pending.push_back((id, ticket));
+            let ticket = match submitted {
+                Ok(ticket) => Some(ticket),
+                Err(mergelog::Error::NoSpace { .. }) => {
+                    emit(&format!("{MARK}REF {id}\n"));
+                    UNREPORTED[w].fetch_sub(1, Ordering::SeqCst);
+                    refused = true;
+                    None
+                }
+                Err(e) => {
+                    eprintln!("child: submit failed: {e}");
+                    std::process::exit(5);
+                }
+            };
+            if let Some(ticket) = ticket {
+                emit(&format!("{MARK}SUB {id} {}\n", ticket.position()));
+                pending.push_back((id, ticket));
+            }
         }
         // Tickets of one writer complete in order (positions ascend): ack from the front.
         while let Some((id, t)) = pending.front() {
-            if pending.len() <= depth && !t.is_done() {
+            if pending.len() <= depth && !t.is_done() && !refused {
                 break;
             }
             let waited = if own_windows {
@@ -363,11 +468,15 @@ fn child_writer(
             } else {
                 t.wait_timeout(WAIT_MAX)
             };
-            if let Err(e) = waited {
-                eprintln!("child: ticket {id} failed: {e}");
-                std::process::exit(6);
+            match waited {
+                Ok(_) => emit(&format!("{MARK}ACK {id}\n")),
+                Err(mergelog::Error::NoSpace { .. }) => emit(&format!("{MARK}REF {id}\n")),
+                Err(e) => {
+                    eprintln!("child: ticket {id} failed: {e}");
+                    std::process::exit(6);
+                }
             }
-            emit(&format!("{MARK}ACK {id}\n"));
+            UNREPORTED[w].fetch_sub(1, Ordering::SeqCst);
             pending.pop_front();
         }
     }
@@ -394,6 +503,8 @@ struct Submission {
     merges: Vec<(Vec<u8>, i64)>,
     position: Option<u64>,
     acked: bool,
+    /// Refused for lack of room (at submit, or by its ticket): never applied.
+    refused: bool,
 }
 
 impl Submission {
@@ -529,13 +640,20 @@ fn parse_child_output(lines: &[String]) -> (Vec<Submission>, CompactionSeen) {
                 assert!(s.position.is_some(), "ACK {id} before its SUB line");
                 s.acked = true;
             }
+            "REF" => {
+                let s = subs
+                    .get_mut(id)
+                    .unwrap_or_else(|| panic!("REF before INT: {line:?}"));
+                assert!(!s.acked, "REF {id} after its ACK");
+                s.refused = true;
+            }
             _ => panic!("unknown child line {line:?}"),
         }
     }
     // Submissions happen under one lock: positions ascend with ids, and only the last
     // request can lack its SUB line.
     for (i, s) in subs.iter().enumerate() {
-        if s.position.is_none() {
+        if s.position.is_none() && !s.refused {
             assert_eq!(
                 i + 1,
                 subs.len(),
@@ -703,6 +821,9 @@ struct Totals {
     kills_during_compaction: usize,
     /// Kills of a child that had completed a compaction, none under way.
     kills_after_compaction: usize,
+    /// Children whose disk filled now and then, and the requests refused for room.
+    spell_children: usize,
+    refused: usize,
     /// Compactions run to the end, batches and segments retired, over all children.
     compactions: u64,
     compaction_batches: u64,
@@ -765,7 +886,11 @@ fn crash_recovery_keeps_every_acknowledged_write() {
             );
         }
         let (subs, seen) = parse_child_output(&run.lines);
+        // A refused request is never applied: the state is a prefix of the others.
+        totals.refused += subs.iter().filter(|s| s.refused).count();
+        let subs: Vec<Submission> = subs.into_iter().filter(|s| !s.refused).collect();
         totals.count_compactions(&run, &seen, child_plan(child_seed).compacts);
+        totals.spell_children += usize::from(child_plan(child_seed).spells);
         if run.first_ack_seen {
             assert!(
                 subs.iter().any(|s| s.acked),
@@ -871,6 +996,11 @@ fn crash_recovery_keeps_every_acknowledged_write() {
         totals.aimed_kills,
         totals.kills_during_compaction,
         totals.kills_after_compaction
+    );
+    eprintln!(
+        "crash test, full disk: {} of {} children's disks filled now and then; {} requests \
+         refused for room, none found after recovery",
+        totals.spell_children, totals.iterations, totals.refused
     );
     assert_eq!(totals.iterations, iters);
     assert!(

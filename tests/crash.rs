@@ -195,7 +195,7 @@ static UNREPORTED: [AtomicU64; WRITERS] = [const { AtomicU64::new(0) }; WRITERS]
 /// writes are refused at submit, no writer gets a new ticket, so once each has been seen
 /// with nothing unreported, none has.)
 fn child_weather(engine: &Engine, disk: &FullDisk, seed: u64, done: &AtomicBool) {
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x7765_6174_6865_72);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x0077_6561_7468_6572);
     while !done.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_micros(rng.random_range(1000..5000)));
         disk.full.store(true, Ordering::SeqCst);

@@ -188,19 +188,15 @@ impl Engine {
     }
 
     /// The asynchronous `admit`: lets the submission through unless writes are refused for
-    /// lack of room (`NoSpace`) or throttled on consumer lag; then refuses it (`Reject`) or waits as a future until the throttle lets go or
-    /// the engine closes or fails (`Block`; `check_submit` and the ring report those).
+    /// lack of room (`NoSpace`) or throttled on consumer lag; then refuses it (`Reject`) or
+    /// waits as a future until the throttle lets go or the engine closes or fails (`Block`;
+    /// `check_submit` and the ring report those).
     async fn admit_async(&self) -> Result<()> {
         let inner = &*self.inner;
         if !inner.throttle.gated() {
             return Ok(());
         }
-        if let Some(e) = (inner.throttle.no_room())
-            .then(|| inner.completion.room.refusal())
-            .flatten()
-        {
-            return Err(e);
-        }
+        self.refused_for_room()?;
         if !inner.throttle.engaged() {
             return Ok(());
         }

@@ -365,18 +365,26 @@ impl crate::Engine {
         }
     }
 
+    /// `Error::NoSpace` while writes are refused for lack of room (`crate::room`); the
+    /// room's lock is taken only while its flag is set.
+    pub(crate) fn refused_for_room(&self) -> Result<()> {
+        let inner = &*self.inner;
+        match (inner.throttle.no_room())
+            .then(|| inner.completion.room.refusal())
+            .flatten()
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// A submission while throttled on consumer lag: refused with `Error::Throttled`
     /// (`Backpressure::Reject`), or held until the lag falls to its release point or the
     /// engine closes or fails (then `submit` reports that).
     #[cold]
     fn throttled(&self) -> Result<()> {
         let inner = &*self.inner;
-        if let Some(e) = (inner.throttle.no_room())
-            .then(|| inner.completion.room.refusal())
-            .flatten()
-        {
-            return Err(e);
-        }
+        self.refused_for_room()?;
         if !inner.throttle.engaged() {
             return Ok(());
         }

@@ -35,19 +35,21 @@ pub(crate) struct Room {
 
 #[derive(Default)]
 struct State {
-    /// While a spell lasts: what the roll met (an `Error::Io` whose OS error is `ENOSPC` or
-    /// `EDQUOT`).
-    cause: Option<Arc<Error>>,
+    /// A spell lasts (the newest of `starts`; its cause is what the roll met, an
+    /// `Error::Io` whose OS error is `ENOSPC` or `EDQUOT`).
+    lasting: bool,
     /// Spells since open.
     spells: u64,
     /// The ring position each of the last [`SPELLS_KEPT`] spells began at (where the first
-    /// write of its first refused window starts), oldest first: spell `spells - starts.len() + 1 + i` is `starts[i]`.
-    starts: VecDeque<u64>,
+    /// write of its first refused window starts), with its cause, oldest first: spell
+    /// `spells - starts.len() + 1 + i` is `starts[i]`.
+    starts: VecDeque<(u64, Arc<Error>)>,
 }
 
 impl State {
     fn refusal(&self) -> Option<Error> {
-        self.cause.as_ref().map(|cause| Error::NoSpace {
+        let (_, cause) = self.starts.back().filter(|_| self.lasting)?;
+        Some(Error::NoSpace {
             cause: cause.clone(),
         })
     }
@@ -71,13 +73,13 @@ impl Room {
     /// error the window's writes get.
     pub fn begin(&self, start: u64, cause: Arc<Error>) -> Error {
         let mut s = self.state.lock();
-        if s.cause.is_none() {
-            s.cause = Some(cause);
+        if !s.lasting {
+            s.lasting = true;
             s.spells += 1;
             if s.starts.len() == SPELLS_KEPT {
                 s.starts.pop_front();
             }
-            s.starts.push_back(start);
+            s.starts.push_back((start, cause));
             self.refusing.store(true, Ordering::Relaxed);
         }
         s.refusal().expect("a spell lasts")
@@ -86,7 +88,7 @@ impl Room {
     /// Ends the spell (`Engine::resume` found room).
     pub fn end(&self) {
         let mut s = self.state.lock();
-        s.cause = None;
+        s.lasting = false;
         self.refusing.store(false, Ordering::Relaxed);
     }
 
@@ -113,17 +115,15 @@ impl Room {
             .checked_sub(oldest_kept)
             .and_then(|i| s.starts.get(i as usize));
         match began {
-            Some(&start) if start >= pos => Ok(()),
-            // Before `pos`, or forgotten: the flush cannot say its writes all went in.
-            _ => Err(Error::NoSpace {
-                cause: s.cause.clone().unwrap_or_else(|| {
-                    Arc::new(Error::io(
-                        "make the next segment",
-                        std::path::PathBuf::new(),
-                        std::io::Error::from_raw_os_error(libc::ENOSPC),
-                    ))
-                }),
-            }),
+            Some((start, _)) if *start >= pos => Ok(()),
+            // Before `pos` (that spell's cause), or forgotten (the oldest kept one's): the
+            // flush cannot say its writes all went in.
+            began => {
+                let (_, cause) = began.or(s.starts.front()).expect("a spell began since");
+                Err(Error::NoSpace {
+                    cause: cause.clone(),
+                })
+            }
         }
     }
 }

@@ -1059,10 +1059,7 @@ impl Flusher {
     fn first_write_start(&self, entries: &[Entry<'_>], start: u64) -> u64 {
         for r in 0..self.requests.len() {
             let (first, end) = request_entries(&self.requests, r, entries.len());
-            if entries[first..end]
-                .iter()
-                .any(|e| matches!(e.op, Op::Put(_) | Op::Delete | Op::Merge(_)))
-            {
+            if writes(&entries[first..end]) {
                 return r.checked_sub(1).map_or(start, |p| self.requests[p].1);
             }
         }
@@ -1083,10 +1080,7 @@ impl Flusher {
         for r in 0..self.requests.len() {
             let (first, end) = request_entries(&self.requests, r, entries.len());
             let ops = &mut entries[first..end];
-            if !ops
-                .iter()
-                .any(|e| matches!(e.op, Op::Put(_) | Op::Delete | Op::Merge(_)))
-            {
+            if !writes(ops) {
                 prev = None;
                 continue;
             }
@@ -1824,6 +1818,13 @@ fn refuse(
         }
     }
     taken_out
+}
+
+/// Whether a request's entries write (a put, delete or merge not taken out): what a full disk
+/// refuses. Gets and duplicates of request ids (`Op::Nop`) do not.
+fn writes(ops: &[Entry<'_>]) -> bool {
+    ops.iter()
+        .any(|e| matches!(e.op, Op::Put(_) | Op::Delete | Op::Merge(_)))
 }
 
 /// The entries `first..end` of the window's request `r`.

@@ -57,13 +57,17 @@ fn put_until_refused(engine: &Engine, from: &mut u32, max: u32) -> (Vec<String>,
     panic!("no put was refused in {max} puts on a full disk");
 }
 
-/// Puts keys `k<n>` (each waited for, `n` counting on) until the log has `segments` segments.
-fn fill_to_segments(engine: &Engine, segments: usize, n: &mut u32) {
+/// Puts keys `k<n>` (each waited for, `n` counting on) until the log has `segments` segments;
+/// returns the keys.
+fn fill_to_segments(engine: &Engine, segments: usize, n: &mut u32) -> Vec<String> {
+    let mut keys = Vec::new();
     while engine.segments().len() < segments {
         let key = format!("k{:05}", *n);
         *n += 1;
         engine.put(key.as_bytes(), &VALUE).unwrap().wait().unwrap();
+        keys.push(key);
     }
+    keys
 }
 
 fn open(dir: &Path, hook: Arc<FullDisk>, config: Config) -> Engine {
@@ -72,78 +76,70 @@ fn open(dir: &Path, hook: Arc<FullDisk>, config: Config) -> Engine {
 
 #[test]
 fn a_full_disk_at_the_roll_refuses_writes_until_resume_finds_room() {
-    {
-        let tmp = tempfile::tempdir().unwrap();
-        let hook = Arc::new(FullDisk::default());
-        let config = crate::hooks::small_segments();
-        let engine = open(tmp.path(), hook.clone(), config.clone());
-        let mut n = 0;
-        let mut acked = Vec::new();
-        while engine.segments().len() < 2 {
-            let key = format!("k{n:05}");
-            n += 1;
-            engine.put(key.as_bytes(), &VALUE).unwrap().wait().unwrap();
-            acked.push(key);
-        }
-        hook.full.store(true, Ordering::SeqCst);
-        let (more, refusal) = put_until_refused(&engine, &mut n, 100);
-        acked.extend(more);
-        let refused_key = format!("k{:05}", n - 1);
-        assert!(is_no_space(&refusal), "{refusal}");
-        assert!(hook.refused.load(Ordering::SeqCst) > 0);
-        assert!(engine.failure().is_none(), "{:?}", engine.failure());
-        assert!(engine.is_out_of_room());
-        // Every later write is refused at once, the asynchronous ones too; flush as well.
-        let e = engine.put(b"later", b"v").unwrap_err();
-        assert!(is_no_space(&e), "{e}");
-        let e = engine.delete(acked[0].as_bytes()).unwrap_err();
-        assert!(is_no_space(&e), "{e}");
-        let e = crate::common::block_on(Box::pin(engine.put_async(b"later", b"v"))).unwrap_err();
-        assert!(is_no_space(&e), "{e}");
-        let e = engine.flush().unwrap_err();
-        assert!(is_no_space(&e), "{e}");
-        // Reads go on: the durable state, and gets through the window.
-        assert_eq!(
-            engine.read(acked[0].as_bytes()).unwrap().as_deref(),
-            Some(&VALUE[..])
-        );
-        let got = engine.get(acked[1].as_bytes()).unwrap().wait().unwrap();
-        assert_eq!(got.as_deref(), Some(&VALUE[..]));
-        assert!(engine.read(refused_key.as_bytes()).unwrap().is_none());
-        // Still no room: resume says so, and writes stay refused.
-        let e = engine.resume().unwrap_err();
-        assert!(is_no_space(&e), "{e}");
-        assert!(engine.is_out_of_room());
-        assert!(engine.put(b"later", b"v").is_err());
-        // Room again.
-        hook.full.store(false, Ordering::SeqCst);
-        engine.resume().unwrap();
-        assert!(!engine.is_out_of_room());
-        engine.flush().unwrap().wait().unwrap();
-        for _ in 0..30 {
-            let key = format!("k{n:05}");
-            n += 1;
-            engine.put(key.as_bytes(), &VALUE).unwrap().wait().unwrap();
-            acked.push(key);
-        }
-        assert!(engine.stats().refused_no_space >= 1);
-        engine.close().unwrap();
-        drop(engine);
-        let reopened = Engine::open(tmp.path(), config).unwrap();
-        for key in &acked {
-            assert_eq!(
-                reopened.read(key.as_bytes()).unwrap().as_deref(),
-                Some(&VALUE[..]),
-                "acknowledged {key} lost"
-            );
-        }
-        assert_eq!(
-            reopened.read_to_vec(refused_key.as_bytes()).unwrap(),
-            None,
-            "the refused put was applied"
-        );
-        assert_eq!(reopened.len(), acked.len());
+    let tmp = tempfile::tempdir().unwrap();
+    let hook = Arc::new(FullDisk::default());
+    let config = crate::hooks::small_segments();
+    let engine = open(tmp.path(), hook.clone(), config.clone());
+    let mut n = 0;
+    let mut acked = fill_to_segments(&engine, 2, &mut n);
+    hook.full.store(true, Ordering::SeqCst);
+    let (more, refusal) = put_until_refused(&engine, &mut n, 100);
+    acked.extend(more);
+    let refused_key = format!("k{:05}", n - 1);
+    assert!(is_no_space(&refusal), "{refusal}");
+    assert!(hook.refused.load(Ordering::SeqCst) > 0);
+    assert!(engine.failure().is_none(), "{:?}", engine.failure());
+    assert!(engine.is_out_of_room());
+    // Every later write is refused at once, the asynchronous ones too; flush as well.
+    let e = engine.put(b"later", b"v").unwrap_err();
+    assert!(is_no_space(&e), "{e}");
+    let e = engine.delete(acked[0].as_bytes()).unwrap_err();
+    assert!(is_no_space(&e), "{e}");
+    let e = crate::common::block_on(Box::pin(engine.put_async(b"later", b"v"))).unwrap_err();
+    assert!(is_no_space(&e), "{e}");
+    let e = engine.flush().unwrap_err();
+    assert!(is_no_space(&e), "{e}");
+    // Reads go on: the durable state, and gets through the window.
+    assert_eq!(
+        engine.read(acked[0].as_bytes()).unwrap().as_deref(),
+        Some(&VALUE[..])
+    );
+    let got = engine.get(acked[1].as_bytes()).unwrap().wait().unwrap();
+    assert_eq!(got.as_deref(), Some(&VALUE[..]));
+    assert!(engine.read(refused_key.as_bytes()).unwrap().is_none());
+    // Still no room: resume says so, and writes stay refused.
+    let e = engine.resume().unwrap_err();
+    assert!(is_no_space(&e), "{e}");
+    assert!(engine.is_out_of_room());
+    assert!(engine.put(b"later", b"v").is_err());
+    // Room again.
+    hook.full.store(false, Ordering::SeqCst);
+    engine.resume().unwrap();
+    assert!(!engine.is_out_of_room());
+    engine.flush().unwrap().wait().unwrap();
+    for _ in 0..30 {
+        let key = format!("k{n:05}");
+        n += 1;
+        engine.put(key.as_bytes(), &VALUE).unwrap().wait().unwrap();
+        acked.push(key);
     }
+    assert!(engine.stats().refused_no_space >= 1);
+    engine.close().unwrap();
+    drop(engine);
+    let reopened = Engine::open(tmp.path(), config).unwrap();
+    for key in &acked {
+        assert_eq!(
+            reopened.read(key.as_bytes()).unwrap().as_deref(),
+            Some(&VALUE[..]),
+            "acknowledged {key} lost"
+        );
+    }
+    assert_eq!(
+        reopened.read_to_vec(refused_key.as_bytes()).unwrap(),
+        None,
+        "the refused put was applied"
+    );
+    assert_eq!(reopened.len(), acked.len());
 }
 
 /// On a file system whose rename needs room (btrfs), the roll's rename of the prepared file

@@ -39,6 +39,20 @@ impl Io for Hook {
     }
 }
 
+impl Hook {
+    /// Waits (bounded: a hang fails the test) until a held sync waits; returns its thread.
+    fn wait_held(&self) -> String {
+        let t0 = Instant::now();
+        loop {
+            if let Some(holder) = self.held.lock().unwrap().clone() {
+                return holder;
+            }
+            assert!(t0.elapsed() < WAIT_MAX, "the held sync never came");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
 const VALUE: [u8; 4000] = [7u8; 4000];
 
 fn put(engine: &Engine, key: &str) {
@@ -95,12 +109,7 @@ fn a_flush_between_a_get_and_a_write_of_the_refused_window_succeeds() {
         // follows.
         hook.hold.store(true, Ordering::SeqCst);
         let a = engine.put(b"aaaaaa", &VALUE).unwrap();
-        let t0 = Instant::now();
-        while hook.held.lock().unwrap().is_none() {
-            assert!(t0.elapsed() < WAIT_MAX, "the sync of a never came");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let holder = hook.held.lock().unwrap().clone().unwrap();
+        let holder = hook.wait_held();
         let g = engine.get(b"k00001").unwrap();
         let f = engine.flush().unwrap();
         let p = engine.put(b"pppppp", &VALUE).unwrap();
@@ -271,11 +280,7 @@ fn every_refused_ticket_says_no_space() {
     hook.full.store(true, Ordering::SeqCst);
     hook.hold.store(true, Ordering::SeqCst);
     let a = engine.put(b"a", b"v").unwrap();
-    let t0 = Instant::now();
-    while hook.held.lock().unwrap().is_none() {
-        assert!(t0.elapsed() < WAIT_MAX, "the sync of a never came");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    hook.wait_held();
     let tickets: Vec<_> = (0..100_000u32)
         .map(|i| engine.put(format!("b{i:06}").as_bytes(), b"v").unwrap())
         .collect();

@@ -622,6 +622,12 @@ impl Drop for Tracking<'_> {
 /// ratio), only the oldest of them: it stops before the next segment once retiring what it
 /// has copied would bring the log's live ratio to the goal. `stop` ends it early (between
 /// chunks; nothing is retired then). One at a time (`Inner::compact_lock`).
+///
+/// On a full disk (a chunk's copies got `Error::NoSpace`: no room for a segment, and no
+/// reserve left), the segments whose live records are all copied already are retired at
+/// once, into the pool, whose files the next segments then reuse, and the compaction starts
+/// again on what is left (whose records copied already are no longer live there). It fails
+/// with `NoSpace` only when no segment was copied whole.
 pub(crate) fn compact(
     inner: &Inner,
     stop: Option<&AtomicBool>,
@@ -631,6 +637,55 @@ pub(crate) fn compact(
     if inner.config.compaction == Compaction::Off {
         return Err(Error::CompactionOff);
     }
+    let mut done = Compacted::default();
+    loop {
+        let mut progress = Progress::default();
+        match compact_once(inner, stop, goal, &mut done, &mut progress) {
+            Err(e @ Error::NoSpace { .. }) if progress.whole > 0 => {
+                let retired = make_room(inner, &progress)?;
+                if retired.segments == 0 {
+                    return Err(e);
+                }
+                done.segments += retired.segments;
+                done.bytes_retired += retired.bytes;
+                done.first_seq = retired.first_seq;
+                Counters::add(&inner.counters.compaction_segments, retired.segments as u64);
+            }
+            r => return r.map(|()| done),
+        }
+    }
+}
+
+/// How far a compaction that met a full disk had come: the first `whole` segments of what
+/// it took had all their live records copied by chunks written, the last of them batch
+/// `last_seq`; `keep_from` is the id of the segment after them.
+#[derive(Default)]
+struct Progress {
+    whole: usize,
+    keep_from: u64,
+    last_seq: u64,
+}
+
+/// A compaction's room on a full disk: once the chunks written are durable, retires the
+/// segments they copied whole into the pool (all of them: they are the room the next
+/// segments take).
+fn make_room(inner: &Inner, progress: &Progress) -> Result<Retired> {
+    wait_durable(inner, progress.last_seq)?;
+    sync_unsynced_log(inner, progress.keep_from)?;
+    let retired = retire_prefix(inner, progress.keep_from, true, progress.whole)?;
+    debug_assert_eq!(retired.keys_forgotten, 0, "compaction lost live keys");
+    Ok(retired)
+}
+
+/// [`compact`]'s one pass over the complete segments, adding to `done`; `progress` says how
+/// far it came if it fails.
+fn compact_once(
+    inner: &Inner,
+    stop: Option<&AtomicBool>,
+    goal: Option<f64>,
+    done: &mut Compacted,
+    progress: &mut Progress,
+) -> Result<()> {
     check_running(inner)?;
     let (limit, held_back_by) = crate::consumer::retire_limit(&inner.dir, u64::MAX)?;
     let (base, prefix, keep_from, held_back_by) = {
@@ -645,13 +700,10 @@ pub(crate) fn compact(
         let keep_from = list.get(n).map(|s| s.id);
         (segs.base(), list[..n].to_vec(), keep_from, held_back_by)
     };
-    let mut done = Compacted {
-        held_back_by,
-        ..Compacted::default()
-    };
+    done.held_back_by = held_back_by;
     let Some(keep_from) = keep_from.filter(|_| !prefix.is_empty()) else {
         done.first_seq = Seq::new(inner.segments.read().iter().next().map_or(1, |s| s.id));
-        return Ok(done);
+        return Ok(());
     };
     let _tracking = Tracking::on(&inner.compact_slot);
     let (tx, rx) = bounded(1);
@@ -661,8 +713,6 @@ pub(crate) fn compact(
     let chunk_max = CHUNK_BYTES.min(inner.config.batch_bytes_max);
     let mut enough = Enough::new(inner, goal);
     let mut keep_from = keep_from;
-    // The last compaction batch written.
-    let mut last_seq = 0;
     for (i, seg) in prefix.iter().enumerate() {
         if enough.reached() {
             keep_from = seg.id;
@@ -673,7 +723,8 @@ pub(crate) fn compact(
             let len = record_len(key.len(), value.len());
             if !chunk.is_empty() && chunk.body_len + len > chunk_max {
                 let full = std::mem::replace(&mut chunk, Chunk::new(tx.clone()));
-                last_seq = last_seq.max(copy_forward(inner, full, &rx, stop, &mut done)?);
+                let seq = copy_forward(inner, full, &rx, stop, done)?;
+                progress.last_seq = progress.last_seq.max(seq);
             }
             if chunk.is_empty() {
                 // The chunk before was checked: the flusher may forget the windows this
@@ -682,6 +733,8 @@ pub(crate) fn compact(
                     .compact_slot
                     .floor
                     .store(seen.durable, Ordering::Release);
+                // Every segment before this one is in chunks written.
+                (progress.whole, progress.keep_from) = (i, seg.id);
             }
             chunk.push(key, value, src, seen);
             enough.copied(len);
@@ -690,11 +743,12 @@ pub(crate) fn compact(
         enough.retired(seg.published().saturating_sub(SEGMENT_HEADER_LEN as u64));
     }
     if !chunk.is_empty() {
-        last_seq = last_seq.max(copy_forward(inner, chunk, &rx, stop, &mut done)?);
+        let seq = copy_forward(inner, chunk, &rx, stop, done)?;
+        progress.last_seq = progress.last_seq.max(seq);
     }
     // The chunks were written, not yet all synced: the retirement waits for the last one
     // (frames become durable in log order).
-    wait_durable(inner, last_seq)?;
+    wait_durable(inner, progress.last_seq)?;
     sync_unsynced_log(inner, keep_from)?;
     let keep = match goal {
         Some(_) => files_until_next_run(inner, keep_from, done.bytes_written),
@@ -705,13 +759,13 @@ pub(crate) fn compact(
     // Every live record of the prefix was copied: retiring it forgets no key (unless a
     // `retire_before` meanwhile took some of it, which forgets them on its own account).
     debug_assert_eq!(retired.keys_forgotten, 0, "compaction lost live keys");
-    done.segments = retired.segments;
-    done.bytes_retired = retired.bytes;
+    done.segments += retired.segments;
+    done.bytes_retired += retired.bytes;
     done.first_seq = retired.first_seq;
     let c = &inner.counters;
     Counters::add(&c.compaction_runs, 1);
     Counters::add(&c.compaction_segments, retired.segments as u64);
-    Ok(done)
+    Ok(())
 }
 
 /// How many of the files a run of `Compaction::Auto` retires (the segments below

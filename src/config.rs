@@ -178,6 +178,19 @@ pub struct Config {
     /// crash undid: docs/FORMAT.md, "Why a crash loses nothing acknowledged").
     /// Default 0, as RocksDB's `recycle_log_file_num`: retired segments are deleted.
     pub recycle_segments: usize,
+    /// Keeps one segment's worth of disk in reserve (a zero-filled spare file, made at open)
+    /// so that a compaction can make room on a full disk (default `false`). When the disk
+    /// fills, writes are refused with `Error::NoSpace` (README, "A full disk"), and the way
+    /// out for a log that is the store is `Engine::compact`, whose copies need a segment
+    /// before it can retire any: without the reserve it fails with `NoSpace` too. With it,
+    /// the copies take the reserve when no new segment can be made (the engine refuses writes
+    /// from then on, until `Engine::resume`), the compaction retires the segments it has
+    /// copied as it goes and reuses their files for the rest, and the reserve is made again
+    /// from the first segments it retires. Costs `segment_bytes` of disk, held in the pool
+    /// (a `recycle-N.tmp` file); needs compaction (not `Compaction::Off`). Like the pool, an
+    /// open after a crash makes it afresh. `Stats::segments.reserved` says whether it is
+    /// ready.
+    pub reserve_segment: bool,
     /// Throttling on consumer lag (default `None`: never). While the slowest durable
     /// consumer lags by more than the limit, `put`, `delete` and `write` are throttled as
     /// `backpressure` says: `Reject` refuses them with `Error::Throttled` (back off and
@@ -233,6 +246,7 @@ impl Default for Config {
             backpressure: Backpressure::default(),
             recovery: RecoveryMode::default(),
             recycle_segments: 0,
+            reserve_segment: false,
             consumer_lag_max: None,
             request_ids: crate::ids::IdHorizon::default(),
             merge: None,
@@ -314,6 +328,13 @@ impl Config {
                 "recycle_segments = {} exceeds {RECYCLE_SEGMENTS_MAX}",
                 self.recycle_segments
             ));
+        }
+        if self.reserve_segment && self.compaction == crate::compact::Compaction::Off {
+            return bad(
+                "reserve_segment = true needs compaction (the reserve is for a compaction's \
+                 copies); compaction is Off"
+                    .to_string(),
+            );
         }
         if self.syncers == 0 || self.syncers > SYNCERS_MAX {
             return bad(format!(

@@ -606,6 +606,14 @@ impl Engine {
     /// or a shorter prefix, and the next open replays to the same state. Deleted keys stay
     /// deleted: their tombstones are retired only with every older put of the key.
     ///
+    /// On a full disk it makes room: it retires the segments it has copied whole as it goes,
+    /// and the next segments reuse their files. Its first copies need a segment the disk
+    /// may have no room for: `Config::reserve_segment` keeps one in reserve, which the
+    /// copies then take (writes are refused from then on, as when a window meets the full
+    /// disk, until [`Engine::resume`]). Without a reserve, or with one too small for the live
+    /// records of the oldest segment, it fails with `Error::NoSpace`, retires nothing it has
+    /// not copied, and the engine goes on.
+    ///
     /// Returns what it did (nothing if no segment is complete); `Error::CompactionOff` with
     /// `Compaction::Off`; the engine's failure if it failed. `Compaction::Auto` runs the same
     /// on a background thread.
@@ -676,8 +684,10 @@ impl Engine {
     /// ([`Error::NoSpace`]): makes that segment's file now (a file from the pool if a
     /// retirement put one there, else a new one written full of zeros, which can take a
     /// fraction of a second), and lets writes in again. `Error::NoSpace` if the disk still
-    /// has no room: make room first (free the disk, or `retire_before`, whose files
-    /// `Config::recycle_segments` keeps for reuse). `Ok` at once if writes are not refused;
+    /// has no room: make room first (free the disk, `compact`, or `retire_before`, whose
+    /// files `Config::recycle_segments` keeps for reuse). With room, it also makes the
+    /// reserve again if a compaction took it and no retirement has made it since
+    /// (`Config::reserve_segment`; best effort). `Ok` at once if writes are not refused;
     /// the engine's failure if it failed. Calling it says the refusals were seen: a
     /// `flush` made after it no longer reports them.
     pub fn resume(&self) -> Result<()> {
@@ -742,6 +752,7 @@ impl Engine {
                 &inner.dir,
                 inner.config.segment_bytes,
                 inner.config.recycle_segments,
+                usize::from(inner.config.reserve_segment),
             );
             if joined.is_ok() {
                 self.write_clean_mark();

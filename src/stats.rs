@@ -153,6 +153,13 @@ pub struct SegmentCounts {
     /// the background thread that prepares the next segment. What a log that grows pays per
     /// byte, and one that reuses retired files (`Config::recycle_segments`) does not.
     pub zero_fill: std::time::Duration,
+    /// Files held now as the reserve for a compaction on a full disk
+    /// (`Config::reserve_segment`): 1 when it is ready, 0 when it is not (taken, or not made
+    /// for lack of room), and always 0 without the option.
+    pub reserved: u64,
+    /// Times a compaction's copies took the reserve because the disk had no room for a new
+    /// segment.
+    pub reserve_taken: u64,
 }
 
 /// What compaction wrote since the engine opened. Its batches are counted in `batches`,

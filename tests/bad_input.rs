@@ -616,6 +616,18 @@ fn rules() -> Vec<Rule> {
             invalid: Config { syncers: 17, ..b() },
         },
         Rule {
+            setting: "reserve_segment",
+            valid: Config {
+                reserve_segment: true,
+                ..b()
+            },
+            invalid: Config {
+                reserve_segment: true,
+                compaction: mergelog::Compaction::Off,
+                ..b()
+            },
+        },
+        Rule {
             setting: "overlap_syncs_above",
             valid: Config {
                 overlap_syncs_above: Duration::from_secs(10),

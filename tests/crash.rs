@@ -52,7 +52,10 @@
 //! writes are refused (`Error::NoSpace`) until a thread calls `Engine::resume` once the
 //! disk has room again. A refused request is left out of the prefix: the recovered state must
 //! be a prefix of the others, so a refused write that reached the log fails the check (values
-//! are unique, counters exact).
+//! are unique, counters exact). Half of those that compact keep a segment in reserve
+//! (`Config::reserve_segment`): their compactions take it when the disk is full, begin the
+//! refusals themselves, and retire what they copied as they go (`@@CMP R <n>`: the reserve
+//! was taken `n` times).
 //!
 //! The summary at the end gives the iterations, the compacting children, the kills that
 //! landed during a compaction and after one, and the refused requests.
@@ -150,6 +153,10 @@ fn child_plan(seed: u64) -> ChildPlan {
         });
     }
     config.segment_bytes = 64 << 10;
+    // Half the compacting children whose disk fills keep a segment in reserve: their
+    // compactions take it when the disk is full, begin refusals of their own, and retire
+    // what they copied as they go (`Config::reserve_segment`).
+    config.reserve_segment = spells && (seed >> 13) & 1 == 1;
     ChildPlan {
         config,
         compact_loop: mode != 0,
@@ -351,15 +358,22 @@ fn child_compactor(engine: &Engine, seed: u64, done: &AtomicBool) {
 }
 
 /// Prints `@@CMP A <runs> <batches> <segments retired>` (`Counts::compaction`, the
-/// background compactions' and the loop's) whenever they change, looking every millisecond.
+/// background compactions' and the loop's) whenever they change, and `@@CMP R <n>` when
+/// compactions have taken the reserve `n` times, looking every millisecond.
 fn child_compaction_counts(engine: &Engine, done: &AtomicBool) {
     let mut last = None;
+    let mut reserve_taken = 0;
     while !done.load(Ordering::Acquire) {
         let c = engine.counts().compaction;
         let now = (c.runs, c.batches, c.segments_retired);
         if last != Some(now) {
             emit(&format!("{MARK}CMP A {} {} {}\n", now.0, now.1, now.2));
             last = Some(now);
+        }
+        let taken = engine.counts().segments.reserve_taken;
+        if taken != reserve_taken {
+            emit(&format!("{MARK}CMP R {taken}\n"));
+            reserve_taken = taken;
         }
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -534,6 +548,8 @@ struct CompactionSeen {
     segments: u64,
     /// Batches when `runs` last changed: more since, and a compaction was copying.
     batches_at_last_run: u64,
+    /// Times its compactions took the reserve (`Config::reserve_segment`).
+    reserve_taken: u64,
 }
 
 impl CompactionSeen {
@@ -563,6 +579,7 @@ impl CompactionSeen {
                 }
                 (self.runs, self.batches, self.segments) = (runs, batches, segments);
             }
+            "R" => self.reserve_taken = num(1),
             _ => panic!("unknown CMP line {line:?}"),
         }
     }
@@ -824,6 +841,9 @@ struct Totals {
     /// Children whose disk filled now and then, and the requests refused for room.
     spell_children: usize,
     refused: usize,
+    /// Children that kept a segment in reserve, and the times their compactions took it.
+    reserve_children: usize,
+    reserve_taken: u64,
     /// Compactions run to the end, batches and segments retired, over all children.
     compactions: u64,
     compaction_batches: u64,
@@ -891,6 +911,8 @@ fn crash_recovery_keeps_every_acknowledged_write() {
         let subs: Vec<Submission> = subs.into_iter().filter(|s| !s.refused).collect();
         totals.count_compactions(&run, &seen, child_plan(child_seed).compacts);
         totals.spell_children += usize::from(child_plan(child_seed).spells);
+        totals.reserve_children += usize::from(child_plan(child_seed).config.reserve_segment);
+        totals.reserve_taken += seen.reserve_taken;
         if run.first_ack_seen {
             assert!(
                 subs.iter().any(|s| s.acked),
@@ -999,8 +1021,13 @@ fn crash_recovery_keeps_every_acknowledged_write() {
     );
     eprintln!(
         "crash test, full disk: {} of {} children's disks filled now and then; {} requests \
-         refused for room, none found after recovery",
-        totals.spell_children, totals.iterations, totals.refused
+         refused for room, none found after recovery; {} kept a segment in reserve, which \
+         their compactions took {} times",
+        totals.spell_children,
+        totals.iterations,
+        totals.refused,
+        totals.reserve_children,
+        totals.reserve_taken
     );
     assert_eq!(totals.iterations, iters);
     assert!(

@@ -214,7 +214,7 @@ impl Log {
     }
 
     /// Moves to a fresh segment whose first frame is `next_seq` (see [`Log::roll_for`]).
-    fn roll(&mut self) -> Result<()> {
+    pub(super) fn roll(&mut self) -> Result<()> {
         // The segment ending now is durable, its name too, before the next one is named: at
         // most the last segment is ever an activation a power loss tore.
         self.active.finish_activation()?;
@@ -441,7 +441,7 @@ mod tests {
         let spares = Spares {
             prepared: None,
             prep_counter: 0,
-            pool: Arc::new(Pool::adopt(&io, dir.path(), size, 0, 0).unwrap()),
+            pool: Arc::new(Pool::adopt(&io, dir.path(), size, (0, 0), 0).unwrap()),
         };
         let config = Config {
             segment_bytes: size,

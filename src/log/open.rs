@@ -81,13 +81,23 @@ pub(crate) fn recover(
     // all go; the next segments are zero-filled afresh.
     let keep = |n: usize| if clean_end { n } else { 0 };
     let (mut prepared, prep_counter) = adopt_prepared(io, dir, config.segment_bytes, keep(1))?;
+    let reserve = usize::from(config.reserve_segment);
     let pool = Arc::new(Pool::adopt(
         io,
         dir,
         config.segment_bytes,
-        config.recycle_segments,
-        keep(config.recycle_segments),
+        (config.recycle_segments, reserve),
+        keep(config.recycle_segments + reserve),
     )?);
+    // The reserve is made now if there is none (a first open, or after a crash): an open
+    // on a full disk goes on without it (its reads work; the first segments a retirement
+    // frees make it). A failed directory sync may have reported another change of the
+    // directory's: the open fails with it, as any does.
+    if let Err(e) = pool.make_reserve(io) {
+        if dir::is_failed_dir_sync(&e) {
+            return Err(e);
+        }
+    }
     // The mark describes the log as it was; from here on it changes.
     if found != clean::Found::Absent {
         clean::remove(io, dir)?;

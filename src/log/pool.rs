@@ -19,6 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub(crate) struct Pool {
     dir: PathBuf,
     max: usize,
+    /// How many files are held back for a compaction on a full disk (`Config::reserve_segment`:
+    /// 0 or 1): [`Pool::take`] leaves them, only [`Pool::take_reserve`] takes them.
+    reserve: usize,
+    segment_bytes: u64,
     inner: Mutex<PoolFiles>,
     /// Segments started in fresh (zero-filled) files, in reused ones, and retired.
     pub fresh: AtomicU64,
@@ -26,6 +30,8 @@ pub(crate) struct Pool {
     pub retired: AtomicU64,
     /// Nanoseconds spent writing new segment files' zeros and syncing them.
     zero_fill_ns: AtomicU64,
+    /// Files taken from the reserve.
+    reserve_taken: AtomicU64,
 }
 
 struct PoolFiles {
@@ -41,13 +47,14 @@ struct PoolFiles {
 }
 
 impl Pool {
-    /// Takes over the pool files an earlier run left: keeps up to `keep` (at most `max`) of
-    /// the right size, removes the others. The pool then holds up to `max`.
+    /// Takes over the pool files an earlier run left: keeps up to `keep` (at most `max` and
+    /// the `reserve`) of the right size, removes the others. The pool then holds up to `max`
+    /// files for reuse, and `reserve` more held back (see [`Pool::take_reserve`]).
     pub fn adopt(
         io: &SharedIo,
         dir: &Path,
         segment_bytes: u64,
-        max: usize,
+        (max, reserve): (usize, usize),
         keep: usize,
     ) -> Result<Pool> {
         let (kept, highest) = dir::adopt_spares(
@@ -55,13 +62,15 @@ impl Pool {
             dir,
             format::parse_recycle_file_name,
             segment_bytes,
-            keep.min(max),
+            keep.min(max + reserve),
         )?;
         let files = kept.into_iter().collect();
         let counter = highest + 1;
         Ok(Pool {
             dir: dir.to_owned(),
             max,
+            reserve,
+            segment_bytes,
             inner: Mutex::new(PoolFiles {
                 files,
                 counter,
@@ -72,6 +81,7 @@ impl Pool {
             reused: AtomicU64::new(0),
             retired: AtomicU64::new(0),
             zero_fill_ns: AtomicU64::new(0),
+            reserve_taken: AtomicU64::new(0),
         })
     }
 
@@ -83,13 +93,34 @@ impl Pool {
     }
 
     /// Adds retired segments, renamed to paths [`Pool::next_path`] gave, and gives up the
-    /// oldest files beyond `keep` (at least the pool's configured size): returns them, for
-    /// the caller to remove.
+    /// oldest files beyond `keep` (at least the pool's configured size) and the reserve:
+    /// returns them, for the caller to remove. A reserve a compaction took is so made again
+    /// from the first segments retired after it, with no zeros written.
     pub fn put(&self, paths: impl Iterator<Item = PathBuf>, keep: usize) -> Vec<PathBuf> {
         let mut p = self.inner.lock();
         p.files.extend(paths);
-        let over = p.files.len().saturating_sub(keep.max(self.max));
+        let over = (p.files.len()).saturating_sub(keep.max(self.max) + self.reserve);
         p.files.drain(..over).collect()
+    }
+
+    /// How many files the reserve lacks (taken by a compaction, or never made): the next
+    /// retirement keeps as many more of the segments it retires.
+    pub fn reserve_missing(&self) -> usize {
+        self.reserve.saturating_sub(self.inner.lock().files.len())
+    }
+
+    /// Makes the reserve's file (a zero fill, as for a fresh segment) if the pool holds fewer
+    /// files than the reserve: at open, and once `Engine::resume` found room. `Ok(false)` if
+    /// the pool keeps no reserve. An error (no room, most likely) leaves the pool as it was:
+    /// the first segments retired later make the reserve instead ([`Pool::put`]).
+    pub fn make_reserve(&self, io: &SharedIo) -> Result<bool> {
+        if self.reserve == 0 || self.inner.lock().files.len() >= self.reserve {
+            return Ok(self.reserve > 0);
+        }
+        let path = self.next_path();
+        self.zero_fill(|| dir::replace_prepared(&**io, &self.dir, &path, self.segment_bytes))?;
+        self.inner.lock().files.push_back(path);
+        Ok(true)
     }
 
     /// How many of the files it retires a run of `Compaction::Auto` keeps, given its
@@ -126,6 +157,8 @@ impl Pool {
             reused: get(&self.reused),
             retired: get(&self.retired),
             zero_fill: std::time::Duration::from_nanos(get(&self.zero_fill_ns)),
+            reserved: self.inner.lock().files.len().min(self.reserve) as u64,
+            reserve_taken: get(&self.reserve_taken),
         }
     }
 
@@ -139,11 +172,28 @@ impl Pool {
         out
     }
 
-    /// Takes the oldest file nobody maps any more, if there is one, open and holding the
-    /// shared lock its mapping will hold. A file that cannot be opened is dropped from the
-    /// pool (the next open deletes or adopts it).
+    /// Takes the oldest file nobody maps any more, if the pool holds more than its reserve,
+    /// open and holding the shared lock its mapping will hold. A file that cannot be opened
+    /// is dropped from the pool (the next open deletes or adopts it).
     pub(super) fn take(&self) -> Option<(PathBuf, File)> {
+        self.take_beyond(self.reserve)
+    }
+
+    /// As [`Pool::take`], the reserve too: for a compaction's copies when the disk has no
+    /// room for a new segment (`Log::roll_into_reserve`).
+    pub(super) fn take_reserve(&self) -> Option<(PathBuf, File)> {
+        let taken = self.take_beyond(0);
+        if taken.is_some() {
+            self.reserve_taken.fetch_add(1, Ordering::Relaxed);
+        }
+        taken
+    }
+
+    fn take_beyond(&self, held_back: usize) -> Option<(PathBuf, File)> {
         let mut p = self.inner.lock();
+        if p.files.len() <= held_back {
+            return None;
+        }
         let mut i = 0;
         while i < p.files.len() {
             match segment::open_unmapped(&p.files[i]) {
@@ -166,7 +216,7 @@ mod tests {
 
     fn pool(dir: &Path) -> Pool {
         let io: SharedIo = Arc::new(RealIo);
-        Pool::adopt(&io, dir, 4096, 1, 1).unwrap()
+        Pool::adopt(&io, dir, 4096, (1, 0), 1).unwrap()
     }
 
     fn start_fresh(pool: &Pool, n: u64) {
@@ -176,6 +226,44 @@ mod tests {
     fn pooled(pool: &Pool, n: usize) {
         let paths: Vec<PathBuf> = (0..n).map(|_| pool.next_path()).collect();
         pool.put(paths.into_iter(), usize::MAX);
+    }
+
+    /// Files the pool holds, made for real (`take` opens them).
+    #[allow(clippy::disallowed_methods)] // a test's files, behind the engine's back
+    fn pooled_files(pool: &Pool, n: usize) {
+        let paths: Vec<PathBuf> = (0..n).map(|_| pool.next_path()).collect();
+        for p in &paths {
+            std::fs::write(p, [0u8; 4096]).unwrap();
+        }
+        pool.put(paths.into_iter(), 0);
+    }
+
+    #[test]
+    fn the_reserve_is_left_to_compactions_and_kept_on_top_of_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let io: SharedIo = Arc::new(RealIo);
+        let pool = Pool::adopt(&io, dir.path(), 4096, (1, 1), 2).unwrap();
+        assert_eq!(pool.reserve_missing(), 1);
+        assert!(pool.make_reserve(&io).unwrap());
+        assert_eq!(pool.counts().reserved, 1);
+        assert!(pool.take().is_none(), "a roll took the reserve");
+        assert!(pool.take_reserve().is_some());
+        assert_eq!(
+            (pool.reserve_missing(), pool.counts().reserve_taken),
+            (1, 1)
+        );
+        // Retired files make it again, on top of the pool's own file.
+        pooled_files(&pool, 3);
+        assert_eq!(pool.reserve_missing(), 0);
+        assert_eq!(pool.inner.lock().files.len(), 2, "max 1, and the reserve");
+        assert!(pool.take().is_some());
+        assert!(pool.take().is_none());
+        assert_eq!(pool.counts().reserved, 1);
+        // Without a reserve, nothing is held back.
+        let plain = Pool::adopt(&io, dir.path(), 4096, (1, 0), 0).unwrap();
+        assert!(!plain.make_reserve(&io).unwrap());
+        pooled_files(&plain, 1);
+        assert!(plain.take().is_some());
     }
 
     #[test]

@@ -106,6 +106,34 @@ impl Log {
         Ok(())
     }
 
+    /// Makes the pool's reserve file if it holds none (`Config::reserve_segment`), once
+    /// `Engine::resume` found room for the next segment. Best effort: `Ok` whether or not it
+    /// could be made (the next retirement makes it otherwise), except for a failed directory
+    /// sync, which may have reported another change of the directory's.
+    pub(crate) fn make_reserve(&self) -> Result<()> {
+        match self.pool.make_reserve(&self.io) {
+            Err(e) if dir::is_failed_dir_sync(&e) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// A compaction's roll when the disk has no room for the next segment (the roll failed
+    /// with `Error::NoSpace`): the pool's reserve becomes the next segment. `Ok(false)` if
+    /// there is none to take, or if the roll had failed at the rename of a prepared file
+    /// (which a reserve's rename would meet too). An error as [`Log::roll_for`]'s.
+    pub(crate) fn roll_into_reserve(&mut self) -> Result<bool> {
+        if matches!(self.prep, Prep::Ready(..)) {
+            return Ok(false);
+        }
+        let Some((path, _lock)) = self.pool.take_reserve() else {
+            return Ok(false);
+        };
+        // Activated as a prepared file is (its mapping made at the roll), recycled: a
+        // reserve adopted from the pool holds a retired segment's bytes.
+        self.prep = Prep::Ready(path, true);
+        self.roll().map(|()| true)
+    }
+
     /// The file the roll makes the next segment, with its mapping if it was made, and whether
     /// it is recycled: the one prepared ahead (waiting for its thread), else one made now.
     /// Leaves [`Prep::None`]; the roll defers the next preparation once it has activated this.

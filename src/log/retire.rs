@@ -35,7 +35,8 @@ pub(crate) struct Retiring {
 }
 
 /// Takes the `.seg` names of `candidates` (complete, durable segments, oldest first) away:
-/// renames each into the pool (the newest `keep` of them) or removes it, and syncs the
+/// renames each into the pool (the newest `keep` of them, and one more for a reserve taken)
+/// or removes it, and syncs the
 /// directory after each; stops at the first error.
 pub(crate) fn retire_oldest(
     io: &dyn Io,
@@ -53,7 +54,10 @@ pub(crate) fn retire_oldest(
     // with now), the rest are removed; either way the `.seg` name goes. The pool then gives
     // up its oldest files beyond `keep`: a file some reader still maps cannot be reused,
     // and must not keep newer ones out.
-    let pool_from = candidates.len().saturating_sub(keep);
+    // A reserve a compaction took is made again from them too (`Config::reserve_segment`).
+    let pool_from = candidates
+        .len()
+        .saturating_sub(keep + pool.reserve_missing());
     for (i, seg) in candidates.iter().enumerate() {
         let to = (i >= pool_from && seg.size == config.segment_bytes).then(|| pool.next_path());
         let r = match &to {
@@ -110,7 +114,8 @@ impl Retiring {
 /// would keep and no more. The prepared next segment (zeros, or a pooled file taken for it)
 /// is removed unless `recycle_segments` > 0 asks for spares, and at most `recycle_segments`
 /// pooled files stay (a compaction may have kept more, and the prepared one may be one of
-/// them). A closed log then holds its segments only: with the default 64 MiB segments the
+/// them), and the reserve (`Config::reserve_segment`). A closed log then holds its segments
+/// only (and the reserve): with the default 64 MiB segments the
 /// prepared one was 64 MiB of zeros at rest; the next run prepares another when its active
 /// segment is an eighth full (`log::prep`), in the background. Best effort, as the next open
 /// removes what is beyond its pool anyway.
@@ -119,6 +124,7 @@ pub(crate) fn trim_spares_at_close(
     dir: &Path,
     segment_bytes: u64,
     recycle_segments: usize,
+    reserve: usize,
 ) -> Result<()> {
     let prepared_kept = usize::from(recycle_segments > 0);
     dir::adopt_spares(
@@ -133,7 +139,7 @@ pub(crate) fn trim_spares_at_close(
         dir,
         crate::log::format::parse_recycle_file_name,
         segment_bytes,
-        recycle_segments,
+        recycle_segments + reserve,
     )?;
     Ok(())
 }

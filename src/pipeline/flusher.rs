@@ -471,7 +471,10 @@ pub(crate) fn resume(inner: &Inner) -> Result<()> {
             return Err(inner.completion.failure().map_or(Error::Closed, failed));
         }
     };
-    match desk.flusher.log.prepare_now() {
+    // With room for the next segment, the reserve a compaction took is made again if it
+    // can be (best effort: the next retirement makes it otherwise).
+    let prepared = (desk.flusher.log.prepare_now()).and_then(|()| desk.flusher.log.make_reserve());
+    match prepared {
         Ok(()) => {
             inner.completion.room.end();
             inner.throttle.set_no_room(false);
@@ -1420,6 +1423,26 @@ impl Flusher {
         chunk.reply(r);
     }
 
+    /// The roll a compaction batch of `frame_body` bytes needs. If the disk has no room for
+    /// the next segment, the pool's reserve is taken (`Config::reserve_segment`) and a spell
+    /// of refusals begins at the next window (`crate::room`): the reserve is for the
+    /// compaction's copies, which make room, and the windows would meet the same full disk
+    /// at their next roll anyway. `Error::NoSpace` if there is no reserve either (the
+    /// compaction retires what it has copied and tries again, or fails alone).
+    fn roll_for_copies(&mut self, frame_body: usize) -> Result<()> {
+        let cause = match self.log.roll_for(frame_body) {
+            Err(Error::NoSpace { cause }) => cause,
+            done => return done,
+        };
+        if !self.log.roll_into_reserve()? {
+            return Err(Error::NoSpace { cause });
+        }
+        // Every write from the next window on is refused: none was refused before it.
+        self.inner.completion.room.begin(self.in_flight, cause);
+        self.inner.throttle.set_no_room(true);
+        Ok(())
+    }
+
     /// While a compaction runs, notes the keys the window ending at `end` wrote (its
     /// `survivors`), until it is durable; else forgets any it noted.
     fn track_keys(&mut self, entries: &[Entry<'_>], survivors: &[u32], end: u64) {
@@ -1491,6 +1514,19 @@ impl Flusher {
         ) {
             return Err(gone(&inner));
         }
+        if rolls {
+            if let Err(e) = self.roll_for_copies(frame_body) {
+                return match e {
+                    Error::NoSpace { .. } => Err(e),
+                    e => {
+                        inner.completion.fail_after(e, self.in_flight);
+                        inner.throttle.wake_all();
+                        inner.settle_failure();
+                        Err(gone(&inner))
+                    }
+                };
+            }
+        }
         // No ring position: it ends where the last window did, and no ticket is in it.
         let mut job = Self::job(&self.spare, self.in_flight);
         let trailer = Trailer {
@@ -1508,9 +1544,9 @@ impl Flusher {
         );
         let frame = match appended {
             Ok(frame) => frame,
-            // No room for the segment the copies needed: nothing was written, the log is as it
-            // was; the compaction fails, the engine goes on (its windows meet the same when
-            // they need a segment, see `crate::room`).
+            // No room for a segment (`roll_for_copies` rolled already, so not expected here):
+            // nothing was written, the log is as it was; the compaction makes room or fails,
+            // the engine goes on.
             Err(e @ Error::NoSpace { .. }) => return Err(e),
             Err(e) => {
                 inner.completion.fail_after(e, self.in_flight);

@@ -140,6 +140,11 @@ fn submit(e: &Engine, t: &mut Template, r: &mut Round, key: Vec<u8>, value: Opti
 
 /// Writes the workload (see the module doc) and closes the engine.
 fn template(write_path: WritePath, recycle_segments: usize) -> Template {
+    template_with(write_path, recycle_segments, COLD)
+}
+
+/// As [`template`], with `cold` cold keys.
+fn template_with(write_path: WritePath, recycle_segments: usize, cold_keys: usize) -> Template {
     let mut t = Template {
         dir: tempfile::tempdir().expect("tempdir"),
         config: config(write_path, recycle_segments),
@@ -153,7 +158,7 @@ fn template(write_path: WritePath, recycle_segments: usize) -> Template {
     for round in 0..ROUNDS {
         let mut r = Round::default();
         if round == 0 {
-            for i in 0..COLD {
+            for i in 0..cold_keys {
                 submit(&engine, &mut t, &mut r, cold(i), Some(value(&cold(i), 0)));
             }
         }
@@ -167,7 +172,7 @@ fn template(write_path: WritePath, recycle_segments: usize) -> Template {
         // A third of the cold keys deleted for good mid-way: the tombstone in a middle
         // segment, the put in the first.
         if round == ROUNDS / 2 {
-            for i in 0..COLD / 3 {
+            for i in 0..cold_keys / 3 {
                 submit(&engine, &mut t, &mut r, cold(i), None);
             }
         }
@@ -187,7 +192,7 @@ fn template(write_path: WritePath, recycle_segments: usize) -> Template {
         r.wait();
     }
     let mut r = Round::default();
-    for i in COLD / 3..2 * COLD / 3 {
+    for i in cold_keys / 3..2 * cold_keys / 3 {
         submit(&engine, &mut t, &mut r, cold(i), None);
     }
     r.wait();
@@ -233,7 +238,7 @@ pub(crate) fn step(label: &str) -> String {
         n if n.ends_with(".seg") => "segment",
         n if n.starts_with("ids") => "ids file",
         n if n.starts_with("prep") => "prepared segment",
-        n if n.starts_with("pool") => "pooled segment",
+        n if n.starts_with("pool") || n.starts_with("recycle") => "pooled segment",
         n if n.contains("CLEAN") || n.contains("clean") => "clean mark",
         _ => "directory",
     };
@@ -249,6 +254,9 @@ pub(crate) struct Steps {
     /// Syncs seen, armed or not, with the sync about to happen: what `failing_sync` counts.
     syncs: Mutex<u64>,
     seen: Mutex<Vec<(String, u64)>>,
+    /// The disk has no room for a new segment file: creating a `prep-*` file fails with
+    /// ENOSPC (after it is listed and, if its turn, cut at).
+    full: AtomicBool,
 }
 
 impl Steps {
@@ -259,7 +267,15 @@ impl Steps {
             cut_at,
             syncs: Mutex::new(0),
             seen: Mutex::new(Vec::new()),
+            full: AtomicBool::new(false),
         })
+    }
+
+    /// As [`Steps::new`], on a disk with no room for a new segment file from the start.
+    fn full(power: Arc<PowerLossIo>, cut_at: Option<usize>) -> Arc<Steps> {
+        let steps = Steps::new(power, cut_at);
+        steps.full.store(true, Ordering::SeqCst);
+        steps
     }
 
     /// The operations listed, each with the number of the sync it is (0 if it is none).
@@ -285,6 +301,13 @@ impl Io for Steps {
             if Some(seen.len()) == self.cut_at {
                 self.power.cut_now();
             }
+        }
+        let prep = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("prep-"));
+        if op == IoOp::Create && prep && self.full.load(Ordering::SeqCst) {
+            self.power.before(op, path, offset, data)?;
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         self.power.before(op, path, offset, data)
     }
@@ -321,7 +344,16 @@ fn dry_run(t: &Template, ctx: &str) -> Vec<(String, u64)> {
 
 /// As [`dry_run`], with `config`.
 fn dry_run_with(t: &Template, config: &Config, ctx: &str) -> Vec<(String, u64)> {
-    let steps = Steps::new(Arc::new(PowerLossIo::new(u64::MAX, None)), None);
+    dry_run_on(
+        t,
+        config,
+        Steps::new(Arc::new(PowerLossIo::new(u64::MAX, None)), None),
+        ctx,
+    )
+}
+
+/// As [`dry_run`], with `config`, through `steps`.
+fn dry_run_on(t: &Template, config: &Config, steps: Arc<Steps>, ctx: &str) -> Vec<(String, u64)> {
     let (dir, engine) = open_copy_with(t, config, &steps, ctx);
     steps.armed.store(true, Ordering::SeqCst);
     let c = engine.compact().expect("the dry run's compaction");
@@ -400,9 +432,23 @@ fn check_after_power_loss(dir: &Path, t: &Template, ctx: &str) -> String {
 /// One compaction of a copy of the template with the power cut at its `cut_at`th operation;
 /// returns the operation cut at (`None`: the compaction finished first) and the damage.
 fn cut_run(t: &Template, cut_at: usize, seed: u64, ctx: &str) -> (Option<String>, Damage) {
+    cut_run_on(t, &t.config, false, (cut_at, seed), ctx)
+}
+
+/// As [`cut_run`], with `config`, on a full disk (`Steps::full`) if `full`.
+fn cut_run_on(
+    t: &Template,
+    config: &Config,
+    full: bool,
+    (cut_at, seed): (usize, u64),
+    ctx: &str,
+) -> (Option<String>, Damage) {
     let power = Arc::new(PowerLossIo::new(u64::MAX, None));
-    let steps = Steps::new(power.clone(), Some(cut_at));
-    let (dir, engine) = open_copy(t, &steps, ctx);
+    let steps = match full {
+        true => Steps::full(power.clone(), Some(cut_at)),
+        false => Steps::new(power.clone(), Some(cut_at)),
+    };
+    let (dir, engine) = open_copy_with(t, config, &steps, ctx);
     steps.armed.store(true, Ordering::SeqCst);
     let compacted = engine.compact();
     let cut = power.is_cut().then(|| steps.seen()[cut_at - 1].0.clone());
@@ -494,6 +540,66 @@ fn a_power_cut_at_any_step_of_a_compaction_keeps_the_state() {
                 "{what}: no cut at a {must}: {kinds:?}"
             );
         }
+    });
+}
+
+/// The same on a full disk: no room for a new segment file from the open on, and a segment
+/// in reserve (`Config::reserve_segment`), without spare files (`recycle_segments` 0). The compaction's copies fill the active segment,
+/// take the reserve, retire the segments copied whole (into the pool, with the `ids` file
+/// first) when the disk is full again, and reuse their files for the rest. A cut at any of
+/// those steps keeps the state.
+#[test]
+fn a_power_cut_at_any_step_of_a_compaction_on_a_full_disk_keeps_the_state() {
+    let seeds = crate::common::env_u64("MERGELOG_COMPACT_CUT_SEEDS").unwrap_or(1);
+    for_each_variant(|write_path, recycle, what| {
+        if recycle > 0 {
+            // The template's spare files (a prepared segment, the pool) are room.
+            return;
+        }
+        // Two hundred cold keys more: the copies need several segments, more than the
+        // active segment's room and the reserve.
+        let t = template_with(write_path, recycle, COLD + 200);
+        let config = Config {
+            reserve_segment: true,
+            ..t.config.clone()
+        };
+        let what = format!("{what}, full disk");
+        let power = Arc::new(PowerLossIo::new(u64::MAX, None));
+        let ops = dry_run_on(&t, &config, Steps::full(power, None), &what);
+        let labels: Vec<String> = ops.iter().map(|(l, _)| step(l)).collect();
+        // The disk was full at a roll, the reserve went into the log, and segments were
+        // retired before the last copies were written.
+        let refused = labels.iter().position(|l| l == "Create prepared segment");
+        let reserve = labels.iter().position(|l| l == "Rename pooled segment");
+        let last_write = labels.iter().rposition(|l| l == "Write segment");
+        // Into the pool (a rename) as the disk is full, removed at the end.
+        let first_retire =
+            (labels.iter()).position(|l| l == "Rename segment" || l == "Remove segment");
+        assert!(
+            refused.is_some() && reserve.is_some() && first_retire < last_write,
+            "{what}: the compaction did not dig out of the full disk: {labels:?}"
+        );
+        let mut damage = Damage::default();
+        for cut_at in 1..=ops.len() + 1 {
+            for s in 0..seeds {
+                let ctx = format!("{what}: power cut at operation {cut_at} (seed {s})");
+                let run = (cut_at, s * 1000 + cut_at as u64);
+                let (cut, d) = cut_run_on(&t, &config, true, run, &ctx);
+                damage += d;
+                let dry = ops.get(cut_at - 1).map(|(l, _)| l);
+                assert_eq!(
+                    cut.as_ref(),
+                    dry,
+                    "{ctx}: the compaction's operations changed"
+                );
+            }
+        }
+        eprintln!(
+            "compaction power cuts ({what}): {} segments, {} operations, each cut at \
+             {seeds} time(s); {damage:?}\n  operations: {labels:?}",
+            t.segments,
+            ops.len(),
+        );
     });
 }
 

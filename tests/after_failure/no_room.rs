@@ -436,3 +436,190 @@ fn a_compaction_without_room_for_its_copies_fails_alone() {
         );
     }
 }
+
+/// A disk with room for `files` segment-sized files (segments, the prepared next one, the
+/// pool's): making another fails with ENOSPC, and removing one makes room. What the tests of
+/// the reserve need, where room comes back only from what a compaction retires.
+struct Capacity {
+    files: usize,
+    refused: AtomicU64,
+}
+
+impl Capacity {
+    fn new(files: usize) -> Arc<Capacity> {
+        Arc::new(Capacity {
+            files,
+            refused: AtomicU64::new(0),
+        })
+    }
+}
+
+/// The segment-sized files in `dir`.
+fn segment_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.ends_with(".seg") || name.starts_with("prep-") || name.starts_with("recycle-")
+        })
+        .count()
+}
+
+impl Io for Capacity {
+    fn before(&self, op: IoOp, path: &Path, _: u64, _: &[u8]) -> io::Result<()> {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let spare = name.starts_with("prep-") || name.starts_with("recycle-");
+        if op == IoOp::Create && spare && segment_files(path.parent().unwrap()) >= self.files {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(())
+    }
+}
+
+fn with_reserve() -> Config {
+    Config {
+        compaction: mergelog::Compaction::OnDemand,
+        reserve_segment: true,
+        ..crate::hooks::small_segments()
+    }
+}
+
+/// Puts keys `k0..k<cold>` once, then overwrites `hot` more keys in turn (each put waited
+/// for) until a put is refused: the cold keys' records, the oldest in the log, are what a
+/// compaction must copy. Returns the round each key was last written in (`None`: never
+/// acknowledged), and the refusal.
+fn fill_until_refused(engine: &Engine, cold: u32, hot: u32) -> (Vec<Option<u32>>, Error) {
+    let mut held = vec![None; (cold + hot) as usize];
+    for n in 0..100_000u32 {
+        let (key, round) = match n < cold {
+            true => (n, 0),
+            false => (cold + (n - cold) % hot, (n - cold) / hot),
+        };
+        let mut value = VALUE.to_vec();
+        value[..4].copy_from_slice(&round.to_le_bytes());
+        match engine
+            .put(format!("k{key}").as_bytes(), &value)
+            .and_then(|t| t.wait())
+        {
+            Ok(_) => held[key as usize] = Some(round),
+            Err(e) => return (held, e),
+        }
+    }
+    panic!("no put was refused on a disk of bounded room");
+}
+
+/// Every key holds the round it was last written in.
+fn assert_holds(engine: &Engine, held: &[Option<u32>]) {
+    for (key, round) in held.iter().enumerate() {
+        let got = engine.read(format!("k{key}").as_bytes()).unwrap();
+        let got = got
+            .as_deref()
+            .map(|v| u32::from_le_bytes(v[..4].try_into().unwrap()));
+        assert_eq!(got, *round, "k{key}");
+    }
+}
+
+/// A log that is its own store fills the disk: writes are refused, and no window takes the
+/// reserve. `compact` takes it for its copies, retires every complete segment, and makes the
+/// reserve again from one of them; `resume` then finds room, and nothing acknowledged is
+/// lost. Without the reserve the same compaction fails with `NoSpace` (the mutation: a roll
+/// of copies that does not take it).
+#[test]
+fn a_compaction_digs_out_of_a_full_disk_through_the_reserve() {
+    for reserve in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = Capacity::new(10);
+        let config = Config {
+            reserve_segment: reserve,
+            ..with_reserve()
+        };
+        let engine = Engine::open_with_io(tmp.path(), config.clone(), disk.clone()).unwrap();
+        assert_eq!(engine.stats().segments.reserved, u64::from(reserve));
+        // Ten cold keys of 4 KB (under a segment), then three hot ones overwritten until the
+        // disk is full.
+        let (mut held, refusal) = fill_until_refused(&engine, 10, 3);
+        assert!(is_no_space(&refusal), "{refusal}");
+        assert!(engine.is_out_of_room());
+        assert!(disk.refused.load(Ordering::SeqCst) > 0);
+        let segments = engine.segments().len();
+        assert!(segments >= 6, "{segments} segments");
+        // The windows left the reserve alone.
+        assert_eq!(engine.stats().segments.reserved, u64::from(reserve));
+        assert_eq!(engine.stats().segments.reserve_taken, 0);
+        if !reserve {
+            let e = engine.compact().unwrap_err();
+            assert!(is_no_space(&e), "{e}");
+            assert_eq!(engine.segments().len(), segments, "retired without copies");
+            assert!(engine.failure().is_none());
+            continue;
+        }
+        let done = engine.compact().unwrap();
+        assert!(done.segments >= segments - 2, "{done:?} of {segments}");
+        let stats = engine.stats();
+        assert_eq!(stats.segments.reserve_taken, 1);
+        assert_eq!(stats.segments.reserved, 1, "the reserve is made again");
+        assert!(engine.is_out_of_room(), "writes stay refused until resume");
+        assert!(is_no_space(&engine.put(b"k0", b"v").unwrap_err()));
+        engine.resume().unwrap();
+        assert_holds(&engine, &held);
+        // Writes go on, into the room the compaction made.
+        for n in 0..40u32 {
+            let round = 1_000_000 + n;
+            let mut value = VALUE.to_vec();
+            value[..4].copy_from_slice(&round.to_le_bytes());
+            let key = n % 13;
+            engine
+                .put(format!("k{key}").as_bytes(), &value)
+                .unwrap()
+                .wait()
+                .unwrap();
+            held[key as usize] = Some(round);
+        }
+        assert_holds(&engine, &held);
+        assert!(engine.failure().is_none());
+        engine.close().unwrap();
+        drop(engine);
+        // The reserve is kept at rest and taken over by the next open: no new file made.
+        let reopened = Engine::open_with_io(tmp.path(), config, disk.clone()).unwrap();
+        assert_holds(&reopened, &held);
+        let segments = reopened.stats().segments;
+        assert_eq!((segments.reserved, segments.fresh), (1, 0), "{segments:?}");
+        reopened.close().unwrap();
+    }
+}
+
+/// The live records of the log take several segments, the reserve one: the compaction
+/// retires what it has copied whole each time the disk is full again, reuses those files for
+/// the rest, and ends with every key where it was. Without that (the mutation: a `NoSpace`
+/// from the copies returned as it is) it fails after the reserve's segment.
+#[test]
+fn a_compaction_on_a_full_disk_retires_as_it_copies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = Capacity::new(16);
+    let config = with_reserve();
+    let engine = Engine::open_with_io(tmp.path(), config.clone(), disk.clone()).unwrap();
+    // Forty cold keys of 4 KB (about two and a half segments), then three hot ones.
+    let (held, refusal) = fill_until_refused(&engine, 40, 3);
+    assert!(is_no_space(&refusal), "{refusal}");
+    let before = engine.segments().len();
+    let done = engine.compact().unwrap();
+    assert!(done.records_copied >= 40, "{done:?}");
+    assert!(done.segments + 5 >= before, "{done:?} of {before} segments");
+    // Taken again each time the segments retired made it anew and the pool had no other.
+    let segments = engine.stats().segments;
+    assert!(segments.reserve_taken >= 1, "{segments:?}");
+    assert_eq!(segments.reserved, 1, "{segments:?}");
+    assert!(engine.segments().len() <= 5, "{:?}", engine.segments());
+    assert_holds(&engine, &held);
+    engine.resume().unwrap();
+    engine.put(b"k0", &VALUE).unwrap().wait().unwrap();
+    assert!(engine.failure().is_none());
+    engine.close().unwrap();
+    drop(engine);
+    let reopened = Engine::open(tmp.path(), config).unwrap();
+    let mut held = held;
+    held[0] = Some(u32::from_le_bytes(VALUE[..4].try_into().unwrap()));
+    assert_holds(&reopened, &held);
+}

@@ -190,3 +190,77 @@ fn a_failed_directory_sync_after_a_dropped_segment_fails_the_open() {
         );
     }
 }
+
+/// A segment file cut shorter than a header (by hand, or a copy that stopped): the engine
+/// never makes one, so it is damage at the header, not a torn tail. `PointInTime` ends the
+/// log before it (the segments after it go too) and says so; the other modes refuse with
+/// the file and offset 0, changing nothing; a reader and the check agree. It used to be
+/// refused under every mode (the file could not be mapped).
+#[test]
+fn a_segment_shorter_than_its_header_is_cut_by_point_in_time_only() {
+    for victim in [0usize, 1, 2] {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = config(RecoveryMode::TolerateCorruptedTail);
+        let engine = Engine::open(tmp.path(), base.clone()).unwrap();
+        let mut firsts = Vec::new();
+        for i in 0..60u32 {
+            let seq = engine.put(format!("k{i:02}").as_bytes(), &[i as u8; 3000]);
+            firsts.push(seq.unwrap().wait_timeout(WAIT_MAX).unwrap());
+        }
+        engine.close().unwrap();
+        drop(engine);
+        let files = segment_files(tmp.path());
+        assert_eq!(files.len(), 3, "{files:?}");
+        let (first_cut, path) = files[victim].clone();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(10)
+            .unwrap();
+        for mode in [
+            RecoveryMode::TolerateCorruptedTail,
+            RecoveryMode::AbsoluteConsistency,
+        ] {
+            let e = Engine::open(tmp.path(), config(mode)).expect_err("refused");
+            assert!(
+                matches!(&e, Error::Corrupt { path: p, offset: 0, .. } if *p == path),
+                "{mode:?}: {e:?}"
+            );
+            assert_eq!(segment_files(tmp.path()), files, "{mode:?} changed the log");
+        }
+        let check = mergelog::LogReader::check(
+            tmp.path(),
+            RecoveryMode::PointInTime,
+            mergelog::Durability::Sync,
+        )
+        .unwrap();
+        assert!(
+            format!("{check:?}").contains("shorter than its header"),
+            "{check:?}"
+        );
+        let engine = Engine::open(tmp.path(), config(RecoveryMode::PointInTime)).unwrap();
+        let cut = engine
+            .open_report()
+            .truncated
+            .clone()
+            .expect("a cut reported");
+        assert_eq!((cut.path, cut.offset), (path.clone(), 0));
+        // Every put before the short segment is there, none from it on.
+        for (i, seq) in firsts.iter().enumerate() {
+            let got = engine.read(format!("k{i:02}").as_bytes()).unwrap();
+            assert_eq!(
+                got.is_some(),
+                seq.get() < first_cut,
+                "k{i:02} at batch {seq}"
+            );
+        }
+        assert_eq!(segment_files(tmp.path()), files[..victim.max(1)].to_vec());
+        engine
+            .put(b"after", b"v")
+            .unwrap()
+            .wait_timeout(WAIT_MAX)
+            .unwrap();
+        engine.close().unwrap();
+    }
+}

@@ -228,9 +228,9 @@ fn open(dir: &Path) -> Result<Log, CliError> {
             reader,
             _links: None,
         }),
-        // Point-in-time stops at damage rather than failing: this is a segment file the
-        // reader cannot map at all (shorter than its header) or a name outside the sequence
-        // range, which fails every open. The segments before it are read, as point-in-time
+        // Point-in-time stops at damage rather than failing: this is damage that fails
+        // every open (a name outside the sequence range, a segment larger than a segment
+        // can be, a name on something other than a regular file). The segments before it are read, as point-in-time
         // reads up to damage.
         Err(OpenError::Corrupt {
             path,

@@ -214,8 +214,35 @@ fn scan_once(
             continue;
         }
         leftovers_in_run = 0;
-        let Some(seg) = pass.open_listed(i)? else {
-            continue;
+        let seg = match pass.open_listed(i) {
+            Ok(Some(seg)) => seg,
+            Ok(None) => continue,
+            // Shorter than a header (cut short by hand or by a copy; the engine makes every
+            // segment at its full size): damage at its header, which the mode decides on as
+            // on any other header's (`PointInTime` ends the log before it).
+            Err(ScanError::Failed(e @ Error::Corrupt { .. })) if too_short(path) => {
+                let situation = policy::Situation {
+                    last,
+                    damage: Some(policy::Place::Header),
+                    durable: false,
+                };
+                let Error::Corrupt { reason, .. } = &e else {
+                    unreachable!("matched above")
+                };
+                match policy::decide(mode, &situation) {
+                    Decision::Cut => {
+                        let damage = Damage {
+                            path: path.clone(),
+                            offset: 0,
+                            reason: reason.clone(),
+                        };
+                        zero_from = pass.cut_before(i, damage)?;
+                        break;
+                    }
+                    _ => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e),
         };
         let expected = verify::Expected {
             name_id: *id,
@@ -306,6 +333,14 @@ pub(crate) fn check_listed_id(id: u64, path: &Path) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Whether `path` is a regular file shorter than a segment header (so it could not be mapped
+/// as a segment). Not a FIFO or a device under a segment's name: those are no segment's
+/// damage, and every mode refuses them.
+fn too_short(path: &Path) -> bool {
+    std::fs::symlink_metadata(path)
+        .is_ok_and(|m| m.is_file() && m.len() < SEGMENT_HEADER_LEN as u64)
 }
 
 /// What the scan found in one segment.
@@ -539,6 +574,20 @@ impl<'a> Pass<'a> {
         Ok(())
     }
 
+    /// Ends the log before segment `i`, whose header is damaged (`damage`, at offset 0): it
+    /// and the later segments are dropped, and for a writer the segment before it becomes the
+    /// writable tail.
+    fn cut_before(&mut self, i: usize, damage: Damage) -> Result<Option<repair::ZeroFrom>> {
+        debug_assert_eq!(damage.offset, 0);
+        let out = &mut self.out;
+        out.damage = Some(damage);
+        out.dropped = self.files[i..].iter().map(|f| f.1.clone()).collect();
+        match self.access {
+            Access::Writer => repair::reopen_previous(out, self.io),
+            Access::Reader | Access::Checker => Ok(None),
+        }
+    }
+
     /// Ends the log at `damage` in segment `i` (whose valid frames end at `end`): the later
     /// segments are dropped, and for a writer the segment the log now ends in becomes the
     /// writable tail. Returns that tail and where its zeroing starts.
@@ -550,18 +599,15 @@ impl<'a> Pass<'a> {
         damage: Damage,
     ) -> Result<Option<repair::ZeroFrom>> {
         let offset = damage.offset;
-        let out = &mut self.out;
-        out.damage = Some(damage);
-        out.dropped = self.files[i + 1..].iter().map(|f| f.1.clone()).collect();
         if offset == 0 {
             // Nothing of this segment can be trusted: it goes with the ones after it, and
             // the segment before it (if any) becomes the writable tail.
-            out.dropped.insert(0, self.files[i].1.clone());
-            return match self.access {
-                Access::Writer => repair::reopen_previous(out, self.io),
-                Access::Reader | Access::Checker => Ok(None),
-            };
+            drop(seg);
+            return self.cut_before(i, damage);
         }
+        let out = &mut self.out;
+        out.damage = Some(damage);
+        out.dropped = self.files[i + 1..].iter().map(|f| f.1.clone()).collect();
         let (seg, zero_from) = match self.access {
             Access::Writer => {
                 let last = i + 1 == self.files.len();

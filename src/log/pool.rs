@@ -202,6 +202,10 @@ impl Pool {
                 Ok(None) => i += 1,
                 Err(_) => {
                     p.files.remove(i);
+                    // What is left may be the reserve only.
+                    if p.files.len() <= held_back {
+                        return None;
+                    }
                 }
             }
         }
@@ -265,6 +269,19 @@ mod tests {
         assert!(!plain.make_reserve(&io).unwrap());
         pooled_files(&plain, 1);
         assert!(plain.take().is_some());
+    }
+
+    #[test]
+    fn a_file_dropped_from_the_pool_does_not_let_take_have_the_reserve() {
+        let dir = tempfile::tempdir().unwrap();
+        let io: SharedIo = Arc::new(RealIo);
+        let p = Pool::adopt(&io, dir.path(), 4096, (1, 1), 0).unwrap();
+        // A file gone from the disk (it cannot be opened: dropped), then the reserve.
+        pooled(&p, 1);
+        pooled_files(&p, 1);
+        assert!(p.take().is_none(), "a roll took the reserve");
+        assert_eq!(p.counts().reserved, 1);
+        assert!(p.take_reserve().is_some());
     }
 
     #[test]

@@ -638,10 +638,16 @@ pub(crate) fn compact(
         return Err(Error::CompactionOff);
     }
     let mut done = Compacted::default();
+    // The segments a pass may take: after a restart, only what the first pass took (less
+    // what was retired since). The copies are live: taken again, they would be copied
+    // again, each pass retiring what the one before it wrote, and a log whose records are
+    // mostly live would never be done.
+    let mut bound = u64::MAX;
     loop {
         let mut progress = Progress::default();
-        match compact_once(inner, stop, goal, &mut done, &mut progress) {
+        match compact_once(inner, stop, goal, bound, &mut done, &mut progress) {
             Err(e @ Error::NoSpace { .. }) if progress.whole > 0 => {
+                bound = bound.min(progress.end);
                 let retired = make_room(inner, &progress)?;
                 if retired.segments == 0 {
                     return Err(e);
@@ -658,12 +664,14 @@ pub(crate) fn compact(
 
 /// How far a compaction that met a full disk had come: the first `whole` segments of what
 /// it took had all their live records copied by chunks written, the last of them batch
-/// `last_seq`; `keep_from` is the id of the segment after them.
+/// `last_seq`; `keep_from` is the id of the segment after them. `end` is the id of the
+/// first segment it did not take (the end of its prefix).
 #[derive(Default)]
 struct Progress {
     whole: usize,
     keep_from: u64,
     last_seq: u64,
+    end: u64,
 }
 
 /// A compaction's room on a full disk: once the chunks written are durable, retires the
@@ -677,12 +685,13 @@ fn make_room(inner: &Inner, progress: &Progress) -> Result<Retired> {
     Ok(retired)
 }
 
-/// [`compact`]'s one pass over the complete segments, adding to `done`; `progress` says how
-/// far it came if it fails.
+/// [`compact`]'s one pass over the complete segments before segment `bound` (an id),
+/// adding to `done`; `progress` says how far it came if it fails.
 fn compact_once(
     inner: &Inner,
     stop: Option<&AtomicBool>,
     goal: Option<f64>,
+    bound: u64,
     done: &mut Compacted,
     progress: &mut Progress,
 ) -> Result<()> {
@@ -696,7 +705,9 @@ fn compact_once(
         let held_back_by = held_back_by.filter(|_| limit < last);
         // Segment i holds batches [id_i, id_{i+1}): whole, durable (a roll drains the
         // pipeline) and passed by every consumer once id_{i+1} <= limit.
-        let n = list.windows(2).take_while(|w| w[1].id <= limit).count();
+        let n = (list.windows(2))
+            .take_while(|w| w[1].id <= limit.min(bound))
+            .count();
         let keep_from = list.get(n).map(|s| s.id);
         (segs.base(), list[..n].to_vec(), keep_from, held_back_by)
     };
@@ -705,6 +716,7 @@ fn compact_once(
         done.first_seq = Seq::new(inner.segments.read().iter().next().map_or(1, |s| s.id));
         return Ok(());
     };
+    progress.end = keep_from;
     let _tracking = Tracking::on(&inner.compact_slot);
     let (tx, rx) = bounded(1);
     let mut chunk = Chunk::new(tx.clone());

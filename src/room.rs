@@ -44,6 +44,9 @@ struct State {
     /// write of its first refused window starts), with its cause, oldest first: spell
     /// `spells - starts.len() + 1 + i` is `starts[i]`.
     starts: VecDeque<(u64, Arc<Error>)>,
+    /// The lasting spell began between two windows ([`Room::begin_before_window`]): its
+    /// start is not placed yet at its first refused write ([`Room::place_start`]).
+    unplaced: bool,
 }
 
 impl State {
@@ -72,8 +75,36 @@ impl Room {
     /// flush whose position is past `start` sees the spell when it completes. Returns the
     /// error the window's writes get.
     pub fn begin(&self, start: u64, cause: Arc<Error>) -> Error {
+        self.begin_spell(start, cause, false)
+    }
+
+    /// Begins a spell (unless one lasts) between two windows (a compaction's copies took the
+    /// reserve, `Flusher::roll_for_copies`), where the windows handed on end (`at`): its first
+    /// refused write is not known yet. The windows the spell meets place its start
+    /// ([`Room::place_start`]) before they complete, so that a flush covering none of the
+    /// writes refused (gets, say) succeeds.
+    pub fn begin_before_window(&self, at: u64, cause: Arc<Error>) {
+        self.begin_spell(at, cause, true);
+    }
+
+    /// A window the lasting spell refuses the writes of, ending at `end`, whose first write
+    /// starts at `first_write` (`None`: it has none): if the spell's start is not placed yet
+    /// ([`Room::begin_before_window`]), it moves past the window, or to that write, where it
+    /// stays.
+    pub fn place_start(&self, first_write: Option<u64>, end: u64) {
+        let mut s = self.state.lock();
+        if !(s.lasting && s.unplaced) {
+            return;
+        }
+        s.unplaced = first_write.is_none();
+        let (start, _) = s.starts.back_mut().expect("a spell lasts");
+        *start = (*start).max(first_write.unwrap_or(end));
+    }
+
+    fn begin_spell(&self, start: u64, cause: Arc<Error>, unplaced: bool) -> Error {
         let mut s = self.state.lock();
         if !s.lasting {
+            s.unplaced = unplaced;
             s.lasting = true;
             s.spells += 1;
             if s.starts.len() == SPELLS_KEPT {
@@ -88,7 +119,15 @@ impl Room {
     /// Ends the spell (`Engine::resume` found room).
     pub fn end(&self) {
         let mut s = self.state.lock();
+        if s.lasting && s.unplaced {
+            // Begun between windows, and no window came before `resume`: it refused no write
+            // a flush could cover (a flush made while it lasted failed at once), so it is as
+            // if it never began.
+            s.starts.pop_back();
+            s.spells -= 1;
+        }
         s.lasting = false;
+        s.unplaced = false;
         self.refusing.store(false, Ordering::Relaxed);
     }
 
@@ -179,6 +218,34 @@ mod tests {
         room.begin(2_500, full());
         assert!(room.flush_outcome(after, 2_000).is_ok());
         assert!(room.flush_outcome(after, 2_001).is_err());
+    }
+
+    #[test]
+    fn a_spell_begun_between_windows_starts_at_its_first_refused_write() {
+        let room = Room::default();
+        let seen = room.for_flush().unwrap();
+        room.begin_before_window(100, full());
+        assert!(room.refusing());
+        // A window of gets only, ending at 150: nothing refused before 150.
+        room.place_start(None, 150);
+        assert!(room.flush_outcome(seen, 150).is_ok());
+        // The next window's first write starts at 170: placed there for good.
+        room.place_start(Some(170), 300);
+        assert!(room.flush_outcome(seen, 170).is_ok());
+        assert!(room.flush_outcome(seen, 171).is_err());
+        room.place_start(None, 400);
+        assert!(room.flush_outcome(seen, 171).is_err());
+        // A spell begun between windows and ended before any window refused nothing.
+        room.end();
+        let later = room.for_flush().unwrap();
+        room.begin_before_window(500, full());
+        room.end();
+        assert!(room.flush_outcome(later, 10_000).is_ok());
+        // A spell begun at a window's write is placed already.
+        let after = room.for_flush().unwrap();
+        room.begin(1_000, full());
+        room.place_start(None, 2_000);
+        assert!(room.flush_outcome(after, 1_001).is_err());
     }
 
     #[test]

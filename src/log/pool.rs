@@ -99,7 +99,7 @@ impl Pool {
     pub fn put(&self, paths: impl Iterator<Item = PathBuf>, keep: usize) -> Vec<PathBuf> {
         let mut p = self.inner.lock();
         p.files.extend(paths);
-        let over = (p.files.len()).saturating_sub(keep.max(self.max) + self.reserve);
+        let over = (p.files.len()).saturating_sub(keep.max(self.max).saturating_add(self.reserve));
         p.files.drain(..over).collect()
     }
 
@@ -142,7 +142,8 @@ impl Pool {
             p.slack = p
                 .slack
                 .saturating_add(usize::try_from(short).unwrap_or(usize::MAX));
-        } else if p.files.len() >= 2 {
+        } else if p.files.len() >= 2 + self.reserve {
+            // (The reserve is no file the preparation takes: on top of the two.)
             p.slack = p.slack.saturating_sub(1);
         }
         p.slack = p.slack.min(estimate);
@@ -201,6 +202,10 @@ impl Pool {
                 Ok(None) => i += 1,
                 Err(_) => {
                     p.files.remove(i);
+                    // What is left may be the reserve only.
+                    if p.files.len() <= held_back {
+                        return None;
+                    }
                 }
             }
         }
@@ -264,6 +269,37 @@ mod tests {
         assert!(!plain.make_reserve(&io).unwrap());
         pooled_files(&plain, 1);
         assert!(plain.take().is_some());
+    }
+
+    #[test]
+    fn a_file_dropped_from_the_pool_does_not_let_take_have_the_reserve() {
+        let dir = tempfile::tempdir().unwrap();
+        let io: SharedIo = Arc::new(RealIo);
+        let p = Pool::adopt(&io, dir.path(), 4096, (1, 1), 0).unwrap();
+        // A file gone from the disk (it cannot be opened: dropped), then the reserve.
+        pooled(&p, 1);
+        pooled_files(&p, 1);
+        assert!(p.take().is_none(), "a roll took the reserve");
+        assert_eq!(p.counts().reserved, 1);
+        assert!(p.take_reserve().is_some());
+    }
+
+    #[test]
+    fn the_reserve_is_not_a_file_left_over_for_a_runs_margin() {
+        let dir = tempfile::tempdir().unwrap();
+        let io: SharedIo = Arc::new(RealIo);
+        let p = Pool::adopt(&io, dir.path(), 4096, (1, 1), 0).unwrap();
+        start_fresh(&p, 17);
+        assert_eq!(p.keep_for_next_run(3), 3);
+        start_fresh(&p, 2);
+        assert_eq!(p.keep_for_next_run(3), 5);
+        // The reserve and one file: what the preparation takes ahead, as without a reserve
+        // (the test below): the margin stays.
+        pooled(&p, 2);
+        assert_eq!(p.keep_for_next_run(3), 5);
+        // One more: left over, one given back.
+        pooled(&p, 1);
+        assert_eq!(p.keep_for_next_run(3), 4);
     }
 
     #[test]

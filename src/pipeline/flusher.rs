@@ -958,6 +958,10 @@ impl Flusher {
             .then(|| self.inner.completion.room.refusal())
             .flatten()
         {
+            let first_write = self
+                .first_write(entries)
+                .map(|r| self.request_start(r, start));
+            (self.inner.completion.room).place_start(first_write, end);
             refused_ops += self.refuse_writes(entries, &e, start);
             merges = 0;
         }
@@ -1060,13 +1064,22 @@ impl Flusher {
     /// position up to it covers none of the window's writes (a flush's position is a
     /// request's end, never inside a request).
     fn first_write_start(&self, entries: &[Entry<'_>], start: u64) -> u64 {
-        for r in 0..self.requests.len() {
+        self.first_write(entries)
+            .map_or(start, |r| self.request_start(r, start))
+    }
+
+    /// The window's first write request (one `refuse_writes` would take out), if it has one.
+    fn first_write(&self, entries: &[Entry<'_>]) -> Option<usize> {
+        (0..self.requests.len()).find(|&r| {
             let (first, end) = request_entries(&self.requests, r, entries.len());
-            if writes(&entries[first..end]) {
-                return r.checked_sub(1).map_or(start, |p| self.requests[p].1);
-            }
-        }
-        start
+            writes(&entries[first..end])
+        })
+    }
+
+    /// Where the window's request `r` starts in the ring: the end of the request before it,
+    /// or the window's `start`.
+    fn request_start(&self, r: usize, start: u64) -> u64 {
+        r.checked_sub(1).map_or(start, |p| self.requests[p].1)
     }
 
     /// While the disk has no room for the next segment (`crate::room`): takes every write
@@ -1437,8 +1450,9 @@ impl Flusher {
         if !self.log.roll_into_reserve()? {
             return Err(Error::NoSpace { cause });
         }
-        // Every write from the next window on is refused: none was refused before it.
-        self.inner.completion.room.begin(self.in_flight, cause);
+        // Every write from the next window on is refused: none was refused before it, and
+        // the windows place the spell's start at the first write refused.
+        (self.inner.completion.room).begin_before_window(self.in_flight, cause);
         self.inner.throttle.set_no_room(true);
         Ok(())
     }

@@ -305,3 +305,96 @@ fn every_refused_ticket_says_no_space() {
         other[0]
     );
 }
+
+/// `full`: creating a spare segment file (`prep-*`, `recycle-*`) fails with ENOSPC; while
+/// `hold_roll`, the first such creation off the preparation's thread (the roll's own, on the
+/// flusher's thread) waits, after saying so in `held`, until `hold_roll` is cleared.
+#[derive(Default)]
+struct RollHook {
+    full: AtomicBool,
+    hold_roll: AtomicBool,
+    held: AtomicBool,
+}
+
+impl Io for RollHook {
+    fn before(&self, op: IoOp, path: &Path, _: u64, _: &[u8]) -> io::Result<()> {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let spare = name.starts_with("prep-") || name.starts_with("recycle-");
+        if op != IoOp::Create || !spare || !self.full.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let prep_thread = std::thread::current().name() == Some("mergelog-prep");
+        if !prep_thread
+            && !self.held.load(Ordering::SeqCst)
+            && self.hold_roll.load(Ordering::SeqCst)
+        {
+            self.held.store(true, Ordering::SeqCst);
+            let t0 = Instant::now();
+            while self.hold_roll.load(Ordering::SeqCst) && t0.elapsed() < WAIT_MAX {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        Err(io::Error::from_raw_os_error(libc::ENOSPC))
+    }
+}
+
+/// A compaction's copies take the reserve (`Config::reserve_segment`) between two windows,
+/// and a spell of refusals begins. A flush made before that, over a get submitted before it
+/// too, covers no write at all: it must succeed; one over a put submitted after it fails, as
+/// the put is refused. (With the spell begun at the end of the last
+/// window handed on, it failed with `NoSpace`, and a caller following the README would
+/// resubmit writes that were all applied.)
+#[test]
+fn a_flush_over_a_get_when_a_compaction_takes_the_reserve_succeeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hook = Arc::new(RollHook::default());
+    let config = Config {
+        compaction: mergelog::Compaction::OnDemand,
+        reserve_segment: true,
+        ..crate::hooks::small_segments()
+    };
+    let engine = Arc::new(Engine::open_with_io(tmp.path(), config, hook.clone()).unwrap());
+    assert_eq!(engine.stats().segments.reserved, 1);
+    // Two complete segments of live records (distinct keys), and the put that rolled into
+    // the third: the next segment's preparation is not due yet, and the disk is full from
+    // here on. The copies fill the third segment and need a fourth: the reserve.
+    let mut n = 0u32;
+    while engine.segments().len() < 3 {
+        n += 1;
+        put(&engine, &format!("k{n:05}"));
+    }
+    hook.full.store(true, Ordering::SeqCst);
+    hook.hold_roll.store(true, Ordering::SeqCst);
+    let compacting = engine.clone();
+    let compaction = std::thread::spawn(move || compacting.compact());
+    let t0 = Instant::now();
+    while !hook.held.load(Ordering::SeqCst) {
+        assert!(t0.elapsed() < WAIT_MAX, "the copies' roll never came");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The flusher is in the copies' roll: a get, a flush over it, a put, a flush over that.
+    let g = engine.get(b"k00001").unwrap();
+    let f = engine.flush().unwrap();
+    let p = engine.put(b"pppppp", &VALUE).unwrap();
+    let f2 = engine.flush().unwrap();
+    hook.hold_roll.store(false, Ordering::SeqCst);
+    assert_eq!(
+        g.wait_timeout(WAIT_MAX).unwrap().as_deref(),
+        Some(&VALUE[..])
+    );
+    let p = p.wait_timeout(WAIT_MAX);
+    assert!(matches!(p, Err(Error::NoSpace { .. })), "{p:?}");
+    let f2 = f2.wait_timeout(WAIT_MAX);
+    assert!(matches!(f2, Err(Error::NoSpace { .. })), "{f2:?}");
+    let flushed = f.wait_timeout(WAIT_MAX);
+    let _ = compaction.join().unwrap();
+    let taken = engine.stats().segments.reserve_taken;
+    assert!(taken >= 1, "the reserve was not taken");
+    assert!(engine.is_out_of_room());
+    assert!(
+        flushed.is_ok(),
+        "the flush covers a get only, yet it failed: {flushed:?}"
+    );
+    assert!(engine.put(b"late", b"v").is_err());
+    assert!(engine.failure().is_none());
+}

@@ -101,7 +101,10 @@ pub struct AutoCompaction {
     /// live data.
     pub max_log_bytes: Option<u64>,
     /// How often the background thread looks besides whenever the log completes a segment
-    /// (the only time the answer can change much; default 100 ms).
+    /// (the only time the answer can change much; default 100 ms). When the disk fills
+    /// (writes refused with `Error::NoSpace`), the thread also compacts every complete
+    /// segment once per spell of refusals, whatever the ratio, to make room for `resume`
+    /// (see `Config::reserve_segment`).
     pub check_every: Duration,
 }
 
@@ -438,6 +441,11 @@ impl CompactSlot {
     /// The log rolled to a new segment: a segment was completed, which the compactor may
     /// now take (it looks at once instead of at its next `check_every`).
     pub(crate) fn segment_completed(&self) {
+        self.wake_compactor();
+    }
+
+    /// Wakes `Compaction::Auto`'s thread, if there is one, to look at the log now.
+    pub(crate) fn wake_compactor(&self) {
         if let Some(t) = self.compactor.get() {
             t.unpark();
         }
@@ -1000,14 +1008,28 @@ fn run_auto(inner: &Inner, policy: AutoCompaction, stop: &AtomicBool) {
     // The last segment when the last compaction ran: nothing new to compact before the log
     // rolls past it.
     let mut last_run_at = None;
-    // The flusher wakes us when a segment completes (`CompactSlot::segment_completed`).
+    // The spell of refusals for room (`crate::room`) the last compaction ran in, if any.
+    let mut spell_seen = None;
+    // The flusher wakes us when a segment completes (`CompactSlot::segment_completed`), and
+    // when a spell of refusals for room begins.
     let _ = inner.compact_slot.compactor.set(std::thread::current());
     while !stop.load(Ordering::Acquire) {
         std::thread::park_timeout(policy.check_every);
         if stop.load(Ordering::Acquire) || check_running(inner).is_err() {
             continue;
         }
+        let spell = inner.completion.room.lasting_spell();
         let (used, last) = log_bytes(inner);
+        if spell.is_some() && spell != spell_seen {
+            // The disk is full and writes are refused: once per spell, every complete
+            // segment, whatever the ratio, to make room (with `Config::reserve_segment` the
+            // copies take the reserve); the writers' `resume` then finds it. Stopped by
+            // `close` after its current chunk.
+            last_run_at = Some(last);
+            run_auto_once(inner, stop, true, None);
+            spell_seen = inner.completion.room.lasting_spell();
+            continue;
+        }
         if last_run_at == Some(last) || used < policy.min_log_bytes.max(1) {
             continue;
         }
@@ -1024,26 +1046,35 @@ fn run_auto(inner: &Inner, policy: AutoCompaction, stop: &AtomicBool) {
         // record each time the ratio is crossed (write amplification 1 / (1 - r) at best).
         // Past `max_log_bytes`, every complete segment, as its doc says.
         let goal = (!too_big).then_some(policy.live_ratio + (1.0 - policy.live_ratio) / 8.0);
-        // A failure is sticky and reported on every call; a stop ends the loop above. A
-        // compaction with a goal (a few segments) runs to its end even if `close` stops the
+        // A compaction with a goal (a few segments) runs to its end even if `close` stops the
         // thread meanwhile: cut short, it would leave its copies and their originals both on
         // disk, the log past the policy at rest. One that takes every segment (past
         // `max_log_bytes`) may be long, and stops after its current chunk.
-        match compact(inner, too_big.then_some(stop), goal) {
-            Ok(_) => *inner.compact_slot.auto_error.lock() = None,
-            // Stopped by `close`, or the engine failed: every call reports that, and it is not
-            // this compaction's own error. `close` stops this thread (`AutoCompactor::stop`)
-            // before it closes the ring, so a run it cut short (`copy_forward`'s
-            // `Error::Closed`) finds the engine still running: the stop flag says so.
-            Err(Error::Closed) if stop.load(Ordering::Acquire) => {}
-            Err(_) if check_running(inner).is_err() => {}
-            // Counted under the error's lock, once it is kept: whoever sees the count then
-            // finds the error.
-            Err(e) => {
-                let mut kept = inner.compact_slot.auto_error.lock();
-                *kept = Some(e);
-                Counters::add(&inner.counters.compaction_failed, 1);
-            }
+        // A spell that began meanwhile (this run may have taken the reserve) gets its own
+        // run of every complete segment next.
+        run_auto_once(inner, stop, too_big, goal);
+    }
+}
+
+/// One compaction of `Compaction::Auto`'s thread (`stop` its flag, which cuts the compaction
+/// short if `stoppable`); its error is kept for `Engine::compaction_error` unless it is the
+/// engine's or a stop's.
+fn run_auto_once(inner: &Inner, stop: &AtomicBool, stoppable: bool, goal: Option<f64>) {
+    // A failure is sticky and reported on every call; a stop ends the thread's loop.
+    match compact(inner, stoppable.then_some(stop), goal) {
+        Ok(_) => *inner.compact_slot.auto_error.lock() = None,
+        // Stopped by `close`, or the engine failed: every call reports that, and it is not
+        // this compaction's own error. `close` stops this thread (`AutoCompactor::stop`)
+        // before it closes the ring, so a run it cut short (`copy_forward`'s
+        // `Error::Closed`) finds the engine still running: the stop flag says so.
+        Err(Error::Closed) if stop.load(Ordering::Acquire) => {}
+        Err(_) if check_running(inner).is_err() => {}
+        // Counted under the error's lock, once it is kept: whoever sees the count then
+        // finds the error.
+        Err(e) => {
+            let mut kept = inner.compact_slot.auto_error.lock();
+            *kept = Some(e);
+            Counters::add(&inner.counters.compaction_failed, 1);
         }
     }
 }

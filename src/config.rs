@@ -189,7 +189,8 @@ pub struct Config {
     /// from the first segments it retires. Costs `segment_bytes` of disk, held in the pool
     /// (a `recycle-N.tmp` file); needs compaction (not `Compaction::Off`). Like the pool, an
     /// open after a crash makes it afresh. `Stats::segments.reserved` says whether it is
-    /// ready.
+    /// ready. With `Compaction::Auto` the compacting thread makes room by itself when the
+    /// disk fills: the writers need only call `resume` until it succeeds.
     pub reserve_segment: bool,
     /// Throttling on consumer lag (default `None`: never). While the slowest durable
     /// consumer lags by more than the limit, `put`, `delete` and `write` are throttled as

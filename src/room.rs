@@ -44,6 +44,9 @@ struct State {
     /// write of its first refused window starts), with its cause, oldest first: spell
     /// `spells - starts.len() + 1 + i` is `starts[i]`.
     starts: VecDeque<(u64, Arc<Error>)>,
+    /// Spells begun since open, never taken back (unlike `spells`, see [`Room::end`]): names
+    /// the lasting one for [`Room::lasting_spell`].
+    begun: u64,
     /// The lasting spell began between two windows ([`Room::begin_before_window`]): its
     /// start is not placed yet at its first refused write ([`Room::place_start`]).
     unplaced: bool,
@@ -104,6 +107,7 @@ impl Room {
     fn begin_spell(&self, start: u64, cause: Arc<Error>, unplaced: bool) -> Error {
         let mut s = self.state.lock();
         if !s.lasting {
+            s.begun += 1;
             s.unplaced = unplaced;
             s.lasting = true;
             s.spells += 1;
@@ -114,6 +118,16 @@ impl Room {
             self.refusing.store(true, Ordering::Relaxed);
         }
         s.refusal().expect("a spell lasts")
+    }
+
+    /// The lasting spell's number (spells begun since open), if one lasts: for
+    /// `Compaction::Auto`'s thread, which compacts once per spell.
+    pub fn lasting_spell(&self) -> Option<u64> {
+        if !self.refusing() {
+            return None;
+        }
+        let s = self.state.lock();
+        s.lasting.then_some(s.begun)
     }
 
     /// Ends the spell (`Engine::resume` found room).

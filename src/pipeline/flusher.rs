@@ -1002,6 +1002,8 @@ impl Flusher {
                 let from = self.first_write_start(entries, start);
                 let e = self.inner.completion.room.begin(from, cause);
                 self.inner.throttle.set_no_room(true);
+                // `Compaction::Auto` makes room when a spell begins.
+                self.inner.compact_slot.wake_compactor();
                 refused_ops += self.refuse_writes(entries, &e, start);
                 self.untake_refused_ids();
                 coalescer.plan(entries, self.inner.config.coalesce);

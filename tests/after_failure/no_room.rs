@@ -665,3 +665,54 @@ fn a_compaction_on_a_full_disk_of_live_records_ends() {
         );
     }
 }
+
+/// `Compaction::Auto` makes room when the disk fills, whatever its ratio: once per spell it
+/// compacts every complete segment (taking the reserve), and the writers' `resume` then
+/// succeeds without anyone calling `compact`. Fails if the compacting thread waits for its
+/// ratio (here never reached), which leaves `resume` refused for good.
+#[test]
+fn auto_compaction_makes_room_when_the_disk_fills() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = Capacity::new(10);
+    let config = Config {
+        compaction: mergelog::Compaction::Auto(mergelog::AutoCompaction {
+            live_ratio: 0.01,
+            check_every: std::time::Duration::from_millis(20),
+            ..mergelog::AutoCompaction::default()
+        }),
+        ..with_reserve()
+    };
+    let engine = Arc::new(Engine::open_with_io(tmp.path(), config.clone(), disk.clone()).unwrap());
+    let (mut held, refusal) = fill_until_refused(&engine, 10, 3);
+    assert!(is_no_space(&refusal), "{refusal}");
+    let waiting = engine.clone();
+    crate::common::within("resume after the compacting thread made room", move || {
+        loop {
+            match waiting.resume() {
+                Ok(()) => break,
+                Err(e) if is_no_space(&e) => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    });
+    let counts = engine.counts();
+    assert!(counts.compaction.runs >= 1, "{counts:?}");
+    assert!(counts.segments.reserve_taken >= 1, "{counts:?}");
+    assert!(
+        engine.compaction_error().is_none(),
+        "{:?}",
+        engine.compaction_error()
+    );
+    let mut value = VALUE.to_vec();
+    value[..4].copy_from_slice(&7u32.to_le_bytes());
+    engine.put(b"k0", &value).unwrap().wait().unwrap();
+    held[0] = Some(7);
+    assert_holds(&engine, &held);
+    let engine = Arc::into_inner(engine).expect("one owner");
+    engine.close().unwrap();
+    drop(engine);
+    let reopened = Engine::open(tmp.path(), config).unwrap();
+    assert_holds(&reopened, &held);
+}

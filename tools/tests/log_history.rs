@@ -346,9 +346,10 @@ fn inspect_reports_unreadable_files_as_damage_beside_the_rest() {
         BATCHES,
         "the segment before it is read"
     );
+    // The reader's point in time ends the log before the file it cannot map (a bad header):
+    // the segments before it are listed, the file is the damage.
     let segments = report["segments"].as_array().unwrap();
-    assert_eq!(segments.len(), 2, "{report}");
-    assert_eq!(int(&segments[1], "size"), 0);
+    assert_eq!(segments.len(), 1, "{report}");
     let damage = &report["damage"];
     assert_eq!(damage["file"], empty.display().to_string(), "{damage}");
     assert_eq!(int(damage, "offset"), 0);

@@ -1010,6 +1010,10 @@ fn run_auto(inner: &Inner, policy: AutoCompaction, stop: &AtomicBool) {
     let mut last_run_at = None;
     // The spell of refusals for room (`crate::room`) the last compaction ran in, if any.
     let mut spell_seen = None;
+    // The committed batch of the consumer that held that spell's run back, if it retired
+    // nothing: once the consumer has moved, the spell gets another run (the one it had could
+    // make no room, and the writers only call `resume`).
+    let mut held_at = None;
     // The flusher wakes us when a segment completes (`CompactSlot::segment_completed`), and
     // when a spell of refusals for room begins.
     let _ = inner.compact_slot.compactor.set(std::thread::current());
@@ -1020,14 +1024,25 @@ fn run_auto(inner: &Inner, policy: AutoCompaction, stop: &AtomicBool) {
         }
         let spell = inner.completion.room.lasting_spell();
         let (used, last) = log_bytes(inner);
-        if spell.is_some() && spell != spell_seen {
+        let held_moved = || {
+            held_at.is_some_and(|at| {
+                crate::consumer::retire_limit(&inner.dir, u64::MAX)
+                    .map_or(true, |(_, by)| by.map(|(_, c)| c.get()) != Some(at))
+            })
+        };
+        if spell.is_some() && (spell != spell_seen || held_moved()) {
             // The disk is full and writes are refused: once per spell, every complete
             // segment, whatever the ratio, to make room (with `Config::reserve_segment` the
             // copies take the reserve); the writers' `resume` then finds it. Stopped by
-            // `close` after its current chunk.
+            // `close` after its current chunk. Again in the same spell only if a consumer
+            // held the run back so that it retired nothing, once that consumer has moved.
             last_run_at = Some(last);
-            run_auto_once(inner, stop, true, None);
+            let done = run_auto_once(inner, stop, true, None);
             spell_seen = inner.completion.room.lasting_spell();
+            held_at = done
+                .filter(|d| d.segments == 0)
+                .and_then(|d| d.held_back_by)
+                .map(|(_, c)| c.get());
             continue;
         }
         if last_run_at == Some(last) || used < policy.min_log_bytes.max(1) {
@@ -1058,11 +1073,19 @@ fn run_auto(inner: &Inner, policy: AutoCompaction, stop: &AtomicBool) {
 
 /// One compaction of `Compaction::Auto`'s thread (`stop` its flag, which cuts the compaction
 /// short if `stoppable`); its error is kept for `Engine::compaction_error` unless it is the
-/// engine's or a stop's.
-fn run_auto_once(inner: &Inner, stop: &AtomicBool, stoppable: bool, goal: Option<f64>) {
+/// engine's or a stop's. What it did, if it ended.
+fn run_auto_once(
+    inner: &Inner,
+    stop: &AtomicBool,
+    stoppable: bool,
+    goal: Option<f64>,
+) -> Option<Compacted> {
     // A failure is sticky and reported on every call; a stop ends the thread's loop.
     match compact(inner, stoppable.then_some(stop), goal) {
-        Ok(_) => *inner.compact_slot.auto_error.lock() = None,
+        Ok(done) => {
+            *inner.compact_slot.auto_error.lock() = None;
+            return Some(done);
+        }
         // Stopped by `close`, or the engine failed: every call reports that, and it is not
         // this compaction's own error. `close` stops this thread (`AutoCompactor::stop`)
         // before it closes the ring, so a run it cut short (`copy_forward`'s
@@ -1077,6 +1100,7 @@ fn run_auto_once(inner: &Inner, stop: &AtomicBool, stoppable: bool, goal: Option
             Counters::add(&inner.counters.compaction_failed, 1);
         }
     }
+    None
 }
 
 /// The error of the last automatic compaction, if it failed without failing the engine.

@@ -716,3 +716,49 @@ fn auto_compaction_makes_room_when_the_disk_fills() {
     let reopened = Engine::open(tmp.path(), config).unwrap();
     assert_holds(&reopened, &held);
 }
+
+/// A consumer that holds every segment back when the disk fills: the compacting thread's run
+/// for the spell can retire nothing. Once the consumer has caught up, the thread must make
+/// room after all: the writers only call `resume`. Fails if one run per spell is all the
+/// thread does (it ran while held back, and `resume` is refused for good).
+#[test]
+fn auto_compaction_makes_room_once_a_consumer_holding_it_back_moves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = Capacity::new(10);
+    let config = Config {
+        compaction: mergelog::Compaction::Auto(mergelog::AutoCompaction {
+            live_ratio: 0.01,
+            check_every: std::time::Duration::from_millis(20),
+            ..mergelog::AutoCompaction::default()
+        }),
+        ..with_reserve()
+    };
+    let engine = Arc::new(Engine::open_with_io(tmp.path(), config.clone(), disk.clone()).unwrap());
+    let mut consumer = engine.consumer("slow").unwrap();
+    let (held, refusal) = fill_until_refused(&engine, 10, 3);
+    assert!(is_no_space(&refusal), "{refusal}");
+    // The thread is woken by the spell and runs while the consumer holds everything back:
+    // nothing is taken.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(engine.is_out_of_room());
+    assert_eq!(engine.counts().compaction.runs, 0);
+    // The consumer catches up.
+    let mut last = None;
+    while let Some(batch) = consumer.try_next().unwrap() {
+        last = Some(batch.seq);
+    }
+    consumer.commit(last.expect("batches to consume")).unwrap();
+    let waiting = engine.clone();
+    crate::common::within("resume once the consumer moved", move || loop {
+        match waiting.resume() {
+            Ok(()) => break,
+            Err(e) if is_no_space(&e) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            Err(e) => panic!("{e}"),
+        }
+    });
+    assert!(engine.counts().compaction.runs >= 1);
+    assert_holds(&engine, &held);
+    drop(consumer);
+    let engine = Arc::into_inner(engine).expect("one owner");
+    engine.close().unwrap();
+}

@@ -429,14 +429,42 @@ fn check_after_power_loss(dir: &Path, t: &Template, ctx: &str) -> String {
     report
 }
 
-/// One compaction of a copy of the template with the power cut at its `cut_at`th operation;
-/// returns the operation cut at (`None`: the compaction finished first) and the damage.
-fn cut_run(t: &Template, cut_at: usize, seed: u64, ctx: &str) -> (Option<String>, Damage) {
-    cut_run_on(t, &t.config, false, (cut_at, seed), ctx)
+/// The power cut at every one of the dry run's `ops` in turn (and after the last), `seeds`
+/// times each ([`cut_run`]); each run must issue the dry run's operations up to its cut.
+/// Returns how often each kind of step was cut at, and the damage the power losses did.
+fn cut_at_every_step(
+    t: &Template,
+    config: &Config,
+    full: bool,
+    (ops, seeds): (&[(String, u64)], u64),
+    what: &str,
+) -> (BTreeMap<String, usize>, Damage) {
+    let mut covered: BTreeMap<String, usize> = BTreeMap::new();
+    let mut damage = Damage::default();
+    for cut_at in 1..=ops.len() + 1 {
+        for s in 0..seeds {
+            let ctx = format!("{what}: power cut at operation {cut_at} (seed {s})");
+            let run = (cut_at, s * 1000 + cut_at as u64);
+            let (cut, d) = cut_run(t, config, full, run, &ctx);
+            damage += d;
+            let dry = ops.get(cut_at - 1).map(|(l, _)| l);
+            assert_eq!(
+                cut.as_ref(),
+                dry,
+                "{ctx}: the compaction's operations changed"
+            );
+            if let Some(op) = cut {
+                *covered.entry(step(&op)).or_default() += 1;
+            }
+        }
+    }
+    (covered, damage)
 }
 
-/// As [`cut_run`], with `config`, on a full disk (`Steps::full`) if `full`.
-fn cut_run_on(
+/// One compaction of a copy of the template, opened with `config`, on a full disk
+/// (`Steps::full`) if `full`, with the power cut at its `cut_at`th operation; returns the
+/// operation cut at (`None`: the compaction finished first) and the damage.
+fn cut_run(
     t: &Template,
     config: &Config,
     full: bool,
@@ -495,24 +523,7 @@ fn a_power_cut_at_any_step_of_a_compaction_keeps_the_state() {
     for_each_variant(|write_path, recycle, what| {
         let t = template(write_path, recycle);
         let ops = dry_run(&t, what);
-        let mut covered: BTreeMap<String, usize> = BTreeMap::new();
-        let mut damage = Damage::default();
-        for cut_at in 1..=ops.len() + 1 {
-            for s in 0..seeds {
-                let ctx = format!("{what}: power cut at operation {cut_at} (seed {s})");
-                let (cut, d) = cut_run(&t, cut_at, s * 1000 + cut_at as u64, &ctx);
-                damage += d;
-                let dry = ops.get(cut_at - 1).map(|(l, _)| l);
-                assert_eq!(
-                    cut.as_ref(),
-                    dry,
-                    "{ctx}: the compaction's operations changed"
-                );
-                if let Some(op) = cut {
-                    *covered.entry(step(&op)).or_default() += 1;
-                }
-            }
-        }
+        let (covered, damage) = cut_at_every_step(&t, &t.config, false, (&ops, seeds), what);
         let listed: Vec<&str> = ops.iter().map(|(l, _)| l.as_str()).collect();
         eprintln!(
             "compaction power cuts ({what}): {} segments, {} operations, each cut at \
@@ -556,9 +567,9 @@ fn a_power_cut_at_any_step_of_a_compaction_on_a_full_disk_keeps_the_state() {
             // The template's spare files (a prepared segment, the pool) are room.
             return;
         }
-        // Two hundred cold keys more: the copies need several segments, more than the
+        // Four hundred cold keys more (about 240 KB): the copies need several segments, more than the
         // active segment's room and the reserve.
-        let t = template_with(write_path, recycle, COLD + 200);
+        let t = template_with(write_path, recycle, COLD + 400);
         let config = Config {
             reserve_segment: true,
             ..t.config.clone()
@@ -579,21 +590,7 @@ fn a_power_cut_at_any_step_of_a_compaction_on_a_full_disk_keeps_the_state() {
             refused.is_some() && reserve.is_some() && first_retire < last_write,
             "{what}: the compaction did not dig out of the full disk: {labels:?}"
         );
-        let mut damage = Damage::default();
-        for cut_at in 1..=ops.len() + 1 {
-            for s in 0..seeds {
-                let ctx = format!("{what}: power cut at operation {cut_at} (seed {s})");
-                let run = (cut_at, s * 1000 + cut_at as u64);
-                let (cut, d) = cut_run_on(&t, &config, true, run, &ctx);
-                damage += d;
-                let dry = ops.get(cut_at - 1).map(|(l, _)| l);
-                assert_eq!(
-                    cut.as_ref(),
-                    dry,
-                    "{ctx}: the compaction's operations changed"
-                );
-            }
-        }
+        let (_, damage) = cut_at_every_step(&t, &config, true, (&ops, seeds), &what);
         eprintln!(
             "compaction power cuts ({what}): {} segments, {} operations, each cut at \
              {seeds} time(s); {damage:?}\n  operations: {labels:?}",

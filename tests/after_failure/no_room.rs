@@ -70,6 +70,17 @@ fn fill_to_segments(engine: &Engine, segments: usize, n: &mut u32) -> Vec<String
     keys
 }
 
+/// Every one of `keys` holds `VALUE`: acknowledged, nothing lost.
+fn assert_all_hold(engine: &Engine, keys: &[String]) {
+    for key in keys {
+        assert_eq!(
+            engine.read(key.as_bytes()).unwrap().as_deref(),
+            Some(&VALUE[..]),
+            "acknowledged {key} lost"
+        );
+    }
+}
+
 fn open(dir: &Path, hook: Arc<FullDisk>, config: Config) -> Engine {
     Engine::open_with_io(dir, config, hook).expect("open")
 }
@@ -127,13 +138,7 @@ fn a_full_disk_at_the_roll_refuses_writes_until_resume_finds_room() {
     engine.close().unwrap();
     drop(engine);
     let reopened = Engine::open(tmp.path(), config).unwrap();
-    for key in &acked {
-        assert_eq!(
-            reopened.read(key.as_bytes()).unwrap().as_deref(),
-            Some(&VALUE[..]),
-            "acknowledged {key} lost"
-        );
-    }
+    assert_all_hold(&reopened, &acked);
     assert_eq!(
         reopened.read_to_vec(refused_key.as_bytes()).unwrap(),
         None,
@@ -204,13 +209,7 @@ fn a_rename_refused_for_room_keeps_the_prepared_file_for_the_next_roll() {
         .count();
     assert!(spares <= 1, "{spares} prepared files left");
     let reopened = Engine::open(tmp.path(), config).unwrap();
-    for key in &acked {
-        assert_eq!(
-            reopened.read(key.as_bytes()).unwrap().as_deref(),
-            Some(&VALUE[..]),
-            "acknowledged {key} lost"
-        );
-    }
+    assert_all_hold(&reopened, &acked);
     assert_eq!(reopened.len(), acked.len());
 }
 
@@ -427,14 +426,8 @@ fn a_compaction_without_room_for_its_copies_fails_alone() {
     engine.close().unwrap();
     drop(engine);
     let reopened = Engine::open(tmp.path(), config).unwrap();
-    for i in 0..n {
-        let key = format!("k{i:05}");
-        assert_eq!(
-            reopened.read(key.as_bytes()).unwrap().as_deref(),
-            Some(&VALUE[..]),
-            "{key}"
-        );
-    }
+    let all: Vec<String> = (0..n).map(|i| format!("k{i:05}")).collect();
+    assert_all_hold(&reopened, &all);
 }
 
 /// A disk with room for `files` segment-sized files (segments, the prepared next one, the
@@ -646,24 +639,12 @@ fn a_compaction_on_a_full_disk_of_live_records_ends() {
         acked.len()
     );
     assert!(engine.failure().is_none(), "{:?}", engine.failure());
-    for key in &acked {
-        assert_eq!(
-            engine.read(key.as_bytes()).unwrap().as_deref(),
-            Some(&VALUE[..]),
-            "{key}"
-        );
-    }
+    assert_all_hold(&engine, &acked);
     let engine = Arc::into_inner(engine).expect("one owner");
     engine.close().unwrap();
     drop(engine);
     let reopened = Engine::open(tmp.path(), config).unwrap();
-    for key in &acked {
-        assert_eq!(
-            reopened.read(key.as_bytes()).unwrap().as_deref(),
-            Some(&VALUE[..]),
-            "acknowledged {key} lost"
-        );
-    }
+    assert_all_hold(&reopened, &acked);
 }
 
 /// `Compaction::Auto` makes room when the disk fills, whatever its ratio: once per spell it

@@ -471,6 +471,32 @@ impl Io for Capacity {
     }
 }
 
+/// `Compaction::Auto` with a ratio never reached here (only a full disk makes it run), and
+/// the reserve.
+fn auto_with_reserve() -> Config {
+    Config {
+        compaction: mergelog::Compaction::Auto(mergelog::AutoCompaction {
+            live_ratio: 0.01,
+            check_every: std::time::Duration::from_millis(20),
+            ..mergelog::AutoCompaction::default()
+        }),
+        ..with_reserve()
+    }
+}
+
+/// Calls `resume` until it finds room (`what`: what should have made it), within the tests'
+/// bound.
+fn resume_until_room(engine: &Arc<Engine>, what: &str) {
+    let engine = engine.clone();
+    crate::common::within(what, move || loop {
+        match engine.resume() {
+            Ok(()) => break,
+            Err(e) if is_no_space(&e) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            Err(e) => panic!("{e}"),
+        }
+    });
+}
+
 /// Waits until a compaction has run to its end (within the tests' bound).
 fn wait_for_a_run(engine: &Arc<Engine>) {
     let engine = engine.clone();
@@ -665,29 +691,11 @@ fn a_compaction_on_a_full_disk_of_live_records_ends() {
 fn auto_compaction_makes_room_when_the_disk_fills() {
     let tmp = tempfile::tempdir().unwrap();
     let disk = Capacity::new(10);
-    let config = Config {
-        compaction: mergelog::Compaction::Auto(mergelog::AutoCompaction {
-            live_ratio: 0.01,
-            check_every: std::time::Duration::from_millis(20),
-            ..mergelog::AutoCompaction::default()
-        }),
-        ..with_reserve()
-    };
+    let config = auto_with_reserve();
     let engine = Arc::new(Engine::open_with_io(tmp.path(), config.clone(), disk.clone()).unwrap());
     let (mut held, refusal) = fill_until_refused(&engine, 10, 3);
     assert!(is_no_space(&refusal), "{refusal}");
-    let waiting = engine.clone();
-    crate::common::within("resume after the compacting thread made room", move || {
-        loop {
-            match waiting.resume() {
-                Ok(()) => break,
-                Err(e) if is_no_space(&e) => {
-                    std::thread::sleep(std::time::Duration::from_millis(5))
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
-    });
+    resume_until_room(&engine, "resume after the compacting thread made room");
     // `resume` can find room before the run ends (its first retirements make it): wait for
     // the run's end before looking at what it did.
     wait_for_a_run(&engine);
@@ -718,14 +726,7 @@ fn auto_compaction_makes_room_when_the_disk_fills() {
 fn auto_compaction_makes_room_once_a_consumer_holding_it_back_moves() {
     let tmp = tempfile::tempdir().unwrap();
     let disk = Capacity::new(10);
-    let config = Config {
-        compaction: mergelog::Compaction::Auto(mergelog::AutoCompaction {
-            live_ratio: 0.01,
-            check_every: std::time::Duration::from_millis(20),
-            ..mergelog::AutoCompaction::default()
-        }),
-        ..with_reserve()
-    };
+    let config = auto_with_reserve();
     let engine = Arc::new(Engine::open_with_io(tmp.path(), config.clone(), disk.clone()).unwrap());
     let mut consumer = engine.consumer("slow").unwrap();
     let (held, refusal) = fill_until_refused(&engine, 10, 3);
@@ -741,14 +742,7 @@ fn auto_compaction_makes_room_once_a_consumer_holding_it_back_moves() {
         last = Some(batch.seq);
     }
     consumer.commit(last.expect("batches to consume")).unwrap();
-    let waiting = engine.clone();
-    crate::common::within("resume once the consumer moved", move || loop {
-        match waiting.resume() {
-            Ok(()) => break,
-            Err(e) if is_no_space(&e) => std::thread::sleep(std::time::Duration::from_millis(5)),
-            Err(e) => panic!("{e}"),
-        }
-    });
+    resume_until_room(&engine, "resume once the consumer moved");
     wait_for_a_run(&engine);
     assert_holds(&engine, &held);
     drop(consumer);

@@ -36,7 +36,7 @@
 //! originals are still there (harmless duplicates), or a shorter suffix.
 
 use crate::config::Durability;
-use crate::engine::{retire_prefix, Retired};
+use crate::engine::retire_prefix;
 use crate::error::{Error, Result};
 use crate::index::{frame_updates, Index, Loc};
 use crate::log::format::{
@@ -656,14 +656,12 @@ pub(crate) fn compact(
         match compact_once(inner, stop, goal, bound, &mut done, &mut progress) {
             Err(e @ Error::NoSpace { .. }) if progress.whole > 0 => {
                 bound = bound.min(progress.end);
-                let retired = make_room(inner, &progress)?;
-                if retired.segments == 0 {
+                // Room on a full disk: the segments copied whole go into the pool, all of
+                // them (they are the room the next segments take).
+                let (last_seq, keep_from) = (progress.last_seq, progress.keep_from);
+                if retire_copied(inner, (last_seq, keep_from), || progress.whole, &mut done)? == 0 {
                     return Err(e);
                 }
-                done.segments += retired.segments;
-                done.bytes_retired += retired.bytes;
-                done.first_seq = retired.first_seq;
-                Counters::add(&inner.counters.compaction_segments, retired.segments as u64);
             }
             r => return r.map(|()| done),
         }
@@ -682,15 +680,29 @@ struct Progress {
     end: u64,
 }
 
-/// A compaction's room on a full disk: once the chunks written are durable, retires the
-/// segments they copied whole into the pool (all of them: they are the room the next
-/// segments take).
-fn make_room(inner: &Inner, progress: &Progress) -> Result<Retired> {
-    wait_durable(inner, progress.last_seq)?;
-    sync_unsynced_log(inner, progress.keep_from)?;
-    let retired = retire_prefix(inner, progress.keep_from, true, progress.whole)?;
+/// Retires the segments before `keep_from`, whose live records the chunks up to batch
+/// `last_seq` copied: once those are durable (synced first if nothing synced them), with
+/// `keep()` of their files kept in the pool; adds what it retired to `done`. Returns how many
+/// segments it retired.
+fn retire_copied(
+    inner: &Inner,
+    (last_seq, keep_from): (u64, u64),
+    keep: impl FnOnce() -> usize,
+    done: &mut Compacted,
+) -> Result<usize> {
+    // The chunks were written, not yet all synced: the retirement waits for the last one
+    // (frames become durable in log order).
+    wait_durable(inner, last_seq)?;
+    sync_unsynced_log(inner, keep_from)?;
+    let retired = retire_prefix(inner, keep_from, true, keep())?;
+    // Every live record of the segments was copied: retiring them forgets no key (unless a
+    // `retire_before` meanwhile took some of them, which forgets them on its own account).
     debug_assert_eq!(retired.keys_forgotten, 0, "compaction lost live keys");
-    Ok(retired)
+    done.segments += retired.segments;
+    done.bytes_retired += retired.bytes;
+    done.first_seq = retired.first_seq;
+    Counters::add(&inner.counters.compaction_segments, retired.segments as u64);
+    Ok(retired.segments)
 }
 
 /// [`compact`]'s one pass over the complete segments before segment `bound` (an id),
@@ -766,25 +778,14 @@ fn compact_once(
         let seq = copy_forward(inner, chunk, &rx, stop, done)?;
         progress.last_seq = progress.last_seq.max(seq);
     }
-    // The chunks were written, not yet all synced: the retirement waits for the last one
-    // (frames become durable in log order).
-    wait_durable(inner, progress.last_seq)?;
-    sync_unsynced_log(inner, keep_from)?;
-    let keep = match goal {
-        Some(_) => files_until_next_run(inner, keep_from, done.bytes_written),
+    let copied = done.bytes_written;
+    let keep = || match goal {
+        Some(_) => files_until_next_run(inner, keep_from, copied),
         // Asked for (or past `max_log_bytes`): the disk shrinks by what was retired.
         None => 0,
     };
-    let retired: Retired = retire_prefix(inner, keep_from, true, keep)?;
-    // Every live record of the prefix was copied: retiring it forgets no key (unless a
-    // `retire_before` meanwhile took some of it, which forgets them on its own account).
-    debug_assert_eq!(retired.keys_forgotten, 0, "compaction lost live keys");
-    done.segments += retired.segments;
-    done.bytes_retired += retired.bytes;
-    done.first_seq = retired.first_seq;
-    let c = &inner.counters;
-    Counters::add(&c.compaction_runs, 1);
-    Counters::add(&c.compaction_segments, retired.segments as u64);
+    retire_copied(inner, (progress.last_seq, keep_from), keep, done)?;
+    Counters::add(&inner.counters.compaction_runs, 1);
     Ok(())
 }
 

@@ -228,15 +228,25 @@ mod tests {
         pool.fresh.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// A pool of at most one file for reuse, and a reserve, in the empty `dir`.
+    fn pool_with_reserve(dir: &Path) -> (SharedIo, Pool) {
+        let io: SharedIo = Arc::new(RealIo);
+        let pool = Pool::adopt(&io, dir, 4096, (1, 1), 0).unwrap();
+        (io, pool)
+    }
+
+    fn new_paths(pool: &Pool, n: usize) -> Vec<PathBuf> {
+        (0..n).map(|_| pool.next_path()).collect()
+    }
+
     fn pooled(pool: &Pool, n: usize) {
-        let paths: Vec<PathBuf> = (0..n).map(|_| pool.next_path()).collect();
-        pool.put(paths.into_iter(), usize::MAX);
+        pool.put(new_paths(pool, n).into_iter(), usize::MAX);
     }
 
     /// Files the pool holds, made for real (`take` opens them).
     #[allow(clippy::disallowed_methods)] // a test's files, behind the engine's back
     fn pooled_files(pool: &Pool, n: usize) {
-        let paths: Vec<PathBuf> = (0..n).map(|_| pool.next_path()).collect();
+        let paths = new_paths(pool, n);
         for p in &paths {
             std::fs::write(p, [0u8; 4096]).unwrap();
         }
@@ -246,8 +256,7 @@ mod tests {
     #[test]
     fn the_reserve_is_left_to_compactions_and_kept_on_top_of_the_pool() {
         let dir = tempfile::tempdir().unwrap();
-        let io: SharedIo = Arc::new(RealIo);
-        let pool = Pool::adopt(&io, dir.path(), 4096, (1, 1), 2).unwrap();
+        let (io, pool) = pool_with_reserve(dir.path());
         assert_eq!(pool.reserve_missing(), 1);
         assert!(pool.make_reserve(&io).unwrap());
         assert_eq!(pool.counts().reserved, 1);
@@ -274,8 +283,7 @@ mod tests {
     #[test]
     fn a_file_dropped_from_the_pool_does_not_let_take_have_the_reserve() {
         let dir = tempfile::tempdir().unwrap();
-        let io: SharedIo = Arc::new(RealIo);
-        let p = Pool::adopt(&io, dir.path(), 4096, (1, 1), 0).unwrap();
+        let (_, p) = pool_with_reserve(dir.path());
         // A file gone from the disk (it cannot be opened: dropped), then the reserve.
         pooled(&p, 1);
         pooled_files(&p, 1);
@@ -287,8 +295,7 @@ mod tests {
     #[test]
     fn the_reserve_is_not_a_file_left_over_for_a_runs_margin() {
         let dir = tempfile::tempdir().unwrap();
-        let io: SharedIo = Arc::new(RealIo);
-        let p = Pool::adopt(&io, dir.path(), 4096, (1, 1), 0).unwrap();
+        let (_, p) = pool_with_reserve(dir.path());
         start_fresh(&p, 17);
         assert_eq!(p.keep_for_next_run(3), 3);
         start_fresh(&p, 2);

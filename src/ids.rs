@@ -70,8 +70,8 @@ impl fmt::Debug for RequestId {
 /// forgotten id is logged again, as a new request. Retirement does not shorten it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IdHorizon {
-    /// The newest this many ids are always remembered; up to twice as many may be (they are
-    /// forgotten a generation of `ids` at a time). Memory: up to about 140 bytes per id of
+    /// The newest this many ids are always remembered; up to twice as many may be, and a
+    /// window's more (they are forgotten a generation of `ids` at a time, between windows). Memory: up to about 140 bytes per id of
     /// this bound, only once ids are used.
     pub ids: usize,
     /// If set, ids are forgotten once older than this (by when they were logged), again a
@@ -369,7 +369,7 @@ impl Ids {
     }
 
     /// Enters `id`, logged in batch `entry.seq`, unless it is remembered: then `Err` with the
-    /// batch that logs it.
+    /// batch that logs it. The generations turn at [`Ids::settle`], not here.
     pub fn take(&mut self, id: RequestId, entry: IdEntry) -> std::result::Result<(), u64> {
         use std::hash::BuildHasher;
         let hash = self.hasher.hash_one(id);
@@ -385,11 +385,19 @@ impl Ids {
             }
         }
         self.current.newest = self.current.newest.max(entry.time);
+        Ok(())
+    }
+
+    /// Turns the generations if the current one is full: the previous one is forgotten.
+    /// Called once the ids taken are final (the flusher's, after its window gave back the
+    /// ids of its refused requests): had an id that is given back later filled the current
+    /// generation, the turn would have forgotten ids the horizon promises (the newest `ids`
+    /// logged), which nothing brings back, and a retry of one of them would be applied again.
+    pub fn settle(&mut self) {
         if self.current.table.len() >= self.horizon.ids {
             std::mem::swap(&mut self.current, &mut self.previous);
             self.current.clear();
         }
-        Ok(())
     }
 
     /// Forgets the generations wholly beyond the horizon's age at `now`.
@@ -528,6 +536,7 @@ pub(crate) fn rebuild(found: Vec<(RequestId, u64, u64)>, horizon: IdHorizon, now
     for (id, seq, time) in found.into_iter().skip(skip) {
         if time >= oldest_kept {
             let _ = ids.take(id, IdEntry { seq, time });
+            ids.settle();
         }
     }
     ids
@@ -739,26 +748,33 @@ mod tests {
         assert_eq!(t.len(), 0);
     }
 
+    /// `Ids::take`, each id a window's own: the table settles after it.
+    fn take(t: &mut Ids, id: RequestId, e: IdEntry) -> std::result::Result<(), u64> {
+        let r = t.take(id, e);
+        t.settle();
+        r
+    }
+
     #[test]
     fn ids_are_taken_once_and_forgotten_a_generation_at_a_time() {
         let mut t = Ids::new(IdHorizon { ids: 3, age: None });
         let e = |seq| IdEntry { seq, time: seq };
-        assert_eq!(t.take(id(1), e(1)), Ok(()));
+        assert_eq!(take(&mut t, id(1), e(1)), Ok(()));
         assert_eq!(
-            t.take(id(1), e(2)),
+            take(&mut t, id(1), e(2)),
             Err(1),
             "remembered: the original's batch"
         );
-        assert_eq!(t.take(id(2), e(2)), Ok(()));
-        assert_eq!(t.take(id(3), e(3)), Ok(()));
+        assert_eq!(take(&mut t, id(2), e(2)), Ok(()));
+        assert_eq!(take(&mut t, id(3), e(3)), Ok(()));
         // The generation is full: it became the previous one, and is still remembered.
-        assert_eq!(t.take(id(2), e(4)), Err(2));
+        assert_eq!(take(&mut t, id(2), e(4)), Err(2));
         for n in 4..=6u64 {
-            assert_eq!(t.take(id(n.into()), e(n)), Ok(()));
+            assert_eq!(take(&mut t, id(n.into()), e(n)), Ok(()));
         }
         // 4, 5, 6 filled the next: 1, 2, 3 are forgotten, and new again.
         assert_eq!((t.get(&id(3)), t.get(&id(4)), t.len()), (None, Some(4), 3));
-        assert_eq!(t.take(id(3), e(7)), Ok(()));
+        assert_eq!(take(&mut t, id(3), e(7)), Ok(()));
         // Always the newest `ids` at least, at most twice as many; oldest first.
         assert_eq!(t.len(), 4);
         let before: Vec<u64> = t.logged_before(7).iter().map(|(_, e)| e.seq).collect();
@@ -769,7 +785,7 @@ mod tests {
             age: Some(Duration::from_nanos(10)),
         });
         for n in 1..=3u64 {
-            t.take(id(n.into()), e(n * 10)).unwrap();
+            take(&mut t, id(n.into()), e(n * 10)).unwrap();
         }
         t.evict(30);
         assert_eq!(t.len(), 3);
@@ -777,6 +793,27 @@ mod tests {
         assert_eq!((t.len(), t.get(&id(3))), (1, Some(30)), "{t:?}");
         t.evict(41);
         assert_eq!(t.len(), 0);
+    }
+
+    /// Ids taken in one window, one of them given back before the window settles: the
+    /// newest ids logged stay remembered however many the window took.
+    #[test]
+    fn a_given_back_id_does_not_turn_the_generations() {
+        let mut t = Ids::new(IdHorizon { ids: 2, age: None });
+        let e = |seq| IdEntry { seq, time: seq };
+        take(&mut t, id(1), e(1)).unwrap();
+        take(&mut t, id(2), e(2)).unwrap();
+        // One window takes 3, 4 and 5 and gives 4 and 5 back.
+        for n in 3..=5u64 {
+            t.take(id(n.into()), e(3)).unwrap();
+        }
+        t.untake(id(4));
+        t.untake(id(5));
+        t.settle();
+        // The newest two logged: 3 and 2.
+        assert_eq!((t.get(&id(3)), t.get(&id(2))), (Some(3), Some(2)), "{t:?}");
+        take(&mut t, id(6), e(4)).unwrap();
+        assert_eq!((t.get(&id(6)), t.get(&id(3))), (Some(4), Some(3)), "{t:?}");
     }
 
     /// An age past what u64 nanoseconds hold (2^64 ns, 584 years, wraps to 0) keeps every

@@ -635,13 +635,15 @@ fn refusing_config() -> Config {
 }
 
 /// One window: a merge with id X that the operator refuses, a put with id Y, then a merge
-/// with id X again (X was forgotten by the horizon of one id when Y entered, so the second X
-/// is taken as new, applied and logged in the trailer). Giving back the refused request's id
-/// must leave the applied request's entry: X, the newest id taken, stays remembered (the
-/// horizon promises the newest `ids` are), and a retry of the applied merge is a duplicate.
-/// (The first version of the give-back removed it; found by review.)
+/// with id X again. The table turns its generations only between windows, so the second X is
+/// taken for a duplicate of the first (a horizon of one id does not forget X when Y enters)
+/// and gets its refusal. Giving X back must leave Y's entry: Y, the newest id logged, stays
+/// remembered (the horizon promises the newest `ids` are). A retry of X is then applied once,
+/// and a retry of that is a duplicate, before and after a reopen. (Before the table turned
+/// only between windows, Y's entering forgot X, the second X was applied, and the first
+/// version of the give-back removed its entry; found by review.)
 #[test]
-fn a_refused_ids_give_back_keeps_a_later_request_that_took_it_again() {
+fn a_refused_ids_give_back_keeps_the_ids_applied_beside_it() {
     let dir = tempfile::tempdir().unwrap();
     let e = Engine::open(dir.path(), refusing_config()).unwrap();
     let x: u128 = 0xAA;
@@ -651,21 +653,25 @@ fn a_refused_ids_give_back_keeps_a_later_request_that_took_it_again() {
     let t3 = e.merge_with_id(x, b"c", b"1").unwrap();
     let r1 = t1.wait();
     let r2 = t2.wait().unwrap();
-    let r3 = t3.wait().unwrap();
-    assert!(
-        matches!(r1, Err(mergelog::Error::MergeRefused { .. })),
-        "setup: {r1:?}"
-    );
-    let (Outcome::Written(s2), Outcome::Written(s3)) = (r2, r3) else {
-        panic!("setup: both written: {r2:?} {r3:?}")
+    let r3 = t3.wait();
+    for r in [&r1, &r3] {
+        assert!(
+            matches!(r, Err(mergelog::Error::MergeRefused { .. })),
+            "setup: {r:?}"
+        );
+    }
+    let Outcome::Written(s2) = r2 else {
+        panic!("setup: Y written: {r2:?}")
     };
-    assert_eq!(s2, s3, "setup: the three requests share one window");
-    assert_eq!(e.read_to_vec(b"c").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(e.read_to_vec(b"c").unwrap(), None);
+    assert_eq!((e.request_id_seq(y), e.request_id_seq(x)), (Some(s2), None));
 
-    // X is the newest id logged: a horizon of one id remembers it.
-    let remembered = e.request_id_seq(x);
-    // A retry of the applied merge (its client did not see the outcome) must be a duplicate.
-    let retry = e.merge_with_id(x, b"c", b"1").unwrap().wait();
+    // X is free: a retry is applied, and a retry of that is a duplicate.
+    let retry = e.merge_with_id(x, b"c", b"1").unwrap().wait().unwrap();
+    let Outcome::Written(s3) = retry else {
+        panic!("a retry of the refused X is applied: {retry:?}")
+    };
+    let again = e.merge_with_id(x, b"c", b"1").unwrap().wait();
     let value = e.read_to_vec(b"c").unwrap();
     e.close().unwrap();
     drop(e);
@@ -673,13 +679,49 @@ fn a_refused_ids_give_back_keeps_a_later_request_that_took_it_again() {
     let after_reopen = reopened.request_id_seq(x);
     reopened.close().unwrap();
     assert_eq!(
+        (again.ok(), value.as_deref(), after_reopen),
         (
-            remembered,
-            matches!(retry, Ok(Outcome::Duplicate { .. })),
-            value.as_deref()
+            Some(Outcome::Duplicate { seq: s3 }),
+            Some(&b"1"[..]),
+            Some(s3)
         ),
-        (Some(s3), true, Some(&b"1"[..])),
-        "the applied merge's id was forgotten by the refused one's untake (retry: {retry:?}; \
-         after a reopen the engine remembers it: {after_reopen:?})"
     );
+}
+
+/// A refused request's id, given back, must not cost the horizon an id it promises: with a
+/// horizon of one id, an increment applied (A), then a merge the operator refuses (X) in a
+/// window of its own: A is still the newest id logged, so a retry of A is a duplicate, before
+/// and after a reopen, and the counter holds A once. (The table turned its generations when
+/// X entered, forgetting A, and giving X back left it with neither: A's retry was applied
+/// again, although a reopen, which rebuilds the table from the log, remembered A.)
+#[test]
+fn a_refused_ids_give_back_keeps_the_ids_the_horizon_promises() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), refusing_config()).unwrap();
+    let a: u128 = 0xA1;
+    let x: u128 = 0xB2;
+    let first = e.merge_with_id(a, b"c", b"1").unwrap().wait().unwrap();
+    let Outcome::Written(seq) = first else {
+        panic!("setup: A is written: {first:?}")
+    };
+    let refused = e.merge_with_id(x, b"r", b"refuse").unwrap().wait();
+    assert!(
+        matches!(refused, Err(mergelog::Error::MergeRefused { .. })),
+        "setup: X is refused: {refused:?}"
+    );
+    let remembered = e.request_id_seq(a);
+    let retry = e.merge_with_id(a, b"c", b"1").unwrap().wait().unwrap();
+    let value = e.read_to_vec(b"c").unwrap();
+    e.close().unwrap();
+    drop(e);
+    let reopened = Engine::open(dir.path(), refusing_config()).unwrap();
+    let after_reopen = reopened.request_id_seq(a);
+    reopened.close().unwrap();
+    assert_eq!(
+        (remembered, retry, value.as_deref()),
+        (Some(seq), Outcome::Duplicate { seq }, Some(&b"1"[..])),
+        "A, the newest id logged, was forgotten when the refused X gave its id back: its \
+         retry was applied twice (a reopen remembers A: {after_reopen:?})"
+    );
+    assert_eq!(after_reopen, Some(seq));
 }

@@ -1126,8 +1126,9 @@ impl Flusher {
     /// refusal, after a crash) must be applied, not answered as a duplicate of nothing. A
     /// later request of the window with the same id, taken for its duplicate, gets the same
     /// refusal (a refusal outranks a duplicate on a ticket). An id that a later request of
-    /// the window took again (the horizon forgot it in between) stays: the table's entry is
-    /// that request's, and the frame logs it. One pass, whatever the window's size.
+    /// the window took again stays: the table's entry is that request's, and the frame logs
+    /// it (the table forgets only between windows, `Ids::settle`, so this is a safeguard).
+    /// One pass, whatever the window's size.
     fn untake_refused_ids(&mut self) {
         if self.refused_ends.is_empty() {
             return;
@@ -1289,7 +1290,11 @@ impl Flusher {
         if !self.window_ids.is_empty() {
             self.window_ids.clear();
             self.window_id_ends.clear();
-            inner.ids.lock().evict(now);
+            // The window's ids are final (its refused requests' given back): the table may
+            // turn its generations now.
+            let mut table = inner.ids.lock();
+            table.settle();
+            table.evict(now);
         }
         Ok(true)
     }

@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::log::format;
+use crate::merge::MergeOperator;
 use std::time::Duration;
 
 /// When an acknowledgement may be given.
@@ -214,8 +215,9 @@ pub struct Config {
     /// The operator of `Engine::merge` and `WriteBatch::merge` (default `None`: merges are
     /// refused at submit). The log holds merged values, never operands: an engine may be
     /// reopened with another operator, or none, and reads, replay and followers see the
-    /// same values.
-    pub merge: Option<crate::merge::MergeOperator>,
+    /// same values. `open` refuses an `Append` bound outside 1..=`value_len_max`, and the
+    /// counter operators (8-byte values) with `value_len_max` under 8.
+    pub merge: Option<MergeOperator>,
     /// When the log is compacted (`Engine::compact`): `Off`, `OnDemand` (the default: only
     /// when called) or `Auto` (also on a background thread, by live ratio and size).
     pub compaction: crate::compact::Compaction,
@@ -356,13 +358,27 @@ impl Config {
             ));
         }
         self.check_consumer_lag()?;
-        if let Some(crate::merge::MergeOperator::Append { max_len }) = self.merge {
-            if max_len == 0 || max_len > self.value_len_max {
+        match &self.merge {
+            Some(MergeOperator::Append { max_len }) => {
+                let max_len = *max_len;
+                if max_len == 0 || max_len > self.value_len_max {
+                    return bad(format!(
+                        "merge = Append {{ max_len: {max_len} }} must be between 1 and value_len_max = {}",
+                        self.value_len_max
+                    ));
+                }
+            }
+            // A counter is 8 bytes: with values shorter than that every merge would be
+            // refused, which is a configuration error, not a request's.
+            Some(op @ (MergeOperator::Add | MergeOperator::Max | MergeOperator::Min))
+                if self.value_len_max < 8 =>
+            {
                 return bad(format!(
-                    "merge = Append {{ max_len: {max_len} }} must be between 1 and value_len_max = {}",
+                    "merge = {op:?} keeps 8-byte counters: value_len_max = {} must be at least 8",
                     self.value_len_max
                 ));
             }
+            _ => {}
         }
         if self.request_ids.ids == 0 || self.request_ids.age == Some(Duration::ZERO) {
             return bad(format!(

@@ -1,6 +1,6 @@
 //! The asynchronous submit: `put_async`, `delete_async`, `merge_async`, `write_async`,
 //! `get_async`, and the idempotent `put_with_id_async`, `delete_with_id_async`,
-//! `write_with_id_async`.
+//! `merge_with_id_async`, `write_with_id_async`.
 //!
 //! Each is an `async fn` that resolves to the request's [`Ticket`] once the request is in the
 //! ring, so a caller writes `engine.put_async(k, v).await?.await?` (the first `.await`
@@ -128,6 +128,25 @@ impl Engine {
         let pos = self
             .submit_async(len, |buf, now| {
                 request::encode_delete(buf, key, now, Some(&id))
+            })
+            .await?;
+        Ok(IdTicket::new(self.ticket(pos)))
+    }
+
+    /// As [`Engine::merge_with_id`], without ever blocking the thread (see
+    /// [`Engine::put_async`]).
+    pub async fn merge_with_id_async(
+        &self,
+        id: impl Into<RequestId>,
+        key: &[u8],
+        operand: &[u8],
+    ) -> Result<IdTicket> {
+        self.check_merge(key, operand)?;
+        let id = id.into();
+        let len = request::merge_len(key, operand) + request::id_len(Some(&id));
+        let pos = self
+            .submit_async(len, |buf, now| {
+                request::encode_merge(buf, key, operand, now, Some(&id))
             })
             .await?;
         Ok(IdTicket::new(self.ticket(pos)))

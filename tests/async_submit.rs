@@ -304,3 +304,34 @@ fn ids_and_gets_have_async_forms() {
     );
     engine.close().unwrap();
 }
+
+/// The idempotent merge has an async form too: a retried increment counts once.
+#[test]
+fn an_idempotent_merge_has_an_async_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = mergelog::Config {
+        merge: Some(mergelog::MergeOperator::Add),
+        ..mergelog::Config::default()
+    };
+    let engine = mergelog::Engine::open(dir.path(), config).unwrap();
+    let one = 5i64.to_le_bytes();
+    let first = common::block_on(Box::pin(engine.merge_with_id_async(9u128, b"n", &one)))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(!first.is_duplicate());
+    let again = common::block_on(Box::pin(engine.merge_with_id_async(9u128, b"n", &one)))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(again, mergelog::Outcome::Duplicate { seq: first.seq() });
+    assert_eq!(engine.read_to_vec(b"n").unwrap(), Some(one.to_vec()));
+    // A bad operand is refused at submit, as by the blocking form.
+    let e = common::block_on(Box::pin(engine.merge_with_id_async(10u128, b"n", &[1; 3])));
+    assert!(
+        matches!(e, Err(mergelog::Error::MergeRefused { .. })),
+        "{:?}",
+        e.err()
+    );
+    engine.close().unwrap();
+}

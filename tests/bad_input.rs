@@ -940,6 +940,24 @@ fn merge_operands_are_checked_at_submit() {
             &["merge", "max_len", &max_len.to_string(), "value_len_max"],
         );
     }
+    // A counter operator with values too short for a counter would refuse every merge.
+    for op in [MergeOperator::Add, MergeOperator::Max, MergeOperator::Min] {
+        let name = format!("{op:?}");
+        let config = Config {
+            value_len_max: 7,
+            ..merging(op.clone())
+        };
+        let e = Engine::open(tempfile::tempdir().unwrap().path(), config).unwrap_err();
+        assert!(matches!(e, Error::InvalidConfig(_)), "{e:?}");
+        assert_names(&e, &["merge", &name, "value_len_max", "7", "8"]);
+        let config = Config {
+            value_len_max: 8,
+            ..merging(op)
+        };
+        let engine = Engine::open(tempfile::tempdir().unwrap().path(), config)
+            .expect("8-byte values hold a counter");
+        engine.close().expect("closes");
+    }
 }
 
 /// What depends on the value a merge applies to is refused by the flusher: that request's

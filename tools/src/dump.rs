@@ -134,7 +134,7 @@ pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
             Some(last) => format!("its batches are {}..{last}", reader.first_seq().get()),
             None => "it holds no batch".into(),
         };
-        eprintln!(
+        note!(
             "mergelog dump: nothing at or after batch {}: {held}",
             args.from
         );
@@ -147,14 +147,14 @@ pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
         last_lost,
     }) = &lost
     {
-        eprintln!(
+        note!(
             "mergelog dump: the log is damaged where the engine refuses to open it (durable \
              batches {first_lost}..{last_lost} lost; not a torn tail): {} at offset {offset}: \
              {reason}; records after the damage are not shown",
             path.display(),
         );
     } else if live && !refused {
-        eprintln!(
+        note!(
             "mergelog dump: the log is open in another process: its last segment is being \
              written, read as a reader would (up to its last whole frame)"
         );
@@ -165,7 +165,7 @@ pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
         } else {
             "ends in a torn or corrupt tail, which the engine would cut off"
         };
-        eprintln!(
+        note!(
             "mergelog dump: the log {what}: {} at offset {}: {}",
             d.path.display(),
             d.offset,

@@ -479,3 +479,33 @@ fn inspect_of_a_log_in_use_is_not_judged_whatever_the_limit_on_open_files() {
     }
     engine.close().unwrap();
 }
+
+/// Damage that fails every reader's open, after whole segments (here a segment's name on a
+/// directory): dump prints the records before it, names the damage and exits 1, as for any
+/// damage the engine refuses (the README's `dump` output), and as inspect reads them. It
+/// used to print nothing but "cannot read the log".
+#[test]
+fn dump_prints_the_records_before_damage_that_fails_every_open() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path());
+    let d = dir.path().to_str().unwrap();
+    let all = code(&["dump", d]).1;
+    assert_eq!(all.lines().count() as u64, BATCHES);
+    let bad = dir.path().join(format!("{:020}.seg", BATCHES + 1));
+    std::fs::create_dir(&bad).unwrap();
+    let (status, out, err) = code(&["dump", d]);
+    assert_eq!(status, 1, "{err}");
+    assert!(
+        out == all,
+        "{} lines printed, not the {BATCHES} records before the damage",
+        out.lines().count()
+    );
+    assert!(
+        err.contains(&format!(
+            "{} at offset 0: a segment's name on",
+            bad.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

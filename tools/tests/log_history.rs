@@ -509,3 +509,28 @@ fn dump_prints_the_records_before_damage_that_fails_every_open() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// A segment's name on a symbolic link to nothing: damage at that file, as for a name on a
+/// directory (verify exits 1 naming it, inspect and dump read the segments before it), not
+/// "removed during the scan" with exit 2, which is what a reader's scan took it for.
+#[test]
+fn a_segment_name_on_a_dangling_link_is_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path());
+    let d = dir.path().to_str().unwrap();
+    let bad = dir.path().join(format!("{:020}.seg", BATCHES + 1));
+    std::os::unix::fs::symlink(dir.path().join("nothing"), &bad).unwrap();
+    let named = format!("{} at offset 0: ", bad.display());
+    let (status, out, err) = code(&["verify", d]);
+    assert_eq!(status, 1, "{out} {err}");
+    assert!(out.starts_with(&format!("DAMAGED: {named}")), "{out}");
+    assert!(out.contains("symbolic link"), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&succeeds(&["inspect", d, "--json"])).unwrap();
+    assert_eq!(int(&report, "batches"), BATCHES, "{report}");
+    assert_eq!(report["damage"]["file"], bad.display().to_string());
+    let (status, out, err) = code(&["dump", d]);
+    assert_eq!(status, 1, "{err}");
+    assert_eq!(out.lines().count() as u64, BATCHES);
+    assert!(err.contains(&named), "{err}");
+}

@@ -17,9 +17,10 @@
 
 use crate::error::{CliError, EXIT_FAILURE};
 use crate::history::{self, Loss, Refused};
+use crate::inspect;
 use crate::logdir::{self, Encoding, OpenError};
 use clap::Args;
-use mergelog::{LogReader, RecordOp, RecoveryMode};
+use mergelog::{RecordOp, RecoveryMode};
 use serde::Serialize;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -60,6 +61,12 @@ pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
     // be half written with whole ones after it (the pipeline writes several at once): that is
     // no evidence of lost history, and the records are dumped as a reader sees them.
     let mut live = history::in_use(&args.dir);
+    // A log the engine refuses is read as inspect reads it, up to its damage (`damage`: file,
+    // offset, reason): with a point-in-time reader or, when a file fails every reader's open,
+    // one of the segments before it, which reads a directory of links (`_links`, kept while
+    // it reads).
+    let mut damage = None;
+    let mut _links = None;
     let (reader, refused, lost) = match logdir::open(&args.dir, RecoveryMode::TolerateCorruptedTail)
     {
         Ok(r) if live => (r, false, None),
@@ -76,13 +83,10 @@ pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
         },
         Err(OpenError::Corrupt { .. }) => {
             // The engine would refuse this log; show what comes before the damage.
-            let r = LogReader::open_with(&args.dir, RecoveryMode::PointInTime).map_err(|e| {
-                CliError::new(format!(
-                    "cannot read the log in {}: {e}",
-                    args.dir.display()
-                ))
-            })?;
-            (r, true, None)
+            let log = inspect::open(&args.dir)?;
+            damage = log.damage.map(|d| (d.file, d.offset, d.reason));
+            _links = log._links;
+            (log.reader, true, None)
         }
         Err(OpenError::Other(e)) => return Err(e),
     };
@@ -134,7 +138,7 @@ pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
             Some(last) => format!("its batches are {}..{last}", reader.first_seq().get()),
             None => "it holds no batch".into(),
         };
-        eprintln!(
+        note!(
             "mergelog dump: nothing at or after batch {}: {held}",
             args.from
         );
@@ -147,30 +151,29 @@ pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
         last_lost,
     }) = &lost
     {
-        eprintln!(
+        note!(
             "mergelog dump: the log is damaged where the engine refuses to open it (durable \
              batches {first_lost}..{last_lost} lost; not a torn tail): {} at offset {offset}: \
              {reason}; records after the damage are not shown",
             path.display(),
         );
     } else if live && !refused {
-        eprintln!(
+        note!(
             "mergelog dump: the log is open in another process: its last segment is being \
              written, read as a reader would (up to its last whole frame)"
         );
-    } else if let Some(d) = reader.damage() {
+    } else if let Some((file, offset, reason)) = damage.or_else(|| {
+        reader
+            .damage()
+            .map(|d| (d.path.display().to_string(), d.offset, d.reason.clone()))
+    }) {
         let what = if refused {
             "is damaged where the engine refuses to open it (an open cuts off only a torn \
              tail; this is not one); records after the damage are not shown"
         } else {
             "ends in a torn or corrupt tail, which the engine would cut off"
         };
-        eprintln!(
-            "mergelog dump: the log {what}: {} at offset {}: {}",
-            d.path.display(),
-            d.offset,
-            d.reason
-        );
+        note!("mergelog dump: the log {what}: {file} at offset {offset}: {reason}");
     }
     Ok(if refused || lost.is_some() {
         ExitCode::from(EXIT_FAILURE)

@@ -83,10 +83,10 @@ fn hex_opt<S: serde::Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::
 }
 
 #[derive(Serialize)]
-struct DamageJson {
-    file: String,
-    offset: u64,
-    reason: String,
+pub(crate) struct DamageJson {
+    pub(crate) file: String,
+    pub(crate) offset: u64,
+    pub(crate) reason: String,
     /// The log's damage: whether the engine's open (the default recovery, a log written with
     /// syncs) refuses the log (true) or cuts the damage off as a torn tail (false). Absent
     /// when that cannot be told: an engine has the log open (its last segment is being
@@ -206,19 +206,20 @@ pub fn run(args: InspectArgs) -> Result<(), CliError> {
 }
 
 /// A log as a point-in-time recovery would read it, and what the report says beside it.
-struct Log {
-    reader: LogReader,
+pub(crate) struct Log {
+    pub(crate) reader: LogReader,
     /// The segment files to list, with their sizes.
     segments: Vec<(PathBuf, u64)>,
     /// Where the log stops being readable.
-    damage: Option<DamageJson>,
+    pub(crate) damage: Option<DamageJson>,
     /// The directory `reader` reads instead of the log's, if it does (see `read_before`):
     /// removed when dropped, so kept while the reader reads.
-    _links: Option<tempfile::TempDir>,
+    pub(crate) _links: Option<tempfile::TempDir>,
 }
 
-/// Opens `dir` as a point-in-time recovery would read it.
-fn open(dir: &Path) -> Result<Log, CliError> {
+/// Opens `dir` as a point-in-time recovery would read it (`dump` too reads a log the engine
+/// refuses so).
+pub(crate) fn open(dir: &Path) -> Result<Log, CliError> {
     match logdir::open(dir, RecoveryMode::PointInTime) {
         Ok(reader) => Ok(Log {
             segments: reader.segment_files(),

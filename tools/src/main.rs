@@ -8,6 +8,15 @@
 // The tools write their own outputs, not a log; the storage seam's lint is for the library.
 #![allow(clippy::disallowed_methods)]
 
+/// `eprintln!` that does not panic on a closed stderr (`mergelog bench 2>&1 | head`, the reader
+/// gone): a note or an error nobody can read any more is dropped, and the exit code stands.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod dump;
 mod error;
@@ -72,14 +81,14 @@ fn main() -> ExitCode {
             e.exit()
         }
         Err(e) => {
-            eprintln!("mergelog: {}", one_line(&e.to_string()));
+            note!("mergelog: {}", one_line(&e.to_string()));
             return ExitCode::from(EXIT_USAGE);
         }
     };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("mergelog: error: {e}");
+            note!("mergelog: error: {e}");
             ExitCode::from(e.exit)
         }
     }

@@ -479,3 +479,58 @@ fn inspect_of_a_log_in_use_is_not_judged_whatever_the_limit_on_open_files() {
     }
     engine.close().unwrap();
 }
+
+/// Damage that fails every reader's open, after whole segments (here a segment's name on a
+/// directory): dump prints the records before it, names the damage and exits 1, as for any
+/// damage the engine refuses (the README's `dump` output), and as inspect reads them. It
+/// used to print nothing but "cannot read the log".
+#[test]
+fn dump_prints_the_records_before_damage_that_fails_every_open() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path());
+    let d = dir.path().to_str().unwrap();
+    let all = code(&["dump", d]).1;
+    assert_eq!(all.lines().count() as u64, BATCHES);
+    let bad = dir.path().join(format!("{:020}.seg", BATCHES + 1));
+    std::fs::create_dir(&bad).unwrap();
+    let (status, out, err) = code(&["dump", d]);
+    assert_eq!(status, 1, "{err}");
+    assert!(
+        out == all,
+        "{} lines printed, not the {BATCHES} records before the damage",
+        out.lines().count()
+    );
+    assert!(
+        err.contains(&format!(
+            "{} at offset 0: a segment's name on",
+            bad.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+/// A segment's name on a symbolic link to nothing: damage at that file, as for a name on a
+/// directory (verify exits 1 naming it, inspect and dump read the segments before it), not
+/// "removed during the scan" with exit 2, which is what a reader's scan took it for.
+#[test]
+fn a_segment_name_on_a_dangling_link_is_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path());
+    let d = dir.path().to_str().unwrap();
+    let bad = dir.path().join(format!("{:020}.seg", BATCHES + 1));
+    std::os::unix::fs::symlink(dir.path().join("nothing"), &bad).unwrap();
+    let named = format!("{} at offset 0: ", bad.display());
+    let (status, out, err) = code(&["verify", d]);
+    assert_eq!(status, 1, "{out} {err}");
+    assert!(out.starts_with(&format!("DAMAGED: {named}")), "{out}");
+    assert!(out.contains("symbolic link"), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&succeeds(&["inspect", d, "--json"])).unwrap();
+    assert_eq!(int(&report, "batches"), BATCHES, "{report}");
+    assert_eq!(report["damage"]["file"], bad.display().to_string());
+    let (status, out, err) = code(&["dump", d]);
+    assert_eq!(status, 1, "{err}");
+    assert_eq!(out.lines().count() as u64, BATCHES);
+    assert!(err.contains(&named), "{err}");
+}

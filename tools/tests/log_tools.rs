@@ -584,3 +584,32 @@ fn inspect_shows_the_live_ratio_per_segment() {
     let t = succeeds(&["inspect", dir.path().to_str().unwrap()]);
     assert!(t.contains("live"), "{t}");
 }
+
+/// A closed stderr (`mergelog dump DIR 2>&1 | head`: the reader gone) is no reason to
+/// panic: the note is dropped and the exit code is the run's. `eprintln!` panicked (101),
+/// as `println!` would on a closed stdout, which the tools already handle.
+#[test]
+fn a_closed_stderr_is_not_a_panic() {
+    let root = tempfile::tempdir().unwrap();
+    write_log(root.path(), 2);
+    let d = root.path().to_str().unwrap();
+    let missing = root.path().join("missing");
+    let cases: [(&[&str], i32); 3] = [
+        // A note on stderr after the records: nothing at or after batch 99.
+        (&["dump", d, "--from", "99"], 0),
+        // The one-line error of a failed run, and of a bad flag.
+        (&["verify", missing.to_str().unwrap()], 2),
+        (&["dump", d, "--from", "x"], 2),
+    ];
+    for (args, expect) in cases {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_mergelog"))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(writer)
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(expect), "{args:?}");
+    }
+}

@@ -245,7 +245,7 @@ pub fn run(
     // A failed consumer closed the engine under the writers: its error is the cause.
     let consumed = consumed.transpose()?;
     if let Some(c) = consumed.filter(|c| c.unpaced_batches > 0) {
-        eprintln!(
+        note!(
             "mergelog bench: {}: the writers were still held by the consumer's lag limit {} ms \
              after the deadline; the consumer then stopped pacing itself (--consumer-rate) and \
              processed its last {} batches as fast as it could, so that the run could end",

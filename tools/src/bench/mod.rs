@@ -1520,7 +1520,7 @@ fn with_consumer(
         ));
     }
     if !baselines.is_empty() {
-        eprintln!(
+        note!(
             "mergelog {command}: --consumer: {} run without a consumer (a baseline has no log to consume)",
             baselines.join(", ")
         );
@@ -1766,7 +1766,7 @@ fn execute(
     // okaywal always syncs: without syncs it would measure something else under its name.
     let kept: Vec<System>;
     let systems = if plan.durability != Durability::Sync && systems.contains(&System::Okaywal) {
-        eprintln!("mergelog {command}: okaywal skipped: it always syncs its commits");
+        note!("mergelog {command}: okaywal skipped: it always syncs its commits");
         kept = systems
             .iter()
             .copied()
@@ -1789,7 +1789,7 @@ fn execute(
         .collect::<Result<Vec<_>, CliError>>()?;
     let fs = fs_type(root.path());
     if fs.as_deref() == Some("tmpfs") && plan.durability == Durability::Sync {
-        eprintln!(
+        note!(
             "mergelog {command}: warning: {} is on tmpfs, where a sync costs nothing; pass --dir on a disk",
             root.path().display()
         );
@@ -1824,7 +1824,7 @@ fn probe_syncs(
         return Ok(None);
     }
     let p = probe::run(root, syncs)?;
-    eprintln!(
+    note!(
         "mergelog {command}: sync probe: {} x {} KiB pwrite + fdatasync: p50 {:.1} µs, p99 {:.1} µs",
         p.syncs,
         probe::PROBE_BYTES / 1024,
@@ -1861,14 +1861,14 @@ fn run_rounds(
             } else {
                 format!("{}/{total}", done + 1)
             };
-            eprintln!(
+            note!(
                 "mergelog {command}: [{which}] {} {how_long} in {}",
                 system.name(),
                 dir.display()
             );
             let result = run_once(*system, dir, plan, hooks, round, bench_start)?;
             check_completed(&result, &how_long)?;
-            eprintln!(
+            note!(
                 "mergelog {command}: {}: {} ops/s",
                 system.name(),
                 report::thousands(result.ops_per_s().round() as u64)
@@ -1877,7 +1877,7 @@ fn run_rounds(
             // synced, so that none of the removal's work lands in a timed run.
             if round + 1 < rounds {
                 let took = renew(dir)?;
-                eprintln!(
+                note!(
                     "mergelog {command}: {}: removed this round's files and synced the file \
                      system before the next run ({:.1} ms)",
                     system.name(),

@@ -185,11 +185,14 @@ fn consume(args: &[String]) -> Result<()> {
                 _ => None,
             })
             .collect();
+        let refused = match refused.is_empty() {
+            true => "none refused".to_owned(),
+            false => format!("refused with a compensating event: {}", refused.join("; ")),
+        };
         println!(
-            "ledger: from batch {from}: applied batch {} ({} events; refused with a compensating event: {}), then crashed before committing it",
+            "ledger: from batch {from}: applied batch {} ({} events; {refused}), then crashed before committing it",
             batch.seq,
             done.len(),
-            refused.join("; ")
         );
         std::process::exit(3);
     }

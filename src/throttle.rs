@@ -354,14 +354,14 @@ fn wake_tasks(tasks: Vec<Waker>) {
 
 /// Where a submission meets the throttle.
 impl crate::Engine {
-    /// Lets a put, delete, merge or write through unless the slowest consumer lags past
-    /// `Config::consumer_lag_max` or writes are refused for lack of room (`NoSpace`): one
-    /// Relaxed load when neither.
+    /// Lets a put, delete, merge or write of `len` payload bytes through unless the slowest
+    /// consumer lags past `Config::consumer_lag_max` or writes are refused for lack of room
+    /// (`NoSpace`): one Relaxed load when neither.
     #[inline]
-    pub(crate) fn admit(&self) -> Result<()> {
+    pub(crate) fn admit(&self, len: usize) -> Result<()> {
         match self.inner.throttle.gated() {
             false => Ok(()),
-            true => self.throttled(),
+            true => self.throttled(len),
         }
     }
 
@@ -378,12 +378,15 @@ impl crate::Engine {
         }
     }
 
-    /// A submission while throttled on consumer lag: refused with `Error::Throttled`
-    /// (`Backpressure::Reject`), or held until the lag falls to its release point or the
-    /// engine closes or fails (then `submit` reports that).
+    /// A submission of `len` payload bytes while throttled on consumer lag: refused with
+    /// `Error::Throttled` (`Backpressure::Reject`), or held until the lag falls to its release
+    /// point or the engine closes or fails (then `submit` reports that).
     #[cold]
-    fn throttled(&self) -> Result<()> {
+    fn throttled(&self, len: usize) -> Result<()> {
         let inner = &*self.inner;
+        // A request over the size limit can never get in: refused for that first, not held
+        // for (or told to retry after) a lag or a full disk that no wait cures.
+        self.check_submit(len)?;
         self.refused_for_room()?;
         if !inner.throttle.engaged() {
             return Ok(());

@@ -189,8 +189,9 @@ impl Engine {
 
     /// The asynchronous `admit`: lets the submission of `len` payload bytes through unless
     /// writes are refused for lack of room (`NoSpace`) or throttled on consumer lag; then
-    /// refuses it (`Reject`) or waits as a future until the throttle lets go or the engine
-    /// closes or fails (`Block`; `check_submit` and the ring report those).
+    /// refuses it (`Reject`) or waits as a future until the throttle lets go, writes are
+    /// refused for lack of room, or the engine closes or fails (`Block`; `NoSpace` is given
+    /// here, `check_submit` and the ring report the others).
     async fn admit_async(&self, len: usize) -> Result<()> {
         let inner = &*self.inner;
         if !inner.throttle.gated() {
@@ -208,10 +209,13 @@ impl Engine {
         }
         poll_fn(|cx| {
             inner.throttle.poll_wait(cx, || {
-                inner.ring.is_closed() || inner.completion.failure().is_some()
+                inner.ring.is_closed()
+                    || inner.completion.failure().is_some()
+                    || inner.throttle.no_room()
             })
         })
         .await;
-        Ok(())
+        // A spell of refusals for room let it go: refused as every write now is.
+        self.refused_for_room()
     }
 }

@@ -198,8 +198,8 @@ pub struct Config {
     /// `backpressure` says: `Reject` refuses them with `Error::Throttled` (back off and
     /// retry, as from the `Error::Busy` of a full ring: `Error::is_back_off` is true for
     /// both); `Block` waits until the lag falls to 90 % of the limit (the release point, so
-    /// that one commit does not flip it on and off), the engine closes (`Error::Closed`) or
-    /// fails. `get` and `flush` add nothing to the backlog and are
+    /// that one commit does not flip it on and off), writes are refused for lack of room
+    /// (`Error::NoSpace`), or the engine closes (`Error::Closed`) or fails. `get` and `flush` add nothing to the backlog and are
     /// never throttled. No consumer, no throttling. The lag is re-measured on every commit
     /// of a consumer of this engine, when one is opened or removed, as batches become
     /// durable, and (for consumers committing from another process, through

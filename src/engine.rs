@@ -291,9 +291,9 @@ impl Engine {
         value: &[u8],
         id: Option<&RequestId>,
     ) -> Result<u64> {
-        self.admit()?;
-        let now = self.stamp();
         let len = request::put_len(key, value) + request::id_len(id);
+        self.admit(len)?;
+        let now = self.stamp();
         self.submit(len, |buf| request::encode_put(buf, key, value, now, id))
     }
 
@@ -305,9 +305,9 @@ impl Engine {
 
     /// As [`Engine::submit_put`], for a delete.
     pub(crate) fn submit_delete(&self, key: &[u8], id: Option<&RequestId>) -> Result<u64> {
-        self.admit()?;
-        let now = self.stamp();
         let len = request::delete_len(key) + request::id_len(id);
+        self.admit(len)?;
+        let now = self.stamp();
         self.submit(len, |buf| request::encode_delete(buf, key, now, id))
     }
 
@@ -354,9 +354,9 @@ impl Engine {
         operand: &[u8],
         id: Option<&RequestId>,
     ) -> Result<u64> {
-        self.admit()?;
-        let now = self.stamp();
         let len = request::merge_len(key, operand) + request::id_len(id);
+        self.admit(len)?;
+        let now = self.stamp();
         self.submit(len, |buf| request::encode_merge(buf, key, operand, now, id))
     }
 
@@ -400,9 +400,9 @@ impl Engine {
 
     /// As [`Engine::submit_put`], for a checked write batch.
     pub(crate) fn submit_batch(&self, batch: &WriteBatch, id: Option<&RequestId>) -> Result<u64> {
-        self.admit()?;
-        let now = self.stamp();
         let len = request::batch_len(batch) + request::id_len(id);
+        self.admit(len)?;
+        let now = self.stamp();
         self.submit(len, |buf| request::encode_batch(buf, batch, now, id))
     }
 

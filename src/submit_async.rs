@@ -174,7 +174,7 @@ impl Engine {
     /// payload bytes and fills it with `fill(buf, stamp)`, waiting as a future where
     /// `submit` would park. Returns the request's end position (its ticket).
     async fn submit_async(&self, len: usize, fill: impl Fn(&mut [u8], u64)) -> Result<u64> {
-        self.admit_async().await?;
+        self.admit_async(len).await?;
         self.claim_async(len, fill).await
     }
 
@@ -206,15 +206,18 @@ impl Engine {
         self.pushed(len, pushed)
     }
 
-    /// The asynchronous `admit`: lets the submission through unless writes are refused for
-    /// lack of room (`NoSpace`) or throttled on consumer lag; then refuses it (`Reject`) or
-    /// waits as a future until the throttle lets go or the engine closes or fails (`Block`;
-    /// `check_submit` and the ring report those).
-    async fn admit_async(&self) -> Result<()> {
+    /// The asynchronous `admit`: lets the submission of `len` payload bytes through unless
+    /// writes are refused for lack of room (`NoSpace`) or throttled on consumer lag; then
+    /// refuses it (`Reject`) or waits as a future until the throttle lets go, writes are
+    /// refused for lack of room, or the engine closes or fails (`Block`; `NoSpace` is given
+    /// here, `check_submit` and the ring report the others).
+    async fn admit_async(&self, len: usize) -> Result<()> {
         let inner = &*self.inner;
         if !inner.throttle.gated() {
             return Ok(());
         }
+        // As `throttled`: a request too large is refused for its size, not held.
+        self.check_submit(len)?;
         self.refused_for_room()?;
         if !inner.throttle.engaged() {
             return Ok(());
@@ -225,10 +228,13 @@ impl Engine {
         }
         poll_fn(|cx| {
             inner.throttle.poll_wait(cx, || {
-                inner.ring.is_closed() || inner.completion.failure().is_some()
+                inner.ring.is_closed()
+                    || inner.completion.failure().is_some()
+                    || inner.throttle.no_room()
             })
         })
         .await;
-        Ok(())
+        // A spell of refusals for room let it go: refused as every write now is.
+        self.refused_for_room()
     }
 }

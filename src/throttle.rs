@@ -138,12 +138,21 @@ impl Throttle {
         self.flags.load(Ordering::Relaxed) & NO_ROOM != 0
     }
 
-    /// Sets or clears the flag that sends writes to `crate::room`'s refusal.
+    /// Sets or clears the flag that sends writes to `crate::room`'s refusal. Setting it
+    /// wakes the submitters waiting on the lag: every write is refused from then on, theirs
+    /// too, and on a full disk the consumer they wait for may be unable to commit.
     pub fn set_no_room(&self, on: bool) {
         match on {
-            true => self.flags.fetch_or(NO_ROOM, Ordering::Relaxed),
-            false => self.flags.fetch_and(!NO_ROOM, Ordering::Relaxed),
-        };
+            true => {
+                self.flags.fetch_or(NO_ROOM, Ordering::Relaxed);
+                // After the flag, under `state` (in `wake_all`): a waiter either sees the
+                // flag or is waiting when it is notified.
+                self.wake_all();
+            }
+            false => {
+                self.flags.fetch_and(!NO_ROOM, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Frames of `bytes` bytes became durable (after `LiveLog::advance`): the lag grew.
@@ -300,7 +309,7 @@ impl Throttle {
     }
 
     /// Blocks while the flag is set, until it is cleared or `stop` (the engine closed or
-    /// failed: see [`Throttle::wake_all`]) holds.
+    /// failed, or writes are refused for room: see [`Throttle::wake_all`]) holds.
     pub fn wait(&self, stop: impl Fn() -> bool) {
         let mut s = self.state.lock();
         while self.engaged() && !stop() {
@@ -354,14 +363,14 @@ fn wake_tasks(tasks: Vec<Waker>) {
 
 /// Where a submission meets the throttle.
 impl crate::Engine {
-    /// Lets a put, delete, merge or write through unless the slowest consumer lags past
-    /// `Config::consumer_lag_max` or writes are refused for lack of room (`NoSpace`): one
-    /// Relaxed load when neither.
+    /// Lets a put, delete, merge or write of `len` payload bytes through unless the slowest
+    /// consumer lags past `Config::consumer_lag_max` or writes are refused for lack of room
+    /// (`NoSpace`): one Relaxed load when neither.
     #[inline]
-    pub(crate) fn admit(&self) -> Result<()> {
+    pub(crate) fn admit(&self, len: usize) -> Result<()> {
         match self.inner.throttle.gated() {
             false => Ok(()),
-            true => self.throttled(),
+            true => self.throttled(len),
         }
     }
 
@@ -378,12 +387,16 @@ impl crate::Engine {
         }
     }
 
-    /// A submission while throttled on consumer lag: refused with `Error::Throttled`
-    /// (`Backpressure::Reject`), or held until the lag falls to its release point or the
-    /// engine closes or fails (then `submit` reports that).
+    /// A submission of `len` payload bytes while throttled on consumer lag: refused with
+    /// `Error::Throttled` (`Backpressure::Reject`), or held until the lag falls to its release
+    /// point, writes are refused for lack of room (`NoSpace`), or the engine closes or fails
+    /// (then `submit` reports that).
     #[cold]
-    fn throttled(&self) -> Result<()> {
+    fn throttled(&self, len: usize) -> Result<()> {
         let inner = &*self.inner;
+        // A request over the size limit can never get in: refused for that first, not held
+        // for (or told to retry after) a lag or a full disk that no wait cures.
+        self.check_submit(len)?;
         self.refused_for_room()?;
         if !inner.throttle.engaged() {
             return Ok(());
@@ -392,10 +405,12 @@ impl crate::Engine {
         if inner.config.backpressure == crate::Backpressure::Reject {
             return Err(inner.throttle.refusal());
         }
-        inner
-            .throttle
-            .wait(|| inner.ring.is_closed() || inner.completion.failure().is_some());
-        Ok(())
+        inner.throttle.wait(|| {
+            inner.ring.is_closed()
+                || inner.completion.failure().is_some()
+                || inner.throttle.no_room()
+        });
+        self.refused_for_room()
     }
 }
 

@@ -1,7 +1,8 @@
 //! Throttling on consumer lag (`Config::consumer_lag_max`): past the limit, puts are refused
 //! (`Backpressure::Reject`) or wait (`Block`); a commit (in this process, or through a
 //! consumer's file from another `LogReader`), removing the consumer, or closing the engine
-//! releases them; without a consumer nothing is throttled; a zero limit is refused.
+//! releases them; without a consumer nothing is throttled; a zero limit is refused; a request
+//! too large is refused for its size, never throttled.
 
 mod common;
 
@@ -370,4 +371,58 @@ fn an_age_limit_too_long_for_u64_nanoseconds_never_throttles() {
         std::thread::sleep(Duration::from_millis(2));
     }
     assert!(!is_throttled(engine.put(b"k", b"v")));
+}
+
+/// A request larger than the engine takes (here over `batch_bytes_max`, within
+/// `value_len_max`) is refused for its size at once, throttled or not: no wait for, or
+/// retry after, a commit can ever let it in. It used to meet the throttle first: under
+/// `Block` it waited for the consumer (for ever, if it never commits), under `Reject` it got
+/// `Error::Throttled`, a back-off error that tells the caller to retry.
+#[test]
+fn a_request_too_large_is_refused_for_its_size_while_throttled() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    for backpressure in [Backpressure::Reject, Backpressure::Block] {
+        let dir = tempfile::tempdir().unwrap();
+        let engine =
+            Arc::new(Engine::open(dir.path(), config(backpressure, batches(LIMIT))).expect("open"));
+        let _c = engine.consumer("slow").expect("consumer");
+        for i in 1..=LIMIT + 1 {
+            put_batch(&engine, i, 10);
+        }
+        let e = engine.clone();
+        let refused = common::within("requests too large, while throttled", move || {
+            let big = vec![b'v'; 20 << 10];
+            let mut batch = mergelog::WriteBatch::new();
+            for i in 0..20 {
+                batch.put(format!("b{i}").as_bytes(), &[b'v'; 1000]);
+            }
+            [
+                ("put", e.put(b"big", &big).map(drop)),
+                ("write", e.write(&batch).map(drop)),
+                (
+                    "put_async",
+                    common::block_on(Box::pin(e.put_async(b"big", &big))).map(drop),
+                ),
+                (
+                    "write_async",
+                    common::block_on(Box::pin(e.write_async(&batch))).map(drop),
+                ),
+            ]
+        });
+        for (what, r) in refused {
+            assert!(
+                matches!(r, Err(Error::RequestTooLarge { .. })),
+                "{backpressure:?}: {what}: {r:?}"
+            );
+        }
+        assert_eq!(engine.counts().throttled, 0, "{backpressure:?}");
+        // The throttle was engaged all along: a put that fits meets it.
+        let mut put = Box::pin(engine.put_async(b"k", b"v"));
+        let throttled = match put.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            std::task::Poll::Pending => true,
+            std::task::Poll::Ready(r) => is_throttled(r),
+        };
+        assert!(throttled, "{backpressure:?}: not throttled");
+    }
 }

@@ -749,3 +749,91 @@ fn auto_compaction_makes_room_once_a_consumer_holding_it_back_moves() {
     let engine = Arc::into_inner(engine).expect("one owner");
     engine.close().unwrap();
 }
+
+/// Writers held by the throttle on consumer lag (`Backpressure::Block`) when a spell of
+/// refusals begins (here: a compaction's copies take the reserve) are let go with
+/// `NoSpace`, as every write is refused from then on, a thread and a future alike. They
+/// used to wait on for the consumer, which on a full disk may never commit (its commit
+/// writes a file): the mutation, a spell that does not wake the throttle, leaves them
+/// parked and the hang guard fails.
+#[test]
+fn a_spell_of_refusals_lets_go_of_writers_held_by_the_throttle() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Woken(AtomicBool);
+    impl Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    const LIMIT: u64 = 3;
+    let tmp = tempfile::tempdir().unwrap();
+    let hook = Arc::new(FullDisk::default());
+    let config = Config {
+        consumer_lag_max: Some(mergelog::ConsumerLag {
+            batches: Some(LIMIT),
+            ..mergelog::ConsumerLag::default()
+        }),
+        ..with_reserve()
+    };
+    let engine = Arc::new(open(tmp.path(), hook.clone(), config));
+    // Three complete segments of live records, every batch of them consumed: a compaction
+    // may take them, and its copies need more than the one segment prepared ahead.
+    let mut n = 0;
+    fill_to_segments(&engine, 4, &mut n);
+    let mut consumer = engine.consumer("slow").unwrap();
+    let mut last = None;
+    while let Some(batch) = consumer.try_next().unwrap() {
+        last = Some(batch.seq);
+    }
+    consumer.commit(last.expect("batches")).unwrap();
+    // Then past the limit: writers are held.
+    for _ in 0..=LIMIT {
+        let key = format!("k{n:05}");
+        n += 1;
+        engine.put(key.as_bytes(), &VALUE).unwrap().wait().unwrap();
+    }
+    let held = {
+        let engine = engine.clone();
+        std::thread::spawn(move || engine.put(b"held", &VALUE).map(drop))
+    };
+    let woken = Arc::new(Woken(AtomicBool::new(false)));
+    let waker = Waker::from(woken.clone());
+    let mut task = Box::pin(engine.put_async(b"held-task", &VALUE));
+    assert!(task
+        .as_mut()
+        .poll(&mut Context::from_waker(&waker))
+        .is_pending());
+    crate::common::within("the writers held", {
+        let engine = engine.clone();
+        move || {
+            while engine.counts().throttled < 2 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    });
+    // The disk fills; the compaction's copies take the reserve, and the spell begins.
+    hook.full.store(true, Ordering::SeqCst);
+    engine.compact().expect("compact through the reserve");
+    assert!(engine.is_out_of_room(), "no spell began");
+    let r = crate::common::within("the held put", move || held.join().unwrap());
+    assert!(matches!(&r, Err(e) if is_no_space(e)), "{r:?}");
+    crate::common::within("the held task's wake-up", {
+        let woken = woken.clone();
+        move || {
+            while !woken.0.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    });
+    let r = task.as_mut().poll(&mut Context::from_waker(&waker));
+    assert!(
+        matches!(&r, Poll::Ready(Err(e)) if is_no_space(e)),
+        "{:?}",
+        r.map(|t| t.map(drop))
+    );
+    drop(task);
+    drop(consumer);
+    let engine = Arc::into_inner(engine).expect("one owner");
+    engine.close().unwrap();
+}

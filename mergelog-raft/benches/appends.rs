@@ -1,17 +1,19 @@
 //! Durable Raft appends per second: a single-node openraft cluster whose clients write
 //! 100-byte values as fast as their writes are acknowledged (an acknowledged write is
 //! durable in the log: openraft commits an entry only once the store called back), on
-//! the mergelog store and on a straightforward store (entries in memory, each `append`
-//! written to a file and `fdatasync`ed before it calls back), alternating the two, with
-//! 1 and 16 concurrent clients.
+//! the mergelog store (as opened by default: `append` waits for its entries; and as
+//! `mergelog-async`, `with_append_waits(false)`: `append` returns at once and the store's
+//! completion thread calls back) and on a straightforward store (entries in memory, each
+//! `append` written to a file and `fdatasync`ed before it calls back), in rotation, with 1
+//! and 16 concurrent clients.
 //!
 //! ```sh
 //! cargo bench -p mergelog-raft --bench appends                 # 3 rounds of 3 s per run
 //! cargo bench -p mergelog-raft --bench appends -- --rounds 5 --secs 2
 //! ```
 //!
-//! Prints appends per second per run, the ratio (mergelog / straightforward) per round,
-//! and the median ratio per client count. The logs live in a temporary directory
+//! Prints appends per second per run, the ratios to the straightforward store per round,
+//! and their medians per client count. The logs live in a temporary directory
 //! (`TMPDIR` picks the disk).
 
 #![allow(clippy::disallowed_methods)]
@@ -264,11 +266,20 @@ async fn drive(raft: &Raft<TypeConfig>, clients: usize, secs: f64) -> f64 {
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn run(mergelog: bool, clients: usize, secs: f64) -> f64 {
+/// The stores compared: mergelog's (waiting in `append`, the default, or not) and the
+/// straightforward one.
+#[derive(Clone, Copy)]
+enum Store {
+    Mergelog { append_waits: bool },
+    File,
+}
+
+async fn run(store: Store, clients: usize, secs: f64) -> f64 {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    if mergelog {
-        let store =
-            LogStore::<TypeConfig>::open(dir.path(), mergelog::Config::default()).expect("opens");
+    if let Store::Mergelog { append_waits } = store {
+        let store = LogStore::<TypeConfig>::open(dir.path(), mergelog::Config::default())
+            .expect("opens")
+            .with_append_waits(append_waits);
         let engine = store.engine().clone();
         let raft = single_node(store).await;
         let rate = drive(&raft, clients, secs).await;
@@ -310,29 +321,37 @@ fn main() {
         "durable Raft appends/s, 100-byte values, single node; {rounds} rounds of {secs} s per run"
     );
     println!(
-        "{:>7} {:>5} {:>12} {:>15} {:>7}",
-        "clients", "round", "mergelog", "file+fdatasync", "ratio"
+        "{:>7} {:>5} {:>12} {:>15} {:>15} {:>7} {:>7}",
+        "clients", "round", "mergelog", "mergelog-async", "file+fdatasync", "ratio", "async"
     );
+    let stores = [
+        Store::Mergelog { append_waits: true },
+        Store::Mergelog {
+            append_waits: false,
+        },
+        Store::File,
+    ];
     for clients in [1, 16] {
-        let mut ratios = Vec::new();
+        let (mut ratios, mut async_ratios) = (Vec::new(), Vec::new());
         for round in 1..=rounds {
-            // Alternate which goes first: a drifting disk then favours neither.
-            let order = if round % 2 == 1 {
-                [true, false]
-            } else {
-                [false, true]
-            };
-            let mut rates = [0.0; 2];
-            for mergelog in order {
-                rates[usize::from(!mergelog)] = runtime.block_on(run(mergelog, clients, secs));
+            // Rotate which goes first: a drifting disk then favours none.
+            let mut rates = [0.0; 3];
+            for k in 0..stores.len() {
+                let i = (round + k) % stores.len();
+                rates[i] = runtime.block_on(run(stores[i], clients, secs));
             }
-            let ratio = rates[0] / rates[1];
+            let (ratio, async_ratio) = (rates[0] / rates[2], rates[1] / rates[2]);
             ratios.push(ratio);
+            async_ratios.push(async_ratio);
             println!(
-                "{clients:>7} {round:>5} {:>12.0} {:>15.0} {ratio:>6.2}x",
-                rates[0], rates[1]
+                "{clients:>7} {round:>5} {:>12.0} {:>15.0} {:>15.0} {ratio:>6.2}x {async_ratio:>6.2}x",
+                rates[0], rates[1], rates[2]
             );
         }
-        println!("{clients:>7} median ratio {:.2}x", median(ratios));
+        println!(
+            "{clients:>7} median ratio to file+fdatasync: mergelog {:.2}x, mergelog-async {:.2}x",
+            median(ratios),
+            median(async_ratios)
+        );
     }
 }

@@ -19,9 +19,9 @@
 //! - **a contiguous log**: `get_log_state`'s `last_log_id` is the last entry's log id (the
 //!   purged id when there is none), the entries start right after `last_purged_log_id`, and
 //!   `try_get_log_entries` returns consecutive indexes, over the whole log and over ranges;
-//! - **committed**: the store persists it (without waiting, ordered after the appends of the
-//!   entries it covers): a recovered committed id is not past the last log id, and the entry
-//!   at its index (unless purged) has that log id;
+//! - **committed**: the store persists it with its next append or purge (without waiting,
+//!   after the appends of the entries it covers): a recovered committed id is not past the
+//!   last log id, and the entry at its index (unless purged) has that log id;
 //! - and, stronger, the engine's order: the recovered state (vote, committed and purged ids,
 //!   entries) is the state after some prefix of the submitted key changes that holds every
 //!   acknowledged one (entries at or below the purged id aside: the store deletes those at
@@ -37,8 +37,10 @@
 //! purged id. Appends are made two ways: awaited to their callback (`blocking_append`), or
 //! polled once (the store submits the entries and returns) and then left in flight, their
 //! outcome never known: an acknowledged operation after them makes them durable by the
-//! engine's order, and a `save_committed` may cover them. Engines: small segments (purges
-//! retire some), pwrite or mmap write path, one or two syncers.
+//! engine's order, and a `save_committed` may cover them (a store that waits in `append`,
+//! the default, drawn for half the cycles, completes a polled append in that one poll).
+//! Engines: small segments (purges retire some), pwrite or mmap write path, one or two
+//! syncers.
 //!
 //! Environment: `MERGELOG_RAFT_CRASH_SEEDS` (default 200: 2 to 10 s in release-checked on
 //! two cores) seeds from `MERGELOG_RAFT_CRASH_FIRST` (default 0); `MERGELOG_RAFT_CRASH_SEED`
@@ -243,6 +245,9 @@ struct Run {
     next_tag: u64,
     /// Purges that retired segments.
     retiring_purges: u64,
+    /// A committed id saved and not yet logged: the store logs it with its next append or
+    /// purge (its change goes there).
+    unsaved_committed: Option<Id>,
 }
 
 #[derive(Default, Debug)]
@@ -312,8 +317,8 @@ impl Run {
             .next()
             .map(|(i, _)| *i);
         // Truncate only above the committed id (Raft never truncates a committed entry), and
-        // purge only up to it.
-        let committed_index = cur.committed.map(|c| c.index);
+        // purge only up to it (the newest saved, logged or not).
+        let committed_index = self.unsaved_committed.or(cur.committed).map(|c| c.index);
         let truncatable = first_entry.map(|f| {
             let lo = f.max(committed_index.map_or(0, |c| c + 1));
             (lo, next)
@@ -349,7 +354,8 @@ impl Run {
                     false => self.rng.random_range(lo..=hi),
                 };
                 let id = cur.entries[&index].0;
-                self.changes.push(Change::Committed(id));
+                // Logged with the next append or purge.
+                self.unsaved_committed = Some(id);
                 let r = store.save_committed(Some(id)).await;
                 // Not waited for: never an acknowledgement, only a failure stops.
                 (OpKind::Committed, r.is_err().then_some(false))
@@ -374,6 +380,8 @@ impl Run {
                     false => self.rng.random_range(lo..=hi),
                 };
                 let id = cur.entries[&index].0;
+                self.changes
+                    .extend(self.unsaved_committed.take().map(Change::Committed));
                 self.changes.push(Change::Purged(id));
                 for i in lo..=index {
                     self.changes.push(Change::Delete(i));
@@ -388,6 +396,8 @@ impl Run {
                 let n = self.rng.random_range(1..=12u64);
                 let mut entries = Vec::new();
                 let mut made = Vec::new();
+                self.changes
+                    .extend(self.unsaved_committed.take().map(Change::Committed));
                 for index in next..next + n {
                     // Mostly small, now and then one larger than the store's batch budget.
                     let len = if self.rng.random_bool(0.05) {
@@ -696,6 +706,7 @@ async fn crash_seed(seed: u64) -> Totals {
         leader: (1, 1),
         next_tag: 0,
         retiring_purges: 0,
+        unsaved_committed: None,
     };
     let cycles = rng.random_range(1..=3);
     for cycle in 0..cycles {
@@ -719,6 +730,7 @@ async fn crash_seed(seed: u64) -> Totals {
 
         run.cur = run.base.clone();
         run.changes.clear();
+        run.unsaved_committed = None;
         run.ops.clear();
         run.votes = run.base.vote.into_iter().collect();
 
@@ -727,7 +739,10 @@ async fn crash_seed(seed: u64) -> Totals {
         match Engine::open_with_io(dir.path(), config.clone(), shared) {
             Ok(engine) => {
                 let engine = Arc::new(engine);
-                match Store::with_engine(engine.clone()) {
+                // Appends waited in `append` (the default) or left to the completion thread,
+                // where polled once they stay in flight.
+                let waits = run.rng.random_bool(0.5);
+                match Store::with_engine(engine.clone()).map(|s| s.with_append_waits(waits)) {
                     Ok(mut store) => {
                         let opened = served(&mut store, &format!("{ctx}, at open")).await;
                         assert_eq!(

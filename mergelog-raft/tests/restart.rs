@@ -27,10 +27,9 @@ fn open(dir: &Path) -> Store {
     Store::open(dir, common::small_config()).expect("the store opens")
 }
 
-/// Closes the engine first, so that the directory is free for the next open at once.
+/// Closes the store and its engine, so that the directory is free for the next open at once.
 fn close(store: Store) {
-    store.engine().close().expect("the engine closes");
-    drop(store);
+    store.close().expect("the store closes");
 }
 
 fn indexes(entries: &[Entry<TypeConfig>]) -> Vec<u64> {
@@ -165,7 +164,10 @@ async fn appended_entries_are_readable_before_they_are_durable() {
         window_age_max: std::time::Duration::from_secs(2),
         ..common::small_config()
     };
-    let mut store = Store::open(dir.path(), config).unwrap();
+    // An append that returns before its entries are durable: not one that waits for them.
+    let mut store = Store::open(dir.path(), config)
+        .unwrap()
+        .with_append_waits(false);
     let mut reader = store.get_log_reader().await;
     let append = store.blocking_append((1..=5).map(|i| entry(1, i, 20)));
     tokio::pin!(append);
@@ -194,4 +196,64 @@ async fn a_store_refuses_an_engine_without_syncs() {
     };
     let err = Store::open(dir.path(), config).err().expect("refused");
     assert!(err.to_string().contains("durability = Sync"), "{err}");
+}
+
+/// Polls a future once with a waker that does nothing: `Some` if it is ready.
+fn poll_once<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let waker = std::task::Waker::noop();
+    match f.as_mut().poll(&mut std::task::Context::from_waker(waker)) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// openraft 0.9 awaits an append's callback as soon as `append` returns, so by default the
+/// store waits in `append`: the engine writes and syncs the entries on the calling thread
+/// (a lone waiter writes its own window, whatever the window policy), and the append is
+/// complete in one poll even under windows held open for 2 s. With `with_append_waits(false)`
+/// it returns at once and the window's 2 s pass before the callback. A committed id saved
+/// between appends goes with the next one's batch: no request, batch or sync of its own.
+#[tokio::test]
+async fn an_append_waits_for_its_entries_unless_told_not_to() {
+    let linger = std::time::Duration::from_secs(2);
+    let config = mergelog::Config {
+        window: mergelog::WindowPolicy::Linger(linger),
+        window_age_max: linger,
+        ..common::small_config()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path(), config.clone()).unwrap();
+    let done = poll_once(store.blocking_append((1..=3).map(|i| entry(1, i, 20))));
+    assert!(matches!(done, Some(Ok(()))), "{done:?}");
+    let before = store.engine().counts();
+    store.save_committed(Some(log_id(1, 1, 3))).await.unwrap();
+    assert_eq!(store.engine().counts().submitted, before.submitted);
+    let done = poll_once(store.blocking_append((4..=5).map(|i| entry(1, i, 20))));
+    assert!(matches!(done, Some(Ok(()))), "{done:?}");
+    let after = store.engine().counts();
+    assert_eq!(
+        (after.batches, after.syncs),
+        (before.batches + 1, before.syncs + 1)
+    );
+    // Durable with that batch: an engine closed without the store's `close` keeps it.
+    store.engine().close().unwrap();
+    drop(store);
+    let mut store = Store::open(dir.path(), config.clone()).unwrap();
+    assert_eq!(store.read_committed().await.unwrap(), Some(log_id(1, 1, 3)));
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, Some(log_id(1, 1, 5)));
+    close(store);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path(), config)
+        .unwrap()
+        .with_append_waits(false);
+    {
+        let append = store.blocking_append((1..=3).map(|i| entry(1, i, 20)));
+        let mut append = std::pin::pin!(append);
+        assert!(poll_once(append.as_mut()).is_none(), "durable at once");
+        append.await.unwrap();
+    }
+    close(store);
 }

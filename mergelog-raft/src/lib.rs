@@ -320,19 +320,37 @@ where
     /// otherwise), closes the engine (which gives up the directory at once) and ends the
     /// store: for after the Raft node stopped. Closing the engine alone (`engine().close()`)
     /// may leave the newest committed id out, which only means re-applying less at start-up.
+    ///
+    /// Under `Backpressure::Block` its put waits as any write does, for ring space or for a
+    /// consumer lagging past `consumer_lag_max` (the store's drop does not: it gives up).
     pub fn close(mut self) -> StoreResult<(), C> {
-        let saved = self.save_unsaved_committed();
+        let saved = self.save_unsaved_committed(true);
         let closed = (self.shared.engine.close()).map_err(|e| io_err(StorageIOError::write, &e));
         saved.and(closed)
     }
 
-    /// Puts the committed id the log does not hold yet, and waits for it.
-    fn save_unsaved_committed(&mut self) -> StoreResult<(), C> {
+    /// Puts the committed id the log does not hold yet, and waits for it. With `held` false
+    /// the put is never held before it is submitted (a full ring, or a consumer lagging past
+    /// `consumer_lag_max` under `Backpressure::Block`, which may never commit): it is not
+    /// made then, and the log keeps the older id.
+    fn save_unsaved_committed(&mut self, held: bool) -> StoreResult<(), C> {
         if !self.committed_unsaved {
             return Ok(());
         }
         let value = encode(&self.committed).map_err(|e| io_err(StorageIOError::write, &e))?;
-        let put = self.shared.engine.put(COMMITTED_KEY, &value);
+        let engine = &self.shared.engine;
+        let put = match held {
+            true => engine.put(COMMITTED_KEY, &value),
+            // One poll of the asynchronous put submits it, or finds it would wait.
+            false => {
+                let put = std::pin::pin!(engine.put_async(COMMITTED_KEY, &value));
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                match std::future::Future::poll(put, &mut cx) {
+                    std::task::Poll::Ready(put) => put,
+                    std::task::Poll::Pending => return Ok(()),
+                }
+            }
+        };
         (put.and_then(|t| t.wait())).map_err(|e| io_err(StorageIOError::write, &e))?;
         self.committed_unsaved = false;
         Ok(())
@@ -472,8 +490,10 @@ where
 {
     fn drop(&mut self) {
         // The committed id the log does not hold yet: best effort (a failed or closed engine
-        // keeps the older one, which only means re-applying less).
-        let _ = self.save_unsaved_committed();
+        // keeps the older one, which only means re-applying less). Never held for ring space
+        // or a lagging consumer: openraft drops the store when the node stops, and a drop
+        // that waited for a consumer that never commits would hold the shutdown forever.
+        let _ = self.save_unsaved_committed(false);
         // Closing the channel ends the completion thread once it has called back every
         // append (their tickets complete: the engine syncs or fails them).
         drop(self.flushes.take());

@@ -257,3 +257,41 @@ async fn an_append_waits_for_its_entries_unless_told_not_to() {
     }
     close(store);
 }
+
+/// The drop's save of the committed id is best effort: it must not wait on a consumer that
+/// lags past `consumer_lag_max` under `Backpressure::Block` (openraft drops the store when the
+/// node stops, and a put held there for a consumer that may never commit held the shutdown
+/// with it). The drop runs on a thread of its own, so that a hang fails the test: after the
+/// guard, closing the engine releases the held put.
+#[tokio::test]
+async fn dropping_a_store_does_not_wait_on_a_lagging_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = mergelog::Config {
+        backpressure: mergelog::Backpressure::Block,
+        consumer_lag_max: Some(mergelog::ConsumerLag {
+            batches: Some(2),
+            ..mergelog::ConsumerLag::default()
+        }),
+        ..common::small_config()
+    };
+    let engine = std::sync::Arc::new(mergelog::Engine::open(dir.path(), config).unwrap());
+    // A consumer that never commits: after three batches it lags past the limit.
+    let _consumer = engine.consumer("slow").unwrap();
+    let mut store = Store::with_engine(engine.clone()).unwrap();
+    for i in 1..=3 {
+        store.blocking_append([entry(1, i, 20)]).await.unwrap();
+    }
+    store.save_committed(Some(log_id(1, 1, 3))).await.unwrap();
+    let (done, dropped) = std::sync::mpsc::channel();
+    let dropping = std::thread::spawn(move || {
+        drop(store);
+        let _ = done.send(());
+    });
+    let outcome = dropped.recv_timeout(std::time::Duration::from_secs(20));
+    engine.close().unwrap();
+    dropping.join().unwrap();
+    assert!(
+        outcome.is_ok(),
+        "the store's drop waited on the lagging consumer"
+    );
+}

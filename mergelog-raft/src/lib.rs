@@ -318,8 +318,10 @@ where
 
     /// Logs the committed id if the log does not hold it yet (it waits for the next append
     /// otherwise), closes the engine (which gives up the directory at once) and ends the
-    /// store: for after the Raft node stopped. Closing the engine alone (`engine().close()`)
-    /// may leave the newest committed id out, which only means re-applying less at start-up.
+    /// store: for a store driven directly. Under openraft, which owns the store, its drop
+    /// when the node stops logs the id (without waiting to submit it), and closing the
+    /// engine after that (`engine().close()`, on a clone of the `Arc`) frees the directory;
+    /// an id left out only means re-applying less at start-up.
     ///
     /// Under `Backpressure::Block` its put waits as any write does, for ring space or for a
     /// consumer lagging past `consumer_lag_max` (the store's drop does not: it gives up).

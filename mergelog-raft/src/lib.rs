@@ -359,8 +359,8 @@ where
     }
 
     /// The engine under the store (for its counters, or to close it after the Raft node
-    /// stopped, which gives up the directory at once; `close` also logs the newest
-    /// committed id first).
+    /// stopped, which gives up the directory at once; see [`LogStore::close`] for the
+    /// committed id).
     pub fn engine(&self) -> &Arc<Engine> {
         &self.shared.engine
     }

@@ -87,6 +87,9 @@
 //! * **Tasks waiting for space** ([`Ring::poll_push`], the async submit) never park a thread:
 //!   the future pushes a clone of its waker onto `space_wakers` (a mutex-guarded list; only
 //!   this slow path allocates) and increments `space_tasks` (`SeqCst`), then re-checks `head`
+//!   (a future polled again before the list was drained finds its entry by its [`SpaceSlot`]
+//!   and replaces the waker in place, so the list holds one entry per waiting future however
+//!   often an executor polls it; the count, still non-zero since then, is not touched)
 //!   and `tail`'s closed bit; only if neither moved does it return `Pending`. `release` reads
 //!   `space_tasks` after the same fence as `space_waiters` and, when non-zero, takes the whole
 //!   list and wakes every waker in it (the woken retry their claim, and a loser registers
@@ -363,6 +366,19 @@ struct Signal {
     notified: AtomicU32,
 }
 
+/// The list of tasks waiting for space, and how many times it has been drained: an entry a
+/// [`SpaceSlot`] names is still there while `round` is the slot's.
+#[derive(Default)]
+struct SpaceWakers {
+    round: u64,
+    wakers: Vec<Waker>,
+}
+
+/// A waiting future's place in the ring's list of tasks waiting for space
+/// ([`Ring::poll_push`]); starts empty.
+#[derive(Debug, Default)]
+pub struct SpaceSlot(Option<(u64, usize)>);
+
 /// The shared half of the ring: producers push through `Arc<Ring>`.
 pub struct Ring {
     /// End of the last claim, with `CLOSED` set once closed. Every producer CASes it.
@@ -377,7 +393,7 @@ pub struct Ring {
     space_tasks: CachePadded<AtomicU32>,
     /// Wakers of tasks waiting for space ([`Ring::poll_push`]); drained by every release
     /// that sees `space_tasks` non-zero, and by `close`.
-    space_wakers: Mutex<Vec<Waker>>,
+    space_wakers: Mutex<SpaceWakers>,
     /// Read by every producer after publishing; written when the consumer sleeps or wakes.
     signal: CachePadded<Signal>,
     buf: Buffer,
@@ -429,7 +445,7 @@ fn new_pair(capacity: usize) -> (Arc<Ring>, Consumer) {
         head: CachePadded::new(AtomicU64::new(0)),
         space_waiters: CachePadded::new(AtomicU32::new(0)),
         space_tasks: CachePadded::new(AtomicU32::new(0)),
-        space_wakers: Mutex::new(Vec::new()),
+        space_wakers: Mutex::new(SpaceWakers::default()),
         signal: CachePadded::new(Signal {
             state: AtomicU32::new(RUNNING),
             notified: AtomicU32::new(0),
@@ -533,20 +549,22 @@ impl Ring {
 
     /// Like [`Ring::push`], for a task: where `push` would park the thread, this registers
     /// `cx`'s waker, to be woken by the next release (or `close`), and returns `Pending`;
-    /// `fill` is then dropped unused and the caller polls again with a new one. Allocates
+    /// `fill` is then dropped unused and the caller polls again with a new one (and the same
+    /// `slot`: one per waiting future, which keeps its entry in the list single). Allocates
     /// nothing when there is space (only a registration does).
     #[inline]
     pub fn poll_push(
         &self,
         len: usize,
         cx: &mut Context<'_>,
+        slot: &mut SpaceSlot,
         fill: impl FnOnce(&mut [u8]),
     ) -> Poll<Result<u64, PushError>> {
         loop {
             match self.claim(len) {
                 Ok(claim) => return Poll::Ready(Ok(self.commit(claim, len, fill))),
                 Err(ClaimError::Full(head)) => {
-                    if self.register_space_waker(head, cx.waker()) {
+                    if self.register_space_waker(head, cx.waker(), slot) {
                         return Poll::Pending;
                     }
                 }
@@ -702,15 +720,31 @@ impl Ring {
 
     /// Registers `waker` to be woken once `head` moves past `seen_head` or the ring closes.
     /// Returns false if that already happened (the caller retries at once; the waker stays
-    /// registered and gets one spurious wake-up).
+    /// registered and gets one spurious wake-up). A future registered since the list was
+    /// last drained (`slot`) replaces its waker instead of adding one.
     #[cold]
     #[inline(never)]
-    fn register_space_waker(&self, seen_head: u64, waker: &Waker) -> bool {
+    fn register_space_waker(&self, seen_head: u64, waker: &Waker, slot: &mut SpaceSlot) -> bool {
         {
-            let mut wakers = self.space_wakers.lock();
-            wakers.push(waker.clone());
-            // Dekker with `Consumer::release`, as in `wait_for_space`.
-            self.space_tasks.fetch_add(1, Ordering::SeqCst);
+            let mut list = self.space_wakers.lock();
+            let round = list.round;
+            match slot.0 {
+                // Registered this round: the entry is still in the list and `space_tasks`
+                // has been non-zero since, so a release that misses the new `head` check
+                // below still drains the list, and wakes this waker.
+                Some((r, i)) if r == round => {
+                    let w = &mut list.wakers[i];
+                    if !w.will_wake(waker) {
+                        w.clone_from(waker);
+                    }
+                }
+                _ => {
+                    slot.0 = Some((round, list.wakers.len()));
+                    list.wakers.push(waker.clone());
+                    // Dekker with `Consumer::release`, as in `wait_for_space`.
+                    self.space_tasks.fetch_add(1, Ordering::SeqCst);
+                }
+            }
         }
         fence_after_sc_rmw();
         !self.space_moved(seen_head)
@@ -723,7 +757,8 @@ impl Ring {
         let wakers = {
             let mut list = self.space_wakers.lock();
             self.space_tasks.store(0, Ordering::Relaxed);
-            mem::take(&mut *list)
+            list.round = list.round.wrapping_add(1);
+            mem::take(&mut list.wakers)
         };
         // Outside the lock: a waker may run the task inline and register again.
         for w in wakers {
@@ -1132,6 +1167,43 @@ mod tests {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<Arc<Ring>>();
         send_sync::<Consumer>();
+    }
+
+    /// A waker that counts its wake-ups.
+    struct Count(std::sync::atomic::AtomicUsize);
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, StdRelaxed);
+        }
+    }
+
+    /// A future polled again and again while the ring stays full keeps one entry in the list
+    /// of tasks waiting for space (it once added a waker clone per poll); another future
+    /// adds its own, and a release wakes each once.
+    #[test]
+    fn a_task_polled_again_while_it_waits_keeps_one_entry() {
+        let (r, mut c) = new_pair(64);
+        while r.try_push(8, |_| {}).is_ok() {}
+        let (a, b) = (Arc::new(Count(0.into())), Arc::new(Count(0.into())));
+        let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
+        let (mut slot_a, mut slot_b) = (SpaceSlot::default(), SpaceSlot::default());
+        for _ in 0..100 {
+            let p = r.poll_push(8, &mut Context::from_waker(&wa), &mut slot_a, |_| {});
+            assert!(p.is_pending());
+        }
+        let p = r.poll_push(8, &mut Context::from_waker(&wb), &mut slot_b, |_| {});
+        assert!(p.is_pending());
+        assert_eq!(r.space_wakers.lock().wakers.len(), 2);
+        let end = c.read(0, |_, _| true);
+        c.release(end);
+        assert_eq!((a.0.load(StdRelaxed), b.0.load(StdRelaxed)), (1, 1));
+        assert!(r.space_wakers.lock().wakers.is_empty());
+        // The next round: the old slot names a drained list, so the task registers anew.
+        while r.try_push(8, |_| {}).is_ok() {}
+        assert!(r
+            .poll_push(8, &mut Context::from_waker(&wa), &mut slot_a, |_| {})
+            .is_pending());
+        assert_eq!(r.space_wakers.lock().wakers.len(), 1);
     }
 
     #[test]
@@ -1773,8 +1845,9 @@ mod loom_tests {
             }
             let r2 = Arc::clone(&r);
             let t = thread::spawn(move || {
+                let mut slot = SpaceSlot::default();
                 loom::future::block_on(std::future::poll_fn(|cx| {
-                    r2.poll_push(8, cx, |b| b.copy_from_slice(&payload(1, 1)))
+                    r2.poll_push(8, cx, &mut slot, |b| b.copy_from_slice(&payload(1, 1)))
                 }))
             });
             let pos = c.read(0, |_, _| true);
@@ -1800,10 +1873,42 @@ mod loom_tests {
             }
             let r2 = Arc::clone(&r);
             let t = thread::spawn(move || {
-                loom::future::block_on(std::future::poll_fn(|cx| r2.poll_push(8, cx, |_| {})))
+                let mut slot = SpaceSlot::default();
+                loom::future::block_on(std::future::poll_fn(|cx| {
+                    r2.poll_push(8, cx, &mut slot, |_| {})
+                }))
             });
             r.close();
             assert_eq!(t.join().unwrap(), Err(PushError::Closed));
+        });
+    }
+
+    /// A future polled again while it waits (here first by hand, with a waker that does
+    /// nothing) replaces its entry's waker: the release must wake the waker of the last
+    /// poll, which `block_on` sleeps on, or the task never runs again.
+    #[test]
+    fn a_task_polled_again_is_woken_through_its_last_waker() {
+        model(|| {
+            let (r, mut c) = new_pair(CAP);
+            for i in 0..4 {
+                r.try_push(8, |b| b.copy_from_slice(&payload(9, i)))
+                    .unwrap();
+            }
+            let r2 = Arc::clone(&r);
+            let t = thread::spawn(move || {
+                let mut slot = SpaceSlot::default();
+                let noop = std::task::Waker::noop();
+                let first = r2.poll_push(8, &mut Context::from_waker(noop), &mut slot, |_| {});
+                if let Poll::Ready(r) = first {
+                    return r;
+                }
+                loom::future::block_on(std::future::poll_fn(|cx| {
+                    r2.poll_push(8, cx, &mut slot, |_| {})
+                }))
+            });
+            c.read(0, |_, _| true);
+            c.release(16);
+            assert_eq!(t.join().unwrap(), Ok(80));
         });
     }
 

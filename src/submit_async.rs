@@ -184,13 +184,14 @@ impl Engine {
         let inner = &*self.inner;
         let reject = inner.config.backpressure == Backpressure::Reject;
         let mut waited: Option<Instant> = None;
+        let mut slot = crate::ring::SpaceSlot::default();
         let pushed = poll_fn(|cx| {
             let now = self.stamp();
             let fill = |buf: &mut [u8]| fill(buf, now);
             if reject {
                 return Poll::Ready(inner.ring.try_push(len, fill));
             }
-            let r = inner.ring.poll_push(len, cx, fill);
+            let r = inner.ring.poll_push(len, cx, &mut slot, fill);
             if r.is_pending() {
                 waited.get_or_insert_with(Instant::now);
             }

@@ -674,6 +674,27 @@ fn header_says_rewritten(path: &Path, id: u64) -> Result<bool> {
     }
 }
 
+/// The segment a directory follower located, `seg`, if its header is valid (judged as the
+/// recovery scan judges it: `recovery::header_problem`). A bad header is damage at offset 0
+/// (`Error::Corrupt`), except on the last listed file (`last`) when it is what a roll that a
+/// power loss tore leaves (zeros, or the file's earlier header): `Ok(None)` then, as a
+/// reader stops before it. The frames of such a segment may be on the disk (the kernel
+/// writes pages back in any order), but nothing in it was acknowledged, and the writer's
+/// open drops it, then writes other batches under the same numbers: the follower waits for
+/// those, locating the batch again at each poll. A segment the writer names is never one:
+/// a roll writes the header before it renames the file.
+fn header_checked(seg: Arc<Segment>, last: bool) -> Result<Option<Arc<Segment>>> {
+    match crate::log::recovery::header_problem(seg.image(), seg.id) {
+        None => Ok(Some(seg)),
+        Some((_, true)) if last => Ok(None),
+        Some((reason, _)) => Err(Error::Corrupt {
+            path: seg.path.clone(),
+            offset: 0,
+            reason,
+        }),
+    }
+}
+
 /// The batch sequence after frame `f` of `seg`; `Error::Corrupt` if there is none (only a
 /// frame whose sequence no log reaches can be `u64::MAX`).
 fn next_in_chain(seg: &Segment, f: &Frame<'_>) -> Result<u64> {
@@ -799,7 +820,9 @@ impl Follower {
     /// rewrite: then it lists again, up to [`FIND_RETRIES_MAX`] times (as `scan_retrying`):
     /// a name that never opens (a dangling symbolic link, a file another process keeps
     /// locked) ends in the I/O error of its last try, naming the file. A file whose name gives
-    /// a batch sequence no log has (0, or past `SEQ_MAX`) is `Error::Corrupt`.
+    /// a batch sequence no log has (0, or past `SEQ_MAX`) is `Error::Corrupt`, and so is one
+    /// whose header is bad, but for the last one whose roll a power loss tore: that one is
+    /// not there yet ([`header_checked`]).
     fn find_in_dir(&mut self) -> Result<Option<Arc<Segment>>> {
         let mut tries = 0;
         loop {
@@ -822,7 +845,7 @@ impl Follower {
                 Err(e) => Err(e),
             };
             let failed = match opened {
-                Ok(seg) => return Ok(Some(seg)),
+                Ok(seg) => return header_checked(seg, idx + 1 == files.len()),
                 // Retired between the listing and the open (gone, being reused, or renamed and
                 // reused already), or replaced by a rewrite: list again.
                 Err(e) if vanished(&e) => e,

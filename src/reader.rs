@@ -674,6 +674,27 @@ fn header_says_rewritten(path: &Path, id: u64) -> Result<bool> {
     }
 }
 
+/// The segment a directory follower located, `seg`, if its header is valid (judged as the
+/// recovery scan judges it: `recovery::header_problem`). A bad header is damage at offset 0
+/// (`Error::Corrupt`), except on the last listed file (`last`) when it is what a roll that a
+/// power loss tore leaves (zeros, or the file's earlier header): `Ok(None)` then, as a
+/// reader stops before it. The frames of such a segment may be on the disk (the kernel
+/// writes pages back in any order), but nothing in it was acknowledged, and the writer's
+/// open drops it, then writes other batches under the same numbers: the follower waits for
+/// those, locating the batch again at each poll. A segment the writer names is never one:
+/// a roll writes the header before it renames the file.
+fn header_checked(seg: Arc<Segment>, last: bool) -> Result<Option<Arc<Segment>>> {
+    match crate::log::recovery::header_problem(seg.image(), seg.id) {
+        None => Ok(Some(seg)),
+        Some((_, true)) if last => Ok(None),
+        Some((reason, _)) => Err(Error::Corrupt {
+            path: seg.path.clone(),
+            offset: 0,
+            reason,
+        }),
+    }
+}
+
 /// The batch sequence after frame `f` of `seg`; `Error::Corrupt` if there is none (only a
 /// frame whose sequence no log reaches can be `u64::MAX`).
 fn next_in_chain(seg: &Segment, f: &Frame<'_>) -> Result<u64> {
@@ -695,6 +716,11 @@ fn next_in_chain(seg: &Segment, f: &Frame<'_>) -> Result<u64> {
 /// every batch that became durable first, then `Err(Closed)` instead of waiting. It reads
 /// only published bytes of the engine's mappings, never the part of a segment the engine is
 /// still writing.
+///
+/// A follower waits at a bad frame only where the log may still be written: a frame there
+/// that does not continue the chain where the log is known to go on past it (bytes the
+/// engine published; of a directory, a segment listed before another when the follower
+/// moved to it) is damage, `Err(Error::Corrupt)` naming the file and the frame's offset.
 pub struct Follower {
     dir: PathBuf,
     /// In-process: the engine's segment list, read instead of the directory (so the
@@ -706,6 +732,11 @@ pub struct Follower {
     /// start, so it never takes an old frame of a reused file (behind the end marker, with
     /// lower sequences) for part of the log.
     current: Option<(Arc<Segment>, u64, u64)>,
+    /// A directory follower's: the id of the file listed after the current segment when it
+    /// was located, if one was. The current segment was complete then (a roll drains the
+    /// pipeline before it names the next file), and its frames run up to that batch: a
+    /// frame missing before it is damage, not the live end of the log.
+    next_listed: Option<u64>,
     /// In-process gate: the engine's last durable batch sequence, and whether it stopped.
     live: Option<Arc<LiveLog>>,
     poll: Duration,
@@ -734,6 +765,7 @@ impl Follower {
             segments: None,
             next_seq: from,
             current: None,
+            next_listed: None,
             live: None,
             poll: Duration::from_micros(200),
             ticker: None,
@@ -759,8 +791,9 @@ impl Follower {
         }
     }
 
-    /// The segment holding `next_seq`: the one with the greatest id not above it.
-    fn find_segment(&mut self) -> Result<Option<Arc<Segment>>> {
+    /// The segment holding `next_seq`: the one with the greatest id not above it; with, for a
+    /// directory follower, the id of the file listed after it (see [`Follower::next_listed`]).
+    fn find_segment(&mut self) -> Result<Option<(Arc<Segment>, Option<u64>)>> {
         let Some(segments) = &self.segments else {
             return self.find_in_dir();
         };
@@ -772,17 +805,18 @@ impl Follower {
                 seq: Seq::new(self.next_seq),
                 first: Seq::new(first.id),
             }),
-            (found, _) => Ok(found),
+            (found, _) => Ok(found.map(|s| (s, None))),
         }
     }
 
     /// Finds the segment holding `next_seq`; reading starts at its first frame.
     fn locate(&mut self) -> Result<bool> {
-        let Some(seg) = self.find_segment()? else {
+        let Some((seg, next_listed)) = self.find_segment()? else {
             return Ok(false);
         };
         let id = seg.id;
         self.current = Some((seg, SEGMENT_HEADER_LEN as u64, id));
+        self.next_listed = next_listed;
         Ok(true)
     }
 
@@ -799,8 +833,10 @@ impl Follower {
     /// rewrite: then it lists again, up to [`FIND_RETRIES_MAX`] times (as `scan_retrying`):
     /// a name that never opens (a dangling symbolic link, a file another process keeps
     /// locked) ends in the I/O error of its last try, naming the file. A file whose name gives
-    /// a batch sequence no log has (0, or past `SEQ_MAX`) is `Error::Corrupt`.
-    fn find_in_dir(&mut self) -> Result<Option<Arc<Segment>>> {
+    /// a batch sequence no log has (0, or past `SEQ_MAX`) is `Error::Corrupt`, and so is one
+    /// whose header is bad, but for the last one whose roll a power loss tore: that one is
+    /// not there yet ([`header_checked`]).
+    fn find_in_dir(&mut self) -> Result<Option<(Arc<Segment>, Option<u64>)>> {
         let mut tries = 0;
         loop {
             let files = crate::log::dir::list_segments(&self.dir)?;
@@ -816,13 +852,19 @@ impl Follower {
             };
             let (id, path) = &files[idx];
             check_listed_id(*id, path)?;
-            let opened = match rewrite_over(&files, idx) {
-                Ok(Some(rewritten)) => Ok(rewritten),
-                Ok(None) => open_named(path, *id),
-                Err(e) => Err(e),
+            // The file listed after the one picked, unless that one is a rewrite's leftover
+            // (the files after it may be too: where the rewritten segment's batches end is
+            // not looked for here).
+            let (opened, next_listed) = match rewrite_over(&files, idx) {
+                Ok(Some(rewritten)) => (Ok(rewritten), None),
+                Ok(None) => (open_named(path, *id), files.get(idx + 1).map(|f| f.0)),
+                Err(e) => (Err(e), None),
             };
             let failed = match opened {
-                Ok(seg) => return Ok(Some(seg)),
+                Ok(seg) => {
+                    let found = header_checked(seg, idx + 1 == files.len())?;
+                    return Ok(found.map(|seg| (seg, next_listed)));
+                }
                 // Retired between the listing and the open (gone, being reused, or renamed and
                 // reused already), or replaced by a rewrite: list again.
                 Err(e) if vanished(&e) => e,
@@ -895,7 +937,35 @@ impl Follower {
                     self.next_seq = after;
                     return Ok(Some(batch));
                 }
-                _ => {
+                found => {
+                    // Frames the log holds past this point, where this one does not continue
+                    // the chain: damage (a disk's), never a frame being written. In the
+                    // engine's process, bytes it published (whole frames: `off` is where one
+                    // ends); of a directory, a segment complete when it was located, whose
+                    // frames must reach the next file's id.
+                    let complete = match self.live {
+                        // What was published when `bytes` was taken: more may be by now.
+                        Some(_) => *off < bytes.len() as u64,
+                        None => self.next_listed.is_some_and(|next| *chain < next),
+                    };
+                    if complete {
+                        return Err(Error::Corrupt {
+                            path: seg.path.clone(),
+                            offset: *off,
+                            reason: match found {
+                                Err(e) => e.to_string(),
+                                Ok(Decoded::Frame(f)) => format!(
+                                    "frame has batch sequence {} where {chain} was expected \
+                                     (stale or misplaced bytes)",
+                                    f.batch_seq
+                                ),
+                                Ok(Decoded::End) => format!(
+                                    "the segment's frames end before batch {chain}, which it \
+                                     holds (the log goes on past it)"
+                                ),
+                            },
+                        });
+                    }
                     // Not here (yet): the batch may be in a newer segment after a roll.
                     // Or this segment was retired under the follower, and the next one may
                     // have been too, or a rewrite was renamed over its name (or the name of

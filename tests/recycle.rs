@@ -724,3 +724,70 @@ fn a_last_segment_whose_activation_tore_is_dropped() {
         "a zeroed header before the last segment: {e:?}"
     );
 }
+
+/// A power loss during a roll can leave the last segment named, with frames of its first
+/// batches on the disk but not its header (zeros, or the file's earlier one: the kernel
+/// writes pages back in any order, and nothing in the segment was acknowledged). A reader
+/// stops before such a segment and a writer drops it, then writes other batches under the
+/// same numbers; a follower of the directory must not yield the dropped ones. It once
+/// mapped the file by its name and walked its frames without looking at its header, so it
+/// yielded them, and then the writer's different batches after them.
+#[test]
+#[allow(clippy::disallowed_methods)] // the torn roll's file, made behind the seam's back
+fn a_directory_follower_never_yields_a_batch_of_a_segment_whose_activation_tore() {
+    let (template, active, _, next) = closed_in_a_reused_segment();
+    let torn_name = mergelog::internals::format::segment_file_name(next);
+    let earlier = std::fs::read(&active.path).unwrap();
+    // Batch `next` as the roll wrote it into the new file, at offset 64.
+    let len = frame_len(record_len(4, VALUE_LEN));
+    let mut frame = vec![0u8; len + 32];
+    let mut w = FrameWriter::new(&mut frame[..len], next, FLAG_SORTED);
+    w.push(RecordOp::Put, b"torn", &value(0));
+    assert_eq!(w.finish(1), len);
+    let zeros = vec![0u8; earlier.len()];
+    for (what, image) in [("zeros", &zeros), ("earlier header", &earlier)] {
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(template.path()).unwrap().flatten() {
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+        let mut image = image.clone();
+        image[SEGMENT_HEADER_LEN..SEGMENT_HEADER_LEN + frame.len()].copy_from_slice(&frame);
+        std::fs::write(dir.path().join(&torn_name), &image).unwrap();
+        assert_eq!(
+            LogReader::open(dir.path()).unwrap().next_seq().get(),
+            next,
+            "{what}: a reader stops before the torn segment"
+        );
+        // One follower at the torn segment's first batch, one reading up to it.
+        let mut at = LogReader::open(dir.path()).unwrap().follow(next);
+        let mut before = LogReader::open(dir.path()).unwrap().follow(next - 1);
+        assert_eq!(
+            before.try_next().unwrap().map(|b| b.seq.get()),
+            Some(next - 1)
+        );
+        for (name, f) in [("at", &mut at), ("before", &mut before)] {
+            let got = f.try_next().unwrap();
+            assert!(
+                got.is_none(),
+                "{what}, follower {name}: yielded batch {:?} of a segment a writer drops",
+                got.map(|b| (b.seq, String::from_utf8_lossy(&b.records[0].1).into_owned()))
+            );
+        }
+        // The writer drops it and writes another batch `next`: that is the one yielded.
+        let engine = Engine::open(dir.path(), config()).unwrap();
+        assert!(engine.open_report().truncated.is_some(), "{what}");
+        engine.put(b"new!", &value(1)).unwrap().wait().unwrap();
+        for (name, f) in [("at", &mut at), ("before", &mut before)] {
+            let b = f
+                .next_timeout(WAIT_MAX)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{what}, follower {name}: the new batch never came"));
+            assert_eq!(
+                (b.seq.get(), b.records[0].1.as_slice()),
+                (next, &b"new!"[..]),
+                "{what}, follower {name}"
+            );
+        }
+        engine.close().unwrap();
+    }
+}

@@ -587,3 +587,64 @@ fn a_directory_follower_started_past_the_end_reaches_a_batch_inside_a_later_segm
     assert_eq!(batch.seq.get(), target);
     engine.close().unwrap();
 }
+
+/// Damage to a frame of a segment before the last (a disk's, after the log was opened) is
+/// an error for a follower, naming the file and the frame's offset, as it is for
+/// `LogReader::open`: a segment the log has moved on from is complete, so a bad frame there
+/// is no frame being written. A follower took it for the live end of the log and waited
+/// there for ever, looking caught up while the log went on past it.
+#[test]
+#[allow(clippy::disallowed_methods)] // the damage, made behind the seam's back
+fn a_follower_reports_damage_before_the_last_segment_instead_of_waiting_at_it() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(true)).unwrap();
+    let mut i = 0;
+    while engine.segments().len() < 3 {
+        let value = vec![b'v'; 1000];
+        wait_ok(&engine.put(&key(i % KEYS), &value).unwrap(), "put");
+        i += 1;
+    }
+    // Batch `k`, in the middle of the first segment.
+    let (k, path, offset) = {
+        let reader = engine.replay().unwrap();
+        let first: Vec<_> = reader
+            .batches()
+            .take_while(|b| b.segment() == reader.segment_files()[0].0)
+            .map(|b| (b.seq().get(), b.segment().to_owned(), b.offset()))
+            .collect();
+        first[first.len() / 2].clone()
+    };
+    // Followers made before the damage: one of this engine, one of the directory.
+    let mut in_process = engine.follow(1);
+    let mut of_dir = LogReader::open(dir.path()).unwrap().follow(1);
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    // A byte of the frame's body flipped: its CRC fails.
+    let at = offset + 40;
+    let mut byte = [0u8];
+    std::fs::File::open(&path)
+        .unwrap()
+        .read_exact_at(&mut byte, at)
+        .unwrap();
+    file.write_all_at(&[byte[0] ^ 0x40], at).unwrap();
+    for (what, f) in [
+        ("engine.follow", &mut in_process),
+        ("LogReader.follow", &mut of_dir),
+    ] {
+        for seq in 1..k {
+            let b = f
+                .next_timeout(WAIT_MAX)
+                .unwrap()
+                .expect("a batch before the damage");
+            assert_eq!(b.seq.get(), seq, "{what}");
+        }
+        // A hang guard: the log goes on two segments past it.
+        match f.next_timeout(Duration::from_secs(2)) {
+            Err(mergelog::Error::Corrupt {
+                path: p, offset: o, ..
+            }) => assert_eq!((p, o), (path.clone(), offset), "{what}"),
+            other => panic!("{what}: at damaged batch {k}: {other:?}"),
+        }
+    }
+    engine.close().unwrap();
+}

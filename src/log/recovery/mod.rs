@@ -322,6 +322,25 @@ pub(crate) fn chain_end(image: &[u8], id: u64) -> u64 {
     verify::verify(image, &expected).verdict().next_seq
 }
 
+/// What is wrong with the header of the segment file whose image is `image` and whose name
+/// gives batch `id`, judged as the scan judges a file named after the batch it must start
+/// with (any version this build reads, the id its name gives, the file's size), without
+/// looking at its frames: `None` if nothing is; else the reason, and whether it is what a
+/// roll that a power loss tore leaves (all zeros, the file's earlier header, or a mix of
+/// either with the new one: `verify::HeaderProblem::unactivated`), which a writer drops
+/// when it is the last segment and a reader stops before.
+pub(crate) fn header_problem(image: &[u8], id: u64) -> Option<(String, bool)> {
+    let expected = verify::Expected {
+        name_id: id,
+        first_seq: id,
+        next_id: None,
+        zeros_after: false,
+    };
+    verify::verify(image, &expected)
+        .header_problem()
+        .map(|p| (p.to_string(), p.unactivated()))
+}
+
 /// Batch sequences start at 1 and grow by one per batch: an id of 0, or one so large that
 /// counting on from it could overflow, is not a name the engine ever gives.
 pub(crate) fn check_listed_id(id: u64, path: &Path) -> Result<()> {

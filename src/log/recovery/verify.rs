@@ -272,6 +272,15 @@ fn torn_activation(image: &[u8], id: u64) -> bool {
 }
 
 impl<'a> Verifier<'a> {
+    /// What is wrong with the segment's header, if anything: checked when the verifier was
+    /// made, before any frame.
+    pub fn header_problem(&self) -> Option<&HeaderProblem> {
+        match &self.verdict.stop {
+            Stop::Header(p) => Some(p),
+            _ => None,
+        }
+    }
+
     /// Goes through the frames not yet visited, and says what was found.
     pub fn verdict(mut self) -> Verdict {
         for _ in &mut self {}

@@ -115,7 +115,8 @@ pub const SYNCERS_MAX: usize = 16;
 /// Engine configuration. `Config::default()` is a sound production setting.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Bytes of the ingest ring; a power of two, at least 64 KiB. Default 16 MiB.
+    /// Bytes of the ingest ring; a power of two, at least 64 KiB and at most 2 GiB. Default
+    /// 16 MiB.
     pub ring_bytes: usize,
     /// Size of each segment file: a multiple of 4096, 64 KiB to 4 GiB, and room for one full
     /// batch after the segment's header (64 + 32 + `batch_bytes_max` rounded up to 8 bytes:

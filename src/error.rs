@@ -42,7 +42,7 @@ pub enum Error {
     },
     /// A `WriteBatch` holds no operations.
     EmptyBatch,
-    /// The configuration is inconsistent; `what` names the setting and the rule.
+    /// The configuration is inconsistent; the message names the setting and the rule.
     InvalidConfig(String),
     /// The ring is full and `Backpressure::Reject` is configured: shed load or retry later.
     /// (A put refused because a consumer lags is [`Error::Throttled`]; back off from both
@@ -55,7 +55,8 @@ pub enum Error {
     Throttled {
         /// The slowest consumer.
         consumer: String,
-        /// Its lag as last measured: in batches, and in bytes if a bytes limit is set.
+        /// Its lag as last measured: in batches, in bytes if a bytes limit is set, and in age
+        /// (of its oldest uncommitted batch) if an age limit is set.
         lag: crate::config::ConsumerLag,
     },
     /// The engine has been closed; no more requests are accepted. An in-process follower

@@ -195,7 +195,7 @@ pub struct Config {
     /// disk fills: the writers need only call `resume` until it succeeds.
     pub reserve_segment: bool,
     /// Throttling on consumer lag (default `None`: never). While the slowest durable
-    /// consumer lags by more than the limit, `put`, `delete` and `write` are throttled as
+    /// consumer lags by more than the limit, `put`, `delete`, `merge` and `write` are throttled as
     /// `backpressure` says: `Reject` refuses them with `Error::Throttled` (back off and
     /// retry, as from the `Error::Busy` of a full ring: `Error::is_back_off` is true for
     /// both); `Block` waits until the lag falls to 90 % of the limit (the release point, so

@@ -49,8 +49,8 @@ pub enum Error {
     /// alike: [`Error::is_back_off`].)
     Busy,
     /// With `Config::consumer_lag_max` and `Backpressure::Reject`: the slowest durable consumer
-    /// lags the durable log past the limit, and a `put`, `delete` or `write` is refused. Back
-    /// off as from [`Error::Busy`] (retry once the consumer has caught up);
+    /// lags the durable log past the limit, and a `put`, `delete`, `merge` or `write` is
+    /// refused. Back off as from [`Error::Busy`] (retry once the consumer has caught up);
     /// [`Error::is_back_off`] is true for both.
     Throttled {
         /// The slowest consumer.

@@ -83,8 +83,8 @@ pub enum Error {
         thread: &'static str,
     },
     /// `close` gave up on a producer that claimed ring space for a request but did not
-    /// publish it (a thread stopped inside `put`, `delete`, `get` or `write`: preempted for
-    /// long, frozen by a debugger or a signal handler). The engine fails with it as the cause
+    /// publish it (a thread stopped inside `put`, `delete`, `merge`, `get` or `write`:
+    /// preempted for long, frozen by a debugger or a signal handler). The engine fails with it as the cause
     /// of [`Error::Failed`]: the requests before `position` complete as usual; that request
     /// and every one after it were not written, and their tickets fail. Reopen the directory
     /// and submit them again.

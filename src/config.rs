@@ -115,7 +115,8 @@ pub const SYNCERS_MAX: usize = 16;
 /// Engine configuration. `Config::default()` is a sound production setting.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Bytes of the ingest ring; a power of two, at least 64 KiB. Default 16 MiB.
+    /// Bytes of the ingest ring; a power of two, at least 64 KiB and at most 2 GiB. Default
+    /// 16 MiB.
     pub ring_bytes: usize,
     /// Size of each segment file: a multiple of 4096, 64 KiB to 4 GiB, and room for one full
     /// batch after the segment's header (64 + 32 + `batch_bytes_max` rounded up to 8 bytes:
@@ -194,7 +195,7 @@ pub struct Config {
     /// disk fills: the writers need only call `resume` until it succeeds.
     pub reserve_segment: bool,
     /// Throttling on consumer lag (default `None`: never). While the slowest durable
-    /// consumer lags by more than the limit, `put`, `delete` and `write` are throttled as
+    /// consumer lags by more than the limit, `put`, `delete`, `merge` and `write` are throttled as
     /// `backpressure` says: `Reject` refuses them with `Error::Throttled` (back off and
     /// retry, as from the `Error::Busy` of a full ring: `Error::is_back_off` is true for
     /// both); `Block` waits until the lag falls to 90 % of the limit (the release point, so

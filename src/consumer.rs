@@ -58,7 +58,7 @@ pub(crate) fn consumer_file_name(name: &str) -> String {
 /// allows) never write into, remove or rename each other's file: each commit's file is whole
 /// and the last rename wins. It does not start with `consumer-`, so it is never taken for a
 /// consumer, whatever the name. A writable open removes those a crash left
-/// ([`remove_tmp_leftovers`]).
+/// ([`dir::remove_consumer_leftovers`]).
 pub(crate) fn consumer_tmp_name(name: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);

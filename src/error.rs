@@ -42,20 +42,21 @@ pub enum Error {
     },
     /// A `WriteBatch` holds no operations.
     EmptyBatch,
-    /// The configuration is inconsistent; `what` names the setting and the rule.
+    /// The configuration is inconsistent; the message names the setting and the rule.
     InvalidConfig(String),
     /// The ring is full and `Backpressure::Reject` is configured: shed load or retry later.
     /// (A put refused because a consumer lags is [`Error::Throttled`]; back off from both
     /// alike: [`Error::is_back_off`].)
     Busy,
     /// With `Config::consumer_lag_max` and `Backpressure::Reject`: the slowest durable consumer
-    /// lags the durable log past the limit, and a `put`, `delete` or `write` is refused. Back
-    /// off as from [`Error::Busy`] (retry once the consumer has caught up);
+    /// lags the durable log past the limit, and a `put`, `delete`, `merge` or `write` is
+    /// refused. Back off as from [`Error::Busy`] (retry once the consumer has caught up);
     /// [`Error::is_back_off`] is true for both.
     Throttled {
         /// The slowest consumer.
         consumer: String,
-        /// Its lag as last measured: in batches, and in bytes if a bytes limit is set.
+        /// Its lag as last measured: in batches, in bytes if a bytes limit is set, and in age
+        /// (of its oldest uncommitted batch) if an age limit is set.
         lag: crate::config::ConsumerLag,
     },
     /// The engine has been closed; no more requests are accepted. An in-process follower
@@ -82,8 +83,8 @@ pub enum Error {
         thread: &'static str,
     },
     /// `close` gave up on a producer that claimed ring space for a request but did not
-    /// publish it (a thread stopped inside `put`, `delete`, `get` or `write`: preempted for
-    /// long, frozen by a debugger or a signal handler). The engine fails with it as the cause
+    /// publish it (a thread stopped inside `put`, `delete`, `merge`, `get` or `write`:
+    /// preempted for long, frozen by a debugger or a signal handler). The engine fails with it as the cause
     /// of [`Error::Failed`]: the requests before `position` complete as usual; that request
     /// and every one after it were not written, and their tickets fail. Reopen the directory
     /// and submit them again.

@@ -112,7 +112,7 @@ pub struct Counts {
     pub window_waits: u64,
     /// Where the disk's time went, from the first sync on.
     pub sync_time: SyncTime,
-    /// Submissions (`put`, `delete`, `write`) refused or made to wait because the slowest
+    /// Submissions (`put`, `delete`, `merge`, `write`) refused or made to wait because the slowest
     /// consumer lagged past `Config::consumer_lag_max`.
     pub throttled: u64,
     /// Requests with a request id that were taken in as duplicates (of an id already logged
@@ -241,7 +241,7 @@ pub struct Stats {
     pub window_waits: u64,
     /// Where the disk's time went, from the first sync on.
     pub sync_time: SyncTime,
-    /// Submissions (`put`, `delete`, `write`) refused or made to wait because the slowest
+    /// Submissions (`put`, `delete`, `merge`, `write`) refused or made to wait because the slowest
     /// consumer lagged past `Config::consumer_lag_max`.
     pub throttled: u64,
     /// Requests with a request id that were taken in as duplicates (of an id already logged

@@ -1,5 +1,5 @@
 //! Throttling on consumer lag (`Config::consumer_lag_max`): while the slowest durable consumer
-//! lags the durable log by more than the limit, `put`, `delete` and `write` are refused
+//! lags the durable log by more than the limit, `put`, `delete`, `merge` and `write` are refused
 //! (`Backpressure::Reject`) or wait (`Block`).
 //!
 //! The decision is one flag, [`Throttle::engaged`], which the submit path loads (Relaxed; it

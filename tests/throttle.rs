@@ -1,4 +1,4 @@
-//! Throttling on consumer lag (`Config::consumer_lag_max`): past the limit, puts are refused
+//! Throttling on consumer lag (`Config::consumer_lag_max`): past the limit, writes are refused
 //! (`Backpressure::Reject`) or wait (`Block`); a commit (in this process, or through a
 //! consumer's file from another `LogReader`), removing the consumer, or closing the engine
 //! releases them; without a consumer nothing is throttled; a zero limit is refused; a request
@@ -79,8 +79,11 @@ fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 #[test]
 fn past_the_limit_puts_are_refused_until_the_consumer_commits() {
     let dir = tempfile::tempdir().unwrap();
-    let engine =
-        Engine::open(dir.path(), config(Backpressure::Reject, batches(LIMIT))).expect("open");
+    let config = Config {
+        merge: Some(mergelog::MergeOperator::Add),
+        ..config(Backpressure::Reject, batches(LIMIT))
+    };
+    let engine = Engine::open(dir.path(), config).expect("open");
     let mut c = engine.consumer("slow").expect("consumer");
     for i in 1..=LIMIT + 1 {
         assert_eq!(put_batch(&engine, i, 10), i);
@@ -102,11 +105,15 @@ fn past_the_limit_puts_are_refused_until_the_consumer_commits() {
     let mut batch = mergelog::WriteBatch::new();
     batch.put(b"k", b"v");
     assert!(is_throttled(engine.write(&batch)), "a write past the limit");
+    assert!(
+        is_throttled(engine.merge(b"n", &1i64.to_le_bytes())),
+        "a merge past the limit"
+    );
     // Reads and flushes add nothing to the backlog.
     engine.get(b"key-0001").expect("get").wait().expect("read");
     engine.flush().expect("flush").wait().expect("flushed");
-    assert_eq!(engine.counts().throttled, 3);
-    assert_eq!(engine.stats().throttled, 3);
+    assert_eq!(engine.counts().throttled, 4);
+    assert_eq!(engine.stats().throttled, 4);
     consume(&mut c, LIMIT + 1);
     put_batch(&engine, 100, 10);
 }

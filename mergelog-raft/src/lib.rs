@@ -14,8 +14,9 @@
 //!   it returns and one store-owned thread waits the tickets in order and calls back when
 //!   they are durable. The entries are readable at once from an in-memory overlay until
 //!   then.
-//! - `save_committed` keeps the id for the next append's first batch (or a purge's, or
-//!   [`LogStore::close`]): no request of its own.
+//! - `save_committed` keeps the id for the next append's first batch (or a purge's,
+//!   [`LogStore::close`], or the store's drop, which does not wait to submit it): no request
+//!   of its own.
 //! - `truncate` deletes the conflicting suffix; `purge` deletes the prefix and then retires
 //!   the engine's whole segments before it (`Engine::retire_before`), after rewriting the
 //!   meta keys so that retiring never forgets them.

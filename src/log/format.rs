@@ -263,7 +263,7 @@ impl SegmentHeader {
     /// Decodes the header from the first 64 bytes of `bytes` (a whole segment image will do).
     ///
     /// Checks, in order: length, magic, version, CRC, header length, reserved bytes zero,
-    /// segment size. Whether the size matches the file and the id matches the file name is
+    /// flags (known to the version, not both), segment size. Whether the size matches the file and the id matches the file name is
     /// for the caller to check.
     pub fn decode(bytes: &[u8]) -> Result<SegmentHeader, FormatError> {
         use FormatErrorKind::*;
@@ -466,7 +466,9 @@ pub struct Trailer<'a> {
 /// One record of a decoded frame, borrowed from the segment.
 #[derive(Clone, Copy, Debug)]
 pub struct Record<'a> {
+    /// What the record does to its key.
     pub op: RecordOp,
+    /// The key (0 to 65,535 bytes).
     pub key: &'a [u8],
     /// Empty for a `Delete`.
     pub value: &'a [u8],

@@ -113,8 +113,8 @@ pub(crate) struct Inner {
     /// Sequence number of the last durable batch, and whether the pipeline has stopped (for
     /// in-process followers).
     pub(crate) live: Arc<LiveLog>,
-    /// Throttling on consumer lag (`Config::consumer_lag_max`): the flag `put`, `delete` and
-    /// `write` load, set and cleared as the lag changes.
+    /// Throttling on consumer lag (`Config::consumer_lag_max`): the flag `put`, `delete`,
+    /// `merge` and `write` load, set and cleared as the lag changes.
     pub(crate) throttle: Arc<Throttle>,
     /// Jobs handed to the syncer and not yet taken by it.
     pub(crate) queued: AtomicUsize,

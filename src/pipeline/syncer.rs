@@ -7,7 +7,7 @@
 //!
 //! With `Config::syncers` = N > 1 there are N syncers, and up to N syncs in flight: each
 //! takes the next contiguous run of jobs under one lock and gets a turn
-//! ([`SyncTurns`](super::handoff::SyncTurns)), syncs it through a file description of its
+//! ([`SyncTurns`]), syncs it through a file description of its
 //! own ([`sync_own`]), and the groups then complete in turn order, one at a time. That keeps
 //! one contiguous watermark: a sync started after frame k was written covers frame k and
 //! every frame before it, but the watermark passes a group only once its own sync returned

@@ -2032,7 +2032,7 @@ pub mod profile {
         system: EngineSystem,
         /// Record the pipeline's timeline (`Config::trace_events`: each window's cut and
         /// hand-on, each group a syncer took, each sync's start and end, each compaction batch
-        /// and roll), write it to FILE (one event per line: nanoseconds since open, kind,
+        /// and roll, each wait for the bound on frames not yet durable), write it to FILE (one event per line: nanoseconds since open, kind,
         /// value) and sum it up: how the disk's time divides by syncs in flight and what the
         /// flusher did while none ran, and how long each hand-off took.
         #[arg(long, value_name = "FILE")]

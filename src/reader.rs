@@ -696,13 +696,13 @@ fn rewrite_over(files: &[(u64, PathBuf)], idx: usize) -> Result<Option<Arc<Segme
 /// (false if it has no such header, or is shorter than one: recovery judges such a file). A
 /// hint only: a rewritten segment is then opened, and its mapping's header is the one that
 /// counts. A file that does not open is an error, never "not rewritten": gone since the
-/// listing (`NotFound`, which [`vanished`] accepts: the follower lists again), or not to be
+/// listing (`NotFound`, which [`vanished`] accepts: the follower lists again), not to be
 /// read now (the process out of files past its hard limit, say), when the file the follower
-/// picked may be its leftover.
+/// picked may be its leftover, or no segment at all (`Error::Corrupt`: a name on a directory,
+/// or on a symbolic link to nothing).
 fn header_says_rewritten(path: &Path, id: u64) -> Result<bool> {
     use std::os::unix::fs::FileExt;
-    let file = crate::log::dir::open_regular(path, false)
-        .map_err(|e| Error::io("open segment", path, e))?;
+    let file = crate::log::segment::open_segment_file(path, false)?;
     let mut header = [0u8; SEGMENT_HEADER_LEN];
     match file.read_exact_at(&mut header, 0) {
         Ok(()) => {
@@ -836,9 +836,10 @@ impl Follower {
     /// A listed file may be retired under the follower (gone, locked while the engine takes
     /// it for reuse, or renamed and reused once opened), or replaced under its name by a
     /// rewrite: then it lists again, up to [`FIND_RETRIES_MAX`] times (as `scan_retrying`):
-    /// a name that never opens (a dangling symbolic link, a file another process keeps
-    /// locked) ends in the I/O error of its last try, naming the file. A file whose name gives
-    /// a batch sequence no log has (0, or past `SEQ_MAX`) is `Error::Corrupt`.
+    /// a name that never opens (a file another process keeps locked) ends in the I/O error of
+    /// its last try, naming the file. A file whose name gives a batch sequence no log has (0,
+    /// or past `SEQ_MAX`), and a name on a symbolic link to nothing (not gone: nothing retired
+    /// it), are `Error::Corrupt` at once.
     fn find_in_dir(&mut self) -> Result<Option<Arc<Segment>>> {
         let mut tries = 0;
         loop {
@@ -1147,10 +1148,11 @@ mod tests {
         seg
     }
 
-    /// A directory follower's segment name that never opens (a dangling symbolic link named
-    /// like a segment, a segment file another process keeps locked) is retried a bounded
-    /// number of times, then is the I/O error naming the file: never a retry without end
-    /// (it recursed, until the stack overflowed).
+    /// A directory follower's segment name that never opens (a segment file another process
+    /// keeps locked) is retried a bounded number of times, then is the I/O error naming the
+    /// file: never a retry without end (it recursed, until the stack overflowed). A dangling
+    /// symbolic link named like a segment is not retried: it is damage at that file
+    /// (`Error::Corrupt`, as for the scans), not a segment retired under the follower.
     #[test]
     #[allow(clippy::disallowed_methods)] // files made behind the seam's back
     fn a_directory_follower_gives_up_on_a_segment_that_never_opens() {
@@ -1160,9 +1162,8 @@ mod tests {
         std::os::unix::fs::symlink(dir.path().join("nowhere"), &link).unwrap();
         let mut follower = Follower::new(dir.path().to_owned(), 1);
         match follower.try_next() {
-            Err(Error::Io { path, source, .. }) => {
-                assert_eq!(path, link);
-                assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+            Err(Error::Corrupt { path, offset, .. }) => {
+                assert_eq!((path, offset), (link.clone(), 0))
             }
             other => panic!("a dangling segment link gave {other:?}"),
         }

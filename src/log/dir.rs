@@ -487,6 +487,12 @@ pub(crate) fn open_regular(p: &Path, writable: bool) -> std::io::Result<File> {
     Ok(file)
 }
 
+/// Whether the name `path` is a symbolic link (whatever its target). One that does not open
+/// for `NotFound` points at nothing.
+pub(crate) fn is_symlink(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+}
+
 /// The bytes of `dir`'s clean-close mark file (its first `CLEAN_LEN + 1` at most: a longer
 /// file is no mark either), `None` if there is none.
 pub(crate) fn read_clean_mark(dir: &Path) -> Result<Option<Vec<u8>>> {

@@ -544,8 +544,10 @@ impl<'a> Pass<'a> {
             Err(_) => (false, false),
         };
         // Only a reader's: a check (`LogReader::check`) is of a log no engine is writing,
-        // so a listed file that does not open (a dangling symbolic link) is what the
-        // engine's open would fail on too, not a retirement.
+        // so a listed file that does not open is what the engine's open would fail on too,
+        // not a retirement. A name on a symbolic link to nothing is not a file gone
+        // (`Error::Corrupt` from the open, for every scan): a reader that took it for one
+        // retired read the log from the next segment on when it was the first.
         if self.access == Access::Reader && (retired || renamed) {
             if self.out.segments.is_empty() && retired {
                 // None read yet: the log now starts at the next one.

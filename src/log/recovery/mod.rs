@@ -326,10 +326,22 @@ pub(crate) fn chain_end(image: &[u8], id: u64) -> u64 {
 /// counting on from it could overflow, is not a name the engine ever gives.
 pub(crate) fn check_listed_id(id: u64, path: &Path) -> Result<()> {
     if id == 0 || id > SEQ_MAX {
+        // The name's own number: one past `u64::MAX` is listed as that (`list_segments`).
+        let digits = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(crate::log::format::segment_file_digits)
+            .map(|d| match d.trim_start_matches('0') {
+                "" => "0".to_owned(),
+                n => n.to_owned(),
+            });
+        let number = digits.unwrap_or_else(|| id.to_string());
         return Err(Error::Corrupt {
             path: path.to_owned(),
             offset: 0,
-            reason: format!("segment file name gives batch sequence {id}, outside 1..={SEQ_MAX}"),
+            reason: format!(
+                "segment file name gives batch sequence {number}, outside 1..={SEQ_MAX}"
+            ),
         });
     }
     Ok(())

@@ -531,6 +531,7 @@ impl Engine {
             &self.inner.dir,
             self.inner.segments.clone(),
             self.inner.live.clone(),
+            self.inner.retire_lock.clone(),
         ))
     }
 

@@ -233,12 +233,20 @@ impl LiveLog {
     }
 }
 
+/// What a view of an engine in this process reaches of that engine.
+struct EngineView {
+    segments: Segments,
+    live: Arc<LiveLog>,
+    /// `Inner::retire_lock`: a consumer's file is made under it (`LogReader::consumer`).
+    retire_lock: Arc<parking_lot::Mutex<()>>,
+}
+
 /// A read-only, lock-free view of a log directory as of when it was opened.
 pub struct LogReader {
     dir: PathBuf,
     /// For a view of an open engine's log: its segment list and pipeline state, for
-    /// followers made from this view.
-    engine: Option<(Segments, Arc<LiveLog>)>,
+    /// followers made from this view, and its retirement lock, for consumers made from it.
+    engine: Option<EngineView>,
     segments: Vec<Arc<Segment>>,
     next_seq: u64,
     end_offset: u64,
@@ -327,7 +335,12 @@ impl LogReader {
     /// frames: durable ones, or with `NoSync` those in the page cache), without scanning the
     /// directory again. Holding the mappings keeps the engine from reusing the files while
     /// this view lives.
-    pub(crate) fn of_engine(dir: &Path, list: Segments, live: Arc<LiveLog>) -> LogReader {
+    pub(crate) fn of_engine(
+        dir: &Path,
+        list: Segments,
+        live: Arc<LiveLog>,
+        retire_lock: Arc<parking_lot::Mutex<()>>,
+    ) -> LogReader {
         let segments: Vec<Arc<Segment>> = list.read().iter().cloned().collect();
         let last = segments.last();
         let mut next_seq = last.map_or(1, |s| s.id);
@@ -340,7 +353,11 @@ impl LogReader {
         }
         LogReader {
             dir: dir.to_owned(),
-            engine: Some((list, live)),
+            engine: Some(EngineView {
+                segments: list,
+                live,
+                retire_lock,
+            }),
             segments,
             next_seq,
             end_offset,
@@ -425,11 +442,11 @@ impl LogReader {
         let from = from.into().get();
         match &self.engine {
             // A view of an open engine: follow through its mappings, up to its durable end.
-            Some((segments, live)) => Follower::of_engine(
+            Some(engine) => Follower::of_engine(
                 self.dir.clone(),
-                segments.clone(),
+                engine.segments.clone(),
                 from.max(1),
-                live.clone(),
+                engine.live.clone(),
             ),
             None => Follower::new(self.dir.clone(), from.max(1)),
         }
@@ -438,16 +455,38 @@ impl LogReader {
 
 impl LogReader {
     /// Opens consumer `name` of this log (see [`Consumer`]), creating it at "nothing
-    /// consumed" (the first batch this view holds comes next) if it is new. It commits to the
-    /// consumer's file in the log directory, though the log is read-only here. Of a view of
-    /// an engine in this process (`Engine::replay`) it reads as `Engine::consumer` does, but
-    /// is not counted as that engine's handle of `name`; else it polls the directory for new
-    /// batches.
+    /// consumed" if it is new: the first batch the log holds now comes next (the view may
+    /// be older than a retirement since). It commits to the consumer's file in the log
+    /// directory, though the log is read-only here. Of a view of an engine in this process
+    /// (`Engine::replay`) it reads as `Engine::consumer` does, and makes the file as that
+    /// does, under the engine's retirement lock (so a retirement running meanwhile either
+    /// sees the new consumer or is done before its position is read) and only while the
+    /// engine holds the directory (`Error::Closed` after its `close`); it is not counted as
+    /// that engine's handle of `name`. Else it polls the directory for new batches; and an
+    /// engine in another process (or one this view does not come from) may be retiring as
+    /// the file is made: a retirement that read the consumers before the file existed may
+    /// still remove the batches it starts at, and the consumer then gets `Error::Retired`
+    /// (remove it and make it again).
     pub fn consumer(&self, name: &str) -> Result<Consumer> {
         consumer::check_name(name)?;
         let io = io::real();
-        let committed = consumer::load_or_create(&io, &self.dir, name, self.first_seq().get())?;
-        let live = self.engine.as_ref().map(|(_, live)| live.clone());
+        let committed = match &self.engine {
+            Some(engine) => {
+                let _one_at_a_time = engine.retire_lock.lock();
+                let first = engine.segments.read().iter().next().map_or(1, |s| s.id);
+                engine
+                    .live
+                    .while_holding_dir(|| consumer::load_or_create(&io, &self.dir, name, first))?
+            }
+            None => {
+                // The segments this view holds may have been retired since it was made.
+                let listed = crate::log::dir::list_segments(&self.dir)?;
+                let first = listed.first().map_or(0, |f| f.0);
+                let first = first.max(self.first_seq().get());
+                consumer::load_or_create(&io, &self.dir, name, first)?
+            }
+        };
+        let live = self.engine.as_ref().map(|e| e.live.clone());
         let follower = self.follow(committed.saturating_add(1));
         Ok(Consumer::new(
             name,
@@ -657,13 +696,13 @@ fn rewrite_over(files: &[(u64, PathBuf)], idx: usize) -> Result<Option<Arc<Segme
 /// (false if it has no such header, or is shorter than one: recovery judges such a file). A
 /// hint only: a rewritten segment is then opened, and its mapping's header is the one that
 /// counts. A file that does not open is an error, never "not rewritten": gone since the
-/// listing (`NotFound`, which [`vanished`] accepts: the follower lists again), or not to be
+/// listing (`NotFound`, which [`vanished`] accepts: the follower lists again), not to be
 /// read now (the process out of files past its hard limit, say), when the file the follower
-/// picked may be its leftover.
+/// picked may be its leftover, or no segment at all (`Error::Corrupt`: a name on a directory,
+/// or on a symbolic link to nothing).
 fn header_says_rewritten(path: &Path, id: u64) -> Result<bool> {
     use std::os::unix::fs::FileExt;
-    let file = crate::log::dir::open_regular(path, false)
-        .map_err(|e| Error::io("open segment", path, e))?;
+    let file = crate::log::segment::open_segment_file(path, false)?;
     let mut header = [0u8; SEGMENT_HEADER_LEN];
     match file.read_exact_at(&mut header, 0) {
         Ok(()) => {
@@ -831,11 +870,11 @@ impl Follower {
     /// A listed file may be retired under the follower (gone, locked while the engine takes
     /// it for reuse, or renamed and reused once opened), or replaced under its name by a
     /// rewrite: then it lists again, up to [`FIND_RETRIES_MAX`] times (as `scan_retrying`):
-    /// a name that never opens (a dangling symbolic link, a file another process keeps
-    /// locked) ends in the I/O error of its last try, naming the file. A file whose name gives
-    /// a batch sequence no log has (0, or past `SEQ_MAX`) is `Error::Corrupt`, and so is one
-    /// whose header is bad, but for the last one whose roll a power loss tore: that one is
-    /// not there yet ([`header_checked`]).
+    /// a name that never opens (a file another process keeps locked) ends in the I/O error of
+    /// its last try, naming the file. A file whose name gives a batch sequence no log has (0,
+    /// or past `SEQ_MAX`), and a name on a symbolic link to nothing (not gone: nothing retired
+    /// it), are `Error::Corrupt` at once, and so is one whose header is bad, but for the last
+    /// one whose roll a power loss tore: that one is not there yet ([`header_checked`]).
     fn find_in_dir(&mut self) -> Result<Option<(Arc<Segment>, Option<u64>)>> {
         let mut tries = 0;
         loop {
@@ -1178,10 +1217,11 @@ mod tests {
         seg
     }
 
-    /// A directory follower's segment name that never opens (a dangling symbolic link named
-    /// like a segment, a segment file another process keeps locked) is retried a bounded
-    /// number of times, then is the I/O error naming the file: never a retry without end
-    /// (it recursed, until the stack overflowed).
+    /// A directory follower's segment name that never opens (a segment file another process
+    /// keeps locked) is retried a bounded number of times, then is the I/O error naming the
+    /// file: never a retry without end (it recursed, until the stack overflowed). A dangling
+    /// symbolic link named like a segment is not retried: it is damage at that file
+    /// (`Error::Corrupt`, as for the scans), not a segment retired under the follower.
     #[test]
     #[allow(clippy::disallowed_methods)] // files made behind the seam's back
     fn a_directory_follower_gives_up_on_a_segment_that_never_opens() {
@@ -1191,9 +1231,8 @@ mod tests {
         std::os::unix::fs::symlink(dir.path().join("nowhere"), &link).unwrap();
         let mut follower = Follower::new(dir.path().to_owned(), 1);
         match follower.try_next() {
-            Err(Error::Io { path, source, .. }) => {
-                assert_eq!(path, link);
-                assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+            Err(Error::Corrupt { path, offset, .. }) => {
+                assert_eq!((path, offset), (link.clone(), 0))
             }
             other => panic!("a dangling segment link gave {other:?}"),
         }

@@ -77,6 +77,8 @@ pub(crate) struct Throttle {
     dir: PathBuf,
     segments: Segments,
     live: Arc<LiveLog>,
+    /// The engine's retirement lock, for the views of its log made here.
+    retire_lock: Arc<Mutex<()>>,
 }
 
 /// `Throttle::flags`: a consumer lags past the limit.
@@ -97,6 +99,7 @@ impl Throttle {
         dir: PathBuf,
         segments: Segments,
         live: Arc<LiveLog>,
+        retire_lock: Arc<Mutex<()>>,
     ) -> Throttle {
         Throttle {
             limit,
@@ -110,6 +113,7 @@ impl Throttle {
             dir,
             segments,
             live,
+            retire_lock,
         }
     }
 
@@ -221,7 +225,12 @@ impl Throttle {
                 ..Slowest::default()
             });
         }
-        let view = LogReader::of_engine(&self.dir, self.segments.clone(), self.live.clone());
+        let view = LogReader::of_engine(
+            &self.dir,
+            self.segments.clone(),
+            self.live.clone(),
+            self.retire_lock.clone(),
+        );
         let slowest = view.consumers()?.into_iter().min_by_key(|c| c.committed);
         // Read after the view: it counts at least the frames the view holds (see the module
         // docs for the one group it may count too many).
@@ -451,6 +460,7 @@ mod tests {
             PathBuf::new(),
             segments,
             Arc::new(LiveLog::new(0)),
+            Default::default(),
         );
         t.flags.store(LAG, Ordering::Relaxed);
         let (a, b) = (

@@ -582,6 +582,109 @@ fn a_commit_after_close_is_refused_and_changes_nothing() {
     );
 }
 
+/// A consumer made from a view of the log older than a retirement (an engine's `replay`, a
+/// directory's `LogReader`) starts, when new, at the first batch the log holds now, as
+/// `Engine::consumer` does. It started at the view's first batch, which the retirement had
+/// removed: made without an error, it could read nothing (`Error::Retired` at its first
+/// batch) and held every later retirement back for good. A view of a closed engine makes no
+/// file (the directory may be another engine's by then), as `Engine::consumer` makes none.
+#[test]
+fn a_consumer_made_from_a_view_older_than_a_retirement_starts_at_the_logs_first_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config()).expect("open");
+    let last = put_batches(&engine, 40, 8 << 10).last().unwrap().get();
+    let view = engine.replay().expect("replay");
+    let reader = LogReader::open(dir.path()).expect("reader");
+    assert_eq!(
+        (view.first_seq(), reader.first_seq()),
+        (Seq::new(1), Seq::new(1))
+    );
+    let r = engine.retire_before(last).expect("retire");
+    assert!(r.segments >= 2, "{r:?}");
+    let first = r.first_seq;
+    for (name, made) in [
+        ("of-view", view.consumer("of-view")),
+        ("of-reader", reader.consumer("of-reader")),
+    ] {
+        let mut c = made.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            c.committed().get() + 1,
+            first.get(),
+            "{name}: a new consumer starts behind the log's first batch"
+        );
+        assert_eq!(next(&mut c).seq, first, "{name}");
+    }
+    engine.close().expect("close");
+    assert!(
+        matches!(view.consumer("after-close"), Err(Error::Closed)),
+        "a view of a closed engine made a consumer"
+    );
+    assert!(!dir.path().join("consumer-after-close").exists());
+}
+
+/// Holds the first removal (or rename into the pool) of a segment file while armed: a
+/// retirement that has read the consumers' positions, under its lock, and is about to remove
+/// the segments before them. `meet` twice: once held, once to let it go on.
+struct HoldRetirement {
+    armed: AtomicBool,
+    meet: std::sync::Barrier,
+}
+
+impl Io for HoldRetirement {
+    fn before(&self, op: IoOp, path: &Path, _offset: u64, _data: &[u8]) -> io::Result<()> {
+        let segment = path.extension().is_some_and(|e| e == "seg");
+        if matches!(op, IoOp::Remove | IoOp::Rename)
+            && segment
+            && self.armed.swap(false, Ordering::SeqCst)
+        {
+            self.meet.wait();
+            self.meet.wait();
+        }
+        Ok(())
+    }
+}
+
+/// A consumer made from a view of the engine while a retirement runs waits for it, as
+/// `Engine::consumer` does (both take the retirement lock): it was made at once, at the
+/// log's first batch, after the retirement had read the positions and before it removed
+/// that batch's segment, which it then removed (the new consumer could read nothing:
+/// `Error::Retired`).
+#[test]
+fn a_consumer_made_from_a_view_during_a_retirement_is_made_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Arc::new(HoldRetirement {
+        armed: AtomicBool::new(false),
+        meet: std::sync::Barrier::new(2),
+    });
+    let engine = Engine::open_with_io(dir.path(), config(), hook.clone()).expect("open");
+    let last = put_batches(&engine, 40, 8 << 10).last().unwrap().get();
+    hook.armed.store(true, Ordering::SeqCst);
+    std::thread::scope(|s| {
+        let retiring = s.spawn(|| engine.retire_before(last));
+        // Held: the positions are read (there are none), no segment is removed yet.
+        hook.meet.wait();
+        let view = engine.replay().expect("replay");
+        assert_eq!(view.first_seq(), 1, "nothing is removed yet");
+        let making = s.spawn(move || view.consumer("late"));
+        // Time for the consumer to be made while the retirement is held, if nothing holds
+        // it back (the outcome checked below does not depend on it).
+        let grace = std::time::Instant::now() + std::time::Duration::from_millis(200);
+        while !making.is_finished() && std::time::Instant::now() < grace {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        hook.meet.wait();
+        let r = retiring.join().unwrap().expect("retire");
+        assert!(r.segments >= 2, "{r:?}");
+        let mut c = making.join().unwrap().expect("consumer");
+        assert_eq!(
+            c.committed().get() + 1,
+            r.first_seq.get(),
+            "the retirement removed the new consumer's first batch"
+        );
+        assert_eq!(next(&mut c).seq, r.first_seq);
+    });
+}
+
 /// A consumer file whose CRC is valid but whose committed batch is past any a log reaches
 /// (2^62; here `u64::MAX`, from which counting on would overflow) is damage: every way of
 /// opening the consumer refuses it with `Error::Corrupt` naming the file and the offset of

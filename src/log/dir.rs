@@ -40,7 +40,8 @@ use crate::consumer::{
 use crate::error::{Error, Result};
 use crate::log::clean::{CLEAN_FILE, CLEAN_LEN, CLEAN_TMP};
 use crate::log::format::{
-    parse_segment_file_name, prep_file_name, recycle_file_name, segment_file_name,
+    parse_segment_file_name, prep_file_name, recycle_file_name, segment_file_digits,
+    segment_file_name,
 };
 use crate::log::io::{self, guarded, Io, IoOp};
 use crate::log::segment::sync_file_range;
@@ -51,6 +52,11 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// Lists the segment files of `dir` (`<20 digits>.seg`) in log order: (segment id, path).
+///
+/// A segment's name whose number is past `u64::MAX` is listed as `u64::MAX` (after every
+/// other: its number is larger), not skipped: like any name outside 1..=`SEQ_MAX` it names a
+/// batch no log has, which every scan refuses (`recovery::check_listed_id`, naming the file),
+/// rather than open a log beside a file that may hold some of it.
 pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let rd = super::fds::with_room(|| std::fs::read_dir(dir))
         .map_err(|e| Error::io("read directory", dir, e))?;
@@ -58,7 +64,11 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     for entry in rd {
         let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
         let name = entry.file_name();
-        if let Some(id) = name.to_str().and_then(parse_segment_file_name) {
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if segment_file_digits(name).is_some() {
+            let id = parse_segment_file_name(name).unwrap_or(u64::MAX);
             segs.push((id, entry.path()));
         }
     }
@@ -487,6 +497,12 @@ pub(crate) fn open_regular(p: &Path, writable: bool) -> std::io::Result<File> {
     Ok(file)
 }
 
+/// Whether the name `path` is a symbolic link (whatever its target). One that does not open
+/// for `NotFound` points at nothing.
+pub(crate) fn is_symlink(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+}
+
 /// The bytes of `dir`'s clean-close mark file (its first `CLEAN_LEN + 1` at most: a longer
 /// file is no mark either), `None` if there is none.
 pub(crate) fn read_clean_mark(dir: &Path) -> Result<Option<Vec<u8>>> {
@@ -763,6 +779,12 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, vec![2, 11, 30]);
+        // A segment's name past `u64::MAX` is listed, last, for the scan to refuse.
+        let past = dir.path().join("99999999999999999999.seg");
+        std::fs::File::create(&past).unwrap();
+        let listed = list_segments(dir.path()).unwrap();
+        assert_eq!(listed.len(), 4);
+        assert_eq!(listed[3], (u64::MAX, past));
     }
 
     #[test]

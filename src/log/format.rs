@@ -129,13 +129,18 @@ pub fn segment_file_name(segment_id: u64) -> String {
 }
 
 /// The segment id a segment file name encodes, or `None` if `name` is not exactly
-/// 20 ASCII digits followed by `.seg`.
+/// 20 ASCII digits followed by `.seg` ([`segment_file_digits`]), or its number does not fit
+/// a `u64`.
 pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    segment_file_digits(name)?.parse().ok()
+}
+
+/// The 20 digits of a segment's file name, if `name` is one (exactly 20 ASCII digits
+/// followed by `.seg`), whatever number they make: one past `u64::MAX` is a segment's name
+/// too, of a batch no log has (refused, never skipped: `dir::list_segments`).
+pub fn segment_file_digits(name: &str) -> Option<&str> {
     let digits = name.strip_suffix(".seg")?;
-    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit())).then_some(digits)
 }
 
 /// File name of the `n`th retired segment kept for reuse (old bytes inside).
@@ -1873,16 +1878,21 @@ mod tests {
         for id in [1, 42, u64::MAX] {
             assert_eq!(parse_segment_file_name(&segment_file_name(id)), Some(id));
         }
+        // A segment's name whose number no `u64` holds: none as an id, listed all the same.
+        for past in ["18446744073709551616.seg", "99999999999999999999.seg"] {
+            assert_eq!(parse_segment_file_name(past), None, "{past}");
+            assert_eq!(segment_file_digits(past), past.strip_suffix(".seg"));
+        }
         for bad in [
             "1.seg",
             "0000000000000000001.seg",
-            "99999999999999999999.seg",
             "+0000000000000000001.seg",
             "00000000000000000001.tmp",
             "00000000000000000001.seg.tmp",
             "prep-3.tmp",
         ] {
             assert_eq!(parse_segment_file_name(bad), None, "{bad}");
+            assert_eq!(segment_file_digits(bad), None, "{bad}");
         }
         assert_eq!(prep_file_name(3), "prep-3.tmp");
         assert_eq!(parse_segment_file_name(&prep_file_name(3)), None);

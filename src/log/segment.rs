@@ -149,23 +149,36 @@ pub(crate) fn open_unmapped(path: &Path) -> std::io::Result<Option<File>> {
     Ok(Some(file))
 }
 
+/// Opens the segment file `path` (`dir::open_regular`: a FIFO cannot block the open). A name
+/// on anything but a regular file is `Error::Corrupt` at offset 0, naming it, and so is a name
+/// on a symbolic link to nothing: both are there (nothing retired them; a retirement removes
+/// or renames the name itself), and neither is a segment. Any other failure is the I/O error
+/// (`NotFound` when the name is gone: retired since it was listed).
+pub(crate) fn open_segment_file(path: &Path, writable: bool) -> Result<File> {
+    let corrupt = |reason: &str| Error::Corrupt {
+        path: path.to_owned(),
+        offset: 0,
+        reason: reason.into(),
+    };
+    super::dir::open_regular(path, writable).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidData => corrupt(
+            "a segment's name on something other than a regular file (a directory, FIFO or \
+             device)",
+        ),
+        std::io::ErrorKind::NotFound if super::dir::is_symlink(path) => {
+            corrupt("a segment's name on a symbolic link to nothing (its target does not exist)")
+        }
+        _ => Error::io("open segment", path, e),
+    })
+}
+
 impl Mapped {
     /// Opens and maps `path`; `writable` maps it for writing too (the engine's active
     /// segment); readers map read-only. The mapping holds a shared lock on the file (see
     /// [`open_unmapped`]); while the engine takes the file for reuse, this fails with
     /// `WouldBlock`.
     pub fn open(path: &Path, writable: bool) -> Result<Mapped> {
-        // A FIFO cannot block the open, and anything but a regular file is refused.
-        let file = super::dir::open_regular(path, writable).map_err(|e| match e.kind() {
-            std::io::ErrorKind::InvalidData => Error::Corrupt {
-                path: path.to_owned(),
-                offset: 0,
-                reason: "a segment's name on something other than a regular file (a \
-                         directory, FIFO or device)"
-                    .into(),
-            },
-            _ => Error::io("open segment", path, e),
-        })?;
+        let file = open_segment_file(path, writable)?;
         let locked = flock(&file, libc::LOCK_SH).map_err(|e| Error::io("lock segment", path, e))?;
         if !locked {
             return Err(Error::io("lock segment", path, being_reused()));

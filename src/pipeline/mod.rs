@@ -82,8 +82,10 @@ pub(crate) struct Inner {
     pub(crate) dir: PathBuf,
     /// The file hooks (fault injection in tests).
     pub(crate) io: SharedIo,
-    /// Serializes `retire_before` calls.
-    pub(crate) retire_lock: Mutex<()>,
+    /// Serializes `retire_before` calls, and the creation of a consumer's file with them
+    /// (`Engine::consumer`, and `LogReader::consumer` of a view of this engine, which holds
+    /// it too).
+    pub(crate) retire_lock: Arc<Mutex<()>>,
     /// Serializes compactions (`crate::compact`).
     pub(crate) compact_lock: Mutex<()>,
     /// Where a compaction hands its batches to the flusher.
@@ -240,11 +242,13 @@ pub(crate) fn start(
     )?;
 
     let live = Arc::new(LiveLog::new(recovered.next_seq.saturating_sub(1)));
+    let retire_lock = Arc::new(Mutex::new(()));
     let throttle = Arc::new(Throttle::new(
         config.consumer_lag_max,
         dir.to_owned(),
         segments.clone(),
         live.clone(),
+        retire_lock.clone(),
     ));
     let (ring, consumer) = ring::ring(config.ring_bytes);
     let (request_len_max, request_limit_name) = config.request_len_max(ring.max_payload());
@@ -257,7 +261,7 @@ pub(crate) fn start(
     let inner = Arc::new(Inner {
         dir: dir.to_owned(),
         io: io.clone(),
-        retire_lock: Mutex::new(()),
+        retire_lock,
         compact_lock: Mutex::new(()),
         compact_slot: Default::default(),
         pool,

@@ -356,6 +356,109 @@ fn a_dangling_link_under_a_segments_name_fails_the_check_as_the_open() {
     Engine::open(dir.path(), cfg).expect("the restored log opens");
 }
 
+/// A dangling symbolic link under the *first* segment's name is damage at that file, naming
+/// it, to a reader in every mode as to the open and the check (and as one under a later
+/// segment's name is): a reader took it for a segment retired since its listing and read the
+/// log from the next segment on, without the first one's batches and without a word.
+#[test]
+fn a_dangling_link_as_the_first_segment_is_damage_to_a_reader_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        segment_bytes: 64 << 10,
+        ..config(RecoveryMode::default())
+    };
+    let engine = Engine::open(dir.path(), cfg.clone()).expect("open");
+    for i in 0..20u32 {
+        let t = engine.put(&i.to_be_bytes(), &[7; 8 << 10]).expect("put");
+        t.wait_timeout(WAIT_MAX).expect("durable");
+    }
+    engine.close().expect("close");
+    drop(engine);
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 2, "{files:?}");
+    let first = files[0].1.clone();
+    std::fs::remove_file(&first).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), &first).unwrap();
+    for mode in [
+        RecoveryMode::TolerateCorruptedTail,
+        RecoveryMode::PointInTime,
+        RecoveryMode::AbsoluteConsistency,
+    ] {
+        match mergelog::LogReader::open_with(dir.path(), mode) {
+            Err(Error::Corrupt {
+                path,
+                offset,
+                reason,
+            }) => {
+                assert_eq!((&path, offset), (&first, 0), "{mode:?}");
+                assert!(reason.contains("symbolic link"), "{mode:?}: {reason}");
+            }
+            Err(e) => panic!("{mode:?}: {e}"),
+            Ok(r) => panic!(
+                "{mode:?}: a reader read the log from batch {} without a word",
+                r.first_seq()
+            ),
+        }
+        let open = open_error(dir.path(), &config(mode)).to_string();
+        assert!(
+            open.contains(&first.display().to_string()),
+            "{mode:?}: {open}"
+        );
+        let check = mergelog::LogReader::check(dir.path(), mode, mergelog::Durability::Sync);
+        assert!(
+            matches!(&check, Err(Error::Corrupt { path, offset: 0, .. }) if *path == first),
+            "{mode:?}: {check:?}"
+        );
+    }
+}
+
+/// A file named as a segment (20 digits and `.seg`) whose number is past `u64::MAX` is a
+/// segment name of a batch no log has, refused as one past 2^62 is (`u64::MAX` itself here):
+/// `Error::Corrupt` naming it from the open in every mode, the check and every reader. It was
+/// left out of the listing, so the log opened without a word whatever the file held (a copy
+/// of a segment here, as a restore or a hand could leave it).
+#[test]
+fn a_segment_name_past_u64_max_is_refused_as_one_past_the_sequence_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(RecoveryMode::default());
+    write_batches(dir.path(), &cfg, 3);
+    let (_, first) = segment_files(dir.path()).remove(0);
+    for name in [
+        "18446744073709551615.seg",
+        "18446744073709551616.seg",
+        "99999999999999999999.seg",
+    ] {
+        let odd = dir.path().join(name);
+        std::fs::copy(&first, &odd).unwrap();
+        let corrupt_here = |what: &str, r: Result<(), Error>| match r {
+            Err(Error::Corrupt {
+                path,
+                offset,
+                reason,
+            }) => {
+                assert_eq!((&path, offset), (&odd, 0), "{name}: {what}");
+                let number = name.trim_end_matches(".seg");
+                assert!(reason.contains(number), "{name}: {what}: {reason}");
+            }
+            other => panic!("{name}: {what}: {other:?}"),
+        };
+        for mode in [
+            RecoveryMode::TolerateCorruptedTail,
+            RecoveryMode::PointInTime,
+            RecoveryMode::AbsoluteConsistency,
+        ] {
+            let open = Engine::open(dir.path(), config(mode)).map(drop);
+            corrupt_here(&format!("open, {mode:?}"), open);
+            let read = mergelog::LogReader::open_with(dir.path(), mode).map(drop);
+            corrupt_here(&format!("reader, {mode:?}"), read);
+            let check = mergelog::LogReader::check(dir.path(), mode, mergelog::Durability::Sync);
+            corrupt_here(&format!("check, {mode:?}"), check.map(drop));
+        }
+        std::fs::remove_file(&odd).unwrap();
+    }
+    Engine::open(dir.path(), cfg).expect("the log opens without them");
+}
+
 /// Damage close to the end (fewer than `UNDURABLE_FRAMES_MAX` frames follow it) may be a torn
 /// tail: the default mode still cuts it, and reports it.
 #[test]

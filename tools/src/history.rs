@@ -82,10 +82,6 @@ pub fn engine_refuses(dir: &Path) -> Result<Option<Refused>, CliError> {
         } else {
             Refused::Segment(path, offset, reason)
         })),
-        // A segment's name on a symbolic link to nothing, which the engine fails to open.
-        Err(Error::Io { path, .. }) if crate::logdir::dangling_link(&path) => Ok(Some(
-            Refused::Segment(path, 0, crate::logdir::DANGLING_LINK.into()),
-        )),
         Err(e) => Err(CliError::new(format!("check {}: {e}", dir.display()))),
     }
 }

@@ -57,17 +57,6 @@ pub fn open(dir: &Path, mode: RecoveryMode) -> Result<LogReader, OpenError> {
                 reason,
             })
         }
-        // A segment's name on a symbolic link to nothing: the reader's scan takes a listed
-        // segment that does not open for one retired meanwhile, and scans again until it
-        // gives up ("removed during the scan"). The name is still there: it is damage, as a
-        // segment's name on a directory is.
-        Err(Error::Io { path, .. }) if dangling_link(&path) => {
-            return Err(OpenError::Corrupt {
-                path,
-                offset: 0,
-                reason: DANGLING_LINK.into(),
-            })
-        }
         Err(e) => {
             return Err(OpenError::Other(CliError::usage(format!(
                 "cannot read the log in {}: {e}",
@@ -88,16 +77,6 @@ pub fn open(dir: &Path, mode: RecoveryMode) -> Result<LogReader, OpenError> {
         ))));
     }
     Ok(reader)
-}
-
-/// The damage a segment's name on a symbolic link to nothing is.
-pub const DANGLING_LINK: &str =
-    "a segment's name on a symbolic link to nothing (its target does not exist)";
-
-/// Whether `path` is a symbolic link whose target does not exist.
-pub fn dangling_link(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
-        && std::fs::metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
 }
 
 /// What a directory without segment files holds instead, for the error that says so: a file

@@ -534,3 +534,85 @@ fn a_segment_name_on_a_dangling_link_is_damage() {
     assert_eq!(out.lines().count() as u64, BATCHES);
     assert!(err.contains(&named), "{err}");
 }
+
+/// A segment's name on a symbolic link to nothing as the *first* segment: damage at that file
+/// too, for `inspect` (nothing read before it; the engine refuses it) and `dump` as for
+/// `verify`. The library's reader took it for a segment just retired, so `inspect` read the
+/// log from the next segment and said "damage: none found" while `verify` said DAMAGED.
+#[test]
+fn a_dangling_link_as_the_first_segment_is_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        segment_bytes: 64 << 10,
+        batch_bytes_max: 16 << 10,
+        ..Config::default()
+    };
+    let engine = Engine::open(dir.path(), config).unwrap();
+    for i in 0..20u32 {
+        engine
+            .put(&i.to_be_bytes(), &[7; 8 << 10])
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    engine.close().unwrap();
+    drop(engine);
+    let first = dir.path().join(format!("{:020}.seg", 1));
+    let second = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".seg") && *n != format!("{:020}.seg", 1))
+        .count();
+    assert!(second >= 1, "the log has one segment");
+    std::fs::remove_file(&first).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("nothing"), &first).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let named = format!("{} at offset 0: ", first.display());
+    let (status, out, err) = code(&["verify", d]);
+    assert_eq!(status, 1, "{out} {err}");
+    assert!(out.starts_with(&format!("DAMAGED: {named}")), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&succeeds(&["inspect", d, "--json"])).unwrap();
+    assert_eq!(
+        report["damage"]["file"],
+        first.display().to_string(),
+        "{report}"
+    );
+    assert_eq!(report["damage"]["engine_refuses"], true, "{report}");
+    assert_eq!(int(&report, "batches"), 0, "{report}");
+    let text = succeeds(&["inspect", d]);
+    assert!(text.contains("symbolic link"), "{text}");
+    let (status, out, err) = code(&["dump", d]);
+    assert_eq!(status, 1, "{out} {err}");
+    assert_eq!(out.lines().count(), 0, "{out}");
+    assert!(err.contains(&named), "{err}");
+}
+
+/// A file named as a segment whose number is past `u64::MAX`: damage at that file (a name of
+/// a batch no log has, as one past 2^62 is), which `verify` reports and `inspect` and `dump`
+/// read the segments before; it was left out of the listing, and every tool called the log
+/// clean whatever the file held.
+#[test]
+fn a_segment_name_past_u64_max_is_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path());
+    let d = dir.path().to_str().unwrap();
+    let bad = dir.path().join("99999999999999999999.seg");
+    std::fs::copy(dir.path().join(format!("{:020}.seg", 1)), &bad).unwrap();
+    let named = format!("{} at offset 0: ", bad.display());
+    let (status, out, err) = code(&["verify", d]);
+    assert_eq!(status, 1, "{out} {err}");
+    assert!(out.starts_with(&format!("DAMAGED: {named}")), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&succeeds(&["inspect", d, "--json"])).unwrap();
+    assert_eq!(int(&report, "batches"), BATCHES, "{report}");
+    assert_eq!(
+        report["damage"]["file"],
+        bad.display().to_string(),
+        "{report}"
+    );
+    let (status, out, err) = code(&["dump", d]);
+    assert_eq!(status, 1, "{err}");
+    assert_eq!(out.lines().count() as u64, BATCHES);
+    assert!(err.contains(&named), "{err}");
+}

@@ -345,10 +345,22 @@ pub(crate) fn header_problem(image: &[u8], id: u64) -> Option<(String, bool)> {
 /// counting on from it could overflow, is not a name the engine ever gives.
 pub(crate) fn check_listed_id(id: u64, path: &Path) -> Result<()> {
     if id == 0 || id > SEQ_MAX {
+        // The name's own number: one past `u64::MAX` is listed as that (`list_segments`).
+        let digits = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(crate::log::format::segment_file_digits)
+            .map(|d| match d.trim_start_matches('0') {
+                "" => "0".to_owned(),
+                n => n.to_owned(),
+            });
+        let number = digits.unwrap_or_else(|| id.to_string());
         return Err(Error::Corrupt {
             path: path.to_owned(),
             offset: 0,
-            reason: format!("segment file name gives batch sequence {id}, outside 1..={SEQ_MAX}"),
+            reason: format!(
+                "segment file name gives batch sequence {number}, outside 1..={SEQ_MAX}"
+            ),
         });
     }
     Ok(())
@@ -563,8 +575,10 @@ impl<'a> Pass<'a> {
             Err(_) => (false, false),
         };
         // Only a reader's: a check (`LogReader::check`) is of a log no engine is writing,
-        // so a listed file that does not open (a dangling symbolic link) is what the
-        // engine's open would fail on too, not a retirement.
+        // so a listed file that does not open is what the engine's open would fail on too,
+        // not a retirement. A name on a symbolic link to nothing is not a file gone
+        // (`Error::Corrupt` from the open, for every scan): a reader that took it for one
+        // retired read the log from the next segment on when it was the first.
         if self.access == Access::Reader && (retired || renamed) {
             if self.out.segments.is_empty() && retired {
                 // None read yet: the log now starts at the next one.

@@ -72,7 +72,10 @@ impl fmt::Debug for RequestId {
 pub struct IdHorizon {
     /// The newest this many ids are always remembered; up to twice as many may be, and a
     /// window's more (they are forgotten a generation of `ids` at a time, between windows). Memory: up to about 140 bytes per id of
-    /// this bound, only once ids are used.
+    /// this bound, only once ids are used. Disk, once ids are used: the `ids` file and the
+    /// temporary kept for its next replacement (so that a retirement on a full disk needs no
+    /// room for it: README, "A full disk"), each 64 bytes per id of this bound (at most
+    /// 64 MiB).
     pub ids: usize,
     /// If set, ids are forgotten once older than this (by when they were logged), again a
     /// generation at a time: an id is remembered at least until the newest id of its

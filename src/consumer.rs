@@ -52,13 +52,14 @@ pub(crate) fn consumer_file_name(name: &str) -> String {
     format!("{FILE_PREFIX}{name}")
 }
 
-/// Name of the temporary file a new position of consumer `name` is written to (renamed to
-/// [`consumer_file_name`] once synced): `consumer.tmp-<name>.<pid>.<n>`, a name of its own
-/// for every write, so two handles of one name (in two processes, as `LogReader::consumer`
-/// allows) never write into, remove or rename each other's file: each commit's file is whole
-/// and the last rename wins. It does not start with `consumer-`, so it is never taken for a
-/// consumer, whatever the name. A writable open removes those a crash left
-/// ([`dir::remove_consumer_leftovers`]).
+/// Name of the temporary file a new position of consumer `name` is written to (renamed to, or
+/// exchanged with, [`consumer_file_name`] once synced): `consumer.tmp-<name>.<pid>.<n>`, a
+/// name of its own for every handle (kept by it for its commits: see [`Consumer::commit`])
+/// and every other write, so two handles of one name (in two processes, as
+/// `LogReader::consumer` allows) never write into, remove or rename each other's file: each
+/// commit's file is whole and the last rename wins. It does not start with `consumer-`, so it
+/// is never taken for a consumer, whatever the name. A writable open removes those a crash (or
+/// a handle of another process) left ([`dir::remove_consumer_leftovers`]).
 pub(crate) fn consumer_tmp_name(name: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -263,6 +264,8 @@ pub struct Consumer {
     name: String,
     dir: PathBuf,
     io: SharedIo,
+    /// This handle's kept temporary position file (see [`Consumer::commit`]).
+    tmp: PathBuf,
     follower: Follower,
     /// The last committed batch (0: none), as in the file.
     committed: u64,
@@ -288,6 +291,21 @@ impl std::fmt::Debug for Consumer {
     }
 }
 
+impl Drop for Consumer {
+    /// Removes the handle's kept temporary file (best effort; in the engine's process only
+    /// while the engine holds the directory: else the next writable open removes it).
+    fn drop(&mut self) {
+        let remove = || {
+            dir::remove_kept(&*self.io, &self.tmp);
+            Ok(())
+        };
+        let _ = match &self.live {
+            Some(live) => live.while_holding_dir(remove),
+            None => remove(),
+        };
+    }
+}
+
 impl Consumer {
     /// A consumer at `committed` reading through `follower` (which starts at `committed + 1`).
     pub(crate) fn new(
@@ -299,10 +317,19 @@ impl Consumer {
         claim: Option<Claim>,
     ) -> Consumer {
         debug_assert_eq!(follower.next_seq().get(), committed.saturating_add(1));
+        let tmp = dir.join(consumer_tmp_name(name));
+        // Its room, so that even its first commit needs none (best effort; in the engine's
+        // process only while the engine holds the directory).
+        let keep = || dir::keep_consumer_room(&*io, &tmp);
+        let _ = match &live {
+            Some(live) => live.while_holding_dir(keep),
+            None => keep(),
+        };
         Consumer {
             name: name.to_owned(),
             dir,
             io,
+            tmp,
             follower,
             committed,
             attempted: committed,
@@ -349,6 +376,14 @@ impl Consumer {
     /// process a commit after `close` is refused with `Error::Closed` (the directory may be
     /// another engine's by then): the batches it would have covered are yielded again after
     /// the restart.
+    ///
+    /// A commit needs no new room on the disk: the handle keeps a temporary file of a
+    /// position's length (made when it is opened, `consumer.tmp-<name>.<pid>.<n>`), writes the
+    /// new position over it, syncs it and exchanges its name with the position file's, so
+    /// that it then holds the old position, whose room the next commit overwrites. So a
+    /// consumer that has caught up can commit on a full disk, and let `retire_before` and a
+    /// compaction make room (README, "A full disk"). Where names cannot be exchanged the
+    /// temporary file is renamed over the position file and made again (best effort).
     pub fn commit(&mut self, seq: impl Into<Seq>) -> Result<()> {
         let seq = seq.into().get();
         if seq <= self.committed {
@@ -375,7 +410,10 @@ impl Consumer {
         // A failed commit's position may stand on disk: never write less than it.
         let seq = seq.max(self.attempted);
         self.attempted = seq;
-        let write = || dir::write_consumer(&*self.io, &self.dir, &self.name, &encode(seq));
+        let write = || {
+            let bytes = encode(seq);
+            dir::commit_consumer(&*self.io, &self.dir, &self.name, &self.tmp, &bytes)
+        };
         match &self.live {
             // In the engine's process: only while the engine holds the directory.
             Some(live) => live.while_holding_dir(write)?,

@@ -811,8 +811,13 @@ pub(crate) fn retire_prefix(
         inner,
         writing: Some(writing),
     };
-    compact::wait_durable(inner, last_batch)
-        .and_then(|()| retire_held_off(inner, seq, respect_consumers, keep))
+    let retired = compact::wait_durable(inner, last_batch)
+        .and_then(|()| retire_held_off(inner, seq, respect_consumers, keep));
+    drop(_holding_off);
+    // The room for the `ids` file's next replacement, kept now that the removals may have
+    // made some (best effort; a no-op while it is kept: the exchange usually keeps it).
+    inner.ids_room.keep();
+    retired
 }
 
 /// Compaction chunks held off by a retirement (`CompactSlot::writing`): on drop, however the
@@ -865,7 +870,9 @@ fn retire_held_off(
             .iter()
             .find(|s| s.id > last.id)
             .map(|s| s.id);
-        ids::carry_before(io, dir, &inner.ids, kept.unwrap_or(u64::MAX))?;
+        inner
+            .ids_room
+            .carry_before(&inner.ids, kept.unwrap_or(u64::MAX))?;
     }
     let keep = keep.max(inner.config.recycle_segments);
     let retiring = retire::retire_oldest(io, dir, &inner.pool, &inner.config, &candidates, keep);

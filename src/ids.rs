@@ -72,7 +72,10 @@ impl fmt::Debug for RequestId {
 pub struct IdHorizon {
     /// The newest this many ids are always remembered; up to twice as many may be, and a
     /// window's more (they are forgotten a generation of `ids` at a time, between windows). Memory: up to about 140 bytes per id of
-    /// this bound, only once ids are used.
+    /// this bound, only once ids are used. Disk, once ids are used: the `ids` file and the
+    /// temporary kept for its next replacement (so that a retirement on a full disk needs no
+    /// room for it: README, "A full disk"), each 64 bytes per id of this bound (at most
+    /// 64 MiB).
     pub ids: usize,
     /// If set, ids are forgotten once older than this (by when they were logged), again a
     /// generation at a time: an id is remembered at least until the newest id of its
@@ -543,11 +546,34 @@ pub(crate) fn rebuild(found: Vec<(RequestId, u64, u64)>, horizon: IdHorizon, now
 }
 
 /// The `ids` file (docs/FORMAT.md, "Carried request ids"): magic, version, count, then per
-/// id its bytes, batch and time, then a CRC of everything before it.
+/// id its bytes, batch and time, then a CRC of everything before it. Version 2 (written since
+/// session 33) may be longer than that: what follows the CRC is the room kept for the next
+/// replacement, and is not read. Version 1 is exactly that long.
 const IDS_MAGIC: [u8; 8] = *b"MLIDS\0\0\0";
-const IDS_VERSION: u32 = 1;
+const IDS_VERSION: u32 = 2;
+const IDS_VERSION_EXACT: u32 = 1;
 const IDS_HEADER: usize = 8 + 4 + 4 + 8;
 const IDS_ENTRY: usize = 16 + 8 + 8;
+
+/// The length of an `ids` file's contents for `count` ids (saturating).
+fn carried_len(count: u64) -> u64 {
+    count
+        .saturating_mul(IDS_ENTRY as u64)
+        .saturating_add((IDS_HEADER + 4) as u64)
+}
+
+/// The most ids the room kept for the `ids` file's replacement is made for: 2^21 (a file of
+/// 64 MiB). A horizon of more than half as many ids is not given that much room ahead: a
+/// replacement of a file longer than the room extends the kept file, which needs room.
+const ROOM_IDS_MAX: u64 = 1 << 21;
+
+/// The room kept for the `ids` file's replacement under `horizon` (docs/FORMAT.md, "Carried
+/// request ids"): a file of twice `horizon.ids` ids, as many as the table holds between two
+/// turns of its generations (a window's ids past that aside), in whole 4 KiB blocks.
+pub(crate) fn room_for(horizon: IdHorizon) -> u64 {
+    let ids = (horizon.ids as u64).saturating_mul(2).min(ROOM_IDS_MAX);
+    carried_len(ids).next_multiple_of(4096)
+}
 
 /// The `ids` file's bytes for `ids` (id, batch, time).
 pub(crate) fn encode_carried(ids: &[(RequestId, IdEntry)]) -> Vec<u8> {
@@ -576,7 +602,8 @@ pub(crate) enum CarriedError {
 /// Reads an `ids` file of `len` bytes from `r`, handing each (id, batch, time) to `each` in
 /// the file's order; the checksum is checked at the end, so on an error the caller must
 /// drop what it was handed. The header and the length are checked before any entry is
-/// read, and entries are read a chunk at a time.
+/// read (a version 1 file ends at its CRC, a version 2 one at or past it: the rest is not
+/// read), and entries are read a chunk at a time.
 pub(crate) fn read_carried(
     mut r: impl std::io::Read,
     len: u64,
@@ -593,13 +620,18 @@ pub(crate) fn read_carried(
     if header[..8] != IDS_MAGIC {
         return Err(bad("not a mergelog ids file (magic or length)"));
     }
-    if header[8..12] != IDS_VERSION.to_le_bytes() || header[12..16] != [0; 4] {
+    let version = u32::from_le_bytes(header[8..12].try_into().unwrap());
+    if ![IDS_VERSION_EXACT, IDS_VERSION].contains(&version) || header[12..16] != [0; 4] {
         return Err(bad("unknown version"));
     }
     let count = u64_at(&header, 16);
     let body = count.checked_mul(IDS_ENTRY as u64);
-    if body.and_then(|b| b.checked_add((IDS_HEADER + 4) as u64)) != Some(len) {
-        return Err(bad("the count does not match the length"));
+    let end = body.and_then(|b| b.checked_add((IDS_HEADER + 4) as u64));
+    match (version, end) {
+        (IDS_VERSION_EXACT, Some(end)) if end == len => {}
+        (IDS_VERSION, Some(end)) if end <= len => {}
+        (IDS_VERSION_EXACT, _) => return Err(bad("the count does not match the length")),
+        _ => return Err(bad("the count runs past the end of the file")),
     }
     let mut crc = crc32c::crc32c(&header);
     let mut buf = vec![0u8; CHUNK.min(count as usize) * IDS_ENTRY];
@@ -634,20 +666,111 @@ fn decode_carried(b: &[u8]) -> std::result::Result<Vec<(RequestId, u64, u64)>, &
     }
 }
 
-/// Before segments holding the batches below `seq` are retired: writes every remembered id
-/// logged below `seq` to the `ids` file (replacing it), so that a reopen still remembers
-/// them. Nothing is written if there are none and there is no file to replace.
-pub(crate) fn carry_before(
-    io: &dyn crate::log::io::Io,
-    dir: &std::path::Path,
-    ids: &Mutex<Ids>,
-    seq: u64,
-) -> Result<()> {
-    let carried = ids.lock().logged_before(seq);
-    if carried.is_empty() && !dir.join(crate::log::dir::IDS_FILE).exists() {
-        return Ok(());
+/// The `ids` file's replacement and the room kept for it (docs/FORMAT.md, "Carried request
+/// ids"). A retirement replaces the file through its kept temporary `ids.tmp`
+/// (`dir::write_ids`), which needs no new room while `ids.tmp` is at least as long as the new
+/// file: so that a retirement can make room on a full disk. The room (see [`room_for`]) is
+/// kept by the retirement after its removals (the exchange of names usually leaves it: the
+/// old file becomes the temporary) and, once ids are logged, by the thread that prepares the
+/// next segment, so that the first retirement to carry ids finds it too. All of it best
+/// effort: without the room a replacement makes its temporary as it goes, as before.
+pub(crate) struct IdsRoom {
+    io: crate::log::io::SharedIo,
+    dir: std::path::PathBuf,
+    /// The length `ids.tmp` is kept at: [`room_for`] the horizon, or a file's length once
+    /// one was longer.
+    room: AtomicU64,
+    /// This run logged ids: the preparing thread makes the room if it is not kept.
+    logged: std::sync::atomic::AtomicBool,
+    /// `ids.tmp` was last seen at least `room` long.
+    kept: std::sync::atomic::AtomicBool,
+    /// Held while `ids` or `ids.tmp` changes: by a retirement (under `retire_lock`), and by
+    /// the preparing thread, which only tries it.
+    files: Mutex<()>,
+}
+
+impl fmt::Debug for IdsRoom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdsRoom")
+            .field("room", &self.room.load(Ordering::Relaxed))
+            .field("logged", &self.logged.load(Ordering::Relaxed))
+            .field("kept", &self.kept.load(Ordering::Relaxed))
+            .finish()
     }
-    crate::log::dir::write_ids(io, dir, &encode_carried(&carried))
+}
+
+impl IdsRoom {
+    /// The room for `dir`'s `ids` file under `horizon`.
+    pub fn new(
+        io: &crate::log::io::SharedIo,
+        dir: &std::path::Path,
+        horizon: IdHorizon,
+    ) -> IdsRoom {
+        IdsRoom {
+            io: io.clone(),
+            dir: dir.to_owned(),
+            room: AtomicU64::new(room_for(horizon)),
+            logged: false.into(),
+            kept: false.into(),
+            files: Mutex::new(()),
+        }
+    }
+
+    /// A frame logged ids (the flusher, once per window with ids: one load).
+    pub fn note_logged(&self) {
+        if !self.logged.load(Ordering::Relaxed) {
+            self.logged.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Before segments holding the batches below `seq` are retired: writes every remembered
+    /// id logged below `seq` to the `ids` file (replacing it), so that a reopen still
+    /// remembers them. Nothing is written if there are none and there is no file to replace.
+    pub fn carry_before(&self, ids: &Mutex<Ids>, seq: u64) -> Result<()> {
+        let carried = ids.lock().logged_before(seq);
+        if carried.is_empty() && !crate::log::dir::has_ids(&self.dir) {
+            return Ok(());
+        }
+        let bytes = encode_carried(&carried);
+        let _files = self.files.lock();
+        self.room.fetch_max(
+            (bytes.len() as u64).next_multiple_of(4096),
+            Ordering::Relaxed,
+        );
+        let kept = crate::log::dir::write_ids(&*self.io, &self.dir, &bytes);
+        if !matches!(kept, Ok(true)) {
+            self.kept.store(false, Ordering::Relaxed);
+        }
+        kept.map(drop)
+    }
+
+    /// Keeps the room if ids are in use (this run logged some, or there is an `ids` file):
+    /// after a retirement, which may have used the room or freed the disk's. Best effort (see
+    /// the type's doc).
+    pub fn keep(&self) {
+        if self.logged.load(Ordering::Relaxed) || crate::log::dir::has_ids(&self.dir) {
+            let _files = self.files.lock();
+            self.keep_locked();
+        }
+    }
+
+    /// As [`IdsRoom::keep`], once this run has logged ids, if the room is not known to be
+    /// kept and no retirement is changing the files (the thread that prepares the next
+    /// segment: it must not wait for a retirement, which may wait for the flusher, which may
+    /// wait for it).
+    pub fn keep_if_wanted(&self) {
+        if self.logged.load(Ordering::Relaxed) && !self.kept.load(Ordering::Relaxed) {
+            if let Some(_files) = self.files.try_lock() {
+                self.keep_locked();
+            }
+        }
+    }
+
+    fn keep_locked(&self) {
+        let room = self.room.load(Ordering::Relaxed);
+        let kept = crate::log::dir::keep_ids_room(&*self.io, &self.dir, room).is_ok();
+        self.kept.store(kept, Ordering::Relaxed);
+    }
 }
 
 /// The error for a damaged `ids` file.
@@ -724,6 +847,68 @@ mod tests {
             d[i] ^= 0x40;
             assert!(decode_carried(&d).is_err(), "flip at {i}");
         }
+    }
+
+    /// A version 2 file may be longer than its contents (the room kept for the next
+    /// replacement): what follows the CRC is not read. A version 1 file (older builds) is
+    /// read as before, and must end at its CRC; a count that runs past the end is refused.
+    #[test]
+    fn a_version_2_file_may_run_past_its_contents_and_version_1_is_read_as_before() {
+        let ids: Vec<(RequestId, IdEntry)> = (0..3u64)
+            .map(|n| {
+                (
+                    id(n.into()),
+                    IdEntry {
+                        seq: n + 1,
+                        time: n,
+                    },
+                )
+            })
+            .collect();
+        let want: Vec<_> = ids.iter().map(|(i, e)| (*i, e.seq, e.time)).collect();
+        let b = encode_carried(&ids);
+        assert_eq!(b[8..12], 2u32.to_le_bytes());
+        for tail in [vec![0u8; 4000], vec![0xab; 7], b.clone()] {
+            let mut long = b.clone();
+            long.extend_from_slice(&tail);
+            assert_eq!(decode_carried(&long).unwrap(), want);
+        }
+        let mut v1 = b[..b.len() - 4].to_vec();
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32c::crc32c(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_carried(&v1).unwrap(), want);
+        let mut long = v1.clone();
+        long.push(0);
+        assert_eq!(
+            decode_carried(&long),
+            Err("the count does not match the length")
+        );
+        let mut past = b.clone();
+        past[16..24].copy_from_slice(&4u64.to_le_bytes());
+        assert_eq!(
+            decode_carried(&past),
+            Err("the count runs past the end of the file")
+        );
+        // A count made smaller is caught by the CRC.
+        let mut fewer = b.clone();
+        fewer[16..24].copy_from_slice(&2u64.to_le_bytes());
+        assert_eq!(decode_carried(&fewer), Err("checksum mismatch"));
+        let mut unknown = b;
+        unknown[8..12].copy_from_slice(&3u32.to_le_bytes());
+        assert_eq!(decode_carried(&unknown), Err("unknown version"));
+    }
+
+    /// The room kept for the `ids` file's replacement: a file of twice the horizon's ids,
+    /// in whole blocks, and never more than 64 MiB and a block.
+    #[test]
+    fn the_room_is_twice_the_horizon_in_whole_blocks() {
+        let room = |ids| room_for(IdHorizon { ids, age: None });
+        assert_eq!(room(1), 4096);
+        assert_eq!(room(120), 8192);
+        assert_eq!(room(1 << 18), (16 << 20) + 4096);
+        assert_eq!(room(usize::MAX), (64 << 20) + 4096);
+        assert_eq!(room(1 << 20), room(usize::MAX));
     }
 
     #[test]

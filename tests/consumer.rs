@@ -138,7 +138,8 @@ fn names_are_checked_and_one_handle_per_name() {
     assert!(!dir.path().join("consumer-one").exists());
 }
 
-/// Fails every write (`IoOp::Write`) or rename of a consumer's files while armed.
+/// Fails every write (`IoOp::Write`), or every exchange of names (a commit's: the handle's
+/// kept temporary with the position file), of a consumer's files while armed.
 struct FailConsumerFiles {
     op: IoOp,
     armed: AtomicBool,
@@ -156,7 +157,7 @@ impl Io for FailConsumerFiles {
 
 #[test]
 fn a_failed_commit_leaves_the_old_position() {
-    for op in [IoOp::Write, IoOp::Rename] {
+    for op in [IoOp::Write, IoOp::Exchange] {
         let dir = tempfile::tempdir().unwrap();
         let hook = Arc::new(FailConsumerFiles {
             op,
@@ -190,9 +191,9 @@ fn a_failed_commit_leaves_the_old_position() {
     }
 }
 
-/// Fails the directory sync that follows the rename of a consumer's temporary file (a
-/// commit) or the removal of a consumer's file (`remove_consumer`), while armed; counts the
-/// renames and directory syncs it saw.
+/// Fails the directory sync that follows the rename (or exchange) of a consumer's temporary
+/// file (a commit) or the removal of a consumer's file (`remove_consumer`), while armed;
+/// counts the renames and exchanges, and the directory syncs, it saw.
 #[derive(Default)]
 struct FailConsumerDirSync {
     armed: AtomicBool,
@@ -218,7 +219,10 @@ impl Io for FailConsumerDirSync {
 
     fn after(&self, op: IoOp, path: &Path) {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let renamed = op == IoOp::Rename && name.starts_with("consumer.tmp-");
+        // A commit exchanges its temporary's name with the position file's; a new
+        // consumer's file is renamed into place.
+        let renamed =
+            matches!(op, IoOp::Rename | IoOp::Exchange) && name.starts_with("consumer.tmp-");
         if renamed {
             self.renames.fetch_add(1, Ordering::SeqCst);
         }

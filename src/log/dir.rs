@@ -4,8 +4,9 @@
 //! where the fault-injection and power-loss hooks see it), named for what it does to the log:
 //! create the directory, take its lock, prepare a segment file, make it a segment, retire a
 //! segment to the pool or remove it, remove a spare, write or remove the clean-close mark or a
-//! consumer's position, sync the directory. `clippy.toml` reserves the seam's file-lifecycle
-//! functions (`io::create_new`, `io::create_dir`, `io::rename`, `io::remove`, `io::sync_dir`)
+//! consumer's position, replace the `ids` file, sync the directory. `clippy.toml` reserves the
+//! seam's file-lifecycle functions (`io::create_new`, `io::create_dir`, `io::rename`,
+//! `io::exchange`, `io::remove`, `io::sync_dir`)
 //! for this file: each function here that calls one says so with an `allow`. What a segment
 //! file holds (its header, frames, syncs of its contents) is `segment.rs`'s business, the
 //! clean-close mark's format is `clean.rs`'s, a consumer position's `consumer.rs`'s, the
@@ -28,7 +29,12 @@
 //! - the clean-close mark appears whole or not at all (`write_clean_mark`), and is removed
 //!   durably before a writable open changes the log (`remove_clean_mark`);
 //! - a consumer's position file is replaced the same way: the old position or the whole new
-//!   one (`write_consumer`).
+//!   one (`write_consumer`);
+//! - the `ids` file and a consumer's commits go through a temporary kept for them, so that the
+//!   replacement needs no new room on a full disk: written over in place and synced before
+//!   its name is exchanged with the file's in one step (or renamed over it), the directory
+//!   synced after (`replace_kept`); the room is kept by writing zeros into the temporary,
+//!   which changes no name the log reads (`keep_room`).
 //!
 //! [`list_segments`] is the one listing of a directory's segment files: the engine's open,
 //! every reader and the tests all see the log through it.
@@ -565,6 +571,124 @@ fn replace_small_file(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Small files replaced through a kept temporary: room for the next replacement held on disk.
+
+/// Replaces the small file `dest` with `bytes` through its kept temporary `tmp`, so that on a
+/// full disk the replacement needs no new room: the bytes are written over the start of
+/// `tmp` in place (it may be longer: a format read this way says where its contents end),
+/// synced, and the two names exchanged in one step (`io::exchange`), so that `tmp` then holds
+/// the old file, whose room the next replacement overwrites; the directory is synced. With no
+/// `tmp` (none kept yet, or a failed replacement removed it) a new one is made first, which
+/// needs room as [`replace_small_file`] does. With no `dest` yet, or where names cannot be
+/// exchanged, `tmp` is renamed over `dest` instead, and the old file's room goes back to the
+/// disk. A crash at any step leaves either the old file or the whole new one at `dest`: the
+/// name changes only once the new bytes are durable, and an exchange, like a rename, is one
+/// step. Returns whether `tmp` is still kept (the names were exchanged). `ops` name the write
+/// and the rename in errors.
+#[allow(clippy::disallowed_methods)] // the log directory's owner
+fn replace_kept(
+    io: &dyn Io,
+    dir: &Path,
+    (tmp, dest): (&Path, &Path),
+    (write_op, rename_op): (&'static str, &'static str),
+    bytes: &[u8],
+) -> Result<bool> {
+    let kept = std::fs::symlink_metadata(tmp).is_ok_and(|m| m.is_file());
+    let opened = match kept {
+        true => io::open_existing(io, tmp),
+        false => {
+            remove_leftover(io, tmp);
+            new_kept_file(io, tmp)
+        }
+    };
+    let written = opened
+        .and_then(|file| {
+            guarded(io, IoOp::Write, tmp, 0, bytes, || {
+                file.write_all_at(bytes, 0)
+            })?;
+            guarded(io, IoOp::Sync, tmp, 0, &[], || file.sync_data())
+        })
+        .map_err(|e| Error::io(write_op, tmp, e));
+    if let Err(e) = written {
+        // What it holds is unknown: the next replacement makes a new one.
+        remove_leftover(io, tmp);
+        return Err(e);
+    }
+    let exchanged = match std::fs::symlink_metadata(dest).is_ok() {
+        true => match io::exchange(io, tmp, dest) {
+            Ok(()) => Ok(true),
+            // No exchange on this file system; or `dest` went meanwhile (a consumer removed
+            // by another process), which a rename makes again, as before.
+            Err(e)
+                if io::is_exchange_unsupported(&e) || e.kind() == std::io::ErrorKind::NotFound =>
+            {
+                io::rename(io, tmp, dest).map(|()| false)
+            }
+            Err(e) => Err(e),
+        },
+        false => io::rename(io, tmp, dest).map(|()| false),
+    };
+    let exchanged = match exchanged {
+        Ok(x) => x,
+        Err(e) => {
+            // Neither name changed: the temporary holds the new bytes, which nothing wants.
+            remove_leftover(io, tmp);
+            return Err(Error::io(rename_op, tmp, e));
+        }
+    };
+    sync_dir(io, dir)?;
+    Ok(exchanged)
+}
+
+/// Creates the empty file `tmp` to be kept as a small file's temporary, no-CoW (see
+/// [`no_cow`]: on btrfs an overwrite of a copy-on-write file needs new room).
+#[allow(clippy::disallowed_methods)] // the log directory's owner
+fn new_kept_file(io: &dyn Io, tmp: &Path) -> std::io::Result<File> {
+    io::create_new(io, tmp, |f| {
+        no_cow(f);
+        Ok(())
+    })
+    .map(|(f, ())| f)
+}
+
+/// Makes the kept temporary `tmp` at least `room` bytes long, creating it if there is none:
+/// zeros written past its end, then synced. Best effort, for after a replacement: the caller
+/// ignores the error (the next replacement then makes its temporary as it goes, and needs
+/// room for it). A write that fails for room may leave the file longer than it was, never
+/// shorter. Changes no name the log reads and syncs no directory: a crash that takes the file
+/// back only leaves the next replacement to make it.
+#[allow(clippy::disallowed_methods)] // the log directory's owner
+fn keep_room(io: &dyn Io, tmp: &Path, room: u64) -> Result<()> {
+    let err = |e| Error::io("keep room for a small file's replacement", tmp, e);
+    let (file, len) = match std::fs::symlink_metadata(tmp) {
+        Ok(m) if m.is_file() && m.len() >= room => return Ok(()),
+        Ok(m) if m.is_file() => (io::open_existing(io, tmp).map_err(err)?, m.len()),
+        Ok(_) => {
+            let e = std::io::Error::new(std::io::ErrorKind::InvalidData, "not a regular file");
+            return Err(err(e));
+        }
+        Err(_) => (new_kept_file(io, tmp).map_err(err)?, 0),
+    };
+    let zeros = vec![0u8; ZERO_CHUNK.min(room as usize)];
+    let mut off = len;
+    while off < room {
+        let n = (room - off).min(zeros.len() as u64) as usize;
+        guarded(io, IoOp::Write, tmp, off, &zeros[..n], || {
+            file.write_all_at(&zeros[..n], off)
+        })
+        .map_err(err)?;
+        off += n as u64;
+    }
+    guarded(io, IoOp::Sync, tmp, 0, &[], || file.sync_data()).map_err(err)
+}
+
+/// Removes the kept temporary `tmp` (its owner, a consumer's handle, is gone), if it is there.
+/// Best effort; no directory sync (a crash that brings it back leaves it to the next open).
+pub(crate) fn remove_kept(io: &dyn Io, tmp: &Path) {
+    remove_leftover(io, tmp);
+}
+
+// ---------------------------------------------------------------------------------------------
 // The carried request ids (`ids.rs` has the format).
 
 /// Name of the file holding the request ids of retired segments (docs/FORMAT.md).
@@ -586,12 +710,23 @@ pub(crate) fn open_ids(dir: &Path) -> Result<Option<(File, u64)>> {
     Ok(Some((file, len)))
 }
 
-/// Replaces the carried-ids file with `bytes` as [`write_clean_mark`] writes the mark: a
-/// crash at any step leaves the old file or the whole new one.
-pub(crate) fn write_ids(io: &dyn Io, dir: &Path, bytes: &[u8]) -> Result<()> {
+/// Replaces the carried-ids file with `bytes` through its kept temporary `ids.tmp`
+/// ([`replace_kept`]): with one at least as long as `bytes`, no new room is needed. A crash at
+/// any step leaves the old file or the whole new one. Returns whether `ids.tmp` is kept.
+pub(crate) fn write_ids(io: &dyn Io, dir: &Path, bytes: &[u8]) -> Result<bool> {
     let (tmp, file) = (dir.join(IDS_TMP), dir.join(IDS_FILE));
     let ops = ("write request ids", "rename request ids");
-    replace_small_file(io, dir, (&tmp, &file), ops, bytes)
+    replace_kept(io, dir, (&tmp, &file), ops, bytes)
+}
+
+/// Makes `ids.tmp` at least `room` bytes long ([`keep_room`]; best effort).
+pub(crate) fn keep_ids_room(io: &dyn Io, dir: &Path, room: u64) -> Result<()> {
+    keep_room(io, &dir.join(IDS_TMP), room)
+}
+
+/// Whether `dir` has a carried-ids file.
+pub(crate) fn has_ids(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir.join(IDS_FILE)).is_ok()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -653,6 +788,30 @@ pub(crate) fn write_consumer(io: &dyn Io, dir: &Path, name: &str, bytes: &[u8]) 
     replace_small_file(io, dir, (&tmp, &file), ops, bytes)
 }
 
+/// Commits consumer `name`'s position `bytes` through the handle's kept temporary `tmp`
+/// ([`replace_kept`]): with one, no new room is needed. A crash at any step leaves the old
+/// position or the whole new one. Afterwards `tmp` is kept (best effort) for the next commit.
+pub(crate) fn commit_consumer(
+    io: &dyn Io,
+    dir: &Path,
+    name: &str,
+    tmp: &Path,
+    bytes: &[u8],
+) -> Result<()> {
+    let file = dir.join(consumer_file_name(name));
+    let ops = ("write consumer position", "rename consumer position");
+    if !replace_kept(io, dir, (tmp, &file), ops, bytes)? {
+        let _ = keep_room(io, tmp, CONSUMER_LEN as u64);
+    }
+    Ok(())
+}
+
+/// Makes a consumer handle's kept temporary `tmp` (best effort: see [`keep_room`]), so that
+/// its first commit needs no new room either.
+pub(crate) fn keep_consumer_room(io: &dyn Io, tmp: &Path) -> Result<()> {
+    keep_room(io, tmp, CONSUMER_LEN as u64)
+}
+
 /// Removes consumer `name`'s position file and syncs the directory; false if it had none.
 /// Without one the directory is synced all the same: a removal whose sync failed may be
 /// retried, and the retry must not return before the removal is durable.
@@ -691,10 +850,11 @@ mod tests {
     }
 
     /// Records the operations that succeeded, in order, and fails every operation of the
-    /// kind `fail` with EIO before it happens.
+    /// kind `fail` with `errno` (EIO unless set) before it happens.
     struct Hook {
         done: Mutex<Vec<(IoOp, PathBuf)>>,
         fail: Option<IoOp>,
+        errno: i32,
         /// Operations of the kind `fail` attempted.
         failed: std::sync::atomic::AtomicUsize,
     }
@@ -706,7 +866,7 @@ mod tests {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             match self.fail {
-                Some(f) if f == op => Err(std::io::Error::from_raw_os_error(EIO)),
+                Some(f) if f == op => Err(std::io::Error::from_raw_os_error(self.errno)),
                 _ => Ok(()),
             }
         }
@@ -724,6 +884,7 @@ mod tests {
         Hook {
             done: Mutex::new(Vec::new()),
             fail: fail.into(),
+            errno: EIO,
             failed: Default::default(),
         }
     }
@@ -1212,6 +1373,174 @@ mod tests {
             op_of(read_clean_mark(dir.path()).unwrap_err()).0,
             "read clean-close mark"
         );
+    }
+
+    /// The `ids` file is replaced through its kept temporary: made (needing room) the first
+    /// time and renamed into place; once kept (`keep_ids_room`), written over in place and its
+    /// name exchanged with the file's, so that it then holds the old file, which the room
+    /// step makes long enough again. The file read back is the new contents followed by
+    /// whatever the temporary held past them.
+    #[test]
+    fn the_ids_file_is_replaced_through_its_kept_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_owned();
+        let (file, tmp) = (d.join(IDS_FILE), d.join(IDS_TMP));
+        let read = |p: &Path| std::fs::read(p).unwrap();
+        let h = hook();
+        // No temporary kept, no file yet: made, renamed.
+        assert!(!write_ids(&h, &d, b"first").unwrap());
+        assert_eq!(
+            done(&h),
+            vec![
+                (IoOp::Create, tmp.clone()),
+                (IoOp::Write, tmp.clone()),
+                (IoOp::Sync, tmp.clone()),
+                (IoOp::Rename, tmp.clone()),
+                (IoOp::SyncDir, d.clone()),
+            ]
+        );
+        assert_eq!((read(&file), tmp.exists()), (b"first".to_vec(), false));
+        // The room: made, then already there.
+        keep_ids_room(&h, &d, 8192).unwrap();
+        assert_eq!(
+            done(&h),
+            vec![
+                (IoOp::Create, tmp.clone()),
+                (IoOp::Write, tmp.clone()),
+                (IoOp::Sync, tmp.clone()),
+            ]
+        );
+        assert_eq!(read(&tmp), vec![0; 8192]);
+        keep_ids_room(&h, &d, 8192).unwrap();
+        assert_eq!(done(&h), vec![]);
+        // Kept: written over, exchanged; no creation.
+        assert!(write_ids(&h, &d, b"second").unwrap());
+        assert_eq!(
+            done(&h),
+            vec![
+                (IoOp::Open, tmp.clone()),
+                (IoOp::Write, tmp.clone()),
+                (IoOp::Sync, tmp.clone()),
+                (IoOp::Exchange, tmp.clone()),
+                (IoOp::SyncDir, d.clone()),
+            ]
+        );
+        let mut want = b"second".to_vec();
+        want.resize(8192, 0);
+        assert_eq!((read(&file), read(&tmp)), (want, b"first".to_vec()));
+        // The old file, now the temporary, made as long as the room.
+        keep_ids_room(&h, &d, 8192).unwrap();
+        assert_eq!(
+            done(&h),
+            vec![
+                (IoOp::Open, tmp.clone()),
+                (IoOp::Write, tmp.clone()),
+                (IoOp::Sync, tmp.clone()),
+            ]
+        );
+        let mut want = b"first".to_vec();
+        want.resize(8192, 0);
+        assert_eq!(read(&tmp), want);
+        // Where names cannot be exchanged (EINVAL): renamed over the file, not kept.
+        let h = Hook {
+            errno: libc::EINVAL,
+            ..failing(IoOp::Exchange)
+        };
+        assert!(!write_ids(&h, &d, b"third").unwrap());
+        assert_eq!(
+            done(&h),
+            vec![
+                (IoOp::Open, tmp.clone()),
+                (IoOp::Write, tmp.clone()),
+                (IoOp::Sync, tmp.clone()),
+                (IoOp::Rename, tmp.clone()),
+                (IoOp::SyncDir, d.clone()),
+            ]
+        );
+        assert_eq!((&read(&file)[..5], tmp.exists()), (&b"third"[..], false));
+    }
+
+    /// A replacement that fails leaves the old file and removes the temporary, kept or made
+    /// (what it holds is unknown); the next one makes it again.
+    #[test]
+    fn a_failed_ids_replacement_leaves_the_old_file_and_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_owned();
+        let (file, tmp) = (d.join(IDS_FILE), d.join(IDS_TMP));
+        write_ids(&hook(), &d, b"old").unwrap();
+        for (fail, op) in [
+            (IoOp::Open, "write request ids"),
+            (IoOp::Write, "write request ids"),
+            (IoOp::Sync, "write request ids"),
+            (IoOp::Exchange, "rename request ids"),
+        ] {
+            keep_ids_room(&hook(), &d, 4096).unwrap();
+            let e = write_ids(&failing(fail), &d, b"new").unwrap_err();
+            assert_eq!(op_of(e), (op, tmp.clone()), "{fail:?}");
+            assert_eq!(std::fs::read(&file).unwrap()[..3], *b"old", "{fail:?}");
+            assert!(!tmp.exists(), "{fail:?}: the temporary is removed");
+        }
+        // None kept: a failed creation.
+        let e = write_ids(&failing(IoOp::Create), &d, b"new").unwrap_err();
+        assert_eq!(op_of(e), ("write request ids", tmp.clone()));
+        // A room that cannot be made is an error its caller ignores; a later replacement
+        // makes its temporary as it goes.
+        assert!(keep_ids_room(&failing(IoOp::Write), &d, 4096).is_err());
+        write_ids(&hook(), &d, b"new").unwrap();
+        assert_eq!(std::fs::read(&file).unwrap()[..3], *b"new");
+    }
+
+    /// A consumer's commit goes through its handle's kept temporary: exchanged with the
+    /// position file, so it holds the old position (as long as a position) for the next one;
+    /// where names cannot be exchanged, renamed over it and made again.
+    #[test]
+    fn a_consumer_commit_keeps_its_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_owned();
+        let (file, tmp) = (
+            d.join(consumer_file_name("c")),
+            d.join("consumer.tmp-c.1.1"),
+        );
+        write_consumer(&hook(), &d, "c", &[1; CONSUMER_LEN]).unwrap();
+        let h = hook();
+        keep_consumer_room(&h, &tmp).unwrap();
+        assert_eq!(std::fs::read(&tmp).unwrap(), vec![0; CONSUMER_LEN]);
+        done(&h);
+        commit_consumer(&h, &d, "c", &tmp, &[2; CONSUMER_LEN]).unwrap();
+        assert_eq!(
+            done(&h).into_iter().map(|(op, _)| op).collect::<Vec<_>>(),
+            vec![
+                IoOp::Open,
+                IoOp::Write,
+                IoOp::Sync,
+                IoOp::Exchange,
+                IoOp::SyncDir
+            ]
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), vec![2; CONSUMER_LEN]);
+        assert_eq!(std::fs::read(&tmp).unwrap(), vec![1; CONSUMER_LEN]);
+        let h = Hook {
+            errno: libc::EINVAL,
+            ..failing(IoOp::Exchange)
+        };
+        commit_consumer(&h, &d, "c", &tmp, &[3; CONSUMER_LEN]).unwrap();
+        assert_eq!(
+            done(&h).into_iter().map(|(op, _)| op).collect::<Vec<_>>(),
+            vec![
+                IoOp::Open,
+                IoOp::Write,
+                IoOp::Sync,
+                IoOp::Rename,
+                IoOp::SyncDir,
+                IoOp::Create,
+                IoOp::Write,
+                IoOp::Sync
+            ]
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), vec![3; CONSUMER_LEN]);
+        assert_eq!(std::fs::read(&tmp).unwrap(), vec![0; CONSUMER_LEN]);
+        remove_kept(&hook(), &tmp);
+        assert!(!tmp.exists());
     }
 
     #[test]

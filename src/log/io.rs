@@ -6,8 +6,8 @@
 //! test's hook can fail the Nth operation, fail forever after a point, or record writes to
 //! tear them later (simulated power loss, `tests/common/power.rs`).
 //!
-//! The functions here that create, rename and remove files and directories, and sync a
-//! directory, are the only code of the crate that calls the `std::fs` functions doing so:
+//! The functions here that create, rename (or exchange) and remove files and directories,
+//! and sync a directory, are the only code of the crate that calls the `std::fs` functions doing so:
 //! clippy's `disallowed-methods` (the workspace's `clippy.toml`) refuses them anywhere else.
 //! They in turn are called only by `dir.rs`, the owner of the log directory's files, where
 //! the order of file changes is kept: `clippy.toml` refuses them (by their crate paths,
@@ -46,10 +46,17 @@ pub enum IoOp {
     Remove,
     /// Creating a directory: a missing component of the log directory's path, at open.
     CreateDir,
-    /// Opening an existing segment file again, for a file description of its own: each of
-    /// several syncers (`Config::syncers` > 1) syncs through one. Changes nothing on disk;
-    /// announced so that a hook can fail it.
+    /// Opening an existing file again for writing: a segment file, for a file description of
+    /// its own (each of several syncers, `Config::syncers` > 1, syncs through one), or a
+    /// small file's kept temporary (the `ids` file's, a consumer's), to be overwritten in
+    /// place. Changes nothing on disk; announced so that a hook can fail it.
     Open,
+    /// Exchanging the names of two files in one step (`renameat2` with `RENAME_EXCHANGE`):
+    /// a small file (the `ids` file, a consumer's position) and its kept temporary, which
+    /// holds the new contents, synced. Neither name is ever missing; the temporary then holds
+    /// the old contents, whose room the next replacement overwrites. Where the file system
+    /// cannot (not Linux, or `EINVAL`), the engine renames instead, as before.
+    Exchange,
 }
 
 /// Hooks called around every file-changing operation of the log.
@@ -63,6 +70,7 @@ pub trait Io: Send + Sync + 'static {
     ///   bytes ([`synced_range`] decodes it). The kernel writes back whole pages, so it may
     ///   sync a little more than the range; the range is what the engine asked for;
     /// - for `IoOp::Rename`, the destination path's bytes;
+    /// - for `IoOp::Exchange`, the other path's bytes (`path` is the temporary file's);
     /// - empty otherwise.
     fn before(&self, op: IoOp, path: &Path, offset: u64, data: &[u8]) -> io::Result<()>;
 
@@ -131,6 +139,33 @@ pub(crate) fn rename(io: &dyn Io, from: &Path, to: &Path) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     guarded(io, IoOp::Rename, from, 0, to.as_os_str().as_bytes(), || {
         std::fs::rename(from, to)
+    })
+}
+
+/// Whether an `IoOp::Exchange` failed because the file system (or the OS) cannot exchange two
+/// names, not because of the files: then a rename does instead.
+pub(crate) fn is_exchange_unsupported(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::Unsupported
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+        )
+}
+
+/// Exchanges the names `a` and `b` (both must exist) in one step; the hooks get `b` as the
+/// data. `Unsupported` where the OS has no such call (see [`is_exchange_unsupported`]).
+pub(crate) fn exchange(io: &dyn Io, a: &Path, b: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    guarded(io, IoOp::Exchange, a, 0, b.as_os_str().as_bytes(), || {
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::fs::{renameat_with, RenameFlags, CWD};
+            renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE).map_err(io::Error::from)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            Err(io::Error::from(io::ErrorKind::Unsupported))
+        }
     })
 }
 

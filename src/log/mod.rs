@@ -119,6 +119,8 @@ pub(crate) struct Log {
     prep: Prep,
     prep_counter: u64,
     pool: Arc<Pool>,
+    /// The room kept for the `ids` file's replacement (made by the preparing thread).
+    ids_room: Option<Arc<crate::ids::IdsRoom>>,
     /// Reused encode buffer of the pwrite path.
     buf: Vec<u8>,
     io: SharedIo,
@@ -144,6 +146,7 @@ impl Log {
             prepared,
             prep_counter,
             pool,
+            ids_room,
         } = spares;
         let (segment_bytes, write_path) = (config.segment_bytes, config.write_path);
         let active = segments
@@ -164,6 +167,7 @@ impl Log {
             prep: Prep::None,
             prep_counter,
             pool,
+            ids_room,
             buf: Vec::new(),
             io: io.clone(),
             syncers: config.syncers,
@@ -442,6 +446,7 @@ mod tests {
             prepared: None,
             prep_counter: 0,
             pool: Arc::new(Pool::adopt(&io, dir.path(), size, (0, 0), 0).unwrap()),
+            ids_room: None,
         };
         let config = Config {
             segment_bytes: size,

@@ -126,6 +126,7 @@ pub(crate) fn recover(
             prepared,
             prep_counter,
             pool,
+            ids_room: None,
         },
     })
 }

@@ -57,6 +57,9 @@ pub(crate) struct Spares {
     pub prepared: Option<PathBuf>,
     pub prep_counter: u64,
     pub pool: Arc<Pool>,
+    /// The room kept for the `ids` file's replacement, which the preparing thread makes once
+    /// it is wanted (`crate::ids::IdsRoom`); `None` until the engine sets it.
+    pub ids_room: Option<Arc<crate::ids::IdsRoom>>,
 }
 
 /// The preparation of the next segment, as the writing end of the log runs it.
@@ -81,17 +84,26 @@ impl Log {
         let size = self.segment_bytes;
         let io = self.io.clone();
         let pool = self.pool.clone();
+        let ids_room = self.ids_room.clone();
         let spawned = std::thread::Builder::new()
             .name("mergelog-prep".into())
-            .spawn(move || match recycled {
-                // A retired segment: no zeros to write, only the mapping to make (which
-                // also reads its pages in, so that writing a frame never waits for a read).
-                Some((path, file)) => Ok((path.clone(), Mapped::of_file(file, &path, true)?, true)),
-                None => {
-                    pool.zero_fill(|| dir::create_prepared(&*io, &log_dir, &path, size))?;
-                    let mapped = Mapped::open(&path, true)?;
-                    Ok((path, mapped, false))
+            .spawn(move || {
+                let prepared = match recycled {
+                    // A retired segment: no zeros to write, only the mapping to make (which
+                    // also reads its pages in, so that writing a frame never waits for a read).
+                    Some((path, file)) => (path.clone(), Mapped::of_file(file, &path, true)?, true),
+                    None => {
+                        pool.zero_fill(|| dir::create_prepared(&*io, &log_dir, &path, size))?;
+                        let mapped = Mapped::open(&path, true)?;
+                        (path, mapped, false)
+                    }
+                };
+                // Then, with the segment ready, the room for the `ids` file's replacement,
+                // if ids are logged and it is not kept yet.
+                if let Some(room) = ids_room {
+                    room.keep_if_wanted();
                 }
+                Ok(prepared)
             });
         // If no thread can be made, the roll creates the file itself.
         self.prep = spawned.map_or(Prep::None, Prep::Pending);

@@ -1290,6 +1290,8 @@ impl Flusher {
         if !self.window_ids.is_empty() {
             self.window_ids.clear();
             self.window_id_ends.clear();
+            // A retirement may have ids to carry from now on: the room for them is wanted.
+            inner.ids_room.note_logged();
             // The window's ids are final (its refused requests' given back): the table may
             // turn its generations now.
             let mut table = inner.ids.lock();

@@ -55,7 +55,7 @@ use self::{
 use crate::{
     config::{Config, Durability},
     error::{Error, Result},
-    ids::Ids,
+    ids::{Ids, IdsRoom},
     index::Index,
     log::{
         clean::CleanMark, io::SharedIo, open::Recovered, pool::Pool, Log, SegmentList, Segments,
@@ -150,6 +150,8 @@ pub(crate) struct Inner {
     pub(crate) end_mark: Mutex<Option<CleanMark>>,
     /// The request ids the engine remembers (changed by the flusher; see `crate::ids`).
     pub(crate) ids: Mutex<Ids>,
+    /// The room kept for the `ids` file's replacement (`crate::ids::IdsRoom`).
+    pub(crate) ids_room: Arc<IdsRoom>,
     /// The pipeline's timeline, if `Config::trace_events` asks for one.
     pub(crate) trace: Option<crate::trace::Recorder>,
 }
@@ -231,13 +233,16 @@ pub(crate) fn start(
 ) -> Result<(Arc<Inner>, JoinHandle<()>)> {
     let pool = recovered.spares.pool.clone();
     let segments: Segments = Arc::new(RwLock::new(SegmentList::new(recovered.segments)));
+    let ids_room = Arc::new(IdsRoom::new(io, dir, config.request_ids));
+    let mut spares = recovered.spares;
+    spares.ids_room = Some(ids_room.clone());
     let log = Log::new(
         dir,
         segments.clone(),
         recovered.write_off,
         recovered.next_seq,
         &config,
-        recovered.spares,
+        spares,
         io,
     )?;
 
@@ -295,6 +300,7 @@ pub(crate) fn start(
         ),
         end_mark: Mutex::new(None),
         ids: Mutex::new(ids),
+        ids_room,
         trace: crate::trace::Recorder::new(config.trace_events),
         config,
     });

@@ -481,8 +481,14 @@ fn cut_run(
     let compacted = engine.compact();
     let cut = power.is_cut().then(|| steps.seen()[cut_at - 1].0.clone());
     if let Some(op) = &cut {
+        // Only the room kept for the `ids` file's next replacement, after the last
+        // retirement's removals, is best effort: a cut there (every later operation on
+        // `ids.tmp` too) leaves the compaction's result `Ok`.
+        let room_only = steps.seen()[cut_at - 1..]
+            .iter()
+            .all(|(l, _)| l.ends_with(" ids.tmp"));
         assert!(
-            compacted.is_err(),
+            compacted.is_err() || room_only,
             "{ctx}: the power was cut at {op}, yet compact returned {compacted:?}"
         );
     }

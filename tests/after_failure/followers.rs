@@ -12,8 +12,9 @@ use std::sync::Arc;
 #[test]
 fn followers_and_consumers_end_with_the_failure() {
     let dir = tempfile::tempdir().unwrap();
-    // The third sync fails (the first ones: the segment's activation and the first batch).
-    let io: Arc<dyn Io> = Arc::new(PowerLossIo::failing_sync(3));
+    // The fourth sync fails (the first ones: the segment's activation, the consumer handle's
+    // kept temporary position file, made when it is opened, and the first batch).
+    let io: Arc<dyn Io> = Arc::new(PowerLossIo::failing_sync(4));
     let engine = Arc::new(
         Engine::open_with_io(dir.path(), power_loss_config(WritePath::Pwrite), io).unwrap(),
     );

@@ -21,6 +21,7 @@ mod dir_durability;
 mod followers;
 mod for_each;
 mod no_room;
+mod no_room_ids;
 mod no_room_races;
 mod point_in_time;
 mod preparation;

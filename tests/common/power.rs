@@ -9,7 +9,8 @@
 //! whole, it also takes back the length it added. A store into the mapping announces only its offset: it is modelled as a
 //! write of everything from there to the end of the file, its bytes read back at the power
 //! loss, so a ranged sync always splits it. Directory changes (creations of files and
-//! directories, renames, removals) are kept until a sync of their directory; a removed file,
+//! directories, renames, exchanges of two names, removals) are kept until a sync of their
+//! directory; a removed file,
 //! and the file a rename replaced, are kept under a hard link until then, so that the power
 //! loss can bring them back.
 //!
@@ -130,6 +131,12 @@ enum DirChange {
         path: PathBuf,
         backup: PathBuf,
     },
+    /// The names of two files exchanged (a small file and its kept temporary): undone by
+    /// exchanging them back.
+    Exchanged {
+        a: PathBuf,
+        b: PathBuf,
+    },
 }
 
 /// The directory holding `path` (`.` for a bare name).
@@ -147,6 +154,7 @@ impl DirChange {
             DirChange::Created(p) | DirChange::CreatedDir(p) => parent(p),
             DirChange::Renamed { to, .. } => parent(to),
             DirChange::Removed { path, .. } => parent(path),
+            DirChange::Exchanged { a, .. } => parent(a),
         }
     }
 }
@@ -171,6 +179,8 @@ struct PowerState {
     renaming: Option<(PathBuf, PathBuf, Option<PathBuf>)>,
     /// A removal about to happen, and the hard link that keeps its file.
     removing: Option<(PathBuf, PathBuf)>,
+    /// An exchange of two names about to happen.
+    exchanging: Option<(PathBuf, PathBuf)>,
     next_id: u64,
     /// When the power was cut: the operation that failed first.
     cut_op: Option<String>,
@@ -480,6 +490,10 @@ impl Io for PowerLossIo {
             }
             IoOp::SyncDir => st.dir_syncing = Some((path.to_owned(), st.dir_changes.len())),
             IoOp::Rename => st.begin_rename(path, data)?,
+            IoOp::Exchange => {
+                let other = PathBuf::from(std::ffi::OsStr::from_bytes(data));
+                st.exchanging = Some((path.to_owned(), other));
+            }
             IoOp::Remove => st.begin_remove(path)?,
             _ => {}
         }
@@ -509,6 +523,19 @@ impl Io for PowerLossIo {
             }
             IoOp::Create => st.dir_changes.push(DirChange::Created(path.to_owned())),
             IoOp::CreateDir => st.dir_changes.push(DirChange::CreatedDir(path.to_owned())),
+            IoOp::Exchange => {
+                let (a, b) = st.exchanging.take().expect("before(Exchange) ran");
+                // Each file's unsynced writes follow it to its new name.
+                let wa = st.unsynced.remove(&a);
+                let wb = st.unsynced.remove(&b);
+                if let Some(ws) = wa {
+                    st.unsynced.insert(b.clone(), ws);
+                }
+                if let Some(ws) = wb {
+                    st.unsynced.insert(a.clone(), ws);
+                }
+                st.dir_changes.push(DirChange::Exchanged { a, b });
+            }
             IoOp::Rename => {
                 let (from, to, backup) = st.renaming.take().expect("before(Rename) ran");
                 // The replaced file now lives only under its backup: its unsynced writes
@@ -695,6 +722,12 @@ pub fn lose_power_within_sectors(
             }
             DirChange::Removed { path, backup } => {
                 std::fs::rename(backup, path).expect("undo removal");
+            }
+            DirChange::Exchanged { a, b } => {
+                let aside = a.with_extension("exchanged-back");
+                std::fs::rename(a, &aside).expect("undo exchange");
+                std::fs::rename(b, a).expect("undo exchange");
+                std::fs::rename(&aside, b).expect("undo exchange");
             }
         }
     }

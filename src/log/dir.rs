@@ -550,24 +550,36 @@ fn replace_small_file(
 ) -> Result<()> {
     // A temporary file an interrupted write left behind.
     remove_leftover(io, tmp);
-    let made = io::create_new(io, tmp, |_| Ok(()))
-        .and_then(|(file, ())| {
-            guarded(io, IoOp::Write, tmp, 0, bytes, || {
-                file.write_all_at(bytes, 0)
-            })?;
-            guarded(io, IoOp::Sync, tmp, 0, &[], || file.sync_data())
-        })
-        .map_err(|e| Error::io(write_op, tmp, e));
-    if let Err(e) = made {
-        remove_leftover(io, tmp);
-        return Err(e);
-    }
+    let made = io::create_new(io, tmp, |_| Ok(())).map(|(file, ())| file);
+    fill_temporary(io, tmp, made, bytes, write_op)?;
     if let Err(e) = io::rename(io, tmp, dest) {
         // The temporary file's name is this write's own: nothing else removes it.
         remove_leftover(io, tmp);
         return Err(Error::io(rename_op, tmp, e));
     }
     sync_dir(io, dir)
+}
+
+/// Writes `bytes` over the start of the temporary file `tmp` (`opened`: made or opened for
+/// the write) and syncs it. On any failure `tmp` is removed (what it holds is unknown: a
+/// later replacement makes a new one) and the error names `write_op`.
+fn fill_temporary(
+    io: &dyn Io,
+    tmp: &Path,
+    opened: std::io::Result<File>,
+    bytes: &[u8],
+    write_op: &'static str,
+) -> Result<()> {
+    let written = opened.and_then(|file| {
+        guarded(io, IoOp::Write, tmp, 0, bytes, || {
+            file.write_all_at(bytes, 0)
+        })?;
+        guarded(io, IoOp::Sync, tmp, 0, &[], || file.sync_data())
+    });
+    written.map_err(|e| {
+        remove_leftover(io, tmp);
+        Error::io(write_op, tmp, e)
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -601,19 +613,7 @@ fn replace_kept(
             new_kept_file(io, tmp)
         }
     };
-    let written = opened
-        .and_then(|file| {
-            guarded(io, IoOp::Write, tmp, 0, bytes, || {
-                file.write_all_at(bytes, 0)
-            })?;
-            guarded(io, IoOp::Sync, tmp, 0, &[], || file.sync_data())
-        })
-        .map_err(|e| Error::io(write_op, tmp, e));
-    if let Err(e) = written {
-        // What it holds is unknown: the next replacement makes a new one.
-        remove_leftover(io, tmp);
-        return Err(e);
-    }
+    fill_temporary(io, tmp, opened, bytes, write_op)?;
     let exchanged = match std::fs::symlink_metadata(dest).is_ok() {
         true => match io::exchange(io, tmp, dest) {
             Ok(()) => Ok(true),

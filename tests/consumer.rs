@@ -920,3 +920,83 @@ fn two_handles_of_one_name_commit_at_once() {
     assert_eq!(engine.consumer("c").expect("consumer").committed(), last);
     engine.close().expect("close");
 }
+
+/// A FIFO at `p` (for the tests that put one under a side file's name).
+fn mkfifo(p: &Path) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    let made = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(made, 0, "mkfifo {p:?}");
+}
+
+/// Asserts `r` is `Error::Corrupt` at offset 0 of `path` with a reason that says `says`.
+fn corrupt_at(r: mergelog::Result<impl std::fmt::Debug>, path: &Path, says: &str, what: &str) {
+    match r {
+        Err(Error::Corrupt {
+            path: p,
+            offset: 0,
+            reason,
+        }) if p == path && reason.contains(says) => {}
+        other => panic!("{what}: expected Error::Corrupt at 0 of {path:?} ({says}), got {other:?}"),
+    }
+}
+
+/// A consumer's position file name on a symbolic link to nothing (or on a directory or a
+/// FIFO) is damage at that file, never "no such consumer": read as absent, the consumer held
+/// no retirement back, so `retire_before` removed the batches it had not read (and
+/// `Engine::consumer` replaced the link with a position at the log's first batch).
+#[test]
+fn a_consumer_file_name_on_a_dangling_link_or_an_irregular_file_is_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config()).expect("open");
+    put_batches(&engine, 20, 8 << 10);
+    assert!(segment_files(dir.path()).len() >= 3);
+    engine
+        .consumer("c")
+        .expect("consumer")
+        .commit(1)
+        .expect("commit");
+    let file = dir.path().join("consumer-c");
+    std::fs::remove_file(&file).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), &file).unwrap();
+    let link = "symbolic link to nothing";
+    corrupt_at(engine.consumers(), &file, link, "consumers");
+    let segments = segment_files(dir.path());
+    corrupt_at(engine.retire_before(20), &file, link, "retire_before");
+    assert_eq!(segment_files(dir.path()), segments, "nothing retired");
+    corrupt_at(engine.consumer("c"), &file, link, "Engine::consumer");
+    let reader = LogReader::open(dir.path()).expect("reader");
+    corrupt_at(reader.consumers(), &file, link, "LogReader::consumers");
+    corrupt_at(reader.consumer("c"), &file, link, "LogReader::consumer");
+    assert!(
+        file.symlink_metadata().unwrap().is_symlink(),
+        "the link is left"
+    );
+    engine.close().expect("close");
+    drop(engine);
+    corrupt_at(
+        Engine::open(dir.path(), config()),
+        &file,
+        link,
+        "Engine::open",
+    );
+    for irregular in ["directory", "fifo"] {
+        let _ = std::fs::remove_file(&file).or_else(|_| std::fs::remove_dir(&file));
+        match irregular {
+            "fifo" => mkfifo(&file),
+            _ => std::fs::create_dir(&file).unwrap(),
+        }
+        let regular = "other than a regular file";
+        corrupt_at(
+            Engine::open(dir.path(), config()),
+            &file,
+            regular,
+            irregular,
+        );
+        let reader = LogReader::open(dir.path()).expect("reader");
+        corrupt_at(reader.consumers(), &file, regular, irregular);
+        corrupt_at(reader.consumer("c"), &file, regular, irregular);
+    }
+    std::fs::remove_file(&file).unwrap();
+    Engine::open(dir.path(), config()).expect("opens without the damaged name");
+}

@@ -509,6 +509,28 @@ pub(crate) fn is_symlink(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
 }
 
+/// The error of a failed open or read of the side file `p` (`what`: "a consumer position",
+/// ...) through [`open_regular`]: its name on anything but a regular file is
+/// `Error::Corrupt` at offset 0, naming it, and so is its name on a symbolic link to nothing
+/// (the engine never makes a link, and removes or replaces the name itself): neither may be
+/// read as "no such file". Any other failure is the I/O error of `op`.
+fn side_file_error(op: &'static str, what: &str, p: &Path, e: std::io::Error) -> Error {
+    let corrupt = |reason: String| Error::Corrupt {
+        path: p.to_owned(),
+        offset: 0,
+        reason,
+    };
+    match e.kind() {
+        std::io::ErrorKind::InvalidData => corrupt(format!(
+            "{what}'s name on something other than a regular file (a directory, FIFO or device)"
+        )),
+        std::io::ErrorKind::NotFound if is_symlink(p) => corrupt(format!(
+            "{what}'s name on a symbolic link to nothing (its target does not exist)"
+        )),
+        _ => Error::io(op, p, e),
+    }
+}
+
 /// The bytes of `dir`'s clean-close mark file (its first `CLEAN_LEN + 1` at most: a longer
 /// file is no mark either), `None` if there is none.
 pub(crate) fn read_clean_mark(dir: &Path) -> Result<Option<Vec<u8>>> {
@@ -767,13 +789,20 @@ pub(crate) fn remove_consumer_leftovers(io: &dyn Io, dir: &Path) -> Result<()> {
 }
 
 /// The bytes of consumer `name`'s position file (its first 33 at most: a longer file is no
-/// position either); `None` if it has none.
+/// position either); `None` if it has none. Its name on a symbolic link to nothing or on
+/// anything but a regular file is `Error::Corrupt` ([`side_file_error`]), never "none": a
+/// consumer with no file holds no retirement back.
 pub(crate) fn read_consumer(dir: &Path, name: &str) -> Result<Option<Vec<u8>>> {
     let p = dir.join(consumer_file_name(name));
     match read_small_file(&p, CONSUMER_LEN) {
         Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io("read consumer position", &p, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !is_symlink(&p) => Ok(None),
+        Err(e) => Err(side_file_error(
+            "read consumer position",
+            "a consumer position",
+            &p,
+            e,
+        )),
     }
 }
 

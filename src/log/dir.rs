@@ -532,13 +532,20 @@ fn side_file_error(op: &'static str, what: &str, p: &Path, e: std::io::Error) ->
 }
 
 /// The bytes of `dir`'s clean-close mark file (its first `CLEAN_LEN + 1` at most: a longer
-/// file is no mark either), `None` if there is none.
+/// file is no mark either), `None` if there is none. Its name on a symbolic link to nothing
+/// or on anything but a regular file is `Error::Corrupt` ([`side_file_error`]), never "none":
+/// without the mark, an open cannot tell lost durable history from a torn tail.
 pub(crate) fn read_clean_mark(dir: &Path) -> Result<Option<Vec<u8>>> {
     let p = dir.join(CLEAN_FILE);
     match read_small_file(&p, CLEAN_LEN) {
         Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io("read clean-close mark", &p, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !is_symlink(&p) => Ok(None),
+        Err(e) => Err(side_file_error(
+            "read clean-close mark",
+            "the clean-close mark",
+            &p,
+            e,
+        )),
     }
 }
 

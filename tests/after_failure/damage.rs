@@ -584,3 +584,66 @@ fn a_log_that_ends_before_its_clean_close_mark_is_refused() {
     let engine = Engine::open(dir.path(), config(RecoveryMode::default())).expect("open");
     assert_eq!(engine.len(), 7);
 }
+
+/// Puts at `p` a symbolic link to nothing, a directory or a FIFO (`kind`), whatever was there
+/// removed first.
+fn put_irregular(p: &Path, kind: &str) {
+    let _ = std::fs::remove_file(p).or_else(|_| std::fs::remove_dir(p));
+    match kind {
+        "link" => std::os::unix::fs::symlink(p.with_extension("nowhere"), p).unwrap(),
+        "directory" => std::fs::create_dir(p).unwrap(),
+        _ => {
+            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+            assert_eq!(
+                unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+                0,
+                "mkfifo {p:?}"
+            );
+        }
+    }
+}
+
+/// The engine's open (in every mode) and `LogReader::check` on a log whose side file `name`
+/// is a symbolic link to nothing, a directory or a FIFO: each `Error::Corrupt` at offset 0
+/// of that file, the reason saying which.
+fn side_file_refused(name: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    write_batches(dir.path(), &config(RecoveryMode::default()), 3);
+    let file = dir.path().join(name);
+    for (kind, says) in [
+        ("link", "symbolic link to nothing"),
+        ("directory", "other than a regular file"),
+        ("fifo", "other than a regular file"),
+    ] {
+        put_irregular(&file, kind);
+        for mode in [
+            RecoveryMode::TolerateCorruptedTail,
+            RecoveryMode::PointInTime,
+            RecoveryMode::AbsoluteConsistency,
+        ] {
+            let check = mergelog::LogReader::check(dir.path(), mode, mergelog::Durability::Sync);
+            let open = open_error(dir.path(), &config(mode));
+            for (what, r) in [("check", check.map(drop)), ("open", Err(open))] {
+                match r {
+                    Err(Error::Corrupt {
+                        path,
+                        offset: 0,
+                        reason,
+                    }) if path == file && reason.contains(says) => {}
+                    other => panic!("{name} a {kind}, {mode:?}, {what}: {other:?}"),
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&file).or_else(|_| std::fs::remove_dir(&file));
+    Engine::open(dir.path(), config(RecoveryMode::default())).expect("opens without it");
+}
+
+/// The clean-close mark's name (`CLEAN`) on a symbolic link to nothing is damage at that
+/// file, as a directory or a FIFO there is: the open read it as "no mark" (an unclean end),
+/// so the check it makes against lost durable history was skipped without a word.
+#[test]
+fn the_clean_marks_name_on_a_dangling_link_or_an_irregular_file_is_damage() {
+    side_file_refused("CLEAN");
+}

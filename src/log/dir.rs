@@ -724,13 +724,22 @@ pub(crate) fn remove_kept(io: &dyn Io, tmp: &Path) {
 pub(crate) const IDS_FILE: &str = "ids";
 const IDS_TMP: &str = "ids.tmp";
 
-/// `dir`'s carried-ids file, open for reading, and its length; `None` if there is none.
+/// `dir`'s carried-ids file, open for reading, and its length; `None` if there is none. Its
+/// name on a symbolic link to nothing or on anything but a regular file is `Error::Corrupt`
+/// ([`side_file_error`]), never "none": that would forget the ids of retired segments.
 pub(crate) fn open_ids(dir: &Path) -> Result<Option<(File, u64)>> {
     let p = dir.join(IDS_FILE);
     let file = match open_regular(&p, false) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("open request ids", &p, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !is_symlink(&p) => return Ok(None),
+        Err(e) => {
+            return Err(side_file_error(
+                "open request ids",
+                "the request ids",
+                &p,
+                e,
+            ))
+        }
     };
     let len = file
         .metadata()

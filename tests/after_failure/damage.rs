@@ -640,6 +640,15 @@ fn side_file_refused(name: &str) {
     Engine::open(dir.path(), config(RecoveryMode::default())).expect("opens without it");
 }
 
+/// The carried request ids' name (`ids`) on a symbolic link to nothing is damage at that
+/// file, as a directory or a FIFO there is: the open read it as "no ids" and forgot the ids
+/// of every retired segment (a retried request was applied twice), and the check called the
+/// log clean.
+#[test]
+fn the_ids_name_on_a_dangling_link_or_an_irregular_file_is_damage() {
+    side_file_refused("ids");
+}
+
 /// The clean-close mark's name (`CLEAN`) on a symbolic link to nothing is damage at that
 /// file, as a directory or a FIFO there is: the open read it as "no mark" (an unclean end),
 /// so the check it makes against lost durable history was skipped without a word.

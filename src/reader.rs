@@ -747,8 +747,11 @@ fn next_in_chain(seg: &Segment, f: &Frame<'_>) -> Result<u64> {
 /// Yields batches as they land, in order, without gaps.
 ///
 /// Built by `LogReader::follow` (any process; a batch is yielded once its frame is complete
-/// in the file, which for a `Sync` engine is at most one sync ahead of durability) or by
-/// `Engine::follow` (same process; a batch is yielded only once it is durable).
+/// in the file, which is not durability: a `Sync` engine writes a frame once the one
+/// `UNDURABLE_FRAMES_MAX` (16) before it is durable, so up to 16 frames may be in the file
+/// and not yet durable, and a crash may still take back a batch yielded this way; with
+/// `NoSync`, any number) or by `Engine::follow` (same process; a batch is yielded only once
+/// it is durable, as by `LogReader::follow` of an `Engine::replay` view).
 ///
 /// A follower of an engine in its own process (`Engine::follow`, or `LogReader::follow` of
 /// an `Engine::replay` view) ends with `Error::Closed` once that engine is closed: it yields

@@ -921,14 +921,6 @@ fn two_handles_of_one_name_commit_at_once() {
     engine.close().expect("close");
 }
 
-/// A FIFO at `p` (for the tests that put one under a side file's name).
-fn mkfifo(p: &Path) {
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-    let made = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
-    assert_eq!(made, 0, "mkfifo {p:?}");
-}
-
 /// Asserts `r` is `Error::Corrupt` at offset 0 of `path` with a reason that says `says`.
 fn corrupt_at(r: mergelog::Result<impl std::fmt::Debug>, path: &Path, says: &str, what: &str) {
     match r {
@@ -951,11 +943,10 @@ fn a_consumer_file_name_on_a_dangling_link_or_an_irregular_file_is_damage() {
     let engine = Engine::open(dir.path(), config()).expect("open");
     put_batches(&engine, 20, 8 << 10);
     assert!(segment_files(dir.path()).len() >= 3);
-    engine
-        .consumer("c")
-        .expect("consumer")
-        .commit(1)
-        .expect("commit");
+    let mut c = engine.consumer("c").expect("consumer");
+    next(&mut c);
+    c.commit(1).expect("commit");
+    drop(c);
     let file = dir.path().join("consumer-c");
     std::fs::remove_file(&file).unwrap();
     std::os::unix::fs::symlink(dir.path().join("nowhere"), &file).unwrap();
@@ -983,7 +974,7 @@ fn a_consumer_file_name_on_a_dangling_link_or_an_irregular_file_is_damage() {
     for irregular in ["directory", "fifo"] {
         let _ = std::fs::remove_file(&file).or_else(|_| std::fs::remove_dir(&file));
         match irregular {
-            "fifo" => mkfifo(&file),
+            "fifo" => common::mkfifo(&file),
             _ => std::fs::create_dir(&file).unwrap(),
         }
         let regular = "other than a regular file";

@@ -279,12 +279,7 @@ fn a_segment_name_on_a_huge_or_irregular_file_is_refused_at_once() {
         let _ = std::fs::remove_file(what).or_else(|_| std::fs::remove_dir(what));
         std::fs::write(&seg, &bytes).unwrap();
     };
-    let mkfifo = |p: &Path| {
-        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-        let made = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
-        assert_eq!(made, 0, "mkfifo {p:?}");
-    };
+    let mkfifo = crate::common::mkfifo;
     for mode in [
         RecoveryMode::TolerateCorruptedTail,
         RecoveryMode::PointInTime,
@@ -592,15 +587,7 @@ fn put_irregular(p: &Path, kind: &str) {
     match kind {
         "link" => std::os::unix::fs::symlink(p.with_extension("nowhere"), p).unwrap(),
         "directory" => std::fs::create_dir(p).unwrap(),
-        _ => {
-            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-            // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-            assert_eq!(
-                unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
-                0,
-                "mkfifo {p:?}"
-            );
-        }
+        _ => crate::common::mkfifo(p),
     }
 }
 

@@ -159,3 +159,12 @@ pub fn block_on<F: std::future::Future + Unpin>(mut fut: F) -> F::Output {
         }
     }
 }
+
+/// Makes a FIFO at `p` (for the tests that put one under a file name the log uses).
+pub fn mkfifo(p: &std::path::Path) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call, and
+    // `mkfifo` reads nothing else.
+    let made = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(made, 0, "mkfifo {p:?}");
+}

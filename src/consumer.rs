@@ -266,6 +266,9 @@ pub struct Consumer {
     io: SharedIo,
     /// This handle's kept temporary position file (see [`Consumer::commit`]).
     tmp: PathBuf,
+    /// The last exchange through `tmp` may not be durable (its directory sync failed): the
+    /// next commit syncs the directory before it writes `tmp` (`dir::commit_consumer`).
+    unsettled: std::sync::atomic::AtomicBool,
     follower: Follower,
     /// The last committed batch (0: none), as in the file.
     committed: u64,
@@ -330,6 +333,7 @@ impl Consumer {
             dir,
             io,
             tmp,
+            unsettled: false.into(),
             follower,
             committed,
             attempted: committed,
@@ -412,7 +416,8 @@ impl Consumer {
         self.attempted = seq;
         let write = || {
             let bytes = encode(seq);
-            dir::commit_consumer(&*self.io, &self.dir, &self.name, &self.tmp, &bytes)
+            let names = (self.name.as_str(), self.tmp.as_path());
+            dir::commit_consumer(&*self.io, &self.dir, names, &bytes, &self.unsettled)
         };
         match &self.live {
             // In the engine's process: only while the engine holds the directory.

@@ -684,6 +684,9 @@ pub(crate) struct IdsRoom {
     logged: std::sync::atomic::AtomicBool,
     /// `ids.tmp` was last seen at least `room` long.
     kept: std::sync::atomic::AtomicBool,
+    /// The last exchange through `ids.tmp` may not be durable (`dir::write_ids`): the
+    /// directory is synced before `ids.tmp` is written again.
+    unsettled: std::sync::atomic::AtomicBool,
     /// Held while `ids` or `ids.tmp` changes: by a retirement (under `retire_lock`), and by
     /// the preparing thread, which only tries it.
     files: Mutex<()>,
@@ -712,6 +715,7 @@ impl IdsRoom {
             room: AtomicU64::new(room_for(horizon)),
             logged: false.into(),
             kept: false.into(),
+            unsettled: false.into(),
             files: Mutex::new(()),
         }
     }
@@ -737,7 +741,7 @@ impl IdsRoom {
             (bytes.len() as u64).next_multiple_of(4096),
             Ordering::Relaxed,
         );
-        let kept = crate::log::dir::write_ids(&*self.io, &self.dir, &bytes);
+        let kept = crate::log::dir::write_ids(&*self.io, &self.dir, &bytes, &self.unsettled);
         if !matches!(kept, Ok(true)) {
             self.kept.store(false, Ordering::Relaxed);
         }
@@ -768,7 +772,8 @@ impl IdsRoom {
 
     fn keep_locked(&self) {
         let room = self.room.load(Ordering::Relaxed);
-        let kept = crate::log::dir::keep_ids_room(&*self.io, &self.dir, room).is_ok();
+        let kept =
+            crate::log::dir::keep_ids_room(&*self.io, &self.dir, room, &self.unsettled).is_ok();
         self.kept.store(kept, Ordering::Relaxed);
     }
 }

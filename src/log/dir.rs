@@ -56,6 +56,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Lists the segment files of `dir` (`<20 digits>.seg`) in log order: (segment id, path).
 ///
@@ -626,6 +627,11 @@ fn fill_temporary(
 /// name changes only once the new bytes are durable, and an exchange, like a rename, is one
 /// step. Returns whether `tmp` is still kept (the names were exchanged). `ops` name the write
 /// and the rename in errors.
+///
+/// `unsettled` is the owner's record that an exchange through `tmp` may not be durable (the
+/// directory's sync after it did not return `Ok`): a power loss may then still give `dest`
+/// the inode `tmp` names now, so before anything is written into `tmp` the directory is
+/// synced again (see [`settle`]).
 #[allow(clippy::disallowed_methods)] // the log directory's owner
 fn replace_kept(
     io: &dyn Io,
@@ -633,7 +639,9 @@ fn replace_kept(
     (tmp, dest): (&Path, &Path),
     (write_op, rename_op): (&'static str, &'static str),
     bytes: &[u8],
+    unsettled: &AtomicBool,
 ) -> Result<bool> {
+    settle(io, dir, unsettled)?;
     let kept = std::fs::symlink_metadata(tmp).is_ok_and(|m| m.is_file());
     let opened = match kept {
         true => io::open_existing(io, tmp),
@@ -665,8 +673,24 @@ fn replace_kept(
             return Err(Error::io(rename_op, tmp, e));
         }
     };
+    // Until the directory is synced, `dest`'s old inode (now `tmp`'s) may be `dest`'s again
+    // after a power loss.
+    unsettled.store(exchanged, Ordering::Relaxed);
     sync_dir(io, dir)?;
+    unsettled.store(false, Ordering::Relaxed);
     Ok(exchanged)
+}
+
+/// Syncs `dir` if `unsettled` says an exchange of a kept temporary's name may not be durable
+/// (its directory sync failed), and clears it once it is: writing into the temporary before
+/// then could write into the file a power loss leaves under the real name (the old file or
+/// the whole new one must stand there).
+fn settle(io: &dyn Io, dir: &Path, unsettled: &AtomicBool) -> Result<()> {
+    if unsettled.load(Ordering::Relaxed) {
+        sync_dir(io, dir)?;
+        unsettled.store(false, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 /// Creates the empty file `tmp` to be kept as a small file's temporary, no-CoW (see
@@ -751,14 +775,27 @@ pub(crate) fn open_ids(dir: &Path) -> Result<Option<(File, u64)>> {
 /// Replaces the carried-ids file with `bytes` through its kept temporary `ids.tmp`
 /// ([`replace_kept`]): with one at least as long as `bytes`, no new room is needed. A crash at
 /// any step leaves the old file or the whole new one. Returns whether `ids.tmp` is kept.
-pub(crate) fn write_ids(io: &dyn Io, dir: &Path, bytes: &[u8]) -> Result<bool> {
+/// `unsettled`: see [`replace_kept`].
+pub(crate) fn write_ids(
+    io: &dyn Io,
+    dir: &Path,
+    bytes: &[u8],
+    unsettled: &AtomicBool,
+) -> Result<bool> {
     let (tmp, file) = (dir.join(IDS_TMP), dir.join(IDS_FILE));
     let ops = ("write request ids", "rename request ids");
-    replace_kept(io, dir, (&tmp, &file), ops, bytes)
+    replace_kept(io, dir, (&tmp, &file), ops, bytes, unsettled)
 }
 
-/// Makes `ids.tmp` at least `room` bytes long ([`keep_room`]; best effort).
-pub(crate) fn keep_ids_room(io: &dyn Io, dir: &Path, room: u64) -> Result<()> {
+/// Makes `ids.tmp` at least `room` bytes long ([`keep_room`]; best effort), once the last
+/// exchange through it is durable (`unsettled`: see [`replace_kept`]).
+pub(crate) fn keep_ids_room(
+    io: &dyn Io,
+    dir: &Path,
+    room: u64,
+    unsettled: &AtomicBool,
+) -> Result<()> {
+    settle(io, dir, unsettled)?;
     keep_room(io, &dir.join(IDS_TMP), room)
 }
 
@@ -836,16 +873,17 @@ pub(crate) fn write_consumer(io: &dyn Io, dir: &Path, name: &str, bytes: &[u8]) 
 /// Commits consumer `name`'s position `bytes` through the handle's kept temporary `tmp`
 /// ([`replace_kept`]): with one, no new room is needed. A crash at any step leaves the old
 /// position or the whole new one. Afterwards `tmp` is kept (best effort) for the next commit.
+/// `unsettled` is the handle's: see [`replace_kept`].
 pub(crate) fn commit_consumer(
     io: &dyn Io,
     dir: &Path,
-    name: &str,
-    tmp: &Path,
+    (name, tmp): (&str, &Path),
     bytes: &[u8],
+    unsettled: &AtomicBool,
 ) -> Result<()> {
     let file = dir.join(consumer_file_name(name));
     let ops = ("write consumer position", "rename consumer position");
-    if !replace_kept(io, dir, (tmp, &file), ops, bytes)? {
+    if !replace_kept(io, dir, (tmp, &file), ops, bytes, unsettled)? {
         let _ = keep_room(io, tmp, CONSUMER_LEN as u64);
     }
     Ok(())
@@ -1433,7 +1471,7 @@ mod tests {
         let read = |p: &Path| std::fs::read(p).unwrap();
         let h = hook();
         // No temporary kept, no file yet: made, renamed.
-        assert!(!write_ids(&h, &d, b"first").unwrap());
+        assert!(!write_ids(&h, &d, b"first", &AtomicBool::new(false)).unwrap());
         assert_eq!(
             done(&h),
             vec![
@@ -1446,7 +1484,7 @@ mod tests {
         );
         assert_eq!((read(&file), tmp.exists()), (b"first".to_vec(), false));
         // The room: made, then already there.
-        keep_ids_room(&h, &d, 8192).unwrap();
+        keep_ids_room(&h, &d, 8192, &AtomicBool::new(false)).unwrap();
         assert_eq!(
             done(&h),
             vec![
@@ -1456,10 +1494,10 @@ mod tests {
             ]
         );
         assert_eq!(read(&tmp), vec![0; 8192]);
-        keep_ids_room(&h, &d, 8192).unwrap();
+        keep_ids_room(&h, &d, 8192, &AtomicBool::new(false)).unwrap();
         assert_eq!(done(&h), vec![]);
         // Kept: written over, exchanged; no creation.
-        assert!(write_ids(&h, &d, b"second").unwrap());
+        assert!(write_ids(&h, &d, b"second", &AtomicBool::new(false)).unwrap());
         assert_eq!(
             done(&h),
             vec![
@@ -1474,7 +1512,7 @@ mod tests {
         want.resize(8192, 0);
         assert_eq!((read(&file), read(&tmp)), (want, b"first".to_vec()));
         // The old file, now the temporary, made as long as the room.
-        keep_ids_room(&h, &d, 8192).unwrap();
+        keep_ids_room(&h, &d, 8192, &AtomicBool::new(false)).unwrap();
         assert_eq!(
             done(&h),
             vec![
@@ -1491,7 +1529,7 @@ mod tests {
             errno: libc::EINVAL,
             ..failing(IoOp::Exchange)
         };
-        assert!(!write_ids(&h, &d, b"third").unwrap());
+        assert!(!write_ids(&h, &d, b"third", &AtomicBool::new(false)).unwrap());
         assert_eq!(
             done(&h),
             vec![
@@ -1512,27 +1550,69 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_owned();
         let (file, tmp) = (d.join(IDS_FILE), d.join(IDS_TMP));
-        write_ids(&hook(), &d, b"old").unwrap();
+        write_ids(&hook(), &d, b"old", &AtomicBool::new(false)).unwrap();
         for (fail, op) in [
             (IoOp::Open, "write request ids"),
             (IoOp::Write, "write request ids"),
             (IoOp::Sync, "write request ids"),
             (IoOp::Exchange, "rename request ids"),
         ] {
-            keep_ids_room(&hook(), &d, 4096).unwrap();
-            let e = write_ids(&failing(fail), &d, b"new").unwrap_err();
+            keep_ids_room(&hook(), &d, 4096, &AtomicBool::new(false)).unwrap();
+            let e = write_ids(&failing(fail), &d, b"new", &AtomicBool::new(false)).unwrap_err();
             assert_eq!(op_of(e), (op, tmp.clone()), "{fail:?}");
             assert_eq!(std::fs::read(&file).unwrap()[..3], *b"old", "{fail:?}");
             assert!(!tmp.exists(), "{fail:?}: the temporary is removed");
         }
         // None kept: a failed creation.
-        let e = write_ids(&failing(IoOp::Create), &d, b"new").unwrap_err();
+        let e = write_ids(&failing(IoOp::Create), &d, b"new", &AtomicBool::new(false)).unwrap_err();
         assert_eq!(op_of(e), ("write request ids", tmp.clone()));
         // A room that cannot be made is an error its caller ignores; a later replacement
         // makes its temporary as it goes.
-        assert!(keep_ids_room(&failing(IoOp::Write), &d, 4096).is_err());
-        write_ids(&hook(), &d, b"new").unwrap();
+        assert!(keep_ids_room(&failing(IoOp::Write), &d, 4096, &AtomicBool::new(false)).is_err());
+        write_ids(&hook(), &d, b"new", &AtomicBool::new(false)).unwrap();
         assert_eq!(std::fs::read(&file).unwrap()[..3], *b"new");
+    }
+
+    /// An exchange whose directory sync failed may not be durable: a power loss may still
+    /// leave the old file under `ids`, and that inode is `ids.tmp` now. The next replacement
+    /// (and the room kept after it) syncs the directory before it writes `ids.tmp`; while
+    /// that sync fails it writes nothing.
+    #[test]
+    fn after_a_failed_directory_sync_the_kept_temporary_is_written_only_once_it_is_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_owned();
+        let (file, tmp) = (d.join(IDS_FILE), d.join(IDS_TMP));
+        let unsettled = AtomicBool::new(false);
+        write_ids(&hook(), &d, b"first", &unsettled).unwrap();
+        keep_ids_room(&hook(), &d, 4096, &unsettled).unwrap();
+        let e = write_ids(&failing(IoOp::SyncDir), &d, b"second", &unsettled).unwrap_err();
+        assert!(is_failed_dir_sync(&e));
+        assert_eq!(std::fs::read(&tmp).unwrap(), b"first");
+        // The directory still does not sync: neither the room nor a replacement writes.
+        let h = failing(IoOp::SyncDir);
+        assert!(keep_ids_room(&h, &d, 8192, &unsettled).is_err());
+        assert!(write_ids(&h, &d, b"third", &unsettled).is_err());
+        assert_eq!(done(&h), vec![]);
+        assert_eq!(std::fs::read(&tmp).unwrap(), b"first");
+        // It syncs: first, then the temporary is written over and exchanged.
+        let h = hook();
+        assert!(write_ids(&h, &d, b"third", &unsettled).unwrap());
+        assert_eq!(
+            done(&h),
+            vec![
+                (IoOp::SyncDir, d.clone()),
+                (IoOp::Open, tmp.clone()),
+                (IoOp::Write, tmp.clone()),
+                (IoOp::Sync, tmp.clone()),
+                (IoOp::Exchange, tmp.clone()),
+                (IoOp::SyncDir, d.clone()),
+            ]
+        );
+        assert_eq!(std::fs::read(&file).unwrap()[..5], *b"third");
+        // Settled: the next one syncs the directory once, after its exchange.
+        let h = hook();
+        write_ids(&h, &d, b"fourth", &unsettled).unwrap();
+        assert_eq!(done(&h)[0], (IoOp::Open, tmp.clone()));
     }
 
     /// A consumer's commit goes through its handle's kept temporary: exchanged with the
@@ -1551,7 +1631,14 @@ mod tests {
         keep_consumer_room(&h, &tmp).unwrap();
         assert_eq!(std::fs::read(&tmp).unwrap(), vec![0; CONSUMER_LEN]);
         done(&h);
-        commit_consumer(&h, &d, "c", &tmp, &[2; CONSUMER_LEN]).unwrap();
+        commit_consumer(
+            &h,
+            &d,
+            ("c", &tmp),
+            &[2; CONSUMER_LEN],
+            &AtomicBool::new(false),
+        )
+        .unwrap();
         assert_eq!(
             done(&h).into_iter().map(|(op, _)| op).collect::<Vec<_>>(),
             vec![
@@ -1568,7 +1655,14 @@ mod tests {
             errno: libc::EINVAL,
             ..failing(IoOp::Exchange)
         };
-        commit_consumer(&h, &d, "c", &tmp, &[3; CONSUMER_LEN]).unwrap();
+        commit_consumer(
+            &h,
+            &d,
+            ("c", &tmp),
+            &[3; CONSUMER_LEN],
+            &AtomicBool::new(false),
+        )
+        .unwrap();
         assert_eq!(
             done(&h).into_iter().map(|(op, _)| op).collect::<Vec<_>>(),
             vec![

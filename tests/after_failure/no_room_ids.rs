@@ -543,3 +543,108 @@ fn a_power_cut_at_any_step_of_a_commit_leaves_the_old_position_or_the_new() {
         eprintln!("commit power cuts (exchange {exchange}): {ops:?}");
     }
 }
+
+/// Fails the first directory sync after an `IoOp::Exchange` with EIO (not passed to the
+/// power-loss model, so the exchange stays undoable), then cuts the power at the next sync of
+/// a file named `tmp_prefix*` (a replacement's write over the kept temporary, performed and
+/// not yet durable). Everything else goes to `inner`.
+struct DirSyncFailsAfterExchange {
+    inner: Arc<crate::common::power::PowerLossIo>,
+    tmp_prefix: &'static str,
+    exchanged: AtomicBool,
+    failed: AtomicBool,
+}
+
+impl Io for DirSyncFailsAfterExchange {
+    fn before(&self, op: IoOp, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        match op {
+            IoOp::Exchange => self.exchanged.store(true, Ordering::SeqCst),
+            IoOp::SyncDir
+                if self.exchanged.load(Ordering::SeqCst)
+                    && !self.failed.swap(true, Ordering::SeqCst) =>
+            {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            IoOp::Sync
+                if self.failed.load(Ordering::SeqCst) && name.starts_with(self.tmp_prefix) =>
+            {
+                self.inner.cut_now()
+            }
+            _ => {}
+        }
+        self.inner.before(op, path, offset, data)
+    }
+
+    fn after(&self, op: IoOp, path: &Path) {
+        self.inner.after(op, path);
+    }
+}
+
+/// After a replacement whose directory sync failed, the exchange of names may not be durable:
+/// a power loss may still leave the old file under the real name, and that inode is the one
+/// the kept temporary's name now holds. The next replacement wrote over it in place: a power
+/// cut during that write left the real name on a torn file (the old position or the new one
+/// was lost). A consumer's commit whose directory sync failed, then the commit again, cut
+/// while its write over the temporary is not durable: the position is the old one or the new
+/// one, never damaged.
+#[test]
+fn a_commit_after_a_failed_directory_sync_never_writes_over_the_file_the_name_may_hold() {
+    use crate::common::power::{lose_power_within_sectors, power_loss_config, PowerLossIo};
+    use rand::SeedableRng;
+    let config = power_loss_config(mergelog::WritePath::Pwrite);
+    for seed in 0..16u64 {
+        let ctx = format!("seed {seed}");
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let engine = Engine::open(dir.path(), config.clone()).unwrap();
+            for i in 0..10u32 {
+                engine
+                    .put(format!("k{i}").as_bytes(), b"v")
+                    .unwrap()
+                    .wait()
+                    .unwrap();
+            }
+            let mut c = engine.consumer("c").unwrap();
+            for _ in 0..3 {
+                c.try_next().unwrap().expect("a batch");
+            }
+            c.commit(3).unwrap();
+            drop(c);
+            engine.close().unwrap();
+        }
+        let power = Arc::new(PowerLossIo::new(u64::MAX, None));
+        let io = Arc::new(DirSyncFailsAfterExchange {
+            inner: power.clone(),
+            tmp_prefix: "consumer.tmp-",
+            exchanged: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+        });
+        let engine = Engine::open_with_io(dir.path(), config.clone(), io.clone()).unwrap();
+        let mut c = engine.consumer("c").unwrap();
+        for _ in 0..3 {
+            c.try_next().unwrap().expect("a batch");
+        }
+        assert!(c.commit(6).is_err(), "{ctx}: the directory sync failed");
+        assert!(io.failed.load(Ordering::SeqCst), "{ctx}");
+        // The caller tries again; the power is cut during it.
+        let _ = c.commit(6);
+        assert!(
+            power.is_cut(),
+            "{ctx}: the second commit synced its temporary"
+        );
+        drop(c);
+        let _ = engine.close();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        lose_power_within_sectors(&power, &mut rng, 0.0, 0.5, 1.0);
+        let engine = Engine::open(dir.path(), config.clone())
+            .unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+        let c = engine
+            .consumer("c")
+            .unwrap_or_else(|e| panic!("{ctx}: the consumer after the power loss: {e}"));
+        let at = c.committed().get();
+        assert!(at == 3 || at == 6, "{ctx}: at {at}");
+        drop(c);
+        engine.close().unwrap();
+    }
+}

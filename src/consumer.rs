@@ -103,6 +103,11 @@ fn encode(committed: u64) -> [u8; FILE_LEN] {
     b
 }
 
+/// The bytes of a position file for `committed` (a backup's copy).
+pub(crate) fn position_bytes(committed: u64) -> [u8; FILE_LEN] {
+    encode(committed)
+}
+
 /// The committed batch of a position file; `None` for anything that is not exactly a valid one.
 fn decode(b: &[u8]) -> Option<u64> {
     if b.len() != FILE_LEN || b[0..8] != MAGIC {

@@ -535,6 +535,30 @@ impl Engine {
         ))
     }
 
+    /// Writes a backup of the log into the new directory `dest` while the engine runs, and
+    /// returns what it holds: every batch durable when it began (with `NoSync`, every batch
+    /// written; `Backup::next_seq` is the first it does not hold), the request ids of
+    /// retired segments, and each consumer's position. Writers are not held up, nor is retirement but for the moment the side files
+    /// are read: the copy reads the engine's own mappings, which a retirement does not take
+    /// away (a file retired meanwhile is neither reused nor its room freed until the copy ends).
+    /// `Engine::open(dest)` opens the copy as the log was at that batch, verifying it whole.
+    /// `dest` must not exist; every file is synced, and the directory takes its name only
+    /// once whole, so an error (a full disk) leaves nothing under it. See
+    /// [`LogReader::backup`] for a log another process writes.
+    pub fn backup(&self, dest: impl AsRef<Path>) -> Result<crate::Backup> {
+        // The view first, then the side files: a retirement between them adds ids of
+        // segments the view still holds to the `ids` file (an id found twice counts once at
+        // open), never takes away ids of segments it lacks; and a consumer's position read
+        // later may only be further on, which the backup pulls back to the view's end. Under
+        // the retirement lock, the `ids` file is not replaced while it is read.
+        let view = self.replay()?;
+        let side = {
+            let _no_retirement = self.inner.retire_lock.lock();
+            crate::backup::SideFiles::read(&self.inner.dir)?
+        };
+        crate::backup::write(&*self.inner.io, &view, &side, dest.as_ref())
+    }
+
     /// The log's segment files in order, the last one being written: for a caller that
     /// decides what to retire (`retire_before(segments[i].first_seq)` removes the ones
     /// before `i`).

@@ -68,6 +68,8 @@
 // shim that gives them loom's atomics, mutex and parking): their loom model tests need
 // loom's primitives, which the threads of the rest of the engine cannot use.
 #[cfg(not(loom))]
+mod backup;
+#[cfg(not(loom))]
 #[doc(hidden)]
 pub mod coalesce;
 #[cfg(not(loom))]
@@ -114,6 +116,8 @@ mod ticket;
 #[cfg(not(loom))]
 mod trace;
 
+#[cfg(not(loom))]
+pub use backup::Backup;
 #[cfg(not(loom))]
 pub use compact::{AutoCompaction, Compacted, Compaction, Space};
 #[cfg(not(loom))]

@@ -388,6 +388,41 @@ impl LogReader {
             .collect()
     }
 
+    /// Each segment's path, file size and the bytes this view holds of it: its header and
+    /// frames (of the last one, up to the view's end), for a backup.
+    pub(crate) fn segment_images(&self) -> Vec<(&Path, u64, &[u8])> {
+        let last = self.segments.len().saturating_sub(1);
+        self.segments
+            .iter()
+            .enumerate()
+            .map(|(i, seg)| {
+                // Recovery publishes a segment up to its last valid frame, the engine up to its
+                // last durable one; the last segment's view ends where it ended when it was
+                // made.
+                let end = if i == last {
+                    self.end_offset
+                } else {
+                    seg.published()
+                };
+                (seg.path.as_path(), seg.size, seg.bytes(0, end as usize))
+            })
+            .collect()
+    }
+
+    /// Writes a backup of this view into the new directory `dest`: every segment's header and
+    /// frames up to the view's end, the request ids of retired segments and each consumer's
+    /// position (read now, a position past the view's end written as its last batch), each
+    /// file synced, under a hidden name beside `dest` until whole, then renamed to `dest`.
+    /// `Engine::open(dest)` then opens the log as this view saw it (verifying it whole: no
+    /// clean-close mark is copied). A view of a directory an engine in another process
+    /// writes holds what its files held when it was opened, which may include up to 16
+    /// batches that engine had not yet made durable; `Engine::backup` holds durable batches
+    /// only. `dest` must not exist; an error leaves nothing under its name.
+    pub fn backup(&self, dest: impl AsRef<Path>) -> Result<crate::Backup> {
+        let side = crate::backup::SideFiles::read(&self.dir)?;
+        crate::backup::write(&*io::real(), self, &side, dest.as_ref())
+    }
+
     /// Sequence number of the first batch the log holds: 1, unless `Engine::retire_before`
     /// removed the segments before it (then `batches_from` an earlier sequence starts here).
     pub fn first_seq(&self) -> Seq {

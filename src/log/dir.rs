@@ -910,6 +910,59 @@ pub(crate) fn remove_consumer(io: &dyn Io, dir: &Path, name: &str) -> Result<boo
     Ok(true)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Backups (`backup.rs`): a new directory beside the destination, its files, and its name.
+
+/// Makes the staging directory `staging` of a backup (its parent must exist).
+#[allow(clippy::disallowed_methods)] // the log directory's owner (and a backup's)
+pub(crate) fn backup_stage(io: &dyn Io, staging: &Path) -> Result<()> {
+    io::create_dir(io, staging).map_err(|e| Error::io("make backup directory", staging, e))
+}
+
+/// Makes the backup's file `path` holding `bytes`, `size` bytes long (the rest a hole, read
+/// as zeros), synced: one `IoOp::Create`.
+#[allow(clippy::disallowed_methods)] // the seam's `create_new` fills the file it made
+pub(crate) fn backup_file(
+    io: &dyn Io,
+    path: &Path,
+    bytes: &[u8],
+    size: u64,
+    op: &'static str,
+) -> Result<()> {
+    use std::io::Write;
+    io::create_new(io, path, |f| {
+        f.write_all(bytes)?;
+        f.set_len(size.max(bytes.len() as u64))?;
+        f.sync_all()
+    })
+    .map(drop)
+    .map_err(|e| Error::io(op, path, e))
+}
+
+/// Gives the whole backup in `staging` its name `dest`: the staging directory synced (its
+/// files' names durable), renamed, and the parent synced (the new name durable).
+#[allow(clippy::disallowed_methods)] // the log directory's owner (and a backup's)
+pub(crate) fn backup_publish(io: &dyn Io, staging: &Path, dest: &Path) -> Result<()> {
+    sync_dir(io, staging)?;
+    io::rename(io, staging, dest).map_err(|e| Error::io("name backup directory", dest, e))?;
+    match dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => sync_dir(io, parent),
+        None => sync_dir(io, Path::new(".")),
+    }
+}
+
+/// Removes what a failed backup left in `staging`, and the directory: best effort (the
+/// backup's own error is what the caller reports).
+#[allow(clippy::disallowed_methods)] // the log directory's owner (and a backup's)
+pub(crate) fn backup_discard(io: &dyn Io, staging: &Path) {
+    if let Ok(entries) = std::fs::read_dir(staging) {
+        for entry in entries.flatten() {
+            let _ = io::remove(io, &entry.path());
+        }
+    }
+    let _ = io::remove_dir(io, staging);
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::disallowed_methods)] // test files made behind the seam's back

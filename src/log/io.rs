@@ -33,18 +33,20 @@ pub enum IoOp {
     /// `fdatasync` of a segment (the whole file) or `msync` of a range of it; see
     /// [`synced_range`] for how the hook learns which.
     Sync,
-    /// Creating a file: a new (prepared) segment file, created and zero-filled, or the log
-    /// directory's lock file, if it is missing.
+    /// Creating a file: a new (prepared) segment file, created and zero-filled, the log
+    /// directory's lock file, if it is missing, or a backup's file, written and synced.
     Create,
-    /// Renaming a prepared segment to its final name, or a retired one into the pool of
-    /// files kept for reuse.
+    /// Renaming a prepared segment to its final name, a retired one into the pool of files
+    /// kept for reuse, or a whole backup's directory to its name.
     Rename,
     /// `fsync` of a directory: the log directory, or the parent of a directory just created.
     SyncDir,
     /// Removing a file: a retired segment (`Engine::retire_before`), a spare segment file, a
-    /// segment dropped by recovery, or what a failed creation left behind.
+    /// segment dropped by recovery, or what a failed creation left behind; or what a failed
+    /// backup staged (its files, then its directory).
     Remove,
-    /// Creating a directory: a missing component of the log directory's path, at open.
+    /// Creating a directory: a missing component of the log directory's path, at open, or a
+    /// backup's staging directory.
     CreateDir,
     /// Opening an existing file again for writing: a segment file, for a file description of
     /// its own (each of several syncers, `Config::syncers` > 1, syncs through one), or a
@@ -131,6 +133,12 @@ pub(crate) fn remove(io: &dyn Io, path: &Path) -> io::Result<()> {
     guarded(io, IoOp::Remove, path, 0, &[], || {
         std::fs::remove_file(path)
     })
+}
+
+/// Removes the empty directory `path` (what a failed backup staged).
+#[allow(clippy::disallowed_methods)] // the seam itself: the one place a directory is removed
+pub(crate) fn remove_dir(io: &dyn Io, path: &Path) -> io::Result<()> {
+    guarded(io, IoOp::Remove, path, 0, &[], || std::fs::remove_dir(path))
 }
 
 /// Renames `from` to `to`; the hooks get the destination path as the data.

@@ -17,6 +17,7 @@ macro_rules! note {
     }};
 }
 
+mod backup;
 mod bench;
 mod dump;
 mod error;
@@ -58,6 +59,10 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Print the records of a log directory in log order.
     Dump(dump::DumpArgs),
+    /// Copy a log directory into a new one that an engine opens as the log was when the copy
+    /// began (segments up to their last whole frame, request ids of retired segments,
+    /// consumer positions), while an engine may be writing it.
+    Backup(backup::BackupArgs),
 }
 
 fn run(cli: Cli) -> Result<ExitCode, CliError> {
@@ -67,6 +72,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Inspect(args) => inspect::run(args).map(|()| ExitCode::SUCCESS),
         Command::Verify(args) => verify::run(args),
         Command::Dump(args) => dump::run(args),
+        Command::Backup(args) => backup::run(args).map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -613,3 +613,58 @@ fn a_closed_stderr_is_not_a_panic() {
         assert_eq!(status.code(), Some(expect), "{args:?}");
     }
 }
+
+#[test]
+fn backup_copies_a_log_being_written_into_one_verify_passes() {
+    let root = tempfile::tempdir().unwrap();
+    let (dir, dest) = (root.path().join("log"), root.path().join("copy"));
+    let engine = Engine::open(&dir, small_segments()).unwrap();
+    for round in 0..30 {
+        put_round(&engine, round);
+    }
+    let (d, b) = (dir.to_str().unwrap(), dest.to_str().unwrap());
+    // The engine keeps the log open (it holds `LOCK`): the copy is a reader's.
+    let (code, out, err) = run_code(&["backup", d, b]);
+    assert_eq!(code, 0, "{err}");
+    let last = LogReader::open(&dir).unwrap().next_seq().get() - 1;
+    assert!(
+        out.contains(&format!("batches 1..{last} in ")),
+        "{out}\n(last batch {last})"
+    );
+    assert!(out.contains("an engine has the log open"), "{out}");
+    let (code, out, err) = run_code(&["verify", b]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("clean: "), "{out}");
+    // The copy holds the log's records, in order.
+    let records = |p: &Path| -> Vec<(u64, Vec<u8>)> {
+        LogReader::open(p)
+            .unwrap()
+            .batches()
+            .flat_map(|b| {
+                let seq = b.seq().get();
+                b.records()
+                    .map(move |r| (seq, r.key.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    engine.close().unwrap();
+    let original: Vec<_> = records(&dir)
+        .into_iter()
+        .filter(|(s, _)| *s <= last)
+        .collect();
+    assert_eq!(records(&dest), original);
+    // A destination that exists is refused (exit 1, one line), and left alone.
+    let (code, _, err) = run_code(&["backup", d, b]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("destination exists"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert_eq!(records(&dest), original);
+    // A directory that is no log exits 2.
+    let empty = root.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let other = root.path().join("other");
+    let (code, _, err) = run_code(&["backup", empty.to_str().unwrap(), other.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(!other.exists());
+}

@@ -1,0 +1,175 @@
+//! Backups: a copy of a log, taken while an engine writes it, that an engine opens as the log
+//! was at one batch (`Engine::backup`, `LogReader::backup`, `mergelog backup`).
+//!
+//! A backup copies what a read view of the log holds ([`LogReader`]): each segment's header
+//! and frames up to the view's end, nothing behind them (a reused file's old bytes, a frame
+//! being written), into a file of the segment's size whose rest is left a hole (zeros); the
+//! request ids of retired segments (`ids`), so that an engine opened on the backup still
+//! refuses their replays; and each consumer's position, at most the view's last batch.
+//! Never the clean-close mark: the engine opened on a backup verifies it whole, as after a
+//! crash. Everything goes into a new directory beside the destination, each file synced, and
+//! is renamed to the destination only once whole (the parent directory synced then), so a
+//! backup that failed half way leaves nothing under the destination's name: a partial copy
+//! of a log would open as a shorter, valid log, and be taken for the backup.
+//!
+//! Copies, not hard links: an engine reuses retired segment files in place
+//! (`Config::recycle_segments`), which would write over a linked backup.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Error, Result};
+use crate::ids::{self, CarriedError, IdEntry, RequestId};
+use crate::log::dir;
+use crate::log::io::Io;
+use crate::reader::LogReader;
+use crate::seq::Seq;
+
+/// What a backup holds (`Engine::backup`, `LogReader::backup`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backup {
+    /// The directory made.
+    pub dir: PathBuf,
+    /// The first batch it holds: the log's first then (segments retired before it are not
+    /// in the backup, as they were not in the log).
+    pub first_seq: Seq,
+    /// The batch after the last one it holds: an engine opened on the backup holds every
+    /// batch before it and logs its next batch under this number.
+    pub next_seq: Seq,
+    /// Segment files copied.
+    pub segments: usize,
+    /// Bytes copied into them: headers and frames (the files' zero rest is not written).
+    pub bytes: u64,
+    /// Consumer positions copied.
+    pub consumers: usize,
+    /// Request ids of retired segments carried (the `ids` file's).
+    pub carried_ids: usize,
+}
+
+/// What a backup copies beside the segments: read by the caller at a point where they agree
+/// with its view (the engine's, under its retirement lock).
+pub(crate) struct SideFiles {
+    /// Each consumer's name and committed batch.
+    pub consumers: Vec<(String, u64)>,
+    /// The `ids` file's ids (id, batch, commit time), if there is one.
+    pub carried: Option<Vec<(RequestId, u64, u64)>>,
+}
+
+impl SideFiles {
+    /// The consumers' positions and the carried ids of the log in `dir`, as they are now.
+    pub fn read(log: &Path) -> Result<SideFiles> {
+        let consumers = crate::consumer::load_all(log)?;
+        let carried = match dir::open_ids(log)? {
+            None => None,
+            Some((file, len)) => {
+                let mut found = Vec::new();
+                let path = log.join(dir::IDS_FILE);
+                ids::read_carried(std::io::BufReader::new(file), len, |e| found.push(e)).map_err(
+                    |e| match e {
+                        CarriedError::Bad(r) => ids::corrupt_carried(&path, r),
+                        CarriedError::Io(e) => Error::io("read request ids", &path, e),
+                    },
+                )?;
+                Some(found)
+            }
+        };
+        Ok(SideFiles { consumers, carried })
+    }
+}
+
+/// Tells the staging directories of backups made at once in one process apart.
+static STAGING: AtomicU64 = AtomicU64::new(0);
+
+/// Copies `view` and `side` into the new directory `dest`, every file change through `io`.
+/// See the module's doc.
+pub(crate) fn write(
+    io: &dyn Io,
+    view: &LogReader,
+    side: &SideFiles,
+    dest: &Path,
+) -> Result<Backup> {
+    let refuse = |why: &str| {
+        Error::io(
+            "back up log",
+            dest,
+            std::io::Error::new(std::io::ErrorKind::AlreadyExists, why.to_owned()),
+        )
+    };
+    if std::fs::symlink_metadata(dest).is_ok() {
+        return Err(refuse(
+            "the destination exists; a backup makes a new directory",
+        ));
+    }
+    let Some(name) = dest.file_name() else {
+        return Err(refuse("the destination names no directory"));
+    };
+    let staging = dest.with_file_name(format!(
+        ".{}.backup-{}-{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        STAGING.fetch_add(1, Ordering::Relaxed)
+    ));
+    dir::backup_stage(io, &staging)?;
+    let made = fill(io, view, side, &staging).and_then(|backup| {
+        // A rename would replace an empty directory made under the name since the check
+        // above: a race with whoever made it, never a way to lose a backup.
+        dir::backup_publish(io, &staging, dest)?;
+        Ok(Backup {
+            dir: dest.to_owned(),
+            ..backup
+        })
+    });
+    if made.is_err() {
+        // What is left, if anything, is a hidden directory beside the destination, never a
+        // log under its name.
+        dir::backup_discard(io, &staging);
+    }
+    made
+}
+
+/// Writes the backup's files into `staging`.
+fn fill(io: &dyn Io, view: &LogReader, side: &SideFiles, staging: &Path) -> Result<Backup> {
+    let last = view.next_seq().get().saturating_sub(1);
+    let mut bytes = 0u64;
+    let images = view.segment_images();
+    for (path, size, image) in &images {
+        let name = path
+            .file_name()
+            .expect("a segment file's path ends in its name");
+        dir::backup_file(
+            io,
+            &staging.join(name),
+            image,
+            *size,
+            "write backup segment",
+        )?;
+        bytes += image.len() as u64;
+    }
+    let mut carried_ids = 0;
+    if let Some(carried) = &side.carried {
+        carried_ids = carried.len();
+        let entries: Vec<(RequestId, IdEntry)> = carried
+            .iter()
+            .map(|&(id, seq, time)| (id, IdEntry { seq, time }))
+            .collect();
+        let encoded = ids::encode_carried(&entries);
+        let to = staging.join(dir::IDS_FILE);
+        dir::backup_file(io, &to, &encoded, 0, "write backup request ids")?;
+    }
+    for (consumer, committed) in &side.consumers {
+        // A position past the view's end (a consumer that committed a batch the view does
+        // not hold) would be pulled back by the open anyway: it is written pulled back.
+        let position = crate::consumer::position_bytes((*committed).min(last));
+        let to = staging.join(crate::consumer::consumer_file_name(consumer));
+        dir::backup_file(io, &to, &position, 0, "write backup consumer position")?;
+    }
+    Ok(Backup {
+        dir: staging.to_owned(),
+        first_seq: view.first_seq(),
+        next_seq: view.next_seq(),
+        segments: images.len(),
+        bytes,
+        consumers: side.consumers.len(),
+        carried_ids,
+    })
+}

@@ -1,0 +1,419 @@
+//! Backups (`Engine::backup`, `LogReader::backup`): taken while writers run, they open as the
+//! log was at one batch, with every batch acknowledged before them; they keep the request ids
+//! of retired segments and the consumers' positions; they copy nothing behind a segment's
+//! frames; a failed or refused one leaves nothing under its name and the engine unharmed.
+
+#![allow(clippy::disallowed_methods)] // tests make and inspect files directly
+
+mod common;
+
+use common::{wait_ok, WAIT_MAX};
+use mergelog::internals::format::{decode_frame, Decoded, SEGMENT_HEADER_LEN};
+use mergelog::internals::io::{Io, IoOp};
+use mergelog::{
+    Config, Durability, Engine, LogReader, Outcome, RecoveryMode, RequestId, Seq, WriteBatch,
+};
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+fn small_segments() -> Config {
+    Config {
+        segment_bytes: 64 << 10,
+        batch_bytes_max: 16 << 10,
+        ..Config::default()
+    }
+}
+
+/// Every batch of the log in `dir`: its sequence and its records (op, key, value).
+type Batches = Vec<(u64, Vec<(String, Vec<u8>, Vec<u8>)>)>;
+
+fn batches(dir: &Path) -> Batches {
+    let reader = LogReader::open(dir).expect("open reader");
+    reader
+        .batches()
+        .map(|b| {
+            let records = b
+                .records()
+                .map(|r| (format!("{:?}", r.op), r.key.to_vec(), r.value.to_vec()))
+                .collect();
+            (b.seq().get(), records)
+        })
+        .collect()
+}
+
+/// The names in `dir` other than the ones given.
+fn other_entries(dir: &Path, except: &[&str]) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !except.contains(&n.as_str()))
+        .collect()
+}
+
+/// Has `consumer` yield the batches up to `seq`, so that it may commit it.
+fn read_up_to(consumer: &mut mergelog::Consumer, seq: Seq) {
+    while consumer.next_seq() <= seq {
+        consumer
+            .next_timeout(WAIT_MAX)
+            .unwrap()
+            .expect("the batch is durable");
+    }
+}
+
+#[test]
+fn a_backup_taken_while_writers_run_holds_every_batch_acknowledged_before_it() {
+    let root = tempfile::tempdir().unwrap();
+    let (src, dest) = (root.path().join("log"), root.path().join("backup"));
+    let engine = Arc::new(Engine::open(&src, small_segments()).unwrap());
+    // Acknowledged before the backup begins: each must be in it.
+    for i in 0..300u32 {
+        wait_ok(
+            &engine
+                .put(format!("before-{i}").as_bytes(), &i.to_le_bytes())
+                .unwrap(),
+            "put",
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|t| {
+            let (engine, stop) = (engine.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("during-{t}-{i}");
+                    let ticket = engine.put(key.as_bytes(), &[t as u8; 200]).unwrap();
+                    if i.is_multiple_of(8) {
+                        wait_ok(&ticket, "put");
+                    }
+                    i += 1;
+                }
+                i
+            })
+        })
+        .collect();
+    // Let the writers roll a few segments first.
+    while engine.segments().len() < 4 {
+        std::thread::yield_now();
+    }
+    let backup = engine.backup(&dest).expect("backup");
+    stop.store(true, Ordering::Relaxed);
+    let written: u32 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert!(written > 0);
+    engine.close().unwrap();
+
+    assert_eq!(backup.dir, dest);
+    assert!(backup.segments >= 4, "{backup:?}");
+    assert_eq!(backup.first_seq, Seq::new(1));
+    // The backup's batches are the log's, up to its end.
+    let (from_src, from_backup) = (batches(&src), batches(&dest));
+    let end = backup.next_seq.get();
+    let want: Batches = from_src.into_iter().filter(|(s, _)| *s < end).collect();
+    assert_eq!(from_backup.len() as u64, end - 1, "batches 1..{end}");
+    assert_eq!(
+        from_backup, want,
+        "the backup's batches differ from the log's"
+    );
+    // It copied headers and frames, nothing else.
+    let frames: u64 = LogReader::open(&dest)
+        .unwrap()
+        .batches()
+        .map(|b| b.frame_len() as u64)
+        .sum();
+    assert_eq!(
+        backup.bytes,
+        frames + SEGMENT_HEADER_LEN as u64 * backup.segments as u64
+    );
+
+    // It opens strictly, holds what was acknowledged before it, and goes on from its end.
+    assert!(
+        LogReader::check(&dest, RecoveryMode::AbsoluteConsistency, Durability::Sync)
+            .unwrap()
+            .is_none(),
+        "the backup is not clean"
+    );
+    let restored = Engine::open(&dest, small_segments()).unwrap();
+    for i in 0..300u32 {
+        let got = restored
+            .read_to_vec(format!("before-{i}").as_bytes())
+            .unwrap();
+        assert_eq!(got.as_deref(), Some(&i.to_le_bytes()[..]), "before-{i}");
+    }
+    let t = restored.put(b"after", b"restore").unwrap();
+    assert_eq!(t.wait_timeout(WAIT_MAX).unwrap(), backup.next_seq);
+}
+
+#[test]
+fn a_backup_keeps_the_request_ids_of_retired_segments_and_the_consumers_positions() {
+    let root = tempfile::tempdir().unwrap();
+    let (src, dest) = (root.path().join("log"), root.path().join("backup"));
+    let engine = Engine::open(&src, small_segments()).unwrap();
+    let mut written = Vec::new();
+    for n in 0..400u128 {
+        let ticket = engine
+            .put_with_id(RequestId::from(n), format!("k{n}").as_bytes(), &[7; 1000])
+            .unwrap();
+        let Outcome::Written(seq) = ticket.wait().unwrap() else {
+            panic!("id {n} is new")
+        };
+        written.push(seq);
+    }
+    let segments = engine.segments();
+    assert!(segments.len() >= 4, "{} segments", segments.len());
+    // A consumer that has read past the third segment's start, which the retirement keeps.
+    let keep_from = segments[2].first_seq;
+    let committed = Seq::new(keep_from.get() + 3);
+    let mut consumer = engine.consumer("audit").unwrap();
+    read_up_to(&mut consumer, committed);
+    consumer.commit(committed).unwrap();
+    let retired = engine.retire_before(keep_from).unwrap();
+    assert_eq!(retired.segments, 2);
+    let backup = engine.backup(&dest).unwrap();
+    assert_eq!(backup.first_seq, keep_from);
+    assert_eq!(backup.consumers, 1);
+    assert!(backup.carried_ids > 0, "{backup:?}");
+    drop(consumer);
+    engine.close().unwrap();
+
+    let restored = Engine::open(&dest, small_segments()).unwrap();
+    // An id whose batch was retired before the backup is still refused as a replay.
+    let ticket = restored
+        .put_with_id(RequestId::from(0u128), b"k0", b"again")
+        .unwrap();
+    assert_eq!(
+        ticket.wait().unwrap(),
+        Outcome::Duplicate { seq: written[0] }
+    );
+    // And one of a batch the backup holds.
+    let ticket = restored
+        .put_with_id(RequestId::from(399u128), b"k399", b"again")
+        .unwrap();
+    assert_eq!(
+        ticket.wait().unwrap(),
+        Outcome::Duplicate { seq: written[399] }
+    );
+    let consumers = restored.consumers().unwrap();
+    assert_eq!(consumers.len(), 1);
+    assert_eq!(
+        (consumers[0].name.as_str(), consumers[0].committed),
+        ("audit", committed)
+    );
+}
+
+#[test]
+fn a_readers_backup_writes_a_position_past_its_view_as_the_views_last_batch() {
+    let root = tempfile::tempdir().unwrap();
+    let (src, dest) = (root.path().join("log"), root.path().join("backup"));
+    let engine = Engine::open(&src, Config::default()).unwrap();
+    for i in 0..10u8 {
+        wait_ok(&engine.put(&[i], b"v").unwrap(), "put");
+    }
+    let reader = LogReader::open(&src).unwrap();
+    let last = reader.next_seq().get() - 1;
+    // The consumer commits batches the reader's view does not hold.
+    let mut consumer = engine.consumer("late").unwrap();
+    let t = engine.put(b"more", b"v").unwrap();
+    let past = t.wait().unwrap();
+    assert!(past.get() > last);
+    read_up_to(&mut consumer, past);
+    consumer.commit(past).unwrap();
+    let backup = reader.backup(&dest).unwrap();
+    assert_eq!(backup.next_seq.get(), last + 1);
+    drop(consumer);
+    engine.close().unwrap();
+    let restored = LogReader::open(&dest).unwrap();
+    let consumers = restored.consumers().unwrap();
+    assert_eq!(consumers[0].committed, Seq::new(last));
+    assert_eq!(restored.next_seq().get(), last + 1);
+}
+
+#[test]
+fn a_backup_of_reused_segment_files_copies_nothing_behind_their_frames() {
+    let root = tempfile::tempdir().unwrap();
+    let (src, dest) = (root.path().join("log"), root.path().join("backup"));
+    let config = Config {
+        recycle_segments: 4,
+        ..small_segments()
+    };
+    let engine = Engine::open(&src, config.clone()).unwrap();
+    // Fill segments, retire them into the pool, and write on into the reused files with
+    // smaller batches, so their old frames lie behind the new ones.
+    let mut batch = WriteBatch::new();
+    for round in 0..3u32 {
+        let (value, count) = match round {
+            0 => (vec![0u8; 900], 600u32),
+            _ => (vec![round as u8; 40], 3000),
+        };
+        for i in 0..count {
+            batch.put(format!("r{round}-{i}").as_bytes(), &value);
+            if batch.len() == 8 {
+                wait_ok(&engine.write(&batch).unwrap(), "write");
+                batch.clear();
+            }
+        }
+        let segments = engine.segments();
+        let last = segments.last().unwrap().first_seq;
+        engine.retire_before(last).unwrap();
+    }
+    assert!(
+        engine.counts().segments.reused > 0,
+        "no segment file was reused: {:?}",
+        engine.counts().segments
+    );
+    let backup = engine.backup(&dest).unwrap();
+    engine.close().unwrap();
+    // Every backup segment holds zeros behind its last frame.
+    let files = mergelog::internals::list_segments(&dest).unwrap();
+    assert_eq!(files.len(), backup.segments);
+    for (_, path) in files {
+        let bytes = std::fs::read(&path).unwrap();
+        let mut off = SEGMENT_HEADER_LEN;
+        while let Ok(Decoded::Frame(f)) = decode_frame(&bytes, off) {
+            off = f.end_offset() as usize;
+        }
+        assert!(
+            bytes[off..].iter().all(|&b| b == 0),
+            "{}: bytes behind the last frame at {off}",
+            path.display()
+        );
+    }
+    let restored = Engine::open(&dest, config).unwrap();
+    assert_eq!(
+        restored.read_to_vec(b"r2-2999").unwrap().as_deref(),
+        Some(&[2u8; 40][..])
+    );
+}
+
+#[test]
+fn a_backup_of_a_log_with_a_torn_tail_holds_its_valid_part() {
+    let root = tempfile::tempdir().unwrap();
+    let (src, dest) = (root.path().join("log"), root.path().join("backup"));
+    {
+        let engine = Engine::open(&src, Config::default()).unwrap();
+        for i in 0..20u8 {
+            wait_ok(&engine.put(&[i], &[i; 64]).unwrap(), "put");
+        }
+        engine.close().unwrap();
+    }
+    // Tear the last frame: a byte of its body.
+    let reader = LogReader::open(&src).unwrap();
+    let last_batch = reader.batches().last().unwrap().to_owned();
+    let end = reader.end_offset();
+    let (path, _) = reader.segment_files().pop().unwrap();
+    drop(reader);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[end as usize - 12] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    std::fs::remove_file(src.join("CLEAN")).ok();
+
+    let reader = LogReader::open(&src).unwrap();
+    assert!(reader.damage().is_some(), "the tail is torn");
+    assert_eq!(reader.next_seq(), last_batch.seq);
+    let backup = reader.backup(&dest).unwrap();
+    assert_eq!(backup.next_seq, last_batch.seq);
+    assert!(
+        LogReader::check(&dest, RecoveryMode::AbsoluteConsistency, Durability::Sync)
+            .unwrap()
+            .is_none(),
+        "the backup holds the torn frame"
+    );
+}
+
+/// Fails the `n`th operation `op` on a path under a backup's staging directory (or the
+/// staging directory itself).
+struct FailBackupOp {
+    op: IoOp,
+    n: usize,
+    seen: AtomicUsize,
+}
+
+impl Io for FailBackupOp {
+    fn before(&self, op: IoOp, path: &Path, _offset: u64, _data: &[u8]) -> io::Result<()> {
+        let staged = path
+            .components()
+            .any(|c| c.as_os_str().to_string_lossy().contains(".backup-"));
+        if op == self.op && staged && self.seen.fetch_add(1, Ordering::SeqCst) + 1 == self.n {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_failed_backup_leaves_nothing_under_its_name_and_the_engine_writes_on() {
+    for (op, n) in [(IoOp::Create, 1), (IoOp::Create, 3), (IoOp::Rename, 1)] {
+        let root = tempfile::tempdir().unwrap();
+        let (src, dest) = (root.path().join("log"), root.path().join("backup"));
+        let io = Arc::new(FailBackupOp {
+            op,
+            n,
+            seen: AtomicUsize::new(0),
+        });
+        let engine = Engine::open_with_io(&src, small_segments(), io).unwrap();
+        let mut consumer = engine.consumer("c").unwrap();
+        for i in 0..200u32 {
+            wait_ok(&engine.put(&i.to_le_bytes(), &[1; 500]).unwrap(), "put");
+        }
+        read_up_to(&mut consumer, Seq::new(1));
+        consumer.commit(Seq::new(1)).unwrap();
+        assert!(engine.segments().len() >= 2);
+        let err = engine.backup(&dest).expect_err("the hook fails the backup");
+        assert!(
+            err.to_string().contains("No space left"),
+            "{op:?} {n}: {err}"
+        );
+        assert!(!dest.exists(), "{op:?} {n}: a failed backup left its name");
+        assert_eq!(
+            other_entries(root.path(), &["log"]),
+            Vec::<String>::new(),
+            "{op:?} {n}: a failed backup left its staging directory"
+        );
+        // The engine never noticed.
+        assert!(engine.failure().is_none());
+        wait_ok(&engine.put(b"after", b"v").unwrap(), "put after");
+        // And a second try succeeds (the hook fails one operation only).
+        let backup = engine.backup(&dest).unwrap();
+        assert!(backup.segments >= 2);
+        drop(consumer);
+        engine.close().unwrap();
+        assert_eq!(batches(&dest), {
+            let all = batches(&src);
+            all.into_iter()
+                .filter(|(s, _)| *s < backup.next_seq.get())
+                .collect::<Batches>()
+        });
+    }
+}
+
+#[test]
+fn a_backup_into_an_existing_path_is_refused_and_changes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let src = root.path().join("log");
+    let engine = Engine::open(&src, Config::default()).unwrap();
+    wait_ok(&engine.put(b"k", b"v").unwrap(), "put");
+    for existing in ["empty-dir", "file"] {
+        let dest = root.path().join(existing);
+        if existing == "file" {
+            std::fs::write(&dest, b"mine").unwrap();
+        } else {
+            std::fs::create_dir(&dest).unwrap();
+        }
+        let err = engine.backup(&dest).expect_err("refused");
+        assert!(
+            err.to_string().contains("destination exists"),
+            "{existing}: {err}"
+        );
+    }
+    assert_eq!(std::fs::read(root.path().join("file")).unwrap(), b"mine");
+    assert_eq!(
+        std::fs::read_dir(root.path().join("empty-dir"))
+            .unwrap()
+            .count(),
+        0
+    );
+    let mut rest = other_entries(root.path(), &[]);
+    rest.sort();
+    assert_eq!(rest, ["empty-dir", "file", "log"]);
+}

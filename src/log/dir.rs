@@ -805,16 +805,20 @@ pub(crate) enum SideRead {
     Read,
 }
 
+/// The tests' hook into [`read_side_file`].
+#[cfg(test)]
+type SideReadHook = Box<dyn FnMut(SideRead)>;
+
 #[cfg(test)]
 thread_local! {
     /// The tests' hook into [`read_side_file`], on this thread.
-    static SIDE_READ_HOOK: std::cell::RefCell<Option<Box<dyn FnMut(SideRead)>>> =
+    static SIDE_READ_HOOK: std::cell::RefCell<Option<SideReadHook>> =
         const { std::cell::RefCell::new(None) };
 }
 
 /// Has `hook` called at each step of [`read_side_file`] on this thread (`None`: no more).
 #[cfg(test)]
-pub(crate) fn on_side_read(hook: Option<Box<dyn FnMut(SideRead)>>) {
+pub(crate) fn on_side_read(hook: Option<SideReadHook>) {
     SIDE_READ_HOOK.with(|h| *h.borrow_mut() = hook);
 }
 
@@ -1830,8 +1834,11 @@ mod tests {
     /// position, the new batch's first bytes and the old CRC), then runs `during` before the
     /// write goes on.
     struct TornWrite {
-        during: Mutex<Option<Box<dyn FnOnce(&Path) + Send>>>,
+        during: Mutex<Option<During>>,
     }
+
+    /// What [`TornWrite`] runs once its torn half is written.
+    type During = Box<dyn FnOnce(&Path) + Send>;
 
     impl Io for TornWrite {
         fn before(&self, op: IoOp, path: &Path, offset: u64, data: &[u8]) -> std::io::Result<()> {

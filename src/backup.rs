@@ -59,20 +59,16 @@ impl SideFiles {
     /// The consumers' positions and the carried ids of the log in `dir`, as they are now.
     pub fn read(log: &Path) -> Result<SideFiles> {
         let consumers = crate::consumer::load_all(log)?;
-        let carried = match dir::open_ids(log)? {
-            None => None,
-            Some((file, len)) => {
-                let mut found = Vec::new();
-                let path = log.join(dir::IDS_FILE);
-                ids::read_carried(std::io::BufReader::new(file), len, |e| found.push(e)).map_err(
-                    |e| match e {
-                        CarriedError::Bad(r) => ids::corrupt_carried(&path, r),
-                        CarriedError::Io(e) => Error::io("read request ids", &path, e),
-                    },
-                )?;
-                Some(found)
+        let path = log.join(dir::IDS_FILE);
+        let carried = dir::read_ids(log, |file, len| {
+            let mut found = Vec::new();
+            match ids::read_carried(std::io::BufReader::new(file), len, |e| found.push(e)) {
+                Ok(()) => Ok(Ok(found)),
+                Err(CarriedError::Bad(r)) => Ok(Err(ids::corrupt_carried(&path, r))),
+                Err(CarriedError::Io(e)) => Err(Error::io("read request ids", &path, e)),
             }
-        };
+        })?
+        .transpose()?;
         Ok(SideFiles { consumers, carried })
     }
 }
@@ -159,7 +155,7 @@ fn fill(io: &dyn Io, view: &LogReader, side: &SideFiles, staging: &Path) -> Resu
     for (consumer, committed) in &side.consumers {
         // A position past the view's end (a consumer that committed a batch the view does
         // not hold) would be pulled back by the open anyway: it is written pulled back.
-        let position = crate::consumer::position_bytes((*committed).min(last));
+        let position = crate::consumer::encode((*committed).min(last));
         let to = staging.join(crate::consumer::consumer_file_name(consumer));
         dir::backup_file(io, &to, &position, 0, "write backup consumer position")?;
     }

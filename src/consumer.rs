@@ -93,7 +93,7 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
 }
 
 /// The bytes of a position file for `committed`.
-fn encode(committed: u64) -> [u8; FILE_LEN] {
+pub(crate) fn encode(committed: u64) -> [u8; FILE_LEN] {
     let mut b = [0u8; FILE_LEN];
     b[0..8].copy_from_slice(&MAGIC);
     b[8..12].copy_from_slice(&VERSION.to_le_bytes());
@@ -103,9 +103,10 @@ fn encode(committed: u64) -> [u8; FILE_LEN] {
     b
 }
 
-/// The bytes of a position file for `committed` (a backup's copy).
-pub(crate) fn position_bytes(committed: u64) -> [u8; FILE_LEN] {
-    encode(committed)
+/// The committed batch of the position file bytes `b` (the tests' way in).
+#[cfg(test)]
+pub(crate) fn load_bytes(b: &[u8]) -> Option<u64> {
+    decode(b)
 }
 
 /// The committed batch of a position file; `None` for anything that is not exactly a valid one.
@@ -131,7 +132,7 @@ fn decode(b: &[u8]) -> Option<u64> {
 /// is a committed batch past [`SEQ_MAX`], which no log reaches (and counting on from which
 /// could overflow).
 pub(crate) fn load(dir: &Path, name: &str) -> Result<Option<u64>> {
-    let Some(bytes) = dir::read_consumer(dir, name)? else {
+    let Some(bytes) = dir::read_consumer(dir, name, |b| decode(b).is_some())? else {
         return Ok(None);
     };
     let corrupt = |offset: usize, reason: String| Error::Corrupt {

@@ -463,25 +463,37 @@ pub(crate) struct Found {
 /// Starts an open's collection of ids with `dir`'s `ids` file (ids of retired segments),
 /// read a chunk at a time: the memory is the horizon's, whatever the file's size.
 pub(crate) fn carried(dir: &std::path::Path, horizon: IdHorizon) -> Result<Found> {
-    let mut found = Found {
+    let new = || Found {
         ids: VecDeque::new(),
         place: hashbrown::HashMap::default(),
         front: 0,
         horizon,
     };
-    if let Some((file, len)) = crate::log::dir::open_ids(dir)? {
-        let path = dir.join(crate::log::dir::IDS_FILE);
-        read_carried(std::io::BufReader::new(file), len, |id| found.push(id)).map_err(
-            |e| match e {
-                CarriedError::Bad(r) => corrupt_carried(&path, r),
-                CarriedError::Io(e) => Error::io("read request ids", &path, e),
-            },
-        )?;
+    let path = dir.join(crate::log::dir::IDS_FILE);
+    // Read again from its start if a retirement in another process replaced the file while
+    // it was read (`dir::read_side_file`): what a bad read found is dropped.
+    let read = crate::log::dir::read_ids(dir, |file, len| {
+        let mut found = new();
+        match read_carried(std::io::BufReader::new(file), len, |id| found.push(id)) {
+            Ok(()) => Ok(Ok(found)),
+            Err(CarriedError::Bad(r)) => Ok(Err(r)),
+            Err(CarriedError::Io(e)) => Err(Error::io("read request ids", &path, e)),
+        }
+    })?;
+    match read {
+        None => Ok(new()),
+        Some(Ok(found)) => Ok(found),
+        Some(Err(r)) => Err(corrupt_carried(&path, r)),
     }
-    Ok(found)
 }
 
 impl Found {
+    /// The ids found so far, in order.
+    #[cfg(test)]
+    pub(crate) fn entries(&self) -> Vec<(RequestId, u64, u64)> {
+        self.ids.iter().flatten().copied().collect()
+    }
+
     fn push(&mut self, id: (RequestId, u64, u64)) {
         let place = self.front + self.ids.len() as u64;
         if let Some(earlier) = self.place.insert(id.0, place) {

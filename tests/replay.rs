@@ -648,3 +648,118 @@ fn a_follower_reports_damage_before_the_last_segment_instead_of_waiting_at_it() 
     }
     engine.close().unwrap();
 }
+
+/// A directory follower that moved to the last segment while it was the last one: the writer
+/// then writes more frames there, one of which a disk damages (the follower has not read it),
+/// and rolls on past it. The segment is complete then (a roll drains the pipeline before it
+/// names the next file), so the bad frame is damage, not the live end of the log: the
+/// follower must say so, `Error::Corrupt` naming the file and the frame's offset, within a
+/// bounded number of waits. It waited there for ever, looking caught up: it judged the frame
+/// by what was listed when it moved to the segment (nothing after it).
+#[test]
+fn a_directory_follower_reports_damage_in_what_was_the_last_segment_once_the_log_rolls() {
+    follow_the_last_segment_through_a_roll(true);
+}
+
+/// The same without damage: the follower waiting at the end of the last segment reads the
+/// frames written there next, passes through the roll and yields every batch, in order.
+#[test]
+fn a_directory_follower_at_the_end_of_the_last_segment_follows_it_through_a_roll() {
+    follow_the_last_segment_through_a_roll(false);
+}
+
+#[allow(clippy::disallowed_methods)] // the damage, made behind the seam's back
+fn follow_the_last_segment_through_a_roll(damage: bool) {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(true)).unwrap();
+    let value = vec![b'v'; 1000];
+    let mut i = 0;
+    let mut put = |engine: &Engine| {
+        wait_ok(&engine.put(&key(i % KEYS), &value).unwrap(), "put");
+        i += 1;
+    };
+    for _ in 0..5 {
+        put(&engine);
+    }
+    let mut follower = LogReader::open(dir.path()).unwrap().follow(1);
+    let mut yielded = Vec::new();
+    // To the end of the last (and only) segment: the follower waits there.
+    while let Some(b) = follower.next_timeout(Duration::from_millis(50)).unwrap() {
+        yielded.push(b.seq.get());
+    }
+    let unread = follower.next_seq().get();
+    assert_eq!(unread, 6, "the follower read every batch written");
+    for _ in 0..5 {
+        put(&engine);
+    }
+    assert_eq!(engine.segments().len(), 1, "no roll yet");
+    // Batch `k`: written after the follower reached the end, in the same segment.
+    let k = unread + 2;
+    let (path, offset) = {
+        let reader = engine.replay().unwrap();
+        let b = reader.batches().find(|b| b.seq().get() == k).unwrap();
+        (b.segment().to_owned(), b.offset())
+    };
+    if damage {
+        // A byte of the frame's body flipped: its CRC fails.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, offset + 40).unwrap();
+        file.write_all_at(&[byte[0] ^ 0x40], offset + 40).unwrap();
+    }
+    // The writer rolls past the segment and writes on in the next.
+    while engine.segments().len() < 2 {
+        put(&engine);
+    }
+    for _ in 0..3 {
+        put(&engine);
+    }
+    let last = engine.replay().unwrap().next_seq().get() - 1;
+    assert!(last >= k + 3, "the log went on past the damage");
+    // Each wait is 20 poll intervals and many times the follower's rate limit on listings:
+    // a bound on the waits, not on time.
+    let mut waits = 0;
+    loop {
+        match follower.next_timeout(Duration::from_millis(100)) {
+            Ok(Some(b)) => {
+                assert!(
+                    !damage || b.seq.get() < k,
+                    "the damaged batch {k} was yielded"
+                );
+                yielded.push(b.seq.get());
+                if b.seq.get() == last {
+                    break;
+                }
+            }
+            Ok(None) => {
+                waits += 1;
+                assert!(
+                    waits < 20,
+                    "the follower waits at batch {} (damage: {damage}) while the log goes on \
+                     to batch {last}",
+                    follower.next_seq()
+                );
+            }
+            Err(mergelog::Error::Corrupt {
+                path: p, offset: o, ..
+            }) if damage => {
+                assert_eq!((p, o), (path.clone(), offset));
+                assert_eq!(follower.next_seq().get(), k);
+                break;
+            }
+            Err(e) => panic!("damage: {damage}: at batch {}: {e:?}", follower.next_seq()),
+        }
+    }
+    let end = if damage { k - 1 } else { last };
+    assert_eq!(
+        yielded,
+        (1..=end).collect::<Vec<_>>(),
+        "every batch, in order"
+    );
+    engine.close().unwrap();
+}

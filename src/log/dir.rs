@@ -742,34 +742,138 @@ pub(crate) fn remove_kept(io: &dyn Io, tmp: &Path) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Side files read while another process may replace them.
+
+/// How many times [`read_side_file`] reads a side file in all, at most, as `FIND_RETRIES_MAX`
+/// bounds a directory follower's listings: past it, the last read is taken.
+const SIDE_READ_TRIES_MAX: u32 = 100;
+
+/// Whether the name `p` gives the file `file` has open (device and inode).
+fn still_names(p: &Path, file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(p), file.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Reads the side file `p` that another process may be replacing through a kept temporary
+/// ([`replace_kept`]: the `ids` file, a consumer's position): `open` opens it (`None`: there
+/// is none), `read` reads and decodes the open file (`Ok(Err(_))`: its bytes are no valid
+/// file). `None` if there is no file; otherwise the read taken, good or bad.
+///
+/// A reader that opened the name just before an exchange holds the old inode, which is then
+/// the temporary: the next replacement writes into it in place, and a read meanwhile can see
+/// old and new bytes mixed (and a read after that write, bytes not yet under the name). So a
+/// read is taken only if the name still gives the file read, once it is read (the handle's
+/// device and inode against the name's); otherwise the name is opened and read again. Bad
+/// bytes of the file the name gives are read again once more before they are taken: the name
+/// may have been exchanged away and back during the read (the file is written whole before
+/// it comes back), and a file damaged under its name reads bad twice. After
+/// [`SIDE_READ_TRIES_MAX`] reads the last is taken, whatever it was.
+pub(crate) fn read_side_file<T, B>(
+    p: &Path,
+    open: impl Fn() -> Result<Option<File>>,
+    mut read: impl FnMut(&File) -> Result<std::result::Result<T, B>>,
+) -> Result<Option<std::result::Result<T, B>>> {
+    let (mut tries, mut bad_named) = (0, false);
+    loop {
+        let Some(file) = open()? else {
+            return Ok(None);
+        };
+        side_read_hook(SideRead::Opened);
+        let got = read(&file)?;
+        side_read_hook(SideRead::Read);
+        tries += 1;
+        let named = still_names(p, &file);
+        match got {
+            Ok(v) if named => return Ok(Some(Ok(v))),
+            Err(b) if named && bad_named => return Ok(Some(Err(b))),
+            got if tries >= SIDE_READ_TRIES_MAX => return Ok(Some(got)),
+            Err(_) => bad_named = named,
+            Ok(_) => bad_named = false,
+        }
+    }
+}
+
+/// A step of [`read_side_file`], for the tests' hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SideRead {
+    /// The file is open, not read yet.
+    Opened,
+    /// The file is read, not yet checked against its name.
+    Read,
+}
+
+/// The tests' hook into [`read_side_file`].
+#[cfg(test)]
+type SideReadHook = Box<dyn FnMut(SideRead)>;
+
+#[cfg(test)]
+thread_local! {
+    /// The tests' hook into [`read_side_file`], on this thread.
+    static SIDE_READ_HOOK: std::cell::RefCell<Option<SideReadHook>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Has `hook` called at each step of [`read_side_file`] on this thread (`None`: no more).
+#[cfg(test)]
+pub(crate) fn on_side_read(hook: Option<SideReadHook>) {
+    SIDE_READ_HOOK.with(|h| *h.borrow_mut() = hook);
+}
+
+fn side_read_hook(_step: SideRead) {
+    #[cfg(test)]
+    {
+        // Taken out while it runs: it may read a side file itself.
+        let hook = SIDE_READ_HOOK.with(|h| h.borrow_mut().take());
+        if let Some(mut hook) = hook {
+            hook(_step);
+            SIDE_READ_HOOK.with(|h| {
+                let mut h = h.borrow_mut();
+                if h.is_none() {
+                    *h = Some(hook);
+                }
+            });
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The carried request ids (`ids.rs` has the format).
 
 /// Name of the file holding the request ids of retired segments (docs/FORMAT.md).
 pub(crate) const IDS_FILE: &str = "ids";
 const IDS_TMP: &str = "ids.tmp";
 
-/// `dir`'s carried-ids file, open for reading, and its length; `None` if there is none. Its
-/// name on a symbolic link to nothing or on anything but a regular file is `Error::Corrupt`
-/// ([`side_file_error`]), never "none": that would forget the ids of retired segments.
-pub(crate) fn open_ids(dir: &Path) -> Result<Option<(File, u64)>> {
+/// Reads `dir`'s carried-ids file with `read` (handed the open file and its length:
+/// `Ok(Err(_))` if its bytes are no valid file), through [`read_side_file`]: a read of a file
+/// a replacement exchanged away from the name meanwhile is made again. `None` if there is no
+/// file. Its name on a symbolic link to nothing or on anything but a regular file is
+/// `Error::Corrupt` ([`side_file_error`]), never "none": that would forget the ids of retired
+/// segments.
+pub(crate) fn read_ids<T, B>(
+    dir: &Path,
+    mut read: impl FnMut(&File, u64) -> Result<std::result::Result<T, B>>,
+) -> Result<Option<std::result::Result<T, B>>> {
     let p = dir.join(IDS_FILE);
-    let file = match open_regular(&p, false) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !is_symlink(&p) => return Ok(None),
-        Err(e) => {
-            return Err(side_file_error(
-                "open request ids",
-                "the request ids",
-                &p,
-                e,
-            ))
-        }
+    let open = || match open_regular(&p, false) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !is_symlink(&p) => Ok(None),
+        Err(e) => Err(side_file_error(
+            "open request ids",
+            "the request ids",
+            &p,
+            e,
+        )),
     };
-    let len = file
-        .metadata()
-        .map_err(|e| Error::io("read request ids' length", &p, e))?
-        .len();
-    Ok(Some((file, len)))
+    read_side_file(&p, open, |file| {
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("read request ids' length", &p, e))?
+            .len();
+        read(file, len)
+    })
 }
 
 /// Replaces the carried-ids file with `bytes` through its kept temporary `ids.tmp`
@@ -842,21 +946,36 @@ pub(crate) fn remove_consumer_leftovers(io: &dyn Io, dir: &Path) -> Result<()> {
 }
 
 /// The bytes of consumer `name`'s position file (its first 33 at most: a longer file is no
-/// position either); `None` if it has none. Its name on a symbolic link to nothing or on
-/// anything but a regular file is `Error::Corrupt` ([`side_file_error`]), never "none": a
-/// consumer with no file holds no retirement back.
-pub(crate) fn read_consumer(dir: &Path, name: &str) -> Result<Option<Vec<u8>>> {
+/// position either); `None` if it has none. Read through [`read_side_file`]: bytes that are
+/// not `valid`, or read from a file a commit exchanged away from the name meanwhile (a reader
+/// in another process may hold it while the next commit writes into it), are read again, and
+/// invalid bytes are returned only as read from the file the name still gives. Its name on a
+/// symbolic link to nothing or on anything but a regular file is `Error::Corrupt`
+/// ([`side_file_error`]), never "none": a consumer with no file holds no retirement back.
+pub(crate) fn read_consumer(
+    dir: &Path,
+    name: &str,
+    valid: impl Fn(&[u8]) -> bool,
+) -> Result<Option<Vec<u8>>> {
+    use std::io::Read;
     let p = dir.join(consumer_file_name(name));
-    match read_small_file(&p, CONSUMER_LEN) {
-        Ok(bytes) => Ok(Some(bytes)),
+    let failed = |e| side_file_error("read consumer position", "a consumer position", &p, e);
+    let open = || match open_regular(&p, false) {
+        Ok(f) => Ok(Some(f)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !is_symlink(&p) => Ok(None),
-        Err(e) => Err(side_file_error(
-            "read consumer position",
-            "a consumer position",
-            &p,
-            e,
-        )),
-    }
+        Err(e) => Err(failed(e)),
+    };
+    let got = read_side_file(&p, open, |mut file| {
+        let mut bytes = Vec::with_capacity(CONSUMER_LEN + 1);
+        Read::take(&mut file, CONSUMER_LEN as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(failed)?;
+        Ok(match valid(&bytes) {
+            true => Ok(bytes),
+            false => Err(bytes),
+        })
+    })?;
+    Ok(got.map(|read| read.unwrap_or_else(|bad| bad)))
 }
 
 /// Writes consumer `name`'s position file as [`write_clean_mark`] writes the mark: a crash at
@@ -1464,19 +1583,22 @@ mod tests {
             crate::log::clean::Found::Invalid
         );
         sparse(&dir.path().join(consumer_file_name("c")));
-        let position = read_consumer(dir.path(), "c")
+        let position = read_consumer(dir.path(), "c", |_| true)
             .unwrap()
             .expect("a position file");
         assert_eq!(position.len(), CONSUMER_LEN + 1);
         // A file of the right length is read whole, and nothing more is asked of a short one.
         touch(&dir.path().join(consumer_file_name("d")), CONSUMER_LEN);
         assert_eq!(
-            read_consumer(dir.path(), "d").unwrap().unwrap().len(),
+            read_consumer(dir.path(), "d", |_| true)
+                .unwrap()
+                .unwrap()
+                .len(),
             CONSUMER_LEN
         );
         touch(&dir.path().join(consumer_file_name("e")), 3);
         assert_eq!(
-            read_consumer(dir.path(), "e").unwrap().unwrap(),
+            read_consumer(dir.path(), "e", |_| true).unwrap().unwrap(),
             vec![0xab; 3]
         );
     }
@@ -1753,5 +1875,226 @@ mod tests {
         );
         let e = sync_dir_and_parent(&failing(IoOp::SyncDir), &dir).unwrap_err();
         assert_eq!(op_of(e), ("fsync directory", dir));
+    }
+
+    // Side files read while another process replaces them (`read_side_file`).
+
+    /// How long a step of the threaded tests below waits for the other thread's.
+    const STEP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// An `Io` that, at the first write through it, writes the first 5/8 of the bytes itself
+    /// (a reader of that file then sees the old bytes and the new mixed: of a consumer's
+    /// position, the new batch's first bytes and the old CRC), then runs `during` before the
+    /// write goes on.
+    struct TornWrite {
+        during: Mutex<Option<During>>,
+    }
+
+    /// What [`TornWrite`] runs once its torn half is written.
+    type During = Box<dyn FnOnce(&Path) + Send>;
+
+    impl Io for TornWrite {
+        fn before(&self, op: IoOp, path: &Path, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            if op == IoOp::Write {
+                if let Some(during) = self.during.lock().unwrap().take() {
+                    let f = OpenOptions::new().write(true).open(path)?;
+                    f.write_all_at(&data[..data.len() * 5 / 8], offset)?;
+                    during(path);
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn torn_write(during: impl FnOnce(&Path) + Send + 'static) -> TornWrite {
+        TornWrite {
+            during: Mutex::new(Some(Box::new(during))),
+        }
+    }
+
+    /// Runs `read` on a thread of its own (another process's reader) with a hook that stops
+    /// it once it has opened the file (until `go` is sent) and, if `held` is given, once it has
+    /// read it (until `held` receives; `read` is sent then): returns the thread, and the
+    /// receivers of `opened`, `read` and the steps' count, and the sender of `go`.
+    #[allow(clippy::type_complexity)]
+    fn reader_thread<T: Send + 'static>(
+        read: impl FnOnce() -> T + Send + 'static,
+        held: Option<std::sync::mpsc::Receiver<()>>,
+    ) -> (
+        std::thread::JoinHandle<(T, Vec<SideRead>)>,
+        std::sync::mpsc::Receiver<()>,
+        std::sync::mpsc::Sender<()>,
+        std::sync::mpsc::Receiver<()>,
+    ) {
+        use std::sync::mpsc::channel;
+        let (opened_tx, opened) = channel();
+        let (go, go_rx) = channel::<()>();
+        let (read_tx, was_read) = channel();
+        let thread = std::thread::spawn(move || {
+            let steps = Arc::new(Mutex::new(Vec::new()));
+            let seen = steps.clone();
+            on_side_read(Some(Box::new(move |step| {
+                let first = !seen.lock().unwrap().contains(&step);
+                seen.lock().unwrap().push(step);
+                match step {
+                    SideRead::Opened if first => {
+                        opened_tx.send(()).unwrap();
+                        go_rx.recv_timeout(STEP_WAIT).unwrap();
+                    }
+                    SideRead::Read if first => {
+                        let _ = read_tx.send(());
+                        if let Some(held) = &held {
+                            held.recv_timeout(STEP_WAIT).unwrap();
+                        }
+                    }
+                    _ => {}
+                }
+            })));
+            let got = read();
+            on_side_read(None);
+            let steps = steps.lock().unwrap().clone();
+            (got, steps)
+        });
+        (thread, opened, go, was_read)
+    }
+
+    /// A reader in another process opens a consumer's position file; a commit exchanges it
+    /// away (it becomes the committing handle's temporary), and the next commit writes into
+    /// it, in place, while the reader reads it: old and new bytes mixed. The reader reads the
+    /// file the name gives again and gets that whole position, never `Corrupt`. And if the
+    /// commit has exchanged the file back under the name by the time the reader checks (an
+    /// exchange away and back during the read), the bad bytes are read again, whole now.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // the torn write, made behind the seam's back
+    fn a_position_read_while_a_commit_writes_into_the_readers_file_is_read_again() {
+        use crate::consumer::encode;
+        for back_under_the_name in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path().to_owned();
+            let tmp = d.join("consumer.tmp-c.1.1");
+            let unsettled = AtomicBool::new(false);
+            write_consumer(&hook(), &d, "c", &encode(1)).unwrap();
+            keep_consumer_room(&hook(), &tmp).unwrap();
+            let (committed_tx, committed) = std::sync::mpsc::channel();
+            let held = back_under_the_name.then_some(committed);
+            let reader_dir = d.clone();
+            let (reader, opened, go, was_read) =
+                reader_thread(move || crate::consumer::load(&reader_dir, "c"), held);
+            opened.recv_timeout(STEP_WAIT).unwrap();
+            // The file the reader holds is exchanged away: `tmp` names it now.
+            commit_consumer(&hook(), &d, ("c", &tmp), &encode(2), &unsettled).unwrap();
+            let (done_tx, done) = std::sync::mpsc::channel::<()>();
+            let io = torn_write(move |path| {
+                // Half of the next position written into it: no position at all.
+                let torn = std::fs::read(path).unwrap();
+                assert!(crate::consumer::load_bytes(&torn).is_none(), "torn");
+                assert_ne!(torn, encode(1));
+                go.send(()).unwrap();
+                match back_under_the_name {
+                    // Until the reader has read it (the commit then puts it back under the
+                    // name before the reader checks).
+                    true => was_read.recv_timeout(STEP_WAIT).unwrap(),
+                    // Until the reader is done.
+                    false => done.recv_timeout(STEP_WAIT).unwrap(),
+                }
+            });
+            let committing = std::thread::spawn(move || {
+                let unsettled = AtomicBool::new(false);
+                commit_consumer(&io, &d, ("c", &tmp), &encode(3), &unsettled).unwrap();
+                let _ = committed_tx.send(());
+            });
+            let (got, steps) = reader.join().unwrap();
+            let _ = done_tx.send(());
+            committing.join().unwrap();
+            let want = if back_under_the_name { 3 } else { 2 };
+            assert_eq!(got.unwrap(), Some(want), "{back_under_the_name}");
+            // The torn read, then the one taken.
+            assert_eq!(
+                steps,
+                [SideRead::Opened, SideRead::Read].repeat(2),
+                "{back_under_the_name}"
+            );
+        }
+    }
+
+    /// The same for the `ids` file, read by an open (of a reader in another process) while a
+    /// retirement replaces it twice: the reader gets the whole file the name gives.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // the torn write, made behind the seam's back
+    fn the_ids_file_read_while_a_retirement_writes_into_the_readers_file_is_read_again() {
+        use crate::ids::{carried, encode_carried, IdEntry, IdHorizon, RequestId};
+        let file_of = |n: u8| {
+            let ids: Vec<_> = (0..100u64)
+                .map(|i| {
+                    let entry = IdEntry {
+                        seq: i + 1,
+                        time: 7,
+                    };
+                    (RequestId([n; 16].map(|b| b ^ i as u8)), entry)
+                })
+                .collect();
+            let expect: Vec<_> = ids.iter().map(|(id, e)| (*id, e.seq, e.time)).collect();
+            (encode_carried(&ids), expect)
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_owned();
+        let unsettled = AtomicBool::new(false);
+        write_ids(&hook(), &d, &file_of(1).0, &unsettled).unwrap();
+        keep_ids_room(&hook(), &d, 8192, &unsettled).unwrap();
+        let reader_dir = d.clone();
+        let (reader, opened, go, _) = reader_thread(
+            move || carried(&reader_dir, IdHorizon::default()).map(|f| f.entries()),
+            None,
+        );
+        opened.recv_timeout(STEP_WAIT).unwrap();
+        write_ids(&hook(), &d, &file_of(2).0, &unsettled).unwrap();
+        let (done_tx, done) = std::sync::mpsc::channel::<()>();
+        let io = torn_write(move |_| {
+            go.send(()).unwrap();
+            done.recv_timeout(STEP_WAIT).unwrap();
+        });
+        let writer_dir = d.clone();
+        let writing = std::thread::spawn(move || {
+            write_ids(&io, &writer_dir, &file_of(3).0, &AtomicBool::new(false)).unwrap();
+        });
+        let (got, steps) = reader.join().unwrap();
+        let _ = done_tx.send(());
+        writing.join().unwrap();
+        assert_eq!(got.unwrap(), file_of(2).1);
+        assert_eq!(steps, [SideRead::Opened, SideRead::Read].repeat(2));
+    }
+
+    /// A file that is damaged under its name is still `Corrupt`, naming it, once read twice:
+    /// a consumer's position and the `ids` file.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // the damage, made behind the seam's back
+    fn a_side_file_damaged_under_its_name_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut position = crate::consumer::encode(5);
+        position[20] ^= 1;
+        std::fs::write(d.join(consumer_file_name("c")), position).unwrap();
+        let mut ids = crate::ids::encode_carried(&[]);
+        let last = ids.len() - 1;
+        ids[last] ^= 1;
+        std::fs::write(d.join(IDS_FILE), ids).unwrap();
+        let steps = Arc::new(Mutex::new(Vec::new()));
+        let seen = steps.clone();
+        on_side_read(Some(Box::new(move |step| seen.lock().unwrap().push(step))));
+        let corrupt_at = |e: Error| match e {
+            Error::Corrupt { path, offset, .. } => (path, offset),
+            other => panic!("not Corrupt: {other}"),
+        };
+        let e = crate::consumer::load(d, "c").unwrap_err();
+        assert_eq!(corrupt_at(e), (d.join(consumer_file_name("c")), 0));
+        let e = crate::ids::carried(d, crate::ids::IdHorizon::default())
+            .map(|f| f.entries())
+            .unwrap_err();
+        assert_eq!(corrupt_at(e).0, d.join(IDS_FILE));
+        on_side_read(None);
+        assert_eq!(
+            *steps.lock().unwrap(),
+            [SideRead::Opened, SideRead::Read].repeat(4)
+        );
     }
 }

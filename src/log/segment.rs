@@ -253,6 +253,17 @@ impl Segment {
         }
     }
 
+    /// Whether `other` maps the same file as this mapping (device and inode of the open
+    /// files): a reader that located a segment again finds out whether it is still the one
+    /// it reads.
+    pub fn same_file(&self, other: &Segment) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self.file.metadata(), other.file.metadata()) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+
     fn from_mapped(path: &Path, id: u64, mapped: Mapped, io: &SharedIo) -> Segment {
         let Mapped { file, map, size } = mapped;
         let mut seg = Segment {

@@ -5,10 +5,19 @@
 //!
 //! - Entry `i` is the key `e` + `i` as 8 big-endian bytes, so a frame's sorted records are
 //!   runs of consecutive entries; its value is the entry, postcard-encoded.
+//! - An entry of any size is stored (openraft stops the node on a storage error, and every
+//!   follower appends what the leader did, so one refused entry would stop the cluster). One
+//!   whose encoding is longer than [`LogStore::chunk_len`] (`value_len_max`, or less to fit
+//!   the batch budget) is stored in chunks under the keys `c` + `i` + the chunk number (4
+//!   bytes big-endian), chunk 0 starting with the encoding's length, the number of chunks
+//!   and its CRC-32C; its key `e` + `i` then holds an empty value. The chunks go in the
+//!   key's batch or earlier ones, so after a crash the key is there only with every chunk;
+//!   a read reassembles and checks the entry; `truncate` and `purge` delete the chunks, and
+//!   an open deletes chunks of no entry that an interrupted operation left.
 //! - The vote, the committed log id and the last purged log id are keys of their own
 //!   (`m/vote`, `m/committed`, `m/purged`).
 //! - `append` puts the entries as one `WriteBatch` (several, each a prefix of what is left,
-//!   if they exceed the engine's batch limit). By default it waits for them and calls
+//!   if they exceed the store's batch budget, half the engine's largest request). By default it waits for them and calls
 //!   openraft's callback itself (openraft 0.9 awaits it at once: see
 //!   [`LogStore::with_append_waits`]); otherwise, or behind an earlier append still pending,
 //!   it returns and one store-owned thread waits the tickets in order and calls back when
@@ -65,6 +74,7 @@ const READ_ENTRIES_MAX: usize = 4096;
 /// Bytes a batch operation is counted for besides its value: its header in the batch (9
 /// bytes) and its key (at most 13, a chunk's), rounded up.
 const OP_BYTES: usize = 32;
+const _: () = assert!(OP_BYTES >= 9 + CHUNK_KEY_LEN);
 
 /// The shortest chunk a store accepts to write (`value_len_max` at least this): chunk 0
 /// must hold the chunk header and some of the entry.
@@ -363,14 +373,15 @@ fn put_entry(
 ) -> Result<(), CodecError> {
     // (An entry's encoding is never empty, but an empty one would read as a chunked entry.)
     if !encoded.is_empty() && encoded.len() <= chunk_len {
-        return out.put(&entry_key(index), encoded).map_err(CodecError::Engine);
+        return out
+            .put(&entry_key(index), encoded)
+            .map_err(CodecError::Engine);
     }
     let (chunk0, rest) =
         meta::chunks(encoded, chunk_len).ok_or(CodecError::TooLarge(encoded.len()))?;
     chunked.insert(index, 1 + rest.len() as u32);
-    let put = |out: &mut Batches, n: usize, chunk: &[u8]| {
-        out.put(&chunk_key(index, n as u32), chunk)
-    };
+    let put =
+        |out: &mut Batches, n: usize, chunk: &[u8]| out.put(&chunk_key(index, n as u32), chunk);
     put(out, 0, &chunk0).map_err(CodecError::Engine)?;
     drop(chunk0);
     for (n, chunk) in rest.enumerate() {
@@ -926,8 +937,9 @@ where
         let tickets = (meta.iter())
             .try_for_each(|(key, value)| out.put(key, value))
             .and_then(|()| {
-                (first..(upto + 1).min(next))
-                    .try_for_each(|index| delete_entry(&mut out, index, chunked.get(&index).copied()))
+                (first..(upto + 1).min(next)).try_for_each(|index| {
+                    delete_entry(&mut out, index, chunked.get(&index).copied())
+                })
             })
             .and_then(|()| out.finish())
             .map_err(|e| io_err(StorageIOError::write_logs, &e))?;
@@ -953,5 +965,55 @@ where
         }
         self.retire(upto, meta_seq)
             .map_err(|e| io_err(StorageIOError::write_logs, &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Under configurations where each limit binds in turn, a batch holding one chunk (the
+    /// largest operation the store makes) stays within every limit the engine refuses a
+    /// request for: its value within `value_len_max`, the batch within half the largest
+    /// request (`batch_bytes_max` less the ring's record header, and a quarter of the ring).
+    #[test]
+    fn one_chunk_and_its_operation_fit_the_batch_budget_and_the_engines_limits() {
+        let base = Config::default();
+        let cases = [
+            // value_len_max binds: 4 KiB values, 8 KiB budget.
+            (4096, 16 << 10, 64 << 10, 4096),
+            // batch_bytes_max binds: 8 KiB budget, 1 MiB values.
+            (1 << 20, 16 << 10, 1 << 20, (8 << 10) - OP_BYTES),
+            // The ring binds: a quarter of 64 KiB is 16 KiB, 8 KiB budget.
+            (1 << 20, 4 << 20, 64 << 10, (8 << 10) - OP_BYTES),
+            // The default: 1 MiB values, 2 MiB budget.
+            (
+                base.value_len_max,
+                base.batch_bytes_max,
+                base.ring_bytes,
+                1 << 20,
+            ),
+        ];
+        for (value_len_max, batch_bytes_max, ring_bytes, expected) in cases {
+            let config = Config {
+                value_len_max,
+                batch_bytes_max,
+                ring_bytes,
+                ..Config::default()
+            };
+            let len = chunk_len(&config);
+            assert_eq!(
+                len, expected,
+                "{value_len_max} {batch_bytes_max} {ring_bytes}"
+            );
+            let (bytes, _) = budget(&config);
+            assert!(len <= value_len_max && len + OP_BYTES <= bytes);
+            // A batch's request: its 16-byte header, then per operation 9 bytes, the key
+            // (at most a chunk key's) and the value; within the engine's largest request,
+            // `min(batch_bytes_max - 8, ring_bytes / 4 - 8)`.
+            let request = 16 + 9 + CHUNK_KEY_LEN + len;
+            assert!(request <= (batch_bytes_max - 8).min(ring_bytes / 4 - 8));
+            assert!(len >= CHUNK_LEN_MIN);
+        }
     }
 }

@@ -150,7 +150,10 @@ impl fmt::Display for CodecError {
                 write!(f, "mergelog-raft: the log has a hole: entry {i} is missing")
             }
             CodecError::Chunk(i, what) => {
-                write!(f, "mergelog-raft: entry {i}, stored in chunks, is damaged: {what}")
+                write!(
+                    f,
+                    "mergelog-raft: entry {i}, stored in chunks, is damaged: {what}"
+                )
             }
             CodecError::TooLarge(len) => write!(
                 f,
@@ -223,4 +226,49 @@ pub(crate) fn chunk_keys(engine: &Engine) -> (BTreeSet<u64>, BTreeMap<u64, u32>)
         }
     });
     (marked, chunks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Chunk 0 holds the header and the first bytes, the others the rest in order; each at
+    /// most the chunk length; their concatenation after the header is the encoding, whose
+    /// length and CRC the header holds.
+    #[test]
+    fn chunks_hold_the_header_and_the_encoding_in_order() {
+        let chunk_len = 64;
+        for len in [0, 1, 47, 48, 49, 64, 112, 113, 1000] {
+            let encoded: Vec<u8> = (0..len).map(|i| (i * 7 + i / 64) as u8).collect();
+            let (chunk0, rest) = chunks(&encoded, chunk_len).unwrap();
+            let rest: Vec<&[u8]> = rest.collect();
+            let header = ChunkHeader::parse(&chunk0).unwrap();
+            assert_eq!(header.len, len as u64);
+            assert_eq!(header.count as usize, 1 + rest.len());
+            assert_eq!(header.crc, crc32c::crc32c(&encoded));
+            assert!(chunk0.len() <= chunk_len && rest.iter().all(|c| c.len() <= chunk_len));
+            assert!(
+                rest.iter().all(|c| !c.is_empty()),
+                "no empty chunk at {len}"
+            );
+            let joined: Vec<u8> = std::iter::once(&chunk0[CHUNK_HEADER..])
+                .chain(rest)
+                .flatten()
+                .copied()
+                .collect();
+            assert_eq!(joined, encoded);
+        }
+    }
+
+    #[test]
+    fn chunk_keys_sort_by_entry_then_chunk_and_read_back() {
+        let key = chunk_key(0x0102_0304_0506_0708, 0x0a0b_0c0d);
+        assert_eq!(key.len(), CHUNK_KEY_LEN);
+        assert_eq!(chunk_of(&key), Some((0x0102_0304_0506_0708, 0x0a0b_0c0d)));
+        assert_eq!(record_index(&key), Some(0x0102_0304_0506_0708));
+        assert_eq!(record_index(&entry_key(9)), Some(9));
+        assert_eq!(chunk_of(&entry_key(9)), None);
+        assert_eq!(record_index(b"m/vote"), None);
+        assert!(chunk_key(1, 300) < chunk_key(2, 0) && chunk_key(2, 0) < chunk_key(2, 1));
+    }
 }

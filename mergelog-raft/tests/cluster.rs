@@ -329,7 +329,9 @@ async fn a_value_larger_than_value_len_max_is_committed_on_every_node() {
         .expect("the cluster initializes");
     let (mut acked, _) = write(&router, "before-", 4).await;
     // Bytes that vary along the value, so that a chunk out of place shows.
-    let large: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let large: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     write_value(router.clone(), "large".into(), large.clone()).await;
     acked.insert("large".into(), large);
     let (after, last) = write(&router, "after-", 4).await;
@@ -358,7 +360,10 @@ async fn a_value_larger_than_value_len_max_is_committed_on_every_node() {
     let node = nodes.remove(&follower).unwrap();
     kill(follower, node, &router).await;
     let (node, last_on_disk) = start_with(follower, &dirs[&follower], &router, config).await;
-    assert!(last_on_disk >= Some(last), "the follower's log holds the writes");
+    assert!(
+        last_on_disk >= Some(last),
+        "the follower's log holds the writes"
+    );
     nodes.insert(follower, node);
     let wait = nodes[&follower].raft.wait(Some(WAIT_MAX));
     wait.applied_index_at_least(Some(last), "the restarted follower applies everything")

@@ -716,7 +716,11 @@ fn config(seed: u64) -> Config {
     Config {
         syncers: 1 + (seed & 1) as usize,
         overlap_syncs_above: Duration::ZERO,
-        value_len_max: if seed & 4 == 0 { base.value_len_max } else { 4096 },
+        value_len_max: if seed & 4 == 0 {
+            base.value_len_max
+        } else {
+            4096
+        },
         ..base
     }
 }

@@ -101,7 +101,10 @@ fn chunk_count(len: usize, chunk_len: usize) -> u32 {
 }
 
 /// The chunk keys the log should hold for `entries`: `0..count` for each chunked one.
-fn expected_chunks(entries: &[Entry<TypeConfig>], chunk_len: usize) -> BTreeMap<u64, BTreeSet<u32>> {
+fn expected_chunks(
+    entries: &[Entry<TypeConfig>],
+    chunk_len: usize,
+) -> BTreeMap<u64, BTreeSet<u32>> {
     entries
         .iter()
         .filter(|e| encoded_len(e) > chunk_len)
@@ -113,7 +116,10 @@ fn expected_chunks(entries: &[Entry<TypeConfig>], chunk_len: usize) -> BTreeMap<
 }
 
 async fn read_all(store: &mut Store) -> Vec<Entry<TypeConfig>> {
-    store.try_get_log_entries(..).await.expect("the entries read")
+    store
+        .try_get_log_entries(..)
+        .await
+        .expect("the entries read")
 }
 
 #[tokio::test]

@@ -303,6 +303,8 @@ struct Batches<'a> {
     bytes: usize,
     /// The submitted batches' tickets, in order.
     tickets: Vec<Ticket>,
+    /// How many of them were waited for to make room in the ring.
+    waited: usize,
 }
 
 impl<'a> Batches<'a> {
@@ -315,6 +317,7 @@ impl<'a> Batches<'a> {
             batch: WriteBatch::new(),
             bytes: 0,
             tickets: Vec::new(),
+            waited: 0,
         }
     }
 
@@ -344,11 +347,29 @@ impl<'a> Batches<'a> {
 
     /// Submits the batch, if it holds anything.
     fn submit(&mut self) -> Result<(), mergelog::Error> {
-        if !self.batch.is_empty() {
-            self.tickets.push(self.engine.write(&self.batch)?);
-            self.batch.clear();
-            self.bytes = 0;
+        if self.batch.is_empty() {
+            return Ok(());
         }
+        loop {
+            match self.engine.write(&self.batch) {
+                Ok(ticket) => break self.tickets.push(ticket),
+                // A full ring under `Backpressure::Reject`: an append of more than the ring
+                // holds (a large entry's chunks) would be refused part way, and openraft
+                // stops the node on the error. The batches submitted before this one free
+                // their room once written: wait for the oldest (or, with none left, for
+                // everything submitted so far) and submit again.
+                Err(mergelog::Error::Busy) => match self.tickets.get(self.waited) {
+                    Some(ticket) => {
+                        ticket.wait()?;
+                        self.waited += 1;
+                    }
+                    None => drop(self.engine.flush()?.wait()?),
+                },
+                Err(e) => return Err(e),
+            }
+        }
+        self.batch.clear();
+        self.bytes = 0;
         Ok(())
     }
 

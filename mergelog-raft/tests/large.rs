@@ -313,3 +313,27 @@ async fn a_damaged_chunked_entry_is_a_read_error_naming_it() {
     }
     store.close().unwrap();
 }
+
+/// Under `Backpressure::Reject` a full ring refuses a batch with `Error::Busy`: an entry
+/// larger than the ring (here 1 MiB of chunks against a 64 KiB ring) cannot have all its
+/// batches in the ring at once. The store waits for its earlier batches and submits again,
+/// rather than fail the append (which would stop the node).
+#[tokio::test]
+async fn an_entry_larger_than_the_ring_is_appended_under_reject() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        backpressure: mergelog::Backpressure::Reject,
+        ..config()
+    };
+    let mut store = Store::open(dir.path(), config.clone()).expect("the store opens");
+    let log = vec![entry(1, 1, 1 << 20), entry(1, 2, 100)];
+    store
+        .blocking_append(log.clone())
+        .await
+        .expect("the append is not refused for a full ring");
+    assert_eq!(read_all(&mut store).await, log);
+    store.close().unwrap();
+    let mut store = Store::open(dir.path(), config).expect("the store opens");
+    assert_eq!(read_all(&mut store).await, log);
+    store.close().unwrap();
+}

@@ -466,7 +466,9 @@ where
     /// The store on an engine already open, which it then owns the writes of. The engine
     /// must sync (`Durability::Sync`, the default): Raft needs a vote and an acknowledged
     /// entry to be durable, and under `NoSync` a ticket completes before its batch is, so a
-    /// power loss could undo a vote (a second vote in the same term). Refused otherwise.
+    /// power loss could undo a vote (a second vote in the same term). Refused otherwise, and
+    /// refused with `key_len_max` under 13 or `value_len_max` under 64, too small for the
+    /// chunks a large entry is stored in.
     pub fn with_engine(engine: Arc<Engine>) -> StoreResult<Self, C> {
         if engine.config().durability != mergelog::Durability::Sync {
             let e = mergelog::Error::InvalidConfig(

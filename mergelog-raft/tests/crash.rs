@@ -45,7 +45,7 @@
 //! power on fails the seed (openraft would stop the node), and after each reopen no chunk
 //! of an entry the log does not serve may remain.
 //!
-//! Environment: `MERGELOG_RAFT_CRASH_SEEDS` (default 200: 2 to 10 s in release-checked on
+//! Environment: `MERGELOG_RAFT_CRASH_SEEDS` (default 200: 5 to 15 s in release-checked on
 //! two cores) seeds from `MERGELOG_RAFT_CRASH_FIRST` (default 0); `MERGELOG_RAFT_CRASH_SEED`
 //! runs one (`MERGELOG_RAFT_CRASH_REPEAT` times: a seed fixes the workload, the cut point and
 //! every tear, but not how the engine's flusher and syncer threads interleave, hence not

@@ -414,9 +414,11 @@ impl Run {
                     // Mostly small; now and then one larger than the store's batch budget or
                     // its chunk length (stored in chunks: 4 KiB or 8,160 bytes, `config`),
                     // rarely one of tens of chunks, in as many batches.
-                    let len = match self.rng.random_range(0..100) {
+                    // (Rare enough that the cut, drawn among a cycle's first I/O operations,
+                    // still falls after purges and whole-log purges often.)
+                    let len = match self.rng.random_range(0..200) {
                         0 => self.rng.random_range(50_000..=200_000),
-                        1..8 => self.rng.random_range(3_000..=40_000),
+                        1..7 => self.rng.random_range(3_000..=40_000),
                         _ => self.rng.random_range(0..=1500),
                     };
                     let tag = self.next_tag;

@@ -5,10 +5,19 @@
 //!
 //! - Entry `i` is the key `e` + `i` as 8 big-endian bytes, so a frame's sorted records are
 //!   runs of consecutive entries; its value is the entry, postcard-encoded.
+//! - An entry of any size is stored (openraft stops the node on a storage error, and every
+//!   follower appends what the leader did, so one refused entry would stop the cluster). One
+//!   whose encoding is longer than [`LogStore::chunk_len`] (`value_len_max`, or less to fit
+//!   the batch budget) is stored in chunks under the keys `c` + `i` + the chunk number (4
+//!   bytes big-endian), chunk 0 starting with the encoding's length, the number of chunks
+//!   and its CRC-32C; its key `e` + `i` then holds an empty value. The chunks go in the
+//!   key's batch or earlier ones, so after a crash the key is there only with every chunk;
+//!   a read reassembles and checks the entry; `truncate` and `purge` delete the chunks, and
+//!   an open deletes chunks of no entry that an interrupted operation left.
 //! - The vote, the committed log id and the last purged log id are keys of their own
 //!   (`m/vote`, `m/committed`, `m/purged`).
 //! - `append` puts the entries as one `WriteBatch` (several, each a prefix of what is left,
-//!   if they exceed the engine's batch limit). By default it waits for them and calls
+//!   if they exceed the store's batch budget, half the engine's largest request). By default it waits for them and calls
 //!   openraft's callback itself (openraft 0.9 awaits it at once: see
 //!   [`LogStore::with_append_waits`]); otherwise, or behind an earlier append still pending,
 //!   it returns and one store-owned thread waits the tickets in order and calls back when
@@ -39,7 +48,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
@@ -50,7 +59,10 @@ use openraft::{
     StorageError, StorageIOError, Vote,
 };
 
-use crate::meta::{decode, encode, entry_index, entry_key, COMMITTED_KEY, PURGED_KEY, VOTE_KEY};
+use crate::meta::{
+    chunk_key, decode, encode, entry_key, ChunkHeader, CodecError, CHUNK_HEADER, CHUNK_KEY_LEN,
+    COMMITTED_KEY, PURGED_KEY, VOTE_KEY,
+};
 
 type Nid<C> = <C as RaftTypeConfig>::NodeId;
 type StoreResult<T, C> = Result<T, StorageError<Nid<C>>>;
@@ -58,6 +70,35 @@ type StoreResult<T, C> = Result<T, StorageError<Nid<C>>>;
 /// At most this many entries are returned by one `limited_get_log_entries`: replication of
 /// a long backlog then goes in pieces instead of one huge message.
 const READ_ENTRIES_MAX: usize = 4096;
+
+/// Bytes a batch operation is counted for besides its value: its header in the batch (9
+/// bytes) and its key (at most 13, a chunk's), rounded up.
+const OP_BYTES: usize = 32;
+const _: () = assert!(OP_BYTES >= 9 + CHUNK_KEY_LEN);
+
+/// The shortest chunk a store accepts to write (`value_len_max` at least this): chunk 0
+/// must hold the chunk header and some of the entry.
+const CHUNK_LEN_MIN: usize = 64;
+
+/// The store's batch budget under `config`: bytes (values plus `OP_BYTES` per operation) and
+/// operations per batch. Half the largest request the engine takes (a batch is one request:
+/// at most `batch_bytes_max`, and at most a quarter of the ring, `ring_bytes / 4`), leaving
+/// room for the batch's framing. (It halved the ring whole until session 26: with
+/// `batch_bytes_max` above half the ring, an append or a purge could make a batch the engine
+/// refused, and openraft stops the node on a storage error.)
+fn budget(config: &Config) -> (usize, usize) {
+    let bytes = config.batch_bytes_max.min(config.ring_bytes / 4) / 2;
+    (bytes, config.batch_ops_max.min(1 << 16))
+}
+
+/// The longest value the store puts under `config`: an encoded entry up to this long is its
+/// key's value, a longer one is stored in chunks of at most this many bytes. Within
+/// `value_len_max`, and one chunk with its operation's bytes fits the batch budget, so every
+/// batch is one the engine takes whatever the entries' sizes.
+fn chunk_len(config: &Config) -> usize {
+    let (bytes, _) = budget(config);
+    config.value_len_max.min(bytes - OP_BYTES)
+}
 
 /// What the store and its readers share.
 struct Shared<C: RaftTypeConfig> {
@@ -71,6 +112,10 @@ struct Shared<C: RaftTypeConfig> {
     /// Appends handed to the completion thread and not yet called back: an append may
     /// call its own callback only when this is 0 (callbacks stay in append order).
     queued: AtomicUsize,
+    /// Bumped by `truncate` and `purge` before they submit their deletes: a reader that
+    /// finds an entry stored in chunks incomplete while it moved read a deleted entry (and
+    /// maybe chunks of one written again at its index), not a damaged one, and reads again.
+    epoch: AtomicU64,
 }
 
 impl<C: RaftTypeConfig> Shared<C>
@@ -92,18 +137,71 @@ where
 
     /// Entry `index`: the overlay first (newer), then the engine's durable state.
     fn read_one(&self, index: u64) -> StoreResult<Option<C::Entry>, C> {
-        if let Some((_, entry)) = self.pending().get(&index) {
-            return Ok(Some(entry.clone()));
+        let read_err = |e: &CodecError| StorageIOError::read_log_at_index(index, AnyError::new(e));
+        loop {
+            // Before anything of the entry is read (see `epoch`).
+            let epoch = self.epoch.load(Ordering::SeqCst);
+            if let Some((_, entry)) = self.pending().get(&index) {
+                return Ok(Some(entry.clone()));
+            }
+            // A miss in the overlay means the append completed, and a completed ticket's
+            // records are visible to `read` (the engine applies queued index updates first).
+            let value = match self.engine.read(&entry_key(index)) {
+                Ok(Some(value)) => value,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(read_err(&CodecError::Engine(e)).into()),
+            };
+            // The empty value marks an entry stored in chunks.
+            let decoded = match value.is_empty() {
+                false => decode::<C::Entry>(&value),
+                true => match self.read_chunks(index) {
+                    Ok(encoded) => decode::<C::Entry>(&encoded),
+                    Err(_) if self.epoch.load(Ordering::SeqCst) != epoch => continue,
+                    Err(e) => Err(e),
+                },
+            };
+            return decoded.map(Some).map_err(|e| read_err(&e).into());
         }
-        // A miss in the overlay means the append completed, and a completed ticket's
-        // records are visible to `read` (the engine applies queued index updates first).
-        match self.engine.read(&entry_key(index)) {
-            Ok(Some(value)) => decode::<C::Entry>(&value)
-                .map(Some)
-                .map_err(|e| StorageIOError::read_log_at_index(index, AnyError::new(&e)).into()),
-            Ok(None) => Ok(None),
-            Err(e) => Err(StorageIOError::read_log_at_index(index, AnyError::new(&e)).into()),
+    }
+
+    /// The encoded entry `index`, stored in chunks: reassembled, its length and CRC checked.
+    fn read_chunks(&self, index: u64) -> Result<Vec<u8>, CodecError> {
+        let damaged = |what: String| CodecError::Chunk(index, what);
+        let read = |n: u32| match self.engine.read(&chunk_key(index, n)) {
+            Ok(Some(chunk)) => Ok(chunk),
+            Ok(None) => Err(damaged(format!("chunk {n} is missing"))),
+            Err(e) => Err(CodecError::Engine(e)),
+        };
+        let chunk0 = read(0)?;
+        let header = ChunkHeader::parse(&chunk0)
+            .ok_or_else(|| damaged(format!("chunk 0 is {} bytes, no header", chunk0.len())))?;
+        let len = usize::try_from(header.len).unwrap_or(usize::MAX);
+        // Grown as the chunks come beyond 64 MiB: a damaged header's length is not trusted
+        // with memory.
+        let mut encoded = Vec::with_capacity(len.min(64 << 20));
+        encoded.extend_from_slice(&chunk0[CHUNK_HEADER..]);
+        drop(chunk0);
+        let mut n = 1;
+        while n < header.count && encoded.len() <= len {
+            encoded.extend_from_slice(&read(n)?);
+            n += 1;
         }
+        if encoded.len() != len {
+            return Err(damaged(format!(
+                "its header says {len} bytes in {} chunks, chunks 0 to {} hold {}",
+                header.count,
+                n - 1,
+                encoded.len()
+            )));
+        }
+        let crc = crc32c::crc32c(&encoded);
+        if crc != header.crc {
+            return Err(damaged(format!(
+                "its CRC-32C is {crc:#010x}, its header says {:#010x}",
+                header.crc
+            )));
+        }
+        Ok(encoded)
     }
 
     /// The entries of `range` the log holds, at most `max` of them.
@@ -193,6 +291,138 @@ where
     }
 }
 
+/// Writes split into batches within the store's budget, each submitted once the next
+/// operation would not fit it: the batches hold the operations in the order given, each is
+/// atomic, and they complete in order, so a crash keeps a prefix of the operations.
+struct Batches<'a> {
+    engine: &'a Engine,
+    bytes_max: usize,
+    ops_max: usize,
+    batch: WriteBatch,
+    /// What `batch` counts for against `bytes_max`.
+    bytes: usize,
+    /// The submitted batches' tickets, in order.
+    tickets: Vec<Ticket>,
+    /// How many of them were waited for to make room in the ring.
+    waited: usize,
+}
+
+impl<'a> Batches<'a> {
+    fn new(engine: &'a Engine) -> Self {
+        let (bytes_max, ops_max) = budget(engine.config());
+        Batches {
+            engine,
+            bytes_max,
+            ops_max,
+            batch: WriteBatch::new(),
+            bytes: 0,
+            tickets: Vec::new(),
+            waited: 0,
+        }
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), mergelog::Error> {
+        self.room(value.len() + OP_BYTES)?;
+        self.batch.put(key, value);
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<(), mergelog::Error> {
+        self.room(OP_BYTES)?;
+        self.batch.delete(key);
+        Ok(())
+    }
+
+    /// Makes room for an operation counted `len`: submits the batch if it would not fit
+    /// (a batch's first operation always does: none is larger than the budget).
+    fn room(&mut self, len: usize) -> Result<(), mergelog::Error> {
+        if !self.batch.is_empty()
+            && (self.bytes + len > self.bytes_max || self.batch.len() >= self.ops_max)
+        {
+            self.submit()?;
+        }
+        self.bytes += len;
+        Ok(())
+    }
+
+    /// Submits the batch, if it holds anything.
+    fn submit(&mut self) -> Result<(), mergelog::Error> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        loop {
+            match self.engine.write(&self.batch) {
+                Ok(ticket) => break self.tickets.push(ticket),
+                // A full ring under `Backpressure::Reject`: an append of more than the ring
+                // holds (a large entry's chunks) would be refused part way, and openraft
+                // stops the node on the error. The batches submitted before this one free
+                // their room once written: wait for the oldest (or, with none left, for
+                // everything submitted so far) and submit again.
+                Err(mergelog::Error::Busy) => match self.tickets.get(self.waited) {
+                    Some(ticket) => {
+                        ticket.wait()?;
+                        self.waited += 1;
+                    }
+                    None => drop(self.engine.flush()?.wait()?),
+                },
+                Err(e) => return Err(e),
+            }
+        }
+        self.batch.clear();
+        self.bytes = 0;
+        Ok(())
+    }
+
+    /// Submits what is left; the tickets of every batch, in order.
+    fn finish(mut self) -> Result<Vec<Ticket>, mergelog::Error> {
+        self.submit()?;
+        Ok(self.tickets)
+    }
+}
+
+/// Puts entry `index`, `encoded`. Up to `chunk_len` bytes it is its key's value; longer, it
+/// is stored in chunks and then its key gets the empty value that marks it chunked: every
+/// chunk goes in the key's batch or an earlier one, so after a crash the key is there only
+/// with all its chunks (chunks without their key are deleted at open). Recorded in
+/// `chunked`, for a truncate or purge to delete its chunks.
+fn put_entry(
+    out: &mut Batches,
+    chunked: &mut BTreeMap<u64, u32>,
+    chunk_len: usize,
+    index: u64,
+    encoded: &[u8],
+) -> Result<(), CodecError> {
+    // (An entry's encoding is never empty, but an empty one would read as a chunked entry.)
+    if !encoded.is_empty() && encoded.len() <= chunk_len {
+        return out
+            .put(&entry_key(index), encoded)
+            .map_err(CodecError::Engine);
+    }
+    let (chunk0, rest) =
+        meta::chunks(encoded, chunk_len).ok_or(CodecError::TooLarge(encoded.len()))?;
+    chunked.insert(index, 1 + rest.len() as u32);
+    let put =
+        |out: &mut Batches, n: usize, chunk: &[u8]| out.put(&chunk_key(index, n as u32), chunk);
+    put(out, 0, &chunk0).map_err(CodecError::Engine)?;
+    drop(chunk0);
+    for (n, chunk) in rest.enumerate() {
+        put(out, n + 1, chunk).map_err(CodecError::Engine)?;
+    }
+    out.put(&entry_key(index), &[]).map_err(CodecError::Engine)
+}
+
+/// Deletes chunks `0..count` of entry `index`.
+fn delete_chunks(out: &mut Batches, index: u64, count: u32) -> Result<(), mergelog::Error> {
+    (0..count).try_for_each(|n| out.delete(&chunk_key(index, n)))
+}
+
+/// Deletes entry `index`: its key, then its `chunks` (if stored in chunks), so that a crash
+/// between them leaves chunks without a key (deleted at open), never a key without chunks.
+fn delete_entry(out: &mut Batches, index: u64, chunks: Option<u32>) -> Result<(), mergelog::Error> {
+    out.delete(&entry_key(index))?;
+    chunks.map_or(Ok(()), |count| delete_chunks(out, index, count))
+}
+
 /// A Raft log store on a mergelog engine. See the crate documentation.
 pub struct LogStore<C: RaftTypeConfig>
 where
@@ -213,6 +443,11 @@ where
     /// The first batch that may hold a live entry's record: the scan for what to retire
     /// starts there (everything before it was found to hold only purged entries).
     retire_from: Seq,
+    /// The entries the log holds in chunks, with their number of chunks: what `truncate`
+    /// and `purge` delete besides the entries' keys (found at open, kept by `append`).
+    chunked: BTreeMap<u64, u32>,
+    /// The longest value the store puts ([`LogStore::chunk_len`]).
+    chunk_len: usize,
     flushes: Option<mpsc::Sender<Flush<C>>>,
     completer: Option<JoinHandle<()>>,
 }
@@ -231,7 +466,9 @@ where
     /// The store on an engine already open, which it then owns the writes of. The engine
     /// must sync (`Durability::Sync`, the default): Raft needs a vote and an acknowledged
     /// entry to be durable, and under `NoSync` a ticket completes before its batch is, so a
-    /// power loss could undo a vote (a second vote in the same term). Refused otherwise.
+    /// power loss could undo a vote (a second vote in the same term). Refused otherwise, and
+    /// refused with `key_len_max` under 13 or `value_len_max` under 64, too small for the
+    /// chunks a large entry is stored in.
     pub fn with_engine(engine: Arc<Engine>) -> StoreResult<Self, C> {
         if engine.config().durability != mergelog::Durability::Sync {
             let e = mergelog::Error::InvalidConfig(
@@ -239,6 +476,19 @@ where
                  durable when their tickets complete"
                     .into(),
             );
+            return Err(io_err(StorageIOError::read, &e));
+        }
+        // Chunk keys and chunks must be keys and values the engine takes: refused at open
+        // rather than when the first large entry comes, which would stop the node.
+        let chunk_len = chunk_len(engine.config());
+        if engine.config().key_len_max < CHUNK_KEY_LEN || chunk_len < CHUNK_LEN_MIN {
+            let e = mergelog::Error::InvalidConfig(format!(
+                "a Raft log store needs key_len_max >= {CHUNK_KEY_LEN} and value_len_max >= \
+                 {CHUNK_LEN_MIN}: it stores a large entry in chunks under keys of \
+                 {CHUNK_KEY_LEN} bytes (key_len_max = {}, value_len_max = {})",
+                engine.config().key_len_max,
+                engine.config().value_len_max
+            ));
             return Err(io_err(StorageIOError::read, &e));
         }
         let vote =
@@ -258,6 +508,7 @@ where
             pending: Mutex::new(BTreeMap::new()),
             bounds: RwLock::new((first, first)),
             queued: AtomicUsize::new(0),
+            epoch: AtomicU64::new(0),
         });
         let (next, last_log) = match present {
             // A log with a hole cannot be served (openraft relies on consecutive entries);
@@ -290,10 +541,12 @@ where
             last_log,
             generation: 0,
             retire_from: Seq::new(1),
+            chunked: BTreeMap::new(),
+            chunk_len,
             flushes: Some(flushes),
             completer: Some(completer),
         };
-        store.finish_interrupted_purge()?;
+        store.clean_up()?;
         Ok(store)
     }
 
@@ -366,17 +619,41 @@ where
         &self.shared.engine
     }
 
-    /// A purge writes the purged log id in its first batch and may need several: entries at
-    /// or below it still present after a crash are deleted now.
-    fn finish_interrupted_purge(&mut self) -> StoreResult<(), C> {
-        let Some(purged) = self.last_purged.clone() else {
-            return Ok(());
+    /// The longest encoded entry the store puts as one value (its key's, as entries always
+    /// were), and the length of the chunks a longer one is stored in: `value_len_max`, or
+    /// less when one chunk would not fit the store's batch budget (half of
+    /// `min(batch_bytes_max, ring_bytes / 4)`).
+    pub fn chunk_len(&self) -> usize {
+        self.chunk_len
+    }
+
+    /// Deletes what an interrupted operation left that the log does not hold, and finds the
+    /// entries stored in chunks: entries at or below the purged id (a purge writes the
+    /// purged log id in its first batch and may need several), and chunks of no entry of
+    /// the log (an append cut before the key of an entry stored in chunks, a truncate or a
+    /// purge cut between an entry's key and its chunks), so that they never accumulate.
+    fn clean_up(&mut self) -> StoreResult<(), C> {
+        let (first, next) = self.shared.bounds();
+        let engine = &self.shared.engine;
+        let leftover = match self.last_purged {
+            Some(_) => meta::entries_below(engine, first),
+            None => Vec::new(),
         };
-        let leftover = meta::entries_below(&self.shared.engine, purged.index + 1);
-        if leftover.is_empty() {
-            return Ok(());
+        let (marked, chunks) = meta::chunk_keys(engine);
+        let mut out = Batches::new(engine);
+        let mut deleted = leftover
+            .into_iter()
+            .try_for_each(|index| out.delete(&entry_key(index)));
+        for (index, count) in chunks {
+            // A chunk is live if its entry is in the log and marked as stored in chunks.
+            if (first..next).contains(&index) && marked.contains(&index) {
+                self.chunked.insert(index, count);
+            } else {
+                deleted = deleted.and_then(|()| delete_chunks(&mut out, index, count));
+            }
         }
-        let tickets = self.delete_chunks(leftover.into_iter(), None)?;
+        let tickets = (deleted.and_then(|()| out.finish()))
+            .map_err(|e| io_err(StorageIOError::write_logs, &e))?;
         for ticket in tickets {
             ticket
                 .wait()
@@ -385,74 +662,27 @@ where
         Ok(())
     }
 
-    fn budget(&self) -> (usize, usize) {
-        let config = self.shared.engine.config();
-        // Half the largest request the engine takes (a batch is one request: at most
-        // `batch_bytes_max`, and at most a quarter of the ring, `ring_bytes / 4`), leaving
-        // room for the batch's framing. (It halved the ring whole until session 26: with
-        // `batch_bytes_max` above half the ring, an append or a purge could make a batch the
-        // engine refused, and openraft stops the node on a storage error.)
-        let bytes = config.batch_bytes_max.min(config.ring_bytes / 4) / 2;
-        (bytes, config.batch_ops_max.min(1 << 16))
-    }
-
-    /// Submits deletes of `indexes` in batches within the engine's limits, in the order
-    /// given; `first_batch` (if any) is the start of the first one.
-    fn delete_chunks(
-        &self,
-        indexes: impl Iterator<Item = u64>,
-        first_batch: Option<WriteBatch>,
-    ) -> StoreResult<Vec<Ticket>, C> {
-        let (bytes_max, ops_max) = self.budget();
-        let mut batch = first_batch.unwrap_or_default();
-        let mut tickets = Vec::new();
-        for index in indexes {
-            if batch.len() >= ops_max || batch.len() * 32 >= bytes_max {
-                tickets.push(self.submit(&batch)?);
-                batch.clear();
-            }
-            batch.delete(&entry_key(index));
-        }
-        if !batch.is_empty() {
-            tickets.push(self.submit(&batch)?);
-        }
-        Ok(tickets)
-    }
-
-    fn submit(&self, batch: &WriteBatch) -> StoreResult<Ticket, C> {
-        self.shared
-            .engine
-            .write(batch)
-            .map_err(|e| io_err(StorageIOError::write_logs, &e))
-    }
-
     /// Puts the entries as batches within the engine's limits: each batch is atomic and a
     /// prefix of what is left, so a crash leaves no hole.
     /// A committed id not yet in the log goes into the first batch (it covers entries of
     /// earlier batches only).
     fn put_entries(&mut self, entries: &[(u64, Vec<u8>)]) -> StoreResult<Vec<Ticket>, C> {
-        let (bytes_max, ops_max) = self.budget();
-        let mut batch = WriteBatch::new();
-        let (mut bytes, mut tickets) = (0, Vec::new());
+        let mut out = Batches::new(&self.shared.engine);
         if self.committed_unsaved {
             let value = encode(&self.committed).map_err(|e| io_err(StorageIOError::write, &e))?;
-            bytes += value.len() + 32;
-            batch.put(COMMITTED_KEY, &value);
+            // The batch's first operation: it is never submitted here.
+            (out.put(COMMITTED_KEY, &value)).map_err(|e| io_err(StorageIOError::write, &e))?;
         }
-        for (index, value) in entries {
-            let len = value.len() + 32;
-            if !batch.is_empty() && (bytes + len > bytes_max || batch.len() >= ops_max) {
-                tickets.push(self.submit(&batch)?);
-                self.committed_unsaved = false;
-                batch.clear();
-                bytes = 0;
-            }
-            batch.put(&entry_key(*index), value);
-            bytes += len;
+        let (chunked, chunk_len) = (&mut self.chunked, self.chunk_len);
+        let put = entries
+            .iter()
+            .try_for_each(|(index, value)| put_entry(&mut out, chunked, chunk_len, *index, value))
+            .and_then(|()| out.submit().map_err(CodecError::Engine));
+        if !out.tickets.is_empty() {
+            self.committed_unsaved = false;
         }
-        tickets.push(self.submit(&batch)?);
-        self.committed_unsaved = false;
-        Ok(tickets)
+        put.map_err(|e| io_err(StorageIOError::write_logs, &e))?;
+        Ok(out.tickets)
     }
 
     /// Puts one meta key and waits until it is durable.
@@ -461,7 +691,7 @@ where
     }
 
     /// Removes the segments before the first batch holding a record of an entry after
-    /// `upto` (and never past `meta_seq`, the batch that rewrote the meta keys): every live
+    /// `upto`, its key or one of its chunks (and never past `meta_seq`, the batch that rewrote the meta keys): every live
     /// record is then in a kept segment.
     fn retire(&mut self, upto: u64, meta_seq: Seq) -> Result<(), mergelog::Error> {
         let engine = &self.shared.engine;
@@ -472,9 +702,10 @@ where
             if batch.seq() >= meta_seq {
                 break;
             }
+            // An entry's chunks are records of it: they may go before its key's batch.
             if batch
                 .records()
-                .any(|r| entry_index(r.key).is_some_and(|i| i > upto))
+                .any(|r| meta::record_index(r.key).is_some_and(|i| i > upto))
             {
                 live = batch.seq();
                 break;
@@ -682,8 +913,16 @@ where
             Some(entry) => Some(entry.get_log_id().clone()),
             None => self.last_purged.clone(),
         };
+        // Before the deletes: a reader that finds a chunk of these entries gone reads again.
+        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
+        let chunked = self.chunked.split_off(&from);
+        let mut out = Batches::new(&self.shared.engine);
         // Highest first, so that a crash between batches leaves a prefix (no hole).
-        let tickets = self.delete_chunks((from..next).rev(), None)?;
+        let tickets = (from..next)
+            .rev()
+            .try_for_each(|index| delete_entry(&mut out, index, chunked.get(&index).copied()))
+            .and_then(|()| out.finish())
+            .map_err(|e| io_err(StorageIOError::write_logs, &e))?;
         drop(self.shared.pending().split_off(&from));
         self.shared.set_bounds(first, from);
         self.last_log = new_last;
@@ -704,16 +943,29 @@ where
         // The first batch rewrites the meta keys (the purged id, so that a crash midway is
         // finished at reopen; the vote and committed ids, so that retiring the segments of
         // their older records forgets nothing).
-        let codec = |e: meta::CodecError| io_err(StorageIOError::write_logs, &e);
-        let mut batch = WriteBatch::new();
-        batch.put(PURGED_KEY, &encode(&log_id).map_err(codec)?);
+        let codec = |e: CodecError| io_err(StorageIOError::write_logs, &e);
+        let mut meta = vec![(PURGED_KEY, encode(&log_id).map_err(codec)?)];
         if let Some(vote) = &self.vote {
-            batch.put(VOTE_KEY, &encode(vote).map_err(codec)?);
+            meta.push((VOTE_KEY, encode(vote).map_err(codec)?));
         }
         if self.committed.is_some() {
-            batch.put(COMMITTED_KEY, &encode(&self.committed).map_err(codec)?);
+            meta.push((COMMITTED_KEY, encode(&self.committed).map_err(codec)?));
         }
-        let tickets = self.delete_chunks(first..(upto + 1).min(next), Some(batch))?;
+        // Before the deletes: a reader that finds a chunk of these entries gone reads again.
+        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
+        let kept = self.chunked.split_off(&upto.saturating_add(1));
+        let chunked = std::mem::replace(&mut self.chunked, kept);
+        let mut out = Batches::new(&self.shared.engine);
+        // The meta keys are small: they all go in the first batch.
+        let tickets = (meta.iter())
+            .try_for_each(|(key, value)| out.put(key, value))
+            .and_then(|()| {
+                (first..(upto + 1).min(next)).try_for_each(|index| {
+                    delete_entry(&mut out, index, chunked.get(&index).copied())
+                })
+            })
+            .and_then(|()| out.finish())
+            .map_err(|e| io_err(StorageIOError::write_logs, &e))?;
         self.committed_unsaved = false;
         {
             let mut pending = self.shared.pending();
@@ -736,5 +988,55 @@ where
         }
         self.retire(upto, meta_seq)
             .map_err(|e| io_err(StorageIOError::write_logs, &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Under configurations where each limit binds in turn, a batch holding one chunk (the
+    /// largest operation the store makes) stays within every limit the engine refuses a
+    /// request for: its value within `value_len_max`, the batch within half the largest
+    /// request (`batch_bytes_max` less the ring's record header, and a quarter of the ring).
+    #[test]
+    fn one_chunk_and_its_operation_fit_the_batch_budget_and_the_engines_limits() {
+        let base = Config::default();
+        let cases = [
+            // value_len_max binds: 4 KiB values, 8 KiB budget.
+            (4096, 16 << 10, 64 << 10, 4096),
+            // batch_bytes_max binds: 8 KiB budget, 1 MiB values.
+            (1 << 20, 16 << 10, 1 << 20, (8 << 10) - OP_BYTES),
+            // The ring binds: a quarter of 64 KiB is 16 KiB, 8 KiB budget.
+            (1 << 20, 4 << 20, 64 << 10, (8 << 10) - OP_BYTES),
+            // The default: 1 MiB values, 2 MiB budget.
+            (
+                base.value_len_max,
+                base.batch_bytes_max,
+                base.ring_bytes,
+                1 << 20,
+            ),
+        ];
+        for (value_len_max, batch_bytes_max, ring_bytes, expected) in cases {
+            let config = Config {
+                value_len_max,
+                batch_bytes_max,
+                ring_bytes,
+                ..Config::default()
+            };
+            let len = chunk_len(&config);
+            assert_eq!(
+                len, expected,
+                "{value_len_max} {batch_bytes_max} {ring_bytes}"
+            );
+            let (bytes, _) = budget(&config);
+            assert!(len <= value_len_max && len + OP_BYTES <= bytes);
+            // A batch's request: its 16-byte header, then per operation 9 bytes, the key
+            // (at most a chunk key's) and the value; within the engine's largest request,
+            // `min(batch_bytes_max - 8, ring_bytes / 4 - 8)`.
+            let request = 16 + 9 + CHUNK_KEY_LEN + len;
+            assert!(request <= (batch_bytes_max - 8).min(ring_bytes / 4 - 8));
+            assert!(len >= CHUNK_LEN_MIN);
+        }
     }
 }

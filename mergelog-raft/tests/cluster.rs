@@ -130,7 +130,17 @@ fn raft_config() -> Arc<Config> {
 /// Opens node `id`'s store in `dir` and starts it; returns it and its log's last index as
 /// found in the directory, before Raft saw it.
 async fn start(id: NodeId, dir: &Path, router: &Router) -> (Node, Option<u64>) {
-    let mut store = LogStore::<TypeConfig>::open(dir, common::small_config()).expect("store opens");
+    start_with(id, dir, router, common::small_config()).await
+}
+
+/// As `start`, with the engine configuration `config`.
+async fn start_with(
+    id: NodeId,
+    dir: &Path,
+    router: &Router,
+    config: mergelog::Config,
+) -> (Node, Option<u64>) {
+    let mut store = LogStore::<TypeConfig>::open(dir, config).expect("store opens");
     let last = store
         .get_log_state()
         .await
@@ -173,6 +183,12 @@ async fn leader(nodes: &BTreeMap<NodeId, Node>, not: Option<NodeId>) -> NodeId {
 /// Sets `key` to its own bytes through whichever node leads, retrying (bounded) when the
 /// leader changes under it; the log index of the acknowledged write.
 async fn write_one(router: Router, key: String) -> u64 {
+    let value = key.as_bytes().to_vec();
+    write_value(router, key, value).await
+}
+
+/// Sets `key` to `value` as `write_one` does.
+async fn write_value(router: Router, key: String, value: Vec<u8>) -> u64 {
     for _ in 0..100 {
         let any = router
             .nodes
@@ -186,7 +202,7 @@ async fn write_one(router: Router, key: String) -> u64 {
         if let Some(raft) = leader.and_then(|l| router.get(l)) {
             let request = Request {
                 key: key.clone(),
-                value: key.as_bytes().to_vec(),
+                value: value.clone(),
             };
             if let Ok(answer) = raft.client_write(request).await {
                 return answer.log_id.index;
@@ -278,6 +294,82 @@ async fn three_nodes_survive_losing_the_leader() {
     }
     assert_eq!(states[0], states[1], "state machines equal");
     assert_eq!(states[0], states[2], "state machines equal");
+    for (id, node) in std::mem::take(&mut nodes) {
+        kill(id, node, &router).await;
+    }
+}
+
+/// A client write of a value larger than the engine's `value_len_max` (its entry is stored
+/// in chunks) is committed and applied on every node, and the nodes keep running: writes go
+/// on after it, and a follower restarted from its directory reads it back from its log.
+/// (Before entries were stored in chunks, the engine refused the entry and openraft stopped
+/// each node that appended it: the write was never acknowledged.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_larger_than_value_len_max_is_committed_on_every_node() {
+    // Values of at most 64 KiB; the large one is 1 MiB.
+    let config = mergelog::Config {
+        value_len_max: 64 << 10,
+        ..common::small_config()
+    };
+    let root = tempfile::tempdir().unwrap();
+    let dirs: BTreeMap<NodeId, PathBuf> = (1..=3)
+        .map(|id| (id, root.path().join(format!("node{id}"))))
+        .collect();
+    let router = Router::default();
+    let mut nodes = BTreeMap::new();
+    for (&id, dir) in &dirs {
+        nodes.insert(id, start_with(id, dir, &router, config.clone()).await.0);
+    }
+    let members: BTreeMap<NodeId, BasicNode> =
+        dirs.keys().map(|&id| (id, BasicNode::default())).collect();
+    nodes[&1]
+        .raft
+        .initialize(members)
+        .await
+        .expect("the cluster initializes");
+    let (mut acked, _) = write(&router, "before-", 4).await;
+    // Bytes that vary along the value, so that a chunk out of place shows.
+    let large: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    write_value(router.clone(), "large".into(), large.clone()).await;
+    acked.insert("large".into(), large);
+    let (after, last) = write(&router, "after-", 4).await;
+    acked.extend(after);
+    let check = |nodes: &BTreeMap<NodeId, Node>| {
+        for (id, node) in nodes {
+            assert!(
+                node.raft.metrics().borrow().running_state.is_ok(),
+                "node {id} stopped"
+            );
+            assert_eq!(node.sm.data(), acked, "node {id} applied every write");
+        }
+    };
+    for (id, node) in &nodes {
+        let wait = node.raft.wait(Some(WAIT_MAX));
+        wait.applied_index_at_least(Some(last), format!("node {id} applies everything"))
+            .await
+            .expect("every node applies the writes");
+    }
+    check(&nodes);
+
+    // A follower restarts from its directory: its log holds the large entry, which it
+    // applies again.
+    let leader = leader(&nodes, None).await;
+    let follower = *nodes.keys().find(|&&id| id != leader).unwrap();
+    let node = nodes.remove(&follower).unwrap();
+    kill(follower, node, &router).await;
+    let (node, last_on_disk) = start_with(follower, &dirs[&follower], &router, config).await;
+    assert!(
+        last_on_disk >= Some(last),
+        "the follower's log holds the writes"
+    );
+    nodes.insert(follower, node);
+    let wait = nodes[&follower].raft.wait(Some(WAIT_MAX));
+    wait.applied_index_at_least(Some(last), "the restarted follower applies everything")
+        .await
+        .expect("the restarted follower applies the writes");
+    check(&nodes);
     for (id, node) in std::mem::take(&mut nodes) {
         kill(id, node, &router).await;
     }

@@ -40,9 +40,12 @@
 //! engine's order, and a `save_committed` may cover them (a store that waits in `append`,
 //! the default, drawn for half the cycles, completes a polled append in that one poll).
 //! Engines: small segments (purges retire some), pwrite or mmap write path, one or two
-//! syncers.
+//! syncers, values of at most 1 MiB or 4 KiB. Some entries are larger than the store's chunk
+//! length (8,160 bytes, or 4 KiB), up to tens of chunks: an operation that fails with the
+//! power on fails the seed (openraft would stop the node), and after each reopen no chunk
+//! of an entry the log does not serve may remain.
 //!
-//! Environment: `MERGELOG_RAFT_CRASH_SEEDS` (default 200: 2 to 10 s in release-checked on
+//! Environment: `MERGELOG_RAFT_CRASH_SEEDS` (default 200: 5 to 15 s in release-checked on
 //! two cores) seeds from `MERGELOG_RAFT_CRASH_FIRST` (default 0); `MERGELOG_RAFT_CRASH_SEED`
 //! runs one (`MERGELOG_RAFT_CRASH_REPEAT` times: a seed fixes the workload, the cut point and
 //! every tear, but not how the engine's flusher and syncer threads interleave, hence not
@@ -248,6 +251,12 @@ struct Run {
     /// A committed id saved and not yet logged: the store logs it with its next append or
     /// purge (its change goes there).
     unsaved_committed: Option<Id>,
+    /// The error of the operation that failed, if one did.
+    failure: Option<String>,
+    /// The store's chunk length under the seed's config (`LogStore::chunk_len`), and the tags
+    /// of the entries longer than that encoded: stored in chunks.
+    chunk_len: usize,
+    chunked: std::collections::HashSet<u64>,
 }
 
 #[derive(Default, Debug)]
@@ -259,6 +268,8 @@ struct Totals {
     ops: u64,
     acked_ops: u64,
     acked_entries_checked: u64,
+    /// Of them, entries stored in chunks.
+    chunked_entries_checked: u64,
     /// Changes past the last acknowledged one that the recovered state holds.
     unacked_changes_survived: u64,
     unacked_changes_lost: u64,
@@ -280,6 +291,7 @@ impl std::ops::AddAssign for Totals {
         self.ops += t.ops;
         self.acked_ops += t.acked_ops;
         self.acked_entries_checked += t.acked_entries_checked;
+        self.chunked_entries_checked += t.chunked_entries_checked;
         self.unacked_changes_survived += t.unacked_changes_survived;
         self.unacked_changes_lost += t.unacked_changes_lost;
         self.truncates += t.truncates;
@@ -344,7 +356,7 @@ impl Run {
                 self.votes.push(v);
                 self.leader = (v.leader_id.term, v.leader_id.node_id);
                 let r = store.save_vote(&v).await;
-                (OpKind::Vote(self.votes.len() - 1), Some(r.is_ok()))
+                (OpKind::Vote(self.votes.len() - 1), Some(self.ok(r)))
             }
             10..20 if committable.is_some() => {
                 // Often the last entry: then a purge may empty the log.
@@ -358,7 +370,7 @@ impl Run {
                 self.unsaved_committed = Some(id);
                 let r = store.save_committed(Some(id)).await;
                 // Not waited for: never an acknowledgement, only a failure stops.
-                (OpKind::Committed, r.is_err().then_some(false))
+                (OpKind::Committed, (!self.ok(r)).then_some(false))
             }
             20..28 if truncatable.is_some_and(|(lo, next)| lo < next) => {
                 let (lo, next) = truncatable.unwrap();
@@ -371,7 +383,7 @@ impl Run {
                 // A new leader's entries replace the truncated ones.
                 self.leader.0 += 1;
                 let r = store.truncate(id).await;
-                (OpKind::Truncate(id), Some(r.is_ok()))
+                (OpKind::Truncate(id), Some(self.ok(r)))
             }
             28..33 if purgeable.is_some() => {
                 let (lo, hi) = purgeable.unwrap();
@@ -389,7 +401,7 @@ impl Run {
                 let before = store.engine().segments().len();
                 let r = store.purge(id).await;
                 self.retiring_purges += u64::from(store.engine().segments().len() < before);
-                (OpKind::Purge, Some(r.is_ok()))
+                (OpKind::Purge, Some(self.ok(r)))
             }
             _ if to_the_end => return true,
             _ => {
@@ -399,25 +411,34 @@ impl Run {
                 self.changes
                     .extend(self.unsaved_committed.take().map(Change::Committed));
                 for index in next..next + n {
-                    // Mostly small, now and then one larger than the store's batch budget.
-                    let len = if self.rng.random_bool(0.05) {
-                        self.rng.random_range(4000..=9000)
-                    } else {
-                        self.rng.random_range(0..=1500)
+                    // Mostly small; now and then one larger than the store's batch budget or
+                    // its chunk length (stored in chunks: 4 KiB or 8,160 bytes, `config`),
+                    // rarely one of tens of chunks, in as many batches.
+                    // (Rare enough that the cut, drawn among a cycle's first I/O operations,
+                    // still falls after purges and whole-log purges often.)
+                    let len = match self.rng.random_range(0..200) {
+                        0 => self.rng.random_range(50_000..=200_000),
+                        1..7 => self.rng.random_range(3_000..=40_000),
+                        _ => self.rng.random_range(0..=1500),
                     };
                     let tag = self.next_tag;
                     self.next_tag += 1;
                     let id = log_id(self.leader.0, self.leader.1, index);
                     self.changes.push(Change::Put(index, id, tag));
-                    entries.push(entry(id, tag, len));
+                    let e = entry(id, tag, len);
+                    if postcard::to_stdvec(&e).expect("encodes").len() > self.chunk_len {
+                        self.chunked.insert(tag);
+                    }
+                    entries.push(e);
                     made.push((index, id, tag));
                 }
                 let awaited = self.rng.random_bool(0.6);
                 let outcome = if awaited {
-                    Some(store.blocking_append(entries).await.is_ok())
+                    let r = store.blocking_append(entries).await;
+                    Some(self.ok(r))
                 } else {
                     // Submitted, then left in flight (its callback's receiver dropped).
-                    poll_once(store.blocking_append(entries)).map(|r| r.is_ok())
+                    poll_once(store.blocking_append(entries)).map(|r| self.ok(r))
                 };
                 (OpKind::Append(made, awaited), outcome)
             }
@@ -431,6 +452,14 @@ impl Run {
             end: self.changes.len(),
         });
         outcome != Some(false)
+    }
+
+    /// Whether an operation's result is `Ok`; keeps the error otherwise.
+    fn ok<T, E: std::fmt::Display>(&mut self, r: Result<T, E>) -> bool {
+        if let Err(e) = &r {
+            self.failure = Some(e.to_string());
+        }
+        r.is_ok()
     }
 
     /// A vote greater than the last: the same leader's committed, or a later term's.
@@ -556,8 +585,9 @@ async fn served(store: &mut Store, ctx: &str) -> Durable {
 }
 
 /// The invariants Raft relies on, then the engine's order. Returns how many acknowledged
-/// entries were checked and how many changes past the last acknowledged one survived.
-fn check_recovered(run: &Run, got: &Durable, ctx: &str) -> (u64, u64, u64) {
+/// entries were checked (all, and those stored in chunks) and how many changes past the last
+/// acknowledged one survived and were lost.
+fn check_recovered(run: &Run, got: &Durable, ctx: &str) -> (u64, u64, u64, u64) {
     let acked_end = run
         .ops
         .iter()
@@ -598,7 +628,7 @@ fn check_recovered(run: &Run, got: &Durable, ctx: &str) -> (u64, u64, u64) {
     // Acknowledged entries: there, unless a later truncate covers them or the recovered
     // purge point does.
     let purged_to = got.purged.map(|p| p.index);
-    let mut checked = 0;
+    let (mut checked, mut chunked) = (0, 0);
     for (n, op) in run.ops.iter().enumerate() {
         let OpKind::Append(made, _) = &op.kind else {
             continue;
@@ -614,6 +644,7 @@ fn check_recovered(run: &Run, got: &Durable, ctx: &str) -> (u64, u64, u64) {
                 continue;
             }
             checked += 1;
+            chunked += u64::from(run.chunked.contains(&tag));
             assert_eq!(
                 got.entries.get(&index),
                 Some(&(id, tag)),
@@ -667,7 +698,7 @@ fn check_recovered(run: &Run, got: &Durable, ctx: &str) -> (u64, u64, u64) {
         );
     };
     let survived = (k - acked_end) as u64;
-    (checked, survived, (run.changes.len() - k) as u64)
+    (checked, chunked, survived, (run.changes.len() - k) as u64)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -675,16 +706,24 @@ fn check_recovered(run: &Run, got: &Durable, ctx: &str) -> (u64, u64, u64) {
 
 fn config(seed: u64) -> Config {
     // Small segments (several per cycle, so that purges retire some), syncs on; odd seeds
-    // with two syncers, seeds 2 and 3 mod 4 on the mmap write path.
+    // with two syncers, seeds 2 and 3 mod 4 on the mmap write path. Batches of at most
+    // 16 KiB: the store stores an entry longer than 8,160 bytes in chunks; and seeds 4 to 7
+    // mod 8 allow values of at most 4 KiB, which makes the chunks that long.
     let write_path = if seed & 2 == 0 {
         WritePath::Pwrite
     } else {
         WritePath::Mmap
     };
+    let base = power_loss_config(write_path);
     Config {
         syncers: 1 + (seed & 1) as usize,
         overlap_syncs_above: Duration::ZERO,
-        ..power_loss_config(write_path)
+        value_len_max: if seed & 4 == 0 {
+            base.value_len_max
+        } else {
+            4096
+        },
+        ..base
     }
 }
 
@@ -707,6 +746,10 @@ async fn crash_seed(seed: u64) -> Totals {
         next_tag: 0,
         retiring_purges: 0,
         unsaved_committed: None,
+        failure: None,
+        // `value_len_max`, or the batch budget (half of `batch_bytes_max`) less 32 bytes.
+        chunk_len: config.value_len_max.min(config.batch_bytes_max / 2 - 32),
+        chunked: Default::default(),
     };
     let cycles = rng.random_range(1..=3);
     for cycle in 0..cycles {
@@ -729,6 +772,7 @@ async fn crash_seed(seed: u64) -> Totals {
         let purge_all = rng.random_bool(0.25);
 
         run.cur = run.base.clone();
+        run.failure = None;
         run.changes.clear();
         run.unsaved_committed = None;
         run.ops.clear();
@@ -762,9 +806,16 @@ async fn crash_seed(seed: u64) -> Totals {
                         // log: the next open finds it empty (if the power was not cut
                         // before), and goes on from the purged id.
                         if going && purge_all {
-                            let _ = run.step(&mut store, Some(COMMIT)).await
+                            going = run.step(&mut store, Some(COMMIT)).await
                                 && run.step(&mut store, Some(PURGE)).await;
                         }
+                        // Only the power cut fails an operation (openraft would stop the
+                        // node on any error): not an entry's size, say.
+                        assert!(
+                            going || io.is_cut(),
+                            "{ctx}: an operation failed with the power on: {:?}",
+                            run.failure
+                        );
                         totals.cut_in_workload += u64::from(io.is_cut());
                         io.cut_now();
                         let _ = engine.close();
@@ -800,11 +851,13 @@ async fn crash_seed(seed: u64) -> Totals {
         let got = {
             let mut store = reopen(dir.path(), &config, &ctx);
             let got = served(&mut store, &ctx).await;
+            check_no_stray_chunks(store.engine(), &got, &ctx);
             store.engine().close().expect("close after the reopen");
             got
         };
-        let (checked, survived, lost) = check_recovered(&run, &got, &ctx);
+        let (checked, chunked, survived, lost) = check_recovered(&run, &got, &ctx);
         totals.acked_entries_checked += checked;
+        totals.chunked_entries_checked += chunked;
         totals.emptied_logs += u64::from(got.purged.is_some() && got.entries.is_empty());
         totals.unacked_changes_survived += survived;
         totals.unacked_changes_lost += lost;
@@ -827,6 +880,27 @@ async fn crash_seed(seed: u64) -> Totals {
     }
     totals.retiring_purges = run.retiring_purges;
     totals
+}
+
+/// After an open, every chunk key the engine holds (`c` + index + chunk number, the store's
+/// layout of an entry stored in chunks) is one of an entry the log serves: the chunks an
+/// interrupted append, truncate or purge left were deleted.
+fn check_no_stray_chunks(engine: &Engine, got: &Durable, ctx: &str) {
+    let mut stray = Vec::new();
+    engine.for_each(|key, _| {
+        if let [b'c', rest @ ..] = key {
+            let index = u64::from_be_bytes(rest[..8].try_into().expect("a chunk key"));
+            let served = index >= got.first_index() && got.entries.contains_key(&index);
+            if !served && stray.last() != Some(&index) {
+                stray.push(index);
+            }
+        }
+    });
+    assert!(
+        stray.is_empty(),
+        "{ctx}: chunks of no entry the log serves remain after the open: entries {}",
+        runs(&stray)
+    );
 }
 
 fn reopen(dir: &Path, config: &Config, ctx: &str) -> Store {
@@ -922,7 +996,8 @@ fn power_loss_under_the_log_store() {
     eprintln!(
         "raft crash: {} seeds, {} cycles ({} cut at open, {} cut during the workload), {} ops \
          ({} acknowledged, {} truncates, {} purges ({} retired segments), {} appends left in \
-         flight), {} recovered logs purged empty, {} acknowledged entries checked, \
+         flight), {} recovered logs purged empty, {} acknowledged entries checked ({} stored \
+         in chunks), \
          unacknowledged changes: {} survived, {} lost; {} unsynced writes ({} into the \
          mapping): {} dropped, {} torn ({} sectors inside themselves), {} kept; {} \
          directory changes undone; {:.1?}",
@@ -938,6 +1013,7 @@ fn power_loss_under_the_log_store() {
         t.in_flight_appends,
         t.emptied_logs,
         t.acked_entries_checked,
+        t.chunked_entries_checked,
         t.unacked_changes_survived,
         t.unacked_changes_lost,
         d.unsynced_writes,

@@ -1,0 +1,339 @@
+//! Entries of any size: an entry whose encoding is longer than the engine takes as one value
+//! (`value_len_max`) or than the store's batch budget is stored in chunks, read back whole,
+//! truncated and purged with its chunks, and survives a reopen; chunks of no entry are
+//! deleted at open; a damaged chunked entry is a read error naming it, never a panic.
+//! (Power loss in the middle of chunked appends: `crash.rs`; a cluster: `cluster.rs`.)
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use mergelog::{Config, Engine};
+use mergelog_raft::kv::{Request, TypeConfig};
+use mergelog_raft::LogStore;
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
+use openraft::testing::log_id;
+use openraft::{Entry, EntryPayload, RaftLogReader};
+
+type Store = LogStore<TypeConfig>;
+
+/// The store's chunk length under `config()` (`LogStore::chunk_len`): `value_len_max`.
+const CHUNK_LEN: usize = 4096;
+
+/// Values of at most 4 KiB, batches of at most 16 KiB, the smallest ring and segments: the
+/// store's chunks are `value_len_max` long (its batch budget, half of 16 KiB, is larger), and
+/// a 100 KiB entry spans segments.
+fn config() -> Config {
+    Config {
+        value_len_max: 4096,
+        batch_bytes_max: 16 << 10,
+        ring_bytes: 64 << 10,
+        segment_bytes: 64 << 10,
+        ..Config::default()
+    }
+}
+
+fn open(dir: &Path) -> Store {
+    Store::open(dir, config()).expect("the store opens")
+}
+
+/// A payload of `len` bytes that differ along it and from one entry to the next (a simple
+/// xorshift, seeded by `seed`), so that a chunk out of place or from another entry shows.
+fn payload(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn entry(term: u64, index: u64, len: usize) -> Entry<TypeConfig> {
+    Entry {
+        log_id: log_id(term, 1, index),
+        payload: EntryPayload::Normal(Request {
+            key: format!("k{index}"),
+            value: payload(term * 1_000_003 + index, len),
+        }),
+    }
+}
+
+fn encoded_len(e: &Entry<TypeConfig>) -> usize {
+    postcard::to_stdvec(e).unwrap().len()
+}
+
+/// The payload length that makes entry `index`'s encoding exactly `target` bytes.
+fn payload_len_for(term: u64, index: u64, target: usize) -> usize {
+    let mut len = target;
+    // The encoding's overhead shrinks by a byte or two as the length's varint does: walk
+    // down until it fits, then check.
+    while encoded_len(&entry(term, index, len)) > target {
+        len -= 1;
+    }
+    assert_eq!(
+        encoded_len(&entry(term, index, len)),
+        target,
+        "no payload encodes entry {index} to exactly {target} bytes"
+    );
+    len
+}
+
+/// The chunk keys the engine holds: chunk numbers by entry index.
+fn chunk_keys(engine: &Engine) -> BTreeMap<u64, BTreeSet<u32>> {
+    let mut found = BTreeMap::<u64, BTreeSet<u32>>::new();
+    engine.for_each(|key, _| {
+        if key.len() == 13 && key[0] == b'c' {
+            let index = u64::from_be_bytes(key[1..9].try_into().unwrap());
+            let n = u32::from_be_bytes(key[9..].try_into().unwrap());
+            found.entry(index).or_default().insert(n);
+        }
+    });
+    found
+}
+
+/// How many chunks an entry of `len` encoded bytes takes (16 bytes of header in chunk 0).
+fn chunk_count(len: usize, chunk_len: usize) -> u32 {
+    (1 + (len - (chunk_len - 16)).div_ceil(chunk_len)) as u32
+}
+
+/// The chunk keys the log should hold for `entries`: `0..count` for each chunked one.
+fn expected_chunks(
+    entries: &[Entry<TypeConfig>],
+    chunk_len: usize,
+) -> BTreeMap<u64, BTreeSet<u32>> {
+    entries
+        .iter()
+        .filter(|e| encoded_len(e) > chunk_len)
+        .map(|e| {
+            let count = chunk_count(encoded_len(e), chunk_len);
+            (e.log_id.index, (0..count).collect())
+        })
+        .collect()
+}
+
+async fn read_all(store: &mut Store) -> Vec<Entry<TypeConfig>> {
+    store
+        .try_get_log_entries(..)
+        .await
+        .expect("the entries read")
+}
+
+#[tokio::test]
+async fn entries_of_any_size_are_stored_and_come_back_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let chunk_len = CHUNK_LEN;
+    let exact = payload_len_for(1, 2, chunk_len);
+    let over = payload_len_for(1, 3, chunk_len + 1);
+    let lens = [0, exact, over, 3 << 20, 10, 5 * chunk_len + 123, 0];
+    let entries: Vec<_> = (1..)
+        .zip(lens)
+        .map(|(index, len)| entry(1, index, len))
+        .collect();
+    assert_eq!(encoded_len(&entries[1]), chunk_len);
+    assert_eq!(encoded_len(&entries[2]), chunk_len + 1);
+    store
+        .blocking_append(entries.clone())
+        .await
+        .expect("entries larger than a value are appended");
+    assert_eq!(read_all(&mut store).await, entries);
+
+    // Stored as designed: up to the chunk length as the key's value, longer in chunks under
+    // an empty value.
+    let engine = store.engine().clone();
+    let key = |i: u64| [&[b'e'][..], &i.to_be_bytes()].concat();
+    assert_eq!(engine.read(&key(2)).unwrap().unwrap().len(), chunk_len);
+    assert!(engine.read(&key(3)).unwrap().unwrap().is_empty());
+    assert_eq!(chunk_keys(&engine), expected_chunks(&entries, chunk_len));
+    // 3 MiB and a few bytes of encoding and header: 769 chunks of 4 KiB.
+    assert_eq!(chunk_keys(&engine)[&4].len(), 769);
+    drop(engine);
+    store.close().unwrap();
+
+    let mut store = open(dir.path());
+    assert_eq!(read_all(&mut store).await, entries);
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, Some(log_id(1, 1, 7)));
+    // Range reads in the middle of chunked entries, and limited ones.
+    assert_eq!(
+        store.try_get_log_entries(3..=4).await.unwrap(),
+        entries[2..4]
+    );
+    let mut reader = store.get_log_reader().await;
+    assert_eq!(
+        reader.limited_get_log_entries(4, 7).await.unwrap(),
+        entries[3..6]
+    );
+    // The log goes on after them.
+    let more = entry(1, 8, 2 * chunk_len);
+    store.blocking_append([more.clone()]).await.unwrap();
+    assert_eq!(store.try_get_log_entries(8..).await.unwrap(), [more]);
+    store.close().unwrap();
+}
+
+/// A truncate into chunked entries and a purge across them delete the chunks of the entries
+/// they delete; the purge retires segments, and the live entries' chunks, which went in
+/// batches before their keys', are kept: read back after a reopen.
+#[tokio::test]
+async fn a_truncate_and_a_purge_delete_chunks_and_keep_the_live_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let chunk_len = CHUNK_LEN;
+    // Odd indexes large (100 KiB: 26 chunks, one per batch, several segments per entry
+    // pair), even ones small.
+    let len = |i: u64| if i % 2 == 1 { 100 << 10 } else { 100 };
+    let mut log: Vec<_> = (1..=12).map(|i| entry(1, i, len(i))).collect();
+    store.blocking_append(log.clone()).await.unwrap();
+    assert_eq!(chunk_keys(store.engine()), expected_chunks(&log, chunk_len));
+
+    // Truncate at a chunked entry, then a new leader's entries over it: index 9 had 26
+    // chunks, its new entry has 3 (any stale one would be caught below).
+    store.truncate(log_id(1, 1, 9)).await.unwrap();
+    log.truncate(8);
+    assert_eq!(chunk_keys(store.engine()), expected_chunks(&log, chunk_len));
+    let newer = [
+        entry(2, 9, 3 * chunk_len),
+        entry(2, 10, 50),
+        entry(2, 11, 8000),
+    ];
+    store.blocking_append(newer.clone()).await.unwrap();
+    log.extend(newer);
+    assert_eq!(read_all(&mut store).await, log);
+
+    // Purge up to index 6: entry 7's chunks went in batches before its key's, in segments
+    // the purge may retire only if it counts them as entry 7's.
+    let before = store.engine().segments().len();
+    store.purge(log_id(1, 1, 6)).await.unwrap();
+    assert!(
+        store.engine().segments().len() < before,
+        "the purge retired segments"
+    );
+    log.drain(..6);
+    assert_eq!(chunk_keys(store.engine()), expected_chunks(&log, chunk_len));
+    assert_eq!(read_all(&mut store).await, log);
+    store.close().unwrap();
+
+    let mut store = open(dir.path());
+    assert_eq!(read_all(&mut store).await, log);
+    assert_eq!(chunk_keys(store.engine()), expected_chunks(&log, chunk_len));
+    // A purge past every chunked entry leaves no chunk.
+    store.purge(log_id(2, 1, 11)).await.unwrap();
+    assert!(chunk_keys(store.engine()).is_empty());
+    store.close().unwrap();
+    let mut store = open(dir.path());
+    assert!(read_all(&mut store).await.is_empty());
+    assert!(chunk_keys(store.engine()).is_empty());
+    store.close().unwrap();
+}
+
+/// What a crash can leave: chunks above the last entry (an append cut before the entry's
+/// key), chunks of an entry whose key a truncate deleted, chunks of purged entries, and
+/// entries at or below the purged id. The store deletes all of them at open and keeps the
+/// chunks of its entries.
+#[tokio::test]
+async fn chunks_of_no_entry_are_deleted_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let chunk_len = CHUNK_LEN;
+    let log: Vec<_> = (1..=6).map(|i| entry(1, i, 2 * chunk_len)).collect();
+    store.blocking_append(log.clone()).await.unwrap();
+    store.purge(log_id(1, 1, 2)).await.unwrap();
+    store.close().unwrap();
+
+    // Leftovers, written behind the store's back.
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    let chunk = |i: u64, n: u32| [&[b'c'][..], &i.to_be_bytes(), &n.to_be_bytes()].concat();
+    let key = |i: u64| [&[b'e'][..], &i.to_be_bytes()].concat();
+    let mut batch = mergelog::WriteBatch::new();
+    for n in 0..4 {
+        // An append of entry 7 cut before its key; a truncated entry 6 (its key deleted).
+        batch.put(&chunk(7, n), b"left by an append");
+        // A purge cut before it deleted entry 1's chunks and entry 2's key.
+        batch.put(&chunk(1, n), b"left by a purge");
+    }
+    batch.put(&key(2), &postcard::to_stdvec(&entry(1, 2, 10)).unwrap());
+    batch.delete(&key(6));
+    engine.write(&batch).unwrap().wait().unwrap();
+    engine.close().unwrap();
+
+    let mut store = open(dir.path());
+    assert_eq!(read_all(&mut store).await, log[2..5]);
+    assert_eq!(
+        chunk_keys(store.engine()),
+        expected_chunks(&log[2..5], chunk_len)
+    );
+    assert!(store.engine().read(&key(2)).unwrap().is_none());
+    // And the log goes on at 6, with an entry of fewer chunks than the one truncated there.
+    let newer = entry(2, 6, chunk_len + 100);
+    store.blocking_append([newer.clone()]).await.unwrap();
+    store.close().unwrap();
+    let mut store = open(dir.path());
+    assert_eq!(store.try_get_log_entries(6..).await.unwrap(), [newer]);
+    store.close().unwrap();
+}
+
+/// A chunked entry that does not reassemble (a chunk missing, a chunk of other bytes) is a
+/// storage read error naming its index, not a panic nor a wrong entry.
+#[tokio::test]
+async fn a_damaged_chunked_entry_is_a_read_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let chunk_len = CHUNK_LEN;
+    let log: Vec<_> = (1..=4).map(|i| entry(1, i, 3 * chunk_len)).collect();
+    store.blocking_append(log.clone()).await.unwrap();
+    store.close().unwrap();
+
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    let chunk = |i: u64, n: u32| [&[b'c'][..], &i.to_be_bytes(), &n.to_be_bytes()].concat();
+    let mut batch = mergelog::WriteBatch::new();
+    batch.delete(&chunk(2, 1));
+    // Chunk 1 of entry 3 swapped for entry 4's: the right length, other bytes.
+    let other = engine.read(&chunk(4, 1)).unwrap().unwrap().to_vec();
+    batch.put(&chunk(3, 1), &other);
+    engine.write(&batch).unwrap().wait().unwrap();
+    engine.close().unwrap();
+
+    let mut store = open(dir.path());
+    assert_eq!(store.try_get_log_entries(1..2).await.unwrap(), log[..1]);
+    assert_eq!(store.try_get_log_entries(4..).await.unwrap(), log[3..]);
+    for (index, what) in [(2, "chunk 1 is missing"), (3, "CRC-32C")] {
+        let err = store
+            .try_get_log_entries(index..index + 1)
+            .await
+            .expect_err("a damaged entry is an error");
+        let text = format!("{err}");
+        assert!(
+            text.contains(&format!("entry {index}")) && text.contains(what),
+            "entry {index}: {text}"
+        );
+    }
+    store.close().unwrap();
+}
+
+/// Under `Backpressure::Reject` a full ring refuses a batch with `Error::Busy`: an entry
+/// larger than the ring (here 1 MiB of chunks against a 64 KiB ring) cannot have all its
+/// batches in the ring at once. The store waits for its earlier batches and submits again,
+/// rather than fail the append (which would stop the node).
+#[tokio::test]
+async fn an_entry_larger_than_the_ring_is_appended_under_reject() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        backpressure: mergelog::Backpressure::Reject,
+        ..config()
+    };
+    let mut store = Store::open(dir.path(), config.clone()).expect("the store opens");
+    let log = vec![entry(1, 1, 1 << 20), entry(1, 2, 100)];
+    store
+        .blocking_append(log.clone())
+        .await
+        .expect("the append is not refused for a full ring");
+    assert_eq!(read_all(&mut store).await, log);
+    store.close().unwrap();
+    let mut store = Store::open(dir.path(), config).expect("the store opens");
+    assert_eq!(read_all(&mut store).await, log);
+    store.close().unwrap();
+}

@@ -394,6 +394,15 @@ impl Consumer {
     /// consumer that has caught up can commit on a full disk, and let `retire_before` and a
     /// compaction make room (README, "A full disk"). Where names cannot be exchanged the
     /// temporary file is renamed over the position file and made again (best effort).
+    ///
+    /// A consumer of a directory (`LogReader::consumer`) whose follower found the log rewound
+    /// past a batch it yielded (`Error::Rewound`: an open with a lossy recovery cut the log
+    /// before it, and the engine writes other batches under those numbers) refuses every
+    /// commit past its committed position with that error: the batches it yielded are not
+    /// the ones the log holds under those numbers now. It also checks, before it writes, that
+    /// the last batch it yielded is still where it read it, when it reads on in that file (a
+    /// read of a frame header). Open the consumer again: it resumes at its position, which
+    /// the rewinding open set back if it lay past the log's end.
     pub fn commit(&mut self, seq: impl Into<Seq>) -> Result<()> {
         let seq = seq.into().get();
         if seq <= self.committed {
@@ -417,6 +426,8 @@ impl Consumer {
                 )));
             }
         }
+        // Its batches are no longer the log's: this position would name others.
+        self.follower.check_yielded()?;
         // A failed commit's position may stand on disk: never write less than it.
         let seq = seq.max(self.attempted);
         self.attempted = seq;

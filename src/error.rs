@@ -151,6 +151,23 @@ pub enum Error {
         /// The first batch the log still holds.
         first: crate::Seq,
     },
+    /// Batch `seq`, which this directory follower (`LogReader::follow`, or a consumer made by
+    /// `LogReader::consumer`) yielded, is no longer in the log as it was yielded: the log was
+    /// rewound under the follower. An open with a lossy recovery (`RecoveryMode::PointInTime`
+    /// after damage before it; `Durability::NoSync`, or batches read before they were
+    /// durable, after a power loss) cut the log before it, and the engine writes other batches
+    /// under its number and the ones after it. The follower yields nothing more: every later
+    /// call returns this error (and such a consumer refuses commits). What was built from
+    /// the batches it yielded may hold batches the log no longer has: re-read from a
+    /// consistent point (a snapshot taken before the cut, or the log from its first batch;
+    /// a consumer opened again resumes at its position, which the open set back if it lay
+    /// past the log's end).
+    Rewound {
+        /// The last batch the follower yielded.
+        seq: crate::Seq,
+        /// The segment file it was read from.
+        path: PathBuf,
+    },
     /// A consumer call was refused (`Engine::consumer`, `Consumer::commit`,
     /// `Engine::remove_consumer`): an invalid name, a second handle of an open consumer, a
     /// commit past what is yielded or durable, the removal of an open consumer.
@@ -293,6 +310,11 @@ impl fmt::Display for Error {
             Error::Retired { seq, first } => write!(
                 f,
                 "batch {seq} was retired: the log now starts at batch {first}; restore from the snapshot the retirement was taken after, then follow from {first}"
+            ),
+            Error::Rewound { seq, path } => write!(
+                f,
+                "batch {seq}, which this follower yielded from {}, is no longer in the log as yielded: an open with a lossy recovery cut the log before it and writes other batches under its number; re-read from a consistent point",
+                path.display()
             ),
             Error::Consumer { name, reason } => write!(f, "consumer {name:?}: {reason}"),
             Error::MergeRefused { operator, reason } => write!(

@@ -12,8 +12,8 @@ use crate::error::{Error, Result};
 use crate::ids::RequestId;
 use crate::log::format::segment_file_name;
 use crate::log::format::{
-    decode_frame, peek_frame, Decoded, Frame, Record, RecordOp, SegmentHeader, REWRITE_RUN_MAX,
-    SEGMENT_HEADER_LEN,
+    decode_frame, peek_frame, peek_frame_crc, Decoded, Frame, Record, RecordOp, SegmentHeader,
+    REWRITE_RUN_MAX, SEGMENT_HEADER_LEN,
 };
 use crate::log::io;
 use crate::log::recovery::{chain_end, check_listed_id, scan_retrying, Damage};
@@ -783,6 +783,11 @@ fn header_checked(seg: Arc<Segment>, last: bool) -> Result<Option<Arc<Segment>>>
     }
 }
 
+/// A segment a follower located: the segment, for a directory follower the id of the file
+/// listed after it (`Follower::next_listed`), and whether it holds the last batch the follower
+/// yielded where it was read (`Follower::check_relocated`).
+type Located = (Arc<Segment>, Option<u64>, bool);
+
 /// The batch sequence after frame `f` of `seg`; `Error::Corrupt` if there is none (only a
 /// frame whose sequence no log reaches can be `u64::MAX`).
 fn next_in_chain(seg: &Segment, f: &Frame<'_>) -> Result<u64> {
@@ -840,12 +845,52 @@ pub struct Follower {
     /// [`RELIST_COST_SHARE`] times what its last such listing took).
     listed_at: Option<Instant>,
     relist_after: Duration,
+    /// A directory follower's: the last batch it yielded, as its frame lay in its file, to
+    /// tell that the log was rewound under it (see [`Yielded`]).
+    last: Option<Yielded>,
+    /// A directory follower's `Error::Rewound`, once it found the log rewound past a batch it
+    /// yielded: every later call returns it.
+    rewound: Option<Error>,
     /// In-process gate: the engine's last durable batch sequence, and whether it stopped.
     live: Option<Arc<LiveLog>>,
     poll: Duration,
     /// A directory follower's pending poll: the waker to wake after the poll interval, and
     /// whether the ticker thread that wakes it runs (`Follower::wake_after_poll`).
     ticker: Option<PollTicker>,
+}
+
+/// The last batch a directory follower yielded, as its frame lay in its segment file: what
+/// the follower compares with the file to learn that an open with a lossy recovery cut the
+/// log before that batch and writes other batches under its number (`Error::Rewound`). A
+/// yielded frame's bytes never change while its file holds the log's batches (frames are
+/// only appended; a file is reused only once nothing maps it, and a rewrite is renamed over
+/// the name, a file of its own); such a cut zeroes them, or writes another frame there, or
+/// removes the file. So: its batch sequence, the segment it was read from, its offset there
+/// and its CRC as stored in its header (which covers the rest of the frame, commit time
+/// included: another frame of the same batch has another CRC).
+#[derive(Clone, Copy, Debug)]
+struct Yielded {
+    seq: u64,
+    /// The id of the segment file it was read from.
+    segment: u64,
+    /// The frame's offset in that file.
+    offset: u64,
+    /// The CRC stored in its header.
+    crc: u32,
+    /// Whether the follower's current mapping (`Follower::current`) is of that file, with
+    /// the frame found there since the follower moved to it: checked then at every yield and
+    /// every poll that finds nothing, a read of a frame header.
+    here: bool,
+}
+
+impl Yielded {
+    /// Whether `bytes` (a mapping of the segment it was read from) still hold its frame.
+    fn held_by(&self, bytes: &[u8]) -> bool {
+        usize::try_from(self.offset)
+            .ok()
+            .and_then(|at| peek_frame_crc(bytes, at))
+            == Some((self.seq, self.crc))
+    }
 }
 
 /// A directory follower's pending poll: the waker its ticker thread wakes next, and whether
@@ -871,6 +916,8 @@ impl Follower {
             next_listed: None,
             listed_at: None,
             relist_after: RELIST_INTERVAL,
+            last: None,
+            rewound: None,
             live: None,
             poll: Duration::from_micros(200),
             ticker: None,
@@ -897,8 +944,9 @@ impl Follower {
     }
 
     /// The segment holding `next_seq`: the one with the greatest id not above it; with, for a
-    /// directory follower, the id of the file listed after it (see [`Follower::next_listed`]).
-    fn find_segment(&mut self) -> Result<Option<(Arc<Segment>, Option<u64>)>> {
+    /// directory follower, the id of the file listed after it (see [`Follower::next_listed`])
+    /// and whether the segment holds the last batch yielded ([`Follower::check_relocated`]).
+    fn find_segment(&mut self) -> Result<Option<Located>> {
         let Some(segments) = &self.segments else {
             return self.find_in_dir();
         };
@@ -910,18 +958,21 @@ impl Follower {
                 seq: Seq::new(self.next_seq),
                 first: Seq::new(first.id),
             }),
-            (found, _) => Ok(found.map(|s| (s, None))),
+            (found, _) => Ok(found.map(|s| (s, None, false))),
         }
     }
 
     /// Finds the segment holding `next_seq`; reading starts at its first frame.
     fn locate(&mut self) -> Result<bool> {
-        let Some((seg, next_listed)) = self.find_segment()? else {
+        let Some((seg, next_listed, holds_last)) = self.find_segment()? else {
             return Ok(false);
         };
         let id = seg.id;
         self.current = Some((seg, SEGMENT_HEADER_LEN as u64, id));
         self.next_listed = next_listed;
+        if let Some(last) = &mut self.last {
+            last.here = holds_last;
+        }
         if self.segments.is_none() {
             self.listed_at = Some(Instant::now());
         }
@@ -965,13 +1016,18 @@ impl Follower {
     /// end finds its batch's segment named now) is read from its start. `Ok(false)` if no
     /// segment holds the batch yet (a roll that a power loss tore: [`header_checked`]).
     fn relocate_past(&mut self, seg: &Arc<Segment>) -> Result<bool> {
-        let Some((found, next_listed)) = self.find_in_dir()? else {
+        let Some((found, next_listed, holds_last)) = self.find_in_dir()? else {
             self.current = None;
             return Ok(false);
         };
         if found.id != seg.id || !found.same_file(seg) {
             let id = found.id;
             self.current = Some((found, SEGMENT_HEADER_LEN as u64, id));
+        }
+        // The same file kept, or another: either way the current mapping holds the last
+        // batch yielded exactly when the one found does.
+        if let Some(last) = &mut self.last {
+            last.here = holds_last;
         }
         self.next_listed = next_listed;
         self.listed_at = Some(Instant::now());
@@ -994,7 +1050,10 @@ impl Follower {
     /// or past `SEQ_MAX`), and a name on a symbolic link to nothing (not gone: nothing retired
     /// it), are `Error::Corrupt` at once, and so is one whose header is bad, but for the last
     /// one whose roll a power loss tore: that one is not there yet ([`header_checked`]).
-    fn find_in_dir(&mut self) -> Result<Option<(Arc<Segment>, Option<u64>)>> {
+    ///
+    /// The segment found is checked against the last batch yielded
+    /// ([`Follower::check_relocated`]): `Error::Rewound` if the log no longer holds it.
+    fn find_in_dir(&mut self) -> Result<Option<Located>> {
         let mut tries = 0;
         loop {
             let files = crate::log::dir::list_segments(&self.dir)?;
@@ -1020,8 +1079,16 @@ impl Follower {
             };
             let failed = match opened {
                 Ok(seg) => {
-                    let found = header_checked(seg, idx + 1 == files.len())?;
-                    return Ok(found.map(|seg| (seg, next_listed)));
+                    let Some(seg) = header_checked(seg, idx + 1 == files.len())? else {
+                        return Ok(None);
+                    };
+                    match self.check_relocated(&files, idx, &seg) {
+                        Ok(holds_last) => return Ok(Some((seg, next_listed, holds_last))),
+                        // The file holding the last batch yielded was retired meanwhile (or
+                        // replaced by a rewrite): list again.
+                        Err(e) if vanished(&e) => e,
+                        Err(e) => return Err(e),
+                    }
                 }
                 // Retired between the listing and the open (gone, being reused, or renamed and
                 // reused already), or replaced by a rewrite: list again.
@@ -1035,12 +1102,105 @@ impl Follower {
         }
     }
 
+    /// Whether the log still holds the last batch this directory follower yielded, checked
+    /// when it moves to segment `found` (`files[idx]` of a listing, or the rewritten segment
+    /// that file is a leftover of): once per locate, so once per roll, never per poll.
+    /// `Ok(true)` if `found` is the file it was read from and holds its frame (the follower
+    /// then checks it there at each yield and each poll that finds nothing), `Ok(false)` if
+    /// the log holds it elsewhere or nothing tells (no batch yielded yet; a rewritten
+    /// segment's frames, which hold the batches compacted, another CRC; the segment that held
+    /// it retired), `Err(Error::Rewound)` if the log no longer holds it: `found` can hold it
+    /// (its id is not above it), but is another segment than the one it was read from or no
+    /// longer has the frame there; or `found` starts after it (at `next_seq`), and the file
+    /// listed before it, which must then be the segment it was read from, is another one or
+    /// no longer has the frame (a cut before it, its segment removed, and the log rolled
+    /// exactly at `next_seq` again). A file that vanished meanwhile is the error [`vanished`]
+    /// accepts: the caller lists again.
+    fn check_relocated(
+        &self,
+        files: &[(u64, PathBuf)],
+        idx: usize,
+        found: &Segment,
+    ) -> Result<bool> {
+        let Some(last) = self.last else {
+            return Ok(false);
+        };
+        if found.rewritten {
+            return Ok(false);
+        }
+        if found.id <= last.seq {
+            // The greatest id not above `next_seq`, and not above the batch: the log holds
+            // the batch here if anywhere.
+            if found.id == last.segment && last.held_by(found.image()) {
+                return Ok(true);
+            }
+            return Err(self.rewound_error(&last));
+        }
+        // `found` starts at `next_seq`: the batch is in the file listed before it, if that
+        // was not retired.
+        let Some(before) = idx.checked_sub(1) else {
+            return Ok(false);
+        };
+        let (id, path) = &files[before];
+        if *id == last.segment {
+            let holder = open_named(path, *id)?;
+            if holder.rewritten || last.held_by(holder.image()) {
+                return Ok(false);
+            }
+        } else if header_says_rewritten(path, *id)? || rewrite_over(files, before)?.is_some() {
+            // The batch compacted into a rewritten segment (which holds it under another
+            // CRC), or that segment's leftover.
+            return Ok(false);
+        }
+        Err(self.rewound_error(&last))
+    }
+
+    /// `Error::Rewound` for the last batch yielded, `last`.
+    fn rewound_error(&self, last: &Yielded) -> Error {
+        Error::Rewound {
+            seq: Seq::new(last.seq),
+            path: self.dir.join(segment_file_name(last.segment)),
+        }
+    }
+
+    /// For a consumer's commit: `Error::Rewound` if this follower found the log rewound past a
+    /// batch it yielded, or (a directory follower whose current mapping holds the last batch
+    /// yielded) finds it so now.
+    pub(crate) fn check_yielded(&self) -> Result<()> {
+        if let Some(e) = &self.rewound {
+            return Err(e.clone());
+        }
+        if let (Some(last), Some((seg, ..))) = (self.last, &self.current) {
+            if last.here && !last.held_by(seg.image()) {
+                return Err(self.rewound_error(&last));
+            }
+        }
+        Ok(())
+    }
+
     /// The next batch if it has landed, without waiting. An in-process follower whose
     /// engine was closed returns `Err(Error::Closed)` once it has yielded every durable batch;
     /// one whose engine failed, `Err(Error::Failed)` once it has yielded every batch durable
     /// so far (the batches a reopened engine holds past those, if any, a follower of the
     /// reopened engine yields).
+    ///
+    /// A directory follower that finds the log rewound past a batch it yielded (an open with
+    /// a lossy recovery cut the log before it: see [`Follower`]) returns `Err(Error::Rewound)`,
+    /// and so does every later call.
     pub fn try_next(&mut self) -> Result<Option<OwnedBatch>> {
+        if let Some(e) = &self.rewound {
+            return Err(e.clone());
+        }
+        let next = self.step();
+        if let Err(e @ Error::Rewound { .. }) = &next {
+            self.rewound = Some(e.clone());
+            self.current = None;
+        }
+        next
+    }
+
+    /// [`Follower::try_next`], but for the sticky `Error::Rewound`.
+    fn step(&mut self) -> Result<Option<OwnedBatch>> {
         if let Some(live) = &self.live {
             // `stopped` first: it is set after the last store of `durable_seq`, so once it
             // reads true, the load below sees the final sequence.
@@ -1083,12 +1243,31 @@ impl Follower {
                         f.batch_seq, self.next_seq,
                         "the chain starts at or below it"
                     );
+                    // The frame before it in this file, the last one yielded, must still be
+                    // there: a cut before it rewrites the file from the cut, and may write
+                    // this batch's number at this very offset.
+                    if let Some(last) = self.last.filter(|l| l.here) {
+                        if !last.held_by(bytes) {
+                            return Err(self.rewound_error(&last));
+                        }
+                    }
                     let batch = Batch {
                         frame: f,
                         segment: &seg.path,
                     }
                     .to_owned();
                     let end = f.end_offset();
+                    if self.segments.is_none() {
+                        self.last = peek_frame_crc(bytes, f.offset as usize).map(|(seq, crc)| {
+                            Yielded {
+                                seq,
+                                segment: seg.id,
+                                offset: f.offset,
+                                crc,
+                                here: true,
+                            }
+                        });
+                    }
                     let cur = self.current.as_mut().expect("located");
                     (cur.1, cur.2) = (end, after);
                     // The frame is batch `next_seq` (`chain` reached it from below).
@@ -1096,6 +1275,14 @@ impl Follower {
                     return Ok(Some(batch));
                 }
                 found => {
+                    // A directory follower: the last batch yielded, if in this file, must
+                    // still be there, whatever the wait's verdict (a cut before it zeroes it,
+                    // or writes another frame there: the frame here may then be anything).
+                    if let Some(last) = self.last.filter(|l| l.here) {
+                        if !last.held_by(bytes) {
+                            return Err(self.rewound_error(&last));
+                        }
+                    }
                     // Frames the log holds past this point, where this one does not continue
                     // the chain: damage (a disk's), never a frame being written. In the
                     // engine's process, bytes it published (whole frames: `off` is where one

@@ -1628,6 +1628,59 @@ mod tests {
         );
     }
 
+    /// A directory follower that moved on to the file named after its next batch, having
+    /// yielded nothing there, checks the file before it, which held its last batch, whenever
+    /// it locates its batch again: a cut before that batch rewrites that file (here: batch 1's
+    /// frame written over by another batch 1) and removes the next one, and a log rolling
+    /// exactly at the follower's next batch again names a new file as the old one was named.
+    /// That is `Error::Rewound` naming batch 1 and its file, at every call after; the same
+    /// relocation with the file intact is none.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // files made behind the seam's back
+    fn a_relocated_follower_checks_the_file_that_held_its_last_batch() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let first = segment_with_one_frame(dir.path(), 1);
+        let first_path = first.path.clone();
+        drop(first);
+        let second = |dir: &Path| {
+            let seg = Log::create_first(dir, 1 << 16, 2, None, &io::real()).expect("segment");
+            seg.path.clone()
+        };
+        let second_path = second(dir.path());
+        let mut follower = Follower::new(dir.path().to_owned(), 1);
+        assert_eq!(follower.try_next().unwrap().map(|b| b.seq), Some(Seq::new(1)));
+        // At the end of the first file, on to the second (no frame in it yet).
+        assert_eq!(follower.try_next().unwrap(), None);
+        assert_eq!(follower.current.as_ref().map(|c| c.0.id), Some(2));
+        // The second file made again, the first intact: located again, no rewind.
+        std::fs::remove_file(&second_path).unwrap();
+        second(dir.path());
+        assert_eq!(follower.try_next().unwrap(), None);
+        assert_eq!(follower.current.as_ref().map(|c| c.0.id), Some(2));
+        // Batch 1's frame written over by another batch 1, the second file made again.
+        let len = frame_len(record_len(3, 5));
+        let mut other = vec![0u8; len];
+        let mut w = FrameWriter::new(&mut other, 1, FLAG_SORTED);
+        w.push(RecordOp::Put, b"key", b"other");
+        assert_eq!(w.finish(1), len);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&first_path)
+            .unwrap();
+        file.write_all_at(&other, SEGMENT_HEADER_LEN as u64).unwrap();
+        std::fs::remove_file(&second_path).unwrap();
+        second(dir.path());
+        for _ in 0..2 {
+            match follower.try_next() {
+                Err(Error::Rewound { seq, path }) => {
+                    assert_eq!((seq, path), (Seq::new(1), first_path.clone()))
+                }
+                other => panic!("after batch 1 was written over: {other:?}"),
+            }
+        }
+    }
+
     /// A directory follower starts its chain from a segment file's name only within the
     /// bound the recovery scan applies (1 to 2^62): a file named for a larger batch is
     /// `Error::Corrupt` naming it, never a count that overflows past its frame.

@@ -1258,15 +1258,14 @@ impl Follower {
                     .to_owned();
                     let end = f.end_offset();
                     if self.segments.is_none() {
-                        self.last = peek_frame_crc(bytes, f.offset as usize).map(|(seq, crc)| {
-                            Yielded {
+                        self.last =
+                            peek_frame_crc(bytes, f.offset as usize).map(|(seq, crc)| Yielded {
                                 seq,
                                 segment: seg.id,
                                 offset: f.offset,
                                 crc,
                                 here: true,
-                            }
-                        });
+                            });
                     }
                     let cur = self.current.as_mut().expect("located");
                     (cur.1, cur.2) = (end, after);
@@ -1649,7 +1648,10 @@ mod tests {
         };
         let second_path = second(dir.path());
         let mut follower = Follower::new(dir.path().to_owned(), 1);
-        assert_eq!(follower.try_next().unwrap().map(|b| b.seq), Some(Seq::new(1)));
+        assert_eq!(
+            follower.try_next().unwrap().map(|b| b.seq),
+            Some(Seq::new(1))
+        );
         // At the end of the first file, on to the second (no frame in it yet).
         assert_eq!(follower.try_next().unwrap(), None);
         assert_eq!(follower.current.as_ref().map(|c| c.0.id), Some(2));
@@ -1668,7 +1670,8 @@ mod tests {
             .write(true)
             .open(&first_path)
             .unwrap();
-        file.write_all_at(&other, SEGMENT_HEADER_LEN as u64).unwrap();
+        file.write_all_at(&other, SEGMENT_HEADER_LEN as u64)
+            .unwrap();
         std::fs::remove_file(&second_path).unwrap();
         second(dir.path());
         for _ in 0..2 {

@@ -77,7 +77,11 @@ fn damage_and_reopen(dir: &Path, seq: u64) -> Engine {
         .clone()
         .expect("the point-in-time open reports the cut");
     assert_eq!((cut.path, cut.offset), (path, offset), "cut at the damage");
-    assert_eq!(engine.durable_seq().get(), seq - 1, "the log ends before it");
+    assert_eq!(
+        engine.durable_seq().get(),
+        seq - 1,
+        "the log ends before it"
+    );
     engine
 }
 
@@ -114,7 +118,10 @@ fn a_follower_in_the_segment_a_cut_rewrote_reports_the_rewind() {
     }
     let old: Vec<_> = (1..=20).map(|s| frame_of(dir.path(), s)).collect();
     let mut follower = LogReader::open(dir.path()).unwrap().follow(1);
-    assert_eq!(drain(&mut follower, Duration::from_millis(50)), (1..=20).collect::<Vec<_>>());
+    assert_eq!(
+        drain(&mut follower, Duration::from_millis(50)),
+        (1..=20).collect::<Vec<_>>()
+    );
     engine.close().unwrap();
     drop(engine);
 
@@ -132,50 +139,65 @@ fn a_follower_in_the_segment_a_cut_rewrote_reports_the_rewind() {
 }
 
 /// (b) The follower reads the second segment; the cut is in the first, and the open removes
-/// the second. The engine writes the numbers again: with frames of the old length the log
-/// rolls where it rolled, so a file of the second segment's name is back (a check of ids
-/// alone passes it); with shorter frames the follower's next batch lands in the first
-/// segment (an id below the one it read from).
+/// the second. The engine writes the numbers again with frames of the old length: the log
+/// rolls where it rolled, so a file of the second segment's name is back, and the follower,
+/// its file gone, finds it holding its next batch (a check of segment ids alone passes it).
 #[test]
 fn a_follower_in_a_segment_a_cut_removed_reports_the_rewind() {
-    for (value_len, what) in [(1000, "same lengths"), (100, "shorter frames")] {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(dir.path(), config(RecoveryMode::default())).unwrap();
-        let mut i = 1;
-        while engine.segments().len() < 2 {
-            put(&engine, i, 1000, b'o');
-            i += 1;
-        }
-        for _ in 0..10 {
-            put(&engine, i, 1000, b'o');
-            i += 1;
-        }
-        let segs = engine.segments();
-        let second = segs[1].clone();
-        let last = engine.durable_seq().get();
-        let mut follower = LogReader::open(dir.path()).unwrap().follow(1);
-        assert_eq!(
-            drain(&mut follower, Duration::from_millis(50)),
-            (1..=last).collect::<Vec<_>>()
-        );
-        engine.close().unwrap();
-        drop(engine);
+    follower_in_a_removed_segment(1000);
+}
 
-        let k = second.first_seq.get() / 2;
-        let engine = damage_and_reopen(dir.path(), k);
-        assert_eq!(engine.segments().len(), 1, "{what}: the cut removed the second");
-        for i in k..=last + 5 {
-            assert_eq!(put(&engine, i, value_len, b'n').get(), i);
-        }
-        let starts: Vec<u64> = engine.segments().iter().map(|s| s.first_seq.get()).collect();
-        if value_len == 1000 {
-            assert_eq!(starts, [1, second.first_seq.get()], "{what}");
-        } else {
-            assert_eq!(starts, [1], "{what}");
-        }
-        assert_rewound(&mut follower, last, &second.path, what);
-        engine.close().unwrap();
+/// (b) again, the new frames shorter: the follower's next batch lands in the first segment,
+/// an id below the one it read its last batch from.
+#[test]
+fn a_follower_in_a_segment_a_cut_removed_reports_the_rewind_into_an_earlier_one() {
+    follower_in_a_removed_segment(100);
+}
+
+fn follower_in_a_removed_segment(value_len: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(RecoveryMode::default())).unwrap();
+    let mut i = 1;
+    while engine.segments().len() < 2 {
+        put(&engine, i, 1000, b'o');
+        i += 1;
     }
+    for _ in 0..10 {
+        put(&engine, i, 1000, b'o');
+        i += 1;
+    }
+    let second = engine.segments()[1].clone();
+    let last = engine.durable_seq().get();
+    let mut follower = LogReader::open(dir.path()).unwrap().follow(1);
+    assert_eq!(
+        drain(&mut follower, Duration::from_millis(50)),
+        (1..=last).collect::<Vec<_>>()
+    );
+    engine.close().unwrap();
+    drop(engine);
+
+    let k = second.first_seq.get() / 2;
+    let engine = damage_and_reopen(dir.path(), k);
+    assert_eq!(engine.segments().len(), 1, "the cut removed the second");
+    for i in k..=last + 5 {
+        assert_eq!(put(&engine, i, value_len, b'n').get(), i);
+    }
+    let starts: Vec<u64> = engine
+        .segments()
+        .iter()
+        .map(|s| s.first_seq.get())
+        .collect();
+    if value_len == 1000 {
+        assert_eq!(
+            starts,
+            [1, second.first_seq.get()],
+            "rolled where it rolled"
+        );
+    } else {
+        assert_eq!(starts, [1], "no roll");
+    }
+    assert_rewound(&mut follower, last, &second.path, "removed segment");
+    engine.close().unwrap();
 }
 
 /// (c) As (b), the follower at the end of the removed second segment, and the rewritten log
@@ -214,9 +236,66 @@ fn a_follower_whose_next_batch_starts_a_segment_again_reports_the_rewind() {
     // Then one longer than what is left of it: the roll comes exactly at `last + 1`.
     let left = (SEGMENT_BYTES - engine.replay().unwrap().end_offset()) as usize;
     assert_eq!(put(&engine, last + 1, left, b'n').get(), last + 1);
-    let starts: Vec<u64> = engine.segments().iter().map(|s| s.first_seq.get()).collect();
-    assert_eq!(starts, [1, last + 1], "the roll at the follower's next batch");
+    let starts: Vec<u64> = engine
+        .segments()
+        .iter()
+        .map(|s| s.first_seq.get())
+        .collect();
+    assert_eq!(
+        starts,
+        [1, last + 1],
+        "the roll at the follower's next batch"
+    );
     assert_rewound(&mut follower, last, &second.path, "roll at next_seq");
+    engine.close().unwrap();
+}
+
+/// (a) again, before the log reaches the follower's position again: nothing written since
+/// the cut, the follower finds zeros where its last batch lay. The cut is reported at once,
+/// not waited out (a follower waiting in its file reads that frame's header at every poll).
+#[test]
+fn a_follower_in_the_segment_a_cut_rewrote_reports_the_rewind_before_the_log_passes_it() {
+    cut_in_the_followers_segment(None);
+}
+
+/// (a) again, the new frames longer than the old: none lines up, and the follower finds a
+/// frame's middle where it waits, which a wait would take for the live end of the log (or,
+/// after a roll, for damage).
+#[test]
+fn a_follower_in_the_segment_a_cut_rewrote_reports_the_rewind_when_frames_do_not_line_up() {
+    cut_in_the_followers_segment(Some(300));
+}
+
+/// A follower reads batches 1 to 20 (200-byte values), the log is cut at batch 10 and, with
+/// `new_values`, written again to batch 25 with values that long.
+fn cut_in_the_followers_segment(new_values: Option<usize>) {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(RecoveryMode::default())).unwrap();
+    for i in 1..=20 {
+        put(&engine, i, 200, b'o');
+    }
+    let path = frame_of(dir.path(), 20).0;
+    let mut follower = LogReader::open(dir.path()).unwrap().follow(1);
+    assert_eq!(
+        drain(&mut follower, Duration::from_millis(50)),
+        (1..=20).collect::<Vec<_>>()
+    );
+    engine.close().unwrap();
+    drop(engine);
+
+    let engine = damage_and_reopen(dir.path(), 10);
+    if let Some(len) = new_values {
+        for i in 10..=25 {
+            assert_eq!(put(&engine, i, len, b'n').get(), i);
+        }
+        assert_eq!(engine.segments().len(), 1);
+    }
+    assert_rewound(
+        &mut follower,
+        20,
+        &path,
+        &format!("new values {new_values:?}"),
+    );
     engine.close().unwrap();
 }
 

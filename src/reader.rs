@@ -12,8 +12,8 @@ use crate::error::{Error, Result};
 use crate::ids::RequestId;
 use crate::log::format::segment_file_name;
 use crate::log::format::{
-    decode_frame, peek_frame, peek_frame_crc, Decoded, Frame, Record, RecordOp, SegmentHeader,
-    REWRITE_RUN_MAX, SEGMENT_HEADER_LEN,
+    decode_frame, peek_frame, stored_seq_and_crc, Decoded, Frame, Record, RecordOp, SegmentHeader,
+    FRAME_HEADER_LEN, REWRITE_RUN_MAX, SEGMENT_HEADER_LEN,
 };
 use crate::log::io;
 use crate::log::recovery::{chain_end, check_listed_id, scan_retrying, Damage};
@@ -822,6 +822,26 @@ fn next_in_chain(seg: &Segment, f: &Frame<'_>) -> Result<u64> {
 /// list), and once a later file is listed, judges the frame as in a complete segment: a roll
 /// drains the pipeline before it names the next file, so damage there is reported soon after
 /// the writer rolls past it, never waited at for ever.
+///
+/// A directory follower notices a log rewound under it: an engine reopened with a lossy
+/// recovery (`RecoveryMode::PointInTime` after damage before the follower's position, which
+/// zeroes the rest of the damaged frame's segment and removes the later ones; `NoSync`, or a
+/// `Sync` log's last 16 frames, after a power loss) writes other batches under the numbers
+/// the follower yielded. The follower keeps the last batch it yielded (sequence, segment,
+/// offset, the CRC stored in its frame header) and checks the frame is still there: in its
+/// file, at each yield and at each poll that finds nothing (a read of one frame header);
+/// and each time it locates its batch in another file (once per roll), in the file found
+/// or, when that one starts at the batch it wants, in the file before it (unless that was
+/// retired). A frame gone or changed, or a file where no file of the log it read can be, is
+/// `Err(Error::Rewound)` naming the batch and the file, returned by every later call: it
+/// never yields a batch of the rewritten log after those of the old one. A cut zeroes or
+/// writes over the frame, or removes its file (and the later ones), so the follower tells at
+/// its next call, with one exception: one behind the log's end in a file the cut removed
+/// reads on in its mapping to that file's end (batches of the old log, right after those it
+/// yielded, as a follower in a retired file does), then tells. A rewritten segment's frames
+/// (in-place compaction's: the batches it replaced, their dead records dropped) are not
+/// compared. A follower in the engine's process needs none of this: recovery runs only at
+/// open.
 pub struct Follower {
     dir: PathBuf,
     /// In-process: the engine's segment list, read instead of the directory (so the
@@ -888,8 +908,33 @@ impl Yielded {
     fn held_by(&self, bytes: &[u8]) -> bool {
         usize::try_from(self.offset)
             .ok()
-            .and_then(|at| peek_frame_crc(bytes, at))
+            .and_then(|at| bytes.get(at..))
+            .and_then(stored_seq_and_crc)
             == Some((self.seq, self.crc))
+    }
+
+    /// Whether the file `path`, listed as segment `id`, still holds its frame, or is a
+    /// rewritten segment (whose frames hold the batches compacted, under other CRCs): two
+    /// small reads, its header and the frame's, without mapping the file (a mapping of the
+    /// whole file, as `Segment::open` makes, costs milliseconds for a large one). An error
+    /// if it does not open (`NotFound`, which [`vanished`] accepts, if it is gone).
+    fn held_in_file(&self, path: &Path, id: u64) -> Result<bool> {
+        use std::os::unix::fs::FileExt;
+        let file = crate::log::segment::open_segment_file(path, false)?;
+        let read = |buf: &mut [u8], at: u64| match file.read_exact_at(buf, at) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(Error::io("read segment", path, e)),
+        };
+        let mut header = [0u8; SEGMENT_HEADER_LEN];
+        if read(&mut header, 0)?
+            && SegmentHeader::decode(&header).is_ok_and(|h| h.rewritten && h.segment_id == id)
+        {
+            return Ok(true);
+        }
+        let mut frame = [0u8; FRAME_HEADER_LEN];
+        Ok(read(&mut frame, self.offset)?
+            && stored_seq_and_crc(&frame) == Some((self.seq, self.crc)))
     }
 }
 
@@ -1143,8 +1188,7 @@ impl Follower {
         };
         let (id, path) = &files[before];
         if *id == last.segment {
-            let holder = open_named(path, *id)?;
-            if holder.rewritten || last.held_by(holder.image()) {
+            if last.held_in_file(path, *id)? {
                 return Ok(false);
             }
         } else if header_says_rewritten(path, *id)? || rewrite_over(files, before)?.is_some() {
@@ -1258,14 +1302,14 @@ impl Follower {
                     .to_owned();
                     let end = f.end_offset();
                     if self.segments.is_none() {
-                        self.last =
-                            peek_frame_crc(bytes, f.offset as usize).map(|(seq, crc)| Yielded {
-                                seq,
-                                segment: seg.id,
-                                offset: f.offset,
-                                crc,
-                                here: true,
-                            });
+                        let header = bytes.get(f.offset as usize..).unwrap_or_default();
+                        self.last = stored_seq_and_crc(header).map(|(seq, crc)| Yielded {
+                            seq,
+                            segment: seg.id,
+                            offset: f.offset,
+                            crc,
+                            here: true,
+                        });
                     }
                     let cur = self.current.as_mut().expect("located");
                     (cur.1, cur.2) = (end, after);
@@ -1360,7 +1404,8 @@ impl Follower {
     }
 
     /// Waits for the next batch, up to `timeout`; `Ok(None)` if none landed in time;
-    /// `Err(Error::Closed)` or `Err(Error::Failed)` as [`Follower::try_next`].
+    /// `Err(Error::Closed)`, `Err(Error::Failed)` or `Err(Error::Rewound)` as
+    /// [`Follower::try_next`].
     ///
     /// An in-process follower sleeps until the engine's syncer makes its next batch durable
     /// (or the engine stops), and is woken then. A follower of a directory (another
@@ -1391,8 +1436,8 @@ impl Follower {
     /// The next batch as a `Stream` yields it (the shape of `futures::Stream::poll_next`,
     /// without the dependency): `Ready(Some(Ok(batch)))`, `Pending` (the waker is woken once
     /// the next batch may be there), or `Ready(Some(Err(e)))` (`Error::Closed` once an
-    /// in-process follower's engine is closed, `Error::Failed` once it failed, as
-    /// [`Follower::try_next`]). Never `Ready(None)`.
+    /// in-process follower's engine is closed, `Error::Failed` once it failed, a directory
+    /// follower's `Error::Rewound`, as [`Follower::try_next`]). Never `Ready(None)`.
     ///
     /// An in-process follower's waker is woken by the engine's syncer. A follower of a
     /// directory polls: while a poll is pending, a helper thread wakes the waker every

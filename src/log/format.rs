@@ -661,17 +661,19 @@ pub fn peek_frame(seg: &[u8], offset: usize) -> Option<(u64, usize)> {
     }
 }
 
-/// The batch sequence and the stored CRC of the frame whose header is at `offset`, from its
-/// header alone (magic and bounds checked, as [`peek_frame`]; the CRC not computed). Two
-/// frames of one batch sequence with one stored CRC are the same frame: the CRC covers the
-/// header's other fields, the records and the trailer's commit time. A directory follower
-/// compares these to tell whether a frame it yielded is still the one its file holds
-/// (`reader::Follower`).
-pub fn peek_frame_crc(seg: &[u8], offset: usize) -> Option<(u64, u32)> {
-    match frame_header(seg, offset) {
-        Ok(Some(h)) => Some((h.batch_seq, h.stored_crc)),
-        _ => None,
+/// The batch sequence and the CRC a frame header stores, from the header's first
+/// [`FRAME_HEADER_LEN`] bytes of `h` alone: `None` unless its magic is right (nothing else is
+/// checked, and the CRC is not computed). Two frames of one batch sequence with one stored
+/// CRC are the same frame: the CRC covers the header's other fields, the records and the
+/// trailer's commit time. A directory follower compares these to tell whether a frame it
+/// yielded is still the one its file holds (`reader::Follower`), reading the header from its
+/// mapping or, for a file it does not map, on its own.
+pub fn stored_seq_and_crc(h: &[u8]) -> Option<(u64, u32)> {
+    let h = h.get(..FRAME_HEADER_LEN)?;
+    if h[..4] != FRAME_MAGIC {
+        return None;
     }
+    Some((le_u64(h, 16), le_u32(h, 4)))
 }
 
 /// The fields of a frame header as stored, and the frame's total length.

@@ -526,3 +526,47 @@ fn a_backup_of_a_view_older_than_a_retirement_is_refused_not_wrong_about_request
         );
     }
 }
+
+#[test]
+fn a_backup_of_a_view_without_segments_goes_on_from_its_next_batch() {
+    // A log retired down to its last segment, whose header is then damaged: a point-in-time
+    // view ends before it, holding no segment, its next batch the segment's first.
+    let root = tempfile::tempdir().unwrap();
+    let (src, dest) = (root.path().join("log"), root.path().join("backup"));
+    let engine = Engine::open(&src, small_segments()).unwrap();
+    for n in 0..150u128 {
+        put_id(&engine, n);
+    }
+    let last = engine.segments().last().unwrap().clone();
+    assert!(last.first_seq.get() > 1);
+    engine.retire_before(last.first_seq).unwrap();
+    engine.close().unwrap();
+    std::fs::remove_file(src.join("CLEAN")).unwrap();
+    let mut bytes = std::fs::read(&last.path).unwrap();
+    bytes[40] ^= 0xff; // a reserved byte of the header
+    std::fs::write(&last.path, &bytes).unwrap();
+
+    let view = LogReader::open_with(&src, RecoveryMode::PointInTime).unwrap();
+    assert_eq!(view.segment_count(), 0);
+    assert_eq!(view.next_seq(), last.first_seq);
+    let backup = view.backup(&dest).unwrap();
+    assert_eq!(backup.next_seq, last.first_seq);
+    assert!(
+        LogReader::check(&dest, RecoveryMode::AbsoluteConsistency, Durability::Sync)
+            .unwrap()
+            .is_none(),
+        "the backup is not clean"
+    );
+    let restored = Engine::open(&dest, small_segments()).unwrap();
+    let t = restored.put(b"after", b"restore").unwrap();
+    assert_eq!(
+        t.wait_timeout(WAIT_MAX).unwrap(),
+        backup.next_seq,
+        "the restored engine does not go on from the backup's next batch"
+    );
+    // And it still refuses the replay of a request the retired segments logged.
+    let ticket = restored
+        .put_with_id(RequestId::from(0u128), b"k0", b"again")
+        .unwrap();
+    assert!(ticket.wait().unwrap().is_duplicate());
+}

@@ -6,6 +6,8 @@
 //! being written), into a file of the segment's size whose rest is left a hole (zeros); the
 //! request ids of retired segments (`ids`), so that an engine opened on the backup still
 //! refuses their replays; and each consumer's position, at most the view's last batch.
+//! A view without segments of a log that starts past batch 1 gets an empty segment named
+//! after its next batch, so that the engine goes on from there instead of starting at 1.
 //! Never the clean-close mark: the engine opened on a backup verifies it whole, as after a
 //! crash. Everything goes into a new directory beside the destination, each file synced, and
 //! is renamed to the destination only once whole (the parent directory synced then), so a
@@ -21,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::error::{Error, Result};
 use crate::ids::{self, CarriedError, IdEntry, RequestId};
 use crate::log::dir;
+use crate::log::format::{segment_file_name, SegmentHeader, SEGMENT_SIZE_MIN};
 use crate::log::io::Io;
 use crate::reader::LogReader;
 use crate::seq::Seq;
@@ -141,6 +144,20 @@ fn fill(io: &dyn Io, view: &LogReader, side: &SideFiles, staging: &Path) -> Resu
         )?;
         bytes += image.len() as u64;
     }
+    let mut segments = images.len();
+    let next = view.next_seq().get();
+    if images.is_empty() && next > 1 {
+        // A view without segments (a point-in-time one that ended before the first) of a log
+        // that starts past batch 1: without a segment, the engine opened on the backup would
+        // start a new log at batch 1, giving numbers again that the carried ids and the
+        // consumers' positions name. An empty segment of the smallest size says where it
+        // goes on (its first frame does not fit: the engine rolls to one of its own size).
+        let header = SegmentHeader::new(next, SEGMENT_SIZE_MIN, false).encode();
+        let to = staging.join(segment_file_name(next));
+        dir::backup_file(io, &to, &header, SEGMENT_SIZE_MIN, "write backup segment")?;
+        segments += 1;
+        bytes += header.len() as u64;
+    }
     let mut carried_ids = 0;
     if let Some(carried) = &side.carried {
         carried_ids = carried.len();
@@ -163,7 +180,7 @@ fn fill(io: &dyn Io, view: &LogReader, side: &SideFiles, staging: &Path) -> Resu
         dir: staging.to_owned(),
         first_seq: view.first_seq(),
         next_seq: view.next_seq(),
-        segments: images.len(),
+        segments,
         bytes,
         consumers: side.consumers.len(),
         carried_ids,

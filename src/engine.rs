@@ -538,23 +538,25 @@ impl Engine {
     /// Writes a backup of the log into the new directory `dest` while the engine runs, and
     /// returns what it holds: every batch durable when it began (with `NoSync`, every batch
     /// written; `Backup::next_seq` is the first it does not hold), the request ids of
-    /// retired segments, and each consumer's position. Writers are not held up, nor is retirement but for the moment the side files
-    /// are read: the copy reads the engine's own mappings, which a retirement does not take
-    /// away (a file retired meanwhile is neither reused nor its room freed until the copy ends).
+    /// retired segments, and each consumer's position. Writers are not held up, nor is
+    /// retirement but while the view is taken and the side files are read: the copy reads the
+    /// engine's own mappings, which a retirement does not take away (a file retired meanwhile
+    /// is neither reused nor its room freed until the copy ends).
     /// `Engine::open(dest)` opens the copy as the log was at that batch, verifying it whole.
     /// `dest` must not exist; every file is synced, and the directory takes its name only
     /// once whole, so an error (a full disk) leaves nothing under it. See
     /// [`LogReader::backup`] for a log another process writes.
     pub fn backup(&self, dest: impl AsRef<Path>) -> Result<crate::Backup> {
-        // The view first, then the side files: a retirement between them adds ids of
-        // segments the view still holds to the `ids` file (an id found twice counts once at
-        // open), never takes away ids of segments it lacks; and a consumer's position read
-        // later may only be further on, which the backup pulls back to the view's end. Under
-        // the retirement lock, the `ids` file is not replaced while it is read.
-        let view = self.replay()?;
-        let side = {
+        // The view and the side files under one hold of the retirement lock: a retirement
+        // between them would replace the `ids` file with the ids remembered then, which may
+        // name batches past the view's end and may have let older ones go that the view's
+        // log still remembers (the horizon moved on meanwhile). A consumer's position read
+        // after the view may only be further on, which the backup pulls back to its end.
+        let (view, side) = {
             let _no_retirement = self.inner.retire_lock.lock();
-            crate::backup::SideFiles::read(&self.inner.dir)?
+            let view = self.replay()?;
+            let side = view.side_files()?;
+            (view, side)
         };
         crate::backup::write(&*self.inner.io, &view, &side, dest.as_ref())
     }

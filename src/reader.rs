@@ -251,6 +251,9 @@ pub struct LogReader {
     next_seq: u64,
     end_offset: u64,
     damage: Option<Damage>,
+    /// The `ids` file's stamp taken before the view was (`dir::ids_stamp`): a backup copies
+    /// the file only if it is unchanged since, so that it carries the ids the view's log did.
+    ids_stamp: crate::log::dir::IdsStamp,
 }
 
 impl std::fmt::Debug for LogReader {
@@ -311,6 +314,7 @@ impl LogReader {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
             ));
         }
+        let ids_stamp = crate::log::dir::ids_stamp(&dir);
         let scanned = scan_retrying(&dir, mode, &io::real())?;
         if mode == RecoveryMode::AbsoluteConsistency {
             if let Some(d) = scanned.damage {
@@ -328,6 +332,7 @@ impl LogReader {
             next_seq: scanned.next_seq,
             end_offset: scanned.write_off,
             damage: scanned.damage,
+            ids_stamp,
         })
     }
 
@@ -341,6 +346,7 @@ impl LogReader {
         live: Arc<LiveLog>,
         retire_lock: Arc<parking_lot::Mutex<()>>,
     ) -> LogReader {
+        let ids_stamp = crate::log::dir::ids_stamp(dir);
         let segments: Vec<Arc<Segment>> = list.read().iter().cloned().collect();
         let last = segments.last();
         let mut next_seq = last.map_or(1, |s| s.id);
@@ -362,6 +368,7 @@ impl LogReader {
             next_seq,
             end_offset,
             damage: None,
+            ids_stamp,
         }
     }
 
@@ -418,9 +425,40 @@ impl LogReader {
     /// writes holds what its files held when it was opened, which may include up to 16
     /// batches that engine had not yet made durable; `Engine::backup` holds durable batches
     /// only. `dest` must not exist; an error leaves nothing under its name.
+    ///
+    /// A view older than a retirement of the log is refused (`Error::Io`, "retired since"):
+    /// the retirement replaced the `ids` file with the ids remembered then, which may name
+    /// batches past the view's end (a backup would refuse those requests without holding
+    /// their writes) and may have forgotten older ones the view's log still remembered (a
+    /// backup would apply their replays again). Open a new view then.
     pub fn backup(&self, dest: impl AsRef<Path>) -> Result<crate::Backup> {
-        let side = crate::backup::SideFiles::read(&self.dir)?;
+        let side = match &self.engine {
+            // The `ids` file is not replaced while it is read.
+            Some(engine) => {
+                let _no_retirement = engine.retire_lock.lock();
+                self.side_files()?
+            }
+            None => self.side_files()?,
+        };
         crate::backup::write(&*io::real(), self, &side, dest.as_ref())
+    }
+
+    /// The side files a backup of this view copies, read now: refused if a retirement wrote
+    /// the `ids` file since the view was taken (see [`LogReader::backup`]).
+    pub(crate) fn side_files(&self) -> Result<crate::backup::SideFiles> {
+        let side = crate::backup::SideFiles::read(&self.dir)?;
+        // Stamped after the read: equal to the view's, the file was the same throughout.
+        if crate::log::dir::ids_stamp(&self.dir) != self.ids_stamp {
+            return Err(Error::io(
+                "back up log",
+                &self.dir,
+                std::io::Error::other(
+                    "the log was retired since this view was taken: its request ids are no \
+                     longer the view's; take a new view",
+                ),
+            ));
+        }
+        Ok(side)
     }
 
     /// Sequence number of the first batch the log holds: 1, unless `Engine::retire_before`

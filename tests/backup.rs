@@ -417,3 +417,156 @@ fn a_backup_into_an_existing_path_is_refused_and_changes_nothing() {
     rest.sort();
     assert_eq!(rest, ["empty-dir", "file", "log"]);
 }
+
+/// Logs a put with request id `n` in a batch of its own, and returns the batch.
+fn put_id(engine: &Engine, n: u128) -> Seq {
+    let ticket = engine
+        .put_with_id(RequestId::from(n), format!("k{n}").as_bytes(), &[7; 1000])
+        .unwrap();
+    match ticket.wait().unwrap() {
+        Outcome::Written(seq) => seq,
+        other => panic!("id {n} is new: {other:?}"),
+    }
+}
+
+/// What the engine in `dir` answers to each request id in `ids`, replayed (a `Duplicate` names
+/// the batch it remembers the id in). Opened with a horizon far past the ids asked about, so
+/// that neither what it finds nor the replays push any out.
+fn outcomes(dir: &Path, config: &Config, ids: std::ops::Range<u128>) -> Vec<(u128, Outcome)> {
+    let config = Config {
+        request_ids: mergelog::IdHorizon {
+            ids: 1 << 12,
+            age: None,
+        },
+        ..config.clone()
+    };
+    let engine = Engine::open(dir, config).unwrap();
+    let answers = ids
+        .map(|n| {
+            let ticket = engine
+                .put_with_id(RequestId::from(n), b"again", b"v")
+                .unwrap();
+            (n, ticket.wait().unwrap())
+        })
+        .collect();
+    engine.close().unwrap();
+    answers
+}
+
+#[test]
+fn a_backup_of_a_view_older_than_a_retirement_is_refused_not_wrong_about_request_ids() {
+    // A view of the log (a reader's, or `Engine::replay`'s), then ids written and the log
+    // retired past the view's end: the `ids` file now holds ids of batches the view does not
+    // hold (a backup with them would refuse those requests, though it lacks their writes)
+    // and has lost older ids the horizon pushed out (a backup would accept their replays).
+    for engine_view in [false, true] {
+        let root = tempfile::tempdir().unwrap();
+        let src = root.path().join("log");
+        let (dest, reference) = (root.path().join("backup"), root.path().join("reference"));
+        let config = Config {
+            request_ids: mergelog::IdHorizon { ids: 64, age: None },
+            ..small_segments()
+        };
+        let engine = Engine::open(&src, config.clone()).unwrap();
+        for n in 0..150u128 {
+            put_id(&engine, n);
+        }
+        let segments = engine.segments();
+        assert!(segments.len() >= 3, "{} segments", segments.len());
+        engine.retire_before(segments[2].first_seq).unwrap();
+        let view = match engine_view {
+            true => engine.replay().unwrap(),
+            false => LogReader::open(&src).unwrap(),
+        };
+        // The log as the view holds it: nothing is written between the two.
+        let want = engine.backup(&reference).unwrap();
+        assert_eq!(want.next_seq, view.next_seq());
+        assert!(want.carried_ids > 0, "{want:?}");
+        for n in 150..400u128 {
+            put_id(&engine, n);
+        }
+        let last = engine.segments().last().unwrap().first_seq;
+        assert!(last > view.next_seq(), "the log rolled past the view");
+        engine.retire_before(last).unwrap();
+
+        let made = view.backup(&dest);
+        drop(view);
+        engine.close().unwrap();
+        if let Ok(backup) = &made {
+            // A backup taken anyway must answer each id as the log at its batch would.
+            assert_eq!(backup.next_seq, want.next_seq);
+            let (got, want) = (
+                outcomes(&dest, &config, 0..400),
+                outcomes(&reference, &config, 0..400),
+            );
+            let differ: Vec<_> = got
+                .iter()
+                .zip(&want)
+                .filter(|(g, w)| g != w)
+                .map(|((n, g), (_, w))| format!("id {n}: {g:?}, not {w:?}"))
+                .collect();
+            assert!(
+                differ.is_empty(),
+                "engine view {engine_view}: {} of the backup's answers are not the log's at \
+                 batch {}: {}, ..., {}",
+                differ.len(),
+                backup.next_seq.get() - 1,
+                differ[0],
+                differ[differ.len() - 1]
+            );
+        }
+        let err = made.expect_err("a view older than a retirement is refused");
+        assert!(
+            err.to_string().contains("retired since"),
+            "engine view {engine_view}: {err}"
+        );
+        assert!(
+            !dest.exists(),
+            "engine view {engine_view}: a refused backup left its name"
+        );
+    }
+}
+
+#[test]
+fn a_backup_of_a_view_without_segments_goes_on_from_its_next_batch() {
+    // A log retired down to its last segment, whose header is then damaged: a point-in-time
+    // view ends before it, holding no segment, its next batch the segment's first.
+    let root = tempfile::tempdir().unwrap();
+    let (src, dest) = (root.path().join("log"), root.path().join("backup"));
+    let engine = Engine::open(&src, small_segments()).unwrap();
+    for n in 0..150u128 {
+        put_id(&engine, n);
+    }
+    let last = engine.segments().last().unwrap().clone();
+    assert!(last.first_seq.get() > 1);
+    engine.retire_before(last.first_seq).unwrap();
+    engine.close().unwrap();
+    std::fs::remove_file(src.join("CLEAN")).unwrap();
+    let mut bytes = std::fs::read(&last.path).unwrap();
+    bytes[40] ^= 0xff; // a reserved byte of the header
+    std::fs::write(&last.path, &bytes).unwrap();
+
+    let view = LogReader::open_with(&src, RecoveryMode::PointInTime).unwrap();
+    assert_eq!(view.segment_count(), 0);
+    assert_eq!(view.next_seq(), last.first_seq);
+    let backup = view.backup(&dest).unwrap();
+    assert_eq!(backup.next_seq, last.first_seq);
+    assert!(
+        LogReader::check(&dest, RecoveryMode::AbsoluteConsistency, Durability::Sync)
+            .unwrap()
+            .is_none(),
+        "the backup is not clean"
+    );
+    let restored = Engine::open(&dest, small_segments()).unwrap();
+    let t = restored.put(b"after", b"restore").unwrap();
+    assert_eq!(
+        t.wait_timeout(WAIT_MAX).unwrap(),
+        backup.next_seq,
+        "the restored engine does not go on from the backup's next batch"
+    );
+    // And it still refuses the replay of a request the retired segments logged.
+    let ticket = restored
+        .put_with_id(RequestId::from(0u128), b"k0", b"again")
+        .unwrap();
+    assert!(ticket.wait().unwrap().is_duplicate());
+}

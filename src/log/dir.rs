@@ -908,6 +908,21 @@ pub(crate) fn has_ids(dir: &Path) -> bool {
     std::fs::symlink_metadata(dir.join(IDS_FILE)).is_ok()
 }
 
+/// What identifies the `ids` file under its name at one moment (device, inode, length, and
+/// change time: a replacement exchanges another inode in, and a later write or exchange moves
+/// the change time), `None` if there is none: equal stamps say no retirement wrote it between
+/// them (a retirement writes it before it removes a segment). Boxed: every `LogReader` holds
+/// one, and most logs have no `ids` file.
+pub(crate) type IdsStamp = Option<Box<(u64, u64, u64, i64, i64)>>;
+
+/// The `ids` file's stamp now ([`IdsStamp`]).
+pub(crate) fn ids_stamp(dir: &Path) -> IdsStamp {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(dir.join(IDS_FILE))
+        .ok()
+        .map(|m| Box::new((m.dev(), m.ino(), m.len(), m.ctime(), m.ctime_nsec())))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Consumer position files (`consumer.rs` has their names and format).
 

@@ -11,7 +11,9 @@
 //! Never the clean-close mark: the engine opened on a backup verifies it whole, as after a
 //! crash. Everything goes into a new directory beside the destination, each file synced, and
 //! is renamed to the destination only once whole (the parent directory synced then), so a
-//! backup that failed half way leaves nothing under the destination's name: a partial copy
+//! backup that failed half way leaves nothing under the destination's name (but for a failed
+//! sync of the parent after the rename: then a whole backup, and an error saying its name may
+//! not be durable): a partial copy
 //! of a log would open as a shorter, valid log, and be taken for the backup.
 //!
 //! Copies, not hard links: an engine reuses retired segment files in place
@@ -112,18 +114,36 @@ pub(crate) fn write(
     let made = fill(io, view, side, &staging).and_then(|backup| {
         // A rename would replace an empty directory made under the name since the check
         // above: a race with whoever made it, never a way to lose a backup.
-        dir::backup_publish(io, &staging, dest)?;
-        Ok(Backup {
-            dir: dest.to_owned(),
-            ..backup
-        })
+        dir::backup_name(io, &staging, dest)?;
+        Ok(backup)
     });
-    if made.is_err() {
-        // What is left, if anything, is a hidden directory beside the destination, never a
-        // log under its name.
-        dir::backup_discard(io, &staging);
+    let backup = match made {
+        Ok(backup) => backup,
+        Err(e) => {
+            // What is left, if anything, is a hidden directory beside the destination, never
+            // a log under its name.
+            dir::backup_discard(io, &staging);
+            return Err(e);
+        }
+    };
+    // Named: the backup is whole under `dest` (every file and the staging directory synced).
+    // If the name cannot be made durable, it is left as it is and the error says so: taking
+    // it back (a rename, then removals) after the parent's failed sync could leave, after a
+    // crash, the name on a directory whose removals were durable and not the rename back, a
+    // partial backup under the name, which is worse than a whole one whose name may go.
+    if let Err(e) = dir::backup_name_sync(io, dest) {
+        return Err(Error::io(
+            "make backup's name durable",
+            dest,
+            std::io::Error::other(format!(
+                "the backup is whole under this name, but syncing its parent directory failed                  ({e}): a crash may take the name back; remove it and back up again, or sync                  the parent yourself"
+            )),
+        ));
     }
-    made
+    Ok(Backup {
+        dir: dest.to_owned(),
+        ..backup
+    })
 }
 
 /// Writes the backup's files into `staging`.

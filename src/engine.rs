@@ -544,7 +544,8 @@ impl Engine {
     /// is neither reused nor its room freed until the copy ends).
     /// `Engine::open(dest)` opens the copy as the log was at that batch, verifying it whole.
     /// `dest` must not exist; every file is synced, and the directory takes its name only
-    /// once whole, so an error (a full disk) leaves nothing under it. See
+    /// once whole, so an error (a full disk) leaves nothing under it (but a whole backup when only
+    /// the final sync of `dest`'s parent failed, which the error says). See
     /// [`LogReader::backup`] for a log another process writes.
     pub fn backup(&self, dest: impl AsRef<Path>) -> Result<crate::Backup> {
         // The view and the side files under one hold of the retirement lock: a retirement

@@ -424,7 +424,8 @@ impl LogReader {
     /// clean-close mark is copied). A view of a directory an engine in another process
     /// writes holds what its files held when it was opened, which may include up to 16
     /// batches that engine had not yet made durable; `Engine::backup` holds durable batches
-    /// only. `dest` must not exist; an error leaves nothing under its name.
+    /// only. `dest` must not exist; an error leaves nothing under its name (but a whole backup
+    /// when only the final sync of `dest`'s parent failed, which the error says).
     ///
     /// A view older than a retirement of the log is refused (`Error::Io`, "retired since"):
     /// the retirement replaced the `ids` file with the ids remembered then, which may name

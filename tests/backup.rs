@@ -570,3 +570,60 @@ fn a_backup_of_a_view_without_segments_goes_on_from_its_next_batch() {
         .unwrap();
     assert!(ticket.wait().unwrap().is_duplicate());
 }
+
+/// Fails the next sync of the directory `dir` once armed.
+struct FailParentSync {
+    dir: std::path::PathBuf,
+    armed: AtomicBool,
+}
+
+impl Io for FailParentSync {
+    fn before(&self, op: IoOp, path: &Path, _offset: u64, _data: &[u8]) -> io::Result<()> {
+        if op == IoOp::SyncDir && path == self.dir && self.armed.swap(false, Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_failed_sync_of_the_parent_leaves_the_whole_backup_and_says_its_name_may_not_last() {
+    let root = tempfile::tempdir().unwrap();
+    let (src, dest) = (root.path().join("log"), root.path().join("backup"));
+    let io = Arc::new(FailParentSync {
+        dir: root.path().to_owned(),
+        armed: AtomicBool::new(false),
+    });
+    let engine = Engine::open_with_io(&src, small_segments(), io.clone()).unwrap();
+    for i in 0..200u32 {
+        wait_ok(&engine.put(&i.to_le_bytes(), &[3; 500]).unwrap(), "put");
+    }
+    io.armed.store(true, Ordering::SeqCst);
+    let err = engine.backup(&dest).expect_err("the parent's sync fails");
+    assert!(
+        !io.armed.load(Ordering::SeqCst),
+        "the backup never synced the parent"
+    );
+    assert!(
+        err.to_string().contains("whole under this name"),
+        "the error does not say what is left: {err}"
+    );
+    // What is under the name is the whole backup (never a partial one), and no staging
+    // directory is left beside it.
+    assert_eq!(
+        LogReader::check(&dest, RecoveryMode::AbsoluteConsistency, Durability::Sync).unwrap(),
+        None
+    );
+    let mut entries = other_entries(root.path(), &[]);
+    entries.sort();
+    assert_eq!(entries, ["backup", "log"]);
+    engine.close().unwrap();
+    let restored = Engine::open(&dest, small_segments()).unwrap();
+    for i in 0..200u32 {
+        assert_eq!(
+            restored.read_to_vec(&i.to_le_bytes()).unwrap().as_deref(),
+            Some(&[3u8; 500][..]),
+            "key {i}"
+        );
+    }
+}

@@ -1074,11 +1074,15 @@ pub(crate) fn backup_file(
 }
 
 /// Gives the whole backup in `staging` its name `dest`: the staging directory synced (its
-/// files' names durable), renamed, and the parent synced (the new name durable).
+/// files' names durable), then renamed. The caller syncs the parent ([`backup_name_sync`]).
 #[allow(clippy::disallowed_methods)] // the log directory's owner (and a backup's)
-pub(crate) fn backup_publish(io: &dyn Io, staging: &Path, dest: &Path) -> Result<()> {
+pub(crate) fn backup_name(io: &dyn Io, staging: &Path, dest: &Path) -> Result<()> {
     sync_dir(io, staging)?;
-    io::rename(io, staging, dest).map_err(|e| Error::io("name backup directory", dest, e))?;
+    io::rename(io, staging, dest).map_err(|e| Error::io("name backup directory", dest, e))
+}
+
+/// Makes a backup's name `dest` durable: syncs its parent.
+pub(crate) fn backup_name_sync(io: &dyn Io, dest: &Path) -> Result<()> {
     match dest.parent().filter(|p| !p.as_os_str().is_empty()) {
         Some(parent) => sync_dir(io, parent),
         None => sync_dir(io, Path::new(".")),

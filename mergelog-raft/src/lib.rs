@@ -687,7 +687,17 @@ where
 
     /// Puts one meta key and waits until it is durable.
     async fn put_durable(&self, key: &[u8], value: &[u8]) -> Result<Seq, mergelog::Error> {
-        self.shared.engine.put(key, value)?.await
+        let engine = &self.shared.engine;
+        loop {
+            match engine.put(key, value) {
+                Ok(ticket) => return ticket.await,
+                // A full ring under `Backpressure::Reject`: what was submitted before frees
+                // its room once written, so wait for that and submit again. An error here
+                // (a vote's) would stop the node, as a refused append did (`Batches::submit`).
+                Err(mergelog::Error::Busy) => drop(engine.flush()?.await?),
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Removes the segments before the first batch holding a record of an entry after

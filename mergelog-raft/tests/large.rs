@@ -337,3 +337,96 @@ async fn an_entry_larger_than_the_ring_is_appended_under_reject() {
     assert_eq!(read_all(&mut store).await, log);
     store.close().unwrap();
 }
+
+/// Holds writes into segments (past their headers) while `hold` is set, noting that one was
+/// held: the engine's ring then fills behind the held window.
+struct HoldWrites {
+    hold: std::sync::atomic::AtomicBool,
+    held: std::sync::atomic::AtomicBool,
+}
+
+impl mergelog::internals::io::Io for HoldWrites {
+    fn before(
+        &self,
+        op: mergelog::internals::io::IoOp,
+        _path: &Path,
+        offset: u64,
+        _data: &[u8],
+    ) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if op == mergelog::internals::io::IoOp::Write && offset >= 64 {
+            while self.hold.load(SeqCst) {
+                self.held.store(true, SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_vote_saved_while_the_ring_is_full_under_reject_waits_for_room() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        backpressure: mergelog::Backpressure::Reject,
+        ..config()
+    };
+    let io = std::sync::Arc::new(HoldWrites {
+        hold: true.into(),
+        held: false.into(),
+    });
+    // Lets the held write go however the test ends: a panic with it held would hang the
+    // engine's drop instead of failing the test.
+    struct Release(std::sync::Arc<HoldWrites>);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0
+                .hold
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let engine = Engine::open_with_io(dir.path(), config.clone(), io.clone()).unwrap();
+    let mut store = Store::with_engine(std::sync::Arc::new(engine)).expect("the store opens");
+    // A write the engine takes and holds, then writes until the ring refuses one.
+    let engine = store.engine().clone();
+    let mut tickets = vec![engine.put(b"first", b"held").unwrap()];
+    while !io.held.load(SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // Smaller and smaller values, until not even an empty one fits: the vote's put must not
+    // find room left over.
+    for len in [1000, 100, 10, 0] {
+        loop {
+            match engine.put(format!("f{}", tickets.len() % 10).as_bytes(), &vec![7; len]) {
+                Ok(t) => tickets.push(t),
+                Err(mergelog::Error::Busy) => break,
+                Err(e) => panic!("filling the ring: {e}"),
+            }
+        }
+    }
+    // Declared last, dropped first.
+    let _release = Release(io.clone());
+    // The vote is saved while the ring is full: it must wait for room, not fail (openraft
+    // stops the node on the error). Its first poll finds the ring full.
+    let vote = openraft::Vote::new(3, 1);
+    {
+        let mut saving = std::pin::pin!(store.save_vote(&vote));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(saved) = std::future::Future::poll(saving.as_mut(), &mut cx) {
+            panic!("the vote did not wait for room in the ring: {saved:?}");
+        }
+        io.hold.store(false, SeqCst);
+        saving
+            .await
+            .expect("the vote is saved once the ring has room");
+    }
+    assert_eq!(store.read_vote().await.unwrap(), Some(vote));
+    for t in tickets {
+        t.wait().unwrap();
+    }
+    store.close().unwrap();
+    let mut store = Store::open(dir.path(), config).expect("the store opens");
+    assert_eq!(store.read_vote().await.unwrap(), Some(vote));
+    store.close().unwrap();
+}

@@ -13,8 +13,8 @@
 //! is renamed to the destination only once whole (the parent directory synced then), so a
 //! backup that failed half way leaves nothing under the destination's name (but for a failed
 //! sync of the parent after the rename: then a whole backup, and an error saying its name may
-//! not be durable): a partial copy
-//! of a log would open as a shorter, valid log, and be taken for the backup.
+//! not be durable): a partial copy of a log would open as a shorter, valid log, and be taken
+//! for the backup.
 //!
 //! Copies, not hard links: an engine reuses retired segment files in place
 //! (`Config::recycle_segments`), which would write over a linked backup.
@@ -136,7 +136,9 @@ pub(crate) fn write(
             "make backup's name durable",
             dest,
             std::io::Error::other(format!(
-                "the backup is whole under this name, but syncing its parent directory failed                  ({e}): a crash may take the name back; remove it and back up again, or sync                  the parent yourself"
+                "the backup is whole under this name, but syncing its parent directory failed \
+                 ({e}): a crash may take the name back; remove it and back up again, or sync \
+                 the parent yourself"
             )),
         ));
     }

@@ -43,6 +43,12 @@ fn batches(dir: &Path) -> Batches {
         .collect()
 }
 
+/// Fails unless the log in `dir` passes the strictest check (`what`: the failure's message).
+fn assert_clean(dir: &Path, what: &str) {
+    let found = LogReader::check(dir, RecoveryMode::AbsoluteConsistency, Durability::Sync);
+    assert!(matches!(found, Ok(None)), "{what}: {found:?}");
+}
+
 /// The names in `dir` other than the ones given.
 fn other_entries(dir: &Path, except: &[&str]) -> Vec<String> {
     std::fs::read_dir(dir)
@@ -128,12 +134,7 @@ fn a_backup_taken_while_writers_run_holds_every_batch_acknowledged_before_it() {
     );
 
     // It opens strictly, holds what was acknowledged before it, and goes on from its end.
-    assert!(
-        LogReader::check(&dest, RecoveryMode::AbsoluteConsistency, Durability::Sync)
-            .unwrap()
-            .is_none(),
-        "the backup is not clean"
-    );
+    assert_clean(&dest, "the backup is not clean");
     let restored = Engine::open(&dest, small_segments()).unwrap();
     for i in 0..300u32 {
         let got = restored
@@ -313,12 +314,7 @@ fn a_backup_of_a_log_with_a_torn_tail_holds_its_valid_part() {
     assert_eq!(reader.next_seq(), last_batch.seq);
     let backup = reader.backup(&dest).unwrap();
     assert_eq!(backup.next_seq, last_batch.seq);
-    assert!(
-        LogReader::check(&dest, RecoveryMode::AbsoluteConsistency, Durability::Sync)
-            .unwrap()
-            .is_none(),
-        "the backup holds the torn frame"
-    );
+    assert_clean(&dest, "the backup holds the torn frame");
 }
 
 /// Fails the `n`th operation `op` on a path under a backup's staging directory (or the
@@ -551,12 +547,7 @@ fn a_backup_of_a_view_without_segments_goes_on_from_its_next_batch() {
     assert_eq!(view.next_seq(), last.first_seq);
     let backup = view.backup(&dest).unwrap();
     assert_eq!(backup.next_seq, last.first_seq);
-    assert!(
-        LogReader::check(&dest, RecoveryMode::AbsoluteConsistency, Durability::Sync)
-            .unwrap()
-            .is_none(),
-        "the backup is not clean"
-    );
+    assert_clean(&dest, "the backup is not clean");
     let restored = Engine::open(&dest, small_segments()).unwrap();
     let t = restored.put(b"after", b"restore").unwrap();
     assert_eq!(
@@ -610,10 +601,7 @@ fn a_failed_sync_of_the_parent_leaves_the_whole_backup_and_says_its_name_may_not
     );
     // What is under the name is the whole backup (never a partial one), and no staging
     // directory is left beside it.
-    assert_eq!(
-        LogReader::check(&dest, RecoveryMode::AbsoluteConsistency, Durability::Sync).unwrap(),
-        None
-    );
+    assert_clean(&dest, "the backup is not clean");
     let mut entries = other_entries(root.path(), &[]);
     entries.sort();
     assert_eq!(entries, ["backup", "log"]);

@@ -13,7 +13,7 @@
 mod common;
 
 use common::{wait_ok, WAIT_MAX};
-use mergelog::{Config, Engine, Error, Follower, LogReader, RecoveryMode, Seq};
+use mergelog::{Config, Engine, Error, Follower, LogReader, RecoveryMode, SegmentInfo, Seq};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -154,9 +154,10 @@ fn a_follower_in_a_segment_a_cut_removed_reports_the_rewind_into_an_earlier_one(
     follower_in_a_removed_segment(100);
 }
 
-fn follower_in_a_removed_segment(value_len: usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(dir.path(), config(RecoveryMode::default())).unwrap();
+/// A closed log of two segments of 1,000-byte values (ten batches into the second), and a
+/// directory follower that read it to its end: the second segment and the last batch.
+fn two_segments_read_to_the_end(dir: &Path) -> (SegmentInfo, u64, Follower) {
+    let engine = Engine::open(dir, config(RecoveryMode::default())).unwrap();
     let mut i = 1;
     while engine.segments().len() < 2 {
         put(&engine, i, 1000, b'o');
@@ -168,13 +169,18 @@ fn follower_in_a_removed_segment(value_len: usize) {
     }
     let second = engine.segments()[1].clone();
     let last = engine.durable_seq().get();
-    let mut follower = LogReader::open(dir.path()).unwrap().follow(1);
+    let mut follower = LogReader::open(dir).unwrap().follow(1);
     assert_eq!(
         drain(&mut follower, Duration::from_millis(50)),
         (1..=last).collect::<Vec<_>>()
     );
     engine.close().unwrap();
-    drop(engine);
+    (second, last, follower)
+}
+
+fn follower_in_a_removed_segment(value_len: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let (second, last, mut follower) = two_segments_read_to_the_end(dir.path());
 
     let k = second.first_seq.get() / 2;
     let engine = damage_and_reopen(dir.path(), k);
@@ -207,25 +213,7 @@ fn follower_in_a_removed_segment(value_len: usize) {
 #[test]
 fn a_follower_whose_next_batch_starts_a_segment_again_reports_the_rewind() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(dir.path(), config(RecoveryMode::default())).unwrap();
-    let mut i = 1;
-    while engine.segments().len() < 2 {
-        put(&engine, i, 1000, b'o');
-        i += 1;
-    }
-    for _ in 0..10 {
-        put(&engine, i, 1000, b'o');
-        i += 1;
-    }
-    let second = engine.segments()[1].clone();
-    let last = engine.durable_seq().get();
-    let mut follower = LogReader::open(dir.path()).unwrap().follow(1);
-    assert_eq!(
-        drain(&mut follower, Duration::from_millis(50)),
-        (1..=last).collect::<Vec<_>>()
-    );
-    engine.close().unwrap();
-    drop(engine);
+    let (second, last, mut follower) = two_segments_read_to_the_end(dir.path());
 
     let k = second.first_seq.get() / 2;
     let engine = damage_and_reopen(dir.path(), k);

@@ -39,7 +39,8 @@ pub enum IoOp {
     /// Renaming a prepared segment to its final name, a retired one into the pool of files
     /// kept for reuse, or a whole backup's directory to its name.
     Rename,
-    /// `fsync` of a directory: the log directory, or the parent of a directory just created.
+    /// `fsync` of a directory: the log directory, the parent of a directory just created, or
+    /// a backup's staging directory and, once it is renamed, the backup's parent.
     SyncDir,
     /// Removing a file: a retired segment (`Engine::retire_before`), a spare segment file, a
     /// segment dropped by recovery, or what a failed creation left behind; or what a failed

@@ -101,12 +101,13 @@ pub(crate) fn write(
             "the destination exists; a backup makes a new directory",
         ));
     }
-    let Some(name) = dest.file_name() else {
+    if dest.file_name().is_none() {
         return Err(refuse("the destination names no directory"));
-    };
+    }
+    // Beside the destination (the rename stays in one directory), under a name of its own
+    // length: the destination's name may be as long as a name can be.
     let staging = dest.with_file_name(format!(
-        ".{}.backup-{}-{}",
-        name.to_string_lossy(),
+        ".mergelog-backup-{}-{}",
         std::process::id(),
         STAGING.fetch_add(1, Ordering::Relaxed)
     ));

@@ -327,9 +327,11 @@ struct FailBackupOp {
 
 impl Io for FailBackupOp {
     fn before(&self, op: IoOp, path: &Path, _offset: u64, _data: &[u8]) -> io::Result<()> {
-        let staged = path
-            .components()
-            .any(|c| c.as_os_str().to_string_lossy().contains(".mergelog-backup-"));
+        let staged = path.components().any(|c| {
+            c.as_os_str()
+                .to_string_lossy()
+                .contains(".mergelog-backup-")
+        });
         if op == self.op && staged && self.seen.fetch_add(1, Ordering::SeqCst) + 1 == self.n {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
@@ -391,11 +393,16 @@ fn a_backup_under_a_name_as_long_as_a_name_can_be_is_made() {
     wait_ok(&engine.put(b"k", b"v").unwrap(), "put");
     // 255 bytes: the longest name ext4 and tmpfs take.
     let dest = root.path().join("b".repeat(255));
-    let backup = engine.backup(&dest).expect("a long name is no reason to fail");
+    let backup = engine
+        .backup(&dest)
+        .expect("a long name is no reason to fail");
     engine.close().unwrap();
     assert_eq!(backup.next_seq, Seq::new(2));
     let restored = Engine::open(&dest, Config::default()).unwrap();
-    assert_eq!(restored.read_to_vec(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(
+        restored.read_to_vec(b"k").unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
 }
 
 #[test]

@@ -670,7 +670,6 @@ fn a_directory_follower_at_the_end_of_the_last_segment_follows_it_through_a_roll
 
 #[allow(clippy::disallowed_methods)] // the damage, made behind the seam's back
 fn follow_the_last_segment_through_a_roll(damage: bool) {
-    use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(dir.path(), config(true)).unwrap();
     let value = vec![b'v'; 1000];
@@ -703,14 +702,7 @@ fn follow_the_last_segment_through_a_roll(damage: bool) {
     };
     if damage {
         // A byte of the frame's body flipped: its CRC fails.
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let mut byte = [0u8];
-        file.read_exact_at(&mut byte, offset + 40).unwrap();
-        file.write_all_at(&[byte[0] ^ 0x40], offset + 40).unwrap();
+        common::flip_byte_at(&path, offset + 40);
     }
     // The writer rolls past the segment and writes on in the next.
     while engine.segments().len() < 2 {

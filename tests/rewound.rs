@@ -14,7 +14,6 @@ mod common;
 
 use common::{wait_ok, WAIT_MAX};
 use mergelog::{Config, Engine, Error, Follower, LogReader, RecoveryMode, SegmentInfo, Seq};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -61,14 +60,7 @@ fn frame_of(dir: &Path, seq: u64) -> (PathBuf, u64) {
 /// at that frame: the next batch written is `seq` again.
 fn damage_and_reopen(dir: &Path, seq: u64) -> Engine {
     let (path, offset) = frame_of(dir, seq);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    let mut byte = [0u8];
-    file.read_exact_at(&mut byte, offset + 40).unwrap();
-    file.write_all_at(&[byte[0] ^ 0x40], offset + 40).unwrap();
+    common::flip_byte_at(&path, offset + 40);
     let _ = std::fs::remove_file(dir.join("CLEAN"));
     let engine = Engine::open(dir, config(RecoveryMode::PointInTime)).unwrap();
     let cut = engine
@@ -112,18 +104,7 @@ fn assert_rewound(f: &mut Follower, seq: u64, path: &Path, what: &str) {
 #[test]
 fn a_follower_in_the_segment_a_cut_rewrote_reports_the_rewind() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(dir.path(), config(RecoveryMode::default())).unwrap();
-    for i in 1..=20 {
-        put(&engine, i, 200, b'o');
-    }
-    let old: Vec<_> = (1..=20).map(|s| frame_of(dir.path(), s)).collect();
-    let mut follower = LogReader::open(dir.path()).unwrap().follow(1);
-    assert_eq!(
-        drain(&mut follower, Duration::from_millis(50)),
-        (1..=20).collect::<Vec<_>>()
-    );
-    engine.close().unwrap();
-    drop(engine);
+    let (old, mut follower) = twenty_batches_read_to_the_end(dir.path());
 
     let engine = damage_and_reopen(dir.path(), 10);
     for i in 10..=25 {
@@ -152,6 +133,23 @@ fn a_follower_in_a_segment_a_cut_removed_reports_the_rewind() {
 #[test]
 fn a_follower_in_a_segment_a_cut_removed_reports_the_rewind_into_an_earlier_one() {
     follower_in_a_removed_segment(100);
+}
+
+/// A closed log of 20 batches of 200-byte values in one segment, each batch's frame (file,
+/// offset), and a directory follower that read it to its end.
+fn twenty_batches_read_to_the_end(dir: &Path) -> (Vec<(PathBuf, u64)>, Follower) {
+    let engine = Engine::open(dir, config(RecoveryMode::default())).unwrap();
+    for i in 1..=20 {
+        put(&engine, i, 200, b'o');
+    }
+    let frames = (1..=20).map(|s| frame_of(dir, s)).collect();
+    let mut follower = LogReader::open(dir).unwrap().follow(1);
+    assert_eq!(
+        drain(&mut follower, Duration::from_millis(50)),
+        (1..=20).collect::<Vec<_>>()
+    );
+    engine.close().unwrap();
+    (frames, follower)
 }
 
 /// A closed log of two segments of 1,000-byte values (ten batches into the second), and a
@@ -258,18 +256,8 @@ fn a_follower_in_the_segment_a_cut_rewrote_reports_the_rewind_when_frames_do_not
 /// `new_values`, written again to batch 25 with values that long.
 fn cut_in_the_followers_segment(new_values: Option<usize>) {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(dir.path(), config(RecoveryMode::default())).unwrap();
-    for i in 1..=20 {
-        put(&engine, i, 200, b'o');
-    }
-    let path = frame_of(dir.path(), 20).0;
-    let mut follower = LogReader::open(dir.path()).unwrap().follow(1);
-    assert_eq!(
-        drain(&mut follower, Duration::from_millis(50)),
-        (1..=20).collect::<Vec<_>>()
-    );
-    engine.close().unwrap();
-    drop(engine);
+    let (old, mut follower) = twenty_batches_read_to_the_end(dir.path());
+    let path = old[19].0.clone();
 
     let engine = damage_and_reopen(dir.path(), 10);
     if let Some(len) = new_values {

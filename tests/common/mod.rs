@@ -168,3 +168,17 @@ pub fn mkfifo(p: &std::path::Path) {
     let made = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
     assert_eq!(made, 0, "mkfifo {p:?}");
 }
+
+/// Flips a bit of the byte at `at` in the file `path`, in place (a frame's body byte: its CRC
+/// then fails).
+pub fn flip_byte_at(path: &std::path::Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x40], at).unwrap();
+}

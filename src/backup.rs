@@ -16,8 +16,13 @@
 //! not be durable): a partial copy of a log would open as a shorter, valid log, and be taken
 //! for the backup.
 //!
-//! Copies, not hard links: an engine reuses retired segment files in place
-//! (`Config::recycle_segments`), which would write over a linked backup.
+//! Copies of the log's files, never hard links to them: an engine reuses retired segment
+//! files in place (`Config::recycle_segments`) and appends to its last one, which would write
+//! over a linked backup. An incremental backup (`Engine::backup_since`) links only to an
+//! earlier *backup's* files, where it holds exactly the bytes this backup would write (read
+//! whole and compared): nothing writes into a backup's files but an engine opened on it,
+//! and that engine first gives every segment with other names a file of its own
+//! (`dir::unshare_segments`, at open), so a backup never changes under another.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +50,9 @@ pub struct Backup {
     pub segments: usize,
     /// Bytes copied into them: headers and frames (the files' zero rest is not written).
     pub bytes: u64,
+    /// Of `segments`, those linked from the earlier backup (`Engine::backup_since`): files it
+    /// held exactly as this backup would write them. Their bytes are not in `bytes`.
+    pub linked: usize,
     /// Consumer positions copied.
     pub consumers: usize,
     /// Request ids of retired segments carried (the `ids` file's).
@@ -88,6 +96,7 @@ pub(crate) fn write(
     view: &LogReader,
     side: &SideFiles,
     dest: &Path,
+    earlier: Option<&Path>,
 ) -> Result<Backup> {
     let refuse = |why: &str| {
         Error::io(
@@ -104,6 +113,20 @@ pub(crate) fn write(
     if dest.file_name().is_none() {
         return Err(refuse("the destination names no directory"));
     }
+    if let Some(earlier) = earlier {
+        // A mistyped name would otherwise make a full copy where an incremental one was
+        // asked for.
+        if !std::fs::metadata(earlier).is_ok_and(|m| m.is_dir()) {
+            return Err(Error::io(
+                "back up log since an earlier backup",
+                earlier,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the earlier backup is not a directory",
+                ),
+            ));
+        }
+    }
     // Beside the destination (the rename stays in one directory), under a name of its own
     // length: the destination's name may be as long as a name can be.
     let staging = dest.with_file_name(format!(
@@ -112,7 +135,7 @@ pub(crate) fn write(
         STAGING.fetch_add(1, Ordering::Relaxed)
     ));
     dir::backup_stage(io, &staging)?;
-    let made = fill(io, view, side, &staging).and_then(|backup| {
+    let made = fill(io, view, side, &staging, earlier).and_then(|backup| {
         // A rename would replace an empty directory made under the name since the check
         // above: a race with whoever made it, never a way to lose a backup.
         dir::backup_name(io, &staging, dest)?;
@@ -150,14 +173,30 @@ pub(crate) fn write(
 }
 
 /// Writes the backup's files into `staging`.
-fn fill(io: &dyn Io, view: &LogReader, side: &SideFiles, staging: &Path) -> Result<Backup> {
+fn fill(
+    io: &dyn Io,
+    view: &LogReader,
+    side: &SideFiles,
+    staging: &Path,
+    earlier: Option<&Path>,
+) -> Result<Backup> {
     let last = view.next_seq().get().saturating_sub(1);
     let mut bytes = 0u64;
+    let mut linked = 0;
     let images = view.segment_images();
     for (path, size, image) in &images {
         let name = path
             .file_name()
             .expect("a segment file's path ends in its name");
+        if let Some(earlier) = earlier {
+            let prev = earlier.join(name);
+            if dir::backup_file_matches(&prev, image, *size)?
+                && dir::backup_link(io, &prev, &staging.join(name))?
+            {
+                linked += 1;
+                continue;
+            }
+        }
         dir::backup_file(
             io,
             &staging.join(name),
@@ -205,6 +244,7 @@ fn fill(io: &dyn Io, view: &LogReader, side: &SideFiles, staging: &Path) -> Resu
         next_seq: view.next_seq(),
         segments,
         bytes,
+        linked,
         consumers: side.consumers.len(),
         carried_ids,
     })

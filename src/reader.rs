@@ -433,6 +433,21 @@ impl LogReader {
     /// their writes) and may have forgotten older ones the view's log still remembered (a
     /// backup would apply their replays again). Open a new view then.
     pub fn backup(&self, dest: impl AsRef<Path>) -> Result<crate::Backup> {
+        self.backup_to(None, dest.as_ref())
+    }
+
+    /// As [`LogReader::backup`], an incremental backup: segment files the earlier backup
+    /// `earlier` holds exactly as this one would write them are linked, not copied; see
+    /// [`Engine::backup_since`](crate::Engine::backup_since).
+    pub fn backup_since(
+        &self,
+        earlier: impl AsRef<Path>,
+        dest: impl AsRef<Path>,
+    ) -> Result<crate::Backup> {
+        self.backup_to(Some(earlier.as_ref()), dest.as_ref())
+    }
+
+    fn backup_to(&self, earlier: Option<&Path>, dest: &Path) -> Result<crate::Backup> {
         let side = match &self.engine {
             // The `ids` file is not replaced while it is read.
             Some(engine) => {
@@ -441,7 +456,7 @@ impl LogReader {
             }
             None => self.side_files()?,
         };
-        crate::backup::write(&*io::real(), self, &side, dest.as_ref())
+        crate::backup::write(&*io::real(), self, &side, dest, earlier)
     }
 
     /// The side files a backup of this view copies, read now: refused if a retirement wrote

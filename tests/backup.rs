@@ -637,3 +637,236 @@ fn a_failed_sync_of_the_parent_leaves_the_whole_backup_and_says_its_name_may_not
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Incremental backups (`Engine::backup_since`).
+
+/// A file's contents, told apart by length and checksum (a failed comparison prints this,
+/// not megabytes).
+type Digest = (usize, u32);
+
+/// Every file of the directory `dir`: name, contents and number of names (hard links).
+fn files_of(dir: &Path) -> Vec<(String, Digest, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let meta = std::fs::metadata(e.path()).unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            let bytes = std::fs::read(e.path()).unwrap();
+            (name, (bytes.len(), crc32c::crc32c(&bytes)), meta.nlink())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The segment files' names of `dir` with their number of names.
+fn segment_links(dir: &Path) -> Vec<(String, u64)> {
+    files_of(dir)
+        .into_iter()
+        .filter(|(n, _, _)| n.ends_with(".seg"))
+        .map(|(n, _, links)| (n, links))
+        .collect()
+}
+
+/// An engine on `src` with `n` puts of keys `tag-0..n` (500-byte values), several segments.
+fn fill(engine: &Engine, tag: &str, n: u32) {
+    for i in 0..n {
+        let key = format!("{tag}-{i}");
+        wait_ok(&engine.put(key.as_bytes(), &[i as u8; 500]).unwrap(), "put");
+    }
+}
+
+#[test]
+fn an_incremental_backup_links_what_the_earlier_one_holds_unchanged_and_copies_the_rest() {
+    let root = tempfile::tempdir().unwrap();
+    let src = root.path().join("log");
+    let (b1, b2, full) = (
+        root.path().join("b1"),
+        root.path().join("b2"),
+        root.path().join("full"),
+    );
+    let engine = Engine::open(&src, small_segments()).unwrap();
+    fill(&engine, "a", 300);
+    let first = engine.backup(&b1).unwrap();
+    assert_eq!(first.linked, 0);
+    assert!(first.segments >= 3, "{first:?}");
+    fill(&engine, "b", 300);
+    let second = engine.backup_since(&b1, &b2).unwrap();
+    // The segments complete when the first backup was taken are shared; the one it held
+    // as the last (which grew since) and the new ones are copies.
+    assert_eq!(second.linked, first.segments - 1, "{second:?}");
+    assert!(second.segments > first.segments);
+    let before = segment_links(&b1);
+    let after = segment_links(&b2);
+    for (name, links) in &after {
+        let in_first = before.iter().position(|(n, _)| n == name);
+        let shared = matches!(in_first, Some(i) if i + 1 < before.len());
+        assert_eq!(*links, if shared { 2 } else { 1 }, "{name}");
+    }
+    // The same log as a full backup of the same view, byte for byte.
+    let whole = engine.backup(&full).unwrap();
+    assert_eq!(whole.next_seq, second.next_seq);
+    assert_eq!(second.bytes + linked_bytes(&b2), whole.bytes);
+    let contents = |d: &Path| -> Vec<(String, Digest)> {
+        files_of(d).into_iter().map(|(n, b, _)| (n, b)).collect()
+    };
+    assert_eq!(contents(&b2), contents(&full));
+    assert_clean(&b2, "the incremental backup");
+    engine.close().unwrap();
+    let all = batches(&src);
+    assert_eq!(batches(&b2), all);
+    // The earlier backup is as it was.
+    assert_eq!(
+        batches(&b1),
+        all.into_iter()
+            .filter(|(s, _)| *s < first.next_seq.get())
+            .collect::<Batches>()
+    );
+}
+
+/// The bytes of headers and frames in the segments of `dir` that have another name.
+fn linked_bytes(dir: &Path) -> u64 {
+    files_of(dir)
+        .into_iter()
+        .filter(|(n, _, links)| n.ends_with(".seg") && *links > 1)
+        .map(|(name, _, _)| {
+            let bytes = std::fs::read(dir.join(name)).unwrap();
+            let mut end = SEGMENT_HEADER_LEN;
+            while let Ok(Decoded::Frame(f)) = decode_frame(&bytes, end) {
+                end = f.end_offset() as usize;
+            }
+            end as u64
+        })
+        .sum()
+}
+
+#[test]
+fn an_engine_opened_on_a_backup_never_writes_into_the_files_it_shares_with_another() {
+    // Both ways: the earlier backup restored and written on, then the later one.
+    for restore_later in [false, true] {
+        let root = tempfile::tempdir().unwrap();
+        let src = root.path().join("log");
+        let (b1, b2) = (root.path().join("b1"), root.path().join("b2"));
+        let engine = Engine::open(&src, small_segments()).unwrap();
+        fill(&engine, "a", 300);
+        engine.backup(&b1).unwrap();
+        // Nothing written between: every segment is shared, the last one too.
+        let second = engine.backup_since(&b1, &b2).unwrap();
+        assert_eq!(second.linked, second.segments);
+        engine.close().unwrap();
+        let (restored, other) = if restore_later {
+            (&b2, &b1)
+        } else {
+            (&b1, &b2)
+        };
+        let kept = files_of(other);
+        let config = Config {
+            recycle_segments: 2,
+            ..small_segments()
+        };
+        let engine = Engine::open(restored, config.clone()).unwrap();
+        fill(&engine, "b", 300);
+        let last = engine.segments().last().unwrap().first_seq;
+        engine.retire_before(last).unwrap();
+        fill(&engine, "c", 300);
+        engine.close().unwrap();
+        // The other backup's files are byte for byte what they were, and it opens whole.
+        let now: Vec<_> = files_of(other)
+            .into_iter()
+            .map(|(n, b, _)| (n, b))
+            .collect();
+        let then: Vec<_> = kept.into_iter().map(|(n, b, _)| (n, b)).collect();
+        assert_eq!(now, then, "restore_later {restore_later}");
+        assert_clean(other, "the other backup");
+        let reopened = Engine::open(other, small_segments()).unwrap();
+        for i in 0..300u32 {
+            let key = format!("a-{i}");
+            assert_eq!(
+                reopened.read_to_vec(key.as_bytes()).unwrap().as_deref(),
+                Some(&[i as u8; 500][..]),
+                "{key}"
+            );
+        }
+        assert_eq!(reopened.read_to_vec(b"b-0").unwrap(), None);
+        reopened.close().unwrap();
+        // The restored log's files are its own now.
+        assert!(segment_links(restored).iter().all(|(_, links)| *links == 1));
+        assert!(!restored.join("unshare.tmp").exists());
+    }
+}
+
+#[test]
+fn an_earlier_backups_file_that_differs_is_copied_not_linked() {
+    let root = tempfile::tempdir().unwrap();
+    let src = root.path().join("log");
+    let (b1, b2) = (root.path().join("b1"), root.path().join("b2"));
+    let engine = Engine::open(&src, small_segments()).unwrap();
+    fill(&engine, "a", 300);
+    let first = engine.backup(&b1).unwrap();
+    // One byte of the first backup's second segment rots; and its third one gets bytes
+    // past its frames (where the backup wrote zeros).
+    let names: Vec<String> = segment_links(&b1).into_iter().map(|(n, _)| n).collect();
+    common::flip_byte_at(&b1.join(&names[1]), SEGMENT_HEADER_LEN as u64 + 40);
+    let third = b1.join(&names[2]);
+    let len = std::fs::metadata(&third).unwrap().len();
+    common::flip_byte_at(&third, len - 1);
+    let second = engine.backup_since(&b1, &b2).unwrap();
+    assert_eq!(second.linked, first.segments - 2, "{second:?}");
+    let links = segment_links(&b2);
+    assert_eq!(links[1], (names[1].clone(), 1));
+    assert_eq!(links[2], (names[2].clone(), 1));
+    assert_clean(&b2, "the incremental backup");
+    engine.close().unwrap();
+    assert_eq!(batches(&b2), batches(&src));
+}
+
+/// Fails the first `IoOp::Rename` of a file named `unshare.tmp`.
+struct FailUnshare {
+    failed: AtomicBool,
+}
+
+impl Io for FailUnshare {
+    fn before(&self, op: IoOp, path: &Path, _offset: u64, _data: &[u8]) -> io::Result<()> {
+        if op == IoOp::Rename
+            && path.ends_with("unshare.tmp")
+            && !self.failed.swap(true, Ordering::SeqCst)
+        {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn an_open_that_fails_to_unshare_a_segment_leaves_both_backups_whole() {
+    let root = tempfile::tempdir().unwrap();
+    let src = root.path().join("log");
+    let (b1, b2) = (root.path().join("b1"), root.path().join("b2"));
+    let engine = Engine::open(&src, small_segments()).unwrap();
+    fill(&engine, "a", 300);
+    engine.backup(&b1).unwrap();
+    engine.backup_since(&b1, &b2).unwrap();
+    engine.close().unwrap();
+    let kept = files_of(&b2);
+    let io = Arc::new(FailUnshare {
+        failed: AtomicBool::new(false),
+    });
+    let err = Engine::open_with_io(&b1, small_segments(), io).expect_err("the hook fails the open");
+    assert!(err.to_string().contains("replace shared segment"), "{err}");
+    assert!(!b1.join("unshare.tmp").exists());
+    assert_eq!(files_of(&b2), kept);
+    // A second open makes every file its own and writes on.
+    let engine = Engine::open(&b1, small_segments()).unwrap();
+    fill(&engine, "b", 50);
+    engine.close().unwrap();
+    assert_eq!(
+        files_of(&b2)
+            .into_iter()
+            .map(|(n, b, _)| (n, b))
+            .collect::<Vec<_>>(),
+        kept.into_iter().map(|(n, b, _)| (n, b)).collect::<Vec<_>>()
+    );
+}

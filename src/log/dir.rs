@@ -1089,6 +1089,105 @@ pub(crate) fn backup_name_sync(io: &dyn Io, dest: &Path) -> Result<()> {
     }
 }
 
+/// Whether the file `prev` (a segment of an earlier backup) holds exactly what a backup of
+/// the segment would write: `image` (its header and frames), then zeros up to `size`, its
+/// length. Read whole, so a backup's file that rotted or was written into since is never
+/// taken for the log's.
+pub(crate) fn backup_file_matches(prev: &Path, image: &[u8], size: u64) -> Result<bool> {
+    use std::io::Read;
+    let mut file = match File::open(prev) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io("read earlier backup's segment", prev, e)),
+    };
+    let err = |e| Error::io("read earlier backup's segment", prev, e);
+    let meta = file.metadata().map_err(err)?;
+    if !meta.is_file() || meta.len() != size.max(image.len() as u64) {
+        return Ok(false);
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(err)?;
+        if n == 0 {
+            return Ok(off == meta.len());
+        }
+        let chunk = &buf[..n];
+        let start = off as usize;
+        let in_image = image.len().saturating_sub(start).min(n);
+        if chunk[..in_image] != image[start..start + in_image]
+            || chunk[in_image..].iter().any(|&b| b != 0)
+        {
+            return Ok(false);
+        }
+        off += n as u64;
+    }
+}
+
+/// Makes `to` a second name of the earlier backup's file `from` (`IoOp::Link`). `Ok(false)`
+/// where the file system cannot (another file system, or no hard links): the caller copies.
+#[allow(clippy::disallowed_methods)] // the log directory's owner (and a backup's)
+pub(crate) fn backup_link(io: &dyn Io, from: &Path, to: &Path) -> Result<bool> {
+    match io::hard_link(io, from, to) {
+        Ok(()) => Ok(true),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EXDEV | libc::EPERM | libc::EOPNOTSUPP | libc::EMLINK)
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(Error::io("link backup segment", to, e)),
+    }
+}
+
+/// The temporary a segment's private copy is made in (`unshare_segments`).
+pub(crate) const UNSHARE_TMP: &str = "unshare.tmp";
+
+/// Gives every segment file of `dir` that has other names (hard links: an incremental
+/// backup's files, shared with another backup) a file of its own before a writer opens the
+/// log, which may write into its segments (the last one's tail, a cut, recycling): each is
+/// copied whole into a temporary, synced, and renamed over its name; the directory is synced
+/// once at the end. The other names keep the old file, unchanged. A crash leaves each
+/// segment either the shared file or its whole copy, and at most the temporary, which the
+/// next open removes. Returns how many were copied.
+#[allow(clippy::disallowed_methods)] // the log directory's owner
+pub(crate) fn unshare_segments(io: &dyn Io, dir: &Path) -> Result<usize> {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = dir.join(UNSHARE_TMP);
+    remove_leftover(io, &tmp);
+    let mut copied = 0;
+    for (_, path) in list_segments(dir)? {
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            // Whatever it is, the scan reports it with the file's name.
+            Err(_) => continue,
+        };
+        if !meta.is_file() || meta.nlink() < 2 {
+            continue;
+        }
+        let made = io::create_new(io, &tmp, |to| {
+            let mut from = File::open(&path)?;
+            std::io::copy(&mut from, to)?;
+            to.sync_all()
+        });
+        if let Err(e) = made {
+            remove_leftover(io, &tmp);
+            return Err(Error::io("copy shared segment", &path, e));
+        }
+        if let Err(e) = io::rename(io, &tmp, &path) {
+            remove_leftover(io, &tmp);
+            return Err(Error::io("replace shared segment", &path, e));
+        }
+        copied += 1;
+    }
+    if copied > 0 {
+        sync_dir(io, dir)?;
+    }
+    Ok(copied)
+}
+
 /// Removes what a failed backup left in `staging`, and the directory: best effort (the
 /// backup's own error is what the caller reports).
 #[allow(clippy::disallowed_methods)] // the log directory's owner (and a backup's)

@@ -60,6 +60,9 @@ pub enum IoOp {
     /// the old contents, whose room the next replacement overwrites. Where the file system
     /// cannot (not Linux, or `EINVAL`), the engine renames instead, as before.
     Exchange,
+    /// Making a second name (a hard link) of an existing file: an incremental backup's
+    /// segment that the earlier backup holds unchanged (`Engine::backup_since`).
+    Link,
 }
 
 /// Hooks called around every file-changing operation of the log.
@@ -73,6 +76,7 @@ pub trait Io: Send + Sync + 'static {
     ///   bytes ([`synced_range`] decodes it). The kernel writes back whole pages, so it may
     ///   sync a little more than the range; the range is what the engine asked for;
     /// - for `IoOp::Rename`, the destination path's bytes;
+    /// - for `IoOp::Link`, the new name's bytes (`path` is the existing file's);
     /// - for `IoOp::Exchange`, the other path's bytes (`path` is the temporary file's);
     /// - empty otherwise.
     fn before(&self, op: IoOp, path: &Path, offset: u64, data: &[u8]) -> io::Result<()>;
@@ -175,6 +179,15 @@ pub(crate) fn exchange(io: &dyn Io, a: &Path, b: &Path) -> io::Result<()> {
         {
             Err(io::Error::from(io::ErrorKind::Unsupported))
         }
+    })
+}
+
+/// Makes `to` a hard link of `from`; the hooks get `to` as the data.
+#[allow(clippy::disallowed_methods)] // the seam itself: the one place a link is made
+pub(crate) fn hard_link(io: &dyn Io, from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    guarded(io, IoOp::Link, from, 0, to.as_os_str().as_bytes(), || {
+        std::fs::hard_link(from, to)
     })
 }
 

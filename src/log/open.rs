@@ -46,6 +46,10 @@ pub(crate) fn recover(
     io: &SharedIo,
     visit: impl FnMut(u32, &Arc<Segment>, &Frame<'_>) -> Result<()>,
 ) -> Result<Recovered> {
+    // A segment file with other names (an incremental backup's, shared with another
+    // backup) gets a file of its own before anything here may write into it: the tail's
+    // rewrite after an unclean end, a cut, appends, reuse (`dir::unshare_segments`).
+    dir::unshare_segments(&**io, dir)?;
     // Whether the last run closed cleanly (see `log::clean`).
     let found = clean::read(dir)?;
     let synced = config.durability == Durability::Sync;

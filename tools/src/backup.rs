@@ -14,6 +14,10 @@ pub struct BackupArgs {
     dir: PathBuf,
     /// The backup's directory: must not exist; made only once the copy is whole.
     dest: PathBuf,
+    /// An earlier backup: segment files it holds exactly as this backup would write them
+    /// are linked (hard links, on the same file system), not copied (an incremental backup).
+    #[arg(long, value_name = "EARLIER")]
+    since: Option<PathBuf>,
 }
 
 pub fn run(args: BackupArgs) -> Result<(), CliError> {
@@ -35,7 +39,11 @@ pub fn run(args: BackupArgs) -> Result<(), CliError> {
         }
         Err(OpenError::Other(e)) => return Err(e),
     };
-    let backup = reader.backup(&args.dest).map_err(|e| {
+    let made = match &args.since {
+        Some(earlier) => reader.backup_since(earlier, &args.dest),
+        None => reader.backup(&args.dest),
+    };
+    let backup = made.map_err(|e| {
         CliError::new(format!(
             "back up {} into {}: {e}",
             args.dir.display(),
@@ -59,14 +67,22 @@ pub fn run(args: BackupArgs) -> Result<(), CliError> {
         ""
     };
     logdir::print(&format!(
-        "backed up {} into {}: batches {}..{} in {} segments ({} bytes), {} consumer \
-         positions, {} request ids of retired segments{torn}{live}\n",
+        "backed up {} into {}: batches {}..{} in {} segments ({} bytes copied{}), {} \
+         consumer positions, {} request ids of retired segments{torn}{live}\n",
         args.dir.display(),
         backup.dir.display(),
         backup.first_seq,
         backup.next_seq.get().saturating_sub(1),
         backup.segments,
         backup.bytes,
+        match &args.since {
+            Some(earlier) => format!(
+                "; {} segments linked from {}",
+                backup.linked,
+                earlier.display()
+            ),
+            None => String::new(),
+        },
         backup.consumers,
         backup.carried_ids,
     ))

@@ -668,3 +668,62 @@ fn backup_copies_a_log_being_written_into_one_verify_passes() {
     assert_eq!(code, 2, "{err}");
     assert!(!other.exists());
 }
+
+#[test]
+fn backup_since_links_what_the_earlier_backup_holds_and_the_copy_verifies() {
+    use std::os::unix::fs::MetadataExt;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("log");
+    let (b1, b2) = (root.path().join("b1"), root.path().join("b2"));
+    let engine = Engine::open(&dir, small_segments()).unwrap();
+    for round in 0..30 {
+        put_round(&engine, round);
+    }
+    engine.close().unwrap();
+    let d = dir.to_str().unwrap();
+    let (code, _, err) = run_code(&["backup", d, b1.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let segments = mergelog::internals::list_segments(&b1).unwrap().len();
+    assert!(segments >= 2, "{segments} segments");
+    let (code, out, err) = run_code(&[
+        "backup",
+        "--since",
+        b1.to_str().unwrap(),
+        d,
+        b2.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    // Nothing was written since: every segment is linked, none copied.
+    assert!(
+        out.contains(&format!(
+            "(0 bytes copied; {segments} segments linked from "
+        )),
+        "{out}"
+    );
+    for (_, path) in mergelog::internals::list_segments(&b2).unwrap() {
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().nlink(),
+            2,
+            "{}",
+            path.display()
+        );
+    }
+    let (code, out, err) = run_code(&["verify", b2.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    // An earlier backup that does not exist is refused (a mistyped name), and nothing made.
+    let b3 = root.path().join("b3");
+    let missing = root.path().join("missing");
+    let (code, _, err) = run_code(&[
+        "backup",
+        "--since",
+        missing.to_str().unwrap(),
+        d,
+        b3.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("the earlier backup is not a directory"),
+        "{err}"
+    );
+    assert!(!b3.exists());
+}

@@ -682,15 +682,14 @@ fn fill(engine: &Engine, tag: &str, n: u32) {
 #[test]
 fn an_incremental_backup_links_what_the_earlier_one_holds_unchanged_and_copies_the_rest() {
     let root = tempfile::tempdir().unwrap();
-    let src = root.path().join("log");
-    let (b1, b2, full) = (
-        root.path().join("b1"),
-        root.path().join("b2"),
-        root.path().join("full"),
-    );
-    let engine = Engine::open(&src, small_segments()).unwrap();
-    fill(&engine, "a", 300);
-    let first = engine.backup(&b1).unwrap();
+    let FirstBackup {
+        engine,
+        first,
+        src,
+        b1,
+        b2,
+    } = first_backup(root.path());
+    let full = root.path().join("full");
     assert_eq!(first.linked, 0);
     assert!(first.segments >= 3, "{first:?}");
     fill(&engine, "b", 300);
@@ -743,16 +742,37 @@ fn linked_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// A log in `root/log` with 300 puts (keys `a-0..300`, several segments) and a first backup
+/// of it in `root/b1`: the engine, the backup, and the paths of the log, `b1` and `b2`.
+struct FirstBackup {
+    engine: Engine,
+    first: mergelog::Backup,
+    src: std::path::PathBuf,
+    b1: std::path::PathBuf,
+    b2: std::path::PathBuf,
+}
+
+fn first_backup(root: &Path) -> FirstBackup {
+    let src = root.join("log");
+    let (b1, b2) = (root.join("b1"), root.join("b2"));
+    let engine = Engine::open(&src, small_segments()).unwrap();
+    fill(&engine, "a", 300);
+    let first = engine.backup(&b1).unwrap();
+    FirstBackup {
+        engine,
+        first,
+        src,
+        b1,
+        b2,
+    }
+}
+
 #[test]
 fn an_engine_opened_on_a_backup_never_writes_into_the_files_it_shares_with_another() {
     // Both ways: the earlier backup restored and written on, then the later one.
     for restore_later in [false, true] {
         let root = tempfile::tempdir().unwrap();
-        let src = root.path().join("log");
-        let (b1, b2) = (root.path().join("b1"), root.path().join("b2"));
-        let engine = Engine::open(&src, small_segments()).unwrap();
-        fill(&engine, "a", 300);
-        engine.backup(&b1).unwrap();
+        let FirstBackup { engine, b1, b2, .. } = first_backup(root.path());
         // Nothing written between: every segment is shared, the last one too.
         let second = engine.backup_since(&b1, &b2).unwrap();
         assert_eq!(second.linked, second.segments);
@@ -801,11 +821,13 @@ fn an_engine_opened_on_a_backup_never_writes_into_the_files_it_shares_with_anoth
 #[test]
 fn an_earlier_backups_file_that_differs_is_copied_not_linked() {
     let root = tempfile::tempdir().unwrap();
-    let src = root.path().join("log");
-    let (b1, b2) = (root.path().join("b1"), root.path().join("b2"));
-    let engine = Engine::open(&src, small_segments()).unwrap();
-    fill(&engine, "a", 300);
-    let first = engine.backup(&b1).unwrap();
+    let FirstBackup {
+        engine,
+        first,
+        src,
+        b1,
+        b2,
+    } = first_backup(root.path());
     // One byte of the first backup's second segment rots; and its third one gets bytes
     // past its frames (where the backup wrote zeros).
     let names: Vec<String> = segment_links(&b1).into_iter().map(|(n, _)| n).collect();
@@ -843,11 +865,7 @@ impl Io for FailUnshare {
 #[test]
 fn an_open_that_fails_to_unshare_a_segment_leaves_both_backups_whole() {
     let root = tempfile::tempdir().unwrap();
-    let src = root.path().join("log");
-    let (b1, b2) = (root.path().join("b1"), root.path().join("b2"));
-    let engine = Engine::open(&src, small_segments()).unwrap();
-    fill(&engine, "a", 300);
-    engine.backup(&b1).unwrap();
+    let FirstBackup { engine, b1, b2, .. } = first_backup(root.path());
     engine.backup_since(&b1, &b2).unwrap();
     engine.close().unwrap();
     let kept = files_of(&b2);

@@ -750,6 +750,24 @@ impl Ring {
         !self.space_moved(seen_head)
     }
 
+    /// The waiting future that `slot` names is gone (dropped while it waited, or let
+    /// through): if its entry is still in the list (no release drained it since), its waker
+    /// is replaced by one that does nothing, so the ring no longer keeps the task (nor wakes
+    /// it). The entry itself stays until the next drain: other slots name theirs by index.
+    /// Nothing to do for a future that never waited.
+    pub fn forget_space_waker(&self, slot: &SpaceSlot) {
+        let Some((round, i)) = slot.0 else { return };
+        let old = {
+            let mut list = self.space_wakers.lock();
+            if list.round != round {
+                return;
+            }
+            mem::replace(&mut list.wakers[i], Waker::noop().clone())
+        };
+        // Dropped outside the lock: a waker's drop is user code.
+        drop(old);
+    }
+
     /// Wakes every registered task (see "Parking").
     #[cold]
     #[inline(never)]

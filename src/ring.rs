@@ -89,7 +89,8 @@
 //!   this slow path allocates) and increments `space_tasks` (`SeqCst`), then re-checks `head`
 //!   (a future polled again before the list was drained finds its entry by its [`SpaceSlot`]
 //!   and replaces the waker in place, so the list holds one entry per waiting future however
-//!   often an executor polls it; the count, still non-zero since then, is not touched)
+//!   often an executor polls it; the count, still non-zero since then, is not touched; a
+//!   future that goes away puts a no-op waker in its entry: [`Ring::forget_space_waker`])
 //!   and `tail`'s closed bit; only if neither moved does it return `Pending`. `release` reads
 //!   `space_tasks` after the same fence as `space_waiters` and, when non-zero, takes the whole
 //!   list and wakes every waker in it (the woken retry their claim, and a loser registers

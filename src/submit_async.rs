@@ -13,7 +13,10 @@
 //!
 //! Like every Rust future, it does nothing until polled: the request takes its place in the
 //! total order at the poll that resolves it, not at the call. With space in the ring that is
-//! the first poll, and it allocates nothing; only a wait registers (clones) the waker.
+//! the first poll, and it allocates nothing; only a wait registers (clones) the waker. A
+//! waiting future keeps one waker registered, the one it was last polled with, and a future
+//! dropped while it waits (given up on: a timeout around the submit) submits nothing and
+//! leaves no waker with the engine.
 //!
 //! Why `async fn`s rather than a `writable()` future plus `try_put`: space seen by a
 //! readiness future can be taken by another producer before the `try_put`, so every caller

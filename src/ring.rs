@@ -89,7 +89,8 @@
 //!   this slow path allocates) and increments `space_tasks` (`SeqCst`), then re-checks `head`
 //!   (a future polled again before the list was drained finds its entry by its [`SpaceSlot`]
 //!   and replaces the waker in place, so the list holds one entry per waiting future however
-//!   often an executor polls it; the count, still non-zero since then, is not touched)
+//!   often an executor polls it; the count, still non-zero since then, is not touched; a
+//!   future that goes away puts a no-op waker in its entry: [`Ring::forget_space_waker`])
 //!   and `tail`'s closed bit; only if neither moved does it return `Pending`. `release` reads
 //!   `space_tasks` after the same fence as `space_waiters` and, when non-zero, takes the whole
 //!   list and wakes every waker in it (the woken retry their claim, and a loser registers
@@ -748,6 +749,24 @@ impl Ring {
         }
         fence_after_sc_rmw();
         !self.space_moved(seen_head)
+    }
+
+    /// The waiting future that `slot` names is gone (dropped while it waited, or let
+    /// through): if its entry is still in the list (no release drained it since), its waker
+    /// is replaced by one that does nothing, so the ring no longer keeps the task (nor wakes
+    /// it). The entry itself stays until the next drain: other slots name theirs by index.
+    /// Nothing to do for a future that never waited.
+    pub fn forget_space_waker(&self, slot: &SpaceSlot) {
+        let Some((round, i)) = slot.0 else { return };
+        let old = {
+            let mut list = self.space_wakers.lock();
+            if list.round != round {
+                return;
+            }
+            mem::replace(&mut list.wakers[i], Waker::noop().clone())
+        };
+        // Dropped outside the lock: a waker's drop is user code.
+        drop(old);
     }
 
     /// Wakes every registered task (see "Parking").

@@ -13,7 +13,10 @@
 //!
 //! Like every Rust future, it does nothing until polled: the request takes its place in the
 //! total order at the poll that resolves it, not at the call. With space in the ring that is
-//! the first poll, and it allocates nothing; only a wait registers (clones) the waker.
+//! the first poll, and it allocates nothing; only a wait registers (clones) the waker. A
+//! waiting future keeps one waker registered, the one it was last polled with, and a future
+//! dropped while it waits (given up on: a timeout around the submit) submits nothing and
+//! leaves no waker with the engine.
 //!
 //! Why `async fn`s rather than a `writable()` future plus `try_put`: space seen by a
 //! readiness future can be taken by another producer before the `try_put`, so every caller
@@ -184,14 +187,17 @@ impl Engine {
         let inner = &*self.inner;
         let reject = inner.config.backpressure == Backpressure::Reject;
         let mut waited: Option<Instant> = None;
-        let mut slot = crate::ring::SpaceSlot::default();
+        let mut wait = SpaceWait {
+            ring: &inner.ring,
+            slot: crate::ring::SpaceSlot::default(),
+        };
         let pushed = poll_fn(|cx| {
             let now = self.stamp();
             let fill = |buf: &mut [u8]| fill(buf, now);
             if reject {
                 return Poll::Ready(inner.ring.try_push(len, fill));
             }
-            let r = inner.ring.poll_push(len, cx, &mut slot, fill);
+            let r = inner.ring.poll_push(len, cx, &mut wait.slot, fill);
             if r.is_pending() {
                 waited.get_or_insert_with(Instant::now);
             }
@@ -227,8 +233,10 @@ impl Engine {
         if inner.config.backpressure == Backpressure::Reject {
             return Err(inner.throttle.refusal());
         }
+        // Its entry in the throttle's list goes when the future does, waiting or not.
+        let mut slot = inner.throttle.task_slot();
         poll_fn(|cx| {
-            inner.throttle.poll_wait(cx, || {
+            slot.poll_wait(cx, || {
                 inner.ring.is_closed()
                     || inner.completion.failure().is_some()
                     || inner.throttle.no_room()
@@ -237,5 +245,19 @@ impl Engine {
         .await;
         // A spell of refusals for room let it go: refused as every write now is.
         self.refused_for_room()
+    }
+}
+
+/// A future's place in the ring's list of tasks waiting for space: its waker leaves the list
+/// with the future (`Ring::forget_space_waker`), so a submit given up on while the flusher is
+/// stalled leaves nothing with the engine until the next release.
+struct SpaceWait<'a> {
+    ring: &'a crate::ring::Ring,
+    slot: crate::ring::SpaceSlot,
+}
+
+impl Drop for SpaceWait<'_> {
+    fn drop(&mut self) {
+        self.ring.forget_space_waker(&self.slot);
     }
 }

@@ -66,9 +66,11 @@ pub(crate) struct Throttle {
     state: Mutex<Slowest>,
     /// Notified when the flag is cleared, and on close or failure.
     released: Condvar,
-    /// The wakers of the asynchronous submissions waiting (`Engine::put_async`): pushed
-    /// and taken only under `state`, like `released`'s waiters, so none is missed.
-    tasks: Mutex<Vec<Waker>>,
+    /// The wakers of the asynchronous submissions waiting (`Engine::put_async`), one entry
+    /// per waiting future ([`TaskSlot`]): pushed and taken only under `state`, like
+    /// `released`'s waiters, so none is missed; a future dropped while it waits takes its
+    /// entry out.
+    tasks: Mutex<Tasks>,
     /// When the consumer files were last read; held while they are (one measure at a time).
     measured: Mutex<Instant>,
     /// The thread that re-reads the files while the flag is set and nothing else happens
@@ -79,6 +81,70 @@ pub(crate) struct Throttle {
     live: Arc<LiveLog>,
     /// The engine's retirement lock, for the views of its log made here.
     retire_lock: Arc<Mutex<()>>,
+}
+
+/// The futures waiting for the throttle to let go: each entry is one future's
+/// ([`TaskSlot`]'s number) with the waker it was last polled with.
+#[derive(Default)]
+struct Tasks {
+    /// The number the next future to register gets.
+    next: u64,
+    list: Vec<(u64, Waker)>,
+}
+
+/// A future's entry in the throttle's list while it waits ([`TaskSlot::poll_wait`]): polled
+/// again it replaces its waker (whatever task the new one wakes), and dropped it takes the
+/// entry out, so the list holds one waker per waiting future and none of a future given up
+/// on (a consumer that never commits keeps the throttle engaged for ever).
+pub(crate) struct TaskSlot<'a> {
+    throttle: &'a Throttle,
+    id: Option<u64>,
+}
+
+impl TaskSlot<'_> {
+    /// As [`Throttle::wait`], for a task: `Pending` (with `cx`'s waker in the list) while
+    /// the flag is set and `stop` does not hold.
+    pub fn poll_wait(&mut self, cx: &mut Context<'_>, stop: impl Fn() -> bool) -> Poll<()> {
+        let t = self.throttle;
+        let _s = t.state.lock();
+        if !t.engaged() || stop() {
+            return Poll::Ready(());
+        }
+        let mut tasks = t.tasks.lock();
+        let tasks = &mut *tasks;
+        // Still in the list (not taken by a wake-up since the last poll): the new waker
+        // replaces the old one, which need not wake the same task.
+        match self
+            .id
+            .and_then(|id| tasks.list.iter_mut().find(|(i, _)| *i == id))
+        {
+            Some((_, w)) => {
+                if !w.will_wake(cx.waker()) {
+                    w.clone_from(cx.waker());
+                }
+            }
+            None => {
+                let id = tasks.next;
+                tasks.next += 1;
+                tasks.list.push((id, cx.waker().clone()));
+                self.id = Some(id);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for TaskSlot<'_> {
+    /// The future ended (it was let through, or dropped while it waited): its entry, if a
+    /// wake-up has not taken it, goes.
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            let mut tasks = self.throttle.tasks.lock();
+            if let Some(i) = tasks.list.iter().position(|(i, _)| *i == id) {
+                tasks.list.swap_remove(i);
+            }
+        }
+    }
 }
 
 /// `Throttle::flags`: a consumer lags past the limit.
@@ -107,7 +173,7 @@ impl Throttle {
             log_bytes: AtomicU64::new(0),
             state: Mutex::new(Slowest::default()),
             released: Condvar::new(),
-            tasks: Mutex::new(Vec::new()),
+            tasks: Mutex::new(Tasks::default()),
             measured: Mutex::new(Instant::now()),
             rereader: OnceLock::new(),
             dir,
@@ -337,35 +403,26 @@ impl Throttle {
         wake_tasks(tasks);
     }
 
-    /// As [`Throttle::wait`], for a task: `Pending` (with `cx`'s waker registered) while
-    /// the flag is set and `stop` does not hold.
-    pub fn poll_wait(&self, cx: &mut Context<'_>, stop: impl Fn() -> bool) -> Poll<()> {
-        let _s = self.state.lock();
-        if !self.engaged() || stop() {
-            return Poll::Ready(());
+    /// A waiting future's entry in the list of tasks (see [`TaskSlot::poll_wait`]).
+    pub fn task_slot(&self) -> TaskSlot<'_> {
+        TaskSlot {
+            throttle: self,
+            id: None,
         }
-        let mut tasks = self.tasks.lock();
-        // A task polled again while it waits replaces its waker: the list holds one per
-        // task, however often an executor polls.
-        match tasks.iter_mut().find(|t| t.will_wake(cx.waker())) {
-            Some(t) => t.clone_from(cx.waker()),
-            None => tasks.push(cx.waker().clone()),
-        }
-        Poll::Pending
     }
 
     /// Takes the waiting tasks off the list; called under `state`, where they register, so
     /// none registers after the flag changed and misses its wake-up. They are woken after the
     /// lock is released ([`wake_tasks`]): a waker may poll its task at once, on this thread,
     /// and the task's `poll_wait` takes `state`.
-    fn take_tasks(&self) -> Vec<Waker> {
-        std::mem::take(&mut *self.tasks.lock())
+    fn take_tasks(&self) -> Vec<(u64, Waker)> {
+        std::mem::take(&mut self.tasks.lock().list)
     }
 }
 
 /// Wakes tasks taken off the throttle's list, each on its own: a waker is user code.
-fn wake_tasks(tasks: Vec<Waker>) {
-    for t in tasks {
+fn wake_tasks(tasks: Vec<(u64, Waker)>) {
+    for (_, t) in tasks {
         crate::sync::wake_user(t);
     }
 }
@@ -444,8 +501,9 @@ mod tests {
         }
     }
 
-    /// An executor may poll a waiting task any number of times: the list keeps one waker per
-    /// task (the newest), and a release wakes each task once.
+    /// An executor may poll a waiting future any number of times: the list keeps one waker
+    /// per future (the newest), and a release wakes each once; a future dropped while it
+    /// waits takes its entry out; one let through and polled again registers again.
     #[test]
     fn a_task_polled_again_keeps_one_waker() {
         let limit = ConsumerLag {
@@ -468,18 +526,41 @@ mod tests {
             Arc::new(Count(Default::default())),
         );
         let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
+        let (mut sa, mut sb) = (t.task_slot(), t.task_slot());
         for _ in 0..100 {
-            assert!(t
+            assert!(sa
                 .poll_wait(&mut Context::from_waker(&wa), || false)
                 .is_pending());
         }
-        assert!(t
+        assert!(sb
             .poll_wait(&mut Context::from_waker(&wb), || false)
             .is_pending());
-        assert_eq!(t.tasks.lock().len(), 2);
+        assert_eq!(t.tasks.lock().list.len(), 2);
         t.wake_all();
         assert_eq!(a.0.load(Ordering::SeqCst), 1);
         assert_eq!(b.0.load(Ordering::SeqCst), 1);
-        assert!(t.tasks.lock().is_empty());
+        assert!(t.tasks.lock().list.is_empty());
+        // Woken but still throttled: polled again, each registers again.
+        assert!(sa
+            .poll_wait(&mut Context::from_waker(&wa), || false)
+            .is_pending());
+        assert!(sb
+            .poll_wait(&mut Context::from_waker(&wa), || false)
+            .is_pending());
+        assert_eq!(t.tasks.lock().list.len(), 2, "one entry per future");
+        drop(sa);
+        assert_eq!(
+            t.tasks.lock().list.len(),
+            1,
+            "a dropped future's entry stayed"
+        );
+        t.wake_all();
+        assert_eq!(
+            a.0.load(Ordering::SeqCst),
+            2,
+            "the one still waiting is woken"
+        );
+        drop(sb);
+        assert!(t.tasks.lock().list.is_empty());
     }
 }

@@ -335,3 +335,59 @@ fn an_idempotent_merge_has_an_async_form() {
     );
     engine.close().unwrap();
 }
+
+/// A future given up on while it waits for ring space (dropped: a timeout around the
+/// submit) leaves no waker with the engine. Its entry in the ring's list of waiting tasks
+/// stayed until the next release of ring space, which a stalled flusher (a slow disk, a slow
+/// merge operator) puts off: every submit given up on meanwhile kept its task's waker (and
+/// with it the task's allocation) alive.
+#[test]
+fn a_future_dropped_while_it_waits_for_ring_space_leaves_no_waker() {
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate::default());
+    let engine = Engine::open(tmp.path(), stalling_config(&gate, Backpressure::Block)).unwrap();
+    let gate_ticket = stall_flusher(&engine, &gate);
+    let v = value(0);
+    // Fill the ring: submits go through until one has to wait.
+    let mut tickets = Vec::new();
+    let noop = Waker::noop();
+    loop {
+        let mut put = Box::pin(engine.put_async(b"filler", &v));
+        match put.as_mut().poll(&mut Context::from_waker(noop)) {
+            Poll::Ready(t) => tickets.push(t.expect("put_async")),
+            Poll::Pending => break,
+        }
+        assert!(tickets.len() < 1000, "a 64 KiB ring never filled");
+    }
+    let wakers: Vec<Arc<Count>> = (0..100)
+        .map(|_| Arc::new(Count(AtomicUsize::new(0))))
+        .collect();
+    for w in &wakers {
+        let mut put = Box::pin(engine.put_async(b"given up", &v));
+        let waker = Waker::from(w.clone());
+        assert!(
+            put.as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending(),
+            "the ring has room while the flusher is stalled"
+        );
+    }
+    let held = wakers.iter().filter(|w| Arc::strong_count(w) > 1).count();
+    gate.open.store(true, Ordering::SeqCst);
+    assert_eq!(held, 0, "the engine holds {held} wakers of dropped futures");
+    for t in tickets {
+        t.wait_timeout(WAIT_MAX).expect("durable");
+    }
+    gate_ticket.wait().unwrap();
+    engine.close().unwrap();
+    assert!(
+        wakers.iter().all(|w| w.0.load(Ordering::SeqCst) == 0),
+        "a dropped future's waker was called"
+    );
+}

@@ -433,3 +433,75 @@ fn a_request_too_large_is_refused_for_its_size_while_throttled() {
         assert!(throttled, "{backpressure:?}: not throttled");
     }
 }
+
+/// A throttled asynchronous submit holds one waker, its newest, and none once it is
+/// dropped. An executor may poll a future with a different waker each time (a future moved
+/// to another task, or one polled through a combinator's own waker); a future is dropped
+/// while it waits when its caller gives up (a timeout around the submit). The throttle's list
+/// kept every waker that was not `will_wake` the last one, and a dropped future's waker
+/// stayed until the throttle let go, which a consumer that never commits never does: a
+/// service that times out throttled requests grew the list (and kept every timed-out task's
+/// allocation alive) without bound.
+#[test]
+fn a_throttled_async_submit_holds_only_its_newest_waker_and_none_once_dropped() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    let dir = tempfile::tempdir().unwrap();
+    let engine =
+        Engine::open(dir.path(), config(Backpressure::Block, batches(LIMIT))).expect("open");
+    let mut c = engine.consumer("slow").expect("consumer");
+    for i in 1..=LIMIT + 1 {
+        put_batch(&engine, i, 10);
+    }
+    let held = |w: &Arc<Woken>| Arc::strong_count(w) > 1;
+    let wakers: Vec<Arc<Woken>> = (0..100).map(|_| Arc::new(Woken(false.into()))).collect();
+    let mut put = Box::pin(engine.put_async(b"async", b"v"));
+    for w in &wakers {
+        let waker = Waker::from(w.clone());
+        assert!(
+            put.as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending(),
+            "not throttled"
+        );
+    }
+    let still_held = wakers.iter().filter(|w| held(w)).count();
+    assert_eq!(
+        still_held, 1,
+        "the engine holds {still_held} of 100 wakers of one future"
+    );
+    assert!(held(wakers.last().unwrap()), "the newest waker is not held");
+    drop(put);
+    // Futures given up on while throttled, each by its own task.
+    let dropped: Vec<Arc<Woken>> = (0..100).map(|_| Arc::new(Woken(false.into()))).collect();
+    for w in &dropped {
+        let waker = Waker::from(w.clone());
+        let mut put = Box::pin(engine.put_async(b"given up", b"v"));
+        assert!(put
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending());
+    }
+    let still_held = wakers.iter().chain(&dropped).filter(|w| held(w)).count();
+    assert_eq!(
+        still_held, 0,
+        "the engine holds {still_held} wakers of dropped futures"
+    );
+    // A future still waiting is woken by the commit, and goes through.
+    let woken = Arc::new(Woken(false.into()));
+    let waker = Waker::from(woken.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut put = Box::pin(engine.put_async(b"waits", b"v"));
+    assert!(put.as_mut().poll(&mut cx).is_pending());
+    consume(&mut c, LIMIT + 1);
+    eventually("the commit wakes the put", || {
+        woken.0.load(std::sync::atomic::Ordering::SeqCst)
+    });
+    let std::task::Poll::Ready(ticket) = put.as_mut().poll(&mut cx) else {
+        panic!("woken, yet still throttled");
+    };
+    ticket
+        .expect("put_async")
+        .wait_timeout(WAIT_MAX)
+        .expect("durable");
+}

@@ -32,8 +32,8 @@ mod common;
 use common::log::{next_batch_seq, read_log, replay, segment_files};
 use common::{engine_state, State, WAIT_MAX};
 use mergelog::{
-    Config, Durability, Engine, Error, GetTicket, IdTicket, MergeOperator, Outcome, RequestId, Seq,
-    Stats, Ticket, WindowPolicy, WriteBatch, WritePath,
+    AutoCompaction, Compaction, Config, Durability, Engine, Error, GetTicket, IdTicket,
+    MergeOperator, Outcome, RequestId, Seq, Stats, Ticket, WindowPolicy, WriteBatch, WritePath,
 };
 use proptest::prelude::*;
 use std::collections::HashMap;
@@ -244,7 +244,7 @@ fn config() -> impl Strategy<Value = Config> {
             1usize..=3,
             prop_oneof![Just(0u64), Just(100)],
         ),
-        operator(),
+        (operator(), proptest::bool::weighted(0.3)),
     )
         .prop_map(
             |(
@@ -257,7 +257,7 @@ fn config() -> impl Strategy<Value = Config> {
                 coalesce,
                 mmap,
                 (sync, syncers, overlap_us),
-                merge,
+                (merge, auto),
             )| {
                 let age = Duration::from_micros(age_us);
                 let within = age.mul_f64(frac);
@@ -286,6 +286,16 @@ fn config() -> impl Strategy<Value = Config> {
                     syncers,
                     overlap_syncs_above: Duration::from_micros(overlap_us),
                     merge: Some(merge),
+                    // Automatic compaction keeps a bit per live record for its scans (the
+                    // `Compact` ops then run beside its thread).
+                    compaction: if auto {
+                        Compaction::Auto(AutoCompaction {
+                            check_every: Duration::from_millis(5),
+                            ..AutoCompaction::default()
+                        })
+                    } else {
+                        Compaction::OnDemand
+                    },
                     ..Config::default()
                 }
             },

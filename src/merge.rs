@@ -3,9 +3,10 @@
 //!
 //! A merge enters the order as a request carrying an operand. In its window, the flusher
 //! groups each key's requests in order; the merges after the key's last put or delete fold
-//! into one operator call on the value before them: the put's value, or the durable value
-//! from the index (every earlier window included: the flusher drains the windows in flight
-//! first, as it does for a get that needs the index). The result is logged as a plain put
+//! into one operator call on the value before them: the put's value, or the key's value as
+//! every earlier window left it (the flusher keeps the values the windows written and not yet
+//! durable gave their keys, and reads the index for the rest, without waiting for those
+//! windows' syncs). The result is logged as a plain put
 //! record, so the log format does not change, replay re-runs nothing and a read never
 //! folds anything; and since the flusher is the only writer, a merge is atomic without any
 //! lock for the caller. A get in the window sees the value as of its place in the order.

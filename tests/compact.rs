@@ -1337,3 +1337,40 @@ fn an_automatic_compaction_stopped_by_close_is_not_counted_as_failed() {
         counts.failed
     );
 }
+
+/// A merge's request id is carried to the `ids` file when a compaction retires the segment
+/// whose frame logged it: a retry is a duplicate after the compaction and after a reopen, and
+/// the counter counts the merge once.
+#[test]
+fn a_merges_request_id_outlives_the_compaction_that_retires_its_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cfg = Config {
+        merge: Some(mergelog::MergeOperator::Add),
+        durability: Durability::NoSync,
+        ..config()
+    };
+    let one = 1i64.to_le_bytes();
+    let retry = |engine: &Engine| {
+        engine
+            .merge_with_id(7u128, b"counter", &one)
+            .expect("merge")
+            .wait_timeout(WAIT_MAX)
+            .expect("completes")
+    };
+    let engine = Engine::open(dir, cfg.clone()).expect("open");
+    assert!(matches!(retry(&engine), mergelog::Outcome::Written(_)));
+    // Enough to complete the merge's segment.
+    overwrite(&engine, 50, 10);
+    let done = engine.compact().expect("compact");
+    assert!(done.segments > 0, "{done:?}");
+    let o = retry(&engine);
+    assert!(matches!(o, mergelog::Outcome::Duplicate { .. }), "{o:?}");
+    engine.close().expect("close");
+    drop(engine);
+    let engine = Engine::open(dir, cfg).expect("reopen");
+    let o = retry(&engine);
+    assert!(matches!(o, mergelog::Outcome::Duplicate { .. }), "{o:?}");
+    assert_eq!(engine.read_to_vec(b"counter").unwrap(), Some(one.to_vec()));
+    engine.close().expect("close");
+}

@@ -16,7 +16,14 @@
 //! max, append with a bound, a custom one): the model applies each merge onto its value at
 //! the merge's place, and refuses it (and the whole batch holding it) where the operator
 //! refuses that value (an add onto a value that is not 8 bytes): its ticket must report
-//! `Error::MergeRefused`, and nothing of it may reach the state.
+//! `Error::MergeRefused`, and nothing of it may reach the state. Merges carry request ids
+//! too: a refused one gives its id back, so a later submission of the id is applied (one in
+//! the same window as the refusal gets the same refusal: the sequential property flushes after
+//! a refusal it foresees, the concurrent one accepts that refusal for a given-back id).
+//!
+//! Compactions (`Engine::compact`) run among the requests, from the producers' threads too:
+//! they copy the live records of the complete segments and retire them, which must change no
+//! value a get, a read, a merge or a replay sees.
 //!
 //! `PROPTEST_CASES` sets the number of cases of each property.
 
@@ -25,8 +32,8 @@ mod common;
 use common::log::{next_batch_seq, read_log, replay, segment_files};
 use common::{engine_state, State, WAIT_MAX};
 use mergelog::{
-    Config, Durability, Engine, Error, GetTicket, IdTicket, MergeOperator, Outcome, RequestId, Seq,
-    Stats, Ticket, WindowPolicy, WriteBatch, WritePath,
+    AutoCompaction, Compaction, Config, Durability, Engine, Error, GetTicket, IdTicket,
+    MergeOperator, Outcome, RequestId, Seq, Stats, Ticket, WindowPolicy, WriteBatch, WritePath,
 };
 use proptest::prelude::*;
 use std::collections::HashMap;
@@ -69,7 +76,12 @@ enum Op {
     Batch(Vec<BatchOp>),
     Flush,
     Reopen,
-    /// A put, delete or batch submitted with request id `.0`.
+    /// `Engine::compact`: copies the complete segments' live records forward and retires them.
+    Compact,
+    /// Puts of large values into every key (`fill`), so that segments complete and
+    /// compactions have something to take.
+    Fill(u8),
+    /// A put, delete, merge or batch submitted with request id `.0`.
     WithId(u8, Box<Op>),
 }
 
@@ -172,13 +184,28 @@ fn model_merge(op: &MergeOperator, existing: Option<&[u8]>, operand: &[u8]) -> O
     }
 }
 
+/// The puts `op` stands for if it is a `Fill` (two rounds over the keys, of values just under
+/// `PUT_VALUE_MAX`, about 80 KiB), else `op` itself.
+fn expand(op: &Op) -> Vec<Op> {
+    match op {
+        Op::Fill(seed) => (0..2 * KEYS.len())
+            .map(|i| {
+                let byte = seed.wrapping_add(i as u8);
+                Op::Put((i % KEYS.len()) as u8, vec![byte; PUT_VALUE_MAX - 64])
+            })
+            .collect(),
+        op => vec![op.clone()],
+    }
+}
+
 /// Ops one producer can submit; `Reopen` only in the sequential property.
 fn write_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => (key_index(), value(PUT_VALUE_MAX)).prop_map(|(k, v)| Op::Put(k, v)),
         3 => key_index().prop_map(Op::Delete),
-        // Without merges: a refused request's id stays taken, which the model leaves out.
-        3 => batch().prop_map(|b| Op::Batch(b.into_iter().map(|(k, v, _)| (k, v, false)).collect())),
+        3 => batch().prop_map(Op::Batch),
+        // A refused merge gives its id back: a later submission of the id is applied.
+        3 => (key_index(), operand()).prop_map(|(k, o)| Op::Merge(k, o)),
     ]
 }
 
@@ -192,6 +219,8 @@ fn op(with_reopen: bool) -> impl Strategy<Value = Op> {
         5 => (key_index(), operand()).prop_map(|(k, o)| Op::Merge(k, o)),
         4 => (0..IDS, write_op()).prop_map(|(i, op)| Op::WithId(i, Box::new(op))),
         1 => Just(Op::Flush),
+        1 => Just(Op::Compact),
+        1 => any::<u8>().prop_map(Op::Fill),
         reopen_weight => Just(Op::Reopen),
     ]
 }
@@ -215,7 +244,7 @@ fn config() -> impl Strategy<Value = Config> {
             1usize..=3,
             prop_oneof![Just(0u64), Just(100)],
         ),
-        operator(),
+        (operator(), proptest::bool::weighted(0.3)),
     )
         .prop_map(
             |(
@@ -228,7 +257,7 @@ fn config() -> impl Strategy<Value = Config> {
                 coalesce,
                 mmap,
                 (sync, syncers, overlap_us),
-                merge,
+                (merge, auto),
             )| {
                 let age = Duration::from_micros(age_us);
                 let within = age.mul_f64(frac);
@@ -257,6 +286,16 @@ fn config() -> impl Strategy<Value = Config> {
                     syncers,
                     overlap_syncs_above: Duration::from_micros(overlap_us),
                     merge: Some(merge),
+                    // Automatic compaction keeps a bit per live record for its scans (the
+                    // `Compact` ops then run beside its thread).
+                    compaction: if auto {
+                        Compaction::Auto(AutoCompaction {
+                            check_every: Duration::from_millis(5),
+                            ..AutoCompaction::default()
+                        })
+                    } else {
+                        Compaction::OnDemand
+                    },
                     ..Config::default()
                 }
             },
@@ -292,7 +331,12 @@ fn apply(model: &mut State, ids: &mut IdModel, op: &Op, merger: &MergeOperator) 
                 return Step::Duplicate;
             }
             ids.insert(*i, None);
-            return apply(model, ids, inner, merger);
+            let step = apply(model, ids, inner, merger);
+            if step == Step::Refused {
+                // Given back: nothing of the request is logged.
+                ids.remove(i);
+            }
+            return step;
         }
         Op::Put(k, v) => {
             model.insert(key(*k).to_vec(), v.clone());
@@ -322,7 +366,8 @@ fn apply(model: &mut State, ids: &mut IdModel, op: &Op, merger: &MergeOperator) 
             }
             *model = after;
         }
-        Op::Get(_) | Op::Flush | Op::Reopen => {}
+        Op::Get(_) | Op::Flush | Op::Reopen | Op::Compact => {}
+        Op::Fill(_) => unreachable!("expanded into puts"),
     }
     Step::Applied
 }
@@ -347,11 +392,18 @@ fn check_write(t: &Ticket, step: Step) {
 }
 
 /// Checks an idempotent request's outcome against the model: `first` if it was the first
-/// submission of its id (then its batch is recorded), else a duplicate of that batch.
-fn check_outcome(ids: &mut IdModel, i: u8, first: bool, t: &IdTicket) {
-    let outcome = t
-        .wait_timeout(WAIT_MAX)
-        .expect("an idempotent request completes");
+/// submission of its id (then its batch is recorded), else a duplicate of that batch; a
+/// refusal if the model refused it (`step`).
+fn check_outcome(ids: &mut IdModel, i: u8, (first, step): (bool, Step), t: &IdTicket) {
+    let outcome = t.wait_timeout(WAIT_MAX);
+    if step == Step::Refused {
+        assert!(
+            matches!(outcome, Err(Error::MergeRefused { .. })),
+            "id {i}: a request the model refuses: {outcome:?}"
+        );
+        return;
+    }
+    let outcome = outcome.expect("an idempotent request completes");
     match (first, outcome) {
         (true, Outcome::Written(seq)) => {
             assert_eq!(ids.insert(i, Some(seq)), Some(None), "id {i} logged twice");
@@ -384,9 +436,10 @@ enum Pending {
     /// A write, and what the model made of it (known at submit in one producer).
     Write(Ticket, Step),
     Get(GetTicket, Option<Vec<u8>>, u8),
-    /// An idempotent write: its id, and whether it was the id's first submission (known at
-    /// submit in one producer; in several, from the position order).
-    IdWrite(IdTicket, u8, bool),
+    /// An idempotent write: its id, whether it was the id's first submission and what the
+    /// model made of it (known at submit in one producer; in several, from the position
+    /// order).
+    IdWrite(IdTicket, u8, bool, Step),
 }
 
 /// Requests one engine instance took, to hold its counters against.
@@ -399,12 +452,19 @@ struct Submitted {
     refused: u64,
     /// Operations of refused requests (submitted, but not counted as writes).
     refused_ops: u64,
+    /// Requests refused either for themselves or as the duplicate of a refused request with
+    /// the same id in their window (which the counters tell apart, and the model cannot):
+    /// counted in neither.
+    ambiguous: u64,
 }
 
 impl Submitted {
     /// Counts `op`, as `step` says the model took it (a duplicate's writes are not taken
     /// into its window; a refused request's are taken out of it).
     fn count(&mut self, op: &Op, step: Step) {
+        if let (Op::WithId(_, inner), false) = (op, step == Step::Duplicate) {
+            return self.count(inner, step);
+        }
         let merges = match op {
             Op::Merge(..) => 1,
             Op::Batch(ops) => ops.iter().filter(|o| o.2).count() as u64,
@@ -431,7 +491,8 @@ impl Submitted {
             }
             Op::Get(_) => self.reads += 1,
             Op::WithId(_, inner) => self.count(inner, step),
-            Op::Flush | Op::Reopen => {}
+            Op::Flush | Op::Reopen | Op::Compact => {}
+            Op::Fill(_) => unreachable!("expanded into puts"),
         }
     }
 }
@@ -451,11 +512,12 @@ fn submit(
             let t = match &**inner {
                 Op::Put(k, v) => engine.put_with_id(id, key(*k), v),
                 Op::Delete(k) => engine.delete_with_id(id, key(*k)),
+                Op::Merge(k, o) => engine.merge_with_id(id, key(*k), o),
                 Op::Batch(ops) => engine.write_with_id(id, &write_batch(ops)),
                 other => unreachable!("only writes carry ids: {other:?}"),
             }
             .expect("idempotent write");
-            (t.position(), Pending::IdWrite(t, *i, first))
+            (t.position(), Pending::IdWrite(t, *i, first, step))
         }
         Op::Put(k, v) => {
             let t = engine.put(key(*k), v).expect("put");
@@ -478,7 +540,7 @@ fn submit(
             let expected = model_before.get(key(*k)).cloned();
             (t.position(), Pending::Get(t, expected, *k))
         }
-        Op::Flush | Op::Reopen => unreachable!("not a request"),
+        Op::Flush | Op::Reopen | Op::Compact | Op::Fill(_) => unreachable!("not a request"),
     }
 }
 
@@ -487,7 +549,7 @@ fn submit(
 fn settle(pending: &mut Vec<Pending>, ids: &mut IdModel) {
     for p in pending.drain(..) {
         match p {
-            Pending::IdWrite(t, i, first) => check_outcome(ids, i, first, &t),
+            Pending::IdWrite(t, i, first, step) => check_outcome(ids, i, (first, step), &t),
             Pending::Write(t, step) => check_write(&t, step),
             Pending::Get(t, expected, k) => {
                 let got = t.wait_timeout(WAIT_MAX).expect("get completes");
@@ -517,9 +579,22 @@ fn check_state(engine: &Engine, model: &State) {
 /// from `first_seq` on).
 fn check_log(dir: &Path, config: &Config, first_seq: u64, stats: &Stats, sub: &Submitted) {
     let frames = read_log(dir, Some(config.segment_bytes));
-    let ours: Vec<_> = frames.iter().filter(|f| f.batch_seq >= first_seq).collect();
+    // The windows' frames (compaction batches copy records and acknowledge nothing).
+    let ours: Vec<_> = frames
+        .iter()
+        .filter(|f| f.batch_seq >= first_seq && !f.is_compaction())
+        .collect();
     let records: u64 = ours.iter().map(|f| f.records.len() as u64).sum();
     let acknowledged: u64 = ours.iter().map(|f| u64::from(f.ops_acknowledged)).sum();
+    for f in frames.iter().filter(|f| f.is_compaction()) {
+        assert!(f.is_sorted(), "compaction batch {} unsorted", f.batch_seq);
+        assert_eq!(f.ops_acknowledged, 0, "compaction batch {}", f.batch_seq);
+        assert!(
+            f.records.iter().all(|r| r.put),
+            "compaction batch {}",
+            f.batch_seq
+        );
+    }
     for f in &ours {
         assert_eq!(
             f.is_sorted(),
@@ -551,26 +626,35 @@ fn check_log(dir: &Path, config: &Config, first_seq: u64, stats: &Stats, sub: &S
             assert_eq!(f.ops_acknowledged as usize, f.records.len());
         }
     }
-    assert_eq!(stats.records_written, records, "records_written vs the log");
-    assert_eq!(stats.batches, ours.len() as u64, "batches vs frames");
+    // What the windows wrote (compaction's batches are counted apart too).
+    let c = &stats.compaction;
+    let (window_records, window_batches) =
+        (stats.records_written - c.records, stats.batches - c.batches);
+    // A compaction may have retired frames this instance wrote.
+    if c.segments_retired == 0 {
+        assert_eq!(window_records, records, "records_written vs the log");
+        assert_eq!(window_batches, ours.len() as u64, "batches vs frames");
+        assert_eq!(acknowledged, stats.writes, "ops_acknowledged vs writes");
+    }
     assert_eq!(stats.writes, sub.writes, "writes vs submitted writes");
     assert_eq!(stats.reads, sub.reads, "reads vs submitted gets");
-    assert_eq!(
-        stats.duplicates, sub.duplicates,
-        "duplicates vs resubmitted ids"
-    );
-    assert_eq!(stats.merges, sub.merges, "merges vs submitted merges");
-    assert_eq!(stats.merges_refused, sub.refused, "refusals vs the model's");
-    assert_eq!(
-        stats.submitted,
-        stats.writes + stats.reads + sub.refused_ops,
-        "submitted"
-    );
-    assert_eq!(acknowledged, stats.writes, "ops_acknowledged vs writes");
+    if sub.ambiguous == 0 {
+        assert_eq!(
+            stats.duplicates, sub.duplicates,
+            "duplicates vs resubmitted ids"
+        );
+        assert_eq!(stats.merges, sub.merges, "merges vs submitted merges");
+        assert_eq!(stats.merges_refused, sub.refused, "refusals vs the model's");
+        assert_eq!(
+            stats.submitted,
+            stats.writes + stats.reads + sub.refused_ops,
+            "submitted"
+        );
+    }
     if config.coalesce {
         assert_eq!(
             stats.writes,
-            stats.records_written + stats.coalesced_writes,
+            window_records + stats.coalesced_writes,
             "writes = records + coalesced"
         );
     } else {
@@ -582,7 +666,7 @@ fn check_log(dir: &Path, config: &Config, first_seq: u64, stats: &Stats, sub: &S
             stats.collapsed_reads, 0,
             "collapsed_reads without coalescing"
         );
-        assert_eq!(stats.writes, stats.records_written);
+        assert_eq!(stats.writes, window_records);
     }
     assert!(stats.collapsed_reads <= stats.reads);
     match config.durability {
@@ -630,7 +714,8 @@ fn run_sequential(config: Config, ops: Vec<Op>) {
     let mut pending = Vec::new();
     let mut ids = IdModel::new();
     let mut last_pos = 0;
-    for op in &ops {
+    for op in ops.iter().flat_map(expand) {
+        let op = &op;
         match op {
             Op::Flush => {
                 let t = engine.flush().expect("flush");
@@ -661,6 +746,10 @@ fn run_sequential(config: Config, ops: Vec<Op>) {
                 // Positions are places in one engine instance's ring.
                 last_pos = 0;
             }
+            Op::Compact => {
+                // With requests in flight: only complete segments are taken.
+                engine.compact().expect("compact");
+            }
             _ => {
                 let first = match op {
                     Op::WithId(i, _) => !ids.contains_key(i),
@@ -676,6 +765,12 @@ fn run_sequential(config: Config, ops: Vec<Op>) {
                 last_pos = pos;
                 pending.push(p);
                 sub.count(op, step);
+                if matches!(op, Op::WithId(..)) && step == Step::Refused {
+                    // A later submission of the id in the refused request's window would get
+                    // its refusal: the window ends here.
+                    let t = engine.flush().expect("flush");
+                    t.wait_timeout(WAIT_MAX).expect("flush");
+                }
             }
         }
     }
@@ -708,10 +803,15 @@ fn run_concurrent(config: Config, threads: Vec<Vec<Op>>) {
                 s.spawn(move || {
                     let mut mine = Vec::new();
                     let mut last_pos = 0;
-                    for op in ops {
+                    for op in ops.iter().flat_map(expand) {
+                        let op = &op;
                         if let Op::Flush = op {
                             let t = engine.flush().expect("flush");
                             assert!(t.position() >= last_pos);
+                            continue;
+                        }
+                        if let Op::Compact = op {
+                            engine.compact().expect("compact");
                             continue;
                         }
                         // The expected get answer is filled in by the replay below.
@@ -752,6 +852,10 @@ fn run_concurrent(config: Config, threads: Vec<Vec<Op>>) {
     let mut model = State::new();
     let mut sub = Submitted::default();
     let mut ids = IdModel::new();
+    // Ids a refusal gave back: a later submission of one in the refused request's window
+    // gets that refusal (taken for a duplicate, nothing applied), one in a later window is
+    // applied. Which window it was in is not known here, so either is accepted.
+    let mut given_back = std::collections::HashSet::new();
     for p in &placed {
         if let (Some(t), Op::Get(k)) = (&p.get, &p.op) {
             let got = t.wait_timeout(WAIT_MAX).expect("get completes");
@@ -763,13 +867,33 @@ fn run_concurrent(config: Config, threads: Vec<Vec<Op>>) {
                 p.pos
             );
         }
+        if let (Some(t), Op::WithId(i, _)) = (&p.id_write, &p.op) {
+            if given_back.contains(i)
+                && !ids.contains_key(i)
+                && matches!(t.wait_timeout(WAIT_MAX), Err(Error::MergeRefused { .. }))
+            {
+                // The refusal of the request that gave the id back, in the same window (taken
+                // for its duplicate), unless the operator refuses this one too: then it may
+                // be its own, in a later window, and the counters may say either.
+                let own = apply(&mut model.clone(), &mut ids.clone(), &p.op, merger);
+                if own == Step::Refused {
+                    sub.ambiguous += 1;
+                } else {
+                    sub.count(&p.op, Step::Duplicate);
+                }
+                continue;
+            }
+        }
         let step = apply(&mut model, &mut ids, &p.op, merger);
         sub.count(&p.op, step);
         if let Some(t) = &p.write {
             check_write(t, step);
         }
         if let (Some(t), Op::WithId(i, _)) = (&p.id_write, &p.op) {
-            check_outcome(&mut ids, *i, step == Step::Applied, t);
+            if step == Step::Refused {
+                given_back.insert(*i);
+            }
+            check_outcome(&mut ids, *i, (step != Step::Duplicate, step), t);
         }
     }
     check_state(&engine, &model);

@@ -1301,8 +1301,9 @@ impl Flusher {
         Ok(true)
     }
 
-    /// Merges the window's merges (`crate::merge`) onto the durable state, which must first
-    /// include every window in flight: drains them. Requests the operator refuses are taken
+    /// Merges the window's merges (`crate::merge`) onto the state every earlier window left:
+    /// the values the windows in flight wrote (`InFlightValues`), else the index (no drain).
+    /// Requests the operator refuses are taken
     /// out of the window ([`Op::Nop`]) and their refusals recorded for their tickets; then
     /// the rest is merged again, until nothing is refused. Returns the operations taken
     /// out, or `None` if the engine failed meanwhile.

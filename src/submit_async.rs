@@ -220,21 +220,16 @@ impl Engine {
         // As `throttled`: a request too large is refused for its size, not held.
         self.check_submit(len)?;
         self.refused_for_room()?;
-        if !inner.throttle.engaged() {
+        // A closed engine takes nothing: `Throttled` would say retry (`Block` waits for
+        // nothing then, and the ring refuses it as `Closed`).
+        if !inner.throttle.engaged() || inner.ring.is_closed() {
             return Ok(());
         }
         crate::stats::Counters::add(&inner.counters.throttled, 1);
         if inner.config.backpressure == Backpressure::Reject {
             return Err(inner.throttle.refusal());
         }
-        poll_fn(|cx| {
-            inner.throttle.poll_wait(cx, || {
-                inner.ring.is_closed()
-                    || inner.completion.failure().is_some()
-                    || inner.throttle.no_room()
-            })
-        })
-        .await;
+        poll_fn(|cx| inner.throttle.poll_wait(cx, || self.throttle_let_go())).await;
         // A spell of refusals for room let it go: refused as every write now is.
         self.refused_for_room()
     }

@@ -365,6 +365,10 @@ impl<'a> Batches<'a> {
                     }
                     None => drop(self.engine.flush()?.wait()?),
                 },
+                // A consumer lagging past `consumer_lag_max` under `Reject`: nothing the store
+                // waits for frees that; wait until the consumer's commits let go of the
+                // throttle (as `Block` would) and submit again.
+                Err(mergelog::Error::Throttled { .. }) => self.engine.wait_unthrottled(),
                 Err(e) => return Err(e),
             }
         }
@@ -377,6 +381,20 @@ impl<'a> Batches<'a> {
     fn finish(mut self) -> Result<Vec<Ticket>, mergelog::Error> {
         self.submit()?;
         Ok(self.tickets)
+    }
+}
+
+/// Puts `key`, waiting (blocking the thread) where `Backpressure::Reject` refuses it for a
+/// full ring (`Error::Busy`: for everything submitted before it) or for a consumer lagging
+/// past `consumer_lag_max` (`Error::Throttled`: for the consumer's commits), as `Block` would,
+/// and submitting it again.
+fn put_waiting(engine: &Engine, key: &[u8], value: &[u8]) -> Result<Ticket, mergelog::Error> {
+    loop {
+        match engine.put(key, value) {
+            Err(mergelog::Error::Busy) => drop(engine.flush()?.wait()?),
+            Err(mergelog::Error::Throttled { .. }) => engine.wait_unthrottled(),
+            put => return put,
+        }
     }
 }
 
@@ -577,8 +595,9 @@ where
     /// engine after that (`engine().close()`, on a clone of the `Arc`) frees the directory;
     /// an id left out only means re-applying less at start-up.
     ///
-    /// Under `Backpressure::Block` its put waits as any write does, for ring space or for a
-    /// consumer lagging past `consumer_lag_max` (the store's drop does not: it gives up).
+    /// Its put waits for ring space or for a consumer lagging past `consumer_lag_max`, under
+    /// `Backpressure::Reject` too, as every write of the store does (the store's drop does
+    /// not: it gives up).
     pub fn close(mut self) -> StoreResult<(), C> {
         let saved = self.save_unsaved_committed(true);
         let closed = (self.shared.engine.close()).map_err(|e| io_err(StorageIOError::write, &e));
@@ -596,7 +615,7 @@ where
         let value = encode(&self.committed).map_err(|e| io_err(StorageIOError::write, &e))?;
         let engine = &self.shared.engine;
         let put = match held {
-            true => engine.put(COMMITTED_KEY, &value),
+            true => put_waiting(engine, COMMITTED_KEY, &value),
             // One poll of the asynchronous put submits it, or finds it would wait.
             false => {
                 let put = std::pin::pin!(engine.put_async(COMMITTED_KEY, &value));
@@ -689,12 +708,15 @@ where
     async fn put_durable(&self, key: &[u8], value: &[u8]) -> Result<Seq, mergelog::Error> {
         let engine = &self.shared.engine;
         loop {
-            match engine.put(key, value) {
+            match engine.put_async(key, value).await {
                 Ok(ticket) => return ticket.await,
                 // A full ring under `Backpressure::Reject`: what was submitted before frees
                 // its room once written, so wait for that and submit again. An error here
                 // (a vote's) would stop the node, as a refused append did (`Batches::submit`).
                 Err(mergelog::Error::Busy) => drop(engine.flush()?.await?),
+                // A consumer lagging past `consumer_lag_max` under `Reject`: wait until its
+                // commits let go of the throttle, then submit again.
+                Err(mergelog::Error::Throttled { .. }) => engine.wait_unthrottled_async().await,
                 Err(e) => return Err(e),
             }
         }

@@ -115,8 +115,16 @@ struct Shared<C: RaftTypeConfig> {
     /// Bumped by `truncate` and `purge` before they submit their deletes: a reader that
     /// finds an entry stored in chunks incomplete while it moved read a deleted entry (and
     /// maybe chunks of one written again at its index), not a damaged one, and reads again.
+    /// Deletes submitted before the reader took it may land while it reads, too: it reads
+    /// once more under the same epoch before it calls the entry damaged (see `read_one`).
     epoch: AtomicU64,
+    /// A test's hook, called before each chunk after the first is read
+    /// ([`LogStore::set_chunk_read_hook`]).
+    chunk_read_hook: std::sync::OnceLock<ChunkReadHook>,
 }
+
+/// See [`LogStore::set_chunk_read_hook`].
+type ChunkReadHook = Box<dyn Fn(u64, u32) + Send + Sync>;
 
 impl<C: RaftTypeConfig> Shared<C>
 where
@@ -138,6 +146,8 @@ where
     /// Entry `index`: the overlay first (newer), then the engine's durable state.
     fn read_one(&self, index: u64) -> StoreResult<Option<C::Entry>, C> {
         let read_err = |e: &CodecError| StorageIOError::read_log_at_index(index, AnyError::new(e));
+        // The epoch under which the entry failed to reassemble once already.
+        let mut failed_under = None;
         loop {
             // Before anything of the entry is read (see `epoch`).
             let epoch = self.epoch.load(Ordering::SeqCst);
@@ -156,7 +166,20 @@ where
                 false => decode::<C::Entry>(&value),
                 true => match self.read_chunks(index) {
                     Ok(encoded) => decode::<C::Entry>(&encoded),
-                    Err(_) if self.epoch.load(Ordering::SeqCst) != epoch => continue,
+                    // A truncate or purge began since the epoch was taken: read again. Or
+                    // one submitted before it had its deletes land while the chunks were
+                    // read: an entry's key is deleted in the batch of its chunks or an
+                    // earlier one, batches land in order, and a lookup sees whole batches
+                    // (the index applies them under its lock), so a chunk found gone by a
+                    // delete means the key is gone too, and a second read finds no entry.
+                    // Only a failure read twice under one epoch is damage.
+                    Err(_)
+                        if self.epoch.load(Ordering::SeqCst) != epoch
+                            || failed_under != Some(epoch) =>
+                    {
+                        failed_under = Some(epoch);
+                        continue;
+                    }
                     Err(e) => Err(e),
                 },
             };
@@ -183,6 +206,9 @@ where
         drop(chunk0);
         let mut n = 1;
         while n < header.count && encoded.len() <= len {
+            if let Some(hook) = self.chunk_read_hook.get() {
+                hook(index, n);
+            }
             encoded.extend_from_slice(&read(n)?);
             n += 1;
         }
@@ -527,6 +553,7 @@ where
             bounds: RwLock::new((first, first)),
             queued: AtomicUsize::new(0),
             epoch: AtomicU64::new(0),
+            chunk_read_hook: std::sync::OnceLock::new(),
         });
         let (next, last_log) = match present {
             // A log with a hole cannot be served (openraft relies on consecutive entries);
@@ -629,6 +656,15 @@ where
         (put.and_then(|t| t.wait())).map_err(|e| io_err(StorageIOError::write, &e))?;
         self.committed_unsaved = false;
         Ok(())
+    }
+
+    /// For tests: `hook(index, n)` is called before chunk `n` (1 or more) of entry `index`,
+    /// stored in chunks, is read from the engine, by this store and its readers, so that a
+    /// test can hold a reader between two chunk reads while it truncates or purges. Set
+    /// once; later calls change nothing.
+    #[doc(hidden)]
+    pub fn set_chunk_read_hook(&self, hook: impl Fn(u64, u32) + Send + Sync + 'static) {
+        let _ = self.shared.chunk_read_hook.set(Box::new(hook));
     }
 
     /// The engine under the store (for its counters, or to close it after the Raft node

@@ -29,6 +29,10 @@
 //! - `truncate` deletes the conflicting suffix; `purge` deletes the prefix and then retires
 //!   the engine's whole segments before it (`Engine::retire_before`), after rewriting the
 //!   meta keys so that retiring never forgets them.
+//! - Under `Backpressure::Reject` a write the engine refuses for a full ring or for a
+//!   consumer lagging past `consumer_lag_max` waits (for room, or for the consumer's commits:
+//!   `Engine::wait_unthrottled`) and is submitted again, as under `Block`: openraft stops the
+//!   node on any storage error.
 //! - Reopening the directory gives back the vote, the committed and purged log ids and the
 //!   entries.
 //!
@@ -117,14 +121,17 @@ struct Shared<C: RaftTypeConfig> {
     /// maybe chunks of one written again at its index), not a damaged one, and reads again.
     /// Deletes submitted before the reader took it may land while it reads, too: it reads
     /// once more under the same epoch before it calls the entry damaged (see `read_one`).
+    /// Bumped again once their deletes landed (or they gave up: [`Deleting`]), so that a
+    /// range read (`read_range`) whose epoch stayed put saw at most deletes land, never
+    /// the entries a later append wrote in their place.
     epoch: AtomicU64,
-    /// A test's hook, called before each chunk after the first is read
-    /// ([`LogStore::set_chunk_read_hook`]).
-    chunk_read_hook: std::sync::OnceLock<ChunkReadHook>,
+    /// A test's hook, called before an entry's key and each chunk after the first are read
+    /// ([`LogStore::set_read_hook`]).
+    read_hook: std::sync::OnceLock<ReadHook>,
 }
 
-/// See [`LogStore::set_chunk_read_hook`].
-type ChunkReadHook = Box<dyn Fn(u64, u32) + Send + Sync>;
+/// See [`LogStore::set_read_hook`].
+type ReadHook = Box<dyn Fn(u64, u32) + Send + Sync>;
 
 impl<C: RaftTypeConfig> Shared<C>
 where
@@ -149,6 +156,9 @@ where
         // The epoch under which the entry failed to reassemble once already.
         let mut failed_under = None;
         loop {
+            if let Some(hook) = self.read_hook.get() {
+                hook(index, 0);
+            }
             // Before anything of the entry is read (see `epoch`).
             let epoch = self.epoch.load(Ordering::SeqCst);
             if let Some((_, entry)) = self.pending().get(&index) {
@@ -206,7 +216,7 @@ where
         drop(chunk0);
         let mut n = 1;
         while n < header.count && encoded.len() <= len {
-            if let Some(hook) = self.chunk_read_hook.get() {
+            if let Some(hook) = self.read_hook.get() {
                 hook(index, n);
             }
             encoded.extend_from_slice(&read(n)?);
@@ -236,6 +246,8 @@ where
         range: impl RangeBounds<u64>,
         max: usize,
     ) -> StoreResult<Vec<C::Entry>, C> {
+        // Before the bounds (see `epoch`).
+        let mut epoch = self.epoch.load(Ordering::SeqCst);
         let (first, next) = self.bounds();
         let start = match range.start_bound() {
             Bound::Included(&s) => s,
@@ -247,15 +259,31 @@ where
             Bound::Excluded(&e) => e,
             Bound::Unbounded => u64::MAX,
         };
+        // Consecutive entries of one log: openraft's replication sends what this returns as
+        // the entries after `prev_log_id`.
         let mut out = Vec::new();
-        for index in start.max(first)..end.min(next) {
-            if out.len() >= max {
-                break;
+        let (mut index, end) = (start.max(first), end.min(next));
+        while index < end && out.len() < max {
+            let entry = self.read_one(index)?;
+            let now = self.epoch.load(Ordering::SeqCst);
+            if now != epoch {
+                // A truncate or purge moved the log while this read: the entries from here on
+                // may be another log's (a new leader's, where a truncate deleted). The ones
+                // read before are returned; with none read yet, this one is read again.
+                if !out.is_empty() {
+                    break;
+                }
+                epoch = now;
+                continue;
             }
-            // An entry missing here was truncated or purged meanwhile: openraft allows it.
-            if let Some(entry) = self.read_one(index)? {
-                out.push(entry);
+            match entry {
+                Some(entry) => out.push(entry),
+                // Truncated or purged meanwhile (openraft allows it). Missing after entries
+                // found, it ends the read: never a gap.
+                None if !out.is_empty() => break,
+                None => {}
             }
+            index += 1;
         }
         Ok(out)
     }
@@ -269,6 +297,25 @@ where
                 pending.remove(&index);
             }
         }
+    }
+}
+
+/// A truncate's or purge's hold on the epoch: bumped when it begins, before its deletes are
+/// submitted, and again when it ends, after they landed (or when it failed or was dropped).
+/// `truncate` and `purge` take `&mut` the store, so the appends that write over what they
+/// deleted come after the second bump.
+struct Deleting<'a>(&'a AtomicU64);
+
+impl<'a> Deleting<'a> {
+    fn begin(epoch: &'a AtomicU64) -> Self {
+        epoch.fetch_add(1, Ordering::SeqCst);
+        Deleting(epoch)
+    }
+}
+
+impl Drop for Deleting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -553,7 +600,7 @@ where
             bounds: RwLock::new((first, first)),
             queued: AtomicUsize::new(0),
             epoch: AtomicU64::new(0),
-            chunk_read_hook: std::sync::OnceLock::new(),
+            read_hook: std::sync::OnceLock::new(),
         });
         let (next, last_log) = match present {
             // A log with a hole cannot be served (openraft relies on consecutive entries);
@@ -658,13 +705,14 @@ where
         Ok(())
     }
 
-    /// For tests: `hook(index, n)` is called before chunk `n` (1 or more) of entry `index`,
-    /// stored in chunks, is read from the engine, by this store and its readers, so that a
-    /// test can hold a reader between two chunk reads while it truncates or purges. Set
+    /// For tests: `hook(index, 0)` is called before entry `index` is read (the overlay, then
+    /// its key in the engine), and `hook(index, n)` before chunk `n` (1 or more) of an entry
+    /// stored in chunks is, by this store and its readers, so that a test can hold a reader
+    /// between two entries or two chunk reads while it truncates, purges or appends. Set
     /// once; later calls change nothing.
     #[doc(hidden)]
-    pub fn set_chunk_read_hook(&self, hook: impl Fn(u64, u32) + Send + Sync + 'static) {
-        let _ = self.shared.chunk_read_hook.set(Box::new(hook));
+    pub fn set_read_hook(&self, hook: impl Fn(u64, u32) + Send + Sync + 'static) {
+        let _ = self.shared.read_hook.set(Box::new(hook));
     }
 
     /// The engine under the store (for its counters, or to close it after the Raft node
@@ -982,7 +1030,9 @@ where
             None => self.last_purged.clone(),
         };
         // Before the deletes: a reader that finds a chunk of these entries gone reads again.
-        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
+        // Held until they landed (the end of this call).
+        let shared = self.shared.clone();
+        let _deleting = Deleting::begin(&shared.epoch);
         let chunked = self.chunked.split_off(&from);
         let mut out = Batches::new(&self.shared.engine);
         // Highest first, so that a crash between batches leaves a prefix (no hole).
@@ -1020,7 +1070,9 @@ where
             meta.push((COMMITTED_KEY, encode(&self.committed).map_err(codec)?));
         }
         // Before the deletes: a reader that finds a chunk of these entries gone reads again.
-        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
+        // Held until they landed (the end of this call).
+        let shared = self.shared.clone();
+        let _deleting = Deleting::begin(&shared.epoch);
         let kept = self.chunked.split_off(&upto.saturating_add(1));
         let chunked = std::mem::replace(&mut self.chunked, kept);
         let mut out = Batches::new(&self.shared.engine);

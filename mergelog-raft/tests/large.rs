@@ -440,16 +440,16 @@ struct Pauses {
     resume: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
 }
 
-/// The hook of `store` holds its readers at `at`; the test's ends: where a reader arrived,
-/// its go-ahead, and a sender of arrivals (for a reader to say it is done).
-fn pause_readers(
-    store: &Store,
-    at: Vec<(u64, u32)>,
-) -> (
+/// Where readers arrive, their go-ahead, and a sender of arrivals.
+type PauseEnds = (
     std::sync::mpsc::Receiver<(u64, u32)>,
     std::sync::mpsc::Sender<()>,
     std::sync::mpsc::Sender<(u64, u32)>,
-) {
+);
+
+/// The hook of `store` holds its readers at `at`; the test's ends: where a reader arrived,
+/// its go-ahead, and a sender of arrivals (for a reader to say it is done).
+fn pause_readers(store: &Store, at: Vec<(u64, u32)>) -> PauseEnds {
     let (arrived_tx, arrived) = std::sync::mpsc::channel();
     let (resume, resume_rx) = std::sync::mpsc::channel();
     let also_arrived = arrived_tx.clone();

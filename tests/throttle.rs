@@ -2,7 +2,8 @@
 //! (`Backpressure::Reject`) or wait (`Block`); a commit (in this process, or through a
 //! consumer's file from another `LogReader`), removing the consumer, or closing the engine
 //! releases them; without a consumer nothing is throttled; a zero limit is refused; a request
-//! too large is refused for its size, never throttled.
+//! too large is refused for its size, never throttled; a closed engine refuses as `Closed`;
+//! `wait_unthrottled` waits for the release under `Reject`.
 
 mod common;
 

@@ -226,7 +226,9 @@ impl Engine {
         // As `throttled`: a request too large is refused for its size, not held.
         self.check_submit(len)?;
         self.refused_for_room()?;
-        if !inner.throttle.engaged() {
+        // A closed engine takes nothing: `Throttled` would say retry (`Block` waits for
+        // nothing then, and the ring refuses it as `Closed`).
+        if !inner.throttle.engaged() || inner.ring.is_closed() {
             return Ok(());
         }
         crate::stats::Counters::add(&inner.counters.throttled, 1);
@@ -235,14 +237,7 @@ impl Engine {
         }
         // Its entry in the throttle's list goes when the future does, waiting or not.
         let mut slot = inner.throttle.task_slot();
-        poll_fn(|cx| {
-            slot.poll_wait(cx, || {
-                inner.ring.is_closed()
-                    || inner.completion.failure().is_some()
-                    || inner.throttle.no_room()
-            })
-        })
-        .await;
+        poll_fn(|cx| slot.poll_wait(cx, || self.throttle_let_go())).await;
         // A spell of refusals for room let it go: refused as every write now is.
         self.refused_for_room()
     }

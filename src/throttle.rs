@@ -464,19 +464,43 @@ impl crate::Engine {
         // for (or told to retry after) a lag or a full disk that no wait cures.
         self.check_submit(len)?;
         self.refused_for_room()?;
-        if !inner.throttle.engaged() {
+        // A closed engine takes nothing: `Throttled` would say retry (`Block` waits for
+        // nothing then, and the ring refuses it as `Closed`).
+        if !inner.throttle.engaged() || inner.ring.is_closed() {
             return Ok(());
         }
         crate::stats::Counters::add(&inner.counters.throttled, 1);
         if inner.config.backpressure == crate::Backpressure::Reject {
             return Err(inner.throttle.refusal());
         }
-        inner.throttle.wait(|| {
-            inner.ring.is_closed()
-                || inner.completion.failure().is_some()
-                || inner.throttle.no_room()
-        });
+        inner.throttle.wait(|| self.throttle_let_go());
         self.refused_for_room()
+    }
+
+    /// What ends a wait on the throttle besides its release: the engine closed or failed,
+    /// or writes refused for lack of room (every submission is refused then).
+    pub(crate) fn throttle_let_go(&self) -> bool {
+        let inner = &*self.inner;
+        inner.ring.is_closed() || inner.completion.failure().is_some() || inner.throttle.no_room()
+    }
+
+    /// Waits while submissions are throttled on consumer lag (`Config::consumer_lag_max`),
+    /// whatever `backpressure` says: returns once the slowest consumer's lag is back at the
+    /// release point (90 % of the limit), once writes are refused for lack of room, or once
+    /// the engine closes or fails (the next submission reports those), and at once if
+    /// nothing is throttled. For a producer refused with [`Error::Throttled`] under
+    /// `Backpressure::Reject` that must not give up (a Raft log store's vote): it submits
+    /// again when the lag has fallen, woken by the consumer's commit, instead of polling.
+    /// Other producers may take the room first: the submission may be refused again.
+    pub fn wait_unthrottled(&self) {
+        self.inner.throttle.wait(|| self.throttle_let_go());
+    }
+
+    /// As [`Engine::wait_unthrottled`], as a future: `Pending` (its waker registered, woken
+    /// by the release) while throttled.
+    pub async fn wait_unthrottled_async(&self) {
+        let mut slot = self.inner.throttle.task_slot();
+        std::future::poll_fn(|cx| slot.poll_wait(cx, || self.throttle_let_go())).await
     }
 }
 

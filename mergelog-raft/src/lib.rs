@@ -29,6 +29,10 @@
 //! - `truncate` deletes the conflicting suffix; `purge` deletes the prefix and then retires
 //!   the engine's whole segments before it (`Engine::retire_before`), after rewriting the
 //!   meta keys so that retiring never forgets them.
+//! - Under `Backpressure::Reject` a write the engine refuses for a full ring or for a
+//!   consumer lagging past `consumer_lag_max` waits (for room, or for the consumer's commits:
+//!   `Engine::wait_unthrottled`) and is submitted again, as under `Block`: openraft stops the
+//!   node on any storage error.
 //! - Reopening the directory gives back the vote, the committed and purged log ids and the
 //!   entries.
 //!
@@ -115,8 +119,19 @@ struct Shared<C: RaftTypeConfig> {
     /// Bumped by `truncate` and `purge` before they submit their deletes: a reader that
     /// finds an entry stored in chunks incomplete while it moved read a deleted entry (and
     /// maybe chunks of one written again at its index), not a damaged one, and reads again.
+    /// Deletes submitted before the reader took it may land while it reads, too: it reads
+    /// once more under the same epoch before it calls the entry damaged (see `read_one`).
+    /// Bumped again once their deletes landed (or they gave up: [`Deleting`]), so that a
+    /// range read (`read_range`) whose epoch stayed put saw at most deletes land, never
+    /// the entries a later append wrote in their place.
     epoch: AtomicU64,
+    /// A test's hook, called before an entry's key and each chunk after the first are read
+    /// ([`LogStore::set_read_hook`]).
+    read_hook: std::sync::OnceLock<ReadHook>,
 }
+
+/// See [`LogStore::set_read_hook`].
+type ReadHook = Box<dyn Fn(u64, u32) + Send + Sync>;
 
 impl<C: RaftTypeConfig> Shared<C>
 where
@@ -138,7 +153,12 @@ where
     /// Entry `index`: the overlay first (newer), then the engine's durable state.
     fn read_one(&self, index: u64) -> StoreResult<Option<C::Entry>, C> {
         let read_err = |e: &CodecError| StorageIOError::read_log_at_index(index, AnyError::new(e));
+        // The epoch under which the entry failed to reassemble once already.
+        let mut failed_under = None;
         loop {
+            if let Some(hook) = self.read_hook.get() {
+                hook(index, 0);
+            }
             // Before anything of the entry is read (see `epoch`).
             let epoch = self.epoch.load(Ordering::SeqCst);
             if let Some((_, entry)) = self.pending().get(&index) {
@@ -156,7 +176,20 @@ where
                 false => decode::<C::Entry>(&value),
                 true => match self.read_chunks(index) {
                     Ok(encoded) => decode::<C::Entry>(&encoded),
-                    Err(_) if self.epoch.load(Ordering::SeqCst) != epoch => continue,
+                    // A truncate or purge began since the epoch was taken: read again. Or
+                    // one submitted before it had its deletes land while the chunks were
+                    // read: an entry's key is deleted in the batch of its chunks or an
+                    // earlier one, batches land in order, and a lookup sees whole batches
+                    // (the index applies them under its lock), so a chunk found gone by a
+                    // delete means the key is gone too, and a second read finds no entry.
+                    // Only a failure read twice under one epoch is damage.
+                    Err(_)
+                        if self.epoch.load(Ordering::SeqCst) != epoch
+                            || failed_under != Some(epoch) =>
+                    {
+                        failed_under = Some(epoch);
+                        continue;
+                    }
                     Err(e) => Err(e),
                 },
             };
@@ -183,6 +216,9 @@ where
         drop(chunk0);
         let mut n = 1;
         while n < header.count && encoded.len() <= len {
+            if let Some(hook) = self.read_hook.get() {
+                hook(index, n);
+            }
             encoded.extend_from_slice(&read(n)?);
             n += 1;
         }
@@ -210,6 +246,8 @@ where
         range: impl RangeBounds<u64>,
         max: usize,
     ) -> StoreResult<Vec<C::Entry>, C> {
+        // Before the bounds (see `epoch`).
+        let mut epoch = self.epoch.load(Ordering::SeqCst);
         let (first, next) = self.bounds();
         let start = match range.start_bound() {
             Bound::Included(&s) => s,
@@ -221,15 +259,31 @@ where
             Bound::Excluded(&e) => e,
             Bound::Unbounded => u64::MAX,
         };
+        // Consecutive entries of one log: openraft's replication sends what this returns as
+        // the entries after `prev_log_id`.
         let mut out = Vec::new();
-        for index in start.max(first)..end.min(next) {
-            if out.len() >= max {
-                break;
+        let (mut index, end) = (start.max(first), end.min(next));
+        while index < end && out.len() < max {
+            let entry = self.read_one(index)?;
+            let now = self.epoch.load(Ordering::SeqCst);
+            if now != epoch {
+                // A truncate or purge moved the log while this read: the entries from here on
+                // may be another log's (a new leader's, where a truncate deleted). The ones
+                // read before are returned; with none read yet, this one is read again.
+                if !out.is_empty() {
+                    break;
+                }
+                epoch = now;
+                continue;
             }
-            // An entry missing here was truncated or purged meanwhile: openraft allows it.
-            if let Some(entry) = self.read_one(index)? {
-                out.push(entry);
+            match entry {
+                Some(entry) => out.push(entry),
+                // Truncated or purged meanwhile (openraft allows it). Missing after entries
+                // found, it ends the read: never a gap.
+                None if !out.is_empty() => break,
+                None => {}
             }
+            index += 1;
         }
         Ok(out)
     }
@@ -243,6 +297,25 @@ where
                 pending.remove(&index);
             }
         }
+    }
+}
+
+/// A truncate's or purge's hold on the epoch: bumped when it begins, before its deletes are
+/// submitted, and again when it ends, after they landed (or when it failed or was dropped).
+/// `truncate` and `purge` take `&mut` the store, so the appends that write over what they
+/// deleted come after the second bump.
+struct Deleting<'a>(&'a AtomicU64);
+
+impl<'a> Deleting<'a> {
+    fn begin(epoch: &'a AtomicU64) -> Self {
+        epoch.fetch_add(1, Ordering::SeqCst);
+        Deleting(epoch)
+    }
+}
+
+impl Drop for Deleting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -365,6 +438,10 @@ impl<'a> Batches<'a> {
                     }
                     None => drop(self.engine.flush()?.wait()?),
                 },
+                // A consumer lagging past `consumer_lag_max` under `Reject`: nothing the store
+                // waits for frees that; wait until the consumer's commits let go of the
+                // throttle (as `Block` would) and submit again.
+                Err(mergelog::Error::Throttled { .. }) => self.engine.wait_unthrottled(),
                 Err(e) => return Err(e),
             }
         }
@@ -377,6 +454,20 @@ impl<'a> Batches<'a> {
     fn finish(mut self) -> Result<Vec<Ticket>, mergelog::Error> {
         self.submit()?;
         Ok(self.tickets)
+    }
+}
+
+/// Puts `key`, waiting (blocking the thread) where `Backpressure::Reject` refuses it for a
+/// full ring (`Error::Busy`: for everything submitted before it) or for a consumer lagging
+/// past `consumer_lag_max` (`Error::Throttled`: for the consumer's commits), as `Block` would,
+/// and submitting it again.
+fn put_waiting(engine: &Engine, key: &[u8], value: &[u8]) -> Result<Ticket, mergelog::Error> {
+    loop {
+        match engine.put(key, value) {
+            Err(mergelog::Error::Busy) => drop(engine.flush()?.wait()?),
+            Err(mergelog::Error::Throttled { .. }) => engine.wait_unthrottled(),
+            put => return put,
+        }
     }
 }
 
@@ -509,6 +600,7 @@ where
             bounds: RwLock::new((first, first)),
             queued: AtomicUsize::new(0),
             epoch: AtomicU64::new(0),
+            read_hook: std::sync::OnceLock::new(),
         });
         let (next, last_log) = match present {
             // A log with a hole cannot be served (openraft relies on consecutive entries);
@@ -577,8 +669,9 @@ where
     /// engine after that (`engine().close()`, on a clone of the `Arc`) frees the directory;
     /// an id left out only means re-applying less at start-up.
     ///
-    /// Under `Backpressure::Block` its put waits as any write does, for ring space or for a
-    /// consumer lagging past `consumer_lag_max` (the store's drop does not: it gives up).
+    /// Its put waits for ring space or for a consumer lagging past `consumer_lag_max`, under
+    /// `Backpressure::Reject` too, as every write of the store does (the store's drop does
+    /// not: it gives up).
     pub fn close(mut self) -> StoreResult<(), C> {
         let saved = self.save_unsaved_committed(true);
         let closed = (self.shared.engine.close()).map_err(|e| io_err(StorageIOError::write, &e));
@@ -596,7 +689,7 @@ where
         let value = encode(&self.committed).map_err(|e| io_err(StorageIOError::write, &e))?;
         let engine = &self.shared.engine;
         let put = match held {
-            true => engine.put(COMMITTED_KEY, &value),
+            true => put_waiting(engine, COMMITTED_KEY, &value),
             // One poll of the asynchronous put submits it, or finds it would wait.
             false => {
                 let put = std::pin::pin!(engine.put_async(COMMITTED_KEY, &value));
@@ -610,6 +703,16 @@ where
         (put.and_then(|t| t.wait())).map_err(|e| io_err(StorageIOError::write, &e))?;
         self.committed_unsaved = false;
         Ok(())
+    }
+
+    /// For tests: `hook(index, 0)` is called before entry `index` is read (the overlay, then
+    /// its key in the engine), and `hook(index, n)` before chunk `n` (1 or more) of an entry
+    /// stored in chunks is, by this store and its readers, so that a test can hold a reader
+    /// between two entries or two chunk reads while it truncates, purges or appends. Set
+    /// once; later calls change nothing.
+    #[doc(hidden)]
+    pub fn set_read_hook(&self, hook: impl Fn(u64, u32) + Send + Sync + 'static) {
+        let _ = self.shared.read_hook.set(Box::new(hook));
     }
 
     /// The engine under the store (for its counters, or to close it after the Raft node
@@ -689,12 +792,15 @@ where
     async fn put_durable(&self, key: &[u8], value: &[u8]) -> Result<Seq, mergelog::Error> {
         let engine = &self.shared.engine;
         loop {
-            match engine.put(key, value) {
+            match engine.put_async(key, value).await {
                 Ok(ticket) => return ticket.await,
                 // A full ring under `Backpressure::Reject`: what was submitted before frees
                 // its room once written, so wait for that and submit again. An error here
                 // (a vote's) would stop the node, as a refused append did (`Batches::submit`).
                 Err(mergelog::Error::Busy) => drop(engine.flush()?.await?),
+                // A consumer lagging past `consumer_lag_max` under `Reject`: wait until its
+                // commits let go of the throttle, then submit again.
+                Err(mergelog::Error::Throttled { .. }) => engine.wait_unthrottled_async().await,
                 Err(e) => return Err(e),
             }
         }
@@ -924,7 +1030,9 @@ where
             None => self.last_purged.clone(),
         };
         // Before the deletes: a reader that finds a chunk of these entries gone reads again.
-        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
+        // Held until they landed (the end of this call).
+        let shared = self.shared.clone();
+        let _deleting = Deleting::begin(&shared.epoch);
         let chunked = self.chunked.split_off(&from);
         let mut out = Batches::new(&self.shared.engine);
         // Highest first, so that a crash between batches leaves a prefix (no hole).
@@ -962,7 +1070,9 @@ where
             meta.push((COMMITTED_KEY, encode(&self.committed).map_err(codec)?));
         }
         // Before the deletes: a reader that finds a chunk of these entries gone reads again.
-        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
+        // Held until they landed (the end of this call).
+        let shared = self.shared.clone();
+        let _deleting = Deleting::begin(&shared.epoch);
         let kept = self.chunked.split_off(&upto.saturating_add(1));
         let chunked = std::mem::replace(&mut self.chunked, kept);
         let mut out = Batches::new(&self.shared.engine);

@@ -430,3 +430,196 @@ async fn a_vote_saved_while_the_ring_is_full_under_reject_waits_for_room() {
     assert_eq!(store.read_vote().await.unwrap(), Some(vote));
     store.close().unwrap();
 }
+
+/// Where a reader is held (`LogStore::set_read_hook`): before entry `index` (`n` = 0) or
+/// before chunk `n` of it, for each `(index, n)` listed, once. The test learns that it
+/// arrived from `arrived` and lets it go with `resume`.
+struct Pauses {
+    at: std::sync::Mutex<Vec<(u64, u32)>>,
+    arrived: std::sync::Mutex<std::sync::mpsc::Sender<(u64, u32)>>,
+    resume: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+/// Where readers arrive, their go-ahead, and a sender of arrivals.
+type PauseEnds = (
+    std::sync::mpsc::Receiver<(u64, u32)>,
+    std::sync::mpsc::Sender<()>,
+    std::sync::mpsc::Sender<(u64, u32)>,
+);
+
+/// The hook of `store` holds its readers at `at`; the test's ends: where a reader arrived,
+/// its go-ahead, and a sender of arrivals (for a reader to say it is done).
+fn pause_readers(store: &Store, at: Vec<(u64, u32)>) -> PauseEnds {
+    let (arrived_tx, arrived) = std::sync::mpsc::channel();
+    let (resume, resume_rx) = std::sync::mpsc::channel();
+    let also_arrived = arrived_tx.clone();
+    let pauses = Pauses {
+        at: std::sync::Mutex::new(at),
+        arrived: std::sync::Mutex::new(arrived_tx),
+        resume: std::sync::Mutex::new(resume_rx),
+    };
+    store.set_read_hook(move |index, n| {
+        let mut at = pauses.at.lock().unwrap();
+        let Some(i) = at.iter().position(|p| *p == (index, n)) else {
+            return;
+        };
+        at.remove(i);
+        drop(at);
+        let _ = pauses.arrived.lock().unwrap().send((index, n));
+        // A test that failed drops its end: the reader goes on.
+        let _ = pauses
+            .resume
+            .lock()
+            .unwrap()
+            .recv_timeout(std::time::Duration::from_secs(60));
+    });
+    (arrived, resume, also_arrived)
+}
+
+/// What a test's own reader sends on `arrived` when it is done.
+const DONE: (u64, u32) = (u64::MAX, u32::MAX);
+
+/// Reads `range` on a thread of its own through a `LogReader` of `store`; the entries (or the
+/// error's text) come on the receiver.
+fn read_on_a_thread(
+    reader: mergelog_raft::LogReader<TypeConfig>,
+    range: std::ops::RangeInclusive<u64>,
+) -> std::sync::mpsc::Receiver<Result<Vec<Entry<TypeConfig>>, String>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = reader;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let read = runtime.block_on(reader.try_get_log_entries(range));
+        let _ = tx.send(read.map_err(|e| e.to_string()));
+    });
+    rx
+}
+
+const HANG_GUARD: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A reader assembling a chunked entry while a truncate deletes it and an append writes a
+/// new entry, with fewer chunks, at its index: the chunks it reads after chunk 0 are the new
+/// entry's, or missing. It must read again (the store's epoch moved) and return the new
+/// entry, not report the old one as damaged (which would stop the node).
+#[tokio::test]
+async fn a_reader_racing_a_truncate_and_an_append_reads_the_new_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let log: Vec<_> = (1..=3).map(|i| entry(1, i, 3 * CHUNK_LEN)).collect();
+    store.blocking_append(log.clone()).await.unwrap();
+    let (arrived, resume, _) = pause_readers(&store, vec![(2, 1)]);
+    let read = read_on_a_thread(store.get_log_reader().await, 2..=2);
+    // Held after entry 2's chunk 0 (of the first entry 2).
+    assert_eq!(arrived.recv_timeout(HANG_GUARD).unwrap(), (2, 1));
+    store.truncate(log_id(1, 1, 2)).await.unwrap();
+    let newer = entry(2, 2, CHUNK_LEN + 100);
+    store.blocking_append([newer.clone()]).await.unwrap();
+    resume.send(()).unwrap();
+    let read = read.recv_timeout(HANG_GUARD).expect("the reader finishes");
+    assert_eq!(read, Ok(vec![newer]));
+    store.close().unwrap();
+}
+
+/// A reader that takes the store's epoch after a truncate began (it read the log's bounds
+/// before) and reads an entry's key and chunk 0 before the truncate's deletes are visible,
+/// its next chunk after: the entry is being deleted, not damaged, and the read gives the
+/// entries before it. A hook holds the reader between chunk reads and the engine's write of
+/// the truncate's batch.
+#[tokio::test]
+async fn a_reader_that_starts_during_a_truncate_does_not_report_damage() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let io = std::sync::Arc::new(HoldWrites {
+        hold: false.into(),
+        held: false.into(),
+    });
+    struct Release(std::sync::Arc<HoldWrites>);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0
+                .hold
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let _release = Release(io.clone());
+    let engine = Engine::open_with_io(dir.path(), config(), io.clone()).unwrap();
+    let mut store = Store::with_engine(std::sync::Arc::new(engine)).expect("the store opens");
+    let log: Vec<_> = (1..=3).map(|i| entry(1, i, 3 * CHUNK_LEN)).collect();
+    store.blocking_append(log.clone()).await.unwrap();
+    let (arrived, resume, _) = pause_readers(&store, vec![(1, 1), (2, 1)]);
+    // Reads 1..=2: the bounds first, then entry 1, held in it.
+    let read = read_on_a_thread(store.get_log_reader().await, 1..=2);
+    assert_eq!(arrived.recv_timeout(HANG_GUARD).unwrap(), (1, 1));
+    // The truncate of 2 and 3 submits its deletes; the engine holds their write.
+    io.hold.store(true, SeqCst);
+    {
+        let mut truncating = std::pin::pin!(store.truncate(log_id(1, 1, 2)));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(
+            std::future::Future::poll(truncating.as_mut(), &mut cx).is_pending(),
+            "the truncate waits for its deletes"
+        );
+        let deadline = std::time::Instant::now() + HANG_GUARD;
+        while !io.held.load(SeqCst) {
+            assert!(std::time::Instant::now() < deadline, "hung: no write held");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // The reader goes on to entry 2: its key and chunk 0 are still there.
+        resume.send(()).unwrap();
+        assert_eq!(arrived.recv_timeout(HANG_GUARD).unwrap(), (2, 1));
+        // The deletes land, then the reader reads on.
+        io.hold.store(false, SeqCst);
+        truncating.await.expect("the truncate");
+    }
+    resume.send(()).unwrap();
+    let read = read.recv_timeout(HANG_GUARD).expect("the reader finishes");
+    assert_eq!(read, Ok(log[..1].to_vec()));
+    store.close().unwrap();
+}
+
+/// A range read racing a truncate and a new leader's entries at the same indexes: it may
+/// miss the deleted entries (openraft allows it), but what it returns must be consecutive.
+/// Entry 3 read after the truncate and entry 4 after the new entries were appended gave 1, 2,
+/// then the new 4 and 5: a gap that openraft's replication would send as the entries after
+/// `prev_log_id`. The read stops at the first entry missing after one was found.
+#[tokio::test]
+async fn a_range_read_racing_a_truncate_and_an_append_returns_no_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let log: Vec<_> = (1..=5).map(|i| entry(1, i, 100)).collect();
+    store.blocking_append(log.clone()).await.unwrap();
+    let (arrived, resume, arrived_tx) = pause_readers(&store, vec![(3, 0), (4, 0)]);
+    // The read's outcome, and a mark on `arrived` when it is done.
+    let (read_tx, read) = std::sync::mpsc::channel();
+    let mut reader = store.get_log_reader().await;
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let entries = runtime.block_on(reader.try_get_log_entries(1..=5));
+        let _ = read_tx.send(entries.map_err(|e| e.to_string()));
+        let _ = arrived_tx.send(DONE);
+    });
+    // Before entry 3: the truncate deletes 3 to 5.
+    assert_eq!(arrived.recv_timeout(HANG_GUARD).unwrap(), (3, 0));
+    store.truncate(log_id(1, 1, 3)).await.unwrap();
+    resume.send(()).unwrap();
+    // Entry 3 read (gone). A new leader's 3 to 5 are appended before entry 4 is read, if the
+    // read goes on to it.
+    let next = arrived.recv_timeout(HANG_GUARD).unwrap();
+    let newer: Vec<_> = (3..=5).map(|i| entry(2, i, 100)).collect();
+    store.blocking_append(newer).await.unwrap();
+    if next == (4, 0) {
+        resume.send(()).unwrap();
+    }
+    let read = read.recv_timeout(HANG_GUARD).expect("the reader finishes");
+    let indexes: Vec<u64> = read
+        .expect("the read")
+        .iter()
+        .map(|e| e.log_id.index)
+        .collect();
+    assert_eq!(indexes, [1, 2], "a range read must be consecutive");
+    store.close().unwrap();
+}

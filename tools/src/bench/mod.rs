@@ -1851,6 +1851,11 @@ fn run_rounds(
     let bench_start = Instant::now();
     let mut merged: Vec<Option<RunResult>> = dirs.iter().map(|_| None).collect();
     let total = rounds * dirs.len();
+    // Whether the file system has been synced since anything last wrote to it: the sync
+    // probe, the run directories' creation, and every run leave work behind (the engine's
+    // `close` removes its prepared next segment, `--durability nosync` leaves dirty pages), which
+    // must not land in the next timed run.
+    let mut settled = false;
     for round in 0..rounds {
         for j in 0..dirs.len() {
             let k = (round + j) % dirs.len();
@@ -1861,6 +1866,14 @@ fn run_rounds(
             } else {
                 format!("{}/{total}", done + 1)
             };
+            if !settled {
+                let start = Instant::now();
+                sync_fs(dir)?;
+                note!(
+                    "mergelog {command}: synced the file system before the run ({:.1} ms)",
+                    start.elapsed().as_secs_f64() * 1e3
+                );
+            }
             note!(
                 "mergelog {command}: [{which}] {} {how_long} in {}",
                 system.name(),
@@ -1873,6 +1886,7 @@ fn run_rounds(
                 system.name(),
                 report::thousands(result.ops_per_s().round() as u64)
             );
+            settled = false;
             // Its next round starts on an empty directory: emptied now, and the file system
             // synced, so that none of the removal's work lands in a timed run.
             if round + 1 < rounds {
@@ -1883,6 +1897,7 @@ fn run_rounds(
                     system.name(),
                     took.as_secs_f64() * 1e3
                 );
+                settled = true;
             }
             match &mut merged[k] {
                 Some(all) => all.absorb(result)?,

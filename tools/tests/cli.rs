@@ -1716,3 +1716,42 @@ fn every_run_starts_after_the_file_system_is_synced() {
         );
     }
 }
+
+/// Review (session 35): a `--op merge` run says so. Its header read "value 100 B, 100% puts"
+/// and its JSON had no field naming the operation, so a merge run's report (and a kept
+/// `runs/*.json`) could not be told from a put run's.
+#[test]
+fn a_merge_run_is_reported_as_merges() {
+    let dir = tempfile::tempdir().unwrap();
+    for (op, mix) in [
+        ("merge", "100% merges (8-byte counter increments)"),
+        ("put", "100% puts"),
+    ] {
+        let json = dir.path().join(format!("{op}.json"));
+        let text = succeeds(&[
+            "bench",
+            "--op",
+            op,
+            "--systems",
+            "mergelog",
+            "--ops",
+            "200",
+            "--writers",
+            "1",
+            "--depth",
+            "4",
+            "--sync-probe",
+            "0",
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        let header = text.lines().next().unwrap();
+        assert!(header.contains(mix), "--op {op}: {header}");
+        let report = read_json(&json);
+        assert_eq!(
+            report["workload"]["op"], op,
+            "--op {op}: {}",
+            report["workload"]
+        );
+    }
+}

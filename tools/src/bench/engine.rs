@@ -730,10 +730,11 @@ mod tests {
         fn wait(&self, &n: &usize, _: Option<Instant>) -> Result<bool, crate::error::CliError> {
             if n == 0 {
                 // The writer's start line is before its first submission: a run's length
-                // after that submission is past the deadline.
-                let first = self.submitted.lock()[0];
-                super::sleep_until(first + self.length);
-                while Instant::now() < first + self.length {
+                // after that submission is past the deadline (and 2 ms more past it than the
+                // writer's time-stamp clock can differ from the OS clock).
+                let end = self.submitted.lock()[0] + self.length + Duration::from_millis(2);
+                super::sleep_until(end);
+                while Instant::now() < end {
                     std::thread::yield_now();
                 }
             }

@@ -55,11 +55,12 @@ pub fn drive<F>(
 where
     F: Fn(usize, &Mutex<Slot>, &StartLine) -> Result<Span, CliError> + Sync,
 {
-    let cpu_start = OnceLock::new();
+    // Reads the CPU clocks as the writers and the sampler pass it.
+    let barrier = StartLine::measuring_cpu(plan.writers + 1);
     // The run, from the start line; the closure is the scope of its early returns.
     let driven = (|| {
         let recorder = Recorder::new(plan.writers, plan.rate.is_some());
-        let barrier = StartLine::new(plan.writers + 1);
+        let barrier = &barrier;
         let (done_tx, done_rx) = mpsc::channel::<()>();
         let opts = SampleOptions {
             interval: plan.interval,
@@ -69,14 +70,12 @@ where
             consumer_lag,
             progress,
             started,
-            cpu_start: Some(&cpu_start),
         };
         let (sampled, spans) = std::thread::scope(|s| {
-            let sampler = spawn(s, "sampler", || sample(&recorder, &barrier, done_rx, &opts))?;
+            let sampler = spawn(s, "sampler", || sample(&recorder, barrier, done_rx, &opts))?;
             let mut handles = Vec::with_capacity(plan.writers);
             for i in 0..plan.writers {
-                let (recorder, barrier, writer, done) =
-                    (&recorder, &barrier, &writer, done_tx.clone());
+                let (recorder, writer, done) = (&recorder, &writer, done_tx.clone());
                 let spawned = spawn(s, "writer", move || {
                     let r = writer(i, recorder.slot(i), barrier);
                     // The sampler's last harvest waits for every writer to let go.
@@ -122,7 +121,7 @@ where
         }
         Ok((sampled?, elapsed, missed))
     })();
-    (driven, cpu::since(&cpu_start))
+    (driven, barrier.cpu_at_start().and_then(cpu::since))
 }
 
 /// Spawns `f` on a scoped thread named `name`; a failure (the process is out of threads or

@@ -45,10 +45,9 @@ pub fn drive(
         .map(|i| Generator::new(&plan.spec, i))
         .collect();
     let recorder = Arc::new(Recorder::new(plan.writers, false));
-    // Set by the sampler at the start line, as in `engine::drive`.
-    let cpu_start = std::sync::OnceLock::new();
-    // The sampler and this thread: the clients start once both are ready.
-    let barrier = StartLine::new(2);
+    // The sampler and this thread: the clients start once both are ready, and the CPU clocks
+    // are read as they pass, as in `engine::drive`.
+    let barrier = StartLine::measuring_cpu(2);
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let opts = SampleOptions {
         interval: plan.interval,
@@ -58,7 +57,6 @@ pub fn drive(
         consumer_lag: None,
         progress,
         started: None,
-        cpu_start: Some(&cpu_start),
     };
     let r = std::thread::scope(|s| {
         let sampler = spawn(s, "sampler", || sample(&recorder, &barrier, done_rx, &opts))?;
@@ -72,7 +70,7 @@ pub fn drive(
     });
     // Read before the runtime shuts down and before the engine closes (its threads' clocks
     // go with them), as `engine::drive` does.
-    let cpu = cpu::since(&cpu_start);
+    let cpu = barrier.cpu_at_start().and_then(cpu::since);
     let (sampled, spans) = match r {
         Ok(r) => r,
         Err(e) => {

@@ -76,8 +76,8 @@ impl CpuSample {
     }
 }
 
-/// What was used from `start` (set by the sampler as a run passes its start line, see
-/// `SampleOptions::cpu_start`) to now; `None` if it was never set (the run did not start) or
+/// What was used from `start` (set as a run passes its start line, see
+/// `StartLine::measuring_cpu`) to now; `None` if it was never set (the run did not start) or
 /// the clocks cannot be read.
 pub fn since(start: &std::sync::OnceLock<CpuSample>) -> Option<CpuUse> {
     Some(start.get()?.until(&CpuSample::now()?))

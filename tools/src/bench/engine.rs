@@ -55,11 +55,12 @@ pub fn drive<F>(
 where
     F: Fn(usize, &Mutex<Slot>, &StartLine) -> Result<Span, CliError> + Sync,
 {
-    let cpu_start = OnceLock::new();
+    // Reads the CPU clocks as the writers and the sampler pass it.
+    let barrier = StartLine::measuring_cpu(plan.writers + 1);
     // The run, from the start line; the closure is the scope of its early returns.
     let driven = (|| {
         let recorder = Recorder::new(plan.writers, plan.rate.is_some());
-        let barrier = StartLine::new(plan.writers + 1);
+        let barrier = &barrier;
         let (done_tx, done_rx) = mpsc::channel::<()>();
         let opts = SampleOptions {
             interval: plan.interval,
@@ -69,14 +70,12 @@ where
             consumer_lag,
             progress,
             started,
-            cpu_start: Some(&cpu_start),
         };
         let (sampled, spans) = std::thread::scope(|s| {
-            let sampler = spawn(s, "sampler", || sample(&recorder, &barrier, done_rx, &opts))?;
+            let sampler = spawn(s, "sampler", || sample(&recorder, barrier, done_rx, &opts))?;
             let mut handles = Vec::with_capacity(plan.writers);
             for i in 0..plan.writers {
-                let (recorder, barrier, writer, done) =
-                    (&recorder, &barrier, &writer, done_tx.clone());
+                let (recorder, writer, done) = (&recorder, &writer, done_tx.clone());
                 let spawned = spawn(s, "writer", move || {
                     let r = writer(i, recorder.slot(i), barrier);
                     // The sampler's last harvest waits for every writer to let go.
@@ -122,7 +121,7 @@ where
         }
         Ok((sampled?, elapsed, missed))
     })();
-    (driven, cpu::since(&cpu_start))
+    (driven, barrier.cpu_at_start().and_then(cpu::since))
 }
 
 /// Spawns `f` on a scoped thread named `name`; a failure (the process is out of threads or
@@ -647,7 +646,13 @@ pub fn writer<T: Target>(
         if !target.wait(&oldest.pending, until)? {
             continue;
         }
-        record_completed(target, &mut inflight, &clock, slot)?;
+        let now = record_completed(target, &mut inflight, &clock, slot)?;
+        // The deadline may have passed while it waited: decided again now (with the clock
+        // reading that stamped the completions), or it would submit once more after it.
+        if !stopping {
+            let next = schedule.as_ref().map_or(now, super::Schedule::next_at);
+            stopping = limit.reached(issued, next, now);
+        }
     }
     Ok(Span {
         start,
@@ -679,13 +684,13 @@ fn submit<T: Target>(
 }
 
 /// Records the oldest request of `inflight`, which has completed, and every one after it
-/// that has too, into `slot`.
+/// that has too, into `slot`; returns the clock reading they were stamped with.
 fn record_completed<T: Target>(
     target: &T,
     inflight: &mut VecDeque<InFlight<T::Pending>>,
     clock: &FastClock,
     slot: &Mutex<Slot>,
-) -> Result<(), CliError> {
+) -> Result<Instant, CliError> {
     // Tickets complete in order, usually many at once: record every one already
     // complete with one clock read and one lock.
     let now = clock.now();
@@ -697,13 +702,91 @@ fn record_completed<T: Target>(
             _ => break,
         }
     }
-    Ok(())
+    Ok(now)
 }
 
 #[cfg(test)]
 mod tests {
     use super::FastClock;
     use std::time::{Duration, Instant};
+
+    /// A system whose first request completes only once the run's deadline has passed (a
+    /// stall over the deadline), and every later one at once; it notes when each was submitted.
+    struct StallsOverTheDeadline {
+        length: Duration,
+        submitted: parking_lot::Mutex<Vec<Instant>>,
+    }
+
+    impl super::Target for StallsOverTheDeadline {
+        type Pending = usize;
+
+        fn submit(&self, _: crate::workload::Op<'_>) -> Result<usize, crate::error::CliError> {
+            let mut s = self.submitted.lock();
+            s.push(Instant::now());
+            Ok(s.len() - 1)
+        }
+
+        fn wait(&self, &n: &usize, _: Option<Instant>) -> Result<bool, crate::error::CliError> {
+            if n == 0 {
+                // The writer's start line is before its first submission: a run's length
+                // after that submission is past the deadline (and 2 ms more past it than the
+                // writer's time-stamp clock can differ from the OS clock).
+                let end = self.submitted.lock()[0] + self.length + Duration::from_millis(2);
+                super::sleep_until(end);
+                while Instant::now() < end {
+                    std::thread::yield_now();
+                }
+            }
+            Ok(true)
+        }
+
+        fn try_finish(&self, n: &usize) -> Result<bool, crate::error::CliError> {
+            self.wait(n, None)
+        }
+    }
+
+    /// Review (session 35): a closed-loop writer stops issuing at the deadline (`Limit`'s
+    /// rule, as the blocking writers and the clients keep it). It decided whether to stop only
+    /// when it submitted, so a request that completed after the deadline let it submit one
+    /// more, and wait for it, after the deadline: engine and `wal` runs got an extra round
+    /// trip per writer that `naive` and the peers do not.
+    #[test]
+    fn a_closed_loop_writer_submits_nothing_after_its_deadline() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            w: crate::bench::WorkloadArgs,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "t",
+            "--writers",
+            "1",
+            "--depth",
+            "1",
+            "--duration",
+            "0.05",
+            "--dist",
+            "uniform",
+        ])
+        .unwrap();
+        let plan = crate::bench::plan(&cli.w).unwrap();
+        let target = StallsOverTheDeadline {
+            length: plan.duration.unwrap(),
+            submitted: parking_lot::Mutex::new(Vec::new()),
+        };
+        let recorder = super::Recorder::new(1, false);
+        let line = super::StartLine::new(1);
+        let gen = crate::workload::Generator::new(&plan.spec, 0);
+        super::writer(&target, gen, 0, &plan, recorder.slot(0), &line).unwrap();
+        let submitted = target.submitted.into_inner();
+        assert_eq!(
+            submitted.len(),
+            1,
+            "the writer submitted {} requests, {} of them after the deadline",
+            submitted.len(),
+            submitted.len() - 1
+        );
+    }
 
     #[test]
     fn fast_clock_keeps_time_with_the_os_clock() {

@@ -141,9 +141,6 @@ pub struct SampleOptions<'a> {
     pub progress: &'a Progress,
     /// Set to when the run started (the writers passed the start line).
     pub started: Option<&'a std::sync::OnceLock<Instant>>,
-    /// Set to the process's CPU clocks as the run starts: what the writers' threads spent
-    /// before the start line (drawing their zipf pools) is not the run's.
-    pub cpu_start: Option<&'a std::sync::OnceLock<super::cpu::CpuSample>>,
 }
 
 /// Measures a consumer's lag (see `consumer::lag_sample`).
@@ -157,6 +154,8 @@ pub struct StartLine {
     state: parking_lot::Mutex<(usize, bool)>,
     all_here: parking_lot::Condvar,
     threads: usize,
+    /// [`StartLine::measuring_cpu`]: the process's CPU clocks as the run starts.
+    cpu: Option<std::sync::OnceLock<super::cpu::CpuSample>>,
 }
 
 impl StartLine {
@@ -166,7 +165,25 @@ impl StartLine {
             state: parking_lot::Mutex::new((0, false)),
             all_here: parking_lot::Condvar::new(),
             threads,
+            cpu: None,
         }
+    }
+
+    /// A start line that reads the process's CPU clocks as the run starts: the last thread
+    /// to arrive reads them before it lets any pass, so that everything done before the line
+    /// (a writer's zipf pool) is left out of the run's CPU and nothing done after it is
+    /// (read by a thread after the line, they missed what the others did until it ran).
+    pub fn measuring_cpu(threads: usize) -> StartLine {
+        StartLine {
+            cpu: Some(std::sync::OnceLock::new()),
+            ..StartLine::new(threads)
+        }
+    }
+
+    /// The CPU clocks read as the run started (unset if it did not, or if they cannot be
+    /// read); `None` for a line made with [`StartLine::new`].
+    pub fn cpu_at_start(&self) -> Option<&std::sync::OnceLock<super::cpu::CpuSample>> {
+        self.cpu.as_ref()
     }
 
     /// Waits until every thread has arrived (true: start) or the start is called off
@@ -176,6 +193,11 @@ impl StartLine {
         let mut s = self.state.lock();
         s.0 += 1;
         if s.0 >= self.threads {
+            if let (Some(cpu), false) = (&self.cpu, s.1) {
+                if let Some(now) = super::cpu::CpuSample::now() {
+                    let _ = cpu.set(now);
+                }
+            }
             self.all_here.notify_all();
         }
         while s.0 < self.threads && !s.1 {
@@ -214,9 +236,6 @@ pub fn sample(
     let start = Instant::now();
     if let Some(started) = opts.started {
         let _ = started.set(start);
-    }
-    if let Some(cpu) = opts.cpu_start.zip(super::cpu::CpuSample::now()) {
-        let _ = cpu.0.set(cpu.1);
     }
     let mut last = start;
     let mut tick = 1u32;

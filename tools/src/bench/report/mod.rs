@@ -47,6 +47,9 @@ pub struct Workload {
     dist: String,
     key_size: SizeJson,
     value_size: SizeJson,
+    /// `--op`: `put`, or `merge` (the writes are increments of 8-byte counters, counted in
+    /// `put_ratio` and `runs[].puts`; `value_size` is then not used).
+    op: &'static str,
     put_ratio: f64,
     delete_ratio: f64,
     read_ratio: f64,
@@ -180,6 +183,7 @@ impl Workload {
                 min: s.value_size.min,
                 max: s.value_size.max,
             },
+            op: if s.merge { "merge" } else { "put" },
             put_ratio: (1.0 - s.read_ratio - s.delete_ratio).max(0.0),
             delete_ratio: s.delete_ratio,
             read_ratio: s.read_ratio,
@@ -259,15 +263,20 @@ impl Workload {
         if let Some(c) = &self.compaction {
             consumer = format!("{consumer}\n{}", c.describe());
         }
+        // A merge carries an 8-byte increment, not a value of `--value-size`.
+        let (value, writes) = if self.op == "merge" {
+            (String::new(), "merges (8-byte counter increments)")
+        } else {
+            (format!(", value {} B", size(&self.value_size)), "puts")
+        };
         format!(
-            "workload: {load}, {} keys {}, key {} B, value {} B, {:.0}% puts {:.0}% deletes \
+            "workload: {load}, {} keys {}, key {} B{value}, {:.0}% {writes} {:.0}% deletes \
              {:.0}% gets, {length}\n\
              engine:   durability {}, write path {}, window {}, window age max {} µs, batch max \
              {} B / {} ops, ring {} B, segment {} B, syncers {} (overlapping above {} µs){}{}{consumer}",
             self.keys,
             self.dist,
             size(&self.key_size),
-            size(&self.value_size),
             self.put_ratio * 100.0,
             self.delete_ratio * 100.0,
             self.read_ratio * 100.0,

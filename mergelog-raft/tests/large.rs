@@ -345,6 +345,18 @@ struct HoldWrites {
     held: std::sync::atomic::AtomicBool,
 }
 
+/// Lets a held write go however a test ends: a panic with it held would hang the engine's
+/// drop instead of failing the test.
+struct Release(std::sync::Arc<HoldWrites>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0
+            .hold
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 impl mergelog::internals::io::Io for HoldWrites {
     fn before(
         &self,
@@ -376,16 +388,6 @@ async fn a_vote_saved_while_the_ring_is_full_under_reject_waits_for_room() {
         hold: true.into(),
         held: false.into(),
     });
-    // Lets the held write go however the test ends: a panic with it held would hang the
-    // engine's drop instead of failing the test.
-    struct Release(std::sync::Arc<HoldWrites>);
-    impl Drop for Release {
-        fn drop(&mut self) {
-            self.0
-                .hold
-                .store(false, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
     let engine = Engine::open_with_io(dir.path(), config.clone(), io.clone()).unwrap();
     let mut store = Store::with_engine(std::sync::Arc::new(engine)).expect("the store opens");
     // A write the engine takes and holds, then writes until the ring refuses one.
@@ -535,14 +537,6 @@ async fn a_reader_that_starts_during_a_truncate_does_not_report_damage() {
         hold: false.into(),
         held: false.into(),
     });
-    struct Release(std::sync::Arc<HoldWrites>);
-    impl Drop for Release {
-        fn drop(&mut self) {
-            self.0
-                .hold
-                .store(false, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
     let _release = Release(io.clone());
     let engine = Engine::open_with_io(dir.path(), config(), io.clone()).unwrap();
     let mut store = Store::with_engine(std::sync::Arc::new(engine)).expect("the store opens");

@@ -496,7 +496,7 @@ impl crate::Engine {
         self.inner.throttle.wait(|| self.throttle_let_go());
     }
 
-    /// As [`Engine::wait_unthrottled`], as a future: `Pending` (its waker registered, woken
+    /// As [`Engine::wait_unthrottled`](crate::Engine::wait_unthrottled), as a future: `Pending` (its waker registered, woken
     /// by the release) while throttled.
     pub async fn wait_unthrottled_async(&self) {
         let mut slot = self.inner.throttle.task_slot();

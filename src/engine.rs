@@ -532,6 +532,7 @@ impl Engine {
             self.inner.segments.clone(),
             self.inner.live.clone(),
             self.inner.retire_lock.clone(),
+            Some(self.inner.throttle.clone()),
         ))
     }
 

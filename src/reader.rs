@@ -239,6 +239,10 @@ struct EngineView {
     live: Arc<LiveLog>,
     /// `Inner::retire_lock`: a consumer's file is made under it (`LogReader::consumer`).
     retire_lock: Arc<parking_lot::Mutex<()>>,
+    /// The engine's throttle on consumer lag, which a consumer made from the view
+    /// re-measures at each commit, as the engine's own do (`None` for the throttle's own
+    /// views).
+    throttle: Option<Arc<crate::throttle::Throttle>>,
 }
 
 /// A read-only, lock-free view of a log directory as of when it was opened.
@@ -345,6 +349,7 @@ impl LogReader {
         list: Segments,
         live: Arc<LiveLog>,
         retire_lock: Arc<parking_lot::Mutex<()>>,
+        throttle: Option<Arc<crate::throttle::Throttle>>,
     ) -> LogReader {
         let ids_stamp = crate::log::dir::ids_stamp(dir);
         let segments: Vec<Arc<Segment>> = list.read().iter().cloned().collect();
@@ -363,6 +368,7 @@ impl LogReader {
                 segments: list,
                 live,
                 retire_lock,
+                throttle,
             }),
             segments,
             next_seq,
@@ -550,8 +556,10 @@ impl LogReader {
     /// (`Engine::replay`) it reads as `Engine::consumer` does, and makes the file as that
     /// does, under the engine's retirement lock (so a retirement running meanwhile either
     /// sees the new consumer or is done before its position is read) and only while the
-    /// engine holds the directory (`Error::Closed` after its `close`); it is not counted as
-    /// that engine's handle of `name`. Else it polls the directory for new batches; and an
+    /// engine holds the directory (`Error::Closed` after its `close`), and its commits
+    /// re-measure the engine's throttle on consumer lag (`Config::consumer_lag_max`) as
+    /// `Engine::consumer`'s do; it is not counted as that engine's handle of `name`. Else it
+    /// polls the directory for new batches; and an
     /// engine in another process (or one this view does not come from) may be retiring as
     /// the file is made: a retirement that read the consumers before the file existed may
     /// still remove the batches it starts at, and the consumer then gets `Error::Retired`
@@ -577,14 +585,25 @@ impl LogReader {
         };
         let live = self.engine.as_ref().map(|e| e.live.clone());
         let follower = self.follow(committed.saturating_add(1));
-        Ok(Consumer::new(
+        let consumer = Consumer::new(
             name,
             (self.dir.clone(), io),
             follower,
             committed,
             live,
             None,
-        ))
+        );
+        Ok(
+            match self.engine.as_ref().and_then(|e| e.throttle.clone()) {
+                Some(throttle) => {
+                    // A new consumer may lag more than the others; its commits may release
+                    // writers held on its lag.
+                    throttle.measure();
+                    consumer.with_throttle(throttle)
+                }
+                None => consumer,
+            },
+        )
     }
 }
 

@@ -296,6 +296,7 @@ impl Throttle {
             self.segments.clone(),
             self.live.clone(),
             self.retire_lock.clone(),
+            None,
         );
         let slowest = view.consumers()?.into_iter().min_by_key(|c| c.committed);
         // Read after the view: it counts at least the frames the view holds (see the module

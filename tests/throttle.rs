@@ -3,7 +3,8 @@
 //! consumer's file from another `LogReader`), removing the consumer, or closing the engine
 //! releases them; without a consumer nothing is throttled; a zero limit is refused; a request
 //! too large is refused for its size, never throttled; a closed engine refuses as `Closed`;
-//! `wait_unthrottled` waits for the release under `Reject`.
+//! `wait_unthrottled` waits for the release under `Reject`; a consumer made from the engine's
+//! view releases at its commit too.
 
 mod common;
 
@@ -117,6 +118,24 @@ fn past_the_limit_puts_are_refused_until_the_consumer_commits() {
     assert_eq!(engine.stats().throttled, 4);
     consume(&mut c, LIMIT + 1);
     put_batch(&engine, 100, 10);
+}
+
+/// A consumer made from the engine's view (`Engine::replay`, then `LogReader::consumer`)
+/// counts as one for the throttle, and its commit releases at once, as `Engine::consumer`'s
+/// does (before, only the syncer's re-read of the files, up to 100 ms later, did).
+#[test]
+fn a_commit_of_a_consumer_made_from_the_engines_view_releases_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine =
+        Engine::open(dir.path(), config(Backpressure::Reject, batches(LIMIT))).expect("open");
+    let mut c = engine.replay().unwrap().consumer("view").expect("consumer");
+    for i in 1..=LIMIT + 1 {
+        put_batch(&engine, i, 10);
+    }
+    assert!(is_throttled(engine.put(b"k", b"v")), "a put past the limit");
+    consume(&mut c, LIMIT + 1);
+    let after = engine.put(b"k", b"v");
+    assert!(after.is_ok(), "the commit did not release: {after:?}");
 }
 
 #[test]

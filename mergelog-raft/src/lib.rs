@@ -75,6 +75,12 @@ type StoreResult<T, C> = Result<T, StorageError<Nid<C>>>;
 /// a long backlog then goes in pieces instead of one huge message.
 const READ_ENTRIES_MAX: usize = 4096;
 
+/// One `limited_get_log_entries` stops once the entries it read (encoded, as stored) reach
+/// this many bytes, whatever their number (at least one entry is returned): entries of any
+/// size are stored in chunks, and 4,096 of them could otherwise be read into memory at once
+/// (`LogStore::set_read_bytes_max` changes it, for tests).
+const READ_BYTES_MAX: usize = 64 << 20;
+
 /// Bytes a batch operation is counted for besides its value: its header in the batch (9
 /// bytes) and its key (at most 13, a chunk's), rounded up.
 const OP_BYTES: usize = 32;
@@ -128,6 +134,8 @@ struct Shared<C: RaftTypeConfig> {
     /// A test's hook, called before an entry's key and each chunk after the first are read
     /// ([`LogStore::set_read_hook`]).
     read_hook: std::sync::OnceLock<ReadHook>,
+    /// [`READ_BYTES_MAX`], or a test's bound ([`LogStore::set_read_bytes_max`]).
+    read_bytes_max: AtomicUsize,
 }
 
 /// See [`LogStore::set_read_hook`].
@@ -152,6 +160,12 @@ where
 
     /// Entry `index`: the overlay first (newer), then the engine's durable state.
     fn read_one(&self, index: u64) -> StoreResult<Option<C::Entry>, C> {
+        Ok(self.read_one_sized(index)?.map(|(entry, _)| entry))
+    }
+
+    /// As [`Shared::read_one`], with the bytes read for it: its encoding's length as stored
+    /// (0 for an entry of the overlay, already in memory).
+    fn read_one_sized(&self, index: u64) -> StoreResult<Option<(C::Entry, usize)>, C> {
         let read_err = |e: &CodecError| StorageIOError::read_log_at_index(index, AnyError::new(e));
         // The epoch under which the entry failed to reassemble once already.
         let mut failed_under = None;
@@ -162,7 +176,7 @@ where
             // Before anything of the entry is read (see `epoch`).
             let epoch = self.epoch.load(Ordering::SeqCst);
             if let Some((_, entry)) = self.pending().get(&index) {
-                return Ok(Some(entry.clone()));
+                return Ok(Some((entry.clone(), 0)));
             }
             // A miss in the overlay means the append completed, and a completed ticket's
             // records are visible to `read` (the engine applies queued index updates first).
@@ -173,9 +187,9 @@ where
             };
             // The empty value marks an entry stored in chunks.
             let decoded = match value.is_empty() {
-                false => decode::<C::Entry>(&value),
+                false => decode::<C::Entry>(&value).map(|e| (e, value.len())),
                 true => match self.read_chunks(index) {
-                    Ok(encoded) => decode::<C::Entry>(&encoded),
+                    Ok(encoded) => decode::<C::Entry>(&encoded).map(|e| (e, encoded.len())),
                     // A truncate or purge began since the epoch was taken: read again. Or
                     // one submitted before it had its deletes land while the chunks were
                     // read: an entry's key is deleted in the batch of its chunks or an
@@ -240,11 +254,13 @@ where
         Ok(encoded)
     }
 
-    /// The entries of `range` the log holds, at most `max` of them.
+    /// The entries of `range` the log holds, at most `max` of them, and none more once those
+    /// read reach `bytes_max` bytes (encoded, as stored; at least one is returned).
     fn read_range(
         &self,
         range: impl RangeBounds<u64>,
         max: usize,
+        bytes_max: usize,
     ) -> StoreResult<Vec<C::Entry>, C> {
         // Before the bounds (see `epoch`).
         let mut epoch = self.epoch.load(Ordering::SeqCst);
@@ -262,9 +278,10 @@ where
         // Consecutive entries of one log: openraft's replication sends what this returns as
         // the entries after `prev_log_id`.
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         let (mut index, end) = (start.max(first), end.min(next));
-        while index < end && out.len() < max {
-            let entry = self.read_one(index)?;
+        while index < end && out.len() < max && bytes < bytes_max {
+            let entry = self.read_one_sized(index)?;
             let now = self.epoch.load(Ordering::SeqCst);
             if now != epoch {
                 // A truncate or purge moved the log while this read: the entries from here on
@@ -277,7 +294,10 @@ where
                 continue;
             }
             match entry {
-                Some(entry) => out.push(entry),
+                Some((entry, len)) => {
+                    out.push(entry);
+                    bytes = bytes.saturating_add(len);
+                }
                 // Truncated or purged meanwhile (openraft allows it). Missing after entries
                 // found, it ends the read: never a gap.
                 None if !out.is_empty() => break,
@@ -601,6 +621,7 @@ where
             queued: AtomicUsize::new(0),
             epoch: AtomicU64::new(0),
             read_hook: std::sync::OnceLock::new(),
+            read_bytes_max: AtomicUsize::new(READ_BYTES_MAX),
         });
         let (next, last_log) = match present {
             // A log with a hole cannot be served (openraft relies on consecutive entries);
@@ -703,6 +724,13 @@ where
         (put.and_then(|t| t.wait())).map_err(|e| io_err(StorageIOError::write, &e))?;
         self.committed_unsaved = false;
         Ok(())
+    }
+
+    /// For tests: the bytes after which one `limited_get_log_entries` stops reading entries
+    /// (64 MiB by default; at least one entry is returned).
+    #[doc(hidden)]
+    pub fn set_read_bytes_max(&self, bytes: usize) {
+        self.shared.read_bytes_max.store(bytes, Ordering::Relaxed);
     }
 
     /// For tests: `hook(index, 0)` is called before entry `index` is read (the overlay, then
@@ -882,7 +910,7 @@ where
         &mut self,
         range: RB,
     ) -> StoreResult<Vec<C::Entry>, C> {
-        self.shared.read_range(range, usize::MAX)
+        self.shared.read_range(range, usize::MAX, usize::MAX)
     }
 
     async fn limited_get_log_entries(
@@ -890,7 +918,9 @@ where
         start: u64,
         end: u64,
     ) -> StoreResult<Vec<C::Entry>, C> {
-        self.shared.read_range(start..end, READ_ENTRIES_MAX)
+        let bytes_max = self.shared.read_bytes_max.load(Ordering::Relaxed);
+        self.shared
+            .read_range(start..end, READ_ENTRIES_MAX, bytes_max)
     }
 }
 
@@ -902,7 +932,7 @@ where
         &mut self,
         range: RB,
     ) -> StoreResult<Vec<C::Entry>, C> {
-        self.shared.read_range(range, usize::MAX)
+        self.shared.read_range(range, usize::MAX, usize::MAX)
     }
 }
 

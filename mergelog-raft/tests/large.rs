@@ -175,6 +175,46 @@ async fn entries_of_any_size_are_stored_and_come_back_after_a_reopen() {
     store.close().unwrap();
 }
 
+/// A replication read (`limited_get_log_entries`) stops once the entries it read reach the
+/// store's byte bound, however few they are (at least one): entries of any size could
+/// otherwise put up to 4,096 whole entries in memory at once. `try_get_log_entries` is not
+/// bounded (openraft expects the whole range from it).
+#[tokio::test]
+async fn a_replication_read_stops_at_its_byte_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let entries: Vec<_> = (1..=6).map(|i| entry(1, i, 3 * CHUNK_LEN)).collect();
+    let size = encoded_len(&entries[0]);
+    store.blocking_append(entries.clone()).await.unwrap();
+    // Durable, out of the overlay: the bytes counted are those read from the engine.
+    store.engine().flush().unwrap().wait().unwrap();
+    let mut reader = store.get_log_reader().await;
+    assert_eq!(
+        reader.limited_get_log_entries(1, 7).await.unwrap(),
+        entries,
+        "under the default bound"
+    );
+    // Two entries reach a bound of one and a half: the read stops after the second.
+    store.set_read_bytes_max(size + size / 2);
+    let mut next = 1;
+    let mut pieces = Vec::new();
+    while next < 7 {
+        let got = reader.limited_get_log_entries(next, 7).await.unwrap();
+        assert!(!got.is_empty(), "a read from {next} returned nothing");
+        next += got.len() as u64;
+        pieces.push(got.len());
+    }
+    assert_eq!(pieces, [2, 2, 2]);
+    // A bound below one entry still returns one.
+    store.set_read_bytes_max(1);
+    assert_eq!(
+        reader.limited_get_log_entries(3, 7).await.unwrap(),
+        entries[2..3]
+    );
+    assert_eq!(store.try_get_log_entries(1..7).await.unwrap(), entries);
+    store.close().unwrap();
+}
+
 /// A truncate into chunked entries and a purge across them delete the chunks of the entries
 /// they delete; the purge retires segments, and the live entries' chunks, which went in
 /// batches before their keys', are kept: read back after a reopen.

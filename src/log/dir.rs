@@ -1095,32 +1095,29 @@ pub(crate) fn backup_name_sync(io: &dyn Io, dest: &Path) -> Result<()> {
 /// taken for the log's.
 pub(crate) fn backup_file_matches(prev: &Path, image: &[u8], size: u64) -> Result<bool> {
     use std::io::Read;
+    let err = |e| Error::io("read earlier backup's segment", prev, e);
     let mut file = match File::open(prev) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(Error::io("read earlier backup's segment", prev, e)),
+        Err(e) => return Err(err(e)),
     };
-    let err = |e| Error::io("read earlier backup's segment", prev, e);
     let meta = file.metadata().map_err(err)?;
     if !meta.is_file() || meta.len() != size.max(image.len() as u64) {
         return Ok(false);
     }
+    let mut head = vec![0u8; image.len()];
+    file.read_exact(&mut head).map_err(err)?;
+    if head != image {
+        return Ok(false);
+    }
+    // The rest, up to the length checked above: zeros only.
     let mut buf = vec![0u8; 1 << 20];
-    let mut off = 0u64;
     loop {
-        let n = file.read(&mut buf).map_err(err)?;
-        if n == 0 {
-            return Ok(off == meta.len());
+        match file.read(&mut buf).map_err(err)? {
+            0 => return Ok(true),
+            n if buf[..n].iter().any(|&b| b != 0) => return Ok(false),
+            _ => {}
         }
-        let chunk = &buf[..n];
-        let start = off as usize;
-        let in_image = image.len().saturating_sub(start).min(n);
-        if chunk[..in_image] != image[start..start + in_image]
-            || chunk[in_image..].iter().any(|&b| b != 0)
-        {
-            return Ok(false);
-        }
-        off += n as u64;
     }
 }
 
@@ -1210,6 +1207,29 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     const EIO: i32 = 5;
+
+    /// An earlier backup's segment matches only its image followed by zeros up to its
+    /// length, read past the first megabyte too (segments are 64 MiB by default).
+    #[test]
+    fn an_earlier_backups_file_matches_its_image_and_zeros_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seg");
+        let image: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8 + 1).collect();
+        let size = 3u64 << 20;
+        {
+            let f = std::fs::File::create(&path).unwrap();
+            std::os::unix::fs::FileExt::write_all_at(&f, &image, 0).unwrap();
+            f.set_len(size).unwrap();
+        }
+        assert!(backup_file_matches(&path, &image, size).unwrap());
+        assert!(!backup_file_matches(&path, &image, size + 8).unwrap());
+        assert!(!backup_file_matches(&path, &image[..4999], size).unwrap());
+        assert!(!backup_file_matches(&dir.path().join("none"), &image, size).unwrap());
+        // A byte past the first megabyte, behind the image.
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[7], (2 << 20) + 3).unwrap();
+        assert!(!backup_file_matches(&path, &image, size).unwrap());
+    }
 
     /// btrfs (its magic, also as a sign-extended 32-bit `f_type`) refuses the mmap write path;
     /// ext4, xfs and tmpfs do not.

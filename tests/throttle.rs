@@ -43,6 +43,13 @@ fn put_batch(engine: &Engine, i: u64, value_len: usize) -> Seq {
     t.wait_timeout(WAIT_MAX).expect("durable")
 }
 
+/// Logs `LIMIT + 1` batches: a consumer that read none lags past the limit.
+fn lag_past_the_limit(engine: &Engine) {
+    for i in 1..=LIMIT + 1 {
+        put_batch(engine, i, 10);
+    }
+}
+
 /// Reads `n` batches with `c` and commits the last.
 fn consume(c: &mut Consumer, n: u64) {
     let mut last = Seq::new(0);
@@ -129,9 +136,7 @@ fn a_commit_of_a_consumer_made_from_the_engines_view_releases_at_once() {
     let engine =
         Engine::open(dir.path(), config(Backpressure::Reject, batches(LIMIT))).expect("open");
     let mut c = engine.replay().unwrap().consumer("view").expect("consumer");
-    for i in 1..=LIMIT + 1 {
-        put_batch(&engine, i, 10);
-    }
+    lag_past_the_limit(&engine);
     assert!(is_throttled(engine.put(b"k", b"v")), "a put past the limit");
     consume(&mut c, LIMIT + 1);
     let after = engine.put(b"k", b"v");
@@ -212,9 +217,7 @@ fn a_blocked_put_is_released_by_a_commit_from_another_thread() {
         Engine::open(dir.path(), config(Backpressure::Block, batches(LIMIT))).expect("open"),
     );
     let mut c = engine.consumer("slow").expect("consumer");
-    for i in 1..=LIMIT + 1 {
-        put_batch(&engine, i, 10);
-    }
+    lag_past_the_limit(&engine);
     let submitter = {
         let engine = engine.clone();
         std::thread::spawn(move || put_batch(&engine, 100, 10))
@@ -236,9 +239,7 @@ fn a_closed_engine_refuses_a_throttled_write_as_closed() {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(dir.path(), config(backpressure, batches(LIMIT))).expect("open");
         let _c = engine.consumer("slow").expect("consumer");
-        for i in 1..=LIMIT + 1 {
-            put_batch(&engine, i, 10);
-        }
+        lag_past_the_limit(&engine);
         engine.close().expect("close");
         let engine = Arc::new(engine);
         let waiting = engine.clone();
@@ -262,9 +263,7 @@ fn wait_unthrottled_returns_at_the_consumers_commit() {
     );
     let mut c = engine.consumer("slow").expect("consumer");
     engine.wait_unthrottled();
-    for i in 1..=LIMIT + 1 {
-        put_batch(&engine, i, 10);
-    }
+    lag_past_the_limit(&engine);
     assert!(is_throttled(engine.put(b"k", b"v")));
     let (tx, rx) = std::sync::mpsc::channel();
     let waiter = {
@@ -288,9 +287,7 @@ fn removing_the_consumer_releases() {
     let engine =
         Engine::open(dir.path(), config(Backpressure::Reject, batches(LIMIT))).expect("open");
     let c = engine.consumer("gone").expect("consumer");
-    for i in 1..=LIMIT + 1 {
-        put_batch(&engine, i, 10);
-    }
+    lag_past_the_limit(&engine);
     assert!(is_throttled(engine.put(b"k", b"v")));
     drop(c);
     assert!(engine.remove_consumer("gone").expect("remove"));
@@ -320,9 +317,7 @@ fn close_releases_a_blocked_put() {
         Engine::open(dir.path(), config(Backpressure::Block, batches(LIMIT))).expect("open"),
     );
     let _c = engine.consumer("slow").expect("consumer");
-    for i in 1..=LIMIT + 1 {
-        put_batch(&engine, i, 10);
-    }
+    lag_past_the_limit(&engine);
     let submitter = {
         let engine = engine.clone();
         std::thread::spawn(move || engine.put(b"k", b"v").map(|_| ()))
@@ -339,9 +334,7 @@ fn a_commit_through_the_file_releases_within_the_reread_interval() {
     let engine =
         Engine::open(dir.path(), config(Backpressure::Reject, batches(LIMIT))).expect("open");
     drop(engine.consumer("remote").expect("consumer"));
-    for i in 1..=LIMIT + 1 {
-        put_batch(&engine, i, 10);
-    }
+    lag_past_the_limit(&engine);
     assert!(is_throttled(engine.put(b"k", b"v")));
     // As another process would: a reader of the directory commits to the consumer's file.
     let reader = LogReader::open(dir.path()).expect("reader");
@@ -399,9 +392,7 @@ fn an_async_put_waits_for_the_commit_without_blocking_the_thread() {
     let engine =
         Engine::open(dir.path(), config(Backpressure::Block, batches(LIMIT))).expect("open");
     let mut c = engine.consumer("slow").expect("consumer");
-    for i in 1..=LIMIT + 1 {
-        put_batch(&engine, i, 10);
-    }
+    lag_past_the_limit(&engine);
     let woken = Arc::new(Woken(false.into()));
     let waker = Waker::from(woken.clone());
     let mut cx = Context::from_waker(&waker);
@@ -470,9 +461,7 @@ fn a_request_too_large_is_refused_for_its_size_while_throttled() {
         let engine =
             Arc::new(Engine::open(dir.path(), config(backpressure, batches(LIMIT))).expect("open"));
         let _c = engine.consumer("slow").expect("consumer");
-        for i in 1..=LIMIT + 1 {
-            put_batch(&engine, i, 10);
-        }
+        lag_past_the_limit(&engine);
         let e = engine.clone();
         let refused = common::within("requests too large, while throttled", move || {
             let big = vec![b'v'; 20 << 10];
@@ -526,9 +515,7 @@ fn a_throttled_async_submit_holds_only_its_newest_waker_and_none_once_dropped() 
     let engine =
         Engine::open(dir.path(), config(Backpressure::Block, batches(LIMIT))).expect("open");
     let mut c = engine.consumer("slow").expect("consumer");
-    for i in 1..=LIMIT + 1 {
-        put_batch(&engine, i, 10);
-    }
+    lag_past_the_limit(&engine);
     let held = |w: &Arc<Woken>| Arc::strong_count(w) > 1;
     let wakers: Vec<Arc<Woken>> = (0..100).map(|_| Arc::new(Woken(false.into()))).collect();
     let mut put = Box::pin(engine.put_async(b"async", b"v"));

@@ -228,8 +228,15 @@ impl LiveLog {
 
     /// Polls for batch `seq` to be durable or the pipeline to stop; a pending poll's waker is
     /// woken once either happens.
-    pub fn poll_for(&self, seq: u64, waker: &Waker) -> Poll<()> {
-        self.waiters.poll(seq, waker, || self.passed(seq))
+    /// `token` is the polling future's (see `FutureWakers::poll`); it passes it to
+    /// [`LiveLog::forget`] when it goes.
+    pub fn poll_for(&self, seq: u64, token: &mut u64, waker: &Waker) -> Poll<()> {
+        self.waiters.poll(seq, token, waker, || self.passed(seq))
+    }
+
+    /// Takes out the waker a dropped future registered with [`LiveLog::poll_for`].
+    pub fn forget(&self, token: u64) {
+        self.waiters.forget(token);
     }
 }
 
@@ -946,6 +953,9 @@ pub struct Follower {
     rewound: Option<Error>,
     /// In-process gate: the engine's last durable batch sequence, and whether it stopped.
     live: Option<Arc<LiveLog>>,
+    /// As a stream of an in-process follower: its token among the gate's pending futures'
+    /// wakers (0 until a poll first registers one; see `LiveLog::poll_for`).
+    waiting: u64,
     poll: Duration,
     /// A directory follower's pending poll: the waker to wake after the poll interval, and
     /// whether the ticker thread that wakes it runs (`Follower::wake_after_poll`).
@@ -1015,6 +1025,16 @@ impl Yielded {
 /// that thread runs.
 type PollTicker = Arc<parking_lot::Mutex<(Option<Waker>, bool)>>;
 
+impl Drop for Follower {
+    /// A stream dropped while its poll was pending takes its waker out of the engine's list
+    /// (see `Ticket`'s drop).
+    fn drop(&mut self) {
+        if let (Some(live), token @ 1..) = (&self.live, self.waiting) {
+            live.forget(token);
+        }
+    }
+}
+
 impl std::fmt::Debug for Follower {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Follower")
@@ -1037,6 +1057,7 @@ impl Follower {
             last: None,
             rewound: None,
             live: None,
+            waiting: 0,
             poll: Duration::from_micros(200),
             ticker: None,
         }
@@ -1054,11 +1075,10 @@ impl Follower {
         from: u64,
         live: Arc<LiveLog>,
     ) -> Follower {
-        Follower {
-            segments: Some(segments),
-            live: Some(live),
-            ..Follower::new(dir, from)
-        }
+        let mut follower = Follower::new(dir, from);
+        follower.segments = Some(segments);
+        follower.live = Some(live);
+        follower
     }
 
     /// The segment holding `next_seq`: the one with the greatest id not above it; with, for a
@@ -1524,7 +1544,8 @@ impl Follower {
             }
             match &self.live {
                 Some(live) if !live.passed(self.next_seq) => {
-                    if live.poll_for(self.next_seq, cx.waker()).is_pending() {
+                    let polled = live.poll_for(self.next_seq, &mut self.waiting, cx.waker());
+                    if polled.is_pending() {
                         return Poll::Pending;
                     }
                     // It passed meanwhile: look again.

@@ -374,9 +374,10 @@ impl Completion {
         });
     }
 
-    /// Polls a future waiting for `pos` (see [`FutureWakers::poll`]).
-    fn poll(&self, pos: u64, waker: &Waker) -> Poll<Result<()>> {
-        let poll = self.futures.poll(pos, waker, || self.status(pos));
+    /// Polls a future waiting for `pos`, registered under its `token` (see
+    /// [`FutureWakers::poll`]).
+    fn poll(&self, pos: u64, token: &mut u64, waker: &Waker) -> Poll<Result<()>> {
+        let poll = self.futures.poll(pos, token, waker, || self.status(pos));
         if poll.is_pending() {
             if let Some(help) = self.helper.get() {
                 help(pos, false);
@@ -693,8 +694,11 @@ impl Anchors {
 ///
 /// A ticket is a position in the engine's total order; waiting means "durable watermark >=
 /// my position". Dropping a ticket unawaited loses nothing: the request still happens.
+///
+/// Awaited, it is a future that leaves one waker with the engine, its last poll's, which the
+/// engine lets go of when the request completes or the ticket is dropped. A clone is a
+/// future of its own.
 #[must_use = "a ticket says when the request is durable; drop it only if you do not care"]
-#[derive(Clone)]
 pub struct Ticket {
     pos: u64,
     anchor: Anchor,
@@ -702,6 +706,32 @@ pub struct Ticket {
     /// refusal is not its own): the spells of refusals for room it came after
     /// (`crate::room`).
     flush: u64,
+    /// As a future: its token among the engine's pending futures' wakers (0 until a poll
+    /// first registers one; `FutureWakers`). Its own, so a clone starts without one.
+    future: u64,
+}
+
+impl Clone for Ticket {
+    fn clone(&self) -> Ticket {
+        Ticket {
+            pos: self.pos,
+            anchor: self.anchor.clone(),
+            flush: self.flush,
+            future: 0,
+        }
+    }
+}
+
+impl Drop for Ticket {
+    /// A future dropped before its request completed takes its waker out of the engine's
+    /// list: the list holds no task that stopped waiting (a timeout around the `await`, a
+    /// `select!` that took another branch). Complete, its entry is gone already, or goes
+    /// with the wake-up that follows the completing advance.
+    fn drop(&mut self) {
+        if self.future != 0 && !self.is_done() {
+            self.completion().futures.forget(self.future);
+        }
+    }
 }
 
 /// `Ticket::flush` of a request's ticket.
@@ -719,13 +749,23 @@ impl std::fmt::Debug for Ticket {
 impl Ticket {
     pub(crate) fn new(pos: u64, anchor: Anchor) -> Ticket {
         let flush = NOT_A_FLUSH;
-        Ticket { pos, anchor, flush }
+        Ticket {
+            pos,
+            anchor,
+            flush,
+            future: 0,
+        }
     }
 
     /// The ticket of a `flush` at `pos`, made after `spells` spells of refusals for room.
     pub(crate) fn flush(pos: u64, anchor: Anchor, spells: u64) -> Ticket {
         let flush = spells;
-        Ticket { pos, anchor, flush }
+        Ticket {
+            pos,
+            anchor,
+            flush,
+            future: 0,
+        }
     }
 
     fn completion(&self) -> &Completion {
@@ -784,13 +824,28 @@ impl Ticket {
     }
 }
 
+impl Ticket {
+    /// Polls for the request's completion as a future: check, register the waker under the
+    /// ticket's token, fence, check again (the protocol the loom models of
+    /// `pipeline::handoff` check).
+    fn poll_done(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let Ticket {
+            pos,
+            anchor,
+            future,
+            ..
+        } = self;
+        let completion: &Completion = anchor;
+        completion.poll(*pos, future, cx.waker())
+    }
+}
+
 impl Future for Ticket {
     type Output = Result<Seq>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Seq>> {
-        // Check, register the waker, fence, check again: the protocol the loom model of
-        // `pipeline::handoff` checks.
-        match self.completion().poll(self.pos, cx.waker()) {
-            Poll::Ready(done) => Poll::Ready(self.completion().outcome(self.pos, done, self.flush)),
+        let this = self.get_mut();
+        match this.poll_done(cx) {
+            Poll::Ready(done) => Poll::Ready(this.completion().outcome(this.pos, done, this.flush)),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -873,8 +928,9 @@ impl GetTicket {
 impl Future for GetTicket {
     type Output = Result<Option<Vec<u8>>>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.ticket.completion().poll(self.ticket.pos, cx.waker()) {
-            Poll::Ready(done) => Poll::Ready(self.take(done)),
+        let this = self.get_mut();
+        match this.ticket.poll_done(cx) {
+            Poll::Ready(done) => Poll::Ready(this.take(done)),
             Poll::Pending => Poll::Pending,
         }
     }

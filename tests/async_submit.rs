@@ -391,3 +391,83 @@ fn a_future_dropped_while_it_waits_for_ring_space_leaves_no_waker() {
         "a dropped future's waker was called"
     );
 }
+
+/// A ticket awaited as a future holds one waker with the engine however often it is polled
+/// with new ones (moved between tasks, polled through a combinator's waker), and none once
+/// it is dropped while pending (a timeout or a `select!` around the `await`); the same for a
+/// get's ticket and an in-process follower's stream. The engine kept every waker a ticket
+/// was polled with until its batch completed, and woke them all then: with a stalled flusher
+/// (a slow disk, a slow merge operator), each task given up on stayed allocated meanwhile.
+#[test]
+fn a_pending_ticket_holds_only_its_newest_waker_and_none_once_dropped() {
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let counts = |n| -> Vec<Arc<Count>> {
+        (0..n)
+            .map(|_| Arc::new(Count(AtomicUsize::new(0))))
+            .collect()
+    };
+    let held = |ws: &[Arc<Count>]| ws.iter().filter(|w| Arc::strong_count(w) > 1).count();
+    // Polls `f` once with each waker: pending every time (nothing completes while the
+    // flusher is stalled).
+    fn poll_each<F: Future + Unpin>(f: &mut F, wakers: &[Arc<Count>]) {
+        for w in wakers {
+            let waker = Waker::from(w.clone());
+            let polled = Pin::new(&mut *f).poll(&mut Context::from_waker(&waker));
+            assert!(polled.is_pending(), "complete while the flusher is stalled");
+        }
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate::default());
+    let engine = Engine::open(tmp.path(), stalling_config(&gate, Backpressure::Block)).unwrap();
+    let gate_ticket = stall_flusher(&engine, &gate);
+    let mut follower = engine.follow(engine.durable_seq().get() + 1);
+
+    let (put, put_clone, get, stream) = (counts(100), counts(100), counts(100), counts(100));
+    let mut ticket = engine.put(b"k", &value(1)).unwrap();
+    poll_each(&mut ticket, &put);
+    let mut clone = ticket.clone();
+    poll_each(&mut clone, &put_clone);
+    let mut get_ticket = engine.get(b"k").unwrap();
+    poll_each(&mut get_ticket, &get);
+    for w in &stream {
+        let waker = Waker::from(w.clone());
+        let polled = follower.poll_next(&mut Context::from_waker(&waker));
+        assert!(polled.is_pending(), "a batch while the flusher is stalled");
+    }
+    let pending = [&put, &put_clone, &get, &stream].map(|ws| held(ws));
+    // The clone's waker goes with it; the original's stays while it waits.
+    drop(clone);
+    let after_clone = [held(&put), held(&put_clone)];
+    drop((ticket, get_ticket, follower));
+    let dropped = [&put, &put_clone, &get, &stream].map(|ws| held(ws));
+    gate.open.store(true, Ordering::SeqCst);
+    assert_eq!(
+        pending, [1; 4],
+        "the engine holds this many wakers of the put's ticket, its clone, the get's ticket \
+         and the follower's stream (each polled with 100)"
+    );
+    assert_eq!(
+        after_clone,
+        [1, 0],
+        "the clone's drop took the original's waker, or none"
+    );
+    assert_eq!(
+        dropped, [0; 4],
+        "the engine holds wakers of dropped futures"
+    );
+    gate_ticket.wait().unwrap();
+    engine.flush().unwrap().wait().unwrap();
+    engine.close().unwrap();
+    for ws in [&put, &put_clone, &get, &stream] {
+        assert!(
+            ws.iter().all(|w| w.0.load(Ordering::SeqCst) == 0),
+            "a dropped future's waker was called"
+        );
+    }
+}

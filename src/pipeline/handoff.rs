@@ -43,20 +43,25 @@ use crate::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use crate::sync::{fence_after_sc_rmw, Mutex, Parker};
 use std::time::Instant;
 
-/// The wakers of pending futures, each with the position its future waits for: one per
-/// position in a map, so that a registration costs O(1) however many futures wait (a scan of
-/// a list made every registration O(n): with 4,096 futures pending, most of a core went to
-/// it); the rare second future of one position (a `flush` ticket's position can be a
-/// request's) goes to `more`.
+/// The wakers of pending futures, keyed by the token each future took when it first
+/// registered ([`FutureWakers::register`]), each with the position it waits for. A map, so
+/// that a registration costs O(1) however many futures wait (a scan of a list made every
+/// registration O(n): with 4,096 futures pending, most of a core went to it); keyed by the
+/// future rather than by its waker, so that a future polled again replaces its own entry
+/// whatever task its new waker wakes (a future moved between tasks, or polled through a
+/// combinator's waker), and one dropped while pending takes its entry out
+/// ([`FutureWakers::forget`]): the map holds at most one waker per pending future, and none
+/// of a future given up on.
 #[derive(Default)]
 struct Registered {
-    first: HashMap<u64, Waker>,
-    more: Vec<(u64, Waker)>,
+    by_token: HashMap<u64, (u64, Waker)>,
+    /// The last token given out; a future's token is 0 until it first registers.
+    last_token: u64,
 }
 
 impl Registered {
     fn len(&self) -> usize {
-        self.first.len() + self.more.len()
+        self.by_token.len()
     }
 
     #[cfg(all(test, not(loom)))]
@@ -82,77 +87,99 @@ impl FutureWakers {
     }
 
     /// Polls a future waiting for `pos`: `status()` gives its outcome once complete (it must
-    /// read the watermark with at least `Acquire`). Checks, registers `waker`, and checks
-    /// again: once this returns `Pending`, a [`FutureWakers::wake`] that follows the advance
-    /// completing `pos` wakes `waker`.
+    /// read the watermark with at least `Acquire`). `token` is the future's own (0 before its
+    /// first registration; the future keeps what this stores there, and passes it to
+    /// [`FutureWakers::forget`] if it is dropped while pending). Checks, registers `waker`,
+    /// and checks again: once this returns `Pending`, a [`FutureWakers::wake`] that follows
+    /// the advance completing `pos` wakes `waker`, and takes its entry out.
     pub(crate) fn poll<T>(
         &self,
         pos: u64,
+        token: &mut u64,
         waker: &Waker,
         status: impl Fn() -> Option<T>,
     ) -> Poll<T> {
         if let Some(r) = status() {
             return Poll::Ready(r);
         }
-        self.register(pos, waker);
+        self.register(pos, token, waker);
         // The store of `count` must be ordered before the re-check below (see the module
         // docs): either the completion reads our count and wakes us, or we see its watermark.
         fence(Ordering::SeqCst);
         match status() {
-            Some(r) => Poll::Ready(r),
+            Some(r) => {
+                // The wake that followed the advance may have looked before we registered:
+                // nobody else would take the entry out.
+                self.forget(*token);
+                Poll::Ready(r)
+            }
             None => Poll::Pending,
         }
     }
 
-    /// Registers `waker` for `pos`; a future polled again with a waker that wakes the same
-    /// task replaces its entry instead of adding one.
-    pub(crate) fn register(&self, pos: u64, waker: &Waker) {
+    /// Registers `waker` for `pos` under the future's `token` (given one if it is 0): the
+    /// future's entry, replaced if it has one.
+    pub(crate) fn register(&self, pos: u64, token: &mut u64, waker: &Waker) {
         let mut list = self.list.lock();
         let list = &mut *list;
-        match list.first.entry(pos) {
-            Entry::Vacant(e) => {
-                e.insert(waker.clone());
-            }
-            Entry::Occupied(mut e) if e.get().will_wake(waker) => {
-                e.insert(waker.clone());
-            }
-            Entry::Occupied(_) => match list
-                .more
-                .iter_mut()
-                .find(|(p, w)| *p == pos && w.will_wake(waker))
-            {
-                Some(slot) => slot.1 = waker.clone(),
-                None => list.more.push((pos, waker.clone())),
-            },
+        if *token == 0 {
+            list.last_token += 1;
+            *token = list.last_token;
         }
+        // A replaced waker is dropped after the lock: its drop is user code.
+        let replaced = match list.by_token.entry(*token) {
+            Entry::Vacant(e) => {
+                e.insert((pos, waker.clone()));
+                None
+            }
+            Entry::Occupied(mut e) => {
+                let (p, w) = e.get_mut();
+                *p = pos;
+                (!w.will_wake(waker)).then(|| std::mem::replace(w, waker.clone()))
+            }
+        };
         self.count.store(list.len(), Ordering::SeqCst);
+        drop(replaced);
     }
 
-    /// Wakes every future the watermark (or a failure) completed. Call it after the `SeqCst`
-    /// read-modify-write that advanced the watermark or set the failure. `completed` reads
-    /// them and returns whether the future waiting for a position is complete; it is called
-    /// only if a future waits. The wakers are user code: they run outside the lock, and one
-    /// that panics is caught.
+    /// Takes out the entry of the future with `token`, if it has one: for a future dropped
+    /// while pending, so that its waker (and through it its task) is not kept until its
+    /// position completes.
+    pub(crate) fn forget(&self, token: u64) {
+        if token == 0 {
+            return;
+        }
+        let removed = {
+            let mut list = self.list.lock();
+            let removed = list.by_token.remove(&token);
+            if removed.is_some() {
+                self.count.store(list.len(), Ordering::SeqCst);
+            }
+            removed
+        };
+        drop(removed);
+    }
+
+    /// Wakes every future the watermark (or a failure) completed, and takes their entries
+    /// out. Call it after the `SeqCst` read-modify-write that advanced the watermark or set
+    /// the failure. `completed` reads them and returns whether the future waiting for a
+    /// position is complete; it is called only if a future waits. The wakers are user code:
+    /// they run outside the lock, and one that panics is caught.
     pub(crate) fn wake<D: Fn(u64) -> bool>(&self, completed: impl FnOnce() -> D) {
         fence_after_sc_rmw();
         if self.count.load(Ordering::SeqCst) == 0 {
             return;
         }
         let is_done = completed();
-        let mut ready = Vec::new();
-        {
+        let ready: Vec<Waker> = {
             let mut list = self.list.lock();
-            let mut take = |pos: u64, w: &Waker| {
-                let done = is_done(pos);
-                if done {
-                    ready.push(w.clone());
-                }
-                !done
-            };
-            list.first.retain(|pos, w| take(*pos, w));
-            list.more.retain(|(pos, w)| take(*pos, w));
+            let ready = (list.by_token)
+                .extract_if(|_, (pos, _)| is_done(*pos))
+                .map(|(_, (_, w))| w)
+                .collect();
             self.count.store(list.len(), Ordering::SeqCst);
-        }
+            ready
+        };
         for w in ready {
             crate::sync::wake_user(w);
         }
@@ -398,9 +425,22 @@ impl SeqWaiters {
     }
 
     /// Polls a future waiting for sequence `seq`: ready once `ready()`; else its waker is
-    /// registered, and a notify that follows the store making `ready()` true wakes it.
-    pub(crate) fn poll(&self, seq: u64, waker: &Waker, ready: impl Fn() -> bool) -> Poll<()> {
-        self.futures.poll(seq, waker, || ready().then_some(()))
+    /// registered under its `token` (see [`FutureWakers::poll`]), and a notify that follows
+    /// the store making `ready()` true wakes it.
+    pub(crate) fn poll(
+        &self,
+        seq: u64,
+        token: &mut u64,
+        waker: &Waker,
+        ready: impl Fn() -> bool,
+    ) -> Poll<()> {
+        self.futures
+            .poll(seq, token, waker, || ready().then_some(()))
+    }
+
+    /// Takes out the waker of a future dropped while pending (see [`FutureWakers::forget`]).
+    pub(crate) fn forget(&self, token: u64) {
+        self.futures.forget(token);
     }
 
     /// Wakes every waiter; call it after the store that moved the sequence or stopped the
@@ -447,11 +487,12 @@ mod tests {
             Arc::new(Count(AtomicU32::new(0))),
         );
         let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
-        fw.register(10, &Waker::from(Arc::new(Panics)));
-        fw.register(10, &wa);
-        fw.register(10, &wa);
-        fw.register(20, &wb);
-        fw.register(20, &wb);
+        let (mut panics, mut ta, mut tb) = (0, 0, 0);
+        fw.register(10, &mut panics, &Waker::from(Arc::new(Panics)));
+        fw.register(10, &mut ta, &wa);
+        fw.register(10, &mut ta, &wa);
+        fw.register(20, &mut tb, &wb);
+        fw.register(20, &mut tb, &wb);
         assert_eq!(fw.count.load(Ordering::SeqCst), 3);
         fw.wake(|| |p| p <= 9);
         assert_eq!(fw.count.load(Ordering::SeqCst), 3);
@@ -465,16 +506,90 @@ mod tests {
         assert!(fw.list.lock().is_empty());
     }
 
+    /// One future polled with a hundred different wakers (each waking another task) holds
+    /// one entry, the newest waker's, and only that one is woken; a second future of the
+    /// same position has its own entry.
+    #[test]
+    fn a_future_polled_with_new_wakers_holds_only_the_newest() {
+        let fw = FutureWakers::new();
+        let counts: Vec<_> = (0..100)
+            .map(|_| Arc::new(Count(AtomicU32::new(0))))
+            .collect();
+        let mut token = 0;
+        for c in &counts {
+            let polled = fw.poll(7, &mut token, &Waker::from(c.clone()), || None::<()>);
+            assert_eq!(polled, Poll::Pending);
+        }
+        let other = Arc::new(Count(AtomicU32::new(0)));
+        let mut other_token = 0;
+        fw.register(7, &mut other_token, &Waker::from(other.clone()));
+        assert_ne!(token, other_token);
+        assert_eq!(fw.count.load(Ordering::SeqCst), 2);
+        // The 99 replaced wakers are dropped: only the map's clone and ours remain of the
+        // newest, one (ours) of each other.
+        assert_eq!(Arc::strong_count(&counts[98]), 1);
+        assert_eq!(Arc::strong_count(&counts[99]), 2);
+        fw.wake(|| |p| p <= 7);
+        let woken: Vec<u32> = counts.iter().map(|c| c.0.load(Ordering::SeqCst)).collect();
+        assert_eq!(woken.iter().sum::<u32>(), 1);
+        assert_eq!(woken[99], 1);
+        assert_eq!(other.0.load(Ordering::SeqCst), 1);
+        assert!(fw.list.lock().is_empty());
+    }
+
+    /// A future forgotten while pending (dropped) leaves nothing: its waker is released at
+    /// once and never woken, and the other futures are untouched.
+    #[test]
+    fn a_forgotten_future_leaves_no_waker() {
+        let fw = FutureWakers::new();
+        let (a, b) = (
+            Arc::new(Count(AtomicU32::new(0))),
+            Arc::new(Count(AtomicU32::new(0))),
+        );
+        let (mut ta, mut tb) = (0, 0);
+        assert!(fw
+            .poll(3, &mut ta, &Waker::from(a.clone()), || None::<()>)
+            .is_pending());
+        assert!(fw
+            .poll(3, &mut tb, &Waker::from(b.clone()), || None::<()>)
+            .is_pending());
+        fw.forget(ta);
+        fw.forget(ta);
+        fw.forget(0);
+        assert_eq!(
+            Arc::strong_count(&a),
+            1,
+            "the forgotten waker is still held"
+        );
+        assert_eq!(fw.count.load(Ordering::SeqCst), 1);
+        fw.wake(|| |_| true);
+        assert_eq!(a.0.load(Ordering::SeqCst), 0);
+        assert_eq!(b.0.load(Ordering::SeqCst), 1);
+        assert!(fw.list.lock().is_empty());
+    }
+
     /// A poll of a complete position is ready without registering; an incomplete one
-    /// registers.
+    /// registers; one that completes between its registration and its re-check takes its
+    /// entry out again (no wake may come for it).
     #[test]
     fn poll_registers_only_when_pending() {
         let fw = FutureWakers::new();
         let w = Waker::from(Arc::new(Count(AtomicU32::new(0))));
-        assert_eq!(fw.poll(5, &w, || Some(())), Poll::Ready(()));
+        let mut token = 0;
+        assert_eq!(fw.poll(5, &mut token, &w, || Some(())), Poll::Ready(()));
         assert_eq!(fw.count.load(Ordering::SeqCst), 0);
-        assert_eq!(fw.poll(5, &w, || None::<()>), Poll::Pending);
+        assert_eq!(token, 0);
+        assert_eq!(fw.poll(5, &mut token, &w, || None::<()>), Poll::Pending);
         assert_eq!(fw.count.load(Ordering::SeqCst), 1);
+        let checks = std::cell::Cell::new(0);
+        let mut late = 0;
+        let polled = fw.poll(6, &mut late, &w, || {
+            checks.set(checks.get() + 1);
+            (checks.get() > 1).then_some(())
+        });
+        assert_eq!(polled, Poll::Ready(()));
+        assert_eq!(fw.count.load(Ordering::SeqCst), 1);
+        assert_eq!(fw.list.lock().len(), 1);
     }
 }
 
@@ -514,7 +629,7 @@ mod loom_tests {
             };
             let flag = std::sync::Arc::new(Flag(AtomicBool::new(false)));
             let waker = Waker::from(flag.clone());
-            let polled = wakers.poll(POS, &waker, || {
+            let polled = wakers.poll(POS, &mut 0, &waker, || {
                 (watermark.load(Ordering::Acquire) >= POS).then_some(())
             });
             completer.join().unwrap();
@@ -522,6 +637,41 @@ mod loom_tests {
                 polled.is_ready() || flag.0.load(Ordering::SeqCst),
                 "pending, and never woken"
             );
+        });
+    }
+
+    /// A future polled once while another thread advances the watermark past its position
+    /// and wakes the futures, then dropped if the poll was pending (its entry forgotten,
+    /// racing the wake-up): once both are done, no entry is left, whichever came first (a
+    /// poll that registered after the wake-up looked, and then saw the watermark, must take
+    /// its own entry out).
+    #[test]
+    fn a_polled_future_leaves_no_entry_once_ready_or_dropped() {
+        loom::model(|| {
+            const POS: u64 = 1;
+            let watermark = loom::sync::Arc::new(AtomicU64::new(0));
+            let wakers = loom::sync::Arc::new(FutureWakers::new());
+            let completer = {
+                let (watermark, wakers) = (watermark.clone(), wakers.clone());
+                thread::spawn(move || {
+                    watermark.fetch_max(POS, Ordering::SeqCst);
+                    wakers.wake(|| {
+                        let w = watermark.load(Ordering::SeqCst);
+                        move |p| p <= w
+                    });
+                })
+            };
+            let waker = Waker::from(std::sync::Arc::new(Flag(AtomicBool::new(false))));
+            let mut token = 0;
+            let polled = wakers.poll(POS, &mut token, &waker, || {
+                (watermark.load(Ordering::Acquire) >= POS).then_some(())
+            });
+            if polled.is_pending() {
+                wakers.forget(token);
+            }
+            completer.join().unwrap();
+            assert_eq!(wakers.count.load(Ordering::SeqCst), 0);
+            assert!(wakers.list.lock().by_token.is_empty(), "an entry was left");
         });
     }
 
@@ -723,7 +873,7 @@ mod loom_tests {
             let (seq, waiters, syncer) = syncer_advancing_to_one();
             let flag = std::sync::Arc::new(Flag(AtomicBool::new(false)));
             let waker = Waker::from(flag.clone());
-            let polled = waiters.poll(1, &waker, || seq.load(Ordering::Acquire) >= 1);
+            let polled = waiters.poll(1, &mut 0, &waker, || seq.load(Ordering::Acquire) >= 1);
             syncer.join().unwrap();
             assert!(
                 polled.is_ready() || flag.0.load(Ordering::SeqCst),

@@ -25,8 +25,46 @@ pub(crate) fn fence_after_sc_rmw() {
 /// engine's (its callers take it off their list first), and a panic in it is caught here,
 /// so that it neither unwinds into the engine's thread (failing the engine, or out of an
 /// unrelated call such as a consumer's commit) nor costs the tasks after it their wake-up.
+///
+/// While it runs, [`in_user_waker`] is true on this thread: a waker may drop the last handle
+/// on an engine (a task of an executor that has gone away, owning an `Arc<Engine>`), and that
+/// drop must not wait here for the engine's threads, this one or one waiting for a lock the
+/// caller holds (`Engine`'s `Drop`).
 pub(crate) fn wake_user(waker: std::task::Waker) {
+    #[cfg(not(loom))]
+    let _inside = InUserWaker::enter();
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| waker.wake()));
+}
+
+#[cfg(not(loom))]
+std::thread_local! {
+    /// How many user wakers this thread is running ([`wake_user`] inside one nests).
+    static USER_WAKERS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// True while this thread runs a user's waker through [`wake_user`].
+#[cfg(not(loom))]
+pub(crate) fn in_user_waker() -> bool {
+    USER_WAKERS.with(|n| n.get() > 0)
+}
+
+/// Counts a user's waker running on this thread until dropped (however the waker ends).
+#[cfg(not(loom))]
+struct InUserWaker;
+
+#[cfg(not(loom))]
+impl InUserWaker {
+    fn enter() -> InUserWaker {
+        USER_WAKERS.with(|n| n.set(n.get() + 1));
+        InUserWaker
+    }
+}
+
+#[cfg(not(loom))]
+impl Drop for InUserWaker {
+    fn drop(&mut self) {
+        USER_WAKERS.with(|n| n.set(n.get() - 1));
+    }
 }
 
 #[inline(always)]

@@ -773,10 +773,18 @@ impl Engine {
     /// ticket at or after the position fails (earlier ones are durable). The stalled
     /// producer's eventual publish goes nowhere, and its ticket reports the failure.
     ///
-    /// Not from inside a `Waker` the engine calls (a ticket's, a follower's, a submit's
-    /// waiting for room): it may run on the engine's own thread, which `close` waits for.
-    /// Dropping the engine there is safe: the drop hands the closing to a thread of its own.
+    /// From inside user code the engine runs (a `Waker` it calls: a ticket's, a follower's,
+    /// a submit's waiting for room; a `Custom` merge operator), which may run on the engine's
+    /// own thread or under a lock the closing takes, `close` cannot wait for the pipeline: it
+    /// only begins the closing (new requests are refused from then on) and returns
+    /// `Error::Closed`; the engine's drop, or a `close` from elsewhere, finishes it.
     pub fn close(&self) -> Result<()> {
+        if crate::sync::in_user_code() {
+            self.inner.ring.close();
+            self.inner.throttle.wake_all();
+            self.inner.poke_flusher();
+            return Err(Error::Closed);
+        }
         // A compaction in progress (`Compaction::Auto`) runs to its end if it has a goal (a
         // few segments: the log then rests within the policy), else ends after its current
         // batch, retiring nothing (the flusher still writes it).
@@ -959,14 +967,14 @@ fn retire_held_off(
 }
 
 impl Drop for Engine {
-    /// Closes the engine (as [`Engine::close`], its error dropped). Dropped inside a user's
-    /// waker that the engine calls (the waker's task owned the last handle: an executor gone
-    /// away), the closing is handed to a thread of its own, `mergelog-close`: the waker may
-    /// run on one of the pipeline's threads, which `close` joins, or under a lock `close`
-    /// takes (the flusher's desk, the retirement lock), and would wait for itself there. The
-    /// directory is then given up a moment after the drop returns.
+    /// Closes the engine (as [`Engine::close`], its error dropped). Dropped inside user code
+    /// the engine runs (a waker whose task owned the last handle: an executor gone away),
+    /// the closing is handed to a thread of its own, `mergelog-close`: that code may run on
+    /// one of the pipeline's threads, which `close` joins, or under a lock `close` takes (the
+    /// flusher's desk, the retirement lock), and would wait for itself there. The directory
+    /// is then given up a moment after the drop returns.
     fn drop(&mut self) {
-        if !crate::sync::in_user_waker() {
+        if !crate::sync::in_user_code() {
             let _ = self.close();
             return;
         }

@@ -9,6 +9,7 @@ use mergelog::internals::io::IoOp;
 use mergelog::{Compaction, Config, Engine, Error, Seq, WriteBatch};
 use std::future::Future;
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -132,8 +133,9 @@ fn close_after_a_failure_returns_it_every_time() {
     assert_eq!(again.read_to_vec(b"a").unwrap().as_deref(), Some(&b"1"[..]));
 }
 
-/// The last sync, made by `close` itself (the writes were still in flight), fails: `close`
-/// returns the failure, and no ticket that sync covered completes `Ok`.
+/// The sync that would make the last writes durable is still running when `close` is called,
+/// and fails: `close` returns the failure (and so does the next call), no ticket that sync
+/// covered completes `Ok`, and a reopen finds none of their writes but every earlier one.
 #[test]
 fn a_close_whose_last_sync_fails_returns_it_and_acknowledges_nothing_it_covered() {
     let dir = tempfile::tempdir().unwrap();
@@ -144,33 +146,69 @@ fn a_close_whose_last_sync_fails_returns_it_and_acknowledges_nothing_it_covered(
         .unwrap()
         .wait_timeout(WAIT_MAX)
         .unwrap();
-    hook.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    hook.armed.store(true, Ordering::SeqCst);
     let tickets: Vec<_> = (0..50u32)
         .map(|i| engine.put(&i.to_le_bytes(), b"v").unwrap())
         .collect();
+    within("the held sync", {
+        let hook = hook.clone();
+        move || {
+            while !hook.holding.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+        }
+    });
     let engine = Arc::new(engine);
     let closing = engine.clone();
-    let closed = within("close", move || closing.close());
+    let closer = std::thread::spawn(move || closing.close());
+    // `close` has begun once the ring refuses a put; the sync is let go (to fail) only then.
+    within("the close to begin", {
+        let engine = engine.clone();
+        move || {
+            while !matches!(engine.put(b"late", b"v"), Err(Error::Closed)) {
+                std::thread::yield_now();
+            }
+        }
+    });
+    hook.holding.store(false, Ordering::SeqCst);
+    let closed = within("close", move || closer.join().expect("closer"));
     assert!(matches!(closed, Err(Error::Failed(_))), "{closed:?}");
+    assert!(matches!(engine.close(), Err(Error::Failed(_))));
     for t in &tickets {
         let r = t.wait_timeout(WAIT_MAX);
         assert!(r.is_err(), "a ticket of the failed sync completed: {r:?}");
     }
+    drop(engine);
+    let again = Engine::open(dir.path(), config()).expect("reopen");
+    assert_eq!(again.read_to_vec(b"a").unwrap().as_deref(), Some(&b"1"[..]));
 }
 
-/// Fails the first segment sync once armed (EIO).
+/// Once armed, holds the first segment sync until `holding` is cleared (bounded), then fails
+/// it and every later one with EIO.
 #[derive(Default)]
 struct HoldThenFail {
-    armed: std::sync::atomic::AtomicBool,
+    armed: AtomicBool,
+    holding: AtomicBool,
+    held_once: AtomicBool,
 }
 
 impl mergelog::internals::io::Io for HoldThenFail {
     fn before(&self, op: IoOp, path: &std::path::Path, _: u64, _: &[u8]) -> std::io::Result<()> {
-        if op == IoOp::Sync && segment(path) && self.armed.load(std::sync::atomic::Ordering::SeqCst)
-        {
-            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        if op != IoOp::Sync || !segment(path) || !self.armed.load(Ordering::SeqCst) {
+            return Ok(());
         }
-        Ok(())
+        if !self.held_once.swap(true, Ordering::SeqCst) {
+            self.holding.store(true, Ordering::SeqCst);
+            let give_up = std::time::Instant::now() + WAIT_MAX;
+            while self.holding.load(Ordering::SeqCst) {
+                assert!(
+                    std::time::Instant::now() < give_up,
+                    "the sync was never let go"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        Err(std::io::Error::from_raw_os_error(libc::EIO))
     }
 }
 
@@ -229,4 +267,56 @@ fn dropping_an_engine_releases_its_files() {
             "round {round}: backup files left open"
         );
     }
+}
+
+/// `close` called from user code the engine runs on its own thread: a `Custom` merge
+/// operator (run by the flusher, which `close` joins, holding the desk, which the flusher's
+/// last turn takes). Before, the flusher's `join` on itself panicked inside the operator (the
+/// merge refused as "the operator panicked"), and the join handle was gone with the panic:
+/// every later `close`, and the drop, returned at once and let the directory lock go without
+/// waiting for the pipeline. Now that `close` only begins the closing (the ring refuses new
+/// requests) and says so with `Error::Closed`; a `close` from the test's thread finishes it.
+#[test]
+fn close_from_a_merge_operator_begins_the_close_and_a_later_one_finishes_it() {
+    use std::sync::{Mutex, OnceLock, Weak};
+    let dir = tempfile::tempdir().unwrap();
+    let engine_cell: Arc<OnceLock<Weak<Engine>>> = Arc::new(OnceLock::new());
+    let inside: Arc<Mutex<Option<String>>> = Arc::default();
+    let (cell, seen) = (engine_cell.clone(), inside.clone());
+    let cfg = Config {
+        merge: Some(mergelog::MergeOperator::custom(move |_, operands| {
+            if let Some(engine) = cell.get().and_then(Weak::upgrade) {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.close()));
+                *seen.lock().unwrap() = Some(match r {
+                    Ok(r) => format!("{r:?}"),
+                    Err(_) => "close panicked".into(),
+                });
+            }
+            operands.last().map_or_else(Vec::new, |o| o.to_vec())
+        })),
+        ..config()
+    };
+    let engine = Arc::new(Engine::open(dir.path(), cfg).expect("open"));
+    engine_cell.set(Arc::downgrade(&engine)).unwrap();
+    engine
+        .put(b"a", b"1")
+        .unwrap()
+        .wait_timeout(WAIT_MAX)
+        .unwrap();
+    // Under a deadline the waiter does not write its own window: the flusher's thread runs
+    // the operator.
+    let merged = engine.merge(b"m", b"x").unwrap().wait_timeout(WAIT_MAX);
+    let inside = inside.lock().unwrap().clone();
+    assert_eq!(
+        inside.as_deref(),
+        Some("Err(Closed)"),
+        "close inside the operator"
+    );
+    assert!(merged.is_ok(), "the merge: {merged:?}");
+    assert!(matches!(engine.put(b"b", b"2"), Err(Error::Closed)));
+    let closing = engine.clone();
+    within("close", move || closing.close()).expect("close from the test's thread");
+    let again =
+        Engine::open(dir.path(), config()).expect("the directory is free once close returned");
+    assert_eq!(again.read_to_vec(b"m").unwrap().as_deref(), Some(&b"x"[..]));
 }

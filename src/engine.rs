@@ -772,7 +772,19 @@ impl Engine {
     /// `Error::Stalled` as its cause), `close` returns that error, and every
     /// ticket at or after the position fails (earlier ones are durable). The stalled
     /// producer's eventual publish goes nowhere, and its ticket reports the failure.
+    ///
+    /// From inside user code the engine runs (a `Waker` it calls: a ticket's, a follower's,
+    /// a submit's waiting for room; a `Custom` merge operator), which may run on the engine's
+    /// own thread or under a lock the closing takes, `close` cannot wait for the pipeline: it
+    /// only begins the closing (new requests are refused from then on) and returns
+    /// `Error::Closed`; the engine's drop, or a `close` from elsewhere, finishes it.
     pub fn close(&self) -> Result<()> {
+        if crate::sync::in_user_code() {
+            self.inner.ring.close();
+            self.inner.throttle.wake_all();
+            self.inner.poke_flusher();
+            return Err(Error::Closed);
+        }
         // A compaction in progress (`Compaction::Auto`) runs to its end if it has a goal (a
         // few segments: the log then rests within the policy), else ends after its current
         // batch, retiring nothing (the flusher still writes it).
@@ -955,7 +967,45 @@ fn retire_held_off(
 }
 
 impl Drop for Engine {
+    /// Closes the engine (as [`Engine::close`], its error dropped). Dropped inside user code
+    /// the engine runs (a waker whose task owned the last handle: an executor gone away),
+    /// the closing is handed to a thread of its own, `mergelog-close`: that code may run on
+    /// one of the pipeline's threads, which `close` joins, or under a lock `close` takes (the
+    /// flusher's desk, the retirement lock), and would wait for itself there. The directory
+    /// is then given up a moment after the drop returns.
     fn drop(&mut self) {
-        let _ = self.close();
+        if !crate::sync::in_user_code() {
+            let _ = self.close();
+            return;
+        }
+        let closing = Engine {
+            inner: self.inner.clone(),
+            flusher: Mutex::new(self.flusher.lock().take()),
+            report: OpenReport::default(),
+            lock: Mutex::new(self.lock.lock().take()),
+            consumers: self.consumers.clone(),
+            compactor: Mutex::new(self.compactor.lock().take()),
+        };
+        // Taken out by the thread, whose drop of it closes it off the waker; left here if
+        // no thread could be made.
+        let closing = Arc::new(Mutex::new(Some(closing)));
+        let handed = closing.clone();
+        let spawned = std::thread::Builder::new()
+            .name("mergelog-close".into())
+            .spawn(move || {
+                let engine = handed.lock().take();
+                drop(engine);
+            });
+        if spawned.is_err() {
+            if let Some(engine) = closing.lock().take() {
+                // It cannot be closed here: its pipeline drains and stops on its own (every
+                // ticket completes), and the directory stays locked for the rest of the
+                // process rather than be given up while the pipeline may still write.
+                engine.inner.ring.close();
+                engine.inner.throttle.wake_all();
+                engine.inner.poke_flusher();
+                std::mem::forget(engine);
+            }
+        }
     }
 }

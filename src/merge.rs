@@ -169,6 +169,8 @@ impl MergeOperator {
             MergeOperator::Min => out.extend_from_slice(&counters(i64::MAX, i64::min)?),
             MergeOperator::Append { max_len } => append(existing, operands, *max_len, out),
             MergeOperator::Custom(f) => {
+                // User code, on the flusher's thread or a producer's holding the desk.
+                let _inside = crate::sync::UserCode::enter();
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     f(existing, operands)
                 }))

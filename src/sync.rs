@@ -25,8 +25,47 @@ pub(crate) fn fence_after_sc_rmw() {
 /// engine's (its callers take it off their list first), and a panic in it is caught here,
 /// so that it neither unwinds into the engine's thread (failing the engine, or out of an
 /// unrelated call such as a consumer's commit) nor costs the tasks after it their wake-up.
+///
+/// While it runs, [`in_user_code`] is true on this thread (see there).
 pub(crate) fn wake_user(waker: std::task::Waker) {
+    #[cfg(not(loom))]
+    let _inside = UserCode::enter();
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| waker.wake()));
+}
+
+#[cfg(not(loom))]
+std::thread_local! {
+    /// How many calls of user code made by the engine run on this thread (they nest: a
+    /// waker may poll a task that is woken by another).
+    static USER_CODE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// True while this thread runs user code on the engine's behalf: a `Waker` ([`wake_user`])
+/// or a `Custom` merge operator. Such code may run on one of the engine's own threads, or
+/// under a lock `close` takes (the flusher's desk, the retirement lock): closing the engine
+/// there must not wait for the pipeline (`Engine::close`, `Engine`'s `Drop`).
+#[cfg(not(loom))]
+pub(crate) fn in_user_code() -> bool {
+    USER_CODE.with(|n| n.get() > 0)
+}
+
+/// Counts a call of user code running on this thread until dropped (however it ends).
+#[cfg(not(loom))]
+pub(crate) struct UserCode;
+
+#[cfg(not(loom))]
+impl UserCode {
+    pub(crate) fn enter() -> UserCode {
+        USER_CODE.with(|n| n.set(n.get() + 1));
+        UserCode
+    }
+}
+
+#[cfg(not(loom))]
+impl Drop for UserCode {
+    fn drop(&mut self) {
+        USER_CODE.with(|n| n.set(n.get() - 1));
+    }
 }
 
 #[inline(always)]

@@ -210,6 +210,76 @@ fn futures_wait_for_ring_space_without_blocking_the_thread() {
     engine.close().unwrap();
 }
 
+/// `close` while futures wait for ring space (the flusher stalled, the ring full): the
+/// close wakes them and each resolves to `Error::Closed`, on this thread, while the close
+/// still waits for the flusher; the puts that were in the ring complete durably once it
+/// drains, and a reopen holds exactly those.
+#[test]
+fn close_ends_futures_waiting_for_ring_space_and_keeps_what_was_submitted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate::default());
+    let engine =
+        Arc::new(Engine::open(tmp.path(), stalling_config(&gate, Backpressure::Block)).unwrap());
+    let gate_ticket = stall_flusher(&engine, &gate);
+    let refused = AtomicUsize::new(0);
+    let (engine_ref, refused_ref) = (&*engine, &refused);
+    let tasks = (0..CLIENTS).map(|i| -> Task<'_, mergelog::Result<Seq>> {
+        Box::pin(async move {
+            let (k, v) = (key(i), value(i));
+            let ticket = engine_ref.put_async(&k, &v).await.inspect_err(|_| {
+                refused_ref.fetch_add(1, Ordering::SeqCst);
+            })?;
+            ticket.await
+        })
+    });
+    let mut local = Local::new(tasks);
+    assert_eq!(
+        local.sweep(),
+        0,
+        "a put completed while the flusher was stalled"
+    );
+    let closer = std::thread::spawn({
+        let engine = engine.clone();
+        move || engine.close()
+    });
+    // Every future still waiting for space is woken by the close and refused, while the
+    // flusher is still stalled (the close is waiting for it).
+    let deadline = Instant::now() + WAIT_MAX;
+    while local.sweep() == 0 || refused.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the close never ended the waiting submits"
+        );
+        std::thread::park_timeout(Duration::from_millis(10));
+    }
+    let waiting = local.tasks.iter().filter(|(t, _)| t.is_some()).count();
+    gate.open.store(true, Ordering::SeqCst);
+    let results = local.run();
+    closer.join().unwrap().expect("close");
+    gate_ticket.wait().unwrap();
+    let refused: Vec<usize> = (0..CLIENTS)
+        .filter(|&i| matches!(results[i], Err(Error::Closed)))
+        .collect();
+    assert!(
+        !refused.is_empty() && waiting > 0,
+        "no submit waited at the close"
+    );
+    for (i, r) in results.iter().enumerate() {
+        assert!(
+            r.is_ok() || refused.contains(&i),
+            "put {i} ended with {r:?}"
+        );
+    }
+    drop(engine);
+    let gate = Arc::new(Gate::default());
+    gate.open.store(true, Ordering::SeqCst);
+    let engine = Engine::open(tmp.path(), stalling_config(&gate, Backpressure::Block)).unwrap();
+    for (i, r) in results.iter().enumerate() {
+        let expected = r.is_ok().then(|| value(i));
+        assert_eq!(engine.read_to_vec(&key(i)).unwrap(), expected, "key {i}");
+    }
+}
+
 #[test]
 fn a_full_ring_with_reject_answers_busy() {
     let tmp = tempfile::tempdir().unwrap();

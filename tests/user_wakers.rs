@@ -288,3 +288,110 @@ fn a_throttle_waker_that_polls_inline_does_not_deadlock_the_commit() {
     );
     assert!(inline.done.load(Ordering::SeqCst));
 }
+
+/// Holds every sync of a segment file while `held` is set (bounded, so that a test that
+/// forgets to let it go fails instead of hanging).
+#[derive(Default)]
+struct HoldSyncs {
+    held: AtomicBool,
+}
+
+impl mergelog::internals::io::Io for HoldSyncs {
+    fn before(
+        &self,
+        op: mergelog::internals::io::IoOp,
+        path: &std::path::Path,
+        _: u64,
+        _: &[u8],
+    ) -> std::io::Result<()> {
+        let segment = path.extension().is_some_and(|e| e == "seg");
+        let give_up = Instant::now() + common::WAIT_MAX;
+        while op == mergelog::internals::io::IoOp::Sync
+            && segment
+            && self.held.load(Ordering::SeqCst)
+        {
+            assert!(Instant::now() < give_up, "the syncs were never let go");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+}
+
+/// A task of an executor that has gone away: its waker is the last reference to it, and the
+/// task owns the last handle on the engine. Waking it drops it, and the engine with it, on
+/// whichever thread woke it. Reports on `dropped` once the engine's drop has returned.
+struct OrphanTask {
+    engine: std::sync::Mutex<Option<Arc<Engine>>>,
+    dropped: std::sync::Mutex<mpsc::Sender<()>>,
+}
+
+impl Wake for OrphanTask {
+    fn wake(self: Arc<Self>) {
+        // Nothing to run it on: the task is dropped with this last reference.
+    }
+}
+
+impl Drop for OrphanTask {
+    fn drop(&mut self) {
+        drop(self.engine.lock().unwrap().take());
+        let _ = self.dropped.lock().unwrap().send(());
+    }
+}
+
+/// The last handle on the engine is dropped inside a waker the engine's own thread calls
+/// (a task whose executor is gone, holding an `Arc<Engine>`): the drop closes the engine,
+/// which joins the pipeline, the very thread running the waker. Before, that thread waited
+/// for itself (a syncer: a deadlock; the flusher completing inline: `join` on itself
+/// panicked, the panic was caught, and the directory lock was let go while the pipeline
+/// still ran). The close must finish, the put be durable, the directory free.
+#[test]
+fn the_last_engine_dropped_in_a_waker_on_an_engine_thread_closes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let hold = Arc::new(HoldSyncs::default());
+    let engine =
+        Arc::new(Engine::open_with_io(dir.path(), Config::default(), hold.clone()).expect("open"));
+    // The put's sync waits until its ticket has been polled: the waker is registered first.
+    hold.held.store(true, Ordering::SeqCst);
+    let mut ticket = engine.put(b"k", b"v").expect("put");
+    let (tx, dropped) = mpsc::channel();
+    let task = Arc::new(OrphanTask {
+        engine: std::sync::Mutex::new(Some(engine)),
+        dropped: std::sync::Mutex::new(tx),
+    });
+    let waker = Waker::from(task);
+    assert!(
+        Pin::new(&mut ticket)
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending(),
+        "the put was durable before it was polled"
+    );
+    // The engine's waker list now holds the only reference to the task, and so to the engine.
+    drop(waker);
+    hold.held.store(false, Ordering::SeqCst);
+    match dropped.recv_timeout(common::WAIT_MAX) {
+        Ok(()) => {}
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("hung: the engine dropped in a waker never finished closing")
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            panic!("the engine's drop panicked inside the waker")
+        }
+    }
+    assert!(
+        matches!(ticket.try_result(), Some(Ok(_))),
+        "{:?}",
+        ticket.try_result()
+    );
+    // Reopened once the closing is done: the directory is free, the put is there.
+    let again = common::within("reopen", {
+        let dir = dir.path().to_owned();
+        move || loop {
+            match Engine::open(&dir, Config::default()) {
+                Err(mergelog::Error::Locked(_)) => std::thread::yield_now(),
+                other => break other,
+            }
+        }
+    })
+    .expect("reopen");
+    assert_eq!(again.read_to_vec(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+}

@@ -20,6 +20,7 @@ mod damage;
 mod dir_durability;
 mod followers;
 mod for_each;
+mod lifecycle;
 mod no_room;
 mod no_room_ids;
 mod no_room_races;

@@ -22,7 +22,9 @@
 //! earlier *backup's* files, where it holds exactly the bytes this backup would write (read
 //! whole and compared): nothing writes into a backup's files but an engine opened on it,
 //! and that engine first gives every segment with other names a file of its own
-//! (`dir::unshare_segments`, at open), so a backup never changes under another.
+//! (`dir::unshare_segments`, at open), so a backup never changes under another. For that,
+//! no engine may have the earlier backup open while its files are linked (its `LOCK` is held
+//! shared throughout, `dir::backup_hold_earlier`): a log an engine runs on is refused.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -127,6 +129,11 @@ pub(crate) fn write(
             ));
         }
     }
+    // Kept until the backup is named: no engine writes into a file linked meanwhile.
+    let _earlier_held = match earlier {
+        Some(earlier) => dir::backup_hold_earlier(io, earlier)?,
+        None => None,
+    };
     // Beside the destination (the rename stays in one directory), under a name of its own
     // length: the destination's name may be as long as a name can be.
     let staging = dest.with_file_name(format!(

@@ -560,7 +560,15 @@ impl Engine {
     /// leaves the other, and an engine that opens one first gives each shared segment a
     /// file of its own (a copy) before it writes anything, so the other backup never
     /// changes. `earlier` need not be a backup of this log: nothing but an identical file
-    /// is linked. `Backup::linked` says how many segments were.
+    /// (a regular file under the name itself, not a symbolic link) is linked.
+    /// `Backup::linked` says how many segments were.
+    ///
+    /// `earlier` must not be a log an engine has open (this engine's own directory, or a
+    /// restored backup being written): that engine writes into its files, and would into
+    /// the backup's links to them. Such an `earlier` is refused (`Error::Io`, "an engine
+    /// has it open"), nothing made. While the backup is made, `earlier`'s `LOCK` file (made
+    /// if it has none) is held shared: an engine opening `earlier` meanwhile is refused
+    /// with `Error::Locked`.
     pub fn backup_since(
         &self,
         earlier: impl AsRef<Path>,

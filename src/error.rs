@@ -97,7 +97,8 @@ pub enum Error {
     /// The value of this `GetTicket` was already taken by an earlier wait that returned it:
     /// a get's value is handed out once. Keep the value from the first wait.
     ValueTaken,
-    /// Another engine (in this or another process) holds the directory's lock file.
+    /// Another engine (in this or another process) holds the directory's lock file, or an
+    /// incremental backup whose earlier backup it is (`Engine::backup_since`) holds it shared.
     Locked(PathBuf),
     /// An I/O error on a named file.
     Io {
@@ -276,7 +277,8 @@ impl fmt::Display for Error {
             Error::ValueTaken => write!(f, "the value of this get was already taken"),
             Error::Locked(path) => write!(
                 f,
-                "{} is locked by another engine; close it first",
+                "{} is locked by another engine, or by an incremental backup linking its \
+                 files (`backup_since`); close it first, or wait for the backup",
                 path.display()
             ),
             Error::Io { op, path, source } => {

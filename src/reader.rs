@@ -451,7 +451,8 @@ impl LogReader {
 
     /// As [`LogReader::backup`], an incremental backup: segment files the earlier backup
     /// `earlier` holds exactly as this one would write them are linked, not copied; see
-    /// [`Engine::backup_since`](crate::Engine::backup_since).
+    /// [`Engine::backup_since`](crate::Engine::backup_since) (an `earlier` an engine has
+    /// open, this view's own log's included, is refused).
     pub fn backup_since(
         &self,
         earlier: impl AsRef<Path>,

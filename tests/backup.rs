@@ -888,3 +888,279 @@ fn an_open_that_fails_to_unshare_a_segment_leaves_both_backups_whole() {
         kept.into_iter().map(|(n, b, _)| (n, b)).collect::<Vec<_>>()
     );
 }
+
+/// The files of `dir` that are segments, with their contents (not their number of names).
+fn segment_contents(dir: &Path) -> Vec<(String, Digest)> {
+    files_of(dir)
+        .into_iter()
+        .filter(|(n, _, _)| n.ends_with(".seg"))
+        .map(|(n, b, _)| (n, b))
+        .collect()
+}
+
+#[test]
+fn a_backup_since_a_log_an_engine_has_open_is_refused_and_links_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let src = root.path().join("log");
+    let config = Config {
+        recycle_segments: 2,
+        ..small_segments()
+    };
+    let engine = Engine::open(&src, config.clone()).unwrap();
+    fill(&engine, "a", 300);
+    // The log itself given as the earlier backup (a mistyped `--since`): its complete
+    // segments hold exactly what a backup writes (frames, then the zeros they were made
+    // with), but the engine writes into its files, appends to the last and reuses retired
+    // ones in place, and would write into a backup linked to them.
+    let b2 = root.path().join("b2");
+    let refused = |made: mergelog::Result<mergelog::Backup>, what: &str| match made {
+        Ok(backup) => {
+            let kept = segment_contents(&backup.dir);
+            fill(&engine, "b", 300);
+            let last = engine.segments().last().unwrap().first_seq;
+            engine.retire_before(last).unwrap();
+            fill(&engine, "c", 300);
+            wait_ok(&engine.flush().unwrap(), "flush");
+            let now = segment_contents(&backup.dir);
+            let changed: Vec<_> = now
+                .iter()
+                .filter(|f| !kept.contains(f))
+                .map(|(n, _)| n.clone())
+                .collect();
+            panic!(
+                "{what}: made, {} of {} segments linked to the log's files; after the engine \
+                 wrote on, the backup's {changed:?} changed",
+                backup.linked, backup.segments
+            );
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains("an engine has it open"), "{what}: {msg}");
+            assert!(!b2.exists(), "{what}");
+        }
+    };
+    refused(engine.backup_since(&src, &b2), "the engine's own log");
+    let reader = engine.replay().unwrap();
+    refused(reader.backup_since(&src, &b2), "a view of the engine's log");
+    // Another engine's log: a backup restored and being written on.
+    let b1 = root.path().join("b1");
+    engine.backup(&b1).unwrap();
+    let restored = Engine::open(&b1, config.clone()).unwrap();
+    refused(
+        engine.backup_since(&b1, &b2),
+        "a restored backup being written",
+    );
+    restored.close().unwrap();
+    // Closed, it is a backup again: linked, and the next open gives the log files of its
+    // own before it writes.
+    let second = engine.backup_since(&b1, &b2).unwrap();
+    assert!(second.linked > 0, "{second:?}");
+    let kept = segment_contents(&b2);
+    let restored = Engine::open(&b1, config).unwrap();
+    fill(&restored, "d", 300);
+    restored.close().unwrap();
+    assert_eq!(segment_contents(&b2), kept);
+    engine.close().unwrap();
+}
+
+#[test]
+fn an_earlier_backups_fifo_or_symbolic_link_under_a_segments_name_is_copied_over() {
+    let root = tempfile::tempdir().unwrap();
+    let FirstBackup {
+        engine,
+        first,
+        src,
+        b1,
+        b2,
+    } = first_backup(root.path());
+    let names: Vec<String> = segment_links(&b1).into_iter().map(|(n, _)| n).collect();
+    // The second segment's name on a symbolic link to a file holding exactly its bytes
+    // (here, a copy of it outside the backup; it could be the log's own file); the third's
+    // on a FIFO.
+    let aside = root.path().join("aside");
+    std::fs::rename(b1.join(&names[1]), &aside).unwrap();
+    std::os::unix::fs::symlink(&aside, b1.join(&names[1])).unwrap();
+    std::fs::remove_file(b1.join(&names[2])).unwrap();
+    common::mkfifo(&b1.join(&names[2]));
+    let (earlier, dest) = (b1.clone(), b2.clone());
+    let engine = Arc::new(engine);
+    let e = engine.clone();
+    let second = common::within("a backup since a FIFO", move || {
+        e.backup_since(&earlier, &dest)
+    })
+    .unwrap();
+    assert_eq!(second.linked, first.segments - 2, "{second:?}");
+    for name in &names[1..3] {
+        let meta = std::fs::symlink_metadata(b2.join(name)).unwrap();
+        assert!(meta.file_type().is_file(), "{name}: {meta:?}");
+    }
+    assert_clean(&b2, "the incremental backup");
+    Arc::try_unwrap(engine).unwrap().close().unwrap();
+    assert_eq!(batches(&b2), batches(&src));
+}
+
+#[test]
+fn a_power_loss_at_any_step_of_an_opens_unsharing_leaves_both_backups_whole() {
+    use common::power::{lose_power, PowerLossIo};
+    use rand::SeedableRng;
+    let root = tempfile::tempdir().unwrap();
+    let FirstBackup { engine, b1, b2, .. } = first_backup(root.path());
+    // Every segment shared, the last one too.
+    let second = engine.backup_since(&b1, &b2).unwrap();
+    assert_eq!(second.linked, second.segments);
+    engine.close().unwrap();
+    let held = batches(&b1);
+    let kept = files_of(&b2);
+    let contents = |d: &Path| -> Vec<(String, Digest)> {
+        files_of(d).into_iter().map(|(n, b, _)| (n, b)).collect()
+    };
+    let kept_contents = contents(&b2);
+    // A power cut at each file operation of the open in turn (the copies, renames and the
+    // directory's sync, then recovery's), what was not durable taken back, in two ways.
+    let mut k = 1;
+    loop {
+        let mut opened = false;
+        for seed in 0..2u64 {
+            let case = root.path().join(format!("case-{k}-{seed}"));
+            let (c1, c2) = (case.join("b1"), case.join("b2"));
+            std::fs::create_dir_all(&c1).unwrap();
+            std::fs::create_dir_all(&c2).unwrap();
+            for (name, _, _) in &kept {
+                std::fs::copy(b2.join(name), c2.join(name)).unwrap();
+            }
+            for (name, _, _) in files_of(&b1) {
+                if name.ends_with(".seg") {
+                    std::fs::hard_link(c2.join(&name), c1.join(&name)).unwrap();
+                } else {
+                    std::fs::copy(b1.join(&name), c1.join(&name)).unwrap();
+                }
+            }
+            let io = Arc::new(PowerLossIo::new(k, None));
+            match Engine::open_with_io(&c1, small_segments(), io.clone()) {
+                Ok(engine) => {
+                    opened = true;
+                    io.cut_now();
+                    let _ = engine.close();
+                }
+                Err(e) => assert!(io.is_cut(), "cut at {k}: {e}"),
+            }
+            lose_power(&io, &mut rand::rngs::StdRng::seed_from_u64(seed), 0.5, 0.5);
+            let what = format!("cut at operation {k} ({:?}), seed {seed}", io.cut_op());
+            assert_eq!(contents(&c2), kept_contents, "{what}: the other backup");
+            let engine = Engine::open(&c1, small_segments())
+                .unwrap_or_else(|e| panic!("{what}: the next open: {e}"));
+            assert!(!c1.join("unshare.tmp").exists(), "{what}");
+            assert_eq!(batches(&c1), held, "{what}");
+            fill(&engine, "z", 20);
+            engine.close().unwrap();
+            assert!(
+                segment_links(&c1).iter().all(|(_, links)| *links == 1),
+                "{what}: {:?}",
+                segment_links(&c1)
+            );
+            assert_eq!(contents(&c2), kept_contents, "{what}: the other backup");
+            assert_clean(&c2, &what);
+            std::fs::remove_dir_all(&case).unwrap();
+        }
+        if opened {
+            break;
+        }
+        k += 1;
+    }
+    // The copies of three segments, their renames and the directory's sync at least.
+    assert!(k > 8, "the open took {k} operations");
+}
+
+/// Fails every `IoOp::Link` as a link across file systems does.
+struct NoLinks;
+
+impl Io for NoLinks {
+    fn before(&self, op: IoOp, _path: &Path, _offset: u64, _data: &[u8]) -> io::Result<()> {
+        if op == IoOp::Link {
+            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn an_incremental_backup_onto_another_file_system_copies_every_segment() {
+    let root = tempfile::tempdir().unwrap();
+    let src = root.path().join("log");
+    let (b1, b2, full) = (
+        root.path().join("b1"),
+        root.path().join("b2"),
+        root.path().join("full"),
+    );
+    let engine = Engine::open_with_io(&src, small_segments(), Arc::new(NoLinks)).unwrap();
+    fill(&engine, "a", 300);
+    engine.backup(&b1).unwrap();
+    let second = engine.backup_since(&b1, &b2).unwrap();
+    assert_eq!(second.linked, 0, "{second:?}");
+    let whole = engine.backup(&full).unwrap();
+    assert_eq!(second.bytes, whole.bytes);
+    let contents = |d: &Path| -> Vec<(String, Digest, u64)> { files_of(d) };
+    assert_eq!(contents(&b2), contents(&full));
+    engine.close().unwrap();
+}
+
+/// Opens an engine on `earlier` just before the first `IoOp::Link` of a backup, and keeps
+/// what the open gave.
+struct OpenEarlierAtFirstLink {
+    earlier: std::path::PathBuf,
+    opened: std::sync::Mutex<Option<mergelog::Result<Engine>>>,
+}
+
+impl Io for OpenEarlierAtFirstLink {
+    fn before(&self, op: IoOp, _path: &Path, _offset: u64, _data: &[u8]) -> io::Result<()> {
+        let Ok(mut opened) = self.opened.lock() else {
+            return Ok(());
+        };
+        if op == IoOp::Link && opened.is_none() {
+            *opened = Some(Engine::open(&self.earlier, small_segments()));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn an_engine_that_opens_the_earlier_backup_while_its_files_are_linked_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let src = root.path().join("log");
+    let (b1, b2) = (root.path().join("b1"), root.path().join("b2"));
+    let hook = Arc::new(OpenEarlierAtFirstLink {
+        earlier: b1.clone(),
+        opened: std::sync::Mutex::new(None),
+    });
+    let engine = Engine::open_with_io(&src, small_segments(), hook.clone()).unwrap();
+    fill(&engine, "a", 300);
+    engine.backup(&b1).unwrap();
+    // Its first open comes after the backup looked at it and before it links a file: it
+    // would give its segments files of their own before the links exist, then write into
+    // the files the new backup links.
+    let second = engine.backup_since(&b1, &b2).unwrap();
+    assert_eq!(second.linked, second.segments);
+    let kept = segment_contents(&b2);
+    let opened = hook.opened.lock().unwrap().take();
+    match opened.expect("a link was made") {
+        Ok(restored) => {
+            fill(&restored, "b", 300);
+            restored.close().unwrap();
+            let now = segment_contents(&b2);
+            let changed: Vec<_> = now
+                .iter()
+                .filter(|f| !kept.contains(f))
+                .map(|(n, _)| n.clone())
+                .collect();
+            panic!("the earlier backup opened while linked; the new backup's {changed:?} changed");
+        }
+        Err(e) => assert!(matches!(e, mergelog::Error::Locked(_)), "{e}"),
+    }
+    // Once the backup is made, the earlier one opens and gives its files names of their own.
+    let restored = Engine::open(&b1, small_segments()).unwrap();
+    fill(&restored, "b", 300);
+    restored.close().unwrap();
+    assert_eq!(segment_contents(&b2), kept);
+    assert_clean(&b2, "the incremental backup");
+    engine.close().unwrap();
+}

@@ -1093,12 +1093,25 @@ pub(crate) fn backup_name_sync(io: &dyn Io, dest: &Path) -> Result<()> {
 /// the segment would write: `image` (its header and frames), then zeros up to `size`, its
 /// length. Read whole, so a backup's file that rotted or was written into since is never
 /// taken for the log's.
+///
+/// Only a regular file under the name itself matches: a symbolic link is not followed (it
+/// would be linked as a link, and may point into a log), and a FIFO does not block the open
+/// (`O_NONBLOCK`); either is copied over.
 pub(crate) fn backup_file_matches(prev: &Path, image: &[u8], size: u64) -> Result<bool> {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let err = |e| Error::io("read earlier backup's segment", prev, e);
-    let mut file = match File::open(prev) {
+    let opened = super::fds::with_room(|| {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+            .open(prev)
+    });
+    let mut file = match opened {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        // A symbolic link under the name.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(false),
         Err(e) => return Err(err(e)),
     };
     let meta = file.metadata().map_err(err)?;
@@ -1118,6 +1131,69 @@ pub(crate) fn backup_file_matches(prev: &Path, image: &[u8], size: u64) -> Resul
             n if buf[..n].iter().any(|&b| b != 0) => return Ok(false),
             _ => {}
         }
+    }
+}
+
+/// Holds the earlier backup `earlier` of an incremental backup against engines while its
+/// files are linked: a shared `flock` on its `LOCK` file, kept while the returned file is.
+/// An engine writes into its segment files (appends to the last, reuses retired ones in
+/// place) and gives a segment a file of its own only when it opens (`unshare_segments`), so
+/// a link to a file of a log an engine has open would be written into: refused, as `open`
+/// refuses a locked directory (after the same grace). An engine that opens `earlier` while
+/// the lock is held waits its grace and is refused with `Error::Locked`. A backup has no
+/// `LOCK` until an engine opens it: one is made (through the seam, `IoOp::Create`; nothing
+/// else in `earlier` changes), else an engine's first open of it could come between this
+/// check and a link. Where it cannot be made (a directory this process may not write into),
+/// `earlier` is not held: an engine could not make it there either.
+#[allow(clippy::disallowed_methods)] // the log directory's owner (and a backup's)
+pub(crate) fn backup_hold_earlier(io: &dyn Io, earlier: &Path) -> Result<Option<File>> {
+    let path = earlier.join("LOCK");
+    let file = match open_regular(&path, false) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match io::create_new(io, &path, |_| Ok(())) {
+                Ok((file, ())) => Ok(file),
+                // An engine made it meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    open_regular(&path, false)
+                }
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EACCES | libc::EPERM | libc::EROFS)
+                    ) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => Err(e),
+            }
+        }
+        opened => opened,
+    }
+    .map_err(|e| Error::io("lock earlier backup", &path, e))?;
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    loop {
+        // SAFETY: flock on a file descriptor we own and keep open; it has no memory effects.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(Some(file));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(Error::io("lock earlier backup", &path, err));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::io(
+                "back up log since an earlier backup",
+                earlier,
+                std::io::Error::new(
+                    std::io::ErrorKind::ResourceBusy,
+                    "an engine has it open (its LOCK is held): the engine writes \
+                     into its segment files, and would into a backup linked to them; give a \
+                     backup no engine has open",
+                ),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
 

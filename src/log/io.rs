@@ -34,7 +34,8 @@ pub enum IoOp {
     /// [`synced_range`] for how the hook learns which.
     Sync,
     /// Creating a file: a new (prepared) segment file, created and zero-filled, the log
-    /// directory's lock file, if it is missing, or a backup's file, written and synced.
+    /// directory's lock file, if it is missing (its own, or an incremental backup's earlier
+    /// backup's, `Engine::backup_since`), or a backup's file, written and synced.
     Create,
     /// Renaming a prepared segment to its final name, a retired one into the pool of files
     /// kept for reuse, or a whole backup's directory to its name.

@@ -15,7 +15,8 @@ pub struct BackupArgs {
     /// The backup's directory: must not exist; made only once the copy is whole.
     dest: PathBuf,
     /// An earlier backup: segment files it holds exactly as this backup would write them
-    /// are linked (hard links, on the same file system), not copied (an incremental backup).
+    /// are linked (hard links, on the same file system; copied on another), not copied (an
+    /// incremental backup). Refused if an engine has EARLIER open (the log itself, say).
     #[arg(long, value_name = "EARLIER")]
     since: Option<PathBuf>,
 }

@@ -533,6 +533,7 @@ impl Engine {
             self.inner.live.clone(),
             self.inner.retire_lock.clone(),
             Some(self.inner.throttle.clone()),
+            self.inner.io.clone(),
         ))
     }
 

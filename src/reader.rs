@@ -15,7 +15,7 @@ use crate::log::format::{
     decode_frame, peek_frame, stored_seq_and_crc, Decoded, Frame, Record, RecordOp, SegmentHeader,
     FRAME_HEADER_LEN, REWRITE_RUN_MAX, SEGMENT_HEADER_LEN,
 };
-use crate::log::io;
+use crate::log::io::{self, SharedIo};
 use crate::log::recovery::{chain_end, check_listed_id, scan_retrying, Damage};
 use crate::log::segment::Segment;
 use crate::log::Segments;
@@ -250,6 +250,9 @@ struct EngineView {
     /// re-measures at each commit, as the engine's own do (`None` for the throttle's own
     /// views).
     throttle: Option<Arc<crate::throttle::Throttle>>,
+    /// The engine's storage seam, through which the view's consumers commit and its backups
+    /// write, as the engine's own do.
+    io: SharedIo,
 }
 
 /// A read-only, lock-free view of a log directory as of when it was opened.
@@ -357,6 +360,7 @@ impl LogReader {
         live: Arc<LiveLog>,
         retire_lock: Arc<parking_lot::Mutex<()>>,
         throttle: Option<Arc<crate::throttle::Throttle>>,
+        io: SharedIo,
     ) -> LogReader {
         let ids_stamp = crate::log::dir::ids_stamp(dir);
         let segments: Vec<Arc<Segment>> = list.read().iter().cloned().collect();
@@ -376,6 +380,7 @@ impl LogReader {
                 live,
                 retire_lock,
                 throttle,
+                io,
             }),
             segments,
             next_seq,
@@ -470,7 +475,13 @@ impl LogReader {
             }
             None => self.side_files()?,
         };
-        crate::backup::write(&*io::real(), self, &side, dest, earlier)
+        crate::backup::write(&*self.io(), self, &side, dest, earlier)
+    }
+
+    /// The storage seam this view writes through (its consumers' commits, its backups): a
+    /// view of an engine's, the engine's.
+    fn io(&self) -> SharedIo {
+        self.engine.as_ref().map_or_else(io::real, |e| e.io.clone())
     }
 
     /// The side files a backup of this view copies, read now: refused if a retirement wrote
@@ -574,7 +585,7 @@ impl LogReader {
     /// (remove it and make it again).
     pub fn consumer(&self, name: &str) -> Result<Consumer> {
         consumer::check_name(name)?;
-        let io = io::real();
+        let io = self.io();
         let committed = match &self.engine {
             Some(engine) => {
                 let _one_at_a_time = engine.retire_lock.lock();

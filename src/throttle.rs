@@ -297,6 +297,8 @@ impl Throttle {
             self.live.clone(),
             self.retire_lock.clone(),
             None,
+            // Only read: no consumer is made from it, nor a backup.
+            crate::log::io::real(),
         );
         let slowest = view.consumers()?.into_iter().min_by_key(|c| c.committed);
         // Read after the view: it counts at least the frames the view holds (see the module

@@ -191,6 +191,44 @@ fn a_failed_commit_leaves_the_old_position() {
     }
 }
 
+/// A consumer made from the engine's view (`engine.replay()?.consumer(..)`) commits through
+/// the engine's storage seam, as the engine's own consumers do: a failed write of its
+/// position is that commit's error, and the old position stands. It wrote through the real
+/// file system, past the engine's seam, so a fault the seam injects (a full disk's refusal
+/// in a test, a seam that counts or checks writes) never reached it.
+#[test]
+fn a_consumer_made_from_the_engines_view_commits_through_the_engines_seam() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Arc::new(FailConsumerFiles {
+        op: IoOp::Write,
+        armed: AtomicBool::new(false),
+    });
+    let engine = Engine::open_with_io(dir.path(), config(), hook.clone()).expect("open");
+    put_batches(&engine, 4, 10);
+    let mut c = engine
+        .replay()
+        .expect("view")
+        .consumer("v")
+        .expect("consumer");
+    for _ in 0..3 {
+        next(&mut c);
+    }
+    c.commit(1).expect("commit");
+    hook.armed.store(true, Ordering::SeqCst);
+    let failed = c.commit(3);
+    hook.armed.store(false, Ordering::SeqCst);
+    assert!(
+        matches!(&failed, Err(Error::Io { op, .. }) if op.contains("consumer position")),
+        "the seam's injected failure did not reach the view's consumer: {failed:?}"
+    );
+    assert_eq!(c.committed(), 1);
+    drop(c);
+    let c = engine.consumer("v").expect("consumer");
+    assert_eq!(c.committed(), 1, "the failed commit took effect");
+    drop(c);
+    engine.close().expect("close");
+}
+
 /// Fails the directory sync that follows the rename (or exchange) of a consumer's temporary
 /// file (a commit) or the removal of a consumer's file (`remove_consumer`), while armed;
 /// counts the renames and exchanges, and the directory syncs, it saw.

@@ -53,7 +53,7 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 
 use mergelog::{Config, Engine, Seq, Ticket, WriteBatch};
@@ -80,6 +80,15 @@ const READ_ENTRIES_MAX: usize = 4096;
 /// size are stored in chunks, and 4,096 of them could otherwise be read into memory at once
 /// (`LogStore::set_read_bytes_max` changes it, for tests).
 const READ_BYTES_MAX: usize = 64 << 20;
+
+/// A read restarted this many times by a moving epoch (truncates or purges that began while
+/// it read) holds them off for the rest of its read ([`Restarts`]): endless truncates
+/// cannot starve it.
+const RESTARTS_MAX: u32 = 4;
+
+/// What the read hook is called with, as its chunk number, when a reader begins to hold
+/// truncates and purges off ([`LogStore::set_read_hook`]).
+const HOLDS_DELETES_OFF: u32 = u32::MAX;
 
 /// Bytes a batch operation is counted for besides its value: its header in the batch (9
 /// bytes) and its key (at most 13, a chunk's), rounded up.
@@ -131,15 +140,26 @@ struct Shared<C: RaftTypeConfig> {
     /// range read (`read_range`) whose epoch stayed put saw at most deletes land, never
     /// the entries a later append wrote in their place.
     epoch: AtomicU64,
+    /// Every bump of `epoch` is made under its write lock; a read that the epoch restarted
+    /// [`RESTARTS_MAX`] times takes its read lock for the rest of the read ([`Restarts`]), so
+    /// that a truncate or purge that would move the epoch waits for it (for one read), and
+    /// the read then goes on under an epoch that stays put.
+    deletes: RwLock<()>,
     /// A test's hook, called before an entry's key and each chunk after the first are read
     /// ([`LogStore::set_read_hook`]).
     read_hook: std::sync::OnceLock<ReadHook>,
+    /// A test's hook, called by `truncate` and `purge` after the epoch's first bump, before
+    /// their deletes are submitted ([`LogStore::set_delete_hook`]).
+    delete_hook: std::sync::OnceLock<DeleteHook>,
     /// [`READ_BYTES_MAX`], or a test's bound ([`LogStore::set_read_bytes_max`]).
     read_bytes_max: AtomicUsize,
 }
 
 /// See [`LogStore::set_read_hook`].
 type ReadHook = Box<dyn Fn(u64, u32) + Send + Sync>;
+
+/// See [`LogStore::set_delete_hook`].
+type DeleteHook = Box<dyn Fn(u64) + Send + Sync>;
 
 impl<C: RaftTypeConfig> Shared<C>
 where
@@ -160,12 +180,20 @@ where
 
     /// Entry `index`: the overlay first (newer), then the engine's durable state.
     fn read_one(&self, index: u64) -> StoreResult<Option<C::Entry>, C> {
-        Ok(self.read_one_sized(index)?.map(|(entry, _)| entry))
+        let mut restarts = Restarts::new(&self.deletes);
+        Ok(self
+            .read_one_sized(index, &mut restarts)?
+            .map(|(entry, _)| entry))
     }
 
     /// As [`Shared::read_one`], with the bytes read for it: its encoding's length as stored
-    /// (0 for an entry of the overlay, already in memory).
-    fn read_one_sized(&self, index: u64) -> StoreResult<Option<(C::Entry, usize)>, C> {
+    /// (0 for an entry of the overlay, already in memory). A restart for a moving epoch
+    /// counts in `restarts`, the read's.
+    fn read_one_sized<'s>(
+        &'s self,
+        index: u64,
+        restarts: &mut Restarts<'s>,
+    ) -> StoreResult<Option<(C::Entry, usize)>, C> {
         let read_err = |e: &CodecError| StorageIOError::read_log_at_index(index, AnyError::new(e));
         // The epoch under which the entry failed to reassemble once already.
         let mut failed_under = None;
@@ -197,14 +225,17 @@ where
                     // (the index applies them under its lock), so a chunk found gone by a
                     // delete means the key is gone too, and a second read finds no entry.
                     // Only a failure read twice under one epoch is damage.
-                    Err(_)
-                        if self.epoch.load(Ordering::SeqCst) != epoch
-                            || failed_under != Some(epoch) =>
-                    {
-                        failed_under = Some(epoch);
-                        continue;
+                    Err(e) => {
+                        let moved = self.epoch.load(Ordering::SeqCst) != epoch;
+                        if moved || failed_under != Some(epoch) {
+                            if moved {
+                                restarts.restart(self, index);
+                            }
+                            failed_under = Some(epoch);
+                            continue;
+                        }
+                        Err(e)
                     }
-                    Err(e) => Err(e),
                 },
             };
             return decoded.map(Some).map_err(|e| read_err(&e).into());
@@ -262,6 +293,7 @@ where
         max: usize,
         bytes_max: usize,
     ) -> StoreResult<Vec<C::Entry>, C> {
+        let mut restarts = Restarts::new(&self.deletes);
         // Before the bounds (see `epoch`).
         let mut epoch = self.epoch.load(Ordering::SeqCst);
         let (first, next) = self.bounds();
@@ -281,16 +313,20 @@ where
         let mut bytes = 0usize;
         let (mut index, end) = (start.max(first), end.min(next));
         while index < end && out.len() < max && bytes < bytes_max {
-            let entry = self.read_one_sized(index)?;
-            let now = self.epoch.load(Ordering::SeqCst);
-            if now != epoch {
+            let entry = self.read_one_sized(index, &mut restarts)?;
+            if self.epoch.load(Ordering::SeqCst) != epoch {
                 // A truncate or purge moved the log while this read: the entries from here on
                 // may be another log's (a new leader's, where a truncate deleted). The ones
-                // read before are returned; with none read yet, this one is read again.
+                // read before are returned; with none read yet, this one is read again,
+                // holding truncates and purges off after a few restarts (the epoch is taken
+                // once the hold is: it stays put from then on). The bounds taken first still
+                // hold: entries past them are not read, and the ones the read finds within
+                // them under one epoch are one log's.
                 if !out.is_empty() {
                     break;
                 }
-                epoch = now;
+                restarts.restart(self, index);
+                epoch = self.epoch.load(Ordering::SeqCst);
                 continue;
             }
             match entry {
@@ -320,22 +356,67 @@ where
     }
 }
 
+/// A read's restarts for a moving epoch, and its hold on truncates and purges
+/// (`Shared::deletes`), taken at the [`RESTARTS_MAX`]th: a read that has read nothing yet
+/// restarts at every truncate or purge that begins while it reads, and without the hold a
+/// truncate at each attempt (a deposed leader's log truncated again and again while its
+/// replication reads) would keep it from ever returning. Held until the read returns.
+struct Restarts<'s> {
+    deletes: &'s RwLock<()>,
+    count: u32,
+    held: Option<RwLockReadGuard<'s, ()>>,
+}
+
+impl<'s> Restarts<'s> {
+    fn new(deletes: &'s RwLock<()>) -> Self {
+        Restarts {
+            deletes,
+            count: 0,
+            held: None,
+        }
+    }
+
+    /// Counts a restart at entry `index`; the [`RESTARTS_MAX`]th takes the hold (and tells
+    /// the test's hook). The hold waits, at most, for a truncate's or purge's bump of the
+    /// epoch, which holds no other lock; a reader holds nothing the truncate waits for
+    /// besides it, so the two never wait on each other.
+    fn restart<C: RaftTypeConfig>(&mut self, shared: &Shared<C>, index: u64) {
+        self.count += 1;
+        if self.count >= RESTARTS_MAX && self.held.is_none() {
+            self.held = Some(self.deletes.read().unwrap_or_else(PoisonError::into_inner));
+            if let Some(hook) = shared.read_hook.get() {
+                hook(index, HOLDS_DELETES_OFF);
+            }
+        }
+    }
+}
+
 /// A truncate's or purge's hold on the epoch: bumped when it begins, before its deletes are
 /// submitted, and again when it ends, after they landed (or when it failed or was dropped).
 /// `truncate` and `purge` take `&mut` the store, so the appends that write over what they
-/// deleted come after the second bump.
-struct Deleting<'a>(&'a AtomicU64);
+/// deleted come after the second bump. Each bump is made under `Shared::deletes`, so it
+/// waits for a reader holding truncates off ([`Restarts`]), which reads only, for one read.
+struct Deleting<'a> {
+    epoch: &'a AtomicU64,
+    deletes: &'a RwLock<()>,
+}
 
 impl<'a> Deleting<'a> {
-    fn begin(epoch: &'a AtomicU64) -> Self {
-        epoch.fetch_add(1, Ordering::SeqCst);
-        Deleting(epoch)
+    fn begin(epoch: &'a AtomicU64, deletes: &'a RwLock<()>) -> Self {
+        let deleting = Deleting { epoch, deletes };
+        deleting.bump();
+        deleting
+    }
+
+    fn bump(&self) {
+        let _held = self.deletes.write().unwrap_or_else(PoisonError::into_inner);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 }
 
 impl Drop for Deleting<'_> {
     fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
+        self.bump();
     }
 }
 
@@ -620,7 +701,9 @@ where
             bounds: RwLock::new((first, first)),
             queued: AtomicUsize::new(0),
             epoch: AtomicU64::new(0),
+            deletes: RwLock::new(()),
             read_hook: std::sync::OnceLock::new(),
+            delete_hook: std::sync::OnceLock::new(),
             read_bytes_max: AtomicUsize::new(READ_BYTES_MAX),
         });
         let (next, last_log) = match present {
@@ -736,11 +819,23 @@ where
     /// For tests: `hook(index, 0)` is called before entry `index` is read (the overlay, then
     /// its key in the engine), and `hook(index, n)` before chunk `n` (1 or more) of an entry
     /// stored in chunks is, by this store and its readers, so that a test can hold a reader
-    /// between two entries or two chunk reads while it truncates, purges or appends. Set
-    /// once; later calls change nothing.
+    /// between two entries or two chunk reads while it truncates, purges or appends.
+    /// `hook(index, u32::MAX)` is called when a reader, restarted again and again by
+    /// truncates and purges, begins to hold them off for the rest of its read (a truncate
+    /// or purge then waits for it). Set once; later calls change nothing.
     #[doc(hidden)]
     pub fn set_read_hook(&self, hook: impl Fn(u64, u32) + Send + Sync + 'static) {
         let _ = self.shared.read_hook.set(Box::new(hook));
+    }
+
+    /// For tests: `hook(from)` is called by `truncate` (`from` the first index it deletes)
+    /// and `purge` (`from` the first index after those it deletes) once they have bumped
+    /// the store's epoch and before they submit their deletes or change the log's bounds,
+    /// so that a test can start a reader in that window. Set once; later calls change
+    /// nothing.
+    #[doc(hidden)]
+    pub fn set_delete_hook(&self, hook: impl Fn(u64) + Send + Sync + 'static) {
+        let _ = self.shared.delete_hook.set(Box::new(hook));
     }
 
     /// The engine under the store (for its counters, or to close it after the Raft node
@@ -1062,7 +1157,10 @@ where
         // Before the deletes: a reader that finds a chunk of these entries gone reads again.
         // Held until they landed (the end of this call).
         let shared = self.shared.clone();
-        let _deleting = Deleting::begin(&shared.epoch);
+        let _deleting = Deleting::begin(&shared.epoch, &shared.deletes);
+        if let Some(hook) = shared.delete_hook.get() {
+            hook(from);
+        }
         let chunked = self.chunked.split_off(&from);
         let mut out = Batches::new(&self.shared.engine);
         // Highest first, so that a crash between batches leaves a prefix (no hole).
@@ -1102,7 +1200,10 @@ where
         // Before the deletes: a reader that finds a chunk of these entries gone reads again.
         // Held until they landed (the end of this call).
         let shared = self.shared.clone();
-        let _deleting = Deleting::begin(&shared.epoch);
+        let _deleting = Deleting::begin(&shared.epoch, &shared.deletes);
+        if let Some(hook) = shared.delete_hook.get() {
+            hook(upto.saturating_add(1));
+        }
         let kept = self.chunked.split_off(&upto.saturating_add(1));
         let chunked = std::mem::replace(&mut self.chunked, kept);
         let mut out = Batches::new(&self.shared.engine);

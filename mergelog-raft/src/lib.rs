@@ -13,7 +13,11 @@
 //!   and its CRC-32C; its key `e` + `i` then holds an empty value. The chunks go in the
 //!   key's batch or earlier ones, so after a crash the key is there only with every chunk;
 //!   a read reassembles and checks the entry; `truncate` and `purge` delete the chunks, and
-//!   an open deletes chunks of no entry that an interrupted operation left.
+//!   an open deletes chunks of no entry that an interrupted operation left. Such an entry is
+//!   encoded twice, once for its length and CRC and once straight into its chunks, so an
+//!   append holds the entry and a chunk and a batch at a time, never its whole encoding.
+//! - A range read that truncates or purges restarted 4 times holds them off for the rest of
+//!   the read (they wait for it): endless truncates cannot starve it.
 //! - The vote, the committed log id and the last purged log id are keys of their own
 //!   (`m/vote`, `m/committed`, `m/purged`).
 //! - `append` puts the entries as one `WriteBatch` (several, each a prefix of what is left,
@@ -64,8 +68,8 @@ use openraft::{
 };
 
 use crate::meta::{
-    chunk_key, decode, encode, entry_key, ChunkHeader, CodecError, CHUNK_HEADER, CHUNK_KEY_LEN,
-    COMMITTED_KEY, PURGED_KEY, VOTE_KEY,
+    chunk_key, decode, encode, entry_key, ChunkHeader, CodecError, Measured, CHUNK_HEADER,
+    CHUNK_KEY_LEN, COMMITTED_KEY, PURGED_KEY, VOTE_KEY,
 };
 
 type Nid<C> = <C as RaftTypeConfig>::NodeId;
@@ -572,34 +576,30 @@ fn put_waiting(engine: &Engine, key: &[u8], value: &[u8]) -> Result<Ticket, merg
     }
 }
 
-/// Puts entry `index`, `encoded`. Up to `chunk_len` bytes it is its key's value; longer, it
-/// is stored in chunks and then its key gets the empty value that marks it chunked: every
-/// chunk goes in the key's batch or an earlier one, so after a crash the key is there only
-/// with all its chunks (chunks without their key are deleted at open). Recorded in
+/// Puts entry `index`, `entry`, whose encoding `measured` found. Up to `chunk_len` bytes the
+/// encoding is its key's value; longer, the entry is encoded again straight into its chunks
+/// (never whole in memory) and then its key gets the empty value that marks it chunked:
+/// every chunk goes in the key's batch or an earlier one, so after a crash the key is there
+/// only with all its chunks (chunks without their key are deleted at open). Recorded in
 /// `chunked`, for a truncate or purge to delete its chunks.
-fn put_entry(
+fn put_entry<T: serde::Serialize>(
     out: &mut Batches,
     chunked: &mut BTreeMap<u64, u32>,
     chunk_len: usize,
     index: u64,
-    encoded: &[u8],
+    entry: &T,
+    measured: Measured,
 ) -> Result<(), CodecError> {
-    // (An entry's encoding is never empty, but an empty one would read as a chunked entry.)
-    if !encoded.is_empty() && encoded.len() <= chunk_len {
-        return out
-            .put(&entry_key(index), encoded)
-            .map_err(CodecError::Engine);
-    }
-    let (chunk0, rest) =
-        meta::chunks(encoded, chunk_len).ok_or(CodecError::TooLarge(encoded.len()))?;
-    chunked.insert(index, 1 + rest.len() as u32);
-    let put =
-        |out: &mut Batches, n: usize, chunk: &[u8]| out.put(&chunk_key(index, n as u32), chunk);
-    put(out, 0, &chunk0).map_err(CodecError::Engine)?;
-    drop(chunk0);
-    for (n, chunk) in rest.enumerate() {
-        put(out, n + 1, chunk).map_err(CodecError::Engine)?;
-    }
+    let (len, crc) = match measured {
+        Measured::Whole(encoded) => {
+            return (out.put(&entry_key(index), &encoded)).map_err(CodecError::Engine);
+        }
+        Measured::Chunked { len, crc } => (len, crc),
+    };
+    let count = meta::chunk_count(len, chunk_len).ok_or(CodecError::TooLarge(len))?;
+    chunked.insert(index, count);
+    let put = |n: u32, chunk: &[u8]| out.put(&chunk_key(index, n), chunk);
+    meta::put_chunks(entry, index, (len, crc), chunk_len, put)?;
     out.put(&entry_key(index), &[]).map_err(CodecError::Engine)
 }
 
@@ -888,11 +888,18 @@ where
         Ok(())
     }
 
-    /// Puts the entries as batches within the engine's limits: each batch is atomic and a
-    /// prefix of what is left, so a crash leaves no hole.
+    /// Puts the entries, whose encodings `measured` found (in order), as batches within the
+    /// engine's limits: each batch is atomic and a prefix of what is left, so a crash leaves
+    /// no hole. Each encoding kept whole is dropped once in its batch, and one stored in
+    /// chunks is made again chunk by chunk, so besides the entries this holds the encodings
+    /// of the small ones and a batch (within the budget) and a chunk at a time.
     /// A committed id not yet in the log goes into the first batch (it covers entries of
     /// earlier batches only).
-    fn put_entries(&mut self, entries: &[(u64, Vec<u8>)]) -> StoreResult<Vec<Ticket>, C> {
+    fn put_entries(
+        &mut self,
+        entries: &[C::Entry],
+        measured: Vec<Measured>,
+    ) -> StoreResult<Vec<Ticket>, C> {
         let mut out = Batches::new(&self.shared.engine);
         if self.committed_unsaved {
             let value = encode(&self.committed).map_err(|e| io_err(StorageIOError::write, &e))?;
@@ -900,9 +907,11 @@ where
             (out.put(COMMITTED_KEY, &value)).map_err(|e| io_err(StorageIOError::write, &e))?;
         }
         let (chunked, chunk_len) = (&mut self.chunked, self.chunk_len);
-        let put = entries
-            .iter()
-            .try_for_each(|(index, value)| put_entry(&mut out, chunked, chunk_len, *index, value))
+        let put = (entries.iter().zip(measured))
+            .try_for_each(|(entry, measured)| {
+                let index = entry.get_log_id().index;
+                put_entry(&mut out, chunked, chunk_len, index, entry, measured)
+            })
             .and_then(|()| out.submit().map_err(CodecError::Engine));
         if !out.tickets.is_empty() {
             self.committed_unsaved = false;
@@ -1092,27 +1101,24 @@ where
             return Ok(());
         };
         let (first, last_id) = (first.get_log_id().index, last.get_log_id().clone());
-        let mut encoded = Vec::with_capacity(entries.len());
-        for entry in &entries {
-            let value = encode(entry).map_err(|e| io_err(StorageIOError::write_logs, &e))?;
-            encoded.push((entry.get_log_id().index, value));
-        }
+        // Every entry encoded once before anything is submitted (an entry that does not
+        // encode fails the append whole), keeping only the encodings that fit one value: a
+        // larger entry is encoded again into its chunks as they are put (`put_entry`).
+        let measured = (entries.iter())
+            .map(|entry| meta::measure(entry, self.chunk_len))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| io_err(StorageIOError::write_logs, &e))?;
+        let tickets = self.put_entries(&entries, measured)?;
         self.generation += 1;
         let generation = self.generation;
         // Readable before this returns, as openraft requires: the overlay serves them
-        // until the completion thread knows them durable.
+        // until the completion thread knows them durable. (Not before they were put: until
+        // the new bounds below no reader reads them, so the overlay is not needed yet.)
         self.shared.pending().extend(
             entries
                 .into_iter()
                 .map(|e| (e.get_log_id().index, (generation, e))),
         );
-        let tickets = match self.put_entries(&encoded) {
-            Ok(tickets) => tickets,
-            Err(e) => {
-                self.shared.forget_pending(first, last_id.index, generation);
-                return Err(e);
-            }
-        };
         let (log_first, _) = self.shared.bounds();
         self.shared.set_bounds(log_first, last_id.index + 1);
         self.last_log = Some(last_id.clone());

@@ -114,9 +114,11 @@ fn an_append_holds_its_entry_once_and_a_bounded_rest() {
         .unwrap();
     let mut store = LogStore::<TypeConfig>::open(dir.path(), config()).expect("the store opens");
     assert_eq!(store.chunk_len(), 64 << 10);
-    // A small append first: the engine's and the store's one-time allocations.
+    // An append of 1 MiB (16 chunks) first: the engine's and the store's one-time
+    // allocations (the frame buffer grows to a window's largest frame, within
+    // `batch_bytes_max`).
     runtime
-        .block_on(store.blocking_append([entry(1, 100)]))
+        .block_on(store.blocking_append([entry(1, 1 << 20)]))
         .unwrap();
     let mut excess = Vec::new();
     for (index, len) in [(2, 4 << 20), (3, 16 << 20)] {
@@ -140,7 +142,7 @@ fn an_append_holds_its_entry_once_and_a_bounded_rest() {
     let read = runtime
         .block_on(store.try_get_log_entries(1..=3))
         .expect("the read");
-    assert!(read == [entry(1, 100), entry(2, 4 << 20), entry(3, 16 << 20)]);
+    assert!(read == [entry(1, 1 << 20), entry(2, 4 << 20), entry(3, 16 << 20)]);
     drop(read);
     store.close().unwrap();
 }

@@ -13,7 +13,11 @@
 //!   and its CRC-32C; its key `e` + `i` then holds an empty value. The chunks go in the
 //!   key's batch or earlier ones, so after a crash the key is there only with every chunk;
 //!   a read reassembles and checks the entry; `truncate` and `purge` delete the chunks, and
-//!   an open deletes chunks of no entry that an interrupted operation left.
+//!   an open deletes chunks of no entry that an interrupted operation left. Such an entry is
+//!   encoded twice, once for its length and CRC and once straight into its chunks, so an
+//!   append holds the entry and a chunk and a batch at a time, never its whole encoding.
+//! - A range read that truncates or purges restarted 4 times holds them off for the rest of
+//!   the read (they wait for it): endless truncates cannot starve it.
 //! - The vote, the committed log id and the last purged log id are keys of their own
 //!   (`m/vote`, `m/committed`, `m/purged`).
 //! - `append` puts the entries as one `WriteBatch` (several, each a prefix of what is left,
@@ -53,7 +57,7 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 
 use mergelog::{Config, Engine, Seq, Ticket, WriteBatch};
@@ -64,8 +68,8 @@ use openraft::{
 };
 
 use crate::meta::{
-    chunk_key, decode, encode, entry_key, ChunkHeader, CodecError, CHUNK_HEADER, CHUNK_KEY_LEN,
-    COMMITTED_KEY, PURGED_KEY, VOTE_KEY,
+    chunk_key, decode, encode, entry_key, ChunkHeader, CodecError, Measured, CHUNK_HEADER,
+    CHUNK_KEY_LEN, COMMITTED_KEY, PURGED_KEY, VOTE_KEY,
 };
 
 type Nid<C> = <C as RaftTypeConfig>::NodeId;
@@ -80,6 +84,15 @@ const READ_ENTRIES_MAX: usize = 4096;
 /// size are stored in chunks, and 4,096 of them could otherwise be read into memory at once
 /// (`LogStore::set_read_bytes_max` changes it, for tests).
 const READ_BYTES_MAX: usize = 64 << 20;
+
+/// A read restarted this many times by a moving epoch (truncates or purges that began while
+/// it read) holds them off for the rest of its read ([`Restarts`]): endless truncates
+/// cannot starve it.
+const RESTARTS_MAX: u32 = 4;
+
+/// What the read hook is called with, as its chunk number, when a reader begins to hold
+/// truncates and purges off ([`LogStore::set_read_hook`]).
+const HOLDS_DELETES_OFF: u32 = u32::MAX;
 
 /// Bytes a batch operation is counted for besides its value: its header in the batch (9
 /// bytes) and its key (at most 13, a chunk's), rounded up.
@@ -131,15 +144,26 @@ struct Shared<C: RaftTypeConfig> {
     /// range read (`read_range`) whose epoch stayed put saw at most deletes land, never
     /// the entries a later append wrote in their place.
     epoch: AtomicU64,
+    /// Every bump of `epoch` is made under its write lock; a read that the epoch restarted
+    /// [`RESTARTS_MAX`] times takes its read lock for the rest of the read ([`Restarts`]), so
+    /// that a truncate or purge that would move the epoch waits for it (for one read), and
+    /// the read then goes on under an epoch that stays put.
+    deletes: RwLock<()>,
     /// A test's hook, called before an entry's key and each chunk after the first are read
     /// ([`LogStore::set_read_hook`]).
     read_hook: std::sync::OnceLock<ReadHook>,
+    /// A test's hook, called by `truncate` and `purge` after the epoch's first bump, before
+    /// their deletes are submitted ([`LogStore::set_delete_hook`]).
+    delete_hook: std::sync::OnceLock<DeleteHook>,
     /// [`READ_BYTES_MAX`], or a test's bound ([`LogStore::set_read_bytes_max`]).
     read_bytes_max: AtomicUsize,
 }
 
 /// See [`LogStore::set_read_hook`].
 type ReadHook = Box<dyn Fn(u64, u32) + Send + Sync>;
+
+/// See [`LogStore::set_delete_hook`].
+type DeleteHook = Box<dyn Fn(u64) + Send + Sync>;
 
 impl<C: RaftTypeConfig> Shared<C>
 where
@@ -160,12 +184,20 @@ where
 
     /// Entry `index`: the overlay first (newer), then the engine's durable state.
     fn read_one(&self, index: u64) -> StoreResult<Option<C::Entry>, C> {
-        Ok(self.read_one_sized(index)?.map(|(entry, _)| entry))
+        let mut restarts = Restarts::new(&self.deletes);
+        Ok(self
+            .read_one_sized(index, &mut restarts)?
+            .map(|(entry, _)| entry))
     }
 
     /// As [`Shared::read_one`], with the bytes read for it: its encoding's length as stored
-    /// (0 for an entry of the overlay, already in memory).
-    fn read_one_sized(&self, index: u64) -> StoreResult<Option<(C::Entry, usize)>, C> {
+    /// (0 for an entry of the overlay, already in memory). A restart for a moving epoch
+    /// counts in `restarts`, the read's.
+    fn read_one_sized<'s>(
+        &'s self,
+        index: u64,
+        restarts: &mut Restarts<'s>,
+    ) -> StoreResult<Option<(C::Entry, usize)>, C> {
         let read_err = |e: &CodecError| StorageIOError::read_log_at_index(index, AnyError::new(e));
         // The epoch under which the entry failed to reassemble once already.
         let mut failed_under = None;
@@ -197,14 +229,17 @@ where
                     // (the index applies them under its lock), so a chunk found gone by a
                     // delete means the key is gone too, and a second read finds no entry.
                     // Only a failure read twice under one epoch is damage.
-                    Err(_)
-                        if self.epoch.load(Ordering::SeqCst) != epoch
-                            || failed_under != Some(epoch) =>
-                    {
-                        failed_under = Some(epoch);
-                        continue;
+                    Err(e) => {
+                        let moved = self.epoch.load(Ordering::SeqCst) != epoch;
+                        if moved || failed_under != Some(epoch) {
+                            if moved {
+                                restarts.restart(self, index);
+                            }
+                            failed_under = Some(epoch);
+                            continue;
+                        }
+                        Err(e)
                     }
-                    Err(e) => Err(e),
                 },
             };
             return decoded.map(Some).map_err(|e| read_err(&e).into());
@@ -262,6 +297,7 @@ where
         max: usize,
         bytes_max: usize,
     ) -> StoreResult<Vec<C::Entry>, C> {
+        let mut restarts = Restarts::new(&self.deletes);
         // Before the bounds (see `epoch`).
         let mut epoch = self.epoch.load(Ordering::SeqCst);
         let (first, next) = self.bounds();
@@ -281,16 +317,20 @@ where
         let mut bytes = 0usize;
         let (mut index, end) = (start.max(first), end.min(next));
         while index < end && out.len() < max && bytes < bytes_max {
-            let entry = self.read_one_sized(index)?;
-            let now = self.epoch.load(Ordering::SeqCst);
-            if now != epoch {
+            let entry = self.read_one_sized(index, &mut restarts)?;
+            if self.epoch.load(Ordering::SeqCst) != epoch {
                 // A truncate or purge moved the log while this read: the entries from here on
                 // may be another log's (a new leader's, where a truncate deleted). The ones
-                // read before are returned; with none read yet, this one is read again.
+                // read before are returned; with none read yet, this one is read again,
+                // holding truncates and purges off after a few restarts (the epoch is taken
+                // once the hold is: it stays put from then on). The bounds taken first still
+                // hold: entries past them are not read, and the ones the read finds within
+                // them under one epoch are one log's.
                 if !out.is_empty() {
                     break;
                 }
-                epoch = now;
+                restarts.restart(self, index);
+                epoch = self.epoch.load(Ordering::SeqCst);
                 continue;
             }
             match entry {
@@ -320,22 +360,67 @@ where
     }
 }
 
+/// A read's restarts for a moving epoch, and its hold on truncates and purges
+/// (`Shared::deletes`), taken at the [`RESTARTS_MAX`]th: a read that has read nothing yet
+/// restarts at every truncate or purge that begins while it reads, and without the hold a
+/// truncate at each attempt (a deposed leader's log truncated again and again while its
+/// replication reads) would keep it from ever returning. Held until the read returns.
+struct Restarts<'s> {
+    deletes: &'s RwLock<()>,
+    count: u32,
+    held: Option<RwLockReadGuard<'s, ()>>,
+}
+
+impl<'s> Restarts<'s> {
+    fn new(deletes: &'s RwLock<()>) -> Self {
+        Restarts {
+            deletes,
+            count: 0,
+            held: None,
+        }
+    }
+
+    /// Counts a restart at entry `index`; the [`RESTARTS_MAX`]th takes the hold (and tells
+    /// the test's hook). The hold waits, at most, for a truncate's or purge's bump of the
+    /// epoch, which holds no other lock; a reader holds nothing the truncate waits for
+    /// besides it, so the two never wait on each other.
+    fn restart<C: RaftTypeConfig>(&mut self, shared: &Shared<C>, index: u64) {
+        self.count += 1;
+        if self.count >= RESTARTS_MAX && self.held.is_none() {
+            self.held = Some(self.deletes.read().unwrap_or_else(PoisonError::into_inner));
+            if let Some(hook) = shared.read_hook.get() {
+                hook(index, HOLDS_DELETES_OFF);
+            }
+        }
+    }
+}
+
 /// A truncate's or purge's hold on the epoch: bumped when it begins, before its deletes are
 /// submitted, and again when it ends, after they landed (or when it failed or was dropped).
 /// `truncate` and `purge` take `&mut` the store, so the appends that write over what they
-/// deleted come after the second bump.
-struct Deleting<'a>(&'a AtomicU64);
+/// deleted come after the second bump. Each bump is made under `Shared::deletes`, so it
+/// waits for a reader holding truncates off ([`Restarts`]), which reads only, for one read.
+struct Deleting<'a> {
+    epoch: &'a AtomicU64,
+    deletes: &'a RwLock<()>,
+}
 
 impl<'a> Deleting<'a> {
-    fn begin(epoch: &'a AtomicU64) -> Self {
-        epoch.fetch_add(1, Ordering::SeqCst);
-        Deleting(epoch)
+    fn begin(epoch: &'a AtomicU64, deletes: &'a RwLock<()>) -> Self {
+        let deleting = Deleting { epoch, deletes };
+        deleting.bump();
+        deleting
+    }
+
+    fn bump(&self) {
+        let _held = self.deletes.write().unwrap_or_else(PoisonError::into_inner);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 }
 
 impl Drop for Deleting<'_> {
     fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
+        self.bump();
     }
 }
 
@@ -491,34 +576,30 @@ fn put_waiting(engine: &Engine, key: &[u8], value: &[u8]) -> Result<Ticket, merg
     }
 }
 
-/// Puts entry `index`, `encoded`. Up to `chunk_len` bytes it is its key's value; longer, it
-/// is stored in chunks and then its key gets the empty value that marks it chunked: every
-/// chunk goes in the key's batch or an earlier one, so after a crash the key is there only
-/// with all its chunks (chunks without their key are deleted at open). Recorded in
+/// Puts entry `index`, `entry`, whose encoding `measured` found. Up to `chunk_len` bytes the
+/// encoding is its key's value; longer, the entry is encoded again straight into its chunks
+/// (never whole in memory) and then its key gets the empty value that marks it chunked:
+/// every chunk goes in the key's batch or an earlier one, so after a crash the key is there
+/// only with all its chunks (chunks without their key are deleted at open). Recorded in
 /// `chunked`, for a truncate or purge to delete its chunks.
-fn put_entry(
+fn put_entry<T: serde::Serialize>(
     out: &mut Batches,
     chunked: &mut BTreeMap<u64, u32>,
     chunk_len: usize,
     index: u64,
-    encoded: &[u8],
+    entry: &T,
+    measured: Measured,
 ) -> Result<(), CodecError> {
-    // (An entry's encoding is never empty, but an empty one would read as a chunked entry.)
-    if !encoded.is_empty() && encoded.len() <= chunk_len {
-        return out
-            .put(&entry_key(index), encoded)
-            .map_err(CodecError::Engine);
-    }
-    let (chunk0, rest) =
-        meta::chunks(encoded, chunk_len).ok_or(CodecError::TooLarge(encoded.len()))?;
-    chunked.insert(index, 1 + rest.len() as u32);
-    let put =
-        |out: &mut Batches, n: usize, chunk: &[u8]| out.put(&chunk_key(index, n as u32), chunk);
-    put(out, 0, &chunk0).map_err(CodecError::Engine)?;
-    drop(chunk0);
-    for (n, chunk) in rest.enumerate() {
-        put(out, n + 1, chunk).map_err(CodecError::Engine)?;
-    }
+    let (len, crc) = match measured {
+        Measured::Whole(encoded) => {
+            return (out.put(&entry_key(index), &encoded)).map_err(CodecError::Engine);
+        }
+        Measured::Chunked { len, crc } => (len, crc),
+    };
+    let count = meta::chunk_count(len, chunk_len).ok_or(CodecError::TooLarge(len))?;
+    chunked.insert(index, count);
+    let put = |n: u32, chunk: &[u8]| out.put(&chunk_key(index, n), chunk);
+    meta::put_chunks(entry, index, (len, crc), chunk_len, put)?;
     out.put(&entry_key(index), &[]).map_err(CodecError::Engine)
 }
 
@@ -620,7 +701,9 @@ where
             bounds: RwLock::new((first, first)),
             queued: AtomicUsize::new(0),
             epoch: AtomicU64::new(0),
+            deletes: RwLock::new(()),
             read_hook: std::sync::OnceLock::new(),
+            delete_hook: std::sync::OnceLock::new(),
             read_bytes_max: AtomicUsize::new(READ_BYTES_MAX),
         });
         let (next, last_log) = match present {
@@ -736,11 +819,23 @@ where
     /// For tests: `hook(index, 0)` is called before entry `index` is read (the overlay, then
     /// its key in the engine), and `hook(index, n)` before chunk `n` (1 or more) of an entry
     /// stored in chunks is, by this store and its readers, so that a test can hold a reader
-    /// between two entries or two chunk reads while it truncates, purges or appends. Set
-    /// once; later calls change nothing.
+    /// between two entries or two chunk reads while it truncates, purges or appends.
+    /// `hook(index, u32::MAX)` is called when a reader, restarted again and again by
+    /// truncates and purges, begins to hold them off for the rest of its read (a truncate
+    /// or purge then waits for it). Set once; later calls change nothing.
     #[doc(hidden)]
     pub fn set_read_hook(&self, hook: impl Fn(u64, u32) + Send + Sync + 'static) {
         let _ = self.shared.read_hook.set(Box::new(hook));
+    }
+
+    /// For tests: `hook(from)` is called by `truncate` (`from` the first index it deletes)
+    /// and `purge` (`from` the first index after those it deletes) once they have bumped
+    /// the store's epoch and before they submit their deletes or change the log's bounds,
+    /// so that a test can start a reader in that window. Set once; later calls change
+    /// nothing.
+    #[doc(hidden)]
+    pub fn set_delete_hook(&self, hook: impl Fn(u64) + Send + Sync + 'static) {
+        let _ = self.shared.delete_hook.set(Box::new(hook));
     }
 
     /// The engine under the store (for its counters, or to close it after the Raft node
@@ -793,11 +888,18 @@ where
         Ok(())
     }
 
-    /// Puts the entries as batches within the engine's limits: each batch is atomic and a
-    /// prefix of what is left, so a crash leaves no hole.
+    /// Puts the entries, whose encodings `measured` found (in order), as batches within the
+    /// engine's limits: each batch is atomic and a prefix of what is left, so a crash leaves
+    /// no hole. Each encoding kept whole is dropped once in its batch, and one stored in
+    /// chunks is made again chunk by chunk, so besides the entries this holds the encodings
+    /// of the small ones and a batch (within the budget) and a chunk at a time.
     /// A committed id not yet in the log goes into the first batch (it covers entries of
     /// earlier batches only).
-    fn put_entries(&mut self, entries: &[(u64, Vec<u8>)]) -> StoreResult<Vec<Ticket>, C> {
+    fn put_entries(
+        &mut self,
+        entries: &[C::Entry],
+        measured: Vec<Measured>,
+    ) -> StoreResult<Vec<Ticket>, C> {
         let mut out = Batches::new(&self.shared.engine);
         if self.committed_unsaved {
             let value = encode(&self.committed).map_err(|e| io_err(StorageIOError::write, &e))?;
@@ -805,9 +907,11 @@ where
             (out.put(COMMITTED_KEY, &value)).map_err(|e| io_err(StorageIOError::write, &e))?;
         }
         let (chunked, chunk_len) = (&mut self.chunked, self.chunk_len);
-        let put = entries
-            .iter()
-            .try_for_each(|(index, value)| put_entry(&mut out, chunked, chunk_len, *index, value))
+        let put = (entries.iter().zip(measured))
+            .try_for_each(|(entry, measured)| {
+                let index = entry.get_log_id().index;
+                put_entry(&mut out, chunked, chunk_len, index, entry, measured)
+            })
             .and_then(|()| out.submit().map_err(CodecError::Engine));
         if !out.tickets.is_empty() {
             self.committed_unsaved = false;
@@ -997,27 +1101,24 @@ where
             return Ok(());
         };
         let (first, last_id) = (first.get_log_id().index, last.get_log_id().clone());
-        let mut encoded = Vec::with_capacity(entries.len());
-        for entry in &entries {
-            let value = encode(entry).map_err(|e| io_err(StorageIOError::write_logs, &e))?;
-            encoded.push((entry.get_log_id().index, value));
-        }
+        // Every entry encoded once before anything is submitted (an entry that does not
+        // encode fails the append whole), keeping only the encodings that fit one value: a
+        // larger entry is encoded again into its chunks as they are put (`put_entry`).
+        let measured = (entries.iter())
+            .map(|entry| meta::measure(entry, self.chunk_len))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| io_err(StorageIOError::write_logs, &e))?;
+        let tickets = self.put_entries(&entries, measured)?;
         self.generation += 1;
         let generation = self.generation;
         // Readable before this returns, as openraft requires: the overlay serves them
-        // until the completion thread knows them durable.
+        // until the completion thread knows them durable. (Not before they were put: until
+        // the new bounds below no reader reads them, so the overlay is not needed yet.)
         self.shared.pending().extend(
             entries
                 .into_iter()
                 .map(|e| (e.get_log_id().index, (generation, e))),
         );
-        let tickets = match self.put_entries(&encoded) {
-            Ok(tickets) => tickets,
-            Err(e) => {
-                self.shared.forget_pending(first, last_id.index, generation);
-                return Err(e);
-            }
-        };
         let (log_first, _) = self.shared.bounds();
         self.shared.set_bounds(log_first, last_id.index + 1);
         self.last_log = Some(last_id.clone());
@@ -1062,7 +1163,10 @@ where
         // Before the deletes: a reader that finds a chunk of these entries gone reads again.
         // Held until they landed (the end of this call).
         let shared = self.shared.clone();
-        let _deleting = Deleting::begin(&shared.epoch);
+        let _deleting = Deleting::begin(&shared.epoch, &shared.deletes);
+        if let Some(hook) = shared.delete_hook.get() {
+            hook(from);
+        }
         let chunked = self.chunked.split_off(&from);
         let mut out = Batches::new(&self.shared.engine);
         // Highest first, so that a crash between batches leaves a prefix (no hole).
@@ -1102,7 +1206,10 @@ where
         // Before the deletes: a reader that finds a chunk of these entries gone reads again.
         // Held until they landed (the end of this call).
         let shared = self.shared.clone();
-        let _deleting = Deleting::begin(&shared.epoch);
+        let _deleting = Deleting::begin(&shared.epoch, &shared.deletes);
+        if let Some(hook) = shared.delete_hook.get() {
+            hook(upto.saturating_add(1));
+        }
         let kept = self.chunked.split_off(&upto.saturating_add(1));
         let chunked = std::mem::replace(&mut self.chunked, kept);
         let mut out = Batches::new(&self.shared.engine);

@@ -102,25 +102,229 @@ impl ChunkHeader {
     }
 }
 
-/// How `encoded` is stored in chunks of at most `chunk_len` bytes: chunk 0 (the header and
-/// the first bytes) and the chunks after it, slices of `encoded` in order. `None` if they
-/// would number more than a u32 holds.
-pub(crate) fn chunks(
-    encoded: &[u8],
-    chunk_len: usize,
-) -> Option<(Vec<u8>, std::slice::Chunks<'_, u8>)> {
-    debug_assert!(chunk_len > CHUNK_HEADER);
-    let first = encoded.len().min(chunk_len - CHUNK_HEADER);
-    let rest = &encoded[first..];
-    let header = ChunkHeader {
-        len: encoded.len() as u64,
-        count: u32::try_from(1 + rest.len().div_ceil(chunk_len)).ok()?,
-        crc: crc32c::crc32c(encoded),
+/// An entry's encoding as the first pass ([`measure`]) found it: whole, if it fits one value,
+/// or only its length and CRC-32C, for the chunks' header; the chunks are then encoded again
+/// straight into chunk-sized buffers ([`put_chunks`]), so a large entry's encoding is never
+/// in memory whole.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Measured {
+    /// The encoding, at most the `keep` bytes `measure` was given, and not empty.
+    Whole(Vec<u8>),
+    /// Longer (or empty): stored in chunks.
+    Chunked { len: u64, crc: u32 },
+}
+
+/// Encodes `value` once, keeping the encoding only while it is at most `keep` bytes long
+/// (`LogStore::chunk_len`): beyond, the bytes go into its length and CRC-32C and are
+/// dropped, a buffer of about `keep` bytes at a time.
+pub(crate) fn measure<T: Serialize + ?Sized>(
+    value: &T,
+    keep: usize,
+) -> Result<Measured, CodecError> {
+    let flavor = Measure {
+        buf: Vec::new(),
+        keep,
+        spilled: false,
+        len: 0,
+        crc: 0,
     };
-    let mut chunk0 = Vec::with_capacity(CHUNK_HEADER + first);
-    chunk0.extend_from_slice(&header.to_bytes());
-    chunk0.extend_from_slice(&encoded[..first]);
-    Some((chunk0, rest.chunks(chunk_len)))
+    postcard::serialize_with_flavor(value, flavor).map_err(CodecError::Postcard)
+}
+
+/// The first pass's flavor: see [`measure`].
+struct Measure {
+    /// The encoding so far while not `spilled`; then bytes not yet in `len` and `crc`.
+    buf: Vec<u8>,
+    keep: usize,
+    /// The encoding is longer than `keep`.
+    spilled: bool,
+    /// Bytes and CRC-32C of the encoding before `buf`.
+    len: u64,
+    crc: u32,
+}
+
+impl Measure {
+    /// Moves `buf` into the length and the CRC.
+    fn fold(&mut self) {
+        self.crc = crc32c::crc32c_append(self.crc, &self.buf);
+        self.len += self.buf.len() as u64;
+        self.buf.clear();
+        self.spilled = true;
+    }
+}
+
+impl postcard::ser_flavors::Flavor for Measure {
+    type Output = Measured;
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.buf.push(byte);
+        if self.buf.len() > self.keep {
+            self.fold();
+        }
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if self.buf.len() + data.len() <= self.keep {
+            self.buf.extend_from_slice(data);
+        } else {
+            // Never buffered whole: a long slice goes straight into the CRC.
+            self.fold();
+            self.crc = crc32c::crc32c_append(self.crc, data);
+            self.len += data.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn finalize(mut self) -> postcard::Result<Measured> {
+        if !self.spilled && !self.buf.is_empty() {
+            return Ok(Measured::Whole(self.buf));
+        }
+        self.fold();
+        Ok(Measured::Chunked {
+            len: self.len,
+            crc: self.crc,
+        })
+    }
+}
+
+/// The number of chunks of at most `chunk_len` bytes that hold an encoding of `len` bytes
+/// after the chunk header; `None` beyond a u32.
+pub(crate) fn chunk_count(len: u64, chunk_len: usize) -> Option<u32> {
+    debug_assert!(chunk_len > CHUNK_HEADER);
+    let rest = len.saturating_sub((chunk_len - CHUNK_HEADER) as u64);
+    u32::try_from(1 + rest.div_ceil(chunk_len as u64)).ok()
+}
+
+/// Encodes `value` a second time, into chunks of at most `chunk_len` bytes handed to
+/// `emit(n, chunk)` in order: chunk 0 the header (`len` bytes, their CRC-32C `crc`, as
+/// [`measure`] found them, and the chunk count) and the first bytes, the others the rest.
+/// A buffer of one chunk is all it holds. The chunks are checked against the header as they
+/// go (no byte past `len`) and at the end (the length, the CRC): a value whose encoding
+/// changed between the passes is an error (`CodecError::Changed`) before the entry's key is
+/// put, never chunks that do not reassemble. Returns the chunk count.
+pub(crate) fn put_chunks<T, E>(
+    value: &T,
+    index: u64,
+    (len, crc): (u64, u32),
+    chunk_len: usize,
+    emit: E,
+) -> Result<u32, CodecError>
+where
+    T: Serialize + ?Sized,
+    E: FnMut(u32, &[u8]) -> Result<(), mergelog::Error>,
+{
+    let count = chunk_count(len, chunk_len).ok_or(CodecError::TooLarge(len))?;
+    let header = ChunkHeader { len, count, crc };
+    let mut buf = Vec::with_capacity(chunk_len);
+    buf.extend_from_slice(&header.to_bytes());
+    let mut failed = None;
+    let chunker = Chunker {
+        index,
+        header,
+        chunk_len,
+        buf,
+        n: 0,
+        written: 0,
+        crc: 0,
+        emit,
+        failed: &mut failed,
+    };
+    let done = postcard::serialize_with_flavor(value, chunker);
+    match (failed, done) {
+        (Some(e), _) => Err(e),
+        (None, Err(e)) => Err(CodecError::Postcard(e)),
+        (None, Ok(())) => Ok(count),
+    }
+}
+
+/// The second pass's flavor: see [`put_chunks`].
+struct Chunker<'f, E> {
+    /// The entry's index, for an error.
+    index: u64,
+    header: ChunkHeader,
+    chunk_len: usize,
+    /// The chunk being filled (chunk 0 begins with the header).
+    buf: Vec<u8>,
+    /// Its number.
+    n: u32,
+    /// Bytes of the encoding and their CRC so far, the header not counted.
+    written: u64,
+    crc: u32,
+    emit: E,
+    /// Why it stopped: postcard's error says nothing of it.
+    failed: &'f mut Option<CodecError>,
+}
+
+impl<E: FnMut(u32, &[u8]) -> Result<(), mergelog::Error>> Chunker<'_, E> {
+    fn stop(&mut self, e: CodecError) -> postcard::Error {
+        *self.failed = Some(e);
+        postcard::Error::SerializeBufferFull
+    }
+
+    /// Appends `data` (at most what fills the chunk) and hands the chunk on once full.
+    fn add(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.written += data.len() as u64;
+        if self.written > self.header.len {
+            let what = format!(
+                "its encoding grew past the {} bytes first found",
+                self.header.len
+            );
+            return Err(self.stop(CodecError::Changed(self.index, what)));
+        }
+        self.crc = crc32c::crc32c_append(self.crc, data);
+        self.buf.extend_from_slice(data);
+        match self.buf.len() < self.chunk_len {
+            true => Ok(()),
+            false => self.emit_chunk(),
+        }
+    }
+
+    fn emit_chunk(&mut self) -> postcard::Result<()> {
+        if let Err(e) = (self.emit)(self.n, &self.buf) {
+            return Err(self.stop(CodecError::Engine(e)));
+        }
+        self.n += 1;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+impl<E: FnMut(u32, &[u8]) -> Result<(), mergelog::Error>> postcard::ser_flavors::Flavor
+    for Chunker<'_, E>
+{
+    type Output = ();
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.add(&[byte])
+    }
+
+    fn try_extend(&mut self, mut data: &[u8]) -> postcard::Result<()> {
+        while !data.is_empty() {
+            let take = data.len().min(self.chunk_len - self.buf.len());
+            self.add(&data[..take])?;
+            data = &data[take..];
+        }
+        Ok(())
+    }
+
+    fn finalize(mut self) -> postcard::Result<()> {
+        // The last chunk, unless the one before ended the encoding (chunk 0 always goes: it
+        // holds the header).
+        if !self.buf.is_empty() {
+            self.emit_chunk()?;
+        }
+        let h = self.header;
+        if (self.written, self.crc, self.n) != (h.len, h.crc, h.count) {
+            let what = format!(
+                "its encoding changed between two passes: {} bytes (CRC-32C {:#010x}) in {} \
+                 chunks, {} bytes ({:#010x}) in {} first",
+                self.written, self.crc, self.n, h.len, h.crc, h.count
+            );
+            return Err(self.stop(CodecError::Changed(self.index, what)));
+        }
+        Ok(())
+    }
 }
 
 /// A value that does not decode, or a log that is not consecutive.
@@ -136,7 +340,10 @@ pub(crate) enum CodecError {
     /// the CRC do not match.
     Chunk(u64, String),
     /// An entry needs more chunks than the format numbers.
-    TooLarge(usize),
+    TooLarge(u64),
+    /// An entry's second encoding, into its chunks, was not its first (a `Serialize` that
+    /// does not give the same bytes twice).
+    Changed(u64, String),
 }
 
 impl fmt::Display for CodecError {
@@ -158,6 +365,10 @@ impl fmt::Display for CodecError {
             CodecError::TooLarge(len) => write!(
                 f,
                 "mergelog-raft: an entry of {len} encoded bytes needs more than 2^32 chunks"
+            ),
+            CodecError::Changed(i, what) => write!(
+                f,
+                "mergelog-raft: entry {i} could not be stored in chunks: {what}"
             ),
         }
     }
@@ -232,31 +443,157 @@ pub(crate) fn chunk_keys(engine: &Engine) -> (BTreeSet<u64>, BTreeMap<u64, u32>)
 mod tests {
     use super::*;
 
-    /// Chunk 0 holds the header and the first bytes, the others the rest in order; each at
-    /// most the chunk length; their concatenation after the header is the encoding, whose
-    /// length and CRC the header holds.
+    use postcard::ser_flavors::Flavor;
+
+    /// Serializes to exactly its bytes (a tuple: no length prefix), one `try_push` each.
+    struct Raw<'a>(&'a [u8]);
+
+    impl Serialize for Raw<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeTuple;
+            let mut t = s.serialize_tuple(self.0.len())?;
+            for b in self.0 {
+                t.serialize_element(b)?;
+            }
+            t.end()
+        }
+    }
+
+    /// Hands `data` to `flavor` in pieces of the lengths `pieces` cycles through (1 goes by
+    /// `try_push`), as a serializer does: one byte, a varint, a whole byte slice.
+    fn feed(flavor: &mut impl Flavor, data: &[u8], pieces: &[usize]) {
+        let mut rest = data;
+        for &n in pieces.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (piece, after) = rest.split_at(n.min(rest.len()));
+            match piece {
+                [b] => flavor.try_push(*b).unwrap(),
+                _ => flavor.try_extend(piece).unwrap(),
+            }
+            rest = after;
+        }
+    }
+
+    /// The first pass keeps an encoding of at most `keep` bytes whole, and of a longer one
+    /// its length and CRC only, whatever pieces it comes in; the second puts the header and
+    /// the encoding in chunks of at most the chunk length: chunk 0 the header and the first
+    /// bytes, the others the rest in order, none empty, as many as the header says.
     #[test]
     fn chunks_hold_the_header_and_the_encoding_in_order() {
         let chunk_len = 64;
-        for len in [0, 1, 47, 48, 49, 64, 112, 113, 1000] {
+        for len in [0, 1, 47, 48, 49, 64, 65, 112, 113, 1000] {
             let encoded: Vec<u8> = (0..len).map(|i| (i * 7 + i / 64) as u8).collect();
-            let (chunk0, rest) = chunks(&encoded, chunk_len).unwrap();
-            let rest: Vec<&[u8]> = rest.collect();
-            let header = ChunkHeader::parse(&chunk0).unwrap();
-            assert_eq!(header.len, len as u64);
-            assert_eq!(header.count as usize, 1 + rest.len());
-            assert_eq!(header.crc, crc32c::crc32c(&encoded));
-            assert!(chunk0.len() <= chunk_len && rest.iter().all(|c| c.len() <= chunk_len));
+            let expected = match len {
+                1..=64 => Measured::Whole(encoded.clone()),
+                _ => Measured::Chunked {
+                    len: len as u64,
+                    crc: crc32c::crc32c(&encoded),
+                },
+            };
+            assert_eq!(measure(&Raw(&encoded), chunk_len).unwrap(), expected);
+            for pieces in [&[1][..], &[3, 1, 200], &[63, 1, 2, 64]] {
+                let mut flavor = Measure {
+                    buf: Vec::new(),
+                    keep: chunk_len,
+                    spilled: false,
+                    len: 0,
+                    crc: 0,
+                };
+                feed(&mut flavor, &encoded, pieces);
+                assert_eq!(flavor.finalize().unwrap(), expected, "{len} in {pieces:?}");
+            }
+            if len > 0 && len <= chunk_len {
+                continue;
+            }
+            let (len64, crc) = (len as u64, crc32c::crc32c(&encoded));
+            let count = chunk_count(len64, chunk_len).unwrap();
+            for pieces in [&[1][..], &[3, 1, 200], &[63, 1, 2, 64]] {
+                let mut chunks = Vec::new();
+                let mut failed = None;
+                let header = ChunkHeader {
+                    len: len64,
+                    count,
+                    crc,
+                };
+                let mut chunker = Chunker {
+                    index: 7,
+                    header,
+                    chunk_len,
+                    buf: header.to_bytes().to_vec(),
+                    n: 0,
+                    written: 0,
+                    crc: 0,
+                    emit: |n: u32, chunk: &[u8]| {
+                        chunks.push((n, chunk.to_vec()));
+                        Ok(())
+                    },
+                    failed: &mut failed,
+                };
+                feed(&mut chunker, &encoded, pieces);
+                chunker.finalize().unwrap();
+                assert!(failed.is_none());
+                assert_eq!(chunks.len(), count as usize, "{len} in {pieces:?}");
+                assert!(chunks
+                    .iter()
+                    .enumerate()
+                    .all(|(i, (n, _))| i == *n as usize));
+                let chunk0 = &chunks[0].1;
+                assert_eq!(ChunkHeader::parse(chunk0), Some(header));
+                assert!(chunks
+                    .iter()
+                    .all(|(_, c)| !c.is_empty() && c.len() <= chunk_len));
+                // Every chunk but the last is full.
+                assert!(chunks[..chunks.len() - 1]
+                    .iter()
+                    .all(|(_, c)| c.len() == chunk_len));
+                let joined: Vec<u8> = std::iter::once(&chunk0[CHUNK_HEADER..])
+                    .chain(chunks[1..].iter().map(|(_, c)| &c[..]))
+                    .flatten()
+                    .copied()
+                    .collect();
+                assert_eq!(joined, encoded);
+                // And the same through a serializer.
+                let mut again = Vec::new();
+                let put = |n: u32, chunk: &[u8]| {
+                    again.push((n, chunk.to_vec()));
+                    Ok(())
+                };
+                assert_eq!(
+                    put_chunks(&Raw(&encoded), 7, (len64, crc), chunk_len, put).ok(),
+                    Some(count)
+                );
+                assert_eq!(again, chunks);
+            }
+        }
+    }
+
+    /// A value whose second encoding differs from its first (longer, shorter, other bytes):
+    /// the chunks stop with an error naming the entry, never a full set of chunks that does
+    /// not reassemble.
+    #[test]
+    fn an_encoding_that_changes_between_the_passes_is_an_error() {
+        let chunk_len = 64;
+        let first: Vec<u8> = (0..300).map(|i| i as u8).collect();
+        let (len, crc) = (first.len() as u64, crc32c::crc32c(&first));
+        let mut other = first.clone();
+        other[200] ^= 1;
+        for second in [&first[..299], &[&first[..], &[1]].concat(), &other] {
+            let mut emitted = 0;
+            let put = |_: u32, _: &[u8]| {
+                emitted += 1;
+                Ok(())
+            };
+            let err = put_chunks(&Raw(second), 9, (len, crc), chunk_len, put).unwrap_err();
             assert!(
-                rest.iter().all(|c| !c.is_empty()),
-                "no empty chunk at {len}"
+                matches!(err, CodecError::Changed(9, _)),
+                "{} bytes: {err}",
+                second.len()
             );
-            let joined: Vec<u8> = std::iter::once(&chunk0[CHUNK_HEADER..])
-                .chain(rest)
-                .flatten()
-                .copied()
-                .collect();
-            assert_eq!(joined, encoded);
+            assert!(err
+                .to_string()
+                .contains("entry 9 could not be stored in chunks"));
         }
     }
 

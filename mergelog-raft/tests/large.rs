@@ -657,3 +657,151 @@ async fn a_range_read_racing_a_truncate_and_an_append_returns_no_gap() {
     assert_eq!(indexes, [1, 2], "a range read must be consecutive");
     store.close().unwrap();
 }
+
+/// What the store's read hook is called with when a reader, restarted by truncates and
+/// purges again and again, holds them off for the rest of its read (`LogStore::set_read_hook`).
+const HOLDS_DELETES_OFF: u32 = u32::MAX;
+
+/// The hook of `store` holds its readers at every entry or chunk of an entry in `indexes`
+/// (and where one begins to hold deletes off); the test's ends: where a reader arrived, its
+/// go-ahead, and a sender of arrivals. Reads elsewhere (the store's own, of the entry before
+/// a truncate) are not held.
+fn hold_every_read(store: &Store, indexes: std::ops::RangeInclusive<u64>) -> PauseEnds {
+    let (arrived_tx, arrived) = std::sync::mpsc::channel();
+    let (resume, resume_rx) = std::sync::mpsc::channel::<()>();
+    let also_arrived = arrived_tx.clone();
+    let arrived_tx = std::sync::Mutex::new(arrived_tx);
+    let resume_rx = std::sync::Mutex::new(resume_rx);
+    store.set_read_hook(move |index, n| {
+        if !indexes.contains(&index) {
+            return;
+        }
+        let _ = arrived_tx.lock().unwrap().send((index, n));
+        // A test that failed drops its end: the reader goes on.
+        let _ = resume_rx.lock().unwrap().recv_timeout(HANG_GUARD);
+    });
+    (arrived, resume, also_arrived)
+}
+
+/// A range read that has read nothing yet, while every attempt of it meets a truncate of the
+/// whole log and a new leader's entries in its place (before the entry's read, `n` = 0, or
+/// between an entry's chunks, `n` = 1): it restarted at every epoch change and never
+/// returned. After a few restarts it holds truncates and purges off for the rest of its
+/// read (the hook says so), and returns the log of the last leader whole.
+#[tokio::test]
+async fn a_range_read_restarted_by_truncates_again_and_again_makes_progress() {
+    for (len, disrupt_at) in [(100, 0), (3 * CHUNK_LEN, 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let mut log: Vec<_> = (1..=3).map(|i| entry(1, i, len)).collect();
+        store.blocking_append(log.clone()).await.unwrap();
+        let (arrived, resume, arrived_tx) = hold_every_read(&store, 1..=3);
+        let (read_tx, read) = std::sync::mpsc::channel();
+        let mut reader = store.get_log_reader().await;
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let entries = runtime.block_on(reader.try_get_log_entries(1..=3));
+            let _ = read_tx.send(entries.map_err(|e| e.to_string()));
+            let _ = arrived_tx.send(DONE);
+        });
+        let (mut truncates, mut held_off) = (0u64, false);
+        loop {
+            let at = arrived
+                .recv_timeout(HANG_GUARD)
+                .expect("hung: the reader neither arrived nor finished");
+            if at == DONE {
+                break;
+            }
+            if at.1 == HOLDS_DELETES_OFF {
+                held_off = true;
+            } else if !held_off && at == (1, disrupt_at) {
+                assert!(
+                    truncates < 100,
+                    "the read restarted at each of {truncates} truncates and never returned \
+                     (entries of {len} bytes, truncated at (1, {disrupt_at}))"
+                );
+                truncates += 1;
+                // A truncate of the whole log, and a new leader's entries, of other
+                // lengths so that chunks of one never complete the other's.
+                store.truncate(log_id(1, 1, 1)).await.unwrap();
+                let term = truncates + 1;
+                log = (1..=3)
+                    .map(|i| entry(term, i, len + 1000 * (term as usize % 3)))
+                    .collect();
+                store.blocking_append(log.clone()).await.unwrap();
+            }
+            resume.send(()).unwrap();
+        }
+        let read = read.recv_timeout(HANG_GUARD).expect("the reader finishes");
+        assert_eq!(read, Ok(log.clone()), "the read gives the last log whole");
+        assert!(
+            held_off,
+            "the hook was told that the reader held deletes off"
+        );
+        store.close().unwrap();
+    }
+}
+
+/// A reader that takes the store's epoch and the log's bounds between a truncate's first
+/// epoch bump and its new bounds (a hook holds the truncate there: `set_delete_hook`): the
+/// epoch it holds is already the truncate's, and the bounds are the old log's. It reads
+/// entries of the old log, then the truncate ends and a new leader's entries are appended at
+/// the truncated indexes, and it reads on: it must not return the new entries after the old
+/// ones (`truncate`'s second bump, once its deletes landed, tells it). With entries stored in
+/// chunks, the reader is held between two chunks of the entry the new one replaces.
+#[tokio::test]
+async fn a_reader_that_starts_between_a_truncates_epoch_and_its_bounds_reads_one_log() {
+    for (len, hold_at, kept) in [(100, (4, 0), 3), (3 * CHUNK_LEN, (3, 1), 2)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let log: Vec<_> = (1..=5).map(|i| entry(1, i, len)).collect();
+        store.blocking_append(log.clone()).await.unwrap();
+        let (arrived, resume, _) = pause_readers(&store, vec![hold_at]);
+        let (begun_tx, begun) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let go_rx = std::sync::Mutex::new(go_rx);
+        store.set_delete_hook(move |from| {
+            let _ = begun_tx.send(from);
+            let _ = go_rx.lock().unwrap().recv_timeout(HANG_GUARD);
+        });
+        let reader = store.get_log_reader().await;
+        // The truncate of 3 to 5 and the new leader's entries, on a thread of its own: the
+        // hook holds it after its first bump.
+        let newer: Vec<_> = (3..=5).map(|i| entry(2, i, len + 2000)).collect();
+        let appended = newer.clone();
+        let truncator = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                store.truncate(log_id(1, 1, 3)).await.unwrap();
+                store.blocking_append(appended).await.unwrap();
+            });
+            store
+        });
+        assert_eq!(
+            begun.recv_timeout(HANG_GUARD).expect("the truncate began"),
+            3
+        );
+        // The reader takes the epoch and the bounds now, and is held at `hold_at`.
+        let read = read_on_a_thread(reader, 1..=5);
+        assert_eq!(arrived.recv_timeout(HANG_GUARD).unwrap(), hold_at);
+        go.send(()).unwrap();
+        let mut store = truncator.join().expect("the truncate and the append");
+        resume.send(()).unwrap();
+        let read = read.recv_timeout(HANG_GUARD).expect("the reader finishes");
+        let read: Vec<_> = read
+            .expect("the read")
+            .iter()
+            .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+            .collect();
+        let expected: Vec<_> = (1..=kept).map(|i| (1, i)).collect();
+        assert_eq!(read, expected, "entries of the old log only, consecutive");
+        let mut now = log[..2].to_vec();
+        now.extend(newer);
+        assert_eq!(read_all(&mut store).await, now);
+        store.close().unwrap();
+    }
+}

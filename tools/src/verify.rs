@@ -92,7 +92,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, CliError> {
 
 /// What the check of a log found.
 enum Outcome {
-    Clean(LogReader, Summary),
+    Clean(Box<LogReader>, Summary),
     Damaged(Damage),
 }
 
@@ -135,7 +135,7 @@ fn check(dir: &Path, live: bool) -> Result<Outcome, CliError> {
         None => consumer_files(&reader)?,
     };
     Ok(match found {
-        None => Outcome::Clean(reader, summary),
+        None => Outcome::Clean(Box::new(reader), summary),
         Some(d) => Outcome::Damaged(d),
     })
 }

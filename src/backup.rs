@@ -191,17 +191,21 @@ fn fill(
     let mut bytes = 0u64;
     let mut linked = 0;
     let images = view.segment_images();
+    // Cleared once a link could not be made (another file system, no hard links): every
+    // later segment is copied without reading the earlier file first.
+    let mut earlier = earlier;
     for (path, size, image) in &images {
         let name = path
             .file_name()
             .expect("a segment file's path ends in its name");
-        if let Some(earlier) = earlier {
-            let prev = earlier.join(name);
-            if dir::backup_file_matches(&prev, image, *size)?
-                && dir::backup_link(io, &prev, &staging.join(name))?
-            {
-                linked += 1;
-                continue;
+        if let Some(from) = earlier {
+            let prev = from.join(name);
+            if dir::backup_file_matches(&prev, image, *size)? {
+                if dir::backup_link(io, &prev, &staging.join(name))? {
+                    linked += 1;
+                    continue;
+                }
+                earlier = None;
             }
         }
         dir::backup_file(

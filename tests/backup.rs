@@ -1079,12 +1079,14 @@ fn a_power_loss_at_any_step_of_an_opens_unsharing_leaves_both_backups_whole() {
     assert!(k > 8, "the open took {k} operations");
 }
 
-/// Fails every `IoOp::Link` as a link across file systems does.
-struct NoLinks;
+/// Fails every `IoOp::Link` as a link across file systems does, and counts them.
+#[derive(Default)]
+struct NoLinks(AtomicUsize);
 
 impl Io for NoLinks {
     fn before(&self, op: IoOp, _path: &Path, _offset: u64, _data: &[u8]) -> io::Result<()> {
         if op == IoOp::Link {
+            self.0.fetch_add(1, Ordering::SeqCst);
             return Err(io::Error::from_raw_os_error(libc::EXDEV));
         }
         Ok(())
@@ -1100,11 +1102,16 @@ fn an_incremental_backup_onto_another_file_system_copies_every_segment() {
         root.path().join("b2"),
         root.path().join("full"),
     );
-    let engine = Engine::open_with_io(&src, small_segments(), Arc::new(NoLinks)).unwrap();
+    let links = Arc::new(NoLinks::default());
+    let engine = Engine::open_with_io(&src, small_segments(), links.clone()).unwrap();
     fill(&engine, "a", 300);
     engine.backup(&b1).unwrap();
     let second = engine.backup_since(&b1, &b2).unwrap();
     assert_eq!(second.linked, 0, "{second:?}");
+    assert!(second.segments > 1, "{second:?}");
+    // One refused link says the rest would be refused too: the later segments are copied
+    // without being read and compared first (before, each was, and each link tried).
+    assert_eq!(links.0.load(Ordering::SeqCst), 1, "links tried");
     let whole = engine.backup(&full).unwrap();
     assert_eq!(second.bytes, whole.bytes);
     let contents = |d: &Path| -> Vec<(String, Digest, u64)> { files_of(d) };

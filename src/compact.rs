@@ -93,7 +93,8 @@ pub struct AutoCompaction {
     /// segments more; 0.6 with segments of at most a tenth of the live data keeps the files
     /// within twice it, at more copying: README, "Compaction").
     pub live_ratio: f64,
-    /// Never compact a log smaller than this (bytes of frames; default 0).
+    /// Never compact a log smaller than this (bytes of frames; default 0). At most
+    /// `max_log_bytes`, if that is set (`open` refuses it otherwise).
     pub min_log_bytes: u64,
     /// Also compact once the frames exceed this many bytes, whatever the live ratio (default
     /// `None`). Each such run copies every live record of the complete segments, so with
@@ -130,6 +131,15 @@ impl Compaction {
             }
             if a.check_every.is_zero() {
                 return Err("compaction check_every must not be zero".into());
+            }
+            // "Never below min_log_bytes" and "always above max_log_bytes" cannot both hold
+            // for a log between the two: refused rather than one of them silently ignored.
+            if let Some(max) = a.max_log_bytes.filter(|&max| max < a.min_log_bytes) {
+                return Err(format!(
+                    "compaction max_log_bytes = {max} is below min_log_bytes = {}: a log \
+                     between the two would have to be compacted and left alone",
+                    a.min_log_bytes
+                ));
             }
         }
         Ok(())

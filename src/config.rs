@@ -109,6 +109,10 @@ pub const SEGMENT_BYTES_MAX: u64 = 1 << 32;
 /// The most retired segments `Config::recycle_segments` may keep.
 pub const RECYCLE_SEGMENTS_MAX: usize = 64;
 
+/// The largest `Config::value_len_max`, `Config::batch_bytes_max` and `Config::batch_ops_max`:
+/// 2^31 − 1 (2,147,483,647). Lengths and counts travel as u32s, with a bit to spare.
+pub(crate) const LEN_MAX: usize = u32::MAX as usize / 2;
+
 /// The most syncer threads `Config::syncers` may ask for.
 pub const SYNCERS_MAX: usize = 16;
 
@@ -125,14 +129,17 @@ pub struct Config {
     pub segment_bytes: u64,
     /// Longest key accepted, at most 65,535. Default 4096. The empty key is a valid key.
     pub key_len_max: usize,
-    /// Longest value accepted. Default 1 MiB.
+    /// Longest value accepted, at most 2^31 − 1 (2,147,483,647). Default 1 MiB.
     pub value_len_max: usize,
-    /// A window is cut once its requests reach this many ring bytes; 4096 to 2^31, and a
+    /// A window is cut once its requests reach this many ring bytes; 4096 to 2^31 − 1, and a
     /// segment must hold one such batch (`segment_bytes`). Default 4 MiB.
     pub batch_bytes_max: usize,
-    /// A window is cut once it holds this many operations. Default 1,048,576.
+    /// A window is cut once it holds this many operations; 1 to 2^31 − 1.
+    /// Default 1,048,576.
     pub batch_ops_max: usize,
-    /// A window is cut this long after its first request, whatever the policy. Default 1 ms.
+    /// A window is cut this long after its first request, whatever the policy; 1 ns to 10 s,
+    /// and at least the policy's own wait (`Linger`'s time, `Adaptive`'s quiet time).
+    /// Default 1 ms.
     pub window_age_max: Duration,
     /// When to cut a window.
     pub window: WindowPolicy,
@@ -288,21 +295,21 @@ impl Config {
                 format::KEY_LEN_MAX
             ));
         }
-        if self.value_len_max > u32::MAX as usize / 2 {
+        if self.value_len_max > LEN_MAX {
             return bad(format!(
-                "value_len_max = {} is too large",
+                "value_len_max = {} exceeds {LEN_MAX} (2^31 - 1)",
                 self.value_len_max
             ));
         }
-        if self.batch_ops_max == 0 || self.batch_ops_max > u32::MAX as usize / 2 {
+        if self.batch_ops_max == 0 || self.batch_ops_max > LEN_MAX {
             return bad(format!(
-                "batch_ops_max = {} must be between 1 and 2^31",
+                "batch_ops_max = {} must be between 1 and {LEN_MAX} (2^31 - 1)",
                 self.batch_ops_max
             ));
         }
-        if self.batch_bytes_max < 4096 || self.batch_bytes_max > u32::MAX as usize / 2 {
+        if self.batch_bytes_max < 4096 || self.batch_bytes_max > LEN_MAX {
             return bad(format!(
-                "batch_bytes_max = {} must be between 4096 and 2^31",
+                "batch_bytes_max = {} must be between 4096 and {LEN_MAX} (2^31 - 1)",
                 self.batch_bytes_max
             ));
         }

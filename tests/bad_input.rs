@@ -627,6 +627,27 @@ fn rules() -> Vec<Rule> {
                 ..b()
             },
         },
+        // A compaction policy that asks never to compact a log below one size and always
+        // above a smaller one cannot be followed: `min_log_bytes` silently won.
+        Rule {
+            setting: "max_log_bytes",
+            valid: Config {
+                compaction: mergelog::Compaction::Auto(mergelog::AutoCompaction {
+                    min_log_bytes: 1 << 20,
+                    max_log_bytes: Some(1 << 20),
+                    ..Default::default()
+                }),
+                ..b()
+            },
+            invalid: Config {
+                compaction: mergelog::Compaction::Auto(mergelog::AutoCompaction {
+                    min_log_bytes: 1 << 30,
+                    max_log_bytes: Some(1 << 20),
+                    ..Default::default()
+                }),
+                ..b()
+            },
+        },
         Rule {
             setting: "overlap_syncs_above",
             valid: Config {
@@ -639,6 +660,43 @@ fn rules() -> Vec<Rule> {
             },
         },
     ]
+}
+
+/// A size limit refused for being too large says the largest value it accepts, the one its
+/// doc gives: 2^31 - 1 for `batch_bytes_max`, `batch_ops_max` and `value_len_max` (a value's
+/// length travels as a u32 with a bit to spare). The messages said "between 4096 and 2^31"
+/// and "between 1 and 2^31" while refusing 2^31 itself, and "is too large" without a limit.
+/// (Validated only: the 4 GiB segment such a batch needs is not opened.)
+#[test]
+fn a_size_limit_refused_for_being_too_large_says_the_largest_value_it_accepts() {
+    let largest = (1usize << 31) - 1;
+    let with = |setting: &str, n: usize| {
+        let mut c = Config {
+            segment_bytes: mergelog::SEGMENT_BYTES_MAX,
+            ..base()
+        };
+        match setting {
+            "batch_bytes_max" => c.batch_bytes_max = n,
+            "batch_ops_max" => c.batch_ops_max = n,
+            _ => c.value_len_max = n,
+        }
+        c
+    };
+    for setting in ["batch_bytes_max", "batch_ops_max", "value_len_max"] {
+        with(setting, largest)
+            .validate()
+            .unwrap_or_else(|e| panic!("{setting} = {largest} refused: {e}"));
+        for past in [largest + 1, usize::MAX] {
+            match with(setting, past).validate() {
+                Err(Error::InvalidConfig(msg)) => assert!(
+                    names(&msg, setting) && names(&msg, &largest.to_string()),
+                    "{setting} = {past}: the message does not name the setting and the largest \
+                     value accepted ({largest}): {msg:?}"
+                ),
+                other => panic!("{setting} = {past}: {other:?}"),
+            }
+        }
+    }
 }
 
 /// A segment larger than the format holds (a frame's body length is a u32) is refused before

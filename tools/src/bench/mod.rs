@@ -201,7 +201,8 @@ pub struct WorkloadArgs {
     /// [engine default: 4M].
     #[arg(long, value_name = "BYTES", value_parser = bytes)]
     batch_bytes_max: Option<u64>,
-    /// Cut a window once it holds this many operations [engine default: 1048576].
+    /// Cut a window once it holds this many operations, at most 2147483647 [engine default:
+    /// 1048576].
     #[arg(long, value_name = "N", value_parser = batch_ops)]
     batch_ops_max: Option<u64>,
     /// Bytes of the ingest ring, a power of two (suffixes K, M, G) [engine default: 16M].
@@ -637,8 +638,9 @@ fn consumer_rate(s: &str) -> Result<f64, String> {
     )
 }
 
+/// The engine's limit, `Config::batch_ops_max`: 2^31 - 1.
 fn batch_ops(s: &str) -> Result<u64, String> {
-    count(s, u64::from(u32::MAX))
+    count(s, u64::from(u32::MAX / 2))
 }
 
 fn window_age(s: &str) -> Result<u64, String> {
@@ -2183,6 +2185,38 @@ mod tests {
             cpu < work + setup / 2,
             "the run's {cpu:?} counts the writers' {setup:?} before the line"
         );
+    }
+
+    /// The flags that set an engine limit refuse what the engine would: `--batch-ops-max`
+    /// past 2^31 - 1 as a flag error naming the flag and the largest value, `--batch-bytes-max`
+    /// past it with the engine's error naming the setting and that value (no run: the plan is
+    /// only made).
+    #[test]
+    fn engine_limits_past_the_largest_value_are_refused_with_it() {
+        #[derive(clap::Parser, Debug)]
+        struct Cli {
+            #[command(flatten)]
+            w: WorkloadArgs,
+        }
+        let parse = |flag: &str, value: &str| {
+            <Cli as clap::Parser>::try_parse_from(["t", flag, value])
+                .map_err(|e| e.to_string())
+                .and_then(|cli| plan(&cli.w).map(|_| ()).map_err(|e| e.message))
+        };
+        let largest = ((1u64 << 31) - 1).to_string();
+        parse("--batch-ops-max", &largest).unwrap();
+        for (flag, value, names) in [
+            ("--batch-ops-max", "2147483648", "--batch-ops-max"),
+            ("--batch-ops-max", "4294967295", "--batch-ops-max"),
+            ("--batch-bytes-max", "2G", "batch_bytes_max"),
+        ] {
+            let err = parse(flag, value).expect_err(flag);
+            assert!(
+                err.contains(names) && err.contains(&largest),
+                "{flag} {value}: the error does not name {names} and the largest value \
+                 accepted ({largest}): {err}"
+            );
+        }
     }
 
     /// A run that completed nothing fails the bench instead of reporting zeros.

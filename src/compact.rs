@@ -71,8 +71,10 @@ pub enum Compaction {
 
 /// When `Compaction::Auto` compacts: once the log holds at least `min_log_bytes` of frames
 /// and its live records take less than `live_ratio` of them, or (if set) once its frames
-/// exceed `max_log_bytes` whatever the ratio; and only if a segment has been completed
-/// since the last compaction (the one being written is never compacted). For the ratio, it
+/// exceed `max_log_bytes` whatever the ratio (`max_log_bytes` at least `min_log_bytes`); and
+/// only if a segment has been completed since the last compaction ended (the one being
+/// written is never compacted, and those a compaction's own copies completed do not count).
+/// For the ratio, it
 /// compacts the oldest complete segments, as many as bring the live ratio a little past
 /// `live_ratio` (an eighth of the way to 1): the oldest hold the least that is live, so each
 /// byte freed costs the fewest copies; past `max_log_bytes`, every complete segment. Looked
@@ -98,8 +100,8 @@ pub struct AutoCompaction {
     pub min_log_bytes: u64,
     /// Also compact once the frames exceed this many bytes, whatever the live ratio (default
     /// `None`). Each such run copies every live record of the complete segments, so with
-    /// more live data than this it runs after every completed segment: set it well above the
-    /// live data.
+    /// more live data than this it runs after every segment the writers complete: set it well
+    /// above the live data.
     pub max_log_bytes: Option<u64>,
     /// How often the background thread looks besides whenever the log completes a segment
     /// (the only time the answer can change much; default 100 ms). When the disk fills
@@ -410,6 +412,9 @@ pub(crate) struct CompactSlot {
     /// (no room for the `ids` file, say); cleared when one runs to its end
     /// ([`Engine::compaction_error`](crate::Engine::compaction_error)).
     auto_error: Mutex<Option<Error>>,
+    /// Looks of `Compaction::Auto`'s thread that found no segment completed since its last
+    /// run (tests: [`Engine::auto_compaction_idle_looks`](crate::Engine::auto_compaction_idle_looks)).
+    idle_looks: AtomicU64,
 }
 
 #[derive(Default)]
@@ -1056,7 +1061,14 @@ fn run_auto(inner: &Inner, policy: AutoCompaction, stop: &AtomicBool) {
                 .map(|(_, c)| c.get());
             continue;
         }
-        if last_run_at == Some(last) || used < policy.min_log_bytes.max(1) {
+        if last_run_at == Some(last) {
+            inner
+                .compact_slot
+                .idle_looks
+                .fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        if used < policy.min_log_bytes.max(1) {
             continue;
         }
         let too_big = policy.max_log_bytes.is_some_and(|max| used > max);
@@ -1064,7 +1076,6 @@ fn run_auto(inner: &Inner, policy: AutoCompaction, stop: &AtomicBool) {
         if !too_big && (live as f64) >= policy.live_ratio * used as f64 {
             continue;
         }
-        last_run_at = Some(last);
         // Only the oldest segments, as many as bring the log a little past the policy's
         // ratio: the oldest hold the least that is live (their keys had the longest time to
         // be overwritten), so each byte freed costs the fewest copies, and compaction keeps
@@ -1079,6 +1090,11 @@ fn run_auto(inner: &Inner, policy: AutoCompaction, stop: &AtomicBool) {
         // A spell that began meanwhile (this run may have taken the reserve) gets its own
         // run of every complete segment next.
         run_auto_once(inner, stop, too_big, goal);
+        // The run's own copies complete segments (all of the live data's, past
+        // `max_log_bytes`): no reason for another run, which would copy them again, and so
+        // on for ever on an idle log whose live data is over `max_log_bytes`. Only a segment
+        // completed after the run is.
+        last_run_at = Some(log_bytes(inner).1);
     }
 }
 
@@ -1117,6 +1133,11 @@ fn run_auto_once(
 /// The error of the last automatic compaction, if it failed without failing the engine.
 pub(crate) fn auto_error(inner: &Inner) -> Option<Error> {
     inner.compact_slot.auto_error.lock().clone()
+}
+
+/// See [`CompactSlot::idle_looks`].
+pub(crate) fn idle_looks(inner: &Inner) -> u64 {
+    inner.compact_slot.idle_looks.load(Ordering::Relaxed)
 }
 
 /// How much disk the log takes against what it holds ([`Engine::space`](crate::Engine::space)).

@@ -690,6 +690,13 @@ impl Engine {
         compact::auto_error(&self.inner)
     }
 
+    /// How often `Compaction::Auto`'s thread looked and found no segment completed since its
+    /// last run (so nothing to do). For tests; not a stable API.
+    #[doc(hidden)]
+    pub fn auto_compaction_idle_looks(&self) -> u64 {
+        compact::idle_looks(&self.inner)
+    }
+
     /// How much disk the log takes against the live data it holds: what to watch to decide
     /// when to compact (`Compaction::Auto` compares [`Space::live_ratio`] with its policy).
     pub fn space(&self) -> Space {

@@ -1005,6 +1005,53 @@ fn auto_compaction_by_size_alone() {
     assert_eq!(engine_state(&engine), state);
 }
 
+/// A log whose live data is over `max_log_bytes` (a bad setting, but one `open` cannot tell:
+/// the live data is not known then) is compacted once per segment the writers complete, not
+/// for ever: a run's own copies complete segments, and those are no reason for another run.
+/// The compactor recorded the log's last segment from before its run, so each run woke the
+/// next, and an idle engine rewrote its whole live data again and again. Here 600 live keys
+/// (about two segments) against a limit of 1 byte, the thread looking every millisecond:
+/// once the writes are done it must find nothing new to do.
+#[test]
+fn a_log_over_max_log_bytes_is_not_compacted_for_ever_when_idle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        durability: Durability::NoSync,
+        compaction: Compaction::Auto(AutoCompaction {
+            max_log_bytes: Some(1),
+            check_every: Duration::from_millis(1),
+            ..AutoCompaction::default()
+        }),
+        ..config()
+    };
+    let engine = Engine::open(tmp.path(), cfg).expect("open");
+    let state = overwrite(&engine, 600, 1);
+    let give_up = Instant::now() + WAIT_MAX;
+    while engine.counts().compaction.runs == 0 {
+        assert!(
+            Instant::now() < give_up,
+            "the log over max_log_bytes was never compacted"
+        );
+        std::thread::yield_now();
+    }
+    // Looks from now on come after a run, and no write comes any more.
+    let idle = engine.auto_compaction_idle_looks();
+    while engine.auto_compaction_idle_looks() < idle + 3 {
+        let c = engine.counts().compaction;
+        assert!(
+            Instant::now() < give_up,
+            "an idle engine never stopped compacting: {} runs copied {} records, {} segments \
+             retired, with no write since the first",
+            c.runs,
+            c.records,
+            c.segments_retired
+        );
+        std::thread::yield_now();
+    }
+    assert_eq!(engine_state(&engine), state);
+    engine.close().expect("close");
+}
+
 /// No room on the disk for the `ids` file while `full` is set.
 #[derive(Default)]
 struct NoRoomForIds {

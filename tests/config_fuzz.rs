@@ -18,7 +18,7 @@ use common::{engine_state, State};
 use mergelog::{
     AutoCompaction, Backpressure, Compaction, Config, ConsumerLag, Durability, Engine, Error,
     GetTicket, IdHorizon, IdTicket, MergeOperator, Outcome, RecoveryMode, Ticket, WindowPolicy,
-    WritePath, WriteBatch, SEGMENT_BYTES_MAX, TRACE_EVENTS_MAX,
+    WriteBatch, WritePath, SEGMENT_BYTES_MAX, TRACE_EVENTS_MAX,
 };
 use proptest::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -212,10 +212,7 @@ fn config() -> impl Strategy<Value = Config> {
                 u64::MAX - 4095,
             ],
         ),
-        edgy(
-            vec![0, 1, 16, 4096],
-            vec![65_535, 65_536, usize::MAX],
-        ),
+        edgy(vec![0, 1, 16, 4096], vec![65_535, 65_536, usize::MAX]),
         edgy(
             vec![0, 7, 8, 100, 1 << 20],
             vec![
@@ -227,14 +224,7 @@ fn config() -> impl Strategy<Value = Config> {
         ),
         edgy(
             vec![4096, 16 << 10, 60 << 10],
-            vec![
-                0,
-                4095,
-                (1 << 31) - 1,
-                1 << 31,
-                (1 << 31) + 1,
-                usize::MAX,
-            ],
+            vec![0, 4095, (1 << 31) - 1, 1 << 31, (1 << 31) + 1, usize::MAX],
         ),
         edgy(
             vec![1, 2, 3, 1000, 1 << 20],
@@ -611,7 +601,9 @@ fn run(engine: &Engine, cfg: &Config, ops: &[Op], model: &mut State) -> Result<(
                 }
                 let state = engine_state(engine);
                 if state != *model {
-                    return Err(format!("{what}: state after compaction differs from the model"));
+                    return Err(format!(
+                        "{what}: state after compaction differs from the model"
+                    ));
                 }
             }
         }
@@ -640,9 +632,7 @@ impl Committer {
                 Ok(Some(b)) => consumer
                     .commit(b.seq)
                     .map_err(|e| format!("consumer commit: {e}"))?,
-                Ok(None) | Err(Error::Timeout) if stopped.load(Ordering::Acquire) => {
-                    return Ok(())
-                }
+                Ok(None) | Err(Error::Timeout) if stopped.load(Ordering::Acquire) => return Ok(()),
                 Ok(None) | Err(Error::Timeout) => {}
                 Err(e) => return Err(format!("consumer: {e}")),
             }
@@ -727,7 +717,9 @@ fn case(cfg: Config, ops: Vec<Op>) -> Result<(), String> {
         ops.push(Op::Merge(2, 5));
     }
     run_committed(&engine, &cfg, &ops, &mut model)?;
-    engine.close().map_err(|e| format!("close after reopen: {e}"))?;
+    engine
+        .close()
+        .map_err(|e| format!("close after reopen: {e}"))?;
     drop(engine);
     let engine = Engine::open(&dir, cfg).map_err(|e| format!("second reopen: {e}"))?;
     if engine_state(&engine) != model {
@@ -755,7 +747,9 @@ fn guarded(cfg: Config, ops: Vec<Op>) -> Result<(), String> {
     });
     match rx.recv_timeout(CASE_MAX) {
         Ok(r) => r,
-        Err(_) => Err(format!("hung: the case did not finish within {CASE_MAX:?}: {what}")),
+        Err(_) => Err(format!(
+            "hung: the case did not finish within {CASE_MAX:?}: {what}"
+        )),
     }
 }
 
@@ -773,5 +767,221 @@ proptest! {
     ) {
         let r = guarded(cfg.clone(), ops);
         prop_assert!(r.is_ok(), "{}\nconfig: {:?}", r.unwrap_err(), cfg);
+    }
+}
+
+/// The edges of each setting that `open` accepts (the largest sizes, `Duration::MAX` where a
+/// time may be unbounded, the smallest segments, limits of 1) open and run the workload, one
+/// setting at a time, with the others small.
+#[test]
+fn the_accepted_edges_of_each_setting_open_and_run_a_workload() {
+    let base = || Config {
+        ring_bytes: 1 << 20,
+        segment_bytes: 1 << 20,
+        batch_bytes_max: 256 << 10,
+        durability: Durability::NoSync,
+        ..Config::default()
+    };
+    let ops = vec![
+        Op::Put(1, 100),
+        Op::Get(1),
+        Op::Batch(vec![(2, Some(8), false), (3, None, false)]),
+        Op::Merge(4, 3),
+        Op::PutWithId(5, 8),
+        Op::Flush,
+        Op::Put(5, 3000),
+        Op::Compact,
+        Op::Delete(1),
+        Op::Flush,
+    ];
+    let auto = |f: &dyn Fn(&mut AutoCompaction)| {
+        let mut a = AutoCompaction::default();
+        f(&mut a);
+        Compaction::Auto(a)
+    };
+    let cases: Vec<(&str, Config)> = vec![
+        (
+            "ring 2G",
+            Config {
+                ring_bytes: 1 << 31,
+                ..base()
+            },
+        ),
+        (
+            "key 65535",
+            Config {
+                key_len_max: 65535,
+                ..base()
+            },
+        ),
+        (
+            "value max",
+            Config {
+                value_len_max: (1 << 31) - 1,
+                merge: Some(MergeOperator::Append {
+                    max_len: (1 << 31) - 1,
+                }),
+                ..base()
+            },
+        ),
+        (
+            "ops max",
+            Config {
+                batch_ops_max: (1 << 31) - 1,
+                ..base()
+            },
+        ),
+        (
+            "trace max",
+            Config {
+                trace_events: TRACE_EVENTS_MAX,
+                ..base()
+            },
+        ),
+        (
+            "ids huge",
+            Config {
+                request_ids: IdHorizon {
+                    ids: usize::MAX,
+                    age: Some(Duration::MAX),
+                },
+                ..base()
+            },
+        ),
+        (
+            "ids 1 1ns",
+            Config {
+                request_ids: IdHorizon {
+                    ids: 1,
+                    age: Some(Duration::from_nanos(1)),
+                },
+                ..base()
+            },
+        ),
+        (
+            "lag max",
+            Config {
+                consumer_lag_max: Some(ConsumerLag {
+                    batches: Some(u64::MAX),
+                    bytes: Some(u64::MAX),
+                    age: Some(Duration::MAX),
+                }),
+                ..base()
+            },
+        ),
+        (
+            "lag 1",
+            Config {
+                consumer_lag_max: Some(ConsumerLag {
+                    batches: Some(1),
+                    bytes: Some(1),
+                    age: Some(Duration::from_nanos(1)),
+                }),
+                ..base()
+            },
+        ),
+        (
+            "lag 1 reject",
+            Config {
+                backpressure: Backpressure::Reject,
+                consumer_lag_max: Some(ConsumerLag {
+                    batches: Some(1),
+                    bytes: Some(1),
+                    age: Some(Duration::from_nanos(1)),
+                }),
+                ..base()
+            },
+        ),
+        (
+            "auto check max",
+            Config {
+                compaction: auto(&|a| {
+                    a.check_every = Duration::MAX;
+                    a.min_log_bytes = u64::MAX;
+                }),
+                ..base()
+            },
+        ),
+        (
+            "auto tiny",
+            Config {
+                compaction: auto(&|a| {
+                    a.check_every = Duration::from_nanos(1);
+                    a.live_ratio = f64::MIN_POSITIVE;
+                    a.max_log_bytes = Some(0);
+                }),
+                ..base()
+            },
+        ),
+        (
+            "auto 1-eps",
+            Config {
+                compaction: auto(&|a| {
+                    a.live_ratio = 1.0 - f64::EPSILON;
+                    a.check_every = Duration::from_nanos(1)
+                }),
+                reserve_segment: true,
+                recycle_segments: 64,
+                ..base()
+            },
+        ),
+        (
+            "linger 10s",
+            Config {
+                window: WindowPolicy::Linger(Duration::from_secs(10)),
+                window_age_max: Duration::from_secs(10),
+                ..base()
+            },
+        ),
+        (
+            "adaptive 10s",
+            Config {
+                window: WindowPolicy::Adaptive {
+                    quiet: Duration::from_secs(10),
+                },
+                window_age_max: Duration::from_secs(10),
+                ..base()
+            },
+        ),
+        (
+            "syncers 16 zero",
+            Config {
+                syncers: 16,
+                overlap_syncs_above: Duration::ZERO,
+                durability: Durability::Sync,
+                ..base()
+            },
+        ),
+        (
+            "mmap sync",
+            Config {
+                write_path: WritePath::Mmap,
+                durability: Durability::Sync,
+                ..base()
+            },
+        ),
+        (
+            "ops 1 nocoalesce",
+            Config {
+                batch_ops_max: 1,
+                coalesce: false,
+                window: WindowPolicy::Immediate,
+                ..base()
+            },
+        ),
+        (
+            "min seg",
+            Config {
+                segment_bytes: 64 << 10,
+                ring_bytes: 64 << 10,
+                batch_bytes_max: (64 << 10) - 96,
+                ..base()
+            },
+        ),
+    ];
+    for (what, cfg) in cases {
+        if let Err(e) = guarded(cfg.clone(), ops.clone()) {
+            panic!("{what}: {e}\nconfig: {cfg:?}");
+        }
     }
 }

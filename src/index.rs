@@ -944,9 +944,7 @@ mod tests {
     #[test]
     fn live_bytes_follows_every_update() {
         let keys: Vec<&'static [u8]> = (0..40)
-            .map(|i| {
-                kept(format!("key-{i}-{}", "x".repeat(i % 30)).into_bytes())
-            })
+            .map(|i| kept(format!("key-{i}-{}", "x".repeat(i % 30)).into_bytes()))
             .collect();
         let index = Index::default();
         let expect = |index: &Index| {
@@ -1013,10 +1011,7 @@ mod tests {
         }
         assert_eq!(index.get(&long[..5]), None);
         // Update through a different copy of the same bytes: found by content, not address.
-        let copies: Vec<&'static [u8]> = keys
-            .iter()
-            .map(|k| kept(k.to_vec()))
-            .collect();
+        let copies: Vec<&'static [u8]> = keys.iter().map(|k| kept(k.to_vec())).collect();
         // SAFETY: leaked, so 'static.
         unsafe {
             index.apply(

@@ -1040,7 +1040,11 @@ fn a_segment_reopened_by_recovery_is_unmapped_once_retired() {
     std::fs::write(&torn, vec![0u8; SEGMENT_BYTES as usize]).unwrap();
 
     let engine = Engine::open(dir.path(), config()).unwrap();
-    let cut = engine.open_report().truncated.clone().expect("the torn roll is cut");
+    let cut = engine
+        .open_report()
+        .truncated
+        .clone()
+        .expect("the torn roll is cut");
     assert_eq!(cut.path, torn);
     let reopened = engine.segments().last().unwrap().path.clone();
     while engine.segments().len() < 4 {

@@ -1085,7 +1085,11 @@ mod tests {
         /// rolling now and then.
         #[test]
         fn tracked_holds_is_get_at_that_location(
-            steps in proptest::collection::vec((0u8..16, 0u8..8, 0u64..60, 0u32..3), 1..300),
+            // Shorter under Miri, which takes minutes over a long one.
+            steps in proptest::collection::vec(
+                (0u8..16, 0u8..8, 0u64..60, 0u32..3),
+                1..if cfg!(miri) { 40 } else { 300 },
+            ),
         ) {
             let keys: Vec<&'static [u8]> = (0..12)
                 .map(|i| kept(vec![b'k'; i]))
@@ -1143,10 +1147,14 @@ mod tests {
         fn batches_apply_as_their_updates_in_order(
             batches in proptest::collection::vec(
                 (
-                    proptest::collection::vec((0usize..150, 0u8..6), 0..90),
+                    // Fewer and smaller batches under Miri, as above.
+                    proptest::collection::vec(
+                        (0usize..150, 0u8..6),
+                        0..if cfg!(miri) { 24 } else { 90 },
+                    ),
                     proptest::bool::ANY,
                 ),
-                1..12,
+                1..if cfg!(miri) { 4 } else { 12 },
             ),
             tracked in proptest::bool::ANY,
         ) {

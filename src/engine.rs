@@ -139,8 +139,10 @@ impl Engine {
         // newest the horizon allows are kept while scanning.
         let mut ids = ids::carried(&dir, config.request_ids)?;
         let recovered = recover(&dir, &config, &io, |seg_idx, seg, frame| {
-            // SAFETY: the keys lie in this segment's mapping, which the engine keeps for
-            // its lifetime (in `segments`, or in `retired` if recovery replaced it).
+            // SAFETY: the keys lie in this segment's mapping, which the engine keeps until a
+            // retirement has made the index forget every key in the segment (in `segments`,
+            // or in `Inner::replaced_maps` if recovery replaced it; the index is declared
+            // before both).
             unsafe { index.apply(crate::index::frame_updates(seg_idx, seg, frame)) };
             ids.frame(frame);
             report.batches += 1;
@@ -961,8 +963,18 @@ fn retire_held_off(
     let first = inner.segments.read().base();
     let keys_forgotten = inner.index.forget_below(first);
     let first_seq = Seq::new(inner.segments.read().iter().next().map_or(1, |s| s.id));
+    // Recovery's replaced mappings of the removed segments go too: the index no longer
+    // points into them.
+    let replaced: Vec<Arc<Segment>> = {
+        let mut maps = inner.replaced_maps.lock();
+        let (gone, kept) = std::mem::take(&mut *maps)
+            .into_iter()
+            .partition(|s| s.id < first_seq.get());
+        *maps = kept;
+        gone
+    };
     // A pooled file is reused only once nothing maps it any more (`Pool::take`).
-    drop(gone);
+    drop((gone, replaced));
     // A failed directory sync after a removal fails the engine, as any failed sync does: no
     // later one may be taken to cover it (reads go on; the next open syncs the directory).
     let recycled = retiring.into_pool(io, dir, &inner.pool).map_err(|e| {

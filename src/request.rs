@@ -307,7 +307,8 @@ pub(crate) fn encode_get(buf: &mut [u8], key: &[u8], slot: Arc<GetSlot>, stamp: 
     header(buf, GET, key.len(), 0, stamp, None);
     buf[HEADER + SLOT..].copy_from_slice(key);
     // Last, once nothing that could panic is left: the reference is in the record from here.
-    let raw = Arc::into_raw(slot) as u64;
+    // Exposed: the pointer travels as an integer, and `decode` takes it back from one.
+    let raw = Arc::into_raw(slot).expose_provenance() as u64;
     buf[HEADER..HEADER + SLOT].copy_from_slice(&raw.to_le_bytes());
 }
 
@@ -383,12 +384,13 @@ pub(crate) unsafe fn decode<'a>(
         }
         GET => {
             let raw = u64::from_le_bytes(body[..SLOT].try_into().unwrap());
-            // SAFETY: by the caller's contract `encode_get` wrote this payload, so `raw` is
+            let ptr = std::ptr::with_exposed_provenance::<GetSlot>(raw as usize);
+            // SAFETY: by the caller's contract `encode_get` wrote this payload, so `ptr` is
             // the pointer `Arc::into_raw` gave it for the reference it moved into the record,
-            // which has kept the slot alive since (the `as u64` cast exposed the pointer's
-            // provenance, which the cast back picks up); and this is the payload's one
-            // decode: the one `from_raw` matching that `into_raw`.
-            let slot = unsafe { Arc::from_raw(raw as *const GetSlot) };
+            // which has kept the slot alive since (`encode_get` exposed the pointer's
+            // provenance, which `with_exposed_provenance` picks up); and this is the
+            // payload's one decode: the one `from_raw` matching that `into_raw`.
+            let slot = unsafe { Arc::from_raw(ptr) };
             slots.push((entries.len() as u32, slot));
             entries.push(Entry {
                 key: &body[SLOT..SLOT + key_len],
@@ -818,7 +820,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
+        #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 4 } else { 256 }))]
 
         /// Any sequence of requests comes back from encode → decode as the same entries in
         /// the same order, one stamp per request, each get with its own slot.

@@ -220,12 +220,17 @@ impl Mapped {
         if !other_size {
             opts.populate();
         }
+        // Exactly the `size` checked above, which `image` and `bytes` take for the mapping's
+        // length: left to itself, the map would measure the file again, and a file cut
+        // shorter in between would give a shorter mapping than `size` says.
+        opts.len(size as usize);
         let map = if writable {
             opts.map_raw(&file)
         } else {
             opts.map_raw_read_only(&file)
         }
         .map_err(|e| Error::io("map segment", path, e))?;
+        debug_assert_eq!(map.len() as u64, size);
         Ok(Mapped { file, map, size })
     }
 }

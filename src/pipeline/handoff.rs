@@ -608,25 +608,41 @@ mod loom_tests {
         }
     }
 
+    /// The position the futures of these models wait for.
+    const POS: u64 = 1;
+
+    /// A watermark at 0, a list of futures' wakers, and a thread that advances the watermark
+    /// to `pos` and then wakes the futures it completed, as `Completion` does.
+    #[allow(clippy::type_complexity)]
+    fn completer_advancing_to(
+        pos: u64,
+    ) -> (
+        loom::sync::Arc<AtomicU64>,
+        loom::sync::Arc<FutureWakers>,
+        thread::JoinHandle<()>,
+    ) {
+        let watermark = loom::sync::Arc::new(AtomicU64::new(0));
+        let wakers = loom::sync::Arc::new(FutureWakers::new());
+        let completer = {
+            let (watermark, wakers) = (watermark.clone(), wakers.clone());
+            thread::spawn(move || {
+                watermark.fetch_max(pos, Ordering::SeqCst);
+                wakers.wake(|| {
+                    let w = watermark.load(Ordering::SeqCst);
+                    move |p| p <= w
+                });
+            })
+        };
+        (watermark, wakers, completer)
+    }
+
     /// A future polled once while another thread advances the watermark past its position
     /// and wakes the futures: either the poll saw the watermark, or its waker was called. A
     /// `Pending` with no wake-up is the lost wake-up the fence in `poll` rules out.
     #[test]
     fn a_polled_future_is_ready_or_woken() {
         loom::model(|| {
-            const POS: u64 = 1;
-            let watermark = loom::sync::Arc::new(AtomicU64::new(0));
-            let wakers = loom::sync::Arc::new(FutureWakers::new());
-            let completer = {
-                let (watermark, wakers) = (watermark.clone(), wakers.clone());
-                thread::spawn(move || {
-                    watermark.fetch_max(POS, Ordering::SeqCst);
-                    wakers.wake(|| {
-                        let w = watermark.load(Ordering::SeqCst);
-                        move |p| p <= w
-                    });
-                })
-            };
+            let (watermark, wakers, completer) = completer_advancing_to(POS);
             let flag = std::sync::Arc::new(Flag(AtomicBool::new(false)));
             let waker = Waker::from(flag.clone());
             let polled = wakers.poll(POS, &mut 0, &waker, || {
@@ -648,19 +664,7 @@ mod loom_tests {
     #[test]
     fn a_polled_future_leaves_no_entry_once_ready_or_dropped() {
         loom::model(|| {
-            const POS: u64 = 1;
-            let watermark = loom::sync::Arc::new(AtomicU64::new(0));
-            let wakers = loom::sync::Arc::new(FutureWakers::new());
-            let completer = {
-                let (watermark, wakers) = (watermark.clone(), wakers.clone());
-                thread::spawn(move || {
-                    watermark.fetch_max(POS, Ordering::SeqCst);
-                    wakers.wake(|| {
-                        let w = watermark.load(Ordering::SeqCst);
-                        move |p| p <= w
-                    });
-                })
-            };
+            let (watermark, wakers, completer) = completer_advancing_to(POS);
             let waker = Waker::from(std::sync::Arc::new(Flag(AtomicBool::new(false))));
             let mut token = 0;
             let polled = wakers.poll(POS, &mut token, &waker, || {

@@ -193,26 +193,36 @@ pub(crate) fn lock_dir(io: &dyn Io, dir: &Path) -> Result<File> {
     // process forked by this one between the previous engine's close and this open holds a
     // copy of the previous engine's (close-on-exec) lock descriptor until it execs, and the
     // flock lives as long as any copy does.
-    let deadline = std::time::Instant::now() + LOCK_GRACE;
-    loop {
-        // SAFETY: flock on a file descriptor we own and keep open; it has no memory effects.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            return Ok(file);
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(Error::io("lock", &path, err));
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(Error::Locked(dir.to_owned()));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(2));
+    match flock_within_grace(&file, libc::LOCK_EX) {
+        Ok(true) => Ok(file),
+        Ok(false) => Err(Error::Locked(dir.to_owned())),
+        Err(e) => Err(Error::io("lock", &path, e)),
     }
 }
 
 /// How long `lock_dir` tries again before it reports the directory locked (see there).
 const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Takes `file`'s flock in mode `op` (`LOCK_EX` or `LOCK_SH`), trying again for
+/// [`LOCK_GRACE`] while another holder has it: `Ok(false)` if it still does then.
+fn flock_within_grace(file: &File, op: libc::c_int) -> std::io::Result<bool> {
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    loop {
+        // SAFETY: flock on a file descriptor we own and keep open; it has no memory effects.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(err);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
 
 /// Removes what a failed step may have left at `path`, if anything is there: best effort,
 /// through the hooks (which are not called if there is no such file).
@@ -1170,30 +1180,19 @@ pub(crate) fn backup_hold_earlier(io: &dyn Io, earlier: &Path) -> Result<Option<
         opened => opened,
     }
     .map_err(|e| Error::io("lock earlier backup", &path, e))?;
-    let deadline = std::time::Instant::now() + LOCK_GRACE;
-    loop {
-        // SAFETY: flock on a file descriptor we own and keep open; it has no memory effects.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
-        if rc == 0 {
-            return Ok(Some(file));
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(Error::io("lock earlier backup", &path, err));
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(Error::io(
-                "back up log since an earlier backup",
-                earlier,
-                std::io::Error::new(
-                    std::io::ErrorKind::ResourceBusy,
-                    "an engine has it open (its LOCK is held): the engine writes \
-                     into its segment files, and would into a backup linked to them; give a \
-                     backup no engine has open",
-                ),
-            ));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(2));
+    match flock_within_grace(&file, libc::LOCK_SH) {
+        Ok(true) => Ok(Some(file)),
+        Ok(false) => Err(Error::io(
+            "back up log since an earlier backup",
+            earlier,
+            std::io::Error::new(
+                std::io::ErrorKind::ResourceBusy,
+                "an engine has it open (its LOCK is held): the engine writes \
+                 into its segment files, and would into a backup linked to them; give a \
+                 backup no engine has open",
+            ),
+        )),
+        Err(e) => Err(Error::io("lock earlier backup", &path, e)),
     }
 }
 

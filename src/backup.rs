@@ -20,7 +20,7 @@
 //! files in place (`Config::recycle_segments`) and appends to its last one, which would write
 //! over a linked backup. An incremental backup (`Engine::backup_since`) links only to an
 //! earlier *backup's* files, where it holds exactly the bytes this backup would write (read
-//! whole and compared): nothing writes into a backup's files but an engine opened on it,
+//! whole and compared, then synced, for `earlier` may be a copy nobody synced): nothing writes into a backup's files but an engine opened on it,
 //! and that engine first gives every segment with other names a file of its own
 //! (`dir::unshare_segments`, at open), so a backup never changes under another. For that,
 //! no engine may have the earlier backup open while its files are linked (its `LOCK` is held
@@ -200,7 +200,7 @@ fn fill(
             .expect("a segment file's path ends in its name");
         if let Some(from) = earlier {
             let prev = from.join(name);
-            if dir::backup_file_matches(&prev, image, *size)? {
+            if dir::backup_file_matches(io, &prev, image, *size)? {
                 if dir::backup_link(io, &prev, &staging.join(name))? {
                     linked += 1;
                     continue;

@@ -1119,6 +1119,79 @@ fn an_incremental_backup_onto_another_file_system_copies_every_segment() {
     engine.close().unwrap();
 }
 
+/// Counts the syncs of files under `under`, and fails them with EIO once `fail` is set.
+struct SyncsUnder {
+    under: std::path::PathBuf,
+    synced: std::sync::Mutex<Vec<String>>,
+    fail: AtomicBool,
+}
+
+impl Io for SyncsUnder {
+    fn before(&self, op: IoOp, path: &Path, _offset: u64, _data: &[u8]) -> io::Result<()> {
+        if op == IoOp::Sync && path.starts_with(&self.under) {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            self.synced.lock().unwrap().push(name);
+        }
+        Ok(())
+    }
+}
+
+/// An earlier backup need not be one this crate made and synced: here a plain copy of one
+/// (as `cp -r` makes, nothing synced). The files an incremental backup links from it are
+/// synced first, so the new backup never stands on bytes a power loss can still take; a
+/// failed sync fails the backup, leaving nothing under its name. Before, none was synced
+/// (the hook saw no sync of the copy's files).
+#[test]
+fn an_incremental_backup_syncs_each_earlier_file_it_links() {
+    let root = tempfile::tempdir().unwrap();
+    let src = root.path().join("log");
+    let (b1, copy, b2, b3) = (
+        root.path().join("b1"),
+        root.path().join("copy"),
+        root.path().join("b2"),
+        root.path().join("b3"),
+    );
+    let hook = Arc::new(SyncsUnder {
+        under: copy.clone(),
+        synced: Default::default(),
+        fail: AtomicBool::new(false),
+    });
+    let engine = Engine::open_with_io(&src, small_segments(), hook.clone()).unwrap();
+    fill(&engine, "a", 300);
+    engine.backup(&b1).unwrap();
+    std::fs::create_dir(&copy).unwrap();
+    for entry in std::fs::read_dir(&b1).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+    }
+    let second = engine.backup_since(&copy, &b2).unwrap();
+    assert!(second.linked > 1, "{second:?}");
+    let mut linked: Vec<String> = segment_links(&b2)
+        .into_iter()
+        .filter(|(_, links)| *links == 2)
+        .map(|(name, _)| name)
+        .collect();
+    let mut synced = hook.synced.lock().unwrap().clone();
+    linked.sort();
+    synced.sort();
+    assert_eq!(synced, linked, "earlier files synced, against those linked");
+    hook.fail.store(true, Ordering::SeqCst);
+    let failed = engine.backup_since(&copy, &b3).unwrap_err().to_string();
+    assert!(
+        failed.contains("sync earlier backup's segment") && failed.contains("copy"),
+        "{failed}"
+    );
+    assert!(
+        !b3.exists(),
+        "a failed backup left something under its name"
+    );
+    engine.close().unwrap();
+    assert_eq!(batches(&b2), batches(&src));
+}
+
 /// Opens an engine on `earlier` just before the first `IoOp::Link` of a backup, and keeps
 /// what the open gave.
 struct OpenEarlierAtFirstLink {

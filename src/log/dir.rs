@@ -1107,7 +1107,18 @@ pub(crate) fn backup_name_sync(io: &dyn Io, dest: &Path) -> Result<()> {
 /// Only a regular file under the name itself matches: a symbolic link is not followed (it
 /// would be linked as a link, and may point into a log), and a FIFO does not block the open
 /// (`O_NONBLOCK`); either is copied over.
-pub(crate) fn backup_file_matches(prev: &Path, image: &[u8], size: u64) -> Result<bool> {
+///
+/// A file that matches is synced (`IoOp::Sync`, `fdatasync`) before it is taken: the bytes
+/// compared are the page cache's, and `earlier` need not be a backup this crate made and
+/// synced (a copy made with `cp`, a closed log written with `Durability::NoSync`): a link
+/// to bytes a power loss can still take would make the backup claim what it does not hold.
+/// On a file already durable the sync writes nothing.
+pub(crate) fn backup_file_matches(
+    io: &dyn Io,
+    prev: &Path,
+    image: &[u8],
+    size: u64,
+) -> Result<bool> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let err = |e| Error::io("read earlier backup's segment", prev, e);
@@ -1137,11 +1148,14 @@ pub(crate) fn backup_file_matches(prev: &Path, image: &[u8], size: u64) -> Resul
     let mut buf = vec![0u8; 1 << 20];
     loop {
         match file.read(&mut buf).map_err(err)? {
-            0 => return Ok(true),
+            0 => break,
             n if buf[..n].iter().any(|&b| b != 0) => return Ok(false),
             _ => {}
         }
     }
+    guarded(io, IoOp::Sync, prev, 0, &[], || file.sync_data())
+        .map_err(|e| Error::io("sync earlier backup's segment", prev, e))?;
+    Ok(true)
 }
 
 /// Holds the earlier backup `earlier` of an incremental backup against engines while its
@@ -1296,14 +1310,14 @@ mod tests {
             std::os::unix::fs::FileExt::write_all_at(&f, &image, 0).unwrap();
             f.set_len(size).unwrap();
         }
-        assert!(backup_file_matches(&path, &image, size).unwrap());
-        assert!(!backup_file_matches(&path, &image, size + 8).unwrap());
-        assert!(!backup_file_matches(&path, &image[..4999], size).unwrap());
-        assert!(!backup_file_matches(&dir.path().join("none"), &image, size).unwrap());
+        assert!(backup_file_matches(&io::RealIo, &path, &image, size).unwrap());
+        assert!(!backup_file_matches(&io::RealIo, &path, &image, size + 8).unwrap());
+        assert!(!backup_file_matches(&io::RealIo, &path, &image[..4999], size).unwrap());
+        assert!(!backup_file_matches(&io::RealIo, &dir.path().join("none"), &image, size).unwrap());
         // A byte past the first megabyte, behind the image.
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&f, &[7], (2 << 20) + 3).unwrap();
-        assert!(!backup_file_matches(&path, &image, size).unwrap());
+        assert!(!backup_file_matches(&io::RealIo, &path, &image, size).unwrap());
     }
 
     /// btrfs (its magic, also as a sign-extended 32-bit `f_type`) refuses the mmap write path;

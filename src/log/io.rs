@@ -31,7 +31,9 @@ pub enum IoOp {
     /// without data).
     Write,
     /// `fdatasync` of a segment (the whole file) or `msync` of a range of it; see
-    /// [`synced_range`] for how the hook learns which.
+    /// [`synced_range`] for how the hook learns which. Also the `fdatasync` of an earlier
+    /// backup's segment file before an incremental backup links it (`Engine::backup_since`),
+    /// and of a small file's or a backup's file once written.
     Sync,
     /// Creating a file: a new (prepared) segment file, created and zero-filled, the log
     /// directory's lock file, if it is missing (its own, or an incremental backup's earlier

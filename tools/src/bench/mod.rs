@@ -937,6 +937,10 @@ pub struct RunResult {
     pub space: Vec<space::SpaceRun>,
     /// `profile --trace`: the engine's pipeline timeline (`Engine::take_trace`).
     pub trace: Option<mergelog::Trace>,
+    /// When this run passed its start line (the system's setup done: an engine opened, a
+    /// baseline's file zero-filled), which its intervals count from; `None` if it never
+    /// started. One run's: not summed over the rounds.
+    pub started: Option<Instant>,
 }
 
 /// One run of a system: what `--rounds` keeps of each besides the merged totals.
@@ -945,7 +949,8 @@ pub struct RoundRun {
     pub round: usize,
     pub ops: u64,
     pub elapsed: Duration,
-    /// When the run started, from the start of the whole bench (for the interval log).
+    /// When the run passed its start line (its setup done), from the start of the whole
+    /// bench (for the interval log and the plot).
     pub offset: Duration,
 }
 
@@ -998,6 +1003,7 @@ impl RunResult {
             cpu: None,
             space: Vec::new(),
             trace: None,
+            started: sampled.start,
         }
     }
 
@@ -1060,6 +1066,7 @@ impl RunResult {
             cpu,
             space,
             trace,
+            started: _,
         } = other;
         debug_assert_eq!(system, self.system);
         self.ops += ops;
@@ -1940,7 +1947,8 @@ fn run_once(
         (Some(d), _) => Progress::new(system.name(), false, d.as_millis() as u64),
         (None, n) => Progress::new(system.name(), true, n.unwrap_or(0)),
     };
-    let offset = bench_start.elapsed();
+    // Taken before the system's setup, for a run that never reached its start line.
+    let before_setup = bench_start.elapsed();
     let result = match system {
         System::Naive => naive::run(dir, plan, hooks, &progress),
         System::Wal => wal::run(dir, plan, hooks, &progress),
@@ -1952,6 +1960,12 @@ fn run_once(
     };
     progress.finish();
     let mut result = result.map_err(|e| e.prefixed(system.name()))?;
+    // The intervals count from the start line, after the setup (which for `wal` zero-fills
+    // its file, for an engine opens it): so does the run's offset, or the interval log and
+    // the plot put each interval earlier by the setup's time.
+    let offset = result
+        .started
+        .map_or(before_setup, |s| s.saturating_duration_since(bench_start));
     result.stamp(round, offset);
     Ok(result)
 }
@@ -2219,6 +2233,40 @@ mod tests {
         }
     }
 
+    /// A run's offset into the bench (the interval log's and the plot's time axis) is when
+    /// it passed its start line, which its intervals count from, not when its setup began:
+    /// `wal` zero-fills its 64 MiB file first. Before, the offset was taken before the
+    /// setup, and every interval was drawn earlier by the setup's time.
+    #[test]
+    fn a_runs_offset_is_its_start_line_not_its_setup() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            w: WorkloadArgs,
+        }
+        let cli =
+            <Cli as clap::Parser>::try_parse_from(["t", "--writers", "1", "--ops", "50"]).unwrap();
+        let plan = plan(&cli.w).unwrap();
+        let hooks = RunHooks {
+            encode: false,
+            stage_intervals: false,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let bench_start = Instant::now();
+        let r = run_once(System::Wal, dir.path(), &plan, &hooks, 0, bench_start).unwrap();
+        let started = r.started.expect("the run passed its start line");
+        assert_eq!(
+            r.rounds[0].offset,
+            started.duration_since(bench_start),
+            "the run's offset, against its start line's"
+        );
+        let first = r.timeline.first().expect("an interval");
+        assert_eq!(
+            r.interval_offset(first),
+            started.duration_since(bench_start)
+        );
+    }
+
     /// A run that completed nothing fails the bench instead of reporting zeros.
     #[test]
     fn a_run_that_completed_nothing_is_an_error() {
@@ -2235,6 +2283,7 @@ mod tests {
                 gets: 0,
                 timeline: Vec::new(),
                 last_stages: None,
+                start: None,
             };
             RunResult::measured(System::Naive, sampled, Vec::new(), Duration::ZERO, 0)
         };

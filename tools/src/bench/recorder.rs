@@ -125,6 +125,9 @@ pub struct Sampled {
     pub timeline: Vec<Interval>,
     /// The engine's stage histograms at the last harvest (when sampled per interval).
     pub last_stages: Option<StageHistograms>,
+    /// When the run started (the sampler passed the start line): the intervals' `start`
+    /// counts from it. `None` if the start was called off.
+    pub start: Option<Instant>,
 }
 
 /// What the sampler does besides summing.
@@ -234,6 +237,7 @@ pub fn sample(
         return Ok(out);
     }
     let start = Instant::now();
+    out.start = Some(start);
     if let Some(started) = opts.started {
         let _ = started.set(start);
     }
@@ -363,6 +367,7 @@ impl Sampled {
             gets: 0,
             timeline: Vec::new(),
             last_stages: None,
+            start: None,
         }
     }
 

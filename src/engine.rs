@@ -841,9 +841,12 @@ impl Engine {
             self.inner.live.release_dir();
             self.lock.lock().take();
             if joined.is_err() {
-                return Err(Error::Failed(Arc::new(Error::Panicked {
-                    thread: "flusher",
-                })));
+                // A panic past the flusher's guard (its ending, after the pipeline stopped):
+                // recorded like one inside it, so that every later call, a second `close`
+                // too, says so (the handle is gone: that one would find none).
+                let e = Error::Failed(Arc::new(Error::Panicked { thread: "flusher" }));
+                self.inner.completion.fail(e.clone());
+                return Err(e);
             }
         }
         drop(flusher);

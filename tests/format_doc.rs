@@ -1481,6 +1481,49 @@ fn torn_tails_and_the_clean_mark() {
     assert!(matches!(e, Error::DamagedHistory { .. }), "{e}");
     assert_eq!(error_at(&e).map(|(_, o)| o), Some(tail.offset));
 
+    // "The bound on undurable frames": a bad frame followed by a valid one 16 or more batches
+    // on is damage to durable history; closer to the end, a torn tail.
+    let in_last: Vec<&DocBatch> = doc
+        .batches
+        .iter()
+        .filter(|b| b.segment == last.path)
+        .collect();
+    assert!(
+        in_last.len() > 20,
+        "{} frames in the last segment",
+        in_last.len()
+    );
+    for back in [15, 16, 17] {
+        let bad = in_last[in_last.len() - 1 - back];
+        let copy = changed(dir.path(), &last.path, |b| {
+            b[bad.offset as usize + FRAME_HEADER_LEN] ^= 1;
+        });
+        std::fs::remove_file(copy.path().join("CLEAN")).unwrap();
+        let checked = LogReader::check(copy.path(), RecoveryMode::default(), config().durability);
+        // The frames after the bad one run up to batch `tail.seq`: `back` batches past it.
+        if back >= 16 {
+            match checked {
+                Err(Error::DamagedHistory {
+                    offset,
+                    first_lost,
+                    last_lost,
+                    ..
+                }) => assert_eq!(
+                    (offset, first_lost, last_lost),
+                    (bad.offset, bad.seq, tail.seq),
+                    "{back}"
+                ),
+                other => panic!("{back} frames before the end: {other:?}"),
+            }
+        } else {
+            assert_eq!(
+                checked.unwrap().map(|d| d.offset),
+                Some(bad.offset),
+                "{back}"
+            );
+        }
+    }
+
     // A mark that is no mark ("Anything else in the file ... is no mark"): a torn tail again.
     let no_marks: Vec<(&str, Change)> = vec![
         (
@@ -1753,4 +1796,46 @@ fn a_whole_frame_that_breaks_a_rule_is_refused_not_cut() {
         );
         engine.close().unwrap();
     }
+}
+
+/// "A recycled segment before the last ends after exactly the batches up to the next
+/// segment's id, whatever follows them (a frame with the next segment's first batch right
+/// there is an error: files that do not belong together)."
+#[test]
+fn a_recycled_segment_ends_at_the_next_ones_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    write_round(&engine, 0, 400);
+    let segments = engine.segments();
+    engine
+        .retire_before(segments[segments.len() - 1].first_seq)
+        .unwrap();
+    write_round(&engine, 1, 700);
+    engine.close().unwrap();
+    drop(engine);
+    let doc = agree(dir.path());
+    let (i, seg) = doc
+        .segments
+        .iter()
+        .enumerate()
+        .find(|(i, s)| s.header.flags & HEADER_RECYCLED != 0 && i + 1 < doc.segments.len())
+        .expect("a recycled segment before the last");
+    let next = doc.segments[i + 1].header.id;
+    // Old bytes follow its frames: what a fresh segment would not hold.
+    let bytes = std::fs::read(&seg.path).unwrap();
+    assert!(bytes[seg.end as usize..].iter().any(|&b| b != 0));
+    let frame = encode_frame(next, FRAME_TRAILER, 0, &[], Some((&[], 1)), 0);
+    let copy = changed(dir.path(), &seg.path, |b| {
+        let at = seg.end as usize;
+        b[at..at + frame.len()].copy_from_slice(&frame);
+    });
+    let damage = judged_alike("runs on", copy.path());
+    assert_eq!(damage.map(|d| d.offset), Some(seg.end));
+    // Any other frame there is old bytes, not read.
+    let frame = encode_frame(next + 1, FRAME_TRAILER, 0, &[], Some((&[], 1)), 0);
+    let copy = changed(dir.path(), &seg.path, |b| {
+        let at = seg.end as usize;
+        b[at..at + frame.len()].copy_from_slice(&frame);
+    });
+    assert_eq!(judged_alike("old bytes", copy.path()), None);
 }

@@ -940,6 +940,23 @@ pub enum FormatErrorKind {
 }
 
 impl FormatErrorKind {
+    /// Whether the frame failed a check after its CRC matched: it lies in the segment whole,
+    /// as a writer wrote it (a bug, or bytes of another build), never what a torn write
+    /// leaves. Recovery does not cut such a frame as a torn tail (docs/FORMAT.md, "Frames").
+    pub(crate) fn past_crc(&self) -> bool {
+        use FormatErrorKind::*;
+        matches!(
+            self,
+            BadTrailer { .. }
+                | BadRecord { .. }
+                | RecordCountMismatch { .. }
+                | BadOp(_)
+                | UnknownFlags(_)
+                | Unsorted { .. }
+                | BadOpsAcknowledged { .. }
+        )
+    }
+
     fn in_segment_header(&self) -> bool {
         use FormatErrorKind::*;
         matches!(

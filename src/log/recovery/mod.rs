@@ -434,6 +434,9 @@ fn place_of(verdict: &Verdict) -> Option<Place> {
     Some(match offset {
         0 if verdict.unactivated() => Place::Unactivated,
         0 => Place::Header,
+        _ if matches!(&verdict.stop, verify::Stop::Frame(e) if e.kind.past_crc()) => {
+            Place::Malformed
+        }
         _ => Place::Frames,
     })
 }

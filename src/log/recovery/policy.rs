@@ -19,6 +19,10 @@ pub(crate) enum Place {
     /// At the end of its valid frames: a bad frame, bytes after the last frame, or (when
     /// evidence shows durable history was lost) the end of the frames itself.
     Frames,
+    /// At the end of its valid frames, a frame whose CRC matches but that fails a later check
+    /// (`FormatErrorKind::past_crc`): written whole, by a writer's bug, so never a torn tail,
+    /// and it may hold acknowledged writes: only point-in-time recovery cuts it.
+    Malformed,
 }
 
 /// What the scan found in one segment, as far as the policy cares.
@@ -69,7 +73,8 @@ pub(crate) fn decide(mode: RecoveryMode, s: &Situation) -> Decision {
     // A roll names a segment before its header is durable, and makes both durable before
     // the next roll: only the last segment can be an unactivated one, and then nothing in it
     // was acknowledged (it goes as a torn tail does). Any other bad header is never a crash
-    // artifact: only point-in-time recovery drops a segment for it.
+    // artifact: only point-in-time recovery drops a segment for it. Nor is a frame written
+    // whole and wrong (`Place::Malformed`): a torn write cannot leave a matching CRC.
     let cut = match mode {
         RecoveryMode::AbsoluteConsistency => false,
         RecoveryMode::TolerateCorruptedTail => {
@@ -102,7 +107,7 @@ pub(crate) fn seeks_evidence(access: Access, last: bool, damage: Option<Place>) 
 mod tests {
     use super::*;
     use Decision::{Cut, Keep, Refuse};
-    use Place::{Frames, Header, Unactivated};
+    use Place::{Frames, Header, Malformed, Unactivated};
     use RecoveryMode::{AbsoluteConsistency as Absolute, PointInTime, TolerateCorruptedTail};
     use Refusal::{Corrupt, DamagedHistory};
 
@@ -142,6 +147,16 @@ mod tests {
             (PointInTime,           true,  Some(Unactivated), false, Cut),
             (Absolute,              false, Some(Unactivated), false, Refuse(Corrupt)),
             (Absolute,              true,  Some(Unactivated), false, Refuse(Corrupt)),
+            // A frame written whole and wrong: never a torn tail.
+            (TolerateCorruptedTail, false, Some(Malformed), false, Refuse(Corrupt)),
+            (TolerateCorruptedTail, true,  Some(Malformed), false, Refuse(Corrupt)),
+            (TolerateCorruptedTail, true,  Some(Malformed), true,  Refuse(DamagedHistory)),
+            (PointInTime,           false, Some(Malformed), false, Cut),
+            (PointInTime,           true,  Some(Malformed), false, Cut),
+            (PointInTime,           true,  Some(Malformed), true,  Cut),
+            (Absolute,              false, Some(Malformed), false, Refuse(Corrupt)),
+            (Absolute,              true,  Some(Malformed), false, Refuse(Corrupt)),
+            (Absolute,              true,  Some(Malformed), true,  Refuse(DamagedHistory)),
         ];
         for &(mode, last, damage, durable, want) in table {
             let s = Situation {
@@ -151,9 +166,9 @@ mod tests {
             };
             assert_eq!(decide(mode, &s), want, "{mode:?} {s:?}");
         }
-        // Each mode has its rows: 4 positions before the last segment, 5 in it.
+        // Each mode has its rows: 5 positions before the last segment, 7 in it.
         for mode in [TolerateCorruptedTail, PointInTime, Absolute] {
-            assert_eq!(table.iter().filter(|r| r.0 == mode).count(), 9, "{mode:?}");
+            assert_eq!(table.iter().filter(|r| r.0 == mode).count(), 12, "{mode:?}");
         }
     }
 
@@ -163,7 +178,7 @@ mod tests {
     fn keeps_only_undamaged_segments() {
         for mode in [TolerateCorruptedTail, PointInTime, Absolute] {
             for last in [false, true] {
-                for damage in [None, Some(Header), Some(Frames)] {
+                for damage in [None, Some(Header), Some(Frames), Some(Malformed)] {
                     for durable in [false, true] {
                         let s = Situation {
                             last,

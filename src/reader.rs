@@ -908,7 +908,9 @@ fn next_in_chain(seg: &Segment, f: &Frame<'_>) -> Result<u64> {
 /// A follower waits at a bad frame only where the log may still be written: a frame there
 /// that does not continue the chain where the log is known to go on past it (bytes the
 /// engine published; of a directory, a segment with a file listed after it) is damage,
-/// `Err(Error::Corrupt)` naming the file and the frame's offset. A directory follower that
+/// `Err(Error::Corrupt)` naming the file and the frame's offset; so is a frame whose CRC
+/// matches and that breaks a later rule, wherever it lies (no write in progress becomes one:
+/// recovery refuses it too). A directory follower that
 /// waits at a frame in a segment that was the last one when it moved there lists the
 /// directory again now and then (every 5 ms at most: less often in a directory slow to
 /// list), and once a later file is listed, judges the frame as in a complete segment: a roll
@@ -1442,6 +1444,11 @@ impl Follower {
                         Some(_) => *off < bytes.len() as u64,
                         None => self.next_listed.is_some_and(|next| *chain < next),
                     };
+                    // Nor is a frame whose CRC matches but that breaks a later rule
+                    // (`FormatErrorKind::past_crc`) a frame being written: no write in
+                    // progress becomes a frame the decoder accepts, and recovery refuses it.
+                    let whole_and_wrong = matches!(&found, Err(e) if e.kind.past_crc());
+                    let complete = complete || whole_and_wrong;
                     if complete {
                         return Err(Error::Corrupt {
                             path: seg.path.clone(),

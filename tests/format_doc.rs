@@ -1798,6 +1798,48 @@ fn a_whole_frame_that_breaks_a_rule_is_refused_not_cut() {
     }
 }
 
+/// A directory follower waiting at the live end of the last segment meets a frame written
+/// whole (its CRC matches) that breaks a rule: no write in progress can become it, so it is
+/// damage, `Error::Corrupt` at the frame, as `LogReader::check` and recovery say; before, the
+/// follower took it for the end of the log and waited at it for ever (`Ok(None)`).
+#[test]
+fn a_directory_follower_reports_a_whole_frame_that_breaks_a_rule_not_waits() {
+    let (dir, doc) = base_log();
+    let last = doc.segments.last().unwrap();
+    let tail = doc.batches.last().unwrap().clone();
+    let (off, len) = (tail.offset as usize, tail.frame_len);
+    // The log one frame shorter: the tail frame zeroed, kept to be written back wrong.
+    let mut frame = Vec::new();
+    let copy = changed(dir.path(), &last.path, |b| {
+        frame = b[off..off + len].to_vec();
+        b[off..off + len].fill(0);
+    });
+    std::fs::remove_file(copy.path().join("CLEAN")).unwrap();
+    let seg = copy.path().join(last.path.file_name().unwrap());
+    let reader = LogReader::open(copy.path()).unwrap();
+    let mut follower = reader.follow(tail.seq - 1);
+    let before = follower
+        .try_next()
+        .unwrap()
+        .expect("the batch before the tail");
+    assert_eq!(before.seq.get(), tail.seq - 1);
+    assert!(
+        follower.try_next().unwrap().is_none(),
+        "the log's end, for now"
+    );
+    // The frame lands whole, with a flag no build defines (its CRC made to match).
+    put_u32(&mut frame, 24, FRAME_SORTED | FRAME_TRAILER | 8);
+    fix_frame_crc(&mut frame, 0);
+    let file = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &frame, off as u64).unwrap();
+    let e = follower
+        .try_next()
+        .map(|b| b.map(|b| b.seq))
+        .expect_err("a whole frame that breaks a rule is damage, not the log's end");
+    assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+    assert_eq!(error_at(&e), Some((seg, tail.offset)), "{e}");
+}
+
 /// "A recycled segment before the last ends after exactly the batches up to the next
 /// segment's id, whatever follows them (a frame with the next segment's first batch right
 /// there is an error: files that do not belong together)."

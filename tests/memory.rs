@@ -522,3 +522,123 @@ fn windows_of_many_writes_keep_at_most_the_pooled_jobs_updates() {
     );
     engine.close().unwrap();
 }
+
+/// A gate on the log's storage: while armed, the next write of a segment (once) and every
+/// sync of one wait until let through; each says when it waits.
+#[derive(Default)]
+struct Gates {
+    state: Mutex<GateState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    write_armed: bool,
+    write_waiting: bool,
+    sync_armed: bool,
+    sync_waiting: bool,
+}
+
+impl Gates {
+    fn wait_for(&self, what: &str, ready: impl Fn(&GateState) -> bool) {
+        let s = self.state.lock().unwrap();
+        let (_s, timeout) = self
+            .changed
+            .wait_timeout_while(s, WAIT_MAX, |s| !ready(s))
+            .unwrap();
+        assert!(!timeout.timed_out(), "hung: {what}");
+    }
+
+    fn set(&self, f: impl FnOnce(&mut GateState)) {
+        f(&mut self.state.lock().unwrap());
+        self.changed.notify_all();
+    }
+}
+
+impl mergelog::internals::io::Io for Gates {
+    fn before(
+        &self,
+        op: mergelog::internals::io::IoOp,
+        path: &std::path::Path,
+        _offset: u64,
+        _data: &[u8],
+    ) -> std::io::Result<()> {
+        use mergelog::internals::io::IoOp;
+        if path.extension().is_none_or(|e| e != "seg") {
+            return Ok(());
+        }
+        let mut s = self.state.lock().unwrap();
+        match op {
+            IoOp::Write if s.write_armed => {
+                s.write_waiting = true;
+                self.changed.notify_all();
+                let s = self.changed.wait_while(s, |s| s.write_armed).unwrap();
+                drop(s);
+                self.set(|s| s.write_waiting = false);
+            }
+            IoOp::Sync if s.sync_armed => {
+                s.sync_waiting = true;
+                self.changed.notify_all();
+                let s = self.changed.wait_while(s, |s| s.sync_armed).unwrap();
+                drop(s);
+                self.set(|s| s.sync_waiting = false);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// A merge onto a value too long for the flusher to copy (over 64 KiB) while the window that
+/// wrote it is in flight waits for that window and reads the value from the log. The put's
+/// window is held in its write until the merge is in the ring (so it goes to a syncer, not
+/// completed at once), its sync until the merge's window is cut.
+#[test]
+fn a_merge_onto_a_long_value_in_flight_sees_it() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let gates = std::sync::Arc::new(Gates::default());
+    let cfg = Config {
+        merge: Some(MergeOperator::Append { max_len: 1 << 20 }),
+        window: WindowPolicy::Linger(Duration::from_secs(10)),
+        window_age_max: Duration::from_secs(10),
+        ..Config::default()
+    };
+    let engine = Engine::open_with_io(dir.path(), cfg, gates.clone()).unwrap();
+    let long = value((64 << 10) + 1, 9);
+    let first = engine.put(b"k", b"old").unwrap();
+    wait_ok(&engine.flush().unwrap(), "flush");
+    wait_ok(&first, "put");
+    gates.set(|s| {
+        s.write_armed = true;
+        s.sync_armed = true;
+    });
+    let put = engine.put(b"k", &long).unwrap();
+    let cut = engine.flush().unwrap();
+    gates.wait_for("the put's frame written", |s| s.write_waiting);
+    let merge = engine.merge(b"k", b"+").unwrap();
+    let cut_merge = engine.flush().unwrap();
+    let merges_before = engine.counts().merges;
+    gates.set(|s| s.write_armed = false);
+    gates.wait_for("the put's window synced", |s| s.sync_waiting);
+    // The merge's window is cut (counted) before it is merged; the put's is not durable.
+    let deadline = std::time::Instant::now() + WAIT_MAX;
+    while engine.counts().merges == merges_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hung: the merge's window was not cut"
+        );
+        std::thread::yield_now();
+    }
+    gates.set(|s| s.sync_armed = false);
+    for t in [&put, &cut, &merge, &cut_merge] {
+        wait_ok(t, "write");
+    }
+    let mut want = long.clone();
+    want.push(b'+');
+    assert!(
+        engine.read_to_vec(b"k").unwrap().unwrap() == want,
+        "the merge did not land on the value put before it"
+    );
+    engine.close().unwrap();
+}

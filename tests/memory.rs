@@ -642,3 +642,26 @@ fn a_merge_onto_a_long_value_in_flight_sees_it() {
     );
     engine.close().unwrap();
 }
+
+/// The pwrite path's frame buffer grows to the largest frame written, not past it: a frame of
+/// 9 MiB and then one of 10 MiB leave a buffer of about 10 MiB (growing by doubling would
+/// leave 18 MiB, more than a window of `batch_bytes_max` ever needs).
+#[test]
+fn the_frame_buffer_grows_to_the_largest_frame_only() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    wait_ok(&engine.put(b"warm", b"up").unwrap(), "warm-up");
+    let (nine, ten) = (value(9 * MIB, 1), value(10 * MIB, 2));
+    let c = measure(10 * MIB, Some(&engine), || {
+        wait_ok(&engine.put(b"k", &nine).unwrap(), "put");
+        wait_ok(&engine.put(b"k", &ten).unwrap(), "put");
+    });
+    report("frame buffer after frames of 9 and 10 MiB", &[c]);
+    assert!(
+        c.kept <= (c.len + SMALL) as isize,
+        "after frames of 9 and 10 MiB the engine kept {} bytes: more than the larger frame",
+        c.kept
+    );
+    engine.close().unwrap();
+}

@@ -329,6 +329,10 @@ pub(crate) struct Resolver {
     pub refused: Vec<(u32, String)>,
 }
 
+/// The most bytes each of `Resolver`'s value buffers keeps from one window to the next
+/// (`Resolver::release_large`).
+pub(crate) const RESOLVER_KEEP_MAX: usize = 1 << 20;
+
 /// The durable values a window's merges read: one per key `Resolver::resolve` asks its
 /// `fetch` for, set by the key's place among them. The bytes share one buffer, kept from
 /// window to window.
@@ -578,12 +582,34 @@ impl Resolver {
             self.merged = v.unwrap_or_default();
         }
         // The base from now on is the value recorded for the last merge (no copy of it).
-        let start = self.value_bytes.len();
-        self.value_bytes.extend_from_slice(&self.merged);
+        // The window's first value takes the operator's buffer as it is (a large result is
+        // not copied); a later one is copied after the others.
+        let (start, len) = (self.value_bytes.len(), self.merged.len());
+        if start == 0 {
+            std::mem::swap(&mut self.value_bytes, &mut self.merged);
+            self.merged.clear();
+        } else {
+            self.value_bytes.extend_from_slice(&self.merged);
+        }
         self.value_at[last as usize] = self.values.len() as u32;
-        self.values.push((start, self.merged.len()));
+        self.values.push((start, len));
         *base = Base::Resolved(self.values.len() - 1);
         pending.clear();
+    }
+
+    /// Frees the buffers a window's values left longer than [`RESOLVER_KEEP_MAX`]: they are
+    /// kept from window to window so that merges of small values allocate nothing, but one
+    /// large merge must not leave its value (three times: read, merged, recorded) behind.
+    pub fn release_large(&mut self) {
+        for buf in [
+            &mut self.value_bytes,
+            &mut self.merged,
+            &mut self.fetched.bytes,
+        ] {
+            if buf.capacity() > RESOLVER_KEEP_MAX {
+                *buf = Vec::new();
+            }
+        }
     }
 
     /// The key's value after the merge at entry index `i`, if resolved.

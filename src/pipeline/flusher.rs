@@ -83,8 +83,9 @@ pub(super) struct Flusher {
     stamps: Vec<u64>,
     /// Per get: entry index and its slot.
     slots: Vec<(u32, Arc<GetSlot>)>,
-    /// Answers of shared lookups: (first get index, value).
-    lookups: Vec<(u32, Option<Vec<u8>>)>,
+    /// Answers of shared lookups: (first get index, gets still to answer with it, its value
+    /// once read). Emptied when the window's gets are answered.
+    lookups: Vec<(u32, u32, Option<Vec<u8>>)>,
     /// The plan's get answers, in entry order.
     answers: Vec<(u32, GetAnswer)>,
     /// Requests in the previous window: the adaptive policy's guess of how many producers
@@ -736,6 +737,7 @@ impl Flusher {
         // dropped with `slots`.
         self.entries = recycle(entries);
         self.slots.clear();
+        self.resolver.release_large();
         consumer_mut.release(w.end);
         w.end
     }
@@ -1318,6 +1320,16 @@ impl Flusher {
         }
         let in_flight = &mut self.in_flight_values;
         in_flight.forget_durable(inner.completion.durable());
+        // A merge onto a value too long to have been copied waits until the windows in flight
+        // are durable: the index then has it (and nothing in flight is left).
+        let onto_large =
+            (entries.iter()).any(|e| matches!(e.op, Op::Merge(_)) && in_flight.is_large(e.key));
+        if onto_large {
+            if !Self::drain_pipeline(&inner, self.in_flight) {
+                return None;
+            }
+            in_flight.forget_durable(inner.completion.durable());
+        }
         let in_flight = &*in_flight;
         let mut taken_out = 0;
         loop {
@@ -1638,20 +1650,37 @@ impl Flusher {
 }
 
 /// With a merge operator, the newest value each key was given by windows written and not yet
-/// known durable (`None`: deleted), with the end of the window that wrote it.
+/// known durable (`None`: deleted), with the end of the window that wrote it. A value longer
+/// than [`IN_FLIGHT_COPY_MAX`] is not copied (`Large`): a merge onto it waits for its window
+/// to be durable and reads it from the index (`Flusher::resolve_merges`).
 #[derive(Default)]
 struct InFlightValues {
-    values: hashbrown::HashMap<Vec<u8>, (u64, Option<Vec<u8>>), foldhash::fast::RandomState>,
+    values: hashbrown::HashMap<Vec<u8>, (u64, InFlight), foldhash::fast::RandomState>,
+    /// How many of `values` are `InFlight::Large`.
+    large: usize,
     /// Buffers of forgotten keys and values, reused for the next ones: every window notes
     /// each of its survivors, and the entries go once durable (one or two windows later), so
     /// without them each survivor would cost an allocation and a free or two.
     spare: Vec<Vec<u8>>,
 }
 
+/// What `InFlightValues` holds of a key's newest value.
+enum InFlight {
+    /// A copy of it (`None`: deleted).
+    Value(Option<Vec<u8>>),
+    /// Longer than `IN_FLIGHT_COPY_MAX`: not copied.
+    Large,
+}
+
 /// The most buffers `InFlightValues` keeps for reuse, and the largest it keeps (a value's
 /// buffer can be up to `value_len_max`).
 const SPARE_BUFFERS_MAX: usize = 4096;
 const SPARE_BUFFER_BYTES_MAX: usize = 256;
+
+/// The longest value `InFlightValues` copies. A longer one would be held a second time, from
+/// its window's write until the next window forgets it (however long the engine then idles):
+/// a merge onto it instead waits for the windows in flight (one sync) and reads it in place.
+const IN_FLIGHT_COPY_MAX: usize = 64 << 10;
 
 impl InFlightValues {
     /// Notes what the window ending at `end` wrote (its `survivors`, in log order).
@@ -1660,26 +1689,36 @@ impl InFlightValues {
         for &i in survivors {
             let key = window.0[i as usize].key;
             let value = logged_value(window, i);
+            let large = value.is_some_and(|v| v.len() > IN_FLIGHT_COPY_MAX);
             match self.values.get_mut(key) {
                 Some((at, held)) => {
                     *at = end;
-                    match (held.as_mut(), value) {
-                        (Some(buf), Some(v)) => {
+                    match (&mut *held, value) {
+                        (InFlight::Value(Some(buf)), Some(v)) if !large => {
                             buf.clear();
                             buf.extend_from_slice(v);
                         }
-                        (_, v) => {
-                            if let Some(old) = held.take() {
-                                keep_spare(spare, old);
+                        (old, v) => {
+                            match std::mem::replace(old, InFlight::Value(None)) {
+                                InFlight::Value(Some(old)) => keep_spare(spare, old),
+                                InFlight::Value(None) => {}
+                                InFlight::Large => self.large -= 1,
                             }
-                            *held = v.map(|v| copy_into_spare(spare, v));
+                            *held = match large {
+                                true => InFlight::Large,
+                                false => InFlight::Value(v.map(|v| copy_into_spare(spare, v))),
+                            };
+                            self.large += usize::from(large);
                         }
                     }
                 }
                 None => {
-                    let value = value.map(|v| copy_into_spare(spare, v));
-                    self.values
-                        .insert(copy_into_spare(spare, key), (end, value));
+                    let held = match large {
+                        true => InFlight::Large,
+                        false => InFlight::Value(value.map(|v| copy_into_spare(spare, v))),
+                    };
+                    self.large += usize::from(large);
+                    self.values.insert(copy_into_spare(spare, key), (end, held));
                 }
             }
         }
@@ -1688,17 +1727,31 @@ impl InFlightValues {
     /// Forgets the values of windows the watermark `durable` has passed: the index has them.
     fn forget_durable(&mut self, durable: u64) {
         let spare = &mut self.spare;
-        for (key, (_, value)) in self.values.extract_if(|_, (end, _)| *end <= durable) {
+        for (key, (_, held)) in self.values.extract_if(|_, (end, _)| *end <= durable) {
             keep_spare(spare, key);
-            if let Some(value) = value {
-                keep_spare(spare, value);
+            match held {
+                InFlight::Value(Some(value)) => keep_spare(spare, value),
+                InFlight::Value(None) => {}
+                InFlight::Large => self.large -= 1,
             }
         }
     }
 
-    /// `Some(value)` if a window in flight wrote `key` (`Some(None)`: deleted it).
+    /// Whether a window in flight wrote `key` a value too long to copy (`InFlight::Large`).
+    fn is_large(&self, key: &[u8]) -> bool {
+        self.large > 0 && matches!(self.values.get(key), Some((_, InFlight::Large)))
+    }
+
+    /// `Some(value)` if a window in flight wrote `key` (`Some(None)`: deleted it). A key
+    /// whose value is `Large` is drained before anyone asks (`Flusher::resolve_merges`).
     fn get(&self, key: &[u8]) -> Option<Option<&[u8]>> {
-        self.values.get(key).map(|(_, v)| v.as_deref())
+        match self.values.get(key)? {
+            (_, InFlight::Value(v)) => Some(v.as_deref()),
+            (_, InFlight::Large) => {
+                debug_assert!(false, "a merge read a large in-flight value not drained");
+                None
+            }
+        }
     }
 }
 
@@ -1928,7 +1981,7 @@ fn answer_gets(
     (entries, merged): (&[Entry<'_>], &Resolver),
     gets: &[(u32, GetAnswer)],
     slots: &[(u32, Arc<GetSlot>)],
-    lookups: &mut Vec<(u32, Option<Vec<u8>>)>,
+    lookups: &mut Vec<(u32, u32, Option<Vec<u8>>)>,
     answers: &mut Vec<(u32, GetAnswer)>,
 ) {
     lookups.clear();
@@ -1936,10 +1989,19 @@ fn answer_gets(
         if ans == GetAnswer::Lookup(g) {
             let v = ValueRef::lookup(&inner.index, &inner.segments, entries[g as usize].key)
                 .map(|v| v.to_vec());
-            lookups.push((g, v));
+            lookups.push((g, 0, v));
         }
     }
     lookups.sort_unstable_by_key(|l| l.0);
+    // How many gets share each lookup: the last of them takes its value, the others a copy
+    // each (one copy per answer, never one more, and none kept after the window).
+    for &(_, ans) in gets {
+        if let GetAnswer::Lookup(first) = ans {
+            if let Ok(i) = lookups.binary_search_by_key(&first, |l| l.0) {
+                lookups[i].1 += 1;
+            }
+        }
+    }
     // Slots are in entry order; put the answers in the same order and zip.
     answers.clear();
     answers.extend_from_slice(gets);
@@ -1949,14 +2011,22 @@ fn answer_gets(
         debug_assert_eq!(*g, a);
         let value = match answer {
             GetAnswer::Write(w) => logged_value((entries, merged), w).map(<[u8]>::to_vec),
-            GetAnswer::Lookup(first) => lookups
-                .binary_search_by_key(&first, |l| l.0)
-                .ok()
-                .and_then(|i| lookups[i].1.clone()),
+            GetAnswer::Lookup(first) => {
+                let at = lookups.binary_search_by_key(&first, |l| l.0);
+                at.ok().and_then(|i| {
+                    let (_, uses, value) = &mut lookups[i];
+                    *uses -= 1;
+                    match uses {
+                        0 => value.take(),
+                        _ => value.clone(),
+                    }
+                })
+            }
         };
         // Visible to the get's owner only once the watermark passes it.
         slot.fill(value);
     }
+    lookups.clear();
 }
 
 #[cfg(test)]
@@ -1969,6 +2039,57 @@ mod tests {
 
     /// A bound on every wait of these tests: reaching it means a hang.
     const HANG: Duration = Duration::from_secs(60);
+
+    /// `InFlightValues` copies values up to `IN_FLIGHT_COPY_MAX` and marks longer ones
+    /// `Large` (counted, so that `resolve_merges` drains before a merge reads one); a later
+    /// write of the key replaces either, and forgetting a durable window forgets both kinds.
+    #[test]
+    fn in_flight_values_copy_short_values_and_mark_long_ones() {
+        let short = vec![1u8; IN_FLIGHT_COPY_MAX];
+        let long = vec![2u8; IN_FLIGHT_COPY_MAX + 1];
+        let resolver = Resolver::default();
+        let mut values = InFlightValues::default();
+        let window = [
+            Entry {
+                key: b"a",
+                op: Op::Put(&short),
+            },
+            Entry {
+                key: b"b",
+                op: Op::Put(&long),
+            },
+            Entry {
+                key: b"c",
+                op: Op::Delete,
+            },
+        ];
+        values.note((&window, &resolver), &[0, 1, 2], 10);
+        assert_eq!(values.get(b"a"), Some(Some(&short[..])));
+        assert!(!values.is_large(b"a") && values.is_large(b"b"));
+        assert_eq!(values.get(b"c"), Some(None));
+        assert_eq!(values.large, 1);
+        // The long value's key written short, the short one's long, in a later window.
+        let window = [
+            Entry {
+                key: b"b",
+                op: Op::Put(b"x"),
+            },
+            Entry {
+                key: b"a",
+                op: Op::Put(&long),
+            },
+        ];
+        values.note((&window, &resolver), &[0, 1], 20);
+        assert_eq!(values.get(b"b"), Some(Some(&b"x"[..])));
+        assert!(values.is_large(b"a") && !values.is_large(b"b"));
+        assert_eq!(values.large, 1);
+        values.forget_durable(10);
+        assert_eq!(values.get(b"c"), None);
+        values.forget_durable(20);
+        assert!(values.values.is_empty());
+        assert_eq!(values.large, 0);
+        assert!(!values.is_large(b"a"));
+    }
 
     /// A producer frozen between claim and publish cannot hold `close` forever: after
     /// `CLOSE_STALL_MAX` the flusher gives up, `close` says why, the tickets before the claim

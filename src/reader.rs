@@ -313,6 +313,14 @@ impl LogReader {
     /// Opens `dir` read-only with the default recovery mode: damage at the tail of the last
     /// segment ends the log (reported by `damage()`); damage before it is an error naming
     /// file and offset.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if `dir` is not a directory or a file of the log cannot be listed,
+    /// opened or mapped (naming the call and the file); [`Error::Corrupt`] for damage the
+    /// mode does not end the log at (with the default mode: in an earlier segment, or a bad
+    /// segment header that is not the last segment's torn roll), naming the file and the
+    /// offset. A reader changes nothing either way.
     pub fn open(dir: impl AsRef<Path>) -> Result<LogReader> {
         LogReader::open_with(dir, RecoveryMode::default())
     }

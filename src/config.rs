@@ -15,6 +15,10 @@ pub enum Durability {
     /// Acknowledge once the batch is in the page cache. Survives a process crash, not power
     /// loss: after one, the log opens without (some of) the writes since the last segment
     /// roll, which syncs the segment it leaves so that no segment is torn behind a newer one.
+    /// Open such a log with `NoSync` too (or with `RecoveryMode::PointInTime`): the page
+    /// cache may have written any of those frames and not others, and an open with `Sync`
+    /// takes valid frames 16 or more batches past a lost one as proof that it was durable,
+    /// and refuses the log (`Error::DamagedHistory`).
     NoSync,
 }
 
@@ -452,7 +456,10 @@ mod tests {
             .expect("README has its Key settings paragraph");
         let end = start + readme[start..].find("\n\n").expect("the paragraph ends");
         // The paragraph with its line breaks as spaces.
-        let text = readme[start..end].split_whitespace().collect::<Vec<_>>().join(" ");
+        let text = readme[start..end]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
         let d = Config::default();
         let mib = |n: u64| {
             assert_eq!(n % (1 << 20), 0, "{n} is not whole MiB");
@@ -492,7 +499,10 @@ mod tests {
                 d.overlap_syncs_above.as_micros()
             ),
             format!("`trace_events` ({}:", d.trace_events),
-            format!("`request_ids` (the newest {} ids", thousands(d.request_ids.ids)),
+            format!(
+                "`request_ids` (the newest {} ids",
+                thousands(d.request_ids.ids)
+            ),
             "`durability` (`Sync` default".to_string(),
             "`write_path` (`Pwrite` default".to_string(),
             "`window` (`Adaptive` default".to_string(),
@@ -505,7 +515,10 @@ mod tests {
             "`merge` (`None`".to_string(),
         ];
         for q in &quoted {
-            assert!(text.contains(q.as_str()), "README does not say {q:?}:\n{text}");
+            assert!(
+                text.contains(q.as_str()),
+                "README does not say {q:?}:\n{text}"
+            );
         }
     }
 }

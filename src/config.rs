@@ -462,14 +462,14 @@ mod tests {
             .join(" ");
         let d = Config::default();
         let mib = |n: u64| {
-            assert_eq!(n % (1 << 20), 0, "{n} is not whole MiB");
+            assert!(n.is_multiple_of(1 << 20), "{n} is not whole MiB");
             format!("{} MiB", n >> 20)
         };
         let thousands = |n: usize| {
             let s = n.to_string();
             let mut out = String::new();
             for (i, c) in s.chars().enumerate() {
-                if i > 0 && (s.len() - i) % 3 == 0 {
+                if i > 0 && (s.len() - i).is_multiple_of(3) {
                     out.push(',');
                 }
                 out.push(c);

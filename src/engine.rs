@@ -630,6 +630,13 @@ impl Engine {
     /// once whole, so an error (a full disk) leaves nothing under it (but a whole backup when only
     /// the final sync of `dest`'s parent failed, which the error says). See
     /// [`LogReader::backup`] for a log another process writes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the engine is closed (another engine may have the directory
+    /// by then: back it up through that engine, or `LogReader::open(dir)?.backup(dest)`);
+    /// [`Error::Io`] for an existing `dest` or a file call that failed (naming it), and
+    /// nothing is left under `dest`.
     pub fn backup(&self, dest: impl AsRef<Path>) -> Result<crate::Backup> {
         self.backup_to(None, dest.as_ref())
     }
@@ -665,11 +672,16 @@ impl Engine {
         // name batches past the view's end and may have let older ones go that the view's
         // log still remembers (the horizon moved on meanwhile). A consumer's position read
         // after the view may only be further on, which the backup pulls back to its end.
+        // And only while the engine holds the directory: after `close` another engine may
+        // have it, and its `ids` file would name batches this view does not hold (lock order
+        // as `close`'s: the retirement lock, then the hold).
         let (view, side) = {
             let _no_retirement = self.inner.retire_lock.lock();
-            let view = self.replay()?;
-            let side = view.side_files()?;
-            (view, side)
+            self.inner.live.while_holding_dir(|| {
+                let view = self.replay()?;
+                let side = view.side_files()?;
+                Ok((view, side))
+            })?
         };
         crate::backup::write(&*self.inner.io, &view, &side, dest, earlier)
     }

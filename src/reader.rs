@@ -457,7 +457,9 @@ impl LogReader {
     /// the retirement replaced the `ids` file with the ids remembered then, which may name
     /// batches past the view's end (a backup would refuse those requests without holding
     /// their writes) and may have forgotten older ones the view's log still remembered (a
-    /// backup would apply their replays again). Open a new view then.
+    /// backup would apply their replays again). Open a new view then. A view of an engine
+    /// in this process (`Engine::replay`) is refused with `Error::Closed` once that engine
+    /// is closed, as [`Engine::backup`](crate::Engine::backup) is.
     pub fn backup(&self, dest: impl AsRef<Path>) -> Result<crate::Backup> {
         self.backup_to(None, dest.as_ref())
     }
@@ -476,10 +478,11 @@ impl LogReader {
 
     fn backup_to(&self, earlier: Option<&Path>, dest: &Path) -> Result<crate::Backup> {
         let side = match &self.engine {
-            // The `ids` file is not replaced while it is read.
+            // The `ids` file is not replaced while it is read, and is the engine's: after its
+            // `close` another engine may have the directory (see `Engine::backup`).
             Some(engine) => {
                 let _no_retirement = engine.retire_lock.lock();
-                self.side_files()?
+                engine.live.while_holding_dir(|| self.side_files())?
             }
             None => self.side_files()?,
         };

@@ -635,8 +635,8 @@ impl Engine {
     ///
     /// [`Error::Closed`] once the engine is closed (another engine may have the directory
     /// by then: back it up through that engine, or `LogReader::open(dir)?.backup(dest)`);
-    /// [`Error::Io`] for an existing `dest` or a file call that failed (naming it), and
-    /// nothing is left under `dest`.
+    /// [`Error::Io`] for an existing `dest` or a file call that failed (naming it): nothing
+    /// is left under `dest`, unless only the final sync of its parent failed (above).
     pub fn backup(&self, dest: impl AsRef<Path>) -> Result<crate::Backup> {
         self.backup_to(None, dest.as_ref())
     }

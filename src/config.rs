@@ -15,6 +15,10 @@ pub enum Durability {
     /// Acknowledge once the batch is in the page cache. Survives a process crash, not power
     /// loss: after one, the log opens without (some of) the writes since the last segment
     /// roll, which syncs the segment it leaves so that no segment is torn behind a newer one.
+    /// Open such a log with `NoSync` too (or with `RecoveryMode::PointInTime`): the page
+    /// cache may have written any of those frames and not others, and an open with `Sync`
+    /// takes valid frames 16 or more batches past a lost one as proof that it was durable,
+    /// and refuses the log (`Error::DamagedHistory`).
     NoSync,
 }
 
@@ -434,6 +438,87 @@ impl Config {
             (ring_payload_max, "ring record (ring_bytes / 4)")
         } else {
             (batch, "batch_bytes_max")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The defaults README.md quotes in its "Key settings (`Config`)" paragraph are
+    /// `Config::default()`'s: a newcomer sizes a deployment by them.
+    #[test]
+    fn the_readme_quotes_the_defaults() {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("Key settings (`Config`)")
+            .expect("README has its Key settings paragraph");
+        let end = start + readme[start..].find("\n\n").expect("the paragraph ends");
+        // The paragraph with its line breaks as spaces.
+        let text = readme[start..end]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let d = Config::default();
+        let mib = |n: u64| {
+            assert!(n.is_multiple_of(1 << 20), "{n} is not whole MiB");
+            format!("{} MiB", n >> 20)
+        };
+        let thousands = |n: usize| {
+            let s = n.to_string();
+            let mut out = String::new();
+            for (i, c) in s.chars().enumerate() {
+                if i > 0 && (s.len() - i).is_multiple_of(3) {
+                    out.push(',');
+                }
+                out.push(c);
+            }
+            out
+        };
+        assert_eq!(d.durability, Durability::Sync);
+        assert_eq!(d.write_path, WritePath::Pwrite);
+        assert!(matches!(d.window, WindowPolicy::Adaptive { .. }));
+        assert_eq!(d.backpressure, Backpressure::Block);
+        assert_eq!(d.recovery, RecoveryMode::TolerateCorruptedTail);
+        assert_eq!(d.compaction, crate::compact::Compaction::OnDemand);
+        assert!(d.coalesce && d.merge.is_none() && d.consumer_lag_max.is_none());
+        assert!(!d.reserve_segment);
+        let quoted = [
+            format!("`window_age_max` ({:?})", d.window_age_max).replace("ms", " ms"),
+            format!("`batch_bytes_max` ({})", mib(d.batch_bytes_max as u64)),
+            format!("`batch_ops_max` ({})", thousands(d.batch_ops_max)),
+            format!("`ring_bytes` ({})", mib(d.ring_bytes as u64)),
+            format!("`segment_bytes` ({},", mib(d.segment_bytes)),
+            format!("`key_len_max` ({},", d.key_len_max),
+            format!("`value_len_max` ({})", mib(d.value_len_max as u64)),
+            format!("`recycle_segments` ({}:", d.recycle_segments),
+            format!("`syncers` ({}:", d.syncers),
+            format!(
+                "`overlap_syncs_above` ({} µs:",
+                d.overlap_syncs_above.as_micros()
+            ),
+            format!("`trace_events` ({}:", d.trace_events),
+            format!(
+                "`request_ids` (the newest {} ids",
+                thousands(d.request_ids.ids)
+            ),
+            "`durability` (`Sync` default".to_string(),
+            "`write_path` (`Pwrite` default".to_string(),
+            "`window` (`Adaptive` default".to_string(),
+            "`backpressure` (`Block` default".to_string(),
+            "`recovery` (`TolerateCorruptedTail` default".to_string(),
+            "`compaction` (`OnDemand` default".to_string(),
+            "`coalesce` (on)".to_string(),
+            "`reserve_segment` (`false`".to_string(),
+            "`consumer_lag_max` (`None`".to_string(),
+            "`merge` (`None`".to_string(),
+        ];
+        for q in &quoted {
+            assert!(
+                text.contains(q.as_str()),
+                "README does not say {q:?}:\n{text}"
+            );
         }
     }
 }

@@ -113,6 +113,27 @@ impl Engine {
     /// Opens (creating if needed) the log in `dir`: takes the directory lock, verifies and
     /// replays the log into the index (repairing a torn tail as `config.recovery` allows),
     /// prepares the next segment and starts the flusher.
+    ///
+    /// # Errors
+    ///
+    /// A refusal for damage changes nothing of the log; what an open does with damage is
+    /// README's table ("After a crash, a failure, or damage").
+    ///
+    /// - [`Error::InvalidConfig`]: `config` breaks a rule ([`Config::validate`]; the message
+    ///   names the setting), or asks for `WritePath::Mmap` on btrfs.
+    /// - [`Error::Locked`]: another engine (in this process or another) has the directory
+    ///   open, or an incremental backup links its files.
+    /// - [`Error::Io`]: a file or directory call failed (making the directory, the lock,
+    ///   reading or repairing a segment, preparing the next one); it names the call and the
+    ///   file.
+    /// - [`Error::DamagedHistory`]: damage (or frames missing) in the last segment with
+    ///   durable batches after it: valid frames 16 or more batches on, or a clean-close mark
+    ///   naming a later batch (under `TolerateCorruptedTail` and `AbsoluteConsistency`); it
+    ///   names the file, the offset and the batches a cut would lose.
+    /// - [`Error::Corrupt`]: damage in an earlier segment or a bad segment header (except
+    ///   under `PointInTime`, which cuts there), any damage at all under
+    ///   `AbsoluteConsistency`, or a request-ids or consumer position file that does not
+    ///   decode; it names the file and the offset.
     pub fn open(dir: impl AsRef<Path>, config: Config) -> Result<Engine> {
         Engine::open_with_io(dir, config, crate::log::io::real())
     }
@@ -278,7 +299,30 @@ impl Engine {
         Ticket::new(pos, self.inner.anchors.get())
     }
 
-    /// Submits a put. Returns at once; the ticket completes when the put is durable.
+    /// Submits a put. Returns at once (but see "Blocking"); the ticket completes when the put
+    /// is durable.
+    ///
+    /// # Errors
+    ///
+    /// At submit, nothing submitted: [`Error::KeyTooLong`], [`Error::ValueTooLong`] or
+    /// [`Error::RequestTooLarge`] (a limit of the configuration, named with the size);
+    /// [`Error::Busy`] (a full ring) or [`Error::Throttled`] (a consumer lags past
+    /// `Config::consumer_lag_max`) under `Backpressure::Reject` (back off and retry:
+    /// [`Error::is_back_off`]); [`Error::NoSpace`] while writes are refused for lack of room
+    /// on the disk (until [`Engine::resume`]); [`Error::Closed`] once the engine is closing
+    /// or closed; [`Error::Failed`] once it has failed.
+    ///
+    /// Through the ticket: the error of the write or sync that failed the engine (usually
+    /// [`Error::Io`]) or [`Error::Failed`], and then the request may or may not be in the log
+    /// (a reopen tells); [`Error::NoSpace`] if its window was refused for room (nothing of it
+    /// applied); see [`Ticket::wait`] for the rest.
+    ///
+    /// # Blocking
+    ///
+    /// Under `Backpressure::Block` (the default) a full ring, or a consumer lagging past
+    /// `Config::consumer_lag_max`, parks the calling thread until there is room (or the
+    /// engine closes or fails); [`Engine::put_async`] and its siblings wait as futures
+    /// instead.
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<Ticket> {
         self.check_key(key)?;
         self.check_value(value)?;
@@ -299,7 +343,12 @@ impl Engine {
         self.submit(len, |buf| request::encode_put(buf, key, value, now, id))
     }
 
-    /// Submits a delete. Returns at once; the ticket completes when the delete is durable.
+    /// Submits a delete. Returns at once (but see [`Engine::put`], "Blocking"); the ticket
+    /// completes when the delete is durable.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::put`] (no value to be too long).
     pub fn delete(&self, key: &[u8]) -> Result<Ticket> {
         self.check_key(key)?;
         Ok(self.ticket(self.submit_delete(key, None)?))
@@ -326,6 +375,11 @@ impl Engine {
     /// (an `Add` onto a value that is not 8 bytes), or a `Custom` operator's result is
     /// over `value_len_max` or it panics. A refused merge changes nothing; the engine goes
     /// on.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MergeRefused`] as above, and those of [`Engine::put`] (the operand counts
+    /// as the value against `value_len_max`); it blocks where `put` does.
     pub fn merge(&self, key: &[u8], operand: &[u8]) -> Result<Ticket> {
         self.check_merge(key, operand)?;
         Ok(self.ticket(self.submit_merge(key, operand, None)?))
@@ -366,6 +420,14 @@ impl Engine {
     /// before it (including those of its own window) and completes once its window is
     /// durable, so it never returns a value a crash could take back (with
     /// `Durability::NoSync`, "durable" means written: a power loss can take it back).
+    ///
+    /// # Errors
+    ///
+    /// At submit: [`Error::KeyTooLong`]; [`Error::Busy`] on a full ring under
+    /// `Backpressure::Reject` (under `Block` it waits for room, as [`Engine::put`] does; a
+    /// get is never throttled on consumer lag, nor refused while writes are refused for
+    /// room); [`Error::Closed`], [`Error::Failed`]. Through the ticket: the failure of its
+    /// window, as for a put, and [`Error::ValueTaken`] for a second wait.
     pub fn get(&self, key: &[u8]) -> Result<GetTicket> {
         self.check_key(key)?;
         let slot = Arc::new(GetSlot::default());
@@ -381,6 +443,13 @@ impl Engine {
 
     /// Submits a write batch: all its operations enter the order at one place, land in
     /// one frame and become durable together.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::EmptyBatch`] for a batch with no operation; [`Error::MergeRefused`] for a
+    /// merge in it the operator cannot take (nothing of the batch submitted); else those of
+    /// [`Engine::put`], the limits checked for every operation and [`Error::RequestTooLarge`]
+    /// for the whole batch; it blocks where `put` does.
     pub fn write(&self, batch: &WriteBatch) -> Result<Ticket> {
         self.check_batch(batch)?;
         Ok(self.ticket(self.submit_batch(batch, None)?))
@@ -413,6 +482,12 @@ impl Engine {
     /// was refused for lack of room on the disk since the last [`Engine::resume`] (and
     /// `flush` itself does while writes are refused): a caller that drops its tickets learns
     /// of the refusal here.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Failed`] once the engine has failed, [`Error::Closed`] once it is closing or
+    /// closed, [`Error::NoSpace`] while writes are refused for room. Never blocks, and is
+    /// never throttled.
     pub fn flush(&self) -> Result<Ticket> {
         if let Some(e) = self.inner.completion.failure() {
             return Err(failed(e));
@@ -433,6 +508,10 @@ impl Engine {
     /// Reads the durable value of `key`, zero-copy from the log's mapping, without going
     /// through the window. A writer whose ticket completed reads its own write. (With
     /// `Durability::NoSync`, "durable" means written: a power loss can take it back.)
+    ///
+    /// # Errors
+    ///
+    /// [`Error::KeyTooLong`] only: a read works on a closed or failed engine too.
     pub fn read(&self, key: &[u8]) -> Result<Option<ValueRef>> {
         self.check_key(key)?;
         Ok(ValueRef::lookup(
@@ -551,6 +630,13 @@ impl Engine {
     /// once whole, so an error (a full disk) leaves nothing under it (but a whole backup when only
     /// the final sync of `dest`'s parent failed, which the error says). See
     /// [`LogReader::backup`] for a log another process writes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the engine is closed (another engine may have the directory
+    /// by then: back it up through that engine, or `LogReader::open(dir)?.backup(dest)`);
+    /// [`Error::Io`] for an existing `dest` or a file call that failed (naming it): nothing
+    /// is left under `dest`, unless only the final sync of its parent failed (above).
     pub fn backup(&self, dest: impl AsRef<Path>) -> Result<crate::Backup> {
         self.backup_to(None, dest.as_ref())
     }
@@ -586,11 +672,16 @@ impl Engine {
         // name batches past the view's end and may have let older ones go that the view's
         // log still remembers (the horizon moved on meanwhile). A consumer's position read
         // after the view may only be further on, which the backup pulls back to its end.
+        // And only while the engine holds the directory: after `close` another engine may
+        // have it, and its `ids` file would name batches this view does not hold (lock order
+        // as `close`'s: the retirement lock, then the hold).
         let (view, side) = {
             let _no_retirement = self.inner.retire_lock.lock();
-            let view = self.replay()?;
-            let side = view.side_files()?;
-            (view, side)
+            self.inner.live.while_holding_dir(|| {
+                let view = self.replay()?;
+                let side = view.side_files()?;
+                Ok((view, side))
+            })?
         };
         crate::backup::write(&*self.inner.io, &view, &side, dest, earlier)
     }

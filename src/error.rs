@@ -249,16 +249,21 @@ impl fmt::Display for Error {
                 "ingest ring is full (Backpressure::Reject); shed load or retry later"
             ),
             Error::Throttled { consumer, lag } => {
-                write!(f, "throttled: consumer {consumer} lags ")?;
+                // Every measure the limit sets: with an age limit the age is what usually
+                // trips it, and a message without it would not say why.
+                write!(f, "throttled: consumer {consumer} lags")?;
                 if let Some(n) = lag.batches {
-                    write!(f, "{n} batches ")?;
+                    write!(f, " {n} batches")?;
                 }
                 if let Some(n) = lag.bytes {
-                    write!(f, "({n} bytes) ")?;
+                    write!(f, " ({n} bytes)")?;
+                }
+                if let Some(age) = lag.age {
+                    write!(f, ", its oldest unprocessed one {age:?} old")?;
                 }
                 write!(
                     f,
-                    "past Config::consumer_lag_max (Backpressure::Reject); retry once it has caught up"
+                    ", past Config::consumer_lag_max (Backpressure::Reject); retry once it has caught up"
                 )
             }
             Error::Closed => write!(f, "engine is closed"),
@@ -437,5 +442,39 @@ mod tests {
              put/delete/get/write); that request and every one after it were not written"
         );
         assert!(stalled.source().is_none());
+    }
+
+    /// A throttled write's message gives the slowest consumer's lag in every measure the
+    /// limit sets: with an age limit (alone, or with others) the age of its oldest
+    /// unprocessed batch, which is what tripped it; without a bytes or age limit, not those.
+    #[test]
+    fn a_throttled_write_names_the_lag_that_tripped_it() {
+        let throttled = |batches, bytes, age| Error::Throttled {
+            consumer: "indexer".into(),
+            lag: crate::config::ConsumerLag {
+                batches: Some(batches),
+                bytes,
+                age,
+            },
+        };
+        let age_only = throttled(3, None, Some(Duration::from_millis(5200))).to_string();
+        assert_eq!(
+            age_only,
+            "throttled: consumer indexer lags 3 batches, its oldest unprocessed one 5.2s old, \
+             past Config::consumer_lag_max (Backpressure::Reject); retry once it has caught up"
+        );
+        let all = throttled(700, Some(1 << 20), Some(Duration::from_secs(2))).to_string();
+        assert_eq!(
+            all,
+            "throttled: consumer indexer lags 700 batches (1048576 bytes), its oldest \
+             unprocessed one 2s old, past Config::consumer_lag_max (Backpressure::Reject); \
+             retry once it has caught up"
+        );
+        let batches = throttled(513, None, None).to_string();
+        assert_eq!(
+            batches,
+            "throttled: consumer indexer lags 513 batches, past Config::consumer_lag_max \
+             (Backpressure::Reject); retry once it has caught up"
+        );
     }
 }

@@ -54,8 +54,9 @@
 //! Each open engine runs `mergelog-flusher` (windows, coalescing, log writes) and
 //! `Config::syncers` syncer threads (`mergelog-syncer`, `mergelog-syncer-1`, ...: syncs and
 //! completions; two by default), plus `mergelog-prep` while it prepares the next segment file,
-//! `mergelog-compactor` under `Compaction::Auto`, and `mergelog-follow-poll` while a polling
-//! follower is awaited as a future. The names show in `top -H`, `perf` and `/proc` (where the kernel keeps
+//! `mergelog-compactor` under `Compaction::Auto`, `mergelog-follow-poll` while a polling
+//! follower is awaited as a future, and `mergelog-close` for an engine dropped inside a waker
+//! it calls (it closes the engine off that thread). The names show in `top -H`, `perf` and `/proc` (where the kernel keeps
 //! their first 15 bytes), so their CPU can be told apart from the producers'; `mergelog
 //! bench` reports it that way.
 //!

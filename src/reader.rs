@@ -313,6 +313,14 @@ impl LogReader {
     /// Opens `dir` read-only with the default recovery mode: damage at the tail of the last
     /// segment ends the log (reported by `damage()`); damage before it is an error naming
     /// file and offset.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if `dir` is not a directory or a file of the log cannot be listed,
+    /// opened or mapped (naming the call and the file); [`Error::Corrupt`] for damage the
+    /// mode does not end the log at (with the default mode: in an earlier segment, or a bad
+    /// segment header that is not the last segment's torn roll), naming the file and the
+    /// offset. A reader changes nothing either way.
     pub fn open(dir: impl AsRef<Path>) -> Result<LogReader> {
         LogReader::open_with(dir, RecoveryMode::default())
     }
@@ -449,7 +457,9 @@ impl LogReader {
     /// the retirement replaced the `ids` file with the ids remembered then, which may name
     /// batches past the view's end (a backup would refuse those requests without holding
     /// their writes) and may have forgotten older ones the view's log still remembered (a
-    /// backup would apply their replays again). Open a new view then.
+    /// backup would apply their replays again). Open a new view then. A view of an engine
+    /// in this process (`Engine::replay`) is refused with `Error::Closed` once that engine
+    /// is closed, as [`Engine::backup`](crate::Engine::backup) is.
     pub fn backup(&self, dest: impl AsRef<Path>) -> Result<crate::Backup> {
         self.backup_to(None, dest.as_ref())
     }
@@ -468,10 +478,11 @@ impl LogReader {
 
     fn backup_to(&self, earlier: Option<&Path>, dest: &Path) -> Result<crate::Backup> {
         let side = match &self.engine {
-            // The `ids` file is not replaced while it is read.
+            // The `ids` file is not replaced while it is read, and is the engine's: after its
+            // `close` another engine may have the directory (see `Engine::backup`).
             Some(engine) => {
                 let _no_retirement = engine.retire_lock.lock();
-                self.side_files()?
+                engine.live.while_holding_dir(|| self.side_files())?
             }
             None => self.side_files()?,
         };

@@ -811,6 +811,19 @@ impl Ticket {
     /// operator may run on the caller's thread, and the call takes as long as that sync.
     /// `wait_timeout` does not (the sync could outlast its timeout), unless its timeout has
     /// no end the clock can reach.
+    ///
+    /// # Errors
+    ///
+    /// - The error that failed the engine, if the request was not durable then: the
+    ///   [`Error::Io`] of the write or sync that failed (naming the call and the file), or
+    ///   [`Error::Failed`] with the cause ([`Error::Panicked`], [`Error::Stalled`], ...).
+    ///   The request may or may not be in the log: reopen and read.
+    /// - [`Error::NoSpace`]: its window was refused for lack of room on the disk (nothing of
+    ///   it applied: submit it again after [`Engine::resume`](crate::Engine::resume)); for a
+    ///   `flush`, a write it covers was.
+    /// - [`Error::MergeRefused`]: a merge (or a batch holding one) that the operator refused
+    ///   in the flusher; nothing of the request applied, the engine goes on.
+    /// - [`Error::SeqUnknown`]: durable, but looked at too late to tell its batch (above).
     pub fn wait(&self) -> Result<Seq> {
         let done = self.completion().wait(self.pos, None);
         self.completion().outcome(self.pos, done, self.flush)
@@ -818,6 +831,11 @@ impl Ticket {
 
     /// As `wait`, giving up with `Error::Timeout` after `timeout` (the request goes on). A
     /// timeout too long for the clock to reach its end (`Duration::MAX`) waits as `wait` does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] if the request is not complete in time (wait again later), else
+    /// those of [`Ticket::wait`].
     pub fn wait_timeout(&self, timeout: Duration) -> Result<Seq> {
         let done = self.completion().wait(self.pos, deadline_after(timeout));
         self.completion().outcome(self.pos, done, self.flush)
@@ -912,6 +930,11 @@ impl GetTicket {
 
     /// Blocks until the read completes; `Ok(None)` means the key was absent or deleted.
     /// The value can be taken once; a second successful wait reports `Error::ValueTaken`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ValueTaken`] as above; the error that failed the engine if the get's window
+    /// was not durable then, as [`Ticket::wait`] gives it.
     pub fn wait(&self) -> Result<Option<Vec<u8>>> {
         self.take(self.ticket.completion().wait(self.ticket.pos, None))
     }

@@ -1252,3 +1252,74 @@ fn an_engine_that_opens_the_earlier_backup_while_its_files_are_linked_is_refused
     assert_clean(&b2, "the incremental backup");
     engine.close().unwrap();
 }
+
+#[test]
+fn a_closed_engine_makes_no_backup_of_a_directory_another_engine_may_have() {
+    // `close` gives the directory up: another engine may open it, write, and retire. A backup
+    // made afterwards by the closed engine (or of a view of it) would hold the closed engine's
+    // batches with the new engine's `ids` file, whose ids name batches it does not hold:
+    // an engine opened on it would refuse those requests as duplicates without their writes.
+    for through_view in [false, true] {
+        let root = tempfile::tempdir().unwrap();
+        let src = root.path().join("log");
+        let (dest, reference) = (root.path().join("backup"), root.path().join("reference"));
+        let config = Config {
+            request_ids: mergelog::IdHorizon { ids: 64, age: None },
+            ..small_segments()
+        };
+        let first = Engine::open(&src, config.clone()).unwrap();
+        for n in 0..150u128 {
+            put_id(&first, n);
+        }
+        let want = first.backup(&reference).unwrap();
+        let view = first.replay().unwrap();
+        first.close().unwrap();
+
+        let second = Engine::open(&src, config.clone()).unwrap();
+        for n in 150..400u128 {
+            put_id(&second, n);
+        }
+        let last = second.segments().last().unwrap().first_seq;
+        assert!(
+            last > want.next_seq,
+            "the log rolled past the first engine's end"
+        );
+        second.retire_before(last).unwrap();
+        second.close().unwrap();
+
+        let made = match through_view {
+            false => first.backup(&dest),
+            true => view.backup(&dest),
+        };
+        drop(view);
+        drop(first);
+        if let Ok(backup) = &made {
+            let (got, want) = (
+                outcomes(&dest, &config, 0..400),
+                outcomes(&reference, &config, 0..400),
+            );
+            let differ: Vec<_> = got
+                .iter()
+                .zip(&want)
+                .filter(|(g, w)| g != w)
+                .map(|((n, g), (_, w))| format!("id {n}: {g:?}, not {w:?}"))
+                .collect();
+            panic!(
+                "through a view {through_view}: a closed engine made a backup (to batch {}); \
+                 {} of its answers are not the log's at that batch: {:?}",
+                backup.next_seq.get() - 1,
+                differ.len(),
+                differ.first()
+            );
+        }
+        let err = made.expect_err("refused");
+        assert!(
+            matches!(err, mergelog::Error::Closed),
+            "through a view {through_view}: {err}"
+        );
+        assert!(
+            !dest.exists(),
+            "through a view {through_view}: left {dest:?}"
+        );
+    }
+}

@@ -408,6 +408,22 @@ impl Segment {
         unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.size as usize) }
     }
 
+    /// Bytes `[off, off + len)` of a frame the caller wrote, published or not: for the
+    /// desk's holder (the flusher, or a producer writing its own window), the log's only
+    /// writer, reading back a value of a frame written and not yet durable (a merge onto it).
+    pub fn written(&self, off: u64, len: usize) -> &[u8] {
+        assert!(off
+            .checked_add(len as u64)
+            .is_some_and(|end| end <= self.size));
+        // SAFETY: the range is inside the mapping (asserted), which lives as long as `self`.
+        // Below `published` its bytes never change. Past it only the desk's holder writes
+        // (`unpublished_mut`, or pwrite into the file the mapping shows), and only past the
+        // frames it has written: a frame's bytes are written once. The caller holds the desk
+        // and asks for bytes of a frame it wrote, so nothing writes them while the slice
+        // lives, and the `&mut` slices `unpublished_mut` hands out never overlap them.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(off as usize), len) }
+    }
+
     /// All published bytes of the segment.
     pub fn published_bytes(&self) -> &[u8] {
         self.bytes(0, self.published() as usize)

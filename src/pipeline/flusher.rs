@@ -1282,7 +1282,11 @@ impl Flusher {
             // Bounded by what the windows in flight wrote.
             let values = &mut self.in_flight_values;
             values.forget_durable(inner.completion.durable());
-            values.note((entries, &self.resolver), &plan.survivors, job.end);
+            values.note(
+                (entries, &self.resolver),
+                (&plan.survivors, &job.updates),
+                job.end,
+            );
         }
         let counters = &inner.counters;
         Counters::add(&counters.batches, 1);
@@ -1320,16 +1324,6 @@ impl Flusher {
         }
         let in_flight = &mut self.in_flight_values;
         in_flight.forget_durable(inner.completion.durable());
-        // A merge onto a value too long to have been copied waits until the windows in flight
-        // are durable: the index then has it (and nothing in flight is left).
-        let onto_large =
-            (entries.iter()).any(|e| matches!(e.op, Op::Merge(_)) && in_flight.is_large(e.key));
-        if onto_large {
-            if !Self::drain_pipeline(&inner, self.in_flight) {
-                return None;
-            }
-            in_flight.forget_durable(inner.completion.durable());
-        }
         let in_flight = &*in_flight;
         let mut taken_out = 0;
         loop {
@@ -1340,7 +1334,16 @@ impl Flusher {
                 let mut cold = Vec::with_capacity(keys.len());
                 for (i, key) in keys.enumerate() {
                     match in_flight.get(key) {
-                        Some(value) => out.set(i, value),
+                        Some(Newest::Copied(value)) => out.set(i, value),
+                        // Read back from the frame written for it, not yet durable: only the
+                        // desk's holder (this thread) writes the log, and a written byte is
+                        // never written again. A roll drains the pipeline first, so the
+                        // segment is the active one, listed.
+                        Some(Newest::Written(loc)) => {
+                            let seg = inner.segments.read().get(loc.seg).cloned();
+                            let seg = seg.expect("an in-flight value's segment is listed");
+                            out.set(i, Some(seg.written(loc.off, loc.len as usize)));
+                        }
                         None => cold.push((i, key)),
                     }
                 }
@@ -1651,25 +1654,36 @@ impl Flusher {
 
 /// With a merge operator, the newest value each key was given by windows written and not yet
 /// known durable (`None`: deleted), with the end of the window that wrote it. A value longer
-/// than [`IN_FLIGHT_COPY_MAX`] is not copied (`Large`): a merge onto it waits for its window
-/// to be durable and reads it from the index (`Flusher::resolve_merges`).
+/// than [`IN_FLIGHT_COPY_MAX`] is not copied: its location in the frame written for it is
+/// kept (`InFlight::Written`), and a merge onto it reads it there (`Flusher::resolve_merges`).
 #[derive(Default)]
 struct InFlightValues {
     values: hashbrown::HashMap<Vec<u8>, (u64, InFlight), foldhash::fast::RandomState>,
-    /// How many of `values` are `InFlight::Large`.
-    large: usize,
     /// Buffers of forgotten keys and values, reused for the next ones: every window notes
     /// each of its survivors, and the entries go once durable (one or two windows later), so
     /// without them each survivor would cost an allocation and a free or two.
     spare: Vec<Vec<u8>>,
 }
 
+/// A record's index update as its frame was written (`Job::updates`): its key's offset and
+/// length, and its value's location (`None`: a delete).
+type FrameUpdate = (u64, u32, Option<Loc>);
+
 /// What `InFlightValues` holds of a key's newest value.
 enum InFlight {
     /// A copy of it (`None`: deleted).
-    Value(Option<Vec<u8>>),
-    /// Longer than `IN_FLIGHT_COPY_MAX`: not copied.
-    Large,
+    Copied(Option<Vec<u8>>),
+    /// Longer than `IN_FLIGHT_COPY_MAX`: where the window's frame holds it.
+    Written(Loc),
+}
+
+/// A key's newest value in flight, as `InFlightValues::get` gives it.
+#[derive(Debug, PartialEq)]
+enum Newest<'a> {
+    /// Its copy (`None`: deleted).
+    Copied(Option<&'a [u8]>),
+    /// Where its window's frame holds it, written and not yet durable.
+    Written(Loc),
 }
 
 /// The most buffers `InFlightValues` keeps for reuse, and the largest it keeps (a value's
@@ -1678,46 +1692,55 @@ const SPARE_BUFFERS_MAX: usize = 4096;
 const SPARE_BUFFER_BYTES_MAX: usize = 256;
 
 /// The longest value `InFlightValues` copies. A longer one would be held a second time, from
-/// its window's write until the next window forgets it (however long the engine then idles):
-/// a merge onto it instead waits for the windows in flight (one sync) and reads it in place.
+/// its window's write until the next window forgets it (however long the engine then idles);
+/// a merge onto it reads it from the frame instead (a short one is copied: one lookup of the
+/// segment list per read would cost more than the copy).
 const IN_FLIGHT_COPY_MAX: usize = 64 << 10;
 
 impl InFlightValues {
-    /// Notes what the window ending at `end` wrote (its `survivors`, in log order).
-    fn note(&mut self, window: (&[Entry<'_>], &Resolver), survivors: &[u32], end: u64) {
+    /// Notes what the window ending at `end` wrote: its `survivors`, in log order, and their
+    /// index updates as the frame was written (`Job::updates`, one per survivor, in order),
+    /// which say where each value lies.
+    fn note(
+        &mut self,
+        window: (&[Entry<'_>], &Resolver),
+        (survivors, written): (&[u32], &[FrameUpdate]),
+        end: u64,
+    ) {
+        debug_assert_eq!(survivors.len(), written.len());
         let spare = &mut self.spare;
-        for &i in survivors {
+        for (&i, update) in survivors.iter().zip(written) {
             let key = window.0[i as usize].key;
             let value = logged_value(window, i);
-            let large = value.is_some_and(|v| v.len() > IN_FLIGHT_COPY_MAX);
+            let at = update
+                .2
+                .filter(|_| value.is_some_and(|v| v.len() > IN_FLIGHT_COPY_MAX));
             match self.values.get_mut(key) {
-                Some((at, held)) => {
-                    *at = end;
-                    match (&mut *held, value) {
-                        (InFlight::Value(Some(buf)), Some(v)) if !large => {
+                Some((ended, held)) => {
+                    *ended = end;
+                    match (&mut *held, value, at) {
+                        (InFlight::Copied(Some(buf)), Some(v), None) => {
                             buf.clear();
                             buf.extend_from_slice(v);
                         }
-                        (old, v) => {
-                            match std::mem::replace(old, InFlight::Value(None)) {
-                                InFlight::Value(Some(old)) => keep_spare(spare, old),
-                                InFlight::Value(None) => {}
-                                InFlight::Large => self.large -= 1,
+                        (old, v, at) => {
+                            if let InFlight::Copied(Some(old)) =
+                                std::mem::replace(old, InFlight::Copied(None))
+                            {
+                                keep_spare(spare, old);
                             }
-                            *held = match large {
-                                true => InFlight::Large,
-                                false => InFlight::Value(v.map(|v| copy_into_spare(spare, v))),
+                            *held = match at {
+                                Some(loc) => InFlight::Written(loc),
+                                None => InFlight::Copied(v.map(|v| copy_into_spare(spare, v))),
                             };
-                            self.large += usize::from(large);
                         }
                     }
                 }
                 None => {
-                    let held = match large {
-                        true => InFlight::Large,
-                        false => InFlight::Value(value.map(|v| copy_into_spare(spare, v))),
+                    let held = match at {
+                        Some(loc) => InFlight::Written(loc),
+                        None => InFlight::Copied(value.map(|v| copy_into_spare(spare, v))),
                     };
-                    self.large += usize::from(large);
                     self.values.insert(copy_into_spare(spare, key), (end, held));
                 }
             }
@@ -1729,29 +1752,18 @@ impl InFlightValues {
         let spare = &mut self.spare;
         for (key, (_, held)) in self.values.extract_if(|_, (end, _)| *end <= durable) {
             keep_spare(spare, key);
-            match held {
-                InFlight::Value(Some(value)) => keep_spare(spare, value),
-                InFlight::Value(None) => {}
-                InFlight::Large => self.large -= 1,
+            if let InFlight::Copied(Some(value)) = held {
+                keep_spare(spare, value);
             }
         }
     }
 
-    /// Whether a window in flight wrote `key` a value too long to copy (`InFlight::Large`).
-    fn is_large(&self, key: &[u8]) -> bool {
-        self.large > 0 && matches!(self.values.get(key), Some((_, InFlight::Large)))
-    }
-
-    /// `Some(value)` if a window in flight wrote `key` (`Some(None)`: deleted it). A key
-    /// whose value is `Large` is drained before anyone asks (`Flusher::resolve_merges`).
-    fn get(&self, key: &[u8]) -> Option<Option<&[u8]>> {
-        match self.values.get(key)? {
-            (_, InFlight::Value(v)) => Some(v.as_deref()),
-            (_, InFlight::Large) => {
-                debug_assert!(false, "a merge read a large in-flight value not drained");
-                None
-            }
-        }
+    /// The newest value a window in flight wrote for `key`, if one did.
+    fn get(&self, key: &[u8]) -> Option<Newest<'_>> {
+        Some(match &self.values.get(key)?.1 {
+            InFlight::Copied(v) => Newest::Copied(v.as_deref()),
+            InFlight::Written(loc) => Newest::Written(*loc),
+        })
     }
 }
 
@@ -2040,15 +2052,20 @@ mod tests {
     /// A bound on every wait of these tests: reaching it means a hang.
     const HANG: Duration = Duration::from_secs(60);
 
-    /// `InFlightValues` copies values up to `IN_FLIGHT_COPY_MAX` and marks longer ones
-    /// `Large` (counted, so that `resolve_merges` drains before a merge reads one); a later
-    /// write of the key replaces either, and forgetting a durable window forgets both kinds.
+    /// `InFlightValues` copies values up to `IN_FLIGHT_COPY_MAX` and keeps where the frame
+    /// holds a longer one; a later write of the key replaces either, and forgetting a durable
+    /// window forgets both kinds.
     #[test]
-    fn in_flight_values_copy_short_values_and_mark_long_ones() {
+    fn in_flight_values_copy_short_values_and_locate_long_ones() {
         let short = vec![1u8; IN_FLIGHT_COPY_MAX];
         let long = vec![2u8; IN_FLIGHT_COPY_MAX + 1];
         let resolver = Resolver::default();
         let mut values = InFlightValues::default();
+        let at = |off: u64, len: usize| Loc {
+            seg: 3,
+            off,
+            len: len as u32,
+        };
         let window = [
             Entry {
                 key: b"a",
@@ -2063,11 +2080,15 @@ mod tests {
                 op: Op::Delete,
             },
         ];
-        values.note((&window, &resolver), &[0, 1, 2], 10);
-        assert_eq!(values.get(b"a"), Some(Some(&short[..])));
-        assert!(!values.is_large(b"a") && values.is_large(b"b"));
-        assert_eq!(values.get(b"c"), Some(None));
-        assert_eq!(values.large, 1);
+        let written = [
+            (0, 1, Some(at(100, short.len()))),
+            (0, 1, Some(at(200, long.len()))),
+            (0, 1, None),
+        ];
+        values.note((&window, &resolver), (&[0, 1, 2], &written), 10);
+        assert_eq!(values.get(b"a"), Some(Newest::Copied(Some(&short[..]))));
+        assert_eq!(values.get(b"b"), Some(Newest::Written(at(200, long.len()))));
+        assert_eq!(values.get(b"c"), Some(Newest::Copied(None)));
         // The long value's key written short, the short one's long, in a later window.
         let window = [
             Entry {
@@ -2079,16 +2100,15 @@ mod tests {
                 op: Op::Put(&long),
             },
         ];
-        values.note((&window, &resolver), &[0, 1], 20);
-        assert_eq!(values.get(b"b"), Some(Some(&b"x"[..])));
-        assert!(values.is_large(b"a") && !values.is_large(b"b"));
-        assert_eq!(values.large, 1);
+        let written = [(0, 1, Some(at(300, 1))), (0, 1, Some(at(400, long.len())))];
+        values.note((&window, &resolver), (&[0, 1], &written), 20);
+        assert_eq!(values.get(b"b"), Some(Newest::Copied(Some(&b"x"[..]))));
+        assert_eq!(values.get(b"a"), Some(Newest::Written(at(400, long.len()))));
         values.forget_durable(10);
         assert_eq!(values.get(b"c"), None);
         values.forget_durable(20);
         assert!(values.values.is_empty());
-        assert_eq!(values.large, 0);
-        assert!(!values.is_large(b"a"));
+        assert_eq!(values.get(b"a"), None);
     }
 
     /// A producer frozen between claim and publish cannot hold `close` forever: after

@@ -11,74 +11,12 @@
 //! are argued at each test. Nothing here measures time.
 
 mod common;
+mod counting;
 
 use common::{wait_ok, WAIT_MAX};
 use mergelog::{Compaction, Config, Engine, LogReader, MergeOperator, WindowPolicy, WriteBatch};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
-
-struct Counting;
-
-/// Heap bytes live now, and the most live since the last `reset_peak`.
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-fn grew(n: usize) {
-    let live = LIVE.fetch_add(n, Ordering::SeqCst) + n;
-    PEAK.fetch_max(live, Ordering::SeqCst);
-}
-
-fn shrank(n: usize) {
-    LIVE.fetch_sub(n, Ordering::SeqCst);
-}
-
-// SAFETY: every call is forwarded unchanged to `System`; the bookkeeping touches only two
-// atomics and never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which we pass on.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as for `alloc`.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: `ptr` was allocated by `System` through this allocator with `layout`, and
-        // the caller upholds the rest of `realloc`'s contract.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            // Counted as the new size at once: a copying realloc holds both blocks for a
-            // moment, which this undercounts (never overcounts).
-            match new_size.checked_sub(layout.size()) {
-                Some(more) => grew(more),
-                None => shrank(layout.size() - new_size),
-            }
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` through this allocator with `layout`.
-        unsafe { System.dealloc(ptr, layout) };
-        shrank(layout.size());
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
 
 /// One measure at a time: the counters are the process's.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -135,16 +73,16 @@ impl Cost {
 /// (which writes no frame) before the live bytes are read: the flusher has finished the
 /// request's window by then (a ticket may complete inside it, before its last steps).
 fn measure(len: usize, engine: Option<&Engine>, f: impl FnOnce()) -> Cost {
-    let before = LIVE.load(Ordering::SeqCst);
-    PEAK.store(before, Ordering::SeqCst);
+    let before = counting::live();
+    counting::set_peak(before);
     f();
     if let Some(engine) = engine {
         let get = engine.get(b"never written").unwrap();
         wait_ok(&engine.flush().unwrap(), "flush");
         assert_eq!(get.wait().unwrap(), None);
     }
-    let peak = PEAK.load(Ordering::SeqCst) - before;
-    let kept = LIVE.load(Ordering::SeqCst) as isize - before as isize;
+    let peak = counting::peak() - before;
+    let kept = counting::live() as isize - before as isize;
     Cost { len, peak, kept }
 }
 

@@ -5,9 +5,6 @@
 //!
 //! One test in this file: the counters are the process's.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use mergelog::Config;
 use mergelog_raft::kv::{Request, TypeConfig};
 use mergelog_raft::LogStore;
@@ -15,66 +12,8 @@ use openraft::storage::RaftLogStorageExt;
 use openraft::testing::log_id;
 use openraft::{Entry, EntryPayload, RaftLogReader};
 
-struct Counting;
-
-/// Heap bytes live now, and the most live since the last `reset_peak`.
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-fn grew(n: usize) {
-    let live = LIVE.fetch_add(n, Ordering::SeqCst) + n;
-    PEAK.fetch_max(live, Ordering::SeqCst);
-}
-
-fn shrank(n: usize) {
-    LIVE.fetch_sub(n, Ordering::SeqCst);
-}
-
-// SAFETY: every call is forwarded unchanged to `System`; the bookkeeping touches only two
-// atomics and never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which we pass on.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as for `alloc`.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: `ptr` was allocated by `System` through this allocator with `layout`, and
-        // the caller upholds the rest of `realloc`'s contract.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            // Counted as the new size at once: a copying realloc holds both blocks for a
-            // moment, which this undercounts (never overcounts).
-            match new_size.checked_sub(layout.size()) {
-                Some(more) => grew(more),
-                None => shrank(layout.size() - new_size),
-            }
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` through this allocator with `layout`.
-        unsafe { System.dealloc(ptr, layout) };
-        shrank(layout.size());
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+#[path = "../../tests/counting/mod.rs"]
+mod counting;
 
 /// Values of at most 64 KiB, batches of at most 256 KiB: chunks of 64 KiB, a batch budget of
 /// 128 KiB.
@@ -122,14 +61,14 @@ fn an_append_holds_its_entry_once_and_a_bounded_rest() {
         .unwrap();
     let mut excess = Vec::new();
     for (index, len) in [(2, 4 << 20), (3, 16 << 20)] {
-        let before = LIVE.load(Ordering::SeqCst);
+        let before = counting::live();
         let e = entry(index, len);
-        let entry_bytes = LIVE.load(Ordering::SeqCst) - before;
-        PEAK.store(LIVE.load(Ordering::SeqCst), Ordering::SeqCst);
+        let entry_bytes = counting::live() - before;
+        counting::set_peak(counting::live());
         runtime
             .block_on(store.blocking_append([e]))
             .expect("the append");
-        let peak = PEAK.load(Ordering::SeqCst) - before;
+        let peak = counting::peak() - before;
         excess.push((len, peak.saturating_sub(entry_bytes)));
     }
     eprintln!("(entry bytes, bytes held beyond the entry): {excess:?}");

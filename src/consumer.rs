@@ -555,13 +555,16 @@ impl crate::Engine {
 
     /// Every durable consumer, sorted by name, with its lag behind [`Engine::durable_seq`](crate::Engine::durable_seq)
     /// in batches, bytes and age (see [`LogReader::consumers`](crate::LogReader::consumers)).
+    /// `Error::Closed` once the engine is closed: the directory's position files may be
+    /// another engine's by then (read them with `LogReader::open(dir)?.consumers()`).
     pub fn consumers(&self) -> Result<Vec<ConsumerInfo>> {
         self.replay()?.consumers()
     }
 
     /// The request ids durable but not yet committed by consumer `name`, oldest first: what
     /// was accepted and not yet processed (see
-    /// [`LogReader::pending_ids`](crate::LogReader::pending_ids)).
+    /// [`LogReader::pending_ids`](crate::LogReader::pending_ids)). `Error::Closed` once the
+    /// engine is closed, as for [`Engine::consumers`](crate::Engine::consumers).
     pub fn pending_ids(&self, name: &str) -> Result<Vec<crate::PendingId>> {
         self.replay()?.pending_ids(name)
     }

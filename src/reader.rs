@@ -476,6 +476,16 @@ impl LogReader {
         self.backup_to(Some(earlier.as_ref()), dest.as_ref())
     }
 
+    /// Reads side files of the directory with `read`: for a view of an engine, only while
+    /// the engine holds the directory (`Error::Closed` after its `close`: another engine may
+    /// have it by then, whose consumers' positions say nothing about this view's batches).
+    fn engines_files<T>(&self, read: impl FnOnce() -> Result<T>) -> Result<T> {
+        match &self.engine {
+            Some(engine) => engine.live.while_holding_dir(read),
+            None => read(),
+        }
+    }
+
     fn backup_to(&self, earlier: Option<&Path>, dest: &Path) -> Result<crate::Backup> {
         let side = match &self.engine {
             // The `ids` file is not replaced while it is read, and is the engine's: after its
@@ -642,10 +652,11 @@ impl LogReader {
     /// its lag behind this view's last batch: the batches after its commit, the bytes of
     /// their frames as they lie in the segment files (within an end marker per segment), and
     /// the commit time of the oldest of them. This costs reading the frames of one segment up
-    /// to the first uncommitted one.
+    /// to the first uncommitted one. Of an engine's view (`Engine::replay`),
+    /// `Error::Closed` once that engine is closed: another engine may have the directory.
     pub fn consumers(&self) -> Result<Vec<ConsumerInfo>> {
         let last = self.next_seq.saturating_sub(1);
-        let all = consumer::load_all(&self.dir)?;
+        let all = self.engines_files(|| consumer::load_all(&self.dir))?;
         let now = SystemTime::now();
         Ok(all
             .into_iter()
@@ -667,10 +678,10 @@ impl LogReader {
     /// The reconciliation report of consumer `name`: the request ids durable in this view but
     /// not yet committed by the consumer ("accepted but not processed"), oldest first, each
     /// with the batch that logs it and that batch's commit time. `Error::Consumer` if there is
-    /// no such consumer.
+    /// no such consumer; of an engine's view, `Error::Closed` once that engine is closed.
     pub fn pending_ids(&self, name: &str) -> Result<Vec<PendingId>> {
         consumer::check_name(name)?;
-        let Some(committed) = consumer::load(&self.dir, name)? else {
+        let Some(committed) = self.engines_files(|| consumer::load(&self.dir, name))? else {
             return Err(Error::Consumer {
                 name: name.to_owned(),
                 reason: "no such consumer".into(),

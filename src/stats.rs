@@ -267,7 +267,8 @@ pub struct Stats {
     /// Per-stage latencies.
     pub stages: StageHistograms,
     /// The durable consumers and their lag (as `Engine::consumers` gives them; empty if their
-    /// files could not be read, which `Engine::consumers` reports).
+    /// files could not be read, which `Engine::consumers` reports, or once the engine is
+    /// closed: the directory may be another engine's by then).
     pub consumers: Vec<crate::ConsumerInfo>,
 }
 

@@ -1029,3 +1029,41 @@ fn a_consumer_file_name_on_a_dangling_link_or_an_irregular_file_is_damage() {
     std::fs::remove_file(&file).unwrap();
     Engine::open(dir.path(), config()).expect("opens without the damaged name");
 }
+
+/// After `close` the engine has given the directory up: another engine may have it, with
+/// consumers of its own. Reading consumer positions through the closed engine (or a view of
+/// it) would report the new owner's consumers against the old engine's batches: refused with
+/// `Error::Closed`. Before, `consumers()` listed the new engine's consumer.
+#[test]
+fn a_closed_engine_reads_no_consumer_positions_of_a_directory_another_engine_may_have() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Engine::open(dir.path(), config()).unwrap();
+    put_batches(&first, 3, 10);
+    drop(first.consumer("old").unwrap());
+    let view = first.replay().unwrap();
+    first.close().unwrap();
+    let second = Engine::open(dir.path(), config()).unwrap();
+    drop(second.consumer("new").unwrap());
+    for (what, listed) in [
+        ("consumers()", first.consumers().map(|c| c.len())),
+        ("the view's consumers()", view.consumers().map(|c| c.len())),
+        ("pending_ids()", first.pending_ids("new").map(|p| p.len())),
+        (
+            "the view's pending_ids()",
+            view.pending_ids("new").map(|p| p.len()),
+        ),
+    ] {
+        assert!(
+            matches!(listed, Err(mergelog::Error::Closed)),
+            "{what} of a closed engine: {listed:?}"
+        );
+    }
+    // The directory's own reader, and the engine that has it, see both.
+    let names = |c: Vec<mergelog::ConsumerInfo>| c.into_iter().map(|c| c.name).collect::<Vec<_>>();
+    assert_eq!(names(second.consumers().unwrap()), ["new", "old"]);
+    assert_eq!(
+        names(LogReader::open(dir.path()).unwrap().consumers().unwrap()),
+        ["new", "old"]
+    );
+    second.close().unwrap();
+}

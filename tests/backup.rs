@@ -479,6 +479,21 @@ fn outcomes(dir: &Path, config: &Config, ids: std::ops::Range<u128>) -> Vec<(u12
     answers
 }
 
+/// Small segments, and request ids remembered up to 64 of them.
+fn remembering_64_ids() -> Config {
+    Config {
+        request_ids: mergelog::IdHorizon { ids: 64, age: None },
+        ..small_segments()
+    }
+}
+
+/// A put with each id of `ids`, each acknowledged.
+fn put_ids(engine: &Engine, ids: std::ops::Range<u128>) {
+    for n in ids {
+        put_id(engine, n);
+    }
+}
+
 #[test]
 fn a_backup_of_a_view_older_than_a_retirement_is_refused_not_wrong_about_request_ids() {
     // A view of the log (a reader's, or `Engine::replay`'s), then ids written and the log
@@ -487,16 +502,14 @@ fn a_backup_of_a_view_older_than_a_retirement_is_refused_not_wrong_about_request
     // and has lost older ids the horizon pushed out (a backup would accept their replays).
     for engine_view in [false, true] {
         let root = tempfile::tempdir().unwrap();
-        let src = root.path().join("log");
-        let (dest, reference) = (root.path().join("backup"), root.path().join("reference"));
-        let config = Config {
-            request_ids: mergelog::IdHorizon { ids: 64, age: None },
-            ..small_segments()
-        };
+        let (src, dest, reference) = (
+            root.path().join("log"),
+            root.path().join("backup"),
+            root.path().join("reference"),
+        );
+        let config = remembering_64_ids();
         let engine = Engine::open(&src, config.clone()).unwrap();
-        for n in 0..150u128 {
-            put_id(&engine, n);
-        }
+        put_ids(&engine, 0..150);
         let segments = engine.segments();
         assert!(segments.len() >= 3, "{} segments", segments.len());
         engine.retire_before(segments[2].first_seq).unwrap();
@@ -508,9 +521,7 @@ fn a_backup_of_a_view_older_than_a_retirement_is_refused_not_wrong_about_request
         let want = engine.backup(&reference).unwrap();
         assert_eq!(want.next_seq, view.next_seq());
         assert!(want.carried_ids > 0, "{want:?}");
-        for n in 150..400u128 {
-            put_id(&engine, n);
-        }
+        put_ids(&engine, 150..400);
         let last = engine.segments().last().unwrap().first_seq;
         assert!(last > view.next_seq(), "the log rolled past the view");
         engine.retire_before(last).unwrap();
@@ -560,9 +571,7 @@ fn a_backup_of_a_view_without_segments_goes_on_from_its_next_batch() {
     let root = tempfile::tempdir().unwrap();
     let (src, dest) = (root.path().join("log"), root.path().join("backup"));
     let engine = Engine::open(&src, small_segments()).unwrap();
-    for n in 0..150u128 {
-        put_id(&engine, n);
-    }
+    put_ids(&engine, 0..150);
     let last = engine.segments().last().unwrap().clone();
     assert!(last.first_seq.get() > 1);
     engine.retire_before(last.first_seq).unwrap();
@@ -1261,24 +1270,20 @@ fn a_closed_engine_makes_no_backup_of_a_directory_another_engine_may_have() {
     // an engine opened on it would refuse those requests as duplicates without their writes.
     for through_view in [false, true] {
         let root = tempfile::tempdir().unwrap();
-        let src = root.path().join("log");
-        let (dest, reference) = (root.path().join("backup"), root.path().join("reference"));
-        let config = Config {
-            request_ids: mergelog::IdHorizon { ids: 64, age: None },
-            ..small_segments()
-        };
+        let (src, dest, reference) = (
+            root.path().join("log"),
+            root.path().join("backup"),
+            root.path().join("reference"),
+        );
+        let config = remembering_64_ids();
         let first = Engine::open(&src, config.clone()).unwrap();
-        for n in 0..150u128 {
-            put_id(&first, n);
-        }
+        put_ids(&first, 0..150);
         let want = first.backup(&reference).unwrap();
         let view = first.replay().unwrap();
         first.close().unwrap();
 
         let second = Engine::open(&src, config.clone()).unwrap();
-        for n in 150..400u128 {
-            put_id(&second, n);
-        }
+        put_ids(&second, 150..400);
         let last = second.segments().last().unwrap().first_seq;
         assert!(
             last > want.next_seq,

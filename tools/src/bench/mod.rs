@@ -2120,6 +2120,25 @@ pub mod profile {
 mod tests {
     use super::*;
 
+    /// The workload's flags alone, as `bench` and `profile` take them.
+    #[derive(clap::Parser, Debug)]
+    struct WorkloadCli {
+        #[command(flatten)]
+        w: WorkloadArgs,
+    }
+
+    /// The plan of the workload flags `args` (after the program name).
+    fn plan_of(args: &[&str]) -> Plan {
+        let cli = <WorkloadCli as clap::Parser>::try_parse_from(["t"].iter().chain(args));
+        plan(&cli.unwrap().w).unwrap()
+    }
+
+    /// No interval histograms kept, no stage sampling.
+    const NO_HOOKS: RunHooks = RunHooks {
+        encode: false,
+        stage_intervals: false,
+    };
+
     /// Spins until this thread has used `d` more CPU; returns what it used.
     fn burn(d: Duration) -> Duration {
         use cpu::thread_cpu;
@@ -2158,18 +2177,7 @@ mod tests {
             );
             return;
         }
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            w: WorkloadArgs,
-        }
-        let cli =
-            <Cli as clap::Parser>::try_parse_from(["t", "--writers", "2", "--ops", "2"]).unwrap();
-        let plan = plan(&cli.w).unwrap();
-        let hooks = RunHooks {
-            encode: false,
-            stage_intervals: false,
-        };
+        let (plan, hooks) = (plan_of(&["--writers", "2", "--ops", "2"]), NO_HOOKS);
         let progress = Progress::new("t", true, 2);
         let (before, during) = (Duration::from_millis(300), Duration::from_millis(100));
         let used = parking_lot::Mutex::new(Vec::new());
@@ -2207,13 +2215,8 @@ mod tests {
     /// only made).
     #[test]
     fn engine_limits_past_the_largest_value_are_refused_with_it() {
-        #[derive(clap::Parser, Debug)]
-        struct Cli {
-            #[command(flatten)]
-            w: WorkloadArgs,
-        }
         let parse = |flag: &str, value: &str| {
-            <Cli as clap::Parser>::try_parse_from(["t", flag, value])
+            <WorkloadCli as clap::Parser>::try_parse_from(["t", flag, value])
                 .map_err(|e| e.to_string())
                 .and_then(|cli| plan(&cli.w).map(|_| ()).map_err(|e| e.message))
         };
@@ -2239,21 +2242,10 @@ mod tests {
     /// setup, and every interval was drawn earlier by the setup's time.
     #[test]
     fn a_runs_offset_is_its_start_line_not_its_setup() {
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            w: WorkloadArgs,
-        }
-        let cli =
-            <Cli as clap::Parser>::try_parse_from(["t", "--writers", "1", "--ops", "50"]).unwrap();
-        let plan = plan(&cli.w).unwrap();
-        let hooks = RunHooks {
-            encode: false,
-            stage_intervals: false,
-        };
+        let plan = plan_of(&["--writers", "1", "--ops", "50"]);
         let dir = tempfile::tempdir().unwrap();
         let bench_start = Instant::now();
-        let r = run_once(System::Wal, dir.path(), &plan, &hooks, 0, bench_start).unwrap();
+        let r = run_once(System::Wal, dir.path(), &plan, &NO_HOOKS, 0, bench_start).unwrap();
         let started = r.started.expect("the run passed its start line");
         assert_eq!(
             r.rounds[0].offset,

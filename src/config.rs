@@ -273,6 +273,11 @@ impl Default for Config {
 
 impl Config {
     /// Checks every limit against the others; the error names the setting and the rule.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`], naming the setting and the rule it breaks, for the first
+    /// setting found out of its range or inconsistent with another.
     pub fn validate(&self) -> Result<()> {
         let bad = |s: String| Err(Error::InvalidConfig(s));
         self.compaction.validate().or_else(bad)?;

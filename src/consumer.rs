@@ -403,6 +403,14 @@ impl Consumer {
     /// the last batch it yielded is still where it read it, when it reads on in that file (a
     /// read of a frame header). Open the consumer again: it resumes at its position, which
     /// the rewinding open set back if it lay past the log's end.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Consumer`] for a commit past the last batch yielded or, in the engine's
+    /// process, past [`Engine::durable_seq`](crate::Engine::durable_seq); [`Error::Rewound`] as
+    /// above; [`Error::Closed`] (in the engine's process) once the engine is closed;
+    /// [`Error::Io`] when the position file cannot be written or synced (naming it; the
+    /// handle keeps its old position, and a later commit never writes less than this one).
     pub fn commit(&mut self, seq: impl Into<Seq>) -> Result<()> {
         let seq = seq.into().get();
         if seq <= self.committed {
@@ -458,6 +466,10 @@ impl Consumer {
     }
 
     /// The next batch if it has landed, without waiting (as [`Follower::try_next`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Follower::try_next`]'s.
     pub fn try_next(&mut self) -> Result<Option<OwnedBatch>> {
         let r = self.follower.try_next();
         self.seen(r)
@@ -465,6 +477,10 @@ impl Consumer {
 
     /// Waits for the next batch, up to `timeout` (as [`Follower::next_timeout`]: woken in
     /// the engine's process, polling otherwise).
+    ///
+    /// # Errors
+    ///
+    /// As [`Follower::next_timeout`]'s.
     pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<OwnedBatch>> {
         let r = self.follower.next_timeout(timeout);
         self.seen(r)
@@ -524,6 +540,13 @@ impl crate::Engine {
     /// yielded again). A new consumer starts at "nothing consumed": the first batch the log
     /// holds. While it exists, `retire_before` keeps the batches it has not committed. One
     /// handle per name: a second one while the first lives is an `Error::Consumer`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Consumer`] for an invalid name or a second handle of `name`;
+    /// [`Error::Closed`] once the engine is closed; [`Error::Corrupt`] for a position file that
+    /// does not decode; [`Error::Io`] when the position file cannot be read or made (naming
+    /// it).
     pub fn consumer(&self, name: &str) -> Result<Consumer> {
         check_name(name)?;
         let claim = self.consumers.claim(name)?;
@@ -557,6 +580,10 @@ impl crate::Engine {
     /// in batches, bytes and age (see [`LogReader::consumers`](crate::LogReader::consumers)).
     /// `Error::Closed` once the engine is closed: the directory's position files may be
     /// another engine's by then (read them with `LogReader::open(dir)?.consumers()`).
+    ///
+    /// # Errors
+    ///
+    /// As [`LogReader::consumers`](crate::LogReader::consumers)'s; [`Error::Closed`] as above.
     pub fn consumers(&self) -> Result<Vec<ConsumerInfo>> {
         self.replay()?.consumers()
     }
@@ -565,12 +592,23 @@ impl crate::Engine {
     /// was accepted and not yet processed (see
     /// [`LogReader::pending_ids`](crate::LogReader::pending_ids)). `Error::Closed` once the
     /// engine is closed, as for [`Engine::consumers`](crate::Engine::consumers).
+    ///
+    /// # Errors
+    ///
+    /// As [`LogReader::pending_ids`](crate::LogReader::pending_ids)'s; [`Error::Closed`] as
+    /// above.
     pub fn pending_ids(&self, name: &str) -> Result<Vec<crate::PendingId>> {
         self.replay()?.pending_ids(name)
     }
 
     /// Deletes consumer `name` (its file, durably): it no longer holds back `retire_before`.
     /// False if there was no such consumer; an `Error::Consumer` if a handle of it is open.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Consumer`] for an invalid name or a handle of it open; [`Error::Closed`] once
+    /// the engine is closed; [`Error::Io`] when the file cannot be removed or the directory
+    /// synced (naming it).
     pub fn remove_consumer(&self, name: &str) -> Result<bool> {
         check_name(name)?;
         let inner = &*self.inner;

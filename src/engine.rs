@@ -522,6 +522,10 @@ impl Engine {
     }
 
     /// As `read`, copying the value out.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::read`]: [`Error::KeyTooLong`] only.
     pub fn read_to_vec(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.read(key)?.map(|v| v.to_vec()))
     }
@@ -607,6 +611,11 @@ impl Engine {
     /// written), for replay in log order. It reads through the engine's own mappings (no
     /// scan of the directory), and while it lives the engine does not reuse its segment
     /// files; a follower made from it (`LogReader::follow`) is one of this engine's.
+    ///
+    /// # Errors
+    ///
+    /// None today: a view can be taken of a closed or failed engine too, and holds what was
+    /// durable. The `Result` leaves room for a view that must touch the directory.
     pub fn replay(&self) -> Result<LogReader> {
         Ok(LogReader::of_engine(
             &self.inner.dir,
@@ -658,6 +667,12 @@ impl Engine {
     /// has it open"), nothing made. While the backup is made, `earlier`'s `LOCK` file (made
     /// if it has none) is held shared: an engine opening `earlier` meanwhile is refused
     /// with `Error::Locked`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::backup`]'s; also [`Error::Io`] when `earlier` is a log an engine has open
+    /// (above), or one of its files cannot be read or synced (naming it); nothing is left
+    /// under `dest`.
     pub fn backup_since(
         &self,
         earlier: impl AsRef<Path>,
@@ -726,12 +741,24 @@ impl Engine {
     /// consumer has not committed, retiring only before `min(seq, committed + 1)` of every
     /// consumer, and [`Retired::held_back_by`] names the consumer that limited it.
     /// [`Engine::retire_before_forced`] ignores them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the engine is closed, and the engine's failure once it failed;
+    /// [`Error::Io`] (naming the file) when a consumer's position file or the `ids` file cannot
+    /// be read or replaced, or a removal fails (the segments removed before it stay removed,
+    /// and the engine forgets exactly those); [`Error::Failed`] when the directory sync after a
+    /// removal fails, which fails the engine (above).
     pub fn retire_before(&self, seq: impl Into<Seq>) -> Result<Retired> {
         self.retire(seq.into().get(), true)
     }
 
     /// As [`Engine::retire_before`], whatever the consumers have committed: a consumer whose
     /// next batch is removed gets [`Error::Retired`] as a follower does.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::retire_before`]'s, but for the consumers' files, which it does not read.
     pub fn retire_before_forced(&self, seq: impl Into<Seq>) -> Result<Retired> {
         self.retire(seq.into().get(), false)
     }
@@ -769,6 +796,14 @@ impl Engine {
     /// Returns what it did (nothing if no segment is complete); `Error::CompactionOff` with
     /// `Compaction::Off`; the engine's failure if it failed. `Compaction::Auto` runs the same
     /// on a background thread.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CompactionOff`] with `Compaction::Off`; [`Error::Closed`] once the engine is
+    /// closed, and the engine's failure once it failed; [`Error::NoSpace`] when the disk has
+    /// no room for its first copies and no reserve holds them (nothing it has not copied is
+    /// retired, and the engine goes on); otherwise as [`Engine::retire_before`]'s, the last
+    /// step of a compaction.
     pub fn compact(&self) -> Result<Compacted> {
         compact::compact(&self.inner, None, None)
     }
@@ -849,6 +884,14 @@ impl Engine {
     /// (`Config::reserve_segment`; best effort). `Ok` at once if writes are not refused;
     /// the engine's failure if it failed. Calling it says the refusals were seen: a
     /// `flush` made after it no longer reports them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoSpace`] while the disk still has no room for the next segment (writes stay
+    /// refused); the engine's failure once it failed, and [`Error::Failed`] when the
+    /// directory sync after making the segment fails, which fails the engine;
+    /// [`Error::Closed`] when writes were refused and the engine has been closed since;
+    /// [`Error::Io`] when making the segment fails otherwise (writes stay refused).
     pub fn resume(&self) -> Result<()> {
         crate::pipeline::flusher::resume(&self.inner)
     }
@@ -887,6 +930,13 @@ impl Engine {
     /// own thread or under a lock the closing takes, `close` cannot wait for the pipeline: it
     /// only begins the closing (new requests are refused from then on) and returns
     /// `Error::Closed`; the engine's drop, or a `close` from elsewhere, finishes it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] when called from user code the engine runs (above: the closing is
+    /// only begun); the engine's failure if it failed, before or while it drained (a stalled
+    /// producer: [`Error::Failed`] with [`Error::Stalled`] as its cause). A second call returns
+    /// what the first did.
     pub fn close(&self) -> Result<()> {
         if crate::sync::in_user_code() {
             self.inner.ring.close();

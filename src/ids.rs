@@ -152,11 +152,19 @@ impl IdTicket {
     /// Blocks until the request is durable (or the engine failed): see [`Outcome`]. Looked
     /// at long after it completed (more than 65,536 duplicates or windows later) it may give
     /// [`Error::SeqUnknown`], as a [`Ticket`] does.
+    ///
+    /// # Errors
+    ///
+    /// As [`Ticket::wait`]'s, and [`Error::SeqUnknown`] as above.
     pub fn wait(&self) -> Result<Outcome> {
         self.outcome(self.ticket.wait())
     }
 
     /// As `wait`, giving up with `Error::Timeout` after `timeout` (the request goes on).
+    ///
+    /// # Errors
+    ///
+    /// As [`IdTicket::wait`]'s, and [`Error::Timeout`] as above.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<Outcome> {
         self.outcome(self.ticket.wait_timeout(timeout))
     }
@@ -188,6 +196,10 @@ impl crate::Engine {
     /// As [`Engine::put`](crate::Engine::put), with request id `id`: if the engine
     /// remembers `id` (logged, or in flight: see [`IdHorizon`]), nothing is written and the
     /// ticket completes with [`Outcome::Duplicate`] once the original is durable.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::put`](crate::Engine::put)'s; a duplicate is an outcome, not an error.
     pub fn put_with_id(
         &self,
         id: impl Into<RequestId>,
@@ -202,6 +214,10 @@ impl crate::Engine {
 
     /// As [`Engine::delete`](crate::Engine::delete), with request id `id` (see
     /// [`Engine::put_with_id`](crate::Engine::put_with_id)).
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::delete`](crate::Engine::delete)'s; a duplicate is an outcome, not an error.
     pub fn delete_with_id(&self, id: impl Into<RequestId>, key: &[u8]) -> Result<IdTicket> {
         self.check_key(key)?;
         let pos = self.submit_delete(key, Some(&id.into()))?;
@@ -214,6 +230,10 @@ impl crate::Engine {
     /// that could not fit: `Error::MergeRefused`) gives its id back, as a refused
     /// [`merge_with_id`](crate::Engine::merge_with_id) does: nothing of it is logged, so a
     /// retry with the same id is applied.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::write`](crate::Engine::write)'s; a duplicate is an outcome, not an error.
     pub fn write_with_id(
         &self,
         id: impl Into<RequestId>,

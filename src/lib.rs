@@ -64,6 +64,8 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
+// Every public function that returns a `Result` says when it fails (`# Errors`).
+#![warn(clippy::missing_errors_doc)]
 
 // Under `--cfg loom` only the ring and the pipeline's hand-offs are built (with `sync`, the
 // shim that gives them loom's atomics, mutex and parking): their loom model tests need

@@ -213,6 +213,10 @@ impl crate::Engine {
     /// back: nothing of it is logged, so a retry with the same id is applied, even by a
     /// client that never saw the refusal. A resubmission taken into the same window as the
     /// refused request gets the same refusal.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::merge`](crate::Engine::merge)'s; a duplicate is an outcome, not an error.
     pub fn merge_with_id(
         &self,
         id: impl Into<crate::RequestId>,

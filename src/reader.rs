@@ -293,6 +293,12 @@ impl LogReader {
     /// is writing: the tail of a live engine's log is in flux, and a reader
     /// ([`LogReader::open`]) is the way to look at it.
     /// `mergelog verify` and `mergelog dump` use it.
+    ///
+    /// # Errors
+    ///
+    /// As above: [`Error::DamagedHistory`] or [`Error::Corrupt`] for damage the mode would
+    /// refuse (naming the file and the offset), [`Error::Io`] if `dir` is not a directory or a
+    /// file of the log cannot be listed, opened or read.
     pub fn check(
         dir: impl AsRef<Path>,
         mode: RecoveryMode,
@@ -327,6 +333,11 @@ impl LogReader {
 
     /// As `open`, with an explicit recovery mode (`PointInTime` stops at the first damage
     /// anywhere; `AbsoluteConsistency` makes any damage an error).
+    ///
+    /// # Errors
+    ///
+    /// As [`LogReader::open`]'s; with `AbsoluteConsistency`, any damage is
+    /// [`Error::Corrupt`].
     pub fn open_with(dir: impl AsRef<Path>, mode: RecoveryMode) -> Result<LogReader> {
         let dir = dir.as_ref().to_owned();
         if !dir.is_dir() {
@@ -460,6 +471,13 @@ impl LogReader {
     /// backup would apply their replays again). Open a new view then. A view of an engine
     /// in this process (`Engine::replay`) is refused with `Error::Closed` once that engine
     /// is closed, as [`Engine::backup`](crate::Engine::backup) is.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] for a view older than a retirement (above), an existing `dest`, or a file
+    /// call that failed (naming it): nothing is left under `dest`, unless only the final sync
+    /// of its parent failed; [`Error::Closed`] for a view of an engine in this process once
+    /// that engine is closed.
     pub fn backup(&self, dest: impl AsRef<Path>) -> Result<crate::Backup> {
         self.backup_to(None, dest.as_ref())
     }
@@ -468,6 +486,11 @@ impl LogReader {
     /// `earlier` holds exactly as this one would write them are linked, not copied; see
     /// [`Engine::backup_since`](crate::Engine::backup_since) (an `earlier` an engine has
     /// open, this view's own log's included, is refused).
+    ///
+    /// # Errors
+    ///
+    /// As [`LogReader::backup`]'s, and as [`Engine::backup_since`](crate::Engine::backup_since)'s
+    /// for `earlier`.
     pub fn backup_since(
         &self,
         earlier: impl AsRef<Path>,
@@ -604,6 +627,13 @@ impl LogReader {
     /// the file is made: a retirement that read the consumers before the file existed may
     /// still remove the batches it starts at, and the consumer then gets `Error::Retired`
     /// (remove it and make it again).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Consumer`] for a name that is not 1 to 64 characters of `[A-Za-z0-9_.-]`;
+    /// [`Error::Corrupt`] for a position file that does not decode; [`Error::Io`] when the
+    /// position file cannot be read or made (naming it); of an engine's view, [`Error::Closed`]
+    /// once that engine is closed.
     pub fn consumer(&self, name: &str) -> Result<Consumer> {
         consumer::check_name(name)?;
         let io = self.io();
@@ -654,6 +684,11 @@ impl LogReader {
     /// the commit time of the oldest of them. This costs reading the frames of one segment up
     /// to the first uncommitted one. Of an engine's view (`Engine::replay`),
     /// `Error::Closed` once that engine is closed: another engine may have the directory.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] for a position file that does not decode; [`Error::Io`] when the
+    /// directory or a position file cannot be read (naming it); [`Error::Closed`] as above.
     pub fn consumers(&self) -> Result<Vec<ConsumerInfo>> {
         let last = self.next_seq.saturating_sub(1);
         let all = self.engines_files(|| consumer::load_all(&self.dir))?;
@@ -679,6 +714,11 @@ impl LogReader {
     /// not yet committed by the consumer ("accepted but not processed"), oldest first, each
     /// with the batch that logs it and that batch's commit time. `Error::Consumer` if there is
     /// no such consumer; of an engine's view, `Error::Closed` once that engine is closed.
+    ///
+    /// # Errors
+    ///
+    /// As [`LogReader::consumers`]'s; [`Error::Consumer`] for an invalid name or no such
+    /// consumer.
     pub fn pending_ids(&self, name: &str) -> Result<Vec<PendingId>> {
         consumer::check_name(name)?;
         let Some(committed) = self.engines_files(|| consumer::load(&self.dir, name))? else {
@@ -1360,6 +1400,14 @@ impl Follower {
     /// A directory follower that finds the log rewound past a batch it yielded (an open with
     /// a lossy recovery cut the log before it: see [`Follower`]) returns `Err(Error::Rewound)`,
     /// and so does every later call.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] and [`Error::Failed`] (an in-process follower) and
+    /// [`Error::Rewound`] (a directory follower) as above; [`Error::Retired`] when the next
+    /// batch was retired before the follower reached it; [`Error::Corrupt`] when a directory
+    /// follower meets damage that is not the log's live end (naming the file and the offset);
+    /// [`Error::Io`] when a directory follower cannot list, open or map a segment file.
     pub fn try_next(&mut self) -> Result<Option<OwnedBatch>> {
         if let Some(e) = &self.rewound {
             return Err(e.clone());
@@ -1544,6 +1592,10 @@ impl Follower {
     /// An in-process follower sleeps until the engine's syncer makes its next batch durable
     /// (or the engine stops), and is woken then. A follower of a directory (another
     /// process's engine) has nobody to wake it: it polls the directory, every 200 µs.
+    ///
+    /// # Errors
+    ///
+    /// As [`Follower::try_next`]'s.
     pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<OwnedBatch>> {
         // `None`: a timeout so long that no clock reaches its end (`Duration::MAX`): no
         // deadline.

@@ -38,6 +38,12 @@ impl Engine {
     /// As [`Engine::put`], without ever blocking the thread: resolves to the ticket once the
     /// put is submitted, waiting (as a future) for ring space or for a consumer-lag throttle
     /// to let go under `Backpressure::Block`. Errors are those of `put`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::put`]'s. Where that would block (`Backpressure::Block`), the future waits
+    /// instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's failure if the engine closes or
+    /// fails meanwhile.
     pub async fn put_async(&self, key: &[u8], value: &[u8]) -> Result<Ticket> {
         self.check_key(key)?;
         self.check_value(value)?;
@@ -51,6 +57,12 @@ impl Engine {
     }
 
     /// As [`Engine::delete`], without ever blocking the thread (see [`Engine::put_async`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::delete`]'s. Where that would block (`Backpressure::Block`), the future waits
+    /// instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's failure if the engine closes or
+    /// fails meanwhile.
     pub async fn delete_async(&self, key: &[u8]) -> Result<Ticket> {
         self.check_key(key)?;
         let len = request::delete_len(key);
@@ -61,6 +73,12 @@ impl Engine {
     }
 
     /// As [`Engine::merge`], without ever blocking the thread (see [`Engine::put_async`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::merge`]'s. Where that would block (`Backpressure::Block`), the future waits
+    /// instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's failure if the engine closes or
+    /// fails meanwhile.
     pub async fn merge_async(&self, key: &[u8], operand: &[u8]) -> Result<Ticket> {
         self.check_merge(key, operand)?;
         let len = request::merge_len(key, operand);
@@ -73,6 +91,12 @@ impl Engine {
     }
 
     /// As [`Engine::write`], without ever blocking the thread (see [`Engine::put_async`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::write`]'s. Where that would block (`Backpressure::Block`), the future waits
+    /// instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's failure if the engine closes or
+    /// fails meanwhile.
     pub async fn write_async(&self, batch: &WriteBatch) -> Result<Ticket> {
         self.check_batch(batch)?;
         let len = request::batch_len(batch);
@@ -84,6 +108,12 @@ impl Engine {
 
     /// As [`Engine::get`], without ever blocking the thread (see [`Engine::put_async`]; a
     /// get is never throttled).
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::get`]'s. Where that would block (`Backpressure::Block`), the future waits
+    /// instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's failure if the engine closes or
+    /// fails meanwhile.
     pub async fn get_async(&self, key: &[u8]) -> Result<GetTicket> {
         self.check_key(key)?;
         let slot = Arc::new(GetSlot::default());
@@ -100,6 +130,12 @@ impl Engine {
 
     /// As [`Engine::put_with_id`], without ever blocking the thread (see
     /// [`Engine::put_async`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::put_with_id`]'s. Where that would block (`Backpressure::Block`), the future
+    /// waits instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's failure if the engine closes
+    /// or fails meanwhile.
     pub async fn put_with_id_async(
         &self,
         id: impl Into<RequestId>,
@@ -120,6 +156,12 @@ impl Engine {
 
     /// As [`Engine::delete_with_id`], without ever blocking the thread (see
     /// [`Engine::put_async`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::delete_with_id`]'s. Where that would block (`Backpressure::Block`), the future
+    /// waits instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's failure if the engine closes
+    /// or fails meanwhile.
     pub async fn delete_with_id_async(
         &self,
         id: impl Into<RequestId>,
@@ -138,6 +180,12 @@ impl Engine {
 
     /// As [`Engine::merge_with_id`], without ever blocking the thread (see
     /// [`Engine::put_async`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::merge_with_id`]'s. Where that would block (`Backpressure::Block`), the future
+    /// waits instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's failure if the engine closes
+    /// or fails meanwhile.
     pub async fn merge_with_id_async(
         &self,
         id: impl Into<RequestId>,
@@ -157,6 +205,12 @@ impl Engine {
 
     /// As [`Engine::write_with_id`], without ever blocking the thread (see
     /// [`Engine::put_async`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::write_with_id`]'s. Where that would block (`Backpressure::Block`), the future
+    /// waits instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's failure if the engine closes
+    /// or fails meanwhile.
     pub async fn write_with_id_async(
         &self,
         id: impl Into<RequestId>,

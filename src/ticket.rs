@@ -946,6 +946,10 @@ impl GetTicket {
     /// As `wait`, giving up with `Error::Timeout` after `timeout`; the read goes on and the
     /// ticket can be waited on again. A timeout too long for the clock to reach its end
     /// (`Duration::MAX`) waits as `wait` does.
+    ///
+    /// # Errors
+    ///
+    /// As [`GetTicket::wait`]'s, and [`Error::Timeout`] as above.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<Option<Vec<u8>>> {
         let deadline = deadline_after(timeout);
         self.take(self.ticket.completion().wait(self.ticket.pos, deadline))

@@ -44,6 +44,7 @@
 //! the cluster test and the bench.
 
 #![warn(missing_docs)]
+#![warn(clippy::missing_errors_doc)]
 // openraft's `StorageError` is what its traits return; the helpers return it too rather than
 // convert at every call.
 #![allow(clippy::result_large_err)]
@@ -650,6 +651,12 @@ where
 {
     /// Opens (or creates) the store in `dir` with the engine configuration `config`: the
     /// vote, committed and last purged log ids and the entries come back from it.
+    ///
+    /// # Errors
+    ///
+    /// A `StorageError` (a read error) wrapping the engine's error when the engine does not open
+    /// (see `mergelog::Engine::open`), or when the store's state read back from the log does
+    /// not decode; and as [`LogStore::with_engine`]'s.
     pub fn open(dir: impl AsRef<Path>, config: Config) -> StoreResult<Self, C> {
         let engine = Engine::open(dir, config).map_err(|e| io_err(StorageIOError::read, &e))?;
         Self::with_engine(Arc::new(engine))
@@ -661,6 +668,12 @@ where
     /// power loss could undo a vote (a second vote in the same term). Refused otherwise, and
     /// refused with `key_len_max` under 13 or `value_len_max` under 64, too small for the
     /// chunks a large entry is stored in.
+    ///
+    /// # Errors
+    ///
+    /// A `StorageError` wrapping `mergelog::Error::InvalidConfig` for an engine that does not
+    /// sync or whose limits are too small (above), or one wrapping the error of reading the
+    /// store's state back from the log.
     pub fn with_engine(engine: Arc<Engine>) -> StoreResult<Self, C> {
         if engine.config().durability != mergelog::Durability::Sync {
             let e = mergelog::Error::InvalidConfig(
@@ -776,6 +789,11 @@ where
     /// Its put waits for ring space or for a consumer lagging past `consumer_lag_max`, under
     /// `Backpressure::Reject` too, as every write of the store does (the store's drop does
     /// not: it gives up).
+    ///
+    /// # Errors
+    ///
+    /// A `StorageError` (a write error) wrapping the error of logging the committed id or of
+    /// closing the engine (`mergelog::Engine::close`); the engine is closed either way.
     pub fn close(mut self) -> StoreResult<(), C> {
         let saved = self.save_unsaved_committed(true);
         let closed = (self.shared.engine.close()).map_err(|e| io_err(StorageIOError::write, &e));

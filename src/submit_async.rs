@@ -37,13 +37,13 @@ use std::time::Instant;
 impl Engine {
     /// As [`Engine::put`], without ever blocking the thread: resolves to the ticket once the
     /// put is submitted, waiting (as a future) for ring space or for a consumer-lag throttle
-    /// to let go under `Backpressure::Block`. Errors are those of `put`.
+    /// to let go under `Backpressure::Block`.
     ///
     /// # Errors
     ///
     /// As [`Engine::put`]'s. Where that would block (`Backpressure::Block`), the future waits
-    /// instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's failure if the engine closes or
-    /// fails meanwhile.
+    /// instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's failure if
+    /// the engine closes or fails meanwhile.
     pub async fn put_async(&self, key: &[u8], value: &[u8]) -> Result<Ticket> {
         self.check_key(key)?;
         self.check_value(value)?;
@@ -61,8 +61,8 @@ impl Engine {
     /// # Errors
     ///
     /// As [`Engine::delete`]'s. Where that would block (`Backpressure::Block`), the future waits
-    /// instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's failure if the engine closes or
-    /// fails meanwhile.
+    /// instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's failure if
+    /// the engine closes or fails meanwhile.
     pub async fn delete_async(&self, key: &[u8]) -> Result<Ticket> {
         self.check_key(key)?;
         let len = request::delete_len(key);
@@ -77,8 +77,8 @@ impl Engine {
     /// # Errors
     ///
     /// As [`Engine::merge`]'s. Where that would block (`Backpressure::Block`), the future waits
-    /// instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's failure if the engine closes or
-    /// fails meanwhile.
+    /// instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's failure if
+    /// the engine closes or fails meanwhile.
     pub async fn merge_async(&self, key: &[u8], operand: &[u8]) -> Result<Ticket> {
         self.check_merge(key, operand)?;
         let len = request::merge_len(key, operand);
@@ -95,8 +95,8 @@ impl Engine {
     /// # Errors
     ///
     /// As [`Engine::write`]'s. Where that would block (`Backpressure::Block`), the future waits
-    /// instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's failure if the engine closes or
-    /// fails meanwhile.
+    /// instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's failure if
+    /// the engine closes or fails meanwhile.
     pub async fn write_async(&self, batch: &WriteBatch) -> Result<Ticket> {
         self.check_batch(batch)?;
         let len = request::batch_len(batch);
@@ -112,8 +112,8 @@ impl Engine {
     /// # Errors
     ///
     /// As [`Engine::get`]'s. Where that would block (`Backpressure::Block`), the future waits
-    /// instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's failure if the engine closes or
-    /// fails meanwhile.
+    /// instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's failure if
+    /// the engine closes or fails meanwhile.
     pub async fn get_async(&self, key: &[u8]) -> Result<GetTicket> {
         self.check_key(key)?;
         let slot = Arc::new(GetSlot::default());
@@ -134,8 +134,8 @@ impl Engine {
     /// # Errors
     ///
     /// As [`Engine::put_with_id`]'s. Where that would block (`Backpressure::Block`), the future
-    /// waits instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's failure if the engine closes
-    /// or fails meanwhile.
+    /// waits instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's
+    /// failure if the engine closes or fails meanwhile.
     pub async fn put_with_id_async(
         &self,
         id: impl Into<RequestId>,
@@ -160,8 +160,8 @@ impl Engine {
     /// # Errors
     ///
     /// As [`Engine::delete_with_id`]'s. Where that would block (`Backpressure::Block`), the future
-    /// waits instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's failure if the engine closes
-    /// or fails meanwhile.
+    /// waits instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's
+    /// failure if the engine closes or fails meanwhile.
     pub async fn delete_with_id_async(
         &self,
         id: impl Into<RequestId>,
@@ -184,8 +184,8 @@ impl Engine {
     /// # Errors
     ///
     /// As [`Engine::merge_with_id`]'s. Where that would block (`Backpressure::Block`), the future
-    /// waits instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's failure if the engine closes
-    /// or fails meanwhile.
+    /// waits instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's
+    /// failure if the engine closes or fails meanwhile.
     pub async fn merge_with_id_async(
         &self,
         id: impl Into<RequestId>,
@@ -209,8 +209,8 @@ impl Engine {
     /// # Errors
     ///
     /// As [`Engine::write_with_id`]'s. Where that would block (`Backpressure::Block`), the future
-    /// waits instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's failure if the engine closes
-    /// or fails meanwhile.
+    /// waits instead; it resolves to [`Error::Closed`](crate::Error::Closed) or the engine's
+    /// failure if the engine closes or fails meanwhile.
     pub async fn write_with_id_async(
         &self,
         id: impl Into<RequestId>,

@@ -2,6 +2,7 @@
 //! can act on, and showing keys and values.
 
 use crate::error::CliError;
+use crate::history::{Loss, Refused};
 use clap::ValueEnum;
 use mergelog::{Error, LogReader, RecoveryMode};
 use std::path::Path;
@@ -68,6 +69,27 @@ pub fn open(dir: &Path, mode: RecoveryMode) -> Result<LogReader, OpenError> {
     // is for the caller to report, not "no log here".
     if reader.segment_count() == 0 && reader.damage().is_none() {
         use mergelog::internals::format::segment_file_name;
+        // Nor is a log that lost every segment file: its clean-close mark names batches it
+        // no longer holds, and the engine refuses it (`DamagedHistory` at the mark), as it
+        // refuses a damaged `ids` file there. That is damage at the file named.
+        match crate::history::engine_refuses(dir) {
+            Ok(Some(Refused::Lost(Loss {
+                path,
+                offset,
+                reason,
+                ..
+            })))
+            | Ok(Some(
+                Refused::SideFile(path, offset, reason) | Refused::Segment(path, offset, reason),
+            )) => {
+                return Err(OpenError::Corrupt {
+                    path,
+                    offset,
+                    reason,
+                })
+            }
+            Ok(None) | Err(_) => {}
+        }
         return Err(OpenError::Other(CliError::usage(format!(
             "{} holds no mergelog segment files: no file name is 20 decimal digits + .seg (as \
              {}); {}; name a log directory",

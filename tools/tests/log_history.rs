@@ -616,3 +616,61 @@ fn a_segment_name_past_u64_max_is_damage() {
     assert_eq!(out.lines().count() as u64, BATCHES);
     assert!(err.contains(&named), "{err}");
 }
+
+/// Every segment file gone beside a clean-close mark naming batch 60: the engine refuses the
+/// directory (`DamagedHistory` at the mark), so it is a damaged log, not a wrong path. verify
+/// says DAMAGED naming the mark (exit 1), dump exits 1 with the same, inspect reports it as
+/// its damage, and nothing in the directory changes. All three called it a directory holding
+/// no segment files, "name a log directory", exit 2, without naming the mark.
+#[test]
+fn a_log_whose_every_segment_is_gone_beside_its_clean_mark_is_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path());
+    for (_, path) in mergelog::internals::list_segments(dir.path()).unwrap() {
+        std::fs::remove_file(path).unwrap();
+    }
+    assert!(
+        matches!(engine_opens(dir.path()), Err(Error::DamagedHistory { .. })),
+        "the engine should refuse it"
+    );
+    let files = |p: &Path| -> Vec<(std::ffi::OsString, Vec<u8>)> {
+        let mut all: Vec<_> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name(), std::fs::read(e.path()).unwrap())
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    let before = files(dir.path());
+    let d = dir.path().to_str().unwrap();
+    let mark = dir.path().join("CLEAN");
+    let named = format!("{} at offset 0", mark.display());
+    let (status, out, err) = code(&["verify", d]);
+    assert_eq!(status, 1, "verify: {out}{err}");
+    assert!(
+        out.starts_with("DAMAGED: ") && out.contains(&named),
+        "{out}"
+    );
+    assert!(out.contains("closed cleanly after batch 60"), "{out}");
+    let (status, _, err) = code(&["dump", d]);
+    assert_eq!(status, 1, "dump: {err}");
+    assert!(err.contains(&named), "{err}");
+    let (status, out, err) = code(&["inspect", d, "--json"]);
+    assert_eq!(status, 0, "inspect: {err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("inspect --json parses");
+    assert_eq!(
+        report["damage"]["file"],
+        mark.display().to_string(),
+        "{report}"
+    );
+    assert_eq!(report["damage"]["engine_refuses"], true, "{report}");
+    assert_eq!(report["batches"], 0, "{report}");
+    assert_eq!(
+        files(dir.path()),
+        before,
+        "a read-only command changed the directory"
+    );
+}

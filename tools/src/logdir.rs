@@ -176,13 +176,27 @@ pub fn print(text: &str) -> Result<(), CliError> {
     }
 }
 
+/// Opens `path` to read without waiting: a FIFO (damage under a log's file name, which the
+/// reader refuses) opens at once instead of waiting for a writer that may never come, and
+/// then reads as empty.
+pub fn open_nonblocking(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    mergelog::internals::fds::with_room(|| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+    })
+}
+
 /// Whether the segment file's header carries the recycled flag (false if it cannot be read:
-/// the scan has already vouched for the header).
+/// the scan has already vouched for the header, or the file is the damage that ends the log,
+/// a FIFO even).
 pub fn is_recycled(path: &std::path::Path) -> bool {
     use mergelog::internals::format::{SegmentHeader, SEGMENT_HEADER_LEN};
     use std::io::Read;
     let mut header = [0u8; SEGMENT_HEADER_LEN];
-    mergelog::internals::fds::with_room(|| std::fs::File::open(path))
+    open_nonblocking(path)
         .and_then(|mut f| f.read_exact(&mut header))
         .is_ok_and(|()| SegmentHeader::decode(&header).is_ok_and(|h| h.recycled))
 }

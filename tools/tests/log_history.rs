@@ -674,3 +674,88 @@ fn a_log_whose_every_segment_is_gone_beside_its_clean_mark_is_damage() {
         "a read-only command changed the directory"
     );
 }
+
+/// Runs the binary with `args`, killing it if it has not ended after a minute (a hang: a
+/// read that waits for a writer that never comes); returns the exit code, stdout and stderr,
+/// or `None` if it had to be killed.
+fn code_or_hang(args: &[&str]) -> Option<(i32, String, String)> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mergelog"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let guard = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > guard {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    Some((out.status.code().expect("exited"), stdout(&out), err))
+}
+
+/// A FIFO under a segment's name or under `LOCK`: every reader refuses the first (damage at
+/// that name) and the engine opens a FIFO `LOCK` read-write without waiting, so the tools
+/// must not wait on either. `inspect` hung on the first (it opened each listed segment,
+/// the FIFO too, to read its header's reused flag), and `verify`, `inspect` and `dump` on the
+/// second (opening `LOCK` to ask whether an engine holds it), for as long as no process
+/// opened the FIFO for writing.
+#[test]
+fn a_fifo_under_a_segments_name_or_lock_does_not_hang_the_tools() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path());
+    let d = dir.path().to_str().unwrap();
+    let fifo = dir.path().join(format!("{:020}", BATCHES + 1) + ".seg");
+    let mkfifo = |p: &Path| {
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        // SAFETY: `c` is a NUL-terminated path that outlives the call; no memory effects.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo");
+    };
+    mkfifo(&fifo);
+    let named = format!("{} at offset 0", fifo.display());
+    let (status, out, err) = code_or_hang(&["inspect", d, "--json"]).expect("inspect hung");
+    assert_eq!(status, 0, "inspect: {err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        report["damage"]["file"],
+        fifo.display().to_string(),
+        "{report}"
+    );
+    assert_eq!(int(&report, "batches"), BATCHES, "{report}");
+    let (status, out, err) = code_or_hang(&["inspect", d]).expect("inspect hung");
+    assert_eq!(status, 0, "inspect: {err}");
+    assert!(out.contains(&format!("damage: {named}")), "{out}");
+    let (status, out, _) = code_or_hang(&["verify", d]).expect("verify hung");
+    assert_eq!(status, 1, "{out}");
+    assert!(out.contains(&named), "{out}");
+    let (status, _, err) = code_or_hang(&["dump", d]).expect("dump hung");
+    assert_eq!(status, 1, "{err}");
+    assert!(err.contains(&named), "{err}");
+    std::fs::remove_file(&fifo).unwrap();
+
+    let lock = dir.path().join("LOCK");
+    std::fs::remove_file(&lock).unwrap();
+    mkfifo(&lock);
+    let (status, out, err) = code_or_hang(&["verify", d]).expect("verify hung");
+    assert_eq!(status, 0, "verify: {out}{err}");
+    assert!(out.starts_with("clean: "), "{out}");
+    let (status, out, err) = code_or_hang(&["inspect", d, "--json"]).expect("inspect hung");
+    assert_eq!(status, 0, "inspect: {err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(report["damage"].is_null(), "{report}");
+    let (status, out, err) = code_or_hang(&["dump", d]).expect("dump hung");
+    assert_eq!((status, out.lines().count() as u64), (0, BATCHES), "{err}");
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(&lock)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+}

@@ -780,20 +780,29 @@ fn keys_and_damage(scan: &Scan) -> String {
     match &scan.report.damage {
         None => out.push_str("damage: none found\n"),
         Some(d) => {
+            // Damage in a file beside the segments (the `ids` file) ends no read.
+            let side = d.lost_batches.is_none()
+                && Path::new(&d.file).extension().is_none_or(|e| e != "seg");
             let open = match (d.engine_refuses, d.lost_batches) {
                 (_, Some([first, last])) => format!(
                     "; durable batches {first}..{last} lost, not a torn tail: the engine refuses \
                      to open the log"
                 ),
+                (Some(true), None) if side => ": the engine refuses to open the log".into(),
                 (Some(true), None) => "; not a torn tail, which is all an open cuts off: the \
                                        engine refuses to open the log"
                     .into(),
                 (Some(false), None) => "; a torn tail, which the engine's open cuts off".into(),
                 (None, None) => String::new(),
             };
+            let read = if side {
+                "beside the segments, which are read whole"
+            } else {
+                "the log is read up to there"
+            };
             let _ = writeln!(
                 out,
-                "damage: {} at offset {}: {} (the log is read up to there{open})",
+                "damage: {} at offset {}: {} ({read}{open})",
                 d.file, d.offset, d.reason
             );
         }

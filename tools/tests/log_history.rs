@@ -759,3 +759,35 @@ fn a_fifo_under_a_segments_name_or_lock_does_not_hang_the_tools() {
         .file_type()
         .is_fifo());
 }
+
+/// Damage in a file beside the segments (the `ids` file) ends no read: `inspect` reads every
+/// batch and must not say the log was read up to the damage, nor call it "not a torn tail",
+/// which is about frames. It said "(the log is read up to there; not a torn tail, which is
+/// all an open cuts off: the engine refuses to open the log)" of the `ids` file.
+#[test]
+fn inspect_says_the_segments_are_read_whole_beside_a_damaged_side_file() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path());
+    let ids = dir.path().join("ids");
+    std::fs::write(&ids, b"MLIDS\0\0\0 not really").unwrap();
+    assert!(engine_opens(dir.path()).is_err());
+    let text = succeeds(&["inspect", dir.path().to_str().unwrap()]);
+    assert!(
+        text.contains(&format!("batches: {BATCHES} (seq 1..{BATCHES})")),
+        "{text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("damage: "))
+        .expect("a damage line");
+    assert!(
+        line.starts_with(&format!("damage: {} at offset 0: ", ids.display())),
+        "{line}"
+    );
+    assert!(
+        line.ends_with(
+            "(beside the segments, which are read whole: the engine refuses to open the log)"
+        ),
+        "{line}"
+    );
+}

@@ -791,3 +791,24 @@ fn inspect_says_the_segments_are_read_whole_beside_a_damaged_side_file() {
         "{line}"
     );
 }
+
+/// `inspect` of a log an engine has open says so, as `verify` and `dump` do: its last segment
+/// is being written, so where its frames stop is not judged (the JSON's `in_use`). It said
+/// nothing: a log in use read as a closed one whose damage, if any, was left unjudged.
+#[test]
+fn inspect_says_when_the_log_is_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = write_open_log(dir.path());
+    let d = dir.path().to_str().unwrap();
+    let text = succeeds(&["inspect", d]);
+    assert!(text.contains("open in another process"), "{text}");
+    let report: serde_json::Value =
+        serde_json::from_str(&succeeds(&["inspect", d, "--json"])).unwrap();
+    assert_eq!(report["in_use"], true, "{report}");
+    engine.close().unwrap();
+    let text = succeeds(&["inspect", d]);
+    assert!(!text.contains("open in another process"), "{text}");
+    let report: serde_json::Value =
+        serde_json::from_str(&succeeds(&["inspect", d, "--json"])).unwrap();
+    assert_eq!(report["in_use"], false, "{report}");
+}

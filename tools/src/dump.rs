@@ -125,7 +125,10 @@ pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
         out.flush()
     })();
     match written {
-        Err(e) if logdir::broken_pipe(&e) => return Ok(ExitCode::SUCCESS),
+        // The reader left (`| head`): the records it did not take are no longer anyone's,
+        // but the damage is still the log's, so the notes and the exit code below still say
+        // it (stderr may be open; `note!` drops what cannot be written).
+        Err(e) if logdir::broken_pipe(&e) => {}
         Err(e) => return Err(CliError::new(format!("write to stdout: {e}"))),
         Ok(()) => {}
     }

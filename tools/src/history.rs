@@ -45,9 +45,11 @@ pub fn in_use(dir: &Path) -> bool {
     use std::os::unix::io::AsRawFd;
     // Through `with_room`, as the library opens the log's files: with the reader's segments
     // taking every descriptor the soft limit allows, a plain open failed with `EMFILE`, and
-    // the log was taken for one no engine has open.
+    // the log was taken for one no engine has open. Without waiting: a FIFO under the name
+    // (which an engine opens read-write, and locks, at once) blocked a plain open until a
+    // writer came.
     let lock = dir.join("LOCK");
-    let Ok(file) = mergelog::internals::fds::with_room(|| std::fs::File::open(&lock)) else {
+    let Ok(file) = crate::logdir::open_nonblocking(&lock) else {
         return false;
     };
     // SAFETY: flock on a descriptor `file` owns and keeps open for the call; no memory effects.

@@ -135,6 +135,9 @@ struct InspectJson {
     key_min: Option<String>,
     key_max: Option<String>,
     damage: Option<DamageJson>,
+    /// An engine (in another process) has the log open: its last segment is being written,
+    /// so where its frames stop is not judged (`damage.engine_refuses` absent).
+    in_use: bool,
     /// The durable consumers (`consumer-<name>` files), by name.
     consumers: Vec<ConsumerJson>,
     /// A consumer position file (or the request ids file their pending ids come from) that
@@ -187,8 +190,9 @@ pub fn run(args: InspectArgs) -> Result<(), CliError> {
         None if args.json => usize::MAX,
         None => 20,
     };
-    judge(&args.dir, &mut log.damage)?;
+    let in_use = judge(&args.dir, &mut log.damage)?;
     let mut scan = Scan::new(&mut log, &args.dir);
+    scan.report.in_use = in_use;
     for b in log.reader.batches() {
         scan.add(&b, limit);
     }
@@ -297,9 +301,10 @@ fn read_before(dir: &Path, skipped: &[&Path]) -> Result<(tempfile::TempDir, LogR
 /// history lost: valid frames past it, or a clean-close mark naming a later batch; a loss
 /// where the frames just end is damage the reader did not see). Not asked of a log an engine
 /// has open: a frame of its last segment may be mid-write with whole ones after it.
-fn judge(dir: &Path, damage: &mut Option<DamageJson>) -> Result<(), CliError> {
+/// Returns whether an engine has it open.
+fn judge(dir: &Path, damage: &mut Option<DamageJson>) -> Result<bool, CliError> {
     if history::in_use(dir) {
-        return Ok(());
+        return Ok(true);
     }
     match history::engine_refuses(dir)? {
         None => {
@@ -313,7 +318,7 @@ fn judge(dir: &Path, damage: &mut Option<DamageJson>) -> Result<(), CliError> {
             }
         }
         // An engine that opened the log meanwhile may have been writing what was read.
-        Some(Refused::Lost(_)) if history::in_use(dir) => {}
+        Some(Refused::Lost(_)) if history::in_use(dir) => return Ok(true),
         // Its reason names the evidence, which the reader's does not.
         Some(Refused::Lost(l)) => {
             let mut d = DamageJson::new(&l.path, l.offset, &l.reason);
@@ -332,7 +337,7 @@ fn judge(dir: &Path, damage: &mut Option<DamageJson>) -> Result<(), CliError> {
             }
         },
     }
-    Ok(())
+    Ok(false)
 }
 
 /// A path's file name (the whole path if it has none).
@@ -407,6 +412,7 @@ impl Scan {
             key_min: None,
             key_max: None,
             damage: log.damage.take(),
+            in_use: false,
             consumers: Vec::new(),
             consumer_damage: None,
             batch_list: Vec::new(),
@@ -541,6 +547,13 @@ fn text(dir: &Path, mut scan: Scan) -> String {
     scan.per_batch_coalesced.sort_unstable();
     out.push_str(&totals(&scan));
     out.push_str(&keys_and_damage(&scan));
+    if scan.report.in_use {
+        out.push_str(
+            "note: the log is open in another process: its last segment is being written, \
+             read as a reader would (up to its last whole frame; where its frames stop is not \
+             judged)\n",
+        );
+    }
     out.push_str(&consumer_table(
         &scan.report.consumers,
         scan.report.consumer_damage.as_ref(),
@@ -780,20 +793,29 @@ fn keys_and_damage(scan: &Scan) -> String {
     match &scan.report.damage {
         None => out.push_str("damage: none found\n"),
         Some(d) => {
+            // Damage in a file beside the segments (the `ids` file) ends no read.
+            let side = d.lost_batches.is_none()
+                && Path::new(&d.file).extension().is_none_or(|e| e != "seg");
             let open = match (d.engine_refuses, d.lost_batches) {
                 (_, Some([first, last])) => format!(
                     "; durable batches {first}..{last} lost, not a torn tail: the engine refuses \
                      to open the log"
                 ),
+                (Some(true), None) if side => ": the engine refuses to open the log".into(),
                 (Some(true), None) => "; not a torn tail, which is all an open cuts off: the \
                                        engine refuses to open the log"
                     .into(),
                 (Some(false), None) => "; a torn tail, which the engine's open cuts off".into(),
                 (None, None) => String::new(),
             };
+            let read = if side {
+                "beside the segments, which are read whole"
+            } else {
+                "the log is read up to there"
+            };
             let _ = writeln!(
                 out,
-                "damage: {} at offset {}: {} (the log is read up to there{open})",
+                "damage: {} at offset {}: {} ({read}{open})",
                 d.file, d.offset, d.reason
             );
         }

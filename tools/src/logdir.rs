@@ -2,6 +2,7 @@
 //! can act on, and showing keys and values.
 
 use crate::error::CliError;
+use crate::history::{Loss, Refused};
 use clap::ValueEnum;
 use mergelog::{Error, LogReader, RecoveryMode};
 use std::path::Path;
@@ -68,6 +69,27 @@ pub fn open(dir: &Path, mode: RecoveryMode) -> Result<LogReader, OpenError> {
     // is for the caller to report, not "no log here".
     if reader.segment_count() == 0 && reader.damage().is_none() {
         use mergelog::internals::format::segment_file_name;
+        // Nor is a log that lost every segment file: its clean-close mark names batches it
+        // no longer holds, and the engine refuses it (`DamagedHistory` at the mark), as it
+        // refuses a damaged `ids` file there. That is damage at the file named.
+        match crate::history::engine_refuses(dir) {
+            Ok(Some(Refused::Lost(Loss {
+                path,
+                offset,
+                reason,
+                ..
+            })))
+            | Ok(Some(
+                Refused::SideFile(path, offset, reason) | Refused::Segment(path, offset, reason),
+            )) => {
+                return Err(OpenError::Corrupt {
+                    path,
+                    offset,
+                    reason,
+                })
+            }
+            Ok(None) | Err(_) => {}
+        }
         return Err(OpenError::Other(CliError::usage(format!(
             "{} holds no mergelog segment files: no file name is 20 decimal digits + .seg (as \
              {}); {}; name a log directory",
@@ -154,13 +176,27 @@ pub fn print(text: &str) -> Result<(), CliError> {
     }
 }
 
+/// Opens `path` to read without waiting: a FIFO (damage under a log's file name, which the
+/// reader refuses) opens at once instead of waiting for a writer that may never come, and
+/// then reads as empty.
+pub fn open_nonblocking(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    mergelog::internals::fds::with_room(|| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+    })
+}
+
 /// Whether the segment file's header carries the recycled flag (false if it cannot be read:
-/// the scan has already vouched for the header).
+/// the scan has already vouched for the header, or the file is the damage that ends the log,
+/// a FIFO even).
 pub fn is_recycled(path: &std::path::Path) -> bool {
     use mergelog::internals::format::{SegmentHeader, SEGMENT_HEADER_LEN};
     use std::io::Read;
     let mut header = [0u8; SEGMENT_HEADER_LEN];
-    mergelog::internals::fds::with_room(|| std::fs::File::open(path))
+    open_nonblocking(path)
         .and_then(|mut f| f.read_exact(&mut header))
         .is_ok_and(|()| SegmentHeader::decode(&header).is_ok_and(|h| h.recycled))
 }

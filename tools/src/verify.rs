@@ -258,7 +258,7 @@ fn tail_garbage(
 
 /// Offset of the first non-zero byte of `path` at or after `from`.
 fn first_nonzero(path: &Path, from: u64) -> std::io::Result<Option<u64>> {
-    let mut file = mergelog::internals::fds::with_room(|| std::fs::File::open(path))?;
+    let mut file = logdir::open_nonblocking(path)?;
     file.seek(SeekFrom::Start(from))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut at = from;

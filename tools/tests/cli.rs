@@ -1755,3 +1755,70 @@ fn a_merge_run_is_reported_as_merges() {
         );
     }
 }
+
+/// A reader of stdout that left before the report (`mergelog bench --json r.json ... | true`,
+/// or a `head` that got what it wanted) costs the run nothing else: the JSON, the interval
+/// log, the plot and `profile`'s trace asked for are written, and the exit code is the run's.
+/// The report's failed write was an error: exit 1, and the output files, prepared before the
+/// run, were removed with it (a whole run's results gone).
+#[test]
+fn a_closed_stdout_keeps_the_run_and_its_output_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let tiny = [
+        "--ops",
+        "100",
+        "--writers",
+        "1",
+        "--depth",
+        "4",
+        "--sync-probe",
+        "0",
+    ];
+    let outputs = |tag: &str| {
+        vec![
+            "--json".to_owned(),
+            path(&format!("{tag}.json")),
+            "--hlog".to_owned(),
+            path(&format!("{tag}.hlog")),
+            "--plot".to_owned(),
+            path(&format!("{tag}.svg")),
+        ]
+    };
+    let bench: Vec<String> = ["bench", "--systems", "mergelog"]
+        .iter()
+        .chain(&tiny)
+        .map(|s| s.to_string())
+        .chain(outputs("bench"))
+        .collect();
+    let profile: Vec<String> = ["profile"]
+        .iter()
+        .chain(&tiny)
+        .map(|s| s.to_string())
+        .chain(outputs("profile"))
+        .chain(["--trace".to_owned(), path("profile.trace")])
+        .collect();
+    for args in [bench, profile] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mergelog"))
+            .args(&args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        let tag = &args[0];
+        let report = read_json(Path::new(&path(&format!("{tag}.json"))));
+        assert_eq!(report["runs"].as_array().map(Vec::len), Some(1), "{report}");
+        for ext in ["hlog", "svg"] {
+            let file = path(&format!("{tag}.{ext}"));
+            let len = std::fs::metadata(&file).map_or(0, |m| m.len());
+            assert!(len > 0, "{args:?}: {file} is missing or empty");
+        }
+    }
+    let trace = std::fs::read_to_string(path("profile.trace")).unwrap();
+    assert!(trace.starts_with("# mergelog pipeline trace"), "{trace}");
+}

@@ -616,3 +616,199 @@ fn a_segment_name_past_u64_max_is_damage() {
     assert_eq!(out.lines().count() as u64, BATCHES);
     assert!(err.contains(&named), "{err}");
 }
+
+/// Every segment file gone beside a clean-close mark naming batch 60: the engine refuses the
+/// directory (`DamagedHistory` at the mark), so it is a damaged log, not a wrong path. verify
+/// says DAMAGED naming the mark (exit 1), dump exits 1 with the same, inspect reports it as
+/// its damage, and nothing in the directory changes. All three called it a directory holding
+/// no segment files, "name a log directory", exit 2, without naming the mark.
+#[test]
+fn a_log_whose_every_segment_is_gone_beside_its_clean_mark_is_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path());
+    for (_, path) in mergelog::internals::list_segments(dir.path()).unwrap() {
+        std::fs::remove_file(path).unwrap();
+    }
+    assert!(
+        matches!(engine_opens(dir.path()), Err(Error::DamagedHistory { .. })),
+        "the engine should refuse it"
+    );
+    let files = |p: &Path| -> Vec<(std::ffi::OsString, Vec<u8>)> {
+        let mut all: Vec<_> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name(), std::fs::read(e.path()).unwrap())
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    let before = files(dir.path());
+    let d = dir.path().to_str().unwrap();
+    let mark = dir.path().join("CLEAN");
+    let named = format!("{} at offset 0", mark.display());
+    let (status, out, err) = code(&["verify", d]);
+    assert_eq!(status, 1, "verify: {out}{err}");
+    assert!(
+        out.starts_with("DAMAGED: ") && out.contains(&named),
+        "{out}"
+    );
+    assert!(out.contains("closed cleanly after batch 60"), "{out}");
+    let (status, _, err) = code(&["dump", d]);
+    assert_eq!(status, 1, "dump: {err}");
+    assert!(err.contains(&named), "{err}");
+    let (status, out, err) = code(&["inspect", d, "--json"]);
+    assert_eq!(status, 0, "inspect: {err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("inspect --json parses");
+    assert_eq!(
+        report["damage"]["file"],
+        mark.display().to_string(),
+        "{report}"
+    );
+    assert_eq!(report["damage"]["engine_refuses"], true, "{report}");
+    assert_eq!(report["batches"], 0, "{report}");
+    assert_eq!(
+        files(dir.path()),
+        before,
+        "a read-only command changed the directory"
+    );
+}
+
+/// Runs the binary with `args`, killing it if it has not ended after a minute (a hang: a
+/// read that waits for a writer that never comes); returns the exit code, stdout and stderr,
+/// or `None` if it had to be killed.
+fn code_or_hang(args: &[&str]) -> Option<(i32, String, String)> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mergelog"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let guard = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > guard {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    Some((out.status.code().expect("exited"), stdout(&out), err))
+}
+
+/// A FIFO under a segment's name or under `LOCK`: every reader refuses the first (damage at
+/// that name) and the engine opens a FIFO `LOCK` read-write without waiting, so the tools
+/// must not wait on either. `inspect` hung on the first (it opened each listed segment,
+/// the FIFO too, to read its header's reused flag), and `verify`, `inspect` and `dump` on the
+/// second (opening `LOCK` to ask whether an engine holds it), for as long as no process
+/// opened the FIFO for writing.
+#[test]
+fn a_fifo_under_a_segments_name_or_lock_does_not_hang_the_tools() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path());
+    let d = dir.path().to_str().unwrap();
+    let fifo = dir.path().join(format!("{:020}", BATCHES + 1) + ".seg");
+    let mkfifo = |p: &Path| {
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        // SAFETY: `c` is a NUL-terminated path that outlives the call; no memory effects.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo");
+    };
+    mkfifo(&fifo);
+    let named = format!("{} at offset 0", fifo.display());
+    let (status, out, err) = code_or_hang(&["inspect", d, "--json"]).expect("inspect hung");
+    assert_eq!(status, 0, "inspect: {err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        report["damage"]["file"],
+        fifo.display().to_string(),
+        "{report}"
+    );
+    assert_eq!(int(&report, "batches"), BATCHES, "{report}");
+    let (status, out, err) = code_or_hang(&["inspect", d]).expect("inspect hung");
+    assert_eq!(status, 0, "inspect: {err}");
+    assert!(out.contains(&format!("damage: {named}")), "{out}");
+    let (status, out, _) = code_or_hang(&["verify", d]).expect("verify hung");
+    assert_eq!(status, 1, "{out}");
+    assert!(out.contains(&named), "{out}");
+    let (status, _, err) = code_or_hang(&["dump", d]).expect("dump hung");
+    assert_eq!(status, 1, "{err}");
+    assert!(err.contains(&named), "{err}");
+    std::fs::remove_file(&fifo).unwrap();
+
+    let lock = dir.path().join("LOCK");
+    std::fs::remove_file(&lock).unwrap();
+    mkfifo(&lock);
+    let (status, out, err) = code_or_hang(&["verify", d]).expect("verify hung");
+    assert_eq!(status, 0, "verify: {out}{err}");
+    assert!(out.starts_with("clean: "), "{out}");
+    let (status, out, err) = code_or_hang(&["inspect", d, "--json"]).expect("inspect hung");
+    assert_eq!(status, 0, "inspect: {err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(report["damage"].is_null(), "{report}");
+    let (status, out, err) = code_or_hang(&["dump", d]).expect("dump hung");
+    assert_eq!((status, out.lines().count() as u64), (0, BATCHES), "{err}");
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(&lock)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+}
+
+/// Damage in a file beside the segments (the `ids` file) ends no read: `inspect` reads every
+/// batch and must not say the log was read up to the damage, nor call it "not a torn tail",
+/// which is about frames. It said "(the log is read up to there; not a torn tail, which is
+/// all an open cuts off: the engine refuses to open the log)" of the `ids` file.
+#[test]
+fn inspect_says_the_segments_are_read_whole_beside_a_damaged_side_file() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path());
+    let ids = dir.path().join("ids");
+    std::fs::write(&ids, b"MLIDS\0\0\0 not really").unwrap();
+    assert!(engine_opens(dir.path()).is_err());
+    let text = succeeds(&["inspect", dir.path().to_str().unwrap()]);
+    assert!(
+        text.contains(&format!("batches: {BATCHES} (seq 1..{BATCHES})")),
+        "{text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("damage: "))
+        .expect("a damage line");
+    assert!(
+        line.starts_with(&format!("damage: {} at offset 0: ", ids.display())),
+        "{line}"
+    );
+    assert!(
+        line.ends_with(
+            "(beside the segments, which are read whole: the engine refuses to open the log)"
+        ),
+        "{line}"
+    );
+}
+
+/// `inspect` of a log an engine has open says so, as `verify` and `dump` do: its last segment
+/// is being written, so where its frames stop is not judged (the JSON's `in_use`). It said
+/// nothing: a log in use read as a closed one whose damage, if any, was left unjudged.
+#[test]
+fn inspect_says_when_the_log_is_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = write_open_log(dir.path());
+    let d = dir.path().to_str().unwrap();
+    let text = succeeds(&["inspect", d]);
+    assert!(text.contains("open in another process"), "{text}");
+    let report: serde_json::Value =
+        serde_json::from_str(&succeeds(&["inspect", d, "--json"])).unwrap();
+    assert_eq!(report["in_use"], true, "{report}");
+    engine.close().unwrap();
+    let text = succeeds(&["inspect", d]);
+    assert!(!text.contains("open in another process"), "{text}");
+    let report: serde_json::Value =
+        serde_json::from_str(&succeeds(&["inspect", d, "--json"])).unwrap();
+    assert_eq!(report["in_use"], false, "{report}");
+}

@@ -727,3 +727,234 @@ fn backup_since_links_what_the_earlier_backup_holds_and_the_copy_verifies() {
     );
     assert!(!b3.exists());
 }
+
+/// Runs the binary with `args`, its stdout a pipe whose reader is already gone (`mergelog
+/// dump LOG | head -1` once `head` has left); returns the exit code and stderr.
+fn run_into_closed_pipe(args: &[&str]) -> (i32, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mergelog"))
+        .args(args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    (out.status.code().expect("exited normally"), err)
+}
+
+/// A reader that stops reading (`mergelog dump LOG | head -1`) does not make a damaged log
+/// read as a sound one: the exit code and the note on stderr are those of the damage, for
+/// the text and the JSON lines alike, and the log is left as it was. dump returned 0 at the
+/// first failed write, before it named the damage.
+#[test]
+fn dump_into_a_closed_pipe_still_reports_the_damage() {
+    let root = tempfile::tempdir().unwrap();
+    let clean = root.path().join("clean");
+    std::fs::create_dir(&clean).unwrap();
+    write_log(&clean, 25);
+    let damaged = root.path().join("damaged");
+    copy_log(&clean, &damaged);
+    let second_segment = segment_files(&damaged)[1].clone();
+    let victim = LogReader::open(&damaged)
+        .unwrap()
+        .batches()
+        .find(|b| b.segment() == second_segment.as_path() && b.offset() > 64)
+        .expect("a second frame in the second segment")
+        .offset();
+    flip_byte(&second_segment, victim + 49);
+    let before = std::fs::read(&second_segment).unwrap();
+    let d = damaged.to_str().unwrap();
+    for json in [false, true] {
+        let args: &[&str] = if json {
+            &["dump", d, "--json"]
+        } else {
+            &["dump", d]
+        };
+        let (code, err) = run_into_closed_pipe(args);
+        assert_eq!(
+            code, 1,
+            "{args:?} into a closed pipe: exit {code}, stderr {err:?}"
+        );
+        assert!(
+            err.contains(&format!("{} at offset {victim}", second_segment.display())),
+            "{args:?}: {err:?}"
+        );
+    }
+    assert_eq!(std::fs::read(&second_segment).unwrap(), before);
+    // A clean log into a closed pipe: nothing to report, exit 0.
+    let (code, err) = run_into_closed_pipe(&["dump", clean.to_str().unwrap()]);
+    assert_eq!((code, err.as_str()), (0, ""));
+}
+
+/// A key's newest record: its segment file's name, the record's bytes, a put's value.
+type Newest = (String, u64, Option<Vec<u8>>);
+
+/// `inspect`'s figures against an independent count, on a log with overwrites, deletes,
+/// merges, a batch and a compaction: each segment's batches and compaction batches against a
+/// `LogReader`'s; its live bytes against the records `Engine::get` still returns (each key's
+/// newest record, found in the log, must be a put of the value the engine gives); the totals
+/// against `Engine::space` and the files against `Engine::segments`.
+#[test]
+fn inspect_agrees_with_the_engine_on_a_compacted_log() {
+    use mergelog::MergeOperator;
+    use std::collections::BTreeMap;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        merge: Some(MergeOperator::Add),
+        ..small_segments()
+    };
+    let value = |round: u32| vec![b'a' + (round % 26) as u8; 900 + round as usize];
+    let key = |i: u32| format!("k{i:05}").into_bytes();
+    let counter = |i: u32| format!("c{i:03}").into_bytes();
+    let wait_all = |tickets: Vec<mergelog::Ticket>| {
+        for t in tickets {
+            t.wait().unwrap();
+        }
+    };
+    let compacted = {
+        let engine = Engine::open(dir.path(), config.clone()).unwrap();
+        wait_all(
+            (0..1500)
+                .map(|i| engine.put(&key(i), &value(0)).unwrap())
+                .collect(),
+        );
+        wait_all(
+            (0..400)
+                .map(|i| engine.put(&key(i), &value(1)).unwrap())
+                .collect(),
+        );
+        wait_all(
+            (400..600)
+                .map(|i| engine.delete(&key(i)).unwrap())
+                .collect(),
+        );
+        for n in 0..3u64 {
+            wait_all(
+                (0..50)
+                    .map(|i| engine.merge(&counter(i), &(n + 1).to_le_bytes()).unwrap())
+                    .collect(),
+            );
+        }
+        let compacted = engine.compact().unwrap();
+        wait_all(
+            (100..200)
+                .map(|i| engine.put(&key(i), &value(2)).unwrap())
+                .collect(),
+        );
+        wait_all(
+            (1000..1100)
+                .map(|i| engine.delete(&key(i)).unwrap())
+                .collect(),
+        );
+        let mut batch = WriteBatch::new();
+        batch.put(&key(1200), &value(3));
+        batch.delete(&key(1201));
+        batch.merge(&counter(7), &5u64.to_le_bytes());
+        engine.write(&batch).unwrap().wait().unwrap();
+        wait_all(
+            (0..25)
+                .map(|i| engine.merge(&counter(i), &9u64.to_le_bytes()).unwrap())
+                .collect(),
+        );
+        engine.close().unwrap();
+        compacted
+    };
+    assert!(
+        compacted.segments >= 1 && compacted.batches >= 1,
+        "{compacted:?}"
+    );
+
+    let out = succeeds(&["inspect", dir.path().to_str().unwrap(), "--json"]);
+    let report: Value = serde_json::from_str(&out).expect("inspect --json parses");
+    let rows = report["segments"].as_array().unwrap();
+
+    // Per segment, from a reader: batches, compaction batches, the end of the last frame,
+    // and each key's newest record (segment, record bytes, a put's value).
+    let reader = LogReader::open(dir.path()).unwrap();
+    let mut counted: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+    let mut newest: BTreeMap<Vec<u8>, Newest> = BTreeMap::new();
+    for b in reader.batches() {
+        let seg = b
+            .segment()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let c = counted.entry(seg.clone()).or_default();
+        c.0 += 1;
+        c.1 += u64::from(b.is_compaction());
+        c.2 = b.offset() + b.frame_len() as u64;
+        for r in b.records() {
+            let len = 7 + (r.key.len() + r.value.len()) as u64;
+            let put = (r.op == RecordOp::Put).then(|| r.value.to_vec());
+            newest.insert(r.key.to_vec(), (seg.clone(), len, put));
+        }
+    }
+    let compaction_batches: u64 = counted.values().map(|c| c.1).sum();
+    assert!(
+        compaction_batches >= 1,
+        "the compaction's batches are in the log"
+    );
+
+    // The engine on the same log (after inspect ran: an open changes the directory).
+    let engine = Engine::open(dir.path(), config).unwrap();
+    let mut live: BTreeMap<String, u64> = BTreeMap::new();
+    let keys = (0..1500).map(key).chain((0..50).map(counter));
+    for k in keys {
+        let got = engine.get(&k).unwrap().wait().unwrap();
+        match (got, newest.get(&k)) {
+            (None, None | Some((_, _, None))) => {}
+            (Some(v), Some((seg, len, Some(logged)))) => {
+                assert_eq!(
+                    &v, logged,
+                    "{k:?}: the newest record is not the engine's value"
+                );
+                *live.entry(seg.clone()).or_default() += len;
+            }
+            (got, found) => {
+                panic!("{k:?}: the engine gives {got:?}, the log's newest record is {found:?}")
+            }
+        }
+    }
+    let files: Vec<(String, u64)> = engine
+        .segments()
+        .iter()
+        .map(|s| {
+            (
+                s.path.file_name().unwrap().to_string_lossy().into_owned(),
+                s.bytes,
+            )
+        })
+        .collect();
+    let listed: Vec<(String, u64)> = rows
+        .iter()
+        .map(|r| (r["file"].as_str().unwrap().to_owned(), int(r, "size")))
+        .collect();
+    assert_eq!(
+        listed, files,
+        "inspect's segment files against Engine::segments"
+    );
+    for r in rows {
+        let file = r["file"].as_str().unwrap();
+        let (batches, compactions, end) = counted.get(file).copied().unwrap_or((0, 0, 64));
+        assert_eq!(int(r, "batches"), batches, "{file}: {r}");
+        assert_eq!(int(r, "compaction_batches"), compactions, "{file}: {r}");
+        assert_eq!(int(r, "used_bytes"), end, "{file}: {r}");
+        let want = live.get(file).copied().unwrap_or(0);
+        assert_eq!(int(r, "live_bytes"), want, "{file}: {r}");
+        let ratio = (end > 64).then(|| want as f64 / (end - 64) as f64);
+        assert_eq!(r["live_ratio"].as_f64(), ratio, "{file}: {r}");
+    }
+    let space = engine.space();
+    let live_total: u64 = rows.iter().map(|r| int(r, "live_bytes")).sum();
+    let framed: u64 = rows.iter().map(|r| int(r, "used_bytes") - 64).sum();
+    assert_eq!(
+        live_total, space.live_bytes,
+        "live bytes against Engine::space"
+    );
+    assert_eq!(framed, space.log_bytes, "frame bytes against Engine::space");
+    assert_eq!(int(&report, "compaction_batches"), compaction_batches);
+    engine.close().unwrap();
+}

@@ -2022,12 +2022,20 @@ fn write_outputs(
     Ok(())
 }
 
+/// Writes the report to stdout. A reader that left (`| head`, `| true`) is not an error: the
+/// run and the output files asked for (`--json`, `--hlog`, `--plot`, `--trace`, written
+/// after it and removed if the command fails) are worth keeping without it.
 fn print(text: &str) -> Result<(), CliError> {
     let mut stdout = std::io::stdout().lock();
-    stdout
+    match stdout
         .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
-        .context(|| "write the report to stdout".into())
+    {
+        Err(e) if !crate::logdir::broken_pipe(&e) => {
+            Err(CliError::new(format!("write the report to stdout: {e}")))
+        }
+        _ => Ok(()),
+    }
 }
 
 pub fn run(args: BenchArgs) -> Result<(), CliError> {

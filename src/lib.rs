@@ -171,8 +171,11 @@ pub mod internals {
     pub use crate::ring;
 }
 
-/// The README's example, compiled (not run: it opens a path under `/var/lib`) by
-/// `cargo test --doc`, so the first code a newcomer copies builds.
+/// The README's Rust blocks, as doctests (`cargo test --doc`), so the first code a newcomer
+/// copies builds and runs: its library example on a temporary directory (hidden lines swap
+/// the path), the full-disk one compiled only (its function needs a full disk to do
+/// anything). The README is not the crate's documentation (the `//!` text above is); it is
+/// included only here, under `cfg(doctest)`.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeExample;

@@ -842,8 +842,11 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    /// A snapshot of counters and per-stage histograms (about 2.6 MB of histograms copied
-    /// under the lock the pipeline records under; see [`Engine::counts`] for polling).
+    /// A snapshot of counters and per-stage histograms (about 2.5 MB of histograms copied
+    /// under the lock the pipeline records under), and each durable consumer's lag
+    /// ([`Stats::consumers`]: its position file read, as [`Engine::consumers`] reads it, and
+    /// frames walked to count its bytes; empty after `close`). See [`Engine::counts`] for
+    /// polling.
     pub fn stats(&self) -> Stats {
         let durable = self.inner.completion.durable();
         let backlog = self.inner.ring.tail().saturating_sub(durable);
@@ -864,7 +867,8 @@ impl Engine {
         Seq::new(self.inner.live.durable_seq.load(Ordering::Acquire))
     }
 
-    /// The counters alone: atomic loads, no lock, no allocation; cheap enough to poll.
+    /// The counters alone: atomic loads (and the segment pool's short lock, for
+    /// `SegmentCounts::reserved`), no allocation, no file read; cheap enough to poll.
     pub fn counts(&self) -> Counts {
         let durable = self.inner.completion.durable();
         let backlog = self.inner.ring.tail().saturating_sub(durable);

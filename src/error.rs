@@ -135,7 +135,8 @@ pub enum Error {
         /// The last batch known to have been durable after it.
         last_lost: u64,
     },
-    /// `Ticket::wait_timeout` ran out before the request was durable.
+    /// A `wait_timeout` (of a `Ticket`, `GetTicket` or `IdTicket`) ran out before the request
+    /// completed; the request goes on, and the ticket can be waited on again.
     Timeout,
     /// A ticket's request is durable, but it was looked at so long after it completed
     /// (more than 65,536 windows later) that the engine no longer remembers which batch it
@@ -276,7 +277,7 @@ impl fmt::Display for Error {
                 f,
                 "close gave up waiting for a request at ring position {position}: its producer \
                  claimed the space but had not published it {waited:?} after close (a thread \
-                 stopped inside put/delete/get/write); that request and every one after it were \
+                 stopped inside put/delete/merge/get/write); that request and every one after it were \
                  not written"
             ),
             Error::ValueTaken => write!(f, "the value of this get was already taken"),
@@ -439,7 +440,7 @@ mod tests {
             stalled.to_string(),
             "close gave up waiting for a request at ring position 4096: its producer claimed the \
              space but had not published it 200ms after close (a thread stopped inside \
-             put/delete/get/write); that request and every one after it were not written"
+             put/delete/merge/get/write); that request and every one after it were not written"
         );
         assert!(stalled.source().is_none());
     }

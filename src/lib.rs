@@ -4,8 +4,10 @@
 //! append-only log.
 //!
 //! Producers on any thread submit puts, deletes, gets and atomic write batches; each call
-//! returns at once with a [`Ticket`]. Requests wait, in place, in a lock-free ingest ring for
-//! a short window. The flusher then coalesces the window (per key only the last write
+//! returns with a [`Ticket`], at once unless the ingest ring is full or a write is throttled
+//! on a consumer's lag (`Config::consumer_lag_max`): under the default `Backpressure::Block`
+//! it then parks the thread until there is room (the `_async` forms wait as futures
+//! instead). Requests wait, in place, in a lock-free ingest ring for a short window. The flusher then coalesces the window (per key only the last write
 //! survives; reads of one key share one lookup), sorts the survivors by key and appends them
 //! as one checksummed frame to the log; a syncer thread makes it durable with one sync (while
 //! the flusher prepares the next window), and every ticket of the window completes. Reopening
@@ -53,7 +55,7 @@
 //!
 //! Each open engine runs `mergelog-flusher` (windows, coalescing, log writes) and
 //! `Config::syncers` syncer threads (`mergelog-syncer`, `mergelog-syncer-1`, ...: syncs and
-//! completions; two by default), plus `mergelog-prep` while it prepares the next segment file,
+//! completions; two by default, one under `Durability::NoSync`), plus `mergelog-prep` while it prepares the next segment file,
 //! `mergelog-compactor` under `Compaction::Auto`, `mergelog-follow-poll` while a polling
 //! follower is awaited as a future, and `mergelog-close` for an engine dropped inside a waker
 //! it calls (it closes the engine off that thread). The names show in `top -H`, `perf` and `/proc` (where the kernel keeps
@@ -171,8 +173,11 @@ pub mod internals {
     pub use crate::ring;
 }
 
-/// The README's example, compiled (not run: it opens a path under `/var/lib`) by
-/// `cargo test --doc`, so the first code a newcomer copies builds.
+/// The README's Rust blocks, as doctests (`cargo test --doc`), so the first code a newcomer
+/// copies builds and runs: its library example on a temporary directory (hidden lines swap
+/// the path), the full-disk one compiled only (its function needs a full disk to do
+/// anything). The README is not the crate's documentation (the `//!` text above is); it is
+/// included only here, under `cfg(doctest)`.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeExample;

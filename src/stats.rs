@@ -2,7 +2,8 @@
 //!
 //! The pipeline threads are the only writers of almost everything here: they update plain
 //! atomics and record into the histograms once per batch under one lock. `Engine::counts()`
-//! reads the atomics alone (no lock, no allocation: poll it freely); `Engine::stats()` also
+//! reads the atomics (and the segment pool's list, under its short lock, for
+//! `SegmentCounts::reserved`), allocating nothing: poll it freely; `Engine::stats()` also
 //! copies the histograms (about 2.5 MB, under that lock), for profiling.
 
 use hdrhistogram::Histogram;
@@ -79,8 +80,10 @@ impl StageHistograms {
 }
 
 /// A snapshot of the engine's counters alone ([`Engine::counts`](crate::Engine::counts)): a
-/// few atomic loads, no lock and no allocation, so it can be polled as often as wanted while
-/// the engine runs. The same numbers as in [`Stats`].
+/// few atomic loads and, for [`SegmentCounts::reserved`], a look at the segment pool's list
+/// under its lock (a leaf, held for short list changes and while a pooled file is opened for
+/// reuse), with no allocation, so it can be polled as often as wanted while the engine runs.
+/// The same numbers as in [`Stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     /// Requests taken into a window (a `WriteBatch` counts each of its operations).

@@ -64,6 +64,40 @@ fn disk_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// `Space` is what its fields say, as a user would count it from the public API:
+/// `live_bytes` the live keys' newest records (a record header of 7 bytes, key and value, per
+/// `for_each`), `log_bytes` the frames (`Batch::frame_len` of every batch `replay` reads),
+/// `file_bytes` and `segments` the segment files (`Engine::segments`); before and after a
+/// compaction, with overwrites and deletes in the log.
+#[test]
+fn space_counts_what_its_fields_say() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Engine::open(tmp.path(), config()).expect("open");
+    overwrite(&engine, 120, 6);
+    let check = |when: &str| {
+        let space = engine.space();
+        let mut live = 0u64;
+        engine.for_each(|k, v| live += (7 + k.len() + v.len()) as u64);
+        let frames: u64 = (engine.replay().expect("replay").batches())
+            .map(|b| b.frame_len() as u64)
+            .sum();
+        let segments = engine.segments();
+        assert_eq!(space.live_bytes, live, "{when}: live_bytes");
+        assert_eq!(space.log_bytes, frames, "{when}: log_bytes");
+        assert_eq!(
+            space.file_bytes,
+            segments.iter().map(|s| s.bytes).sum::<u64>(),
+            "{when}: file_bytes"
+        );
+        assert_eq!(space.segments, segments.len(), "{when}: segments");
+        space
+    };
+    let before = check("before compacting");
+    assert!(before.segments > 1, "{before:?}");
+    engine.compact().expect("compact");
+    check("after compacting");
+}
+
 #[test]
 fn compaction_keeps_every_live_value_and_retires_the_rest() {
     let tmp = tempfile::tempdir().unwrap();

@@ -110,6 +110,96 @@ fn every_call_after_close_is_closed_or_as_documented() {
     assert_eq!(again.len(), 20);
 }
 
+fn is_failed<T: std::fmt::Debug>(what: &str, r: mergelog::Result<T>) {
+    match r {
+        Err(Error::Failed(cause)) => assert!(
+            !matches!(*cause, Error::Failed(_)),
+            "{what}: a Failed whose cause is a Failed"
+        ),
+        other => panic!("{what} after a failed sync: {other:?}"),
+    }
+}
+
+fn is_failed_now<T: std::fmt::Debug>(what: &str, p: Poll<mergelog::Result<T>>) {
+    match p {
+        Poll::Ready(r) => is_failed(what, r),
+        Poll::Pending => panic!("{what} after a failed sync waits"),
+    }
+}
+
+/// After a failed sync (ARCHITECTURE.md: "a failure is sticky: every later submit, `flush`,
+/// `retire_before`, `close` returns it; reads of the durable state go on"; `Error::Failed`,
+/// `Engine::compact`, `Engine::resume`): the ticket the sync covered reports the sync's own
+/// error, not wrapped; every submit (blocking and async), `flush`, `retire_before`,
+/// `compact`, `resume` and `close` answers `Error::Failed` with that error as its cause;
+/// reads, `len`, `for_each`, `replay` and `failure()` go on with the durable state; a
+/// follower yields the durable batches and then ends with `Error::Failed`.
+#[test]
+fn every_call_after_a_failed_sync_is_failed_or_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Arc::new(Inject::new(IoOp::Sync, segment).nth(2));
+    let engine = Engine::open_with_io(dir.path(), config(), hook.clone()).expect("open");
+    let durable = engine
+        .put(b"a", b"1")
+        .unwrap()
+        .wait_timeout(WAIT_MAX)
+        .unwrap();
+    let failed = engine.put(b"b", b"2").unwrap().wait_timeout(WAIT_MAX);
+    assert!(
+        matches!(failed, Err(Error::Io { .. })),
+        "the ticket of the failed sync reports its error itself: {failed:?}"
+    );
+    assert!(hook.failed() >= 1);
+
+    let mut wb = WriteBatch::new();
+    wb.put(b"b", b"v");
+    is_failed("put", engine.put(b"k", b"v"));
+    is_failed("delete", engine.delete(b"k"));
+    is_failed("merge", engine.merge(b"k", &1i64.to_le_bytes()));
+    is_failed("get", engine.get(b"k"));
+    is_failed("write", engine.write(&wb));
+    is_failed("flush", engine.flush());
+    is_failed("put_with_id", engine.put_with_id(1u128, b"k", b"v"));
+    is_failed_now("put_async", poll_once(engine.put_async(b"k", b"v")));
+    is_failed_now("get_async", poll_once(engine.get_async(b"k")));
+    is_failed_now("write_async", poll_once(engine.write_async(&wb)));
+    is_failed("retire_before", engine.retire_before(Seq::new(5)));
+    is_failed(
+        "retire_before_forced",
+        engine.retire_before_forced(Seq::new(5)),
+    );
+    is_failed("compact", engine.compact());
+    is_failed("resume", engine.resume());
+    assert!(matches!(engine.failure(), Some(Error::Failed(_))));
+    engine.wait_unthrottled();
+
+    assert_eq!(engine.len(), 1);
+    assert_eq!(
+        engine.read_to_vec(b"a").unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
+    assert_eq!(
+        engine.read_to_vec(b"b").unwrap(),
+        None,
+        "never acknowledged"
+    );
+    let mut visited = 0;
+    engine.for_each(|_, _| visited += 1);
+    assert_eq!(visited, 1);
+    assert_eq!(engine.durable_seq(), durable);
+    assert_eq!(engine.replay().expect("replay").next_seq(), durable.next());
+    let mut follower = engine.follow(durable);
+    assert_eq!(
+        follower.next_timeout(WAIT_MAX).unwrap().map(|b| b.seq),
+        Some(durable)
+    );
+    is_failed("follower past the end", follower.next_timeout(WAIT_MAX));
+    is_failed("close", engine.close());
+    drop(engine);
+    let again = Engine::open(dir.path(), config()).expect("reopen");
+    assert_eq!(again.read_to_vec(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+}
+
 /// A `close` after a failed sync returns the failure, and so does every later one; a
 /// consumer's commit and a new consumer after it are refused (the directory is given up).
 #[test]

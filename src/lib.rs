@@ -4,14 +4,14 @@
 //! append-only log.
 //!
 //! Producers on any thread submit puts, deletes, gets and atomic write batches; each call
-//! returns with a [`Ticket`], at once unless the ingest ring is full or a write is throttled
-//! on a consumer's lag (`Config::consumer_lag_max`): under the default `Backpressure::Block`
-//! it then parks the thread until there is room (the `_async` forms wait as futures
-//! instead). Requests wait, in place, in a lock-free ingest ring for a short window. The flusher then coalesces the window (per key only the last write
-//! survives; reads of one key share one lookup), sorts the survivors by key and appends them
-//! as one checksummed frame to the log; a syncer thread makes it durable with one sync (while
-//! the flusher prepares the next window), and every ticket of the window completes. Reopening
-//! verifies and replays the log.
+//! returns with a [`Ticket`], at once unless the ingest ring is full or a write is throttled on
+//! a consumer's lag (`Config::consumer_lag_max`): under the default `Backpressure::Block` it
+//! then parks the thread until there is room (the `_async` forms wait as futures instead).
+//! Requests wait, in place, in a lock-free ingest ring for a short window. The flusher then
+//! coalesces the window (per key only the last write survives; reads of one key share one
+//! lookup), sorts the survivors by key and appends them as one checksummed frame to the log; a
+//! syncer thread makes it durable with one sync (while the flusher prepares the next window),
+//! and every ticket of the window completes. Reopening verifies and replays the log.
 //!
 //! ```
 //! use mergelog::{Config, Engine, WriteBatch};
@@ -55,12 +55,12 @@
 //!
 //! Each open engine runs `mergelog-flusher` (windows, coalescing, log writes) and
 //! `Config::syncers` syncer threads (`mergelog-syncer`, `mergelog-syncer-1`, ...: syncs and
-//! completions; two by default, one under `Durability::NoSync`), plus `mergelog-prep` while it prepares the next segment file,
-//! `mergelog-compactor` under `Compaction::Auto`, `mergelog-follow-poll` while a polling
-//! follower is awaited as a future, and `mergelog-close` for an engine dropped inside a waker
-//! it calls (it closes the engine off that thread). The names show in `top -H`, `perf` and `/proc` (where the kernel keeps
-//! their first 15 bytes), so their CPU can be told apart from the producers'; `mergelog
-//! bench` reports it that way.
+//! completions; two by default, one under `Durability::NoSync`), plus `mergelog-prep` while it
+//! prepares the next segment file, `mergelog-compactor` under `Compaction::Auto`,
+//! `mergelog-follow-poll` while a polling follower is awaited as a future, and `mergelog-close`
+//! for an engine dropped inside a waker it calls (it closes the engine off that thread). The
+//! names show in `top -H`, `perf` and `/proc` (where the kernel keeps their first 15 bytes), so
+//! their CPU can be told apart from the producers'; `mergelog bench` reports it that way.
 //!
 //! See `ARCHITECTURE.md` for the map of the code and `docs/FORMAT.md` for the on-disk format.
 
@@ -174,10 +174,10 @@ pub mod internals {
 }
 
 /// The README's Rust blocks, as doctests (`cargo test --doc`), so the first code a newcomer
-/// copies builds and runs: its library example on a temporary directory (hidden lines swap
-/// the path), the full-disk one compiled only (its function needs a full disk to do
-/// anything). The README is not the crate's documentation (the `//!` text above is); it is
-/// included only here, under `cfg(doctest)`.
+/// copies builds: compiled, not run (the library example opens a path under `/var/lib`: the
+/// crate documentation's example above runs the same on a temporary directory; the
+/// full-disk one needs a full disk). The README is not the crate's documentation (the `//!`
+/// text above is); it is included only here, under `cfg(doctest)`.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeExample;

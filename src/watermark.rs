@@ -250,6 +250,7 @@ impl Watermark {
 
     #[cfg(not(any(target_os = "linux", loom)))]
     fn wake_threads(&self) {
+        fence_after_sc_rmw();
         if self.sleeper_count.load(Ordering::SeqCst) > 0 {
             // The threads are unparked after the lock is released, so none wakes only to
             // block on it; the list is a reused, per-thread one, so no advance allocates.

@@ -69,9 +69,10 @@
 // Every public function that returns a `Result` says when it fails (`# Errors`).
 #![warn(clippy::missing_errors_doc)]
 
-// Under `--cfg loom` only the ring and the pipeline's hand-offs are built (with `sync`, the
-// shim that gives them loom's atomics, mutex and parking): their loom model tests need
-// loom's primitives, which the threads of the rest of the engine cannot use.
+// Under `--cfg loom` only the ring, the pipeline's hand-offs and the completion's watermark
+// are built (with `sync`, the shim that gives them loom's atomics, mutex, parking and futex):
+// their loom model tests need loom's primitives, which the threads of the rest of the engine
+// cannot use.
 #[cfg(not(loom))]
 mod backup;
 #[cfg(not(loom))]
@@ -120,6 +121,9 @@ mod throttle;
 mod ticket;
 #[cfg(not(loom))]
 mod trace;
+// Under loom only its loom tests use it.
+#[cfg_attr(loom, allow(dead_code))]
+mod watermark;
 
 #[cfg(not(loom))]
 pub use backup::Backup;

@@ -169,3 +169,123 @@ impl Parker {
         self.cv.notify_all();
     }
 }
+
+/// A word that threads sleep on, each with one bit of a 32-bit set, until a waker that changed
+/// the word rings their bits: the Linux futex's `FUTEX_WAIT_BITSET` / `FUTEX_WAKE_BITSET`
+/// (`ticket::Completion`'s bell, through `crate::watermark`). Under loom, an emulation loom
+/// can model: the sleepers queue under a mutex, and a ring takes that mutex, so, as with the
+/// kernel's futex, a sleeper that read the word before a waker changed it either finds it
+/// changed when it compares (under the mutex) or is queued before the ring looks, and woken.
+/// The emulation wakes a sleeper only when its bit is rung: a protocol that counted on a
+/// spurious wake-up would deadlock in the model.
+#[cfg(any(target_os = "linux", loom))]
+pub(crate) struct Futex {
+    word: atomic::AtomicU32,
+    #[cfg(loom)]
+    queue: loom::sync::Mutex<FutexQueue>,
+    #[cfg(loom)]
+    rung: loom::sync::Condvar,
+}
+
+/// The emulated futex's sleepers: an id each, with its bit.
+#[cfg(loom)]
+#[derive(Default)]
+struct FutexQueue {
+    asleep: Vec<(u64, u32)>,
+    next: u64,
+}
+
+#[cfg(any(target_os = "linux", loom))]
+impl Futex {
+    pub(crate) fn new() -> Futex {
+        Futex {
+            word: atomic::AtomicU32::new(0),
+            #[cfg(loom)]
+            queue: loom::sync::Mutex::new(FutexQueue::default()),
+            #[cfg(loom)]
+            rung: loom::sync::Condvar::new(),
+        }
+    }
+
+    /// The word: a waker changes it before it rings; a sleeper reads it before it checks
+    /// its condition, and sleeps only if it still holds the value read.
+    pub(crate) fn word(&self) -> &atomic::AtomicU32 {
+        &self.word
+    }
+
+    /// Sleeps with `bit` unless the word no longer holds `expected` (compared atomically
+    /// with the rings), until a ring of `bit`, `until`, or a signal: the caller re-checks
+    /// its condition whichever it was.
+    #[cfg(not(loom))]
+    pub(crate) fn wait_bitset(
+        &self,
+        expected: u32,
+        until: Option<Instant>,
+        bit: std::num::NonZeroU32,
+    ) {
+        use rustix::thread::futex;
+        use rustix::time::{clock_gettime, ClockId};
+        // The bitset wait's timeout is absolute, on the monotonic clock `Instant` reads.
+        let until = until.map(|d| {
+            let nap = d.saturating_duration_since(Instant::now());
+            let mut t = clock_gettime(ClockId::Monotonic);
+            let nanos = t.tv_nsec as u64 + u64::from(nap.subsec_nanos());
+            t.tv_sec = t
+                .tv_sec
+                .saturating_add(i64::try_from(nap.as_secs()).unwrap_or(i64::MAX))
+                .saturating_add((nanos / 1_000_000_000) as i64);
+            t.tv_nsec = (nanos % 1_000_000_000) as _;
+            t
+        });
+        // EAGAIN (the value moved on), ETIMEDOUT and EINTR all mean: look again.
+        let _ = futex::wait_bitset(
+            &self.word,
+            futex::Flags::PRIVATE,
+            expected,
+            until.as_ref(),
+            bit,
+        );
+    }
+
+    /// Wakes every thread asleep with a bit in `bits`. Call it after changing the word.
+    #[cfg(not(loom))]
+    pub(crate) fn wake_bitset(&self, bits: std::num::NonZeroU32) {
+        use rustix::thread::futex;
+        // The wake's errors are for an invalid address, operation or empty bitset: none can
+        // happen here.
+        let woke = futex::wake_bitset(&self.word, futex::Flags::PRIVATE, i32::MAX as u32, bits);
+        debug_assert!(woke.is_ok(), "futex wake: {woke:?}");
+    }
+
+    /// Loom has no clock: a timed sleep is an immediate time-out (after a yield, so that
+    /// polling loops make progress in the model).
+    #[cfg(loom)]
+    pub(crate) fn wait_bitset(
+        &self,
+        expected: u32,
+        until: Option<Instant>,
+        bit: std::num::NonZeroU32,
+    ) {
+        if until.is_some() {
+            loom::thread::yield_now();
+            return;
+        }
+        let mut queue = self.queue.lock().unwrap();
+        if self.word.load(atomic::Ordering::Relaxed) != expected {
+            return;
+        }
+        let me = queue.next;
+        queue.next += 1;
+        queue.asleep.push((me, bit.get()));
+        while queue.asleep.iter().any(|&(id, _)| id == me) {
+            queue = self.rung.wait(queue).unwrap();
+        }
+    }
+
+    #[cfg(loom)]
+    pub(crate) fn wake_bitset(&self, bits: std::num::NonZeroU32) {
+        let mut queue = self.queue.lock().unwrap();
+        queue.asleep.retain(|&(_, bit)| bit & bits.get() == 0);
+        self.rung.notify_all();
+    }
+}

@@ -1,72 +1,35 @@
 //! Completion by durable watermark. A ticket is a position in the total order, not an
 //! allocation: it is done when the durable watermark reaches it, or failed when the engine
-//! failed before it got there.
+//! failed before it got there. The watermark and the protocols by which its waiters are
+//! woken are `crate::watermark`'s (model-checked by loom); this module adds what a ticket
+//! reports and how a thread waits before it sleeps.
 
 use crate::error::{Error, Result};
 use crate::ids::Duplicates;
-use crate::pipeline::handoff::FutureWakers;
 use crate::seq::{Found, Seq, SeqMap};
+use crate::watermark::{Done, Watermark};
 use crossbeam::utils::CachePadded;
 use parking_lot::Mutex;
-#[cfg(not(target_os = "linux"))]
-use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{fence, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
-#[cfg(not(target_os = "linux"))]
-use std::thread::Thread;
 use std::time::{Duration, Instant};
-
-/// Bit of `Completion::state` set once the engine has failed. Positions never reach it (a
-/// ring position grows by at most a few GiB per second: 2^63 bytes is centuries away).
-const FAILED: u64 = 1 << 63;
-// `state & !FAILED` is the watermark: the bit must be the top one, above every position.
-const _: () = assert!(FAILED.count_ones() == 1 && FAILED.leading_zeros() == 0);
 
 /// The state every ticket of one engine looks at.
 pub(crate) struct Completion {
-    /// The durable watermark (every request whose end position is `<=` it is durable and
-    /// complete), with the `FAILED` bit. Once the bit is set the watermark never moves again,
-    /// so a ticket's outcome, once seen, never changes: one atomic holds both so that no
-    /// advance can slip in after a failure.
-    state: AtomicU64,
-    /// Set once, before the `FAILED` bit: the error the first failed operation gave.
+    /// The durable watermark with the failure bit, the blocked threads and the pending
+    /// futures waiting for it (`crate::watermark`).
+    core: Watermark,
+    /// Set once, before the failure bit: the error the first failed operation gave.
     failure: OnceLock<Error>,
-    /// Once the engine failed: the position up to which requests may still complete (those
-    /// handed to the syncer before a failed write, whose own sync decides), lowered before
-    /// the `FAILED` bit is set. Requests past it have failed. `u64::MAX` until a failure.
-    failed_from: AtomicU64,
-    /// Serializes lowering `failed_from` with the advances that follow a failure (see
-    /// `advance_threads`); never taken before a failure.
-    fail_lock: Mutex<()>,
-    /// Threads blocked in `wait`, each with the position it waits for. An advance wakes
-    /// exactly the threads it completes: no thread is woken to find it must sleep again, and
-    /// none has to retake a lock before it can run (a condvar's `notify_all` did both, and
-    /// woke the waiters one after another). On Linux all of them with one system call (see
-    /// [`Completion::bell`]), elsewhere each with its own unpark.
-    sleepers: Mutex<Vec<Sleeper>>,
-    /// The word blocked waiters sleep on (Linux): a futex whose value changes with every
-    /// advance that wakes someone. Each sleeper waits with its thread's bit
-    /// ([`thread_bit`]), and an advance wakes the bits of the threads it completes with one
-    /// `FUTEX_WAKE_BITSET`. With sixteen unparks the completion's `wakeup` stage was 35-42
-    /// µs per window at 16 x 1 (each woken writer could preempt the completing thread before
-    /// the next unpark); with one call it is 20-25 (docs/decisions.md, "One wake-up call").
-    #[cfg(target_os = "linux")]
-    bell: AtomicU32,
-    /// `sleepers.len()`: advancing touches the lock only when this is non-zero.
-    sleeper_count: AtomicUsize,
-    /// Tells the entries of `sleepers` apart.
-    next_token: AtomicU64,
     /// Threads inside `wait` past its spin (whether yielding or parked).
     waiters: AtomicUsize,
     /// Whether the short spin before sleeping has been paying off (see `wait`).
     spin_credit: Credit,
     /// Whether waiting by yielding has been paying off (see `yield_wait`).
     yield_credit: Credit,
-    /// Wakers of pending futures, with the position each waits for.
-    futures: FutureWakers,
     /// Which batch each completed window was written in (for `Ticket::wait`'s `Seq`).
     pub(crate) seqs: SeqMap,
     /// The requests found to duplicate a request id (for `IdTicket`'s outcome).
@@ -102,21 +65,13 @@ impl Completion {
 
     fn with_seqs(durable: u64, seqs: SeqMap) -> Completion {
         Completion {
-            state: AtomicU64::new(durable),
+            core: Watermark::new(durable),
             failure: OnceLock::new(),
-            failed_from: AtomicU64::new(u64::MAX),
-            fail_lock: Mutex::new(()),
-            sleepers: Mutex::new(Vec::new()),
-            #[cfg(target_os = "linux")]
-            bell: AtomicU32::new(0),
-            sleeper_count: AtomicUsize::new(0),
-            next_token: AtomicU64::new(0),
             waiters: AtomicUsize::new(0),
             helper: OnceLock::new(),
             on_failure: OnceLock::new(),
             spin_credit: Credit::default(),
             yield_credit: Credit::default(),
-            futures: FutureWakers::new(),
             seqs,
             duplicates: Duplicates::default(),
             refusals: Default::default(),
@@ -154,7 +109,7 @@ impl Completion {
 
     /// The durable watermark.
     pub fn durable(&self) -> u64 {
-        self.state.load(Ordering::Acquire) & !FAILED
+        self.core.durable()
     }
 
     pub fn failure(&self) -> Option<&Error> {
@@ -164,37 +119,32 @@ impl Completion {
     /// Whether the engine has failed, read SeqCst (the failure is set SeqCst): for a check
     /// that must pair with another thread's SeqCst store (`Inner::settle_failure`).
     pub(crate) fn has_failed(&self) -> bool {
-        self.state.load(Ordering::SeqCst) & FAILED != 0
-    }
-
-    /// Whether the request ending at `pos` is complete in `state` (a value of `self.state`):
-    /// durable, or failed (past `failed_from` after a failure).
-    fn done(&self, state: u64, pos: u64) -> bool {
-        state & !FAILED >= pos
-            || (state & FAILED != 0 && pos > self.failed_from.load(Ordering::Acquire))
+        self.core.has_failed()
     }
 
     /// Whether a job ending at `pos` may still complete: no failure, or one that came after
     /// it was handed on (its own sync decides).
     pub fn may_complete(&self, pos: u64) -> bool {
-        self.state.load(Ordering::Acquire) & FAILED == 0
-            || pos <= self.failed_from.load(Ordering::Acquire)
+        self.core.may_complete(pos)
+    }
+
+    /// A request's completion as its ticket reports it: a failure with the engine's error.
+    fn result(&self, done: Done) -> Result<()> {
+        match done {
+            Done::Durable => Ok(()),
+            // `failure` was set before the bit, and the check that found it orders it
+            // before us.
+            Done::Failed => Err(self
+                .failure
+                .get()
+                .cloned()
+                .expect("the failure is recorded before the FAILED bit is set")),
+        }
     }
 
     /// `Some(result)` once the request ending at `pos` is complete.
     pub fn status(&self, pos: u64) -> Option<Result<()>> {
-        let state = self.state.load(Ordering::Acquire);
-        if state & !FAILED >= pos {
-            Some(Ok(()))
-        } else if self.done(state, pos) {
-            // `failure` was set before the bit, and the Acquire load orders it before us.
-            let e = self.failure.get().cloned();
-            Some(Err(e.expect(
-                "the failure is recorded before the FAILED bit is set",
-            )))
-        } else {
-            None
-        }
+        self.core.check(pos).map(|done| self.result(done))
     }
 
     /// Advances the watermark and wakes whoever waits; does nothing once the engine failed.
@@ -205,55 +155,12 @@ impl Completion {
         }
     }
 
-    /// Advances the watermark and unparks the threads it completes, but wakes no future:
-    /// futures' wakers are user code, which the caller runs with [`Completion::wake_futures`]
-    /// once it holds no lock. False (and nothing done) once the engine failed.
+    /// Advances the watermark and wakes the threads it completes, but no future: futures'
+    /// wakers are user code, which the caller runs with [`Completion::wake_futures`] once it
+    /// holds no lock. False (and nothing done) once the engine failed (see
+    /// [`Watermark::advance`]).
     pub fn advance_threads(&self, durable: u64) -> bool {
-        // SeqCst pairs with the SeqCst store of `sleeper_count` in `wait`: either the sleeper
-        // sees the new watermark, or we see the sleeper and unpark it. Likewise with the
-        // waker count of a polled future and the flusher's nap (`pipeline::handoff`).
-        // After a failure only up to `failed_from`: past it every ticket has failed, and an
-        // outcome once seen never changes.
-        debug_assert!(
-            durable & FAILED == 0,
-            "position {durable:#x} reaches the FAILED bit"
-        );
-        // Once the engine has failed, an advance runs under `fail_lock`, which `fail_after`
-        // holds while it lowers `failed_from`: so no advance can use a limit that a failure
-        // lowers meanwhile (which could turn a ticket already seen failed into a success).
-        // Without a failure no lock is taken.
-        let mut locked = None;
-        let moved = loop {
-            let r = self
-                .state
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
-                    // Completions come in order: the watermark never moves backwards (`max`
-                    // only keeps a release build from acting on a caller that broke that).
-                    debug_assert!(
-                        durable >= s & !FAILED,
-                        "watermark moved backwards: {} -> {durable}",
-                        s & !FAILED
-                    );
-                    if s & FAILED == 0 {
-                        return Some(s.max(durable));
-                    }
-                    locked.as_ref()?;
-                    let cap = durable.min(self.failed_from.load(Ordering::SeqCst));
-                    (cap > s & !FAILED).then_some(cap | FAILED)
-                });
-            match r {
-                Ok(_) => break true,
-                Err(s) if s & FAILED != 0 && locked.is_none() => {
-                    locked = Some(self.fail_lock.lock());
-                }
-                Err(_) => break false,
-            }
-        };
-        drop(locked);
-        if moved {
-            self.wake_threads();
-        }
-        moved
+        self.core.advance(durable)
     }
 
     /// Records a failure (the first error is the one reported) and wakes everyone: every
@@ -272,15 +179,9 @@ impl Completion {
 
     /// `fail_after(from)`, or with `None` after the watermark as it is under the lock.
     fn fail_with(&self, error: Error, from: Option<u64>) {
-        {
-            let _serial = self.fail_lock.lock();
-            let from = from.unwrap_or_else(|| self.durable());
+        self.core.fail(from, || {
             let _ = self.failure.set(error);
-            self.failed_from.fetch_min(from, Ordering::SeqCst);
-            self.state.fetch_or(FAILED, Ordering::SeqCst);
-        }
-        self.wake_threads();
-        self.wake_futures();
+        });
         // After `fail_after` the jobs before `from` may still become durable: the pipeline
         // tells the followers once none is left (`Inner::settle_failure`). After `fail`
         // nothing more becomes durable.
@@ -302,86 +203,20 @@ impl Completion {
         let _ = self.on_failure.set(live);
     }
 
-    /// Removes the sleepers whose requests are complete (in the state as it is now) from the
-    /// list, under its lock, handing each to `woken`; keeps `sleeper_count` equal to the
-    /// list's length.
-    fn take_completed(&self, mut woken: impl FnMut(&Sleeper)) {
-        let state = self.state.load(Ordering::SeqCst);
-        let mut sleepers = self.sleepers.lock();
-        sleepers.retain(|s| {
-            let done = self.done(state, s.pos);
-            if done {
-                woken(s);
-            }
-            !done
-        });
-        self.sleeper_count.store(sleepers.len(), Ordering::SeqCst);
-    }
-
-    /// Wakes the blocked threads whose requests are complete, with one system call: their
-    /// entries leave the list, and `bell` changes and rings for their threads' bits. A
-    /// thread whose bit it shares with a woken one (more than 32 threads wait) wakes, finds
-    /// itself still pending, and sleeps again.
-    #[cfg(target_os = "linux")]
-    fn wake_threads(&self) {
-        use rustix::thread::futex;
-        if self.sleeper_count.load(Ordering::SeqCst) == 0 {
-            return;
-        }
-        let mut bits = 0u32;
-        self.take_completed(|s| bits |= s.bit);
-        // After the lock is released, so no thread wakes only to block on it.
-        if let Some(bits) = std::num::NonZeroU32::new(bits) {
-            // A sleeper that read the old value and has not yet slept will not sleep (the
-            // kernel compares the value under the futex's lock, which the wake takes too).
-            self.bell.fetch_add(1, Ordering::SeqCst);
-            // The wake's errors are for an invalid address, operation or empty bitset: none
-            // can happen here.
-            let woke = futex::wake_bitset(&self.bell, futex::Flags::PRIVATE, i32::MAX as u32, bits);
-            debug_assert!(woke.is_ok(), "futex wake: {woke:?}");
-        }
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn wake_threads(&self) {
-        if self.sleeper_count.load(Ordering::SeqCst) > 0 {
-            // The threads are unparked after the lock is released, so none wakes only to
-            // block on it; the list is a reused, per-thread one, so no advance allocates.
-            let unpark = |woken: &mut Vec<Thread>| {
-                self.take_completed(|s| woken.push(s.thread.clone()));
-                for t in woken.drain(..) {
-                    t.unpark();
-                }
-            };
-            let reused = WOKEN.try_with(|w| match w.try_borrow_mut() {
-                Ok(mut w) => {
-                    unpark(&mut w);
-                    true
-                }
-                Err(_) => false,
-            });
-            // During thread-local destruction (an engine dropped by a thread-local's
-            // destructor), or if ever re-entered: a list of its own.
-            if reused != Ok(true) {
-                unpark(&mut Vec::new());
-            }
-        }
-    }
-
     /// Wakes the futures the watermark (or a failure) completed. Runs after the `SeqCst`
-    /// read-modify-write of `state` that completed them (see `pipeline::handoff`). Wakers are
-    /// user code: they run outside every lock, and one that panics is caught.
+    /// read-modify-write of the watermark that completed them. Wakers are user code: they
+    /// run outside every lock, and one that panics is caught.
     pub fn wake_futures(&self) {
-        self.futures.wake(|| {
-            let state = self.state.load(Ordering::SeqCst);
-            move |pos| self.done(state, pos)
-        });
+        self.core.wake_futures();
     }
 
     /// Polls a future waiting for `pos`, registered under its `token` (see
-    /// [`FutureWakers::poll`]).
+    /// [`Watermark::poll`]).
     fn poll(&self, pos: u64, token: &mut u64, waker: &Waker) -> Poll<Result<()>> {
-        let poll = self.futures.poll(pos, token, waker, || self.status(pos));
+        let poll = self
+            .core
+            .poll(pos, token, waker)
+            .map(|done| self.result(done));
         if poll.is_pending() {
             if let Some(help) = self.helper.get() {
                 help(pos, false);
@@ -447,87 +282,10 @@ impl Completion {
                 return r;
             }
         }
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut sleepers = self.sleepers.lock();
-            sleepers.push(Sleeper {
-                pos,
-                token,
-                #[cfg(target_os = "linux")]
-                bit: thread_bit(),
-                #[cfg(not(target_os = "linux"))]
-                thread: std::thread::current(),
-            });
-            self.sleeper_count.store(sleepers.len(), Ordering::SeqCst);
-        }
-        // From here an advance that completes `pos` wakes this thread, or (if it read the
-        // count before our store) happened before our SeqCst fence, so the check below sees
-        // it. Wake-ups may also be stale or shared: every one re-checks.
-        fence(Ordering::SeqCst);
-        let result = loop {
-            // Read before the check: if the check misses an advance, the value read is the
-            // one from before that advance rang (see `sleep`).
-            let rung = self.rung();
-            if let Some(r) = self.status(pos) {
-                break r;
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                break self.status(pos).unwrap_or(Err(Error::Timeout));
-            }
-            self.sleep(rung, deadline);
-        };
-        // Usually the advance that completed us removed our entry; a timeout or a failure
-        // seen first did not.
-        if self.sleeper_count.load(Ordering::SeqCst) > 0 {
-            let mut sleepers = self.sleepers.lock();
-            if let Some(i) = sleepers.iter().position(|s| s.token == token) {
-                sleepers.swap_remove(i);
-                self.sleeper_count.store(sleepers.len(), Ordering::SeqCst);
-            }
-        }
-        result
-    }
-
-    /// The value of `bell` a sleeper compares against (Linux; elsewhere nothing).
-    #[cfg(target_os = "linux")]
-    fn rung(&self) -> u32 {
-        // Acquire: a value an advance's ring wrote orders that advance's watermark before
-        // the status check that follows, so a check that misses the advance read an older
-        // value, and the sleep returns at once.
-        self.bell.load(Ordering::Acquire)
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn rung(&self) {}
-
-    /// Sleeps until an advance rings this thread's bit (or one sharing it), `bell` no longer
-    /// holds `rung`, the deadline, or a signal: the caller re-checks either way.
-    #[cfg(target_os = "linux")]
-    fn sleep(&self, rung: u32, deadline: Option<Instant>) {
-        use rustix::thread::futex;
-        use rustix::time::{clock_gettime, ClockId};
-        // The bitset wait's timeout is absolute, on the monotonic clock `Instant` reads.
-        let until = deadline.map(|d| {
-            let nap = d.saturating_duration_since(Instant::now());
-            let mut t = clock_gettime(ClockId::Monotonic);
-            let nanos = t.tv_nsec as u64 + u64::from(nap.subsec_nanos());
-            t.tv_sec = t
-                .tv_sec
-                .saturating_add(i64::try_from(nap.as_secs()).unwrap_or(i64::MAX))
-                .saturating_add((nanos / 1_000_000_000) as i64);
-            t.tv_nsec = (nanos % 1_000_000_000) as _;
-            t
-        });
-        let bit = std::num::NonZeroU32::new(thread_bit()).expect("a thread's bit is one bit");
-        // EAGAIN (the value moved on), ETIMEDOUT and EINTR all mean: look again.
-        let _ = futex::wait_bitset(&self.bell, futex::Flags::PRIVATE, rung, until.as_ref(), bit);
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn sleep(&self, (): (), deadline: Option<Instant>) {
-        match deadline {
-            None => std::thread::park(),
-            Some(d) => std::thread::park_timeout(d.saturating_duration_since(Instant::now())),
+        let slept = self.core.sleep_until(pos, deadline, slot());
+        match slept {
+            Some(done) => self.result(done),
+            None => Err(Error::Timeout),
         }
     }
 
@@ -566,7 +324,6 @@ impl Completion {
         outcome
     }
 }
-
 /// Whether a way of waiting (the spin, yielding) has been paying off: a moving average of +1
 /// (the request completed meanwhile) and -1 (it did not), scaled by 1024. While it is
 /// negative only one try in [`PROBE_EVERY`] goes ahead, so that a change of load is noticed.
@@ -629,17 +386,6 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// A thread blocked in [`Completion::wait`].
-struct Sleeper {
-    pos: u64,
-    token: u64,
-    /// The bit its thread sleeps with on `Completion::bell`.
-    #[cfg(target_os = "linux")]
-    bit: u32,
-    #[cfg(not(target_os = "linux"))]
-    thread: Thread,
-}
-
 /// A small number for the calling thread, given out in turn: the first threads to ask get
 /// distinct ones (anchors' stripes and sleep bits are picked by it).
 fn thread_index() -> usize {
@@ -650,16 +396,16 @@ fn thread_index() -> usize {
     INDEX.with(|i| *i)
 }
 
-/// The calling thread's bit among the 32 of a futex bitset: distinct for 32 threads in turn.
+/// How the calling thread is woken from `Watermark::sleep_until`: its bit among the 32 of
+/// the bell's bitset, distinct for 32 threads in turn (Linux); its handle elsewhere.
 #[cfg(target_os = "linux")]
-fn thread_bit() -> u32 {
+fn slot() -> crate::watermark::Slot {
     1 << (thread_index() % 32)
 }
 
 #[cfg(not(target_os = "linux"))]
-thread_local! {
-    /// The threads one advance unparks (see `Completion::wake_threads`).
-    static WOKEN: RefCell<Vec<Thread>> = const { RefCell::new(Vec::new()) };
+fn slot() -> crate::watermark::Slot {
+    std::thread::current()
 }
 
 /// How a ticket holds its engine's [`Completion`]: one of a few `Arc`s that each own a
@@ -732,9 +478,7 @@ impl Drop for Ticket {
     /// `select!` that took another branch). Complete, its entry is gone already, or goes
     /// with the wake-up that follows the completing advance.
     fn drop(&mut self) {
-        if self.future != 0 && !self.is_done() {
-            self.completion().futures.forget(self.future);
-        }
+        self.completion().core.drop_future(self.pos, self.future);
     }
 }
 
@@ -996,7 +740,7 @@ mod tests {
                 })
             })
             .collect();
-        while c.sleeper_count.load(Ordering::SeqCst) < n as usize {
+        while c.core.sleepers().0 < n as usize {
             std::thread::yield_now();
         }
         (threads, rx)
@@ -1028,8 +772,8 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(done, (1..=WAITERS).collect::<Vec<_>>());
-        assert_eq!(c.sleeper_count.load(Ordering::SeqCst), 0);
-        assert!(c.sleepers.lock().is_empty());
+        assert_eq!(c.core.sleepers().0, 0);
+        assert_eq!(c.core.sleepers().1, 0);
     }
 
     /// One advance that completes many blocked waiters wakes them all (the waker gathers
@@ -1055,7 +799,7 @@ mod tests {
             woken.sort_unstable();
             assert_eq!(woken, (first..=last).collect::<Vec<_>>());
             assert_eq!(
-                c.sleeper_count.load(Ordering::SeqCst),
+                c.core.sleepers().0,
                 (WAITERS - last) as usize,
                 "the waiters not yet complete still sleep"
             );
@@ -1111,8 +855,8 @@ mod tests {
         let c = Arc::new(Completion::new(5));
         let r = c.wait(6, Some(Instant::now() + Duration::from_millis(20)));
         assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
-        assert_eq!(c.sleeper_count.load(Ordering::SeqCst), 0);
-        assert!(c.sleepers.lock().is_empty());
+        assert_eq!(c.core.sleepers().0, 0);
+        assert_eq!(c.core.sleepers().1, 0);
         let waiter = {
             let c = c.clone();
             std::thread::spawn(move || c.wait(6, None))
@@ -1181,7 +925,7 @@ mod tests {
                 std::thread::spawn(move || c.wait(pos, None))
             })
             .collect();
-        while c.sleeper_count.load(Ordering::SeqCst) < 4 {
+        while c.core.sleepers().0 < 4 {
             std::thread::yield_now();
         }
         c.advance(2);
@@ -1248,7 +992,7 @@ mod tests {
             cpu < wall / 4,
             "{WAITS} waits over {wall:?} used {cpu:?} of CPU"
         );
-        assert_eq!(c.sleeper_count.load(Ordering::SeqCst), 0);
+        assert_eq!(c.core.sleepers().0, 0);
     }
 
     /// Beside another waiter a wait may yield first; yielding that never pays off (the wait

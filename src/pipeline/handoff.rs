@@ -34,7 +34,8 @@
 //!
 //! The loom tests below model each pair with the watermark as one atomic, advanced by a
 //! `SeqCst` `fetch_max` as `Completion::advance_threads` advances it with a `SeqCst`
-//! read-modify-write.
+//! read-modify-write; `crate::watermark`'s loom tests run the futures' pair against the real
+//! watermark.
 
 use std::collections::hash_map::{Entry, HashMap};
 use std::task::{Poll, Waker};
@@ -158,6 +159,12 @@ impl FutureWakers {
             removed
         };
         drop(removed);
+    }
+
+    /// How many futures are registered: the count a completion reads, and the map's length.
+    #[cfg(all(test, loom))]
+    pub(crate) fn pending(&self) -> (usize, usize) {
+        (self.count.load(Ordering::SeqCst), self.list.lock().len())
     }
 
     /// Wakes every future the watermark (or a failure) completed, and takes their entries

@@ -99,12 +99,14 @@ impl Watermark {
     }
 
     /// The durable watermark.
+    #[inline]
     pub(crate) fn durable(&self) -> u64 {
         self.state.load(Ordering::Acquire) & !FAILED
     }
 
     /// Whether the engine has failed, read SeqCst (the failure is set SeqCst): for a check
     /// that must pair with another thread's SeqCst store (`Inner::settle_failure`).
+    #[inline]
     pub(crate) fn has_failed(&self) -> bool {
         self.state.load(Ordering::SeqCst) & FAILED != 0
     }
@@ -118,6 +120,7 @@ impl Watermark {
 
     /// Whether a job ending at `pos` may still complete: no failure, or one that came after
     /// it was handed on (its own sync decides).
+    #[inline]
     pub(crate) fn may_complete(&self, pos: u64) -> bool {
         self.state.load(Ordering::Acquire) & FAILED == 0
             || pos <= self.failed_from.load(Ordering::Acquire)
@@ -125,6 +128,7 @@ impl Watermark {
 
     /// `Some` once the request ending at `pos` is complete. Once `Failed`, the failure's
     /// record (`fail`'s `record`) is ordered before the caller.
+    #[inline]
     pub(crate) fn check(&self, pos: u64) -> Option<Done> {
         let state = self.state.load(Ordering::Acquire);
         if state & !FAILED >= pos {

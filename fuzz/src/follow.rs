@@ -333,8 +333,18 @@ pub fn follow_dir(data: &[u8]) {
         }
     }
 
-    // A new follower of the changed directory yields only what a reader of it holds.
-    if let Ok(reader) = LogReader::open_with(&dir, RecoveryMode::PointInTime) {
+    // A new follower of the changed directory yields only what a reader of it holds. (Not
+    // when the reader stopped at damage before the last file: a follower that starts in a
+    // later segment does not read the earlier ones, and yields the batches after the damage;
+    // see docs/decisions.md, session 38.)
+    let last_file = segment_files(&dir).last().map(|f| f.1.clone());
+    let reader = LogReader::open_with(&dir, RecoveryMode::PointInTime)
+        .ok()
+        .filter(|r| {
+            r.damage()
+                .is_none_or(|d| Some(&d.path) == last_file.as_ref())
+        });
+    if let Some(reader) = reader {
         let mut fresh = reader.follow(from);
         let mut got = Vec::new();
         read_some(&mut fresh, 24, &mut got);

@@ -159,17 +159,23 @@ impl Engine {
         // The ids of retired segments first, then the frames' (see `crate::ids`): only the
         // newest the horizon allows are kept while scanning.
         let mut ids = ids::carried(&dir, config.request_ids)?;
-        let recovered = recover(&dir, &config, &io, |seg_idx, seg, frame| {
-            // SAFETY: the keys lie in this segment's mapping, which the engine keeps until a
-            // retirement has made the index forget every key in the segment (in `segments`,
-            // or in `Inner::replaced_maps` if recovery replaced it; the index is declared
-            // before both).
-            unsafe { index.apply(crate::index::frame_updates(seg_idx, seg, frame)) };
-            ids.frame(frame);
-            report.batches += 1;
-            report.records += u64::from(frame.record_count);
-            Ok(())
-        })?;
+        let recovered = recover(
+            &dir,
+            &config,
+            &io,
+            ids.carried_next,
+            |seg_idx, seg, frame| {
+                // SAFETY: the keys lie in this segment's mapping, which the engine keeps until a
+                // retirement has made the index forget every key in the segment (in `segments`,
+                // or in `Inner::replaced_maps` if recovery replaced it; the index is declared
+                // before both).
+                unsafe { index.apply(crate::index::frame_updates(seg_idx, seg, frame)) };
+                ids.frame(frame);
+                report.batches += 1;
+                report.records += u64::from(frame.record_count);
+                Ok(())
+            },
+        )?;
         report.segments = recovered.scanned;
         report.truncated = recovered.damage.clone();
         report.tail_rewritten = recovered.tail_rewritten;

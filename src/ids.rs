@@ -478,6 +478,10 @@ pub(crate) struct Found {
     /// The place of `ids[0]`.
     front: u64,
     horizon: IdHorizon,
+    /// The batch after the last one the `ids` file names (1 if it names none): a log that
+    /// holds no segment goes on from here at least, so that no batch number the carried ids
+    /// name is given again (`log::open::recover`).
+    pub carried_next: u64,
 }
 
 /// Starts an open's collection of ids with `dir`'s `ids` file (ids of retired segments),
@@ -488,13 +492,19 @@ pub(crate) fn carried(dir: &std::path::Path, horizon: IdHorizon) -> Result<Found
         place: hashbrown::HashMap::default(),
         front: 0,
         horizon,
+        carried_next: 1,
     };
     let path = dir.join(crate::log::dir::IDS_FILE);
     // Read again from its start if a retirement in another process replaced the file while
     // it was read (`dir::read_side_file`): what a bad read found is dropped.
     let read = crate::log::dir::read_ids(dir, |file, len| {
         let mut found = new();
-        match read_carried(std::io::BufReader::new(file), len, |id| found.push(id)) {
+        let each = |id: (RequestId, u64, u64)| {
+            // Entries' batches are at most `SEQ_MAX` (checked by `read_carried`).
+            found.carried_next = found.carried_next.max(id.1 + 1);
+            found.push(id);
+        };
+        match read_carried(std::io::BufReader::new(file), len, each) {
             Ok(()) => Ok(Ok(found)),
             Err(CarriedError::Bad(r)) => Ok(Err(r)),
             Err(CarriedError::Io(e)) => Err(Error::io("read request ids", &path, e)),
@@ -675,7 +685,12 @@ pub(crate) fn read_carried(
         crc = crc32c::crc32c_append(crc, chunk);
         for e in chunk.chunks_exact(IDS_ENTRY) {
             let id = RequestId(e[..16].try_into().unwrap());
-            each((id, u64_at(e, 16), u64_at(e, 24)));
+            let seq = u64_at(e, 16);
+            // Checked before the CRC: a caller drops what it was handed on any error.
+            if seq == 0 || seq > crate::log::recovery::SEQ_MAX {
+                return Err(bad("an id's batch is outside 1..=2^62"));
+            }
+            each((id, seq, u64_at(e, 24)));
         }
         left -= n as u64;
     }
@@ -840,6 +855,7 @@ mod tests {
             place: hashbrown::HashMap::default(),
             front: 0,
             horizon,
+            carried_next: 1,
         };
         // Each id twice in a row, as a crash between a retirement's removals leaves them
         // (the file's entry, then the frame's), for 10,000 ids.
@@ -883,6 +899,24 @@ mod tests {
             let mut d = b.clone();
             d[i] ^= 0x40;
             assert!(decode_carried(&d).is_err(), "flip at {i}");
+        }
+    }
+
+    /// An entry naming a batch no log reaches (0, or past `SEQ_MAX`) is damage, under a
+    /// right CRC too: the open goes on past the batches the file names when the log holds
+    /// no segment (`Found::carried_next`), and a batch past 2^62 is none to go on from.
+    #[test]
+    fn carried_ids_of_a_batch_outside_the_log_are_refused() {
+        let max = crate::log::recovery::SEQ_MAX;
+        for (seq, ok) in [
+            (1, true),
+            (max, true),
+            (0, false),
+            (max + 1, false),
+            (u64::MAX, false),
+        ] {
+            let b = encode_carried(&[(id(7), IdEntry { seq, time: 0 })]);
+            assert_eq!(decode_carried(&b).is_ok(), ok, "batch {seq}");
         }
     }
 

@@ -995,7 +995,10 @@ fn next_in_chain(seg: &Segment, f: &Frame<'_>) -> Result<u64> {
 /// engine published; of a directory, a segment with a file listed after it) is damage,
 /// `Err(Error::Corrupt)` naming the file and the frame's offset; so is a frame whose CRC
 /// matches and that breaks a later rule, wherever it lies (no write in progress becomes one:
-/// recovery refuses it too). A directory follower that
+/// recovery refuses it too), and so is anything but zeros after the last frame of a segment
+/// (not a recycled one) whose frames reach the id of the file listed after it, as recovery
+/// judges it: the follower does not read on past it into the next file (found by the fuzz
+/// target `follow_dir`, session 38). A directory follower that
 /// waits at a frame in a segment that was the last one when it moved there lists the
 /// directory again now and then (every 5 ms at most: less often in a directory slow to
 /// list), and once a later file is listed, judges the frame as in a complete segment: a roll
@@ -1588,7 +1591,15 @@ impl Follower {
                     // (`FormatErrorKind::past_crc`) a frame being written: no write in
                     // progress becomes a frame the decoder accepts, and recovery refuses it.
                     let whole_and_wrong = matches!(&found, Err(e) if e.kind.past_crc());
-                    let complete = complete || whole_and_wrong;
+                    // A segment whose frames reach the next file's id, fresh (not recycled:
+                    // a recycled one holds old bytes there), ends at its zeros: anything else
+                    // there is damage, as recovery judges it (`verify::Verifier::step`), not
+                    // the end of the segment to read on past.
+                    let ended_dirty = self.segments.is_none()
+                        && !seg.recycled
+                        && self.next_listed.is_some_and(|next| *chain == next)
+                        && !matches!(found, Ok(Decoded::End));
+                    let complete = complete || whole_and_wrong || ended_dirty;
                     if complete {
                         return Err(Error::Corrupt {
                             path: seg.path.clone(),

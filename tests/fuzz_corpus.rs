@@ -22,9 +22,11 @@ use std::sync::atomic::Ordering;
 /// What a fuzz target checks on one input.
 type Check = fn(&[u8]);
 
-const TARGETS: [(&str, Check); 2] = [
+const TARGETS: [(&str, Check); 4] = [
     ("decode_frame", fuzz_checks::decode_frame),
     ("open_dir", fuzz_checks::open_dir),
+    ("side_files", fuzz_checks::side_files),
+    ("follow_dir", fuzz_checks::follow_dir),
 ];
 
 fn inputs(dir: &Path) -> Vec<PathBuf> {
@@ -208,4 +210,159 @@ fn a_rewritten_segment_with_its_leftover_is_a_seed_that_opens() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     fuzz_checks::ENGINE_THREAD_PANICKED.store(false, Ordering::SeqCst);
     fuzz_checks::open_dir(&input);
+}
+
+/// The seeds of the targets `side_files` and `follow_dir`, made by each target's `encode`
+/// (over real logs, written through the public API: `side_files`' template log, made at run
+/// time, and `fuzz_checks::real_log_dirs`), parse back to what they were made from and are
+/// committed: a `side_files` seed as made here; a `follow_dir` one (its log's frames hold
+/// commit times, so no two runs make the same bytes) with the same change, over a log a
+/// reader opens with as many batches (8 or 12) as the one made here. `MERGELOG_WRITE_SEEDS=1` writes them (after a
+/// change of the layouts) instead of comparing.
+#[test]
+fn side_files_and_follow_dir_seeds_are_the_encoded_layouts() {
+    use fuzz_checks::{Change, FollowInput, Mutation, SideInput};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let mut seeds: Vec<(String, Vec<u8>)> = Vec::new();
+
+    let keep = || [Change::Keep, Change::Keep, Change::Keep, Change::Keep];
+    let with = |i: usize, c: Change| {
+        let mut all = keep();
+        all[i] = c;
+        all
+    };
+    // Control: bits 0–1 frames cut, 2–3 the mode (0 tolerate, 1 point in time, 2 absolute,
+    // 3 default), 4 a put, 5 `NoSync`, 6 no segments.
+    let side: Vec<(&str, u8, [Change; 4])> = vec![
+        ("as-written", 0x0C, keep()),
+        ("as-written-put", 0x1C, keep()),
+        ("as-written-nosync-absolute", 0x28, keep()),
+        ("cut-two-frames", 0x0E, keep()),
+        ("cut-one-frame-point-in-time", 0x05, keep()),
+        ("no-segments-point-in-time", 0x44, keep()),
+        ("no-segments", 0x4C, keep()),
+        ("no-segments-no-clean", 0x5C, with(0, Change::Remove)),
+        ("no-clean", 0x1C, with(0, Change::Remove)),
+        ("no-ids", 0x1C, with(1, Change::Remove)),
+        ("no-consumers", 0x1C, {
+            let mut c = keep();
+            c[2] = Change::Remove;
+            c[3] = Change::Remove;
+            c
+        }),
+        (
+            "clean-next-seq-patched",
+            0x1C,
+            with(0, Change::Patch(vec![(33, 0x10)], true)),
+        ),
+        (
+            "clean-end-patched",
+            0x0C,
+            with(0, Change::Patch(vec![(24, 0x08)], true)),
+        ),
+        (
+            "clean-torn",
+            0x0C,
+            with(0, Change::Raw(b"MLCLEAN\0".to_vec(), false)),
+        ),
+        (
+            "ids-count-patched",
+            0x0C,
+            with(1, Change::Patch(vec![(16, 3)], true)),
+        ),
+        (
+            "ids-entry-batch-patched",
+            0x0C,
+            with(1, Change::Patch(vec![(24 + 16, 0x7f)], true)),
+        ),
+        (
+            "ids-garbage",
+            0x0C,
+            with(1, Change::Raw(b"MLIDS\0\0\0\x02".to_vec(), false)),
+        ),
+        (
+            "consumer-past-the-end",
+            0x1C,
+            with(2, Change::Patch(vec![(16, 0xf0)], true)),
+        ),
+        (
+            "consumer-bad-crc",
+            0x0C,
+            with(3, Change::Patch(vec![(16, 0x05)], false)),
+        ),
+        (
+            "consumer-huge",
+            0x0C,
+            with(3, Change::Patch(vec![(23, 0x70)], true)),
+        ),
+    ];
+    for (name, control, changes) in side {
+        let bytes = SideInput::encode(control, &changes);
+        let parsed = SideInput::parse(&bytes);
+        assert_eq!(
+            parsed.changes, changes,
+            "side_files seed {name}: round trip"
+        );
+        seeds.push((format!("side_files/{name}"), bytes));
+    }
+
+    let dirs = fuzz_checks::real_log_dirs();
+    assert!(dirs.len() >= 3, "the real logs' layouts: {}", dirs.len());
+    /// Name, reads before the change, start, change, segment, offset, payload.
+    type FollowSeed<'a> = (&'a str, u8, u8, Mutation, u8, u16, &'a [u8]);
+    let follow: [FollowSeed; 9] = [
+        ("none", 15, 0, Mutation::None, 0, 0, b""),
+        ("write", 3, 0, Mutation::Write, 0, 200, b"\xff\xff"),
+        ("zero", 4, 0, Mutation::Zero, 1, 96, b"\x10"),
+        ("append", 15, 1, Mutation::Append, 0, 0, b"new-key"),
+        ("remove", 2, 0, Mutation::Remove, 1, 0, b""),
+        ("add-segment", 15, 3, Mutation::AddSegment, 0, 0, b"next"),
+        ("rewind", 3, 0, Mutation::Rewind, 0, 1, b"other"),
+        ("rewind-last", 15, 0, Mutation::Rewind, 2, 2, b"other"),
+        ("from-five", 1, 2, Mutation::Append, 0, 0, b"x"),
+    ];
+    for (i, dir) in dirs.iter().enumerate() {
+        for (name, reads, from, m, seg, off, payload) in follow {
+            let bytes = FollowInput::encode(reads, from, m, seg, off, payload, dir);
+            let parsed = FollowInput::parse(&bytes);
+            assert_eq!(parsed.mutation, m, "follow_dir seed {name}: round trip");
+            assert!(
+                !parsed.dir.segments.is_empty(),
+                "follow_dir seed {name}: no segments"
+            );
+            seeds.push((format!("follow_dir/{name}-{i}"), bytes));
+        }
+    }
+    let follow_seed_ok = |committed: &[u8], made: &[u8]| {
+        let (c, m) = (FollowInput::parse(committed), FollowInput::parse(made));
+        if (c.reads, c.from, c.mutation, c.segment, c.offset, &c.payload)
+            != (m.reads, m.from, m.mutation, m.segment, m.offset, &m.payload)
+            || c.dir.segments.len() != m.dir.segments.len()
+        {
+            return false;
+        }
+        let batches = |input: &fuzz_checks::OpenDirInput| {
+            let dir = tempfile::tempdir().unwrap();
+            input.materialize(dir.path());
+            mergelog::LogReader::open(dir.path()).map_or(0, |r| r.batches().count())
+        };
+        batches(&m.dir) >= 8 && batches(&c.dir) == batches(&m.dir)
+    };
+
+    let write = std::env::var_os("MERGELOG_WRITE_SEEDS").is_some();
+    for (name, bytes) in &seeds {
+        let path = root.join(name);
+        if write {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, bytes).unwrap();
+        } else {
+            let committed = std::fs::read(&path)
+                .unwrap_or_else(|e| panic!("seed {name} is not committed ({e})"));
+            let same = match name.starts_with("follow_dir/") {
+                true => follow_seed_ok(&committed, bytes),
+                false => &committed == bytes,
+            };
+            assert!(same, "seed {name} differs from its layout");
+        }
+    }
 }

@@ -870,3 +870,69 @@ fn follow_the_last_segment_through_a_roll(damage: bool) {
     );
     engine.close().unwrap();
 }
+
+/// A torn frame after the last frame of a complete segment (one whose frames reach the next
+/// file's id; a fresh segment ends at its zeros there) is damage, which `LogReader::open`
+/// refuses and `PointInTime` cuts at: a directory follower took it for the segment's end and
+/// read on into the next file, yielding batches no open of the log holds. Found by the fuzz
+/// target `follow_dir` (session 38).
+#[test]
+#[allow(clippy::disallowed_methods)] // the damage, made behind the seam's back
+fn a_follower_reports_bytes_after_the_frames_of_a_complete_segment_as_recovery_does() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(true)).unwrap();
+    let mut i = 0;
+    while engine.segments().len() < 2 {
+        wait_ok(&engine.put(&key(i % KEYS), &[b'v'; 1000]).unwrap(), "put");
+        i += 1;
+    }
+    engine.close().unwrap();
+    drop(engine);
+    let reader = LogReader::open(dir.path()).unwrap();
+    let files = reader.segment_files();
+    let second = files[1].0.clone();
+    let (first_path, end, last_in_first) = reader
+        .batches()
+        .filter(|b| b.segment() == files[0].0)
+        .map(|b| {
+            (
+                b.segment().to_owned(),
+                b.offset() + b.frame_len() as u64,
+                b.seq(),
+            )
+        })
+        .last()
+        .unwrap();
+    drop(reader);
+    // The start of a frame after the last one: the magic, then bytes no CRC covers.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&first_path)
+        .unwrap();
+    f.write_all_at(b"MLFR\x01\x02\x03\x04\x05\x06", end)
+        .unwrap();
+    drop(f);
+    let refused = LogReader::open(dir.path()).unwrap_err();
+    assert!(
+        matches!(&refused, mergelog::Error::Corrupt { path, offset, .. } if *path == first_path && *offset == end),
+        "recovery: {refused}"
+    );
+    let reader = LogReader::open_with(dir.path(), RecoveryMode::PointInTime).unwrap();
+    assert_eq!(reader.next_seq().get(), last_in_first.get() + 1);
+    let mut follower = reader.follow(last_in_first);
+    let batch = follower
+        .try_next()
+        .unwrap()
+        .expect("the last batch of the first segment");
+    assert_eq!(batch.seq, last_in_first);
+    match follower.try_next() {
+        Err(mergelog::Error::Corrupt { path, offset, .. })
+            if path == first_path && offset == end => {}
+        other => panic!(
+            "the follower read on past damage into {}: {:?}",
+            second.display(),
+            other.map(|b| b.map(|b| b.seq))
+        ),
+    }
+}

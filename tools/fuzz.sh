@@ -3,7 +3,7 @@
 #
 #   tools/fuzz.sh TARGET SECONDS [extra libFuzzer flags...]
 #
-# TARGET is `decode_frame` or `open_dir` (see fuzz/src/lib.rs). The run uses one process
+# TARGET is `decode_frame`, `open_dir`, `side_files` or `follow_dir` (see fuzz/src/lib.rs). The run uses one process
 # (`-jobs=1` worth of CPU: the machine is shared), the committed seed corpus
 # fuzz/corpus/TARGET (read only) plus a working corpus fuzz/work/TARGET (git-ignored, kept
 # between runs), and writes crash/timeout/oom/leak inputs to fuzz/artifacts/TARGET/. Every
@@ -21,7 +21,7 @@ set -euo pipefail
 
 if [[ $# -lt 2 ]]; then
     echo "usage: $0 TARGET SECONDS [libFuzzer flags...]" >&2
-    echo "targets: decode_frame open_dir" >&2
+    echo "targets: decode_frame open_dir side_files follow_dir" >&2
     exit 2
 fi
 target=$1

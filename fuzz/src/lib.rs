@@ -20,6 +20,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+#[path = "follow.rs"]
+mod follow;
+#[path = "side_files.rs"]
+mod side_files;
+pub use follow::{follow_dir, real_log_dirs, FollowInput, Mutation};
+pub use side_files::{side_files, Change, SideInput};
+
 /// Target `decode_frame`: the input is a segment image. The header decoder and the frame
 /// decoder (at every 8-aligned offset, which lands on frames, inside them and on garbage) must
 /// never panic, and whatever they accept must hold up: a decoded header re-encodes to the same

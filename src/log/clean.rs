@@ -21,6 +21,7 @@
 use crate::error::Result;
 use crate::log::dir;
 use crate::log::io::SharedIo;
+use crate::log::recovery::SEQ_MAX;
 use std::path::Path;
 
 /// Name of the mark in the log directory.
@@ -71,6 +72,12 @@ impl CleanMark {
             || u32_at(CRC_AT) != crc32c::crc32c(&b[..CRC_AT])
             || u32_at(CRC_AT + 4) != 0
         {
+            return None;
+        }
+        // A next batch past the largest a log reaches is no log's end: taken for one, an
+        // open of a directory without segments would go on from it (`PointInTime`) and name
+        // a segment after it that no open accepts.
+        if u64_at(32) > SEQ_MAX {
             return None;
         }
         Some(CleanMark {

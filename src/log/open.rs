@@ -39,11 +39,14 @@ pub(crate) struct Recovered {
 }
 
 /// Recovers the log in `dir`, whose lock the caller holds, calling `visit(segment index,
-/// segment, frame)` for each valid frame in log order (see [`scan`]).
+/// segment, frame)` for each valid frame in log order (see [`scan`]). A log left without
+/// segments goes on from batch `carried_next` at least: the batch after the last one the
+/// `ids` file names (see [`crate::ids::Found::carried_next`]).
 pub(crate) fn recover(
     dir: &Path,
     config: &Config,
     io: &SharedIo,
+    carried_next: u64,
     visit: impl FnMut(u32, &Arc<Segment>, &Frame<'_>) -> Result<()>,
 ) -> Result<Recovered> {
     // A segment file with other names (an incremental backup's, shared with another
@@ -106,9 +109,14 @@ pub(crate) fn recover(
     if found != clean::Found::Absent {
         clean::remove(io, dir)?;
     }
+    let mut next_seq = scanned.next_seq;
     if segs.is_empty() {
-        let first =
-            |prepared| Log::create_first(dir, config.segment_bytes, scanned.next_seq, prepared, io);
+        // A log without segments (a new one; or one whose segments a `PointInTime` open
+        // dropped, then failed or crashed before it made the next one; or removed by hand)
+        // never gives again a batch number the carried ids name: a retry of such a request
+        // would be answered with a batch that logs something else.
+        next_seq = next_seq.max(carried_next);
+        let first = |prepared| Log::create_first(dir, config.segment_bytes, next_seq, prepared, io);
         // A zero fill only when there is no prepared file to start from.
         let seg = match prepared.take() {
             Some(p) => first(Some(p)),
@@ -121,7 +129,7 @@ pub(crate) fn recover(
     Ok(Recovered {
         segments: segs,
         write_off,
-        next_seq: scanned.next_seq,
+        next_seq,
         scanned: count,
         damage: scanned.damage,
         tail_rewritten,

@@ -578,3 +578,52 @@ fn a_failed_removal_of_the_clean_mark_fails_the_open() {
         engine.close().unwrap();
     }
 }
+
+/// A clean-close mark's bytes (docs/FORMAT.md, "The clean-close mark"), its CRC right.
+fn clean_mark(segment_id: u64, end: u64, next_seq: u64) -> Vec<u8> {
+    let mut b = vec![0u8; 48];
+    b[0..8].copy_from_slice(b"MLCLEAN\0");
+    b[8..12].copy_from_slice(&1u32.to_le_bytes());
+    b[16..24].copy_from_slice(&segment_id.to_le_bytes());
+    b[24..32].copy_from_slice(&end.to_le_bytes());
+    b[32..40].copy_from_slice(&next_seq.to_le_bytes());
+    let crc = crc32c::crc32c(&b[..40]);
+    b[40..44].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// A mark whose next batch is past the largest a log reaches (2^62; found by the fuzz target
+/// `side_files`, session 38) is no mark: in a directory without segments, `PointInTime`
+/// went on from it, and made a first segment whose name the next open refuses ("outside
+/// 1..=2^62"): the writes acknowledged in it were out of reach. (With `u64::MAX` the first
+/// batch's `next_seq + 1` overflowed the flusher.) Now the log starts at batch 1, as it does
+/// for any invalid mark.
+#[test]
+fn a_clean_mark_naming_a_batch_past_the_largest_is_no_mark() {
+    for next_seq in [(1u64 << 62) + 2, 1 << 63, u64::MAX] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("CLEAN"), clean_mark(1, 64, next_seq)).unwrap();
+        let config = Config {
+            recovery: mergelog::RecoveryMode::PointInTime,
+            ..config()
+        };
+        let engine = Engine::open(dir.path(), config.clone())
+            .unwrap_or_else(|e| panic!("next_seq {next_seq}: open: {e}"));
+        let seq = engine
+            .put(b"k", b"v")
+            .unwrap()
+            .wait_timeout(WAIT_MAX)
+            .unwrap_or_else(|e| panic!("next_seq {next_seq}: put: {e}"));
+        engine.close().unwrap();
+        drop(engine);
+        let again = Engine::open(dir.path(), config)
+            .unwrap_or_else(|e| panic!("next_seq {next_seq}: the log does not reopen: {e}"));
+        assert_eq!(again.read_to_vec(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+        again.close().unwrap();
+        assert_eq!(
+            seq.get(),
+            1,
+            "next_seq {next_seq}: the log starts at batch 1"
+        );
+    }
+}

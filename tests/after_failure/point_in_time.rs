@@ -264,3 +264,78 @@ fn a_segment_shorter_than_its_header_is_cut_by_point_in_time_only() {
         engine.close().unwrap();
     }
 }
+
+/// A `PointInTime` open that drops every segment (the only one's header is bad) removes it,
+/// then makes the first segment of the log that goes on, named after the dropped one's first
+/// batch. If that creation fails (or a crash comes first), the directory holds no segment,
+/// only the `ids` file of the segments retired before, and the clean-close mark is gone: the
+/// next open started the log again at batch 1, giving numbers the carried ids name (a retry
+/// of such a request was answered "duplicate, logged in batch n" while batch n logged
+/// something else). Found by the fuzz target `side_files` (session 38): the log now goes on
+/// past every batch the carried ids name.
+#[test]
+fn a_log_without_segments_goes_on_past_the_batches_its_carried_ids_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |recovery| Config {
+        request_ids: mergelog::IdHorizon {
+            ids: 1000,
+            age: None,
+        },
+        ..self::config(recovery)
+    };
+    let engine = Engine::open(dir.path(), config(RecoveryMode::default())).unwrap();
+    let mut carried = Vec::new();
+    let mut i = 0u128;
+    while engine.segments().len() < 2 {
+        let seq = engine
+            .put_with_id(i, format!("key-{i}").as_bytes(), &[b'v'; 3000])
+            .unwrap()
+            .wait_timeout(WAIT_MAX)
+            .unwrap()
+            .seq();
+        carried.push((i, seq));
+        i += 1;
+    }
+    let kept = engine.segments()[1].first_seq;
+    engine.retire_before(kept).unwrap();
+    engine.close().unwrap();
+    drop(engine);
+    let last_carried = carried
+        .iter()
+        .filter(|(_, s)| *s < kept)
+        .map(|(_, s)| s.get())
+        .max()
+        .unwrap();
+    // The one segment left gets a bad header.
+    let segs = segment_files(dir.path());
+    assert_eq!(segs.len(), 1);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segs[0].1)
+        .unwrap();
+    f.write_all_at(b"XX", 0).unwrap();
+    drop(f);
+    // `PointInTime` drops it; making the next first segment fails.
+    let fail = Arc::new(Inject::new(IoOp::Create, |_| true));
+    let failed = Engine::open_with_io(dir.path(), config(RecoveryMode::PointInTime), fail);
+    assert!(failed.is_err(), "the creation was to fail");
+    assert!(
+        segment_files(dir.path()).is_empty(),
+        "the segment was dropped"
+    );
+
+    let engine = Engine::open(dir.path(), config(RecoveryMode::default())).unwrap();
+    let seq = engine
+        .put(b"after", b"x")
+        .unwrap()
+        .wait_timeout(WAIT_MAX)
+        .unwrap();
+    assert!(
+        seq.get() > last_carried,
+        "the log went on at batch {seq}, which the carried ids name (up to batch {last_carried})"
+    );
+    // A retry of a carried request is still a duplicate of its batch.
+    let (id, at) = carried[0];
+    assert_eq!(engine.request_id_seq(id), Some(at));
+    engine.close().unwrap();
+}

@@ -555,6 +555,34 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// The kind, file and offset of a refusal of damage, if `e` is one.
+/// `LogReader::check` must say what `Engine::open` (in the mode `mode`) did: the same damage
+/// cut, or the same refusal (kind, file and offset).
+fn check_agrees_with_open(
+    checked: &mergelog::Result<Option<mergelog::Damage>>,
+    opened: &mergelog::Result<Engine>,
+    mode: &str,
+) {
+    match (checked, opened) {
+        (Ok(damage), Ok(engine)) => assert_eq!(
+            damage,
+            &engine.open_report().truncated,
+            "LogReader::check and Engine::open ({mode}) disagree on the damage cut"
+        ),
+        (Err(c), Err(o)) if refusal(c).is_some() || refusal(o).is_some() => assert_eq!(
+            refusal(c),
+            refusal(o),
+            "LogReader::check ({c}) and Engine::open ({o}) refuse differently ({mode})"
+        ),
+        (Err(c), Ok(_)) if refusal(c).is_some() => {
+            panic!("LogReader::check refused ({c}) what Engine::open ({mode}) opened")
+        }
+        (Ok(_), Err(o)) if refusal(o).is_some() => {
+            panic!("Engine::open ({mode}) refused ({o}) what LogReader::check accepted")
+        }
+        _ => {}
+    }
+}
+
 fn refusal(e: &Error) -> Option<(&'static str, &Path, u64)> {
     match e {
         Error::Corrupt { path, offset, .. } => Some(("Corrupt", path, *offset)),
@@ -573,25 +601,7 @@ fn open_engine(input: &OpenDirInput, dir: &PathBuf, mode: RecoveryMode, reader: 
         "LogReader::check changed the directory ({mode:?})"
     );
     let opened = Engine::open(dir, input.config(mode));
-    match (&checked, &opened) {
-        (Ok(damage), Ok(engine)) => assert_eq!(
-            damage,
-            &engine.open_report().truncated,
-            "LogReader::check and Engine::open ({mode:?}) disagree on the damage cut"
-        ),
-        (Err(c), Err(o)) if refusal(c).is_some() || refusal(o).is_some() => assert_eq!(
-            refusal(c),
-            refusal(o),
-            "LogReader::check ({c}) and Engine::open ({o}) refuse differently ({mode:?})"
-        ),
-        (Err(c), Ok(_)) if refusal(c).is_some() => {
-            panic!("LogReader::check refused ({c}) what Engine::open ({mode:?}) opened")
-        }
-        (Ok(_), Err(o)) if refusal(o).is_some() => {
-            panic!("Engine::open ({mode:?}) refused ({o}) what LogReader::check accepted")
-        }
-        _ => {}
-    }
+    check_agrees_with_open(&checked, &opened, &format!("{mode:?}"));
     let engine = match opened {
         Ok(e) => e,
         Err(Error::Locked(_)) => panic!("Engine::open of an unused directory says Locked"),

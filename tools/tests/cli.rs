@@ -1799,17 +1799,8 @@ fn a_closed_stdout_keeps_the_run_and_its_output_files() {
         .chain(["--trace".to_owned(), path("profile.trace")])
         .collect();
     for args in [bench, profile] {
-        let (reader, writer) = std::io::pipe().unwrap();
-        drop(reader);
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mergelog"))
-            .args(&args)
-            .stdout(writer)
-            .stderr(std::process::Stdio::piped())
-            .output()
-            .unwrap();
-        let err = stderr(&out);
-        assert!(!err.contains("panicked"), "{args:?}: {err}");
-        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        let (code, err) = run_into_closed_pipe(&args);
+        assert_eq!(code, 0, "{args:?}: {err}");
         let tag = &args[0];
         let report = read_json(Path::new(&path(&format!("{tag}.json"))));
         assert_eq!(report["runs"].as_array().map(Vec::len), Some(1), "{report}");

@@ -728,22 +728,6 @@ fn backup_since_links_what_the_earlier_backup_holds_and_the_copy_verifies() {
     assert!(!b3.exists());
 }
 
-/// Runs the binary with `args`, its stdout a pipe whose reader is already gone (`mergelog
-/// dump LOG | head -1` once `head` has left); returns the exit code and stderr.
-fn run_into_closed_pipe(args: &[&str]) -> (i32, String) {
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mergelog"))
-        .args(args)
-        .stdout(writer)
-        .stderr(std::process::Stdio::piped())
-        .output()
-        .unwrap();
-    let err = stderr(&out);
-    assert!(!err.contains("panicked"), "{args:?}: {err}");
-    (out.status.code().expect("exited normally"), err)
-}
-
 /// A reader that stops reading (`mergelog dump LOG | head -1`) does not make a damaged log
 /// read as a sound one: the exit code and the note on stderr are those of the damage, for
 /// the text and the JSON lines alike, and the log is left as it was. dump returned 0 at the

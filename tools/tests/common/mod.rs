@@ -94,3 +94,21 @@ pub fn rejects_with(code: i32, args: &[&str], expect: &str) {
 pub fn rejects(args: &[&str], expect: &str) {
     check_rejection(None, args, expect);
 }
+
+/// Runs the binary with `args`, its stdout a pipe whose reader is already gone (`mergelog
+/// dump LOG | head -1` once `head` has left); returns the exit code and stderr.
+pub fn run_into_closed_pipe<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(
+    args: &[S],
+) -> (i32, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mergelog"))
+        .args(args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    (out.status.code().expect("exited normally"), err)
+}

@@ -1005,7 +1005,15 @@ impl AutoCompactor {
         let flag = stop.clone();
         let handle = std::thread::Builder::new()
             .name("mergelog-compactor".into())
-            .spawn(move || run_auto(&inner, policy, &flag))
+            // A panic here is a bug in the compaction, which may have left it part-way
+            // through the index's and the log's changes: the engine fails with it, as after
+            // a panic of the flusher or a syncer, rather than go on with nobody compacting
+            // and nothing said (reads go on; a reopen recovers).
+            .spawn(move || {
+                crate::pipeline::guard_thread(&inner, "compactor", || {
+                    run_auto(&inner, policy, &flag)
+                });
+            })
             .map_err(|e| Error::io("start the compactor thread", "mergelog-compactor", e))?;
         Ok(AutoCompactor { stop, handle })
     }

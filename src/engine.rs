@@ -893,7 +893,9 @@ impl Engine {
     /// reserve again if a compaction took it and no retirement has made it since
     /// (`Config::reserve_segment`; best effort). `Ok` at once if writes are not refused;
     /// the engine's failure if it failed. Calling it says the refusals were seen: a
-    /// `flush` made after it no longer reports them.
+    /// `flush` made after it no longer reports them. While writes are refused it takes the
+    /// flusher's desk, so it waits for a window being written to be done (a `Linger` window
+    /// of gets, say) before it makes the segment.
     ///
     /// # Errors
     ///
@@ -946,7 +948,7 @@ impl Engine {
     /// [`Error::Closed`] when called from user code the engine runs (above: the closing is
     /// only begun); the engine's failure if it failed, before or while it drained (a stalled
     /// producer: [`Error::Failed`] with [`Error::Stalled`] as its cause). A second call returns
-    /// what the first did.
+    /// what the first did, unless the first was made from user code (above).
     pub fn close(&self) -> Result<()> {
         if crate::sync::in_user_code() {
             self.inner.ring.close();

@@ -79,7 +79,7 @@ pub enum Error {
     /// rather than leave tickets hanging. Reopen the directory: recovery keeps every
     /// acknowledged write.
     Panicked {
-        /// Which thread: `"flusher"` or `"syncer"`.
+        /// Which thread: `"flusher"`, `"syncer"` or `"compactor"` (`Compaction::Auto`'s).
         thread: &'static str,
     },
     /// `close` gave up on a producer that claimed ring space for a request but did not

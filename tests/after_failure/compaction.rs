@@ -716,3 +716,94 @@ fn a_nosync_compaction_of_a_durable_log_then_power_loss_keeps_the_state() {
         assert_eq!(engine_state(&engine), t.state, "{ctx}: after reopen");
     });
 }
+
+/// Panics in `before` at the first rename or removal issued by `Compaction::Auto`'s thread
+/// (its retirement of the segments it has copied), as a bug in the compaction would.
+struct PanicOnTheCompactor {
+    panicked: std::sync::atomic::AtomicU64,
+}
+
+impl Io for PanicOnTheCompactor {
+    fn before(&self, op: IoOp, _: &Path, _: u64, _: &[u8]) -> io::Result<()> {
+        if matches!(op, IoOp::Rename | IoOp::Remove)
+            && std::thread::current().name() == Some("mergelog-compactor")
+            && self.panicked.fetch_add(1, Ordering::SeqCst) == 0
+        {
+            panic!("injected by the test: a bug in the compaction");
+        }
+        Ok(())
+    }
+}
+
+/// A panic of `Compaction::Auto`'s thread fails the engine, as one of the flusher or a
+/// syncer does: it may have stopped part-way through the index's and the log's changes, and
+/// without it nobody compacts, so the log would grow without a word (the thread just ended:
+/// no failure, no `compaction_error`, writes going on). Every acknowledged write is there
+/// after a reopen.
+#[test]
+fn a_panic_of_the_compacting_thread_fails_the_engine_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Arc::new(PanicOnTheCompactor {
+        panicked: Default::default(),
+    });
+    let config = Config {
+        compaction: mergelog::Compaction::Auto(mergelog::AutoCompaction {
+            live_ratio: 0.5,
+            check_every: std::time::Duration::from_millis(10),
+            ..Default::default()
+        }),
+        ..crate::hooks::small_segments()
+    };
+    let engine = Engine::open_with_io(dir.path(), config, hook.clone()).expect("open");
+    // Eight keys overwritten with 4,000-byte values: each 64 KiB segment is soon mostly dead,
+    // and the compactor runs once one is complete.
+    let mut acked: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let deadline = Instant::now() + WAIT_MAX;
+    let mut i = 0u32;
+    while hook.panicked.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+        let key = format!("key-{}", i % 8).into_bytes();
+        let value = format!("{i:08}").repeat(500).into_bytes();
+        let Ok(ticket) = engine.put(&key, &value) else {
+            break;
+        };
+        if ticket.wait().is_ok() {
+            acked.insert(key, value);
+        }
+        i += 1;
+    }
+    assert!(
+        hook.panicked.load(Ordering::SeqCst) > 0,
+        "the compactor never retired anything in {i} puts"
+    );
+    // The failure is recorded by the compactor's thread as it unwinds.
+    while engine.failure().is_none() && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    match engine.failure() {
+        Some(Error::Failed(cause)) => assert!(
+            matches!(
+                *cause,
+                Error::Panicked {
+                    thread: "compactor"
+                }
+            ),
+            "the cause: {cause:?}"
+        ),
+        other => panic!("after the compacting thread panicked, the engine's failure: {other:?}"),
+    }
+    assert!(
+        matches!(engine.put(b"after", b"1"), Err(Error::Failed(_))),
+        "a put after the compactor's panic is refused"
+    );
+    drop(engine);
+    let again = Engine::open(dir.path(), Config::default()).expect("reopen");
+    for (key, value) in &acked {
+        assert_eq!(
+            again.read_to_vec(key).unwrap().as_deref(),
+            Some(&value[..]),
+            "key {:?} after the reopen",
+            String::from_utf8_lossy(key)
+        );
+    }
+    again.close().expect("close");
+}

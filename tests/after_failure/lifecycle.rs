@@ -40,6 +40,38 @@ fn is_closed_now<T: std::fmt::Debug>(what: &str, p: Poll<mergelog::Result<T>>) {
     }
 }
 
+/// What every submit (blocking and async), `flush`, both retirements and `compact` answer,
+/// each as a poll (a blocking call's answer is ready; an async one's is its first poll): the
+/// calls refused alike after `close` and after a failure.
+fn refusable_calls(engine: &Engine) -> Vec<(&'static str, Poll<mergelog::Result<()>>)> {
+    fn now<T>(r: mergelog::Result<T>) -> Poll<mergelog::Result<()>> {
+        Poll::Ready(r.map(drop))
+    }
+    fn polled<T>(p: Poll<mergelog::Result<T>>) -> Poll<mergelog::Result<()>> {
+        p.map(|r| r.map(drop))
+    }
+    let mut wb = WriteBatch::new();
+    wb.put(b"b", b"v");
+    vec![
+        ("put", now(engine.put(b"k", b"v"))),
+        ("delete", now(engine.delete(b"k"))),
+        ("merge", now(engine.merge(b"k", &1i64.to_le_bytes()))),
+        ("get", now(engine.get(b"k"))),
+        ("write", now(engine.write(&wb))),
+        ("flush", now(engine.flush())),
+        ("put_with_id", now(engine.put_with_id(1u128, b"k", b"v"))),
+        ("put_async", polled(poll_once(engine.put_async(b"k", b"v")))),
+        ("get_async", polled(poll_once(engine.get_async(b"k")))),
+        ("write_async", polled(poll_once(engine.write_async(&wb)))),
+        ("retire_before", now(engine.retire_before(Seq::new(5)))),
+        (
+            "retire_before_forced",
+            now(engine.retire_before_forced(Seq::new(5))),
+        ),
+        ("compact", now(engine.compact())),
+    ]
+}
+
 /// After `close`, every submit (blocking and async), `flush`, `retire_before`, `compact`,
 /// a new consumer, a consumer's removal and an open consumer's commit are refused with
 /// `Closed`; reads, stats, replay and a second `close` go on; followers end with `Closed`.
@@ -61,24 +93,9 @@ fn every_call_after_close_is_closed_or_as_documented() {
         .expect("a batch");
     engine.close().expect("close");
 
-    let mut wb = WriteBatch::new();
-    wb.put(b"b", b"v");
-    is_closed("put", engine.put(b"k", b"v"));
-    is_closed("delete", engine.delete(b"k"));
-    is_closed("merge", engine.merge(b"k", &1i64.to_le_bytes()));
-    is_closed("get", engine.get(b"k"));
-    is_closed("write", engine.write(&wb));
-    is_closed("flush", engine.flush());
-    is_closed("put_with_id", engine.put_with_id(1u128, b"k", b"v"));
-    is_closed_now("put_async", poll_once(engine.put_async(b"k", b"v")));
-    is_closed_now("get_async", poll_once(engine.get_async(b"k")));
-    is_closed_now("write_async", poll_once(engine.write_async(&wb)));
-    is_closed("retire_before", engine.retire_before(Seq::new(5)));
-    is_closed(
-        "retire_before_forced",
-        engine.retire_before_forced(Seq::new(5)),
-    );
-    is_closed("compact", engine.compact());
+    for (what, answer) in refusable_calls(&engine) {
+        is_closed_now(what, answer);
+    }
     is_closed("consumer", engine.consumer("d"));
     is_closed("remove_consumer", engine.remove_consumer("d"));
     is_closed("commit", consumer.commit(batch.seq));
@@ -151,24 +168,9 @@ fn every_call_after_a_failed_sync_is_failed_or_as_documented() {
     );
     assert!(hook.failed() >= 1);
 
-    let mut wb = WriteBatch::new();
-    wb.put(b"b", b"v");
-    is_failed("put", engine.put(b"k", b"v"));
-    is_failed("delete", engine.delete(b"k"));
-    is_failed("merge", engine.merge(b"k", &1i64.to_le_bytes()));
-    is_failed("get", engine.get(b"k"));
-    is_failed("write", engine.write(&wb));
-    is_failed("flush", engine.flush());
-    is_failed("put_with_id", engine.put_with_id(1u128, b"k", b"v"));
-    is_failed_now("put_async", poll_once(engine.put_async(b"k", b"v")));
-    is_failed_now("get_async", poll_once(engine.get_async(b"k")));
-    is_failed_now("write_async", poll_once(engine.write_async(&wb)));
-    is_failed("retire_before", engine.retire_before(Seq::new(5)));
-    is_failed(
-        "retire_before_forced",
-        engine.retire_before_forced(Seq::new(5)),
-    );
-    is_failed("compact", engine.compact());
+    for (what, answer) in refusable_calls(&engine) {
+        is_failed_now(what, answer);
+    }
     is_failed("resume", engine.resume());
     assert!(matches!(engine.failure(), Some(Error::Failed(_))));
     engine.wait_unthrottled();

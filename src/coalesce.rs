@@ -286,6 +286,19 @@ impl Coalescer {
         }
     }
 
+    /// Frees the tables a window larger than `max` entries grew (they are kept from window
+    /// to window so that planning allocates nothing, but one unusually large window must not
+    /// leave its tables behind for the engine's life). Call it between windows.
+    pub fn release_large(&mut self, max: usize) {
+        trim(&mut self.items, max);
+        trim(&mut self.tmp, max);
+        trim(&mut self.keys, max);
+        trim(&mut self.plan.survivors, max);
+        trim(&mut self.plan.gets, max);
+        // The hash walk's table has twice or more the slots of the window's entries.
+        trim(&mut self.slots, 4 * max);
+    }
+
     /// Plans one window. `entries` is in the engine's total order; with `coalesce == false`
     /// every write survives in submission order and each get is answered on its own.
     pub fn plan(&mut self, entries: &[Entry<'_>], coalesce: bool) -> &Plan {
@@ -920,6 +933,14 @@ fn hash_long(key: &[u8], seed: u64) -> u64 {
     fold_mul(le64(len - 16) ^ s, le64(len - 8) ^ K2)
 }
 
+/// Drops `v`'s allocation if it has room for more than `max` elements (see
+/// [`Coalescer::release_large`]).
+pub(crate) fn trim<T>(v: &mut Vec<T>, max: usize) {
+    if v.capacity() > max {
+        *v = Vec::new();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -971,6 +992,49 @@ mod tests {
 
     fn answer_of(p: &Plan, idx: u32) -> GetAnswer {
         p.gets.iter().find(|g| g.0 == idx).expect("get answered").1
+    }
+
+    /// A coalescer whose tables a large window grew frees them (`release_large`), and plans
+    /// the same windows the same way afterwards, with every algorithm.
+    #[test]
+    fn released_tables_are_freed_and_regrown() {
+        let keys: Vec<[u8; 4]> = (0..3_000u32).map(|i| (i % 1_000).to_be_bytes()).collect();
+        let large: Vec<Entry<'_>> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| e(['p', 'g', 'd'][i % 3], k))
+            .collect();
+        let small = [e('p', b"b"), e('g', b"a"), e('p', b"a")];
+        for s in ALGORITHMS {
+            let mut c = Coalescer::new();
+            let before = (
+                c.plan_with(&large, true, s).survivors.clone(),
+                c.plan_with(&small, true, s).survivors.clone(),
+            );
+            c.release_large(100);
+            let kept = [
+                c.items.capacity(),
+                c.tmp.capacity(),
+                c.keys.capacity(),
+                c.plan.survivors.capacity(),
+                c.plan.gets.capacity(),
+            ];
+            assert!(kept.iter().all(|&n| n <= 100), "{s:?}: kept room {kept:?}");
+            assert!(
+                c.slots.capacity() <= 400,
+                "{s:?}: kept {} slots",
+                c.slots.capacity()
+            );
+            let after = (
+                c.plan_with(&large, true, s).survivors.clone(),
+                c.plan_with(&small, true, s).survivors.clone(),
+            );
+            assert_eq!(before, after, "{s:?}");
+            // Room for the window it was given is kept.
+            c.release_large(10_000);
+            let room = c.items.capacity() + c.keys.capacity();
+            assert!(room >= 1_000, "{s:?}: kept room for {room} items and keys");
+        }
     }
 
     #[test]

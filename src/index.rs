@@ -318,6 +318,11 @@ pub(crate) struct Index {
 /// the test of the limit does not queue 16 384 updates there.)
 pub(crate) const QUEUED_MAX: usize = if cfg!(miri) { 1 << 6 } else { 1 << 14 };
 
+/// The most queued updates whose room each of the queue's two buffers keeps after it is
+/// applied (768 KiB): more than the completion lets queue up in steady state, and a burst
+/// larger than this allocates its own.
+const QUEUED_KEPT_MAX: usize = 2 * QUEUED_MAX;
+
 /// The map as of one moment (every update queued before it applied), for many lookups in a
 /// row under one read lock: one lock and one check of the queue instead of one per key.
 /// Hold it briefly: the appliers of durable batches wait for it.
@@ -425,6 +430,11 @@ impl Index {
         // SAFETY: `defer`'s contract, which every queued key was given under.
         unsafe { apply_updates(map, updates.iter().map(|(k, loc)| (k.bytes(), *loc))) };
         updates.clear();
+        // The two buffers take turns; one grown by a burst (a sync covering many large
+        // windows) is not kept once the engine idles (`QUEUED_KEPT_MAX`).
+        if updates.capacity() > QUEUED_KEPT_MAX {
+            updates = Vec::new();
+        }
         map.applying = updates;
     }
 

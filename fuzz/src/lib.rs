@@ -519,6 +519,40 @@ fn read_log(dir: &Path, mode: RecoveryMode) -> Option<State> {
     Some(state)
 }
 
+/// The end of a run over an opened engine: a put if the input asks for one (recorded in
+/// `state` once durable), then `close`. A failed write is reported (`Err`), not a crash, and
+/// the engine may have failed already (e.g. it could not prepare a segment); a refusal of
+/// any other kind, or a panic reported by `close`, is a fault. Returns whether the engine
+/// closed cleanly without failing (so that reopening it should find `state`).
+pub(crate) fn put_then_close(
+    engine: Engine,
+    state: &mut State,
+    put: Option<(Vec<u8>, Vec<u8>)>,
+    what: &str,
+) -> bool {
+    if let Some((key, value)) = put {
+        match engine.put(&key, &value) {
+            Ok(t) => {
+                if wait_ticket(&t, "a put after open").is_ok() {
+                    state.insert(key, value);
+                }
+            }
+            Err(Error::Failed(_)) => {}
+            Err(e) => panic!("put refused on a freshly opened engine ({what}): {e}"),
+        }
+    }
+    let failed = engine.failure().is_some();
+    let closed = engine.close();
+    if let Err(e) = &closed {
+        assert!(
+            !e.to_string().contains("panicked"),
+            "close after open ({what}): {e}"
+        );
+    }
+    drop(engine);
+    !failed && closed.is_ok()
+}
+
 /// The engine's durable state, checking `for_each`, `len` and `read` against each other.
 fn engine_state(engine: &Engine) -> State {
     let mut state = State::new();
@@ -611,31 +645,13 @@ fn open_engine(input: &OpenDirInput, dir: &PathBuf, mode: RecoveryMode, reader: 
     if let Some(reader) = reader {
         assert_eq!(&state, reader, "engine and reader ({mode:?}) disagree");
     }
-    if input.put {
-        let key = b"fuzz-key".to_vec();
-        let value = input.segments.len().to_le_bytes().to_vec();
-        match engine.put(&key, &value) {
-            // A failed write is reported (`Err`), not a crash.
-            Ok(t) => {
-                if wait_ticket(&t, "a put after open").is_ok() {
-                    state.insert(key, value);
-                }
-            }
-            // The engine may have failed already (e.g. it could not prepare a segment).
-            Err(Error::Failed(_)) => {}
-            Err(e) => panic!("put refused on a freshly opened engine: {e}"),
-        }
-    }
-    let failed = engine.failure().is_some();
-    let closed = engine.close();
-    if let Err(e) = &closed {
-        assert!(
-            !e.to_string().contains("panicked"),
-            "close after open ({mode:?}): {e}"
-        );
-    }
-    drop(engine);
-    if failed || closed.is_err() {
+    let put = input.put.then(|| {
+        (
+            b"fuzz-key".to_vec(),
+            input.segments.len().to_le_bytes().to_vec(),
+        )
+    });
+    if !put_then_close(engine, &mut state, put, &format!("{mode:?}")) {
         return;
     }
     // A log the engine opened (and repaired) and closed cleanly is clean.

@@ -18,7 +18,7 @@
 //! - it takes a put, closes, and the log reopens in `AbsoluteConsistency` with the same state.
 
 use super::{
-    check_agrees_with_open, crc32c, engine_state, refusal, scratch_dir, snapshot, wait_ticket,
+    check_agrees_with_open, crc32c, engine_state, put_then_close, refusal, scratch_dir, snapshot,
     State, MODES,
 };
 use mergelog::internals::format::{RecordOp, FRAME_HEADER_LEN, FRAME_MAGIC, SEGMENT_HEADER_LEN};
@@ -518,26 +518,10 @@ pub fn side_files(data: &[u8]) {
             }
         }
     }
-    if input.put {
-        let key = b"side-key".to_vec();
-        let value = b"side-value".to_vec();
-        match engine.put(&key, &value) {
-            Ok(tk) => {
-                if wait_ticket(&tk, "a put after open").is_ok() {
-                    state.insert(key, value);
-                }
-            }
-            Err(Error::Failed(_)) => {}
-            Err(e) => panic!("put refused on a freshly opened engine: {e}"),
-        }
-    }
-    let failed = engine.failure().is_some();
-    let closed = engine.close();
-    if let Err(e) = &closed {
-        assert!(!e.to_string().contains("panicked"), "close after open: {e}");
-    }
-    drop(engine);
-    if failed || closed.is_err() {
+    let put = input
+        .put
+        .then(|| (b"side-key".to_vec(), b"side-value".to_vec()));
+    if !put_then_close(engine, &mut state, put, "as the input says") {
         return;
     }
     let again = Engine::open(

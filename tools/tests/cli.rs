@@ -1343,6 +1343,25 @@ fn unusable_paths_are_one_line_errors() {
     );
 }
 
+/// A regular file where a system's run directory goes (`--dir D` with `D/mergelog` a file,
+/// an earlier run's stray one, say) makes `--dir` as unusable as the other cases above: exit
+/// 2, as the README's convention says of an unusable directory, one line naming it. It exited
+/// 1 ("cannot use D/mergelog as a run directory: Not a directory").
+#[test]
+fn a_file_where_a_run_directory_goes_is_an_unusable_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mergelog"), b"x").unwrap();
+    let d = dir.path().to_str().unwrap();
+    for command in ["bench", "profile"] {
+        rejects_with(
+            2,
+            &[command, "--ops", "100", "--sync-probe", "0", "--dir", d],
+            &format!("{d}/mergelog is not a directory"),
+        );
+    }
+    assert_eq!(std::fs::read(dir.path().join("mergelog")).unwrap(), b"x");
+}
+
 /// okaywal always syncs: without syncs it is skipped, with a note, rather than measured
 /// under its name doing something else; alone, that leaves nothing to run.
 #[test]

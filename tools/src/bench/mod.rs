@@ -1236,10 +1236,16 @@ impl Root {
         }
     }
 
-    /// Creates the (empty) directory of one system's run.
+    /// Creates the (empty) directory of one system's run. A name there that cannot be one
+    /// makes `--dir` unusable (exit 2), as the other `--dir` cases do.
     fn subdir(&self, system: System) -> Result<PathBuf, CliError> {
         let path = self.path().join(system.name());
-        let what = || format!("cannot use {} as a run directory", path.display());
+        let unusable = |e: std::io::Error| {
+            CliError::usage(format!(
+                "cannot use {} as a run directory: {e}; pass an empty or new --dir",
+                path.display()
+            ))
+        };
         match std::fs::read_dir(&path) {
             Ok(mut entries) => {
                 if entries.next().is_some() {
@@ -1250,9 +1256,15 @@ impl Root {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir(&path).context(what)?;
+                std::fs::create_dir(&path).map_err(unusable)?;
             }
-            Err(e) => return Err(e).context(what),
+            Err(_) if std::fs::metadata(&path).is_ok_and(|m| !m.is_dir()) => {
+                return Err(CliError::usage(format!(
+                    "{} is not a directory (an earlier run's file?); pass an empty or new --dir",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(unusable(e)),
         }
         Ok(path)
     }

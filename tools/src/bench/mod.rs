@@ -286,7 +286,7 @@ pub struct OutputArgs {
     #[arg(long, value_name = "PATH")]
     hlog: Option<PathBuf>,
     /// Draw the latency percentile spectrum and the throughput over time of each system
-    /// into an SVG file.
+    /// into an SVG file (the name must end in .svg; or a pipe or device, as /dev/stdout).
     #[arg(long, value_name = "PATH.svg")]
     plot: Option<PathBuf>,
 }
@@ -1452,6 +1452,9 @@ impl Drop for Outputs {
 impl OutputArgs {
     /// Opens the output files, and `trace` (`profile --trace`), before anything runs.
     fn prepare(&self, trace: Option<&Path>) -> Result<Outputs, CliError> {
+        if let Some(plot) = &self.plot {
+            check_plot_path(plot)?;
+        }
         let paths: Vec<(&str, &Path)> = [
             ("--json", self.json.as_deref()),
             ("--hlog", self.hlog.as_deref()),
@@ -1463,6 +1466,24 @@ impl OutputArgs {
         .collect();
         Outputs::prepare(&paths)
     }
+}
+
+/// `--plot` draws an SVG: a name that says otherwise (`latency.png`) would hold what a viewer
+/// cannot open as what the name says, so it is refused. A pipe or a device (`/dev/stdout`),
+/// whose name says nothing of the format, is taken as it is.
+fn check_plot_path(path: &Path) -> Result<(), CliError> {
+    let svg = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
+    let special = std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir());
+    if svg || special {
+        return Ok(());
+    }
+    Err(CliError::usage(format!(
+        "--plot takes a file name ending in .svg (the plot is an SVG; no other format is \
+         drawn): {}",
+        path.display()
+    )))
 }
 
 /// The plan and the engine configuration the flags describe.

@@ -31,7 +31,8 @@ use std::process::ExitCode;
 pub struct DumpArgs {
     /// The log directory.
     dir: PathBuf,
-    /// Start at the batch with this sequence number.
+    /// Start at the first batch whose sequence number is at least SEQ (batches count from
+    /// 1; 0: the log's first batch).
     #[arg(
         long,
         value_name = "SEQ",

@@ -7,11 +7,12 @@
 //!
 //! The log is read as the engine would open it: a torn tail is where it ends (noted on
 //! stderr, exit 0), bytes after the last frame that are not the zeros (a torn write's
-//! remains, which the engine's open cuts off) included. Other damage (before the tail, or a bad segment header) makes the engine
-//! refuse to open the log: the records before it are dumped, the damage is reported, and
-//! the exit code is 1. So does damage at the tail that evidence shows cut durable history
-//! (valid frames well past it, or a clean-close mark naming a later batch: `LogReader::check`),
-//! which the engine refuses (`DamagedHistory`) rather than cut off. A log an engine has open
+//! remains, which the engine's open cuts off) included. Other damage (before the tail, or a
+//! bad segment header) makes the engine refuse to open the log: the records before it are
+//! dumped, the damage is reported, and the exit code is 1. So does damage at the tail that
+//! evidence shows cut durable history (valid frames well past it, or a clean-close mark
+//! naming a later batch: `LogReader::check`), which the engine refuses (`DamagedHistory`)
+//! rather than cut off. A log an engine has open
 //! (it holds the `LOCK` file) is read as a reader would read it, up to the last whole frame
 //! of the segment being written, and stderr says so: no evidence of lost history is sought
 //! there, as a frame may be mid-write.

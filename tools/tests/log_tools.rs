@@ -480,6 +480,11 @@ fn verify_passes_a_clean_log_ending_in_a_reused_segment() {
     .unwrap();
     let segs = inspect["segments"].as_array().unwrap();
     assert_eq!(segs.last().unwrap()["recycled"], true);
+    // Nor do inspect and dump take the old bytes for a torn write's remains, as they do
+    // non-zero bytes after the last frame of a fresh segment.
+    assert_eq!(inspect["damage"], Value::Null, "{inspect}");
+    let (code, _, err) = run_code(&["dump", dir.path().to_str().unwrap()]);
+    assert_eq!((code, err.as_str()), (0, ""));
 }
 
 /// `inspect` lists the durable consumers with their committed batch and lag, in the text and

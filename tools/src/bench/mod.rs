@@ -76,7 +76,7 @@ pub const PROFILE_EXAMPLES: &str = "\
 Examples:
   mergelog profile                    # 4 writers x 256 outstanding, 3 s
   mergelog profile --writers 16 --depth 1 --trace trace.txt
-  mergelog profile --system mergelog-compact --segment-bytes 1M --batch-bytes-max 512K --plot run.svg";
+  mergelog profile --system mergelog-compact --segment-bytes 1M --batch-bytes-max 512K";
 
 /// Flags that describe the workload and the engine; shared by `bench` and `profile`.
 #[derive(Args, Debug)]

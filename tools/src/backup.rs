@@ -40,16 +40,27 @@ pub fn run(args: BackupArgs) -> Result<(), CliError> {
         }
         Err(OpenError::Other(e)) => return Err(e),
     };
+    check_paths(&args)?;
     let made = match &args.since {
         Some(earlier) => reader.backup_since(earlier, &args.dest),
         None => reader.backup(&args.dest),
     };
     let backup = made.map_err(|e| {
-        CliError::new(format!(
+        let message = format!(
             "back up {} into {}: {e}",
             args.dir.display(),
             args.dest.display()
-        ))
+        );
+        match e {
+            // The first write into DEST's directory, the staging directory beside it (a
+            // file system that makes none, as /proc; no permission): the output path is
+            // unusable, as `check_paths` finds of what it can tell beforehand.
+            mergelog::Error::Io {
+                op: "make backup directory",
+                ..
+            } => CliError::usage(message),
+            _ => CliError::new(message),
+        }
     })?;
     let torn = match reader.damage() {
         Some(d) => format!(
@@ -87,4 +98,44 @@ pub fn run(args: BackupArgs) -> Result<(), CliError> {
         backup.consumers,
         backup.carried_ids,
     ))
+}
+
+/// Refuses, as unusable arguments (exit 2, the tools' convention for a missing directory and
+/// an unwritable output path), what the backup would refuse or fail at before copying
+/// anything: a `DEST` that exists or names no directory, one whose parent is missing or not a
+/// directory, and an `EARLIER` that is not a directory.
+fn check_paths(args: &BackupArgs) -> Result<(), CliError> {
+    let dest = &args.dest;
+    let refuse = |why: String| Err(CliError::usage(format!("{}: {why}", dest.display())));
+    if std::fs::symlink_metadata(dest).is_ok() {
+        return refuse(
+            "the destination exists; a backup makes a new directory: name one that does not \
+             exist yet"
+                .into(),
+        );
+    }
+    if dest.file_name().is_none() {
+        return refuse("the destination names no directory".into());
+    }
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    match std::fs::metadata(parent) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return refuse(format!("{} is not a directory", parent.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return refuse(format!("directory {} does not exist", parent.display()))
+        }
+        Err(e) => return refuse(format!("cannot use {}: {e}", parent.display())),
+    }
+    if let Some(earlier) = &args.since {
+        if !std::fs::metadata(earlier).is_ok_and(|m| m.is_dir()) {
+            return Err(CliError::usage(format!(
+                "--since {}: the earlier backup is not a directory",
+                earlier.display()
+            )));
+        }
+    }
+    Ok(())
 }

@@ -6,17 +6,19 @@
 //! keys and values in hex unless `--encoding utf8` (lossy) or `auto`.
 //!
 //! The log is read as the engine would open it: a torn tail is where it ends (noted on
-//! stderr, exit 0). Other damage (before the tail, or a bad segment header) makes the engine
-//! refuse to open the log: the records before it are dumped, the damage is reported, and
-//! the exit code is 1. So does damage at the tail that evidence shows cut durable history
-//! (valid frames well past it, or a clean-close mark naming a later batch: `LogReader::check`),
-//! which the engine refuses (`DamagedHistory`) rather than cut off. A log an engine has open
+//! stderr, exit 0), bytes after the last frame that are not the zeros (a torn write's
+//! remains, which the engine's open cuts off) included. Other damage (before the tail, or a
+//! bad segment header) makes the engine refuse to open the log: the records before it are
+//! dumped, the damage is reported, and the exit code is 1. So does damage at the tail that
+//! evidence shows cut durable history (valid frames well past it, or a clean-close mark
+//! naming a later batch: `LogReader::check`), which the engine refuses (`DamagedHistory`)
+//! rather than cut off. A log an engine has open
 //! (it holds the `LOCK` file) is read as a reader would read it, up to the last whole frame
 //! of the segment being written, and stderr says so: no evidence of lost history is sought
 //! there, as a frame may be mid-write.
 
 use crate::error::{CliError, EXIT_FAILURE};
-use crate::history::{self, Loss, Refused};
+use crate::history::{self, Loss, Refused, Verdict};
 use crate::inspect;
 use crate::logdir::{self, Encoding, OpenError};
 use clap::Args;
@@ -30,7 +32,8 @@ use std::process::ExitCode;
 pub struct DumpArgs {
     /// The log directory.
     dir: PathBuf,
-    /// Start at the batch with this sequence number.
+    /// Start at the first batch whose sequence number is at least SEQ (batches count from
+    /// 1; 0: the log's first batch).
     #[arg(
         long,
         value_name = "SEQ",
@@ -70,14 +73,24 @@ pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
     let (reader, refused, lost) = match logdir::open(&args.dir, RecoveryMode::TolerateCorruptedTail)
     {
         Ok(r) if live => (r, false, None),
-        Ok(r) => match history::engine_refuses(&args.dir)? {
+        Ok(r) => match history::engine_open(&args.dir)? {
             // An engine that opened the log during the check may have been writing what it
             // read.
-            Some(Refused::Lost(_)) if history::in_use(&args.dir) => {
+            Verdict::Refuses(Refused::Lost(_)) | Verdict::Opens(Some(_))
+                if history::in_use(&args.dir) =>
+            {
                 live = true;
                 (r, false, None)
             }
-            Some(Refused::Lost(loss)) => (r, false, Some(loss)),
+            Verdict::Refuses(Refused::Lost(loss)) => (r, false, Some(loss)),
+            // A torn tail the reader did not see: bytes after the last frame that are not
+            // the zeros (the remains of a torn write; a reader does not look there, as an
+            // engine may be writing), which the engine's open cuts off. The records are all
+            // read; the note says where the tail is, as of a torn last frame.
+            Verdict::Opens(Some(cut)) if r.damage().is_none() => {
+                damage = Some((cut.path.display().to_string(), cut.offset, cut.reason));
+                (r, false, None)
+            }
             // A damaged file beside the segments: `verify` names it; the records are sound.
             _ => (r, false, None),
         },

@@ -57,33 +57,56 @@ pub fn in_use(dir: &Path) -> bool {
     rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
 }
 
+/// What the engine's open does with a log: opens it, cutting off the torn tail (`Some`, the
+/// file and offset where it begins) if there is one, or refuses it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Opens(Option<mergelog::Damage>),
+    Refuses(Refused),
+}
+
 /// Asks `LogReader::check` about `dir`, whose segments a reader opened; `None` if the engine
-/// would open it too, cutting off the torn tail the reader found, if any.
+/// would open it too, cutting off the torn tail, if any.
 pub fn engine_refuses(dir: &Path) -> Result<Option<Refused>, CliError> {
-    match LogReader::check(dir, RecoveryMode::TolerateCorruptedTail, Durability::Sync) {
-        Ok(_) => Ok(None),
+    Ok(match engine_open(dir)? {
+        Verdict::Opens(_) => None,
+        Verdict::Refuses(r) => Some(r),
+    })
+}
+
+/// Asks `LogReader::check` what the engine's open would do with `dir`, whose segments a
+/// reader opened. The torn tail it cuts off may be one no reader sees: non-zero bytes after
+/// the last frame of the last segment (the remains of a torn write), which a reader does not
+/// look at, as an engine may be writing there.
+pub fn engine_open(dir: &Path) -> Result<Verdict, CliError> {
+    let refused = match LogReader::check(dir, RecoveryMode::TolerateCorruptedTail, Durability::Sync)
+    {
+        Ok(cut) => return Ok(Verdict::Opens(cut)),
         Err(Error::DamagedHistory {
             path,
             offset,
             reason,
             first_lost,
             last_lost,
-        }) => Ok(Some(Refused::Lost(Loss {
+        }) => Refused::Lost(Loss {
             path,
             offset,
             reason,
             first_lost,
             last_lost,
-        }))),
+        }),
         Err(Error::Corrupt {
             path,
             offset,
             reason,
-        }) => Ok(Some(if path.extension().is_none_or(|e| e != "seg") {
-            Refused::SideFile(path, offset, reason)
-        } else {
-            Refused::Segment(path, offset, reason)
-        })),
-        Err(e) => Err(CliError::new(format!("check {}: {e}", dir.display()))),
-    }
+        }) => {
+            if path.extension().is_none_or(|e| e != "seg") {
+                Refused::SideFile(path, offset, reason)
+            } else {
+                Refused::Segment(path, offset, reason)
+            }
+        }
+        Err(e) => return Err(CliError::new(format!("check {}: {e}", dir.display()))),
+    };
+    Ok(Verdict::Refuses(refused))
 }

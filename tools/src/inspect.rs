@@ -11,7 +11,7 @@
 
 use crate::bench::report::thousands;
 use crate::error::{CliError, Context};
-use crate::history::{self, Refused};
+use crate::history::{self, Refused, Verdict};
 use crate::logdir::{self, Encoding, OpenError};
 use clap::Args;
 use mergelog::{Batch, LogReader, RecordOp, RecoveryMode};
@@ -299,28 +299,38 @@ fn read_before(dir: &Path, skipped: &[&Path]) -> Result<(tempfile::TempDir, LogR
 /// Adds to the log's damage what the engine's open would do about it, which the reader does
 /// not tell: cut it off as a torn tail, or refuse the log (damage before the tail, or durable
 /// history lost: valid frames past it, or a clean-close mark naming a later batch; a loss
-/// where the frames just end is damage the reader did not see). Not asked of a log an engine
+/// where the frames just end is damage the reader did not see, and so is a torn write's
+/// remains after the last frame, which the open cuts off). Not asked of a log an engine
 /// has open: a frame of its last segment may be mid-write with whole ones after it.
 /// Returns whether an engine has it open.
 fn judge(dir: &Path, damage: &mut Option<DamageJson>) -> Result<bool, CliError> {
     if history::in_use(dir) {
         return Ok(true);
     }
-    match history::engine_refuses(dir)? {
-        None => {
-            if let Some(d) = damage {
+    match history::engine_open(dir)? {
+        Verdict::Opens(cut) => match (damage.as_mut(), cut) {
+            (Some(d), _) => d.engine_refuses = Some(false),
+            // A tail the reader did not see: bytes after the last frame that are not the
+            // zeros (the remains of a torn write), which a reader does not look at, as an
+            // engine may be writing there. The engine's open cuts them off (as `verify`
+            // says). An engine that opened the log meanwhile may have been writing them.
+            (None, Some(_)) if history::in_use(dir) => return Ok(true),
+            (None, Some(cut)) => {
+                let mut d = DamageJson::new(&cut.path, cut.offset, &cut.reason);
                 d.engine_refuses = Some(false);
+                *damage = Some(d);
             }
-        }
-        Some(Refused::Segment(..)) => {
+            (None, None) => {}
+        },
+        Verdict::Refuses(Refused::Segment(..)) => {
             if let Some(d) = damage {
                 d.engine_refuses = Some(true);
             }
         }
         // An engine that opened the log meanwhile may have been writing what was read.
-        Some(Refused::Lost(_)) if history::in_use(dir) => return Ok(true),
+        Verdict::Refuses(Refused::Lost(_)) if history::in_use(dir) => return Ok(true),
         // Its reason names the evidence, which the reader's does not.
-        Some(Refused::Lost(l)) => {
+        Verdict::Refuses(Refused::Lost(l)) => {
             let mut d = DamageJson::new(&l.path, l.offset, &l.reason);
             d.engine_refuses = Some(true);
             d.lost_batches = Some([l.first_lost, l.last_lost]);
@@ -328,7 +338,7 @@ fn judge(dir: &Path, damage: &mut Option<DamageJson>) -> Result<bool, CliError> 
         }
         // The check stopped at the clean-close mark or the ids file, before the segments:
         // that is what the engine refuses, reported unless the segments' own damage is.
-        Some(Refused::SideFile(path, offset, reason)) => match damage {
+        Verdict::Refuses(Refused::SideFile(path, offset, reason)) => match damage {
             Some(d) => d.engine_refuses = Some(true),
             None => {
                 let mut d = DamageJson::new(&path, offset, &reason);

@@ -253,29 +253,32 @@ fn flags_a_system_cannot_run_are_refused_before_any_runs() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("afile");
     std::fs::write(&file, b"x").unwrap();
-    let under_file = file.join("out");
-    let under = under_file.to_str().unwrap();
     for flag in ["--json", "--hlog", "--plot"] {
+        // `--plot` takes only a name ending in .svg.
+        let name = if flag == "--plot" { "out.svg" } else { "out" };
+        let under_file = file.join(name);
+        let under = under_file.to_str().unwrap();
         rejects_with(
             2,
             &["bench", "--duration", "0.1", flag, under],
             "is not a directory",
         );
+        let proc = format!("/proc/mergelog-test-{name}");
         rejects_with(
             2,
-            &[
-                "bench",
-                "--duration",
-                "0.1",
-                flag,
-                "/proc/mergelog-test-output",
-            ],
+            &["bench", "--duration", "0.1", flag, &proc],
             "cannot write it",
         );
     }
     rejects_with(
         2,
-        &["profile", "--duration", "0.1", "--trace", under],
+        &[
+            "profile",
+            "--duration",
+            "0.1",
+            "--trace",
+            file.join("out").to_str().unwrap(),
+        ],
         "is not a directory",
     );
     let json = dir.path().join("new.json");
@@ -357,7 +360,7 @@ fn sizes_take_suffixes_and_paths_are_named_in_errors() {
         ],
         "is not a directory",
     );
-    let same = dir.path().join("same");
+    let same = dir.path().join("same.svg");
     let same = same.to_str().unwrap();
     rejects_with(
         2,

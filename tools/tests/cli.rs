@@ -18,6 +18,19 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+/// The flags of a run as short as a test can make it: 100 operations from one writer four
+/// deep, no sync probe.
+const TINY: [&str; 8] = [
+    "--ops",
+    "100",
+    "--writers",
+    "1",
+    "--depth",
+    "4",
+    "--sync-probe",
+    "0",
+];
+
 const STAGES: [&str; 9] = [
     "ring_wait",
     "cut_wait",
@@ -1316,7 +1329,7 @@ fn unusable_paths_are_one_line_errors() {
         "already holds files",
     );
     // Output paths in a missing directory are refused before anything runs.
-    let missing = dir.path().join("missing/out");
+    let missing = dir.path().join("missing/out.svg");
     for flag in ["--json", "--hlog", "--plot"] {
         rejects_with(
             2,
@@ -1341,6 +1354,25 @@ fn unusable_paths_are_one_line_errors() {
         ],
         "is a directory",
     );
+}
+
+/// A regular file where a system's run directory goes (`--dir D` with `D/mergelog` a file,
+/// an earlier run's stray one, say) makes `--dir` as unusable as the other cases above: exit
+/// 2, as the README's convention says of an unusable directory, one line naming it. It exited
+/// 1 ("cannot use D/mergelog as a run directory: Not a directory").
+#[test]
+fn a_file_where_a_run_directory_goes_is_an_unusable_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mergelog"), b"x").unwrap();
+    let d = dir.path().to_str().unwrap();
+    for command in ["bench", "profile"] {
+        rejects_with(
+            2,
+            &[command, "--ops", "100", "--sync-probe", "0", "--dir", d],
+            &format!("{d}/mergelog is not a directory"),
+        );
+    }
+    assert_eq!(std::fs::read(dir.path().join("mergelog")).unwrap(), b"x");
 }
 
 /// okaywal always syncs: without syncs it is skipped, with a note, rather than measured
@@ -1728,23 +1760,12 @@ fn a_merge_run_is_reported_as_merges() {
         ("put", "100% puts"),
     ] {
         let json = dir.path().join(format!("{op}.json"));
-        let text = succeeds(&[
-            "bench",
-            "--op",
-            op,
-            "--systems",
-            "mergelog",
-            "--ops",
-            "200",
-            "--writers",
-            "1",
-            "--depth",
-            "4",
-            "--sync-probe",
-            "0",
-            "--json",
-            json.to_str().unwrap(),
-        ]);
+        let args: Vec<&str> = ["bench", "--op", op, "--systems", "mergelog"]
+            .into_iter()
+            .chain(TINY)
+            .chain(["--json", json.to_str().unwrap()])
+            .collect();
+        let text = succeeds(&args);
         let header = text.lines().next().unwrap();
         assert!(header.contains(mix), "--op {op}: {header}");
         let report = read_json(&json);
@@ -1765,16 +1786,6 @@ fn a_merge_run_is_reported_as_merges() {
 fn a_closed_stdout_keeps_the_run_and_its_output_files() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
-    let tiny = [
-        "--ops",
-        "100",
-        "--writers",
-        "1",
-        "--depth",
-        "4",
-        "--sync-probe",
-        "0",
-    ];
     let outputs = |tag: &str| {
         vec![
             "--json".to_owned(),
@@ -1787,13 +1798,13 @@ fn a_closed_stdout_keeps_the_run_and_its_output_files() {
     };
     let bench: Vec<String> = ["bench", "--systems", "mergelog"]
         .iter()
-        .chain(&tiny)
+        .chain(&TINY)
         .map(|s| s.to_string())
         .chain(outputs("bench"))
         .collect();
     let profile: Vec<String> = ["profile"]
         .iter()
-        .chain(&tiny)
+        .chain(&TINY)
         .map(|s| s.to_string())
         .chain(outputs("profile"))
         .chain(["--trace".to_owned(), path("profile.trace")])
@@ -1812,4 +1823,40 @@ fn a_closed_stdout_keeps_the_run_and_its_output_files() {
     }
     let trace = std::fs::read_to_string(path("profile.trace")).unwrap();
     assert!(trace.starts_with("# mergelog pipeline trace"), "{trace}");
+}
+
+/// `--plot` draws an SVG whatever the name says: `--plot latency.png` wrote an SVG into a
+/// file a viewer opens as a PNG, and fails to. A name not ending in `.svg` is refused before
+/// anything runs (exit 2, the accepted extension named, no file made), in any case of the
+/// letters; a pipe or a device, such as `/dev/stdout`, whose name says nothing of what it
+/// holds, is taken as it is.
+#[test]
+fn a_plot_path_not_ending_in_svg_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["latency.png", "latency", "latency.svg.txt", "latency.svgz"] {
+        let path = dir.path().join(name);
+        for command in ["bench", "profile"] {
+            rejects_with(
+                2,
+                &[command, "--ops", "100", "--plot", path.to_str().unwrap()],
+                "--plot takes a file name ending in .svg",
+            );
+            assert!(!path.exists(), "{command} --plot {name} made the file");
+        }
+    }
+    let upper = dir.path().join("LATENCY.SVG");
+    let args: Vec<&str> = ["profile"]
+        .into_iter()
+        .chain(TINY)
+        .chain(["--plot", upper.to_str().unwrap()])
+        .collect();
+    succeeds(&args);
+    check_svg(&std::fs::read_to_string(&upper).unwrap());
+    let args: Vec<&str> = ["profile"]
+        .into_iter()
+        .chain(TINY)
+        .chain(["--plot", "/dev/stdout"])
+        .collect();
+    let out = succeeds(&args);
+    assert!(out.contains("<svg"), "{out}");
 }

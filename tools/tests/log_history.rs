@@ -812,3 +812,81 @@ fn inspect_says_when_the_log_is_in_use() {
         serde_json::from_str(&succeeds(&["inspect", d, "--json"])).unwrap();
     assert_eq!(report["in_use"], false, "{report}");
 }
+
+/// Non-zero bytes after the last frame of a closed log's last segment (a fresh file, not a
+/// reused one) are the remains of a torn write: `LogReader::check` reports them as the tail
+/// the engine's open cuts off (it zeroes them and opens the log), `verify` as damage (exit 1,
+/// the end of the frames named). `inspect` (text and JSON) and `dump` report them as the
+/// torn tail they are, with the file and the offset, as they report a torn last frame (exit
+/// 0: the engine opens the log). Both said nothing: "damage: none found", `"damage": null`,
+/// and no note from `dump`, beside verify's DAMAGED.
+#[test]
+fn garbage_after_the_last_frame_is_a_torn_tail_to_every_tool() {
+    for clean_mark in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        write_log(dir.path());
+        if !clean_mark {
+            std::fs::remove_file(dir.path().join("CLEAN")).unwrap();
+        }
+        let (last, offset, len) = frames(dir.path()).pop().unwrap();
+        let end = offset + len as u64;
+        flip(&last, end + 100);
+        let what = format!("clean mark {clean_mark}");
+        // The reference: the engine's open cuts it off, and `check` says where.
+        let cut = LogReader::check(
+            dir.path(),
+            mergelog::RecoveryMode::TolerateCorruptedTail,
+            mergelog::Durability::Sync,
+        )
+        .unwrap()
+        .unwrap_or_else(|| panic!("{what}: check found nothing"));
+        assert_eq!((cut.path.as_path(), cut.offset), (last.as_path(), end));
+        assert!(engine_opens(dir.path()).is_ok(), "{what}");
+        let at = format!("{} at offset {end}", last.display());
+        let d = dir.path().to_str().unwrap();
+
+        let (status, out, _) = code(&["verify", d]);
+        assert_eq!(status, 1, "{what}: {out}");
+        assert!(out.contains(&at), "{what}: {out}");
+
+        let text = succeeds(&["inspect", d]);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("damage: "))
+            .expect("a damage line");
+        assert!(
+            line.starts_with(&format!("damage: {at}: ")),
+            "{what}: {line}"
+        );
+        assert!(
+            line.ends_with("a torn tail, which the engine's open cuts off)"),
+            "{what}: {line}"
+        );
+        assert!(
+            text.contains(&format!("batches: {BATCHES} (seq 1..{BATCHES})")),
+            "{what}: {text}"
+        );
+        let report: serde_json::Value =
+            serde_json::from_str(&succeeds(&["inspect", d, "--json"])).unwrap();
+        let damage = &report["damage"];
+        assert_eq!(
+            damage["file"],
+            last.display().to_string(),
+            "{what}: {damage}"
+        );
+        assert_eq!(damage["offset"], end, "{what}: {damage}");
+        assert_eq!(damage["engine_refuses"], false, "{what}: {damage}");
+
+        let (status, out, err) = code(&["dump", d]);
+        assert_eq!(status, 0, "{what}: {err}");
+        assert_eq!(out.lines().count() as u64, BATCHES, "{what}: every record");
+        assert!(
+            err.contains("ends in a torn or corrupt tail, which the engine would cut off")
+                && err.contains(&at),
+            "{what}: {err:?}"
+        );
+        let (status, _, err) = code(&["dump", d, "--json"]);
+        assert_eq!(status, 0, "{what}: {err}");
+        assert!(err.contains(&at), "{what}: {err:?}");
+    }
+}

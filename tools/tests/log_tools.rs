@@ -480,6 +480,11 @@ fn verify_passes_a_clean_log_ending_in_a_reused_segment() {
     .unwrap();
     let segs = inspect["segments"].as_array().unwrap();
     assert_eq!(segs.last().unwrap()["recycled"], true);
+    // Nor do inspect and dump take the old bytes for a torn write's remains, as they do
+    // non-zero bytes after the last frame of a fresh segment.
+    assert_eq!(inspect["damage"], Value::Null, "{inspect}");
+    let (code, _, err) = run_code(&["dump", dir.path().to_str().unwrap()]);
+    assert_eq!((code, err.as_str()), (0, ""));
 }
 
 /// `inspect` lists the durable consumers with their committed batch and lag, in the text and
@@ -654,9 +659,10 @@ fn backup_copies_a_log_being_written_into_one_verify_passes() {
         .filter(|(s, _)| *s <= last)
         .collect();
     assert_eq!(records(&dest), original);
-    // A destination that exists is refused (exit 1, one line), and left alone.
+    // A destination that exists is refused (exit 2, an unusable argument; one line), and
+    // left alone.
     let (code, _, err) = run_code(&["backup", d, b]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("destination exists"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert_eq!(records(&dest), original);
@@ -720,12 +726,66 @@ fn backup_since_links_what_the_earlier_backup_holds_and_the_copy_verifies() {
         d,
         b3.to_str().unwrap(),
     ]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("the earlier backup is not a directory"),
         "{err}"
     );
     assert!(!b3.exists());
+}
+
+/// A backup's destination or earlier backup that cannot be used is an unusable argument, as
+/// the README's convention has it (exit 2, "unwritable output path", "missing directory"),
+/// one line naming it, and nothing is made: a destination in a missing directory, under a
+/// regular file, where no directory can be made (`/proc`), one that exists, or an `--since`
+/// that does not exist. Each exited 1 (the first: "make backup directory
+/// .../missing/.mergelog-backup-...: No such file or directory").
+#[test]
+fn backup_refuses_an_unusable_destination_or_earlier_backup_with_exit_2() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("log");
+    std::fs::create_dir(&dir).unwrap();
+    write_log(&dir, 2);
+    let file = root.path().join("afile");
+    std::fs::write(&file, b"x").unwrap();
+    let exists = root.path().join("exists");
+    std::fs::create_dir(&exists).unwrap();
+    let path = |p: PathBuf| p.to_str().unwrap().to_owned();
+    let d = path(dir.clone());
+    let fresh = path(root.path().join("fresh"));
+    let missing = path(root.path().join("missing"));
+    let cases: [(Vec<String>, &str); 5] = [
+        (
+            vec![d.clone(), path(root.path().join("missing/dest"))],
+            "does not exist",
+        ),
+        (vec![d.clone(), path(file.join("dest"))], "not a directory"),
+        (
+            vec![d.clone(), "/proc/mergelog-backup-test".into()],
+            "/proc/mergelog-backup-test",
+        ),
+        (vec![d.clone(), path(exists.clone())], "destination exists"),
+        (
+            vec!["--since".into(), missing, d.clone(), fresh.clone()],
+            "the earlier backup is not a directory",
+        ),
+    ];
+    let before = std::fs::read_dir(root.path()).unwrap().count();
+    for (args, expect) in cases {
+        let args: Vec<&str> = std::iter::once("backup")
+            .chain(args.iter().map(String::as_str))
+            .collect();
+        rejects_with(2, &args, expect);
+        assert_eq!(std::fs::read_dir(&exists).unwrap().count(), 0, "{args:?}");
+        assert_eq!(
+            std::fs::read_dir(root.path()).unwrap().count(),
+            before,
+            "{args:?} left something behind"
+        );
+    }
+    // The log was usable all along.
+    let (code, _, err) = run_code(&["backup", &d, &fresh]);
+    assert_eq!(code, 0, "{err}");
 }
 
 /// A reader that stops reading (`mergelog dump LOG | head -1`) does not make a damaged log

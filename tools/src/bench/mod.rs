@@ -60,6 +60,24 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime};
 
+/// `mergelog bench --help`'s examples (each one the tools take: `main`'s tests check).
+pub const BENCH_EXAMPLES: &str = "\
+Examples:
+  mergelog bench                      # the default systems, 3 s each, on a temporary log
+  mergelog bench --rounds 3           # the systems alternated, ratios round by round
+  mergelog bench --systems mergelog,okaywal,wal --writers 16 --depth 1 --rounds 3
+  mergelog bench --systems mergelog,wal --retain 2 --segment-bytes 16M --rounds 3
+  mergelog bench --rate 20000 --duration 10 --json run.json --hlog run.hlog --plot run.svg
+  mergelog bench --systems mergelog,mergelog-compact --segment-bytes 1M --batch-bytes-max 512K
+  mergelog bench --dir /mnt/disk/bench --value-size 1K..4K --read-ratio 0.2";
+
+/// `mergelog profile --help`'s examples.
+pub const PROFILE_EXAMPLES: &str = "\
+Examples:
+  mergelog profile                    # 4 writers x 256 outstanding, 3 s
+  mergelog profile --writers 16 --depth 1 --trace trace.txt
+  mergelog profile --system mergelog-compact --segment-bytes 1M --batch-bytes-max 512K";
+
 /// Flags that describe the workload and the engine; shared by `bench` and `profile`.
 #[derive(Args, Debug)]
 pub struct WorkloadArgs {
@@ -107,7 +125,8 @@ pub struct WorkloadArgs {
     )]
     depth: usize,
     /// Open loop: requests arrive at OPS per second in total, evenly spaced, whatever the
-    /// system does; latency is measured from each request's scheduled send time.
+    /// system does; latency is measured from each request's scheduled send time [default:
+    /// none, a closed loop].
     #[arg(long, allow_negative_numbers = true, value_name = "OPS", value_parser = rate)]
     rate: Option<f64>,
     /// Distinct keys.
@@ -123,8 +142,8 @@ pub struct WorkloadArgs {
     /// keys get Y % of the operations).
     #[arg(long, value_name = "DIST", default_value = "zipf:0.99")]
     dist: Dist,
-    /// Key length in bytes, `N` or an inclusive range `MIN..MAX` (each key id keeps one
-    /// length); at least 8: keys differ in their first 8 bytes.
+    /// Key length in bytes, `N` or an inclusive range `MIN..MAX` (suffixes K, M: KiB, MiB;
+    /// each key id keeps one length); at least 8: keys differ in their first 8 bytes.
     #[arg(
         long,
         allow_negative_numbers = true,
@@ -133,7 +152,8 @@ pub struct WorkloadArgs {
         value_parser = key_size,
     )]
     key_size: Size,
-    /// Value length in bytes, `N` or an inclusive range `MIN..MAX` (drawn per put).
+    /// Value length in bytes, `N` or an inclusive range `MIN..MAX` (suffixes K, M: KiB,
+    /// MiB; drawn per put).
     #[arg(
         long,
         allow_negative_numbers = true,
@@ -155,7 +175,8 @@ pub struct WorkloadArgs {
         value_parser = fraction,
     )]
     read_ratio: f64,
-    /// Fraction of operations that are deletes (0.0 to 1.0); puts are the rest.
+    /// Fraction of operations that are deletes (0.0 to 1.0; with --read-ratio at most 1);
+    /// puts are the rest.
     #[arg(
         long,
         allow_negative_numbers = true,
@@ -164,7 +185,7 @@ pub struct WorkloadArgs {
         value_parser = fraction,
     )]
     delete_ratio: f64,
-    /// Seconds to run each system [default: 3, or none with --ops].
+    /// Seconds to run each system, 0.01 to 86400 [default: 3, or none with --ops].
     #[arg(
         long,
         allow_negative_numbers = true,
@@ -185,8 +206,8 @@ pub struct WorkloadArgs {
     /// When writes are acknowledged: after fdatasync/msync, or once in the page cache.
     #[arg(long, value_enum, default_value_t = DurabilityArg::Sync)]
     durability: DurabilityArg,
-    /// How the engine writes batches (default: the engine's default). The naive baseline
-    /// always uses pwrite + fdatasync.
+    /// How the engine writes batches [engine default: pwrite]. The naive baseline always
+    /// uses pwrite + fdatasync.
     #[arg(long, value_enum)]
     write_path: Option<WritePathArg>,
     /// When the engine cuts a window: `adaptive`, `adaptive:QUIET_US`, `immediate` or
@@ -197,18 +218,19 @@ pub struct WorkloadArgs {
     /// Cut every window at this age, microseconds [engine default: 1000].
     #[arg(long, value_name = "US", value_parser = window_age)]
     window_age_max: Option<u64>,
-    /// Cut a window once its requests reach this many ring bytes (suffixes K, M, G)
-    /// [engine default: 4M].
+    /// Cut a window once its requests reach this many ring bytes (suffixes K, M, G: KiB,
+    /// MiB, GiB) [engine default: 4M].
     #[arg(long, value_name = "BYTES", value_parser = bytes)]
     batch_bytes_max: Option<u64>,
     /// Cut a window once it holds this many operations, at most 2147483647 [engine default:
     /// 1048576].
     #[arg(long, value_name = "N", value_parser = batch_ops)]
     batch_ops_max: Option<u64>,
-    /// Bytes of the ingest ring, a power of two (suffixes K, M, G) [engine default: 16M].
+    /// Bytes of the ingest ring, a power of two (suffixes K, M, G: KiB, MiB, GiB) [engine
+    /// default: 16M].
     #[arg(long, value_name = "BYTES", value_parser = bytes)]
     ring_bytes: Option<u64>,
-    /// Size of each segment file (suffixes K, M, G) [engine default: 64M].
+    /// Size of each segment file (suffixes K, M, G: KiB, MiB, GiB) [engine default: 64M].
     #[arg(long, value_name = "BYTES", value_parser = bytes)]
     segment_bytes: Option<u64>,
     /// Syncer threads of the `mergelog-syncers` system: how many syncs it may have in flight
@@ -245,8 +267,8 @@ pub struct WorkloadArgs {
     #[arg(long, value_name = "N", default_value_t = 1)]
     seed: u64,
     /// Before the runs, time N syncs of 4 KiB written into a zero-filled file in the run
-    /// directory (the disk's price of one durable batch; 0 skips it; never with
-    /// `--durability nosync`).
+    /// directory (the disk's price of one durable batch; at most 100000; 0 skips it; never
+    /// with `--durability nosync`).
     #[arg(
         long,
         allow_negative_numbers = true,
@@ -278,15 +300,16 @@ pub struct WorkloadArgs {
 /// Where the results go besides stdout; shared by `bench` and `profile`.
 #[derive(Args, Debug)]
 pub struct OutputArgs {
-    /// Also write the results as JSON to PATH (schema in the README).
+    /// Also write the results as JSON to PATH (latencies in microseconds; schema in the
+    /// README).
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
     /// Write an HdrHistogram interval log to PATH: per system and interval, the latency
-    /// histogram tagged with the system's name (see the README).
+    /// histogram (nanoseconds) tagged with the system's name (see the README).
     #[arg(long, value_name = "PATH")]
     hlog: Option<PathBuf>,
     /// Draw the latency percentile spectrum and the throughput over time of each system
-    /// into an SVG file.
+    /// into an SVG file (the name must end in .svg; or a pipe or device, as /dev/stdout).
     #[arg(long, value_name = "PATH.svg")]
     plot: Option<PathBuf>,
 }
@@ -332,7 +355,7 @@ pub struct ConsumerArgs {
     )]
     consumer_lag_max_batches: Option<u64>,
     /// Throttle the writers while the consumer lags by more than BYTES of frames (suffixes
-    /// K, M, G).
+    /// K, M, G: KiB, MiB, GiB).
     #[arg(long, requires = "consumer", value_name = "BYTES", value_parser = bytes)]
     consumer_lag_max_bytes: Option<u64>,
     /// Throttle the writers while the oldest batch the consumer has not committed is older
@@ -1236,10 +1259,16 @@ impl Root {
         }
     }
 
-    /// Creates the (empty) directory of one system's run.
+    /// Creates the (empty) directory of one system's run. A name there that cannot be one
+    /// makes `--dir` unusable (exit 2), as the other `--dir` cases do.
     fn subdir(&self, system: System) -> Result<PathBuf, CliError> {
         let path = self.path().join(system.name());
-        let what = || format!("cannot use {} as a run directory", path.display());
+        let unusable = |e: std::io::Error| {
+            CliError::usage(format!(
+                "cannot use {} as a run directory: {e}; pass an empty or new --dir",
+                path.display()
+            ))
+        };
         match std::fs::read_dir(&path) {
             Ok(mut entries) => {
                 if entries.next().is_some() {
@@ -1250,9 +1279,15 @@ impl Root {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir(&path).context(what)?;
+                std::fs::create_dir(&path).map_err(unusable)?;
             }
-            Err(e) => return Err(e).context(what),
+            Err(_) if std::fs::metadata(&path).is_ok_and(|m| !m.is_dir()) => {
+                return Err(CliError::usage(format!(
+                    "{} is not a directory (an earlier run's file?); pass an empty or new --dir",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(unusable(e)),
         }
         Ok(path)
     }
@@ -1440,6 +1475,9 @@ impl Drop for Outputs {
 impl OutputArgs {
     /// Opens the output files, and `trace` (`profile --trace`), before anything runs.
     fn prepare(&self, trace: Option<&Path>) -> Result<Outputs, CliError> {
+        if let Some(plot) = &self.plot {
+            check_plot_path(plot)?;
+        }
         let paths: Vec<(&str, &Path)> = [
             ("--json", self.json.as_deref()),
             ("--hlog", self.hlog.as_deref()),
@@ -1451,6 +1489,24 @@ impl OutputArgs {
         .collect();
         Outputs::prepare(&paths)
     }
+}
+
+/// `--plot` draws an SVG: a name that says otherwise (`latency.png`) would hold what a viewer
+/// cannot open as what the name says, so it is refused. A pipe or a device (`/dev/stdout`),
+/// whose name says nothing of the format, is taken as it is.
+fn check_plot_path(path: &Path) -> Result<(), CliError> {
+    let svg = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
+    let special = std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir());
+    if svg || special {
+        return Ok(());
+    }
+    Err(CliError::usage(format!(
+        "--plot takes a file name ending in .svg (the plot is an SVG; no other format is \
+         drawn): {}",
+        path.display()
+    )))
 }
 
 /// The plan and the engine configuration the flags describe.
@@ -1750,47 +1806,8 @@ fn execute(
     profiling: Profiling,
     consumer: Option<ConsumerPlan>,
 ) -> Result<Session, CliError> {
-    let mut seen = Vec::new();
-    for s in systems {
-        if seen.contains(s) {
-            return Err(CliError::usage(format!(
-                "--systems lists {} twice; name each system once",
-                s.name()
-            )));
-        }
-        seen.push(*s);
-    }
-    if cfg!(not(feature = "rocksdb")) && systems.contains(&System::Rocksdb) {
-        return Err(rocksdb_missing());
-    }
-    let mut plan = plan(args)?;
-    check_systems(&plan, systems)?;
-    if profiling.trace {
-        plan.engine.trace_events = TRACE_EVENTS;
-    }
-    check_clients(&plan, consumer.is_some(), systems)?;
-    if let Some(c) = consumer {
-        with_consumer(command, &mut plan, c, systems)?;
-    }
-    // okaywal always syncs: without syncs it would measure something else under its name.
-    let kept: Vec<System>;
-    let systems = if plan.durability != Durability::Sync && systems.contains(&System::Okaywal) {
-        note!("mergelog {command}: okaywal skipped: it always syncs its commits");
-        kept = systems
-            .iter()
-            .copied()
-            .filter(|&s| s != System::Okaywal)
-            .collect();
-        if kept.is_empty() {
-            return Err(CliError::usage(
-                "nothing to run: okaywal always syncs; add a system or drop --durability nosync",
-            ));
-        }
-        &kept[..]
-    } else {
-        systems
-    };
-
+    let (plan, systems) = checked(command, args, systems, profiling, consumer)?;
+    let systems = &systems[..];
     let root = Root::prepare(args.dir.as_deref())?;
     let dirs = systems
         .iter()
@@ -1819,6 +1836,51 @@ fn execute(
         started,
         probe,
     })
+}
+
+/// What `execute` refuses before it touches a disk: the plan the flags describe, and the
+/// systems to run (okaywal left out without syncs, said on stderr).
+fn checked(
+    command: &str,
+    args: &WorkloadArgs,
+    systems: &[System],
+    profiling: Profiling,
+    consumer: Option<ConsumerPlan>,
+) -> Result<(Plan, Vec<System>), CliError> {
+    let mut seen = Vec::new();
+    for s in systems {
+        if seen.contains(s) {
+            return Err(CliError::usage(format!(
+                "--systems lists {} twice; name each system once",
+                s.name()
+            )));
+        }
+        seen.push(*s);
+    }
+    if cfg!(not(feature = "rocksdb")) && systems.contains(&System::Rocksdb) {
+        return Err(rocksdb_missing());
+    }
+    let mut plan = plan(args)?;
+    check_systems(&plan, systems)?;
+    if profiling.trace {
+        plan.engine.trace_events = TRACE_EVENTS;
+    }
+    check_clients(&plan, consumer.is_some(), systems)?;
+    if let Some(c) = consumer {
+        with_consumer(command, &mut plan, c, systems)?;
+    }
+    // okaywal always syncs: without syncs it would measure something else under its name.
+    let mut systems = systems.to_vec();
+    if plan.durability != Durability::Sync && systems.contains(&System::Okaywal) {
+        note!("mergelog {command}: okaywal skipped: it always syncs its commits");
+        systems.retain(|&s| s != System::Okaywal);
+        if systems.is_empty() {
+            return Err(CliError::usage(
+                "nothing to run: okaywal always syncs; add a system or drop --durability nosync",
+            ));
+        }
+    }
+    Ok((plan, systems))
 }
 
 /// `--sync-probe`: the disk's sync time, measured in `root` before the runs (`None` when
@@ -2038,6 +2100,24 @@ fn print(text: &str) -> Result<(), CliError> {
     }
 }
 
+/// What `bench` refuses in `args` before it writes anything (the output paths' names too),
+/// without running: for tests of command lines, such as the README's.
+#[cfg(test)]
+pub fn check(args: &BenchArgs) -> Result<(), CliError> {
+    if let Some(plot) = &args.output.plot {
+        check_plot_path(plot)?;
+    }
+    let consumer = args.consumer.plan();
+    checked(
+        "bench",
+        &args.workload,
+        &args.systems,
+        Profiling::default(),
+        consumer,
+    )
+    .map(drop)
+}
+
 pub fn run(args: BenchArgs) -> Result<(), CliError> {
     let outputs = args.output.prepare(None)?;
     let session = execute(
@@ -2090,13 +2170,40 @@ pub mod profile {
         MergelogCompact,
     }
 
-    pub fn run(args: ProfileArgs) -> Result<(), CliError> {
-        let system = match args.system {
-            EngineSystem::Mergelog => System::Mergelog,
-            EngineSystem::NoCoalesce => System::NoCoalesce,
-            EngineSystem::MergelogSyncers => System::MergelogSyncers,
-            EngineSystem::MergelogCompact => System::MergelogCompact,
+    impl EngineSystem {
+        fn system(self) -> System {
+            match self {
+                EngineSystem::Mergelog => System::Mergelog,
+                EngineSystem::NoCoalesce => System::NoCoalesce,
+                EngineSystem::MergelogSyncers => System::MergelogSyncers,
+                EngineSystem::MergelogCompact => System::MergelogCompact,
+            }
+        }
+    }
+
+    /// What `profile` refuses in `args` before it writes anything, without running (as
+    /// `bench::check`).
+    #[cfg(test)]
+    pub fn check(args: &ProfileArgs) -> Result<(), CliError> {
+        if let Some(plot) = &args.output.plot {
+            check_plot_path(plot)?;
+        }
+        let profiling = Profiling {
+            stage_intervals: true,
+            trace: args.trace.is_some(),
         };
+        checked(
+            "profile",
+            &args.workload,
+            &[args.system.system()],
+            profiling,
+            None,
+        )
+        .map(drop)
+    }
+
+    pub fn run(args: ProfileArgs) -> Result<(), CliError> {
+        let system = args.system.system();
         let outputs = args.output.prepare(args.trace.as_deref())?;
         let session = execute(
             "profile",

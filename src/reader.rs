@@ -290,7 +290,7 @@ impl LogReader {
     /// error it would return: `Error::DamagedHistory` (damage with durable history past it:
     /// valid frames 16 or more batches on, or a clean-close mark naming a later end),
     /// `Error::Corrupt` (damage in an earlier segment, a bad header, a corrupt request-ids
-    /// file). A clean-close mark that does not decode counts as absent, as at open (a mark's
+    /// file, or one naming batches the log does not log its ids in). A clean-close mark that does not decode counts as absent, as at open (a mark's
     /// replacement may be torn); consumer position files are not read here, though the
     /// open refuses a corrupt one (`mergelog verify` checks them too). For a log no engine
     /// is writing: the tail of a live engine's log is in flux, and a reader

@@ -133,7 +133,9 @@ impl Engine {
     /// - [`Error::Corrupt`]: damage in an earlier segment or a bad segment header (except
     ///   under `PointInTime`, which cuts there), any damage at all under
     ///   `AbsoluteConsistency`, or a request-ids or consumer position file that does not
-    ///   decode; it names the file and the offset.
+    ///   decode, or a request-ids file naming a batch past the log's end or one of the log
+    ///   that does not log the id (docs/FORMAT.md, "Carried request ids"); it names the file
+    ///   and the offset.
     pub fn open(dir: impl AsRef<Path>, config: Config) -> Result<Engine> {
         Engine::open_with_io(dir, config, crate::log::io::real())
     }
@@ -163,14 +165,14 @@ impl Engine {
             &dir,
             &config,
             &io,
-            ids.carried_next,
+            ids.carried_last,
             |seg_idx, seg, frame| {
                 // SAFETY: the keys lie in this segment's mapping, which the engine keeps until a
                 // retirement has made the index forget every key in the segment (in `segments`,
                 // or in `Inner::replaced_maps` if recovery replaced it; the index is declared
                 // before both).
                 unsafe { index.apply(crate::index::frame_updates(seg_idx, seg, frame)) };
-                ids.frame(frame);
+                ids.frame(&dir, frame)?;
                 report.batches += 1;
                 report.records += u64::from(frame.record_count);
                 Ok(())

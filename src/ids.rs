@@ -472,16 +472,36 @@ pub(crate) fn now_nanos() -> u64 {
 /// once, at its later place: counting it twice would push ids the horizon promises out.
 pub(crate) struct Found {
     /// In the order found; `None` where a later entry of the same id superseded it.
-    ids: VecDeque<Option<(RequestId, u64, u64)>>,
+    ids: VecDeque<Option<FoundId>>,
     /// Each kept id's place: its entry is `ids[place - front]`.
     place: hashbrown::HashMap<RequestId, u64, foldhash::fast::RandomState>,
     /// The place of `ids[0]`.
     front: u64,
     horizon: IdHorizon,
-    /// The batch after the last one the `ids` file names (1 if it names none): a log that
-    /// holds no segment goes on from here at least, so that no batch number the carried ids
-    /// name is given again (`log::open::recover`).
-    pub carried_next: u64,
+    /// The `ids` file's entry naming the largest batch (the first of them), if it has any:
+    /// every batch it names is below the log's end, and a log that holds no segment goes on
+    /// past it (`log::open::recover`), so that no batch number the carried ids name is given
+    /// again.
+    pub carried_last: Option<CarriedAt>,
+    /// The carried ids still remembered that name a batch of the live log (at or past its
+    /// first frame's), which the frame of that batch must log: a crash between a
+    /// retirement's `ids` file and its removals leaves such entries, each logged by its
+    /// batch. `None` until the first frame is found.
+    unlogged: Option<std::collections::BTreeMap<CarriedAt, RequestId>>,
+}
+
+/// An id found: (id, batch, time, where: its entry's offset in the `ids` file, or
+/// [`IN_FRAME`]).
+type FoundId = (RequestId, u64, u64, u64);
+
+/// [`FoundId`]'s place of an id found in a frame.
+const IN_FRAME: u64 = u64::MAX;
+
+/// An entry of the `ids` file: the batch it names, and its offset in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct CarriedAt {
+    pub seq: u64,
+    pub offset: u64,
 }
 
 /// Starts an open's collection of ids with `dir`'s `ids` file (ids of retired segments),
@@ -492,17 +512,23 @@ pub(crate) fn carried(dir: &std::path::Path, horizon: IdHorizon) -> Result<Found
         place: hashbrown::HashMap::default(),
         front: 0,
         horizon,
-        carried_next: 1,
+        carried_last: None,
+        unlogged: None,
     };
     let path = dir.join(crate::log::dir::IDS_FILE);
     // Read again from its start if a retirement in another process replaced the file while
     // it was read (`dir::read_side_file`): what a bad read found is dropped.
     let read = crate::log::dir::read_ids(dir, |file, len| {
         let mut found = new();
-        let each = |id: (RequestId, u64, u64)| {
+        let mut offset = IDS_HEADER as u64;
+        let each = |(id, seq, time): (RequestId, u64, u64)| {
             // Entries' batches are at most `SEQ_MAX` (checked by `read_carried`).
-            found.carried_next = found.carried_next.max(id.1 + 1);
-            found.push(id);
+            let at = CarriedAt { seq, offset };
+            if found.carried_last.is_none_or(|l| l.seq < seq) {
+                found.carried_last = Some(at);
+            }
+            found.push((id, seq, time, offset));
+            offset += IDS_ENTRY as u64;
         };
         match read_carried(std::io::BufReader::new(file), len, each) {
             Ok(()) => Ok(Ok(found)),
@@ -521,10 +547,10 @@ impl Found {
     /// The ids found so far, in order.
     #[cfg(test)]
     pub(crate) fn entries(&self) -> Vec<(RequestId, u64, u64)> {
-        self.ids.iter().flatten().copied().collect()
+        self.ids.iter().flatten().map(|e| (e.0, e.1, e.2)).collect()
     }
 
-    fn push(&mut self, id: (RequestId, u64, u64)) {
+    fn push(&mut self, id: FoundId) {
         let place = self.front + self.ids.len() as u64;
         if let Some(earlier) = self.place.insert(id.0, place) {
             self.ids[(earlier - self.front) as usize] = None;
@@ -552,18 +578,78 @@ impl Found {
         }
     }
 
-    /// Adds the ids of `frame`, the next in log order.
-    pub fn frame(&mut self, frame: &crate::log::format::Frame<'_>) {
+    /// Adds the ids of `frame`, the next in log order (of the log in `dir`).
+    ///
+    /// # Errors
+    ///
+    /// `Error::Corrupt` naming the `ids` file and the entry's offset if a carried id names
+    /// this frame's batch (or an earlier one of the live log) and the frame does not log it:
+    /// a retry of it would be answered "duplicate of batch n" though batch n logs something
+    /// else.
+    pub fn frame(
+        &mut self,
+        dir: &std::path::Path,
+        frame: &crate::log::format::Frame<'_>,
+    ) -> Result<()> {
         let (seq, time) = (frame.batch_seq, frame.commit_time.unwrap_or(0));
+        if self.unlogged.is_none() {
+            // The first frame of the live log: the carried ids still remembered that name
+            // its batch or a later one are to be found in their frames.
+            let live = self
+                .ids
+                .iter()
+                .flatten()
+                .filter(|e| e.3 != IN_FRAME && e.1 >= seq);
+            let at = |e: &FoundId| {
+                (
+                    CarriedAt {
+                        seq: e.1,
+                        offset: e.3,
+                    },
+                    e.0,
+                )
+            };
+            self.unlogged = Some(live.map(at).collect());
+        }
+        let mut unlogged = self.unlogged.take().expect("made above");
         for id in frame.ids() {
-            self.push((RequestId(id), seq, time));
+            let id = RequestId(id);
+            if !unlogged.is_empty() {
+                let this = CarriedAt { seq, offset: 0 }..=CarriedAt {
+                    seq,
+                    offset: u64::MAX,
+                };
+                let logged = unlogged
+                    .range(this)
+                    .find(|(_, i)| **i == id)
+                    .map(|(k, _)| *k);
+                logged.map(|k| unlogged.remove(&k));
+            }
+            self.push((id, seq, time, IN_FRAME));
+        }
+        let unlogged = self.unlogged.insert(unlogged);
+        match unlogged.first_key_value() {
+            Some((at, _)) if at.seq <= seq => Err(corrupt_carried_at(
+                &dir.join(crate::log::dir::IDS_FILE),
+                at.offset,
+                &format!(
+                    "the entry at offset {} names batch {}, which the log holds and which does \
+                     not log it (carried ids name batches of retired segments)",
+                    at.offset, at.seq
+                ),
+            )),
+            _ => Ok(()),
         }
     }
 
     /// The table of what was found, the horizon applied now.
     pub fn rebuild(self) -> Ids {
         rebuild(
-            self.ids.into_iter().flatten().collect(),
+            self.ids
+                .into_iter()
+                .flatten()
+                .map(|e| (e.0, e.1, e.2))
+                .collect(),
             self.horizon,
             now_nanos(),
         )
@@ -827,9 +913,14 @@ impl IdsRoom {
 
 /// The error for a damaged `ids` file.
 pub(crate) fn corrupt_carried(path: &std::path::Path, reason: &str) -> Error {
+    corrupt_carried_at(path, 0, reason)
+}
+
+/// The error for a damaged `ids` file, the damage at `offset`.
+pub(crate) fn corrupt_carried_at(path: &std::path::Path, offset: u64, reason: &str) -> Error {
     Error::Corrupt {
         path: path.to_owned(),
-        offset: 0,
+        offset,
         reason: format!("request ids file: {reason}"),
     }
 }
@@ -855,13 +946,14 @@ mod tests {
             place: hashbrown::HashMap::default(),
             front: 0,
             horizon,
-            carried_next: 1,
+            carried_last: None,
+            unlogged: None,
         };
         // Each id twice in a row, as a crash between a retirement's removals leaves them
         // (the file's entry, then the frame's), for 10,000 ids.
         for n in 0..10_000u64 {
-            found.push((id(n.into()), n, 0));
-            found.push((id(n.into()), n, 0));
+            found.push((id(n.into()), n, 0, IN_FRAME));
+            found.push((id(n.into()), n, 0, IN_FRAME));
             assert!(
                 found.ids.len() <= 2 * 100 + 64,
                 "{} entries",
@@ -869,8 +961,8 @@ mod tests {
             );
         }
         // Then an old id again, at a later place: it is kept, once, as the newest.
-        found.push((id(5), 20_000, 0));
-        let kept: Vec<u64> = found.ids.iter().flatten().map(|(_, s, _)| *s).collect();
+        found.push((id(5), 20_000, 0, IN_FRAME));
+        let kept: Vec<u64> = found.ids.iter().flatten().map(|e| e.1).collect();
         let want: Vec<u64> = (9_901..10_000).chain([20_000]).collect();
         assert_eq!(kept, want);
         assert_eq!(found.place.len(), 100);
@@ -904,7 +996,7 @@ mod tests {
 
     /// An entry naming a batch no log reaches (0, or past `SEQ_MAX`) is damage, under a
     /// right CRC too: the open goes on past the batches the file names when the log holds
-    /// no segment (`Found::carried_next`), and a batch past 2^62 is none to go on from.
+    /// no segment (`Found::carried_last`), and a batch past 2^62 is none to go on from.
     #[test]
     fn carried_ids_of_a_batch_outside_the_log_are_refused() {
         let max = crate::log::recovery::SEQ_MAX;

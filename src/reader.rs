@@ -290,7 +290,7 @@ impl LogReader {
     /// error it would return: `Error::DamagedHistory` (damage with durable history past it:
     /// valid frames 16 or more batches on, or a clean-close mark naming a later end),
     /// `Error::Corrupt` (damage in an earlier segment, a bad header, a corrupt request-ids
-    /// file). A clean-close mark that does not decode counts as absent, as at open (a mark's
+    /// file, or one naming batches the log does not log its ids in). A clean-close mark that does not decode counts as absent, as at open (a mark's
     /// replacement may be torn); consumer position files are not read here, though the
     /// open refuses a corrupt one (`mergelog verify` checks them too). For a log no engine
     /// is writing: the tail of a live engine's log is in flux, and a reader
@@ -617,7 +617,8 @@ impl LogReader {
     }
 
     /// A follower starting at batch `from`: yields each batch once it is in the log,
-    /// waiting for new ones.
+    /// waiting for new ones. It reads (and judges) only the segments from the one holding
+    /// `from` on (see [`Follower`]).
     pub fn follow(&self, from: impl Into<Seq>) -> Follower {
         let from = from.into().get();
         match &self.engine {
@@ -1024,6 +1025,16 @@ fn next_in_chain(seg: &Segment, f: &Frame<'_>) -> Result<u64> {
 /// (in-place compaction's: the batches it replaced, their dead records dropped) are not
 /// compared. A follower in the engine's process needs none of this: recovery runs only at
 /// open.
+///
+/// A follower judges only the segments it reads: the one holding its first batch and those
+/// after it. Damage in an earlier segment is not its business, and it yields every batch from
+/// its position whatever lies before: reading the earlier segments would cost every follower
+/// (and every consumer resuming near the end) a pass over the whole log to start. The view it
+/// comes from judged every segment when it was opened ([`LogReader::open`] refuses damage
+/// before the last segment), and [`LogReader::check`] (`mergelog verify`) judges the whole
+/// log; damage made to an earlier segment after the view was opened is seen only by a
+/// follower that starts at or before it (decided in session 39; test
+/// `replay::a_directory_follower_judges_only_the_segments_from_its_position_on`).
 pub struct Follower {
     dir: PathBuf,
     /// In-process: the engine's segment list, read instead of the directory (so the

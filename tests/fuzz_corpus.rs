@@ -276,6 +276,13 @@ fn side_files_and_follow_dir_seeds_are_the_encoded_layouts() {
             with(1, Change::Patch(vec![(24 + 16, 0x7f)], true)),
         ),
         (
+            // The first entry (batch 1's id) named under batch 44, the log's last, which
+            // logs another id: refused since session 39.
+            "ids-entry-batch-live",
+            0x0C,
+            with(1, Change::Patch(vec![(24 + 16, 44)], true)),
+        ),
+        (
             "ids-garbage",
             0x0C,
             with(1, Change::Raw(b"MLIDS\0\0\0\x02".to_vec(), false)),

@@ -725,3 +725,120 @@ fn a_refused_ids_give_back_keeps_the_ids_the_horizon_promises() {
     );
     assert_eq!(after_reopen, Some(seq));
 }
+
+/// The bytes of an `ids` file (version 2, docs/FORMAT.md "Carried request ids") holding
+/// `entries` (id, batch, time) with a right CRC: what the engine would write, whatever the
+/// batches.
+fn ids_file(entries: &[(RequestId, u64, u64)]) -> Vec<u8> {
+    let mut b = b"MLIDS\0\0\0".to_vec();
+    b.extend_from_slice(&2u32.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    for (i, seq, time) in entries {
+        b.extend_from_slice(i.as_bytes());
+        b.extend_from_slice(&seq.to_le_bytes());
+        b.extend_from_slice(&time.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// The offset of entry `i` in an `ids` file.
+fn ids_entry_offset(i: u64) -> u64 {
+    24 + 32 * i
+}
+
+/// A closed log of batches 1..=`n`, the odd ones logging request id `100 + batch`.
+fn log_of(dir: &std::path::Path, n: u64) {
+    let e = Engine::open(dir, small_segments()).unwrap();
+    for b in 1..=n {
+        let t = if b % 2 == 1 {
+            let t = e.put_with_id(id(100 + u128::from(b)), b"k", b"v").unwrap();
+            t.wait().unwrap().seq()
+        } else {
+            e.put(b"k", b"v").unwrap().wait().unwrap()
+        };
+        assert_eq!(t.get(), b);
+    }
+    e.close().unwrap();
+}
+
+/// What `Engine::open` and `LogReader::check` say of `dir`: both must refuse it as damage
+/// to the `ids` file at `offset`, with `words` in the reason. (An open that accepts it
+/// reports what a retry of `retried` is answered.)
+fn assert_ids_refused(dir: &std::path::Path, offset: u64, words: &str, retried: RequestId) {
+    let opened = Engine::open(dir, small_segments()).map(|e| {
+        let retry = e.put_with_id(retried, b"retry", b"v").unwrap().wait();
+        e.close().unwrap();
+        format!("a retry of {retried:?} was answered {retry:?}")
+    });
+    let checked = LogReader::check(dir, Default::default(), Default::default());
+    let checked = checked.map(|d| format!("the check found {d:?}"));
+    for (who, r) in [("open", opened), ("check", checked)] {
+        match r {
+            Err(mergelog::Error::Corrupt {
+                path,
+                offset: at,
+                reason,
+            }) => {
+                assert_eq!(path, dir.join("ids"), "{who}: {reason}");
+                assert_eq!(at, offset, "{who}: {reason}");
+                assert!(reason.contains(words), "{who}: {reason}");
+            }
+            other => panic!("{who}: the ids file was accepted or refused otherwise: {other:?}"),
+        }
+    }
+}
+
+/// An `ids` file with a right CRC whose entry names a batch past the log's end (a file from
+/// another log, or from a later state of this one, restored beside these segments): carried
+/// ids name only batches of retired segments, so it is damage. Accepted until session 39: a
+/// retry of that id was answered "duplicate of batch 50", a batch the log does not hold (and
+/// which it then logs something else under).
+#[test]
+fn an_ids_file_naming_a_batch_past_the_logs_end_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    log_of(dir.path(), 4);
+    let file = ids_file(&[(id(101), 1, 0), (id(7), 50, 0), (id(8), 50, 0)]);
+    std::fs::write(dir.path().join("ids"), file).unwrap();
+    assert_ids_refused(dir.path(), ids_entry_offset(1), "past the log's end", id(7));
+    // A batch at the log's end exactly (the next one to be written) too.
+    let file = ids_file(&[(id(7), 5, 0)]);
+    std::fs::write(dir.path().join("ids"), file).unwrap();
+    assert_ids_refused(dir.path(), ids_entry_offset(0), "past the log's end", id(7));
+    // Nothing was changed: without the file the log opens, whole.
+    std::fs::remove_file(dir.path().join("ids")).unwrap();
+    let e = Engine::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(e.durable_seq().get(), 4);
+    e.close().unwrap();
+}
+
+/// An `ids` file with a right CRC whose entry names a batch the live log holds, which does
+/// not log that id: a retry would be answered "duplicate of batch 2" though batch 2 logs
+/// something else. Carried ids name batches of retired segments; a crash between a
+/// retirement's `ids` file and its removals leaves some naming batches still live, but
+/// those batches log them (`a_crash_between_a_retirements_removals_forgets_no_id_the_horizon_keeps`).
+#[test]
+fn an_ids_file_naming_a_live_batch_that_does_not_log_the_id_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    log_of(dir.path(), 4);
+    // Batch 1 logs id 101 and batch 3 id 103: those entries are true; batch 2 logs no id.
+    let file = ids_file(&[(id(101), 1, 0), (id(9), 2, 0), (id(103), 3, 0)]);
+    std::fs::write(dir.path().join("ids"), file).unwrap();
+    assert_ids_refused(dir.path(), ids_entry_offset(1), "does not log it", id(9));
+    // Batch 3 logs an id, but another one.
+    let file = ids_file(&[(id(101), 1, 0), (id(105), 3, 0)]);
+    std::fs::write(dir.path().join("ids"), file).unwrap();
+    assert_ids_refused(dir.path(), ids_entry_offset(1), "does not log it", id(105));
+    // True entries of live batches (what a crash between the removals leaves) are taken.
+    let file = ids_file(&[(id(101), 1, 0), (id(103), 3, 0)]);
+    std::fs::write(dir.path().join("ids"), file).unwrap();
+    assert_eq!(
+        LogReader::check(dir.path(), Default::default(), Default::default()).unwrap(),
+        None
+    );
+    let e = Engine::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(e.request_id_seq(id(103)).map(Seq::get), Some(3));
+    e.close().unwrap();
+}

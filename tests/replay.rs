@@ -936,3 +936,66 @@ fn a_follower_reports_bytes_after_the_frames_of_a_complete_segment_as_recovery_d
         ),
     }
 }
+
+/// A directory follower judges only the segments it reads: those from the one holding its
+/// first batch on. Damage to a frame of an earlier segment (a disk's, after the view was
+/// opened) is not its business: it yields every batch from its position, while a follower
+/// from before the damage reports it (`Error::Corrupt` naming the file and the frame's
+/// offset), and so does the open of a new view, whose scan reads every segment. Decided in
+/// session 39 (rv39a): reading the earlier segments would cost every follower a pass over the
+/// whole log to start, and a consumer resuming near the end reads nothing before it
+/// (`LogReader::check` and `mergelog verify` judge the whole log).
+#[test]
+#[allow(clippy::disallowed_methods)] // the damage, made behind the seam's back
+fn a_directory_follower_judges_only_the_segments_from_its_position_on() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(true)).unwrap();
+    let mut i = 0;
+    while engine.segments().len() < 3 {
+        wait_ok(&engine.put(&key(i % KEYS), &[b'v'; 1000]).unwrap(), "put");
+        i += 1;
+    }
+    let last_seq = engine.durable_seq().get();
+    let third = engine.segments()[2].first_seq.get();
+    engine.close().unwrap();
+    let view = LogReader::open(dir.path()).unwrap();
+    let (path, offset) = view
+        .batches()
+        .find(|b| b.seq().get() == 3)
+        .map(|b| (b.segment().to_owned(), b.offset()))
+        .unwrap();
+    assert_eq!(path, view.segment_files()[0].0);
+    let at = offset + 40;
+    let mut byte = [0u8];
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x40], at).unwrap();
+    drop(file);
+    let mut later = view.follow(third);
+    for seq in third..=last_seq {
+        let b = later.next_timeout(WAIT_MAX).unwrap().expect("a batch");
+        assert_eq!(b.seq.get(), seq);
+    }
+    let mut from_start = view.follow(1);
+    for seq in 1..3 {
+        let b = from_start.next_timeout(WAIT_MAX).unwrap().expect("a batch");
+        assert_eq!(b.seq.get(), seq);
+    }
+    match from_start.next_timeout(WAIT_MAX) {
+        Err(mergelog::Error::Corrupt {
+            path: p, offset: o, ..
+        }) => assert_eq!((p, o), (path.clone(), offset)),
+        other => panic!("a follower from batch 1, at the damaged batch 3: {other:?}"),
+    }
+    match LogReader::open(dir.path()) {
+        Err(mergelog::Error::Corrupt {
+            path: p, offset: o, ..
+        }) => assert_eq!((p, o), (path, offset)),
+        other => panic!("a new view of the damaged log: {other:?}"),
+    }
+}

@@ -13,7 +13,8 @@
 //!   (which `check` does not read);
 //! - an engine that opened has the reader's state, remembers every id its frames log under
 //!   that frame's batch (and, with the `ids` file untouched, every id of the retired
-//!   segments under theirs), never a batch past its log; its consumers sit at or below its
+//!   segments under theirs), never a batch past its log nor one of its log that does not
+//!   log it; its consumers sit at or below its
 //!   last batch (one past it set back and reported), and its `pending_ids` is the reader's;
 //! - it takes a put, closes, and the log reopens in `AbsoluteConsistency` with the same state.
 
@@ -458,20 +459,24 @@ pub fn side_files(data: &[u8]) {
             );
         }
     }
-    // No id is remembered under a batch the log has not reached: a retry of it would be
-    // answered with a batch that will log something else. (Not checked for an `ids` file
-    // rewritten under a right CRC: one naming a batch past the log's end is accepted, as
-    // docs/decisions.md says, session 38.)
-    let forged = matches!(
-        input.changes[1],
-        Change::Patch(_, true) | Change::Raw(_, true)
-    );
-    for &(id, _) in t.ids.iter().filter(|_| !forged) {
+    // No id is remembered under a batch the log has not reached, nor under a batch of the
+    // log that does not log it: a retry of it would be answered with a batch that logs
+    // something else. An `ids` file rewritten under a right CRC that names such a batch is
+    // refused (since session 39; until then it was accepted, and not checked here).
+    let first_live = engine.segments().first().map(|s| s.first_seq.get());
+    for &(id, _) in &t.ids {
         if let Some(seq) = engine.request_id_seq(id) {
             assert!(
                 seq.get() <= last,
                 "request id {id} remembered under batch {seq}, past the log's last, {last}"
             );
+            if let (Some(r), Some(first)) = (&reader, first_live) {
+                assert!(
+                    seq.get() < first || r.ids.contains(&(id, seq.get())),
+                    "request id {id} remembered under batch {seq} of the log, which does not \
+                     log it"
+                );
+            }
         }
     }
     let consumers = engine

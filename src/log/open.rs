@@ -39,14 +39,15 @@ pub(crate) struct Recovered {
 }
 
 /// Recovers the log in `dir`, whose lock the caller holds, calling `visit(segment index,
-/// segment, frame)` for each valid frame in log order (see [`scan`]). A log left without
-/// segments goes on from batch `carried_next` at least: the batch after the last one the
-/// `ids` file names (see [`crate::ids::Found::carried_next`]).
+/// segment, frame)` for each valid frame in log order (see [`scan`]). `carried_last` is the
+/// `ids` file's entry naming the largest batch: a log that holds segments must end past it
+/// (else the file is refused as damage before anything is changed), and a log left without
+/// segments goes on past it (see [`crate::ids::Found::carried_last`]).
 pub(crate) fn recover(
     dir: &Path,
     config: &Config,
     io: &SharedIo,
-    carried_next: u64,
+    carried_last: Option<crate::ids::CarriedAt>,
     visit: impl FnMut(u32, &Arc<Segment>, &Frame<'_>) -> Result<()>,
 ) -> Result<Recovered> {
     // A segment file with other names (an incremental backup's, shared with another
@@ -59,6 +60,7 @@ pub(crate) fn recover(
     let expect = Expect {
         synced,
         clean: found.mark(),
+        carried_last,
     };
     let scanned = scan(dir, config.recovery, Access::Writer, expect, io, visit)?;
     let count = scanned.segments.len();
@@ -115,7 +117,7 @@ pub(crate) fn recover(
         // dropped, then failed or crashed before it made the next one; or removed by hand)
         // never gives again a batch number the carried ids name: a retry of such a request
         // would be answered with a batch that logs something else.
-        next_seq = next_seq.max(carried_next);
+        next_seq = next_seq.max(carried_last.map_or(1, |c| c.seq + 1));
         let first = |prepared| Log::create_first(dir, config.segment_bytes, next_seq, prepared, io);
         // A zero fill only when there is no prepared file to start from.
         let seg = match prepared.take() {

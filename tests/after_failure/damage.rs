@@ -643,3 +643,77 @@ fn the_ids_name_on_a_dangling_link_or_an_irregular_file_is_damage() {
 fn the_clean_marks_name_on_a_dangling_link_or_an_irregular_file_is_damage() {
     side_file_refused("CLEAN");
 }
+
+/// A log of three or more segments (puts of 10 KB, one batch each), closed cleanly: its
+/// segment files (first batch, path), and the batch the next frame would get.
+fn three_segments(dir: &Path) -> (Vec<(u64, PathBuf)>, u64) {
+    let engine = Engine::open(dir, config(RecoveryMode::default())).expect("open");
+    let mut i = 0;
+    while engine.segments().len() < 3 {
+        engine
+            .put(format!("key-{i}").as_bytes(), &[b'v'; 10_000])
+            .expect("put")
+            .wait_timeout(WAIT_MAX)
+            .expect("durable");
+        i += 1;
+    }
+    let next = engine.durable_seq().get() + 1;
+    engine.close().expect("close");
+    (segment_files(dir), next)
+}
+
+/// Review (session 39, rv39a) of what recovery takes one file's word for about another:
+/// a segment whose header's first batch does not continue its predecessor's last frame
+/// (the segment between them removed by hand) is refused in the default mode and
+/// `AbsoluteConsistency`, naming it at offset 0 and changing nothing, by `LogReader::check`
+/// too; `PointInTime` keeps what comes before it.
+#[test]
+fn a_segment_that_does_not_continue_its_predecessor_is_refused_or_cut_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let (segs, _) = three_segments(dir.path());
+    std::fs::remove_file(&segs[1].1).unwrap();
+    let third = &segs[2].1;
+    let before = dir_contents(dir.path());
+    for mode in [
+        RecoveryMode::TolerateCorruptedTail,
+        RecoveryMode::AbsoluteConsistency,
+    ] {
+        let check = mergelog::LogReader::check(dir.path(), mode, mergelog::Durability::Sync);
+        let open = Err::<(), _>(open_error(dir.path(), &config(mode)));
+        for (what, r) in [("check", check.map(drop)), ("open", open)] {
+            match r {
+                Err(Error::Corrupt {
+                    path, offset: 0, ..
+                }) if &path == third => {}
+                other => panic!("{mode:?}, {what}: {other:?}"),
+            }
+        }
+        assert!(dir_contents(dir.path()) == before, "{mode:?} changed files");
+    }
+    let (engine, cut) = open_point_in_time(dir.path());
+    assert_eq!((cut.path.as_path(), cut.offset), (third.as_path(), 0));
+    assert_eq!(engine.durable_seq().get(), segs[1].0 - 1, "{cut:?}");
+    engine.close().unwrap();
+}
+
+/// A clean-close mark naming a later segment than the log's last (the last segment file
+/// removed by hand, or left out of a restore): the mark says batches up to its next one were
+/// durable, so the log's end lost durable history: `Error::DamagedHistory` naming where the
+/// frames stop and the batches lost, nothing changed.
+#[test]
+fn a_clean_mark_naming_a_segment_the_log_lost_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (segs, next) = three_segments(dir.path());
+    std::fs::remove_file(&segs[2].1).unwrap();
+    // A reader (which does not read the mark) ends where the second segment's frames do.
+    let end_of_second = mergelog::LogReader::open(dir.path()).unwrap().end_offset();
+    let cfg = config(RecoveryMode::default());
+    assert_refused(
+        dir.path(),
+        &cfg,
+        &segs[1].1,
+        end_of_second,
+        segs[2].0,
+        next - 1,
+    );
+}

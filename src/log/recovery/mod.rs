@@ -63,6 +63,9 @@ pub(crate) struct Expect {
     pub synced: bool,
     /// The clean-close mark: every batch below its `next_seq` was durable.
     pub clean: Option<CleanMark>,
+    /// The `ids` file's entry naming the largest batch: carried ids name batches of retired
+    /// segments, so a log that holds segments must end past it.
+    pub carried_last: Option<crate::ids::CarriedAt>,
 }
 
 /// The largest batch sequence a log may use (2^62: centuries of batches at any rate), so that
@@ -138,12 +141,15 @@ pub(crate) fn scan_retrying(dir: &Path, mode: RecoveryMode, io: &SharedIo) -> Re
 /// the error it would return (`Error::DamagedHistory`, `Error::Corrupt`, a corrupt clean-close
 /// mark or `ids` file). For a log no engine is writing: a live engine's tail is in flux.
 pub(crate) fn check(dir: &Path, mode: RecoveryMode, synced: bool) -> Result<Option<Damage>> {
+    let clean = super::clean::read(dir)?.mark();
+    let mut carried = crate::ids::carried(dir, crate::ids::IdHorizon::default())?;
     let expect = Expect {
         synced,
-        clean: super::clean::read(dir)?.mark(),
+        clean,
+        carried_last: carried.carried_last,
     };
-    crate::ids::carried(dir, crate::ids::IdHorizon::default())?;
-    let visit = |_: u32, _: &Arc<Segment>, _: &Frame<'_>| Ok(());
+    // The carried ids naming batches of the live log must be the ones those batches log.
+    let visit = |_: u32, _: &Arc<Segment>, f: &Frame<'_>| carried.frame(dir, f);
     let scanned = scan_once(
         dir,
         mode,
@@ -271,6 +277,11 @@ fn scan_once(
             }
         }
     }
+    if access != Access::Reader && !pass.out.segments.is_empty() {
+        // Before anything is changed: carried ids name batches of retired segments, below
+        // the log's end (a log without segments goes on past them instead: `log::open`).
+        check_carried_below(dir, expect.carried_last, pass.out.next_seq)?;
+    }
     if access == Access::Writer {
         if zero_from.is_none() {
             pass.writable_tail()?;
@@ -278,6 +289,34 @@ fn scan_once(
         repair::finish(dir, &pass.out.dropped, &pass.out.leftovers, zero_from, io)?;
     }
     Ok(pass.out)
+}
+
+/// Whether the `ids` file's entry naming the largest batch, `last`, names one below
+/// `next_seq`, the log's end: else the file is damage (`Error::Corrupt` naming it and the
+/// entry's offset). Carried ids are written only for batches of retired segments, which lie
+/// below the live ones (a crash between a retirement's `ids` file and its removals leaves
+/// some naming live batches, which those batches log: `ids::Found::frame` checks that). One
+/// naming a batch the log does not hold, kept, would answer a retry of its id "duplicate of
+/// batch n" while batch n is missing, or later logs something else.
+fn check_carried_below(
+    dir: &Path,
+    last: Option<crate::ids::CarriedAt>,
+    next_seq: u64,
+) -> Result<()> {
+    match last {
+        Some(at) if at.seq >= next_seq => Err(crate::ids::corrupt_carried_at(
+            &dir.join(crate::log::dir::IDS_FILE),
+            at.offset,
+            &format!(
+                "the entry at offset {} names batch {}, past the log's end (its last batch is \
+                 {}): carried ids name batches of retired segments",
+                at.offset,
+                at.seq,
+                next_seq - 1
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A directory with no segment file whose clean-close mark says batches were durable lost

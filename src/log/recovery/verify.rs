@@ -942,7 +942,7 @@ mod tests {
     fn frames_far_enough_past_damage_are_evidence_of_durable_history() {
         let synced = Expect {
             synced: true,
-            clean: None,
+            ..Expect::default()
         };
         let (image, stop) = damaged_then(Some(4 + UNDURABLE_FRAMES_MAX));
         assert_eq!(
@@ -996,7 +996,7 @@ mod tests {
         }
         let synced = Expect {
             synced: true,
-            clean: None,
+            ..Expect::default()
         };
         let loss = durable_loss(&image, stop, true, 4, 1, &synced).unwrap();
         assert!(loss.gave_up.is_some(), "{loss:?}");
@@ -1016,6 +1016,7 @@ mod tests {
                 end: 0,
                 next_seq,
             }),
+            carried_last: None,
         };
         let loss = durable_loss(&image, stop, true, 4, 1, &mark(1, 9));
         assert_eq!(

@@ -29,7 +29,7 @@ use std::process::ExitCode;
 #[derive(Args, Debug)]
 pub struct DumpArgs {
     /// The log directory.
-    dir: PathBuf,
+    pub dir: PathBuf,
     /// Start at the batch with this sequence number.
     #[arg(
         long,
@@ -37,13 +37,24 @@ pub struct DumpArgs {
         default_value_t = 0,
         allow_negative_numbers = true
     )]
-    from: u64,
+    pub from: u64,
     /// One JSON object per line.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
     /// How keys and values are shown [default: auto, hex with --json].
     #[arg(long, value_enum)]
-    encoding: Option<Encoding>,
+    pub encoding: Option<Encoding>,
+}
+
+/// What [`dump`] found besides the records it wrote.
+#[derive(Debug)]
+pub struct Dumped {
+    /// The notes for stderr, in order: where the records end and why (damage: file, offset,
+    /// reason), an empty dump, a log in use.
+    pub notes: Vec<String>,
+    /// The engine would refuse the log (exit 1): damage before its tail, or durable history
+    /// lost.
+    pub refused: bool,
 }
 
 #[derive(Serialize)]
@@ -55,6 +66,28 @@ struct Line<'a> {
 }
 
 pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
+    let mut out = BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let dumped = dump(&args, &mut out)?;
+    drop(out);
+    for n in &dumped.notes {
+        note!("{n}");
+    }
+    Ok(if dumped.refused {
+        ExitCode::from(EXIT_FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Writes the records of `args.dir` to `out` as `mergelog dump` does (a closed pipe ends the
+/// records quietly), and returns the notes it prints after them and whether the engine would
+/// refuse the log.
+///
+/// # Errors
+///
+/// A `CliError` for a directory that cannot be read as a log, or a failed write to `out`.
+pub fn dump(args: &DumpArgs, out: &mut impl Write) -> Result<Dumped, CliError> {
+    let mut notes = Vec::new();
     // `refused`: whether the engine would refuse the log; `lost`, the durable history a
     // tail damage (or the end of the frames) cut, which it refuses too.
     // `live`: an engine has the log open and is writing its last segment, where a frame may
@@ -70,14 +103,21 @@ pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
     let (reader, refused, lost) = match logdir::open(&args.dir, RecoveryMode::TolerateCorruptedTail)
     {
         Ok(r) if live => (r, false, None),
-        Ok(r) => match history::engine_refuses(&args.dir)? {
+        Ok(r) => match history::judge(&args.dir)? {
             // An engine that opened the log during the check may have been writing what it
             // read.
-            Some(Refused::Lost(_)) if history::in_use(&args.dir) => {
+            Err(Refused::Lost(_)) if history::in_use(&args.dir) => {
                 live = true;
                 (r, false, None)
             }
-            Some(Refused::Lost(loss)) => (r, false, Some(loss)),
+            Err(Refused::Lost(loss)) => (r, false, Some(loss)),
+            // A torn tail the reader does not look for (bytes after the last frame of the
+            // last segment, where an engine may be writing): the open cuts it off, and the
+            // note below says so as it says the reader's own.
+            Ok(Some(cut)) if r.damage().is_none() => {
+                damage = Some((cut.path.display().to_string(), cut.offset, cut.reason));
+                (r, false, None)
+            }
             // A damaged file beside the segments: `verify` names it; the records are sound.
             _ => (r, false, None),
         },
@@ -95,7 +135,6 @@ pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
     } else {
         Encoding::Auto
     });
-    let mut out = BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     let written = (|| -> std::io::Result<()> {
         for batch in reader.batches_from(args.from) {
             let seq = batch.seq().get();
@@ -112,7 +151,7 @@ pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
                         key: &key,
                         value: value.as_deref(),
                     };
-                    serde_json::to_writer(&mut out, &line)?;
+                    serde_json::to_writer(&mut *out, &line)?;
                     out.write_all(b"\n")?;
                 } else {
                     match value {
@@ -141,10 +180,10 @@ pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
             Some(last) => format!("its batches are {}..{last}", reader.first_seq().get()),
             None => "it holds no batch".into(),
         };
-        note!(
+        notes.push(format!(
             "mergelog dump: nothing at or after batch {}: {held}",
             args.from
-        );
+        ));
     }
     if let Some(Loss {
         path,
@@ -154,16 +193,17 @@ pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
         last_lost,
     }) = &lost
     {
-        note!(
+        notes.push(format!(
             "mergelog dump: the log is damaged where the engine refuses to open it (durable \
              batches {first_lost}..{last_lost} lost; not a torn tail): {} at offset {offset}: \
              {reason}; records after the damage are not shown",
             path.display(),
-        );
+        ));
     } else if live && !refused {
-        note!(
+        notes.push(
             "mergelog dump: the log is open in another process: its last segment is being \
              written, read as a reader would (up to its last whole frame)"
+                .into(),
         );
     } else if let Some((file, offset, reason)) = damage.or_else(|| {
         reader
@@ -176,11 +216,12 @@ pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
         } else {
             "ends in a torn or corrupt tail, which the engine would cut off"
         };
-        note!("mergelog dump: the log {what}: {file} at offset {offset}: {reason}");
+        notes.push(format!(
+            "mergelog dump: the log {what}: {file} at offset {offset}: {reason}"
+        ));
     }
-    Ok(if refused || lost.is_some() {
-        ExitCode::from(EXIT_FAILURE)
-    } else {
-        ExitCode::SUCCESS
+    Ok(Dumped {
+        notes,
+        refused: refused || lost.is_some(),
     })
 }

@@ -60,15 +60,23 @@ pub fn in_use(dir: &Path) -> bool {
 /// Asks `LogReader::check` about `dir`, whose segments a reader opened; `None` if the engine
 /// would open it too, cutting off the torn tail the reader found, if any.
 pub fn engine_refuses(dir: &Path) -> Result<Option<Refused>, CliError> {
+    Ok(judge(dir)?.err())
+}
+
+/// What the engine's open (the default recovery, a log written with syncs) would do with
+/// `dir`: open it, cutting off the torn tail named, if any (`Ok`: a reader does not look for
+/// every such tail, the bytes after the last frame of the last segment among them), or
+/// refuse it (`Err`).
+pub fn judge(dir: &Path) -> Result<Result<Option<mergelog::Damage>, Refused>, CliError> {
     match LogReader::check(dir, RecoveryMode::TolerateCorruptedTail, Durability::Sync) {
-        Ok(_) => Ok(None),
+        Ok(cut) => Ok(Ok(cut)),
         Err(Error::DamagedHistory {
             path,
             offset,
             reason,
             first_lost,
             last_lost,
-        }) => Ok(Some(Refused::Lost(Loss {
+        }) => Ok(Err(Refused::Lost(Loss {
             path,
             offset,
             reason,
@@ -79,7 +87,7 @@ pub fn engine_refuses(dir: &Path) -> Result<Option<Refused>, CliError> {
             path,
             offset,
             reason,
-        }) => Ok(Some(if path.extension().is_none_or(|e| e != "seg") {
+        }) => Ok(Err(if path.extension().is_none_or(|e| e != "seg") {
             Refused::SideFile(path, offset, reason)
         } else {
             Refused::Segment(path, offset, reason)

@@ -3,12 +3,14 @@
 #
 #   tools/fuzz.sh TARGET SECONDS [extra libFuzzer flags...]
 #
-# TARGET is `decode_frame`, `open_dir`, `side_files` or `follow_dir` (see fuzz/src/lib.rs). The run uses one process
+# TARGET is `decode_frame`, `open_dir`, `side_files`, `follow_dir` (see fuzz/src/lib.rs),
+# `raft_store` (fuzz/src/raft_store.rs) or `tools_dir` (fuzz/src/tools_dir.rs). The run uses one process
 # (`-jobs=1` worth of CPU: the machine is shared), the committed seed corpus
 # fuzz/corpus/TARGET (read only) plus a working corpus fuzz/work/TARGET (git-ignored, kept
 # between runs), and writes crash/timeout/oom/leak inputs to fuzz/artifacts/TARGET/. Every
 # such input is then copied into fuzz/regressions/TARGET/, which `cargo test --test
-# fuzz_corpus` replays forever. The summary line reports executions and findings.
+# fuzz_corpus` replays forever (`-p mergelog-raft --test fuzz_corpus` for raft_store,
+# `-p mergelog-tools --test fuzz_corpus` for tools_dir). The summary line reports executions and findings.
 #
 # Environment:
 #   FUZZ_KEEP_GOING=1  keep fuzzing after a crash (libFuzzer -fork=1 -ignore_crashes=1 ...),
@@ -21,7 +23,7 @@ set -euo pipefail
 
 if [[ $# -lt 2 ]]; then
     echo "usage: $0 TARGET SECONDS [libFuzzer flags...]" >&2
-    echo "targets: decode_frame open_dir side_files follow_dir" >&2
+    echo "targets: decode_frame open_dir side_files follow_dir raft_store tools_dir" >&2
     exit 2
 fi
 target=$1

@@ -432,7 +432,7 @@ fn wait_ticket(t: &mergelog::Ticket, what: &str) -> mergelog::Result<()> {
 
 /// A scratch directory: under `/dev/shm` when it exists (the engine syncs a lot, and a
 /// memory file system makes that free), else the system temp dir.
-fn scratch_dir() -> tempfile::TempDir {
+pub fn scratch_dir() -> tempfile::TempDir {
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {
         if let Ok(d) = tempfile::Builder::new()
@@ -576,7 +576,7 @@ fn engine_state(engine: &Engine) -> State {
 }
 
 /// Every file of `dir`, by name, with its bytes.
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+pub fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut files = BTreeMap::new();
     for entry in std::fs::read_dir(dir).expect("list the directory") {
         let path = entry.expect("entry").path();
@@ -591,7 +591,7 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 /// The kind, file and offset of a refusal of damage, if `e` is one.
 /// `LogReader::check` must say what `Engine::open` (in the mode `mode`) did: the same damage
 /// cut, or the same refusal (kind, file and offset).
-fn check_agrees_with_open(
+pub fn check_agrees_with_open(
     checked: &mergelog::Result<Option<mergelog::Damage>>,
     opened: &mergelog::Result<Engine>,
     mode: &str,

@@ -243,6 +243,12 @@ where
                     }
                 },
             };
+            // An entry is stored under its own index: one of another index (damage that
+            // still decodes) would be served out of order, which openraft takes on trust.
+            let decoded = decoded.and_then(|(entry, len)| match entry.get_log_id().index {
+                found if found == index => Ok((entry, len)),
+                found => Err(CodecError::Misplaced(index, found)),
+            });
             return decoded.map(Some).map_err(|e| read_err(&e).into());
         }
     }
@@ -704,7 +710,14 @@ where
             .map_err(|e| io_err(StorageIOError::read, &e))?
             .flatten();
         let last_purged = read(PURGED_KEY).map_err(|e| io_err(StorageIOError::read_logs, &e))?;
-        let first = last_purged.as_ref().map_or(0, |p| p.index + 1);
+        // A purged id or an entry at the last index leaves no index for the log to go on at
+        // (openraft never gets there: only damage that decodes says so).
+        let bounds = |what| io_err(StorageIOError::read_logs, &CodecError::Bounds(what));
+        let first = match &last_purged {
+            Some(p) => (p.index.checked_add(1))
+                .ok_or_else(|| bounds("the purged log id is at the last index"))?,
+            None => 0,
+        };
         let purged = last_purged.is_some();
         let present = meta::entries_from(&engine, first)
             .map_err(|e| io_err(StorageIOError::read_logs, &e))?;
@@ -724,11 +737,15 @@ where
             // this store's writes never leave one (see `truncate` and `purge`).
             // After a purge the log goes on right after the purged id; before any, it may
             // start anywhere (openraft's starts at 0, a test's at 1).
-            Some((count, low, high)) if count != high - low + 1 || (purged && low != first) => {
+            // (`count` is at least 1; `high - low + 1` overflows for the whole index range.)
+            Some((count, low, high)) if high - low != count - 1 || (purged && low != first) => {
                 return Err(io_err(StorageIOError::read_logs, &meta::hole(first)));
             }
             Some((_, _, high)) => match shared.read_one(high)? {
-                Some(entry) => (high + 1, Some(RaftLogId::get_log_id(&entry).clone())),
+                Some(entry) => (
+                    (high.checked_add(1)).ok_or_else(|| bounds("an entry at the last index"))?,
+                    Some(RaftLogId::get_log_id(&entry).clone()),
+                ),
                 None => return Err(io_err(StorageIOError::read_logs, &meta::hole(high))),
             },
             None => (first, last_purged.clone()),
@@ -888,12 +905,26 @@ where
         let mut deleted = leftover
             .into_iter()
             .try_for_each(|index| out.delete(&entry_key(index)));
-        for (index, count) in chunks {
-            // A chunk is live if its entry is in the log and marked as stored in chunks.
-            if (first..next).contains(&index) && marked.contains(&index) {
-                self.chunked.insert(index, count);
-            } else {
-                deleted = deleted.and_then(|()| delete_chunks(&mut out, index, count));
+        for (index, numbers) in chunks {
+            // A chunk is live if its entry is in the log and marked as stored in chunks, and
+            // it is one of the run 0, 1, 2, ... its entry was written as (`truncate` and
+            // `purge` delete that run). Any other is deleted by its own key: never every
+            // number below a damaged one.
+            let live = (first..next).contains(&index) && marked.contains(&index);
+            let run = match live {
+                true => numbers
+                    .iter()
+                    .zip(0u32..)
+                    .take_while(|(n, i)| **n == *i)
+                    .count(),
+                false => 0,
+            };
+            if run > 0 {
+                // At most `numbers.len()`, a count of keys the engine holds: a u32.
+                self.chunked.insert(index, run as u32);
+            }
+            for n in &numbers[run..] {
+                deleted = deleted.and_then(|()| out.delete(&chunk_key(index, *n)));
             }
         }
         let tickets = (deleted.and_then(|()| out.finish()))

@@ -344,6 +344,12 @@ pub(crate) enum CodecError {
     /// An entry's second encoding, into its chunks, was not its first (a `Serialize` that
     /// does not give the same bytes twice).
     Changed(u64, String),
+    /// A stored value's encoding is followed by this many bytes.
+    Trailing(usize),
+    /// The entry stored under index `.0` has the log id of index `.1`.
+    Misplaced(u64, u64),
+    /// The log's bounds do not fit the index range: what is at its end.
+    Bounds(&'static str),
 }
 
 impl fmt::Display for CodecError {
@@ -370,6 +376,19 @@ impl fmt::Display for CodecError {
                 f,
                 "mergelog-raft: entry {i} could not be stored in chunks: {what}"
             ),
+            CodecError::Trailing(n) => write!(
+                f,
+                "mergelog-raft: a stored value does not decode: {n} byte{} after its encoding",
+                if *n == 1 { "" } else { "s" }
+            ),
+            CodecError::Misplaced(i, found) => write!(
+                f,
+                "mergelog-raft: the log is damaged: entry {i} holds the log id of index {found}"
+            ),
+            CodecError::Bounds(what) => write!(
+                f,
+                "mergelog-raft: the log is damaged: {what} (u64::MAX), where no log can go on"
+            ),
         }
     }
 }
@@ -384,8 +403,13 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecE
     postcard::to_stdvec(value).map_err(CodecError::Postcard)
 }
 
+/// Decodes a stored value: all of it. Bytes after a value's encoding are not what the store
+/// wrote there (postcard alone ignores them), so they are an error, not a value that decodes.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    postcard::from_bytes(bytes).map_err(CodecError::Postcard)
+    match postcard::take_from_bytes(bytes).map_err(CodecError::Postcard)? {
+        (value, []) => Ok(value),
+        (_, rest) => Err(CodecError::Trailing(rest.len())),
+    }
 }
 
 /// The durable value of a meta key, decoded.
@@ -423,19 +447,22 @@ pub(crate) fn entries_below(engine: &Engine, bound: u64) -> Vec<u64> {
 }
 
 /// The entries stored in chunks and the chunk keys the engine holds: the indexes whose key
-/// holds the empty value that marks a chunked entry, and for each index with chunk keys one
-/// more than the highest chunk number found.
-pub(crate) fn chunk_keys(engine: &Engine) -> (BTreeSet<u64>, BTreeMap<u64, u32>) {
+/// holds the empty value that marks a chunked entry, and for each index with chunk keys the
+/// chunk numbers found, in order. The numbers themselves, not a count up to the highest: a
+/// damaged key's number (up to 2^32 - 1) is no measure of the work of deleting its chunks.
+pub(crate) fn chunk_keys(engine: &Engine) -> (BTreeSet<u64>, BTreeMap<u64, Vec<u32>>) {
     let mut marked = BTreeSet::new();
-    let mut chunks = BTreeMap::<u64, u32>::new();
+    let mut chunks = BTreeMap::<u64, Vec<u32>>::new();
     engine.for_each(|key, value| {
         if let Some(i) = entry_index(key).filter(|_| value.is_empty()) {
             marked.insert(i);
         } else if let Some((i, n)) = chunk_of(key) {
-            let count = chunks.entry(i).or_default();
-            *count = (*count).max(n.saturating_add(1));
+            chunks.entry(i).or_default().push(n);
         }
     });
+    for numbers in chunks.values_mut() {
+        numbers.sort_unstable();
+    }
     (marked, chunks)
 }
 

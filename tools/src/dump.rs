@@ -31,7 +31,7 @@ use std::process::ExitCode;
 #[derive(Args, Debug)]
 pub struct DumpArgs {
     /// The log directory.
-    dir: PathBuf,
+    pub dir: PathBuf,
     /// Start at the first batch whose sequence number is at least SEQ (batches count from
     /// 1; 0: the log's first batch).
     #[arg(
@@ -40,13 +40,24 @@ pub struct DumpArgs {
         default_value_t = 0,
         allow_negative_numbers = true
     )]
-    from: u64,
+    pub from: u64,
     /// One JSON object per line.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
     /// How keys and values are shown [default: auto, hex with --json].
     #[arg(long, value_enum)]
-    encoding: Option<Encoding>,
+    pub encoding: Option<Encoding>,
+}
+
+/// What [`dump`] found besides the records it wrote.
+#[derive(Debug)]
+pub struct Dumped {
+    /// The notes for stderr, in order: where the records end and why (damage: file, offset,
+    /// reason), an empty dump, a log in use.
+    pub notes: Vec<String>,
+    /// The engine would refuse the log (exit 1): damage before its tail, or durable history
+    /// lost.
+    pub refused: bool,
 }
 
 #[derive(Serialize)]
@@ -58,6 +69,28 @@ struct Line<'a> {
 }
 
 pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
+    let mut out = BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let dumped = dump(&args, &mut out)?;
+    drop(out);
+    for n in &dumped.notes {
+        note!("{n}");
+    }
+    Ok(if dumped.refused {
+        ExitCode::from(EXIT_FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Writes the records of `args.dir` to `out` as `mergelog dump` does (a closed pipe ends the
+/// records quietly), and returns the notes it prints after them and whether the engine would
+/// refuse the log.
+///
+/// # Errors
+///
+/// A `CliError` for a directory that cannot be read as a log, or a failed write to `out`.
+pub fn dump(args: &DumpArgs, out: &mut impl Write) -> Result<Dumped, CliError> {
+    let mut notes = Vec::new();
     // `refused`: whether the engine would refuse the log; `lost`, the durable history a
     // tail damage (or the end of the frames) cut, which it refuses too.
     // `live`: an engine has the log open and is writing its last segment, where a frame may
@@ -108,7 +141,6 @@ pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
     } else {
         Encoding::Auto
     });
-    let mut out = BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     let written = (|| -> std::io::Result<()> {
         for batch in reader.batches_from(args.from) {
             let seq = batch.seq().get();
@@ -125,7 +157,7 @@ pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
                         key: &key,
                         value: value.as_deref(),
                     };
-                    serde_json::to_writer(&mut out, &line)?;
+                    serde_json::to_writer(&mut *out, &line)?;
                     out.write_all(b"\n")?;
                 } else {
                     match value {
@@ -154,10 +186,10 @@ pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
             Some(last) => format!("its batches are {}..{last}", reader.first_seq().get()),
             None => "it holds no batch".into(),
         };
-        note!(
+        notes.push(format!(
             "mergelog dump: nothing at or after batch {}: {held}",
             args.from
-        );
+        ));
     }
     if let Some(Loss {
         path,
@@ -167,16 +199,17 @@ pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
         last_lost,
     }) = &lost
     {
-        note!(
+        notes.push(format!(
             "mergelog dump: the log is damaged where the engine refuses to open it (durable \
              batches {first_lost}..{last_lost} lost; not a torn tail): {} at offset {offset}: \
              {reason}; records after the damage are not shown",
             path.display(),
-        );
+        ));
     } else if live && !refused {
-        note!(
+        notes.push(
             "mergelog dump: the log is open in another process: its last segment is being \
              written, read as a reader would (up to its last whole frame)"
+                .into(),
         );
     } else if let Some((file, offset, reason)) = damage.or_else(|| {
         reader
@@ -189,11 +222,12 @@ pub fn run(args: DumpArgs) -> Result<ExitCode, CliError> {
         } else {
             "ends in a torn or corrupt tail, which the engine would cut off"
         };
-        note!("mergelog dump: the log {what}: {file} at offset {offset}: {reason}");
+        notes.push(format!(
+            "mergelog dump: the log {what}: {file} at offset {offset}: {reason}"
+        ));
     }
-    Ok(if refused || lost.is_some() {
-        ExitCode::from(EXIT_FAILURE)
-    } else {
-        ExitCode::SUCCESS
+    Ok(Dumped {
+        notes,
+        refused: refused || lost.is_some(),
     })
 }

@@ -9,10 +9,10 @@
 //! consumer position file that does not decode are reported as damage too, beside what can
 //! be read.
 
-use crate::bench::report::thousands;
 use crate::error::{CliError, Context};
 use crate::history::{self, Refused, Verdict};
 use crate::logdir::{self, Encoding, OpenError};
+use crate::table::thousands;
 use clap::Args;
 use mergelog::{Batch, LogReader, RecordOp, RecoveryMode};
 use serde::Serialize;
@@ -183,30 +183,81 @@ fn percentile(sorted: &[u64], q: f64) -> u64 {
 }
 
 pub fn run(args: InspectArgs) -> Result<(), CliError> {
-    let mut log = open(&args.dir)?;
     let limit = match args.limit {
         Some(0) => usize::MAX,
         Some(n) => n,
         None if args.json => usize::MAX,
         None => 20,
     };
-    let in_use = judge(&args.dir, &mut log.damage)?;
-    let mut scan = Scan::new(&mut log, &args.dir);
+    let inspected = inspect(&args.dir, limit)?;
+    if args.json {
+        return logdir::print(&(inspected.json()? + "\n"));
+    }
+    logdir::print(&text(&args.dir, inspected.scan))
+}
+
+/// What `inspect` found in a log: the report it prints.
+pub struct Inspected {
+    scan: Scan,
+}
+
+/// Where a log, or a file beside it, stops being readable: file, offset, reason.
+pub type Found<'a> = (&'a str, u64, &'a str);
+
+impl Inspected {
+    /// The report as `--json` prints it (without the final newline).
+    ///
+    /// # Errors
+    ///
+    /// A `CliError` if the report does not encode.
+    pub fn json(self) -> Result<String, CliError> {
+        let scan = self.scan;
+        let mut r = scan.report;
+        r.key_min = scan.key_min.as_deref().map(logdir::hex);
+        r.key_max = scan.key_max.as_deref().map(logdir::hex);
+        serde_json::to_string_pretty(&r).context(|| "encode JSON".into())
+    }
+
+    /// The damage that ends the log, if any, and whether the engine's open refuses the log
+    /// for it (`None`: not told).
+    pub fn damage(&self) -> Option<(Found<'_>, Option<bool>)> {
+        (self.scan.report.damage.as_ref()).map(|d| {
+            (
+                (d.file.as_str(), d.offset, d.reason.as_str()),
+                d.engine_refuses,
+            )
+        })
+    }
+
+    /// A consumer position file (or the ids file) that does not decode.
+    pub fn consumer_damage(&self) -> Option<Found<'_>> {
+        (self.scan.report.consumer_damage.as_ref())
+            .map(|d| (d.file.as_str(), d.offset, d.reason.as_str()))
+    }
+
+    /// The batches read, and the log's next batch sequence number.
+    pub fn batches(&self) -> (u64, u64) {
+        (self.scan.report.batches, self.scan.report.next_seq)
+    }
+}
+
+/// Reads `dir` as `mergelog inspect` does (listing the first `limit` batches one by one).
+///
+/// # Errors
+///
+/// A `CliError` for a directory that cannot be read as a log (its exit code says which), or
+/// a failure to read it; damage is not an error but part of what is found.
+pub fn inspect(dir: &Path, limit: usize) -> Result<Inspected, CliError> {
+    let mut log = open(dir)?;
+    let in_use = judge(dir, &mut log.damage)?;
+    let mut scan = Scan::new(&mut log, dir);
     scan.report.in_use = in_use;
     for b in log.reader.batches() {
         scan.add(&b, limit);
     }
     scan.finish();
-    (scan.report.consumers, scan.report.consumer_damage) =
-        consumers(&log.reader, &args.dir, limit)?;
-    if args.json {
-        let mut r = scan.report;
-        r.key_min = scan.key_min.as_deref().map(logdir::hex);
-        r.key_max = scan.key_max.as_deref().map(logdir::hex);
-        let json = serde_json::to_string_pretty(&r).context(|| "encode JSON".into())?;
-        return logdir::print(&(json + "\n"));
-    }
-    logdir::print(&text(&args.dir, scan))
+    (scan.report.consumers, scan.report.consumer_damage) = consumers(&log.reader, dir, limit)?;
+    Ok(Inspected { scan })
 }
 
 /// A log as a point-in-time recovery would read it, and what the report says beside it.
@@ -681,7 +732,7 @@ fn consumer_table(consumers: &[ConsumerJson], damage: Option<&DamageJson>) -> St
         "lag age",
         "pending ids",
     ];
-    let table = crate::bench::report::table(&header, &rows);
+    let table = crate::table::table(&header, &rows);
     let mut out = format!("consumers: {}\n{}", consumers.len(), indent(&table));
     for c in consumers.iter().filter(|c| !c.pending_ids.is_empty()) {
         let shown = c.pending_ids.len();
@@ -695,7 +746,7 @@ fn consumer_table(consumers: &[ConsumerJson], damage: Option<&DamageJson>) -> St
             .iter()
             .map(|p| vec![p.id.clone(), p.seq.to_string(), secs(p.age_s)])
             .collect();
-        out.push_str(&indent(&crate::bench::report::table(
+        out.push_str(&indent(&crate::table::table(
             &["request id", "batch", "age"],
             &rows,
         )));
@@ -722,7 +773,7 @@ fn segment_table(segments: &[SegmentJson]) -> String {
             ]
         })
         .collect();
-    crate::bench::report::table(
+    crate::table::table(
         &[
             "file",
             "size",
@@ -901,7 +952,7 @@ fn batch_table(r: &InspectJson) -> String {
             ]
         })
         .collect();
-    out.push_str(&indent(&crate::bench::report::table(
+    out.push_str(&indent(&crate::table::table(
         &[
             "seq",
             "segment",

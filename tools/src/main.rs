@@ -8,24 +8,17 @@
 // The tools write their own outputs, not a log; the storage seam's lint is for the library.
 #![allow(clippy::disallowed_methods)]
 
-/// `eprintln!` that does not panic on a closed stderr (`mergelog bench 2>&1 | head`, the reader
-/// gone): a note or an error nobody can read any more is dropped, and the exit code stands.
-macro_rules! note {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
-}
+// `note!`: `eprintln!` that does not panic on a closed stderr (see the library).
+#[macro_use]
+extern crate mergelog_tools;
 
 mod backup;
 mod bench;
-mod dump;
-mod error;
-mod history;
-mod inspect;
-mod logdir;
-mod verify;
 mod workload;
+
+// The subcommands that read a log are the library's (`src/lib.rs`); the binary's modules
+// reach them and the shared helpers as before, through the crate root.
+use mergelog_tools::{dump, error, history, inspect, logdir, table, verify};
 
 use clap::{Parser, Subcommand};
 use error::{CliError, EXIT_USAGE};

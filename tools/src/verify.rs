@@ -28,10 +28,11 @@ pub struct VerifyArgs {
 }
 
 /// Where the log stops being valid.
-struct Damage {
-    path: PathBuf,
-    offset: u64,
-    reason: String,
+#[derive(Debug)]
+pub struct Damage {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub reason: String,
 }
 
 pub fn run(args: VerifyArgs) -> Result<ExitCode, CliError> {
@@ -91,7 +92,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, CliError> {
 }
 
 /// What the check of a log found.
-enum Outcome {
+pub enum Outcome {
     Clean(Box<LogReader>, Summary),
     Damaged(Damage),
 }
@@ -100,7 +101,7 @@ enum Outcome {
 /// in the last segment ends what is read instead (it may be the frame being written), and
 /// what only a closed log can be held to (the zeros after the last frame, the evidence of
 /// lost durable history, the clean-close mark and the `ids` file) is left out.
-fn check(dir: &Path, live: bool) -> Result<Outcome, CliError> {
+pub fn check(dir: &Path, live: bool) -> Result<Outcome, CliError> {
     let mode = if live {
         RecoveryMode::TolerateCorruptedTail
     } else {
@@ -140,7 +141,8 @@ fn check(dir: &Path, live: bool) -> Result<Outcome, CliError> {
     })
 }
 
-struct Summary {
+/// What the batches of a clean log add up to.
+pub struct Summary {
     batches: u64,
     records: u64,
     bytes: u64,

@@ -141,6 +141,21 @@ fn verify_passes_a_clean_log_and_names_a_flipped_byte() {
     let (code, out, _) = run_code(&["verify", torn.to_str().unwrap()]);
     assert_eq!(code, 1, "verify missed garbage after the last frame: {out}");
     assert!(out.contains(&format!("offset {end}")), "{out}");
+    // inspect and dump name it too (the fuzz target `tools_dir` found they did not): the
+    // engine's open cuts it off, which they tell.
+    let at = format!("{} at offset {end}", last_seg.display());
+    let out = succeeds(&["inspect", torn.to_str().unwrap()]);
+    assert!(
+        out.contains(&format!("damage: {at}"))
+            && out.contains("a torn tail, which the engine's open cuts off"),
+        "inspect does not report the torn tail at {end}: {out}"
+    );
+    let (code, _, err) = run_code(&["dump", torn.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!("which the engine would cut off: {at}")),
+        "dump does not note the torn tail at {end}: {err}"
+    );
 
     // A damaged segment header: offset 0 of the first file.
     let header = root.path().join("header");

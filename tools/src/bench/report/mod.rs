@@ -17,10 +17,10 @@ use serde::Serialize;
 use std::fmt::Write;
 
 mod space;
-mod table;
 mod text;
 
-pub use table::{table, thousands};
+use crate::table;
+pub use crate::table::thousands;
 
 pub const SCHEMA_VERSION: u32 = 1;
 

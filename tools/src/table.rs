@@ -2,7 +2,7 @@
 //! and numbers as people read them.
 
 /// A ratio with at least two decimals and three significant digits: `348.10x`, `0.00427x`.
-pub(super) fn times(x: f64) -> String {
+pub fn times(x: f64) -> String {
     let magnitude = if x > 0.0 { x.log10().floor() as i64 } else { 0 };
     let decimals = (2 - magnitude).clamp(2, 9) as usize;
     format!("{x:.decimals$}x")

@@ -1,0 +1,199 @@
+//! Records of the store that decode but do not hold what the store wrote at their key (a
+//! log id of another index, bytes after the encoding, an index at the end of the u64 range):
+//! an open or a read refuses them with an error naming what is wrong, never serves them and
+//! never panics. Found by the fuzz target `raft_store` (fuzz/src/raft_store.rs); these are
+//! its findings as plain tests.
+
+mod common;
+
+use std::path::Path;
+
+use mergelog::Engine;
+use mergelog_raft::kv::{Request, TypeConfig};
+use mergelog_raft::LogStore;
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
+use openraft::testing::log_id;
+use openraft::{Entry, EntryPayload, RaftLogReader};
+
+type Store = LogStore<TypeConfig>;
+
+fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
+    Entry {
+        log_id: log_id(term, 1, index),
+        payload: EntryPayload::Normal(Request {
+            key: format!("k{index}"),
+            value: vec![index as u8; 8],
+        }),
+    }
+}
+
+fn entry_key(index: u64) -> Vec<u8> {
+    let mut key = vec![b'e'];
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// A store holding entries 1 to 3 (term 2), closed.
+async fn three_entries(dir: &Path) {
+    let mut store = Store::open(dir, common::small_config()).expect("the store opens");
+    store
+        .blocking_append((1..=3).map(|i| entry(2, i)))
+        .await
+        .unwrap();
+    store.close().unwrap();
+}
+
+/// Puts `key` = `value` through a plain engine over the store's directory.
+fn put_raw(dir: &Path, key: &[u8], value: &[u8]) {
+    let engine = Engine::open(dir, common::small_config()).unwrap();
+    engine.put(key, value).unwrap().wait().unwrap();
+    engine.close().unwrap();
+}
+
+fn encode(e: &Entry<TypeConfig>) -> Vec<u8> {
+    postcard::to_stdvec(e).unwrap()
+}
+
+#[tokio::test]
+async fn an_entry_whose_log_id_is_not_its_keys_index_is_a_read_error() {
+    let dir = tempfile::tempdir().unwrap();
+    three_entries(dir.path()).await;
+    // Entry 3's bytes under entry 2's key.
+    put_raw(dir.path(), &entry_key(2), &encode(&entry(2, 3)));
+    let mut store = Store::open(dir.path(), common::small_config()).expect("opens");
+    let read = store.try_get_log_entries(1..=3).await;
+    let err = read
+        .map(|es| es.iter().map(|e| e.log_id.index).collect::<Vec<_>>())
+        .expect_err("a read returned entries");
+    assert!(
+        err.to_string()
+            .contains("entry 2 holds the log id of index 3"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_last_entry_of_another_index_refuses_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    three_entries(dir.path()).await;
+    put_raw(dir.path(), &entry_key(3), &encode(&entry(2, 2)));
+    match Store::open(dir.path(), common::small_config()) {
+        Ok(mut store) => {
+            let state = store.get_log_state().await.unwrap();
+            panic!(
+                "the store opened, its last log id {:?} under entry key 3",
+                state.last_log_id
+            );
+        }
+        Err(e) => assert!(
+            e.to_string()
+                .contains("entry 3 holds the log id of index 2"),
+            "{e}"
+        ),
+    }
+}
+
+#[tokio::test]
+async fn bytes_after_an_entrys_encoding_are_a_read_error() {
+    let dir = tempfile::tempdir().unwrap();
+    three_entries(dir.path()).await;
+    let mut value = encode(&entry(2, 2));
+    value.push(0);
+    put_raw(dir.path(), &entry_key(2), &value);
+    let mut store = Store::open(dir.path(), common::small_config()).expect("opens");
+    let err = (store.try_get_log_entries(2..=2).await)
+        .map(|es| es.len())
+        .expect_err("an entry with a byte after its encoding was read");
+    assert!(
+        err.to_string()
+            .contains("does not decode: 1 byte after its encoding"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_purged_log_id_at_the_last_index_refuses_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    put_raw(
+        dir.path(),
+        b"m/purged",
+        &postcard::to_stdvec(&log_id::<u64>(1, 1, u64::MAX)).unwrap(),
+    );
+    let e = Store::open(dir.path(), common::small_config())
+        .map(drop)
+        .expect_err("opened");
+    assert!(
+        e.to_string().contains("purged log id is at the last index"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_entry_at_the_last_index_refuses_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    put_raw(
+        dir.path(),
+        &entry_key(u64::MAX),
+        &encode(&entry(1, u64::MAX)),
+    );
+    let e = Store::open(dir.path(), common::small_config())
+        .map(drop)
+        .expect_err("opened");
+    assert!(e.to_string().contains("entry at the last index"), "{e}");
+}
+
+/// The fuzzer's first finding (`fuzz/regressions/raft_store/crash-32130f40…`): a vote with a
+/// byte after its encoding was read as the vote.
+#[test]
+fn bytes_after_the_votes_encoding_refuse_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut value = postcard::to_stdvec(&openraft::Vote::<u64>::new(3, 1)).unwrap();
+    value.push(7);
+    put_raw(dir.path(), b"m/vote", &value);
+    match Store::open(dir.path(), common::small_config()) {
+        Ok(mut store) => panic!(
+            "the store opened, with the vote {:?}",
+            poll_now(store.read_vote())
+        ),
+        Err(e) => assert!(
+            e.to_string()
+                .contains("does not decode: 1 byte after its encoding"),
+            "{e}"
+        ),
+    }
+}
+
+/// Polls a future the store completes at once (`read_vote`).
+fn poll_now<F: std::future::Future>(f: F) -> F::Output {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::pin!(f).poll(&mut cx) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => panic!("the store's read_vote waited"),
+    }
+}
+
+/// The fuzzer's finding `fuzz/regressions/raft_store/crash-5b36e485…` (a chunk key whose
+/// number's byte was changed, to chunk 9,240,576: the open deleted chunks 0 to 9,240,576 one
+/// by one, more than 65,536 windows, and its wait for the first of them failed with
+/// `SeqUnknown`): a chunk key of no entry with a large number. The open deletes the chunk
+/// keys the log holds, not every number below the largest one.
+#[test]
+fn a_stray_chunk_with_a_large_number_is_deleted_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut key = vec![b'c'];
+    key.extend_from_slice(&5u64.to_be_bytes());
+    key.extend_from_slice(&200_000u32.to_be_bytes());
+    put_raw(dir.path(), &key, b"stray");
+    let store = Store::open(dir.path(), common::small_config()).expect("opens");
+    store.close().unwrap();
+    let reader = mergelog::LogReader::open(dir.path()).unwrap();
+    let deletes = reader
+        .batches()
+        .flat_map(|b| b.to_owned().records)
+        .filter(|r| r.0 == mergelog::RecordOp::Delete)
+        .count();
+    assert_eq!(
+        deletes, 1,
+        "the open deleted {deletes} keys for one stray chunk"
+    );
+}

@@ -1,0 +1,153 @@
+//! The fuzz target `raft_store` (`fuzz/fuzz_targets/raft_store.rs`) as an ordinary test: every
+//! input of `fuzz/corpus/raft_store/` and `fuzz/regressions/raft_store/` replayed through the
+//! same checks (`fuzz/src/raft_store.rs`, included here), without nightly or cargo-fuzz. Each
+//! input runs on its own thread so that one failure does not hide the others; the test fails
+//! listing every input that panicked.
+
+// Tests make and spoil files on purpose; the storage seam's lint (clippy.toml) is for the library.
+#![allow(clippy::disallowed_methods)]
+
+#[path = "../../fuzz/src/raft_store.rs"]
+mod raft_store;
+
+use std::path::{Path, PathBuf};
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
+}
+
+fn inputs(dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = rd
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.is_file())
+        .filter(|p| {
+            !p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.') || n.ends_with(".md"))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn replay(kind: &str, floor: usize) {
+    let dir = fuzz_dir().join(kind).join("raft_store");
+    let mut failures = Vec::new();
+    let files = inputs(&dir);
+    for path in &files {
+        let data = std::fs::read(path).unwrap_or_else(|e| panic!("read {path:?}: {e}"));
+        let outcome = std::thread::Builder::new()
+            .name(format!("raft_store:{}", path.display()))
+            .spawn(move || raft_store::raft_store(&data))
+            .expect("spawn")
+            .join();
+        if let Err(panic) = outcome {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(non-string panic)");
+            failures.push(format!(
+                "{}: {why}\n    reproduce: cargo +nightly fuzz run raft_store {}",
+                path.display(),
+                path.display()
+            ));
+        }
+    }
+    eprintln!("replayed {} {kind} inputs", files.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {} {kind} inputs fail (see the panics above):\n  {}",
+        failures.len(),
+        files.len(),
+        failures.join("\n  ")
+    );
+    assert!(
+        files.len() >= floor,
+        "the {kind} inputs are missing: only {}",
+        files.len()
+    );
+}
+
+/// The committed seed corpus.
+#[test]
+fn seed_corpus_replays() {
+    replay("corpus", 8);
+}
+
+/// Every input a fuzz run found and `tools/fuzz.sh` kept.
+#[test]
+fn fuzz_regressions_replay() {
+    replay("regressions", 6);
+}
+
+/// The seeds, made by `RaftInput::encode`, parse to what they say and are committed
+/// (`MERGELOG_WRITE_SEEDS=1` writes them instead of comparing); the checks are not vacuous:
+/// the unchanged templates hold entries stored whole and in chunks, a vote, a committed id
+/// and (template 0) a purged id, and a damaged chunk is found.
+#[test]
+fn seeds_are_the_encoded_layouts_and_the_templates_hold_every_kind() {
+    use raft_store::{templates, RaftInput};
+    for (i, t) in templates().iter().enumerate() {
+        assert!(
+            t.entries.len() >= 4,
+            "template {i}: {} entries",
+            t.entries.len()
+        );
+        assert!(t.vote.is_some() && t.committed.is_some(), "template {i}");
+        let chunked = t
+            .batches
+            .iter()
+            .flatten()
+            .filter(|r| r.key.len() == 13 && r.key[0] == b'c')
+            .count();
+        assert!(chunked >= 4, "template {i}: {chunked} chunk records");
+    }
+    assert!(templates()[0].purged.is_some());
+    let seeds: Vec<(&str, Vec<u8>)> = vec![
+        ("as-written-0", RaftInput::encode(0, (0, 3), &[])),
+        ("as-written-1", RaftInput::encode(1, (1, 2), &[])),
+        (
+            "split-batches",
+            RaftInput::encode(0, (2, 5), &[8, 8, 8, 8, 8, 8, 8, 8]),
+        ),
+        // The first records of template 1: the vote, then the first append's chunks.
+        ("vote-byte", RaftInput::encode(1, (0, 4), &[3, 0, 0x01])),
+        ("drop-second", RaftInput::encode(1, (0, 6), &[0, 2])),
+        (
+            "chunk-byte",
+            RaftInput::encode(1, (0, 6), &[0, 3, 20, 0x40]),
+        ),
+        ("chunk-cut", RaftInput::encode(1, (0, 6), &[0, 0, 5, 10])),
+        ("chunk-key", RaftInput::encode(1, (0, 6), &[0, 4, 12, 0x01])),
+        (
+            "entry-added",
+            RaftInput::encode(0, (0, 9), &[7, 0, 9, 0, 3, 1, 2, 3]),
+        ),
+        ("meta-replaced", RaftInput::encode(0, (0, 9), &[6, 2, 0, 0])),
+        (
+            "delete-added",
+            RaftInput::encode(1, (0, 9), &[0, 7, 5, 3, 0, 0]),
+        ),
+    ];
+    let root = fuzz_dir().join("corpus/raft_store");
+    let write = std::env::var_os("MERGELOG_WRITE_SEEDS").is_some();
+    for (name, bytes) in &seeds {
+        let parsed = RaftInput::parse(bytes);
+        assert!(!parsed.batches.is_empty(), "seed {name}");
+        let path = root.join(name);
+        if write {
+            std::fs::create_dir_all(&root).unwrap();
+            std::fs::write(&path, bytes).unwrap();
+        } else {
+            let committed = std::fs::read(&path)
+                .unwrap_or_else(|e| panic!("seed {name} is not committed ({e})"));
+            assert!(&committed == bytes, "seed {name} differs from its layout");
+        }
+    }
+    assert!(RaftInput::parse(&seeds[0].1).unchanged);
+    assert!(!RaftInput::parse(&seeds[5].1).unchanged);
+}

@@ -663,9 +663,15 @@ impl LogReader {
             Some(engine) => {
                 let _one_at_a_time = engine.retire_lock.lock();
                 let first = engine.segments.read().iter().next().map_or(1, |s| s.id);
-                engine
+                let committed = engine
                     .live
-                    .while_holding_dir(|| consumer::load_or_create(&io, &self.dir, name, first))?
+                    .while_holding_dir(|| consumer::load_or_create(&io, &self.dir, name, first))?;
+                // A new consumer may lag more than the others (recorded under the retirement
+                // lock, as a removal is: in the order the files were made and removed).
+                if let Some(t) = &engine.throttle {
+                    t.consumer_at(name, committed);
+                }
+                committed
             }
             None => {
                 // The segments this view holds may have been retired since it was made.
@@ -687,12 +693,8 @@ impl LogReader {
         );
         Ok(
             match self.engine.as_ref().and_then(|e| e.throttle.clone()) {
-                Some(throttle) => {
-                    // A new consumer may lag more than the others; its commits may release
-                    // writers held on its lag.
-                    throttle.measure();
-                    consumer.with_throttle(throttle)
-                }
+                // Its commits may release writers held on its lag.
+                Some(throttle) => consumer.with_throttle(throttle),
                 None => consumer,
             },
         )
@@ -712,24 +714,33 @@ impl LogReader {
     /// [`Error::Corrupt`] for a position file that does not decode; [`Error::Io`] when the
     /// directory or a position file cannot be read (naming it); [`Error::Closed`] as above.
     pub fn consumers(&self) -> Result<Vec<ConsumerInfo>> {
-        let last = self.next_seq.saturating_sub(1);
         let all = self.engines_files(|| consumer::load_all(&self.dir))?;
         let now = SystemTime::now();
         Ok(all
             .into_iter()
-            .map(|(name, committed)| {
-                let first = self.batches_from(committed.saturating_add(1)).next();
-                let oldest = first.and_then(|b| b.commit_time());
-                ConsumerInfo {
-                    name,
-                    committed: Seq::new(committed),
-                    lag_batches: last.saturating_sub(committed),
-                    lag_bytes: first.map_or(0, |b| self.bytes_from(&b)),
-                    oldest_unprocessed: oldest,
-                    lag_age: oldest.map(|t| now.duration_since(t).unwrap_or_default()),
-                }
-            })
+            .map(|(name, committed)| self.consumer_info(name, committed, now))
             .collect())
+    }
+
+    /// The lag of a consumer `name` at `committed` behind this view's last batch, measured
+    /// at `now` (as [`LogReader::consumers`] gives it, without reading its file).
+    pub(crate) fn consumer_info(
+        &self,
+        name: String,
+        committed: u64,
+        now: SystemTime,
+    ) -> ConsumerInfo {
+        let last = self.next_seq.saturating_sub(1);
+        let first = self.batches_from(committed.saturating_add(1)).next();
+        let oldest = first.and_then(|b| b.commit_time());
+        ConsumerInfo {
+            name,
+            committed: Seq::new(committed),
+            lag_batches: last.saturating_sub(committed),
+            lag_bytes: first.map_or(0, |b| self.bytes_from(&b)),
+            oldest_unprocessed: oldest,
+            lag_age: oldest.map(|t| now.duration_since(t).unwrap_or_default()),
+        }
     }
 
     /// The reconciliation report of consumer `name`: the request ids durable in this view but

@@ -214,10 +214,12 @@ pub struct Config {
     /// (`Error::NoSpace`), or the engine closes (`Error::Closed`) or fails. `get` and `flush` add nothing to the backlog and are
     /// never throttled. No consumer, no throttling. The lag is re-measured on every commit
     /// of a consumer of this engine, when one is opened or removed, as batches become
-    /// durable, and (for consumers committing from another process, through
-    /// `LogReader::consumer`) by re-reading their files at most every 100 ms. Each re-measure
-    /// reads the consumer files; with a bytes limit it also walks the frames of the last
-    /// segment and of the slowest consumer's (as `Engine::consumers` does), so keep segments
+    /// durable, and (for consumers made or committing from another process, through
+    /// `LogReader::consumer`) by re-reading their files at most every 100 ms. The engine
+    /// keeps each consumer's position: only that re-read (and the open) reads the consumer
+    /// files, not a commit. With a bytes or age limit, a re-measure whose slowest consumer
+    /// changed (and every re-read) walks the frame headers of the last segment and the
+    /// frames of the slowest consumer's (as `Engine::consumers` does), so keep segments
     /// moderate if you set one.
     pub consumer_lag_max: Option<ConsumerLag>,
     /// How long request ids (`Engine::put_with_id` and friends) are remembered: a

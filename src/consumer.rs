@@ -452,7 +452,7 @@ impl Consumer {
         self.committed = seq;
         // The lag may have fallen under the limit: submitters throttled on it are released.
         if let Some(t) = &self.throttle {
-            t.measure();
+            t.consumer_at(&self.name, seq);
         }
         Ok(())
     }
@@ -561,10 +561,12 @@ impl crate::Engine {
                 return Err(Error::Closed);
             }
             let first = inner.segments.read().iter().next().map_or(1, |s| s.id);
-            load_or_create(&inner.io, &inner.dir, name, first)?
+            let committed = load_or_create(&inner.io, &inner.dir, name, first)?;
+            // A new consumer may lag more than the others (recorded under the lock, as a
+            // removal is: in the order the files were made and removed).
+            inner.throttle.consumer_at(name, committed);
+            committed
         };
-        // A new consumer may lag more than the others.
-        inner.throttle.measure();
         Ok(Consumer::new(
             name,
             (inner.dir.clone(), inner.io.clone()),
@@ -617,10 +619,11 @@ impl crate::Engine {
             if inner.ring.is_closed() {
                 return Err(Error::Closed);
             }
-            crate::log::dir::remove_consumer(&*inner.io, &inner.dir, name)
+            let removed = crate::log::dir::remove_consumer(&*inner.io, &inner.dir, name)?;
+            // It no longer holds the submitters back either.
+            inner.throttle.consumer_removed(name);
+            Ok(removed)
         })?;
-        // It no longer holds the submitters back either.
-        inner.throttle.measure();
         Ok(removed)
     }
 }

@@ -330,6 +330,10 @@ pub(crate) struct Ids {
     /// One hasher for both tables: an id is hashed once per lookup.
     hasher: foldhash::fast::RandomState,
     horizon: IdHorizon,
+    /// Entries visited and compared by [`Ids::logged_before`], which runs under the engine's
+    /// `ids` lock (for tests: the work a retirement does there).
+    #[cfg(test)]
+    work: std::cell::Cell<u64>,
 }
 
 #[derive(Default)]
@@ -364,6 +368,8 @@ impl Ids {
             previous: Generation::default(),
             hasher: Default::default(),
             horizon,
+            #[cfg(test)]
+            work: Default::default(),
         }
     }
 
@@ -440,17 +446,26 @@ impl Ids {
         self.current.table.len() + self.previous.table.len()
     }
 
-    /// The remembered ids logged in batches before `seq`, oldest first.
+    /// The remembered ids logged in batches before `seq`, in no order ([`oldest_first`]
+    /// sorts them): a copy, one pass over both tables, taken under the engine's `ids` lock,
+    /// which the flusher takes per window with ids; the sort is left to the caller, after
+    /// the lock.
     pub fn logged_before(&self, seq: u64) -> Vec<(RequestId, IdEntry)> {
-        let mut v: Vec<(RequestId, IdEntry)> = [&self.previous, &self.current]
+        #[cfg(test)]
+        self.work.set(self.work.get() + self.len() as u64);
+        [&self.previous, &self.current]
             .iter()
             .flat_map(|g| g.table.iter())
             .filter(|(_, e)| e.seq < seq)
             .copied()
-            .collect();
-        v.sort_unstable_by_key(|(id, e)| (e.seq, *id));
-        v
+            .collect()
     }
+}
+
+/// Sorts ids [`Ids::logged_before`] copied out oldest first (by batch, then id), as the `ids`
+/// file holds them.
+pub(crate) fn oldest_first(ids: &mut [(RequestId, IdEntry)]) {
+    ids.sort_unstable_by_key(|(id, e)| (e.seq, *id));
 }
 
 /// `d` in nanoseconds, `u64::MAX` if it is longer (584 years): a huge configured age is
@@ -864,7 +879,17 @@ impl IdsRoom {
     /// id logged below `seq` to the `ids` file (replacing it), so that a reopen still
     /// remembers them. Nothing is written if there are none and there is no file to replace.
     pub fn carry_before(&self, ids: &Mutex<Ids>, seq: u64) -> Result<()> {
-        let carried = ids.lock().logged_before(seq);
+        // The copy is taken under the lock, the sort (O(n log n) of up to twice the horizon's
+        // ids, 2^20 by default) made after it: the flusher takes the lock at every window
+        // with ids, and submits that ask `Engine::request_id_seq`, so they waited out the sort.
+        // Sorting the copy later changes no answer: a retry is answered from the table, which
+        // a retirement does not change, before and after it alike; the copy holds the ids
+        // logged below `seq`, every one in a batch already written (an id is given back only
+        // from the window being decided, past the log's end, so none of these is); and the
+        // file is written, with the same ids in the same order, before any segment is removed,
+        // as it was. What the flusher enters or forgets after the copy is not in it either way.
+        let mut carried = ids.lock().logged_before(seq);
+        oldest_first(&mut carried);
         if carried.is_empty() && !crate::log::dir::has_ids(&self.dir) {
             return Ok(());
         }
@@ -1064,6 +1089,41 @@ mod tests {
 
     /// The room kept for the `ids` file's replacement: a file of twice the horizon's ids,
     /// in whole blocks, and never more than 64 MiB and a block.
+    /// A retirement sorts the ids it carries after the `ids` lock, not under it: the flusher
+    /// takes that lock at each window with ids, and waited out a sort of up to twice the
+    /// horizon's ids (2^20 by default). Counted: the entries visited and compared by what
+    /// runs under the lock (`Ids`'s methods; the engine holds it only in its mutex), at most
+    /// one per id remembered; the file still holds the ids oldest first.
+    #[test]
+    fn a_retirement_sorts_the_ids_it_carries_after_the_lock() {
+        const N: u64 = 4096;
+        let horizon = IdHorizon {
+            ids: N as usize,
+            age: None,
+        };
+        let mut t = Ids::new(horizon);
+        // Taken out of order of their batches, as windows of several producers take them.
+        for n in 0..N {
+            let seq = (n * 2731) % N + 1;
+            t.take(id(n.into()), IdEntry { seq, time: seq }).unwrap();
+        }
+        t.settle();
+        let ids = Mutex::new(t);
+        let dir = tempfile::tempdir().unwrap();
+        let room = IdsRoom::new(&crate::log::io::real(), dir.path(), horizon);
+        room.carry_before(&ids, N / 2 + 1).unwrap();
+        let work = ids.lock().work.get();
+        assert!(
+            work <= N,
+            "carrying {} of {N} ids visited or compared {work} entries under the ids lock \
+             (at most {N}: one pass to copy them)",
+            N / 2
+        );
+        let found = carried(dir.path(), horizon).unwrap();
+        let seqs: Vec<u64> = found.ids.iter().flatten().map(|e| e.1).collect();
+        assert_eq!(seqs, (1..=N / 2).collect::<Vec<_>>(), "oldest first");
+    }
+
     #[test]
     fn the_room_is_twice_the_horizon_in_whole_blocks() {
         let room = |ids| room_for(IdHorizon { ids, age: None });
@@ -1125,7 +1185,9 @@ mod tests {
         assert_eq!(take(&mut t, id(3), e(7)), Ok(()));
         // Always the newest `ids` at least, at most twice as many; oldest first.
         assert_eq!(t.len(), 4);
-        let before: Vec<u64> = t.logged_before(7).iter().map(|(_, e)| e.seq).collect();
+        let mut before = t.logged_before(7);
+        oldest_first(&mut before);
+        let before: Vec<u64> = before.iter().map(|(_, e)| e.seq).collect();
         assert_eq!(before, vec![4, 5, 6]);
         // An age forgets whole generations, once their newest id is older than it.
         let mut t = Ids::new(IdHorizon {

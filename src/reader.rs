@@ -664,9 +664,15 @@ impl LogReader {
             Some(engine) => {
                 let _one_at_a_time = engine.retire_lock.lock();
                 let first = engine.segments.read().iter().next().map_or(1, |s| s.id);
-                engine
+                let committed = engine
                     .live
-                    .while_holding_dir(|| consumer::load_or_create(&io, &self.dir, name, first))?
+                    .while_holding_dir(|| consumer::load_or_create(&io, &self.dir, name, first))?;
+                // A new consumer may lag more than the others (recorded under the retirement
+                // lock, as a removal is: in the order the files were made and removed).
+                if let Some(t) = &engine.throttle {
+                    t.consumer_at(name, committed);
+                }
+                committed
             }
             None => {
                 // The segments this view holds may have been retired since it was made.
@@ -688,12 +694,8 @@ impl LogReader {
         );
         Ok(
             match self.engine.as_ref().and_then(|e| e.throttle.clone()) {
-                Some(throttle) => {
-                    // A new consumer may lag more than the others; its commits may release
-                    // writers held on its lag.
-                    throttle.measure();
-                    consumer.with_throttle(throttle)
-                }
+                // Its commits may release writers held on its lag.
+                Some(throttle) => consumer.with_throttle(throttle),
                 None => consumer,
             },
         )
@@ -713,24 +715,33 @@ impl LogReader {
     /// [`Error::Corrupt`] for a position file that does not decode; [`Error::Io`] when the
     /// directory or a position file cannot be read (naming it); [`Error::Closed`] as above.
     pub fn consumers(&self) -> Result<Vec<ConsumerInfo>> {
-        let last = self.next_seq.saturating_sub(1);
         let all = self.engines_files(|| consumer::load_all(&self.dir))?;
         let now = SystemTime::now();
         Ok(all
             .into_iter()
-            .map(|(name, committed)| {
-                let first = self.batches_from(committed.saturating_add(1)).next();
-                let oldest = first.and_then(|b| b.commit_time());
-                ConsumerInfo {
-                    name,
-                    committed: Seq::new(committed),
-                    lag_batches: last.saturating_sub(committed),
-                    lag_bytes: first.map_or(0, |b| self.bytes_from(&b)),
-                    oldest_unprocessed: oldest,
-                    lag_age: oldest.map(|t| now.duration_since(t).unwrap_or_default()),
-                }
-            })
+            .map(|(name, committed)| self.consumer_info(name, committed, now))
             .collect())
+    }
+
+    /// The lag of a consumer `name` at `committed` behind this view's last batch, measured
+    /// at `now` (as [`LogReader::consumers`] gives it, without reading its file).
+    pub(crate) fn consumer_info(
+        &self,
+        name: String,
+        committed: u64,
+        now: SystemTime,
+    ) -> ConsumerInfo {
+        let last = self.next_seq.saturating_sub(1);
+        let first = self.batches_from(committed.saturating_add(1)).next();
+        let oldest = first.and_then(|b| b.commit_time());
+        ConsumerInfo {
+            name,
+            committed: Seq::new(committed),
+            lag_batches: last.saturating_sub(committed),
+            lag_bytes: first.map_or(0, |b| self.bytes_from(&b)),
+            oldest_unprocessed: oldest,
+            lag_age: oldest.map(|t| now.duration_since(t).unwrap_or_default()),
+        }
     }
 
     /// The reconciliation report of consumer `name`: the request ids durable in this view but
@@ -1066,6 +1077,9 @@ pub struct Follower {
     listing: Vec<(u64, PathBuf)>,
     /// How many times this follower has listed the directory (for tests).
     listings: u64,
+    /// How many segments of the engine's list this follower compared with the batch it
+    /// looked for, over its life (for tests: [`Follower::segments_compared`]).
+    compared: u64,
     /// A directory follower's: the last batch it yielded, as its frame lay in its file, to
     /// tell that the log was rewound under it (see [`Yielded`]).
     last: Option<Yielded>,
@@ -1177,6 +1191,7 @@ impl Follower {
             relist_after: RELIST_INTERVAL,
             listing: Vec::new(),
             listings: 0,
+            compared: 0,
             last: None,
             rewound: None,
             live: None,
@@ -1212,8 +1227,18 @@ impl Follower {
             return self.find_in_dir();
         };
         let segs = segments.read();
-        let found = segs.iter().rev().find(|s| s.id <= self.next_seq).cloned();
-        match (found, segs.iter().next()) {
+        // A binary search: the list is in log order, ids rising. A search from the end took
+        // S - i comparisons to find segment i, so a follower catching up from the start of
+        // a log of S segments paid O(S²) over its pass.
+        let list = segs.iter().as_slice();
+        let compared = &mut self.compared;
+        let next_seq = self.next_seq;
+        let after = list.partition_point(|s| {
+            *compared += 1;
+            s.id <= next_seq
+        });
+        let found = after.checked_sub(1).map(|i| list[i].clone());
+        match (found, list.first()) {
             // The batch was in a segment that `Engine::retire_before` removed.
             (None, Some(first)) => Err(Error::Retired {
                 seq: Seq::new(self.next_seq),
@@ -1299,6 +1324,14 @@ impl Follower {
     #[doc(hidden)]
     pub fn directory_listings(&self) -> u64 {
         self.listings
+    }
+
+    /// How many segments of the engine's list this follower of an engine in this process
+    /// compared with the batch it looked for, over its life (0 for a directory follower). For
+    /// tests; not a stable API.
+    #[doc(hidden)]
+    pub fn segments_compared(&self) -> u64 {
+        self.compared
     }
 
     /// Locates `next_seq` again for a directory follower that learnt the log went on past

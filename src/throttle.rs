@@ -11,11 +11,17 @@
 //! * the completion of a sync group ([`Throttle::advanced`], from `pipeline::syncer`): the
 //!   durable log grew, and the lag with it, measured against the slowest committed position
 //!   kept in memory (no file read);
-//! * a commit of a consumer of this engine, or one opened or removed ([`Throttle::measure`]):
-//!   the consumer files are read again;
+//! * a commit of a consumer of this engine, or one opened or removed
+//!   ([`Throttle::consumer_at`], [`Throttle::consumer_removed`]): the throttle's record of
+//!   each consumer's position ([`Positions`]) takes the change, and no file is read (they
+//!   were read at each such change, so C consumers committing each batch read C² files per
+//!   batch);
 //! * for consumers that commit from another process (`LogReader::consumer`, writing the same
-//!   files), the same re-read at most every [`REREAD_EVERY`], by the thread that completes
+//!   files), a re-read of every consumer file into that record ([`Throttle::measure`], also
+//!   the open's first measure) at most every [`REREAD_EVERY`], by the thread that completes
 //!   syncs, or by the syncer while it is idle and the flag is set ([`Throttle::reread_if_due`]).
+//!   So a commit or a new consumer of another process (or a file removed by hand) counts
+//!   within that interval (before, also at the next change made through this engine).
 //!
 //! Hysteresis: the flag is set once a lag is over its limit, and cleared once every lag is at
 //! or below 90 % of its limit, so that one small commit does not flip it on and off.
@@ -31,6 +37,7 @@ use crate::error::{Error, Result};
 use crate::log::Segments;
 use crate::reader::{LiveLog, LogReader};
 use parking_lot::{Condvar, Mutex};
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -54,6 +61,49 @@ struct Slowest {
     oldest: Option<u64>,
 }
 
+/// Each consumer's committed batch as the throttle knows it: read from the files at open and
+/// at each re-read ([`Throttle::measure`]), changed at each change made through this engine
+/// (`Engine::consumer`, `LogReader::consumer` of its view, a commit of either,
+/// `Engine::remove_consumer`). A change is recorded after its file was written, under the
+/// lock a re-read holds from its reads until it replaces the record: a re-read that read the
+/// old file is replaced before the change is recorded, never after. Two handles of one name
+/// (an engine's and one made from its view) race for the file, the last rename winning; the
+/// record holds the last commit recorded until the next re-read.
+#[derive(Default)]
+struct Positions {
+    by_name: HashMap<String, u64>,
+    /// The same, by position then name: the first is the slowest (the one a read of every
+    /// file, in name order, finds first).
+    by_position: BTreeSet<(u64, String)>,
+}
+
+impl Positions {
+    fn set(&mut self, name: &str, committed: u64) {
+        if let Some(old) = self.by_name.insert(name.to_owned(), committed) {
+            self.by_position.remove(&(old, name.to_owned()));
+        }
+        self.by_position.insert((committed, name.to_owned()));
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Some(old) = self.by_name.remove(name) {
+            self.by_position.remove(&(old, name.to_owned()));
+        }
+    }
+
+    /// The slowest consumer: its committed batch and name.
+    fn slowest(&self) -> Option<&(u64, String)> {
+        self.by_position.first()
+    }
+}
+
+/// What [`Throttle::measured`] guards.
+struct Measured {
+    /// When the consumer files were last read.
+    at: Instant,
+    positions: Positions,
+}
+
 /// The throttle of one engine (see the module docs).
 pub(crate) struct Throttle {
     limit: Option<ConsumerLag>,
@@ -71,8 +121,13 @@ pub(crate) struct Throttle {
     /// `released`'s waiters, so none is missed; a future dropped while it waits takes its
     /// entry out.
     tasks: Mutex<Tasks>,
-    /// When the consumer files were last read; held while they are (one measure at a time).
-    measured: Mutex<Instant>,
+    /// When the consumer files were last read, and each consumer's position; held while
+    /// they are read and while a change is recorded (one measure at a time).
+    measured: Mutex<Measured>,
+    /// Consumer files read (for tests: [`crate::Engine::throttle_reads`]).
+    files_read: AtomicU64,
+    /// Re-reads made because [`REREAD_EVERY`] had passed (for tests).
+    rereads: AtomicU64,
     /// The thread that re-reads the files while the flag is set and nothing else happens
     /// (the syncer, when idle): unparked when the flag is set.
     rereader: OnceLock<Thread>,
@@ -174,7 +229,12 @@ impl Throttle {
             state: Mutex::new(Slowest::default()),
             released: Condvar::new(),
             tasks: Mutex::new(Tasks::default()),
-            measured: Mutex::new(Instant::now()),
+            measured: Mutex::new(Measured {
+                at: Instant::now(),
+                positions: Positions::default(),
+            }),
+            files_read: AtomicU64::new(0),
+            rereads: AtomicU64::new(0),
             rereader: OnceLock::new(),
             dir,
             segments,
@@ -255,41 +315,84 @@ impl Throttle {
             return;
         }
         let due = match self.measured.try_lock() {
-            Some(last) => last.elapsed() >= REREAD_EVERY,
+            Some(last) => last.at.elapsed() >= REREAD_EVERY,
             None => false,
         };
         if due {
+            self.rereads.fetch_add(1, Ordering::Relaxed);
             self.measure();
         }
     }
 
-    /// Reads the consumer files (and with a bytes limit, the frames after the slowest one's
-    /// commit) and decides. A file that cannot be read keeps the previous measure.
+    /// Reads every consumer file into the record of positions (and with a bytes or age
+    /// limit, the frames after the slowest one's commit) and decides. A file that cannot be
+    /// read keeps the previous record and measure.
     pub fn measure(&self) {
         if self.limit.is_none() {
             return;
         }
-        let mut last = self.measured.lock();
-        if let Ok(slowest) = self.slowest() {
-            *self.state.lock() = slowest;
+        let mut m = self.measured.lock();
+        if let Ok(all) = consumer::load_all(&self.dir) {
+            self.files_read
+                .fetch_add(all.len() as u64, Ordering::Relaxed);
+            let mut positions = Positions::default();
+            for (name, committed) in all {
+                positions.set(&name, committed);
+            }
+            m.positions = positions;
+            // Measured again even if the slowest is the same: the count of bytes may have
+            // drifted by a sync group (see the module docs).
+            self.settle(&m.positions, true);
         }
-        *last = Instant::now();
-        drop(last);
+        m.at = Instant::now();
+        drop(m);
         self.decide();
     }
 
-    /// The slowest consumer of the directory now.
-    fn slowest(&self) -> Result<Slowest> {
+    /// Consumer `name` was opened, made or committed through this engine at `committed`
+    /// (its file written): the record takes it, no file is read, and the throttle decides.
+    pub fn consumer_at(&self, name: &str, committed: u64) {
+        if self.limit.is_none() {
+            return;
+        }
+        let mut m = self.measured.lock();
+        m.positions.set(name, committed);
+        self.settle(&m.positions, false);
+        drop(m);
+        self.decide();
+    }
+
+    /// Consumer `name` was removed through this engine (its file removed, durably): it no
+    /// longer holds the submitters back.
+    pub fn consumer_removed(&self, name: &str) {
+        if self.limit.is_none() {
+            return;
+        }
+        let mut m = self.measured.lock();
+        m.positions.remove(name);
+        self.settle(&m.positions, false);
+        drop(m);
+        self.decide();
+    }
+
+    /// Makes the slowest consumer of `positions` the measured one (with a bytes or age limit,
+    /// its lag read from the frames after its commit: unless `again`, only if it is not the
+    /// one measured already, at the same position).
+    fn settle(&self, positions: &Positions, again: bool) {
+        let slowest = positions.slowest().map(|(c, name)| (name.clone(), *c));
         if self
             .limit
             .is_some_and(|l| l.bytes.is_none() && l.age.is_none())
         {
-            let all = consumer::load_all(&self.dir)?;
-            let committed = all.into_iter().min_by_key(|(_, c)| *c);
-            return Ok(Slowest {
-                committed,
-                ..Slowest::default()
-            });
+            self.state.lock().committed = slowest;
+            return;
+        }
+        let Some((name, committed)) = slowest else {
+            *self.state.lock() = Slowest::default();
+            return;
+        };
+        if !again && self.state.lock().committed.as_ref() == Some(&(name.clone(), committed)) {
+            return;
         }
         let view = LogReader::of_engine(
             &self.dir,
@@ -300,7 +403,7 @@ impl Throttle {
             // Only read: no consumer is made from it, nor a backup.
             crate::log::io::real(),
         );
-        let slowest = view.consumers()?.into_iter().min_by_key(|c| c.committed);
+        let c = view.consumer_info(name, committed, std::time::SystemTime::now());
         // Read after the view: it counts at least the frames the view holds (see the module
         // docs for the one group it may count too many).
         let log_bytes = self.log_bytes.load(Ordering::Acquire);
@@ -308,11 +411,11 @@ impl Throttle {
             t.duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64)
         };
-        Ok(slowest.map_or_else(Slowest::default, |c| Slowest {
+        *self.state.lock() = Slowest {
             committed: Some((c.name, c.committed.get())),
             bytes_mark: log_bytes.wrapping_sub(c.lag_bytes),
             oldest: c.oldest_unprocessed.map(nanos),
-        }))
+        };
     }
 
     /// Sets the flag if a lag is over its limit, clears it (and wakes the waiting submitters)
@@ -485,6 +588,18 @@ impl crate::Engine {
     pub(crate) fn throttle_let_go(&self) -> bool {
         let inner = &*self.inner;
         inner.ring.is_closed() || inner.completion.failure().is_some() || inner.throttle.no_room()
+    }
+
+    /// The consumer files the throttle on consumer lag has read since open, and how many of
+    /// its re-reads were made because `REREAD_EVERY` (100 ms) had passed: each of those
+    /// reads every file. For tests; not a stable API.
+    #[doc(hidden)]
+    pub fn throttle_reads(&self) -> (u64, u64) {
+        let t = &self.inner.throttle;
+        (
+            t.files_read.load(Ordering::Relaxed),
+            t.rereads.load(Ordering::Relaxed),
+        )
     }
 
     /// Waits while submissions are throttled on consumer lag (`Config::consumer_lag_max`),

@@ -1067,3 +1067,67 @@ fn a_closed_engine_reads_no_consumer_positions_of_a_directory_another_engine_may
     );
     second.close().unwrap();
 }
+
+/// Consumers each committing every batch under `Config::consumer_lag_max` read no consumer
+/// file at their commits: the throttle keeps each one's position, changed by the commits,
+/// creations and removals made through the engine, and reads the files only at open and at
+/// its re-read for other processes' commits (every 100 ms). Each commit read every
+/// consumer's file: C consumers committing each batch read C² files per batch. Counted: the
+/// files read, at most C per timed re-read and C more, with a batches limit (the files
+/// alone) and a bytes limit (the files, then the slowest's frames).
+#[test]
+fn consumers_committing_each_batch_read_no_position_files_per_commit() {
+    const CONSUMERS: u64 = 8;
+    const ROUNDS: u64 = 6;
+    let limits = [
+        mergelog::ConsumerLag {
+            batches: Some(1_000),
+            ..Default::default()
+        },
+        mergelog::ConsumerLag {
+            bytes: Some(1 << 30),
+            ..Default::default()
+        },
+    ];
+    for lag in limits {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            consumer_lag_max: Some(lag),
+            ..config()
+        };
+        let engine = Engine::open(dir.path(), cfg).expect("open");
+        let view = engine.replay().expect("view");
+        let mut consumers: Vec<Consumer> = (0..CONSUMERS)
+            .map(|i| match i % 2 {
+                0 => engine.consumer(&format!("c{i}")),
+                _ => view.consumer(&format!("c{i}")),
+            })
+            .collect::<mergelog::Result<_>>()
+            .expect("consumers");
+        let (files_before, rereads_before) = engine.throttle_reads();
+        for round in 0..ROUNDS {
+            let seq = put_batches(&engine, 1, 10)[0];
+            for c in &mut consumers {
+                assert_eq!(next(c).seq, seq, "round {round}");
+                c.commit(seq).expect("commit");
+            }
+        }
+        let (files, rereads) = engine.throttle_reads();
+        let (files, rereads) = (files - files_before, rereads - rereads_before);
+        assert!(
+            files <= CONSUMERS * (rereads + 1),
+            "{lag:?}: {CONSUMERS} consumers committing {ROUNDS} batches each read {files} \
+             consumer files ({rereads} timed re-reads of {CONSUMERS}): every commit read every \
+             consumer's file"
+        );
+        assert!(
+            engine
+                .consumers()
+                .unwrap()
+                .iter()
+                .all(|c| c.committed.get() == ROUNDS),
+            "every commit in the files"
+        );
+        engine.close().unwrap();
+    }
+}

@@ -842,3 +842,63 @@ fn an_ids_file_naming_a_live_batch_that_does_not_log_the_id_is_refused() {
     assert_eq!(e.request_id_seq(id(103)).map(Seq::get), Some(3));
     e.close().unwrap();
 }
+
+/// Retries racing retirements: while one thread retires everything durable, again and again
+/// (each carrying the remembered ids of what it removes to the `ids` file, its sort of them
+/// made after the `ids` lock), another writes ids and retries them, the newest and older
+/// ones: every retry is a duplicate naming the original's batch, in this run and after a
+/// reopen, and each id is logged once.
+#[test]
+fn retries_racing_retirements_are_answered_with_the_originals_batch() {
+    const IDS: u128 = 600;
+    let dir = tempfile::tempdir().unwrap();
+    let e = std::sync::Arc::new(Engine::open(dir.path(), small_segments()).unwrap());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let retirer = {
+        let (e, stop) = (e.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut retired = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                retired += e.retire_before(e.durable_seq()).unwrap().segments;
+            }
+            retired
+        })
+    };
+    let value = vec![7u8; 1000];
+    let mut seqs = HashMap::new();
+    for n in 0..IDS {
+        let key = format!("k{}", n % 10);
+        let o = e.put_with_id(id(n), key.as_bytes(), &value).unwrap();
+        let Outcome::Written(seq) = o.wait().unwrap() else {
+            panic!("id {n}'s first submission is written")
+        };
+        seqs.insert(n, seq);
+        for again in [n, n / 2, n * 7 % (n + 1)] {
+            let o = e.put_with_id(id(again), b"x", b"again").unwrap();
+            assert_eq!(
+                o.wait().unwrap(),
+                Outcome::Duplicate { seq: seqs[&again] },
+                "id {again} retried after id {n} was written"
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let retired = retirer.join().unwrap();
+    assert!(
+        retired >= 5,
+        "the retirements raced the retries: {retired} segments"
+    );
+    assert_eq!(e.read_to_vec(b"x").unwrap(), None, "no retry applied");
+    std::sync::Arc::into_inner(e).unwrap().close().unwrap();
+    let e = Engine::open(dir.path(), small_segments()).unwrap();
+    for n in 0..IDS {
+        let o = e.put_with_id(id(n), b"x", b"again").unwrap();
+        assert_eq!(
+            o.wait().unwrap(),
+            Outcome::Duplicate { seq: seqs[&n] },
+            "id {n} after the reopen"
+        );
+    }
+    assert_eq!(e.read_to_vec(b"x").unwrap(), None, "no retry applied");
+    e.close().unwrap();
+}

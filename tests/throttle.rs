@@ -345,6 +345,76 @@ fn a_commit_through_the_file_releases_within_the_reread_interval() {
     });
 }
 
+/// The throttle keeps each consumer's position (changed by the engine's commits, creations
+/// and removals, without reading the files): of two lagging consumers, the commit of one
+/// leaves writes held on the other, whose commit (from a handle made from the engine's view)
+/// or removal releases them; a consumer the engine removed and opened again starts where a
+/// new one does, and throttles again.
+#[test]
+fn the_slowest_of_several_consumers_holds_writes_until_it_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine =
+        Engine::open(dir.path(), config(Backpressure::Reject, batches(LIMIT))).expect("open");
+    let mut a = engine.consumer("a").expect("consumer");
+    let mut b = engine.replay().unwrap().consumer("b").expect("consumer");
+    lag_past_the_limit(&engine);
+    assert!(is_throttled(engine.put(b"k", b"v")), "both lag");
+    consume(&mut a, LIMIT + 1);
+    match engine.put(b"k", b"v") {
+        Err(Error::Throttled { consumer, .. }) => assert_eq!(consumer, "b"),
+        other => panic!("b still lags: {other:?}"),
+    }
+    consume(&mut b, LIMIT + 1);
+    put_batch(&engine, 100, 10);
+    // Both lag again (batches 100 to 102); removed, b holds nothing back.
+    put_batch(&engine, 101, 10);
+    put_batch(&engine, 102, 10);
+    assert!(is_throttled(engine.put(b"k", b"v")), "a and b lag again");
+    consume(&mut a, LIMIT + 1);
+    assert!(is_throttled(engine.put(b"k", b"v")), "b lags");
+    drop(b);
+    assert!(engine.remove_consumer("b").expect("remove"));
+    put_batch(&engine, 103, 10);
+    // Opened again, it starts at the log's first batch: far behind.
+    let _b = engine.consumer("b").expect("consumer");
+    match engine.put(b"k", b"v") {
+        Err(Error::Throttled { consumer, .. }) => assert_eq!(consumer, "b"),
+        other => panic!("b, made again, lags: {other:?}"),
+    }
+}
+
+/// A consumer another process makes (a reader of the directory) counts within the re-read
+/// interval, as its commits do: the engine's own commits read no consumer file.
+#[test]
+fn a_consumer_made_through_the_directory_throttles_within_the_reread_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine =
+        Engine::open(dir.path(), config(Backpressure::Reject, batches(LIMIT))).expect("open");
+    let mut mine = engine.consumer("mine").expect("consumer");
+    lag_past_the_limit(&engine);
+    consume(&mut mine, LIMIT + 1);
+    let reader = LogReader::open(dir.path()).expect("reader");
+    let _remote = reader.consumer("remote").expect("consumer");
+    let mut i = 1000;
+    eventually("the engine sees the new consumer", || {
+        // The engine's consumer keeps up: only the other one lags.
+        let r = engine.put(format!("key-{i}").as_bytes(), b"v");
+        i += 1;
+        match r {
+            Ok(t) => {
+                t.wait_timeout(WAIT_MAX).expect("durable");
+                consume(&mut mine, 1);
+                false
+            }
+            Err(Error::Throttled { consumer, .. }) => {
+                assert_eq!(consumer, "remote");
+                true
+            }
+            Err(e) => panic!("{e}"),
+        }
+    });
+}
+
 #[test]
 fn validate_refuses_a_limit_of_nothing_or_zero() {
     let bad = [

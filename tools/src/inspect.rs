@@ -198,7 +198,7 @@ pub fn run(args: InspectArgs) -> Result<(), CliError> {
 
 /// What `inspect` found in a log: the report it prints.
 pub struct Inspected {
-    scan: Scan,
+    scan: Scan<'static>,
 }
 
 /// Where a log, or a file beside it, stops being readable: file, offset, reason.
@@ -257,7 +257,9 @@ pub fn inspect(dir: &Path, limit: usize) -> Result<Inspected, CliError> {
     }
     scan.finish();
     (scan.report.consumers, scan.report.consumer_damage) = consumers(&log.reader, dir, limit)?;
-    Ok(Inspected { scan })
+    Ok(Inspected {
+        scan: scan.detach(),
+    })
 }
 
 /// A log as a point-in-time recovery would read it, and what the report says beside it.
@@ -410,8 +412,8 @@ fn file_name(p: &Path) -> String {
 }
 
 /// What one pass over the log gathers: the report (as the JSON prints it) and what the text
-/// needs besides.
-struct Scan {
+/// needs besides. `'a`: the reader's mappings, which the keys in `newest` lie in.
+struct Scan<'a> {
     report: InspectJson,
     /// Smallest and largest key (the JSON's `key_min` and `key_max`, before hex).
     key_min: Option<Vec<u8>>,
@@ -419,8 +421,12 @@ struct Scan {
     /// Records and coalesced writes of each batch but the compaction batches, in log order.
     per_batch_records: Vec<u64>,
     per_batch_coalesced: Vec<u64>,
-    /// Per key, its newest record so far: segment row, record bytes, a put.
-    newest: std::collections::HashMap<Vec<u8>, (usize, u64, bool)>,
+    /// Per key, its newest record so far: segment row, record bytes, a put. Keyed by the key
+    /// as it lies in the log's mapping, which the reader keeps for the whole pass: it copied
+    /// every key, so the live keys' bytes were held again on the heap (313 bytes per 256-byte
+    /// key where a slot is 32). A lookup of a key seen before compares with its bytes in the
+    /// segment it was first seen in, as the engine's index does for keys over 22 bytes.
+    newest: std::collections::HashMap<&'a [u8], Newest>,
     /// The row of the last batch's segment: a batch's row is at or after it.
     row: usize,
     /// Segment rows compared with a batch's segment so far (for a test).
@@ -436,9 +442,19 @@ struct BatchKeys<'a> {
     last: Option<&'a [u8]>,
 }
 
-impl Scan {
+/// Where a key's newest record so far lies.
+#[derive(Clone, Copy)]
+struct Newest {
+    /// Its record's bytes.
+    len: u64,
+    /// Its segment's row.
+    row: u32,
+    put: bool,
+}
+
+impl<'a> Scan<'a> {
     /// Every segment of `log` with no batches yet, and its damage (taken).
-    fn new(log: &mut Log, dir: &Path) -> Scan {
+    fn new(log: &mut Log, dir: &Path) -> Scan<'a> {
         let segments: Vec<SegmentJson> = log
             .segments
             .iter()
@@ -494,12 +510,33 @@ impl Scan {
         }
     }
 
+    /// Bytes the table of newest records holds (its slots; it owns no key). For a test.
+    #[cfg(test)]
+    fn newest_bytes(&self) -> usize {
+        self.newest.capacity() * std::mem::size_of::<(&[u8], Newest)>()
+    }
+
+    /// The scan without its table of newest records, which borrows the reader's mappings:
+    /// what the report needs once [`Scan::finish`] has counted the live bytes.
+    fn detach(self) -> Scan<'static> {
+        Scan {
+            report: self.report,
+            key_min: self.key_min,
+            key_max: self.key_max,
+            per_batch_records: self.per_batch_records,
+            per_batch_coalesced: self.per_batch_coalesced,
+            newest: Default::default(),
+            row: self.row,
+            rows_compared: self.rows_compared,
+        }
+    }
+
     /// Once every batch is counted: each segment's live bytes and ratio.
     fn finish(&mut self) {
         let segs = &mut self.report.segments;
-        for &(at, len, put) in self.newest.values() {
-            if put {
-                segs[at].live_bytes += len;
+        for n in self.newest.values() {
+            if let Some(seg) = segs.get_mut(n.row as usize).filter(|_| n.put) {
+                seg.live_bytes += n.len;
             }
         }
         for s in segs.iter_mut() {
@@ -510,7 +547,7 @@ impl Scan {
 
     /// Counts one batch: into the totals, its segment's row and, while the list holds fewer
     /// than `limit`, the batch list.
-    fn add(&mut self, b: &Batch<'_>, limit: usize) {
+    fn add(&mut self, b: &Batch<'a>, limit: usize) {
         let seg_name = file_name(b.segment());
         let at = self.row_of(&seg_name);
         let keys = self.add_records(b, at);
@@ -583,7 +620,7 @@ impl Scan {
 
     /// Counts the records of `b` into the key and value bytes and the key range.
     /// `at`: the batch's segment row.
-    fn add_records<'a>(&mut self, b: &Batch<'a>, at: Option<usize>) -> BatchKeys<'a> {
+    fn add_records(&mut self, b: &Batch<'a>, at: Option<usize>) -> BatchKeys<'a> {
         let mut keys = BatchKeys {
             puts: 0,
             deletes: 0,
@@ -601,13 +638,13 @@ impl Scan {
             if let Some(at) = at {
                 // A record: a 7-byte header, the key, the value (docs/FORMAT.md).
                 let len = 7 + (rec.key.len() + rec.value.len()) as u64;
-                let newest = (at, len, rec.op == RecordOp::Put);
-                match self.newest.get_mut(rec.key) {
-                    Some(n) => *n = newest,
-                    None => {
-                        self.newest.insert(rec.key.to_vec(), newest);
-                    }
-                }
+                let newest = Newest {
+                    len,
+                    // Rows are segment files: a log of 2^32 of them is not opened.
+                    row: u32::try_from(at).unwrap_or(u32::MAX),
+                    put: rec.op == RecordOp::Put,
+                };
+                self.newest.insert(rec.key, newest);
             }
             keys.first.get_or_insert(rec.key);
             keys.last = Some(rec.key);
@@ -624,7 +661,7 @@ impl Scan {
 
 /// The report for people: the segments, the totals, the key range and damage, and the
 /// batch list.
-fn text(dir: &Path, mut scan: Scan) -> String {
+fn text(dir: &Path, mut scan: Scan<'_>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "log: {}", dir.display());
     let _ = writeln!(out, "segments: {}", scan.report.segments.len());
@@ -790,7 +827,7 @@ fn segment_table(segments: &[SegmentJson]) -> String {
 }
 
 /// Batches, records, coalescing, batch sizes and bytes; `scan`'s per-batch counts sorted.
-fn totals(scan: &Scan) -> String {
+fn totals(scan: &Scan<'_>) -> String {
     let r = &scan.report;
     let mut out = String::new();
     let pct = |a: u64, b: u64| {
@@ -863,7 +900,7 @@ fn totals(scan: &Scan) -> String {
 }
 
 /// The key range and the damage that ends the log, if any.
-fn keys_and_damage(scan: &Scan) -> String {
+fn keys_and_damage(scan: &Scan<'_>) -> String {
     let mut out = String::new();
     match (&scan.key_min, &scan.key_max) {
         (Some(lo), Some(hi)) => {
@@ -1035,5 +1072,56 @@ mod tests {
             let n = log.reader.batches().filter(|b| b.segment() == path).count() as u64;
             assert_eq!(row.batches, n, "{}", row.file);
         }
+    }
+
+    /// `inspect` keeps, per key, where its newest record lies, to give each segment's live
+    /// bytes: keyed by the key as it lies in the log's mapping (which the reader holds for
+    /// the whole pass), not by a copy. It copied every key: the live keys' bytes again on the
+    /// heap, twice the engine's index per key for short keys, any multiple for long ones.
+    /// Counted: the bytes the table holds (its slots, and the keys it owns), at most 64 per
+    /// key (a 32-byte slot, the table at least half full) whatever the keys' length.
+    #[test]
+    fn inspect_holds_no_copy_of_the_keys() {
+        const KEYS: u64 = 3000;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            segment_bytes: 256 << 10,
+            batch_bytes_max: 64 << 10,
+            ..Config::default()
+        };
+        let engine = Engine::open(dir.path(), cfg).unwrap();
+        let mut batch = WriteBatch::new();
+        for i in 0..KEYS {
+            let mut key = vec![b'k'; 256];
+            key[..8].copy_from_slice(&i.to_be_bytes());
+            batch.put(&key, b"v");
+            if batch.len() == 100 {
+                engine.write(&batch).unwrap().wait().unwrap();
+                batch = WriteBatch::new();
+            }
+        }
+        // Half of them again: a later segment holds their newest records.
+        for i in (0..KEYS).step_by(2) {
+            let mut key = vec![b'k'; 256];
+            key[..8].copy_from_slice(&i.to_be_bytes());
+            engine.put(&key, b"w").unwrap().wait().unwrap();
+        }
+        engine.close().unwrap();
+        let mut log = open(dir.path()).unwrap();
+        let mut scan = Scan::new(&mut log, dir.path());
+        for b in log.reader.batches() {
+            scan.add(&b, 0);
+        }
+        let held = scan.newest_bytes() as u64;
+        assert!(
+            held <= 64 * KEYS,
+            "{KEYS} keys of 256 bytes held {held} bytes in the table of newest records \
+             ({} per key): a copy of every key",
+            held / KEYS
+        );
+        scan.finish();
+        // The live bytes: each key's newest record, one of 7 + 256 + 1 bytes.
+        let live: u64 = scan.report.segments.iter().map(|s| s.live_bytes).sum();
+        assert_eq!(live, KEYS * (7 + 256 + 1));
     }
 }

@@ -16,7 +16,10 @@
 #[path = "../fuzz/src/lib.rs"]
 mod fuzz_checks;
 
-use std::path::{Path, PathBuf};
+#[path = "../fuzz/src/replay.rs"]
+mod replay;
+
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
 /// What a fuzz target checks on one input.
@@ -28,24 +31,6 @@ const TARGETS: [(&str, Check); 4] = [
     ("side_files", fuzz_checks::side_files),
     ("follow_dir", fuzz_checks::follow_dir),
 ];
-
-fn inputs(dir: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = rd
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| p.is_file())
-        .filter(|p| {
-            // README files and the like are not inputs.
-            !p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.') || n.ends_with(".md"))
-        })
-        .collect();
-    files.sort();
-    files
-}
 
 /// Replays take turns, so that an engine thread's panic is charged to the right input.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -71,44 +56,20 @@ fn watch_engine_threads() {
 fn replay(kind: &str) {
     watch_engine_threads();
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let root = replay::fuzz_dir(env!("CARGO_MANIFEST_DIR")).join(kind);
     let mut ran = 0;
     let mut failures = Vec::new();
     for (target, check) in TARGETS {
-        for path in inputs(&root.join(kind).join(target)) {
-            let data = std::fs::read(&path).unwrap_or_else(|e| panic!("read {path:?}: {e}"));
+        for path in replay::inputs(&root.join(target)) {
             ran += 1;
             fuzz_checks::ENGINE_THREAD_PANICKED.store(false, Ordering::SeqCst);
-            let outcome = std::thread::Builder::new()
-                .name(format!("{target}:{}", path.display()))
-                .spawn(move || check(&data))
-                .expect("spawn")
-                .join();
-            if let Err(panic) = outcome {
-                let why = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("(non-string panic)");
-                failures.push(format!(
-                    "{target} {}: {why}\n    reproduce: cargo +nightly fuzz run {target} {}",
-                    path.display(),
-                    path.display()
-                ));
-            }
+            failures.extend(replay::run_one(target, &path, check));
         }
     }
-    eprintln!("replayed {ran} {kind} inputs");
-    assert!(
-        failures.is_empty(),
-        "{} of {ran} {kind} inputs fail (see the panics above):\n  {}",
-        failures.len(),
-        failures.join("\n  ")
-    );
     // The committed seeds are the floor of the fuzzers' coverage, and the kept regressions
     // the bugs fuzzing found (34 committed): either gone would pass having run nothing.
     let floor = if kind == "corpus" { 10 } else { 30 };
-    assert!(ran >= floor, "the {kind} inputs are missing: only {ran}");
+    replay::assert_replayed(kind, ran, &failures, floor);
 }
 
 /// The committed seed corpus of every target.

@@ -10,66 +10,19 @@
 #[path = "../../fuzz/src/raft_store.rs"]
 mod raft_store;
 
-use std::path::{Path, PathBuf};
-
-fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
-}
-
-fn inputs(dir: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = rd
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| p.is_file())
-        .filter(|p| {
-            !p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.') || n.ends_with(".md"))
-        })
-        .collect();
-    files.sort();
-    files
-}
+#[path = "../../fuzz/src/replay.rs"]
+mod replay;
 
 fn replay(kind: &str, floor: usize) {
-    let dir = fuzz_dir().join(kind).join("raft_store");
-    let mut failures = Vec::new();
-    let files = inputs(&dir);
-    for path in &files {
-        let data = std::fs::read(path).unwrap_or_else(|e| panic!("read {path:?}: {e}"));
-        let outcome = std::thread::Builder::new()
-            .name(format!("raft_store:{}", path.display()))
-            .spawn(move || raft_store::raft_store(&data))
-            .expect("spawn")
-            .join();
-        if let Err(panic) = outcome {
-            let why = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("(non-string panic)");
-            failures.push(format!(
-                "{}: {why}\n    reproduce: cargo +nightly fuzz run raft_store {}",
-                path.display(),
-                path.display()
-            ));
-        }
-    }
-    eprintln!("replayed {} {kind} inputs", files.len());
-    assert!(
-        failures.is_empty(),
-        "{} of {} {kind} inputs fail (see the panics above):\n  {}",
-        failures.len(),
-        files.len(),
-        failures.join("\n  ")
-    );
-    assert!(
-        files.len() >= floor,
-        "the {kind} inputs are missing: only {}",
-        files.len()
-    );
+    let dir = replay::fuzz_dir(env!("CARGO_MANIFEST_DIR"))
+        .join(kind)
+        .join("raft_store");
+    let files = replay::inputs(&dir);
+    let failures: Vec<String> = files
+        .iter()
+        .filter_map(|path| replay::run_one("raft_store", path, raft_store::raft_store))
+        .collect();
+    replay::assert_replayed(kind, files.len(), &failures, floor);
 }
 
 /// The committed seed corpus.
@@ -133,7 +86,7 @@ fn seeds_are_the_encoded_layouts_and_the_templates_hold_every_kind() {
             RaftInput::encode(1, (0, 9), &[0, 7, 5, 3, 0, 0]),
         ),
     ];
-    let root = fuzz_dir().join("corpus/raft_store");
+    let root = replay::fuzz_dir(env!("CARGO_MANIFEST_DIR")).join("corpus/raft_store");
     let write = std::env::var_os("MERGELOG_WRITE_SEEDS").is_some();
     for (name, bytes) in &seeds {
         let parsed = RaftInput::parse(bytes);

@@ -16,63 +16,21 @@ mod fuzz_checks;
 #[path = "../../fuzz/src/tools_dir.rs"]
 mod tools_dir;
 
-use std::path::{Path, PathBuf};
-
-fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
-}
-
-fn inputs(dir: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = rd
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| p.is_file())
-        .filter(|p| {
-            !p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.') || n.ends_with(".md"))
-        })
-        .collect();
-    files.sort();
-    files
-}
+#[path = "../../fuzz/src/replay.rs"]
+mod replay;
 
 fn replay(kind: &str, targets: &[&str], floor: usize) {
+    let root = replay::fuzz_dir(env!("CARGO_MANIFEST_DIR")).join(kind);
     let mut failures = Vec::new();
     let mut ran = 0;
     for target in targets {
-        for path in inputs(&fuzz_dir().join(kind).join(target)) {
-            let data = std::fs::read(&path).unwrap_or_else(|e| panic!("read {path:?}: {e}"));
+        for path in replay::inputs(&root.join(target)) {
             ran += 1;
-            let outcome = std::thread::Builder::new()
-                .name(format!("tools_dir:{}", path.display()))
-                .spawn(move || tools_dir::tools_dir(&data))
-                .expect("spawn")
-                .join();
-            if let Err(panic) = outcome {
-                let why = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("(non-string panic)");
-                failures.push(format!(
-                    "{}: {why}\n    reproduce: cargo +nightly fuzz run tools_dir {}",
-                    path.display(),
-                    path.display()
-                ));
-            }
+            // Every input runs through `tools_dir`'s checks, `open_dir`'s too.
+            failures.extend(replay::run_one("tools_dir", &path, tools_dir::tools_dir));
         }
     }
-    eprintln!("replayed {ran} {kind} inputs");
-    assert!(
-        failures.is_empty(),
-        "{} of {ran} {kind} inputs fail (see the panics above):\n  {}",
-        failures.len(),
-        failures.join("\n  ")
-    );
-    assert!(ran >= floor, "the {kind} inputs are missing: only {ran}");
+    replay::assert_replayed(kind, ran, &failures, floor);
 }
 
 /// The committed seed corpus (`tools_dir`'s, a copy of `open_dir`'s seeds, and `open_dir`'s).

@@ -588,6 +588,23 @@ fn a_directory_follower_started_past_the_end_reaches_a_batch_inside_a_later_segm
     engine.close().unwrap();
 }
 
+/// An engine on `dir` (`config(true)`) whose log has grown to `segments` segments, in batches
+/// of twelve 1,000-byte puts.
+fn engine_of_segments(dir: &std::path::Path, segments: usize) -> Engine {
+    let engine = Engine::open(dir, config(true)).unwrap();
+    let value = vec![b'v'; 1000];
+    let mut i = 0u64;
+    while engine.segments().len() < segments {
+        let mut batch = WriteBatch::new();
+        for _ in 0..12 {
+            batch.put(&i.to_be_bytes(), &value);
+            i += 1;
+        }
+        wait_ok(&engine.write(&batch).unwrap(), "batch");
+    }
+    engine
+}
+
 /// A directory follower reading through a log of many segments lists the directory a
 /// bounded number of times, not once per segment: a listing reads every name in the
 /// directory, so one per segment made a pass over S segments cost O(S²) (measured: 0.16 s
@@ -599,17 +616,7 @@ fn a_directory_follower_started_past_the_end_reaches_a_batch_inside_a_later_segm
 fn a_directory_follower_lists_the_directory_a_bounded_number_of_times_over_many_segments() {
     const SEGMENTS: usize = 40;
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(dir.path(), config(true)).unwrap();
-    let value = vec![b'v'; 1000];
-    let mut i = 0u64;
-    while engine.segments().len() < SEGMENTS {
-        let mut batch = WriteBatch::new();
-        for _ in 0..12 {
-            batch.put(&i.to_be_bytes(), &value);
-            i += 1;
-        }
-        wait_ok(&engine.write(&batch).unwrap(), "batch");
-    }
+    let engine = engine_of_segments(dir.path(), SEGMENTS);
     let last = engine.durable_seq().get();
     let mut follower = LogReader::open(dir.path()).unwrap().follow(1);
     let mut seen = 0;
@@ -664,17 +671,7 @@ fn a_directory_follower_lists_the_directory_a_bounded_number_of_times_over_many_
 fn an_engines_follower_finds_its_next_segment_by_a_binary_search() {
     const SEGMENTS: usize = 64;
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(dir.path(), config(true)).unwrap();
-    let value = vec![b'v'; 1000];
-    let mut i = 0u64;
-    while engine.segments().len() < SEGMENTS {
-        let mut batch = WriteBatch::new();
-        for _ in 0..12 {
-            batch.put(&i.to_be_bytes(), &value);
-            i += 1;
-        }
-        wait_ok(&engine.write(&batch).unwrap(), "batch");
-    }
+    let engine = engine_of_segments(dir.path(), SEGMENTS);
     let last = engine.durable_seq().get();
     let segments = engine.segments().len() as u64;
     for mut follower in [engine.follow(1), engine.replay().unwrap().follow(1)] {

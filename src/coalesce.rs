@@ -933,8 +933,10 @@ fn hash_long(key: &[u8], seed: u64) -> u64 {
     fold_mul(le64(len - 16) ^ s, le64(len - 8) ^ K2)
 }
 
-/// Drops `v`'s allocation if it has room for more than `max` elements (see
-/// [`Coalescer::release_large`]).
+/// Drops `v`'s allocation if it has room for more than `max` elements: how the pipeline's
+/// buffers kept from window to window give back what one unusually large window grew
+/// ([`Coalescer::release_large`], the flusher's jobs and scratch, the index's queue, the
+/// merge stage's values).
 pub(crate) fn trim<T>(v: &mut Vec<T>, max: usize) {
     if v.capacity() > max {
         *v = Vec::new();

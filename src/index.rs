@@ -432,9 +432,7 @@ impl Index {
         updates.clear();
         // The two buffers take turns; one grown by a burst (a sync covering many large
         // windows) is not kept once the engine idles (`QUEUED_KEPT_MAX`).
-        if updates.capacity() > QUEUED_KEPT_MAX {
-            updates = Vec::new();
-        }
+        crate::coalesce::trim(&mut updates, QUEUED_KEPT_MAX);
         map.applying = updates;
     }
 

@@ -610,9 +610,7 @@ impl Resolver {
             &mut self.merged,
             &mut self.fetched.bytes,
         ] {
-            if buf.capacity() > RESOLVER_KEEP_MAX {
-                *buf = Vec::new();
-            }
+            crate::coalesce::trim(buf, RESOLVER_KEEP_MAX);
         }
     }
 

@@ -350,6 +350,11 @@ pub(crate) enum CodecError {
     Misplaced(u64, u64),
     /// The log's bounds do not fit the index range: what is at its end.
     Bounds(&'static str),
+    /// Entry `.0`, whose log id is `.1`, has a lower leader id (term) than `.2`, the log id
+    /// of the entry before it or the purged log id: along a Raft log they never go down.
+    TermDown(u64, String, String),
+    /// The committed log id `.0` is not one of the log's: what is wrong with it.
+    Committed(String, String),
 }
 
 impl fmt::Display for CodecError {
@@ -384,6 +389,15 @@ impl fmt::Display for CodecError {
             CodecError::Misplaced(i, found) => write!(
                 f,
                 "mergelog-raft: the log is damaged: entry {i} holds the log id of index {found}"
+            ),
+            CodecError::TermDown(i, id, before) => write!(
+                f,
+                "mergelog-raft: the log is damaged: entry {i} has the log id {id}, whose term \
+                 (leader id) is below that of {before}: terms never go down along a Raft log"
+            ),
+            CodecError::Committed(id, what) => write!(
+                f,
+                "mergelog-raft: the log is damaged: the committed log id {id} is {what}"
             ),
             CodecError::Bounds(what) => write!(
                 f,

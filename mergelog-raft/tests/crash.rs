@@ -31,7 +31,7 @@
 //! reopen served.
 //!
 //! The workload is Raft-shaped: votes only grow, entries are appended at the end of the log
-//! with the current leader's term, truncates fall above the committed id, purges at or below
+//! with the current leader's term (its leader id never goes down), truncates fall above the committed id, purges at or below
 //! it, the committed id only grows; a quarter of the cycles end (power still on) committing
 //! and purging the whole log, so that a reopen finds it empty and the log goes on from the
 //! purged id. Appends are made two ways: awaited to their callback (`blocking_append`), or
@@ -354,7 +354,11 @@ impl Run {
                 let v = self.next_vote();
                 self.changes.push(Change::Vote(v));
                 self.votes.push(v);
-                self.leader = (v.leader_id.term, v.leader_id.node_id);
+                // Its leader's, unless a truncate's new leader is later (the same vote
+                // committed): leader ids never go down along a Raft log, which the store's
+                // open checks. (Set back to the vote's, an older term's entries followed a
+                // newer one's.)
+                self.leader = self.leader.max((v.leader_id.term, v.leader_id.node_id));
                 let r = store.save_vote(&v).await;
                 (OpKind::Vote(self.votes.len() - 1), Some(self.ok(r)))
             }

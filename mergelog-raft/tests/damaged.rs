@@ -197,3 +197,114 @@ fn a_stray_chunk_with_a_large_number_is_deleted_alone() {
         "the open deleted {deletes} keys for one stray chunk"
     );
 }
+
+/// Entry 2's term damaged to 1 between two entries of term 2 (it still decodes, at its own
+/// index): terms never go down along a Raft log, and openraft finds where they change by a
+/// binary search of the log ids at start-up, so it would take such a log on trust. The open
+/// refuses it, naming the entry.
+#[tokio::test]
+async fn a_term_going_down_along_the_log_refuses_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    three_entries(dir.path()).await;
+    put_raw(dir.path(), &entry_key(2), &encode(&entry(1, 2)));
+    match Store::open(dir.path(), common::small_config()) {
+        Ok(mut store) => {
+            let terms: Vec<u64> = (store.try_get_log_entries(1..=3).await.unwrap().iter())
+                .map(|e| e.log_id.leader_id.term)
+                .collect();
+            panic!("the store opened, serving entries 1 to 3 of terms {terms:?}");
+        }
+        Err(e) => assert!(
+            e.to_string().contains(
+                "entry 2 has the log id T1-N1-2, whose term (leader id) is below that of \
+                 entry 1 before it (T2-N1-1)"
+            ),
+            "{e}"
+        ),
+    }
+}
+
+/// The first entry after the purged log id of a lower term than the purged id's: the same.
+#[tokio::test]
+async fn a_first_entry_of_a_term_below_the_purged_ids_refuses_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = Store::open(dir.path(), common::small_config()).expect("opens");
+        store
+            .blocking_append((1..=4).map(|i| entry(2, i)))
+            .await
+            .unwrap();
+        store.purge(log_id(2, 1, 2)).await.unwrap();
+        store.close().unwrap();
+    }
+    put_raw(dir.path(), &entry_key(3), &encode(&entry(1, 3)));
+    match Store::open(dir.path(), common::small_config()) {
+        Ok(mut store) => {
+            let state = store.get_log_state().await.unwrap();
+            panic!(
+                "the store opened: purged {:?}, entry 3 of term 1",
+                state.last_purged_log_id
+            );
+        }
+        Err(e) => assert!(
+            e.to_string().contains(
+                "entry 3 has the log id T1-N1-3, whose term (leader id) is below that of \
+                 the purged log id T2-N1-2"
+            ),
+            "{e}"
+        ),
+    }
+}
+
+/// The committed log id past the last entry (the store logs it only after the entries it
+/// covers, and `crash.rs` checks that a power loss never leaves it past them): openraft's
+/// start-up would re-apply entries the log does not hold. The open refuses it.
+#[tokio::test]
+async fn a_committed_id_past_the_last_entry_refuses_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    three_entries(dir.path()).await;
+    let committed = Some(log_id::<u64>(2, 1, 5));
+    put_raw(
+        dir.path(),
+        b"m/committed",
+        &postcard::to_stdvec(&committed).unwrap(),
+    );
+    match Store::open(dir.path(), common::small_config()) {
+        Ok(mut store) => panic!(
+            "the store opened: committed {:?}, last log id {:?}",
+            store.read_committed().await.unwrap(),
+            store.get_log_state().await.unwrap().last_log_id
+        ),
+        Err(e) => assert!(
+            e.to_string()
+                .contains("the committed log id T2-N1-5 is past the last log id T2-N1-3"),
+            "{e}"
+        ),
+    }
+}
+
+/// The committed log id of another term than the entry at its index (a committed entry is
+/// never truncated, so the log holds that entry): the same.
+#[tokio::test]
+async fn a_committed_id_that_is_not_its_entrys_refuses_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    three_entries(dir.path()).await;
+    let committed = Some(log_id::<u64>(1, 1, 2));
+    put_raw(
+        dir.path(),
+        b"m/committed",
+        &postcard::to_stdvec(&committed).unwrap(),
+    );
+    match Store::open(dir.path(), common::small_config()) {
+        Ok(mut store) => panic!(
+            "the store opened: committed {:?}, entry 2 {:?}",
+            store.read_committed().await.unwrap(),
+            store.try_get_log_entries(2..=2).await.unwrap()[0].log_id
+        ),
+        Err(e) => assert!(
+            e.to_string()
+                .contains("the committed log id T1-N1-2 is not that of entry 2, T2-N1-2"),
+            "{e}"
+        ),
+    }
+}

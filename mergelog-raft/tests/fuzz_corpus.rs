@@ -85,6 +85,19 @@ fn seeds_are_the_encoded_layouts_and_the_templates_hold_every_kind() {
             "delete-added",
             RaftInput::encode(1, (0, 9), &[0, 7, 5, 3, 0, 0]),
         ),
+        // Template 1's records: the vote, entry 4's 4 chunks and entry 6's 2, entries 1 to 6,
+        // the committed id. Entry 3's term (its encoding's first byte) 3 xor 2 = 1, between
+        // entries of term 3.
+        (
+            "term-down",
+            RaftInput::encode(1, (0, 6), &[0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 2]),
+        ),
+        // The committed id's term (its second byte, after `Some`'s) 3 xor 2 = 1: not entry
+        // 4's log id.
+        (
+            "committed-term",
+            RaftInput::encode(1, (0, 6), &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 1, 2]),
+        ),
     ];
     let root = replay::fuzz_dir(env!("CARGO_MANIFEST_DIR")).join("corpus/raft_store");
     let write = std::env::var_os("MERGELOG_WRITE_SEEDS").is_some();
@@ -103,4 +116,19 @@ fn seeds_are_the_encoded_layouts_and_the_templates_hold_every_kind() {
     }
     assert!(RaftInput::parse(&seeds[0].1).unchanged);
     assert!(!RaftInput::parse(&seeds[5].1).unchanged);
+    // The two last seeds are refused at open for what they damage.
+    let refusal = |name: &str| {
+        let (_, bytes) = seeds.iter().find(|(n, _)| *n == name).unwrap();
+        raft_store::open_input(bytes).expect_err(name)
+    };
+    let e = refusal("term-down");
+    assert!(
+        e.contains("entry 3 has the log id T1-N1-3, whose term (leader id) is below that of"),
+        "{e}"
+    );
+    let e = refusal("committed-term");
+    assert!(
+        e.contains("the committed log id T1-N1-4 is not that of entry 4, T3-N1-4"),
+        "{e}"
+    );
 }

@@ -3,7 +3,7 @@
 //! and batch budget, not by the entry's size. A counting global allocator measures the peak
 //! of live heap bytes, over every thread (the engine's too), while the append runs.
 //!
-//! One test in this file: the counters are the process's.
+//! The counters are the process's: each test holds `ONE_AT_A_TIME` while it measures.
 
 use mergelog::Config;
 use mergelog_raft::kv::{Request, TypeConfig};
@@ -14,6 +14,15 @@ use openraft::{Entry, EntryPayload, RaftLogReader};
 
 #[path = "../../tests/counting/mod.rs"]
 mod counting;
+
+/// Held by each test: the counters count every thread's allocations.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Values of at most 64 KiB, batches of at most 256 KiB: chunks of 64 KiB, a batch budget of
 /// 128 KiB.
@@ -47,6 +56,7 @@ const EXTRA_MAX: usize = 1 << 20;
 /// grown by doubling, and copies of it), so the excess grew with the entry.
 #[test]
 fn an_append_holds_its_entry_once_and_a_bounded_rest() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -83,5 +93,56 @@ fn an_append_holds_its_entry_once_and_a_bounded_rest() {
         .expect("the read");
     assert!(read == [entry(1, 1 << 20), entry(2, 4 << 20), entry(3, 16 << 20)]);
     drop(read);
+    store.close().unwrap();
+}
+
+/// A read of an entry stored in chunks whose chunk 0 is damaged: its header says 60 MiB in
+/// 1,000 chunks, and chunk 0 holds 24 bytes of it (chunk 1 is the entry's own, 64 KiB). The
+/// read is an error naming the entry, and the memory it holds is what the chunks it read
+/// justify, not the header's length: it reserved `min(length, 64 MiB)` before reading chunk 1.
+#[test]
+fn a_damaged_chunk_header_reserves_no_more_than_the_chunks_read() {
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    {
+        let mut store =
+            LogStore::<TypeConfig>::open(dir.path(), config()).expect("the store opens");
+        // Entry 1 in 4 chunks; entry 2 stored whole, the last entry, which the open reads.
+        runtime
+            .block_on(store.blocking_append([entry(1, 200 << 10), entry(2, 10)]))
+            .unwrap();
+        store.close().unwrap();
+    }
+    let mut chunk0 = Vec::new();
+    chunk0.extend_from_slice(&(60u64 << 20).to_le_bytes());
+    chunk0.extend_from_slice(&1000u32.to_le_bytes());
+    chunk0.extend_from_slice(&0u32.to_le_bytes());
+    chunk0.extend_from_slice(&[7; 24]);
+    let mut key = vec![b'c'];
+    key.extend_from_slice(&1u64.to_be_bytes());
+    key.extend_from_slice(&0u32.to_be_bytes());
+    let engine = mergelog::Engine::open(dir.path(), config()).unwrap();
+    engine.put(&key, &chunk0).unwrap().wait().unwrap();
+    engine.close().unwrap();
+    let mut store = LogStore::<TypeConfig>::open(dir.path(), config()).expect("the store opens");
+    let before = counting::live();
+    counting::set_peak(before);
+    let read = runtime.block_on(store.try_get_log_entries(1..=1));
+    let peak = counting::peak() - before;
+    let err = read
+        .map(|es| es.len())
+        .expect_err("the damaged entry was read");
+    assert!(
+        err.to_string()
+            .contains("entry 1, stored in chunks, is damaged"),
+        "{err}"
+    );
+    assert!(
+        peak <= 1 << 20,
+        "the read of a damaged entry (a header of 60 MiB, chunks of 64 KiB) held {peak} bytes"
+    );
     store.close().unwrap();
 }

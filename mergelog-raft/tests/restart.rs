@@ -295,3 +295,67 @@ async fn dropping_a_store_does_not_wait_on_a_lagging_consumer() {
         "the store's drop waited on the lagging consumer"
     );
 }
+
+/// An append, a truncate and a purge of more batches than the engine remembers windows (65,536: a
+/// ticket looked at later gets `SeqUnknown`, "durable, its batch no longer remembered"). With
+/// `batch_ops_max` 1 every batch the store makes is one delete and a window of its own: a
+/// truncate of 70,000 entries is 70,000 windows, and with a small ring nearly all of them are
+/// written by the time the last is submitted. The store submitted them all before it
+/// waited for the first, whose batch was forgotten by then: the append failed, so did the
+/// truncate and the purge (which needs its first batch's number, to retire no segment past
+/// it), and openraft stops the node on any of them.
+#[tokio::test]
+async fn an_append_a_truncate_and_a_purge_of_more_batches_than_the_engine_remembers_complete() {
+    const N: u64 = 70_000;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // Appended under the small configuration: a few hundred batches.
+        let mut store = open(dir.path());
+        store
+            .blocking_append((1..=N).map(|i| entry(1, i, 1)))
+            .await
+            .unwrap();
+        close(store);
+    }
+    // A small ring (a request is a few dozen bytes): nearly every batch is written by the
+    // time the last is submitted.
+    let one_op = mergelog::Config {
+        batch_ops_max: 1,
+        ring_bytes: 64 << 10,
+        ..common::small_config()
+    };
+    {
+        let mut store = Store::open(dir.path(), one_op.clone()).expect("the store opens");
+        store
+            .blocking_append((N + 1..=2 * N).map(|i| entry(1, i, 1)))
+            .await
+            .expect("an append of 70,000 batches");
+        store
+            .truncate(log_id(1, 1, N + 1))
+            .await
+            .expect("a truncate of 70,000 batches");
+        let first = |store: &Store| store.engine().segments()[0].first_seq;
+        let before = first(&store);
+        store
+            .purge(log_id(1, 1, N - 10))
+            .await
+            .expect("a purge of 70,000 batches");
+        // It knew its first batch's number: it retired the segments before the live entries.
+        let after = first(&store);
+        assert!(
+            after > before,
+            "the purge retired no segment: the first starts at batch {before}, then {after}"
+        );
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, N - 10)));
+        assert_eq!(state.last_log_id, Some(log_id(1, 1, N)));
+        close(store);
+    }
+    let mut store = Store::open(dir.path(), one_op).expect("the store reopens");
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, N - 10)));
+    assert_eq!(state.last_log_id, Some(log_id(1, 1, N)));
+    let entries = store.try_get_log_entries(0..).await.unwrap();
+    assert_eq!(indexes(&entries), (N - 9..=N).collect::<Vec<_>>());
+    close(store);
+}

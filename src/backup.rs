@@ -79,7 +79,7 @@ impl SideFiles {
             let mut found = Vec::new();
             match ids::read_carried(std::io::BufReader::new(file), len, |e| found.push(e)) {
                 Ok(()) => Ok(Ok(found)),
-                Err(CarriedError::Bad(r)) => Ok(Err(ids::corrupt_carried(&path, r))),
+                Err(CarriedError::Bad(r)) => Ok(Err(r.error(&path))),
                 Err(CarriedError::Io(e)) => Err(Error::io("read request ids", &path, e)),
             }
         })?

@@ -698,6 +698,11 @@ const IDS_VERSION_EXACT: u32 = 1;
 const IDS_HEADER: usize = 8 + 4 + 4 + 8;
 const IDS_ENTRY: usize = 16 + 8 + 8;
 
+/// The offset of entry `i` of an `ids` file.
+pub(crate) fn carried_entry_offset(i: usize) -> u64 {
+    (IDS_HEADER + IDS_ENTRY * i) as u64
+}
+
 /// The length of an `ids` file's contents for `count` ids (saturating).
 fn carried_len(count: u64) -> u64 {
     count

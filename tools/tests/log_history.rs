@@ -1023,3 +1023,88 @@ fn verify_and_inspect_refuse_an_ids_file_out_of_batch_order() {
     let (status, out, _) = code(&["verify", d]);
     assert_eq!(status, 0, "{out}");
 }
+
+/// `mergelog backup` of a log whose `ids` file the engine refuses (an entry past the log's
+/// end, one naming a batch of the log that does not log its id, entries out of order) is
+/// refused as damage (exit 1, the tools' convention), one line naming the file and the
+/// entry's offset, and makes nothing: the backup would not open either, so a backup that
+/// "succeeded" would be found useless only at the restore. The first two were copied as
+/// found, exit 0, until session 40.
+#[test]
+fn backup_refuses_a_log_whose_ids_file_the_engine_refuses() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("log");
+    write_log_with_ids(&dir);
+    let dest = root.path().join("copy");
+    let (d, b) = (dir.to_str().unwrap(), dest.to_str().unwrap());
+    let ids = dir.join("ids");
+    for (entries, words) in [
+        (&[(101, 1), (7, 50)][..], "past the log's end"),
+        (&[(101, 1), (9, 2)][..], "does not log it"),
+        (&[(103, 3), (101, 1)][..], "oldest batch first"),
+    ] {
+        std::fs::write(&ids, ids_file(entries)).unwrap();
+        assert!(engine_opens(&dir).is_err(), "{words}: the engine opens it");
+        let (status, out, err) = code(&["backup", d, b]);
+        assert_eq!(status, 1, "{words}: {out}{err}");
+        assert!(
+            err.contains(&format!("{} at offset 56: ", ids.display())),
+            "{words}: {err}"
+        );
+        assert!(err.contains(words), "{words}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{words}: {err}");
+        let left: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["log"], "{words}: made something");
+    }
+    // The same entries, true and in order: backed up, and the copy verifies.
+    std::fs::write(&ids, ids_file(&[(101, 1), (103, 3)])).unwrap();
+    let out = succeeds(&["backup", d, b]);
+    assert!(out.contains(", 2 request ids of retired segments"), "{out}");
+    let (status, out, _) = code(&["verify", b]);
+    assert_eq!(status, 0, "{out}");
+}
+
+/// `mergelog backup` of a log whose last segment holds a torn write's remains after its
+/// last frame (non-zero bytes a reader does not look at, which `verify`, `inspect` and `dump`
+/// report and the engine's open cuts off) copies the frames before them and says what it
+/// left out, file and offset, as it says so of a torn last frame. It said nothing until
+/// session 40.
+#[test]
+fn backup_says_it_left_out_a_torn_writes_remains_after_the_last_frame() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("log");
+    write_log(&dir);
+    let (last, offset, len) = frames(&dir).pop().unwrap();
+    let end = offset + len as u64;
+    flip(&last, end + 100);
+    let dest = root.path().join("copy");
+    let (d, b) = (dir.to_str().unwrap(), dest.to_str().unwrap());
+    let out = succeeds(&["backup", d, b]);
+    assert!(
+        out.contains(&format!("batches 1..{BATCHES} in 1 segments")),
+        "{out}"
+    );
+    let note = out
+        .lines()
+        .find(|l| l.starts_with("note: "))
+        .unwrap_or_else(|| panic!("no note of what was left out: {out}"));
+    assert!(
+        note.contains(&format!("{} offset {end}", last.display())),
+        "{note}"
+    );
+    assert!(
+        note.contains("the backup holds the frames before it"),
+        "{note}"
+    );
+    let (status, out, _) = code(&["verify", b]);
+    assert_eq!(status, 0, "{out}");
+    // A clean log: no note.
+    let clean = root.path().join("clean");
+    write_log(&clean);
+    let again = root.path().join("copy-of-clean");
+    let out = succeeds(&["backup", clean.to_str().unwrap(), again.to_str().unwrap()]);
+    assert!(!out.contains("note: "), "{out}");
+}

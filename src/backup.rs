@@ -79,7 +79,7 @@ impl SideFiles {
             let mut found = Vec::new();
             match ids::read_carried(std::io::BufReader::new(file), len, |e| found.push(e)) {
                 Ok(()) => Ok(Ok(found)),
-                Err(CarriedError::Bad(r)) => Ok(Err(ids::corrupt_carried(&path, r))),
+                Err(CarriedError::Bad(r)) => Ok(Err(r.error(&path))),
                 Err(CarriedError::Io(e)) => Err(Error::io("read request ids", &path, e)),
             }
         })?
@@ -129,6 +129,9 @@ pub(crate) fn write(
             ));
         }
     }
+    if let Some(carried) = &side.carried {
+        check_carried(view, carried)?;
+    }
     // Kept until the backup is named: no engine writes into a file linked meanwhile.
     let _earlier_held = match earlier {
         Some(earlier) => dir::backup_hold_earlier(io, earlier)?,
@@ -177,6 +180,85 @@ pub(crate) fn write(
         dir: dest.to_owned(),
         ..backup
     })
+}
+
+/// Whether the engine opened on a backup of `view` would take the carried ids `carried` (the
+/// `ids` file's entries, in its order, which `ids::read_carried` checked): else
+/// `Error::Corrupt` naming the log's `ids` file and the first bad entry's offset, as the
+/// engine's open names it (docs/FORMAT.md, "Carried request ids"). A backup of such a file
+/// would be refused at its open, or answer retries with batches that log something else: it
+/// is refused before anything is made, and the damage is the log's, for `mergelog verify` and
+/// a hand to deal with. Carried ids name batches of retired segments, so a backup that holds
+/// a segment (every one of a view that does, and the empty one of a view without segments
+/// past batch 1) must end past every one; and one naming a batch the view holds (a crash
+/// between a retirement's file and its removals leaves such entries) must be logged by that
+/// batch. Every entry is judged, where an open judges those its horizon keeps: the restored
+/// engine's horizon is not known here, and no writer makes a bad entry.
+fn check_carried(view: &LogReader, carried: &[(RequestId, u64, u64)]) -> Result<()> {
+    let path = view.dir().join(dir::IDS_FILE);
+    let offset = ids::carried_entry_offset;
+    let next = view.next_seq().get();
+    if view.segment_count() == 0 && next <= 1 {
+        // The engine opened on the backup goes on past the carried ids (`log::open`).
+        return Ok(());
+    }
+    if let Some(i) = carried.iter().position(|&(_, seq, _)| seq >= next) {
+        return Err(ids::corrupt_carried_at(
+            &path,
+            offset(i),
+            &format!(
+                "the entry at offset {} names batch {}, past the log's end (its last batch is \
+                 {}): carried ids name batches of retired segments",
+                offset(i),
+                carried[i].1,
+                next - 1
+            ),
+        ));
+    }
+    // The entries naming batches of the view, by batch: each must be among its batch's ids.
+    let first = view.first_seq().get();
+    let mut live: std::collections::BTreeMap<u64, Vec<(usize, RequestId)>> = Default::default();
+    for (i, &(id, seq, _)) in carried.iter().enumerate() {
+        if seq >= first {
+            live.entry(seq).or_default().push((i, id));
+        }
+    }
+    let (Some(&from), Some(&to)) = (live.keys().next(), live.keys().next_back()) else {
+        return Ok(());
+    };
+    let mut unlogged: Option<usize> = None;
+    for batch in view.batches_from(from) {
+        let seq = batch.seq().get();
+        if seq > to {
+            break;
+        }
+        if let Some(entries) = live.remove(&seq) {
+            let logged: Vec<RequestId> = batch.ids().collect();
+            for (i, id) in entries {
+                if !logged.contains(&id) {
+                    unlogged = Some(unlogged.map_or(i, |u| u.min(i)));
+                }
+            }
+        }
+    }
+    // Batches the view does not yield (none, as every batch from `first` below `next` is in
+    // it) log nothing.
+    for (i, _) in live.into_values().flatten() {
+        unlogged = Some(unlogged.map_or(i, |u| u.min(i)));
+    }
+    match unlogged {
+        Some(i) => Err(ids::corrupt_carried_at(
+            &path,
+            offset(i),
+            &format!(
+                "the entry at offset {} names batch {}, which the log holds and which does not \
+                 log it (carried ids name batches of retired segments)",
+                offset(i),
+                carried[i].1
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Writes the backup's files into `staging`.

@@ -653,7 +653,9 @@ impl Engine {
     /// [`Error::Closed`] once the engine is closed (another engine may have the directory
     /// by then: back it up through that engine, or `LogReader::open(dir)?.backup(dest)`);
     /// [`Error::Io`] for an existing `dest` or a file call that failed (naming it): nothing
-    /// is left under `dest`, unless only the final sync of its parent failed (above).
+    /// is left under `dest`, unless only the final sync of its parent failed (above);
+    /// [`Error::Corrupt`] for an `ids` file an engine opened on the backup would refuse
+    /// (naming it and the bad entry's offset, as [`LogReader::backup`] says), nothing made.
     pub fn backup(&self, dest: impl AsRef<Path>) -> Result<crate::Backup> {
         self.backup_to(None, dest.as_ref())
     }

@@ -554,7 +554,7 @@ pub(crate) fn carried(dir: &std::path::Path, horizon: IdHorizon) -> Result<Found
     match read {
         None => Ok(new()),
         Some(Ok(found)) => Ok(found),
-        Some(Err(r)) => Err(corrupt_carried(&path, r)),
+        Some(Err(r)) => Err(r.error(&path)),
     }
 }
 
@@ -698,6 +698,11 @@ const IDS_VERSION_EXACT: u32 = 1;
 const IDS_HEADER: usize = 8 + 4 + 4 + 8;
 const IDS_ENTRY: usize = 16 + 8 + 8;
 
+/// The offset of entry `i` of an `ids` file.
+pub(crate) fn carried_entry_offset(i: usize) -> u64 {
+    (IDS_HEADER + IDS_ENTRY * i) as u64
+}
+
 /// The length of an `ids` file's contents for `count` ids (saturating).
 fn carried_len(count: u64) -> u64 {
     count
@@ -737,23 +742,50 @@ pub(crate) fn encode_carried(ids: &[(RequestId, IdEntry)]) -> Vec<u8> {
 
 /// Why an `ids` file could not be read.
 pub(crate) enum CarriedError {
-    /// Its bytes are not an `ids` file: what is wrong.
-    Bad(&'static str),
+    /// Its bytes are not an `ids` file: what is wrong, and where.
+    Bad(BadIds),
     Io(std::io::Error),
+}
+
+/// What is wrong with an `ids` file's bytes: the offset (0 for the file as a whole, or an
+/// entry's, 24 + 32i) and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct BadIds {
+    pub offset: u64,
+    pub reason: std::borrow::Cow<'static, str>,
+}
+
+impl From<&'static str> for BadIds {
+    fn from(reason: &'static str) -> BadIds {
+        BadIds {
+            offset: 0,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl BadIds {
+    /// The error for the `ids` file at `path` holding these bytes.
+    pub fn error(&self, path: &std::path::Path) -> Error {
+        corrupt_carried_at(path, self.offset, &self.reason)
+    }
 }
 
 /// Reads an `ids` file of `len` bytes from `r`, handing each (id, batch, time) to `each` in
 /// the file's order; the checksum is checked at the end, so on an error the caller must
 /// drop what it was handed. The header and the length are checked before any entry is
 /// read (a version 1 file ends at its CRC, a version 2 one at or past it: the rest is not
-/// read), and entries are read a chunk at a time.
+/// read), and entries are read a chunk at a time. The entries must be in the order every
+/// retirement writes them (oldest batch first, the ids of one batch in ascending bytewise
+/// order, so no entry twice): the first one out of order is refused, naming its offset, once
+/// the checksum is right (a byte changed by rot is "checksum mismatch", as before).
 pub(crate) fn read_carried(
     mut r: impl std::io::Read,
     len: u64,
     mut each: impl FnMut((RequestId, u64, u64)),
 ) -> std::result::Result<(), CarriedError> {
     const CHUNK: usize = 2048;
-    let bad = CarriedError::Bad;
+    let bad = |reason: &'static str| CarriedError::Bad(reason.into());
     let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
     let mut header = [0u8; IDS_HEADER];
     if len < (IDS_HEADER + 4) as u64 {
@@ -779,6 +811,10 @@ pub(crate) fn read_carried(
     let mut crc = crc32c::crc32c(&header);
     let mut buf = vec![0u8; CHUNK.min(count as usize) * IDS_ENTRY];
     let mut left = count;
+    // The previous entry (batch, id), and the first entry out of order after it.
+    let mut previous: Option<(u64, RequestId)> = None;
+    let mut misplaced: Option<BadIds> = None;
+    let mut offset = IDS_HEADER as u64;
     while left > 0 {
         let n = (left as usize).min(CHUNK);
         let chunk = &mut buf[..n * IDS_ENTRY];
@@ -791,6 +827,26 @@ pub(crate) fn read_carried(
             if seq == 0 || seq > crate::log::recovery::SEQ_MAX {
                 return Err(bad("an id's batch is outside 1..=2^62"));
             }
+            if let Some((was_seq, was_id)) = previous.filter(|&p| p >= (seq, id)) {
+                misplaced.get_or_insert_with(|| BadIds {
+                    offset,
+                    reason: if was_seq > seq {
+                        format!(
+                            "the entry at offset {offset} names batch {seq} after an entry \
+                             naming batch {was_seq}: entries are oldest batch first"
+                        )
+                    } else {
+                        format!(
+                            "the entry at offset {offset} holds id {id}, which is not above \
+                             the id before it in batch {seq} ({was_id}): the ids of one \
+                             batch are in ascending order, each once"
+                        )
+                    }
+                    .into(),
+                });
+            }
+            previous = Some((seq, id));
+            offset += IDS_ENTRY as u64;
             each((id, seq, u64_at(e, 24)));
         }
         left -= n as u64;
@@ -800,17 +856,20 @@ pub(crate) fn read_carried(
     if crc.to_le_bytes() != stored {
         return Err(bad("checksum mismatch"));
     }
-    Ok(())
+    match misplaced {
+        Some(m) => Err(CarriedError::Bad(m)),
+        None => Ok(()),
+    }
 }
 
 /// Decodes a whole `ids` file's bytes (the tests' way in).
 #[cfg(test)]
-fn decode_carried(b: &[u8]) -> std::result::Result<Vec<(RequestId, u64, u64)>, &'static str> {
+fn decode_carried(b: &[u8]) -> std::result::Result<Vec<(RequestId, u64, u64)>, BadIds> {
     let mut v = Vec::new();
     match read_carried(b, b.len() as u64, |e| v.push(e)) {
         Ok(()) => Ok(v),
         Err(CarriedError::Bad(r)) => Err(r),
-        Err(CarriedError::Io(_)) => Err("short"),
+        Err(CarriedError::Io(_)) => Err("short".into()),
     }
 }
 
@@ -936,11 +995,6 @@ impl IdsRoom {
     }
 }
 
-/// The error for a damaged `ids` file.
-pub(crate) fn corrupt_carried(path: &std::path::Path, reason: &str) -> Error {
-    corrupt_carried_at(path, 0, reason)
-}
-
 /// The error for a damaged `ids` file, the damage at `offset`.
 pub(crate) fn corrupt_carried_at(path: &std::path::Path, offset: u64, reason: &str) -> Error {
     Error::Corrupt {
@@ -1037,6 +1091,38 @@ mod tests {
         }
     }
 
+    /// Entries out of the order a retirement writes them (oldest batch first, ids of one
+    /// batch ascending, each once) are refused at the first one out of order, under a right
+    /// CRC; under a wrong one, the checksum is what is reported.
+    #[test]
+    fn carried_ids_out_of_order_are_refused_at_the_entry() {
+        let e = |n: u128, seq: u64| (id(n), IdEntry { seq, time: 0 });
+        let at = |i: u64| 24 + 32 * i;
+        let good = [e(1, 1), e(2, 1), e(0, 2), e(9, 3), e(3, 3)];
+        assert_eq!(
+            decode_carried(&encode_carried(&good[..4])).unwrap().len(),
+            4
+        );
+        for (entries, bad_at, words) in [
+            (&good[..], 4, "ascending"),
+            (&[e(1, 2), e(2, 1)][..], 1, "oldest batch first"),
+            (&[e(1, 1), e(1, 1)][..], 1, "ascending"),
+            (
+                &[e(1, 1), e(2, 3), e(3, 2), e(4, 1)][..],
+                2,
+                "after an entry naming batch 3",
+            ),
+        ] {
+            let b = encode_carried(entries);
+            let got = decode_carried(&b).unwrap_err();
+            assert_eq!(got.offset, at(bad_at), "{entries:?}: {got:?}");
+            assert!(got.reason.contains(words), "{entries:?}: {got:?}");
+            let mut rot = b.clone();
+            rot[30] ^= 1;
+            assert_eq!(decode_carried(&rot), Err("checksum mismatch".into()));
+        }
+    }
+
     /// A version 2 file may be longer than its contents (the room kept for the next
     /// replacement): what follows the CRC is not read. A version 1 file (older builds) is
     /// read as before, and must end at its CRC; a count that runs past the end is refused.
@@ -1070,21 +1156,21 @@ mod tests {
         long.push(0);
         assert_eq!(
             decode_carried(&long),
-            Err("the count does not match the length")
+            Err("the count does not match the length".into())
         );
         let mut past = b.clone();
         past[16..24].copy_from_slice(&4u64.to_le_bytes());
         assert_eq!(
             decode_carried(&past),
-            Err("the count runs past the end of the file")
+            Err("the count runs past the end of the file".into())
         );
         // A count made smaller is caught by the CRC.
         let mut fewer = b.clone();
         fewer[16..24].copy_from_slice(&2u64.to_le_bytes());
-        assert_eq!(decode_carried(&fewer), Err("checksum mismatch"));
+        assert_eq!(decode_carried(&fewer), Err("checksum mismatch".into()));
         let mut unknown = b;
         unknown[8..12].copy_from_slice(&3u32.to_le_bytes());
-        assert_eq!(decode_carried(&unknown), Err("unknown version"));
+        assert_eq!(decode_carried(&unknown), Err("unknown version".into()));
     }
 
     /// The room kept for the `ids` file's replacement: a file of twice the horizon's ids,

@@ -494,12 +494,20 @@ impl LogReader {
     /// in this process (`Engine::replay`) is refused with `Error::Closed` once that engine
     /// is closed, as [`Engine::backup`](crate::Engine::backup) is.
     ///
+    /// A damaged `ids` file is refused, not copied (`Error::Corrupt` naming it and the
+    /// entry's offset, nothing made): one that does not decode, whose entries are out of
+    /// order, or that names a batch at or past the view's end, or a batch the view holds
+    /// that does not log the id. An engine opened on such a backup would refuse it, or answer
+    /// a retry with a batch that logs something else; the damage is the log's, which
+    /// `LogReader::check` (`mergelog verify`) reports too.
+    ///
     /// # Errors
     ///
     /// [`Error::Io`] for a view older than a retirement (above), an existing `dest`, or a file
     /// call that failed (naming it): nothing is left under `dest`, unless only the final sync
-    /// of its parent failed; [`Error::Closed`] for a view of an engine in this process once
-    /// that engine is closed.
+    /// of its parent failed; [`Error::Corrupt`] for a damaged `ids` file (above) or
+    /// consumer position file, nothing made; [`Error::Closed`] for a view of an engine in
+    /// this process once that engine is closed.
     pub fn backup(&self, dest: impl AsRef<Path>) -> Result<crate::Backup> {
         self.backup_to(None, dest.as_ref())
     }

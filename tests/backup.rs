@@ -444,6 +444,94 @@ fn a_backup_into_an_existing_path_is_refused_and_changes_nothing() {
     assert_eq!(rest, ["empty-dir", "file", "log"]);
 }
 
+/// An `ids` file (version 2, right CRC) of these entries (id, batch), time 0.
+fn ids_file(entries: &[(u128, u64)]) -> Vec<u8> {
+    let mut b = b"MLIDS\0\0\0".to_vec();
+    b.extend_from_slice(&2u32.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    for &(id, seq) in entries {
+        b.extend_from_slice(RequestId::from(id).as_bytes());
+        b.extend_from_slice(&seq.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// An `ids` file's entries (id, batch), the bad entry's offset, and words of the reason.
+type BadIds = (&'static [(u128, u64)], u64, &'static str);
+
+/// The `ids` files an engine refuses beside a log of batches 1-4 whose batch 1 logs id 101
+/// and batch 3 id 103.
+const BAD_IDS: [BadIds; 3] = [
+    (&[(101, 1), (7, 50)], 56, "past the log's end"),
+    (&[(101, 1), (9, 2)], 56, "does not log it"),
+    (&[(103, 3), (101, 1)], 56, "oldest batch first"),
+];
+
+/// A backup of a log whose `ids` file the engine refuses (an entry naming a batch past the
+/// log's end, or a batch the log holds that does not log its id; entries out of order) is
+/// refused as that damage, `Error::Corrupt` naming the file and the entry's offset, and
+/// makes nothing: the engine would refuse the backup's open the same way, and a backup that
+/// succeeds is one to restore from. Until session 40 the first two were copied as found, and
+/// the backup succeeded. The same of `Engine::backup`, the file replaced under the engine.
+#[test]
+fn a_backup_of_a_log_whose_ids_file_the_engine_refuses_is_refused_and_makes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let src = root.path().join("log");
+    let engine = Engine::open(&src, Config::default()).unwrap();
+    for b in 1..=4u64 {
+        let seq = match b % 2 {
+            1 => put_id(&engine, 100 + u128::from(b)),
+            _ => engine.put(b"k", b"v").unwrap().wait().unwrap(),
+        };
+        assert_eq!(seq.get(), b);
+    }
+    let dest = root.path().join("backup");
+    let refused = |made: mergelog::Result<mergelog::Backup>, offset: u64, words: &str| {
+        match made {
+            Err(mergelog::Error::Corrupt {
+                path,
+                offset: at,
+                reason,
+            }) => {
+                assert_eq!(path, src.join("ids"), "{reason}");
+                assert_eq!(at, offset, "{reason}");
+                assert!(reason.contains(words), "{reason}");
+            }
+            other => panic!("{words}: the backup was made or refused otherwise: {other:?}"),
+        }
+        assert_eq!(
+            other_entries(root.path(), &[]),
+            ["log"],
+            "{words}: left behind"
+        );
+    };
+    for (entries, offset, words) in BAD_IDS {
+        std::fs::write(src.join("ids"), ids_file(entries)).unwrap();
+        refused(engine.backup(&dest), offset, words);
+    }
+    engine.close().unwrap();
+    for (entries, offset, words) in BAD_IDS {
+        std::fs::write(src.join("ids"), ids_file(entries)).unwrap();
+        let reader = LogReader::open(&src).unwrap();
+        refused(reader.backup(&dest), offset, words);
+        assert!(Engine::open(&src, Config::default()).is_err(), "{words}");
+    }
+    // True entries in order are copied, and the backup opens remembering them.
+    std::fs::write(src.join("ids"), ids_file(&[(101, 1), (103, 3)])).unwrap();
+    let made = LogReader::open(&src).unwrap().backup(&dest).unwrap();
+    assert_eq!(made.carried_ids, 2);
+    let restored = Engine::open(&dest, Config::default()).unwrap();
+    assert_eq!(
+        restored.request_id_seq(RequestId::from(103)),
+        Some(Seq::new(3))
+    );
+    restored.close().unwrap();
+}
+
 /// Logs a put with request id `n` in a batch of its own, and returns the batch.
 fn put_id(engine: &Engine, n: u128) -> Seq {
     let ticket = engine

@@ -244,6 +244,13 @@ fn side_files_and_follow_dir_seeds_are_the_encoded_layouts() {
             with(1, Change::Patch(vec![(24 + 16, 44)], true)),
         ),
         (
+            // The first entry (batch 1's id) named under batch 3, before the second entry's
+            // batch 2: out of the file's order, refused since session 40.
+            "ids-entries-out-of-order",
+            0x0C,
+            with(1, Change::Patch(vec![(24 + 16, 3)], true)),
+        ),
+        (
             "ids-garbage",
             0x0C,
             with(1, Change::Raw(b"MLIDS\0\0\0\x02".to_vec(), false)),

@@ -84,8 +84,10 @@ enum Command {
     /// began (segments up to their last whole frame, request ids of retired segments,
     /// consumer positions), while an engine may be writing it.
     ///
-    /// A torn tail is left out (noted). Exit 1 if the log is damaged before its tail; 2 if
-    /// DEST exists or cannot be made, or EARLIER is not a directory.
+    /// A torn tail is left out (noted), and so are a torn write's remains after the last
+    /// frame (noted). Exit 1 if the log is damaged before its tail or its request ids file
+    /// is (nothing made: an engine would refuse the backup); 2 if DEST exists or cannot be
+    /// made, or EARLIER is not a directory or an engine has it open.
     Backup(backup::BackupArgs),
 }
 

@@ -1375,6 +1375,42 @@ fn a_file_where_a_run_directory_goes_is_an_unusable_dir() {
     assert_eq!(std::fs::read(dir.path().join("mergelog")).unwrap(), b"x");
 }
 
+/// `--systems a,b` with `b`'s run directory unusable (a regular file there, or a directory
+/// holding an earlier run's files) is refused before anything is made: `a`'s run directory
+/// too. Until session 40 `D/mergelog` and `D/naive` were made (empty) before `D/wal` was
+/// refused, and left behind.
+#[test]
+fn an_unusable_run_directory_of_a_later_system_makes_no_earlier_one() {
+    for stray in ["file", "full directory"] {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("wal");
+        if stray == "file" {
+            std::fs::write(&wal, b"x").unwrap();
+        } else {
+            std::fs::create_dir(&wal).unwrap();
+            std::fs::write(wal.join("log"), b"x").unwrap();
+        }
+        let d = dir.path().to_str().unwrap();
+        let expect = match stray {
+            "file" => format!("{d}/wal is not a directory"),
+            _ => format!("{d}/wal already holds files"),
+        };
+        let mut args = vec!["bench", "--systems", "mergelog,naive,wal", "--dir", d];
+        args.extend(TINY);
+        rejects_with(2, &args, &expect);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["wal"],
+            "{stray}: run directories made before the refusal"
+        );
+    }
+}
+
 /// okaywal always syncs: without syncs it is skipped, with a note, rather than measured
 /// under its name doing something else; alone, that leaves nothing to run.
 #[test]

@@ -909,14 +909,16 @@ fn crc32c(bytes: &[u8]) -> u32 {
 
 /// An `ids` file (docs/FORMAT.md, "Carried request ids", version 2) with a right CRC, one
 /// entry: `id` logged in batch `seq`.
-fn ids_file(id: u128, seq: u64) -> Vec<u8> {
+fn ids_file(entries: &[(u128, u64)]) -> Vec<u8> {
     let mut b = b"MLIDS\0\0\0".to_vec();
     b.extend_from_slice(&2u32.to_le_bytes());
     b.extend_from_slice(&0u32.to_le_bytes());
-    b.extend_from_slice(&1u64.to_le_bytes());
-    b.extend_from_slice(RequestId::from(id).as_bytes());
-    b.extend_from_slice(&seq.to_le_bytes());
-    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    for &(id, seq) in entries {
+        b.extend_from_slice(RequestId::from(id).as_bytes());
+        b.extend_from_slice(&seq.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+    }
     let crc = crc32c(&b);
     b.extend_from_slice(&crc.to_le_bytes());
     b
@@ -934,7 +936,7 @@ fn verify_and_inspect_refuse_an_ids_file_naming_batches_the_log_does_not_log_the
     let d = dir.path().to_str().unwrap();
     let ids = dir.path().join("ids");
     for (seq, words) in [(BATCHES + 5, "past the log's end"), (3, "does not log it")] {
-        std::fs::write(&ids, ids_file(7, seq)).unwrap();
+        std::fs::write(&ids, ids_file(&[(7, seq)])).unwrap();
         match engine_opens(dir.path()) {
             Err(Error::Corrupt {
                 path,
@@ -966,4 +968,143 @@ fn verify_and_inspect_refuse_an_ids_file_naming_batches_the_log_does_not_log_the
     std::fs::remove_file(&ids).unwrap();
     let (status, out, _) = code(&["verify", d]);
     assert_eq!(status, 0, "{out}");
+}
+
+/// A closed log of 6 batches, batch b logging request id `100 + b`.
+fn write_log_with_ids(dir: &Path) {
+    let engine = Engine::open(dir, Config::default()).unwrap();
+    for b in 1..=6u64 {
+        let t = engine
+            .put_with_id(RequestId::from(100 + u128::from(b)), b"k", b"v")
+            .unwrap();
+        assert_eq!(t.wait().unwrap().seq().get(), b);
+    }
+    engine.close().unwrap();
+}
+
+/// An `ids` file of a right CRC whose entries are out of the order every retirement writes
+/// (oldest batch first), each entry true (its batch logs its id): the engine refuses the log
+/// (the file at the first entry out of order, offset 56), and `verify` and `inspect` say so.
+/// Taken as sound until session 40, by the engine and so by the tools.
+#[test]
+fn verify_and_inspect_refuse_an_ids_file_out_of_batch_order() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log_with_ids(dir.path());
+    let d = dir.path().to_str().unwrap();
+    let ids = dir.path().join("ids");
+    std::fs::write(&ids, ids_file(&[(103, 3), (101, 1)])).unwrap();
+    match engine_opens(dir.path()) {
+        Err(Error::Corrupt {
+            path,
+            offset,
+            reason,
+        }) => {
+            assert_eq!(path.file_name().unwrap(), "ids", "{reason}");
+            assert_eq!(offset, 56, "{reason}");
+            assert!(reason.contains("oldest batch first"), "{reason}");
+        }
+        other => panic!("the engine should refuse the ids file: {other:?}"),
+    }
+    let (status, out, _) = code(&["verify", d]);
+    assert_eq!(status, 1, "{out}");
+    assert!(
+        out.starts_with(&format!("DAMAGED: {} at offset 56: ", ids.display())),
+        "{out}"
+    );
+    assert!(out.contains("oldest batch first"), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&succeeds(&["inspect", d, "--json"])).unwrap();
+    let damage = &report["damage"];
+    assert_eq!(damage["file"], ids.display().to_string(), "{report}");
+    assert_eq!(damage["offset"], 56, "{report}");
+    assert_eq!(damage["engine_refuses"], true, "{damage}");
+    // In order, the same entries are sound.
+    std::fs::write(&ids, ids_file(&[(101, 1), (103, 3)])).unwrap();
+    let (status, out, _) = code(&["verify", d]);
+    assert_eq!(status, 0, "{out}");
+}
+
+/// `mergelog backup` of a log whose `ids` file the engine refuses (an entry past the log's
+/// end, one naming a batch of the log that does not log its id, entries out of order) is
+/// refused as damage (exit 1, the tools' convention), one line naming the file and the
+/// entry's offset, and makes nothing: the backup would not open either, so a backup that
+/// "succeeded" would be found useless only at the restore. The first two were copied as
+/// found, exit 0, until session 40.
+#[test]
+fn backup_refuses_a_log_whose_ids_file_the_engine_refuses() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("log");
+    write_log_with_ids(&dir);
+    let dest = root.path().join("copy");
+    let (d, b) = (dir.to_str().unwrap(), dest.to_str().unwrap());
+    let ids = dir.join("ids");
+    for (entries, words) in [
+        (&[(101, 1), (7, 50)][..], "past the log's end"),
+        (&[(101, 1), (9, 2)][..], "does not log it"),
+        (&[(103, 3), (101, 1)][..], "oldest batch first"),
+    ] {
+        std::fs::write(&ids, ids_file(entries)).unwrap();
+        assert!(engine_opens(&dir).is_err(), "{words}: the engine opens it");
+        let (status, out, err) = code(&["backup", d, b]);
+        assert_eq!(status, 1, "{words}: {out}{err}");
+        assert!(
+            err.contains(&format!("{} at offset 56: ", ids.display())),
+            "{words}: {err}"
+        );
+        assert!(err.contains(words), "{words}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{words}: {err}");
+        let left: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["log"], "{words}: made something");
+    }
+    // The same entries, true and in order: backed up, and the copy verifies.
+    std::fs::write(&ids, ids_file(&[(101, 1), (103, 3)])).unwrap();
+    let out = succeeds(&["backup", d, b]);
+    assert!(out.contains(", 2 request ids of retired segments"), "{out}");
+    let (status, out, _) = code(&["verify", b]);
+    assert_eq!(status, 0, "{out}");
+}
+
+/// `mergelog backup` of a log whose last segment holds a torn write's remains after its
+/// last frame (non-zero bytes a reader does not look at, which `verify`, `inspect` and `dump`
+/// report and the engine's open cuts off) copies the frames before them and says what it
+/// left out, file and offset, as it says so of a torn last frame. It said nothing until
+/// session 40.
+#[test]
+fn backup_says_it_left_out_a_torn_writes_remains_after_the_last_frame() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("log");
+    write_log(&dir);
+    let (last, offset, len) = frames(&dir).pop().unwrap();
+    let end = offset + len as u64;
+    flip(&last, end + 100);
+    let dest = root.path().join("copy");
+    let (d, b) = (dir.to_str().unwrap(), dest.to_str().unwrap());
+    let out = succeeds(&["backup", d, b]);
+    assert!(
+        out.contains(&format!("batches 1..{BATCHES} in 1 segments")),
+        "{out}"
+    );
+    let note = out
+        .lines()
+        .find(|l| l.starts_with("note: "))
+        .unwrap_or_else(|| panic!("no note of what was left out: {out}"));
+    assert!(
+        note.contains(&format!("{} offset {end}", last.display())),
+        "{note}"
+    );
+    assert!(
+        note.contains("the backup holds the frames before it"),
+        "{note}"
+    );
+    let (status, out, _) = code(&["verify", b]);
+    assert_eq!(status, 0, "{out}");
+    // A clean log: no note.
+    let clean = root.path().join("clean");
+    write_log(&clean);
+    let again = root.path().join("copy-of-clean");
+    let out = succeeds(&["backup", clean.to_str().unwrap(), again.to_str().unwrap()]);
+    assert!(!out.contains("note: "), "{out}");
 }

@@ -803,6 +803,42 @@ fn backup_refuses_an_unusable_destination_or_earlier_backup_with_exit_2() {
     assert_eq!(code, 0, "{err}");
 }
 
+/// An `--since EARLIER` that an engine has open (the log itself, or a restored backup in
+/// service) cannot serve as an earlier backup: an unusable argument, as a missing one is
+/// (exit 2, one line naming it), and nothing is made. It exited 1 until session 40 ("back up
+/// ... an engine has it open (its LOCK is held) ..."), as a failure of the backup.
+#[test]
+fn backup_since_an_earlier_backup_an_engine_has_open_exits_2() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("log");
+    write_log(&dir, 2);
+    let earlier = root.path().join("earlier");
+    let (d, e) = (dir.to_str().unwrap(), earlier.to_str().unwrap());
+    let (code, _, err) = run_code(&["backup", d, e]);
+    assert_eq!(code, 0, "{err}");
+    let fresh = root.path().join("fresh");
+    let f = fresh.to_str().unwrap();
+    for (held, name) in [(&earlier, "a restored backup"), (&dir, "the log itself")] {
+        let engine = Engine::open(held, small_segments()).unwrap();
+        rejects_with(
+            2,
+            &["backup", "--since", held.to_str().unwrap(), d, f],
+            "an engine has it open",
+        );
+        assert!(!fresh.exists(), "{name}");
+        let left = std::fs::read_dir(root.path()).unwrap().count();
+        assert_eq!(left, 2, "{name}: left something behind");
+        engine.close().unwrap();
+    }
+    // Closed, it serves, also while another backup links from it (its hold on `LOCK` is
+    // shared, as this one's).
+    let other_backup = std::fs::File::open(earlier.join("LOCK")).unwrap();
+    other_backup.lock_shared().unwrap();
+    let (code, _, err) = run_code(&["backup", "--since", e, d, f]);
+    assert_eq!(code, 0, "{err}");
+    drop(other_backup);
+}
+
 /// A reader that stops reading (`mergelog dump LOG | head -1`) does not make a damaged log
 /// read as a sound one: the exit code and the note on stderr are those of the damage, for
 /// the text and the JSON lines alike, and the log is left as it was. dump returned 0 at the

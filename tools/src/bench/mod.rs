@@ -1259,16 +1259,29 @@ impl Root {
         }
     }
 
-    /// Creates the (empty) directory of one system's run. A name there that cannot be one
-    /// makes `--dir` unusable (exit 2), as the other `--dir` cases do.
-    fn subdir(&self, system: System) -> Result<PathBuf, CliError> {
+    /// The (empty) directories of the systems' runs, each made if missing, once every one
+    /// was found usable: a name there that cannot be one makes `--dir` unusable (exit 2), as
+    /// the other `--dir` cases do, and nothing is made then (no earlier system's directory
+    /// left behind by a later one's refusal).
+    fn subdirs(&self, systems: &[System]) -> Result<Vec<(System, PathBuf)>, CliError> {
+        let found = systems
+            .iter()
+            .map(|&s| Ok((s, self.subdir(s)?)))
+            .collect::<Result<Vec<_>, CliError>>()?;
+        let mut dirs = Vec::with_capacity(found.len());
+        for (system, (path, missing)) in found {
+            if missing {
+                std::fs::create_dir(&path).map_err(|e| unusable_run_dir(&path, e))?;
+            }
+            dirs.push((system, path));
+        }
+        Ok(dirs)
+    }
+
+    /// The directory of one system's run, and whether it is missing (to be made); an error if
+    /// the name there cannot be an empty run directory. Makes nothing.
+    fn subdir(&self, system: System) -> Result<(PathBuf, bool), CliError> {
         let path = self.path().join(system.name());
-        let unusable = |e: std::io::Error| {
-            CliError::usage(format!(
-                "cannot use {} as a run directory: {e}; pass an empty or new --dir",
-                path.display()
-            ))
-        };
         match std::fs::read_dir(&path) {
             Ok(mut entries) => {
                 if entries.next().is_some() {
@@ -1277,20 +1290,26 @@ impl Root {
                         path.display()
                     )));
                 }
+                Ok((path, false))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir(&path).map_err(unusable)?;
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((path, true)),
             Err(_) if std::fs::metadata(&path).is_ok_and(|m| !m.is_dir()) => {
-                return Err(CliError::usage(format!(
+                Err(CliError::usage(format!(
                     "{} is not a directory (an earlier run's file?); pass an empty or new --dir",
                     path.display()
-                )));
+                )))
             }
-            Err(e) => return Err(unusable(e)),
+            Err(e) => Err(unusable_run_dir(&path, e)),
         }
-        Ok(path)
     }
+}
+
+/// A run directory that cannot be read or made: `--dir` is unusable (exit 2).
+fn unusable_run_dir(path: &Path, e: std::io::Error) -> CliError {
+    CliError::usage(format!(
+        "cannot use {} as a run directory: {e}; pass an empty or new --dir",
+        path.display()
+    ))
 }
 
 /// Empties a system's run directory for its next round: the round's log goes, so the next
@@ -1809,10 +1828,7 @@ fn execute(
     let (plan, systems) = checked(command, args, systems, profiling, consumer)?;
     let systems = &systems[..];
     let root = Root::prepare(args.dir.as_deref())?;
-    let dirs = systems
-        .iter()
-        .map(|&s| Ok((s, root.subdir(s)?)))
-        .collect::<Result<Vec<_>, CliError>>()?;
+    let dirs = root.subdirs(systems)?;
     let fs = fs_type(root.path());
     if fs.as_deref() == Some("tmpfs") && plan.durability == Durability::Sync {
         note!(

@@ -406,7 +406,9 @@ impl Engine {
             Some(op) => op.check_operand(operand),
             None => Err(Error::MergeRefused {
                 operator: "none",
-                reason: "Config::merge sets no merge operator".into(),
+                reason: "no merge operator is configured (Config::merge is None): open the \
+                         engine with one, such as Config { merge: Some(MergeOperator::Add), .. }"
+                    .into(),
             }),
         }
     }

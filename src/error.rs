@@ -325,6 +325,14 @@ impl fmt::Display for Error {
                 path.display()
             ),
             Error::Consumer { name, reason } => write!(f, "consumer {name:?}: {reason}"),
+            // With no operator configured there is none to name: the reason says what to set.
+            Error::MergeRefused {
+                operator: "none",
+                reason,
+            } => write!(
+                f,
+                "merge refused: {reason}; nothing of the request was applied"
+            ),
             Error::MergeRefused { operator, reason } => write!(
                 f,
                 "merge refused by the {operator} operator: {reason}; nothing of the request was applied"

@@ -914,6 +914,20 @@ fn merging(op: MergeOperator) -> Config {
     }
 }
 
+/// A merge on an engine opened without an operator says what to set, instead of blaming an
+/// operator called "none" that no one configured.
+#[test]
+fn a_merge_without_an_operator_says_which_setting_gives_one() {
+    let s = Store::new(base());
+    let e = s.engine().merge(b"k", &counter(1)).unwrap_err();
+    let message = e.to_string();
+    assert!(
+        !message.contains("the none operator"),
+        "the message blames a \"none\" operator: {message}"
+    );
+    assert_names(&e, &["Config", "merge", "MergeOperator", "nothing"]);
+}
+
 /// What can be checked from the request alone is refused at submit, naming the operator
 /// and the size, and nothing of the request (a batch's other operations included) is applied.
 #[test]
@@ -933,7 +947,7 @@ fn merge_operands_are_checked_at_submit() {
         ),
         "{e:?}"
     );
-    assert_names(&e, &["none", "Config", "merge"]);
+    assert_names(&e, &["no", "Config", "merge"]);
     s.verify();
 
     let mut s = Store::new(Config {

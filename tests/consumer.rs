@@ -1131,3 +1131,27 @@ fn consumers_committing_each_batch_read_no_position_files_per_commit() {
         engine.close().unwrap();
     }
 }
+
+/// A new consumer has committed nothing, and its position is the batch before the first one
+/// the log holds: 0 for a log never retired, `first_seq - 1` after a retirement (the docs of
+/// `Consumer::committed` and `ConsumerInfo::committed` said 0), so the first batch it yields
+/// is the log's first.
+#[test]
+fn a_new_consumer_of_a_retired_log_is_at_the_batch_before_its_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    let put = put_batches(&engine, 200, 1000);
+    let retired = engine.retire_before(put[put.len() - 1]).unwrap();
+    assert!(retired.segments > 0, "nothing retired: {retired:?}");
+    let first = retired.first_seq;
+    let mut c = engine.consumer("late").unwrap();
+    assert_eq!(
+        c.committed(),
+        first.get() - 1,
+        "a new consumer's committed batch"
+    );
+    assert_eq!(c.next_seq(), first);
+    let info = engine.consumers().unwrap();
+    assert_eq!(info[0].committed, first.get() - 1, "{info:?}");
+    assert_eq!(next(&mut c).seq, first);
+}

@@ -590,7 +590,12 @@ impl LogReader {
         self.batches_from(0)
     }
 
-    /// Batches with sequence number `>= from`, in log order.
+    /// Batches with sequence number `>= from`, in log order. A `from` before
+    /// [`LogReader::first_seq`] starts there, without an error (unlike a follower's
+    /// [`Error::Retired`]): a caller that needs every batch from `from` on (a write-ahead
+    /// log replaying after a checkpoint of batch `S`, from `S + 1`) checks `first_seq() <=
+    /// from` itself, as `examples/kv_wal/store.rs` does. A `from` at or past
+    /// [`LogReader::next_seq`] yields nothing.
     pub fn batches_from(&self, from: impl Into<Seq>) -> impl Iterator<Item = Batch<'_>> + '_ {
         let from = from.into().get();
         // Skip whole segments that end before `from`: segment i holds [id_i, id_{i+1}).

@@ -1399,3 +1399,45 @@ mod merges_that_may_not_fit {
         }
     }
 }
+
+/// A reader (`LogReader::open`, `open_with`, `check`) of a directory that does not exist says
+/// so, with the operating system's error; one of a file says that it is not a directory.
+/// (Before, both said "not a directory": a mistyped path read as a file in the way.)
+#[test]
+// The file in the way is made directly: the storage seam's lint (clippy.toml) is for the library.
+#[allow(clippy::disallowed_methods)]
+fn a_reader_of_a_missing_directory_says_it_does_not_exist() {
+    use mergelog::{Durability, LogReader, RecoveryMode};
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-such-log");
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let mode = RecoveryMode::default();
+    for (path, says, kind) in [
+        (
+            &missing,
+            "No such file or directory",
+            std::io::ErrorKind::NotFound,
+        ),
+        (&file, "not a directory", std::io::ErrorKind::NotADirectory),
+    ] {
+        let errors = [
+            LogReader::open(path).map(drop).unwrap_err(),
+            LogReader::open_with(path, mode).map(drop).unwrap_err(),
+            LogReader::check(path, mode, Durability::Sync)
+                .map(drop)
+                .unwrap_err(),
+        ];
+        for e in errors {
+            let message = e.to_string();
+            assert!(
+                message.contains(says) && message.contains(&*path.to_string_lossy()),
+                "{path:?}: {message:?} does not say {says:?} of the path"
+            );
+            match &e {
+                Error::Io { source, .. } => assert_eq!(source.kind(), kind, "{e:?}"),
+                other => panic!("{path:?}: {other:?} is not an Io error"),
+            }
+        }
+    }
+}

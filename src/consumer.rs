@@ -266,8 +266,10 @@ impl Drop for Claim {
 /// id, README "Asynchronous tasks"). While it exists,
 /// [`Engine::retire_before`](crate::Engine::retire_before) keeps every batch it has not
 /// committed, and a compaction every segment holding one
-/// ([`Engine::remove_consumer`](crate::Engine::remove_consumer) deletes it). Compaction batches ([`OwnedBatch::compaction`]) repeat values already
-/// yielded: an event consumer skips them.
+/// ([`Engine::remove_consumer`](crate::Engine::remove_consumer) deletes it). Compaction
+/// batches ([`OwnedBatch::compaction`]) repeat values already yielded: an event consumer
+/// skips them. A batch holds a key's last write of its window, not the earlier ones
+/// (coalescing, `Config::coalesce`): give each event a key of its own.
 ///
 /// ```
 /// use mergelog::{Config, Engine};
@@ -528,7 +530,20 @@ impl Consumer {
         self.seen(r)
     }
 
-    /// The next batch as a `Stream` yields it (as [`Follower::poll_next`]).
+    /// The next batch as a `Stream` yields it (as [`Follower::poll_next`]). Awaited in an
+    /// `async fn`, with `std` alone:
+    ///
+    /// ```
+    /// # async fn consume(mut consumer: mergelog::Consumer) -> mergelog::Result<()> {
+    /// // Never `None`: the loop ends with the engine's close (`Error::Closed`) or failure.
+    /// while let Some(batch) = std::future::poll_fn(|cx| consumer.poll_next(cx)).await {
+    ///     let batch = batch?;
+    ///     /* handle batch.records */
+    ///     consumer.commit(batch.seq)?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<OwnedBatch>>> {
         let r = self.follower.poll_next(cx);
         if let Poll::Ready(Some(Ok(b))) = &r {

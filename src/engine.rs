@@ -608,6 +608,11 @@ impl Engine {
     /// A follower that yields every batch from sequence `from` on (1 = the start of the
     /// log), each once it is durable, waiting for new ones as they land. Once the engine is
     /// closed, it yields the batches that became durable and then `Err(Error::Closed)`.
+    ///
+    /// Followers, consumers and replay see what the log holds: of a key's writes in one
+    /// window, the last (with `Config::coalesce` on, the default). An event log that must
+    /// keep every event gives each its own key (`examples/ledger` logs `tx/<voucher>`), or
+    /// opens with `coalesce: false`.
     pub fn follow(&self, from: impl Into<Seq>) -> Follower {
         Follower::of_engine(
             self.inner.dir.clone(),
@@ -618,7 +623,8 @@ impl Engine {
     }
 
     /// A read-only view of the log as of now (its durable batches; with `NoSync`, those
-    /// written), for replay in log order. It reads through the engine's own mappings (no
+    /// written), for replay in log order (a key's last write of each window: see
+    /// [`Engine::follow`]). It reads through the engine's own mappings (no
     /// scan of the directory), and while it lives the engine does not reuse its segment
     /// files; a follower made from it (`LogReader::follow`) is one of this engine's.
     ///

@@ -1155,3 +1155,42 @@ fn a_new_consumer_of_a_retired_log_is_at_the_batch_before_its_first() {
     assert_eq!(info[0].committed, first.get() - 1, "{info:?}");
     assert_eq!(next(&mut c).seq, first);
 }
+
+/// A consumer (like every reader of the log) sees what the log holds: per window, only a key's
+/// last write (the earlier ones are coalesced away, acknowledged and never logged). An event
+/// log gives every event a key of its own, or turns coalescing off: then every write is a
+/// record, in the order submitted.
+#[test]
+fn a_consumer_sees_a_keys_last_write_of_a_window_unless_coalescing_is_off() {
+    use std::time::Duration;
+    for coalesce in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(
+            dir.path(),
+            Config {
+                coalesce,
+                // One window for the three puts (the first wait cuts it at once: a lone
+                // waiter writes its window itself).
+                window: mergelog::WindowPolicy::Linger(Duration::from_secs(5)),
+                window_age_max: Duration::from_secs(5),
+                ..config()
+            },
+        )
+        .unwrap();
+        let tickets: Vec<_> = [&b"opened"[..], b"paid", b"shipped"]
+            .iter()
+            .map(|event| engine.put(b"order:1", event).unwrap())
+            .collect();
+        let batches: Vec<Seq> = tickets.iter().map(|t| t.wait().unwrap()).collect();
+        assert!(batches.iter().all(|&b| b == batches[0]), "{batches:?}");
+        let mut c = engine.consumer("events").unwrap();
+        let batch = next(&mut c);
+        let values: Vec<&[u8]> = batch.records.iter().map(|r| &r.2[..]).collect();
+        let expected: Vec<&[u8]> = if coalesce {
+            vec![b"shipped"]
+        } else {
+            vec![b"opened", b"paid", b"shipped"]
+        };
+        assert_eq!(values, expected, "coalesce = {coalesce}");
+    }
+}

@@ -408,13 +408,15 @@ impl Config {
         match self.window {
             WindowPolicy::Adaptive { quiet } if quiet > self.window_age_max => {
                 return bad(format!(
-                    "adaptive quiet time {quiet:?} exceeds window_age_max = {:?}",
+                    "window = Adaptive {{ quiet: {quiet:?} }} waits longer than window_age_max \
+                     = {:?}, which cuts every window: shorten quiet or raise window_age_max",
                     self.window_age_max
                 ))
             }
             WindowPolicy::Linger(l) if l > self.window_age_max => {
                 return bad(format!(
-                    "linger {l:?} exceeds window_age_max = {:?}",
+                    "window = Linger({l:?}) waits longer than window_age_max = {:?}, which \
+                     cuts every window: raise window_age_max to at least {l:?}",
                     self.window_age_max
                 ))
             }

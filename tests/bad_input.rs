@@ -583,6 +583,36 @@ fn rules() -> Vec<Rule> {
                 ..b()
             },
         },
+        // A policy that waits longer than every window may last names the setting a user
+        // changed, `window` (with the default 1 ms `window_age_max`, a `Linger(5 ms)` is
+        // refused): the message said only "linger 2ms exceeds window_age_max = 1ms".
+        Rule {
+            setting: "window",
+            valid: Config {
+                window: WindowPolicy::Linger(Duration::from_millis(2)),
+                window_age_max: Duration::from_millis(2),
+                ..b()
+            },
+            invalid: Config {
+                window: WindowPolicy::Linger(Duration::from_millis(2)),
+                ..b()
+            },
+        },
+        Rule {
+            setting: "window",
+            valid: Config {
+                window: WindowPolicy::Adaptive {
+                    quiet: Duration::from_millis(1),
+                },
+                ..b()
+            },
+            invalid: Config {
+                window: WindowPolicy::Adaptive {
+                    quiet: Duration::from_millis(2),
+                },
+                ..b()
+            },
+        },
         Rule {
             setting: "batch_ops_max",
             valid: Config {

@@ -662,7 +662,9 @@ impl crate::Engine {
     }
 
     /// Deletes consumer `name` (its file, durably): it no longer holds back `retire_before`.
-    /// False if there was no such consumer; an `Error::Consumer` if a handle of it is open.
+    /// False if there was no such consumer; an `Error::Consumer` if a handle of it is open on
+    /// this engine. A handle made through `LogReader::consumer` (another process's) is not
+    /// seen: its next commit makes the file again, and the consumer is back at that commit.
     ///
     /// # Errors
     ///

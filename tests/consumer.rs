@@ -1194,3 +1194,25 @@ fn a_consumer_sees_a_keys_last_write_of_a_window_unless_coalescing_is_off() {
         assert_eq!(values, expected, "coalesce = {coalesce}");
     }
 }
+
+/// `remove_consumer` sees only this engine's handles: a directory handle
+/// (`LogReader::consumer`, another process's) that commits after the removal makes the
+/// consumer again, at that commit (as its docs say).
+#[test]
+fn a_removed_consumer_is_made_again_by_a_directory_handles_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    put_batches(&engine, 3, 10);
+    let mut other = LogReader::open(dir.path()).unwrap().consumer("c").unwrap();
+    let first = other.next_timeout(WAIT_MAX).unwrap().expect("a batch");
+    assert!(engine.remove_consumer("c").unwrap(), "the file was there");
+    assert!(engine.consumers().unwrap().is_empty());
+    other.commit(first.seq).unwrap();
+    let names: Vec<(String, Seq)> = engine
+        .consumers()
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.name, c.committed))
+        .collect();
+    assert_eq!(names, [("c".to_string(), first.seq)]);
+}

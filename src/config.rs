@@ -48,7 +48,11 @@ pub enum Backpressure {
 }
 
 /// When the flusher cuts a window. Every policy also cuts at `window_age_max`,
-/// `batch_bytes_max`, `batch_ops_max` and on `flush()`.
+/// `batch_bytes_max`, `batch_ops_max` and on `flush()`. And a blocking wait on a ticket
+/// (`Ticket::wait`, `GetTicket::wait`, `IdTicket::wait`; not their `wait_timeout`, nor a
+/// future) made while nothing else is being written or synced, the last window having come
+/// from one producer, may write the caller's window at once on its own thread, whatever the
+/// policy: a lone producer that waits for each write can get one batch per write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WindowPolicy {
     /// Cut as soon as waiting longer buys nothing: the log is idle and either as many
@@ -58,7 +62,8 @@ pub enum WindowPolicy {
         /// How long without a new request counts as quiet.
         quiet: Duration,
     },
-    /// Hold every window open for a fixed time after its first request.
+    /// Hold every window open for a fixed time after its first request (unless a lone
+    /// producer's blocking wait writes it sooner: above).
     Linger(Duration),
     /// Cut as soon as anything is published (group commit with no wait).
     Immediate,
@@ -408,13 +413,15 @@ impl Config {
         match self.window {
             WindowPolicy::Adaptive { quiet } if quiet > self.window_age_max => {
                 return bad(format!(
-                    "adaptive quiet time {quiet:?} exceeds window_age_max = {:?}",
+                    "window = Adaptive {{ quiet: {quiet:?} }} waits longer than window_age_max \
+                     = {:?}, which cuts every window: shorten quiet or raise window_age_max",
                     self.window_age_max
                 ))
             }
             WindowPolicy::Linger(l) if l > self.window_age_max => {
                 return bad(format!(
-                    "linger {l:?} exceeds window_age_max = {:?}",
+                    "window = Linger({l:?}) waits longer than window_age_max = {:?}, which \
+                     cuts every window: raise window_age_max to at least {l:?}",
                     self.window_age_max
                 ))
             }

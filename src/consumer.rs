@@ -258,9 +258,51 @@ impl Drop for Claim {
     }
 }
 
-/// A named, durable consumer of the log (see the module docs): yields batches from the one
-/// after its last commit, as a [`Follower`] does, and records its progress with
-/// [`Consumer::commit`].
+/// A named, durable consumer of the log: yields batches from the one after its last commit,
+/// as a [`Follower`] does, and records its progress with [`Consumer::commit`], in a small
+/// file of the log directory (`consumer-<name>`, replaced whole). Delivery is at-least-once:
+/// opened again, after a close or a crash, it yields from the batch after its last commit,
+/// so batches yielded but not committed come again (make their effects idempotent: a request
+/// id, README "Asynchronous tasks"). While it exists,
+/// [`Engine::retire_before`](crate::Engine::retire_before) keeps every batch it has not
+/// committed, and a compaction every segment holding one
+/// ([`Engine::remove_consumer`](crate::Engine::remove_consumer) deletes it). Compaction
+/// batches ([`OwnedBatch::compaction`]) repeat values already yielded: an event consumer
+/// skips them. A batch holds a key's last write of its window, not the earlier ones
+/// (coalescing, `Config::coalesce`): give each event a key of its own.
+///
+/// ```
+/// use mergelog::{Config, Engine};
+/// use std::time::Duration;
+///
+/// # fn main() -> mergelog::Result<()> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let engine = Engine::open(dir.path(), Config::default())?;
+/// engine.put(b"order:1", b"placed")?.wait()?;
+/// engine.put(b"order:2", b"placed")?.wait()?;
+///
+/// let mut consumer = engine.consumer("mailer")?;
+/// // `next_timeout` gives `Ok(None)` once nothing more lands in time (`for batch in
+/// // consumer` blocks for the next batch instead).
+/// while let Some(batch) = consumer.next_timeout(Duration::from_millis(50))? {
+///     if !batch.compaction {
+///         for (_op, _key, _value) in &batch.records { /* handle the event */ }
+///     }
+///     consumer.commit(batch.seq)?; // durable: not yielded again after a restart
+/// }
+/// assert_eq!(consumer.committed(), engine.durable_seq());
+/// drop(consumer);
+/// engine.close()?;
+///
+/// // After a restart it resumes after its last commit.
+/// let engine = Engine::open(dir.path(), Config::default())?;
+/// engine.put(b"order:3", b"placed")?.wait()?;
+/// let mut consumer = engine.consumer("mailer")?;
+/// let batch = consumer.next_timeout(Duration::from_secs(10))?.expect("order 3's batch");
+/// assert_eq!(batch.records[0].1, b"order:3");
+/// # Ok(())
+/// # }
+/// ```
 ///
 /// Made by `Engine::consumer` (in the engine's process: woken when a batch becomes durable;
 /// one handle per name) or `LogReader::consumer` (any process: polls for new batches; not
@@ -361,7 +403,9 @@ impl Consumer {
         &self.name
     }
 
-    /// The last committed batch (0 if none: then the log's first batch comes first).
+    /// The last committed batch. A new consumer is at the batch before the first one the log
+    /// holds (0, or `first_seq - 1` once `retire_before` has removed segments), so that
+    /// batch comes first.
     pub fn committed(&self) -> Seq {
         Seq::new(self.committed)
     }
@@ -486,7 +530,20 @@ impl Consumer {
         self.seen(r)
     }
 
-    /// The next batch as a `Stream` yields it (as [`Follower::poll_next`]).
+    /// The next batch as a `Stream` yields it (as [`Follower::poll_next`]). Awaited in an
+    /// `async fn`, with `std` alone:
+    ///
+    /// ```
+    /// # async fn consume(mut consumer: mergelog::Consumer) -> mergelog::Result<()> {
+    /// // Never `None`: the loop ends with the engine's close (`Error::Closed`) or failure.
+    /// while let Some(batch) = std::future::poll_fn(|cx| consumer.poll_next(cx)).await {
+    ///     let batch = batch?;
+    ///     /* handle batch.records */
+    ///     consumer.commit(batch.seq)?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<OwnedBatch>>> {
         let r = self.follower.poll_next(cx);
         if let Poll::Ready(Some(Ok(b))) = &r {
@@ -516,7 +573,8 @@ impl Iterator for Consumer {
 pub struct ConsumerInfo {
     /// Its name.
     pub name: String,
-    /// The last batch it committed (0: none).
+    /// The last batch it committed (for a consumer that has committed nothing, the batch
+    /// before the first one the log held when it was made: 0 unless segments were retired).
     pub committed: Seq,
     /// Durable batches it has not committed: `durable_seq - committed` (0 if it is ahead,
     /// which a consumer opened from another process's view can be).
@@ -604,7 +662,9 @@ impl crate::Engine {
     }
 
     /// Deletes consumer `name` (its file, durably): it no longer holds back `retire_before`.
-    /// False if there was no such consumer; an `Error::Consumer` if a handle of it is open.
+    /// False if there was no such consumer; an `Error::Consumer` if a handle of it is open on
+    /// this engine. A handle made through `LogReader::consumer` (another process's) is not
+    /// seen: its next commit makes the file again, and the consumer is back at that commit.
     ///
     /// # Errors
     ///

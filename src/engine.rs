@@ -406,7 +406,9 @@ impl Engine {
             Some(op) => op.check_operand(operand),
             None => Err(Error::MergeRefused {
                 operator: "none",
-                reason: "Config::merge sets no merge operator".into(),
+                reason: "no merge operator is configured (Config::merge is None): open the \
+                         engine with one, such as Config { merge: Some(MergeOperator::Add), .. }"
+                    .into(),
             }),
         }
     }
@@ -606,6 +608,11 @@ impl Engine {
     /// A follower that yields every batch from sequence `from` on (1 = the start of the
     /// log), each once it is durable, waiting for new ones as they land. Once the engine is
     /// closed, it yields the batches that became durable and then `Err(Error::Closed)`.
+    ///
+    /// Followers, consumers and replay see what the log holds: of a key's writes in one
+    /// window, the last (with `Config::coalesce` on, the default). An event log that must
+    /// keep every event gives each its own key (`examples/ledger` logs `tx/<voucher>`), or
+    /// opens with `coalesce: false`.
     pub fn follow(&self, from: impl Into<Seq>) -> Follower {
         Follower::of_engine(
             self.inner.dir.clone(),
@@ -616,7 +623,8 @@ impl Engine {
     }
 
     /// A read-only view of the log as of now (its durable batches; with `NoSync`, those
-    /// written), for replay in log order. It reads through the engine's own mappings (no
+    /// written), for replay in log order (a key's last write of each window: see
+    /// [`Engine::follow`]). It reads through the engine's own mappings (no
     /// scan of the directory), and while it lives the engine does not reuse its segment
     /// files; a follower made from it (`LogReader::follow`) is one of this engine's.
     ///
@@ -751,6 +759,57 @@ impl Engine {
     /// consumer has not committed, retiring only before `min(seq, committed + 1)` of every
     /// consumer, and [`Retired::held_back_by`] names the consumer that limited it.
     /// [`Engine::retire_before_forced`] ignores them.
+    ///
+    /// A write-ahead log under a checkpoint, in short (`examples/kv_wal/store.rs` is the
+    /// whole pattern, crash-tested: writes applied in log order from several threads, the
+    /// checkpoint written durably before the history it covers is retired):
+    ///
+    /// ```
+    /// use mergelog::{Config, Engine, RecordOp, Seq};
+    /// use std::collections::BTreeMap;
+    ///
+    /// # fn main() -> mergelog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// // Small segments, so that this example retires some.
+    /// let config = || Config {
+    ///     segment_bytes: 64 << 10,
+    ///     batch_bytes_max: 16 << 10,
+    ///     ..Config::default()
+    /// };
+    /// let engine = Engine::open(dir.path(), config())?;
+    /// let mut state = BTreeMap::new();
+    /// let mut covered = Seq::default(); // the last batch applied to `state`
+    /// for i in 0..200 {
+    ///     let (key, value) = (format!("k{}", i % 50).into_bytes(), vec![b'v'; 1000]);
+    ///     covered = engine.put(&key, &value)?.wait()?; // durable: now apply it
+    ///     state.insert(key, value);
+    /// }
+    /// // The checkpoint: `state` as of batch `covered`, made durable (a file: written,
+    /// // synced, renamed, its directory synced) before the history it covers goes.
+    /// let checkpoint = (covered, state.clone());
+    /// let retired = engine.retire_before(covered.next())?;
+    /// assert!(retired.segments > 0);
+    /// engine.put(b"after", b"the checkpoint")?.wait()?;
+    /// engine.close()?;
+    ///
+    /// // At open: the checkpoint, then the log after it.
+    /// let engine = Engine::open(dir.path(), config())?;
+    /// let (covered, mut state) = checkpoint;
+    /// let log = engine.replay()?;
+    /// // `batches_from` starts at the first batch the log holds: check none it needs is gone.
+    /// assert!(log.first_seq() <= covered.next(), "batches after the checkpoint are gone");
+    /// for batch in log.batches_from(covered.next()) {
+    ///     for r in batch.records() {
+    ///         match r.op {
+    ///             RecordOp::Put => state.insert(r.key.to_vec(), r.value.to_vec()),
+    ///             RecordOp::Delete => state.remove(r.key),
+    ///         };
+    ///     }
+    /// }
+    /// assert_eq!(state.len(), 51);
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///

@@ -267,7 +267,11 @@ impl fmt::Display for Error {
                     ", past Config::consumer_lag_max (Backpressure::Reject); retry once it has caught up"
                 )
             }
-            Error::Closed => write!(f, "engine is closed"),
+            Error::Closed => write!(
+                f,
+                "engine is closed: it takes no more requests (reads go on); Engine::open the \
+                 directory again to write"
+            ),
             Error::Failed(cause) => write!(
                 f,
                 "engine failed earlier and is read-only until reopened: {cause}"
@@ -310,7 +314,10 @@ impl fmt::Display for Error {
                 "damaged log: {} at offset {offset}: {reason}; cutting the log there would lose durable batches {first_lost}..={last_lost}, so nothing was changed (restore the file, or open with RecoveryMode::PointInTime to accept the loss)",
                 path.display()
             ),
-            Error::Timeout => write!(f, "timed out waiting for the request to become durable"),
+            Error::Timeout => write!(
+                f,
+                "timed out waiting for the request to complete; it goes on: wait on the ticket again"
+            ),
             Error::SeqUnknown { position } => write!(
                 f,
                 "the request at position {position} is durable, but its batch is no longer remembered (the ticket was looked at more than 65,536 windows after it completed)"
@@ -325,6 +332,14 @@ impl fmt::Display for Error {
                 path.display()
             ),
             Error::Consumer { name, reason } => write!(f, "consumer {name:?}: {reason}"),
+            // With no operator configured there is none to name: the reason says what to set.
+            Error::MergeRefused {
+                operator: "none",
+                reason,
+            } => write!(
+                f,
+                "merge refused: {reason}; nothing of the request was applied"
+            ),
             Error::MergeRefused { operator, reason } => write!(
                 f,
                 "merge refused by the {operator} operator: {reason}; nothing of the request was applied"
@@ -443,6 +458,24 @@ mod tests {
              put/delete/merge/get/write); that request and every one after it were not written"
         );
         assert!(stalled.source().is_none());
+    }
+
+    /// The two errors a caller meets most in normal use say what to do next: a timed-out
+    /// wait that the request goes on (wait again), a closed engine that only a new open takes
+    /// requests (before: "timed out waiting for the request to become durable", "engine is
+    /// closed").
+    #[test]
+    fn a_timeout_and_a_closed_engine_say_what_to_do() {
+        let timeout = Error::Timeout.to_string();
+        assert!(
+            timeout.contains("goes on") && timeout.contains("wait on the ticket again"),
+            "{timeout}"
+        );
+        let closed = Error::Closed.to_string();
+        assert!(
+            closed.contains("closed") && closed.contains("Engine::open"),
+            "{closed}"
+        );
     }
 
     /// A throttled write's message gives the slowest consumer's lag in every measure the

@@ -53,6 +53,26 @@
 //! # }
 //! ```
 //!
+//! ## Three ways to use it
+//!
+//! - **A key-value write path.** [`Engine::put`], [`Engine::delete`] and [`Engine::write`]
+//!   (or their `_async` forms: `engine.put_async(k, v).await?.await?`, submit then
+//!   durability, on any executor) give a [`Ticket`] per request; [`Engine::read`] reads what
+//!   is durable, [`Engine::get`] reads in order with the writes. `examples/kv_async.rs`:
+//!   many clients on one thread.
+//! - **A write-ahead log under your own state.** Apply writes in log order, each once its
+//!   ticket is durable; checkpoint your state with the batch [`Seq`] `S` it covers; call
+//!   [`Engine::retire_before`]`(S + 1)` once the checkpoint is durable; at open, replay
+//!   `engine.replay()?.batches_from(S + 1)` ([`LogReader::batches_from`]).
+//!   `examples/kv_wal/store.rs`, and README, "Using mergelog as a write-ahead log".
+//! - **An event log with durable consumers.** [`Engine::consumer`] yields the batches after
+//!   its last [`Consumer::commit`], across restarts (at-least-once: see [`Consumer`]);
+//!   request ids ([`Engine::put_with_id`]) make a consumer's effects happen once.
+//!   `examples/ledger.rs`, an event-sourced ledger in two processes.
+//!
+//! Every limit is a field of [`Config`], checked at [`Engine::open`] or at submit; every
+//! error ([`Error`]) says what happened and, where something can be done, what to do.
+//!
 //! Each open engine runs `mergelog-flusher` (windows, coalescing, log writes) and
 //! `Config::syncers` syncer threads (`mergelog-syncer`, `mergelog-syncer-1`, ...: syncs and
 //! completions; two by default, one under `Durability::NoSync`), plus `mergelog-prep` while it

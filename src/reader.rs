@@ -283,6 +283,20 @@ impl std::fmt::Debug for LogReader {
     }
 }
 
+/// Refuses a `dir` that is not an existing directory, saying which: missing (or out of
+/// reach: the operating system's error), or a file of another kind.
+fn existing_dir(dir: &Path) -> Result<()> {
+    let refuse = |e| Error::io("open log directory", dir, e);
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(refuse(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            "exists and is not a directory",
+        ))),
+        Err(e) => Err(refuse(e)),
+    }
+}
+
 impl LogReader {
     /// What `Engine::open` with `mode` would find in the log in `dir`, written with
     /// `durability`, changing nothing: `Ok(None)` for a clean log, `Ok(Some(damage))` for a
@@ -300,7 +314,7 @@ impl LogReader {
     /// # Errors
     ///
     /// As above: [`Error::DamagedHistory`] or [`Error::Corrupt`] for damage the mode would
-    /// refuse (naming the file and the offset), [`Error::Io`] if `dir` is not a directory or a
+    /// refuse (naming the file and the offset), [`Error::Io`] if `dir` is missing or not a directory, or a
     /// file of the log cannot be listed, opened or read.
     pub fn check(
         dir: impl AsRef<Path>,
@@ -308,13 +322,7 @@ impl LogReader {
         durability: crate::config::Durability,
     ) -> Result<Option<Damage>> {
         let dir = dir.as_ref();
-        if !dir.is_dir() {
-            return Err(Error::io(
-                "open log directory",
-                dir,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
-            ));
-        }
+        existing_dir(dir)?;
         let synced = durability == crate::config::Durability::Sync;
         crate::log::recovery::check(dir, mode, synced)
     }
@@ -325,7 +333,7 @@ impl LogReader {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if `dir` is not a directory or a file of the log cannot be listed,
+    /// [`Error::Io`] if `dir` is missing or not a directory, or a file of the log cannot be listed,
     /// opened or mapped (naming the call and the file); [`Error::Corrupt`] for damage the
     /// mode does not end the log at (with the default mode: in an earlier segment, or a bad
     /// segment header that is not the last segment's torn roll), naming the file and the
@@ -343,13 +351,7 @@ impl LogReader {
     /// [`Error::Corrupt`].
     pub fn open_with(dir: impl AsRef<Path>, mode: RecoveryMode) -> Result<LogReader> {
         let dir = dir.as_ref().to_owned();
-        if !dir.is_dir() {
-            return Err(Error::io(
-                "open log directory",
-                &dir,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
-            ));
-        }
+        existing_dir(&dir)?;
         let ids_stamp = crate::log::dir::ids_stamp(&dir);
         let scanned = scan_retrying(&dir, mode, &io::real())?;
         if mode == RecoveryMode::AbsoluteConsistency {
@@ -598,7 +600,12 @@ impl LogReader {
         self.batches_from(0)
     }
 
-    /// Batches with sequence number `>= from`, in log order.
+    /// Batches with sequence number `>= from`, in log order. A `from` before
+    /// [`LogReader::first_seq`] starts there, without an error (unlike a follower's
+    /// [`Error::Retired`]): a caller that needs every batch from `from` on (a write-ahead
+    /// log replaying after a checkpoint of batch `S`, from `S + 1`) checks `first_seq() <=
+    /// from` itself, as `examples/kv_wal/store.rs` does. A `from` at or past
+    /// [`LogReader::next_seq`] yields nothing.
     pub fn batches_from(&self, from: impl Into<Seq>) -> impl Iterator<Item = Batch<'_>> + '_ {
         let from = from.into().get();
         // Skip whole segments that end before `from`: segment i holds [id_i, id_{i+1}).

@@ -39,6 +39,16 @@ impl Engine {
     /// put is submitted, waiting (as a future) for ring space or for a consumer-lag throttle
     /// to let go under `Backpressure::Block`.
     ///
+    /// Two awaits: `engine.put_async(k, v).await?.await?`. The first submits and gives the
+    /// [`Ticket`]; the request takes its place in the order at the poll that resolves it (a
+    /// future does nothing until polled), so awaiting it before the next submit keeps a
+    /// client's writes in order. The second, the ticket's, waits for durability and gives
+    /// the batch ([`Seq`](crate::Seq)) the write is in: a client may submit several writes
+    /// before awaiting their tickets, and they share syncs. The futures need no runtime (the
+    /// engine's threads wake them; any executor polls them), allocate nothing while the ring
+    /// has room, and leave no waker with the engine once dropped. `examples/kv_async.rs`
+    /// runs many such clients on one thread with a small executor of `std`.
+    ///
     /// # Errors
     ///
     /// As [`Engine::put`]'s. Where that would block (`Backpressure::Block`), the future waits

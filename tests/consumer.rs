@@ -1131,3 +1131,88 @@ fn consumers_committing_each_batch_read_no_position_files_per_commit() {
         engine.close().unwrap();
     }
 }
+
+/// A new consumer has committed nothing, and its position is the batch before the first one
+/// the log holds: 0 for a log never retired, `first_seq - 1` after a retirement (the docs of
+/// `Consumer::committed` and `ConsumerInfo::committed` said 0), so the first batch it yields
+/// is the log's first.
+#[test]
+fn a_new_consumer_of_a_retired_log_is_at_the_batch_before_its_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    let put = put_batches(&engine, 200, 1000);
+    let retired = engine.retire_before(put[put.len() - 1]).unwrap();
+    assert!(retired.segments > 0, "nothing retired: {retired:?}");
+    let first = retired.first_seq;
+    let mut c = engine.consumer("late").unwrap();
+    assert_eq!(
+        c.committed(),
+        first.get() - 1,
+        "a new consumer's committed batch"
+    );
+    assert_eq!(c.next_seq(), first);
+    let info = engine.consumers().unwrap();
+    assert_eq!(info[0].committed, first.get() - 1, "{info:?}");
+    assert_eq!(next(&mut c).seq, first);
+}
+
+/// A consumer (like every reader of the log) sees what the log holds: per window, only a key's
+/// last write (the earlier ones are coalesced away, acknowledged and never logged). An event
+/// log gives every event a key of its own, or turns coalescing off: then every write is a
+/// record, in the order submitted.
+#[test]
+fn a_consumer_sees_a_keys_last_write_of_a_window_unless_coalescing_is_off() {
+    use std::time::Duration;
+    for coalesce in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(
+            dir.path(),
+            Config {
+                coalesce,
+                // One window for the three puts (the first wait cuts it at once: a lone
+                // waiter writes its window itself).
+                window: mergelog::WindowPolicy::Linger(Duration::from_secs(5)),
+                window_age_max: Duration::from_secs(5),
+                ..config()
+            },
+        )
+        .unwrap();
+        let tickets: Vec<_> = [&b"opened"[..], b"paid", b"shipped"]
+            .iter()
+            .map(|event| engine.put(b"order:1", event).unwrap())
+            .collect();
+        let batches: Vec<Seq> = tickets.iter().map(|t| t.wait().unwrap()).collect();
+        assert!(batches.iter().all(|&b| b == batches[0]), "{batches:?}");
+        let mut c = engine.consumer("events").unwrap();
+        let batch = next(&mut c);
+        let values: Vec<&[u8]> = batch.records.iter().map(|r| &r.2[..]).collect();
+        let expected: Vec<&[u8]> = if coalesce {
+            vec![b"shipped"]
+        } else {
+            vec![b"opened", b"paid", b"shipped"]
+        };
+        assert_eq!(values, expected, "coalesce = {coalesce}");
+    }
+}
+
+/// `remove_consumer` sees only this engine's handles: a directory handle
+/// (`LogReader::consumer`, another process's) that commits after the removal makes the
+/// consumer again, at that commit (as its docs say).
+#[test]
+fn a_removed_consumer_is_made_again_by_a_directory_handles_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config()).unwrap();
+    put_batches(&engine, 3, 10);
+    let mut other = LogReader::open(dir.path()).unwrap().consumer("c").unwrap();
+    let first = other.next_timeout(WAIT_MAX).unwrap().expect("a batch");
+    assert!(engine.remove_consumer("c").unwrap(), "the file was there");
+    assert!(engine.consumers().unwrap().is_empty());
+    other.commit(first.seq).unwrap();
+    let names: Vec<(String, Seq)> = engine
+        .consumers()
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.name, c.committed))
+        .collect();
+    assert_eq!(names, [("c".to_string(), first.seq)]);
+}

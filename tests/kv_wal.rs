@@ -182,3 +182,45 @@ fn writes_are_applied_in_log_order_from_many_threads() {
     let replayed: State = store.scan(b"", usize::MAX).into_iter().collect();
     assert_eq!(table, replayed, "a reopen replays another state");
 }
+
+/// Compaction retires history the checkpoint has not covered (it copies only the live puts of
+/// the segments it takes): a store whose log compacted by itself (`Compaction::Auto`) could no
+/// longer open ("the log starts at batch N but the checkpoint covers only up to batch 0").
+/// The store bounds its log by checkpoints, so it refuses an engine configured to compact by
+/// itself, naming the setting, before it writes anything.
+#[test]
+fn a_store_refuses_an_engine_that_compacts_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = options();
+    options.engine.compaction = mergelog::Compaction::Auto(mergelog::AutoCompaction {
+        live_ratio: 0.9,
+        ..Default::default()
+    });
+    options.checkpoint_every_writes = u64::MAX;
+    match Store::open(dir.path(), options.clone()) {
+        Err(e) => {
+            let message = e.to_string();
+            assert!(
+                message.contains("compaction") && message.contains("Auto"),
+                "{message}"
+            );
+            let files = std::fs::read_dir(dir.path()).map_or(0, |d| d.count());
+            assert_eq!(files, 0, "a refused store made files");
+        }
+        Ok(store) => {
+            // What it comes to: writes until the engine has compacted, then a reopen.
+            let mut i = 0;
+            while store.engine().stats().compaction.segments_retired == 0 {
+                store.put(&mixed_key(i % 5), &[b'v'; 1000]).expect("put");
+                i += 1;
+            }
+            store.close().expect("close");
+            let reopened = Store::open(dir.path(), options);
+            panic!(
+                "a store with Compaction::Auto opened; after {i} writes the engine compacted, \
+                 and the reopen gave {:?}",
+                reopened.map(|s| s.len())
+            );
+        }
+    }
+}

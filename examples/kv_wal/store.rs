@@ -300,6 +300,15 @@ impl Store {
                 "checkpoint_every_writes and checkpoint_every_bytes must be at least 1",
             ));
         }
+        // Compaction copies only the live puts of the segments it retires, and retires history
+        // the checkpoint has not covered: the next open would find batches after it gone.
+        if matches!(options.engine.compaction, mergelog::Compaction::Auto(_)) {
+            return Err(Error::InvalidOptions(
+                "engine.compaction = Compaction::Auto would retire log the checkpoint has not \
+                 covered; the store bounds its log by checkpoints: use OnDemand (the default) \
+                 or Off",
+            ));
+        }
         let dir = dir.as_ref().to_owned();
         // First the engine: it creates the directories (syncing each parent) and takes the
         // directory's lock, which keeps a second store off the checkpoint as well.
@@ -421,7 +430,8 @@ impl Store {
     }
 
     /// The write-ahead log (for its counters, `segments()`, ...). Writing to it directly
-    /// would bypass the table.
+    /// would bypass the table, and its `compact` or `retire_before` would remove history the
+    /// checkpoint has not covered (the next open refuses the store then).
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
@@ -593,7 +603,8 @@ fn replay(engine: &Engine, covered: u64, table: &mut Table) -> Result<Recovered>
     if first > covered + 1 {
         return Err(mismatch(format!(
             "the log starts at batch {first} but the checkpoint covers only up to batch \
-             {covered}: the batches between are gone (was the checkpoint replaced?)"
+             {covered}: the batches between are gone (was the checkpoint replaced, or the \
+             log compacted or retired through Store::engine?)"
         )));
     }
     if next <= covered {

@@ -155,6 +155,24 @@ fn compaction_keeps_every_live_value_and_retires_the_rest() {
         assert_eq!(b.is_compaction(), b.ops_acknowledged() == 0);
     }
     assert_eq!(seen, c.batches, "replay flags the compaction batches");
+    // So do followers, in the process and from another one (a reader of the directory):
+    // they can tell the copies from new events.
+    let mut in_process = engine.follow(c.first_seq);
+    let reader = LogReader::open(dir).expect("reader");
+    let mut directory = reader.follow(c.first_seq);
+    for (what, f) in [("engine", &mut in_process), ("reader", &mut directory)] {
+        let (mut flagged, mut batches) = (0, 0);
+        while let Some(b) = f.try_next().expect("follow") {
+            batches += 1;
+            flagged += u64::from(b.compaction);
+            if b.compaction {
+                let puts = b.records.iter().all(|r| r.0 == mergelog::RecordOp::Put);
+                assert!(puts && b.ids.is_empty(), "{what}: batch {}", b.seq);
+            }
+        }
+        assert!(batches as u64 >= c.batches, "{what}: {batches} batches");
+        assert_eq!(flagged, c.batches, "{what}: compaction batches flagged");
+    }
     engine.close().expect("close");
     drop(engine);
     let engine = Engine::open(dir, config()).expect("reopen");

@@ -155,6 +155,24 @@ fn compaction_keeps_every_live_value_and_retires_the_rest() {
         assert_eq!(b.is_compaction(), b.ops_acknowledged() == 0);
     }
     assert_eq!(seen, c.batches, "replay flags the compaction batches");
+    // So do followers, in the process and from another one (a reader of the directory):
+    // they can tell the copies from new events.
+    let mut in_process = engine.follow(c.first_seq);
+    let reader = LogReader::open(dir).expect("reader");
+    let mut directory = reader.follow(c.first_seq);
+    for (what, f) in [("engine", &mut in_process), ("reader", &mut directory)] {
+        let (mut flagged, mut batches) = (0, 0);
+        while let Some(b) = f.try_next().expect("follow") {
+            batches += 1;
+            flagged += u64::from(b.compaction);
+            if b.compaction {
+                let puts = b.records.iter().all(|r| r.0 == mergelog::RecordOp::Put);
+                assert!(puts && b.ids.is_empty(), "{what}: batch {}", b.seq);
+            }
+        }
+        assert!(batches as u64 >= c.batches, "{what}: {batches} batches");
+        assert_eq!(flagged, c.batches, "{what}: compaction batches flagged");
+    }
     engine.close().expect("close");
     drop(engine);
     let engine = Engine::open(dir, config()).expect("reopen");
@@ -623,6 +641,128 @@ fn a_compaction_batch_shares_the_sync_of_the_window_after_it() {
         "{chunks} compaction batches, {batches} batches, {syncs} syncs"
     );
     engine.close().unwrap();
+}
+
+/// Sees every frame the engine writes to a segment (`WritePath::Pwrite`: one write per
+/// frame, its header first): notes whether each is a compaction batch, and while a
+/// compaction batch is written asks the test's submitting thread to publish one put, and
+/// waits until it has. So a write is always waiting in the ring when the flusher finishes a
+/// compaction batch.
+#[derive(Default)]
+struct Interleave {
+    armed: std::sync::atomic::AtomicBool,
+    /// `true` for a compaction batch, `false` for a window's, in the order written.
+    frames: std::sync::Mutex<Vec<bool>>,
+    /// Where to ask for a put: the sender of a reply channel the submitter answers on.
+    ask: std::sync::Mutex<Option<std::sync::mpsc::Sender<std::sync::mpsc::Sender<()>>>>,
+    /// A submitter that did not answer in time (the test fails).
+    unanswered: std::sync::atomic::AtomicBool,
+}
+
+impl Io for Interleave {
+    fn before(&self, op: IoOp, path: &Path, _: u64, data: &[u8]) -> std::io::Result<()> {
+        use mergelog::internals::format::{FLAG_COMPACTION, FRAME_MAGIC};
+        use std::sync::atomic::Ordering::SeqCst;
+        let seg = path.extension().is_some_and(|e| e == "seg");
+        if op != IoOp::Write || !seg || data.len() < 32 || data[..4] != FRAME_MAGIC {
+            return Ok(());
+        }
+        if !self.armed.load(SeqCst) {
+            return Ok(());
+        }
+        let flags = u32::from_le_bytes(data[24..28].try_into().unwrap());
+        let compaction = flags & FLAG_COMPACTION != 0;
+        self.frames.lock().unwrap().push(compaction);
+        if compaction {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let asked = (self.ask.lock().unwrap().as_ref()).is_some_and(|a| a.send(tx).is_ok());
+            if asked && rx.recv_timeout(WAIT_MAX).is_err() {
+                self.unanswered.store(true, SeqCst);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// "Never stalls writers for longer than one batch" (issue 16): the flusher writes at most
+/// one compaction batch (a chunk of at most `batch_bytes_max`, and 256 KiB) between two
+/// windows, and the compacting thread offers the next chunk only once that one is written.
+/// While each compaction batch is written a put is published (`Interleave`), so a write
+/// waits whenever the flusher finishes one: a window must then come before the next
+/// compaction batch, never two compaction batches back to back. The state stays whole.
+#[test]
+fn a_write_waiting_goes_before_the_next_compaction_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let hook = Arc::new(Interleave::default());
+    // Chunks of at most 16 KiB (`batch_bytes_max`): about 40 for 3,000 live keys.
+    let cfg = Config {
+        write_path: mergelog::WritePath::Pwrite,
+        ..config()
+    };
+    let engine = Engine::open_with_io(dir, cfg.clone(), hook.clone()).expect("open");
+    let keys = 3000;
+    let mut state = State::new();
+    let mut last = None;
+    for i in 0..keys {
+        last = Some(engine.put(&key(i), &value(i, 0)).expect("put"));
+        state.insert(key(i), value(i, 0));
+    }
+    wait_ok(&last.expect("a put"), "fill");
+    let (tx, rx) = std::sync::mpsc::channel::<std::sync::mpsc::Sender<()>>();
+    *hook.ask.lock().unwrap() = Some(tx);
+    hook.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (compacted, tickets) = std::thread::scope(|s| {
+        let (engine, done) = (&engine, &done);
+        let submitter = s.spawn(move || {
+            let mut tickets = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                let Ok(answer) = rx.recv_timeout(Duration::from_millis(10)) else {
+                    continue;
+                };
+                let n = tickets.len();
+                let k = format!("during-{n:04}").into_bytes();
+                tickets.push((k.clone(), engine.put(&k, &value(n, 1)).expect("put")));
+                answer.send(()).expect("the hook waits");
+            }
+            tickets
+        });
+        let c = engine.compact().expect("compact");
+        done.store(true, std::sync::atomic::Ordering::Release);
+        (c, submitter.join().expect("submitter"))
+    });
+    *hook.ask.lock().unwrap() = None;
+    for (n, (k, t)) in tickets.iter().enumerate() {
+        wait_ok(t, "put during the compaction");
+        state.insert(k.clone(), value(n, 1));
+    }
+    let frames = hook.frames.lock().unwrap().clone();
+    let copies = frames.iter().filter(|&&c| c).count();
+    assert!(
+        !hook.unanswered.load(std::sync::atomic::Ordering::SeqCst),
+        "the submitter did not answer"
+    );
+    assert!(
+        compacted.batches >= 20 && copies as u64 == compacted.batches,
+        "{compacted:?}, {copies} compaction frames seen"
+    );
+    assert_eq!(tickets.len(), copies, "one put per compaction batch");
+    let back_to_back = frames.windows(2).filter(|w| w[0] && w[1]).count();
+    assert_eq!(
+        back_to_back,
+        0,
+        "compaction batches written with a write waiting (C: compaction, w: window): {}",
+        frames
+            .iter()
+            .map(|&c| if c { 'C' } else { 'w' })
+            .collect::<String>()
+    );
+    assert_eq!(engine_state(&engine), state);
+    engine.close().unwrap();
+    drop(engine);
+    let engine = Engine::open(dir, cfg).expect("reopen");
+    assert_eq!(engine_state(&engine), state, "after reopen");
 }
 
 /// A key whose only record is in a segment being retired is never missing for a reader: the

@@ -1813,6 +1813,48 @@ fn a_merge_run_is_reported_as_merges() {
     }
 }
 
+/// Issue 16: `bench --op merge` reports, besides the throughput, the records each system
+/// logged per request (a merge, or the client's get-then-put): `records_per_op` in the JSON,
+/// the engine's `records_written` over the run's requests, and a line of the text report.
+/// A put run has the field and no line.
+#[test]
+fn a_merge_run_reports_the_records_logged_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    for op in ["merge", "put"] {
+        let json = dir.path().join(format!("{op}.json"));
+        let systems = match op {
+            "merge" => "mergelog,mergelog-getput",
+            _ => "mergelog",
+        };
+        let args: Vec<&str> = ["bench", "--op", op, "--systems", systems]
+            .into_iter()
+            .chain(TINY)
+            .chain(["--json", json.to_str().unwrap()])
+            .collect();
+        let text = succeeds(&args);
+        let report = read_json(&json);
+        let runs = report["runs"].as_array().unwrap();
+        let mut line = Vec::new();
+        for run in runs {
+            let (records, ops) = (int(&run["engine"], "records_written"), int(run, "ops"));
+            assert!(ops > 0 && records > 0, "{run}");
+            let per = run["records_per_op"].as_f64().expect("records_per_op");
+            assert!(
+                (per - records as f64 / ops as f64).abs() < 1e-9,
+                "--op {op}: {per} for {records} records of {ops} requests"
+            );
+            assert!(per <= 1.0, "--op {op}: at most one record a request: {per}");
+            line.push(format!("{} {per:.3}", run["system"].as_str().unwrap()));
+        }
+        let want = format!("records logged per request: {}", line.join(", "));
+        assert_eq!(
+            text.contains(&want),
+            op == "merge",
+            "--op {op}: {want:?} in:\n{text}"
+        );
+    }
+}
+
 /// A reader of stdout that left before the report (`mergelog bench --json r.json ... | true`,
 /// or a `head` that got what it wanted) costs the run nothing else: the JSON, the interval
 /// log, the plot and `profile`'s trace asked for are written, and the exit code is the run's.

@@ -174,6 +174,17 @@ pub fn summary(trace: &Trace, path: &Path) -> String {
         "taken -> sync start",
         gaps(ev, is(TraceKind::GroupTaken), is(TraceKind::SyncStart)),
     );
+    // What a compaction holds the writers back by: the flusher's time on one compaction
+    // batch (taking the chunk, checking it, writing it, a roll if it needs one), against a
+    // window's "cut -> handed on" above (issue 16: never longer than one batch).
+    out += &row(
+        "compaction start -> end",
+        gaps(
+            ev,
+            is(TraceKind::CompactionStart),
+            is(TraceKind::CompactionEnd),
+        ),
+    );
     let windows: Vec<f64> = ev
         .iter()
         .filter(|e| e.kind == TraceKind::WindowCut)
@@ -228,6 +239,30 @@ mod tests {
                 [0, 10 * us, 0]
             ]
         );
+    }
+
+    /// The summary gives the flusher's time per compaction batch, from each
+    /// `CompactionStart` to its `CompactionEnd`.
+    #[test]
+    fn the_summary_times_each_compaction_batch() {
+        use TraceKind::*;
+        let events = vec![
+            ev(0, WindowCut, 10),
+            ev(30, CompactionStart, 0),
+            ev(80, CompactionEnd, 7),
+            ev(100, WindowCut, 3),
+            ev(200, CompactionStart, 0),
+            ev(230, CompactionEnd, 5),
+        ];
+        let trace = Trace { events, dropped: 0 };
+        let text = summary(&trace, Path::new("t"));
+        let line = (text.lines())
+            .find(|l| l.starts_with("compaction start -> end"))
+            .unwrap_or_else(|| panic!("no compaction row:\n{text}"));
+        let cells: Vec<&str> = line["compaction start -> end".len()..]
+            .split_whitespace()
+            .collect();
+        assert_eq!(cells, ["2", "40.0", "50.0", "50.0", "50.0"], "{text}");
     }
 
     #[test]

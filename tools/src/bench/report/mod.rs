@@ -566,6 +566,10 @@ struct Run {
     coalesced_writes: u64,
     collapsed_reads: u64,
     records_written: u64,
+    /// Records logged per request (`records_written / ops`; with `--op merge`, a merge or a
+    /// client's get-then-put is one request); null for the systems whose records are not
+    /// counted (the peers) or without requests.
+    records_per_op: Option<f64>,
     bytes_written: u64,
     bytes_per_op: f64,
     /// Bytes written per put or delete; null without writes.
@@ -790,6 +794,9 @@ impl Run {
             coalesced_writes: r.coalesced_writes,
             collapsed_reads: r.collapsed_reads,
             records_written: r.records_written,
+            records_per_op: (r.system.counts_bytes_written())
+                .then(|| per(r.records_written, r.ops))
+                .flatten(),
             bytes_written: r.bytes_written,
             bytes_per_op: per(r.bytes_written, r.ops).unwrap_or(0.0),
             bytes_per_write: per(r.bytes_written, writes),

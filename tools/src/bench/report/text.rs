@@ -201,6 +201,7 @@ impl Report {
                 }
             );
         }
+        out.push_str(&self.records_line());
         out.push_str(&self.fell_behind());
         out.push_str(&self.cpu_line());
         out.push_str(if self.open_loop() {
@@ -373,6 +374,26 @@ impl Report {
              naive's records); - for {}: what they write to their files is not measured (the \
              JSON's bytes_written is the bytes handed to them)\n",
             unmeasured.join(", ")
+        )
+    }
+
+    /// `--op merge`: the records each system logged per request (a merge, or the client's
+    /// get-then-put), beside its throughput in the table (issue 16); nothing for puts, whose
+    /// coalescing the table gives.
+    fn records_line(&self) -> String {
+        if self.workload.op != "merge" {
+            return String::new();
+        }
+        let per: Vec<String> = (self.runs.iter())
+            .filter_map(|r| Some(format!("{} {:.3}", r.system, r.records_per_op?)))
+            .collect();
+        if per.is_empty() {
+            return String::new();
+        }
+        format!(
+            "records logged per request: {} (a merge is one request, and so is a client's \
+             get-then-put of the counter)\n",
+            per.join(", ")
         )
     }
 

@@ -334,6 +334,28 @@ impl Lookup<'_> {
         self.0.table.find(h, same_key(h, key)).map(|s| s.loc)
     }
 
+    /// [`Lookup::get`] of each key, in order, appended to `out`. Each key is hashed and
+    /// its slots prefetched [`AHEAD`] keys before it is probed, so that the cache misses of
+    /// many lookups overlap instead of following one another (as [`apply_updates`] does for
+    /// updates).
+    pub fn get_each<'k>(&self, keys: &[(usize, &'k [u8])], out: &mut Vec<Option<Loc>>) {
+        let map = &*self.0;
+        let mut hashes = [0u64; AHEAD];
+        for (j, &(_, key)) in keys.iter().take(AHEAD).enumerate() {
+            hashes[j] = map.hash(key);
+            map.prefetch_slot(hashes[j]);
+        }
+        for (i, &(_, key)) in keys.iter().enumerate() {
+            let h = hashes[i % AHEAD];
+            if let Some(&(_, ahead)) = keys.get(i + AHEAD) {
+                let next = map.hash(ahead);
+                map.prefetch_slot(next);
+                hashes[i % AHEAD] = next;
+            }
+            out.push(map.table.find(h, same_key(h, key)).map(|s| s.loc));
+        }
+    }
+
     /// Whether `key`'s newest record is the one at `loc` (`get(key) == Some(loc)`), for a
     /// record read from the log at `loc`. It matches slots by hash and location, not by key
     /// bytes: only the slot of the record at `loc` points there, and that record's key is
@@ -720,7 +742,7 @@ impl ValueRef {
     ) {
         locs.clear();
         let lookup = index.lookup();
-        locs.extend(keys.iter().map(|&(_, key)| lookup.get(key)));
+        lookup.get_each(keys, locs);
         drop(lookup);
         let mut again = Vec::new();
         let segs = segments.read();
@@ -1089,6 +1111,41 @@ mod tests {
         }
         // Every key set and not deleted (all but a third) holds exactly its one location.
         assert_eq!(held, KEYS - KEYS / 3);
+    }
+
+    /// `get_each` answers as `get` of each key, in order: keys set, deleted and never set,
+    /// repeated, more of them than it prefetches ahead, and fewer.
+    #[test]
+    fn get_each_is_get_of_each_key() {
+        let keys: Vec<&'static [u8]> = (0..3 * AHEAD)
+            .map(|i| kept(format!("key-{i:03}-{}", "x".repeat(i % 20)).into_bytes()))
+            .collect();
+        let index = Index::default();
+        set_each_at_its_place(&index, &keys[..2 * AHEAD]);
+        // SAFETY: every key is 'static.
+        unsafe { index.apply(keys.iter().step_by(5).map(|k| (*k, None))) };
+        let lookup = index.lookup();
+        let mut asked: Vec<(usize, &[u8])> = Vec::new();
+        for round in 0..2 {
+            for (i, k) in keys.iter().enumerate().rev() {
+                asked.push((round * keys.len() + i, k));
+            }
+            asked.push((usize::MAX, b"never-set"));
+        }
+        for n in [0, 1, AHEAD - 1, AHEAD, AHEAD + 1, asked.len()] {
+            let mut got = vec![Some(loc(999_999))];
+            lookup.get_each(&asked[..n], &mut got);
+            let want: Vec<Option<Loc>> = std::iter::once(Some(loc(999_999)))
+                .chain(asked[..n].iter().map(|&(_, k)| lookup.get(k)))
+                .collect();
+            assert_eq!(got, want, "{n} keys");
+        }
+        let found = keys.iter().filter(|k| lookup.get(k).is_some()).count();
+        assert_eq!(
+            found,
+            2 * AHEAD - (2 * AHEAD).div_ceil(5),
+            "the keys set and not deleted"
+        );
     }
 
     proptest::proptest! {

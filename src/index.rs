@@ -338,7 +338,7 @@ impl Lookup<'_> {
     /// its slots prefetched [`AHEAD`] keys before it is probed, so that the cache misses of
     /// many lookups overlap instead of following one another (as [`apply_updates`] does for
     /// updates).
-    pub fn get_each<'k>(&self, keys: &[(usize, &'k [u8])], out: &mut Vec<Option<Loc>>) {
+    pub fn get_each(&self, keys: &[(usize, &[u8])], out: &mut Vec<Option<Loc>>) {
         let map = &*self.0;
         let mut hashes = [0u64; AHEAD];
         for (j, &(_, key)) in keys.iter().take(AHEAD).enumerate() {

@@ -446,18 +446,11 @@ fn a_backup_into_an_existing_path_is_refused_and_changes_nothing() {
 
 /// An `ids` file (version 2, right CRC) of these entries (id, batch), time 0.
 fn ids_file(entries: &[(u128, u64)]) -> Vec<u8> {
-    let mut b = b"MLIDS\0\0\0".to_vec();
-    b.extend_from_slice(&2u32.to_le_bytes());
-    b.extend_from_slice(&0u32.to_le_bytes());
-    b.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-    for &(id, seq) in entries {
-        b.extend_from_slice(RequestId::from(id).as_bytes());
-        b.extend_from_slice(&seq.to_le_bytes());
-        b.extend_from_slice(&0u64.to_le_bytes());
-    }
-    let crc = crc32c::crc32c(&b);
-    b.extend_from_slice(&crc.to_le_bytes());
-    b
+    let entries: Vec<_> = entries
+        .iter()
+        .map(|&(id, seq)| (RequestId::from(id), seq, 0))
+        .collect();
+    common::ids_file(&entries)
 }
 
 /// An `ids` file's entries (id, batch), the bad entry's offset, and words of the reason.

@@ -726,24 +726,6 @@ fn a_refused_ids_give_back_keeps_the_ids_the_horizon_promises() {
     assert_eq!(after_reopen, Some(seq));
 }
 
-/// The bytes of an `ids` file (version 2, docs/FORMAT.md "Carried request ids") holding
-/// `entries` (id, batch, time) with a right CRC: what the engine would write, whatever the
-/// batches.
-fn ids_file(entries: &[(RequestId, u64, u64)]) -> Vec<u8> {
-    let mut b = b"MLIDS\0\0\0".to_vec();
-    b.extend_from_slice(&2u32.to_le_bytes());
-    b.extend_from_slice(&0u32.to_le_bytes());
-    b.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-    for (i, seq, time) in entries {
-        b.extend_from_slice(i.as_bytes());
-        b.extend_from_slice(&seq.to_le_bytes());
-        b.extend_from_slice(&time.to_le_bytes());
-    }
-    let crc = crc32c::crc32c(&b);
-    b.extend_from_slice(&crc.to_le_bytes());
-    b
-}
-
 /// The offset of entry `i` in an `ids` file.
 fn ids_entry_offset(i: u64) -> u64 {
     24 + 32 * i
@@ -800,11 +782,11 @@ fn assert_ids_refused(dir: &std::path::Path, offset: u64, words: &str, retried: 
 fn an_ids_file_naming_a_batch_past_the_logs_end_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     log_of(dir.path(), 4);
-    let file = ids_file(&[(id(101), 1, 0), (id(7), 50, 0), (id(8), 50, 0)]);
+    let file = common::ids_file(&[(id(101), 1, 0), (id(7), 50, 0), (id(8), 50, 0)]);
     std::fs::write(dir.path().join("ids"), file).unwrap();
     assert_ids_refused(dir.path(), ids_entry_offset(1), "past the log's end", id(7));
     // A batch at the log's end exactly (the next one to be written) too.
-    let file = ids_file(&[(id(7), 5, 0)]);
+    let file = common::ids_file(&[(id(7), 5, 0)]);
     std::fs::write(dir.path().join("ids"), file).unwrap();
     assert_ids_refused(dir.path(), ids_entry_offset(0), "past the log's end", id(7));
     // Nothing was changed: without the file the log opens, whole.
@@ -824,15 +806,15 @@ fn an_ids_file_naming_a_live_batch_that_does_not_log_the_id_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     log_of(dir.path(), 4);
     // Batch 1 logs id 101 and batch 3 id 103: those entries are true; batch 2 logs no id.
-    let file = ids_file(&[(id(101), 1, 0), (id(9), 2, 0), (id(103), 3, 0)]);
+    let file = common::ids_file(&[(id(101), 1, 0), (id(9), 2, 0), (id(103), 3, 0)]);
     std::fs::write(dir.path().join("ids"), file).unwrap();
     assert_ids_refused(dir.path(), ids_entry_offset(1), "does not log it", id(9));
     // Batch 3 logs an id, but another one.
-    let file = ids_file(&[(id(101), 1, 0), (id(105), 3, 0)]);
+    let file = common::ids_file(&[(id(101), 1, 0), (id(105), 3, 0)]);
     std::fs::write(dir.path().join("ids"), file).unwrap();
     assert_ids_refused(dir.path(), ids_entry_offset(1), "does not log it", id(105));
     // True entries of live batches (what a crash between the removals leaves) are taken.
-    let file = ids_file(&[(id(101), 1, 0), (id(103), 3, 0)]);
+    let file = common::ids_file(&[(id(101), 1, 0), (id(103), 3, 0)]);
     std::fs::write(dir.path().join("ids"), file).unwrap();
     assert_eq!(
         LogReader::check(dir.path(), Default::default(), Default::default()).unwrap(),
@@ -898,21 +880,21 @@ fn an_ids_file_out_of_batch_order_is_refused() {
     // The engine's own entries, two of them swapped.
     let mut swapped = written.clone();
     swapped.swap(2, 4);
-    std::fs::write(dir.path().join("ids"), ids_file(&swapped)).unwrap();
+    std::fs::write(dir.path().join("ids"), common::ids_file(&swapped)).unwrap();
     assert_ids_refused(dir.path(), ids_entry_offset(3), "oldest batch first", id(3));
     // Two ids of one batch, the larger first; and one id twice in its batch.
     for (first, second) in [(id(0x600), id(0x500)), (id(0x500), id(0x500))] {
         let mut forged = written.clone();
         forged.insert(1, (first, 1, 0));
         forged.insert(2, (second, 1, 0));
-        std::fs::write(dir.path().join("ids"), ids_file(&forged)).unwrap();
+        std::fs::write(dir.path().join("ids"), common::ids_file(&forged)).unwrap();
         assert_ids_refused(dir.path(), ids_entry_offset(2), "ascending", second);
     }
     // In order, both are taken, and the log opens with every id remembered.
     let mut forged = written.clone();
     forged.insert(1, (id(0x500), 1, 0));
     forged.insert(2, (id(0x600), 1, 0));
-    std::fs::write(dir.path().join("ids"), ids_file(&forged)).unwrap();
+    std::fs::write(dir.path().join("ids"), common::ids_file(&forged)).unwrap();
     assert_eq!(
         LogReader::check(dir.path(), Default::default(), Default::default()).unwrap(),
         None

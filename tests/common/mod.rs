@@ -182,3 +182,21 @@ pub fn flip_byte_at(path: &std::path::Path, at: u64) {
     file.read_exact_at(&mut byte, at).unwrap();
     file.write_all_at(&[byte[0] ^ 0x40], at).unwrap();
 }
+
+/// The bytes of an `ids` file (version 2, docs/FORMAT.md "Carried request ids") holding
+/// `entries` (id, batch, time) with a right CRC: what the engine would write, whatever the
+/// batches.
+pub fn ids_file(entries: &[(mergelog::RequestId, u64, u64)]) -> Vec<u8> {
+    let mut b = b"MLIDS\0\0\0".to_vec();
+    b.extend_from_slice(&2u32.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    for (i, seq, time) in entries {
+        b.extend_from_slice(i.as_bytes());
+        b.extend_from_slice(&seq.to_le_bytes());
+        b.extend_from_slice(&time.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    b
+}

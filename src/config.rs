@@ -144,7 +144,9 @@ pub struct Config {
     /// segment must hold one such batch (`segment_bytes`). Default 4 MiB.
     pub batch_bytes_max: usize,
     /// A window is cut once it holds this many operations; 1 to 2^31 − 1.
-    /// Default 1,048,576.
+    /// Default 1,048,576. A request joins a window that holds fewer, and a request is never
+    /// split: a window may end past this by one request's operations (a `WriteBatch`, which
+    /// is atomic, of any length), and nothing joins it after that.
     pub batch_ops_max: usize,
     /// A window is cut this long after its first request, whatever the policy; 1 ns to 10 s,
     /// and at least the policy's own wait (`Linger`'s time, `Adaptive`'s quiet time).

@@ -1039,3 +1039,60 @@ fn a_directory_follower_judges_only_the_segments_from_its_position_on() {
         other => panic!("a new view of the damaged log: {other:?}"),
     }
 }
+
+/// A `WriteBatch` of more operations than `batch_ops_max` is written whole, in one frame
+/// (`Config::batch_ops_max`'s docs): it is atomic, so it is never split; it joins a window
+/// holding fewer operations than the limit, and nothing joins that window after it.
+#[test]
+fn a_write_batch_longer_than_batch_ops_max_is_written_whole_and_ends_its_window() {
+    let dir = tempfile::tempdir().unwrap();
+    // Windows that wait for all three requests, but for the limit.
+    let config = Config {
+        batch_ops_max: 2,
+        window: mergelog::WindowPolicy::Linger(Duration::from_millis(200)),
+        window_age_max: Duration::from_secs(1),
+        ..Config::default()
+    };
+    let engine = Engine::open(dir.path(), config).expect("open");
+    let mut batch = WriteBatch::default();
+    let keys: Vec<Vec<u8>> = (0..5).map(|i| format!("b{i}").into_bytes()).collect();
+    for k in &keys {
+        batch.put(k, b"in the batch");
+    }
+    let tickets = [
+        engine.put(b"a", b"before").expect("put"),
+        engine.write(&batch).expect("write"),
+        engine.put(b"c", b"after").expect("put"),
+    ];
+    for t in &tickets {
+        wait_ok(t, "write");
+    }
+    engine.close().expect("close");
+    let reader = LogReader::open(dir.path()).expect("reader");
+    let frames: Vec<Vec<Vec<u8>>> = reader
+        .batches()
+        .map(|b| b.to_owned().records.into_iter().map(|r| r.1).collect())
+        .collect();
+    let holding: Vec<&Vec<Vec<u8>>> = frames
+        .iter()
+        .filter(|f| f.iter().any(|k| k.starts_with(b"b")))
+        .collect();
+    assert_eq!(holding.len(), 1, "one frame holds the batch: {frames:?}");
+    // Records are sorted by key in a frame: "a" sorts before the batch, "c" after it.
+    let others: Vec<&Vec<u8>> = holding[0].iter().filter(|k| !keys.contains(k)).collect();
+    assert!(
+        others.len() < 2,
+        "fewer than batch_ops_max before it: {frames:?}"
+    );
+    assert!(
+        others.iter().all(|k| *k == b"a"),
+        "nothing after it: {frames:?}"
+    );
+    let mut batch_keys: Vec<&Vec<u8>> = holding[0].iter().filter(|k| keys.contains(k)).collect();
+    batch_keys.dedup();
+    assert_eq!(
+        batch_keys,
+        keys.iter().collect::<Vec<_>>(),
+        "whole: {frames:?}"
+    );
+}

@@ -13,7 +13,7 @@ use mergelog_raft::kv::{Request, TypeConfig};
 use mergelog_raft::LogStore;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::testing::log_id;
-use openraft::{Entry, EntryPayload, RaftLogReader};
+use openraft::{Entry, EntryPayload, LogId, RaftLogReader};
 
 type Store = LogStore<TypeConfig>;
 
@@ -256,19 +256,24 @@ async fn a_first_entry_of_a_term_below_the_purged_ids_refuses_the_open() {
     }
 }
 
+/// `three_entries`, then the committed log id `committed` written over the store's own.
+async fn three_entries_committed(dir: &Path, committed: LogId<u64>) {
+    three_entries(dir).await;
+    let committed = Some(committed);
+    put_raw(
+        dir,
+        b"m/committed",
+        &postcard::to_stdvec(&committed).unwrap(),
+    );
+}
+
 /// The committed log id past the last entry (the store logs it only after the entries it
 /// covers, and `crash.rs` checks that a power loss never leaves it past them): openraft's
 /// start-up would re-apply entries the log does not hold. The open refuses it.
 #[tokio::test]
 async fn a_committed_id_past_the_last_entry_refuses_the_open() {
     let dir = tempfile::tempdir().unwrap();
-    three_entries(dir.path()).await;
-    let committed = Some(log_id::<u64>(2, 1, 5));
-    put_raw(
-        dir.path(),
-        b"m/committed",
-        &postcard::to_stdvec(&committed).unwrap(),
-    );
+    three_entries_committed(dir.path(), log_id::<u64>(2, 1, 5)).await;
     match Store::open(dir.path(), common::small_config()) {
         Ok(mut store) => panic!(
             "the store opened: committed {:?}, last log id {:?}",
@@ -288,13 +293,7 @@ async fn a_committed_id_past_the_last_entry_refuses_the_open() {
 #[tokio::test]
 async fn a_committed_id_that_is_not_its_entrys_refuses_the_open() {
     let dir = tempfile::tempdir().unwrap();
-    three_entries(dir.path()).await;
-    let committed = Some(log_id::<u64>(1, 1, 2));
-    put_raw(
-        dir.path(),
-        b"m/committed",
-        &postcard::to_stdvec(&committed).unwrap(),
-    );
+    three_entries_committed(dir.path(), log_id::<u64>(1, 1, 2)).await;
     match Store::open(dir.path(), common::small_config()) {
         Ok(mut store) => panic!(
             "the store opened: committed {:?}, entry 2 {:?}",

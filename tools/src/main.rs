@@ -313,15 +313,24 @@ mod tests {
                 .any(|(_, a)| a.contains(&"mergelog,okaywal,rocksdb".to_owned())),
             "{examples:?}"
         );
-        let refused: Vec<String> = examples
+        let refused = refusals(&examples, |line| format!("README.md:{line}"));
+        assert!(refused.is_empty(), "{}", refused.join("\n"));
+    }
+
+    /// Each example command line `mergelog` refuses, as "WHERE: mergelog ARGS: why", WHERE
+    /// given by `place` from the example's place (a README line, a `--help`).
+    fn refusals<P: std::fmt::Display>(
+        examples: &[(P, Vec<String>)],
+        place: impl Fn(&P) -> String,
+    ) -> Vec<String> {
+        examples
             .iter()
-            .filter_map(|(line, args)| {
+            .filter_map(|(at, args)| {
                 accepted(args)
                     .err()
-                    .map(|e| format!("README.md:{line}: mergelog {}: {e}", args.join(" ")))
+                    .map(|e| format!("{}: mergelog {}: {e}", place(at), args.join(" ")))
             })
-            .collect();
-        assert!(refused.is_empty(), "{}", refused.join("\n"));
+            .collect()
     }
 
     /// The examples of `--help` (the top level's, `bench`'s, `profile`'s) are accepted as
@@ -339,14 +348,7 @@ mod tests {
                 "{help} shows no example"
             );
         }
-        let refused: Vec<String> = examples
-            .iter()
-            .filter_map(|(help, args)| {
-                accepted(args)
-                    .err()
-                    .map(|e| format!("{help}: mergelog {}: {e}", args.join(" ")))
-            })
-            .collect();
+        let refused = refusals(&examples, |help| help.to_string());
         assert!(refused.is_empty(), "{}", refused.join("\n"));
     }
 

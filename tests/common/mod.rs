@@ -4,6 +4,7 @@
 //!
 //! - here: the bound on every wait (and running work under it), numbers from the environment,
 //!   and the durable state read through the public API;
+//! - [`local`]: a single-threaded executor under a watchdog, for the asynchronous tests;
 //! - [`model`]: the key -> value model: a key set, writes, replayed batches, submitting,
 //!   diffs;
 //! - [`log`]: a log directory on disk: its segment files (through the library's one listing,
@@ -15,6 +16,7 @@
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod local;
 pub mod log;
 pub mod model;
 pub mod power;

@@ -455,6 +455,14 @@ impl Consumer {
     /// above; [`Error::Closed`] (in the engine's process) once the engine is closed;
     /// [`Error::Io`] when the position file cannot be written or synced (naming it; the
     /// handle keeps its old position, and a later commit never writes less than this one).
+    ///
+    /// # Blocking
+    ///
+    /// Blocks the calling thread while it writes and syncs the position file (an
+    /// `fdatasync`, and the directory's `fsync`): on a single-threaded executor every task
+    /// waits for that sync. Commit from a thread that may block, or every few batches
+    /// rather than each (at-least-once: a restart yields again what was not committed;
+    /// README, "Calls that block the thread").
     pub fn commit(&mut self, seq: impl Into<Seq>) -> Result<()> {
         let seq = seq.into().get();
         if seq <= self.committed {
@@ -539,7 +547,7 @@ impl Consumer {
     /// while let Some(batch) = std::future::poll_fn(|cx| consumer.poll_next(cx)).await {
     ///     let batch = batch?;
     ///     /* handle batch.records */
-    ///     consumer.commit(batch.seq)?;
+    ///     consumer.commit(batch.seq)?; // a file sync: blocks the thread (see `commit`)
     /// }
     /// # Ok(())
     /// # }
@@ -605,6 +613,12 @@ impl crate::Engine {
     /// [`Error::Closed`] once the engine is closed; [`Error::Corrupt`] for a position file that
     /// does not decode; [`Error::Io`] when the position file cannot be read or made (naming
     /// it).
+    ///
+    /// # Blocking
+    ///
+    /// Blocks the calling thread while it reads or makes (and syncs) the position file, as
+    /// [`Consumer::commit`] does; so does
+    /// [`Engine::remove_consumer`](crate::Engine::remove_consumer).
     pub fn consumer(&self, name: &str) -> Result<Consumer> {
         check_name(name)?;
         let claim = self.consumers.claim(name)?;

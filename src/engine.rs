@@ -664,6 +664,11 @@ impl Engine {
     /// is left under `dest`, unless only the final sync of its parent failed (above);
     /// [`Error::Corrupt`] for an `ids` file an engine opened on the backup would refuse
     /// (naming it and the bad entry's offset, as [`LogReader::backup`] says), nothing made.
+    ///
+    /// # Blocking
+    ///
+    /// Blocks the calling thread while it copies the log (README, "Calls that block the
+    /// thread").
     pub fn backup(&self, dest: impl AsRef<Path>) -> Result<crate::Backup> {
         self.backup_to(None, dest.as_ref())
     }
@@ -818,6 +823,14 @@ impl Engine {
     /// be read or replaced, or a removal fails (the segments removed before it stay removed,
     /// and the engine forgets exactly those); [`Error::Failed`] when the directory sync after a
     /// removal fails, which fails the engine (above).
+    ///
+    /// # Blocking
+    ///
+    /// Blocks the calling thread while it removes files and syncs the directory after each
+    /// (and may replace the `ids` file), after waiting for the compaction batches already
+    /// written to be durable and for a retirement or compaction chunk in progress: from
+    /// async code, call it on a thread that may block (README, "Calls that block the
+    /// thread").
     pub fn retire_before(&self, seq: impl Into<Seq>) -> Result<Retired> {
         self.retire(seq.into().get(), true)
     }
@@ -873,6 +886,13 @@ impl Engine {
     /// no room for its first copies and no reserve holds them (nothing it has not copied is
     /// retired, and the engine goes on); otherwise as [`Engine::retire_before`]'s, the last
     /// step of a compaction.
+    ///
+    /// # Blocking
+    ///
+    /// Blocks the calling thread for the whole compaction (reading the segments it takes,
+    /// waiting for the flusher to write each chunk and for their syncs, retiring): seconds
+    /// for a large log. From async code, call it on a thread that may block, or use
+    /// `Compaction::Auto`, whose thread does it (README, "Calls that block the thread").
     pub fn compact(&self) -> Result<Compacted> {
         compact::compact(&self.inner, None, None)
     }
@@ -916,6 +936,9 @@ impl Engine {
     /// ([`Stats::consumers`]: its position file read, as [`Engine::consumers`] reads it, and
     /// frames walked to count its bytes; empty after `close`). See [`Engine::counts`] for
     /// polling.
+    ///
+    /// Blocks the calling thread while it reads the consumers' files and walks the frames
+    /// they lag by (nothing to read without a consumer); `counts` does not.
     pub fn stats(&self) -> Stats {
         let durable = self.inner.completion.durable();
         let backlog = self.inner.ring.tail().saturating_sub(durable);
@@ -1012,6 +1035,14 @@ impl Engine {
     /// only begun); the engine's failure if it failed, before or while it drained (a stalled
     /// producer: [`Error::Failed`] with [`Error::Stalled`] as its cause). A second call returns
     /// what the first did, unless the first was made from user code (above).
+    ///
+    /// # Blocking
+    ///
+    /// Blocks the calling thread until the pipeline has drained and stopped (every sync of
+    /// what the ring held, and a `Compaction::Auto` run's end), as the engine's drop does:
+    /// from async code, close (or drop the last handle) on a thread that may block. The
+    /// futures waiting on the engine need no task of the closing thread to end: they are
+    /// woken by the close and the pipeline (README, "Calls that block the thread").
     pub fn close(&self) -> Result<()> {
         if crate::sync::in_user_code() {
             self.inner.ring.close();
@@ -1220,6 +1251,9 @@ impl Drop for Engine {
     /// one of the pipeline's threads, which `close` joins, or under a lock `close` takes (the
     /// flusher's desk, the retirement lock), and would wait for itself there. The directory
     /// is then given up a moment after the drop returns.
+    ///
+    /// Elsewhere the drop blocks the calling thread as `close` does (see "Blocking" there):
+    /// from async code, drop the last handle (or close) on a thread that may block.
     fn drop(&mut self) {
         if !crate::sync::in_user_code() {
             let _ = self.close();

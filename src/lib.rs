@@ -70,6 +70,11 @@
 //!   request ids ([`Engine::put_with_id`]) make a consumer's effects happen once.
 //!   `examples/ledger.rs`, an event-sourced ledger in two processes.
 //!
+//! In async code, the `_async` submits and the futures (tickets, in-process followers' and
+//! consumers' `poll_next`) never block the thread; the calls that do (file I/O: a consumer's
+//! commit, retirement, compaction, backups; `close` and the engine's drop) say so under
+//! "Blocking" in their docs, and README's "Calls that block the thread" lists them all.
+//!
 //! Every limit is a field of [`Config`], checked at [`Engine::open`] or at submit; every
 //! error ([`Error`]) says what happened and, where something can be done, what to do.
 //!

@@ -8,7 +8,8 @@
 //! Cases: a full ring under `Backpressure::Block`; the consumer-lag throttle, released by a
 //! commit made by a task on the same thread; `close` and the engine's drop while futures wait;
 //! futures dropped while they wait for ring space and for durability, after which the engine
-//! goes on; a failed sync while thousands of futures wait.
+//! goes on; a failed sync while thousands of futures wait for room and durability, and while
+//! thousands are held by the throttle.
 
 mod common;
 
@@ -529,4 +530,71 @@ fn a_failed_sync_wakes_thousands_of_waiting_futures_with_the_error() {
     let e = first.wait_timeout(WAIT_MAX).expect_err("the first put");
     assert!(is_the_sync_failure(&e), "{e:?}");
     assert!(engine.failure().is_some_and(|e| is_the_sync_failure(&e)));
+}
+
+/// A failed sync while thousands of futures are held by the consumer-lag throttle on one
+/// thread (the consumer never commits): the failure lets every one of them go, each with the
+/// engine's failure, none submitted.
+#[test]
+fn a_failed_sync_lets_go_of_thousands_of_throttled_futures() {
+    const CLIENTS: usize = 2000;
+    let tmp = tempfile::tempdir().unwrap();
+    let stall = Stall::new(IoOp::Sync);
+    stall.armed.store(false, Ordering::SeqCst);
+    let config = Config {
+        consumer_lag_max: Some(ConsumerLag {
+            batches: Some(2),
+            ..ConsumerLag::default()
+        }),
+        ..Config::default()
+    };
+    let engine = Arc::new(Engine::open_with_io(tmp.path(), config, stall.clone()).unwrap());
+    for i in 0..3 {
+        let t = engine.put(format!("before-{i}").as_bytes(), b"v").unwrap();
+        t.wait_timeout(WAIT_MAX).unwrap();
+    }
+    // The sync held (then failed) is this put's; the consumer made after it lags by the
+    // three batches before it, past the limit.
+    stall.armed.store(true, Ordering::SeqCst);
+    let held = engine.put(b"held", b"v").unwrap();
+    stall.wait_entered();
+    let consumer = engine.consumer("never").unwrap();
+    let mut tasks: Vec<Task<mergelog::Result<Seq>>> = (0..CLIENTS)
+        .map(|i| {
+            let engine = engine.clone();
+            task(format!("put {i}"), async move {
+                engine.put_async(&key(i), b"held").await?.await
+            })
+        })
+        .collect();
+    let throttled = Arc::new(AtomicUsize::new(0));
+    tasks.push(task("fail the sync", {
+        let (engine, stall, throttled) = (engine.clone(), stall.clone(), throttled.clone());
+        async move {
+            throttled.store(engine.counts().throttled as usize, Ordering::SeqCst);
+            stall.release(true);
+            Ok(Seq::new(0))
+        }
+    }));
+    let results = local::run_on_one_thread(tasks);
+    assert_eq!(
+        throttled.load(Ordering::SeqCst),
+        CLIENTS,
+        "puts throttled before the sync failed"
+    );
+    for (i, r) in results[..CLIENTS].iter().enumerate() {
+        match r {
+            Err(e) if is_the_sync_failure(e) => {}
+            other => panic!("put {i} ended with {other:?}, not the failed sync"),
+        }
+    }
+    let e = held.wait_timeout(WAIT_MAX).expect_err("the held put");
+    assert!(is_the_sync_failure(&e), "{e:?}");
+    drop(consumer);
+    let closed = Arc::into_inner(engine).expect("one handle").close();
+    assert!(closed.is_err_and(|e| is_the_sync_failure(&e)));
+    let engine = Engine::open(tmp.path(), Config::default()).unwrap();
+    for i in 0..CLIENTS {
+        assert_eq!(engine.read_to_vec(&key(i)).unwrap(), None, "key {i}");
+    }
 }

@@ -151,10 +151,18 @@ fn panic_on_a_producer_thread_does_not_wedge_the_engine() {
         .collect();
 
     // Misbehaving producers: each submits, holds tickets (and a registered future), then
-    // panics in its own code.
+    // panics in its own code. The future outlives its producer (handed to `orphans`: a
+    // future the panic dropped forgets its waker, and whether that came before its batch's
+    // sync is up to the scheduler); whether its first poll registered the waker is kept.
     let waker = Arc::new(CountingWaker(AtomicUsize::new(0)));
+    let orphans: Arc<Mutex<Vec<(Ticket, bool)>>> = Arc::new(Mutex::new(Vec::new()));
     for p in 0..4 {
-        let (engine, accepted, waker) = (engine.clone(), accepted.clone(), waker.clone());
+        let (engine, accepted, waker, orphans) = (
+            engine.clone(),
+            accepted.clone(),
+            waker.clone(),
+            orphans.clone(),
+        );
         let outcome = std::thread::spawn(move || {
             let mut held: Vec<Ticket> = Vec::new();
             for i in 0..200u32 {
@@ -170,7 +178,10 @@ fn panic_on_a_producer_thread_does_not_wedge_the_engine() {
                 .unwrap()
                 .insert(format!("bad-{p}-batch").into_bytes(), b"b".to_vec());
             let w = Waker::from(waker.clone());
-            let _ = Pin::new(&mut future).poll(&mut Context::from_waker(&w));
+            let pending = Pin::new(&mut future)
+                .poll(&mut Context::from_waker(&w))
+                .is_pending();
+            orphans.lock().unwrap().push((future, pending));
             let _get = engine.get(b"good-0-0").expect("get");
             match p {
                 // A panic inside the engine's callback.
@@ -217,10 +228,24 @@ fn panic_on_a_producer_thread_does_not_wedge_the_engine() {
 
     let closing = engine.clone();
     within("close after producer panics", move || closing.close()).expect("close");
+    // Each future left pending by its panicked producer was woken by its batch's
+    // completion, and is complete now.
+    let mut orphans = std::mem::take(&mut *orphans.lock().unwrap());
+    let registered = orphans.iter().filter(|(_, pending)| *pending).count();
     assert!(
-        waker.0.load(Ordering::SeqCst) >= 1,
-        "the future of a panicked producer was still woken"
+        waker.0.load(Ordering::SeqCst) >= registered,
+        "{} wake-ups for {registered} futures left pending by panicked producers: one was not woken",
+        waker.0.load(Ordering::SeqCst)
     );
+    let noop = Waker::from(Arc::new(CountingWaker(AtomicUsize::new(0))));
+    for (future, _) in &mut orphans {
+        match Pin::new(future).poll(&mut Context::from_waker(&noop)) {
+            std::task::Poll::Ready(done) => {
+                done.expect("a panicked producer's batch");
+            }
+            std::task::Poll::Pending => panic!("a panicked producer's batch never completed"),
+        }
+    }
     drop(engine);
 
     // Everything accepted before the clean close is durable, acknowledged or not.

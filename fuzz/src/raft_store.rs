@@ -122,36 +122,37 @@ fn make_template(purge: bool) -> Template {
         store.save_vote(&vote).await.expect("save_vote");
         let mut members = std::collections::BTreeMap::new();
         members.insert(1u64, BasicNode::new("a"));
+        // From index 0, as openraft's log starts, under the vote saved before.
         let first = vec![
             Entry {
-                log_id: log_id(3, 1),
+                log_id: log_id(3, 0),
                 payload: EntryPayload::Blank,
             },
             Entry {
-                log_id: log_id(3, 2),
+                log_id: log_id(3, 1),
                 payload: EntryPayload::Membership(Membership::new(
                     vec![[1u64].into_iter().collect()],
                     members,
                 )),
             },
-            normal(3, 3, 5),
+            normal(3, 2, 5),
             // 200 bytes of payload: stored in chunks (4 of them).
-            normal(3, 4, 200),
-            normal(3, 5, 20),
-            normal(3, 6, 90),
+            normal(3, 3, 200),
+            normal(3, 4, 20),
+            normal(3, 5, 90),
         ];
         store.blocking_append(first).await.expect("append");
         store
-            .save_committed(Some(log_id(3, 4)))
+            .save_committed(Some(log_id(3, 3)))
             .await
             .expect("save_committed");
         if purge {
-            store.truncate(log_id(3, 6)).await.expect("truncate");
+            store.truncate(log_id(3, 5)).await.expect("truncate");
             vote = Vote::new_committed(4, 1);
             store.save_vote(&vote).await.expect("save_vote");
-            let second = vec![normal(4, 6, 1), normal(4, 7, 130), normal(4, 8, 0)];
+            let second = vec![normal(4, 5, 1), normal(4, 6, 130), normal(4, 7, 0)];
             store.blocking_append(second).await.expect("append");
-            store.purge(log_id(3, 2)).await.expect("purge");
+            store.purge(log_id(3, 1)).await.expect("purge");
         }
     });
     let entries = block_on(store.try_get_log_entries(..)).expect("read the template");

@@ -13,7 +13,7 @@ use mergelog_raft::kv::{Request, TypeConfig};
 use mergelog_raft::LogStore;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::testing::log_id;
-use openraft::{Entry, EntryPayload, LogId, RaftLogReader};
+use openraft::{Entry, EntryPayload, LogId, RaftLogReader, Vote};
 
 type Store = LogStore<TypeConfig>;
 
@@ -33,11 +33,14 @@ fn entry_key(index: u64) -> Vec<u8> {
     key
 }
 
-/// A store holding entries 1 to 3 (term 2), closed.
+/// A store holding entries 0 to 3 (term 2) and the vote of their leader, closed: a state
+/// openraft writes (a log starts at index 0, and a node saves a leader's vote before it
+/// takes the leader's entries).
 async fn three_entries(dir: &Path) {
     let mut store = Store::open(dir, common::small_config()).expect("the store opens");
+    store.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
     store
-        .blocking_append((1..=3).map(|i| entry(2, i)))
+        .blocking_append((0..=3).map(|i| entry(2, i)))
         .await
         .unwrap();
     store.close().unwrap();
@@ -131,6 +134,12 @@ fn a_purged_log_id_at_the_last_index_refuses_the_open() {
 #[test]
 fn an_entry_at_the_last_index_refuses_the_open() {
     let dir = tempfile::tempdir().unwrap();
+    // Right after a purged log id: a log that starts above 0 without one is refused first.
+    put_raw(
+        dir.path(),
+        b"m/purged",
+        &postcard::to_stdvec(&log_id::<u64>(1, 1, u64::MAX - 1)).unwrap(),
+    );
     put_raw(
         dir.path(),
         &entry_key(u64::MAX),
@@ -230,8 +239,9 @@ async fn a_first_entry_of_a_term_below_the_purged_ids_refuses_the_open() {
     let dir = tempfile::tempdir().unwrap();
     {
         let mut store = Store::open(dir.path(), common::small_config()).expect("opens");
+        store.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
         store
-            .blocking_append((1..=4).map(|i| entry(2, i)))
+            .blocking_append((0..=4).map(|i| entry(2, i)))
             .await
             .unwrap();
         store.purge(log_id(2, 1, 2)).await.unwrap();

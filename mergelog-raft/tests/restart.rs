@@ -44,7 +44,7 @@ async fn vote_committed_and_entries_come_back_after_a_truncate() {
         let mut store = open(dir.path());
         store.save_vote(&vote).await.unwrap();
         store
-            .blocking_append((1..=20).map(|i| entry(2, i, 50)))
+            .blocking_append((0..=20).map(|i| entry(2, i, 50)))
             .await
             .unwrap();
         store.truncate(log_id(2, 1, 15)).await.unwrap();
@@ -65,10 +65,10 @@ async fn vote_committed_and_entries_come_back_after_a_truncate() {
     assert_eq!(state.last_purged_log_id, None);
     assert_eq!(state.last_log_id, Some(log_id(3, 1, 17)));
     let entries = store.try_get_log_entries(0..).await.unwrap();
-    assert_eq!(indexes(&entries), (1..=17).collect::<Vec<_>>());
+    assert_eq!(indexes(&entries), (0..=17).collect::<Vec<_>>());
     // The suffix after the truncate is the new term's, not the old one's.
-    assert!(entries[14..].iter().all(|e| e.log_id.leader_id.term == 3));
-    assert!(entries[..14].iter().all(|e| e.log_id.leader_id.term == 2));
+    assert!(entries[15..].iter().all(|e| e.log_id.leader_id.term == 3));
+    assert!(entries[..15].iter().all(|e| e.log_id.leader_id.term == 2));
 }
 
 #[tokio::test]
@@ -113,6 +113,7 @@ async fn an_append_larger_than_one_engine_batch_is_split_and_comes_back_whole() 
     let dir = tempfile::tempdir().unwrap();
     {
         let mut store = open(dir.path());
+        common::log_from_1(&mut store, 1).await;
         // 40 entries of 4 KiB: well over the test configuration's 32 KiB batch limit.
         store
             .blocking_append((1..=40).map(|i| entry(1, i, 4096)))
@@ -224,6 +225,7 @@ async fn an_append_waits_for_its_entries_unless_told_not_to() {
     };
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(dir.path(), config.clone()).unwrap();
+    common::log_from_1(&mut store, 1).await;
     let done = poll_once(store.blocking_append((1..=3).map(|i| entry(1, i, 20))));
     assert!(matches!(done, Some(Ok(()))), "{done:?}");
     let before = store.engine().counts();
@@ -311,6 +313,7 @@ async fn an_append_a_truncate_and_a_purge_of_more_batches_than_the_engine_rememb
     {
         // Appended under the small configuration: a few hundred batches.
         let mut store = open(dir.path());
+        common::log_from_1(&mut store, 1).await;
         store
             .blocking_append((1..=N).map(|i| entry(1, i, 1)))
             .await

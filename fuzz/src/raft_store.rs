@@ -12,11 +12,12 @@
 //!
 //! - nothing panics (an overflow included: the checks run with overflow checks);
 //! - the store opens exactly when the model finds its state sound: the vote, the committed
-//!   and purged ids decode, the entries after the purged id are consecutive, the last one
-//!   decodes at its key's index, the committed id is not past the last log id, and of the
-//!   entries that read, the leader ids (terms) never go down from the purged id on, index
-//!   after index, and the one at the committed id's index has that id; otherwise the error
-//!   names what is wrong;
+//!   and purged ids decode, the entries are consecutive from right after the purged id (from
+//!   0 with none), the last one decodes at its key's index, the committed id is not past
+//!   the last log id, of the entries that read, the leader ids (terms) never go down from
+//!   the purged id on, index after index, and the one at the committed id's index has that
+//!   id, and the vote's term (0 with none) is not below the last log id's; otherwise the
+//!   error names what is wrong;
 //! - once open, the vote, the committed id, the purged id and the last log id are the ones
 //!   the records hold;
 //! - a read of every entry, and of a range inside, returns consecutive entries, each the one
@@ -517,7 +518,8 @@ fn expect_open(m: &Model) -> Result<Expected, Why> {
     let present = m.indexes_from(first);
     let (next, last) = match (present.first(), present.last()) {
         (Some(&lo), Some(&hi)) => {
-            if hi - lo + 1 != present.len() as u64 || (purged.is_some() && lo != first) {
+            // Right after the purged id, or at 0 with none.
+            if hi - lo + 1 != present.len() as u64 || lo != first {
                 return Err("hole".into());
             }
             let entry = m.entry(hi)?.expect("present");
@@ -552,11 +554,11 @@ fn expect_open(m: &Model) -> Result<Expected, Why> {
             before = Some(e.log_id.leader_id);
         }
     }
-    // Before any purge the log starts at its first entry: a read skips the indexes below.
-    let first = match present.first() {
-        Some(&lo) if purged.is_none() => lo,
-        _ => first,
-    };
+    // The vote's term (no vote: 0) is never below the last log id's.
+    let vote_term = vote.map_or(0, |v| v.leader_id().term);
+    if last.is_some_and(|l| l.leader_id.term > vote_term) {
+        return Err("the vote's term is below the last log id's".into());
+    }
     Ok(Expected {
         vote,
         committed,
@@ -569,9 +571,10 @@ fn expect_open(m: &Model) -> Result<Expected, Why> {
 
 /// The phrases the store's errors use for what is wrong (`CodecError`'s messages): an error
 /// at open or read must say one of them.
-const CLEAR: [&str; 7] = [
+const CLEAR: [&str; 8] = [
     "does not decode",
     "has a hole",
+    "is of a term below that of the last log id",
     "stored in chunks, is damaged",
     "holds the log id of",
     "the largest",

@@ -38,9 +38,11 @@
 //!   `Engine::wait_unthrottled`) and is submitted again, as under `Block`: openraft stops the
 //!   node on any storage error.
 //! - Reopening the directory gives back the vote, the committed and purged log ids and the
-//!   entries. The open reads every entry once and refuses a log with a hole, one whose terms
-//!   (leader ids) go down along it or below the purged log id's, and a committed log id past
-//!   the last log id or other than the entry's at its index: damage that decodes.
+//!   entries. The open reads every entry once and refuses a log with a hole (one that does
+//!   not start at entry 0, or right after the purged log id), one whose terms (leader ids) go
+//!   down along it or below the purged log id's, a committed log id past the last log id or
+//!   other than the entry's at its index, and a vote of a term below the last log id's (no
+//!   vote counts as term 0): damage that decodes, which openraft would trust at start-up.
 //! - An operation of many batches waits for its oldest before it submits more than
 //!   `UNWAITED_MAX` (1,024), so that the engine still tells each ticket's batch.
 //!
@@ -801,8 +803,9 @@ where
     ///
     /// A `StorageError` (a read error) wrapping the engine's error when the engine does not open
     /// (see `mergelog::Engine::open`), or when the store's state read back from the log does
-    /// not decode or is not a Raft log's (a hole, terms that go down, a committed id past the
-    /// log or not its entry's); and as [`LogStore::with_engine`]'s.
+    /// not decode or is not a Raft log's (a hole, the front of a log with no purged log id
+    /// missing, terms that go down, a committed id past the log or not its entry's, a vote of
+    /// a term below the last log id's); and as [`LogStore::with_engine`]'s.
     pub fn open(dir: impl AsRef<Path>, config: Config) -> StoreResult<Self, C> {
         let engine = Engine::open(dir, config).map_err(|e| io_err(StorageIOError::read, &e))?;
         Self::with_engine(Arc::new(engine))
@@ -875,11 +878,16 @@ where
         let (next, last_log) = match present {
             // A log with a hole cannot be served (openraft relies on consecutive entries);
             // this store's writes never leave one (see `truncate` and `purge`).
-            // After a purge the log goes on right after the purged id; before any, it may
-            // start anywhere (openraft's starts at 0, a test's at 1).
+            // After a purge the log goes on right after the purged id; before any, at 0
+            // (openraft's first entry, `initialize`'s, is at 0, and a follower takes entries
+            // after its last or after the snapshot it purges the log to): only a purge,
+            // which logs the purged id in its first batch, removes the log's front.
             // (`count` is at least 1; `high - low + 1` overflows for the whole index range.)
             Some((count, low, high)) if high - low != count - 1 || (purged && low != first) => {
                 return Err(io_err(StorageIOError::read_logs, &meta::hole(first)));
+            }
+            Some((_, low, _)) if low != first => {
+                return Err(io_err(StorageIOError::read_logs, &CodecError::Front(low)));
             }
             Some((_, _, high)) => match shared.read_one(high)? {
                 Some(entry) => (
@@ -907,6 +915,22 @@ where
         }
         if let Some((_, low, high)) = present {
             shared.check_ids(low..=high, last_purged.as_ref(), committed.as_ref())?;
+        }
+        // A node saves a leader's vote (durably: `save_vote`) before it takes the leader's
+        // entries, or a snapshot the log is purged to, and its vote never goes down, so the
+        // vote's term is never below the last log id's (the log's highest: terms never go
+        // down along it). No vote is openraft's vote of term 0 (`Raft::initialize`'s entry,
+        // at 0, is of term 0). Damage otherwise, which openraft's start-up would trust.
+        let vote_term = vote
+            .as_ref()
+            .map_or(0, |v: &Vote<Nid<C>>| v.leader_id().term);
+        if let Some(last) = last_log.as_ref().filter(|l| l.leader_id.term > vote_term) {
+            let vote = match &vote {
+                Some(v) => format!("the vote {v}"),
+                None => "no vote (term 0)".into(),
+            };
+            let e = CodecError::VoteBelow(vote, last.to_string());
+            return Err(io_err(StorageIOError::read_vote, &e));
         }
         let (flushes, receiver) = mpsc::channel();
         let for_thread = shared.clone();

@@ -362,3 +362,61 @@ async fn an_append_a_truncate_and_a_purge_of_more_batches_than_the_engine_rememb
     assert_eq!(indexes(&entries), (N - 9..=N).collect::<Vec<_>>());
     close(store);
 }
+
+/// The states openraft 0.9 writes that the open's checks of the vote against the log and of
+/// the log's front must take (they refuse damage only; `damaged.rs` has the refusals):
+/// `Raft::initialize`'s entry 0, of term 0, before the election saves any vote (a crash
+/// between the two); a follower's after it installed a snapshot past its log (its vote saved
+/// first, then the purge to the snapshot's last log id, then the leader's next entries);
+/// and the log emptied by openraft's start-up purge up to the state machine's applied id,
+/// past the log's end. Each reopens as written.
+#[tokio::test]
+async fn the_states_openraft_writes_at_initialize_and_after_a_snapshot_reopen() {
+    let initialized = log_id(0, 0, 0);
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = open(dir.path());
+        // (`initialize`'s holds the membership; its log id is this one.)
+        let first = Entry {
+            log_id: initialized,
+            payload: EntryPayload::Blank,
+        };
+        store.blocking_append([first]).await.unwrap();
+        close(store);
+    }
+    let mut store = open(dir.path());
+    assert_eq!(store.read_vote().await.unwrap(), None);
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, Some(initialized));
+    close(store);
+
+    let dir = tempfile::tempdir().unwrap();
+    let vote = Vote::new_committed(3, 1);
+    let snapshot_last = log_id(3, 1, 10);
+    {
+        let mut store = open(dir.path());
+        store.save_vote(&vote).await.unwrap();
+        store.purge(snapshot_last).await.unwrap();
+        store
+            .blocking_append((11..=12).map(|i| entry(3, i, 10)))
+            .await
+            .unwrap();
+        close(store);
+    }
+    let mut store = open(dir.path());
+    assert_eq!(store.read_vote().await.unwrap(), Some(vote));
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(snapshot_last));
+    assert_eq!(state.last_log_id, Some(log_id(3, 1, 12)));
+    let entries = store.try_get_log_entries(0..).await.unwrap();
+    assert_eq!(indexes(&entries), [11, 12]);
+    // The start-up's purge past the log's end (to an applied id of the vote's term).
+    store.purge(log_id(3, 1, 20)).await.unwrap();
+    close(store);
+    let mut store = open(dir.path());
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(3, 1, 20)));
+    assert_eq!(state.last_log_id, Some(log_id(3, 1, 20)));
+    assert!(store.try_get_log_entries(0..).await.unwrap().is_empty());
+    close(store);
+}

@@ -73,6 +73,10 @@
 //! # }
 //! ```
 //!
+//! The store is openraft's: it takes every write openraft's storage suite makes, including
+//! some no node makes (entries that do not go on from the log's end or its purged id,
+//! entries of a term above the vote), which the next open refuses as damage ("Errors").
+//!
 //! ## Durability and crashes
 //!
 //! - What openraft is told is durable is: `save_vote` returns once the vote is synced, and

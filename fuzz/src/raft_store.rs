@@ -12,11 +12,12 @@
 //!
 //! - nothing panics (an overflow included: the checks run with overflow checks);
 //! - the store opens exactly when the model finds its state sound: the vote, the committed
-//!   and purged ids decode, the entries after the purged id are consecutive, the last one
-//!   decodes at its key's index, the committed id is not past the last log id, and of the
-//!   entries that read, the leader ids (terms) never go down from the purged id on, index
-//!   after index, and the one at the committed id's index has that id; otherwise the error
-//!   names what is wrong;
+//!   and purged ids decode, the entries are consecutive from right after the purged id (from
+//!   0 with none), the last one decodes at its key's index, the committed id is not past
+//!   the last log id, of the entries that read, the leader ids (terms) never go down from
+//!   the purged id on, index after index, and the one at the committed id's index has that
+//!   id, and the vote's term (0 with none) is not below the last log id's; otherwise the
+//!   error names what is wrong;
 //! - once open, the vote, the committed id, the purged id and the last log id are the ones
 //!   the records hold;
 //! - a read of every entry, and of a range inside, returns consecutive entries, each the one
@@ -122,36 +123,37 @@ fn make_template(purge: bool) -> Template {
         store.save_vote(&vote).await.expect("save_vote");
         let mut members = std::collections::BTreeMap::new();
         members.insert(1u64, BasicNode::new("a"));
+        // From index 0, as openraft's log starts, under the vote saved before.
         let first = vec![
             Entry {
-                log_id: log_id(3, 1),
+                log_id: log_id(3, 0),
                 payload: EntryPayload::Blank,
             },
             Entry {
-                log_id: log_id(3, 2),
+                log_id: log_id(3, 1),
                 payload: EntryPayload::Membership(Membership::new(
                     vec![[1u64].into_iter().collect()],
                     members,
                 )),
             },
-            normal(3, 3, 5),
+            normal(3, 2, 5),
             // 200 bytes of payload: stored in chunks (4 of them).
-            normal(3, 4, 200),
-            normal(3, 5, 20),
-            normal(3, 6, 90),
+            normal(3, 3, 200),
+            normal(3, 4, 20),
+            normal(3, 5, 90),
         ];
         store.blocking_append(first).await.expect("append");
         store
-            .save_committed(Some(log_id(3, 4)))
+            .save_committed(Some(log_id(3, 3)))
             .await
             .expect("save_committed");
         if purge {
-            store.truncate(log_id(3, 6)).await.expect("truncate");
+            store.truncate(log_id(3, 5)).await.expect("truncate");
             vote = Vote::new_committed(4, 1);
             store.save_vote(&vote).await.expect("save_vote");
-            let second = vec![normal(4, 6, 1), normal(4, 7, 130), normal(4, 8, 0)];
+            let second = vec![normal(4, 5, 1), normal(4, 6, 130), normal(4, 7, 0)];
             store.blocking_append(second).await.expect("append");
-            store.purge(log_id(3, 2)).await.expect("purge");
+            store.purge(log_id(3, 1)).await.expect("purge");
         }
     });
     let entries = block_on(store.try_get_log_entries(..)).expect("read the template");
@@ -516,7 +518,8 @@ fn expect_open(m: &Model) -> Result<Expected, Why> {
     let present = m.indexes_from(first);
     let (next, last) = match (present.first(), present.last()) {
         (Some(&lo), Some(&hi)) => {
-            if hi - lo + 1 != present.len() as u64 || (purged.is_some() && lo != first) {
+            // Right after the purged id, or at 0 with none.
+            if hi - lo + 1 != present.len() as u64 || lo != first {
                 return Err("hole".into());
             }
             let entry = m.entry(hi)?.expect("present");
@@ -551,11 +554,11 @@ fn expect_open(m: &Model) -> Result<Expected, Why> {
             before = Some(e.log_id.leader_id);
         }
     }
-    // Before any purge the log starts at its first entry: a read skips the indexes below.
-    let first = match present.first() {
-        Some(&lo) if purged.is_none() => lo,
-        _ => first,
-    };
+    // The vote's term (no vote: 0) is never below the last log id's.
+    let vote_term = vote.map_or(0, |v| v.leader_id().term);
+    if last.is_some_and(|l| l.leader_id.term > vote_term) {
+        return Err("the vote's term is below the last log id's".into());
+    }
     Ok(Expected {
         vote,
         committed,
@@ -568,9 +571,10 @@ fn expect_open(m: &Model) -> Result<Expected, Why> {
 
 /// The phrases the store's errors use for what is wrong (`CodecError`'s messages): an error
 /// at open or read must say one of them.
-const CLEAR: [&str; 7] = [
+const CLEAR: [&str; 8] = [
     "does not decode",
     "has a hole",
+    "is of a term below that of the last log id",
     "stored in chunks, is damaged",
     "holds the log id of",
     "the largest",

@@ -3,6 +3,130 @@
 //! An [openraft] log store ([`RaftLogStorage`] and its [`RaftLogReader`]) on a mergelog
 //! [`Engine`]: a Raft node's log, vote and committed index live in one mergelog directory.
 //!
+//! ## A node on it
+//!
+//! Open the store on the node's directory ([`LogStore::open`], with a mergelog [`Config`]
+//! that syncs: the default does) and hand it to `openraft::Raft::new` with your state
+//! machine and network; a restart opens the same directory again. Here a one-node cluster
+//! with the crate's test state machine ([`kv`]), restarted:
+//!
+//! ```
+//! # use std::collections::BTreeMap;
+//! # use std::sync::Arc;
+//! # use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+//! # use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+//! # use openraft::raft::{
+//! #     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
+//! #     InstallSnapshotResponse, VoteRequest, VoteResponse,
+//! # };
+//! # use openraft::BasicNode;
+//! # type Rpc<T, E = RaftError<u64>> = Result<T, RPCError<u64, BasicNode, E>>;
+//! # fn no_peer<T, E: std::error::Error>() -> Rpc<T, E> {
+//! #     let e = std::io::Error::other("a one-node cluster has no peers");
+//! #     Err(RPCError::Unreachable(Unreachable::new(&e)))
+//! # }
+//! # /// The network of a one-node cluster: never called.
+//! # struct NoPeers;
+//! # impl RaftNetwork<TypeConfig> for NoPeers {
+//! #     async fn append_entries(
+//! #         &mut self, _: AppendEntriesRequest<TypeConfig>, _: RPCOption,
+//! #     ) -> Rpc<AppendEntriesResponse<u64>> { no_peer() }
+//! #     async fn install_snapshot(
+//! #         &mut self, _: InstallSnapshotRequest<TypeConfig>, _: RPCOption,
+//! #     ) -> Rpc<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>> { no_peer() }
+//! #     async fn vote(&mut self, _: VoteRequest<u64>, _: RPCOption) -> Rpc<VoteResponse<u64>> {
+//! #         no_peer()
+//! #     }
+//! # }
+//! # impl RaftNetworkFactory<TypeConfig> for NoPeers {
+//! #     type Network = NoPeers;
+//! #     async fn new_client(&mut self, _: u64, _: &BasicNode) -> NoPeers { NoPeers }
+//! # }
+//! use mergelog_raft::kv::{KvStateMachine, Request, TypeConfig};
+//! use mergelog_raft::LogStore;
+//! use openraft::storage::RaftLogStorage;
+//! use openraft::Raft;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let store = LogStore::<TypeConfig>::open(dir.path(), mergelog::Config::default())?;
+//! // openraft owns the store from here: keep the engine to close it after a shutdown.
+//! let engine = store.engine().clone();
+//! let config = Arc::new(openraft::Config::default().validate()?);
+//! let raft = Raft::new(1, config, NoPeers, store, KvStateMachine::new()).await?;
+//! raft.initialize(BTreeMap::from([(1, BasicNode::default())])).await?;
+//! raft.wait(None).current_leader(1, "elected").await?;
+//! let written = raft
+//!     .client_write(Request { key: "k".into(), value: b"v".to_vec() })
+//!     .await?;
+//! // Acknowledged: committed, so in the log of a majority (here, this node's), durably.
+//! raft.shutdown().await?;
+//! // The engine gives up the directory once closed (openraft has dropped the store).
+//! engine.close()?;
+//!
+//! // The restart: the vote, the committed id and the log come back.
+//! let mut store = LogStore::<TypeConfig>::open(dir.path(), mergelog::Config::default())?;
+//! assert_eq!(store.get_log_state().await?.last_log_id, Some(written.log_id));
+//! assert!(store.read_vote().await?.is_some());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The store is openraft's: it takes every write openraft's storage suite makes, including
+//! some no node makes (entries that do not go on from the log's end or its purged id,
+//! entries of a term above the vote), which the next open refuses as damage ("Errors").
+//!
+//! ## Durability and crashes
+//!
+//! - What openraft is told is durable is: `save_vote` returns once the vote is synced, and
+//!   an append's callback (`LogFlushed`) is called once its entries are; `truncate` and
+//!   `purge` return once their deletes are. The engine must sync (`Durability::Sync`, the
+//!   default): [`LogStore::with_engine`] refuses one that does not.
+//! - After a crash or a power loss the open gives back every acknowledged write. Of an append
+//!   not yet called back it keeps a prefix or nothing (its batches are atomic and in order),
+//!   never a hole; a truncate cut short leaves a shorter suffix deleted (it deletes highest
+//!   first); a purge cut short is finished by the open (it logs the purged id first). The
+//!   committed id is logged with the next append (or purge, [`LogStore::close`], or the
+//!   store's drop), so it may come back older than the last `save_committed`: openraft then
+//!   re-applies fewer entries at start-up, and the leader commits the rest again.
+//! - `tests/crash.rs` cuts the power under the store at random points and checks all of
+//!   this.
+//!
+//! ## Space
+//!
+//! The log holds every entry since the last purge. openraft purges it after a snapshot
+//! (its `Config::snapshot_policy`, keeping `max_in_snapshot_log_to_keep` entries, in steps
+//! of `purge_batch_size`); each purge deletes the entries and retires the engine's whole
+//! segments (`Config::segment_bytes` each) before the first that still holds a live
+//! entry, so the directory shrinks a segment at a time. Under `SnapshotPolicy::Never`
+//! nothing is purged and the directory grows with the log. The engine's other limits
+//! bound only a batch (see [`LogStore::chunk_len`]): entries of any size are taken.
+//!
+//! ## Errors
+//!
+//! Every error is openraft's `StorageError`, whose source (shown by its `Display`) is the
+//! cause:
+//!
+//! - At open: `mergelog::Error::InvalidConfig` for an engine that does not sync or whose
+//!   `key_len_max` or `value_len_max` is too small; the engine's own open errors (the
+//!   directory held by another engine, `Error::Locked`; bytes on disk that are not a log,
+//!   `Error::Corrupt`, naming the file and offset); and the store's own, each starting
+//!   `mergelog-raft:`, for records that decode but are not a Raft log's ("does not decode",
+//!   "the log has a hole", "the log is damaged: ..."). These mean the directory is damaged,
+//!   and the store opens nothing rather than let openraft trust it. Replace the node:
+//!   remove it from the membership, then add a node with an empty directory, which gets a
+//!   snapshot and the log from the leader. Never restart a node under its old id on an
+//!   emptied directory or an older copy of it (a backup): it would have forgotten votes it
+//!   gave and entries the cluster counted as committed on it, and could vote twice in a
+//!   term.
+//! - While running: a read error naming an entry that does not read back (a damaged
+//!   record), and write errors from the engine (a failed sync makes every later write fail,
+//!   `Error::Failed`, until a reopen). openraft stops the node on any storage error; restart
+//!   it (a new open) once the cause is dealt with.
+//!
+//! ## How it stores the log
+//!
 //! - Entry `i` is the key `e` + `i` as 8 big-endian bytes, so a frame's sorted records are
 //!   runs of consecutive entries; its value is the entry, postcard-encoded.
 //! - An entry of any size is stored (openraft stops the node on a storage error, and every
@@ -38,9 +162,11 @@
 //!   `Engine::wait_unthrottled`) and is submitted again, as under `Block`: openraft stops the
 //!   node on any storage error.
 //! - Reopening the directory gives back the vote, the committed and purged log ids and the
-//!   entries. The open reads every entry once and refuses a log with a hole, one whose terms
-//!   (leader ids) go down along it or below the purged log id's, and a committed log id past
-//!   the last log id or other than the entry's at its index: damage that decodes.
+//!   entries. The open reads every entry once and refuses a log with a hole (one that does
+//!   not start at entry 0, or right after the purged log id), one whose terms (leader ids) go
+//!   down along it or below the purged log id's, a committed log id past the last log id or
+//!   other than the entry's at its index, and a vote of a term below the last log id's (no
+//!   vote counts as term 0): damage that decodes, which openraft would trust at start-up.
 //! - An operation of many batches waits for its oldest before it submits more than
 //!   `UNWAITED_MAX` (1,024), so that the engine still tells each ticket's batch.
 //!
@@ -794,15 +920,20 @@ impl<C: RaftTypeConfig> LogStore<C>
 where
     C::Entry: Clone,
 {
-    /// Opens (or creates) the store in `dir` with the engine configuration `config`: the
-    /// vote, committed and last purged log ids and the entries come back from it.
+    /// Opens (or creates) the store in `dir` with the engine configuration `config`, which
+    /// must sync (`Durability::Sync`, as `Config::default()` does): the vote, committed and
+    /// last purged log ids and the entries come back from it. Its engine holds the directory
+    /// (its lock file) until it is closed: by [`LogStore::close`] or, once openraft owns the
+    /// store, by `close` on a clone of [`LogStore::engine`] taken before (the last
+    /// reference's drop frees it too, but a log reader openraft still holds keeps one).
     ///
     /// # Errors
     ///
     /// A `StorageError` (a read error) wrapping the engine's error when the engine does not open
     /// (see `mergelog::Engine::open`), or when the store's state read back from the log does
-    /// not decode or is not a Raft log's (a hole, terms that go down, a committed id past the
-    /// log or not its entry's); and as [`LogStore::with_engine`]'s.
+    /// not decode or is not a Raft log's (a hole, the front of a log with no purged log id
+    /// missing, terms that go down, a committed id past the log or not its entry's, a vote of
+    /// a term below the last log id's); and as [`LogStore::with_engine`]'s.
     pub fn open(dir: impl AsRef<Path>, config: Config) -> StoreResult<Self, C> {
         let engine = Engine::open(dir, config).map_err(|e| io_err(StorageIOError::read, &e))?;
         Self::with_engine(Arc::new(engine))
@@ -875,11 +1006,16 @@ where
         let (next, last_log) = match present {
             // A log with a hole cannot be served (openraft relies on consecutive entries);
             // this store's writes never leave one (see `truncate` and `purge`).
-            // After a purge the log goes on right after the purged id; before any, it may
-            // start anywhere (openraft's starts at 0, a test's at 1).
+            // After a purge the log goes on right after the purged id; before any, at 0
+            // (openraft's first entry, `initialize`'s, is at 0, and a follower takes entries
+            // after its last or after the snapshot it purges the log to): only a purge,
+            // which logs the purged id in its first batch, removes the log's front.
             // (`count` is at least 1; `high - low + 1` overflows for the whole index range.)
             Some((count, low, high)) if high - low != count - 1 || (purged && low != first) => {
                 return Err(io_err(StorageIOError::read_logs, &meta::hole(first)));
+            }
+            Some((_, low, _)) if low != first => {
+                return Err(io_err(StorageIOError::read_logs, &CodecError::Front(low)));
             }
             Some((_, _, high)) => match shared.read_one(high)? {
                 Some(entry) => (
@@ -907,6 +1043,22 @@ where
         }
         if let Some((_, low, high)) = present {
             shared.check_ids(low..=high, last_purged.as_ref(), committed.as_ref())?;
+        }
+        // A node saves a leader's vote (durably: `save_vote`) before it takes the leader's
+        // entries, or a snapshot the log is purged to, and its vote never goes down, so the
+        // vote's term is never below the last log id's (the log's highest: terms never go
+        // down along it). No vote is openraft's vote of term 0 (`Raft::initialize`'s entry,
+        // at 0, is of term 0). Damage otherwise, which openraft's start-up would trust.
+        let vote_term = vote
+            .as_ref()
+            .map_or(0, |v: &Vote<Nid<C>>| v.leader_id().term);
+        if let Some(last) = last_log.as_ref().filter(|l| l.leader_id.term > vote_term) {
+            let vote = match &vote {
+                Some(v) => format!("the vote {v}"),
+                None => "no vote (term 0)".into(),
+            };
+            let e = CodecError::VoteBelow(vote, last.to_string());
+            return Err(io_err(StorageIOError::read_vote, &e));
         }
         let (flushes, receiver) = mpsc::channel();
         let for_thread = shared.clone();

@@ -355,6 +355,11 @@ pub(crate) enum CodecError {
     TermDown(u64, String, String),
     /// The committed log id `.0` is not one of the log's: what is wrong with it.
     Committed(String, String),
+    /// The log has no purged log id and its first entry is `.0`, above 0: entries 0 to
+    /// `.0 - 1` are missing at its front.
+    Front(u64),
+    /// The vote `.0` (or "no vote (term 0)") is of a term below that of the last log id `.1`.
+    VoteBelow(String, String),
 }
 
 impl fmt::Display for CodecError {
@@ -398,6 +403,19 @@ impl fmt::Display for CodecError {
             CodecError::Committed(id, what) => write!(
                 f,
                 "mergelog-raft: the log is damaged: the committed log id {id} is {what}"
+            ),
+            CodecError::Front(first) => write!(
+                f,
+                "mergelog-raft: the log has a hole: entries 0 to {} are missing at its front (it \
+                 has no purged log id, and its first entry is {first}): a log starts at entry 0, \
+                 and only a purge, which logs the purged log id first, removes its front",
+                first - 1
+            ),
+            CodecError::VoteBelow(vote, last) => write!(
+                f,
+                "mergelog-raft: the log is damaged: {vote} is of a term below that of the last \
+                 log id {last}: a node saves a leader's vote before it takes the leader's \
+                 entries, and its vote never goes down"
             ),
             CodecError::Bounds(what) => write!(
                 f,

@@ -31,8 +31,9 @@
 //! reopen served.
 //!
 //! The workload is Raft-shaped: votes only grow, entries are appended at the end of the log
-//! with the current leader's term (its leader id never goes down), truncates fall above the committed id, purges at or below
-//! it, the committed id only grows; a quarter of the cycles end (power still on) committing
+//! (from index 0) with the current leader's term (its leader id never goes down), under a
+//! vote of that term or a later one saved first, truncates fall above the committed id,
+//! purges at or below it, the committed id only grows; a quarter of the cycles end (power still on) committing
 //! and purging the whole log, so that a reopen finds it empty and the log goes on from the
 //! purged id. Appends are made two ways: awaited to their callback (`blocking_append`), or
 //! polled once (the store submits the entries and returns) and then left in flight, their
@@ -347,21 +348,15 @@ impl Run {
             _ => None,
         };
         let pick = to_the_end.unwrap_or_else(|| self.rng.random_range(0..100));
+        // An append under a leader of a later term than the vote (none yet, or a truncate's
+        // new leader) saves a vote first: a node saves a leader's vote before it takes the
+        // leader's entries, so its vote's term is never below its log's, which the store's
+        // open checks.
+        let needs_vote = cur.vote.map_or(0, |v| v.leader_id.term) < self.leader.0;
         let to_the_end = to_the_end.is_some();
         let start = self.changes.len();
         let (kind, outcome): (OpKind, Option<bool>) = match pick {
-            0..10 => {
-                let v = self.next_vote();
-                self.changes.push(Change::Vote(v));
-                self.votes.push(v);
-                // Its leader's, unless a truncate's new leader is later (the same vote
-                // committed): leader ids never go down along a Raft log, which the store's
-                // open checks. (Set back to the vote's, an older term's entries followed a
-                // newer one's.)
-                self.leader = self.leader.max((v.leader_id.term, v.leader_id.node_id));
-                let r = store.save_vote(&v).await;
-                (OpKind::Vote(self.votes.len() - 1), Some(self.ok(r)))
-            }
+            0..10 => self.save_vote(store).await,
             10..20 if committable.is_some() => {
                 // Often the last entry: then a purge may empty the log.
                 let (lo, hi) = committable.unwrap();
@@ -408,6 +403,7 @@ impl Run {
                 (OpKind::Purge, Some(self.ok(r)))
             }
             _ if to_the_end => return true,
+            _ if needs_vote => self.save_vote(store).await,
             _ => {
                 let n = self.rng.random_range(1..=12u64);
                 let mut entries = Vec::new();
@@ -456,6 +452,19 @@ impl Run {
             end: self.changes.len(),
         });
         outcome != Some(false)
+    }
+
+    /// Saves a vote greater than the last (`next_vote`).
+    async fn save_vote(&mut self, store: &mut Store) -> (OpKind, Option<bool>) {
+        let v = self.next_vote();
+        self.changes.push(Change::Vote(v));
+        self.votes.push(v);
+        // Its leader's, unless a truncate's new leader is later (the same vote committed):
+        // leader ids never go down along a Raft log, which the store's open checks. (Set
+        // back to the vote's, an older term's entries followed a newer one's.)
+        self.leader = self.leader.max((v.leader_id.term, v.leader_id.node_id));
+        let r = store.save_vote(&v).await;
+        (OpKind::Vote(self.votes.len() - 1), Some(self.ok(r)))
     }
 
     /// Whether an operation's result is `Ok`; keeps the error otherwise.

@@ -13,7 +13,7 @@ use mergelog_raft::kv::{Request, TypeConfig};
 use mergelog_raft::LogStore;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::testing::log_id;
-use openraft::{Entry, EntryPayload, LogId, RaftLogReader};
+use openraft::{Entry, EntryPayload, LogId, RaftLogReader, Vote};
 
 type Store = LogStore<TypeConfig>;
 
@@ -33,11 +33,14 @@ fn entry_key(index: u64) -> Vec<u8> {
     key
 }
 
-/// A store holding entries 1 to 3 (term 2), closed.
+/// A store holding entries 0 to 3 (term 2) and the vote of their leader, closed: a state
+/// openraft writes (a log starts at index 0, and a node saves a leader's vote before it
+/// takes the leader's entries).
 async fn three_entries(dir: &Path) {
     let mut store = Store::open(dir, common::small_config()).expect("the store opens");
+    store.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
     store
-        .blocking_append((1..=3).map(|i| entry(2, i)))
+        .blocking_append((0..=3).map(|i| entry(2, i)))
         .await
         .unwrap();
     store.close().unwrap();
@@ -131,6 +134,12 @@ fn a_purged_log_id_at_the_last_index_refuses_the_open() {
 #[test]
 fn an_entry_at_the_last_index_refuses_the_open() {
     let dir = tempfile::tempdir().unwrap();
+    // Right after a purged log id: a log that starts above 0 without one is refused first.
+    put_raw(
+        dir.path(),
+        b"m/purged",
+        &postcard::to_stdvec(&log_id::<u64>(1, 1, u64::MAX - 1)).unwrap(),
+    );
     put_raw(
         dir.path(),
         &entry_key(u64::MAX),
@@ -230,8 +239,9 @@ async fn a_first_entry_of_a_term_below_the_purged_ids_refuses_the_open() {
     let dir = tempfile::tempdir().unwrap();
     {
         let mut store = Store::open(dir.path(), common::small_config()).expect("opens");
+        store.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
         store
-            .blocking_append((1..=4).map(|i| entry(2, i)))
+            .blocking_append((0..=4).map(|i| entry(2, i)))
             .await
             .unwrap();
         store.purge(log_id(2, 1, 2)).await.unwrap();
@@ -303,6 +313,88 @@ async fn a_committed_id_that_is_not_its_entrys_refuses_the_open() {
         Err(e) => assert!(
             e.to_string()
                 .contains("the committed log id T1-N1-2 is not that of entry 2, T2-N1-2"),
+            "{e}"
+        ),
+    }
+}
+
+/// Deletes `key` through a plain engine over the store's directory.
+fn delete_raw(dir: &Path, key: &[u8]) {
+    let engine = Engine::open(dir, common::small_config()).unwrap();
+    engine.delete(key).unwrap().wait().unwrap();
+    engine.close().unwrap();
+}
+
+/// The vote damaged to a term below the last entry's: a node saves a leader's vote (durably)
+/// before it appends the leader's entries, and its vote never goes down, so its vote's term
+/// is never below a term its log holds. openraft takes the vote on trust at start-up (it
+/// could vote again, or lead, in a term it has already seen a leader of). The open refuses
+/// it, naming both.
+#[tokio::test]
+async fn a_vote_below_the_last_entrys_term_refuses_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    three_entries(dir.path()).await;
+    put_raw(
+        dir.path(),
+        b"m/vote",
+        &postcard::to_stdvec(&Vote::<u64>::new(1, 1)).unwrap(),
+    );
+    match Store::open(dir.path(), common::small_config()) {
+        Ok(mut store) => panic!(
+            "the store opened: vote {:?}, last log id {:?}",
+            store.read_vote().await.unwrap(),
+            store.get_log_state().await.unwrap().last_log_id
+        ),
+        Err(e) => assert!(
+            e.to_string().contains(
+                "the vote T1-N1:uncommitted is of a term below that of the last log id T2-N1-3"
+            ),
+            "{e}"
+        ),
+    }
+}
+
+/// The vote's record deleted under a log of term 2: openraft reads no vote as the vote of
+/// term 0, below the log's. The same.
+#[tokio::test]
+async fn no_vote_under_entries_of_a_term_above_0_refuses_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    three_entries(dir.path()).await;
+    delete_raw(dir.path(), b"m/vote");
+    match Store::open(dir.path(), common::small_config()) {
+        Ok(mut store) => panic!(
+            "the store opened: vote {:?}, last log id {:?}",
+            store.read_vote().await.unwrap(),
+            store.get_log_state().await.unwrap().last_log_id
+        ),
+        Err(e) => assert!(
+            e.to_string()
+                .contains("no vote (term 0) is of a term below that of the last log id T2-N1-3"),
+            "{e}"
+        ),
+    }
+}
+
+/// Entry 0 deleted with no purged log id: a log starts at index 0 (openraft's first entry,
+/// `Raft::initialize`'s, is at 0, and a follower takes entries after its last or after a
+/// snapshot it purged the log to), and only a purge removes its front, writing the purged
+/// log id first. openraft's start-up would fail to read entry 0 (it loads the log ids from
+/// the first entry). The open refuses it, naming the missing entries.
+#[tokio::test]
+async fn a_log_starting_above_0_without_a_purged_id_refuses_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    three_entries(dir.path()).await;
+    delete_raw(dir.path(), &entry_key(0));
+    match Store::open(dir.path(), common::small_config()) {
+        Ok(mut store) => panic!(
+            "the store opened: log state {:?}",
+            store.get_log_state().await.unwrap()
+        ),
+        Err(e) => assert!(
+            e.to_string().contains(
+                "the log has a hole: entries 0 to 0 are missing at its front (it has no purged \
+                 log id, and its first entry is 1)"
+            ),
             "{e}"
         ),
     }

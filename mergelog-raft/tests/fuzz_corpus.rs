@@ -85,15 +85,15 @@ fn seeds_are_the_encoded_layouts_and_the_templates_hold_every_kind() {
             "delete-added",
             RaftInput::encode(1, (0, 9), &[0, 7, 5, 3, 0, 0]),
         ),
-        // Template 1's records: the vote, entry 4's 4 chunks and entry 6's 2, entries 1 to 6,
-        // the committed id. Entry 3's term (its encoding's first byte) 3 xor 2 = 1, between
+        // Template 1's records: the vote, entry 3's 4 chunks and entry 5's 2, entries 0 to 5,
+        // the committed id. Entry 2's term (its encoding's first byte) 3 xor 2 = 1, between
         // entries of term 3.
         (
             "term-down",
             RaftInput::encode(1, (0, 6), &[0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 2]),
         ),
         // The committed id's term (its second byte, after `Some`'s) 3 xor 2 = 1: not entry
-        // 4's log id.
+        // 3's log id.
         (
             "committed-term",
             RaftInput::encode(1, (0, 6), &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 1, 2]),
@@ -123,12 +123,12 @@ fn seeds_are_the_encoded_layouts_and_the_templates_hold_every_kind() {
     };
     let e = refusal("term-down");
     assert!(
-        e.contains("entry 3 has the log id T1-N1-3, whose term (leader id) is below that of"),
+        e.contains("entry 2 has the log id T1-N1-2, whose term (leader id) is below that of"),
         "{e}"
     );
     let e = refusal("committed-term");
     assert!(
-        e.contains("the committed log id T1-N1-4 is not that of entry 4, T3-N1-4"),
+        e.contains("the committed log id T1-N1-3 is not that of entry 3, T3-N1-3"),
         "{e}"
     );
 }

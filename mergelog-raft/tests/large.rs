@@ -126,6 +126,7 @@ async fn read_all(store: &mut Store) -> Vec<Entry<TypeConfig>> {
 async fn entries_of_any_size_are_stored_and_come_back_after_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(dir.path());
+    common::log_from_1(&mut store, 1).await;
     let chunk_len = CHUNK_LEN;
     let exact = payload_len_for(1, 2, chunk_len);
     let over = payload_len_for(1, 3, chunk_len + 1);
@@ -222,6 +223,7 @@ async fn a_replication_read_stops_at_its_byte_bound() {
 async fn a_truncate_and_a_purge_delete_chunks_and_keep_the_live_ones() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(dir.path());
+    common::log_from_1(&mut store, 2).await;
     let chunk_len = CHUNK_LEN;
     // Odd indexes large (100 KiB: 26 chunks, one per batch, several segments per entry
     // pair), even ones small.
@@ -278,6 +280,7 @@ async fn a_truncate_and_a_purge_delete_chunks_and_keep_the_live_ones() {
 async fn chunks_of_no_entry_are_deleted_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(dir.path());
+    common::log_from_1(&mut store, 2).await;
     let chunk_len = CHUNK_LEN;
     let log: Vec<_> = (1..=6).map(|i| entry(1, i, 2 * chunk_len)).collect();
     store.blocking_append(log.clone()).await.unwrap();
@@ -322,6 +325,7 @@ async fn chunks_of_no_entry_are_deleted_at_open() {
 async fn a_damaged_chunked_entry_is_a_read_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(dir.path());
+    common::log_from_1(&mut store, 1).await;
     let chunk_len = CHUNK_LEN;
     let log: Vec<_> = (1..=4).map(|i| entry(1, i, 3 * chunk_len)).collect();
     store.blocking_append(log.clone()).await.unwrap();
@@ -366,6 +370,7 @@ async fn an_entry_larger_than_the_ring_is_appended_under_reject() {
         ..config()
     };
     let mut store = Store::open(dir.path(), config.clone()).expect("the store opens");
+    common::log_from_1(&mut store, 1).await;
     let log = vec![entry(1, 1, 1 << 20), entry(1, 2, 100)];
     store
         .blocking_append(log.clone())

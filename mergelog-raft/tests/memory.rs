@@ -12,6 +12,7 @@ use openraft::storage::RaftLogStorageExt;
 use openraft::testing::log_id;
 use openraft::{Entry, EntryPayload, RaftLogReader};
 
+mod common;
 #[path = "../../tests/counting/mod.rs"]
 mod counting;
 
@@ -110,6 +111,7 @@ fn a_damaged_chunk_header_reserves_no_more_than_the_chunks_read() {
     {
         let mut store =
             LogStore::<TypeConfig>::open(dir.path(), config()).expect("the store opens");
+        runtime.block_on(common::log_from_1(&mut store, 1));
         // Entry 1 in 4 chunks; entry 2 stored whole, the last entry, which the open reads.
         runtime
             .block_on(store.blocking_append([entry(1, 200 << 10), entry(2, 10)]))

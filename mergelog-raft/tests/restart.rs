@@ -44,7 +44,7 @@ async fn vote_committed_and_entries_come_back_after_a_truncate() {
         let mut store = open(dir.path());
         store.save_vote(&vote).await.unwrap();
         store
-            .blocking_append((1..=20).map(|i| entry(2, i, 50)))
+            .blocking_append((0..=20).map(|i| entry(2, i, 50)))
             .await
             .unwrap();
         store.truncate(log_id(2, 1, 15)).await.unwrap();
@@ -65,10 +65,10 @@ async fn vote_committed_and_entries_come_back_after_a_truncate() {
     assert_eq!(state.last_purged_log_id, None);
     assert_eq!(state.last_log_id, Some(log_id(3, 1, 17)));
     let entries = store.try_get_log_entries(0..).await.unwrap();
-    assert_eq!(indexes(&entries), (1..=17).collect::<Vec<_>>());
+    assert_eq!(indexes(&entries), (0..=17).collect::<Vec<_>>());
     // The suffix after the truncate is the new term's, not the old one's.
-    assert!(entries[14..].iter().all(|e| e.log_id.leader_id.term == 3));
-    assert!(entries[..14].iter().all(|e| e.log_id.leader_id.term == 2));
+    assert!(entries[15..].iter().all(|e| e.log_id.leader_id.term == 3));
+    assert!(entries[..15].iter().all(|e| e.log_id.leader_id.term == 2));
 }
 
 #[tokio::test]
@@ -113,6 +113,7 @@ async fn an_append_larger_than_one_engine_batch_is_split_and_comes_back_whole() 
     let dir = tempfile::tempdir().unwrap();
     {
         let mut store = open(dir.path());
+        common::log_from_1(&mut store, 1).await;
         // 40 entries of 4 KiB: well over the test configuration's 32 KiB batch limit.
         store
             .blocking_append((1..=40).map(|i| entry(1, i, 4096)))
@@ -224,6 +225,7 @@ async fn an_append_waits_for_its_entries_unless_told_not_to() {
     };
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(dir.path(), config.clone()).unwrap();
+    common::log_from_1(&mut store, 1).await;
     let done = poll_once(store.blocking_append((1..=3).map(|i| entry(1, i, 20))));
     assert!(matches!(done, Some(Ok(()))), "{done:?}");
     let before = store.engine().counts();
@@ -311,6 +313,7 @@ async fn an_append_a_truncate_and_a_purge_of_more_batches_than_the_engine_rememb
     {
         // Appended under the small configuration: a few hundred batches.
         let mut store = open(dir.path());
+        common::log_from_1(&mut store, 1).await;
         store
             .blocking_append((1..=N).map(|i| entry(1, i, 1)))
             .await
@@ -357,5 +360,63 @@ async fn an_append_a_truncate_and_a_purge_of_more_batches_than_the_engine_rememb
     assert_eq!(state.last_log_id, Some(log_id(1, 1, N)));
     let entries = store.try_get_log_entries(0..).await.unwrap();
     assert_eq!(indexes(&entries), (N - 9..=N).collect::<Vec<_>>());
+    close(store);
+}
+
+/// The states openraft 0.9 writes that the open's checks of the vote against the log and of
+/// the log's front must take (they refuse damage only; `damaged.rs` has the refusals):
+/// `Raft::initialize`'s entry 0, of term 0, before the election saves any vote (a crash
+/// between the two); a follower's after it installed a snapshot past its log (its vote saved
+/// first, then the purge to the snapshot's last log id, then the leader's next entries);
+/// and the log emptied by openraft's start-up purge up to the state machine's applied id,
+/// past the log's end. Each reopens as written.
+#[tokio::test]
+async fn the_states_openraft_writes_at_initialize_and_after_a_snapshot_reopen() {
+    let initialized = log_id(0, 0, 0);
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = open(dir.path());
+        // (`initialize`'s holds the membership; its log id is this one.)
+        let first = Entry {
+            log_id: initialized,
+            payload: EntryPayload::Blank,
+        };
+        store.blocking_append([first]).await.unwrap();
+        close(store);
+    }
+    let mut store = open(dir.path());
+    assert_eq!(store.read_vote().await.unwrap(), None);
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, Some(initialized));
+    close(store);
+
+    let dir = tempfile::tempdir().unwrap();
+    let vote = Vote::new_committed(3, 1);
+    let snapshot_last = log_id(3, 1, 10);
+    {
+        let mut store = open(dir.path());
+        store.save_vote(&vote).await.unwrap();
+        store.purge(snapshot_last).await.unwrap();
+        store
+            .blocking_append((11..=12).map(|i| entry(3, i, 10)))
+            .await
+            .unwrap();
+        close(store);
+    }
+    let mut store = open(dir.path());
+    assert_eq!(store.read_vote().await.unwrap(), Some(vote));
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(snapshot_last));
+    assert_eq!(state.last_log_id, Some(log_id(3, 1, 12)));
+    let entries = store.try_get_log_entries(0..).await.unwrap();
+    assert_eq!(indexes(&entries), [11, 12]);
+    // The start-up's purge past the log's end (to an applied id of the vote's term).
+    store.purge(log_id(3, 1, 20)).await.unwrap();
+    close(store);
+    let mut store = open(dir.path());
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(3, 1, 20)));
+    assert_eq!(state.last_log_id, Some(log_id(3, 1, 20)));
+    assert!(store.try_get_log_entries(0..).await.unwrap().is_empty());
     close(store);
 }

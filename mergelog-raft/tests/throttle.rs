@@ -130,6 +130,7 @@ async fn a_vote_saved_while_a_consumer_lags_under_reject_waits_for_it() {
 async fn appends_truncates_purges_and_close_wait_for_a_lagging_consumer_under_reject() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(dir.path());
+    common::log_from_1(&mut store, 1).await;
     let engine = store.engine().clone();
     let mut c = engine.consumer("slow").expect("the consumer opens");
     store

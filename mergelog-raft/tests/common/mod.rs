@@ -14,3 +14,23 @@ pub fn small_config() -> Config {
         ..Config::default()
     }
 }
+
+/// Gives a new store a state openraft can have written before a test appends entries from
+/// index 1, of terms up to `term`: the vote of term `term` (a node saves a leader's vote
+/// before it takes the leader's entries) and the purged log id T0-N0-0 (`Raft::initialize`'s
+/// entry 0, purged as after a snapshot that covers it: a log starts at entry 0, or right
+/// after its purged log id). The store's open refuses a log that is neither.
+pub async fn log_from_1(
+    store: &mut mergelog_raft::LogStore<mergelog_raft::kv::TypeConfig>,
+    term: u64,
+) {
+    use openraft::storage::RaftLogStorage;
+    let vote = openraft::Vote::new_committed(term, 1);
+    store.save_vote(&vote).await.expect("save_vote");
+    store.purge(purged_0()).await.expect("purge");
+}
+
+/// The purged log id [`log_from_1`] gives: `Raft::initialize`'s entry's.
+pub fn purged_0() -> openraft::LogId<u64> {
+    openraft::testing::log_id(0, 0, 0)
+}

@@ -1502,7 +1502,7 @@ fn a_reader_of_a_directory_holding_no_log_says_so() {
         assert!(
             message.contains(&*other.to_string_lossy())
                 && message.contains("no mergelog log")
-                && message.contains("notes.txt"),
+                && message.contains("it holds notes.txt and 1 other file"),
             "{message:?} does not say that the directory holds no log"
         );
         assert!(matches!(e, Error::Io { .. }), "{e:?}");

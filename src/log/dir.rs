@@ -119,12 +119,22 @@ pub(crate) fn refuse_foreign(dir: &Path) -> Result<()> {
         let name = entry.map_err(refuse)?.file_name();
         match name.to_str() {
             Some(n) if is_log_file_name(n) => return Ok(()),
-            _ => foreign.push(name),
+            _ => foreign.push(name.to_string_lossy().into_owned()),
         }
     }
     foreign.sort();
-    let Some(first) = foreign.first() else {
+    // A name like a segment's but not one (`foo.seg`) is the likely near miss; else the first.
+    let Some(named) = foreign
+        .iter()
+        .position(|n| n.ends_with(".seg"))
+        .or((!foreign.is_empty()).then_some(0))
+    else {
         return Ok(());
+    };
+    let others = match foreign.len() - 1 {
+        0 => String::new(),
+        1 => " and 1 other file".into(),
+        n => format!(" and {n} other files"),
     };
     Err(Error::io(
         "open log directory",
@@ -132,11 +142,10 @@ pub(crate) fn refuse_foreign(dir: &Path) -> Result<()> {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!(
-                "holds no mergelog log: none of its {} entries ({:?}{}) is a file of a log \
-                 (is the path right?)",
-                foreign.len(),
-                first,
-                if foreign.len() > 1 { ", ..." } else { "" }
+                "holds no mergelog log: no segment file (20 decimal digits + .seg, as {}) nor \
+                 any other file of a log; it holds {}{others}: is the path right?",
+                segment_file_name(1),
+                foreign[named]
             ),
         ),
     ))

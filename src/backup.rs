@@ -227,7 +227,7 @@ fn check_carried(view: &LogReader, carried: &[(RequestId, u64, u64)]) -> Result<
         return Ok(());
     };
     let mut unlogged: Option<usize> = None;
-    for batch in view.batches_from(from) {
+    for batch in view.held_from(from) {
         let seq = batch.seq().get();
         if seq > to {
             break;

@@ -801,9 +801,9 @@ impl Engine {
     /// let engine = Engine::open(dir.path(), config())?;
     /// let (covered, mut state) = checkpoint;
     /// let log = engine.replay()?;
-    /// // `batches_from` starts at the first batch the log holds: check none it needs is gone.
-    /// assert!(log.first_seq() <= covered.next(), "batches after the checkpoint are gone");
-    /// for batch in log.batches_from(covered.next()) {
+    /// // Every batch after the checkpoint: `Error::Retired` if some were retired,
+    /// // `Error::PastEnd` if the log ends before them.
+    /// for batch in log.batches_from(covered.next())? {
     ///     for r in batch.records() {
     ///         match r.op {
     ///             RecordOp::Put => state.insert(r.key.to_vec(), r.value.to_vec()),

@@ -146,12 +146,23 @@ pub enum Error {
         /// The ticket's position.
         position: u64,
     },
-    /// A follower asked for a batch that `Engine::retire_before` has removed from the log.
+    /// A follower, or `LogReader::batches_from`, asked for a batch that `Engine::retire_before`
+    /// (or compaction) has removed from the log.
     Retired {
         /// The batch asked for.
         seq: crate::Seq,
         /// The first batch the log still holds.
         first: crate::Seq,
+    },
+    /// `LogReader::batches_from` asked for batches from `seq`, past the end of the log, whose
+    /// next batch is `next`: the batches before `seq` that the caller counts on are not in
+    /// the log (a position taken from another log, or a log a lossy recovery cut: with
+    /// `Durability::NoSync`, or `RecoveryMode::PointInTime`).
+    PastEnd {
+        /// The batch asked for.
+        seq: crate::Seq,
+        /// The log's next batch: one past its last.
+        next: crate::Seq,
     },
     /// Batch `seq`, which this directory follower (`LogReader::follow`, or a consumer made by
     /// `LogReader::consumer`) yielded, is no longer in the log as it was yielded: the log was
@@ -324,7 +335,11 @@ impl fmt::Display for Error {
             ),
             Error::Retired { seq, first } => write!(
                 f,
-                "batch {seq} was retired: the log now starts at batch {first}; restore from the snapshot the retirement was taken after, then follow from {first}"
+                "batch {seq} was retired: the log now starts at batch {first}; restore from the snapshot the retirement was taken after, then read or follow from {first}"
+            ),
+            Error::PastEnd { seq, next } => write!(
+                f,
+                "batch {seq} is past the end of the log, whose next batch is {next}: the log does not hold the batches before it (was the position taken from another log, or the log cut by a lossy recovery?)"
             ),
             Error::Rewound { seq, path } => write!(
                 f,

@@ -63,7 +63,8 @@
 //! - **A write-ahead log under your own state.** Apply writes in log order, each once its
 //!   ticket is durable; checkpoint your state with the batch [`Seq`] `S` it covers; call
 //!   [`Engine::retire_before`]`(S + 1)` once the checkpoint is durable; at open, replay
-//!   `engine.replay()?.batches_from(S + 1)` ([`LogReader::batches_from`]).
+//!   `engine.replay()?.batches_from(S + 1)?` ([`LogReader::batches_from`]: an error, not a
+//!   later start, if the log no longer holds batch `S + 1`, or ends before it).
 //!   `examples/kv_wal/store.rs`, and README, "Using mergelog as a write-ahead log".
 //! - **An event log with durable consumers.** [`Engine::consumer`] yields the batches after
 //!   its last [`Consumer::commit`], across restarts (at-least-once: see [`Consumer`]);

@@ -314,8 +314,9 @@ impl LogReader {
     /// # Errors
     ///
     /// As above: [`Error::DamagedHistory`] or [`Error::Corrupt`] for damage the mode would
-    /// refuse (naming the file and the offset), [`Error::Io`] if `dir` is missing or not a directory, or a
-    /// file of the log cannot be listed, opened or read.
+    /// refuse (naming the file and the offset), [`Error::Io`] if `dir` is missing or not a
+    /// directory, holds entries but none of a log's files (a mistyped path: an empty directory
+    /// is an empty log), or a file of the log cannot be listed, opened or read.
     pub fn check(
         dir: impl AsRef<Path>,
         mode: RecoveryMode,
@@ -323,6 +324,7 @@ impl LogReader {
     ) -> Result<Option<Damage>> {
         let dir = dir.as_ref();
         existing_dir(dir)?;
+        crate::log::dir::refuse_foreign(dir)?;
         let synced = durability == crate::config::Durability::Sync;
         crate::log::recovery::check(dir, mode, synced)
     }
@@ -333,7 +335,9 @@ impl LogReader {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if `dir` is missing or not a directory, or a file of the log cannot be listed,
+    /// [`Error::Io`] if `dir` is missing or not a directory, holds entries but none of a log's
+    /// files (docs/FORMAT.md, "Files": a mistyped path to another directory; an empty
+    /// directory reads as an empty log), or a file of the log cannot be listed,
     /// opened or mapped (naming the call and the file); [`Error::Corrupt`] for damage the
     /// mode does not end the log at (with the default mode: in an earlier segment, or a bad
     /// segment header that is not the last segment's torn roll), naming the file and the
@@ -354,6 +358,9 @@ impl LogReader {
         existing_dir(&dir)?;
         let ids_stamp = crate::log::dir::ids_stamp(&dir);
         let scanned = scan_retrying(&dir, mode, &io::real())?;
+        if scanned.segments.is_empty() {
+            crate::log::dir::refuse_foreign(&dir)?;
+        }
         if mode == RecoveryMode::AbsoluteConsistency {
             if let Some(d) = scanned.damage {
                 return Err(Error::Corrupt {
@@ -579,7 +586,8 @@ impl LogReader {
     }
 
     /// Sequence number of the first batch the log holds: 1, unless `Engine::retire_before`
-    /// removed the segments before it (then `batches_from` an earlier sequence starts here).
+    /// removed the segments before it (then `batches_from` an earlier sequence is
+    /// [`Error::Retired`]).
     pub fn first_seq(&self) -> Seq {
         Seq::new(self.segments.first().map_or(self.next_seq, |s| s.id))
     }
@@ -595,25 +603,51 @@ impl LogReader {
         self.end_offset
     }
 
-    /// Every batch in log order.
+    /// Every batch the log holds, in log order: from [`LogReader::first_seq`] to
+    /// [`LogReader::next_seq`].
     pub fn batches(&self) -> impl Iterator<Item = Batch<'_>> + '_ {
-        self.batches_from(0)
+        self.held_from(0)
     }
 
-    /// Batches with sequence number `>= from`, in log order. A `from` before
-    /// [`LogReader::first_seq`] starts there, without an error (unlike a follower's
-    /// [`Error::Retired`]): a caller that needs every batch from `from` on (a write-ahead
-    /// log replaying after a checkpoint of batch `S`, from `S + 1`) checks `first_seq() <=
-    /// from` itself, as `examples/kv_wal/store.rs` does. A `from` at or past
-    /// [`LogReader::next_seq`] yields nothing.
-    pub fn batches_from(&self, from: impl Into<Seq>) -> impl Iterator<Item = Batch<'_>> + '_ {
-        let from = from.into().get();
+    /// Batches with sequence number `>= from`, in log order: every batch of the log from
+    /// `from` on (a `from` of 0 counts as 1, the first batch of every log), or an error when
+    /// the log cannot give them all. A write-ahead log replaying after a checkpoint of batch
+    /// `S` asks for `S + 1`; the error then says that the log no longer (or not yet) holds the
+    /// batches the checkpoint needs.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Retired`] when `from` is before [`LogReader::first_seq`]: the batches before
+    /// that were retired (`Engine::retire_before`, compaction), as a follower of them gets
+    /// it. [`Error::PastEnd`] when `from` is past [`LogReader::next_seq`]: the log ends before
+    /// it (a `from` equal to `next_seq` yields nothing, without an error). Either way nothing
+    /// is yielded; [`LogReader::batches`] yields whatever the log holds.
+    pub fn batches_from(
+        &self,
+        from: impl Into<Seq>,
+    ) -> Result<impl Iterator<Item = Batch<'_>> + '_> {
+        let from = from.into().get().max(1);
+        let (first, next) = (self.first_seq(), self.next_seq());
+        if from < first.get() {
+            return Err(Error::Retired {
+                seq: Seq::new(from),
+                first,
+            });
+        }
+        if from > next.get() {
+            return Err(Error::PastEnd {
+                seq: Seq::new(from),
+                next,
+            });
+        }
+        Ok(self.held_from(from))
+    }
+
+    /// The batches this view holds with sequence number `>= from`: from its first batch if
+    /// `from` is before it, nothing if `from` is past its end.
+    pub(crate) fn held_from(&self, from: u64) -> impl Iterator<Item = Batch<'_>> + '_ {
         // Skip whole segments that end before `from`: segment i holds [id_i, id_{i+1}).
-        let first = self
-            .segments
-            .iter()
-            .rposition(|s| s.id <= from)
-            .unwrap_or(0);
+        let first = self.segment_of(from).unwrap_or(0);
         // The last segment may be an engine's active one, still growing: the view ends where
         // it ended when it was made.
         let last = self.segments.len().saturating_sub(1);
@@ -747,7 +781,7 @@ impl LogReader {
         now: SystemTime,
     ) -> ConsumerInfo {
         let last = self.next_seq.saturating_sub(1);
-        let first = self.batches_from(committed.saturating_add(1)).next();
+        let first = self.held_from(committed.saturating_add(1)).next();
         let oldest = first.and_then(|b| b.commit_time());
         ConsumerInfo {
             name,
@@ -777,7 +811,7 @@ impl LogReader {
             });
         };
         Ok(self
-            .batches_from(committed.saturating_add(1))
+            .held_from(committed.saturating_add(1))
             .flat_map(|b| {
                 let (seq, time) = (b.seq(), b.commit_time());
                 b.ids().map(move |id| PendingId {
@@ -789,10 +823,25 @@ impl LogReader {
             .collect())
     }
 
+    /// The index of the segment that holds batch `seq` if the log holds it: the last one whose
+    /// id is not above it (the list is in log order, ids rising, and segment i holds
+    /// [id_i, id_{i+1})), found by a binary search; `None` if every segment starts after it.
+    fn segment_of(&self, seq: u64) -> Option<usize> {
+        self.segments
+            .partition_point(|s| s.id <= seq)
+            .checked_sub(1)
+    }
+
     /// Bytes of the frames from batch `first` on: from its offset to the end of the frames of
     /// its segment, and the frames of every segment after it.
     fn bytes_from(&self, first: &Batch<'_>) -> u64 {
-        let Some(at) = self.segments.iter().position(|s| s.path == first.segment()) else {
+        // Found by its sequence (O(log S)), checked by its path: a batch of this view is in
+        // the segment its sequence names, so the linear search by path never runs.
+        let at = self
+            .segment_of(first.seq().get())
+            .filter(|&i| self.segments[i].path == first.segment())
+            .or_else(|| self.segments.iter().position(|s| s.path == first.segment()));
+        let Some(at) = at else {
             return 0;
         };
         let last = self.segments.len() - 1;
@@ -1891,6 +1940,42 @@ mod tests {
             batch.records,
             vec![(RecordOp::Put, b"key".to_vec(), b"value".to_vec())]
         );
+    }
+
+    /// `bytes_from` (a consumer's `lag_bytes`) of every batch of a log of many segments is the
+    /// bytes of the frames from that batch on, whichever segment holds it: the segment found
+    /// by the batch's sequence (a binary search) is the one holding it. The frames of a log
+    /// the engine wrote lie end to end from each segment's header (no end marker between).
+    #[test]
+    fn bytes_from_is_the_frames_from_the_batch_on_over_many_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::Config {
+            segment_bytes: 64 << 10,
+            batch_bytes_max: 16 << 10,
+            ..crate::Config::default()
+        };
+        let engine = crate::Engine::open(dir.path(), config).unwrap();
+        let mut tickets = Vec::new();
+        for i in 0..3_000u32 {
+            let value = vec![i as u8; 200 + (i as usize * 37) % 2_000];
+            tickets.push(engine.put(format!("k{i}").as_bytes(), &value).unwrap());
+        }
+        for t in tickets {
+            t.wait().unwrap();
+        }
+        let check = |reader: &LogReader| {
+            assert!(reader.segment_count() >= 40, "{}", reader.segment_count());
+            let lens: Vec<u64> = reader.batches().map(|b| b.frame_len() as u64).collect();
+            let mut after: u64 = lens.iter().sum();
+            for (b, len) in reader.batches().zip(&lens) {
+                assert_eq!(reader.bytes_from(&b), after, "batch {}", b.seq());
+                after -= len;
+            }
+            assert_eq!(after, 0);
+        };
+        check(&engine.replay().unwrap());
+        engine.close().unwrap();
+        check(&LogReader::open(dir.path()).unwrap());
     }
 
     /// A segment file in `dir` named for batch `first`, holding one frame of batch `first`,

@@ -1471,3 +1471,68 @@ fn a_reader_of_a_missing_directory_says_it_does_not_exist() {
         }
     }
 }
+
+/// A reader (`LogReader::open`, `open_with`, `check`) of a directory that holds entries but
+/// none of a log's files (a mistyped path to some other directory) refuses it, naming the
+/// directory and an entry, where it read as an empty, clean log ("no batches"). An empty
+/// directory, a log's directory with another file beside the log's, and one holding only a
+/// log's `LOCK` still open, as empty or as the log they hold.
+#[test]
+// The files are made directly: the storage seam's lint (clippy.toml) is for the library.
+#[allow(clippy::disallowed_methods)]
+fn a_reader_of_a_directory_holding_no_log_says_so() {
+    use mergelog::{Durability, LogReader, RecoveryMode};
+    let tmp = tempfile::tempdir().unwrap();
+    let other = tmp.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), b"x").unwrap();
+    std::fs::create_dir(other.join("photos")).unwrap();
+    let mode = RecoveryMode::default();
+    let errors = [
+        LogReader::open(&other).map(drop),
+        LogReader::open_with(&other, RecoveryMode::PointInTime).map(drop),
+        LogReader::check(&other, mode, Durability::Sync).map(drop),
+    ];
+    for got in errors {
+        let e = match got {
+            Err(e) => e,
+            Ok(()) => panic!("{other:?} (notes.txt, photos/) read as a log"),
+        };
+        let message = e.to_string();
+        assert!(
+            message.contains(&*other.to_string_lossy())
+                && message.contains("no mergelog log")
+                && message.contains("it holds notes.txt and 1 other file"),
+            "{message:?} does not say that the directory holds no log"
+        );
+        assert!(matches!(e, Error::Io { .. }), "{e:?}");
+    }
+
+    // Still read: an empty directory (no batches) ...
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let reader = LogReader::open(&empty).expect("an empty directory");
+    assert_eq!(reader.batches().count(), 0);
+    LogReader::check(&empty, mode, Durability::Sync).expect("check of an empty directory");
+    // ... one holding only a log's lock file (its segments gone) ...
+    let locked = tmp.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::write(locked.join("LOCK"), b"").unwrap();
+    std::fs::write(locked.join("notes.txt"), b"x").unwrap();
+    LogReader::open(&locked).expect("a directory holding a log's LOCK");
+    // ... and a log with a file of the user's beside it, open or closed.
+    let log = tmp.path().join("log");
+    let engine = Engine::open(&log, Config::default()).unwrap();
+    std::fs::write(log.join("notes.txt"), b"x").unwrap();
+    assert_eq!(
+        LogReader::open(&log)
+            .expect("a fresh engine's log")
+            .batches()
+            .count(),
+        0
+    );
+    engine.put(b"k", b"v").unwrap().wait().unwrap();
+    engine.close().unwrap();
+    assert_eq!(LogReader::open(&log).expect("a log").batches().count(), 1);
+    LogReader::check(&log, mode, Durability::Sync).expect("check of a log");
+}

@@ -503,6 +503,7 @@ fn consumers_report_their_lag() {
     let frames_after = |seq: u64| -> u64 {
         let view = engine.replay().expect("replay");
         view.batches_from(seq + 1)
+            .expect("batches_from")
             .map(|b| b.frame_len() as u64)
             .sum()
     };
@@ -510,7 +511,11 @@ fn consumers_report_their_lag() {
     let infos = engine.consumers().expect("consumers");
     let oldest = |seq: u64| {
         let view = engine.replay().expect("replay");
-        let t = view.batches_from(seq + 1).next().map(|b| b.commit_time());
+        let t = view
+            .batches_from(seq + 1)
+            .expect("batches_from")
+            .next()
+            .map(|b| b.commit_time());
         t.expect("a batch after the commit")
     };
     let want = |name: &str, committed: u64| mergelog::ConsumerInfo {

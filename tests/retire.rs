@@ -126,7 +126,10 @@ fn replay(reader: &LogReader, from: u64, ctx: &str) -> Replayed {
         newest: BTreeMap::new(),
     };
     let mut expect = from.max(reader.first_seq().get());
-    for b in reader.batches_from(from) {
+    for b in reader
+        .batches_from(expect)
+        .unwrap_or_else(|e| panic!("{ctx}: batches_from({expect}): {e}"))
+    {
         assert_eq!(b.seq(), expect, "{ctx}: batches must be consecutive");
         expect += 1;
         apply_batch(&mut out.state, &b);
@@ -461,9 +464,10 @@ fn a_follower_behind_the_retired_prefix_gets_retired_error() {
                 "{ctx}: Retired error fields"
             )
         }
-        other => {
-            panic!("{ctx}: expected Error::Retired {{ seq: {seq}, first: {first} }}, got {other:?}")
-        }
+        other => panic!(
+            "{ctx}: expected Error::Retired {{ seq: {seq}, first: {first} }}, got {:?}",
+            other.map(|b| b.map(|b| b.seq))
+        ),
     };
     let expected_first: OwnedBatch = engine
         .replay()
@@ -522,12 +526,30 @@ fn a_follower_behind_the_retired_prefix_gets_retired_error() {
         got, expected_first,
         "LogReader.follow(first) yields batch first"
     );
-    // batches_from an earlier sequence starts at the first batch the log holds.
-    assert_eq!(
-        reader.batches_from(1).next().map(|b| b.seq().get()),
-        Some(first),
-        "batches_from(1)"
-    );
+    // batches_from an earlier batch is refused as a follower is (it started silently at the
+    // first batch the log holds, so a replay that did not check `first_seq` by hand skipped
+    // the retired batches); `batches` yields what the log holds.
+    let from = |view: &LogReader, from: u64| {
+        view.batches_from(from)
+            .map(|mut batches| batches.next().map(|b| b.to_owned()))
+    };
+    let view = engine.replay().expect("replay");
+    for (ctx, view) in [("LogReader", &reader), ("Engine::replay", &view)] {
+        expect_retired(from(view, 1), 1, &format!("{ctx}.batches_from(1)"));
+        expect_retired(from(view, 0), 1, &format!("{ctx}.batches_from(0)"));
+        expect_retired(
+            from(view, first - 1),
+            first - 1,
+            &format!("{ctx}.batches_from(first - 1)"),
+        );
+        let got = from(view, first)
+            .expect("batches_from(first)")
+            .expect("batch first is in the log");
+        assert_eq!(got, expected_first, "{ctx}.batches_from(first)");
+        let got = view.batches().next().map(|b| b.to_owned());
+        assert_eq!(got.as_ref(), Some(&expected_first), "{ctx}.batches()");
+    }
+    drop(view);
     assert_ne!(first_batch, expected_first);
     drop(reader);
 

@@ -595,32 +595,31 @@ impl Store {
 /// Applies the log's batches after `covered` to `table`.
 fn replay(engine: &Engine, covered: u64, table: &mut Table) -> Result<Recovered> {
     let log = engine.replay()?;
-    let (first, next) = (log.first_seq().get(), log.next_seq().get());
     let mismatch = |reason: String| Error::Corrupt {
         path: log.dir().to_owned(),
         reason,
     };
-    if first > covered + 1 {
-        return Err(mismatch(format!(
+    // Every batch after the checkpoint, or the error saying which the log lacks.
+    let batches = log.batches_from(covered + 1).map_err(|e| match e {
+        mergelog::Error::Retired { first, .. } => mismatch(format!(
             "the log starts at batch {first} but the checkpoint covers only up to batch \
              {covered}: the batches between are gone (was the checkpoint replaced, or the \
              log compacted or retired through Store::engine?)"
-        )));
-    }
-    if next <= covered {
+        )),
         // New writes would reuse the numbers the checkpoint covers, and a later open would
         // skip them.
-        return Err(mismatch(format!(
+        mergelog::Error::PastEnd { next, .. } => mismatch(format!(
             "the checkpoint covers batch {covered} but the log ends at batch {}: the log \
              lost durable batches",
-            next - 1
-        )));
-    }
+            next.get() - 1
+        )),
+        e => e.into(),
+    })?;
     let mut recovered = Recovered {
         checkpoint: Seq::new(covered),
         ..Recovered::default()
     };
-    for batch in log.batches_from(covered + 1) {
+    for batch in batches {
         recovered.batches += 1;
         for r in batch.records() {
             recovered.writes += 1;

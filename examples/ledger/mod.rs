@@ -459,18 +459,21 @@ impl Ledger {
         let mut state = read_snapshot(&dir.join(SNAPSHOT))?.unwrap_or_default();
         let engine = Engine::open(dir.join("log"), ledger_config())?;
         let reader = engine.replay()?;
-        if reader.first_seq().get() > state.covers + 1 {
-            return Err(LedgerError::BadSnapshot(
-                dir.join(SNAPSHOT),
-                format!(
-                    "covers ledger batch {}, but the ledger's log starts at batch {}",
-                    state.covers,
-                    reader.first_seq()
-                ),
-            ));
-        }
+        let bad_snapshot = |reason: String| LedgerError::BadSnapshot(dir.join(SNAPSHOT), reason);
+        let batches = reader.batches_from(state.covers + 1).map_err(|e| match e {
+            mergelog::Error::Retired { first, .. } => bad_snapshot(format!(
+                "covers ledger batch {}, but the ledger's log starts at batch {first}",
+                state.covers
+            )),
+            mergelog::Error::PastEnd { next, .. } => bad_snapshot(format!(
+                "covers ledger batch {}, but the ledger's log ends at batch {}",
+                state.covers,
+                next.get() - 1
+            )),
+            e => e.into(),
+        })?;
         let mut replayed = 0;
-        for batch in reader.batches_from(state.covers + 1) {
+        for batch in batches {
             for r in batch.records() {
                 state.fold(batch.seq(), r.key, r.value)?;
             }

@@ -1299,7 +1299,7 @@ where
         let reader = engine.replay()?;
         let from = self.retire_from.max(reader.first_seq());
         let mut live = meta_seq;
-        for batch in reader.batches_from(from) {
+        for batch in reader.batches_from(from)? {
             if batch.seq() >= meta_seq {
                 break;
             }

@@ -83,6 +83,74 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(segs)
 }
 
+/// Whether `name` is one a log's directory holds (docs/FORMAT.md, "Files"): a segment's
+/// (any 20 digits and `.seg`), a spare's (`prep-*.tmp`, `recycle-*.tmp`), `LOCK`, the
+/// clean-close mark's, the request ids', a consumer's position (or one being written), or a
+/// writer's copy of a shared segment.
+fn is_log_file_name(name: &str) -> bool {
+    let spare = |prefix| name.starts_with(prefix) && name.ends_with(".tmp");
+    segment_file_digits(name).is_some()
+        || spare("prep-")
+        || spare("recycle-")
+        || name.starts_with("consumer-")
+        || is_consumer_tmp_name(name)
+        || [
+            "LOCK",
+            CLEAN_FILE,
+            CLEAN_TMP,
+            IDS_FILE,
+            IDS_TMP,
+            UNSHARE_TMP,
+        ]
+        .contains(&name)
+}
+
+/// Refuses a directory that holds entries but none of a log's files
+/// ([`is_log_file_name`]): a reader took such a directory (a mistyped path to some other
+/// directory) for an empty log. An empty directory, and one holding any file of a log
+/// (`LOCK`, say, of a log whose segments are all gone, or of an engine that has not made its
+/// first yet) beside others, pass. `Error::Io` naming the directory and, of the entries it
+/// holds, the first by name.
+pub(crate) fn refuse_foreign(dir: &Path) -> Result<()> {
+    let refuse = |e| Error::io("read directory", dir, e);
+    let rd = super::fds::with_room(|| std::fs::read_dir(dir)).map_err(refuse)?;
+    let mut foreign = Vec::new();
+    for entry in rd {
+        let name = entry.map_err(refuse)?.file_name();
+        match name.to_str() {
+            Some(n) if is_log_file_name(n) => return Ok(()),
+            _ => foreign.push(name.to_string_lossy().into_owned()),
+        }
+    }
+    foreign.sort();
+    // A name like a segment's but not one (`foo.seg`) is the likely near miss; else the first.
+    let Some(named) = foreign
+        .iter()
+        .position(|n| n.ends_with(".seg"))
+        .or((!foreign.is_empty()).then_some(0))
+    else {
+        return Ok(());
+    };
+    let others = match foreign.len() - 1 {
+        0 => String::new(),
+        1 => " and 1 other file".into(),
+        n => format!(" and {n} other files"),
+    };
+    Err(Error::io(
+        "open log directory",
+        dir,
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "holds no mergelog log: no segment file (20 decimal digits + .seg, as {}) nor \
+                 any other file of a log; it holds {}{others}: is the path right?",
+                segment_file_name(1),
+                foreign[named]
+            ),
+        ),
+    ))
+}
+
 /// Path of segment `id` in `dir`.
 pub(crate) fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(segment_file_name(id))

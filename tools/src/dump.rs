@@ -141,8 +141,14 @@ pub fn dump(args: &DumpArgs, out: &mut impl Write) -> Result<Dumped, CliError> {
     } else {
         Encoding::Auto
     });
+    // `--from` is where to start looking: before the log's first batch it starts there (the
+    // batches before it were retired: noted below), past the end it shows nothing (noted).
+    let (first, next) = (reader.first_seq().get(), reader.next_seq().get());
+    let batches = reader
+        .batches_from(args.from.clamp(first, next))
+        .map_err(|e| CliError::new(format!("read {}: {e}", args.dir.display())))?;
     let written = (|| -> std::io::Result<()> {
-        for batch in reader.batches_from(args.from) {
+        for batch in batches {
             let seq = batch.seq().get();
             for rec in batch.records() {
                 let key = logdir::show(rec.key, encoding);
@@ -177,7 +183,13 @@ pub fn dump(args: &DumpArgs, out: &mut impl Write) -> Result<Dumped, CliError> {
         Err(e) => return Err(CliError::new(format!("write to stdout: {e}"))),
         Ok(()) => {}
     }
-    let next = reader.next_seq().get();
+    if args.from > 0 && args.from < first {
+        notes.push(format!(
+            "mergelog dump: batches {}..{} were retired: started at batch {first}, the log's first",
+            args.from,
+            first - 1
+        ));
+    }
     if args.from >= next {
         let held = match next
             .checked_sub(1)

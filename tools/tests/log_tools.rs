@@ -209,8 +209,8 @@ fn unusable_directories_exit_2_with_one_line() {
         rejects_with(
             2,
             &[cmd, empty.to_str().unwrap()],
-            "no file name is 20 decimal digits + .seg (as 00000000000000000001.seg); it holds \
-             foo.seg and 1 other file;",
+            "no segment file (20 decimal digits + .seg, as 00000000000000000001.seg) nor any \
+             other file of a log; it holds foo.seg and 1 other file",
         );
     }
 }

@@ -58,8 +58,8 @@ pub(crate) fn consumer_file_name(name: &str) -> String {
 /// and every other write, so two handles of one name (in two processes, as
 /// `LogReader::consumer` allows) never write into, remove or rename each other's file: each
 /// commit's file is whole and the last rename wins. It does not start with `consumer-`, so it
-/// is never taken for a consumer, whatever the name. A writable open removes those a crash (or
-/// a handle of another process) left ([`dir::remove_consumer_leftovers`]).
+/// is never taken for a consumer, whatever the name. A writable open removes those a crash
+/// left: those of processes that are gone ([`dir::remove_consumer_leftovers`]).
 pub(crate) fn consumer_tmp_name(name: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -69,6 +69,38 @@ pub(crate) fn consumer_tmp_name(name: &str) -> String {
 /// Whether `file` is a consumer position being written, or one an interrupted write left.
 pub(crate) fn is_consumer_tmp_name(file: &str) -> bool {
     file.starts_with(TMP_PREFIX)
+}
+
+/// The process that made consumer temporary `file` ([`consumer_tmp_name`]:
+/// `consumer.tmp-<name>.<pid>.<n>`, the name itself possibly holding dots), if its name says.
+pub(crate) fn consumer_tmp_pid(file: &str) -> Option<u32> {
+    let rest = file.strip_prefix(TMP_PREFIX)?;
+    let mut parts = rest.rsplitn(3, '.');
+    let n = parts.next()?;
+    let pid = parts.next()?;
+    let name = parts.next()?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(n) || !digits(pid) || check_name(name).is_err() {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Whether process `pid` of this machine is alive (or may be: one that is not ours to
+/// signal). A consumer handle keeps its temporary file for its commits as long as it lives
+/// ([`Consumer::commit`]), so a writable open removes only those of processes that are gone.
+pub(crate) fn process_alive(pid: u32) -> bool {
+    // 0 and anything past i32::MAX are no process's id (and kill(0) would mean our group).
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 sends nothing: kill only checks that the process exists and that we
+    // may signal it. No memory is passed.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// The consumer name in a position file's name, if it is one.
@@ -160,8 +192,11 @@ pub(crate) fn load(dir: &Path, name: &str) -> Result<Option<u64>> {
 /// sequence numbers (and let `retire_before` retire them before the consumer saw them).
 ///
 /// It also removes the temporary position files interrupted commits left
-/// (`consumer.tmp-*`): a commit that another process is making at this very moment then
-/// fails with the rename's error and keeps its previous position.
+/// (`consumer.tmp-*`) by processes that are gone. Those of live processes stay: a consumer
+/// handle keeps its temporary for its commits, and removed in the middle of a commit it
+/// made that commit fail with the rename's error (a consumer process beside a writer that
+/// restarts, as `examples/ledger`'s); removed between commits, it took the handle's room
+/// on a full disk.
 pub(crate) fn pull_back_past(io: &SharedIo, dir: &Path, last: u64) -> Result<Vec<(String, Seq)>> {
     dir::remove_consumer_leftovers(&**io, dir)?;
     let mut pulled = Vec::new();
@@ -742,5 +777,32 @@ mod tests {
             let e = check_name(bad).unwrap_err();
             assert!(e.to_string().contains("[A-Za-z0-9_.-]"), "{e}");
         }
+    }
+
+    /// A temporary's name gives back the process that made it, whatever dots the consumer's
+    /// name holds; names of older builds (no process) and others give none.
+    #[test]
+    fn a_temporarys_name_gives_its_process() {
+        let me = std::process::id();
+        for name in ["a", "orders.v2", "1.2.3", "x-y_z."] {
+            assert_eq!(
+                consumer_tmp_pid(&consumer_tmp_name(name)),
+                Some(me),
+                "{name}"
+            );
+        }
+        for none in [
+            "consumer.tmp-c",
+            "consumer.tmp-c.12",
+            "consumer.tmp-.12.0",
+            "consumer.tmp-c.x.0",
+            "consumer.tmp-c.12.",
+            "consumer-c.12.0",
+        ] {
+            assert_eq!(consumer_tmp_pid(none), None, "{none}");
+        }
+        assert!(process_alive(me));
+        assert!(!process_alive(0), "0 is no process (kill(0) is our group)");
+        assert!(!process_alive(u32::MAX));
     }
 }

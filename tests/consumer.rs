@@ -949,8 +949,12 @@ fn two_handles_of_one_name_commit_at_once() {
     let infos = reader.consumers().expect("consumers");
     assert_eq!(infos.len(), 1);
     assert_eq!(infos[0].committed, last, "the last commit, whole");
-    // Leftovers of interrupted commits, an older build's name among them.
-    for leftover in ["consumer.tmp-c", "consumer.tmp-c.77.3"] {
+    // Leftovers of interrupted commits of a process that is gone, an older build's name
+    // among them.
+    for leftover in [
+        "consumer.tmp-c".to_owned(),
+        format!("consumer.tmp-c.{}.3", dead_pid()),
+    ] {
         std::fs::write(dir.join(leftover), b"half a position").unwrap();
     }
     let engine = Engine::open(dir, config()).expect("reopen");
@@ -961,6 +965,73 @@ fn two_handles_of_one_name_commit_at_once() {
         .collect();
     assert_eq!(names, vec!["consumer-c".to_owned()], "leftovers removed");
     assert_eq!(engine.consumer("c").expect("consumer").committed(), last);
+    engine.close().expect("close");
+}
+
+/// The id of a process that has ended (a child waited for): no live process has it, short of
+/// the id's reuse in the instant since.
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true")
+        .spawn()
+        .expect("spawn true");
+    let pid = child.id();
+    child.wait().expect("wait for true");
+    pid
+}
+
+/// The consumer temporaries (`consumer.tmp-*`) in `dir`, by name.
+fn temporaries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("consumer.tmp-"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A writable open keeps the temporary file a live consumer handle keeps for its commits, and
+/// removes those of processes that are gone. It removed every one: a commit of a consumer in
+/// another process, in the middle of its exchange when a writer (re)opened the log, failed
+/// with the rename's error (`examples/ledger`'s consumer process beside a restarted writer:
+/// "rename consumer position .../consumer.tmp-ledger.<pid>.0: No such file or directory"),
+/// and between commits the handle lost the room its next commit needs on a full disk.
+#[test]
+fn a_writable_open_keeps_a_live_handles_temporary_and_removes_a_dead_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let engine = Engine::open(dir, config()).expect("open");
+    put_batches(&engine, 10, 10);
+    engine.close().expect("close");
+    drop(engine);
+    let reader = LogReader::open(dir).expect("reader");
+    let mut c = reader.consumer("c").expect("reader's consumer");
+    let b = next(&mut c);
+    c.commit(b.seq).expect("commit");
+    let kept = temporaries(dir);
+    assert_eq!(kept.len(), 1, "the handle's kept temporary: {kept:?}");
+    let dead = format!("consumer.tmp-c.{}.0", dead_pid());
+    std::fs::write(dir.join(&dead), b"half a position").unwrap();
+    let engine = Engine::open(dir, config()).expect("reopen");
+    assert_eq!(
+        temporaries(dir),
+        kept,
+        "after a writable open: the live handle's temporary {kept:?} kept, the dead \
+         process's {dead} removed"
+    );
+    let b = next(&mut c);
+    c.commit(b.seq).expect("a commit after the open");
+    assert_eq!(
+        temporaries(dir),
+        kept,
+        "the commit wrote into the kept file"
+    );
+    drop(c);
+    assert_eq!(
+        temporaries(dir),
+        Vec::<String>::new(),
+        "the drop removed it"
+    );
     engine.close().expect("close");
 }
 

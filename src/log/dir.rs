@@ -40,8 +40,8 @@
 //! every reader and the tests all see the log through it.
 
 use crate::consumer::{
-    consumer_file_name, consumer_tmp_name, is_consumer_tmp_name, parse_consumer_file_name,
-    FILE_LEN as CONSUMER_LEN,
+    consumer_file_name, consumer_tmp_name, consumer_tmp_pid, is_consumer_tmp_name,
+    parse_consumer_file_name, process_alive, FILE_LEN as CONSUMER_LEN,
 };
 use crate::error::{Error, Result};
 use crate::log::clean::{CLEAN_FILE, CLEAN_LEN, CLEAN_TMP};
@@ -1024,14 +1024,19 @@ pub(crate) fn list_consumers(dir: &Path) -> Result<Vec<String>> {
 }
 
 /// Removes the temporary position files (`consumer.tmp-*`) that interrupted commits left in
-/// `dir`. Nothing reads them; no directory sync is needed (a crash that brings one back leaves
+/// `dir`: those whose name does not name a live process (`crate::consumer::process_alive`;
+/// a live handle keeps its own for its commits, and one of another process may be in the
+/// middle of one). Nothing reads them; no directory sync is needed (a crash that brings one back leaves
 /// it for the next open).
 pub(crate) fn remove_consumer_leftovers(io: &dyn Io, dir: &Path) -> Result<()> {
     let rd = super::fds::with_room(|| std::fs::read_dir(dir))
         .map_err(|e| Error::io("read directory", dir, e))?;
     for entry in rd {
         let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
-        if entry.file_name().to_str().is_some_and(is_consumer_tmp_name) {
+        let left = entry.file_name().to_str().is_some_and(|n| {
+            is_consumer_tmp_name(n) && !consumer_tmp_pid(n).is_some_and(process_alive)
+        });
+        if left {
             remove_leftover(io, &entry.path());
         }
     }

@@ -5,7 +5,9 @@ Fills one file per chunk size with written zeros (in writes of that size, then f
 times `pwrite` of RECORD bytes + `fdatasync` into each, appending, in blocks of BLOCK syncs
 that alternate between the files (so the disk's drift falls on all of them alike). Prints
 each file's median of its blocks' p50s and the median of its paired differences with the
-first file.
+first file. Two entries of `--chunks` are not chunk sizes but the ways of making a file
+without writing its zeros: `fallocate` (`posix_fallocate`: unwritten extents, which a write
+converts) and `grow` (an empty file, each write appending past its end).
 
     python3 tools/fill_sync_probe.py [--dir /var/tmp/fill-probe] [--size 64M]
         [--chunks 1M,256K,4K,2M,64M] [--record 176] [--block 300] [--rounds 12]
@@ -14,6 +16,8 @@ On the project's machine (Linux 6.18, ext4 on virtio, 2026-12-05) files filled b
 2 MiB or more synced 10-13 us slower per write than one filled by 1 MiB writes; 4 KiB,
 256 KiB and 1 MiB chunks were level (docs/decisions.md, "The CPU a run counts starts at the
 start line"). The engine fills its segments in 256 KiB writes (`dir::ZERO_CHUNK`).
+`--chunks 256K,fallocate,grow --record 65536 --size 256M` (2026-12-07): the files not zero-filled synced
+about twice as slowly (docs/decisions.md, "A new segment without its zeros").
 """
 
 import argparse
@@ -32,6 +36,13 @@ def size(s):
 
 def fill(path, total, chunk):
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    if chunk == "fallocate":
+        os.posix_fallocate(fd, 0, total)
+        os.fsync(fd)
+        return fd
+    if chunk == "grow":
+        os.fsync(fd)
+        return fd
     zeros = b"\0" * min(chunk, total)
     left = total
     while left > 0:
@@ -47,6 +58,7 @@ def block(fd, off, total, record, n):
     took = []
     for _ in range(n):
         if off + record > total:
+            # Wrapping around rewrites written blocks: each file is sized for a whole run.
             off = 4096
         t = time.perf_counter_ns()
         os.pwrite(fd, buf, off)
@@ -73,7 +85,8 @@ def main():
     try:
         for c in chunks:
             path = os.path.join(a.dir, "filled-" + c)
-            files[c] = [fill(path, a.size, size(c)), 4096, path]
+            how = c if c in ("fallocate", "grow") else size(c)
+            files[c] = [fill(path, a.size, how), 4096, path]
         p50s = {c: [] for c in chunks}
         for _ in range(a.rounds):
             for c in chunks:
@@ -84,7 +97,8 @@ def main():
               f"{a.rounds} alternated blocks of {a.block}")
         for c in chunks:
             diff = statistics.median(x - y for x, y in zip(p50s[c], first))
-            print(f"filled in {c:>5} writes: p50 {statistics.median(p50s[c]):6.1f} us, "
+            how = c if c in ("fallocate", "grow") else f"filled in {c} writes"
+            print(f"{how:>22}: p50 {statistics.median(p50s[c]):6.1f} us, "
                   f"{diff:+6.2f} us against {chunks[0]}")
     finally:
         for fd, _, path in files.values():

@@ -646,6 +646,17 @@ fn rules() -> Vec<Rule> {
             invalid: Config { syncers: 17, ..b() },
         },
         Rule {
+            setting: "idle_poll_threads",
+            valid: Config {
+                idle_poll_threads: 64,
+                ..b()
+            },
+            invalid: Config {
+                idle_poll_threads: 65,
+                ..b()
+            },
+        },
+        Rule {
             setting: "reserve_segment",
             valid: Config {
                 reserve_segment: true,

@@ -59,6 +59,7 @@ const SETTINGS: &[&str] = &[
     "min_log_bytes",
     "max_log_bytes",
     "trace_events",
+    "idle_poll_threads",
 ];
 
 /// True if `msg` holds `word` as a whole token.
@@ -251,6 +252,8 @@ fn config() -> impl Strategy<Value = Config> {
             vec![0, 16],
             vec![1, TRACE_EVENTS_MAX, TRACE_EVENTS_MAX + 1, usize::MAX],
         ),
+        // Pollers spin while requests are in flight: few, and the edges refused.
+        edgy(vec![0, 0, 1], vec![2, 65, usize::MAX]),
     );
     (
         sizes,
@@ -266,7 +269,7 @@ fn config() -> impl Strategy<Value = Config> {
                 (ring, segment, key_max, value_max, batch_bytes, batch_ops),
                 (age_max, window, overlap),
                 (coalesce, durability, write_path, backpressure, recovery),
-                (syncers, recycle, reserve, trace),
+                (syncers, recycle, reserve, trace, pollers),
                 lag,
                 ids,
                 compaction,
@@ -294,6 +297,7 @@ fn config() -> impl Strategy<Value = Config> {
                     merge: None,
                     compaction,
                     trace_events: trace,
+                    idle_poll_threads: pollers,
                 };
                 merge(value_max).prop_map(move |merge| Config {
                     merge,

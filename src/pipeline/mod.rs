@@ -36,10 +36,14 @@
 //!   built under loom: it has no hand-off to model).
 //! * [`flusher`]: the flusher thread (windows, coalescing, log writes).
 //! * [`syncer`]: the syncer threads (syncs and completions).
+//! * [`poll`]: the idle pollers (`Config::idle_poll_threads`, none by default), which keep
+//!   CPUs from idling while requests are in flight.
 
 #[cfg(not(loom))]
 pub(crate) mod flusher;
 pub(crate) mod handoff;
+#[cfg(not(loom))]
+mod poll;
 #[cfg(not(loom))]
 pub(crate) mod syncer;
 #[cfg(not(loom))]
@@ -386,6 +390,15 @@ pub(crate) fn start_pipeline(
             }
         }
     }));
+    // The idle pollers (none by default) end with the flusher's thread, which joins them.
+    let poll_stop = Arc::new(AtomicBool::new(false));
+    let pollers = poll::start(
+        inner.config.idle_poll_threads,
+        &inner.ring,
+        &inner.completion,
+        &poll_stop,
+    );
+    let stop_polling = poll_stop.clone();
     let thread_inner = inner.clone();
     let spawned = std::thread::Builder::new()
         .name("mergelog-flusher".into())
@@ -408,6 +421,10 @@ pub(crate) fn start_pipeline(
             for syncer in syncers {
                 let _ = syncer.join();
             }
+            stop_polling.store(true, std::sync::atomic::Ordering::Relaxed);
+            for poller in pollers {
+                let _ = poller.join();
+            }
             // Nothing becomes durable any more: in-process followers end (Release: after the
             // last store of `durable_seq`).
             inner.live.stop();
@@ -415,6 +432,8 @@ pub(crate) fn start_pipeline(
             inner.throttle.wake_all();
         });
     if spawned.is_err() {
+        // The pollers' handles went with the closure: they end on their own.
+        poll_stop.store(true, std::sync::atomic::Ordering::Relaxed);
         // The desk holds the channel's sender (and an `Arc<Inner>`): drop it.
         drop(inner.desk.lock().take());
         for t in syncer_threads {

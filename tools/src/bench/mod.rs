@@ -243,6 +243,11 @@ pub struct WorkloadArgs {
     /// a syncer is free) [engine default: 300].
     #[arg(long, value_name = "US", value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
     overlap_syncs_above_us: Option<u64>,
+    /// Threads that keep the CPUs from idling while requests are in flight, at the lowest
+    /// priority (`Config::idle_poll_threads`, 0 to 64, for every engine system; their CPU
+    /// counts in the run's) [engine default: 0].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=64))]
+    idle_poll_threads: Option<u64>,
     /// Keep only the newest N segments of the engine's log (a log that retires its history
     /// behind a checkpoint, as a write-ahead log does): a thread retires the older ones as
     /// the run goes (`Engine::retire_before`, every 10 ms), and the engine reuses their files
@@ -1771,6 +1776,9 @@ fn engine_from_flags(args: &WorkloadArgs, retain: Option<usize>) -> Result<Confi
     }
     if let Some(us) = args.overlap_syncs_above_us {
         engine.overlap_syncs_above = Duration::from_micros(us);
+    }
+    if let Some(n) = args.idle_poll_threads {
+        engine.idle_poll_threads = n as usize;
     }
     if let Some(n) = args.id_horizon {
         engine.request_ids.ids = size("--id-horizon", n)?;

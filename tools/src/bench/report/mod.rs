@@ -74,6 +74,8 @@ pub struct Workload {
     engine_syncers: usize,
     /// `Config::overlap_syncs_above` of every engine system, microseconds.
     overlap_syncs_above_us: u64,
+    /// `Config::idle_poll_threads` of every engine system (`--idle-poll-threads`).
+    idle_poll_threads: usize,
     /// `--retain`: segments the engines' logs keep (older ones retired during the run and
     /// their files reused); null: the whole history is kept.
     retain_segments: Option<usize>,
@@ -205,6 +207,7 @@ impl Workload {
             syncers: plan.syncers,
             engine_syncers: e.syncers,
             overlap_syncs_above_us: e.overlap_syncs_above.as_micros() as u64,
+            idle_poll_threads: e.idle_poll_threads,
             retain_segments: plan.retain,
             recycle_segments: e.recycle_segments,
             wal_file_bytes: if systems.contains(&System::Wal) {
@@ -273,7 +276,7 @@ impl Workload {
             "workload: {load}, {} keys {}, key {} B{value}, {:.0}% {writes} {:.0}% deletes \
              {:.0}% gets, {length}\n\
              engine:   durability {}, write path {}, window {}, window age max {} µs, batch max \
-             {} B / {} ops, ring {} B, segment {} B, syncers {} (overlapping above {} µs){}{}{consumer}",
+             {} B / {} ops, ring {} B, segment {} B, syncers {} (overlapping above {} µs){}{}{}{consumer}",
             self.keys,
             self.dist,
             size(&self.key_size),
@@ -298,6 +301,10 @@ impl Workload {
             match self.retain_segments {
                 Some(n) => format!(", newest {n} segments kept (older retired and reused)"),
                 None => String::new(),
+            },
+            match self.idle_poll_threads {
+                0 => String::new(),
+                n => format!(", {n} idle poll threads"),
             },
         )
     }

@@ -82,6 +82,14 @@ impl Io for Stall {
 
 const VALUE_LEN: usize = 1000;
 
+/// Reopens the log in `dir` and checks that each of the first `n` keys holds `expected(i)`.
+fn reopened_holds(dir: &std::path::Path, n: usize, expected: impl Fn(usize) -> Option<Vec<u8>>) {
+    let engine = Engine::open(dir, Config::default()).unwrap();
+    for i in 0..n {
+        assert_eq!(engine.read_to_vec(&key(i)).unwrap(), expected(i), "key {i}");
+    }
+}
+
 fn key(i: usize) -> Vec<u8> {
     format!("client-{i:05}").into_bytes()
 }
@@ -172,14 +180,7 @@ fn a_full_ring_waits_as_futures_and_the_task_that_frees_it_runs() {
         .expect("one handle")
         .close()
         .expect("close");
-    let engine = Engine::open(tmp.path(), Config::default()).unwrap();
-    for i in 0..CLIENTS {
-        assert_eq!(
-            engine.read_to_vec(&key(i)).unwrap(),
-            Some(value(i)),
-            "key {i}"
-        );
-    }
+    reopened_holds(tmp.path(), CLIENTS, |i| Some(value(i)));
 }
 
 /// Writers throttled on consumer lag wait as futures, and the consumer that releases them is
@@ -324,11 +325,9 @@ fn close_from_a_task_ends_every_future_waiting_on_the_same_thread() {
         "no put waited for ring space at the close"
     );
     drop(engine);
-    let engine = Engine::open(tmp.path(), Config::default()).unwrap();
-    for i in 0..CLIENTS {
-        let expected = acknowledged.contains(&i).then(|| value(i));
-        assert_eq!(engine.read_to_vec(&key(i)).unwrap(), expected, "key {i}");
-    }
+    reopened_holds(tmp.path(), CLIENTS, |i| {
+        acknowledged.contains(&i).then(|| value(i))
+    });
 }
 
 /// A follower's stream until the engine's close: the batches it yielded.
@@ -387,14 +386,7 @@ fn the_engine_dropped_in_a_task_ends_the_futures_waiting_on_the_same_thread() {
             other => panic!("task {i}: {other:?}"),
         }
     }
-    let engine = Engine::open(tmp.path(), Config::default()).unwrap();
-    for i in 0..CLIENTS {
-        assert_eq!(
-            engine.read_to_vec(&key(i)).unwrap(),
-            Some(value(i)),
-            "key {i}"
-        );
-    }
+    reopened_holds(tmp.path(), CLIENTS, |i| Some(value(i)));
 }
 
 /// Futures given up on while they wait (dropped after one poll): puts waiting for ring
@@ -593,8 +585,5 @@ fn a_failed_sync_lets_go_of_thousands_of_throttled_futures() {
     drop(consumer);
     let closed = Arc::into_inner(engine).expect("one handle").close();
     assert!(closed.is_err_and(|e| is_the_sync_failure(&e)));
-    let engine = Engine::open(tmp.path(), Config::default()).unwrap();
-    for i in 0..CLIENTS {
-        assert_eq!(engine.read_to_vec(&key(i)).unwrap(), None, "key {i}");
-    }
+    reopened_holds(tmp.path(), CLIENTS, |_| None);
 }

@@ -67,3 +67,52 @@ fn lowest_priority() {
     // thread, whose scheduling class alone changes.
     let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::in_flight;
+    use crate::{Config, Engine, WriteBatch};
+
+    /// Once every request of every kind has completed, nothing is in flight, so pollers
+    /// sleep: the watermark reaches the ring's tail, whatever the requests (puts, deletes,
+    /// gets, batches, a ring wrapped many times over); while one is not complete, something is.
+    #[test]
+    fn nothing_is_in_flight_once_every_request_completed() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            ring_bytes: 64 << 10,
+            ..Config::default()
+        };
+        let engine = Engine::open(dir.path(), config).unwrap();
+        let inner = &engine.inner;
+        assert!(!in_flight(&inner.ring, &inner.completion), "a new engine");
+        for round in 0..50u32 {
+            let mut tickets = Vec::new();
+            for i in 0..40u32 {
+                let key = format!("k{}", (round * 40 + i) % 300);
+                let value = vec![i as u8; 1 + (i as usize * 97) % 1500];
+                tickets.push(engine.put(key.as_bytes(), &value).unwrap());
+                if i % 7 == 0 {
+                    tickets.push(engine.delete(key.as_bytes()).unwrap());
+                }
+            }
+            let mut batch = WriteBatch::new();
+            batch.put(b"b", &round.to_le_bytes());
+            let last = engine.write(&batch).unwrap();
+            let get = engine.get(b"k1").unwrap();
+            assert!(in_flight(&inner.ring, &inner.completion) || last.is_done());
+            for t in tickets {
+                t.wait().unwrap();
+            }
+            last.wait().unwrap();
+            get.wait().unwrap();
+            assert!(
+                !in_flight(&inner.ring, &inner.completion),
+                "round {round}: every request complete, yet tail {} > durable {}",
+                inner.ring.tail(),
+                inner.completion.durable()
+            );
+        }
+        engine.close().unwrap();
+    }
+}

@@ -196,7 +196,7 @@ pub use trace::{Trace, TraceEvent, TraceKind, TRACE_EVENTS_MAX};
 pub mod internals {
     pub use crate::coalesce;
     pub use crate::index::BenchIndex;
-    pub use crate::log::dir::list_segments;
+    pub use crate::log::dir::{list_segments, what_it_holds};
     pub use crate::log::fds;
     pub use crate::log::format;
     pub use crate::log::io;

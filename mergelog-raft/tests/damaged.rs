@@ -159,16 +159,20 @@ fn bytes_after_the_votes_encoding_refuse_the_open() {
     let mut value = postcard::to_stdvec(&openraft::Vote::<u64>::new(3, 1)).unwrap();
     value.push(7);
     put_raw(dir.path(), b"m/vote", &value);
-    match Store::open(dir.path(), common::small_config()) {
+    open_refused(dir.path(), "does not decode: 1 byte after its encoding");
+}
+
+/// Opens the store in `dir`, which must refuse it with an error that says `says`; an open
+/// that succeeds fails the test with what the store would serve.
+fn open_refused(dir: &std::path::Path, says: &str) {
+    match Store::open(dir, common::small_config()) {
         Ok(mut store) => panic!(
-            "the store opened, with the vote {:?}",
-            poll_now(store.read_vote())
+            "the store opened: vote {:?}, committed {:?}, log state {:?}",
+            poll_now(store.read_vote()),
+            poll_now(store.read_committed()),
+            poll_now(store.get_log_state())
         ),
-        Err(e) => assert!(
-            e.to_string()
-                .contains("does not decode: 1 byte after its encoding"),
-            "{e}"
-        ),
+        Err(e) => assert!(e.to_string().contains(says), "{e}"),
     }
 }
 
@@ -284,18 +288,10 @@ async fn three_entries_committed(dir: &Path, committed: LogId<u64>) {
 async fn a_committed_id_past_the_last_entry_refuses_the_open() {
     let dir = tempfile::tempdir().unwrap();
     three_entries_committed(dir.path(), log_id::<u64>(2, 1, 5)).await;
-    match Store::open(dir.path(), common::small_config()) {
-        Ok(mut store) => panic!(
-            "the store opened: committed {:?}, last log id {:?}",
-            store.read_committed().await.unwrap(),
-            store.get_log_state().await.unwrap().last_log_id
-        ),
-        Err(e) => assert!(
-            e.to_string()
-                .contains("the committed log id T2-N1-5 is past the last log id T2-N1-3"),
-            "{e}"
-        ),
-    }
+    open_refused(
+        dir.path(),
+        "the committed log id T2-N1-5 is past the last log id T2-N1-3",
+    );
 }
 
 /// The committed log id of another term than the entry at its index (a committed entry is
@@ -304,18 +300,10 @@ async fn a_committed_id_past_the_last_entry_refuses_the_open() {
 async fn a_committed_id_that_is_not_its_entrys_refuses_the_open() {
     let dir = tempfile::tempdir().unwrap();
     three_entries_committed(dir.path(), log_id::<u64>(1, 1, 2)).await;
-    match Store::open(dir.path(), common::small_config()) {
-        Ok(mut store) => panic!(
-            "the store opened: committed {:?}, entry 2 {:?}",
-            store.read_committed().await.unwrap(),
-            store.try_get_log_entries(2..=2).await.unwrap()[0].log_id
-        ),
-        Err(e) => assert!(
-            e.to_string()
-                .contains("the committed log id T1-N1-2 is not that of entry 2, T2-N1-2"),
-            "{e}"
-        ),
-    }
+    open_refused(
+        dir.path(),
+        "the committed log id T1-N1-2 is not that of entry 2, T2-N1-2",
+    );
 }
 
 /// Deletes `key` through a plain engine over the store's directory.
@@ -339,19 +327,10 @@ async fn a_vote_below_the_last_entrys_term_refuses_the_open() {
         b"m/vote",
         &postcard::to_stdvec(&Vote::<u64>::new(1, 1)).unwrap(),
     );
-    match Store::open(dir.path(), common::small_config()) {
-        Ok(mut store) => panic!(
-            "the store opened: vote {:?}, last log id {:?}",
-            store.read_vote().await.unwrap(),
-            store.get_log_state().await.unwrap().last_log_id
-        ),
-        Err(e) => assert!(
-            e.to_string().contains(
-                "the vote T1-N1:uncommitted is of a term below that of the last log id T2-N1-3"
-            ),
-            "{e}"
-        ),
-    }
+    open_refused(
+        dir.path(),
+        "the vote T1-N1:uncommitted is of a term below that of the last log id T2-N1-3",
+    );
 }
 
 /// The vote's record deleted under a log of term 2: openraft reads no vote as the vote of
@@ -361,18 +340,10 @@ async fn no_vote_under_entries_of_a_term_above_0_refuses_the_open() {
     let dir = tempfile::tempdir().unwrap();
     three_entries(dir.path()).await;
     delete_raw(dir.path(), b"m/vote");
-    match Store::open(dir.path(), common::small_config()) {
-        Ok(mut store) => panic!(
-            "the store opened: vote {:?}, last log id {:?}",
-            store.read_vote().await.unwrap(),
-            store.get_log_state().await.unwrap().last_log_id
-        ),
-        Err(e) => assert!(
-            e.to_string()
-                .contains("no vote (term 0) is of a term below that of the last log id T2-N1-3"),
-            "{e}"
-        ),
-    }
+    open_refused(
+        dir.path(),
+        "no vote (term 0) is of a term below that of the last log id T2-N1-3",
+    );
 }
 
 /// Entry 0 deleted with no purged log id: a log starts at index 0 (openraft's first entry,

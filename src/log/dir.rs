@@ -122,19 +122,8 @@ pub(crate) fn refuse_foreign(dir: &Path) -> Result<()> {
             _ => foreign.push(name.to_string_lossy().into_owned()),
         }
     }
-    foreign.sort();
-    // A name like a segment's but not one (`foo.seg`) is the likely near miss; else the first.
-    let Some(named) = foreign
-        .iter()
-        .position(|n| n.ends_with(".seg"))
-        .or((!foreign.is_empty()).then_some(0))
-    else {
+    let Some(holds) = what_it_holds(foreign) else {
         return Ok(());
-    };
-    let others = match foreign.len() - 1 {
-        0 => String::new(),
-        1 => " and 1 other file".into(),
-        n => format!(" and {n} other files"),
     };
     Err(Error::io(
         "open log directory",
@@ -143,12 +132,29 @@ pub(crate) fn refuse_foreign(dir: &Path) -> Result<()> {
             std::io::ErrorKind::InvalidData,
             format!(
                 "holds no mergelog log: no segment file (20 decimal digits + .seg, as {}) nor \
-                 any other file of a log; it holds {}{others}: is the path right?",
+                 any other file of a log; it holds {holds}: is the path right?",
                 segment_file_name(1),
-                foreign[named]
             ),
         ),
     ))
+}
+
+/// What a directory holding no log holds instead, for the error that says so (this crate's
+/// readers, and `mergelog`'s tools): of `names`, a name like a segment's but not one
+/// (`foo.seg`, the likely near miss) or else the first by name, and how many others, as
+/// "foo.seg and 2 other files"; `None` if there are none.
+pub fn what_it_holds(mut names: Vec<String>) -> Option<String> {
+    names.sort();
+    let named = names
+        .iter()
+        .position(|n| n.ends_with(".seg"))
+        .or((!names.is_empty()).then_some(0))?;
+    let others = match names.len() - 1 {
+        0 => String::new(),
+        1 => " and 1 other file".into(),
+        n => format!(" and {n} other files"),
+    };
+    Some(format!("{}{others}", names[named]))
 }
 
 /// Path of segment `id` in `dir`.

@@ -101,30 +101,20 @@ pub fn open(dir: &Path, mode: RecoveryMode) -> Result<LogReader, OpenError> {
     Ok(reader)
 }
 
-/// What a directory without segment files holds instead, for the error that says so: a file
-/// named like a segment but not as one (`foo.seg`, the likely near miss) or else the first
-/// by name, and how many others.
+/// What a directory without segment files holds instead, for the error that says so
+/// (`mergelog::internals::what_it_holds`: the likely near miss, or the first by name, and how
+/// many others).
 fn found(dir: &Path) -> String {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
+    let names: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    names.sort();
-    let Some(at) = names
-        .iter()
-        .position(|n| n.ends_with(".seg"))
-        .or((!names.is_empty()).then_some(0))
-    else {
-        return "the directory is empty".into();
-    };
-    let others = match names.len() - 1 {
-        0 => String::new(),
-        1 => " and 1 other file".into(),
-        n => format!(" and {n} other files"),
-    };
-    format!("it holds {}{others}", names[at])
+    match mergelog::internals::what_it_holds(names) {
+        Some(holds) => format!("it holds {holds}"),
+        None => "the directory is empty".into(),
+    }
 }
 
 /// How keys and values are printed.

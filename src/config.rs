@@ -129,6 +129,28 @@ pub const SYNCERS_MAX: usize = 16;
 pub const IDLE_POLL_THREADS_MAX: usize = 64;
 
 /// Engine configuration. `Config::default()` is a sound production setting.
+///
+/// Set the fields that matter to you and take the rest from the default; `Engine::open`
+/// checks the whole ([`Config::validate`]) and refuses it with [`Error::InvalidConfig`],
+/// naming the setting, before it makes anything.
+///
+/// ```
+/// use mergelog::{Config, WindowPolicy};
+/// use std::time::Duration;
+///
+/// let config = Config {
+///     segment_bytes: 16 << 20,        // 16 MiB segments
+///     value_len_max: 64 << 10,        // values up to 64 KiB
+///     window: WindowPolicy::Linger(Duration::from_micros(500)),
+///     ..Config::default()
+/// };
+/// assert!(config.validate().is_ok());
+///
+/// // A rule broken: the message names the setting and says what to do.
+/// let config = Config { window: WindowPolicy::Linger(Duration::from_millis(5)), ..config };
+/// let refused = config.validate().unwrap_err();
+/// assert!(refused.to_string().contains("window_age_max"), "{refused}");
+/// ```
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Bytes of the ingest ring; a power of two, at least 64 KiB and at most 2 GiB. Default

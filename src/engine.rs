@@ -136,6 +136,36 @@ impl Engine {
     ///   decode, or a request-ids file naming a batch past the log's end or one of the log
     ///   that does not log the id (docs/FORMAT.md, "Carried request ids"); it names the file
     ///   and the offset.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mergelog::{Config, Engine, Error};
+    ///
+    /// # fn main() -> mergelog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let engine = Engine::open(dir.path(), Config::default())?;
+    /// // A new directory: nothing replayed, nothing cut.
+    /// assert_eq!(engine.open_report().batches, 0);
+    /// assert!(engine.open_report().truncated.is_none());
+    ///
+    /// // One engine per directory: a second open waits for nothing, it is refused.
+    /// match Engine::open(dir.path(), Config::default()) {
+    ///     Err(Error::Locked(path)) => assert_eq!(path, dir.path()),
+    ///     other => panic!("expected Error::Locked, got {other:?}"),
+    /// }
+    ///
+    /// // A configuration that breaks a rule is refused before anything is made; the message
+    /// // names the setting.
+    /// let small = Config { segment_bytes: 1 << 20, ..Config::default() };
+    /// match Engine::open(dir.path().join("other"), small) {
+    ///     Err(e @ Error::InvalidConfig(_)) => assert!(e.to_string().contains("segment_bytes")),
+    ///     other => panic!("expected Error::InvalidConfig, got {other:?}"),
+    /// }
+    /// engine.close()?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn open(dir: impl AsRef<Path>, config: Config) -> Result<Engine> {
         Engine::open_with_io(dir, config, crate::log::io::real())
     }
@@ -331,6 +361,45 @@ impl Engine {
     /// `Config::consumer_lag_max`, parks the calling thread until there is room (or the
     /// engine closes or fails); [`Engine::put_async`] and its siblings wait as futures
     /// instead.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mergelog::{Backpressure, Config, Engine, Error, Ticket};
+    ///
+    /// # fn main() -> mergelog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let engine = Engine::open(dir.path(), Config::default())?;
+    ///
+    /// // Submit, then wait: `wait` returns the batch that holds the put once it is durable.
+    /// let seq = engine.put(b"user:42", b"Ada")?.wait()?;
+    /// assert!(seq.get() >= 1);
+    ///
+    /// // A limit is checked at submit, and nothing is submitted.
+    /// let key = vec![b'k'; engine.config().key_len_max + 1];
+    /// match engine.put(&key, b"v") {
+    ///     Err(Error::KeyTooLong { len, max }) => assert_eq!(len, max + 1),
+    ///     other => panic!("expected Error::KeyTooLong, got {other:?}"),
+    /// }
+    /// engine.close()?;
+    ///
+    /// // Under `Backpressure::Reject` a full ring (or a lagging consumer) refuses the put
+    /// // instead of parking the thread: back off and submit it again.
+    /// fn put_with_retry(engine: &Engine, key: &[u8], value: &[u8]) -> mergelog::Result<Ticket> {
+    ///     loop {
+    ///         match engine.put(key, value) {
+    ///             Err(e) if e.is_back_off() => std::thread::sleep(std::time::Duration::from_millis(1)),
+    ///             submitted => return submitted,
+    ///         }
+    ///     }
+    /// }
+    /// let config = Config { backpressure: Backpressure::Reject, ..Config::default() };
+    /// let engine = Engine::open(dir.path(), config)?;
+    /// put_with_retry(&engine, b"user:43", b"Grace")?.wait()?;
+    /// assert_eq!(engine.read_to_vec(b"user:42")?, Some(b"Ada".to_vec()));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<Ticket> {
         self.check_key(key)?;
         self.check_value(value)?;
@@ -438,6 +507,24 @@ impl Engine {
     /// get is never throttled on consumer lag, nor refused while writes are refused for
     /// room); [`Error::Closed`], [`Error::Failed`]. Through the ticket: the failure of its
     /// window, as for a put, and [`Error::ValueTaken`] for a second wait.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mergelog::{Config, Engine, Error};
+    ///
+    /// # fn main() -> mergelog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let engine = Engine::open(dir.path(), Config::default())?;
+    /// let _put = engine.put(b"color", b"red")?; // not waited for
+    /// let get = engine.get(b"color")?; // submitted after the put: it sees it
+    /// assert_eq!(get.wait()?, Some(b"red".to_vec()));
+    /// // The value is handed out once.
+    /// assert!(matches!(get.wait(), Err(Error::ValueTaken)));
+    /// assert_eq!(engine.get(b"absent")?.wait()?, None);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn get(&self, key: &[u8]) -> Result<GetTicket> {
         self.check_key(key)?;
         let slot = Arc::new(GetSlot::default());
@@ -460,6 +547,30 @@ impl Engine {
     /// merge in it the operator cannot take (nothing of the batch submitted); else those of
     /// [`Engine::put`], the limits checked for every operation and [`Error::RequestTooLarge`]
     /// for the whole batch; it blocks where `put` does.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mergelog::{Config, Engine, Error, WriteBatch};
+    ///
+    /// # fn main() -> mergelog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let engine = Engine::open(dir.path(), Config::default())?;
+    /// engine.put(b"from", b"100")?.wait()?;
+    ///
+    /// // Move a value between keys: both changes or neither, even across a crash.
+    /// let mut batch = WriteBatch::new();
+    /// batch.put(b"to", b"100").delete(b"from");
+    /// engine.write(&batch)?.wait()?;
+    /// assert_eq!(engine.read_to_vec(b"to")?, Some(b"100".to_vec()));
+    /// assert_eq!(engine.read_to_vec(b"from")?, None);
+    ///
+    /// // The batch is the caller's to reuse; an empty one is refused.
+    /// batch.clear();
+    /// assert!(matches!(engine.write(&batch), Err(Error::EmptyBatch)));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn write(&self, batch: &WriteBatch) -> Result<Ticket> {
         self.check_batch(batch)?;
         Ok(self.ticket(self.submit_batch(batch, None)?))
@@ -498,6 +609,25 @@ impl Engine {
     /// [`Error::Failed`] once the engine has failed, [`Error::Closed`] once it is closing or
     /// closed, [`Error::NoSpace`] while writes are refused for room. Never blocks, and is
     /// never throttled.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mergelog::{Config, Engine};
+    ///
+    /// # fn main() -> mergelog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let engine = Engine::open(dir.path(), Config::default())?;
+    /// // Many writes whose tickets are dropped (they land all the same) ...
+    /// for i in 0..100u32 {
+    ///     let _ = engine.put(&i.to_be_bytes(), b"v")?;
+    /// }
+    /// // ... then one wait for all of them (and the error, if one of them failed).
+    /// engine.flush()?.wait()?;
+    /// assert_eq!(engine.len(), 100);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn flush(&self) -> Result<Ticket> {
         if let Some(e) = self.inner.completion.failure() {
             return Err(failed(e));
@@ -522,6 +652,25 @@ impl Engine {
     /// # Errors
     ///
     /// [`Error::KeyTooLong`] only: a read works on a closed or failed engine too.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mergelog::{Config, Engine};
+    ///
+    /// # fn main() -> mergelog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let engine = Engine::open(dir.path(), Config::default())?;
+    /// engine.put(b"greeting", b"hello")?.wait()?; // durable: `read` sees it
+    /// match engine.read(b"greeting")? {
+    ///     // A `ValueRef` derefs to `[u8]`, borrowed from the log's mapping.
+    ///     Some(value) => assert_eq!(&*value, b"hello"),
+    ///     None => panic!("the put was durable"),
+    /// }
+    /// assert!(engine.read(b"absent")?.is_none());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn read(&self, key: &[u8]) -> Result<Option<ValueRef>> {
         self.check_key(key)?;
         Ok(ValueRef::lookup(
@@ -1043,6 +1192,27 @@ impl Engine {
     /// from async code, close (or drop the last handle) on a thread that may block. The
     /// futures waiting on the engine need no task of the closing thread to end: they are
     /// woken by the close and the pipeline (README, "Calls that block the thread").
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mergelog::{Config, Engine, Error};
+    ///
+    /// # fn main() -> mergelog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let engine = Engine::open(dir.path(), Config::default())?;
+    /// let ticket = engine.put(b"k", b"v")?;
+    /// engine.close()?; // the put is drained and synced first
+    /// assert!(ticket.wait().is_ok());
+    /// // Closed: writes are refused, reads go on.
+    /// assert!(matches!(engine.put(b"k", b"w"), Err(Error::Closed)));
+    /// assert_eq!(engine.read_to_vec(b"k")?, Some(b"v".to_vec()));
+    /// drop(engine); // releases the directory: it can be opened again
+    /// let engine = Engine::open(dir.path(), Config::default())?;
+    /// assert_eq!(engine.read_to_vec(b"k")?, Some(b"v".to_vec()));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn close(&self) -> Result<()> {
         if crate::sync::in_user_code() {
             self.inner.ring.close();

@@ -12,18 +12,57 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// Everything that can go wrong in mergelog.
 ///
-/// `Error` is `Clone` so that one I/O failure can complete every ticket it affects.
+/// `Error` is `Clone` so that one I/O failure can complete every ticket it affects. Each
+/// variant says when it happens and what to do. In short:
+///
+/// ```
+/// use mergelog::{Config, Engine, Error};
+///
+/// /// What a writer does with the error of a submit or of its ticket.
+/// fn what_to_do(e: &Error) -> &'static str {
+///     match e {
+///         // Nothing is wrong with the request: the engine is saturated.
+///         e if e.is_back_off() => "back off and submit it again (Busy, Throttled)",
+///         // The request is refused, nothing of it applied; the engine goes on.
+///         Error::KeyTooLong { .. }
+///         | Error::ValueTooLong { .. }
+///         | Error::RequestTooLarge { .. }
+///         | Error::EmptyBatch
+///         | Error::MergeRefused { .. } => "fix the request (or raise the limit named)",
+///         Error::NoSpace { .. } => "make room on the disk, Engine::resume, submit it again",
+///         Error::Timeout => "it goes on: wait on the ticket again",
+///         Error::Closed => "the engine was closed: Engine::open the directory again",
+///         // A write or sync failed: the engine takes no more writes, and this request may
+///         // or may not be in the log.
+///         Error::Io { .. } | Error::Failed(_) => "close, drop and reopen; read what landed",
+///         _ => "see the variant's documentation",
+///     }
+/// }
+///
+/// # fn main() -> mergelog::Result<()> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let engine = Engine::open(dir.path(), Config::default())?;
+/// let too_long = vec![0; engine.config().value_len_max + 1];
+/// let refused = engine.put(b"k", &too_long).unwrap_err();
+/// assert_eq!(what_to_do(&refused), "fix the request (or raise the limit named)");
+/// // Its message names the limit and the size.
+/// assert!(refused.to_string().contains("value_len_max"), "{refused}");
+/// # Ok(())
+/// # }
+/// ```
 #[non_exhaustive]
 #[derive(Debug, Clone)]
 pub enum Error {
-    /// A key is longer than `Config::key_len_max`.
+    /// A key is longer than `Config::key_len_max` (at submit, or `Engine::read`'s key).
+    /// Nothing was submitted: shorten the key, or raise the limit (at most 65,535).
     KeyTooLong {
         /// Length of the offending key in bytes.
         len: usize,
         /// The configured limit.
         max: usize,
     },
-    /// A value is longer than `Config::value_len_max`.
+    /// A value (or a merge operand) is longer than `Config::value_len_max`, at submit.
+    /// Nothing was submitted: split the value over several keys, or raise the limit.
     ValueTooLong {
         /// Length of the offending value in bytes.
         len: usize,
@@ -31,7 +70,9 @@ pub enum Error {
         max: usize,
     },
     /// One request (a put, or a whole `WriteBatch`) is larger than the ring or the batch
-    /// limit can carry.
+    /// limit can carry, at submit. Nothing was submitted: split the batch into smaller ones
+    /// (each atomic on its own), or raise the limit named (`batch_bytes_max`, or `ring_bytes`,
+    /// of which a request may take a quarter).
     RequestTooLarge {
         /// Encoded size of the request in bytes.
         len: usize,
@@ -40,9 +81,12 @@ pub enum Error {
         /// Which limit it exceeds.
         limit: &'static str,
     },
-    /// A `WriteBatch` holds no operations.
+    /// A `WriteBatch` submitted (`Engine::write` and its forms) holds no operations. Nothing
+    /// was submitted; there was nothing to write.
     EmptyBatch,
-    /// The configuration is inconsistent; the message names the setting and the rule.
+    /// The configuration is inconsistent (`Engine::open`, `Config::validate`; at open also
+    /// `WritePath::Mmap` on btrfs): the message names the setting and the rule. Nothing was
+    /// made: change that setting.
     InvalidConfig(String),
     /// The ring is full and `Backpressure::Reject` is configured: shed load or retry later.
     /// (A put refused because a consumer lags is [`Error::Throttled`]; back off from both
@@ -59,8 +103,9 @@ pub enum Error {
         /// (of its oldest uncommitted batch) if an age limit is set.
         lag: crate::config::ConsumerLag,
     },
-    /// The engine has been closed; no more requests are accepted. An in-process follower
-    /// returns it once it has yielded every batch that became durable.
+    /// The engine has been closed; no more requests are accepted (reads go on). An
+    /// in-process follower returns it once it has yielded every batch that became durable.
+    /// To write again, drop the engine and `Engine::open` the directory again.
     Closed,
     /// The engine failed earlier, and this request had not been acknowledged: it may or may
     /// not be in the log (a reopen tells). Requests handed to the sync before a failed write
@@ -99,8 +144,14 @@ pub enum Error {
     ValueTaken,
     /// Another engine (in this or another process) holds the directory's lock file, or an
     /// incremental backup whose earlier backup it is (`Engine::backup_since`) holds it shared.
+    /// One engine per directory: share it between threads (it is `Send + Sync`), or close
+    /// the other one first (or wait for the backup). Holds the directory.
     Locked(PathBuf),
-    /// An I/O error on a named file.
+    /// An I/O error on a named file: at open (making, reading or repairing the log), in a
+    /// reader, follower, consumer commit, retirement or backup (that call failed, nothing
+    /// else), or through a ticket when a write or sync of the log failed (the engine has
+    /// then failed: later calls get [`Error::Failed`]; close, drop and reopen it). The
+    /// operating system's error says what to fix (permissions, a missing path, the disk).
     Io {
         /// What mergelog was doing.
         op: &'static str,
@@ -109,7 +160,11 @@ pub enum Error {
         /// The operating system's error.
         source: Arc<io::Error>,
     },
-    /// The bytes on disk are not a valid log at `offset` of `path`.
+    /// The bytes on disk are not a valid log at `offset` of `path` (a segment, or a side
+    /// file: the request ids' `ids`, a consumer's position), found by an open, a reader or a
+    /// follower. Nothing was changed. `mergelog verify DIR` says what an open would do;
+    /// restore the file from a backup (`Engine::backup`), or, for damage in a segment,
+    /// open with `RecoveryMode::PointInTime` to cut the log there, losing what follows.
     Corrupt {
         /// The segment file.
         path: PathBuf,
@@ -147,7 +202,9 @@ pub enum Error {
         position: u64,
     },
     /// A follower, or `LogReader::batches_from`, asked for a batch that `Engine::retire_before`
-    /// (or compaction) has removed from the log.
+    /// (or compaction) has removed from the log. The batches from `seq` to before `first`
+    /// are gone: rebuild what they fed from a snapshot that holds them (or a backup), then
+    /// go on from `first`.
     Retired {
         /// The batch asked for.
         seq: crate::Seq,
@@ -157,7 +214,8 @@ pub enum Error {
     /// `LogReader::batches_from` asked for batches from `seq`, past the end of the log, whose
     /// next batch is `next`: the batches before `seq` that the caller counts on are not in
     /// the log (a position taken from another log, or a log a lossy recovery cut: with
-    /// `Durability::NoSync`, or `RecoveryMode::PointInTime`).
+    /// `Durability::NoSync`, or `RecoveryMode::PointInTime`). Rebuild what the position
+    /// stands for from this log (its first batch, or a snapshot of it).
     PastEnd {
         /// The batch asked for.
         seq: crate::Seq,
@@ -183,7 +241,9 @@ pub enum Error {
     },
     /// A consumer call was refused (`Engine::consumer`, `Consumer::commit`,
     /// `Engine::remove_consumer`): an invalid name, a second handle of an open consumer, a
-    /// commit past what is yielded or durable, the removal of an open consumer.
+    /// commit past what is yielded or durable, the removal of an open consumer. Nothing
+    /// changed; `reason` says which (use another name, close the other handle, commit only
+    /// a batch yielded).
     Consumer {
         /// The consumer's name, as given.
         name: String,
@@ -196,7 +256,8 @@ pub enum Error {
     /// `Min` operand that is not 8 bytes). In the flusher, for this request's ticket only:
     /// the value the merge would apply to is not one the operator takes (an `Add` onto a
     /// value that is not 8 bytes), a `Custom` operator's result is longer than
-    /// `Config::value_len_max`, or the operator panicked. The engine goes on.
+    /// `Config::value_len_max`, or the operator panicked. The engine goes on: configure an
+    /// operator, or submit an operand (onto a value) the operator takes.
     MergeRefused {
         /// The operator: `"add"`, `"max"`, `"min"`, `"append"`, `"custom"`, or `"none"`.
         operator: &'static str,
@@ -204,7 +265,8 @@ pub enum Error {
         reason: String,
     },
     /// `Engine::compact` on an engine opened with `Compaction::Off` (a log whose replay must
-    /// keep every event).
+    /// keep every event). Nothing was done; history goes only by `Engine::retire_before`
+    /// (or open with another `Config::compaction`).
     CompactionOff,
     /// The log could not make its next segment: the disk (or the user's quota) has no room
     /// for it. Nothing of this write was applied, and the engine has not failed: it refuses

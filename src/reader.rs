@@ -342,6 +342,40 @@ impl LogReader {
     /// mode does not end the log at (with the default mode: in an earlier segment, or a bad
     /// segment header that is not the last segment's torn roll), naming the file and the
     /// offset. A reader changes nothing either way.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mergelog::{Config, Engine, LogReader, RecordOp};
+    ///
+    /// # fn main() -> mergelog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let engine = Engine::open(dir.path(), Config::default())?;
+    /// engine.put(b"a", b"1")?.wait()?;
+    /// engine.delete(b"a")?.wait()?;
+    /// engine.close()?;
+    /// drop(engine);
+    ///
+    /// // Another process (or a tool) reads the log without opening an engine.
+    /// let log = LogReader::open(dir.path())?;
+    /// if let Some(damage) = log.damage() {
+    ///     // A torn tail ends the log here: what an open would cut (nothing is changed).
+    ///     eprintln!("log ends at damage: {}, offset {}", damage.path.display(), damage.offset);
+    /// }
+    /// let mut ops = Vec::new();
+    /// for batch in log.batches() {
+    ///     for record in batch.records() {
+    ///         ops.push((record.op, record.key.to_vec()));
+    ///     }
+    /// }
+    /// assert_eq!(ops, [(RecordOp::Put, b"a".to_vec()), (RecordOp::Delete, b"a".to_vec())]);
+    ///
+    /// // A path that is not a log is an `Error::Io` naming it.
+    /// let missing = LogReader::open(dir.path().join("no-such-log")).unwrap_err();
+    /// assert!(missing.to_string().contains("no-such-log"), "{missing}");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn open(dir: impl AsRef<Path>) -> Result<LogReader> {
         LogReader::open_with(dir, RecoveryMode::default())
     }

@@ -52,6 +52,29 @@ const _: () = assert!(crate::log::format::KEY_LEN_MAX <= u16::MAX as usize);
 /// Several puts, deletes and merges applied atomically: they enter the order as one
 /// request, land in one frame, and become durable together (a merge the operator refuses
 /// refuses the whole batch: see `Error::MergeRefused`).
+///
+/// A batch of more operations than `Config::batch_ops_max` is accepted and goes out whole,
+/// in one frame (an atomic batch is never split; the window holding it is cut after it); its
+/// encoded size must fit `Config::batch_bytes_max` and a quarter of `Config::ring_bytes`
+/// (else `Error::RequestTooLarge` at submit).
+///
+/// ```
+/// use mergelog::{Config, Engine, WriteBatch};
+///
+/// # fn main() -> mergelog::Result<()> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let engine = Engine::open(dir.path(), Config::default())?;
+/// let mut batch = WriteBatch::new();
+/// batch.put(b"order:7", b"paid").put(b"stock:pen", b"41").delete(b"cart:7");
+/// assert_eq!(batch.len(), 3);
+/// let seq = engine.write(&batch)?.wait()?; // one frame: all three or none
+/// // Every operation of the batch is in batch `seq` of the log.
+/// let log = engine.replay()?;
+/// let frame = log.batches().find(|b| b.seq() == seq).expect("in the log");
+/// assert_eq!(frame.len(), 3);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct WriteBatch {
     /// The operations, encoded as in a batch record's body.

@@ -572,6 +572,28 @@ impl Ticket {
     /// - [`Error::MergeRefused`]: a merge (or a batch holding one) that the operator refused
     ///   in the flusher; nothing of the request applied, the engine goes on.
     /// - [`Error::SeqUnknown`]: durable, but looked at too late to tell its batch (above).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mergelog::{Config, Engine, Error};
+    ///
+    /// # fn main() -> mergelog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let engine = Engine::open(dir.path(), Config::default())?;
+    /// match engine.put(b"k", b"v")?.wait() {
+    ///     // Durable in batch `seq`: every batch up to it is durable too.
+    ///     Ok(seq) => println!("durable in batch {seq:?}"),
+    ///     // No room on the disk for the next segment: nothing of it applied; make room,
+    ///     // `Engine::resume`, submit it again.
+    ///     Err(Error::NoSpace { cause }) => eprintln!("disk full: {cause}"),
+    ///     // The engine failed (a write or sync did): it may or may not be in the log.
+    ///     // Close, drop and reopen the engine, then read to find out.
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn wait(&self) -> Result<Seq> {
         let done = self.completion().wait(self.pos, None);
         self.completion().outcome(self.pos, done, self.flush)
@@ -584,6 +606,30 @@ impl Ticket {
     ///
     /// [`Error::Timeout`] if the request is not complete in time (wait again later), else
     /// those of [`Ticket::wait`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mergelog::{Config, Engine, Error};
+    /// use std::time::Duration;
+    ///
+    /// # fn main() -> mergelog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let engine = Engine::open(dir.path(), Config::default())?;
+    /// let ticket = engine.put(b"k", b"v")?;
+    /// let seq = loop {
+    ///     match ticket.wait_timeout(Duration::from_secs(1)) {
+    ///         Ok(seq) => break seq,
+    ///         // Not durable yet: the request goes on. Do something else, then wait again.
+    ///         Err(Error::Timeout) => continue,
+    ///         Err(e) => return Err(e), // its window failed: see `Ticket::wait`
+    ///     }
+    /// };
+    /// // Once complete, the outcome can be read without blocking.
+    /// assert_eq!(ticket.try_result().expect("complete")?, seq);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> Result<Seq> {
         let done = self.completion().wait(self.pos, deadline_after(timeout));
         self.completion().outcome(self.pos, done, self.flush)

@@ -474,7 +474,7 @@ impl Engine {
         match &self.inner.config.merge {
             Some(op) => op.check_operand(operand),
             None => Err(Error::MergeRefused {
-                operator: "none",
+                operator: None,
                 reason: "no merge operator is configured (Config::merge is None): open the \
                          engine with one, such as Config { merge: Some(MergeOperator::Add), .. }"
                     .into(),

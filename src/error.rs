@@ -259,8 +259,9 @@ pub enum Error {
     /// `Config::value_len_max`, or the operator panicked. The engine goes on: configure an
     /// operator, or submit an operand (onto a value) the operator takes.
     MergeRefused {
-        /// The operator: `"add"`, `"max"`, `"min"`, `"append"`, `"custom"`, or `"none"`.
-        operator: &'static str,
+        /// The operator configured: `Some("add")`, `"max"`, `"min"`, `"append"` or
+        /// `"custom"`; `None` when `Config::merge` sets none.
+        operator: Option<&'static str>,
         /// What was wrong.
         reason: String,
     },
@@ -411,13 +412,16 @@ impl fmt::Display for Error {
             Error::Consumer { name, reason } => write!(f, "consumer {name:?}: {reason}"),
             // With no operator configured there is none to name: the reason says what to set.
             Error::MergeRefused {
-                operator: "none",
+                operator: None,
                 reason,
             } => write!(
                 f,
                 "merge refused: {reason}; nothing of the request was applied"
             ),
-            Error::MergeRefused { operator, reason } => write!(
+            Error::MergeRefused {
+                operator: Some(operator),
+                reason,
+            } => write!(
                 f,
                 "merge refused by the {operator} operator: {reason}; nothing of the request was applied"
             ),

@@ -111,7 +111,7 @@ impl MergeOperator {
                 if operand.len() != COUNTER =>
             {
                 Err(Error::MergeRefused {
-                    operator: self.name(),
+                    operator: Some(self.name()),
                     reason: format!(
                         "the operand is {} bytes, not a counter (8 bytes, a little-endian i64)",
                         operand.len()
@@ -639,7 +639,7 @@ mod tests {
     fn a_run_of_refusals_is_one_entry() {
         let r = Refusals::default();
         let e = || Error::MergeRefused {
-            operator: "x",
+            operator: Some("x"),
             reason: "y".into(),
         };
         // Requests end every 2 positions; those ending at 10 and 20 to 38 are refused.

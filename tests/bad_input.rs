@@ -979,13 +979,7 @@ fn merge_operands_are_checked_at_submit() {
     });
     let e = s.engine().merge(b"k", &counter(1)).unwrap_err();
     assert!(
-        matches!(
-            e,
-            Error::MergeRefused {
-                operator: "none",
-                ..
-            }
-        ),
+        matches!(e, Error::MergeRefused { operator: None, .. }),
         "{e:?}"
     );
     assert_names(&e, &["no", "Config", "merge"]);
@@ -1001,7 +995,7 @@ fn merge_operands_are_checked_at_submit() {
             matches!(
                 e,
                 Error::MergeRefused {
-                    operator: "add",
+                    operator: Some("add"),
                     ..
                 }
             ),
@@ -1108,7 +1102,7 @@ fn a_merge_the_operator_refuses_fails_only_its_own_ticket() {
             matches!(
                 e,
                 Error::MergeRefused {
-                    operator: "add",
+                    operator: Some("add"),
                     ..
                 }
             ),

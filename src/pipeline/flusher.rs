@@ -1449,7 +1449,7 @@ impl Flusher {
         }
         let kept = keep_first(self, entries, fits)?;
         debug_assert!(kept <= max, "a window without merges must fit a segment");
-        let operator = inner.config.merge.as_ref().map_or("none", |m| m.name());
+        let operator = inner.config.merge.as_ref().map(|m| m.name());
         let reason = format!(
             "the window's frame would take {need} bytes with the results of all its merges, \
              more than the {max} a segment of {capacity} bytes holds after its header; this \
@@ -1961,7 +1961,14 @@ fn refuse(
             continue; // a batch's second refused merge
         }
         last = Some(r);
-        let ops = refuse_request(inner, operator, entries, (requests, refused), r, reason);
+        let ops = refuse_request(
+            inner,
+            Some(operator),
+            entries,
+            (requests, refused),
+            r,
+            reason,
+        );
         taken_out += ops;
         if ops > 1 {
             break;
@@ -1988,7 +1995,7 @@ fn request_entries(requests: &[(u32, u64)], r: usize, entries: usize) -> (usize,
 /// returns its operations.
 fn refuse_request(
     inner: &Inner,
-    operator: &'static str,
+    operator: Option<&'static str>,
     entries: &mut [Entry<'_>],
     (requests, refused): (&[(u32, u64)], &mut Vec<u64>),
     r: usize,

@@ -64,6 +64,106 @@ fn every_type_member_the_docs_name_exists() {
     );
 }
 
+/// Every relative link of the documents a newcomer reads (`[text](path)`,
+/// `[text](path#anchor)`, `[text](#anchor)`) leads to a file of the repository and, for a
+/// Markdown file, to one of its headings (GitHub's anchors: lower case, punctuation but `-`
+/// and `_` dropped, spaces as `-`, a repeated heading's anchor suffixed `-1`, `-2`, ...); and
+/// every repository path in a code span (`src/log/fds.rs`, `examples/kv_wal/`) exists.
+#[test]
+fn every_link_and_path_the_docs_give_exists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for doc in ["README.md", "ARCHITECTURE.md", "docs/FORMAT.md"] {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        let base = root.join(doc).parent().unwrap().to_owned();
+        for (i, line) in text.lines().enumerate() {
+            let mut rest = line;
+            while let Some(p) = rest.find("](") {
+                rest = &rest[p + 2..];
+                let Some(end) = rest.find(')') else { break };
+                let link = &rest[..end];
+                if link.contains("://") || link.starts_with("mailto:") {
+                    continue;
+                }
+                checked += 1;
+                let (path, anchor) = link.split_once('#').unwrap_or((link, ""));
+                let target = if path.is_empty() {
+                    root.join(doc)
+                } else {
+                    base.join(path)
+                };
+                if !target.exists() {
+                    broken.push(format!(
+                        "{doc}:{}: link {link}: no file {}",
+                        i + 1,
+                        target.display()
+                    ));
+                } else if !anchor.is_empty()
+                    && target.extension().is_some_and(|e| e == "md")
+                    && !anchors(&std::fs::read_to_string(&target).unwrap()).contains(anchor)
+                {
+                    broken.push(format!("{doc}:{}: link {link}: no such heading", i + 1));
+                }
+            }
+            for span in line.split('`').skip(1).step_by(2) {
+                let top = [
+                    "src/",
+                    "tests/",
+                    "tools/",
+                    "examples/",
+                    "docs/",
+                    "benches/",
+                    "fuzz/",
+                    "mergelog-raft/",
+                ];
+                if !top.iter().any(|t| span.starts_with(t))
+                    || span.contains(|c: char| c.is_whitespace() || c == '*' || c == '<')
+                {
+                    continue;
+                }
+                checked += 1;
+                if !root.join(span.trim_end_matches('.')).exists() {
+                    broken.push(format!("{doc}:{}: no path {span}", i + 1));
+                }
+            }
+        }
+    }
+    assert!(checked > 20, "only {checked} links and paths checked");
+    assert!(
+        broken.is_empty(),
+        "broken links and paths:\n{}",
+        broken.join("\n")
+    );
+}
+
+/// The anchors GitHub gives the headings of a Markdown text.
+fn anchors(markdown: &str) -> HashSet<String> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut out = HashSet::new();
+    let mut fenced = false;
+    for line in markdown.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+        }
+        let heading = line.trim_start_matches('#');
+        if fenced || heading.len() == line.len() || !heading.starts_with(' ') {
+            continue;
+        }
+        let slug: String = heading
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect();
+        let n = seen.entry(slug.clone()).or_insert(0);
+        out.insert(if *n == 0 { slug } else { format!("{slug}-{n}") });
+        *n += 1;
+    }
+    out
+}
+
 /// Every `Type::member` inside a code span of `text`, with its line. In `src/lib.rs` only
 /// the `//!` lines (the crate's front page) are read.
 fn named_members(doc: &str, text: &str) -> Vec<(usize, String, String)> {

@@ -1,5 +1,5 @@
 //! A user's `Waker` is user code: the wakers of tasks waiting for ring space
-//! (`Ring::poll_push`) and for a consumer-lag throttle (`Throttle::poll_wait`) run outside
+//! (`Ring::poll_push`) and for a consumer-lag throttle (`TaskSlot::poll_wait`) run outside
 //! every lock of the engine's and under `catch_unwind`, as those of tickets' futures do
 //! (docs/decisions.md, "Failure is sticky and final"). A waker that panics neither fails the
 //! engine nor escapes an unrelated call (a consumer's commit) nor costs the tasks after it
@@ -177,7 +177,7 @@ fn consume(c: &mut mergelog::Consumer, n: u64) {
     c.commit(last).expect("commit");
 }
 
-/// Two tasks wait for the throttle; the first one's waker panics. `Throttle::wake_tasks`
+/// Two tasks wait for the throttle; the first one's waker panics. `throttle::wake_tasks`
 /// (called by `decide`, here from the consumer's `commit` through `measure`) runs the wakers
 /// under the throttle's `state` lock and outside any `catch_unwind`: the panic comes out of
 /// the committing thread's `Consumer::commit` (another task's bug, surfacing in the

@@ -89,6 +89,13 @@ pub struct Retired {
 
 /// The write batching engine over one log directory. `Send + Sync`: share it by reference
 /// or in an `Arc` between producer threads.
+///
+/// Open it with [`Engine::open`]; submit with [`Engine::put`], [`Engine::delete`],
+/// [`Engine::merge`], [`Engine::write`] (a [`WriteBatch`]) and [`Engine::get`], each giving a
+/// ticket that completes once the request is durable; read the durable state with
+/// [`Engine::read`]; replay ([`Engine::replay`]) or follow ([`Engine::follow`],
+/// [`Engine::consumer`]) the log; [`Engine::close`] when done (dropping it closes it too).
+/// The crate's front page runs them all once.
 pub struct Engine {
     pub(crate) inner: Arc<Inner>,
     flusher: Mutex<Option<JoinHandle<()>>>,

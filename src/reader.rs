@@ -255,7 +255,12 @@ struct EngineView {
     io: SharedIo,
 }
 
-/// A read-only, lock-free view of a log directory as of when it was opened.
+/// A read-only, lock-free view of a log directory as of when it was opened:
+/// [`LogReader::open`] for a directory (a closed log, or one another process writes),
+/// [`Engine::replay`](crate::Engine::replay) for an open engine's own. It yields the batches
+/// in order ([`LogReader::batches`], [`LogReader::batches_from`]), follows the ones that land
+/// after it ([`LogReader::follow`]), and makes consumers ([`LogReader::consumer`]) and
+/// backups ([`LogReader::backup`]).
 pub struct LogReader {
     dir: PathBuf,
     /// For a view of an open engine's log: its segment list and pipeline state, for

@@ -177,7 +177,7 @@ pub use log::recovery::Damage;
 #[cfg(not(loom))]
 pub use merge::{MergeFn, MergeOperator};
 #[cfg(not(loom))]
-pub use reader::{Batch, Follower, LogReader, OwnedBatch, PendingId};
+pub use reader::{Batch, Follower, LogReader, OwnedBatch, OwnedRecord, PendingId};
 #[cfg(not(loom))]
 pub use request::WriteBatch;
 #[cfg(not(loom))]

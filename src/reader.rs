@@ -111,13 +111,28 @@ impl<'a> Batch<'a> {
             sorted: self.is_sorted(),
             records: self
                 .records()
-                .map(|r| (r.op, r.key.to_vec(), r.value.to_vec()))
+                .map(|r| OwnedRecord {
+                    op: r.op,
+                    key: r.key.to_vec(),
+                    value: r.value.to_vec(),
+                })
                 .collect(),
             ids: self.ids().collect(),
             commit_time: self.commit_time(),
             compaction: self.is_compaction(),
         }
     }
+}
+
+/// One record of an [`OwnedBatch`]: a [`Record`](crate::Record) copied out of the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedRecord {
+    /// What the record does to its key.
+    pub op: RecordOp,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value; empty for a delete.
+    pub value: Vec<u8>,
 }
 
 /// A batch copied out of the log (what a follower yields).
@@ -127,8 +142,8 @@ pub struct OwnedBatch {
     pub seq: Seq,
     /// Records strictly ascending by key.
     pub sorted: bool,
-    /// (op, key, value) in log order; the value is empty for a delete.
-    pub records: Vec<(RecordOp, Vec<u8>, Vec<u8>)>,
+    /// The records in log order (a [`Record`](crate::Record) each, copied).
+    pub records: Vec<OwnedRecord>,
     /// The request ids the batch logs (see [`Batch::ids`]).
     pub ids: Vec<RequestId>,
     /// When the batch was written (see [`Batch::commit_time`]).
@@ -1977,7 +1992,11 @@ mod tests {
         assert_eq!(batch.seq, 1);
         assert_eq!(
             batch.records,
-            vec![(RecordOp::Put, b"key".to_vec(), b"value".to_vec())]
+            vec![OwnedRecord {
+                op: RecordOp::Put,
+                key: b"key".to_vec(),
+                value: b"value".to_vec(),
+            }]
         );
     }
 

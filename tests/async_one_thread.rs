@@ -218,7 +218,7 @@ fn a_throttled_submit_is_released_by_a_commit_made_on_the_same_thread() {
             let batch = poll_fn(|cx| consumer.poll_next(cx))
                 .await
                 .expect("a stream")?;
-            for (_, k, _) in &batch.records {
+            for mergelog::OwnedRecord { key: k, .. } in &batch.records {
                 if k.starts_with(b"client-") {
                     seen.insert(k.clone());
                 }

@@ -166,7 +166,7 @@ fn compaction_keeps_every_live_value_and_retires_the_rest() {
             batches += 1;
             flagged += u64::from(b.compaction);
             if b.compaction {
-                let puts = b.records.iter().all(|r| r.0 == mergelog::RecordOp::Put);
+                let puts = b.records.iter().all(|r| r.op == mergelog::RecordOp::Put);
                 assert!(puts && b.ids.is_empty(), "{what}: batch {}", b.seq);
             }
         }

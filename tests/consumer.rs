@@ -908,7 +908,7 @@ fn a_position_past_the_logs_end_is_set_back_at_open() {
         .expect("the new batch 3");
     assert_eq!(b.seq, Seq::new(3));
     assert!(
-        b.records.iter().any(|(_, k, _)| k == b"again"),
+        b.records.iter().any(|r| r.key == b"again"),
         "the batch the log wrote after the cut"
     );
     drop(consumer);
@@ -1261,7 +1261,7 @@ fn a_consumer_sees_a_keys_last_write_of_a_window_unless_coalescing_is_off() {
         assert!(batches.iter().all(|&b| b == batches[0]), "{batches:?}");
         let mut c = engine.consumer("events").unwrap();
         let batch = next(&mut c);
-        let values: Vec<&[u8]> = batch.records.iter().map(|r| &r.2[..]).collect();
+        let values: Vec<&[u8]> = batch.records.iter().map(|r| &r.value[..]).collect();
         let expected: Vec<&[u8]> = if coalesce {
             vec![b"shipped"]
         } else {

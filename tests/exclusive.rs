@@ -408,7 +408,7 @@ fn reader_reads_while_the_engine_holds_the_lock() {
     assert!(batch
         .records
         .iter()
-        .any(|(_, k, v)| k == b"late" && v == b"write"));
+        .any(|r| r.key == b"late" && r.value == b"write"));
     // The engine is still the only writer, and it still works.
     expect_locked(dir.path(), "after the readers");
     put(&engine, b"after", b"readers");

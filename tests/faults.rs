@@ -1044,7 +1044,7 @@ fn a_follower_yields_a_batch_that_becomes_durable_after_a_later_write_failed() {
         .expect("batch 1")
         .expect("in time");
     assert_eq!(batch.seq, seq);
-    assert_eq!(batch.records[0].1, b"a");
+    assert_eq!(batch.records[0].key, b"a");
     let end = follower.next_timeout(WAIT_MAX);
     assert!(
         matches!(end, Err(Error::Failed(_))),

@@ -39,7 +39,7 @@ fn a_blocked_follower_returns_when_a_put_lands() {
         .expect("a follower never ends")
         .expect("a batch");
     assert_eq!(got.seq, 1);
-    assert_eq!(got.records[0].1, b"k".to_vec());
+    assert_eq!(got.records[0].key, b"k".to_vec());
 }
 
 #[test]

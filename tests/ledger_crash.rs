@@ -438,7 +438,7 @@ impl Audit {
         let reader = LogReader::open(dir.join("bank")).expect("audit reader");
         let mut audit = reader.consumer(AUDIT).expect("audit consumer");
         while let Some(batch) = audit.try_next().expect("audit batch") {
-            for (_, key, _) in &batch.records {
+            for mergelog::OwnedRecord { key, .. } in &batch.records {
                 let key = String::from_utf8_lossy(key);
                 let Some(v) = key.strip_prefix("tx/") else {
                     continue;

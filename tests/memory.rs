@@ -370,7 +370,7 @@ fn replay_and_consumers_read_large_values_in_place_or_once() {
     for len in SIZES {
         next.push(measure(len, Some(&engine), || {
             let batch = consumer.next_timeout(WAIT_MAX).unwrap().unwrap();
-            assert_eq!(batch.records[0].2.len(), len);
+            assert_eq!(batch.records[0].value.len(), len);
             consumer.commit(batch.seq).unwrap();
         }));
     }

@@ -770,7 +770,10 @@ fn a_directory_follower_never_yields_a_batch_of_a_segment_whose_activation_tore(
             assert!(
                 got.is_none(),
                 "{what}, follower {name}: yielded batch {:?} of a segment a writer drops",
-                got.map(|b| (b.seq, String::from_utf8_lossy(&b.records[0].1).into_owned()))
+                got.map(|b| (
+                    b.seq,
+                    String::from_utf8_lossy(&b.records[0].key).into_owned()
+                ))
             );
         }
         // The writer drops it and writes another batch `next`: that is the one yielded.
@@ -783,7 +786,7 @@ fn a_directory_follower_never_yields_a_batch_of_a_segment_whose_activation_tore(
                 .unwrap()
                 .unwrap_or_else(|| panic!("{what}, follower {name}: the new batch never came"));
             assert_eq!(
-                (b.seq.get(), b.records[0].1.as_slice()),
+                (b.seq.get(), b.records[0].key.as_slice()),
                 (next, &b"new!"[..]),
                 "{what}, follower {name}"
             );

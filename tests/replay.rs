@@ -440,7 +440,12 @@ fn batch_hash(b: &OwnedBatch) -> u64 {
     let mut h = DefaultHasher::new();
     b.seq.hash(&mut h);
     b.sorted.hash(&mut h);
-    for (op, k, v) in &b.records {
+    for mergelog::OwnedRecord {
+        op,
+        key: k,
+        value: v,
+    } in &b.records
+    {
         (*op as u8).hash(&mut h);
         k.hash(&mut h);
         v.hash(&mut h);
@@ -1092,7 +1097,7 @@ fn a_write_batch_longer_than_batch_ops_max_is_written_whole_and_ends_its_window(
     let reader = LogReader::open(dir.path()).expect("reader");
     let frames: Vec<Vec<Vec<u8>>> = reader
         .batches()
-        .map(|b| b.to_owned().records.into_iter().map(|r| r.1).collect())
+        .map(|b| b.to_owned().records.into_iter().map(|r| r.key).collect())
         .collect();
     let holding: Vec<&Vec<Vec<u8>>> = frames
         .iter()

@@ -91,7 +91,7 @@ fn assert_rewound(f: &mut Follower, seq: u64, path: &Path, what: &str) {
             }
             other => panic!(
                 "{what}: call {call} after the log was rewound past batch {seq}: {:?}",
-                other.map(|b| b.map(|b| (b.seq, b.records[0].2[8])))
+                other.map(|b| b.map(|b| (b.seq, b.records[0].value[8])))
             ),
         }
     }

@@ -221,7 +221,7 @@ fn sequence_numbers_go_on_across_reopens_and_follow_and_retire_use_them() {
     let mut follower = engine.follow(from);
     let b = follower.next().unwrap().unwrap();
     assert_eq!(b.seq, from);
-    assert!(b.records.iter().any(|(_, k, _)| k.starts_with(b"r2-")));
+    assert!(b.records.iter().any(|r| r.key.starts_with(b"r2-")));
     // Retiring before a checkpoint keeps every batch after it.
     let retired = engine.retire_before(checkpoints[1]).unwrap();
     assert!(

@@ -534,7 +534,7 @@ impl Ledger {
         let mut events = batch
             .records
             .iter()
-            .map(|(op, k, v)| Event::decode(batch.seq, *op, k, v).map(|e| (k, e)))
+            .map(|r| Event::decode(batch.seq, r.op, &r.key, &r.value).map(|e| (&r.key, e)))
             .collect::<Result<Vec<_>>>()?;
         events.sort_by(|a, b| a.0.cmp(b.0));
         let mut done = Vec::with_capacity(events.len());

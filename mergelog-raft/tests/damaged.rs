@@ -203,7 +203,7 @@ fn a_stray_chunk_with_a_large_number_is_deleted_alone() {
     let deletes = reader
         .batches()
         .flat_map(|b| b.to_owned().records)
-        .filter(|r| r.0 == mergelog::RecordOp::Delete)
+        .filter(|r| r.op == mergelog::RecordOp::Delete)
         .count();
     assert_eq!(
         deletes, 1,

@@ -112,7 +112,12 @@ pub fn apply_batch(state: &mut State, batch: &Batch<'_>) {
 
 /// Applies a batch a follower yielded.
 pub fn apply_owned(state: &mut State, batch: &OwnedBatch) {
-    for (op, k, v) in &batch.records {
+    for mergelog::OwnedRecord {
+        op,
+        key: k,
+        value: v,
+    } in &batch.records
+    {
         apply_record(state, *op, k, v);
     }
 }
@@ -122,11 +127,11 @@ pub fn assert_sorted_ascending(batch: &OwnedBatch) {
     if batch.sorted {
         for pair in batch.records.windows(2) {
             assert!(
-                pair[0].1 < pair[1].1,
+                pair[0].key < pair[1].key,
                 "batch {} is marked sorted but has key {:?} before {:?}",
                 batch.seq,
-                pair[0].1,
-                pair[1].1
+                pair[0].key,
+                pair[1].key
             );
         }
     }

@@ -206,7 +206,7 @@ fn commit(
 /// length and first byte); returns the number of records.
 fn touch(batch: &OwnedBatch) -> usize {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for (op, key, value) in &batch.records {
+    for mergelog::OwnedRecord { op, key, value } in &batch.records {
         for &b in key {
             h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
         }

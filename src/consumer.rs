@@ -321,7 +321,7 @@ impl Drop for Claim {
 /// // consumer` blocks for the next batch instead).
 /// while let Some(batch) = consumer.next_timeout(Duration::from_millis(50))? {
 ///     if !batch.compaction {
-///         for (_op, _key, _value) in &batch.records { /* handle the event */ }
+///         for _record in &batch.records { /* record.op, record.key, record.value */ }
 ///     }
 ///     consumer.commit(batch.seq)?; // durable: not yielded again after a restart
 /// }
@@ -334,7 +334,7 @@ impl Drop for Claim {
 /// engine.put(b"order:3", b"placed")?.wait()?;
 /// let mut consumer = engine.consumer("mailer")?;
 /// let batch = consumer.next_timeout(Duration::from_secs(10))?.expect("order 3's batch");
-/// assert_eq!(batch.records[0].1, b"order:3");
+/// assert_eq!(batch.records[0].key, b"order:3");
 /// # Ok(())
 /// # }
 /// ```

@@ -285,6 +285,10 @@ pub struct LogReader {
     next_seq: u64,
     end_offset: u64,
     damage: Option<Damage>,
+    /// A `PointInTime` view that stopped at damage with segment files after it: the id of the
+    /// damaged file. Its followers read on from that file, not from the later ones (see
+    /// [`Follower::stopped_at`]).
+    stopped_at: Option<u64>,
     /// The `ids` file's stamp taken before the view was (`dir::ids_stamp`): a backup copies
     /// the file only if it is unchanged since, so that it carries the ids the view's log did.
     ids_stamp: crate::log::dir::IdsStamp,
@@ -430,6 +434,12 @@ impl LogReader {
             segments: scanned.segments,
             next_seq: scanned.next_seq,
             end_offset: scanned.write_off,
+            // The damaged file's id (its name parsed as a listing parses it): where the view
+            // stopped, when files after it were left unread.
+            stopped_at: (scanned.damage.as_ref())
+                .filter(|_| !scanned.dropped.is_empty())
+                .and_then(|d| d.path.file_name()?.to_str())
+                .and_then(crate::log::format::parse_segment_file_name),
             damage: scanned.damage,
             ids_stamp,
             end_read: 0,
@@ -482,6 +492,7 @@ impl LogReader {
             next_seq,
             end_offset,
             damage: None,
+            stopped_at: None,
             ids_stamp,
             end_read,
         }
@@ -721,7 +732,10 @@ impl LogReader {
 
     /// A follower starting at batch `from`: yields each batch once it is in the log,
     /// waiting for new ones. It reads (and judges) only the segments from the one holding
-    /// `from` on (see [`Follower`]).
+    /// `from` on (see [`Follower`]). Of a `PointInTime` view that stopped at damage before
+    /// the log's last file, a follower from the view's end or past it starts in the damaged
+    /// file, not a later one, and reports the damage (`Error::Corrupt`, naming the file and
+    /// offset) until a writer's open cuts it and writes on there.
     pub fn follow(&self, from: impl Into<Seq>) -> Follower {
         let from = from.into().get();
         match &self.engine {
@@ -732,7 +746,11 @@ impl LogReader {
                 from.max(1),
                 engine.live.clone(),
             ),
-            None => Follower::new(self.dir.clone(), from.max(1)),
+            None => {
+                let mut follower = Follower::new(self.dir.clone(), from.max(1));
+                follower.stopped_at = self.stopped_at.map(|file| (file, self.next_seq));
+                follower
+            }
         }
     }
 }
@@ -1163,7 +1181,12 @@ fn next_in_chain(seg: &Segment, f: &Frame<'_>) -> Result<u64> {
 /// before the last segment), and [`LogReader::check`] (`mergelog verify`) judges the whole
 /// log; damage made to an earlier segment after the view was opened is seen only by a
 /// follower that starts at or before it (decided in session 39; test
-/// `replay::a_directory_follower_judges_only_the_segments_from_its_position_on`).
+/// `replay::a_directory_follower_judges_only_the_segments_from_its_position_on`). A
+/// `PointInTime` view ([`LogReader::open_with`]) takes damage before the last segment as the
+/// log's end: its followers locate no file after the damaged one until they read a valid
+/// frame there at or past that end, so one from the end on reports the damage rather than
+/// yield the later files' batches, which a writer's lossy open would replace (test
+/// `replay::a_follower_from_a_point_in_time_views_end_reports_the_damage_the_view_stopped_at`).
 pub struct Follower {
     dir: PathBuf,
     /// In-process: the engine's segment list, read instead of the directory (so the
@@ -1204,6 +1227,15 @@ pub struct Follower {
     /// A directory follower's `Error::Rewound`, once it found the log rewound past a batch it
     /// yielded: every later call returns it.
     rewound: Option<Error>,
+    /// A directory follower of a `PointInTime` view that stopped at damage before the log's
+    /// last file: that file's id and the view's end (the first batch it does not hold). The
+    /// batches of the files after it are past damage (a writer's lossy open removes those
+    /// files and writes other batches under their numbers), so until the follower reads a
+    /// valid frame at or past the view's end, it locates no file after the damaged one: a
+    /// follower from the view's end on walks the damaged file and reports its damage, as one
+    /// from before it does on reaching it. A frame there at or past the end (a writer cut the
+    /// damage and wrote on), or the file gone, lifts this.
+    stopped_at: Option<(u64, u64)>,
     /// In-process gate: the engine's last durable batch sequence, and whether it stopped.
     live: Option<Arc<LiveLog>>,
     /// As a stream of an in-process follower: its token among the gate's pending futures'
@@ -1312,6 +1344,7 @@ impl Follower {
             compared: 0,
             last: None,
             rewound: None,
+            stopped_at: None,
             live: None,
             waiting: 0,
             poll: Duration::from_micros(200),
@@ -1504,8 +1537,17 @@ impl Follower {
             if tries > 0 || !self.listing_covers(self.next_seq) {
                 self.list_dir()?;
             }
+            if let Some((file, _)) = self.stopped_at {
+                if !self.listing.iter().any(|f| f.0 == file) {
+                    self.stopped_at = None;
+                }
+            }
+            let limit = match self.stopped_at {
+                Some((file, _)) => self.next_seq.min(file),
+                None => self.next_seq,
+            };
             let files = &self.listing;
-            let found = files.partition_point(|(id, _)| *id <= self.next_seq);
+            let found = files.partition_point(|(id, _)| *id <= limit);
             let Some(idx) = found.checked_sub(1) else {
                 return match files.first() {
                     // The batch was in a segment that `Engine::retire_before` removed.
@@ -1603,6 +1645,14 @@ impl Follower {
         Err(self.rewound_error(&last))
     }
 
+    /// A valid frame of batch `seq` in the chain: at or past the end of the view that stopped
+    /// at damage, it shows the damage cut (see [`Follower::stopped_at`]).
+    fn lift_stop(&mut self, seq: u64) {
+        if self.stopped_at.is_some_and(|(_, end)| seq >= end) {
+            self.stopped_at = None;
+        }
+    }
+
     /// `Error::Rewound` for the last batch yielded, `last`.
     fn rewound_error(&self, last: &Yielded) -> Error {
         Error::Rewound {
@@ -1689,9 +1739,10 @@ impl Follower {
             match decode_frame(bytes, *off as usize) {
                 // The next frame of the segment's chain: skipped up to `next_seq`.
                 Ok(Decoded::Frame(f)) if f.batch_seq == *chain && f.batch_seq < self.next_seq => {
-                    let (end, after) = (f.end_offset(), next_in_chain(seg, &f)?);
+                    let (end, after, seq) = (f.end_offset(), next_in_chain(seg, &f)?, f.batch_seq);
                     let cur = self.current.as_mut().expect("located");
                     (cur.1, cur.2) = (end, after);
+                    self.lift_stop(seq);
                 }
                 Ok(Decoded::Frame(f)) if f.batch_seq == *chain => {
                     let after = next_in_chain(seg, &f)?;
@@ -1727,6 +1778,7 @@ impl Follower {
                     (cur.1, cur.2) = (end, after);
                     // The frame is batch `next_seq` (`chain` reached it from below).
                     self.next_seq = after;
+                    self.lift_stop(batch.seq.get());
                     return Ok(Some(batch));
                 }
                 found => {
@@ -1761,7 +1813,12 @@ impl Follower {
                         && !seg.recycled
                         && self.next_listed.is_some_and(|next| *chain == next)
                         && !matches!(found, Ok(Decoded::End));
-                    let complete = complete || whole_and_wrong || ended_dirty;
+                    // Where the view it comes from stopped at damage, with files after it.
+                    let stopped_here = self.next_listed.is_some()
+                        && self
+                            .stopped_at
+                            .is_some_and(|(file, end)| file == seg.id && *chain >= end);
+                    let complete = complete || whole_and_wrong || ended_dirty || stopped_here;
                     if complete {
                         return Err(Error::Corrupt {
                             path: seg.path.clone(),

@@ -1066,6 +1066,93 @@ fn a_directory_follower_judges_only_the_segments_from_its_position_on() {
     }
 }
 
+/// A view opened with `PointInTime` over damage before its last segment ends at the damage
+/// (the later segments are past it: a writer's lossy open would remove them and write other
+/// batches under their numbers). A follower from that view at or past its end reads the
+/// damaged segment and reports the damage, as one from before it does on reaching it, rather
+/// than yielding the later segments' batches. Once a writer's `PointInTime` open has cut the
+/// damage and written on, a follower of the same view reads the new batches from the cut on.
+#[test]
+#[allow(clippy::disallowed_methods)] // the damage, made behind the seam's back
+fn a_follower_from_a_point_in_time_views_end_reports_the_damage_the_view_stopped_at() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(true)).unwrap();
+    let mut i = 0;
+    while engine.segments().len() < 3 {
+        wait_ok(&engine.put(&key(i % KEYS), &[b'v'; 1000]).unwrap(), "put");
+        i += 1;
+    }
+    let last_seq = engine.durable_seq().get();
+    let second = engine.segments()[1].first_seq.get();
+    let third = engine.segments()[2].first_seq.get();
+    engine.close().unwrap();
+    let (path, offset) = {
+        let clean = LogReader::open(dir.path()).unwrap();
+        let b = clean.batches().find(|b| b.seq().get() == 3).unwrap();
+        (b.segment().to_owned(), b.offset())
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, offset + 40).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x40], offset + 40).unwrap();
+    drop(file);
+    let view = LogReader::open_with(dir.path(), RecoveryMode::PointInTime).unwrap();
+    assert_eq!(view.next_seq().get(), 3, "the view ends at the damage");
+    let damage = view.damage().expect("the view names the damage");
+    assert_eq!((&damage.path, damage.offset), (&path, offset));
+    for from in [3, second, third, last_seq, last_seq + 1] {
+        match view.follow(from).try_next() {
+            Err(mergelog::Error::Corrupt {
+                path: p, offset: o, ..
+            }) => assert_eq!((p, o), (path.clone(), offset), "a follower from {from}"),
+            other => panic!(
+                "a follower from batch {from} of a view that ends at damage in batch 3 \
+                 (the log's segments start at 1, {second} and {third}): {:?}",
+                other.map(|b| b.map(|b| b.seq.get()))
+            ),
+        }
+    }
+    let mut waited = view.follow(third);
+    assert!(waited.try_next().is_err(), "damage, as above");
+    // A writer cuts the damage and writes on.
+    let engine = Engine::open(
+        dir.path(),
+        Config {
+            recovery: RecoveryMode::PointInTime,
+            ..config(true)
+        },
+    )
+    .unwrap();
+    assert_eq!(engine.durable_seq().get(), 2);
+    let mut j = 0;
+    while engine.durable_seq().get() < third + 2 {
+        wait_ok(&engine.put(b"after the cut", &[b'n'; 1000]).unwrap(), "put");
+        j += 1;
+    }
+    engine.close().unwrap();
+    let mut from_cut = view.follow(3);
+    for seq in 3..=third + 2 {
+        let b = from_cut.next_timeout(WAIT_MAX).unwrap().expect("a batch");
+        assert_eq!(b.seq.get(), seq);
+        assert_eq!(
+            b.records[0].key, b"after the cut",
+            "batch {seq} is the new log's"
+        );
+    }
+    assert!(
+        from_cut.try_next().unwrap().is_none(),
+        "{j} puts after the cut"
+    );
+    let b = waited.next_timeout(WAIT_MAX).unwrap().expect("a batch");
+    assert_eq!(b.seq.get(), third);
+    assert_eq!(b.records[0].key, b"after the cut");
+}
+
 /// A `WriteBatch` of more operations than `batch_ops_max` is written whole, in one frame
 /// (`Config::batch_ops_max`'s docs): it is atomic, so it is never split; it joins a window
 /// holding fewer operations than the limit, and nothing joins that window after it.

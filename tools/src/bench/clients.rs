@@ -1,9 +1,9 @@
 //! `--clients N --threads T`: many logical clients, each with one request outstanding. For
 //! the engine systems the clients are tasks on a tokio multi-thread runtime with T workers:
-//! each loops on submit (`put_async`, `delete_async`, `merge_async`; a windowed get with
-//! `get`), await the ticket, record the latency. The baselines' APIs block, so there the N
-//! clients are N threads, each running the blocking loop at depth 1 (`Plan::writers = N`,
-//! `Plan::depth = 1`; nothing here).
+//! each loops on submit (`put_async`, `delete_async`, `merge_async`, `get_async`), await the
+//! ticket, record the latency. The baselines' APIs block, so there the N clients are N
+//! threads, each running the blocking loop at depth 1 (`Plan::writers = N`, `Plan::depth = 1`;
+//! nothing here).
 
 use super::cpu;
 use super::engine::{spawn, Driven, FastClock, Span};
@@ -196,10 +196,9 @@ async fn one(engine: &Engine, op: Op<'_>) -> Result<(), CliError> {
         Op::Put { key, value } => engine.put_async(key, value).await,
         Op::Delete { key } => engine.delete_async(key).await,
         Op::Merge { key, operand } => engine.merge_async(key, operand).await,
-        // A windowed get has no asynchronous submit: its ring claim can wait on a full
-        // ring like a blocking put.
         Op::Get { key } => {
-            let got = engine.get(key).context(|| "get".into())?.await;
+            let ticket = engine.get_async(key).await.context(|| "get".into())?;
+            let got = ticket.await;
             return got
                 .map(|v| drop(std::hint::black_box(v)))
                 .map_err(|e| CliError::new(format!("wait for a get: {e}")));

@@ -73,9 +73,13 @@
 //! # }
 //! ```
 //!
-//! The store is openraft's: it takes every write openraft's storage suite makes, including
-//! some no node makes (entries that do not go on from the log's end or its purged id,
-//! entries of a term above the vote), which the next open refuses as damage ("Errors").
+//! The store refuses a write its next open would refuse as damage ("Errors"), which no
+//! openraft node makes: entries that do not go on from the log's end or its purged id,
+//! entries of a term above the vote or below the entry before, a vote below the last log
+//! id's term. openraft's storage suite (`openraft::testing::Suite`) makes such writes in its
+//! fixtures: `tests/suite.rs` runs it on a store built with the hidden
+//! `LogStore::without_write_checks`, which takes them (and whose directory may then not
+//! open again); never for a node.
 //!
 //! ## Durability and crashes
 //!
@@ -124,6 +128,10 @@
 //!   record), and write errors from the engine (a failed sync makes every later write fail,
 //!   `Error::Failed`, until a reopen). openraft stops the node on any storage error; restart
 //!   it (a new open) once the cause is dealt with.
+//! - An append or a vote that the next open would refuse ("mergelog-raft: append refused
+//!   (nothing written): entry T2-N1-5 does not go on from the log's end: ...", "... vote
+//!   refused ..."), before anything of it is written: a caller driving the store by hand
+//!   wrote what no Raft node writes. The store goes on; nothing was acknowledged.
 //!
 //! ## How it stores the log
 //!
@@ -967,6 +975,9 @@ where
     committed_unsaved: bool,
     /// An append nothing earlier waits on waits for its own entries (`append_waits`).
     append_waits: bool,
+    /// `append` and `save_vote` refuse what the next open would refuse (default; off only for
+    /// openraft's storage suite: [`LogStore::without_write_checks`]).
+    checks_writes: bool,
     last_purged: Option<LogId<Nid<C>>>,
     last_log: Option<LogId<Nid<C>>>,
     /// Counts appends, to tell an append's overlay entries from a later one's.
@@ -1139,6 +1150,7 @@ where
             committed,
             committed_unsaved: false,
             append_waits: true,
+            checks_writes: true,
             last_purged,
             last_log,
             generation: 0,
@@ -1172,6 +1184,67 @@ where
     pub fn with_append_waits(mut self, wait: bool) -> Self {
         self.append_waits = wait;
         self
+    }
+
+    /// For openraft's storage suite (`openraft::testing::Suite`) only: the store then takes
+    /// the writes its checks refuse (see [`LogStore::append`]'s refusals in the crate docs,
+    /// "Errors"), as the suite's fixtures make them (entries after a hole, entries of terms
+    /// above the vote, a log starting above 0 with no purged log id) and never reopens the
+    /// store. A directory so written may not open again. Never for a node.
+    #[doc(hidden)]
+    pub fn without_write_checks(mut self) -> Self {
+        self.checks_writes = false;
+        self
+    }
+
+    /// Refuses an append the next open would refuse: entries that do not go on, one by one,
+    /// from the log's end (entry 0 of a log with no purged log id, or the one after the
+    /// purged log id or the last entry), whose terms (leader ids) go down along the log, or
+    /// of a term above the vote's (no vote is term 0). openraft never appends such entries
+    /// (it truncates a conflicting suffix before it appends, and saves a leader's vote
+    /// before it takes the leader's entries). Refused before anything is submitted.
+    fn check_append(&self, entries: &[C::Entry]) -> StoreResult<(), C> {
+        let (_, next) = self.shared.bounds();
+        let vote_term = self.vote.as_ref().map_or(0, |v| v.leader_id().term);
+        let mut before = self.last_log.clone();
+        for (expected, entry) in (next..).zip(entries) {
+            let id = entry.get_log_id();
+            let refused = if id.index != expected {
+                let end = match &self.last_log {
+                    Some(last) => {
+                        format!("the log's next index is {expected} (its last log id is {last})")
+                    }
+                    None => format!(
+                        "the log is empty, with no purged log id: its next index is {expected}"
+                    ),
+                };
+                Some(format!(
+                    "entry {id} does not go on from the log's end: {end}"
+                ))
+            } else if let Some(b) = before.as_ref().filter(|b| id.leader_id < b.leader_id) {
+                Some(format!(
+                    "entry {id} has a term (leader id) below that of {b}, before it: terms never go \
+                     down along a Raft log"
+                ))
+            } else if id.leader_id.term > vote_term {
+                let vote = match &self.vote {
+                    Some(v) => format!("the vote {v}"),
+                    None => "no vote (term 0)".into(),
+                };
+                Some(format!(
+                    "entry {id} is of a term above that of {vote}: a node saves a leader's vote \
+                     before it takes the leader's entries"
+                ))
+            } else {
+                None
+            };
+            if let Some(what) = refused {
+                let e = CodecError::Refused("append", what);
+                return Err(io_err(StorageIOError::write_logs, &e));
+            }
+            before = Some(id.clone());
+        }
+        Ok(())
     }
 
     /// Logs the committed id if the log does not hold it yet (it waits for the next append
@@ -1493,6 +1566,19 @@ where
     }
 
     async fn save_vote(&mut self, vote: &Vote<Nid<C>>) -> StoreResult<(), C> {
+        // The next open refuses a vote of a term below the last log id's: openraft never
+        // saves one (a vote never goes down, and the entries a node took are of terms up to
+        // its vote's).
+        if let Some(last) = (self.last_log.as_ref())
+            .filter(|l| self.checks_writes && l.leader_id.term > vote.leader_id().term)
+        {
+            let what = format!(
+                "the vote {vote} is of a term below that of the last log id {last}: a node saves \
+                 a leader's vote before it takes the leader's entries, and its vote never goes down"
+            );
+            let e = CodecError::Refused("vote", what);
+            return Err(io_err(StorageIOError::write_vote, &e));
+        }
         let value = encode(vote).map_err(|e| io_err(StorageIOError::write_vote, &e))?;
         // Durable before returning, as openraft requires; it is ordered after every
         // earlier append by the engine's single order.
@@ -1529,6 +1615,9 @@ where
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<C::Entry> = entries.into_iter().collect();
+        if self.checks_writes {
+            self.check_append(&entries)?;
+        }
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             callback.log_io_completed(Ok(()));
             return Ok(());

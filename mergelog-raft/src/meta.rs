@@ -432,6 +432,8 @@ pub(crate) enum CodecError {
     Front(u64),
     /// The vote `.0` (or "no vote (term 0)") is of a term below that of the last log id `.1`.
     VoteBelow(String, String),
+    /// A write (`.0`, "append" or "vote") refused: what the next open would refuse in it.
+    Refused(&'static str, String),
 }
 
 impl fmt::Display for CodecError {
@@ -488,6 +490,11 @@ impl fmt::Display for CodecError {
                 "mergelog-raft: the log is damaged: {vote} is of a term below that of the last \
                  log id {last}: a node saves a leader's vote before it takes the leader's \
                  entries, and its vote never goes down"
+            ),
+            CodecError::Refused(write, what) => write!(
+                f,
+                "mergelog-raft: {write} refused (nothing written): {what}; the store's next open \
+                 would refuse the log"
             ),
             CodecError::Bounds(what) => write!(
                 f,

@@ -1207,15 +1207,21 @@ where
         let (_, next) = self.shared.bounds();
         let vote_term = self.vote.as_ref().map_or(0, |v| v.leader_id().term);
         let mut before = self.last_log.clone();
-        for (expected, entry) in (next..).zip(entries) {
+        for (k, entry) in entries.iter().enumerate() {
             let id = entry.get_log_id();
-            let refused = if id.index != expected {
-                let end = match &self.last_log {
-                    Some(last) => {
-                        format!("the log's next index is {expected} (its last log id is {last})")
+            // `None` past the last index, where no log goes on.
+            let expected = next.checked_add(k as u64);
+            let refused = if Some(id.index) != expected {
+                let end = match (k, &self.last_log) {
+                    (0, Some(last)) => {
+                        format!("the log's next index is {next} (its last log id is {last})")
                     }
-                    None => format!(
-                        "the log is empty, with no purged log id: its next index is {expected}"
+                    (0, None) => {
+                        format!("the log is empty, with no purged log id: its next index is {next}")
+                    }
+                    _ => format!(
+                        "it is not the one after the append's entry {}, before it",
+                        (before.as_ref()).map_or_else(String::new, |b| b.to_string())
                     ),
                 };
                 Some(format!(

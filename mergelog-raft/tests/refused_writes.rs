@@ -86,7 +86,8 @@ async fn appends_and_votes_the_next_open_would_refuse_are_refused_at_the_call() 
 
     let what = "entries 4 and 6";
     let err = refused_append(&mut store, vec![entry(2, 4), entry(2, 6)], what).await;
-    assert_says(&err, &["entry T2-N1-6 does not go on"], what);
+    let phrases = ["entry T2-N1-6 does not go on from the log's end: it is not the one after the append's entry T2-N1-4, before it"];
+    assert_says(&err, &phrases, what);
 
     let what = "entry 4 of term 1 after entry 3 of term 2";
     let err = refused_append(&mut store, vec![entry(1, 4)], what).await;

@@ -73,9 +73,13 @@
 //! # }
 //! ```
 //!
-//! The store is openraft's: it takes every write openraft's storage suite makes, including
-//! some no node makes (entries that do not go on from the log's end or its purged id,
-//! entries of a term above the vote), which the next open refuses as damage ("Errors").
+//! The store refuses a write its next open would refuse as damage ("Errors"), which no
+//! openraft node makes: entries that do not go on from the log's end or its purged id,
+//! entries of a term above the vote or below the entry before, a vote below the last log
+//! id's term. openraft's storage suite (`openraft::testing::Suite`) makes such writes in its
+//! fixtures: `tests/suite.rs` runs it on a store built with the hidden
+//! `LogStore::without_write_checks`, which takes them (and whose directory may then not
+//! open again); never for a node.
 //!
 //! ## Durability and crashes
 //!
@@ -124,6 +128,10 @@
 //!   record), and write errors from the engine (a failed sync makes every later write fail,
 //!   `Error::Failed`, until a reopen). openraft stops the node on any storage error; restart
 //!   it (a new open) once the cause is dealt with.
+//! - An append or a vote that the next open would refuse ("mergelog-raft: append refused
+//!   (nothing written): entry T2-N1-5 does not go on from the log's end: ...", "... vote
+//!   refused ..."), before anything of it is written: a caller driving the store by hand
+//!   wrote what no Raft node writes. The store goes on; nothing was acknowledged.
 //!
 //! ## How it stores the log
 //!
@@ -159,8 +167,21 @@
 //!   meta keys so that retiring never forgets them.
 //! - Under `Backpressure::Reject` a write the engine refuses for a full ring or for a
 //!   consumer lagging past `consumer_lag_max` waits (for room, or for the consumer's commits:
-//!   `Engine::wait_unthrottled`) and is submitted again, as under `Block`: openraft stops the
-//!   node on any storage error.
+//!   `Engine::wait_unthrottled_async`) and is submitted again, as under `Block`: openraft
+//!   stops the node on any storage error.
+//! - The store's async methods never block the thread on a wait another task may have to
+//!   end: every submit (the engine's `write_async`, `put_async`), every wait for room or for
+//!   the throttle and every wait for an earlier batch is awaited, so a consumer whose commits
+//!   let a throttled write through may run on the same executor thread (`tests/one_thread.rs`
+//!   runs them on a `current_thread` runtime). An entry stored in chunks is encoded into its
+//!   chunks synchronously: a batch of chunks that would wait stops the encoding at that
+//!   chunk, the submit is awaited, and the encoding goes on from the chunk. What still
+//!   blocks: with [`LogStore::with_append_waits`] (the default) an append's wait for its own
+//!   entries' sync (the engine's threads or the calling thread complete it, never a task),
+//!   a purge's `Engine::replay` and `retire_before` (file I/O), and the synchronous
+//!   [`LogStore::open`] and [`LogStore::close`]. The completion thread is the store's own.
+//!   A write whose future is dropped before it completes may have submitted part of its
+//!   batches (a prefix, as a crash keeps): reopen the store rather than go on with it.
 //! - Reopening the directory gives back the vote, the committed and purged log ids and the
 //!   entries. The open reads every entry once and refuses a log with a hole (one that does
 //!   not start at entry 0, or right after the purged log id), one whose terms (leader ids) go
@@ -700,21 +721,9 @@ struct Submitted {
 }
 
 impl Submitted {
-    /// Waits for every ticket (blocking the thread); the first batch's number, `None` if
-    /// nothing was submitted or the engine no longer knew it.
-    fn wait(self) -> Result<Option<Seq>, mergelog::Error> {
-        let mut first = self.first_seq.flatten();
-        for (i, ticket) in self.tickets.iter().enumerate() {
-            let seq = durable(ticket.wait())?;
-            if i == 0 && self.first_seq.is_none() {
-                first = seq;
-            }
-        }
-        Ok(first)
-    }
-
-    /// As [`Submitted::wait`], awaiting the tickets.
-    async fn wait_async(self) -> Result<Option<Seq>, mergelog::Error> {
+    /// Awaits every ticket; the first batch's number, `None` if nothing was submitted or the
+    /// engine no longer knew it.
+    async fn wait(self) -> Result<Option<Seq>, mergelog::Error> {
         let mut first = self.first_seq.flatten();
         for (i, ticket) in self.tickets.into_iter().enumerate() {
             let seq = durable(ticket.await)?;
@@ -738,6 +747,28 @@ fn durable(outcome: Result<Seq, mergelog::Error>) -> Result<Option<Seq>, mergelo
     }
 }
 
+/// Runs `future` on the calling thread, parking it while the future waits: for the store's
+/// synchronous calls (its open's clean-up), which block the thread as documented. Never
+/// called from the store's async methods.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(out) => return out,
+            // A wake-up before the park leaves its token: the park returns at once.
+            std::task::Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
 impl<'a> Batches<'a> {
     fn new(engine: &'a Engine) -> Self {
         let (bytes_max, ops_max) = budget(engine.config());
@@ -753,40 +784,66 @@ impl<'a> Batches<'a> {
         }
     }
 
-    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), mergelog::Error> {
-        self.room(value.len() + OP_BYTES)?;
+    /// Whether an operation counted `len` does not fit the batch (a batch's first operation
+    /// always does: none is larger than the budget), which must then be submitted first.
+    fn full_for(&self, len: usize) -> bool {
+        !self.batch.is_empty()
+            && (self.bytes + len > self.bytes_max || self.batch.len() >= self.ops_max)
+    }
+
+    async fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), mergelog::Error> {
+        if self.full_for(value.len() + OP_BYTES) {
+            self.submit().await?;
+        }
+        self.bytes += value.len() + OP_BYTES;
         self.batch.put(key, value);
         Ok(())
     }
 
-    fn delete(&mut self, key: &[u8]) -> Result<(), mergelog::Error> {
-        self.room(OP_BYTES)?;
+    async fn delete(&mut self, key: &[u8]) -> Result<(), mergelog::Error> {
+        if self.full_for(OP_BYTES) {
+            self.submit().await?;
+        }
+        self.bytes += OP_BYTES;
         self.batch.delete(key);
         Ok(())
     }
 
-    /// Makes room for an operation counted `len`: submits the batch if it would not fit
-    /// (a batch's first operation always does: none is larger than the budget).
-    fn room(&mut self, len: usize) -> Result<(), mergelog::Error> {
-        if !self.batch.is_empty()
-            && (self.bytes + len > self.bytes_max || self.batch.len() >= self.ops_max)
-        {
-            self.submit()?;
+    /// As [`Batches::put`] without waiting, for a caller that cannot await (an entry's
+    /// chunks, put from inside its encoding): `false` if the batch had to be submitted first
+    /// and that would wait (nothing was submitted, nothing put); the caller then awaits
+    /// [`Batches::submit`] and puts again.
+    fn try_put(&mut self, key: &[u8], value: &[u8]) -> Result<bool, mergelog::Error> {
+        if self.full_for(value.len() + OP_BYTES) {
+            // One poll: the submit is made or found to wait. A `Pending` submit has submitted
+            // nothing (it waits before the engine takes the batch: for the oldest ticket, for
+            // room or for the throttle), and dropping it leaves the batch and the tickets as
+            // they were (`wait_oldest` forgets a ticket only once it completed).
+            let submit = std::pin::pin!(self.submit());
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match std::future::Future::poll(submit, &mut cx) {
+                std::task::Poll::Ready(submitted) => submitted?,
+                std::task::Poll::Pending => return Ok(false),
+            }
         }
-        self.bytes += len;
-        Ok(())
+        self.bytes += value.len() + OP_BYTES;
+        self.batch.put(key, value);
+        Ok(true)
     }
 
-    /// Submits the batch, if it holds anything.
-    fn submit(&mut self) -> Result<(), mergelog::Error> {
+    /// Submits the batch, if it holds anything. Never blocks the thread: where the engine
+    /// would make it wait (for room or a throttle under `Backpressure::Block`), or refuses it
+    /// under `Reject`, this waits as a future, so that whatever lets it through (a
+    /// consumer's commits) may run on the same thread.
+    async fn submit(&mut self) -> Result<(), mergelog::Error> {
         if self.batch.is_empty() {
             return Ok(());
         }
         if self.unwaited.len() >= UNWAITED_MAX {
-            self.wait_oldest()?;
+            self.wait_oldest().await?;
         }
         loop {
-            match self.engine.write(&self.batch) {
+            match self.engine.write_async(&self.batch).await {
                 Ok(ticket) => {
                     self.submitted += 1;
                     break self.unwaited.push_back(ticket);
@@ -797,13 +854,15 @@ impl<'a> Batches<'a> {
                 // their room once written: wait for the oldest (or, with none left, for
                 // everything submitted so far) and submit again.
                 Err(mergelog::Error::Busy) => match self.unwaited.is_empty() {
-                    false => self.wait_oldest()?,
-                    true => drop(durable(self.engine.flush()?.wait())?),
+                    false => self.wait_oldest().await?,
+                    true => drop(durable(self.engine.flush()?.await)?),
                 },
                 // A consumer lagging past `consumer_lag_max` under `Reject`: nothing the store
                 // waits for frees that; wait until the consumer's commits let go of the
                 // throttle (as `Block` would) and submit again.
-                Err(mergelog::Error::Throttled { .. }) => self.engine.wait_unthrottled(),
+                Err(mergelog::Error::Throttled { .. }) => {
+                    self.engine.wait_unthrottled_async().await
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -813,11 +872,14 @@ impl<'a> Batches<'a> {
     }
 
     /// Waits for the oldest unwaited ticket (there is one), keeping the first batch's number.
-    fn wait_oldest(&mut self) -> Result<(), mergelog::Error> {
-        let Some(ticket) = self.unwaited.pop_front() else {
+    /// The ticket stays queued until it completed: a wait given up on (dropped) forgets
+    /// nothing.
+    async fn wait_oldest(&mut self) -> Result<(), mergelog::Error> {
+        let Some(ticket) = self.unwaited.front_mut() else {
             return Ok(());
         };
-        let seq = durable(ticket.wait())?;
+        let seq = durable(ticket.await)?;
+        self.unwaited.pop_front();
         if self.submitted - self.unwaited.len() == 1 {
             self.first_seq = Some(seq);
         }
@@ -825,8 +887,8 @@ impl<'a> Batches<'a> {
     }
 
     /// Submits what is left; the tickets not waited for, in order.
-    fn finish(mut self) -> Result<Submitted, mergelog::Error> {
-        self.submit()?;
+    async fn finish(mut self) -> Result<Submitted, mergelog::Error> {
+        self.submit().await?;
         Ok(Submitted {
             tickets: self.unwaited.into(),
             first_seq: self.first_seq,
@@ -837,7 +899,7 @@ impl<'a> Batches<'a> {
 /// Puts `key`, waiting (blocking the thread) where `Backpressure::Reject` refuses it for a
 /// full ring (`Error::Busy`: for everything submitted before it) or for a consumer lagging
 /// past `consumer_lag_max` (`Error::Throttled`: for the consumer's commits), as `Block` would,
-/// and submitting it again.
+/// and submitting it again. For [`LogStore::close`] only, a synchronous call that blocks.
 fn put_waiting(engine: &Engine, key: &[u8], value: &[u8]) -> Result<Ticket, mergelog::Error> {
     loop {
         match engine.put(key, value) {
@@ -853,9 +915,11 @@ fn put_waiting(engine: &Engine, key: &[u8], value: &[u8]) -> Result<Ticket, merg
 /// (never whole in memory) and then its key gets the empty value that marks it chunked:
 /// every chunk goes in the key's batch or an earlier one, so after a crash the key is there
 /// only with all its chunks (chunks without their key are deleted at open). Recorded in
-/// `chunked`, for a truncate or purge to delete its chunks.
-fn put_entry<T: serde::Serialize>(
-    out: &mut Batches,
+/// `chunked`, for a truncate or purge to delete its chunks. A batch of chunks that would
+/// wait to be submitted stops the encoding (which cannot await) at that chunk: the submit
+/// is awaited, and the encoding goes on from the chunk (`meta::put_chunks`).
+async fn put_entry<T: serde::Serialize>(
+    out: &mut Batches<'_>,
     chunked: &mut BTreeMap<u64, u32>,
     chunk_len: usize,
     index: u64,
@@ -864,27 +928,38 @@ fn put_entry<T: serde::Serialize>(
 ) -> Result<(), CodecError> {
     let (len, crc) = match measured {
         Measured::Whole(encoded) => {
-            return (out.put(&entry_key(index), &encoded)).map_err(CodecError::Engine);
+            return (out.put(&entry_key(index), &encoded).await).map_err(CodecError::Engine);
         }
         Measured::Chunked { len, crc } => (len, crc),
     };
     let count = meta::chunk_count(len, chunk_len).ok_or(CodecError::TooLarge(len))?;
     chunked.insert(index, count);
-    let put = |n: u32, chunk: &[u8]| out.put(&chunk_key(index, n), chunk);
-    meta::put_chunks(entry, index, (len, crc), chunk_len, put)?;
-    out.put(&entry_key(index), &[]).map_err(CodecError::Engine)
-}
-
-/// Deletes chunks `0..count` of entry `index`.
-fn delete_chunks(out: &mut Batches, index: u64, count: u32) -> Result<(), mergelog::Error> {
-    (0..count).try_for_each(|n| out.delete(&chunk_key(index, n)))
+    let mut from = meta::ChunksFrom::default();
+    loop {
+        let put = |n: u32, chunk: &[u8]| out.try_put(&chunk_key(index, n), chunk);
+        match meta::put_chunks(entry, index, (len, crc), chunk_len, from, put)? {
+            Some(at) => {
+                out.submit().await.map_err(CodecError::Engine)?;
+                from = at;
+            }
+            None => break,
+        }
+    }
+    (out.put(&entry_key(index), &[]).await).map_err(CodecError::Engine)
 }
 
 /// Deletes entry `index`: its key, then its `chunks` (if stored in chunks), so that a crash
 /// between them leaves chunks without a key (deleted at open), never a key without chunks.
-fn delete_entry(out: &mut Batches, index: u64, chunks: Option<u32>) -> Result<(), mergelog::Error> {
-    out.delete(&entry_key(index))?;
-    chunks.map_or(Ok(()), |count| delete_chunks(out, index, count))
+async fn delete_entry(
+    out: &mut Batches<'_>,
+    index: u64,
+    chunks: Option<u32>,
+) -> Result<(), mergelog::Error> {
+    out.delete(&entry_key(index)).await?;
+    for n in 0..chunks.unwrap_or(0) {
+        out.delete(&chunk_key(index, n)).await?;
+    }
+    Ok(())
 }
 
 /// A Raft log store on a mergelog engine. See the crate documentation.
@@ -900,6 +975,9 @@ where
     committed_unsaved: bool,
     /// An append nothing earlier waits on waits for its own entries (`append_waits`).
     append_waits: bool,
+    /// `append` and `save_vote` refuse what the next open would refuse (default; off only for
+    /// openraft's storage suite: [`LogStore::without_write_checks`]).
+    checks_writes: bool,
     last_purged: Option<LogId<Nid<C>>>,
     last_log: Option<LogId<Nid<C>>>,
     /// Counts appends, to tell an append's overlay entries from a later one's.
@@ -1072,6 +1150,7 @@ where
             committed,
             committed_unsaved: false,
             append_waits: true,
+            checks_writes: true,
             last_purged,
             last_log,
             generation: 0,
@@ -1097,12 +1176,81 @@ where
     /// callback is ready when openraft polls it, instead of the completion thread being
     /// woken for the tickets and then waking openraft's task. It blocks the calling task
     /// (an executor thread) for one sync, as a store that writes and syncs in `append`
-    /// does. `false` keeps `append` non-blocking, as openraft's documentation asks, for a
+    /// does: a wait that only the engine's threads (or this thread) end, never another
+    /// task; its submits, which a lagging consumer's commits may have to let through, are
+    /// awaited. `false` keeps `append` non-blocking, as openraft's documentation asks, for a
     /// version that pipelines appends (0.10 is reported to); then the completion thread
     /// calls back. Measured in the README (mergelog-raft).
     pub fn with_append_waits(mut self, wait: bool) -> Self {
         self.append_waits = wait;
         self
+    }
+
+    /// For openraft's storage suite (`openraft::testing::Suite`) only: the store then takes
+    /// the writes its checks refuse (see [`LogStore::append`]'s refusals in the crate docs,
+    /// "Errors"), as the suite's fixtures make them (entries after a hole, entries of terms
+    /// above the vote, a log starting above 0 with no purged log id) and never reopens the
+    /// store. A directory so written may not open again. Never for a node.
+    #[doc(hidden)]
+    pub fn without_write_checks(mut self) -> Self {
+        self.checks_writes = false;
+        self
+    }
+
+    /// Refuses an append the next open would refuse: entries that do not go on, one by one,
+    /// from the log's end (entry 0 of a log with no purged log id, or the one after the
+    /// purged log id or the last entry), whose terms (leader ids) go down along the log, or
+    /// of a term above the vote's (no vote is term 0). openraft never appends such entries
+    /// (it truncates a conflicting suffix before it appends, and saves a leader's vote
+    /// before it takes the leader's entries). Refused before anything is submitted.
+    fn check_append(&self, entries: &[C::Entry]) -> StoreResult<(), C> {
+        let (_, next) = self.shared.bounds();
+        let vote_term = self.vote.as_ref().map_or(0, |v| v.leader_id().term);
+        let mut before = self.last_log.clone();
+        for (k, entry) in entries.iter().enumerate() {
+            let id = entry.get_log_id();
+            // `None` past the last index, where no log goes on.
+            let expected = next.checked_add(k as u64);
+            let refused = if Some(id.index) != expected {
+                let end = match (k, &self.last_log) {
+                    (0, Some(last)) => {
+                        format!("the log's next index is {next} (its last log id is {last})")
+                    }
+                    (0, None) => {
+                        format!("the log is empty, with no purged log id: its next index is {next}")
+                    }
+                    _ => format!(
+                        "it is not the one after the append's entry {}, before it",
+                        (before.as_ref()).map_or_else(String::new, |b| b.to_string())
+                    ),
+                };
+                Some(format!(
+                    "entry {id} does not go on from the log's end: {end}"
+                ))
+            } else if let Some(b) = before.as_ref().filter(|b| id.leader_id < b.leader_id) {
+                Some(format!(
+                    "entry {id} has a term (leader id) below that of {b}, before it: terms never go \
+                     down along a Raft log"
+                ))
+            } else if id.leader_id.term > vote_term {
+                let vote = match &self.vote {
+                    Some(v) => format!("the vote {v}"),
+                    None => "no vote (term 0)".into(),
+                };
+                Some(format!(
+                    "entry {id} is of a term above that of {vote}: a node saves a leader's vote \
+                     before it takes the leader's entries"
+                ))
+            } else {
+                None
+            };
+            if let Some(what) = refused {
+                let e = CodecError::Refused("append", what);
+                return Err(io_err(StorageIOError::write_logs, &e));
+            }
+            before = Some(id.clone());
+        }
+        Ok(())
     }
 
     /// Logs the committed id if the log does not hold it yet (it waits for the next append
@@ -1211,33 +1359,38 @@ where
         };
         let (marked, chunks) = meta::chunk_keys(engine);
         let mut out = Batches::new(engine);
-        let mut deleted = leftover
-            .into_iter()
-            .try_for_each(|index| out.delete(&entry_key(index)));
-        for (index, numbers) in chunks {
-            // A chunk is live if its entry is in the log and marked as stored in chunks, and
-            // it is one of the run 0, 1, 2, ... its entry was written as (`truncate` and
-            // `purge` delete that run). Any other is deleted by its own key: never every
-            // number below a damaged one.
-            let live = (first..next).contains(&index) && marked.contains(&index);
-            let run = match live {
-                true => numbers
-                    .iter()
-                    .zip(0u32..)
-                    .take_while(|(n, i)| **n == *i)
-                    .count(),
-                false => 0,
-            };
-            if run > 0 {
-                // At most `numbers.len()`, a count of keys the engine holds: a u32.
-                self.chunked.insert(index, run as u32);
+        let mut chunked = BTreeMap::new();
+        // A synchronous call (the open's): it blocks the thread, as the open's reads do.
+        let deleted = block_on(async {
+            for index in leftover {
+                out.delete(&entry_key(index)).await?;
             }
-            for n in &numbers[run..] {
-                deleted = deleted.and_then(|()| out.delete(&chunk_key(index, *n)));
+            for (index, numbers) in chunks {
+                // A chunk is live if its entry is in the log and marked as stored in chunks,
+                // and it is one of the run 0, 1, 2, ... its entry was written as (`truncate`
+                // and `purge` delete that run). Any other is deleted by its own key: never
+                // every number below a damaged one.
+                let live = (first..next).contains(&index) && marked.contains(&index);
+                let run = match live {
+                    true => numbers
+                        .iter()
+                        .zip(0u32..)
+                        .take_while(|(n, i)| **n == *i)
+                        .count(),
+                    false => 0,
+                };
+                if run > 0 {
+                    // At most `numbers.len()`, a count of keys the engine holds: a u32.
+                    chunked.insert(index, run as u32);
+                }
+                for n in &numbers[run..] {
+                    out.delete(&chunk_key(index, *n)).await?;
+                }
             }
-        }
-        (deleted.and_then(|()| out.finish()?.wait()))
-            .map_err(|e| io_err(StorageIOError::write_logs, &e))?;
+            out.finish().await?.wait().await
+        });
+        self.chunked = chunked;
+        deleted.map_err(|e| io_err(StorageIOError::write_logs, &e))?;
         Ok(())
     }
 
@@ -1248,7 +1401,7 @@ where
     /// of the small ones and a batch (within the budget) and a chunk at a time.
     /// A committed id not yet in the log goes into the first batch (it covers entries of
     /// earlier batches only).
-    fn put_entries(
+    async fn put_entries(
         &mut self,
         entries: &[C::Entry],
         measured: Vec<Measured>,
@@ -1257,15 +1410,21 @@ where
         if self.committed_unsaved {
             let value = encode(&self.committed).map_err(|e| io_err(StorageIOError::write, &e))?;
             // The batch's first operation: it is never submitted here.
-            (out.put(COMMITTED_KEY, &value)).map_err(|e| io_err(StorageIOError::write, &e))?;
+            (out.put(COMMITTED_KEY, &value).await)
+                .map_err(|e| io_err(StorageIOError::write, &e))?;
         }
         let (chunked, chunk_len) = (&mut self.chunked, self.chunk_len);
-        let put = (entries.iter().zip(measured))
-            .try_for_each(|(entry, measured)| {
-                let index = entry.get_log_id().index;
-                put_entry(&mut out, chunked, chunk_len, index, entry, measured)
-            })
-            .and_then(|()| out.submit().map_err(CodecError::Engine));
+        let mut put = Ok(());
+        for (entry, measured) in entries.iter().zip(measured) {
+            let index = entry.get_log_id().index;
+            put = put_entry(&mut out, chunked, chunk_len, index, entry, measured).await;
+            if put.is_err() {
+                break;
+            }
+        }
+        if put.is_ok() {
+            put = out.submit().await.map_err(CodecError::Engine);
+        }
         if out.submitted > 0 {
             self.committed_unsaved = false;
         }
@@ -1413,6 +1572,19 @@ where
     }
 
     async fn save_vote(&mut self, vote: &Vote<Nid<C>>) -> StoreResult<(), C> {
+        // The next open refuses a vote of a term below the last log id's: openraft never
+        // saves one (a vote never goes down, and the entries a node took are of terms up to
+        // its vote's).
+        if let Some(last) = (self.last_log.as_ref())
+            .filter(|l| self.checks_writes && l.leader_id.term > vote.leader_id().term)
+        {
+            let what = format!(
+                "the vote {vote} is of a term below that of the last log id {last}: a node saves \
+                 a leader's vote before it takes the leader's entries, and its vote never goes down"
+            );
+            let e = CodecError::Refused("vote", what);
+            return Err(io_err(StorageIOError::write_vote, &e));
+        }
         let value = encode(vote).map_err(|e| io_err(StorageIOError::write_vote, &e))?;
         // Durable before returning, as openraft requires; it is ordered after every
         // earlier append by the engine's single order.
@@ -1449,6 +1621,9 @@ where
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<C::Entry> = entries.into_iter().collect();
+        if self.checks_writes {
+            self.check_append(&entries)?;
+        }
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             callback.log_io_completed(Ok(()));
             return Ok(());
@@ -1461,7 +1636,7 @@ where
             .map(|entry| meta::measure(entry, self.chunk_len))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| io_err(StorageIOError::write_logs, &e))?;
-        let tickets = self.put_entries(&entries, measured)?;
+        let tickets = self.put_entries(&entries, measured).await?;
         self.generation += 1;
         let generation = self.generation;
         // Readable before this returns, as openraft requires: the overlay serves them
@@ -1523,15 +1698,22 @@ where
         let chunked = self.chunked.split_off(&from);
         let mut out = Batches::new(&self.shared.engine);
         // Highest first, so that a crash between batches leaves a prefix (no hole).
-        let submitted = (from..next)
-            .rev()
-            .try_for_each(|index| delete_entry(&mut out, index, chunked.get(&index).copied()))
-            .and_then(|()| out.finish())
-            .map_err(|e| io_err(StorageIOError::write_logs, &e))?;
+        let mut submitted = Ok(());
+        for index in (from..next).rev() {
+            submitted = delete_entry(&mut out, index, chunked.get(&index).copied()).await;
+            if submitted.is_err() {
+                break;
+            }
+        }
+        let submitted = match submitted {
+            Ok(()) => out.finish().await,
+            Err(e) => Err(e),
+        }
+        .map_err(|e| io_err(StorageIOError::write_logs, &e))?;
         drop(self.shared.pending().split_off(&from));
         self.shared.set_bounds(first, from);
         self.last_log = new_last;
-        (submitted.wait_async().await).map_err(|e| io_err(StorageIOError::write_logs, &e))?;
+        (submitted.wait().await).map_err(|e| io_err(StorageIOError::write_logs, &e))?;
         Ok(())
     }
 
@@ -1563,15 +1745,26 @@ where
         let chunked = std::mem::replace(&mut self.chunked, kept);
         let mut out = Batches::new(&self.shared.engine);
         // The meta keys are small: they all go in the first batch.
-        let submitted = (meta.iter())
-            .try_for_each(|(key, value)| out.put(key, value))
-            .and_then(|()| {
-                (first..(upto + 1).min(next)).try_for_each(|index| {
-                    delete_entry(&mut out, index, chunked.get(&index).copied())
-                })
-            })
-            .and_then(|()| out.finish())
-            .map_err(|e| io_err(StorageIOError::write_logs, &e))?;
+        let mut submitted = Ok(());
+        for (key, value) in &meta {
+            submitted = out.put(key, value).await;
+            if submitted.is_err() {
+                break;
+            }
+        }
+        if submitted.is_ok() {
+            for index in first..(upto + 1).min(next) {
+                submitted = delete_entry(&mut out, index, chunked.get(&index).copied()).await;
+                if submitted.is_err() {
+                    break;
+                }
+            }
+        }
+        let submitted = match submitted {
+            Ok(()) => out.finish().await,
+            Err(e) => Err(e),
+        }
+        .map_err(|e| io_err(StorageIOError::write_logs, &e))?;
         self.committed_unsaved = false;
         {
             let mut pending = self.shared.pending();
@@ -1587,7 +1780,7 @@ where
         // the store's batches. Were it not (another writer's 65,536 windows meanwhile), the
         // segments are left for the next purge to retire: never one past the meta keys.
         let meta_seq =
-            (submitted.wait_async().await).map_err(|e| io_err(StorageIOError::write_logs, &e))?;
+            (submitted.wait().await).map_err(|e| io_err(StorageIOError::write_logs, &e))?;
         match meta_seq {
             Some(meta_seq) => self
                 .retire(upto, meta_seq)

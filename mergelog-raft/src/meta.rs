@@ -196,46 +196,61 @@ pub(crate) fn chunk_count(len: u64, chunk_len: usize) -> Option<u32> {
     u32::try_from(1 + rest.div_ceil(chunk_len as u64)).ok()
 }
 
+/// Where [`put_chunks`] goes on from: chunk `n`, after the encoding's first `written` bytes
+/// (their CRC-32C `crc`), which the chunks before it hold. `ChunksFrom::default()` is the
+/// start: chunk 0, which begins with the header.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ChunksFrom {
+    pub n: u32,
+    pub written: u64,
+    pub crc: u32,
+}
+
 /// Encodes `value` a second time, into chunks of at most `chunk_len` bytes handed to
 /// `emit(n, chunk)` in order: chunk 0 the header (`len` bytes, their CRC-32C `crc`, as
 /// [`measure`] found them, and the chunk count) and the first bytes, the others the rest.
 /// A buffer of one chunk is all it holds. The chunks are checked against the header as they
 /// go (no byte past `len`) and at the end (the length, the CRC): a value whose encoding
 /// changed between the passes is an error (`CodecError::Changed`) before the entry's key is
-/// put, never chunks that do not reassemble. Returns the chunk count.
+/// put, never chunks that do not reassemble.
+///
+/// Starts at chunk `from.n` (the encoding's bytes before it are passed over), and stops at
+/// the first chunk `emit` does not take (`Ok(false)`: the store would have to wait to
+/// submit a batch, which it does as a future, outside the encoding): returns where to go on
+/// from then (`Some`), `None` once every chunk was taken. The chunks of several runs are one
+/// encoding's, each run's bytes checked as above, and the CRC at the end is of the bytes
+/// the chunks hold, whichever run made them.
 pub(crate) fn put_chunks<T, E>(
     value: &T,
     index: u64,
     (len, crc): (u64, u32),
     chunk_len: usize,
+    from: ChunksFrom,
     emit: E,
-) -> Result<u32, CodecError>
+) -> Result<Option<ChunksFrom>, CodecError>
 where
     T: Serialize + ?Sized,
-    E: FnMut(u32, &[u8]) -> Result<(), mergelog::Error>,
+    E: FnMut(u32, &[u8]) -> Result<bool, mergelog::Error>,
 {
     let count = chunk_count(len, chunk_len).ok_or(CodecError::TooLarge(len))?;
     let header = ChunkHeader { len, count, crc };
-    let mut buf = Vec::with_capacity(chunk_len);
-    buf.extend_from_slice(&header.to_bytes());
-    let mut failed = None;
-    let chunker = Chunker {
-        index,
-        header,
-        chunk_len,
-        buf,
-        n: 0,
-        written: 0,
-        crc: 0,
-        emit,
-        failed: &mut failed,
-    };
+    let mut stopped = None;
+    let chunker = Chunker::new(index, header, chunk_len, from, emit, &mut stopped);
     let done = postcard::serialize_with_flavor(value, chunker);
-    match (failed, done) {
-        (Some(e), _) => Err(e),
+    match (stopped, done) {
+        (Some(Stopped::Failed(e)), _) => Err(e),
+        (Some(Stopped::Paused(at)), _) => Ok(Some(at)),
         (None, Err(e)) => Err(CodecError::Postcard(e)),
-        (None, Ok(())) => Ok(count),
+        (None, Ok(())) => Ok(None),
     }
+}
+
+/// Why a [`Chunker`] stopped: postcard's error says nothing of it.
+#[derive(Debug)]
+enum Stopped {
+    Failed(CodecError),
+    /// A chunk not taken: go on from there.
+    Paused(ChunksFrom),
 }
 
 /// The second pass's flavor: see [`put_chunks`].
@@ -244,22 +259,71 @@ struct Chunker<'f, E> {
     index: u64,
     header: ChunkHeader,
     chunk_len: usize,
+    /// Bytes of the encoding still to pass over (a run that goes on from a later chunk).
+    skip: u64,
     /// The chunk being filled (chunk 0 begins with the header).
     buf: Vec<u8>,
-    /// Its number.
-    n: u32,
+    /// Its number, and the encoding's bytes before it and their CRC.
+    at: ChunksFrom,
     /// Bytes of the encoding and their CRC so far, the header not counted.
     written: u64,
     crc: u32,
     emit: E,
-    /// Why it stopped: postcard's error says nothing of it.
-    failed: &'f mut Option<CodecError>,
+    stopped: &'f mut Option<Stopped>,
 }
 
-impl<E: FnMut(u32, &[u8]) -> Result<(), mergelog::Error>> Chunker<'_, E> {
-    fn stop(&mut self, e: CodecError) -> postcard::Error {
-        *self.failed = Some(e);
+impl<'f, E: FnMut(u32, &[u8]) -> Result<bool, mergelog::Error>> Chunker<'f, E> {
+    fn new(
+        index: u64,
+        header: ChunkHeader,
+        chunk_len: usize,
+        from: ChunksFrom,
+        emit: E,
+        stopped: &'f mut Option<Stopped>,
+    ) -> Self {
+        let mut buf = Vec::with_capacity(chunk_len);
+        if from.n == 0 {
+            buf.extend_from_slice(&header.to_bytes());
+        }
+        Chunker {
+            index,
+            header,
+            chunk_len,
+            skip: from.written,
+            buf,
+            at: from,
+            written: from.written,
+            crc: from.crc,
+            emit,
+            stopped,
+        }
+    }
+
+    fn stop(&mut self, why: Stopped) -> postcard::Error {
+        *self.stopped = Some(why);
         postcard::Error::SerializeBufferFull
+    }
+
+    fn changed(&mut self, what: String) -> postcard::Error {
+        self.stop(Stopped::Failed(CodecError::Changed(self.index, what)))
+    }
+
+    /// Passes over the bytes the chunks before `at` hold, then appends the rest a chunk at a
+    /// time.
+    fn feed(&mut self, mut data: &[u8]) -> postcard::Result<()> {
+        if self.skip > 0 {
+            let passed = data
+                .len()
+                .min(usize::try_from(self.skip).unwrap_or(usize::MAX));
+            self.skip -= passed as u64;
+            data = &data[passed..];
+        }
+        while !data.is_empty() {
+            let take = data.len().min(self.chunk_len - self.buf.len());
+            self.add(&data[..take])?;
+            data = &data[take..];
+        }
+        Ok(())
     }
 
     /// Appends `data` (at most what fills the chunk) and hands the chunk on once full.
@@ -270,7 +334,7 @@ impl<E: FnMut(u32, &[u8]) -> Result<(), mergelog::Error>> Chunker<'_, E> {
                 "its encoding grew past the {} bytes first found",
                 self.header.len
             );
-            return Err(self.stop(CodecError::Changed(self.index, what)));
+            return Err(self.changed(what));
         }
         self.crc = crc32c::crc32c_append(self.crc, data);
         self.buf.extend_from_slice(data);
@@ -281,47 +345,55 @@ impl<E: FnMut(u32, &[u8]) -> Result<(), mergelog::Error>> Chunker<'_, E> {
     }
 
     fn emit_chunk(&mut self) -> postcard::Result<()> {
-        if let Err(e) = (self.emit)(self.n, &self.buf) {
-            return Err(self.stop(CodecError::Engine(e)));
+        match (self.emit)(self.at.n, &self.buf) {
+            Ok(true) => {}
+            Ok(false) => return Err(self.stop(Stopped::Paused(self.at))),
+            Err(e) => return Err(self.stop(Stopped::Failed(CodecError::Engine(e)))),
         }
-        self.n += 1;
+        self.at = ChunksFrom {
+            n: self.at.n + 1,
+            written: self.written,
+            crc: self.crc,
+        };
         self.buf.clear();
         Ok(())
     }
 }
 
-impl<E: FnMut(u32, &[u8]) -> Result<(), mergelog::Error>> postcard::ser_flavors::Flavor
+impl<E: FnMut(u32, &[u8]) -> Result<bool, mergelog::Error>> postcard::ser_flavors::Flavor
     for Chunker<'_, E>
 {
     type Output = ();
 
     fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
-        self.add(&[byte])
+        self.feed(&[byte])
     }
 
-    fn try_extend(&mut self, mut data: &[u8]) -> postcard::Result<()> {
-        while !data.is_empty() {
-            let take = data.len().min(self.chunk_len - self.buf.len());
-            self.add(&data[..take])?;
-            data = &data[take..];
-        }
-        Ok(())
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.feed(data)
     }
 
     fn finalize(mut self) -> postcard::Result<()> {
+        if self.skip > 0 {
+            let what = format!(
+                "its encoding is shorter than the {} bytes its first chunks hold",
+                self.at.written
+            );
+            return Err(self.changed(what));
+        }
         // The last chunk, unless the one before ended the encoding (chunk 0 always goes: it
         // holds the header).
         if !self.buf.is_empty() {
             self.emit_chunk()?;
         }
         let h = self.header;
-        if (self.written, self.crc, self.n) != (h.len, h.crc, h.count) {
+        if (self.written, self.crc, self.at.n) != (h.len, h.crc, h.count) {
             let what = format!(
                 "its encoding changed between two passes: {} bytes (CRC-32C {:#010x}) in {} \
                  chunks, {} bytes ({:#010x}) in {} first",
-                self.written, self.crc, self.n, h.len, h.crc, h.count
+                self.written, self.crc, self.at.n, h.len, h.crc, h.count
             );
-            return Err(self.stop(CodecError::Changed(self.index, what)));
+            return Err(self.changed(what));
         }
         Ok(())
     }
@@ -360,6 +432,8 @@ pub(crate) enum CodecError {
     Front(u64),
     /// The vote `.0` (or "no vote (term 0)") is of a term below that of the last log id `.1`.
     VoteBelow(String, String),
+    /// A write (`.0`, "append" or "vote") refused: what the next open would refuse in it.
+    Refused(&'static str, String),
 }
 
 impl fmt::Display for CodecError {
@@ -416,6 +490,11 @@ impl fmt::Display for CodecError {
                 "mergelog-raft: the log is damaged: {vote} is of a term below that of the last \
                  log id {last}: a node saves a leader's vote before it takes the leader's \
                  entries, and its vote never goes down"
+            ),
+            CodecError::Refused(write, what) => write!(
+                f,
+                "mergelog-raft: {write} refused (nothing written): {what}; the store's next open \
+                 would refuse the log"
             ),
             CodecError::Bounds(what) => write!(
                 f,
@@ -576,20 +655,12 @@ mod tests {
                     count,
                     crc,
                 };
-                let mut chunker = Chunker {
-                    index: 7,
-                    header,
-                    chunk_len,
-                    buf: header.to_bytes().to_vec(),
-                    n: 0,
-                    written: 0,
-                    crc: 0,
-                    emit: |n: u32, chunk: &[u8]| {
-                        chunks.push((n, chunk.to_vec()));
-                        Ok(())
-                    },
-                    failed: &mut failed,
+                let emit = |n: u32, chunk: &[u8]| {
+                    chunks.push((n, chunk.to_vec()));
+                    Ok(true)
                 };
+                let from = ChunksFrom::default();
+                let mut chunker = Chunker::new(7, header, chunk_len, from, emit, &mut failed);
                 feed(&mut chunker, &encoded, pieces);
                 chunker.finalize().unwrap();
                 assert!(failed.is_none());
@@ -617,13 +688,42 @@ mod tests {
                 let mut again = Vec::new();
                 let put = |n: u32, chunk: &[u8]| {
                     again.push((n, chunk.to_vec()));
-                    Ok(())
+                    Ok(true)
                 };
-                assert_eq!(
-                    put_chunks(&Raw(&encoded), 7, (len64, crc), chunk_len, put).ok(),
-                    Some(count)
-                );
+                let from = ChunksFrom::default();
+                let put = put_chunks(&Raw(&encoded), 7, (len64, crc), chunk_len, from, put);
+                assert_eq!(put.ok(), Some(None));
                 assert_eq!(again, chunks);
+                // And the same in runs that each stop at a chunk not taken: every chunk
+                // number in turn is refused once, and the next run goes on from it.
+                for refused in 0..count {
+                    let (mut resumed, mut from, mut runs) = (Vec::new(), ChunksFrom::default(), 0);
+                    let mut refuse = Some(refused);
+                    loop {
+                        runs += 1;
+                        let put = |n: u32, chunk: &[u8]| {
+                            if refuse == Some(n) {
+                                refuse = None;
+                                return Ok(false);
+                            }
+                            resumed.push((n, chunk.to_vec()));
+                            Ok(true)
+                        };
+                        let ran = put_chunks(&Raw(&encoded), 7, (len64, crc), chunk_len, from, put);
+                        match ran.unwrap() {
+                            Some(at) => {
+                                assert_eq!(at.n, refused, "{len}: stopped at chunk {}", at.n);
+                                from = at;
+                            }
+                            None => break,
+                        }
+                    }
+                    assert_eq!(runs, 2, "{len}, chunk {refused} refused");
+                    assert!(
+                        resumed == chunks,
+                        "{len}, chunk {refused} refused: other chunks"
+                    );
+                }
             }
         }
     }
@@ -642,9 +742,10 @@ mod tests {
             let mut emitted = 0;
             let put = |_: u32, _: &[u8]| {
                 emitted += 1;
-                Ok(())
+                Ok(true)
             };
-            let err = put_chunks(&Raw(second), 9, (len, crc), chunk_len, put).unwrap_err();
+            let from = ChunksFrom::default();
+            let err = put_chunks(&Raw(second), 9, (len, crc), chunk_len, from, put).unwrap_err();
             assert!(
                 matches!(err, CodecError::Changed(9, _)),
                 "{} bytes: {err}",

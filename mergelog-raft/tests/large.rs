@@ -184,6 +184,7 @@ async fn entries_of_any_size_are_stored_and_come_back_after_a_reopen() {
 async fn a_replication_read_stops_at_its_byte_bound() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(dir.path());
+    common::log_from_1(&mut store, 1).await;
     let entries: Vec<_> = (1..=6).map(|i| entry(1, i, 3 * CHUNK_LEN)).collect();
     let size = encoded_len(&entries[0]);
     store.blocking_append(entries.clone()).await.unwrap();
@@ -554,6 +555,7 @@ const HANG_GUARD: std::time::Duration = std::time::Duration::from_secs(60);
 async fn a_reader_racing_a_truncate_and_an_append_reads_the_new_entry() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(dir.path());
+    common::log_from_1(&mut store, 2).await;
     let log: Vec<_> = (1..=3).map(|i| entry(1, i, 3 * CHUNK_LEN)).collect();
     store.blocking_append(log.clone()).await.unwrap();
     let (arrived, resume, _) = pause_readers(&store, vec![(2, 1)]);
@@ -585,6 +587,7 @@ async fn a_reader_that_starts_during_a_truncate_does_not_report_damage() {
     let _release = Release(io.clone());
     let engine = Engine::open_with_io(dir.path(), config(), io.clone()).unwrap();
     let mut store = Store::with_engine(std::sync::Arc::new(engine)).expect("the store opens");
+    common::log_from_1(&mut store, 2).await;
     let log: Vec<_> = (1..=3).map(|i| entry(1, i, 3 * CHUNK_LEN)).collect();
     store.blocking_append(log.clone()).await.unwrap();
     let (arrived, resume, _) = pause_readers(&store, vec![(1, 1), (2, 1)]);
@@ -627,6 +630,7 @@ async fn a_reader_that_starts_during_a_truncate_does_not_report_damage() {
 async fn a_range_read_racing_a_truncate_and_an_append_returns_no_gap() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(dir.path());
+    common::log_from_1(&mut store, 2).await;
     let log: Vec<_> = (1..=5).map(|i| entry(1, i, 100)).collect();
     store.blocking_append(log.clone()).await.unwrap();
     let (arrived, resume, arrived_tx) = pause_readers(&store, vec![(3, 0), (4, 0)]);
@@ -698,6 +702,7 @@ async fn a_range_read_restarted_by_truncates_again_and_again_makes_progress() {
     for (len, disrupt_at) in [(100, 0), (3 * CHUNK_LEN, 1)] {
         let dir = tempfile::tempdir().unwrap();
         let mut store = open(dir.path());
+        common::log_from_1(&mut store, 2).await;
         let mut log: Vec<_> = (1..=3).map(|i| entry(1, i, len)).collect();
         store.blocking_append(log.clone()).await.unwrap();
         let (arrived, resume, arrived_tx) = hold_every_read(&store, 1..=3);
@@ -732,6 +737,9 @@ async fn a_range_read_restarted_by_truncates_again_and_again_makes_progress() {
                 // lengths so that chunks of one never complete the other's.
                 store.truncate(log_id(1, 1, 1)).await.unwrap();
                 let term = truncates + 1;
+                // Its vote first, as a node saves it before it takes the leader's entries.
+                let vote = openraft::Vote::new_committed(term, 1);
+                store.save_vote(&vote).await.unwrap();
                 log = (1..=3)
                     .map(|i| entry(term, i, len + 1000 * (term as usize % 3)))
                     .collect();
@@ -761,6 +769,7 @@ async fn a_reader_that_starts_between_a_truncates_epoch_and_its_bounds_reads_one
     for (len, hold_at, kept) in [(100, (4, 0), 3), (3 * CHUNK_LEN, (3, 1), 2)] {
         let dir = tempfile::tempdir().unwrap();
         let mut store = open(dir.path());
+        common::log_from_1(&mut store, 2).await;
         let log: Vec<_> = (1..=5).map(|i| entry(1, i, len)).collect();
         store.blocking_append(log.clone()).await.unwrap();
         let (arrived, resume, _) = pause_readers(&store, vec![hold_at]);

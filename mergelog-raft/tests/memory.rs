@@ -64,6 +64,7 @@ fn an_append_holds_its_entry_once_and_a_bounded_rest() {
         .unwrap();
     let mut store = LogStore::<TypeConfig>::open(dir.path(), config()).expect("the store opens");
     assert_eq!(store.chunk_len(), 64 << 10);
+    runtime.block_on(common::log_from_1(&mut store, 1));
     // An append of 1 MiB (16 chunks) first: the engine's and the store's one-time
     // allocations (the frame buffer grows to a window's largest frame, within
     // `batch_bytes_max`).

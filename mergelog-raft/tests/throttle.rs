@@ -194,7 +194,8 @@ fn writes_on_a_closed_engine_while_a_consumer_lags_fail_rather_than_wait() {
             .build()
             .unwrap();
         let vote = runtime.block_on(store.save_vote(&Vote::new(3, 1)));
-        let append = runtime.block_on(store.blocking_append([entry(1, 1)]));
+        // Entry 0 of term 0 (`Raft::initialize`'s): one the store's checks take.
+        let append = runtime.block_on(store.blocking_append([entry(0, 0)]));
         let _ = tx.send((
             vote.map_err(|e| e.to_string()),
             append.map_err(|e| e.to_string()),

@@ -620,16 +620,28 @@ pub struct ConsumerInfo {
     /// before the first one the log held when it was made: 0 unless segments were retired).
     pub committed: Seq,
     /// Durable batches it has not committed: `durable_seq - committed` (0 if it is ahead,
-    /// which a consumer opened from another process's view can be).
+    /// which a consumer opened from another process's view can be), those retired before
+    /// it read them included ([`ConsumerInfo::retired_unread`]).
     pub lag_batches: u64,
-    /// Bytes of the frames of those batches, as they lie in the segment files (headers and
-    /// padding included).
+    /// Bytes of the frames of those batches that the log holds, as they lie in the segment
+    /// files (headers and padding included); the retired ones' files are gone, so with
+    /// [`ConsumerInfo::retired_unread`] above 0 it is at least this far behind.
     pub lag_bytes: u64,
-    /// When the oldest of those batches was written (`None`: it has none, or the batch is of
-    /// a format version without commit times).
+    /// When the oldest of those batches the log holds was written (`None`: it has none, or
+    /// the batch is of a format version without commit times); with
+    /// [`ConsumerInfo::retired_unread`] above 0, the retired ones are older still.
     pub oldest_unprocessed: Option<std::time::SystemTime>,
     /// How long ago that was, when measured (the age of the oldest unprocessed batch).
     pub lag_age: Option<Duration>,
+    /// Of [`ConsumerInfo::lag_batches`], those retired before it committed them: the batches
+    /// from `committed + 1` to the one before the log's first (`Engine::retire_before_forced`
+    /// removed them, or a retirement of another process racing a new `LogReader::consumer`).
+    /// 0 for every consumer but one behind a retirement, which can never catch up: a handle
+    /// of it opened now gets `Error::Retired` at its first read (naming its next batch and
+    /// the log's first; one already reading in a retired segment reads on to that segment's
+    /// end), and so does its `pending_ids`; remove it and make it again, once the batches it
+    /// missed are handled some other way.
+    pub retired_unread: u64,
 }
 
 /// The consumer half of the engine's API.
@@ -704,8 +716,8 @@ impl crate::Engine {
     ///
     /// # Errors
     ///
-    /// As [`LogReader::pending_ids`](crate::LogReader::pending_ids)'s; [`Error::Closed`] as
-    /// above.
+    /// As [`LogReader::pending_ids`](crate::LogReader::pending_ids)'s (`Error::Retired` for a
+    /// consumer behind a retirement); [`Error::Closed`] as above.
     pub fn pending_ids(&self, name: &str) -> Result<Vec<crate::PendingId>> {
         self.replay()?.pending_ids(name)
     }

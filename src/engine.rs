@@ -132,7 +132,10 @@ impl Engine {
     ///   open, or an incremental backup links its files.
     /// - [`Error::Io`]: a file or directory call failed (making the directory, the lock,
     ///   reading or repairing a segment, preparing the next one); it names the call and the
-    ///   file.
+    ///   file. Also `dir` holding entries but none of a log's files (docs/FORMAT.md,
+    ///   "Files"): a mistyped path to another directory, refused as `LogReader::open`
+    ///   refuses it, nothing made there. A missing or empty directory (or one holding only
+    ///   `lost+found`, a fresh file system's root) gets a new log.
     /// - [`Error::DamagedHistory`]: damage (or frames missing) in the last segment with
     ///   durable batches after it: valid frames 16 or more batches on, or a clean-close mark
     ///   naming a later batch (under `TolerateCorruptedTail` and `AbsoluteConsistency`); it
@@ -185,6 +188,9 @@ impl Engine {
         config.validate()?;
         let dir = dir.as_ref().to_owned();
         log_dir::create_dir(&*io, &dir)?;
+        // A mistyped path to some other directory: refused, as the readers refuse it, before
+        // anything (the lock file first) is made in it.
+        log_dir::refuse_foreign(&dir)?;
         log_dir::check_write_path(&dir, config.write_path)?;
         let lock = log_dir::lock_dir(&*io, &dir)?;
         let index = Index::default();

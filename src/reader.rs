@@ -862,18 +862,37 @@ impl LogReader {
             lag_bytes: first.map_or(0, |b| self.bytes_from(&b)),
             oldest_unprocessed: oldest,
             lag_age: oldest.map(|t| now.duration_since(t).unwrap_or_default()),
+            retired_unread: self.retired_after(committed).map_or(0, |(_, n)| n),
         }
+    }
+
+    /// For a consumer at `committed` behind a retirement (batches after it that the view no
+    /// longer holds, `LogReader::first_seq` past `committed + 1`): the error its next read
+    /// gets, and how many batches were retired before it read them.
+    fn retired_after(&self, committed: u64) -> Option<(Error, u64)> {
+        let next = committed.saturating_add(1);
+        let first = self.first_seq();
+        (next < first.get()).then(|| {
+            let e = Error::Retired {
+                seq: Seq::new(next),
+                first,
+            };
+            (e, first.get() - next)
+        })
     }
 
     /// The reconciliation report of consumer `name`: the request ids durable in this view but
     /// not yet committed by the consumer ("accepted but not processed"), oldest first, each
     /// with the batch that logs it and that batch's commit time. `Error::Consumer` if there is
-    /// no such consumer; of an engine's view, `Error::Closed` once that engine is closed.
+    /// no such consumer; of an engine's view, `Error::Closed` once that engine is closed. Of a
+    /// consumer behind a retirement (batches it had not committed retired:
+    /// [`ConsumerInfo::retired_unread`]), `Error::Retired`, as its next read: the ids of the
+    /// retired batches are not in the view, and a report without them would pass for whole.
     ///
     /// # Errors
     ///
     /// As [`LogReader::consumers`]'s; [`Error::Consumer`] for an invalid name or no such
-    /// consumer.
+    /// consumer; [`Error::Retired`] (its next batch, the view's first) as above.
     pub fn pending_ids(&self, name: &str) -> Result<Vec<PendingId>> {
         consumer::check_name(name)?;
         let Some(committed) = self.engines_files(|| consumer::load(&self.dir, name))? else {
@@ -882,6 +901,9 @@ impl LogReader {
                 reason: "no such consumer".into(),
             });
         };
+        if let Some((retired, _)) = self.retired_after(committed) {
+            return Err(retired);
+        }
         Ok(self
             .held_from(committed.saturating_add(1))
             .flat_map(|b| {

@@ -1541,3 +1541,149 @@ fn a_reader_of_a_directory_holding_no_log_says_so() {
     assert_eq!(LogReader::open(&log).expect("a log").batches().count(), 1);
     LogReader::check(&log, mode, Durability::Sync).expect("check of a log");
 }
+
+/// A writable open of a directory that holds entries but no file of a log (a mistyped path)
+/// is refused as the readers refuse it, changing nothing there; an empty or missing
+/// directory still gets a new log, and no directory an engine left (open, closed, after a
+/// retirement with consumers, a compaction, the files a crash leaves, a backup) is taken
+/// for a foreign one.
+#[test]
+#[allow(clippy::disallowed_methods)] // the test makes the directories' files itself
+fn a_writable_open_of_a_directory_holding_no_log_is_refused() {
+    use mergelog::{LogReader, RequestId};
+    let tmp = tempfile::tempdir().unwrap();
+    let is_foreign_refusal = |r: &mergelog::Result<Engine>| matches!(r, Err(e @ Error::Io { .. }) if e.to_string().contains("no mergelog log"));
+
+    let other = tmp.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("foo.seg"), b"x").unwrap();
+    std::fs::write(other.join("notes.txt"), b"x").unwrap();
+    let before = std::fs::read_dir(&other).unwrap().count();
+    let got = Engine::open(&other, base());
+    let e = match got {
+        Err(e) => e,
+        Ok(engine) => {
+            engine.close().unwrap();
+            let made: Vec<_> = std::fs::read_dir(&other)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            panic!("Engine::open made a log in {other:?} (foo.seg, notes.txt): it holds {made:?}")
+        }
+    };
+    let message = e.to_string();
+    assert!(
+        matches!(e, Error::Io { .. })
+            && message.contains(&*other.to_string_lossy())
+            && message.contains("no mergelog log")
+            && message.contains("it holds foo.seg and 1 other file"),
+        "{e:?}: not the readers' refusal naming the near miss"
+    );
+    assert_eq!(
+        std::fs::read_dir(&other).unwrap().count(),
+        before,
+        "the refused open left a file in {other:?}"
+    );
+
+    // Still a new log: a missing directory, an empty one, a fresh mount point's lost+found.
+    for (name, found) in [
+        ("missing", None),
+        ("empty", Some(None)),
+        ("mount", Some(Some("lost+found"))),
+    ] {
+        let d = tmp.path().join(name);
+        if let Some(entry) = found {
+            std::fs::create_dir(&d).unwrap();
+            if let Some(entry) = entry {
+                std::fs::create_dir(d.join(entry)).unwrap();
+            }
+        }
+        let engine = Engine::open(&d, base()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        engine.put(b"k", b"v").unwrap().wait().unwrap();
+        engine.close().unwrap();
+        assert_eq!(LogReader::open(&d).unwrap().batches().count(), 1, "{name}");
+    }
+
+    // Every kind of file an engine leaves, each alone beside a user's file: never a foreign
+    // directory (another refusal, such as a clean-close mark naming batches no segment
+    // holds, is fine: that is damage, which the open names).
+    let config = Config {
+        segment_bytes: 64 << 10,
+        batch_bytes_max: 32 << 10,
+        recycle_segments: 1,
+        ..base()
+    };
+    let log = tmp.path().join("log");
+    let mut names = std::collections::BTreeSet::new();
+    let mut note = |dir: &std::path::Path| {
+        for e in std::fs::read_dir(dir).unwrap() {
+            names.insert(e.unwrap().file_name().into_string().unwrap());
+        }
+    };
+    {
+        let engine = Engine::open(&log, config.clone()).unwrap();
+        let mut slow = engine.consumer("slow").unwrap();
+        let value = vec![7u8; 4 << 10];
+        for i in 0u128..60 {
+            let key = format!("k{}", i % 5);
+            engine
+                .put_with_id(RequestId::from(i), key.as_bytes(), &value)
+                .unwrap()
+                .wait()
+                .unwrap();
+        }
+        let first = slow.next_timeout(WAIT_MAX).unwrap().unwrap();
+        slow.commit(first.seq).unwrap();
+        engine.retire_before(engine.durable_seq()).unwrap();
+        note(&log);
+        engine.compact().unwrap();
+        engine.retire_before_forced(engine.durable_seq()).unwrap();
+        note(&log);
+        engine.backup(tmp.path().join("backup")).unwrap();
+        drop(slow);
+        engine.close().unwrap();
+        note(&log);
+    }
+    // What a crash between steps leaves (docs/FORMAT.md, "Files"), and the clean-close mark
+    // (which a `NoSync` log does not get).
+    names.extend(
+        [
+            "CLEAN",
+            "CLEAN.tmp",
+            "ids.tmp",
+            "unshare.tmp",
+            "consumer.tmp-slow.1.0",
+            "prep-3.tmp",
+        ]
+        .map(String::from),
+    );
+    for name in ["LOCK", "ids", "consumer-slow", "recycle-1.tmp"] {
+        assert!(
+            names.contains(name),
+            "the scenario left no {name}: {names:?}"
+        );
+    }
+    for name in &names {
+        let d = tmp.path().join(format!("one-{name}"));
+        std::fs::create_dir(&d).unwrap();
+        std::fs::copy(log.join(name), d.join(name))
+            .or_else(|_| std::fs::write(d.join(name), b"").map(|()| 0))
+            .unwrap();
+        std::fs::write(d.join("notes.txt"), b"x").unwrap();
+        let got = Engine::open(&d, config.clone());
+        assert!(!is_foreign_refusal(&got), "{name}: {:?}", got.map(drop));
+        if let Ok(engine) = got {
+            engine.close().unwrap();
+        }
+    }
+    // And the directories themselves, with a user's file beside: the log, and the backup.
+    for d in [log, tmp.path().join("backup")] {
+        std::fs::write(d.join("notes.txt"), b"x").unwrap();
+        let engine = Engine::open(&d, config.clone()).unwrap_or_else(|e| panic!("{d:?}: {e}"));
+        assert_eq!(
+            engine.read_to_vec(b"k1").unwrap().as_deref(),
+            Some(&[7u8; 4 << 10][..])
+        );
+        engine.close().unwrap();
+    }
+}

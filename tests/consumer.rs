@@ -525,6 +525,7 @@ fn consumers_report_their_lag() {
         lag_bytes: frames_after(committed),
         oldest_unprocessed: oldest(committed),
         lag_age: None,
+        retired_unread: 0,
     };
     // The age is measured when asked: compare it apart.
     let without_age = |infos: &[mergelog::ConsumerInfo]| -> Vec<mergelog::ConsumerInfo> {
@@ -1291,4 +1292,84 @@ fn a_removed_consumer_is_made_again_by_a_directory_handles_commit() {
         .map(|c| (c.name, c.committed))
         .collect();
     assert_eq!(names, [("c".to_string(), first.seq)]);
+}
+
+/// A consumer behind a retirement (`retire_before_forced` removed batches it had not read):
+/// its next read is `Error::Retired`, and every "how far behind" answer agrees. Its
+/// reconciliation report (`pending_ids`, of the engine and of a directory's reader) is that
+/// error, not the ids of the batches still held (it left out the retired ones' ids, which
+/// were accepted and never processed), and its lag (`consumers`, `Stats::consumers`) says how
+/// many of the batches it lags by were retired unread, beside what the log still holds.
+#[test]
+fn a_consumer_behind_a_retirement_is_reported_as_its_next_read_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config()).expect("open");
+    let mut c = engine.consumer("behind").expect("consumer");
+    for n in 0..30u128 {
+        let key = format!("k{n:02}");
+        engine
+            .put_with_id(n, key.as_bytes(), &[b'v'; 6 << 10])
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    // It read nothing (a handle that had read into a segment keeps its mapping, and may read
+    // on in it: its position on disk, which a reopened handle starts from, is what counts).
+    let committed = c.committed().get();
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 3, "{files:?}");
+    let r = engine.retire_before_forced(files[2].0).expect("forced");
+    let first_held = r.first_seq;
+    assert!(first_held.get() > committed + 1, "{r:?}");
+    let want = (Seq::new(committed + 1), first_held);
+
+    let retired = |what: &str, got: mergelog::Result<Vec<mergelog::PendingId>>| match got {
+        Err(Error::Retired { seq, first }) => assert_eq!((seq, first), want, "{what}"),
+        other => panic!(
+            "{what}: expected Error::Retired {{ seq: {}, first: {} }} (the consumer's next \
+             read), got {:?}",
+            want.0,
+            want.1,
+            other.map(|ids| ids.iter().map(|p| p.seq.get()).collect::<Vec<_>>())
+        ),
+    };
+    retired("Engine::pending_ids", engine.pending_ids("behind"));
+    let reader = LogReader::open(dir.path()).expect("reader");
+    retired("LogReader::pending_ids", reader.pending_ids("behind"));
+    match c.try_next() {
+        Err(Error::Retired { seq, first }) => assert_eq!((seq, first), want, "the read"),
+        other => panic!("the consumer's next read: expected Error::Retired, got {other:?}"),
+    }
+
+    let last = engine.durable_seq().get();
+    let unread = first_held.get() - committed - 1;
+    let infos = [
+        ("Engine::consumers", engine.consumers().expect("consumers")),
+        (
+            "LogReader::consumers",
+            reader.consumers().expect("consumers"),
+        ),
+        ("Stats::consumers", engine.stats().consumers),
+    ];
+    for (what, infos) in infos {
+        let [i] = &infos[..] else {
+            panic!("{what}: {infos:?}")
+        };
+        assert_eq!(i.lag_batches, last - committed, "{what}: {i:?}");
+        assert_eq!(i.retired_unread, unread, "{what}: {i:?}");
+    }
+
+    // Made again, it starts at the first batch held, and nothing is retired unread.
+    drop(c);
+    assert!(engine.remove_consumer("behind").unwrap());
+    let _c = engine.consumer("behind").expect("consumer");
+    let [i] = &engine.consumers().unwrap()[..] else {
+        panic!()
+    };
+    assert_eq!(
+        (i.committed.get() + 1, i.retired_unread),
+        (first_held.get(), 0)
+    );
+    let ids = engine.pending_ids("behind").expect("pending");
+    assert_eq!(ids.first().map(|p| p.seq), Some(first_held));
 }

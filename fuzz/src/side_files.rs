@@ -8,7 +8,9 @@
 //! - a reader (`LogReader::open_with`, `consumers`, `pending_ids`) and `LogReader::check`
 //!   change nothing; a refusal of a side file is `Error::Corrupt` naming that file;
 //! - a reader's `consumers()` reports each consumer's committed batch and its lag behind the
-//!   reader's last batch, and `pending_ids` the ids logged after it, as the batches say;
+//!   reader's last batch (and the batches retired before it committed them), and
+//!   `pending_ids` the ids logged after it, as the batches say (`Error::Retired` for a
+//!   consumer behind a retirement, as its next read);
 //! - `LogReader::check` and `Engine::open` agree (as in `open_dir`), but for a consumer file
 //!   (which `check` does not read);
 //! - an engine that opened has the reader's state, remembers every id its frames log under
@@ -382,6 +384,13 @@ fn read(dir: &Path, mode: RecoveryMode) -> Option<Read> {
                     "consumer {}: lag in batches",
                     c.name
                 );
+                let first = reader.first_seq().get();
+                assert_eq!(
+                    c.retired_unread,
+                    first.saturating_sub(c.committed.get() + 1),
+                    "consumer {}: batches retired unread (the log's first is {first})",
+                    c.name
+                );
                 m.insert(c.name, c.committed.get());
             }
             Some(m)
@@ -410,6 +419,16 @@ fn read(dir: &Path, mode: RecoveryMode) -> Option<Read> {
                 consumers.as_ref().is_none_or(|m| !m.contains_key(name)),
                 "pending_ids says no consumer {name}, consumers() lists it"
             ),
+            // Behind a retirement: its next read's error, naming its next batch.
+            Err(Error::Retired { seq, first }) => {
+                assert!(
+                    first == reader.first_seq() && seq < first,
+                    "pending_ids({name}): Retired {{ seq: {seq}, first: {first} }}"
+                );
+                if let Some(committed) = consumers.as_ref().and_then(|m| m.get(name)) {
+                    assert_eq!(seq.get(), committed + 1, "pending_ids({name}): Retired");
+                }
+            }
             Err(e) => assert!(
                 names_file(&e, dir, &format!("consumer-{name}")),
                 "pending_ids({name}): {e}"
@@ -533,12 +552,19 @@ pub fn side_files(data: &[u8]) {
             }
         }
         if let Some(r) = &reader {
-            let pending: Vec<_> = engine
-                .pending_ids(&c.name)
-                .expect("pending_ids of a listed consumer")
-                .iter()
-                .map(|p| (p.id, p.seq.get()))
-                .collect();
+            let pending = match engine.pending_ids(&c.name) {
+                // Behind a retirement: its next read's error, naming its next batch.
+                Err(Error::Retired { seq, .. }) => {
+                    assert!(
+                        c.retired_unread > 0 && seq.get() == committed + 1,
+                        "engine's pending_ids of {c:?}: Retired at {seq}"
+                    );
+                    continue;
+                }
+                got => got.expect("pending_ids of a listed consumer"),
+            };
+            assert_eq!(c.retired_unread, 0, "{c:?}: pending_ids answered");
+            let pending: Vec<_> = pending.iter().map(|p| (p.id, p.seq.get())).collect();
             if r.state == state && r.last == last {
                 assert_eq!(
                     pending,

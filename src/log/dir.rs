@@ -107,10 +107,12 @@ fn is_log_file_name(name: &str) -> bool {
 
 /// Refuses a directory that holds entries but none of a log's files
 /// ([`is_log_file_name`]): a reader took such a directory (a mistyped path to some other
-/// directory) for an empty log. An empty directory, and one holding any file of a log
-/// (`LOCK`, say, of a log whose segments are all gone, or of an engine that has not made its
-/// first yet) beside others, pass. `Error::Io` naming the directory and, of the entries it
-/// holds, the first by name.
+/// directory) for an empty log, and a writable open made a log among its files. An empty
+/// directory, and one holding any file of a log (`LOCK`, say, of a log whose segments are all
+/// gone, or of an engine that has not made its first yet) beside others, pass; so does one
+/// holding only `lost+found` (the root of a file system made for the log). `Error::Io`
+/// naming the directory and, of the entries it holds, the likely near miss or the first by
+/// name ([`what_it_holds`]).
 pub(crate) fn refuse_foreign(dir: &Path) -> Result<()> {
     let refuse = |e| Error::io("read directory", dir, e);
     let rd = super::fds::with_room(|| std::fs::read_dir(dir)).map_err(refuse)?;
@@ -119,6 +121,8 @@ pub(crate) fn refuse_foreign(dir: &Path) -> Result<()> {
         let name = entry.map_err(refuse)?.file_name();
         match name.to_str() {
             Some(n) if is_log_file_name(n) => return Ok(()),
+            // What `mkfs` makes at a file system's root: a volume mounted for the log.
+            Some("lost+found") => {}
             _ => foreign.push(name.to_string_lossy().into_owned()),
         }
     }

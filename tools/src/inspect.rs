@@ -157,9 +157,13 @@ struct ConsumerJson {
     lag_bytes: u64,
     /// Age of the oldest of them, seconds (null: none, or a batch without a commit time).
     lag_age_s: Option<f64>,
+    /// Of `lag_batches`, those retired before the consumer committed them: above 0, it is
+    /// behind a retirement, its next read is `Error::Retired`, and its pending ids are not
+    /// known (the retired batches' are gone).
+    retired_unread: u64,
     /// Request ids durable but not yet committed by the consumer ("accepted but not
-    /// processed").
-    pending_id_count: usize,
+    /// processed"); null for a consumer behind a retirement.
+    pending_id_count: Option<usize>,
     /// The oldest of them (the first --limit), oldest first.
     pending_ids: Vec<PendingJson>,
 }
@@ -713,14 +717,20 @@ fn read_consumers(reader: &LogReader, limit: usize) -> mergelog::Result<Vec<Cons
     };
     let mut out = Vec::new();
     for c in reader.consumers()? {
-        let pending = reader.pending_ids(&c.name)?;
+        // Behind a retirement its report would leave the retired batches' ids out.
+        let pending = match reader.pending_ids(&c.name) {
+            Err(mergelog::Error::Retired { .. }) => None,
+            other => Some(other?),
+        };
         out.push(ConsumerJson {
             committed: c.committed.get(),
             lag_batches: c.lag_batches,
             lag_bytes: c.lag_bytes,
             lag_age_s: c.lag_age.map(|d| d.as_secs_f64()),
-            pending_id_count: pending.len(),
+            retired_unread: c.retired_unread,
+            pending_id_count: pending.as_ref().map(Vec::len),
             pending_ids: pending
+                .unwrap_or_default()
                 .iter()
                 .take(limit)
                 .map(|p| PendingJson {
@@ -757,7 +767,8 @@ fn consumer_table(consumers: &[ConsumerJson], damage: Option<&DamageJson>) -> St
                 thousands(c.lag_batches),
                 thousands(c.lag_bytes),
                 secs(c.lag_age_s),
-                thousands(c.pending_id_count as u64),
+                c.pending_id_count
+                    .map_or_else(|| "-".into(), |n| thousands(n as u64)),
             ]
         })
         .collect();
@@ -771,12 +782,24 @@ fn consumer_table(consumers: &[ConsumerJson], damage: Option<&DamageJson>) -> St
     ];
     let table = crate::table::table(&header, &rows);
     let mut out = format!("consumers: {}\n{}", consumers.len(), indent(&table));
+    for c in consumers.iter().filter(|c| c.retired_unread > 0) {
+        let _ = writeln!(
+            out,
+            "{} is behind a retirement: batches {} to {} were retired before it committed \
+             them; its next read fails (Error::Retired), and its pending ids are not known: \
+             remove it and make it again",
+            c.name,
+            c.committed + 1,
+            c.committed + c.retired_unread,
+        );
+    }
     for c in consumers.iter().filter(|c| !c.pending_ids.is_empty()) {
         let shown = c.pending_ids.len();
         let _ = writeln!(
             out,
             "accepted but not processed by {} (oldest {shown} of {}):",
-            c.name, c.pending_id_count
+            c.name,
+            c.pending_id_count.unwrap_or(shown)
         );
         let rows: Vec<Vec<String>> = c
             .pending_ids

@@ -567,6 +567,53 @@ fn inspect_lists_consumers_and_their_lag() {
     assert!(t.contains("consumers: none\n"), "{t}");
 }
 
+/// A consumer behind a retirement (`retire_before_forced` took batches it had not
+/// committed): `inspect` says so, with how many were retired unread, and gives no pending ids
+/// (the library refuses them, as the consumer's next read: the retired batches' ids are gone)
+/// rather than the held batches' alone as if they were all.
+#[test]
+fn inspect_reports_a_consumer_behind_a_retirement() {
+    let dir = tempfile::tempdir().unwrap();
+    let retired;
+    {
+        let engine = Engine::open(dir.path(), small_segments()).unwrap();
+        engine.consumer("late").unwrap();
+        let tickets: Vec<_> = (0..2_000u128)
+            .map(|n| {
+                let key = format!("k{n}");
+                engine.put_with_id(n, key.as_bytes(), &[1u8; 1024]).unwrap()
+            })
+            .collect();
+        for t in tickets {
+            t.wait().unwrap();
+        }
+        let segments = engine.segments();
+        assert!(segments.len() >= 2, "{segments:?}");
+        retired = engine
+            .retire_before_forced(segments[1].first_seq)
+            .unwrap()
+            .first_seq
+            .get()
+            - 1;
+        engine.close().unwrap();
+    }
+    let infos = LogReader::open(dir.path()).unwrap().consumers().unwrap();
+    assert_eq!(infos[0].retired_unread, retired, "{infos:?}");
+    let out = succeeds(&["inspect", dir.path().to_str().unwrap(), "--json"]);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let l = &report["consumers"][0];
+    assert_eq!(int(l, "retired_unread"), retired, "{l}");
+    assert_eq!(l["pending_id_count"], Value::Null, "{l}");
+    assert_eq!(l["pending_ids"].as_array().map(Vec::len), Some(0), "{l}");
+    let t = succeeds(&["inspect", dir.path().to_str().unwrap()]);
+    assert!(
+        t.contains(&format!(
+            "late is behind a retirement: batches 1 to {retired} were retired"
+        )),
+        "{t}"
+    );
+}
+
 /// `inspect` gives each segment's live bytes: the records still the newest put of their key.
 /// A segment whose every key was overwritten later holds nothing live.
 #[test]

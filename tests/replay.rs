@@ -1003,6 +1003,42 @@ fn a_follower_reports_bytes_after_the_frames_of_a_complete_segment_as_recovery_d
     }
 }
 
+/// Writes a log of three segments (`config(true)`, puts of 1,000 bytes) and closes it: its
+/// last batch and the first batch of each segment.
+fn three_segments(dir: &Path) -> (u64, [u64; 3]) {
+    let engine = Engine::open(dir, config(true)).unwrap();
+    let mut i = 0;
+    while engine.segments().len() < 3 {
+        wait_ok(&engine.put(&key(i % KEYS), &[b'v'; 1000]).unwrap(), "put");
+        i += 1;
+    }
+    let last_seq = engine.durable_seq().get();
+    let firsts = [0, 1, 2].map(|s| engine.segments()[s].first_seq.get());
+    engine.close().unwrap();
+    (last_seq, firsts)
+}
+
+/// Flips a byte of batch 3's frame (in the first segment) of the closed log in `dir`: the
+/// frame's file and offset.
+#[allow(clippy::disallowed_methods)] // the damage, made behind the seam's back
+fn damage_batch_3(dir: &Path) -> (std::path::PathBuf, u64) {
+    use std::os::unix::fs::FileExt;
+    let (path, offset) = {
+        let clean = LogReader::open(dir).unwrap();
+        let b = clean.batches().find(|b| b.seq().get() == 3).unwrap();
+        (b.segment().to_owned(), b.offset())
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, offset + 40).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x40], offset + 40).unwrap();
+    (path, offset)
+}
+
 /// A directory follower judges only the segments it reads: those from the one holding its
 /// first batch on. Damage to a frame of an earlier segment (a disk's, after the view was
 /// opened) is not its business: it yields every batch from its position, while a follower
@@ -1012,36 +1048,12 @@ fn a_follower_reports_bytes_after_the_frames_of_a_complete_segment_as_recovery_d
 /// whole log to start, and a consumer resuming near the end reads nothing before it
 /// (`LogReader::check` and `mergelog verify` judge the whole log).
 #[test]
-#[allow(clippy::disallowed_methods)] // the damage, made behind the seam's back
 fn a_directory_follower_judges_only_the_segments_from_its_position_on() {
-    use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(dir.path(), config(true)).unwrap();
-    let mut i = 0;
-    while engine.segments().len() < 3 {
-        wait_ok(&engine.put(&key(i % KEYS), &[b'v'; 1000]).unwrap(), "put");
-        i += 1;
-    }
-    let last_seq = engine.durable_seq().get();
-    let third = engine.segments()[2].first_seq.get();
-    engine.close().unwrap();
+    let (last_seq, [_, _, third]) = three_segments(dir.path());
     let view = LogReader::open(dir.path()).unwrap();
-    let (path, offset) = view
-        .batches()
-        .find(|b| b.seq().get() == 3)
-        .map(|b| (b.segment().to_owned(), b.offset()))
-        .unwrap();
+    let (path, offset) = damage_batch_3(dir.path());
     assert_eq!(path, view.segment_files()[0].0);
-    let at = offset + 40;
-    let mut byte = [0u8];
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    file.read_exact_at(&mut byte, at).unwrap();
-    file.write_all_at(&[byte[0] ^ 0x40], at).unwrap();
-    drop(file);
     let mut later = view.follow(third);
     for seq in third..=last_seq {
         let b = later.next_timeout(WAIT_MAX).unwrap().expect("a batch");
@@ -1073,34 +1085,10 @@ fn a_directory_follower_judges_only_the_segments_from_its_position_on() {
 /// than yielding the later segments' batches. Once a writer's `PointInTime` open has cut the
 /// damage and written on, a follower of the same view reads the new batches from the cut on.
 #[test]
-#[allow(clippy::disallowed_methods)] // the damage, made behind the seam's back
 fn a_follower_from_a_point_in_time_views_end_reports_the_damage_the_view_stopped_at() {
-    use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(dir.path(), config(true)).unwrap();
-    let mut i = 0;
-    while engine.segments().len() < 3 {
-        wait_ok(&engine.put(&key(i % KEYS), &[b'v'; 1000]).unwrap(), "put");
-        i += 1;
-    }
-    let last_seq = engine.durable_seq().get();
-    let second = engine.segments()[1].first_seq.get();
-    let third = engine.segments()[2].first_seq.get();
-    engine.close().unwrap();
-    let (path, offset) = {
-        let clean = LogReader::open(dir.path()).unwrap();
-        let b = clean.batches().find(|b| b.seq().get() == 3).unwrap();
-        (b.segment().to_owned(), b.offset())
-    };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    let mut byte = [0u8];
-    file.read_exact_at(&mut byte, offset + 40).unwrap();
-    file.write_all_at(&[byte[0] ^ 0x40], offset + 40).unwrap();
-    drop(file);
+    let (last_seq, [_, second, third]) = three_segments(dir.path());
+    let (path, offset) = damage_batch_3(dir.path());
     let view = LogReader::open_with(dir.path(), RecoveryMode::PointInTime).unwrap();
     assert_eq!(view.next_seq().get(), 3, "the view ends at the damage");
     let damage = view.damage().expect("the view names the damage");

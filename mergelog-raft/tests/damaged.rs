@@ -9,22 +9,16 @@ mod common;
 use std::path::Path;
 
 use mergelog::Engine;
-use mergelog_raft::kv::{Request, TypeConfig};
+use mergelog_raft::kv::TypeConfig;
 use mergelog_raft::LogStore;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::testing::log_id;
-use openraft::{Entry, EntryPayload, LogId, RaftLogReader, Vote};
+use openraft::{Entry, LogId, RaftLogReader, Vote};
 
 type Store = LogStore<TypeConfig>;
 
 fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
-    Entry {
-        log_id: log_id(term, 1, index),
-        payload: EntryPayload::Normal(Request {
-            key: format!("k{index}"),
-            value: vec![index as u8; 8],
-        }),
-    }
+    common::entry(term, index, 8)
 }
 
 fn entry_key(index: u64) -> Vec<u8> {

@@ -20,11 +20,11 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use mergelog::{Backpressure, Config, Consumer, ConsumerLag, Engine, Error};
-use mergelog_raft::kv::{Request, TypeConfig};
+use mergelog_raft::kv::TypeConfig;
 use mergelog_raft::LogStore;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::testing::log_id;
-use openraft::{Entry, EntryPayload, RaftLogReader, Vote};
+use openraft::{Entry, RaftLogReader, Vote};
 
 type Store = LogStore<TypeConfig>;
 
@@ -47,15 +47,7 @@ fn config(backpressure: Backpressure) -> Config {
     }
 }
 
-fn entry(term: u64, index: u64, len: usize) -> Entry<TypeConfig> {
-    Entry {
-        log_id: log_id(term, 1, index),
-        payload: EntryPayload::Normal(Request {
-            key: format!("k{index}"),
-            value: vec![index as u8; len],
-        }),
-    }
-}
+use common::entry;
 
 /// Entries `from..=to`, entry 12 (if among them) stored in chunks: appended first, its
 /// chunk 0 opens the append's first batch, and the throttle holds the submit that chunk 1

@@ -9,22 +9,16 @@ mod common;
 
 use std::path::Path;
 
-use mergelog_raft::kv::{Request, TypeConfig};
+use mergelog_raft::kv::TypeConfig;
 use mergelog_raft::LogStore;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::testing::log_id;
-use openraft::{Entry, EntryPayload, RaftLogReader, Vote};
+use openraft::{Entry, RaftLogReader, Vote};
 
 type Store = LogStore<TypeConfig>;
 
 fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
-    Entry {
-        log_id: log_id(term, 1, index),
-        payload: EntryPayload::Normal(Request {
-            key: format!("k{index}"),
-            value: vec![index as u8; 20],
-        }),
-    }
+    common::entry(term, index, 20)
 }
 
 fn open(dir: &Path) -> Store {

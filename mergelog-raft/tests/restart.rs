@@ -4,7 +4,7 @@
 
 mod common;
 
-use mergelog_raft::kv::{Request, TypeConfig};
+use mergelog_raft::kv::TypeConfig;
 use mergelog_raft::LogStore;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::testing::log_id;
@@ -13,15 +13,7 @@ use std::path::Path;
 
 type Store = LogStore<TypeConfig>;
 
-fn entry(term: u64, index: u64, len: usize) -> Entry<TypeConfig> {
-    Entry {
-        log_id: log_id(term, 1, index),
-        payload: EntryPayload::Normal(Request {
-            key: format!("k{index}"),
-            value: vec![index as u8; len],
-        }),
-    }
-}
+use common::entry;
 
 fn open(dir: &Path) -> Store {
     Store::open(dir, common::small_config()).expect("the store opens")

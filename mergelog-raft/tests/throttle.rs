@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mergelog::{Backpressure, Config, Consumer, ConsumerLag, Engine, Error};
-use mergelog_raft::kv::{Request, TypeConfig};
+use mergelog_raft::kv::TypeConfig;
 use mergelog_raft::LogStore;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::testing::log_id;
-use openraft::{Entry, EntryPayload, RaftLogReader, Vote};
+use openraft::{Entry, RaftLogReader, Vote};
 
 type Store = LogStore<TypeConfig>;
 
@@ -34,13 +34,7 @@ fn config() -> Config {
 }
 
 fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
-    Entry {
-        log_id: log_id(term, 1, index),
-        payload: EntryPayload::Normal(Request {
-            key: format!("k{index}"),
-            value: vec![index as u8; 40],
-        }),
-    }
+    common::entry(term, index, 40)
 }
 
 fn open(dir: &Path) -> Store {

@@ -34,3 +34,15 @@ pub async fn log_from_1(
 pub fn purged_0() -> openraft::LogId<u64> {
     openraft::testing::log_id(0, 0, 0)
 }
+
+/// An entry of `term` at `index` (leader node 1) putting key `k{index}` to `len` bytes of
+/// `index as u8`.
+pub fn entry(term: u64, index: u64, len: usize) -> openraft::Entry<mergelog_raft::kv::TypeConfig> {
+    openraft::Entry {
+        log_id: openraft::testing::log_id(term, 1, index),
+        payload: openraft::EntryPayload::Normal(mergelog_raft::kv::Request {
+            key: format!("k{index}"),
+            value: vec![index as u8; len],
+        }),
+    }
+}

@@ -71,7 +71,10 @@ impl fmt::Debug for RequestId {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IdHorizon {
     /// The newest this many ids are always remembered; up to twice as many may be, and a
-    /// window's more (they are forgotten a generation of `ids` at a time, between windows). Memory: up to about 140 bytes per id of
+    /// window's more (they are forgotten a generation of `ids` at a time, between windows).
+    /// Whatever the horizon, an id whose batch is not yet durable is remembered (with the
+    /// ids of the windows in flight past the bound meanwhile): a retry of a request in
+    /// flight is always its duplicate. Memory: up to about 140 bytes per id of
     /// this bound, only once ids are used. Disk, once ids are used: the `ids` file and the
     /// temporary kept for its next replacement (so that a retirement on a full disk needs no
     /// room for it: README, "A full disk"), each 64 bytes per id of this bound (at most
@@ -79,7 +82,7 @@ pub struct IdHorizon {
     pub ids: usize,
     /// If set, ids are forgotten once older than this (by when they were logged), again a
     /// generation at a time: an id is remembered at least until the newest id of its
-    /// generation is this old.
+    /// generation is this old, and its batch is durable.
     pub age: Option<Duration>,
 }
 
@@ -318,8 +321,9 @@ pub(crate) struct IdEntry {
 }
 
 /// The ids the engine remembers, in two generations: ids enter the current one; once it holds
-/// `horizon.ids`, it becomes the previous one and the old previous one is forgotten whole. So
-/// the newest `horizon.ids` ids are always remembered and at most twice as many, and nothing is
+/// `horizon.ids`, it becomes the previous one and the old previous one is forgotten whole
+/// (once the batches it names are durable: [`Ids::settle`]). So the newest `horizon.ids` ids
+/// are always remembered and at most twice as many (and the windows' in flight), and nothing is
 /// ever removed one by one (no per-id eviction, no tombstones in the tables): one probe of each
 /// table per id. With an age, a generation whose newest id is older than it is forgotten whole.
 /// The flusher changes it (one lock per window turn); `retire_before` and
@@ -341,6 +345,9 @@ struct Generation {
     table: hashbrown::HashTable<(RequestId, IdEntry)>,
     /// The newest `IdEntry::time` in `table`.
     newest: u64,
+    /// The largest `IdEntry::seq` in `table` (0: none): the generation is forgotten only
+    /// once that batch is durable.
+    last_seq: u64,
 }
 
 impl Generation {
@@ -352,6 +359,12 @@ impl Generation {
     fn clear(&mut self) {
         self.table.clear();
         self.newest = 0;
+        self.last_seq = 0;
+    }
+
+    /// Whether every batch its ids name is durable (`durable`: the last durable batch).
+    fn durable(&self, durable: u64) -> bool {
+        self.last_seq <= durable
     }
 }
 
@@ -414,29 +427,39 @@ impl Ids {
             }
         }
         self.current.newest = self.current.newest.max(entry.time);
+        self.current.last_seq = self.current.last_seq.max(entry.seq);
         Ok(())
     }
 
-    /// Turns the generations if the current one is full: the previous one is forgotten.
-    /// Called once the ids taken are final (the flusher's, after its window gave back the
-    /// ids of its refused requests): had an id that is given back later filled the current
-    /// generation, the turn would have forgotten ids the horizon promises (the newest `ids`
-    /// logged), which nothing brings back, and a retry of one of them would be applied again.
-    pub fn settle(&mut self) {
-        if self.current.table.len() >= self.horizon.ids {
+    /// Turns the generations if the current one is full: the previous one is forgotten,
+    /// unless it names a batch past `durable` (the last durable batch): then the current
+    /// one grows on until a later call finds it durable. Called once the ids taken are final
+    /// (the flusher's, after its window gave back the ids of its refused requests): had an
+    /// id that is given back later filled the current generation, the turn would have
+    /// forgotten ids the horizon promises (the newest `ids` logged), which nothing brings
+    /// back, and a retry of one of them would be applied again.
+    ///
+    /// The floor: an id whose batch is in flight is never forgotten, whatever the horizon,
+    /// so a retry of a request not yet acknowledged is always its duplicate (with `ids: 1`
+    /// a turn at every window forgot the window before, still syncing). What it holds past
+    /// the horizon is the ids of the windows in flight, which `UNDURABLE_FRAMES_MAX` bounds;
+    /// it costs a load of the durable batch per window with ids, and a comparison.
+    pub fn settle(&mut self, durable: u64) {
+        if self.current.table.len() >= self.horizon.ids && self.previous.durable(durable) {
             std::mem::swap(&mut self.current, &mut self.previous);
             self.current.clear();
         }
     }
 
-    /// Forgets the generations wholly beyond the horizon's age at `now`.
-    pub fn evict(&mut self, now: u64) {
+    /// Forgets the generations wholly beyond the horizon's age at `now` whose batches are
+    /// all durable (up to `durable`; see [`Ids::settle`]'s floor).
+    pub fn evict(&mut self, now: u64, durable: u64) {
         let Some(age) = self.horizon.age else { return };
         let oldest_kept = now.saturating_sub(nanos(age));
-        if self.previous.newest < oldest_kept {
+        if self.previous.newest < oldest_kept && self.previous.durable(durable) {
             self.previous.clear();
         }
-        if self.current.newest < oldest_kept {
+        if self.current.newest < oldest_kept && self.current.durable(durable) {
             self.current.clear();
         }
     }
@@ -682,7 +705,8 @@ pub(crate) fn rebuild(found: Vec<(RequestId, u64, u64)>, horizon: IdHorizon, now
     for (id, seq, time) in found.into_iter().skip(skip) {
         if time >= oldest_kept {
             let _ = ids.take(id, IdEntry { seq, time });
-            ids.settle();
+            // Every batch an open finds is durable.
+            ids.settle(u64::MAX);
         }
     }
     ids
@@ -1193,7 +1217,7 @@ mod tests {
             let seq = (n * 2731) % N + 1;
             t.take(id(n.into()), IdEntry { seq, time: seq }).unwrap();
         }
-        t.settle();
+        t.settle(u64::MAX);
         let ids = Mutex::new(t);
         let dir = tempfile::tempdir().unwrap();
         let room = IdsRoom::new(&crate::log::io::real(), dir.path(), horizon);
@@ -1232,20 +1256,20 @@ mod tests {
         assert_eq!(t.len(), 2, "{t:?}");
         assert!(t.get(&id(7)).is_none() && t.get(&id(8)).is_some());
         assert_eq!(t.get(&id(9)), Some(10));
-        t.evict(1100);
+        t.evict(1100, u64::MAX);
         assert_eq!(
             t.len(),
             2,
             "the newest (900) is within 250 ns of 1100: kept whole"
         );
-        t.evict(1200);
+        t.evict(1200, u64::MAX);
         assert_eq!(t.len(), 0);
     }
 
     /// `Ids::take`, each id a window's own: the table settles after it.
     fn take(t: &mut Ids, id: RequestId, e: IdEntry) -> std::result::Result<(), u64> {
         let r = t.take(id, e);
-        t.settle();
+        t.settle(u64::MAX);
         r
     }
 
@@ -1283,11 +1307,45 @@ mod tests {
         for n in 1..=3u64 {
             take(&mut t, id(n.into()), e(n * 10)).unwrap();
         }
-        t.evict(30);
+        t.evict(30, u64::MAX);
         assert_eq!(t.len(), 3);
-        t.evict(35);
+        t.evict(35, u64::MAX);
         assert_eq!((t.len(), t.get(&id(3))), (1, Some(30)), "{t:?}");
-        t.evict(41);
+        t.evict(41, u64::MAX);
+        assert_eq!(t.len(), 0);
+    }
+
+    /// The floor: a generation naming a batch that is not durable is neither turned out nor
+    /// aged out; the current one grows on meanwhile, and both go once the batch is durable.
+    #[test]
+    fn ids_of_batches_not_durable_are_never_forgotten() {
+        let e = |seq| IdEntry { seq, time: seq };
+        let mut t = Ids::new(IdHorizon { ids: 1, age: None });
+        // Batches 1 to 3 written, none durable.
+        for n in 1..=3u64 {
+            t.take(id(n.into()), e(n)).unwrap();
+            t.settle(0);
+        }
+        assert_eq!(t.len(), 3, "{t:?}");
+        assert_eq!(t.take(id(1), e(4)), Err(1));
+        // Batch 1 durable: the previous generation (batch 1) goes at the next turn.
+        t.take(id(4), e(4)).unwrap();
+        t.settle(1);
+        assert_eq!((t.get(&id(1)), t.get(&id(3)), t.len()), (None, Some(3), 3));
+        // All durable: the horizon's one id, and the previous generation's at most.
+        t.take(id(5), e(5)).unwrap();
+        t.settle(5);
+        assert_eq!((t.get(&id(4)), t.get(&id(5)), t.len()), (None, Some(5), 1));
+        // An age forgets nothing of a batch past the durable one.
+        let mut t = Ids::new(IdHorizon {
+            ids: 100,
+            age: Some(Duration::from_nanos(1)),
+        });
+        t.take(id(1), e(1)).unwrap();
+        t.settle(0);
+        t.evict(1_000, 0);
+        assert_eq!(t.get(&id(1)), Some(1));
+        t.evict(1_000, 1);
         assert_eq!(t.len(), 0);
     }
 
@@ -1305,7 +1363,7 @@ mod tests {
         }
         t.untake(id(4));
         t.untake(id(5));
-        t.settle();
+        t.settle(u64::MAX);
         // The newest two logged: 3 and 2.
         assert_eq!((t.get(&id(3)), t.get(&id(2))), (Some(3), Some(2)), "{t:?}");
         take(&mut t, id(6), e(4)).unwrap();
@@ -1341,7 +1399,7 @@ mod tests {
             )
             .unwrap();
         }
-        t.evict(now);
+        t.evict(now, u64::MAX);
         assert_eq!(t.len(), 3, "evict forgot ids younger than the age");
     }
 

@@ -1070,3 +1070,133 @@ fn an_id_in_flight_or_earlier_in_its_window_is_a_duplicate_on_both_paths() {
         HashMap::from([(id(1), seq1), (id(2), seq2)])
     );
 }
+
+/// Holds the first segment write after it is armed until a request waits behind it (so that
+/// the first window goes to a syncer rather than being completed by the flusher inline), and
+/// every segment sync while `hold_syncs` is set: the batches written meanwhile stay in
+/// flight. Counts the segment writes begun.
+#[derive(Default)]
+struct HoldInFlight {
+    armed: std::sync::atomic::AtomicBool,
+    writes: std::sync::atomic::AtomicUsize,
+    release_write: std::sync::atomic::AtomicBool,
+    hold_syncs: std::sync::atomic::AtomicBool,
+    held: std::sync::atomic::AtomicUsize,
+}
+
+/// Waits (bounded by `WAIT_MAX`) until `cond` holds; false on time-out.
+fn until(cond: impl Fn() -> bool) -> bool {
+    let give_up = std::time::Instant::now() + WAIT_MAX;
+    while !cond() {
+        if std::time::Instant::now() >= give_up {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    true
+}
+
+impl mergelog::internals::io::Io for HoldInFlight {
+    fn before(
+        &self,
+        op: mergelog::internals::io::IoOp,
+        path: &std::path::Path,
+        _: u64,
+        _: &[u8],
+    ) -> std::io::Result<()> {
+        use mergelog::internals::io::IoOp;
+        use std::sync::atomic::Ordering::SeqCst;
+        let segment = path.extension().is_some_and(|e| e == "seg");
+        if !segment || !self.armed.load(SeqCst) {
+            return Ok(());
+        }
+        let released = match op {
+            IoOp::Write if self.writes.fetch_add(1, SeqCst) == 0 => {
+                until(|| self.release_write.load(SeqCst))
+            }
+            IoOp::Sync if self.hold_syncs.load(SeqCst) => {
+                self.held.fetch_add(1, SeqCst);
+                until(|| !self.hold_syncs.load(SeqCst))
+            }
+            _ => true,
+        };
+        match released {
+            true => Ok(()),
+            false => Err(std::io::Error::other("test hook timed out")),
+        }
+    }
+}
+
+/// An id whose batch is in flight is remembered whatever the horizon: with the smallest one
+/// (one id), and with an age shorter than a sync, a retry of id 1 while its batch waits for
+/// its sync, after a later window took id 2 (the generations turned, the age passed), is a
+/// duplicate of id 1's batch, and the log holds id 1 once.
+#[test]
+fn an_id_is_remembered_while_its_batch_is_in_flight_whatever_the_horizon() {
+    use std::sync::atomic::Ordering::SeqCst;
+    for horizon in [
+        IdHorizon { ids: 1, age: None },
+        IdHorizon {
+            ids: 1 << 10,
+            age: Some(Duration::from_nanos(1)),
+        },
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let hold = std::sync::Arc::new(HoldInFlight::default());
+        let config = Config {
+            request_ids: horizon,
+            // Every window is cut as soon as it has a request.
+            window: mergelog::WindowPolicy::Immediate,
+            ..Config::default()
+        };
+        let e = Engine::open_with_io(dir.path(), config, hold.clone()).unwrap();
+        e.put(b"before", b"0")
+            .unwrap()
+            .wait_timeout(WAIT_MAX)
+            .unwrap();
+        hold.hold_syncs.store(true, SeqCst);
+        hold.armed.store(true, SeqCst);
+        let batches = e.stats().batches;
+        let original = e.put_with_id(id(1), b"a", b"original").unwrap();
+        assert!(until(|| hold.writes.load(SeqCst) == 1), "id 1's write");
+        // Behind id 1's window in the ring: its window is handed to a syncer, and held.
+        let second = e.put_with_id(id(2), b"b", b"second").unwrap();
+        hold.release_write.store(true, SeqCst);
+        // Id 2's window is written (its ids taken, and settled, before the next window is
+        // read): the retry below is read in a later window.
+        assert!(
+            until(|| hold.writes.load(SeqCst) >= 2),
+            "{horizon:?}: id 2's write"
+        );
+        let again = e.put_with_id(id(1), b"a", b"again").unwrap();
+        assert!(
+            until(|| {
+                let s = e.stats();
+                s.duplicates >= 1 || s.batches >= batches + 3
+            }),
+            "{horizon:?}: the retry's window (a duplicate, or a batch of its own)"
+        );
+        assert!(
+            !original.is_done() && hold.held.load(SeqCst) >= 1,
+            "{horizon:?}: id 1's batch was not held in flight"
+        );
+        hold.hold_syncs.store(false, SeqCst);
+        let first = original.wait_timeout(WAIT_MAX).unwrap();
+        let Outcome::Written(seq1) = first else {
+            panic!("{horizon:?}: {first:?}")
+        };
+        assert!(second.wait_timeout(WAIT_MAX).unwrap().seq() > seq1);
+        assert_eq!(
+            again.wait_timeout(WAIT_MAX).unwrap(),
+            Outcome::Duplicate { seq: seq1 },
+            "{horizon:?}: a retry of id 1 while its batch was in flight"
+        );
+        assert_eq!(
+            e.read_to_vec(b"a").unwrap().as_deref(),
+            Some(&b"original"[..])
+        );
+        e.close().unwrap();
+        // `logged_ids` fails on an id logged twice.
+        assert_eq!(logged_ids(dir.path()).len(), 2, "{horizon:?}");
+    }
+}

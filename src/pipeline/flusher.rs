@@ -1324,10 +1324,11 @@ impl Flusher {
             // A retirement may have ids to carry from now on: the room for them is wanted.
             inner.ids_room.note_logged();
             // The window's ids are final (its refused requests' given back): the table may
-            // turn its generations now.
+            // turn its generations now, forgetting none of a batch not yet durable.
+            let durable = inner.live.durable_seq.load(Ordering::Acquire);
             let mut table = inner.ids.lock();
-            table.settle();
-            table.evict(now);
+            table.settle(durable);
+            table.evict(now, durable);
         }
         Ok(true)
     }

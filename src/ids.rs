@@ -328,19 +328,24 @@ pub(crate) struct IdEntry {
 /// table per id. With an age, a generation whose newest id is older than it is forgotten whole.
 /// The flusher changes it (one lock per window turn); `retire_before` and
 /// `Engine::request_id_seq` read it.
+///
+/// The previous generation is frozen (nothing enters it), so it is shared: a retirement takes
+/// it with a reference count under the engine's `ids` lock ([`Ids::carry_before`]) and reads
+/// it after; a turn or an age that finds it still shared leaves it to the retirement and
+/// starts a new table.
 pub(crate) struct Ids {
     current: Generation,
-    previous: Generation,
+    previous: std::sync::Arc<Generation>,
     /// One hasher for both tables: an id is hashed once per lookup.
     hasher: foldhash::fast::RandomState,
     horizon: IdHorizon,
-    /// Entries visited and compared by [`Ids::logged_before`], which runs under the engine's
+    /// Entries visited and compared by [`Ids::carry_before`], which runs under the engine's
     /// `ids` lock (for tests: the work a retirement does there).
     #[cfg(test)]
     work: std::cell::Cell<u64>,
 }
 
-#[derive(Default)]
+#[derive(Clone)]
 struct Generation {
     table: hashbrown::HashTable<(RequestId, IdEntry)>,
     /// The newest `IdEntry::time` in `table`.
@@ -348,6 +353,20 @@ struct Generation {
     /// The largest `IdEntry::seq` in `table` (0: none): the generation is forgotten only
     /// once that batch is durable.
     last_seq: u64,
+    /// At most the smallest `IdEntry::seq` in `table` (`u64::MAX`: none): a retirement of the
+    /// batches below it copies nothing of this generation.
+    first_seq: u64,
+}
+
+impl Default for Generation {
+    fn default() -> Self {
+        Generation {
+            table: Default::default(),
+            newest: 0,
+            last_seq: 0,
+            first_seq: u64::MAX,
+        }
+    }
 }
 
 impl Generation {
@@ -360,6 +379,14 @@ impl Generation {
         self.table.clear();
         self.newest = 0;
         self.last_seq = 0;
+        self.first_seq = u64::MAX;
+    }
+
+    /// Its ids logged in batches before `seq`, appended to `out`.
+    fn copy_before(&self, seq: u64, out: &mut Vec<(RequestId, IdEntry)>) {
+        if self.first_seq < seq {
+            out.extend(self.table.iter().filter(|(_, e)| e.seq < seq).copied());
+        }
     }
 
     /// Whether every batch its ids name is durable (`durable`: the last durable batch).
@@ -378,7 +405,7 @@ impl Ids {
     pub fn new(horizon: IdHorizon) -> Ids {
         Ids {
             current: Generation::default(),
-            previous: Generation::default(),
+            previous: Default::default(),
             hasher: Default::default(),
             horizon,
             #[cfg(test)]
@@ -402,10 +429,17 @@ impl Ids {
     pub fn untake(&mut self, id: RequestId) {
         use std::hash::BuildHasher;
         let hash = self.hasher.hash_one(id);
-        for generation in [&mut self.current, &mut self.previous] {
-            if let Ok(e) = generation.table.find_entry(hash, |(k, _)| *k == id) {
+        if let Ok(e) = self.current.table.find_entry(hash, |(k, _)| *k == id) {
+            e.remove();
+            return;
+        }
+        // Not reached: a window's ids enter the current generation, and the generations turn
+        // only once the window's ids are final. Were it, a retirement holding the previous
+        // generation keeps its own copy (and carries the id, which only remembers more).
+        if self.previous.find(hash, &id).is_some() {
+            let previous = std::sync::Arc::make_mut(&mut self.previous);
+            if let Ok(e) = previous.table.find_entry(hash, |(k, _)| *k == id) {
                 e.remove();
-                return;
             }
         }
     }
@@ -428,6 +462,7 @@ impl Ids {
         }
         self.current.newest = self.current.newest.max(entry.time);
         self.current.last_seq = self.current.last_seq.max(entry.seq);
+        self.current.first_seq = self.current.first_seq.min(entry.seq);
         Ok(())
     }
 
@@ -446,8 +481,15 @@ impl Ids {
     /// it costs a load of the durable batch per window with ids, and a comparison.
     pub fn settle(&mut self, durable: u64) {
         if self.current.table.len() >= self.horizon.ids && self.previous.durable(durable) {
-            std::mem::swap(&mut self.current, &mut self.previous);
-            self.current.clear();
+            match std::sync::Arc::get_mut(&mut self.previous) {
+                // Its table's allocation becomes the current one's.
+                Some(previous) => {
+                    std::mem::swap(&mut self.current, previous);
+                    self.current.clear();
+                }
+                // A retirement is reading it: it keeps it.
+                None => self.previous = std::sync::Arc::new(std::mem::take(&mut self.current)),
+            }
         }
     }
 
@@ -457,7 +499,10 @@ impl Ids {
         let Some(age) = self.horizon.age else { return };
         let oldest_kept = now.saturating_sub(nanos(age));
         if self.previous.newest < oldest_kept && self.previous.durable(durable) {
-            self.previous.clear();
+            match std::sync::Arc::get_mut(&mut self.previous) {
+                Some(previous) => previous.clear(),
+                None => self.previous = Default::default(),
+            }
         }
         if self.current.newest < oldest_kept && self.current.durable(durable) {
             self.current.clear();
@@ -469,23 +514,53 @@ impl Ids {
         self.current.table.len() + self.previous.table.len()
     }
 
-    /// The remembered ids logged in batches before `seq`, in no order ([`oldest_first`]
-    /// sorts them): a copy, one pass over both tables, taken under the engine's `ids` lock,
-    /// which the flusher takes per window with ids; the sort is left to the caller, after
-    /// the lock.
-    pub fn logged_before(&self, seq: u64) -> Vec<(RequestId, IdEntry)> {
+    /// What a retirement of the batches before `seq` carries, taken under the engine's `ids`
+    /// lock, which the flusher takes per window with ids: the frozen previous generation, by
+    /// reference, and a copy of the current one's ids logged before `seq` (none, without a
+    /// pass over it, when it holds none: a retirement of segments older than the current
+    /// generation). [`Carried::ids`] does the rest after the lock.
+    pub fn carry_before(&self, seq: u64) -> Carried {
+        let mut current = Vec::new();
         #[cfg(test)]
-        self.work.set(self.work.get() + self.len() as u64);
-        [&self.previous, &self.current]
-            .iter()
-            .flat_map(|g| g.table.iter())
-            .filter(|(_, e)| e.seq < seq)
-            .copied()
-            .collect()
+        if self.current.first_seq < seq {
+            self.work
+                .set(self.work.get() + self.current.table.len() as u64);
+        }
+        self.current.copy_before(seq, &mut current);
+        Carried {
+            previous: self.previous.clone(),
+            current,
+            seq,
+        }
+    }
+
+    /// The remembered ids logged in batches before `seq`, in no order: [`Ids::carry_before`]
+    /// and [`Carried::ids`] under one borrow.
+    #[cfg(test)]
+    pub fn logged_before(&self, seq: u64) -> Vec<(RequestId, IdEntry)> {
+        self.carry_before(seq).ids()
     }
 }
 
-/// Sorts ids [`Ids::logged_before`] copied out oldest first (by batch, then id), as the `ids`
+/// The remembered ids a retirement carries, as [`Ids::carry_before`] took them under the lock.
+pub(crate) struct Carried {
+    previous: std::sync::Arc<Generation>,
+    current: Vec<(RequestId, IdEntry)>,
+    seq: u64,
+}
+
+impl Carried {
+    /// The ids logged in batches before the retirement's, in no order ([`oldest_first`]
+    /// sorts them): the previous generation's read now, without the lock (nothing changes
+    /// it while it is shared), and the current one's copied under it.
+    pub fn ids(self) -> Vec<(RequestId, IdEntry)> {
+        let mut ids = self.current;
+        self.previous.copy_before(self.seq, &mut ids);
+        ids
+    }
+}
+
+/// Sorts ids [`Carried::ids`] gave oldest first (by batch, then id), as the `ids`
 /// file holds them.
 pub(crate) fn oldest_first(ids: &mut [(RequestId, IdEntry)]) {
     ids.sort_unstable_by_key(|(id, e)| (e.seq, *id));
@@ -962,16 +1037,23 @@ impl IdsRoom {
     /// id logged below `seq` to the `ids` file (replacing it), so that a reopen still
     /// remembers them. Nothing is written if there are none and there is no file to replace.
     pub fn carry_before(&self, ids: &Mutex<Ids>, seq: u64) -> Result<()> {
-        // The copy is taken under the lock, the sort (O(n log n) of up to twice the horizon's
-        // ids, 2^20 by default) made after it: the flusher takes the lock at every window
-        // with ids, and submits that ask `Engine::request_id_seq`, so they waited out the sort.
-        // Sorting the copy later changes no answer: a retry is answered from the table, which
-        // a retirement does not change, before and after it alike; the copy holds the ids
-        // logged below `seq`, every one in a batch already written (an id is given back only
-        // from the window being decided, past the log's end, so none of these is); and the
-        // file is written, with the same ids in the same order, before any segment is removed,
-        // as it was. What the flusher enters or forgets after the copy is not in it either way.
-        let mut carried = ids.lock().logged_before(seq);
+        // Under the lock only the previous generation's reference is taken, and the current
+        // one's ids below `seq` copied (none, without a pass, when the current generation
+        // begins at or past `seq`); the previous generation is read, and everything sorted
+        // (O(n log n) of up to twice the horizon's ids, 2^20 by default), after it: the
+        // flusher takes the lock at every window with ids, and submits that ask
+        // `Engine::request_id_seq`, so they waited out a pass over both tables and the sort.
+        // This changes no answer: a retry is answered from the table, which a retirement
+        // does not change, before and after it alike; the frozen generation read after the
+        // lock holds what it held under it (nothing enters it, and a turn or an age that
+        // finds it shared starts a new table rather than change it); what is carried is the
+        // ids logged below `seq`, every one in a batch already written (an id is given back
+        // only from the window being decided, past the log's end, so none of these is); and
+        // the file is written, with the same ids in the same order, before any segment is
+        // removed, as it was. What the flusher enters or forgets after the lock is not in it
+        // either way.
+        let carried = ids.lock().carry_before(seq);
+        let mut carried = carried.ids();
         oldest_first(&mut carried);
         if carried.is_empty() && !crate::log::dir::has_ids(&self.dir) {
             return Ok(());
@@ -1232,6 +1314,85 @@ mod tests {
         let found = carried(dir.path(), horizon).unwrap();
         let seqs: Vec<u64> = found.ids.iter().flatten().map(|e| e.1).collect();
         assert_eq!(seqs, (1..=N / 2).collect::<Vec<_>>(), "oldest first");
+    }
+
+    /// A retirement takes the frozen previous generation by reference under the `ids` lock,
+    /// and passes over the current one only if it holds ids the retirement carries: the
+    /// flusher's windows with ids waited out a copy of both tables (up to twice the horizon's
+    /// ids, 2^19 by default) at every retirement. The file holds the same ids either way, and
+    /// the table still answers for every id.
+    #[test]
+    fn a_retirement_passes_under_the_lock_over_the_current_generation_only() {
+        const N: u64 = 1024;
+        let horizon = IdHorizon {
+            ids: N as usize,
+            age: None,
+        };
+        let e = |seq| IdEntry { seq, time: seq };
+        let mut t = Ids::new(horizon);
+        // Batches 1..=N fill a generation, which turns; N + 1..=3N/2 are in the current one.
+        for n in 1..=N + N / 2 {
+            take(&mut t, id(n.into()), e(n)).unwrap();
+        }
+        let ids = Mutex::new(t);
+        let dir = tempfile::tempdir().unwrap();
+        let room = IdsRoom::new(&crate::log::io::real(), dir.path(), horizon);
+        for (below, work_max) in [(N + 1, 0), (N + N / 4 + 1, N / 2)] {
+            let before = ids.lock().work.get();
+            room.carry_before(&ids, below).unwrap();
+            let work = ids.lock().work.get() - before;
+            assert!(
+                work <= work_max,
+                "carrying the ids below batch {below} visited {work} entries under the ids \
+                 lock (at most {work_max}: the current generation's, if it holds any)"
+            );
+            // Read back under a horizon that keeps every id of the file.
+            let all = IdHorizon {
+                ids: 4 * N as usize,
+                age: None,
+            };
+            let found = carried(dir.path(), all).unwrap();
+            let seqs: Vec<u64> = found.ids.iter().flatten().map(|e| e.1).collect();
+            assert!(
+                seqs == (1..below).collect::<Vec<_>>(),
+                "below {below}: {seqs:?}"
+            );
+        }
+        let t = ids.lock();
+        assert!((1..=N + N / 2).all(|n| t.get(&id(n.into())) == Some(n)));
+    }
+
+    /// A retirement still reading the frozen generation when the flusher turns past it, or
+    /// ages it out: the retirement reads what it took, and the table goes on with a new one.
+    #[test]
+    fn a_frozen_generation_a_retirement_holds_is_left_to_it() {
+        let e = |seq| IdEntry { seq, time: seq };
+        let mut t = Ids::new(IdHorizon {
+            ids: 2,
+            age: Some(Duration::from_nanos(100)),
+        });
+        for n in 1..=3u64 {
+            take(&mut t, id(n.into()), e(n)).unwrap();
+        }
+        // Previous: 1 and 2; current: 3.
+        let held = t.carry_before(10);
+        // Two turns, then every generation aged out, all while it is held.
+        for n in 4..=7u64 {
+            take(&mut t, id(n.into()), e(n)).unwrap();
+        }
+        assert_eq!((t.get(&id(2)), t.get(&id(5)), t.len()), (None, Some(5), 3));
+        let again = t.carry_before(10);
+        t.evict(1_000, u64::MAX);
+        assert_eq!(t.len(), 0);
+        take(&mut t, id(8), e(1_000)).unwrap();
+        assert_eq!(t.get(&id(8)), Some(1_000));
+        let seqs = |c: Carried| {
+            let mut ids = c.ids();
+            oldest_first(&mut ids);
+            ids.iter().map(|(_, e)| e.seq).collect::<Vec<_>>()
+        };
+        assert_eq!(seqs(held), vec![1, 2, 3]);
+        assert_eq!(seqs(again), vec![5, 6, 7]);
     }
 
     #[test]

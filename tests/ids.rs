@@ -1200,3 +1200,77 @@ fn an_id_is_remembered_while_its_batch_is_in_flight_whatever_the_horizon() {
         assert_eq!(logged_ids(dir.path()).len(), 2, "{horizon:?}");
     }
 }
+
+/// Retries racing retirements while the table's generations turn (a horizon of 64 ids, so
+/// that a retirement often holds the frozen previous generation while the flusher turns past
+/// it): every retry of one of the newest 64 ids is a duplicate naming the original's batch,
+/// in this run and after a reopen (from the `ids` file the retirements wrote and the frames
+/// left), and no retry is applied.
+#[test]
+fn retries_racing_retirements_across_turns_of_the_generations_are_answered_with_the_originals_batch(
+) {
+    const IDS: u128 = 600;
+    const HORIZON: u128 = 64;
+    let config = Config {
+        request_ids: IdHorizon {
+            ids: HORIZON as usize,
+            age: None,
+        },
+        ..small_segments()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let e = std::sync::Arc::new(Engine::open(dir.path(), config.clone()).unwrap());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let retirer = {
+        let (e, stop) = (e.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut retired = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                retired += e.retire_before(e.durable_seq()).unwrap().segments;
+            }
+            retired
+        })
+    };
+    let value = vec![7u8; 1000];
+    let mut seqs = HashMap::new();
+    for n in 0..IDS {
+        let key = format!("k{}", n % 10);
+        let o = e.put_with_id(id(n), key.as_bytes(), &value).unwrap();
+        let Outcome::Written(seq) = o.wait().unwrap() else {
+            panic!("id {n}'s first submission is written")
+        };
+        seqs.insert(n, seq);
+        // The newest `HORIZON` ids are `n + 1 - HORIZON ..= n`.
+        for again in [
+            n,
+            n.saturating_sub(HORIZON / 2),
+            n.saturating_sub(HORIZON - 1),
+        ] {
+            let o = e.put_with_id(id(again), b"x", b"again").unwrap();
+            assert_eq!(
+                o.wait().unwrap(),
+                Outcome::Duplicate { seq: seqs[&again] },
+                "id {again} retried after id {n} was written"
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let retired = retirer.join().unwrap();
+    assert!(
+        retired >= 5,
+        "the retirements raced the retries: {retired} segments"
+    );
+    assert_eq!(e.read_to_vec(b"x").unwrap(), None, "no retry applied");
+    std::sync::Arc::into_inner(e).unwrap().close().unwrap();
+    let e = Engine::open(dir.path(), config).unwrap();
+    for n in IDS - HORIZON..IDS {
+        let o = e.put_with_id(id(n), b"x", b"again").unwrap();
+        assert_eq!(
+            o.wait().unwrap(),
+            Outcome::Duplicate { seq: seqs[&n] },
+            "id {n} after the reopen"
+        );
+    }
+    assert_eq!(e.read_to_vec(b"x").unwrap(), None, "no retry applied");
+    e.close().unwrap();
+}

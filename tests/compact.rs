@@ -6,7 +6,7 @@ mod common;
 
 use common::log::{read_log, replay, segment_files};
 use common::model::state_diff;
-use common::{engine_state, wait_ok, State, WAIT_MAX};
+use common::{engine_state, position, wait_ok, State, WAIT_MAX};
 use mergelog::internals::io::{Io, IoOp};
 use mergelog::{
     AutoCompaction, Compaction, Config, Durability, Engine, Error, LogReader, Seq, WriteBatch,
@@ -858,7 +858,7 @@ fn a_consumer_holds_compaction_back_until_it_commits() {
     let c = engine.compact().expect("compact");
     assert_eq!(c.segments, 0, "{c:?}");
     assert_eq!(c.records_copied, 0, "nothing copied that cannot be retired");
-    assert_eq!(c.held_back_by, Some(("audit".to_string(), Seq::new(0))));
+    assert_eq!(c.held_back_by, Some(position("audit", 0)));
     assert_eq!(segment_files(dir).len(), before);
 
     // The consumer reads everything, skipping nothing (there is no compaction batch yet),

@@ -61,6 +61,14 @@ pub fn env_u64(name: &str) -> Option<u64> {
     })
 }
 
+/// Consumer `name` at committed batch `committed`, as the engine's reports name one.
+pub fn position(name: &str, committed: u64) -> mergelog::ConsumerPosition {
+    mergelog::ConsumerPosition {
+        name: name.to_owned(),
+        committed: mergelog::Seq::new(committed),
+    }
+}
+
 /// Waits for a ticket, failing the test on an error or a hang.
 pub fn wait_ok(ticket: &Ticket, ctx: &str) {
     ticket

@@ -107,8 +107,11 @@ fn demo(dir: Option<PathBuf>) -> Result<()> {
         bank.engine().segments().len()
     );
     let held = bank.retire_consumed()?;
-    if let Some((name, seq)) = held.held_back_by {
-        println!("bank:   retirement held back: consumer {name} has committed batch {seq}");
+    if let Some(consumer) = held.held_back_by {
+        println!(
+            "bank:   retirement held back: consumer {} has committed batch {}",
+            consumer.name, consumer.committed
+        );
     }
     run_ledger(&dir, until, true)?;
     run_ledger(&dir, until, false)?;

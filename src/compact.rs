@@ -165,7 +165,7 @@ pub struct Compacted {
     pub first_seq: Seq,
     /// The durable consumer that held it back, with its committed batch: compaction only
     /// takes segments every consumer has passed, as `retire_before` does.
-    pub held_back_by: Option<(String, Seq)>,
+    pub held_back_by: Option<crate::ConsumerPosition>,
 }
 
 /// The most bytes of records one compaction batch copies (more if a single record is
@@ -1051,7 +1051,7 @@ fn run_auto(inner: &Inner, policy: AutoCompaction, stop: &AtomicBool) {
         let held_moved = || {
             held_at.is_some_and(|at| {
                 crate::consumer::retire_limit(&inner.dir, u64::MAX)
-                    .map_or(true, |(_, by)| by.map(|(_, c)| c.get()) != Some(at))
+                    .map_or(true, |(_, by)| by.map(|c| c.committed.get()) != Some(at))
             })
         };
         if spell.is_some() && (spell != spell_seen || held_moved()) {
@@ -1066,7 +1066,7 @@ fn run_auto(inner: &Inner, policy: AutoCompaction, stop: &AtomicBool) {
             held_at = done
                 .filter(|d| d.segments == 0)
                 .and_then(|d| d.held_back_by)
-                .map(|(_, c)| c.get());
+                .map(|c| c.committed.get());
             continue;
         }
         if last_run_at == Some(last) {

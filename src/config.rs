@@ -1,6 +1,6 @@
 //! Every limit of the engine, named once and validated once, at `Engine::open`.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, RequestLimit, Result};
 use crate::log::format;
 use crate::merge::MergeOperator;
 use std::time::Duration;
@@ -494,12 +494,12 @@ impl Config {
     }
 
     /// The largest request (ring payload) this configuration accepts.
-    pub(crate) fn request_len_max(&self, ring_payload_max: usize) -> (usize, &'static str) {
+    pub(crate) fn request_len_max(&self, ring_payload_max: usize) -> (usize, RequestLimit) {
         let batch = self.batch_bytes_max - crate::ring::RECORD_HEADER;
         if ring_payload_max <= batch {
-            (ring_payload_max, "ring record (ring_bytes / 4)")
+            (ring_payload_max, RequestLimit::RingRecord)
         } else {
-            (batch, "batch_bytes_max")
+            (batch, RequestLimit::BatchBytesMax)
         }
     }
 }

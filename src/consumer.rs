@@ -197,13 +197,20 @@ pub(crate) fn load(dir: &Path, name: &str) -> Result<Option<u64>> {
 /// made that commit fail with the rename's error (a consumer process beside a writer that
 /// restarts, as `examples/ledger`'s); removed between commits, it took the handle's room
 /// on a full disk.
-pub(crate) fn pull_back_past(io: &SharedIo, dir: &Path, last: u64) -> Result<Vec<(String, Seq)>> {
+pub(crate) fn pull_back_past(
+    io: &SharedIo,
+    dir: &Path,
+    last: u64,
+) -> Result<Vec<ConsumerPosition>> {
     dir::remove_consumer_leftovers(&**io, dir)?;
     let mut pulled = Vec::new();
     for (name, committed) in load_all(dir)? {
         if committed > last {
             dir::write_consumer(&**io, dir, &name, &encode(last))?;
-            pulled.push((name, Seq::new(committed)));
+            pulled.push(ConsumerPosition {
+                name,
+                committed: Seq::new(committed),
+            });
         }
     }
     Ok(pulled)
@@ -224,11 +231,15 @@ pub(crate) fn load_all(dir: &Path) -> Result<Vec<(String, u64)>> {
 /// How far `Engine::retire_before(seq)` may retire with the consumers of `dir`: before
 /// `min(seq, committed + 1)` over all of them, and the consumer that set that limit (its
 /// name and committed batch), if one did.
-pub(crate) fn retire_limit(dir: &Path, seq: u64) -> Result<(u64, Option<(String, Seq)>)> {
+pub(crate) fn retire_limit(dir: &Path, seq: u64) -> Result<(u64, Option<ConsumerPosition>)> {
     let slowest = load_all(dir)?.into_iter().min_by_key(|(_, c)| *c);
     Ok(match slowest {
         Some((name, c)) if c.saturating_add(1) < seq => {
-            (c.saturating_add(1), Some((name, Seq::new(c))))
+            let committed = Seq::new(c);
+            (
+                c.saturating_add(1),
+                Some(ConsumerPosition { name, committed }),
+            )
         }
         _ => (seq, None),
     })
@@ -609,6 +620,18 @@ impl Iterator for Consumer {
         }
         r
     }
+}
+
+/// A durable consumer and the last batch it committed: the one that held a retirement or a
+/// compaction back ([`Retired::held_back_by`](crate::Retired::held_back_by),
+/// [`Compacted::held_back_by`](crate::Compacted::held_back_by)), or one an open set back
+/// ([`OpenReport::consumers_set_back`](crate::OpenReport::consumers_set_back)).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ConsumerPosition {
+    /// Its name, as given to `Engine::consumer`.
+    pub name: String,
+    /// The last batch it committed.
+    pub committed: Seq,
 }
 
 /// A consumer, its lag behind the durable log.

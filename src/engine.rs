@@ -4,7 +4,7 @@
 
 use crate::compact::{self, AutoCompactor, Compacted, Compaction, Space};
 use crate::config::{Backpressure, Config, Durability};
-use crate::consumer::{self, OpenConsumers};
+use crate::consumer::{self, ConsumerPosition, OpenConsumers};
 use crate::error::{Error, Result};
 use crate::ids::{self, RequestId};
 use crate::index::{Index, ValueRef};
@@ -49,14 +49,15 @@ pub struct OpenReport {
     /// open accepted (`None` after a clean close).
     pub tail_rewritten: Option<u64>,
     /// Durable consumers whose committed position lay past the log's last batch, each with
-    /// that position: each was set back to the last batch (its file replaced), so it sees the
+    /// that position (its `committed`, as it was before the open): each was set back to the last batch (its file replaced), so it sees the
     /// batches written next under those numbers. Possible only after batches a consumer had
     /// committed were lost: read by a consumer of the directory before they were synced,
     /// never synced under `Durability::NoSync`, or cut by `RecoveryMode::PointInTime`.
-    pub consumers_set_back: Vec<(String, Seq)>,
+    pub consumers_set_back: Vec<ConsumerPosition>,
 }
 
-/// One segment file of the log ([`Engine::segments`]).
+/// One segment file of the log ([`Engine::segments`], [`LogReader::segments`]).
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SegmentInfo {
     /// Sequence number of its first batch (also its file name).
@@ -65,6 +66,16 @@ pub struct SegmentInfo {
     pub path: PathBuf,
     /// Its size in bytes (preallocated: the whole file, written or not).
     pub bytes: u64,
+}
+
+impl SegmentInfo {
+    pub(crate) fn of(segment: &Segment) -> SegmentInfo {
+        SegmentInfo {
+            first_seq: Seq::new(segment.id),
+            path: segment.path.clone(),
+            bytes: segment.size,
+        }
+    }
 }
 
 /// What [`Engine::retire_before`] removed.
@@ -84,7 +95,7 @@ pub struct Retired {
     /// The consumer that held the retirement back, if one did: its name and its committed
     /// batch (history was retired only before the batch after it). `None` if no consumer
     /// was behind the batch asked for (and always for `retire_before_forced`).
-    pub held_back_by: Option<(String, Seq)>,
+    pub held_back_by: Option<ConsumerPosition>,
 }
 
 /// The write batching engine over one log directory. `Send + Sync`: share it by reference
@@ -298,7 +309,7 @@ impl Engine {
             return Err(Error::RequestTooLarge {
                 len,
                 max: inner.request_len_max,
-                limit: inner.request_limit_name,
+                limit: inner.request_limit,
             });
         }
         Ok(())
@@ -341,7 +352,7 @@ impl Engine {
             Err(PushError::TooLarge) => Err(Error::RequestTooLarge {
                 len,
                 max: inner.ring.max_payload(),
-                limit: "ring record (ring_bytes / 4)",
+                limit: crate::error::RequestLimit::RingRecord,
             }),
         }
     }
@@ -894,11 +905,7 @@ impl Engine {
             .segments
             .read()
             .iter()
-            .map(|s| SegmentInfo {
-                first_seq: Seq::new(s.id),
-                path: s.path.clone(),
-                bytes: s.size,
-            })
+            .map(|s| SegmentInfo::of(s))
             .collect()
     }
 

@@ -79,7 +79,7 @@ pub enum Error {
         /// The largest request the configuration accepts.
         max: usize,
         /// Which limit it exceeds.
-        limit: &'static str,
+        limit: RequestLimit,
     },
     /// A `WriteBatch` submitted (`Engine::write` and its forms) holds no operations. Nothing
     /// was submitted; there was nothing to write.
@@ -283,6 +283,32 @@ pub enum Error {
         /// The error the log met making the segment (an [`Error::Io`] naming the file).
         cause: Arc<Error>,
     },
+}
+
+/// Which limit a request refused with [`Error::RequestTooLarge`] exceeds. Its `Display` is
+/// the limit as the error's message names it.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RequestLimit {
+    /// `Config::batch_bytes_max` (less a ring record's header): the largest request when
+    /// it is below a ring record.
+    BatchBytesMax,
+    /// A ring record: a quarter of `Config::ring_bytes` (less its header).
+    RingRecord,
+    /// One frame in an empty segment (`Config::segment_bytes` less the segment's header):
+    /// never reached by a request `Config::validate` accepts; refused rather than written
+    /// past a segment's end.
+    SegmentBytes,
+}
+
+impl fmt::Display for RequestLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RequestLimit::BatchBytesMax => "batch_bytes_max",
+            RequestLimit::RingRecord => "ring record (ring_bytes / 4)",
+            RequestLimit::SegmentBytes => "segment_bytes (one frame in an empty segment)",
+        })
+    }
 }
 
 impl Error {

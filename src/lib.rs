@@ -161,11 +161,11 @@ pub use config::{
     SEGMENT_BYTES_MAX,
 };
 #[cfg(not(loom))]
-pub use consumer::{Consumer, ConsumerInfo};
+pub use consumer::{Consumer, ConsumerInfo, ConsumerPosition};
 #[cfg(not(loom))]
 pub use engine::{Engine, OpenReport, Retired, SegmentInfo};
 #[cfg(not(loom))]
-pub use error::{Error, Result};
+pub use error::{Error, RequestLimit, Result};
 #[cfg(not(loom))]
 pub use ids::{IdHorizon, IdTicket, Outcome, RequestId};
 #[cfg(not(loom))]

@@ -8,6 +8,7 @@
 
 use crate::config::RecoveryMode;
 use crate::consumer::{self, Consumer, ConsumerInfo};
+use crate::engine::SegmentInfo;
 use crate::error::{Error, Result};
 use crate::ids::RequestId;
 use crate::log::format::segment_file_name;
@@ -520,12 +521,10 @@ impl LogReader {
         self.segments.len()
     }
 
-    /// The segment files in log order, with their sizes.
-    pub fn segment_files(&self) -> Vec<(PathBuf, u64)> {
-        self.segments
-            .iter()
-            .map(|s| (s.path.clone(), s.size))
-            .collect()
+    /// The segment files in log order, as [`Engine::segments`](crate::Engine::segments)
+    /// gives them: each one's first batch, path and size.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.segments.iter().map(|s| SegmentInfo::of(s)).collect()
     }
 
     /// Each segment's path, file size and the bytes this view holds of it: its header and

@@ -2,7 +2,7 @@
 //! (`common::local`), so a call inside one that blocks the thread keeps the others from
 //! running (the task that would end the wait among them), and the watchdog fails the test
 //! naming the task the thread is stuck in; a lost wake-up leaves a task unpolled, and the
-//! watchdog says so. The flusher or the syncer is held by a storage hook ([`Stall`]) that a
+//! watchdog says so. The flusher or the syncer is held by a storage hook ([`stall`]) that a
 //! task on the same thread lets go, so the release itself depends on the thread being free.
 //!
 //! Cases: a full ring under `Backpressure::Block`; the consumer-lag throttle, released by a
@@ -13,71 +13,21 @@
 
 mod common;
 
+use common::hold::Hold;
 use common::local::{self, poll_once, task, Task};
 use common::WAIT_MAX;
-use mergelog::internals::io::{Io, IoOp};
+use mergelog::internals::io::IoOp;
 use mergelog::{Backpressure, Config, ConsumerLag, Engine, Error, Seq};
 use std::future::poll_fn;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-/// Holds every `op` on a segment file while armed, until [`Stall::release`] (or, so that a
-/// failed test leaves no engine thread stuck, `2 * WAIT_MAX`); then the held operations and
-/// later ones fail with EIO if the release says so.
-struct Stall {
-    op: IoOp,
-    armed: AtomicBool,
-    released: AtomicBool,
-    fail: AtomicBool,
-    /// Operations held so far.
-    entered: AtomicUsize,
-}
-
-impl Stall {
-    fn new(op: IoOp) -> Arc<Stall> {
-        Arc::new(Stall {
-            op,
-            armed: AtomicBool::new(true),
-            released: AtomicBool::new(false),
-            fail: AtomicBool::new(false),
-            entered: AtomicUsize::new(0),
-        })
-    }
-
-    /// Lets the held operations go: failed with EIO if `fail`.
-    fn release(&self, fail: bool) {
-        self.fail.store(fail, Ordering::SeqCst);
-        self.released.store(true, Ordering::SeqCst);
-    }
-
-    /// Waits until an operation is held (the flusher or the syncer is stalled).
-    fn wait_entered(&self) {
-        let deadline = Instant::now() + WAIT_MAX;
-        while self.entered.load(Ordering::SeqCst) == 0 {
-            assert!(Instant::now() < deadline, "hung: nothing reached the stall");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-}
-
-impl Io for Stall {
-    fn before(&self, op: IoOp, path: &Path, _: u64, _: &[u8]) -> std::io::Result<()> {
-        let segment = path.extension().is_some_and(|e| e == "seg");
-        if op != self.op || !segment || !self.armed.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        self.entered.fetch_add(1, Ordering::SeqCst);
-        let deadline = Instant::now() + 2 * WAIT_MAX;
-        while !self.released.load(Ordering::SeqCst) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(std::io::Error::from_raw_os_error(libc::EIO));
-        }
-        Ok(())
-    }
+/// Holds every `op` on a segment file from the start, until the test lets them go.
+fn stall(op: IoOp) -> Arc<Hold> {
+    let stall = Hold::of(op);
+    stall.hold_every();
+    stall
 }
 
 const VALUE_LEN: usize = 1000;
@@ -111,10 +61,10 @@ fn small_ring() -> Config {
 
 /// Opens `dir` through `stall`, and holds the flusher (a stalled write) or the syncer (a
 /// stalled sync) with a first put, submitted from this thread; returns its ticket.
-fn open_stalled(dir: &Path, config: Config, stall: &Arc<Stall>) -> (Arc<Engine>, mergelog::Ticket) {
+fn open_stalled(dir: &Path, config: Config, stall: &Arc<Hold>) -> (Arc<Engine>, mergelog::Ticket) {
     let engine = Arc::new(Engine::open_with_io(dir, config, stall.clone()).expect("open"));
     let first = engine.put(b"first", b"held").expect("put");
-    stall.wait_entered();
+    assert!(stall.wait_held(1), "hung: nothing reached the stall");
     (engine, first)
 }
 
@@ -143,7 +93,7 @@ fn is_the_sync_failure(e: &Error) -> bool {
 fn a_full_ring_waits_as_futures_and_the_task_that_frees_it_runs() {
     const CLIENTS: usize = 400;
     let tmp = tempfile::tempdir().unwrap();
-    let stall = Stall::new(IoOp::Write);
+    let stall = stall(IoOp::Write);
     let (engine, first) = open_stalled(tmp.path(), small_ring(), &stall);
     let submitted = Arc::new(AtomicUsize::new(0));
     let mut tasks: Vec<Task<mergelog::Result<Option<Seq>>>> = (0..CLIENTS)
@@ -161,7 +111,7 @@ fn a_full_ring_waits_as_futures_and_the_task_that_frees_it_runs() {
         let (stall, submitted, fitted) = (stall.clone(), submitted.clone(), fitted.clone());
         async move {
             fitted.store(submitted.load(Ordering::SeqCst), Ordering::SeqCst);
-            stall.release(false);
+            stall.release();
             Ok(None)
         }
     }));
@@ -263,7 +213,7 @@ enum End {
 fn close_from_a_task_ends_every_future_waiting_on_the_same_thread() {
     const CLIENTS: usize = 400;
     let tmp = tempfile::tempdir().unwrap();
-    let stall = Stall::new(IoOp::Write);
+    let stall = stall(IoOp::Write);
     let (engine, first) = open_stalled(tmp.path(), small_ring(), &stall);
     let follower = engine.follow(1);
     let consumer = engine.consumer("reader").unwrap();
@@ -299,7 +249,7 @@ fn close_from_a_task_ends_every_future_waiting_on_the_same_thread() {
     tasks.push(task("close", {
         let (engine, stall) = (engine.clone(), stall.clone());
         async move {
-            stall.release(false);
+            stall.release();
             engine.close()?;
             Ok(End::Closer)
         }
@@ -352,7 +302,7 @@ async fn stream_to_the_close(mut follower: mergelog::Follower) -> mergelog::Resu
 fn the_engine_dropped_in_a_task_ends_the_futures_waiting_on_the_same_thread() {
     const CLIENTS: usize = 200;
     let tmp = tempfile::tempdir().unwrap();
-    let stall = Stall::new(IoOp::Sync);
+    let stall = stall(IoOp::Sync);
     let (engine, first) = open_stalled(tmp.path(), Config::default(), &stall);
     let tickets: Vec<mergelog::Ticket> = (0..CLIENTS)
         .map(|i| engine.put(&key(i), &value(i)).expect("put"))
@@ -372,7 +322,7 @@ fn the_engine_dropped_in_a_task_ends_the_futures_waiting_on_the_same_thread() {
     tasks.push(task("drop the engine", {
         let stall = stall.clone();
         async move {
-            stall.release(false);
+            stall.release();
             drop(Arc::into_inner(engine).expect("the last handle"));
             Ok(End::Closer)
         }
@@ -399,7 +349,7 @@ fn futures_dropped_while_they_wait_leave_the_engine_working() {
     const QUITTERS: usize = 200;
     const LATER: usize = 200;
     let tmp = tempfile::tempdir().unwrap();
-    let stall = Stall::new(IoOp::Write);
+    let stall = stall(IoOp::Write);
     let (engine, first) = open_stalled(tmp.path(), small_ring(), &stall);
 
     /// How a quitter gave up.
@@ -432,7 +382,7 @@ fn futures_dropped_while_they_wait_leave_the_engine_working() {
     tasks.push(task("release the flusher", {
         let stall = stall.clone();
         async move {
-            stall.release(false);
+            stall.release();
             Ok(Quit::Released)
         }
     }));
@@ -481,7 +431,7 @@ fn futures_dropped_while_they_wait_leave_the_engine_working() {
 fn a_failed_sync_wakes_thousands_of_waiting_futures_with_the_error() {
     const CLIENTS: usize = 4000;
     let tmp = tempfile::tempdir().unwrap();
-    let stall = Stall::new(IoOp::Sync);
+    let stall = stall(IoOp::Sync);
     let config = Config {
         ring_bytes: 256 << 10,
         ..small_ring()
@@ -503,7 +453,7 @@ fn a_failed_sync_wakes_thousands_of_waiting_futures_with_the_error() {
         let (stall, submitted, fitted) = (stall.clone(), submitted.clone(), fitted.clone());
         async move {
             fitted.store(submitted.load(Ordering::SeqCst), Ordering::SeqCst);
-            stall.release(true);
+            stall.release_failing();
             Ok(Seq::new(0))
         }
     }));
@@ -531,8 +481,7 @@ fn a_failed_sync_wakes_thousands_of_waiting_futures_with_the_error() {
 fn a_failed_sync_lets_go_of_thousands_of_throttled_futures() {
     const CLIENTS: usize = 2000;
     let tmp = tempfile::tempdir().unwrap();
-    let stall = Stall::new(IoOp::Sync);
-    stall.armed.store(false, Ordering::SeqCst);
+    let stall = Hold::syncs();
     let config = Config {
         consumer_lag_max: Some(ConsumerLag {
             batches: Some(2),
@@ -547,9 +496,9 @@ fn a_failed_sync_lets_go_of_thousands_of_throttled_futures() {
     }
     // The sync held (then failed) is this put's; the consumer made after it lags by the
     // three batches before it, past the limit.
-    stall.armed.store(true, Ordering::SeqCst);
+    stall.hold_every();
     let held = engine.put(b"held", b"v").unwrap();
-    stall.wait_entered();
+    assert!(stall.wait_held(1), "hung: nothing reached the stall");
     let consumer = engine.consumer("never").unwrap();
     let mut tasks: Vec<Task<mergelog::Result<Seq>>> = (0..CLIENTS)
         .map(|i| {
@@ -564,7 +513,7 @@ fn a_failed_sync_lets_go_of_thousands_of_throttled_futures() {
         let (engine, stall, throttled) = (engine.clone(), stall.clone(), throttled.clone());
         async move {
             throttled.store(engine.counts().throttled as usize, Ordering::SeqCst);
-            stall.release(true);
+            stall.release_failing();
             Ok(Seq::new(0))
         }
     }));

@@ -302,7 +302,7 @@ fn a_backup_of_a_log_with_a_torn_tail_holds_its_valid_part() {
     let reader = LogReader::open(&src).unwrap();
     let last_batch = reader.batches().last().unwrap().to_owned();
     let end = reader.end_offset();
-    let (path, _) = reader.segment_files().pop().unwrap();
+    let path = reader.segments().pop().unwrap().path;
     drop(reader);
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[end as usize - 12] ^= 0xff;

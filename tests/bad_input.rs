@@ -9,7 +9,8 @@ use common::log::{read_log, replay};
 use common::{engine_state, State, WAIT_MAX};
 use mergelog::internals::format::{frame_len, SEGMENT_HEADER_LEN};
 use mergelog::{
-    Backpressure, Config, Durability, Engine, Error, MergeOperator, WindowPolicy, WriteBatch,
+    Backpressure, Config, Durability, Engine, Error, MergeOperator, RequestLimit, WindowPolicy,
+    WriteBatch,
 };
 use std::path::PathBuf;
 use std::time::Duration;
@@ -267,16 +268,17 @@ fn value_length_limit_is_checked_by_put_and_batch() {
 
 /// Finds the largest request `config` accepts by provoking `RequestTooLarge` with a value
 /// of `probe` bytes, then checks both sides of it: a put of exactly the limit is accepted and
-/// round-trips, one byte more is refused naming `limit_setting`, and a batch over the limit
-/// is refused whole.
-fn check_request_limit(config: Config, probe: usize, limit_setting: &str) {
+/// round-trips, one byte more is refused as over `expected` (its message naming
+/// `limit_setting`), and a batch over the limit is refused whole.
+fn check_request_limit(config: Config, probe: usize, expected: RequestLimit, limit_setting: &str) {
     let mut s = Store::new(config);
     let key = b"big".as_slice();
     let (len, max) = match s.engine().put(key, &vec![1; probe]) {
         Err(e @ Error::RequestTooLarge { len, max, limit }) => {
+            assert_eq!(limit, expected, "{e:?}");
             assert!(
-                names(limit, limit_setting),
-                "{e:?}: limit {limit:?} should name {limit_setting}"
+                names(&limit.to_string(), limit_setting),
+                "{e:?}: limit {limit} should name {limit_setting}"
             );
             assert_names(&e, &[limit_setting, &len.to_string(), &max.to_string()]);
             (len, max)
@@ -315,7 +317,7 @@ fn request_larger_than_a_ring_record_is_refused() {
         segment_bytes: 2 << 20,
         ..base()
     };
-    check_request_limit(config, 32 << 10, "ring_bytes");
+    check_request_limit(config, 32 << 10, RequestLimit::RingRecord, "ring_bytes");
 }
 
 #[test]
@@ -326,7 +328,12 @@ fn request_larger_than_batch_bytes_max_is_refused() {
         segment_bytes: 64 << 10,
         ..base()
     };
-    check_request_limit(config, 10 << 10, "batch_bytes_max");
+    check_request_limit(
+        config,
+        10 << 10,
+        RequestLimit::BatchBytesMax,
+        "batch_bytes_max",
+    );
 }
 
 #[test]

@@ -4,9 +4,10 @@
 
 mod common;
 
+use common::hold::Hold;
 use common::log::{read_log, replay, segment_files};
 use common::model::state_diff;
-use common::{engine_state, wait_ok, State, WAIT_MAX};
+use common::{engine_state, position, wait_ok, State, WAIT_MAX};
 use mergelog::internals::io::{Io, IoOp};
 use mergelog::{
     AutoCompaction, Compaction, Config, Durability, Engine, Error, LogReader, Seq, WriteBatch,
@@ -411,33 +412,6 @@ fn a_key_written_while_its_copy_is_in_a_chunk_keeps_the_new_value() {
     }
 }
 
-/// Holds up the first segment sync after it is armed until it is opened.
-#[derive(Default)]
-struct SyncGate {
-    armed: std::sync::atomic::AtomicBool,
-    held: std::sync::atomic::AtomicBool,
-    open: std::sync::Mutex<bool>,
-    opened: std::sync::Condvar,
-}
-
-struct GatedSync(Arc<SyncGate>);
-
-impl Io for GatedSync {
-    fn before(&self, op: IoOp, path: &Path, _: u64, _: &[u8]) -> std::io::Result<()> {
-        use std::sync::atomic::Ordering::SeqCst;
-        let g = &self.0;
-        let seg = path.extension().is_some_and(|e| e == "seg");
-        if op == IoOp::Sync && seg && g.armed.swap(false, SeqCst) {
-            g.held.store(true, SeqCst);
-            let mut open = g.open.lock().unwrap();
-            while !*open {
-                open = g.opened.wait(open).unwrap();
-            }
-        }
-        Ok(())
-    }
-}
-
 /// `retire_before` while a compaction batch is written and its sync not yet returned: the
 /// batch holds a copy of a key whose record lies in the segments retired. Either the key is
 /// forgotten (counted in `keys_forgotten`, gone live and after a reopen) or it stays (not
@@ -449,13 +423,12 @@ impl Io for GatedSync {
 fn a_key_retire_before_forgets_never_comes_back_from_a_compaction_batch() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let gate = Arc::new(SyncGate::default());
+    let gate = Hold::syncs();
     let cfg = Config {
         syncers: 1,
         ..config()
     };
-    let engine =
-        Engine::open_with_io(dir, cfg.clone(), Arc::new(GatedSync(gate.clone()))).expect("open");
+    let engine = Engine::open_with_io(dir, cfg.clone(), gate.clone()).expect("open");
     wait_ok(&engine.put(b"victim", b"old value").unwrap(), "victim");
     // The same keys over and over: the early segments hold little that is live besides the
     // victim.
@@ -469,21 +442,16 @@ fn a_key_retire_before_forgets_never_comes_back_from_a_compaction_batch() {
     let segments = engine.segments();
     assert!(segments.len() >= 3, "{segments:?}");
     let retire_to = segments[1].first_seq;
-    gate.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    gate.hold_next();
     let (compacted, retired) = std::thread::scope(|s| {
         let engine = &engine;
         let compactor = s.spawn(move || engine.compact());
         // The compaction batch holding the victim's copy is written; its sync is held.
-        let deadline = Instant::now() + WAIT_MAX;
-        while !gate.held.load(std::sync::atomic::Ordering::SeqCst) {
-            assert!(Instant::now() < deadline, "no sync was held");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        assert!(gate.wait_held(1), "no sync was held");
         let retirer = s.spawn(move || engine.retire_before(retire_to));
         // Give the retirement time to run ahead of the copy's sync, as it used to.
         std::thread::sleep(Duration::from_millis(50));
-        *gate.open.lock().unwrap() = true;
-        gate.opened.notify_all();
+        gate.release();
         (
             compactor.join().expect("compactor"),
             retirer.join().expect("retirer").expect("retire_before"),
@@ -858,7 +826,7 @@ fn a_consumer_holds_compaction_back_until_it_commits() {
     let c = engine.compact().expect("compact");
     assert_eq!(c.segments, 0, "{c:?}");
     assert_eq!(c.records_copied, 0, "nothing copied that cannot be retired");
-    assert_eq!(c.held_back_by, Some(("audit".to_string(), Seq::new(0))));
+    assert_eq!(c.held_back_by, Some(position("audit", 0)));
     assert_eq!(segment_files(dir).len(), before);
 
     // The consumer reads everything, skipping nothing (there is no compaction batch yet),

@@ -13,7 +13,7 @@ mod common;
 
 use common::log::segment_files;
 use common::power::EIO;
-use common::WAIT_MAX;
+use common::{position, WAIT_MAX};
 use mergelog::internals::io::{Io, IoOp};
 use mergelog::{Config, Consumer, Engine, Error, LogReader, OwnedBatch, Seq};
 use std::io;
@@ -438,7 +438,7 @@ fn retirement_is_held_back_by_the_slowest_consumer() {
     // Nothing committed: nothing goes.
     let r = engine.retire_before(last).expect("retire");
     assert_eq!(r.segments, 0);
-    assert_eq!(r.held_back_by, Some(("fast".to_owned(), Seq::new(0))));
+    assert_eq!(r.held_back_by, Some(position("fast", 0)));
 
     // The slow one commits past the second segment's start, the fast one further.
     let upto = files[2].0; // the first batch of the third segment
@@ -451,7 +451,7 @@ fn retirement_is_held_back_by_the_slowest_consumer() {
     }
     fast.commit(last).expect("commit");
     let r = engine.retire_before(last).expect("retire");
-    assert_eq!(r.held_back_by, Some(("slow".to_owned(), Seq::new(upto))));
+    assert_eq!(r.held_back_by, Some(position("slow", upto)));
     assert_eq!(
         r.segments,
         2,
@@ -897,7 +897,7 @@ fn a_position_past_the_logs_end_is_set_back_at_open() {
     assert!(engine.open_report().truncated.is_some());
     assert_eq!(
         engine.open_report().consumers_set_back,
-        vec![("c".to_owned(), Seq::new(3))]
+        vec![position("c", 3)]
     );
     // The next write is batch 3 again, and the consumer sees it.
     let seq = engine.put(b"again", b"second").unwrap().wait().unwrap();

@@ -130,8 +130,8 @@ fn build_fixture() -> Fixture {
     for i in 0.. {
         if i >= MIN_BATCHES && i % 10 == 0 {
             let reader = engine.replay().expect("replay while open");
-            let files = reader.segment_files();
-            let last = &files.last().expect("a segment").0;
+            let files = reader.segments();
+            let last = &files.last().expect("a segment").path;
             let in_last = reader.batches().filter(|b| b.segment() == last).count();
             if files.len() >= 4 && in_last >= MIN_LAST_SEGMENT_FRAMES {
                 break;
@@ -175,7 +175,7 @@ fn build_fixture() -> Fixture {
     // and check it against the model: one frame per request, in order.
     let reader =
         LogReader::open_with(dir.path(), RecoveryMode::AbsoluteConsistency).expect("reader");
-    let seg_files = reader.segment_files();
+    let seg_files = reader.segments();
     let mut frames = Vec::new();
     let mut state = State::new();
     for (i, b) in reader.batches().enumerate() {
@@ -189,7 +189,7 @@ fn build_fixture() -> Fixture {
         );
         let seg = seg_files
             .iter()
-            .position(|(p, _)| p == b.segment())
+            .position(|s| s.path == b.segment())
             .expect("batch segment is listed");
         // The records, and the trailer (request ids and commit time) after them.
         let body_len: u64 = b
@@ -213,11 +213,11 @@ fn build_fixture() -> Fixture {
     );
     let files: Vec<(String, Vec<u8>)> = seg_files
         .iter()
-        .map(|(p, size)| {
-            let bytes = std::fs::read(p).expect("read segment");
-            assert_eq!(bytes.len() as u64, *size);
-            assert_eq!(*size, SEGMENT_BYTES);
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        .map(|s| {
+            let bytes = std::fs::read(&s.path).expect("read segment");
+            assert_eq!(bytes.len() as u64, s.bytes);
+            assert_eq!(s.bytes, SEGMENT_BYTES);
+            let name = s.path.file_name().unwrap().to_string_lossy().into_owned();
             (name, bytes)
         })
         .collect();

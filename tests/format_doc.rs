@@ -540,7 +540,11 @@ fn agree(dir: &Path) -> DocLog {
             .iter()
             .map(|s| (s.path.clone(), s.header.size))
             .collect::<Vec<_>>(),
-        reader.segment_files(),
+        reader
+            .segments()
+            .into_iter()
+            .map(|s| (s.path, s.bytes))
+            .collect::<Vec<_>>(),
         "segment files"
     );
     if let Some(first) = doc.segments.first() {

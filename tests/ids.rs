@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::hold::Hold;
 use common::{block_on, WAIT_MAX};
 use mergelog::internals::format::{
     frame_len, record_len, FrameWriter, RecordOp, SegmentHeader, FLAG_SORTED, FORMAT_VERSION,
@@ -966,47 +967,14 @@ fn retries_racing_retirements_are_answered_with_the_originals_batch() {
     e.close().unwrap();
 }
 
-/// Holds every sync of a segment file while armed, until released: the batches written
-/// meanwhile stay in flight (written, not durable).
-#[derive(Default)]
-struct HoldSyncs {
-    armed: std::sync::atomic::AtomicBool,
-    held: std::sync::atomic::AtomicUsize,
-}
-
-impl mergelog::internals::io::Io for HoldSyncs {
-    fn before(
-        &self,
-        op: mergelog::internals::io::IoOp,
-        path: &std::path::Path,
-        _: u64,
-        _: &[u8],
-    ) -> std::io::Result<()> {
-        use std::sync::atomic::Ordering::SeqCst;
-        let segment = path.extension().is_some_and(|e| e == "seg");
-        if op != mergelog::internals::io::IoOp::Sync || !segment {
-            return Ok(());
-        }
-        let deadline = std::time::Instant::now() + WAIT_MAX;
-        if self.armed.load(SeqCst) {
-            self.held.fetch_add(1, SeqCst);
-        }
-        while self.armed.load(SeqCst) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        Ok(())
-    }
-}
-
 /// One id under two batches never: a resubmission of an id whose original is in flight
 /// (written, its sync held) or earlier in the same window is a duplicate of the original's
 /// batch, from the blocking and the asynchronous forms alike, a put's, a batch's and a
 /// delete's, and with the smallest horizon (one id); the log holds each id once.
 #[test]
 fn an_id_in_flight_or_earlier_in_its_window_is_a_duplicate_on_both_paths() {
-    use std::sync::atomic::Ordering::SeqCst;
     let dir = tempfile::tempdir().unwrap();
-    let hold = std::sync::Arc::new(HoldSyncs::default());
+    let hold = Hold::syncs();
     let config = Config {
         request_ids: IdHorizon { ids: 1, age: None },
         window: mergelog::WindowPolicy::Linger(Duration::from_millis(20)),
@@ -1014,11 +982,9 @@ fn an_id_in_flight_or_earlier_in_its_window_is_a_duplicate_on_both_paths() {
         ..Config::default()
     };
     let e = Engine::open_with_io(dir.path(), config.clone(), hold.clone()).unwrap();
-    hold.armed.store(true, SeqCst);
+    hold.hold_every();
     let original = e.put_with_id(id(1), b"a", b"original").unwrap();
-    while hold.held.load(SeqCst) == 0 {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    assert!(hold.wait_held(1), "no sync was held");
     // In flight: id 1's batch is written, its sync held. Then id 2 twice in one window (the
     // linger holds it open), and id 1 again in it, each from both forms.
     let mut batch = WriteBatch::new();
@@ -1032,7 +998,7 @@ fn an_id_in_flight_or_earlier_in_its_window_is_a_duplicate_on_both_paths() {
         block_on(Box::pin(e.delete_with_id_async(id(1), b"a"))).unwrap(),
     ];
     assert!(!original.is_done(), "id 1's batch was not held in flight");
-    hold.armed.store(false, SeqCst);
+    hold.release();
     let first = original.wait_timeout(WAIT_MAX).unwrap();
     let outcomes: Vec<Outcome> = again
         .into_iter()

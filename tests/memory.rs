@@ -13,9 +13,11 @@
 mod common;
 mod counting;
 
+use common::hold::{Both, Hold};
 use common::{wait_ok, WAIT_MAX};
+use mergelog::internals::io::IoOp;
 use mergelog::{Compaction, Config, Engine, LogReader, MergeOperator, WindowPolicy, WriteBatch};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// One measure at a time: the counters are the process's.
@@ -485,78 +487,6 @@ fn windows_of_many_writes_keep_only_a_bounded_room_for_the_next() {
     engine.close().unwrap();
 }
 
-/// A gate on the log's storage: while armed, the next write of a segment (once) and every
-/// sync of one wait until let through; each says when it waits.
-#[derive(Default)]
-struct Gates {
-    state: Mutex<GateState>,
-    changed: std::sync::Condvar,
-}
-
-#[derive(Default)]
-struct GateState {
-    write_armed: bool,
-    write_waiting: bool,
-    sync_armed: bool,
-    sync_waiting: bool,
-    /// Writes of a segment seen (once let through, if held).
-    writes: usize,
-}
-
-impl Gates {
-    fn wait_for(&self, what: &str, ready: impl Fn(&GateState) -> bool) {
-        let s = self.state.lock().unwrap();
-        let (_s, timeout) = self
-            .changed
-            .wait_timeout_while(s, WAIT_MAX, |s| !ready(s))
-            .unwrap();
-        assert!(!timeout.timed_out(), "hung: {what}");
-    }
-
-    fn set(&self, f: impl FnOnce(&mut GateState)) {
-        f(&mut self.state.lock().unwrap());
-        self.changed.notify_all();
-    }
-}
-
-impl mergelog::internals::io::Io for Gates {
-    fn before(
-        &self,
-        op: mergelog::internals::io::IoOp,
-        path: &std::path::Path,
-        _offset: u64,
-        _data: &[u8],
-    ) -> std::io::Result<()> {
-        use mergelog::internals::io::IoOp;
-        if path.extension().is_none_or(|e| e != "seg") {
-            return Ok(());
-        }
-        let mut s = self.state.lock().unwrap();
-        if op == IoOp::Write {
-            s.writes += 1;
-            self.changed.notify_all();
-        }
-        match op {
-            IoOp::Write if s.write_armed => {
-                s.write_waiting = true;
-                self.changed.notify_all();
-                let s = self.changed.wait_while(s, |s| s.write_armed).unwrap();
-                drop(s);
-                self.set(|s| s.write_waiting = false);
-            }
-            IoOp::Sync if s.sync_armed => {
-                s.sync_waiting = true;
-                self.changed.notify_all();
-                let s = self.changed.wait_while(s, |s| s.sync_armed).unwrap();
-                drop(s);
-                self.set(|s| s.sync_waiting = false);
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-}
-
 /// A merge onto a value too long for the flusher to copy (over 64 KiB) while the window that
 /// wrote it is in flight reads the value from the frame written for it, not yet durable. The
 /// put's window is held in its write until the merge is in the ring (so it goes to a syncer,
@@ -566,34 +496,36 @@ impl mergelog::internals::io::Io for Gates {
 fn a_merge_onto_a_long_value_in_flight_sees_it() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let gates = std::sync::Arc::new(Gates::default());
+    let (writes, syncs) = (Hold::of(IoOp::Write), Hold::syncs());
     let cfg = Config {
         merge: Some(MergeOperator::Append { max_len: 1 << 20 }),
         window: WindowPolicy::Linger(Duration::from_secs(10)),
         window_age_max: Duration::from_secs(10),
         ..Config::default()
     };
-    let engine = Engine::open_with_io(dir.path(), cfg, gates.clone()).unwrap();
+    let both = Arc::new(Both(writes.clone(), syncs.clone()));
+    let engine = Engine::open_with_io(dir.path(), cfg, both).unwrap();
     let long = value((64 << 10) + 1, 9);
     let first = engine.put(b"k", b"old").unwrap();
     wait_ok(&engine.flush().unwrap(), "flush");
     wait_ok(&first, "put");
-    gates.set(|s| {
-        s.write_armed = true;
-        s.sync_armed = true;
-    });
+    writes.hold_every();
+    syncs.hold_every();
     let put = engine.put(b"k", &long).unwrap();
     let cut = engine.flush().unwrap();
-    gates.wait_for("the put's frame written", |s| s.write_waiting);
+    assert!(writes.wait_held(1), "hung: the put's frame written");
     let merge = engine.merge(b"k", b"+").unwrap();
     let cut_merge = engine.flush().unwrap();
-    let writes_before = gates.state.lock().unwrap().writes;
-    gates.set(|s| s.write_armed = false);
-    gates.wait_for("the put's window synced", |s| s.sync_waiting);
+    let writes_before = writes.seen();
+    writes.release();
+    assert!(syncs.wait_held(1), "hung: the put's window synced");
     // The merge's frame written (its merge resolved before) while the put's is not durable.
-    gates.wait_for("the merge's frame written", |s| s.writes > writes_before);
-    assert!(gates.state.lock().unwrap().sync_waiting);
-    gates.set(|s| s.sync_armed = false);
+    assert!(
+        writes.wait_seen(writes_before + 1),
+        "hung: the merge's frame written"
+    );
+    assert!(syncs.waiting() > 0);
+    syncs.release();
     for t in [&put, &cut, &merge, &cut_merge] {
         wait_ok(t, "write");
     }

@@ -449,7 +449,7 @@ fn a_log_reader_slice_never_changes_under_it() {
     let record = batch.records().next().unwrap();
     let held: &[u8] = record.value;
     let copy = held.to_vec();
-    let mapped_by_reader = reader.segment_files();
+    let mapped_by_reader = reader.segments();
     while engine.counts().segments.reused < 3 {
         put_one(&engine, i);
         i += 1;

@@ -288,7 +288,7 @@ fn check_batches_from(reader: &LogReader, all: &[OwnedBatch], ctx: &str) {
         last + 100,
         u64::MAX,
     ];
-    for (path, _) in reader.segment_files() {
+    for path in reader.segments().into_iter().map(|s| s.path) {
         let id: u64 = path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -791,7 +791,7 @@ fn a_follower_reports_damage_before_the_last_segment_instead_of_waiting_at_it() 
         let reader = engine.replay().unwrap();
         let first: Vec<_> = reader
             .batches()
-            .take_while(|b| b.segment() == reader.segment_files()[0].0)
+            .take_while(|b| b.segment() == reader.segments()[0].path)
             .map(|b| (b.seq().get(), b.segment().to_owned(), b.offset()))
             .collect();
         first[first.len() / 2].clone()
@@ -956,11 +956,11 @@ fn a_follower_reports_bytes_after_the_frames_of_a_complete_segment_as_recovery_d
     engine.close().unwrap();
     drop(engine);
     let reader = LogReader::open(dir.path()).unwrap();
-    let files = reader.segment_files();
-    let second = files[1].0.clone();
+    let files = reader.segments();
+    let second = files[1].path.clone();
     let (first_path, end, last_in_first) = reader
         .batches()
-        .filter(|b| b.segment() == files[0].0)
+        .filter(|b| b.segment() == files[0].path)
         .map(|b| {
             (
                 b.segment().to_owned(),
@@ -1053,7 +1053,7 @@ fn a_directory_follower_judges_only_the_segments_from_its_position_on() {
     let (last_seq, [_, _, third]) = three_segments(dir.path());
     let view = LogReader::open(dir.path()).unwrap();
     let (path, offset) = damage_batch_3(dir.path());
-    assert_eq!(path, view.segment_files()[0].0);
+    assert_eq!(path, view.segments()[0].path);
     let mut later = view.follow(third);
     for seq in third..=last_seq {
         let b = later.next_timeout(WAIT_MAX).unwrap().expect("a batch");

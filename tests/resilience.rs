@@ -16,8 +16,8 @@
 
 mod common;
 
+use common::hold::Hold;
 use common::{engine_state, within, State, WAIT_MAX};
-use mergelog::internals::io::IoOp;
 use mergelog::{Config, Engine, Error, Ticket, WriteBatch};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::future::Future;
@@ -518,35 +518,6 @@ impl Wake for PanickingWaker {
     }
 }
 
-/// Holds every sync of a segment while closed (up to `WAIT_MAX`, so that a test that forgets
-/// to open it fails instead of hanging).
-#[derive(Default)]
-struct SyncGate {
-    closed: AtomicBool,
-}
-
-impl SyncGate {
-    fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-    }
-
-    fn open(&self) {
-        self.closed.store(false, Ordering::SeqCst);
-    }
-}
-
-impl mergelog::internals::io::Io for SyncGate {
-    fn before(&self, op: IoOp, path: &Path, _: u64, _: &[u8]) -> std::io::Result<()> {
-        let segment = path.extension().is_some_and(|e| e == "seg");
-        let give_up = Instant::now() + WAIT_MAX;
-        while op == IoOp::Sync && segment && self.closed.load(Ordering::SeqCst) {
-            assert!(Instant::now() < give_up, "the sync gate was never opened");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        Ok(())
-    }
-}
-
 /// A ticket awaited as a future with a waker that panics when woken: the panic is caught
 /// (user wakers are called through `sync::wake_user`), so the engine carries on: a later put
 /// completes, nothing failed, and close returns `Ok`. (This test accepted a failed engine
@@ -555,16 +526,16 @@ impl mergelog::internals::io::Io for SyncGate {
 fn panicking_waker_does_not_leave_tickets_hanging() {
     let _turn = serial();
     let dir = tempfile::tempdir().unwrap();
-    let gate = Arc::new(SyncGate::default());
+    let gate = Hold::syncs();
     let engine = Engine::open_with_io(dir.path(), config(), gate.clone()).expect("open");
     let engine = Arc::new(engine);
     // The put's sync waits until the ticket has been polled, so that the waker is
     // registered before the put completes, however the threads are scheduled.
-    gate.close();
+    gate.hold_every();
     let mut t = engine.put(b"k", b"v").expect("put");
     let w = Waker::from(Arc::new(PanickingWaker));
     let polled = Pin::new(&mut t).poll(&mut Context::from_waker(&w));
-    gate.open();
+    gate.release();
     assert!(
         polled.is_pending(),
         "the put was durable before it was polled"

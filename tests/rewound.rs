@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{wait_ok, WAIT_MAX};
+use common::{position, wait_ok, WAIT_MAX};
 use mergelog::{Config, Engine, Error, Follower, LogReader, RecoveryMode, SegmentInfo, Seq};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -300,7 +300,7 @@ fn a_directory_consumer_reports_the_rewind_and_commits_nothing_more() {
     let engine = damage_and_reopen(dir.path(), 10);
     assert_eq!(
         engine.open_report().consumers_set_back,
-        vec![("c".to_owned(), Seq::new(15))]
+        vec![position("c", 15)]
     );
     for i in 10..=25 {
         put(&engine, i, 200, b'n');

@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::hold::Hold;
+
 use mergelog::{Backpressure, Config, ConsumerLag, Engine, MergeOperator, Seq};
 use std::future::Future;
 use std::pin::Pin;
@@ -289,34 +291,6 @@ fn a_throttle_waker_that_polls_inline_does_not_deadlock_the_commit() {
     assert!(inline.done.load(Ordering::SeqCst));
 }
 
-/// Holds every sync of a segment file while `held` is set (bounded, so that a test that
-/// forgets to let it go fails instead of hanging).
-#[derive(Default)]
-struct HoldSyncs {
-    held: AtomicBool,
-}
-
-impl mergelog::internals::io::Io for HoldSyncs {
-    fn before(
-        &self,
-        op: mergelog::internals::io::IoOp,
-        path: &std::path::Path,
-        _: u64,
-        _: &[u8],
-    ) -> std::io::Result<()> {
-        let segment = path.extension().is_some_and(|e| e == "seg");
-        let give_up = Instant::now() + common::WAIT_MAX;
-        while op == mergelog::internals::io::IoOp::Sync
-            && segment
-            && self.held.load(Ordering::SeqCst)
-        {
-            assert!(Instant::now() < give_up, "the syncs were never let go");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        Ok(())
-    }
-}
-
 /// A task of an executor that has gone away: its waker is the last reference to it, and the
 /// task owns the last handle on the engine. Waking it drops it, and the engine with it, on
 /// whichever thread woke it. Reports on `dropped` once the engine's drop has returned.
@@ -347,11 +321,11 @@ impl Drop for OrphanTask {
 #[test]
 fn the_last_engine_dropped_in_a_waker_on_an_engine_thread_closes_it() {
     let dir = tempfile::tempdir().unwrap();
-    let hold = Arc::new(HoldSyncs::default());
+    let hold = Hold::syncs();
     let engine =
         Arc::new(Engine::open_with_io(dir.path(), Config::default(), hold.clone()).expect("open"));
     // The put's sync waits until its ticket has been polled: the waker is registered first.
-    hold.held.store(true, Ordering::SeqCst);
+    hold.hold_every();
     let mut ticket = engine.put(b"k", b"v").expect("put");
     let (tx, dropped) = mpsc::channel();
     let task = Arc::new(OrphanTask {
@@ -367,7 +341,7 @@ fn the_last_engine_dropped_in_a_waker_on_an_engine_thread_closes_it() {
     );
     // The engine's waker list now holds the only reference to the task, and so to the engine.
     drop(waker);
-    hold.held.store(false, Ordering::SeqCst);
+    hold.release();
     match dropped.recv_timeout(common::WAIT_MAX) {
         Ok(()) => {}
         Err(mpsc::RecvTimeoutError::Timeout) => {

@@ -397,8 +397,8 @@ pub fn real_log_dirs() -> Vec<Vec<u8>> {
     drop(engine);
     let reader = LogReader::open(&dir).expect("reopen");
     let frames: Vec<(u64, Vec<u8>)> = {
-        let files = reader.segment_files();
-        let image = std::fs::read(&files[0].0).expect("read");
+        let files = reader.segments();
+        let image = std::fs::read(&files[0].path).expect("read");
         reader
             .batches()
             .map(|b| {

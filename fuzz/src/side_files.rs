@@ -530,7 +530,7 @@ pub fn side_files(data: &[u8]) {
         .open_report()
         .consumers_set_back
         .iter()
-        .map(|(n, s)| (n.clone(), s.get()))
+        .map(|c| (c.name.clone(), c.committed.get()))
         .collect();
     for c in &consumers {
         let committed = c.committed.get();

@@ -333,7 +333,7 @@ impl Log {
                 return Err(Error::RequestTooLarge {
                     len,
                     max,
-                    limit: "segment_bytes (one frame in an empty segment)",
+                    limit: crate::error::RequestLimit::SegmentBytes,
                 });
             }
             self.roll()?;

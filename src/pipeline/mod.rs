@@ -119,7 +119,7 @@ pub(crate) struct Inner {
     /// Ring position up to which a `flush()` asked for an immediate cut.
     pub(crate) flush_to: AtomicU64,
     pub(crate) request_len_max: usize,
-    pub(crate) request_limit_name: &'static str,
+    pub(crate) request_limit: crate::error::RequestLimit,
     /// Sequence number of the last durable batch, and whether the pipeline has stopped (for
     /// in-process followers).
     pub(crate) live: Arc<LiveLog>,
@@ -264,7 +264,7 @@ pub(crate) fn start(
         retire_lock.clone(),
     ));
     let (ring, consumer) = ring::ring(config.ring_bytes);
-    let (request_len_max, request_limit_name) = config.request_len_max(ring.max_payload());
+    let (request_len_max, request_limit) = config.request_len_max(ring.max_payload());
     let completion = Arc::new(Completion::at(
         ring.head(),
         recovered.next_seq.saturating_sub(1),
@@ -288,7 +288,7 @@ pub(crate) fn start(
         clock: quanta::Clock::new(),
         flush_to: AtomicU64::new(0),
         request_len_max,
-        request_limit_name,
+        request_limit,
         live,
         throttle,
         queued: AtomicUsize::new(0),

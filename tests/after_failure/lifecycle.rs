@@ -3,13 +3,13 @@
 //! `close` after a failure keeps reporting it; a close whose last sync fails acknowledges
 //! nothing that sync covered; dropping an engine releases every file it held.
 
+use crate::common::hold::Hold;
 use crate::common::{within, WAIT_MAX};
 use crate::hooks::{segment, Inject};
 use mergelog::internals::io::IoOp;
 use mergelog::{Compaction, Config, Engine, Error, Seq, WriteBatch};
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -234,25 +234,18 @@ fn close_after_a_failure_returns_it_every_time() {
 #[test]
 fn a_close_whose_last_sync_fails_returns_it_and_acknowledges_nothing_it_covered() {
     let dir = tempfile::tempdir().unwrap();
-    let hook = Arc::new(HoldThenFail::default());
+    let hook = Hold::syncs();
     let engine = Engine::open_with_io(dir.path(), config(), hook.clone()).expect("open");
     engine
         .put(b"a", b"1")
         .unwrap()
         .wait_timeout(WAIT_MAX)
         .unwrap();
-    hook.armed.store(true, Ordering::SeqCst);
+    hook.hold_every();
     let tickets: Vec<_> = (0..50u32)
         .map(|i| engine.put(&i.to_le_bytes(), b"v").unwrap())
         .collect();
-    within("the held sync", {
-        let hook = hook.clone();
-        move || {
-            while !hook.holding.load(Ordering::SeqCst) {
-                std::thread::yield_now();
-            }
-        }
-    });
+    assert!(hook.wait_held(1), "hung: no sync was held");
     let engine = Arc::new(engine);
     let closing = engine.clone();
     let closer = std::thread::spawn(move || closing.close());
@@ -265,7 +258,7 @@ fn a_close_whose_last_sync_fails_returns_it_and_acknowledges_nothing_it_covered(
             }
         }
     });
-    hook.holding.store(false, Ordering::SeqCst);
+    hook.release_failing();
     let closed = within("close", move || closer.join().expect("closer"));
     assert!(matches!(closed, Err(Error::Failed(_))), "{closed:?}");
     assert!(matches!(engine.close(), Err(Error::Failed(_))));
@@ -276,35 +269,6 @@ fn a_close_whose_last_sync_fails_returns_it_and_acknowledges_nothing_it_covered(
     drop(engine);
     let again = Engine::open(dir.path(), config()).expect("reopen");
     assert_eq!(again.read_to_vec(b"a").unwrap().as_deref(), Some(&b"1"[..]));
-}
-
-/// Once armed, holds the first segment sync until `holding` is cleared (bounded), then fails
-/// it and every later one with EIO.
-#[derive(Default)]
-struct HoldThenFail {
-    armed: AtomicBool,
-    holding: AtomicBool,
-    held_once: AtomicBool,
-}
-
-impl mergelog::internals::io::Io for HoldThenFail {
-    fn before(&self, op: IoOp, path: &std::path::Path, _: u64, _: &[u8]) -> std::io::Result<()> {
-        if op != IoOp::Sync || !segment(path) || !self.armed.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        if !self.held_once.swap(true, Ordering::SeqCst) {
-            self.holding.store(true, Ordering::SeqCst);
-            let give_up = std::time::Instant::now() + WAIT_MAX;
-            while self.holding.load(Ordering::SeqCst) {
-                assert!(
-                    std::time::Instant::now() < give_up,
-                    "the sync was never let go"
-                );
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-        }
-        Err(std::io::Error::from_raw_os_error(libc::EIO))
-    }
 }
 
 /// Descriptors of this process open on a file under `dir` (other tests of this process

@@ -10,12 +10,15 @@
 //! - [`log`]: a log directory on disk: its segment files (through the library's one listing,
 //!   `mergelog::internals::list_segments`), its prepared and pool files, the contents of all
 //!   its files, and its frames decoded with the format module;
+//! - [`hold`]: an `Io` hook that holds the segments' syncs (or another operation on them)
+//!   until the test lets them go;
 //! - [`power`]: the power-loss model, an `Io` hook (`faults.rs`, `after_failure/`);
 //! - [`seeds`]: which seeds a seeded test runs, and running many of them.
 
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod hold;
 pub mod local;
 pub mod log;
 pub mod model;
@@ -59,6 +62,14 @@ pub fn env_u64(name: &str) -> Option<u64> {
             .parse()
             .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
     })
+}
+
+/// Consumer `name` at committed batch `committed`, as the engine's reports name one.
+pub fn position(name: &str, committed: u64) -> mergelog::ConsumerPosition {
+    mergelog::ConsumerPosition {
+        name: name.to_owned(),
+        committed: mergelog::Seq::new(committed),
+    }
 }
 
 /// Waits for a ticket, failing the test on an error or a hang.

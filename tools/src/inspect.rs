@@ -283,7 +283,9 @@ pub(crate) struct Log {
 pub(crate) fn open(dir: &Path) -> Result<Log, CliError> {
     match logdir::open(dir, RecoveryMode::PointInTime) {
         Ok(reader) => Ok(Log {
-            segments: reader.segment_files(),
+            segments: (reader.segments().into_iter())
+                .map(|s| (s.path, s.bytes))
+                .collect(),
             damage: reader
                 .damage()
                 .map(|d| DamageJson::new(&d.path, d.offset, &d.reason)),
@@ -1091,8 +1093,10 @@ mod tests {
             scan.rows_compared
         );
         // Every batch counted in its own segment's row.
-        for (row, (path, _)) in scan.report.segments.iter().zip(log.reader.segment_files()) {
-            let n = log.reader.batches().filter(|b| b.segment() == path).count() as u64;
+        for (row, segment) in scan.report.segments.iter().zip(log.reader.segments()) {
+            let n = (log.reader.batches())
+                .filter(|b| b.segment() == segment.path)
+                .count() as u64;
             assert_eq!(row.batches, n, "{}", row.file);
         }
     }

@@ -233,7 +233,7 @@ fn tail_garbage(
     reader: &LogReader,
     last_end: Option<(PathBuf, u64)>,
 ) -> Result<Option<Damage>, CliError> {
-    let Some((last, _size)) = reader.segment_files().pop() else {
+    let Some(last) = reader.segments().pop().map(|s| s.path) else {
         return Ok(None);
     };
     if logdir::is_recycled(&last) {

@@ -49,9 +49,9 @@ fn put_round(engine: &Engine, round: u32) {
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
     LogReader::open(dir)
         .unwrap()
-        .segment_files()
+        .segments()
         .into_iter()
-        .map(|(p, _)| p)
+        .map(|s| s.path)
         .collect()
 }
 

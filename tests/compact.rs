@@ -1050,10 +1050,12 @@ fn auto_compaction_reuses_what_it_retires_and_close_keeps_the_configured_pool() 
     let reused = c.segments.reused - at_first.reused;
     // Not all: a run that comes late (the writers here outpace the compactor, more so on a
     // loaded machine) finds the pool dry, and the margin the pool learns from it
-    // (`Pool::keep_for_next_run`) only covers the next. Seen: 4-16 of about 100 fresh;
-    // keeping only `recycle_segments` would make about two in three fresh.
+    // (`Pool::keep_for_next_run`) only covers the next. Seen: 4-16 of about 100 fresh on a
+    // quiet machine, and once 44 (56 reused) with the machine's two cores busy with other
+    // builds and tests; keeping only `recycle_segments` would make about two in three fresh
+    // (reused about half of fresh). The bound sits between: more reused than fresh.
     assert!(
-        reused > 2 * fresh,
+        reused > fresh,
         "retired files not reused: {fresh} fresh and {reused} reused since the first run"
     );
     assert_eq!(engine_state(&engine), state);

@@ -76,7 +76,10 @@
 //! The store refuses a write its next open would refuse as damage ("Errors"), which no
 //! openraft node makes: entries that do not go on from the log's end or its purged id,
 //! entries of a term above the vote or below the entry before, a vote below the last log
-//! id's term. openraft's storage suite (`openraft::testing::Suite`) makes such writes in its
+//! id's term, a committed log id past the last log id or other than its entry's (at or below
+//! the purged log id's index any is taken: no entry is left there), a truncate below the
+//! committed log id, a purge to a term above the first entry it keeps or, past the log's
+//! end, above the vote's. openraft's storage suite (`openraft::testing::Suite`) makes such writes in its
 //! fixtures: `tests/suite.rs` runs it on a store built with the hidden
 //! `LogStore::without_write_checks`, which takes them (and whose directory may then not
 //! open again); never for a node.
@@ -128,10 +131,12 @@
 //!   record), and write errors from the engine (a failed sync makes every later write fail,
 //!   `Error::Failed`, until a reopen). openraft stops the node on any storage error; restart
 //!   it (a new open) once the cause is dealt with.
-//! - An append or a vote that the next open would refuse ("mergelog-raft: append refused
-//!   (nothing written): entry T2-N1-5 does not go on from the log's end: ...", "... vote
-//!   refused ..."), before anything of it is written: a caller driving the store by hand
-//!   wrote what no Raft node writes. The store goes on; nothing was acknowledged.
+//! - A write that the next open would refuse ("mergelog-raft: append refused (nothing
+//!   written): entry T2-N1-5 does not go on from the log's end: ...", "... vote refused
+//!   ...", "... committed log id refused (nothing written): the committed log id T2-N1-5 is
+//!   past the last log id T2-N1-3; ...", "... truncate refused ...", "... purge refused
+//!   ..."), before anything of it is written: a caller driving the store by hand wrote what
+//!   no Raft node writes. The store goes on; nothing was acknowledged.
 //!
 //! ## How it stores the log
 //!
@@ -162,7 +167,8 @@
 //! - `save_committed` keeps the id for the next append's first batch (or a purge's,
 //!   [`LogStore::close`], or the store's drop, which does not wait to submit it): no request
 //!   of its own.
-//! - `truncate` deletes the conflicting suffix; `purge` deletes the prefix and then retires
+//! - `truncate` deletes the conflicting suffix (its first batch logs a committed id the
+//!   log does not hold yet, so that the one it holds is never past the cut); `purge` deletes the prefix and then retires
 //!   the engine's whole segments before it (`Engine::retire_before`), after rewriting the
 //!   meta keys so that retiring never forgets them.
 //! - Under `Backpressure::Reject` a write the engine refuses for a full ring or for a
@@ -975,8 +981,8 @@ where
     committed_unsaved: bool,
     /// An append nothing earlier waits on waits for its own entries (`append_waits`).
     append_waits: bool,
-    /// `append` and `save_vote` refuse what the next open would refuse (default; off only for
-    /// openraft's storage suite: [`LogStore::without_write_checks`]).
+    /// `append`, `save_vote`, `save_committed`, `truncate` and `purge` refuse what the next open
+    /// would refuse (default; off only for openraft's storage suite: [`LogStore::without_write_checks`]).
     checks_writes: bool,
     last_purged: Option<LogId<Nid<C>>>,
     last_log: Option<LogId<Nid<C>>>,
@@ -1211,7 +1217,11 @@ where
             let id = entry.get_log_id();
             // `None` past the last index, where no log goes on.
             let expected = next.checked_add(k as u64);
-            let refused = if Some(id.index) != expected {
+            let refused = if id.index == u64::MAX {
+                Some(format!(
+                    "entry {id} is at the last index (u64::MAX), where no log can go on"
+                ))
+            } else if Some(id.index) != expected {
                 let end = match (k, &self.last_log) {
                     (0, Some(last)) => {
                         format!("the log's next index is {next} (its last log id is {last})")
@@ -1251,6 +1261,92 @@ where
             before = Some(id.clone());
         }
         Ok(())
+    }
+
+    /// Refuses a committed log id the next open would refuse once it is logged: one past the
+    /// last log id (the last entry's, or the purged log id with no entry; any on an empty log
+    /// with no purged log id), or one whose index holds an entry of another log id. At or
+    /// below the purged log id's index it is taken whatever its term: no entry is left there
+    /// to compare it with, and the open compares none. openraft saves only the id of an
+    /// entry it appended (or of the snapshot the log was purged to).
+    fn check_committed(&self, committed: Option<&LogId<Nid<C>>>) -> StoreResult<(), C> {
+        let Some(c) = committed else {
+            return Ok(());
+        };
+        let refused = match &self.last_log {
+            None => Some("past the end of an empty log".to_string()),
+            Some(l) if c.index > l.index => Some(format!("past the last log id {l}")),
+            // Already checked (the open's, or this call's), or the last entry's: no read.
+            Some(l) if l == c || self.committed.as_ref() == Some(c) => None,
+            Some(_) if c.index < self.shared.bounds().0 => None,
+            // An entry that does not read is a read error of its own, and the open passes
+            // over it too.
+            Some(_) => match self.shared.read_one(c.index) {
+                Ok(Some(entry)) if entry.get_log_id() != c => Some(format!(
+                    "not that of entry {}, {}",
+                    c.index,
+                    entry.get_log_id()
+                )),
+                _ => None,
+            },
+        };
+        match refused {
+            Some(what) => {
+                let e = CodecError::Refused(
+                    "committed log id",
+                    format!("the committed log id {c} is {what}"),
+                );
+                Err(io_err(StorageIOError::write, &e))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses a purge the next open would refuse: to the last index (no log goes on after
+    /// it), to a log id of a term (leader id) above that of the first entry kept (terms never
+    /// go down along the log, from the purged log id on), or past the log's end, where the
+    /// purged log id becomes the last log id, to a term above the vote's. openraft purges to
+    /// log ids of its log or of a snapshot taken from a leader whose vote it saved.
+    fn check_purge(&self, purged: &LogId<Nid<C>>) -> StoreResult<(), C> {
+        let (_, next) = self.shared.bounds();
+        let refused = match purged.index.checked_add(1) {
+            None => Some(format!(
+                "the purged log id {purged} is at the last index (u64::MAX), where no log can go on"
+            )),
+            // An entry kept: the first one. (One that does not read is passed over, as the
+            // open does.)
+            Some(kept) if kept < next => match self.shared.read_one(kept) {
+                Ok(Some(entry)) if entry.get_log_id().leader_id < purged.leader_id => {
+                    Some(format!(
+                        "the purged log id {purged} is of a term (leader id) above that of entry \
+                         {kept} after it, {}: terms never go down along a Raft log",
+                        entry.get_log_id()
+                    ))
+                }
+                _ => None,
+            },
+            Some(_) => {
+                let vote_term = self.vote.as_ref().map_or(0, |v| v.leader_id().term);
+                (purged.leader_id.term > vote_term).then(|| {
+                    let vote = match &self.vote {
+                        Some(v) => format!("the vote {v}"),
+                        None => "no vote (term 0)".into(),
+                    };
+                    format!(
+                        "the purged log id {purged}, then the last log id, is of a term above \
+                         that of {vote}: a node saves a leader's vote before it takes the \
+                         leader's snapshot"
+                    )
+                })
+            }
+        };
+        match refused {
+            Some(what) => {
+                let e = CodecError::Refused("purge", what);
+                Err(io_err(StorageIOError::write_logs, &e))
+            }
+            None => Ok(()),
+        }
     }
 
     /// Logs the committed id if the log does not hold it yet (it waits for the next append
@@ -1606,6 +1702,9 @@ where
         // covers. A put of its own would be a request of its own in every window beside
         // each append's, and the engine writes a lone waiter's window on the waiter's thread
         // only after a window of one request.
+        if self.checks_writes {
+            self.check_committed(committed.as_ref())?;
+        }
         self.committed = committed;
         self.committed_unsaved = true;
         Ok(())
@@ -1688,6 +1787,21 @@ where
             Some(entry) => Some(entry.get_log_id().clone()),
             None => self.last_purged.clone(),
         };
+        // The next open refuses a committed log id past the last log id: openraft never
+        // truncates a committed entry.
+        if let Some(c) = (self.committed.as_ref()).filter(|c| self.checks_writes && c.index >= from)
+        {
+            let last = match &new_last {
+                Some(l) => format!("the last log id would be {l}"),
+                None => "the log would be empty".into(),
+            };
+            let what = format!(
+                "it would delete entry {}, which the committed log id {c} covers: {last}",
+                c.index
+            );
+            let e = CodecError::Refused("truncate", what);
+            return Err(io_err(StorageIOError::write_logs, &e));
+        }
         // Before the deletes: a reader that finds a chunk of these entries gone reads again.
         // Held until they landed (the end of this call).
         let shared = self.shared.clone();
@@ -1697,19 +1811,27 @@ where
         }
         let chunked = self.chunked.split_off(&from);
         let mut out = Batches::new(&self.shared.engine);
-        // Highest first, so that a crash between batches leaves a prefix (no hole).
+        // A committed id the log does not hold yet goes first: the one it holds may be
+        // past the cut (a caller may save a lower one; openraft never does), and after a
+        // crash that kept any of the deletes the log then holds this one.
         let mut submitted = Ok(());
+        if self.committed_unsaved {
+            let value = encode(&self.committed).map_err(|e| io_err(StorageIOError::write, &e))?;
+            submitted = out.put(COMMITTED_KEY, &value).await;
+        }
+        // Highest first, so that a crash between batches leaves a prefix (no hole).
         for index in (from..next).rev() {
-            submitted = delete_entry(&mut out, index, chunked.get(&index).copied()).await;
             if submitted.is_err() {
                 break;
             }
+            submitted = delete_entry(&mut out, index, chunked.get(&index).copied()).await;
         }
         let submitted = match submitted {
             Ok(()) => out.finish().await,
             Err(e) => Err(e),
         }
         .map_err(|e| io_err(StorageIOError::write_logs, &e))?;
+        self.committed_unsaved = false;
         drop(self.shared.pending().split_off(&from));
         self.shared.set_bounds(first, from);
         self.last_log = new_last;
@@ -1723,6 +1845,9 @@ where
         if self.last_purged.as_ref().is_some_and(|p| p.index >= upto) {
             return Ok(());
         }
+        if self.checks_writes {
+            self.check_purge(&log_id)?;
+        }
         // The first batch rewrites the meta keys (the purged id, so that a crash midway is
         // finished at reopen; the vote and committed ids, so that retiring the segments of
         // their older records forgets nothing).
@@ -1731,7 +1856,8 @@ where
         if let Some(vote) = &self.vote {
             meta.push((VOTE_KEY, encode(vote).map_err(codec)?));
         }
-        if self.committed.is_some() {
+        // A `None` the log does not hold yet, too (saved after an id: openraft never does).
+        if self.committed.is_some() || self.committed_unsaved {
             meta.push((COMMITTED_KEY, encode(&self.committed).map_err(codec)?));
         }
         // Before the deletes: a reader that finds a chunk of these entries gone reads again.
@@ -1772,7 +1898,9 @@ where
             *pending = kept;
         }
         self.shared.set_bounds(upto + 1, next.max(upto + 1));
-        if self.last_log.as_ref().is_none_or(|l| l.index < upto) {
+        // With no entry left the purged log id is the last log id, as the next open finds
+        // it (openraft's purged id is its entry's when the log reaches it).
+        if self.last_log.as_ref().is_none_or(|l| l.index <= upto) {
             self.last_log = Some(log_id.clone());
         }
         self.last_purged = Some(log_id);

@@ -19,7 +19,7 @@
 //! - **a contiguous log**: `get_log_state`'s `last_log_id` is the last entry's log id (the
 //!   purged id when there is none), the entries start right after `last_purged_log_id`, and
 //!   `try_get_log_entries` returns consecutive indexes, over the whole log and over ranges;
-//! - **committed**: the store persists it with its next append or purge (without waiting,
+//! - **committed**: the store persists it with its next append, truncate or purge (without waiting,
 //!   after the appends of the entries it covers): a recovered committed id is not past the
 //!   last log id, and the entry at its index (unless purged) has that log id;
 //! - and, stronger, the engine's order: the recovered state (vote, committed and purged ids,
@@ -249,7 +249,7 @@ struct Run {
     next_tag: u64,
     /// Purges that retired segments.
     retiring_purges: u64,
-    /// A committed id saved and not yet logged: the store logs it with its next append or
+    /// A committed id saved and not yet logged: the store logs it with its next append, truncate or
     /// purge (its change goes there).
     unsaved_committed: Option<Id>,
     /// The error of the operation that failed, if one did.
@@ -365,7 +365,7 @@ impl Run {
                     false => self.rng.random_range(lo..=hi),
                 };
                 let id = cur.entries[&index].0;
-                // Logged with the next append or purge.
+                // Logged with the next append, truncate or purge.
                 self.unsaved_committed = Some(id);
                 let r = store.save_committed(Some(id)).await;
                 // Not waited for: never an acknowledgement, only a failure stops.
@@ -375,6 +375,9 @@ impl Run {
                 let (lo, next) = truncatable.unwrap();
                 let index = self.rng.random_range(lo..next);
                 let id = cur.entries[&index].0;
+                // The committed id not logged yet first, in the truncate's first batch.
+                self.changes
+                    .extend(self.unsaved_committed.take().map(Change::Committed));
                 // Highest first, as the store deletes.
                 for i in (index..next).rev() {
                     self.changes.push(Change::Delete(i));

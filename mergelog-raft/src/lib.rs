@@ -954,6 +954,25 @@ async fn put_entry<T: serde::Serialize>(
     (out.put(&entry_key(index), &[]).await).map_err(CodecError::Engine)
 }
 
+/// Puts `puts` (small: the meta keys a purge rewrites, the committed id a truncate logs), then
+/// deletes the entries `indexes`, in the order given, each with its chunks (`chunked`), as
+/// batches of `out`: what `truncate` (highest first) and `purge` (lowest first) submit. Stops
+/// at the first error; what it submitted, once every batch is.
+async fn delete_entries(
+    mut out: Batches<'_>,
+    puts: &[(&[u8], Vec<u8>)],
+    indexes: impl Iterator<Item = u64>,
+    chunked: &BTreeMap<u64, u32>,
+) -> Result<Submitted, mergelog::Error> {
+    for (key, value) in puts {
+        out.put(key, value).await?;
+    }
+    for index in indexes {
+        delete_entry(&mut out, index, chunked.get(&index).copied()).await?;
+    }
+    out.finish().await
+}
+
 /// Deletes entry `index`: its key, then its `chunks` (if stored in chunks), so that a crash
 /// between them leaves chunks without a key (deleted at open), never a key without chunks.
 async fn delete_entry(
@@ -1809,28 +1828,20 @@ where
         if let Some(hook) = shared.delete_hook.get() {
             hook(from);
         }
-        let chunked = self.chunked.split_off(&from);
-        let mut out = Batches::new(&self.shared.engine);
         // A committed id the log does not hold yet goes first: the one it holds may be
         // past the cut (a caller may save a lower one; openraft never does), and after a
         // crash that kept any of the deletes the log then holds this one.
-        let mut submitted = Ok(());
+        let mut puts = Vec::new();
         if self.committed_unsaved {
             let value = encode(&self.committed).map_err(|e| io_err(StorageIOError::write, &e))?;
-            submitted = out.put(COMMITTED_KEY, &value).await;
+            puts.push((COMMITTED_KEY, value));
         }
+        let chunked = self.chunked.split_off(&from);
+        let out = Batches::new(&self.shared.engine);
         // Highest first, so that a crash between batches leaves a prefix (no hole).
-        for index in (from..next).rev() {
-            if submitted.is_err() {
-                break;
-            }
-            submitted = delete_entry(&mut out, index, chunked.get(&index).copied()).await;
-        }
-        let submitted = match submitted {
-            Ok(()) => out.finish().await,
-            Err(e) => Err(e),
-        }
-        .map_err(|e| io_err(StorageIOError::write_logs, &e))?;
+        let submitted = delete_entries(out, &puts, (from..next).rev(), &chunked)
+            .await
+            .map_err(|e| io_err(StorageIOError::write_logs, &e))?;
         self.committed_unsaved = false;
         drop(self.shared.pending().split_off(&from));
         self.shared.set_bounds(first, from);
@@ -1869,28 +1880,11 @@ where
         }
         let kept = self.chunked.split_off(&upto.saturating_add(1));
         let chunked = std::mem::replace(&mut self.chunked, kept);
-        let mut out = Batches::new(&self.shared.engine);
-        // The meta keys are small: they all go in the first batch.
-        let mut submitted = Ok(());
-        for (key, value) in &meta {
-            submitted = out.put(key, value).await;
-            if submitted.is_err() {
-                break;
-            }
-        }
-        if submitted.is_ok() {
-            for index in first..(upto + 1).min(next) {
-                submitted = delete_entry(&mut out, index, chunked.get(&index).copied()).await;
-                if submitted.is_err() {
-                    break;
-                }
-            }
-        }
-        let submitted = match submitted {
-            Ok(()) => out.finish().await,
-            Err(e) => Err(e),
-        }
-        .map_err(|e| io_err(StorageIOError::write_logs, &e))?;
+        let out = Batches::new(&self.shared.engine);
+        let deleted = first..upto.saturating_add(1).min(next);
+        let submitted = delete_entries(out, &meta, deleted, &chunked)
+            .await
+            .map_err(|e| io_err(StorageIOError::write_logs, &e))?;
         self.committed_unsaved = false;
         {
             let mut pending = self.shared.pending();

@@ -129,7 +129,8 @@
 //!   term.
 //! - While running: a read error naming an entry that does not read back (a damaged
 //!   record), and write errors from the engine (a failed sync makes every later write fail,
-//!   `Error::Failed`, until a reopen). openraft stops the node on any storage error; restart
+//!   `Error::Failed`, until a reopen; so does an append, truncate or purge stopped part way,
+//!   "the store must be reopened"). openraft stops the node on any storage error; restart
 //!   it (a new open) once the cause is dealt with.
 //! - A write that the next open would refuse ("mergelog-raft: append refused (nothing
 //!   written): entry T2-N1-5 does not go on from the log's end: ...", "... vote refused
@@ -187,7 +188,14 @@
 //!   a purge's `Engine::replay` and `retire_before` (file I/O), and the synchronous
 //!   [`LogStore::open`] and [`LogStore::close`]. The completion thread is the store's own.
 //!   A write whose future is dropped before it completes may have submitted part of its
-//!   batches (a prefix, as a crash keeps): reopen the store rather than go on with it.
+//!   batches (a prefix, as a crash keeps) that the store's memory (its bounds, last log id,
+//!   overlay) never took: an `append`, `truncate` or `purge` that stops so (dropped, or
+//!   failed, after submitting a batch) makes every later call of the store and its readers
+//!   fail ("mergelog-raft: the store must be reopened: an earlier append stopped part way
+//!   ..."), so that nothing is written over, or read from, a log it no longer describes;
+//!   the reopen reads the log as a crash there leaves it (`tests/dropped_writes.rs`). A
+//!   dropped `save_vote` leaves the vote's put to land or not, which changes nothing the
+//!   store serves.
 //! - Reopening the directory gives back the vote, the committed and purged log ids and the
 //!   entries. The open reads every entry once and refuses a log with a hole (one that does
 //!   not start at entry 0, or right after the purged log id), one whose terms (leader ids) go
@@ -215,7 +223,7 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 
 use mergelog::{Config, Engine, Seq, Ticket, WriteBatch};
@@ -320,12 +328,17 @@ struct Shared<C: RaftTypeConfig> {
     deletes: RwLock<()>,
     /// A test's hook, called before an entry's key and each chunk after the first are read
     /// ([`LogStore::set_read_hook`]).
-    read_hook: std::sync::OnceLock<ReadHook>,
+    read_hook: OnceLock<ReadHook>,
     /// A test's hook, called by `truncate` and `purge` after the epoch's first bump, before
     /// their deletes are submitted ([`LogStore::set_delete_hook`]).
-    delete_hook: std::sync::OnceLock<DeleteHook>,
+    delete_hook: OnceLock<DeleteHook>,
     /// [`READ_BYTES_MAX`], or a test's bound ([`LogStore::set_read_bytes_max`]).
     read_bytes_max: AtomicUsize,
+    /// Set (to its name) by an `append`, `truncate` or `purge` that submitted some of its
+    /// batches and then stopped, its future dropped or failed, before the store's memory (the
+    /// bounds, the last log id, the overlay) took them: the log may then hold part of it that
+    /// the store does not know of. Every later call fails until a reopen (`Shared::usable`).
+    torn: OnceLock<&'static str>,
 }
 
 /// See [`LogStore::set_read_hook`].
@@ -341,6 +354,14 @@ where
     fn pending(&self) -> MutexGuard<'_, BTreeMap<u64, (u64, C::Entry)>> {
         // A panic elsewhere while holding it leaves a map that is still consistent.
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// An error once a write stopped part way ([`Shared::torn`]): `kind` the call's.
+    fn usable(&self, kind: fn(AnyError) -> StorageIOError<Nid<C>>) -> StoreResult<(), C> {
+        match self.torn.get() {
+            Some(what) => Err(io_err(kind, &CodecError::Torn(what))),
+            None => Ok(()),
+        }
     }
 
     fn bounds(&self) -> (u64, u64) {
@@ -474,6 +495,7 @@ where
         max: usize,
         bytes_max: usize,
     ) -> StoreResult<Vec<C::Entry>, C> {
+        self.usable(StorageIOError::read_logs)?;
         let mut restarts = Restarts::new(&self.deletes);
         // Before the bounds (see `epoch`).
         let mut epoch = self.epoch.load(Ordering::SeqCst);
@@ -717,6 +739,20 @@ struct Batches<'a> {
     /// The first batch's sequence number once its ticket was waited for here (`None`
     /// inside if the engine no longer told it: see [`durable`]).
     first_seq: Option<Option<Seq>>,
+    /// A store operation's: the store's mark and the operation's name, set at the drop if
+    /// it submitted batches and did not submit them all (`finish`): dropped part way, or
+    /// failed ([`Shared::torn`]).
+    tears: Option<(&'a OnceLock<&'static str>, &'static str)>,
+    /// Every batch submitted (`finish`).
+    finished: bool,
+}
+
+impl Drop for Batches<'_> {
+    fn drop(&mut self) {
+        if let Some((torn, what)) = self.tears.filter(|_| self.submitted > 0 && !self.finished) {
+            let _ = torn.set(what);
+        }
+    }
 }
 
 /// What a [`Batches`] submitted: the tickets it did not wait for, in order, and the first
@@ -787,7 +823,15 @@ impl<'a> Batches<'a> {
             unwaited: VecDeque::new(),
             submitted: 0,
             first_seq: None,
+            tears: None,
+            finished: false,
         }
+    }
+
+    /// The batches of the store operation `what`: if they stop part way, `torn` says so.
+    fn of_store(mut self, torn: &'a OnceLock<&'static str>, what: &'static str) -> Self {
+        self.tears = Some((torn, what));
+        self
     }
 
     /// Whether an operation counted `len` does not fit the batch (a batch's first operation
@@ -895,8 +939,9 @@ impl<'a> Batches<'a> {
     /// Submits what is left; the tickets not waited for, in order.
     async fn finish(mut self) -> Result<Submitted, mergelog::Error> {
         self.submit().await?;
+        self.finished = true;
         Ok(Submitted {
-            tickets: self.unwaited.into(),
+            tickets: std::mem::take(&mut self.unwaited).into(),
             first_seq: self.first_seq,
         })
     }
@@ -1102,9 +1147,10 @@ where
             queued: AtomicUsize::new(0),
             epoch: AtomicU64::new(0),
             deletes: RwLock::new(()),
-            read_hook: std::sync::OnceLock::new(),
-            delete_hook: std::sync::OnceLock::new(),
+            read_hook: OnceLock::new(),
+            delete_hook: OnceLock::new(),
             read_bytes_max: AtomicUsize::new(READ_BYTES_MAX),
+            torn: OnceLock::new(),
         });
         let (next, last_log) = match present {
             // A log with a hole cannot be served (openraft relies on consecutive entries);
@@ -1394,7 +1440,8 @@ where
     /// `consumer_lag_max` under `Backpressure::Block`, which may never commit): it is not
     /// made then, and the log keeps the older id.
     fn save_unsaved_committed(&mut self, held: bool) -> StoreResult<(), C> {
-        if !self.committed_unsaved {
+        // Nothing written over a log the store no longer describes (`Shared::torn`).
+        if !self.committed_unsaved || self.shared.torn.get().is_some() {
             return Ok(());
         }
         let value = encode(&self.committed).map_err(|e| io_err(StorageIOError::write, &e))?;
@@ -1521,7 +1568,7 @@ where
         entries: &[C::Entry],
         measured: Vec<Measured>,
     ) -> StoreResult<Vec<Ticket>, C> {
-        let mut out = Batches::new(&self.shared.engine);
+        let mut out = Batches::new(&self.shared.engine).of_store(&self.shared.torn, "append");
         if self.committed_unsaved {
             let value = encode(&self.committed).map_err(|e| io_err(StorageIOError::write, &e))?;
             // The batch's first operation: it is never submitted here.
@@ -1537,14 +1584,13 @@ where
                 break;
             }
         }
-        if put.is_ok() {
-            put = out.submit().await.map_err(CodecError::Engine);
+        let submitted = match put {
+            Ok(()) => out.finish().await.map_err(CodecError::Engine),
+            Err(e) => Err(e),
         }
-        if out.submitted > 0 {
-            self.committed_unsaved = false;
-        }
-        put.map_err(|e| io_err(StorageIOError::write_logs, &e))?;
-        Ok(out.unwaited.into())
+        .map_err(|e| io_err(StorageIOError::write_logs, &e))?;
+        self.committed_unsaved = false;
+        Ok(submitted.tickets)
     }
 
     /// Puts one meta key and waits until it is durable.
@@ -1674,6 +1720,7 @@ where
     type LogReader = LogReader<C>;
 
     async fn get_log_state(&mut self) -> StoreResult<LogState<C>, C> {
+        self.shared.usable(StorageIOError::read_logs)?;
         Ok(LogState {
             last_purged_log_id: self.last_purged.clone(),
             last_log_id: self.last_log.clone(),
@@ -1687,6 +1734,7 @@ where
     }
 
     async fn save_vote(&mut self, vote: &Vote<Nid<C>>) -> StoreResult<(), C> {
+        self.shared.usable(StorageIOError::write_vote)?;
         // The next open refuses a vote of a term below the last log id's: openraft never
         // saves one (a vote never goes down, and the entries a node took are of terms up to
         // its vote's).
@@ -1711,10 +1759,12 @@ where
     }
 
     async fn read_vote(&mut self) -> StoreResult<Option<Vote<Nid<C>>>, C> {
+        self.shared.usable(StorageIOError::read_vote)?;
         Ok(self.vote.clone())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<Nid<C>>>) -> StoreResult<(), C> {
+        self.shared.usable(StorageIOError::write)?;
         // Kept until the next append, which logs it in its first batch (or a purge, with the
         // meta keys, or the store's drop): a committed id lost in a crash only means
         // re-applying less at start-up, and it goes after the appends of the entries it
@@ -1730,6 +1780,7 @@ where
     }
 
     async fn read_committed(&mut self) -> StoreResult<Option<LogId<Nid<C>>>, C> {
+        self.shared.usable(StorageIOError::read)?;
         Ok(self.committed.clone())
     }
 
@@ -1738,6 +1789,7 @@ where
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        self.shared.usable(StorageIOError::write_logs)?;
         let entries: Vec<C::Entry> = entries.into_iter().collect();
         if self.checks_writes {
             self.check_append(&entries)?;
@@ -1791,6 +1843,7 @@ where
     }
 
     async fn truncate(&mut self, log_id: LogId<Nid<C>>) -> StoreResult<(), C> {
+        self.shared.usable(StorageIOError::write_logs)?;
         let (first, next) = self.shared.bounds();
         let from = log_id.index.max(first);
         if from >= next {
@@ -1836,12 +1889,12 @@ where
             let value = encode(&self.committed).map_err(|e| io_err(StorageIOError::write, &e))?;
             puts.push((COMMITTED_KEY, value));
         }
-        let chunked = self.chunked.split_off(&from);
-        let out = Batches::new(&self.shared.engine);
+        let out = Batches::new(&self.shared.engine).of_store(&self.shared.torn, "truncate");
         // Highest first, so that a crash between batches leaves a prefix (no hole).
-        let submitted = delete_entries(out, &puts, (from..next).rev(), &chunked)
+        let submitted = delete_entries(out, &puts, (from..next).rev(), &self.chunked)
             .await
             .map_err(|e| io_err(StorageIOError::write_logs, &e))?;
+        drop(self.chunked.split_off(&from));
         self.committed_unsaved = false;
         drop(self.shared.pending().split_off(&from));
         self.shared.set_bounds(first, from);
@@ -1851,6 +1904,7 @@ where
     }
 
     async fn purge(&mut self, log_id: LogId<Nid<C>>) -> StoreResult<(), C> {
+        self.shared.usable(StorageIOError::write_logs)?;
         let (first, next) = self.shared.bounds();
         let upto = log_id.index;
         if self.last_purged.as_ref().is_some_and(|p| p.index >= upto) {
@@ -1878,13 +1932,12 @@ where
         if let Some(hook) = shared.delete_hook.get() {
             hook(upto.saturating_add(1));
         }
-        let kept = self.chunked.split_off(&upto.saturating_add(1));
-        let chunked = std::mem::replace(&mut self.chunked, kept);
-        let out = Batches::new(&self.shared.engine);
+        let out = Batches::new(&self.shared.engine).of_store(&self.shared.torn, "purge");
         let deleted = first..upto.saturating_add(1).min(next);
-        let submitted = delete_entries(out, &meta, deleted, &chunked)
+        let submitted = delete_entries(out, &meta, deleted, &self.chunked)
             .await
             .map_err(|e| io_err(StorageIOError::write_logs, &e))?;
+        self.chunked = self.chunked.split_off(&upto.saturating_add(1));
         self.committed_unsaved = false;
         {
             let mut pending = self.shared.pending();

@@ -186,7 +186,11 @@
 //!   blocks: with [`LogStore::with_append_waits`] (the default) an append's wait for its own
 //!   entries' sync (the engine's threads or the calling thread complete it, never a task),
 //!   a purge's `Engine::replay` and `retire_before` (file I/O), and the synchronous
-//!   [`LogStore::open`] and [`LogStore::close`]. The completion thread is the store's own.
+//!   [`LogStore::open`] and [`LogStore::close`]. The open's clean-up (the deletes of what
+//!   an interrupted operation left) never waits for a consumer lagging past
+//!   `consumer_lag_max`, which may be the caller's own, started once the store has opened:
+//!   what it would delete is left for a later open. The completion thread is the store's
+//!   own.
 //!   A write whose future is dropped before it completes may have submitted part of its
 //!   batches (a prefix, as a crash keeps) that the store's memory (its bounds, last log id,
 //!   overlay) never took: an `append`, `truncate` or `purge` that stops so (dropped, or
@@ -745,6 +749,9 @@ struct Batches<'a> {
     tears: Option<(&'a OnceLock<&'static str>, &'static str)>,
     /// Every batch submitted (`finish`).
     finished: bool,
+    /// A submit the throttle on consumer lag holds or refuses fails with `Error::Throttled`
+    /// instead of waiting (the open's clean-up).
+    gives_up: bool,
 }
 
 impl Drop for Batches<'_> {
@@ -825,7 +832,38 @@ impl<'a> Batches<'a> {
             first_seq: None,
             tears: None,
             finished: false,
+            gives_up: false,
         }
+    }
+
+    /// Batches whose submit fails with `Error::Throttled` where the throttle on consumer lag
+    /// would hold it (`Block`) or refuses it (`Reject`), rather than wait.
+    fn giving_up_when_throttled(mut self) -> Self {
+        self.gives_up = true;
+        self
+    }
+
+    /// Submits the batch as `Engine::write_async` does, or, giving up, fails with
+    /// `Error::Throttled` once that is held by the throttle: the engine counts a submission
+    /// it throttles (`Counts::throttled`) before it waits, so a first `Pending` with the
+    /// count moved is the throttle's (or another writer's, at worst giving up for nothing),
+    /// and one without is a wait for ring room, which the engine's threads end.
+    async fn write(&self) -> Result<Ticket, mergelog::Error> {
+        if !self.gives_up {
+            return self.engine.write_async(&self.batch).await;
+        }
+        let throttled = self.engine.counts().throttled;
+        let mut write = std::pin::pin!(self.engine.write_async(&self.batch));
+        std::future::poll_fn(|cx| match std::future::Future::poll(write.as_mut(), cx) {
+            std::task::Poll::Pending if self.engine.counts().throttled != throttled => {
+                std::task::Poll::Ready(Err(mergelog::Error::Throttled {
+                    consumer: String::new(),
+                    lag: mergelog::ConsumerLag::default(),
+                }))
+            }
+            polled => polled,
+        })
+        .await
     }
 
     /// The batches of the store operation `what`: if they stop part way, `torn` says so.
@@ -893,7 +931,7 @@ impl<'a> Batches<'a> {
             self.wait_oldest().await?;
         }
         loop {
-            match self.engine.write_async(&self.batch).await {
+            match self.write().await {
                 Ok(ticket) => {
                     self.submitted += 1;
                     break self.unwaited.push_back(ticket);
@@ -910,7 +948,7 @@ impl<'a> Batches<'a> {
                 // A consumer lagging past `consumer_lag_max` under `Reject`: nothing the store
                 // waits for frees that; wait until the consumer's commits let go of the
                 // throttle (as `Block` would) and submit again.
-                Err(mergelog::Error::Throttled { .. }) => {
+                Err(mergelog::Error::Throttled { .. }) if !self.gives_up => {
                     self.engine.wait_unthrottled_async().await
                 }
                 Err(e) => return Err(e),
@@ -1520,40 +1558,49 @@ where
             None => Vec::new(),
         };
         let (marked, chunks) = meta::chunk_keys(engine);
-        let mut out = Batches::new(engine);
         let mut chunked = BTreeMap::new();
-        // A synchronous call (the open's): it blocks the thread, as the open's reads do.
+        let mut stray = Vec::new();
+        for (index, numbers) in chunks {
+            // A chunk is live if its entry is in the log and marked as stored in chunks, and
+            // it is one of the run 0, 1, 2, ... its entry was written as (`truncate` and
+            // `purge` delete that run). Any other is deleted by its own key: never every
+            // number below a damaged one.
+            let live = (first..next).contains(&index) && marked.contains(&index);
+            let run = match live {
+                true => numbers
+                    .iter()
+                    .zip(0u32..)
+                    .take_while(|(n, i)| **n == *i)
+                    .count(),
+                false => 0,
+            };
+            if run > 0 {
+                // At most `numbers.len()`, a count of keys the engine holds: a u32.
+                chunked.insert(index, run as u32);
+            }
+            stray.extend(numbers[run..].iter().map(|n| chunk_key(index, *n)));
+        }
+        self.chunked = chunked;
+        // What a cut operation left is never served (the bounds and the chunk counts above
+        // leave it out), so its deletes are never held for a consumer lagging past
+        // `consumer_lag_max`: this is a synchronous call, and that consumer may be the
+        // caller's own, started once the store has opened, which then never would be. They
+        // stop there, and the rest is left for a later open. (Otherwise it blocks the
+        // thread, as the open's reads do: for room in the ring, which the engine frees.)
+        let mut out = Batches::new(engine).giving_up_when_throttled();
         let deleted = block_on(async {
             for index in leftover {
                 out.delete(&entry_key(index)).await?;
             }
-            for (index, numbers) in chunks {
-                // A chunk is live if its entry is in the log and marked as stored in chunks,
-                // and it is one of the run 0, 1, 2, ... its entry was written as (`truncate`
-                // and `purge` delete that run). Any other is deleted by its own key: never
-                // every number below a damaged one.
-                let live = (first..next).contains(&index) && marked.contains(&index);
-                let run = match live {
-                    true => numbers
-                        .iter()
-                        .zip(0u32..)
-                        .take_while(|(n, i)| **n == *i)
-                        .count(),
-                    false => 0,
-                };
-                if run > 0 {
-                    // At most `numbers.len()`, a count of keys the engine holds: a u32.
-                    chunked.insert(index, run as u32);
-                }
-                for n in &numbers[run..] {
-                    out.delete(&chunk_key(index, *n)).await?;
-                }
+            for key in &stray {
+                out.delete(key).await?;
             }
             out.finish().await?.wait().await
         });
-        self.chunked = chunked;
-        deleted.map_err(|e| io_err(StorageIOError::write_logs, &e))?;
-        Ok(())
+        match deleted {
+            Ok(_) | Err(mergelog::Error::Throttled { .. }) => Ok(()),
+            Err(e) => Err(io_err(StorageIOError::write_logs, &e)),
+        }
     }
 
     /// Puts the entries, whose encodings `measured` found (in order), as batches within the

@@ -1,7 +1,9 @@
 //! Writes the store's next open would refuse as damage are refused at the call, before
 //! anything is written: an append that does not go on from the log's end (a hole, an
 //! overlap, a log starting above 0 with no purged log id), whose terms go down along the log
-//! or are above the vote's, and a vote of a term below the last log id's. openraft never
+//! or are above the vote's, a vote of a term below the last log id's, a committed log id
+//! past the last log id or other than its entry's, a truncate below the committed log id, a
+//! purge to a term above the first kept entry's or, past the log's end, the vote's. openraft never
 //! makes them; a caller that did got them acknowledged, and then a directory that no longer
 //! opened. After each refusal the store goes on, and a reopen gives back what was taken.
 

@@ -24,7 +24,11 @@
 //!   the records hold at its key's index (stored whole, or reassembled from its chunks with
 //!   the length and CRC of its header), or an error naming what is wrong when one of them is
 //!   damaged: never an entry whose log id is not its key's index;
-//! - with every record kept, the store returns exactly what the template wrote.
+//! - with every record kept, the store returns exactly what the template wrote;
+//! - then the input's bytes left over are calls on the store (a vote, an append, a committed
+//!   id, a truncate, a purge, near what a node writes or not: [`drive`]): each is taken, or
+//!   refused saying so (or fails reading a damaged entry), and after those taken the store's
+//!   next open takes the directory.
 //!
 //! Depends on `mergelog`, `mergelog-raft`, `openraft`, `postcard` and `tempfile`: included by
 //! the fuzz target (`fuzz_targets/raft_store.rs`) and by `mergelog-raft/tests/fuzz_corpus.rs`,
@@ -194,6 +198,9 @@ pub struct RaftInput {
     pub unchanged: bool,
     /// The bounds of the inner range read (start, length).
     pub range: (u64, u64),
+    /// The input's bytes after the records' operations: the calls made on the opened store
+    /// ([`drive`]).
+    pub calls: Vec<u8>,
 }
 
 /// Reads input bytes, zeros once they run out.
@@ -326,6 +333,7 @@ impl RaftInput {
             batches,
             unchanged,
             range: (u64::from(control >> 1) % 12, u64::from(range_len) % 12),
+            calls: input.0.to_vec(),
         }
     }
 
@@ -648,7 +656,74 @@ pub fn raft_store(data: &[u8]) {
         assert_eq!(exp.committed, t.committed, "the template's committed id");
         assert_eq!(exp.purged, t.purged, "the template's purged id");
     }
+    let taken = drive(&mut store, &input.calls);
     store.close().expect("the store closes");
+    match Store::open(&dir, raft_config()) {
+        Ok(store) => store.close().expect("the store closes"),
+        Err(e) => panic!("the store took {taken:?} and its next open refuses the log: {e}"),
+    }
+}
+
+/// Makes calls on the opened store, up to 12, from `bytes` (2 each: the call, `% 5` a vote,
+/// an append, a committed id, a truncate, a purge, and its argument), as a caller driving
+/// the store by hand may, near what a node writes or not: the store may refuse any (it must
+/// then say so, or fail reading a damaged entry), and whatever it takes, its next open must
+/// take too. Returns the calls taken.
+fn drive(store: &mut Store, bytes: &[u8]) -> Vec<String> {
+    let mut taken = Vec::new();
+    for call in bytes.chunks_exact(2).take(12) {
+        let (op, arg) = (call[0], u64::from(call[1]));
+        let state = block_on(store.get_log_state()).expect("get_log_state");
+        let next = state.last_log_id.map_or(0, |l| l.index + 1);
+        let last_term = state.last_log_id.map_or(0, |l| l.leader_id.term);
+        let vote_term = block_on(store.read_vote())
+            .expect("read_vote")
+            .map_or(0, |v| v.leader_id().term);
+        // A term near the last log id's, and an index near the log's end.
+        let term = last_term.saturating_sub(1) + u64::from(op >> 3) % 3;
+        let index = (next + arg % 4).saturating_sub(2);
+        let (what, outcome) = match op % 5 {
+            0 => {
+                let vote = Vote::new_committed(vote_term + arg % 2, 1);
+                (format!("vote {vote}"), block_on(store.save_vote(&vote)))
+            }
+            1 => {
+                let n = 1 + arg % 3;
+                let entries: Vec<RaftEntry> = (index..index + n)
+                    .map(|i| normal(term, i, (arg as usize * 7) % 100))
+                    .collect();
+                let what = format!("append {index}..{} of term {term}", index + n);
+                (what, block_on(store.blocking_append(entries)))
+            }
+            2 => {
+                let id = (arg % 5 != 0).then(|| log_id(term, index));
+                (
+                    format!("committed {id:?}"),
+                    block_on(store.save_committed(id)),
+                )
+            }
+            3 => (
+                format!("truncate {index}"),
+                block_on(store.truncate(log_id(term, index))),
+            ),
+            _ => (
+                format!("purge {index}"),
+                block_on(store.purge(log_id(term, index))),
+            ),
+        };
+        match outcome {
+            Ok(()) => taken.push(what),
+            // A refusal, or a read of a damaged entry (a truncate reads the one before it).
+            Err(e) => assert_clear_or_refused(&e, &what),
+        }
+    }
+    taken
+}
+
+fn assert_clear_or_refused(e: &impl std::fmt::Display, what: &str) {
+    if !e.to_string().contains("refused (nothing written)") {
+        assert_clear(e, what);
+    }
 }
 
 fn check_state(store: &mut Store, exp: &Expected) {

@@ -76,7 +76,10 @@
 //! The store refuses a write its next open would refuse as damage ("Errors"), which no
 //! openraft node makes: entries that do not go on from the log's end or its purged id,
 //! entries of a term above the vote or below the entry before, a vote below the last log
-//! id's term. openraft's storage suite (`openraft::testing::Suite`) makes such writes in its
+//! id's term, a committed log id past the last log id or other than its entry's (at or below
+//! the purged log id's index any is taken: no entry is left there), a truncate below the
+//! committed log id, a purge to a term above the first entry it keeps or, past the log's
+//! end, above the vote's. openraft's storage suite (`openraft::testing::Suite`) makes such writes in its
 //! fixtures: `tests/suite.rs` runs it on a store built with the hidden
 //! `LogStore::without_write_checks`, which takes them (and whose directory may then not
 //! open again); never for a node.
@@ -126,12 +129,15 @@
 //!   term.
 //! - While running: a read error naming an entry that does not read back (a damaged
 //!   record), and write errors from the engine (a failed sync makes every later write fail,
-//!   `Error::Failed`, until a reopen). openraft stops the node on any storage error; restart
+//!   `Error::Failed`, until a reopen; so does an append, truncate or purge stopped part way,
+//!   "the store must be reopened"). openraft stops the node on any storage error; restart
 //!   it (a new open) once the cause is dealt with.
-//! - An append or a vote that the next open would refuse ("mergelog-raft: append refused
-//!   (nothing written): entry T2-N1-5 does not go on from the log's end: ...", "... vote
-//!   refused ..."), before anything of it is written: a caller driving the store by hand
-//!   wrote what no Raft node writes. The store goes on; nothing was acknowledged.
+//! - A write that the next open would refuse ("mergelog-raft: append refused (nothing
+//!   written): entry T2-N1-5 does not go on from the log's end: ...", "... vote refused
+//!   ...", "... committed log id refused (nothing written): the committed log id T2-N1-5 is
+//!   past the last log id T2-N1-3; ...", "... truncate refused ...", "... purge refused
+//!   ..."), before anything of it is written: a caller driving the store by hand wrote what
+//!   no Raft node writes. The store goes on; nothing was acknowledged.
 //!
 //! ## How it stores the log
 //!
@@ -162,7 +168,8 @@
 //! - `save_committed` keeps the id for the next append's first batch (or a purge's,
 //!   [`LogStore::close`], or the store's drop, which does not wait to submit it): no request
 //!   of its own.
-//! - `truncate` deletes the conflicting suffix; `purge` deletes the prefix and then retires
+//! - `truncate` deletes the conflicting suffix (its first batch logs a committed id the
+//!   log does not hold yet, so that the one it holds is never past the cut); `purge` deletes the prefix and then retires
 //!   the engine's whole segments before it (`Engine::retire_before`), after rewriting the
 //!   meta keys so that retiring never forgets them.
 //! - Under `Backpressure::Reject` a write the engine refuses for a full ring or for a
@@ -179,9 +186,20 @@
 //!   blocks: with [`LogStore::with_append_waits`] (the default) an append's wait for its own
 //!   entries' sync (the engine's threads or the calling thread complete it, never a task),
 //!   a purge's `Engine::replay` and `retire_before` (file I/O), and the synchronous
-//!   [`LogStore::open`] and [`LogStore::close`]. The completion thread is the store's own.
+//!   [`LogStore::open`] and [`LogStore::close`]. The open's clean-up (the deletes of what
+//!   an interrupted operation left) never waits for a consumer lagging past
+//!   `consumer_lag_max`, which may be the caller's own, started once the store has opened:
+//!   what it would delete is left for a later open. The completion thread is the store's
+//!   own.
 //!   A write whose future is dropped before it completes may have submitted part of its
-//!   batches (a prefix, as a crash keeps): reopen the store rather than go on with it.
+//!   batches (a prefix, as a crash keeps) that the store's memory (its bounds, last log id,
+//!   overlay) never took: an `append`, `truncate` or `purge` that stops so (dropped, or
+//!   failed, after submitting a batch) makes every later call of the store and its readers
+//!   fail ("mergelog-raft: the store must be reopened: an earlier append stopped part way
+//!   ..."), so that nothing is written over, or read from, a log it no longer describes;
+//!   the reopen reads the log as a crash there leaves it (`tests/dropped_writes.rs`). A
+//!   dropped `save_vote` leaves the vote's put to land or not, which changes nothing the
+//!   store serves.
 //! - Reopening the directory gives back the vote, the committed and purged log ids and the
 //!   entries. The open reads every entry once and refuses a log with a hole (one that does
 //!   not start at entry 0, or right after the purged log id), one whose terms (leader ids) go
@@ -209,7 +227,7 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 
 use mergelog::{Config, Engine, Seq, Ticket, WriteBatch};
@@ -314,12 +332,17 @@ struct Shared<C: RaftTypeConfig> {
     deletes: RwLock<()>,
     /// A test's hook, called before an entry's key and each chunk after the first are read
     /// ([`LogStore::set_read_hook`]).
-    read_hook: std::sync::OnceLock<ReadHook>,
+    read_hook: OnceLock<ReadHook>,
     /// A test's hook, called by `truncate` and `purge` after the epoch's first bump, before
     /// their deletes are submitted ([`LogStore::set_delete_hook`]).
-    delete_hook: std::sync::OnceLock<DeleteHook>,
+    delete_hook: OnceLock<DeleteHook>,
     /// [`READ_BYTES_MAX`], or a test's bound ([`LogStore::set_read_bytes_max`]).
     read_bytes_max: AtomicUsize,
+    /// Set (to its name) by an `append`, `truncate` or `purge` that submitted some of its
+    /// batches and then stopped, its future dropped or failed, before the store's memory (the
+    /// bounds, the last log id, the overlay) took them: the log may then hold part of it that
+    /// the store does not know of. Every later call fails until a reopen (`Shared::usable`).
+    torn: OnceLock<&'static str>,
 }
 
 /// See [`LogStore::set_read_hook`].
@@ -335,6 +358,14 @@ where
     fn pending(&self) -> MutexGuard<'_, BTreeMap<u64, (u64, C::Entry)>> {
         // A panic elsewhere while holding it leaves a map that is still consistent.
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// An error once a write stopped part way ([`Shared::torn`]): `kind` the call's.
+    fn usable(&self, kind: fn(AnyError) -> StorageIOError<Nid<C>>) -> StoreResult<(), C> {
+        match self.torn.get() {
+            Some(what) => Err(io_err(kind, &CodecError::Torn(what))),
+            None => Ok(()),
+        }
     }
 
     fn bounds(&self) -> (u64, u64) {
@@ -468,6 +499,7 @@ where
         max: usize,
         bytes_max: usize,
     ) -> StoreResult<Vec<C::Entry>, C> {
+        self.usable(StorageIOError::read_logs)?;
         let mut restarts = Restarts::new(&self.deletes);
         // Before the bounds (see `epoch`).
         let mut epoch = self.epoch.load(Ordering::SeqCst);
@@ -711,6 +743,23 @@ struct Batches<'a> {
     /// The first batch's sequence number once its ticket was waited for here (`None`
     /// inside if the engine no longer told it: see [`durable`]).
     first_seq: Option<Option<Seq>>,
+    /// A store operation's: the store's mark and the operation's name, set at the drop if
+    /// it submitted batches and did not submit them all (`finish`): dropped part way, or
+    /// failed ([`Shared::torn`]).
+    tears: Option<(&'a OnceLock<&'static str>, &'static str)>,
+    /// Every batch submitted (`finish`).
+    finished: bool,
+    /// A submit the throttle on consumer lag holds or refuses fails with `Error::Throttled`
+    /// instead of waiting (the open's clean-up).
+    gives_up: bool,
+}
+
+impl Drop for Batches<'_> {
+    fn drop(&mut self) {
+        if let Some((torn, what)) = self.tears.filter(|_| self.submitted > 0 && !self.finished) {
+            let _ = torn.set(what);
+        }
+    }
 }
 
 /// What a [`Batches`] submitted: the tickets it did not wait for, in order, and the first
@@ -781,7 +830,46 @@ impl<'a> Batches<'a> {
             unwaited: VecDeque::new(),
             submitted: 0,
             first_seq: None,
+            tears: None,
+            finished: false,
+            gives_up: false,
         }
+    }
+
+    /// Batches whose submit fails with `Error::Throttled` where the throttle on consumer lag
+    /// would hold it (`Block`) or refuses it (`Reject`), rather than wait.
+    fn giving_up_when_throttled(mut self) -> Self {
+        self.gives_up = true;
+        self
+    }
+
+    /// Submits the batch as `Engine::write_async` does, or, giving up, fails with
+    /// `Error::Throttled` once that is held by the throttle: the engine counts a submission
+    /// it throttles (`Counts::throttled`) before it waits, so a first `Pending` with the
+    /// count moved is the throttle's (or another writer's, at worst giving up for nothing),
+    /// and one without is a wait for ring room, which the engine's threads end.
+    async fn write(&self) -> Result<Ticket, mergelog::Error> {
+        if !self.gives_up {
+            return self.engine.write_async(&self.batch).await;
+        }
+        let throttled = self.engine.counts().throttled;
+        let mut write = std::pin::pin!(self.engine.write_async(&self.batch));
+        std::future::poll_fn(|cx| match std::future::Future::poll(write.as_mut(), cx) {
+            std::task::Poll::Pending if self.engine.counts().throttled != throttled => {
+                std::task::Poll::Ready(Err(mergelog::Error::Throttled {
+                    consumer: String::new(),
+                    lag: mergelog::ConsumerLag::default(),
+                }))
+            }
+            polled => polled,
+        })
+        .await
+    }
+
+    /// The batches of the store operation `what`: if they stop part way, `torn` says so.
+    fn of_store(mut self, torn: &'a OnceLock<&'static str>, what: &'static str) -> Self {
+        self.tears = Some((torn, what));
+        self
     }
 
     /// Whether an operation counted `len` does not fit the batch (a batch's first operation
@@ -843,7 +931,7 @@ impl<'a> Batches<'a> {
             self.wait_oldest().await?;
         }
         loop {
-            match self.engine.write_async(&self.batch).await {
+            match self.write().await {
                 Ok(ticket) => {
                     self.submitted += 1;
                     break self.unwaited.push_back(ticket);
@@ -860,7 +948,7 @@ impl<'a> Batches<'a> {
                 // A consumer lagging past `consumer_lag_max` under `Reject`: nothing the store
                 // waits for frees that; wait until the consumer's commits let go of the
                 // throttle (as `Block` would) and submit again.
-                Err(mergelog::Error::Throttled { .. }) => {
+                Err(mergelog::Error::Throttled { .. }) if !self.gives_up => {
                     self.engine.wait_unthrottled_async().await
                 }
                 Err(e) => return Err(e),
@@ -889,8 +977,9 @@ impl<'a> Batches<'a> {
     /// Submits what is left; the tickets not waited for, in order.
     async fn finish(mut self) -> Result<Submitted, mergelog::Error> {
         self.submit().await?;
+        self.finished = true;
         Ok(Submitted {
-            tickets: self.unwaited.into(),
+            tickets: std::mem::take(&mut self.unwaited).into(),
             first_seq: self.first_seq,
         })
     }
@@ -948,6 +1037,25 @@ async fn put_entry<T: serde::Serialize>(
     (out.put(&entry_key(index), &[]).await).map_err(CodecError::Engine)
 }
 
+/// Puts `puts` (small: the meta keys a purge rewrites, the committed id a truncate logs), then
+/// deletes the entries `indexes`, in the order given, each with its chunks (`chunked`), as
+/// batches of `out`: what `truncate` (highest first) and `purge` (lowest first) submit. Stops
+/// at the first error; what it submitted, once every batch is.
+async fn delete_entries(
+    mut out: Batches<'_>,
+    puts: &[(&[u8], Vec<u8>)],
+    indexes: impl Iterator<Item = u64>,
+    chunked: &BTreeMap<u64, u32>,
+) -> Result<Submitted, mergelog::Error> {
+    for (key, value) in puts {
+        out.put(key, value).await?;
+    }
+    for index in indexes {
+        delete_entry(&mut out, index, chunked.get(&index).copied()).await?;
+    }
+    out.finish().await
+}
+
 /// Deletes entry `index`: its key, then its `chunks` (if stored in chunks), so that a crash
 /// between them leaves chunks without a key (deleted at open), never a key without chunks.
 async fn delete_entry(
@@ -975,8 +1083,8 @@ where
     committed_unsaved: bool,
     /// An append nothing earlier waits on waits for its own entries (`append_waits`).
     append_waits: bool,
-    /// `append` and `save_vote` refuse what the next open would refuse (default; off only for
-    /// openraft's storage suite: [`LogStore::without_write_checks`]).
+    /// `append`, `save_vote`, `save_committed`, `truncate` and `purge` refuse what the next open
+    /// would refuse (default; off only for openraft's storage suite: [`LogStore::without_write_checks`]).
     checks_writes: bool,
     last_purged: Option<LogId<Nid<C>>>,
     last_log: Option<LogId<Nid<C>>>,
@@ -1077,9 +1185,10 @@ where
             queued: AtomicUsize::new(0),
             epoch: AtomicU64::new(0),
             deletes: RwLock::new(()),
-            read_hook: std::sync::OnceLock::new(),
-            delete_hook: std::sync::OnceLock::new(),
+            read_hook: OnceLock::new(),
+            delete_hook: OnceLock::new(),
             read_bytes_max: AtomicUsize::new(READ_BYTES_MAX),
+            torn: OnceLock::new(),
         });
         let (next, last_log) = match present {
             // A log with a hole cannot be served (openraft relies on consecutive entries);
@@ -1211,7 +1320,11 @@ where
             let id = entry.get_log_id();
             // `None` past the last index, where no log goes on.
             let expected = next.checked_add(k as u64);
-            let refused = if Some(id.index) != expected {
+            let refused = if id.index == u64::MAX {
+                Some(format!(
+                    "entry {id} is at the last index (u64::MAX), where no log can go on"
+                ))
+            } else if Some(id.index) != expected {
                 let end = match (k, &self.last_log) {
                     (0, Some(last)) => {
                         format!("the log's next index is {next} (its last log id is {last})")
@@ -1253,6 +1366,92 @@ where
         Ok(())
     }
 
+    /// Refuses a committed log id the next open would refuse once it is logged: one past the
+    /// last log id (the last entry's, or the purged log id with no entry; any on an empty log
+    /// with no purged log id), or one whose index holds an entry of another log id. At or
+    /// below the purged log id's index it is taken whatever its term: no entry is left there
+    /// to compare it with, and the open compares none. openraft saves only the id of an
+    /// entry it appended (or of the snapshot the log was purged to).
+    fn check_committed(&self, committed: Option<&LogId<Nid<C>>>) -> StoreResult<(), C> {
+        let Some(c) = committed else {
+            return Ok(());
+        };
+        let refused = match &self.last_log {
+            None => Some("past the end of an empty log".to_string()),
+            Some(l) if c.index > l.index => Some(format!("past the last log id {l}")),
+            // Already checked (the open's, or this call's), or the last entry's: no read.
+            Some(l) if l == c || self.committed.as_ref() == Some(c) => None,
+            Some(_) if c.index < self.shared.bounds().0 => None,
+            // An entry that does not read is a read error of its own, and the open passes
+            // over it too.
+            Some(_) => match self.shared.read_one(c.index) {
+                Ok(Some(entry)) if entry.get_log_id() != c => Some(format!(
+                    "not that of entry {}, {}",
+                    c.index,
+                    entry.get_log_id()
+                )),
+                _ => None,
+            },
+        };
+        match refused {
+            Some(what) => {
+                let e = CodecError::Refused(
+                    "committed log id",
+                    format!("the committed log id {c} is {what}"),
+                );
+                Err(io_err(StorageIOError::write, &e))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses a purge the next open would refuse: to the last index (no log goes on after
+    /// it), to a log id of a term (leader id) above that of the first entry kept (terms never
+    /// go down along the log, from the purged log id on), or past the log's end, where the
+    /// purged log id becomes the last log id, to a term above the vote's. openraft purges to
+    /// log ids of its log or of a snapshot taken from a leader whose vote it saved.
+    fn check_purge(&self, purged: &LogId<Nid<C>>) -> StoreResult<(), C> {
+        let (_, next) = self.shared.bounds();
+        let refused = match purged.index.checked_add(1) {
+            None => Some(format!(
+                "the purged log id {purged} is at the last index (u64::MAX), where no log can go on"
+            )),
+            // An entry kept: the first one. (One that does not read is passed over, as the
+            // open does.)
+            Some(kept) if kept < next => match self.shared.read_one(kept) {
+                Ok(Some(entry)) if entry.get_log_id().leader_id < purged.leader_id => {
+                    Some(format!(
+                        "the purged log id {purged} is of a term (leader id) above that of entry \
+                         {kept} after it, {}: terms never go down along a Raft log",
+                        entry.get_log_id()
+                    ))
+                }
+                _ => None,
+            },
+            Some(_) => {
+                let vote_term = self.vote.as_ref().map_or(0, |v| v.leader_id().term);
+                (purged.leader_id.term > vote_term).then(|| {
+                    let vote = match &self.vote {
+                        Some(v) => format!("the vote {v}"),
+                        None => "no vote (term 0)".into(),
+                    };
+                    format!(
+                        "the purged log id {purged}, then the last log id, is of a term above \
+                         that of {vote}: a node saves a leader's vote before it takes the \
+                         leader's snapshot"
+                    )
+                })
+            }
+        };
+        match refused {
+            Some(what) => {
+                let e = CodecError::Refused("purge", what);
+                Err(io_err(StorageIOError::write_logs, &e))
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Logs the committed id if the log does not hold it yet (it waits for the next append
     /// otherwise), closes the engine (which gives up the directory at once) and ends the
     /// store: for a store driven directly. Under openraft, which owns the store, its drop
@@ -1279,7 +1478,8 @@ where
     /// `consumer_lag_max` under `Backpressure::Block`, which may never commit): it is not
     /// made then, and the log keeps the older id.
     fn save_unsaved_committed(&mut self, held: bool) -> StoreResult<(), C> {
-        if !self.committed_unsaved {
+        // Nothing written over a log the store no longer describes (`Shared::torn`).
+        if !self.committed_unsaved || self.shared.torn.get().is_some() {
             return Ok(());
         }
         let value = encode(&self.committed).map_err(|e| io_err(StorageIOError::write, &e))?;
@@ -1358,40 +1558,49 @@ where
             None => Vec::new(),
         };
         let (marked, chunks) = meta::chunk_keys(engine);
-        let mut out = Batches::new(engine);
         let mut chunked = BTreeMap::new();
-        // A synchronous call (the open's): it blocks the thread, as the open's reads do.
+        let mut stray = Vec::new();
+        for (index, numbers) in chunks {
+            // A chunk is live if its entry is in the log and marked as stored in chunks, and
+            // it is one of the run 0, 1, 2, ... its entry was written as (`truncate` and
+            // `purge` delete that run). Any other is deleted by its own key: never every
+            // number below a damaged one.
+            let live = (first..next).contains(&index) && marked.contains(&index);
+            let run = match live {
+                true => numbers
+                    .iter()
+                    .zip(0u32..)
+                    .take_while(|(n, i)| **n == *i)
+                    .count(),
+                false => 0,
+            };
+            if run > 0 {
+                // At most `numbers.len()`, a count of keys the engine holds: a u32.
+                chunked.insert(index, run as u32);
+            }
+            stray.extend(numbers[run..].iter().map(|n| chunk_key(index, *n)));
+        }
+        self.chunked = chunked;
+        // What a cut operation left is never served (the bounds and the chunk counts above
+        // leave it out), so its deletes are never held for a consumer lagging past
+        // `consumer_lag_max`: this is a synchronous call, and that consumer may be the
+        // caller's own, started once the store has opened, which then never would be. They
+        // stop there, and the rest is left for a later open. (Otherwise it blocks the
+        // thread, as the open's reads do: for room in the ring, which the engine frees.)
+        let mut out = Batches::new(engine).giving_up_when_throttled();
         let deleted = block_on(async {
             for index in leftover {
                 out.delete(&entry_key(index)).await?;
             }
-            for (index, numbers) in chunks {
-                // A chunk is live if its entry is in the log and marked as stored in chunks,
-                // and it is one of the run 0, 1, 2, ... its entry was written as (`truncate`
-                // and `purge` delete that run). Any other is deleted by its own key: never
-                // every number below a damaged one.
-                let live = (first..next).contains(&index) && marked.contains(&index);
-                let run = match live {
-                    true => numbers
-                        .iter()
-                        .zip(0u32..)
-                        .take_while(|(n, i)| **n == *i)
-                        .count(),
-                    false => 0,
-                };
-                if run > 0 {
-                    // At most `numbers.len()`, a count of keys the engine holds: a u32.
-                    chunked.insert(index, run as u32);
-                }
-                for n in &numbers[run..] {
-                    out.delete(&chunk_key(index, *n)).await?;
-                }
+            for key in &stray {
+                out.delete(key).await?;
             }
             out.finish().await?.wait().await
         });
-        self.chunked = chunked;
-        deleted.map_err(|e| io_err(StorageIOError::write_logs, &e))?;
-        Ok(())
+        match deleted {
+            Ok(_) | Err(mergelog::Error::Throttled { .. }) => Ok(()),
+            Err(e) => Err(io_err(StorageIOError::write_logs, &e)),
+        }
     }
 
     /// Puts the entries, whose encodings `measured` found (in order), as batches within the
@@ -1406,7 +1615,7 @@ where
         entries: &[C::Entry],
         measured: Vec<Measured>,
     ) -> StoreResult<Vec<Ticket>, C> {
-        let mut out = Batches::new(&self.shared.engine);
+        let mut out = Batches::new(&self.shared.engine).of_store(&self.shared.torn, "append");
         if self.committed_unsaved {
             let value = encode(&self.committed).map_err(|e| io_err(StorageIOError::write, &e))?;
             // The batch's first operation: it is never submitted here.
@@ -1422,14 +1631,13 @@ where
                 break;
             }
         }
-        if put.is_ok() {
-            put = out.submit().await.map_err(CodecError::Engine);
+        let submitted = match put {
+            Ok(()) => out.finish().await.map_err(CodecError::Engine),
+            Err(e) => Err(e),
         }
-        if out.submitted > 0 {
-            self.committed_unsaved = false;
-        }
-        put.map_err(|e| io_err(StorageIOError::write_logs, &e))?;
-        Ok(out.unwaited.into())
+        .map_err(|e| io_err(StorageIOError::write_logs, &e))?;
+        self.committed_unsaved = false;
+        Ok(submitted.tickets)
     }
 
     /// Puts one meta key and waits until it is durable.
@@ -1559,6 +1767,7 @@ where
     type LogReader = LogReader<C>;
 
     async fn get_log_state(&mut self) -> StoreResult<LogState<C>, C> {
+        self.shared.usable(StorageIOError::read_logs)?;
         Ok(LogState {
             last_purged_log_id: self.last_purged.clone(),
             last_log_id: self.last_log.clone(),
@@ -1572,6 +1781,7 @@ where
     }
 
     async fn save_vote(&mut self, vote: &Vote<Nid<C>>) -> StoreResult<(), C> {
+        self.shared.usable(StorageIOError::write_vote)?;
         // The next open refuses a vote of a term below the last log id's: openraft never
         // saves one (a vote never goes down, and the entries a node took are of terms up to
         // its vote's).
@@ -1596,22 +1806,28 @@ where
     }
 
     async fn read_vote(&mut self) -> StoreResult<Option<Vote<Nid<C>>>, C> {
+        self.shared.usable(StorageIOError::read_vote)?;
         Ok(self.vote.clone())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<Nid<C>>>) -> StoreResult<(), C> {
+        self.shared.usable(StorageIOError::write)?;
         // Kept until the next append, which logs it in its first batch (or a purge, with the
         // meta keys, or the store's drop): a committed id lost in a crash only means
         // re-applying less at start-up, and it goes after the appends of the entries it
         // covers. A put of its own would be a request of its own in every window beside
         // each append's, and the engine writes a lone waiter's window on the waiter's thread
         // only after a window of one request.
+        if self.checks_writes {
+            self.check_committed(committed.as_ref())?;
+        }
         self.committed = committed;
         self.committed_unsaved = true;
         Ok(())
     }
 
     async fn read_committed(&mut self) -> StoreResult<Option<LogId<Nid<C>>>, C> {
+        self.shared.usable(StorageIOError::read)?;
         Ok(self.committed.clone())
     }
 
@@ -1620,6 +1836,7 @@ where
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        self.shared.usable(StorageIOError::write_logs)?;
         let entries: Vec<C::Entry> = entries.into_iter().collect();
         if self.checks_writes {
             self.check_append(&entries)?;
@@ -1673,6 +1890,7 @@ where
     }
 
     async fn truncate(&mut self, log_id: LogId<Nid<C>>) -> StoreResult<(), C> {
+        self.shared.usable(StorageIOError::write_logs)?;
         let (first, next) = self.shared.bounds();
         let from = log_id.index.max(first);
         if from >= next {
@@ -1688,6 +1906,21 @@ where
             Some(entry) => Some(entry.get_log_id().clone()),
             None => self.last_purged.clone(),
         };
+        // The next open refuses a committed log id past the last log id: openraft never
+        // truncates a committed entry.
+        if let Some(c) = (self.committed.as_ref()).filter(|c| self.checks_writes && c.index >= from)
+        {
+            let last = match &new_last {
+                Some(l) => format!("the last log id would be {l}"),
+                None => "the log would be empty".into(),
+            };
+            let what = format!(
+                "it would delete entry {}, which the committed log id {c} covers: {last}",
+                c.index
+            );
+            let e = CodecError::Refused("truncate", what);
+            return Err(io_err(StorageIOError::write_logs, &e));
+        }
         // Before the deletes: a reader that finds a chunk of these entries gone reads again.
         // Held until they landed (the end of this call).
         let shared = self.shared.clone();
@@ -1695,21 +1928,21 @@ where
         if let Some(hook) = shared.delete_hook.get() {
             hook(from);
         }
-        let chunked = self.chunked.split_off(&from);
-        let mut out = Batches::new(&self.shared.engine);
+        // A committed id the log does not hold yet goes first: the one it holds may be
+        // past the cut (a caller may save a lower one; openraft never does), and after a
+        // crash that kept any of the deletes the log then holds this one.
+        let mut puts = Vec::new();
+        if self.committed_unsaved {
+            let value = encode(&self.committed).map_err(|e| io_err(StorageIOError::write, &e))?;
+            puts.push((COMMITTED_KEY, value));
+        }
+        let out = Batches::new(&self.shared.engine).of_store(&self.shared.torn, "truncate");
         // Highest first, so that a crash between batches leaves a prefix (no hole).
-        let mut submitted = Ok(());
-        for index in (from..next).rev() {
-            submitted = delete_entry(&mut out, index, chunked.get(&index).copied()).await;
-            if submitted.is_err() {
-                break;
-            }
-        }
-        let submitted = match submitted {
-            Ok(()) => out.finish().await,
-            Err(e) => Err(e),
-        }
-        .map_err(|e| io_err(StorageIOError::write_logs, &e))?;
+        let submitted = delete_entries(out, &puts, (from..next).rev(), &self.chunked)
+            .await
+            .map_err(|e| io_err(StorageIOError::write_logs, &e))?;
+        drop(self.chunked.split_off(&from));
+        self.committed_unsaved = false;
         drop(self.shared.pending().split_off(&from));
         self.shared.set_bounds(first, from);
         self.last_log = new_last;
@@ -1718,10 +1951,14 @@ where
     }
 
     async fn purge(&mut self, log_id: LogId<Nid<C>>) -> StoreResult<(), C> {
+        self.shared.usable(StorageIOError::write_logs)?;
         let (first, next) = self.shared.bounds();
         let upto = log_id.index;
         if self.last_purged.as_ref().is_some_and(|p| p.index >= upto) {
             return Ok(());
+        }
+        if self.checks_writes {
+            self.check_purge(&log_id)?;
         }
         // The first batch rewrites the meta keys (the purged id, so that a crash midway is
         // finished at reopen; the vote and committed ids, so that retiring the segments of
@@ -1731,7 +1968,8 @@ where
         if let Some(vote) = &self.vote {
             meta.push((VOTE_KEY, encode(vote).map_err(codec)?));
         }
-        if self.committed.is_some() {
+        // A `None` the log does not hold yet, too (saved after an id: openraft never does).
+        if self.committed.is_some() || self.committed_unsaved {
             meta.push((COMMITTED_KEY, encode(&self.committed).map_err(codec)?));
         }
         // Before the deletes: a reader that finds a chunk of these entries gone reads again.
@@ -1741,30 +1979,12 @@ where
         if let Some(hook) = shared.delete_hook.get() {
             hook(upto.saturating_add(1));
         }
-        let kept = self.chunked.split_off(&upto.saturating_add(1));
-        let chunked = std::mem::replace(&mut self.chunked, kept);
-        let mut out = Batches::new(&self.shared.engine);
-        // The meta keys are small: they all go in the first batch.
-        let mut submitted = Ok(());
-        for (key, value) in &meta {
-            submitted = out.put(key, value).await;
-            if submitted.is_err() {
-                break;
-            }
-        }
-        if submitted.is_ok() {
-            for index in first..(upto + 1).min(next) {
-                submitted = delete_entry(&mut out, index, chunked.get(&index).copied()).await;
-                if submitted.is_err() {
-                    break;
-                }
-            }
-        }
-        let submitted = match submitted {
-            Ok(()) => out.finish().await,
-            Err(e) => Err(e),
-        }
-        .map_err(|e| io_err(StorageIOError::write_logs, &e))?;
+        let out = Batches::new(&self.shared.engine).of_store(&self.shared.torn, "purge");
+        let deleted = first..upto.saturating_add(1).min(next);
+        let submitted = delete_entries(out, &meta, deleted, &self.chunked)
+            .await
+            .map_err(|e| io_err(StorageIOError::write_logs, &e))?;
+        self.chunked = self.chunked.split_off(&upto.saturating_add(1));
         self.committed_unsaved = false;
         {
             let mut pending = self.shared.pending();
@@ -1772,7 +1992,9 @@ where
             *pending = kept;
         }
         self.shared.set_bounds(upto + 1, next.max(upto + 1));
-        if self.last_log.as_ref().is_none_or(|l| l.index < upto) {
+        // With no entry left the purged log id is the last log id, as the next open finds
+        // it (openraft's purged id is its entry's when the log reaches it).
+        if self.last_log.as_ref().is_none_or(|l| l.index <= upto) {
             self.last_log = Some(log_id.clone());
         }
         self.last_purged = Some(log_id);

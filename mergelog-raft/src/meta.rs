@@ -432,8 +432,12 @@ pub(crate) enum CodecError {
     Front(u64),
     /// The vote `.0` (or "no vote (term 0)") is of a term below that of the last log id `.1`.
     VoteBelow(String, String),
-    /// A write (`.0`, "append" or "vote") refused: what the next open would refuse in it.
+    /// A write (`.0`: "append", "vote", "committed log id", "truncate", "purge") refused: what
+    /// the next open would refuse in it.
     Refused(&'static str, String),
+    /// A store operation (`.0`: "append", "truncate" or "purge") stopped part way, dropped or
+    /// failed after submitting some of its batches: every call fails until a reopen.
+    Torn(&'static str),
 }
 
 impl fmt::Display for CodecError {
@@ -495,6 +499,13 @@ impl fmt::Display for CodecError {
                 f,
                 "mergelog-raft: {write} refused (nothing written): {what}; the store's next open \
                  would refuse the log"
+            ),
+            CodecError::Torn(what) => write!(
+                f,
+                "mergelog-raft: the store must be reopened: an earlier {what} stopped part way \
+                 (its future was dropped, or it failed, after some of its batches were \
+                 submitted), so the log may hold part of it that the store does not know of; \
+                 every call fails until a reopen, which reads the log as a crash there leaves it"
             ),
             CodecError::Bounds(what) => write!(
                 f,

@@ -19,7 +19,7 @@
 //! - **a contiguous log**: `get_log_state`'s `last_log_id` is the last entry's log id (the
 //!   purged id when there is none), the entries start right after `last_purged_log_id`, and
 //!   `try_get_log_entries` returns consecutive indexes, over the whole log and over ranges;
-//! - **committed**: the store persists it with its next append or purge (without waiting,
+//! - **committed**: the store persists it with its next append, truncate or purge (without waiting,
 //!   after the appends of the entries it covers): a recovered committed id is not past the
 //!   last log id, and the entry at its index (unless purged) has that log id;
 //! - and, stronger, the engine's order: the recovered state (vote, committed and purged ids,
@@ -39,7 +39,9 @@
 //! polled once (the store submits the entries and returns) and then left in flight, their
 //! outcome never known: an acknowledged operation after them makes them durable by the
 //! engine's order, and a `save_committed` may cover them (a store that waits in `append`,
-//! the default, drawn for half the cycles, completes a polled append in that one poll).
+//! the default, drawn for half the cycles, completes a polled append in that one poll). One
+//! whose submission waits (for ring room: a large entry's chunks) is dropped part way, which
+//! the store then reports on every call until a reopen: the cycle ends there.
 //! Engines: small segments (purges retire some), pwrite or mmap write path, one or two
 //! syncers, values of at most 1 MiB or 4 KiB. Some entries are larger than the store's chunk
 //! length (8,160 bytes, or 4 KiB), up to tens of chunks: an operation that fails with the
@@ -249,11 +251,15 @@ struct Run {
     next_tag: u64,
     /// Purges that retired segments.
     retiring_purges: u64,
-    /// A committed id saved and not yet logged: the store logs it with its next append or
+    /// A committed id saved and not yet logged: the store logs it with its next append, truncate or
     /// purge (its change goes there).
     unsaved_committed: Option<Id>,
     /// The error of the operation that failed, if one did.
     failure: Option<String>,
+    /// An append polled once stopped part way, its future dropped after some of its batches
+    /// were submitted (they waited for room): the store then fails every call until a
+    /// reopen, and the cycle ends there (its changes stay in flight).
+    dropped_part_way: bool,
     /// The store's chunk length under the seed's config (`LogStore::chunk_len`), and the tags
     /// of the entries longer than that encoded: stored in chunks.
     chunk_len: usize,
@@ -365,7 +371,7 @@ impl Run {
                     false => self.rng.random_range(lo..=hi),
                 };
                 let id = cur.entries[&index].0;
-                // Logged with the next append or purge.
+                // Logged with the next append, truncate or purge.
                 self.unsaved_committed = Some(id);
                 let r = store.save_committed(Some(id)).await;
                 // Not waited for: never an acknowledgement, only a failure stops.
@@ -375,6 +381,9 @@ impl Run {
                 let (lo, next) = truncatable.unwrap();
                 let index = self.rng.random_range(lo..next);
                 let id = cur.entries[&index].0;
+                // The committed id not logged yet first, in the truncate's first batch.
+                self.changes
+                    .extend(self.unsaved_committed.take().map(Change::Committed));
                 // Highest first, as the store deletes.
                 for i in (index..next).rev() {
                     self.changes.push(Change::Delete(i));
@@ -438,7 +447,12 @@ impl Run {
                     Some(self.ok(r))
                 } else {
                     // Submitted, then left in flight (its callback's receiver dropped).
-                    poll_once(store.blocking_append(entries)).map(|r| self.ok(r))
+                    let polled = poll_once(store.blocking_append(entries)).map(|r| self.ok(r));
+                    // Or stopped part way, its submission waiting: the store says so.
+                    if polled.is_none() && store.get_log_state().await.is_err() {
+                        self.dropped_part_way = true;
+                    }
+                    polled
                 };
                 (OpKind::Append(made, awaited), outcome)
             }
@@ -451,7 +465,7 @@ impl Run {
             acked: outcome == Some(true),
             end: self.changes.len(),
         });
-        outcome != Some(false)
+        outcome != Some(false) && !self.dropped_part_way
     }
 
     /// Saves a vote greater than the last (`next_vote`).
@@ -760,6 +774,7 @@ async fn crash_seed(seed: u64) -> Totals {
         retiring_purges: 0,
         unsaved_committed: None,
         failure: None,
+        dropped_part_way: false,
         // `value_len_max`, or the batch budget (half of `batch_bytes_max`) less 32 bytes.
         chunk_len: config.value_len_max.min(config.batch_bytes_max / 2 - 32),
         chunked: Default::default(),
@@ -786,6 +801,7 @@ async fn crash_seed(seed: u64) -> Totals {
 
         run.cur = run.base.clone();
         run.failure = None;
+        run.dropped_part_way = false;
         run.changes.clear();
         run.unsaved_committed = None;
         run.ops.clear();
@@ -825,7 +841,7 @@ async fn crash_seed(seed: u64) -> Totals {
                         // Only the power cut fails an operation (openraft would stop the
                         // node on any error): not an entry's size, say.
                         assert!(
-                            going || io.is_cut(),
+                            going || io.is_cut() || run.dropped_part_way,
                             "{ctx}: an operation failed with the power on: {:?}",
                             run.failure
                         );

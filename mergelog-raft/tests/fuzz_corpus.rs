@@ -99,6 +99,14 @@ fn seeds_are_the_encoded_layouts_and_the_templates_hold_every_kind() {
             RaftInput::encode(1, (0, 6), &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 1, 2]),
         ),
     ];
+    // Every record of template 1 kept, then calls on the opened store (`raft_store::drive`):
+    // a vote up, appends at the end and past it, a committed id, a truncate, a purge.
+    let records = templates()[1].batches.iter().map(Vec::len).sum::<usize>();
+    let calls = [8, 1, 9, 2, 17, 3, 10, 1, 2, 0, 11, 3, 3, 3, 12, 1, 4, 2];
+    let ops = [vec![0; records], calls.to_vec()].concat();
+    let mut seeds = seeds;
+    seeds.push(("calls", RaftInput::encode(1, (0, 6), &ops)));
+    assert_eq!(RaftInput::parse(&seeds[seeds.len() - 1].1).calls, calls);
     let root = replay::fuzz_dir(env!("CARGO_MANIFEST_DIR")).join("corpus/raft_store");
     let write = std::env::var_os("MERGELOG_WRITE_SEEDS").is_some();
     for (name, bytes) in &seeds {

@@ -203,3 +203,67 @@ fn writes_on_a_closed_engine_while_a_consumer_lags_fail_rather_than_wait() {
         assert!(e.contains("closed"), "{what}: {e}");
     }
 }
+
+/// The open's clean-up (chunks of no entry, left by an operation a crash cut short) is a
+/// write, and the engine throttles it like any other: with a consumer lagging past the limit
+/// under `Backpressure::Block`, it was held until the consumer's commits let it through, in
+/// the synchronous open. Where that consumer is the node's own, started once the store has
+/// opened (or is gone), that is never: the open hung. The clean-up is not needed to serve the
+/// log, so the open leaves it for a later one rather than wait: it returns, the leftover
+/// stays, and an open once the consumer caught up deletes it.
+#[test]
+fn the_opens_clean_up_never_waits_for_a_lagging_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        backpressure: Backpressure::Block,
+        ..config()
+    };
+    // A chunk of no entry (as a cut append leaves), then more batches than the consumer may
+    // lag by, which it has not read.
+    let mut stray = vec![b'c'];
+    stray.extend_from_slice(&5u64.to_be_bytes());
+    stray.extend_from_slice(&0u32.to_be_bytes());
+    {
+        // Not throttled itself (these puts would wait for the consumer).
+        let engine = Engine::open(dir.path(), common::small_config()).unwrap();
+        let c = engine.consumer("slow").expect("the consumer opens");
+        engine.put(&stray, b"stray").unwrap().wait().unwrap();
+        for i in 0..8 {
+            let key = format!("x{i}");
+            engine.put(key.as_bytes(), b"v").unwrap().wait().unwrap();
+        }
+        drop(c);
+        engine.close().unwrap();
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let opening = dir.path().to_path_buf();
+    let open_config = config.clone();
+    std::thread::spawn(move || {
+        let opened = Store::open(&opening, open_config).map_err(|e| e.to_string());
+        let _ = tx.send(opened);
+    });
+    let store = match rx.recv_timeout(WAIT_MAX) {
+        Ok(opened) => opened.expect("the store opens"),
+        Err(_) => panic!(
+            "the open has not returned in {WAIT_MAX:?}: its clean-up waits for the consumer \
+             lagging past consumer_lag_max, which nothing will catch up"
+        ),
+    };
+    let engine = store.engine().clone();
+    assert!(
+        engine.read(&stray).unwrap().is_some(),
+        "the clean-up went through the throttle"
+    );
+    // The consumer catches up: the next open deletes the leftover.
+    let mut c = engine.consumer("slow").expect("the consumer opens");
+    catch_up(&engine, &mut c);
+    drop(c);
+    drop(engine);
+    store.close().unwrap();
+    let store = Store::open(dir.path(), config).expect("the store opens");
+    assert!(
+        store.engine().read(&stray).unwrap().is_none(),
+        "the open, nothing throttled, left the chunk of no entry"
+    );
+    store.close().unwrap();
+}

@@ -907,6 +907,33 @@ fn an_ids_file_out_of_batch_order_is_refused() {
     e.close().unwrap();
 }
 
+/// A thread retiring every durable segment in a loop, racing the test's submits.
+struct Retirer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl Retirer {
+    fn start(e: &std::sync::Arc<Engine>) -> Retirer {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (e, stopped) = (e.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut retired = 0;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                retired += e.retire_before(e.durable_seq()).unwrap().segments;
+            }
+            retired
+        });
+        Retirer { stop, thread }
+    }
+
+    /// Stops it; the segments it retired.
+    fn stop(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
 /// Retries racing retirements: while one thread retires everything durable, again and again
 /// (each carrying the remembered ids of what it removes to the `ids` file, its sort of them
 /// made after the `ids` lock), another writes ids and retries them, the newest and older
@@ -917,17 +944,7 @@ fn retries_racing_retirements_are_answered_with_the_originals_batch() {
     const IDS: u128 = 600;
     let dir = tempfile::tempdir().unwrap();
     let e = std::sync::Arc::new(Engine::open(dir.path(), small_segments()).unwrap());
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let retirer = {
-        let (e, stop) = (e.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut retired = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                retired += e.retire_before(e.durable_seq()).unwrap().segments;
-            }
-            retired
-        })
-    };
+    let retirer = Retirer::start(&e);
     let value = vec![7u8; 1000];
     let mut seqs = HashMap::new();
     for n in 0..IDS {
@@ -946,8 +963,7 @@ fn retries_racing_retirements_are_answered_with_the_originals_batch() {
             );
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let retired = retirer.join().unwrap();
+    let retired = retirer.stop();
     assert!(
         retired >= 5,
         "the retirements raced the retries: {retired} segments"
@@ -1187,17 +1203,7 @@ fn retries_racing_retirements_across_turns_of_the_generations_are_answered_with_
     };
     let dir = tempfile::tempdir().unwrap();
     let e = std::sync::Arc::new(Engine::open(dir.path(), config.clone()).unwrap());
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let retirer = {
-        let (e, stop) = (e.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut retired = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                retired += e.retire_before(e.durable_seq()).unwrap().segments;
-            }
-            retired
-        })
-    };
+    let retirer = Retirer::start(&e);
     let value = vec![7u8; 1000];
     let mut seqs = HashMap::new();
     for n in 0..IDS {
@@ -1221,8 +1227,7 @@ fn retries_racing_retirements_across_turns_of_the_generations_are_answered_with_
             );
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let retired = retirer.join().unwrap();
+    let retired = retirer.stop();
     assert!(
         retired >= 5,
         "the retirements raced the retries: {retired} segments"

@@ -125,6 +125,17 @@ async fn assert_says_reopen(store: &mut Store, what: &str) {
     }
 }
 
+/// Reopens the store: its entries must be term 1's from entry 1 on, a prefix of the log as a
+/// crash leaves it. Their last index.
+async fn reopened_prefix(dir: &Path, what: &str) -> u64 {
+    let mut store = Store::open(dir, config()).expect("the store reopens");
+    let got = store.try_get_log_entries(..).await.unwrap();
+    let last = got.last().map(|e| e.log_id.index).unwrap();
+    assert_eq!(got, entries(1, 1, last), "{what}: the reopened entries");
+    store.close().unwrap();
+    last
+}
+
 /// An append dropped after its first 1,024 batches (entries 4 to 1,027 submitted), then a
 /// new leader's vote and entry 4, taken at the old end: the log would hold entry 4 of term 2
 /// and entries 5 to 1,027 of term 1 after it, which the next open refuses (terms never go
@@ -172,15 +183,11 @@ async fn a_dropped_append_stops_the_store_until_it_is_reopened() {
     assert_says_reopen(&mut store, what).await;
     store.close().unwrap();
     // The reopen: the log as a crash then leaves it, a prefix of the dropped append kept.
-    let mut store = Store::open(dir.path(), config()).expect("the store reopens");
-    let got = store.try_get_log_entries(..).await.unwrap();
-    let last = got.last().map(|e| e.log_id.index).unwrap();
+    let last = reopened_prefix(dir.path(), what).await;
     assert!(
         (3..3 + MANY).contains(&last),
         "{what}: entries up to {last}"
     );
-    assert_eq!(got, entries(1, 1, last), "{what}: the reopened entries");
-    store.close().unwrap();
 }
 
 /// A truncate dropped after its first 1,024 batches (entries 77 to 1,100 deleted, highest
@@ -215,12 +222,8 @@ async fn a_dropped_truncate_stops_the_store_until_it_is_reopened() {
     assert_says_reopen(&mut store, what).await;
     store.close().unwrap();
     // The reopen: a prefix of the log (the truncate deletes highest first).
-    let mut store = Store::open(dir.path(), config()).expect("the store reopens");
-    let got = store.try_get_log_entries(..).await.unwrap();
-    let last = got.last().map(|e| e.log_id.index).unwrap();
+    let last = reopened_prefix(dir.path(), what).await;
     assert!((1..MANY).contains(&last), "{what}: entries up to {last}");
-    assert_eq!(got, entries(1, 1, last), "{what}: the reopened entries");
-    store.close().unwrap();
 }
 
 /// A purge dropped after its first 1,024 batches (the purged log id logged in the first, then

@@ -1466,11 +1466,15 @@ where
     /// # Errors
     ///
     /// A `StorageError` (a write error) wrapping the error of logging the committed id or of
-    /// closing the engine (`mergelog::Engine::close`); the engine is closed either way.
+    /// closing the engine (`mergelog::Engine::close`), or, after an `append`, `truncate` or
+    /// `purge` stopped part way, the store's "the store must be reopened" (its committed id
+    /// is then not logged: nothing is written over a log the store no longer describes). The
+    /// engine is closed either way.
     pub fn close(mut self) -> StoreResult<(), C> {
+        let usable = self.shared.usable(StorageIOError::write);
         let saved = self.save_unsaved_committed(true);
         let closed = (self.shared.engine.close()).map_err(|e| io_err(StorageIOError::write, &e));
-        saved.and(closed)
+        usable.and(saved).and(closed)
     }
 
     /// Puts the committed id the log does not hold yet, and waits for it. With `held` false

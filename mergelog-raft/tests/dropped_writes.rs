@@ -125,6 +125,18 @@ async fn assert_says_reopen(store: &mut Store, what: &str) {
     }
 }
 
+/// `close` of a store that must be reopened closes the engine (the reopen takes the
+/// directory) and says so.
+fn closes_saying_reopen(store: Store, what: &str) {
+    match store.close() {
+        Ok(()) => panic!("{what}: close returned Ok for a store that must be reopened"),
+        Err(e) => assert!(
+            e.to_string().contains("the store must be reopened"),
+            "{what}: close: {e}"
+        ),
+    }
+}
+
 /// Reopens the store: its entries must be term 1's from entry 1 on, a prefix of the log as a
 /// crash leaves it. Their last index.
 async fn reopened_prefix(dir: &Path, what: &str) -> u64 {
@@ -181,7 +193,7 @@ async fn a_dropped_append_stops_the_store_until_it_is_reopened() {
         ),
     }
     assert_says_reopen(&mut store, what).await;
-    store.close().unwrap();
+    closes_saying_reopen(store, what);
     // The reopen: the log as a crash then leaves it, a prefix of the dropped append kept.
     let last = reopened_prefix(dir.path(), what).await;
     assert!(
@@ -220,7 +232,7 @@ async fn a_dropped_truncate_stops_the_store_until_it_is_reopened() {
         ),
     }
     assert_says_reopen(&mut store, what).await;
-    store.close().unwrap();
+    closes_saying_reopen(store, what);
     // The reopen: a prefix of the log (the truncate deletes highest first).
     let last = reopened_prefix(dir.path(), what).await;
     assert!((1..MANY).contains(&last), "{what}: entries up to {last}");
@@ -237,7 +249,7 @@ async fn a_dropped_purge_stops_the_store_until_it_is_reopened() {
     let what = "after a purge dropped part way";
     drop_part_way(&hook, store.purge(log_id(1, 1, MANY - 1)), "the purge");
     assert_says_reopen(&mut store, what).await;
-    store.close().unwrap();
+    closes_saying_reopen(store, what);
     let mut store = Store::open(dir.path(), config()).expect("the store reopens");
     let state = store.get_log_state().await.unwrap();
     assert_eq!(

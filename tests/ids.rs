@@ -942,45 +942,12 @@ impl Retirer {
 #[test]
 fn retries_racing_retirements_are_answered_with_the_originals_batch() {
     const IDS: u128 = 600;
-    let dir = tempfile::tempdir().unwrap();
-    let e = std::sync::Arc::new(Engine::open(dir.path(), small_segments()).unwrap());
-    let retirer = Retirer::start(&e);
-    let value = vec![7u8; 1000];
-    let mut seqs = HashMap::new();
-    for n in 0..IDS {
-        let key = format!("k{}", n % 10);
-        let o = e.put_with_id(id(n), key.as_bytes(), &value).unwrap();
-        let Outcome::Written(seq) = o.wait().unwrap() else {
-            panic!("id {n}'s first submission is written")
-        };
-        seqs.insert(n, seq);
-        for again in [n, n / 2, n * 7 % (n + 1)] {
-            let o = e.put_with_id(id(again), b"x", b"again").unwrap();
-            assert_eq!(
-                o.wait().unwrap(),
-                Outcome::Duplicate { seq: seqs[&again] },
-                "id {again} retried after id {n} was written"
-            );
-        }
-    }
-    let retired = retirer.stop();
-    assert!(
-        retired >= 5,
-        "the retirements raced the retries: {retired} segments"
+    retries_racing_retirements(
+        small_segments(),
+        IDS,
+        |n| [n, n / 2, n * 7 % (n + 1)],
+        0..IDS,
     );
-    assert_eq!(e.read_to_vec(b"x").unwrap(), None, "no retry applied");
-    std::sync::Arc::into_inner(e).unwrap().close().unwrap();
-    let e = Engine::open(dir.path(), small_segments()).unwrap();
-    for n in 0..IDS {
-        let o = e.put_with_id(id(n), b"x", b"again").unwrap();
-        assert_eq!(
-            o.wait().unwrap(),
-            Outcome::Duplicate { seq: seqs[&n] },
-            "id {n} after the reopen"
-        );
-    }
-    assert_eq!(e.read_to_vec(b"x").unwrap(), None, "no retry applied");
-    e.close().unwrap();
 }
 
 /// One id under two batches never: a resubmission of an id whose original is in flight
@@ -1201,24 +1168,43 @@ fn retries_racing_retirements_across_turns_of_the_generations_are_answered_with_
         },
         ..small_segments()
     };
+    // The newest `HORIZON` ids are `n + 1 - HORIZON ..= n`.
+    retries_racing_retirements(
+        config,
+        IDS,
+        |n| {
+            [
+                n,
+                n.saturating_sub(HORIZON / 2),
+                n.saturating_sub(HORIZON - 1),
+            ]
+        },
+        IDS - HORIZON..IDS,
+    );
+}
+
+/// Writes ids `0..ids` while a [`Retirer`] races them, retrying the ids `retried(n)` after
+/// each id `n` is written: each retry must be a duplicate naming the original's batch, as
+/// must, after a reopen, a retry of each id in `kept`; no retry is applied.
+fn retries_racing_retirements(
+    config: Config,
+    ids: u128,
+    retried: impl Fn(u128) -> [u128; 3],
+    kept: std::ops::Range<u128>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let e = std::sync::Arc::new(Engine::open(dir.path(), config.clone()).unwrap());
     let retirer = Retirer::start(&e);
     let value = vec![7u8; 1000];
     let mut seqs = HashMap::new();
-    for n in 0..IDS {
+    for n in 0..ids {
         let key = format!("k{}", n % 10);
         let o = e.put_with_id(id(n), key.as_bytes(), &value).unwrap();
         let Outcome::Written(seq) = o.wait().unwrap() else {
             panic!("id {n}'s first submission is written")
         };
         seqs.insert(n, seq);
-        // The newest `HORIZON` ids are `n + 1 - HORIZON ..= n`.
-        for again in [
-            n,
-            n.saturating_sub(HORIZON / 2),
-            n.saturating_sub(HORIZON - 1),
-        ] {
+        for again in retried(n) {
             let o = e.put_with_id(id(again), b"x", b"again").unwrap();
             assert_eq!(
                 o.wait().unwrap(),
@@ -1235,7 +1221,7 @@ fn retries_racing_retirements_across_turns_of_the_generations_are_answered_with_
     assert_eq!(e.read_to_vec(b"x").unwrap(), None, "no retry applied");
     std::sync::Arc::into_inner(e).unwrap().close().unwrap();
     let e = Engine::open(dir.path(), config).unwrap();
-    for n in IDS - HORIZON..IDS {
+    for n in kept {
         let o = e.put_with_id(id(n), b"x", b"again").unwrap();
         assert_eq!(
             o.wait().unwrap(),

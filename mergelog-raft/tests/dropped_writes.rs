@@ -91,15 +91,18 @@ fn drop_part_way<F: Future>(hook: &HoldSyncs, write: F, what: &str) {
     hook.hold(false);
 }
 
+/// An error of a store that must be reopened: it says so.
+fn assert_says_so(e: &dyn std::fmt::Display, what: &str) {
+    let e = e.to_string();
+    assert!(
+        e.contains("the store must be reopened"),
+        "{what}: an error that does not say to reopen: {e}"
+    );
+}
+
 /// What the store says after the drop: every call fails, saying to reopen it.
 async fn assert_says_reopen(store: &mut Store, what: &str) {
-    let says = |e: &dyn std::fmt::Display| {
-        let e = e.to_string();
-        assert!(
-            e.contains("the store must be reopened"),
-            "{what}: an error that does not say to reopen: {e}"
-        );
-    };
+    let says = |e: &dyn std::fmt::Display| assert_says_so(e, what);
     match store.get_log_state().await {
         Ok(state) => panic!("{what}: get_log_state served {state:?}"),
         Err(e) => says(&e),
@@ -130,10 +133,7 @@ async fn assert_says_reopen(store: &mut Store, what: &str) {
 fn closes_saying_reopen(store: Store, what: &str) {
     match store.close() {
         Ok(()) => panic!("{what}: close returned Ok for a store that must be reopened"),
-        Err(e) => assert!(
-            e.to_string().contains("the store must be reopened"),
-            "{what}: close: {e}"
-        ),
+        Err(e) => assert_says_so(&e, what),
     }
 }
 
@@ -187,10 +187,7 @@ async fn a_dropped_append_stops_the_store_until_it_is_reopened() {
             }
             return;
         }
-        Err(e) => assert!(
-            e.to_string().contains("the store must be reopened"),
-            "{what}: {e}"
-        ),
+        Err(e) => assert_says_so(&e, what),
     }
     assert_says_reopen(&mut store, what).await;
     closes_saying_reopen(store, what);
@@ -226,10 +223,7 @@ async fn a_dropped_truncate_stops_the_store_until_it_is_reopened() {
             }
             return;
         }
-        Err(e) => assert!(
-            e.to_string().contains("the store must be reopened"),
-            "{what}: {e}"
-        ),
+        Err(e) => assert_says_so(&e, what),
     }
     assert_says_reopen(&mut store, what).await;
     closes_saying_reopen(store, what);
